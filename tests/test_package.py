@@ -1,0 +1,28 @@
+"""The installed package: namespace mapping, console script, version."""
+import subprocess
+import sys
+
+import vosrt
+
+
+def test_namespace_maps_the_three_folders():
+    import vosrt.export
+    import vosrt.sdk
+    import vosrt.training
+
+    assert vosrt.sdk.__file__.replace("\\", "/").endswith("sdk/__init__.py")
+    assert vosrt.training.__file__.replace("\\", "/").endswith("training/__init__.py")
+    assert vosrt.export.__file__.replace("\\", "/").endswith("export/__init__.py")
+
+
+def test_console_script_help_and_version():
+    out = subprocess.run(["vosrt", "--version"], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"vosrt {vosrt.__version__}"
+    help_text = subprocess.run(["vosrt", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "usage: vosrt" in help_text
+
+
+def test_sdk_import_does_not_import_torch():
+    code = "import sys, vosrt.sdk; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
