@@ -1,0 +1,102 @@
+"""Model registry and checkpoints.
+
+``build_model(name, **overrides)`` builds ``stcn``, ``stcn-lite``, ``3dc-seg`` or ``3dc-seg-lite``. Each
+family module provides ``build(variant, **overrides)`` returning an nn.Module whose ``config`` attribute
+is a JSON-able dict holding at least ``{"model": name, **overrides}``, and
+``matches_state_dict(state_dict) -> bool`` recognising that family's published/bare state_dicts.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+
+from vosrt.sdk.errors import UserError
+
+# model name -> (family, module that builds it)
+MODELS = {
+    "stcn": ("stcn", "vosrt.training.models.stcn"),
+    "stcn-lite": ("stcn", "vosrt.training.models.stcn"),
+    "3dc-seg": ("3dc-seg", "vosrt.training.models.c3dseg"),
+    "3dc-seg-lite": ("3dc-seg", "vosrt.training.models.c3dseg"),
+}
+FAMILIES = {"stcn": "stcn", "3dc-seg": "3dc-seg"}  # family -> full-size model name
+CHECKPOINT_FORMAT = "vosrt-checkpoint"
+
+
+def family_of(name: str) -> str:
+    """``"stcn"`` or ``"3dc-seg"`` for a model name; UserError for an unknown one."""
+    if name not in MODELS:
+        raise UserError(f"unknown model '{name}': expected one of {', '.join(MODELS)}")
+    return MODELS[name][0]
+
+
+def build_model(name: str, **overrides) -> torch.nn.Module:
+    """Build a model by name with random weights. ``overrides`` change config fields (widths, depths…)."""
+    family_of(name)
+    module = importlib.import_module(MODELS[name][1])
+    return module.build(name, **overrides)
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict | None = None, **extra) -> None:
+    """Save ``model`` with the config that rebuilds it (default ``model.config``); ``extra`` entries
+    (optimizer state, step, …) are stored beside it for training resumption."""
+    config = dict(config if config is not None else model.config)
+    if "model" not in config:
+        raise ValueError("config must name the model ('model': 'stcn' | 'stcn-lite' | '3dc-seg' | '3dc-seg-lite')")
+    payload = {"format": CHECKPOINT_FORMAT, "version": 1, "config": config,
+               "state_dict": model.state_dict(), **extra}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, str(path))
+
+
+def _strip_prefix(state_dict: dict) -> dict:
+    # checkpoints saved from DataParallel / DistributedDataParallel prefix every key with "module."
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k[len("module."):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
+    """(config, state_dict) of a vosrt checkpoint or a bare published state_dict (family from its keys)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+        raise UserError(f"{path} is not a PyTorch checkpoint that can be read safely: {err}") from None
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        return dict(payload["config"]), _strip_prefix(payload["state_dict"])
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        payload = payload["state_dict"]  # training scripts often wrap the weights
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        state_dict = _strip_prefix(payload)
+        for family, name in FAMILIES.items():
+            module = importlib.import_module(MODELS[name][1])
+            if module.matches_state_dict(state_dict):
+                return {"model": name}, state_dict
+        sample = ", ".join(list(state_dict)[:5])
+        raise UserError(f"{path}: a state_dict of no known model (first keys: {sample}); "
+                        f"expected an STCN or 3DC-Seg checkpoint")
+    raise UserError(f"{path}: expected a vosrt checkpoint or a model state_dict, got {type(payload).__name__}")
+
+
+def load_checkpoint(path: str | Path, family: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """Build the model a checkpoint describes and load its weights strictly. Returns (model, config).
+
+    ``family`` ("stcn" / "3dc-seg"), when given, rejects a checkpoint of the other family with a clear error.
+    """
+    config, state_dict = read_checkpoint(path)
+    name = config["model"]
+    if family is not None and family_of(name) != family:
+        raise UserError(f"{path} holds a '{family_of(name)}' model ({name}), but a '{family}' model was asked for")
+    overrides = {k: v for k, v in config.items() if k != "model"}
+    model = build_model(name, **overrides)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:
+        raise UserError(f"{path}: weights do not fit model '{name}': {err}") from None
+    model.eval()
+    return model, config
