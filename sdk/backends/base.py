@@ -1,0 +1,128 @@
+"""The backend interface: what a session needs from an inference runtime.
+
+A backend opens the graphs of one model package and runs them by name with named inputs. It also owns
+the few long-lived buffers a session keeps between frames (the STCN memory bank, the 3DC-Seg clip
+window), so that on a GPU backend they are allocated once in device memory and never cross the bus:
+per frame only the image goes in and the label map comes out.
+
+Tensors handed around are *backend tensors*: whatever the backend runs on (a numpy array for the CPU
+backends, an ``OrtValue`` on the ONNX Runtime CUDA backend, a ``torch.Tensor`` for the torch backend,
+a device pointer wrapper for TensorRT). Sessions never look inside them; they pass them back to the
+same backend, and call :meth:`Backend.download` only for what the user asked to see.
+
+Writing a backend (e.g. TensorRT) means subclassing :class:`Backend` and implementing the abstract
+methods below; sessions need nothing else. Every method's contract is stated on it:
+
+=====================  ==========================================================================
+``run``                run one graph; inputs by name (host numpy arrays or backend tensors)
+``upload``             numpy -> backend tensor (the per-frame image, user masks)
+``download``           backend tensor -> numpy (labels, probabilities on request)
+``zeros``              allocate a zero-filled backend tensor once (memory bank, clip window)
+``write``              copy a tensor into a region of a preallocated one along one axis (in place)
+``read``               a region of a tensor along one axis, usable as a graph input
+``shape``              shape of a backend tensor
+=====================  ==========================================================================
+
+``write`` and ``read`` are the only data movement sessions do on the device. On strided layouts (the
+memory bank is ``[B, C, N]`` and a memory frame is ``h*w`` columns of every channel) ``write`` is a
+2-D strided copy (``cudaMemcpy2D``-shaped: ``prod(shape[:axis])`` rows); ``read`` may return a view
+where the backend can bind one, or a copy into scratch space.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+# A backend's own tensor type (numpy.ndarray, onnxruntime.OrtValue, torch.Tensor, ...).
+Tensor = Any
+
+
+class Backend(ABC):
+    """Runs the graphs of one model package (see the module docstring for the contract).
+
+    Subclasses set :attr:`name` (what ``vosrt.sdk.load(..., backend=NAME)`` accepts), take the
+    :class:`vosrt.sdk.package.Package` as first constructor argument plus keyword options, and set
+    :attr:`device` (``"cpu"`` or ``"cuda"``) so that sessions and ``vosrt bench`` can report it.
+    """
+
+    name: ClassVar[str] = "abstract"
+    device: str = "cpu"
+
+    # ----------------------------------------------------------------------------- graphs
+    @abstractmethod
+    def run(self, graph: str, inputs: Mapping[str, Tensor], outputs: Sequence[str] | None = None
+            ) -> dict[str, Tensor]:
+        """Run graph ``graph`` (a key of the manifest's ``graphs``) on named inputs.
+
+        ``inputs`` values are numpy arrays or tensors this backend returned earlier. ``outputs`` names
+        the outputs wanted (default: all the graph's outputs). Returns backend tensors by output name;
+        they stay valid until the same graph runs again (a backend may reuse output buffers), so a
+        session that keeps one across runs must ``write`` it into its own buffer.
+        """
+
+    def input_names(self, graph: str) -> list[str]:
+        """Names of ``graph``'s inputs. Optional inputs such as ``top_k`` may be absent."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------- data
+    @abstractmethod
+    def upload(self, array: np.ndarray) -> Tensor:
+        """A backend tensor holding a copy of ``array`` (C-contiguous numpy)."""
+
+    @abstractmethod
+    def download(self, tensor: Tensor) -> np.ndarray:
+        """A numpy copy of ``tensor`` (synchronises with the device if needed)."""
+
+    @abstractmethod
+    def zeros(self, shape: Sequence[int], dtype: type = np.float32) -> Tensor:
+        """A new zero-filled tensor, allocated once by the caller and written in place afterwards."""
+
+    @abstractmethod
+    def write(self, dst: Tensor, axis: int, start: int, src: Tensor) -> None:
+        """In place: ``dst[(:,)*axis, start:start+n] = src`` where ``n = src.shape[axis]``.
+
+        ``src`` has ``dst``'s shape except along ``axis`` (trailing axes may be given flattened:
+        a ``[1, 64, h, w]`` key can be written into a ``[1, 64, N]`` bank, the last two axes counted
+        as one). ``src`` may be a numpy array or a backend tensor. ``dst`` keeps its allocation.
+        """
+
+    @abstractmethod
+    def read(self, src: Tensor, axis: int, start: int, stop: int) -> Tensor:
+        """``src[(:,)*axis, start:stop]`` as a tensor a graph can take as input.
+
+        A view where the backend can bind one, else a copy; valid until ``src`` is written again.
+        """
+
+    @abstractmethod
+    def shape(self, tensor: Tensor) -> tuple[int, ...]:
+        """Shape of a backend tensor."""
+
+    def nbytes(self, tensor: Tensor) -> int:
+        """Bytes held by ``tensor`` on its device (memory accounting in tests and ``vosrt bench``)."""
+        return int(np.prod(self.shape(tensor))) * 4
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (timing). CPU backends return at once."""
+
+    def close(self) -> None:
+        """Release sessions and device buffers. The backend must not be used afterwards."""
+
+    def describe(self) -> str:
+        """One line for logs and ``vosrt bench``: backend name, device, form or engine precision."""
+        return f"{self.name} ({self.device})"
+
+
+def flatten_to(src_shape: Sequence[int], dst_ndim: int) -> tuple[int, ...]:
+    """``src_shape`` with its trailing axes merged so that it has ``dst_ndim`` axes.
+
+    ``[1, 64, h, w]`` -> ``[1, 64, h*w]`` for a ``[1, 64, N]`` memory bank. Shared by backends so that
+    they agree on what :meth:`Backend.write` accepts.
+    """
+    src_shape = tuple(int(s) for s in src_shape)
+    if len(src_shape) <= dst_ndim:
+        return src_shape
+    head = src_shape[:dst_ndim - 1]
+    return (*head, int(np.prod(src_shape[dst_ndim - 1:])))

@@ -1,0 +1,251 @@
+"""ONNX Runtime backend: the package's portable graphs on the CPU, or on CUDA with I/O binding.
+
+Two ways of holding tensors:
+
+* host mode (CPU execution provider, the default without a GPU): backend tensors are numpy arrays and
+  ``write``/``read`` are numpy slicing.
+* bound mode (CUDA execution provider, or ``io_binding=True`` on the CPU to exercise the same path):
+  backend tensors are :class:`BoundTensor` wrappers of ``OrtValue``s that live on the session's device.
+  Graph outputs stay there (``IOBinding.bind_output``) and feed the next graph directly. ONNX Runtime's
+  Python API has no strided device copy, so ``write`` and ``read`` run two tiny helper graphs (Slice +
+  Concat) on the same device; ``write`` renders into a second buffer of the same size allocated with
+  the first and swaps the two, so a buffer's memory is fixed at allocation (twice its size).
+  The helper graphs are built with the ``onnx`` package, which bound mode therefore needs.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from vosrt.sdk.backends.base import Backend, Tensor, flatten_to
+from vosrt.sdk.errors import UserError
+
+_NUMPY_OF_ORT = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(uint8)": np.uint8,
+                 "tensor(float16)": np.float16, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+
+
+class BoundTensor:
+    """An ``OrtValue`` on the backend's device, plus the spare buffer ``write`` renders into."""
+
+    __slots__ = ("value", "spare")
+
+    def __init__(self, value: "ort.OrtValue", spare: "ort.OrtValue | None" = None):
+        self.value = value
+        self.spare = spare
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.value.shape())
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs a package's ONNX graphs in ONNX Runtime.
+
+    Options: ``form`` (``"portable"``, default; the plugin form needs the custom operators registered),
+    ``device`` (``"auto"``: CUDA when onnxruntime-gpu sees a GPU, else CPU; or ``"cpu"`` / ``"cuda"``),
+    ``io_binding`` (default: on for CUDA, off for CPU), ``threads`` (intra-op threads, default ORT's),
+    ``providers`` (explicit provider list, overrides ``device``).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, package, form: str = "portable", device: str = "auto", io_binding: bool | None = None,
+                 threads: int | None = None, providers: list | None = None, **unused):
+        if unused:
+            raise UserError(f"onnxruntime backend: unknown option(s) {', '.join(sorted(unused))}")
+        available = ort.get_available_providers()
+        if device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"device: expected 'auto', 'cpu' or 'cuda', got '{device}'")
+        if device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise UserError("device='cuda' needs onnxruntime-gpu and a CUDA device; this onnxruntime offers "
+                            f"{', '.join(available)} (pip install 'vosrt[gpu]')")
+        if device == "auto":
+            device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+        if providers is None:
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        self.device = device
+        self.form = form
+        self.bound = device == "cuda" if io_binding is None else bool(io_binding)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        self._options, self._providers = options, providers
+        self.package = package
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        self._inputs: dict[str, dict[str, str]] = {}
+        self._outputs: dict[str, list[str]] = {}
+        for graph in package.graphs:
+            path = package.graph_path(graph, form)
+            try:
+                session = ort.InferenceSession(str(path), options, providers=providers)
+            except Exception as err:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+                hint = (" (the plugin form's custom operators run only in TensorRT; use form='portable')"
+                        if form == "plugin" else "")
+                raise UserError(f"ONNX Runtime cannot open {path}: {err}{hint}") from None
+            self.sessions[graph] = session
+            inputs = {i.name: i.type for i in session.get_inputs()}
+            for i in session.get_overridable_initializers():
+                inputs.setdefault(i.name, i.type)
+            self._inputs[graph] = inputs
+            self._outputs[graph] = [o.name for o in session.get_outputs()]
+        self._ort_device = "cuda" if device == "cuda" else "cpu"
+        self._helpers: dict[tuple, ort.InferenceSession] = {}
+
+    # ------------------------------------------------------------------ graphs
+    def input_names(self, graph: str) -> list[str]:
+        return list(self._inputs[graph])
+
+    def output_names(self, graph: str) -> list[str]:
+        """Names of ``graph``'s outputs."""
+        return list(self._outputs[graph])
+
+    def _check_inputs(self, graph: str, inputs: Mapping[str, Tensor]) -> None:
+        unknown = set(inputs) - set(self._inputs[graph])
+        if unknown:
+            raise ValueError(f"graph '{graph}' has no input(s) {sorted(unknown)}; it takes {sorted(self._inputs[graph])}")
+
+    def run(self, graph: str, inputs: Mapping[str, Tensor], outputs: Sequence[str] | None = None
+            ) -> dict[str, Tensor]:
+        self._check_inputs(graph, inputs)
+        names = list(outputs) if outputs is not None else self._outputs[graph]
+        session = self.sessions[graph]
+        if not self.bound:
+            feeds = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
+            return dict(zip(names, session.run(names, feeds)))
+        binding = session.io_binding()
+        for key, value in inputs.items():
+            if isinstance(value, BoundTensor):
+                binding.bind_ortvalue_input(key, value.value)
+            elif isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(key, value)
+            else:
+                binding.bind_cpu_input(key, np.ascontiguousarray(value))
+        for key in names:
+            binding.bind_output(key, self._ort_device)
+        session.run_with_iobinding(binding)
+        return {key: BoundTensor(value) for key, value in zip(names, binding.get_outputs())}
+
+    # ------------------------------------------------------------------ data
+    def upload(self, array: np.ndarray) -> Tensor:
+        array = np.ascontiguousarray(array)
+        if not self.bound:
+            return array.copy()
+        return BoundTensor(ort.OrtValue.ortvalue_from_numpy(array, self._ort_device, 0))
+
+    def download(self, tensor: Tensor) -> np.ndarray:
+        if isinstance(tensor, BoundTensor):
+            return tensor.value.numpy()
+        if isinstance(tensor, ort.OrtValue):
+            return tensor.numpy()
+        return np.array(tensor, copy=True)
+
+    def zeros(self, shape: Sequence[int], dtype: type = np.float32) -> Tensor:
+        zeros = np.zeros(tuple(int(s) for s in shape), dtype)
+        if not self.bound:
+            return zeros
+        make = ort.OrtValue.ortvalue_from_numpy
+        return BoundTensor(make(zeros, self._ort_device, 0), make(zeros, self._ort_device, 0))
+
+    def shape(self, tensor: Tensor) -> tuple[int, ...]:
+        if isinstance(tensor, BoundTensor):
+            return tensor.shape
+        if isinstance(tensor, ort.OrtValue):
+            return tuple(tensor.shape())
+        return tuple(np.shape(tensor))
+
+    def nbytes(self, tensor: Tensor) -> int:
+        if isinstance(tensor, BoundTensor):
+            size = tensor.value.tensor_size_in_bytes()
+            return size * (2 if tensor.spare is not None else 1)
+        return int(np.asarray(tensor).nbytes)
+
+    def write(self, dst: Tensor, axis: int, start: int, src: Tensor) -> None:
+        if not self.bound:
+            src = np.asarray(src) if not isinstance(src, np.ndarray) else src
+            src = src.reshape(flatten_to(src.shape, dst.ndim))
+            index = (slice(None),) * axis + (slice(start, start + src.shape[axis]),)
+            dst[index] = src
+            return
+        if dst.spare is None:
+            raise ValueError("write() needs a buffer allocated with zeros()")
+        rank = len(dst.shape)
+        src_value = src.value if isinstance(src, BoundTensor) else (
+            src if isinstance(src, ort.OrtValue) else
+            ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(src, np.float32), self._ort_device, 0))
+        session = self._helper("write", rank, axis)
+        binding = session.io_binding()
+        binding.bind_ortvalue_input("dst", dst.value)
+        binding.bind_ortvalue_input("src", src_value)
+        binding.bind_cpu_input("start", np.array([start], np.int64))
+        binding.bind_ortvalue_output("out", dst.spare)
+        session.run_with_iobinding(binding)
+        dst.value, dst.spare = dst.spare, dst.value
+
+    def read(self, src: Tensor, axis: int, start: int, stop: int) -> Tensor:
+        if not self.bound:
+            index = (slice(None),) * axis + (slice(start, stop),)
+            return src[index]
+        rank = len(src.shape)
+        session = self._helper("read", rank, axis)
+        binding = session.io_binding()
+        binding.bind_ortvalue_input("src", src.value)
+        binding.bind_cpu_input("start", np.array([start], np.int64))
+        binding.bind_cpu_input("stop", np.array([stop], np.int64))
+        binding.bind_output("out", self._ort_device)
+        session.run_with_iobinding(binding)
+        return BoundTensor(binding.get_outputs()[0])
+
+    def _helper(self, kind: str, rank: int, axis: int) -> "ort.InferenceSession":
+        key = (kind, rank, axis)
+        if key not in self._helpers:
+            model = _helper_model(kind, rank, axis)
+            self._helpers[key] = ort.InferenceSession(model, self._options, providers=self._providers)
+        return self._helpers[key]
+
+    def close(self) -> None:
+        self.sessions.clear()
+        self._helpers.clear()
+
+    def describe(self) -> str:
+        mode = "I/O binding" if self.bound else "host tensors"
+        return f"onnxruntime {ort.__version__} ({self.device}, {self.form} form, {mode})"
+
+
+def _helper_model(kind: str, rank: int, axis: int) -> bytes:
+    """Serialized ONNX model for ``write`` (Slice + Concat into a new tensor) or ``read`` (Slice)."""
+    try:
+        import onnx
+        from onnx import TensorProto, helper
+    except ImportError:
+        raise UserError("onnxruntime with I/O binding needs the 'onnx' package for its buffer helpers "
+                        "(pip install onnx)") from None
+    const = lambda name, values: helper.make_node(  # noqa: E731
+        "Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values))
+    f32 = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [None] * rank)  # noqa: E731
+    i64 = lambda name: helper.make_tensor_value_info(name, TensorProto.INT64, [1])  # noqa: E731
+    if kind == "read":
+        nodes = [const("axes", [axis]), helper.make_node("Slice", ["src", "start", "stop", "axes"], ["out"])]
+        inputs = [f32("src"), i64("start"), i64("stop")]
+    else:
+        # out = concat(dst[.., :start], reshape(src), dst[.., start+n:]) along axis; src may have its
+        # trailing axes flattened or split differently, so it is reshaped to dst's layout first.
+        nodes = [
+            const("axes", [axis]), const("zero", [0]), const("big", [2 ** 62]), const("minus1", [-1]),
+            helper.make_node("Shape", ["dst"], ["head"], end=axis),
+            helper.make_node("Shape", ["dst"], ["tail"], start=axis + 1),
+            helper.make_node("Concat", ["head", "minus1", "tail"], ["target"], axis=0),
+            helper.make_node("Reshape", ["src", "target"], ["src_r"]),
+            helper.make_node("Shape", ["src_r"], ["n"], start=axis, end=axis + 1),
+            helper.make_node("Add", ["start", "n"], ["stop"]),
+            helper.make_node("Slice", ["dst", "zero", "start", "axes"], ["before"]),
+            helper.make_node("Slice", ["dst", "stop", "big", "axes"], ["after"]),
+            helper.make_node("Concat", ["before", "src_r", "after"], ["out"], axis=axis),
+        ]
+        inputs = [f32("dst"), helper.make_tensor_value_info("src", TensorProto.FLOAT, None), i64("start")]
+    graph = helper.make_graph(nodes, f"vosrt_{kind}_{axis}", inputs, [f32("out")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    return model.SerializeToString()
