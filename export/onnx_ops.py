@@ -1,0 +1,185 @@
+"""ONNX translations of vosrt's two custom operators, in the two forms of ARCHITECTURE.md.
+
+The graph modules (``vosrt.training.graphs``) call ``torch.ops.vosrt.d2conv3d`` and
+``torch.ops.vosrt.l2_memory_readout`` while exporting; the dynamo exporter hands each of those calls to a
+function here (``torch.onnx.export(..., custom_translation_table=translation_table(form))``):
+
+- plugin form: one node per call, ``D2Conv3D`` / ``L2MemoryReadout`` in domain ``trt.plugins`` with the
+  contract's attributes and input order, for TensorRT with the vosrt plugin library;
+- portable form: the same computation in standard ONNX (opset 20), for any ONNX Runtime.
+
+The functions are traced by the exporter: Python control flow runs on the static attributes (kernel
+shape, strides) while tensors become graph values.
+"""
+from __future__ import annotations
+
+import math
+
+import onnx
+import onnxscript
+from onnxscript import opset20 as op
+
+from vosrt.training import graphs  # registers torch.ops.vosrt.*
+
+PLUGIN_DOMAIN = "trt.plugins"
+PLUGIN_VERSION = "1"
+OPSET = 20
+IR_VERSION = 10
+
+_T = [("T", ["tensor(float)", "tensor(float16)"], "features")]
+
+
+def _schema(name: str, inputs: list[tuple[str, bool]], attributes: list[tuple[str, int]]) -> onnx.defs.OpSchema:
+    # The exporter builds nodes from an OpSchema; the plugin ops have none in onnx's registry.
+    Param = onnx.defs.OpSchema.FormalParameter
+    Option = onnx.defs.OpSchema.FormalParameterOption
+    params = [Param(n, "T", param_option=Option.Optional if optional else Option.Single) for n, optional in inputs]
+    attrs = [onnx.defs.OpSchema.Attribute(n, t, required=False) for n, t in attributes]
+    return onnx.defs.OpSchema(name, PLUGIN_DOMAIN, 1, inputs=params, outputs=[Param("Y", "T")],
+                              type_constraints=_T, attributes=attrs)
+
+
+_A = onnx.defs.OpSchema.AttrType
+_PLUGIN_ATTRS = [("plugin_version", _A.STRING), ("plugin_namespace", _A.STRING)]
+D2CONV3D_SCHEMA = _schema(
+    "D2Conv3D", [("X", False), ("D", False), ("M", True), ("Wt", False), ("B", True)],
+    [("kernel_shape", _A.INTS), ("strides", _A.INTS), ("pads", _A.INTS), ("dilations", _A.INTS),
+     ("group", _A.INT), *_PLUGIN_ATTRS])
+L2_READOUT_SCHEMA = _schema(
+    "L2MemoryReadout", [("mem_key", False), ("query_key", False), ("mem_value", False)],
+    [("top_k", _A.INT), ("scale", _A.FLOAT), *_PLUGIN_ATTRS])
+
+_plugins = onnxscript.values.Opset(PLUGIN_DOMAIN, 1)
+_D2CONV3D_OP = onnxscript.values.Op(_plugins, "D2Conv3D", D2CONV3D_SCHEMA)
+_L2_READOUT_OP = onnxscript.values.Op(_plugins, "L2MemoryReadout", L2_READOUT_SCHEMA)
+
+
+def _ints(values) -> list[int]:
+    return [int(v) for v in values]
+
+
+# ---------------------------------------------------------------------------------------------------
+# plugin form
+
+
+def d2conv3d_plugin(x, dilation, modulation, weight, bias, stride, padding, dilation_base, groups):
+    """``vosrt::d2conv3d`` -> one ``trt.plugins::D2Conv3D`` node (inputs X, D, M, Wt, B)."""
+    return _D2CONV3D_OP(x, dilation, modulation, weight, bias,
+                        kernel_shape=_ints(weight.shape[2:]), strides=_ints(stride), pads=_ints(padding),
+                        dilations=_ints(dilation_base), group=int(groups),
+                        plugin_version=PLUGIN_VERSION, plugin_namespace="")
+
+
+def l2_memory_readout_plugin(mem_key, query_key, mem_value, top_k, scale, top_k_input=None):
+    """``vosrt::l2_memory_readout`` -> one ``trt.plugins::L2MemoryReadout`` node; top_k is an attribute."""
+    return _L2_READOUT_OP(mem_key, query_key, mem_value, top_k=int(top_k), scale=float(scale),
+                          plugin_version=PLUGIN_VERSION, plugin_namespace="")
+
+
+# ---------------------------------------------------------------------------------------------------
+# portable form
+
+
+def _axis_positions(size_out, stride: int, pad: int, kernel: list[int], dil: int, scale, axis: int):
+    """Sample positions along ``axis`` (0 = t, 1 = y, 2 = x) for every kernel point: [N, K, To, Ho, Wo].
+
+    ``scale`` is D − 1 of this axis, [N, 1, To, Ho, Wo]; ``size_out`` the output length of this axis;
+    positions are in voxel-index units (the contract's q).
+    """
+    base = op.Cast(op.Range(op.Constant(value_int=0), size_out, op.Constant(value_int=1)), to=onnx.TensorProto.FLOAT)
+    base = op.Sub(op.Mul(base, op.Constant(value_float=float(stride))), op.Constant(value_float=float(pad)))
+    shape = [1, 1, 1, 1, 1]
+    shape[2 + axis] = -1
+    base = op.Reshape(base, op.Constant(value_ints=shape))  # [1, 1, To|1, Ho|1, Wo|1]
+    # Per kernel point k = (i, j, l): offset i·dil and stretch (i − kt//2)·dil along this axis.
+    index = [(i, j, l)[axis] for i in range(kernel[0]) for j in range(kernel[1]) for l in range(kernel[2])]
+    centre = kernel[axis] // 2
+    offset = op.Constant(value_floats=[float(i * dil) for i in index])
+    stretch = op.Constant(value_floats=[float((i - centre) * dil) for i in index])
+    k_shape = op.Constant(value_ints=[1, -1, 1, 1, 1])
+    offset, stretch = op.Reshape(offset, k_shape), op.Reshape(stretch, k_shape)  # [1, K, 1, 1, 1]
+    return op.Add(op.Add(base, offset), op.Mul(stretch, scale))
+
+
+def d2conv3d_portable(x, dilation, modulation, weight, bias, stride, padding, dilation_base, groups):
+    """``vosrt::d2conv3d`` in standard ONNX: one 5-D GridSample for all kernel points, then a 1×1×1 Conv.
+
+    The K·To sample volumes are stacked along the depth of the grid, so GridSample gathers
+    [N, C, K·To, Ho, Wo]; modulation scales it; the kernel-point axis folds into the channels
+    ([N, C·K, To, Ho, Wo], channel c·K + k) where a grouped 1×1×1 Conv with Wt reshaped to
+    [Cout, C/groups·K, 1, 1, 1] does the weighted sum. GridSample with zero padding and
+    align_corners=0 is exactly the contract's trilinear rule (outside corners contribute 0).
+    """
+    kernel = _ints(weight.shape[2:])
+    k_total = kernel[0] * kernel[1] * kernel[2]
+    x_shape = op.Shape(x)  # [5]: N, C, T, H, W
+    d_shape = op.Shape(dilation)  # [5]: N, 3, To, Ho, Wo
+    scale = op.Sub(dilation, op.Constant(value_float=1.0))  # [N, 3, To, Ho, Wo]
+    coords = []
+    for axis in range(3):
+        d_axis = op.Slice(scale, op.Constant(value_ints=[axis]), op.Constant(value_ints=[axis + 1]),
+                          op.Constant(value_ints=[1]))  # [N, 1, To, Ho, Wo]
+        size_out = op.Squeeze(op.Slice(d_shape, op.Constant(value_ints=[2 + axis]),
+                                       op.Constant(value_ints=[3 + axis])))
+        q = _axis_positions(size_out, int(stride[axis]), int(padding[axis]), kernel,
+                            int(dilation_base[axis]), d_axis, axis)  # [N, K, To, Ho, Wo]
+        # align_corners=0 maps voxel index q to (2q + 1) / size − 1.
+        size_in = op.Cast(op.Slice(x_shape, op.Constant(value_ints=[2 + axis]), op.Constant(value_ints=[3 + axis])),
+                          to=onnx.TensorProto.FLOAT)
+        g = op.Sub(op.Div(op.Add(op.Mul(q, op.Constant(value_float=2.0)), op.Constant(value_float=1.0)), size_in),
+                   op.Constant(value_float=1.0))
+        coords.append(op.Unsqueeze(g, op.Constant(value_ints=[-1])))
+    # GridSample's last axis is ordered (x, y, t).
+    grid = op.Concat(coords[2], coords[1], coords[0], axis=-1)  # [N, K, To, Ho, Wo, 3]
+    n, to, ho, wo = (op.Slice(d_shape, op.Constant(value_ints=[i]), op.Constant(value_ints=[i + 1]))
+                     for i in (0, 2, 3, 4))
+    k_const = op.Constant(value_ints=[k_total])
+    grid = op.Reshape(grid, op.Concat(n, op.Mul(k_const, to), ho, wo, op.Constant(value_ints=[3]), axis=0))
+    sampled = op.GridSample(x, grid, mode="linear", padding_mode="zeros", align_corners=0)  # [N, C, K·To, Ho, Wo]
+    c = op.Slice(x_shape, op.Constant(value_ints=[1]), op.Constant(value_ints=[2]))
+    sampled = op.Reshape(sampled, op.Concat(n, c, k_const, to, ho, wo, axis=0))  # [N, C, K, To, Ho, Wo]
+    if modulation is not None:
+        sampled = op.Mul(sampled, op.Unsqueeze(modulation, op.Constant(value_ints=[1])))
+    sampled = op.Reshape(sampled, op.Concat(n, op.Mul(c, k_const), to, ho, wo, axis=0))  # [N, C·K, To, Ho, Wo]
+    cout = int(weight.shape[0])
+    w_flat = op.Reshape(weight, op.Constant(value_ints=[cout, -1, 1, 1, 1]))  # [Cout, C/groups·K, 1, 1, 1]
+    if bias is not None:
+        return op.Conv(sampled, w_flat, bias, group=int(groups))
+    return op.Conv(sampled, w_flat, group=int(groups))
+
+
+def l2_memory_readout_portable(mem_key, query_key, mem_value, top_k, scale, top_k_input=None):
+    """``vosrt::l2_memory_readout`` in standard ONNX: MatMul affinity, TopK, Softmax, ScatterElements, MatMul.
+
+    k = min(top_k, N) is computed in the graph (top_k ≤ 0 means all N), from ``top_k_input`` when the
+    graph exposes it as an input, so ONNX Runtime sessions can change it without re-exporting.
+    """
+    # S[b, n, m] = (2·mk·qk − ‖mk‖²)·scale; the ‖q‖² term changes neither top-k nor softmax.
+    mk_t = op.Transpose(mem_key, perm=[0, 2, 1])  # [B, N, Ck]
+    dot = op.MatMul(mk_t, query_key)  # [B, N, M]
+    mk_sq = op.ReduceSum(op.Mul(mem_key, mem_key), op.Constant(value_ints=[1]), keepdims=1)  # [B, 1, N]
+    mk_sq = op.Transpose(mk_sq, perm=[0, 2, 1])  # [B, N, 1]
+    affinity = op.Mul(op.Sub(op.Mul(dot, op.Constant(value_float=2.0)), mk_sq),
+                      op.Constant(value_float=float(scale)))  # [B, N, M]
+    n = op.Slice(op.Shape(mem_key), op.Constant(value_ints=[2]), op.Constant(value_ints=[3]))  # [1] int64
+    k = op.Constant(value_ints=[int(top_k)]) if top_k_input is None else op.Cast(top_k_input, to=onnx.TensorProto.INT64)
+    k = op.Where(op.Greater(k, op.Constant(value_ints=[0])), op.Min(k, n), n)  # [1]
+    values, indices = op.TopK(affinity, k, axis=1, largest=1, sorted=0)  # [B, k, M]
+    weights = op.Softmax(values, axis=1)  # subtracts the max internally
+    zeros = op.ConstantOfShape(op.Shape(affinity))  # float zeros
+    dense = op.ScatterElements(zeros, indices, weights, axis=1)  # [B, N, M]
+    return op.MatMul(mem_value, dense)  # [B, V, M]
+
+
+def translation_table(form: str) -> dict:
+    """``custom_translation_table`` for ``torch.onnx.export`` producing the ``plugin`` or ``portable`` form."""
+    if form == "plugin":
+        return {graphs.D2CONV3D_OP: d2conv3d_plugin, graphs.L2_READOUT_OP: l2_memory_readout_plugin}
+    if form == "portable":
+        return {graphs.D2CONV3D_OP: d2conv3d_portable, graphs.L2_READOUT_OP: l2_memory_readout_portable}
+    raise ValueError(f"unknown ONNX form {form!r}: expected 'plugin' or 'portable'")
+
+
+def default_scale(key_dim: int) -> float:
+    """The readout's default ``scale``, 1/sqrt(Ck)."""
+    return 1.0 / math.sqrt(key_dim)
