@@ -400,11 +400,13 @@ def sequence_seed(seed: int, index: int) -> int:
 
 def generate_dataset(root: str | Path, num_sequences: int, seed: int, num_frames: int = 40,
                      height: int = 240, width: int = 432, num_objects: int | None = None,
-                     appear_later_fraction: float = 0.3, split: str = "train") -> list[str]:
+                     appear_later_fraction: float = 0.3, split: str = "train",
+                     num_distractors: int | None = None) -> list[str]:
     """Write ``num_sequences`` generated sequences in DAVIS 2017 layout under ``root``; returns their names.
 
     A fraction ``appear_later_fraction`` of the sequences (chosen from ``seed``) has objects entering
-    later. The names are listed in ``root/ImageSets/2017/SPLIT.txt`` (appended to an existing list).
+    later. ``num_distractors`` (unlabelled shapes) None draws 0-3 per sequence; 0 suits unsupervised
+    (3DC-Seg) training, where every moving shape should be foreground. The names are listed in ``root/ImageSets/2017/SPLIT.txt`` (appended to an existing list).
     """
     num_sequences = _check_size("num_sequences", num_sequences, 1)
     chooser = np.random.default_rng(sequence_seed(seed, -1 & 0xFFFFFFFF))
@@ -413,7 +415,8 @@ def generate_dataset(root: str | Path, num_sequences: int, seed: int, num_frames
         name = f"synth-{int(seed)}-{index:04d}"
         sequence = generate_sequence(sequence_seed(seed, index), num_frames=num_frames, height=height, width=width,
                                      num_objects=num_objects,
-                                     appear_later=bool(chooser.random() < appear_later_fraction))
+                                     appear_later=bool(chooser.random() < appear_later_fraction),
+                                     num_distractors=num_distractors)
         write_davis(root, name, sequence)
         names.append(name)
     list_file = Path(root) / "ImageSets" / "2017" / f"{split}.txt"

@@ -1,0 +1,164 @@
+"""Dataset folders and the training samplers, on generated DAVIS / YouTube-VOS / DAVIS 2016 folders."""
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vosrt.sdk.errors import UserError
+from vosrt.sdk.masks import write_label_png
+from vosrt.sdk.synthetic import generate_sequence, write_davis
+from vosrt.training.data import (ForegroundClipDataset, StaticSequenceDataset, VideoFolder, VOSTripletDataset,
+                                 max_skip_at, sample_clip_indices, sample_frame_indices)
+
+SIZE = dict(num_frames=10, height=64, width=96)
+
+
+@pytest.fixture(scope="module")
+def davis(tmp_path_factory):
+    root = tmp_path_factory.mktemp("davis")
+    sequences = {"early": generate_sequence(1, num_objects=2, **SIZE),
+                 "late": generate_sequence(2, num_objects=3, appear_later=True, **SIZE)}
+    for name, seq in sequences.items():
+        write_davis(root, name, seq)
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "train.txt").write_text("late\n")
+    return root, sequences
+
+
+def test_davis_folder_reads_labels_exactly_and_frames_as_stored(davis):
+    root, sequences = davis
+    folder = VideoFolder(root)
+    assert folder.layout == "davis" and folder.videos == ["early", "late"]
+    seq = sequences["late"]
+    assert folder.frame_names("late") == [f"{i:05d}" for i in range(10)]
+    for i, stem in enumerate(folder.frame_names("late")):
+        assert np.array_equal(folder.read_labels("late", stem), seq.labels[i])
+        stored = cv2.imread(str(root / "JPEGImages" / "480p" / "late" / f"{stem}.jpg"))[..., ::-1]
+        assert np.array_equal(folder.read_frame("late", stem), stored)
+        assert np.abs(folder.read_frame("late", stem).astype(int) - seq.frames[i]).mean() < 6
+
+
+def test_davis_folder_reports_objects_appearing_later(davis):
+    root, sequences = davis
+    folder = VideoFolder(root)
+    assert folder.first_appearance("late") == sequences["late"].start_frames
+    assert min(v for k, v in folder.first_appearance("late").items() if k > 1) > 0
+    assert folder.object_ids("early") == [1, 2]
+
+
+def test_split_list_selects_videos(davis):
+    root, _ = davis
+    assert VideoFolder(root, split="train").videos == ["late"]
+    with pytest.raises(UserError, match="split 'val'"):
+        VideoFolder(root, split="val")
+
+
+def test_missing_folder_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="JPEGImages"):
+        VideoFolder(tmp_path)
+
+
+def test_youtube_vos_layout_with_sparse_annotations(tmp_path, davis):
+    root, sequences = davis
+    yt = tmp_path / "yt" / "train"
+    shutil.copytree(root / "JPEGImages" / "480p", yt / "JPEGImages")
+    (yt / "Annotations" / "late").mkdir(parents=True)
+    for i in range(0, 10, 5):  # annotations on every fifth frame, as YouTube-VOS train
+        write_label_png(yt / "Annotations" / "late" / f"{i:05d}.png", sequences["late"].labels[i])
+    folder = VideoFolder(tmp_path / "yt", split="train")
+    assert folder.layout == "youtube-vos" and folder.videos == ["late"]
+    assert folder.annotated_names("late") == ["00000", "00005"]
+    frames, labels = folder.load_video("late")
+    assert len(frames) == 10 and labels[1] is None and np.array_equal(labels[5], sequences["late"].labels[5])
+
+
+def test_davis_2016_grey_masks_read_as_foreground(tmp_path, davis):
+    root, sequences = davis
+    shutil.copytree(root / "JPEGImages", tmp_path / "JPEGImages")
+    (tmp_path / "Annotations" / "480p" / "early").mkdir(parents=True)
+    for i, labels in enumerate(sequences["early"].labels):
+        cv2.imwrite(str(tmp_path / "Annotations" / "480p" / "early" / f"{i:05d}.png"),
+                    np.where(labels > 0, 255, 0).astype(np.uint8))
+    (tmp_path / "ImageSets" / "480p").mkdir(parents=True)
+    (tmp_path / "ImageSets" / "480p" / "train.txt").write_text(
+        "".join(f"/JPEGImages/480p/early/{i:05d}.jpg /Annotations/480p/early/{i:05d}.png\n" for i in range(10)))
+    folder = VideoFolder(tmp_path, split="train")
+    assert folder.videos == ["early"]
+    assert np.array_equal(folder.read_foreground("early", "00003"), sequences["early"].labels[3] > 0)
+
+
+def test_frame_indices_are_ordered_with_bounded_gaps():
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        count, gap = int(rng.integers(1, 40)), int(rng.integers(1, 12))
+        idx = sample_frame_indices(rng, count, gap)
+        assert len(idx) == 3 and 0 <= idx[0] and idx[-1] < count
+        steps = np.diff(idx)
+        assert (steps <= gap).all() and (steps >= (1 if count >= 3 + 2 * gap else 0)).all()
+
+
+def test_clip_indices_are_sorted_inside_the_window():
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        count = int(rng.integers(1, 30))
+        idx = sample_clip_indices(rng, count, 8, 12)
+        assert len(idx) == 8 and idx == sorted(idx) and idx[-1] < count and idx[-1] - idx[0] < 12
+
+
+def test_skip_curriculum_follows_stcn_schedule():
+    assert [max_skip_at(p) for p in (0.0, 0.05, 0.15, 0.25, 0.35, 0.5, 0.95)] == [5, 5, 10, 15, 20, 25, 5]
+
+
+def test_triplet_sampler_is_deterministic_per_seed_and_epoch(davis):
+    root, _ = davis
+    ds = VOSTripletDataset(VideoFolder(root), size=(48, 64), max_skip=3, seed=4)
+    a, b = ds[1], ds[1]
+    assert torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"])
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1]["images"], a["images"])
+
+
+def test_triplet_sampler_packs_at_most_two_objects_visible_on_the_first_frame(davis):
+    root, _ = davis
+    ds = VOSTripletDataset(VideoFolder(root), size=(48, 64), max_skip=3, seed=0)
+    for i in range(len(ds)):
+        sample = ds[i]
+        assert sample["images"].shape == (3, 3, 48, 64) and 0 <= sample["images"].min() <= sample["images"].max() <= 1
+        assert sample["masks"].shape == (3, 2, 48, 64)
+        assert set(sample["labels"].unique().tolist()) <= {0, 1, 2}
+        assert torch.equal((sample["labels"] == 1).float(), sample["masks"][:, 0])
+        assert sample["masks"][0, 0].any()  # the target is visible on the frame its mask is given on
+        if sample["selector"][1]:
+            assert sample["masks"][0, 1].any()
+        else:
+            assert not sample["masks"][:, 1].any()
+
+
+def test_static_sampler_makes_single_object_triplets(davis):
+    root, _ = davis
+    ds = StaticSequenceDataset(VideoFolder(root), size=(48, 64), seed=0)
+    assert len(ds) == 20
+    sample = ds[3]
+    assert sample["images"].shape == (3, 3, 48, 64)
+    assert sample["selector"].tolist() == [1.0, 0.0]
+    assert sample["masks"][0, 0].any() and not sample["masks"][:, 1].any()
+    assert not torch.equal(sample["images"][0], sample["images"][1])  # each frame deformed differently
+
+
+def test_static_sampler_reads_image_mask_pairs(tmp_path, davis):
+    root, sequences = davis
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"img{i}.jpg"), sequences["early"].frames[i][..., ::-1])
+        write_label_png(tmp_path / f"img{i}.png", sequences["early"].labels[i])
+    ds = StaticSequenceDataset(tmp_path, size=(32, 32))
+    assert len(ds) == 2 and ds[0]["masks"][0, 0].any()
+
+
+def test_clip_sampler_gives_clips_with_binary_foreground(davis):
+    root, _ = davis
+    ds = ForegroundClipDataset(VideoFolder(root), size=(32, 48), clip_length=8, seed=0)
+    sample = ds[0]
+    assert sample["images"].shape == (3, 8, 32, 48) and sample["foreground"].shape == (1, 8, 32, 48)
+    assert set(sample["foreground"].unique().tolist()) <= {0.0, 1.0} and sample["foreground"].any()

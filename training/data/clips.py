@@ -1,0 +1,76 @@
+"""3DC-Seg's clip sampler: L frames of a video with their foreground masks (DAVIS 2016 style).
+
+Unsupervised VOS has no object ids: every annotated object is foreground. Following 3DC-Seg / D²Conv3D
+training (facts, re-implemented here): a clip of ``clip_length`` (8) frames is drawn in temporal order
+from a window of at most ``max_window`` (12) consecutive frames, the same resize-and-crop to ``size``
+and horizontal flip apply to all its frames. Videos shorter than the clip repeat frames.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vosrt.sdk.errors import UserError
+from vosrt.training.data import transforms as T
+from vosrt.training.data.folders import VideoFolder
+from vosrt.training.data.sampling import SeededDataset, images_to_tensor
+
+
+def sample_clip_indices(rng: np.random.Generator, count: int, clip_length: int, max_window: int) -> list[int]:
+    """``clip_length`` sorted indices into ``count`` frames, spread inside a window of ``max_window``."""
+    window = min(count, max(clip_length, max_window))
+    start = int(rng.integers(0, count - window + 1))
+    if window >= clip_length:
+        picked = np.sort(rng.choice(window, clip_length, replace=False))
+    else:
+        picked = np.sort(rng.integers(0, window, clip_length))
+    return [start + int(i) for i in picked]
+
+
+class ForegroundClipDataset(SeededDataset):
+    """Clips for 3DC-Seg from DAVIS 2016/2017 or YouTube-VOS folders (only annotated frames are used).
+
+    Samples: ``images`` ``[3, L, H, W]`` float in [0, 1] (the network's clip layout), ``foreground``
+    ``[1, L, H, W]`` float 0/1, ``video`` name.
+    """
+
+    def __init__(self, folders: VideoFolder | list[VideoFolder], size: tuple[int, int] = (480, 854),
+                 clip_length: int = 8, max_window: int = 12, repeat: int = 1, seed: int = 0):
+        self.folders = [folders] if isinstance(folders, VideoFolder) else list(folders)
+        self.items = [(folder, video) for folder in self.folders for video in folder.videos
+                      if folder.annotated_names(video)]
+        if not self.items:
+            raise UserError("no annotated videos to train on")
+        self.size = tuple(size)
+        self.clip_length = int(clip_length)
+        self.max_window = int(max_window)
+        self.repeat = int(repeat)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.items) * self.repeat
+
+    def __getitem__(self, index: int) -> dict:
+        folder, video = self.items[index % len(self.items)]
+        rng = self.rng(index)
+        stems = folder.annotated_names(video)
+        chosen = [stems[i] for i in sample_clip_indices(rng, len(stems), self.clip_length, self.max_window)]
+        frames = [folder.read_frame(video, s) for s in chosen]
+        masks = [folder.read_foreground(video, s).astype(np.uint8) for s in chosen]
+        height, width = frames[0].shape[:2]
+        factor = max(self.size[0] / height, self.size[1] / width) * rng.uniform(1.0, 1.25)
+        top = rng.uniform(0, height * factor - self.size[0])
+        left = rng.uniform(0, width * factor - self.size[1])
+        matrix = np.array([[factor, 0.0, -left], [0.0, factor, -top]])
+        if rng.random() < 0.5:
+            matrix = np.array([[-1.0, 0.0, self.size[1] - 1], [0.0, 1.0, 0.0]]) @ np.vstack([matrix, [0, 0, 1]])
+        jitter_seed = int(rng.integers(2**31))
+        out_frames, out_masks = [], []
+        for frame, mask in zip(frames, masks):
+            frame, mask = T.warp_affine(frame, mask, matrix, self.size)
+            frame = T.colour_jitter(np.random.default_rng(jitter_seed), frame, 0.1, 0.05, 0.05)
+            out_frames.append(frame)
+            out_masks.append(mask)
+        images = images_to_tensor(out_frames).permute(1, 0, 2, 3).contiguous()  # [3, L, H, W]
+        foreground = torch.from_numpy(np.stack(out_masks).astype(np.float32))[None]  # [1, L, H, W]
+        return {"images": images, "foreground": foreground, "video": video}

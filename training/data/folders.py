@@ -1,0 +1,151 @@
+"""Reading VOS datasets laid out as their authors ship them: JPEG frames plus PNG annotations.
+
+Recognised layouts (``root`` is the folder you downloaded):
+
+- DAVIS 2017 (and vosrt's generated data): ``JPEGImages/480p/NAME/00000.jpg``,
+  ``Annotations/480p/NAME/00000.png`` (palette PNGs, pixel = object id), sequence lists in
+  ``ImageSets/2017/SPLIT.txt``.
+- DAVIS 2016: the same folders with grey-scale 0/255 foreground masks; lists in
+  ``ImageSets/480p/SPLIT.txt`` whose lines are frame paths (the sequence name is taken from them).
+- YouTube-VOS: ``[SPLIT/]JPEGImages/NAME/*.jpg`` and ``[SPLIT/]Annotations/NAME/*.png``; annotations may
+  exist for only some frames (every fifth in the training set), and objects may appear on any frame.
+
+Frames are returned as ``[H, W, 3]`` uint8 RGB, annotations as ``[H, W]`` uint8 object ids (grey-scale
+masks give their values, so a DAVIS 2016 mask reads 0/255; :meth:`VideoFolder.read_foreground` maps any
+non-zero id to foreground).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from vosrt.sdk.errors import UserError
+from vosrt.sdk.masks import read_label_png
+
+
+class VideoFolder:
+    """One dataset folder: the list of videos, their frames and annotations.
+
+    ``split`` selects the videos listed for that split (``ImageSets/2017/SPLIT.txt``, DAVIS 2016's
+    ``ImageSets/480p/SPLIT.txt``, or YouTube-VOS's ``SPLIT/`` sub-folder); None takes every video that
+    has at least one annotation. ``resolution`` is DAVIS's sub-folder (``480p`` or ``Full-Resolution``).
+    """
+
+    def __init__(self, root: str | Path, split: str | None = None, resolution: str = "480p"):
+        root = Path(root)
+        if not root.is_dir():
+            raise UserError(f"dataset folder not found: {root}")
+        if split is not None and (root / split / "JPEGImages").is_dir():
+            root = root / split  # YouTube-VOS: train/ and valid/ each hold JPEGImages and Annotations
+            listed = None
+        else:
+            listed = split
+        self.root = root
+        if (root / "JPEGImages" / resolution).is_dir():
+            self.layout = "davis"
+            self.image_root = root / "JPEGImages" / resolution
+            self.mask_root = root / "Annotations" / resolution
+        elif (root / "JPEGImages").is_dir():
+            self.layout = "youtube-vos"
+            self.image_root = root / "JPEGImages"
+            self.mask_root = root / "Annotations"
+        else:
+            raise UserError(f"{root}: expected a DAVIS (JPEGImages/{resolution}/NAME) or YouTube-VOS "
+                            f"(JPEGImages/NAME) folder, found no JPEGImages folder")
+        names = sorted(p.name for p in self.image_root.iterdir() if p.is_dir())
+        if listed is not None:
+            wanted = self._read_split(listed)
+            missing = [n for n in wanted if n not in names]
+            if missing:
+                raise UserError(f"{root}: split '{listed}' lists videos with no frames folder: {missing[:5]}")
+            names = wanted
+        else:
+            names = [n for n in names if (self.mask_root / n).is_dir() and any((self.mask_root / n).glob("*.png"))]
+        if not names:
+            raise UserError(f"{root}: no annotated videos found (looked in {self.mask_root})")
+        self.videos: list[str] = names
+
+    def _read_split(self, split: str) -> list[str]:
+        for candidate in (self.root / "ImageSets" / "2017" / f"{split}.txt",
+                          self.root / "ImageSets" / "2016" / f"{split}.txt",
+                          self.root / "ImageSets" / "480p" / f"{split}.txt"):
+            if candidate.is_file():
+                names = []
+                for line in candidate.read_text().split("\n"):
+                    line = line.strip()
+                    if not line:
+                        continue
+                    # DAVIS 2016 lists frame paths ("/JPEGImages/480p/bear/00000.jpg ..."), 2017 names
+                    name = Path(line.split()[0]).parent.name if "/" in line else line
+                    names.append(name)
+                return list(dict.fromkeys(names))
+        raise UserError(f"{self.root}: no list file for split '{split}' (expected ImageSets/2017/{split}.txt)")
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def frame_names(self, video: str) -> list[str]:
+        """Sorted frame stems (file names without extension) of ``video``'s JPEGs."""
+        return _list_stems(self.image_root / video, ".jpg")
+
+    def annotated_names(self, video: str) -> list[str]:
+        """Sorted stems of ``video``'s annotated frames (those with a PNG)."""
+        return _list_stems(self.mask_root / video, ".png")
+
+    def read_frame(self, video: str, stem: str) -> np.ndarray:
+        """Frame ``stem`` of ``video`` as ``[H, W, 3]`` uint8 RGB."""
+        path = self.image_root / video / f"{stem}.jpg"
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise UserError(f"cannot read frame {path}")
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    def read_labels(self, video: str, stem: str) -> np.ndarray:
+        """Annotation ``stem`` of ``video`` as ``[H, W]`` uint8 ids."""
+        return read_label_png(self.mask_root / video / f"{stem}.png")
+
+    def read_foreground(self, video: str, stem: str) -> np.ndarray:
+        """Annotation ``stem`` as a ``[H, W]`` bool foreground mask (any object, or 255 in DAVIS 2016)."""
+        return self.read_labels(video, stem) > 0
+
+    def object_ids(self, video: str) -> list[int]:
+        """Every object id annotated anywhere in ``video``."""
+        return sorted(self.first_appearance(video))
+
+    def first_appearance(self, video: str) -> dict[int, int]:
+        """``{object id: index (in frame_names) of the first frame annotating it}``."""
+        return _first_appearance(self, video)
+
+    def load_video(self, video: str) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+        """All frames of ``video`` and, per frame, its annotation or None where there is none."""
+        annotated = set(self.annotated_names(video))
+        frames, labels = [], []
+        for stem in self.frame_names(video):
+            frames.append(self.read_frame(video, stem))
+            labels.append(self.read_labels(video, stem) if stem in annotated else None)
+        return frames, labels
+
+
+def _list_stems(folder: Path, suffix: str) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.iterdir() if p.suffix.lower() == suffix)
+
+
+@lru_cache(maxsize=4096)
+def _first_appearance_cached(mask_root: str, video: str, stems: tuple[str, ...], frame_stems: tuple[str, ...]):
+    position = {stem: i for i, stem in enumerate(frame_stems)}
+    first: dict[int, int] = {}
+    for stem in stems:
+        ids = np.unique(read_label_png(Path(mask_root) / video / f"{stem}.png"))
+        for obj in ids[ids > 0].tolist():
+            first.setdefault(int(obj), position.get(stem, 0))
+    return first
+
+
+def _first_appearance(folder: VideoFolder, video: str) -> dict[int, int]:
+    return dict(_first_appearance_cached(str(folder.mask_root), video, tuple(folder.annotated_names(video)),
+                                         tuple(folder.frame_names(video))))

@@ -1,0 +1,119 @@
+"""STCN's static-image pre-training sampler: a three-frame pseudo video made from one image and mask.
+
+Following the STCN paper and its training code (facts, re-implemented here), each sample is one
+object of one image, deformed three times:
+
+- shared by the three frames: random scale 0.8-1.5, horizontal flip, colour jitter (0.1, 0.05, 0.05,
+  hue 0.05), grey-scale 5 %;
+- per frame: random affine (±20°, scale 0.9-1.1, shear ±10°), resize to cover ``size`` and a random
+  crop, colour jitter (0.1, 0.05, 0.05), and with probability 1/3 a smooth thin-plate-like
+  deformation (displacements of 2 % of the size).
+
+Sources: a folder of image/mask pairs (``NAME.jpg`` + ``NAME.png``, also one folder level deeper as in
+FSS-1000), or the annotated frames of DAVIS / YouTube-VOS folders (:class:`VideoFolder`). A mask with
+several ids yields one object per sample (single-object pre-training, as STCN); 0/255 masks give the
+foreground.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from vosrt.sdk.errors import UserError
+from vosrt.sdk.masks import read_label_png
+from vosrt.training.data import transforms as T
+from vosrt.training.data.folders import VideoFolder
+from vosrt.training.data.sampling import SeededDataset, pack_objects
+
+
+def find_image_mask_pairs(root: str | Path) -> list[tuple[Path, Path]]:
+    """``(image.jpg, image.png)`` pairs in ``root`` and its direct sub-folders."""
+    root = Path(root)
+    pairs = []
+    for image in sorted(list(root.glob("*.jpg")) + list(root.glob("*/*.jpg"))):
+        mask = image.with_suffix(".png")
+        if mask.is_file():
+            pairs.append((image, mask))
+    return pairs
+
+
+class StaticSequenceDataset(SeededDataset):
+    """Pseudo-video triplets from static images for STCN stage-0 pre-training.
+
+    ``sources``: a folder of image/mask pairs, a :class:`VideoFolder`, or a list of either.
+    """
+
+    def __init__(self, sources, size: tuple[int, int] = (384, 384), num_frames: int = 3,
+                 max_objects: int = 2, seed: int = 0):
+        if not isinstance(sources, (list, tuple)):
+            sources = [sources]
+        self.items = []  # (loader of (image, labels), name)
+        for source in sources:
+            if isinstance(source, VideoFolder):
+                self.items += [((source, video, stem), f"{video}/{stem}") for video in source.videos
+                               for stem in source.annotated_names(video)]
+            else:
+                self.items += [((image, mask), image.stem) for image, mask in find_image_mask_pairs(source)]
+        if not self.items:
+            raise UserError(f"no image/mask pairs found in {sources}")
+        self.size = tuple(size)
+        self.num_frames = int(num_frames)
+        self.max_objects = int(max_objects)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        source, _ = self.items[index]
+        if len(source) == 3:
+            folder, video, stem = source
+            return folder.read_frame(video, stem), folder.read_labels(video, stem)
+        image_path, mask_path = source
+        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise UserError(f"cannot read image {image_path}")
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), read_label_png(mask_path)
+
+    def __getitem__(self, index: int) -> dict:
+        image, labels = self._read(index)
+        name = self.items[index][1]
+        ids = [int(v) for v in np.unique(labels) if v != 0]
+        for attempt in range(5):
+            rng = self.rng(index, attempt)
+            if not ids:
+                break
+            target = int(rng.choice(ids))
+            mask = (labels == target).astype(np.uint8)
+            images, masks = self._augment(rng, image, mask)
+            if masks[0].any():
+                return pack_objects(images, masks, [1], self.max_objects, name)
+        rng = self.rng(index, 99)
+        images, masks = self._augment(rng, image, np.zeros(labels.shape, np.uint8))
+        return pack_objects(images, masks, [], self.max_objects, name)
+
+    def _augment(self, rng, image, mask):
+        height, width = image.shape[:2]
+        flip = rng.random() < 0.5
+        shared = T.affine_matrix(rng, height, width, scale=(0.8, 1.5))
+        if flip:
+            shared = np.array([[-1.0, 0.0, width - 1], [0.0, 1.0, 0.0]]) @ np.vstack([shared, [0, 0, 1]])
+        base_image, base_mask = T.warp_affine(image, mask, shared)
+        jitter_seed = int(rng.integers(2**31))
+        grey = rng.random() < 0.05
+        base_image = T.colour_jitter(np.random.default_rng(jitter_seed), base_image, 0.1, 0.05, 0.05, 0.05)
+        if grey:
+            base_image = T.random_grayscale(rng, base_image, 1.0)
+        images, masks = [], []
+        for _ in range(self.num_frames):
+            matrix = T.affine_matrix(rng, height, width, degrees=20, scale=(0.9, 1.1), shear=10)
+            frame, frame_mask = T.warp_affine(base_image, base_mask, matrix)
+            frame, frame_mask = T.resize_short_side_and_crop(rng, frame, frame_mask, self.size)
+            frame = T.colour_jitter(rng, frame, 0.1, 0.05, 0.05)
+            if rng.random() < 1 / 3:
+                frame, frame_mask = T.smooth_deformation(rng, frame, frame_mask, strength=0.02)
+            images.append(frame)
+            masks.append(frame_mask)
+        return images, masks

@@ -1,0 +1,124 @@
+"""STCN's main-training sampler: three ordered frames of a video, at most two objects.
+
+Following the STCN paper and its training code (facts, re-implemented here):
+
+- frames: three annotated frames in temporal order, each gap at most ``max_skip`` frames, the order
+  reversed with probability 0.5; ``max_skip`` follows a curriculum over training
+  (:func:`max_skip_at`: 5, then 10, 15, 20, 25 from 10/20/30/40 % of the iterations, back to 5 for
+  the last 10 %);
+- objects: one target drawn from those visible on the first sampled frame, plus a second one when
+  there is another; the sampler retries (new frames, new transforms) when the crop shows none;
+- augmentation shared by the three frames: horizontal flip, random resized crop (area 36-100 %) to
+  ``size``, colour jitter (0.1, 0.03, 0.03), grey-scale 5 %; per frame: random affine (±15°, shear
+  ±10°) and a slight colour jitter (0.01).
+
+For YouTube-VOS, where only some frames are annotated, gaps are counted in annotated frames and
+``max_skip`` is divided by their spacing (every 5th frame ⇒ ``max_skip // 5``), as STCN does.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from vosrt.sdk.errors import UserError
+from vosrt.training.data import transforms as T
+from vosrt.training.data.folders import VideoFolder
+from vosrt.training.data.sampling import SeededDataset, pack_objects
+
+# (fraction of the iterations from which it applies, max_skip), STCN's main-training schedule
+SKIP_CURRICULUM = ((0.0, 5), (0.1, 10), (0.2, 15), (0.3, 20), (0.4, 25), (0.9, 5))
+
+
+def max_skip_at(progress: float, curriculum=SKIP_CURRICULUM) -> int:
+    """The frame-gap limit at ``progress`` ∈ [0, 1] of training under ``curriculum``."""
+    skip = curriculum[0][1]
+    for start, value in curriculum:
+        if progress >= start:
+            skip = value
+    return int(skip)
+
+
+def sample_frame_indices(rng: np.random.Generator, count: int, max_gap: int, num_frames: int = 3) -> list[int]:
+    """``num_frames`` indices into ``count`` frames, increasing, each gap in [1, max_gap] (shrunk when
+    the video is too short; equal indices only when it has fewer frames than asked)."""
+    if count < 1:
+        raise UserError("cannot sample frames from a video without annotated frames")
+    max_gap = max(1, int(max_gap))
+    gaps = rng.integers(1, max_gap + 1, num_frames - 1)
+    span = int(gaps.sum())
+    if span > count - 1:
+        # too short for these gaps: spread the frames evenly over what there is
+        gaps = np.floor(gaps * (count - 1) / max(span, 1)).astype(int)
+        span = int(gaps.sum())
+    start = int(rng.integers(0, count - span))
+    return [start + int(g) for g in np.concatenate([[0], np.cumsum(gaps)])]
+
+
+class VOSTripletDataset(SeededDataset):
+    """STCN main training on DAVIS 2017 / YouTube-VOS folders (several may be concatenated).
+
+    ``size`` = (height, width) of the crops (multiples of 16), ``max_skip`` the initial gap limit
+    (change with :meth:`set_max_skip`), ``repeat`` how many samples each video gives per epoch.
+    """
+
+    def __init__(self, folders: VideoFolder | list[VideoFolder], size: tuple[int, int] = (384, 384),
+                 max_skip: int = 5, num_frames: int = 3, max_objects: int = 2, repeat: int = 1, seed: int = 0):
+        self.folders = [folders] if isinstance(folders, VideoFolder) else list(folders)
+        self.items = [(folder, video) for folder in self.folders for video in folder.videos
+                      if len(folder.annotated_names(video)) >= 1]
+        if not self.items:
+            raise UserError("no annotated videos to train on")
+        self.size = tuple(size)
+        self.max_skip = int(max_skip)
+        self.num_frames = int(num_frames)
+        self.max_objects = int(max_objects)
+        self.repeat = int(repeat)
+        self.seed = int(seed)
+
+    def set_max_skip(self, max_skip: int) -> None:
+        """Change the frame-gap limit (the curriculum calls this between epochs)."""
+        self.max_skip = int(max_skip)
+
+    def __len__(self) -> int:
+        return len(self.items) * self.repeat
+
+    def __getitem__(self, index: int) -> dict:
+        folder, video = self.items[index % len(self.items)]
+        stems = folder.annotated_names(video)
+        all_frames = folder.frame_names(video)
+        spacing = max(1, round((len(all_frames) - 1) / max(len(stems) - 1, 1))) if len(stems) > 1 else 1
+        max_gap = max(1, self.max_skip // spacing)
+        for attempt in range(5):
+            rng = self.rng(index, attempt)
+            chosen = [stems[i] for i in sample_frame_indices(rng, len(stems), max_gap, self.num_frames)]
+            if rng.random() < 0.5:
+                chosen = chosen[::-1]
+            images, labels = self._augment(rng, [folder.read_frame(video, s) for s in chosen],
+                                           [folder.read_labels(video, s) for s in chosen])
+            present = np.unique(labels[0])
+            present = [int(v) for v in present if v != 0]
+            if present:
+                target = int(rng.choice(present))
+                others = [v for v in present if v != target]
+                objects = [target] + ([int(rng.choice(others))] if others and self.max_objects > 1 else [])
+                return pack_objects(images, labels, objects, self.max_objects, video)
+        return pack_objects(images, labels, [], self.max_objects, video)  # STCN: an all-background sample
+
+    def _augment(self, rng, images, labels):
+        height, width = images[0].shape[:2]
+        crop = T.resized_crop_matrix(rng, height, width, self.size, scale=(0.36, 1.0), flip=rng.random() < 0.5)
+        jitter = dict(brightness=0.1, contrast=0.03, saturation=0.03)
+        shared_seed = int(rng.integers(2**31))
+        grey = rng.random() < 0.05
+        out_images, out_labels = [], []
+        for image, label in zip(images, labels):
+            image, label = T.warp_affine(image, label, crop, self.size)
+            # the same jitter for every frame: redraw it from the same seed
+            image = T.colour_jitter(np.random.default_rng(shared_seed), image, **jitter)
+            if grey:
+                image = T.random_grayscale(rng, image, 1.0)
+            matrix = T.affine_matrix(rng, *self.size, degrees=15, shear=10)
+            image, label = T.warp_affine(image, label, matrix)
+            image = T.colour_jitter(rng, image, brightness=0.01, contrast=0.01, saturation=0.01)
+            out_images.append(image)
+            out_labels.append(label)
+        return out_images, out_labels
