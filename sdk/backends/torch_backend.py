@@ -1,0 +1,120 @@
+"""PyTorch backend: the reference. Runs ``vosrt.training.graphs`` modules eagerly through the same session
+logic as the other backends, so any difference between backends is the runtime's, not the SDK's.
+
+The weights come from a checkpoint: ``load(pkg, backend="torch", checkpoint=PATH)``, else the manifest's
+``source.checkpoint`` (the one the package was exported from). A package exported from random weights
+without saving them cannot be reproduced in PyTorch; export from a saved checkpoint instead.
+
+torch is imported here only, never by the rest of ``vosrt.sdk``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from vosrt.sdk.backends.base import Backend, Tensor, flatten_to
+from vosrt.sdk.errors import UserError
+
+try:
+    import torch
+except ImportError as err:  # pragma: no cover - depends on the host
+    raise ModuleNotFoundError("the torch backend needs PyTorch (pip install 'vosrt[train]')", name="torch") from err
+
+
+class TorchBackend(Backend):
+    """Runs a package's graphs as PyTorch modules. Options: ``checkpoint`` (path), ``device``
+    (``"auto"``: CUDA when torch sees one, else CPU), ``threads`` (torch intra-op threads)."""
+
+    name = "torch"
+
+    def __init__(self, package, checkpoint=None, device: str = "auto", threads: int | None = None, **unused):
+        if unused:
+            raise UserError(f"torch backend: unknown option(s) {', '.join(sorted(unused))}")
+        from vosrt.training.graphs import graphs_for
+        from vosrt.training.models import load_checkpoint
+
+        checkpoint = checkpoint or package.checkpoint
+        if checkpoint is None:
+            raise UserError(f"torch backend: package {package.path} records no checkpoint (source.checkpoint); "
+                            "pass checkpoint=PATH (CLI: --checkpoint PATH)")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device not in ("cpu", "cuda"):
+            raise UserError(f"device: expected 'auto', 'cpu' or 'cuda', got '{device}'")
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.device = device
+        self.checkpoint = str(checkpoint)
+        model, config = load_checkpoint(checkpoint)
+        model_family = "stcn" if str(config.get("model", "")).startswith("stcn") else "3dc-seg"
+        if model_family != package.family:
+            raise UserError(f"checkpoint {checkpoint} holds a {config.get('model')} model, but the package "
+                            f"{package.path} is {package.family}")
+        model = model.to(device).eval()
+        top_k = int(package.streaming.get("top_k", 20)) if package.family == "stcn" else 20
+        self.specs = graphs_for(model, top_k=top_k)
+        missing = set(package.graphs) - set(self.specs)
+        if missing:
+            raise UserError(f"torch backend: the model has no graph(s) {sorted(missing)}")
+        self._torch_device = torch.device(device)
+
+    def input_names(self, graph: str) -> list[str]:
+        names = list(self.specs[graph].input_names)
+        if graph == "segment":
+            names.append("top_k")  # SegmentGraph takes an optional top_k override
+        return names
+
+    def _tensor(self, value) -> "torch.Tensor":
+        if isinstance(value, torch.Tensor):
+            return value
+        return torch.from_numpy(np.ascontiguousarray(value)).to(self._torch_device)
+
+    def run(self, graph: str, inputs: Mapping[str, Tensor], outputs: Sequence[str] | None = None
+            ) -> dict[str, Tensor]:
+        spec = self.specs[graph]
+        unknown = set(inputs) - set(self.input_names(graph))
+        if unknown:
+            raise ValueError(f"graph '{graph}' has no input(s) {sorted(unknown)}")
+        args = [self._tensor(inputs[name]) for name in spec.input_names]
+        kwargs = {"top_k": self._tensor(inputs["top_k"])} if "top_k" in inputs else {}
+        with torch.inference_mode():
+            result = spec.module(*args, **kwargs)
+        if isinstance(result, torch.Tensor):
+            result = (result,)
+        named = dict(zip(spec.output_names, result))
+        return {name: named[name] for name in (outputs or spec.output_names)}
+
+    def upload(self, array: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.array(array, copy=True)).to(self._torch_device)
+
+    def download(self, tensor: Tensor) -> np.ndarray:
+        if isinstance(tensor, torch.Tensor):
+            return tensor.detach().cpu().numpy().copy()
+        return np.array(tensor, copy=True)
+
+    def zeros(self, shape: Sequence[int], dtype: type = np.float32) -> Tensor:
+        torch_dtype = {np.float32: torch.float32, np.uint8: torch.uint8, np.int64: torch.int64}[np.dtype(dtype).type]
+        return torch.zeros(tuple(int(s) for s in shape), dtype=torch_dtype, device=self._torch_device)
+
+    def write(self, dst: Tensor, axis: int, start: int, src: Tensor) -> None:
+        src = self._tensor(src)
+        src = src.reshape(flatten_to(src.shape, dst.ndim))
+        index = (slice(None),) * axis + (slice(start, start + src.shape[axis]),)
+        dst[index] = src
+
+    def read(self, src: Tensor, axis: int, start: int, stop: int) -> Tensor:
+        return src[(slice(None),) * axis + (slice(start, stop),)]
+
+    def shape(self, tensor: Tensor) -> tuple[int, ...]:
+        return tuple(tensor.shape)
+
+    def nbytes(self, tensor: Tensor) -> int:
+        return int(tensor.numel() * tensor.element_size())
+
+    def synchronize(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    def describe(self) -> str:
+        return f"torch {torch.__version__} ({self.device}, checkpoint {self.checkpoint})"

@@ -1,0 +1,92 @@
+"""``vosrt eval --pred DIR --gt DIR``: J, F and J&F of predicted palette PNGs against ground truth.
+
+A folder is either one sequence (PNG files directly in it) or a set of sequences (sub-folders of PNGs,
+as DAVIS ``Annotations/480p``). Predictions are matched to ground truth by sequence and file name.
+Prints a table (per object, per sequence, overall) and writes it as CSV (``--csv``, default
+``PRED/metrics.csv``).
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from vosrt.sdk.errors import UserError
+from vosrt.sdk.masks import read_label_png
+from vosrt.sdk.metrics import evaluate_sequence, summarize
+
+
+def add_arguments(parser) -> None:
+    """Arguments of ``vosrt eval``."""
+    parser.add_argument("--pred", required=True, help="predicted masks: a sequence folder or a folder of them")
+    parser.add_argument("--gt", required=True, help="ground-truth masks, laid out like --pred")
+    parser.add_argument("--csv", default=None, help="CSV to write (default PRED/metrics.csv)")
+    parser.add_argument("--all-frames", action="store_true",
+                        help="score the first and last frames too (DAVIS semi-supervised skips them)")
+
+
+def sequences(root: Path) -> dict[str, Path]:
+    """Sequence name -> folder of PNGs under ``root`` (``root`` itself when it holds PNGs)."""
+    if not root.is_dir():
+        raise UserError(f"not a folder: {root}")
+    if any(root.glob("*.png")):
+        return {root.name: root}
+    found = {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and any(d.glob("*.png"))}
+    if not found:
+        raise UserError(f"{root}: no PNG masks in it or in its sub-folders")
+    return found
+
+
+def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = True):
+    """Score every ground-truth sequence; returns the list of :class:`~vosrt.sdk.metrics.ObjectScore`."""
+    gt_seqs = sequences(gt_root)
+    single = len(gt_seqs) == 1 and next(iter(gt_seqs.values())) == gt_root
+    pred_seqs = {gt_root.name: pred_root} if single else sequences(pred_root)
+    scores = []
+    for name, gt_dir in gt_seqs.items():
+        if name not in pred_seqs:
+            raise UserError(f"--pred {pred_root}: no predictions for sequence '{name}'")
+        gt_files = sorted(gt_dir.glob("*.png"))
+        preds, gts = [], []
+        for gt_file in gt_files:
+            pred_file = pred_seqs[name] / gt_file.name
+            if not pred_file.is_file():
+                raise UserError(f"--pred: missing {pred_file} (ground truth has {gt_file})")
+            gt = read_label_png(gt_file)
+            pred = read_label_png(pred_file)
+            if pred.shape != gt.shape:
+                raise UserError(f"{pred_file}: size {pred.shape[1]}x{pred.shape[0]} differs from the ground "
+                                f"truth's {gt.shape[1]}x{gt.shape[0]}")
+            preds.append(pred)
+            gts.append(gt)
+        scores.extend(evaluate_sequence(preds, gts, name, skip_first_last=skip_first_last))
+    return scores
+
+
+def run(args) -> int:
+    """Entry point of ``vosrt eval``."""
+    pred_root, gt_root = Path(args.pred), Path(args.gt)
+    scores = evaluate_folders(pred_root, gt_root, skip_first_last=not args.all_frames)
+    rows = [(s.sequence, str(s.object_id), s.j_mean, s.f_mean, s.jf) for s in scores]
+    for name in dict.fromkeys(s.sequence for s in scores):
+        mean = summarize([s for s in scores if s.sequence == name])
+        rows.append((name, "mean", mean["J"], mean["F"], mean["J&F"]))
+    total = summarize(scores)
+    rows.append(("all", "mean", total["J"], total["F"], total["J&F"]))
+
+    width = max([len("sequence")] + [len(r[0]) for r in rows])
+    print(f"{'sequence':<{width}}  {'object':>6}  {'J':>6}  {'F':>6}  {'J&F':>6}")
+    for seq, obj, j, f, jf in rows:
+        print(f"{seq:<{width}}  {obj:>6}  {j:6.3f}  {f:6.3f}  {jf:6.3f}")
+    out = Path(args.csv) if args.csv else pred_root / "metrics.csv"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["sequence", "object", "J", "F", "J&F"])
+            writer.writerows([(s, o, f"{j:.6f}", f"{f:.6f}", f"{jf:.6f}") for s, o, j, f, jf in rows])
+    except OSError as err:
+        raise UserError(f"--csv: cannot write {out}: {err}") from None
+    print(f"wrote {out}")
+    return 0 if np.isfinite(total["J&F"]) else 1

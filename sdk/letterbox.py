@@ -1,0 +1,133 @@
+"""Frames in, results out: validation, colour order, and letterboxing to the package resolution.
+
+Graphs take float32 RGB in [0, 1], ``[1, 3, H, W]`` at the package's fixed resolution (the exported
+graphs have static image sizes). A frame of any other size is resized keeping its aspect ratio so that
+it fits ``H × W``, centred, and padded with black; results are cropped back out of the padding and
+resized to the frame's own size (label maps nearest-neighbour, probabilities bilinearly).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from vosrt.sdk.errors import UserError
+
+COLORS = ("bgr", "rgb")
+
+
+def check_color(color: str) -> str:
+    """Normalise a colour-order argument (``"bgr"`` for OpenCV frames, ``"rgb"`` for PIL/imageio)."""
+    value = str(color).lower()
+    if value not in COLORS:
+        raise UserError(f"color: expected 'bgr' (OpenCV frames) or 'rgb', got {color!r}")
+    return value
+
+
+def check_image(image, name: str = "image") -> np.ndarray:
+    """Validate a frame: ``[H, W, 3]`` uint8 (0..255) or float32/float64 (0..1). Returns it unchanged."""
+    if not isinstance(image, np.ndarray):
+        raise UserError(f"{name}: expected a numpy array [H, W, 3], got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        hint = " (grey-scale? convert with cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))" if image.ndim == 2 or (
+            image.ndim == 3 and image.shape[2] == 1) else (
+            " (BGRA/RGBA? drop the alpha channel)" if image.ndim == 3 and image.shape[2] == 4 else "")
+        raise UserError(f"{name}: expected shape [H, W, 3], got {list(image.shape)}{hint}")
+    if image.dtype not in (np.uint8, np.float32, np.float64):
+        raise UserError(f"{name}: expected dtype uint8 (0..255) or float32 (0..1), got {image.dtype}")
+    if image.shape[0] < 2 or image.shape[1] < 2:
+        raise UserError(f"{name}: frame of {image.shape[0]}x{image.shape[1]} pixels is too small")
+    return image
+
+
+def check_label_map(mask, frame_shape: tuple[int, int], name: str = "mask") -> np.ndarray:
+    """Validate a label map for a frame of ``frame_shape`` (H, W): integer ids 0..255, returned as uint8.
+
+    Float arrays are accepted only when every value is a whole number (e.g. a PNG read as float);
+    a probability map is refused with a hint to threshold it.
+    """
+    if not isinstance(mask, np.ndarray):
+        raise UserError(f"{name}: expected a numpy array [H, W] of object ids, got {type(mask).__name__}")
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[:, :, 0]
+    if mask.ndim != 2:
+        raise UserError(f"{name}: expected a [H, W] label map of object ids, got shape {list(mask.shape)} "
+                        "(a colour mask? save it as a palette PNG and read it with vosrt.sdk.masks.read_label_png)")
+    if tuple(mask.shape) != tuple(frame_shape):
+        raise UserError(f"{name}: size {mask.shape[0]}x{mask.shape[1]} differs from the frame's "
+                        f"{frame_shape[0]}x{frame_shape[1]}; give the mask at the frame's size")
+    if mask.dtype == np.bool_:
+        return mask.astype(np.uint8)
+    if np.issubdtype(mask.dtype, np.floating):
+        if not np.all(np.isfinite(mask)) or np.any(mask != np.round(mask)):
+            raise UserError(f"{name}: labels must be integer object ids, got non-integer values in a {mask.dtype} "
+                            "array (a probability map? threshold it, e.g. (prob > 0.5).astype(np.uint8))")
+    elif not np.issubdtype(mask.dtype, np.integer):
+        raise UserError(f"{name}: labels must be integer object ids, got dtype {mask.dtype}")
+    if mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise UserError(f"{name}: object ids must be in 0..255 (0 = background), got {mask.min()}..{mask.max()}")
+    return mask.astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """The mapping between a frame of ``src`` size and the package's ``dst`` size (both (H, W))."""
+
+    src: tuple[int, int]
+    dst: tuple[int, int]
+
+    @property
+    def inner(self) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of the resized frame inside the padded ``dst`` image."""
+        (sh, sw), (dh, dw) = self.src, self.dst
+        scale = min(dh / sh, dw / sw)
+        h = min(dh, max(1, round(sh * scale)))
+        w = min(dw, max(1, round(sw * scale)))
+        return (dh - h) // 2, (dw - w) // 2, h, w
+
+    @property
+    def identity(self) -> bool:
+        return self.src == self.dst
+
+    def image(self, image: np.ndarray, color: str = "bgr") -> np.ndarray:
+        """A validated frame -> graph input ``[1, 3, H, W]`` float32 RGB in [0, 1]."""
+        if image.dtype == np.uint8:
+            pixels = image.astype(np.float32) * np.float32(1 / 255)
+        else:
+            pixels = image.astype(np.float32, copy=False)
+        if color == "bgr":
+            pixels = pixels[:, :, ::-1]
+        if not self.identity:
+            top, left, h, w = self.inner
+            canvas = np.zeros((*self.dst, 3), np.float32)
+            canvas[top:top + h, left:left + w] = cv2.resize(np.ascontiguousarray(pixels), (w, h),
+                                                            interpolation=cv2.INTER_AREA)
+            pixels = canvas
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])  # [1, 3, H, W]
+
+    def labels(self, labels: np.ndarray) -> np.ndarray:
+        """A frame-size label map -> package size (nearest neighbour; padding is background)."""
+        if self.identity:
+            return labels
+        top, left, h, w = self.inner
+        canvas = np.zeros(self.dst, np.uint8)
+        canvas[top:top + h, left:left + w] = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+        return canvas
+
+    def labels_back(self, labels: np.ndarray) -> np.ndarray:
+        """A package-size label map ``[H, W]`` -> the frame's size (nearest neighbour)."""
+        if self.identity:
+            return labels
+        top, left, h, w = self.inner
+        return cv2.resize(np.ascontiguousarray(labels[top:top + h, left:left + w]), (self.src[1], self.src[0]),
+                          interpolation=cv2.INTER_NEAREST)
+
+    def probabilities_back(self, prob: np.ndarray) -> np.ndarray:
+        """Package-size maps ``[K, H, W]`` float32 -> ``[K, h_frame, w_frame]`` (bilinear)."""
+        if self.identity:
+            return prob
+        top, left, h, w = self.inner
+        return np.stack([cv2.resize(np.ascontiguousarray(p[top:top + h, left:left + w]),
+                                    (self.src[1], self.src[0]), interpolation=cv2.INTER_LINEAR)
+                         for p in prob]) if len(prob) else np.zeros((0, *self.src), np.float32)

@@ -1,0 +1,109 @@
+"""The STCN memory bank: fixed capacity, allocated once on the backend's device.
+
+Layout, as the ``segment`` graph reads it: keys ``[1, Ck, capacity*h*w]``, values ``[O, Cv, capacity*h*w]``;
+memory frame ``s`` occupies columns ``s*h*w : (s+1)*h*w`` (slot-major, pixel-minor) of every channel.
+
+Policy:
+
+* Slot 0 holds the first frame added after a reset (the first annotated frame) and is never evicted:
+  it is the only frame whose mask is known to be right.
+* Slots 1..capacity-1 are a FIFO ring over everything else: once full, a new memory frame replaces the
+  oldest non-permanent one. The readout is a softmax over all memory positions, so the order of slots
+  in the buffer does not matter and no data is shifted.
+* Until the bank is full, the graph sees only the filled slots (a prefix of the columns).
+
+Objects are a dynamic dimension. Changing the object set is the one event that reallocates (the value
+buffer, to the new object count); kept objects keep their values. A new object's values for memory
+frames written before it appeared are **zeros**: those frames' images are gone, and zero values read
+as "no evidence of this object there", so the object is found from the frame where it was annotated
+(and from the memory frames written after it). Keys are shared by all objects and never reallocated.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from vosrt.sdk.backends.base import Backend, Tensor
+from vosrt.sdk.errors import UserError
+
+
+class MemoryBank:
+    """Keys and values of up to ``capacity`` memory frames, each ``hw`` = h*w positions (see module doc)."""
+
+    def __init__(self, backend: Backend, capacity: int, hw: int):
+        if int(capacity) < 1:
+            raise UserError(f"memory_capacity: expected at least 1 frame, got {capacity}")
+        self.backend = backend
+        self.capacity = int(capacity)
+        self.hw = int(hw)
+        self.keys: Tensor | None = None    # [1, Ck, capacity*hw], allocated at the first add
+        self.values: Tensor | None = None  # [O, Cv, capacity*hw]
+        self.num_objects = 0
+        self.frames = 0          # filled slots
+        self._next = 1           # ring position of the next non-permanent write
+        self.allocations = 0     # buffer allocations so far (tests check it stays constant)
+        self.writes = 0          # memory frames added since the last reset
+
+    # ---------------------------------------------------------------- state
+    @property
+    def empty(self) -> bool:
+        return self.frames == 0
+
+    def reset(self) -> None:
+        """Forget every memory frame (buffers are kept; the next frame added becomes permanent)."""
+        self.frames, self._next, self.writes = 0, 1, 0
+
+    def nbytes(self) -> int:
+        """Device bytes held by the key and value buffers."""
+        return sum(self.backend.nbytes(t) for t in (self.keys, self.values) if t is not None)
+
+    # ---------------------------------------------------------------- writing
+    def add(self, key: Tensor, value: Tensor) -> int:
+        """Add one memory frame: ``key`` ``[1, Ck, h, w]``, ``value`` ``[O, Cv, h, w]`` (backend tensors).
+        Returns the slot written."""
+        backend = self.backend
+        key_shape, value_shape = backend.shape(key), backend.shape(value)
+        if value_shape[0] != self.num_objects:
+            raise ValueError(f"value has {value_shape[0]} objects, the bank holds {self.num_objects}")
+        if self.keys is None:
+            self.keys = backend.zeros((1, key_shape[1], self.capacity * self.hw))
+            self.allocations += 1
+        if self.values is None or backend.shape(self.values)[1] != value_shape[1]:
+            self.values = backend.zeros((self.num_objects, value_shape[1], self.capacity * self.hw))
+            self.allocations += 1
+        if self.frames == 0:
+            slot = 0
+        elif self.frames < self.capacity:
+            slot = self.frames
+        else:
+            slot = self._next
+        if slot != 0:
+            self._next = slot + 1 if slot + 1 < self.capacity else 1
+        backend.write(self.keys, 2, slot * self.hw, key)
+        backend.write(self.values, 2, slot * self.hw, value)
+        self.frames = min(self.frames + 1, self.capacity)
+        self.writes += 1
+        return slot
+
+    def set_objects(self, keep: Sequence[int], total: int) -> None:
+        """Change the object set: new object ``i < len(keep)`` takes old object ``keep[i]``'s values, objects
+        ``len(keep)..total-1`` are new (zero values for the frames already in memory)."""
+        if list(keep) == list(range(self.num_objects)) and total == self.num_objects:
+            return
+        self.num_objects = int(total)
+        if self.values is None:
+            return
+        backend = self.backend
+        old = self.values
+        channels, columns = backend.shape(old)[1:]
+        self.values = backend.zeros((self.num_objects, channels, columns)) if self.num_objects else None
+        self.allocations += 1
+        for new_index, old_index in enumerate(keep):
+            backend.write(self.values, 0, new_index, backend.read(old, 0, old_index, old_index + 1))
+
+    # ---------------------------------------------------------------- reading
+    def read(self) -> tuple[Tensor, Tensor]:
+        """(mem_key ``[1, Ck, N]``, mem_value ``[O, Cv, N]``) over the filled slots, N = frames*hw."""
+        if self.frames == self.capacity:
+            return self.keys, self.values
+        stop = self.frames * self.hw
+        return self.backend.read(self.keys, 2, 0, stop), self.backend.read(self.values, 2, 0, stop)

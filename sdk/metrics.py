@@ -1,0 +1,156 @@
+"""DAVIS metrics: region similarity J, boundary accuracy F, and J&F, per object and per sequence.
+
+As the DAVIS 2017 protocol defines them (davis2017-evaluation):
+
+* J is the IoU of an object's predicted and true masks, over pixels that are not void (label 255);
+  two empty masks give J = 1.
+* F compares 1-pixel boundary maps. A mask's boundary is every pixel whose value differs from its right,
+  bottom or bottom-right neighbour (pixels past the image count as background, except that the last row
+  compares only to the right and the last column only downwards, the bottom-right pixel never). A
+  boundary pixel is matched when the other boundary map, dilated by a disk of radius
+  ``ceil(0.008 * image diagonal)`` pixels, covers it. Precision = matched predicted / predicted boundary
+  pixels, recall = matched true / true boundary pixels, F = 2PR / (P + R) (0 when P + R = 0). Empty
+  boundaries: none predicted but some true gives P = 1, R = 0; some predicted but none true P = 0,
+  R = 1; both empty F = 1.
+* A sequence's objects are ids 1..K, K the largest id of its first ground-truth frame. In the
+  semi-supervised protocol the first frame (given) and the last frame are not scored. J and F of an
+  object are means over its scored frames; a dataset's J and F are means over all objects of all
+  sequences, and J&F is their mean.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+VOID = 255
+BOUNDARY_TOLERANCE = 0.008  # fraction of the image diagonal
+
+
+def region_similarity(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> float:
+    """J: IoU of two binary masks ``[H, W]``, ignoring ``void`` pixels; 1.0 when both are empty."""
+    pred, gt = pred.astype(bool), gt.astype(bool)
+    if void is not None:
+        keep = ~void.astype(bool)
+        pred, gt = pred & keep, gt & keep
+    union = np.count_nonzero(pred | gt)
+    if union == 0:
+        return 1.0
+    return np.count_nonzero(pred & gt) / union
+
+
+def boundary_map(mask: np.ndarray) -> np.ndarray:
+    """1-pixel boundary of a binary mask ``[H, W]`` (see the module docstring), bool."""
+    seg = mask.astype(bool)
+    right = np.zeros_like(seg)
+    down = np.zeros_like(seg)
+    diagonal = np.zeros_like(seg)
+    right[:, :-1] = seg[:, 1:]
+    down[:-1, :] = seg[1:, :]
+    diagonal[:-1, :-1] = seg[1:, 1:]
+    edge = (seg ^ right) | (seg ^ down) | (seg ^ diagonal)
+    edge[-1, :] = seg[-1, :] ^ right[-1, :]
+    edge[:, -1] = seg[:, -1] ^ down[:, -1]
+    edge[-1, -1] = False
+    return edge
+
+
+def boundary_tolerance(shape: tuple[int, int], tolerance: float = BOUNDARY_TOLERANCE) -> int:
+    """Matching radius in pixels: ``tolerance`` itself when >= 1, else ceil(tolerance * diagonal)."""
+    if tolerance >= 1:
+        return int(tolerance)
+    return int(math.ceil(tolerance * math.hypot(shape[0], shape[1])))
+
+
+def _disk(radius: int) -> np.ndarray:
+    # All offsets (dy, dx) with dy² + dx² <= r², as a uint8 structuring element.
+    r = int(radius)
+    y, x = np.mgrid[-r:r + 1, -r:r + 1]
+    return (y * y + x * x <= r * r).astype(np.uint8)
+
+
+def boundary_measure(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None,
+                     tolerance: float = BOUNDARY_TOLERANCE) -> float:
+    """F: boundary F-measure of two binary masks ``[H, W]`` (see the module docstring)."""
+    pred, gt = pred.astype(bool), gt.astype(bool)
+    if void is not None:
+        keep = ~void.astype(bool)
+        pred, gt = pred & keep, gt & keep
+    radius = boundary_tolerance(pred.shape, tolerance)
+    pred_edge, gt_edge = boundary_map(pred), boundary_map(gt)
+    disk = _disk(radius)
+    pred_near = cv2.dilate(pred_edge.astype(np.uint8), disk).astype(bool)
+    gt_near = cv2.dilate(gt_edge.astype(np.uint8), disk).astype(bool)
+    n_pred, n_gt = np.count_nonzero(pred_edge), np.count_nonzero(gt_edge)
+    if n_pred == 0 and n_gt == 0:
+        return 1.0
+    if n_pred == 0:
+        precision, recall = 1.0, 0.0
+    elif n_gt == 0:
+        precision, recall = 0.0, 1.0
+    else:
+        precision = np.count_nonzero(pred_edge & gt_near) / n_pred
+        recall = np.count_nonzero(gt_edge & pred_near) / n_gt
+    if precision + recall == 0:
+        return 0.0
+    return 2 * precision * recall / (precision + recall)
+
+
+@dataclass
+class ObjectScore:
+    """Per-frame J and F of one object of one sequence, and their means."""
+
+    sequence: str
+    object_id: int
+    j: list[float] = field(default_factory=list)
+    f: list[float] = field(default_factory=list)
+
+    @property
+    def j_mean(self) -> float:
+        return float(np.mean(self.j)) if self.j else float("nan")
+
+    @property
+    def f_mean(self) -> float:
+        return float(np.mean(self.f)) if self.f else float("nan")
+
+    @property
+    def jf(self) -> float:
+        return (self.j_mean + self.f_mean) / 2
+
+
+def evaluate_sequence(preds: list[np.ndarray], gts: list[np.ndarray], name: str = "sequence",
+                      skip_first_last: bool = True, tolerance: float = BOUNDARY_TOLERANCE) -> list[ObjectScore]:
+    """Score one sequence: ``preds`` and ``gts`` are lists of ``[H, W]`` label maps (same length and sizes).
+
+    Objects are ids 1..K with K the largest id in the first ground-truth frame. ``skip_first_last``
+    (the DAVIS semi-supervised protocol) leaves out the first and last frames when there are more than two.
+    """
+    if len(preds) != len(gts):
+        raise ValueError(f"{name}: {len(preds)} predicted frames but {len(gts)} ground-truth frames")
+    if not gts:
+        return []
+    num_objects = int(np.max(np.where(gts[0] == VOID, 0, gts[0])))
+    frames = range(len(gts))
+    if skip_first_last and len(gts) > 2:
+        frames = range(1, len(gts) - 1)
+    scores = [ObjectScore(name, obj) for obj in range(1, num_objects + 1)]
+    for t in frames:
+        pred, gt = preds[t], gts[t]
+        if pred.shape != gt.shape:
+            raise ValueError(f"{name} frame {t}: prediction {pred.shape} and ground truth {gt.shape} differ in size")
+        void = gt == VOID
+        for score in scores:
+            score.j.append(region_similarity(pred == score.object_id, gt == score.object_id, void))
+            score.f.append(boundary_measure(pred == score.object_id, gt == score.object_id, void, tolerance))
+    return scores
+
+
+def summarize(scores: list[ObjectScore]) -> dict[str, float]:
+    """Dataset means over all objects: ``{"J": .., "F": .., "J&F": ..}``."""
+    if not scores:
+        return {"J": float("nan"), "F": float("nan"), "J&F": float("nan")}
+    j = float(np.mean([s.j_mean for s in scores]))
+    f = float(np.mean([s.f_mean for s in scores]))
+    return {"J": j, "F": f, "J&F": (j + f) / 2}

@@ -1,0 +1,203 @@
+"""STCN ``Tracker``: semi-supervised VOS driven frame by frame.
+
+    tracker = vosrt.sdk.load("packages/stcn-lite")
+    labels = tracker.step(frame0, mask=first_mask)       # objects = ids in the mask
+    for frame in frames:
+        labels = tracker.step(frame)                     # [H, W] uint8 object ids, frame size
+    labels = tracker.step(frame, mask=new_mask, objects=[3])   # object 3 appears mid-stream
+    tracker.remove_objects([1])
+
+Per frame: ``encode_key`` once (shared by all objects), one ``segment`` run reading the memory for all
+objects with one affinity, soft aggregation and arg-max in the graph; every ``mem_every`` frames (and on
+every annotated frame) ``encode_value`` writes the frame into the :class:`~vosrt.sdk.memory.MemoryBank`.
+Only the image goes to the backend and the label map comes back, unless probabilities are requested.
+
+Frames are ``[H, W, 3]`` uint8 or float (0..1); ``color="bgr"`` (the default) matches OpenCV's
+``VideoCapture``/``imread``, ``color="rgb"`` PIL and imageio. Bad input raises ``UserError`` before any
+state changes, so the tracker stays usable.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from vosrt.sdk.backends.base import Backend
+from vosrt.sdk.errors import UserError
+from vosrt.sdk.letterbox import Letterbox, check_color, check_image, check_label_map
+from vosrt.sdk.memory import MemoryBank
+
+
+def _check_ids(objects, name: str = "objects") -> list[int]:
+    ids = []
+    for obj in objects:
+        if isinstance(obj, (bool, np.bool_)) or not isinstance(obj, (int, np.integer)):
+            raise UserError(f"{name}: object ids must be integers 1..255, got {obj!r}")
+        if not 1 <= int(obj) <= 255:
+            raise UserError(f"{name}: object ids must be in 1..255 (0 is background), got {int(obj)}")
+        ids.append(int(obj))
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{name}: repeated object id in {ids}")
+    return ids
+
+
+class Tracker:
+    """An STCN session over one backend (see the module docstring).
+
+    ``mem_every``, ``top_k`` and ``memory_capacity`` default to the package manifest's ``streaming``
+    values. ``color`` is the channel order of the frames given to :meth:`step`.
+    """
+
+    def __init__(self, backend: Backend, package, mem_every: int | None = None, top_k: int | None = None,
+                 memory_capacity: int | None = None, color: str = "bgr"):
+        streaming = package.streaming
+        self.backend = backend
+        self.package = package
+        self.color = check_color(color)
+        self.mem_every = int(mem_every if mem_every is not None else streaming["mem_every"])
+        if self.mem_every < 1:
+            raise UserError(f"mem_every: expected a positive number of frames, got {mem_every}")
+        self.top_k = int(top_k if top_k is not None else streaming["top_k"])
+        if self.top_k < 0:
+            raise UserError(f"top_k: expected 0 (all) or a positive number, got {top_k}")
+        self._feed_top_k = "top_k" in backend.input_names("segment")
+        if top_k is not None and not self._feed_top_k and self.top_k != streaming["top_k"]:
+            raise UserError(f"top_k={top_k}: this backend's segment graph has top_k fixed at "
+                            f"{streaming['top_k']} (plugin form / engine); use the portable form to change it")
+        capacity = memory_capacity if memory_capacity is not None else streaming["memory_capacity"]
+        self.size = (package.height, package.width)
+        h, w = package.height // package.stride, package.width // package.stride
+        self.memory = MemoryBank(backend, int(capacity), h * w)
+        self.objects: list[int] = []   # object ids, in the order of the graphs' object axis
+        self.frame_index = -1
+        self._since_memory = 0
+        self._letterboxes: dict[tuple[int, int], Letterbox] = {}
+
+    # ------------------------------------------------------------------ public
+    def step(self, image: np.ndarray, mask: np.ndarray | None = None, objects: Sequence[int] | None = None,
+             return_probabilities: bool = False):
+        """Segment one frame; returns its ``[H, W]`` uint8 label map (object ids, frame size).
+
+        ``mask``: an optional ``[H, W]`` label map for this frame (integer ids, 0 background). Objects in
+        ``objects`` (default: every id in the mask) take the mask as their truth on this frame; ids not
+        yet tracked are added. Other tracked objects keep their prediction outside the given objects.
+        Before any mask, frames give all-background maps.
+        With ``return_probabilities=True`` returns ``(labels, prob)``, ``prob`` ``[1 + O, H, W]`` float32:
+        background then each object in :attr:`objects` order.
+        """
+        image = check_image(image)
+        frame_shape = image.shape[:2]
+        given: list[int] = []
+        if mask is not None:
+            mask = check_label_map(mask, frame_shape)
+            present = [int(i) for i in np.unique(mask) if i != 0]
+            given = _check_ids(objects) if objects is not None else present
+            if not given:
+                raise UserError("mask: no object in it (every pixel is 0 = background); give a mask with "
+                                "at least one object id, or call step(image) without a mask")
+            missing = sorted(set(given) - set(present))
+            if missing:
+                raise UserError(f"objects {missing} are not in the mask (ids present: {present})")
+        elif objects is not None:
+            raise UserError("objects: given without a mask; objects name which ids of the mask to use")
+        box = self._letterbox(frame_shape)
+
+        # From here on the input is valid: state may change.
+        self.frame_index += 1
+        backend = self.backend
+        image_in = backend.upload(box.image(image, self.color))               # [1, 3, H, W]
+        encoded = backend.run("encode_key", {"image": image_in})
+        predicted = None
+        if self.objects and not self.memory.empty:
+            predicted = self._segment(encoded)
+
+        if given:
+            labels, prob_host = self._apply_mask(box.labels(mask), given, predicted)
+            masks = backend.upload(prob_host[1:, None])                       # [O, 1, H, W]
+            self._memorize(image_in, encoded, masks)
+            probabilities = prob_host
+        elif predicted is not None:
+            labels = backend.download(predicted["labels"])[0]                 # [H, W] index 0..O
+            self._since_memory += 1
+            if self._since_memory >= self.mem_every:
+                masks = backend.read(predicted["prob"], 0, 1, len(self.objects) + 1)
+                self._memorize(image_in, encoded, masks)
+            probabilities = None
+        else:
+            labels = np.zeros(self.size, np.uint8)
+            probabilities = np.ones((1, *self.size), np.float32)
+
+        ids = np.zeros(256, np.uint8)
+        ids[1:len(self.objects) + 1] = self.objects
+        out = box.labels_back(ids[labels])
+        if given:
+            # The user's mask is the truth at full resolution: no letterbox round trip for given objects.
+            union = np.isin(mask, given)
+            out = np.where(union, mask, np.where(np.isin(out, given), 0, out)).astype(np.uint8)
+        if not return_probabilities:
+            return out
+        if probabilities is None:
+            probabilities = backend.download(predicted["prob"])[:, 0]
+        return out, box.probabilities_back(probabilities.astype(np.float32, copy=False))
+
+    def remove_objects(self, objects: Sequence[int]) -> None:
+        """Stop tracking ``objects`` (ids); unknown ids raise UserError. Removing the last object resets
+        the memory, so the next mask given starts afresh (and becomes the permanent frame)."""
+        ids = _check_ids(objects)
+        unknown = sorted(set(ids) - set(self.objects))
+        if unknown:
+            raise UserError(f"remove_objects: {unknown} are not tracked (tracked: {self.objects})")
+        keep = [i for i, obj in enumerate(self.objects) if obj not in ids]
+        self.objects = [self.objects[i] for i in keep]
+        self.memory.set_objects(keep, len(keep))
+        if not self.objects:
+            self.memory.reset()
+
+    def reset(self) -> None:
+        """Forget all objects and memory (a new video); buffers stay allocated."""
+        self.objects = []
+        self.memory.set_objects([], 0)
+        self.memory.reset()
+        self.frame_index = -1
+        self._since_memory = 0
+
+    # ------------------------------------------------------------------ internals
+    def _letterbox(self, frame_shape) -> Letterbox:
+        key = tuple(int(s) for s in frame_shape)
+        if key not in self._letterboxes:
+            self._letterboxes[key] = Letterbox(key, self.size)
+        return self._letterboxes[key]
+
+    def _segment(self, encoded: dict) -> dict:
+        mem_key, mem_value = self.memory.read()
+        inputs = {"mem_key": mem_key, "mem_value": mem_value, "query_key": encoded["key"],
+                  "f16_thin": encoded["f16_thin"], "f8": encoded["f8"], "f4": encoded["f4"]}
+        if self._feed_top_k:
+            inputs["top_k"] = np.array([self.top_k], np.int64)
+        return self.backend.run("segment", inputs)
+
+    def _apply_mask(self, mask: np.ndarray, given: list[int], predicted: dict | None):
+        """Merge a user mask (package size) into the prediction; adds new objects. Returns (index map
+        ``[H, W]`` uint8 over the new object order, probabilities ``[1 + O, H, W]``)."""
+        old_objects = list(self.objects)
+        new_objects = old_objects + [obj for obj in given if obj not in old_objects]
+        union = np.isin(mask, given)                                          # [H, W]
+        prob = np.zeros((len(new_objects), *self.size), np.float32)           # [O, H, W]
+        old_prob = self.backend.download(predicted["prob"])[:, 0] if predicted is not None else None
+        for k, obj in enumerate(new_objects):
+            if obj in given:
+                prob[k] = mask == obj
+            elif old_prob is not None:
+                prob[k] = old_prob[1 + old_objects.index(obj)] * ~union
+        background = np.clip(1.0 - prob.sum(0, keepdims=True), 0.0, 1.0)
+        prob = np.concatenate([background, prob])                             # [1 + O, H, W]
+        labels = prob.argmax(0).astype(np.uint8)
+        self.objects = new_objects
+        self.memory.set_objects(list(range(len(old_objects))), len(new_objects))
+        return labels, prob
+
+    def _memorize(self, image_in, encoded: dict, masks) -> None:
+        value = self.backend.run("encode_value", {"image": image_in, "f16": encoded["f16"], "masks": masks},
+                                 ["value"])["value"]                         # [O, Cv, h, w]
+        self.memory.add(encoded["key"], value)
+        self._since_memory = 0

@@ -1,0 +1,110 @@
+"""J and F against values computed by hand on crafted masks (DAVIS protocol), and `vosrt eval`."""
+import csv
+
+import numpy as np
+import pytest
+
+from vosrt.cli import main
+from vosrt.sdk.masks import write_label_png
+from vosrt.sdk.metrics import (boundary_map, boundary_measure, boundary_tolerance, evaluate_sequence,
+                               region_similarity, summarize)
+
+
+def square(top, left, size=20, shape=(100, 100)):
+    mask = np.zeros(shape, bool)
+    mask[top:top + size, left:left + size] = True
+    return mask
+
+
+def test_tolerance_is_ceil_of_0_008_times_the_diagonal():
+    assert boundary_tolerance((100, 100)) == 2      # 0.008 * 141.4 = 1.13
+    assert boundary_tolerance((480, 854)) == 8      # 0.008 * 979.6 = 7.84
+
+
+def test_boundary_of_a_square_has_2n_plus_2m_pixels_offset_towards_the_origin():
+    edge = boundary_map(square(20, 20))
+    assert edge.sum() == 80
+    assert edge[19, 19] and edge[19, 20] and edge[39, 39] and edge[20, 39]
+    assert not edge[40, 20] and not edge[20, 40] and not edge[20, 20]
+
+
+def test_j_of_squares_shifted_by_half_their_width_is_one_third():
+    # overlap 20x10 = 200, union 600
+    assert region_similarity(square(20, 30), square(20, 20)) == pytest.approx(1 / 3)
+
+
+def test_f_of_squares_shifted_by_ten_pixels_matches_hand_count():
+    # Hand count (tolerance 2 px, 80 boundary pixels each): of the predicted boundary, 6 pixels of the
+    # left edge, 12 of the top and 12 of the bottom lie within 2 px of the true boundary -> P = 30/80;
+    # symmetrically 13 + 5 + 12 true pixels are matched -> R = 30/80; F = 0.375.
+    assert boundary_measure(square(20, 30), square(20, 20)) == pytest.approx(0.375)
+
+
+def test_f_is_one_within_the_tolerance_and_below_one_past_it():
+    assert boundary_measure(square(20, 22), square(20, 20)) == pytest.approx(1.0)
+    assert boundary_measure(square(20, 23), square(20, 20)) < 1.0
+
+
+def test_empty_masks_follow_the_davis_conventions():
+    empty = np.zeros((100, 100), bool)
+    assert region_similarity(empty, empty) == 1.0
+    assert boundary_measure(empty, empty) == 1.0
+    assert region_similarity(empty, square(20, 20)) == 0.0
+    assert boundary_measure(empty, square(20, 20)) == 0.0   # P = 1, R = 0
+
+
+def test_void_pixels_are_not_scored():
+    gt = square(20, 20)
+    pred = square(20, 20) | square(60, 60)
+    void = square(60, 60)
+    assert region_similarity(pred, gt, void) == 1.0
+    assert boundary_measure(pred, gt, void) == 1.0
+
+
+def test_sequence_scores_objects_of_the_first_frame_and_skips_first_and_last():
+    gt = np.zeros((100, 100), np.uint8)
+    gt[square(20, 20)] = 1
+    gt[square(60, 60)] = 2
+    wrong = np.zeros_like(gt)
+    good_1_shifted_2 = np.zeros_like(gt)
+    good_1_shifted_2[square(20, 30)] = 1
+    good_1_shifted_2[square(60, 60)] = 2
+    preds = [wrong, good_1_shifted_2, gt.copy(), wrong]   # first and last frames are not scored
+    scores = evaluate_sequence(preds, [gt] * 4, "seq")
+    assert [s.object_id for s in scores] == [1, 2]
+    assert scores[0].j == pytest.approx([1 / 3, 1.0])
+    assert scores[0].f == pytest.approx([0.375, 1.0])
+    assert scores[1].j_mean == 1.0 and scores[1].f_mean == 1.0
+    total = summarize(scores)
+    j = ((1 / 3 + 1) / 2 + 1) / 2
+    f = ((0.375 + 1) / 2 + 1) / 2
+    assert total["J"] == pytest.approx(j) and total["F"] == pytest.approx(f)
+    assert total["J&F"] == pytest.approx((j + f) / 2)
+
+
+def test_vosrt_eval_prints_a_table_and_writes_csv(tmp_path, capsys):
+    gt = np.zeros((100, 100), np.uint8)
+    gt[square(20, 20)] = 1
+    shifted = np.zeros_like(gt)
+    shifted[square(20, 30)] = 1
+    for t in range(3):
+        write_label_png(tmp_path / "gt" / "seqA" / f"{t:05d}.png", gt)
+        write_label_png(tmp_path / "pred" / "seqA" / f"{t:05d}.png", shifted)
+    out_csv = tmp_path / "scores.csv"
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--csv", str(out_csv)]) == 0
+    printed = capsys.readouterr().out
+    assert "seqA" in printed and "J&F" in printed
+    rows = list(csv.DictReader(open(out_csv)))
+    overall = [r for r in rows if r["sequence"] == "all"][0]
+    assert float(overall["J"]) == pytest.approx(1 / 3, abs=1e-6)
+    assert float(overall["F"]) == pytest.approx(0.375, abs=1e-6)
+
+
+def test_vosrt_eval_reports_a_missing_prediction(tmp_path, capsys):
+    gt = np.zeros((16, 16), np.uint8)
+    gt[4:8, 4:8] = 1
+    write_label_png(tmp_path / "gt" / "00000.png", gt)
+    (tmp_path / "pred").mkdir()
+    write_label_png(tmp_path / "pred" / "00001.png", gt)
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 2
+    assert "missing" in capsys.readouterr().err
