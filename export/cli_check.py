@@ -1,0 +1,60 @@
+"""``vosrt check DIR``: compare a package's graphs with the PyTorch model on random inputs.
+
+``--backend onnxruntime`` (default) runs the portable form on the CPU; ``--backend tensorrt`` compares
+the built engines with ONNX Runtime (needs ``vosrt build`` first, TensorRT and a GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from vosrt.sdk.errors import UserError
+
+TOLERANCE = 1e-3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``vosrt check``."""
+    parser.add_argument("package", metavar="DIR", help="model package folder (from vosrt export)")
+    parser.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
+                        help="onnxruntime: portable form vs PyTorch; tensorrt: engines vs ONNX Runtime")
+    parser.add_argument("--checkpoint", metavar="CK", default=None,
+                        help="checkpoint to compare against (default: the one the manifest records)")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
+                        help=f"largest acceptable relative error max|a-e|/max|e| (default {TOLERANCE})")
+
+
+def print_report(report: dict, tolerance: float) -> int:
+    """Print a ``check_package`` report, one line per graph output; 1 if any relative error exceeds
+    ``tolerance``, else 0."""
+    failed = False
+    for graph, outputs in report.items():
+        for name, result in outputs.items():
+            if "max_abs" in result:
+                bad = result["max_rel"] > tolerance
+                failed |= bad
+                print(f"{graph:>14} {name:<10} max abs {result['max_abs']:.3e}  max rel {result['max_rel']:.3e}"
+                      f"{'  MISMATCH' if bad else ''}")
+            else:
+                print(f"{graph:>14} {name:<10} differing pixels {100 * result['mismatch_fraction']:.4f}%")
+    print("check failed: outputs differ beyond the tolerance" if failed else "check passed")
+    return 1 if failed else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the comparison and print per-graph errors."""
+    if args.backend == "tensorrt":
+        try:
+            trt_build = importlib.import_module("vosrt.export.trt_build")
+        except ModuleNotFoundError as err:
+            raise UserError(f"--backend tensorrt needs TensorRT support ({err.name} is not installed)") from None
+        compare = getattr(trt_build, "compare_engines_with_onnxruntime", None)
+        if compare is None:
+            raise UserError("this vosrt build cannot compare TensorRT engines (no compare_engines_with_onnxruntime)")
+        result = compare(args.package)
+        if isinstance(result, dict):
+            return print_report(result, args.tolerance)
+        return int(result or 0)
+    from vosrt.export.package import check_package  # torch import: only when run
+
+    return print_report(check_package(args.package, checkpoint=args.checkpoint, progress=None), args.tolerance)

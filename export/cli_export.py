@@ -1,0 +1,55 @@
+"""``vosrt export FAMILY --checkpoint CK --out DIR``: a checkpoint -> a model package (ONNX, both forms).
+
+Runs ``vosrt check`` on the result at the end (portable form in ONNX Runtime against PyTorch).
+"""
+from __future__ import annotations
+
+import argparse
+
+from vosrt.export.cli_check import print_report
+from vosrt.sdk.errors import UserError
+
+CHOICES = ("stcn", "stcn-lite", "3dc-seg", "3dc-seg-lite")
+# Relative error above which the exported graphs are reported as not matching PyTorch.
+CHECK_TOLERANCE = 1e-3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``vosrt export``."""
+    parser.add_argument("family", metavar="FAMILY",
+                        help=f"model to export: one of {', '.join(CHOICES)} (a family name takes the "
+                             f"variant the checkpoint holds)")
+    parser.add_argument("--checkpoint", metavar="CK",
+                        help="vosrt checkpoint (vosrt train) or a published STCN .pth")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="export an untrained model instead of a checkpoint (for testing; the weights "
+                             "are saved into the package)")
+    parser.add_argument("--out", metavar="DIR", required=True, help="package folder to write")
+    parser.add_argument("--height", type=int, default=None, help="input height, a multiple of 16 (default 480)")
+    parser.add_argument("--width", type=int, default=None, help="input width, a multiple of 16 (default 864)")
+    parser.add_argument("--forms", default="plugin,portable",
+                        help="comma-separated ONNX forms: plugin (TensorRT plugins), portable (standard ops)")
+    parser.add_argument("--top-k", type=int, default=None, help="stcn: memory read top-k recorded as default (20)")
+    parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime check at the end")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export, then check the portable form. Returns 1 when the check finds a mismatch."""
+    from vosrt.export.package import check_package, export_package  # torch import: only when run
+
+    if args.family not in CHOICES:
+        raise UserError(f"unknown model family '{args.family}': expected one of {', '.join(CHOICES)}")
+    if args.checkpoint is None and not args.random_weights:
+        raise UserError("--checkpoint is required (a vosrt checkpoint or a published STCN .pth); "
+                        "use --random-weights to export an untrained model")
+    if args.checkpoint is not None and args.random_weights:
+        raise UserError("give either --checkpoint or --random-weights, not both")
+    forms = [f.strip() for f in args.forms.split(",") if f.strip()]
+    streaming = {"top_k": args.top_k} if args.top_k is not None else None
+    pkg = export_package(args.family, args.checkpoint, args.out, args.height, args.width, forms=forms,
+                         random_weights=args.random_weights, streaming=streaming, progress=print)
+    print(f"package written to {pkg}")
+    if args.no_check or "portable" not in forms:
+        return 0
+    report = check_package(pkg)
+    return print_report(report, CHECK_TOLERANCE)

@@ -1,0 +1,339 @@
+"""Model packages: export a checkpoint's graphs to ONNX in both forms, write the manifest, check parity.
+
+A package (docs/DESIGN.md, "Package folder") is a folder with ``manifest.json`` and one
+``graph.form.onnx`` file per graph and form. Each graph is traced once with ``torch.export`` (with the
+custom operators as single calls, ``vosrt.training.graphs.custom_ops``) and that one program is
+translated twice: into the plugin form and into the portable form (``vosrt.export.onnx_ops``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import onnx
+import torch
+
+import vosrt
+from vosrt.export import onnx_ops
+from vosrt.sdk.errors import UserError
+from vosrt.training import graphs as graph_modules
+from vosrt.training.models import FAMILIES, MODELS, build_model, family_of, load_checkpoint, save_checkpoint
+
+FORMS = ("plugin", "portable")
+FORMAT_VERSION = 1
+STREAMING_DEFAULTS = {
+    "stcn": {"mem_every": 5, "top_k": 20, "memory_capacity": 20},
+    "3dc-seg": {"clip_length": 8, "overlap": 3},
+}
+IN_GRAPH = {
+    "stcn": ["normalization", "soft_aggregation", "argmax"],
+    "3dc-seg": ["normalization", "sigmoid"],
+}
+DEFAULT_RESOLUTION = {"stcn": (480, 864), "3dc-seg": (480, 864)}
+WEIGHTS_FILE = "weights.pt"  # written beside the graphs when exporting random weights
+
+Progress = Callable[[str], None] | None
+
+
+def _say(progress: Progress, message: str) -> None:
+    if progress is not None:
+        progress(message)
+
+
+def _stride_of(model: torch.nn.Module) -> int:
+    # A model may need sizes divisible by more than 16 (a deeper encoder); it says so in `size_multiple`.
+    return int(getattr(model, "size_multiple", 16))
+
+
+def check_size(height: int, width: int, multiple: int = 16) -> None:
+    """UserError unless height and width are positive multiples of ``multiple`` (naming the nearest valid sizes)."""
+    for name, value in (("height", height), ("width", width)):
+        if value <= 0 or value % multiple:
+            below = max(multiple, value // multiple * multiple)
+            above = max(multiple, -(-value // multiple) * multiple)
+            nearest = f"{below}" if below == above else f"{below} or {above}"
+            raise UserError(f"{name} {value} is not a multiple of {multiple}, which the graphs need "
+                            f"(nearest valid {name}: {nearest})")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".vosrt-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write the package to {out_dir}: {err.strerror or err}; "
+                        f"choose a writable --out folder") from None
+
+
+def resolve_model(name: str, checkpoint: str | Path | None, random_weights: bool = False):
+    """(model, config) for ``name`` (a family or a variant) from ``checkpoint``, or random weights.
+
+    A family name (``stcn``, ``3dc-seg``) accepts a checkpoint of any variant of that family; a variant
+    name (``stcn-lite``) requires exactly that variant.
+    """
+    family = family_of(name)
+    if checkpoint is None:
+        if not random_weights:
+            raise UserError("no checkpoint given: pass --checkpoint PATH (a vosrt checkpoint or a published "
+                            "STCN .pth), or --random-weights to export an untrained model")
+        torch.manual_seed(0)
+        model = build_model(name).eval()
+        return model, dict(model.config)
+    model, config = load_checkpoint(checkpoint, family=family)
+    variant = config.get("model")
+    if name not in FAMILIES and variant != name:
+        raise UserError(f"{checkpoint} holds a '{variant}' model, but '{name}' was asked for; "
+                        f"run `vosrt export {variant} ...` (or `vosrt export {family} ...`)")
+    return model.eval(), config
+
+
+def _torch_dynamic_shapes(spec: graph_modules.GraphSpec, extra_inputs: Iterable[str]):
+    dims: dict[str, torch.export.Dim] = {}
+    shapes = {}
+    for name in spec.input_names:
+        axes = spec.dynamic_axes.get(name, {})
+        shapes[name] = {axis: dims.setdefault(label, torch.export.Dim(label, min=1, max=1 << 20))
+                        for axis, label in axes.items()} or None
+    for name in extra_inputs:
+        shapes[name] = None
+    return shapes
+
+
+def _extra_inputs(graph: str, top_k: int) -> dict[str, torch.Tensor]:
+    # The segment graph's optional top_k input; the portable form keeps it as an input with a default.
+    if graph == "segment":
+        return {"top_k": torch.tensor([top_k], dtype=torch.int64)}
+    return {}
+
+
+def _finish_model(model: onnx.ModelProto, graph: str, form: str, top_k: int) -> onnx.ModelProto:
+    model.ir_version = onnx_ops.IR_VERSION
+    if form == "plugin" and not any(o.domain == onnx_ops.PLUGIN_DOMAIN for o in model.opset_import):
+        if any(n.domain == onnx_ops.PLUGIN_DOMAIN for n in model.graph.node):
+            model.opset_import.append(onnx.helper.make_opsetid(onnx_ops.PLUGIN_DOMAIN, 1))
+    if form == "portable" and graph == "segment":
+        # An initializer named like an input is that input's default value: sessions may override it.
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([top_k], np.int64), "top_k"))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def export_graph(spec: graph_modules.GraphSpec, graph: str, height: int, width: int,
+                 forms: Iterable[str] = FORMS, top_k: int = 20) -> dict[str, onnx.ModelProto]:
+    """Trace one graph once and translate it into each of ``forms``; returns {form: checked ModelProto}."""
+    forms = list(forms)
+    example = spec.example(height, width, generator=torch.Generator().manual_seed(0))
+    extra = _extra_inputs(graph, top_k)
+    with graph_modules.custom_ops(), torch.no_grad():
+        program = torch.export.export(spec.module.eval(), tuple(example) + tuple(extra.values()),
+                                      dynamic_shapes=_torch_dynamic_shapes(spec, extra), strict=False)
+    models = {}
+    for form in forms:
+        # The plugin form carries top_k as the node attribute only, so its top_k input stays unused
+        # and the exporter drops it.
+        onnx_program = torch.onnx.export(
+            program, (), dynamo=True, opset_version=onnx_ops.OPSET,
+            input_names=spec.input_names + list(extra), output_names=spec.output_names,
+            custom_translation_table=onnx_ops.translation_table(form), optimize=True, verbose=False)
+        model = onnx_program.model_proto
+        if form == "plugin":
+            _drop_unused_inputs(model)
+        models[form] = _finish_model(model, graph, form, top_k)
+    return models
+
+
+def _drop_unused_inputs(model: onnx.ModelProto) -> None:
+    used = {name for node in model.graph.node for name in node.input}
+    used |= {o.name for o in model.graph.output}
+    keep = [i for i in model.graph.input if i.name in used]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+
+
+def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path, height: int | None = None,
+                   width: int | None = None, forms: Iterable[str] = FORMS, random_weights: bool = False,
+                   streaming: dict | None = None, check: bool = False, progress: Progress = None) -> Path:
+    """Export model ``name`` (``stcn``, ``stcn-lite``, ``3dc-seg``, ``3dc-seg-lite``) to a package folder.
+
+    Args:
+        name: family or variant; a family name takes whichever variant the checkpoint holds.
+        checkpoint: a vosrt checkpoint or a published STCN ``.pth``; None with ``random_weights=True``
+            exports an untrained model and saves its weights into the package (``weights.pt``) so the
+            torch backend and :func:`check_package` can reproduce it.
+        out_dir: package folder (created; existing graph files are replaced).
+        height, width: package resolution, multiples of 16 (default 480×864).
+        forms: any of ``"plugin"``, ``"portable"``.
+        streaming: overrides of the streaming defaults recorded in the manifest.
+        check: run :func:`check_package` at the end (results under the manifest's ``check`` entry).
+        progress: called with one line per step (e.g. ``print``).
+
+    Returns the package folder. Errors in the arguments raise UserError.
+    """
+    forms = [forms] if isinstance(forms, str) else list(forms)
+    unknown = [f for f in forms if f not in FORMS]
+    if unknown or not forms:
+        raise UserError(f"forms must be some of {', '.join(FORMS)}, got {', '.join(forms) or 'none'}")
+    family = family_of(name)
+    default_h, default_w = DEFAULT_RESOLUTION[family]
+    height, width = int(height or default_h), int(width or default_w)
+    check_size(height, width, 16)
+    out_dir = Path(out_dir)
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise UserError(f"checkpoint not found: {checkpoint}")
+    _prepare_out_dir(out_dir)
+
+    _say(progress, f"loading {'random weights' if checkpoint is None else checkpoint}")
+    model, config = resolve_model(name, checkpoint, random_weights)
+    check_size(height, width, _stride_of(model))
+    variant = config.get("model", name)
+    stream = dict(STREAMING_DEFAULTS[family])
+    if family == "3dc-seg":
+        stream["clip_length"] = int(getattr(model, "clip_length", stream["clip_length"]))
+    stream.update(streaming or {})
+
+    if checkpoint is None:
+        save_checkpoint(out_dir / WEIGHTS_FILE, model, config)
+        source = {"checkpoint": WEIGHTS_FILE, "sha256": _sha256(out_dir / WEIGHTS_FILE), "random_weights": True}
+    else:
+        source = {"checkpoint": str(Path(checkpoint).resolve()), "sha256": _sha256(Path(checkpoint))}
+
+    specs = graph_modules.graphs_for(model, top_k=stream.get("top_k", graph_modules.DEFAULT_TOP_K))
+    graph_files: dict[str, dict[str, str]] = {}
+    for graph, spec in specs.items():
+        start = time.perf_counter()
+        _say(progress, f"exporting {graph} ({', '.join(forms)}) at {height}x{width}")
+        models = export_graph(spec, graph, height, width, forms, top_k=stream.get("top_k", 20))
+        graph_files[graph] = {}
+        for form, proto in models.items():
+            filename = f"{graph}.{form}.onnx"
+            onnx.save(proto, str(out_dir / filename))
+            graph_files[graph][form] = filename
+        _say(progress, f"  {graph}: done in {time.perf_counter() - start:.1f} s")
+
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "family": family,
+        "variant": variant,
+        "config": config,
+        "resolution": {"height": height, "width": width, "stride": _stride_of(model)},
+        "input": {"color": "RGB", "dtype": "float32", "range": [0, 1], "layout": "NCHW",
+                  "mean": list(model.input_mean), "std": list(model.input_std)},
+        "in_graph": IN_GRAPH[family],
+        "graphs": graph_files,
+        "io": {g: {"inputs": s.input_names + (["top_k"] if g == "segment" else []), "outputs": s.output_names,
+                   "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in s.dynamic_axes.items()}}
+               for g, s in specs.items()},
+        "dims": dict(getattr(model, "dims", {}) or {}),
+        "streaming": stream,
+        "versions": {"vosrt": vosrt.__version__, "torch": torch.__version__.split("+")[0],
+                     "onnx": onnx.__version__, "opset": onnx_ops.OPSET, "ir_version": onnx_ops.IR_VERSION},
+        "source": source,
+    }
+    if family == "3dc-seg":
+        manifest["layout"] = "NCTHW"
+    _write_manifest(out_dir, manifest)
+    _say(progress, f"wrote {out_dir / 'manifest.json'}")
+    if check and "portable" in forms:
+        report = check_package(out_dir, progress=progress)
+        manifest["check"] = report
+        _write_manifest(out_dir, manifest)
+    return out_dir
+
+
+def _write_manifest(out_dir: Path, manifest: dict) -> None:
+    tmp = out_dir / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out_dir / "manifest.json")
+
+
+def _read_manifest(pkg: Path) -> dict:
+    path = pkg / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"{pkg} is not a model package: it has no manifest.json (create one with `vosrt export`)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON: {err}") from None
+
+
+def _package_model(pkg: Path, manifest: dict, checkpoint: str | Path | None):
+    source = manifest.get("source") or {}
+    ck = checkpoint or source.get("checkpoint")
+    if not ck:
+        raise UserError(f"{pkg}: the manifest records no checkpoint; pass the one it was exported from")
+    ck = Path(ck)
+    if not ck.is_absolute() and not ck.is_file():
+        ck = pkg / ck
+    model, config = load_checkpoint(ck, family=manifest.get("family"))
+    return model.eval(), config
+
+
+def compare(actual: np.ndarray, expected: np.ndarray) -> dict:
+    """Max abs error and the relative error max|a − e| / max|e| of two arrays (same shape)."""
+    if actual.shape != expected.shape:
+        raise AssertionError(f"shape {actual.shape} != expected {expected.shape}")
+    if expected.dtype == np.uint8:
+        mismatch = float(np.mean(actual != expected))
+        return {"mismatch_fraction": mismatch}
+    diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    max_abs = float(diff.max()) if diff.size else 0.0
+    peak = float(np.abs(expected).max()) if expected.size else 0.0
+    return {"max_abs": max_abs, "max_rel": max_abs / peak if peak > 0 else max_abs}
+
+
+def check_package(pkg: str | Path, checkpoint: str | Path | None = None, seed: int = 0, objects: int = 2,
+                  memory_frames: int = 3, progress: Progress = None) -> dict:
+    """Run the portable form of every graph in ONNX Runtime (CPU) against the PyTorch graph modules on
+    random inputs. Returns ``{graph: {output: {"max_abs", "max_rel"} | {"mismatch_fraction"}}}``
+    (uint8 label maps report the fraction of differing pixels; arg-max flips only where two
+    probabilities tie to rounding)."""
+    import onnxruntime as ort
+
+    pkg = Path(pkg)
+    manifest = _read_manifest(pkg)
+    model, _ = _package_model(pkg, manifest, checkpoint)
+    height, width = manifest["resolution"]["height"], manifest["resolution"]["width"]
+    stream = manifest.get("streaming", {})
+    specs = graph_modules.graphs_for(model, top_k=stream.get("top_k", graph_modules.DEFAULT_TOP_K))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = min(os.cpu_count() or 1, 4)
+    options.log_severity_level = 3  # the top_k input's default initializer draws a harmless warning
+    report = {}
+    for graph, spec in specs.items():
+        filename = manifest.get("graphs", {}).get(graph, {}).get("portable")
+        if filename is None:
+            raise UserError(f"{pkg}: graph '{graph}' has no portable form to check")
+        generator = torch.Generator().manual_seed(seed)
+        inputs = spec.example(height, width, objects=objects, memory_frames=memory_frames, generator=generator)
+        session = ort.InferenceSession(str(pkg / filename), options, providers=["CPUExecutionProvider"])
+        outputs = session.run(spec.output_names, {n: t.numpy() for n, t in zip(spec.input_names, inputs)})
+        with torch.no_grad():
+            expected = spec.module(*inputs)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        report[graph] = {name: compare(out, ref.numpy()) for name, out, ref in
+                         zip(spec.output_names, outputs, expected)}
+        _say(progress, f"check {graph}: " + ", ".join(
+            f"{name} " + " ".join(f"{k}={v:.2e}" for k, v in r.items()) for name, r in report[graph].items()))
+    return report
+
+
+def worst_error(report: dict) -> float:
+    """The largest ``max_abs`` over all float outputs of a :func:`check_package` report."""
+    return max((r["max_abs"] for graph in report.values() for r in graph.values() if "max_abs" in r),
+               default=math.nan)
