@@ -1,0 +1,75 @@
+"""Checkpoints: vosrt format round trip, bare published STCN state_dicts, and clear errors otherwise."""
+import pytest
+import torch
+
+from stcn_reference import random_published_state_dict
+from vosrt.sdk.errors import UserError
+from vosrt.training.models import build_model, load_checkpoint, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def published_state():
+    return random_published_state_dict(seed=5)
+
+
+def assert_same_weights(state, model):
+    loaded = model.state_dict()
+    assert set(loaded) == set(state)
+    assert all(torch.equal(loaded[name], state[name]) for name in state)
+
+
+def test_save_and_load_round_trip_keeps_config_and_weights(tmp_path):
+    model = build_model("stcn-lite", value_dim=96)
+    save_checkpoint(tmp_path / "lite.pt", model)
+    loaded, config = load_checkpoint(tmp_path / "lite.pt")
+    assert config == {"model": "stcn-lite", "value_dim": 96}
+    assert loaded.config == config and loaded.dims["value_dim"] == 96
+    assert not loaded.training
+    assert_same_weights(model.state_dict(), loaded)
+
+
+def test_bare_published_state_dict_loads_as_stcn(tmp_path, published_state):
+    torch.save(published_state, tmp_path / "stcn_published.pth")
+    model, config = load_checkpoint(tmp_path / "stcn_published.pth")
+    assert config == {"model": "stcn"}
+    assert_same_weights(published_state, model)
+
+
+def test_bare_single_object_checkpoint_is_padded_on_load(tmp_path, published_state):
+    state = dict(published_state)
+    state["value_encoder.conv1.weight"] = state["value_encoder.conv1.weight"][:, :4].clone()
+    torch.save(state, tmp_path / "stcn_single_object.pth")
+    model, _ = load_checkpoint(tmp_path / "stcn_single_object.pth", family="stcn")
+    weight = model.value_encoder.conv1.weight
+    assert torch.equal(weight[:, :4], state["value_encoder.conv1.weight"])
+    assert torch.count_nonzero(weight[:, 4]) == 0
+
+
+def test_wrong_key_set_is_a_user_error_naming_the_keys(tmp_path, published_state):
+    state = dict(published_state)
+    del state["decoder.up_8_4.skip_conv.bias"]
+    state["decoder.up_8_4.extra_conv.bias"] = torch.zeros(256)
+    torch.save(state, tmp_path / "edited.pth")
+    with pytest.raises(UserError) as error:
+        load_checkpoint(tmp_path / "edited.pth")
+    assert "decoder.up_8_4.skip_conv.bias" in str(error.value)
+    assert "decoder.up_8_4.extra_conv.bias" in str(error.value)
+
+
+def test_garbage_file_is_a_user_error(tmp_path):
+    (tmp_path / "garbage.pth").write_bytes(b"this is not a checkpoint\x00\x01\x02")
+    with pytest.raises(UserError, match="garbage.pth"):
+        load_checkpoint(tmp_path / "garbage.pth")
+
+
+def test_state_dict_of_an_unknown_model_is_a_user_error(tmp_path):
+    pytest.importorskip("vosrt.training.models.c3dseg")  # every family is asked whether it knows the keys
+    torch.save(torch.nn.Conv2d(3, 4, 3).state_dict(), tmp_path / "conv.pth")
+    with pytest.raises(UserError, match="no known model"):
+        load_checkpoint(tmp_path / "conv.pth")
+
+
+def test_asking_for_the_other_family_is_a_user_error(tmp_path):
+    save_checkpoint(tmp_path / "lite.pt", build_model("stcn-lite"))
+    with pytest.raises(UserError, match="3dc-seg"):
+        load_checkpoint(tmp_path / "lite.pt", family="3dc-seg")
