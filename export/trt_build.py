@@ -1,0 +1,317 @@
+"""ONNX -> TensorRT engines for a model package (``vosrt build``), and the engine/ONNX Runtime comparison
+behind ``vosrt check --backend tensorrt``.
+
+One engine per graph of the package's plugin form, built with the vosrt plugin library loaded, into
+``PKG/engines/GRAPH.PRECISION.engine``. Networks are strongly typed in both TensorRT 10 and 11: the
+precision is the ONNX graph's own, so ``--precision fp16`` first writes float16 variants of the plugin
+graphs (:mod:`vosrt.export.fp16`) into ``PKG/engines/`` and builds those. One optimisation profile per
+engine covers streaming: the package's fixed resolution, memory length N from one frame (h*w columns) to
+the memory capacity (``--max-memory-frames``) and 1..``--max-objects`` objects. A timing cache
+(``PKG/engines/timing.cache``) makes rebuilds fast. The manifest's ``engines`` entry records, per
+precision, the TensorRT version, GPU name and compute capability, profiles, plugin library and files;
+``engines.default`` is the precision built last, which the TensorRT backend opens unless told otherwise.
+
+TensorRT is imported inside the functions that need it, so the shape/profile logic imports anywhere.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from vosrt.sdk.errors import UserError
+from vosrt.sdk.package import Package, load_package
+
+PRECISIONS = ("fp32", "fp16")
+DEFAULT_MAX_OBJECTS = 8
+ENGINE_DIR = "engines"
+TIMING_CACHE = "timing.cache"
+
+Progress = Callable[[str], None] | None
+
+# Axis labels of the manifest's io.<graph>.dynamic_axes, with the fallbacks for packages that lack them.
+_FALLBACK_AXES = {("masks", 0): "objects", ("mem_value", 0): "objects", ("mem_key", 2): "memory",
+                  ("mem_value", 2): "memory"}
+
+
+def _say(progress: Progress, message: str) -> None:
+    if progress is not None:
+        progress(message)
+
+
+def onnx_input_shapes(path: Path) -> dict[str, list]:
+    """Input name -> dims (int, or the symbolic name as str) of an ONNX file, weights not loaded."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    shapes = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue  # an input with a default (the portable form's top_k)
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+    return shapes
+
+
+def axis_label(package: Package, graph: str, name: str, axis: int) -> str | None:
+    """``"objects"``, ``"memory"`` (or another label from the manifest) for a dynamic axis of an input."""
+    axes = ((package.manifest.get("io") or {}).get(graph) or {}).get("dynamic_axes") or {}
+    label = (axes.get(name) or {}).get(str(axis))
+    return label or _FALLBACK_AXES.get((name, axis))
+
+
+def profile_shapes(package: Package, graph: str, max_objects: int = DEFAULT_MAX_OBJECTS,
+                   max_memory_frames: int | None = None, form: str = "plugin") -> dict[str, dict[str, list[int]]]:
+    """The optimisation profile of ``graph``: ``{input: {"min": dims, "opt": dims, "max": dims}}``.
+
+    ``objects`` axes span 1..max_objects (opt 2, or fewer); ``memory`` axes span one frame (h*w) to
+    ``max_memory_frames`` frames (default: the package's memory capacity), opt at the maximum because a
+    streaming bank is full most of the time. Fixed axes stay as exported.
+    """
+    if max_objects < 1:
+        raise UserError(f"--max-objects must be >= 1, got {max_objects}")
+    capacity = int(max_memory_frames or package.streaming.get("memory_capacity", 20))
+    if capacity < 1:
+        raise UserError(f"--max-memory-frames must be >= 1, got {capacity}")
+    hw = (package.height // package.stride) * (package.width // package.stride)
+    ranges = {"objects": (1, min(2, max_objects), max_objects), "memory": (hw, capacity * hw, capacity * hw)}
+    profile = {}
+    for name, dims in onnx_input_shapes(package.graph_path(graph, form)).items():
+        low, opt, high = [], [], []
+        for axis, dim in enumerate(dims):
+            if isinstance(dim, int) and dim > 0:
+                low.append(dim), opt.append(dim), high.append(dim)
+                continue
+            label = axis_label(package, graph, name, axis)
+            if label not in ranges:
+                raise UserError(f"{package.path}: graph '{graph}' input '{name}' axis {axis} is dynamic ({dim}) "
+                                f"but the manifest does not say what it counts (io.{graph}.dynamic_axes); "
+                                "re-export the package with `vosrt export`")
+            a, b, c = ranges[label]
+            low.append(a), opt.append(b), high.append(c)
+        profile[name] = {"min": low, "opt": opt, "max": high}
+    return profile
+
+
+def _plugin_graphs(package: Package) -> dict[str, Path]:
+    missing = [g for g in package.graphs if "plugin" not in package.graphs[g]]
+    if missing:
+        raise UserError(f"{package.path} has no plugin form of {', '.join(missing)}; TensorRT engines are built "
+                        "from it: re-export with `vosrt export ... --forms plugin portable`")
+    return {g: package.graphs[g]["plugin"] for g in package.graphs}
+
+
+def write_fp16_graphs(package: Package, progress: Progress = None) -> dict:
+    """Write ``engines/GRAPH.plugin.fp16.onnx`` for every graph; returns ``{"graphs": {graph: file},
+    "rules": ..., "fp32_nodes": {graph: {rule: count}}, "fp16_nodes": {...}, "casts": {...}}``."""
+    from vosrt.export import fp16
+
+    out_dir = package.path / ENGINE_DIR
+    out_dir.mkdir(exist_ok=True)
+    record = {"graphs": {}, "rules": dict(fp16.RULES), "fp32_nodes": {}, "fp16_nodes": {}, "casts": {}}
+    for graph, src in _plugin_graphs(package).items():
+        name = f"{ENGINE_DIR}/{graph}.plugin.fp16.onnx"
+        report = fp16.convert_file(src, package.path / name)
+        record["graphs"][graph] = name
+        record["fp32_nodes"][graph] = report["fp32_nodes"]
+        record["fp16_nodes"][graph] = report["fp16_nodes"]
+        record["casts"][graph] = report["casts"]
+        _say(progress, f"fp16 variant of {graph}: {report['fp16_nodes']} nodes in fp16, "
+                       f"{sum(report['fp32_nodes'].values())} kept in fp32, {report['casts']} casts -> {name}")
+    return record
+
+
+def _write_manifest_engines(package: Package, precision: str, entry: dict) -> None:
+    path = package.path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    engines = manifest.get("engines") or {}
+    engines[precision] = entry
+    engines["default"] = precision
+    manifest["engines"] = engines
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _strongly_typed_flags(trt) -> int:
+    # TensorRT 10 needs the flag; TensorRT 11 is always strongly typed and keeps it only as a no-op.
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | None = None,
+                  max_memory_frames: int | None = None, max_objects: int = DEFAULT_MAX_OBJECTS,
+                  plugin_lib: str | Path | None = None, embed_plugins: bool = False,
+                  progress: Progress = print) -> dict:
+    """Build one TensorRT engine per graph of package ``pkg`` and record them in its manifest.
+
+    Args:
+        precision: ``"fp32"`` or ``"fp16"`` (float16 graph variants, see :mod:`vosrt.export.fp16`).
+        workspace_mb: TensorRT workspace pool limit (default: TensorRT's, the device memory).
+        max_memory_frames: largest memory bank (frames) the STCN engines accept (default: the package's
+            memory capacity).
+        max_objects: largest number of objects the STCN engines accept.
+        plugin_lib: path of ``libvosrt_plugins.so`` (default ``$VOSRT_PLUGIN_LIB`` or the source checkout's
+            ``plugins/build/trt``).
+        embed_plugins: serialise the plugin library into every engine (``setPluginsToSerialize``), so
+            the engines load where the library is not installed (hosts must allow engine host code).
+
+    Returns the manifest's new ``engines[precision]`` entry.
+    """
+    from vosrt.sdk.backends.tensorrt import (current_gpu, file_sha256, find_plugin_library, import_tensorrt,
+                                             load_plugin_library)
+
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    if workspace_mb is not None and workspace_mb <= 0:
+        raise UserError(f"--workspace must be a positive number of MiB, got {workspace_mb}")
+    package = load_package(pkg)
+    sources = _plugin_graphs(package)
+    profiles = {g: profile_shapes(package, g, max_objects, max_memory_frames) for g in sources}
+    library = find_plugin_library(plugin_lib)
+    trt = import_tensorrt()
+    gpu = current_gpu()
+
+    fp16_record = None
+    if precision == "fp16":
+        fp16_record = write_fp16_graphs(package, progress)
+        sources = {g: package.path / fp16_record["graphs"][g] for g in sources}
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    load_plugin_library(library, builder.get_plugin_registry())
+    out_dir = package.path / ENGINE_DIR
+    out_dir.mkdir(exist_ok=True)
+    cache_path = out_dir / TIMING_CACHE
+    probe = builder.create_builder_config()
+    timing_cache = probe.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+
+    files = {}
+    for graph, source in sources.items():
+        start = time.perf_counter()
+        _say(progress, f"building {graph} ({precision}) from {source.name}")
+        network = builder.create_network(_strongly_typed_flags(trt))
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(source)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise UserError(f"TensorRT cannot parse {source}: {errors}")
+        config = builder.create_builder_config()
+        if workspace_mb:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+        config.set_timing_cache(timing_cache, ignore_mismatch=False)
+        if embed_plugins:
+            # TensorRT serialises plugin libraries into version-compatible engines.
+            config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+            config.plugins_to_serialize = [str(library)]
+        profile = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            name = network.get_input(i).name
+            if name not in profiles[graph]:
+                raise UserError(f"{source}: TensorRT sees an input '{name}' the package does not describe")
+            shapes = profiles[graph][name]
+            profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
+        config.add_optimization_profile(profile)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise UserError(f"TensorRT could not build an engine for {graph} (see the messages above)")
+        name = f"{ENGINE_DIR}/{graph}.{precision}.engine"
+        (package.path / name).write_bytes(bytes(serialized))
+        files[graph] = name
+        _say(progress, f"  {graph}: {len(serialized) / 2**20:.1f} MiB in {time.perf_counter() - start:.1f} s")
+    cache_path.write_bytes(bytes(timing_cache.serialize()))
+
+    entry = {
+        "tensorrt": trt.__version__,
+        "gpu": gpu,
+        "precision": precision,
+        "strongly_typed": True,
+        "files": files,
+        "sha256": {g: file_sha256(package.path / f) for g, f in files.items()},
+        "profiles": profiles,
+        "max_objects": max_objects,
+        "max_memory_frames": int(max_memory_frames or package.streaming.get("memory_capacity", 20)),
+        "workspace_mb": workspace_mb,
+        "plugin_library": str(library),
+        "plugin_library_sha256": file_sha256(library),
+        "plugins_serialized": bool(embed_plugins),
+        "timing_cache": f"{ENGINE_DIR}/{TIMING_CACHE}",
+        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if fp16_record is not None:
+        entry["fp16"] = fp16_record
+    _write_manifest_engines(package, precision, entry)
+    _say(progress, f"recorded {precision} engines in {package.path / 'manifest.json'}")
+    return entry
+
+
+# --------------------------------------------------------------------------------------------------
+# engines vs ONNX Runtime
+
+
+def comparison_inputs(package: Package, graph: str, objects: int = 2, memory_frames: int = 3,
+                      seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for ``graph`` at the package resolution: images and clips in [0, 1], object masks as
+    probabilities of disjoint objects, features standard normal; ``objects`` objects and a memory of
+    ``memory_frames`` frames."""
+    rng = np.random.default_rng(seed)
+    hw = (package.height // package.stride) * (package.width // package.stride)
+    sizes = {"objects": objects, "memory": memory_frames * hw}
+    feeds = {}
+    for name, dims in onnx_input_shapes(package.graph_path(graph, "portable")).items():
+        shape = [d if isinstance(d, int) and d > 0 else sizes[axis_label(package, graph, name, axis)]
+                 for axis, d in enumerate(dims)]
+        if name in ("image", "clip"):
+            feeds[name] = rng.random(shape, dtype=np.float32)
+        elif name == "masks":
+            masks = rng.random(shape, dtype=np.float32)
+            feeds[name] = masks / np.maximum(masks.sum(axis=0, keepdims=True), 1.0)
+        else:
+            feeds[name] = rng.standard_normal(shape, dtype=np.float32)
+    return feeds
+
+
+def _compare(actual: np.ndarray, expected: np.ndarray) -> dict:
+    if actual.shape != expected.shape:
+        raise AssertionError(f"shape {actual.shape} != expected {expected.shape}")
+    if expected.dtype == np.uint8 or np.issubdtype(expected.dtype, np.integer):
+        return {"mismatch_fraction": float(np.mean(actual != expected))}
+    diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    max_abs = float(diff.max()) if diff.size else 0.0
+    peak = float(np.abs(expected).max()) if expected.size else 0.0
+    return {"max_abs": max_abs, "max_rel": max_abs / peak if peak > 0 else max_abs}
+
+
+def compare_engines_with_onnxruntime(pkg: str | Path, precision: str | None = None, objects: int = 2,
+                                     memory_frames: int = 3, seed: int = 0, plugin_lib=None) -> dict:
+    """Run every engine of ``pkg`` and the portable ONNX graph in ONNX Runtime (CPU) on the same random
+    inputs. Returns ``{graph: {output: {"max_abs", "max_rel"} | {"mismatch_fraction"}}}`` (the layout of
+    ``vosrt.export.package.check_package``)."""
+    import onnxruntime as ort
+
+    from vosrt.sdk.backends.tensorrt import TensorRTBackend
+
+    package = load_package(pkg)
+    missing = [g for g in package.graphs if "portable" not in package.graphs[g]]
+    if missing:
+        raise UserError(f"{package.path} has no portable form of {', '.join(missing)} to compare the engines with")
+    backend = TensorRTBackend(package, precision=precision, plugin_lib=plugin_lib)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    report = {}
+    try:
+        for graph in package.graphs:
+            feeds = comparison_inputs(package, graph, objects, memory_frames, seed)
+            session = ort.InferenceSession(str(package.graph_path(graph, "portable")), options,
+                                           providers=["CPUExecutionProvider"])
+            names = [o.name for o in session.get_outputs()]
+            expected = dict(zip(names, session.run(names, feeds)))
+            actual = backend.run(graph, feeds, names)
+            report[graph] = {name: _compare(backend.download(actual[name]), expected[name]) for name in names}
+    finally:
+        backend.close()
+    return report

@@ -1,0 +1,589 @@
+"""TensorRT backend: a package's engines (from ``vosrt build``) with every tensor in device memory.
+
+* Memory and streams come from cuda-python (``cuda.bindings.runtime``, or ``cuda.cudart`` on older
+  releases). The memory bank and the clip window are :class:`DeviceTensor` allocations made once by the
+  sessions (``zeros``) and bound straight to the engines with ``set_tensor_address``; graph outputs live
+  in buffers allocated at the optimisation profile's largest shapes when the backend opens, and
+  ``write`` / ``read`` are device-to-device copies. Per frame only the image goes in and what the session
+  downloads (the label map) comes out: :meth:`upload` keeps a host copy that is copied straight into the
+  engine's input buffer when a graph runs.
+* ``run`` accepts, besides numpy arrays and this backend's tensors, any object exposing
+  ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors, Numba, pycuda ``GPUArray``), bound without a copy
+  when contiguous and of the engine's data type; :class:`DeviceTensor` exposes the interface too.
+* ``stream``: run on an external CUDA stream (an int handle, or an object with ``cuda_stream``, ``ptr``
+  or ``handle``, e.g. ``torch.cuda.current_stream()``); by default the backend creates its own.
+* ``cuda_graphs=True`` captures each graph into a CUDA graph the second time it runs with the same shapes
+  and buffer addresses (a warm-up run must precede capture) and replays it afterwards.
+* It refuses, saying what to do: a package without engines, engines missing on disk, a missing plugin
+  library, engines built by another TensorRT version or for another GPU.
+
+TensorRT and cuda-python are imported when the backend opens, so this module imports (and its refusals
+can be tested) without them.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from vosrt.sdk.backends.base import Backend, Tensor, flatten_to
+from vosrt.sdk.errors import UserError
+
+PLUGIN_LIBRARY_NAME = "libvosrt_plugins.so"
+PLUGIN_LIBRARY_ENV = "VOSRT_PLUGIN_LIB"
+_GRAPH_CACHE_LIMIT = 256  # CUDA graphs kept per backend (one per distinct shape/address set)
+
+
+# --------------------------------------------------------------------------------------------------
+# cuda-python
+
+
+def cudart():
+    """The cuda-python runtime module (``cuda.bindings.runtime`` or the older ``cuda.cudart``)."""
+    try:
+        from cuda.bindings import runtime
+        return runtime
+    except ImportError:
+        pass
+    try:
+        from cuda import cudart as runtime
+        return runtime
+    except ImportError:
+        raise UserError("the TensorRT backend needs cuda-python for device memory and streams: "
+                        "pip install 'vosrt[trt]' (or pip install cuda-python)") from None
+
+
+def check_cuda(result, what: str):
+    """Unpack a cuda-python ``(error, *values)`` tuple; raise RuntimeError naming ``what`` on failure."""
+    rt = cudart()
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err != rt.cudaError_t.cudaSuccess:
+        _, text = rt.cudaGetErrorString(err)
+        raise RuntimeError(f"CUDA error in {what}: {text.decode() if isinstance(text, bytes) else text}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def current_gpu() -> dict:
+    """Name and compute capability of the current CUDA device: ``{"name": ..., "compute_capability": "9.0"}``."""
+    rt = cudart()
+    device = check_cuda(rt.cudaGetDevice(), "cudaGetDevice")
+    props = check_cuda(rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
+    return {"name": name.rstrip("\x00").strip(), "compute_capability": f"{props.major}.{props.minor}"}
+
+
+def device_memory_used() -> int:
+    """Bytes in use on the current device (total - free), as the driver reports them."""
+    free, total = check_cuda(cudart().cudaMemGetInfo(), "cudaMemGetInfo")
+    return int(total) - int(free)
+
+
+def _stream_handle(stream) -> int:
+    if isinstance(stream, int):
+        return stream
+    for attribute in ("cuda_stream", "ptr", "handle"):
+        value = getattr(stream, attribute, None)
+        if value is not None:
+            return int(value)
+    try:
+        return int(stream)
+    except (TypeError, ValueError):
+        raise UserError(f"stream: expected a CUDA stream handle (int) or an object with cuda_stream/ptr/handle, "
+                        f"got {type(stream).__name__}") from None
+
+
+class _Allocation:
+    """One cudaMalloc'd block, freed when the last tensor viewing it goes away."""
+
+    __slots__ = ("ptr", "nbytes", "_owner", "__weakref__")
+
+    def __init__(self, nbytes: int, owner: "TensorRTBackend | None" = None):
+        self.nbytes = max(int(nbytes), 1)
+        self.ptr = int(check_cuda(cudart().cudaMalloc(self.nbytes), f"cudaMalloc({self.nbytes})"))
+        self._owner = owner
+        if owner is not None:
+            owner.allocated_bytes += self.nbytes
+
+    def free(self) -> None:
+        if self.ptr:
+            cudart().cudaFree(self.ptr)
+            if self._owner is not None:
+                self._owner.allocated_bytes -= self.nbytes
+            self.ptr = 0
+
+    def __del__(self):
+        try:
+            self.free()
+        except Exception:  # interpreter shutdown: the driver may be gone already
+            pass
+
+
+class DeviceTensor:
+    """A dense, C-contiguous tensor in device memory (a view of an allocation at a byte offset).
+
+    Exposes ``__cuda_array_interface__`` (version 3), so CuPy, PyTorch or Numba can wrap it without a copy.
+    """
+
+    __slots__ = ("allocation", "offset", "shape", "dtype", "scratch")
+
+    def __init__(self, allocation: _Allocation | None, shape: Sequence[int], dtype, offset: int = 0,
+                 external_ptr: int = 0):
+        self.allocation = allocation
+        self.offset = int(offset) if allocation is not None else int(external_ptr)
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.scratch: DeviceTensor | None = None  # read() copies of strided slices land here
+
+    @property
+    def ptr(self) -> int:
+        """Device address of the first element."""
+        return (self.allocation.ptr + self.offset) if self.allocation is not None else self.offset
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the tensor's elements occupy."""
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False), "version": 3,
+                "strides": None}
+
+    def view(self, shape: Sequence[int], offset_bytes: int = 0) -> "DeviceTensor":
+        """A tensor of ``shape`` over the same memory, ``offset_bytes`` further in."""
+        if self.allocation is None:
+            return DeviceTensor(None, shape, self.dtype, external_ptr=self.ptr + offset_bytes)
+        return DeviceTensor(self.allocation, shape, self.dtype, self.offset + offset_bytes)
+
+
+class _HostTensor:
+    """What :meth:`TensorRTBackend.upload` returns: a host copy, copied to the device where it is used."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+
+# --------------------------------------------------------------------------------------------------
+# package checks (no TensorRT needed)
+
+
+def find_plugin_library(explicit: str | os.PathLike | None = None, recorded: str | None = None) -> Path:
+    """Locate ``libvosrt_plugins.so``: ``explicit``, else ``$VOSRT_PLUGIN_LIB``, else the path recorded at
+    build time, else ``plugins/build/trt/`` of a source checkout. A library named explicitly (argument or
+    environment) must exist. UserError saying how to build one otherwise."""
+    how = ("build it with `cmake -S plugins -B plugins/build -DTensorRT_ROOT=<TensorRT> && cmake --build "
+           f"plugins/build -j`, then pass plugin_lib=PATH (CLI: --plugin-lib PATH) or set {PLUGIN_LIBRARY_ENV}")
+    named = explicit or os.environ.get(PLUGIN_LIBRARY_ENV)
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            source = "plugin_lib" if explicit else f"${PLUGIN_LIBRARY_ENV}"
+            raise UserError(f"plugin library not found: {path} (from {source}); {how}")
+        return path.resolve()
+    checkout = Path(__file__).resolve().parents[2] / "plugins" / "build" / "trt" / PLUGIN_LIBRARY_NAME
+    candidates = [Path(recorded)] if recorded else []
+    candidates.append(checkout)
+    for path in candidates:
+        if path.is_file():
+            return path.resolve()
+    tried = ", ".join(str(p) for p in candidates)
+    raise UserError(f"the vosrt TensorRT plugin library ({PLUGIN_LIBRARY_NAME}) was not found (looked at {tried}); "
+                    f"{how}")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file (engines and plugin libraries are recorded with theirs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def select_build(package, precision: str | None = None) -> tuple[str, dict]:
+    """The ``engines`` entry of one precision: ``precision`` or the manifest's default (the last built).
+    UserError when the package has no engines, lacks that precision, or its engine files are missing."""
+    engines = package.engines or {}
+    builds = {k: v for k, v in engines.items() if isinstance(v, dict) and "files" in v}
+    if not builds:
+        raise UserError(f"package {package.path} has no TensorRT engines: build them on this machine with "
+                        f"`vosrt build {package.path}` (or use backend='onnxruntime')")
+    precision = precision or engines.get("default") or next(iter(builds))
+    if precision not in builds:
+        raise UserError(f"package {package.path} has no {precision} engines (built: {', '.join(builds)}); "
+                        f"run `vosrt build {package.path} --precision {precision}`")
+    build = builds[precision]
+    for graph in package.graphs:
+        name = build["files"].get(graph)
+        if name is None or not (package.path / name).is_file():
+            raise UserError(f"package {package.path}: the {precision} engine of graph '{graph}' "
+                            f"({name or 'not listed'}) is missing; rebuild with `vosrt build {package.path} "
+                            f"--precision {precision}`")
+    return precision, build
+
+
+def check_engine_compatibility(build: dict, trt_version: str, gpu: dict, package_path) -> None:
+    """Refuse engines that this TensorRT or this GPU cannot run (serialised engines are tied to both)."""
+    built_version = str(build.get("tensorrt", "unknown"))
+    if built_version != trt_version:
+        raise UserError(f"the engines in {package_path} were built by TensorRT {built_version}, but this is "
+                        f"TensorRT {trt_version}; rebuild them here with `vosrt build {package_path}` (or "
+                        f"install TensorRT {built_version})")
+    built_gpu = build.get("gpu") or {}
+    if built_gpu.get("compute_capability") != gpu.get("compute_capability") or \
+            built_gpu.get("name") != gpu.get("name"):
+        raise UserError(f"the engines in {package_path} were built for {built_gpu.get('name', '?')} (compute "
+                        f"capability {built_gpu.get('compute_capability', '?')}), but this GPU is {gpu.get('name')} "
+                        f"(compute capability {gpu.get('compute_capability')}); rebuild them on this machine "
+                        f"with `vosrt build {package_path}`")
+
+
+def import_tensorrt():
+    """``import tensorrt``, or UserError saying how to install it."""
+    try:
+        import tensorrt
+    except ImportError:
+        raise UserError("the TensorRT backend needs the tensorrt Python package and an NVIDIA GPU: "
+                        "pip install 'vosrt[trt]' (or use backend='onnxruntime')") from None
+    return tensorrt
+
+
+PLUGIN_NAMES = ("D2Conv3D", "L2MemoryReadout")
+_loaded_plugin_libraries: dict[str, object] = {}
+
+
+def load_plugin_library(path: Path, registry) -> None:
+    """Load ``libvosrt_plugins.so`` into TensorRT's plugin registry once per process and check that both
+    creators (version "1", namespace "") are registered."""
+    key = str(path)
+    if key not in _loaded_plugin_libraries:
+        # loadLibrary also hands the library TensorRT's logger; the library's load-time registration
+        # makes the creators available even where loadLibrary itself declines (see plugins/trt/README.md).
+        _loaded_plugin_libraries[key] = registry.load_library(key)
+    missing = [name for name in PLUGIN_NAMES if registry.get_creator(name, "1", "") is None]
+    if missing:
+        raise UserError(f"{path} did not register the TensorRT plugin(s) {', '.join(missing)}: is it a "
+                        f"libvosrt_plugins.so built for this TensorRT version? Rebuild it against this TensorRT")
+
+
+# --------------------------------------------------------------------------------------------------
+# the backend
+
+
+class _Graph:
+    """One engine with its execution context and its preallocated input/output buffers."""
+
+    def __init__(self, trt, engine, backend: "TensorRTBackend"):
+        self.engine = engine
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise UserError("TensorRT could not create an execution context (out of device memory?)")
+        self.inputs: dict[str, np.dtype] = {}
+        self.outputs: dict[str, np.dtype] = {}
+        self.max_shapes: dict[str, tuple[int, ...]] = {}
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                self.inputs[name] = dtype
+                self.max_shapes[name] = tuple(engine.get_tensor_profile_shape(name, 0)[2])
+            else:
+                self.outputs[name] = dtype
+        # Output buffers at the largest shapes of the profile: set every input to its maximum and ask.
+        for name, shape in self.max_shapes.items():
+            self.context.set_input_shape(name, shape)
+        self.output_buffers: dict[str, _Allocation] = {}
+        for name, dtype in self.outputs.items():
+            shape = tuple(self.context.get_tensor_shape(name))
+            self.max_shapes[name] = shape
+            self.output_buffers[name] = _Allocation(int(np.prod(shape)) * dtype.itemsize, backend)
+            self.context.set_tensor_address(name, self.output_buffers[name].ptr)
+        # Host inputs are copied into these (allocated on first use, at the maximum shape).
+        self.staging: dict[str, _Allocation] = {}
+        self.cuda_graphs: dict[tuple, object] = {}
+        self.seen: set[tuple] = set()
+
+
+class TensorRTBackend(Backend):
+    """Runs a package's TensorRT engines (see the module docstring).
+
+    Options: ``precision`` (``"fp32"`` / ``"fp16"``; default the manifest's default build), ``plugin_lib``
+    (path of libvosrt_plugins.so; default ``$VOSRT_PLUGIN_LIB`` or the path recorded by ``vosrt build``),
+    ``stream`` (external CUDA stream), ``cuda_graphs`` (capture and replay; default False), ``device``
+    (only ``"cuda"``/``"auto"``).
+    """
+
+    name = "tensorrt"
+    device = "cuda"
+
+    def __init__(self, package, precision: str | None = None, plugin_lib=None, stream=None,
+                 cuda_graphs: bool = False, device: str = "auto", **unused):
+        if unused:
+            raise UserError(f"tensorrt backend: unknown option(s) {', '.join(sorted(unused))}")
+        if device not in ("auto", "cuda"):
+            raise UserError(f"tensorrt backend: device must be 'cuda' (or 'auto'), got '{device}'")
+        self.package = package
+        self.allocated_bytes = 0
+        self._graphs: dict[str, _Graph] = {}
+        self._own_stream = None
+        self.precision, build = select_build(package, precision)
+        self.plugin_library = find_plugin_library(plugin_lib, build.get("plugin_library"))
+        trt = import_tensorrt()
+        rt = cudart()
+        check_engine_compatibility(build, trt.__version__, current_gpu(), package.path)
+        self._trt = trt
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        load_plugin_library(self.plugin_library, self._runtime.get_plugin_registry())
+        if build.get("plugins_serialized"):
+            self._runtime.engine_host_code_allowed = True
+        if stream is None:
+            self._own_stream = check_cuda(rt.cudaStreamCreate(), "cudaStreamCreate")
+            self.stream = int(self._own_stream)
+        else:
+            self.stream = _stream_handle(stream)
+        self.cuda_graphs = bool(cuda_graphs)
+        for graph in package.graphs:
+            path = package.path / build["files"][graph]
+            engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+            if engine is None:
+                raise UserError(f"TensorRT could not load {path} (see the messages above); rebuild it with "
+                                f"`vosrt build {package.path} --precision {self.precision}`")
+            self._graphs[graph] = _Graph(trt, engine, self)
+        self._trt_version = trt.__version__
+
+    # ------------------------------------------------------------------ graphs
+    def input_names(self, graph: str) -> list[str]:
+        return list(self._graphs[graph].inputs)
+
+    def output_names(self, graph: str) -> list[str]:
+        """Names of ``graph``'s outputs."""
+        return list(self._graphs[graph].outputs)
+
+    def run(self, graph: str, inputs: Mapping[str, Tensor], outputs: Sequence[str] | None = None
+            ) -> dict[str, Tensor]:
+        g = self._graphs[graph]
+        unknown = set(inputs) - set(g.inputs)
+        if unknown:
+            raise ValueError(f"graph '{graph}' has no input(s) {sorted(unknown)}; it takes {sorted(g.inputs)}")
+        missing = set(g.inputs) - set(inputs)
+        if missing:
+            raise ValueError(f"graph '{graph}' needs input(s) {sorted(missing)}")
+        key = [graph]
+        for name, value in inputs.items():
+            tensor = self._bindable(g, name, value)
+            if not g.context.set_input_shape(name, tensor.shape):
+                raise ValueError(f"graph '{graph}': input '{name}' shape {tensor.shape} is outside the engine's "
+                                 f"profile (largest {g.max_shapes[name]}); rebuild with larger "
+                                 "--max-objects / --max-memory-frames")
+            g.context.set_tensor_address(name, tensor.ptr)
+            key.append((name, tensor.shape, tensor.ptr))
+        self._execute(g, tuple(key))
+        names = list(outputs) if outputs is not None else list(g.outputs)
+        result = {}
+        for name in names:
+            shape = tuple(g.context.get_tensor_shape(name))
+            result[name] = DeviceTensor(g.output_buffers[name], shape, g.outputs[name])
+        return result
+
+    def _execute(self, g: _Graph, key: tuple) -> None:
+        if not self.cuda_graphs:
+            if not g.context.execute_async_v3(self.stream):
+                raise RuntimeError("TensorRT enqueue failed (see the messages above)")
+            return
+        rt = cudart()
+        exec_graph = g.cuda_graphs.get(key)
+        if exec_graph is not None:
+            check_cuda(rt.cudaGraphLaunch(exec_graph, self.stream), "cudaGraphLaunch")
+            return
+        if not g.context.execute_async_v3(self.stream):
+            raise RuntimeError("TensorRT enqueue failed (see the messages above)")
+        if key not in g.seen:  # TensorRT needs one plain run per shape before capture
+            g.seen.add(key)
+            return
+        if len(g.cuda_graphs) >= _GRAPH_CACHE_LIMIT:
+            return
+        mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        check_cuda(rt.cudaStreamBeginCapture(self.stream, mode), "cudaStreamBeginCapture")
+        ok = g.context.execute_async_v3(self.stream)
+        captured = check_cuda(rt.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
+        if ok:
+            g.cuda_graphs[key] = check_cuda(rt.cudaGraphInstantiate(captured, 0), "cudaGraphInstantiate")
+        rt.cudaGraphDestroy(captured)
+
+    def _bindable(self, g: _Graph, name: str, value) -> DeviceTensor:
+        """``value`` as device memory the engine can read: device tensors as they are, host arrays copied
+        into the input's staging buffer."""
+        want = g.inputs[name]
+        if isinstance(value, DeviceTensor):
+            if value.dtype != want:
+                raise ValueError(f"input '{name}': engine expects {want}, got a device tensor of {value.dtype}")
+            return value
+        if isinstance(value, _HostTensor):
+            value = value.array
+        if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
+            return self.wrap(value, expected_dtype=want, what=f"input '{name}'")
+        array = np.ascontiguousarray(value, dtype=want)
+        if name not in g.staging:
+            g.staging[name] = _Allocation(int(np.prod(g.max_shapes[name])) * want.itemsize, self)
+        staging = g.staging[name]
+        if array.nbytes > staging.nbytes:
+            raise ValueError(f"input '{name}' shape {array.shape} exceeds the engine's largest {g.max_shapes[name]}")
+        self._copy_h2d(staging.ptr, array)
+        return DeviceTensor(staging, array.shape, want)
+
+    def wrap(self, value, expected_dtype=None, what: str = "array") -> DeviceTensor:
+        """A :class:`DeviceTensor` over an object's ``__cuda_array_interface__`` (no copy; the object must
+        stay alive while the tensor is used). Requires C-contiguous data."""
+        interface = value.__cuda_array_interface__
+        shape = tuple(interface["shape"])
+        dtype = np.dtype(interface["typestr"])
+        strides = interface.get("strides")
+        if strides is not None and tuple(strides) != tuple(np.empty(shape, dtype).strides):
+            raise UserError(f"{what}: device array must be C-contiguous (strides {strides}); make a contiguous copy")
+        if expected_dtype is not None and dtype != np.dtype(expected_dtype):
+            raise UserError(f"{what}: expected {np.dtype(expected_dtype)} device data, got {dtype}")
+        return DeviceTensor(None, shape, dtype, external_ptr=int(interface["data"][0]))
+
+    # ------------------------------------------------------------------ data
+    def _copy_h2d(self, dst_ptr: int, array: np.ndarray) -> None:
+        rt = cudart()
+        check_cuda(rt.cudaMemcpyAsync(dst_ptr, array.ctypes.data, array.nbytes,
+                                      rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream), "cudaMemcpyAsync H2D")
+        # The host array may be freed by the caller once we return; pageable copies are staged by the
+        # driver, but synchronising keeps that true for every allocation kind.
+        check_cuda(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+
+    def upload(self, array: np.ndarray) -> Tensor:
+        return _HostTensor(np.array(array, copy=True, order="C"))
+
+    def download(self, tensor: Tensor) -> np.ndarray:
+        if isinstance(tensor, _HostTensor):
+            return tensor.array.copy()
+        if not isinstance(tensor, DeviceTensor):
+            if hasattr(tensor, "__cuda_array_interface__"):
+                tensor = self.wrap(tensor)
+            else:
+                return np.array(tensor, copy=True)
+        rt = cudart()
+        out = np.empty(tensor.shape, tensor.dtype)
+        check_cuda(rt.cudaMemcpyAsync(out.ctypes.data, tensor.ptr, out.nbytes,
+                                      rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream), "cudaMemcpyAsync D2H")
+        check_cuda(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        return out
+
+    def zeros(self, shape: Sequence[int], dtype: type = np.float32) -> Tensor:
+        shape = tuple(int(s) for s in shape)
+        dtype = np.dtype(dtype)
+        allocation = _Allocation(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, self)
+        check_cuda(cudart().cudaMemsetAsync(allocation.ptr, 0, allocation.nbytes, self.stream), "cudaMemsetAsync")
+        return DeviceTensor(allocation, shape, dtype)
+
+    def shape(self, tensor: Tensor) -> tuple[int, ...]:
+        if isinstance(tensor, (DeviceTensor, _HostTensor)):
+            return tensor.shape
+        if hasattr(tensor, "__cuda_array_interface__"):
+            return tuple(tensor.__cuda_array_interface__["shape"])
+        return tuple(np.shape(tensor))
+
+    def nbytes(self, tensor: Tensor) -> int:
+        if isinstance(tensor, DeviceTensor):
+            return tensor.nbytes + (tensor.scratch.nbytes if tensor.scratch is not None else 0)
+        if isinstance(tensor, _HostTensor):
+            return int(tensor.array.nbytes)
+        return int(np.asarray(tensor).nbytes)
+
+    def write(self, dst: Tensor, axis: int, start: int, src: Tensor) -> None:
+        if not isinstance(dst, DeviceTensor):
+            raise ValueError("write() needs a destination allocated with zeros()")
+        rt = cudart()
+        host = None
+        if isinstance(src, _HostTensor):
+            host = np.ascontiguousarray(src.array, dtype=dst.dtype)
+        elif not isinstance(src, DeviceTensor):
+            if hasattr(src, "__cuda_array_interface__") and not isinstance(src, np.ndarray):
+                src = self.wrap(src, expected_dtype=dst.dtype)
+            else:
+                host = np.ascontiguousarray(src, dtype=dst.dtype)
+        src_shape = flatten_to(host.shape if host is not None else src.shape, len(dst.shape))
+        if host is None and src.dtype != dst.dtype:
+            raise ValueError(f"write(): source {src.dtype} into destination {dst.dtype}")
+        count = src_shape[axis]
+        if start < 0 or start + count > dst.shape[axis] or src_shape[:axis] != dst.shape[:axis] or \
+                src_shape[axis + 1:] != dst.shape[axis + 1:]:
+            raise ValueError(f"write(): source {src_shape} does not fit destination {dst.shape} at axis {axis}, "
+                             f"start {start}")
+        item = dst.dtype.itemsize
+        rows = int(np.prod(dst.shape[:axis], dtype=np.int64))
+        inner = int(np.prod(dst.shape[axis + 1:], dtype=np.int64)) * item
+        width = count * inner
+        dst_pitch = dst.shape[axis] * inner
+        dst_ptr = dst.ptr + start * inner
+        kind = rt.cudaMemcpyKind.cudaMemcpyHostToDevice if host is not None else \
+            rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        src_ptr = host.ctypes.data if host is not None else src.ptr
+        # [rows, dst.shape[axis] * inner] destination, rows of `width` bytes from a dense source
+        check_cuda(rt.cudaMemcpy2DAsync(dst_ptr, dst_pitch, src_ptr, width, width, rows, kind, self.stream),
+                   "cudaMemcpy2DAsync")
+        if host is not None:
+            check_cuda(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+
+    def read(self, src: Tensor, axis: int, start: int, stop: int) -> Tensor:
+        if isinstance(src, _HostTensor):
+            index = (slice(None),) * axis + (slice(start, stop),)
+            return _HostTensor(np.ascontiguousarray(src.array[index]))
+        if not isinstance(src, DeviceTensor):
+            src = self.wrap(src)
+        if not 0 <= start <= stop <= src.shape[axis]:
+            raise ValueError(f"read(): [{start}, {stop}) outside axis {axis} of {src.shape}")
+        shape = src.shape[:axis] + (stop - start,) + src.shape[axis + 1:]
+        item = src.dtype.itemsize
+        rows = int(np.prod(src.shape[:axis], dtype=np.int64))
+        inner = int(np.prod(src.shape[axis + 1:], dtype=np.int64)) * item
+        if rows == 1 or stop - start == src.shape[axis]:
+            return src.view(shape, start * inner)  # contiguous: bind in place
+        # A column range of a [rows, columns] layout (the memory bank's first N of capacity columns) is
+        # strided: copy it into scratch space sized for the whole source, allocated once per source.
+        if src.scratch is None:
+            src.scratch = DeviceTensor(_Allocation(src.nbytes, self), src.shape, src.dtype)
+        rt = cudart()
+        width = (stop - start) * inner
+        check_cuda(rt.cudaMemcpy2DAsync(src.scratch.ptr, width, src.ptr + start * inner, src.shape[axis] * inner,
+                                        width, rows, rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, self.stream),
+                   "cudaMemcpy2DAsync")
+        return src.scratch.view(shape)
+
+    def synchronize(self) -> None:
+        check_cuda(cudart().cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+
+    def close(self) -> None:
+        rt = cudart()
+        if self._graphs:
+            rt.cudaStreamSynchronize(self.stream)
+        for g in self._graphs.values():
+            for exec_graph in g.cuda_graphs.values():
+                rt.cudaGraphExecDestroy(exec_graph)
+            g.cuda_graphs.clear()
+            for allocation in list(g.output_buffers.values()) + list(g.staging.values()):
+                allocation.free()
+            del g.context
+            del g.engine
+        self._graphs.clear()
+        if self._own_stream is not None:
+            rt.cudaStreamDestroy(self._own_stream)
+            self._own_stream = None
+
+    def describe(self) -> str:
+        graphs = " + CUDA graphs" if self.cuda_graphs else ""
+        return f"tensorrt {self._trt_version} (cuda, {self.precision} engines{graphs})"
