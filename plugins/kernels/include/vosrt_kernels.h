@@ -12,7 +12,12 @@
 #define VOSRT_KERNELS_H
 
 #include <stddef.h>
+#ifdef VOSRT_KERNELS_NO_CUDA_RUNTIME
+/* Host-only users (the CPU driver) need the parameter structs, not the CUDA runtime. */
+typedef struct CUstream_st* cudaStream_t;
+#else
 #include <cuda_runtime_api.h>
+#endif
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,0 +1,184 @@
+// Tiled GEMMs for the D2Conv3D column tiles (the toolkit on CI has no cuBLAS, and the plugins should
+// not need it): fp32 on CUDA cores with 8×8 register tiles, fp16 on tensor cores (WMMA, fp32 accumulate).
+//
+// Row-major semantics, batched over blockIdx.z:
+//   C[m, n] = Σ_k op(A)[m, k]·op(B)[k, n]  (+ bias[z·M + m])  (+ C[m, n] if accumulate)
+//   op(A)[m, k] = kTransA ? A[k·lda + m] : A[m·lda + k];  op(B)[k, n] = kTransB ? B[n·ldb + k] : B[k·ldb + n]
+#ifndef VOSRT_GEMM_CUH
+#define VOSRT_GEMM_CUH
+
+#include <cuda_fp16.h>
+#include <mma.h>
+
+#include "common.h"
+
+namespace vosrt {
+
+template <typename T>
+struct GemmArgs {
+  int M, N, K;
+  const T* A; long long lda, strideA;
+  const T* B; long long ldb, strideB;
+  T* C; long long ldc, strideC;
+  const T* bias;  // [batch·M] or null
+  int accumulate;
+};
+
+// ---- fp32: 128×128 block tile, 8×8 per thread split into two 4-wide halves (conflict-free float4) ----
+constexpr int kF32TileM = 128, kF32TileN = 128, kF32TileK = 8;
+
+template <bool kTransA, bool kTransB>
+__global__ void __launch_bounds__(256) gemm_f32_kernel(GemmArgs<float> g) {
+  __shared__ __align__(16) float As[kF32TileK][kF32TileM];
+  __shared__ __align__(16) float Bs[kF32TileK][kF32TileN];
+  const int z = blockIdx.z;
+  const float* A = g.A + z * g.strideA;
+  const float* B = g.B + z * g.strideB;
+  const int m0 = blockIdx.y * kF32TileM, n0 = blockIdx.x * kF32TileN;
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  float acc[8][8];
+  VOSRT_UNROLL
+  for (int i = 0; i < 8; ++i)
+    VOSRT_UNROLL
+    for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
+
+  for (int k0 = 0; k0 < g.K; k0 += kF32TileK) {
+    // 1024 elements of each tile, 4 per thread, with the contiguous index fastest for coalescing.
+    VOSRT_UNROLL
+    for (int e4 = 0; e4 < 4; ++e4) {
+      const int e = tid + e4 * 256;
+      int m, k;
+      if (kTransA) { m = e % kF32TileM; k = e / kF32TileM; } else { k = e % kF32TileK; m = e / kF32TileK; }
+      const int gm = m0 + m, gk = k0 + k;
+      float v = 0.f;
+      if (gm < g.M && gk < g.K) v = kTransA ? A[(long long)gk * g.lda + gm] : A[(long long)gm * g.lda + gk];
+      As[k][m] = v;
+      int n;
+      if (kTransB) { k = e % kF32TileK; n = e / kF32TileK; } else { n = e % kF32TileN; k = e / kF32TileN; }
+      const int gn = n0 + n, gk2 = k0 + k;
+      float w = 0.f;
+      if (gn < g.N && gk2 < g.K) w = kTransB ? B[(long long)gn * g.ldb + gk2] : B[(long long)gk2 * g.ldb + gn];
+      Bs[k][n] = w;
+    }
+    __syncthreads();
+    VOSRT_UNROLL
+    for (int kk = 0; kk < kF32TileK; ++kk) {
+      const float4 a0 = *reinterpret_cast<const float4*>(&As[kk][ty * 4]);
+      const float4 a1 = *reinterpret_cast<const float4*>(&As[kk][64 + ty * 4]);
+      const float4 b0 = *reinterpret_cast<const float4*>(&Bs[kk][tx * 4]);
+      const float4 b1 = *reinterpret_cast<const float4*>(&Bs[kk][64 + tx * 4]);
+      const float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+      const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+      VOSRT_UNROLL
+      for (int i = 0; i < 8; ++i)
+        VOSRT_UNROLL
+        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+  float* C = g.C + z * g.strideC;
+  VOSRT_UNROLL
+  for (int i = 0; i < 8; ++i) {
+    const int m = m0 + (i < 4 ? ty * 4 + i : 64 + ty * 4 + i - 4);
+    if (m >= g.M) continue;
+    const float bias = g.bias ? g.bias[(long long)z * g.M + m] : 0.f;
+    VOSRT_UNROLL
+    for (int j = 0; j < 8; ++j) {
+      const int n = n0 + (j < 4 ? tx * 4 + j : 64 + tx * 4 + j - 4);
+      if (n >= g.N) continue;
+      float* dst = C + (long long)m * g.ldc + n;
+      *dst = acc[i][j] + bias + (g.accumulate ? *dst : 0.f);
+    }
+  }
+}
+
+template <bool kTransA, bool kTransB>
+inline void gemm_f32(const GemmArgs<float>& g, int batch, cudaStream_t stream) {
+  const dim3 grid((g.N + kF32TileN - 1) / kF32TileN, (g.M + kF32TileM - 1) / kF32TileM, batch);
+  gemm_f32_kernel<kTransA, kTransB><<<grid, 256, 0, stream>>>(g);
+}
+
+// ---- fp16 (no transposes): 128×128 block tile, 8 warps of 64×32, WMMA 16×16×16, fp32 accumulators ----
+constexpr int kH16TileM = 128, kH16TileN = 128, kH16TileK = 32;
+constexpr int kH16PadA = kH16TileK + 8;   // ld of the A tile (halves), a multiple of 8 as WMMA requires
+constexpr int kH16PadB = kH16TileN + 8;
+
+__global__ void __launch_bounds__(256) gemm_f16_nn_kernel(GemmArgs<__half> g) {
+  using namespace nvcuda;
+  __shared__ __align__(32) __half As[kH16TileM * kH16PadA];
+  __shared__ __align__(32) __half Bs[kH16TileK * kH16PadB];
+  __shared__ __align__(32) float stage[8][16 * 16];  // per-warp epilogue staging
+  const int z = blockIdx.z;
+  const __half* A = g.A + z * g.strideA;
+  const __half* B = g.B + z * g.strideB;
+  const int m0 = blockIdx.y * kH16TileM, n0 = blockIdx.x * kH16TileN;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int wm = warp / 4, wn = warp % 4;  // warp tile: rows wm·64.., columns wn·32..
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][2];
+  VOSRT_UNROLL
+  for (int i = 0; i < 4; ++i)
+    VOSRT_UNROLL
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+  const __half zero = __float2half_rn(0.f);
+
+  for (int k0 = 0; k0 < g.K; k0 += kH16TileK) {
+    VOSRT_UNROLL
+    for (int e16 = 0; e16 < 16; ++e16) {
+      const int e = tid + e16 * 256;
+      {
+        const int k = e % kH16TileK, m = e / kH16TileK;
+        const int gm = m0 + m, gk = k0 + k;
+        As[m * kH16PadA + k] = (gm < g.M && gk < g.K) ? A[(long long)gm * g.lda + gk] : zero;
+      }
+      {
+        const int n = e % kH16TileN, k = e / kH16TileN;
+        const int gn = n0 + n, gk = k0 + k;
+        Bs[k * kH16PadB + n] = (gn < g.N && gk < g.K) ? B[(long long)gk * g.ldb + gn] : zero;
+      }
+    }
+    __syncthreads();
+    VOSRT_UNROLL
+    for (int kk = 0; kk < kH16TileK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a[4];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> b[2];
+      VOSRT_UNROLL
+      for (int i = 0; i < 4; ++i) wmma::load_matrix_sync(a[i], As + (wm * 64 + i * 16) * kH16PadA + kk, kH16PadA);
+      VOSRT_UNROLL
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], Bs + kk * kH16PadB + wn * 32 + j * 16, kH16PadB);
+      VOSRT_UNROLL
+      for (int i = 0; i < 4; ++i)
+        VOSRT_UNROLL
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+  __half* C = g.C + z * g.strideC;
+  float* st = stage[warp];
+  VOSRT_UNROLL
+  for (int i = 0; i < 4; ++i)
+    VOSRT_UNROLL
+    for (int j = 0; j < 2; ++j) {
+      wmma::store_matrix_sync(st, acc[i][j], 16, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 256; e += 32) {
+        const int m = m0 + wm * 64 + i * 16 + e / 16, n = n0 + wn * 32 + j * 16 + e % 16;
+        if (m < g.M && n < g.N) {
+          __half* dst = C + (long long)m * g.ldc + n;
+          float v = st[e];
+          if (g.bias) v += __half2float(g.bias[(long long)z * g.M + m]);
+          if (g.accumulate) v += __half2float(*dst);
+          *dst = __float2half_rn(v);
+        }
+      }
+      __syncwarp();
+    }
+}
+
+inline void gemm_f16_nn(const GemmArgs<__half>& g, int batch, cudaStream_t stream) {
+  const dim3 grid((g.N + kH16TileN - 1) / kH16TileN, (g.M + kH16TileM - 1) / kH16TileM, batch);
+  gemm_f16_nn_kernel<<<grid, 256, 0, stream>>>(g);
+}
+
+}  // namespace vosrt
+
+#endif  // VOSRT_GEMM_CUH

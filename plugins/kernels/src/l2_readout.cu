@@ -1,0 +1,369 @@
+// L2MemoryReadout (ARCHITECTURE.md, Operator 2), fused: the N×M affinity never reaches memory.
+//
+// top-k path (1 <= top_k < N), three kernels:
+//   1. select: a block owns kL2TileM queries and one slice of N; it walks its slice in tiles of kL2TileN
+//      entries, computes the affinity tile into shared memory (fp16: tensor cores via WMMA, fp32 accumulate;
+//      fp32: CUDA cores), and every thread keeps a register top-k list (TopKList) for one query over every
+//      kL2ListsPerQuery-th entry. The lists go to the workspace: [B, M, lists, kMax], independent of N.
+//   2. merge: per query, merges the lists, takes the top_k and the max-subtracted softmax -> [B, M, kMax].
+//   3. gather: out[b, v, m] = Σ_j w_j·mv[b, v, idx_j]: only the k selected values are read. Blocks
+//      sweep the queries for a band of value channels, so that band of mem_value stays in L2.
+// dense path (top_k = 0 or top_k >= N): one kernel, online softmax over N tiles (flash-attention
+// style), each block holding a kL2DenseV-channel band of the output for its queries in registers.
+#include <cuda_fp16.h>
+#include <mma.h>
+
+#include "l2_readout_math.h"
+#include "launch.h"
+#include "vosrt_kernels.h"
+
+namespace vosrt {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kScoreLd = kL2TileM + 4;  // row stride of the score tile (floats; WMMA needs a multiple of 4)
+constexpr int kMaxSplits = 8;           // slices of N per query tile (spreads small M over the SMs)
+constexpr int kMaxLists = kMaxSplits * kL2ListsPerQuery;
+constexpr int kGatherQueries = 128;     // queries per gather block
+constexpr int kGatherV = 16;            // value channels per gather block
+constexpr int kL2DenseV = 32;           // value channels per dense block
+static_assert(kThreads == kL2TileM * kL2ListsPerQuery, "one thread per (query, list)");
+static_assert(kThreads == kL2TileM * (kL2DenseV / 8), "8 value channels per thread in the dense kernel");
+
+__host__ __device__ inline int padded_key_dim(int ck) { return (ck + 15) / 16 * 16; }
+
+// Shared memory of one select/dense block: score tile, ‖mk‖² of the tile, key tiles (+ value tile).
+template <typename T>
+size_t shared_bytes(int ck, bool dense) {
+  const size_t ckp = (size_t)padded_key_dim(ck);
+  size_t bytes = sizeof(float) * (kL2TileN * kScoreLd + kL2TileN) + sizeof(T) * ckp * (kL2TileN + kL2TileM);
+  if (dense) bytes += sizeof(float) * kL2DenseV * kL2TileN;
+  return bytes;
+}
+
+struct Smem {
+  float* score;   // [kL2TileN][kScoreLd]: raw dot products mk·qk
+  float* mem_sq;  // [kL2TileN]
+  void* mem_key;  // [ckp][kL2TileN] of T
+  void* query;    // [ckp][kL2TileM] of T
+  float* value;   // [kL2DenseV][kL2TileN] (dense kernel only)
+};
+
+template <typename T>
+__device__ Smem carve(unsigned char* base, int ckp) {
+  Smem s;
+  s.score = reinterpret_cast<float*>(base);
+  s.mem_sq = s.score + kL2TileN * kScoreLd;
+  s.mem_key = s.mem_sq + kL2TileN;
+  s.query = static_cast<T*>(s.mem_key) + (size_t)ckp * kL2TileN;
+  s.value = reinterpret_cast<float*>(static_cast<T*>(s.query) + (size_t)ckp * kL2TileM);
+  return s;
+}
+
+// rows [ckp] × cols [width] tile of a [rows, len] matrix starting at column col0; zeros outside.
+template <typename T>
+__device__ void load_tile(T* dst, const T* src, int rows, int ckp, int len, int col0, int width) {
+  const T zero = T(0.f);
+  for (int e = threadIdx.x; e < ckp * width; e += blockDim.x) {
+    const int r = e / width, c = e % width;
+    dst[e] = (r < rows && col0 + c < len) ? src[(size_t)r * len + col0 + c] : zero;
+  }
+}
+
+// score[n][q] = Σ_c mk[c][n]·qk[c][q] for the tile; fp32 on CUDA cores (4×4 per thread).
+__device__ void dot_tile(const Smem& s, int ckp, float) {
+  const float* mk = static_cast<const float*>(s.mem_key);
+  const float* qk = static_cast<const float*>(s.query);
+  const int n0 = (threadIdx.x / 16) * 4, q0 = (threadIdx.x % 16) * 4;
+  float acc[4][4] = {};
+  for (int c = 0; c < ckp; ++c) {
+    const float4 a = *reinterpret_cast<const float4*>(mk + c * kL2TileN + n0);
+    const float4 b = *reinterpret_cast<const float4*>(qk + c * kL2TileM + q0);
+    const float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+    VOSRT_UNROLL
+    for (int i = 0; i < 4; ++i)
+      VOSRT_UNROLL
+      for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+  }
+  VOSRT_UNROLL
+  for (int i = 0; i < 4; ++i)
+    VOSRT_UNROLL
+    for (int j = 0; j < 4; ++j) s.score[(n0 + i) * kScoreLd + q0 + j] = acc[i][j];
+}
+
+// fp16: tensor cores. 16 fragments of 16×16 over 8 warps; mk tile read as a column-major A.
+__device__ void dot_tile(const Smem& s, int ckp, __half) {
+  using namespace nvcuda;
+  const __half* mk = static_cast<const __half*>(s.mem_key);
+  const __half* qk = static_cast<const __half*>(s.query);
+  const int warp = threadIdx.x / 32;
+  const int nf = warp / 2;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2];
+  wmma::fill_fragment(acc[0], 0.f);
+  wmma::fill_fragment(acc[1], 0.f);
+  for (int c0 = 0; c0 < ckp; c0 += 16) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::col_major> a;
+    wmma::load_matrix_sync(a, mk + c0 * kL2TileN + nf * 16, kL2TileN);
+    VOSRT_UNROLL
+    for (int j = 0; j < 2; ++j) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> b;
+      wmma::load_matrix_sync(b, qk + c0 * kL2TileM + ((warp % 2) * 2 + j) * 16, kL2TileM);
+      wmma::mma_sync(acc[j], a, b, acc[j]);
+    }
+  }
+  VOSRT_UNROLL
+  for (int j = 0; j < 2; ++j)
+    wmma::store_matrix_sync(s.score + nf * 16 * kScoreLd + ((warp % 2) * 2 + j) * 16, acc[j], kScoreLd,
+                            wmma::mem_row_major);
+}
+
+// Loads the mem_key tile at n0, then computes ‖mk‖² and the dot products of the tile.
+template <typename T>
+__device__ void affinity_tile(const Smem& s, const T* mem_key, int ck, int ckp, int N, int n0) {
+  load_tile<T>(static_cast<T*>(s.mem_key), mem_key, ck, ckp, N, n0, kL2TileN);
+  __syncthreads();
+  if (threadIdx.x < kL2TileN) {
+    const T* col = static_cast<const T*>(s.mem_key) + threadIdx.x;
+    float acc = 0.f;
+    for (int c = 0; c < ck; ++c) {
+      const float v = to_float(col[c * kL2TileN]);
+      acc = fmaf(v, v, acc);
+    }
+    s.mem_sq[threadIdx.x] = acc;
+  }
+  dot_tile(s, ckp, T(0.f));
+  __syncthreads();
+}
+
+template <typename T, int kMax>
+__global__ void __launch_bounds__(kThreads) select_kernel(vosrtL2ReadoutParams p, float scale,
+                                                          int tiles_per_split, const T* __restrict__ mem_key,
+                                                          const T* __restrict__ query_key, float* list_val,
+                                                          int* list_idx) {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const int ck = p.key_dim, ckp = padded_key_dim(ck), N = p.mem_size, M = p.query_size;
+  const int b = blockIdx.z, split = blockIdx.y, m0 = blockIdx.x * kL2TileM;
+  const Smem s = carve<T>(smem_raw, ckp);
+  const T* mk = mem_key + (size_t)b * ck * N;
+  load_tile<T>(static_cast<T*>(s.query), query_key + (size_t)b * ck * M, ck, ckp, M, m0, kL2TileM);
+
+  const int q = threadIdx.x % kL2TileM, r = threadIdx.x / kL2TileM;
+  TopKList<kMax> list;
+  list.init();
+  float threshold = -INFINITY;
+  const int tile_begin = split * tiles_per_split;
+  const int tile_end = min(tile_begin + tiles_per_split, (N + kL2TileN - 1) / kL2TileN);
+  for (int tile = tile_begin; tile < tile_end; ++tile) {
+    const int n0 = tile * kL2TileN;
+    affinity_tile<T>(s, mk, ck, ckp, N, n0);
+#pragma unroll 1
+    for (int i = r; i < kL2TileN && n0 + i < N; i += kL2ListsPerQuery) {
+      const float score = l2r_score(s.score[i * kScoreLd + q], s.mem_sq[i], scale);
+      if (score > threshold) {  // rare after the first tiles: a list admits ~kMax·ln(N) entries in all
+        list.push(score, n0 + i);
+        threshold = list.smallest();
+      }
+    }
+    __syncthreads();  // the next tile overwrites the shared tiles
+  }
+  const int m = m0 + q;
+  if (m < M) {
+    const size_t base = (((size_t)b * M + m) * kMaxLists + (size_t)split * kL2ListsPerQuery + r) * kMax;
+    VOSRT_UNROLL
+    for (int j = 0; j < kMax; ++j) {
+      list_val[base + j] = list.val[j];
+      list_idx[base + j] = list.idx[j];
+    }
+  }
+}
+
+template <int kMax>
+__global__ void merge_kernel(vosrtL2ReadoutParams p, int top_k, int lists, const float* __restrict__ list_val,
+                             const int* __restrict__ list_idx, float* weight_out, int* index_out) {
+  const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= (long long)p.batch * p.query_size) return;
+  TopKList<kMax> merged;
+  l2r_merge_lists<kMax>(list_val + e * kMaxLists * kMax, list_idx + e * kMaxLists * kMax, lists, top_k, merged);
+  float weight[kMax];
+  l2r_softmax<kMax>(merged, top_k, weight);
+  VOSRT_UNROLL
+  for (int j = 0; j < kMax; ++j) {
+    weight_out[e * kMax + j] = weight[j];
+    index_out[e * kMax + j] = weight[j] != 0.f ? merged.idx[j] : 0;
+  }
+}
+
+template <typename T, int kMax>
+__global__ void __launch_bounds__(kGatherQueries) gather_kernel(vosrtL2ReadoutParams p, int top_k,
+                                                                const float* __restrict__ weight_in,
+                                                                const int* __restrict__ index_in,
+                                                                const T* __restrict__ mem_value, T* out) {
+  const int M = p.query_size, N = p.mem_size, V = p.value_dim;
+  const int m = blockIdx.x * kGatherQueries + threadIdx.x, v0 = blockIdx.y * kGatherV, b = blockIdx.z;
+  if (m >= M) return;
+  const size_t e = (size_t)b * M + m;
+  float w[kMax];
+  int idx[kMax];
+  VOSRT_UNROLL
+  for (int j = 0; j < kMax; ++j) {
+    w[j] = j < top_k ? weight_in[e * kMax + j] : 0.f;
+    idx[j] = j < top_k ? index_in[e * kMax + j] : 0;
+  }
+  const int v_end = min(v0 + kGatherV, V);
+  for (int v = v0; v < v_end; ++v) {
+    const T* row = mem_value + ((size_t)b * V + v) * N;
+    float acc = 0.f;
+    VOSRT_UNROLL
+    for (int j = 0; j < kMax; ++j)
+      if (w[j] != 0.f) acc = fmaf(w[j], to_float(__ldg(row + idx[j])), acc);
+    store(out + ((size_t)b * V + v) * M + m, acc);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) dense_kernel(vosrtL2ReadoutParams p, float scale,
+                                                         const T* __restrict__ mem_key, const T* __restrict__ query_key,
+                                                         const T* __restrict__ mem_value, T* out) {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const int ck = p.key_dim, ckp = padded_key_dim(ck), N = p.mem_size, M = p.query_size, V = p.value_dim;
+  const int b = blockIdx.z, v0 = blockIdx.y * kL2DenseV, m0 = blockIdx.x * kL2TileM;
+  const Smem s = carve<T>(smem_raw, ckp);
+  const T* mk = mem_key + (size_t)b * ck * N;
+  const T* mv = mem_value + ((size_t)b * V + v0) * N;
+  const int v_rows = min(kL2DenseV, V - v0);
+  load_tile<T>(static_cast<T*>(s.query), query_key + (size_t)b * ck * M, ck, ckp, M, m0, kL2TileM);
+
+  const int q = threadIdx.x % kL2TileM, vg = (threadIdx.x / kL2TileM) * 8;
+  float acc[8] = {};
+  float run_max = -INFINITY, run_sum = 0.f;
+  for (int n0 = 0; n0 < N; n0 += kL2TileN) {
+    for (int e = threadIdx.x; e < kL2DenseV * kL2TileN; e += kThreads) {
+      const int v = e / kL2TileN, n = e % kL2TileN;
+      s.value[e] = (v < v_rows && n0 + n < N) ? to_float(mv[(size_t)v * N + n0 + n]) : 0.f;
+    }
+    affinity_tile<T>(s, mk, ck, ckp, N, n0);
+    const int tile = min(kL2TileN, N - n0);
+    float tile_max = -INFINITY;
+    for (int i = 0; i < tile; ++i)
+      tile_max = fmaxf(tile_max, l2r_score(s.score[i * kScoreLd + q], s.mem_sq[i], scale));
+    const float factor = l2r_online_rescale(run_max, run_sum, tile_max);
+    VOSRT_UNROLL
+    for (int j = 0; j < 8; ++j) acc[j] *= factor;
+    for (int i = 0; i < tile; ++i) {
+      const float e = expf(l2r_score(s.score[i * kScoreLd + q], s.mem_sq[i], scale) - run_max);
+      run_sum += e;
+      VOSRT_UNROLL
+      for (int j = 0; j < 8; ++j) acc[j] = fmaf(e, s.value[(vg + j) * kL2TileN + i], acc[j]);
+    }
+    __syncthreads();
+  }
+  const int m = m0 + q;
+  if (m >= M) return;
+  const float inv = 1.0f / run_sum;
+  VOSRT_UNROLL
+  for (int j = 0; j < 8; ++j)
+    if (vg + j < v_rows) store(out + ((size_t)b * V + v0 + vg + j) * M + m, acc[j] * inv);
+}
+
+int bucket(int top_k) { return top_k <= 8 ? 8 : top_k <= 16 ? 16 : top_k <= 32 ? 32 : 64; }
+
+size_t list_bytes(const vosrtL2ReadoutParams& p, int k_max) {
+  return (size_t)p.batch * p.query_size * kMaxLists * k_max * (sizeof(float) + sizeof(int));
+}
+
+template <typename T>
+vosrtStatus_t set_shared(const void* kernel, size_t bytes) {
+  int device = 0, optin = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
+    return VOSRT_ERROR_CUDA;
+  if (bytes > (size_t)optin) return VOSRT_ERROR_NOT_SUPPORTED;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes) != cudaSuccess)
+    return VOSRT_ERROR_CUDA;
+  return VOSRT_SUCCESS;
+}
+
+template <typename T, int kMax>
+vosrtStatus_t run_top_k(const vosrtL2ReadoutParams& p, int top_k, float scale, const T* mk, const T* qk,
+                        const T* mv, T* out, void* workspace, cudaStream_t stream) {
+  const size_t smem = shared_bytes<T>(p.key_dim, false);
+  vosrtStatus_t st = set_shared<T>(reinterpret_cast<const void*>(&select_kernel<T, kMax>), smem);
+  if (st != VOSRT_SUCCESS) return st;
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    return VOSRT_ERROR_CUDA;
+  const int query_tiles = (p.query_size + kL2TileM - 1) / kL2TileM;
+  const int n_tiles = (p.mem_size + kL2TileN - 1) / kL2TileN;
+  // Enough slices of N to give every SM about two blocks, each slice at least 4 tiles long.
+  int splits = (int)ceil_div(2LL * sms, (long long)query_tiles * p.batch);
+  splits = max(1, min(splits, min(kMaxSplits, (n_tiles + 3) / 4)));
+  const int tiles_per_split = (n_tiles + splits - 1) / splits;
+
+  float* list_val = static_cast<float*>(workspace);
+  int* list_idx = reinterpret_cast<int*>(list_val + (size_t)p.batch * p.query_size * kMaxLists * kMax);
+  float* weight = reinterpret_cast<float*>(list_idx + (size_t)p.batch * p.query_size * kMaxLists * kMax);
+  int* index = reinterpret_cast<int*>(weight + (size_t)p.batch * p.query_size * kMax);
+
+  select_kernel<T, kMax><<<dim3(query_tiles, splits, p.batch), kThreads, smem, stream>>>(
+      p, scale, tiles_per_split, mk, qk, list_val, list_idx);
+  merge_kernel<kMax><<<ceil_div((long long)p.batch * p.query_size, 128), 128, 0, stream>>>(
+      p, top_k, splits * kL2ListsPerQuery, list_val, list_idx, weight, index);
+  gather_kernel<T, kMax><<<dim3(ceil_div(p.query_size, kGatherQueries), ceil_div(p.value_dim, kGatherV), p.batch),
+                           kGatherQueries, 0, stream>>>(p, top_k, weight, index, mv, out);
+  return launch_status();
+}
+
+template <typename T>
+vosrtStatus_t run(const vosrtL2ReadoutParams& p, const T* mk, const T* qk, const T* mv, T* out, void* workspace,
+                  cudaStream_t stream) {
+  const int top_k = l2r_effective_top_k(&p);
+  const float scale = l2r_effective_scale(&p);
+  if (top_k == 0) {
+    const size_t smem = shared_bytes<T>(p.key_dim, true);
+    vosrtStatus_t st = set_shared<T>(reinterpret_cast<const void*>(&dense_kernel<T>), smem);
+    if (st != VOSRT_SUCCESS) return st;
+    const dim3 grid(ceil_div(p.query_size, kL2TileM), ceil_div(p.value_dim, kL2DenseV), p.batch);
+    dense_kernel<T><<<grid, kThreads, smem, stream>>>(p, scale, mk, qk, mv, out);
+    return launch_status();
+  }
+  switch (bucket(top_k)) {
+    case 8: return run_top_k<T, 8>(p, top_k, scale, mk, qk, mv, out, workspace, stream);
+    case 16: return run_top_k<T, 16>(p, top_k, scale, mk, qk, mv, out, workspace, stream);
+    case 32: return run_top_k<T, 32>(p, top_k, scale, mk, qk, mv, out, workspace, stream);
+    default: return run_top_k<T, 64>(p, top_k, scale, mk, qk, mv, out, workspace, stream);
+  }
+}
+
+}  // namespace
+}  // namespace vosrt
+
+using namespace vosrt;
+
+extern "C" vosrtStatus_t vosrtL2ReadoutValidate(const vosrtL2ReadoutParams* p) { return l2r_validate(p); }
+
+extern "C" size_t vosrtL2ReadoutWorkspaceSize(const vosrtL2ReadoutParams* p, vosrtDataType_t dtype) {
+  if (l2r_validate(p) != VOSRT_SUCCESS || !known_dtype(dtype)) return 0;
+  const int top_k = l2r_effective_top_k(p);
+  if (top_k == 0) return 0;
+  const int k_max = bucket(top_k);
+  // partial lists + the merged (weight, index) per query: grows with B·M, never with N
+  return list_bytes(*p, k_max) + (size_t)p->batch * p->query_size * k_max * (sizeof(float) + sizeof(int));
+}
+
+extern "C" vosrtStatus_t vosrtL2ReadoutForward(const vosrtL2ReadoutParams* p, vosrtDataType_t dtype,
+                                               const void* mem_key, const void* query_key, const void* mem_value,
+                                               void* out, void* workspace, size_t workspace_bytes,
+                                               cudaStream_t stream) {
+  const vosrtStatus_t st = l2r_validate(p);
+  if (st != VOSRT_SUCCESS) return st;
+  if (!known_dtype(dtype)) return VOSRT_ERROR_NOT_SUPPORTED;
+  if (!mem_key || !query_key || !mem_value || !out) return VOSRT_ERROR_INVALID_VALUE;
+  const size_t need = vosrtL2ReadoutWorkspaceSize(p, dtype);
+  if (need > 0 && (workspace == nullptr || workspace_bytes < need)) return VOSRT_ERROR_WORKSPACE;
+  if (dtype == VOSRT_FLOAT32)
+    return run<float>(*p, static_cast<const float*>(mem_key), static_cast<const float*>(query_key),
+                      static_cast<const float*>(mem_value), static_cast<float*>(out), workspace, stream);
+  return run<__half>(*p, static_cast<const __half*>(mem_key), static_cast<const __half*>(query_key),
+                     static_cast<const __half*>(mem_value), static_cast<__half*>(out), workspace, stream);
+}
