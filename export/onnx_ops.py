@@ -63,8 +63,13 @@ def _ints(values) -> list[int]:
 
 
 def d2conv3d_plugin(x, dilation, modulation, weight, bias, stride, padding, dilation_base, groups):
-    """``vosrt::d2conv3d`` -> one ``trt.plugins::D2Conv3D`` node (inputs X, D, M, Wt, B)."""
-    return _D2CONV3D_OP(x, dilation, modulation, weight, bias,
+    """``vosrt::d2conv3d`` -> one ``trt.plugins::D2Conv3D`` node with inputs X, D, [M], Wt, [B].
+
+    Absent optional inputs are left out rather than given as empty names (TensorRT's ONNX parser does
+    not pass empty inputs to plugins; plugins/trt/README.md), so the node has 3, 4 or 5 inputs.
+    """
+    inputs = [v for v in (x, dilation, modulation, weight, bias) if v is not None]
+    return _D2CONV3D_OP(*inputs,
                         kernel_shape=_ints(weight.shape[2:]), strides=_ints(stride), pads=_ints(padding),
                         dilations=_ints(dilation_base), group=int(groups),
                         plugin_version=PLUGIN_VERSION, plugin_namespace="")
