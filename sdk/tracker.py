@@ -60,8 +60,9 @@ class Tracker:
         self.top_k = int(top_k if top_k is not None else streaming["top_k"])
         if self.top_k < 0:
             raise UserError(f"top_k: expected 0 (all) or a positive number, got {top_k}")
-        self._feed_top_k = "top_k" in backend.input_names("segment")
-        if top_k is not None and not self._feed_top_k and self.top_k != streaming["top_k"]:
+        # Fed only when it differs from the export default, which the graph already holds.
+        self._feed_top_k = "top_k" in backend.input_names("segment") and self.top_k != streaming["top_k"]
+        if self.top_k != streaming["top_k"] and "top_k" not in backend.input_names("segment"):
             raise UserError(f"top_k={top_k}: this backend's segment graph has top_k fixed at "
                             f"{streaming['top_k']} (plugin form / engine); use the portable form to change it")
         capacity = memory_capacity if memory_capacity is not None else streaming["memory_capacity"]

@@ -75,6 +75,9 @@ class OnnxRuntimeBackend(Backend):
         self._options, self._providers = options, providers
         self.package = package
         self.sessions: dict[str, ort.InferenceSession] = {}
+        self._overridable: dict[str, set[str]] = {}   # initializers a feed may override (e.g. top_k)
+        self._paths: dict[str, object] = {}
+        self._variants: dict[tuple, tuple] = {}       # (graph, overrides) -> (session, kept OrtValues)
         self._inputs: dict[str, dict[str, str]] = {}
         self._outputs: dict[str, list[str]] = {}
         for graph in package.graphs:
@@ -87,9 +90,11 @@ class OnnxRuntimeBackend(Backend):
                 raise UserError(f"ONNX Runtime cannot open {path}: {err}{hint}") from None
             self.sessions[graph] = session
             inputs = {i.name: i.type for i in session.get_inputs()}
-            for i in session.get_overridable_initializers():
-                inputs.setdefault(i.name, i.type)
+            self._overridable[graph] = {i.name for i in session.get_overridable_initializers()} - set(inputs)
+            for name in self._overridable[graph]:
+                inputs[name] = "overridable initializer"
             self._inputs[graph] = inputs
+            self._paths[graph] = path
             self._outputs[graph] = [o.name for o in session.get_outputs()]
         self._ort_device = "cuda" if device == "cuda" else "cpu"
         self._helpers: dict[tuple, ort.InferenceSession] = {}
@@ -115,6 +120,12 @@ class OnnxRuntimeBackend(Backend):
         if not self.bound:
             feeds = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
             return dict(zip(names, session.run(names, feeds)))
+        overrides = {k: np.ascontiguousarray(self.download(v)) for k, v in inputs.items() if k in self._overridable[graph]}
+        if overrides:
+            # IOBinding binds graph inputs only; an overridden initializer (the portable segment graph's
+            # top_k) is set at session creation instead, one cached session per distinct value.
+            session = self._session_with(graph, overrides)
+            inputs = {k: v for k, v in inputs.items() if k not in overrides}
         binding = session.io_binding()
         for key, value in inputs.items():
             if isinstance(value, BoundTensor):
@@ -127,6 +138,19 @@ class OnnxRuntimeBackend(Backend):
             binding.bind_output(key, self._ort_device)
         session.run_with_iobinding(binding)
         return {key: BoundTensor(value) for key, value in zip(names, binding.get_outputs())}
+
+    def _session_with(self, graph: str, overrides: dict[str, np.ndarray]) -> "ort.InferenceSession":
+        key = (graph, tuple(sorted((k, v.dtype.str, v.shape, v.tobytes()) for k, v in overrides.items())))
+        if key not in self._variants:
+            options = ort.SessionOptions()
+            options.log_severity_level = self._options.log_severity_level
+            options.intra_op_num_threads = self._options.intra_op_num_threads
+            kept = [ort.OrtValue.ortvalue_from_numpy(v) for v in overrides.values()]
+            for name, value in zip(overrides, kept):
+                options.add_initializer(name, value)
+            session = ort.InferenceSession(str(self._paths[graph]), options, providers=self._providers)
+            self._variants[key] = (session, kept)
+        return self._variants[key][0]
 
     # ------------------------------------------------------------------ data
     def upload(self, array: np.ndarray) -> Tensor:

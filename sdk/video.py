@@ -1,0 +1,255 @@
+"""Frame sources (camera, video file, stream URL, image folder, DAVIS sequence) and result sinks
+(palette PNGs, overlay video, per-frame callbacks).
+
+Sources yield ``[H, W, 3]`` uint8 **BGR** frames (OpenCV's order, the sessions' default ``color``).
+A source that cannot be opened raises ``UserError`` at :func:`open_source`. A source that stops early
+(a camera unplugged, a stream dropped, a truncated file, an unreadable image) ends the iteration
+cleanly and sets :attr:`FrameSource.stopped_early` with the reason in :attr:`FrameSource.problem`, so
+that everything produced so far is kept.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from vosrt.sdk.errors import UserError
+from vosrt.sdk.masks import davis_palette, read_label_png, write_label_png
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+
+
+class FrameSource:
+    """An iterable of BGR uint8 frames with ``fps`` (or None), ``length`` (or None when unknown, e.g. a
+    camera), ``name`` and per-frame names for output files (:meth:`frame_name`)."""
+
+    kind = "source"
+
+    def __init__(self, name: str):
+        self.name = name
+        self.fps: float | None = None
+        self.length: int | None = None
+        self.stopped_early = False
+        self.problem: str | None = None
+        self.frames_read = 0
+
+    def frame_name(self, index: int) -> str:
+        """File stem for frame ``index`` (``00000`` … unless the source has its own names)."""
+        return f"{index:05d}"
+
+    def first_mask(self) -> np.ndarray | None:
+        """The first frame's annotation when the source provides one (DAVIS sequences), else None."""
+        return None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the device or file."""
+
+    def _stop(self, problem: str) -> None:
+        self.stopped_early = True
+        self.problem = problem
+
+
+class CaptureSource(FrameSource):
+    """Camera index, video file or stream URL, read with ``cv2.VideoCapture``."""
+
+    def __init__(self, target: int | str, kind: str):
+        super().__init__(str(target))
+        self.kind = kind
+        self.capture = cv2.VideoCapture(target)
+        if not self.capture.isOpened():
+            self.capture.release()
+            what = {"camera": f"camera {target}", "video": f"video file {target}", "stream": f"stream {target}"}[kind]
+            hint = {"camera": "check the index (0 is the first camera) and that no other program holds it",
+                    "video": "check the file exists and is a video OpenCV can decode",
+                    "stream": "check the URL and that the stream is reachable"}[kind]
+            raise UserError(f"--source: cannot open {what}: {hint}")
+        fps = self.capture.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and fps > 0 and np.isfinite(fps) else None
+        count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.length = count if kind == "video" and count > 0 else None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while True:
+            try:
+                ok, frame = self.capture.read()
+            except cv2.error as err:
+                ok, frame = False, None
+                self._stop(f"read failed: {err}")
+            if not ok or frame is None:
+                # A camera or stream has no natural end; a file ends early if it promised more frames.
+                ended_early = self.kind != "video" or (self.length is not None and self.frames_read < self.length)
+                if ended_early and not self.stopped_early:
+                    self._stop(f"{self.kind} {self.name} stopped after {self.frames_read} frames")
+                break
+            if frame.ndim == 2:
+                frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+            self.frames_read += 1
+            yield frame
+        self.close()
+
+    def close(self) -> None:
+        self.capture.release()
+
+
+class ImageFolderSource(FrameSource):
+    """Every image in a folder, in name order; frame names are the files' stems."""
+
+    kind = "folder"
+
+    def __init__(self, folder: Path):
+        super().__init__(folder.name)
+        self.folder = folder
+        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise UserError(f"--source: folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        self.length = len(self.files)
+
+    def frame_name(self, index: int) -> str:
+        return self.files[index].stem if index < len(self.files) else super().frame_name(index)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for path in self.files:
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if frame is None:
+                self._stop(f"cannot read image {path}; stopped after {self.frames_read} frames")
+                return
+            self.frames_read += 1
+            yield frame
+
+
+class DavisSequenceSource(ImageFolderSource):
+    """A DAVIS sequence: ``ROOT/JPEGImages/RES/NAME`` (or ``ROOT`` with ``--sequence``-style name given as
+    ``ROOT/JPEGImages/RES/NAME``); its first annotation ``ROOT/Annotations/RES/NAME/<first>.png`` is
+    offered as :meth:`first_mask`."""
+
+    kind = "davis"
+
+    def __init__(self, folder: Path):
+        super().__init__(folder)
+        root, resolution = folder.parent.parent.parent, folder.parent.name
+        self.annotations = root / "Annotations" / resolution / folder.name
+
+    def first_mask(self) -> np.ndarray | None:
+        path = self.annotations / f"{self.files[0].stem}.png"
+        return read_label_png(path) if path.is_file() else None
+
+
+def is_davis_sequence(folder: Path) -> bool:
+    """True for ``.../JPEGImages/<resolution>/<name>`` folders."""
+    return folder.parent.parent.name == "JPEGImages"
+
+
+def open_source(spec) -> FrameSource:
+    """A source from a CLI-style spec: an int or digit string (camera index), a URL (``rtsp://``,
+    ``http://`` …), a video file, an image folder, or a DAVIS sequence folder (``.../JPEGImages/480p/NAME``,
+    or a DAVIS root holding exactly one sequence)."""
+    if isinstance(spec, (int, np.integer)) or (isinstance(spec, str) and spec.strip().isdigit()):
+        return CaptureSource(int(spec), "camera")
+    text = str(spec)
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
+        return CaptureSource(text, "stream")
+    path = Path(text)
+    if path.is_dir():
+        if is_davis_sequence(path):
+            return DavisSequenceSource(path)
+        sequences = sorted((path / "JPEGImages").glob("*/*")) if (path / "JPEGImages").is_dir() else []
+        sequences = [s for s in sequences if s.is_dir()]
+        if len(sequences) == 1:
+            return DavisSequenceSource(sequences[0])
+        if len(sequences) > 1:
+            names = ", ".join(s.name for s in sequences[:5])
+            raise UserError(f"--source: {path} is a DAVIS root with {len(sequences)} sequences ({names}…); "
+                            f"give one sequence folder, e.g. {sequences[0]}")
+        return ImageFolderSource(path)
+    if path.is_file():
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            raise UserError(f"--source: {path} is a single image; give the folder of frames instead")
+        return CaptureSource(text, "video")
+    raise UserError(f"--source: {text} is not a camera index, URL, video file or folder that exists")
+
+
+# ---------------------------------------------------------------------------------------------- sinks
+
+
+def overlay(frame: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """A BGR frame with each object's palette colour blended in (``alpha``) and background left as is."""
+    colours = davis_palette()[:, ::-1]                                   # RGB palette -> BGR
+    out = frame.copy()
+    objects = labels > 0
+    blend = frame[objects].astype(np.float32) * (1 - alpha) + colours[labels[objects]].astype(np.float32) * alpha
+    out[objects] = np.clip(blend, 0, 255).astype(np.uint8)
+    return out
+
+
+class PngSink:
+    """Writes each label map as a DAVIS palette PNG ``OUT/<frame name>.png``."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"--out: cannot create folder {self.folder}: {err}") from None
+        self.written = 0
+
+    def __call__(self, index: int, name: str, frame: np.ndarray, labels: np.ndarray) -> None:
+        write_label_png(self.folder / f"{name}.png", labels)
+        self.written += 1
+
+    def close(self) -> None:
+        """Nothing to finish (each PNG is complete when written)."""
+
+
+class OverlayVideoSink:
+    """Writes frames with the labels blended in to a video file (``mp4v`` for .mp4, ``MJPG`` for .avi)."""
+
+    def __init__(self, path: str | Path, fps: float | None = None, alpha: float = 0.5):
+        self.path = Path(path)
+        self.fps = fps or 15.0
+        self.alpha = alpha
+        self.writer = None
+        self.written = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"--video: cannot create folder {self.path.parent}: {err}") from None
+
+    def __call__(self, index: int, name: str, frame: np.ndarray, labels: np.ndarray) -> None:
+        if self.writer is None:
+            fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
+            self.writer = cv2.VideoWriter(str(self.path), fourcc, float(self.fps), (frame.shape[1], frame.shape[0]))
+            if not self.writer.isOpened():
+                self.writer = None
+                raise UserError(f"--video: OpenCV cannot write {self.path} (use .mp4 or .avi)")
+            self.size = frame.shape[:2]
+        if frame.shape[:2] != self.size:  # a video has one size; later frames of another size are fitted
+            frame = cv2.resize(frame, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
+            labels = cv2.resize(labels, (self.size[1], self.size[0]), interpolation=cv2.INTER_NEAREST)
+        self.writer.write(overlay(frame, labels, self.alpha))
+        self.written += 1
+
+    def close(self) -> None:
+        """Finish the file (required for it to be readable)."""
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+
+
+class CallbackSink:
+    """Calls ``callback(index, frame, labels)`` for every finished frame."""
+
+    def __init__(self, callback: Callable[[int, np.ndarray, np.ndarray], None]):
+        self.callback = callback
+
+    def __call__(self, index: int, name: str, frame: np.ndarray, labels: np.ndarray) -> None:
+        self.callback(index, frame, labels)
+
+    def close(self) -> None:
+        """Nothing to finish."""

@@ -1,0 +1,196 @@
+"""STCN Tracker on real exported packages: backend parity, objects added/removed, bounded memory, bad input."""
+import os
+
+import numpy as np
+import pytest
+
+import vosrt.sdk
+from vosrt.sdk import UserError
+from vosrt.sdk.synthetic import generate_sequence, write_davis, write_video
+from vosrt.sdk.video import open_source
+
+from sdk_packages import tiny_package
+
+
+@pytest.fixture(scope="module")
+def stcn_package():
+    return tiny_package("stcn")
+
+
+@pytest.fixture(scope="module")
+def sequence():
+    return generate_sequence(7, num_frames=24, height=64, width=96, num_objects=2, num_distractors=1)
+
+
+def track(tracker, frames, first_mask):
+    return np.stack([tracker.step(frame, first_mask if i == 0 else None) for i, frame in enumerate(frames)])
+
+
+@pytest.mark.parametrize("container", ["mp4", "davis"])
+def test_onnxruntime_and_torch_backends_give_the_same_labels(stcn_package, sequence, tmp_path, container):
+    if container == "mp4":
+        source = open_source(write_video(tmp_path / "clip.mp4", sequence))
+    else:
+        write_davis(tmp_path / "davis", "synth", sequence)
+        source = open_source(tmp_path / "davis" / "JPEGImages" / "480p" / "synth")
+        assert np.array_equal(source.first_mask(), sequence.labels[0])
+    frames = list(source)
+    assert len(frames) == len(sequence) and not source.stopped_early
+    outputs = {}
+    for backend in ("onnxruntime", "torch"):
+        tracker = vosrt.sdk.load(stcn_package, backend=backend, threads=1)
+        outputs[backend] = track(tracker, frames, sequence.labels[0])
+    assert outputs["onnxruntime"].shape == (len(frames), 64, 96)
+    agreement = (outputs["onnxruntime"] == outputs["torch"]).mean()
+    assert agreement >= 0.999, agreement
+
+
+def test_io_binding_path_matches_host_tensors(stcn_package, sequence):
+    # The CUDA execution provider's code path (device-resident OrtValues, helper graphs for bank writes)
+    # run on the CPU provider, so CI checks it without a GPU.
+    options = dict(backend="onnxruntime", threads=1, mem_every=2, memory_capacity=4, top_k=3, color="rgb")
+    host = vosrt.sdk.load(stcn_package, **options)
+    bound = vosrt.sdk.load(stcn_package, io_binding=True, **options)
+    frames = sequence.frames[:12]
+    expected = track(host, frames, sequence.labels[0])
+    actual = track(bound, frames, sequence.labels[0])
+    assert np.array_equal(expected, actual)
+    assert bound.memory.frames == 4 and bound.memory.writes == 6
+
+
+def test_the_annotated_frame_returns_the_given_mask_at_frame_size(stcn_package, sequence):
+    tracker = vosrt.sdk.load(stcn_package, threads=1, color="rgb")
+    labels = tracker.step(sequence.frames[0], sequence.labels[0])
+    assert labels.dtype == np.uint8 and labels.shape == (64, 96)
+    assert np.array_equal(labels, sequence.labels[0])
+    assert tracker.objects == [1, 2]
+
+
+def test_frames_before_any_mask_are_background(stcn_package, sequence):
+    tracker = vosrt.sdk.load(stcn_package, threads=1)
+    labels, prob = tracker.step(sequence.frames[0], return_probabilities=True)
+    assert not labels.any() and prob.shape == (1, 64, 96)
+
+
+def test_object_added_at_frame_10_is_tracked_from_then_on_and_a_removed_one_disappears(stcn_package, sequence):
+    tracker = vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=1)
+    first = np.where(sequence.labels[0] == 1, 1, 0).astype(np.uint8)
+    for t in range(10):
+        labels, prob = tracker.step(sequence.frames[t], first if t == 0 else None, return_probabilities=True)
+        assert tracker.objects == [1] and prob.shape == (2, 64, 96)
+        assert not np.isin(labels, [2, 5]).any()
+
+    late = np.where(sequence.labels[10] == 2, 5, 0).astype(np.uint8)   # the second shape, as object 5
+    labels = tracker.step(sequence.frames[10], late, objects=[5])
+    assert tracker.objects == [1, 5]
+    assert np.array_equal(labels == 5, late == 5)
+    assert tracker.memory.num_objects == 2
+    for t in range(11, 16):
+        labels, prob = tracker.step(sequence.frames[t], return_probabilities=True)
+        assert prob.shape == (3, 64, 96)
+        np.testing.assert_allclose(prob.sum(0), 1.0, atol=1e-3)
+        assert prob[2].max() > 0.0                      # object 5 has probability mass on every frame
+        assert set(np.unique(labels)) <= {0, 1, 5}
+
+    tracker.remove_objects([1])
+    assert tracker.objects == [5]
+    for t in range(16, 20):
+        labels, prob = tracker.step(sequence.frames[t], return_probabilities=True)
+        assert prob.shape == (2, 64, 96)
+        assert not (labels == 1).any()
+        assert set(np.unique(labels)) <= {0, 5}
+    with pytest.raises(UserError, match="not tracked"):
+        tracker.remove_objects([1])
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS read from /proc (Linux)")
+def test_3000_frames_run_in_constant_memory_with_capacity_8(stcn_package):
+    sequence = generate_sequence(11, num_frames=30, height=32, width=32, num_objects=2, num_distractors=0)
+    tracker = vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=1, memory_capacity=8)
+    tracker.step(sequence.frames[0], sequence.labels[0])
+    buffers = None
+    rss = []
+    for t in range(1, 3000):
+        tracker.step(sequence.frames[t % len(sequence.frames)])
+        if t == 8:
+            buffers = (id(tracker.memory.keys), id(tracker.memory.values), tracker.memory.allocations,
+                       tracker.memory.nbytes())
+        if t >= 1000 and t % 50 == 0:
+            rss.append(_rss_bytes())
+    memory = tracker.memory
+    assert (id(memory.keys), id(memory.values), memory.allocations, memory.nbytes()) == buffers
+    assert memory.frames == 8 and memory.writes == 3000
+    assert memory.nbytes() == 4 * 8 * 4 * (64 + 2 * 64)   # capacity × h·w × (Ck + O·Cv) floats
+    assert max(rss) <= rss[0] * 1.05 and min(rss) >= rss[0] * 0.95, (rss[0], min(rss), max(rss))
+
+
+def test_first_annotated_frame_stays_and_the_rest_is_fifo(stcn_package, sequence):
+    tracker = vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=1, memory_capacity=3)
+    slots = []
+    tracker.step(sequence.frames[0], sequence.labels[0])
+    original_add = tracker.memory.add
+
+    def recording_add(key, value):
+        slots.append(original_add(key, value))
+        return slots[-1]
+
+    tracker.memory.add = recording_add
+    for t in range(1, 7):
+        tracker.step(sequence.frames[t])
+    assert slots == [1, 2, 1, 2, 1, 2]   # slot 0 (frame 0) is never overwritten
+
+
+class TestBadInputKeepsTheSessionUsable:
+    @pytest.fixture(scope="class")
+    def tracker(self, stcn_package):
+        return vosrt.sdk.load(stcn_package, threads=1, color="rgb")
+
+    @pytest.fixture(scope="class")
+    def frame_and_mask(self, sequence):
+        return sequence.frames[0], sequence.labels[0]
+
+    @pytest.mark.parametrize("make, message", [
+        (lambda f, m: (f.astype(np.int32), m), "dtype"),
+        (lambda f, m: (f.astype(np.float16), m), "dtype"),
+        (lambda f, m: (f[:, :, :2], m), r"\[H, W, 3\]"),
+        (lambda f, m: (np.dstack([f, f[:, :, :1]]), m), "alpha"),
+        (lambda f, m: (f[:, :, 0], m), "grey"),
+        (lambda f, m: (f, m[:32]), "differs from the frame"),
+        (lambda f, m: (f, np.zeros_like(m)), "no object"),
+        (lambda f, m: (f, m.astype(np.float32) * 0.5), "integer"),
+        (lambda f, m: (f, m.astype(np.int32) + 300), "0..255"),
+        (lambda f, m: ("frame.png", m), "numpy array"),
+    ])
+    def test_bad_frame_or_mask_raises_user_error(self, tracker, frame_and_mask, make, message):
+        frame, mask = make(*frame_and_mask)
+        with pytest.raises(UserError, match=message):
+            tracker.step(frame, mask)
+        labels = tracker.step(*frame_and_mask)          # still usable afterwards
+        assert np.array_equal(labels, frame_and_mask[1])
+
+    @pytest.mark.parametrize("objects, message", [(["a"], "integers"), ([1.5], "integers"), ([0], "1..255"),
+                                                  ([9], "not in the mask"), ([1, 1], "repeated")])
+    def test_bad_object_ids_raise_user_error(self, tracker, frame_and_mask, objects, message):
+        index = tracker.frame_index
+        with pytest.raises(UserError, match=message):
+            tracker.step(*frame_and_mask, objects=objects)
+        assert tracker.frame_index == index             # nothing happened
+        assert tracker.step(frame_and_mask[0]).shape == frame_and_mask[1].shape
+
+
+@pytest.mark.parametrize("options, message", [({"mem_every": 0}, "mem_every"), ({"memory_capacity": 0}, "memory_capacity"),
+                                              ({"overlap": 3}, "not a setting"), ({"color": "bgra"}, "color"),
+                                              ({"backend": "tensorflow"}, "backend")])
+def test_bad_session_options_raise_user_error(stcn_package, options, message):
+    with pytest.raises(UserError, match=message):
+        vosrt.sdk.load(stcn_package, **options)
+
+
+def test_a_folder_without_manifest_is_not_a_package(tmp_path):
+    with pytest.raises(UserError, match="manifest.json"):
+        vosrt.sdk.load(tmp_path)
