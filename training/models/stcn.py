@@ -57,9 +57,10 @@ class STCNConfig:
 VARIANTS = {
     "stcn": STCNConfig(),
     # CPU-sized: ResNet-18 key encoder (res4 = 256 channels), half-width value encoder, quarter-width
-    # value/decoder features. Same modules and data flow as the published network.
+    # value and decoder features, and an eighth-width decoder at 1/4 scale, where most of the decoder's
+    # work is. Same modules and data flow as the published network.
     "stcn-lite": STCNConfig(key_backbone="resnet18", value_widths=(32, 64, 128), value_dim=128,
-                            f16_thin_dim=128, decoder_dims=(128, 64, 64)),
+                            f16_thin_dim=128, decoder_dims=(128, 64, 32)),
 }
 
 
