@@ -1,0 +1,60 @@
+"""Builds plugins/ (the CUDA kernels and their CPU driver) for the kernel tests, once per session.
+
+The build lives in plugins/build-test/ (git-ignored), so reruns only recompile what changed. It targets
+one architecture, sm_80 SASS + compute_80 PTX: that keeps CI's compile short (2 cores) and still runs on
+every GPU from sm_80 up (newer ones JIT the PTX).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
+BUILD_DIR = PLUGINS / "build-test"
+TEST_ARCH = "80"
+
+
+def have_cmake_and_cxx() -> bool:
+    return shutil.which("cmake") is not None and (shutil.which("c++") or shutil.which("g++")) is not None
+
+
+def have_nvcc() -> bool:
+    return shutil.which("nvcc") is not None or Path("/usr/local/cuda/bin/nvcc").is_file()
+
+
+@lru_cache(maxsize=None)
+def build(with_kernels: bool) -> tuple[Path, str]:
+    """Configure and build plugins/ into BUILD_DIR; returns (kernels build folder, build log).
+
+    Skips the calling test when cmake or a C++ compiler (or, with_kernels, nvcc) is missing.
+    """
+    if not have_cmake_and_cxx():
+        pytest.skip("cmake or a C++ compiler is not installed")
+    if with_kernels and not have_nvcc():
+        pytest.skip("nvcc is not installed: the CUDA kernels cannot be compiled here")
+    build_dir = BUILD_DIR if with_kernels else BUILD_DIR.with_name("build-test-cpu")
+    env = dict(os.environ)
+    if with_kernels and shutil.which("nvcc") is None:
+        env["PATH"] = f"/usr/local/cuda/bin:{env.get('PATH', '')}"
+    configure = ["cmake", "-S", str(PLUGINS), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+                 f"-DVOSRT_BUILD_KERNELS={'ON' if with_kernels else 'OFF'}", "-DVOSRT_BUILD_TRT=OFF",
+                 f"-DVOSRT_CUDA_ARCHS={TEST_ARCH}", f"-DCMAKE_CUDA_ARCHITECTURES={TEST_ARCH}"]
+    targets = ["vosrt_kernels_cpu"] + (["vosrt_kernels"] if with_kernels else [])
+    log = []
+    for cmd in (configure, ["cmake", "--build", str(build_dir), "-j", "2", "--target", *targets]):
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        log.append(done.stdout + done.stderr)
+        if done.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed:\n{log[-1][-4000:]}")
+    return build_dir / "kernels", "\n".join(log)
+
+
+def cpu_driver_path() -> Path:
+    """libvosrt_kernels_cpu.so, built with the kernels when nvcc exists, else on its own."""
+    folder, _ = build(with_kernels=have_nvcc())
+    return folder / "libvosrt_kernels_cpu.so"
