@@ -1,0 +1,97 @@
+"""`vosrt run` end to end: a random-weight exported package, a generated video, PNGs and an overlay video."""
+import cv2
+import numpy as np
+import pytest
+
+from vosrt.cli import main
+from vosrt.sdk.masks import read_label_png, write_label_png
+from vosrt.sdk.synthetic import generate_sequence, write_davis, write_video
+
+from sdk_packages import tiny_package
+
+
+@pytest.fixture(scope="module")
+def stcn_package():
+    return tiny_package("stcn")
+
+
+@pytest.fixture(scope="module")
+def sequence():
+    return generate_sequence(5, num_frames=12, height=64, width=96, num_objects=2, num_distractors=0)
+
+
+def test_run_writes_one_png_per_frame_and_a_readable_overlay_video(stcn_package, sequence, tmp_path, capsys):
+    video = write_video(tmp_path / "in.mp4", sequence)
+    write_label_png(tmp_path / "first.png", sequence.labels[0])
+    code = main(["run", str(stcn_package), "--source", str(video), "--mask", str(tmp_path / "first.png"),
+                 "--out", str(tmp_path / "masks"), "--video", str(tmp_path / "overlay.mp4"), "--no-progress"])
+    assert code == 0
+    assert "FPS" in capsys.readouterr().out
+    pngs = sorted((tmp_path / "masks").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{i:05d}.png" for i in range(len(sequence))]
+    first = read_label_png(pngs[0])
+    assert np.array_equal(first, sequence.labels[0])
+    assert all(read_label_png(p).shape == (64, 96) for p in pngs)
+    assert set(np.unique(np.stack([read_label_png(p) for p in pngs]))) <= {0, 1, 2}
+
+    capture = cv2.VideoCapture(str(tmp_path / "overlay.mp4"))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    assert len(frames) == len(sequence) and frames[0].shape == (64, 96, 3)
+
+
+def test_run_on_a_davis_sequence_takes_its_first_annotation(stcn_package, sequence, tmp_path):
+    write_davis(tmp_path / "davis", "synth", sequence)
+    code = main(["run", str(stcn_package), "--source", str(tmp_path / "davis" / "JPEGImages" / "480p" / "synth"),
+                 "--out", str(tmp_path / "masks"), "--no-progress", "--max-frames", "5"])
+    assert code == 0
+    assert len(list((tmp_path / "masks").glob("*.png"))) == 5
+    assert np.array_equal(read_label_png(tmp_path / "masks" / "00000.png"), sequence.labels[0])
+
+
+def test_run_without_a_mask_for_stcn_is_a_clear_error(stcn_package, sequence, tmp_path, capsys):
+    video = write_video(tmp_path / "in.mp4", sequence)
+    assert main(["run", str(stcn_package), "--source", str(video), "--no-progress"]) == 2
+    assert "--mask" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source", ["missing.mp4", "rtsp://127.0.0.1:9/none", "folder-without-images"])
+def test_run_on_a_source_that_cannot_be_opened_is_a_clear_error(stcn_package, tmp_path, capsys, source):
+    (tmp_path / "folder-without-images").mkdir()
+    target = source if "://" in source else str(tmp_path / source)
+    write_label_png(tmp_path / "first.png", np.ones((8, 8), np.uint8))
+    assert main(["run", str(stcn_package), "--source", target, "--mask", str(tmp_path / "first.png")]) == 2
+    assert "--source" in capsys.readouterr().err
+
+
+def test_a_stream_that_stops_midway_ends_cleanly_keeping_its_output(stcn_package, sequence, tmp_path, capsys):
+    # An MJPG .avi cut in half: OpenCV opens it, reads the first frames and then the data ends.
+    writer = cv2.VideoWriter(str(tmp_path / "full.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (96, 64))
+    for frame in sequence.frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    data = (tmp_path / "full.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[:len(data) // 2])
+    write_label_png(tmp_path / "first.png", sequence.labels[0])
+    code = main(["run", str(stcn_package), "--source", str(tmp_path / "cut.avi"), "--mask", str(tmp_path / "first.png"),
+                 "--out", str(tmp_path / "masks"), "--video", str(tmp_path / "overlay.avi"), "--no-progress"])
+    assert code == 0
+    written = len(list((tmp_path / "masks").glob("*.png")))
+    assert 0 < written < len(sequence)
+    assert "stopped after" in capsys.readouterr().err
+    capture = cv2.VideoCapture(str(tmp_path / "overlay.avi"))
+    assert capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == written
+    capture.release()
+
+
+def test_a_mask_of_another_size_is_a_clear_error(stcn_package, sequence, tmp_path, capsys):
+    video = write_video(tmp_path / "in.mp4", sequence)
+    write_label_png(tmp_path / "small.png", sequence.labels[0][:32])
+    assert main(["run", str(stcn_package), "--source", str(video), "--mask", str(tmp_path / "small.png"),
+                 "--no-progress"]) == 2
+    assert "differs from the frame" in capsys.readouterr().err
