@@ -1,0 +1,148 @@
+"""The float16 graph variants `vosrt build --precision fp16` writes (vosrt.export.fp16), run in ONNX Runtime.
+
+Small hand-built graphs with the structure of the package graphs: an in-graph normalisation, convolutions,
+an output tail (upsampling, sigmoid, softmax, arg-max) and, for the plugin form, an L2MemoryReadout node.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from vosrt.export.fp16 import convert_to_fp16
+
+RNG = np.random.default_rng(0)
+
+
+def _init(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def _segment_like_graph() -> onnx.ModelProto:
+    """image [1,3,16,16] -> normalise -> conv -> relu -> conv -> cast(float) -> resize x2 -> softmax -> prob,
+    argmax -> labels (uint8)."""
+    nodes = [
+        helper.make_node("Sub", ["image", "mean"], ["centred"]),
+        helper.make_node("Div", ["centred", "std"], ["normalised"]),
+        helper.make_node("Conv", ["normalised", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Cast", ["r1"], ["r1_float"], to=TensorProto.FLOAT),
+        helper.make_node("Conv", ["r1_float", "w2"], ["logits"], pads=[1, 1, 1, 1]),
+        helper.make_node("Resize", ["logits", "", "scales"], ["up"], mode="linear"),
+        helper.make_node("Softmax", ["up"], ["prob"], axis=1),
+        helper.make_node("ArgMax", ["prob"], ["index"], axis=1, keepdims=0),
+        helper.make_node("Cast", ["index"], ["labels"], to=TensorProto.UINT8),
+    ]
+    inits = [_init("mean", np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)),
+             _init("std", np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)),
+             _init("w1", RNG.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3),
+             _init("b1", RNG.standard_normal(8).astype(np.float32) * 0.1),
+             _init("w2", RNG.standard_normal((3, 8, 3, 3)).astype(np.float32) * 0.3),
+             _init("scales", np.array([1, 1, 2, 2], np.float32))]
+    graph = helper.make_graph(
+        nodes, "segment_like", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 3, 32, 32]),
+         helper.make_tensor_value_info("labels", TensorProto.UINT8, [1, 32, 32])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    onnx.checker.check_model(model)
+    return model
+
+
+def _readout_graph() -> onnx.ModelProto:
+    """query features -> conv -> L2MemoryReadout(mem_key, ., mem_value) -> conv -> out."""
+    nodes = [
+        helper.make_node("Conv", ["features", "wq"], ["query4"]),
+        helper.make_node("Reshape", ["query4", "flat"], ["query_key"]),
+        helper.make_node("L2MemoryReadout", ["mem_key", "query_key", "mem_value"], ["readout"],
+                         domain="trt.plugins", plugin_version="1", plugin_namespace="", top_k=20, scale=0.25),
+        helper.make_node("Reshape", ["readout", "grid"], ["readout4"]),
+        helper.make_node("Conv", ["readout4", "wo"], ["decoded"]),
+        helper.make_node("Sigmoid", ["decoded"], ["prob"]),
+    ]
+    inits = [_init("wq", RNG.standard_normal((16, 4, 1, 1)).astype(np.float32)),
+             _init("flat", np.array([1, 16, 64], np.int64)),
+             _init("grid", np.array([1, 8, 8, 8], np.int64)),
+             _init("wo", RNG.standard_normal((1, 8, 1, 1)).astype(np.float32))]
+    graph = helper.make_graph(
+        nodes, "readout_like",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 4, 8, 8]),
+         helper.make_tensor_value_info("mem_key", TensorProto.FLOAT, [1, 16, "memory"]),
+         helper.make_tensor_value_info("mem_value", TensorProto.FLOAT, [1, 8, "memory"])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 1, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("trt.plugins", 1)])
+    model.ir_version = 10
+    return model
+
+
+def _types(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    types.update({i.name: i.data_type for i in inferred.graph.initializer})
+    return types
+
+
+def _run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def test_fp16_variant_keeps_graph_inputs_and_outputs_types():
+    model, _ = convert_to_fp16(_segment_like_graph())
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [TensorProto.FLOAT]
+    assert [o.type.tensor_type.elem_type for o in model.graph.output] == [TensorProto.FLOAT, TensorProto.UINT8]
+
+
+def test_fp16_variant_computes_convolutions_in_fp16_and_keeps_normalisation_and_tail_in_fp32():
+    model, report = convert_to_fp16(_segment_like_graph())
+    types = _types(model)
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    assert inits["w1"] == inits["b1"] == inits["w2"] == TensorProto.FLOAT16
+    assert inits["mean"] == inits["std"] == TensorProto.FLOAT          # normalisation head
+    assert inits["scales"] == TensorProto.FLOAT                        # Resize requires float32 scales
+    assert types["normalised"] == TensorProto.FLOAT
+    assert types["c1"] == types["r1"] == TensorProto.FLOAT16
+    assert types["r1_float"] == TensorProto.FLOAT16                    # a Cast to float inside fp16 is retargeted
+    assert types["up"] == types["prob"] == TensorProto.FLOAT           # output tail
+    assert report["fp32_nodes"]["input_head"] == 2
+    assert report["fp32_nodes"]["output_tail"] == 4                    # Resize, Softmax, ArgMax, Cast
+    assert report["fp16_nodes"] == 4
+
+
+def test_fp16_variant_matches_fp32_in_onnxruntime():
+    model = _segment_like_graph()
+    half, _ = convert_to_fp16(model)
+    image = RNG.random((1, 3, 16, 16), dtype=np.float32)
+    prob32, labels32 = _run(model, {"image": image})
+    prob16, labels16 = _run(half, {"image": image})
+    assert prob16.dtype == np.float32 and labels16.dtype == np.uint8
+    assert np.abs(prob16 - prob32).max() < 1e-2
+    assert np.mean(labels16 == labels32) >= 0.99
+
+
+def test_fp16_variant_keeps_the_memory_readout_and_its_inputs_in_fp32():
+    model, report = convert_to_fp16(_readout_graph())
+    assert report["fp32_nodes"]["memory_readout"] == 1
+    readout = next(n for n in model.graph.node if n.op_type == "L2MemoryReadout")
+    producers = {out: n for n in model.graph.node for out in n.output}
+    # mem_key / mem_value come straight from the (float32) graph inputs, query_key through a Cast to fp32
+    assert readout.input[0] == "mem_key" and readout.input[2] == "mem_value"
+    cast = producers[readout.input[1]]
+    assert cast.op_type == "Cast" and cast.attribute[0].i == TensorProto.FLOAT
+    # the readout's fp32 result (reshaped in fp32: it is computed from graph inputs only) is cast to fp16
+    # before the fp16 decoder convolution
+    decoder = producers["decoded"]
+    to_half = producers[decoder.input[0]]
+    assert to_half.op_type == "Cast" and to_half.input[0] == "readout4"
+    assert to_half.attribute[0].i == TensorProto.FLOAT16
+    assert {i.name: i.data_type for i in model.graph.initializer}["wq"] == TensorProto.FLOAT16
+
+
+def test_fp16_conversion_leaves_the_input_model_untouched():
+    model = _segment_like_graph()
+    before = model.SerializeToString()
+    convert_to_fp16(model)
+    assert model.SerializeToString() == before

@@ -1,0 +1,264 @@
+"""The TensorRT path: engines built from the plugin form, compared with ONNX Runtime, streamed through the
+TensorRT backend.
+
+Tests marked ``tensorrt`` need TensorRT, cuda-python, a GPU and ``libvosrt_plugins.so`` (found through
+``$VOSRT_PLUGIN_LIB`` or ``plugins/build/trt/``, else built here with CMake when TensorRT's headers are
+found through ``$TensorRT_ROOT``); on such a machine ``pytest -m tensorrt`` runs the whole path: export
+stcn-lite and 3dc-seg-lite packages, build fp32 and fp16 engines, compare them with ONNX Runtime and
+stream 500 frames. The refusal tests at the top run everywhere.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from trt_fixtures import add_engine_record, write_stcn_package
+
+import vosrt.sdk
+from vosrt.sdk.backends.tensorrt import PLUGIN_LIBRARY_ENV, check_engine_compatibility
+from vosrt.sdk.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKOUT_LIBRARY = ROOT / "plugins" / "build" / "trt" / "libvosrt_plugins.so"
+H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+
+
+# ------------------------------------------------------------------------------------------------
+# refusals (no TensorRT needed)
+
+
+def test_backend_refuses_a_package_without_engines_and_says_to_build(tmp_path):
+    pkg = write_stcn_package(tmp_path / "pkg")
+    with pytest.raises(UserError, match="has no TensorRT engines.*vosrt build"):
+        vosrt.sdk.load(pkg, backend="tensorrt")
+
+
+def test_backend_refuses_engines_missing_on_disk(tmp_path):
+    pkg = write_stcn_package(tmp_path / "pkg")
+    add_engine_record(pkg, write_files=False)
+    with pytest.raises(UserError, match="engine of graph .* is missing; rebuild"):
+        vosrt.sdk.load(pkg, backend="tensorrt")
+
+
+def test_backend_refuses_a_precision_that_was_not_built(tmp_path):
+    pkg = write_stcn_package(tmp_path / "pkg")
+    add_engine_record(pkg, precision="fp32")
+    with pytest.raises(UserError, match="no fp16 engines .* --precision fp16"):
+        vosrt.sdk.load(pkg, backend="tensorrt", precision="fp16")
+
+
+def test_backend_refuses_a_missing_plugin_library_and_says_how_to_build_it(tmp_path, monkeypatch):
+    monkeypatch.delenv(PLUGIN_LIBRARY_ENV, raising=False)
+    pkg = write_stcn_package(tmp_path / "pkg")
+    add_engine_record(pkg, plugin_library=str(tmp_path / "gone" / "libvosrt_plugins.so"))
+    with pytest.raises(UserError, match="cmake -S plugins"):
+        vosrt.sdk.load(pkg, backend="tensorrt", plugin_lib=tmp_path / "missing.so")
+    if not CHECKOUT_LIBRARY.exists():
+        with pytest.raises(UserError, match="libvosrt_plugins.so\\) was not found"):
+            vosrt.sdk.load(pkg, backend="tensorrt")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_backend_without_tensorrt_says_what_to_install(tmp_path):
+    pkg = write_stcn_package(tmp_path / "pkg")
+    add_engine_record(pkg)
+    library = tmp_path / "libvosrt_plugins.so"
+    library.write_bytes(b"\x7fELF")
+    with pytest.raises(UserError, match="pip install 'vosrt\\[trt\\]'"):
+        vosrt.sdk.load(pkg, backend="tensorrt", plugin_lib=library)
+
+
+def test_engines_from_another_tensorrt_version_are_refused_with_a_rebuild_hint():
+    build = {"tensorrt": "10.16.0", "gpu": H100}
+    with pytest.raises(UserError, match="built by TensorRT 10.16.0, but this is TensorRT 11.1.0.*vosrt build PKG"):
+        check_engine_compatibility(build, "11.1.0", H100, "PKG")
+
+
+def test_engines_for_another_gpu_are_refused_with_a_rebuild_hint():
+    build = {"tensorrt": "10.16.0", "gpu": H100}
+    other = {"name": "NVIDIA L4", "compute_capability": "8.9"}
+    with pytest.raises(UserError, match="built for NVIDIA H100.*this GPU is NVIDIA L4.*rebuild"):
+        check_engine_compatibility(build, "10.16.0", other, "PKG")
+    check_engine_compatibility(build, "10.16.0", dict(H100), "PKG")  # same GPU and version: accepted
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole path (TensorRT + GPU)
+
+FAMILIES = ("stcn-lite", "3dc-seg-lite")
+SIZE = (64, 96)
+
+
+def _tensorrt_include() -> Path | None:
+    for base in (os.environ.get("TensorRT_ROOT"), "/usr", "/usr/local/tensorrt", "/opt/tensorrt"):
+        if not base:
+            continue
+        for sub in ("include", "include/x86_64-linux-gnu", "include/aarch64-linux-gnu"):
+            if (Path(base) / sub / "NvInfer.h").exists():
+                return Path(base)
+    return None
+
+
+@pytest.fixture(scope="module")
+def plugin_library(tmp_path_factory) -> Path:
+    if os.environ.get(PLUGIN_LIBRARY_ENV):
+        return Path(os.environ[PLUGIN_LIBRARY_ENV])
+    if CHECKOUT_LIBRARY.exists():
+        return CHECKOUT_LIBRARY
+    trt_root = _tensorrt_include()
+    if trt_root is None or shutil.which("cmake") is None:
+        pytest.skip(f"no libvosrt_plugins.so: set {PLUGIN_LIBRARY_ENV}, or TensorRT_ROOT so that it can be built")
+    build = tmp_path_factory.mktemp("plugins-build")
+    subprocess.run(["cmake", "-S", str(ROOT / "plugins"), "-B", str(build), f"-DTensorRT_ROOT={trt_root}",
+                    "-DVOSRT_BUILD_CPU_DRIVER=OFF"], check=True)
+    subprocess.run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2)], check=True)
+    return build / "trt" / "libvosrt_plugins.so"
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory, plugin_library) -> dict[str, Path]:
+    from vosrt.export.package import export_package
+    from vosrt.export.trt_build import build_engines
+
+    out = {}
+    for name in FAMILIES:
+        pkg = export_package(name, None, tmp_path_factory.mktemp(name), *SIZE, random_weights=True,
+                             streaming={"memory_capacity": 6} if name.startswith("stcn") else None)
+        for precision in ("fp32", "fp16"):
+            build_engines(pkg, precision=precision, max_objects=3, plugin_lib=plugin_library, progress=None)
+        out[name] = pkg
+    return out
+
+
+def _probabilities(report: dict) -> list[float]:
+    return [r["max_abs"] for graph, outputs in report.items() for name, r in outputs.items() if name == "prob"]
+
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("name", FAMILIES)
+def test_build_records_version_gpu_precision_and_profiles(packages, name):
+    import tensorrt
+
+    from vosrt.sdk.backends.tensorrt import current_gpu
+    from vosrt.sdk.package import load_package
+
+    engines = load_package(packages[name]).engines
+    assert engines["default"] == "fp16"
+    for precision in ("fp32", "fp16"):
+        entry = engines[precision]
+        assert entry["tensorrt"] == tensorrt.__version__ and entry["gpu"] == current_gpu()
+        assert entry["precision"] == precision and set(entry["files"]) == set(entry["profiles"])
+        assert all((packages[name] / f).stat().st_size > 0 for f in entry["files"].values())
+    assert set(engines["fp16"]["fp16"]["rules"]) >= {"input_head", "output_tail", "memory_readout"}
+    assert (packages[name] / "engines" / "timing.cache").stat().st_size > 0
+
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("name", FAMILIES)
+def test_fp32_engines_match_onnxruntime_probabilities_within_1e_3(packages, plugin_library, name):
+    from vosrt.export.trt_build import compare_engines_with_onnxruntime
+
+    report = compare_engines_with_onnxruntime(packages[name], precision="fp32", plugin_lib=plugin_library)
+    probabilities = _probabilities(report)
+    assert probabilities and max(probabilities) <= 1e-3, report
+
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("name", FAMILIES)
+def test_fp16_engines_agree_with_onnxruntime_labels_on_995_percent_of_pixels(packages, plugin_library, name):
+    import onnxruntime as ort
+
+    from vosrt.export.trt_build import comparison_inputs
+    from vosrt.sdk.backends.tensorrt import TensorRTBackend
+    from vosrt.sdk.package import load_package
+
+    package = load_package(packages[name])
+    backend = TensorRTBackend(package, precision="fp16", plugin_lib=plugin_library)
+    try:
+        graph = "segment" if package.family == "stcn" else "segment_clip"
+        feeds = comparison_inputs(package, graph, objects=2, memory_frames=3)
+        session = ort.InferenceSession(str(package.graph_path(graph, "portable")), providers=["CPUExecutionProvider"])
+        expected = session.run(["prob"], feeds)[0]
+        actual = backend.download(backend.run(graph, feeds, ["prob"])["prob"])
+    finally:
+        backend.close()
+    if package.family == "stcn":
+        agreement = np.mean(actual.argmax(axis=0) == expected.argmax(axis=0))
+    else:
+        agreement = np.mean((actual > 0.5) == (expected > 0.5))
+    assert agreement >= 0.995, agreement
+
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("name", FAMILIES)
+def test_streaming_500_frames_keeps_device_memory_constant(packages, plugin_library, name):
+    from vosrt.sdk.backends.tensorrt import device_memory_used
+    from vosrt.sdk.synthetic import generate_sequence
+
+    sequence = generate_sequence(7, num_frames=500, height=SIZE[0], width=SIZE[1], num_objects=2)
+    session = vosrt.sdk.load(packages[name], backend="tensorrt", precision="fp32", plugin_lib=plugin_library)
+    backend = session.backend
+    marks = {}
+    for index, frame in enumerate(sequence.frames):
+        if name.startswith("stcn"):
+            labels = session.step(frame, mask=sequence.labels[0] if index == 0 else None)
+            assert labels.shape == SIZE
+        else:
+            session.push(frame)
+        if index in (150, 499):  # the 6-frame bank is full long before frame 150
+            backend.synchronize()
+            marks[index] = (backend.allocated_bytes, device_memory_used())
+    if not name.startswith("stcn"):
+        assert len(session.flush()) > 0
+    backend.close()
+    assert marks[499][0] == marks[150][0]
+    assert marks[499][1] - marks[150][1] <= 1 << 20, marks
+
+
+@pytest.mark.tensorrt
+def test_cuda_graph_replay_gives_the_same_labels(packages, plugin_library):
+    from vosrt.sdk.synthetic import generate_sequence
+
+    sequence = generate_sequence(3, num_frames=40, height=SIZE[0], width=SIZE[1], num_objects=2)
+    results = []
+    for cuda_graphs in (False, True):
+        tracker = vosrt.sdk.load(packages["stcn-lite"], backend="tensorrt", precision="fp32",
+                                 plugin_lib=plugin_library, cuda_graphs=cuda_graphs)
+        results.append([tracker.step(f, mask=sequence.labels[0] if i == 0 else None)
+                        for i, f in enumerate(sequence.frames)])
+        tracker.backend.close()
+    assert all(np.array_equal(a, b) for a, b in zip(*results))
+
+
+class _ForeignDeviceArray:
+    """A device array from 'another library': only the CUDA array interface."""
+
+    def __init__(self, interface: dict):
+        self.__cuda_array_interface__ = dict(interface)
+
+
+@pytest.mark.tensorrt
+def test_backend_takes_an_external_stream_and_cuda_array_interface_inputs(packages, plugin_library):
+    from vosrt.sdk.backends.tensorrt import TensorRTBackend, check_cuda, cudart
+    from vosrt.sdk.package import load_package
+
+    package = load_package(packages["stcn-lite"])
+    rt = cudart()
+    stream = check_cuda(rt.cudaStreamCreate(), "cudaStreamCreate")
+    backend = TensorRTBackend(package, precision="fp32", plugin_lib=plugin_library, stream=int(stream))
+    try:
+        image = np.random.default_rng(0).random((1, 3, *SIZE), dtype=np.float32)
+        on_device = backend.zeros(image.shape)
+        backend.write(on_device, 0, 0, image)
+        foreign = _ForeignDeviceArray(on_device.__cuda_array_interface__)
+        from_host = backend.download(backend.run("encode_key", {"image": image})["key"])
+        from_device = backend.download(backend.run("encode_key", {"image": foreign})["key"])
+        assert np.array_equal(from_host, from_device)
+    finally:
+        backend.close()
+        rt.cudaStreamDestroy(stream)

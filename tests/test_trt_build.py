@@ -1,0 +1,81 @@
+"""`vosrt build` logic that needs no TensorRT: optimisation profiles, comparison inputs, refusals."""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+from trt_fixtures import HEIGHT, WIDTH, write_stcn_package
+
+from vosrt.cli import main
+from vosrt.export.trt_build import build_engines, comparison_inputs, profile_shapes
+from vosrt.sdk.errors import UserError
+from vosrt.sdk.package import load_package
+
+HW = (HEIGHT // 16) * (WIDTH // 16)
+
+
+def test_profile_spans_one_memory_frame_to_capacity_and_one_to_k_objects(tmp_path):
+    package = load_package(write_stcn_package(tmp_path / "pkg"))
+    profile = profile_shapes(package, "segment", max_objects=5)
+    assert profile["mem_key"] == {"min": [1, 16, HW], "opt": [1, 16, 6 * HW], "max": [1, 16, 6 * HW]}
+    assert profile["mem_value"] == {"min": [1, 8, HW], "opt": [2, 8, 6 * HW], "max": [5, 8, 6 * HW]}
+    assert profile["query_key"]["min"] == profile["query_key"]["max"] == [1, 16, HEIGHT // 16, WIDTH // 16]
+    masks = profile_shapes(package, "encode_value", max_objects=1)["masks"]
+    assert masks == {"min": [1, 1, HEIGHT, WIDTH], "opt": [1, 1, HEIGHT, WIDTH], "max": [1, 1, HEIGHT, WIDTH]}
+
+
+def test_profile_memory_frames_override_the_package_capacity(tmp_path):
+    package = load_package(write_stcn_package(tmp_path / "pkg"))
+    profile = profile_shapes(package, "segment", max_objects=2, max_memory_frames=11)
+    assert profile["mem_key"]["max"] == [1, 16, 11 * HW]
+
+
+def test_profile_falls_back_to_known_axis_names_without_manifest_io(tmp_path):
+    package = load_package(write_stcn_package(tmp_path / "pkg", io_axes=False))
+    assert profile_shapes(package, "segment", max_objects=3)["mem_value"]["max"] == [3, 8, 6 * HW]
+
+
+def test_profile_refuses_nonpositive_limits(tmp_path):
+    package = load_package(write_stcn_package(tmp_path / "pkg"))
+    with pytest.raises(UserError, match="--max-objects"):
+        profile_shapes(package, "segment", max_objects=0)
+    with pytest.raises(UserError, match="--max-memory-frames"):
+        profile_shapes(package, "segment", max_objects=2, max_memory_frames=-1)
+
+
+def test_comparison_inputs_have_the_graph_shapes_and_value_ranges(tmp_path):
+    package = load_package(write_stcn_package(tmp_path / "pkg"))
+    feeds = comparison_inputs(package, "segment", objects=3, memory_frames=2)
+    assert feeds["mem_key"].shape == (1, 16, 2 * HW) and feeds["mem_value"].shape == (3, 8, 2 * HW)
+    masks = comparison_inputs(package, "encode_value", objects=3)["masks"]
+    assert masks.shape == (3, 1, HEIGHT, WIDTH)
+    assert masks.min() >= 0 and np.all(masks.sum(axis=0) <= 1 + 1e-6)
+    image = comparison_inputs(package, "encode_key")["image"]
+    assert image.dtype == np.float32 and 0 <= image.min() and image.max() <= 1
+
+
+def test_build_refuses_a_package_without_the_plugin_form(tmp_path):
+    pkg = write_stcn_package(tmp_path / "pkg", forms=("portable",))
+    with pytest.raises(UserError, match="no plugin form"):
+        build_engines(pkg, plugin_lib=tmp_path / "lib.so", progress=None)
+
+
+def test_build_refuses_a_missing_plugin_library_and_says_how_to_build_it(tmp_path):
+    pkg = write_stcn_package(tmp_path / "pkg")
+    with pytest.raises(UserError, match="cmake -S plugins"):
+        build_engines(pkg, plugin_lib=tmp_path / "missing.so", progress=None)
+
+
+def test_build_refuses_an_unknown_precision(tmp_path):
+    with pytest.raises(UserError, match="--precision"):
+        build_engines(write_stcn_package(tmp_path / "pkg"), precision="int8", progress=None)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_build_command_without_tensorrt_says_what_to_install(tmp_path, capsys):
+    pkg = write_stcn_package(tmp_path / "pkg")
+    library = tmp_path / "libvosrt_plugins.so"
+    library.write_bytes(b"\x7fELF")
+    assert main(["build", str(pkg), "--plugin-lib", str(library)]) == 2
+    assert "pip install 'vosrt[trt]'" in capsys.readouterr().err
