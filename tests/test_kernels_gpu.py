@@ -1,0 +1,198 @@
+"""Tier 2: the CUDA kernels against the PyTorch references (fp32 within 1e-4 relative, fp16 within 1e-2),
+forward and backward, with samples outside the volume, N < top_k and odd sizes. Skipped without a GPU."""
+import os
+
+import pytest
+import torch
+
+from vosrt.sdk import kernels
+from vosrt.training.ops import cuda_kernels
+from vosrt.training.ops.d2conv3d import d2conv3d, output_size
+from vosrt.training.ops.l2_readout import l2_memory_readout
+
+from kernel_build import build
+
+pytestmark = pytest.mark.gpu
+
+# kernel, stride, padding, base dilation, groups, modulation, bias, (C, Cout), (T, H, W)
+CONV_CASES = [
+    ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, True, True, (8, 16), (4, 9, 11)),
+    ((3, 3, 3), (2, 1, 2), (1, 2, 0), (1, 2, 1), 2, True, False, (6, 10), (5, 7, 13)),
+    ((1, 3, 3), (1, 2, 2), (0, 2, 2), (1, 2, 2), 1, False, True, (5, 3), (3, 17, 9)),
+    ((2, 3, 1), (1, 1, 1), (1, 1, 0), (2, 1, 1), 3, True, True, (9, 6), (5, 4, 3)),
+]
+CONV_IDS = ["k333", "stride-groups2", "k133-nomod", "k231-groups3"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel_library():
+    """Use an existing build of libvosrt_kernels.so, else build plugins/build-test (sm_80 + PTX)."""
+    if not cuda_kernels.available():
+        folder, _ = build(with_kernels=True)
+        os.environ[kernels.ENV_VAR] = str(folder / kernels.KERNELS_LIBRARY)
+        cuda_kernels._library.cache_clear()
+    assert cuda_kernels.available(), "libvosrt_kernels.so could not be loaded"
+
+
+def _conv_inputs(case, seed, dtype=torch.float32, spread=1.5, batch=2):
+    kernel, stride, padding, base, groups, has_mod, has_bias, (c, cout), size = case
+    g = torch.Generator().manual_seed(seed)
+    out = output_size(size, kernel, stride, padding, base)
+    k = kernel[0] * kernel[1] * kernel[2]
+    x = torch.randn(batch, c, *size, generator=g)
+    dilation = 1 + (torch.rand(batch, 3, *out, generator=g) * (1.5 + spread) - 1.5)  # many samples leave the volume
+    modulation = torch.rand(batch, k, *out, generator=g) if has_mod else None
+    weight = torch.randn(cout, c // groups, *kernel, generator=g) / (c // groups * k) ** 0.5
+    bias = torch.randn(cout, generator=g) if has_bias else None
+    tensors = [None if t is None else t.to("cuda", dtype) for t in (x, dilation, modulation, weight, bias)]
+    return tensors, dict(stride=stride, padding=padding, dilation_base=base, groups=groups)
+
+
+def _assert_close(actual, expected, rel):
+    expected = expected.double()
+    scale = expected.abs().max().clamp_min(1e-6)
+    torch.testing.assert_close(actual.double(), expected, rtol=rel, atol=rel * float(scale))
+
+
+def _reference_conv(tensors, attrs, grad=False):
+    leaves = [None if t is None else t.detach().double().requires_grad_(grad) for t in tensors]
+    return d2conv3d(*leaves, backend="torch", **attrs), leaves
+
+
+def _kernel_conv(tensors, attrs, grad=False):
+    leaves = [None if t is None else t.detach().clone().requires_grad_(grad) for t in tensors]
+    y = cuda_kernels.d2conv3d(*leaves, attrs["stride"], attrs["padding"], attrs["dilation_base"], attrs["groups"])
+    return y, leaves
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_d2conv3d_fp32_forward_matches_reference(case):
+    tensors, attrs = _conv_inputs(case, seed=1)
+    expected, _ = _reference_conv(tensors, attrs)
+    actual, _ = _kernel_conv(tensors, attrs)
+    assert actual.dtype == torch.float32
+    _assert_close(actual, expected, 1e-4)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_d2conv3d_fp16_forward_matches_reference(case):
+    tensors, attrs = _conv_inputs(case, seed=2, dtype=torch.float16)
+    expected, _ = _reference_conv(tensors, attrs)  # the same fp16-rounded inputs, in fp64
+    actual, _ = _kernel_conv(tensors, attrs)
+    assert actual.dtype == torch.float16
+    _assert_close(actual, expected, 1e-2)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_d2conv3d_fp32_backward_matches_reference(case):
+    tensors, attrs = _conv_inputs(case, seed=3)
+    expected, ref_leaves = _reference_conv(tensors, attrs, grad=True)
+    actual, leaves = _kernel_conv(tensors, attrs, grad=True)
+    grad_y = torch.randn(actual.shape, generator=torch.Generator().manual_seed(4)).cuda()
+    expected.backward(grad_y.double())
+    actual.backward(grad_y)
+    for name, ref, mine in zip(("x", "dilation", "modulation", "weight", "bias"), ref_leaves, leaves):
+        if ref is not None:
+            assert mine.grad is not None, name
+            _assert_close(mine.grad, ref.grad, 1e-4)
+
+
+def test_d2conv3d_fp16_backward_matches_reference():
+    tensors, attrs = _conv_inputs(CONV_CASES[0], seed=5, dtype=torch.float16)
+    expected, ref_leaves = _reference_conv(tensors, attrs, grad=True)
+    actual, leaves = _kernel_conv(tensors, attrs, grad=True)
+    grad_y = torch.randn(actual.shape, generator=torch.Generator().manual_seed(6)).cuda().half()
+    expected.backward(grad_y.double())
+    actual.backward(grad_y)
+    for ref, mine in zip(ref_leaves, leaves):
+        assert mine.grad.dtype == torch.float16
+        _assert_close(mine.grad, ref.grad, 1e-2)
+
+
+def test_d2conv3d_spanning_several_column_tiles_matches_reference():
+    # C·K = 64·27 floats per column: the 64 MiB tile holds 9600 of the 10 000 positions per sample.
+    case = ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, True, True, (64, 32), (4, 50, 50))
+    tensors, attrs = _conv_inputs(case, seed=7, batch=2)
+    expected, _ = _reference_conv(tensors, attrs)
+    actual, _ = _kernel_conv(tensors, attrs)
+    _assert_close(actual, expected, 1e-4)
+
+
+def test_d2conv3d_auto_backend_dispatches_to_the_kernel():
+    tensors, attrs = _conv_inputs(CONV_CASES[0], seed=8)
+    auto = d2conv3d(*tensors, **attrs)
+    direct, _ = _kernel_conv(tensors, attrs)
+    torch.testing.assert_close(auto, direct, rtol=0, atol=0)
+
+
+def _readout_inputs(b, ck, n, m, v, seed, dtype=torch.float32, key_scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    mem_key = torch.randn(b, ck, n, generator=g) * key_scale
+    query_key = torch.randn(b, ck, m, generator=g) * key_scale
+    mem_value = torch.randn(b, v, n, generator=g)
+    return [t.to("cuda", dtype) for t in (mem_key, query_key, mem_value)]
+
+
+READOUT_CASES = [  # B, Ck, N, M, V, top_k
+    (1, 64, 1620, 200, 24, 20),
+    (2, 24, 1000, 37, 5, 1),
+    (2, 24, 1000, 37, 5, 64),
+    (1, 64, 777, 65, 3, 7),
+    (2, 16, 12, 70, 9, 20),    # N < top_k: softmax over all N
+    (1, 40, 333, 129, 33, 0),  # top_k = 0: all N
+    (1, 64, 5000, 31, 17, 33),
+]
+READOUT_IDS = [f"b{c[0]}ck{c[1]}n{c[2]}m{c[3]}v{c[4]}k{c[5]}" for c in READOUT_CASES]
+
+
+@pytest.mark.parametrize("case", READOUT_CASES, ids=READOUT_IDS)
+def test_readout_fp32_matches_reference(case):
+    b, ck, n, m, v, top_k = case
+    mem_key, query_key, mem_value = _readout_inputs(b, ck, n, m, v, seed=n + m)
+    scale = 1.0 / ck ** 0.5
+    expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), top_k, backend="torch")
+    actual = cuda_kernels.l2_memory_readout(mem_key, query_key, mem_value, top_k, scale)
+    _assert_close(actual, expected, 1e-4)
+
+
+@pytest.mark.parametrize("case", READOUT_CASES, ids=READOUT_IDS)
+def test_readout_fp16_matches_reference(case):
+    b, ck, n, m, v, top_k = case
+    mem_key, query_key, mem_value = _readout_inputs(b, ck, n, m, v, seed=n + m + 1, dtype=torch.float16,
+                                                    key_scale=0.5)
+    scale = 1.0 / ck ** 0.5
+    expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), top_k, backend="torch")
+    actual = cuda_kernels.l2_memory_readout(mem_key, query_key, mem_value, top_k, scale)
+    assert actual.dtype == torch.float16
+    _assert_close(actual, expected, 1e-2)
+
+
+def test_readout_backward_matches_reference():
+    tensors = _readout_inputs(1, 32, 500, 40, 6, seed=11)
+    mine = [t.clone().requires_grad_() for t in tensors]
+    ref = [t.double().requires_grad_() for t in tensors]
+    grad = torch.randn(1, 6, 40, generator=torch.Generator().manual_seed(12)).cuda()
+    cuda_kernels.l2_memory_readout(*mine, 20, 32 ** -0.5).backward(grad)
+    l2_memory_readout(*ref, 20, backend="torch").backward(grad.double())
+    for a, e in zip(mine, ref):
+        _assert_close(a.grad, e.grad, 1e-4)
+
+
+def test_readout_device_memory_does_not_grow_with_memory_length():
+    peaks = []
+    for frames in (2, 20):
+        tensors = _readout_inputs(1, 64, frames * 1620, 1620, 64, seed=frames, dtype=torch.float16)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = cuda_kernels.l2_memory_readout(*tensors, 20, 0.125)
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated() - base - out.numel() * out.element_size())
+        del tensors, out
+    assert peaks[1] <= peaks[0]  # workspace only; an N×M affinity at 20 frames alone would be 105 MB
+
+
+def test_readout_top_k_above_the_on_chip_limit_falls_back_to_the_reference():
+    tensors = _readout_inputs(1, 16, 300, 20, 4, seed=13)
+    expected = l2_memory_readout(*(t.double() for t in tensors), 100, backend="torch")
+    _assert_close(cuda_kernels.l2_memory_readout(*tensors, 100, 0.25), expected, 1e-4)
