@@ -1,0 +1,153 @@
+"""Training: losses, one optimisation step per family, exact resumption, torchrun (gloo) on CPU."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vosrt.sdk.errors import UserError
+from vosrt.sdk.synthetic import generate_dataset
+from vosrt.training.losses import bootstrap_fraction, bootstrapped_cross_entropy, lovasz_hinge
+from vosrt.training.models import build_model
+from vosrt.training.steps import ClipTrainStep, STCNTrainStep
+from vosrt.training.train import _collate, build_dataset, default_config, load_config_file, train
+
+# the smallest STCN the registry builds: fast enough for several steps in a test
+TINY_STCN = dict(value_widths=[8, 16, 32], value_dim=16, f16_thin_dim=16, decoder_dims=[16, 8, 8], key_dim=8)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny tensors: a second thread only adds synchronisation, and costs much more on a shared machine
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_dataset(root, 4, seed=5, num_frames=8, height=48, width=64)
+    return root
+
+
+def tiny_config(**overrides):
+    options = dict(model_overrides=TINY_STCN, size=[32, 32], batch_size=2, iterations=2, lr=1e-3, num_workers=0,
+                   save_every=1, log_every=1, image_every=1, seed=3)
+    options.update(overrides)
+    return default_config("stcn-lite", **options)
+
+
+def test_bootstrapped_cross_entropy_is_plain_before_warm_up_and_top_p_after():
+    torch.manual_seed(0)
+    logits, target = torch.randn(1, 3, 8, 8), torch.randint(0, 3, (1, 8, 8))
+    loss, p = bootstrapped_cross_entropy(logits, target, step=0, start_warm=10, end_warm=20, top_p=0.25)
+    assert p == 1.0 and torch.allclose(loss, F.cross_entropy(logits, target))
+    loss, p = bootstrapped_cross_entropy(logits, target, step=30, start_warm=10, end_warm=20, top_p=0.25)
+    per_pixel = F.cross_entropy(logits, target, reduction="none").flatten().sort(descending=True).values
+    assert p == 0.25 and torch.allclose(loss, per_pixel[:16].mean())
+    assert bootstrap_fraction(15, 10, 20, 0.25) == pytest.approx(0.625)
+
+
+def test_lovasz_hinge_is_zero_for_confident_correct_logits_and_one_for_zero_logits():
+    truth = (torch.rand(2, 1, 4, 8, 8) > 0.5).float()
+    assert lovasz_hinge(5 * (2 * truth - 1), truth).item() == 0.0
+    # every hinge error is 1: the loss is the Jaccard loss of predicting everything wrong
+    assert lovasz_hinge(torch.zeros_like(truth), truth).item() == pytest.approx(1.0)
+
+
+def _loss_decreases(step_module, inputs, params, steps=4):
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    before = step_module(*inputs)[0].item()
+    for _ in range(steps):
+        loss = step_module(*inputs)[0]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return before, step_module(*inputs)[0].item()
+
+
+def test_one_stcn_training_step_reduces_the_loss_on_a_fixed_batch(data_dir):
+    torch.manual_seed(0)
+    config = tiny_config()
+    dataset = build_dataset(config, [data_dir])
+    batch = _collate([dataset[0], dataset[1]])
+    model = build_model("stcn-lite", **TINY_STCN).eval()
+    step = STCNTrainStep(model)
+    inputs = (batch["images"], batch["masks"], batch["labels"], batch["selector"], 0)
+    before, after = _loss_decreases(step, inputs, list(model.parameters()))
+    assert after < before
+
+
+def test_one_3dc_seg_training_step_reduces_the_loss_on_a_fixed_batch(data_dir):
+    pytest.importorskip("vosrt.training.models.c3dseg")
+    torch.manual_seed(0)
+    config = default_config("3dc-seg-lite", size=[32, 32], clip_length=4, max_window=6, seed=0)
+    dataset = build_dataset(config, [data_dir])
+    batch = _collate([dataset[0]])
+    model = build_model("3dc-seg-lite").eval()
+    step = ClipTrainStep(model)
+    before, after = _loss_decreases(step, (batch["images"], batch["foreground"]),
+                                    [p for p in model.parameters() if p.requires_grad])
+    assert after < before
+
+
+def test_resumed_run_continues_with_the_same_step_optimizer_state_and_rng(data_dir, tmp_path):
+    config = tiny_config(iterations=3, repeat=1)
+    straight = train([data_dir], tmp_path / "straight", config, progress=False)
+    train([data_dir], tmp_path / "split", tiny_config(iterations=2), progress=False)
+    resumed = train([data_dir], tmp_path / "split", config, resume=True, progress=False)
+    assert straight["step"] == resumed["step"] == 3
+    a = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)
+    b = torch.load(tmp_path / "split" / "last.pth", weights_only=True)
+    assert a["step"] == b["step"] == 3
+    for key, value in a["state_dict"].items():
+        assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key
+    for slot_a, slot_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.allclose(slot_a["exp_avg"], slot_b["exp_avg"], atol=1e-6)
+        assert torch.equal(slot_a["step"], slot_b["step"])
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert torch.equal(a["rng"]["numpy"]["keys"], b["rng"]["numpy"]["keys"])
+
+
+def test_resume_without_a_checkpoint_is_a_user_error(data_dir, tmp_path):
+    with pytest.raises(UserError, match="no checkpoint"):
+        train([data_dir], tmp_path / "empty", tiny_config(), resume=True, progress=False)
+
+
+def test_config_file_overrides_defaults_and_rejects_unknown_options(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"lr": 0.5, "size": [64, 96]}))
+    config = load_config_file(good, default_config("stcn"))
+    assert config.lr == 0.5 and config.size == [64, 96] and config.batch_size == 4
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"learning_rate": 0.5}))
+    with pytest.raises(UserError, match="learning_rate"):
+        load_config_file(bad, default_config("stcn"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_process_torchrun_on_cpu_trains_and_checkpoints(data_dir, tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"model": "stcn-lite", "model_overrides": TINY_STCN, "size": [32, 32],
+                                  "batch_size": 1, "iterations": 2, "num_workers": 0, "save_every": 2}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), "-m", "vosrt.cli", "train", "stcn", "--data", str(data_dir),
+         "--out", str(tmp_path / "run"), "--config", str(config), "--no-progress"],
+        capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    assert checkpoint["step"] == 2
+    assert "trained stcn-lite to step 2" in result.stdout
