@@ -27,46 +27,68 @@ struct GemmArgs {
 // ---- fp32: 128×128 block tile, 8×8 per thread split into two 4-wide halves (conflict-free float4) ----
 constexpr int kF32TileM = 128, kF32TileN = 128, kF32TileK = 8;
 
+// (outer, k) of element e (0..1023) of a tile, the outer index being m for A and n for B. Consecutive
+// threads take consecutive addresses: the outer index runs fastest when it is the contiguous one.
+template <bool kOuterContiguous, int kOuter>
+__device__ __forceinline__ void tile_coords(int e, int& outer, int& k) {
+  if (kOuterContiguous) { outer = e % kOuter; k = e / kOuter; } else { k = e % kF32TileK; outer = e / kF32TileK; }
+}
+
 template <bool kTransA, bool kTransB>
 __global__ void __launch_bounds__(256) gemm_f32_kernel(GemmArgs<float> g) {
-  __shared__ __align__(16) float As[kF32TileK][kF32TileM];
-  __shared__ __align__(16) float Bs[kF32TileK][kF32TileN];
+  // Two smem stages: the next k-slice goes global -> registers during the FMAs of the current one,
+  // then registers -> the other stage, so each step needs a single barrier.
+  __shared__ __align__(16) float As[2][kF32TileK][kF32TileM];
+  __shared__ __align__(16) float Bs[2][kF32TileK][kF32TileN];
   const int z = blockIdx.z;
   const float* A = g.A + z * g.strideA;
   const float* B = g.B + z * g.strideB;
   const int m0 = blockIdx.y * kF32TileM, n0 = blockIdx.x * kF32TileN;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  float ra[4], rb[4];
+
+  auto fetch = [&](int k0) {
+    VOSRT_UNROLL
+    for (int e4 = 0; e4 < 4; ++e4) {
+      int m, k, n, k2;
+      tile_coords<kTransA, kF32TileM>(tid + e4 * 256, m, k);
+      tile_coords<!kTransB, kF32TileN>(tid + e4 * 256, n, k2);
+      const int gm = m0 + m, gk = k0 + k, gn = n0 + n, gk2 = k0 + k2;
+      ra[e4] = (gm < g.M && gk < g.K) ? (kTransA ? A[(long long)gk * g.lda + gm] : A[(long long)gm * g.lda + gk]) : 0.f;
+      rb[e4] = (gn < g.N && gk2 < g.K) ? (kTransB ? B[(long long)gn * g.ldb + gk2] : B[(long long)gk2 * g.ldb + gn])
+                                       : 0.f;
+    }
+  };
+  auto stash = [&](int stage) {
+    VOSRT_UNROLL
+    for (int e4 = 0; e4 < 4; ++e4) {
+      int m, k, n, k2;
+      tile_coords<kTransA, kF32TileM>(tid + e4 * 256, m, k);
+      tile_coords<!kTransB, kF32TileN>(tid + e4 * 256, n, k2);
+      As[stage][k][m] = ra[e4];
+      Bs[stage][k2][n] = rb[e4];
+    }
+  };
+
   float acc[8][8];
   VOSRT_UNROLL
   for (int i = 0; i < 8; ++i)
     VOSRT_UNROLL
     for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
 
+  fetch(0);
+  stash(0);
+  __syncthreads();
+  int stage = 0;
   for (int k0 = 0; k0 < g.K; k0 += kF32TileK) {
-    // 1024 elements of each tile, 4 per thread, with the contiguous index fastest for coalescing.
-    VOSRT_UNROLL
-    for (int e4 = 0; e4 < 4; ++e4) {
-      const int e = tid + e4 * 256;
-      int m, k;
-      if (kTransA) { m = e % kF32TileM; k = e / kF32TileM; } else { k = e % kF32TileK; m = e / kF32TileK; }
-      const int gm = m0 + m, gk = k0 + k;
-      float v = 0.f;
-      if (gm < g.M && gk < g.K) v = kTransA ? A[(long long)gk * g.lda + gm] : A[(long long)gm * g.lda + gk];
-      As[k][m] = v;
-      int n;
-      if (kTransB) { k = e % kF32TileK; n = e / kF32TileK; } else { n = e % kF32TileN; k = e / kF32TileN; }
-      const int gn = n0 + n, gk2 = k0 + k;
-      float w = 0.f;
-      if (gn < g.N && gk2 < g.K) w = kTransB ? B[(long long)gn * g.ldb + gk2] : B[(long long)gk2 * g.ldb + gn];
-      Bs[k][n] = w;
-    }
-    __syncthreads();
+    const bool more = k0 + kF32TileK < g.K;
+    if (more) fetch(k0 + kF32TileK);
     VOSRT_UNROLL
     for (int kk = 0; kk < kF32TileK; ++kk) {
-      const float4 a0 = *reinterpret_cast<const float4*>(&As[kk][ty * 4]);
-      const float4 a1 = *reinterpret_cast<const float4*>(&As[kk][64 + ty * 4]);
-      const float4 b0 = *reinterpret_cast<const float4*>(&Bs[kk][tx * 4]);
-      const float4 b1 = *reinterpret_cast<const float4*>(&Bs[kk][64 + tx * 4]);
+      const float4 a0 = *reinterpret_cast<const float4*>(&As[stage][kk][ty * 4]);
+      const float4 a1 = *reinterpret_cast<const float4*>(&As[stage][kk][64 + ty * 4]);
+      const float4 b0 = *reinterpret_cast<const float4*>(&Bs[stage][kk][tx * 4]);
+      const float4 b1 = *reinterpret_cast<const float4*>(&Bs[stage][kk][64 + tx * 4]);
       const float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
       const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
       VOSRT_UNROLL
@@ -74,7 +96,9 @@ __global__ void __launch_bounds__(256) gemm_f32_kernel(GemmArgs<float> g) {
         VOSRT_UNROLL
         for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
     }
+    if (more) stash(stage ^ 1);  // that stage was last read before the previous barrier
     __syncthreads();
+    stage ^= 1;
   }
   float* C = g.C + z * g.strideC;
   VOSRT_UNROLL
