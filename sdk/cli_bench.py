@@ -1,0 +1,156 @@
+"""``vosrt bench PKG``: milliseconds per stage and frames per second of a package's streaming session.
+
+The session runs on generated frames (``vosrt.sdk.synthetic``) at the package resolution, exactly as
+``vosrt run`` would: every graph call is timed (with a device synchronisation, so GPU work is counted
+where it happens) and the rest of each frame is reported as host work (letterboxing, transfers, memory
+bookkeeping). ``--compare torch`` runs the same frames through the torch backend in the same process
+and prints the speed-up of each stage.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from vosrt.sdk.backends.base import Backend
+from vosrt.sdk.errors import UserError
+
+
+def add_arguments(parser) -> None:
+    """Arguments of ``vosrt bench``."""
+    parser.add_argument("package", help="model package folder")
+    parser.add_argument("--frames", type=int, default=50, help="frames to time (default 50)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed frames first (default 5)")
+    parser.add_argument("--backend", default="auto", help="auto, onnxruntime, torch or tensorrt")
+    parser.add_argument("--compare", default=None, help="also time this backend (e.g. torch) and print ratios")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint for the torch backend")
+    parser.add_argument("--device", default=None, help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per backend")
+
+
+class TimedBackend(Backend):
+    """Wraps a backend and accumulates the wall time of each graph (synchronised) by graph name."""
+
+    def __init__(self, inner: Backend):
+        self.inner = inner
+        self.name = inner.name
+        self.device = inner.device
+        self.times: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def run(self, graph, inputs, outputs=None):
+        start = time.perf_counter()
+        result = self.inner.run(graph, inputs, outputs)
+        self.inner.synchronize()
+        self.times[graph] += time.perf_counter() - start
+        self.calls[graph] += 1
+        return result
+
+    def input_names(self, graph):
+        return self.inner.input_names(graph)
+
+    def upload(self, array):
+        return self.inner.upload(array)
+
+    def download(self, tensor):
+        return self.inner.download(tensor)
+
+    def zeros(self, shape, dtype=None):
+        return self.inner.zeros(shape) if dtype is None else self.inner.zeros(shape, dtype)
+
+    def write(self, dst, axis, start, src):
+        self.inner.write(dst, axis, start, src)
+
+    def read(self, src, axis, start, stop):
+        return self.inner.read(src, axis, start, stop)
+
+    def shape(self, tensor):
+        return self.inner.shape(tensor)
+
+    def nbytes(self, tensor):
+        return self.inner.nbytes(tensor)
+
+    def synchronize(self):
+        self.inner.synchronize()
+
+    def close(self):
+        self.inner.close()
+
+    def describe(self):
+        return self.inner.describe()
+
+
+def bench(package, backend_name: str, frames: int, warmup: int, options: dict) -> dict:
+    """Stream ``warmup + frames`` generated frames; returns ``{"stages": {name: ms per frame}, "fps": ..,
+    "describe": ..}``."""
+    from vosrt.sdk.backends import open_backend
+    from vosrt.sdk.synthetic import generate_sequence
+
+    sequence = generate_sequence(0, num_frames=min(frames + warmup, 40), height=package.height,
+                                 width=package.width, num_objects=2)
+    timed = TimedBackend(open_backend(package, backend_name, **options))
+    if package.family == "stcn":
+        from vosrt.sdk.tracker import Tracker
+        session = Tracker(timed, package, color="rgb")
+
+        def feed(t):
+            session.step(sequence.frames[t % len(sequence)], sequence.labels[0] if t == 0 else None)
+    else:
+        from vosrt.sdk.clips import ClipSegmenter
+        session = ClipSegmenter(timed, package, color="rgb")
+
+        def feed(t):
+            session.push(sequence.frames[t % len(sequence)])
+
+    for t in range(warmup):
+        feed(t)
+    timed.times.clear()
+    start = time.perf_counter()
+    for t in range(warmup, warmup + frames):
+        feed(t)
+    if package.family != "stcn":
+        session.flush()
+    elapsed = time.perf_counter() - start
+    stages = {graph: 1000 * seconds / frames for graph, seconds in timed.times.items()}
+    stages["host"] = 1000 * elapsed / frames - sum(stages.values())
+    stages["total"] = 1000 * elapsed / frames
+    result = {"stages": stages, "fps": frames / elapsed, "describe": timed.describe()}
+    timed.close()
+    return result
+
+
+def run(args) -> int:
+    """Entry point of ``vosrt bench``."""
+    from vosrt.sdk.package import load_package
+
+    if args.frames < 1 or args.warmup < 0:
+        raise UserError(f"--frames must be >= 1 and --warmup >= 0, got {args.frames} and {args.warmup}")
+    package = load_package(args.package)
+    options = {}
+    if args.device:
+        options["device"] = args.device
+    if args.threads:
+        options["threads"] = args.threads
+    torch_options = dict(options, **({"checkpoint": args.checkpoint} if args.checkpoint else {}))
+    main_options = torch_options if args.backend in ("torch", "pytorch") else options
+    results = {args.backend: bench(package, args.backend, args.frames, args.warmup, main_options)}
+    if args.compare:
+        compare_options = torch_options if args.compare in ("torch", "pytorch") else options
+        results[args.compare] = bench(package, args.compare, args.frames, args.warmup, compare_options)
+
+    print(f"{package.variant} {package.height}x{package.width}, {args.frames} frames after {args.warmup} warm-up")
+    for name, result in results.items():
+        print(f"  {name}: {result['describe']}")
+    names = list(results)
+    stages = list(results[names[0]]["stages"])
+    header = f"{'stage (ms/frame)':<18}" + "".join(f"{n:>14}" for n in names)
+    if len(names) == 2:
+        header += f"{'speed-up':>10}"
+    print(header)
+    for stage in stages + ["FPS"]:
+        values = [r["fps"] if stage == "FPS" else r["stages"].get(stage, float("nan")) for r in results.values()]
+        line = f"{stage:<18}" + "".join(f"{v:14.2f}" for v in values)
+        if len(names) == 2:
+            ratio = values[0] / values[1] if stage == "FPS" else values[1] / values[0]
+            line += f"{ratio:9.2f}x" if values[0] > 0 and values[1] > 0 else f"{'-':>10}"
+        print(line)
+    return 0

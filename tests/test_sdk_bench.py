@@ -1,0 +1,29 @@
+"""`vosrt bench`: per-stage timings of a package, and the ratio against torch measured in the same run."""
+import pytest
+
+from vosrt.cli import main
+
+from sdk_packages import tiny_package
+
+
+@pytest.fixture(scope="module")
+def stcn_package():
+    return tiny_package("stcn")
+
+
+def test_bench_prints_ms_per_stage_fps_and_the_ratio_against_torch(stcn_package, capsys):
+    code = main(["bench", str(stcn_package), "--frames", "6", "--warmup", "1", "--backend", "onnxruntime",
+                 "--compare", "torch", "--threads", "1"])
+    assert code == 0
+    out = capsys.readouterr().out
+    for stage in ("encode_key", "segment", "encode_value", "host", "total", "FPS", "speed-up"):
+        assert stage in out
+    fps_line = [line for line in out.splitlines() if line.startswith("FPS")][0]
+    onnxruntime_fps, torch_fps, ratio = fps_line.split()[1:4]
+    assert float(onnxruntime_fps) > 0 and float(torch_fps) > 0
+    assert float(ratio.rstrip("x")) == pytest.approx(float(onnxruntime_fps) / float(torch_fps), rel=0.02)
+
+
+def test_bench_rejects_zero_frames(stcn_package, capsys):
+    assert main(["bench", str(stcn_package), "--frames", "0"]) == 2
+    assert "--frames" in capsys.readouterr().err

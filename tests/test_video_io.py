@@ -1,0 +1,93 @@
+"""Frame sources and result sinks on real files: video, image folder, DAVIS sequence, palette PNGs, overlay."""
+import cv2
+import numpy as np
+import pytest
+
+from vosrt.sdk import UserError
+from vosrt.sdk.masks import read_label_png
+from vosrt.sdk.synthetic import generate_sequence, write_davis, write_video
+from vosrt.sdk.video import CallbackSink, OverlayVideoSink, PngSink, open_source, overlay
+
+
+@pytest.fixture(scope="module")
+def sequence():
+    return generate_sequence(2, num_frames=6, height=48, width=64, num_objects=2, num_distractors=0)
+
+
+def test_video_file_yields_every_frame_as_bgr(sequence, tmp_path):
+    source = open_source(write_video(tmp_path / "clip.mp4", sequence))
+    frames = list(source)
+    assert source.kind == "video" and source.length == len(sequence) and not source.stopped_early
+    assert len(frames) == len(sequence) and frames[0].shape == (48, 64, 3) and frames[0].dtype == np.uint8
+    # BGR: compare with the RGB original reversed (mp4 is lossy, so on average)
+    error_bgr = np.abs(frames[0].astype(int) - sequence.frames[0][:, :, ::-1]).mean()
+    error_rgb = np.abs(frames[0].astype(int) - sequence.frames[0]).mean()
+    assert error_bgr < error_rgb
+
+
+def test_davis_sequence_folder_names_frames_and_offers_the_first_annotation(sequence, tmp_path):
+    write_davis(tmp_path, "synth", sequence)
+    for spec in (tmp_path / "JPEGImages" / "480p" / "synth", tmp_path):
+        source = open_source(str(spec))
+        assert source.kind == "davis" and source.length == len(sequence)
+        assert [source.frame_name(i) for i in range(2)] == ["00000", "00001"]
+        assert np.array_equal(source.first_mask(), sequence.labels[0])
+        assert len(list(source)) == len(sequence)
+
+
+def test_image_folder_stops_cleanly_at_an_unreadable_image(sequence, tmp_path):
+    for i, frame in enumerate(sequence.frames):
+        cv2.imwrite(str(tmp_path / f"f{i:03d}.png"), frame)
+    (tmp_path / "f003.png").write_bytes(b"not an image")
+    source = open_source(tmp_path)
+    assert source.kind == "folder" and source.first_mask() is None
+    assert len(list(source)) == 3
+    assert source.stopped_early and "f003.png" in source.problem
+
+
+@pytest.mark.parametrize("spec, message", [("99", "camera 99"), ("rtsp://127.0.0.1:9/x", "stream"),
+                                           ("nope.mp4", "not a camera index"), ("image.png", "single image"),
+                                           ("empty", "no images")])
+def test_a_source_that_cannot_be_opened_raises_user_error(tmp_path, spec, message):
+    (tmp_path / "empty").mkdir()
+    cv2.imwrite(str(tmp_path / "image.png"), np.zeros((8, 8, 3), np.uint8))
+    target = spec if spec.isdigit() or "://" in spec else str(tmp_path / spec)
+    with pytest.raises(UserError, match=message):
+        open_source(target)
+
+
+def test_png_sink_keeps_label_ids_exact(tmp_path):
+    labels = np.zeros((20, 30), np.uint8)
+    labels[2:8, 3:9] = 7
+    labels[10:15, 20:25] = 255
+    sink = PngSink(tmp_path / "out")
+    sink(0, "frame_a", np.zeros((20, 30, 3), np.uint8), labels)
+    assert np.array_equal(read_label_png(tmp_path / "out" / "frame_a.png"), labels)
+
+
+def test_overlay_video_sink_writes_a_video_opencv_reads_back(sequence, tmp_path):
+    sink = OverlayVideoSink(tmp_path / "overlay.mp4", fps=10)
+    for i, (frame, labels) in enumerate(zip(sequence.frames, sequence.labels)):
+        sink(i, f"{i:05d}", frame, labels)
+    sink.close()
+    capture = cv2.VideoCapture(str(tmp_path / "overlay.mp4"))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    assert count == len(sequence)
+
+
+def test_overlay_tints_objects_and_leaves_background():
+    frame = np.full((4, 4, 3), 100, np.uint8)
+    labels = np.zeros((4, 4), np.uint8)
+    labels[0, 0] = 1                      # palette (128, 0, 0) red, blended in BGR order
+    out = overlay(frame, labels, alpha=0.5)
+    assert out[1, 1].tolist() == [100, 100, 100]
+    assert out[0, 0].tolist() == [50, 50, 114]
+
+
+def test_callback_sink_gets_index_frame_and_labels():
+    seen = []
+    sink = CallbackSink(lambda index, frame, labels: seen.append((index, frame.shape, int(labels.max()))))
+    sink(3, "x", np.zeros((4, 4, 3), np.uint8), np.full((4, 4), 2, np.uint8))
+    assert seen == [(3, (4, 4, 3), 2)]
