@@ -262,6 +262,9 @@ void checkD2Conv3D(IPluginCreatorV3One* creator) {
   CHECK(clone != nullptr && clone != plugin);
   auto* cloneRuntime = static_cast<IPluginV3OneRuntime*>(clone->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
   CHECK(cloneRuntime->getFieldsToSerialize()->nbFields == 5 && cloneRuntime->getFieldsToSerialize() != saved);
+  // a clone attached to a new execution context can enqueue the configured input count at once
+  CHECK(cloneRuntime->enqueue(withM, &output, ptrs, outs, nullptr, nullptr) == 0);
+  CHECK(gLast.d2.has_modulation == 1);
   delete clone;
   delete restored;
   delete plugin;

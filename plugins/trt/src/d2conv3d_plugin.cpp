@@ -37,7 +37,9 @@ D2Conv3DPlugin::D2Conv3DPlugin(std::string layerName, vosrtD2Conv3DAttributes co
 
 nvinfer1::IPluginV3* D2Conv3DPlugin::clone() noexcept {
   // The copy must own its field storage: build it from the attributes, not member-wise.
-  return new (std::nothrow) D2Conv3DPlugin(mLayerName, mAttrs);
+  auto* copy = new (std::nothrow) D2Conv3DPlugin(mLayerName, mAttrs);
+  if (copy != nullptr) copy->mNbInputs = mNbInputs;
+  return copy;
 }
 
 bool D2Conv3DPlugin::makeParams(nvinfer1::Dims const* dims, int32_t nbInputs,
