@@ -268,9 +268,18 @@ def load_plugin_library(path: Path, registry) -> None:
     creators (version "1", namespace "") are registered."""
     key = str(path)
     if key not in _loaded_plugin_libraries:
-        # loadLibrary also hands the library TensorRT's logger; the library's load-time registration
-        # makes the creators available even where loadLibrary itself declines (see plugins/trt/README.md).
-        _loaded_plugin_libraries[key] = registry.load_library(key)
+        # TensorRT's documented dynamic path: the library's load-time registration is switched off for
+        # this load, so that loadLibrary registers what getCreators() returns (and hands the library
+        # TensorRT's logger). See plugins/trt/README.md, "Loading".
+        previous = os.environ.get("VOSRT_PLUGINS_AUTO_REGISTER")
+        os.environ["VOSRT_PLUGINS_AUTO_REGISTER"] = "0"
+        try:
+            _loaded_plugin_libraries[key] = registry.load_library(key)
+        finally:
+            if previous is None:
+                del os.environ["VOSRT_PLUGINS_AUTO_REGISTER"]
+            else:
+                os.environ["VOSRT_PLUGINS_AUTO_REGISTER"] = previous
     missing = [name for name in PLUGIN_NAMES if registry.get_creator(name, "1", "") is None]
     if missing:
         raise UserError(f"{path} did not register the TensorRT plugin(s) {', '.join(missing)}: is it a "
