@@ -108,7 +108,9 @@ def run(args) -> int:
 
     total = source.length if args.max_frames is None else min(args.max_frames, source.length or args.max_frames)
     progress = _Progress(total, enabled=not args.no_progress)
-    print(f"{package.variant} on {session.backend.describe()}; source: {source.kind} {source.name}", file=sys.stderr)
+    latency = f"; latency {session.latency} frames" if package.family != "stcn" else ""
+    print(f"{package.variant} on {session.backend.describe()}; source: {source.kind} {source.name}{latency}",
+          file=sys.stderr)
     pending: dict[int, tuple] = {}   # 3dc-seg: frames waiting for their clip
     done = 0
     start = time.perf_counter()

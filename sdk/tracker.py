@@ -141,6 +141,12 @@ class Tracker:
             probabilities = backend.download(predicted["prob"])[:, 0]
         return out, box.probabilities_back(probabilities.astype(np.float32, copy=False))
 
+    def add_objects(self, image: np.ndarray, mask: np.ndarray, objects: Sequence[int] | None = None,
+                    return_probabilities: bool = False):
+        """Start tracking the objects of ``mask`` (all its ids, or ``objects``) on this frame: the same as
+        ``step(image, mask, objects)``, named for readability when objects appear mid-stream."""
+        return self.step(image, mask, objects, return_probabilities)
+
     def remove_objects(self, objects: Sequence[int]) -> None:
         """Stop tracking ``objects`` (ids); unknown ids raise UserError. Removing the last object resets
         the memory, so the next mask given starts afresh (and becomes the permanent frame)."""

@@ -13,7 +13,7 @@ def stcn_package():
 
 def test_bench_prints_ms_per_stage_fps_and_the_ratio_against_torch(stcn_package, capsys):
     code = main(["bench", str(stcn_package), "--frames", "6", "--warmup", "1", "--backend", "onnxruntime",
-                 "--compare", "torch", "--threads", "1"])
+                 "--compare", "torch"])
     assert code == 0
     out = capsys.readouterr().out
     for stage in ("encode_key", "segment", "encode_value", "host", "total", "FPS", "speed-up"):

@@ -38,7 +38,7 @@ def test_onnxruntime_and_torch_backends_give_the_same_labels(stcn_package, seque
     assert len(frames) == len(sequence) and not source.stopped_early
     outputs = {}
     for backend in ("onnxruntime", "torch"):
-        tracker = vosrt.sdk.load(stcn_package, backend=backend, threads=1)
+        tracker = vosrt.sdk.load(stcn_package, backend=backend, threads=1 if backend == "onnxruntime" else None)
         outputs[backend] = track(tracker, frames, sequence.labels[0])
     assert outputs["onnxruntime"].shape == (len(frames), 64, 96)
     agreement = (outputs["onnxruntime"] == outputs["torch"]).mean()
@@ -81,7 +81,7 @@ def test_object_added_at_frame_10_is_tracked_from_then_on_and_a_removed_one_disa
         assert not np.isin(labels, [2, 5]).any()
 
     late = np.where(sequence.labels[10] == 2, 5, 0).astype(np.uint8)   # the second shape, as object 5
-    labels = tracker.step(sequence.frames[10], late, objects=[5])
+    labels = tracker.add_objects(sequence.frames[10], late, objects=[5])
     assert tracker.objects == [1, 5]
     assert np.array_equal(labels == 5, late == 5)
     assert tracker.memory.num_objects == 2
