@@ -363,14 +363,18 @@ class TensorRTBackend(Backend):
         else:
             self.stream = _stream_handle(stream)
         self.cuda_graphs = bool(cuda_graphs)
-        for graph in package.graphs:
-            path = package.path / build["files"][graph]
-            engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
-            if engine is None:
-                raise UserError(f"TensorRT could not load {path} (see the messages above); rebuild it with "
-                                f"`vosrt build {package.path} --precision {self.precision}`")
-            self._graphs[graph] = _Graph(trt, engine, self)
         self._trt_version = trt.__version__
+        try:
+            for graph in package.graphs:
+                path = package.path / build["files"][graph]
+                engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+                if engine is None:
+                    raise UserError(f"TensorRT could not load {path} (see the messages above); rebuild it with "
+                                    f"`vosrt build {package.path} --precision {self.precision}`")
+                self._graphs[graph] = _Graph(trt, engine, self)
+        except BaseException:
+            self.close()
+            raise
 
     # ------------------------------------------------------------------ graphs
     def input_names(self, graph: str) -> list[str]:
