@@ -194,3 +194,18 @@ def test_bad_session_options_raise_user_error(stcn_package, options, message):
 def test_a_folder_without_manifest_is_not_a_package(tmp_path):
     with pytest.raises(UserError, match="manifest.json"):
         vosrt.sdk.load(tmp_path)
+
+
+@pytest.mark.gpu
+def test_cuda_execution_provider_keeps_the_bank_on_the_device_and_matches_the_cpu(stcn_package, sequence):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed")
+    cpu = vosrt.sdk.load(stcn_package, backend="onnxruntime", device="cpu", color="rgb")
+    gpu = vosrt.sdk.load(stcn_package, backend="onnxruntime", device="cuda", color="rgb")
+    assert gpu.backend.bound
+    expected = track(cpu, sequence.frames, sequence.labels[0])
+    actual = track(gpu, sequence.frames, sequence.labels[0])
+    assert gpu.memory.keys.value.device_name().lower() == "cuda"
+    assert (expected == actual).mean() >= 0.999
