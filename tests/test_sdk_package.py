@@ -1,0 +1,88 @@
+"""Reading model package manifests: what a valid package needs, and clear errors for what is wrong."""
+import json
+
+import pytest
+
+import vosrt.sdk
+from vosrt.sdk import UserError
+from vosrt.sdk.backends import resolve_backend_name
+from vosrt.sdk.package import load_package
+
+
+def make_package(root, **changes):
+    manifest = {"format_version": 1, "family": "stcn", "variant": "stcn-lite",
+                "resolution": {"height": 64, "width": 96, "stride": 16},
+                "graphs": {g: {"portable": f"{g}.portable.onnx", "plugin": f"{g}.plugin.onnx"}
+                           for g in ("encode_key", "encode_value", "segment")},
+                "streaming": {"mem_every": 3}, "source": {"checkpoint": None}}
+    manifest.update(changes)
+    root.mkdir(parents=True, exist_ok=True)
+    for forms in manifest.get("graphs", {}).values():
+        for name in forms.values():
+            (root / name).write_bytes(b"")
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_a_valid_manifest_gives_family_resolution_graphs_and_streaming_defaults(tmp_path):
+    package = load_package(make_package(tmp_path / "pkg"))
+    assert package.family == "stcn" and (package.height, package.width, package.stride) == (64, 96, 16)
+    assert package.forms == ["portable", "plugin"]
+    assert package.graph_path("segment", "plugin").name == "segment.plugin.onnx"
+    assert package.streaming == {"mem_every": 3, "top_k": 20, "memory_capacity": 20}
+    assert package.checkpoint is None and package.engines == {}
+    assert load_package(tmp_path / "pkg" / "manifest.json").path == package.path
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"family": "yolo"}, "unknown family 'yolo'"),
+    ({"format_version": 9}, "format_version 9"),
+    ({"resolution": {"height": 60, "width": 96}}, "not a positive multiple of 16"),
+    ({"resolution": {"height": "tall", "width": 96}}, "integer 'height'"),
+    ({"graphs": {"encode_key": {"portable": "encode_key.portable.onnx"}}}, "needs graph 'encode_value'"),
+])
+def test_bad_manifests_are_refused_with_the_reason(tmp_path, changes, message):
+    with pytest.raises(UserError, match=message):
+        load_package(make_package(tmp_path / "pkg", **changes))
+
+
+def test_a_listed_graph_file_that_is_missing_is_reported(tmp_path):
+    root = make_package(tmp_path / "pkg")
+    for form in ("portable", "plugin"):
+        (root / f"segment.{form}.onnx").unlink()
+    with pytest.raises(UserError, match="graph 'segment' is listed"):
+        load_package(root)
+
+
+def test_missing_folder_manifest_and_invalid_json_are_clear_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_package(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no manifest.json"):
+        load_package(tmp_path / "empty")
+    (tmp_path / "empty" / "manifest.json").write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_package(tmp_path / "empty")
+
+
+def test_a_form_the_package_lacks_is_named(tmp_path):
+    package = load_package(make_package(tmp_path / "pkg", graphs={
+        g: {"portable": f"{g}.portable.onnx"} for g in ("encode_key", "encode_value", "segment")}))
+    with pytest.raises(UserError, match="no 'plugin' form"):
+        package.graph_path("segment", "plugin")
+
+
+def test_auto_backend_is_onnxruntime_without_engines(tmp_path):
+    assert resolve_backend_name(load_package(make_package(tmp_path / "pkg")), "auto") == "onnxruntime"
+    with pytest.raises(UserError, match="backend"):
+        resolve_backend_name(load_package(tmp_path / "pkg"), "caffe")
+
+
+def test_torch_backend_without_a_checkpoint_says_how_to_give_one(tmp_path):
+    with pytest.raises(UserError, match="checkpoint=PATH"):
+        vosrt.sdk.load(make_package(tmp_path / "pkg"), backend="torch")
+
+
+def test_onnxruntime_reports_a_graph_file_it_cannot_open(tmp_path):
+    with pytest.raises(UserError, match="ONNX Runtime cannot open"):
+        vosrt.sdk.load(make_package(tmp_path / "pkg"), backend="onnxruntime")
