@@ -82,19 +82,18 @@ def profile_shapes(package: Package, graph: str, max_objects: int = DEFAULT_MAX_
     ranges = {"objects": (1, min(2, max_objects), max_objects), "memory": (hw, capacity * hw, capacity * hw)}
     profile = {}
     for name, dims in onnx_input_shapes(package.graph_path(graph, form)).items():
-        low, opt, high = [], [], []
+        per_axis = []  # (min, opt, max) of each axis
         for axis, dim in enumerate(dims):
             if isinstance(dim, int) and dim > 0:
-                low.append(dim), opt.append(dim), high.append(dim)
+                per_axis.append((dim, dim, dim))
                 continue
             label = axis_label(package, graph, name, axis)
             if label not in ranges:
                 raise UserError(f"{package.path}: graph '{graph}' input '{name}' axis {axis} is dynamic ({dim}) "
                                 f"but the manifest does not say what it counts (io.{graph}.dynamic_axes); "
                                 "re-export the package with `vosrt export`")
-            a, b, c = ranges[label]
-            low.append(a), opt.append(b), high.append(c)
-        profile[name] = {"min": low, "opt": opt, "max": high}
+            per_axis.append(ranges[label])
+        profile[name] = {key: [a[i] for a in per_axis] for i, key in enumerate(("min", "opt", "max"))}
     return profile
 
 
