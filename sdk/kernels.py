@@ -27,6 +27,9 @@ from vosrt.sdk.errors import UserError
 
 KERNELS_LIBRARY = "libvosrt_kernels.so"
 CPU_DRIVER_LIBRARY = "libvosrt_kernels_cpu.so"
+# The fp32 kernels' own code on host threads (CI's check of their indexing without a GPU): the C API of
+# libvosrt_kernels.so on host pointers; fp16 answers "not supported".
+EMULATION_LIBRARY = "libvosrt_kernels_emu.so"
 ENV_VAR = "VOSRT_KERNELS_LIB"
 
 # vosrtDataType_t
@@ -165,13 +168,18 @@ def _load(name: str, path: str | None) -> ctypes.CDLL:
         raise UserError(f"{name} not found (looked in ${ENV_VAR}, {_SDK_DIR / 'lib'} and {_REPO_PLUGINS}/build*/); "
                         f"build it with: cmake -S plugins -B plugins/build && cmake --build plugins/build -j")
     lib = ctypes.CDLL(str(resolved))
-    (_declare_kernels if name == KERNELS_LIBRARY else _declare_cpu)(lib)
+    (_declare_cpu if name == CPU_DRIVER_LIBRARY else _declare_kernels)(lib)
     return lib
 
 
 def load_kernels(path: str | os.PathLike | None = None) -> ctypes.CDLL:
     """The CUDA kernel library with every C function's argument types declared (cached per path)."""
     return _load(KERNELS_LIBRARY, str(path) if path else None)
+
+
+def load_emulation(path: str | os.PathLike | None = None) -> ctypes.CDLL:
+    """The host emulation of the kernels (``libvosrt_kernels_emu.so``), declared like :func:`load_kernels`."""
+    return _load(EMULATION_LIBRARY, str(path) if path else None)
 
 
 def load_cpu_driver(path: str | os.PathLike | None = None) -> "CpuDriver":

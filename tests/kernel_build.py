@@ -1,4 +1,5 @@
-"""Builds plugins/ (the CUDA kernels and their CPU driver) for the kernel tests, once per session.
+"""Builds plugins/ (the CUDA kernels, their CPU driver and host emulation) for the kernel tests, once
+per session.
 
 The build lives in plugins/build-test/ (git-ignored), so reruns only recompile what changed. It targets
 one architecture, sm_80 SASS + compute_80 PTX: that keeps CI's compile short (2 cores) and still runs on
@@ -44,7 +45,7 @@ def build(with_kernels: bool) -> tuple[Path, str]:
     configure = ["cmake", "-S", str(PLUGINS), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
                  f"-DVOSRT_BUILD_KERNELS={'ON' if with_kernels else 'OFF'}", "-DVOSRT_BUILD_TRT=OFF",
                  f"-DVOSRT_CUDA_ARCHS={TEST_ARCH}", f"-DCMAKE_CUDA_ARCHITECTURES={TEST_ARCH}"]
-    targets = ["vosrt_kernels_cpu"] + (["vosrt_kernels"] if with_kernels else [])
+    targets = ["vosrt_kernels_cpu", "vosrt_kernels_emu"] + (["vosrt_kernels"] if with_kernels else [])
     log = []
     for cmd in (configure, ["cmake", "--build", str(build_dir), "-j", "2", "--target", *targets]):
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -58,3 +59,9 @@ def cpu_driver_path() -> Path:
     """libvosrt_kernels_cpu.so, built with the kernels when nvcc exists, else on its own."""
     folder, _ = build(with_kernels=have_nvcc())
     return folder / "libvosrt_kernels_cpu.so"
+
+
+def emulation_path() -> Path:
+    """libvosrt_kernels_emu.so (the fp32 kernels on host threads), built like the CPU driver."""
+    folder, _ = build(with_kernels=have_nvcc())
+    return folder / "libvosrt_kernels_emu.so"

@@ -1,5 +1,6 @@
-"""Tier 1 (no GPU): the CUDA kernels compile, and the math they share with the CPU driver
-(plugins/kernels/src/*_math.h) agrees with the PyTorch reference operators."""
+"""Tier 1 (no GPU): the CUDA kernels compile; the math they share with the CPU driver
+(plugins/kernels/src/*_math.h) and the fp32 kernels' own code run on host threads (libvosrt_kernels_emu)
+agree with the PyTorch reference operators."""
 import ctypes
 
 import numpy as np
@@ -11,7 +12,7 @@ from vosrt.sdk.kernels import KernelError, load_cpu_driver
 from vosrt.training.ops.d2conv3d import d2conv3d, output_size
 from vosrt.training.ops.l2_readout import l2_memory_readout
 
-from kernel_build import build, cpu_driver_path, have_nvcc
+from kernel_build import build, cpu_driver_path, emulation_path, have_nvcc
 
 # kernel, stride, padding, base dilation, groups, modulation, bias, (C, Cout), (T, H, W)
 CONV_CASES = [
@@ -171,3 +172,99 @@ def test_loader_follows_the_environment_variable(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_SDK_DIR", tmp_path)
     monkeypatch.setattr(kernels, "_REPO_PLUGINS", tmp_path)
     assert kernels.find_library(kernels.CPU_DRIVER_LIBRARY) is None
+
+
+# ---- the kernels' own code (fp32) on host threads: libvosrt_kernels_emu.so, the C API on host pointers ----
+
+@pytest.fixture(scope="module")
+def emulation():
+    return kernels.load_emulation(emulation_path())
+
+
+def _ptr(a):
+    return None if a is None else a.ctypes.data
+
+
+def _emulated_conv(lib, tensors, attrs, grad_y=None):
+    x, dilation, modulation, weight, bias = (None if t is None else t.numpy().copy() for t in tensors)
+    params = kernels.d2conv3d_params(x.shape, weight.shape, attrs["stride"], attrs["padding"],
+                                     attrs["dilation_base"], attrs["groups"], modulation is not None, bias is not None)
+    if grad_y is None:
+        nbytes = lib.vosrtD2Conv3DWorkspaceSize(ctypes.byref(params), kernels.FLOAT32)
+        workspace = np.zeros(nbytes, np.uint8)
+        out = (ctypes.c_int * 3)()
+        lib.vosrtD2Conv3DOutputShape(ctypes.byref(params), out)
+        y = np.zeros((x.shape[0], weight.shape[0], *out), np.float32)
+        kernels.check_status(lib.vosrtD2Conv3DForward(ctypes.byref(params), kernels.FLOAT32, _ptr(x), _ptr(dilation),
+                                                      _ptr(modulation), _ptr(weight), _ptr(bias), _ptr(y),
+                                                      _ptr(workspace), nbytes, None), "forward")
+        return y
+    nbytes = lib.vosrtD2Conv3DBackwardWorkspaceSize(ctypes.byref(params), kernels.FLOAT32)
+    workspace = np.zeros(nbytes, np.uint8)
+    # NaN-filled: the kernels must overwrite every gradient, not accumulate into it.
+    grads = [None if a is None else np.full_like(a, np.nan) for a in (x, dilation, modulation, weight, bias)]
+    grad_y = grad_y.numpy().copy()  # kept alive across the call
+    kernels.check_status(lib.vosrtD2Conv3DBackward(ctypes.byref(params), kernels.FLOAT32, _ptr(x), _ptr(dilation),
+                                                   _ptr(modulation), _ptr(weight), _ptr(grad_y),
+                                                   *(_ptr(g) for g in grads), _ptr(workspace), nbytes, None),
+                         "backward")
+    return grads
+
+
+# 4×9×11 outputs of 3·27 columns: the emulation's 32 KiB column budget makes that 4 tiles of 128 columns.
+TILED_CASE = ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, True, True, (3, 4), (4, 9, 11))
+
+
+@pytest.mark.parametrize("case", [TILED_CASE, CONV_CASES[1]], ids=["tiled", "stride-groups2"])
+def test_emulated_kernel_d2conv3d_forward_matches_reference(emulation, case):
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(case, seed=9)
+    expected = d2conv3d(_f64(x), _f64(dilation), _f64(modulation), _f64(weight), _f64(bias), backend="torch", **attrs)
+    _close(_emulated_conv(emulation, (x, dilation, modulation, weight, bias), attrs), expected.numpy())
+
+
+@pytest.mark.parametrize("case", [TILED_CASE, CONV_CASES[3]], ids=["tiled", "groups3"])
+def test_emulated_kernel_d2conv3d_backward_matches_reference(emulation, case):
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(case, seed=10)
+    leaves = [_f64(t, True) for t in (x, dilation, modulation, weight, bias)]
+    y = d2conv3d(*leaves, backend="torch", **attrs)
+    grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(11))
+    y.backward(grad_y.double())
+    grads = _emulated_conv(emulation, (x, dilation, modulation, weight, bias), attrs, grad_y)
+    for leaf, grad in zip(leaves, grads):
+        if leaf is not None:
+            _close(grad, leaf.grad.numpy())
+
+
+def test_emulated_kernel_d2conv3d_refuses_a_short_workspace(emulation):
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(TILED_CASE, seed=12)
+    params = kernels.d2conv3d_params(x.shape, weight.shape, attrs["stride"], attrs["padding"], attrs["dilation_base"],
+                                     1, True, True)
+    nbytes = emulation.vosrtD2Conv3DWorkspaceSize(ctypes.byref(params), kernels.FLOAT32)
+    arrays = [t.numpy() for t in (x, dilation, modulation, weight, bias)]
+    y = np.zeros(1, np.float32)
+    workspace = np.zeros(nbytes, np.uint8)
+    status = emulation.vosrtD2Conv3DForward(ctypes.byref(params), kernels.FLOAT32, *(_ptr(a) for a in arrays),
+                                            _ptr(y), _ptr(workspace), nbytes - 1, None)
+    assert status == 4  # VOSRT_ERROR_WORKSPACE
+
+
+# B, Ck, N, M, V, top_k: N splits over several blocks, odd sizes, N < top_k, top_k = 0
+EMULATED_READOUTS = [(2, 24, 1000, 37, 5, 20), (1, 20, 333, 70, 3, 1), (1, 16, 700, 9, 17, 64),
+                     (2, 16, 12, 5, 4, 20), (1, 24, 200, 65, 33, 0)]
+
+
+@pytest.mark.parametrize("case", EMULATED_READOUTS, ids=lambda c: f"n{c[2]}m{c[3]}v{c[4]}k{c[5]}")
+def test_emulated_kernel_readout_matches_reference(emulation, case):
+    b, ck, n, m, v, top_k = case
+    g = torch.Generator().manual_seed(n + m)
+    mem_key, query_key, mem_value = (torch.randn(b, ck, n, generator=g), torch.randn(b, ck, m, generator=g),
+                                     torch.randn(b, v, n, generator=g))
+    params = kernels.l2_readout_params(mem_key.shape, m, v, top_k, 0.0)
+    nbytes = emulation.vosrtL2ReadoutWorkspaceSize(ctypes.byref(params), kernels.FLOAT32)
+    workspace = np.zeros(max(nbytes, 1), np.uint8)
+    out = np.full((b, v, m), np.nan, np.float32)
+    kernels.check_status(emulation.vosrtL2ReadoutForward(
+        ctypes.byref(params), kernels.FLOAT32, _ptr(mem_key.numpy()), _ptr(query_key.numpy()),
+        _ptr(mem_value.numpy()), _ptr(out), _ptr(workspace), nbytes, None), "vosrtL2ReadoutForward")
+    expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), top_k, backend="torch")
+    _close(out, expected.numpy())

@@ -6,6 +6,10 @@
 #include <math.h>
 #include <stddef.h>
 
+#if defined(VOSRT_EMULATE)
+#include "emulate/emulate.h"
+#endif
+
 #if defined(__CUDACC__)
 #include <cuda_fp16.h>
 #define VOSRT_HD __host__ __device__ __forceinline__
@@ -22,6 +26,12 @@
 #else
 #define VOSRT_UNROLL _Pragma("GCC unroll 64")
 #endif
+// A loop with a long body that must stay rolled (register pressure).
+#if defined(__CUDA_ARCH__)
+#define VOSRT_NO_UNROLL _Pragma("unroll 1")
+#else
+#define VOSRT_NO_UNROLL
+#endif
 
 namespace vosrt {
 
@@ -35,7 +45,7 @@ VOSRT_HD void store(__half* dst, float v) { *dst = __float2half_rn(v); }
 
 // Scatter-add of a gradient: an atomic on the device (many threads hit one voxel), a plain add on the host.
 VOSRT_HD void accumulate(float* dst, float v) {
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDA_ARCH__) || defined(VOSRT_EMULATE)
   atomicAdd(dst, v);
 #else
   *dst += v;

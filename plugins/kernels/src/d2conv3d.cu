@@ -7,7 +7,9 @@
 // fp16: samples are interpolated in fp32 and stored as fp16 columns for the tensor-core GEMM (fp32
 // accumulation). Backward (fp32): grad_cols = Wtᵀ·grad_Y per tile, then d2c_col2im_point scatters it
 // to grad_x (atomics) and reduces it into grad_modulation and grad_dilation; grad_Wt += grad_Y·colsᵀ.
+#if !defined(VOSRT_EMULATE)
 #include <cuda_fp16.h>
+#endif
 
 #include "d2conv3d_math.h"
 #include "gemm.cuh"
@@ -18,7 +20,12 @@ namespace vosrt {
 namespace {
 
 // Bytes of one column tile: large enough for long GEMMs, small next to the activations of a clip.
+// The host emulation uses a tiny budget so that its small test shapes still span several tiles.
+#if defined(VOSRT_EMULATE)
+constexpr size_t kColumnBudget = 32ull << 10;
+#else
 constexpr size_t kColumnBudget = 64ull << 20;
+#endif
 constexpr int kTileAlign = 128;        // tile width: a multiple of the GEMM tile
 constexpr int kIm2colChannels = 32;    // channels per thread in the im2col kernel
 
@@ -78,7 +85,8 @@ template <typename T>
 void launch_im2col(const D2cShape& s, int n, int p0, int P, int valid, const T* x, const T* dil, const T* mod,
                    T* cols, cudaStream_t stream) {
   const dim3 grid(ceil_div((long long)s.K * P, 256), ceil_div(s.C, kIm2colChannels));
-  im2col_kernel<T><<<grid, 256, 0, stream>>>(s, n, p0, P, valid, x, dil, mod, cols);
+  auto kernel = &im2col_kernel<T>;
+  VOSRT_LAUNCH(kernel, grid, 256, 0, stream)(s, n, p0, P, valid, x, dil, mod, cols);
 }
 
 template <typename T>
@@ -104,6 +112,7 @@ vosrtStatus_t forward<float>(const D2cShape& s, const float* x, const float* dil
   return launch_status();
 }
 
+#if !defined(VOSRT_EMULATE)
 template <>
 vosrtStatus_t forward<__half>(const D2cShape& s, const __half* x, const __half* dil, const __half* mod,
                               const __half* weight, const __half* bias, __half* y, __half* cols, cudaStream_t stream) {
@@ -122,6 +131,7 @@ vosrtStatus_t forward<__half>(const D2cShape& s, const __half* x, const __half* 
     }
   return launch_status();
 }
+#endif  // !VOSRT_EMULATE
 
 }  // namespace
 }  // namespace vosrt
@@ -163,10 +173,14 @@ extern "C" vosrtStatus_t vosrtD2Conv3DForward(const vosrtD2Conv3DParams* p, vosr
                           p->has_modulation ? static_cast<const float*>(modulation) : nullptr,
                           static_cast<const float*>(weight), p->has_bias ? static_cast<const float*>(bias) : nullptr,
                           static_cast<float*>(y), static_cast<float*>(workspace), stream);
+#if defined(VOSRT_EMULATE)
+  return VOSRT_ERROR_NOT_SUPPORTED;  // fp16 runs on tensor cores, which the host emulation lacks
+#else
   return forward<__half>(s, static_cast<const __half*>(x), static_cast<const __half*>(dilation),
                          p->has_modulation ? static_cast<const __half*>(modulation) : nullptr,
                          static_cast<const __half*>(weight), p->has_bias ? static_cast<const __half*>(bias) : nullptr,
                          static_cast<__half*>(y), static_cast<__half*>(workspace), stream);
+#endif
 }
 
 extern "C" vosrtStatus_t vosrtD2Conv3DBackward(const vosrtD2Conv3DParams* p, vosrtDataType_t dtype, const void* x,
@@ -218,8 +232,9 @@ extern "C" vosrtStatus_t vosrtD2Conv3DBackward(const vosrtD2Conv3DParams* p, vos
                             grad_cols, P, (long long)rows * P,
                             nullptr, 0};
           gemm_f32<true, false>(g, s.G, stream);
-          col2im_kernel<<<ceil_div((long long)s.K * P, 256), 256, 0, stream>>>(s, n, p0, P, valid, xf, df, mf,
-                                                                              grad_cols, gx, gd, gm);
+          auto col2im = &col2im_kernel;
+          VOSRT_LAUNCH(col2im, ceil_div((long long)s.K * P, 256), 256, 0, stream)(s, n, p0, P, valid, xf, df, mf,
+                                                                                 grad_cols, gx, gd, gm);
         }
         if (gw) {
           // grad_Wt[g] [Cout/G, Cg·K] += grad_Y[n, g] [Cout/G, valid] · cols[g]ᵀ [valid, Cg·K]
@@ -233,6 +248,9 @@ extern "C" vosrtStatus_t vosrtD2Conv3DBackward(const vosrtD2Conv3DParams* p, vos
         }
       }
   }
-  if (gb) bias_grad_kernel<<<s.Cout, 256, 0, stream>>>(s, gy, gb);
+  if (gb) {
+    auto bias_grad = &bias_grad_kernel;
+    VOSRT_LAUNCH(bias_grad, s.Cout, 256, 0, stream)(s, gy, gb);
+  }
   return launch_status();
 }

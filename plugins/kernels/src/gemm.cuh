@@ -7,10 +7,13 @@
 #ifndef VOSRT_GEMM_CUH
 #define VOSRT_GEMM_CUH
 
+#include "common.h"
+#include "launch.h"
+
+#if !defined(VOSRT_EMULATE)
 #include <cuda_fp16.h>
 #include <mma.h>
-
-#include "common.h"
+#endif
 
 namespace vosrt {
 
@@ -119,8 +122,11 @@ __global__ void __launch_bounds__(256) gemm_f32_kernel(GemmArgs<float> g) {
 template <bool kTransA, bool kTransB>
 inline void gemm_f32(const GemmArgs<float>& g, int batch, cudaStream_t stream) {
   const dim3 grid((g.N + kF32TileN - 1) / kF32TileN, (g.M + kF32TileM - 1) / kF32TileM, batch);
-  gemm_f32_kernel<kTransA, kTransB><<<grid, 256, 0, stream>>>(g);
+  auto kernel = &gemm_f32_kernel<kTransA, kTransB>;
+  VOSRT_LAUNCH(kernel, grid, 256, 0, stream)(g);
 }
+
+#if !defined(VOSRT_EMULATE)
 
 // ---- fp16 (no transposes): 128×128 block tile, 8 warps of 64×32, WMMA 16×16×16, fp32 accumulators ----
 constexpr int kH16TileM = 128, kH16TileN = 128, kH16TileK = 32;
@@ -200,8 +206,10 @@ __global__ void __launch_bounds__(256) gemm_f16_nn_kernel(GemmArgs<__half> g) {
 
 inline void gemm_f16_nn(const GemmArgs<__half>& g, int batch, cudaStream_t stream) {
   const dim3 grid((g.N + kH16TileN - 1) / kH16TileN, (g.M + kH16TileM - 1) / kH16TileM, batch);
-  gemm_f16_nn_kernel<<<grid, 256, 0, stream>>>(g);
+  auto kernel = &gemm_f16_nn_kernel;
+  VOSRT_LAUNCH(kernel, grid, 256, 0, stream)(g);
 }
+#endif  // !VOSRT_EMULATE
 
 }  // namespace vosrt
 

@@ -10,8 +10,10 @@
 //      sweep the queries for a band of value channels, so that band of mem_value stays in L2.
 // dense path (top_k = 0 or top_k >= N): one kernel, online softmax over N tiles (flash-attention
 // style), each block holding a kL2DenseV-channel band of the output for its queries in registers.
+#if !defined(VOSRT_EMULATE)
 #include <cuda_fp16.h>
 #include <mma.h>
+#endif
 
 #include "l2_readout_math.h"
 #include "launch.h"
@@ -91,6 +93,7 @@ __device__ void dot_tile(const Smem& s, int ckp, float) {
     for (int j = 0; j < 4; ++j) s.score[(n0 + i) * kScoreLd + q0 + j] = acc[i][j];
 }
 
+#if !defined(VOSRT_EMULATE)
 // fp16: tensor cores. 16 fragments of 16×16 over 8 warps; mk tile read as a column-major A.
 __device__ void dot_tile(const Smem& s, int ckp, __half) {
   using namespace nvcuda;
@@ -116,6 +119,7 @@ __device__ void dot_tile(const Smem& s, int ckp, __half) {
     wmma::store_matrix_sync(s.score + nf * 16 * kScoreLd + ((warp % 2) * 2 + j) * 16, acc[j], kScoreLd,
                             wmma::mem_row_major);
 }
+#endif  // !VOSRT_EMULATE
 
 // Loads the mem_key tile at n0, then computes ‖mk‖² and the dot products of the tile.
 template <typename T>
@@ -140,7 +144,7 @@ __global__ void __launch_bounds__(kThreads) select_kernel(vosrtL2ReadoutParams p
                                                           int tiles_per_split, const T* __restrict__ mem_key,
                                                           const T* __restrict__ query_key, float* list_val,
                                                           int* list_idx) {
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  VOSRT_DYNAMIC_SHARED(smem_raw);
   const int ck = p.key_dim, ckp = padded_key_dim(ck), N = p.mem_size, M = p.query_size;
   const int b = blockIdx.z, split = blockIdx.y, m0 = blockIdx.x * kL2TileM;
   const Smem s = carve<T>(smem_raw, ckp);
@@ -156,7 +160,7 @@ __global__ void __launch_bounds__(kThreads) select_kernel(vosrtL2ReadoutParams p
   for (int tile = tile_begin; tile < tile_end; ++tile) {
     const int n0 = tile * kL2TileN;
     affinity_tile<T>(s, mk, ck, ckp, N, n0);
-#pragma unroll 1
+    VOSRT_NO_UNROLL
     for (int i = r; i < kL2TileN && n0 + i < N; i += kL2ListsPerQuery) {
       const float score = l2r_score(s.score[i * kScoreLd + q], s.mem_sq[i], scale);
       if (score > threshold) {  // rare after the first tiles: a list admits ~kMax·ln(N) entries in all
@@ -224,7 +228,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) dense_kernel(vosrtL2ReadoutParams p, float scale,
                                                          const T* __restrict__ mem_key, const T* __restrict__ query_key,
                                                          const T* __restrict__ mem_value, T* out) {
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  VOSRT_DYNAMIC_SHARED(smem_raw);
   const int ck = p.key_dim, ckp = padded_key_dim(ck), N = p.mem_size, M = p.query_size, V = p.value_dim;
   const int b = blockIdx.z, v0 = blockIdx.y * kL2DenseV, m0 = blockIdx.x * kL2TileM;
   const Smem s = carve<T>(smem_raw, ckp);
@@ -305,12 +309,15 @@ vosrtStatus_t run_top_k(const vosrtL2ReadoutParams& p, int top_k, float scale, c
   float* weight = reinterpret_cast<float*>(list_idx + (size_t)p.batch * p.query_size * kMaxLists * kMax);
   int* index = reinterpret_cast<int*>(weight + (size_t)p.batch * p.query_size * kMax);
 
-  select_kernel<T, kMax><<<dim3(query_tiles, splits, p.batch), kThreads, smem, stream>>>(
+  auto select = &select_kernel<T, kMax>;
+  auto merge = &merge_kernel<kMax>;
+  auto gather = &gather_kernel<T, kMax>;
+  VOSRT_LAUNCH(select, dim3(query_tiles, splits, p.batch), kThreads, smem, stream)(
       p, scale, tiles_per_split, mk, qk, list_val, list_idx);
-  merge_kernel<kMax><<<ceil_div((long long)p.batch * p.query_size, 128), 128, 0, stream>>>(
+  VOSRT_LAUNCH(merge, ceil_div((long long)p.batch * p.query_size, 128), 128, 0, stream)(
       p, top_k, splits * kL2ListsPerQuery, list_val, list_idx, weight, index);
-  gather_kernel<T, kMax><<<dim3(ceil_div(p.query_size, kGatherQueries), ceil_div(p.value_dim, kGatherV), p.batch),
-                           kGatherQueries, 0, stream>>>(p, top_k, weight, index, mv, out);
+  VOSRT_LAUNCH(gather, dim3(ceil_div(p.query_size, kGatherQueries), ceil_div(p.value_dim, kGatherV), p.batch),
+               kGatherQueries, 0, stream)(p, top_k, weight, index, mv, out);
   return launch_status();
 }
 
@@ -324,7 +331,8 @@ vosrtStatus_t run(const vosrtL2ReadoutParams& p, const T* mk, const T* qk, const
     vosrtStatus_t st = set_shared<T>(reinterpret_cast<const void*>(&dense_kernel<T>), smem);
     if (st != VOSRT_SUCCESS) return st;
     const dim3 grid(ceil_div(p.query_size, kL2TileM), ceil_div(p.value_dim, kL2DenseV), p.batch);
-    dense_kernel<T><<<grid, kThreads, smem, stream>>>(p, scale, mk, qk, mv, out);
+    auto dense = &dense_kernel<T>;
+    VOSRT_LAUNCH(dense, grid, kThreads, smem, stream)(p, scale, mk, qk, mv, out);
     return launch_status();
   }
   switch (bucket(top_k)) {
@@ -364,6 +372,10 @@ extern "C" vosrtStatus_t vosrtL2ReadoutForward(const vosrtL2ReadoutParams* p, vo
   if (dtype == VOSRT_FLOAT32)
     return run<float>(*p, static_cast<const float*>(mem_key), static_cast<const float*>(query_key),
                       static_cast<const float*>(mem_value), static_cast<float*>(out), workspace, stream);
+#if defined(VOSRT_EMULATE)
+  return VOSRT_ERROR_NOT_SUPPORTED;  // fp16 runs on tensor cores, which the host emulation lacks
+#else
   return run<__half>(*p, static_cast<const __half*>(mem_key), static_cast<const __half*>(query_key),
                      static_cast<const __half*>(mem_value), static_cast<__half*>(out), workspace, stream);
+#endif
 }

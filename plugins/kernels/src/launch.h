@@ -2,9 +2,16 @@
 #ifndef VOSRT_KERNELS_LAUNCH_H
 #define VOSRT_KERNELS_LAUNCH_H
 
-#include <cuda_runtime_api.h>
-
 #include "vosrt_kernels.h"
+
+#if defined(VOSRT_EMULATE)
+#include "emulate/emulate.h"
+#else
+#include <cuda_runtime_api.h>
+// kernel must name a function pointer: VOSRT_LAUNCH(kernel, grid, block, shared_bytes, stream)(args...)
+#define VOSRT_LAUNCH(kernel, grid, block, shared, stream) kernel<<<grid, block, shared, stream>>>
+#define VOSRT_DYNAMIC_SHARED(name) extern __shared__ __align__(128) unsigned char name[]
+#endif
 
 namespace vosrt {
 

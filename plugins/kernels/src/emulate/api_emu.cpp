@@ -1,0 +1,2 @@
+// api.cu compiled as C++ for the host emulation (see emulate.h).
+#include "../api.cu"
