@@ -133,23 +133,26 @@ def _sample_point(geo: _Geometry, x_rows: torch.Tensor, scale: torch.Tensor, poi
     qt = geo.grid_t + i * dt_ + (i - kt // 2) * dt_ * scale[:, 0]  # [N, To, Ho, Wo]
     qy = geo.grid_y + j * dy_ + (j - kh // 2) * dy_ * scale[:, 1]
     qx = geo.grid_x + l * dx_ + (l - kw // 2) * dx_ * scale[:, 2]
-    inside = (qt > -1) & (qt < t) & (qy > -1) & (qy < h) & (qx > -1) & (qx < w)
-    t0, y0, x0 = qt.floor(), qy.floor(), qx.floor()
-    ft, fy, fx = qt - t0, qy - y0, qx - x0
-    t0, y0, x0 = t0.long(), y0.long(), x0.long()
-    sampled = None
-    for ct, wt in ((t0, 1 - ft), (t0 + 1, ft)):
-        ok_t = inside & (ct >= 0) & (ct < t)
-        for cy, wy in ((y0, 1 - fy), (y0 + 1, fy)):
-            ok_ty = ok_t & (cy >= 0) & (cy < h)
-            for cx, wx in ((x0, 1 - fx), (x0 + 1, fx)):
-                ok = ok_ty & (cx >= 0) & (cx < w)
-                # Out-of-volume corners read a clamped row and are weighted by 0.
-                flat = geo.batch_base + (ct.clamp(0, t - 1) * h + cy.clamp(0, h - 1)) * w + cx.clamp(0, w - 1)
-                corner_w = (wt * wy * wx * ok).reshape(-1, 1).to(x_rows.dtype)  # [N·P, 1]
-                term = x_rows.index_select(0, flat.reshape(-1)) * corner_w  # [N·P, C]
-                sampled = term if sampled is None else sampled + term
-    return sampled
+    inside = (qt > -1) & (qt < t) & (qy > -1) & (qy < h) & (qx > -1) & (qx < w)  # [N, To, Ho, Wo]
+
+    def corners(q: torch.Tensor, size: int, shape: tuple[int, int, int]):
+        """Both integer neighbours of q along one axis, their weights and validity, shaped for the 2×2×2 cube."""
+        low = q.floor()
+        frac = q - low
+        idx = torch.stack((low, low + 1)).long()  # [2, N, To, Ho, Wo]
+        wgt = torch.stack((1 - frac, frac))
+        ok = (idx >= 0) & (idx < size)
+        view = (*shape, *q.shape)
+        # Out-of-volume neighbours read a clamped row and are weighted by 0.
+        return idx.clamp(0, size - 1).view(view), (wgt * ok).view(view)
+
+    it, wt = corners(qt, t, (2, 1, 1))
+    iy, wy = corners(qy, h, (1, 2, 1))
+    ix, wx = corners(qx, w, (1, 1, 2))
+    flat = geo.batch_base + (it * h + iy) * w + ix  # [2, 2, 2, N, To, Ho, Wo]
+    corner_w = (wt * wy * wx * inside).reshape(8, -1, 1).to(x_rows.dtype)  # [8, N·P, 1]
+    values = x_rows.index_select(0, flat.reshape(-1)).view(8, -1, x_rows.shape[1])  # [8, N·P, C]
+    return (values * corner_w).sum(0)  # [N·P, C]
 
 
 def _chunk_forward(geo: _Geometry, points, groups: int, x_rows, scale, w_k, mod):
@@ -185,7 +188,8 @@ def _d2conv3d_torch(x, dilation, modulation, weight, bias, stride, padding, dila
         mod = modulation.permute(0, 2, 3, 4, 1).reshape(n * positions, k_total)  # [N·P, K]
 
     points = list(enumerate((i, j, l) for i in range(kernel[0]) for j in range(kernel[1]) for l in range(kernel[2])))
-    chunk = max(1, min(k_total, _CHUNK_BYTES // max(n * positions * c * x.element_size(), 1)))
+    # Per kernel point: 8 gathered corners plus the interpolated column, [N·P, C] each.
+    chunk = max(1, min(k_total, _CHUNK_BYTES // max(9 * n * positions * c * x.element_size(), 1)))
     needs_grad = torch.is_grad_enabled() and any(
         v is not None and v.requires_grad for v in (x, dilation, modulation, weight))
     out = None
