@@ -7,11 +7,14 @@ translated twice: into the plugin form and into the portable form (``vosrt.expor
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -134,23 +137,39 @@ def _finish_model(model: onnx.ModelProto, graph: str, form: str, top_k: int) -> 
     return model
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    # The exporter logs and warns about things that do not concern a vosrt user (optional torchvision
+    # ops, deprecations inside torch); real failures still raise.
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_graph(spec: graph_modules.GraphSpec, graph: str, height: int, width: int,
                  forms: Iterable[str] = FORMS, top_k: int = 20) -> dict[str, onnx.ModelProto]:
     """Trace one graph once and translate it into each of ``forms``; returns {form: checked ModelProto}."""
     forms = list(forms)
     example = spec.example(height, width, generator=torch.Generator().manual_seed(0))
     extra = _extra_inputs(graph, top_k)
-    with graph_modules.custom_ops(), torch.no_grad():
+    with graph_modules.custom_ops(), torch.no_grad(), _quiet_exporter():
         program = torch.export.export(spec.module.eval(), tuple(example) + tuple(extra.values()),
                                       dynamic_shapes=_torch_dynamic_shapes(spec, extra), strict=False)
     models = {}
     for form in forms:
         # The plugin form carries top_k as the node attribute only, so its top_k input stays unused
         # and the exporter drops it.
-        onnx_program = torch.onnx.export(
-            program, (), dynamo=True, opset_version=onnx_ops.OPSET,
-            input_names=spec.input_names + list(extra), output_names=spec.output_names,
-            custom_translation_table=onnx_ops.translation_table(form), optimize=True, verbose=False)
+        with _quiet_exporter():
+            onnx_program = torch.onnx.export(
+                program, (), dynamo=True, opset_version=onnx_ops.OPSET,
+                input_names=spec.input_names + list(extra), output_names=spec.output_names,
+                custom_translation_table=onnx_ops.translation_table(form), optimize=True, verbose=False)
         model = onnx_program.model_proto
         if form == "plugin":
             _drop_unused_inputs(model)
@@ -236,8 +255,10 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
                   "mean": list(model.input_mean), "std": list(model.input_std)},
         "in_graph": IN_GRAPH[family],
         "graphs": graph_files,
-        "io": {g: {"inputs": s.input_names + (["top_k"] if g == "segment" else []), "outputs": s.output_names,
-                   "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in s.dynamic_axes.items()}}
+        "io": {g: {"inputs": s.input_names, "outputs": s.output_names,
+                   "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in s.dynamic_axes.items()},
+                   # inputs with a default value that only the portable form exposes
+                   **({"portable_optional_inputs": {"top_k": stream["top_k"]}} if g == "segment" else {})}
                for g, s in specs.items()},
         "dims": dict(getattr(model, "dims", {}) or {}),
         "streaming": stream,
