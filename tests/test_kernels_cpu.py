@@ -28,15 +28,15 @@ def driver():
     return load_cpu_driver(cpu_driver_path())
 
 
-def _conv_inputs(case, seed, spread=1.5):
+def _conv_inputs(case, seed, spread=1.5, batch=2):
     kernel, stride, padding, base, groups, has_mod, has_bias, (c, cout), size = case
     g = torch.Generator().manual_seed(seed)
     out = output_size(size, kernel, stride, padding, base)
     k = kernel[0] * kernel[1] * kernel[2]
-    x = torch.randn(2, c, *size, generator=g)
+    x = torch.randn(batch, c, *size, generator=g)
     # D spans (−0.5, 1 + spread): some kernels shrink past the centre, many samples leave the volume.
-    dilation = 1 + (torch.rand(2, 3, *out, generator=g) * (1.5 + spread) - 1.5)
-    modulation = torch.rand(2, k, *out, generator=g) if has_mod else None
+    dilation = 1 + (torch.rand(batch, 3, *out, generator=g) * (1.5 + spread) - 1.5)
+    modulation = torch.rand(batch, k, *out, generator=g) if has_mod else None
     weight = torch.randn(cout, c // groups, *kernel, generator=g)
     bias = torch.randn(cout, generator=g) if has_bias else None
     return x, dilation, modulation, weight, bias, dict(stride=stride, padding=padding, dilation_base=base,
@@ -190,12 +190,13 @@ def _emulated_conv(lib, tensors, attrs, grad_y=None):
     params = kernels.d2conv3d_params(x.shape, weight.shape, attrs["stride"], attrs["padding"],
                                      attrs["dilation_base"], attrs["groups"], modulation is not None, bias is not None)
     if grad_y is None:
-        nbytes = lib.vosrtD2Conv3DWorkspaceSize(ctypes.byref(params), kernels.FLOAT32)
+        dtype = kernels.FLOAT16 if x.dtype == np.float16 else kernels.FLOAT32
+        nbytes = lib.vosrtD2Conv3DWorkspaceSize(ctypes.byref(params), dtype)
         workspace = np.zeros(nbytes, np.uint8)
         out = (ctypes.c_int * 3)()
         lib.vosrtD2Conv3DOutputShape(ctypes.byref(params), out)
-        y = np.zeros((x.shape[0], weight.shape[0], *out), np.float32)
-        kernels.check_status(lib.vosrtD2Conv3DForward(ctypes.byref(params), kernels.FLOAT32, _ptr(x), _ptr(dilation),
+        y = np.zeros((x.shape[0], weight.shape[0], *out), x.dtype)
+        kernels.check_status(lib.vosrtD2Conv3DForward(ctypes.byref(params), dtype, _ptr(x), _ptr(dilation),
                                                       _ptr(modulation), _ptr(weight), _ptr(bias), _ptr(y),
                                                       _ptr(workspace), nbytes, None), "forward")
         return y
@@ -253,18 +254,42 @@ EMULATED_READOUTS = [(2, 24, 1000, 37, 5, 20), (1, 20, 333, 70, 3, 1), (1, 16, 7
                      (2, 16, 12, 5, 4, 20), (1, 24, 200, 65, 33, 0)]
 
 
-@pytest.mark.parametrize("case", EMULATED_READOUTS, ids=lambda c: f"n{c[2]}m{c[3]}v{c[4]}k{c[5]}")
-def test_emulated_kernel_readout_matches_reference(emulation, case):
+def _emulated_readout(lib, case, dtype):
     b, ck, n, m, v, top_k = case
     g = torch.Generator().manual_seed(n + m)
-    mem_key, query_key, mem_value = (torch.randn(b, ck, n, generator=g), torch.randn(b, ck, m, generator=g),
-                                     torch.randn(b, v, n, generator=g))
+    key_scale = 0.5 if dtype == torch.float16 else 1.0
+    mem_key, query_key, mem_value = (torch.randn(b, ck, n, generator=g) * key_scale,
+                                     torch.randn(b, ck, m, generator=g) * key_scale, torch.randn(b, v, n, generator=g))
+    mem_key, query_key, mem_value = (t.to(dtype) for t in (mem_key, query_key, mem_value))
+    code = kernels.FLOAT16 if dtype == torch.float16 else kernels.FLOAT32
     params = kernels.l2_readout_params(mem_key.shape, m, v, top_k, 0.0)
-    nbytes = emulation.vosrtL2ReadoutWorkspaceSize(ctypes.byref(params), kernels.FLOAT32)
+    nbytes = lib.vosrtL2ReadoutWorkspaceSize(ctypes.byref(params), code)
     workspace = np.zeros(max(nbytes, 1), np.uint8)
-    out = np.full((b, v, m), np.nan, np.float32)
-    kernels.check_status(emulation.vosrtL2ReadoutForward(
-        ctypes.byref(params), kernels.FLOAT32, _ptr(mem_key.numpy()), _ptr(query_key.numpy()),
+    out = np.full((b, v, m), np.nan, mem_key.numpy().dtype)
+    kernels.check_status(lib.vosrtL2ReadoutForward(
+        ctypes.byref(params), code, _ptr(mem_key.numpy()), _ptr(query_key.numpy()),
         _ptr(mem_value.numpy()), _ptr(out), _ptr(workspace), nbytes, None), "vosrtL2ReadoutForward")
     expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), top_k, backend="torch")
-    _close(out, expected.numpy())
+    return out, expected.numpy()
+
+
+@pytest.mark.parametrize("case", EMULATED_READOUTS, ids=lambda c: f"n{c[2]}m{c[3]}v{c[4]}k{c[5]}")
+def test_emulated_kernel_readout_matches_reference(emulation, case):
+    _close(*_emulated_readout(emulation, case, torch.float32))
+
+
+# fp16: the WMMA affinity tiles are emulated by their meaning (every lane computes the whole tile)
+@pytest.mark.parametrize("case", [EMULATED_READOUTS[0], EMULATED_READOUTS[4]], ids=["top20", "all"])
+def test_emulated_kernel_readout_fp16_matches_reference(emulation, case):
+    _close(*_emulated_readout(emulation, case, torch.float16), rel=1e-2)
+
+
+def test_emulated_kernel_d2conv3d_fp16_forward_matches_reference(emulation):
+    # 3·7·8 outputs of 6·27 fp16 columns: two 128-column tiles; two groups of 10 output channels
+    case = ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 2, True, True, (6, 20), (3, 7, 8))
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(case, seed=13, batch=1)
+    tensors = [t.half() for t in (x, dilation, modulation, weight / 9, bias)]
+    expected = d2conv3d(*(t.double() for t in tensors), backend="torch", **attrs)
+    actual = _emulated_conv(emulation, tensors, attrs)
+    assert actual.dtype == np.float16
+    _close(actual, expected.numpy(), rel=1e-2)

@@ -38,7 +38,7 @@ namespace vosrt {
 VOSRT_HD float to_float(float v) { return v; }
 VOSRT_HD void store(float* dst, float v) { *dst = v; }
 
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(VOSRT_EMULATE)
 VOSRT_HD float to_float(__half v) { return __half2float(v); }
 VOSRT_HD void store(__half* dst, float v) { *dst = __float2half_rn(v); }
 #endif

@@ -112,7 +112,6 @@ vosrtStatus_t forward<float>(const D2cShape& s, const float* x, const float* dil
   return launch_status();
 }
 
-#if !defined(VOSRT_EMULATE)
 template <>
 vosrtStatus_t forward<__half>(const D2cShape& s, const __half* x, const __half* dil, const __half* mod,
                               const __half* weight, const __half* bias, __half* y, __half* cols, cudaStream_t stream) {
@@ -131,7 +130,6 @@ vosrtStatus_t forward<__half>(const D2cShape& s, const __half* x, const __half* 
     }
   return launch_status();
 }
-#endif  // !VOSRT_EMULATE
 
 }  // namespace
 }  // namespace vosrt
@@ -173,14 +171,10 @@ extern "C" vosrtStatus_t vosrtD2Conv3DForward(const vosrtD2Conv3DParams* p, vosr
                           p->has_modulation ? static_cast<const float*>(modulation) : nullptr,
                           static_cast<const float*>(weight), p->has_bias ? static_cast<const float*>(bias) : nullptr,
                           static_cast<float*>(y), static_cast<float*>(workspace), stream);
-#if defined(VOSRT_EMULATE)
-  return VOSRT_ERROR_NOT_SUPPORTED;  // fp16 runs on tensor cores, which the host emulation lacks
-#else
   return forward<__half>(s, static_cast<const __half*>(x), static_cast<const __half*>(dilation),
                          p->has_modulation ? static_cast<const __half*>(modulation) : nullptr,
                          static_cast<const __half*>(weight), p->has_bias ? static_cast<const __half*>(bias) : nullptr,
                          static_cast<__half*>(y), static_cast<__half*>(workspace), stream);
-#endif
 }
 
 extern "C" vosrtStatus_t vosrtD2Conv3DBackward(const vosrtD2Conv3DParams* p, vosrtDataType_t dtype, const void* x,

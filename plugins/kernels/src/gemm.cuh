@@ -126,7 +126,6 @@ inline void gemm_f32(const GemmArgs<float>& g, int batch, cudaStream_t stream) {
   VOSRT_LAUNCH(kernel, grid, 256, 0, stream)(g);
 }
 
-#if !defined(VOSRT_EMULATE)
 
 // ---- fp16 (no transposes): 128×128 block tile, 8 warps of 64×32, WMMA 16×16×16, fp32 accumulators ----
 constexpr int kH16TileM = 128, kH16TileN = 128, kH16TileK = 32;
@@ -209,7 +208,6 @@ inline void gemm_f16_nn(const GemmArgs<__half>& g, int batch, cudaStream_t strea
   auto kernel = &gemm_f16_nn_kernel;
   VOSRT_LAUNCH(kernel, grid, 256, 0, stream)(g);
 }
-#endif  // !VOSRT_EMULATE
 
 }  // namespace vosrt
 

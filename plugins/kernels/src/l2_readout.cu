@@ -93,7 +93,6 @@ __device__ void dot_tile(const Smem& s, int ckp, float) {
     for (int j = 0; j < 4; ++j) s.score[(n0 + i) * kScoreLd + q0 + j] = acc[i][j];
 }
 
-#if !defined(VOSRT_EMULATE)
 // fp16: tensor cores. 16 fragments of 16×16 over 8 warps; mk tile read as a column-major A.
 __device__ void dot_tile(const Smem& s, int ckp, __half) {
   using namespace nvcuda;
@@ -119,7 +118,6 @@ __device__ void dot_tile(const Smem& s, int ckp, __half) {
     wmma::store_matrix_sync(s.score + nf * 16 * kScoreLd + ((warp % 2) * 2 + j) * 16, acc[j], kScoreLd,
                             wmma::mem_row_major);
 }
-#endif  // !VOSRT_EMULATE
 
 // Loads the mem_key tile at n0, then computes ‖mk‖² and the dot products of the tile.
 template <typename T>
@@ -372,10 +370,6 @@ extern "C" vosrtStatus_t vosrtL2ReadoutForward(const vosrtL2ReadoutParams* p, vo
   if (dtype == VOSRT_FLOAT32)
     return run<float>(*p, static_cast<const float*>(mem_key), static_cast<const float*>(query_key),
                       static_cast<const float*>(mem_value), static_cast<float*>(out), workspace, stream);
-#if defined(VOSRT_EMULATE)
-  return VOSRT_ERROR_NOT_SUPPORTED;  // fp16 runs on tensor cores, which the host emulation lacks
-#else
   return run<__half>(*p, static_cast<const __half*>(mem_key), static_cast<const __half*>(query_key),
                      static_cast<const __half*>(mem_value), static_cast<__half*>(out), workspace, stream);
-#endif
 }

@@ -1,7 +1,9 @@
 // Host emulation of the few CUDA features the fp32 kernels use, so that CI (no GPU) can run the kernels'
 // own code — indexing, tiling, shared-memory staging, barriers, atomics, the host-side orchestration —
 // on the CPU: every block runs as blockDim std::threads meeting at a std::barrier for __syncthreads().
-// Slow by design; small shapes only. The fp16 paths (tensor cores) are not emulated.
+// Warp-collective WMMA is modelled by its meaning, not its register layout: every lane holds the whole
+// 16×16 fragment, and lane 0 stores it (so the callers' __syncwarp/__syncthreads still matter).
+// fp16 is GCC's _Float16. Slow by design; small shapes only.
 // Included instead of the CUDA headers when VOSRT_EMULATE is defined (see libvosrt_kernels_emu).
 #ifndef VOSRT_EMULATE_H
 #define VOSRT_EMULATE_H
@@ -12,7 +14,9 @@
 #include <cmath>
 #include <cstddef>
 #include <cstring>
+#include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "vosrt_kernels.h"  // cudaStream_t (built with VOSRT_KERNELS_NO_CUDA_RUNTIME)
@@ -29,6 +33,7 @@ namespace vosrt_emu {
 inline thread_local dim3 thread_index, block_index;
 inline dim3 grid_dim, block_dim;
 inline std::barrier<>* block_barrier = nullptr;
+inline std::vector<std::barrier<>*> warp_barriers;
 inline std::vector<unsigned char> dynamic_shared;  // 128-byte aligned by allocation below
 inline unsigned char* dynamic_shared_base = nullptr;
 
@@ -52,6 +57,12 @@ struct Launch {
         for (unsigned bx = 0; bx < grid.x; ++bx) {
           std::barrier<> barrier((std::ptrdiff_t)threads);
           block_barrier = &barrier;
+          std::vector<std::unique_ptr<std::barrier<>>> warps;
+          warp_barriers.clear();
+          for (unsigned w = 0; w < threads; w += 32) {
+            warps.push_back(std::make_unique<std::barrier<>>((std::ptrdiff_t)std::min(32u, threads - w)));
+            warp_barriers.push_back(warps.back().get());
+          }
           std::vector<std::thread> pool;
           pool.reserve(threads);
           for (unsigned t = 0; t < threads; ++t)
@@ -59,7 +70,9 @@ struct Launch {
               block_index = dim3(bx, by, bz);
               thread_index = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
               kernel(args...);
-              barrier.arrive_and_drop();  // a finished thread no longer holds back the others' barriers
+              // a finished thread no longer holds back the others' barriers
+              barrier.arrive_and_drop();
+              warp_barriers[t / 32]->arrive_and_drop();
             });
           for (auto& th : pool) th.join();
         }
@@ -83,12 +96,64 @@ struct Launch {
   vosrt_emu::Launch<decltype(kernel)>{kernel, dim3(grid), dim3(block), (size_t)(shared), stream}
 
 inline void __syncthreads() { vosrt_emu::block_barrier->arrive_and_wait(); }
-inline void __syncwarp() {}
+inline void __syncwarp() { vosrt_emu::warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
 template <typename T>
 inline T __ldg(const T* p) { return *p; }
 inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
 using std::max;
 using std::min;
+
+// ---- fp16 and WMMA (16×16×16, fp32 accumulators) ----
+using __half = _Float16;
+inline float __half2float(__half v) { return (float)v; }
+inline __half __float2half_rn(float v) { return (__half)v; }
+
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static_assert(M == 16 && N == 16 && K == 16, "only 16x16x16 is emulated");
+  T v[16][16];  // logical (row, column) of the tile
+};
+
+template <typename Use, typename T, typename Layout>
+inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j)
+      f.v[i][j] = std::is_same<Layout, row_major>::value ? p[i * ldm + j] : p[j * ldm + i];
+}
+inline void fill_fragment(fragment<accumulator, 16, 16, 16, float>& f, float value) {
+  for (auto& row : f.v)
+    for (auto& x : row) x = value;
+}
+template <typename LA, typename LB>
+inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, __half, LA>& a,
+                     const fragment<matrix_b, 16, 16, 16, __half, LB>& b,
+                     const fragment<accumulator, 16, 16, 16, float>& c) {
+  fragment<accumulator, 16, 16, 16, float> r;
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) {
+      float acc = c.v[i][j];
+      for (int k = 0; k < 16; ++k) acc += (float)a.v[i][k] * (float)b.v[k][j];
+      r.v[i][j] = acc;
+    }
+  d = r;
+}
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm,
+                              layout_t layout) {
+  if (threadIdx.x % 32 != 0) return;
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) (layout == mem_row_major ? p[i * ldm + j] : p[j * ldm + i]) = f.v[i][j];
+}
+}  // namespace wmma
+}  // namespace nvcuda
 
 // The CUDA runtime calls the kernels' host code makes.
 typedef int cudaError_t;
