@@ -127,3 +127,105 @@ def test_plugins_register_once_and_translate_fields_shapes_and_pointers_in_a_sta
     result = subprocess.run([str(exe), str(library), mode], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK 0 failure(s)" in result.stdout
+
+
+# ---- the plugins with the kernels' own code on host threads (libvosrt_kernels_emu.so), vs PyTorch ----
+
+
+@pytest.fixture(scope="module")
+def run_plugin(built, tmp_path_factory):
+    """``run_plugin(name, fields, inputs, out_shape) -> array``: one plugin through TensorRT's call sequence
+    in tests/trt_plugin_run.cpp, with libvosrt_plugins.so linked against the emulated kernels."""
+    trt_include, library, _ = built
+    if not library.exists():
+        pytest.skip("library not built")
+    kernel_build = pytest.importorskip("kernel_build")
+    emulation = kernel_build.emulation_path()
+    compiler, cuda = _toolchain()
+    out = tmp_path_factory.mktemp("emulated")
+    linked = out / "libvosrt_plugins.so"
+    subprocess.run([compiler, "-shared", "-o", str(linked), *sorted(str(p) for p in library.parent.glob("*.o")),
+                    f"-L{emulation.parent}", "-l:" + emulation.name, f"-Wl,-rpath,{emulation.parent}",
+                    "-Wl,--unresolved-symbols=ignore-all"], check=True, capture_output=True, text=True)
+    exe = out / "trt_plugin_run"
+    subprocess.run([compiler, "-std=c++17", "-O1", "-rdynamic", "-Wno-deprecated-declarations", "-isystem",
+                    str(trt_include), "-isystem", str(cuda), str(Path(__file__).with_name("trt_plugin_run.cpp")),
+                    "-o", str(exe), "-ldl"], check=True, capture_output=True, text=True)
+    counter = iter(range(10**6))
+
+    def run(name: str, fields: dict, inputs: list, out_shape) -> "np.ndarray":
+        import numpy as np
+
+        case = out / f"case{next(counter)}"
+        case.mkdir()
+        lines = [f"plugin {name}"]
+        for key, value in fields.items():
+            if isinstance(value, float):
+                lines.append(f"field {key} float {value!r}")
+            else:
+                lines.append(f"field {key} int " + " ".join(str(v) for v in np.atleast_1d(value)))
+        for index, array in enumerate(inputs):
+            path = case / f"in{index}.bin"
+            np.ascontiguousarray(array, np.float32).tofile(path)
+            lines.append(f"input {array.ndim} {' '.join(map(str, array.shape))} {path}")
+        lines.append(f"output {len(out_shape)} {' '.join(map(str, out_shape))} {case / 'out.bin'}")
+        (case / "spec.txt").write_text("\n".join(lines) + "\n")
+        result = subprocess.run([str(exe), str(linked), str(case / "spec.txt")], capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return np.fromfile(case / "out.bin", np.float32).reshape(out_shape)
+
+    return run
+
+
+def _close(actual, expected, rel=1e-4):
+    import numpy as np
+
+    scale = max(1.0, float(np.abs(expected).max()))
+    assert np.abs(actual - expected).max() <= rel * scale, float(np.abs(actual - expected).max())
+
+
+# kernel, stride, pads, dilations, group, (C, Cout), (T, H, W), has M, has B
+D2_PLUGIN_CASES = {
+    "all-inputs": ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, (3, 4), (3, 5, 6), True, True),
+    "no-modulation": ((3, 3, 3), (1, 2, 2), (1, 1, 1), (1, 1, 1), 1, (2, 3), (3, 6, 5), False, True),
+    "no-bias": ((1, 3, 3), (1, 1, 1), (0, 2, 2), (1, 2, 2), 2, (4, 2), (2, 5, 5), True, False),
+    "three-inputs": ((3, 1, 3), (2, 1, 1), (1, 0, 1), (1, 1, 1), 1, (2, 2), (5, 3, 4), False, False),
+}
+
+
+@pytest.mark.parametrize("case", list(D2_PLUGIN_CASES.values()), ids=list(D2_PLUGIN_CASES))
+def test_d2conv3d_plugin_with_emulated_kernels_matches_the_pytorch_reference(run_plugin, case):
+    torch = pytest.importorskip("torch")
+    from vosrt.training.ops.d2conv3d import d2conv3d, output_size
+
+    kernel, stride, pads, dil, group, (c, cout), size, has_m, has_b = case
+    g = torch.Generator().manual_seed(sum(size))
+    out = output_size(size, kernel, stride, pads, dil)
+    x = torch.randn(1, c, *size, generator=g)
+    dilation = 0.5 + 1.5 * torch.rand(1, 3, *out, generator=g)
+    modulation = torch.rand(1, kernel[0] * kernel[1] * kernel[2], *out, generator=g) if has_m else None
+    weight = torch.randn(cout, c // group, *kernel, generator=g)
+    bias = torch.randn(cout, generator=g) if has_b else None
+    expected = d2conv3d(x.double(), dilation.double(), None if modulation is None else modulation.double(),
+                        weight.double(), None if bias is None else bias.double(), stride=stride, padding=pads,
+                        dilation_base=dil, groups=group, backend="torch")
+    inputs = [t.numpy() for t in (x, dilation, modulation, weight, bias) if t is not None]
+    fields = {"kernel_shape": kernel, "strides": stride, "pads": pads, "dilations": dil, "group": group}
+    _close(run_plugin("D2Conv3D", fields, inputs, tuple(expected.shape)), expected.numpy())
+
+
+@pytest.mark.parametrize("top_k, scale", [(20, 0.0), (0, 0.0), (5, 0.3)])
+def test_l2_readout_plugin_with_emulated_kernels_matches_the_pytorch_reference(run_plugin, top_k, scale):
+    torch = pytest.importorskip("torch")
+    from vosrt.training.ops.l2_readout import l2_memory_readout
+
+    g = torch.Generator().manual_seed(top_k)
+    mem_key, query_key, mem_value = torch.randn(1, 16, 90, generator=g), torch.randn(1, 16, 12, generator=g), \
+        torch.randn(1, 6, 90, generator=g)
+    expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), top_k=top_k,
+                                 scale=scale or None, backend="torch")
+    fields = {"top_k": top_k} if scale == 0.0 else {"top_k": top_k, "scale": scale}
+    actual = run_plugin("L2MemoryReadout", fields, [mem_key.numpy(), query_key.numpy(), mem_value.numpy()],
+                        tuple(expected.shape))
+    _close(actual, expected.numpy())

@@ -14,9 +14,13 @@
 #include <vector>
 
 #include "NvInferRuntime.h"
+#include "trt_stand_in.h"
 #include "vosrt_kernels.h"
 
 using namespace nvinfer1;
+using stand_in::gLog;
+using stand_in::logged;
+using stand_in::registry;
 
 namespace {
 
@@ -28,76 +32,6 @@ int gFailures = 0;
       ++gFailures;                                                       \
     }                                                                    \
   } while (0)
-
-std::vector<std::string> gLog;
-
-class RecordingLogger : public ILogger {
- public:
-  void log(Severity, AsciiChar const* msg) noexcept override { gLog.emplace_back(msg); }
-} gLogger;
-
-bool logged(char const* needle) {
-  for (auto const& line : gLog)
-    if (line.find(needle) != std::string::npos) return true;
-  return false;
-}
-
-class FakeRegistry : public IPluginRegistry {
- public:
-  std::vector<IPluginCreatorInterface*> creators;
-
-  bool registerCreator(IPluginCreatorInterface& creator, AsciiChar const* const) noexcept override {
-    creators.push_back(&creator);
-    return true;
-  }
-  IPluginCreatorInterface* const* getAllCreators(int32_t* const n) const noexcept override {
-    *n = static_cast<int32_t>(creators.size());
-    return creators.data();
-  }
-  IPluginCreatorInterface* getCreator(AsciiChar const* const name, AsciiChar const* const version,
-                                      AsciiChar const* const) noexcept override {
-    for (auto* c : creators) {
-      auto* v3 = static_cast<IPluginCreatorV3One*>(c);
-      if (std::strcmp(v3->getPluginName(), name) == 0 && std::strcmp(v3->getPluginVersion(), version) == 0) return c;
-    }
-    return nullptr;
-  }
-  bool deregisterCreator(IPluginCreatorInterface const& creator) noexcept override {
-    for (auto it = creators.begin(); it != creators.end(); ++it)
-      if (*it == &creator) {
-        creators.erase(it);
-        return true;
-      }
-    return false;
-  }
-  void setErrorRecorder(IErrorRecorder* const) noexcept override {}
-  IErrorRecorder* getErrorRecorder() const noexcept override { return nullptr; }
-  bool isParentSearchEnabled() const override { return false; }
-  void setParentSearchEnabled(bool const) override {}
-  PluginLibraryHandle loadLibrary(AsciiChar const*) noexcept override { return nullptr; }
-  void deregisterLibrary(PluginLibraryHandle) noexcept override {}
-  IPluginResource* acquirePluginResource(AsciiChar const*, IPluginResource*) noexcept override { return nullptr; }
-  int32_t releasePluginResource(AsciiChar const*) noexcept override { return 0; }
-  IPluginCreatorInterface* const* getAllCreatorsRecursive(int32_t* const n) noexcept override {
-    return getAllCreators(n);
-  }
-#if NV_TENSORRT_MAJOR < 11
-  bool registerCreator(IPluginCreator&, AsciiChar const* const) noexcept override { return false; }
-  IPluginCreator* const* getPluginCreatorList(int32_t* const n) const noexcept override {
-    *n = 0;
-    return nullptr;
-  }
-  IPluginCreator* getPluginCreator(AsciiChar const* const, AsciiChar const* const, AsciiChar const* const) noexcept override {
-    return nullptr;
-  }
-  bool deregisterCreator(IPluginCreator const&) noexcept override { return false; }
-#endif
-};
-
-FakeRegistry* registry() {
-  static FakeRegistry* instance = new FakeRegistry();  // outlives the plugin library's static destructor
-  return instance;
-}
 
 // What the kernel stubs were last called with.
 struct {
@@ -111,9 +45,7 @@ struct {
 
 }  // namespace
 
-// ---- libnvinfer and kernel symbols the plugin library resolves from this executable (-rdynamic)
-extern "C" IPluginRegistry* getPluginRegistry() noexcept { return registry(); }
-extern "C" ILogger* getLogger() noexcept { return &gLogger; }
+// ---- kernel symbols the plugin library resolves from this executable (-rdynamic)
 
 extern "C" vosrtStatus_t vosrtD2Conv3DValidate(const vosrtD2Conv3DParams*) { return VOSRT_SUCCESS; }
 extern "C" size_t vosrtD2Conv3DWorkspaceSize(const vosrtD2Conv3DParams* p, vosrtDataType_t dtype) {

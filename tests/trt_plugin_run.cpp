@@ -1,0 +1,157 @@
+// Runs one vosrt plugin the way TensorRT would, on host memory: the plugin library is linked against
+// libvosrt_kernels_emu.so (the kernels' own .cu code on host threads), and this executable stands in
+// for libnvinfer (trt_stand_in.h). Used by tests/test_trt_plugins_compile.py to compare the plugin path
+// (creator fields -> configurePlugin -> getWorkspaceSize -> onShapeChange -> enqueue) with the PyTorch
+// references.
+//
+//   trt_plugin_run LIB SPEC
+//
+// SPEC is a text file of lines:
+//   plugin NAME
+//   field NAME int V...  |  field NAME float V
+//   input RANK D... PATH      (float32, C order)
+//   output RANK D... PATH     (written by this program)
+#include <dlfcn.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "NvInferRuntime.h"
+#include "trt_stand_in.h"
+
+using namespace nvinfer1;
+
+namespace {
+
+struct Tensor {
+  Dims dims{};
+  std::string path;
+  std::vector<float> data;
+  size_t count() const {
+    size_t n = 1;
+    for (int i = 0; i < dims.nbDims; ++i) n *= static_cast<size_t>(dims.d[i]);
+    return n;
+  }
+};
+
+struct Field {
+  std::string name;
+  std::vector<int32_t> ints;
+  float value = 0.0f;
+  bool isFloat = false;
+};
+
+int fail(std::string const& message) {
+  std::printf("FAIL %s\n", message.c_str());
+  for (auto const& line : stand_in::gLog) std::printf("  log: %s\n", line.c_str());
+  return 1;
+}
+
+Tensor parseTensor(std::istringstream& in) {
+  Tensor t;
+  in >> t.dims.nbDims;
+  for (int i = 0; i < t.dims.nbDims; ++i) in >> t.dims.d[i];
+  in >> t.path;
+  return t;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 3) return fail("usage: trt_plugin_run LIB SPEC");
+  std::string pluginName;
+  std::vector<Field> fields;
+  std::vector<Tensor> inputs;
+  Tensor output;
+  std::ifstream spec(argv[2]);
+  for (std::string line; std::getline(spec, line);) {
+    std::istringstream in(line);
+    std::string kind;
+    in >> kind;
+    if (kind == "plugin") {
+      in >> pluginName;
+    } else if (kind == "field") {
+      Field f;
+      std::string type;
+      in >> f.name >> type;
+      f.isFloat = type == "float";
+      if (f.isFloat) {
+        in >> f.value;
+      } else {
+        for (int32_t v; in >> v;) f.ints.push_back(v);
+      }
+      fields.push_back(f);
+    } else if (kind == "input") {
+      inputs.push_back(parseTensor(in));
+    } else if (kind == "output") {
+      output = parseTensor(in);
+    }
+  }
+  for (Tensor& t : inputs) {
+    t.data.resize(t.count());
+    std::ifstream file(t.path, std::ios::binary);
+    file.read(reinterpret_cast<char*>(t.data.data()), static_cast<std::streamsize>(t.data.size() * sizeof(float)));
+    if (!file) return fail("cannot read " + t.path);
+  }
+
+  if (dlopen(argv[1], RTLD_NOW | RTLD_LOCAL) == nullptr) return fail(std::string("dlopen: ") + dlerror());
+  auto* creator = static_cast<IPluginCreatorV3One*>(stand_in::registry()->getCreator(pluginName.c_str(), "1", ""));
+  if (creator == nullptr) return fail("no creator registered for " + pluginName);
+
+  std::vector<PluginField> pluginFields;
+  for (Field const& f : fields) {
+    pluginFields.emplace_back(f.name.c_str(), f.isFloat ? static_cast<void const*>(&f.value) : f.ints.data(),
+                              f.isFloat ? PluginFieldType::kFLOAT32 : PluginFieldType::kINT32,
+                              f.isFloat ? 1 : static_cast<int32_t>(f.ints.size()));
+  }
+  PluginFieldCollection fc{static_cast<int32_t>(pluginFields.size()), pluginFields.data()};
+  IPluginV3* built = creator->createPlugin("layer", &fc, TensorRTPhase::kBUILD);
+  if (built == nullptr) return fail("createPlugin refused the fields");
+  // As TensorRT does: build-phase object for configuration, a runtime object re-created from its fields.
+  auto* build = static_cast<IPluginV3OneBuild*>(built->getCapabilityInterface(PluginCapabilityType::kBUILD));
+  auto* builtRuntime = static_cast<IPluginV3OneRuntime*>(built->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+  int32_t const n = static_cast<int32_t>(inputs.size());
+  std::vector<DynamicPluginTensorDesc> dyn(n + 1);
+  std::vector<PluginTensorDesc> desc(n);
+  for (int32_t i = 0; i <= n; ++i) {
+    Tensor const& t = i < n ? inputs[i] : output;
+    dyn[i].desc.dims = t.dims;
+    dyn[i].desc.type = DataType::kFLOAT;
+    dyn[i].desc.format = TensorFormat::kLINEAR;
+    dyn[i].min = dyn[i].opt = dyn[i].max = t.dims;
+    if (i < n) desc[i] = dyn[i].desc;
+  }
+  for (int32_t pos = 0; pos <= n; ++pos)
+    if (!build->supportsFormatCombination(pos, dyn.data(), n, 1)) return fail("fp32 linear format refused");
+  if (build->configurePlugin(dyn.data(), n, dyn.data() + n, 1) != 0) return fail("configurePlugin failed");
+  size_t const workspaceBytes = build->getWorkspaceSize(dyn.data(), n, dyn.data() + n, 1);
+
+  IPluginV3* plugin = creator->createPlugin("layer", builtRuntime->getFieldsToSerialize(), TensorRTPhase::kRUNTIME);
+  if (plugin == nullptr) return fail("createPlugin refused the serialised fields");
+  IPluginV3* attached = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME))
+                            ->attachToContext(nullptr);
+  auto* runtime = static_cast<IPluginV3OneRuntime*>(attached->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+  PluginTensorDesc outDesc = dyn[n].desc;
+  if (runtime->onShapeChange(desc.data(), n, &outDesc, 1) != 0) return fail("onShapeChange failed");
+
+  output.data.assign(output.count(), 0.0f);
+  std::vector<unsigned char> workspace(workspaceBytes + 1);
+  std::vector<void const*> pointers;
+  for (Tensor const& t : inputs) pointers.push_back(t.data.data());
+  void* outputs[1] = {output.data.data()};
+  if (runtime->enqueue(desc.data(), &outDesc, pointers.data(), outputs, workspace.data(), nullptr) != 0)
+    return fail("enqueue failed");
+
+  std::ofstream file(output.path, std::ios::binary);
+  file.write(reinterpret_cast<char const*>(output.data.data()),
+             static_cast<std::streamsize>(output.data.size() * sizeof(float)));
+  delete attached;
+  delete plugin;
+  delete built;
+  std::printf("OK workspace %zu\n", workspaceBytes);
+  return 0;
+}
