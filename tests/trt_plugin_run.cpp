@@ -1,8 +1,8 @@
 // Runs one vosrt plugin the way TensorRT would, on host memory: the plugin library is linked against
 // libvosrt_kernels_emu.so (the kernels' own .cu code on host threads), and this executable stands in
 // for libnvinfer (trt_stand_in.h). Used by tests/test_trt_plugins_compile.py to compare the plugin path
-// (creator fields -> configurePlugin -> getWorkspaceSize -> onShapeChange -> enqueue) with the PyTorch
-// references.
+// (creator fields -> getOutputShapes -> configurePlugin -> getWorkspaceSize -> onShapeChange -> enqueue)
+// with the PyTorch references; getOutputShapes runs on an IExprBuilder that evaluates the expressions.
 //
 //   trt_plugin_run LIB SPEC
 //
@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -36,6 +37,70 @@ struct Tensor {
     for (int i = 0; i < dims.nbDims; ++i) n *= static_cast<size_t>(dims.d[i]);
     return n;
   }
+};
+
+// TensorRT's dimension expressions, evaluated: every expression carries its value (TensorRT itself keeps
+// them symbolic; the plugin only combines them through IExprBuilder, which is what is checked here).
+class ValueExpr : public IDimensionExpr {
+ public:
+  explicit ValueExpr(int64_t value) : mValue(value) { mImpl = &mEval; }
+  ~ValueExpr() noexcept override = default;
+  int64_t value() const { return mValue; }
+
+ private:
+  struct Eval : apiv::VDimensionExpr {
+    ValueExpr* owner = nullptr;
+    bool isConstant() const override { return false; }  // input sizes are symbolic in TensorRT
+    int64_t getConstantValue() const override { return owner->mValue; }
+    bool isSizeTensor() const override { return false; }
+  };
+  int64_t mValue;
+  Eval mEval;
+  friend struct Eval;
+
+ public:
+  void bind() { mEval.owner = this; }
+};
+
+class EvaluatingBuilder : public IExprBuilder {
+ public:
+  EvaluatingBuilder() { mImpl = &mEval; }
+  ~EvaluatingBuilder() noexcept override = default;
+  IDimensionExpr const* make(int64_t value) {
+    mExprs.emplace_back(new ValueExpr(value));
+    mExprs.back()->bind();
+    return mExprs.back().get();
+  }
+  static int64_t valueOf(IDimensionExpr const* e) { return static_cast<ValueExpr const*>(e)->value(); }
+
+ private:
+  struct Eval : apiv::VExprBuilder {
+    EvaluatingBuilder* owner = nullptr;
+    IDimensionExpr const* constant(int64_t value) override { return owner->make(value); }
+    IDimensionExpr const* operation(DimensionOperation op, IDimensionExpr const& a, IDimensionExpr const& b) override {
+      int64_t const x = valueOf(&a), y = valueOf(&b);
+      switch (op) {
+        case DimensionOperation::kSUM: return owner->make(x + y);
+        case DimensionOperation::kPROD: return owner->make(x * y);
+        case DimensionOperation::kMAX: return owner->make(x > y ? x : y);
+        case DimensionOperation::kMIN: return owner->make(x < y ? x : y);
+        case DimensionOperation::kSUB: return owner->make(x - y);
+        case DimensionOperation::kEQUAL: return owner->make(x == y);
+        case DimensionOperation::kLESS: return owner->make(x < y);
+        case DimensionOperation::kFLOOR_DIV: return owner->make(x / y - ((x % y != 0) && ((x < 0) != (y < 0))));
+        case DimensionOperation::kCEIL_DIV: return owner->make(x / y + ((x % y != 0) && ((x < 0) == (y < 0))));
+      }
+      return owner->make(-1);
+    }
+    IDimensionExpr const* declareSizeTensor(int32_t, IDimensionExpr const&, IDimensionExpr const&) override {
+      return nullptr;
+    }
+  };
+  Eval mEval{};
+  std::vector<std::unique_ptr<ValueExpr>> mExprs;
+
+ public:
+  void bind() { mEval.owner = this; }
 };
 
 struct Field {
@@ -125,6 +190,23 @@ int main(int argc, char** argv) {
     dyn[i].min = dyn[i].opt = dyn[i].max = t.dims;
     if (i < n) desc[i] = dyn[i].desc;
   }
+  // Output shape through IExprBuilder, against the shape the PyTorch reference produced.
+  EvaluatingBuilder exprs;
+  exprs.bind();
+  std::vector<DimsExprs> inExprs(n);
+  for (int32_t i = 0; i < n; ++i) {
+    inExprs[i].nbDims = inputs[i].dims.nbDims;
+    for (int d = 0; d < inputs[i].dims.nbDims; ++d) inExprs[i].d[d] = exprs.make(inputs[i].dims.d[d]);
+  }
+  DimsExprs outExprs{};
+  if (build->getOutputShapes(inExprs.data(), n, nullptr, 0, &outExprs, 1, exprs) != 0) return fail("getOutputShapes failed");
+  if (outExprs.nbDims != output.dims.nbDims) return fail("getOutputShapes: wrong rank");
+  for (int d = 0; d < outExprs.nbDims; ++d)
+    if (EvaluatingBuilder::valueOf(outExprs.d[d]) != output.dims.d[d])
+      return fail("getOutputShapes: dim " + std::to_string(d) + " is " +
+                  std::to_string(EvaluatingBuilder::valueOf(outExprs.d[d])) + ", reference " +
+                  std::to_string(output.dims.d[d]));
+
   for (int32_t pos = 0; pos <= n; ++pos)
     if (!build->supportsFormatCombination(pos, dyn.data(), n, 1)) return fail("fp32 linear format refused");
   if (build->configurePlugin(dyn.data(), n, dyn.data() + n, 1) != 0) return fail("configurePlugin failed");
