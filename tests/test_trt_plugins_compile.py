@@ -202,9 +202,9 @@ def test_d2conv3d_plugin_with_emulated_kernels_matches_the_pytorch_reference(run
     kernel, stride, pads, dil, group, (c, cout), size, has_m, has_b = case
     g = torch.Generator().manual_seed(sum(size))
     out = output_size(size, kernel, stride, pads, dil)
-    x = torch.randn(1, c, *size, generator=g)
-    dilation = 0.5 + 1.5 * torch.rand(1, 3, *out, generator=g)
-    modulation = torch.rand(1, kernel[0] * kernel[1] * kernel[2], *out, generator=g) if has_m else None
+    x = torch.randn(2, c, *size, generator=g)
+    dilation = 0.5 + 1.5 * torch.rand(2, 3, *out, generator=g)
+    modulation = torch.rand(2, kernel[0] * kernel[1] * kernel[2], *out, generator=g) if has_m else None
     weight = torch.randn(cout, c // group, *kernel, generator=g)
     bias = torch.randn(cout, generator=g) if has_b else None
     expected = d2conv3d(x.double(), dilation.double(), None if modulation is None else modulation.double(),
@@ -215,14 +215,14 @@ def test_d2conv3d_plugin_with_emulated_kernels_matches_the_pytorch_reference(run
     _close(run_plugin("D2Conv3D", fields, inputs, tuple(expected.shape)), expected.numpy())
 
 
-@pytest.mark.parametrize("top_k, scale", [(20, 0.0), (0, 0.0), (5, 0.3)])
-def test_l2_readout_plugin_with_emulated_kernels_matches_the_pytorch_reference(run_plugin, top_k, scale):
+@pytest.mark.parametrize("batch, top_k, scale", [(1, 20, 0.0), (1, 0, 0.0), (2, 5, 0.3)])
+def test_l2_readout_plugin_with_emulated_kernels_matches_the_pytorch_reference(run_plugin, batch, top_k, scale):
     torch = pytest.importorskip("torch")
     from vosrt.training.ops.l2_readout import l2_memory_readout
 
     g = torch.Generator().manual_seed(top_k)
-    mem_key, query_key, mem_value = torch.randn(1, 16, 90, generator=g), torch.randn(1, 16, 12, generator=g), \
-        torch.randn(1, 6, 90, generator=g)
+    mem_key, query_key, mem_value = (torch.randn(batch, 16, 90, generator=g), torch.randn(batch, 16, 12, generator=g),
+                                     torch.randn(batch, 6, 90, generator=g))
     expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), top_k=top_k,
                                  scale=scale or None, backend="torch")
     fields = {"top_k": top_k} if scale == 0.0 else {"top_k": top_k, "scale": scale}
