@@ -95,3 +95,22 @@ def test_a_mask_of_another_size_is_a_clear_error(stcn_package, sequence, tmp_pat
     assert main(["run", str(stcn_package), "--source", str(video), "--mask", str(tmp_path / "small.png"),
                  "--no-progress"]) == 2
     assert "differs from the frame" in capsys.readouterr().err
+
+
+def test_run_a_clip_package_writes_every_frame_once(sequence, tmp_path, capsys):
+    clip_package = tiny_package("3dc-seg")
+    video = write_video(tmp_path / "in.mp4", sequence)
+    code = main(["run", str(clip_package), "--source", str(video), "--out", str(tmp_path / "masks"),
+                 "--video", str(tmp_path / "overlay.mp4"), "--overlap", "7", "--no-progress"])
+    assert code == 0
+    assert "latency 7 frames" in capsys.readouterr().err
+    pngs = sorted((tmp_path / "masks").glob("*.png"))
+    assert len(pngs) == len(sequence)
+    assert set(np.unique(np.stack([read_label_png(p) for p in pngs]))) <= {0, 1}
+
+
+def test_run_refuses_a_mask_for_a_clip_package(sequence, tmp_path, capsys):
+    video = write_video(tmp_path / "in.mp4", sequence)
+    write_label_png(tmp_path / "first.png", sequence.labels[0])
+    assert main(["run", str(tiny_package("3dc-seg")), "--source", str(video), "--mask", str(tmp_path / "first.png")]) == 2
+    assert "unsupervised" in capsys.readouterr().err
