@@ -293,3 +293,57 @@ def test_emulated_kernel_d2conv3d_fp16_forward_matches_reference(emulation):
     actual = _emulated_conv(emulation, tensors, attrs)
     assert actual.dtype == np.float16
     _close(actual, expected.numpy(), rel=1e-2)
+
+
+# ---- the torch autograd Functions of vosrt.training.ops.cuda_kernels, driven through the emulation ----
+
+@pytest.fixture
+def emulated_torch_ops(emulation, monkeypatch):
+    """cuda_kernels with the host emulation as its library: host tensors' pointers are what it addresses."""
+    from vosrt.training.ops import cuda_kernels
+    monkeypatch.setattr(cuda_kernels, "_library", lambda: emulation)
+    return cuda_kernels
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_torch_d2conv3d_function_forward_and_backward_through_the_kernels(emulated_torch_ops, dtype):
+    case = ((3, 3, 3), (1, 2, 1), (1, 1, 1), (1, 1, 2), 2, True, True, (4, 6), (3, 6, 7))
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(case, seed=14, batch=1)
+    tensors = [t.to(dtype) for t in (x, dilation, modulation, weight / 6, bias)]
+    mine = [t.clone().requires_grad_() for t in tensors]
+    ref = [t.double().requires_grad_() for t in tensors]
+    y = emulated_torch_ops._d2conv3d(*mine, attrs["stride"], attrs["padding"], attrs["dilation_base"],
+                                     attrs["groups"])
+    expected = d2conv3d(*ref, backend="torch", **attrs)
+    rel = 1e-4 if dtype == torch.float32 else 1e-2
+    assert y.dtype == dtype
+    _close(y.detach().float().numpy(), expected.detach().numpy(), rel)
+    grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(15))
+    y.backward(grad_y.to(dtype))
+    expected.backward(grad_y.to(dtype).double())
+    for a, e in zip(mine, ref):
+        assert a.grad.dtype == dtype
+        _close(a.grad.float().numpy(), e.grad.numpy(), rel)
+
+
+def test_torch_readout_function_forward_and_backward_through_the_kernels(emulated_torch_ops):
+    g = torch.Generator().manual_seed(16)
+    tensors = [torch.randn(1, 16, 300, generator=g), torch.randn(1, 16, 21, generator=g),
+               torch.randn(1, 6, 300, generator=g)]
+    mine = [t.clone().requires_grad_() for t in tensors]
+    ref = [t.double().requires_grad_() for t in tensors]
+    out = emulated_torch_ops._l2_memory_readout(*mine, 20, 0.25)
+    expected = l2_memory_readout(*ref, 20, 0.25, backend="torch")
+    _close(out.detach().numpy(), expected.detach().numpy())
+    grad = torch.randn(out.shape, generator=g)
+    out.backward(grad)
+    expected.backward(grad.double())
+    for a, e in zip(mine, ref):
+        _close(a.grad.numpy(), e.grad.numpy())
+
+
+def test_torch_readout_above_the_top_k_limit_uses_the_reference(emulated_torch_ops):
+    g = torch.Generator().manual_seed(17)
+    tensors = [torch.randn(1, 8, 200, generator=g), torch.randn(1, 8, 5, generator=g), torch.randn(1, 3, 200, generator=g)]
+    out = emulated_torch_ops._l2_memory_readout(*tensors, 100, 0.3)
+    _close(out.numpy(), l2_memory_readout(*(t.double() for t in tensors), 100, 0.3, backend="torch").numpy())

@@ -11,6 +11,7 @@ and training reads alike, its gradient is the reference's.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from functools import lru_cache
 from typing import Sequence
@@ -37,8 +38,13 @@ def available() -> bool:
     return torch.cuda.is_available() and _library() is not None
 
 
-def _stream(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream
+def _stream(device: torch.device) -> int | None:
+    # Host tensors only reach here with the host emulation of the kernels (tests), which has no streams.
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
+
+
+def _on_device(device: torch.device):
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _ptr(tensor: torch.Tensor | None) -> int | None:
@@ -87,7 +93,7 @@ class _D2Conv3D(torch.autograd.Function):
         params = ctx.params
         nbytes = lib.vosrtD2Conv3DBackwardWorkspaceSize(ctypes.byref(params), _kernels.FLOAT32)
         workspace = _workspace(nbytes, x.device)
-        with torch.cuda.device(x.device):
+        with _on_device(x.device):
             _kernels.check_status(lib.vosrtD2Conv3DBackward(
                 ctypes.byref(params), _kernels.FLOAT32, _ptr(x32), _ptr(d32), _ptr(m32), _ptr(w32), _ptr(gy32),
                 _ptr(grad["x"]), _ptr(grad["dilation"]), _ptr(grad["modulation"]), _ptr(grad["weight"]),
@@ -111,6 +117,13 @@ def d2conv3d(x: torch.Tensor, dilation: torch.Tensor, modulation: torch.Tensor |
     if x.dtype not in _DTYPES or not x.is_cuda:
         return reference(x, dilation, modulation, weight, bias, stride, padding, dilation_base, groups,
                          backend="torch")
+    return _d2conv3d(x, dilation, modulation, weight, bias, stride, padding, dilation_base, groups)
+
+
+def _d2conv3d(x, dilation, modulation, weight, bias, stride, padding, dilation_base, groups):
+    """The kernel path of :func:`d2conv3d` for any tensors the loaded library can address."""
+    from vosrt.training.ops.d2conv3d import d2conv3d as reference
+
     if x.dim() != 5 or weight.dim() != 5:
         raise UserError(f"d2conv3d: x [N, C, T, H, W] and weight [Cout, C/groups, kt, kh, kw] must be 5-D, "
                         f"got {tuple(x.shape)} and {tuple(weight.shape)}")
@@ -136,7 +149,7 @@ def d2conv3d(x: torch.Tensor, dilation: torch.Tensor, modulation: torch.Tensor |
         raise UserError(f"d2conv3d: bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
     tensors = [None if t is None else t.to(device=x.device, dtype=x.dtype).contiguous()
                for t in (x, dilation, modulation, weight, bias)]
-    with torch.cuda.device(x.device):
+    with _on_device(x.device):
         return _D2Conv3D.apply(*tensors, params)
 
 
@@ -185,9 +198,16 @@ def l2_memory_readout(mem_key: torch.Tensor, query_key: torch.Tensor, mem_value:
 
     if mem_key.dtype not in _DTYPES or not mem_key.is_cuda:
         return reference(mem_key, query_key, mem_value, top_k, scale, backend="torch")
+    return _l2_memory_readout(mem_key, query_key, mem_value, top_k, scale)
+
+
+def _l2_memory_readout(mem_key, query_key, mem_value, top_k, scale):
+    """The kernel path of :func:`l2_memory_readout` for any tensors the loaded library can address."""
+    from vosrt.training.ops.l2_readout import l2_memory_readout as reference
+
     params = _kernels.l2_readout_params(mem_key.shape, query_key.shape[2], mem_value.shape[1], top_k, scale)
     if _library().vosrtL2ReadoutValidate(ctypes.byref(params)) == _NOT_SUPPORTED:  # e.g. top_k > 64 < N
         return reference(mem_key, query_key, mem_value, top_k, scale, backend="torch")
     tensors = [t.to(device=mem_key.device, dtype=mem_key.dtype).contiguous() for t in (mem_key, query_key, mem_value)]
-    with torch.cuda.device(mem_key.device):
+    with _on_device(mem_key.device):
         return _L2Readout.apply(*tensors, int(top_k), float(scale))
