@@ -226,3 +226,18 @@ def test_graphs_normalise_images_inside(lite_stcn):
         expected = lite_stcn.encode_key((image - mean) / std)
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
     assert spec.output_names == ["key", "f16_thin", "f16", "f8", "f4"]
+
+
+def test_group_norm_translation_stays_at_float32_rounding_over_large_groups():
+    # One group of 1.6M values, as in 3DC-Seg's refinement modules at 1/4 scale.
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(1, 32).eval()
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = torch.randn(1, 32, 8, 60, 108) * 3 + 1
+    with torch.no_grad():
+        exact = norm.double()(x.double()).numpy()
+    norm.float()
+    for form in ("plugin", "portable"):
+        (actual,) = _run(_export(norm, (x,), form), x.numpy())
+        assert np.abs(actual - exact).max() < 1e-5, form
