@@ -13,6 +13,10 @@ float32 with Casts at their borders:
   the arg-max, and the upsampling that feeds them);
 * ``sensitive_ops``: nodes of the types in :data:`FP32_OP_TYPES` (softmax and normalisation layers,
   whose reductions overflow or lose mass in float16);
+* ``normalisation_statistics``: normalisation layers exported as elementary ops (the GroupNorm of
+  3DC-Seg becomes ReduceMean / Sub / Mul / Add / Sqrt / Div): from every ``Sqrt``, the statistics ops it
+  is computed from (reductions, centring, squaring, epsilon) and the division by it -- squares of
+  activations overflow float16 (65504) long before the activations do;
 * ``memory_readout``: the ``L2MemoryReadout`` node. Its affinity and softmax run on float32 inputs and
   outputs; it takes one data type for all its inputs, so the memory bank it reads stays float32 too.
 
@@ -44,8 +48,11 @@ RULES = {
                    "in `segment`, also the memory read and the decoder-input preparation)"),
     "output_tail": "nodes between the last convolution and the graph outputs",
     "sensitive_ops": "op types " + ", ".join(FP32_OP_TYPES),
+    "normalisation_statistics": ("decomposed normalisation: from each Sqrt, the ReduceMean/Sub/Mul/Add/Pow ops "
+                                 "it is computed from and the Div by it"),
     "memory_readout": "the L2MemoryReadout plugin node (float32 inputs and output, so the memory bank too)",
 }
+_STATISTICS_OPS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "Sub", "Mul", "Add", "Pow", "Sqrt", "Div")
 
 
 def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -114,6 +121,27 @@ def _tail_nodes(graph: onnx.GraphProto, producer) -> set[int]:
     return seen
 
 
+def _normalisation_nodes(graph: onnx.GraphProto, producer, consumers) -> set[int]:
+    """Indices of decomposed-normalisation nodes (see ``normalisation_statistics`` in :data:`RULES`)."""
+    found: set[int] = set()
+    for root, node in enumerate(graph.node):
+        if node.op_type != "Sqrt":
+            continue
+        region = {root}
+        queue = deque(node.input)
+        while queue:
+            index = producer.get(queue.popleft())
+            if index is None or index in region or graph.node[index].op_type not in _STATISTICS_OPS:
+                continue
+            region.add(index)
+            queue.extend(graph.node[index].input)
+        if not any(graph.node[i].op_type.startswith("Reduce") for i in region):
+            continue  # a square root that is not a standard deviation
+        region |= {i for i in consumers.get(node.output[0], ()) if graph.node[i].op_type == "Div"}
+        found |= region
+    return found
+
+
 def convert_to_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     """A float16 copy of ``model`` with the float32 blocks described in the module docstring.
 
@@ -138,10 +166,13 @@ def convert_to_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     head = _head_nodes(graph, consumers)
     tail = _tail_nodes(graph, producer)
     sensitive = {i for i, n in enumerate(graph.node) if n.op_type in FP32_OP_TYPES}
+    normalisation = _normalisation_nodes(graph, producer, consumers)
     readout = {i for i, n in enumerate(graph.node) if n.domain == PLUGIN_DOMAIN and n.op_type in FP32_PLUGIN_OPS}
-    keep32 = head | tail | sensitive | readout
+    keep32 = head | tail | sensitive | normalisation | readout
     report = {"rules": dict(RULES), "fp32_nodes": {"input_head": len(head), "output_tail": len(tail),
-                                                    "sensitive_ops": len(sensitive), "memory_readout": len(readout)}}
+                                                    "sensitive_ops": len(sensitive),
+                                                    "normalisation_statistics": len(normalisation),
+                                                    "memory_readout": len(readout)}}
 
     # Nodes that compute on floats and are not kept in float32 become float16 nodes.
     def touches_float(node) -> bool:
