@@ -38,7 +38,7 @@ __device__ __forceinline__ void tile_coords(int e, int& outer, int& k) {
 }
 
 template <bool kTransA, bool kTransB>
-__global__ void __launch_bounds__(256) gemm_f32_kernel(GemmArgs<float> g) {
+__global__ void __launch_bounds__(256, 2) gemm_f32_kernel(GemmArgs<float> g) {
   // Two smem stages: the next k-slice goes global -> registers during the FMAs of the current one,
   // then registers -> the other stage, so each step needs a single barrier.
   __shared__ __align__(16) float As[2][kF32TileK][kF32TileM];

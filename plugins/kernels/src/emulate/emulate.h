@@ -88,7 +88,7 @@ struct Launch {
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 #define VOSRT_DYNAMIC_SHARED(name) unsigned char* name = vosrt_emu::dynamic_shared_base
