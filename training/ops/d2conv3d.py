@@ -12,16 +12,17 @@ a corner outside the volume contributes 0 and a position with any coordinate ≤
 
 This file is the source of truth that the CUDA kernel, the ONNX decompositions and the TensorRT plugin
 are checked against, so it favours plain arithmetic over speed. It works in channels-last layout so that
-each trilinear corner is one ``index_select`` of whole channel rows (no index tensor per channel), and
+the 8 trilinear corners of a sample are one weighted ``embedding_bag`` sum of whole channel rows, and
 it visits the kernel points in chunks sized by ``_CHUNK_BYTES`` so the sampled columns of a full clip
-never exist all at once. When gradients are needed each chunk runs under activation checkpointing:
-the sampled columns are recomputed in the backward pass instead of being kept for all kernel points.
+never exist all at once. When gradients are needed and there is more than one chunk, each chunk runs
+under activation checkpointing: its columns are recomputed in the backward pass instead of being kept.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from vosrt.sdk.errors import UserError
@@ -149,10 +150,10 @@ def _sample_point(geo: _Geometry, x_rows: torch.Tensor, scale: torch.Tensor, poi
     it, wt = corners(qt, t, (2, 1, 1))
     iy, wy = corners(qy, h, (1, 2, 1))
     ix, wx = corners(qx, w, (1, 1, 2))
-    flat = geo.batch_base + (it * h + iy) * w + ix  # [2, 2, 2, N, To, Ho, Wo]
-    corner_w = (wt * wy * wx * inside).reshape(8, -1, 1).to(x_rows.dtype)  # [8, N·P, 1]
-    values = x_rows.index_select(0, flat.reshape(-1)).view(8, -1, x_rows.shape[1])  # [8, N·P, C]
-    return (values * corner_w).sum(0)  # [N·P, C]
+    flat = (geo.batch_base + (it * h + iy) * w + ix).reshape(8, -1).t()  # [N·P, 8] rows of x_rows
+    corner_w = (wt * wy * wx * inside).reshape(8, -1).t().to(x_rows.dtype)  # [N·P, 8]
+    # embedding_bag is exactly "weighted sum of gathered rows" in one kernel, differentiable in both.
+    return F.embedding_bag(flat, x_rows, mode="sum", per_sample_weights=corner_w)  # [N·P, C]
 
 
 def _chunk_forward(geo: _Geometry, points, groups: int, x_rows, scale, w_k, mod):
@@ -188,14 +189,15 @@ def _d2conv3d_torch(x, dilation, modulation, weight, bias, stride, padding, dila
         mod = modulation.permute(0, 2, 3, 4, 1).reshape(n * positions, k_total)  # [N·P, K]
 
     points = list(enumerate((i, j, l) for i in range(kernel[0]) for j in range(kernel[1]) for l in range(kernel[2])))
-    # Per kernel point: 8 gathered corners plus the interpolated column, [N·P, C] each.
-    chunk = max(1, min(k_total, _CHUNK_BYTES // max(9 * n * positions * c * x.element_size(), 1)))
-    needs_grad = torch.is_grad_enabled() and any(
+    # Per kernel point: the interpolated column and its modulated copy, [N·P, C] each.
+    chunk = max(1, min(k_total, _CHUNK_BYTES // max(2 * n * positions * c * x.element_size(), 1)))
+    # Recompute instead of storing the columns only when they exceed the budget (more than one chunk).
+    recompute = chunk < k_total and torch.is_grad_enabled() and any(
         v is not None and v.requires_grad for v in (x, dilation, modulation, weight))
     out = None
     for first in range(0, k_total, chunk):
         args = (geo, points[first:first + chunk], groups, x_rows, scale, w_k, mod)
-        part = checkpoint(_chunk_forward, *args, use_reentrant=False) if needs_grad else _chunk_forward(*args)
+        part = checkpoint(_chunk_forward, *args, use_reentrant=False) if recompute else _chunk_forward(*args)
         out = part if out is None else out + part
     out = out.transpose(0, 1).reshape(n, to, ho, wo, cout).permute(0, 4, 1, 2, 3)  # [N, Cout, To, Ho, Wo]
     if bias is not None:
