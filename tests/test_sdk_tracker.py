@@ -19,7 +19,7 @@ def stcn_package():
 
 @pytest.fixture(scope="module")
 def sequence():
-    return generate_sequence(7, num_frames=24, height=64, width=96, num_objects=2, num_distractors=1)
+    return generate_sequence(7, num_frames=20, height=64, width=96, num_objects=2, num_distractors=1)
 
 
 def track(tracker, frames, first_mask):
