@@ -153,12 +153,12 @@ def run_plugin(built, tmp_path_factory):
                     "-o", str(exe), "-ldl"], check=True, capture_output=True, text=True)
     counter = iter(range(10**6))
 
-    def run(name: str, fields: dict, inputs: list, out_shape) -> "np.ndarray":
+    def run(name: str, fields: dict, inputs: list, out_shape, dtype: str = "float") -> "np.ndarray":
         import numpy as np
 
         case = out / f"case{next(counter)}"
         case.mkdir()
-        lines = [f"plugin {name}"]
+        lines = [f"plugin {name}", f"dtype {dtype}"]
         for key, value in fields.items():
             if isinstance(value, float):
                 lines.append(f"field {key} float {value!r}")
@@ -185,6 +185,16 @@ def _close(actual, expected, rel=1e-4):
     assert np.abs(actual - expected).max() <= rel * scale, float(np.abs(actual - expected).max())
 
 
+def _fill(inputs, has_m, has_b):
+    """The present inputs back in X, D, M, Wt, B positions (None where absent)."""
+    it = iter(inputs)
+    x, d = next(it), next(it)
+    m = next(it) if has_m else None
+    w = next(it)
+    b = next(it) if has_b else None
+    return [x, d, m, w, b]
+
+
 # kernel, stride, pads, dilations, group, (C, Cout), (T, H, W), has M, has B
 D2_PLUGIN_CASES = {
     "all-inputs": ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, (3, 4), (3, 5, 6), True, True),
@@ -194,8 +204,11 @@ D2_PLUGIN_CASES = {
 }
 
 
+@pytest.mark.parametrize("dtype", ["float", "half"])
 @pytest.mark.parametrize("case", list(D2_PLUGIN_CASES.values()), ids=list(D2_PLUGIN_CASES))
-def test_d2conv3d_plugin_with_emulated_kernels_matches_the_pytorch_reference(run_plugin, case):
+def test_d2conv3d_plugin_with_emulated_kernels_matches_the_pytorch_reference(run_plugin, case, dtype):
+    import numpy as np
+
     torch = pytest.importorskip("torch")
     from vosrt.training.ops.d2conv3d import d2conv3d, output_size
 
@@ -212,20 +225,28 @@ def test_d2conv3d_plugin_with_emulated_kernels_matches_the_pytorch_reference(run
                         dilation_base=dil, groups=group, backend="torch")
     inputs = [t.numpy() for t in (x, dilation, modulation, weight, bias) if t is not None]
     fields = {"kernel_shape": kernel, "strides": stride, "pads": pads, "dilations": dil, "group": group}
-    _close(run_plugin("D2Conv3D", fields, inputs, tuple(expected.shape)), expected.numpy())
+    if dtype == "half":  # the reference sees the same fp16-rounded inputs
+        inputs = [a.astype(np.float16).astype(np.float32) for a in inputs]
+        expected = d2conv3d(*(None if a is None else torch.from_numpy(a).double() for a in _fill(inputs, has_m, has_b)),
+                            stride=stride, padding=pads, dilation_base=dil, groups=group, backend="torch")
+    actual = run_plugin("D2Conv3D", fields, inputs, tuple(expected.shape), dtype)
+    _close(actual, expected.numpy(), rel=1e-4 if dtype == "float" else 1e-2)
 
 
-@pytest.mark.parametrize("batch, top_k, scale", [(1, 20, 0.0), (1, 0, 0.0), (2, 5, 0.3)])
-def test_l2_readout_plugin_with_emulated_kernels_matches_the_pytorch_reference(run_plugin, batch, top_k, scale):
+@pytest.mark.parametrize("batch, top_k, scale, dtype", [(1, 20, 0.0, "float"), (1, 0, 0.0, "float"),
+                                                        (2, 5, 0.3, "float"), (1, 20, 0.0, "half")])
+def test_l2_readout_plugin_with_emulated_kernels_matches_the_pytorch_reference(run_plugin, batch, top_k, scale, dtype):
     torch = pytest.importorskip("torch")
     from vosrt.training.ops.l2_readout import l2_memory_readout
 
     g = torch.Generator().manual_seed(top_k)
     mem_key, query_key, mem_value = (torch.randn(batch, 16, 90, generator=g), torch.randn(batch, 16, 12, generator=g),
                                      torch.randn(batch, 6, 90, generator=g))
+    if dtype == "half":  # the reference sees the same fp16-rounded inputs
+        mem_key, query_key, mem_value = (t.half().float() for t in (mem_key, query_key, mem_value))
     expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), top_k=top_k,
                                  scale=scale or None, backend="torch")
     fields = {"top_k": top_k} if scale == 0.0 else {"top_k": top_k, "scale": scale}
     actual = run_plugin("L2MemoryReadout", fields, [mem_key.numpy(), query_key.numpy(), mem_value.numpy()],
-                        tuple(expected.shape))
-    _close(actual, expected.numpy())
+                        tuple(expected.shape), dtype)
+    _close(actual, expected.numpy(), rel=1e-4 if dtype == "float" else 1e-2)

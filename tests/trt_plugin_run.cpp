@@ -8,6 +8,7 @@
 //
 // SPEC is a text file of lines:
 //   plugin NAME
+//   dtype float|half          (the files are float32 either way; half converts on the host)
 //   field NAME int V...  |  field NAME float V
 //   input RANK D... PATH      (float32, C order)
 //   output RANK D... PATH     (written by this program)
@@ -32,6 +33,8 @@ struct Tensor {
   Dims dims{};
   std::string path;
   std::vector<float> data;
+  std::vector<_Float16> half;  // the tensor as the plugin sees it when running in fp16
+  void const* bytes(bool fp16) const { return fp16 ? static_cast<void const*>(half.data()) : data.data(); }
   size_t count() const {
     size_t n = 1;
     for (int i = 0; i < dims.nbDims; ++i) n *= static_cast<size_t>(dims.d[i]);
@@ -129,6 +132,7 @@ Tensor parseTensor(std::istringstream& in) {
 int main(int argc, char** argv) {
   if (argc != 3) return fail("usage: trt_plugin_run LIB SPEC");
   std::string pluginName;
+  bool fp16 = false;
   std::vector<Field> fields;
   std::vector<Tensor> inputs;
   Tensor output;
@@ -139,6 +143,10 @@ int main(int argc, char** argv) {
     in >> kind;
     if (kind == "plugin") {
       in >> pluginName;
+    } else if (kind == "dtype") {
+      std::string name;
+      in >> name;
+      fp16 = name == "half";
     } else if (kind == "field") {
       Field f;
       std::string type;
@@ -161,7 +169,9 @@ int main(int argc, char** argv) {
     std::ifstream file(t.path, std::ios::binary);
     file.read(reinterpret_cast<char*>(t.data.data()), static_cast<std::streamsize>(t.data.size() * sizeof(float)));
     if (!file) return fail("cannot read " + t.path);
+    if (fp16) t.half.assign(t.data.begin(), t.data.end());
   }
+  DataType const type = fp16 ? DataType::kHALF : DataType::kFLOAT;
 
   if (dlopen(argv[1], RTLD_NOW | RTLD_LOCAL) == nullptr) return fail(std::string("dlopen: ") + dlerror());
   auto* creator = static_cast<IPluginCreatorV3One*>(stand_in::registry()->getCreator(pluginName.c_str(), "1", ""));
@@ -185,7 +195,7 @@ int main(int argc, char** argv) {
   for (int32_t i = 0; i <= n; ++i) {
     Tensor const& t = i < n ? inputs[i] : output;
     dyn[i].desc.dims = t.dims;
-    dyn[i].desc.type = DataType::kFLOAT;
+    dyn[i].desc.type = type;
     dyn[i].desc.format = TensorFormat::kLINEAR;
     dyn[i].min = dyn[i].opt = dyn[i].max = t.dims;
     if (i < n) desc[i] = dyn[i].desc;
@@ -208,7 +218,11 @@ int main(int argc, char** argv) {
                   std::to_string(output.dims.d[d]));
 
   for (int32_t pos = 0; pos <= n; ++pos)
-    if (!build->supportsFormatCombination(pos, dyn.data(), n, 1)) return fail("fp32 linear format refused");
+    if (!build->supportsFormatCombination(pos, dyn.data(), n, 1)) return fail("linear format refused");
+  DataType outType = DataType::kINT32;
+  std::vector<DataType> inTypes(n, type);
+  if (build->getOutputDataTypes(&outType, 1, inTypes.data(), n) != 0 || outType != type)
+    return fail("getOutputDataTypes does not follow the inputs");
   if (build->configurePlugin(dyn.data(), n, dyn.data() + n, 1) != 0) return fail("configurePlugin failed");
   size_t const workspaceBytes = build->getWorkspaceSize(dyn.data(), n, dyn.data() + n, 1);
 
@@ -221,12 +235,14 @@ int main(int argc, char** argv) {
   if (runtime->onShapeChange(desc.data(), n, &outDesc, 1) != 0) return fail("onShapeChange failed");
 
   output.data.assign(output.count(), 0.0f);
+  output.half.assign(output.count(), static_cast<_Float16>(0.0f));
   std::vector<unsigned char> workspace(workspaceBytes + 1);
   std::vector<void const*> pointers;
-  for (Tensor const& t : inputs) pointers.push_back(t.data.data());
-  void* outputs[1] = {output.data.data()};
+  for (Tensor const& t : inputs) pointers.push_back(t.bytes(fp16));
+  void* outputs[1] = {const_cast<void*>(output.bytes(fp16))};
   if (runtime->enqueue(desc.data(), &outDesc, pointers.data(), outputs, workspace.data(), nullptr) != 0)
     return fail("enqueue failed");
+  if (fp16) output.data.assign(output.half.begin(), output.half.end());
 
   std::ofstream file(output.path, std::ios::binary);
   file.write(reinterpret_cast<char const*>(output.data.data()),
