@@ -13,8 +13,23 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _cuda_device_count_via_runtime() -> int:
+    # A TensorRT host may have CPU-only torch; ask the CUDA runtime through cuda-python instead.
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError:
+            return 0
+    err, count = cudart.cudaGetDeviceCount()
+    return count if int(err) == 0 else 0
+
+
 def _has_tensorrt() -> bool:
-    return importlib.util.find_spec("tensorrt") is not None and _has_cuda()
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    return _has_cuda() or _cuda_device_count_via_runtime() > 0
 
 
 def pytest_collection_modifyitems(config, items):
