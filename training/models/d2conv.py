@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _triple
 
-from vosrt.training.ops.d2conv3d import d2conv3d
+from vosrt.training.ops import d2conv3d as d2conv3d_op
 
 
 class DynamicDilatedConv(nn.Module):
     """Weight ``[Cout, Cin/groups, kt, kh, kw]`` and bias ``[Cout]`` of a D²Conv3D, with its geometry.
 
-    ``forward(x, dilation, modulation)`` applies the ``d2conv3d`` operator with these weights.
+    ``forward(x, dilation, modulation)`` applies ``vosrt.training.ops.d2conv3d.d2conv3d`` with these weights.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
@@ -49,8 +49,9 @@ class DynamicDilatedConv(nn.Module):
 
     def forward(self, x: torch.Tensor, dilation: torch.Tensor, modulation: torch.Tensor | None) -> torch.Tensor:
         """x ``[N, Cin, T, H, W]``, dilation ``[N, 3, To, Ho, Wo]``, modulation ``[N, K, To, Ho, Wo]`` or None."""
-        return d2conv3d(x, dilation, modulation, self.weight, self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+        # Looked up at call time so that export can wrap the operator (custom op) without rebuilding models.
+        return d2conv3d_op.d2conv3d(x, dilation, modulation, self.weight, self.bias, self.stride, self.padding,
+                                    self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
