@@ -48,7 +48,7 @@ struct Launch {
   void operator()(Args... args) const {
     grid_dim = grid;
     block_dim = block;
-    dynamic_shared.assign(shared_bytes + 256, 0);
+    dynamic_shared.assign(shared_bytes + 256, 0xFF);  // NaN-filled: reading unwritten shared memory shows
     const size_t addr = reinterpret_cast<size_t>(dynamic_shared.data());
     dynamic_shared_base = dynamic_shared.data() + ((128 - addr % 128) % 128);
     const unsigned threads = block.x * block.y * block.z;
