@@ -183,7 +183,8 @@ def _random_track(rng: np.random.Generator, num_frames: int, height: int, width:
     size = min(height, width)
     centre = np.zeros((num_frames, 2))
     pos = np.array([rng.uniform(0.15, 0.85) * width, rng.uniform(0.15, 0.85) * height])
-    speed = rng.uniform(0.005, 0.03) * size
+    # per-frame speed of 0.3-1.5 % of the frame's short side (peaks 2.5×): DAVIS-like motion
+    speed = rng.uniform(0.003, 0.015) * size
     heading = rng.uniform(0, 2 * np.pi)
     vel = speed * np.array([np.cos(heading), np.sin(heading)])
     # the box the centre bounces inside: a wanderer's box reaches past the frame by more than its
@@ -202,7 +203,7 @@ def _random_track(rng: np.random.Generator, num_frames: int, height: int, width:
             if pos[axis] < low[axis] or pos[axis] > high[axis]:
                 vel[axis] = -vel[axis]
                 pos[axis] = np.clip(pos[axis], low[axis], high[axis])
-    spin = rng.uniform(-0.08, 0.08)
+    spin = rng.uniform(-0.05, 0.05)
     rotation = rng.uniform(0, 2 * np.pi) + spin * np.arange(num_frames) + rng.uniform(0, 0.2) * np.sin(
         np.arange(num_frames) * rng.uniform(0.05, 0.2))
     t = np.arange(num_frames)[:, None]

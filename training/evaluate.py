@@ -111,7 +111,8 @@ def predict_clips(model, frames: list[np.ndarray], clip_length: int = 8, overlap
 
 
 def evaluate_folder(model, config, root, max_videos: int | None = None) -> dict:
-    """Mean J, F and J&F of ``model`` over (up to ``max_videos``) videos of the DAVIS folder ``root``."""
+    """Dataset J, F and J&F (``vosrt.sdk.metrics``: means over objects) of ``model`` on up to
+    ``max_videos`` videos of the DAVIS-layout folder ``root``; {} when the metrics are unavailable."""
     try:
         from vosrt.sdk import metrics
     except ImportError:
@@ -124,23 +125,16 @@ def evaluate_folder(model, config, root, max_videos: int | None = None) -> dict:
         frames, labels = folder.load_video(video)
         truth = [lab if lab is not None else np.zeros(f.shape[:2], np.uint8) for f, lab in zip(frames, labels)]
         if config.family == "stcn":
-            first = folder.first_appearance(video)
             annotations = {}
-            for obj, index in first.items():
+            for obj, index in folder.first_appearance(video).items():
                 annotations.setdefault(index, np.zeros_like(truth[index]))
                 annotations[index][truth[index] == obj] = obj
             predicted = predict_stcn(model, frames, annotations, config.mem_every, config.top_k)
+            scores += metrics.evaluate_sequence(predicted, truth, name=video)
         else:
             predicted = predict_clips(model, frames, config.clip_length, config.clip_overlap)
             truth = [(t > 0).astype(np.uint8) for t in truth]
-        scores.append(score_video(metrics, predicted, truth))
+            # unsupervised protocol: no frame is given, so every frame is scored
+            scores += metrics.evaluate_sequence(predicted, truth, name=video, skip_first_last=False)
     model.train(was_training)
-    if not scores:
-        return {}
-    return {name: float(np.mean([s[name] for s in scores])) for name in scores[0]}
-
-
-def score_video(metrics, predicted: list[np.ndarray], truth: list[np.ndarray]) -> dict:
-    """{"J", "F", "J&F"} of one video, through ``vosrt.sdk.metrics``."""
-    result = metrics.evaluate_sequence(predicted, truth)
-    return {"J": float(result["J"]), "F": float(result["F"]), "J&F": float(result["J&F"])}
+    return metrics.summarize(scores) if scores else {}
