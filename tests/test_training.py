@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -151,3 +152,26 @@ def test_two_process_torchrun_on_cpu_trains_and_checkpoints(data_dir, tmp_path):
     checkpoint = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
     assert checkpoint["step"] == 2
     assert "trained stcn-lite to step 2" in result.stdout
+
+
+def test_torch_inference_takes_objects_on_the_frame_they_appear():
+    from vosrt.sdk.synthetic import generate_sequence
+    from vosrt.training.evaluate import predict_stcn
+
+    torch.manual_seed(0)
+    seq = generate_sequence(2, num_frames=8, height=32, width=48, num_objects=2, appear_later=True)
+    start = seq.first_frame_of(2)
+    annotations = {0: seq.labels[0], start: np.where(seq.labels[start] == 2, 2, 0).astype(np.uint8)}
+    model = build_model("stcn-lite", **TINY_STCN).eval()
+    predicted = predict_stcn(model, seq.frames, annotations, mem_every=2, top_k=4)
+    assert len(predicted) == 8
+    assert np.array_equal(predicted[0], seq.labels[0])
+    assert not (predicted[start - 1] == 2).any()
+    assert np.array_equal(predicted[start] == 2, seq.labels[start] == 2)
+
+
+def test_training_with_a_validation_folder_reports_j_and_f(data_dir, tmp_path):
+    summary = train([data_dir], tmp_path / "run", tiny_config(iterations=1, val_videos=1), val_data=data_dir,
+                    progress=False)
+    assert set(summary["validation"]) == {"J", "F", "J&F"}
+    assert 0.0 <= summary["validation"]["J&F"] <= 1.0
