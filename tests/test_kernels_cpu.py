@@ -285,8 +285,9 @@ def test_emulated_kernel_readout_fp16_matches_reference(emulation, case):
 
 
 def test_emulated_kernel_d2conv3d_fp16_forward_matches_reference(emulation):
-    # 3·7·8 outputs of 6·27 fp16 columns: two 128-column tiles; two groups of 10 output channels
-    case = ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 2, True, True, (6, 20), (3, 7, 8))
+    # 3·6·8 outputs of 16·27 fp16 columns: two 128-column tiles; two groups of 10 output channels whose
+    # weight rows (8·27 halves) move as 16-byte vectors, with a ragged last k-slice (216 = 6·32 + 24)
+    case = ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 2, True, True, (16, 20), (3, 6, 8))
     x, dilation, modulation, weight, bias, attrs = _conv_inputs(case, seed=13, batch=1)
     tensors = [t.half() for t in (x, dilation, modulation, weight / 9, bias)]
     expected = d2conv3d(*(t.double() for t in tensors), backend="torch", **attrs)

@@ -128,18 +128,41 @@ inline void gemm_f32(const GemmArgs<float>& g, int batch, cudaStream_t stream) {
 
 
 // ---- fp16 (no transposes): 128×128 block tile, 8 warps of 64×32, WMMA 16×16×16, fp32 accumulators ----
+// Tiles move as 16-byte vectors of 8 halves (scalar fallback at ragged edges or unaligned leading
+// dimensions), prefetched into registers during the MMAs of the previous k-slice, two smem stages.
 constexpr int kH16TileM = 128, kH16TileN = 128, kH16TileK = 32;
-constexpr int kH16PadA = kH16TileK + 8;   // ld of the A tile (halves), a multiple of 8 as WMMA requires
+constexpr int kH16PadA = kH16TileK + 8;   // ld of the A tile (halves): a multiple of 8 (WMMA), rows 16-byte aligned
 constexpr int kH16PadB = kH16TileN + 8;
+
+union Half8 {
+  uint4 raw;
+  __half h[8];
+};
+
+// Elements (row, col .. col+7) of a row-major rows×cols matrix with leading dimension ld; zeros outside.
+__device__ __forceinline__ Half8 load_half8(const __half* base, long long ld, int row, int col, int rows, int cols,
+                                            bool vectorised) {
+  Half8 r;
+  if (vectorised && row < rows && col + 7 < cols) {
+    r.raw = *reinterpret_cast<const uint4*>(base + row * ld + col);
+    return r;
+  }
+  VOSRT_UNROLL
+  for (int i = 0; i < 8; ++i)
+    r.h[i] = (row < rows && col + i < cols) ? base[row * ld + col + i] : __float2half_rn(0.f);
+  return r;
+}
 
 __global__ void __launch_bounds__(256) gemm_f16_nn_kernel(GemmArgs<__half> g) {
   using namespace nvcuda;
-  __shared__ __align__(32) __half As[kH16TileM * kH16PadA];
-  __shared__ __align__(32) __half Bs[kH16TileK * kH16PadB];
-  __shared__ __align__(32) float stage[8][16 * 16];  // per-warp epilogue staging
+  __shared__ __align__(32) __half As[2][kH16TileM * kH16PadA];
+  __shared__ __align__(32) __half Bs[2][kH16TileK * kH16PadB];
+  __shared__ __align__(32) float stage_out[8][16 * 16];  // per-warp epilogue staging
   const int z = blockIdx.z;
   const __half* A = g.A + z * g.strideA;
   const __half* B = g.B + z * g.strideB;
+  const bool vec_a = g.lda % 8 == 0 && reinterpret_cast<size_t>(A) % 16 == 0;
+  const bool vec_b = g.ldb % 8 == 0 && reinterpret_cast<size_t>(B) % 16 == 0;
   const int m0 = blockIdx.y * kH16TileM, n0 = blockIdx.x * kH16TileN;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int wm = warp / 4, wn = warp % 4;  // warp tile: rows wm·64.., columns wn·32..
@@ -148,41 +171,53 @@ __global__ void __launch_bounds__(256) gemm_f16_nn_kernel(GemmArgs<__half> g) {
   for (int i = 0; i < 4; ++i)
     VOSRT_UNROLL
     for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
-  const __half zero = __float2half_rn(0.f);
 
-  for (int k0 = 0; k0 < g.K; k0 += kH16TileK) {
+  // 512 vectors per tile, 2 per thread: A as 128 rows × 4 vectors, B as 32 rows × 16 vectors.
+  Half8 ra[2], rb[2];
+  auto fetch = [&](int k0) {
     VOSRT_UNROLL
-    for (int e16 = 0; e16 < 16; ++e16) {
-      const int e = tid + e16 * 256;
-      {
-        const int k = e % kH16TileK, m = e / kH16TileK;
-        const int gm = m0 + m, gk = k0 + k;
-        As[m * kH16PadA + k] = (gm < g.M && gk < g.K) ? A[(long long)gm * g.lda + gk] : zero;
-      }
-      {
-        const int n = e % kH16TileN, k = e / kH16TileN;
-        const int gn = n0 + n, gk = k0 + k;
-        Bs[k * kH16PadB + n] = (gn < g.N && gk < g.K) ? B[(long long)gk * g.ldb + gn] : zero;
-      }
+    for (int r = 0; r < 2; ++r) {
+      const int v = tid + r * 256;
+      ra[r] = load_half8(A, g.lda, m0 + v / 4, k0 + (v % 4) * 8, g.M, g.K, vec_a);
+      rb[r] = load_half8(B, g.ldb, k0 + v / 16, n0 + (v % 16) * 8, g.K, g.N, vec_b);
     }
-    __syncthreads();
+  };
+  auto stash = [&](int stage) {
+    VOSRT_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      const int v = tid + r * 256;
+      *reinterpret_cast<uint4*>(&As[stage][(v / 4) * kH16PadA + (v % 4) * 8]) = ra[r].raw;
+      *reinterpret_cast<uint4*>(&Bs[stage][(v / 16) * kH16PadB + (v % 16) * 8]) = rb[r].raw;
+    }
+  };
+
+  fetch(0);
+  stash(0);
+  __syncthreads();
+  int stage = 0;
+  for (int k0 = 0; k0 < g.K; k0 += kH16TileK) {
+    const bool more = k0 + kH16TileK < g.K;
+    if (more) fetch(k0 + kH16TileK);
     VOSRT_UNROLL
     for (int kk = 0; kk < kH16TileK; kk += 16) {
       wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a[4];
       wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> b[2];
       VOSRT_UNROLL
-      for (int i = 0; i < 4; ++i) wmma::load_matrix_sync(a[i], As + (wm * 64 + i * 16) * kH16PadA + kk, kH16PadA);
+      for (int i = 0; i < 4; ++i)
+        wmma::load_matrix_sync(a[i], &As[stage][(wm * 64 + i * 16) * kH16PadA + kk], kH16PadA);
       VOSRT_UNROLL
-      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], Bs + kk * kH16PadB + wn * 32 + j * 16, kH16PadB);
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], &Bs[stage][kk * kH16PadB + wn * 32 + j * 16], kH16PadB);
       VOSRT_UNROLL
       for (int i = 0; i < 4; ++i)
         VOSRT_UNROLL
         for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
     }
+    if (more) stash(stage ^ 1);  // that stage was last read before the previous barrier
     __syncthreads();
+    stage ^= 1;
   }
   __half* C = g.C + z * g.strideC;
-  float* st = stage[warp];
+  float* st = stage_out[warp];
   VOSRT_UNROLL
   for (int i = 0; i < 4; ++i)
     VOSRT_UNROLL

@@ -1,8 +1,9 @@
 // Host emulation of the few CUDA features the fp32 kernels use, so that CI (no GPU) can run the kernels'
 // own code — indexing, tiling, shared-memory staging, barriers, atomics, the host-side orchestration —
 // on the CPU: every block runs as blockDim std::threads meeting at a std::barrier for __syncthreads().
-// Warp-collective WMMA is modelled by its meaning, not its register layout: every lane holds the whole
-// 16×16 fragment, and lane 0 stores it (so the callers' __syncwarp/__syncthreads still matter).
+// Warp-collective WMMA is modelled by its meaning, not its register layout: every lane loads the whole
+// 16×16 operands and computes and stores its own eighth of the result (so the callers'
+// __syncwarp/__syncthreads still matter).
 // fp16 is GCC's _Float16. Slow by design; small shapes only.
 // Included instead of the CUDA headers when VOSRT_EMULATE is defined (see libvosrt_kernels_emu).
 #ifndef VOSRT_EMULATE_H
@@ -27,6 +28,9 @@ struct dim3 {
 };
 struct alignas(16) float4 {
   float x, y, z, w;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
 };
 
 namespace vosrt_emu {
@@ -133,24 +137,27 @@ inline void fill_fragment(fragment<accumulator, 16, 16, 16, float>& f, float val
   for (auto& row : f.v)
     for (auto& x : row) x = value;
 }
+// Lane l owns row l/2, columns 8·(l%2) .. +7 of the 16×16 result, as in a real fragment each lane holds
+// a distinct eighth; it computes and stores only those (callers sync the warp before reading them).
+inline int lane_row() { return (int)(threadIdx.x % 32) / 2; }
+inline int lane_col0() { return (int)(threadIdx.x % 2) * 8; }
+
 template <typename LA, typename LB>
 inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, __half, LA>& a,
                      const fragment<matrix_b, 16, 16, 16, __half, LB>& b,
                      const fragment<accumulator, 16, 16, 16, float>& c) {
-  fragment<accumulator, 16, 16, 16, float> r;
-  for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 16; ++j) {
-      float acc = c.v[i][j];
-      for (int k = 0; k < 16; ++k) acc += (float)a.v[i][k] * (float)b.v[k][j];
-      r.v[i][j] = acc;
-    }
-  d = r;
+  const int i = lane_row();
+  for (int j = lane_col0(); j < lane_col0() + 8; ++j) {
+    float acc = c.v[i][j];
+    for (int k = 0; k < 16; ++k) acc += (float)a.v[i][k] * (float)b.v[k][j];
+    d.v[i][j] = acc;
+  }
 }
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm,
                               layout_t layout) {
-  if (threadIdx.x % 32 != 0) return;
-  for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 16; ++j) (layout == mem_row_major ? p[i * ldm + j] : p[j * ldm + i]) = f.v[i][j];
+  const int i = lane_row();
+  for (int j = lane_col0(); j < lane_col0() + 8; ++j)
+    (layout == mem_row_major ? p[i * ldm + j] : p[j * ldm + i]) = f.v[i][j];
 }
 }  // namespace wmma
 }  // namespace nvcuda
