@@ -65,6 +65,24 @@ def test_replace_conv3d_swaps_kernels_larger_than_one_voxel():
     assert torch.equal(net[0].deform_conv.weight, weight)
 
 
+def test_replace_conv3d_converts_only_the_chosen_layers():
+    net = nn.Sequential(nn.Sequential(nn.Conv3d(3, 4, 3, padding=1), nn.Conv3d(4, 4, 3, padding=1)),
+                        nn.Conv3d(4, 4, 3, padding=1))
+    assert replace_conv3d(net, ["0.1", "1"]) == 2
+    assert [type(m).__name__ for m in (net[0][0], net[0][1], net[1])] == ["Conv3d", "D2Conv3d", "D2Conv3d"]
+
+
+def test_training_step_reaches_the_dilation_predictors():
+    torch.manual_seed(5)
+    model = build_model("3dc-seg-lite", mdim=16, gc_width=16)
+    logits = model(torch.randn(1, 3, 8, 64, 64))
+    F.binary_cross_entropy_with_logits(logits, (torch.rand_like(logits) > 0.5).float()).backward()
+    for name in ("rf3", "rf2"):
+        grad = getattr(model.decoder, name).convFS1[0].deform_params.weight.grad
+        assert grad is not None and grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def test_lite_segments_an_8_frame_240x432_clip(lite):
     clip = lite.normalize(torch.rand(1, 3, 8, 240, 432))
     with torch.no_grad():

@@ -107,10 +107,10 @@ class Decoder(nn.Module):
         self.rf2 = Refine3d(layer_widths[1], cfg.mdim, cfg.norm_groups)
         self.rf1 = Refine3d(layer_widths[0], cfg.mdim, cfg.norm_groups)
         self.pred = nn.Conv3d(cfg.mdim, 1, 3, padding=1)
-        for name in cfg.d2conv_layers:
-            if name not in ("rf1", "rf2", "rf3"):
-                raise UserError(f"d2conv_layers: expected names among rf1, rf2, rf3, got {name!r}")
-            replace_conv3d(getattr(self, name), modulation=cfg.modulation)
+        unknown = [name for name in cfg.d2conv_layers if name not in ("rf1", "rf2", "rf3")]
+        if unknown:
+            raise UserError(f"d2conv_layers: expected names among rf1, rf2, rf3, got {unknown}")
+        replace_conv3d(self, cfg.d2conv_layers, modulation=cfg.modulation)
 
     def forward(self, e1, e2, e3, e4) -> torch.Tensor:
         x = self.gc(e4)

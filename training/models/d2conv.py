@@ -13,6 +13,7 @@ regular Conv3d grid and halves its response. That is the paper's drop-in start f
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -112,20 +113,41 @@ def d2conv_from_conv3d(conv: nn.Conv3d, modulation: bool = True, norm_groups: in
     return layer
 
 
-def replace_conv3d(module: nn.Module, modulation: bool = True, replace_1x1: bool = False,
-                   norm_groups: int | None = None) -> int:
-    """Replace, in place, every nn.Conv3d below ``module`` by a D2Conv3d carrying its weights.
+def replace_conv3d(module: nn.Module, layers: Iterable[str] | None = None, modulation: bool = True,
+                   replace_1x1: bool = False, norm_groups: int | None = None) -> int:
+    """Replace, in place, nn.Conv3d layers of ``module`` by D2Conv3d layers carrying their weights.
 
-    1×1×1 convolutions are kept unless ``replace_1x1`` (scaling a single-point kernel changes nothing).
-    Returns the number of layers replaced. Module names are unchanged, so ``a.b.0.weight`` becomes
-    ``a.b.0.deform_conv.weight`` plus ``a.b.0.deform_params.*``, the public code's naming.
+    ``layers`` names the chosen submodules (dotted paths such as ``"decoder.rf3"`` or ``"rf2.convFS1.0"``);
+    every Conv3d at or below each of them is replaced. None means all of ``module``. 1×1×1 convolutions
+    are kept unless ``replace_1x1`` (scaling a single-point kernel changes nothing). Returns the number
+    replaced. Module names are unchanged, so ``a.b.0.weight`` becomes ``a.b.0.deform_conv.weight`` plus
+    ``a.b.0.deform_params.*``, the public code's naming.
     """
+    def wanted(conv: nn.Conv3d) -> bool:
+        return replace_1x1 or conv.kernel_size != (1, 1, 1)
+
+    if layers is not None:
+        replaced = 0
+        for name in layers:
+            try:
+                target = module.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"replace_conv3d: {type(module).__name__} has no submodule {name!r}") from None
+            if isinstance(target, nn.Conv3d):
+                if wanted(target):
+                    parent_name, _, child = name.rpartition(".")
+                    setattr(module.get_submodule(parent_name), child,
+                            d2conv_from_conv3d(target, modulation, norm_groups))
+                    replaced += 1
+            else:
+                replaced += replace_conv3d(target, None, modulation, replace_1x1, norm_groups)
+        return replaced
     replaced = 0
     for name, child in list(module.named_children()):
         if isinstance(child, nn.Conv3d):
-            if replace_1x1 or child.kernel_size != (1, 1, 1):
+            if wanted(child):
                 setattr(module, name, d2conv_from_conv3d(child, modulation, norm_groups))
                 replaced += 1
         elif not isinstance(child, D2Conv3d):
-            replaced += replace_conv3d(child, modulation, replace_1x1, norm_groups)
+            replaced += replace_conv3d(child, None, modulation, replace_1x1, norm_groups)
     return replaced
