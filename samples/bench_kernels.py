@@ -3,9 +3,11 @@
     python samples/bench_kernels.py                 # both operators, fp32 and fp16
     python samples/bench_kernels.py --only readout --frames 1 5 10 20 50
 
-D2Conv3D: the 3DC-Seg refinement shapes of an 8×480×864 clip, x [1, 256, 8, 30, 54] (1/16) and
-[1, 256, 8, 60, 108] (1/8), 3×3×3 kernel, padding 1, with modulation and bias; the reference is
-``vosrt.training.ops.d2conv3d.d2conv3d(..., backend="torch")``.
+D2Conv3D: the layers 3DC-Seg runs as D²Conv3D (refinement modules rf3 at 1/16 and rf2 at 1/8, see
+``vosrt.training.models.c3dseg``) on an 8×480×864 clip: the ir-CSN encoder halves time at each stage, so
+1/16 is T=2, 30×54 and 1/8 is T=4, 60×108; each module has one convFS1 from the encoder width (1024 or
+512 channels) to 256 and four 256→256 convolutions; 3×3×3 kernel, padding 1, modulation and bias.
+The reference is ``vosrt.training.ops.d2conv3d.d2conv3d(..., backend="torch")``.
 L2MemoryReadout: Ck=64, M=1620 (480p at 1/16), V=3×512, top_k=20, N = frames × 1620; the reference is the
 dense form STCN uses (affinity, top-k, scatter of the softmax into an N×M matrix, matmul), and the
 repository's gather-based reference is timed too.
@@ -27,6 +29,7 @@ from vosrt.training.ops.d2conv3d import d2conv3d
 from vosrt.training.ops.l2_readout import l2_affinity, l2_memory_readout
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+DEVICE = "cuda"
 
 
 def timed(fn, repeat: int, warmup: int = 2) -> tuple[float, int]:
@@ -51,28 +54,36 @@ def mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:9.1f}"
 
 
-def bench_d2conv3d(repeat: int, channels: int, frames: int) -> None:
-    print(f"\nD2Conv3D: C = Cout = {channels}, T = {frames}, kernel 3x3x3, padding 1, modulation + bias")
-    print(f"{'scale':>5} {'dtype':>5} {'ref ms':>9} {'kernel ms':>10} {'speed-up':>8} {'TFLOP/s':>8} "
-          f"{'ref MiB':>9} {'kern MiB':>9}")
-    for scale, (h, w) in (("1/16", (30, 54)), ("1/8", (60, 108))):
+# name, input channels, output channels, time divisor, spatial size
+D2CONV_LAYERS = [("rf3.convFS1 1/16", 1024, 256, 4, (30, 54)), ("rf3 256->256 1/16", 256, 256, 4, (30, 54)),
+                 ("rf2.convFS1 1/8", 512, 256, 2, (60, 108)), ("rf2 256->256 1/8", 256, 256, 2, (60, 108))]
+
+
+def bench_d2conv3d(repeat: int, clip_frames: int) -> None:
+    print(f"\nD2Conv3D: 3DC-Seg refinement layers of a {clip_frames}x480x864 clip, kernel 3x3x3, padding 1, "
+          f"modulation + bias")
+    print(f"{'layer':>18} {'x shape':>22} {'dtype':>5} {'ref ms':>9} {'kernel ms':>10} {'speed-up':>8} "
+          f"{'TFLOP/s':>8} {'ref MiB':>9} {'kern MiB':>9}")
+    for layer, cin, cout, time_div, (h, w) in D2CONV_LAYERS:
+        frames = max(1, clip_frames // time_div)
         kernel_ms = {}
         for name, dtype in DTYPES.items():
-            g = torch.Generator(device="cuda").manual_seed(0)
-            x = torch.randn(1, channels, frames, h, w, device="cuda", generator=g).to(dtype)
-            dilation = (1 + torch.rand(1, 3, frames, h, w, device="cuda", generator=g)).to(dtype)
-            modulation = torch.rand(1, 27, frames, h, w, device="cuda", generator=g).to(dtype)
-            weight = (torch.randn(channels, channels, 3, 3, 3, device="cuda", generator=g) * 0.02).to(dtype)
-            bias = torch.randn(channels, device="cuda", generator=g).to(dtype)
+            g = torch.Generator(device=DEVICE).manual_seed(0)
+            x = torch.randn(1, cin, frames, h, w, device=DEVICE, generator=g).to(dtype)
+            dilation = (1 + torch.rand(1, 3, frames, h, w, device=DEVICE, generator=g)).to(dtype)
+            modulation = torch.rand(1, 27, frames, h, w, device=DEVICE, generator=g).to(dtype)
+            weight = (torch.randn(cout, cin, 3, 3, 3, device=DEVICE, generator=g) * 0.02).to(dtype)
+            bias = torch.randn(cout, device=DEVICE, generator=g).to(dtype)
             args = (x, dilation, modulation, weight, bias)
             with torch.no_grad():
                 ref_ms, ref_mem = timed(lambda: d2conv3d(*args, 1, 1, 1, 1, backend="torch"), repeat)
                 ker_ms, ker_mem = timed(lambda: cuda_kernels.d2conv3d(*args, (1,) * 3, (1,) * 3, (1,) * 3, 1), repeat)
             kernel_ms[name] = ker_ms
-            flops = 2.0 * channels * channels * 27 * frames * h * w
-            print(f"{scale:>5} {name:>5} {ref_ms:9.3f} {ker_ms:10.3f} {ref_ms / ker_ms:7.1f}x "
+            flops = 2.0 * cout * cin * 27 * frames * h * w
+            shape = "x".join(str(v) for v in x.shape)
+            print(f"{layer:>18} {shape:>22} {name:>5} {ref_ms:9.3f} {ker_ms:10.3f} {ref_ms / ker_ms:7.1f}x "
                   f"{flops / ker_ms / 1e9:8.2f} {mib(ref_mem)} {mib(ker_mem)}")
-        print(f"{scale:>5} fp16 kernel vs fp32 kernel: {kernel_ms['fp32'] / kernel_ms['fp16']:.2f}x")
+        print(f"{layer:>18} fp16 kernel vs fp32 kernel: {kernel_ms['fp32'] / kernel_ms['fp16']:.2f}x")
 
 
 def dense_reference(mem_key, query_key, mem_value, top_k, scale):
@@ -92,10 +103,10 @@ def bench_readout(repeat: int, frames_list: list[int], top_k: int) -> None:
     for name, dtype in DTYPES.items():
         for frames in frames_list:
             n = frames * hw
-            g = torch.Generator(device="cuda").manual_seed(frames)
-            mem_key = torch.randn(1, ck, n, device="cuda", generator=g).to(dtype)
-            query_key = torch.randn(1, ck, m, device="cuda", generator=g).to(dtype)
-            mem_value = torch.randn(1, v, n, device="cuda", generator=g).to(dtype)
+            g = torch.Generator(device=DEVICE).manual_seed(frames)
+            mem_key = torch.randn(1, ck, n, device=DEVICE, generator=g).to(dtype)
+            query_key = torch.randn(1, ck, m, device=DEVICE, generator=g).to(dtype)
+            mem_value = torch.randn(1, v, n, device=DEVICE, generator=g).to(dtype)
             args = (mem_key, query_key, mem_value, top_k, scale)
             with torch.no_grad():
                 dense_ms, dense_mem = timed(lambda: dense_reference(*args), repeat)
@@ -117,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=10, help="timed calls per measurement (median reported)")
     parser.add_argument("--frames", type=int, nargs="+", default=[1, 5, 10, 20, 50], help="readout memory frames")
     parser.add_argument("--top-k", type=int, default=20)
-    parser.add_argument("--channels", type=int, default=256, help="D2Conv3D input = output channels")
-    parser.add_argument("--clip-frames", type=int, default=8, help="D2Conv3D temporal size T")
+    parser.add_argument("--clip-frames", type=int, default=8, help="frames of the 3DC-Seg clip (D2Conv3D shapes)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_kernels: needs a CUDA device", file=sys.stderr)
@@ -130,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"kernel library: {cuda_kernels._kernels.find_library()}")
     if args.only in (None, "d2conv3d"):
-        bench_d2conv3d(args.repeat, args.channels, args.clip_frames)
+        bench_d2conv3d(args.repeat, args.clip_frames)
     if args.only in (None, "readout"):
         bench_readout(args.repeat, args.frames, args.top_k)
     return 0
