@@ -187,9 +187,9 @@ def test_wrong_dilation_shape_is_reported():
         d2conv3d(x, torch.ones(1, 3, 3, 4, 5), None, weight, None, 1, 1)
 
 
-def test_chunks_bound_the_sampled_columns_of_a_one_eighth_scale_clip(monkeypatch):
-    # 8-frame 480×864 clip at 1/8 scale: the sampled columns held at once stay under the chunk budget
-    # (never K·N·P·C values). Narrow channels keep the test quick; the budget logic does not depend on C.
+def test_chunks_bound_the_saved_columns_of_a_one_eighth_scale_clip(monkeypatch):
+    # 8-frame 480×864 clip at 1/8 scale: kernel points are grouped so the columns one chunk keeps for
+    # backward stay under the budget. Narrow channels keep the test quick; the budget logic is the same.
     calls = []
     real = d2mod._chunk_forward
 
