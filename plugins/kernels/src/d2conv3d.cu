@@ -4,8 +4,8 @@
 // [C·K, P] with modulated trilinear samples (d2c_im2col_point, shared with the CPU driver), then one
 // batched GEMM per group multiplies Wt [Cout/G, Cg·K] by it into Y. The workspace is one column tile
 // (bounded by kColumnBudget bytes), never the full [C·K, To·Ho·Wo] matrix of a clip.
-// fp16: samples are interpolated in fp32 and stored as fp16 columns for the tensor-core GEMM (fp32
-// accumulation). Backward (fp32): grad_cols = Wtᵀ·grad_Y per tile, then d2c_col2im_point scatters it
+// fp32: the GEMM runs on the TF32 tensor cores as 3xTF32 (fp32 accuracy). fp16: samples are interpolated
+// in fp32 and stored as fp16 columns for the tensor-core GEMM (fp32 accumulation). Backward (fp32): grad_cols = Wtᵀ·grad_Y per tile, then d2c_col2im_point scatters it
 // to grad_x (atomics) and reduces it into grad_modulation and grad_dilation; grad_Wt += grad_Y·colsᵀ.
 #if !defined(VOSRT_EMULATE)
 #include <cuda_fp16.h>
@@ -107,7 +107,7 @@ vosrtStatus_t forward<float>(const D2cShape& s, const float* x, const float* dil
                         cols, P, (long long)rows * P,
                         y + (size_t)n * s.Cout * s.L + p0, s.L, (long long)s.CoutG * s.L,
                         bias, 0};
-      gemm_f32<false, false>(g, s.G, stream);
+      gemm_f32_tc_nn(g, s.G, stream);
     }
   return launch_status();
 }

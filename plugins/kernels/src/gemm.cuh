@@ -1,5 +1,6 @@
 // Tiled GEMMs for the D2Conv3D column tiles (the toolkit on CI has no cuBLAS, and the plugins should
-// not need it): fp32 on CUDA cores with 8×8 register tiles, fp16 on tensor cores (WMMA, fp32 accumulate).
+// not need it): fp32 on CUDA cores with 8×8 register tiles (any transposes; the backward), fp32 on tensor
+// cores as 3xTF32 (the forward), fp16 on tensor cores (WMMA, fp32 accumulate).
 //
 // Row-major semantics, batched over blockIdx.z:
 //   C[m, n] = Σ_k op(A)[m, k]·op(B)[k, n]  (+ bias[z·M + m])  (+ C[m, n] if accumulate)
@@ -126,6 +127,135 @@ inline void gemm_f32(const GemmArgs<float>& g, int batch, cudaStream_t stream) {
   VOSRT_LAUNCH(kernel, grid, 256, 0, stream)(g);
 }
 
+
+// ---- fp32 on tensor cores (no transposes), "3xTF32": each operand x = hi + lo with hi = tf32(x) and
+// lo = tf32(x − hi); a·b ≈ hi·hi + hi·lo + lo·hi keeps ~fp32 accuracy (the dropped lo·lo is ~2⁻²² |a·b|)
+// while running on the TF32 tensor cores. 128×128 block tile, 8 warps of 64×32, WMMA 16×16×8.
+constexpr int kTcTileM = 128, kTcTileN = 128, kTcTileK = 16;
+constexpr int kTcPadA = kTcTileK + 4;  // ld of the A tile (floats): a multiple of 4, rows 16-byte aligned
+constexpr int kTcPadB = kTcTileN + 4;
+
+// Elements (row, col .. col+3) of a row-major rows×cols matrix with leading dimension ld; zeros outside.
+__device__ __forceinline__ float4 load_float4(const float* base, long long ld, int row, int col, int rows, int cols,
+                                              bool vectorised) {
+  if (vectorised && row < rows && col + 3 < cols) return *reinterpret_cast<const float4*>(base + row * ld + col);
+  float v[4];
+  VOSRT_UNROLL
+  for (int i = 0; i < 4; ++i) v[i] = (row < rows && col + i < cols) ? base[row * ld + col + i] : 0.f;
+  return make_float4(v[0], v[1], v[2], v[3]);
+}
+
+// Splits every element of a TF32 fragment into its high part (kept) and the TF32 remainder (into lo).
+template <typename Frag>
+__device__ __forceinline__ void split_tf32(Frag& hi, Frag& lo) {
+  VOSRT_UNROLL
+  for (int t = 0; t < hi.num_elements; ++t) {
+    const float v = hi.x[t];
+    const float h = nvcuda::wmma::__float_to_tf32(v);
+    lo.x[t] = nvcuda::wmma::__float_to_tf32(v - h);
+    hi.x[t] = h;
+  }
+}
+
+__global__ void __launch_bounds__(256) gemm_f32_tc_nn_kernel(GemmArgs<float> g) {
+  using namespace nvcuda;
+  __shared__ __align__(32) float As[2][kTcTileM * kTcPadA];
+  __shared__ __align__(32) float Bs[2][kTcTileK * kTcPadB];
+  __shared__ __align__(32) float stage_out[8][16 * 16];
+  const int z = blockIdx.z;
+  const float* A = g.A + z * g.strideA;
+  const float* B = g.B + z * g.strideB;
+  const bool vec_a = g.lda % 4 == 0 && reinterpret_cast<size_t>(A) % 16 == 0;
+  const bool vec_b = g.ldb % 4 == 0 && reinterpret_cast<size_t>(B) % 16 == 0;
+  const int m0 = blockIdx.y * kTcTileM, n0 = blockIdx.x * kTcTileN;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int wm = warp / 4, wn = warp % 4;
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[4][2];
+  VOSRT_UNROLL
+  for (int i = 0; i < 4; ++i)
+    VOSRT_UNROLL
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+
+  // 512 float4 per tile, 2 per thread: A as 128 rows × 4 vectors, B as 16 rows × 32 vectors.
+  float4 ra[2], rb[2];
+  auto fetch = [&](int k0) {
+    VOSRT_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      const int v = tid + r * 256;
+      ra[r] = load_float4(A, g.lda, m0 + v / 4, k0 + (v % 4) * 4, g.M, g.K, vec_a);
+      rb[r] = load_float4(B, g.ldb, k0 + v / 32, n0 + (v % 32) * 4, g.K, g.N, vec_b);
+    }
+  };
+  auto stash = [&](int stage) {
+    VOSRT_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      const int v = tid + r * 256;
+      *reinterpret_cast<float4*>(&As[stage][(v / 4) * kTcPadA + (v % 4) * 4]) = ra[r];
+      *reinterpret_cast<float4*>(&Bs[stage][(v / 32) * kTcPadB + (v % 32) * 4]) = rb[r];
+    }
+  };
+
+  fetch(0);
+  stash(0);
+  __syncthreads();
+  int stage = 0;
+  for (int k0 = 0; k0 < g.K; k0 += kTcTileK) {
+    const bool more = k0 + kTcTileK < g.K;
+    if (more) fetch(k0 + kTcTileK);
+    VOSRT_UNROLL
+    for (int kk = 0; kk < kTcTileK; kk += 8) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a_hi[4], a_lo[4];
+      wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b_hi[2], b_lo[2];
+      VOSRT_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        wmma::load_matrix_sync(a_hi[i], &As[stage][(wm * 64 + i * 16) * kTcPadA + kk], kTcPadA);
+        split_tf32(a_hi[i], a_lo[i]);
+      }
+      VOSRT_UNROLL
+      for (int j = 0; j < 2; ++j) {
+        wmma::load_matrix_sync(b_hi[j], &Bs[stage][kk * kTcPadB + wn * 32 + j * 16], kTcPadB);
+        split_tf32(b_hi[j], b_lo[j]);
+      }
+      VOSRT_UNROLL
+      for (int i = 0; i < 4; ++i)
+        VOSRT_UNROLL
+        for (int j = 0; j < 2; ++j) {  // small terms first
+          wmma::mma_sync(acc[i][j], a_lo[i], b_hi[j], acc[i][j]);
+          wmma::mma_sync(acc[i][j], a_hi[i], b_lo[j], acc[i][j]);
+          wmma::mma_sync(acc[i][j], a_hi[i], b_hi[j], acc[i][j]);
+        }
+    }
+    if (more) stash(stage ^ 1);  // that stage was last read before the previous barrier
+    __syncthreads();
+    stage ^= 1;
+  }
+  float* C = g.C + z * g.strideC;
+  float* st = stage_out[warp];
+  VOSRT_UNROLL
+  for (int i = 0; i < 4; ++i)
+    VOSRT_UNROLL
+    for (int j = 0; j < 2; ++j) {
+      wmma::store_matrix_sync(st, acc[i][j], 16, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 256; e += 32) {
+        const int m = m0 + wm * 64 + i * 16 + e / 16, n = n0 + wn * 32 + j * 16 + e % 16;
+        if (m < g.M && n < g.N) {
+          float* dst = C + (long long)m * g.ldc + n;
+          float v = st[e];
+          if (g.bias) v += g.bias[(long long)z * g.M + m];
+          if (g.accumulate) v += *dst;
+          *dst = v;
+        }
+      }
+      __syncwarp();
+    }
+}
+
+inline void gemm_f32_tc_nn(const GemmArgs<float>& g, int batch, cudaStream_t stream) {
+  const dim3 grid((g.N + kTcTileN - 1) / kTcTileN, (g.M + kTcTileM - 1) / kTcTileM, batch);
+  auto kernel = &gemm_f32_tc_nn_kernel;
+  VOSRT_LAUNCH(kernel, grid, 256, 0, stream)(g);
+}
 
 // ---- fp16 (no transposes): 128×128 block tile, 8 warps of 64×32, WMMA 16×16×16, fp32 accumulators ----
 // Tiles move as 16-byte vectors of 8 halves (scalar fallback at ragged edges or unaligned leading

@@ -32,6 +32,7 @@ struct alignas(16) float4 {
 struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 namespace vosrt_emu {
 inline thread_local dim3 thread_index, block_index;
@@ -119,45 +120,65 @@ struct matrix_b {};
 struct accumulator {};
 struct row_major {};
 struct col_major {};
+namespace precision {
+struct tf32 {};
+}
 enum layout_t { mem_row_major, mem_col_major };
 
+// A fragment of a 16×16×K tile; element (r, c) of the logical matrix is x[r·cols + c].
 template <typename Use, int M, int N, int K, typename T, typename Layout = void>
 struct fragment {
-  static_assert(M == 16 && N == 16 && K == 16, "only 16x16x16 is emulated");
-  T v[16][16];  // logical (row, column) of the tile
+  static_assert(M == 16 && N == 16 && (K == 16 || K == 8), "only 16x16x16 and 16x16x8 are emulated");
+  static constexpr int rows = std::is_same<Use, matrix_b>::value ? K : M;
+  static constexpr int cols = std::is_same<Use, matrix_a>::value ? K : N;
+  static constexpr int num_elements = rows * cols;
+  using element_type = typename std::conditional<std::is_same<T, precision::tf32>::value, float, T>::type;
+  element_type x[rows * cols];
 };
 
-template <typename Use, typename T, typename Layout>
-inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
-  for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 16; ++j)
-      f.v[i][j] = std::is_same<Layout, row_major>::value ? p[i * ldm + j] : p[j * ldm + i];
+template <typename Use, int M, int N, int K, typename T, typename Layout, typename P>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const P* p, unsigned ldm) {
+  using F = fragment<Use, M, N, K, T, Layout>;
+  for (int r = 0; r < F::rows; ++r)
+    for (int c = 0; c < F::cols; ++c)
+      f.x[r * F::cols + c] = std::is_same<Layout, row_major>::value ? p[r * ldm + c] : p[c * ldm + r];
 }
-inline void fill_fragment(fragment<accumulator, 16, 16, 16, float>& f, float value) {
-  for (auto& row : f.v)
-    for (auto& x : row) x = value;
+template <int K>
+inline void fill_fragment(fragment<accumulator, 16, 16, K, float>& f, float value) {
+  for (auto& v : f.x) v = value;
 }
+
+// TF32: 10 explicit mantissa bits, rounded to nearest.
+inline float __float_to_tf32(float v) {
+  if (!std::isfinite(v)) return v;
+  unsigned bits;
+  std::memcpy(&bits, &v, 4);
+  bits = (bits + 0x1000u) & 0xFFFFE000u;
+  std::memcpy(&v, &bits, 4);
+  return v;
+}
+
 // Lane l owns row l/2, columns 8·(l%2) .. +7 of the 16×16 result, as in a real fragment each lane holds
 // a distinct eighth; it computes and stores only those (callers sync the warp before reading them).
 inline int lane_row() { return (int)(threadIdx.x % 32) / 2; }
 inline int lane_col0() { return (int)(threadIdx.x % 2) * 8; }
 
-template <typename LA, typename LB>
-inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, __half, LA>& a,
-                     const fragment<matrix_b, 16, 16, 16, __half, LB>& b,
-                     const fragment<accumulator, 16, 16, 16, float>& c) {
+template <int K, typename T, typename LA, typename LB>
+inline void mma_sync(fragment<accumulator, 16, 16, K, float>& d, const fragment<matrix_a, 16, 16, K, T, LA>& a,
+                     const fragment<matrix_b, 16, 16, K, T, LB>& b, const fragment<accumulator, 16, 16, K, float>& c) {
   const int i = lane_row();
   for (int j = lane_col0(); j < lane_col0() + 8; ++j) {
-    float acc = c.v[i][j];
-    for (int k = 0; k < 16; ++k) acc += (float)a.v[i][k] * (float)b.v[k][j];
-    d.v[i][j] = acc;
+    float acc = c.x[i * 16 + j];
+    for (int k = 0; k < K; ++k) acc += (float)a.x[i * K + k] * (float)b.x[k * 16 + j];
+    d.x[i * 16 + j] = acc;
   }
 }
-inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm,
+template <int K>
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, K, float>& f, unsigned ldm,
                               layout_t layout) {
   const int i = lane_row();
   for (int j = lane_col0(); j < lane_col0() + 8; ++j)
-    (layout == mem_row_major ? p[i * ldm + j] : p[j * ldm + i]) = f.v[i][j];
+    (layout == mem_row_major ? p[i * ldm + j] : p[j * ldm + i]) = f.x[i * 16 + j];
 }
 }  // namespace wmma
 }  // namespace nvcuda
