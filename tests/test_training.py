@@ -19,6 +19,7 @@ from vosrt.training.train import _collate, build_dataset, default_config, load_c
 
 # the smallest STCN the registry builds: fast enough for several steps in a test
 TINY_STCN = dict(value_widths=[8, 16, 32], value_dim=16, f16_thin_dim=16, decoder_dims=[16, 8, 8], key_dim=8)
+TINY_3DC = dict(depths=[1, 1, 1, 1], planes=[4, 8, 16, 32], stem_width=8, mdim=16, gc_width=16)
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +92,7 @@ def test_one_3dc_seg_training_step_reduces_the_loss_on_a_fixed_batch(data_dir):
     config = default_config("3dc-seg-lite", size=[32, 32], clip_length=4, max_window=6, seed=0)
     dataset = build_dataset(config, [data_dir])
     batch = _collate([dataset[0]])
-    model = build_model("3dc-seg-lite").eval()
+    model = build_model("3dc-seg-lite", **TINY_3DC).eval()
     step = ClipTrainStep(model)
     before, after = _loss_decreases(step, (batch["images"], batch["foreground"]),
                                     [p for p in model.parameters() if p.requires_grad])
@@ -175,3 +176,13 @@ def test_training_with_a_validation_folder_reports_j_and_f(data_dir, tmp_path):
                     progress=False)
     assert set(summary["validation"]) == {"J", "F", "J&F"}
     assert 0.0 <= summary["validation"]["J&F"] <= 1.0
+
+
+def test_3dc_seg_training_run_checkpoints_and_validates(data_dir, tmp_path):
+    pytest.importorskip("vosrt.training.models.c3dseg")
+    config = default_config("3dc-seg-lite", model_overrides=TINY_3DC, size=[32, 32], clip_length=4, max_window=6,
+                            batch_size=1, iterations=1, num_workers=0, val_videos=1, clip_overlap=1, seed=0)
+    summary = train([data_dir], tmp_path / "run", config, val_data=data_dir, progress=False)
+    assert summary["step"] == 1 and "grad_norm" in summary["logs"]
+    assert 0.0 <= summary["validation"]["J&F"] <= 1.0
+    assert torch.load(tmp_path / "run" / "last.pth", weights_only=True)["config"]["model"] == "3dc-seg-lite"

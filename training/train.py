@@ -250,14 +250,25 @@ def _setup_distributed() -> _Dist:
 # ---------------------------------------------------------------------------------------------- the loop
 
 def _init_weights(model: nn.Module, path: str | Path, family: str) -> None:
+    """Whole-model weights (vosrt checkpoint, published state_dict) or, for 3dc-seg, ir-CSN backbone
+    weights (VMZ Caffe2 ``.pkl`` or its PyTorch conversion) for the encoder alone."""
     path = Path(path)
-    if path.suffix == ".pkl":
-        if family != "3dc-seg":
-            raise UserError(f"--init {path}: Caffe2 .pkl backbone weights are for 3dc-seg, not {family}")
-        from vosrt.training.models import caffe2_convert  # only 3DC-Seg users need it
-        caffe2_convert.load_backbone(model, path)
-        return
-    _, state_dict = read_checkpoint(path)
+    if not path.is_file():
+        raise UserError(f"--init: file not found: {path}")
+    if family == "3dc-seg":
+        from vosrt.training.models.caffe2_convert import load_backbone_weights
+        if path.suffix == ".pkl":
+            load_backbone_weights(model, path)
+            return
+        try:
+            _, state_dict = read_checkpoint(path)
+        except UserError:  # not a whole model: an ir-CSN backbone state_dict
+            load_backbone_weights(model, path)
+            return
+    elif path.suffix == ".pkl":
+        raise UserError(f"--init {path}: Caffe2 .pkl backbone weights are for 3dc-seg, not {family}")
+    else:
+        _, state_dict = read_checkpoint(path)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
