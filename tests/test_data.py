@@ -162,3 +162,16 @@ def test_clip_sampler_gives_clips_with_binary_foreground(davis):
     sample = ds[0]
     assert sample["images"].shape == (3, 8, 32, 48) and sample["foreground"].shape == (1, 8, 32, 48)
     assert set(sample["foreground"].unique().tolist()) <= {0.0, 1.0} and sample["foreground"].any()
+
+
+def test_generated_triplets_come_from_a_new_clip_every_sample_and_epoch():
+    from vosrt.training.data import GeneratedTripletDataset
+
+    ds = GeneratedTripletDataset(size=(32, 32), clip_size=(48, 64), num_frames=6, max_skip=2,
+                                 samples_per_epoch=3, seed=1)
+    first = [ds.clip_seed(i) for i in range(3)]
+    sample = ds[0]
+    assert sample["images"].shape == (3, 3, 32, 32) and sample["masks"][0, 0].any()
+    assert torch.equal(ds[0]["images"], sample["images"])
+    ds.set_epoch(1)
+    assert len(set(first + [ds.clip_seed(i) for i in range(3)])) == 6

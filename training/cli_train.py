@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``vosrt train``."""
     parser.add_argument("family", choices=["stcn", "3dc-seg"], help="model family to train")
     parser.add_argument("--data", nargs="+", required=True, metavar="DIR",
-                        help="dataset folder(s): DAVIS 2016/2017 or YouTube-VOS layout (static stage: image/mask pairs)")
+                        help="dataset folder(s): DAVIS 2016/2017 or YouTube-VOS layout (static stage: image/mask pairs); "
+                             "'generated' trains stcn on clips generated on the fly")
     parser.add_argument("--out", required=True, metavar="RUN", help="run folder: checkpoints, TensorBoard logs, config")
     parser.add_argument("--config", metavar="FILE", help="JSON object of training options (see vosrt.training.train.TrainConfig)")
     parser.add_argument("--model", help="model variant, e.g. stcn-lite (default: the family's published model)")

@@ -42,12 +42,13 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from vosrt.sdk.errors import UserError
-from vosrt.training.data import (ForegroundClipDataset, StaticSequenceDataset, VideoFolder, VOSTripletDataset,
-                                 max_skip_at)
+from vosrt.training.data import (ForegroundClipDataset, GeneratedTripletDataset, StaticSequenceDataset, VideoFolder,
+                                 VOSTripletDataset, max_skip_at)
 from vosrt.training.models import build_model, family_of, read_checkpoint, save_checkpoint
 from vosrt.training.steps import ClipTrainStep, STCNTrainStep
 
 CHECKPOINT_NAME = "last.pth"
+GENERATED = "generated"  # --data value: STCN triplets from clips generated on the fly
 
 
 @dataclass
@@ -75,6 +76,9 @@ class TrainConfig:
     grad_clip: float | None = None
     bce_weight: float = 0.0
     repeat: int = 1                      # samples per video (or image) per epoch
+    generated_clip_size: list = field(default_factory=lambda: [240, 432])  # --data generated: clip H, W
+    generated_frames: int = 12           # --data generated: frames per clip
+    samples_per_epoch: int = 1000        # --data generated: samples per epoch
     num_workers: int = 2
     seed: int = 14159265
     amp: bool = False
@@ -177,9 +181,18 @@ def _folders(paths: list[str | Path]) -> list[VideoFolder]:
 
 
 def build_dataset(config: TrainConfig, data: list[str | Path]):
-    """The training sampler of ``config``'s family and stage over the folders ``data``."""
+    """The training sampler of ``config``'s family and stage over the folders ``data`` (or, for STCN
+    main training, ``["generated"]``: clips generated on the fly, see ``GeneratedTripletDataset``)."""
     if not data:
         raise UserError("--data: give at least one dataset folder")
+    if [str(d) for d in data] == [GENERATED]:
+        if config.family != "stcn" or config.stage != "main":
+            raise UserError("--data generated: clips generated on the fly feed stcn main training only; "
+                            "write a dataset with vosrt.sdk.synthetic.generate_dataset for the others")
+        return GeneratedTripletDataset(size=tuple(config.size), clip_size=tuple(config.generated_clip_size),
+                                       num_frames=config.generated_frames,
+                                       max_skip=config.skip_curriculum[0][1],
+                                       samples_per_epoch=config.samples_per_epoch, seed=config.seed)
     size = tuple(int(s) for s in config.size)
     if len(size) != 2 or any(s % 16 for s in size):
         raise UserError(f"size: expected [height, width], both multiples of 16, got {config.size}")

@@ -92,33 +92,45 @@ class VOSTripletDataset(SeededDataset):
             chosen = [stems[i] for i in sample_frame_indices(rng, len(stems), max_gap, self.num_frames)]
             if rng.random() < 0.5:
                 chosen = chosen[::-1]
-            images, labels = self._augment(rng, [folder.read_frame(video, s) for s in chosen],
-                                           [folder.read_labels(video, s) for s in chosen])
-            present = np.unique(labels[0])
-            present = [int(v) for v in present if v != 0]
-            if present:
-                target = int(rng.choice(present))
-                others = [v for v in present if v != target]
-                objects = [target] + ([int(rng.choice(others))] if others and self.max_objects > 1 else [])
-                return pack_objects(images, labels, objects, self.max_objects, video)
-        return pack_objects(images, labels, [], self.max_objects, video)  # STCN: an all-background sample
+            sample = triplet_sample(rng, [folder.read_frame(video, s) for s in chosen],
+                                    [folder.read_labels(video, s) for s in chosen], self.size, self.max_objects,
+                                    video, allow_empty=attempt == 4)
+            if sample is not None:
+                return sample
+        raise AssertionError("unreachable: the last attempt accepts an empty sample")
 
-    def _augment(self, rng, images, labels):
-        height, width = images[0].shape[:2]
-        crop = T.resized_crop_matrix(rng, height, width, self.size, scale=(0.36, 1.0), flip=rng.random() < 0.5)
-        jitter = dict(brightness=0.1, contrast=0.03, saturation=0.03)
-        shared_seed = int(rng.integers(2**31))
-        grey = rng.random() < 0.05
-        out_images, out_labels = [], []
-        for image, label in zip(images, labels):
-            image, label = T.warp_affine(image, label, crop, self.size)
-            # the same jitter for every frame: redraw it from the same seed
-            image = T.colour_jitter(np.random.default_rng(shared_seed), image, **jitter)
-            if grey:
-                image = T.random_grayscale(rng, image, 1.0)
-            matrix = T.affine_matrix(rng, *self.size, degrees=15, shear=10)
-            image, label = T.warp_affine(image, label, matrix)
-            image = T.colour_jitter(rng, image, brightness=0.01, contrast=0.01, saturation=0.01)
-            out_images.append(image)
-            out_labels.append(label)
-        return out_images, out_labels
+
+def triplet_sample(rng: np.random.Generator, images: list[np.ndarray], labels: list[np.ndarray],
+                   size: tuple[int, int], max_objects: int, name: str, allow_empty: bool = False) -> dict | None:
+    """Augment ordered frames and pick the objects (see the module docstring); None when no object is
+    visible on the first frame after augmentation, unless ``allow_empty`` (then an all-background sample,
+    as STCN returns)."""
+    images, labels = _augment(rng, images, labels, size)
+    present = [int(v) for v in np.unique(labels[0]) if v != 0]
+    if not present:
+        return pack_objects(images, labels, [], max_objects, name) if allow_empty else None
+    target = int(rng.choice(present))
+    others = [v for v in present if v != target]
+    objects = [target] + ([int(rng.choice(others))] if others and max_objects > 1 else [])
+    return pack_objects(images, labels, objects, max_objects, name)
+
+
+def _augment(rng, images, labels, size):
+    height, width = images[0].shape[:2]
+    crop = T.resized_crop_matrix(rng, height, width, size, scale=(0.36, 1.0), flip=rng.random() < 0.5)
+    jitter = dict(brightness=0.1, contrast=0.03, saturation=0.03)
+    shared_seed = int(rng.integers(2**31))
+    grey = rng.random() < 0.05
+    out_images, out_labels = [], []
+    for image, label in zip(images, labels):
+        image, label = T.warp_affine(image, label, crop, size)
+        # the same jitter for every frame: redraw it from the same seed
+        image = T.colour_jitter(np.random.default_rng(shared_seed), image, **jitter)
+        if grey:
+            image = T.random_grayscale(rng, image, 1.0)
+        matrix = T.affine_matrix(rng, *size, degrees=15, shear=10)
+        image, label = T.warp_affine(image, label, matrix)
+        image = T.colour_jitter(rng, image, brightness=0.01, contrast=0.01, saturation=0.01)
+        out_images.append(image)
+        out_labels.append(label)
+    return out_images, out_labels
