@@ -161,6 +161,7 @@ def export_graph(spec: graph_modules.GraphSpec, graph: str, height: int, width: 
     with graph_modules.custom_ops(), torch.no_grad(), _quiet_exporter():
         program = torch.export.export(spec.module.eval(), tuple(example) + tuple(extra.values()),
                                       dynamic_shapes=_torch_dynamic_shapes(spec, extra), strict=False)
+    _check_custom_op_calls(spec.module, program)
     models = {}
     for form in forms:
         # The plugin form carries top_k as the node attribute only, so its top_k input stays unused
@@ -175,6 +176,16 @@ def export_graph(spec: graph_modules.GraphSpec, graph: str, height: int, width: 
             _drop_unused_inputs(model)
         models[form] = _finish_model(model, graph, form, top_k)
     return models
+
+
+def _check_custom_op_calls(module: torch.nn.Module, program) -> None:
+    # Every D²Conv3D layer must reach the exporter as one custom-op call; a layer that bypassed it would
+    # be traced into thousands of gathers and silently missing from the plugin form.
+    layers = sum(1 for m in module.modules() if hasattr(m, "deform_params") and hasattr(m, "deform_conv"))
+    calls = sum(1 for node in program.graph.nodes if node.target is graph_modules.D2CONV3D_OP)
+    if calls != layers:
+        raise RuntimeError(f"{layers} D²Conv3D layer(s) but {calls} vosrt::d2conv3d call(s) in the traced graph: "
+                           f"a layer does not call vosrt.training.ops.d2conv3d.d2conv3d")
 
 
 def _drop_unused_inputs(model: onnx.ModelProto) -> None:

@@ -186,9 +186,18 @@ def test_custom_ops_block_routes_model_modules_and_restores_them():
     sys.modules[fake.__name__] = fake
     try:
         assert not graphs.exporting()
+        reference = d2_module.d2conv3d
+        torch.manual_seed(2)
+        x, d, m = torch.randn(1, 2, 3, 4, 5), 1 + torch.rand(1, 3, 3, 4, 5), torch.rand(1, 27, 3, 4, 5)
+        w = torch.randn(3, 2, 3, 3, 3)
         with graphs.custom_ops():
-            assert graphs.exporting() and fake.d2conv3d is not d2_module.d2conv3d
-        assert not graphs.exporting() and fake.d2conv3d is d2_module.d2conv3d
+            assert graphs.exporting()
+            assert d2_module.d2conv3d is not reference and fake.d2conv3d is not reference
+            # The layers' call (module attribute, looked up at call time) reaches the reference through the op.
+            routed = d2_module.d2conv3d(x, d, m, w, None, 1, 1, 1, 1)
+        assert torch.equal(routed, reference(x, d, m, w, None, 1, 1, 1, 1, backend="torch"))
+        assert not graphs.exporting()
+        assert d2_module.d2conv3d is reference and fake.d2conv3d is reference
     finally:
         del sys.modules[fake.__name__]
 

@@ -28,6 +28,8 @@ from vosrt.training.ops.aggregate import soft_aggregate
 from vosrt.training.ops.l2_readout import l2_memory_readout
 
 DEFAULT_TOP_K = 20
+# Kept before custom_ops() can point the module attribute at the custom op (which calls this).
+_REFERENCE_D2CONV3D = _d2conv3d_module.d2conv3d
 
 # ---------------------------------------------------------------------------------------------------
 # custom ops
@@ -37,8 +39,8 @@ DEFAULT_TOP_K = 20
 def _d2conv3d_op(x: torch.Tensor, dilation: torch.Tensor, modulation: Optional[torch.Tensor],
                  weight: torch.Tensor, bias: Optional[torch.Tensor], stride: list[int], padding: list[int],
                  dilation_base: list[int], groups: int) -> torch.Tensor:
-    return _d2conv3d_module.d2conv3d(x, dilation, modulation, weight, bias, stride, padding, dilation_base,
-                                     groups, backend="torch")
+    return _REFERENCE_D2CONV3D(x, dilation, modulation, weight, bias, stride, padding, dilation_base, groups,
+                               backend="torch")
 
 
 @_d2conv3d_op.register_fake
@@ -82,13 +84,15 @@ def custom_ops():
     """Within this block the graphs and the models call ``torch.ops.vosrt.*`` instead of the reference
     functions, so that the exporter sees each operator as one node.
 
-    Model modules that imported ``d2conv3d`` by name from ``vosrt.training.ops.d2conv3d`` have that
-    name pointed at the custom op for the duration of the block.
+    ``vosrt.training.ops.d2conv3d.d2conv3d`` (which the D²Conv3D layers look up at call time), and the
+    same name in any model module that imported it directly, point at the custom op for the duration
+    of the block.
     """
     global _exporting
-    reference = _d2conv3d_module.d2conv3d
-    patched = [m for name, m in list(sys.modules.items())
-               if name.startswith("vosrt.training.models") and getattr(m, "d2conv3d", None) is reference]
+    reference = _REFERENCE_D2CONV3D
+    patched = [_d2conv3d_module] + [m for name, m in list(sys.modules.items())
+                                    if name.startswith("vosrt.training.models")
+                                    and getattr(m, "d2conv3d", None) is reference]
     previous, _exporting = _exporting, True
     for module in patched:
         module.d2conv3d = _d2conv3d_as_op
