@@ -26,7 +26,7 @@ import vosrt
 from vosrt.export import onnx_ops
 from vosrt.sdk.errors import UserError
 from vosrt.training import graphs as graph_modules
-from vosrt.training.models import FAMILIES, MODELS, build_model, family_of, load_checkpoint, save_checkpoint
+from vosrt.training.models import FAMILIES, build_model, family_of, load_checkpoint, save_checkpoint
 
 FORMS = ("plugin", "portable")
 FORMAT_VERSION = 1

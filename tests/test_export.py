@@ -7,6 +7,7 @@ The full-size STCN is used where the issue asks for its resolution (480×864).
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import math
 
@@ -208,7 +209,6 @@ def test_manifest_describes_family_resolution_graphs_streaming_and_source(lite_p
     assert manifest["dims"]["key_dim"] == 64 and manifest["dims"]["value_dim"] == 128
     assert manifest["versions"]["opset"] == 20 and manifest["versions"]["ir_version"] == 10
     weights = lite_package / manifest["source"]["checkpoint"]
-    import hashlib
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == manifest["source"]["sha256"]
 
 
