@@ -4,9 +4,9 @@
     vosrt demo --family 3dc-seg      # 3dc-seg-lite: segment the moving objects, no mask given
     vosrt demo --heldout 20          # J&F over 20 held-out generated clips, and the copy-first-mask baseline
 
-The clip comes from :mod:`vosrt.sdk.synthetic` with a seed that no training set of the demo models
-used (they were trained on ``generate_dataset(..., seed=1)``; see ``sdk/models/README.md``), so the
-score is on unseen data. Frames stream through the shipped package with ONNX Runtime on the CPU
+The clip comes from :mod:`vosrt.sdk.synthetic` with a seed that no training clip of the demo models
+used (the training clips' seeds are recorded in ``sdk/models/<model>/training.json`` and checked by
+the tests), so the score is on unseen data. Frames stream through the shipped package with ONNX Runtime on the CPU
 (``vosrt.sdk.load``); the command writes ``OUT/overlay.mp4`` and one palette PNG per frame in
 ``OUT/masks/``, then prints J&F (DAVIS protocol, ``vosrt.sdk.metrics``) and the frames per second of
 the streaming loop (model loading excluded).

@@ -1,0 +1,61 @@
+"""`vosrt demo`: the shipped demo package segments a held-out generated clip on ONNX Runtime CPU."""
+import json
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from vosrt.cli import main
+from vosrt.sdk import cli_demo
+from vosrt.sdk.masks import read_label_png
+from vosrt.sdk.synthetic import sequence_seed
+
+
+def _training_record(family):
+    path = cli_demo.MODELS_DIR / cli_demo.DEMO_PACKAGES[family] / "training.json"
+    return json.loads(path.read_text())
+
+
+def test_stcn_demo_package_is_shipped_and_small():
+    folder = cli_demo.demo_package("stcn")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["family"] == "stcn"
+    size = sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".onnx", ".data", ".json"))
+    assert size < 40e6
+
+
+def test_demo_clips_are_held_out_from_the_training_data():
+    record = _training_record("stcn")
+    trained = {sequence_seed(seed, i) for seed, count in record["datasets"] for i in range(count)}
+    assert cli_demo.DEMO_SEED not in trained
+    assert not trained & {sequence_seed(cli_demo.HELDOUT_DATASET_SEED, i) for i in range(100)}
+
+
+def test_stcn_demo_writes_overlay_video_and_masks_and_beats_copying_the_first_mask(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--frames", "20"]) == 0
+    printed = capsys.readouterr().out
+    model = float(re.search(r"J&F (\d\.\d+)", printed).group(1))
+    baseline = float(re.search(r"every frame: J&F (\d\.\d+)", printed).group(1))
+    assert model > baseline + 0.1, printed
+    assert "FPS" in printed
+    masks = sorted((tmp_path / "masks").glob("*.png"))
+    assert len(masks) == 20 and read_label_png(masks[0]).shape == (240, 432)
+    assert set(np.unique(read_label_png(masks[-1]))) <= {0, 1, 2, 3}
+    capture = cv2.VideoCapture(str(tmp_path / "overlay.mp4"))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    assert count == 20
+
+
+def test_demo_rejects_a_too_short_clip(capsys):
+    assert main(["demo", "--frames", "1"]) == 2
+    assert "--frames" in capsys.readouterr().err
+
+
+def test_demo_with_a_missing_package_says_where_it_looked(tmp_path, capsys):
+    assert main(["demo", "--package", str(tmp_path / "nothing")]) == 2
+    assert "nothing" in capsys.readouterr().err
