@@ -9,11 +9,11 @@ function here (``torch.onnx.export(..., custom_translation_table=translation_tab
 - portable form: the same computation in standard ONNX (opset 20), for any ONNX Runtime.
 
 The functions are traced by the exporter: Python control flow runs on the static attributes (kernel
-shape, strides) while tensors become graph values.
+shape, strides) while tensors become graph values. Both forms also replace the exporter's GroupNorm
+translation with a more accurate one (see :func:`group_norm_two_pass`), so they stay identical outside
+the two operators.
 """
 from __future__ import annotations
-
-import math
 
 import onnx
 import onnxscript
@@ -221,8 +221,3 @@ def translation_table(form: str) -> dict:
     if form == "portable":
         return {**common, graphs.D2CONV3D_OP: d2conv3d_portable, graphs.L2_READOUT_OP: l2_memory_readout_portable}
     raise ValueError(f"unknown ONNX form {form!r}: expected 'plugin' or 'portable'")
-
-
-def default_scale(key_dim: int) -> float:
-    """The readout's default ``scale``, 1/sqrt(Ck)."""
-    return 1.0 / math.sqrt(key_dim)
