@@ -8,7 +8,6 @@ translated twice: into the plugin form and into the portable form (``vosrt.expor
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -25,6 +24,7 @@ import torch
 import vosrt
 from vosrt.export import onnx_ops
 from vosrt.sdk.errors import UserError
+from vosrt.sdk.package import file_sha256
 from vosrt.training import graphs as graph_modules
 from vosrt.training.models import FAMILIES, build_model, family_of, load_checkpoint, save_checkpoint
 
@@ -63,14 +63,6 @@ def check_size(height: int, width: int, multiple: int = 16) -> None:
             nearest = f"{below}" if below == above else f"{below} or {above}"
             raise UserError(f"{name} {value} is not a multiple of {multiple}, which the graphs need "
                             f"(nearest valid {name}: {nearest})")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
@@ -239,9 +231,9 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
 
     if checkpoint is None:
         save_checkpoint(out_dir / WEIGHTS_FILE, model, config)
-        source = {"checkpoint": WEIGHTS_FILE, "sha256": _sha256(out_dir / WEIGHTS_FILE), "random_weights": True}
+        source = {"checkpoint": WEIGHTS_FILE, "sha256": file_sha256(out_dir / WEIGHTS_FILE), "random_weights": True}
     else:
-        source = {"checkpoint": str(Path(checkpoint).resolve()), "sha256": _sha256(Path(checkpoint))}
+        source = {"checkpoint": str(Path(checkpoint).resolve()), "sha256": file_sha256(Path(checkpoint))}
 
     specs = graph_modules.graphs_for(model, top_k=stream.get("top_k", graph_modules.DEFAULT_TOP_K))
     graph_files: dict[str, dict[str, str]] = {}

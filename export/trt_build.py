@@ -162,8 +162,8 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
 
     Returns the manifest's new ``engines[precision]`` entry.
     """
-    from vosrt.sdk.backends.tensorrt import (current_gpu, file_sha256, find_plugin_library, import_tensorrt,
-                                             load_plugin_library)
+    from vosrt.sdk.backends.tensorrt import current_gpu, find_plugin_library, import_tensorrt, load_plugin_library
+    from vosrt.sdk.package import file_sha256
 
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")

@@ -1,6 +1,7 @@
 """Model packages: read and validate ``manifest.json`` (layout in docs/DESIGN.md, "Package folder")."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,3 +130,12 @@ def load_package(path: str | Path) -> Package:
     return Package(path=path.resolve(), manifest=manifest, family=family, variant=variant,
                    height=height, width=width, stride=stride, graphs=graphs, streaming=streaming,
                    dims=dict(manifest.get("dims") or {}), engines=dict(manifest.get("engines") or {}))
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file: how a package records its checkpoint, engines and plugin library."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

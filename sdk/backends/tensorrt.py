@@ -22,7 +22,6 @@ can be tested) without them.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -201,14 +200,6 @@ def find_plugin_library(explicit: str | os.PathLike | None = None, recorded: str
     raise UserError(f"the vosrt TensorRT plugin library ({PLUGIN_LIBRARY_NAME}) was not found (looked at {tried}); "
                     f"{how}")
 
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file (engines and plugin libraries are recorded with theirs)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def select_build(package, precision: str | None = None) -> tuple[str, dict]:
