@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vosrt.training.data.folders import VideoFolder
 from vosrt.training.ops.aggregate import soft_aggregate

@@ -241,7 +241,6 @@ class OnnxRuntimeBackend(Backend):
 def _helper_model(kind: str, rank: int, axis: int) -> bytes:
     """Serialized ONNX model for ``write`` (Slice + Concat into a new tensor) or ``read`` (Slice)."""
     try:
-        import onnx
         from onnx import TensorProto, helper
     except ImportError:
         raise UserError("onnxruntime with I/O binding needs the 'onnx' package for its buffer helpers "
