@@ -89,44 +89,25 @@ void launch_im2col(const D2cShape& s, int n, int p0, int P, int valid, const T* 
   VOSRT_LAUNCH(kernel, grid, 256, 0, stream)(s, n, p0, P, valid, x, dil, mod, cols);
 }
 
+// The forward GEMM per type: fp32 as 3xTF32 on tensor cores (fp32 accuracy), fp16 on tensor cores.
+inline void forward_gemm(const GemmArgs<float>& g, int batch, cudaStream_t stream) { gemm_f32_tc_nn(g, batch, stream); }
+inline void forward_gemm(const GemmArgs<__half>& g, int batch, cudaStream_t stream) { gemm_f16_nn(g, batch, stream); }
+
 template <typename T>
 vosrtStatus_t forward(const D2cShape& s, const T* x, const T* dil, const T* mod, const T* weight, const T* bias,
-                      T* y, T* cols, cudaStream_t stream);
-
-template <>
-vosrtStatus_t forward<float>(const D2cShape& s, const float* x, const float* dil, const float* mod,
-                             const float* weight, const float* bias, float* y, float* cols, cudaStream_t stream) {
-  const int P = tile_columns(s, sizeof(float));
+                      T* y, T* cols, cudaStream_t stream) {
+  const int P = tile_columns(s, sizeof(T));
   const int rows = s.Cg * s.K;
   for (int n = 0; n < s.N; ++n)
     for (int p0 = 0; p0 < s.L; p0 += P) {
       const int valid = min(P, s.L - p0);
-      launch_im2col<float>(s, n, p0, P, valid, x, dil, mod, cols, stream);
-      GemmArgs<float> g{s.CoutG, valid, rows,
-                        weight, rows, (long long)s.CoutG * rows,
-                        cols, P, (long long)rows * P,
-                        y + (size_t)n * s.Cout * s.L + p0, s.L, (long long)s.CoutG * s.L,
-                        bias, 0};
-      gemm_f32_tc_nn(g, s.G, stream);
-    }
-  return launch_status();
-}
-
-template <>
-vosrtStatus_t forward<__half>(const D2cShape& s, const __half* x, const __half* dil, const __half* mod,
-                              const __half* weight, const __half* bias, __half* y, __half* cols, cudaStream_t stream) {
-  const int P = tile_columns(s, sizeof(__half));
-  const int rows = s.Cg * s.K;
-  for (int n = 0; n < s.N; ++n)
-    for (int p0 = 0; p0 < s.L; p0 += P) {
-      const int valid = min(P, s.L - p0);
-      launch_im2col<__half>(s, n, p0, P, valid, x, dil, mod, cols, stream);
-      GemmArgs<__half> g{s.CoutG, valid, rows,
-                         weight, rows, (long long)s.CoutG * rows,
-                         cols, P, (long long)rows * P,
-                         y + (size_t)n * s.Cout * s.L + p0, s.L, (long long)s.CoutG * s.L,
-                         bias, 0};
-      gemm_f16_nn(g, s.G, stream);
+      launch_im2col<T>(s, n, p0, P, valid, x, dil, mod, cols, stream);
+      GemmArgs<T> g{s.CoutG, valid, rows,
+                    weight, rows, (long long)s.CoutG * rows,
+                    cols, P, (long long)rows * P,
+                    y + (size_t)n * s.Cout * s.L + p0, s.L, (long long)s.CoutG * s.L,
+                    bias, 0};
+      forward_gemm(g, s.G, stream);
     }
   return launch_status();
 }
