@@ -10,9 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vosrt.sdk.errors import UserError
 from vosrt.training.data import transforms as T
-from vosrt.training.data.folders import VideoFolder
+from vosrt.training.data.folders import VideoFolder, annotated_videos
 from vosrt.training.data.sampling import SeededDataset, images_to_tensor
 
 
@@ -36,11 +35,7 @@ class ForegroundClipDataset(SeededDataset):
 
     def __init__(self, folders: VideoFolder | list[VideoFolder], size: tuple[int, int] = (480, 854),
                  clip_length: int = 8, max_window: int = 12, repeat: int = 1, seed: int = 0):
-        self.folders = [folders] if isinstance(folders, VideoFolder) else list(folders)
-        self.items = [(folder, video) for folder in self.folders for video in folder.videos
-                      if folder.annotated_names(video)]
-        if not self.items:
-            raise UserError("no annotated videos to train on")
+        self.folders, self.items = annotated_videos(folders)
         self.size = tuple(size)
         self.clip_length = int(clip_length)
         self.max_window = int(max_window)

@@ -129,6 +129,16 @@ class VideoFolder:
         return frames, labels
 
 
+def annotated_videos(folders) -> tuple[list[VideoFolder], list[tuple[VideoFolder, str]]]:
+    """(folders, [(folder, video), ...] of every video with at least one annotation) for one folder or
+    several; UserError when there is nothing to train on."""
+    folders = [folders] if isinstance(folders, VideoFolder) else list(folders)
+    items = [(folder, video) for folder in folders for video in folder.videos if folder.annotated_names(video)]
+    if not items:
+        raise UserError("no annotated videos to train on")
+    return folders, items
+
+
 def _list_stems(folder: Path, suffix: str) -> list[str]:
     if not folder.is_dir():
         return []

@@ -21,7 +21,7 @@ import numpy as np
 
 from vosrt.sdk.errors import UserError
 from vosrt.training.data import transforms as T
-from vosrt.training.data.folders import VideoFolder
+from vosrt.training.data.folders import VideoFolder, annotated_videos
 from vosrt.training.data.sampling import SeededDataset, pack_objects
 
 # (fraction of the iterations from which it applies, max_skip), STCN's main-training schedule
@@ -62,11 +62,7 @@ class VOSTripletDataset(SeededDataset):
 
     def __init__(self, folders: VideoFolder | list[VideoFolder], size: tuple[int, int] = (384, 384),
                  max_skip: int = 5, num_frames: int = 3, max_objects: int = 2, repeat: int = 1, seed: int = 0):
-        self.folders = [folders] if isinstance(folders, VideoFolder) else list(folders)
-        self.items = [(folder, video) for folder in self.folders for video in folder.videos
-                      if len(folder.annotated_names(video)) >= 1]
-        if not self.items:
-            raise UserError("no annotated videos to train on")
+        self.folders, self.items = annotated_videos(folders)
         self.size = tuple(size)
         self.max_skip = int(max_skip)
         self.num_frames = int(num_frames)
