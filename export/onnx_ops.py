@@ -155,26 +155,43 @@ def d2conv3d_portable(x, dilation, modulation, weight, bias, stride, padding, di
 
 
 def l2_memory_readout_portable(mem_key, query_key, mem_value, top_k, scale, top_k_input=None):
-    """``vosrt::l2_memory_readout`` in standard ONNX: MatMul affinity, TopK, Softmax, ScatterElements, MatMul.
+    """``vosrt::l2_memory_readout`` in standard ONNX, sparse: MatMul affinity, TopK, Softmax, Gather, weighted sum.
 
-    k = min(top_k, N) is computed in the graph (top_k ≤ 0 means all N), from ``top_k_input`` when the
-    graph exposes it as an input, so ONNX Runtime sessions can change it without re-exporting.
+    Only the k kept entries of each query are touched after the top-k: their values are gathered into
+    ``[V, B, M, k]`` and summed with the softmax weights, so apart from the affinity itself no ``N × M``
+    tensor exists (a dense scatter of the weights and a ``[V, N] × [N, M]`` product would cost about
+    1500 times the arithmetic at STCN's 480p memory). k = min(top_k, N) is computed in the graph
+    (top_k ≤ 0 means all N), from ``top_k_input`` when the graph exposes it as an input, so ONNX Runtime
+    sessions can change it without re-exporting.
     """
-    # S[b, n, m] = (2·mk·qk − ‖mk‖²)·scale; the ‖q‖² term changes neither top-k nor softmax.
-    mk_t = op.Transpose(mem_key, perm=[0, 2, 1])  # [B, N, Ck]
-    dot = op.MatMul(mk_t, query_key)  # [B, N, M]
+    # S[b, n, m] = (2·mk·qk − ‖mk‖²)·scale as one MatMul of augmented keys, so the affinity is the only
+    # N × M tensor: [2·scale·mk, −scale·‖mk‖²] (Ck + 1 rows) against [qk, 1]. The ‖q‖² term changes
+    # neither the top-k nor the softmax.
     mk_sq = op.ReduceSum(op.Mul(mem_key, mem_key), op.Constant(value_ints=[1]), keepdims=1)  # [B, 1, N]
-    mk_sq = op.Transpose(mk_sq, perm=[0, 2, 1])  # [B, N, 1]
-    affinity = op.Mul(op.Sub(op.Mul(dot, op.Constant(value_float=2.0)), mk_sq),
-                      op.Constant(value_float=float(scale)))  # [B, N, M]
-    n = op.Slice(op.Shape(mem_key), op.Constant(value_ints=[2]), op.Constant(value_ints=[3]))  # [1] int64
+    mk_aug = op.Concat(op.Mul(mem_key, op.Constant(value_float=2.0 * float(scale))),
+                       op.Mul(mk_sq, op.Constant(value_float=-float(scale))), axis=1)  # [B, Ck+1, N]
+    ones = op.Expand(op.Constant(value_float=1.0), op.Concat(op.Shape(query_key, start=0, end=1),
+                                                             op.Constant(value_ints=[1]),
+                                                             op.Shape(query_key, start=2, end=3), axis=0))
+    qk_aug = op.Concat(query_key, ones, axis=1)  # [B, Ck+1, M]
+    affinity = op.MatMul(op.Transpose(mk_aug, perm=[0, 2, 1]), qk_aug)  # [B, N, M]
+    key_shape = op.Shape(mem_key)
+    b = op.Slice(key_shape, op.Constant(value_ints=[0]), op.Constant(value_ints=[1]))  # [1] int64
+    n = op.Slice(key_shape, op.Constant(value_ints=[2]), op.Constant(value_ints=[3]))  # [1] int64
     k = op.Constant(value_ints=[int(top_k)]) if top_k_input is None else op.Cast(top_k_input, to=onnx.TensorProto.INT64)
     k = op.Where(op.Greater(k, op.Constant(value_ints=[0])), op.Min(k, n), n)  # [1]
     values, indices = op.TopK(affinity, k, axis=1, largest=1, sorted=0)  # [B, k, M]
-    weights = op.Softmax(values, axis=1)  # subtracts the max internally
-    zeros = op.ConstantOfShape(op.Shape(affinity))  # float zeros
-    dense = op.ScatterElements(zeros, indices, weights, axis=1)  # [B, N, M]
-    return op.MatMul(mem_value, dense)  # [B, V, M]
+    # Query-major with the k entries innermost, so the weighted sum reduces contiguous memory.
+    weights = op.Transpose(op.Softmax(values, axis=1), perm=[0, 2, 1])  # max subtracted inside; [B, M, k]
+    indices = op.Transpose(indices, perm=[0, 2, 1])  # [B, M, k]
+    # One Gather over the batch-flattened memory: entry n of batch b sits at b·N + n of [V, B·N].
+    offsets = op.Mul(op.Range(op.Constant(value_int=0), op.Squeeze(b), op.Constant(value_int=1)), op.Squeeze(n))
+    flat_index = op.Add(indices, op.Reshape(offsets, op.Constant(value_ints=[-1, 1, 1])))  # [B, M, k]
+    v = op.Slice(op.Shape(mem_value), op.Constant(value_ints=[1]), op.Constant(value_ints=[2]))  # [1]
+    flat_value = op.Reshape(op.Transpose(mem_value, perm=[1, 0, 2]), op.Concat(v, op.Constant(value_ints=[-1]), axis=0))
+    gathered = op.Gather(flat_value, flat_index, axis=1)  # [V, B, M, k]
+    readout = op.ReduceSum(op.Mul(gathered, weights), op.Constant(value_ints=[3]), keepdims=0)  # [V, B, M]
+    return op.Transpose(readout, perm=[1, 0, 2])  # [B, V, M]
 
 
 # ---------------------------------------------------------------------------------------------------
