@@ -14,6 +14,7 @@ Two ways of holding tensors:
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -43,7 +44,10 @@ class BoundTensor:
 class OnnxRuntimeBackend(Backend):
     """Runs a package's ONNX graphs in ONNX Runtime.
 
-    Options: ``form`` (``"portable"``, default; the plugin form needs the custom operators registered),
+    Options: ``form`` (``"auto"``, default: on the CPU, the plugin form of each graph that has custom
+    operators, run by vosrt's CPU operator library (:mod:`vosrt.sdk.cpu_ops`), and the portable form
+    where that library cannot be had (with a one-line notice on stderr) or on CUDA; ``"portable"``;
+    ``"plugin"``: the plugin form through the CPU operators, or an error),
     ``device`` (``"auto"``: CUDA when onnxruntime-gpu sees a GPU, else CPU; or ``"cpu"`` / ``"cuda"``),
     ``io_binding`` (default: on for CUDA, off for CPU), ``threads`` (intra-op threads, default ORT's),
     ``providers`` (explicit provider list, overrides ``device``).
@@ -51,7 +55,7 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, package, form: str = "portable", device: str = "auto", io_binding: bool | None = None,
+    def __init__(self, package, form: str = "auto", device: str = "auto", io_binding: bool | None = None,
                  threads: int | None = None, providers: list | None = None, **unused):
         if unused:
             raise UserError(f"onnxruntime backend: unknown option(s) {', '.join(sorted(unused))}")
@@ -66,9 +70,11 @@ class OnnxRuntimeBackend(Backend):
         if providers is None:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         self.device = device
-        self.form = form
+        self._threads = int(threads or 0)
+        self.forms = _choose_forms(package, form, device, self._threads)  # graph -> form that runs
+        self.form = "+".join(sorted(set(self.forms.values()), reverse=True))
         self.bound = device == "cuda" if io_binding is None else bool(io_binding)
-        self._threads, self._providers = int(threads or 0), providers
+        self._providers = providers
         self.package = package
         self.sessions: dict[str, ort.InferenceSession] = {}
         self._overridable: dict[str, set[str]] = {}   # initializers a feed may override (e.g. top_k)
@@ -77,26 +83,31 @@ class OnnxRuntimeBackend(Backend):
         self._inputs: dict[str, dict[str, str]] = {}
         self._outputs: dict[str, list[str]] = {}
         for graph in package.graphs:
-            path = package.graph_path(graph, form)
+            path = package.graph_path(graph, self.forms[graph])
+            source = str(path)
+            if self.forms[graph] == "plugin":  # its trt.plugins nodes handed to the CPU operators
+                from vosrt.sdk import cpu_ops
+                source = cpu_ops.plugin_model_for_cpu(path)
             try:
-                session = ort.InferenceSession(str(path), self._session_options(), providers=providers)
+                session = ort.InferenceSession(source, self._session_options(graph), providers=providers)
             except Exception as err:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
-                hint = (" (the plugin form's custom operators run only in TensorRT; use form='portable')"
-                        if form == "plugin" else "")
-                raise UserError(f"ONNX Runtime cannot open {path}: {err}{hint}") from None
+                raise UserError(f"ONNX Runtime cannot open {path}: {err}") from None
             self.sessions[graph] = session
             inputs = {i.name: i.type for i in session.get_inputs()}
             self._overridable[graph] = {i.name for i in session.get_overridable_initializers()} - set(inputs)
             for name in self._overridable[graph]:
                 inputs[name] = "overridable initializer"
             self._inputs[graph] = inputs
-            self._paths[graph] = path
+            self._paths[graph] = source
             self._outputs[graph] = [o.name for o in session.get_outputs()]
         self._ort_device = "cuda" if device == "cuda" else "cpu"
         self._helpers: dict[tuple, ort.InferenceSession] = {}
 
-    def _session_options(self) -> "ort.SessionOptions":
+    def _session_options(self, graph: str | None = None) -> "ort.SessionOptions":
         options = ort.SessionOptions()
+        if graph is not None and self.forms.get(graph) == "plugin":
+            from vosrt.sdk import cpu_ops
+            options.register_custom_ops_library(cpu_ops.register_onnxruntime_ops(cpu_ops.load_cpu_ops()))
         options.log_severity_level = 3
         # A tracker alternates between several sessions, each with its own thread pool; spinning workers
         # of the session that just ran would steal the cores from the next one (2x slower on 2 cores).
@@ -148,11 +159,11 @@ class OnnxRuntimeBackend(Backend):
     def _session_with(self, graph: str, overrides: dict[str, np.ndarray]) -> "ort.InferenceSession":
         key = (graph, tuple(sorted((k, v.dtype.str, v.shape, v.tobytes()) for k, v in overrides.items())))
         if key not in self._variants:
-            options = self._session_options()
+            options = self._session_options(graph)
             kept = [ort.OrtValue.ortvalue_from_numpy(v) for v in overrides.values()]
             for name, value in zip(overrides, kept):
                 options.add_initializer(name, value)
-            session = ort.InferenceSession(str(self._paths[graph]), options, providers=self._providers)
+            session = ort.InferenceSession(self._paths[graph], options, providers=self._providers)
             self._variants[key] = (session, kept)
         return self._variants[key][0]
 
@@ -240,6 +251,35 @@ class OnnxRuntimeBackend(Backend):
     def describe(self) -> str:
         mode = "I/O binding" if self.bound else "host tensors"
         return f"onnxruntime {ort.__version__} ({self.device}, {self.form} form, {mode})"
+
+
+def _choose_forms(package, form: str, device: str, threads: int) -> dict[str, str]:
+    """Form each graph runs in: the plugin form only for graphs with custom operators in it (elsewhere the
+    two forms are the same graph), and only on the CPU, where vosrt's CPU operators run them."""
+    if form not in ("auto", "portable", "plugin"):
+        raise UserError(f"form: expected 'auto', 'portable' or 'plugin', got '{form}'")
+    forms = {graph: "portable" for graph in package.graphs}
+    plugin_files = {g: files["plugin"] for g, files in package.graphs.items() if "plugin" in files}
+    if form == "portable" or not plugin_files or (form == "auto" and device != "cpu"):
+        return forms
+    if form == "plugin" and device != "cpu":
+        raise UserError("form='plugin' runs its custom operators on the CPU; use device='cpu' or form='portable'")
+    try:
+        from vosrt.sdk import cpu_ops
+        with_ops = [g for g, path in plugin_files.items() if cpu_ops.has_plugin_nodes(path)]
+        if not with_ops:
+            return forms
+        ops = cpu_ops.load_cpu_ops()
+        cpu_ops.register_onnxruntime_ops(ops)
+    except (ImportError, OSError, RuntimeError) as err:  # CpuOpsUnavailable is a RuntimeError
+        if form == "plugin":
+            raise UserError(f"form='plugin' needs vosrt's CPU operators: {err}") from None
+        reason = str(err).strip().splitlines()[0]
+        print(f"vosrt: CPU operators unavailable ({reason}); running the portable form", file=sys.stderr)
+        return forms
+    ops.threads = threads
+    forms.update({graph: "plugin" for graph in with_ops})
+    return forms
 
 
 def _helper_model(kind: str, rank: int, axis: int) -> bytes:

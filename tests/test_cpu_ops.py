@@ -1,0 +1,167 @@
+"""The fast CPU operators (plugins/cpu, libvosrt_cpu_ops.so) equal the PyTorch reference operators.
+
+fp32 results against float64 references, within 1e-5 of the output's magnitude, over the shapes of the
+kernel tests plus shapes that cross every tile of the CPU code (more reduction rows than one GEMM pass,
+more output positions than one tile, output channels that fill no whole register block).
+"""
+import numpy as np
+import pytest
+import torch
+
+from vosrt.sdk import cpu_ops
+from vosrt.sdk.kernels import KernelError
+from vosrt.training.ops.d2conv3d import d2conv3d, output_size
+from vosrt.training.ops.l2_readout import l2_memory_readout
+
+REL = 1e-5
+
+# kernel, stride, padding, base dilation, groups, modulation, bias, (C, Cout), (T, H, W)
+CONV_CASES = {
+    "3x3x3": ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, True, True, (3, 4), (4, 5, 6)),
+    "strided-grouped-nobias": ((3, 3, 3), (2, 1, 2), (1, 2, 0), (1, 2, 1), 2, True, False, (4, 6), (5, 7, 6)),
+    "1x3x3-no-modulation": ((1, 3, 3), (1, 2, 2), (0, 2, 2), (1, 2, 2), 1, False, True, (2, 3), (3, 9, 7)),
+    "2x3x1-groups3": ((2, 3, 1), (1, 1, 1), (1, 1, 0), (2, 1, 1), 3, True, True, (3, 3), (5, 4, 3)),
+    # 24·27 = 648 reduction rows (3 GEMM passes), 13 output channels, 6·11·13 = 858 positions (7 tiles)
+    "tiles": ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, True, True, (24, 13), (6, 11, 13)),
+    "tiles-grouped": ((3, 3, 3), (1, 1, 1), (2, 2, 2), (2, 2, 2), 2, True, True, (20, 14), (5, 12, 9)),
+}
+
+
+@pytest.fixture(scope="module")
+def ops():
+    try:
+        return cpu_ops.load_cpu_ops()
+    except cpu_ops.CpuOpsUnavailable as err:
+        pytest.skip(f"the CPU operators cannot be built here: {err}")
+
+
+def _conv_inputs(case, seed, spread=1.5, batch=2):
+    kernel, stride, padding, base, groups, has_mod, has_bias, (c, cout), size = case
+    g = torch.Generator().manual_seed(seed)
+    out = output_size(size, kernel, stride, padding, base)
+    k = kernel[0] * kernel[1] * kernel[2]
+    x = torch.randn(batch, c, *size, generator=g)
+    # D spans (−0.5, 1 + spread): some kernels shrink past the centre, many samples leave the volume.
+    dilation = 1 + (torch.rand(batch, 3, *out, generator=g) * (1.5 + spread) - 1.5)
+    modulation = torch.rand(batch, k, *out, generator=g) if has_mod else None
+    weight = torch.randn(cout, c // groups, *kernel, generator=g)
+    bias = torch.randn(cout, generator=g) if has_bias else None
+    return x, dilation, modulation, weight, bias, dict(stride=stride, padding=padding, dilation_base=base,
+                                                       groups=groups)
+
+
+def _np(t):
+    return None if t is None else t.detach().numpy()
+
+
+def _f64(t):
+    return None if t is None else t.double()
+
+
+def _close(actual, expected, rel=REL):
+    expected = np.asarray(expected, dtype=np.float64)
+    scale = max(float(np.abs(expected).max()), 1e-6)
+    np.testing.assert_allclose(actual, expected, rtol=rel, atol=rel * scale)
+
+
+def _conv(ops, x, dilation, modulation, weight, bias, attrs):
+    return ops.d2conv3d(_np(x), _np(dilation), _np(modulation), _np(weight), _np(bias), attrs["stride"],
+                        attrs["padding"], attrs["dilation_base"], attrs["groups"])
+
+
+@pytest.mark.parametrize("name", list(CONV_CASES))
+def test_cpu_d2conv3d_matches_reference(ops, name):
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(CONV_CASES[name], seed=1)
+    expected = d2conv3d(_f64(x), _f64(dilation), _f64(modulation), _f64(weight), _f64(bias), backend="torch", **attrs)
+    _close(_conv(ops, x, dilation, modulation, weight, bias, attrs), expected.numpy())
+
+
+def test_cpu_d2conv3d_samples_far_outside_the_volume_give_the_bias(ops):
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(CONV_CASES["3x3x3"], seed=2)
+    dilation = torch.full_like(dilation, 40.0)  # every kernel point but the centre lands outside
+    centre_only = torch.zeros_like(weight)
+    centre_only[:, :, 1, 1, 1] = weight[:, :, 1, 1, 1]
+    _close(_conv(ops, x, dilation, modulation, weight, bias, attrs),
+           _conv(ops, x, dilation, modulation, centre_only, bias, attrs))
+
+
+def test_cpu_d2conv3d_with_unit_dilation_is_conv3d(ops):
+    x, dilation, _, weight, bias, attrs = _conv_inputs(CONV_CASES["tiles-grouped"], seed=3)
+    expected = torch.nn.functional.conv3d(x.double(), weight.double(), bias.double(), attrs["stride"],
+                                          attrs["padding"], attrs["dilation_base"], attrs["groups"])
+    _close(_conv(ops, x, torch.ones_like(dilation), None, weight, bias, attrs), expected.numpy())
+
+
+def test_cpu_d2conv3d_gives_the_same_bits_on_one_thread_and_on_several(ops):
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(CONV_CASES["tiles"], seed=4)
+    try:
+        ops.threads = 1
+        one = _conv(ops, x, dilation, modulation, weight, bias, attrs)
+        ops.threads = 3
+        several = _conv(ops, x, dilation, modulation, weight, bias, attrs)
+    finally:
+        ops.threads = 0
+    assert np.array_equal(one, several)
+
+
+def _readout_inputs(b, ck, n, m, v, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, ck, n, generator=g), torch.randn(b, ck, m, generator=g), torch.randn(b, v, n, generator=g)
+
+
+@pytest.mark.parametrize("top_k", [1, 5, 20, 33, 64, 0, 150, 400], ids=lambda k: f"top{k}")
+def test_cpu_readout_matches_reference(ops, top_k):
+    mem_key, query_key, mem_value = _readout_inputs(2, 16, 150, 37, 7, seed=top_k)
+    expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), top_k, backend="torch")
+    _close(ops.l2_memory_readout(_np(mem_key), _np(query_key), _np(mem_value), top_k), expected.numpy())
+
+
+# B, Ck, N, M, V, top_k: N over several affinity tiles, odd sizes, N < top_k, top_k = 0 over several tiles
+READOUT_SHAPES = [(2, 24, 1000, 37, 5, 20), (1, 20, 333, 70, 3, 1), (1, 16, 700, 9, 17, 64),
+                  (2, 16, 12, 5, 4, 20), (1, 24, 200, 65, 33, 0), (1, 64, 1003, 131, 40, 20)]
+
+
+@pytest.mark.parametrize("shape", READOUT_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_cpu_readout_matches_reference_across_shapes(ops, shape):
+    b, ck, n, m, v, top_k = shape
+    mem_key, query_key, mem_value = _readout_inputs(b, ck, n, m, v, seed=n + m)
+    expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), top_k, backend="torch")
+    _close(ops.l2_memory_readout(_np(mem_key), _np(query_key), _np(mem_value), top_k), expected.numpy())
+
+
+def test_cpu_readout_with_tied_scores_matches_reference(ops):
+    # Entries with identical keys and identical values tie in the affinity; whichever of them the top-k
+    # keeps, the output is the same.
+    mem_key, query_key, mem_value = _readout_inputs(1, 16, 300, 40, 6, seed=7)
+    mem_key[:, :, 100:130] = mem_key[:, :, 10:11]
+    mem_value[:, :, 100:130] = mem_value[:, :, 10:11]
+    expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), 20, backend="torch")
+    _close(ops.l2_memory_readout(_np(mem_key), _np(query_key), _np(mem_value), 20), expected.numpy())
+
+
+def test_cpu_readout_uses_the_given_scale(ops):
+    mem_key, query_key, mem_value = _readout_inputs(1, 16, 90, 11, 5, seed=8)
+    expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), 10, scale=0.05,
+                                 backend="torch")
+    _close(ops.l2_memory_readout(_np(mem_key), _np(query_key), _np(mem_value), 10, 0.05), expected.numpy())
+
+
+def test_cpu_readout_rejects_top_k_above_the_supported_limit(ops):
+    mem_key, query_key, mem_value = _readout_inputs(1, 8, 200, 4, 3, seed=9)
+    with pytest.raises(KernelError, match="not supported"):
+        ops.l2_memory_readout(_np(mem_key), _np(query_key), _np(mem_value), 65)
+
+
+def test_library_is_built_on_first_use_into_the_cache_with_progress(monkeypatch, tmp_path, capfd):
+    monkeypatch.setenv(cpu_ops.ENV_CACHE, str(tmp_path))
+    monkeypatch.delenv(cpu_ops.ENV_LIB, raising=False)
+    monkeypatch.setattr(cpu_ops, "_cmake_builds", lambda: [])  # a CMake build of plugins/ would be taken first
+    root = cpu_ops.source_root()
+    if root is None:
+        pytest.skip("no CPU operator sources in this installation")
+    path = cpu_ops.find_library()
+    assert path.is_file() and path.is_relative_to(tmp_path)
+    assert "compiling the CPU operator library" in capfd.readouterr().err
+    assert cpu_ops.CpuOps(path).lib.vosrtCpuOpsVersion() == 1
+    assert cpu_ops.find_library() == path  # cached: no second build
+    assert "compiling" not in capfd.readouterr().err
