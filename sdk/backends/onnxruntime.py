@@ -250,7 +250,10 @@ class OnnxRuntimeBackend(Backend):
 
     def describe(self) -> str:
         mode = "I/O binding" if self.bound else "host tensors"
-        return f"onnxruntime {ort.__version__} ({self.device}, {self.form} form, {mode})"
+        plugin = [g for g, f in self.forms.items() if f == "plugin"]
+        forms = (f"plugin form with vosrt CPU operators for {', '.join(plugin)}, portable for the rest" if plugin
+                 else "portable form")
+        return f"onnxruntime {ort.__version__} ({self.device}, {forms}, {mode})"
 
 
 def _choose_forms(package, form: str, device: str, threads: int) -> dict[str, str]:
