@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "train": ("vosrt.training.cli_train", "train stcn / 3dc-seg on DAVIS-layout data", "train"),
     "export": ("vosrt.export.cli_export", "export a checkpoint to a model package (ONNX)", "export"),
     "check": ("vosrt.export.cli_check", "compare a package's graphs with the PyTorch model", "export"),
+    "quantize": ("vosrt.export.cli_quantize", "INT8 copy of a package, calibrated on a video or folder", "export"),
     "build": ("vosrt.export.cli_build", "build TensorRT engines into a model package", "trt"),
 }
 

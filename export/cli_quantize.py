@@ -1,0 +1,59 @@
+"""``vosrt quantize PKG --calibrate SRC --out PKG_INT8``: an INT8 copy of a model package.
+
+ONNX Runtime static quantization (QDQ, per-channel int8 weights, uint8 activations) of the encoders'
+and decoder's convolutions, calibrated on the frames of SRC (a video file, an image folder or a DAVIS
+sequence folder) streamed through the fp32 package; the custom operators stay fp32
+(:mod:`vosrt.export.quantize`). STCN packages need the first frame's mask, as for ``vosrt run``:
+``--mask PNG`` or a DAVIS sequence folder's first annotation. Compare the result with
+``vosrt demo --heldout 16 --package PKG_INT8`` (J&F) and ``vosrt bench`` (speed).
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from vosrt.sdk.errors import UserError
+
+
+def add_arguments(parser) -> None:
+    """Arguments of ``vosrt quantize``."""
+    parser.add_argument("package", help="fp32 model package folder (portable form)")
+    parser.add_argument("--calibrate", required=True, metavar="SRC",
+                        help="calibration frames: video file, image folder or DAVIS sequence folder")
+    parser.add_argument("--out", required=True, help="folder of the INT8 package to write")
+    parser.add_argument("--mask", default=None, help="first-frame mask PNG of the calibration source (stcn)")
+    parser.add_argument("--frames", type=int, default=60, help="calibration frames to use (default 60)")
+
+
+def run(args) -> int:
+    """Entry point of ``vosrt quantize``."""
+    from vosrt.export.quantize import quantize_package
+    from vosrt.sdk.masks import read_label_png
+    from vosrt.sdk.package import load_package
+    from vosrt.sdk.video import open_source
+
+    if args.frames < 1:
+        raise UserError(f"--frames must be >= 1, got {args.frames}")
+    package = load_package(args.package)
+    source = open_source(args.calibrate)
+    try:
+        first_mask = None
+        if package.family == "stcn":
+            first_mask = read_label_png(args.mask) if args.mask else source.first_mask()
+            if first_mask is None:
+                raise UserError("--mask: stcn packages are calibrated by tracking objects, which needs the first "
+                                "frame's mask; give --mask PNG or a DAVIS sequence folder with its annotations")
+        elif args.mask:
+            raise UserError("--mask: 3dc-seg packages segment without a mask; drop --mask")
+        frames = []
+        for frame in source:
+            frames.append(frame)
+            if len(frames) >= args.frames:
+                break
+    finally:
+        source.close()
+    start = time.perf_counter()
+    out = quantize_package(package, frames, first_mask, args.out, source_name=str(args.calibrate),
+                           progress=lambda text: print(f"vosrt quantize: {text}", file=sys.stderr, flush=True))
+    print(f"wrote {out} (INT8, {len(frames)} calibration frames, {time.perf_counter() - start:.0f} s)")
+    return 0

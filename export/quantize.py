@@ -1,0 +1,184 @@
+"""INT8 model packages: ONNX Runtime static quantization (QDQ, per-channel weights) calibrated on frames.
+
+``quantize_package(src, calibration_source, out)`` streams the calibration frames through the fp32
+package exactly as ``vosrt run`` would, records every graph's inputs on the way, and quantizes each
+graph's portable form with those inputs as calibration data. Quantized are the convolutions of the
+encoders and the decoder; the custom operators stay fp32: the memory readout (its MatMul, TopK and
+gather are not touched, since only Conv nodes are quantized) and the D2Conv3D decomposition (its
+1×1×1 Conv reads GridSample's samples and is excluded). The new package has the portable form only
+(a plugin-form graph cannot be calibrated by ONNX Runtime's quantizer, which loads no custom operators)
+and records how it was made under ``quantization`` in its manifest.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from vosrt.sdk.backends.base import Backend
+from vosrt.sdk.errors import UserError
+
+# Calibration samples kept per graph (the first ones seen): enough for min/max ranges.
+MAX_SAMPLES = 48
+
+
+class RecordingBackend(Backend):
+    """Delegates to ``inner`` and keeps a host copy of the first ``MAX_SAMPLES`` input feeds of each graph."""
+
+    def __init__(self, inner: Backend):
+        self.inner = inner
+        self.name = inner.name
+        self.device = inner.device
+        self.samples: dict[str, list[dict[str, np.ndarray]]] = defaultdict(list)
+
+    def run(self, graph, inputs, outputs=None):
+        if len(self.samples[graph]) < MAX_SAMPLES:
+            self.samples[graph].append({k: np.array(self.inner.download(v)) for k, v in inputs.items()})
+        return self.inner.run(graph, inputs, outputs)
+
+    def input_names(self, graph):
+        return self.inner.input_names(graph)
+
+    def upload(self, array):
+        return self.inner.upload(array)
+
+    def download(self, tensor):
+        return self.inner.download(tensor)
+
+    def zeros(self, shape, dtype=np.float32):
+        return self.inner.zeros(shape, dtype)
+
+    def write(self, dst, axis, start, src):
+        self.inner.write(dst, axis, start, src)
+
+    def read(self, src, axis, start, stop):
+        return self.inner.read(src, axis, start, stop)
+
+    def shape(self, tensor):
+        return self.inner.shape(tensor)
+
+    def nbytes(self, tensor):
+        return self.inner.nbytes(tensor)
+
+    def close(self):
+        self.inner.close()
+
+
+def record_calibration(package, frames: list[np.ndarray], first_mask: np.ndarray | None,
+                       color: str = "bgr") -> dict[str, list[dict[str, np.ndarray]]]:
+    """Stream ``frames`` through ``package`` (portable form, ONNX Runtime) and return each graph's feeds."""
+    from vosrt.sdk.backends.onnxruntime import OnnxRuntimeBackend
+
+    backend = RecordingBackend(OnnxRuntimeBackend(package, form="portable", device="cpu"))
+    if package.family == "stcn":
+        from vosrt.sdk.tracker import Tracker
+
+        session = Tracker(backend, package, color=color)
+        for index, frame in enumerate(frames):
+            session.step(frame, first_mask if index == 0 else None)
+    else:
+        from vosrt.sdk.clips import ClipSegmenter
+
+        session = ClipSegmenter(backend, package, color=color)
+        for frame in frames:
+            session.push(frame)
+        session.flush()
+    return dict(backend.samples)
+
+
+def _d2conv3d_convs(model: onnx.ModelProto, depth: int = 8) -> list[str]:
+    """Names of Conv nodes fed (within ``depth`` producers) by a GridSample: the D2Conv3D decomposition's."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    found = []
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        frontier, seen = [node.input[0]], set()
+        for _ in range(depth):
+            parents = [producer[v] for v in frontier if v in producer and v not in seen]
+            seen.update(frontier)
+            if any(p.op_type == "GridSample" for p in parents):
+                found.append(node.name)
+                break
+            frontier = [i for p in parents for i in p.input if i]
+    return found
+
+
+class _Reader:
+    """onnxruntime.quantization CalibrationDataReader over recorded feeds, restricted to the graph's inputs."""
+
+    def __init__(self, samples: list[dict[str, np.ndarray]], names: set[str]):
+        self._items = iter([{k: v for k, v in s.items() if k in names} for s in samples])
+
+    def get_next(self):
+        return next(self._items, None)
+
+    def rewind(self):  # some ONNX Runtime versions call it between passes
+        pass
+
+
+def quantize_graph(src: Path, dst: Path, samples: list[dict[str, np.ndarray]]) -> dict:
+    """Static QDQ INT8 quantization of the ONNX graph ``src`` into ``dst``; returns what was done."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import CalibrationDataReader
+
+    model = onnx.load(str(src))
+    # The exporter leaves nodes unnamed at times; the quantizer's exclusion list needs names.
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{index}"
+    excluded = _d2conv3d_convs(model)
+    named = dst.with_suffix(".named.onnx")
+    onnx.save(model, str(named))
+    inputs = {i.name for i in model.graph.input}
+    reader = type("Reader", (_Reader, CalibrationDataReader), {})(samples, inputs)
+    try:
+        quantize_static(str(named), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
+                        nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax)
+    finally:
+        named.unlink(missing_ok=True)
+    convs = sum(n.op_type == "Conv" for n in model.graph.node)
+    return {"convs": convs, "convs_int8": convs - len(excluded), "convs_fp32": len(excluded),
+            "calibration_samples": len(samples)}
+
+
+def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | None, out_dir: str | Path,
+                     source_name: str = "", color: str = "bgr",
+                     progress: Callable[[str], None] | None = None) -> Path:
+    """INT8 copy of package ``src`` (a loaded Package) in ``out_dir``, calibrated on ``frames``."""
+    out_dir = Path(out_dir)
+    if out_dir.resolve() == Path(src.path).resolve():
+        raise UserError(f"--out {out_dir} is the source package; choose another folder")
+    if not frames:
+        raise UserError("the calibration source gave no frames")
+    say = progress or (lambda text: None)
+    say(f"calibrating on {len(frames)} frames")
+    samples = record_calibration(src, frames, first_mask, color)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((Path(src.path) / "manifest.json").read_text())
+    report = {}
+    for graph, forms in src.graphs.items():
+        if "portable" not in forms:
+            raise UserError(f"{src.path}: graph '{graph}' has no portable form to quantize")
+        if not samples.get(graph):
+            raise UserError(f"the calibration frames never ran graph '{graph}' (too few frames for a clip?)")
+        name = f"{graph}.int8.onnx"
+        say(f"quantizing {graph} ({len(samples[graph])} calibration inputs)")
+        report[graph] = quantize_graph(forms["portable"], out_dir / name, samples[graph])
+        manifest["graphs"][graph] = {"portable": name}
+    for extra in ("weights.pt", "training.json"):  # the torch backend's weights, the training record
+        if (Path(src.path) / extra).is_file():
+            shutil.copy2(Path(src.path) / extra, out_dir / extra)
+    manifest.pop("engines", None)
+    manifest["quantization"] = {"method": "onnxruntime static QDQ, int8 per-channel weights, uint8 activations",
+                                "calibration": {"source": source_name, "frames": len(frames)},
+                                "quantized_ops": ["Conv"], "fp32": "custom operators (readout, D2Conv3D)",
+                                "graphs": report}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return out_dir

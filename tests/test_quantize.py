@@ -1,0 +1,106 @@
+"""``vosrt quantize``: an INT8 (QDQ, per-channel) copy of a package, calibrated on real frames read from
+disk, that the SDK streams like the fp32 package; the custom operators stay fp32."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from vosrt.cli import main
+from vosrt.sdk.backends.onnxruntime import OnnxRuntimeBackend
+from vosrt.sdk.package import load_package
+from vosrt.sdk.synthetic import generate_sequence, write_davis
+from vosrt.sdk.tracker import Tracker
+
+from vosrt.sdk.cli_demo import demo_package
+
+from sdk_packages import tiny_package
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calibration")
+    write_davis(root, "calib", generate_sequence(11, num_frames=10, height=240, width=432, num_objects=2))
+    return root / "JPEGImages" / "480p" / "calib"
+
+
+@pytest.fixture(scope="module")
+def tiny_int8(calibration, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "tiny-int8"
+    assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(calibration), "--out", str(out),
+                 "--frames", "10"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_int8(calibration, tmp_path_factory):
+    """The shipped (trained) stcn-lite demo model, quantized: random weights would leave every pixel near a
+    tie, where any rounding flips the label."""
+    out = tmp_path_factory.mktemp("int8") / "stcn-lite-int8"
+    assert main(["quantize", str(demo_package("stcn")), "--calibrate", str(calibration), "--out", str(out),
+                 "--frames", "10"]) == 0
+    return out
+
+
+def _producers(model):
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def test_quantized_package_has_int8_per_channel_convolutions(tiny_int8):
+    int8_package = tiny_int8
+    manifest = json.loads((int8_package / "manifest.json").read_text())
+    assert manifest["quantization"]["graphs"]["segment"]["convs_int8"] > 0
+    for graph, forms in manifest["graphs"].items():
+        model = onnx.load(str(int8_package / forms["portable"]))
+        producers = _producers(model)
+        convs = [n for n in model.graph.node if n.op_type == "Conv"]
+        weights = [producers[c.input[1]] for c in convs if c.input[1] in producers]
+        assert weights and all(w.op_type == "DequantizeLinear" for w in weights), graph
+        initializers = {i.name: i for i in model.graph.initializer}
+        for w in weights:  # per-channel: one scale per output channel, int8 weights
+            weight = initializers[w.input[0]]
+            assert list(initializers[w.input[1]].dims) == [weight.dims[0]]
+            assert weight.data_type == onnx.TensorProto.INT8
+
+
+def test_only_convolutions_are_quantized_so_the_memory_readout_stays_fp32(tiny_int8):
+    int8_package = tiny_int8
+    model = onnx.load(str(int8_package / "segment.int8.onnx"))
+    dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    consumers = {n.op_type for n in model.graph.node if dequantized & set(n.input)}
+    assert "Conv" in consumers and not consumers & {"MatMul", "TopK", "Softmax", "Gather", "ScatterElements"}
+    # Nothing upstream of the top-k (the affinity from the keys) passes through a quantizer.
+    producers = _producers(model)
+    (topk,) = [n for n in model.graph.node if n.op_type == "TopK"]
+    upstream, frontier = set(), [topk]
+    while frontier:
+        node = frontier.pop()
+        upstream.add(node.op_type)
+        frontier.extend(producers[i] for i in node.input if i in producers)
+    assert "MatMul" in upstream and not upstream & {"QuantizeLinear", "DequantizeLinear"}
+
+
+@pytest.mark.slow
+def test_sdk_streams_the_int8_demo_package_close_to_fp32(demo_int8):
+    int8_package = demo_int8
+    sequence = generate_sequence(12, num_frames=8, height=240, width=432, num_objects=2)
+    results = {}
+    for name, path in (("fp32", demo_package("stcn")), ("int8", int8_package)):
+        package = load_package(path)
+        tracker = Tracker(OnnxRuntimeBackend(package, device="cpu"), package, color="rgb")
+        results[name] = [tracker.step(f, sequence.labels[0] if t == 0 else None) for t, f in enumerate(sequence.frames)]
+    agree = np.mean([np.mean(a == b) for a, b in zip(results["fp32"], results["int8"])])
+    assert agree > 0.97
+
+
+def test_quantize_needs_a_mask_for_stcn_from_a_plain_folder(tmp_path, capsys):
+    sequence = generate_sequence(13, num_frames=3, height=32, width=32)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    import cv2
+    for i, frame in enumerate(sequence.frames):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), frame)
+    assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(folder), "--out", str(tmp_path / "o")]) != 0
+    assert "--mask" in capsys.readouterr().err
