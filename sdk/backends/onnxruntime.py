@@ -96,14 +96,7 @@ class OnnxRuntimeBackend(Backend):
         self._helpers: dict[tuple, ort.InferenceSession] = {}
 
     def _session_options(self) -> "ort.SessionOptions":
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        # A tracker alternates between several sessions, each with its own thread pool; spinning workers
-        # of the session that just ran would steal the cores from the next one (2x slower on 2 cores).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if self._threads:
-            options.intra_op_num_threads = self._threads
-        return options
+        return session_options(self._threads)
 
     # ------------------------------------------------------------------ graphs
     def input_names(self, graph: str) -> list[str]:
@@ -240,6 +233,22 @@ class OnnxRuntimeBackend(Backend):
     def describe(self) -> str:
         mode = "I/O binding" if self.bound else "host tensors"
         return f"onnxruntime {ort.__version__} ({self.device}, {self.form} form, {mode})"
+
+
+def session_options(threads: int | None = None) -> "ort.SessionOptions":
+    """The ONNX Runtime session options of every vosrt session (backend, parity checks, engine checks).
+
+    Warnings are silenced (the portable ``top_k`` input's default initializer draws a harmless one).
+    A tracker alternates between several sessions, each with its own thread pool; spinning workers of
+    the session that just ran would steal the cores from the next one (2x slower on 2 cores), so
+    workers do not spin. ``threads``: intra-op threads (default: ONNX Runtime's choice).
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    return options
 
 
 def _helper_model(kind: str, rank: int, axis: int) -> bytes:
