@@ -7,9 +7,10 @@ from __future__ import annotations
 import argparse
 
 from vosrt.export.cli_check import print_report
+from vosrt.sdk import families
 from vosrt.sdk.errors import UserError
 
-CHOICES = ("stcn", "stcn-lite", "3dc-seg", "3dc-seg-lite")
+CHOICES = tuple(families.model_names())
 # Relative error above which the exported graphs are reported as not matching PyTorch.
 CHECK_TOLERANCE = 1e-3
 

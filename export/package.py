@@ -8,14 +8,13 @@ translated twice: into the plugin form and into the portable form (``vosrt.expor
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import onnx
@@ -23,30 +22,16 @@ import torch
 
 import vosrt
 from vosrt.export import onnx_ops
+from vosrt.sdk import families
+from vosrt.sdk.backends.onnxruntime import session_options
 from vosrt.sdk.errors import UserError
-from vosrt.sdk.package import file_sha256
+from vosrt.sdk.package import FORMAT_VERSION, FORMS, compare, file_sha256, read_manifest, write_manifest
+from vosrt.sdk.progress import Reporter as Progress
+from vosrt.sdk.progress import say as _say
 from vosrt.training import graphs as graph_modules
-from vosrt.training.models import FAMILIES, build_model, family_of, load_checkpoint, save_checkpoint
+from vosrt.training.models import build_model, load_checkpoint, save_checkpoint
 
-FORMS = ("plugin", "portable")
-FORMAT_VERSION = 1
-STREAMING_DEFAULTS = {
-    "stcn": {"mem_every": 5, "top_k": 20, "memory_capacity": 20},
-    "3dc-seg": {"clip_length": 8, "overlap": 3},
-}
-IN_GRAPH = {
-    "stcn": ["normalization", "soft_aggregation", "argmax"],
-    "3dc-seg": ["normalization", "sigmoid"],
-}
-DEFAULT_RESOLUTION = {"stcn": (480, 864), "3dc-seg": (480, 864)}
 WEIGHTS_FILE = "weights.pt"  # written beside the graphs when exporting random weights
-
-Progress = Callable[[str], None] | None
-
-
-def _say(progress: Progress, message: str) -> None:
-    if progress is not None:
-        progress(message)
 
 
 def _stride_of(model: torch.nn.Module) -> int:
@@ -82,7 +67,7 @@ def resolve_model(name: str, checkpoint: str | Path | None, random_weights: bool
     A family name (``stcn``, ``3dc-seg``) accepts a checkpoint of any variant of that family; a variant
     name (``stcn-lite``) requires exactly that variant.
     """
-    family = family_of(name)
+    family = families.of_model(name)
     if checkpoint is None:
         if not random_weights:
             raise UserError("no checkpoint given: pass --checkpoint PATH (a vosrt checkpoint or a published "
@@ -90,11 +75,11 @@ def resolve_model(name: str, checkpoint: str | Path | None, random_weights: bool
         torch.manual_seed(0)
         model = build_model(name).eval()
         return model, dict(model.config)
-    model, config = load_checkpoint(checkpoint, family=family)
+    model, config = load_checkpoint(checkpoint, family=family.name)
     variant = config.get("model")
-    if name not in FAMILIES and variant != name:
+    if name != family.name and variant != name:
         raise UserError(f"{checkpoint} holds a '{variant}' model, but '{name}' was asked for; "
-                        f"run `vosrt export {variant} ...` (or `vosrt export {family} ...`)")
+                        f"run `vosrt export {variant} ...` (or `vosrt export {family.name} ...`)")
     return model.eval(), config
 
 
@@ -110,21 +95,22 @@ def _torch_dynamic_shapes(spec: graph_modules.GraphSpec, extra_inputs: Iterable[
     return shapes
 
 
-def _extra_inputs(graph: str, top_k: int) -> dict[str, torch.Tensor]:
-    # The segment graph's optional top_k input; the portable form keeps it as an input with a default.
-    if graph == "segment":
-        return {"top_k": torch.tensor([top_k], dtype=torch.int64)}
-    return {}
+def _portable_inputs(spec: graph_modules.GraphSpec, streaming: dict) -> dict[str, torch.Tensor]:
+    # Inputs only the portable form exposes (the segment graph's top_k), with the streaming setting as
+    # their value; the family table (GraphIO.portable_inputs) names them.
+    return {name: torch.tensor([int(streaming[setting])], dtype=torch.int64)
+            for name, setting in spec.portable_inputs.items()}
 
 
-def _finish_model(model: onnx.ModelProto, graph: str, form: str, top_k: int) -> onnx.ModelProto:
+def _finish_model(model: onnx.ModelProto, form: str, defaults: dict[str, torch.Tensor]) -> onnx.ModelProto:
     model.ir_version = onnx_ops.IR_VERSION
     if form == "plugin" and not any(o.domain == onnx_ops.PLUGIN_DOMAIN for o in model.opset_import):
         if any(n.domain == onnx_ops.PLUGIN_DOMAIN for n in model.graph.node):
             model.opset_import.append(onnx.helper.make_opsetid(onnx_ops.PLUGIN_DOMAIN, 1))
-    if form == "portable" and graph == "segment":
+    if form == "portable":
         # An initializer named like an input is that input's default value: sessions may override it.
-        model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([top_k], np.int64), "top_k"))
+        for name, value in defaults.items():
+            model.graph.initializer.append(onnx.numpy_helper.from_array(value.numpy(), name))
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -145,11 +131,13 @@ def _quiet_exporter():
 
 
 def export_graph(spec: graph_modules.GraphSpec, graph: str, height: int, width: int,
-                 forms: Iterable[str] = FORMS, top_k: int = 20) -> dict[str, onnx.ModelProto]:
-    """Trace one graph once and translate it into each of ``forms``; returns {form: checked ModelProto}."""
+                 forms: Iterable[str] = FORMS, top_k: int = 20, streaming: dict | None = None
+                 ) -> dict[str, onnx.ModelProto]:
+    """Trace one graph once and translate it into each of ``forms``; returns {form: checked ModelProto}.
+    ``streaming`` (with ``top_k``) gives the defaults of the inputs only the portable form exposes."""
     forms = list(forms)
     example = spec.example(height, width, generator=torch.Generator().manual_seed(0))
-    extra = _extra_inputs(graph, top_k)
+    extra = _portable_inputs(spec, {"top_k": top_k, **(streaming or {})})
     with graph_modules.custom_ops(), torch.no_grad(), _quiet_exporter():
         program = torch.export.export(spec.module.eval(), tuple(example) + tuple(extra.values()),
                                       dynamic_shapes=_torch_dynamic_shapes(spec, extra), strict=False)
@@ -166,7 +154,7 @@ def export_graph(spec: graph_modules.GraphSpec, graph: str, height: int, width: 
         model = onnx_program.model_proto
         if form == "plugin":
             _drop_unused_inputs(model)
-        models[form] = _finish_model(model, graph, form, top_k)
+        models[form] = _finish_model(model, form, extra)
     return models
 
 
@@ -191,7 +179,8 @@ def _drop_unused_inputs(model: onnx.ModelProto) -> None:
 def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path, height: int | None = None,
                    width: int | None = None, forms: Iterable[str] = FORMS, random_weights: bool = False,
                    streaming: dict | None = None, check: bool = False, progress: Progress = None) -> Path:
-    """Export model ``name`` (``stcn``, ``stcn-lite``, ``3dc-seg``, ``3dc-seg-lite``) to a package folder.
+    """Export model ``name`` (a family or one of its models: ``vosrt.sdk.families.model_names()``) to a
+    package folder.
 
     Args:
         name: family or variant; a family name takes whichever variant the checkpoint holds.
@@ -199,7 +188,7 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
             exports an untrained model and saves its weights into the package (``weights.pt``) so the
             torch backend and :func:`check_package` can reproduce it.
         out_dir: package folder (created; existing graph files are replaced).
-        height, width: package resolution, multiples of 16 (default 480×864).
+        height, width: package resolution, multiples of 16 (default: the family's, 480×864).
         forms: any of ``"plugin"``, ``"portable"``.
         streaming: overrides of the streaming defaults recorded in the manifest.
         check: run :func:`check_package` at the end (results under the manifest's ``check`` entry).
@@ -211,8 +200,8 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
     unknown = [f for f in forms if f not in FORMS]
     if unknown or not forms:
         raise UserError(f"forms must be some of {', '.join(FORMS)}, got {', '.join(forms) or 'none'}")
-    family = family_of(name)
-    default_h, default_w = DEFAULT_RESOLUTION[family]
+    family = families.of_model(name)
+    default_h, default_w = family.default_resolution
     height, width = int(height or default_h), int(width or default_w)
     check_size(height, width, 16)
     out_dir = Path(out_dir)
@@ -224,8 +213,8 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
     model, config = resolve_model(name, checkpoint, random_weights)
     check_size(height, width, _stride_of(model))
     variant = config.get("model", name)
-    stream = dict(STREAMING_DEFAULTS[family])
-    if family == "3dc-seg":
+    stream = dict(family.streaming)
+    if "clip_length" in stream:  # clip families: the model's own clip length
         stream["clip_length"] = int(getattr(model, "clip_length", stream["clip_length"]))
     stream.update(streaming or {})
 
@@ -240,7 +229,7 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
     for graph, spec in specs.items():
         start = time.perf_counter()
         _say(progress, f"exporting {graph} ({', '.join(forms)}) at {height}x{width}")
-        models = export_graph(spec, graph, height, width, forms, top_k=stream.get("top_k", 20))
+        models = export_graph(spec, graph, height, width, forms, streaming=stream)
         graph_files[graph] = {}
         for form, proto in models.items():
             filename = f"{graph}.{form}.onnx"
@@ -250,18 +239,19 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
 
     manifest = {
         "format_version": FORMAT_VERSION,
-        "family": family,
+        "family": family.name,
         "variant": variant,
         "config": config,
         "resolution": {"height": height, "width": width, "stride": _stride_of(model)},
         "input": {"color": "RGB", "dtype": "float32", "range": [0, 1], "layout": "NCHW",
                   "mean": list(model.input_mean), "std": list(model.input_std)},
-        "in_graph": IN_GRAPH[family],
+        "in_graph": list(family.in_graph),
         "graphs": graph_files,
         "io": {g: {"inputs": s.input_names, "outputs": s.output_names,
                    "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in s.dynamic_axes.items()},
                    # inputs with a default value that only the portable form exposes
-                   **({"portable_optional_inputs": {"top_k": stream["top_k"]}} if g == "segment" else {})}
+                   **({"portable_optional_inputs": {name: stream[setting] for name, setting in
+                                                    s.portable_inputs.items()}} if s.portable_inputs else {})}
                for g, s in specs.items()},
         "dims": dict(getattr(model, "dims", {}) or {}),
         "streaming": stream,
@@ -269,31 +259,15 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
                      "onnx": onnx.__version__, "opset": onnx_ops.OPSET, "ir_version": onnx_ops.IR_VERSION},
         "source": source,
     }
-    if family == "3dc-seg":
-        manifest["layout"] = "NCTHW"
-    _write_manifest(out_dir, manifest)
+    if family.layout != "NCHW":
+        manifest["layout"] = family.layout
+    write_manifest(out_dir, manifest)
     _say(progress, f"wrote {out_dir / 'manifest.json'}")
     if check and "portable" in forms:
         report = check_package(out_dir, progress=progress)
         manifest["check"] = report
-        _write_manifest(out_dir, manifest)
+        write_manifest(out_dir, manifest)
     return out_dir
-
-
-def _write_manifest(out_dir: Path, manifest: dict) -> None:
-    tmp = out_dir / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out_dir / "manifest.json")
-
-
-def _read_manifest(pkg: Path) -> dict:
-    path = pkg / "manifest.json"
-    if not path.is_file():
-        raise UserError(f"{pkg} is not a model package: it has no manifest.json (create one with `vosrt export`)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON: {err}") from None
 
 
 def _package_model(pkg: Path, manifest: dict, checkpoint: str | Path | None):
@@ -308,19 +282,6 @@ def _package_model(pkg: Path, manifest: dict, checkpoint: str | Path | None):
     return model.eval(), config
 
 
-def compare(actual: np.ndarray, expected: np.ndarray) -> dict:
-    """Max abs error and the relative error max|a − e| / max|e| of two arrays (same shape)."""
-    if actual.shape != expected.shape:
-        raise AssertionError(f"shape {actual.shape} != expected {expected.shape}")
-    if expected.dtype == np.uint8:
-        mismatch = float(np.mean(actual != expected))
-        return {"mismatch_fraction": mismatch}
-    diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-    max_abs = float(diff.max()) if diff.size else 0.0
-    peak = float(np.abs(expected).max()) if expected.size else 0.0
-    return {"max_abs": max_abs, "max_rel": max_abs / peak if peak > 0 else max_abs}
-
-
 def check_package(pkg: str | Path, checkpoint: str | Path | None = None, seed: int = 0, objects: int = 2,
                   memory_frames: int = 3, progress: Progress = None) -> dict:
     """Run the portable form of every graph in ONNX Runtime (CPU) against the PyTorch graph modules on
@@ -329,15 +290,12 @@ def check_package(pkg: str | Path, checkpoint: str | Path | None = None, seed: i
     probabilities tie to rounding)."""
     import onnxruntime as ort
 
-    pkg = Path(pkg)
-    manifest = _read_manifest(pkg)
+    pkg, manifest = read_manifest(pkg)
     model, _ = _package_model(pkg, manifest, checkpoint)
     height, width = manifest["resolution"]["height"], manifest["resolution"]["width"]
     stream = manifest.get("streaming", {})
     specs = graph_modules.graphs_for(model, top_k=stream.get("top_k", graph_modules.DEFAULT_TOP_K))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = min(os.cpu_count() or 1, 4)
-    options.log_severity_level = 3  # the top_k input's default initializer draws a harmless warning
+    options = session_options(threads=min(os.cpu_count() or 1, 4))
     report = {}
     for graph, spec in specs.items():
         filename = manifest.get("graphs", {}).get(graph, {}).get("portable")

@@ -71,23 +71,20 @@ class RecordingBackend(Backend):
 
 def record_calibration(package, frames: list[np.ndarray], first_mask: np.ndarray | None,
                        color: str = "bgr") -> dict[str, list[dict[str, np.ndarray]]]:
-    """Stream ``frames`` through ``package`` (portable form, ONNX Runtime) and return each graph's feeds."""
+    """Stream ``frames`` through ``package`` (portable form, ONNX Runtime) and return each graph's feeds.
+
+    ``first_mask`` starts the tracking of semi-supervised families (given with the first frame)."""
+    from vosrt.sdk import open_session
     from vosrt.sdk.backends.onnxruntime import OnnxRuntimeBackend
 
     backend = RecordingBackend(OnnxRuntimeBackend(package, form="portable", device="cpu"))
-    if package.family == "stcn":
-        from vosrt.sdk.tracker import Tracker
-
-        session = Tracker(backend, package, color=color)
-        for index, frame in enumerate(frames):
-            session.step(frame, first_mask if index == 0 else None)
-    else:
-        from vosrt.sdk.clips import ClipSegmenter
-
-        session = ClipSegmenter(backend, package, color=color)
-        for frame in frames:
+    session = open_session(backend, package, color=color)
+    for index, frame in enumerate(frames):
+        if index == 0 and session.takes_mask:
+            session.push(frame, mask=first_mask)
+        else:
             session.push(frame)
-        session.flush()
+    session.flush()
     return dict(backend.samples)
 
 

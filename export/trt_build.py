@@ -15,32 +15,21 @@ TensorRT is imported inside the functions that need it, so the shape/profile log
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from vosrt.sdk.errors import UserError
-from vosrt.sdk.package import Package, load_package
+from vosrt.sdk import families
+from vosrt.sdk.package import Package, compare, load_package, read_manifest, write_manifest
+from vosrt.sdk.progress import Reporter as Progress
+from vosrt.sdk.progress import say as _say
 
 PRECISIONS = ("fp32", "fp16")
 DEFAULT_MAX_OBJECTS = 8
 ENGINE_DIR = "engines"
 TIMING_CACHE = "timing.cache"
-
-Progress = Callable[[str], None] | None
-
-# Axis labels of the manifest's io.<graph>.dynamic_axes, with the fallbacks for packages that lack them.
-_FALLBACK_AXES = {("masks", 0): "objects", ("mem_value", 0): "objects", ("mem_key", 2): "memory",
-                  ("mem_value", 2): "memory"}
-
-
-def _say(progress: Progress, message: str) -> None:
-    if progress is not None:
-        progress(message)
 
 
 def onnx_input_shapes(path: Path) -> dict[str, list]:
@@ -59,10 +48,14 @@ def onnx_input_shapes(path: Path) -> dict[str, list]:
 
 
 def axis_label(package: Package, graph: str, name: str, axis: int) -> str | None:
-    """``"objects"``, ``"memory"`` (or another label from the manifest) for a dynamic axis of an input."""
+    """``"objects"``, ``"memory"`` (or another label from the manifest) for a dynamic axis of an input;
+    for packages whose manifest lacks them, the family table's (``vosrt.sdk.families``)."""
     axes = ((package.manifest.get("io") or {}).get(graph) or {}).get("dynamic_axes") or {}
     label = (axes.get(name) or {}).get(str(axis))
-    return label or _FALLBACK_AXES.get((name, axis))
+    if label:
+        return label
+    io = families.get(package.family).graphs.get(graph)
+    return (io.dynamic_axes.get(name) or {}).get(axis) if io is not None else None
 
 
 def profile_shapes(package: Package, graph: str, max_objects: int = DEFAULT_MAX_OBJECTS,
@@ -101,7 +94,7 @@ def _plugin_graphs(package: Package) -> dict[str, Path]:
     missing = [g for g in package.graphs if "plugin" not in package.graphs[g]]
     if missing:
         raise UserError(f"{package.path} has no plugin form of {', '.join(missing)}; TensorRT engines are built "
-                        "from it: re-export with `vosrt export ... --forms plugin portable`")
+                        "from it: re-export with `vosrt export ... --forms plugin,portable`")
     return {g: package.graphs[g]["plugin"] for g in package.graphs}
 
 
@@ -126,15 +119,12 @@ def write_fp16_graphs(package: Package, progress: Progress = None) -> dict:
 
 
 def _write_manifest_engines(package: Package, precision: str, entry: dict) -> None:
-    path = package.path / "manifest.json"
-    manifest = json.loads(path.read_text())
+    _, manifest = read_manifest(package.path)
     engines = manifest.get("engines") or {}
     engines[precision] = entry
     engines["default"] = precision
     manifest["engines"] = engines
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_manifest(package.path, manifest)
 
 
 def _strongly_typed_flags(trt) -> int:
@@ -254,9 +244,10 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
 
 def comparison_inputs(package: Package, graph: str, objects: int = 2, memory_frames: int = 3,
                       seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for ``graph`` at the package resolution: images and clips in [0, 1], object masks as
-    probabilities of disjoint objects, features standard normal; ``objects`` objects and a memory of
-    ``memory_frames`` frames."""
+    """Random inputs for ``graph`` at the package resolution, by the input kinds of the family table:
+    images and clips in [0, 1], object masks as probabilities of disjoint objects, features standard
+    normal; ``objects`` objects and a memory of ``memory_frames`` frames."""
+    kinds = families.get(package.family).graphs[graph].inputs
     rng = np.random.default_rng(seed)
     hw = (package.height // package.stride) * (package.width // package.stride)
     sizes = {"objects": objects, "memory": memory_frames * hw}
@@ -264,25 +255,15 @@ def comparison_inputs(package: Package, graph: str, objects: int = 2, memory_fra
     for name, dims in onnx_input_shapes(package.graph_path(graph, "portable")).items():
         shape = [d if isinstance(d, int) and d > 0 else sizes[axis_label(package, graph, name, axis)]
                  for axis, d in enumerate(dims)]
-        if name in ("image", "clip"):
+        kind = kinds.get(name, families.FEATURES)
+        if kind == families.IMAGE:
             feeds[name] = rng.random(shape, dtype=np.float32)
-        elif name == "masks":
+        elif kind == families.PROBABILITIES:
             masks = rng.random(shape, dtype=np.float32)
             feeds[name] = masks / np.maximum(masks.sum(axis=0, keepdims=True), 1.0)
         else:
             feeds[name] = rng.standard_normal(shape, dtype=np.float32)
     return feeds
-
-
-def _compare(actual: np.ndarray, expected: np.ndarray) -> dict:
-    if actual.shape != expected.shape:
-        raise AssertionError(f"shape {actual.shape} != expected {expected.shape}")
-    if expected.dtype == np.uint8 or np.issubdtype(expected.dtype, np.integer):
-        return {"mismatch_fraction": float(np.mean(actual != expected))}
-    diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-    max_abs = float(diff.max()) if diff.size else 0.0
-    peak = float(np.abs(expected).max()) if expected.size else 0.0
-    return {"max_abs": max_abs, "max_rel": max_abs / peak if peak > 0 else max_abs}
 
 
 def compare_engines_with_onnxruntime(pkg: str | Path, precision: str | None = None, objects: int = 2,
@@ -292,6 +273,7 @@ def compare_engines_with_onnxruntime(pkg: str | Path, precision: str | None = No
     ``vosrt.export.package.check_package``)."""
     import onnxruntime as ort
 
+    from vosrt.sdk.backends.onnxruntime import session_options
     from vosrt.sdk.backends.tensorrt import TensorRTBackend
 
     package = load_package(pkg)
@@ -299,8 +281,7 @@ def compare_engines_with_onnxruntime(pkg: str | Path, precision: str | None = No
     if missing:
         raise UserError(f"{package.path} has no portable form of {', '.join(missing)} to compare the engines with")
     backend = TensorRTBackend(package, precision=precision, plugin_lib=plugin_lib)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options = session_options()
     report = {}
     try:
         for graph in package.graphs:
@@ -310,7 +291,7 @@ def compare_engines_with_onnxruntime(pkg: str | Path, precision: str | None = No
             names = [o.name for o in session.get_outputs()]
             expected = dict(zip(names, session.run(names, feeds)))
             actual = backend.run(graph, feeds, names)
-            report[graph] = {name: _compare(backend.download(actual[name]), expected[name]) for name in names}
+            report[graph] = {name: compare(backend.download(actual[name]), expected[name]) for name in names}
     finally:
         backend.close()
     return report

@@ -1,53 +1,65 @@
 """vosrt.sdk: the runtime. Streams frames through ONNX Runtime or TensorRT model packages.
 
     import vosrt.sdk
-    tracker = vosrt.sdk.load("packages/stcn-lite")          # -> Tracker (stcn packages)
-    segmenter = vosrt.sdk.load("packages/3dc-seg-lite")      # -> ClipSegmenter (3dc-seg packages)
+    session = vosrt.sdk.load("path/to/package")     # the family's session (vosrt.sdk.families)
+    for frame in frames:
+        for done in session.push(frame):           # stcn: push(frame0, mask=first_mask) starts tracking
+            use(done.index, done.labels)
+    for done in session.flush():
+        use(done.index, done.labels)
 
-Never imports torch at module level: a deployment host needs numpy, opencv and one inference runtime.
+Every session speaks the protocol of :mod:`vosrt.sdk.session`; :func:`vosrt.sdk.stream.stream` drives
+one from a source to sinks. Never imports torch at module level: a deployment host needs numpy, opencv
+and one inference runtime.
 """
 from __future__ import annotations
 
 from vosrt.sdk.errors import UserError
 
-# Session options by family; every other keyword goes to the backend (form, device, checkpoint, ...).
-SESSION_OPTIONS = {
-    "stcn": ("mem_every", "top_k", "memory_capacity", "color"),
-    "3dc-seg": ("overlap", "threshold", "color"),
-}
-
 
 def load(package_dir, backend: str = "auto", **overrides):
-    """Open a model package and return its streaming session: a :class:`~vosrt.sdk.tracker.Tracker` for
-    ``stcn`` packages, a :class:`~vosrt.sdk.clips.ClipSegmenter` for ``3dc-seg``.
+    """Open a model package and return its family's streaming session (the ``session`` of its row in
+    :mod:`vosrt.sdk.families`: a :class:`~vosrt.sdk.tracker.Tracker` for ``stcn`` packages, a
+    :class:`~vosrt.sdk.clip_segmenter.ClipSegmenter` for ``3dc-seg``).
 
     ``backend``: ``"auto"`` (TensorRT when the package has engines and TensorRT is installed, else ONNX
     Runtime), ``"onnxruntime"``, ``"torch"`` (the PyTorch reference; needs the checkpoint) or
-    ``"tensorrt"``. ``overrides``: session settings (stcn: ``mem_every``, ``top_k``,
-    ``memory_capacity``, ``color``; 3dc-seg: ``overlap``, ``threshold``, ``color``) and backend options
-    (``form``, ``device``, ``checkpoint``, ``threads``, ...). Unknown names raise UserError.
+    ``"tensorrt"``. ``overrides``: session settings (the family's ``settings``, e.g. stcn:
+    ``mem_every``, ``top_k``, ``memory_capacity``, ``color``) and backend options (``form``, ``device``,
+    ``checkpoint``, ``threads``, ...). A setting of another family raises UserError.
     """
+    from vosrt.sdk import families
     from vosrt.sdk.backends import open_backend
     from vosrt.sdk.package import load_package
 
     package = load_package(package_dir)
-    session_keys = SESSION_OPTIONS[package.family]
-    session_options = {k: overrides.pop(k) for k in list(overrides) if k in session_keys}
-    other_family = {k for keys in SESSION_OPTIONS.values() for k in keys} - set(session_keys)
-    wrong = sorted(set(overrides) & other_family)
-    if wrong:
-        raise UserError(f"{', '.join(wrong)}: not a setting of {package.family} sessions "
-                        f"(they take {', '.join(session_keys)})")
+    family = families.get(package.family)
+    session_options = {k: overrides.pop(k) for k in list(overrides) if k in family.settings}
+    other_family = {k for f in families.all_families() for k in f.settings}
+    family.check_settings({k: v for k, v in overrides.items() if k in other_family})
     engine = open_backend(package, backend, **overrides)
+    return open_session(engine, package, **session_options)
+
+
+def open_session(backend, package, **settings):
+    """The family's session over an open ``backend`` (closed again if the session cannot start)."""
+    from vosrt.sdk import families
+
     try:
-        if package.family == "stcn":
-            from vosrt.sdk.tracker import Tracker
-            return Tracker(engine, package, **session_options)
-        from vosrt.sdk.clips import ClipSegmenter
-        return ClipSegmenter(engine, package, **session_options)
+        return families.get(package.family).session_class()(backend, package, **settings)
     except Exception:
-        engine.close()
+        backend.close()
         raise
 
 
-__all__ = ["UserError", "load"]
+def __getattr__(name):
+    # Session classes by name without importing every family's module at `import vosrt.sdk`.
+    lazy = {"Tracker": "vosrt.sdk.tracker", "ClipSegmenter": "vosrt.sdk.clip_segmenter",
+            "SegmentedFrame": "vosrt.sdk.session", "Session": "vosrt.sdk.session", "stream": "vosrt.sdk.streaming"}
+    if name in lazy:
+        import importlib
+        return getattr(importlib.import_module(lazy[name]), name)
+    raise AttributeError(f"module 'vosrt.sdk' has no attribute '{name}'")
+
+
+__all__ = ["UserError", "load", "open_session"]

@@ -82,34 +82,27 @@ class TimedBackend(Backend):
 def bench(package, backend_name: str, frames: int, warmup: int, options: dict) -> dict:
     """Stream ``warmup + frames`` generated frames; returns ``{"stages": {name: ms per frame}, "fps": ..,
     "describe": ..}``."""
+    from vosrt.sdk import open_session
     from vosrt.sdk.backends import open_backend
+    from vosrt.sdk.streaming import stream
     from vosrt.sdk.synthetic import generate_sequence
 
     sequence = generate_sequence(0, num_frames=min(frames + warmup, 40), height=package.height,
                                  width=package.width, num_objects=2)
     timed = TimedBackend(open_backend(package, backend_name, **options))
-    if package.family == "stcn":
-        from vosrt.sdk.tracker import Tracker
-        session = Tracker(timed, package, color="rgb")
+    session = open_session(timed, package, color="rgb")
 
-        def feed(t):
-            session.step(sequence.frames[t % len(sequence)], sequence.labels[0] if t == 0 else None)
-    else:
-        from vosrt.sdk.clips import ClipSegmenter
-        session = ClipSegmenter(timed, package, color="rgb")
+    def feed(first: int, count: int, flush: bool):
+        # frames cycle through the clip; sessions that take masks get the objects on the very first frame
+        frames = (sequence.frames[t % len(sequence)] for t in range(first, first + count))
+        masks = {0: sequence.labels[0]} if session.takes_mask and first == 0 else None
+        return stream(session, frames, masks=masks, flush=flush, close=False)
 
-        def feed(t):
-            session.push(sequence.frames[t % len(sequence)])
-
-    for t in range(warmup):
-        feed(t)
+    if warmup:
+        feed(0, warmup, flush=False)
     timed.times.clear()
-    start = time.perf_counter()
-    for t in range(warmup, warmup + frames):
-        feed(t)
-    if package.family != "stcn":
-        session.flush()
-    elapsed = time.perf_counter() - start
+    stats = feed(warmup, frames, flush=True)
+    elapsed = stats.seconds
     stages = {graph: 1000 * seconds / frames for graph, seconds in timed.times.items()}
     stages["host"] = 1000 * elapsed / frames - sum(stages.values())
     stages["total"] = 1000 * elapsed / frames

@@ -2,6 +2,7 @@
 
     vosrt demo                       # stcn-lite: track the objects given on the first frame
     vosrt demo --family 3dc-seg      # 3dc-seg-lite: segment the moving objects, no mask given
+                                     # (any family of vosrt.sdk.families with a shipped demo model)
     vosrt demo --heldout 20          # J&F over 20 held-out generated clips, and the copy-first-mask baseline
 
 The clip comes from :mod:`vosrt.sdk.synthetic` with a seed that no training clip of the demo models
@@ -13,16 +14,15 @@ the streaming loop (model loading excluded).
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from vosrt.sdk import families
 from vosrt.sdk.errors import UserError
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-DEMO_PACKAGES = {"stcn": "stcn-lite", "3dc-seg": "3dc-seg-lite"}
 DEMO_SEED = 90210          # the demo clip
 HELDOUT_DATASET_SEED = 2026  # held-out evaluation clips: sequence_seed(HELDOUT_DATASET_SEED, i)
 CLIP = dict(num_frames=60, height=240, width=432)
@@ -30,8 +30,10 @@ CLIP = dict(num_frames=60, height=240, width=432)
 
 def add_arguments(parser) -> None:
     """Arguments of ``vosrt demo``."""
-    parser.add_argument("--family", choices=sorted(DEMO_PACKAGES), default="stcn",
-                        help="stcn (semi-supervised, default) or 3dc-seg (unsupervised)")
+    demos = [f.name for f in families.all_families() if f.demo_model]
+    parser.add_argument("--family", choices=demos, default=demos[0],
+                        help=", ".join(f"{f.name}: {f.task.split(':')[0]}" for f in families.all_families()
+                                       if f.demo_model) + f" (default {demos[0]})")
     parser.add_argument("--out", default="vosrt-demo", help="output folder (default ./vosrt-demo)")
     parser.add_argument("--seed", type=int, default=DEMO_SEED, help=f"clip seed (default {DEMO_SEED})")
     parser.add_argument("--frames", type=int, default=CLIP["num_frames"], help="clip length in frames")
@@ -42,44 +44,31 @@ def add_arguments(parser) -> None:
 
 
 def demo_package(family: str) -> Path:
-    """Folder of the demo model package shipped for ``family``."""
-    path = MODELS_DIR / DEMO_PACKAGES[family]
-    if not (path / "manifest.json").is_file():
-        raise UserError(f"the {family} demo model ({DEMO_PACKAGES[family]}) is not part of this installation "
+    """Folder of the demo model package shipped for ``family`` (its row's ``demo_model``)."""
+    model = families.get(family).demo_model
+    path = MODELS_DIR / str(model)
+    if model is None or not (path / "manifest.json").is_file():
+        raise UserError(f"the {family} demo model ({model}) is not part of this installation "
                         f"(looked in {path}); pass --package to use another one")
     return path
 
 
-def segment_sequence(session, family: str, frames: list[np.ndarray], first_labels: np.ndarray):
-    """Stream RGB ``frames`` through ``session``; returns (label maps, seconds spent after frame 0).
+def segment_sequence(session, frames: list[np.ndarray], first_labels: np.ndarray):
+    """Stream RGB ``frames`` through ``session`` (:func:`vosrt.sdk.streaming.stream`); returns (label maps,
+    frames per second after the first frame). Sessions that take masks get ``first_labels`` on frame 0."""
+    from vosrt.sdk.streaming import stream
 
-    stcn: the first frame's ``first_labels`` start the tracking. 3dc-seg: labels are 0/1 foreground.
-    """
-    results = []
-    if family == "stcn":
-        results.append(session.step(frames[0], mask=first_labels))
-        started = time.perf_counter()
-        for frame in frames[1:]:
-            results.append(session.step(frame))
-        return results, time.perf_counter() - started
-    started = time.perf_counter()
-    finished = {}
-    for frame in frames:
-        for done in session.push(frame):
-            finished[done.index] = done.labels
-    for done in session.flush():
-        finished[done.index] = done.labels
-    return [finished[i] for i in range(len(frames))], time.perf_counter() - started
+    masks = {0: first_labels} if session.takes_mask else None
+    stats = stream(session, frames, masks=masks, keep_results=True)
+    finished = {done.index: done.labels for done in stats.results}
+    return [finished[i] for i in range(len(frames))], stats.fps
 
 
 def score(family: str, predicted: list[np.ndarray], truth: list[np.ndarray], name: str):
-    """ObjectScores of one clip: per object for stcn (DAVIS semi-supervised protocol), the foreground for 3dc-seg."""
+    """ObjectScores of one clip by the family's protocol (:func:`vosrt.sdk.metrics.score_sequence`)."""
     from vosrt.sdk import metrics
 
-    if family == "stcn":
-        return metrics.evaluate_sequence(predicted, truth, name=name)
-    return metrics.evaluate_sequence([(p > 0).astype(np.uint8) for p in predicted],
-                                     [(t > 0).astype(np.uint8) for t in truth], name=name, skip_first_last=False)
+    return metrics.score_sequence(family, predicted, truth, name)
 
 
 def run(args) -> int:
@@ -103,13 +92,12 @@ def run(args) -> int:
     name = session.package.manifest.get("variant", args.family)
 
     if args.heldout:
-        model_scores, baseline_scores, seconds, frames_timed = [], [], 0.0, 0
+        model_scores, baseline_scores, rates = [], [], []
         for index in range(args.heldout):
             seq = generate_sequence(sequence_seed(HELDOUT_DATASET_SEED, index), **clip)
             session.reset()
-            predicted, spent = segment_sequence(session, args.family, seq.frames, seq.labels[0])
-            seconds += spent
-            frames_timed += len(seq) - (1 if args.family == "stcn" else 0)
+            predicted, fps = segment_sequence(session, seq.frames, seq.labels[0])
+            rates.append(fps)
             model_scores += score(args.family, predicted, seq.labels, f"heldout-{index}")
             baseline_scores += score(args.family, [seq.labels[0]] * len(seq), seq.labels, f"heldout-{index}")
         result, baseline = metrics.summarize(model_scores), metrics.summarize(baseline_scores)
@@ -117,12 +105,11 @@ def run(args) -> int:
               f"{clip['height']}×{clip['width']}, dataset seed {HELDOUT_DATASET_SEED}), ONNX Runtime CPU")
         print(f"  model          J&F {result['J&F']:.3f}  (J {result['J']:.3f}, F {result['F']:.3f})")
         print(f"  copy frame 0   J&F {baseline['J&F']:.3f}  (J {baseline['J']:.3f}, F {baseline['F']:.3f})")
-        print(f"  {frames_timed / max(seconds, 1e-9):.1f} FPS")
+        print(f"  {len(rates) / sum(1 / max(r, 1e-9) for r in rates):.1f} FPS")
         return 0
 
     seq = generate_sequence(args.seed, num_objects=3, **clip)
-    predicted, spent = segment_sequence(session, args.family, seq.frames, seq.labels[0])
-    timed = len(seq) - (1 if args.family == "stcn" else 0)
+    predicted, fps = segment_sequence(session, seq.frames, seq.labels[0])
     result = metrics.summarize(score(args.family, predicted, seq.labels, "demo"))
 
     out = Path(args.out)
@@ -141,13 +128,14 @@ def run(args) -> int:
     finally:
         writer.release()
 
-    task = "tracking the 3 objects given on frame 0" if args.family == "stcn" else "segmenting the moving objects"
+    takes_mask = families.get(args.family).takes_mask
+    task = "tracking the 3 objects given on frame 0" if takes_mask else "segmenting the moving objects"
     print(f"{name}: {task} in a generated {len(seq)}-frame clip ({clip['height']}×{clip['width']}, seed {args.seed}), "
           f"ONNX Runtime CPU")
     print(f"  J&F {result['J&F']:.3f}  (J {result['J']:.3f}, F {result['F']:.3f})")
-    if args.family == "stcn":
+    if takes_mask:
         baseline = metrics.summarize(score(args.family, [seq.labels[0]] * len(seq), seq.labels, "demo"))
         print(f"  copying the frame-0 mask to every frame: J&F {baseline['J&F']:.3f}")
-    print(f"  {timed / max(spent, 1e-9):.1f} FPS ({1000 * spent / max(timed, 1):.1f} ms per frame)")
+    print(f"  {fps:.1f} FPS ({1000 / max(fps, 1e-9):.1f} ms per frame)")
     print(f"  wrote {out / 'overlay.mp4'} and {len(predicted)} PNGs in {out / 'masks'}")
     return 0

@@ -1,23 +1,23 @@
-"""Model packages: read and validate ``manifest.json`` (layout in docs/DESIGN.md, "Package folder")."""
+"""Model packages: the one place that reads, validates, writes and compares them (layout in
+docs/DESIGN.md, "Package folder"). ``vosrt.export`` writes packages through :func:`write_manifest` and
+checks them with :func:`compare`; the SDK opens them with :func:`load_package`. What a family's package
+holds (graphs, streaming defaults) comes from its row in :mod:`vosrt.sdk.families`.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from vosrt.sdk import families
 from vosrt.sdk.errors import UserError
 
 FORMAT_VERSION = 1
-FAMILY_GRAPHS = {
-    "stcn": ("encode_key", "encode_value", "segment"),
-    "3dc-seg": ("segment_clip",),
-}
 FORMS = ("portable", "plugin")
-STREAMING_DEFAULTS = {
-    "stcn": {"mem_every": 5, "top_k": 20, "memory_capacity": 20},
-    "3dc-seg": {"clip_length": 8, "overlap": 3},
-}
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Package:
     @property
     def forms(self) -> list[str]:
         """Forms every graph of the family is available in (``portable`` first)."""
-        return [f for f in FORMS if all(f in self.graphs[g] for g in FAMILY_GRAPHS[self.family])]
+        return [f for f in FORMS if all(f in self.graphs[g] for g in families.get(self.family).graph_names)]
 
     def graph_path(self, graph: str, form: str) -> Path:
         """Path of ``graph`` in ``form``; UserError when the package lacks it."""
@@ -65,19 +65,21 @@ class Package:
         return ck if ck.is_absolute() else self.path / ck
 
 
-def _require(manifest: dict, key: str, kind, where: Path):
-    if key not in manifest:
-        raise UserError(f"{where}: manifest has no '{key}' entry; re-export the package with `vosrt export`")
-    value = manifest[key]
-    if not isinstance(value, kind):
-        raise UserError(f"{where}: manifest '{key}' should be a {getattr(kind, '__name__', kind)}, "
-                        f"got {type(value).__name__}")
-    return value
+    @classmethod
+    def in_memory(cls, family: str, height: int, width: int, stride: int = 16, variant: str | None = None,
+                  streaming: dict | None = None, config: dict | None = None) -> "Package":
+        """A package with no files, for a backend built from an in-memory model (the torch backend
+        during training validation): the family's graphs, its streaming defaults with ``streaming``."""
+        row = families.get(family)
+        return cls(path=Path("<in memory>"), manifest={"family": family, "config": dict(config or {})},
+                   family=family, variant=variant or family, height=int(height), width=int(width),
+                   stride=int(stride), graphs={g: {} for g in row.graph_names},
+                   streaming={**row.streaming, **(streaming or {})})
 
 
-def load_package(path: str | Path) -> Package:
-    """Read ``path/manifest.json`` and check it names a known family, a resolution that is a multiple of
-    its stride, and existing ONNX files for every graph of the family in at least one form."""
+def read_manifest(path: str | Path) -> tuple[Path, dict]:
+    """(package folder, manifest dict) of the package at ``path`` (its folder or its manifest.json),
+    with a UserError saying what to do when it is missing or unreadable."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"model package not found: {path}")
@@ -94,14 +96,55 @@ def load_package(path: str | Path) -> Package:
         raise UserError(f"{manifest_path} is not valid JSON: {err}") from None
     if not isinstance(manifest, dict):
         raise UserError(f"{manifest_path}: expected a JSON object, got {type(manifest).__name__}")
+    return path, manifest
 
+
+def write_manifest(folder: str | Path, manifest: dict) -> Path:
+    """Write ``folder/manifest.json`` atomically (a reader sees the old or the new file, never half)."""
+    path = Path(folder) / "manifest.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def compare(actual: np.ndarray, expected: np.ndarray) -> dict:
+    """How far ``actual`` is from ``expected`` (same shape): ``{"max_abs", "max_rel"}`` for floats, where
+    max_rel = max|a − e| / max|e|; ``{"mismatch_fraction"}`` for integer label maps (arg-max flips only
+    where two probabilities tie to rounding). The one comparison of parity checks and engine checks."""
+    if actual.shape != expected.shape:
+        raise AssertionError(f"shape {actual.shape} != expected {expected.shape}")
+    if np.issubdtype(expected.dtype, np.integer):
+        return {"mismatch_fraction": float(np.mean(actual != expected))}
+    diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    max_abs = float(diff.max()) if diff.size else 0.0
+    peak = float(np.abs(expected).max()) if expected.size else 0.0
+    return {"max_abs": max_abs, "max_rel": max_abs / peak if peak > 0 else max_abs}
+
+
+def _require(manifest: dict, key: str, kind, where: Path):
+    if key not in manifest:
+        raise UserError(f"{where}: manifest has no '{key}' entry; re-export the package with `vosrt export`")
+    value = manifest[key]
+    if not isinstance(value, kind):
+        raise UserError(f"{where}: manifest '{key}' should be a {getattr(kind, '__name__', kind)}, "
+                        f"got {type(value).__name__}")
+    return value
+
+
+def load_package(path: str | Path) -> Package:
+    """Read ``path/manifest.json`` and check it names a known family, a resolution that is a multiple of
+    its stride, and existing ONNX files for every graph of the family in at least one form."""
+    path, manifest = read_manifest(path)
+    manifest_path = path / "manifest.json"
     version = manifest.get("format_version", FORMAT_VERSION)
     if version != FORMAT_VERSION:
         raise UserError(f"{manifest_path}: format_version {version} is not supported by this vosrt "
                         f"(expected {FORMAT_VERSION}); upgrade vosrt or re-export the package")
     family = _require(manifest, "family", str, manifest_path)
-    if family not in FAMILY_GRAPHS:
-        raise UserError(f"{manifest_path}: unknown family '{family}', expected one of {', '.join(FAMILY_GRAPHS)}")
+    if family not in families.names():
+        raise UserError(f"{manifest_path}: unknown family '{family}', expected one of {', '.join(families.names())}")
+    row = families.get(family)
     variant = manifest.get("variant", family)
 
     resolution = _require(manifest, "resolution", dict, manifest_path)
@@ -115,7 +158,7 @@ def load_package(path: str | Path) -> Package:
 
     graphs_entry = _require(manifest, "graphs", dict, manifest_path)
     graphs: dict[str, dict[str, Path]] = {}
-    for graph in FAMILY_GRAPHS[family]:
+    for graph in row.graph_names:
         forms = graphs_entry.get(graph)
         if not isinstance(forms, dict) or not forms:
             raise UserError(f"{manifest_path}: family '{family}' needs graph '{graph}', which the manifest lacks")
@@ -125,7 +168,7 @@ def load_package(path: str | Path) -> Package:
             listed = ", ".join(str(v) for v in forms.values())
             raise UserError(f"{path}: graph '{graph}' is listed ({listed}) but none of its files exists")
 
-    streaming = dict(STREAMING_DEFAULTS[family])
+    streaming = dict(row.streaming)
     streaming.update(manifest.get("streaming") or {})
     return Package(path=path.resolve(), manifest=manifest, family=family, variant=variant,
                    height=height, width=width, stride=stride, graphs=graphs, streaming=streaming,

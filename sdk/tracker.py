@@ -7,6 +7,10 @@
     labels = tracker.step(frame, mask=new_mask, objects=[3])   # object 3 appears mid-stream
     tracker.remove_objects([1])
 
+``step`` is the frame-in/labels-out convenience; :meth:`Tracker.push` is the same step in the session
+protocol every family speaks (:mod:`vosrt.sdk.session`): it returns ``[SegmentedFrame(index, labels)]``
+at once (``latency`` 0), so :func:`vosrt.sdk.streaming.stream` drives a tracker like any session.
+
 Per frame: ``encode_key`` once (shared by all objects), one ``segment`` run reading the memory for all
 objects with one affinity, soft aggregation and arg-max in the graph; every ``mem_every`` frames (and on
 every annotated frame) ``encode_value`` writes the frame into the :class:`~vosrt.sdk.memory.MemoryBank`.
@@ -24,8 +28,9 @@ import numpy as np
 
 from vosrt.sdk.backends.base import Backend
 from vosrt.sdk.errors import UserError
-from vosrt.sdk.letterbox import Letterbox, check_color, check_image, check_label_map
+from vosrt.sdk.letterbox import check_image, check_label_map
 from vosrt.sdk.memory import MemoryBank
+from vosrt.sdk.session import SegmentedFrame, Session
 
 
 def _check_ids(objects, name: str = "objects") -> list[int]:
@@ -41,19 +46,22 @@ def _check_ids(objects, name: str = "objects") -> list[int]:
     return ids
 
 
-class Tracker:
+class Tracker(Session):
     """An STCN session over one backend (see the module docstring).
 
     ``mem_every``, ``top_k`` and ``memory_capacity`` default to the package manifest's ``streaming``
-    values. ``color`` is the channel order of the frames given to :meth:`step`.
+    values. ``color`` is the channel order of the frames given to :meth:`step`. Speaks the session
+    protocol (:mod:`vosrt.sdk.session`): :meth:`push` returns the frame at once (``latency`` 0).
     """
+
+    latency = 0
+    label_dtype = np.uint8
+    takes_mask = True
 
     def __init__(self, backend: Backend, package, mem_every: int | None = None, top_k: int | None = None,
                  memory_capacity: int | None = None, color: str = "bgr"):
+        super().__init__(backend, package, color)
         streaming = package.streaming
-        self.backend = backend
-        self.package = package
-        self.color = check_color(color)
         self.mem_every = int(mem_every if mem_every is not None else streaming["mem_every"])
         if self.mem_every < 1:
             raise UserError(f"mem_every: expected a positive number of frames, got {mem_every}")
@@ -66,15 +74,19 @@ class Tracker:
             raise UserError(f"top_k={top_k}: this backend's segment graph has top_k fixed at "
                             f"{streaming['top_k']} (plugin form / engine); use the portable form to change it")
         capacity = memory_capacity if memory_capacity is not None else streaming["memory_capacity"]
-        self.size = (package.height, package.width)
         h, w = package.height // package.stride, package.width // package.stride
         self.memory = MemoryBank(backend, int(capacity), h * w)
         self.objects: list[int] = []   # object ids, in the order of the graphs' object axis
         self.frame_index = -1
         self._since_memory = 0
-        self._letterboxes: dict[tuple[int, int], Letterbox] = {}
 
     # ------------------------------------------------------------------ public
+    def push(self, frame: np.ndarray, mask: np.ndarray | None = None, objects: Sequence[int] | None = None
+             ) -> list[SegmentedFrame]:
+        """The session protocol's form of :meth:`step`: returns ``[SegmentedFrame(index, labels)]``."""
+        labels = self.step(frame, mask, objects)
+        return [SegmentedFrame(self.frame_index, labels)]
+
     def step(self, image: np.ndarray, mask: np.ndarray | None = None, objects: Sequence[int] | None = None,
              return_probabilities: bool = False):
         """Segment one frame; returns its ``[H, W]`` uint8 label map (object ids, frame size).
@@ -169,12 +181,6 @@ class Tracker:
         self._since_memory = 0
 
     # ------------------------------------------------------------------ internals
-    def _letterbox(self, frame_shape) -> Letterbox:
-        key = tuple(int(s) for s in frame_shape)
-        if key not in self._letterboxes:
-            self._letterboxes[key] = Letterbox(key, self.size)
-        return self._letterboxes[key]
-
     def _segment(self, encoded: dict) -> dict:
         mem_key, mem_value = self.memory.read()
         inputs = {"mem_key": mem_key, "mem_value": mem_value, "query_key": encoded["key"],

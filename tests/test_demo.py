@@ -14,7 +14,7 @@ from vosrt.sdk.synthetic import sequence_seed
 
 
 def _training_record(family):
-    path = cli_demo.MODELS_DIR / cli_demo.DEMO_PACKAGES[family] / "training.json"
+    path = cli_demo.demo_package(family) / "training.json"
     return json.loads(path.read_text())
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import math
 import sys
 from typing import Callable, Optional
@@ -23,6 +24,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from vosrt.sdk import families
 from vosrt.training.ops import d2conv3d as _d2conv3d_module
 from vosrt.training.ops.aggregate import soft_aggregate
 from vosrt.training.ops.l2_readout import l2_memory_readout
@@ -202,70 +204,36 @@ class SegmentClipGraph(nn.Module):
 @dataclasses.dataclass
 class GraphSpec:
     """One graph of a package: the module, its ONNX input/output names, its dynamic axes
-    (``{input or output name: {axis: axis name}}``) and ``example(height, width, **sizes)`` building
-    random example inputs (a tuple in input order)."""
+    (``{input or output name: {axis: axis name}}``), the inputs only the portable form exposes
+    (``{input: streaming setting}``) and ``example(height, width, **sizes)`` building random example
+    inputs (a tuple in input order). Names and axes come from the family table (:meth:`of`)."""
 
     module: nn.Module
     input_names: list[str]
     output_names: list[str]
     dynamic_axes: dict[str, dict[int, str]]
     example: Callable[..., tuple]
+    portable_inputs: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, family: str, graph: str, module: nn.Module, example: Callable[..., tuple]) -> "GraphSpec":
+        """The spec of ``graph`` of ``family`` with its I/O as the family table (vosrt.sdk.families) says."""
+        io = families.get(family).graphs[graph]
+        return cls(module, io.input_names, io.output_names, {k: dict(v) for k, v in io.dynamic_axes.items()},
+                   example, dict(io.portable_inputs))
 
 
 def family_of_model(model: nn.Module) -> str:
-    """``"stcn"`` or ``"3dc-seg"`` for a built model."""
-    if all(hasattr(model, name) for name in ("encode_key", "encode_value", "segment")):
-        return "stcn"
-    return "3dc-seg"
-
-
-def _stcn_examples(model: nn.Module):
-    dims = model.dims
-
-    def rand(generator, *shape):
-        return torch.randn(*shape, generator=generator)
-
-    def encode_key(height, width, generator=None, **_):
-        return (torch.rand(1, 3, height, width, generator=generator),)
-
-    def encode_value(height, width, objects=2, generator=None, **_):
-        h, w = height // 16, width // 16
-        masks = torch.rand(objects, 1, height, width, generator=generator)
-        masks = masks / masks.sum(dim=0, keepdim=True).clamp(min=1)  # probabilities of disjoint objects
-        return (torch.rand(1, 3, height, width, generator=generator), rand(generator, 1, dims["f16_dim"], h, w),
-                masks)
-
-    def segment(height, width, objects=2, memory_frames=2, generator=None, **_):
-        h, w = height // 16, width // 16
-        n = memory_frames * h * w
-        return (rand(generator, 1, dims["key_dim"], n), rand(generator, objects, dims["value_dim"], n),
-                rand(generator, 1, dims["key_dim"], h, w), rand(generator, 1, dims["f16_thin_dim"], h, w),
-                rand(generator, 1, dims["f8_dim"], height // 8, width // 8),
-                rand(generator, 1, dims["f4_dim"], height // 4, width // 4))
-
-    return encode_key, encode_value, segment
+    """The family name of a built model (its ``family`` attribute, set by the family's model module)."""
+    family = getattr(model, "family", None)
+    if family is None:
+        raise TypeError(f"{type(model).__name__} is not a vosrt model: it has no 'family' attribute")
+    return families.get(family).name
 
 
 def graphs_for(model: nn.Module, top_k: int = DEFAULT_TOP_K) -> dict[str, GraphSpec]:
-    """The graphs of ``model``'s package, by name (docs/DESIGN.md): ``encode_key``, ``encode_value`` and
-    ``segment`` for STCN, ``segment_clip`` for 3DC-Seg. The modules share ``model``'s weights."""
+    """The graphs of ``model``'s package, by name (docs/DESIGN.md), built by the family's model module
+    (``package_graphs(model, top_k)``). The modules share ``model``'s weights."""
     model.eval()
-    if family_of_model(model) == "stcn":
-        ex_key, ex_value, ex_segment = _stcn_examples(model)
-        return {
-            "encode_key": GraphSpec(EncodeKeyGraph(model), ["image"], ["key", "f16_thin", "f16", "f8", "f4"],
-                                    {}, ex_key),
-            "encode_value": GraphSpec(EncodeValueGraph(model), ["image", "f16", "masks"], ["value"],
-                                      {"masks": {0: "objects"}, "value": {0: "objects"}}, ex_value),
-            "segment": GraphSpec(SegmentGraph(model, top_k=top_k),
-                                 ["mem_key", "mem_value", "query_key", "f16_thin", "f8", "f4"], ["prob", "labels"],
-                                 {"mem_key": {2: "memory"}, "mem_value": {0: "objects", 2: "memory"},
-                                  "prob": {0: "objects_and_background"}}, ex_segment),
-        }
-
-    clip_length = int(getattr(model, "clip_length", 8))
-
-    def ex_clip(height, width, clip_length=clip_length, generator=None, **_):
-        return (torch.rand(1, 3, clip_length, height, width, generator=generator),)
-
-    return {"segment_clip": GraphSpec(SegmentClipGraph(model), ["clip"], ["prob"], {}, ex_clip)}
+    module = importlib.import_module(families.get(family_of_model(model)).model_module)
+    return module.package_graphs(model, top_k=top_k)

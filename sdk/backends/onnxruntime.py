@@ -104,16 +104,10 @@ class OnnxRuntimeBackend(Backend):
         self._helpers: dict[tuple, ort.InferenceSession] = {}
 
     def _session_options(self, graph: str | None = None) -> "ort.SessionOptions":
-        options = ort.SessionOptions()
+        options = session_options(self._threads)
         if graph is not None and self.forms.get(graph) == "plugin":
             from vosrt.sdk import cpu_ops
             options.register_custom_ops_library(cpu_ops.register_onnxruntime_ops(cpu_ops.load_cpu_ops()))
-        options.log_severity_level = 3
-        # A tracker alternates between several sessions, each with its own thread pool; spinning workers
-        # of the session that just ran would steal the cores from the next one (2x slower on 2 cores).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if self._threads:
-            options.intra_op_num_threads = self._threads
         return options
 
     # ------------------------------------------------------------------ graphs
@@ -283,6 +277,22 @@ def _choose_forms(package, form: str, device: str, threads: int) -> dict[str, st
     ops.threads = threads
     forms.update({graph: "plugin" for graph in with_ops})
     return forms
+
+
+def session_options(threads: int | None = None) -> "ort.SessionOptions":
+    """The ONNX Runtime session options of every vosrt session (backend, parity checks, engine checks).
+
+    Warnings are silenced (the portable ``top_k`` input's default initializer draws a harmless one).
+    A tracker alternates between several sessions, each with its own thread pool; spinning workers of
+    the session that just ran would steal the cores from the next one (2x slower on 2 cores), so
+    workers do not spin. ``threads``: intra-op threads (default: ONNX Runtime's choice).
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    return options
 
 
 def _helper_model(kind: str, rank: int, axis: int) -> bytes:

@@ -2,7 +2,9 @@
 logic as the other backends, so any difference between backends is the runtime's, not the SDK's.
 
 The weights come from a checkpoint: ``load(pkg, backend="torch", checkpoint=PATH)``, else the manifest's
-``source.checkpoint`` (the one the package was exported from). A package exported from random weights
+``source.checkpoint`` (the one the package was exported from), or from a model in memory:
+``TorchBackend(Package.in_memory(family, h, w), model=model)`` (training validation runs the shipped
+sessions this way, so the J&F reported during training is the SDK's). A package exported from random weights
 without saving them cannot be reproduced in PyTorch; export from a saved checkpoint instead.
 
 torch is imported here only, never by the rest of ``vosrt.sdk``.
@@ -23,19 +25,23 @@ except ImportError as err:  # pragma: no cover - depends on the host
 
 
 class TorchBackend(Backend):
-    """Runs a package's graphs as PyTorch modules. Options: ``checkpoint`` (path), ``device``
-    (``"auto"``: CUDA when torch sees one, else CPU), ``threads`` (torch intra-op threads)."""
+    """Runs a package's graphs as PyTorch modules. Options: ``checkpoint`` (path) or ``model`` (a built
+    model in memory, used as is), ``device`` (``"auto"``: CUDA when torch sees one, else CPU; with
+    ``model``, the model's device), ``threads`` (torch intra-op threads)."""
 
     name = "torch"
 
-    def __init__(self, package, checkpoint=None, device: str = "auto", threads: int | None = None, **unused):
+    def __init__(self, package, checkpoint=None, device: str = "auto", threads: int | None = None, model=None,
+                 **unused):
         if unused:
             raise UserError(f"torch backend: unknown option(s) {', '.join(sorted(unused))}")
-        from vosrt.training.graphs import graphs_for
+        from vosrt.training.graphs import family_of_model, graphs_for
         from vosrt.training.models import load_checkpoint
 
+        if model is not None:
+            device = next(model.parameters()).device.type if device == "auto" else device
         checkpoint = checkpoint or package.checkpoint
-        if checkpoint is None:
+        if checkpoint is None and model is None:
             raise UserError(f"torch backend: package {package.path} records no checkpoint (source.checkpoint); "
                             "pass checkpoint=PATH (CLI: --checkpoint PATH)")
         if device == "auto":
@@ -45,25 +51,24 @@ class TorchBackend(Backend):
         if threads:
             torch.set_num_threads(int(threads))
         self.device = device
-        self.checkpoint = str(checkpoint)
-        model, config = load_checkpoint(checkpoint)
-        model_family = "stcn" if str(config.get("model", "")).startswith("stcn") else "3dc-seg"
-        if model_family != package.family:
-            raise UserError(f"checkpoint {checkpoint} holds a {config.get('model')} model, but the package "
-                            f"{package.path} is {package.family}")
+        if model is None:
+            self.checkpoint = str(checkpoint)
+            model, _ = load_checkpoint(checkpoint)
+        else:
+            self.checkpoint = "in memory"
+        if family_of_model(model) != package.family:
+            raise UserError(f"{self.checkpoint}: a {model.config.get('model')} model ({family_of_model(model)}), "
+                            f"but the package {package.path} is {package.family}")
         model = model.to(device).eval()
-        top_k = int(package.streaming.get("top_k", 20)) if package.family == "stcn" else 20
-        self.specs = graphs_for(model, top_k=top_k)
+        self.specs = graphs_for(model, top_k=int(package.streaming.get("top_k", 20)))
         missing = set(package.graphs) - set(self.specs)
         if missing:
             raise UserError(f"torch backend: the model has no graph(s) {sorted(missing)}")
         self._torch_device = torch.device(device)
 
     def input_names(self, graph: str) -> list[str]:
-        names = list(self.specs[graph].input_names)
-        if graph == "segment":
-            names.append("top_k")  # SegmentGraph takes an optional top_k override
-        return names
+        # + the inputs only the portable form exposes (SegmentGraph takes an optional top_k override)
+        return list(self.specs[graph].input_names) + list(self.specs[graph].portable_inputs)
 
     def _tensor(self, value) -> "torch.Tensor":
         if isinstance(value, torch.Tensor):
@@ -77,7 +82,7 @@ class TorchBackend(Backend):
         if unknown:
             raise ValueError(f"graph '{graph}' has no input(s) {sorted(unknown)}")
         args = [self._tensor(inputs[name]) for name in spec.input_names]
-        kwargs = {"top_k": self._tensor(inputs["top_k"])} if "top_k" in inputs else {}
+        kwargs = {name: self._tensor(inputs[name]) for name in spec.portable_inputs if name in inputs}
         with torch.inference_mode():
             result = spec.module(*args, **kwargs)
         if isinstance(result, torch.Tensor):

@@ -1,7 +1,7 @@
 """Model registry and checkpoints.
 
-``build_model(name, **overrides)`` builds ``stcn``, ``stcn-lite``, ``3dc-seg`` or ``3dc-seg-lite``. Each
-family module provides ``build(variant, **overrides)`` returning an nn.Module whose ``config`` attribute
+``build_model(name, **overrides)`` builds any model of the family table (``vosrt.sdk.families``: each
+row names its models and its ``model_module``). Each family module provides ``build(variant, **overrides)`` returning an nn.Module whose ``config`` attribute
 is a JSON-able dict holding at least ``{"model": name, **overrides}``, and
 ``matches_state_dict(state_dict) -> bool`` recognising that family's published/bare state_dicts.
 """
@@ -12,31 +12,27 @@ from pathlib import Path
 
 import torch
 
+from vosrt.sdk import families
 from vosrt.sdk.errors import UserError
 
-# model name -> (family, module that builds it)
-MODELS = {
-    "stcn": ("stcn", "vosrt.training.models.stcn"),
-    "stcn-lite": ("stcn", "vosrt.training.models.stcn"),
-    "3dc-seg": ("3dc-seg", "vosrt.training.models.c3dseg"),
-    "3dc-seg-lite": ("3dc-seg", "vosrt.training.models.c3dseg"),
-}
-FAMILIES = {"stcn": "stcn", "3dc-seg": "3dc-seg"}  # family -> full-size model name
 CHECKPOINT_FORMAT = "vosrt-checkpoint"
 
 
 def family_of(name: str) -> str:
-    """``"stcn"`` or ``"3dc-seg"`` for a model name; UserError for an unknown one."""
-    if name not in MODELS:
-        raise UserError(f"unknown model '{name}': expected one of {', '.join(MODELS)}")
-    return MODELS[name][0]
+    """The family name of model ``name`` (``stcn-lite`` -> ``stcn``); UserError for an unknown one."""
+    return families.of_model(name).name
+
+
+def _model_module(name: str):
+    family = families.of_model(name)
+    if family.model_module is None:
+        raise UserError(f"model '{name}': the {family.name} family has no training model module")
+    return importlib.import_module(family.model_module)
 
 
 def build_model(name: str, **overrides) -> torch.nn.Module:
     """Build a model by name with random weights. ``overrides`` change config fields (widths, depths…)."""
-    family_of(name)
-    module = importlib.import_module(MODELS[name][1])
-    return module.build(name, **overrides)
+    return _model_module(name).build(name, **overrides)
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict | None = None, **extra) -> None:
@@ -44,7 +40,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict | Non
     (optimizer state, step, …) are stored beside it for training resumption."""
     config = dict(config if config is not None else model.config)
     if "model" not in config:
-        raise ValueError("config must name the model ('model': 'stcn' | 'stcn-lite' | '3dc-seg' | '3dc-seg-lite')")
+        raise ValueError(f"config must name the model ('model': one of {', '.join(families.model_names())})")
     payload = {"format": CHECKPOINT_FORMAT, "version": 1, "config": config,
                "state_dict": model.state_dict(), **extra}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -73,20 +69,21 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
         payload = payload["state_dict"]  # training scripts often wrap the weights
     if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
         state_dict = _strip_prefix(payload)
-        for family, name in FAMILIES.items():
-            module = importlib.import_module(MODELS[name][1])
-            if module.matches_state_dict(state_dict):
-                return {"model": name}, state_dict
+        for family in families.all_families():
+            if family.model_module is None:
+                continue
+            if importlib.import_module(family.model_module).matches_state_dict(state_dict):
+                return {"model": family.full_model}, state_dict
         sample = ", ".join(list(state_dict)[:5])
         raise UserError(f"{path}: a state_dict of no known model (first keys: {sample}); "
-                        f"expected an STCN or 3DC-Seg checkpoint")
+                        f"expected a checkpoint of one of the families {', '.join(families.names())}")
     raise UserError(f"{path}: expected a vosrt checkpoint or a model state_dict, got {type(payload).__name__}")
 
 
 def load_checkpoint(path: str | Path, family: str | None = None) -> tuple[torch.nn.Module, dict]:
     """Build the model a checkpoint describes and load its weights strictly. Returns (model, config).
 
-    ``family`` ("stcn" / "3dc-seg"), when given, rejects a checkpoint of the other family with a clear error.
+    ``family`` (a family name), when given, rejects a checkpoint of another family with a clear error.
     """
     config, state_dict = read_checkpoint(path)
     name = config["model"]

@@ -29,6 +29,7 @@ from vosrt.training.models.d2conv import replace_conv3d
 INPUT_MEAN = (0.43216, 0.394666, 0.37645)  # RGB, images in [0, 1]
 INPUT_STD = (0.22803, 0.22145, 0.216989)
 CLIP_LENGTH = 8
+FAMILY = "3dc-seg"  # this module's row in vosrt.sdk.families
 
 
 @dataclass
@@ -48,7 +49,7 @@ class C3DSegConfig:
 
 
 VARIANTS = {
-    "3dc-seg": C3DSegConfig(),
+    FAMILY: C3DSegConfig(),
     # ir-CSN-50 depth at a quarter of the widths, decoder at 64 channels: sized for CPU demos and tests.
     "3dc-seg-lite": C3DSegConfig(depths=DEPTHS[50], planes=(16, 32, 64, 128), stem_width=16, mdim=64,
                                  gc_width=64),
@@ -129,6 +130,8 @@ class C3DSeg(nn.Module):
     refinement modules resample to the finer grid). ``clip_length`` (8) is the length it was trained on.
     """
 
+    family = FAMILY
+
     def __init__(self, cfg: C3DSegConfig):
         super().__init__()
         self.cfg = cfg
@@ -170,7 +173,7 @@ def _make_config(name: str, overrides: dict) -> C3DSegConfig:
     return C3DSegConfig(**values)
 
 
-def build(name: str = "3dc-seg", **overrides) -> C3DSeg:
+def build(name: str = FAMILY, **overrides) -> C3DSeg:
     """Build ``3dc-seg`` or ``3dc-seg-lite`` with random weights; ``overrides`` change C3DSegConfig fields."""
     model = C3DSeg(_make_config(name, overrides))
     model.config = {"model": name, **overrides}
@@ -183,3 +186,16 @@ def matches_state_dict(state_dict: dict) -> bool:
     return ("encoder.stem.conv1.weight" in state_dict
             and any(k.startswith("decoder.gc.") for k in state_dict)
             and any(k.startswith("decoder.rf3.") for k in state_dict))
+
+
+def package_graphs(model: C3DSeg, top_k: int = 20) -> dict:
+    """The graph of a 3DC-Seg package (``vosrt.training.graphs.graphs_for``): ``segment_clip``
+    (``top_k`` is unused: the family has no memory read)."""
+    from vosrt.training.graphs import GraphSpec, SegmentClipGraph
+
+    clip_length = int(getattr(model, "clip_length", CLIP_LENGTH))
+
+    def clip(height, width, clip_length=clip_length, generator=None, **_):
+        return (torch.rand(1, 3, clip_length, height, width, generator=generator),)
+
+    return {"segment_clip": GraphSpec.of(FAMILY, "segment_clip", SegmentClipGraph(model), clip)}

@@ -30,6 +30,8 @@ from vosrt.sdk.errors import UserError
 from vosrt.sdk.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from vosrt.training.models.resnet import BACKBONES
 
+FAMILY = "stcn"  # this module's row in vosrt.sdk.families
+
 
 @dataclass(frozen=True)
 class STCNConfig:
@@ -55,7 +57,7 @@ class STCNConfig:
 
 
 VARIANTS = {
-    "stcn": STCNConfig(),
+    FAMILY: STCNConfig(),
     # CPU-sized: ResNet-18 key encoder (res4 = 256 channels), half-width value encoder, quarter-width
     # value and decoder features, and an eighth-width decoder at 1/4 scale, where most of the decoder's
     # work is. Same modules and data flow as the published network.
@@ -253,13 +255,14 @@ class STCN(nn.Module):
     exporter need; ``config`` is the JSON-able recipe ``build`` takes back.
     """
 
+    family = FAMILY
     input_mean = IMAGENET_MEAN
     input_std = IMAGENET_STD
 
     def __init__(self, cfg: STCNConfig = STCNConfig(), config: dict | None = None):
         super().__init__()
         self.cfg = cfg
-        self.config = dict(config) if config is not None else {"model": "stcn"}
+        self.config = dict(config) if config is not None else {"model": FAMILY}
         self.key_encoder = KeyEncoder(cfg.key_backbone)
         f16_dim, f8_dim, f4_dim = self.key_encoder.f16_dim, self.key_encoder.f8_dim, self.key_encoder.f4_dim
         self.value_encoder = ValueEncoder(cfg.value_widths, f16_dim, cfg.value_dim, cfg.cbam_reduction)
@@ -298,7 +301,7 @@ class STCN(nn.Module):
         return self.decoder(torch.cat([readout, f16_thin], 1), f8, f4)
 
 
-def build(name: str = "stcn", **overrides) -> STCN:
+def build(name: str = FAMILY, **overrides) -> STCN:
     """STCN ``"stcn"`` (published widths) or ``"stcn-lite"``, with ``overrides`` of ``STCNConfig`` fields."""
     if name not in VARIANTS:
         raise UserError(f"unknown STCN variant {name!r}: expected one of {', '.join(VARIANTS)}")
@@ -319,3 +322,38 @@ _SIGNATURE = ("key_encoder.conv1.weight", "key_encoder.res2.0.conv1.weight", "ke
 def matches_state_dict(state_dict: dict) -> bool:
     """True when ``state_dict`` has the published STCN structure (bare or single-object checkpoint)."""
     return all(key in state_dict for key in _SIGNATURE)
+
+
+def package_graphs(model: STCN, top_k: int = 20) -> dict:
+    """The graphs of an STCN package (``vosrt.training.graphs.graphs_for``): ``encode_key``,
+    ``encode_value`` and ``segment``, with random example inputs of the shapes the session feeds."""
+    from vosrt.training.graphs import EncodeKeyGraph, EncodeValueGraph, GraphSpec, SegmentGraph
+
+    dims = model.dims
+
+    def rand(generator, *shape):
+        return torch.randn(*shape, generator=generator)
+
+    def encode_key(height, width, generator=None, **_):
+        return (torch.rand(1, 3, height, width, generator=generator),)
+
+    def encode_value(height, width, objects=2, generator=None, **_):
+        h, w = height // 16, width // 16
+        masks = torch.rand(objects, 1, height, width, generator=generator)
+        masks = masks / masks.sum(dim=0, keepdim=True).clamp(min=1)  # probabilities of disjoint objects
+        return (torch.rand(1, 3, height, width, generator=generator), rand(generator, 1, dims["f16_dim"], h, w),
+                masks)
+
+    def segment(height, width, objects=2, memory_frames=2, generator=None, **_):
+        h, w = height // 16, width // 16
+        n = memory_frames * h * w
+        return (rand(generator, 1, dims["key_dim"], n), rand(generator, objects, dims["value_dim"], n),
+                rand(generator, 1, dims["key_dim"], h, w), rand(generator, 1, dims["f16_thin_dim"], h, w),
+                rand(generator, 1, dims["f8_dim"], height // 8, width // 8),
+                rand(generator, 1, dims["f4_dim"], height // 4, width // 4))
+
+    return {
+        "encode_key": GraphSpec.of(FAMILY, "encode_key", EncodeKeyGraph(model), encode_key),
+        "encode_value": GraphSpec.of(FAMILY, "encode_value", EncodeValueGraph(model), encode_value),
+        "segment": GraphSpec.of(FAMILY, "segment", SegmentGraph(model, top_k=top_k), segment),
+    }

@@ -1,0 +1,128 @@
+"""Per-graph time and peak memory of an STCN package with the memory bank full, per backend and form.
+
+    python samples/bench_stcn_graphs.py PKG [PKG2 ...] [--objects 2] [--memory-frames 20] [--threads 2]
+
+For each package, every configuration (ONNX Runtime portable form, ONNX Runtime plugin form on vosrt's
+CPU operators where the package has it, and the torch backend where the package carries its weights)
+runs in its own process, so each peak RSS is that configuration's alone. Each graph is called on the
+same inputs: one frame's key encoding, one value encoding of ``--objects`` masks, and one segment call
+reading a memory of ``--memory-frames`` frames (the bank at capacity). Times are the median of
+``--repeat`` calls after one warm-up, as wall and process CPU seconds; ratios are against the first
+configuration of the first package, measured in this run. The machine's load average is printed, since
+on a shared host it moves every figure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def _inputs(backend, package, objects: int, memory_frames: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    image = rng.random((1, 3, package.height, package.width), dtype=np.float32)
+    key = {k: np.asarray(backend.download(v)) for k, v in backend.run("encode_key", {"image": image}).items()}
+    masks = (rng.random((objects, 1, package.height, package.width)) > 0.5).astype(np.float32)
+    value_feeds = {"image": image, "f16": key["f16"], "masks": masks}
+    value = np.asarray(backend.download(backend.run("encode_value", value_feeds)["value"]))  # [O, Cv, (1,) h, w]
+    h, w = key["key"].shape[-2:]
+    n = memory_frames * h * w
+    mem_key = np.repeat(key["key"].reshape(1, -1, h * w), memory_frames, axis=2)
+    mem_key += 0.1 * rng.standard_normal(mem_key.shape, dtype=np.float32)
+    mem_value = np.repeat(value.reshape(objects, -1, h * w), memory_frames, axis=2)
+    segment_feeds = {"mem_key": mem_key.astype(np.float32), "mem_value": mem_value.astype(np.float32),
+                     "query_key": key["key"], "f16_thin": key["f16_thin"], "f8": key["f8"], "f4": key["f4"]}
+    assert mem_key.shape[2] == n
+    return {"encode_key": {"image": image}, "encode_value": value_feeds, "segment": segment_feeds}
+
+
+def _measure(path: str, backend_name: str, form: str, objects: int, memory_frames: int, threads: int,
+             repeat: int) -> dict:
+    from vosrt.sdk.backends import open_backend
+    from vosrt.sdk.package import load_package
+
+    package = load_package(path)
+    options = {"threads": threads, "device": "cpu"}
+    if backend_name == "onnxruntime":
+        options["form"] = form
+    backend = open_backend(package, backend_name, **options)
+    feeds = _inputs(backend, package, objects, memory_frames)
+    result = {"describe": backend.describe(), "graphs": {}}
+    for graph, graph_feeds in feeds.items():
+        backend.run(graph, graph_feeds)  # warm-up
+        walls, cpus = [], []
+        for _ in range(repeat):
+            wall, cpu = time.perf_counter(), time.process_time()
+            backend.run(graph, graph_feeds)
+            walls.append(time.perf_counter() - wall)
+            cpus.append(time.process_time() - cpu)
+        result["graphs"][graph] = {"wall": statistics.median(walls), "cpu": statistics.median(cpus)}
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _configurations(path: str) -> list[tuple[str, str]]:
+    from vosrt.sdk.package import load_package
+
+    package = load_package(path)
+    configs = [("onnxruntime", "portable")]
+    if "plugin" in package.graphs["segment"]:
+        configs.append(("onnxruntime", "plugin"))
+    if (package.path / "weights.pt").is_file():
+        configs.append(("torch", "-"))
+    return configs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("packages", nargs="+")
+    parser.add_argument("--objects", type=int, default=2)
+    parser.add_argument("--memory-frames", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", nargs=2, metavar=("BACKEND", "FORM"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.only:
+        print(json.dumps(_measure(args.packages[0], *args.only, args.objects, args.memory_frames, args.threads,
+                                  args.repeat)))
+        return 0
+    rows = []
+    for path in args.packages:
+        for backend_name, form in _configurations(path):
+            command = [sys.executable, __file__, path, "--only", backend_name, form, "--objects", str(args.objects),
+                       "--memory-frames", str(args.memory_frames), "--threads", str(args.threads),
+                       "--repeat", str(args.repeat)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"{path} {backend_name} {form}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+                continue
+            rows.append((f"{os.path.basename(os.path.normpath(path))} {backend_name} {form}",
+                         json.loads(done.stdout.strip().splitlines()[-1])))
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {args.objects} objects, memory "
+          f"{args.memory_frames} frames, {args.threads} threads; seconds per call (wall / CPU), median of {args.repeat}")
+    graphs = ["encode_key", "encode_value", "segment"]
+    print(f"{'configuration':<40}" + "".join(f"{g:>22}" for g in graphs) + f"{'frame wall':>12}{'frame CPU':>11}"
+          f"{'peak RSS':>10}{'vs first':>9}")
+    base = None
+    for name, result in rows:
+        g = result["graphs"]
+        # A frame: one key encoding and one memory read; a value encoding every mem_every (5) frames.
+        wall = g["encode_key"]["wall"] + g["segment"]["wall"] + g["encode_value"]["wall"] / 5
+        cpu = g["encode_key"]["cpu"] + g["segment"]["cpu"] + g["encode_value"]["cpu"] / 5
+        base = base or wall
+        cells = "".join(f"{g[x]['wall']:>11.3f} / {g[x]['cpu']:<8.3f}" for x in graphs)
+        print(f"{name:<40}{cells}{wall:>12.3f}{cpu:>11.3f}{result['peak_rss_mb']:>8.0f}MB{base / wall:>8.2f}x")
+    for name, result in rows:
+        print(f"  {name}: {result['describe']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""3DC-Seg ``ClipSegmenter``: unsupervised VOS over a sliding window of clips.
+
+    segmenter = vosrt.sdk.load("3dc-seg-lite-package")            # overlap=3 default, 7 = "dense"
+    for frame in frames:
+        for done in segmenter.push(frame):
+            use(done.index, done.labels, done.probability)
+    for done in segmenter.flush():
+        use(...)
+
+The clip schedule (window, hop, right-aligned flush, ordered emission) is
+:class:`vosrt.sdk.clips.ClipSession`'s. What this family adds: per clip the foreground probabilities
+come back to the host, where the overlap average is a running sum per pending frame; a finished frame's
+labels are the averaged probability above ``threshold`` (1 = foreground).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from vosrt.sdk.backends.base import Backend
+from vosrt.sdk.clips import ClipSession
+from vosrt.sdk.errors import UserError
+from vosrt.sdk.session import SegmentedFrame
+
+GRAPH = "segment_clip"
+
+
+class ClipSegmenter(ClipSession):
+    """A 3DC-Seg session over one backend (see the module docstring).
+
+    ``overlap`` defaults to the manifest's (3); ``threshold`` turns the averaged probability into labels.
+    Finished frames carry ``labels`` ``[H, W]`` uint8 (1 = foreground) and ``probability`` ``[H, W]``
+    float32 (foreground, averaged over the clips covering the frame), both at the frame's size.
+    """
+
+    label_dtype = np.uint8
+
+    def __init__(self, backend: Backend, package, overlap: int | None = None, threshold: float = 0.5,
+                 color: str = "bgr"):
+        if not 0.0 < float(threshold) < 1.0:
+            raise UserError(f"threshold: expected a probability in (0, 1), got {threshold}")
+        self.threshold = float(threshold)
+        super().__init__(backend, package, overlap, color)
+
+    def begin_frame(self, index: int) -> None:
+        self._sums[index] = [np.zeros(self.size, np.float32), 0]   # probability sum, clip count
+
+    def process_clip(self, start: int, last: int) -> None:
+        prob = self.backend.download(self.backend.run(GRAPH, {"clip": self.clip}, ["prob"])["prob"])
+        for t in range(self.clip_length):  # prob [1, 1, L, H, W]
+            index = start + t
+            if index <= last and index in self._sums:
+                entry = self._sums[index]
+                entry[0] += prob[0, 0, t]
+                entry[1] += 1
+
+    def finish_frame(self, index: int, box) -> SegmentedFrame:
+        total, count = self._sums.pop(index)
+        prob = box.probabilities_back((total / max(count, 1))[None])[0]
+        return SegmentedFrame(index, (prob > self.threshold).astype(np.uint8), prob)
+
+    def _reset_stream(self) -> None:
+        super()._reset_stream()
+        self._sums: dict[int, list] = {}

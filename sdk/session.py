@@ -1,0 +1,94 @@
+"""The session protocol every family's streaming session speaks.
+
+    session = vosrt.sdk.load(package)
+    for frame in frames:
+        for done in session.push(frame):          # stcn: push(frame, mask=..., objects=...) adds objects
+            use(done.index, done.labels)          # finished frames, in order, each exactly once
+    for done in session.flush():                  # end of the stream: what is still pending
+        use(done.index, done.labels)
+
+``push`` takes one frame (``[H, W, 3]`` uint8, or float in 0..1; ``color`` says BGR or RGB) and
+returns the frames it finished: at once for per-frame families (``latency`` 0), up to ``latency``
+frames later for clip families. ``flush`` ends the stream and returns the rest; ``reset`` drops the
+stream without emitting. Bad input raises :class:`~vosrt.sdk.errors.UserError` before any state
+changes, so the session stays usable.
+
+A finished frame is a :class:`SegmentedFrame`: its index in the stream and a ``[H, W]`` label map at
+the frame's size whose dtype is the session's :attr:`Session.label_dtype`, wide enough for every id
+the session can emit (uint8 for user-given ids 1..255, wider for track ids that never wrap).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vosrt.sdk.backends.base import Backend
+from vosrt.sdk.errors import UserError
+from vosrt.sdk.letterbox import Letterbox, check_color
+
+
+@dataclass
+class SegmentedFrame:
+    """One finished frame.
+
+    ``labels``: ``[H, W]`` object (or track) ids, 0 background, at the frame's size.
+    ``probability``: where the session computes one, e.g. the averaged foreground ``[H, W]`` float32
+    of a clip family; ``None`` otherwise. ``objects``: per-object details where the family has them
+    (``{id: {"score": ..., "category": ...}}``); ``None`` otherwise.
+    """
+
+    index: int
+    labels: np.ndarray
+    probability: np.ndarray | None = None
+    objects: dict | None = None
+
+
+class Session:
+    """Base of the streaming sessions (see the module docstring). Subclasses implement :meth:`push`,
+    :meth:`flush` and :meth:`reset`, and set :attr:`latency` and :attr:`label_dtype`."""
+
+    latency: int = 0          # most frames a frame waits before push/flush returns it
+    label_dtype = np.uint8    # dtype of SegmentedFrame.labels
+    takes_mask: bool = False  # push accepts masks (semi-supervised families)
+
+    def __init__(self, backend: Backend, package, color: str = "bgr"):
+        self.backend = backend
+        self.package = package
+        self.color = check_color(color)
+        self.size = (package.height, package.width)
+        self._letterboxes: dict[tuple[int, int], Letterbox] = {}
+
+    def push(self, frame: np.ndarray, mask: np.ndarray | None = None, objects=None) -> list[SegmentedFrame]:
+        """Add the next frame (and, for families that take them, object masks); returns finished frames."""
+        raise NotImplementedError
+
+    def flush(self) -> list[SegmentedFrame]:
+        """End the stream and return every frame still pending (none for per-frame families)."""
+        return []
+
+    def reset(self) -> None:
+        """Drop the stream's state (a new video); buffers stay allocated."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the backend; the session must not be used afterwards."""
+        self.backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _refuse_mask(self, mask, objects) -> None:
+        if mask is not None or objects is not None:
+            raise UserError(f"mask: {self.package.family} sessions segment without masks (unsupervised); "
+                            f"call push(frame) alone")
+
+    def _letterbox(self, frame_shape) -> Letterbox:
+        """The letterbox from frames of ``frame_shape`` to the package size (one per frame size)."""
+        key = tuple(int(s) for s in frame_shape)
+        if key not in self._letterboxes:
+            self._letterboxes[key] = Letterbox(key, self.size)
+        return self._letterboxes[key]

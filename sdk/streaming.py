@@ -1,0 +1,118 @@
+"""One streaming loop for every session and every front end (``vosrt run``, ``demo``, ``bench``, ``live``).
+
+    from vosrt.sdk.streaming import stream
+    stats = stream(session, source, sinks=[PngSink("out")], masks={0: first_mask})
+    print(stats.frames, stats.fps)
+
+:func:`stream` pushes each frame of ``source`` into ``session`` (the protocol of
+:mod:`vosrt.sdk.session`), hands every finished frame to each sink together with the frame it came
+from (frames wait in a buffer bounded by the session's latency), flushes at the end, and closes the
+sinks and the source. Masks for semi-supervised sessions come from ``masks``: a mapping
+``{frame index: label map}`` or a callable ``index, frame -> label map | None`` (a live viewer asks the
+user). A source that stops early (a camera that disconnects) ends the stream with what was done.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vosrt.sdk.session import SegmentedFrame
+
+
+@dataclass
+class StreamStats:
+    """What one :func:`stream` call did: ``frames`` finished, ``seconds`` from the first push to the
+    end, ``seconds_after_first`` from the end of the first push (the first frame carries one-off
+    costs: the first masks, lazy allocations), ``pushed`` frames taken from the source."""
+
+    frames: int = 0
+    pushed: int = 0
+    seconds: float = 0.0
+    seconds_after_first: float = 0.0
+    results: list = field(default_factory=list)   # finished SegmentedFrames, when keep_results=True
+
+    @property
+    def fps(self) -> float:
+        """Frames per second after the first frame (the steady-state rate)."""
+        timed = self.pushed - 1
+        if timed < 1 or self.seconds_after_first <= 0:
+            return self.pushed / max(self.seconds, 1e-9)
+        return timed / self.seconds_after_first
+
+
+def _frame_name(source, index: int) -> str:
+    name_of = getattr(source, "frame_name", None)
+    return name_of(index) if name_of is not None else f"{index:05d}"
+
+
+def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: Mapping | Callable | None = None,
+           max_frames: int | None = None, progress=None, flush: bool = True, keep_results: bool = False,
+           on_result: Callable[[SegmentedFrame, np.ndarray], None] | None = None,
+           close: bool = True) -> StreamStats:
+    """Stream ``source`` through ``session`` into ``sinks``; returns :class:`StreamStats`.
+
+    ``source``: an iterable of frames (a :class:`vosrt.sdk.video.FrameSource`, a list, a generator);
+    ``frame_name(index)`` and ``close()`` are used when it has them. ``sinks``: callables
+    ``sink(index, name, frame, labels)``, closed at the end when they have ``close()``.
+    ``masks``: see the module docstring. ``max_frames``: stop after this many frames. ``progress``: a
+    :class:`vosrt.sdk.progress.Progress` (updated per finished frame with the FPS). ``flush``: end the
+    session's stream at the end (False keeps it open, e.g. between a warm-up and a timed run).
+    ``keep_results``: collect the finished frames in ``stats.results``. ``on_result``: called with each
+    finished frame and its source frame. ``close``: close the sinks and the source at the end.
+    """
+    sinks = list(sinks)
+    stats = StreamStats()
+    waiting: dict[int, tuple[str, np.ndarray]] = {}   # pushed, not yet finished: (name, frame)
+    start = time.perf_counter()
+    after_first = None
+
+    def deliver(done_frames: list[SegmentedFrame]) -> None:
+        for done in done_frames:
+            if done.index not in waiting:
+                continue   # pushed by an earlier call (e.g. a warm-up with flush=False)
+            name, frame = waiting.pop(done.index)
+            for sink in sinks:
+                sink(done.index, name, frame, done.labels)
+            if on_result is not None:
+                on_result(done, frame)
+            if keep_results:
+                stats.results.append(done)
+            stats.frames += 1
+            if progress is not None:
+                elapsed = time.perf_counter() - start
+                progress.update(postfix=f"{stats.frames / max(elapsed, 1e-9):.1f} FPS")
+
+    # Indices are the session's: a session that was fed before (a warm-up) continues its numbering.
+    offset = getattr(session, "frames_in", None)
+    if offset is None:
+        offset = getattr(session, "frame_index", -1) + 1
+    try:
+        for position, frame in enumerate(source):
+            if max_frames is not None and position >= max_frames:
+                break
+            mask = None
+            if masks is not None:
+                mask = masks(position, frame) if callable(masks) else masks.get(position)
+            waiting[offset + position] = (_frame_name(source, position), frame)
+            deliver(session.push(frame, mask) if mask is not None else session.push(frame))
+            stats.pushed += 1
+            if after_first is None:
+                after_first = time.perf_counter()
+        if flush:
+            deliver(session.flush())
+    finally:
+        end = time.perf_counter()
+        stats.seconds = end - start
+        stats.seconds_after_first = end - after_first if after_first is not None else 0.0
+        if progress is not None:
+            progress.close()
+        if close:
+            for sink in sinks:
+                if hasattr(sink, "close"):
+                    sink.close()
+            if hasattr(source, "close"):
+                source.close()
+    return stats
