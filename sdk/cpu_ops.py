@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.util
+import mmap
 import os
 import platform
 import shutil
@@ -232,56 +234,107 @@ def _geometry(text: str) -> tuple[tuple[int, ...], ...]:
     return parts[0], parts[1], parts[2], parts[3][0]
 
 
+def _extensions_module():
+    """onnxruntime-extensions' native module alone: the package's ``__init__`` imports torch and onnx
+    (seconds, and about 200 MB of memory) for converters the Python operators do not need."""
+    name = "onnxruntime_extensions._extensions_pydll"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec("onnxruntime_extensions")
+    if spec is None or spec.origin is None:
+        raise ImportError("onnxruntime-extensions is not installed (pip install onnxruntime-extensions)")
+    found = sorted(Path(spec.origin).parent.glob("_extensions_pydll*"))
+    if not found:
+        raise ImportError(f"onnxruntime-extensions at {Path(spec.origin).parent} has no native module")
+    native = importlib.util.spec_from_file_location(name, found[0])
+    module = importlib.util.module_from_spec(native)
+    native.loader.exec_module(module)
+    sys.modules[name] = module
+    return module
+
+
+def _d2conv3d_op(has_mod: bool, has_bias: bool):
+    def run(tensors, attributes):
+        x, dilation, *rest = tensors
+        modulation = rest.pop(0) if has_mod else None
+        weight = rest.pop(0)
+        bias = rest.pop(0) if has_bias else None
+        stride, pad, dil, groups = _geometry(attributes["vosrt_geometry"])
+        return _state["ops"].d2conv3d(x, dilation, modulation, weight, bias, stride, pad, dil, groups)
+    return run
+
+
+def _readout_op(tensors, attributes):
+    mem_key, query_key, mem_value, top_k = tensors
+    return _state["ops"].l2_memory_readout(mem_key, query_key, mem_value, max(int(top_k.reshape(-1)[0]), 0),
+                                           float(attributes["scale"]))
+
+
+def _invoke(op_id, feed, attributes):
+    # Called by onnxruntime-extensions for every Python-operator node: the inputs arrive as numpy arrays
+    # (copies), the result goes back as (id, shape, flat array); a flat numpy view is accepted and copied
+    # once by the caller.
+    result = _state["bodies"][op_id](feed, attributes)
+    return (op_id, result.shape, np.ascontiguousarray(result).reshape(-1))
+
+
 def register_onnxruntime_ops(ops: CpuOps) -> str:
     """Register the Python operators (once per process) and return the onnxruntime-extensions library path
     to pass to ``SessionOptions.register_custom_ops_library``."""
     with _registered:
-        if "library" in _state:
-            _state["ops"] = ops
-            return _state["library"]
-        import onnxruntime_extensions as ortx
-        from onnxruntime_extensions import PyCustomOpDef, _ocos, onnx_op
-
         _state["ops"] = ops
-        dt_float = PyCustomOpDef.dt_float
-        attrs = {"vosrt_geometry": PyCustomOpDef.dt_string}
-        for (has_mod, has_bias), op_type in D2CONV3D_VARIANTS.items():
-            inputs = [dt_float] * (3 + has_mod + has_bias)
-
-            def d2conv3d(*tensors, vosrt_geometry, _mod=has_mod, _bias=has_bias):
-                x, dilation, *rest = tensors
-                modulation = rest.pop(0) if _mod else None
-                weight = rest.pop(0)
-                bias = rest.pop(0) if _bias else None
-                stride, pad, dil, groups = _geometry(vosrt_geometry)
-                return _state["ops"].d2conv3d(x, dilation, modulation, weight, bias, stride, pad, dil, groups)
-
-            onnx_op(op_type=f"{CPU_DOMAIN}::{op_type}", inputs=inputs, outputs=[dt_float], attrs=attrs)(d2conv3d)
-
-        @onnx_op(op_type=f"{CPU_DOMAIN}::L2MemoryReadout", inputs=[dt_float] * 3 + [PyCustomOpDef.dt_int64],
-                 outputs=[dt_float], attrs={"scale": PyCustomOpDef.dt_float})
-        def l2_memory_readout(mem_key, query_key, mem_value, top_k, scale):
-            return _state["ops"].l2_memory_readout(mem_key, query_key, mem_value, max(int(top_k.reshape(-1)[0]), 0),
-                                                   scale)
-
-        def invoke(op_id, feed, attributes):
-            # onnxruntime-extensions' own hook turns every output into a Python list; a flat numpy view
-            # is accepted as well and is copied once instead.
-            opdef = _ocos.Opdef._odlist[op_id]
-            result = opdef.body(*feed, **opdef.cast_attributes(attributes))
-            return (op_id, result.shape, np.ascontiguousarray(result).reshape(-1))
-
-        _ocos.PyCustomOpDef.install_hooker(invoke)
-        _state["library"] = ortx.get_library_path()
+        if "library" in _state:
+            return _state["library"]
+        native = _extensions_module()
+        Def = native.PyCustomOpDef
+        bodies, definitions = {}, []
+        kinds = [(f"{op_type}", [Def.dt_float] * (3 + mod + bias), {"vosrt_geometry": Def.dt_string},
+                  _d2conv3d_op(mod, bias)) for (mod, bias), op_type in D2CONV3D_VARIANTS.items()]
+        kinds.append(("L2MemoryReadout", [Def.dt_float] * 3 + [Def.dt_int64], {"scale": Def.dt_float}, _readout_op))
+        for index, (op_type, inputs, attrs, body) in enumerate(kinds):
+            definition = Def()
+            definition.op_type = f"{CPU_DOMAIN}::{op_type}"
+            definition.obj_id = 0x766F7300 + index  # ids of these operators in the hook's calls
+            definition.input_types = inputs
+            definition.output_types = [Def.dt_float]
+            definition.attrs = attrs
+            native.add_custom_op(definition)
+            bodies[definition.obj_id] = body
+            definitions.append(definition)
+        _state["bodies"] = bodies
+        _state["definitions"] = definitions  # the native side keeps pointers to them: they must live on
+        Def.install_hooker(_invoke)
+        _state["library"] = native.__file__
         return _state["library"]
 
 
 def has_plugin_nodes(path: str | os.PathLike) -> bool:
-    """Whether the ONNX graph at ``path`` has ``trt.plugins`` nodes (custom operators)."""
-    import onnx
+    """Whether the ONNX graph at ``path`` has ``trt.plugins`` nodes (custom operators).
 
-    model = onnx.load(str(path), load_external_data=False)
-    return any(node.domain == PLUGIN_DOMAIN for node in model.graph.node)
+    The file is searched for the domain's name rather than parsed: a graph imports the domain only when
+    a node uses it, and parsing a large graph leaves its size in freed but unreturned memory."""
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return data.find(PLUGIN_DOMAIN.encode()) >= 0
+
+
+# Bump when plugin_model_for_cpu writes something different, so cached rewrites are redone.
+REWRITE_VERSION = 1
+
+
+def cpu_graph_for(path: str | os.PathLike) -> Path:
+    """Path of the plugin-form graph at ``path`` rewritten for the CPU operators (:func:`plugin_model_for_cpu`),
+    made once into the user cache and reused while the source file is unchanged. ONNX Runtime opens it
+    by path: a session made from bytes kept about a graph's size more memory."""
+    source = Path(path).resolve()
+    stat = source.stat()
+    key = hashlib.sha256(f"{source}|{stat.st_size}|{stat.st_mtime_ns}|{REWRITE_VERSION}".encode()).hexdigest()[:16]
+    target = cache_dir() / "cpu_graphs" / f"{source.stem}.{key}.onnx"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".onnx", delete=False) as tmp:
+            tmp.write(plugin_model_for_cpu(source))
+        os.replace(tmp.name, target)
+    return target
 
 
 def plugin_model_for_cpu(path: str | os.PathLike) -> bytes:
@@ -329,4 +382,16 @@ def plugin_model_for_cpu(path: str | os.PathLike) -> bytes:
     imports = [o for o in model.opset_import if o.domain != PLUGIN_DOMAIN]
     del model.opset_import[:]
     model.opset_import.extend([*imports, onnx.helper.make_opsetid(CPU_DOMAIN, 1)])
-    return model.SerializeToString()
+    data = model.SerializeToString()
+    del model
+    release_freed_memory()
+    return data
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the parsed graph back to the OS (glibc keeps it otherwise: hundreds of MB
+    of peak RSS for a 480p STCN graph). No-op where glibc's malloc_trim is absent."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):
+        pass

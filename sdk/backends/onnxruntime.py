@@ -84,12 +84,8 @@ class OnnxRuntimeBackend(Backend):
         self._outputs: dict[str, list[str]] = {}
         for graph in package.graphs:
             path = package.graph_path(graph, self.forms[graph])
-            source = str(path)
-            if self.forms[graph] == "plugin":  # its trt.plugins nodes handed to the CPU operators
-                from vosrt.sdk import cpu_ops
-                source = cpu_ops.plugin_model_for_cpu(path)
             try:
-                session = ort.InferenceSession(source, self._session_options(graph), providers=providers)
+                session = ort.InferenceSession(self._model(graph), self._session_options(graph), providers=providers)
             except Exception as err:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
                 raise UserError(f"ONNX Runtime cannot open {path}: {err}") from None
             self.sessions[graph] = session
@@ -98,10 +94,19 @@ class OnnxRuntimeBackend(Backend):
             for name in self._overridable[graph]:
                 inputs[name] = "overridable initializer"
             self._inputs[graph] = inputs
-            self._paths[graph] = source
+            self._paths[graph] = path
             self._outputs[graph] = [o.name for o in session.get_outputs()]
         self._ort_device = "cuda" if device == "cuda" else "cpu"
         self._helpers: dict[tuple, ort.InferenceSession] = {}
+
+    def _model(self, graph: str) -> str:
+        """The file ONNX Runtime opens for ``graph``: the package's, or for the plugin form its copy with the
+        custom nodes handed to the CPU operators (cached, :func:`vosrt.sdk.cpu_ops.cpu_graph_for`)."""
+        path = self.package.graph_path(graph, self.forms[graph])
+        if self.forms[graph] == "plugin":
+            from vosrt.sdk import cpu_ops
+            return str(cpu_ops.cpu_graph_for(path))
+        return str(path)
 
     def _session_options(self, graph: str | None = None) -> "ort.SessionOptions":
         options = session_options(self._threads)
@@ -157,7 +162,7 @@ class OnnxRuntimeBackend(Backend):
             kept = [ort.OrtValue.ortvalue_from_numpy(v) for v in overrides.values()]
             for name, value in zip(overrides, kept):
                 options.add_initializer(name, value)
-            session = ort.InferenceSession(self._paths[graph], options, providers=self._providers)
+            session = ort.InferenceSession(self._model(graph), options, providers=self._providers)
             self._variants[key] = (session, kept)
         return self._variants[key][0]
 
