@@ -7,6 +7,7 @@ form (standard ONNX) within the export parity bounds, for both families.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -134,7 +135,16 @@ def test_non_editable_install_in_a_fresh_venv_runs_the_plugin_form(packages, tmp
                           capture_output=True, text=True, check=True).stdout.strip()
     here = [p for p in sys.path if p.endswith("site-packages")]
     Path(site, "outer.pth").write_text("\n".join(here) + "\n")
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(REPO)],
+    # Built from a copy of the source, so the build's by-products stay out of the working tree.
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in", "vosrt", "sdk", "training", "export",
+                 "plugins"):
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("build*", "__pycache__"))
+        else:
+            shutil.copy2(REPO / name, source / name)
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(source)],
                    check=True, cwd=tmp_path)
     script = (
         "import sys, vosrt, numpy as np\n"
