@@ -236,17 +236,78 @@ def test_emulated_kernel_d2conv3d_backward_matches_reference(emulation, case):
             _close(grad, leaf.grad.numpy())
 
 
-def test_emulated_kernel_d2conv3d_refuses_a_short_workspace(emulation):
+def _conv_call(lib, tensors, attrs, workspace_bytes=None):
+    """(status, y, preferred workspace, minimum workspace) of one fp32 forward with `workspace_bytes`."""
+    x, dilation, modulation, weight, bias = (None if t is None else t.numpy().copy() for t in tensors)
+    params = kernels.d2conv3d_params(x.shape, weight.shape, attrs["stride"], attrs["padding"],
+                                     attrs["dilation_base"], attrs["groups"], modulation is not None, bias is not None)
+    preferred = lib.vosrtD2Conv3DWorkspaceSize(ctypes.byref(params), kernels.FLOAT32)
+    least = lib.vosrtD2Conv3DMinWorkspaceSize(ctypes.byref(params), kernels.FLOAT32)
+    nbytes = preferred if workspace_bytes is None else workspace_bytes
+    workspace = np.zeros(max(nbytes, 1), np.uint8)
+    out = (ctypes.c_int * 3)()
+    lib.vosrtD2Conv3DOutputShape(ctypes.byref(params), out)
+    y = np.full((x.shape[0], weight.shape[0], *out), np.nan, np.float32)
+    status = lib.vosrtD2Conv3DForward(ctypes.byref(params), kernels.FLOAT32, _ptr(x), _ptr(dilation),
+                                      _ptr(modulation), _ptr(weight), _ptr(bias), _ptr(y), _ptr(workspace),
+                                      nbytes, None)
+    return status, y, preferred, least
+
+
+def test_emulated_kernel_d2conv3d_refuses_a_workspace_below_one_tile(emulation):
     x, dilation, modulation, weight, bias, attrs = _conv_inputs(TILED_CASE, seed=12)
-    params = kernels.d2conv3d_params(x.shape, weight.shape, attrs["stride"], attrs["padding"], attrs["dilation_base"],
-                                     1, True, True)
-    nbytes = emulation.vosrtD2Conv3DWorkspaceSize(ctypes.byref(params), kernels.FLOAT32)
-    arrays = [t.numpy() for t in (x, dilation, modulation, weight, bias)]
-    y = np.zeros(1, np.float32)
-    workspace = np.zeros(nbytes, np.uint8)
-    status = emulation.vosrtD2Conv3DForward(ctypes.byref(params), kernels.FLOAT32, *(_ptr(a) for a in arrays),
-                                            _ptr(y), _ptr(workspace), nbytes - 1, None)
+    _, _, _, least = _conv_call(emulation, (x, dilation, modulation, weight, bias), attrs, 0)
+    status, _, _, _ = _conv_call(emulation, (x, dilation, modulation, weight, bias), attrs, least - 1)
     assert status == 4  # VOSRT_ERROR_WORKSPACE
+
+
+# 1×9 taps × 2×20×30 outputs: the emulation's 32 KiB budget prefers 896-column tiles; one tile is 128.
+NARROW_CASE = ((1, 3, 3), (1, 1, 1), (0, 1, 1), (1, 1, 1), 1, True, True, (1, 3), (2, 20, 30))
+
+
+def test_emulated_kernel_d2conv3d_follows_the_workspace_it_is_given(emulation):
+    # A TensorRT engine built with a small --workspace hands the plugin less than the preferred tile: the
+    # forward must then run narrower tiles (more of them), with the same result.
+    tensors = _conv_inputs(NARROW_CASE, seed=14)
+    attrs = tensors[-1]
+    expected = d2conv3d(*(_f64(t) for t in tensors[:5]), backend="torch", **attrs).numpy()
+    status, y_preferred, preferred, least = _conv_call(emulation, tensors[:5], attrs)
+    assert status == 0 and least < preferred
+    assert least == 1 * 9 * 128 * 4  # one 128-column fp32 tile
+    for nbytes in (least, least + 1000, (least + preferred) // 2):
+        status, y, _, _ = _conv_call(emulation, tensors[:5], attrs, nbytes)
+        assert status == 0
+        _close(y, expected)
+    _close(y_preferred, expected)
+
+
+def test_emulated_kernels_ignore_a_stale_cuda_error_and_report_their_own_failed_launch(emulation):
+    tensors = _conv_inputs(NARROW_CASE, seed=15)
+    attrs = tensors[-1]
+    expected = d2conv3d(*(_f64(t) for t in tensors[:5]), backend="torch", **attrs).numpy()
+    emulation.vosrtEmuSetLastError(2)  # cudaErrorMemoryAllocation left behind by unrelated host code
+    status, y, _, least = _conv_call(emulation, tensors[:5], attrs)
+    assert status == 0
+    _close(y, expected)
+    for nth in (1, 2, 5):  # a failed im2col, GEMM or later-tile launch is reported, not ignored
+        emulation.vosrtEmuFailLaunch(nth)
+        status, _, _, _ = _conv_call(emulation, tensors[:5], attrs, least)
+        assert status == 3, nth  # VOSRT_ERROR_CUDA
+    emulation.vosrtEmuFailLaunch(0)
+    mem_key, query_key, mem_value = (np.random.default_rng(0).standard_normal(s).astype(np.float32)
+                                     for s in ((1, 16, 300), (1, 16, 20), (1, 4, 300)))
+    params = kernels.l2_readout_params(mem_key.shape, 20, 4, 20, 0.0)
+    nbytes = emulation.vosrtL2ReadoutWorkspaceSize(ctypes.byref(params), kernels.FLOAT32)
+    workspace, out = np.zeros(nbytes, np.uint8), np.zeros((1, 4, 20), np.float32)
+    call = lambda: emulation.vosrtL2ReadoutForward(ctypes.byref(params), kernels.FLOAT32, _ptr(mem_key),
+                                                   _ptr(query_key), _ptr(mem_value), _ptr(out), _ptr(workspace),
+                                                   nbytes, None)
+    emulation.vosrtEmuSetLastError(2)
+    assert call() == 0
+    for nth in (1, 2, 3):  # select, merge, gather
+        emulation.vosrtEmuFailLaunch(nth)
+        assert call() == 3, nth
+    emulation.vosrtEmuFailLaunch(0)
 
 
 # B, Ck, N, M, V, top_k: N splits over several blocks, odd sizes, N < top_k, top_k = 0

@@ -29,10 +29,12 @@ constexpr size_t kColumnBudget = 64ull << 20;
 constexpr int kTileAlign = 128;        // tile width: a multiple of the GEMM tile
 constexpr int kIm2colChannels = 32;    // channels per thread in the im2col kernel
 
-// Columns per tile: as many output positions as fit the budget, a multiple of kTileAlign, at most L.
-int tile_columns(const D2cShape& s, size_t bytes_per_value) {
+// Columns per tile: as many output positions as `budget` bytes of columns hold, a multiple of kTileAlign,
+// at least kTileAlign and at most L rounded up. The preferred tile uses kColumnBudget; a caller with less
+// workspace (a TensorRT engine built with a small --workspace) gets narrower tiles, never an error.
+int tile_columns(const D2cShape& s, size_t bytes_per_value, size_t budget = kColumnBudget) {
   const size_t per_column = (size_t)s.C * s.K * bytes_per_value;
-  long long cols = (long long)(kColumnBudget / per_column) / kTileAlign * kTileAlign;
+  long long cols = (long long)(budget / per_column) / kTileAlign * kTileAlign;
   if (cols < kTileAlign) cols = kTileAlign;
   const long long full = ((long long)s.L + kTileAlign - 1) / kTileAlign * kTileAlign;
   return (int)(cols < full ? cols : full);
@@ -95,8 +97,8 @@ inline void forward_gemm(const GemmArgs<__half>& g, int batch, cudaStream_t stre
 
 template <typename T>
 vosrtStatus_t forward(const D2cShape& s, const T* x, const T* dil, const T* mod, const T* weight, const T* bias,
-                      T* y, T* cols, cudaStream_t stream) {
-  const int P = tile_columns(s, sizeof(T));
+                      T* y, T* cols, size_t workspace_bytes, cudaStream_t stream) {
+  const int P = tile_columns(s, sizeof(T), workspace_bytes);
   const int rows = s.Cg * s.K;
   for (int n = 0; n < s.N; ++n)
     for (int p0 = 0; p0 < s.L; p0 += P) {
@@ -108,8 +110,9 @@ vosrtStatus_t forward(const D2cShape& s, const T* x, const T* dil, const T* mod,
                     y + (size_t)n * s.Cout * s.L + p0, s.L, (long long)s.CoutG * s.L,
                     bias, 0};
       forward_gemm(g, s.G, stream);
+      if (launch_status() != VOSRT_SUCCESS) return VOSRT_ERROR_CUDA;
     }
-  return launch_status();
+  return VOSRT_SUCCESS;
 }
 
 }  // namespace
@@ -130,6 +133,13 @@ extern "C" size_t vosrtD2Conv3DWorkspaceSize(const vosrtD2Conv3DParams* p, vosrt
   return (size_t)s.C * s.K * tile_columns(s, bytes) * bytes;
 }
 
+extern "C" size_t vosrtD2Conv3DMinWorkspaceSize(const vosrtD2Conv3DParams* p, vosrtDataType_t dtype) {
+  if (d2c_validate(p) != VOSRT_SUCCESS || !known_dtype(dtype)) return 0;
+  const D2cShape s = d2c_shape(p);
+  const size_t bytes = element_size(dtype);
+  return (size_t)s.C * s.K * tile_columns(s, bytes, 0) * bytes;
+}
+
 extern "C" size_t vosrtD2Conv3DBackwardWorkspaceSize(const vosrtD2Conv3DParams* p, vosrtDataType_t dtype) {
   if (d2c_validate(p) != VOSRT_SUCCESS || dtype != VOSRT_FLOAT32) return 0;
   const D2cShape s = d2c_shape(p);
@@ -145,17 +155,18 @@ extern "C" vosrtStatus_t vosrtD2Conv3DForward(const vosrtD2Conv3DParams* p, vosr
   if (!known_dtype(dtype)) return VOSRT_ERROR_NOT_SUPPORTED;
   if (!x || !dilation || !weight || !y || (p->has_modulation && !modulation) || (p->has_bias && !bias))
     return VOSRT_ERROR_INVALID_VALUE;
-  if (workspace == nullptr || workspace_bytes < vosrtD2Conv3DWorkspaceSize(p, dtype)) return VOSRT_ERROR_WORKSPACE;
+  if (workspace == nullptr || workspace_bytes < vosrtD2Conv3DMinWorkspaceSize(p, dtype)) return VOSRT_ERROR_WORKSPACE;
+  clear_stale_error();
   const D2cShape s = d2c_shape(p);
   if (dtype == VOSRT_FLOAT32)
     return forward<float>(s, static_cast<const float*>(x), static_cast<const float*>(dilation),
                           p->has_modulation ? static_cast<const float*>(modulation) : nullptr,
                           static_cast<const float*>(weight), p->has_bias ? static_cast<const float*>(bias) : nullptr,
-                          static_cast<float*>(y), static_cast<float*>(workspace), stream);
+                          static_cast<float*>(y), static_cast<float*>(workspace), workspace_bytes, stream);
   return forward<__half>(s, static_cast<const __half*>(x), static_cast<const __half*>(dilation),
                          p->has_modulation ? static_cast<const __half*>(modulation) : nullptr,
                          static_cast<const __half*>(weight), p->has_bias ? static_cast<const __half*>(bias) : nullptr,
-                         static_cast<__half*>(y), static_cast<__half*>(workspace), stream);
+                         static_cast<__half*>(y), static_cast<__half*>(workspace), workspace_bytes, stream);
 }
 
 extern "C" vosrtStatus_t vosrtD2Conv3DBackward(const vosrtD2Conv3DParams* p, vosrtDataType_t dtype, const void* x,
@@ -182,6 +193,7 @@ extern "C" vosrtStatus_t vosrtD2Conv3DBackward(const vosrtD2Conv3DParams* p, vos
   if ((need_sample_grads || gw) &&
       (workspace == nullptr || workspace_bytes < vosrtD2Conv3DBackwardWorkspaceSize(p, dtype)))
     return VOSRT_ERROR_WORKSPACE;
+  clear_stale_error();
 
   const int P = tile_columns(s, sizeof(float));
   const int rows = s.Cg * s.K;
@@ -221,6 +233,7 @@ extern "C" vosrtStatus_t vosrtD2Conv3DBackward(const vosrtD2Conv3DParams* p, vos
                             nullptr, 1};
           gemm_f32<false, true>(g, s.G, stream);
         }
+        if (launch_status() != VOSRT_SUCCESS) return VOSRT_ERROR_CUDA;
       }
   }
   if (gb) {

@@ -312,8 +312,10 @@ vosrtStatus_t run_top_k(const vosrtL2ReadoutParams& p, int top_k, float scale, c
   auto gather = &gather_kernel<T, kMax>;
   VOSRT_LAUNCH(select, dim3(query_tiles, splits, p.batch), kThreads, smem, stream)(
       p, scale, tiles_per_split, mk, qk, list_val, list_idx);
+  if (launch_status() != VOSRT_SUCCESS) return VOSRT_ERROR_CUDA;
   VOSRT_LAUNCH(merge, ceil_div((long long)p.batch * p.query_size, 128), 128, 0, stream)(
       p, top_k, splits * kL2ListsPerQuery, list_val, list_idx, weight, index);
+  if (launch_status() != VOSRT_SUCCESS) return VOSRT_ERROR_CUDA;
   VOSRT_LAUNCH(gather, dim3(ceil_div(p.query_size, kGatherQueries), ceil_div(p.value_dim, kGatherV), p.batch),
                kGatherQueries, 0, stream)(p, top_k, weight, index, mv, out);
   return launch_status();
@@ -367,6 +369,7 @@ extern "C" vosrtStatus_t vosrtL2ReadoutForward(const vosrtL2ReadoutParams* p, vo
   if (!mem_key || !query_key || !mem_value || !out) return VOSRT_ERROR_INVALID_VALUE;
   const size_t need = vosrtL2ReadoutWorkspaceSize(p, dtype);
   if (need > 0 && (workspace == nullptr || workspace_bytes < need)) return VOSRT_ERROR_WORKSPACE;
+  clear_stale_error();
   if (dtype == VOSRT_FLOAT32)
     return run<float>(*p, static_cast<const float*>(mem_key), static_cast<const float*>(query_key),
                       static_cast<const float*>(mem_value), static_cast<float*>(out), workspace, stream);
