@@ -173,7 +173,15 @@ int main(int argc, char** argv) {
   }
   DataType const type = fp16 ? DataType::kHALF : DataType::kFLOAT;
 
-  if (dlopen(argv[1], RTLD_NOW | RTLD_LOCAL) == nullptr) return fail(std::string("dlopen: ") + dlerror());
+  // What IPluginRegistry::loadLibrary does: dlopen, then register every creator getCreators() returns.
+  void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+  if (lib == nullptr) return fail(std::string("dlopen: ") + dlerror());
+  using GetCreators = IPluginCreatorInterface* const* (*)(int32_t&);
+  auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
+  if (getCreators == nullptr) return fail("the library exports no getCreators");
+  int32_t nbCreators = 0;
+  IPluginCreatorInterface* const* creators = getCreators(nbCreators);
+  for (int32_t i = 0; i < nbCreators; ++i) stand_in::registry()->registerCreator(*creators[i], "");
   auto* creator = static_cast<IPluginCreatorV3One*>(stand_in::registry()->getCreator(pluginName.c_str(), "1", ""));
   if (creator == nullptr) return fail("no creator registered for " + pluginName);
 
