@@ -409,3 +409,74 @@ def test_torch_readout_above_the_top_k_limit_uses_the_reference(emulated_torch_o
     tensors = [torch.randn(1, 8, 200, generator=g), torch.randn(1, 8, 5, generator=g), torch.randn(1, 3, 200, generator=g)]
     out = emulated_torch_ops._l2_memory_readout(*tensors, 100, 0.3)
     _close(out.numpy(), l2_memory_readout(*(t.double() for t in tensors), 100, 0.3, backend="torch").numpy())
+
+
+# ---- NaN policy (plugins/kernels/README.md): NaN propagates, the same in the reference, the CPU driver
+# and the kernels' own code; compared as NaN masks plus the finite values ----
+
+
+def _same_nans_and_close(actual, expected, rel=1e-4):
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert np.isnan(expected).any(), "the case must produce NaN in the reference"
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    finite = ~np.isnan(expected)
+    if finite.any():
+        _close(actual[finite], expected[finite], rel)
+
+
+def _nan_readout_inputs(where):
+    g = torch.Generator().manual_seed(21)
+    mem_key, query_key, mem_value = torch.randn(1, 16, 300, generator=g), torch.randn(1, 16, 40, generator=g), \
+        torch.randn(1, 5, 300, generator=g)
+    {"mem_key": lambda: mem_key.__setitem__((0, 3, 17), float("nan")),
+     "query_key": lambda: query_key.__setitem__((0, 0, 9), float("nan")),
+     "mem_value": lambda: mem_value.__setitem__((0, 2, slice(None)), float("nan"))}[where]()
+    return mem_key, query_key, mem_value
+
+
+@pytest.mark.parametrize("top_k", [20, 0])
+@pytest.mark.parametrize("where", ["mem_key", "query_key", "mem_value"])
+def test_readout_nan_policy_is_the_same_in_the_reference_the_cpu_driver_and_the_kernels(driver, emulation, where,
+                                                                                       top_k):
+    mem_key, query_key, mem_value = _nan_readout_inputs(where)
+    expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), top_k, backend="torch")
+    expected = expected.numpy()
+    if where == "mem_key":
+        assert np.isnan(expected).all()            # every query's top-k holds the NaN entry
+    if where == "query_key":
+        assert np.isnan(expected[..., 9]).all() and not np.isnan(np.delete(expected, 9, axis=2)).any()
+    _same_nans_and_close(driver.l2_memory_readout(mem_key.numpy(), query_key.numpy(), mem_value.numpy(), top_k),
+                         expected)
+    params = kernels.l2_readout_params(mem_key.shape, 40, 5, top_k, 0.0)
+    nbytes = emulation.vosrtL2ReadoutWorkspaceSize(ctypes.byref(params), kernels.FLOAT32)
+    workspace, out = np.zeros(max(nbytes, 1), np.uint8), np.zeros((1, 5, 40), np.float32)
+    arrays = [t.numpy() for t in (mem_key, query_key, mem_value)]
+    kernels.check_status(emulation.vosrtL2ReadoutForward(ctypes.byref(params), kernels.FLOAT32,
+                                                         *(_ptr(a) for a in arrays), _ptr(out), _ptr(workspace),
+                                                         nbytes, None), "forward")
+    _same_nans_and_close(out, expected)
+
+
+# (tensor, index) of the NaN: D at one location, M of one kernel point, X inside and at a border voxel
+D2_NANS = {"dilation": ("dilation", (0, 1, 1, 2, 3)), "modulation": ("modulation", (1, 13, 2, 4, 1)),
+           "x-inside": ("x", (0, 1, 2, 4, 3)), "x-border": ("x", (1, 0, 0, 0, 0))}
+
+
+@pytest.mark.parametrize("tensor, index", list(D2_NANS.values()), ids=list(D2_NANS))
+def test_d2conv3d_nan_policy_is_the_same_in_the_reference_the_cpu_driver_and_the_kernels(driver, emulation,
+                                                                                         tensor, index):
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(CONV_CASES[0], seed=22)
+    inputs = {"x": x, "dilation": dilation, "modulation": modulation}
+    inputs[tensor][index] = float("nan")
+    expected = d2conv3d(_f64(x), _f64(dilation), _f64(modulation), _f64(weight), _f64(bias), backend="torch",
+                        **attrs).numpy()
+    if tensor != "x":  # everything at that one location, nothing elsewhere
+        n, *where = index[0], *index[2:]
+        assert np.isnan(expected[n, :, where[0], where[1], where[2]]).all()
+        assert np.isnan(expected).sum() == expected.shape[1]
+    else:  # no more than the outputs whose samples can reach the voxel (3×3×3 kernel, D < 2.5)
+        assert 0 < np.isnan(expected).sum() < expected.size // 4
+    _same_nans_and_close(driver.d2conv3d_forward(_np(x), _np(dilation), _np(modulation), _np(weight), _np(bias),
+                                                 attrs["stride"], attrs["padding"], attrs["dilation_base"],
+                                                 attrs["groups"]), expected)
+    _same_nans_and_close(_emulated_conv(emulation, (x, dilation, modulation, weight, bias), attrs), expected)
