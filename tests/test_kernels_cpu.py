@@ -480,3 +480,58 @@ def test_d2conv3d_nan_policy_is_the_same_in_the_reference_the_cpu_driver_and_the
                                                  attrs["stride"], attrs["padding"], attrs["dilation_base"],
                                                  attrs["groups"]), expected)
     _same_nans_and_close(_emulated_conv(emulation, (x, dilation, modulation, weight, bias), attrs), expected)
+
+
+# ---- the fused readout's selection paths (register lists sized to k, shared per-query thresholds, 3xTF32
+# affinity tiles) against the reference, through the kernels' own code ----
+
+
+def _readout_case(kind, g):
+    """(mem_key, query_key, mem_value, top_k) of one named case."""
+    if kind == "ties":  # every entry four times: tie groups straddle the top-k boundary
+        mk, mv = torch.randn(1, 16, 75, generator=g), torch.randn(1, 6, 75, generator=g)
+        return mk.repeat_interleave(4, 2), torch.randn(1, 16, 33, generator=g), mv.repeat_interleave(4, 2), 20
+    if kind == "one-list-holds-the-top":  # the best entries all fall to list 0 of every query (n % 4 == 0)
+        mk = torch.randn(1, 16, 512, generator=g) * 0.1
+        mk[:, :, ::4] += torch.randn(1, 16, 128, generator=g) * 2
+        return mk, torch.randn(1, 16, 20, generator=g), torch.randn(1, 4, 512, generator=g), 20
+    b, ck, n, m, v, k = {"odd-ck": (1, 13, 300, 50, 4, 20), "tiles-off": (2, 24, 1001, 130, 5, 20),
+                         "k7": (1, 16, 600, 40, 3, 7), "k33": (1, 16, 600, 40, 3, 33),
+                         "eight-objects": (1, 32, 400, 64, 8 * 3, 20), "production-ck": (1, 64, 900, 64, 2, 20)}[kind]
+    return (torch.randn(b, ck, n, generator=g), torch.randn(b, ck, m, generator=g), torch.randn(b, v, n, generator=g), k)
+
+
+READOUT_KINDS = ["ties", "one-list-holds-the-top", "odd-ck", "tiles-off", "k7", "k33", "eight-objects",
+                 "production-ck"]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("kind", READOUT_KINDS)
+def test_emulated_readout_selection_matches_reference(emulation, kind, dtype):
+    g = torch.Generator().manual_seed(READOUT_KINDS.index(kind))
+    mem_key, query_key, mem_value, top_k = _readout_case(kind, g)
+    torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
+    if dtype == "fp16":  # fp16 storage: the reference sees the same rounded inputs
+        mem_key, query_key = mem_key * 0.5, query_key * 0.5
+    mem_key, query_key, mem_value = (t.to(torch_dtype) for t in (mem_key, query_key, mem_value))
+    code = kernels.FLOAT16 if dtype == "fp16" else kernels.FLOAT32
+    b, _, n = mem_key.shape
+    m, v = query_key.shape[2], mem_value.shape[1]
+    params = kernels.l2_readout_params(mem_key.shape, m, v, top_k, 0.0)
+    nbytes = emulation.vosrtL2ReadoutWorkspaceSize(ctypes.byref(params), code)
+    workspace = np.zeros(max(nbytes, 1), np.uint8)
+    out = np.full((b, v, m), np.nan, mem_key.numpy().dtype)
+    arrays = [t.numpy() for t in (mem_key, query_key, mem_value)]
+    kernels.check_status(emulation.vosrtL2ReadoutForward(ctypes.byref(params), code, *(_ptr(a) for a in arrays),
+                                                         _ptr(out), _ptr(workspace), nbytes, None), kind)
+    expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), top_k, backend="torch")
+    _close(out, expected.numpy(), rel=1e-2 if dtype == "fp16" else 1e-4)
+
+
+def test_readout_workspace_holds_lists_sized_to_the_real_k(emulation):
+    # top_k 17..20 share STCN's 20-entry lists; 21 moves to the 32-entry bucket
+    sizes = {k: emulation.vosrtL2ReadoutWorkspaceSize(ctypes.byref(kernels.l2_readout_params((1, 64, 5000), 100,
+                                                                                             8, k, 0.0)),
+                                                      kernels.FLOAT32) for k in (16, 17, 20, 21)}
+    assert sizes[17] == sizes[20] and sizes[16] < sizes[20] < sizes[21]
+    assert sizes[20] * 32 == sizes[21] * 20
