@@ -535,3 +535,13 @@ def test_readout_workspace_holds_lists_sized_to_the_real_k(emulation):
                                                       kernels.FLOAT32) for k in (16, 17, 20, 21)}
     assert sizes[17] == sizes[20] and sizes[16] < sizes[20] < sizes[21]
     assert sizes[20] * 32 == sizes[21] * 20
+
+
+def test_emulated_kernel_d2conv3d_fp16_with_both_gemm_tile_sizes_matches_reference(emulation):
+    # NARROW_CASE in fp16: the first column tile (1,792 positions) gives the GEMM enough blocks for
+    # 128×128 tiles, the ragged last one falls back to 64×64 tiles (the emulation has 4 "SMs").
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(NARROW_CASE, seed=16)
+    tensors = [t.half() for t in (x, dilation, modulation, weight, bias)]
+    expected = d2conv3d(*(t.double() for t in tensors), backend="torch", **attrs)
+    actual = _emulated_conv(emulation, tensors, attrs)
+    _close(actual, expected.numpy(), rel=1e-2)
