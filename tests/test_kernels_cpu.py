@@ -261,8 +261,9 @@ def test_emulated_kernel_d2conv3d_refuses_a_workspace_below_one_tile(emulation):
     assert status == 4  # VOSRT_ERROR_WORKSPACE
 
 
-# 1×9 taps × 2×20×30 outputs: the emulation's 32 KiB budget prefers 896-column tiles; one tile is 128.
-NARROW_CASE = ((1, 3, 3), (1, 1, 1), (0, 1, 1), (1, 1, 1), 1, True, True, (1, 3), (2, 20, 30))
+# 1×9 taps × 2×20×30 outputs, one output channel: a column costs 9 fp32 samples + 4 split-K partial sums
+# (52 bytes), so the emulation's 32 KiB budget prefers 512-column tiles; one tile is 128.
+NARROW_CASE = ((1, 3, 3), (1, 1, 1), (0, 1, 1), (1, 1, 1), 1, True, True, (1, 1), (2, 20, 30))
 
 
 def test_emulated_kernel_d2conv3d_follows_the_workspace_it_is_given(emulation):
@@ -273,7 +274,7 @@ def test_emulated_kernel_d2conv3d_follows_the_workspace_it_is_given(emulation):
     expected = d2conv3d(*(_f64(t) for t in tensors[:5]), backend="torch", **attrs).numpy()
     status, y_preferred, preferred, least = _conv_call(emulation, tensors[:5], attrs)
     assert status == 0 and least < preferred
-    assert least == 1 * 9 * 128 * 4  # one 128-column fp32 tile
+    assert least == 128 * (1 * 9 * 4 + 4 * 1 * 4)  # one 128-column fp32 tile and its split-K scratch
     for nbytes in (least, least + 1000, (least + preferred) // 2):
         status, y, _, _ = _conv_call(emulation, tensors[:5], attrs, nbytes)
         assert status == 0
@@ -538,10 +539,25 @@ def test_readout_workspace_holds_lists_sized_to_the_real_k(emulation):
 
 
 def test_emulated_kernel_d2conv3d_fp16_with_both_gemm_tile_sizes_matches_reference(emulation):
-    # NARROW_CASE in fp16: the first column tile (1,792 positions) gives the GEMM enough blocks for
+    # NARROW_CASE in fp16: the first column tile (896 positions) gives the GEMM enough blocks for
     # 128×128 tiles, the ragged last one falls back to 64×64 tiles (the emulation has 4 "SMs").
     x, dilation, modulation, weight, bias, attrs = _conv_inputs(NARROW_CASE, seed=16)
     tensors = [t.half() for t in (x, dilation, modulation, weight, bias)]
     expected = d2conv3d(*(t.double() for t in tensors), backend="torch", **attrs)
     actual = _emulated_conv(emulation, tensors, attrs)
     _close(actual, expected.numpy(), rel=1e-2)
+
+
+# C·K = 16·27 = 432 and one 4-channel, 60-position output tile: a single 64×64 GEMM tile for 4 "SMs", so
+# the GEMM sums K in slices (fp32: 4 of 112, fp16: 3 of 160) and a reduction adds them, the bias and C.
+SPLIT_K_CASE = ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, True, True, (16, 4), (2, 5, 6))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_emulated_kernel_d2conv3d_with_split_k_matches_reference(emulation, dtype):
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(SPLIT_K_CASE, seed=17, batch=2)
+    tensors = [x, dilation, modulation, weight / 6, bias]
+    if dtype == "fp16":
+        tensors = [t.half() for t in tensors]
+    expected = d2conv3d(*(t.double() for t in tensors), backend="torch", **attrs)
+    _close(_emulated_conv(emulation, tensors, attrs), expected.numpy(), rel=1e-2 if dtype == "fp16" else 1e-4)

@@ -26,7 +26,14 @@ struct GemmArgs {
   T* C; long long ldc, strideC;
   const T* bias;  // [batch·M] or null
   int accumulate;
+  // Split-K scratch of the tensor-core GEMMs (fp32, `partial_floats` of it; null: no split). A GEMM with
+  // too few output tiles to fill the GPU sums its K in up to kMaxSplitK slices, each into its own
+  // [batch, M, N] slab, then one reduction adds the slabs, the bias and C.
+  float* partial = nullptr;
+  size_t partial_floats = 0;
 };
+
+constexpr int kMaxSplitK = 4;
 
 // ---- fp32: 128×128 block tile, 8×8 per thread split into two 4-wide halves (conflict-free float4) ----
 constexpr int kF32TileM = 128, kF32TileN = 128, kF32TileK = 8;
@@ -140,8 +147,7 @@ struct TcTile {
   static constexpr int kFragN = BN / 64;
 };
 
-// Whether 128×128 tiles already give every SM a block (else the launchers use 64×64).
-inline bool large_tiles(int M, int N, int batch) {
+inline int multiprocessors() {
   static int sms = 0;  // the device of the first call; a host thread with several GPUs loses only balance
   if (sms == 0) {
     int device = 0, count = 0;
@@ -149,10 +155,65 @@ inline bool large_tiles(int M, int N, int batch) {
         cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) == cudaSuccess)
       sms = count;
     else
-      return true;
+      return 1 << 30;  // unknown: behave as if the grid were always large enough
   }
-  const long long blocks = (long long)((N + 127) / 128) * ((M + 127) / 128) * batch;
-  return blocks >= sms;
+  return sms;
+}
+
+// Whether 128×128 tiles already give every SM a block (else the launchers use 64×64).
+inline bool large_tiles(int M, int N, int batch) {
+  return (long long)((N + 127) / 128) * ((M + 127) / 128) * batch >= multiprocessors();
+}
+
+// K slices for a GEMM of 64×64 tiles: enough to give every SM a block, each slice at least 4 k-slices of
+// `tile_k` long, no more than the scratch holds.
+template <typename T>
+int split_k(const GemmArgs<T>& g, int batch, int tile_k) {
+  if (g.partial == nullptr) return 1;
+  const long long blocks = (long long)((g.N + 63) / 64) * ((g.M + 63) / 64) * batch;
+  long long splits = (multiprocessors() + blocks - 1) / blocks;
+  splits = splits < kMaxSplitK ? splits : kMaxSplitK;
+  const long long by_length = g.K / (4LL * tile_k);
+  splits = splits < by_length ? splits : by_length;
+  const long long by_scratch = (long long)(g.partial_floats / ((size_t)batch * g.M * g.N));
+  splits = splits < by_scratch ? splits : by_scratch;
+  return splits > 1 ? (int)splits : 1;
+}
+
+// C[z, m, n] = Σ_s partial[s, z, m, n] (+ bias[z·M + m]) (+ C[z, m, n] if accumulate), for split-K.
+template <typename T>
+__global__ void split_k_reduce_kernel(GemmArgs<T> g, int batch, int splits) {
+  const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  const long long slab = (long long)g.M * g.N;
+  if (e >= slab * batch) return;
+  const int z = (int)(e / slab), m = (int)((e % slab) / g.N), n = (int)(e % g.N);
+  float v = 0.f;
+  for (int s = 0; s < splits; ++s) v += g.partial[(long long)s * slab * batch + e];
+  if (g.bias) v += to_float(g.bias[(long long)z * g.M + m]);
+  T* dst = g.C + z * g.strideC + (long long)m * g.ldc + n;
+  if (g.accumulate) v += to_float(*dst);
+  store(dst, v);
+}
+
+template <typename T>
+void launch_split_k_reduce(const GemmArgs<T>& g, int batch, int splits, cudaStream_t stream) {
+  auto kernel = &split_k_reduce_kernel<T>;
+  VOSRT_LAUNCH(kernel, ceil_div((long long)g.M * g.N * batch, 256), 256, 0, stream)(g, batch, splits);
+}
+
+// The k range of this block's slice: blockIdx.z = slice·batch + z.
+struct KSlice {
+  int z, slice, begin, end;
+};
+__device__ __forceinline__ KSlice k_slice(int K, int splits, int tile_k) {
+  KSlice r;
+  const int batch = gridDim.z / splits;
+  r.z = blockIdx.z % batch;
+  r.slice = blockIdx.z / batch;
+  const int chunk = ((K + splits - 1) / splits + tile_k - 1) / tile_k * tile_k;
+  r.begin = r.slice * chunk;
+  r.end = min(K, r.begin + chunk);
+  return r;
 }
 
 // ---- fp32 on tensor cores, "3xTF32": each operand x = hi + lo with hi = tf32(x) and lo = tf32(x − hi);
@@ -184,7 +245,7 @@ __device__ __forceinline__ void split_tf32(Frag& hi, Frag& lo) {
 }
 
 template <int BM, int BN>
-__global__ void __launch_bounds__(256) gemm_f32_tc_nn_kernel(GemmArgs<float> g) {
+__global__ void __launch_bounds__(256) gemm_f32_tc_nn_kernel(GemmArgs<float> g, int splits) {
   using namespace nvcuda;
   constexpr int kPadB = BN + 4;
   constexpr int FM = TcTile<BM, BN>::kFragM, FN = TcTile<BM, BN>::kFragN;
@@ -192,7 +253,8 @@ __global__ void __launch_bounds__(256) gemm_f32_tc_nn_kernel(GemmArgs<float> g) 
   __shared__ __align__(32) float As[2][BM * kTcPadA];
   __shared__ __align__(32) float Bs[2][kTcTileK * kPadB];
   __shared__ __align__(32) float stage_out[8][16 * 16];
-  const int z = blockIdx.z;
+  const KSlice ks = k_slice(g.K, splits, kTcTileK);
+  const int z = ks.z;
   const float* A = g.A + z * g.strideA;
   const float* B = g.B + z * g.strideB;
   const bool vec_a = g.lda % 4 == 0 && reinterpret_cast<size_t>(A) % 16 == 0;
@@ -211,12 +273,12 @@ __global__ void __launch_bounds__(256) gemm_f32_tc_nn_kernel(GemmArgs<float> g) 
     VOSRT_UNROLL
     for (int r = 0; r < VA; ++r) {
       const int v = tid + r * 256;
-      ra[r] = load_float4(A, g.lda, m0 + v / 4, k0 + (v % 4) * 4, g.M, g.K, vec_a);
+      ra[r] = load_float4(A, g.lda, m0 + v / 4, k0 + (v % 4) * 4, g.M, ks.end, vec_a);
     }
     VOSRT_UNROLL
     for (int r = 0; r < VB; ++r) {
       const int v = tid + r * 256;
-      rb[r] = load_float4(B, g.ldb, k0 + v / (BN / 4), n0 + (v % (BN / 4)) * 4, g.K, g.N, vec_b);
+      rb[r] = load_float4(B, g.ldb, k0 + v / (BN / 4), n0 + (v % (BN / 4)) * 4, ks.end, g.N, vec_b);
     }
   };
   auto stash = [&](int stage) {
@@ -232,12 +294,12 @@ __global__ void __launch_bounds__(256) gemm_f32_tc_nn_kernel(GemmArgs<float> g) 
     }
   };
 
-  fetch(0);
+  fetch(ks.begin);
   stash(0);
   __syncthreads();
   int stage = 0;
-  for (int k0 = 0; k0 < g.K; k0 += kTcTileK) {
-    const bool more = k0 + kTcTileK < g.K;
+  for (int k0 = ks.begin; k0 < ks.end; k0 += kTcTileK) {
+    const bool more = k0 + kTcTileK < ks.end;
     if (more) fetch(k0 + kTcTileK);
     VOSRT_UNROLL
     for (int kk = 0; kk < kTcTileK; kk += 8) {
@@ -267,6 +329,8 @@ __global__ void __launch_bounds__(256) gemm_f32_tc_nn_kernel(GemmArgs<float> g) 
     stage ^= 1;
   }
   float* C = g.C + z * g.strideC;
+  // split-K: this slice's slab of the scratch, [M, N] dense, without bias (the reduction adds it)
+  float* slab = splits > 1 ? g.partial + ((long long)ks.slice * (gridDim.z / splits) + z) * g.M * g.N : nullptr;
   float* st = stage_out[warp];
   VOSRT_UNROLL
   for (int i = 0; i < FM; ++i)
@@ -276,7 +340,9 @@ __global__ void __launch_bounds__(256) gemm_f32_tc_nn_kernel(GemmArgs<float> g) 
       __syncwarp();
       for (int e = lane; e < 256; e += 32) {
         const int m = m0 + wm * (BM / 2) + i * 16 + e / 16, n = n0 + wn * (BN / 4) + j * 16 + e % 16;
-        if (m < g.M && n < g.N) {
+        if (m < g.M && n < g.N && slab != nullptr) {
+          slab[(long long)m * g.N + n] = st[e];
+        } else if (m < g.M && n < g.N) {
           float* dst = C + (long long)m * g.ldc + n;
           float v = st[e];
           if (g.bias) v += g.bias[(long long)z * g.M + m];
@@ -291,11 +357,13 @@ __global__ void __launch_bounds__(256) gemm_f32_tc_nn_kernel(GemmArgs<float> g) 
 inline void gemm_f32_tc_nn(const GemmArgs<float>& g, int batch, cudaStream_t stream) {
   if (large_tiles(g.M, g.N, batch)) {
     auto kernel = &gemm_f32_tc_nn_kernel<128, 128>;
-    VOSRT_LAUNCH(kernel, dim3((g.N + 127) / 128, (g.M + 127) / 128, batch), 256, 0, stream)(g);
-  } else {
-    auto kernel = &gemm_f32_tc_nn_kernel<64, 64>;
-    VOSRT_LAUNCH(kernel, dim3((g.N + 63) / 64, (g.M + 63) / 64, batch), 256, 0, stream)(g);
+    VOSRT_LAUNCH(kernel, dim3((g.N + 127) / 128, (g.M + 127) / 128, batch), 256, 0, stream)(g, 1);
+    return;
   }
+  const int splits = split_k(g, batch, kTcTileK);
+  auto kernel = &gemm_f32_tc_nn_kernel<64, 64>;
+  VOSRT_LAUNCH(kernel, dim3((g.N + 63) / 64, (g.M + 63) / 64, batch * splits), 256, 0, stream)(g, splits);
+  if (splits > 1) launch_split_k_reduce(g, batch, splits, stream);
 }
 
 // ---- fp16: WMMA 16×16×16, fp32 accumulators, k-slices of 32. Tiles move as 16-byte vectors of 8 halves
@@ -324,7 +392,7 @@ __device__ __forceinline__ Half8 load_half8(const __half* base, long long ld, in
 }
 
 template <int BM, int BN>
-__global__ void __launch_bounds__(256) gemm_f16_nn_kernel(GemmArgs<__half> g) {
+__global__ void __launch_bounds__(256) gemm_f16_nn_kernel(GemmArgs<__half> g, int splits) {
   using namespace nvcuda;
   constexpr int kPadB = BN + 8;
   constexpr int FM = TcTile<BM, BN>::kFragM, FN = TcTile<BM, BN>::kFragN;
@@ -332,7 +400,8 @@ __global__ void __launch_bounds__(256) gemm_f16_nn_kernel(GemmArgs<__half> g) {
   __shared__ __align__(32) __half As[2][BM * kH16PadA];
   __shared__ __align__(32) __half Bs[2][kH16TileK * kPadB];
   __shared__ __align__(32) float stage_out[8][16 * 16];  // per-warp epilogue staging
-  const int z = blockIdx.z;
+  const KSlice ks = k_slice(g.K, splits, kH16TileK);
+  const int z = ks.z;
   const __half* A = g.A + z * g.strideA;
   const __half* B = g.B + z * g.strideB;
   const bool vec_a = g.lda % 8 == 0 && reinterpret_cast<size_t>(A) % 16 == 0;
@@ -351,12 +420,12 @@ __global__ void __launch_bounds__(256) gemm_f16_nn_kernel(GemmArgs<__half> g) {
     VOSRT_UNROLL
     for (int r = 0; r < VA; ++r) {
       const int v = tid + r * 256;
-      ra[r] = load_half8(A, g.lda, m0 + v / 4, k0 + (v % 4) * 8, g.M, g.K, vec_a);
+      ra[r] = load_half8(A, g.lda, m0 + v / 4, k0 + (v % 4) * 8, g.M, ks.end, vec_a);
     }
     VOSRT_UNROLL
     for (int r = 0; r < VB; ++r) {
       const int v = tid + r * 256;
-      rb[r] = load_half8(B, g.ldb, k0 + v / (BN / 8), n0 + (v % (BN / 8)) * 8, g.K, g.N, vec_b);
+      rb[r] = load_half8(B, g.ldb, k0 + v / (BN / 8), n0 + (v % (BN / 8)) * 8, ks.end, g.N, vec_b);
     }
   };
   auto stash = [&](int stage) {
@@ -372,12 +441,12 @@ __global__ void __launch_bounds__(256) gemm_f16_nn_kernel(GemmArgs<__half> g) {
     }
   };
 
-  fetch(0);
+  fetch(ks.begin);
   stash(0);
   __syncthreads();
   int stage = 0;
-  for (int k0 = 0; k0 < g.K; k0 += kH16TileK) {
-    const bool more = k0 + kH16TileK < g.K;
+  for (int k0 = ks.begin; k0 < ks.end; k0 += kH16TileK) {
+    const bool more = k0 + kH16TileK < ks.end;
     if (more) fetch(k0 + kH16TileK);
     VOSRT_UNROLL
     for (int kk = 0; kk < kH16TileK; kk += 16) {
@@ -399,6 +468,7 @@ __global__ void __launch_bounds__(256) gemm_f16_nn_kernel(GemmArgs<__half> g) {
     stage ^= 1;
   }
   __half* C = g.C + z * g.strideC;
+  float* slab = splits > 1 ? g.partial + ((long long)ks.slice * (gridDim.z / splits) + z) * g.M * g.N : nullptr;
   float* st = stage_out[warp];
   VOSRT_UNROLL
   for (int i = 0; i < FM; ++i)
@@ -408,7 +478,9 @@ __global__ void __launch_bounds__(256) gemm_f16_nn_kernel(GemmArgs<__half> g) {
       __syncwarp();
       for (int e = lane; e < 256; e += 32) {
         const int m = m0 + wm * (BM / 2) + i * 16 + e / 16, n = n0 + wn * (BN / 4) + j * 16 + e % 16;
-        if (m < g.M && n < g.N) {
+        if (m < g.M && n < g.N && slab != nullptr) {
+          slab[(long long)m * g.N + n] = st[e];  // fp32 partial sums: the reduction rounds once
+        } else if (m < g.M && n < g.N) {
           __half* dst = C + (long long)m * g.ldc + n;
           float v = st[e];
           if (g.bias) v += __half2float(g.bias[(long long)z * g.M + m]);
@@ -423,11 +495,13 @@ __global__ void __launch_bounds__(256) gemm_f16_nn_kernel(GemmArgs<__half> g) {
 inline void gemm_f16_nn(const GemmArgs<__half>& g, int batch, cudaStream_t stream) {
   if (large_tiles(g.M, g.N, batch)) {
     auto kernel = &gemm_f16_nn_kernel<128, 128>;
-    VOSRT_LAUNCH(kernel, dim3((g.N + 127) / 128, (g.M + 127) / 128, batch), 256, 0, stream)(g);
-  } else {
-    auto kernel = &gemm_f16_nn_kernel<64, 64>;
-    VOSRT_LAUNCH(kernel, dim3((g.N + 63) / 64, (g.M + 63) / 64, batch), 256, 0, stream)(g);
+    VOSRT_LAUNCH(kernel, dim3((g.N + 127) / 128, (g.M + 127) / 128, batch), 256, 0, stream)(g, 1);
+    return;
   }
+  const int splits = split_k(g, batch, kH16TileK);
+  auto kernel = &gemm_f16_nn_kernel<64, 64>;
+  VOSRT_LAUNCH(kernel, dim3((g.N + 63) / 64, (g.M + 63) / 64, batch * splits), 256, 0, stream)(g, splits);
+  if (splits > 1) launch_split_k_reduce(g, batch, splits, stream);
 }
 
 }  // namespace vosrt
