@@ -189,8 +189,11 @@ def _d2conv3d_torch(x, dilation, modulation, weight, bias, stride, padding, dila
     geo = _Geometry(x.shape, kernel, (to, ho, wo), stride, padding, dilation_base, x.device, pos_dtype)
     scale = dilation.to(pos_dtype) - 1  # [N, 3, To, Ho, Wo]; exactly 0 where D = 1
 
-    # [N·T·H·W + 1, C], channels last; the extra zero row is what out-of-volume corners read.
-    x_rows = torch.cat((x.permute(0, 2, 3, 4, 1).reshape(n * t * h * w, c), x.new_zeros(1, c)))
+    # [N·T·H·W + 1, C], channels last; the extra zero row is what out-of-volume corners read. Filled in
+    # place from the permuted view, so X is copied once, as before the zero row existed.
+    x_rows = x.new_empty(n * t * h * w + 1, c)
+    x_rows[:-1].view(n, t, h, w, c).copy_(x.permute(0, 2, 3, 4, 1))
+    x_rows[-1].zero_()
     # [K, groups, C/groups, Cout/groups]: each kernel point is one batched matmul over the groups.
     w_k = weight.reshape(groups, cout // groups, c // groups, k_total).permute(3, 0, 2, 1)
     mod = None
