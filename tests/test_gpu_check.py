@@ -62,7 +62,8 @@ def test_build_targets_this_gpu_only_and_finds_tensorrt_headers_from_the_environ
     include = tmp_path / "trt" / "include"
     include.mkdir(parents=True)
     monkeypatch.setenv("TensorRT_ROOT", str(tmp_path / "trt"))
-    assert gpu_check.tensorrt_include() is None  # a folder without NvInfer.h is not TensorRT
+    assert gpu_check.tensorrt_include() != include  # a folder without NvInfer.h is not TensorRT
     (include / "NvInfer.h").write_text("")
+    assert gpu_check.tensorrt_include() == include  # $TensorRT_ROOT comes before any other place
     configure = gpu_check.build_commands(tmp_path / "out", {"gpu": {"compute_capability": "9.0"}})[0]
     assert f"-DTensorRT_INCLUDE_DIR={include}" in configure and "-DVOSRT_CUDA_ARCHS=90-real" in configure
