@@ -313,6 +313,8 @@ def has_plugin_nodes(path: str | os.PathLike) -> bool:
 
     The file is searched for the domain's name rather than parsed: a graph imports the domain only when
     a node uses it, and parsing a large graph leaves its size in freed but unreturned memory."""
+    if os.path.getsize(path) == 0:  # not a graph at all; opening it will say so
+        return False
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
         return data.find(PLUGIN_DOMAIN.encode()) >= 0
 
