@@ -65,8 +65,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
         raise UserError(f"{path} is not a PyTorch checkpoint that can be read safely: {err}") from None
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         return dict(payload["config"]), _strip_prefix(payload["state_dict"])
-    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
-        payload = payload["state_dict"]  # training scripts often wrap the weights
+    for wrapper in ("state_dict", "model"):  # training scripts often wrap the weights (STEm-Seg: "model")
+        if isinstance(payload, dict) and isinstance(payload.get(wrapper), dict):
+            payload = payload[wrapper]
+            break
     if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
         state_dict = _strip_prefix(payload)
         for family in families.all_families():
