@@ -25,10 +25,17 @@ def davis_palette() -> np.ndarray:
 
 
 def write_label_png(path: str | Path, labels: np.ndarray) -> None:
-    """Write a ``[H, W]`` uint8 label map as a palette PNG (pixel value = object id)."""
+    """Write a ``[H, W]`` label map as a palette PNG (pixel value = object id). Track ids above 255 (wide
+    label dtypes, e.g. instance tracks) are written as a 16-bit grey-scale PNG instead, up to 65535."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise UserError(f"label map for {path}: expected a [H, W] array, got shape {labels.shape}")
+    if np.issubdtype(labels.dtype, np.integer) and labels.size and labels.max() > 255:
+        if labels.min() < 0 or labels.max() > 65535:
+            raise UserError(f"label map for {path}: ids must be in 0..65535, got {labels.min()}..{labels.max()}")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(labels.astype(np.uint16)).save(str(path))
+        return
     if labels.dtype != np.uint8:
         if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() > 255:
             raise UserError(f"label map for {path}: expected integer ids in 0..255, got dtype {labels.dtype}")
@@ -41,7 +48,8 @@ def write_label_png(path: str | Path, labels: np.ndarray) -> None:
 
 def read_label_png(path: str | Path) -> np.ndarray:
     """Read a label map. A palette PNG gives its indices (the object ids) exactly; a grey-scale PNG its
-    values; an RGB PNG is rejected, because colours cannot be turned back into ids unambiguously."""
+    values (uint16 when a 16-bit PNG holds ids above 255); an RGB PNG is rejected, because colours cannot
+    be turned back into ids unambiguously."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"mask file not found: {path}")
@@ -49,7 +57,8 @@ def read_label_png(path: str | Path) -> np.ndarray:
         if image.mode == "P" or image.mode == "L":
             return np.array(image, dtype=np.uint8)
         if image.mode in ("1", "I", "I;16"):
-            return np.array(image).astype(np.uint8)
+            values = np.array(image)
+            return values.astype(np.uint16 if values.size and values.max() > 255 else np.uint8)
         raise UserError(
             f"mask {path}: expected a palette (P) or grey-scale (L) PNG of object ids, got mode {image.mode}; "
             "save masks as DAVIS-style palette PNGs")

@@ -183,7 +183,9 @@ def overlay(frame: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.nda
     colours = davis_palette()[:, ::-1]                                   # RGB palette -> BGR
     out = frame.copy()
     objects = labels > 0
-    blend = frame[objects].astype(np.float32) * (1 - alpha) + colours[labels[objects]].astype(np.float32) * alpha
+    ids = labels[objects].astype(np.int64)
+    ids = (ids - 1) % 255 + 1                                             # track ids beyond 255 cycle the palette
+    blend = frame[objects].astype(np.float32) * (1 - alpha) + colours[ids].astype(np.float32) * alpha
     out[objects] = np.clip(blend, 0, 255).astype(np.uint8)
     return out
 
@@ -231,7 +233,8 @@ class OverlayVideoSink:
             self.size = frame.shape[:2]
         if frame.shape[:2] != self.size:  # a video has one size; later frames of another size are fitted
             frame = cv2.resize(frame, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
-            labels = cv2.resize(labels, (self.size[1], self.size[0]), interpolation=cv2.INTER_NEAREST)
+            labels = cv2.resize(labels.astype(np.float32), (self.size[1], self.size[0]),
+                                interpolation=cv2.INTER_NEAREST).astype(labels.dtype)  # float32: ids exact to 2^24
         self.writer.write(overlay(frame, labels, self.alpha))
         self.written += 1
 
