@@ -2,6 +2,7 @@
 
     vosrt demo                       # stcn-lite: track the objects given on the first frame
     vosrt demo --family 3dc-seg      # 3dc-seg-lite: segment the moving objects, no mask given
+    vosrt demo --family stem-seg --package PKG   # find and track every object instance, no mask given
                                      # (any family of vosrt.sdk.families with a shipped demo model)
     vosrt demo --heldout 20          # J&F over 20 held-out generated clips, and the copy-first-mask baseline
 
@@ -65,12 +66,18 @@ def segment_sequence(session, frames: list[np.ndarray], first_labels: np.ndarray
 
 
 def score(family: str, predicted: list[np.ndarray], truth: list[np.ndarray], name: str):
-    """ObjectScores of one clip: per object for families given masks (DAVIS semi-supervised protocol),
-    the foreground for the others (unsupervised protocol, every frame scored)."""
+    """ObjectScores of one clip: per object for families given masks (DAVIS semi-supervised protocol);
+    for families whose sessions emit track ids (a label dtype wider than uint8: instance segmentation),
+    the DAVIS unsupervised instance protocol (proposals matched to objects); the foreground for the
+    others (every frame scored)."""
     from vosrt.sdk import metrics
 
-    if families.get(family).takes_mask:
+    row = families.get(family)
+    if row.takes_mask:
         return metrics.evaluate_sequence(predicted, truth, name=name)
+    if np.dtype(row.session_class().label_dtype).itemsize > 1:
+        from vosrt.sdk.instance_metrics import evaluate_unsupervised_sequence
+        return evaluate_unsupervised_sequence(predicted, truth, name=name)
     return metrics.evaluate_sequence([(p > 0).astype(np.uint8) for p in predicted],
                                      [(t > 0).astype(np.uint8) for t in truth], name=name, skip_first_last=False)
 
@@ -134,6 +141,8 @@ def run(args) -> int:
 
     takes_mask = families.get(args.family).takes_mask
     task = "tracking the 3 objects given on frame 0" if takes_mask else "segmenting the moving objects"
+    if np.dtype(families.get(args.family).session_class().label_dtype).itemsize > 1:
+        task = "finding and tracking the object instances"
     print(f"{name}: {task} in a generated {len(seq)}-frame clip ({clip['height']}×{clip['width']}, seed {args.seed}), "
           f"ONNX Runtime CPU")
     print(f"  J&F {result['J&F']:.3f}  (J {result['J']:.3f}, F {result['F']:.3f})")

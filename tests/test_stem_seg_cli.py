@@ -99,3 +99,11 @@ def test_eval_vis_with_a_bad_file_is_a_user_error(tmp_path, capsys):
     (tmp_path / "gt.json").write_text("{not json")
     assert main(["eval", "--task", "vis", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "gt.json")]) == 2
     assert "--gt" in capsys.readouterr().err
+
+
+def test_demo_runs_a_stem_seg_package_and_scores_instances(colour_package, tmp_path, capsys):
+    assert main(["demo", "--family", "stem-seg", "--package", str(colour_package), "--frames", "10",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "instances" in out and "J&F" in out
+    assert len(list((tmp_path / "masks").glob("*.png"))) == 10 and (tmp_path / "overlay.mp4").is_file()
