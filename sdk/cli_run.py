@@ -2,7 +2,7 @@
 
 STCN packages need the first frame's mask: ``--mask PNG`` (a palette PNG of object ids at the frame's
 size), or the first annotation of a DAVIS sequence source. 3DC-Seg and STEm-Seg packages take no mask
-(STEm-Seg PNGs hold track ids: palette PNGs while ids fit 0..255, 16-bit grey-scale PNGs beyond). Results go
+(STEm-Seg PNGs hold track ids, kept exact beyond 255 as :mod:`vosrt.sdk.masks` describes). Results go
 to ``--out DIR`` (one palette PNG per frame, named after the source's frames) and/or ``--video OUT``
 (the frames with the masks blended in). A source that stops early ends the run cleanly with what was
 written so far.
