@@ -8,7 +8,8 @@ from vosrt.cli import main
 from vosrt.sdk.masks import read_label_png
 from vosrt.sdk.synthetic import generate_sequence, write_video
 from vosrt.training.models import build_model, save_checkpoint
-from vosrt.training.stem_seg_step import GeneratedInstanceClips, StemSegTrainStep, embedding_losses
+from vosrt.training.data.instance_clips import GeneratedInstanceClips
+from vosrt.training.stem_seg_step import StemSegTrainStep, embedding_losses
 
 
 def crafted(separated: bool):
@@ -88,3 +89,25 @@ def test_a_few_steps_of_the_d2conv3d_lite_model_lower_the_loss_and_its_checkpoin
                  "--no-progress"]) == 0
     pngs = sorted((tmp_path / "masks").glob("*.png"))
     assert len(pngs) == 11 and read_label_png(pngs[0]).shape == (80, 80)
+
+
+TINY = dict(d2conv_heads=[], clip_length=4, fpn_channels=16, head_channels=[16, 16, 16, 8],
+            semseg_channels=[16, 16, 16, 8], norm_groups=4)
+
+
+def test_vosrt_train_stem_seg_on_generated_clips_resumes_and_validates(tmp_path):
+    from vosrt.sdk.synthetic import generate_dataset
+    from vosrt.training.train import default_config, train
+
+    generate_dataset(tmp_path / "val", 1, seed=7, num_frames=6, height=80, width=80)
+    config = default_config("stem-seg-lite", model_overrides=TINY, clip_length=4, size=[80, 80], batch_size=1,
+                            iterations=2, num_workers=0, val_videos=1, val_size=[80, 80], samples_per_epoch=4,
+                            clip_overlap=2, min_seediness=0.3, save_every=1, seed=0)
+    summary = train(["generated"], tmp_path / "run", config, val_data=tmp_path / "val", progress=False)
+    assert summary["step"] == 2 and summary["logs"]["instances"] >= 1
+    assert set(summary["validation"]) == {"J", "F", "J&F"} and 0.0 <= summary["validation"]["J&F"] <= 1.0
+    saved = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    assert saved["config"]["model"] == "stem-seg-lite"
+    assert main(["train", "stem-seg", "--model", "stem-seg-lite", "--data", "generated", "--out",
+                 str(tmp_path / "run"), "--resume", "--iterations", "3", "--workers", "0", "--no-progress"]) == 0
+    assert torch.load(tmp_path / "run" / "last.pth", weights_only=True)["step"] == 3

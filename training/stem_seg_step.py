@@ -1,5 +1,4 @@
-"""The STEm-Seg training step and its losses (Athar et al., ECCV 2020, Sec. 3.3), and generated
-multi-instance clips to train on.
+"""The STEm-Seg training step and its losses (Athar et al., ECCV 2020, Sec. 3.3).
 
 For every instance n of a clip, with pixels P_n over all its frames (at the network's 1/4 resolution):
 
@@ -23,13 +22,10 @@ wires it into ``vosrt train`` is ``vosrt.training.recipes.stem_seg``.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vosrt.sdk.synthetic import generate_sequence, sequence_seed
-from vosrt.training.data.sampling import SeededDataset, images_to_tensor
 from vosrt.training.losses import lovasz_hinge
 
 WEIGHTS = {"lovasz": 1.0, "smoothness": 10.0, "seediness": 1.0, "semseg": 1.0, "foreground": 1.0}
@@ -123,40 +119,3 @@ class StemSegTrainStep(nn.Module):
             preview = (small * torch.arange(1, small.shape[1] + 1, device=small.device).view(1, -1, 1, 1, 1)).amax(1)
             preview = torch.where(out["seediness"][:, 0] > 0.5, preview, torch.zeros_like(preview)).long()
         return loss, logs, preview
-
-
-class GeneratedInstanceClips(SeededDataset):
-    """Multi-instance clips generated on the fly (:mod:`vosrt.sdk.synthetic`), a fresh clip per sample:
-    ``images`` ``[3, L, H, W]`` in [0, 1], ``masks`` ``[max_instances, L, H, W]`` (one slot per labelled
-    object, empty slots zero), ``categories`` ``[max_instances]`` (1 per object: one category), video name.
-    Distractors are drawn too: unlabelled shapes the model must leave as background."""
-
-    def __init__(self, clip_length: int = 8, size: tuple[int, int] = (96, 128), max_instances: int = 3,
-                 samples_per_epoch: int = 1000, seed: int = 0):
-        self.clip_length = int(clip_length)
-        self.size = tuple(size)
-        self.max_instances = int(max_instances)
-        self.samples_per_epoch = int(samples_per_epoch)
-        self.seed = int(seed)
-
-    def clip_seed(self, index: int) -> int:
-        """Seed of the clip behind sample ``index`` of the current epoch."""
-        return sequence_seed(self.seed, self.epoch * self.samples_per_epoch + int(index))
-
-    def __len__(self) -> int:
-        return self.samples_per_epoch
-
-    def __getitem__(self, index: int) -> dict:
-        rng = self.rng(index)
-        count = int(rng.integers(1, self.max_instances + 1))
-        clip = generate_sequence(self.clip_seed(index), num_frames=self.clip_length, height=self.size[0],
-                                 width=self.size[1], num_objects=count)
-        labels = np.stack(clip.labels)                                          # [L, H, W]
-        masks = np.zeros((self.max_instances, *labels.shape), np.float32)
-        categories = np.zeros(self.max_instances, np.int64)
-        for slot, obj in enumerate(clip.object_ids[:self.max_instances]):
-            masks[slot] = labels == obj
-            categories[slot] = 1
-        images = images_to_tensor(clip.frames).transpose(0, 1).contiguous()     # [3, L, H, W]
-        return {"images": images, "masks": torch.from_numpy(masks), "categories": torch.from_numpy(categories),
-                "video": f"generated-{self.clip_seed(index)}"}
