@@ -91,16 +91,21 @@ class StemSegTrainStep(nn.Module):
         self.weights = {**WEIGHTS, **(weights or {})}
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor, categories: torch.Tensor | None = None,
-                step: int = 0):
+                ignore: torch.Tensor | None = None, step: int = 0):
         """images ``[B, 3, L, H, W]`` in [0, 1]; masks ``[B, I, L, H, W]`` 0/1 per instance slot;
-        categories ``[B, I]`` (category per slot, needed with a category head)."""
+        categories ``[B, I]`` (category per slot, needed with a category head); ignore ``[B, L, H, W]``
+        bool (background not to score)."""
         mean = images.new_tensor(self.model.input_mean).view(1, 3, 1, 1, 1)
         std = images.new_tensor(self.model.input_std).view(1, 3, 1, 1, 1)
         out = self.model((images - mean) / std)
         embeddings = out["embeddings"].float()
         small = downsample_masks(masks, embeddings.shape[-2:])
         free = self.model.embedding_loss_criterion.free_dim_bandwidths
-        parts = embedding_losses(embeddings, out["log_variances"].float(), out["seediness"].float(), small, free)
+        small_ignore = None
+        if ignore is not None:
+            small_ignore = downsample_masks(ignore[:, None].float(), embeddings.shape[-2:])[:, 0] > 0.5
+        parts = embedding_losses(embeddings, out["log_variances"].float(), out["seediness"].float(), small, free,
+                                 small_ignore)
         w = self.weights
         loss = w["lovasz"] * parts["lovasz"] + w["smoothness"] * parts["smoothness"] + w["seediness"] * parts["seediness"]
         logs = {k: float(v.detach()) for k, v in parts.items() if k != "instances"}

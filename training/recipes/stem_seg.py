@@ -6,18 +6,22 @@ seediness 1 (:mod:`vosrt.training.stem_seg_step`). The public code optimises wit
 momentum); the generic loop here uses Adam, so the default learning rate is Adam's usual 1e-4 instead.
 The ResNet's batch norm is frozen (its statistics are buffers), the decoders use GroupNorm.
 
-Data: ``--data generated`` trains on multi-instance clips generated on the fly; otherwise DAVIS-layout
-folders whose annotations hold instance ids (DAVIS 2017/2019 unsupervised). Validation streams the
+Data: ``--data generated`` trains on multi-instance clips generated on the fly; ``--data FILE.json`` on a
+YouTube-VIS 2019/2021 or OVIS annotation file (images beside it); ``--data ROOT`` on KITTI-MOTS when ROOT
+holds ``instances/`` or ``instances_txt/``; otherwise DAVIS-layout folders whose annotations hold
+instance ids (DAVIS 2017/2019 unsupervised). Category models (``num_classes`` in ``model_overrides``)
+learn the datasets' category ids. Validation streams the
 videos through the InstanceSegmenter and scores them by the DAVIS unsupervised protocol.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from vosrt.training.data.instance_clips import FolderInstanceClips, GeneratedInstanceClips
+from vosrt.training.data.instance_clips import FolderInstanceClips, GeneratedInstanceClips, KittiMOTSClips, VISJsonClips
 from vosrt.training.models.stem_seg import FAMILY
 from vosrt.training.recipes import Recipe
 from vosrt.training.recipes.stcn import GENERATED, _folders
@@ -51,14 +55,21 @@ class StemSegRecipe(Recipe):
         if [str(d) for d in data] == [GENERATED]:
             return GeneratedInstanceClips(clip_length=o.clip_length, size=size, max_instances=min(o.max_instances, 3),
                                           samples_per_epoch=o.samples_per_epoch, seed=config.seed)
-        return FolderInstanceClips(_folders(data), size=size, clip_length=o.clip_length, max_window=o.max_window,
-                                   max_instances=o.max_instances, repeat=config.repeat, seed=config.seed)
+        common = dict(size=size, clip_length=o.clip_length, max_window=o.max_window, max_instances=o.max_instances,
+                      repeat=config.repeat, seed=config.seed)
+        sources = [Path(d) for d in data]
+        if len(sources) == 1 and sources[0].suffix == ".json":
+            return VISJsonClips(sources[0], **common)                       # YouTube-VIS 2019/2021, OVIS
+        if len(sources) == 1 and ((sources[0] / "instances").is_dir() or (sources[0] / "instances_txt").is_dir()):
+            return KittiMOTSClips(sources[0], **common)
+        return FolderInstanceClips(_folders(data), **common)
 
     def step_module(self, model, config):
         return StemSegTrainStep(model, config.options.weights)
 
     def run_step(self, module, batch, step, device):
-        return module(batch["images"].to(device), batch["masks"].to(device), batch["categories"].to(device), step)
+        return module(batch["images"].to(device), batch["masks"].to(device), batch["categories"].to(device),
+                      batch["ignore"].to(device), step=step)
 
     def overlay_rows(self, batch, predicted):
         images = batch["images"][0].permute(1, 2, 3, 0).numpy()          # [L, H, W, 3]
