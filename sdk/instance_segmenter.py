@@ -59,7 +59,8 @@ class InstanceSegmenter(ClipSession):
     Settings (defaults from the package manifest): ``overlap`` (frames shared by consecutive clips,
     0 .. L−1), ``min_seediness`` (a seed below it ends the clustering), ``foreground_threshold`` (pixels
     whose foreground probability is above it are clustered), ``max_instances`` (per clip),
-    ``link_iou`` (least IoU on the shared frames for an instance to continue a track).
+    ``link_iou`` (least IoU on the shared frames for an instance to continue a track). Linking needs
+    shared frames: with ``overlap=0`` every clip starts new tracks.
     """
 
     label_dtype = np.uint32
