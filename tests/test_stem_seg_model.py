@@ -31,6 +31,8 @@ def random_state_dict(shapes: dict, seed: int = 0) -> dict:
     state = {}
     for name, shape in shapes.items():
         value = torch.randn(shape, generator=generator) * 0.05
+        if name.endswith("free_dim_bandwidths"):
+            value = torch.full(shape, 1 / 0.3 ** 2)           # the published models' free-dimension std 0.3
         state[name] = value.abs() + 0.5 if name.endswith("running_var") else value
     return state
 
@@ -160,3 +162,14 @@ def test_lite_checkpoint_round_trip(tmp_path, lite):
 
 
 LITE_PARAMETERS = 1_199_406
+
+
+def test_published_youtube_vis_checkpoint_loads_with_its_configuration_read_off_the_weights(tmp_path):
+    published = random_state_dict(published_shapes(YTVIS_TSV), seed=1)
+    torch.save({"model": published}, tmp_path / "ytvis.pth")
+    config, _ = read_checkpoint(tmp_path / "ytvis.pth")
+    assert config == {"model": "stem-seg", **YTVIS}
+    model, _ = load_checkpoint(tmp_path / "ytvis.pth")
+    assert model.semseg_head is not None and model.seediness_head is None
+    assert torch.equal(model.state_dict()["semseg_head.block_16x.4.deform_conv.weight"],
+                       published["semseg_head.block_16x.4.weight"])

@@ -74,8 +74,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
         for family in families.all_families():
             if family.model_module is None:
                 continue
-            if importlib.import_module(family.model_module).matches_state_dict(state_dict):
-                return {"model": family.full_model}, state_dict
+            module = importlib.import_module(family.model_module)
+            if module.matches_state_dict(state_dict):
+                # a family whose published checkpoints come in several configurations reads it off the weights
+                overrides = module.config_from_state_dict(state_dict) if hasattr(module, "config_from_state_dict") else {}
+                return {"model": family.full_model, **overrides}, state_dict
         sample = ", ".join(list(state_dict)[:5])
         raise UserError(f"{path}: a state_dict of no known model (first keys: {sample}); "
                         f"expected a checkpoint of one of the families {', '.join(families.names())}")

@@ -453,6 +453,28 @@ def matches_state_dict(state_dict: dict) -> bool:
             and "embedding_head.conv_embedding.weight" in state_dict)
 
 
+def config_from_state_dict(state_dict: dict) -> dict:
+    """The config overrides a published STEm-Seg state_dict needs (its heads, widths and embedding mode
+    differ between the DAVIS, YouTube-VIS and KITTI-MOTS models); empty for the default configuration."""
+    def width(head, block):
+        key = next((k for k in (f"{head}.{block}.0.weight", f"{head}.{block}.0.deform_conv.weight") if k in state_dict))
+        return int(state_dict[key].shape[0])
+
+    blocks = ("block_32x", "block_16x", "block_8x", "block_4x")
+    dims = int(state_dict["embedding_head.conv_embedding.weight"].shape[0])
+    free = dims - int(state_dict["embedding_head.conv_variance.weight"].shape[0])
+    mode = next(m for m, (d, f) in _EMBEDDING_MODES.items() if (d, f) == (dims, free) and m.startswith("xy"))
+    bandwidths = state_dict.get("embedding_loss_criterion.free_dim_bandwidths")
+    found = {"head_channels": tuple(width("embedding_head", b) for b in blocks), "embedding_mode": mode,
+             "free_dim_stds": tuple(round(float(b) ** -0.5, 6) for b in bandwidths.flatten()) if free else (),
+             "seediness_head": any(k.startswith("seediness_head.") for k in state_dict), "num_classes": 0}
+    if "semseg_head.conv_out.weight" in state_dict:
+        found["num_classes"] = int(state_dict["semseg_head.conv_out.weight"].shape[0]) - 1
+        found["semseg_channels"] = tuple(width("semseg_head", b) for b in blocks)
+    defaults = asdict(VARIANTS[FAMILY])
+    return {k: v for k, v in found.items() if defaults[k] != v}
+
+
 def package_graphs(model: StemSeg, top_k: int = 20) -> dict:
     """The graph of a STEm-Seg package (``vosrt.training.graphs.graphs_for``): ``embed_clip``
     (``top_k`` is unused: the family has no memory read)."""
