@@ -2,6 +2,7 @@
 
     vosrt demo                       # stcn-lite: track the objects given on the first frame
     vosrt demo --family 3dc-seg      # 3dc-seg-lite: segment the moving objects, no mask given
+    vosrt demo --family stem-seg --package PKG   # find and track every object instance, no mask given
                                      # (any family of vosrt.sdk.families with a shipped demo model)
     vosrt demo --heldout 20          # J&F over 20 held-out generated clips, and the copy-first-mask baseline
 
@@ -130,6 +131,8 @@ def run(args) -> int:
 
     takes_mask = families.get(args.family).takes_mask
     task = "tracking the 3 objects given on frame 0" if takes_mask else "segmenting the moving objects"
+    if np.dtype(families.get(args.family).session_class().label_dtype).itemsize > 1:
+        task = "finding and tracking the object instances"
     print(f"{name}: {task} in a generated {len(seq)}-frame clip ({clip['height']}×{clip['width']}, seed {args.seed}), "
           f"ONNX Runtime CPU")
     print(f"  J&F {result['J&F']:.3f}  (J {result['J']:.3f}, F {result['F']:.3f})")

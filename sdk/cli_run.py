@@ -1,7 +1,8 @@
 """``vosrt run PKG --source SRC``: stream a camera, video, URL or folder through a model package.
 
 STCN packages need the first frame's mask: ``--mask PNG`` (a palette PNG of object ids at the frame's
-size), or the first annotation of a DAVIS sequence source. 3DC-Seg packages take no mask. Results go
+size), or the first annotation of a DAVIS sequence source. 3DC-Seg and STEm-Seg packages take no mask
+(STEm-Seg PNGs hold track ids, kept exact beyond 255 as :mod:`vosrt.sdk.masks` describes). Results go
 to ``--out DIR`` (one palette PNG per frame, named after the source's frames) and/or ``--video OUT``
 (the frames with the masks blended in). A source that stops early ends the run cleanly with what was
 written so far.
@@ -28,7 +29,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mem-every", type=int, default=None, help="stcn: memory frame every N frames")
     parser.add_argument("--top-k", type=int, default=None, help="stcn: top-k of the memory read")
     parser.add_argument("--memory-capacity", type=int, default=None, help="stcn: memory bank size in frames")
-    parser.add_argument("--overlap", type=int, default=None, help="3dc-seg: clip overlap in frames (3; 7 = dense)")
+    parser.add_argument("--overlap", type=int, default=None, help="clip families: clip overlap in frames (3dc-seg 3, stem-seg 4; L-1 = dense)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

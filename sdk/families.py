@@ -192,3 +192,23 @@ register(Family(
     model_module="vosrt.training.models.c3dseg",
     recipe_module="vosrt.training.recipes.c3dseg",
 ))
+
+register(Family(
+    name="stem-seg",
+    task="video instance segmentation: every object instance found, segmented and tracked, no mask given",
+    graphs={"embed_clip": GraphIO({"clip": IMAGE},
+                                  ("embeddings", "bandwidths", "seediness", "foreground", "categories"))},
+    # overlap 4 of 8 as the public code's YouTube-VIS / KITTI-MOTS inference; the clustering thresholds
+    # are the public code's defaults (see vosrt.sdk.instances).
+    streaming={"clip_length": 8, "overlap": 4, "min_seediness": 0.8, "foreground_threshold": 0.25,
+               "max_instances": 20},
+    settings=("overlap", "min_seediness", "foreground_threshold", "max_instances", "link_iou", "color"),
+    session="vosrt.sdk.instance_segmenter:InstanceSegmenter",
+    models=("stem-seg", "stem-seg-lite"),
+    takes_mask=False,
+    in_graph=("normalization", "coordinates", "bandwidth_exp", "sigmoid", "softmax"),
+    layout="NCTHW",
+    demo_model="stem-seg-lite",
+    model_module="vosrt.training.models.stem_seg",
+    recipe_module="vosrt.training.recipes.stem_seg",
+))

@@ -65,15 +65,20 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
         raise UserError(f"{path} is not a PyTorch checkpoint that can be read safely: {err}") from None
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         return dict(payload["config"]), _strip_prefix(payload["state_dict"])
-    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
-        payload = payload["state_dict"]  # training scripts often wrap the weights
+    for wrapper in ("state_dict", "model"):  # training scripts often wrap the weights (STEm-Seg: "model")
+        if isinstance(payload, dict) and isinstance(payload.get(wrapper), dict):
+            payload = payload[wrapper]
+            break
     if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
         state_dict = _strip_prefix(payload)
         for family in families.all_families():
             if family.model_module is None:
                 continue
-            if importlib.import_module(family.model_module).matches_state_dict(state_dict):
-                return {"model": family.full_model}, state_dict
+            module = importlib.import_module(family.model_module)
+            if module.matches_state_dict(state_dict):
+                # a family whose published checkpoints come in several configurations reads it off the weights
+                overrides = module.config_from_state_dict(state_dict) if hasattr(module, "config_from_state_dict") else {}
+                return {"model": family.full_model, **overrides}, state_dict
         sample = ", ".join(list(state_dict)[:5])
         raise UserError(f"{path}: a state_dict of no known model (first keys: {sample}); "
                         f"expected a checkpoint of one of the families {', '.join(families.names())}")
