@@ -28,11 +28,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mem-every", type=int, default=None, help="stcn: memory frame every N frames")
     parser.add_argument("--top-k", type=int, default=None, help="stcn: top-k of the memory read")
     parser.add_argument("--memory-capacity", type=int, default=None, help="stcn: memory bank size in frames")
+    parser.add_argument("--max-objects", type=int, default=None,
+                        help="stcn: most objects tracked at once (default: the package's, 32)")
     parser.add_argument("--overlap", type=int, default=None, help="3dc-seg: clip overlap in frames (3; 7 = dense)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-SETTINGS = ("mem_every", "top_k", "memory_capacity", "overlap")  # session settings with flags above
+SETTINGS = ("mem_every", "top_k", "memory_capacity", "max_objects", "overlap")  # session settings with flags above
 
 
 def _session_options(args, family) -> dict:

@@ -50,6 +50,8 @@ class Backend(ABC):
 
     name: ClassVar[str] = "abstract"
     device: str = "cpu"
+    # Most objects the graphs accept at once (an engine's optimisation profile); None: no limit.
+    max_objects: int | None = None
 
     # ----------------------------------------------------------------------------- graphs
     @abstractmethod

@@ -338,6 +338,7 @@ class TensorRTBackend(Backend):
         self._graphs: dict[str, _Graph] = {}
         self._own_stream = None
         self.precision, build = select_build(package, precision)
+        self.max_objects = build.get("max_objects")
         self.plugin_library = find_plugin_library(plugin_lib, build.get("plugin_library"))
         trt = import_tensorrt()
         rt = cudart()
