@@ -77,12 +77,33 @@ class Package:
                    streaming={**row.streaming, **(streaming or {})})
 
 
+SHIPPED_DIR = Path(__file__).resolve().parent / "models"
+
+
+def shipped_packages() -> list[str]:
+    """Names of the model packages installed with vosrt (``vosrt.sdk.load("stcn-lite")`` opens one)."""
+    if not SHIPPED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "manifest.json").is_file())
+
+
+def resolve(path: str | Path) -> Path:
+    """The folder ``path`` names: an existing path as given, else the shipped package of that name
+    (a bare name such as ``stcn-lite``). UserError listing the shipped names when neither exists."""
+    given = Path(path)
+    if given.exists():
+        return given
+    if len(given.parts) == 1 and (SHIPPED_DIR / given.name / "manifest.json").is_file():
+        return SHIPPED_DIR / given.name
+    shipped = ", ".join(shipped_packages()) or "none"
+    raise UserError(f"model package not found: {path} (not a folder; shipped packages: {shipped})")
+
+
 def read_manifest(path: str | Path) -> tuple[Path, dict]:
-    """(package folder, manifest dict) of the package at ``path`` (its folder or its manifest.json),
-    with a UserError saying what to do when it is missing or unreadable."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"model package not found: {path}")
+    """(package folder, manifest dict) of the package at ``path`` (its folder, its manifest.json or
+    the name of a shipped package), with a UserError saying what to do when it is missing or
+    unreadable."""
+    path = resolve(path)
     if path.is_file() and path.name == "manifest.json":
         path = path.parent
     if not path.is_dir():
