@@ -3,8 +3,10 @@
 STCN packages need the first frame's mask: ``--mask PNG`` (a palette PNG of object ids at the frame's
 size), or the first annotation of a DAVIS sequence source. 3DC-Seg packages take no mask. Results go
 to ``--out DIR`` (one palette PNG per frame, named after the source's frames) and/or ``--video OUT``
-(the frames with the masks blended in). A source that stops early ends the run cleanly with what was
-written so far.
+(the frames with the masks blended in). A source that stops early (a camera unplugged, a truncated
+video) ends the run with what was written so far, a warning and exit code 1; an unreadable image of a
+folder is skipped with a warning. Ctrl-C, SIGTERM and SIGHUP stop the run with its files finished
+(exit code 128 + signal).
 """
 from __future__ import annotations
 
@@ -96,6 +98,11 @@ def run(args) -> int:
     done = stats.frames
     print(f"{done} frames in {stats.seconds:.2f} s ({done / max(stats.seconds, 1e-9):.1f} FPS)"
           + (f"; PNGs in {args.out}" if args.out else "") + (f"; video {args.video}" if args.video else ""))
+    skipped = getattr(source, "skipped", [])
+    if skipped:
+        print(f"warning: {len(skipped)} unreadable image(s) skipped: {', '.join(p.name for p in skipped[:5])}"
+              f"{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
     if source.stopped_early:
         print(f"warning: {source.problem}; the {done} frames before it were kept", file=sys.stderr)
+        return 1
     return 0

@@ -35,14 +35,17 @@ def test_davis_sequence_folder_names_frames_and_offers_the_first_annotation(sequ
         assert len(list(source)) == len(sequence)
 
 
-def test_image_folder_stops_cleanly_at_an_unreadable_image(sequence, tmp_path):
+def test_image_folder_skips_an_unreadable_image_and_goes_on(sequence, tmp_path, capsys):
     for i, frame in enumerate(sequence.frames):
         cv2.imwrite(str(tmp_path / f"f{i:03d}.png"), frame)
     (tmp_path / "f003.png").write_bytes(b"not an image")
     source = open_source(tmp_path)
     assert source.kind == "folder" and source.first_mask() is None
-    assert len(list(source)) == 3
-    assert source.stopped_early and "f003.png" in source.problem
+    frames = list(source)
+    assert len(frames) == len(sequence) - 1
+    assert [source.frame_name(i) for i in range(2, 5)] == ["f002", "f004", "f005"]   # names follow the files
+    assert not source.stopped_early and [p.name for p in source.skipped] == ["f003.png"]
+    assert "f003.png" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("spec, message", [("99", "camera 99"), ("rtsp://127.0.0.1:9/x", "stream"),
