@@ -69,6 +69,11 @@ class Backend(ABC):
         """Names of ``graph``'s inputs. Optional inputs such as ``top_k`` may be absent."""
         raise NotImplementedError
 
+    def input_shape(self, graph: str, name: str) -> tuple | None:
+        """Shape of input ``name`` of ``graph`` as the graph declares it (ints, or strings for dynamic
+        axes), or None where the backend cannot tell. Sessions check image sizes with it at open."""
+        return None
+
     # ----------------------------------------------------------------------------- data
     @abstractmethod
     def upload(self, array: np.ndarray) -> Tensor:

@@ -339,7 +339,12 @@ class TensorRTBackend(Backend):
         self._own_stream = None
         self.precision, build = select_build(package, precision)
         self.max_objects = build.get("max_objects")
-        self.plugin_library = find_plugin_library(plugin_lib, build.get("plugin_library"))
+        # Native code is loaded only from a path the caller names or from inside the package: a library
+        # path a manifest records elsewhere is not followed.
+        recorded = build.get("plugin_library")
+        if recorded and not (package.path / str(recorded)).resolve().is_relative_to(package.path):
+            recorded = None
+        self.plugin_library = find_plugin_library(plugin_lib, recorded)
         trt = import_tensorrt()
         rt = cudart()
         check_engine_compatibility(build, trt.__version__, current_gpu(), package.path)
