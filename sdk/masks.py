@@ -48,8 +48,13 @@ def read_label_png(path: str | Path) -> np.ndarray:
     with Image.open(path) as image:
         if image.mode == "P" or image.mode == "L":
             return np.array(image, dtype=np.uint8)
-        if image.mode in ("1", "I", "I;16"):
-            return np.array(image).astype(np.uint8)
+        if image.mode in ("1", "I", "I;16", "I;16B", "I;16L"):
+            ids = np.array(image)
+            if ids.size and (ids.min() < 0 or ids.max() > 255):
+                # uint8 would wrap them (258 -> 2) and silently merge objects.
+                raise UserError(f"mask {path}: object ids must be in 0..255, got {int(ids.min())}..{int(ids.max())} "
+                                f"(a {image.mode} PNG); renumber the objects to 1..255")
+            return ids.astype(np.uint8)
         raise UserError(
             f"mask {path}: expected a palette (P) or grey-scale (L) PNG of object ids, got mode {image.mode}; "
             "save masks as DAVIS-style palette PNGs")

@@ -94,3 +94,19 @@ def test_callback_sink_gets_index_frame_and_labels():
     sink = CallbackSink(lambda index, frame, labels: seen.append((index, frame.shape, int(labels.max()))))
     sink(3, "x", np.zeros((4, 4, 3), np.uint8), np.full((4, 4), 2, np.uint8))
     assert seen == [(3, (4, 4, 3), 2)]
+
+
+def test_a_16_bit_label_png_with_ids_above_255_is_refused(tmp_path):
+    from PIL import Image
+
+    from vosrt.sdk import UserError
+    from vosrt.sdk.masks import read_label_png
+
+    ids = np.zeros((8, 8), np.uint16)
+    ids[:4] = 258
+    Image.fromarray(ids).save(tmp_path / "wide.png")
+    with pytest.raises(UserError, match=r"0\.\.255, got 0\.\.258"):
+        read_label_png(tmp_path / "wide.png")
+    ids[:4] = 7                                                 # ids that fit are read exactly
+    Image.fromarray(ids).save(tmp_path / "narrow.png")
+    assert np.array_equal(read_label_png(tmp_path / "narrow.png"), ids.astype(np.uint8))
