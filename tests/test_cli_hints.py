@@ -61,6 +61,7 @@ def _trained_config(run):
     return torch.load(run / "last.pth", weights_only=True)["train_config"]
 
 
+@pytest.mark.slow
 def test_train_takes_a_model_name_and_the_older_family_plus_model_spelling(data_dir, tiny_train_config, tmp_path):
     common = ["--data", str(data_dir), "--config", str(tiny_train_config), "--no-progress"]
     assert main(["train", "stcn-lite", "--out", str(tmp_path / "new")] + common) == 0
@@ -69,6 +70,7 @@ def test_train_takes_a_model_name_and_the_older_family_plus_model_spelling(data_
     assert new == old and new["model"] == "stcn-lite"
 
 
+@pytest.mark.slow
 def test_train_without_config_on_cpu_warns_with_an_estimate_and_its_suggested_run_works(data_dir, tmp_path, capsys):
     from vosrt.training import cli_train
     from vosrt.training.train import default_config

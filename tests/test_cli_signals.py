@@ -32,7 +32,8 @@ def _frame_count(path) -> int:
     return count
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.slow),
+                                    pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_a_stop_signal_finishes_the_files_and_exits_128_plus_the_signal(long_video, tmp_path, signum):
     video, mask = long_video
     masks, overlay = tmp_path / "masks", tmp_path / "overlay.mp4"

@@ -109,6 +109,7 @@ def _rss_bytes():
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS read from /proc (Linux)")
 def test_3000_frames_run_in_constant_memory_with_capacity_8(stcn_package):
     sequence = generate_sequence(11, num_frames=30, height=32, width=32, num_objects=2, num_distractors=0)
