@@ -96,17 +96,45 @@ def test_callback_sink_gets_index_frame_and_labels():
     assert seen == [(3, (4, 4, 3), 2)]
 
 
-def test_a_16_bit_label_png_with_ids_above_255_is_refused(tmp_path):
+def test_a_16_bit_mask_with_id_258_is_read_exactly_and_refused_by_a_tracker(tmp_path):
+    # uint8 would wrap 258 to 2 and silently merge it with object 2; ids are read exactly, and an STCN
+    # session (ids 1..255) refuses it saying so.
     from PIL import Image
 
-    from vosrt.sdk import UserError
-    from vosrt.sdk.masks import read_label_png
+    import vosrt.sdk
+    from sdk_packages import tiny_package
 
-    ids = np.zeros((8, 8), np.uint16)
+    ids = np.zeros((32, 32), np.uint16)
     ids[:4] = 258
+    ids[8:12] = 2
     Image.fromarray(ids).save(tmp_path / "wide.png")
-    with pytest.raises(UserError, match=r"0\.\.255, got 0\.\.258"):
-        read_label_png(tmp_path / "wide.png")
-    ids[:4] = 7                                                 # ids that fit are read exactly
-    Image.fromarray(ids).save(tmp_path / "narrow.png")
-    assert np.array_equal(read_label_png(tmp_path / "narrow.png"), ids.astype(np.uint8))
+    mask = read_label_png(tmp_path / "wide.png")
+    assert mask.dtype == np.uint16 and set(np.unique(mask)) == {0, 2, 258}
+    tracker = vosrt.sdk.load(tiny_package("stcn"), threads=1)
+    with pytest.raises(UserError, match=r"0\.\.255.*0\.\.258"):
+        tracker.step(np.zeros((32, 32, 3), np.uint8), mask)
+    assert tracker.objects == []
+
+
+def test_label_pngs_keep_ids_beyond_255_exactly(tmp_path):
+    from PIL import Image
+
+    from vosrt.sdk.masks import label_colours, read_label_png, write_label_png
+
+    for top, dtype in ((200, np.uint8), (300, np.uint16), (65535, np.uint16), (70000, np.uint32),
+                       ((1 << 24) - 1, np.uint32)):
+        labels = np.zeros((6, 7), np.uint32)
+        labels[1:3, 2:5] = top
+        labels[4, 0] = 7
+        write_label_png(tmp_path / "m.png", labels)
+        back = read_label_png(tmp_path / "m.png")
+        assert back.dtype == dtype and np.array_equal(back, labels)
+    with pytest.raises(UserError, match="expected integer ids"):
+        write_label_png(tmp_path / "m.png", np.full((2, 2), 1 << 24, np.int64))
+    # an RGB picture that vosrt did not write is not read as ids
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8), "RGB").save(tmp_path / "rgb.png")
+    with pytest.raises(UserError, match="got mode RGB"):
+        read_label_png(tmp_path / "rgb.png")
+    colours = label_colours(np.array([1, 300, 301, 300]))
+    assert np.array_equal(colours[1], colours[3]) and not np.array_equal(colours[1], colours[2])
+    assert np.array_equal(colours[0], label_colours(np.array([1]))[0])
