@@ -165,10 +165,10 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
     if workspace_mb is not None and workspace_mb <= 0:
         raise UserError(f"--workspace must be a positive number of MiB, got {workspace_mb}")
-    trt = import_tensorrt()   # first: without TensorRT nothing below can help
     package = load_package(pkg)
     sources = _plugin_graphs(package)
     profiles = {g: profile_shapes(package, g, max_objects, max_memory_frames) for g in sources}
+    trt = import_tensorrt()   # before the plugin library: without TensorRT, building that cannot help
     library = find_plugin_library(plugin_lib)
     gpu = current_gpu()
 
