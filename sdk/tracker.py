@@ -52,7 +52,8 @@ class Tracker(Session):
     ``mem_every``, ``top_k``, ``memory_capacity`` and ``max_objects`` (objects tracked at once, 32)
     default to the package manifest's ``streaming`` values; on TensorRT engines ``max_objects`` is at
     most the engines' profile maximum (``vosrt build --max-objects``). ``color`` is the channel order
-    of the frames given to :meth:`step`. Speaks the session protocol (:mod:`vosrt.sdk.session`): :meth:`push` returns the frame at once (``latency`` 0).
+    of the frames given to :meth:`step`. Speaks the session protocol (:mod:`vosrt.sdk.session`):
+    :meth:`push` returns the frame at once (``latency`` 0).
     """
 
     latency = 0
