@@ -167,8 +167,8 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
         raise UserError(f"--workspace must be a positive number of MiB, got {workspace_mb}")
     package = load_package(pkg)
     sources = _plugin_graphs(package)
-    profiles = {g: profile_shapes(package, g, max_objects, max_memory_frames) for g in sources}
     trt = import_tensorrt()   # before the plugin library: without TensorRT, building that cannot help
+    profiles = {g: profile_shapes(package, g, max_objects, max_memory_frames) for g in sources}
     library = find_plugin_library(plugin_lib)
     gpu = current_gpu()
 
