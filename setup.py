@@ -27,6 +27,8 @@ packages, package_dir = _discover()
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"vosrt.sdk": ["models/*/*.json", "models/*/*.onnx", "models/*/*.data", "textures/*"]},
+    package_data={"vosrt.sdk": ["models/*/*.json", "models/*/*.onnx", "models/*/*.data", "models/*/*.pth",
+                               "textures/*"],
+                  "vosrt.training": ["configs/*.json"]},
     include_package_data=False,
 )

@@ -64,6 +64,8 @@ class Family:
     object masks (semi-supervised); otherwise they segment unsupervised and refuse masks.
     ``in_graph``: the steps the graphs compute (recorded in the manifest). ``layout``: the image input
     layout. ``model_module``/``recipe_module``: the training code (imported by training/export only).
+    ``cpu_reference``: a CPU-sized training config (under ``training/configs``) and the seconds per
+    step it was measured to take on 2 CPU cores, from which ``vosrt train`` estimates CPU runs.
     """
 
     name: str
@@ -80,6 +82,7 @@ class Family:
     default_resolution: tuple = (480, 864)
     model_module: str | None = None
     recipe_module: str | None = None
+    cpu_reference: tuple | None = None   # (training config file, measured CPU seconds per step)
 
     @property
     def graph_names(self) -> tuple:
@@ -166,8 +169,8 @@ register(Family(
                             "prob": {0: "objects_and_background"}},
                            portable_inputs={"top_k": "top_k"}),
     },
-    streaming={"mem_every": 5, "top_k": 20, "memory_capacity": 20},
-    settings=("mem_every", "top_k", "memory_capacity", "color"),
+    streaming={"mem_every": 5, "top_k": 20, "memory_capacity": 20, "max_objects": 32},
+    settings=("mem_every", "top_k", "memory_capacity", "color", "max_objects"),
     session="vosrt.sdk.tracker:Tracker",
     models=("stcn", "stcn-lite"),
     takes_mask=True,
@@ -175,6 +178,7 @@ register(Family(
     demo_model="stcn-lite",
     model_module="vosrt.training.models.stcn",
     recipe_module="vosrt.training.recipes.stcn",
+    cpu_reference=("stcn-lite-demo.json", 2347 / 3500),    # sdk/models/stcn-lite/training.json
 ))
 
 register(Family(
@@ -191,6 +195,7 @@ register(Family(
     demo_model="3dc-seg-lite",
     model_module="vosrt.training.models.c3dseg",
     recipe_module="vosrt.training.recipes.c3dseg",
+    cpu_reference=("3dc-seg-lite-demo.json", 900 / 400),   # 400 steps in 15 min (sdk/models/README.md)
 ))
 
 register(Family(
