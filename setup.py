@@ -27,6 +27,6 @@ packages, package_dir = _discover()
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"vosrt.sdk": ["models/*/*.json", "models/*/*.onnx", "models/*/*.data", "textures/*"]},
+    package_data={"vosrt.sdk": ["models/*/*.json", "models/*/*.onnx", "models/*/*.data", "textures/*", "live/*.html"]},
     include_package_data=False,
 )
