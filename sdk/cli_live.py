@@ -34,6 +34,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--realtime", action="store_true",
                         help="play a file or folder at its frame rate, dropping frames the model cannot keep "
                              "up with (cameras and URLs always are)")
+    parser.add_argument("--loop", action="store_true", help="play a file or folder again from the start when it ends")
     parser.add_argument("--fps", type=float, default=None,
                         help="frame rate for --realtime when the source has none (folders; default 25)")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1, this machine)")
@@ -74,7 +75,7 @@ def _open_live_source(args):
         return opened.pop() if opened else open_source(args.source)
 
     return LatestFrameSource(opener, drop=not file_like or args.realtime, pace=pace,
-                             retry=not file_like, retry_seconds=args.retry_seconds)
+                             retry=not file_like, retry_seconds=args.retry_seconds, loop=args.loop)
 
 
 def _report(pipeline, out=sys.stdout) -> None:

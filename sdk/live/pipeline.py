@@ -93,6 +93,7 @@ class LivePipeline:
         self.message = ""                              # last command's outcome, for the viewer
         self.listeners: list[Callable[[], None]] = []  # called (inference thread) after each frame
         self.stats = StreamStats()
+        self.finished = False                          # run() returned: commands no longer apply
 
     # ------------------------------------------------------------------ commands (any thread)
     def select_box(self, box, object_id: int | None = None) -> int:
@@ -101,6 +102,8 @@ class LivePipeline:
         if not self.takes_mask:
             raise UserError(f"{self.session.package.family} packages segment automatically; there is "
                             f"nothing to select")
+        if self.finished:
+            raise UserError("the stream has ended; restart vosrt live (or use --loop) to select objects")
         with self._lock:
             object_id = self._claim_id(object_id)
             self._boxes.append((object_id, tuple(box)))
@@ -223,6 +226,7 @@ class LivePipeline:
                     break     # the source ended (or stop())
                 self._apply_reset()
         finally:
+            self.finished = True
             self.source.close()
             self.stop_recording()
             for output in self._outputs:

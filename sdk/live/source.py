@@ -15,7 +15,8 @@ every frame is taken.
 ``pace`` plays a file or folder at that many frames per second, as a camera would deliver it. A source
 that stops early (a camera unplugged, a stream cut, an unreadable image) is reopened after
 ``retry_seconds`` with ``opener`` when ``retry`` is on; :attr:`status` says what happened for a viewer
-to show. A source that ends (a file's last frame) ends the iteration.
+to show. A source that ends (a file's last frame) ends the iteration, or starts again with ``loop``
+(a file standing in for a camera).
 
 Iteration may be started again after :meth:`interrupt` (a viewer's "reset"): capture continues and
 the new iteration takes the newest frame. :meth:`close` stops capture for good.
@@ -40,12 +41,13 @@ class LatestFrameSource(FrameSource):
     cannot be opened raises ``UserError`` at once) and again for every retry. ``drop``: newest frame
     wins (live) or every frame is kept. ``pace``: frames per second to release frames at (None: as
     fast as the source reads). ``retry``/``retry_seconds``: reopen a source that stopped early.
+    ``loop``: reopen a source that ended.
     """
 
     kind = "live"
 
     def __init__(self, opener: Callable[[], FrameSource], drop: bool = True, pace: float | None = None,
-                 retry: bool = True, retry_seconds: float = 1.0, queue_size: int = 4):
+                 retry: bool = True, retry_seconds: float = 1.0, queue_size: int = 4, loop: bool = False):
         if pace is not None and not pace > 0:
             raise UserError(f"pace: expected frames per second > 0, got {pace}")
         self._opener = opener
@@ -58,6 +60,7 @@ class LatestFrameSource(FrameSource):
         self.pace = pace
         self.retry = retry
         self.retry_seconds = retry_seconds
+        self.loop = loop
         self.captured = 0          # frames read from the source, over all connections
         self.dropped = 0           # captured frames inference never took (replaced by a newer one)
         self.retries = 0           # reopen attempts after the source stopped early
@@ -185,6 +188,12 @@ class LatestFrameSource(FrameSource):
             self._inner.close()
             if self._closing:
                 return
+            if self.loop and not self._inner.stopped_early:
+                try:
+                    self._inner = self._opener()
+                    continue
+                except UserError as err:
+                    self._inner.stopped_early, self._inner.problem = True, str(err)
             if not self._inner.stopped_early or not self.retry:
                 with self._cond:
                     self.ended = True
