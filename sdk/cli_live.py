@@ -78,13 +78,13 @@ def _open_live_source(args):
                              retry=not file_like, retry_seconds=args.retry_seconds, loop=args.loop)
 
 
-def _report(pipeline, out=sys.stdout) -> None:
+def _report(pipeline) -> None:
     from vosrt.sdk.live.pipeline import percentiles
 
     stats, source = pipeline.stats, pipeline.source
     p50, p95 = (v * 1000 for v in percentiles(pipeline.latencies))
     print(f"{pipeline.frames} frames processed of {source.captured} captured; {source.dropped} dropped; "
-          f"{stats.fps:.1f} FPS; latency p50 {p50:.1f} ms, p95 {p95:.1f} ms", file=out)
+          f"{stats.fps:.1f} FPS; latency p50 {p50:.1f} ms, p95 {p95:.1f} ms")
 
 
 def run(args) -> int:

@@ -2,6 +2,9 @@
 a real process."""
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import os
 import socket
 import subprocess
@@ -77,3 +80,26 @@ def video_frames(path: Path) -> int:
         count += 1
     capture.release()
     return count
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def http_camera(folder: Path, frames: int = 20, seed: int = 4):
+    """An MJPEG .avi served over HTTP (a real network stream) that ends, like a camera dropping, after
+    ``frames`` frames; yields its URL."""
+    seq = generate_sequence(seed, num_frames=frames, height=64, width=96, num_objects=1)
+    writer = cv2.VideoWriter(str(folder / "cam.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 20, (96, 64))
+    for frame in seq.frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/cam.avi"
+    finally:
+        server.shutdown()
+        server.server_close()
