@@ -28,10 +28,12 @@ def viewer(tmp_path_factory):
     folder = tmp_path_factory.mktemp("live-browser")
     mask, box = desk_video(folder / "desk.mp4")
     process, url = start_live([str(PACKAGE), "--source", "desk.mp4", "--realtime", "--loop",
-                               "--port", str(free_port()), "--token", TOKEN, "--save-dir", "saved"], cwd=folder)
+                               "--port", str(free_port()), "--token", TOKEN, "--save-dir", "saved",
+                               "--video", "overlay.mp4"], cwd=folder)
     yield process, url, mask, box, folder / "saved"
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGTERM)      # ends the server cleanly, the recording playable
     assert process.wait(timeout=60) == 0, "".join(process.output)
+    assert video_frames(folder / "overlay.mp4") > 10
 
 
 @pytest.fixture(scope="module")
