@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
@@ -42,6 +43,43 @@ def percentiles(values, points=(50, 95)) -> list[float]:
     if len(values) == 0:
         return [float("nan")] * len(points)
     return [float(v) for v in np.percentile(np.asarray(values, np.float64), points)]
+
+
+class _Recording:
+    """An overlay video (:class:`OverlayVideoSink`) at the rate frames are *processed*: when the source
+    drops frames, its own rate would play the recording too fast, so the first ``warmup`` frames are held
+    until the processing rate (``rate()``) is known. ``fixed``: a known rate (every frame is processed)."""
+
+    def __init__(self, path, rate: Callable[[], float], fixed: float | None, warmup: int = 15):
+        self.sink = OverlayVideoSink(path, fps=fixed)
+        self.path = self.sink.path
+        self.rate = rate
+        self.held: list | None = None if fixed else []
+        self.warmup = warmup
+
+    @property
+    def written(self) -> int:
+        return self.sink.written + len(self.held or [])
+
+    def __call__(self, index, name, frame, labels) -> None:
+        if self.held is None:
+            self.sink(index, name, frame, labels)
+            return
+        self.held.append((index, name, frame, labels))
+        if len(self.held) >= self.warmup:
+            self._release()
+
+    def _release(self) -> None:
+        measured = self.rate()
+        self.sink.fps = round(measured, 2) if measured > 0 else self.sink.fps
+        held, self.held = self.held, None
+        for item in held:
+            self.sink(*item)
+
+    def close(self) -> None:
+        if self.held:
+            self._release()
+        self.sink.close()
 
 
 class LivePipeline:
@@ -71,8 +109,8 @@ class LivePipeline:
         if png_dir is not None:
             self._outputs.append(PngSink(png_dir))
         if video is not None:
-            self._outputs.append(OverlayVideoSink(video, fps=source.fps))
-        self._recording: OverlayVideoSink | None = None
+            self._outputs.append(self._new_recording(video))
+        self._recording: _Recording | None = None
         self.recorded: list[Path] = []
 
         self._lock = threading.Lock()
@@ -94,6 +132,7 @@ class LivePipeline:
         self.listeners: list[Callable[[], None]] = []  # called (inference thread) after each frame
         self.stats = StreamStats()
         self.finished = False                          # run() returned: commands no longer apply
+        self.error: str | None = None                  # why a run in its own thread stopped
 
     # ------------------------------------------------------------------ commands (any thread)
     def select_box(self, box, object_id: int | None = None) -> int:
@@ -167,7 +206,7 @@ class LivePipeline:
                 return self._recording.path.name
             self.save_dir.mkdir(parents=True, exist_ok=True)
             path = self.save_dir / f"recording-{datetime.now():%Y%m%d-%H%M%S}.mp4"
-            self._recording = OverlayVideoSink(path, fps=self.source.fps or self.fps() or 15.0)
+            self._recording = self._new_recording(path)
             self.recorded.append(path)
         self.message = f"recording to {path.name}"
         return path.name
@@ -181,6 +220,10 @@ class LivePipeline:
         recording.close()
         self.message = f"saved {recording.path.name} ({recording.written} frames)"
         return recording.path.name
+
+    def _new_recording(self, path) -> _Recording:
+        fixed = None if self.source.drop else (self.source.fps or 15.0)
+        return _Recording(path, self.fps, fixed)
 
     @property
     def recording(self) -> bool:
@@ -204,7 +247,7 @@ class LivePipeline:
                 "objects": [{"id": i, "pixels": n} for i, n in sorted(self.objects.items())],
                 "takes_mask": self.takes_mask, "can_remove": self.can_remove,
                 "paused": self.source.paused, "recording": self.recording,
-                "status": self.source.status, "ended": self.source.ended and self.source.queued == 0,
+                "status": self.error or self.source.status, "ended": self.source.ended and self.source.queued == 0,
                 "retries": self.source.retries, "message": self.message,
                 "family": self.session.package.family}
 
@@ -234,8 +277,16 @@ class LivePipeline:
         return self.stats
 
     def start(self) -> threading.Thread:
-        """Run in a thread of its own (the web server's way); returns the thread."""
-        thread = threading.Thread(target=self.run, name="vosrt live inference", daemon=True)
+        """Run in a thread of its own (the web server's way); returns the thread. An error ends the
+        stream and is shown on the page (and printed)."""
+        def run():
+            try:
+                self.run()
+            except Exception as err:   # the page stays up and says why the video stopped
+                self.error = f"inference stopped: {type(err).__name__}: {err}"
+                traceback.print_exc()
+
+        thread = threading.Thread(target=run, name="vosrt live inference", daemon=True)
         thread.start()
         return thread
 
