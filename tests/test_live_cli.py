@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -158,3 +159,37 @@ def test_a_stream_that_fails_is_retried_while_the_viewer_keeps_serving(tmp_path)
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=60) == 0, "".join(process.output)
+
+
+def _post(url: str, body: dict, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as refused:
+        body = refused.read()
+        return refused.code, json.loads(body) if body.startswith(b"{") else {}
+
+
+def test_viewer_of_an_unsupervised_package_shows_segments_and_refuses_selection(tmp_path):
+    seq = generate_sequence(13, num_frames=12, height=64, width=96, num_objects=1, num_distractors=0)
+    write_video(tmp_path / "clip.mp4", seq)
+    process, page = start_live([str(tiny_package("3dc-seg")), "--source", "clip.mp4", "--realtime", "--loop",
+                                "--port", str(free_port())], cwd=tmp_path)
+    try:
+        deadline, state = time.monotonic() + 60, {"frames": 0}
+        while time.monotonic() < deadline and state["frames"] < 10:
+            time.sleep(0.3)
+            with urllib.request.urlopen(page + "api/state", timeout=10) as answer:
+                state = json.load(answer)
+        assert state["family"] == "3dc-seg" and not state["takes_mask"] and state["frames"] >= 10
+        code, reply = _post(page + "api/select", {"box": [1, 1, 30, 30]})
+        assert code == 400 and "segment automatically" in reply["error"]
+        code, _ = _post(page + "api/pause", {}, {"Origin": "http://evil.example"})
+        assert code == 403                                   # another site cannot drive the viewer
+        code, _ = _post(page + "api/pause", {}, {"Origin": page.rstrip("/")})
+        assert code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, "".join(process.output)
