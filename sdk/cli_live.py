@@ -111,6 +111,9 @@ def run(args) -> int:
         token = args.token
         if token is None and not server.is_loopback(args.host):
             token = secrets.token_urlsafe(16)
+    if args.headless and family.takes_mask and not selections:
+        print(f"note: no --select given; a {family.name} package tracks nothing until objects are selected, "
+              f"so every mask will be empty", file=sys.stderr)
     segmenter = load_segmenter(args.box_segmenter) if args.box_segmenter else grabcut_box
     options = {"backend": args.backend, **({"device": args.device} if args.device else {})}
     session = vosrt.sdk.load(package.path, **options)
