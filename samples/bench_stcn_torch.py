@@ -10,13 +10,16 @@ import time
 
 import torch
 
+from vosrt.sdk import families
 from vosrt.training.models import build_model
+from vosrt.training.models.stcn import FAMILY
 from vosrt.training.ops.l2_readout import l2_memory_readout
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="stcn-lite", choices=["stcn", "stcn-lite"])
+    models = list(families.get(FAMILY).models)
+    parser.add_argument("--model", default=models[-1], choices=models)
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--width", type=int, default=432)
     parser.add_argument("--objects", type=int, default=2)

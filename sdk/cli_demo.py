@@ -65,14 +65,10 @@ def segment_sequence(session, frames: list[np.ndarray], first_labels: np.ndarray
 
 
 def score(family: str, predicted: list[np.ndarray], truth: list[np.ndarray], name: str):
-    """ObjectScores of one clip: per object for families given masks (DAVIS semi-supervised protocol),
-    the foreground for the others (unsupervised protocol, every frame scored)."""
+    """ObjectScores of one clip by the family's protocol (:func:`vosrt.sdk.metrics.score_sequence`)."""
     from vosrt.sdk import metrics
 
-    if families.get(family).takes_mask:
-        return metrics.evaluate_sequence(predicted, truth, name=name)
-    return metrics.evaluate_sequence([(p > 0).astype(np.uint8) for p in predicted],
-                                     [(t > 0).astype(np.uint8) for t in truth], name=name, skip_first_last=False)
+    return metrics.score_sequence(family, predicted, truth, name)
 
 
 def run(args) -> int:

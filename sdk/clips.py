@@ -161,3 +161,11 @@ class ClipSession(Session):
 
     def _emit(self, indices: range) -> list[SegmentedFrame]:
         return [self.finish_frame(index, self._boxes.pop(index)) for index in indices]
+
+
+def __getattr__(name):
+    # `from vosrt.sdk.clips import ClipSegmenter` keeps working: the 3DC-Seg session moved to its own module.
+    if name == "ClipSegmenter":
+        from vosrt.sdk.clip_segmenter import ClipSegmenter
+        return ClipSegmenter
+    raise AttributeError(f"module 'vosrt.sdk.clips' has no attribute '{name}'")

@@ -1,12 +1,24 @@
-"""DAVIS-style palette PNGs: label maps (uint8 object ids) written and read with ids kept exact."""
+"""Label maps as PNG files, with ids kept exact however large they grow.
+
+- ids 0..255: a DAVIS-style palette PNG (pixel value = object id; viewers show the DAVIS colours);
+- ids up to 65,535: a 16-bit grey-scale PNG (pixel value = id);
+- larger ids (track ids on an endless stream): an RGB PNG with id = R + 256·G + 65536·B (the COCO
+  panoptic encoding, up to 2^24 − 1), marked by a ``vosrt-ids: rgb24`` text chunk so that it is never
+  confused with a colour image.
+
+:func:`read_label_png` reads all three back (uint8 when every id fits, else uint16 / uint32).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from vosrt.sdk.errors import UserError
+
+RGB24_KEY, RGB24_VALUE = "vosrt-ids", "rgb24"   # text chunk marking an RGB-encoded label map
+MAX_ID = (1 << 24) - 1
 
 
 def davis_palette() -> np.ndarray:
@@ -24,32 +36,70 @@ def davis_palette() -> np.ndarray:
     return palette
 
 
+def label_colours(labels: np.ndarray) -> np.ndarray:
+    """RGB colours ``[..., 3]`` uint8 of label ids: the DAVIS palette for ids 0..255, and for larger ids a
+    deterministic colour spread around the hue circle (so a track keeps its colour for the stream)."""
+    labels = np.asarray(labels)
+    palette = davis_palette()
+    if labels.size == 0 or int(labels.max(initial=0)) <= 255:
+        return palette[labels.astype(np.intp)]
+    ids = labels.astype(np.int64)
+    hue = ((ids * 0.6180339887498949) % 1.0).astype(np.float32)  # golden-ratio steps: neighbours differ
+    hsv = np.stack([hue * 179, np.full_like(hue, 200), np.full_like(hue, 230)], -1).astype(np.uint8)
+    import cv2
+    wide = cv2.cvtColor(hsv.reshape(-1, 1, 3), cv2.COLOR_HSV2RGB).reshape(*ids.shape, 3)
+    return np.where((ids <= 255)[..., None], palette[np.minimum(ids, 255)], wide)
+
+
 def write_label_png(path: str | Path, labels: np.ndarray) -> None:
-    """Write a ``[H, W]`` uint8 label map as a palette PNG (pixel value = object id)."""
+    """Write a ``[H, W]`` label map losslessly (see the module docstring for the format by id range)."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise UserError(f"label map for {path}: expected a [H, W] array, got shape {labels.shape}")
-    if labels.dtype != np.uint8:
-        if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() > 255:
-            raise UserError(f"label map for {path}: expected integer ids in 0..255, got dtype {labels.dtype}")
-        labels = labels.astype(np.uint8)
-    image = Image.fromarray(labels, mode="P")
-    image.putpalette(davis_palette().reshape(-1).tolist())
+    if labels.dtype != np.uint8 and (not np.issubdtype(labels.dtype, np.integer) or
+                                     (labels.size and (labels.min() < 0 or labels.max() > MAX_ID))):
+        raise UserError(f"label map for {path}: expected integer ids in 0..{MAX_ID}, got dtype {labels.dtype}"
+                        + (f" with values {labels.min()}..{labels.max()}" if labels.size else ""))
+    top = int(labels.max(initial=0))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    image.save(str(path))
+    if top <= 255:
+        image = Image.fromarray(labels.astype(np.uint8), mode="P")
+        image.putpalette(davis_palette().reshape(-1).tolist())
+        image.save(str(path))
+    elif top <= 65535:
+        Image.fromarray(labels.astype(np.uint16)).save(str(path))  # mode I;16
+    else:
+        ids = labels.astype(np.uint32)
+        rgb = np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], -1).astype(np.uint8)
+        info = PngImagePlugin.PngInfo()
+        info.add_text(RGB24_KEY, RGB24_VALUE)
+        Image.fromarray(rgb, mode="RGB").save(str(path), pnginfo=info)
+
+
+def _narrow(ids: np.ndarray) -> np.ndarray:
+    top = int(ids.max(initial=0))
+    return ids.astype(np.uint8 if top <= 255 else np.uint16 if top <= 65535 else np.uint32)
 
 
 def read_label_png(path: str | Path) -> np.ndarray:
-    """Read a label map. A palette PNG gives its indices (the object ids) exactly; a grey-scale PNG its
-    values; an RGB PNG is rejected, because colours cannot be turned back into ids unambiguously."""
+    """Read a label map. A palette PNG gives its indices (the object ids) exactly; a grey-scale PNG
+    (8 or 16 bit) its values; an RGB PNG written by :func:`write_label_png` its encoded ids. Other RGB
+    PNGs are rejected, because colours cannot be turned back into ids unambiguously. The dtype is uint8
+    when every id fits, else uint16 or uint32."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"mask file not found: {path}")
     with Image.open(path) as image:
         if image.mode == "P" or image.mode == "L":
             return np.array(image, dtype=np.uint8)
-        if image.mode in ("1", "I", "I;16"):
-            return np.array(image).astype(np.uint8)
+        if image.mode in ("1", "I", "I;16", "I;16B"):
+            values = np.array(image).astype(np.int64)
+            if values.min(initial=0) < 0:
+                raise UserError(f"mask {path}: negative values in a label map")
+            return _narrow(values)
+        if image.mode == "RGB" and image.info.get(RGB24_KEY) == RGB24_VALUE:
+            rgb = np.array(image).astype(np.uint32)
+            return _narrow(rgb[..., 0] | (rgb[..., 1] << 8) | (rgb[..., 2] << 16))
         raise UserError(
             f"mask {path}: expected a palette (P) or grey-scale (L) PNG of object ids, got mode {image.mode}; "
             "save masks as DAVIS-style palette PNGs")

@@ -154,3 +154,16 @@ def summarize(scores: list[ObjectScore]) -> dict[str, float]:
     j = float(np.mean([s.j_mean for s in scores]))
     f = float(np.mean([s.f_mean for s in scores]))
     return {"J": j, "F": f, "J&F": (j + f) / 2}
+
+
+def score_sequence(family: str, predicted: list[np.ndarray], truth: list[np.ndarray], name: str = "sequence"
+                   ) -> list[ObjectScore]:
+    """Scores of one clip by the protocol of ``family``'s task: per object for families given masks
+    (DAVIS semi-supervised: the first and last frames skipped), the foreground for the others
+    (unsupervised: every frame scored). Used by ``vosrt demo`` and training validation alike."""
+    from vosrt.sdk import families
+
+    if families.get(family).takes_mask:
+        return evaluate_sequence(predicted, truth, name=name)
+    return evaluate_sequence([(p > 0).astype(np.uint8) for p in predicted],
+                             [(t > 0).astype(np.uint8) for t in truth], name=name, skip_first_last=False)

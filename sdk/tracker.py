@@ -7,6 +7,10 @@
     labels = tracker.step(frame, mask=new_mask, objects=[3])   # object 3 appears mid-stream
     tracker.remove_objects([1])
 
+``step`` is the frame-in/labels-out convenience; :meth:`Tracker.push` is the same step in the session
+protocol every family speaks (:mod:`vosrt.sdk.session`): it returns ``[SegmentedFrame(index, labels)]``
+at once (``latency`` 0), so :func:`vosrt.sdk.streaming.stream` drives a tracker like any session.
+
 Per frame: ``encode_key`` once (shared by all objects), one ``segment`` run reading the memory for all
 objects with one affinity, soft aggregation and arg-max in the graph; every ``mem_every`` frames (and on
 every annotated frame) ``encode_value`` writes the frame into the :class:`~vosrt.sdk.memory.MemoryBank`.

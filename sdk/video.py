@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from vosrt.sdk.errors import UserError
-from vosrt.sdk.masks import davis_palette, read_label_png, write_label_png
+from vosrt.sdk.masks import label_colours, read_label_png, write_label_png
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -179,11 +179,12 @@ def open_source(spec) -> FrameSource:
 
 
 def overlay(frame: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """A BGR frame with each object's palette colour blended in (``alpha``) and background left as is."""
-    colours = davis_palette()[:, ::-1]                                   # RGB palette -> BGR
+    """A BGR frame with each object's colour blended in (``alpha``) and background left as is: the DAVIS
+    palette for ids up to 255, a fixed colour per id beyond (:func:`vosrt.sdk.masks.label_colours`)."""
     out = frame.copy()
     objects = labels > 0
-    blend = frame[objects].astype(np.float32) * (1 - alpha) + colours[labels[objects]].astype(np.float32) * alpha
+    colours = label_colours(labels[objects])[:, ::-1]                    # RGB -> BGR
+    blend = frame[objects].astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha
     out[objects] = np.clip(blend, 0, 255).astype(np.uint8)
     return out
 
@@ -231,7 +232,10 @@ class OverlayVideoSink:
             self.size = frame.shape[:2]
         if frame.shape[:2] != self.size:  # a video has one size; later frames of another size are fitted
             frame = cv2.resize(frame, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
-            labels = cv2.resize(labels, (self.size[1], self.size[0]), interpolation=cv2.INTER_NEAREST)
+            wide = labels.dtype not in (np.uint8, np.uint16)   # OpenCV resizes 8/16-bit and int32 maps
+            resized = cv2.resize(labels.astype(np.int32) if wide else labels, (self.size[1], self.size[0]),
+                                 interpolation=cv2.INTER_NEAREST)
+            labels = resized.astype(labels.dtype) if wide else resized
         self.writer.write(overlay(frame, labels, self.alpha))
         self.written += 1
 

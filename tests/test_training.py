@@ -155,20 +155,48 @@ def test_two_process_torchrun_on_cpu_trains_and_checkpoints(data_dir, tmp_path):
     assert "trained stcn-lite to step 2" in result.stdout
 
 
-def test_torch_inference_takes_objects_on_the_frame_they_appear():
+def test_validation_session_takes_objects_on_the_frame_they_appear():
+    # training validation streams through the shipped Tracker (torch backend, model in memory)
+    from vosrt.sdk.streaming import stream
     from vosrt.sdk.synthetic import generate_sequence
-    from vosrt.training.evaluate import predict_stcn
+    from vosrt.training.validate import session_for
 
     torch.manual_seed(0)
     seq = generate_sequence(2, num_frames=8, height=32, width=48, num_objects=2, appear_later=True)
     start = seq.first_frame_of(2)
     annotations = {0: seq.labels[0], start: np.where(seq.labels[start] == 2, 2, 0).astype(np.uint8)}
     model = build_model("stcn-lite", **TINY_STCN).eval()
-    predicted = predict_stcn(model, seq.frames, annotations, mem_every=2, top_k=4)
+    session = session_for(model, tiny_config(val_size=[32, 48], mem_every=2, top_k=4))
+    assert (session.mem_every, session.top_k) == (2, 4)
+    predicted = [d.labels for d in stream(session, seq.frames, masks=annotations, keep_results=True).results]
     assert len(predicted) == 8
     assert np.array_equal(predicted[0], seq.labels[0])
     assert not (predicted[start - 1] == 2).any()
     assert np.array_equal(predicted[start] == 2, seq.labels[start] == 2)
+
+
+def test_training_validation_j_and_f_equals_vosrt_run_and_eval(tmp_path):
+    # the J&F training reports is the shipped SDK's: export the same checkpoint, stream each video with
+    # `vosrt run --backend torch`, score with `vosrt eval`
+    import csv
+
+    from vosrt.cli import main as cli
+    from vosrt.training.data.folders import VideoFolder
+
+    root = tmp_path / "data"
+    generate_dataset(root, 2, seed=11, num_frames=6, height=48, width=64, appear_later_fraction=0.0)
+    summary = train([root], tmp_path / "run", tiny_config(iterations=1, val_videos=2, val_size=[48, 64]),
+                    val_data=root, progress=False)
+    package = tmp_path / "pkg"
+    assert cli(["export", "stcn-lite", "--checkpoint", str(tmp_path / "run" / "last.pth"), "--out", str(package),
+                "--forms", "portable", "--height", "48", "--width", "64", "--no-check"]) == 0
+    for video in VideoFolder(root).videos:
+        assert cli(["run", str(package), "--source", str(root / "JPEGImages" / "480p" / video), "--backend", "torch",
+                    "--out", str(tmp_path / "pred" / video), "--no-progress"]) == 0
+    assert cli(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(root / "Annotations" / "480p"),
+                "--csv", str(tmp_path / "eval.csv")]) == 0
+    rows = {(r["sequence"], r["object"]): r for r in csv.DictReader(open(tmp_path / "eval.csv"))}
+    assert float(rows[("all", "mean")]["J&F"]) == pytest.approx(summary["validation"]["J&F"], abs=1e-6)
 
 
 def test_training_with_a_validation_folder_reports_j_and_f(data_dir, tmp_path):

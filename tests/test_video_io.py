@@ -91,3 +91,27 @@ def test_callback_sink_gets_index_frame_and_labels():
     sink = CallbackSink(lambda index, frame, labels: seen.append((index, frame.shape, int(labels.max()))))
     sink(3, "x", np.zeros((4, 4, 3), np.uint8), np.full((4, 4), 2, np.uint8))
     assert seen == [(3, (4, 4, 3), 2)]
+
+
+def test_label_pngs_keep_ids_beyond_255_exactly(tmp_path):
+    from PIL import Image
+
+    from vosrt.sdk.masks import label_colours, read_label_png, write_label_png
+
+    for top, dtype in ((200, np.uint8), (300, np.uint16), (65535, np.uint16), (70000, np.uint32),
+                       ((1 << 24) - 1, np.uint32)):
+        labels = np.zeros((6, 7), np.uint32)
+        labels[1:3, 2:5] = top
+        labels[4, 0] = 7
+        write_label_png(tmp_path / "m.png", labels)
+        back = read_label_png(tmp_path / "m.png")
+        assert back.dtype == dtype and np.array_equal(back, labels)
+    with pytest.raises(UserError, match="expected integer ids"):
+        write_label_png(tmp_path / "m.png", np.full((2, 2), 1 << 24, np.int64))
+    # an RGB picture that vosrt did not write is not read as ids
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8), "RGB").save(tmp_path / "rgb.png")
+    with pytest.raises(UserError, match="got mode RGB"):
+        read_label_png(tmp_path / "rgb.png")
+    colours = label_colours(np.array([1, 300, 301, 300]))
+    assert np.array_equal(colours[1], colours[3]) and not np.array_equal(colours[1], colours[2])
+    assert np.array_equal(colours[0], label_colours(np.array([1]))[0])

@@ -1,6 +1,6 @@
 """``vosrt train FAMILY --data DIR --out RUN [--config FILE] [--resume] [--amp]``.
 
-Trains ``stcn`` or ``3dc-seg`` (or their ``-lite`` variants with ``--model``) on DAVIS / YouTube-VOS
+Trains a family of the family table (e.g. ``stcn``, or its ``-lite`` variant with ``--model``) on DAVIS / YouTube-VOS
 layout folders with the published schedule (see :mod:`vosrt.training.train`); ``--config`` is a JSON
 object of training options overriding it, and the flags below override both. Multi-GPU / multi-node:
 the same command under ``torchrun --nproc_per_node N -m vosrt.cli train ...``.
@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from vosrt.sdk import families
 from vosrt.sdk.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``vosrt train``."""
-    parser.add_argument("family", choices=["stcn", "3dc-seg"], help="model family to train")
+    parser.add_argument("family", choices=[f.name for f in families.all_families() if f.recipe_module],
+                        help="model family to train")
     parser.add_argument("--data", nargs="+", required=True, metavar="DIR",
                         help="dataset folder(s): DAVIS 2016/2017 or YouTube-VOS layout (static stage: image/mask pairs); "
                              "'generated' trains stcn on clips generated on the fly")

@@ -1,21 +1,25 @@
-"""The training loop of both families: schedule, checkpoints that resume exactly, logging, DDP.
+"""The generic training loop: schedule, checkpoints that resume exactly, logging, DDP; a family adds
+its recipe (:mod:`vosrt.training.recipes`: dataset, step module, batch arguments, overlay, published
+schedule, options nested under its name in the config).
 
     from vosrt.training.train import default_config, train
     config = default_config("stcn-lite", iterations=2000, size=(128, 224), lr=1e-4)
     train(["data/davis"], "runs/a", config)                 # or: vosrt train stcn --data ... --out ...
 
-Schedules (facts from the published code, see ``default_config``):
+Config files: generic options at the top level, the family's under its name::
 
-- ``stcn``: Adam (weight decay 1e-7), MultiStepLR ×0.1; main training lr 1e-5, batch 4, 150k
-  iterations, decay at 125k, 384×384 crops, frame-gap curriculum; static pre-training lr 1e-5, batch 8,
-  300k iterations, decay at 150k. Bootstrapped cross-entropy (20k → 70k, top 15 %). BatchNorm frozen:
-  the network stays in ``eval()`` mode throughout, as STCN trains.
-- ``3dc-seg``: Adam lr 1e-5, batch 2, 8-frame clips from 12-frame windows, gradient clipping at
-  norm 10, Lovász hinge, BatchNorm frozen (the decoder uses GroupNorm).
+    {"model": "stcn-lite", "iterations": 1200, "size": [96, 96], "stcn": {"start_warm": 300}}
+
+(the family's options are also accepted at the top level, as older files have them).
 
 Run folder: ``config.json`` (the resolved configuration), ``last.pth`` (written every ``save_every``
 steps and at the end), ``checkpoints/step_NNNNNNN.pth``, ``tensorboard/`` (scalars: losses, lr, IoU,
 validation J&F; images: input / truth / prediction overlays every ``image_every`` steps).
+
+Validation (``--val``) streams the videos through the family's shipped SDK session on the torch
+backend with the model in memory (:mod:`vosrt.training.validate`), at ``val_size`` (default: the
+family's package resolution), so the J&F reported during training is what ``vosrt run`` + ``vosrt
+eval`` give for the same checkpoint.
 
 Exact resumption: a sample is a pure function of (seed, epoch, index) and the batch order of
 (seed, epoch), so a resumed run re-enters the epoch at the batch it stopped at; the checkpoint holds the
@@ -41,23 +45,24 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from vosrt.sdk import families
 from vosrt.sdk.errors import UserError
-from vosrt.training.data import (ForegroundClipDataset, GeneratedTripletDataset, StaticSequenceDataset, VideoFolder,
-                                 VOSTripletDataset, max_skip_at)
 from vosrt.training.models import build_model, family_of, read_checkpoint, save_checkpoint
-from vosrt.training.steps import ClipTrainStep, STCNTrainStep
+from vosrt.training.recipes import recipe_for
+from vosrt.training.recipes.stcn import GENERATED  # noqa: F401  (the --data value, re-exported)
 
 CHECKPOINT_NAME = "last.pth"
-GENERATED = "generated"  # --data value: STCN triplets from clips generated on the fly
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run; JSON files given with ``--config`` override fields."""
+    """Everything that defines a training run: the generic options below and ``options``, the family
+    recipe's (read as attributes too: ``config.top_p``). JSON files given with ``--config`` override
+    fields (see the module docstring)."""
 
-    model: str = "stcn"
+    model: str = families.names()[0]
     model_overrides: dict = field(default_factory=dict)
-    stage: str = "main"                  # stcn: "main" (videos) or "static" (image pre-training)
+    stage: str = "main"                  # the recipe's stages (stcn: "main" on videos or "static" images)
     iterations: int = 150000
     batch_size: int = 4                  # per process
     lr: float = 1e-5
@@ -65,20 +70,9 @@ class TrainConfig:
     lr_steps: list = field(default_factory=lambda: [125000])
     gamma: float = 0.1
     size: list = field(default_factory=lambda: [384, 384])  # crop height, width (multiples of 16)
-    skip_curriculum: list = field(default_factory=lambda: [[0.0, 5], [0.1, 10], [0.2, 15], [0.3, 20],
-                                                           [0.4, 25], [0.9, 5]])
-    start_warm: int = 20000
-    end_warm: int = 70000
-    top_p: float = 0.15
     freeze_bn: bool = True
-    clip_length: int = 8
-    max_window: int = 12
     grad_clip: float | None = None
-    bce_weight: float = 0.0
     repeat: int = 1                      # samples per video (or image) per epoch
-    generated_clip_size: list = field(default_factory=lambda: [240, 432])  # --data generated: clip H, W
-    generated_frames: int = 12           # --data generated: frames per clip
-    samples_per_epoch: int = 1000        # --data generated: samples per epoch
     num_workers: int = 2
     seed: int = 14159265
     amp: bool = False
@@ -88,43 +82,63 @@ class TrainConfig:
     keep_every: int = 0                  # also keep checkpoints/step_N.pth every this many steps (0: never)
     val_every: int = 0                   # 0: validate only at the end (when a validation folder is given)
     val_videos: int = 8
-    mem_every: int = 5
-    top_k: int = 20
-    clip_overlap: int = 3
+    val_size: list | None = None         # validation session resolution [H, W] (default: the family's)
+    options: object = None               # the recipe's options dataclass
+
+    def __getattr__(self, name):
+        options = self.__dict__.get("options")
+        if options is not None and name in {f.name for f in dataclasses.fields(options)}:
+            return getattr(options, name)
+        raise AttributeError(f"TrainConfig has no option '{name}'")
 
     @property
     def family(self) -> str:
-        """``"stcn"`` or ``"3dc-seg"``."""
+        """The family of ``model`` (a name of the family table)."""
         return family_of(self.model)
 
+    def to_dict(self) -> dict:
+        """JSON-able: the generic options, and the family's nested under its name."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        values[self.family] = dataclasses.asdict(self.options)
+        return values
 
-def default_config(model: str = "stcn", stage: str = "main", **overrides) -> TrainConfig:
-    """The published schedule of ``model``'s family (and ``stage`` for STCN), with ``overrides``."""
-    family = family_of(model)
-    if family == "stcn":
-        if stage == "static":
-            base = dict(batch_size=8, iterations=300000, lr_steps=[150000], lr=1e-5)
-        elif stage == "main":
-            base = {}
-        else:
-            raise UserError(f"stage: expected 'main' or 'static' for stcn, got {stage!r}")
-    else:
-        if stage != "main":
-            raise UserError(f"stage: 3dc-seg has only the 'main' stage, got {stage!r}")
-        base = dict(batch_size=2, iterations=100000, lr=1e-5, weight_decay=0.0, lr_steps=[], size=[480, 854],
-                    grad_clip=10.0)
-    config = TrainConfig(model=model, stage=stage, **base)
+
+GENERIC_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "options")
+
+
+def default_config(model: str = TrainConfig.model, stage: str = "main", **overrides) -> TrainConfig:
+    """The published schedule of ``model``'s family (and ``stage``) from its recipe, with ``overrides``."""
+    recipe = recipe_for(family_of(model))
+    config = TrainConfig(model=model, stage=stage, options=recipe.options(), **recipe.schedule(stage))
     return apply_overrides(config, overrides)
 
 
 def apply_overrides(config: TrainConfig, overrides: dict, source: str = "overrides") -> TrainConfig:
-    """A copy of ``config`` with ``overrides`` applied; unknown names raise ``UserError``."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(overrides) - names)
+    """A copy of ``config`` with ``overrides`` applied: generic options, the family's options nested
+    under its name or given flat; unknown names raise ``UserError``."""
+    overrides = dict(overrides)
+    model = overrides.get("model", config.model)
+    family = family_of(model)
+    recipe = recipe_for(family)
+    options = config.options if family == config.family and config.options is not None else recipe.options()
+    option_names = {f.name for f in dataclasses.fields(recipe.options)}
+    nested = overrides.pop(family, None) or {}
+    if not isinstance(nested, dict):
+        raise UserError(f"{source}: '{family}' should hold an object of {family} training options")
+    for name in families.names():
+        if name != family and name in overrides:
+            raise UserError(f"{source}: options for '{name}', but the model {model} is a {family} model")
+    flat = {k: overrides.pop(k) for k in list(overrides) if k in option_names and k not in GENERIC_OPTIONS}
+    unknown = sorted(set(overrides) - set(GENERIC_OPTIONS)) + sorted(set(nested) - option_names)
     if unknown:
-        raise UserError(f"{source}: unknown training option(s) {unknown}; known: {sorted(names)}")
-    values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in overrides.items()}
-    return dataclasses.replace(config, **values)
+        raise UserError(f"{source}: unknown training option(s) {unknown}; known: {sorted(GENERIC_OPTIONS)} and, "
+                        f"for {family} (nested under \"{family}\" or at the top level), {sorted(option_names)}")
+
+    def plain(values):
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
+
+    options = dataclasses.replace(options, **plain({**flat, **nested}))
+    return dataclasses.replace(config, options=options, **plain(overrides))
 
 
 def load_config_file(path: str | Path, config: TrainConfig) -> TrainConfig:
@@ -170,41 +184,15 @@ def set_rng_state(state: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------- data
 
-def _folders(paths: list[str | Path]) -> list[VideoFolder]:
-    folders = []
-    for path in paths:
-        path = Path(path)
-        split = "train" if any((path / "ImageSets" / d / "train.txt").is_file() for d in ("2017", "480p")) or \
-            (path / "train" / "JPEGImages").is_dir() else None
-        folders.append(VideoFolder(path, split=split))
-    return folders
-
-
 def build_dataset(config: TrainConfig, data: list[str | Path]):
-    """The training sampler of ``config``'s family and stage over the folders ``data`` (or, for STCN
-    main training, ``["generated"]``: clips generated on the fly, see ``GeneratedTripletDataset``)."""
+    """The training sampler of ``config``'s family and stage (its recipe's) over the folders ``data``
+    (or, for STCN main training, ``["generated"]``: clips generated on the fly)."""
     if not data:
         raise UserError("--data: give at least one dataset folder")
-    if [str(d) for d in data] == [GENERATED]:
-        if config.family != "stcn" or config.stage != "main":
-            raise UserError("--data generated: clips generated on the fly feed stcn main training only; "
-                            "write a dataset with vosrt.sdk.synthetic.generate_dataset for the others")
-        return GeneratedTripletDataset(size=tuple(config.size), clip_size=tuple(config.generated_clip_size),
-                                       num_frames=config.generated_frames,
-                                       max_skip=config.skip_curriculum[0][1],
-                                       samples_per_epoch=config.samples_per_epoch, seed=config.seed)
     size = tuple(int(s) for s in config.size)
     if len(size) != 2 or any(s % 16 for s in size):
         raise UserError(f"size: expected [height, width], both multiples of 16, got {config.size}")
-    if config.family == "stcn" and config.stage == "static":
-        sources = [VideoFolder(p) if (Path(p) / "JPEGImages").is_dir() else Path(p) for p in data]
-        return StaticSequenceDataset(sources, size=size, seed=config.seed)
-    folders = _folders(data)
-    if config.family == "stcn":
-        return VOSTripletDataset(folders, size=size, max_skip=config.skip_curriculum[0][1],
-                                 repeat=config.repeat, seed=config.seed)
-    return ForegroundClipDataset(folders, size=size, clip_length=config.clip_length,
-                                 max_window=config.max_window, repeat=config.repeat, seed=config.seed)
+    return recipe_for(config.family).build_dataset(config, data)
 
 
 class EpochShardSampler(torch.utils.data.Sampler):
@@ -263,42 +251,20 @@ def _setup_distributed() -> _Dist:
 # ---------------------------------------------------------------------------------------------- the loop
 
 def _init_weights(model: nn.Module, path: str | Path, family: str) -> None:
-    """Whole-model weights (vosrt checkpoint, published state_dict) or, for 3dc-seg, ir-CSN backbone
-    weights (VMZ Caffe2 ``.pkl`` or its PyTorch conversion) for the encoder alone."""
+    """Whole-model weights (vosrt checkpoint, published state_dict) or what the family's recipe reads
+    itself (3dc-seg: ir-CSN backbone weights for the encoder alone)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--init: file not found: {path}")
-    if family == "3dc-seg":
-        from vosrt.training.models.caffe2_convert import load_backbone_weights
-        if path.suffix == ".pkl":
-            load_backbone_weights(model, path)
-            return
-        try:
-            _, state_dict = read_checkpoint(path)
-        except UserError:  # not a whole model: an ir-CSN backbone state_dict
-            load_backbone_weights(model, path)
-            return
-    elif path.suffix == ".pkl":
-        raise UserError(f"--init {path}: Caffe2 .pkl backbone weights are for 3dc-seg, not {family}")
-    else:
-        _, state_dict = read_checkpoint(path)
+    if recipe_for(family).init_weights(model, path):
+        return
+    if path.suffix == ".pkl":
+        raise UserError(f"--init {path}: Caffe2 .pkl backbone weights are not read by {family} training")
+    _, state_dict = read_checkpoint(path)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
         raise UserError(f"--init {path}: weights do not fit model '{model.config['model']}': {err}") from None
-
-
-def _make_step_module(model: nn.Module, config: TrainConfig) -> nn.Module:
-    if config.family == "stcn":
-        return STCNTrainStep(model, config.start_warm, config.end_warm, config.top_p)
-    return ClipTrainStep(model, config.bce_weight)
-
-
-def _run_step(module: nn.Module, batch: dict, family: str, step: int, device: torch.device):
-    if family == "stcn":
-        return module(batch["images"].to(device), batch["masks"].to(device), batch["labels"].to(device),
-                      batch["selector"].to(device), step)
-    return module(batch["images"].to(device), batch["foreground"].to(device), step)
 
 
 def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: bool = False,
@@ -313,14 +279,17 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
     ctx = _setup_distributed()
     out = Path(out)
     family = config.family
+    recipe = recipe_for(family)
     checkpoint_path = out / CHECKPOINT_NAME
     payload = None
     if resume:
         if not checkpoint_path.is_file():
             raise UserError(f"--resume: no checkpoint to resume at {checkpoint_path}")
         payload = torch.load(str(checkpoint_path), map_location="cpu", weights_only=True)
+        # older checkpoints hold every family's options flat: keep this family's
+        known = set(GENERIC_OPTIONS) | {family} | {f.name for f in dataclasses.fields(recipe.options)}
         config = apply_overrides(config, {k: v for k, v in payload.get("train_config", {}).items()
-                                          if k not in ("iterations", "num_workers", "log_every", "image_every",
+                                          if k in known and k not in ("iterations", "num_workers", "log_every", "image_every",
                                                        "save_every", "val_every", "keep_every")})
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     np.random.seed(config.seed % 2**32)
@@ -339,7 +308,7 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
                 for param in module.parameters():
                     param.requires_grad_(False)
 
-    step_module = _make_step_module(model, config).to(ctx.device)
+    step_module = recipe.step_module(model, config).to(ctx.device)
     if ctx.world > 1:
         step_module = nn.parallel.DistributedDataParallel(
             step_module, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
@@ -368,7 +337,7 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
     bar = None
     if ctx.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         writer = _tensorboard(out / "tensorboard")
         if progress:
             from tqdm import tqdm
@@ -377,7 +346,7 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
     def save(path: Path) -> None:
         save_checkpoint(path, model, model.config, optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), step=step, rng=rng_state(),
-                        train_config=dataclasses.asdict(config))
+                        train_config=config.to_dict())
 
     started = time.time()
     last_logs: dict = {}
@@ -387,17 +356,14 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
         while step < config.iterations:
             epoch, skip = divmod(step, steps_per_epoch)
             dataset.set_epoch(epoch)
-            if family == "stcn" and config.stage == "main":
-                # STCN changes the gap limit only between epochs
-                dataset.set_max_skip(max_skip_at(epoch * steps_per_epoch / config.iterations,
-                                                 [tuple(v) for v in config.skip_curriculum]))
+            recipe.start_epoch(dataset, config, epoch, steps_per_epoch)
             sampler = EpochShardSampler(len(dataset), config.seed, epoch, ctx.rank, ctx.world, config.batch_size, skip)
             loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
                                                  num_workers=config.num_workers, collate_fn=_collate, drop_last=True,
                                                  pin_memory=ctx.device.type == "cuda")
             for batch in loader:
                 with torch.autocast(ctx.device.type, dtype=autocast_dtype, enabled=config.amp):
-                    loss, logs, predicted = _run_step(step_module, batch, family, step, ctx.device)
+                    loss, logs, predicted = recipe.run_step(step_module, batch, step, ctx.device)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if config.grad_clip:
@@ -418,7 +384,7 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
                         for name, value in last_logs.items():
                             writer.add_scalar(f"train/{name}", value, step)
                     if writer is not None and config.image_every and step % config.image_every == 0:
-                        writer.add_image("train/overlay", _overlay_grid(batch, predicted, family), step,
+                        writer.add_image("train/overlay", _overlay_grid(*recipe.overlay_rows(batch, predicted)), step,
                                          dataformats="HWC")
                     if step % config.save_every == 0 or step == config.iterations:
                         save(checkpoint_path)
@@ -447,8 +413,8 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
 def _validate_on_rank0(ctx: _Dist, model, config, val_data, writer, step) -> dict:
     result = {}
     if ctx.rank == 0:
-        from vosrt.training.evaluate import evaluate_folder
-        result = evaluate_folder(model, config, val_data, max_videos=config.val_videos)
+        from vosrt.training.validate import validate
+        result = validate(model, config, val_data, max_videos=config.val_videos)
         if writer is not None:
             for name, value in result.items():
                 if isinstance(value, (int, float)):
@@ -466,26 +432,18 @@ def _tensorboard(folder: Path):
     return SummaryWriter(str(folder))
 
 
-def _overlay_grid(batch: dict, predicted: torch.Tensor, family: str) -> np.ndarray:
-    """First sample of the batch: frames on top, ground truth below, prediction at the bottom."""
+def _overlay_grid(images: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Frames ``[T, H, W, 3]`` (0..1) on top, ground truth below, prediction at the bottom."""
     from vosrt.sdk.masks import davis_palette
 
     palette = davis_palette().astype(np.float32)
-    if family == "stcn":
-        images = batch["images"][0].permute(0, 2, 3, 1).numpy()  # [T, H, W, 3]
-        truth = batch["labels"][0].numpy()  # [T, H, W]
-        pred = np.concatenate([truth[:1], predicted[0].cpu().numpy()])
-    else:
-        images = batch["images"][0].permute(1, 2, 3, 0).numpy()  # [L, H, W, 3]
-        truth = batch["foreground"][0, 0].numpy().astype(np.int64)
-        pred = predicted[0].cpu().numpy()
     rows = []
     for labels in (None, truth, pred):
         tiles = []
         for t in range(images.shape[0]):
             tile = images[t] * 255
             if labels is not None:
-                colour = palette[labels[t]]
+                colour = palette[labels[t] % 256]
                 alpha = (labels[t] > 0)[..., None] * 0.5
                 tile = tile * (1 - alpha) + colour * alpha
             tiles.append(tile)

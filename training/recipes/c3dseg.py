@@ -1,0 +1,73 @@
+"""The 3DC-Seg training recipe: Adam lr 1e-5, batch 2, 8-frame clips from 12-frame windows, gradient
+clipping at norm 10, Lovász hinge, BatchNorm frozen (the decoder uses GroupNorm). ``--init`` also takes
+ir-CSN backbone weights (VMZ Caffe2 ``.pkl`` or its PyTorch conversion) for the encoder alone."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vosrt.sdk.errors import UserError
+from vosrt.training.data import ForegroundClipDataset
+from vosrt.training.models.c3dseg import FAMILY
+from vosrt.training.models import read_checkpoint
+from vosrt.training.recipes import Recipe
+from vosrt.training.recipes.stcn import GENERATED, _folders
+from vosrt.training.steps import ClipTrainStep
+
+
+@dataclass
+class C3DSegOptions:
+    """3DC-Seg's training options (nested under ``"3dc-seg"`` in a config file)."""
+
+    clip_length: int = 8
+    max_window: int = 12
+    bce_weight: float = 0.0
+    clip_overlap: int = 3                # validation session
+
+
+class C3DSegRecipe(Recipe):
+    family = FAMILY
+    options = C3DSegOptions
+
+    def schedule(self, stage):
+        self.check_stage(stage)
+        return dict(batch_size=2, iterations=100000, lr=1e-5, weight_decay=0.0, lr_steps=[], size=[480, 854],
+                    grad_clip=10.0)
+
+    def build_dataset(self, config, data):
+        if [str(d) for d in data] == [GENERATED]:
+            raise UserError(f"--data generated: clips generated on the fly feed stcn main training only; "
+                            f"write a dataset with vosrt.sdk.synthetic.generate_dataset for {FAMILY}")
+        o = config.options
+        return ForegroundClipDataset(_folders(data), size=tuple(int(s) for s in config.size),
+                                     clip_length=o.clip_length, max_window=o.max_window, repeat=config.repeat,
+                                     seed=config.seed)
+
+    def step_module(self, model, config):
+        return ClipTrainStep(model, config.options.bce_weight)
+
+    def run_step(self, module, batch, step, device):
+        return module(batch["images"].to(device), batch["foreground"].to(device), step)
+
+    def init_weights(self, model, path: Path) -> bool:
+        from vosrt.training.models.caffe2_convert import load_backbone_weights
+        if path.suffix == ".pkl":
+            load_backbone_weights(model, path)
+            return True
+        try:
+            read_checkpoint(path)
+        except UserError:  # not a whole model: an ir-CSN backbone state_dict
+            load_backbone_weights(model, path)
+            return True
+        return False
+
+    def overlay_rows(self, batch, predicted):
+        images = batch["images"][0].permute(1, 2, 3, 0).numpy()  # [L, H, W, 3]
+        truth = batch["foreground"][0, 0].numpy().astype("int64")
+        return images, truth, predicted[0].cpu().numpy()
+
+    def session_settings(self, config):
+        return {"overlap": config.options.clip_overlap}
+
+
+RECIPE = C3DSegRecipe()

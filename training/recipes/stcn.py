@@ -1,0 +1,98 @@
+"""The STCN training recipe (facts from the published code):
+
+Adam (weight decay 1e-7), MultiStepLR ×0.1; main training lr 1e-5, batch 4, 150k iterations, decay at
+125k, 384×384 crops, frame-gap curriculum; static pre-training lr 1e-5, batch 8, 300k iterations, decay
+at 150k. Bootstrapped cross-entropy (20k → 70k, top 15 %). BatchNorm frozen: the network stays in
+``eval()`` mode throughout, as STCN trains. ``--data generated`` trains on clips generated on the fly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vosrt.sdk.errors import UserError
+from vosrt.training.data import GeneratedTripletDataset, StaticSequenceDataset, VideoFolder, VOSTripletDataset, max_skip_at
+from vosrt.training.models.stcn import FAMILY
+from vosrt.training.recipes import Recipe
+from vosrt.training.steps import STCNTrainStep
+
+GENERATED = "generated"  # --data value: STCN triplets from clips generated on the fly
+
+
+@dataclass
+class STCNOptions:
+    """STCN's training options (nested under ``"stcn"`` in a config file)."""
+
+    skip_curriculum: list = field(default_factory=lambda: [[0.0, 5], [0.1, 10], [0.2, 15], [0.3, 20],
+                                                           [0.4, 25], [0.9, 5]])
+    start_warm: int = 20000
+    end_warm: int = 70000
+    top_p: float = 0.15
+    generated_clip_size: list = field(default_factory=lambda: [240, 432])  # --data generated: clip H, W
+    generated_frames: int = 12           # --data generated: frames per clip
+    samples_per_epoch: int = 1000        # --data generated: samples per epoch
+    mem_every: int = 5                   # validation session
+    top_k: int = 20                      # validation session
+
+
+def _folders(paths) -> list[VideoFolder]:
+    folders = []
+    for path in paths:
+        path = Path(path)
+        split = "train" if any((path / "ImageSets" / d / "train.txt").is_file() for d in ("2017", "480p")) or \
+            (path / "train" / "JPEGImages").is_dir() else None
+        folders.append(VideoFolder(path, split=split))
+    return folders
+
+
+class STCNRecipe(Recipe):
+    family = FAMILY
+    options = STCNOptions
+    stages = ("main", "static")
+
+    def schedule(self, stage: str) -> dict:
+        self.check_stage(stage)
+        return dict(batch_size=8, iterations=300000, lr_steps=[150000], lr=1e-5) if stage == "static" else {}
+
+    def build_dataset(self, config, data):
+        o = config.options
+        if [str(d) for d in data] == [GENERATED]:
+            if config.stage != "main":
+                raise UserError("--data generated: clips generated on the fly feed stcn main training only; "
+                                "write a dataset with vosrt.sdk.synthetic.generate_dataset for the others")
+            return GeneratedTripletDataset(size=tuple(config.size), clip_size=tuple(o.generated_clip_size),
+                                           num_frames=o.generated_frames, max_skip=o.skip_curriculum[0][1],
+                                           samples_per_epoch=o.samples_per_epoch, seed=config.seed)
+        size = tuple(int(s) for s in config.size)
+        if config.stage == "static":
+            sources = [VideoFolder(p) if (Path(p) / "JPEGImages").is_dir() else Path(p) for p in data]
+            return StaticSequenceDataset(sources, size=size, seed=config.seed)
+        return VOSTripletDataset(_folders(data), size=size, max_skip=o.skip_curriculum[0][1],
+                                 repeat=config.repeat, seed=config.seed)
+
+    def step_module(self, model, config):
+        o = config.options
+        return STCNTrainStep(model, o.start_warm, o.end_warm, o.top_p)
+
+    def run_step(self, module, batch, step, device):
+        return module(batch["images"].to(device), batch["masks"].to(device), batch["labels"].to(device),
+                      batch["selector"].to(device), step)
+
+    def start_epoch(self, dataset, config, epoch, steps_per_epoch):
+        if config.stage == "main":
+            # STCN changes the gap limit only between epochs
+            dataset.set_max_skip(max_skip_at(epoch * steps_per_epoch / config.iterations,
+                                             [tuple(v) for v in config.options.skip_curriculum]))
+
+    def overlay_rows(self, batch, predicted):
+        images = batch["images"][0].permute(0, 2, 3, 1).numpy()  # [T, H, W, 3]
+        truth = batch["labels"][0].numpy()  # [T, H, W]
+        return images, truth, np.concatenate([truth[:1], predicted[0].cpu().numpy()])
+
+    def session_settings(self, config):
+        return {"mem_every": config.options.mem_every, "top_k": config.options.top_k}
+
+
+RECIPE = STCNRecipe()

@@ -1,0 +1,62 @@
+"""Validation during training through the SDK: the family's shipped session on the torch backend.
+
+The model in memory becomes a torch backend over an in-memory package (``Package.in_memory``) at
+``config.val_size`` (default: the family's package resolution), and each video streams through the
+family's session with :func:`vosrt.sdk.streaming.stream`, exactly as ``vosrt run --backend torch``
+streams an exported package: the same letterboxing, bounded memory bank, memory schedule and clip
+schedule. Families given masks get each object on the first frame it appears (YouTube-VOS protocol; on
+DAVIS 2017 all start on frame 0). Scores come from :func:`vosrt.sdk.metrics.score_sequence` (J, F and
+their mean per object, averaged over objects and videos).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from vosrt.sdk import families, metrics
+from vosrt.sdk.package import Package
+from vosrt.sdk.streaming import stream
+from vosrt.training.data.folders import VideoFolder
+
+
+def session_for(model, config):
+    """The family's SDK session over ``model`` (torch backend, model in memory, RGB frames)."""
+    from vosrt.sdk import open_session
+    from vosrt.sdk.backends.torch_backend import TorchBackend
+    from vosrt.training.recipes import recipe_for
+
+    family = families.get(config.family)
+    height, width = (int(v) for v in (config.val_size or family.default_resolution))
+    streaming = {"clip_length": int(model.clip_length)} if hasattr(model, "clip_length") else {}
+    package = Package.in_memory(family.name, height, width, stride=int(getattr(model, "size_multiple", 16)),
+                                variant=config.model, streaming=streaming, config=model.config)
+    backend = TorchBackend(package, model=model)
+    return open_session(backend, package, color="rgb", **recipe_for(family.name).session_settings(config))
+
+
+def first_appearances(folder: VideoFolder, video: str, truth: list[np.ndarray]) -> dict[int, np.ndarray]:
+    """{frame index: mask of the objects that first appear on it} (the masks a tracker is given)."""
+    annotations: dict[int, np.ndarray] = {}
+    for obj, index in folder.first_appearance(video).items():
+        annotations.setdefault(index, np.zeros_like(truth[index]))
+        annotations[index][truth[index] == obj] = obj
+    return annotations
+
+
+def validate(model, config, root, max_videos: int | None = None) -> dict:
+    """Dataset J, F and J&F of ``model`` on up to ``max_videos`` videos of the DAVIS-layout folder ``root``."""
+    folder = VideoFolder(root)
+    was_training = model.training
+    session = session_for(model, config)
+    scores = []
+    try:
+        for video in folder.videos[:max_videos]:
+            frames, labels = folder.load_video(video)
+            truth = [lab if lab is not None else np.zeros(f.shape[:2], np.uint8) for f, lab in zip(frames, labels)]
+            masks = first_appearances(folder, video, truth) if session.takes_mask else None
+            session.reset()
+            results = stream(session, frames, masks=masks, keep_results=True, close=False).results
+            predicted = [done.labels for done in sorted(results, key=lambda d: d.index)]
+            scores += metrics.score_sequence(config.family, predicted, truth, name=video)
+    finally:
+        model.train(was_training)
+    return metrics.summarize(scores) if scores else {}
