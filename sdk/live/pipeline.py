@@ -9,7 +9,8 @@ Commands (:meth:`select_box`, :meth:`select_point`, :meth:`remove`, :meth:`reset
 :meth:`snapshot`, :meth:`start_recording` …) may come from any thread (the web server's); those that
 touch the session are queued and applied by the inference thread just before the next push, through
 ``stream``'s ``masks`` hook, so the session is only ever used by one thread. A box becomes a mask on
-the frame it is pushed with (the newest frame when the command arrives). "Reset" ends the current
+the frame it is pushed with: the newest frame when the command arrives, or, while paused, the picture
+on the screen, which is pushed once more for it (as after a removal). "Reset" ends the current
 ``stream`` call and starts another on a reset session; capture continues.
 
 Figures for a viewer (:meth:`state`): frames processed, FPS over the last frames, end-to-end latency
@@ -127,6 +128,7 @@ class LivePipeline:
         self.latest_labels: np.ndarray | None = None
         self.latest_jpeg: bytes | None = None
         self.latest_index = -1
+        self.latest_name = ""
         self.snapshots = 0
         self.message = ""                              # last command's outcome, for the viewer
         self.listeners: list[Callable[[], None]] = []  # called (inference thread) after each frame
@@ -146,6 +148,7 @@ class LivePipeline:
         with self._lock:
             object_id = self._claim_id(object_id)
             self._boxes.append((object_id, tuple(box)))
+        self._replay_if_paused()
         return object_id
 
     def select_point(self, x: float, y: float, object_id: int | None = None) -> int:
@@ -164,6 +167,7 @@ class LivePipeline:
                 raise UserError(f"object {object_id} is not tracked (tracked: {sorted(self.objects)})")
             self._boxes = [(i, b) for i, b in self._boxes if i != object_id]
             self._removals.append(object_id)
+        self._replay_if_paused()
 
     def reset(self) -> None:
         """Forget every object and the session's state; the stream continues with the next frame."""
@@ -290,6 +294,12 @@ class LivePipeline:
         thread.start()
         return thread
 
+    def _replay_if_paused(self) -> None:
+        with self._lock:
+            frame, name = self.latest_frame, self.latest_name
+        if self.source.paused and frame is not None:
+            self.source.replay(frame, name)
+
     def _claim_id(self, object_id: int | None) -> int:
         taken = set(self.objects) | {i for i, _ in self._boxes}
         if object_id is None:
@@ -340,6 +350,7 @@ class LivePipeline:
         return labels
 
     def _deliver(self, index: int, name: str, frame: np.ndarray, labels: np.ndarray) -> None:
+        self.latest_name = name
         for output in self._outputs:
             output(index, name, frame, labels)
         recording = self._recording

@@ -67,6 +67,7 @@ class LatestFrameSource(FrameSource):
         self.status = f"{self.kind} {self.name}"
         self.ended = False         # the source ended (no retry); iteration stops once drained
         self._queue: deque = deque()                    # (frame, name, capture time)
+        self._replays: deque = deque()                  # (frame, name) to yield again, paused or not
         self._queue_size = 1 if drop else max(1, queue_size)
         self._cond = threading.Condition()
         self._closing = False
@@ -84,13 +85,18 @@ class LatestFrameSource(FrameSource):
         position = 0
         while True:
             with self._cond:
-                while not self._closing and not self._interrupted and (self._paused or not self._queue):
+                while (not self._closing and not self._interrupted and not self._replays
+                       and (self._paused or not self._queue)):
                     if self.ended and not self._queue:
                         return
                     self._cond.wait(0.5)
                 if self._closing or self._interrupted:
                     return
-                frame, name, captured_at = self._queue.popleft()
+                if self._replays:
+                    frame, name = self._replays.popleft()
+                    captured_at = time.perf_counter()
+                else:
+                    frame, name, captured_at = self._queue.popleft()
                 self._cond.notify_all()          # room in the queue for a capture thread that waits
                 self._captured_at[id(frame)] = (frame, captured_at)
                 while len(self._captured_at) > 256:   # frames the consumer never asked about
@@ -122,6 +128,13 @@ class LatestFrameSource(FrameSource):
     def resume(self) -> None:
         with self._cond:
             self._paused = False
+            self._cond.notify_all()
+
+    def replay(self, frame: np.ndarray, name: str) -> None:
+        """Yield ``frame`` (named ``name``) once more, next, even while paused: a viewer that picks an
+        object on the paused picture gets the selection applied to exactly that picture."""
+        with self._cond:
+            self._replays.append((frame, name))
             self._cond.notify_all()
 
     @property
