@@ -91,7 +91,8 @@ def test_frames_limits_the_processed_frames(tmp_path):
     assert len(list((tmp_path / "masks").glob("*.png"))) == 6
 
 
-def test_sigterm_leaves_a_playable_recording_and_the_pngs_written(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_leaves_a_playable_recording_and_the_pngs_written(tmp_path, stop):
     seq = generate_sequence(10, num_frames=30, num_objects=1)
     write_video(tmp_path / "clip.mp4", seq)
     process = subprocess.Popen(vosrt_command("live", str(PACKAGE), "--source", "clip.mp4", "--realtime", "--loop",
@@ -102,10 +103,10 @@ def test_sigterm_leaves_a_playable_recording_and_the_pngs_written(tmp_path):
     deadline = time.monotonic() + 60
     while len(list((tmp_path / "masks").glob("*.png"))) < 8 and time.monotonic() < deadline:
         time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(stop)
     output = process.communicate(timeout=60)[0]
     assert process.returncode == 0, output
-    assert "SIGTERM" in output and "frames processed" in output
+    assert stop.name in output and "frames processed" in output
     pngs = list((tmp_path / "masks").glob("*.png"))
     assert len(pngs) >= 8
     assert video_frames(tmp_path / "overlay.mp4") == len(pngs)
@@ -190,6 +191,23 @@ def test_viewer_of_an_unsupervised_package_shows_segments_and_refuses_selection(
         assert code == 403                                   # another site cannot drive the viewer
         code, _ = _post(page + "api/pause", {}, {"Origin": page.rstrip("/")})
         assert code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, "".join(process.output)
+
+
+def test_beyond_loopback_a_token_is_generated_and_required(tmp_path):
+    write_video(tmp_path / "clip.mp4", generate_sequence(14, num_frames=10, height=64, width=96, num_objects=1))
+    process, page = start_live([str(PACKAGE), "--source", "clip.mp4", "--host", "0.0.0.0",
+                                "--port", str(free_port())], cwd=tmp_path)
+    try:
+        assert "?token=" in page and len(page.split("?token=")[1]) >= 16
+        bare = page.split("?")[0]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(bare + "api/state", timeout=10)
+        assert refused.value.code == 401
+        with urllib.request.urlopen(page, timeout=10) as answer:     # the printed URL opens the page
+            assert b"vosrt live" in answer.read()
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, "".join(process.output)
