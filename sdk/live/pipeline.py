@@ -14,8 +14,8 @@ on the screen, which is pushed once more for it (as after a removal). "Reset" en
 ``stream`` call and starts another on a reset session; capture continues.
 
 Figures for a viewer (:meth:`state`): frames processed, FPS over the last frames, end-to-end latency
-(capture to finished label map) and dropped frames. :attr:`latencies` keeps every latency for a final
-report (``p50``/``p95`` by :func:`percentiles`).
+(capture to finished label map) and dropped frames. :attr:`latencies` keeps the latencies of the last
+100 000 frames for a final report (``p50``/``p95`` by :func:`percentiles`).
 """
 from __future__ import annotations
 
@@ -122,7 +122,10 @@ class LivePipeline:
         self._stopping = False
         self._resetting = False
         self.frames = 0                               # frames processed over the whole run
-        self.latencies: list[float] = []              # seconds, capture -> label map, per processed frame
+        # seconds from capture to label map per processed frame: the last 100 000 for the final report
+        # (a camera runs for days in constant memory), the last 30 for the page
+        self.latencies: deque = deque(maxlen=100_000)
+        self._recent_latencies: deque = deque(maxlen=30)
         self._recent: deque = deque(maxlen=30)        # finish times, for the FPS shown
         self.latest_frame: np.ndarray | None = None
         self.latest_labels: np.ndarray | None = None
@@ -242,8 +245,7 @@ class LivePipeline:
 
     def state(self) -> dict:
         """What a viewer shows (JSON-ready)."""
-        recent = self.latencies[-30:]
-        p50, p95 = percentiles(recent)
+        p50, p95 = percentiles(list(self._recent_latencies))
         return {"frame": self.latest_index, "frames": self.frames, "fps": round(self.fps(), 2),
                 "latency_ms": None if np.isnan(p50) else round(p50 * 1000, 1),
                 "latency_p95_ms": None if np.isnan(p95) else round(p95 * 1000, 1),
@@ -362,6 +364,7 @@ class LivePipeline:
         captured = self.source.capture_time(frame)
         if captured is not None:
             self.latencies.append(now - captured)
+            self._recent_latencies.append(now - captured)
         self._recent.append(now)
         self.frames += 1
         counts = np.bincount(done.labels.ravel().astype(np.int64))

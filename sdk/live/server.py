@@ -26,10 +26,11 @@ import hmac
 import ipaddress
 import json
 import signal
+import weakref
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.live.pipeline import LivePipeline
@@ -96,6 +97,11 @@ def make_app(pipeline: LivePipeline, token: str | None = None) -> web.Applicatio
 
     app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
     hub: FrameHub | None = None
+    sockets: weakref.WeakSet = weakref.WeakSet()
+
+    async def on_shutdown(app):   # an open page must not hold the server's exit up
+        for ws in set(sockets):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"vosrt live stopped")
 
     async def on_startup(app):
         nonlocal hub
@@ -118,6 +124,7 @@ def make_app(pipeline: LivePipeline, token: str | None = None) -> web.Applicatio
     async def websocket(request):
         ws = web.WebSocketResponse(heartbeat=20)
         await ws.prepare(request)
+        sockets.add(ws)
         reader = asyncio.create_task(_drain(ws))
         sent = None
         try:
@@ -150,6 +157,7 @@ def make_app(pipeline: LivePipeline, token: str | None = None) -> web.Applicatio
         return web.json_response({"ok": True, **reply})
 
     app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
     app.router.add_get("/", page)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/api/state", state)
