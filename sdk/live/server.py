@@ -64,9 +64,10 @@ class FrameHub:
         event, self.event = self.event, asyncio.Event()
         event.set()
 
-    async def wait(self, timeout: float) -> None:
+    async def wait(self, event: asyncio.Event, timeout: float) -> None:
+        """Until ``event`` (taken from :attr:`event` *before* sending, so no frame is missed) or timeout."""
         try:
-            await asyncio.wait_for(self.event.wait(), timeout)
+            await asyncio.wait_for(event.wait(), timeout)
         except asyncio.TimeoutError:
             pass
 
@@ -129,12 +130,13 @@ def make_app(pipeline: LivePipeline, token: str | None = None) -> web.Applicatio
         sent = None
         try:
             while not ws.closed and not reader.done():
+                newer = hub.event
                 jpeg = pipeline.latest_jpeg
                 if jpeg is not None and jpeg is not sent:
                     await ws.send_bytes(jpeg)
                     sent = jpeg
                 await ws.send_str(json.dumps(pipeline.state()))
-                await hub.wait(0.5)
+                await hub.wait(newer, 0.5)
         except (ConnectionResetError, RuntimeError):
             pass
         finally:
