@@ -9,7 +9,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from live_support import PACKAGE, desk_video, free_port, start_live, video_frames
