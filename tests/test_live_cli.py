@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 
+import cv2
 import numpy as np
 import pytest
 
@@ -79,7 +80,7 @@ def test_realtime_on_a_model_slower_than_the_video_drops_stale_frames(tmp_path, 
                                     (" frames processed", " captured", " dropped"))
     assert captured == 300 and dropped > 0 and processed + dropped == captured
     names = sorted(int(p.stem) for p in (tmp_path / "masks").glob("*.png"))
-    assert len(names) == processed and names[0] == 0 and names[-1] <= 299
+    assert len(names) == processed and 0 <= names[0] and names[-1] <= 299
     assert max(np.diff(names)) > 1       # the PNGs skip the dropped frames' indices
 
 
@@ -211,3 +212,16 @@ def test_beyond_loopback_a_token_is_generated_and_required(tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, "".join(process.output)
+
+
+def test_an_image_folder_played_with_realtime_and_fps_names_pngs_by_image(tmp_path, capsys):
+    seq = generate_sequence(15, num_frames=40, height=64, width=96, num_objects=1)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for index, frame in enumerate(seq.frames):
+        cv2.imwrite(str(frames / f"shot-{index:03d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    assert main(["live", str(PACKAGE), "--source", str(frames), "--realtime", "--fps", "400", "--headless",
+                 *_select_args(seq.labels[0]), "--out", str(tmp_path / "masks")]) == 0
+    assert "realtime, newest frame wins" in capsys.readouterr().err
+    written = sorted(p.stem for p in (tmp_path / "masks").glob("*.png"))
+    assert written and set(written) < {f"shot-{i:03d}" for i in range(40)}     # some dropped
