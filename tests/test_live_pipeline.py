@@ -43,7 +43,10 @@ def test_a_box_drawn_while_paused_is_applied_to_the_paused_picture(running):
     pipeline, seq = running
     wait_for(lambda: pipeline.frames >= 5)
     pipeline.pause()
-    time.sleep(0.3)                     # the frame in progress finishes
+    settled = -1
+    while settled != pipeline.frames:   # the frame in progress finishes
+        settled = pipeline.frames
+        time.sleep(0.3)
     frames, picture, name = pipeline.frames, pipeline.latest_frame, pipeline.latest_name
     truth = seq.labels[int(name)] == 1
     pipeline.select_box(bounding_box(truth))
