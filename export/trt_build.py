@@ -118,6 +118,37 @@ def write_fp16_graphs(package: Package, progress: Progress = None) -> dict:
     return record
 
 
+EMBEDDABLE_PLUGIN_LIBRARY = "libvosrt_plugins_embed.so"
+
+
+def embeddable_plugin_library(library: Path) -> Path:
+    """The self-contained plugin library built beside ``library`` (``libvosrt_plugins_embed.so``: kernels and
+    CUDA runtime linked in, no libnvinfer dependency), which ``--embed-plugins`` serialises into engines so
+    that they load where only TensorRT is installed."""
+    embeddable = Path(library).with_name(EMBEDDABLE_PLUGIN_LIBRARY)
+    if not embeddable.is_file():
+        raise UserError(f"--embed-plugins needs {embeddable} (the self-contained plugin library, built with "
+                        f"{Path(library).name} by `cmake --build plugins/build -j` when nvcc is available); "
+                        "rebuild plugins/ or drop --embed-plugins")
+    return embeddable
+
+
+def limit_plugin_workspace(model, workspace_mb: int) -> int:
+    """Give every D2Conv3D node of ``model`` (an onnx.ModelProto, changed in place) the attribute
+    ``max_workspace_mb``, which caps the workspace the plugin asks TensorRT for (the kernels then run
+    narrower tiles); returns the number of nodes changed. L2MemoryReadout's workspace is small (B·M·k)."""
+    import onnx
+
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type == "D2Conv3D" and node.domain == "trt.plugins":
+            kept = [a for a in node.attribute if a.name != "max_workspace_mb"]
+            del node.attribute[:]
+            node.attribute.extend(kept + [onnx.helper.make_attribute("max_workspace_mb", int(workspace_mb))])
+            changed += 1
+    return changed
+
+
 def _write_manifest_engines(package: Package, precision: str, entry: dict) -> None:
     _, manifest = read_manifest(package.path)
     engines = manifest.get("engines") or {}
@@ -147,8 +178,9 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
         max_objects: largest number of objects the STCN engines accept.
         plugin_lib: path of ``libvosrt_plugins.so`` (default ``$VOSRT_PLUGIN_LIB`` or the source checkout's
             ``plugins/build/trt``).
-        embed_plugins: serialise the plugin library into every engine (``setPluginsToSerialize``), so
-            the engines load where the library is not installed (hosts must allow engine host code).
+        embed_plugins: serialise the self-contained plugin library (``libvosrt_plugins_embed.so``, see
+            :func:`embeddable_plugin_library`) into every engine (``setPluginsToSerialize``), so the engines
+            load where only TensorRT is installed (hosts must allow engine host code).
 
     Returns the manifest's new ``engines[precision]`` entry.
     """
@@ -163,6 +195,7 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
     sources = _plugin_graphs(package)
     profiles = {g: profile_shapes(package, g, max_objects, max_memory_frames) for g in sources}
     library = find_plugin_library(plugin_lib)
+    embedded = embeddable_plugin_library(library) if embed_plugins else None
     trt = import_tensorrt()
     gpu = current_gpu()
 
@@ -186,7 +219,15 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
         _say(progress, f"building {graph} ({precision}) from {source.name}")
         network = builder.create_network(_strongly_typed_flags(trt))
         parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(source)):
+        if workspace_mb:
+            import onnx
+
+            model = onnx.load(str(source))
+            limit_plugin_workspace(model, workspace_mb)
+            parsed = parser.parse(model.SerializeToString(), str(source))
+        else:
+            parsed = parser.parse_from_file(str(source))
+        if not parsed:
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise UserError(f"TensorRT cannot parse {source}: {errors}")
         config = builder.create_builder_config()
@@ -196,7 +237,7 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
         if embed_plugins:
             # TensorRT serialises plugin libraries into version-compatible engines.
             config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-            config.plugins_to_serialize = [str(library)]
+            config.plugins_to_serialize = [str(embedded)]
         profile = builder.create_optimization_profile()
         for i in range(network.num_inputs):
             name = network.get_input(i).name
@@ -228,6 +269,7 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
         "plugin_library": str(library),
         "plugin_library_sha256": file_sha256(library),
         "plugins_serialized": bool(embed_plugins),
+        "serialized_plugin_library": str(embedded) if embedded else None,
         "timing_cache": f"{ENGINE_DIR}/{TIMING_CACHE}",
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

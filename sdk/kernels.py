@@ -131,6 +131,7 @@ def _declare_kernels(lib: ctypes.CDLL) -> None:
         "vosrtD2Conv3DOutputShape": (_INT, [d2c, ctypes.POINTER(_INT)]),
         "vosrtD2Conv3DValidate": (_INT, [d2c]),
         "vosrtD2Conv3DWorkspaceSize": (_SIZE, [d2c, _INT]),
+        "vosrtD2Conv3DMinWorkspaceSize": (_SIZE, [d2c, _INT]),
         "vosrtD2Conv3DBackwardWorkspaceSize": (_SIZE, [d2c, _INT]),
         "vosrtD2Conv3DForward": (_INT, [d2c, _INT, _VP, _VP, _VP, _VP, _VP, _VP, _VP, _SIZE, _VP]),
         "vosrtD2Conv3DBackward": (_INT, [d2c, _INT, _VP, _VP, _VP, _VP, _VP,

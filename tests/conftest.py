@@ -1,11 +1,14 @@
-"""Test tiers: `gpu` tests need a CUDA device, `tensorrt` tests need TensorRT and a GPU; both skip cleanly."""
+"""Test tiers: `gpu` tests need a CUDA device, `tensorrt` tests need TensorRT and a GPU; both skip cleanly
+where there is no GPU. Whether there is one is asked of the driver, not of torch."""
+import ctypes
 import importlib.util
 import os
+from functools import lru_cache
 
 import pytest
 
 
-def _has_cuda() -> bool:
+def _torch_has_cuda() -> bool:
     try:
         import torch
     except ImportError:
@@ -26,20 +29,47 @@ def _cuda_device_count_via_runtime() -> int:
     return count if int(err) == 0 else 0
 
 
+def _cuda_device_count_via_driver() -> int:
+    # The driver itself (libcuda, installed with the GPU driver), with no Python package at all.
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+@lru_cache(maxsize=None)
+def _gpu_present() -> bool:
+    """Decided by the driver, not by torch: a GPU host whose torch lacks CUDA must not skip tier 2."""
+    return _torch_has_cuda() or _cuda_device_count_via_runtime() > 0 or _cuda_device_count_via_driver() > 0
+
+
 def _has_tensorrt() -> bool:
     if importlib.util.find_spec("tensorrt") is None:
         return False
-    return _has_cuda() or _cuda_device_count_via_runtime() > 0
+    return _gpu_present()
 
 
 def pytest_collection_modifyitems(config, items):
-    skip_gpu = None if _has_cuda() else pytest.mark.skip(reason="no CUDA device (tier 2 GPU test)")
+    skip_gpu = None if _gpu_present() else pytest.mark.skip(reason="no CUDA device (tier 2 GPU test)")
     skip_trt = None if _has_tensorrt() else pytest.mark.skip(reason="TensorRT or GPU absent (tier 3 test)")
     for item in items:
         if skip_gpu and "gpu" in item.keywords:
             item.add_marker(skip_gpu)
         if skip_trt and "tensorrt" in item.keywords:
             item.add_marker(skip_trt)
+
+
+@pytest.fixture(autouse=True)
+def _gpu_tests_need_torch_with_cuda(request):
+    # On a GPU host, a torch without CUDA fails the tier-2 tests loudly instead of skipping them.
+    if "gpu" in request.keywords and _gpu_present() and not _torch_has_cuda():
+        pytest.fail("a CUDA device is present (driver) but this torch has no CUDA: install a CUDA build of "
+                    "torch to run the tier-2 tests")
+    yield
 
 
 @pytest.fixture(autouse=True, scope="session")

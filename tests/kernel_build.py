@@ -65,3 +65,29 @@ def emulation_path() -> Path:
     """libvosrt_kernels_emu.so (the fp32 kernels on host threads), built like the CPU driver."""
     folder, _ = build(with_kernels=have_nvcc())
     return folder / "libvosrt_kernels_emu.so"
+
+
+@lru_cache(maxsize=None)
+def build_embeddable_plugins(trt_include: Path) -> Path:
+    """libvosrt_plugins_embed.so (the self-contained plugin library for --embed-plugins engines) built with
+    CMake against the TensorRT headers in ``trt_include``; skips the caller without cmake, g++ or nvcc."""
+    if not have_cmake_and_cxx():
+        pytest.skip("cmake or a C++ compiler is not installed")
+    if not have_nvcc():
+        pytest.skip("nvcc is not installed: the embeddable plugin library compiles the kernels in")
+    version = "".join(c if c.isalnum() else "-" for c in str(trt_include.resolve()))[-60:]
+    build_dir = PLUGINS / f"build-test-embed{version}"
+    env = dict(os.environ)
+    if shutil.which("nvcc") is None:
+        env["PATH"] = f"/usr/local/cuda/bin:{env.get('PATH', '')}"
+    configure = ["cmake", "-S", str(PLUGINS), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+                 "-DVOSRT_BUILD_KERNELS=ON", "-DVOSRT_BUILD_TRT=ON", f"-DTensorRT_INCLUDE_DIR={trt_include}",
+                 "-DVOSRT_BUILD_CPU_DRIVER=OFF", "-DVOSRT_BUILD_EMULATION=OFF",
+                 f"-DVOSRT_CUDA_ARCHS={TEST_ARCH}", f"-DCMAKE_CUDA_ARCHITECTURES={TEST_ARCH}"]
+    for cmd in (configure, ["cmake", "--build", str(build_dir), "-j", "2", "--target", "vosrt_plugins_embed"]):
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        if done.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed:\n{(done.stdout + done.stderr)[-4000:]}")
+        if "warning" in done.stdout.lower() + done.stderr.lower() and cmd is not configure:
+            raise AssertionError(f"warnings building libvosrt_plugins_embed:\n{done.stdout + done.stderr}")
+    return build_dir / "trt" / "libvosrt_plugins_embed.so"

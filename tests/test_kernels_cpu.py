@@ -236,17 +236,79 @@ def test_emulated_kernel_d2conv3d_backward_matches_reference(emulation, case):
             _close(grad, leaf.grad.numpy())
 
 
-def test_emulated_kernel_d2conv3d_refuses_a_short_workspace(emulation):
+def _conv_call(lib, tensors, attrs, workspace_bytes=None):
+    """(status, y, preferred workspace, minimum workspace) of one fp32 forward with `workspace_bytes`."""
+    x, dilation, modulation, weight, bias = (None if t is None else t.numpy().copy() for t in tensors)
+    params = kernels.d2conv3d_params(x.shape, weight.shape, attrs["stride"], attrs["padding"],
+                                     attrs["dilation_base"], attrs["groups"], modulation is not None, bias is not None)
+    preferred = lib.vosrtD2Conv3DWorkspaceSize(ctypes.byref(params), kernels.FLOAT32)
+    least = lib.vosrtD2Conv3DMinWorkspaceSize(ctypes.byref(params), kernels.FLOAT32)
+    nbytes = preferred if workspace_bytes is None else workspace_bytes
+    workspace = np.zeros(max(nbytes, 1), np.uint8)
+    out = (ctypes.c_int * 3)()
+    lib.vosrtD2Conv3DOutputShape(ctypes.byref(params), out)
+    y = np.full((x.shape[0], weight.shape[0], *out), np.nan, np.float32)
+    status = lib.vosrtD2Conv3DForward(ctypes.byref(params), kernels.FLOAT32, _ptr(x), _ptr(dilation),
+                                      _ptr(modulation), _ptr(weight), _ptr(bias), _ptr(y), _ptr(workspace),
+                                      nbytes, None)
+    return status, y, preferred, least
+
+
+def test_emulated_kernel_d2conv3d_refuses_a_workspace_below_one_tile(emulation):
     x, dilation, modulation, weight, bias, attrs = _conv_inputs(TILED_CASE, seed=12)
-    params = kernels.d2conv3d_params(x.shape, weight.shape, attrs["stride"], attrs["padding"], attrs["dilation_base"],
-                                     1, True, True)
-    nbytes = emulation.vosrtD2Conv3DWorkspaceSize(ctypes.byref(params), kernels.FLOAT32)
-    arrays = [t.numpy() for t in (x, dilation, modulation, weight, bias)]
-    y = np.zeros(1, np.float32)
-    workspace = np.zeros(nbytes, np.uint8)
-    status = emulation.vosrtD2Conv3DForward(ctypes.byref(params), kernels.FLOAT32, *(_ptr(a) for a in arrays),
-                                            _ptr(y), _ptr(workspace), nbytes - 1, None)
+    _, _, _, least = _conv_call(emulation, (x, dilation, modulation, weight, bias), attrs, 0)
+    status, _, _, _ = _conv_call(emulation, (x, dilation, modulation, weight, bias), attrs, least - 1)
     assert status == 4  # VOSRT_ERROR_WORKSPACE
+
+
+# 1×9 taps × 2×20×30 outputs, one output channel: a column costs 9 fp32 samples + 4 split-K partial sums
+# (52 bytes), so the emulation's 32 KiB budget prefers 512-column tiles; one tile is 128.
+NARROW_CASE = ((1, 3, 3), (1, 1, 1), (0, 1, 1), (1, 1, 1), 1, True, True, (1, 1), (2, 20, 30))
+
+
+def test_emulated_kernel_d2conv3d_follows_the_workspace_it_is_given(emulation):
+    # A TensorRT engine built with a small --workspace hands the plugin less than the preferred tile: the
+    # forward must then run narrower tiles (more of them), with the same result.
+    tensors = _conv_inputs(NARROW_CASE, seed=14)
+    attrs = tensors[-1]
+    expected = d2conv3d(*(_f64(t) for t in tensors[:5]), backend="torch", **attrs).numpy()
+    status, y_preferred, preferred, least = _conv_call(emulation, tensors[:5], attrs)
+    assert status == 0 and least < preferred
+    assert least == 128 * (1 * 9 * 4 + 4 * 1 * 4)  # one 128-column fp32 tile and its split-K scratch
+    for nbytes in (least, least + 1000, (least + preferred) // 2):
+        status, y, _, _ = _conv_call(emulation, tensors[:5], attrs, nbytes)
+        assert status == 0
+        _close(y, expected)
+    _close(y_preferred, expected)
+
+
+def test_emulated_kernels_ignore_a_stale_cuda_error_and_report_their_own_failed_launch(emulation):
+    tensors = _conv_inputs(NARROW_CASE, seed=15)
+    attrs = tensors[-1]
+    expected = d2conv3d(*(_f64(t) for t in tensors[:5]), backend="torch", **attrs).numpy()
+    emulation.vosrtEmuSetLastError(2)  # cudaErrorMemoryAllocation left behind by unrelated host code
+    status, y, _, least = _conv_call(emulation, tensors[:5], attrs)
+    assert status == 0
+    _close(y, expected)
+    for nth in (1, 2, 5):  # a failed im2col, GEMM or later-tile launch is reported, not ignored
+        emulation.vosrtEmuFailLaunch(nth)
+        status, _, _, _ = _conv_call(emulation, tensors[:5], attrs, least)
+        assert status == 3, nth  # VOSRT_ERROR_CUDA
+    emulation.vosrtEmuFailLaunch(0)
+    mem_key, query_key, mem_value = (np.random.default_rng(0).standard_normal(s).astype(np.float32)
+                                     for s in ((1, 16, 300), (1, 16, 20), (1, 4, 300)))
+    params = kernels.l2_readout_params(mem_key.shape, 20, 4, 20, 0.0)
+    nbytes = emulation.vosrtL2ReadoutWorkspaceSize(ctypes.byref(params), kernels.FLOAT32)
+    workspace, out = np.zeros(nbytes, np.uint8), np.zeros((1, 4, 20), np.float32)
+    call = lambda: emulation.vosrtL2ReadoutForward(ctypes.byref(params), kernels.FLOAT32, _ptr(mem_key),
+                                                   _ptr(query_key), _ptr(mem_value), _ptr(out), _ptr(workspace),
+                                                   nbytes, None)
+    emulation.vosrtEmuSetLastError(2)
+    assert call() == 0
+    for nth in (1, 2, 3):  # select, merge, gather
+        emulation.vosrtEmuFailLaunch(nth)
+        assert call() == 3, nth
+    emulation.vosrtEmuFailLaunch(0)
 
 
 # B, Ck, N, M, V, top_k: N splits over several blocks, odd sizes, N < top_k, top_k = 0
@@ -348,3 +410,154 @@ def test_torch_readout_above_the_top_k_limit_uses_the_reference(emulated_torch_o
     tensors = [torch.randn(1, 8, 200, generator=g), torch.randn(1, 8, 5, generator=g), torch.randn(1, 3, 200, generator=g)]
     out = emulated_torch_ops._l2_memory_readout(*tensors, 100, 0.3)
     _close(out.numpy(), l2_memory_readout(*(t.double() for t in tensors), 100, 0.3, backend="torch").numpy())
+
+
+# ---- NaN policy (plugins/kernels/README.md): NaN propagates, the same in the reference, the CPU driver
+# and the kernels' own code; compared as NaN masks plus the finite values ----
+
+
+def _same_nans_and_close(actual, expected, rel=1e-4):
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert np.isnan(expected).any(), "the case must produce NaN in the reference"
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    finite = ~np.isnan(expected)
+    if finite.any():
+        _close(actual[finite], expected[finite], rel)
+
+
+def _nan_readout_inputs(where):
+    g = torch.Generator().manual_seed(21)
+    mem_key, query_key, mem_value = torch.randn(1, 16, 300, generator=g), torch.randn(1, 16, 40, generator=g), \
+        torch.randn(1, 5, 300, generator=g)
+    {"mem_key": lambda: mem_key.__setitem__((0, 3, 17), float("nan")),
+     "query_key": lambda: query_key.__setitem__((0, 0, 9), float("nan")),
+     "mem_value": lambda: mem_value.__setitem__((0, 2, slice(None)), float("nan"))}[where]()
+    return mem_key, query_key, mem_value
+
+
+@pytest.mark.parametrize("top_k", [20, 0])
+@pytest.mark.parametrize("where", ["mem_key", "query_key", "mem_value"])
+def test_readout_nan_policy_is_the_same_in_the_reference_the_cpu_driver_and_the_kernels(driver, emulation, where,
+                                                                                       top_k):
+    mem_key, query_key, mem_value = _nan_readout_inputs(where)
+    expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), top_k, backend="torch")
+    expected = expected.numpy()
+    if where == "mem_key":
+        assert np.isnan(expected).all()            # every query's top-k holds the NaN entry
+    if where == "query_key":
+        assert np.isnan(expected[..., 9]).all() and not np.isnan(np.delete(expected, 9, axis=2)).any()
+    _same_nans_and_close(driver.l2_memory_readout(mem_key.numpy(), query_key.numpy(), mem_value.numpy(), top_k),
+                         expected)
+    params = kernels.l2_readout_params(mem_key.shape, 40, 5, top_k, 0.0)
+    nbytes = emulation.vosrtL2ReadoutWorkspaceSize(ctypes.byref(params), kernels.FLOAT32)
+    workspace, out = np.zeros(max(nbytes, 1), np.uint8), np.zeros((1, 5, 40), np.float32)
+    arrays = [t.numpy() for t in (mem_key, query_key, mem_value)]
+    kernels.check_status(emulation.vosrtL2ReadoutForward(ctypes.byref(params), kernels.FLOAT32,
+                                                         *(_ptr(a) for a in arrays), _ptr(out), _ptr(workspace),
+                                                         nbytes, None), "forward")
+    _same_nans_and_close(out, expected)
+
+
+# (tensor, index) of the NaN: D at one location, M of one kernel point, X inside and at a border voxel
+D2_NANS = {"dilation": ("dilation", (0, 1, 1, 2, 3)), "modulation": ("modulation", (1, 13, 2, 4, 1)),
+           "x-inside": ("x", (0, 1, 2, 4, 3)), "x-border": ("x", (1, 0, 0, 0, 0))}
+
+
+@pytest.mark.parametrize("tensor, index", list(D2_NANS.values()), ids=list(D2_NANS))
+def test_d2conv3d_nan_policy_is_the_same_in_the_reference_the_cpu_driver_and_the_kernels(driver, emulation,
+                                                                                         tensor, index):
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(CONV_CASES[0], seed=22)
+    inputs = {"x": x, "dilation": dilation, "modulation": modulation}
+    inputs[tensor][index] = float("nan")
+    expected = d2conv3d(_f64(x), _f64(dilation), _f64(modulation), _f64(weight), _f64(bias), backend="torch",
+                        **attrs).numpy()
+    if tensor != "x":  # everything at that one location, nothing elsewhere
+        n, *where = index[0], *index[2:]
+        assert np.isnan(expected[n, :, where[0], where[1], where[2]]).all()
+        assert np.isnan(expected).sum() == expected.shape[1]
+    else:  # no more than the outputs whose samples can reach the voxel (3×3×3 kernel, D < 2.5)
+        assert 0 < np.isnan(expected).sum() < expected.size // 4
+    _same_nans_and_close(driver.d2conv3d_forward(_np(x), _np(dilation), _np(modulation), _np(weight), _np(bias),
+                                                 attrs["stride"], attrs["padding"], attrs["dilation_base"],
+                                                 attrs["groups"]), expected)
+    _same_nans_and_close(_emulated_conv(emulation, (x, dilation, modulation, weight, bias), attrs), expected)
+
+
+# ---- the fused readout's selection paths (register lists sized to k, shared per-query thresholds, 3xTF32
+# affinity tiles) against the reference, through the kernels' own code ----
+
+
+def _readout_case(kind, g):
+    """(mem_key, query_key, mem_value, top_k) of one named case."""
+    if kind == "ties":  # every entry four times: tie groups straddle the top-k boundary
+        mk, mv = torch.randn(1, 16, 75, generator=g), torch.randn(1, 6, 75, generator=g)
+        return mk.repeat_interleave(4, 2), torch.randn(1, 16, 33, generator=g), mv.repeat_interleave(4, 2), 20
+    if kind == "one-list-holds-the-top":  # the best entries all fall to list 0 of every query (n % 4 == 0)
+        mk = torch.randn(1, 16, 512, generator=g) * 0.1
+        mk[:, :, ::4] += torch.randn(1, 16, 128, generator=g) * 2
+        return mk, torch.randn(1, 16, 20, generator=g), torch.randn(1, 4, 512, generator=g), 20
+    b, ck, n, m, v, k = {"odd-ck": (1, 13, 300, 50, 4, 20), "tiles-off": (2, 24, 1001, 130, 5, 20),
+                         "k7": (1, 16, 600, 40, 3, 7), "k33": (1, 16, 600, 40, 3, 33),
+                         "eight-objects": (1, 32, 400, 64, 8 * 3, 20), "production-ck": (1, 64, 900, 64, 2, 20)}[kind]
+    return (torch.randn(b, ck, n, generator=g), torch.randn(b, ck, m, generator=g), torch.randn(b, v, n, generator=g), k)
+
+
+READOUT_KINDS = ["ties", "one-list-holds-the-top", "odd-ck", "tiles-off", "k7", "k33", "eight-objects",
+                 "production-ck"]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("kind", READOUT_KINDS)
+def test_emulated_readout_selection_matches_reference(emulation, kind, dtype):
+    g = torch.Generator().manual_seed(READOUT_KINDS.index(kind))
+    mem_key, query_key, mem_value, top_k = _readout_case(kind, g)
+    torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
+    if dtype == "fp16":  # fp16 storage: the reference sees the same rounded inputs
+        mem_key, query_key = mem_key * 0.5, query_key * 0.5
+    mem_key, query_key, mem_value = (t.to(torch_dtype) for t in (mem_key, query_key, mem_value))
+    code = kernels.FLOAT16 if dtype == "fp16" else kernels.FLOAT32
+    b, _, n = mem_key.shape
+    m, v = query_key.shape[2], mem_value.shape[1]
+    params = kernels.l2_readout_params(mem_key.shape, m, v, top_k, 0.0)
+    nbytes = emulation.vosrtL2ReadoutWorkspaceSize(ctypes.byref(params), code)
+    workspace = np.zeros(max(nbytes, 1), np.uint8)
+    out = np.full((b, v, m), np.nan, mem_key.numpy().dtype)
+    arrays = [t.numpy() for t in (mem_key, query_key, mem_value)]
+    kernels.check_status(emulation.vosrtL2ReadoutForward(ctypes.byref(params), code, *(_ptr(a) for a in arrays),
+                                                         _ptr(out), _ptr(workspace), nbytes, None), kind)
+    expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), top_k, backend="torch")
+    _close(out, expected.numpy(), rel=1e-2 if dtype == "fp16" else 1e-4)
+
+
+def test_readout_workspace_holds_lists_sized_to_the_real_k(emulation):
+    # top_k 17..20 share STCN's 20-entry lists; 21 moves to the 32-entry bucket
+    sizes = {k: emulation.vosrtL2ReadoutWorkspaceSize(ctypes.byref(kernels.l2_readout_params((1, 64, 5000), 100,
+                                                                                             8, k, 0.0)),
+                                                      kernels.FLOAT32) for k in (16, 17, 20, 21)}
+    assert sizes[17] == sizes[20] and sizes[16] < sizes[20] < sizes[21]
+    assert sizes[20] * 32 == sizes[21] * 20
+
+
+def test_emulated_kernel_d2conv3d_fp16_with_both_gemm_tile_sizes_matches_reference(emulation):
+    # NARROW_CASE in fp16: the first column tile (896 positions) gives the GEMM enough blocks for
+    # 128×128 tiles, the ragged last one falls back to 64×64 tiles (the emulation has 4 "SMs").
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(NARROW_CASE, seed=16)
+    tensors = [t.half() for t in (x, dilation, modulation, weight, bias)]
+    expected = d2conv3d(*(t.double() for t in tensors), backend="torch", **attrs)
+    actual = _emulated_conv(emulation, tensors, attrs)
+    _close(actual, expected.numpy(), rel=1e-2)
+
+
+# C·K = 16·27 = 432 and one 4-channel, 60-position output tile: a single 64×64 GEMM tile for 4 "SMs", so
+# the GEMM sums K in slices (fp32: 4 of 112, fp16: 3 of 160) and a reduction adds them, the bias and C.
+SPLIT_K_CASE = ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, True, True, (16, 4), (2, 5, 6))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_emulated_kernel_d2conv3d_with_split_k_matches_reference(emulation, dtype):
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(SPLIT_K_CASE, seed=17, batch=2)
+    tensors = [x, dilation, modulation, weight / 6, bias]
+    if dtype == "fp16":
+        tensors = [t.half() for t in tensors]
+    expected = d2conv3d(*(t.double() for t in tensors), backend="torch", **attrs)
+    _close(_emulated_conv(emulation, tensors, attrs), expected.numpy(), rel=1e-2 if dtype == "fp16" else 1e-4)

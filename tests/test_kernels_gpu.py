@@ -118,6 +118,16 @@ def test_d2conv3d_spanning_several_column_tiles_matches_reference():
     _assert_close(actual, expected, 1e-4)
 
 
+@pytest.mark.parametrize("dtype, rel", [(torch.float32, 1e-4), (torch.float16, 1e-2)], ids=["fp32", "fp16"])
+def test_d2conv3d_at_the_production_width_matches_reference(dtype, rel):
+    # 3DC-Seg's rf3.convFS1 reads C = 1,024 encoder channels at 1/16 of a 480p clip (T = 2, 30×54).
+    case = ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, True, True, (1024, 64), (2, 30, 54))
+    tensors, attrs = _conv_inputs(case, seed=9, dtype=dtype, batch=1)
+    expected, _ = _reference_conv(tensors, attrs)
+    actual, _ = _kernel_conv(tensors, attrs)
+    _assert_close(actual, expected, rel)
+
+
 def test_d2conv3d_auto_backend_dispatches_to_the_kernel():
     tensors, attrs = _conv_inputs(CONV_CASES[0], seed=8)
     auto = d2conv3d(*tensors, **attrs)
@@ -141,6 +151,7 @@ READOUT_CASES = [  # B, Ck, N, M, V, top_k
     (2, 16, 12, 70, 9, 20),    # N < top_k: softmax over all N
     (1, 40, 333, 129, 33, 0),  # top_k = 0: all N
     (1, 64, 5000, 31, 17, 33),
+    (1, 64, 20 * 1620, 1620, 512, 20),  # production: 20 frames of 480p memory, one object's Cv = 512
 ]
 READOUT_IDS = [f"b{c[0]}ck{c[1]}n{c[2]}m{c[3]}v{c[4]}k{c[5]}" for c in READOUT_CASES]
 
@@ -176,6 +187,18 @@ def test_readout_backward_matches_reference():
     l2_memory_readout(*ref, 20, backend="torch").backward(grad.double())
     for a, e in zip(mine, ref):
         _assert_close(a.grad, e.grad, 1e-4)
+
+
+def test_readout_fp16_backward_matches_reference():
+    tensors = _readout_inputs(1, 32, 500, 40, 6, seed=14, dtype=torch.float16, key_scale=0.5)
+    mine = [t.clone().requires_grad_() for t in tensors]
+    ref = [t.double().requires_grad_() for t in tensors]
+    grad = torch.randn(1, 6, 40, generator=torch.Generator().manual_seed(15)).cuda()
+    cuda_kernels.l2_memory_readout(*mine, 20, 32 ** -0.5).backward(grad.half())
+    l2_memory_readout(*ref, 20, backend="torch").backward(grad.double())
+    for a, e in zip(mine, ref):
+        assert a.grad.dtype == torch.float16
+        _assert_close(a.grad, e.grad, 1e-2)
 
 
 def test_readout_device_memory_does_not_grow_with_memory_length():

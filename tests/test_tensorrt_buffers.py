@@ -28,8 +28,9 @@ class _HostRuntime:
         self.blocks: dict[int, ctypes.Array] = {}
 
     def cudaMalloc(self, size):
-        block = (ctypes.c_char * size)()
-        address = ctypes.addressof(block)
+        # cudaMalloc's blocks are 256-byte aligned (at least); so are these.
+        block = (ctypes.c_char * (size + 256))()
+        address = ctypes.addressof(block) + (-ctypes.addressof(block)) % 256
         self.blocks[address] = block
         return 0, address
 
@@ -153,3 +154,80 @@ def test_freed_tensors_return_their_memory(backend):
     assert backend.allocated_bytes == 16 * 16 * 4
     del tensor
     assert backend.allocated_bytes == 0
+
+
+class _RecordingContext:
+    """An execution context's binding calls, recorded (what TensorRT would be told)."""
+
+    def __init__(self, output_shape):
+        self.addresses: dict[str, int] = {}
+        self.output_shape = output_shape
+        self.bound_data: dict[str, bytes] = {}
+
+    def set_input_shape(self, name, shape):
+        return True
+
+    def set_tensor_address(self, name, address):
+        self.addresses[name] = address
+
+    def get_tensor_shape(self, name):
+        return self.output_shape
+
+    def execute_async_v3(self, stream):
+        return True
+
+
+def _graph(backend, inputs: dict, output_shape):
+    graph = object.__new__(trt_backend._Graph)
+    graph.inputs = {name: np.dtype(np.float32) for name in inputs}
+    graph.outputs = {"out": np.dtype(np.float32)}
+    graph.max_shapes = dict(inputs)
+    graph.staging = {}
+    graph.output_buffers = {"out": trt_backend._Allocation(int(np.prod(output_shape)) * 4, backend)}
+    graph.context = _RecordingContext(output_shape)
+    graph.context.set_tensor_address("out", graph.output_buffers["out"].ptr)
+    graph.cuda_graphs, graph.seen = {}, set()
+    backend._graphs["g"] = graph
+    backend.cuda_graphs = False
+    return graph
+
+
+def test_every_bound_address_is_256_byte_aligned_and_holds_the_input(backend):
+    # A view of rows 1..2 of a [4, 2, 3] tensor starts 24 bytes into its allocation (the "prob" output
+    # of one object handed to the next graph); a host array goes through staging; an aligned device
+    # tensor is bound where it is.
+    rows = np.arange(4 * 2 * 3, dtype=np.float32).reshape(4, 2, 3)
+    bank = backend.zeros(rows.shape)
+    backend.write(bank, 0, 0, rows)
+    view = backend.read(bank, 0, 1, 3)
+    assert view.ptr % 256 == 24
+    aligned = backend.zeros((2, 2, 3))
+    backend.write(aligned, 0, 0, rows[:2] + 100)
+    graph = _graph(backend, {"a": (2, 2, 3), "b": (2, 2, 3), "c": (2, 2, 3)}, (2, 2, 3))
+    backend.run("g", {"a": view, "b": rows[2:] * -1, "c": aligned})
+    addresses = graph.context.addresses
+    assert all(address % 256 == 0 for address in addresses.values()), addresses
+    assert addresses["c"] == aligned.ptr                     # aligned: no copy
+    assert addresses["a"] != view.ptr                        # unaligned view: copied into staging
+    bound = {name: backend.download(trt_backend.DeviceTensor(None, (2, 2, 3), np.float32, external_ptr=address))
+             for name, address in addresses.items() if name != "out"}
+    assert np.array_equal(bound["a"], rows[1:3])
+    assert np.array_equal(bound["b"], rows[2:] * -1)
+    assert np.array_equal(bound["c"], rows[:2] + 100)
+
+
+def test_an_unaligned_foreign_device_array_is_copied_before_binding(backend):
+    data = np.arange(2 * 5, dtype=np.float32).reshape(2, 5)
+    block = backend.zeros((3, 5))
+    backend.write(block, 0, 1, data)
+    offset_view = block.view((2, 5), 5 * 4)                  # 20 bytes in
+
+    class Foreign:
+        __cuda_array_interface__ = offset_view.__cuda_array_interface__
+
+    graph = _graph(backend, {"x": (2, 5)}, (2, 5))
+    backend.run("g", {"x": Foreign()})
+    address = graph.context.addresses["x"]
+    assert address % 256 == 0 and address != offset_view.ptr
+    copied = trt_backend.DeviceTensor(None, (2, 5), np.float32, external_ptr=address)
+    assert np.array_equal(backend.download(copied), data)

@@ -8,7 +8,8 @@ import pytest
 from trt_fixtures import HEIGHT, WIDTH, write_stcn_package
 
 from vosrt.cli import main
-from vosrt.export.trt_build import build_engines, comparison_inputs, profile_shapes
+from vosrt.export.trt_build import (build_engines, comparison_inputs, embeddable_plugin_library,
+                                     limit_plugin_workspace, profile_shapes)
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.package import load_package
 
@@ -79,3 +80,36 @@ def test_build_command_without_tensorrt_says_what_to_install(tmp_path, capsys):
     library.write_bytes(b"\x7fELF")
     assert main(["build", str(pkg), "--plugin-lib", str(library)]) == 2
     assert "pip install 'vosrt[trt]'" in capsys.readouterr().err
+
+
+def test_embed_plugins_needs_the_self_contained_library_beside_the_plugin_library(tmp_path):
+    pkg = write_stcn_package(tmp_path / "pkg")
+    library = tmp_path / "libvosrt_plugins.so"
+    library.write_bytes(b"\x7fELF")
+    with pytest.raises(UserError, match="libvosrt_plugins_embed.so"):
+        build_engines(pkg, plugin_lib=library, embed_plugins=True, progress=None)
+    (tmp_path / "libvosrt_plugins_embed.so").write_bytes(b"\x7fELF")
+    assert embeddable_plugin_library(library) == tmp_path / "libvosrt_plugins_embed.so"
+
+
+def test_workspace_limit_reaches_every_d2conv3d_node_and_only_those():
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    def d2(name, **extra):
+        return helper.make_node("D2Conv3D", ["x", "d", "w"], [name], domain="trt.plugins", kernel_shape=[3, 3, 3],
+                                plugin_version="1", plugin_namespace="", **extra)
+
+    nodes = [d2("y1"), d2("y2", max_workspace_mb=512),
+             helper.make_node("L2MemoryReadout", ["k", "q", "v"], ["r"], domain="trt.plugins", top_k=20),
+             helper.make_node("Relu", ["y1"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                                           for n in ("x", "d", "w", "k", "q", "v")],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("z", "y2", "r")])
+    model = helper.make_model(graph)
+    assert limit_plugin_workspace(model, 96) == 2
+    limits = {n.output[0]: [helper.get_attribute_value(a) for a in n.attribute if a.name == "max_workspace_mb"]
+              for n in model.graph.node}
+    assert limits == {"y1": [96], "y2": [96], "r": [], "z": []}
+    d2_attrs = [a.name for a in model.graph.node[0].attribute]
+    assert "kernel_shape" in d2_attrs and "plugin_version" in d2_attrs

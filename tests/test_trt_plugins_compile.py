@@ -98,10 +98,9 @@ def test_plugin_library_exports_only_the_loader_entry_points(built):
         pytest.skip("library not built or no nm")
     exported = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True).stdout
     names = {line.split()[-1] for line in exported.splitlines() if " T " in line}
-    assert {"getCreators", "setLoggerFinder"} <= names
+    assert names == {"getCreators", "setLoggerFinder", "initVosrtPlugins"}
     # Everything else stays hidden so two copies of the library (one serialised into an engine) never
     # bind to each other's creators.
-    assert not [n for n in names if "vosrt" in n.lower()]
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +118,56 @@ def host(built, tmp_path_factory):
     return exe, library
 
 
-@pytest.mark.parametrize("auto_register", ["1", "0"])
+@pytest.mark.parametrize("auto_register", ["1", None], ids=["load-time-registration", "initVosrtPlugins"])
 def test_plugins_register_once_and_translate_fields_shapes_and_pointers_in_a_stand_in_host(host, auto_register):
     exe, library = host
-    env = dict(os.environ, VOSRT_PLUGINS_AUTO_REGISTER=auto_register)
-    mode = "registered" if auto_register == "1" else "unregistered"
+    env = {k: v for k, v in os.environ.items() if k != "VOSRT_PLUGINS_AUTO_REGISTER"}
+    if auto_register:
+        env["VOSRT_PLUGINS_AUTO_REGISTER"] = auto_register
+    mode = "registered" if auto_register else "unregistered"
     result = subprocess.run([str(exe), str(library), mode], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK 0 failure(s)" in result.stdout
+
+
+# ---- libvosrt_plugins_embed.so: the self-contained library `vosrt build --embed-plugins` serialises ----
+
+
+@pytest.fixture(scope="module")
+def embeddable(built):
+    kernel_build = pytest.importorskip("kernel_build")
+    return kernel_build.build_embeddable_plugins(built[0])
+
+
+def _dynamic_section(library: Path) -> str:
+    if shutil.which("readelf") is None:
+        pytest.skip("readelf is not installed")
+    return subprocess.run(["readelf", "-d", "-W", str(library)], capture_output=True, text=True, check=True).stdout
+
+
+def test_embeddable_plugin_library_needs_neither_tensorrt_nor_the_cuda_runtime_nor_the_kernel_library(embeddable):
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", _dynamic_section(embeddable))
+    assert needed, "readelf found no DT_NEEDED entries at all"
+    for name in needed:
+        assert not name.startswith(("libnvinfer", "libcudart", "libvosrt_kernels", "libcuda.")), needed
+
+
+def test_embeddable_plugin_library_exports_only_the_loader_entry_points_and_uses_no_libnvinfer_symbol(embeddable):
+    if shutil.which("nm") is None:
+        pytest.skip("no nm")
+    exported = subprocess.run(["nm", "-D", "--defined-only", str(embeddable)], capture_output=True, text=True).stdout
+    names = {line.split()[-1] for line in exported.splitlines() if " T " in line}
+    assert names == {"getCreators", "setLoggerFinder"}
+    undefined = subprocess.run(["nm", "-D", "--undefined-only", str(embeddable)], capture_output=True, text=True).stdout
+    for symbol in ("getPluginRegistry", "getLogger", "vosrtD2Conv3DForward", "cudaLaunchKernel"):
+        assert symbol not in undefined, undefined
+
+
+def test_embeddable_plugin_library_hands_both_creators_to_tensorrt_and_registers_nothing(host, embeddable):
+    exe, _ = host
+    env = dict(os.environ, VOSRT_PLUGINS_AUTO_REGISTER="1")  # ignored: the variant has no load-time registration
+    result = subprocess.run([str(exe), str(embeddable), "embedded"], capture_output=True, text=True, env=env,
+                            timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK 0 failure(s)" in result.stdout
 

@@ -223,3 +223,14 @@ def test_l2_readout_params_refuse_bad_input_with_a_reason(lib, top_k, shapes, st
     got, _, _, _ = _l2(lib, top_k, 0.0, *shapes)
     assert got == status
     assert message in lib.vosrtTrtLastError()
+
+
+def test_d2conv3d_workspace_follows_the_build_limit_but_never_drops_below_one_tile(lib):
+    fn = lib.vosrtTrtD2Conv3DWorkspaceBytes
+    fn.restype, fn.argtypes = ctypes.c_size_t, [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int]
+    mib = 1 << 20
+    assert fn(64 * mib, 3 * mib, 0) == 64 * mib          # no limit: what the kernels prefer
+    assert fn(64 * mib, 3 * mib, 16) == 16 * mib         # vosrt build --workspace 16
+    assert fn(10 * mib, 3 * mib, 16) == 10 * mib         # under the limit already
+    assert fn(64 * mib, 3 * mib, 1) == 3 * mib           # below one tile the kernels cannot run
+    assert fn(64 * mib, 64 * mib, 4096) == 64 * mib      # 4 GiB limits do not overflow

@@ -4,7 +4,10 @@
 // exactly as TensorRT would call them (no GPU, no libnvinfer). Every check prints "FAIL ..." on failure;
 // the exit status is the number of failures.
 //
-//   trt_plugin_host LIB registered|unregistered
+//   trt_plugin_host LIB registered|unregistered|embedded
+// registered: VOSRT_PLUGINS_AUTO_REGISTER=1 registered the creators while the library loaded;
+// unregistered: nothing registered them, the host calls initVosrtPlugins; embedded: the self-contained
+// variant, which only hands its creators to TensorRT (getCreators) and never touches the registry.
 #include <dlfcn.h>
 
 #include <cmath>
@@ -51,6 +54,7 @@ extern "C" vosrtStatus_t vosrtD2Conv3DValidate(const vosrtD2Conv3DParams*) { ret
 extern "C" size_t vosrtD2Conv3DWorkspaceSize(const vosrtD2Conv3DParams* p, vosrtDataType_t dtype) {
   return static_cast<size_t>(p->batch) * 1000 + static_cast<size_t>(p->in_t) * 10 + (dtype == VOSRT_FLOAT16 ? 1 : 0);
 }
+extern "C" size_t vosrtD2Conv3DMinWorkspaceSize(const vosrtD2Conv3DParams*, vosrtDataType_t) { return 7; }
 extern "C" vosrtStatus_t vosrtD2Conv3DForward(const vosrtD2Conv3DParams* p, vosrtDataType_t dtype, const void* x,
                                               const void* dilation, const void* modulation, const void* weight,
                                               const void* bias, void* y, void*, size_t workspace_bytes, cudaStream_t) {
@@ -107,7 +111,7 @@ IPluginCreatorV3One* creatorNamed(IPluginCreatorInterface* const* list, int32_t 
 void checkD2Conv3D(IPluginCreatorV3One* creator) {
   CHECK(std::strcmp(creator->getPluginVersion(), "1") == 0 && std::strcmp(creator->getPluginNamespace(), "") == 0);
   PluginFieldCollection const* names = creator->getFieldNames();
-  CHECK(names->nbFields == 5);
+  CHECK(names->nbFields == 6);
   // Python and the ONNX parser may send int64 and the node identity as characters.
   int64_t kernel[3] = {3, 3, 3}, pads[3] = {1, 1, 1}, group = 1;
   char version[] = "1";
@@ -127,7 +131,7 @@ void checkD2Conv3D(IPluginCreatorV3One* creator) {
 
   // serialised fields: the node attributes with defaults filled in, readable by a runtime-phase createPlugin
   PluginFieldCollection const* saved = runtime->getFieldsToSerialize();
-  CHECK(saved->nbFields == 5);
+  CHECK(saved->nbFields == 6);
   for (int32_t i = 0; i < saved->nbFields; ++i) {
     PluginField const& f = saved->fields[i];
     CHECK(f.type == PluginFieldType::kINT32);
@@ -135,6 +139,7 @@ void checkD2Conv3D(IPluginCreatorV3One* creator) {
     if (std::strcmp(f.name, "strides") == 0) CHECK(f.length == 3 && v[0] == 1 && v[2] == 1);
     if (std::strcmp(f.name, "pads") == 0) CHECK(f.length == 3 && v[0] == 1 && v[1] == 1);
     if (std::strcmp(f.name, "group") == 0) CHECK(f.length == 1 && v[0] == 1);
+    if (std::strcmp(f.name, "max_workspace_mb") == 0) CHECK(f.length == 1 && v[0] == 0);
   }
   IPluginV3* restored = creator->createPlugin("d2", saved, TensorRTPhase::kRUNTIME);
   CHECK(restored != nullptr);
@@ -193,13 +198,61 @@ void checkD2Conv3D(IPluginCreatorV3One* creator) {
   IPluginV3* clone = plugin->clone();
   CHECK(clone != nullptr && clone != plugin);
   auto* cloneRuntime = static_cast<IPluginV3OneRuntime*>(clone->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
-  CHECK(cloneRuntime->getFieldsToSerialize()->nbFields == 5 && cloneRuntime->getFieldsToSerialize() != saved);
+  CHECK(cloneRuntime->getFieldsToSerialize()->nbFields == 6 && cloneRuntime->getFieldsToSerialize() != saved);
   // a clone attached to a new execution context can enqueue the configured input count at once
   CHECK(cloneRuntime->enqueue(withM, &output, ptrs, outs, nullptr, nullptr) == 0);
   CHECK(gLast.d2.has_modulation == 1);
   delete clone;
   delete restored;
   delete plugin;
+
+  // max_workspace_mb (set by `vosrt build --workspace`) caps the workspace asked for and handed to the
+  // kernels, survives serialisation, and never goes below the kernels' minimum
+  int32_t limitMb = 1;
+  PluginField limited[] = {PluginField("kernel_shape", kernel, PluginFieldType::kINT64, 3),
+                           PluginField("pads", pads, PluginFieldType::kINT64, 3),
+                           PluginField("max_workspace_mb", &limitMb, PluginFieldType::kINT32, 1)};
+  PluginFieldCollection limitedFc{3, limited};
+  IPluginV3* capped = creator->createPlugin("d2", &limitedFc, TensorRTPhase::kBUILD);
+  CHECK(capped != nullptr);
+  if (capped != nullptr) {
+    auto* cappedBuild = static_cast<IPluginV3OneBuild*>(capped->getCapabilityInterface(PluginCapabilityType::kBUILD));
+    auto* cappedRuntime =
+        static_cast<IPluginV3OneRuntime*>(capped->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    DynamicPluginTensorDesc big[4]{};
+    for (int i = 0; i < 4; ++i) {
+      big[i].desc = inputs[i];
+      big[i].min = big[i].opt = big[i].max = inputs[i].dims;
+    }
+    big[0].max = dims({3000, 4, 9, 6, 7});  // the stub prefers 3000·1000 + 90 bytes: above 1 MiB
+    big[1].max = dims({3000, 3, 9, 6, 7});
+    CHECK(cappedBuild->getWorkspaceSize(big, 4, nullptr, 1) == (size_t{1} << 20));
+    IPluginV3* uncapped = creator->createPlugin("d2", &fc, TensorRTPhase::kBUILD);
+    auto* uncappedBuild =
+        static_cast<IPluginV3OneBuild*>(uncapped->getCapabilityInterface(PluginCapabilityType::kBUILD));
+    CHECK(uncappedBuild->getWorkspaceSize(big, 4, nullptr, 1) == 3000 * 1000 + 9 * 10 + 1);  // no limit: all of it
+    delete uncapped;
+    IPluginV3* reloaded = creator->createPlugin("d2", cappedRuntime->getFieldsToSerialize(), TensorRTPhase::kRUNTIME);
+    CHECK(reloaded != nullptr);
+    if (reloaded != nullptr) {
+      auto* reloadedRuntime =
+          static_cast<IPluginV3OneRuntime*>(reloaded->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+      PluginTensorDesc large[4] = {desc(dims({2000, 4, 5, 6, 7}), DataType::kHALF),
+                                   desc(dims({2000, 3, 5, 6, 7}), DataType::kHALF), inputs[2], inputs[3]};
+      CHECK(reloadedRuntime->onShapeChange(large, 4, &output, 1) == 0);
+      CHECK(reloadedRuntime->enqueue(large, &output, ptrs, outs, nullptr, nullptr) == 0);
+      CHECK(gLast.workspace_bytes == (size_t{1} << 20));  // what TensorRT allocated, not the preferred 2 MB
+      delete reloaded;
+    }
+    delete capped;
+  }
+  int32_t negative = -1;
+  PluginField badLimit[] = {PluginField("kernel_shape", kernel, PluginFieldType::kINT64, 3),
+                            PluginField("max_workspace_mb", &negative, PluginFieldType::kINT32, 1)};
+  PluginFieldCollection badLimitFc{2, badLimit};
+  gLog.clear();
+  CHECK(creator->createPlugin("d2", &badLimitFc, TensorRTPhase::kBUILD) == nullptr);
+  CHECK(logged("max_workspace_mb"));
 
   // a node without kernel_shape is refused
   PluginFieldCollection empty{0, nullptr};
@@ -243,42 +296,63 @@ void checkL2Readout(IPluginCreatorV3One* creator) {
 
 int main(int argc, char** argv) {
   if (argc != 3) {
-    std::printf("usage: %s LIB registered|unregistered\n", argv[0]);
+    std::printf("usage: %s LIB registered|unregistered|embedded\n", argv[0]);
     return 100;
   }
-  bool const expectRegistered = std::strcmp(argv[2], "registered") == 0;
+  std::string const mode = argv[2];
   void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
   if (lib == nullptr) {
     std::printf("FAIL dlopen: %s\n", dlerror());
     return 100;
   }
   using GetCreators = IPluginCreatorInterface* const* (*)(int32_t&);
+  using InitPlugins = bool (*)(void*, char const*);
   auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
+  auto initPlugins = reinterpret_cast<InitPlugins>(dlsym(lib, "initVosrtPlugins"));
   CHECK(getCreators != nullptr);
   CHECK(dlsym(lib, "setLoggerFinder") != nullptr);
   if (getCreators == nullptr) return gFailures;
 
-  // Load-time registration and getCreators() hand out each creator exactly once between them.
+  // getCreators() always hands TensorRT both creators, whatever registered them already.
   int32_t n = -1;
-  IPluginCreatorInterface* const* pending = getCreators(n);
-  int32_t registered = 0;
-  IPluginCreatorInterface* const* all = registry()->getAllCreators(&registered);
-  CHECK(registered + n == 2);
-  CHECK(expectRegistered ? registered == 2 : registered == 0);
-  IPluginCreatorInterface* const* list = expectRegistered ? all : pending;
-  int32_t const count = expectRegistered ? registered : n;
-  for (int32_t i = 0; i < count; ++i)
+  IPluginCreatorInterface* const* list = getCreators(n);
+  CHECK(n == 2);
+  int32_t registered = -1;
+  registry()->getAllCreators(&registered);
+  if (mode == "embedded") {
+    // no libnvinfer symbol is used: nothing registered at load time, no init entry point
+    CHECK(registered == 0);
+    CHECK(initPlugins == nullptr);
+  } else if (mode == "registered") {
+    CHECK(registered == 2);  // opt-in load-time registration
+    CHECK(initPlugins != nullptr && initPlugins(nullptr, "") && initPlugins(nullptr, nullptr));
+  } else {
+    CHECK(registered == 0);  // load-time registration is opt-in
+    CHECK(initPlugins != nullptr);
+    if (initPlugins != nullptr) {
+      CHECK(initPlugins(&stand_in::gLogger, ""));  // the library logs through it from now on
+      CHECK(!initPlugins(nullptr, "other_namespace"));  // the ONNX nodes name the empty namespace
+    }
+  }
+  registry()->getAllCreators(&registered);
+  CHECK(registered == (mode == "embedded" ? 0 : 2));  // registering twice adds nothing
+  int32_t again = -1;
+  getCreators(again);
+  CHECK(again == 2);  // also after registration
+  for (int32_t i = 0; i < n; ++i)
     CHECK(std::strcmp(list[i]->getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") == 0);
-  IPluginCreatorV3One* d2 = creatorNamed(list, count, "D2Conv3D");
-  IPluginCreatorV3One* l2 = creatorNamed(list, count, "L2MemoryReadout");
+  IPluginCreatorV3One* d2 = creatorNamed(list, n, "D2Conv3D");
+  IPluginCreatorV3One* l2 = creatorNamed(list, n, "L2MemoryReadout");
   CHECK(d2 != nullptr && l2 != nullptr);
-  if (d2 != nullptr) checkD2Conv3D(d2);
-  if (l2 != nullptr) checkL2Readout(l2);
+  if (mode != "embedded") {  // the embedded variant carries the real kernels, which need a GPU
+    if (d2 != nullptr) checkD2Conv3D(d2);
+    if (l2 != nullptr) checkL2Readout(l2);
+  }
 
   dlclose(lib);
   int32_t left = -1;
   registry()->getAllCreators(&left);
-  CHECK(left == 0);  // unloading deregisters what loading registered
+  CHECK(left == 0);  // unloading deregisters what loading or initVosrtPlugins registered
   std::printf("%s %d failure(s)\n", gFailures ? "FAIL" : "OK", gFailures);
   return gFailures;
 }

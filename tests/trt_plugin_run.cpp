@@ -44,20 +44,24 @@ struct Tensor {
 
 // TensorRT's dimension expressions, evaluated: every expression carries its value (TensorRT itself keeps
 // them symbolic; the plugin only combines them through IExprBuilder, which is what is checked here).
+// As in TensorRT, only expressions built from constants are constant: an input size (and anything computed
+// from one) answers isConstant() false and getConstantValue() -1, so a plugin that read a size as a
+// constant would compute with -1 and fail the comparison with PyTorch.
 class ValueExpr : public IDimensionExpr {
  public:
-  explicit ValueExpr(int64_t value) : mValue(value) { mImpl = &mEval; }
+  ValueExpr(int64_t value, bool constant) : mValue(value), mConstant(constant) { mImpl = &mEval; }
   ~ValueExpr() noexcept override = default;
   int64_t value() const { return mValue; }
 
  private:
   struct Eval : apiv::VDimensionExpr {
     ValueExpr* owner = nullptr;
-    bool isConstant() const override { return false; }  // input sizes are symbolic in TensorRT
-    int64_t getConstantValue() const override { return owner->mValue; }
+    bool isConstant() const override { return owner->mConstant; }
+    int64_t getConstantValue() const override { return owner->mConstant ? owner->mValue : -1; }
     bool isSizeTensor() const override { return false; }
   };
   int64_t mValue;
+  bool mConstant;
   Eval mEval;
   friend struct Eval;
 
@@ -69,8 +73,8 @@ class EvaluatingBuilder : public IExprBuilder {
  public:
   EvaluatingBuilder() { mImpl = &mEval; }
   ~EvaluatingBuilder() noexcept override = default;
-  IDimensionExpr const* make(int64_t value) {
-    mExprs.emplace_back(new ValueExpr(value));
+  IDimensionExpr const* make(int64_t value, bool constant = false) {
+    mExprs.emplace_back(new ValueExpr(value, constant));
     mExprs.back()->bind();
     return mExprs.back().get();
   }
@@ -79,19 +83,22 @@ class EvaluatingBuilder : public IExprBuilder {
  private:
   struct Eval : apiv::VExprBuilder {
     EvaluatingBuilder* owner = nullptr;
-    IDimensionExpr const* constant(int64_t value) override { return owner->make(value); }
+    IDimensionExpr const* constant(int64_t value) override { return owner->make(value, true); }
     IDimensionExpr const* operation(DimensionOperation op, IDimensionExpr const& a, IDimensionExpr const& b) override {
       int64_t const x = valueOf(&a), y = valueOf(&b);
+      bool const c = a.isConstant() && b.isConstant();
       switch (op) {
-        case DimensionOperation::kSUM: return owner->make(x + y);
-        case DimensionOperation::kPROD: return owner->make(x * y);
-        case DimensionOperation::kMAX: return owner->make(x > y ? x : y);
-        case DimensionOperation::kMIN: return owner->make(x < y ? x : y);
-        case DimensionOperation::kSUB: return owner->make(x - y);
-        case DimensionOperation::kEQUAL: return owner->make(x == y);
-        case DimensionOperation::kLESS: return owner->make(x < y);
-        case DimensionOperation::kFLOOR_DIV: return owner->make(x / y - ((x % y != 0) && ((x < 0) != (y < 0))));
-        case DimensionOperation::kCEIL_DIV: return owner->make(x / y + ((x % y != 0) && ((x < 0) == (y < 0))));
+        case DimensionOperation::kSUM: return owner->make(x + y, c);
+        case DimensionOperation::kPROD: return owner->make(x * y, c);
+        case DimensionOperation::kMAX: return owner->make(x > y ? x : y, c);
+        case DimensionOperation::kMIN: return owner->make(x < y ? x : y, c);
+        case DimensionOperation::kSUB: return owner->make(x - y, c);
+        case DimensionOperation::kEQUAL: return owner->make(x == y, c);
+        case DimensionOperation::kLESS: return owner->make(x < y, c);
+        case DimensionOperation::kFLOOR_DIV:
+          return owner->make(x / y - ((x % y != 0) && ((x < 0) != (y < 0))), c);
+        case DimensionOperation::kCEIL_DIV:
+          return owner->make(x / y + ((x % y != 0) && ((x < 0) == (y < 0))), c);
       }
       return owner->make(-1);
     }
@@ -173,7 +180,15 @@ int main(int argc, char** argv) {
   }
   DataType const type = fp16 ? DataType::kHALF : DataType::kFLOAT;
 
-  if (dlopen(argv[1], RTLD_NOW | RTLD_LOCAL) == nullptr) return fail(std::string("dlopen: ") + dlerror());
+  // What IPluginRegistry::loadLibrary does: dlopen, then register every creator getCreators() returns.
+  void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+  if (lib == nullptr) return fail(std::string("dlopen: ") + dlerror());
+  using GetCreators = IPluginCreatorInterface* const* (*)(int32_t&);
+  auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
+  if (getCreators == nullptr) return fail("the library exports no getCreators");
+  int32_t nbCreators = 0;
+  IPluginCreatorInterface* const* creators = getCreators(nbCreators);
+  for (int32_t i = 0; i < nbCreators; ++i) stand_in::registry()->registerCreator(*creators[i], "");
   auto* creator = static_cast<IPluginCreatorV3One*>(stand_in::registry()->getCreator(pluginName.c_str(), "1", ""));
   if (creator == nullptr) return fail("no creator registered for " + pluginName);
 

@@ -32,6 +32,8 @@ from vosrt.sdk.backends.base import Backend, Tensor, flatten_to
 from vosrt.sdk.errors import UserError
 
 PLUGIN_LIBRARY_NAME = "libvosrt_plugins.so"
+# TensorRT wants every I/O tensor address 256-byte aligned; cudaMalloc gives that, views may not.
+BINDING_ALIGNMENT = 256
 PLUGIN_LIBRARY_ENV = "VOSRT_PLUGIN_LIB"
 _GRAPH_CACHE_LIMIT = 256  # CUDA graphs kept per backend (one per distinct shape/address set)
 
@@ -338,14 +340,18 @@ class TensorRTBackend(Backend):
         self._graphs: dict[str, _Graph] = {}
         self._own_stream = None
         self.precision, build = select_build(package, precision)
-        self.plugin_library = find_plugin_library(plugin_lib, build.get("plugin_library"))
+        # Engines that carry their plugin library (vosrt build --embed-plugins) need none installed; one
+        # named explicitly (plugin_lib or $VOSRT_PLUGIN_LIB) is still loaded.
+        carried = build.get("plugins_serialized") and not (plugin_lib or os.environ.get(PLUGIN_LIBRARY_ENV))
+        self.plugin_library = None if carried else find_plugin_library(plugin_lib, build.get("plugin_library"))
         trt = import_tensorrt()
         rt = cudart()
         check_engine_compatibility(build, trt.__version__, current_gpu(), package.path)
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        load_plugin_library(self.plugin_library, self._runtime.get_plugin_registry())
+        if self.plugin_library is not None:
+            load_plugin_library(self.plugin_library, self._runtime.get_plugin_registry())
         if build.get("plugins_serialized"):
             self._runtime.engine_host_code_allowed = True
         if stream is None:
@@ -433,19 +439,36 @@ class TensorRTBackend(Backend):
         if isinstance(value, DeviceTensor):
             if value.dtype != want:
                 raise ValueError(f"input '{name}': engine expects {want}, got a device tensor of {value.dtype}")
-            return value
+            return self._aligned(g, name, value)
         if isinstance(value, _HostTensor):
             value = value.array
         if hasattr(value, "__cuda_array_interface__") and not isinstance(value, np.ndarray):
-            return self.wrap(value, expected_dtype=want, what=f"input '{name}'")
+            return self._aligned(g, name, self.wrap(value, expected_dtype=want, what=f"input '{name}'"))
         array = np.ascontiguousarray(value, dtype=want)
-        if name not in g.staging:
-            g.staging[name] = _Allocation(int(np.prod(g.max_shapes[name])) * want.itemsize, self)
-        staging = g.staging[name]
-        if array.nbytes > staging.nbytes:
-            raise ValueError(f"input '{name}' shape {array.shape} exceeds the engine's largest {g.max_shapes[name]}")
+        staging = self._staging(g, name, array.shape, array.nbytes)
         self._copy_h2d(staging.ptr, array)
         return DeviceTensor(staging, array.shape, want)
+
+    def _staging(self, g: _Graph, name: str, shape, nbytes: int) -> _Allocation:
+        """The input's own buffer (cudaMalloc'd, so 256-byte aligned), allocated once at the maximum shape."""
+        if name not in g.staging:
+            g.staging[name] = _Allocation(int(np.prod(g.max_shapes[name])) * g.inputs[name].itemsize, self)
+        if nbytes > g.staging[name].nbytes:
+            raise ValueError(f"input '{name}' shape {tuple(shape)} exceeds the engine's largest {g.max_shapes[name]}")
+        return g.staging[name]
+
+    def _aligned(self, g: _Graph, name: str, tensor: DeviceTensor) -> DeviceTensor:
+        """``tensor`` itself when its address is BINDING_ALIGNMENT-aligned (TensorRT requires it of every
+        bound address), else a device-to-device copy of it in the input's staging buffer. Views at an offset
+        (a row range of a bank, a frame of a clip) are the usual unaligned case."""
+        if tensor.ptr % BINDING_ALIGNMENT == 0:
+            return tensor
+        staging = self._staging(g, name, tensor.shape, tensor.nbytes)
+        rt = cudart()
+        check_cuda(rt.cudaMemcpyAsync(staging.ptr, tensor.ptr, tensor.nbytes,
+                                      rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, self.stream),
+                   "cudaMemcpyAsync D2D (alignment copy)")
+        return DeviceTensor(staging, tensor.shape, tensor.dtype)
 
     def wrap(self, value, expected_dtype=None, what: str = "array") -> DeviceTensor:
         """A :class:`DeviceTensor` over an object's ``__cuda_array_interface__`` (no copy; the object must

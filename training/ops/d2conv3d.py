@@ -6,7 +6,10 @@ For kernel point (i, j, l) and output location o = (ot, oy, ox) the sample posit
 
 (likewise y with j, D[n,1,o] and x with l, D[n,2,o]). X is sampled trilinearly in voxel-index units;
 a corner outside the volume contributes 0 and a position with any coordinate ≤ −1 or ≥ size contributes
-0 (also to the gradients, as in the deformable-convolution kernels). Then
+0 (also to the gradients, as in the deformable-convolution kernels). NaN policy (the same in the CUDA
+kernels and their CPU driver): NaN propagates and is never taken for "outside": a NaN in D or M at a
+location makes that location's outputs NaN, a NaN voxel of X reaches the outputs whose samples have it
+among their in-volume corners (corners outside the volume read nothing). Then
 
     Y[n, co, o] = B[co] + Σ_{c ∈ group(co)} Σ_k M[n,k,o] · Wt[co, c, k] · X̃[n, c, q(k, o)]
 
@@ -146,13 +149,16 @@ def _sample_point(geo: _Geometry, x_rows: torch.Tensor, scale: torch.Tensor, poi
         wgt = torch.stack((1 - frac, frac))
         ok = (idx >= 0) & (idx < size)
         view = (*shape, *q.shape)
-        # Out-of-volume neighbours read a clamped row and are weighted by 0.
-        return idx.clamp(0, size - 1).view(view), (wgt * ok).view(view)
+        return idx.clamp(0, size - 1).view(view), (wgt * ok).view(view), ok.view(view)
 
-    it, wt = corners(qt, t, (2, 1, 1))
-    iy, wy = corners(qy, h, (1, 2, 1))
-    ix, wx = corners(qx, w, (1, 1, 2))
+    it, wt, ok_t = corners(qt, t, (2, 1, 1))
+    iy, wy, ok_y = corners(qy, h, (1, 2, 1))
+    ix, wx, ok_x = corners(qx, w, (1, 1, 2))
     flat = (geo.batch_base + (it * h + iy) * w + ix).reshape(8, -1).t()  # [N·P, 8] rows of x_rows
+    # Out-of-volume corners read the zero row at the end of x_rows (weighted by 0 as well): they read
+    # nothing, so a NaN voxel at the border reaches only the samples that really touch it (NaN policy).
+    in_volume = (ok_t & ok_y & ok_x & inside).reshape(8, -1).t()
+    flat = torch.where(in_volume, flat, x_rows.shape[0] - 1)
     corner_w = (wt * wy * wx * inside).reshape(8, -1).t().to(x_rows.dtype)  # [N·P, 8]
     # embedding_bag is exactly "weighted sum of gathered rows" in one kernel, differentiable in both.
     return F.embedding_bag(flat, x_rows, mode="sum", per_sample_weights=corner_w)  # [N·P, C]
@@ -183,7 +189,11 @@ def _d2conv3d_torch(x, dilation, modulation, weight, bias, stride, padding, dila
     geo = _Geometry(x.shape, kernel, (to, ho, wo), stride, padding, dilation_base, x.device, pos_dtype)
     scale = dilation.to(pos_dtype) - 1  # [N, 3, To, Ho, Wo]; exactly 0 where D = 1
 
-    x_rows = x.permute(0, 2, 3, 4, 1).reshape(n * t * h * w, c)  # [N·T·H·W, C]
+    # [N·T·H·W + 1, C], channels last; the extra zero row is what out-of-volume corners read. Filled in
+    # place from the permuted view, so X is copied once, as before the zero row existed.
+    x_rows = x.new_empty(n * t * h * w + 1, c)
+    x_rows[:-1].view(n, t, h, w, c).copy_(x.permute(0, 2, 3, 4, 1))
+    x_rows[-1].zero_()
     # [K, groups, C/groups, Cout/groups]: each kernel point is one batched matmul over the groups.
     w_k = weight.reshape(groups, cout // groups, c // groups, k_total).permute(3, 0, 2, 1)
     mod = None

@@ -7,6 +7,9 @@ Reference implementation of the ``L2MemoryReadout`` operator (ARCHITECTURE.md, "
     out[b,v,m] = Σ_{n∈T} w[n] · mv[b,v,n]
 
 −‖q‖² is left out: it is constant per query, so it changes neither the top-k nor the softmax.
+NaN policy (the same in the CUDA kernels, their CPU driver and ONNX's TopK): a NaN score ranks above
+every number, so it enters the top-k and makes its query's output NaN; a NaN in mem_key makes every
+query NaN, one in query_key its own query, one in mem_value the queries that select that entry.
 This file is the source of truth; the CUDA kernel, the ONNX decomposition and the TensorRT plugin are
 tested against it. On CUDA tensors ``backend="auto"`` hands the work to the CUDA kernel when it is built.
 """

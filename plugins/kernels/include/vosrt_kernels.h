@@ -5,7 +5,9 @@
  *
  * Semantics are the contract in shared/ARCHITECTURE.md (operators 1 and 2). Every pointer is a device
  * pointer to a dense, contiguous, row-major tensor; all tensors of one call share one data type.
- * Every function is asynchronous on `stream` and returns VOSRT_ERROR_CUDA if a launch failed.
+ * Every function is asynchronous on `stream` and returns VOSRT_ERROR_CUDA if one of its launches failed;
+ * an error left pending by earlier, unrelated CUDA work on the calling thread is cleared on entry, not
+ * reported.
  * The TensorRT plugins (plugins/trt/) are thin shells around these functions.
  */
 #ifndef VOSRT_KERNELS_H
@@ -55,8 +57,11 @@ typedef struct {
 vosrtStatus_t vosrtD2Conv3DOutputShape(const vosrtD2Conv3DParams* p, int out_thw[3]);
 /* VOSRT_SUCCESS if the parameters describe a valid convolution with a non-empty output. */
 vosrtStatus_t vosrtD2Conv3DValidate(const vosrtD2Conv3DParams* p);
-/* Bytes of device workspace Forward needs; bounded by a fixed tile, independent of T, H, W. */
+/* Bytes of device workspace Forward prefers: one column tile of at most 64 MiB, independent of T, H, W. */
 size_t vosrtD2Conv3DWorkspaceSize(const vosrtD2Conv3DParams* p, vosrtDataType_t dtype);
+/* The least workspace Forward accepts (one tile of 128 output positions). Forward uses all the workspace
+ * it is given, up to the preferred size: less workspace means narrower tiles and more launches. */
+size_t vosrtD2Conv3DMinWorkspaceSize(const vosrtD2Conv3DParams* p, vosrtDataType_t dtype);
 vosrtStatus_t vosrtD2Conv3DForward(const vosrtD2Conv3DParams* p, vosrtDataType_t dtype,
     const void* x, const void* dilation, const void* modulation /* may be NULL */, const void* weight,
     const void* bias /* may be NULL */, void* y, void* workspace, size_t workspace_bytes, cudaStream_t stream);

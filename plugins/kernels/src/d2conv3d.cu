@@ -3,7 +3,7 @@
 // Output positions of one sample are processed in tiles of P columns: a kernel fills the column tile
 // [C·K, P] with modulated trilinear samples (d2c_im2col_point, shared with the CPU driver), then one
 // batched GEMM per group multiplies Wt [Cout/G, Cg·K] by it into Y. The workspace is one column tile
-// (bounded by kColumnBudget bytes), never the full [C·K, To·Ho·Wo] matrix of a clip.
+// (bounded by kColumnBudget bytes with the GEMM's split-K scratch), never the full [C·K, To·Ho·Wo] matrix.
 // fp32: the GEMM runs on the TF32 tensor cores as 3xTF32 (fp32 accuracy). fp16: samples are interpolated
 // in fp32 and stored as fp16 columns for the tensor-core GEMM (fp32 accumulation). Backward (fp32): grad_cols = Wtᵀ·grad_Y per tile, then d2c_col2im_point scatters it
 // to grad_x (atomics) and reduces it into grad_modulation and grad_dilation; grad_Wt += grad_Y·colsᵀ.
@@ -29,13 +29,21 @@ constexpr size_t kColumnBudget = 64ull << 20;
 constexpr int kTileAlign = 128;        // tile width: a multiple of the GEMM tile
 constexpr int kIm2colChannels = 32;    // channels per thread in the im2col kernel
 
-// Columns per tile: as many output positions as fit the budget, a multiple of kTileAlign, at most L.
-int tile_columns(const D2cShape& s, size_t bytes_per_value) {
-  const size_t per_column = (size_t)s.C * s.K * bytes_per_value;
-  long long cols = (long long)(kColumnBudget / per_column) / kTileAlign * kTileAlign;
+// Columns per tile: as many output positions as `budget` bytes hold at `per_column` bytes each, a multiple
+// of kTileAlign, at least kTileAlign and at most L rounded up. The preferred tile uses kColumnBudget; a
+// caller with less workspace (a TensorRT engine built with a small --workspace) gets narrower tiles.
+int tile_columns(const D2cShape& s, size_t per_column, size_t budget = kColumnBudget) {
+  long long cols = (long long)(budget / per_column) / kTileAlign * kTileAlign;
   if (cols < kTileAlign) cols = kTileAlign;
   const long long full = ((long long)s.L + kTileAlign - 1) / kTileAlign * kTileAlign;
   return (int)(cols < full ? cols : full);
+}
+
+// Forward workspace per output position: its column of C·K samples, and the split-K scratch of the GEMM
+// (kMaxSplitK fp32 partial sums per output channel; the columns of a tile are a multiple of 256 bytes, so
+// the scratch after them stays aligned).
+size_t forward_column_bytes(const D2cShape& s, size_t bytes_per_value) {
+  return (size_t)s.C * s.K * bytes_per_value + (size_t)kMaxSplitK * s.Cout * sizeof(float);
 }
 
 template <typename T>
@@ -95,8 +103,9 @@ inline void forward_gemm(const GemmArgs<__half>& g, int batch, cudaStream_t stre
 
 template <typename T>
 vosrtStatus_t forward(const D2cShape& s, const T* x, const T* dil, const T* mod, const T* weight, const T* bias,
-                      T* y, T* cols, cudaStream_t stream) {
-  const int P = tile_columns(s, sizeof(T));
+                      T* y, T* cols, size_t workspace_bytes, cudaStream_t stream) {
+  const int P = tile_columns(s, forward_column_bytes(s, sizeof(T)), workspace_bytes);
+  float* partial = reinterpret_cast<float*>(cols + (size_t)s.C * s.K * P);
   const int rows = s.Cg * s.K;
   for (int n = 0; n < s.N; ++n)
     for (int p0 = 0; p0 < s.L; p0 += P) {
@@ -106,10 +115,11 @@ vosrtStatus_t forward(const D2cShape& s, const T* x, const T* dil, const T* mod,
                     weight, rows, (long long)s.CoutG * rows,
                     cols, P, (long long)rows * P,
                     y + (size_t)n * s.Cout * s.L + p0, s.L, (long long)s.CoutG * s.L,
-                    bias, 0};
+                    bias, 0, partial, (size_t)kMaxSplitK * s.Cout * P};
       forward_gemm(g, s.G, stream);
+      if (launch_status() != VOSRT_SUCCESS) return VOSRT_ERROR_CUDA;
     }
-  return launch_status();
+  return VOSRT_SUCCESS;
 }
 
 }  // namespace
@@ -126,14 +136,21 @@ extern "C" vosrtStatus_t vosrtD2Conv3DValidate(const vosrtD2Conv3DParams* p) { r
 extern "C" size_t vosrtD2Conv3DWorkspaceSize(const vosrtD2Conv3DParams* p, vosrtDataType_t dtype) {
   if (d2c_validate(p) != VOSRT_SUCCESS || !known_dtype(dtype)) return 0;
   const D2cShape s = d2c_shape(p);
-  const size_t bytes = element_size(dtype);
-  return (size_t)s.C * s.K * tile_columns(s, bytes) * bytes;
+  const size_t per_column = forward_column_bytes(s, element_size(dtype));
+  return per_column * tile_columns(s, per_column);
+}
+
+extern "C" size_t vosrtD2Conv3DMinWorkspaceSize(const vosrtD2Conv3DParams* p, vosrtDataType_t dtype) {
+  if (d2c_validate(p) != VOSRT_SUCCESS || !known_dtype(dtype)) return 0;
+  const D2cShape s = d2c_shape(p);
+  const size_t per_column = forward_column_bytes(s, element_size(dtype));
+  return per_column * tile_columns(s, per_column, 0);
 }
 
 extern "C" size_t vosrtD2Conv3DBackwardWorkspaceSize(const vosrtD2Conv3DParams* p, vosrtDataType_t dtype) {
   if (d2c_validate(p) != VOSRT_SUCCESS || dtype != VOSRT_FLOAT32) return 0;
   const D2cShape s = d2c_shape(p);
-  return 2 * (size_t)s.C * s.K * tile_columns(s, sizeof(float)) * sizeof(float);  // columns + their gradient
+  return 2 * (size_t)s.C * s.K * tile_columns(s, (size_t)s.C * s.K * sizeof(float)) * sizeof(float);  // columns + gradient
 }
 
 extern "C" vosrtStatus_t vosrtD2Conv3DForward(const vosrtD2Conv3DParams* p, vosrtDataType_t dtype, const void* x,
@@ -145,17 +162,18 @@ extern "C" vosrtStatus_t vosrtD2Conv3DForward(const vosrtD2Conv3DParams* p, vosr
   if (!known_dtype(dtype)) return VOSRT_ERROR_NOT_SUPPORTED;
   if (!x || !dilation || !weight || !y || (p->has_modulation && !modulation) || (p->has_bias && !bias))
     return VOSRT_ERROR_INVALID_VALUE;
-  if (workspace == nullptr || workspace_bytes < vosrtD2Conv3DWorkspaceSize(p, dtype)) return VOSRT_ERROR_WORKSPACE;
+  if (workspace == nullptr || workspace_bytes < vosrtD2Conv3DMinWorkspaceSize(p, dtype)) return VOSRT_ERROR_WORKSPACE;
+  clear_stale_error();
   const D2cShape s = d2c_shape(p);
   if (dtype == VOSRT_FLOAT32)
     return forward<float>(s, static_cast<const float*>(x), static_cast<const float*>(dilation),
                           p->has_modulation ? static_cast<const float*>(modulation) : nullptr,
                           static_cast<const float*>(weight), p->has_bias ? static_cast<const float*>(bias) : nullptr,
-                          static_cast<float*>(y), static_cast<float*>(workspace), stream);
+                          static_cast<float*>(y), static_cast<float*>(workspace), workspace_bytes, stream);
   return forward<__half>(s, static_cast<const __half*>(x), static_cast<const __half*>(dilation),
                          p->has_modulation ? static_cast<const __half*>(modulation) : nullptr,
                          static_cast<const __half*>(weight), p->has_bias ? static_cast<const __half*>(bias) : nullptr,
-                         static_cast<__half*>(y), static_cast<__half*>(workspace), stream);
+                         static_cast<__half*>(y), static_cast<__half*>(workspace), workspace_bytes, stream);
 }
 
 extern "C" vosrtStatus_t vosrtD2Conv3DBackward(const vosrtD2Conv3DParams* p, vosrtDataType_t dtype, const void* x,
@@ -182,8 +200,9 @@ extern "C" vosrtStatus_t vosrtD2Conv3DBackward(const vosrtD2Conv3DParams* p, vos
   if ((need_sample_grads || gw) &&
       (workspace == nullptr || workspace_bytes < vosrtD2Conv3DBackwardWorkspaceSize(p, dtype)))
     return VOSRT_ERROR_WORKSPACE;
+  clear_stale_error();
 
-  const int P = tile_columns(s, sizeof(float));
+  const int P = tile_columns(s, (size_t)s.C * s.K * sizeof(float));
   const int rows = s.Cg * s.K;
   float* cols = static_cast<float*>(workspace);
   float* grad_cols = cols + (size_t)s.C * s.K * P;
@@ -221,6 +240,7 @@ extern "C" vosrtStatus_t vosrtD2Conv3DBackward(const vosrtD2Conv3DParams* p, vos
                             nullptr, 1};
           gemm_f32<false, true>(g, s.G, stream);
         }
+        if (launch_status() != VOSRT_SUCCESS) return VOSRT_ERROR_CUDA;
       }
   }
   if (gb) {

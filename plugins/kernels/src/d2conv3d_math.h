@@ -74,6 +74,13 @@ VOSRT_UNROLL
       cr.weight[c] = 0.f;
       if (kWithGrad) cr.dweight[0][c] = cr.dweight[1][c] = cr.dweight[2][c] = 0.f;
     }
+    // NaN policy (plugins/kernels/README.md): a NaN position (from a NaN in D) samples NaN, it does not
+    // fall outside the volume. Corner 0 then reads voxel 0 with weight NaN, which makes the sample NaN.
+    // The backward keeps zero weights there (no NaN is scattered into grad_x).
+    if (!kWithGrad && (q[0] != q[0] || q[1] != q[1] || q[2] != q[2])) {
+      cr.offset[0] = 0;
+      cr.weight[0] = NAN;
+    }
     return;
   }
   int lo[3];

@@ -26,7 +26,14 @@ struct GemmArgs {
   T* C; long long ldc, strideC;
   const T* bias;  // [batch·M] or null
   int accumulate;
+  // Split-K scratch of the tensor-core GEMMs (fp32, `partial_floats` of it; null: no split). A GEMM with
+  // too few output tiles to fill the GPU sums its K in up to kMaxSplitK slices, each into its own
+  // [batch, M, N] slab, then one reduction adds the slabs, the bias and C.
+  float* partial = nullptr;
+  size_t partial_floats = 0;
 };
+
+constexpr int kMaxSplitK = 4;
 
 // ---- fp32: 128×128 block tile, 8×8 per thread split into two 4-wide halves (conflict-free float4) ----
 constexpr int kF32TileM = 128, kF32TileN = 128, kF32TileK = 8;
@@ -128,12 +135,92 @@ inline void gemm_f32(const GemmArgs<float>& g, int batch, cudaStream_t stream) {
 }
 
 
-// ---- fp32 on tensor cores (no transposes), "3xTF32": each operand x = hi + lo with hi = tf32(x) and
-// lo = tf32(x − hi); a·b ≈ hi·hi + hi·lo + lo·hi keeps ~fp32 accuracy (the dropped lo·lo is ~2⁻²² |a·b|)
-// while running on the TF32 tensor cores. 128×128 block tile, 8 warps of 64×32, WMMA 16×16×8.
-constexpr int kTcTileM = 128, kTcTileN = 128, kTcTileK = 16;
+// ---- tensor-core GEMMs (no transposes): block tiles of BM×BN, 8 warps as 2×4, each a (BM/2)×(BN/4) tile of
+// 16×16 fragments. The launchers take 128×128 tiles when those give the grid at least one block per SM,
+// else 64×64 (four times the blocks): a D2Conv3D column tile of a 480p 3DC-Seg layer is a short, wide
+// GEMM (256 output channels), and 128×128 tiles left most of an H100's 132 SMs idle.
+template <int BM, int BN>
+struct TcTile {
+  static_assert(BM == 64 || BM == 128, "BM: 64 or 128");
+  static_assert(BN == 64 || BN == 128, "BN: 64 or 128");
+  static constexpr int kFragM = BM / 32;  // 16×16 fragments per warp, down and across
+  static constexpr int kFragN = BN / 64;
+};
+
+inline int multiprocessors() {
+  static int sms = 0;  // the device of the first call; a host thread with several GPUs loses only balance
+  if (sms == 0) {
+    int device = 0, count = 0;
+    if (cudaGetDevice(&device) == cudaSuccess &&
+        cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) == cudaSuccess)
+      sms = count;
+    else
+      return 1 << 30;  // unknown: behave as if the grid were always large enough
+  }
+  return sms;
+}
+
+// Whether 128×128 tiles already give every SM a block (else the launchers use 64×64).
+inline bool large_tiles(int M, int N, int batch) {
+  return (long long)((N + 127) / 128) * ((M + 127) / 128) * batch >= multiprocessors();
+}
+
+// K slices for a GEMM of 64×64 tiles: enough to give every SM a block, each slice at least 4 k-slices of
+// `tile_k` long, no more than the scratch holds.
+template <typename T>
+int split_k(const GemmArgs<T>& g, int batch, int tile_k) {
+  if (g.partial == nullptr) return 1;
+  const long long blocks = (long long)((g.N + 63) / 64) * ((g.M + 63) / 64) * batch;
+  long long splits = (multiprocessors() + blocks - 1) / blocks;
+  splits = splits < kMaxSplitK ? splits : kMaxSplitK;
+  const long long by_length = g.K / (4LL * tile_k);
+  splits = splits < by_length ? splits : by_length;
+  const long long by_scratch = (long long)(g.partial_floats / ((size_t)batch * g.M * g.N));
+  splits = splits < by_scratch ? splits : by_scratch;
+  return splits > 1 ? (int)splits : 1;
+}
+
+// C[z, m, n] = Σ_s partial[s, z, m, n] (+ bias[z·M + m]) (+ C[z, m, n] if accumulate), for split-K.
+template <typename T>
+__global__ void split_k_reduce_kernel(GemmArgs<T> g, int batch, int splits) {
+  const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  const long long slab = (long long)g.M * g.N;
+  if (e >= slab * batch) return;
+  const int z = (int)(e / slab), m = (int)((e % slab) / g.N), n = (int)(e % g.N);
+  float v = 0.f;
+  for (int s = 0; s < splits; ++s) v += g.partial[(long long)s * slab * batch + e];
+  if (g.bias) v += to_float(g.bias[(long long)z * g.M + m]);
+  T* dst = g.C + z * g.strideC + (long long)m * g.ldc + n;
+  if (g.accumulate) v += to_float(*dst);
+  store(dst, v);
+}
+
+template <typename T>
+void launch_split_k_reduce(const GemmArgs<T>& g, int batch, int splits, cudaStream_t stream) {
+  auto kernel = &split_k_reduce_kernel<T>;
+  VOSRT_LAUNCH(kernel, ceil_div((long long)g.M * g.N * batch, 256), 256, 0, stream)(g, batch, splits);
+}
+
+// The k range of this block's slice: blockIdx.z = slice·batch + z.
+struct KSlice {
+  int z, slice, begin, end;
+};
+__device__ __forceinline__ KSlice k_slice(int K, int splits, int tile_k) {
+  KSlice r;
+  const int batch = gridDim.z / splits;
+  r.z = blockIdx.z % batch;
+  r.slice = blockIdx.z / batch;
+  const int chunk = ((K + splits - 1) / splits + tile_k - 1) / tile_k * tile_k;
+  r.begin = r.slice * chunk;
+  r.end = min(K, r.begin + chunk);
+  return r;
+}
+
+// ---- fp32 on tensor cores, "3xTF32": each operand x = hi + lo with hi = tf32(x) and lo = tf32(x − hi);
+// a·b ≈ hi·hi + hi·lo + lo·hi keeps ~fp32 accuracy (the dropped lo·lo is ~2⁻²² |a·b|) while running on the
+// TF32 tensor cores. WMMA 16×16×8, k-slices of 16.
+constexpr int kTcTileK = 16;
 constexpr int kTcPadA = kTcTileK + 4;  // ld of the A tile (floats): a multiple of 4, rows 16-byte aligned
-constexpr int kTcPadB = kTcTileN + 4;
 
 // Elements (row, col .. col+3) of a row-major rows×cols matrix with leading dimension ld; zeros outside.
 __device__ __forceinline__ float4 load_float4(const float* base, long long ld, int row, int col, int rows, int cols,
@@ -157,69 +244,81 @@ __device__ __forceinline__ void split_tf32(Frag& hi, Frag& lo) {
   }
 }
 
-__global__ void __launch_bounds__(256) gemm_f32_tc_nn_kernel(GemmArgs<float> g) {
+template <int BM, int BN>
+__global__ void __launch_bounds__(256) gemm_f32_tc_nn_kernel(GemmArgs<float> g, int splits) {
   using namespace nvcuda;
-  __shared__ __align__(32) float As[2][kTcTileM * kTcPadA];
-  __shared__ __align__(32) float Bs[2][kTcTileK * kTcPadB];
+  constexpr int kPadB = BN + 4;
+  constexpr int FM = TcTile<BM, BN>::kFragM, FN = TcTile<BM, BN>::kFragN;
+  constexpr int VA = BM / 64, VB = BN / 64;  // float4 loads per thread: A is BM×4, B is 16×(BN/4) vectors
+  __shared__ __align__(32) float As[2][BM * kTcPadA];
+  __shared__ __align__(32) float Bs[2][kTcTileK * kPadB];
   __shared__ __align__(32) float stage_out[8][16 * 16];
-  const int z = blockIdx.z;
+  const KSlice ks = k_slice(g.K, splits, kTcTileK);
+  const int z = ks.z;
   const float* A = g.A + z * g.strideA;
   const float* B = g.B + z * g.strideB;
   const bool vec_a = g.lda % 4 == 0 && reinterpret_cast<size_t>(A) % 16 == 0;
   const bool vec_b = g.ldb % 4 == 0 && reinterpret_cast<size_t>(B) % 16 == 0;
-  const int m0 = blockIdx.y * kTcTileM, n0 = blockIdx.x * kTcTileN;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int wm = warp / 4, wn = warp % 4;
-  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[4][2];
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[FM][FN];
   VOSRT_UNROLL
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < FM; ++i)
     VOSRT_UNROLL
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+    for (int j = 0; j < FN; ++j) wmma::fill_fragment(acc[i][j], 0.f);
 
-  // 512 float4 per tile, 2 per thread: A as 128 rows × 4 vectors, B as 16 rows × 32 vectors.
-  float4 ra[2], rb[2];
+  float4 ra[VA], rb[VB];
   auto fetch = [&](int k0) {
     VOSRT_UNROLL
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < VA; ++r) {
       const int v = tid + r * 256;
-      ra[r] = load_float4(A, g.lda, m0 + v / 4, k0 + (v % 4) * 4, g.M, g.K, vec_a);
-      rb[r] = load_float4(B, g.ldb, k0 + v / 32, n0 + (v % 32) * 4, g.K, g.N, vec_b);
+      ra[r] = load_float4(A, g.lda, m0 + v / 4, k0 + (v % 4) * 4, g.M, ks.end, vec_a);
+    }
+    VOSRT_UNROLL
+    for (int r = 0; r < VB; ++r) {
+      const int v = tid + r * 256;
+      rb[r] = load_float4(B, g.ldb, k0 + v / (BN / 4), n0 + (v % (BN / 4)) * 4, ks.end, g.N, vec_b);
     }
   };
   auto stash = [&](int stage) {
     VOSRT_UNROLL
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < VA; ++r) {
       const int v = tid + r * 256;
       *reinterpret_cast<float4*>(&As[stage][(v / 4) * kTcPadA + (v % 4) * 4]) = ra[r];
-      *reinterpret_cast<float4*>(&Bs[stage][(v / 32) * kTcPadB + (v % 32) * 4]) = rb[r];
+    }
+    VOSRT_UNROLL
+    for (int r = 0; r < VB; ++r) {
+      const int v = tid + r * 256;
+      *reinterpret_cast<float4*>(&Bs[stage][(v / (BN / 4)) * kPadB + (v % (BN / 4)) * 4]) = rb[r];
     }
   };
 
-  fetch(0);
+  fetch(ks.begin);
   stash(0);
   __syncthreads();
   int stage = 0;
-  for (int k0 = 0; k0 < g.K; k0 += kTcTileK) {
-    const bool more = k0 + kTcTileK < g.K;
+  for (int k0 = ks.begin; k0 < ks.end; k0 += kTcTileK) {
+    const bool more = k0 + kTcTileK < ks.end;
     if (more) fetch(k0 + kTcTileK);
     VOSRT_UNROLL
     for (int kk = 0; kk < kTcTileK; kk += 8) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a_hi[4], a_lo[4];
-      wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b_hi[2], b_lo[2];
+      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a_hi[FM], a_lo[FM];
+      wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b_hi[FN], b_lo[FN];
       VOSRT_UNROLL
-      for (int i = 0; i < 4; ++i) {
-        wmma::load_matrix_sync(a_hi[i], &As[stage][(wm * 64 + i * 16) * kTcPadA + kk], kTcPadA);
+      for (int i = 0; i < FM; ++i) {
+        wmma::load_matrix_sync(a_hi[i], &As[stage][(wm * (BM / 2) + i * 16) * kTcPadA + kk], kTcPadA);
         split_tf32(a_hi[i], a_lo[i]);
       }
       VOSRT_UNROLL
-      for (int j = 0; j < 2; ++j) {
-        wmma::load_matrix_sync(b_hi[j], &Bs[stage][kk * kTcPadB + wn * 32 + j * 16], kTcPadB);
+      for (int j = 0; j < FN; ++j) {
+        wmma::load_matrix_sync(b_hi[j], &Bs[stage][kk * kPadB + wn * (BN / 4) + j * 16], kPadB);
         split_tf32(b_hi[j], b_lo[j]);
       }
       VOSRT_UNROLL
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < FM; ++i)
         VOSRT_UNROLL
-        for (int j = 0; j < 2; ++j) {  // small terms first
+        for (int j = 0; j < FN; ++j) {  // small terms first
           wmma::mma_sync(acc[i][j], a_lo[i], b_hi[j], acc[i][j]);
           wmma::mma_sync(acc[i][j], a_hi[i], b_lo[j], acc[i][j]);
           wmma::mma_sync(acc[i][j], a_hi[i], b_hi[j], acc[i][j]);
@@ -230,16 +329,20 @@ __global__ void __launch_bounds__(256) gemm_f32_tc_nn_kernel(GemmArgs<float> g) 
     stage ^= 1;
   }
   float* C = g.C + z * g.strideC;
+  // split-K: this slice's slab of the scratch, [M, N] dense, without bias (the reduction adds it)
+  float* slab = splits > 1 ? g.partial + ((long long)ks.slice * (gridDim.z / splits) + z) * g.M * g.N : nullptr;
   float* st = stage_out[warp];
   VOSRT_UNROLL
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < FM; ++i)
     VOSRT_UNROLL
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < FN; ++j) {
       wmma::store_matrix_sync(st, acc[i][j], 16, wmma::mem_row_major);
       __syncwarp();
       for (int e = lane; e < 256; e += 32) {
-        const int m = m0 + wm * 64 + i * 16 + e / 16, n = n0 + wn * 32 + j * 16 + e % 16;
-        if (m < g.M && n < g.N) {
+        const int m = m0 + wm * (BM / 2) + i * 16 + e / 16, n = n0 + wn * (BN / 4) + j * 16 + e % 16;
+        if (m < g.M && n < g.N && slab != nullptr) {
+          slab[(long long)m * g.N + n] = st[e];
+        } else if (m < g.M && n < g.N) {
           float* dst = C + (long long)m * g.ldc + n;
           float v = st[e];
           if (g.bias) v += g.bias[(long long)z * g.M + m];
@@ -252,17 +355,22 @@ __global__ void __launch_bounds__(256) gemm_f32_tc_nn_kernel(GemmArgs<float> g) 
 }
 
 inline void gemm_f32_tc_nn(const GemmArgs<float>& g, int batch, cudaStream_t stream) {
-  const dim3 grid((g.N + kTcTileN - 1) / kTcTileN, (g.M + kTcTileM - 1) / kTcTileM, batch);
-  auto kernel = &gemm_f32_tc_nn_kernel;
-  VOSRT_LAUNCH(kernel, grid, 256, 0, stream)(g);
+  if (large_tiles(g.M, g.N, batch)) {
+    auto kernel = &gemm_f32_tc_nn_kernel<128, 128>;
+    VOSRT_LAUNCH(kernel, dim3((g.N + 127) / 128, (g.M + 127) / 128, batch), 256, 0, stream)(g, 1);
+    return;
+  }
+  const int splits = split_k(g, batch, kTcTileK);
+  auto kernel = &gemm_f32_tc_nn_kernel<64, 64>;
+  VOSRT_LAUNCH(kernel, dim3((g.N + 63) / 64, (g.M + 63) / 64, batch * splits), 256, 0, stream)(g, splits);
+  if (splits > 1) launch_split_k_reduce(g, batch, splits, stream);
 }
 
-// ---- fp16 (no transposes): 128×128 block tile, 8 warps of 64×32, WMMA 16×16×16, fp32 accumulators ----
-// Tiles move as 16-byte vectors of 8 halves (scalar fallback at ragged edges or unaligned leading
-// dimensions), prefetched into registers during the MMAs of the previous k-slice, two smem stages.
-constexpr int kH16TileM = 128, kH16TileN = 128, kH16TileK = 32;
+// ---- fp16: WMMA 16×16×16, fp32 accumulators, k-slices of 32. Tiles move as 16-byte vectors of 8 halves
+// (scalar fallback at ragged edges or unaligned leading dimensions), prefetched into registers during the
+// MMAs of the previous k-slice, two smem stages.
+constexpr int kH16TileK = 32;
 constexpr int kH16PadA = kH16TileK + 8;   // ld of the A tile (halves): a multiple of 8 (WMMA), rows 16-byte aligned
-constexpr int kH16PadB = kH16TileN + 8;
 
 union Half8 {
   uint4 raw;
@@ -283,80 +391,96 @@ __device__ __forceinline__ Half8 load_half8(const __half* base, long long ld, in
   return r;
 }
 
-__global__ void __launch_bounds__(256) gemm_f16_nn_kernel(GemmArgs<__half> g) {
+template <int BM, int BN>
+__global__ void __launch_bounds__(256) gemm_f16_nn_kernel(GemmArgs<__half> g, int splits) {
   using namespace nvcuda;
-  __shared__ __align__(32) __half As[2][kH16TileM * kH16PadA];
-  __shared__ __align__(32) __half Bs[2][kH16TileK * kH16PadB];
+  constexpr int kPadB = BN + 8;
+  constexpr int FM = TcTile<BM, BN>::kFragM, FN = TcTile<BM, BN>::kFragN;
+  constexpr int VA = BM / 64, VB = BN / 64;  // 16-byte loads per thread: A is BM×4, B is 32×(BN/8) vectors
+  __shared__ __align__(32) __half As[2][BM * kH16PadA];
+  __shared__ __align__(32) __half Bs[2][kH16TileK * kPadB];
   __shared__ __align__(32) float stage_out[8][16 * 16];  // per-warp epilogue staging
-  const int z = blockIdx.z;
+  const KSlice ks = k_slice(g.K, splits, kH16TileK);
+  const int z = ks.z;
   const __half* A = g.A + z * g.strideA;
   const __half* B = g.B + z * g.strideB;
   const bool vec_a = g.lda % 8 == 0 && reinterpret_cast<size_t>(A) % 16 == 0;
   const bool vec_b = g.ldb % 8 == 0 && reinterpret_cast<size_t>(B) % 16 == 0;
-  const int m0 = blockIdx.y * kH16TileM, n0 = blockIdx.x * kH16TileN;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int wm = warp / 4, wn = warp % 4;  // warp tile: rows wm·64.., columns wn·32..
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][2];
+  const int wm = warp / 4, wn = warp % 4;  // warp tile: rows wm·BM/2.., columns wn·BN/4..
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[FM][FN];
   VOSRT_UNROLL
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < FM; ++i)
     VOSRT_UNROLL
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+    for (int j = 0; j < FN; ++j) wmma::fill_fragment(acc[i][j], 0.f);
 
-  // 512 vectors per tile, 2 per thread: A as 128 rows × 4 vectors, B as 32 rows × 16 vectors.
-  Half8 ra[2], rb[2];
+  Half8 ra[VA], rb[VB];
   auto fetch = [&](int k0) {
     VOSRT_UNROLL
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < VA; ++r) {
       const int v = tid + r * 256;
-      ra[r] = load_half8(A, g.lda, m0 + v / 4, k0 + (v % 4) * 8, g.M, g.K, vec_a);
-      rb[r] = load_half8(B, g.ldb, k0 + v / 16, n0 + (v % 16) * 8, g.K, g.N, vec_b);
+      ra[r] = load_half8(A, g.lda, m0 + v / 4, k0 + (v % 4) * 8, g.M, ks.end, vec_a);
+    }
+    VOSRT_UNROLL
+    for (int r = 0; r < VB; ++r) {
+      const int v = tid + r * 256;
+      rb[r] = load_half8(B, g.ldb, k0 + v / (BN / 8), n0 + (v % (BN / 8)) * 8, ks.end, g.N, vec_b);
     }
   };
   auto stash = [&](int stage) {
     VOSRT_UNROLL
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < VA; ++r) {
       const int v = tid + r * 256;
       *reinterpret_cast<uint4*>(&As[stage][(v / 4) * kH16PadA + (v % 4) * 8]) = ra[r].raw;
-      *reinterpret_cast<uint4*>(&Bs[stage][(v / 16) * kH16PadB + (v % 16) * 8]) = rb[r].raw;
+    }
+    VOSRT_UNROLL
+    for (int r = 0; r < VB; ++r) {
+      const int v = tid + r * 256;
+      *reinterpret_cast<uint4*>(&Bs[stage][(v / (BN / 8)) * kPadB + (v % (BN / 8)) * 8]) = rb[r].raw;
     }
   };
 
-  fetch(0);
+  fetch(ks.begin);
   stash(0);
   __syncthreads();
   int stage = 0;
-  for (int k0 = 0; k0 < g.K; k0 += kH16TileK) {
-    const bool more = k0 + kH16TileK < g.K;
+  for (int k0 = ks.begin; k0 < ks.end; k0 += kH16TileK) {
+    const bool more = k0 + kH16TileK < ks.end;
     if (more) fetch(k0 + kH16TileK);
     VOSRT_UNROLL
     for (int kk = 0; kk < kH16TileK; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a[4];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> b[2];
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a[FM];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> b[FN];
       VOSRT_UNROLL
-      for (int i = 0; i < 4; ++i)
-        wmma::load_matrix_sync(a[i], &As[stage][(wm * 64 + i * 16) * kH16PadA + kk], kH16PadA);
+      for (int i = 0; i < FM; ++i)
+        wmma::load_matrix_sync(a[i], &As[stage][(wm * (BM / 2) + i * 16) * kH16PadA + kk], kH16PadA);
       VOSRT_UNROLL
-      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], &Bs[stage][kk * kH16PadB + wn * 32 + j * 16], kH16PadB);
+      for (int j = 0; j < FN; ++j)
+        wmma::load_matrix_sync(b[j], &Bs[stage][kk * kPadB + wn * (BN / 4) + j * 16], kPadB);
       VOSRT_UNROLL
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < FM; ++i)
         VOSRT_UNROLL
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+        for (int j = 0; j < FN; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
     }
     if (more) stash(stage ^ 1);  // that stage was last read before the previous barrier
     __syncthreads();
     stage ^= 1;
   }
   __half* C = g.C + z * g.strideC;
+  float* slab = splits > 1 ? g.partial + ((long long)ks.slice * (gridDim.z / splits) + z) * g.M * g.N : nullptr;
   float* st = stage_out[warp];
   VOSRT_UNROLL
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < FM; ++i)
     VOSRT_UNROLL
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < FN; ++j) {
       wmma::store_matrix_sync(st, acc[i][j], 16, wmma::mem_row_major);
       __syncwarp();
       for (int e = lane; e < 256; e += 32) {
-        const int m = m0 + wm * 64 + i * 16 + e / 16, n = n0 + wn * 32 + j * 16 + e % 16;
-        if (m < g.M && n < g.N) {
+        const int m = m0 + wm * (BM / 2) + i * 16 + e / 16, n = n0 + wn * (BN / 4) + j * 16 + e % 16;
+        if (m < g.M && n < g.N && slab != nullptr) {
+          slab[(long long)m * g.N + n] = st[e];  // fp32 partial sums: the reduction rounds once
+        } else if (m < g.M && n < g.N) {
           __half* dst = C + (long long)m * g.ldc + n;
           float v = st[e];
           if (g.bias) v += __half2float(g.bias[(long long)z * g.M + m]);
@@ -369,9 +493,15 @@ __global__ void __launch_bounds__(256) gemm_f16_nn_kernel(GemmArgs<__half> g) {
 }
 
 inline void gemm_f16_nn(const GemmArgs<__half>& g, int batch, cudaStream_t stream) {
-  const dim3 grid((g.N + kH16TileN - 1) / kH16TileN, (g.M + kH16TileM - 1) / kH16TileM, batch);
-  auto kernel = &gemm_f16_nn_kernel;
-  VOSRT_LAUNCH(kernel, grid, 256, 0, stream)(g);
+  if (large_tiles(g.M, g.N, batch)) {
+    auto kernel = &gemm_f16_nn_kernel<128, 128>;
+    VOSRT_LAUNCH(kernel, dim3((g.N + 127) / 128, (g.M + 127) / 128, batch), 256, 0, stream)(g, 1);
+    return;
+  }
+  const int splits = split_k(g, batch, kH16TileK);
+  auto kernel = &gemm_f16_nn_kernel<64, 64>;
+  VOSRT_LAUNCH(kernel, dim3((g.N + 63) / 64, (g.M + 63) / 64, batch * splits), 256, 0, stream)(g, splits);
+  if (splits > 1) launch_split_k_reduce(g, batch, splits, stream);
 }
 
 }  // namespace vosrt

@@ -2,9 +2,11 @@
 //
 // top-k path (1 <= top_k < N), three kernels:
 //   1. select: a block owns kL2TileM queries and one slice of N; it walks its slice in tiles of kL2TileN
-//      entries, computes the affinity tile into shared memory (fp16: tensor cores via WMMA, fp32 accumulate;
-//      fp32: CUDA cores), and every thread keeps a register top-k list (TopKList) for one query over every
-//      kL2ListsPerQuery-th entry. The lists go to the workspace: [B, M, lists, kMax], independent of N.
+//      entries, computes the affinity tile into shared memory on the tensor cores (fp16: WMMA with fp32
+//      accumulation; fp32: 3xTF32), and every thread keeps a register top-k list (TopKList, sized to the
+//      bucket of k: 8/16/20/32/64) for one query over every kL2ListsPerQuery-th entry, filtering with the
+//      best admission threshold of the query's lists (shared after every tile). The lists go to the
+//      workspace: [B, M, lists, kMax], independent of N.
 //   2. merge: per query, merges the lists, takes the top_k and the max-subtracted softmax -> [B, M, kMax].
 //   3. gather: out[b, v, m] = Σ_j w_j·mv[b, v, idx_j]: only the k selected values are read. Blocks
 //      sweep the queries for a band of value channels, so that band of mem_value stays in L2.
@@ -72,25 +74,48 @@ __device__ void load_tile(T* dst, const T* src, int rows, int ckp, int len, int 
   }
 }
 
-// score[n][q] = Σ_c mk[c][n]·qk[c][q] for the tile; fp32 on CUDA cores (4×4 per thread).
+// Splits every element of a TF32 fragment into its high part (kept) and the TF32 remainder (into lo).
+template <typename Frag>
+__device__ __forceinline__ void split_tf32(Frag& hi, Frag& lo) {
+  VOSRT_UNROLL
+  for (int t = 0; t < hi.num_elements; ++t) {
+    const float v = hi.x[t];
+    const float h = nvcuda::wmma::__float_to_tf32(v);
+    lo.x[t] = nvcuda::wmma::__float_to_tf32(v - h);
+    hi.x[t] = h;
+  }
+}
+
+// score[n][q] = Σ_c mk[c][n]·qk[c][q] for the tile; fp32 on the TF32 tensor cores as 3xTF32 (each operand
+// x = hi + lo, a·b ≈ hi·hi + hi·lo + lo·hi: fp32-level accuracy, which the top-k needs near ties).
+// 16 fragments of 16×16 over 8 warps, k in steps of 8; the mk tile is read as a column-major A.
 __device__ void dot_tile(const Smem& s, int ckp, float) {
+  using namespace nvcuda;
   const float* mk = static_cast<const float*>(s.mem_key);
   const float* qk = static_cast<const float*>(s.query);
-  const int n0 = (threadIdx.x / 16) * 4, q0 = (threadIdx.x % 16) * 4;
-  float acc[4][4] = {};
-  for (int c = 0; c < ckp; ++c) {
-    const float4 a = *reinterpret_cast<const float4*>(mk + c * kL2TileN + n0);
-    const float4 b = *reinterpret_cast<const float4*>(qk + c * kL2TileM + q0);
-    const float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+  const int warp = threadIdx.x / 32;
+  const int nf = warp / 2;
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[2];
+  wmma::fill_fragment(acc[0], 0.f);
+  wmma::fill_fragment(acc[1], 0.f);
+  for (int c0 = 0; c0 < ckp; c0 += 8) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> a_hi, a_lo;
+    wmma::load_matrix_sync(a_hi, mk + c0 * kL2TileN + nf * 16, kL2TileN);
+    split_tf32(a_hi, a_lo);
     VOSRT_UNROLL
-    for (int i = 0; i < 4; ++i)
-      VOSRT_UNROLL
-      for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    for (int j = 0; j < 2; ++j) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b_hi, b_lo;
+      wmma::load_matrix_sync(b_hi, qk + c0 * kL2TileM + ((warp % 2) * 2 + j) * 16, kL2TileM);
+      split_tf32(b_hi, b_lo);
+      wmma::mma_sync(acc[j], a_lo, b_hi, acc[j]);  // small terms first
+      wmma::mma_sync(acc[j], a_hi, b_lo, acc[j]);
+      wmma::mma_sync(acc[j], a_hi, b_hi, acc[j]);
+    }
   }
   VOSRT_UNROLL
-  for (int i = 0; i < 4; ++i)
-    VOSRT_UNROLL
-    for (int j = 0; j < 4; ++j) s.score[(n0 + i) * kScoreLd + q0 + j] = acc[i][j];
+  for (int j = 0; j < 2; ++j)
+    wmma::store_matrix_sync(s.score + nf * 16 * kScoreLd + ((warp % 2) * 2 + j) * 16, acc[j], kScoreLd,
+                            wmma::mem_row_major);
 }
 
 // fp16: tensor cores. 16 fragments of 16×16 over 8 warps; mk tile read as a column-major A.
@@ -150,6 +175,10 @@ __global__ void __launch_bounds__(kThreads) select_kernel(vosrtL2ReadoutParams p
   load_tile<T>(static_cast<T*>(s.query), query_key + (size_t)b * ck * M, ck, ckp, M, m0, kL2TileM);
 
   const int q = threadIdx.x % kL2TileM, r = threadIdx.x / kL2TileM;
+  // The smallest score of each list of a query, shared after every tile: the k-th largest score of the
+  // query's whole slice is at least the largest of them, so an entry at or below it cannot be in the
+  // slice's top-k, whichever list sees it. Each list thus filters with the best threshold of the four.
+  __shared__ float list_floor[kL2ListsPerQuery][kL2TileM];
   TopKList<kMax> list;
   list.init();
   float threshold = -INFINITY;
@@ -163,10 +192,13 @@ __global__ void __launch_bounds__(kThreads) select_kernel(vosrtL2ReadoutParams p
       const float score = l2r_score(s.score[i * kScoreLd + q], s.mem_sq[i], scale);
       if (score > threshold) {  // rare after the first tiles: a list admits ~kMax·ln(N) entries in all
         list.push(score, n0 + i);
-        threshold = list.smallest();
+        threshold = fmaxf(threshold, list.smallest());
       }
     }
-    __syncthreads();  // the next tile overwrites the shared tiles
+    list_floor[r][q] = list.smallest();
+    __syncthreads();  // the next tile overwrites the shared tiles; list_floor is complete
+    VOSRT_UNROLL
+    for (int other = 0; other < kL2ListsPerQuery; ++other) threshold = fmaxf(threshold, list_floor[other][q]);
   }
   const int m = m0 + q;
   if (m < M) {
@@ -267,7 +299,8 @@ __global__ void __launch_bounds__(kThreads) dense_kernel(vosrtL2ReadoutParams p,
     if (vg + j < v_rows) store(out + ((size_t)b * V + v0 + vg + j) * M + m, acc[j] * inv);
 }
 
-int bucket(int top_k) { return top_k <= 8 ? 8 : top_k <= 16 ? 16 : top_k <= 32 ? 32 : 64; }
+// Register lists sized to the real k: 20 is STCN's default (a 32-entry list would cost 60% more per push).
+int bucket(int top_k) { return top_k <= 8 ? 8 : top_k <= 16 ? 16 : top_k <= 20 ? 20 : top_k <= 32 ? 32 : 64; }
 
 size_t list_bytes(const vosrtL2ReadoutParams& p, int k_max) {
   return (size_t)p.batch * p.query_size * kMaxLists * k_max * (sizeof(float) + sizeof(int));
@@ -312,8 +345,10 @@ vosrtStatus_t run_top_k(const vosrtL2ReadoutParams& p, int top_k, float scale, c
   auto gather = &gather_kernel<T, kMax>;
   VOSRT_LAUNCH(select, dim3(query_tiles, splits, p.batch), kThreads, smem, stream)(
       p, scale, tiles_per_split, mk, qk, list_val, list_idx);
+  if (launch_status() != VOSRT_SUCCESS) return VOSRT_ERROR_CUDA;
   VOSRT_LAUNCH(merge, ceil_div((long long)p.batch * p.query_size, 128), 128, 0, stream)(
       p, top_k, splits * kL2ListsPerQuery, list_val, list_idx, weight, index);
+  if (launch_status() != VOSRT_SUCCESS) return VOSRT_ERROR_CUDA;
   VOSRT_LAUNCH(gather, dim3(ceil_div(p.query_size, kGatherQueries), ceil_div(p.value_dim, kGatherV), p.batch),
                kGatherQueries, 0, stream)(p, top_k, weight, index, mv, out);
   return launch_status();
@@ -336,6 +371,7 @@ vosrtStatus_t run(const vosrtL2ReadoutParams& p, const T* mk, const T* qk, const
   switch (bucket(top_k)) {
     case 8: return run_top_k<T, 8>(p, top_k, scale, mk, qk, mv, out, workspace, stream);
     case 16: return run_top_k<T, 16>(p, top_k, scale, mk, qk, mv, out, workspace, stream);
+    case 20: return run_top_k<T, 20>(p, top_k, scale, mk, qk, mv, out, workspace, stream);
     case 32: return run_top_k<T, 32>(p, top_k, scale, mk, qk, mv, out, workspace, stream);
     default: return run_top_k<T, 64>(p, top_k, scale, mk, qk, mv, out, workspace, stream);
   }
@@ -367,6 +403,7 @@ extern "C" vosrtStatus_t vosrtL2ReadoutForward(const vosrtL2ReadoutParams* p, vo
   if (!mem_key || !query_key || !mem_value || !out) return VOSRT_ERROR_INVALID_VALUE;
   const size_t need = vosrtL2ReadoutWorkspaceSize(p, dtype);
   if (need > 0 && (workspace == nullptr || workspace_bytes < need)) return VOSRT_ERROR_WORKSPACE;
+  clear_stale_error();
   if (dtype == VOSRT_FLOAT32)
     return run<float>(*p, static_cast<const float*>(mem_key), static_cast<const float*>(query_key),
                       static_cast<const float*>(mem_value), static_cast<float*>(out), workspace, stream);

@@ -17,8 +17,13 @@ constexpr int kL2TileM = 64;
 // kL2ListsPerQuery-th memory entry of a tile; the lists are merged at the end.
 constexpr int kL2ListsPerQuery = 4;
 
-// S = (2·mk·qk − ‖mk‖²)·scale.
-VOSRT_HD float l2r_score(float dot, float mem_sq, float scale) { return (2.0f * dot - mem_sq) * scale; }
+// S = (2·mk·qk − ‖mk‖²)·scale. NaN policy (plugins/kernels/README.md): a NaN score ranks above every
+// number, as in torch.topk and ONNX's TopK, so it is returned as +inf: it always enters the top-k and its
+// softmax weight exp(inf − inf) makes the query's output NaN, as in the reference.
+VOSRT_HD float l2r_score(float dot, float mem_sq, float scale) {
+  const float score = (2.0f * dot - mem_sq) * scale;
+  return score != score ? INFINITY : score;
+}
 
 // The kMax largest (score, index) pairs seen so far, sorted descending, in registers: every loop is
 // unrolled over kMax so no element is ever addressed with a runtime index.

@@ -17,10 +17,15 @@ namespace vosrt {
 
 inline unsigned ceil_div(long long a, long long b) { return (unsigned)((a + b - 1) / b); }
 
-// Status of the launches made so far on this thread.
+// Status of the launches made since the last check on this thread (cudaGetLastError also resets it).
 inline vosrtStatus_t launch_status() {
   return cudaGetLastError() == cudaSuccess ? VOSRT_SUCCESS : VOSRT_ERROR_CUDA;
 }
+
+// Every entry point calls this before its first launch: an error left behind by unrelated earlier work
+// on this thread (a failed cudaMalloc of the host program, say) must not be reported as ours. A sticky
+// error (a crashed context) cannot be cleared; the launches then fail and are reported.
+inline void clear_stale_error() { (void)cudaGetLastError(); }
 
 inline size_t element_size(vosrtDataType_t dtype) { return dtype == VOSRT_FLOAT16 ? 2 : 4; }
 

@@ -15,8 +15,9 @@ std::string reason(vosrtStatus_t status) {
 
 }  // namespace
 
-D2Conv3DPlugin::D2Conv3DPlugin(std::string layerName, vosrtD2Conv3DAttributes const& attrs)
-    : PluginShell(std::move(layerName)), mAttrs(attrs) {
+D2Conv3DPlugin::D2Conv3DPlugin(std::string layerName, vosrtD2Conv3DAttributes const& attrs,
+                               int32_t workspaceLimitMb)
+    : PluginShell(std::move(layerName)), mAttrs(attrs), mWorkspaceLimitMb(workspaceLimitMb) {
   using nvinfer1::PluginField;
   using nvinfer1::PluginFieldType;
   // The serialised fields are the node attributes themselves, so a runtime-phase createPlugin reads
@@ -25,19 +26,21 @@ D2Conv3DPlugin::D2Conv3DPlugin(std::string layerName, vosrtD2Conv3DAttributes co
              PluginField("strides", mAttrs.strides, PluginFieldType::kINT32, 3),
              PluginField("pads", mAttrs.pads, PluginFieldType::kINT32, 3),
              PluginField("dilations", mAttrs.dilations, PluginFieldType::kINT32, 3),
-             PluginField("group", &mAttrs.group, PluginFieldType::kINT32, 1)};
+             PluginField("group", &mAttrs.group, PluginFieldType::kINT32, 1),
+             PluginField("max_workspace_mb", &mWorkspaceLimitMb, PluginFieldType::kINT32, 1)};
   mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
   mFieldCollection.fields = mFields.data();
   auto const triple = [](int const* v) {
     return std::to_string(v[0]) + "," + std::to_string(v[1]) + "," + std::to_string(v[2]);
   };
   mCacheId = "D2Conv3D:k" + triple(mAttrs.kernel_shape) + ":s" + triple(mAttrs.strides) + ":p" +
-             triple(mAttrs.pads) + ":d" + triple(mAttrs.dilations) + ":g" + std::to_string(mAttrs.group);
+             triple(mAttrs.pads) + ":d" + triple(mAttrs.dilations) + ":g" + std::to_string(mAttrs.group) +
+             ":w" + std::to_string(mWorkspaceLimitMb);
 }
 
 nvinfer1::IPluginV3* D2Conv3DPlugin::clone() noexcept {
   // The copy must own its field storage: build it from the attributes, not member-wise.
-  auto* copy = new (std::nothrow) D2Conv3DPlugin(mLayerName, mAttrs);
+  auto* copy = new (std::nothrow) D2Conv3DPlugin(mLayerName, mAttrs, mWorkspaceLimitMb);
   if (copy != nullptr) copy->mNbInputs = mNbInputs;
   return copy;
 }
@@ -114,7 +117,12 @@ size_t D2Conv3DPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const*
   for (int32_t i = 0; i < nbInputs && i < 5; ++i) maxDims[i] = inputs[i].max;
   vosrtD2Conv3DParams params;
   if (!makeParams(maxDims, nbInputs, &params)) return 0;
-  return vosrtD2Conv3DWorkspaceSize(&params, toKernelType(inputs[0].desc.type));
+  return workspaceBytes(params, toKernelType(inputs[0].desc.type));
+}
+
+size_t D2Conv3DPlugin::workspaceBytes(vosrtD2Conv3DParams const& params, vosrtDataType_t dtype) const noexcept {
+  return vosrtTrtD2Conv3DWorkspaceBytes(vosrtD2Conv3DWorkspaceSize(&params, dtype),
+                                        vosrtD2Conv3DMinWorkspaceSize(&params, dtype), mWorkspaceLimitMb);
 }
 
 int32_t D2Conv3DPlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
@@ -143,10 +151,11 @@ int32_t D2Conv3DPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
   vosrtD2Conv3DInputRoles roles;
   vosrtTrtD2Conv3DRoles(nbInputs, nbInputs > 3 ? dims[3].nbDims : 0, &roles);
   vosrtDataType_t const dtype = toKernelType(inputDesc[0].type);
-  size_t const workspaceBytes = vosrtD2Conv3DWorkspaceSize(&params, dtype);
+  // TensorRT allocated workspaceBytes() of the profile's largest shapes; this call's shapes need no more.
+  size_t const bytes = workspaceBytes(params, dtype);
   vosrtStatus_t const status = vosrtD2Conv3DForward(
       &params, dtype, inputs[roles.x], inputs[roles.dilation], roles.modulation >= 0 ? inputs[roles.modulation] : nullptr,
-      inputs[roles.weight], roles.bias >= 0 ? inputs[roles.bias] : nullptr, outputs[0], workspace, workspaceBytes,
+      inputs[roles.weight], roles.bias >= 0 ? inputs[roles.bias] : nullptr, outputs[0], workspace, bytes,
       stream);
   if (status != VOSRT_SUCCESS) {
     logError(mLayerName + " (D2Conv3D): forward failed: " + vosrtGetStatusString(status));
@@ -164,7 +173,8 @@ D2Conv3DPluginCreator::D2Conv3DPluginCreator() {
              PluginField("strides", nullptr, PluginFieldType::kINT32, 3),
              PluginField("pads", nullptr, PluginFieldType::kINT32, 3),
              PluginField("dilations", nullptr, PluginFieldType::kINT32, 3),
-             PluginField("group", nullptr, PluginFieldType::kINT32, 1)};
+             PluginField("group", nullptr, PluginFieldType::kINT32, 1),
+             PluginField("max_workspace_mb", nullptr, PluginFieldType::kINT32, 1)};
   mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
   mFieldCollection.fields = mFields.data();
 }
@@ -175,6 +185,7 @@ nvinfer1::IPluginV3* D2Conv3DPluginCreator::createPlugin(char const* name, nvinf
   vosrtTrtD2Conv3DDefaultAttributes(&attrs);
   std::string const layer = name != nullptr ? name : "D2Conv3D";
   bool haveKernel = false;
+  int workspaceLimitMb = 0;
   for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i) {
     nvinfer1::PluginField const& field = fc->fields[i];
     bool ok = true;
@@ -189,6 +200,13 @@ nvinfer1::IPluginV3* D2Conv3DPluginCreator::createPlugin(char const* name, nvinf
       ok = readInts(field, attrs.dilations, 3, kPlugin);
     } else if (std::strcmp(field.name, "group") == 0) {
       ok = readInts(field, &attrs.group, 1, kPlugin);
+    } else if (std::strcmp(field.name, "max_workspace_mb") == 0) {
+      ok = readInts(field, &workspaceLimitMb, 1, kPlugin);
+      if (ok && workspaceLimitMb < 0) {
+        logError(layer + " (D2Conv3D): max_workspace_mb must be >= 0 (0 = no limit), got " +
+                 std::to_string(workspaceLimitMb));
+        return nullptr;
+      }
     } else if (!isNodeIdentityField(field.name)) {
       logWarning(layer + " (D2Conv3D): ignoring unknown field '" + field.name + "'");
     }
@@ -203,7 +221,7 @@ nvinfer1::IPluginV3* D2Conv3DPluginCreator::createPlugin(char const* name, nvinf
     logError(layer + ": " + reason(status));
     return nullptr;
   }
-  return new (std::nothrow) D2Conv3DPlugin(layer, attrs);
+  return new (std::nothrow) D2Conv3DPlugin(layer, attrs, workspaceLimitMb);
 }
 
 }  // namespace vosrt::trt

@@ -14,7 +14,8 @@ class D2Conv3DPlugin final : public PluginShell {
  public:
   static constexpr char const* kName = "D2Conv3D";
 
-  D2Conv3DPlugin(std::string layerName, vosrtD2Conv3DAttributes const& attrs);
+  // workspaceLimitMb: the node's optional `max_workspace_mb` (0 = the kernels' preferred workspace).
+  D2Conv3DPlugin(std::string layerName, vosrtD2Conv3DAttributes const& attrs, int32_t workspaceLimitMb = 0);
 
   nvinfer1::IPluginV3* clone() noexcept override;
   char const* getPluginName() const noexcept override { return kName; }
@@ -37,8 +38,12 @@ class D2Conv3DPlugin final : public PluginShell {
  private:
   // Kernel parameters for concrete input dims; false (and a logged reason) if they do not fit together.
   bool makeParams(nvinfer1::Dims const* dims, int32_t nbInputs, vosrtD2Conv3DParams* params) const noexcept;
+  // The workspace asked for at build time (for the profile's largest shapes) and handed to the kernels
+  // at run time (for the shapes of the call, never more than TensorRT allocated): one rule for both.
+  size_t workspaceBytes(vosrtD2Conv3DParams const& params, vosrtDataType_t dtype) const noexcept;
 
   vosrtD2Conv3DAttributes mAttrs;
+  int32_t mWorkspaceLimitMb{0};
   int32_t mNbInputs{0};  // 3, 4 or 5 (M and B optional), from configurePlugin / onShapeChange
   std::vector<nvinfer1::PluginField> mFields;
   nvinfer1::PluginFieldCollection mFieldCollection{};

@@ -7,12 +7,20 @@ namespace vosrt::trt {
 namespace {
 
 std::atomic<nvinfer1::ILoggerFinder*> gLoggerFinder{nullptr};
+std::atomic<nvinfer1::ILogger*> gLogger{nullptr};
 
+// The logger TensorRT handed over (setLoggerFinder), else the one given to initVosrtPlugins, else
+// libnvinfer's global one. The embeddable library never names libnvinfer's symbols, so it has no fallback.
 nvinfer1::ILogger* logger() noexcept {
   if (nvinfer1::ILoggerFinder* finder = gLoggerFinder.load()) {
     if (nvinfer1::ILogger* found = finder->findLogger()) return found;
   }
+  if (nvinfer1::ILogger* given = gLogger.load()) return given;
+#if defined(VOSRT_PLUGINS_EMBEDDABLE)
+  return nullptr;
+#else
   return ::getLogger();
+#endif
 }
 
 void log(nvinfer1::ILogger::Severity severity, std::string const& message) noexcept {
@@ -24,6 +32,7 @@ void log(nvinfer1::ILogger::Severity severity, std::string const& message) noexc
 void logError(std::string const& message) noexcept { log(nvinfer1::ILogger::Severity::kERROR, message); }
 void logWarning(std::string const& message) noexcept { log(nvinfer1::ILogger::Severity::kWARNING, message); }
 void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept { gLoggerFinder.store(finder); }
+void setLogger(nvinfer1::ILogger* logger) noexcept { gLogger.store(logger); }
 
 bool readInts(nvinfer1::PluginField const& field, int* out, int count, char const* plugin) noexcept {
   using nvinfer1::PluginFieldType;

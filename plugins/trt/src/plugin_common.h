@@ -18,6 +18,7 @@ constexpr char const* kPluginNamespace = "";
 void logError(std::string const& message) noexcept;
 void logWarning(std::string const& message) noexcept;
 void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept;
+void setLogger(nvinfer1::ILogger* logger) noexcept;
 
 // Integer fields may arrive as INT8/16/32/64 (the ONNX parser converts by the declared type, Python
 // callers often send int64); `count` values are required. Returns false with a logged reason otherwise.

@@ -1,15 +1,21 @@
-// Entry points of libvosrt_plugins.so.
+// Entry points of libvosrt_plugins.so (and of libvosrt_plugins_embed.so, the self-contained variant for
+// engines that carry their plugin library; built with VOSRT_PLUGINS_EMBEDDABLE).
 //
-// Two ways in, and they must not collide (TensorRT refuses a library whose creators are already
-// registered, "Cannot register the library as plugin creator of X exists already"):
-//  1. IPluginRegistry::loadLibrary / trtexec --dynamicPlugins / engines with serialised plugin
-//     libraries: TensorRT dlopens the file and registers what getCreators() returns.
-//  2. Hosts that only dlopen it (ONNX Runtime's TensorRT EP, Triton with LD_PRELOAD, ctypes.CDLL): the
-//     static initializer below registers both creators with getPluginRegistry() at load time.
-// Path 2 runs during the dlopen of path 1 as well, so getCreators() hands out only the creators the load
-// did not already register (normally none). The net effect is the same in every host: after the
-// library is loaded, D2Conv3D and L2MemoryReadout version "1" namespace "" are registered exactly once.
-// Setting VOSRT_PLUGINS_AUTO_REGISTER=0 turns path 2 off (then getCreators() returns both).
+// Three ways in (plugins/trt/README.md, "Loading"); a host uses exactly one of them:
+//  1. IPluginRegistry::loadLibrary (trtexec --dynamicPlugins, engines with a serialised plugin library,
+//     vosrt's own Python code): TensorRT dlopens the file, calls setLoggerFinder and registers what
+//     getCreators() returns. getCreators() always returns both creators.
+//  2. Hosts that only dlopen the file (DeepStream, Triton's TensorRT backend, ONNX Runtime's TensorRT
+//     EP, ctypes.CDLL): they call the exported initVosrtPlugins(), which registers both creators with
+//     getPluginRegistry(), like TensorRT's own initLibNvInferPlugins().
+//  3. Opt-in load-time registration: with VOSRT_PLUGINS_AUTO_REGISTER=1 in the environment a static
+//     initializer does what initVosrtPlugins() does while the library is being loaded (LD_PRELOAD hosts
+//     that call nothing). Do not combine it with path 1: TensorRT refuses creators that already exist.
+// Registration through paths 2 and 3 is undone when the library is unloaded.
+//
+// The embeddable variant has no path 2 or 3: it must not reference libnvinfer at all (an engine's
+// serialised library is loaded by a runtime that may not export getPluginRegistry to it), so it only
+// exports getCreators and setLoggerFinder.
 #include <cstdlib>
 #include <cstring>
 
@@ -29,36 +35,41 @@ vosrt::trt::L2ReadoutPluginCreator gL2ReadoutCreator;
 constexpr int32_t kNbCreators = 2;
 IPluginCreatorInterface* const gAllCreators[kNbCreators] = {&gD2Conv3DCreator, &gL2ReadoutCreator};
 
-// Creators registered by this copy of the library at load time (to deregister on unload), and those
-// already present from another copy (a serialised-library copy of the same file, say).
+#if !defined(VOSRT_PLUGINS_EMBEDDABLE)
+// Creators this copy of the library registered itself (paths 2 and 3), to deregister on unload.
 bool gRegisteredHere[kNbCreators] = {false, false};
-bool gPresentAlready[kNbCreators] = {false, false};
-IPluginCreatorInterface* gPending[kNbCreators] = {nullptr, nullptr};
-
-bool autoRegisterEnabled() {
-  char const* value = std::getenv("VOSRT_PLUGINS_AUTO_REGISTER");
-  return value == nullptr || std::strcmp(value, "0") != 0;
-}
 
 char const* nameOf(int32_t i) {
   return i == 0 ? gD2Conv3DCreator.getPluginName() : gL2ReadoutCreator.getPluginName();
 }
 
-struct LoadTimeRegistration {
-  LoadTimeRegistration() {
-    if (!autoRegisterEnabled()) return;
-    nvinfer1::IPluginRegistry* registry = getPluginRegistry();
-    if (registry == nullptr) return;
-    for (int32_t i = 0; i < kNbCreators; ++i) {
-      if (registry->getCreator(nameOf(i), vosrt::trt::kPluginVersion, vosrt::trt::kPluginNamespace) != nullptr) {
-        gPresentAlready[i] = true;
-      } else {
-        gRegisteredHere[i] = registry->registerCreator(*gAllCreators[i], vosrt::trt::kPluginNamespace);
-      }
-    }
+// Registers every creator not already registered under our name, version and namespace (by this copy or
+// another: an engine's serialised copy of the same library, say). True when both are registered after.
+bool registerMissing(nvinfer1::IPluginRegistry* registry, char const* libNamespace) {
+  if (registry == nullptr) return false;
+  bool all = true;
+  for (int32_t i = 0; i < kNbCreators; ++i) {
+    if (registry->getCreator(nameOf(i), vosrt::trt::kPluginVersion, libNamespace) != nullptr) continue;
+    gRegisteredHere[i] = registry->registerCreator(*gAllCreators[i], libNamespace);
+    all = all && gRegisteredHere[i];
   }
-  ~LoadTimeRegistration() {
+  return all;
+}
+
+bool autoRegisterRequested() {
+  char const* value = std::getenv("VOSRT_PLUGINS_AUTO_REGISTER");
+  return value != nullptr && std::strcmp(value, "1") == 0;
+}
+
+struct Registration {
+  Registration() {
+    if (autoRegisterRequested()) registerMissing(getPluginRegistry(), vosrt::trt::kPluginNamespace);
+  }
+  ~Registration() {
     // The creators die with this library; leave no dangling pointers in the registry.
+    bool any = false;
+    for (bool here : gRegisteredHere) any = any || here;
+    if (!any) return;
     nvinfer1::IPluginRegistry* registry = getPluginRegistry();
     if (registry == nullptr) return;
     for (int32_t i = 0; i < kNbCreators; ++i)
@@ -66,19 +77,34 @@ struct LoadTimeRegistration {
   }
 };
 
-LoadTimeRegistration gLoadTimeRegistration;
+Registration gRegistration;
+#endif
 
 }  // namespace
 
-//! The creators TensorRT should register for this library (IPluginRegistry::loadLibrary looks this up).
+//! Both creators, for TensorRT to register (IPluginRegistry::loadLibrary looks this up).
 VOSRT_PLUGIN_EXPORT IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
-  nbCreators = 0;
-  for (int32_t i = 0; i < kNbCreators; ++i)
-    if (!gRegisteredHere[i] && !gPresentAlready[i]) gPending[nbCreators++] = gAllCreators[i];
-  return gPending;
+  nbCreators = kNbCreators;
+  return gAllCreators;
 }
 
 //! Lets TensorRT hand the library its logger (called by loadLibrary when exported).
 VOSRT_PLUGIN_EXPORT void setLoggerFinder(nvinfer1::ILoggerFinder* finder) {
   vosrt::trt::setLoggerFinder(finder);
 }
+
+#if !defined(VOSRT_PLUGINS_EMBEDDABLE)
+//! Registers D2Conv3D and L2MemoryReadout (version "1") with getPluginRegistry() for hosts that only
+//! dlopen the library. `logger` (an nvinfer1::ILogger*, may be null) receives the plugins' messages;
+//! `libNamespace` must be "" or null (the ONNX nodes name the empty namespace). Idempotent; returns true
+//! when both creators are registered afterwards. Same signature as TensorRT's initLibNvInferPlugins.
+VOSRT_PLUGIN_EXPORT bool initVosrtPlugins(void* logger, char const* libNamespace) {
+  if (libNamespace != nullptr && std::strcmp(libNamespace, vosrt::trt::kPluginNamespace) != 0) {
+    vosrt::trt::logError(std::string("initVosrtPlugins: namespace '") + libNamespace +
+                         "' is not supported; the vosrt plugins live in the empty namespace");
+    return false;
+  }
+  if (logger != nullptr) vosrt::trt::setLogger(static_cast<nvinfer1::ILogger*>(logger));
+  return registerMissing(getPluginRegistry(), vosrt::trt::kPluginNamespace);
+}
+#endif

@@ -251,6 +251,12 @@ vosrtStatus_t vosrtTrtL2ReadoutParams(const vosrtL2ReadoutAttributes* a, const i
   return ok();
 }
 
+size_t vosrtTrtD2Conv3DWorkspaceBytes(size_t preferred, size_t minimum, int workspace_limit_mb) {
+  size_t bytes = preferred;
+  if (workspace_limit_mb > 0 && bytes > ((size_t)workspace_limit_mb << 20)) bytes = (size_t)workspace_limit_mb << 20;
+  return bytes < minimum ? minimum : bytes;
+}
+
 const char* vosrtTrtLastError(void) { return gLastError; }
 
 }  // extern "C"

@@ -65,6 +65,11 @@ vosrtStatus_t vosrtTrtL2ReadoutParams(const vosrtL2ReadoutAttributes* attrs, con
                                       const int64_t query_key[3], const int64_t mem_value[3],
                                       vosrtL2ReadoutParams* params);
 
+/* D2Conv3D workspace the plugin asks TensorRT for: the kernels' preferred size, capped at
+ * workspace_limit_mb MiB (the optional node attribute `max_workspace_mb`, which `vosrt build --workspace`
+ * sets; 0 = no cap), but never below the kernels' minimum (one tile), which the kernels need to run. */
+size_t vosrtTrtD2Conv3DWorkspaceBytes(size_t preferred, size_t minimum, int workspace_limit_mb);
+
 /* Reason for the last failure on this thread ("" after a success). */
 const char* vosrtTrtLastError(void);
 

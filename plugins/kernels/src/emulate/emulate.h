@@ -35,6 +35,10 @@ struct alignas(16) uint4 {
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 namespace vosrt_emu {
+// cudaGetLastError's state, per host thread as in CUDA; tests set it (stale errors) and make launches fail
+// (vosrtEmuSetLastError, vosrtEmuFailLaunch in api_emu.cpp).
+inline thread_local int last_error = 0;
+inline thread_local int launches_until_failure = 0;  // 0: never fail; n: the n-th launch from now fails
 inline thread_local dim3 thread_index, block_index;
 inline dim3 grid_dim, block_dim;
 inline std::barrier<>* block_barrier = nullptr;
@@ -51,6 +55,10 @@ struct Launch {
   cudaStream_t stream;  // launches run synchronously, in order
   template <typename... Args>
   void operator()(Args... args) const {
+    if (launches_until_failure > 0 && --launches_until_failure == 0) {
+      last_error = 719;  // cudaErrorLaunchFailure; the kernel does not run
+      return;
+    }
     grid_dim = grid;
     block_dim = block;
     dynamic_shared.assign(shared_bytes + 256, 0xFF);  // NaN-filled: reading unwritten shared memory shows
@@ -199,6 +207,10 @@ inline cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStrea
   std::memset(dst, value, bytes);
   return cudaSuccess;
 }
-inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline cudaError_t cudaGetLastError() {
+  const cudaError_t error = vosrt_emu::last_error;
+  vosrt_emu::last_error = cudaSuccess;
+  return error;
+}
 
 #endif  // VOSRT_EMULATE_H

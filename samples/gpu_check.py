@@ -1,0 +1,563 @@
+"""One-shot GPU validation of vosrt: build plugins/, run the GPU tests, benchmark, write a report.
+
+    python samples/gpu_check.py OUT              # on a CUDA machine: about 5 minutes on an H100/H200
+    python samples/gpu_check.py OUT --dry-run    # anywhere: print the plan, run the CPU-side parts
+
+Needs only what a bare CUDA machine has: PyTorch with CUDA, nvcc, CMake (CuPy, TensorRT and
+onnxruntime-gpu are used when present and skipped, with a line saying so, when absent). No network.
+
+Steps, each recorded in OUT/gpu_report.json and OUT/gpu_report.md (a failing step is recorded and the
+others still run; the exit status is 1 when the build or a test failed):
+
+1. environment: GPU, driver, CUDA runtime of torch, nvcc, CMake, optional packages.
+2. build: ``cmake -S plugins -B OUT/build`` for this GPU's architecture only (the kernels, their CPU
+   driver and emulation, the ONNX Runtime operators and the TensorRT plugins where their headers exist).
+3. tests: ``pytest -m "gpu or tensorrt" tests`` against the libraries just built (junit XML in OUT).
+4. benchmarks, every figure a ratio of two timings taken in this run:
+   - L2MemoryReadout, fused kernel vs (a) the dense PyTorch reference (N×M affinity, top-k, softmax
+     scattered back, one matmul) and (b) cuBLAS GEMM + torch.topk + gather (the repository's reference),
+     at 5, 20 and 50 memory frames of 480p (N = frames × 30 × 54, M = 1,620, Ck = 64, Cv = 512), with
+     1 and 4 objects (V = objects × 512), fp32 and fp16;
+   - D2Conv3D fp32 and fp16 vs the PyTorch reference at the layers 3DC-Seg runs at 480p, with the peak
+     memory of each call;
+   - one STCN step at 480p (encode key, encode values, read a 20-frame memory, segment; published widths,
+     random weights), PyTorch eager on the GPU, readout through the kernel vs the reference, per frame.
+
+``--dry-run`` prints the plan, probes the environment, lists the GPU tests (collection only) and runs
+every benchmark's reference path on the CPU at tiny shapes, then writes the report: CI runs it
+(tests/test_gpu_check.py) so the script cannot rot before the first GPU meets it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGINS = ROOT / "plugins"
+TESTS = ROOT / "tests"
+TEST_MARKS = "gpu or tensorrt"
+
+# Readout shapes at 480p: a 480×864 frame (480p padded to a multiple of 16) gives 30×54 at 1/16.
+READOUT_FULL = dict(key_dim=64, hw=30 * 54, value_dim=512, frames=(5, 20, 50), objects=(1, 4), top_k=20)
+READOUT_TINY = dict(key_dim=64, hw=6 * 8, value_dim=16, frames=(2,), objects=(1, 2), top_k=20)
+# D2Conv3D layers of 3DC-Seg at 480p (see samples/bench_kernels.py): name, C, Cout, T, (H, W)
+D2CONV_FULL = [("rf3.convFS1 1/16", 1024, 256, 2, (30, 54)), ("rf3 256->256 1/16", 256, 256, 2, (30, 54)),
+               ("rf2.convFS1 1/8", 512, 256, 4, (60, 108)), ("rf2 256->256 1/8", 256, 256, 4, (60, 108))]
+D2CONV_TINY = [("tiny 16->8", 16, 8, 2, (5, 6))]
+STCN_FULL = dict(model="stcn", height=480, width=864, objects=2, memory_frames=20, frames=10)
+STCN_TINY = dict(model="stcn-lite", height=64, width=64, objects=2, memory_frames=2, frames=2)
+# The issue's targets, reported beside the measured ratios (never asserted anywhere).
+TARGETS = {"readout_vs_gemm_topk_at_20_frames": 3.0, "d2conv3d_fp32_vs_reference": 3.0,
+           "d2conv3d_fp16_vs_fp32": 1.5}
+
+
+def say(message: str) -> None:
+    print(f"[gpu_check {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _run(cmd: list[str], timeout: float, env: dict | None = None, cwd: Path | None = None) -> dict:
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+        code, output = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as err:
+        code = 124
+        output = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+        output += f"\n(timed out after {timeout:.0f} s)"
+    except OSError as err:
+        code, output = 127, str(err)
+    return {"command": " ".join(cmd), "returncode": code, "seconds": round(time.perf_counter() - start, 1),
+            "output_tail": output[-3000:]}
+
+
+# ---------------------------------------------------------------------------------------------- 1
+
+
+def probe_environment() -> dict:
+    """Versions and devices; never fails (absent things are recorded as absent)."""
+    env: dict = {"python": platform.python_version(), "platform": platform.platform(), "repo": str(ROOT)}
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+        env["torch_cuda_runtime"] = torch.version.cuda
+        env["cuda_available"] = torch.cuda.is_available()
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            env["gpu"] = {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
+                          "sms": props.multi_processor_count, "memory_gib": round(props.total_memory / 2**30, 1)}
+    except ImportError:
+        env["torch"] = None
+        env["cuda_available"] = False
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        done = _run([smi, "--query-gpu=driver_version,name", "--format=csv,noheader"], 30)
+        env["driver"] = done["output_tail"].strip().splitlines()[0] if done["returncode"] == 0 else None
+    else:
+        env["driver"] = None
+    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
+    env["nvcc"] = None
+    if nvcc:
+        match = re.search(r"release ([\d.]+)", _run([nvcc, "--version"], 30)["output_tail"])
+        env["nvcc"] = match.group(1) if match else "unknown"
+    cmake = shutil.which("cmake")
+    env["cmake"] = _run([cmake, "--version"], 30)["output_tail"].split("\n")[0] if cmake else None
+    for module in ("cupy", "tensorrt", "onnxruntime"):
+        try:
+            imported = __import__(module)
+            env[module] = getattr(imported, "__version__", "present")
+        except Exception:  # absent, or present but unusable here (no driver)
+            env[module] = None
+    if env.get("onnxruntime"):
+        import onnxruntime
+
+        env["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    env["tensorrt_headers"] = str(tensorrt_include()) if tensorrt_include() else None
+    return env
+
+
+def tensorrt_include() -> Path | None:
+    """A folder holding NvInfer.h: $TensorRT_ROOT/include, else the usual install prefixes."""
+    roots = [Path(os.environ["TensorRT_ROOT"]) / "include"] if os.environ.get("TensorRT_ROOT") else []
+    roots += [Path(p) for p in os.environ.get("VOSRT_TRT_INCLUDE", "").split(os.pathsep) if p]
+    roots += [Path("/usr/include/x86_64-linux-gnu"), Path("/usr/include/aarch64-linux-gnu"),
+              Path("/usr/local/tensorrt/include"), Path("/opt/tensorrt/include")]
+    return next((r for r in roots if (r / "NvInfer.h").is_file()), None)
+
+
+# ---------------------------------------------------------------------------------------------- 2
+
+
+def cuda_architecture(env: dict) -> str:
+    """CMake CUDA architecture of this GPU (SASS only: the build is for this machine), '80' without one."""
+    capability = (env.get("gpu") or {}).get("compute_capability")
+    return capability.replace(".", "") + "-real" if capability else "80-real"
+
+
+def build_commands(out: Path, env: dict) -> list[list[str]]:
+    build_dir = out / "build"
+    arch = cuda_architecture(env)
+    configure = ["cmake", "-S", str(PLUGINS), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+                 f"-DVOSRT_CUDA_ARCHS={arch}", f"-DCMAKE_CUDA_ARCHITECTURES={arch}"]
+    include = tensorrt_include()
+    if include is not None:
+        configure.append(f"-DTensorRT_INCLUDE_DIR={include}")
+        if os.environ.get("TensorRT_ROOT"):
+            configure.append(f"-DTensorRT_ROOT={os.environ['TensorRT_ROOT']}")
+    return [configure, ["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)]]
+
+
+def build_plugins(out: Path, env: dict, dry_run: bool) -> dict:
+    commands = build_commands(out, env)
+    result: dict = {"commands": [" ".join(c) for c in commands], "skipped": []}
+    if tensorrt_include() is None:
+        result["skipped"].append("TensorRT plugins: no NvInfer.h found (set TensorRT_ROOT to build them)")
+    if env.get("nvcc") is None:
+        result["skipped"].append("CUDA kernels: nvcc not found")
+    for line in result["skipped"]:
+        say(f"build: skipping {line}")
+    if dry_run:
+        result["status"] = "planned"
+        return result
+    if env.get("cmake") is None:
+        result["status"] = "failed"
+        result["error"] = "cmake not found"
+        return result
+    shell_env = dict(os.environ)
+    if env.get("nvcc") and shutil.which("nvcc") is None:
+        shell_env["PATH"] = f"/usr/local/cuda/bin:{shell_env.get('PATH', '')}"
+    result["steps"] = []
+    for cmd in commands:
+        step = _run(cmd, 900, env=shell_env)
+        result["steps"].append(step)
+        say(f"build: {step['command'][:100]}... -> {step['returncode']} in {step['seconds']} s")
+        if step["returncode"] != 0:
+            result["status"] = "failed"
+            return result
+    libraries = sorted(str(p.relative_to(out)) for p in (out / "build").glob("**/*.so"))
+    result.update(status="ok", libraries=libraries)
+    return result
+
+
+def built_kernels(out: Path) -> Path | None:
+    path = out / "build" / "kernels" / "libvosrt_kernels.so"
+    return path if path.is_file() else None
+
+
+# ---------------------------------------------------------------------------------------------- 3
+
+
+def gpu_test_files() -> list[str]:
+    """Test modules that hold tier-2/3 tests (their source names the marks)."""
+    return sorted(str(p) for p in TESTS.glob("test_*.py")
+                  if re.search(r"pytest\.mark\.(gpu|tensorrt)\b", p.read_text(encoding="utf-8")))
+
+
+def junit_summary(path: Path) -> dict:
+    root = ElementTree.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    total = {key: sum(int(s.get(key, 0)) for s in suites) for key in ("tests", "failures", "errors", "skipped")}
+    failed = [f"{case.get('classname')}::{case.get('name')}" for case in root.iter("testcase")
+              if case.find("failure") is not None or case.find("error") is not None]
+    total["passed"] = total["tests"] - total["failures"] - total["errors"] - total["skipped"]
+    total["failed_tests"] = failed
+    return total
+
+
+def run_gpu_tests(out: Path, dry_run: bool) -> dict:
+    shell_env = dict(os.environ)
+    kernels = built_kernels(out)
+    if kernels is not None:
+        shell_env["VOSRT_KERNELS_LIB"] = str(kernels)
+    trt_plugins = out / "build" / "trt" / "libvosrt_plugins.so"
+    if trt_plugins.is_file():
+        shell_env["VOSRT_PLUGIN_LIB"] = str(trt_plugins)
+    if dry_run:
+        cmd = [sys.executable, "-m", "pytest", "-m", TEST_MARKS, "--collect-only", "-q", "-p", "no:cacheprovider",
+               *gpu_test_files()]
+        step = _run(cmd, 300, env=shell_env, cwd=ROOT)
+        match = re.search(r"(\d+)(?:/\d+)? tests? collected", step["output_tail"])
+        collected = int(match.group(1)) if match else 0
+        say(f"tests: {collected} GPU/TensorRT tests collected (dry run: not run)")
+        return {"status": "collected" if step["returncode"] == 0 else "failed", "collected": collected,
+                "command": step["command"], "output_tail": step["output_tail"][-1500:]}
+    xml = out / "gpu_tests.xml"
+    cmd = [sys.executable, "-m", "pytest", "-m", TEST_MARKS, "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
+           "-rfE", str(TESTS)]
+    step = _run(cmd, 420, env=shell_env, cwd=ROOT)
+    result = {"command": step["command"], "seconds": step["seconds"], "output_tail": step["output_tail"][-3000:]}
+    if xml.is_file():
+        result.update(junit_summary(xml))
+    ok = step["returncode"] == 0 or (xml.is_file() and not result.get("failed_tests") and step["returncode"] == 5)
+    result["status"] = "ok" if ok else "failed"
+    say(f"tests: {result.get('passed', '?')} passed, {result.get('failures', '?')} failed, "
+        f"{result.get('errors', '?')} errors, {result.get('skipped', '?')} skipped in {step['seconds']} s")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- 4
+
+
+@dataclass
+class Timing:
+    ms: float
+    peak_mib: float | None  # device memory one call allocates beyond its inputs (None on the CPU)
+
+
+def measure(fn: Callable[[], object], device: str, repeat: int, warmup: int = 2) -> Timing:
+    """Median wall time of fn() over `repeat` calls (CUDA events on the GPU) and its peak extra memory."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    if device != "cuda":
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return Timing(statistics.median(times), None)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return Timing(statistics.median(times), (torch.cuda.max_memory_allocated() - base) / 2**20)
+
+
+def kernels_usable(device: str) -> bool:
+    if device != "cuda":
+        return False
+    from vosrt.training.ops import cuda_kernels
+
+    cuda_kernels._library.cache_clear()
+    return cuda_kernels.available()
+
+
+def dense_readout(mem_key, query_key, mem_value, top_k, scale):
+    """STCN's dense read: the whole N×M affinity, top-k, softmax scattered back into N×M, one matmul."""
+    import torch
+
+    from vosrt.training.ops.l2_readout import l2_affinity
+
+    affinity = l2_affinity(mem_key, query_key, scale)  # [B, N, M]
+    values, index = torch.topk(affinity, top_k, dim=1)
+    weights = torch.zeros_like(affinity).scatter_(1, index, torch.softmax(values, dim=1))
+    return torch.bmm(mem_value, weights)  # [B, V, M]
+
+
+def bench_readout(device: str, shapes: dict, repeat: int) -> list[dict]:
+    import torch
+
+    from vosrt.training.ops import cuda_kernels
+    from vosrt.training.ops.l2_readout import l2_memory_readout
+
+    use_kernel = kernels_usable(device)
+    ck, hw, top_k = shapes["key_dim"], shapes["hw"], shapes["top_k"]
+    scale = ck ** -0.5
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16} if device == "cuda" else {"fp32": torch.float32}
+    rows = []
+    for dtype_name, dtype in dtypes.items():
+        for frames in shapes["frames"]:
+            for objects in shapes["objects"]:
+                n, v = frames * hw, objects * shapes["value_dim"]
+                g = torch.Generator(device=device).manual_seed(frames * 10 + objects)
+                mem_key = torch.randn(1, ck, n, device=device, generator=g).to(dtype)
+                query_key = torch.randn(1, ck, hw, device=device, generator=g).to(dtype)
+                mem_value = torch.randn(1, v, n, device=device, generator=g).to(dtype)
+                args = (mem_key, query_key, mem_value, top_k, scale)
+                row = {"dtype": dtype_name, "frames": frames, "objects": objects, "N": n, "M": hw, "V": v}
+                with torch.no_grad():
+                    dense = measure(lambda: dense_readout(*args), device, repeat)
+                    gemm = measure(lambda: l2_memory_readout(*args, backend="torch"), device, repeat)
+                    row.update(dense_ms=dense.ms, gemm_topk_gather_ms=gemm.ms, dense_peak_mib=dense.peak_mib,
+                               gemm_topk_gather_peak_mib=gemm.peak_mib)
+                    if use_kernel:
+                        fused = measure(lambda: cuda_kernels.l2_memory_readout(*args), device, repeat)
+                        expected = l2_memory_readout(*args, backend="torch").float()
+                        actual = cuda_kernels.l2_memory_readout(*args).float()
+                        row.update(kernel_ms=fused.ms, kernel_peak_mib=fused.peak_mib,
+                                   vs_dense=dense.ms / fused.ms, vs_gemm_topk_gather=gemm.ms / fused.ms,
+                                   max_abs_diff=float((actual - expected).abs().max()))
+                    else:
+                        row["kernel"] = "skipped: no CUDA device or libvosrt_kernels.so"
+                rows.append(row)
+                del mem_key, query_key, mem_value
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+    return rows
+
+
+def bench_d2conv3d(device: str, layers: list, repeat: int) -> list[dict]:
+    import torch
+
+    from vosrt.training.ops import cuda_kernels
+    from vosrt.training.ops.d2conv3d import d2conv3d
+
+    use_kernel = kernels_usable(device)
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16} if device == "cuda" else {"fp32": torch.float32}
+    rows = []
+    for layer, cin, cout, frames, (h, w) in layers:
+        kernel_ms = {}
+        for dtype_name, dtype in dtypes.items():
+            g = torch.Generator(device=device).manual_seed(cin + frames)
+            x = torch.randn(1, cin, frames, h, w, device=device, generator=g).to(dtype)
+            dilation = (1 + torch.rand(1, 3, frames, h, w, device=device, generator=g)).to(dtype)
+            modulation = torch.rand(1, 27, frames, h, w, device=device, generator=g).to(dtype)
+            weight = (torch.randn(cout, cin, 3, 3, 3, device=device, generator=g) * 0.02).to(dtype)
+            bias = torch.randn(cout, device=device, generator=g).to(dtype)
+            args = (x, dilation, modulation, weight, bias)
+            row = {"layer": layer, "dtype": dtype_name, "x_shape": list(x.shape), "cout": cout}
+            with torch.no_grad():
+                ref = measure(lambda: d2conv3d(*args, 1, 1, 1, 1, backend="torch"), device, repeat)
+                row.update(reference_ms=ref.ms, reference_peak_mib=ref.peak_mib)
+                if use_kernel:
+                    run = lambda: cuda_kernels.d2conv3d(*args, (1,) * 3, (1,) * 3, (1,) * 3, 1)  # noqa: E731
+                    kernel = measure(run, device, repeat)
+                    expected = d2conv3d(*args, 1, 1, 1, 1, backend="torch").float()
+                    row.update(kernel_ms=kernel.ms, kernel_peak_mib=kernel.peak_mib, vs_reference=ref.ms / kernel.ms,
+                               tflops=2.0 * cout * cin * 27 * frames * h * w / kernel.ms / 1e9,
+                               max_rel_diff=float((run().float() - expected).abs().max() / expected.abs().max()))
+                    kernel_ms[dtype_name] = kernel.ms
+                else:
+                    row["kernel"] = "skipped: no CUDA device or libvosrt_kernels.so"
+            rows.append(row)
+        if "fp16" in kernel_ms and "fp32" in kernel_ms:
+            rows[-1]["fp16_vs_fp32"] = kernel_ms["fp32"] / kernel_ms["fp16"]
+    return rows
+
+
+def bench_stcn_step(device: str, shape: dict, repeat: int) -> dict:
+    """Per-frame time of one STCN step (encode key, encode values, read the memory, segment)."""
+    import torch
+
+    from vosrt.training.models import build_model
+    from vosrt.training.ops.l2_readout import l2_memory_readout
+
+    model = build_model(shape["model"]).to(device).eval()
+    g = torch.Generator(device=device).manual_seed(0)
+    frame = torch.randn(1, 3, shape["height"], shape["width"], device=device, generator=g)
+    masks = torch.rand(shape["objects"], 1, shape["height"], shape["width"], device=device, generator=g)
+    objects = shape["objects"]
+    with torch.inference_mode():
+        key, _, f16, _, _ = model.encode_key(frame)
+        value = model.encode_value(frame, f16, masks)  # [O, Cv, h, w]
+        mem_key = key.flatten(2).repeat(1, 1, shape["memory_frames"])  # [1, Ck, frames·h·w]
+        mem_value = value.flatten(2).reshape(1, -1, key.shape[2] * key.shape[3]).repeat(1, 1, shape["memory_frames"])
+
+    def step(readout_backend: str):
+        key, f16_thin, f16, f8, f4 = model.encode_key(frame)
+        model.encode_value(frame, f16, masks)
+        readout = l2_memory_readout(mem_key, key.flatten(2), mem_value, top_k=20, backend=readout_backend)
+        return model.segment(readout.view(objects, -1, *key.shape[-2:]), f16_thin, f8, f4)
+
+    result = {**shape, "N": int(mem_key.shape[2]), "device": device}
+    with torch.inference_mode():
+        reference = measure(lambda: step("torch"), device, repeat, warmup=1)
+        result["reference_readout_ms_per_frame"] = reference.ms
+        if kernels_usable(device):
+            kernel = measure(lambda: step("auto"), device, repeat, warmup=1)
+            result["kernel_readout_ms_per_frame"] = kernel.ms
+            result["speedup"] = reference.ms / kernel.ms
+        else:
+            result["kernel"] = "skipped: no CUDA device or libvosrt_kernels.so"
+    return result
+
+
+def run_benchmarks(device: str, full: bool, repeat: int) -> dict:
+    results: dict = {"device": device}
+    parts = [("readout", lambda: bench_readout(device, READOUT_FULL if full else READOUT_TINY, repeat)),
+             ("d2conv3d", lambda: bench_d2conv3d(device, D2CONV_FULL if full else D2CONV_TINY, repeat)),
+             ("stcn_step", lambda: bench_stcn_step(device, STCN_FULL if full else STCN_TINY, repeat))]
+    for name, part in parts:
+        start = time.perf_counter()
+        try:
+            results[name] = part()
+        except Exception as err:  # recorded; the other benchmarks still run
+            results[name] = {"error": f"{type(err).__name__}: {err}"}
+        say(f"benchmark {name}: {time.perf_counter() - start:.1f} s")
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- 5
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    if value is None:
+        return "–"
+    return format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+def markdown(report: dict) -> str:
+    env = report["environment"]
+    gpu = env.get("gpu") or {}
+    lines = ["# vosrt GPU check", "",
+             f"{'DRY RUN (CPU, tiny shapes) — ' if report['dry_run'] else ''}{report['started']}, "
+             f"{report['seconds']:.0f} s", "",
+             f"- GPU: {gpu.get('name', 'none')} (cc {gpu.get('compute_capability', '–')}), driver {env.get('driver')}",
+             f"- torch {env.get('torch')} (CUDA {env.get('torch_cuda_runtime')}), nvcc {env.get('nvcc')}, "
+             f"{env.get('cmake')}",
+             f"- CuPy {env.get('cupy')}, TensorRT {env.get('tensorrt')} (headers {env.get('tensorrt_headers')}), "
+             f"onnxruntime {env.get('onnxruntime')}",
+             f"- build: {report['build'].get('status')}; skipped: {'; '.join(report['build'].get('skipped', [])) or 'nothing'}",
+             f"- tests: {report['tests'].get('status')}, passed {report['tests'].get('passed', '–')}, failed "
+             f"{report['tests'].get('failures', '–')}, errors {report['tests'].get('errors', '–')}, skipped "
+             f"{report['tests'].get('skipped', '–')}, collected {report['tests'].get('collected', '–')}", ""]
+    bench = report["benchmarks"]
+    readout = bench.get("readout")
+    if isinstance(readout, list):
+        lines += ["## L2MemoryReadout (ms; ratios = other / fused kernel)", "",
+                  "| dtype | frames | objects | N | dense | GEMM+topk+gather | fused | vs dense | vs GEMM+topk | fused MiB |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in readout:
+            lines.append(f"| {r['dtype']} | {r['frames']} | {r['objects']} | {r['N']} | {_fmt(r['dense_ms'])} | "
+                         f"{_fmt(r['gemm_topk_gather_ms'])} | {_fmt(r.get('kernel_ms'))} | "
+                         f"{_fmt(r.get('vs_dense'), '.1f')} | {_fmt(r.get('vs_gemm_topk_gather'), '.2f')} | "
+                         f"{_fmt(r.get('kernel_peak_mib'), '.1f')} |")
+        lines.append("")
+    elif readout is not None:
+        lines += [f"L2MemoryReadout benchmark failed: {readout.get('error')}", ""]
+    d2 = bench.get("d2conv3d")
+    if isinstance(d2, list):
+        lines += ["## D2Conv3D (ms; ratio = reference / kernel)", "",
+                  "| layer | dtype | x | reference | kernel | speed-up | TFLOP/s | ref MiB | kernel MiB | fp16 vs fp32 |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in d2:
+            lines.append(f"| {r['layer']} | {r['dtype']} | {'x'.join(map(str, r['x_shape']))} | "
+                         f"{_fmt(r['reference_ms'])} | {_fmt(r.get('kernel_ms'))} | {_fmt(r.get('vs_reference'), '.2f')} | "
+                         f"{_fmt(r.get('tflops'), '.1f')} | {_fmt(r.get('reference_peak_mib'), '.0f')} | "
+                         f"{_fmt(r.get('kernel_peak_mib'), '.0f')} | {_fmt(r.get('fp16_vs_fp32'), '.2f')} |")
+        lines.append("")
+    elif d2 is not None:
+        lines += [f"D2Conv3D benchmark failed: {d2.get('error')}", ""]
+    stcn = bench.get("stcn_step")
+    if isinstance(stcn, dict) and "error" not in stcn:
+        lines += ["## STCN step (ms per frame)", "",
+                  f"{stcn['model']} at {stcn['height']}x{stcn['width']}, {stcn['objects']} objects, memory of "
+                  f"{stcn['memory_frames']} frames (N = {stcn['N']}) on {stcn['device']}: reference readout "
+                  f"{_fmt(stcn['reference_readout_ms_per_frame'], '.2f')}, kernel readout "
+                  f"{_fmt(stcn.get('kernel_readout_ms_per_frame'), '.2f')}, speed-up {_fmt(stcn.get('speedup'), '.2f')}", ""]
+    elif stcn is not None:
+        lines += [f"STCN step benchmark failed: {stcn.get('error')}", ""]
+    lines += ["Targets (issue 13, reported, not asserted): " +
+              ", ".join(f"{k} >= {v}x" for k, v in TARGETS.items()), ""]
+    return "\n".join(lines)
+
+
+def plan(out: Path, env: dict, dry_run: bool) -> list[str]:
+    steps = [f"1. environment probe (GPU: {(env.get('gpu') or {}).get('name', 'none')})",
+             "2. build: " + " && ".join(" ".join(c) for c in build_commands(out, env)),
+             f"3. tests: pytest -m \"{TEST_MARKS}\" {TESTS} with VOSRT_KERNELS_LIB={out / 'build/kernels'}",
+             "4. benchmarks: L2MemoryReadout (frames 5/20/50, objects 1/4, fp32/fp16) vs dense and vs "
+             "GEMM+topk+gather; D2Conv3D 3DC-Seg 480p layers fp32/fp16 vs reference; STCN step at 480p",
+             f"5. report: {out / 'gpu_report.json'} and {out / 'gpu_report.md'}"]
+    if dry_run:
+        steps.append("dry run: the build is only planned, tests are collected, benchmarks run their reference "
+                     "paths on the CPU at tiny shapes")
+    return steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="folder for the report, the build and the test results")
+    parser.add_argument("--dry-run", action="store_true", help="plan + the CPU-side parts only (CI)")
+    parser.add_argument("--skip-build", action="store_true", help="use OUT/build as it is")
+    parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--repeat", type=int, default=None, help="timed calls per benchmark (median)")
+    args = parser.parse_args(argv)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    sys.path.insert(0, str(ROOT))
+
+    env = probe_environment()
+    gpu = bool(env.get("cuda_available"))
+    if not gpu and not args.dry_run:
+        say("no CUDA device visible to PyTorch: running as --dry-run (nothing below measures a GPU)")
+        args.dry_run = True
+    for line in plan(out, env, args.dry_run):
+        say(line)
+    for name in ("cupy", "tensorrt", "onnxruntime"):
+        if env.get(name) is None:
+            say(f"{name} is not installed: the parts that use it are skipped")
+
+    report: dict = {"dry_run": args.dry_run, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "environment": env, "plan": plan(out, env, args.dry_run), "targets": TARGETS}
+    report["build"] = {"status": "skipped (--skip-build)"} if args.skip_build else build_plugins(out, env, args.dry_run)
+    report["tests"] = {"status": "skipped (--skip-tests)"} if args.skip_tests else run_gpu_tests(out, args.dry_run)
+    if built_kernels(out) is not None:
+        os.environ["VOSRT_KERNELS_LIB"] = str(built_kernels(out))
+    device = "cuda" if gpu and not args.dry_run else "cpu"
+    repeat = args.repeat or (10 if device == "cuda" else 2)
+    report["benchmarks"] = run_benchmarks(device, full=device == "cuda", repeat=repeat)
+    report["seconds"] = time.perf_counter() - started
+    (out / "gpu_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out / "gpu_report.md").write_text(markdown(report))
+    say(f"report: {out / 'gpu_report.json'}, {out / 'gpu_report.md'} ({report['seconds']:.0f} s)")
+    failed = report["build"].get("status") == "failed" or report["tests"].get("status") == "failed"
+    errors = [k for k, v in report["benchmarks"].items() if isinstance(v, dict) and "error" in v]
+    if errors:
+        say(f"benchmarks with errors: {', '.join(errors)}")
+    return 1 if failed or errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""samples/gpu_check.py, the one-shot GPU validation, in its --dry-run form: CI runs the plan, the
+environment probe, the collection of the GPU tests, every benchmark's reference path on the CPU and the
+report writer, so the script works the first time a GPU machine runs it."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "samples" / "gpu_check.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dry_run_plans_the_build_collects_the_gpu_tests_and_writes_a_report(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--dry-run"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "gpu_report.json").read_text())
+    assert report["dry_run"] is True
+    configure, build = report["build"]["commands"]
+    assert configure.startswith("cmake -S ") and "-DCMAKE_CUDA_ARCHITECTURES=" in configure
+    assert build.startswith(f"cmake --build {tmp_path / 'build'}")
+    assert report["tests"]["status"] == "collected" and report["tests"]["collected"] >= 10
+    bench = report["benchmarks"]
+    assert bench["device"] == "cpu"
+    assert bench["readout"] and all(row["dense_ms"] > 0 and row["gemm_topk_gather_ms"] > 0 for row in bench["readout"])
+    assert all(row["reference_ms"] > 0 for row in bench["d2conv3d"])
+    assert bench["stcn_step"]["reference_readout_ms_per_frame"] > 0
+    text = (tmp_path / "gpu_report.md").read_text()
+    assert "## L2MemoryReadout" in text and "## D2Conv3D" in text and "## STCN step" in text
+    assert "DRY RUN" in text
+    assert "tests:" in done.stdout and "report:" in done.stdout
+
+
+def test_test_summary_reads_pytest_junit_xml_with_a_failure_and_a_skip(tmp_path):
+    (tmp_path / "test_sample.py").write_text(
+        "import pytest\n\ndef test_ok():\n    pass\n\ndef test_bad():\n    assert 1 == 2\n\n"
+        "@pytest.mark.skip(reason='x')\ndef test_skipped():\n    pass\n")
+    xml = tmp_path / "out.xml"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
+                    str(tmp_path / "test_sample.py")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    summary = _module().junit_summary(xml)
+    assert (summary["tests"], summary["passed"], summary["failures"], summary["skipped"]) == (3, 1, 1, 1)
+    assert summary["failed_tests"] == ["test_sample::test_bad"]
+
+
+def test_build_targets_this_gpu_only_and_finds_tensorrt_headers_from_the_environment(tmp_path, monkeypatch):
+    gpu_check = _module()
+    assert gpu_check.cuda_architecture({"gpu": {"compute_capability": "9.0"}}) == "90-real"
+    assert gpu_check.cuda_architecture({}) == "80-real"
+    include = tmp_path / "trt" / "include"
+    include.mkdir(parents=True)
+    monkeypatch.setenv("TensorRT_ROOT", str(tmp_path / "trt"))
+    assert gpu_check.tensorrt_include() != include  # a folder without NvInfer.h is not TensorRT
+    (include / "NvInfer.h").write_text("")
+    assert gpu_check.tensorrt_include() == include  # $TensorRT_ROOT comes before any other place
+    configure = gpu_check.build_commands(tmp_path / "out", {"gpu": {"compute_capability": "9.0"}})[0]
+    assert f"-DTensorRT_INCLUDE_DIR={include}" in configure and "-DVOSRT_CUDA_ARCHS=90-real" in configure
