@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -48,9 +49,11 @@ def page(viewer, browser):
     process, url, *_ = viewer
     page = browser.new_page()
     page.goto(url)
-    page.wait_for_function("window.vosrt.framesShown() > 3", timeout=30_000)
+    page.wait_for_function("window.vosrt.framesShown() > 3 && window.vosrt.state()", timeout=30_000)
+    resets = page.evaluate("window.vosrt.state().resets")
     page.request.post(url.split("?")[0] + "api/reset", headers={"X-Vosrt-Token": TOKEN})
-    page.wait_for_function("window.vosrt.state() && window.vosrt.state().objects.length === 0", timeout=10_000)
+    page.wait_for_function(f"window.vosrt.state().resets > {resets} && window.vosrt.state().objects.length === 0",
+                           timeout=15_000)
     yield page
     page.close()
 
@@ -78,6 +81,13 @@ def drag(page, box) -> None:
     page.mouse.move(canvas["x"] + (x + w / 2) * sx, canvas["y"] + (y + h / 2) * sy, steps=4)
     page.mouse.move(canvas["x"] + (x + w) * sx, canvas["y"] + (y + h) * sy, steps=4)
     page.mouse.up()
+
+
+def wait_for_files(folder: Path, pattern: str, count: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(folder.glob(pattern))) < count:
+        assert time.monotonic() < deadline, f"no {count} files {pattern} in {folder}"
+        time.sleep(0.1)
 
 
 def frames_after(page, count: int) -> None:
@@ -124,8 +134,8 @@ def test_remove_button_stops_tracking(page, viewer):
 def test_snapshot_and_recording_buttons_write_files(page, viewer):
     saved = viewer[4]
     page.click("#snapshot")
-    page.wait_for_function("window.vosrt.state().message.startsWith('saved snapshot')", timeout=10_000)
-    assert len(list(saved.glob("snapshot-*-mask.png"))) >= 1
+    wait_for_files(saved, "snapshot-*.png", 2)
+    assert len(list(saved.glob("snapshot-*-mask.png"))) == 1
     page.click("#record")
     page.wait_for_function("window.vosrt.state().recording", timeout=10_000)
     frames_after(page, 10)

@@ -133,6 +133,7 @@ class LivePipeline:
         self.latest_index = -1
         self.latest_name = ""
         self.snapshots = 0
+        self.resets = 0                                # resets applied (a viewer can wait for one)
         self.message = ""                              # last command's outcome, for the viewer
         self.listeners: list[Callable[[], None]] = []  # called (inference thread) after each frame
         self.stats = StreamStats()
@@ -254,7 +255,7 @@ class LivePipeline:
                 "takes_mask": self.takes_mask, "can_remove": self.can_remove,
                 "paused": self.source.paused, "recording": self.recording,
                 "status": self.error or self.source.status, "ended": self.source.ended and self.source.queued == 0,
-                "retries": self.source.retries, "message": self.message,
+                "retries": self.source.retries, "resets": self.resets, "message": self.message,
                 "family": self.session.package.family}
 
     # ------------------------------------------------------------------ the inference thread
@@ -321,6 +322,7 @@ class LivePipeline:
             self._resetting = False
             self.objects.clear()
             self._next_id = 1
+            self.resets += 1
         self.message = "reset: every object forgotten"
 
     def _before_push(self, position: int, frame: np.ndarray) -> np.ndarray | None:
