@@ -28,7 +28,7 @@ setup(
     packages=packages,
     package_dir=package_dir,
     package_data={"vosrt.sdk": ["models/*/*.json", "models/*/*.onnx", "models/*/*.data", "models/*/*.pth",
-                               "textures/*"],
+                               "textures/*", "live/*.html"],
                   "vosrt.training": ["configs/*.json"]},
     include_package_data=False,
 )

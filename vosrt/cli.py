@@ -20,6 +20,7 @@ from vosrt.sdk.errors import UserError
 COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "demo": ("vosrt.sdk.cli_demo", "segment a generated clip with a shipped demo model (CPU)", None),
     "run": ("vosrt.sdk.cli_run", "stream a video / camera / folder through a model package", None),
+    "live": ("vosrt.sdk.cli_live", "live camera / stream in the browser: pick objects with the mouse", None),
     "eval": ("vosrt.sdk.cli_eval", "J&F of predicted masks against ground truth (DAVIS protocol)", None),
     "bench": ("vosrt.sdk.cli_bench", "time a model package per stage (optionally against torch)", None),
     "train": ("vosrt.training.cli_train", "train stcn / 3dc-seg on DAVIS-layout data", "train"),
