@@ -49,6 +49,8 @@ setup(
     cmdclass={"build_py": BuildPyWithCpuOpsSources},
     packages=packages,
     package_dir=package_dir,
-    package_data={"vosrt.sdk": ["models/*/*.json", "models/*/*.onnx", "models/*/*.data", "textures/*"]},
+    package_data={"vosrt.sdk": ["models/*/*.json", "models/*/*.onnx", "models/*/*.data", "models/*/*.pth",
+                               "textures/*", "live/*.html"],
+                  "vosrt.training": ["configs/*.json"]},
     include_package_data=False,
 )

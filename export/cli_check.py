@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 from vosrt.sdk.errors import UserError
 
@@ -57,4 +58,9 @@ def run(args: argparse.Namespace) -> int:
         return int(result or 0)
     from vosrt.export.package import check_package  # torch import: only when run
 
-    return print_report(check_package(args.package, checkpoint=args.checkpoint, progress=None), args.tolerance)
+    def progress(line: str) -> None:   # one line per graph as it is checked, on stderr
+        print(line, file=sys.stderr, flush=True)
+
+    print(f"checking {args.package}: portable graphs on ONNX Runtime against PyTorch", file=sys.stderr, flush=True)
+    report = check_package(args.package, checkpoint=args.checkpoint, progress=progress)
+    return print_report(report, args.tolerance)

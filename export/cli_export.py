@@ -1,4 +1,5 @@
-"""``vosrt export FAMILY --checkpoint CK --out DIR``: a checkpoint -> a model package (ONNX, both forms).
+"""``vosrt export MODEL --checkpoint CK --out DIR [--size H W]``: a checkpoint -> a model package (ONNX,
+both forms).
 
 Runs ``vosrt check`` on the result at the end (portable form in ONNX Runtime against PyTorch).
 """
@@ -26,8 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="export an untrained model instead of a checkpoint (for testing; the weights "
                              "are saved into the package)")
     parser.add_argument("--out", metavar="DIR", required=True, help="package folder to write")
-    parser.add_argument("--height", type=int, default=None, help="input height, a multiple of 16 (default 480)")
-    parser.add_argument("--width", type=int, default=None, help="input width, a multiple of 16 (default 864)")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="package resolution, multiples of 16 (default 480 864)")
+    parser.add_argument("--height", type=int, default=None, help="the H of --size (older spelling)")
+    parser.add_argument("--width", type=int, default=None, help="the W of --size (older spelling)")
     parser.add_argument("--forms", default="plugin,portable",
                         help="comma-separated ONNX forms: plugin (TensorRT plugins), portable (standard ops)")
     parser.add_argument("--top-k", type=int, default=None, help="stcn: memory read top-k recorded as default (20)")
@@ -45,9 +48,14 @@ def run(args: argparse.Namespace) -> int:
                         "use --random-weights to export an untrained model")
     if args.checkpoint is not None and args.random_weights:
         raise UserError("give either --checkpoint or --random-weights, not both")
-    forms = [f.strip() for f in args.forms.split(",") if f.strip()]
+    height, width = args.height, args.width
+    if args.size is not None:
+        if (height is not None and height != args.size[0]) or (width is not None and width != args.size[1]):
+            raise UserError(f"--size {args.size[0]} {args.size[1]} disagrees with --height/--width; give --size alone")
+        height, width = args.size
+    forms = [f.strip() for f in args.forms.replace(" ", ",").split(",") if f.strip()]
     streaming = {"top_k": args.top_k} if args.top_k is not None else None
-    pkg = export_package(args.family, args.checkpoint, args.out, args.height, args.width, forms=forms,
+    pkg = export_package(args.family, args.checkpoint, args.out, height, width, forms=forms,
                          random_weights=args.random_weights, streaming=streaming, progress=print)
     print(f"package written to {pkg}")
     if args.no_check or "portable" not in forms:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -207,8 +208,20 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
     out_dir = Path(out_dir)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise UserError(f"checkpoint not found: {checkpoint}")
+    created = not out_dir.exists()
     _prepare_out_dir(out_dir)
+    try:
+        return _export_into(out_dir, name, family, checkpoint, height, width, forms, random_weights, streaming,
+                            check, progress)
+    except BaseException:
+        # A failed export leaves no half-written package behind: a folder it created is removed.
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
 
+
+def _export_into(out_dir: Path, name, family, checkpoint, height, width, forms, random_weights, streaming,
+                 check, progress) -> Path:
     _say(progress, f"loading {'random weights' if checkpoint is None else checkpoint}")
     model, config = resolve_model(name, checkpoint, random_weights)
     check_size(height, width, _stride_of(model))
@@ -222,7 +235,11 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
         save_checkpoint(out_dir / WEIGHTS_FILE, model, config)
         source = {"checkpoint": WEIGHTS_FILE, "sha256": file_sha256(out_dir / WEIGHTS_FILE), "random_weights": True}
     else:
-        source = {"checkpoint": str(Path(checkpoint).resolve()), "sha256": file_sha256(Path(checkpoint))}
+        # A checkpoint inside the package is recorded relative to it, so the package can move.
+        resolved = Path(checkpoint).resolve()
+        inside = resolved.is_relative_to(out_dir.resolve())
+        source = {"checkpoint": str(resolved.relative_to(out_dir.resolve()) if inside else resolved),
+                  "sha256": file_sha256(resolved)}
 
     specs = graph_modules.graphs_for(model, top_k=stream.get("top_k", graph_modules.DEFAULT_TOP_K))
     graph_files: dict[str, dict[str, str]] = {}

@@ -15,6 +15,7 @@ TensorRT is imported inside the functions that need it, so the shape/profile log
 """
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -93,8 +94,13 @@ def profile_shapes(package: Package, graph: str, max_objects: int = DEFAULT_MAX_
 def _plugin_graphs(package: Package) -> dict[str, Path]:
     missing = [g for g in package.graphs if "plugin" not in package.graphs[g]]
     if missing:
+        how = "re-export it from its checkpoint with both forms"
+        if package.checkpoint is not None:
+            how += (f": `vosrt export {package.variant} --checkpoint {shlex.quote(str(package.checkpoint))} "
+                    f"--out {shlex.quote(str(package.path))} "
+                    f"--forms plugin,portable --size {package.height} {package.width}`")
         raise UserError(f"{package.path} has no plugin form of {', '.join(missing)}; TensorRT engines are built "
-                        "from it: re-export with `vosrt export ... --forms plugin,portable`")
+                        f"from it: {how}")
     return {g: package.graphs[g]["plugin"] for g in package.graphs}
 
 
@@ -193,10 +199,10 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
         raise UserError(f"--workspace must be a positive number of MiB, got {workspace_mb}")
     package = load_package(pkg)
     sources = _plugin_graphs(package)
+    trt = import_tensorrt()   # before the plugin library: without TensorRT, building that cannot help
     profiles = {g: profile_shapes(package, g, max_objects, max_memory_frames) for g in sources}
     library = find_plugin_library(plugin_lib)
     embedded = embeddable_plugin_library(library) if embed_plugins else None
-    trt = import_tensorrt()
     gpu = current_gpu()
 
     fp16_record = None

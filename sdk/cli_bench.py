@@ -79,11 +79,12 @@ class TimedBackend(Backend):
         return self.inner.describe()
 
 
-def bench(package, backend_name: str, frames: int, warmup: int, options: dict) -> dict:
+def bench(package, backend_name: str, frames: int, warmup: int, options: dict, show_progress: bool = True) -> dict:
     """Stream ``warmup + frames`` generated frames; returns ``{"stages": {name: ms per frame}, "fps": ..,
     "describe": ..}``."""
     from vosrt.sdk import open_session
     from vosrt.sdk.backends import open_backend
+    from vosrt.sdk.progress import Progress
     from vosrt.sdk.streaming import stream
     from vosrt.sdk.synthetic import generate_sequence
 
@@ -92,16 +93,17 @@ def bench(package, backend_name: str, frames: int, warmup: int, options: dict) -
     timed = TimedBackend(open_backend(package, backend_name, **options))
     session = open_session(timed, package, color="rgb")
 
-    def feed(first: int, count: int, flush: bool):
+    def feed(first: int, count: int, flush: bool, desc: str):
         # frames cycle through the clip; sessions that take masks get the objects on the very first frame
         frames = (sequence.frames[t % len(sequence)] for t in range(first, first + count))
         masks = {0: sequence.labels[0]} if session.takes_mask and first == 0 else None
-        return stream(session, frames, masks=masks, flush=flush, close=False)
+        return stream(session, frames, masks=masks, flush=flush, close=False,
+                      progress=Progress(count, "frame", desc=desc, enabled=show_progress))
 
     if warmup:
-        feed(0, warmup, flush=False)
+        feed(0, warmup, flush=False, desc=f"{backend_name} warm-up")
     timed.times.clear()
-    stats = feed(warmup, frames, flush=True)
+    stats = feed(warmup, frames, flush=True, desc=backend_name)
     elapsed = stats.seconds
     stages = {graph: 1000 * seconds / frames for graph, seconds in timed.times.items()}
     stages["host"] = 1000 * elapsed / frames - sum(stages.values())

@@ -2,6 +2,7 @@
 
     vosrt demo                       # stcn-lite: track the objects given on the first frame
     vosrt demo --family 3dc-seg      # 3dc-seg-lite: segment the moving objects, no mask given
+    vosrt demo --family stem-seg --package PKG   # find and track every object instance, no mask given
                                      # (any family of vosrt.sdk.families with a shipped demo model)
     vosrt demo --heldout 20          # J&F over 20 held-out generated clips, and the copy-first-mask baseline
 
@@ -21,8 +22,8 @@ import numpy as np
 
 from vosrt.sdk import families
 from vosrt.sdk.errors import UserError
+from vosrt.sdk.package import SHIPPED_DIR
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEMO_SEED = 90210          # the demo clip
 HELDOUT_DATASET_SEED = 2026  # held-out evaluation clips: sequence_seed(HELDOUT_DATASET_SEED, i)
 CLIP = dict(num_frames=60, height=240, width=432)
@@ -46,7 +47,7 @@ def add_arguments(parser) -> None:
 def demo_package(family: str) -> Path:
     """Folder of the demo model package shipped for ``family`` (its row's ``demo_model``)."""
     model = families.get(family).demo_model
-    path = MODELS_DIR / str(model)
+    path = SHIPPED_DIR / str(model)
     if model is None or not (path / "manifest.json").is_file():
         raise UserError(f"the {family} demo model ({model}) is not part of this installation "
                         f"(looked in {path}); pass --package to use another one")
@@ -92,7 +93,10 @@ def run(args) -> int:
     name = session.package.manifest.get("variant", args.family)
 
     if args.heldout:
+        from vosrt.sdk.progress import Progress
+
         model_scores, baseline_scores, rates = [], [], []
+        bar = Progress(args.heldout, "clip", desc="held-out clips")
         for index in range(args.heldout):
             seq = generate_sequence(sequence_seed(HELDOUT_DATASET_SEED, index), **clip)
             session.reset()
@@ -100,6 +104,8 @@ def run(args) -> int:
             rates.append(fps)
             model_scores += score(args.family, predicted, seq.labels, f"heldout-{index}")
             baseline_scores += score(args.family, [seq.labels[0]] * len(seq), seq.labels, f"heldout-{index}")
+            bar.update(postfix=f"{fps:.1f} FPS")
+        bar.close()
         result, baseline = metrics.summarize(model_scores), metrics.summarize(baseline_scores)
         print(f"{name}: {args.heldout} held-out generated clips ({clip['num_frames']} frames, "
               f"{clip['height']}×{clip['width']}, dataset seed {HELDOUT_DATASET_SEED}), ONNX Runtime CPU")
@@ -130,6 +136,8 @@ def run(args) -> int:
 
     takes_mask = families.get(args.family).takes_mask
     task = "tracking the 3 objects given on frame 0" if takes_mask else "segmenting the moving objects"
+    if np.dtype(families.get(args.family).session_class().label_dtype).itemsize > 1:
+        task = "finding and tracking the object instances"
     print(f"{name}: {task} in a generated {len(seq)}-frame clip ({clip['height']}×{clip['width']}, seed {args.seed}), "
           f"ONNX Runtime CPU")
     print(f"  J&F {result['J&F']:.3f}  (J {result['J']:.3f}, F {result['F']:.3f})")

@@ -1,9 +1,21 @@
-"""``vosrt eval --pred DIR --gt DIR``: J, F and J&F of predicted palette PNGs against ground truth.
+"""``vosrt eval --pred DIR --gt DIR [--task TASK]``: score predictions against ground truth.
 
-A folder is either one sequence (PNG files directly in it) or a set of sequences (sub-folders of PNGs,
-as DAVIS ``Annotations/480p``). Predictions are matched to ground truth by sequence and file name.
-Prints a table (per object, per sequence, overall) and writes it as CSV (``--csv``, default
-``PRED/metrics.csv``).
+Tasks:
+
+* ``semi-supervised`` (default): J, F and J&F of predicted palette PNGs, object ids as in the ground truth.
+* ``unsupervised``: the DAVIS unsupervised protocol: predicted ids are proposals (up to 20 per sequence)
+  matched one to one to the ground-truth objects to maximise J&F (``vosrt.sdk.instance_metrics``).
+* ``vis``: YouTube-VIS video AP, AP50, AP75, AR1, AR10; ``--gt`` the annotation JSON, ``--pred`` the
+  results JSON (the challenge's submission format).
+* ``mots``: KITTI-MOTS HOTA, DetA, AssA, sMOTSA, MOTSA, IDF1 by trackeval; ``--gt`` and ``--pred`` folders
+  of ``<sequence>.txt`` files in the KITTI-MOTS format.
+
+``vis`` and ``mots`` need ``pip install 'vosrt[eval]'`` (pycocotools, trackeval).
+
+For the PNG tasks a folder is either one sequence (PNG files directly in it) or a set of sequences
+(sub-folders of PNGs, as DAVIS ``Annotations/480p``). Predictions are matched to ground truth by
+sequence and file name. Prints a table (per object, per sequence, overall) and writes it as CSV
+(``--csv``, default ``PRED/metrics.csv``; for ``vis`` and ``mots`` beside the predictions).
 """
 from __future__ import annotations
 
@@ -16,11 +28,18 @@ from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png
 from vosrt.sdk.metrics import evaluate_sequence, summarize
 
+TASKS = ("semi-supervised", "unsupervised", "vis", "mots")
+
 
 def add_arguments(parser) -> None:
     """Arguments of ``vosrt eval``."""
-    parser.add_argument("--pred", required=True, help="predicted masks: a sequence folder or a folder of them")
-    parser.add_argument("--gt", required=True, help="ground-truth masks, laid out like --pred")
+    parser.add_argument("--pred", required=True, help="predicted masks: a sequence folder or a folder of them "
+                        "(vis: results JSON; mots: folder of <sequence>.txt)")
+    parser.add_argument("--gt", required=True, help="ground-truth masks, laid out like --pred "
+                        "(vis: annotation JSON; mots: folder of <sequence>.txt)")
+    parser.add_argument("--task", choices=TASKS, default="semi-supervised",
+                        help="protocol (default semi-supervised DAVIS; unsupervised, vis = YouTube-VIS AP, "
+                        "mots = KITTI-MOTS HOTA)")
     parser.add_argument("--csv", default=None, help="CSV to write (default PRED/metrics.csv)")
     parser.add_argument("--all-frames", action="store_true",
                         help="score the first and last frames too (DAVIS semi-supervised skips them)")
@@ -38,8 +57,9 @@ def sequences(root: Path) -> dict[str, Path]:
     return found
 
 
-def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = True):
-    """Score every ground-truth sequence; returns the list of :class:`~vosrt.sdk.metrics.ObjectScore`."""
+def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = True, unsupervised: bool = False):
+    """Score every ground-truth sequence; returns the list of :class:`~vosrt.sdk.metrics.ObjectScore`
+    (``unsupervised``: by the DAVIS unsupervised protocol, all frames scored)."""
     gt_seqs = sequences(gt_root)
     single = len(gt_seqs) == 1 and next(iter(gt_seqs.values())) == gt_root
     pred_seqs = {gt_root.name: pred_root} if single else sequences(pred_root)
@@ -60,14 +80,75 @@ def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = Tru
                                 f"truth's {gt.shape[1]}x{gt.shape[0]}")
             preds.append(pred)
             gts.append(gt)
-        scores.extend(evaluate_sequence(preds, gts, name, skip_first_last=skip_first_last))
+        if unsupervised:
+            from vosrt.sdk.instance_metrics import evaluate_unsupervised_sequence
+            scores.extend(evaluate_unsupervised_sequence(preds, gts, name))
+        else:
+            scores.extend(evaluate_sequence(preds, gts, name, skip_first_last=skip_first_last))
     return scores
+
+
+def _write_csv(out: Path, header: list, rows: list) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(rows)
+    except OSError as err:
+        raise UserError(f"--csv: cannot write {out}: {err}") from None
+    print(f"wrote {out}")
+
+
+def _run_vis(args) -> int:
+    import json
+
+    from vosrt.sdk.instance_metrics import vis_average_precision
+
+    loaded = []
+    for flag, path in (("--gt", Path(args.gt)), ("--pred", Path(args.pred))):
+        try:
+            loaded.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as err:
+            raise UserError(f"{flag} {path}: expected a YouTube-VIS JSON file ({err})") from None
+    gt, results = loaded
+    if not isinstance(gt, dict) or "videos" not in gt or "annotations" not in gt:
+        raise UserError(f"--gt {args.gt}: expected a YouTube-VIS annotation file (with 'videos' and 'annotations')")
+    if isinstance(results, dict) and "annotations" in results:
+        results = results["annotations"]
+    if not isinstance(results, list):
+        raise UserError(f"--pred {args.pred}: expected a list of results (video_id, category_id, score, segmentations)")
+    metrics = vis_average_precision(gt, results)
+    for name, value in metrics.items():
+        print(f"{name:>5}  {value:6.3f}")
+    _write_csv(Path(args.csv) if args.csv else Path(args.pred).with_suffix(".metrics.csv"),
+               list(metrics), [[f"{v:.6f}" for v in metrics.values()]])
+    return 0
+
+
+def _run_mots(args) -> int:
+    from vosrt.sdk.instance_metrics import mots_metrics
+
+    results = mots_metrics(args.gt, args.pred)
+    names = list(next(iter(results.values())))
+    print(f"{'class':<10}  " + "  ".join(f"{n:>6}" for n in names))
+    for cls, values in results.items():
+        print(f"{cls:<10}  " + "  ".join(f"{values[n]:6.3f}" for n in names))
+    _write_csv(Path(args.csv) if args.csv else Path(args.pred) / "metrics.csv", ["class"] + names,
+               [[cls] + [f"{v[n]:.6f}" for n in names] for cls, v in results.items()])
+    return 0
 
 
 def run(args) -> int:
     """Entry point of ``vosrt eval``."""
+    task = getattr(args, "task", "semi-supervised")
+    if task == "vis":
+        return _run_vis(args)
+    if task == "mots":
+        return _run_mots(args)
     pred_root, gt_root = Path(args.pred), Path(args.gt)
-    scores = evaluate_folders(pred_root, gt_root, skip_first_last=not args.all_frames)
+    scores = evaluate_folders(pred_root, gt_root, skip_first_last=not args.all_frames,
+                              unsupervised=task == "unsupervised")
     rows = [(s.sequence, str(s.object_id), s.j_mean, s.f_mean, s.jf) for s in scores]
     for name in dict.fromkeys(s.sequence for s in scores):
         mean = summarize([s for s in scores if s.sequence == name])
@@ -79,14 +160,6 @@ def run(args) -> int:
     print(f"{'sequence':<{width}}  {'object':>6}  {'J':>6}  {'F':>6}  {'J&F':>6}")
     for seq, obj, j, f, jf in rows:
         print(f"{seq:<{width}}  {obj:>6}  {j:6.3f}  {f:6.3f}  {jf:6.3f}")
-    out = Path(args.csv) if args.csv else pred_root / "metrics.csv"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["sequence", "object", "J", "F", "J&F"])
-            writer.writerows([(s, o, f"{j:.6f}", f"{f:.6f}", f"{jf:.6f}") for s, o, j, f, jf in rows])
-    except OSError as err:
-        raise UserError(f"--csv: cannot write {out}: {err}") from None
-    print(f"wrote {out}")
+    _write_csv(Path(args.csv) if args.csv else pred_root / "metrics.csv", ["sequence", "object", "J", "F", "J&F"],
+               [(s, o, f"{j:.6f}", f"{f:.6f}", f"{jf:.6f}") for s, o, j, f, jf in rows])
     return 0 if np.isfinite(total["J&F"]) else 1

@@ -1,10 +1,13 @@
 """``vosrt run PKG --source SRC``: stream a camera, video, URL or folder through a model package.
 
 STCN packages need the first frame's mask: ``--mask PNG`` (a palette PNG of object ids at the frame's
-size), or the first annotation of a DAVIS sequence source. 3DC-Seg packages take no mask. Results go
+size), or the first annotation of a DAVIS sequence source. 3DC-Seg and STEm-Seg packages take no mask
+(STEm-Seg PNGs hold track ids, kept exact beyond 255 as :mod:`vosrt.sdk.masks` describes). Results go
 to ``--out DIR`` (one palette PNG per frame, named after the source's frames) and/or ``--video OUT``
-(the frames with the masks blended in). A source that stops early ends the run cleanly with what was
-written so far.
+(the frames with the masks blended in). A source that stops early (a camera unplugged, a truncated
+video) ends the run with what was written so far, a warning and exit code 1; an unreadable image of a
+folder is skipped with a warning. Ctrl-C, SIGTERM and SIGHUP stop the run with its files finished
+(exit code 128 + signal).
 """
 from __future__ import annotations
 
@@ -28,11 +31,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mem-every", type=int, default=None, help="stcn: memory frame every N frames")
     parser.add_argument("--top-k", type=int, default=None, help="stcn: top-k of the memory read")
     parser.add_argument("--memory-capacity", type=int, default=None, help="stcn: memory bank size in frames")
-    parser.add_argument("--overlap", type=int, default=None, help="3dc-seg: clip overlap in frames (3; 7 = dense)")
+    parser.add_argument("--max-objects", type=int, default=None,
+                        help="stcn: most objects tracked at once (default: the package's, 32)")
+    parser.add_argument("--overlap", type=int, default=None, help="clip families: clip overlap in frames (3dc-seg 3, stem-seg 4; L-1 = dense)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-SETTINGS = ("mem_every", "top_k", "memory_capacity", "overlap")  # session settings with flags above
+SETTINGS = ("mem_every", "top_k", "memory_capacity", "max_objects", "overlap")  # session settings with flags above
 
 
 def _session_options(args, family) -> dict:
@@ -94,6 +99,11 @@ def run(args) -> int:
     done = stats.frames
     print(f"{done} frames in {stats.seconds:.2f} s ({done / max(stats.seconds, 1e-9):.1f} FPS)"
           + (f"; PNGs in {args.out}" if args.out else "") + (f"; video {args.video}" if args.video else ""))
+    skipped = getattr(source, "skipped", [])
+    if skipped:
+        print(f"warning: {len(skipped)} unreadable image(s) skipped: {', '.join(p.name for p in skipped[:5])}"
+              f"{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
     if source.stopped_early:
         print(f"warning: {source.problem}; the {done} frames before it were kept", file=sys.stderr)
+        return 1
     return 0

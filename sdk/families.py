@@ -64,6 +64,8 @@ class Family:
     object masks (semi-supervised); otherwise they segment unsupervised and refuse masks.
     ``in_graph``: the steps the graphs compute (recorded in the manifest). ``layout``: the image input
     layout. ``model_module``/``recipe_module``: the training code (imported by training/export only).
+    ``cpu_reference``: a CPU-sized training config (under ``training/configs``) and the seconds per
+    step it was measured to take on 2 CPU cores, from which ``vosrt train`` estimates CPU runs.
     """
 
     name: str
@@ -80,6 +82,7 @@ class Family:
     default_resolution: tuple = (480, 864)
     model_module: str | None = None
     recipe_module: str | None = None
+    cpu_reference: tuple | None = None   # (training config file, measured CPU seconds per step)
 
     @property
     def graph_names(self) -> tuple:
@@ -166,8 +169,8 @@ register(Family(
                             "prob": {0: "objects_and_background"}},
                            portable_inputs={"top_k": "top_k"}),
     },
-    streaming={"mem_every": 5, "top_k": 20, "memory_capacity": 20},
-    settings=("mem_every", "top_k", "memory_capacity", "color"),
+    streaming={"mem_every": 5, "top_k": 20, "memory_capacity": 20, "max_objects": 32},
+    settings=("mem_every", "top_k", "memory_capacity", "color", "max_objects"),
     session="vosrt.sdk.tracker:Tracker",
     models=("stcn", "stcn-lite"),
     takes_mask=True,
@@ -175,6 +178,7 @@ register(Family(
     demo_model="stcn-lite",
     model_module="vosrt.training.models.stcn",
     recipe_module="vosrt.training.recipes.stcn",
+    cpu_reference=("stcn-lite-demo.json", 2347 / 3500),    # sdk/models/stcn-lite/training.json
 ))
 
 register(Family(
@@ -191,4 +195,25 @@ register(Family(
     demo_model="3dc-seg-lite",
     model_module="vosrt.training.models.c3dseg",
     recipe_module="vosrt.training.recipes.c3dseg",
+    cpu_reference=("3dc-seg-lite-demo.json", 900 / 400),   # 400 steps in 15 min (sdk/models/README.md)
+))
+
+register(Family(
+    name="stem-seg",
+    task="video instance segmentation: every object instance found, segmented and tracked, no mask given",
+    graphs={"embed_clip": GraphIO({"clip": IMAGE},
+                                  ("embeddings", "bandwidths", "seediness", "foreground", "categories"))},
+    # overlap 4 of 8 as the public code's YouTube-VIS / KITTI-MOTS inference; the clustering thresholds
+    # are the public code's defaults (see vosrt.sdk.instances).
+    streaming={"clip_length": 8, "overlap": 4, "min_seediness": 0.8, "foreground_threshold": 0.25,
+               "max_instances": 20},
+    settings=("overlap", "min_seediness", "foreground_threshold", "max_instances", "link_iou", "color"),
+    session="vosrt.sdk.instance_segmenter:InstanceSegmenter",
+    models=("stem-seg", "stem-seg-lite"),
+    takes_mask=False,
+    in_graph=("normalization", "coordinates", "bandwidth_exp", "sigmoid", "softmax"),
+    layout="NCTHW",
+    demo_model="stem-seg-lite",
+    model_module="vosrt.training.models.stem_seg",
+    recipe_module="vosrt.training.recipes.stem_seg",
 ))

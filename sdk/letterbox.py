@@ -26,7 +26,8 @@ def check_color(color: str) -> str:
 
 
 def check_image(image, name: str = "image") -> np.ndarray:
-    """Validate a frame: ``[H, W, 3]`` uint8 (0..255) or float32/float64 (0..1). Returns it unchanged."""
+    """Validate a frame: ``[H, W, 3]`` uint8 (0..255) or float32/float64 with finite values in 0..1.
+    Returns it unchanged; anything else raises UserError saying what to pass instead."""
     if not isinstance(image, np.ndarray):
         raise UserError(f"{name}: expected a numpy array [H, W, 3], got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3:
@@ -38,6 +39,19 @@ def check_image(image, name: str = "image") -> np.ndarray:
         raise UserError(f"{name}: expected dtype uint8 (0..255) or float32 (0..1), got {image.dtype}")
     if image.shape[0] < 2 or image.shape[1] < 2:
         raise UserError(f"{name}: frame of {image.shape[0]}x{image.shape[1]} pixels is too small")
+    if image.dtype != np.uint8:
+        # A NaN or Inf reaching a memory frame would blank every later frame; a 0..255 float frame
+        # (frame.astype(np.float32)) would be read as saturated white. Both are refused here.
+        finite = np.isfinite(image)
+        if not finite.all():
+            bad = int(image.size - np.count_nonzero(finite))
+            raise UserError(f"{name}: {bad} value(s) of the {image.dtype} frame are NaN or infinite; "
+                            "give finite values in 0..1 (or the uint8 frame as decoded)")
+        low, high = float(image.min()), float(image.max())
+        if low < 0.0 or high > 1.0:
+            hint = (" (0..255 values? pass the uint8 frame as decoded, or divide by 255: "
+                    "frame.astype(np.float32) / 255)") if high <= 255.0 and low >= 0.0 else ""
+            raise UserError(f"{name}: float frames must hold values in 0..1, got {low:.4g}..{high:.4g}{hint}")
     return image
 
 

@@ -56,6 +56,14 @@ class MemoryBank:
         """Device bytes held by the key and value buffers."""
         return sum(self.backend.nbytes(t) for t in (self.keys, self.values) if t is not None)
 
+    def snapshot(self) -> tuple:
+        """The bank's bookkeeping (buffers by reference), for :meth:`restore` after a failed update."""
+        return (self.keys, self.values, self.num_objects, self.frames, self._next, self.writes)
+
+    def restore(self, saved: tuple) -> None:
+        """Go back to a :meth:`snapshot`. Slots past the filled ones may hold new data; they are unread."""
+        self.keys, self.values, self.num_objects, self.frames, self._next, self.writes = saved
+
     # ---------------------------------------------------------------- writing
     def add(self, key: Tensor, value: Tensor) -> int:
         """Add one memory frame: ``key`` ``[1, Ck, h, w]``, ``value`` ``[O, Cv, h, w]`` (backend tensors).

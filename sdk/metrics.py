@@ -159,11 +159,17 @@ def summarize(scores: list[ObjectScore]) -> dict[str, float]:
 def score_sequence(family: str, predicted: list[np.ndarray], truth: list[np.ndarray], name: str = "sequence"
                    ) -> list[ObjectScore]:
     """Scores of one clip by the protocol of ``family``'s task: per object for families given masks
-    (DAVIS semi-supervised: the first and last frames skipped), the foreground for the others
+    (DAVIS semi-supervised: the first and last frames skipped); for families whose sessions emit track
+    ids (a label dtype wider than uint8: instance segmentation) the DAVIS unsupervised instance protocol
+    (:func:`vosrt.sdk.instance_metrics.evaluate_unsupervised_sequence`); the foreground for the others
     (unsupervised: every frame scored). Used by ``vosrt demo`` and training validation alike."""
     from vosrt.sdk import families
 
-    if families.get(family).takes_mask:
+    row = families.get(family)
+    if row.takes_mask:
         return evaluate_sequence(predicted, truth, name=name)
+    if np.dtype(row.session_class().label_dtype).itemsize > 1:
+        from vosrt.sdk.instance_metrics import evaluate_unsupervised_sequence
+        return evaluate_unsupervised_sequence(predicted, truth, name=name)
     return evaluate_sequence([(p > 0).astype(np.uint8) for p in predicted],
                              [(t > 0).astype(np.uint8) for t in truth], name=name, skip_first_last=False)

@@ -77,12 +77,33 @@ class Package:
                    streaming={**row.streaming, **(streaming or {})})
 
 
+SHIPPED_DIR = Path(__file__).resolve().parent / "models"
+
+
+def shipped_packages() -> list[str]:
+    """Names of the model packages installed with vosrt (``vosrt.sdk.load("stcn-lite")`` opens one)."""
+    if not SHIPPED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / "manifest.json").is_file())
+
+
+def resolve(path: str | Path) -> Path:
+    """The folder ``path`` names: an existing path as given, else the shipped package of that name
+    (a bare name such as ``stcn-lite``). UserError listing the shipped names when neither exists."""
+    given = Path(path)
+    if given.exists():
+        return given
+    if len(given.parts) == 1 and (SHIPPED_DIR / given.name / "manifest.json").is_file():
+        return SHIPPED_DIR / given.name
+    shipped = ", ".join(shipped_packages()) or "none"
+    raise UserError(f"model package not found: {path} (not a folder; shipped packages: {shipped})")
+
+
 def read_manifest(path: str | Path) -> tuple[Path, dict]:
-    """(package folder, manifest dict) of the package at ``path`` (its folder or its manifest.json),
-    with a UserError saying what to do when it is missing or unreadable."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"model package not found: {path}")
+    """(package folder, manifest dict) of the package at ``path`` (its folder, its manifest.json or
+    the name of a shipped package), with a UserError saying what to do when it is missing or
+    unreadable."""
+    path = resolve(path)
     if path.is_file() and path.name == "manifest.json":
         path = path.parent
     if not path.is_dir():
@@ -148,11 +169,9 @@ def load_package(path: str | Path) -> Package:
     variant = manifest.get("variant", family)
 
     resolution = _require(manifest, "resolution", dict, manifest_path)
-    try:
-        height, width = int(resolution["height"]), int(resolution["width"])
-        stride = int(resolution.get("stride", 16))
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f"{manifest_path}: 'resolution' needs integer 'height' and 'width', got {resolution}") from None
+    height = _whole(resolution, "height", manifest_path, "resolution")
+    width = _whole(resolution, "width", manifest_path, "resolution")
+    stride = _whole(resolution, "stride", manifest_path, "resolution", default=16, minimum=1)
     if height <= 0 or width <= 0 or height % stride or width % stride:
         raise UserError(f"{manifest_path}: resolution {height}x{width} is not a positive multiple of {stride}")
 
@@ -162,17 +181,59 @@ def load_package(path: str | Path) -> Package:
         forms = graphs_entry.get(graph)
         if not isinstance(forms, dict) or not forms:
             raise UserError(f"{manifest_path}: family '{family}' needs graph '{graph}', which the manifest lacks")
-        graphs[graph] = {form: path / name for form, name in forms.items()
-                         if isinstance(name, str) and (path / name).is_file()}
+        for form, name in forms.items():
+            if not isinstance(name, str):
+                raise UserError(f"{manifest_path}: graphs.{graph}.{form} should be a file name, got {name!r}")
+            inside(path, name, f"{manifest_path}: graphs.{graph}.{form}")
+        graphs[graph] = {form: path / name for form, name in forms.items() if (path / name).is_file()}
         if not graphs[graph]:
             listed = ", ".join(str(v) for v in forms.values())
             raise UserError(f"{path}: graph '{graph}' is listed ({listed}) but none of its files exists")
 
+    streaming_entry = manifest.get("streaming") or {}
+    if not isinstance(streaming_entry, dict):
+        raise UserError(f"{manifest_path}: manifest 'streaming' should be an object of settings, "
+                        f"got {type(streaming_entry).__name__}")
     streaming = dict(row.streaming)
-    streaming.update(manifest.get("streaming") or {})
+    for key, value in streaming_entry.items():
+        # Every streaming setting of the family table is a whole number (0 allowed: top_k, overlap).
+        streaming[key] = _whole(streaming_entry, key, manifest_path, "streaming") if key in row.streaming else value
+
+    engines = manifest.get("engines") or {}
+    if not isinstance(engines, dict):
+        raise UserError(f"{manifest_path}: manifest 'engines' should be an object, got {type(engines).__name__}")
+    for precision, build in engines.items():
+        if isinstance(build, dict):
+            for graph, name in (build.get("files") or {}).items():
+                inside(path, str(name), f"{manifest_path}: engines.{precision}.files.{graph}")
+    source = manifest.get("source") or {}
+    if isinstance(source, dict) and source.get("checkpoint") and not Path(str(source["checkpoint"])).is_absolute():
+        inside(path, str(source["checkpoint"]), f"{manifest_path}: source.checkpoint")
     return Package(path=path.resolve(), manifest=manifest, family=family, variant=variant,
                    height=height, width=width, stride=stride, graphs=graphs, streaming=streaming,
-                   dims=dict(manifest.get("dims") or {}), engines=dict(manifest.get("engines") or {}))
+                   dims=dict(manifest.get("dims") or {}), engines=dict(engines))
+
+
+def _whole(entry: dict, key: str, where: Path, section: str, default=None, minimum: int = 0) -> int:
+    """``entry[key]`` as an int: a JSON integer (or a float with no fraction) >= ``minimum``; UserError
+    naming the setting otherwise (never truncated: 128.7 is an error, not 128)."""
+    value = entry.get(key, default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{where}: {section}.{key} should be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+def inside(folder: Path, name: str, what: str) -> Path:
+    """``folder / name`` resolved, which must stay inside ``folder``: a manifest names files of its own
+    package only (no ``..``, no absolute paths, no links out), since some of them are loaded as code."""
+    root = Path(folder).resolve()
+    target = (root / name).resolve()
+    if not target.is_relative_to(root):
+        raise UserError(f"{what}: '{name}' lies outside the package folder {root}; a manifest may only name "
+                        "files inside its package")
+    return target
 
 
 def file_sha256(path: str | Path) -> str:

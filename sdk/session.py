@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vosrt.sdk import families
 from vosrt.sdk.backends.base import Backend
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.letterbox import Letterbox, check_color
@@ -58,6 +59,7 @@ class Session:
         self.color = check_color(color)
         self.size = (package.height, package.width)
         self._letterboxes: dict[tuple[int, int], Letterbox] = {}
+        self._check_image_inputs()
 
     def push(self, frame: np.ndarray, mask: np.ndarray | None = None, objects=None) -> list[SegmentedFrame]:
         """Add the next frame (and, for families that take them, object masks); returns finished frames."""
@@ -80,6 +82,22 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _check_image_inputs(self) -> None:
+        # Graphs exported at another resolution than the manifest says would fail at the first frame
+        # with a runtime error; say so when the session opens.
+        graphs = families.get(self.package.family).graphs
+        for graph, io in graphs.items():
+            for name, kind in io.inputs.items():
+                if kind != families.IMAGE:
+                    continue
+                shape = self.backend.input_shape(graph, name)
+                if shape is None or len(shape) < 2 or not all(isinstance(d, int) for d in shape[-2:]):
+                    continue
+                if tuple(shape[-2:]) != self.size:
+                    raise UserError(f"{self.package.path}: graph '{graph}' takes {name}s of {shape[-2]}x{shape[-1]}, "
+                                    f"but its manifest.json says resolution {self.size[0]}x{self.size[1]}; set the "
+                                    f"resolution to {shape[-2]}x{shape[-1]} there, or re-export the package")
 
     def _refuse_mask(self, mask, objects) -> None:
         if mask is not None or objects is not None:

@@ -49,9 +49,11 @@ def _check_ids(objects, name: str = "objects") -> list[int]:
 class Tracker(Session):
     """An STCN session over one backend (see the module docstring).
 
-    ``mem_every``, ``top_k`` and ``memory_capacity`` default to the package manifest's ``streaming``
-    values. ``color`` is the channel order of the frames given to :meth:`step`. Speaks the session
-    protocol (:mod:`vosrt.sdk.session`): :meth:`push` returns the frame at once (``latency`` 0).
+    ``mem_every``, ``top_k``, ``memory_capacity`` and ``max_objects`` (objects tracked at once, 32)
+    default to the package manifest's ``streaming`` values; on TensorRT engines ``max_objects`` is at
+    most the engines' profile maximum (``vosrt build --max-objects``). ``color`` is the channel order
+    of the frames given to :meth:`step`. Speaks the session protocol (:mod:`vosrt.sdk.session`):
+    :meth:`push` returns the frame at once (``latency`` 0).
     """
 
     latency = 0
@@ -59,9 +61,10 @@ class Tracker(Session):
     takes_mask = True
 
     def __init__(self, backend: Backend, package, mem_every: int | None = None, top_k: int | None = None,
-                 memory_capacity: int | None = None, color: str = "bgr"):
+                 memory_capacity: int | None = None, color: str = "bgr", max_objects: int | None = None):
         super().__init__(backend, package, color)
         streaming = package.streaming
+        self.max_objects = self._object_limit(max_objects, streaming["max_objects"])
         self.mem_every = int(mem_every if mem_every is not None else streaming["mem_every"])
         if self.mem_every < 1:
             raise UserError(f"mem_every: expected a positive number of frames, got {mem_every}")
@@ -113,10 +116,17 @@ class Tracker(Session):
                 raise UserError(f"objects {missing} are not in the mask (ids present: {present})")
         elif objects is not None:
             raise UserError("objects: given without a mask; objects name which ids of the mask to use")
+        new_objects = self.objects + [obj for obj in given if obj not in self.objects]
+        if len(new_objects) > self.max_objects:
+            added = len(new_objects) - len(self.objects)
+            raise UserError(f"mask: {added} new object(s) would make {len(new_objects)} tracked objects, more than "
+                            f"this session's limit of {self.max_objects} (max_objects); "
+                            + self._raise_limit_hint(len(new_objects)))
         box = self._letterbox(frame_shape)
 
-        # From here on the input is valid: state may change.
-        self.frame_index += 1
+        # The input is valid. Every backend run happens before any state changes, so a backend that
+        # fails part-way (out of memory, a lost device) leaves the tracker as it was: a step is
+        # all-or-nothing.
         backend = self.backend
         image_in = backend.upload(box.image(image, self.color))               # [1, 3, H, W]
         encoded = backend.run("encode_key", {"image": image_in})
@@ -124,21 +134,26 @@ class Tracker(Session):
         if self.objects and not self.memory.empty:
             predicted = self._segment(encoded)
 
+        value = None
+        since_memory = self._since_memory
         if given:
-            labels, prob_host = self._apply_mask(box.labels(mask), given, predicted)
-            masks = backend.upload(prob_host[1:, None])                       # [O, 1, H, W]
-            self._memorize(image_in, encoded, masks)
+            labels, prob_host = self._apply_mask(box.labels(mask), given, new_objects, predicted)
+            value = self._encode_value(image_in, encoded, backend.upload(prob_host[1:, None]))  # masks [O, 1, H, W]
             probabilities = prob_host
         elif predicted is not None:
             labels = backend.download(predicted["labels"])[0]                 # [H, W] index 0..O
-            self._since_memory += 1
-            if self._since_memory >= self.mem_every:
+            since_memory += 1
+            if since_memory >= self.mem_every:
                 masks = backend.read(predicted["prob"], 0, 1, len(self.objects) + 1)
-                self._memorize(image_in, encoded, masks)
+                value = self._encode_value(image_in, encoded, masks)
             probabilities = None
         else:
             labels = np.zeros(self.size, np.uint8)
             probabilities = np.ones((1, *self.size), np.float32)
+        if return_probabilities and probabilities is None:
+            probabilities = backend.download(predicted["prob"])[:, 0]
+
+        self._commit(new_objects, encoded["key"], value, since_memory)
 
         ids = np.zeros(256, np.uint8)
         ids[1:len(self.objects) + 1] = self.objects
@@ -149,8 +164,6 @@ class Tracker(Session):
             out = np.where(union, mask, np.where(np.isin(out, given), 0, out)).astype(np.uint8)
         if not return_probabilities:
             return out
-        if probabilities is None:
-            probabilities = backend.download(predicted["prob"])[:, 0]
         return out, box.probabilities_back(probabilities.astype(np.float32, copy=False))
 
     def add_objects(self, image: np.ndarray, mask: np.ndarray, objects: Sequence[int] | None = None,
@@ -189,11 +202,10 @@ class Tracker(Session):
             inputs["top_k"] = np.array([self.top_k], np.int64)
         return self.backend.run("segment", inputs)
 
-    def _apply_mask(self, mask: np.ndarray, given: list[int], predicted: dict | None):
-        """Merge a user mask (package size) into the prediction; adds new objects. Returns (index map
-        ``[H, W]`` uint8 over the new object order, probabilities ``[1 + O, H, W]``)."""
-        old_objects = list(self.objects)
-        new_objects = old_objects + [obj for obj in given if obj not in old_objects]
+    def _apply_mask(self, mask: np.ndarray, given: list[int], new_objects: list[int], predicted: dict | None):
+        """Merge a user mask (package size) into the prediction, over the object order ``new_objects``
+        (the tracked objects, then the new ones). Returns (index map ``[H, W]`` uint8, probabilities
+        ``[1 + O, H, W]``). Changes no state."""
         union = np.isin(mask, given)                                          # [H, W]
         prob = np.zeros((len(new_objects), *self.size), np.float32)           # [O, H, W]
         old_prob = self.backend.download(predicted["prob"])[:, 0] if predicted is not None else None
@@ -201,16 +213,48 @@ class Tracker(Session):
             if obj in given:
                 prob[k] = mask == obj
             elif old_prob is not None:
-                prob[k] = old_prob[1 + old_objects.index(obj)] * ~union
+                prob[k] = old_prob[1 + self.objects.index(obj)] * ~union
         background = np.clip(1.0 - prob.sum(0, keepdims=True), 0.0, 1.0)
         prob = np.concatenate([background, prob])                             # [1 + O, H, W]
-        labels = prob.argmax(0).astype(np.uint8)
-        self.objects = new_objects
-        self.memory.set_objects(list(range(len(old_objects))), len(new_objects))
-        return labels, prob
+        return prob.argmax(0).astype(np.uint8), prob
 
-    def _memorize(self, image_in, encoded: dict, masks) -> None:
-        value = self.backend.run("encode_value", {"image": image_in, "f16": encoded["f16"], "masks": masks},
-                                 ["value"])["value"]                         # [O, Cv, h, w]
-        self.memory.add(encoded["key"], value)
-        self._since_memory = 0
+    def _encode_value(self, image_in, encoded: dict, masks):
+        return self.backend.run("encode_value", {"image": image_in, "f16": encoded["f16"], "masks": masks},
+                                ["value"])["value"]                          # [O, Cv, h, w]
+
+    def _commit(self, new_objects: list[int], key, value, since_memory: int) -> None:
+        """Apply one step's results to the state: the object set, the memory frame (``value`` or None)
+        and the counters. The bank's bookkeeping is restored if a write fails."""
+        saved = self.memory.snapshot()
+        try:
+            if new_objects != self.objects:
+                self.memory.set_objects(list(range(len(self.objects))), len(new_objects))
+            if value is not None:
+                self.memory.add(key, value)
+        except BaseException:
+            self.memory.restore(saved)
+            raise
+        self.objects = list(new_objects)
+        self._since_memory = 0 if value is not None else since_memory
+        self.frame_index += 1
+
+    def _object_limit(self, asked, default) -> int:
+        limit = asked if asked is not None else default
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+            raise UserError(f"max_objects: expected a positive whole number of objects, got {limit!r}")
+        engine_limit = getattr(self.backend, "max_objects", None)
+        if engine_limit is not None and limit > engine_limit:
+            if asked is not None:
+                raise UserError(f"max_objects={asked}: the TensorRT engines of {self.package.path} take at most "
+                                f"{engine_limit} objects; rebuild them with `vosrt build {self.package.path} "
+                                f"--max-objects {asked}`")
+            limit = engine_limit
+        return int(limit)
+
+    def _raise_limit_hint(self, wanted: int) -> str:
+        engine_limit = getattr(self.backend, "max_objects", None)
+        if engine_limit is not None and wanted > engine_limit:
+            return (f"the TensorRT engines take at most {engine_limit} objects: rebuild them with "
+                    f"`vosrt build {self.package.path} --max-objects {wanted}`, or remove objects first")
+        return (f"raise it with vosrt.sdk.load(..., max_objects={wanted}) (each object costs memory and "
+                "time on every frame), or remove objects first with remove_objects()")

@@ -3,13 +3,16 @@
 
 Sources yield ``[H, W, 3]`` uint8 **BGR** frames (OpenCV's order, the sessions' default ``color``).
 A source that cannot be opened raises ``UserError`` at :func:`open_source`. A source that stops early
-(a camera unplugged, a stream dropped, a truncated file, an unreadable image) ends the iteration
-cleanly and sets :attr:`FrameSource.stopped_early` with the reason in :attr:`FrameSource.problem`, so
-that everything produced so far is kept.
+(a camera unplugged, a stream dropped, a truncated file) ends the iteration cleanly and sets
+:attr:`FrameSource.stopped_early` with the reason in :attr:`FrameSource.problem`, so that everything
+produced so far is kept. An unreadable image of a folder is skipped with a warning
+(:attr:`ImageFolderSource.skipped`) and the folder goes on.
 """
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -110,17 +113,23 @@ class ImageFolderSource(FrameSource):
         if not self.files:
             raise UserError(f"--source: folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         self.length = len(self.files)
+        self.skipped: list[Path] = []   # unreadable images, left out of the stream
+        self._names: list[str] = []     # stems of the frames yielded, in order
 
     def frame_name(self, index: int) -> str:
-        return self.files[index].stem if index < len(self.files) else super().frame_name(index)
+        return self._names[index] if index < len(self._names) else super().frame_name(index)
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        # One corrupt image is skipped (with a warning on stderr), not the end of the run: the frames
+        # after it are as good as before.
         for path in self.files:
             frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if frame is None:
-                self._stop(f"cannot read image {path}; stopped after {self.frames_read} frames")
-                return
+                self.skipped.append(path)
+                print(f"warning: cannot read image {path}; frame skipped", file=sys.stderr, flush=True)
+                continue
             self.frames_read += 1
+            self._names.append(path.stem)
             yield frame
 
 
@@ -201,7 +210,10 @@ class PngSink:
         self.written = 0
 
     def __call__(self, index: int, name: str, frame: np.ndarray, labels: np.ndarray) -> None:
-        write_label_png(self.folder / f"{name}.png", labels)
+        # Written aside, then renamed: a run stopped mid-write (Ctrl-C, SIGTERM) leaves no truncated PNG.
+        partial = self.folder / f".{name}.partial.png"
+        write_label_png(partial, labels)
+        os.replace(partial, self.folder / f"{name}.png")
         self.written += 1
 
     def close(self) -> None:

@@ -19,11 +19,13 @@ SPECS = {
     "stcn": ("stcn-lite", {"value_widths": (16, 32, 64), "value_dim": 64, "f16_thin_dim": 64,
                            "decoder_dims": (64, 32, 32)}, 32, 32, {"mem_every": 5, "top_k": 20, "memory_capacity": 8}),
     "3dc-seg": ("3dc-seg-lite", {}, 32, 32, {"clip_length": 8, "overlap": 3}),
+    # 80 is the least side whose 1/32 map (3) fits the decoders' 3×3×3 pooling window in PyTorch.
+    "stem-seg": ("stem-seg-lite", {}, 80, 80, {"clip_length": 8, "overlap": 4}),
 }
 
 
 def tiny_package(kind: str) -> Path:
-    """Path of the tiny ``kind`` (``"stcn"`` or ``"3dc-seg"``) package, exporting it on first use."""
+    """Path of the tiny ``kind`` (``"stcn"``, ``"3dc-seg"`` or ``"stem-seg"``) package, exporting it on first use."""
     global _ROOT
     if kind in _CACHE:
         return _CACHE[kind]
@@ -43,3 +45,49 @@ def tiny_package(kind: str) -> Path:
     out = export_package(name, checkpoint, _ROOT / kind, height, width, forms=["portable"], streaming=streaming)
     _CACHE[kind] = Path(out)
     return _CACHE[kind]
+
+
+def colour_embedding_package(folder: Path, height: int = 64, width: int = 64, overlap: int = 4) -> Path:
+    """A ``stem-seg`` package whose graph is written by hand (no learned weights): a pixel's embedding is
+    its colour averaged over 4×4 cells, its bandwidth 100 (std 0.1) per dimension, its seediness and
+    foreground its brightest channel. Objects of distinct saturated colours on black are then exactly
+    the clusters, so the session's clustering, linking and emission can be checked through a real ONNX
+    Runtime session against known tracks."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    import numpy as np
+
+    from vosrt.sdk.package import write_manifest
+
+    h, w = height // 4, width // 4
+    def out(name, channels):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, channels, 8, h, w])
+    consts = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("zero", 0.0), ("hundred", 100.0),
+                                                                              ("one", 1.0))]
+    consts.append(numpy_helper.from_array(np.array([1], np.int64), "channel_axis"))
+    nodes = [
+        helper.make_node("AveragePool", ["clip"], ["embeddings"], kernel_shape=[1, 4, 4], strides=[1, 4, 4]),
+        helper.make_node("Mul", ["embeddings", "zero"], ["zeros"]),
+        helper.make_node("Add", ["zeros", "hundred"], ["bandwidths"]),
+        helper.make_node("ReduceMax", ["embeddings", "channel_axis"], ["seediness"], keepdims=1),
+        helper.make_node("Identity", ["seediness"], ["foreground"]),
+        helper.make_node("Sub", ["one", "seediness"], ["background"]),
+        helper.make_node("Concat", ["background", "seediness"], ["categories"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "colour_embeddings",
+        [helper.make_tensor_value_info("clip", TensorProto.FLOAT, [1, 3, 8, height, width])],
+        [out("embeddings", 3), out("bandwidths", 3), out("seediness", 1), out("foreground", 1), out("categories", 2)],
+        consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(folder / "embed_clip.portable.onnx"))
+    write_manifest(folder, {
+        "format_version": 1, "family": "stem-seg", "variant": "colour-embeddings", "config": {},
+        "resolution": {"height": height, "width": width, "stride": 16},
+        "graphs": {"embed_clip": {"portable": "embed_clip.portable.onnx"}},
+        "streaming": {"clip_length": 8, "overlap": overlap, "min_seediness": 0.5, "foreground_threshold": 0.25,
+                      "max_instances": 20}})
+    return folder

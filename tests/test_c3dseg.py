@@ -83,6 +83,7 @@ def test_training_step_reaches_the_dilation_predictors():
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_lite_segments_an_8_frame_240x432_clip(lite):
     clip = lite.normalize(torch.rand(1, 3, 8, 240, 432))
     with torch.no_grad():
@@ -95,6 +96,7 @@ def test_lite_is_sized_for_cpu(lite):
     assert sum(p.numel() for p in lite.parameters()) < 6_000_000
 
 
+@pytest.mark.slow
 def test_published_network_structure_and_names():
     torch.manual_seed(3)
     model = build_model("3dc-seg").eval()

@@ -69,7 +69,7 @@ def test_run_on_a_source_that_cannot_be_opened_is_a_clear_error(stcn_package, tm
     assert "--source" in capsys.readouterr().err
 
 
-def test_a_stream_that_stops_midway_ends_cleanly_keeping_its_output(stcn_package, sequence, tmp_path, capsys):
+def test_a_stream_that_stops_midway_ends_with_a_warning_and_exit_code_1_keeping_its_output(stcn_package, sequence, tmp_path, capsys):
     # An MJPG .avi cut in half: OpenCV opens it, reads the first frames and then the data ends.
     writer = cv2.VideoWriter(str(tmp_path / "full.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (96, 64))
     for frame in sequence.frames:
@@ -80,7 +80,7 @@ def test_a_stream_that_stops_midway_ends_cleanly_keeping_its_output(stcn_package
     write_label_png(tmp_path / "first.png", sequence.labels[0])
     code = main(["run", str(stcn_package), "--source", str(tmp_path / "cut.avi"), "--mask", str(tmp_path / "first.png"),
                  "--out", str(tmp_path / "masks"), "--video", str(tmp_path / "overlay.avi"), "--no-progress"])
-    assert code == 0
+    assert code == 1                           # the output is kept, and a script learns the run fell short
     written = len(list((tmp_path / "masks").glob("*.png")))
     assert 0 < written < len(sequence)
     assert "stopped after" in capsys.readouterr().err
@@ -114,3 +114,19 @@ def test_run_refuses_a_mask_for_a_clip_package(sequence, tmp_path, capsys):
     write_label_png(tmp_path / "first.png", sequence.labels[0])
     assert main(["run", str(tiny_package("3dc-seg")), "--source", str(video), "--mask", str(tmp_path / "first.png")]) == 2
     assert "unsupervised" in capsys.readouterr().err
+
+
+def test_a_corrupt_image_in_a_folder_is_skipped_and_the_run_goes_on(stcn_package, sequence, tmp_path, capsys):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, frame in enumerate(sequence.frames):
+        cv2.imwrite(str(frames / f"{i:05d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    (frames / "00004.jpg").write_bytes(b"\xff\xd8 truncated")
+    write_label_png(tmp_path / "first.png", sequence.labels[0])
+    code = main(["run", str(stcn_package), "--source", str(frames), "--mask", str(tmp_path / "first.png"),
+                 "--out", str(tmp_path / "masks"), "--no-progress"])
+    assert code == 0
+    names = sorted(p.stem for p in (tmp_path / "masks").glob("*.png"))
+    assert names == [f"{i:05d}" for i in range(len(sequence)) if i != 4]
+    err = capsys.readouterr().err
+    assert "00004.jpg" in err and "skipped" in err

@@ -22,8 +22,9 @@ def test_stcn_demo_package_is_shipped_and_small():
     folder = cli_demo.demo_package("stcn")
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["family"] == "stcn"
-    size = sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".onnx", ".data", ".json"))
-    assert size < 40e6
+    # both ONNX forms (16.7 MB each) and the checkpoint (16.4 MB)
+    size = sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".onnx", ".data", ".json", ".pth"))
+    assert size < 55e6
 
 
 def test_demo_clips_are_held_out_from_the_training_data():

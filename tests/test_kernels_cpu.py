@@ -57,6 +57,7 @@ def _close(actual, expected, rel=1e-4):
     np.testing.assert_allclose(actual, expected, rtol=rel, atol=rel * scale)
 
 
+@pytest.mark.slow
 def test_kernel_library_compiles_for_one_architecture():
     if not have_nvcc():
         pytest.skip("nvcc is not installed")

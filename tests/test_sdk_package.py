@@ -29,7 +29,7 @@ def test_a_valid_manifest_gives_family_resolution_graphs_and_streaming_defaults(
     assert package.family == "stcn" and (package.height, package.width, package.stride) == (64, 96, 16)
     assert package.forms == ["portable", "plugin"]
     assert package.graph_path("segment", "plugin").name == "segment.plugin.onnx"
-    assert package.streaming == {"mem_every": 3, "top_k": 20, "memory_capacity": 20}
+    assert package.streaming == {"mem_every": 3, "top_k": 20, "memory_capacity": 20, "max_objects": 32}
     assert package.checkpoint is None and package.engines == {}
     assert load_package(tmp_path / "pkg" / "manifest.json").path == package.path
 
@@ -38,7 +38,7 @@ def test_a_valid_manifest_gives_family_resolution_graphs_and_streaming_defaults(
     ({"family": "yolo"}, "unknown family 'yolo'"),
     ({"format_version": 9}, "format_version 9"),
     ({"resolution": {"height": 60, "width": 96}}, "not a positive multiple of 16"),
-    ({"resolution": {"height": "tall", "width": 96}}, "integer 'height'"),
+    ({"resolution": {"height": "tall", "width": 96}}, r"resolution\.height should be a whole number"),
     ({"graphs": {"encode_key": {"portable": "encode_key.portable.onnx"}}}, "needs graph 'encode_value'"),
 ])
 def test_bad_manifests_are_refused_with_the_reason(tmp_path, changes, message):

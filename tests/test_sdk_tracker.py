@@ -89,8 +89,9 @@ def test_object_added_at_frame_10_is_tracked_from_then_on_and_a_removed_one_disa
         labels, prob = tracker.step(sequence.frames[t], return_probabilities=True)
         assert prob.shape == (3, 64, 96)
         np.testing.assert_allclose(prob.sum(0), 1.0, atol=1e-3)
-        assert prob[2].max() > 0.0                      # object 5 has probability mass on every frame
-        assert set(np.unique(labels)) <= {0, 1, 5}
+        # the probabilities' axis order is the objects' order: background, object 1, object 5
+        by_probability = np.array([0, 1, 5], np.uint8)[prob.argmax(0)]
+        assert (labels == by_probability).mean() > 0.9
 
     tracker.remove_objects([1])
     assert tracker.objects == [5]
@@ -98,7 +99,7 @@ def test_object_added_at_frame_10_is_tracked_from_then_on_and_a_removed_one_disa
         labels, prob = tracker.step(sequence.frames[t], return_probabilities=True)
         assert prob.shape == (2, 64, 96)
         assert not (labels == 1).any()
-        assert set(np.unique(labels)) <= {0, 5}
+        assert (labels == np.array([0, 5], np.uint8)[prob.argmax(0)]).mean() > 0.9
     with pytest.raises(UserError, match="not tracked"):
         tracker.remove_objects([1])
 
@@ -108,6 +109,7 @@ def _rss_bytes():
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS read from /proc (Linux)")
 def test_3000_frames_run_in_constant_memory_with_capacity_8(stcn_package):
     sequence = generate_sequence(11, num_frames=30, height=32, width=32, num_objects=2, num_distractors=0)

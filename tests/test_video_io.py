@@ -35,14 +35,17 @@ def test_davis_sequence_folder_names_frames_and_offers_the_first_annotation(sequ
         assert len(list(source)) == len(sequence)
 
 
-def test_image_folder_stops_cleanly_at_an_unreadable_image(sequence, tmp_path):
+def test_image_folder_skips_an_unreadable_image_and_goes_on(sequence, tmp_path, capsys):
     for i, frame in enumerate(sequence.frames):
         cv2.imwrite(str(tmp_path / f"f{i:03d}.png"), frame)
     (tmp_path / "f003.png").write_bytes(b"not an image")
     source = open_source(tmp_path)
     assert source.kind == "folder" and source.first_mask() is None
-    assert len(list(source)) == 3
-    assert source.stopped_early and "f003.png" in source.problem
+    frames = list(source)
+    assert len(frames) == len(sequence) - 1
+    assert [source.frame_name(i) for i in range(2, 5)] == ["f002", "f004", "f005"]   # names follow the files
+    assert not source.stopped_early and [p.name for p in source.skipped] == ["f003.png"]
+    assert "f003.png" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("spec, message", [("99", "camera 99"), ("rtsp://127.0.0.1:9/x", "stream"),
@@ -91,6 +94,26 @@ def test_callback_sink_gets_index_frame_and_labels():
     sink = CallbackSink(lambda index, frame, labels: seen.append((index, frame.shape, int(labels.max()))))
     sink(3, "x", np.zeros((4, 4, 3), np.uint8), np.full((4, 4), 2, np.uint8))
     assert seen == [(3, (4, 4, 3), 2)]
+
+
+def test_a_16_bit_mask_with_id_258_is_read_exactly_and_refused_by_a_tracker(tmp_path):
+    # uint8 would wrap 258 to 2 and silently merge it with object 2; ids are read exactly, and an STCN
+    # session (ids 1..255) refuses it saying so.
+    from PIL import Image
+
+    import vosrt.sdk
+    from sdk_packages import tiny_package
+
+    ids = np.zeros((32, 32), np.uint16)
+    ids[:4] = 258
+    ids[8:12] = 2
+    Image.fromarray(ids).save(tmp_path / "wide.png")
+    mask = read_label_png(tmp_path / "wide.png")
+    assert mask.dtype == np.uint16 and set(np.unique(mask)) == {0, 2, 258}
+    tracker = vosrt.sdk.load(tiny_package("stcn"), threads=1)
+    with pytest.raises(UserError, match=r"0\.\.255.*0\.\.258"):
+        tracker.step(np.zeros((32, 32, 3), np.uint8), mask)
+    assert tracker.objects == []
 
 
 def test_label_pngs_keep_ids_beyond_255_exactly(tmp_path):

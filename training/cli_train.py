@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from vosrt.sdk import families
 from vosrt.sdk.errors import UserError
@@ -16,14 +18,17 @@ from vosrt.sdk.errors import UserError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``vosrt train``."""
-    parser.add_argument("family", choices=[f.name for f in families.all_families() if f.recipe_module],
-                        help="model family to train")
+    trainable = [f for f in families.all_families() if f.recipe_module]
+    models = [m for f in trainable for m in f.models]
+    parser.add_argument("family", metavar="MODEL", choices=[f.name for f in trainable] + models,
+                        help=f"model to train: one of {', '.join(models)} (a family name is its published model)")
     parser.add_argument("--data", nargs="+", required=True, metavar="DIR",
                         help="dataset folder(s): DAVIS 2016/2017 or YouTube-VOS layout (static stage: image/mask pairs); "
                              "'generated' trains stcn on clips generated on the fly")
     parser.add_argument("--out", required=True, metavar="RUN", help="run folder: checkpoints, TensorBoard logs, config")
     parser.add_argument("--config", metavar="FILE", help="JSON object of training options (see vosrt.training.train.TrainConfig)")
-    parser.add_argument("--model", help="model variant, e.g. stcn-lite (default: the family's published model)")
+    parser.add_argument("--model", help="model variant when MODEL is a family name (older spelling: "
+                                        "`train stcn --model stcn-lite` is `train stcn-lite`)")
     parser.add_argument("--stage", choices=["main", "static"], default=None,
                         help="stcn: main training on videos (default) or static-image pre-training")
     parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pth (step, optimizer, RNG)")
@@ -44,7 +49,12 @@ def run(args: argparse.Namespace) -> int:
     from vosrt.training.models import family_of
     from vosrt.training.train import apply_overrides, default_config, load_config_file, train
 
-    model = args.model or args.family
+    named = args.family                       # a model name, or a family name (its published model)
+    args.family = family_of(named)
+    if args.model and named != args.family and args.model != named:
+        raise UserError(f"--model {args.model} disagrees with {named}; give the model once: `vosrt train {args.model}`")
+    explicit = args.model or (named if named != args.family else None)   # a model named on the command line
+    model = explicit or named
     if family_of(model) != args.family:
         raise UserError(f"--model {model} is a {family_of(model)} model, not {args.family}")
     file_options = {}
@@ -54,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     config = default_config(model, stage)
     if args.config:
         config = load_config_file(args.config, config)
-        config = apply_overrides(config, {"model": model} if args.model else {})
+        config = apply_overrides(config, {"model": explicit} if explicit else {})
         if args.stage:
             config = apply_overrides(config, {"stage": args.stage})
     flags = {"iterations": args.iterations, "batch_size": args.batch_size, "lr": args.lr, "size": args.size,
@@ -64,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         config = apply_overrides(config, {"amp": True})
     if family_of(config.model) != args.family:
         raise UserError(f"--config sets model {config.model}, which is not a {args.family} model")
+    if not args.config:
+        warn_cpu_time(config, args)
     summary = train(args.data, args.out, config, resume=args.resume, init=args.init, val_data=args.val,
                     progress=not args.no_progress)
     logs = summary["logs"]
@@ -86,3 +98,50 @@ def _is_json(path: str) -> bool:
 def _is_rank0() -> bool:
     import os
     return os.environ.get("RANK", "0") == "0"
+
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def estimate_cpu_seconds(config) -> tuple[float, Path] | None:
+    """Rough CPU wall time of ``config`` and the CPU-sized config it is scaled from: that config's
+    measured seconds per step (the family table's ``cpu_reference``) times the ratios of batch size,
+    crop pixels and parameter count, times the steps. None where the family has no reference."""
+    import torch
+
+    from vosrt.sdk import families
+    from vosrt.training.models import build_model
+    from vosrt.training.train import default_config, load_config_file
+
+    reference = families.of_model(config.model).cpu_reference
+    if reference is None or not (CONFIGS / reference[0]).is_file():
+        return None
+    path, seconds_per_step = CONFIGS / reference[0], reference[1]
+    base = load_config_file(path, default_config(config.model, config.stage))
+
+    def parameters(cfg) -> int:
+        with torch.device("meta"):
+            return sum(p.numel() for p in build_model(cfg.model, **cfg.model_overrides).parameters())
+
+    scale = (config.batch_size / base.batch_size) * (config.size[0] * config.size[1]) / (base.size[0] * base.size[1])
+    scale *= parameters(config) / parameters(base)
+    return seconds_per_step * scale * config.iterations, path
+
+
+def warn_cpu_time(config, args) -> None:
+    """Without a GPU and without --config (the published, GPU-sized schedule): say how long it would take."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    estimate = estimate_cpu_seconds(config)
+    if estimate is None:
+        return
+    seconds, reference = estimate
+    hours = seconds / 3600
+    took = f"{hours / 24:.0f} days" if hours >= 48 else f"{hours:.0f} hours" if hours >= 2 else f"{seconds / 60:.0f} min"
+    print(f"warning: no GPU: {config.model} without --config ({config.iterations} steps of batch "
+          f"{config.batch_size} at {config.size[0]}x{config.size[1]}) would take roughly {took} on this CPU "
+          f"(scaled from {reference.name}, measured on 2 cores). A CPU-sized run:\n"
+          f"  vosrt train {args.family} --data {' '.join(args.data)} --out {args.out} --config {reference}",
+          file=sys.stderr, flush=True)

@@ -47,7 +47,7 @@ import torch.nn as nn
 
 from vosrt.sdk import families
 from vosrt.sdk.errors import UserError
-from vosrt.training.models import build_model, family_of, read_checkpoint, save_checkpoint
+from vosrt.training.models import build_model, family_of, load_payload, read_checkpoint, save_checkpoint
 from vosrt.training.recipes import recipe_for
 from vosrt.training.recipes.stcn import GENERATED  # noqa: F401  (the --data value, re-exported)
 
@@ -285,7 +285,10 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
     if resume:
         if not checkpoint_path.is_file():
             raise UserError(f"--resume: no checkpoint to resume at {checkpoint_path}")
-        payload = torch.load(str(checkpoint_path), map_location="cpu", weights_only=True)
+        payload = load_payload(checkpoint_path)
+        if not isinstance(payload, dict) or not {"state_dict", "optimizer", "step", "rng"} <= set(payload):
+            raise UserError(f"--resume: {checkpoint_path} is not a training checkpoint of `vosrt train` (no optimizer "
+                            f"state or step); start a new run folder, or pass the file with --init instead")
         # older checkpoints hold every family's options flat: keep this family's
         known = set(GENERIC_OPTIONS) | {family} | {f.name for f in dataclasses.fields(recipe.options)}
         config = apply_overrides(config, {k: v for k, v in payload.get("train_config", {}).items()

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
+import signal
 import sys
+import threading
 
 from vosrt import __version__
 from vosrt.sdk.errors import UserError
@@ -17,6 +20,7 @@ from vosrt.sdk.errors import UserError
 COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "demo": ("vosrt.sdk.cli_demo", "segment a generated clip with a shipped demo model (CPU)", None),
     "run": ("vosrt.sdk.cli_run", "stream a video / camera / folder through a model package", None),
+    "live": ("vosrt.sdk.cli_live", "live camera / stream in the browser: pick objects with the mouse", None),
     "eval": ("vosrt.sdk.cli_eval", "J&F of predicted masks against ground truth (DAVIS protocol)", None),
     "bench": ("vosrt.sdk.cli_bench", "time a model package per stage (optionally against torch)", None),
     "train": ("vosrt.training.cli_train", "train stcn / 3dc-seg on DAVIS-layout data", "train"),
@@ -25,6 +29,35 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "quantize": ("vosrt.export.cli_quantize", "INT8 copy of a package, calibrated on a video or folder", "export"),
     "build": ("vosrt.export.cli_build", "build TensorRT engines into a model package", "trt"),
 }
+
+
+def _extras_providing(module: str) -> list[str]:
+    """The extras of vosrt's installed metadata whose requirements provide the import ``module``."""
+    from importlib import metadata
+
+    try:
+        requirements = metadata.requires("vosrt") or []
+    except metadata.PackageNotFoundError:
+        return []
+    extras = []
+    for requirement in requirements:
+        name, _, marker = requirement.partition(";")
+        project = re.split(r"[<>=!~\[ ]", name.strip(), maxsplit=1)[0].lower()
+        import_name = project.removesuffix("-python").replace("-", "_")
+        found = re.search(r"extra\s*==\s*['\"]([\w-]+)['\"]", marker)
+        if found and import_name == module and found.group(1) not in extras:
+            extras.append(found.group(1))
+    return extras
+
+
+def install_hint(command: str, missing: str) -> str:
+    """The error for a command that needs the package ``missing``: which extra installs it."""
+    top = missing.split(".")[0]
+    extras = _extras_providing(top)
+    own = COMMANDS[command][2] if command in COMMANDS else None
+    extra = own if own in extras else (extras[0] if extras else None)
+    hint = f"pip install 'vosrt[{extra}]'" if extra else f"pip install {top}"
+    return f"`vosrt {command}` needs the Python package '{top}', which is not installed: {hint}"
 
 
 def _load(module_name: str):
@@ -54,13 +87,32 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
             continue
         p = sub.add_parser(name, help=help_text, description=help_text)
         if isinstance(module, ModuleNotFoundError):
-            hint = f"pip install 'vosrt[{extra}]'" if extra else "reinstall vosrt"
-            modules[name] = (None, f"`vosrt {name}` needs the Python package "
-                                   f"'{module.name}', which is not installed: {hint}")
+            modules[name] = (None, install_hint(name, module.name))
         else:
             module.add_arguments(p)
             modules[name] = (module, None)
     return parser, modules
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: handled like Ctrl-C (work stops, files are finished), exit code 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
+
+
+def _handle_stop_signals() -> None:
+    # What docker, systemd and Kubernetes send to stop a process (SIGHUP: a closed terminal).
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _stop)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,13 +125,23 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    _handle_stop_signals()
     try:
         return int(module.run(args) or 0)
+    except Stopped as stop:
+        print(f"stopped by {signal.Signals(stop.signum).name}", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        # A dependency imported only when the command runs (torch for export, check, train).
+        if not err.name or err.name.startswith("vosrt"):
+            raise
+        print(f"error: {install_hint(args.command, err.name)}", file=sys.stderr)
         return 2
 
 

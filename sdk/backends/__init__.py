@@ -19,6 +19,8 @@ BACKENDS = {
     "tensorrt": ("vosrt.sdk.backends.tensorrt", "TensorRTBackend"),
 }
 ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "pytorch": "torch", "trt": "tensorrt"}
+# backend name -> the vosrt extra that installs its runtime (onnxruntime is a base dependency)
+EXTRAS = {"torch": "train", "tensorrt": "trt"}
 
 
 def available_backends() -> list[str]:
@@ -53,7 +55,8 @@ def open_backend(package, name: str = "auto", **options) -> Backend:
     except ModuleNotFoundError as err:
         if err.name and err.name.startswith("vosrt"):
             raise UserError(f"backend '{name}' is not part of this vosrt build") from None
-        raise UserError(f"backend '{name}' needs the Python package '{err.name}', which is not installed") from None
+        hint = f": pip install 'vosrt[{EXTRAS[name]}]'" if name in EXTRAS else ""
+        raise UserError(f"backend '{name}' needs the Python package '{err.name}', which is not installed{hint}") from None
     return getattr(module, class_name)(package, **options)
 
 

@@ -50,6 +50,8 @@ class Backend(ABC):
 
     name: ClassVar[str] = "abstract"
     device: str = "cpu"
+    # Most objects the graphs accept at once (an engine's optimisation profile); None: no limit.
+    max_objects: int | None = None
 
     # ----------------------------------------------------------------------------- graphs
     @abstractmethod
@@ -66,6 +68,11 @@ class Backend(ABC):
     def input_names(self, graph: str) -> list[str]:
         """Names of ``graph``'s inputs. Optional inputs such as ``top_k`` may be absent."""
         raise NotImplementedError
+
+    def input_shape(self, graph: str, name: str) -> tuple | None:
+        """Shape of input ``name`` of ``graph`` as the graph declares it (ints, or strings for dynamic
+        axes), or None where the backend cannot tell. Sessions check image sizes with it at open."""
+        return None
 
     # ----------------------------------------------------------------------------- data
     @abstractmethod

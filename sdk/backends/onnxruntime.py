@@ -123,6 +123,12 @@ class OnnxRuntimeBackend(Backend):
         """Names of ``graph``'s outputs."""
         return list(self._outputs[graph])
 
+    def input_shape(self, graph: str, name: str) -> tuple | None:
+        for meta in self.sessions[graph].get_inputs():
+            if meta.name == name:
+                return tuple(meta.shape)
+        return None
+
     def _check_inputs(self, graph: str, inputs: Mapping[str, Tensor]) -> None:
         unknown = set(inputs) - set(self._inputs[graph])
         if unknown:

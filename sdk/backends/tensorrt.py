@@ -340,10 +340,16 @@ class TensorRTBackend(Backend):
         self._graphs: dict[str, _Graph] = {}
         self._own_stream = None
         self.precision, build = select_build(package, precision)
+        self.max_objects = build.get("max_objects")
         # Engines that carry their plugin library (vosrt build --embed-plugins) need none installed; one
-        # named explicitly (plugin_lib or $VOSRT_PLUGIN_LIB) is still loaded.
+        # named explicitly (plugin_lib or $VOSRT_PLUGIN_LIB) is still loaded. Native code is loaded only
+        # from a path the caller names or from inside the package: a library path a manifest records
+        # elsewhere is not followed.
         carried = build.get("plugins_serialized") and not (plugin_lib or os.environ.get(PLUGIN_LIBRARY_ENV))
-        self.plugin_library = None if carried else find_plugin_library(plugin_lib, build.get("plugin_library"))
+        recorded = build.get("plugin_library")
+        if recorded and not (package.path / str(recorded)).resolve().is_relative_to(package.path):
+            recorded = None
+        self.plugin_library = None if carried else find_plugin_library(plugin_lib, recorded)
         trt = import_tensorrt()
         rt = cudart()
         check_engine_compatibility(build, trt.__version__, current_gpu(), package.path)

@@ -54,26 +54,46 @@ def _strip_prefix(state_dict: dict) -> dict:
     return state_dict
 
 
+def load_payload(path: str | Path):
+    """``torch.load`` of a checkpoint file restricted to tensors and plain data (``weights_only``); a
+    file that is not one raises UserError saying why, in one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+        text = str(err)
+        if "weights_only" in text or "Unsupported global" in text:
+            # Never repeat torch's advice to load with weights_only=False: that runs the file's code.
+            reason = "it holds Python objects besides tensors and plain data, which vosrt does not unpickle"
+        else:
+            reason = (text.strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"{path} is not a PyTorch checkpoint that can be read safely: {reason}") from None
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
     """(config, state_dict) of a vosrt checkpoint or a bare published state_dict (family from its keys)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a file that is not a checkpoint
-        raise UserError(f"{path} is not a PyTorch checkpoint that can be read safely: {err}") from None
+    payload = load_payload(path)
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         return dict(payload["config"]), _strip_prefix(payload["state_dict"])
-    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
-        payload = payload["state_dict"]  # training scripts often wrap the weights
+    for wrapper in ("state_dict", "model"):  # training scripts often wrap the weights (STEm-Seg: "model")
+        if isinstance(payload, dict) and isinstance(payload.get(wrapper), dict):
+            payload = payload[wrapper]
+            break
     if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
         state_dict = _strip_prefix(payload)
         for family in families.all_families():
             if family.model_module is None:
                 continue
-            if importlib.import_module(family.model_module).matches_state_dict(state_dict):
-                return {"model": family.full_model}, state_dict
+            module = importlib.import_module(family.model_module)
+            if module.matches_state_dict(state_dict):
+                # a family whose published checkpoints come in several configurations reads it off the weights
+                overrides = module.config_from_state_dict(state_dict) if hasattr(module, "config_from_state_dict") else {}
+                return {"model": family.full_model, **overrides}, state_dict
         sample = ", ".join(list(state_dict)[:5])
         raise UserError(f"{path}: a state_dict of no known model (first keys: {sample}); "
                         f"expected a checkpoint of one of the families {', '.join(families.names())}")

@@ -1,0 +1,101 @@
+"""Track an object from your webcam in an OpenCV window: draw a box around it, press Enter, watch.
+
+    python samples/webcam_tracker.py                            # camera 0, the shipped stcn-lite model
+    python samples/webcam_tracker.py --source clip.mp4 --package path/to/stcn-package
+    python samples/webcam_tracker.py --source clip.mp4 --box 40,30,80,60 --no-window --video out.mp4
+
+The window needs OpenCV with GUI support (`pip install opencv-python`; vosrt installs the headless
+build). Without it, use `vosrt live`, which shows the same in a browser, or --box with --no-window.
+The camera is read in its own thread and the model always takes the newest frame, so the picture stays
+current even when the model is slower than the camera. Keys: q or Esc quits.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+
+import vosrt.sdk
+from vosrt.sdk.live.select import grabcut_box
+from vosrt.sdk.live.source import LatestFrameSource
+from vosrt.sdk.streaming import stream
+from vosrt.sdk.video import OverlayVideoSink, open_source, overlay
+
+SHIPPED = Path(vosrt.sdk.__file__).parent / "models" / "stcn-lite"
+WINDOW = "vosrt webcam tracker"
+
+
+def has_gui() -> bool:
+    """True when this OpenCV build can open windows (opencv-python, not opencv-python-headless)."""
+    try:
+        cv2.namedWindow("vosrt-probe", cv2.WINDOW_AUTOSIZE)
+        cv2.destroyWindow("vosrt-probe")
+        return True
+    except cv2.error:
+        return False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default="0", help="camera index, URL or video file (default 0)")
+    parser.add_argument("--package", default=str(SHIPPED), help="stcn model package (default: shipped stcn-lite)")
+    parser.add_argument("--box", default=None, help="X,Y,W,H of the object on the first frame (skips the picker)")
+    parser.add_argument("--no-window", action="store_true", help="show nothing (with --box; e.g. over ssh)")
+    parser.add_argument("--video", default=None, help="also write the overlay to this file")
+    parser.add_argument("--frames", type=int, default=None, help="stop after this many frames")
+    args = parser.parse_args()
+
+    show = not args.no_window
+    if (show or args.box is None) and not has_gui():
+        print("This sample opens a window, which needs OpenCV with GUI support, but only the headless\n"
+              "build (opencv-python-headless) is installed. Either\n"
+              "  pip uninstall -y opencv-python-headless && pip install opencv-python\n"
+              "or use the browser viewer:  vosrt live PKG --source 0\n"
+              "or give the object without a window:  --box X,Y,W,H --no-window --video out.mp4",
+              file=sys.stderr)
+        return 2
+
+    session = vosrt.sdk.load(args.package)
+    if not session.takes_mask:
+        print(f"{args.package} is a {session.package.family} package; this sample needs an stcn one", file=sys.stderr)
+        return 2
+    opened = [open_source(args.source)]        # reopened by the capture thread if a camera drops
+    live = opened[0].kind not in ("video", "folder", "davis")
+    source = LatestFrameSource(lambda: opened.pop() if opened else open_source(args.source), drop=live)
+    sinks = [OverlayVideoSink(args.video, fps=source.fps)] if args.video else []
+
+    def first_mask(index, frame):
+        """The object on the first frame: from --box, or drawn with cv2.selectROI."""
+        if index > 0:
+            return None
+        if args.box:
+            box = tuple(int(v) for v in args.box.split(","))
+        else:
+            box = cv2.selectROI(WINDOW, frame, showCrosshair=True)
+            if box[2] == 0 or box[3] == 0:
+                source.interrupt()      # nothing picked: quit
+                return None
+        return grabcut_box(frame, box).astype("uint8")   # object id 1
+
+    def show_frame(done, frame):
+        area = int((done.labels > 0).sum())
+        print(f"frame {done.index}: object 1 covers {area} px", flush=True)
+        if show:
+            cv2.imshow(WINDOW, overlay(frame, done.labels))
+            if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                source.interrupt()
+
+    try:
+        stats = stream(session, source, sinks, masks=first_mask, max_frames=args.frames, on_result=show_frame)
+    finally:
+        session.close()
+        if show:
+            cv2.destroyAllWindows()
+    print(f"{stats.frames} frames, {stats.fps:.1f} FPS, {source.dropped} stale frames dropped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

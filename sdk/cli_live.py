@@ -1,0 +1,166 @@
+"""``vosrt live PKG --source SRC``: a camera (or stream, file, folder) in the browser, objects picked
+with the mouse.
+
+    vosrt live PKG --source 0                      # camera 0; open the printed URL (or --open)
+    vosrt live PKG --source rtsp://cam/stream --host 0.0.0.0     # a headless box: prints a token URL
+    vosrt live PKG --source clip.mp4 --realtime    # a file played at its own frame rate
+    vosrt live PKG --source clip.mp4 --headless --select box:40,30,80,60 --out masks --video overlay.mp4
+
+The page shows the video with the masks blended in, FPS, end-to-end latency, dropped frames and the
+tracked objects. For ``stcn`` packages a box dragged on the video (or a click) adds an object; the
+others segment automatically. Capture runs in its own thread and inference takes the newest frame, so
+latency stays bounded when the model is slower than the camera (:mod:`vosrt.sdk.live.source`);
+files are processed frame by frame unless ``--realtime``. A camera or stream that drops is reopened.
+
+``--headless`` runs the same pipeline without a server: ``--select`` boxes pick objects on the first
+frame, ``--out`` gets one palette PNG per processed frame (named by the source frame), ``--video`` the
+overlay, and FPS, latency p50/p95 and dropped frames are printed at the end. Ctrl-C, SIGTERM and SIGHUP
+end either mode cleanly: the video is finished (playable) and the PNGs written so far stay.
+"""
+from __future__ import annotations
+
+import secrets
+import signal
+import sys
+
+from vosrt.sdk.errors import UserError
+
+
+def add_arguments(parser) -> None:
+    """Arguments of ``vosrt live``."""
+    parser.add_argument("package", help="model package folder (e.g. the shipped stcn-lite, see `vosrt demo`)")
+    parser.add_argument("--source", required=True,
+                        help="camera index (0), RTSP/HTTP URL, video file or image folder")
+    parser.add_argument("--realtime", action="store_true",
+                        help="play a file or folder at its frame rate, dropping frames the model cannot keep "
+                             "up with (cameras and URLs always are)")
+    parser.add_argument("--loop", action="store_true", help="play a file or folder again from the start when it ends")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frame rate for --realtime when the source has none (folders; default 25)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1, this machine)")
+    parser.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    parser.add_argument("--token", default=None,
+                        help="access token for the page (generated when --host is not loopback)")
+    parser.add_argument("--open", action="store_true", help="open the page in the default browser")
+    parser.add_argument("--headless", action="store_true", help="no server: run the pipeline and print figures")
+    parser.add_argument("--select", action="append", default=[], metavar="box:X,Y,W,H[:ID]",
+                        help="object to track from the first frame (repeatable; stcn packages)")
+    parser.add_argument("--box-segmenter", default=None, metavar="MODULE:FUNCTION",
+                        help="box -> mask function instead of GrabCut: f(frame_bgr, (x, y, w, h)) -> bool mask")
+    parser.add_argument("--out", default=None, help="folder for one palette PNG per processed frame")
+    parser.add_argument("--video", default=None, help="record the overlay from the start to this file (.mp4/.avi)")
+    parser.add_argument("--save-dir", default="vosrt-live",
+                        help="where the page's snapshot and record buttons write (default ./vosrt-live)")
+    parser.add_argument("--frames", type=int, default=None, help="stop after processing this many frames")
+    parser.add_argument("--retry-seconds", type=float, default=1.0,
+                        help="wait before reopening a source that stopped (default 1)")
+    parser.add_argument("--backend", default="auto", help="auto, onnxruntime, torch or tensorrt (default auto)")
+    parser.add_argument("--device", default=None, help="auto, cpu or cuda (backend default: auto)")
+
+
+def _open_live_source(args):
+    from vosrt.sdk.live.source import LatestFrameSource
+    from vosrt.sdk.video import open_source
+
+    first = open_source(args.source)
+    file_like = first.kind in ("video", "folder", "davis")
+    if args.fps is not None and args.fps <= 0:
+        raise UserError(f"--fps: expected frames per second > 0, got {args.fps}")
+    pace = None
+    if file_like and args.realtime:
+        pace = args.fps or first.fps or 25.0
+    opened = [first]
+
+    def opener():   # the first call returns the source opened above; retries open it afresh
+        return opened.pop() if opened else open_source(args.source)
+
+    return LatestFrameSource(opener, drop=not file_like or args.realtime, pace=pace,
+                             retry=not file_like, retry_seconds=args.retry_seconds, loop=args.loop)
+
+
+def _report(pipeline) -> None:
+    from vosrt.sdk.live.pipeline import percentiles
+
+    stats, source = pipeline.stats, pipeline.source
+    p50, p95 = (v * 1000 for v in percentiles(pipeline.latencies))
+    print(f"{pipeline.frames} frames processed of {source.captured} captured; {source.dropped} dropped; "
+          f"{stats.fps:.1f} FPS; latency p50 {p50:.1f} ms, p95 {p95:.1f} ms")
+
+
+def run(args) -> int:
+    """Entry point of ``vosrt live``."""
+    import vosrt.sdk
+    from vosrt.sdk import families
+    from vosrt.sdk.live.pipeline import LivePipeline
+    from vosrt.sdk.live.select import grabcut_box, load_segmenter, parse_box_select
+    from vosrt.sdk.package import load_package
+
+    if args.frames is not None and args.frames < 1:
+        raise UserError(f"--frames: expected a positive number, got {args.frames}")
+    selections = [parse_box_select(text) for text in args.select]
+    package = load_package(args.package)
+    family = families.get(package.family)
+    if selections and not family.takes_mask:
+        raise UserError(f"--select: {family.name} packages segment automatically; drop --select")
+    if not args.headless:
+        try:
+            from vosrt.sdk.live import server
+        except ModuleNotFoundError as err:
+            raise UserError(f"the live viewer needs '{err.name}': pip install 'vosrt[live]' "
+                            f"(or use --headless)") from None
+        token = args.token
+        if token is None and not server.is_loopback(args.host):
+            token = secrets.token_urlsafe(16)
+    if args.headless and family.takes_mask and not selections:
+        print(f"note: no --select given; a {family.name} package tracks nothing until objects are selected, "
+              f"so every mask will be empty", file=sys.stderr)
+    segmenter = load_segmenter(args.box_segmenter) if args.box_segmenter else grabcut_box
+    options = {"backend": args.backend, **({"device": args.device} if args.device else {})}
+    session = vosrt.sdk.load(package.path, **options)
+    try:
+        source = _open_live_source(args)
+    except BaseException:
+        session.close()
+        raise
+    pipeline = LivePipeline(session, source, png_dir=args.out, video=args.video, save_dir=args.save_dir,
+                            box_segmenter=segmenter, max_frames=args.frames, render=not args.headless)
+    for box, object_id in selections:
+        pipeline.select_box(box, object_id)
+    mode = "realtime, newest frame wins" if source.drop else "every frame"
+    print(f"{package.variant} on {session.backend.describe()}; source: {source.kind} {source.name} ({mode})",
+          file=sys.stderr)
+    try:
+        if args.headless:
+            _run_headless(pipeline)
+        else:
+            import asyncio
+
+            def ready(url: str) -> None:
+                print(f"vosrt live: open {url}  (Ctrl-C to stop)", flush=True)
+                if args.open:
+                    import webbrowser
+                    webbrowser.open(url)
+
+            asyncio.run(server.serve(pipeline, args.host, args.port, token, on_ready=ready))
+    finally:
+        session.close()
+    _report(pipeline)
+    if source.stopped_early:
+        print(f"warning: {source.problem}", file=sys.stderr)
+    for path in pipeline.recorded:
+        print(f"recording: {path}")
+    return 0
+
+
+def _run_headless(pipeline) -> None:
+    """Run in this thread; SIGINT, SIGTERM and SIGHUP stop it cleanly."""
+    def stop(signum, frame):
+        print(f"\n{signal.Signals(signum).name}: stopping", file=sys.stderr)
+        pipeline.stop()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        pipeline.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

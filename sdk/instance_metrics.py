@@ -1,0 +1,275 @@
+"""Metrics of video instance segmentation: DAVIS unsupervised J&F, YouTube-VIS AP, KITTI-MOTS HOTA.
+
+* **DAVIS unsupervised** (:func:`evaluate_unsupervised_sequence`), as the DAVIS 2017/2019 unsupervised
+  protocol: per sequence the predicted ids are proposals (at most ``max_proposals`` = 20; with more,
+  the 20 covering the most pixels over the sequence are kept). Every ground-truth object (an id present
+  in any ground-truth frame) is scored against every proposal on every frame with J and F
+  (:mod:`vosrt.sdk.metrics`); proposals and objects are matched one to one so as to maximise the sum of
+  their mean (J + F) / 2 (Hungarian). An object left without a proposal is scored against an empty mask,
+  which gives 0 on the frames where it is visible. All frames count (the unsupervised protocol scores the
+  first and last frames too).
+* **YouTube-VIS** (:func:`vis_average_precision`): video AP, AP50, AP75, AR1, AR10 as the YouTube-VIS API
+  defines them: COCO's matching and 101-point interpolated precision (pycocotools' ``COCOeval``, whose
+  IoU is replaced by the spatio-temporal IoU ``Σ_t |P_t ∩ G_t| / Σ_t |P_t ∪ G_t|`` over all frames of the
+  video), maximum detections 1/10/100 per video, an instance's area the mean of its non-empty frames.
+* **KITTI-MOTS** (:func:`mots_metrics`): HOTA, DetA, AssA, sMOTSA, MOTSA, IDF1 by the ``trackeval`` package
+  (its KittiMOTS dataset on files in the KITTI-MOTS txt format).
+
+pycocotools and trackeval are optional (``pip install vosrt[eval]``) and imported only here, on use.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from vosrt.sdk.errors import UserError
+from vosrt.sdk.instances import hungarian
+from vosrt.sdk.metrics import VOID, BOUNDARY_TOLERANCE, ObjectScore, boundary_measure, region_similarity
+
+MAX_PROPOSALS = 20
+
+
+def _require(module: str):
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        raise UserError(f"this metric needs the '{module.split('.')[0]}' package: pip install 'vosrt[eval]'") from None
+
+
+# ------------------------------------------------------------------------------------ DAVIS unsupervised
+
+
+def evaluate_unsupervised_sequence(preds: list[np.ndarray], gts: list[np.ndarray], name: str = "sequence",
+                                   max_proposals: int = MAX_PROPOSALS, tolerance: float = BOUNDARY_TOLERANCE
+                                   ) -> list[ObjectScore]:
+    """Score one sequence by the unsupervised protocol (module docstring). ``preds``/``gts``: ``[H, W]``
+    integer label maps per frame. Returns one :class:`ObjectScore` per ground-truth object (ids in
+    increasing order), each with J and F per frame of its matched proposal."""
+    if len(preds) != len(gts):
+        raise ValueError(f"{name}: {len(preds)} predicted frames but {len(gts)} ground-truth frames")
+    for t, (pred, gt) in enumerate(zip(preds, gts)):
+        if pred.shape != gt.shape:
+            raise ValueError(f"{name} frame {t}: prediction {pred.shape} and ground truth {gt.shape} differ in size")
+    objects = sorted({int(i) for gt in gts for i in np.unique(gt) if i not in (0, VOID)})
+    areas: dict[int, int] = {}
+    for pred in preds:
+        ids, counts = np.unique(pred, return_counts=True)
+        for i, n in zip(ids, counts):
+            if i:
+                areas[int(i)] = areas.get(int(i), 0) + int(n)
+    proposals = sorted(sorted(areas, key=lambda i: (-areas[i], i))[:max_proposals])
+    # Per (proposal, object): per-frame J and F; an unmatched object meets an empty proposal.
+    j = np.zeros((len(proposals) + 1, len(objects), len(gts)))
+    f = np.zeros_like(j)
+    for t, (pred, gt) in enumerate(zip(preds, gts)):
+        void = gt == VOID
+        for o, obj in enumerate(objects):
+            truth = gt == obj
+            for p, proposal in enumerate(proposals + [None]):
+                mask = pred == proposal if proposal is not None else np.zeros_like(truth)
+                j[p, o, t] = region_similarity(mask, truth, void)
+                f[p, o, t] = boundary_measure(mask, truth, void, tolerance)
+    score = (j.mean(axis=2) + f.mean(axis=2)) / 2                         # [P + 1, O]
+    matched = dict((o, p) for p, o in hungarian(-score[:-1])) if proposals and objects else {}
+    out = []
+    for o, obj in enumerate(objects):
+        p = matched.get(o, len(proposals))
+        out.append(ObjectScore(name, obj, list(j[p, o]), list(f[p, o])))
+    return out
+
+
+# ------------------------------------------------------------------------------------ YouTube-VIS
+
+
+def _rles(segmentations: list, height: int, width: int, mask_utils) -> list:
+    """Per-frame COCO RLEs (None where the instance is absent) from RLEs (compressed or not) or polygons."""
+    out = []
+    for seg in segmentations:
+        if seg is None:
+            out.append(None)
+        elif isinstance(seg, list):                                   # polygons
+            out.append(mask_utils.merge(mask_utils.frPyObjects(seg, height, width)))
+        elif isinstance(seg.get("counts"), list):                     # uncompressed RLE
+            out.append(mask_utils.frPyObjects(seg, height, width))
+        else:
+            rle = dict(seg)
+            if isinstance(rle["counts"], str):
+                rle["counts"] = rle["counts"].encode()
+            out.append(rle)
+    return out
+
+
+def _mean_area(rles: list, mask_utils) -> float:
+    areas = [float(mask_utils.area(r)) for r in rles if r is not None]
+    areas = [a for a in areas if a > 0]
+    return float(np.mean(areas)) if areas else 0.0
+
+
+def spatio_temporal_iou(a: list, b: list, mask_utils) -> float:
+    """``Σ_t |a_t ∩ b_t| / Σ_t |a_t ∪ b_t|`` of two per-frame RLE lists (None = empty frame)."""
+    inter = union = 0.0
+    for ra, rb in zip(a, b):
+        area_a = float(mask_utils.area(ra)) if ra is not None else 0.0
+        area_b = float(mask_utils.area(rb)) if rb is not None else 0.0
+        both = float(mask_utils.area(mask_utils.merge([ra, rb], intersect=True))) if ra and rb else 0.0
+        inter += both
+        union += area_a + area_b - both
+    return inter / union if union > 0 else 0.0
+
+
+def vis_average_precision(gt: dict, results: list) -> dict:
+    """YouTube-VIS video AP (module docstring).
+
+    ``gt``: a YouTube-VIS annotation dict (``videos`` with ``id``/``height``/``width``, ``categories``,
+    ``annotations`` with ``video_id``, ``category_id``, ``segmentations`` per frame, optional ``iscrowd``).
+    ``results``: the submission format, a list of ``{"video_id", "category_id", "score", "segmentations"}``.
+    Returns ``{"AP", "AP50", "AP75", "AR1", "AR10"}`` (−1 where no ground truth makes one defined).
+    """
+    mask_utils = _require("pycocotools.mask")
+    coco_module = _require("pycocotools.coco")
+    cocoeval_module = _require("pycocotools.cocoeval")
+    sizes = {v["id"]: (int(v["height"]), int(v["width"])) for v in gt["videos"]}
+
+    def dataset(entries, with_score):
+        annotations = []
+        for k, entry in enumerate(entries, 1):
+            if entry["video_id"] not in sizes:
+                raise UserError(f"results: video_id {entry['video_id']} is not a video of the ground truth")
+            rles = _rles(entry["segmentations"], *sizes[entry["video_id"]], mask_utils)
+            ann = {"id": k, "image_id": entry["video_id"], "category_id": entry["category_id"],
+                   "iscrowd": int(entry.get("iscrowd", 0)), "area": _mean_area(rles, mask_utils),
+                   "bbox": [0, 0, 0, 0], "rles": rles}
+            if with_score:
+                ann["score"] = float(entry["score"])
+            annotations.append(ann)
+        coco = coco_module.COCO()
+        coco.dataset = {"images": [{"id": i} for i in sizes], "categories": list(gt["categories"]),
+                        "annotations": annotations}
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        return coco
+
+    class VideoEval(cocoeval_module.COCOeval):
+        # COCO's matching with the video IoU; 'bbox' mode keeps _prepare from decoding segmentations.
+        def computeIoU(self, imgId, catId):
+            gts = self._gts[imgId, catId]
+            dts = sorted(self._dts[imgId, catId], key=lambda d: -d["score"])[:self.params.maxDets[-1]]
+            if not gts or not dts:
+                return []
+            return np.array([[spatio_temporal_iou(d["rles"], g["rles"], mask_utils) for g in gts] for d in dts])
+
+    evaluator = VideoEval(dataset(gt["annotations"], False), dataset(results, True), "bbox")
+    evaluator.params.imgIds = sorted(sizes)
+    evaluator.params.maxDets = [1, 10, 100]
+    evaluator.params.areaRng = [[0, 1e10], [0, 128 ** 2], [128 ** 2, 256 ** 2], [256 ** 2, 1e10]]
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = evaluator.stats
+    return {"AP": float(stats[0]), "AP50": float(stats[1]), "AP75": float(stats[2]),
+            "AR1": float(stats[6]), "AR10": float(stats[7])}
+
+
+def instances_to_vis_results(video_id: int, frames: list, categories: dict | None = None) -> list:
+    """Submission entries for one video from a session's finished frames (``SegmentedFrame`` with track
+    ``labels`` and ``objects``): one entry per track, its score the mean of its per-frame scores, its
+    category the most frequent one (``categories`` maps the model's category index to the dataset's id)."""
+    mask_utils = _require("pycocotools.mask")
+    tracks = sorted({int(i) for fr in frames for i in np.unique(fr.labels) if i})
+    out = []
+    for track in tracks:
+        segs, scores, cats = [], [], []
+        for fr in frames:
+            mask = fr.labels == track
+            if mask.any():
+                rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+                rle["counts"] = rle["counts"].decode()
+                segs.append(rle)
+                info = (fr.objects or {}).get(track, {})
+                scores.append(info.get("score", 1.0))
+                cats.append(info.get("category", 1))
+            else:
+                segs.append(None)
+        category = max(set(cats), key=cats.count)
+        out.append({"video_id": video_id, "category_id": (categories or {}).get(category, category),
+                    "score": float(np.mean(scores)), "segmentations": segs})
+    return out
+
+
+# ------------------------------------------------------------------------------------ KITTI-MOTS
+
+
+def write_kitti_mots(path: str | Path, frames: list, class_id: int = 1) -> None:
+    """Write label maps (one per frame, track ids) in the KITTI-MOTS txt format:
+    ``frame track_id class_id height width rle`` per instance and frame (``class_id`` 1 car, 2 pedestrian;
+    a frame's ``objects`` category overrides it)."""
+    mask_utils = _require("pycocotools.mask")
+    lines = []
+    for index, fr in enumerate(frames):
+        labels = fr.labels if hasattr(fr, "labels") else fr
+        objects = getattr(fr, "objects", None) or {}
+        height, width = labels.shape
+        for track in sorted(int(i) for i in np.unique(labels) if i):
+            rle = mask_utils.encode(np.asfortranarray((labels == track).astype(np.uint8)))
+            cls = objects.get(track, {}).get("category", class_id) if objects else class_id
+            lines.append(f"{getattr(fr, 'index', index)} {track} {cls} {height} {width} {rle['counts'].decode()}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines) + ("\n" if lines else ""))
+
+
+def _sequence_length(*files: Path) -> int:
+    last = -1
+    for file in files:
+        if file.is_file():
+            for line in file.read_text().splitlines():
+                if line.strip():
+                    last = max(last, int(line.split()[0]))
+    return last + 1
+
+
+def mots_metrics(gt_folder: str | Path, pred_folder: str | Path, classes=("car", "pedestrian")) -> dict:
+    """KITTI-MOTS metrics by trackeval: ``gt_folder`` holds one ``<sequence>.txt`` per sequence (or a
+    ``label_02`` folder of them), ``pred_folder`` the tracker's ``<sequence>.txt`` files. Returns
+    ``{class: {"HOTA", "DetA", "AssA", "sMOTSA", "MOTSA", "IDF1"}}`` over all sequences (class-combined
+    results are not part of the KITTI-MOTS protocol)."""
+    trackeval = _require("trackeval")
+    gt_folder, pred_folder = Path(gt_folder), Path(pred_folder)
+    labels = gt_folder / "label_02" if (gt_folder / "label_02").is_dir() else gt_folder
+    seqs = sorted(p.stem for p in labels.glob("*.txt"))
+    if not seqs:
+        raise UserError(f"--gt {gt_folder}: no KITTI-MOTS <sequence>.txt files")
+    missing = [s for s in seqs if not (pred_folder / f"{s}.txt").is_file()]
+    if missing:
+        raise UserError(f"--pred {pred_folder}: no {missing[0]}.txt (predictions for every ground-truth sequence)")
+    with tempfile.TemporaryDirectory() as scratch:
+        tracker = Path(scratch) / "trackers" / "vosrt" / "data"
+        tracker.mkdir(parents=True)
+        for s in seqs:
+            (tracker / f"{s}.txt").write_text((pred_folder / f"{s}.txt").read_text())
+        dataset = trackeval.datasets.KittiMOTS({
+            "GT_FOLDER": str(labels), "GT_LOC_FORMAT": "{gt_folder}/{seq}.txt",
+            "TRACKERS_FOLDER": str(Path(scratch) / "trackers"), "OUTPUT_FOLDER": str(Path(scratch) / "out"),
+            "TRACKERS_TO_EVAL": ["vosrt"], "CLASSES_TO_EVAL": list(classes), "PRINT_CONFIG": False,
+            "SEQ_INFO": {s: _sequence_length(labels / f"{s}.txt", pred_folder / f"{s}.txt") for s in seqs}})
+        evaluator = trackeval.Evaluator({"USE_PARALLEL": False, "PRINT_RESULTS": False, "PRINT_CONFIG": False,
+                                         "TIME_PROGRESS": False, "OUTPUT_SUMMARY": False, "OUTPUT_DETAILED": False,
+                                         "PLOT_CURVES": False, "OUTPUT_EMPTY_CLASSES": False,
+                                         "DISPLAY_LESS_PROGRESS": True, "BREAK_ON_ERROR": True,
+                                         "LOG_ON_ERROR": None})
+        metrics = [trackeval.metrics.HOTA(), trackeval.metrics.CLEAR({"PRINT_CONFIG": False}),
+                   trackeval.metrics.Identity({"PRINT_CONFIG": False})]
+        with contextlib.redirect_stdout(io.StringIO()):
+            results, messages = evaluator.evaluate([dataset], metrics)
+    per_class = results["KittiMOTS"]["vosrt"]["COMBINED_SEQ"]
+    out = {}
+    for cls in classes:
+        r = per_class[cls]
+        out[cls] = {"HOTA": float(np.mean(r["HOTA"]["HOTA"])), "DetA": float(np.mean(r["HOTA"]["DetA"])),
+                    "AssA": float(np.mean(r["HOTA"]["AssA"])), "sMOTSA": float(r["CLEAR"]["sMOTA"]),
+                    "MOTSA": float(r["CLEAR"]["MOTA"]), "IDF1": float(r["Identity"]["IDF1"])}
+    return out

@@ -1,0 +1,127 @@
+"""STEm-Seg ``InstanceSegmenter``: video instance segmentation over a sliding window of clips.
+
+    segmenter = vosrt.sdk.load("stem-seg-lite-package")           # overlap=4 of 8 by default
+    for frame in frames:
+        for done in segmenter.push(frame):
+            use(done.index, done.labels, done.objects)             # labels: track ids, uint32
+    for done in segmenter.flush():
+        use(...)
+
+The clip schedule (window, hop, right-aligned flush, ordered emission) is
+:class:`vosrt.sdk.clips.ClipSession`'s. Per clip the graph's 1/4-scale maps come back to the host;
+:func:`vosrt.sdk.instances.cluster` turns them into instances over the whole clip (padding frames of a
+short stream excluded), and :class:`vosrt.sdk.instances.TrackLinker` links them to the previous clip's
+tracks by mask IoU on the frames both clips cover. A frame takes its labels from the latest clip that
+covers it: the one after which it is emitted.
+
+A finished frame has ``labels`` ``[H, W]`` uint32 track ids (0 background; an id is never reused within
+the session, across streams too) at the frame's size, and ``objects`` ``{track id: {"score": float,
+"category": int}}`` for the tracks in that frame: the instance's mean probability of its category over its
+pixels in the clip, and the category (index into the model's categories, background = 0; class-agnostic
+models have the single category 1). ``probability`` is the foreground map ``[H, W]`` float32.
+
+Memory is constant on endless streams: per pending frame one label map at 1/4 scale, plus the
+previous clip's track map.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from vosrt.sdk.backends.base import Backend
+from vosrt.sdk.clips import ClipSession
+from vosrt.sdk.errors import UserError
+from vosrt.sdk.instances import TrackLinker, cluster
+from vosrt.sdk.session import SegmentedFrame
+
+GRAPH = "embed_clip"
+OUTPUTS = ["embeddings", "bandwidths", "seediness", "foreground", "categories"]
+
+
+def _probability(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 <= value <= 1.0:
+        raise UserError(f"{name}: expected a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def nearest_resize(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of a ``[h, w]`` map of any dtype (pixel centres aligned)."""
+    h, w = labels.shape
+    if (h, w) == (height, width):
+        return labels
+    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
+    return labels[rows[:, None], cols[None, :]]
+
+
+class InstanceSegmenter(ClipSession):
+    """A STEm-Seg session over one backend (see the module docstring).
+
+    Settings (defaults from the package manifest): ``overlap`` (frames shared by consecutive clips,
+    0 .. L−1), ``min_seediness`` (a seed below it ends the clustering), ``foreground_threshold`` (pixels
+    whose foreground probability is above it are clustered), ``max_instances`` (per clip),
+    ``link_iou`` (least IoU on the shared frames for an instance to continue a track). Linking needs
+    shared frames: with ``overlap=0`` every clip starts new tracks.
+    """
+
+    label_dtype = np.uint32
+
+    def __init__(self, backend: Backend, package, overlap: int | None = None, min_seediness: float | None = None,
+                 foreground_threshold: float | None = None, max_instances: int | None = None,
+                 link_iou: float = 0.1, color: str = "bgr"):
+        stream = package.streaming
+        self.min_seediness = _probability("min_seediness", stream["min_seediness"] if min_seediness is None
+                                          else min_seediness)
+        self.foreground_threshold = _probability(
+            "foreground_threshold", stream["foreground_threshold"] if foreground_threshold is None
+            else foreground_threshold)
+        max_instances = stream["max_instances"] if max_instances is None else max_instances
+        if isinstance(max_instances, bool) or not isinstance(max_instances, (int, np.integer)) or max_instances < 1:
+            raise UserError(f"max_instances: expected a positive integer, got {max_instances!r}")
+        self.max_instances = int(max_instances)
+        self.linker = TrackLinker(_probability("link_iou", link_iou))
+        super().__init__(backend, package, overlap, color)
+
+    def process_clip(self, start: int, last: int) -> None:
+        out = self.backend.run(GRAPH, {"clip": self.clip}, OUTPUTS)
+        embeddings, bandwidths, seediness, foreground, categories = (self.backend.download(out[n])[0]
+                                                                      for n in OUTPUTS)
+        frames = last - start + 1                      # frames past `last` repeat it: not clustered
+        result = cluster(embeddings[:, :frames], bandwidths[:, :frames], seediness[0, :frames],
+                         foreground[0, :frames] > self.foreground_threshold, self.min_seediness,
+                         self.max_instances)
+        shared = 0 if self._clip_stop is None else max(0, self._clip_stop - start)
+        tracks = self.linker.link(result.labels, shared)
+        lookup = np.zeros(result.count + 1, np.uint32)
+        objects = {}
+        for instance, track in tracks.items():
+            lookup[instance] = track
+            pixels = result.labels == instance                             # [T, h, w]
+            means = categories[1:, :frames][:, pixels].mean(axis=1)        # per category, background excluded
+            objects[track] = {"score": float(means.max()), "category": int(np.argmax(means)) + 1}
+        track_maps = lookup[result.labels]                                 # [T, h, w] uint32
+        for t in range(max(0, self.schedule.next_emit - start), frames):  # frames already out stay out
+            self._pending[start + t] = (track_maps[t], foreground[0, t], objects)
+        self._clip_stop = last + 1
+
+    def finish_frame(self, index: int, box) -> SegmentedFrame:
+        tracks, foreground, objects = self._pending.pop(index)
+        height, width = self.size
+        labels = nearest_resize(tracks, height, width)
+        top, left, h, w = box.inner
+        labels = nearest_resize(np.ascontiguousarray(labels[top:top + h, left:left + w]), *box.src)
+        prob = box.probabilities_back(_bilinear(foreground, height, width)[None])[0]
+        present = {int(i) for i in np.unique(tracks) if i}
+        return SegmentedFrame(index, labels, prob, {i: dict(objects[i]) for i in sorted(present)})
+
+    def _reset_stream(self) -> None:
+        super()._reset_stream()
+        self._pending: dict[int, tuple] = {}
+        self._clip_stop: int | None = None          # one past the last real frame of the previous clip
+        if hasattr(self, "linker"):
+            self.linker.new_stream()
+
+
+def _bilinear(prob: np.ndarray, height: int, width: int) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(np.ascontiguousarray(prob, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)

@@ -1,0 +1,390 @@
+"""The live pipeline: one session, one live source, the shared :func:`~vosrt.sdk.streaming.stream`
+loop, and the viewer's commands.
+
+    pipeline = LivePipeline(session, LatestFrameSource(lambda: open_source(0)), png_dir="masks")
+    pipeline.select_box((40, 30, 80, 60))      # from any thread: object 1 starts on the next frame
+    stats = pipeline.run()                     # blocks until the source ends or stop() is called
+
+Commands (:meth:`select_box`, :meth:`select_point`, :meth:`remove`, :meth:`reset`, :meth:`pause`,
+:meth:`snapshot`, :meth:`start_recording` …) may come from any thread (the web server's); those that
+touch the session are queued and applied by the inference thread just before the next push, through
+``stream``'s ``masks`` hook, so the session is only ever used by one thread. A box becomes a mask on
+the frame it is pushed with: the newest frame when the command arrives, or, while paused, the picture
+on the screen, which is pushed once more for it (as after a removal). "Reset" ends the current
+``stream`` call and starts another on a reset session; capture continues.
+
+Figures for a viewer (:meth:`state`): frames processed, FPS over the last frames, end-to-end latency
+(capture to finished label map) and dropped frames. :attr:`latencies` keeps the latencies of the last
+100 000 frames for a final report (``p50``/``p95`` by :func:`percentiles`).
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from vosrt.sdk.errors import UserError
+from vosrt.sdk.live.select import BoxSegmenter, box_around, clip_box, grabcut_box, masks_from_boxes
+from vosrt.sdk.live.source import LatestFrameSource
+from vosrt.sdk.masks import write_label_png
+from vosrt.sdk.session import SegmentedFrame
+from vosrt.sdk.streaming import StreamStats, stream
+from vosrt.sdk.video import OverlayVideoSink, PngSink, overlay
+
+
+def percentiles(values, points=(50, 95)) -> list[float]:
+    """The given percentiles of ``values`` (NaN when empty)."""
+    if len(values) == 0:
+        return [float("nan")] * len(points)
+    return [float(v) for v in np.percentile(np.asarray(values, np.float64), points)]
+
+
+class _Recording:
+    """An overlay video (:class:`OverlayVideoSink`) at the rate frames are *processed*: when the source
+    drops frames, its own rate would play the recording too fast, so the first ``warmup`` frames are held
+    until the processing rate (``rate()``) is known. ``fixed``: a known rate (every frame is processed)."""
+
+    def __init__(self, path, rate: Callable[[], float], fixed: float | None, warmup: int = 15):
+        self.sink = OverlayVideoSink(path, fps=fixed)
+        self.path = self.sink.path
+        self.rate = rate
+        self.held: list | None = None if fixed else []
+        self.warmup = warmup
+
+    @property
+    def written(self) -> int:
+        return self.sink.written + len(self.held or [])
+
+    def __call__(self, index, name, frame, labels) -> None:
+        if self.held is None:
+            self.sink(index, name, frame, labels)
+            return
+        self.held.append((index, name, frame, labels))
+        if len(self.held) >= self.warmup:
+            self._release()
+
+    def _release(self) -> None:
+        measured = self.rate()
+        self.sink.fps = round(measured, 2) if measured > 0 else self.sink.fps
+        held, self.held = self.held, None
+        for item in held:
+            self.sink(*item)
+
+    def close(self) -> None:
+        if self.held:
+            self._release()
+        self.sink.close()
+
+
+class LivePipeline:
+    """Drives ``session`` over ``source`` (see the module docstring).
+
+    ``png_dir``: write one palette PNG per processed frame (named by the source frame). ``video``:
+    record the overlay from the start to this file. ``save_dir``: where :meth:`snapshot` and
+    :meth:`start_recording` write (names chosen here, never by the caller). ``box_segmenter``: box ->
+    mask (:mod:`vosrt.sdk.live.select`). ``max_frames``: stop after this many processed frames.
+    ``render``: keep a JPEG of the latest overlay for a viewer (:attr:`latest_jpeg`).
+    """
+
+    def __init__(self, session, source: LatestFrameSource, png_dir: str | Path | None = None,
+                 video: str | Path | None = None, save_dir: str | Path = "vosrt-live",
+                 box_segmenter: BoxSegmenter = grabcut_box, max_frames: int | None = None,
+                 render: bool = False, jpeg_quality: int = 80):
+        self.session = session
+        self.source = source
+        self.takes_mask = bool(getattr(session, "takes_mask", False))
+        self.can_remove = hasattr(session, "remove_objects")
+        self.box_segmenter = box_segmenter
+        self.max_frames = max_frames
+        self.render = render
+        self.jpeg_quality = jpeg_quality
+        self.save_dir = Path(save_dir)
+        self._outputs: list = []
+        if png_dir is not None:
+            self._outputs.append(PngSink(png_dir))
+        if video is not None:
+            self._outputs.append(self._new_recording(video))
+        self._recording: _Recording | None = None
+        self.recorded: list[Path] = []
+
+        self._lock = threading.Lock()
+        self._boxes: list[tuple[int, tuple]] = []     # selections waiting for the next frame
+        self._removals: list[int] = []
+        self.objects: dict[int, int] = {}             # tracked or segmented id -> pixels on the latest frame
+        self._next_id = 1
+        self._stopping = False
+        self._resetting = False
+        self.frames = 0                               # frames processed over the whole run
+        # seconds from capture to label map per processed frame: the last 100 000 for the final report
+        # (a camera runs for days in constant memory), the last 30 for the page
+        self.latencies: deque = deque(maxlen=100_000)
+        self._recent_latencies: deque = deque(maxlen=30)
+        self._recent: deque = deque(maxlen=30)        # finish times, for the FPS shown
+        self.latest_frame: np.ndarray | None = None
+        self.latest_labels: np.ndarray | None = None
+        self.latest_jpeg: bytes | None = None
+        self.latest_index = -1
+        self.latest_name = ""
+        self.snapshots = 0
+        self.resets = 0                                # resets applied (a viewer can wait for one)
+        self.message = ""                              # last command's outcome, for the viewer
+        self.listeners: list[Callable[[], None]] = []  # called (inference thread) after each frame
+        self.stats = StreamStats()
+        self.finished = False                          # run() returned: commands no longer apply
+        self.error: str | None = None                  # why a run in its own thread stopped
+
+    # ------------------------------------------------------------------ commands (any thread)
+    def select_box(self, box, object_id: int | None = None) -> int:
+        """Start tracking the object in ``box`` (x, y, w, h, frame pixels) from the next frame; returns
+        its id (the next free one unless ``object_id`` is given)."""
+        if not self.takes_mask:
+            raise UserError(f"{self.session.package.family} packages segment automatically; there is "
+                            f"nothing to select")
+        if self.finished:
+            raise UserError("the stream has ended; restart vosrt live (or use --loop) to select objects")
+        with self._lock:
+            object_id = self._claim_id(object_id)
+            self._boxes.append((object_id, tuple(box)))
+        self._replay_if_paused()
+        return object_id
+
+    def select_point(self, x: float, y: float, object_id: int | None = None) -> int:
+        """Like :meth:`select_box` with a box centred on the click (see :func:`box_around`)."""
+        shape = self.latest_frame.shape if self.latest_frame is not None else None
+        if shape is None:
+            raise UserError("no frame yet to click on; wait for the video")
+        return self.select_box(box_around(x, y, shape), object_id)
+
+    def remove(self, object_id: int) -> None:
+        """Stop tracking ``object_id`` from the next frame."""
+        if not self.can_remove:
+            raise UserError(f"{self.session.package.family} sessions cannot remove objects; use reset")
+        with self._lock:
+            if object_id not in self.objects and object_id not in [i for i, _ in self._boxes]:
+                raise UserError(f"object {object_id} is not tracked (tracked: {sorted(self.objects)})")
+            self._boxes = [(i, b) for i, b in self._boxes if i != object_id]
+            self._removals.append(object_id)
+        self._replay_if_paused()
+
+    def reset(self) -> None:
+        """Forget every object and the session's state; the stream continues with the next frame."""
+        with self._lock:
+            self._resetting = True
+            self._boxes.clear()
+            self._removals.clear()
+        self.source.interrupt()
+
+    def pause(self) -> None:
+        self.source.pause()
+
+    def resume(self) -> None:
+        self.source.resume()
+
+    def stop(self) -> None:
+        """End :meth:`run` after the frame in progress; outputs are finished (a recording stays playable)."""
+        self._stopping = True
+        self.source.interrupt()
+        self.source.resume()
+
+    def snapshot(self) -> list[str]:
+        """Save the latest frame and its label map as PNGs in ``save_dir``; returns the file names."""
+        with self._lock:
+            frame, labels, index = self.latest_frame, self.latest_labels, self.latest_index
+        if frame is None:
+            raise UserError("no frame yet to save")
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        self.snapshots += 1
+        stem = f"snapshot-{datetime.now():%Y%m%d-%H%M%S}-{self.snapshots:03d}"
+        cv2.imwrite(str(self.save_dir / f"{stem}.png"), frame)
+        write_label_png(self.save_dir / f"{stem}-mask.png", labels)
+        self.message = f"saved {stem}.png and {stem}-mask.png (frame {index})"
+        return [f"{stem}.png", f"{stem}-mask.png"]
+
+    def start_recording(self) -> str:
+        """Record the overlay to a new ``save_dir/recording-<time>.mp4``; returns its name."""
+        with self._lock:
+            if self._recording is not None:
+                return self._recording.path.name
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            path = self.save_dir / f"recording-{datetime.now():%Y%m%d-%H%M%S}.mp4"
+            self._recording = self._new_recording(path)
+            self.recorded.append(path)
+        self.message = f"recording to {path.name}"
+        return path.name
+
+    def stop_recording(self) -> str | None:
+        """Finish the recording (playable from now on); returns its name."""
+        with self._lock:
+            recording, self._recording = self._recording, None
+        if recording is None:
+            return None
+        recording.close()
+        self.message = f"saved {recording.path.name} ({recording.written} frames)"
+        return recording.path.name
+
+    def _new_recording(self, path) -> _Recording:
+        fixed = None if self.source.drop else (self.source.fps or 15.0)
+        return _Recording(path, self.fps, fixed)
+
+    @property
+    def recording(self) -> bool:
+        return self._recording is not None
+
+    # ------------------------------------------------------------------ figures
+    def fps(self) -> float:
+        """Frames processed per second over the last frames."""
+        if len(self._recent) < 2:
+            return 0.0
+        return (len(self._recent) - 1) / max(self._recent[-1] - self._recent[0], 1e-9)
+
+    def state(self) -> dict:
+        """What a viewer shows (JSON-ready)."""
+        p50, p95 = percentiles(list(self._recent_latencies))
+        return {"frame": self.latest_index, "frames": self.frames, "fps": round(self.fps(), 2),
+                "latency_ms": None if np.isnan(p50) else round(p50 * 1000, 1),
+                "latency_p95_ms": None if np.isnan(p95) else round(p95 * 1000, 1),
+                "dropped": self.source.dropped, "captured": self.source.captured,
+                "objects": [{"id": i, "pixels": n} for i, n in sorted(self.objects.items())],
+                "takes_mask": self.takes_mask, "can_remove": self.can_remove,
+                "paused": self.source.paused, "recording": self.recording,
+                "status": self.error or self.source.status, "ended": self.source.ended and self.source.queued == 0,
+                "retries": self.source.retries, "resets": self.resets, "message": self.message,
+                "family": self.session.package.family}
+
+    # ------------------------------------------------------------------ the inference thread
+    def run(self) -> StreamStats:
+        """Stream until the source ends, :meth:`stop` is called or ``max_frames`` are processed."""
+        try:
+            while not self._stopping:
+                remaining = None if self.max_frames is None else self.max_frames - self.frames
+                if remaining is not None and remaining <= 0:
+                    break
+                stats = stream(self.session, self.source, [self._deliver], masks=self._before_push,
+                               max_frames=remaining, on_result=self._on_result, close=False)
+                self.stats.pushed += stats.pushed
+                self.stats.frames += stats.frames
+                self.stats.seconds += stats.seconds
+                self.stats.seconds_after_first += stats.seconds_after_first
+                if not self._resetting:
+                    break     # the source ended (or stop())
+                self._apply_reset()
+        finally:
+            self.finished = True
+            self.source.close()
+            self.stop_recording()
+            for output in self._outputs:
+                output.close()
+        return self.stats
+
+    def start(self) -> threading.Thread:
+        """Run in a thread of its own (the web server's way); returns the thread. An error ends the
+        stream and is shown on the page (and printed)."""
+        def run():
+            try:
+                self.run()
+            except Exception as err:   # the page stays up and says why the video stopped
+                self.error = f"inference stopped: {type(err).__name__}: {err}"
+                traceback.print_exc()
+
+        thread = threading.Thread(target=run, name="vosrt live inference", daemon=True)
+        thread.start()
+        return thread
+
+    def _replay_if_paused(self) -> None:
+        with self._lock:
+            frame, name = self.latest_frame, self.latest_name
+        if self.source.paused and frame is not None:
+            self.source.replay(frame, name)
+
+    def _claim_id(self, object_id: int | None) -> int:
+        taken = set(self.objects) | {i for i, _ in self._boxes}
+        if object_id is None:
+            object_id = self._next_id
+            while object_id in taken:
+                object_id += 1
+        if not 1 <= object_id <= 255:
+            raise UserError(f"object ids are 1..255; {object_id} is out of range (remove an object first)")
+        if object_id in taken:
+            raise UserError(f"object {object_id} is already tracked; remove it first or pick another id")
+        self._next_id = object_id + 1
+        return object_id
+
+    def _apply_reset(self) -> None:
+        self.session.reset()
+        with self._lock:
+            self._resetting = False
+            self.objects.clear()
+            self._next_id = 1
+            self.resets += 1
+        self.message = "reset: every object forgotten"
+
+    def _before_push(self, position: int, frame: np.ndarray) -> np.ndarray | None:
+        """``stream``'s masks hook: apply queued commands to the session; the new objects' mask."""
+        with self._lock:
+            boxes, self._boxes = self._boxes, []
+            removals, self._removals = self._removals, []
+        for object_id in removals:
+            tracked = getattr(self.session, "objects", None)
+            if tracked is None or object_id in tracked:
+                self.session.remove_objects([object_id])
+            self.objects.pop(object_id, None)
+            self.message = f"removed object {object_id}"
+        if not boxes:
+            return None
+        try:
+            boxes = [(i, clip_box(b, frame.shape)) for i, b in boxes]
+            labels = masks_from_boxes(frame, boxes, self.box_segmenter)
+        except UserError as err:
+            self.message = str(err)
+            return None
+        present = [i for i, _ in boxes if (labels == i).any()]
+        if not present:
+            self.message = "the selection covered no pixel of the frame"
+            return None
+        for object_id in present:
+            self.objects.setdefault(object_id, 0)
+        self.message = f"added object{'s' if len(present) > 1 else ''} {', '.join(map(str, present))}"
+        return labels
+
+    def _deliver(self, index: int, name: str, frame: np.ndarray, labels: np.ndarray) -> None:
+        self.latest_name = name
+        for output in self._outputs:
+            output(index, name, frame, labels)
+        recording = self._recording
+        if recording is not None:
+            recording(index, name, frame, labels)
+
+    def _on_result(self, done: SegmentedFrame, frame: np.ndarray) -> None:
+        now = time.perf_counter()
+        captured = self.source.capture_time(frame)
+        if captured is not None:
+            self.latencies.append(now - captured)
+            self._recent_latencies.append(now - captured)
+        self._recent.append(now)
+        self.frames += 1
+        counts = np.bincount(done.labels.ravel().astype(np.int64))
+        present = {int(i): int(n) for i, n in enumerate(counts) if i > 0 and n > 0}
+        if self.takes_mask:
+            self.objects = {i: present.get(i, 0) for i in self.objects}
+        else:
+            self.objects = present
+        jpeg = None
+        if self.render:
+            ok, encoded = cv2.imencode(".jpg", overlay(frame, done.labels),
+                                       [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            jpeg = encoded.tobytes() if ok else None
+        with self._lock:
+            self.latest_frame, self.latest_labels, self.latest_index = frame, done.labels, done.index
+            if jpeg is not None:
+                self.latest_jpeg = jpeg
+        if self.max_frames is not None and self.frames >= self.max_frames:
+            self._stopping = True
+        for listener in self.listeners:
+            listener()

@@ -1,0 +1,105 @@
+"""Helpers of the live tests: generated videos standing in for a camera, and `vosrt live` started as
+a real process."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from vosrt.sdk.synthetic import generate_sequence, write_video
+
+PACKAGE = Path(__file__).resolve().parents[1] / "sdk" / "models" / "stcn-lite"
+
+
+def bounding_box(mask: np.ndarray, pad: int = 3) -> tuple[int, int, int, int]:
+    """(x, y, w, h) around the true pixels of ``mask``, ``pad`` pixels wider on each side."""
+    ys, xs = np.nonzero(mask)
+    x0, y0 = max(0, xs.min() - pad), max(0, ys.min() - pad)
+    x1, y1 = min(mask.shape[1], xs.max() + 1 + pad), min(mask.shape[0], ys.max() + 1 + pad)
+    return int(x0), int(y0), int(x1 - x0), int(y1 - y0)
+
+
+def desk_video(path: Path, frames: int = 90, fps: float = 15, seed: int = 5) -> tuple[np.ndarray, tuple]:
+    """A still scene with one object, as a camera on a desk sees it (sensor noise on each frame), written
+    to ``path``; returns (the object's true mask, its bounding box)."""
+    seq = generate_sequence(seed, num_frames=1, num_objects=1, num_distractors=0)
+    rng = np.random.default_rng(seed)
+    still = seq.frames[0].astype(np.int16)
+    noisy = [np.clip(still + rng.integers(-3, 4, still.shape), 0, 255).astype(np.uint8) for _ in range(frames)]
+    write_video(path, noisy, fps=fps)
+    mask = seq.labels[0] == 1
+    return mask, bounding_box(mask)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def vosrt_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vosrt.cli", *args]
+
+
+def start_live(args: list[str], cwd: Path, timeout: float = 90) -> tuple[subprocess.Popen, str]:
+    """Start ``vosrt live ARGS`` (the viewer) and return the process and the URL it prints."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(vosrt_command("live", *args), cwd=cwd, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if "open http" in line:
+            # keep reading, so the process never blocks on a full pipe; the lines stay on .output
+            process.output = seen
+            threading.Thread(target=lambda: seen.extend(process.stdout), daemon=True).start()
+            return process, line.split("open ", 1)[1].split()[0]
+    process.kill()
+    raise AssertionError("vosrt live did not print its URL:\n" + "".join(seen))
+
+
+def video_frames(path: Path) -> int:
+    """Frames OpenCV decodes from ``path`` (0 when it cannot open it)."""
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    return count
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def http_camera(folder: Path, frames: int = 20, seed: int = 4):
+    """An MJPEG .avi served over HTTP (a real network stream) that ends, like a camera dropping, after
+    ``frames`` frames; yields its URL."""
+    seq = generate_sequence(seed, num_frames=frames, height=64, width=96, num_objects=1)
+    writer = cv2.VideoWriter(str(folder / "cam.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 20, (96, 64))
+    for frame in seq.frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/cam.avi"
+    finally:
+        server.shutdown()
+        server.server_close()

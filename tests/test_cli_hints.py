@@ -1,0 +1,132 @@
+"""Every command a message suggests is run here and works; old and new spellings of the CLI mean the same;
+file errors are one line that says what is wrong (no traceback, never torch's weights_only=False advice)."""
+import argparse
+import json
+import re
+import shlex
+import shutil
+
+import pytest
+import torch
+
+from vosrt.cli import main
+from vosrt.sdk import UserError
+from vosrt.sdk.package import load_package
+from vosrt.sdk.synthetic import generate_dataset
+
+from sdk_packages import tiny_package
+
+TINY_STCN = dict(value_widths=[8, 16, 32], value_dim=16, f16_thin_dim=16, decoder_dims=[16, 8, 8], key_dim=8)
+
+
+def _suggested_command(message: str) -> list[str]:
+    found = re.findall(r"`(vosrt [^`]+)`", message)
+    assert found, message
+    return shlex.split(found[-1])[1:]
+
+
+def test_the_build_hint_for_a_package_without_the_plugin_form_is_a_command_that_adds_it(tmp_path):
+    from vosrt.export.trt_build import _plugin_graphs
+
+    folder = tmp_path / "pkg"
+    shutil.copytree(tiny_package("stcn"), folder)
+    package = load_package(folder)
+    assert package.forms == ["portable"]
+    with pytest.raises(UserError) as err:
+        _plugin_graphs(package)
+    command = _suggested_command(str(err.value))
+    assert "--forms" in command and command[command.index("--forms") + 1] == "plugin,portable"
+    assert main(command + ["--no-check"]) == 0
+    rebuilt = load_package(folder)
+    assert rebuilt.forms == ["portable", "plugin"] and (rebuilt.height, rebuilt.width) == (32, 32)
+    assert _plugin_graphs(rebuilt).keys() == set(rebuilt.graphs)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_dataset(root, 2, seed=5, num_frames=8, height=48, width=64)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_train_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("config") / "tiny.json"
+    path.write_text(json.dumps({"model": "stcn-lite", "model_overrides": TINY_STCN, "size": [32, 32], "batch_size": 1,
+                                "iterations": 1, "num_workers": 0, "save_every": 1, "log_every": 1, "image_every": 1}))
+    return path
+
+
+def _trained_config(run):
+    return torch.load(run / "last.pth", weights_only=True)["train_config"]
+
+
+@pytest.mark.slow
+def test_train_takes_a_model_name_and_the_older_family_plus_model_spelling(data_dir, tiny_train_config, tmp_path):
+    common = ["--data", str(data_dir), "--config", str(tiny_train_config), "--no-progress"]
+    assert main(["train", "stcn-lite", "--out", str(tmp_path / "new")] + common) == 0
+    assert main(["train", "stcn", "--model", "stcn-lite", "--out", str(tmp_path / "old")] + common) == 0
+    new, old = _trained_config(tmp_path / "new"), _trained_config(tmp_path / "old")
+    assert new == old and new["model"] == "stcn-lite"
+
+
+@pytest.mark.slow
+def test_train_without_config_on_cpu_warns_with_an_estimate_and_its_suggested_run_works(data_dir, tmp_path, capsys):
+    from vosrt.training import cli_train
+    from vosrt.training.train import default_config
+
+    if torch.cuda.is_available():
+        pytest.skip("the warning is for CPU-only machines")
+    args = argparse.Namespace(family="stcn", data=[str(data_dir)], out=str(tmp_path / "run"))
+    cli_train.warn_cpu_time(default_config("stcn"), args)
+    err = capsys.readouterr().err
+    assert re.search(r"would take roughly \d+ days", err), err
+    # The suggested CPU-sized run, shortened to one step with tiny crops so that the test stays short.
+    command = shlex.split(err.strip().splitlines()[-1])[1:]
+    assert command[:2] == ["train", "stcn"] and "--config" in command
+    assert main(command + ["--iterations", "1", "--size", "32", "32", "--batch-size", "1", "--workers", "0",
+                           "--no-progress"]) == 0
+    assert _trained_config(tmp_path / "run")["model"] == "stcn-lite"
+
+
+def test_export_size_and_the_older_height_width_spelling_agree(tmp_path, capsys):
+    assert main(["export", "stcn-lite", "--random-weights", "--out", str(tmp_path / "a"), "--size", "32", "48",
+                 "--height", "32", "--forms", "portable", "--no-check"]) == 0
+    assert (load_package(tmp_path / "a").height, load_package(tmp_path / "a").width) == (32, 48)
+    assert main(["export", "stcn-lite", "--random-weights", "--out", str(tmp_path / "b"), "--size", "32", "48",
+                 "--height", "64"]) == 2
+    assert "disagrees" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_failed_export_leaves_no_folder_behind(tmp_path, capsys):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"this is not a checkpoint")
+    out = tmp_path / "deep" / "pkg"
+    assert main(["export", "stcn-lite", "--checkpoint", str(bad), "--out", str(out)]) == 2
+    assert not out.exists()
+    assert "not a PyTorch checkpoint" in capsys.readouterr().err
+
+
+def test_an_unsafe_checkpoint_is_refused_without_advising_weights_only_false(tmp_path, capsys):
+    path = tmp_path / "objects.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=1)}, path)
+    assert main(["check", str(tiny_package("stcn")), "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Python objects" in err and "weights_only" not in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 2
+
+
+@pytest.mark.parametrize("content", [b"garbage", None])
+def test_train_resume_on_a_bad_file_is_one_clear_line(tmp_path, capsys, content, data_dir, tiny_train_config):
+    run = tmp_path / "run"
+    run.mkdir()
+    if content is None:
+        torch.save({"w": torch.zeros(1)}, run / "last.pth")       # a readable file, but not a training state
+    else:
+        (run / "last.pth").write_bytes(content)
+    code = main(["train", "stcn-lite", "--data", str(data_dir), "--out", str(run), "--config", str(tiny_train_config),
+                 "--resume", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "weights_only" not in err
+    assert ("not a PyTorch checkpoint" if content else "not a training checkpoint") in err

@@ -1,0 +1,56 @@
+"""`vosrt run` stopped the way docker, systemd and Kubernetes stop a process (SIGTERM, SIGHUP) or by
+Ctrl-C (SIGINT): the run stops, its files are finished (a playable overlay video, whole PNGs) and the
+exit code is 128 + the signal."""
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import pytest
+
+from vosrt.sdk.masks import read_label_png, write_label_png
+from vosrt.sdk.synthetic import generate_sequence, write_video
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("signals")
+    sequence = generate_sequence(8, num_frames=60, height=128, width=224, num_objects=2)
+    # 600 frames: far more than a run gets through before the signal
+    path = write_video(folder / "long.mp4", sequence.frames * 10)
+    write_label_png(folder / "first.png", sequence.labels[0])
+    return path, folder / "first.png"
+
+
+def _frame_count(path) -> int:
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    return count
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.slow),
+                                    pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+def test_a_stop_signal_finishes_the_files_and_exits_128_plus_the_signal(long_video, tmp_path, signum):
+    video, mask = long_video
+    masks, overlay = tmp_path / "masks", tmp_path / "overlay.mp4"
+    process = subprocess.Popen([sys.executable, "-m", "vosrt.cli", "run", "stcn-lite", "--source", str(video),
+                                "--mask", str(mask), "--out", str(masks), "--video", str(overlay), "--no-progress"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(masks.glob("*.png"))) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, process.communicate()
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    pngs = sorted(masks.glob("*.png"))
+    assert 3 <= len(pngs) < 600
+    assert not list(masks.glob(".*"))                     # no half-written PNG left behind
+    assert all(read_label_png(p).shape == (128, 224) for p in pngs)
+    frames = _frame_count(overlay)                          # the mp4 is finished: it plays
+    assert len(pngs) - 1 <= frames <= len(pngs)

@@ -1,0 +1,154 @@
+"""Instance metrics against hand computations: DAVIS unsupervised J&F, YouTube-VIS video AP, KITTI-MOTS HOTA."""
+import numpy as np
+import pytest
+
+from vosrt.sdk.instance_metrics import (evaluate_unsupervised_sequence, instances_to_vis_results, mots_metrics,
+                                        vis_average_precision, write_kitti_mots)
+from vosrt.sdk.metrics import summarize
+from vosrt.sdk.session import SegmentedFrame
+
+pycocotools = pytest.importorskip("pycocotools")
+
+
+def square(top, left, size, shape=(40, 40)):
+    mask = np.zeros(shape, bool)
+    mask[top:top + size, left:left + size] = True
+    return mask
+
+
+A, B, C, D = square(2, 2, 8), square(20, 20, 10), square(2, 30, 6), square(32, 2, 6)
+
+
+def label_map(*pairs):
+    labels = np.zeros((40, 40), np.int32)
+    for label, mask in pairs:
+        labels[mask] = label
+    return labels
+
+
+GTS = [label_map((1, A), (2, B), (3, C))] * 2
+
+
+def test_unsupervised_matching_with_more_proposals_than_objects_and_a_missed_object():
+    # proposals: 5 = A on both frames (J = F = 1); 7 = B on frame 0 only (J, F: 1 then 0); 9 = D, far from
+    # everything. C (object 3) overlaps no proposal: whichever it is given, J = F = 0.
+    preds = [label_map((5, A), (7, B), (9, D)), label_map((5, A), (9, D))]
+    scores = evaluate_unsupervised_sequence(preds, GTS, "seq")
+    assert [s.object_id for s in scores] == [1, 2, 3]
+    assert [s.j for s in scores] == [[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]
+    assert [s.f for s in scores] == [[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]
+    assert summarize(scores) == {"J": 0.5, "F": 0.5, "J&F": 0.5}
+
+
+def test_unsupervised_unmatched_objects_score_zero_where_visible():
+    preds = [label_map((4, A))] * 2
+    scores = evaluate_unsupervised_sequence(preds, GTS, "seq")
+    assert [s.j_mean for s in scores] == [1.0, 0.0, 0.0]
+    assert summarize(scores)["J&F"] == pytest.approx(1 / 3)
+
+
+def test_unsupervised_matching_maximises_the_total_not_each_object_greedily():
+    # A: 8×8; B: 4×4 beside it. Proposal 1 = 40 pixels of A plus all of B: J(1, A) = 40/80 = 0.5 is the
+    # best single pair, J(1, B) = 16/56. Proposal 2 = the other 24 pixels of A: J(2, A) = 24/64, J(2, B) = 0.
+    # Greedy (A ← 1) totals 0.5; the optimum (A ← 2, B ← 1) 0.375 + 0.286.
+    a, b = square(2, 2, 8), square(2, 10, 4)
+    pred = np.zeros((40, 40), np.int32)
+    pred[a | b] = 1
+    pred[2:10, 2:5] = 2
+    scores = evaluate_unsupervised_sequence([pred], [label_map((1, a), (2, b))], "seq")
+    assert scores[0].j == [24 / 64] and scores[1].j == [16 / 56]
+
+
+def test_unsupervised_keeps_the_20_largest_proposals():
+    gts = [label_map((1, A))]
+    pred = np.zeros((40, 40), np.int32)
+    pred[A] = 30                     # the right proposal, but the smallest when 21 exist
+    pred[A & ~square(2, 2, 1)] = 0
+    pred[2, 2] = 30
+    for k in range(20):
+        pred[12 + k // 10 * 10: 14 + k // 10 * 10, 2 * (k % 10): 2 * (k % 10) + 2] = k + 1   # 4 pixels each
+    assert evaluate_unsupervised_sequence([pred], gts, "seq")[0].j_mean == 0.0
+    assert evaluate_unsupervised_sequence([pred], gts, "seq", max_proposals=21)[0].j_mean == pytest.approx(1 / 64)
+
+
+def rle(mask):
+    from pycocotools import mask as mask_utils
+    out = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    out["counts"] = out["counts"].decode()
+    return out
+
+
+def test_vis_average_precision_equals_the_hand_computation():
+    # One video, two frames, category 1. Ground truth: A on both frames; B with 6 pixels on frame 0 and 2 on frame 1.
+    b0 = np.zeros((40, 40), bool)
+    b0[20, 20:26] = True             # 6 pixels
+    b1 = np.zeros((40, 40), bool)
+    b1[30, 30:32] = True             # 2 pixels
+    gt = {"videos": [{"id": 1, "height": 40, "width": 40, "length": 2}],
+          "categories": [{"id": 1, "name": "thing"}],
+          "annotations": [{"id": 1, "video_id": 1, "category_id": 1, "iscrowd": 0, "segmentations": [rle(A), rle(A)]},
+                          {"id": 2, "video_id": 1, "category_id": 1, "iscrowd": 0, "segmentations": [rle(b0), rle(b1)]}]}
+    p2 = np.zeros((40, 40), bool)
+    p2[20, 20:25] = True             # 5 of B's frame-0 pixels, nothing on frame 1: video IoU 5 / 8 = 0.625
+    results = [{"video_id": 1, "category_id": 1, "score": 0.9, "segmentations": [rle(A), rle(A)]},
+               {"video_id": 1, "category_id": 1, "score": 0.8, "segmentations": [rle(p2), None]},
+               {"video_id": 1, "category_id": 1, "score": 0.7, "segmentations": [rle(D), rle(D)]}]
+    # IoU thresholds 0.50, 0.55, 0.60 match both: TP TP FP → precision 1 at every recall: AP 1.
+    # The 7 thresholds 0.65 … 0.95 match only A: recall 0.5; the 51 recall points 0, 0.01 … 0.5 have precision 1.
+    ap_high = 51 / 101
+    expected = {"AP": (3 + 7 * ap_high) / 10, "AP50": 1.0, "AP75": ap_high,
+                "AR1": 0.5,                       # one detection per video: A only
+                "AR10": (3 * 1.0 + 7 * 0.5) / 10}
+    got = vis_average_precision(gt, results)
+    assert got == pytest.approx(expected)
+
+
+def test_vis_results_from_segmented_frames_round_trip():
+    frames = [SegmentedFrame(t, label_map((3, A), (8, B)).astype(np.uint32), None,
+                             {3: {"score": 0.6 + 0.1 * t, "category": 2}, 8: {"score": 0.9, "category": 1}})
+              for t in range(2)]
+    results = instances_to_vis_results(7, frames, categories={1: 11, 2: 12})
+    assert [(r["category_id"], round(r["score"], 6)) for r in results] == [(12, 0.65), (11, 0.9)]
+    gt = {"videos": [{"id": 7, "height": 40, "width": 40}], "categories": [{"id": 11}, {"id": 12}],
+          "annotations": [{"id": 1, "video_id": 7, "category_id": 12, "segmentations": [rle(A)] * 2},
+                          {"id": 2, "video_id": 7, "category_id": 11, "segmentations": [rle(B)] * 2}]}
+    assert vis_average_precision(gt, results)["AP"] == pytest.approx(1.0)
+
+
+trackeval = pytest.importorskip("trackeval")
+
+
+def mots_files(folder, frames_by_track, cls=1):
+    """Write a KITTI-MOTS txt: frames_by_track {track id: {frame: mask}}."""
+    lines = []
+    for track, frames in frames_by_track.items():
+        for t, mask in frames.items():
+            r = rle(mask)
+            lines.append((t, f"{t} {track} {cls} 40 40 {r['counts']}"))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "0000.txt").write_text("\n".join(line for _, line in sorted(lines)) + "\n")
+
+
+def test_mots_perfect_tracker_scores_one(tmp_path):
+    gt = {1001: {t: A for t in range(4)}, 1002: {t: B for t in range(4)}}
+    mots_files(tmp_path / "gt", gt)
+    mots_files(tmp_path / "pred", {5: gt[1001], 6: gt[1002]})
+    car = mots_metrics(tmp_path / "gt", tmp_path / "pred", classes=("car",))["car"]
+    assert car == pytest.approx({"HOTA": 1.0, "DetA": 1.0, "AssA": 1.0, "sMOTSA": 1.0, "MOTSA": 1.0, "IDF1": 1.0})
+
+
+def test_mots_half_missed_track_matches_the_hand_computation(tmp_path):
+    # One car on 4 frames, found (exactly) on 2 of them with one id: TP 2, FN 2, FP 0, no switches.
+    # DetA = 2/4; every TP has TPA 2, FNA 2 → AssA = 1/2; HOTA = sqrt(DetA·AssA) = 1/2;
+    # MOTSA = 1 − (FN + FP + IDSW)/GT = 1/2; sMOTSA = (soft TP − FP − IDSW)/GT = 2/4; IDF1 = 2·2/(4 + 2) = 2/3.
+    mots_files(tmp_path / "gt", {1001: {t: A for t in range(4)}})
+    mots_files(tmp_path / "pred", {9: {0: A, 1: A}})
+    car = mots_metrics(tmp_path / "gt", tmp_path / "pred", classes=("car",))["car"]
+    assert car == pytest.approx({"HOTA": 0.5, "DetA": 0.5, "AssA": 0.5, "sMOTSA": 0.5, "MOTSA": 0.5, "IDF1": 2 / 3})
+
+
+def test_write_kitti_mots_writes_what_trackeval_reads(tmp_path):
+    mots_files(tmp_path / "gt", {1001: {t: A for t in range(3)}})
+    frames = [SegmentedFrame(t, label_map((4, A)).astype(np.uint32)) for t in range(3)]
+    write_kitti_mots(tmp_path / "pred" / "0000.txt", frames)
+    assert mots_metrics(tmp_path / "gt", tmp_path / "pred", classes=("car",))["car"]["HOTA"] == pytest.approx(1.0)

@@ -1,0 +1,156 @@
+"""`vosrt live` in a real browser: headless Chromium driven by Playwright against the real server,
+the shipped stcn-lite package and a generated video standing in for a camera on a desk."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from live_support import PACKAGE, desk_video, free_port, start_live, video_frames
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="PyPI playwright (vosrt[dev]) not installed")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+if not Path(CHROMIUM).is_file():
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does)", allow_module_level=True)
+
+TOKEN = "test-token-1234"
+
+
+@pytest.fixture(scope="module")
+def viewer(tmp_path_factory):
+    """The running server (with a token) and the clip's truth: (process, url, mask, box, save_dir)."""
+    folder = tmp_path_factory.mktemp("live-browser")
+    mask, box = desk_video(folder / "desk.mp4")
+    process, url = start_live([str(PACKAGE), "--source", "desk.mp4", "--realtime", "--loop",
+                               "--port", str(free_port()), "--token", TOKEN, "--save-dir", "saved",
+                               "--video", "overlay.mp4"], cwd=folder)
+    yield process, url, mask, box, folder / "saved"
+    process.send_signal(signal.SIGTERM)      # ends the server cleanly, the recording playable
+    assert process.wait(timeout=60) == 0, "".join(process.output)
+    assert video_frames(folder / "overlay.mp4") > 10
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(viewer, browser):
+    process, url, *_ = viewer
+    page = browser.new_page()
+    page.goto(url)
+    page.wait_for_function("window.vosrt.framesShown() > 3 && window.vosrt.state()", timeout=30_000)
+    resets = page.evaluate("window.vosrt.state().resets")
+    page.request.post(url.split("?")[0] + "api/reset", headers={"X-Vosrt-Token": TOKEN})
+    page.wait_for_function(f"window.vosrt.state().resets > {resets} && window.vosrt.state().objects.length === 0",
+                           timeout=15_000)
+    yield page
+    page.close()
+
+
+def redness(page, box) -> float:
+    """Mean red-minus-green of the shown video inside ``box`` (object 1's overlay colour is red)."""
+    x, y, w, h = box
+    return page.evaluate(
+        """([x, y, w, h]) => {
+             const data = document.getElementById('video').getContext('2d').getImageData(x, y, w, h).data;
+             let sum = 0;
+             for (let i = 0; i < data.length; i += 4) sum += data[i] - data[i + 1];
+             return sum / (data.length / 4);
+           }""", list(box))
+
+
+def drag(page, box) -> None:
+    """Drag the mouse over ``box`` (frame pixels) on the page's video."""
+    canvas = page.locator("#draw").bounding_box()
+    size = page.evaluate("[document.getElementById('draw').width, document.getElementById('draw').height]")
+    sx, sy = canvas["width"] / size[0], canvas["height"] / size[1]
+    x, y, w, h = box
+    page.mouse.move(canvas["x"] + x * sx, canvas["y"] + y * sy)
+    page.mouse.down()
+    page.mouse.move(canvas["x"] + (x + w / 2) * sx, canvas["y"] + (y + h / 2) * sy, steps=4)
+    page.mouse.move(canvas["x"] + (x + w) * sx, canvas["y"] + (y + h) * sy, steps=4)
+    page.mouse.up()
+
+
+def wait_for_files(folder: Path, pattern: str, count: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(folder.glob(pattern))) < count:
+        assert time.monotonic() < deadline, f"no {count} files {pattern} in {folder}"
+        time.sleep(0.1)
+
+
+def frames_after(page, count: int) -> None:
+    shown = page.evaluate("window.vosrt.framesShown()")
+    page.wait_for_function(f"window.vosrt.framesShown() >= {shown + count}", timeout=30_000)
+
+
+def test_page_loads_and_frames_arrive(page, viewer):
+    mask = viewer[2]
+    assert page.evaluate("[document.getElementById('video').width, document.getElementById('video').height]") \
+        == [mask.shape[1], mask.shape[0]]
+    state = page.evaluate("window.vosrt.state()")
+    assert state["frames"] > 0 and state["takes_mask"] is True
+    assert "Drag a box" in page.locator("#hint").inner_text()
+
+
+def test_dragging_a_box_tracks_the_object_in_later_frames(page, viewer):
+    box = viewer[3]
+    before = redness(page, box)
+    drag(page, box)
+    page.wait_for_selector('#objects li[data-id="1"]', timeout=15_000)
+    frames_after(page, 5)
+    state = page.evaluate("window.vosrt.state()")
+    assert [o["id"] for o in state["objects"]] == [1]
+    mask = viewer[2]
+    assert state["objects"][0]["pixels"] > 0.5 * mask.sum()
+    assert "object 1" in page.locator('#objects li[data-id="1"]').inner_text()
+    assert redness(page, box) > before + 20     # the red overlay of object 1 is on the video
+
+
+def test_remove_button_stops_tracking(page, viewer):
+    box = viewer[3]
+    drag(page, box)
+    page.wait_for_selector('#objects li[data-id="1"] button.remove', timeout=15_000)
+    frames_after(page, 3)
+    tracked = redness(page, box)
+    page.click('#objects li[data-id="1"] button.remove')
+    page.wait_for_function("window.vosrt.state().objects.length === 0", timeout=15_000)
+    frames_after(page, 3)
+    assert page.locator("#objects li").count() == 0
+    assert redness(page, box) < tracked - 20
+
+
+def test_snapshot_and_recording_buttons_write_files(page, viewer):
+    saved = viewer[4]
+    page.click("#snapshot")
+    wait_for_files(saved, "snapshot-*.png", 2)
+    assert len(list(saved.glob("snapshot-*-mask.png"))) == 1
+    page.click("#record")
+    page.wait_for_function("window.vosrt.state().recording", timeout=10_000)
+    frames_after(page, 10)
+    page.click("#record")
+    page.wait_for_function("!window.vosrt.state().recording", timeout=10_000)
+    recordings = list(saved.glob("recording-*.mp4"))
+    assert len(recordings) == 1 and video_frames(recordings[0]) >= 10
+
+
+def test_requests_without_the_token_are_refused(viewer):
+    url = viewer[1].split("?")[0]
+    for path, data in (("", None), ("api/state", None), ("api/latest.jpg", None),
+                       ("api/select", json.dumps({"box": [1, 1, 20, 20]}).encode())):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(url + path, data=data), timeout=10)
+        assert refused.value.code == 401
+    with urllib.request.urlopen(url + f"api/state?token={TOKEN}", timeout=10) as answer:
+        assert json.load(answer)["frames"] > 0

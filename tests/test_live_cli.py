@@ -1,0 +1,227 @@
+"""`vosrt live --headless` end to end: generated clips as video files, the shipped stcn-lite package,
+boxes instead of masks, PNGs scored with `vosrt eval`, bounded latency with --realtime, signals."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+from vosrt.cli import main
+from vosrt.sdk.cli_eval import evaluate_folders
+from vosrt.sdk.masks import read_label_png, write_label_png
+from vosrt.sdk.metrics import summarize
+from vosrt.sdk.synthetic import generate_sequence, write_davis, write_video
+
+import vosrt.sdk
+from vosrt.sdk.errors import UserError
+from vosrt.sdk.live.pipeline import LivePipeline
+from vosrt.sdk.live.server import is_loopback, serve
+from vosrt.sdk.live.source import LatestFrameSource
+from vosrt.sdk.video import open_source
+
+from live_support import PACKAGE, bounding_box, free_port, http_camera, start_live, video_frames, vosrt_command
+from sdk_packages import tiny_package
+
+CLIP_SEEDS = (4242, 1002, 1005)
+
+
+def _select_args(labels: np.ndarray) -> list[str]:
+    args = []
+    for object_id in [int(i) for i in np.unique(labels) if i]:
+        x, y, w, h = bounding_box(labels == object_id)
+        args += ["--select", f"box:{x},{y},{w},{h}:{object_id}"]
+    return args
+
+
+def test_box_selection_tracks_nearly_as_well_as_the_true_first_mask(tmp_path, capsys):
+    with_boxes, with_truth = [], []
+    for seed in CLIP_SEEDS:
+        seq = generate_sequence(seed, num_frames=30, num_objects=2)
+        clip = write_video(tmp_path / f"{seed}.mp4", seq)
+        write_davis(tmp_path / "davis", str(seed), seq)
+        truth = tmp_path / "davis" / "Annotations" / "480p" / str(seed)
+        assert main(["live", str(PACKAGE), "--source", str(clip), "--headless", *_select_args(seq.labels[0]),
+                     "--out", str(tmp_path / "boxes" / str(seed))]) == 0
+        assert main(["run", str(PACKAGE), "--source", str(clip), "--mask", str(truth / "00000.png"),
+                     "--out", str(tmp_path / "truth" / str(seed)), "--no-progress"]) == 0
+        with_boxes += evaluate_folders(tmp_path / "boxes" / str(seed), truth)
+        with_truth += evaluate_folders(tmp_path / "truth" / str(seed), truth)
+    boxes, truth = summarize(with_boxes)["J&F"], summarize(with_truth)["J&F"]
+    assert boxes >= 0.9 * truth, (boxes, truth)
+    assert "latency p50" in capsys.readouterr().out
+
+
+def test_without_realtime_every_frame_of_a_file_is_processed_and_named_by_its_index(tmp_path, capsys):
+    seq = generate_sequence(7, num_frames=20, num_objects=1)
+    clip = write_video(tmp_path / "clip.mp4", seq)
+    assert main(["live", str(PACKAGE), "--source", str(clip), "--headless", *_select_args(seq.labels[0]),
+                 "--out", str(tmp_path / "masks"), "--video", str(tmp_path / "overlay.mp4")]) == 0
+    assert sorted(p.name for p in (tmp_path / "masks").glob("*.png")) == [f"{i:05d}.png" for i in range(20)]
+    assert video_frames(tmp_path / "overlay.mp4") == 20
+    assert "0 dropped" in capsys.readouterr().out
+
+
+def test_realtime_on_a_model_slower_than_the_video_drops_stale_frames(tmp_path, capsys):
+    seq = generate_sequence(8, num_frames=300, height=120, width=216, num_objects=1)
+    clip = write_video(tmp_path / "fast.mp4", seq, fps=300)     # faster than stcn-lite on any CPU here
+    assert main(["live", str(PACKAGE), "--source", str(clip), "--realtime", "--headless",
+                 *_select_args(seq.labels[0]), "--out", str(tmp_path / "masks")]) == 0
+    report = capsys.readouterr().out
+    processed, captured, dropped = (int(report.split(word)[0].split()[-1]) for word in
+                                    (" frames processed", " captured", " dropped"))
+    assert captured == 300 and dropped > 0 and processed + dropped == captured
+    names = sorted(int(p.stem) for p in (tmp_path / "masks").glob("*.png"))
+    assert len(names) == processed and 0 <= names[0] and names[-1] <= 299
+    assert max(np.diff(names)) > 1       # the PNGs skip the dropped frames' indices
+
+
+def test_frames_limits_the_processed_frames(tmp_path):
+    seq = generate_sequence(9, num_frames=15, num_objects=1)
+    clip = write_video(tmp_path / "clip.mp4", seq)
+    assert main(["live", str(PACKAGE), "--source", str(clip), "--headless", *_select_args(seq.labels[0]),
+                 "--out", str(tmp_path / "masks"), "--frames", "6"]) == 0
+    assert len(list((tmp_path / "masks").glob("*.png"))) == 6
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_leaves_a_playable_recording_and_the_pngs_written(tmp_path, stop):
+    seq = generate_sequence(10, num_frames=30, num_objects=1)
+    write_video(tmp_path / "clip.mp4", seq)
+    process = subprocess.Popen(vosrt_command("live", str(PACKAGE), "--source", "clip.mp4", "--realtime", "--loop",
+                                            "--headless", *_select_args(seq.labels[0]), "--out", "masks",
+                                            "--video", "overlay.mp4"),
+                               cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while len(list((tmp_path / "masks").glob("*.png"))) < 8 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(stop)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, output
+    assert stop.name in output and "frames processed" in output
+    pngs = list((tmp_path / "masks").glob("*.png"))
+    assert len(pngs) >= 8
+    assert video_frames(tmp_path / "overlay.mp4") == len(pngs)
+    assert all(read_label_png(p).shape == seq.labels[0].shape for p in pngs)
+
+
+def test_headless_unsupervised_package_segments_every_frame_without_selection(tmp_path, capsys):
+    seq = generate_sequence(11, num_frames=12, height=64, width=96, num_objects=1, num_distractors=0)
+    clip = write_video(tmp_path / "clip.mp4", seq)
+    assert main(["live", str(tiny_package("3dc-seg")), "--source", str(clip), "--headless",
+                 "--out", str(tmp_path / "masks")]) == 0
+    assert len(list((tmp_path / "masks").glob("*.png"))) == 12     # the clip window is flushed at the end
+    assert main(["live", str(tiny_package("3dc-seg")), "--source", str(clip), "--headless",
+                 "--select", "box:1,1,20,20"]) == 2
+    assert "segment automatically" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("select, expected", [("box:1,2,3", "X,Y,W,H"), ("point:3,4", "box:"),
+                                              ("box:1,2,3,4:300", "1..255"), ("box:1,2,0,4", "W, H > 0")])
+def test_bad_select_is_a_clear_error(tmp_path, capsys, select, expected):
+    write_label_png(tmp_path / "unused.png", np.zeros((4, 4), np.uint8))
+    assert main(["live", str(PACKAGE), "--source", str(tmp_path), "--headless", "--select", select]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_binding_beyond_loopback_without_a_token_is_refused(tmp_path):
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20")
+    clip = write_video(tmp_path / "clip.mp4", generate_sequence(12, num_frames=3, num_objects=1))
+    session = vosrt.sdk.load(PACKAGE)
+    pipeline = LivePipeline(session, LatestFrameSource(lambda: open_source(str(clip))))
+    with pytest.raises(UserError, match="token"):
+        asyncio.run(serve(pipeline, "0.0.0.0", free_port(), token=None))
+    pipeline.source.close()
+    session.close()
+
+
+def test_a_stream_that_fails_is_retried_while_the_viewer_keeps_serving(tmp_path):
+    with http_camera(tmp_path, frames=20) as url:
+        process, page = start_live([str(PACKAGE), "--source", url, "--retry-seconds", "0.2",
+                                    "--port", str(free_port())], cwd=tmp_path)
+        try:
+            deadline, state = time.monotonic() + 60, {}
+            while time.monotonic() < deadline and not (state.get("retries", 0) >= 2 and state["frames"] > 20):
+                time.sleep(0.3)
+                with urllib.request.urlopen(page + "api/state", timeout=10) as answer:
+                    state = json.load(answer)
+            assert state["retries"] >= 2 and state["frames"] > 20 and not state["ended"], state
+            with urllib.request.urlopen(page, timeout=10) as answer:
+                assert b"vosrt live" in answer.read()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0, "".join(process.output)
+
+
+def _post(url: str, body: dict, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as refused:
+        body = refused.read()
+        return refused.code, json.loads(body) if body.startswith(b"{") else {}
+
+
+def test_viewer_of_an_unsupervised_package_shows_segments_and_refuses_selection(tmp_path):
+    seq = generate_sequence(13, num_frames=12, height=64, width=96, num_objects=1, num_distractors=0)
+    write_video(tmp_path / "clip.mp4", seq)
+    process, page = start_live([str(tiny_package("3dc-seg")), "--source", "clip.mp4", "--realtime", "--loop",
+                                "--port", str(free_port())], cwd=tmp_path)
+    try:
+        deadline, state = time.monotonic() + 60, {"frames": 0}
+        while time.monotonic() < deadline and state["frames"] < 10:
+            time.sleep(0.3)
+            with urllib.request.urlopen(page + "api/state", timeout=10) as answer:
+                state = json.load(answer)
+        assert state["family"] == "3dc-seg" and not state["takes_mask"] and state["frames"] >= 10
+        code, reply = _post(page + "api/select", {"box": [1, 1, 30, 30]})
+        assert code == 400 and "segment automatically" in reply["error"]
+        code, _ = _post(page + "api/pause", {}, {"Origin": "http://evil.example"})
+        assert code == 403                                   # another site cannot drive the viewer
+        code, _ = _post(page + "api/pause", {}, {"Origin": page.rstrip("/")})
+        assert code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, "".join(process.output)
+
+
+def test_beyond_loopback_a_token_is_generated_and_required(tmp_path):
+    write_video(tmp_path / "clip.mp4", generate_sequence(14, num_frames=10, height=64, width=96, num_objects=1))
+    process, page = start_live([str(PACKAGE), "--source", "clip.mp4", "--host", "0.0.0.0",
+                                "--port", str(free_port())], cwd=tmp_path)
+    try:
+        assert "?token=" in page and len(page.split("?token=")[1]) >= 16
+        bare = page.split("?")[0]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(bare + "api/state", timeout=10)
+        assert refused.value.code == 401
+        with urllib.request.urlopen(page, timeout=10) as answer:     # the printed URL opens the page
+            assert b"vosrt live" in answer.read()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, "".join(process.output)
+
+
+def test_an_image_folder_played_with_realtime_and_fps_names_pngs_by_image(tmp_path, capsys):
+    seq = generate_sequence(15, num_frames=40, height=64, width=96, num_objects=1)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for index, frame in enumerate(seq.frames):
+        cv2.imwrite(str(frames / f"shot-{index:03d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    assert main(["live", str(PACKAGE), "--source", str(frames), "--realtime", "--fps", "400", "--headless",
+                 *_select_args(seq.labels[0]), "--out", str(tmp_path / "masks")]) == 0
+    assert "realtime, newest frame wins" in capsys.readouterr().err
+    written = sorted(p.stem for p in (tmp_path / "masks").glob("*.png"))
+    assert written and set(written) < {f"shot-{i:03d}" for i in range(40)}     # some dropped

@@ -1,0 +1,86 @@
+"""The live pipeline's commands on a real session (shipped stcn-lite) and a generated video file."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import vosrt.sdk
+from vosrt.sdk.errors import UserError
+from vosrt.sdk.live.pipeline import LivePipeline
+from vosrt.sdk.live.source import LatestFrameSource
+from vosrt.sdk.masks import read_label_png
+from vosrt.sdk.synthetic import generate_sequence, write_video
+from vosrt.sdk.video import open_source
+
+from live_support import PACKAGE, bounding_box
+
+
+@pytest.fixture
+def running(tmp_path):
+    """A pipeline running in its thread over a 60-frame clip played at 30 FPS: (pipeline, sequence)."""
+    seq = generate_sequence(31, num_frames=60, num_objects=1)
+    clip = write_video(tmp_path / "clip.mp4", seq)
+    session = vosrt.sdk.load(PACKAGE)
+    pipeline = LivePipeline(session, LatestFrameSource(lambda: open_source(str(clip)), drop=True, pace=30),
+                            save_dir=tmp_path / "saved")
+    thread = pipeline.start()
+    yield pipeline, seq
+    pipeline.stop()
+    thread.join(timeout=30)
+    session.close()
+
+
+def wait_for(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_box_drawn_while_paused_is_applied_to_the_paused_picture(running):
+    pipeline, seq = running
+    wait_for(lambda: pipeline.frames >= 5)
+    pipeline.pause()
+    settled = -1
+    while settled != pipeline.frames:   # the frame in progress finishes
+        settled = pipeline.frames
+        time.sleep(0.3)
+    frames, picture, name = pipeline.frames, pipeline.latest_frame, pipeline.latest_name
+    truth = seq.labels[int(name)] == 1
+    pipeline.select_box(bounding_box(truth))
+    wait_for(lambda: pipeline.frames > frames)
+    assert pipeline.latest_frame is picture and pipeline.latest_name == name
+    found = pipeline.latest_labels == 1
+    assert (found & truth).sum() / (found | truth).sum() > 0.7
+    assert pipeline.source.paused and sorted(pipeline.objects) == [1]
+
+
+def test_remove_and_reset_forget_objects(running):
+    pipeline, seq = running
+    wait_for(lambda: pipeline.frames >= 2)
+    pipeline.select_box(bounding_box(seq.labels[0] == 1))
+    pipeline.select_box((10, 10, 30, 30))
+    wait_for(lambda: sorted(pipeline.objects) == [1, 2])
+    pipeline.remove(2)
+    wait_for(lambda: sorted(pipeline.objects) == [1] and pipeline.session.objects == [1])
+    with pytest.raises(UserError, match="not tracked"):
+        pipeline.remove(7)
+    pipeline.reset()
+    wait_for(lambda: pipeline.objects == {} and pipeline.session.objects == [] and pipeline.frames > 0)
+    before = pipeline.frames
+    wait_for(lambda: pipeline.frames > before + 2)
+    assert not (pipeline.latest_labels > 0).any()
+    assert pipeline.select_box((10, 10, 30, 30)) == 1          # ids start again at 1
+
+
+def test_snapshot_writes_the_frame_and_its_mask(running):
+    pipeline, seq = running
+    pipeline.select_box(bounding_box(seq.labels[0] == 1))
+    wait_for(lambda: pipeline.objects.get(1, 0) > 0)
+    names = pipeline.snapshot()
+    saved = pipeline.save_dir
+    assert [(saved / n).is_file() for n in names] == [True, True]
+    assert read_label_png(saved / names[1]).shape == seq.labels[0].shape
+    assert np.isin(read_label_png(saved / names[1]), [0, 1]).all()

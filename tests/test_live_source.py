@@ -1,0 +1,112 @@
+"""The latest-frame live source on real video files and a real HTTP stream: newest frame wins, stale
+frames are dropped and counted, every frame is kept without dropping, a stream that stops is reopened."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from vosrt.sdk.errors import UserError
+from vosrt.sdk.live.source import LatestFrameSource
+from vosrt.sdk.synthetic import generate_sequence, write_video
+from vosrt.sdk.video import open_source
+
+from live_support import http_camera
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A 40-frame generated video (path, its frames as OpenCV decodes them)."""
+    path = tmp_path_factory.mktemp("live-source") / "clip.mp4"
+    write_video(path, generate_sequence(3, num_frames=40, height=64, width=96, num_objects=1), fps=200)
+    return path, list(open_source(str(path)))
+
+
+def test_without_dropping_every_frame_arrives_in_order(clip):
+    path, frames = clip
+    source = LatestFrameSource(lambda: open_source(str(path)), drop=False)
+    got = list(source)
+    source.close()
+    assert len(got) == len(frames) and all(np.array_equal(a, b) for a, b in zip(got, frames))
+    assert source.dropped == 0 and source.ended and not source.stopped_early
+
+
+def test_a_slow_consumer_gets_the_newest_frame_and_the_rest_are_counted_as_dropped(clip):
+    path, frames = clip
+    source = LatestFrameSource(lambda: open_source(str(path)), drop=True, pace=200)
+    got, waiting = [], []
+    for frame in source:
+        got.append(frame)
+        waiting.append(source.queued)
+        time.sleep(0.03)            # a model at ~30 FPS on a 200 FPS source
+    source.close()
+    assert max(waiting) <= 1                                 # never more than one stale frame held
+    assert source.captured == len(frames)
+    assert source.dropped > 0 and len(got) + source.dropped == source.captured
+    positions = [next(i for i, f in enumerate(frames) if np.array_equal(f, g)) for g in got]
+    assert positions == sorted(positions) and np.diff(positions).max() > 1
+
+
+def test_capture_time_is_known_for_each_frame_taken(clip):
+    path, _ = clip
+    source = LatestFrameSource(lambda: open_source(str(path)), drop=False)
+    for frame in source:
+        captured = source.capture_time(frame)
+        assert captured is not None and captured <= time.perf_counter()
+        assert source.capture_time(frame) is None           # answered once
+    source.close()
+
+
+def test_interrupt_ends_one_iteration_and_capture_continues(clip):
+    path, frames = clip
+    source = LatestFrameSource(lambda: open_source(str(path)), drop=False)
+    first = []
+    for frame in source:
+        first.append(frame)
+        if len(first) == 5:
+            source.interrupt()
+    rest = list(source)
+    source.close()
+    assert len(first) == 5 and len(first) + len(rest) >= len(frames) - 1
+    assert np.array_equal(rest[-1], frames[-1])
+
+
+def test_paused_source_yields_nothing_until_resumed(clip):
+    path, _ = clip
+    source = LatestFrameSource(lambda: open_source(str(path)), drop=False)
+    source.pause()
+    got = []
+    reader = threading.Thread(target=lambda: got.extend(source), daemon=True)
+    reader.start()
+    time.sleep(0.5)
+    assert got == []
+    source.resume()
+    reader.join(timeout=30)
+    source.close()
+    assert len(got) == 40
+
+
+def test_a_source_that_cannot_be_opened_is_a_user_error_at_once(tmp_path):
+    with pytest.raises(UserError, match="--source"):
+        LatestFrameSource(lambda: open_source(str(tmp_path / "missing.mp4")))
+
+
+@pytest.fixture
+def http_stream(tmp_path):
+    with http_camera(tmp_path, frames=20) as url:
+        yield url
+
+
+def test_a_stream_that_stops_is_reopened_and_frames_keep_coming(http_stream):
+    source = LatestFrameSource(lambda: open_source(http_stream), drop=False, retry_seconds=0.1)
+    assert source.kind == "stream"
+    got = 0
+    for _ in source:
+        got += 1
+        if got == 50:               # more than two connections' worth of frames
+            break
+    source.close()
+    assert got == 50 and source.retries >= 2
+    assert "stopped after 20 frames" in source.status or "reconnected" in source.status

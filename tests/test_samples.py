@@ -1,0 +1,88 @@
+"""Each program of samples/ run as a user would, with a generated video file standing in for the camera."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from vosrt.sdk.masks import read_label_png
+from vosrt.sdk.synthetic import generate_sequence, write_video
+
+from live_support import bounding_box, video_frames
+from sdk_packages import tiny_package
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+def run_sample(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SAMPLES / name), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+@pytest.fixture(scope="module")
+def camera(tmp_path_factory):
+    """A generated clip as a video file: (folder, path, sequence)."""
+    folder = tmp_path_factory.mktemp("samples")
+    seq = generate_sequence(21, num_frames=15, num_objects=1)
+    return folder, write_video(folder / "camera.mp4", seq), seq
+
+
+def test_webcam_tracker_says_it_needs_opencv_with_gui_support(camera):
+    folder, video, _ = camera
+    gui = [line.split(":", 1)[1].strip() for line in cv2.getBuildInformation().splitlines()
+           if line.strip().startswith("GUI:")]
+    if gui != ["NONE"]:
+        pytest.skip("this OpenCV has GUI support; the message is for the headless build vosrt installs")
+    result = run_sample("webcam_tracker.py", "--source", str(video), cwd=folder)
+    assert result.returncode == 2
+    assert "GUI support" in result.stderr and "pip install opencv-python" in result.stderr
+
+
+def test_webcam_tracker_tracks_the_boxed_object_without_a_window(camera):
+    folder, video, seq = camera
+    x, y, w, h = bounding_box(seq.labels[0] == 1)
+    result = run_sample("webcam_tracker.py", "--source", str(video), "--box", f"{x},{y},{w},{h}", "--no-window",
+                        "--video", "tracked.mp4", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    areas = [int(line.split()[-2]) for line in result.stdout.splitlines() if line.startswith("frame ")]
+    assert len(areas) == len(seq) and areas[0] > 0.7 * (seq.labels[0] == 1).sum()
+    assert video_frames(folder / "tracked.mp4") == len(seq)
+
+
+def test_embed_callback_reports_each_frames_objects_from_its_own_loop(camera):
+    folder, video, seq = camera
+    x, y, w, h = bounding_box(seq.labels[0] == 1)
+    result = run_sample("embed_callback.py", "--source", str(video), "--box", f"{x},{y},{w},{h}", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(",") for line in result.stdout.splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == list(range(len(seq)))     # one object, found on every frame
+    ys, xs = np.nonzero(seq.labels[0] == 1)
+    assert abs(float(rows[0][2]) - xs.mean()) < 5 and abs(float(rows[0][3]) - ys.mean()) < 5
+
+
+def test_unsupervised_stream_segments_every_frame_of_a_3dc_seg_package(camera):
+    folder, video, seq = camera
+    result = run_sample("unsupervised_stream.py", str(tiny_package("3dc-seg")), "--source", str(video),
+                        "--out", "moving", "--video", "moving.mp4", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    assert sum(line.startswith("frame ") for line in result.stdout.splitlines()) == len(seq)
+    pngs = sorted((folder / "moving").glob("*.png"))
+    assert len(pngs) == len(seq) and read_label_png(pngs[0]).shape == seq.labels[0].shape
+    assert video_frames(folder / "moving.mp4") == len(seq)
+
+
+def test_unsupervised_stream_refuses_an_stcn_package(camera):
+    folder, video, _ = camera
+    stcn = Path(__file__).resolve().parents[1] / "sdk" / "models" / "stcn-lite"
+    result = run_sample("unsupervised_stream.py", str(stcn), "--source", str(video), cwd=folder)
+    assert result.returncode == 2 and "needs object masks" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["webcam_tracker.py", "embed_callback.py", "unsupervised_stream.py"])
+def test_samples_stay_small(name):
+    assert len((SAMPLES / name).read_text().splitlines()) < 150

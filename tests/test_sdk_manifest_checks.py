@@ -1,0 +1,86 @@
+"""A package's manifest is checked when it is opened: paths stay inside the package, values have the types
+they need (never truncated), and the graphs take the resolution the manifest states."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import vosrt.sdk
+from vosrt.sdk import UserError
+from vosrt.sdk.package import load_package
+
+from sdk_packages import tiny_package
+
+
+@pytest.fixture(scope="module")
+def source_package():
+    return tiny_package("stcn")
+
+
+@pytest.fixture
+def package(source_package, tmp_path):
+    folder = tmp_path / "pkg"
+    shutil.copytree(source_package, folder)
+    return folder
+
+
+def _edit(folder: Path, change) -> None:
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("name", ["../outside.onnx", "/etc/passwd", "sub/../../outside.onnx"])
+def test_a_graph_path_leaving_the_package_is_refused(package, name):
+    (package.parent / "outside.onnx").write_bytes((package / "segment.portable.onnx").read_bytes())
+    _edit(package, lambda m: m["graphs"]["segment"].update(portable=name))
+    with pytest.raises(UserError, match=r"graphs\.segment\.portable.*outside the package"):
+        load_package(package)
+
+
+def test_a_graph_reached_through_a_link_out_of_the_package_is_refused(package):
+    outside = package.parent / "elsewhere.onnx"
+    shutil.move(package / "segment.portable.onnx", outside)
+    (package / "segment.portable.onnx").symlink_to(outside)
+    with pytest.raises(UserError, match="outside the package"):
+        load_package(package)
+
+
+def test_engine_files_and_a_relative_checkpoint_must_stay_inside(package):
+    _edit(package, lambda m: m.update(engines={"fp32": {"files": {"segment": "../../evil.engine"}}}))
+    with pytest.raises(UserError, match=r"engines\.fp32\.files\.segment.*outside"):
+        load_package(package)
+    _edit(package, lambda m: (m.pop("engines"), m["source"].update(checkpoint="../x.pth")))
+    with pytest.raises(UserError, match=r"source\.checkpoint.*outside"):
+        load_package(package)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["streaming"].update(mem_every="x"), r"streaming\.mem_every should be a whole number.*'x'"),
+    (lambda m: m["streaming"].update(top_k=None), r"streaming\.top_k should be a whole number.*None"),
+    (lambda m: m["streaming"].update(memory_capacity=2.5), r"streaming\.memory_capacity.*2\.5"),
+    (lambda m: m["streaming"].update(max_objects=True), r"streaming\.max_objects.*True"),
+    (lambda m: m.update(streaming=[5, 20]), r"'streaming' should be an object"),
+    (lambda m: m["resolution"].update(height=32.7), r"resolution\.height should be a whole number.*32\.7"),
+    (lambda m: m["resolution"].update(width="32"), r"resolution\.width"),
+    (lambda m: m["graphs"]["segment"].update(portable=7), r"graphs\.segment\.portable should be a file name"),
+    (lambda m: m.update(engines=["fp32"]), r"'engines' should be an object"),
+])
+def test_bad_manifest_values_are_refused_at_load_naming_the_setting(package, change, message):
+    _edit(package, change)
+    with pytest.raises(UserError, match=message):
+        vosrt.sdk.load(package)
+
+
+def test_a_whole_float_in_the_manifest_is_taken_as_the_integer(package):
+    _edit(package, lambda m: (m["resolution"].update(height=32.0), m["streaming"].update(mem_every=3.0)))
+    tracker = vosrt.sdk.load(package, threads=1)
+    assert tracker.size == (32, 32) and tracker.mem_every == 3 and isinstance(tracker.mem_every, int)
+
+
+def test_graphs_of_another_resolution_than_the_manifest_are_refused_at_open(package):
+    _edit(package, lambda m: m["resolution"].update(height=64))
+    with pytest.raises(UserError, match=r"graph 'encode_key' takes images of 32x32.*resolution 64x32"):
+        vosrt.sdk.load(package, threads=1)

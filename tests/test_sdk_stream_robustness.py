@@ -1,0 +1,197 @@
+"""Inputs that must not break a stream: non-finite or 0..255 float frames, a backend failing part-way
+through a step, and more objects than a session allows. Each is refused (or rolled back) with the
+session unchanged, and the stream goes on exactly as if the bad call had never happened."""
+import numpy as np
+import pytest
+
+import vosrt.sdk
+from vosrt.sdk import UserError
+from vosrt.sdk.synthetic import generate_sequence
+
+from sdk_packages import tiny_package
+
+
+@pytest.fixture(scope="module")
+def stcn_package():
+    return tiny_package("stcn")
+
+
+@pytest.fixture(scope="module")
+def clip_package():
+    return tiny_package("3dc-seg")
+
+
+@pytest.fixture(scope="module")
+def sequence():
+    return generate_sequence(5, num_frames=12, height=64, width=96, num_objects=2, num_distractors=1)
+
+
+def _tracker(package, **options):
+    return vosrt.sdk.load(package, threads=1, color="rgb", mem_every=2, **options)
+
+
+def _labels_with_a_bad_call_at(package, sequence, bad_index, bad_call):
+    """Labels of every frame when ``bad_call(tracker, t)`` (which must raise) is tried before frame
+    ``bad_index``; the good frame follows it."""
+    tracker = _tracker(package)
+    out = []
+    for t, frame in enumerate(sequence.frames):
+        if t == bad_index:
+            state = (tracker.frame_index, list(tracker.objects), tracker.memory.frames, tracker.memory.writes,
+                     tracker.memory.num_objects, tracker._since_memory)
+            bad_call(tracker, t)
+            assert state == (tracker.frame_index, list(tracker.objects), tracker.memory.frames,
+                             tracker.memory.writes, tracker.memory.num_objects, tracker._since_memory)
+        out.append(tracker.step(frame, sequence.labels[0] if t == 0 else None))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def clean_labels(stcn_package, sequence):
+    tracker = _tracker(stcn_package)
+    return np.stack([tracker.step(frame, sequence.labels[0] if t == 0 else None)
+                     for t, frame in enumerate(sequence.frames)])
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_float_frame_is_refused_before_any_state_changes(stcn_package, sequence, clean_labels, value):
+    def bad(tracker, t):
+        frame = sequence.frames[t].astype(np.float32) / 255
+        frame[3, 4, 1] = value
+        with pytest.raises(UserError, match="NaN or infinite") as err:
+            tracker.step(frame)
+        assert "1 value(s)" in str(err.value)
+
+    # Frame 4 is a memory frame (mem_every=2): a NaN accepted there would blank every later frame.
+    assert np.array_equal(_labels_with_a_bad_call_at(stcn_package, sequence, 4, bad), clean_labels)
+
+
+def test_a_float_frame_in_0_to_255_is_refused_with_what_to_do(stcn_package, sequence, clean_labels):
+    def bad(tracker, t):
+        with pytest.raises(UserError, match=r"0\.\.1.*divide by 255"):
+            tracker.step(sequence.frames[t].astype(np.float32))
+
+    assert np.array_equal(_labels_with_a_bad_call_at(stcn_package, sequence, 3, bad), clean_labels)
+
+
+def test_a_float_frame_in_0_to_1_gives_the_labels_of_the_uint8_frame(stcn_package, sequence, clean_labels):
+    tracker = _tracker(stcn_package)
+    labels = np.stack([tracker.step(frame.astype(np.float64) / 255, sequence.labels[0] if t == 0 else None)
+                       for t, frame in enumerate(sequence.frames)])
+    assert (labels == clean_labels).mean() > 0.999
+
+
+def test_a_negative_float_frame_is_refused(stcn_package, sequence):
+    tracker = _tracker(stcn_package)
+    with pytest.raises(UserError, match=r"0\.\.1, got -0\.5"):
+        tracker.step(sequence.frames[0].astype(np.float32) / 255 - 0.5)
+    assert tracker.frame_index == -1
+
+
+class _FailOnce:
+    """Wraps a real backend's ``run`` so that the first run of ``graph`` raises (a lost device, an
+    out-of-memory error); every other run is the real one."""
+
+    def __init__(self, backend, graph):
+        self.real_run, self.graph, self.failed = backend.run, graph, False
+
+    def __call__(self, graph, inputs, outputs=None):
+        if graph == self.graph and not self.failed:
+            self.failed = True
+            raise RuntimeError(f"injected failure in {graph}")
+        return self.real_run(graph, inputs, outputs)
+
+
+@pytest.mark.parametrize("graph, bad_index", [
+    ("encode_value", 0),   # the annotated frame: objects would be added without memory
+    ("encode_value", 4),   # a memory frame
+    ("segment", 3),        # a plain frame
+    ("encode_key", 5),
+])
+def test_a_backend_failure_mid_step_leaves_the_tracker_unchanged(stcn_package, sequence, clean_labels, graph,
+                                                                 bad_index):
+    def bad(tracker, t):
+        tracker.backend.run = _FailOnce(tracker.backend, graph)
+        with pytest.raises(RuntimeError, match="injected"):
+            tracker.step(sequence.frames[t], sequence.labels[0] if t == 0 else None)
+        assert tracker.backend.run.failed
+
+    assert np.array_equal(_labels_with_a_bad_call_at(stcn_package, sequence, bad_index, bad), clean_labels)
+
+
+def test_a_failure_while_adding_an_object_mid_stream_keeps_the_old_objects(stcn_package, sequence):
+    tracker = _tracker(stcn_package)
+    first = np.where(sequence.labels[0] == 1, 1, 0).astype(np.uint8)
+    tracker.step(sequence.frames[0], first)
+    tracker.step(sequence.frames[1])
+    late = np.where(sequence.labels[2] == 2, 2, 0).astype(np.uint8)
+    tracker.backend.run = _FailOnce(tracker.backend, "encode_value")
+    with pytest.raises(RuntimeError):
+        tracker.step(sequence.frames[2], late, objects=[2])
+    assert tracker.objects == [1] and tracker.memory.num_objects == 1 and tracker.frame_index == 1
+    labels = tracker.step(sequence.frames[2], late, objects=[2])
+    assert tracker.objects == [1, 2] and tracker.memory.num_objects == 2
+    assert np.array_equal(labels == 2, late == 2)
+
+
+def _many_objects_mask(count, height=64, width=96):
+    mask = np.zeros((height, width), np.uint8)
+    for k in range(count):
+        mask.reshape(-1)[k * 4:(k + 1) * 4] = k + 1   # a 4-pixel object each
+    return mask
+
+
+def test_objects_are_capped_at_32_by_default_with_an_error_saying_how_to_raise_it(stcn_package, sequence):
+    tracker = _tracker(stcn_package)
+    assert tracker.max_objects == 32
+    with pytest.raises(UserError, match=r"33 tracked objects.*limit of 32.*max_objects=33"):
+        tracker.step(sequence.frames[0], _many_objects_mask(33))
+    assert tracker.objects == [] and tracker.frame_index == -1
+    labels = tracker.step(sequence.frames[0], _many_objects_mask(32))
+    assert tracker.objects == list(range(1, 33)) and labels.max() == 32
+
+
+def test_the_object_cap_counts_objects_added_mid_stream(stcn_package, sequence):
+    tracker = _tracker(stcn_package, max_objects=2)
+    tracker.step(sequence.frames[0], sequence.labels[0])
+    extra = np.zeros_like(sequence.labels[0])
+    extra[:3, :3] = 7
+    with pytest.raises(UserError, match=r"1 new object\(s\) would make 3 tracked objects.*limit of 2"):
+        tracker.step(sequence.frames[1], extra)
+    assert tracker.objects == [1, 2] and tracker.frame_index == 0
+    tracker.remove_objects([1])
+    tracker.step(sequence.frames[1], extra)
+    assert tracker.objects == [2, 7]
+
+
+def test_a_session_may_raise_the_object_cap(stcn_package, sequence):
+    tracker = _tracker(stcn_package, max_objects=40)
+    tracker.step(sequence.frames[0], _many_objects_mask(40))
+    assert len(tracker.objects) == 40
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, "8", True])
+def test_a_bad_object_cap_is_refused(stcn_package, value):
+    with pytest.raises(UserError, match="max_objects"):
+        _tracker(stcn_package, max_objects=value)
+
+
+def test_a_non_finite_frame_does_not_enter_a_clip(clip_package):
+    frames = generate_sequence(3, num_frames=10, height=32, width=32, num_objects=1).frames
+    segmenter = vosrt.sdk.load(clip_package, threads=1, color="rgb")
+    reference = vosrt.sdk.load(clip_package, threads=1, color="rgb")
+    out, expected = [], []
+    for t, frame in enumerate(frames):
+        if t == 6:
+            bad = frame.astype(np.float32) / 255
+            bad[0, 0, 0] = np.nan
+            with pytest.raises(UserError, match="NaN"):
+                segmenter.push(bad)
+            with pytest.raises(UserError, match="divide by 255"):
+                segmenter.push(frame.astype(np.float32))
+        out += segmenter.push(frame)
+        expected += reference.push(frame)
+    out += segmenter.flush()
+    expected += reference.flush()
+    assert [d.index for d in out] == list(range(10))
+    assert all(np.array_equal(a.labels, b.labels) for a, b in zip(out, expected))

@@ -1,0 +1,97 @@
+"""STEm-Seg training samplers on small datasets written to disk in each format: YouTube-VIS / OVIS JSON
+with JPEG folders, KITTI-MOTS (txt and instance PNGs), DAVIS-layout instance folders, generated clips."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vosrt.sdk.synthetic import generate_dataset, generate_sequence
+from vosrt.training.data.instance_clips import FolderInstanceClips, GeneratedInstanceClips, KittiMOTSClips, VISJsonClips
+from vosrt.training.recipes import recipe_for
+from vosrt.training.train import default_config
+
+mask_utils = pytest.importorskip("pycocotools.mask")
+H, W, FRAMES = 48, 64, 6
+
+
+def write_frames(folder, sequence, suffix):
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for t, frame in enumerate(sequence.frames):
+        cv2.imwrite(str(folder / f"{t:06d}{suffix}"), frame[:, :, ::-1])
+        names.append(f"{t:06d}{suffix}")
+    return names
+
+
+def test_youtube_vis_json_clips_carry_instances_and_their_categories(tmp_path):
+    seq = generate_sequence(3, num_frames=FRAMES, height=H, width=W, num_objects=2, num_distractors=0)
+    names = write_frames(tmp_path / "train" / "JPEGImages" / "vid", seq, ".jpg")
+    annotations = []
+    for k, (obj, category) in enumerate(((1, 3), (2, 7)), 1):
+        segs = []
+        for labels in seq.labels:
+            mask = labels == obj
+            if not mask.any():
+                segs.append(None)
+                continue
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            segs.append({"size": rle["size"], "counts": rle["counts"].decode()})
+        annotations.append({"id": k, "video_id": 5, "category_id": category, "segmentations": segs})
+    (tmp_path / "train.json").write_text(json.dumps({
+        "videos": [{"id": 5, "height": H, "width": W, "file_names": [f"vid/{n}" for n in names]}],
+        "categories": [{"id": 3}, {"id": 7}], "annotations": annotations}))
+    data = VISJsonClips(tmp_path / "train.json", size=(H, W), clip_length=4, max_instances=3)
+    sample = data[0]
+    assert sample["images"].shape == (3, 4, H, W) and sample["masks"].shape == (3, 4, H, W)
+    assert sample["categories"].tolist() == [3, 7, 0]
+    assert sample["masks"][0].sum() > 0 and sample["masks"][1].sum() > 0 and sample["masks"][2].sum() == 0
+    assert not (sample["masks"][0].bool() & sample["masks"][1].bool()).any()
+
+
+def test_kitti_mots_txt_and_png_clips_keep_classes_and_ignore_regions(tmp_path):
+    seq = generate_sequence(4, num_frames=FRAMES, height=H, width=W, num_objects=2, num_distractors=0)
+    write_frames(tmp_path / "txt" / "images" / "0002", seq, ".png")
+    write_frames(tmp_path / "png" / "images" / "0002", seq, ".png")
+    lines = []
+    (tmp_path / "png" / "instances" / "0002").mkdir(parents=True)
+    for t, labels in enumerate(seq.labels):
+        ids = np.zeros((H, W), np.uint16)
+        ids[labels == 1] = 1005          # a car
+        ids[labels == 2] = 2001          # a pedestrian
+        ids[:, :20] = 10000              # ignore strip, wide enough to survive the random crop
+        cv2.imwrite(str(tmp_path / "png" / "instances" / "0002" / f"{t:06d}.png"), ids)
+        for obj in (1005, 2001, 10000):
+            if (ids == obj).any():
+                rle = mask_utils.encode(np.asfortranarray((ids == obj).astype(np.uint8)))
+                lines.append(f"{t} {obj} {obj // 1000} {H} {W} {rle['counts'].decode()}")
+    (tmp_path / "txt" / "instances_txt").mkdir()
+    (tmp_path / "txt" / "instances_txt" / "0002.txt").write_text("\n".join(lines) + "\n")
+    samples = [KittiMOTSClips(tmp_path / kind, size=(H, W), clip_length=4, max_instances=4)[0] for kind in ("txt", "png")]
+    for sample in samples:
+        assert sample["categories"].tolist() == [1, 2, 0, 0]
+        assert sample["ignore"].any() and not (sample["ignore"] & sample["masks"].bool().any(0)).any()
+    assert torch.equal(samples[0]["masks"], samples[1]["masks"])
+
+
+def test_recipe_picks_the_sampler_from_the_data_and_steps_with_ignore(tmp_path):
+    generate_dataset(tmp_path / "davis", 2, seed=1, num_frames=FRAMES, height=H, width=W)
+    config = default_config("stem-seg-lite", model_overrides=dict(d2conv_heads=[], clip_length=4, fpn_channels=16,
+                            head_channels=[16, 16, 16, 8], norm_groups=4), clip_length=4, size=[80, 80])
+    recipe = recipe_for("stem-seg")
+    assert isinstance(recipe.build_dataset(config, ["generated"]), GeneratedInstanceClips)
+    folder_data = recipe.build_dataset(config, [tmp_path / "davis"])
+    assert isinstance(folder_data, FolderInstanceClips)
+    sample = folder_data[0]
+    assert sample["masks"].shape == (10, 4, 80, 80) and sample["masks"].sum() > 0
+    from vosrt.training.models import build_model
+    from vosrt.training.train import _collate
+    torch.manual_seed(0)
+    model = build_model("stem-seg-lite", **config.model_overrides)
+    batch = _collate([sample])
+    batch["ignore"][0, :, :8] = True
+    loss, logs, preview = recipe.run_step(recipe.step_module(model, config), batch, 0, torch.device("cpu"))
+    assert torch.isfinite(loss) and logs["instances"] >= 1
+    images, truth, predicted = recipe.overlay_rows(batch, preview)
+    assert images.shape == (4, 80, 80, 3) and truth.shape == predicted.shape == (4, 80, 80)

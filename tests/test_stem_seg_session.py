@@ -1,0 +1,166 @@
+"""STEm-Seg InstanceSegmenter through real ONNX Runtime sessions: emission schedule, stable track ids,
+new ids for new objects, frame-size output, bad input, constant memory, and a real exported package."""
+import os
+
+import numpy as np
+import pytest
+
+import vosrt.sdk
+from vosrt.sdk import UserError
+from vosrt.sdk.instance_segmenter import InstanceSegmenter, nearest_resize
+
+from sdk_packages import colour_embedding_package, tiny_package
+
+L = 8
+COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+
+
+@pytest.fixture(scope="module")
+def colour_packages(tmp_path_factory):
+    root = tmp_path_factory.mktemp("colour")
+    return {overlap: colour_embedding_package(root / f"o{overlap}", overlap=overlap) for overlap in (0, 4, 7)}
+
+
+def scene(length, objects, size=64):
+    """RGB frames (black) with squares: ``objects`` {name: (first, last, top, left0, period)}; a 12-pixel
+    square of colour ``name`` on frames first..last, starting at column left0 and moving 4 pixels right
+    every ``period`` frames (0: still), so it stays aligned to the graph's 4-pixel cells. Returns
+    (frames, {name: [mask per frame or None]})."""
+    frames = [np.zeros((size, size, 3), np.uint8) for _ in range(length)]
+    masks = {name: [None] * length for name in objects}
+    for name, (first, last, top, left0, period) in objects.items():
+        for t in range(first, min(last, length - 1) + 1):
+            left = left0 + (4 * ((t - first) // period) if period else 0)
+            frames[t][top:top + 12, left:left + 12] = COLOURS[name]
+            mask = np.zeros((size, size), bool)
+            mask[top:top + 12, left:left + 12] = True
+            masks[name][t] = mask
+    return frames, masks
+
+
+def run(segmenter, frames):
+    done = [d for f in frames for d in segmenter.push(f)]
+    return done + segmenter.flush()
+
+
+@pytest.mark.parametrize("overlap", [0, 4, 7])
+@pytest.mark.parametrize("length", [1, L - 1, L, L + 1, 3 * L + 2])
+def test_every_frame_is_emitted_once_in_order(colour_packages, length, overlap):
+    segmenter = vosrt.sdk.load(colour_packages[overlap], threads=1, color="rgb")
+    assert isinstance(segmenter, InstanceSegmenter) and segmenter.latency == L - 1
+    frames, _ = scene(length, {"red": (0, 100, 8, 4, 4)})
+    emitted = []
+    for t, frame in enumerate(frames):
+        for done in segmenter.push(frame):
+            emitted.append(done.index)
+            assert overlap <= t - done.index <= L - 1
+    emitted += [d.index for d in segmenter.flush()]
+    assert emitted == list(range(length))
+
+
+def test_a_track_keeps_its_id_across_five_clips_and_a_new_object_gets_a_new_id(colour_packages):
+    segmenter = vosrt.sdk.load(colour_packages[4], threads=1, color="rgb")
+    # red moves right 2 pixels a frame over 24 frames (clips at 0, 4, 8, 12, 16: five clips); green appears at 10
+    frames, masks = scene(24, {"red": (0, 23, 4, 0, 2), "green": (10, 23, 40, 16, 0)})
+    done = run(segmenter, frames)
+    assert [d.index for d in done] == list(range(24))
+    red_ids = {int(np.bincount(d.labels[masks["red"][d.index]]).argmax()) for d in done}
+    green_ids = {int(np.bincount(d.labels[masks["green"][d.index]]).argmax()) for d in done if d.index >= 10}
+    assert red_ids == {1} and green_ids == {2}
+    for d in done:
+        assert d.labels.dtype == np.uint32
+        present = set(np.unique(d.labels)) - {0}
+        assert present == ({1, 2} if d.index >= 10 else {1})
+        assert set(d.objects) == present
+        assert all(o["category"] == 1 and o["score"] > 0.9 for o in d.objects.values())
+        assert np.array_equal(d.labels == 1, masks["red"][d.index])
+
+
+def test_ids_are_never_reused_after_a_track_ends_or_a_new_stream_starts(colour_packages):
+    segmenter = vosrt.sdk.load(colour_packages[4], threads=1, color="rgb")
+    frames, masks = scene(24, {"red": (0, 9, 4, 4, 0), "blue": (16, 23, 4, 4, 0)})   # blue where red was
+    done = run(segmenter, frames)
+    ids = [set(np.unique(d.labels)) - {0} for d in done]
+    assert all(i == {1} for i in ids[:10]) and all(not i for i in ids[10:16]) and all(i == {2} for i in ids[16:])
+    again = run(segmenter, scene(8, {"red": (0, 7, 4, 4, 0)})[0])   # a new stream after flush
+    assert all(set(np.unique(d.labels)) - {0} == {3} for d in again)
+
+
+def test_labels_come_back_at_the_frame_size(colour_packages):
+    segmenter = vosrt.sdk.load(colour_packages[4], threads=1, color="rgb")
+    frames, masks = scene(9, {"green": (0, 8, 20, 20, 0)}, size=64)
+    big = [np.repeat(np.repeat(f, 2, 0), 3, 1) for f in frames]            # 128×192: letterboxed
+    done = run(segmenter, big)
+    for d in done:
+        assert d.labels.shape == (128, 192) and d.probability.shape == (128, 192)
+        assert set(np.unique(d.labels)) == {0, 1}
+        # the square occupies rows 40..63 of the frame (×2) and sits in the middle third of the columns
+        rows, cols = np.nonzero(d.labels)
+        assert abs(rows.min() - 40) <= 2 and abs(rows.max() - 63) <= 2
+
+
+def test_bad_input_raises_user_error_and_the_stream_continues(colour_packages):
+    segmenter = vosrt.sdk.load(colour_packages[4], threads=1, color="rgb")
+    frames, _ = scene(10, {"red": (0, 9, 8, 8, 0)})
+    out = [d for f in frames[:5] for d in segmenter.push(f)]
+    with pytest.raises(UserError, match="mask"):
+        segmenter.push(frames[5], mask=np.zeros((64, 64), np.uint8))
+    with pytest.raises(UserError):
+        segmenter.push(np.zeros((64, 64), np.uint8))
+    out += [d for f in frames[5:] for d in segmenter.push(f)] + segmenter.flush()
+    assert [d.index for d in out] == list(range(10))
+
+
+@pytest.mark.parametrize("settings", [{"overlap": 8}, {"min_seediness": 1.5}, {"foreground_threshold": -0.1},
+                                      {"max_instances": 0}, {"link_iou": 2}, {"mem_every": 3}])
+def test_bad_settings_are_refused(colour_packages, settings):
+    with pytest.raises(UserError):
+        vosrt.sdk.load(colour_packages[4], threads=1, **settings)
+
+
+def test_nearest_resize_keeps_ids_and_centres():
+    labels = np.array([[1, 2], [3, 4]], np.uint32)
+    big = nearest_resize(labels, 4, 6)
+    assert big.dtype == np.uint32
+    assert big.tolist() == [[1, 1, 1, 2, 2, 2]] * 2 + [[3, 3, 3, 4, 4, 4]] * 2
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS read from /proc (Linux)")
+def test_2000_frames_run_in_constant_memory(colour_packages):
+    segmenter = vosrt.sdk.load(colour_packages[4], threads=1, color="rgb")
+    frames, _ = scene(40, {"red": (0, 39, 4, 0, 4), "green": (5, 30, 40, 8, 0)})
+    rss, emitted, ids = [], 0, set()
+    for t in range(2000):
+        done = segmenter.push(frames[t % len(frames)])
+        emitted += len(done)
+        ids.update(int(i) for d in done for i in np.unique(d.labels))
+        if t >= 500 and t % 50 == 0:
+            rss.append(_rss_bytes())
+    assert emitted + len(segmenter.flush()) == 2000
+    assert len(segmenter._pending) == 0
+    assert max(rss) <= rss[0] * 1.05, (rss[0], max(rss))
+    assert len(ids) > 2   # the loop restarts the scene: tracks end and new ids keep coming
+
+
+@pytest.fixture(scope="module")
+def lite_package():
+    return tiny_package("stem-seg")
+
+
+@pytest.mark.slow
+def test_exported_lite_package_streams_and_backends_agree(lite_package):
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (80, 80, 3), dtype=np.uint8) for _ in range(10)]
+    results = {}
+    for backend in ("onnxruntime", "torch"):
+        segmenter = vosrt.sdk.load(lite_package, backend=backend, threads=1, color="rgb", min_seediness=0.3)
+        results[backend] = run(segmenter, frames)
+        assert [d.index for d in results[backend]] == list(range(10))
+    for a, b in zip(results["onnxruntime"], results["torch"]):
+        np.testing.assert_allclose(a.probability, b.probability, atol=1e-4)
+        assert np.mean(a.labels != b.labels) < 0.01

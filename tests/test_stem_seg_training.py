@@ -1,0 +1,113 @@
+"""STEm-Seg training: the losses on crafted embeddings, a few steps on generated clips lower the loss,
+and a trained checkpoint exports and streams through `vosrt run`."""
+import numpy as np
+import pytest
+import torch
+
+from vosrt.cli import main
+from vosrt.sdk.masks import read_label_png
+from vosrt.sdk.synthetic import generate_sequence, write_video
+from vosrt.training.models import build_model, save_checkpoint
+from vosrt.training.data.instance_clips import GeneratedInstanceClips
+from vosrt.training.stem_seg_step import StemSegTrainStep, embedding_losses
+
+
+def crafted(separated: bool):
+    """Two instances on a 1×4×6 clip: embeddings at their centres (or both at one centre), a tight
+    bandwidth, seediness 1 inside the instances and 0 outside."""
+    masks = torch.zeros(1, 2, 1, 4, 6)
+    masks[0, 0, 0, :, :2] = 1
+    masks[0, 1, 0, :, 4:] = 1
+    embeddings = torch.full((1, 2, 1, 4, 6), 5.0)                       # background far away
+    embeddings[0, :, 0, :, :2] = torch.tensor([0.0, 0.0]).view(2, 1, 1)
+    embeddings[0, :, 0, :, 4:] = torch.tensor([1.0, 1.0] if separated else [0.0, 0.0]).view(2, 1, 1)
+    log_variances = torch.full((1, 2, 1, 4, 6), float(np.log(100.0)))    # bandwidth 1000: std ≈ 0.03
+    seediness = masks.amax(1, keepdim=True)
+    return embeddings, log_variances, seediness, masks
+
+
+def test_losses_vanish_for_ideal_embeddings():
+    parts = embedding_losses(*crafted(separated=True))
+    assert parts["instances"] == 2
+    assert float(parts["lovasz"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(parts["smoothness"]) == 0.0
+    assert float(parts["seediness"]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lovasz_term_grows_when_two_instances_share_an_embedding():
+    merged = embedding_losses(*crafted(separated=False))
+    # each instance's Gaussian also covers the other's 8 pixels: IoU 8/16 → Lovász hinge ≈ 1 − 1/2 per instance
+    assert float(merged["lovasz"]) > 0.4
+    # instance pixels of the other instance now have p = 1 but are background for this one: no seediness error
+    assert float(merged["seediness"]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_smoothness_penalises_varying_bandwidths_within_an_instance():
+    embeddings, log_variances, seediness, masks = crafted(separated=True)
+    log_variances[0, :, 0, 0, 0] += 1.0                                   # one pixel of instance 1 differs
+    parts = embedding_losses(embeddings, log_variances, seediness, masks)
+    # instance 1: 8 pixels, one off by 1 from the others → mean squared deviation 7/64 per dimension; instance 2: 0
+    assert float(parts["smoothness"]) == pytest.approx((7 / 64) / 2)
+
+
+def _overfit(model, clip_length, size, steps):
+    data = GeneratedInstanceClips(clip_length=clip_length, size=size, seed=3)
+    sample = data[0]
+    assert sample["masks"].sum() > 0
+    step = StemSegTrainStep(model)
+    optimiser = torch.optim.Adam(model.parameters(), 1e-3)
+    losses = []
+    for _ in range(steps):
+        loss, logs, preview = step(sample["images"][None], sample["masks"][None])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(logs["loss"])
+    assert preview.shape == (1, clip_length, size[0] // 4, size[1] // 4)
+    return losses
+
+
+def test_a_few_steps_on_a_generated_clip_lower_the_loss():
+    torch.manual_seed(0)
+    model = build_model("stem-seg-lite", clip_length=4, d2conv_heads=())   # plain decoder: seconds per step
+    losses = _overfit(model, 4, (80, 80), 4)
+    assert losses[-1] < losses[0] * 0.95, losses
+
+
+@pytest.mark.slow
+def test_a_few_steps_of_the_d2conv3d_lite_model_lower_the_loss_and_its_checkpoint_streams(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("stem-seg-lite")
+    losses = _overfit(model, 8, (80, 80), 4)
+    assert losses[-1] < losses[0] * 0.95, losses
+    save_checkpoint(tmp_path / "trained.pt", model)
+    assert main(["export", "stem-seg-lite", "--checkpoint", str(tmp_path / "trained.pt"), "--out",
+                 str(tmp_path / "pkg"), "--height", "80", "--width", "80", "--forms", "portable"]) == 0
+    sequence = generate_sequence(5, num_frames=11, height=80, width=80, num_objects=2)
+    video = write_video(tmp_path / "in.mp4", sequence)
+    assert main(["run", str(tmp_path / "pkg"), "--source", str(video), "--out", str(tmp_path / "masks"),
+                 "--no-progress"]) == 0
+    pngs = sorted((tmp_path / "masks").glob("*.png"))
+    assert len(pngs) == 11 and read_label_png(pngs[0]).shape == (80, 80)
+
+
+TINY = dict(d2conv_heads=[], clip_length=4, fpn_channels=16, head_channels=[16, 16, 16, 8],
+            semseg_channels=[16, 16, 16, 8], norm_groups=4)
+
+
+def test_vosrt_train_stem_seg_on_generated_clips_resumes_and_validates(tmp_path):
+    from vosrt.sdk.synthetic import generate_dataset
+    from vosrt.training.train import default_config, train
+
+    generate_dataset(tmp_path / "val", 1, seed=7, num_frames=6, height=80, width=80)
+    config = default_config("stem-seg-lite", model_overrides=TINY, clip_length=4, size=[80, 80], batch_size=1,
+                            iterations=2, num_workers=0, val_videos=1, val_size=[80, 80], samples_per_epoch=4,
+                            clip_overlap=2, min_seediness=0.3, save_every=1, seed=0)
+    summary = train(["generated"], tmp_path / "run", config, val_data=tmp_path / "val", progress=False)
+    assert summary["step"] == 2 and summary["logs"]["instances"] >= 1
+    assert set(summary["validation"]) == {"J", "F", "J&F"} and 0.0 <= summary["validation"]["J&F"] <= 1.0
+    saved = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    assert saved["config"]["model"] == "stem-seg-lite"
+    assert main(["train", "stem-seg", "--model", "stem-seg-lite", "--data", "generated", "--out",
+                 str(tmp_path / "run"), "--resume", "--iterations", "3", "--workers", "0", "--no-progress"]) == 0
+    assert torch.load(tmp_path / "run" / "last.pth", weights_only=True)["step"] == 3

@@ -1,0 +1,270 @@
+"""STEm-Seg's clip samplers: L frames with one mask per object instance.
+
+Samples: ``images`` ``[3, L, H, W]`` float in [0, 1], ``masks`` ``[max_instances, L, H, W]`` float 0/1
+(one slot per instance, unused slots zero), ``categories`` ``[max_instances]`` int64 (0 for an unused
+slot; 1 for every instance of the class-agnostic sources, the dataset's category ids otherwise),
+``ignore`` ``[L, H, W]`` bool (regions left out of the losses: label 255 / KITTI-MOTS id 10000),
+``video`` name.
+
+- :class:`GeneratedInstanceClips`: clips generated on the fly (:mod:`vosrt.sdk.synthetic`), a fresh clip
+  per sample, 1..max_instances labelled objects plus unlabelled distractors (background to the model).
+- :class:`FolderInstanceClips`: DAVIS-layout folders whose annotations hold instance ids (DAVIS
+  2017/2019 unsupervised, or generated datasets): a clip drawn as for 3DC-Seg
+  (:func:`~vosrt.training.data.clips.sample_clip_indices`), one resize-crop-flip for all its frames, and
+  up to ``max_instances`` of the objects visible in it (chosen at random when there are more).
+- :class:`VISJsonClips`: YouTube-VIS 2019/2021 and OVIS annotation files with their JPEG folders.
+- :class:`KittiMOTSClips`: KITTI-MOTS sequences with instance PNGs or the txt format.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vosrt.sdk.synthetic import generate_sequence, sequence_seed
+from vosrt.training.data import transforms as T
+from vosrt.training.data.clips import sample_clip_indices
+from vosrt.training.data.folders import VideoFolder, annotated_videos
+from vosrt.training.data.sampling import SeededDataset, images_to_tensor
+
+
+def _pack(frames: list[np.ndarray], labels: list[np.ndarray], objects: list[int], max_instances: int,
+          name: str) -> dict:
+    stacked = np.stack(labels)                                              # [L, H, W]
+    masks = np.zeros((max_instances, *stacked.shape), np.float32)
+    categories = np.zeros(max_instances, np.int64)
+    for slot, obj in enumerate(objects[:max_instances]):
+        masks[slot] = stacked == obj
+        categories[slot] = 1
+    images = images_to_tensor(frames).transpose(0, 1).contiguous()          # [3, L, H, W]
+    return {"images": images, "masks": torch.from_numpy(masks), "categories": torch.from_numpy(categories),
+            "ignore": torch.from_numpy(stacked == 255), "video": name}
+
+
+def _augment(rng: np.random.Generator, frames: list[np.ndarray], labels: list[np.ndarray], size) -> tuple[list, list]:
+    """One resize-crop (scale 1..1.25 over covering ``size``) and horizontal flip for all frames of a clip."""
+    height, width = frames[0].shape[:2]
+    factor = max(size[0] / height, size[1] / width) * rng.uniform(1.0, 1.25)
+    top = rng.uniform(0, height * factor - size[0])
+    left = rng.uniform(0, width * factor - size[1])
+    matrix = np.array([[factor, 0.0, -left], [0.0, factor, -top]])
+    if rng.random() < 0.5:
+        matrix = np.array([[-1.0, 0.0, size[1] - 1], [0.0, 1.0, 0.0]]) @ np.vstack([matrix, [0, 0, 1]])
+    out = [T.warp_affine(f, lab, matrix, size) for f, lab in zip(frames, labels)]
+    return [f for f, _ in out], [lab for _, lab in out]
+
+
+class GeneratedInstanceClips(SeededDataset):
+    """``samples_per_epoch`` fresh generated clips per epoch of ``clip_length`` frames at ``size``."""
+
+    def __init__(self, clip_length: int = 8, size: tuple[int, int] = (96, 128), max_instances: int = 3,
+                 samples_per_epoch: int = 1000, seed: int = 0):
+        self.clip_length = int(clip_length)
+        self.size = tuple(size)
+        self.max_instances = int(max_instances)
+        self.samples_per_epoch = int(samples_per_epoch)
+        self.seed = int(seed)
+
+    def clip_seed(self, index: int) -> int:
+        """Seed of the clip behind sample ``index`` of the current epoch."""
+        return sequence_seed(self.seed, self.epoch * self.samples_per_epoch + int(index))
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def __getitem__(self, index: int) -> dict:
+        count = int(self.rng(index).integers(1, self.max_instances + 1))
+        clip = generate_sequence(self.clip_seed(index), num_frames=self.clip_length, height=self.size[0],
+                                 width=self.size[1], num_objects=count)
+        return _pack(clip.frames, clip.labels, clip.object_ids, self.max_instances,
+                     f"generated-{self.clip_seed(index)}")
+
+
+class FolderInstanceClips(SeededDataset):
+    """Instance clips from DAVIS-layout folders (module docstring); only annotated frames are used."""
+
+    def __init__(self, folders: VideoFolder | list[VideoFolder], size: tuple[int, int] = (480, 854),
+                 clip_length: int = 8, max_window: int = 16, max_instances: int = 10, repeat: int = 1, seed: int = 0):
+        self.folders, self.items = annotated_videos(folders)
+        self.size = tuple(size)
+        self.clip_length = int(clip_length)
+        self.max_window = int(max_window)
+        self.max_instances = int(max_instances)
+        self.repeat = int(repeat)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.items) * self.repeat
+
+    def __getitem__(self, index: int) -> dict:
+        folder, video = self.items[index % len(self.items)]
+        rng = self.rng(index)
+        stems = folder.annotated_names(video)
+        chosen = [stems[i] for i in sample_clip_indices(rng, len(stems), self.clip_length, self.max_window)]
+        frames = [folder.read_frame(video, s) for s in chosen]
+        labels = [folder.read_labels(video, s).astype(np.uint8) for s in chosen]
+        out_frames, out_labels = _augment(rng, frames, labels, self.size)
+        visible = sorted({int(i) for lab in out_labels for i in np.unique(lab) if i not in (0, 255)})
+        if len(visible) > self.max_instances:
+            visible = sorted(rng.choice(visible, self.max_instances, replace=False).tolist())
+        return _pack(out_frames, out_labels, visible, self.max_instances, video)
+
+
+# ------------------------------------------------------------------------------------ annotation files
+
+
+def _read_rgb(path) -> np.ndarray:
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        from vosrt.sdk.errors import UserError
+        raise UserError(f"cannot read image {path}")
+    return image[:, :, ::-1].copy()
+
+
+def _decode(segmentation, height: int, width: int) -> np.ndarray:
+    """A YouTube-VIS / OVIS per-frame segmentation (RLE, compressed or not, or polygons) → bool [H, W]."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segmentation, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return mask_utils.decode(rle).astype(bool)
+
+
+class VISJsonClips(SeededDataset):
+    """Clips from a YouTube-VIS 2019/2021 or OVIS annotation file (``videos`` with ``file_names``,
+    ``annotations`` with per-frame ``segmentations`` and ``category_id``); images under ``image_root``
+    (default: ``JPEGImages``, ``train/JPEGImages`` or ``train`` beside the JSON, whichever holds the
+    first video's first frame). Categories are the dataset's ids (a model with ``num_classes`` =
+    max id + 1). Needs pycocotools for the masks."""
+
+    def __init__(self, annotations, image_root=None, size: tuple[int, int] = (480, 864), clip_length: int = 8,
+                 max_window: int = 16, max_instances: int = 10, repeat: int = 1, seed: int = 0):
+        import json
+        from pathlib import Path
+
+        from vosrt.sdk.errors import UserError
+
+        path = Path(annotations)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"--data {path}: expected a YouTube-VIS / OVIS annotation JSON ({err})") from None
+        if not data.get("videos"):
+            raise UserError(f"--data {path}: no 'videos' in the annotation file")
+        first = data["videos"][0]["file_names"][0]
+        candidates = [Path(image_root)] if image_root else [path.parent / "JPEGImages", path.parent / "train" / "JPEGImages",
+                                                             path.parent / "train", path.parent]
+        found = [c for c in candidates if (c / first).is_file()]
+        if not found:
+            raise UserError(f"--data {path}: the images (e.g. {first}) are in none of {', '.join(map(str, candidates))}")
+        self.image_root = found[0]
+        self.videos = data["videos"]
+        self.tracks: dict[int, list] = {}
+        for ann in data.get("annotations", []):
+            self.tracks.setdefault(ann["video_id"], []).append(ann)
+        self.videos = [v for v in self.videos if v["id"] in self.tracks]
+        self.size, self.clip_length, self.max_window = tuple(size), int(clip_length), int(max_window)
+        self.max_instances, self.repeat, self.seed = int(max_instances), int(repeat), int(seed)
+
+    def __len__(self) -> int:
+        return len(self.videos) * self.repeat
+
+    def __getitem__(self, index: int) -> dict:
+        video = self.videos[index % len(self.videos)]
+        rng = self.rng(index)
+        chosen = sample_clip_indices(rng, len(video["file_names"]), self.clip_length, self.max_window)
+        frames = [_read_rgb(self.image_root / video["file_names"][t]) for t in chosen]
+        height, width = frames[0].shape[:2]
+        tracks = self.tracks[video["id"]]
+        if len(tracks) > self.max_instances:
+            tracks = [tracks[i] for i in sorted(rng.choice(len(tracks), self.max_instances, replace=False))]
+        labels = []
+        for t in chosen:
+            label = np.zeros((height, width), np.uint8)
+            for slot, ann in enumerate(tracks, 1):
+                seg = ann["segmentations"][t]
+                if seg is not None:
+                    label[_decode(seg, height, width)] = slot
+            labels.append(label)
+        frames, labels = _augment(rng, frames, labels, self.size)
+        sample = _pack(frames, labels, list(range(1, len(tracks) + 1)), self.max_instances, str(video["id"]))
+        for slot, ann in enumerate(tracks):
+            sample["categories"][slot] = int(ann["category_id"])
+        return sample
+
+
+class KittiMOTSClips(SeededDataset):
+    """Clips from KITTI-MOTS: images ``ROOT/images/<seq>/<frame>.png`` (or the KITTI tracking layout
+    ``ROOT/training/image_02/<seq>/``) and annotations as instance PNGs ``ROOT/instances/<seq>/<frame>.png``
+    (value = class · 1000 + instance) or ``ROOT/instances_txt/<seq>.txt`` lines ``frame id class height
+    width rle``. Class 1 car, 2 pedestrian; id 10000 (class 10) marks ignore regions, which are left out
+    of the losses (``ignore``). Needs pycocotools for the txt format."""
+
+    def __init__(self, root, size: tuple[int, int] = (384, 1248), clip_length: int = 8, max_window: int = 8,
+                 max_instances: int = 20, repeat: int = 1, seed: int = 0):
+        from pathlib import Path
+
+        from vosrt.sdk.errors import UserError
+
+        root = Path(root)
+        self.images = next((p for p in (root / "images", root / "training" / "image_02") if p.is_dir()), None)
+        self.png_root = root / "instances" if (root / "instances").is_dir() else None
+        self.txt_root = root / "instances_txt" if (root / "instances_txt").is_dir() else None
+        if self.images is None or (self.png_root is None and self.txt_root is None):
+            raise UserError(f"--data {root}: expected KITTI-MOTS images/ (or training/image_02/) and instances/ "
+                            "or instances_txt/")
+        self.sequences = sorted(p.name for p in self.images.iterdir() if p.is_dir())
+        self.size, self.clip_length, self.max_window = tuple(size), int(clip_length), int(max_window)
+        self.max_instances, self.repeat, self.seed = int(max_instances), int(repeat), int(seed)
+        self._txt: dict[str, dict[int, list]] = {}
+
+    def __len__(self) -> int:
+        return len(self.sequences) * self.repeat
+
+    def _ids(self, seq: str, frame: int, shape) -> np.ndarray:
+        """Instance ids ``[H, W]`` int32 (class · 1000 + instance, 10000 ignore) of one frame."""
+        if self.png_root is not None:
+            from vosrt.sdk.masks import read_label_png
+            path = self.png_root / seq / f"{frame:06d}.png"
+            return read_label_png(path).astype(np.int32) if path.is_file() else np.zeros(shape, np.int32)
+        if seq not in self._txt:
+            lines: dict[int, list] = {}
+            for line in (self.txt_root / f"{seq}.txt").read_text().splitlines():
+                if line.strip():
+                    t, obj, _, h, w, counts = line.split(maxsplit=5)
+                    lines.setdefault(int(t), []).append((int(obj), int(h), int(w), counts))
+            self._txt[seq] = lines
+        from pycocotools import mask as mask_utils
+        ids = np.zeros(shape, np.int32)
+        for obj, h, w, counts in self._txt[seq].get(frame, []):
+            ids[mask_utils.decode({"size": [h, w], "counts": counts.encode()}).astype(bool)] = obj
+        return ids
+
+    def __getitem__(self, index: int) -> dict:
+        seq = self.sequences[index % len(self.sequences)]
+        rng = self.rng(index)
+        files = sorted((self.images / seq).glob("*.png"))
+        chosen = sample_clip_indices(rng, len(files), self.clip_length, self.max_window)
+        frames = [_read_rgb(files[t]) for t in chosen]
+        ids = [self._ids(seq, int(files[t].stem), frames[0].shape[:2]) for t in chosen]
+        objects = sorted({int(i) for frame_ids in ids for i in np.unique(frame_ids) if i and i != 10000})
+        if len(objects) > self.max_instances:
+            objects = sorted(rng.choice(objects, self.max_instances, replace=False).tolist())
+        slots = {obj: k for k, obj in enumerate(objects, 1)}
+        labels = []
+        for frame_ids in ids:
+            label = np.zeros(frame_ids.shape, np.uint8)
+            for obj, slot in slots.items():
+                label[frame_ids == obj] = slot
+            label[frame_ids == 10000] = 255
+            labels.append(label)
+        frames, labels = _augment(rng, frames, labels, self.size)
+        sample = _pack(frames, labels, list(range(1, len(objects) + 1)), self.max_instances, seq)
+        for slot, obj in enumerate(objects):
+            sample["categories"][slot] = obj // 1000
+        return sample
