@@ -17,7 +17,6 @@ import warnings
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 import onnx
 import torch
 

@@ -20,53 +20,24 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from vosrt.sdk.backends.base import Backend
+from vosrt.sdk.backends.base import Backend, DelegatingBackend
 from vosrt.sdk.errors import UserError
 
 # Calibration samples kept per graph (the first ones seen): enough for min/max ranges.
 MAX_SAMPLES = 48
 
 
-class RecordingBackend(Backend):
+class RecordingBackend(DelegatingBackend):
     """Delegates to ``inner`` and keeps a host copy of the first ``MAX_SAMPLES`` input feeds of each graph."""
 
     def __init__(self, inner: Backend):
-        self.inner = inner
-        self.name = inner.name
-        self.device = inner.device
+        super().__init__(inner)
         self.samples: dict[str, list[dict[str, np.ndarray]]] = defaultdict(list)
 
     def run(self, graph, inputs, outputs=None):
         if len(self.samples[graph]) < MAX_SAMPLES:
             self.samples[graph].append({k: np.array(self.inner.download(v)) for k, v in inputs.items()})
         return self.inner.run(graph, inputs, outputs)
-
-    def input_names(self, graph):
-        return self.inner.input_names(graph)
-
-    def upload(self, array):
-        return self.inner.upload(array)
-
-    def download(self, tensor):
-        return self.inner.download(tensor)
-
-    def zeros(self, shape, dtype=np.float32):
-        return self.inner.zeros(shape, dtype)
-
-    def write(self, dst, axis, start, src):
-        self.inner.write(dst, axis, start, src)
-
-    def read(self, src, axis, start, stop):
-        return self.inner.read(src, axis, start, stop)
-
-    def shape(self, tensor):
-        return self.inner.shape(tensor)
-
-    def nbytes(self, tensor):
-        return self.inner.nbytes(tensor)
-
-    def close(self):
-        self.inner.close()
 
 
 def record_calibration(package, frames: list[np.ndarray], first_mask: np.ndarray | None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from vosrt.sdk.backends.base import Backend
+from vosrt.sdk.backends.base import Backend, DelegatingBackend
 from vosrt.sdk.errors import UserError
 
 
@@ -27,13 +27,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per backend")
 
 
-class TimedBackend(Backend):
+class TimedBackend(DelegatingBackend):
     """Wraps a backend and accumulates the wall time of each graph (synchronised) by graph name."""
 
     def __init__(self, inner: Backend):
-        self.inner = inner
-        self.name = inner.name
-        self.device = inner.device
+        super().__init__(inner)
         self.times: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
 
@@ -44,39 +42,6 @@ class TimedBackend(Backend):
         self.times[graph] += time.perf_counter() - start
         self.calls[graph] += 1
         return result
-
-    def input_names(self, graph):
-        return self.inner.input_names(graph)
-
-    def upload(self, array):
-        return self.inner.upload(array)
-
-    def download(self, tensor):
-        return self.inner.download(tensor)
-
-    def zeros(self, shape, dtype=None):
-        return self.inner.zeros(shape) if dtype is None else self.inner.zeros(shape, dtype)
-
-    def write(self, dst, axis, start, src):
-        self.inner.write(dst, axis, start, src)
-
-    def read(self, src, axis, start, stop):
-        return self.inner.read(src, axis, start, stop)
-
-    def shape(self, tensor):
-        return self.inner.shape(tensor)
-
-    def nbytes(self, tensor):
-        return self.inner.nbytes(tensor)
-
-    def synchronize(self):
-        self.inner.synchronize()
-
-    def close(self):
-        self.inner.close()
-
-    def describe(self):
-        return self.inner.describe()
 
 
 def bench(package, backend_name: str, frames: int, warmup: int, options: dict, show_progress: bool = True) -> dict:

@@ -6,6 +6,7 @@ holds (graphs, streaming defaults) comes from its row in :mod:`vosrt.sdk.familie
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 from dataclasses import dataclass, field
@@ -196,8 +197,15 @@ def load_package(path: str | Path) -> Package:
                         f"got {type(streaming_entry).__name__}")
     streaming = dict(row.streaming)
     for key, value in streaming_entry.items():
-        # Every streaming setting of the family table is a whole number (0 allowed: top_k, overlap).
-        streaming[key] = _whole(streaming_entry, key, manifest_path, "streaming") if key in row.streaming else value
+        # A setting of the family table keeps its default's type: whole numbers (0 allowed: top_k,
+        # overlap) stay whole, real-valued thresholds (stem-seg's) must be finite numbers.
+        default = row.streaming.get(key)
+        if isinstance(default, float):
+            streaming[key] = _number(streaming_entry, key, manifest_path, "streaming")
+        elif key in row.streaming:
+            streaming[key] = _whole(streaming_entry, key, manifest_path, "streaming")
+        else:
+            streaming[key] = value
 
     engines = manifest.get("engines") or {}
     if not isinstance(engines, dict):
@@ -223,6 +231,14 @@ def _whole(entry: dict, key: str, where: Path, section: str, default=None, minim
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise UserError(f"{where}: {section}.{key} should be a whole number >= {minimum}, got {value!r}")
     return value
+
+
+def _number(entry: dict, key: str, where: Path, section: str) -> float:
+    """``entry[key]`` as a finite float; UserError naming the setting otherwise."""
+    value = entry.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{where}: {section}.{key} should be a finite number, got {value!r}")
+    return float(value)
 
 
 def inside(folder: Path, name: str, what: str) -> Path:

@@ -87,11 +87,11 @@ def test_build_command_without_tensorrt_says_what_to_install(tmp_path, capsys):
 
 
 def test_embed_plugins_needs_the_self_contained_library_beside_the_plugin_library(tmp_path):
-    pkg = write_stcn_package(tmp_path / "pkg")
     library = tmp_path / "libvosrt_plugins.so"
     library.write_bytes(b"\x7fELF")
+    # (build_engines asks for TensorRT first, then makes this same check)
     with pytest.raises(UserError, match="libvosrt_plugins_embed.so"):
-        build_engines(pkg, plugin_lib=library, embed_plugins=True, progress=None)
+        embeddable_plugin_library(library)
     (tmp_path / "libvosrt_plugins_embed.so").write_bytes(b"\x7fELF")
     assert embeddable_plugin_library(library) == tmp_path / "libvosrt_plugins_embed.so"
 

@@ -133,3 +133,55 @@ def flatten_to(src_shape: Sequence[int], dst_ndim: int) -> tuple[int, ...]:
         return src_shape
     head = src_shape[:dst_ndim - 1]
     return (*head, int(np.prod(src_shape[dst_ndim - 1:])))
+
+
+class DelegatingBackend(Backend):
+    """A backend that passes every call to ``inner``: subclass it to observe one part (``vosrt bench``
+    times ``run``, ``vosrt quantize`` records ``run``'s inputs) without restating the rest."""
+
+    def __init__(self, inner: Backend):
+        self.inner = inner
+        self.name = inner.name
+        self.device = inner.device
+
+    def run(self, graph, inputs, outputs=None):
+        return self.inner.run(graph, inputs, outputs)
+
+    def input_names(self, graph):
+        return self.inner.input_names(graph)
+
+    def upload(self, array):
+        return self.inner.upload(array)
+
+    def download(self, tensor):
+        return self.inner.download(tensor)
+
+    def zeros(self, shape, dtype=np.float32):
+        return self.inner.zeros(shape, dtype)
+
+    def write(self, dst, axis, start, src):
+        self.inner.write(dst, axis, start, src)
+
+    def read(self, src, axis, start, stop):
+        return self.inner.read(src, axis, start, stop)
+
+    def shape(self, tensor):
+        return self.inner.shape(tensor)
+
+    def nbytes(self, tensor):
+        return self.inner.nbytes(tensor)
+
+    def synchronize(self):
+        self.inner.synchronize()
+
+    def close(self):
+        self.inner.close()
+
+    def describe(self):
+        return self.inner.describe()
+
+    def __getattr__(self, name):
+        # backend-specific attributes (form, max_objects, ...) read through the wrapper
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)

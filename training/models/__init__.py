@@ -23,6 +23,23 @@ def family_of(name: str) -> str:
     return families.of_model(name).name
 
 
+def variant_config(config_class, variants: dict, name: str, overrides: dict, label: str):
+    """``variants[name]`` (a config dataclass of ``config_class``) with ``overrides`` applied; JSON lists
+    become tuples where the field is a tuple. UserError for an unknown variant or field."""
+    from dataclasses import asdict, fields
+
+    if name not in variants:
+        raise UserError(f"unknown {label} variant {name!r}: expected one of {', '.join(variants)}")
+    known = {f.name for f in fields(config_class)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UserError(f"{name}: unknown config field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+    values = asdict(variants[name])
+    for key, value in overrides.items():
+        values[key] = tuple(value) if isinstance(values[key], tuple) else value  # JSON gives lists
+    return config_class(**values)
+
+
 def _model_module(name: str):
     family = families.of_model(name)
     if family.model_module is None:

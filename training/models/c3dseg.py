@@ -16,7 +16,7 @@ with ``strict=True``.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -161,16 +161,8 @@ class C3DSeg(nn.Module):
 
 
 def _make_config(name: str, overrides: dict) -> C3DSegConfig:
-    if name not in VARIANTS:
-        raise UserError(f"unknown 3DC-Seg variant {name!r}: expected one of {', '.join(VARIANTS)}")
-    known = {f.name for f in fields(C3DSegConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise UserError(f"{name}: unknown config field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
-    values = asdict(VARIANTS[name])
-    for key, value in overrides.items():
-        values[key] = tuple(value) if isinstance(values[key], tuple) else value  # JSON gives lists
-    return C3DSegConfig(**values)
+    from vosrt.training.models import variant_config
+    return variant_config(C3DSegConfig, VARIANTS, name, overrides, "3DC-Seg")
 
 
 def build(name: str = FAMILY, **overrides) -> C3DSeg:

@@ -36,7 +36,7 @@ trained); :attr:`StemSeg.input_mean` / :attr:`StemSeg.input_std` express that fo
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -425,16 +425,8 @@ def _adopt_plain_conv_weights(module, state_dict, prefix, local_metadata, strict
 
 
 def _make_config(name: str, overrides: dict) -> StemSegConfig:
-    if name not in VARIANTS:
-        raise UserError(f"unknown STEm-Seg variant {name!r}: expected one of {', '.join(VARIANTS)}")
-    known = {f.name for f in fields(StemSegConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise UserError(f"{name}: unknown config field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
-    values = asdict(VARIANTS[name])
-    for key, value in overrides.items():
-        values[key] = tuple(value) if isinstance(values[key], tuple) else value  # JSON gives lists
-    return StemSegConfig(**values)
+    from vosrt.training.models import variant_config
+    return variant_config(StemSegConfig, VARIANTS, name, overrides, "STEm-Seg")
 
 
 def build(name: str = FAMILY, **overrides) -> StemSeg:
