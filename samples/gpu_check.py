@@ -517,13 +517,17 @@ def plan(out: Path, env: dict, dry_run: bool) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path, help="folder for the report, the build and the test results")
+    parser.add_argument("out", type=Path, nargs="?", help="folder for the report, the build and the test results")
+    parser.add_argument("--out", type=Path, dest="out_flag", metavar="OUT", help="the same folder, as an option "
+                        "(python samples/gpu_check.py --out $OUT)")
     parser.add_argument("--dry-run", action="store_true", help="plan + the CPU-side parts only (CI)")
     parser.add_argument("--skip-build", action="store_true", help="use OUT/build as it is")
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--repeat", type=int, default=None, help="timed calls per benchmark (median)")
     args = parser.parse_args(argv)
-    out = args.out.resolve()
+    if (args.out is None) == (args.out_flag is None):
+        parser.error("give the report folder once: OUT or --out OUT")
+    out = (args.out or args.out_flag).resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     sys.path.insert(0, str(ROOT))
