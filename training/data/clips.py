@@ -26,15 +26,25 @@ def sample_clip_indices(rng: np.random.Generator, count: int, clip_length: int, 
     return [start + int(i) for i in picked]
 
 
-class ForegroundClipDataset(SeededDataset):
-    """Clips for 3DC-Seg from DAVIS 2016/2017 or YouTube-VOS folders (only annotated frames are used).
+def clip_warp(rng: np.random.Generator, height: int, width: int, size) -> np.ndarray:
+    """One resize-crop (scale 1..1.25 over covering ``size``) and random horizontal flip for all frames of
+    a clip of ``height × width`` frames, as a 2×3 affine matrix (for ``transforms.warp_affine``)."""
+    factor = max(size[0] / height, size[1] / width) * rng.uniform(1.0, 1.25)
+    top = rng.uniform(0, height * factor - size[0])
+    left = rng.uniform(0, width * factor - size[1])
+    matrix = np.array([[factor, 0.0, -left], [0.0, factor, -top]])
+    if rng.random() < 0.5:
+        matrix = np.array([[-1.0, 0.0, size[1] - 1], [0.0, 1.0, 0.0]]) @ np.vstack([matrix, [0, 0, 1]])
+    return matrix
 
-    Samples: ``images`` ``[3, L, H, W]`` float in [0, 1] (the network's clip layout), ``foreground``
-    ``[1, L, H, W]`` float 0/1, ``video`` name.
-    """
 
-    def __init__(self, folders: VideoFolder | list[VideoFolder], size: tuple[int, int] = (480, 854),
-                 clip_length: int = 8, max_window: int = 12, repeat: int = 1, seed: int = 0):
+class AnnotatedClips(SeededDataset):
+    """Clips of the annotated frames of DAVIS / YouTube-VOS layout folders: ``repeat`` samples per video
+    and epoch, each ``clip_length`` frames drawn by :func:`sample_clip_indices`. Subclasses turn the
+    drawn frames (:meth:`draw`) into a sample."""
+
+    def __init__(self, folders: VideoFolder | list[VideoFolder], size: tuple[int, int], clip_length: int,
+                 max_window: int, repeat: int, seed: int):
         self.folders, self.items = annotated_videos(folders)
         self.size = tuple(size)
         self.clip_length = int(clip_length)
@@ -45,20 +55,30 @@ class ForegroundClipDataset(SeededDataset):
     def __len__(self) -> int:
         return len(self.items) * self.repeat
 
-    def __getitem__(self, index: int) -> dict:
+    def draw(self, index: int):
+        """(folder, video, rng, chosen frame stems, their RGB frames) of sample ``index``."""
         folder, video = self.items[index % len(self.items)]
         rng = self.rng(index)
         stems = folder.annotated_names(video)
         chosen = [stems[i] for i in sample_clip_indices(rng, len(stems), self.clip_length, self.max_window)]
-        frames = [folder.read_frame(video, s) for s in chosen]
+        return folder, video, rng, chosen, [folder.read_frame(video, s) for s in chosen]
+
+
+class ForegroundClipDataset(AnnotatedClips):
+    """Clips for 3DC-Seg from DAVIS 2016/2017 or YouTube-VOS folders (only annotated frames are used).
+
+    Samples: ``images`` ``[3, L, H, W]`` float in [0, 1] (the network's clip layout), ``foreground``
+    ``[1, L, H, W]`` float 0/1, ``video`` name.
+    """
+
+    def __init__(self, folders: VideoFolder | list[VideoFolder], size: tuple[int, int] = (480, 854),
+                 clip_length: int = 8, max_window: int = 12, repeat: int = 1, seed: int = 0):
+        super().__init__(folders, size, clip_length, max_window, repeat, seed)
+
+    def __getitem__(self, index: int) -> dict:
+        folder, video, rng, chosen, frames = self.draw(index)
         masks = [folder.read_foreground(video, s).astype(np.uint8) for s in chosen]
-        height, width = frames[0].shape[:2]
-        factor = max(self.size[0] / height, self.size[1] / width) * rng.uniform(1.0, 1.25)
-        top = rng.uniform(0, height * factor - self.size[0])
-        left = rng.uniform(0, width * factor - self.size[1])
-        matrix = np.array([[factor, 0.0, -left], [0.0, factor, -top]])
-        if rng.random() < 0.5:
-            matrix = np.array([[-1.0, 0.0, self.size[1] - 1], [0.0, 1.0, 0.0]]) @ np.vstack([matrix, [0, 0, 1]])
+        matrix = clip_warp(rng, *frames[0].shape[:2], self.size)
         jitter_seed = int(rng.integers(2**31))
         out_frames, out_masks = [], []
         for frame, mask in zip(frames, masks):

@@ -22,8 +22,8 @@ import torch
 
 from vosrt.sdk.synthetic import generate_sequence, sequence_seed
 from vosrt.training.data import transforms as T
-from vosrt.training.data.clips import sample_clip_indices
-from vosrt.training.data.folders import VideoFolder, annotated_videos
+from vosrt.training.data.clips import AnnotatedClips, clip_warp, sample_clip_indices
+from vosrt.training.data.folders import VideoFolder
 from vosrt.training.data.sampling import SeededDataset, images_to_tensor
 
 
@@ -41,14 +41,8 @@ def _pack(frames: list[np.ndarray], labels: list[np.ndarray], objects: list[int]
 
 
 def _augment(rng: np.random.Generator, frames: list[np.ndarray], labels: list[np.ndarray], size) -> tuple[list, list]:
-    """One resize-crop (scale 1..1.25 over covering ``size``) and horizontal flip for all frames of a clip."""
-    height, width = frames[0].shape[:2]
-    factor = max(size[0] / height, size[1] / width) * rng.uniform(1.0, 1.25)
-    top = rng.uniform(0, height * factor - size[0])
-    left = rng.uniform(0, width * factor - size[1])
-    matrix = np.array([[factor, 0.0, -left], [0.0, factor, -top]])
-    if rng.random() < 0.5:
-        matrix = np.array([[-1.0, 0.0, size[1] - 1], [0.0, 1.0, 0.0]]) @ np.vstack([matrix, [0, 0, 1]])
+    """One resize-crop-flip (:func:`~vosrt.training.data.clips.clip_warp`) for all frames of a clip."""
+    matrix = clip_warp(rng, *frames[0].shape[:2], size)
     out = [T.warp_affine(f, lab, matrix, size) for f, lab in zip(frames, labels)]
     return [f for f, _ in out], [lab for _, lab in out]
 
@@ -79,28 +73,16 @@ class GeneratedInstanceClips(SeededDataset):
                      f"generated-{self.clip_seed(index)}")
 
 
-class FolderInstanceClips(SeededDataset):
+class FolderInstanceClips(AnnotatedClips):
     """Instance clips from DAVIS-layout folders (module docstring); only annotated frames are used."""
 
     def __init__(self, folders: VideoFolder | list[VideoFolder], size: tuple[int, int] = (480, 854),
                  clip_length: int = 8, max_window: int = 16, max_instances: int = 10, repeat: int = 1, seed: int = 0):
-        self.folders, self.items = annotated_videos(folders)
-        self.size = tuple(size)
-        self.clip_length = int(clip_length)
-        self.max_window = int(max_window)
+        super().__init__(folders, size, clip_length, max_window, repeat, seed)
         self.max_instances = int(max_instances)
-        self.repeat = int(repeat)
-        self.seed = int(seed)
-
-    def __len__(self) -> int:
-        return len(self.items) * self.repeat
 
     def __getitem__(self, index: int) -> dict:
-        folder, video = self.items[index % len(self.items)]
-        rng = self.rng(index)
-        stems = folder.annotated_names(video)
-        chosen = [stems[i] for i in sample_clip_indices(rng, len(stems), self.clip_length, self.max_window)]
-        frames = [folder.read_frame(video, s) for s in chosen]
+        folder, video, rng, chosen, frames = self.draw(index)
         labels = [folder.read_labels(video, s).astype(np.uint8) for s in chosen]
         out_frames, out_labels = _augment(rng, frames, labels, self.size)
         visible = sorted({int(i) for lab in out_labels for i in np.unique(lab) if i not in (0, 255)})
