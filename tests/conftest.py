@@ -82,3 +82,17 @@ def _limit_threads():
     except ImportError:
         pass
     yield
+
+
+@pytest.fixture(scope="session")
+def stcn_package():
+    """A tiny random-weight stcn package (both forms), exported once per session (tests/sdk_packages.py)."""
+    from sdk_packages import tiny_package
+    return tiny_package("stcn")
+
+
+@pytest.fixture(scope="session")
+def clip_package():
+    """A tiny random-weight 3dc-seg package, exported once per session (tests/sdk_packages.py)."""
+    from sdk_packages import tiny_package
+    return tiny_package("3dc-seg")

@@ -11,11 +11,6 @@ from sdk_packages import tiny_package
 
 
 @pytest.fixture(scope="module")
-def stcn_package():
-    return tiny_package("stcn")
-
-
-@pytest.fixture(scope="module")
 def sequence():
     return generate_sequence(5, num_frames=12, height=64, width=96, num_objects=2, num_distractors=0)
 

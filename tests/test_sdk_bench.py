@@ -3,13 +3,6 @@ import pytest
 
 from vosrt.cli import main
 
-from sdk_packages import tiny_package
-
-
-@pytest.fixture(scope="module")
-def stcn_package():
-    return tiny_package("stcn")
-
 
 def test_bench_prints_ms_per_stage_fps_and_the_ratio_against_torch(stcn_package, capsys):
     code = main(["bench", str(stcn_package), "--frames", "6", "--warmup", "1", "--backend", "onnxruntime",

@@ -12,18 +12,6 @@ from vosrt.sdk.memory import MemoryBank
 from vosrt.sdk.package import load_package
 from vosrt.sdk.synthetic import generate_sequence
 
-from sdk_packages import tiny_package
-
-
-@pytest.fixture(scope="module")
-def stcn_package():
-    return tiny_package("stcn")
-
-
-@pytest.fixture(scope="module")
-def clip_package():
-    return tiny_package("3dc-seg")
-
 
 @pytest.fixture(scope="module")
 def backend(stcn_package):

@@ -8,18 +8,6 @@ import vosrt.sdk
 from vosrt.sdk import UserError
 from vosrt.sdk.synthetic import generate_sequence
 
-from sdk_packages import tiny_package
-
-
-@pytest.fixture(scope="module")
-def stcn_package():
-    return tiny_package("stcn")
-
-
-@pytest.fixture(scope="module")
-def clip_package():
-    return tiny_package("3dc-seg")
-
 
 @pytest.fixture(scope="module")
 def sequence():

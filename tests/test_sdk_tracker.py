@@ -9,13 +9,6 @@ from vosrt.sdk import UserError
 from vosrt.sdk.synthetic import generate_sequence, write_davis, write_video
 from vosrt.sdk.video import open_source
 
-from sdk_packages import tiny_package
-
-
-@pytest.fixture(scope="module")
-def stcn_package():
-    return tiny_package("stcn")
-
 
 @pytest.fixture(scope="module")
 def sequence():
