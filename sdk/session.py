@@ -50,6 +50,7 @@ class Session:
     :meth:`flush` and :meth:`reset`, and set :attr:`latency` and :attr:`label_dtype`."""
 
     latency: int = 0          # most frames a frame waits before push/flush returns it
+    frames_in: int = 0        # frames pushed in the current stream: the index the next frame gets
     label_dtype = np.uint8    # dtype of SegmentedFrame.labels
     takes_mask: bool = False  # push accepts masks (semi-supervised families)
 

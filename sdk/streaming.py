@@ -86,9 +86,7 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
                 progress.update(postfix=f"{stats.frames / max(elapsed, 1e-9):.1f} FPS")
 
     # Indices are the session's: a session that was fed before (a warm-up) continues its numbering.
-    offset = getattr(session, "frames_in", None)
-    if offset is None:
-        offset = getattr(session, "frame_index", -1) + 1
+    offset = session.frames_in
     try:
         for position, frame in enumerate(source):
             if max_frames is not None and position >= max_frames:

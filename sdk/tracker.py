@@ -84,6 +84,11 @@ class Tracker(Session):
         self._since_memory = 0
 
     # ------------------------------------------------------------------ public
+    @property
+    def frames_in(self) -> int:
+        """Frames stepped since the last reset (the index the next frame gets)."""
+        return self.frame_index + 1
+
     def push(self, frame: np.ndarray, mask: np.ndarray | None = None, objects: Sequence[int] | None = None
              ) -> list[SegmentedFrame]:
         """The session protocol's form of :meth:`step`: returns ``[SegmentedFrame(index, labels)]``."""

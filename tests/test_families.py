@@ -43,6 +43,10 @@ class ToySession(Session):
     def reset(self):
         self.index = -1
 
+    @property
+    def frames_in(self):
+        return self.index + 1
+
 
 @pytest.fixture
 def toy_family():
