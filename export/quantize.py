@@ -5,12 +5,17 @@ package exactly as ``vosrt run`` would, records every graph's inputs on the way,
 graph's portable form with those inputs as calibration data. Quantized are the convolutions of the
 encoders and the decoder; the custom operators stay fp32: the memory readout (its MatMul, TopK and
 gather are not touched, since only Conv nodes are quantized) and the D2Conv3D decomposition (its
-1×1×1 Conv reads GridSample's samples and is excluded). The new package has the portable form only
-(a plugin-form graph cannot be calibrated by ONNX Runtime's quantizer, which loads no custom operators)
-and records how it was made under ``quantization`` in its manifest.
+1×1×1 Conv reads GridSample's samples and is excluded). A graph's plugin form is quantized too, with the
+ranges calibrated on its portable form: ONNX Runtime's calibrator loads no custom operators, but the two
+forms differ only in the custom-operator nodes and name every convolution's input and output alike, so
+the portable form's calibration table covers the plugin form's convolutions (checked: a plugin graph with
+a convolution tensor the table lacks is left out, with a notice). The INT8 plugin form is what runs on
+the CPU by default, where the fused readout replaces the portable TopK/Gather chain. The new package
+records how it was made under ``quantization`` in its manifest.
 """
 from __future__ import annotations
 
+import filecmp
 import json
 import shutil
 from collections import defaultdict
@@ -90,8 +95,12 @@ class _Reader:
         pass
 
 
-def quantize_graph(src: Path, dst: Path, samples: list[dict[str, np.ndarray]]) -> dict:
-    """Static QDQ INT8 quantization of the ONNX graph ``src`` into ``dst``; returns what was done."""
+def quantize_graph(src: Path, dst: Path, samples: list[dict[str, np.ndarray]] | None,
+                   calibration_table: Path) -> dict:
+    """Static QDQ INT8 quantization of the ONNX graph ``src`` into ``dst``; returns what was done.
+
+    With ``samples``, the activation ranges are calibrated on them and written to ``calibration_table``;
+    with ``samples=None`` they are read from that table (a plugin form, from its portable form's run)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import CalibrationDataReader
 
@@ -101,19 +110,36 @@ def quantize_graph(src: Path, dst: Path, samples: list[dict[str, np.ndarray]]) -
         if not node.name:
             node.name = f"{node.op_type}_{index}"
     excluded = _d2conv3d_convs(model)
+    reader = None
+    if samples is not None:
+        inputs = {i.name for i in model.graph.input}
+        reader = type("Reader", (_Reader, CalibrationDataReader), {})(samples, inputs)
     named = dst.with_suffix(".named.onnx")
     onnx.save(model, str(named))
-    inputs = {i.name for i in model.graph.input}
-    reader = type("Reader", (_Reader, CalibrationDataReader), {})(samples, inputs)
     try:
         quantize_static(str(named), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
-                        nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax)
+                        nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax,
+                        calibration_cache_path=str(calibration_table))
     finally:
         named.unlink(missing_ok=True)
     convs = sum(n.op_type == "Conv" for n in model.graph.node)
-    return {"convs": convs, "convs_int8": convs - len(excluded), "convs_fp32": len(excluded),
-            "calibration_samples": len(samples)}
+    report = {"convs": convs, "convs_int8": convs - len(excluded), "convs_fp32": len(excluded)}
+    if samples is not None:
+        report["calibration_samples"] = len(samples)
+    return report
+
+
+def _uncalibrated_conv_tensors(graph: Path, calibration_table: Path) -> list[str]:
+    """Activation tensors of ``graph``'s Conv nodes (inputs and outputs, weights aside) missing from the table."""
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    table = load_tensors_data(calibration_table)
+    model = onnx.load(str(graph), load_external_data=False)
+    constants = {i.name for i in model.graph.initializer}
+    tensors = {name for node in model.graph.node if node.op_type == "Conv"
+               for name in (node.input[0], *node.output) if name and name not in constants}
+    return sorted(t for t in tensors if t not in table)
 
 
 def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | None, out_dir: str | Path,
@@ -137,9 +163,25 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
         if not samples.get(graph):
             raise UserError(f"the calibration frames never ran graph '{graph}' (too few frames for a clip?)")
         name = f"{graph}.int8.onnx"
+        table = out_dir / f"{graph}.calibration.json"
+        table.unlink(missing_ok=True)  # never reuse a table of an earlier run
         say(f"quantizing {graph} ({len(samples[graph])} calibration inputs)")
-        report[graph] = quantize_graph(forms["portable"], out_dir / name, samples[graph])
+        report[graph] = quantize_graph(forms["portable"], out_dir / name, samples[graph], table)
         manifest["graphs"][graph] = {"portable": name}
+        if "plugin" in forms and filecmp.cmp(forms["plugin"], forms["portable"], shallow=False):
+            manifest["graphs"][graph]["plugin"] = name  # no custom operator in it: the same graph
+        elif "plugin" in forms:
+            missing = _uncalibrated_conv_tensors(forms["plugin"], table)
+            if missing:
+                say(f"{graph}: plugin form left out, its convolution tensors {missing[:3]} are not in the "
+                    f"portable form's calibration")
+            else:
+                plugin_name = f"{graph}.int8.plugin.onnx"
+                say(f"quantizing {graph}, plugin form (ranges of the portable form)")
+                quantize_graph(forms["plugin"], out_dir / plugin_name, None, table)
+                manifest["graphs"][graph]["plugin"] = plugin_name
+                report[graph]["plugin_form"] = True
+        table.unlink()
     for extra in ("weights.pt", "training.json"):  # the torch backend's weights, the training record
         if (Path(src.path) / extra).is_file():
             shutil.copy2(Path(src.path) / extra, out_dir / extra)

@@ -104,3 +104,53 @@ def test_quantize_needs_a_mask_for_stcn_from_a_plain_folder(tmp_path, capsys):
         cv2.imwrite(str(folder / f"{i:03d}.png"), frame)
     assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(folder), "--out", str(tmp_path / "o")]) != 0
     assert "--mask" in capsys.readouterr().err
+
+
+def _conv_quantization(model) -> list[tuple]:
+    """(input scale, input zero point, weight scales, int8 weights) of every Conv, in graph order."""
+    producers = _producers(model)
+    values = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    found = []
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        act, weight = producers[conv.input[0]], producers[conv.input[1]]
+        assert act.op_type == weight.op_type == "DequantizeLinear"
+        found.append((values[act.input[1]].item(), values[act.input[2]].item(), values[weight.input[1]].tobytes(),
+                      values[weight.input[0]].tobytes()))
+    return found
+
+
+def test_int8_plugin_form_quantizes_each_convolution_exactly_as_the_portable_form(demo_int8):
+    manifest = json.loads((demo_int8 / "manifest.json").read_text())
+    graphs = manifest["graphs"]
+    # Graphs without a custom operator are one graph in both forms: one file.
+    assert graphs["encode_key"]["plugin"] == graphs["encode_key"]["portable"]
+    assert graphs["segment"]["plugin"] != graphs["segment"]["portable"]
+    assert manifest["quantization"]["graphs"]["segment"]["plugin_form"] is True
+    plugin = onnx.load(str(demo_int8 / graphs["segment"]["plugin"]))
+    portable = onnx.load(str(demo_int8 / graphs["segment"]["portable"]))
+    assert [n.op_type for n in plugin.graph.node if n.domain == "trt.plugins"] == ["L2MemoryReadout"]
+    assert not {n.op_type for n in plugin.graph.node} & {"TopK", "GatherElements", "Gather"}
+    plugin_q, portable_q = _conv_quantization(plugin), _conv_quantization(portable)
+    assert len(plugin_q) == len(portable_q) > 0
+    assert plugin_q == portable_q
+    assert not list(demo_int8.glob("*.calibration.json"))  # the calibration table is not left in the package
+
+
+def test_int8_plugin_form_runs_on_onnx_runtime_close_to_the_int8_portable_form(demo_int8):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "samples"))
+    from bench_stcn_graphs import _inputs
+
+    package = load_package(demo_int8)
+    portable = OnnxRuntimeBackend(package, form="portable", device="cpu")
+    plugin = OnnxRuntimeBackend(package, form="plugin", device="cpu")
+    assert plugin.forms == {"encode_key": "portable", "encode_value": "portable", "segment": "plugin"}
+    feeds = _inputs(portable, package, objects=2, memory_frames=6)["segment"]
+    feeds["mem_key"] = feeds["mem_key"] + np.random.default_rng(3).standard_normal(feeds["mem_key"].shape,
+                                                                                    dtype=np.float32)
+    a, b = portable.run("segment", feeds), plugin.run("segment", feeds)
+    # The readouts agree to float rounding; an activation that lands on a quantization step's edge can
+    # move by one step, so the bound is a few steps of the decoder's output, not float precision.
+    assert np.abs(a["prob"] - b["prob"]).max() < 0.05
+    assert np.mean(a["labels"] == b["labels"]) > 0.99
