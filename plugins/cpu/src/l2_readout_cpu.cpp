@@ -59,19 +59,33 @@ void topk_tile(const Shape& s, int m0, const float* mem_sq, const float* mk, con
   float* dots = pad_keys + (size_t)s.Ck * kTileN;
   pack_columns(qk, s.M, s.Ck, m0, width, kTileM, qk_tile);
   TopKList<kMax> lists[kTileM];
-  for (int q = 0; q < width; ++q) lists[q].init();
+  // threshold[q]: the admission threshold of query q's list; +inf for the padding lanes past `width`, so
+  // the vector test below never admits them.
+  alignas(64) float threshold[kTileM];
+  for (int q = 0; q < kTileM; ++q) {
+    lists[q].init();
+    threshold[q] = q < width ? lists[q].smallest() : INFINITY;
+  }
   for (int n0 = 0; n0 < s.N; n0 += kTileN) {
     const int tile_n = std::min(kTileN, s.N - n0);
     key_dots(s, mk, n0, tile_n, qk_tile, width, pad_keys, dots);
-    for (int q = 0; q < width; ++q) {
-      TopKList<kMax>& list = lists[q];
-      float threshold = list.smallest();
-      for (int t = 0; t < tile_n; ++t) {
-        const float score = l2r_score(dots[(size_t)t * kTileM + q], mem_sq[n0 + t], s.scale);
-        if (score > threshold) {
-          list.push(score, n0 + t);
-          threshold = list.smallest();
-        }
+    // Memory entry by memory entry, all the tile's queries at once: one vector pass tests every query's
+    // threshold, and only the few queries that admit the entry touch their lists. Each query still sees
+    // the entries in index order, so its list (ties included) is the one a query-by-query scan builds.
+    for (int t = 0; t < tile_n; ++t) {
+      const float sq = mem_sq[n0 + t];
+      const float* row = dots + (size_t)t * kTileM;
+      alignas(64) unsigned char admit[kTileM];
+      int any = 0;
+      for (int q = 0; q < kTileM; ++q) {
+        admit[q] = l2r_score(row[q], sq, s.scale) > threshold[q];
+        any |= admit[q];
+      }
+      if (!any) continue;
+      for (int q = 0; q < width; ++q) {
+        if (!admit[q]) continue;
+        lists[q].push(l2r_score(row[q], sq, s.scale), n0 + t);
+        threshold[q] = lists[q].smallest();
       }
     }
   }
@@ -90,7 +104,24 @@ void topk_tile(const Shape& s, int m0, const float* mem_sq, const float* mk, con
 // mv (N floats) stays in cache while every query reads it, and mv is streamed from memory once.
 void gather_rows(const Shape& s, int v0, int v1, const float* mv, const int* kept_index, const float* kept_weight,
                  float* out) {
-  for (int v = v0; v < v1; ++v) {
+  constexpr int kRows = 4;  // value rows read together: each query's indices and weights are loaded once
+  int v = v0;
+  for (; v + kRows <= v1; v += kRows) {
+    const float* row = mv + (size_t)v * s.N;
+    float* dst = out + (size_t)v * s.M;
+    for (int m = 0; m < s.M; ++m) {
+      const int* index = kept_index + (size_t)m * s.top_k;
+      const float* weight = kept_weight + (size_t)m * s.top_k;
+      float acc[kRows] = {};
+      for (int j = 0; j < s.top_k; ++j) {
+        const float w = weight[j];
+        const size_t i = (size_t)index[j];
+        for (int r = 0; r < kRows; ++r) acc[r] += w * row[(size_t)r * s.N + i];
+      }
+      for (int r = 0; r < kRows; ++r) dst[(size_t)r * s.M + m] = acc[r];
+    }
+  }
+  for (; v < v1; ++v) {
     const float* row = mv + (size_t)v * s.N;
     float* dst = out + (size_t)v * s.M;
     for (int m = 0; m < s.M; ++m) {
@@ -165,16 +196,15 @@ extern "C" vosrtStatus_t vosrtCpuOpsL2ReadoutForward(const vosrtL2ReadoutParams*
   if (!mem_key || !query_key || !mem_value || !out) return VOSRT_ERROR_INVALID_VALUE;
   const Shape s{p->batch, p->key_dim, p->mem_size, p->query_size, p->value_dim, l2r_effective_top_k(p),
                 l2r_effective_scale(p)};
-  std::vector<float> mem_sq((size_t)s.B * s.N);
-  for (int b = 0; b < s.B; ++b)
-    for (int n = 0; n < s.N; ++n) {
-      float acc = 0.f;
-      for (int c = 0; c < s.Ck; ++c) {
-        const float v = mem_key[((size_t)b * s.Ck + c) * s.N + n];
-        acc += v * v;
-      }
-      mem_sq[(size_t)b * s.N + n] = acc;
+  // |mk_n|², channel rows outer so the reads are contiguous; each entry still sums c = 0, 1, ... in order.
+  std::vector<float> mem_sq((size_t)s.B * s.N, 0.f);
+  for (int b = 0; b < s.B; ++b) {
+    float* sq = mem_sq.data() + (size_t)b * s.N;
+    for (int c = 0; c < s.Ck; ++c) {
+      const float* row = mem_key + ((size_t)b * s.Ck + c) * s.N;
+      for (int n = 0; n < s.N; ++n) sq[n] += row[n] * row[n];
     }
+  }
   const int tiles = (s.M + kTileM - 1) / kTileM;
   const int workers = std::max(1, std::min(resolve_threads(threads), s.B * tiles));
   std::vector<std::vector<float>> scratch(workers);
