@@ -1,6 +1,6 @@
 """Per-graph time and peak memory of an STCN package with the memory bank full, per backend and form.
 
-    python samples/bench_stcn_graphs.py PKG [PKG2 ...] [--objects 2] [--memory-frames 20] [--threads 2]
+    python samples/bench_stcn_graphs.py PKG [PKG2 ...] [--objects 2] [--memory-frames 20] [--threads 2] [--ceiling]
 
 For each package, every configuration (ONNX Runtime portable form, ONNX Runtime plugin form on vosrt's
 CPU operators where the package has it, and the torch backend where the package carries its weights)
@@ -10,6 +10,13 @@ reading a memory of ``--memory-frames`` frames (the bank at capacity). Times are
 ``--repeat`` calls after one warm-up, as wall and process CPU seconds; ratios are against the first
 configuration of the first package, measured in this run. The machine's load average is printed, since
 on a shared host it moves every figure.
+
+``--ceiling`` also measures, in this run, what fp32 arithmetic allows: the floating-point operations of
+one frame of the first package's network (``torch.utils.flop_counter`` on the model its manifest names,
+at its size; the affinity counted as 2·N·M·Ck) divided by the rate of a large fp32 MatMul in ONNX Runtime
+on the same threads. An fp32 backend that ran every operation at that rate would take that long for a
+frame, so it estimates the best fp32 ratio against the torch backend (a row at about 100% of the rate
+has nothing left to win in fp32); an INT8 package is not bound by it.
 """
 from __future__ import annotations
 
@@ -80,6 +87,60 @@ def _configurations(path: str) -> list[tuple[str, str]]:
     return configs
 
 
+def _frame_flops(path: str, objects: int, memory_frames: int) -> float:
+    """Floating-point operations of one frame (key encoding + segment + a fifth of a value encoding)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vosrt.sdk.package import load_package
+    from vosrt.training.models import build_model
+
+    package = load_package(path)
+    config = json.loads((package.path / "manifest.json").read_text())["config"]
+    model = build_model(config["model"], **{k: v for k, v in config.items() if k != "model"}).eval()
+    height, width = package.height, package.width
+    counts = {}
+    with torch.no_grad():
+        frame = torch.rand(1, 3, height, width)
+        with FlopCounterMode(display=False) as counter:
+            key, f16_thin, f16, f8, f4 = model.encode_key(frame)
+        counts["encode_key"] = counter.get_total_flops()
+        with FlopCounterMode(display=False) as counter:
+            model.encode_value(frame, f16, torch.rand(objects, 1, height, width))
+        counts["encode_value"] = counter.get_total_flops()
+        readout = torch.rand(objects, model.dims["value_dim"], height // 16, width // 16)
+        with FlopCounterMode(display=False) as counter:
+            model.segment(readout, f16_thin, f8, f4)
+        m = (height // 16) * (width // 16)
+        counts["segment"] = counter.get_total_flops() + 2 * memory_frames * m * m * model.dims["key_dim"]
+    return counts["encode_key"] + counts["segment"] + counts["encode_value"] / 5
+
+
+def _matmul_rate(threads: int, size: int = 2048, repeat: int = 5) -> float:
+    """fp32 FLOP/s of a size³ MatMul in ONNX Runtime on ``threads`` threads (the best of ``repeat``)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from vosrt.sdk.backends.onnxruntime import session_options
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [size, size]) for n in "ab"],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    session = ort.InferenceSession(model.SerializeToString(), session_options(threads),
+                                   providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal((size, size), dtype=np.float32) for n in "ab"}
+    session.run(None, feeds)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("packages", nargs="+")
@@ -87,6 +148,8 @@ def main(argv=None) -> int:
     parser.add_argument("--memory-frames", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also measure the fp32 arithmetic ceiling of the first package (see above)")
     parser.add_argument("--only", nargs=2, metavar=("BACKEND", "FORM"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.only:
@@ -121,6 +184,20 @@ def main(argv=None) -> int:
         print(f"{name:<40}{cells}{wall:>12.3f}{cpu:>11.3f}{result['peak_rss_mb']:>8.0f}MB{base / wall:>8.2f}x")
     for name, result in rows:
         print(f"  {name}: {result['describe']}")
+    if args.ceiling:
+        flops, rate = _frame_flops(args.packages[0], args.objects, args.memory_frames), _matmul_rate(args.threads)
+        floor = flops / rate
+        print(f"fp32 ceiling: {flops / 1e9:.3g} GFLOP per frame at {rate / 1e9:.0f} GFLOP/s (ONNX Runtime fp32 "
+              f"MatMul, {args.threads} threads) -> about {floor:.3f} s per frame in fp32")
+        for name, result in rows:
+            g = result["graphs"]
+            wall = g["encode_key"]["wall"] + g["segment"]["wall"] + g["encode_value"]["wall"] / 5
+            print(f"  {name}: runs at {floor / wall:.0%} of that rate")
+        torch_rows = [r for n, r in rows if " torch " in n]
+        if torch_rows:
+            g = torch_rows[0]["graphs"]
+            wall = g["encode_key"]["wall"] + g["segment"]["wall"] + g["encode_value"]["wall"] / 5
+            print(f"  so an fp32 backend gains at most about {wall / floor:.2f}x over the first torch row")
     return 0
 
 

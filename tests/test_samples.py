@@ -86,3 +86,16 @@ def test_unsupervised_stream_refuses_an_stcn_package(camera):
 @pytest.mark.parametrize("name", ["webcam_tracker.py", "embed_callback.py", "unsupervised_stream.py"])
 def test_samples_stay_small(name):
     assert len((SAMPLES / name).read_text().splitlines()) < 150
+
+
+def test_bench_stcn_graphs_reports_every_configuration_and_the_fp32_ceiling(tmp_path):
+    done = run_sample("bench_stcn_graphs.py", str(tiny_package("stcn")), "--repeat", "1", "--memory-frames", "2",
+                      "--ceiling", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("stcn onnxruntime portable") for line in lines), done.stdout
+    ceiling = next(line for line in lines if line.startswith("fp32 ceiling:"))
+    gflop = float(ceiling.split()[2])
+    assert gflop > 0 and "GFLOP/s" in ceiling
+    rates = [line for line in lines if "runs at" in line and line.rstrip().endswith("of that rate")]
+    assert rates and all(int(line.split("runs at ")[1].split("%")[0]) > 0 for line in rates)
