@@ -17,12 +17,22 @@ float32 with Casts at their borders:
   3DC-Seg becomes ReduceMean / Sub / Mul / Add / Sqrt / Div): from every ``Sqrt``, the statistics ops it
   is computed from (reductions, centring, squaring, epsilon) and the division by it -- squares of
   activations overflow float16 (65504) long before the activations do;
-* ``memory_readout``: the ``L2MemoryReadout`` node. Its affinity and softmax run on float32 inputs and
-  outputs; it takes one data type for all its inputs, so the memory bank it reads stays float32 too.
+* ``memory_readout``: the ``L2MemoryReadout`` node, when the memory bank stays float32 (no ``memory``
+  tensors given): it takes one data type for all its inputs, so it then runs on float32.
 
-Graph inputs and outputs keep their types, so sessions feed and read the same arrays in either
-precision. The node-block rules and what they matched are returned by :func:`convert_to_fp16` and
-recorded in the package manifest by ``vosrt build``.
+**Memory in float16.** ``memory`` names the graph inputs and outputs that are memory-bank tensors (the
+family table's ``GraphIO.memory``: STCN's ``key`` and ``value`` outputs and ``segment``'s ``mem_key``,
+``mem_value`` and ``query_key`` inputs). Those are declared float16, so the session's bank holds float16
+(half the device memory and half the bytes the readout streams), and the ``L2MemoryReadout`` node reads
+and writes float16 with the shape-only nodes (Reshape, Flatten, Squeeze, Unsqueeze, Identity) between
+it and those inputs; the kernel accumulates the affinity, the softmax and the weighted sum in float32.
+In a portable graph the readout's standard ops stay float32 (the input head) behind Casts, so there only
+the storage is float16.
+
+All other graph inputs and outputs keep their types, so sessions feed and read the same arrays in either
+precision (a session sizes its memory bank from the ``segment`` graph's ``mem_key`` type). The node-block
+rules and what they matched are returned by :func:`convert_to_fp16` and recorded in the package manifest
+by ``vosrt build``.
 """
 from __future__ import annotations
 
@@ -50,8 +60,12 @@ RULES = {
     "sensitive_ops": "op types " + ", ".join(FP32_OP_TYPES),
     "normalisation_statistics": ("decomposed normalisation: from each Sqrt, the ReduceMean/Sub/Mul/Add/Pow ops "
                                  "it is computed from and the Div by it"),
-    "memory_readout": "the L2MemoryReadout plugin node (float32 inputs and output, so the memory bank too)",
+    "memory_readout": ("the L2MemoryReadout plugin node when the memory bank stays float32; with a float16 bank "
+                       "it reads and writes float16 and accumulates in float32"),
 }
+# Nodes that only move or reshape data: on the way from a float16 memory input to the readout they stay
+# float16 rather than cast the whole bank to float32 and back.
+_MOVE_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
 _STATISTICS_OPS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "Sub", "Mul", "Add", "Pow", "Sqrt", "Div")
 
 
@@ -142,11 +156,35 @@ def _normalisation_nodes(graph: onnx.GraphProto, producer, consumers) -> set[int
     return found
 
 
-def convert_to_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
+def _memory_readouts(graph: onnx.GraphProto, producer, memory: set[str]) -> set[int]:
+    """Indices of the readout nodes whose float inputs all come from ``memory`` graph inputs through
+    :data:`_MOVE_OPS` only, plus those move nodes: the nodes that run on the float16 bank directly."""
+    found: set[int] = set()
+    for index, node in enumerate(graph.node):
+        if node.domain != PLUGIN_DOMAIN or node.op_type not in FP32_PLUGIN_OPS:
+            continue
+        path, ok = {index}, True
+        for name in node.input:
+            while ok and name not in memory:
+                moved = producer.get(name)
+                if moved is None or graph.node[moved].op_type not in _MOVE_OPS:
+                    ok = False
+                else:
+                    path.add(moved)
+                    name = graph.node[moved].input[0]
+        if ok:
+            found |= path
+    return found
+
+
+def convert_to_fp16(model: onnx.ModelProto, memory: tuple | list | set = ()) -> tuple[onnx.ModelProto, dict]:
     """A float16 copy of ``model`` with the float32 blocks described in the module docstring.
 
-    Returns ``(model, report)``; ``report`` maps each rule of :data:`RULES` to the number of nodes it
-    kept in float32 and gives the counts of float16 nodes and inserted casts.
+    ``memory``: names of graph inputs and outputs that hold memory-bank tensors, declared float16 (see
+    the module docstring); names the graph does not have are ignored, so one family-wide list serves
+    every graph. Returns ``(model, report)``; ``report`` maps each rule of :data:`RULES` to the number of
+    nodes it kept in float32 and gives the counts of float16 nodes and inserted casts, and ``memory``,
+    the graph's inputs and outputs declared float16.
     """
     model_in = model
     model = onnx.ModelProto()
@@ -154,6 +192,8 @@ def convert_to_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     graph = model.graph
     types = _tensor_types(model)
     is_float = lambda name: types.get(name) in _FLOAT_TYPES  # noqa: E731
+    boundary = {v.name: v for v in list(graph.input) + list(graph.output)}
+    memory = {name for name in memory if name in boundary and is_float(name)}
 
     consumers: dict[str, list[int]] = defaultdict(list)
     producer: dict[str, int] = {}
@@ -167,7 +207,10 @@ def convert_to_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     tail = _tail_nodes(graph, producer)
     sensitive = {i for i, n in enumerate(graph.node) if n.op_type in FP32_OP_TYPES}
     normalisation = _normalisation_nodes(graph, producer, consumers)
-    readout = {i for i, n in enumerate(graph.node) if n.domain == PLUGIN_DOMAIN and n.op_type in FP32_PLUGIN_OPS}
+    on_memory = _memory_readouts(graph, producer, memory)
+    head -= on_memory
+    readout = {i for i, n in enumerate(graph.node)
+               if n.domain == PLUGIN_DOMAIN and n.op_type in FP32_PLUGIN_OPS and i not in on_memory}
     keep32 = head | tail | sensitive | normalisation | readout
     report = {"rules": dict(RULES), "fp32_nodes": {"input_head": len(head), "output_tail": len(tail),
                                                     "sensitive_ops": len(sensitive),
@@ -214,8 +257,13 @@ def convert_to_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
             for out in node.output:
                 if is_float(out) and out not in dtype_of:
                     dtype_of[out] = types[out]
+    for value in list(graph.input) + list(graph.output):
+        if value.name in memory:  # the bank's tensors: float16 at the graph boundary
+            value.type.tensor_type.elem_type = TensorProto.FLOAT16
     for value in graph.input:
-        if is_float(value.name):
+        if value.name in memory:
+            dtype_of[value.name] = TensorProto.FLOAT16
+        elif is_float(value.name):
             dtype_of.setdefault(value.name, value.type.tensor_type.elem_type)
 
     # Casts where a tensor's type differs from what its reader computes in.
@@ -260,6 +308,7 @@ def convert_to_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     del graph.value_info[:]
     report["fp16_nodes"] = len(half)
     report["casts"] = n_casts
+    report["memory"] = sorted(memory)
     return model, report
 
 
@@ -298,10 +347,10 @@ def _sort_topologically(graph: onnx.GraphProto, nodes: list) -> None:
     graph.node.extend(ordered)
 
 
-def convert_file(src: str | Path, dst: str | Path) -> dict:
-    """Write the float16 variant of ONNX file ``src`` to ``dst`` (external data kept inline); returns
-    the conversion report."""
+def convert_file(src: str | Path, dst: str | Path, memory: tuple | list | set = ()) -> dict:
+    """Write the float16 variant of ONNX file ``src`` to ``dst`` (external data kept inline), with the
+    ``memory`` tensors in float16; returns the conversion report."""
     model = onnx.load(str(src))
-    converted, report = convert_to_fp16(model)
+    converted, report = convert_to_fp16(model, memory)
     onnx.save(converted, str(dst))
     return report

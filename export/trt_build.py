@@ -105,20 +105,24 @@ def _plugin_graphs(package: Package) -> dict[str, Path]:
 
 
 def write_fp16_graphs(package: Package, progress: Progress = None) -> dict:
-    """Write ``engines/GRAPH.plugin.fp16.onnx`` for every graph; returns ``{"graphs": {graph: file},
-    "rules": ..., "fp32_nodes": {graph: {rule: count}}, "fp16_nodes": {...}, "casts": {...}}``."""
+    """Write ``engines/GRAPH.plugin.fp16.onnx`` for every graph, the family's memory tensors in float16;
+    returns ``{"graphs": {graph: file}, "rules": ..., "fp32_nodes": {graph: {rule: count}},
+    "fp16_nodes": {...}, "casts": {...}, "memory": {graph: [float16 inputs/outputs]}}``."""
     from vosrt.export import fp16
 
     out_dir = package.path / ENGINE_DIR
     out_dir.mkdir(exist_ok=True)
-    record = {"graphs": {}, "rules": dict(fp16.RULES), "fp32_nodes": {}, "fp16_nodes": {}, "casts": {}}
+    record = {"graphs": {}, "rules": dict(fp16.RULES), "fp32_nodes": {}, "fp16_nodes": {}, "casts": {}, "memory": {}}
+    table = families.get(package.family).graphs
     for graph, src in _plugin_graphs(package).items():
         name = f"{ENGINE_DIR}/{graph}.plugin.fp16.onnx"
-        report = fp16.convert_file(src, package.path / name)
+        io = table.get(graph)
+        report = fp16.convert_file(src, package.path / name, memory=io.memory if io is not None else ())
         record["graphs"][graph] = name
         record["fp32_nodes"][graph] = report["fp32_nodes"]
         record["fp16_nodes"][graph] = report["fp16_nodes"]
         record["casts"][graph] = report["casts"]
+        record["memory"][graph] = report["memory"]  # inputs/outputs in float16: the memory bank's tensors
         _say(progress, f"fp16 variant of {graph}: {report['fp16_nodes']} nodes in fp16, "
                        f"{sum(report['fp32_nodes'].values())} kept in fp32, {report['casts']} casts -> {name}")
     return record

@@ -36,13 +36,16 @@ class GraphIO:
     order. ``dynamic_axes``: ``{input or output name: {axis: label}}``; labels ``"objects"`` and
     ``"memory"`` are the ones engine profiles and parity checks size. ``portable_inputs``:
     ``{input name: streaming setting}`` for inputs that only the portable form exposes, with the
-    setting's value as their default (the plugin form holds it as a node attribute).
+    setting's value as their default (the plugin form holds it as a node attribute). ``memory``: the
+    inputs and outputs that are memory-bank tensors, which fp16 engines hold in float16
+    (:mod:`vosrt.export.fp16`).
     """
 
     inputs: dict
     outputs: tuple
     dynamic_axes: dict = field(default_factory=dict)
     portable_inputs: dict = field(default_factory=dict)
+    memory: tuple = ()
 
     @property
     def input_names(self) -> list[str]:
@@ -160,14 +163,14 @@ register(Family(
     name="stcn",
     task="semi-supervised VOS: object masks given on some frames are tracked through the stream",
     graphs={
-        "encode_key": GraphIO({"image": IMAGE}, ("key", "f16_thin", "f16", "f8", "f4")),
+        "encode_key": GraphIO({"image": IMAGE}, ("key", "f16_thin", "f16", "f8", "f4"), memory=("key",)),
         "encode_value": GraphIO({"image": IMAGE, "f16": FEATURES, "masks": PROBABILITIES}, ("value",),
-                                {"masks": {0: "objects"}, "value": {0: "objects"}}),
+                                {"masks": {0: "objects"}, "value": {0: "objects"}}, memory=("value",)),
         "segment": GraphIO({"mem_key": FEATURES, "mem_value": FEATURES, "query_key": FEATURES,
                             "f16_thin": FEATURES, "f8": FEATURES, "f4": FEATURES}, ("prob", "labels"),
                            {"mem_key": {2: "memory"}, "mem_value": {0: "objects", 2: "memory"},
                             "prob": {0: "objects_and_background"}},
-                           portable_inputs={"top_k": "top_k"}),
+                           portable_inputs={"top_k": "top_k"}, memory=("mem_key", "mem_value", "query_key")),
     },
     streaming={"mem_every": 5, "top_k": 20, "memory_capacity": 20, "max_objects": 32},
     settings=("mem_every", "top_k", "memory_capacity", "color", "max_objects"),

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from vosrt.sdk.backends.base import Backend, Tensor
 from vosrt.sdk.errors import UserError
 
@@ -29,10 +31,11 @@ from vosrt.sdk.errors import UserError
 class MemoryBank:
     """Keys and values of up to ``capacity`` memory frames, each ``hw`` = h*w positions (see module doc)."""
 
-    def __init__(self, backend: Backend, capacity: int, hw: int):
+    def __init__(self, backend: Backend, capacity: int, hw: int, dtype=np.float32):
         if int(capacity) < 1:
             raise UserError(f"memory_capacity: expected at least 1 frame, got {capacity}")
         self.backend = backend
+        self.dtype = np.dtype(dtype)  # what the segment graph reads: float16 for fp16 engines
         self.capacity = int(capacity)
         self.hw = int(hw)
         self.keys: Tensor | None = None    # [1, Ck, capacity*hw], allocated at the first add
@@ -73,10 +76,10 @@ class MemoryBank:
         if value_shape[0] != self.num_objects:
             raise ValueError(f"value has {value_shape[0]} objects, the bank holds {self.num_objects}")
         if self.keys is None:
-            self.keys = backend.zeros((1, key_shape[1], self.capacity * self.hw))
+            self.keys = backend.zeros((1, key_shape[1], self.capacity * self.hw), self.dtype)
             self.allocations += 1
         if self.values is None or backend.shape(self.values)[1] != value_shape[1]:
-            self.values = backend.zeros((self.num_objects, value_shape[1], self.capacity * self.hw))
+            self.values = backend.zeros((self.num_objects, value_shape[1], self.capacity * self.hw), self.dtype)
             self.allocations += 1
         if self.frames == 0:
             slot = 0
@@ -103,7 +106,7 @@ class MemoryBank:
         backend = self.backend
         old = self.values
         channels, columns = backend.shape(old)[1:]
-        self.values = backend.zeros((self.num_objects, channels, columns)) if self.num_objects else None
+        self.values = backend.zeros((self.num_objects, channels, columns), self.dtype) if self.num_objects else None
         self.allocations += 1
         for new_index, old_index in enumerate(keep):
             backend.write(self.values, 0, new_index, backend.read(old, 0, old_index, old_index + 1))

@@ -78,7 +78,8 @@ class Tracker(Session):
                             f"{streaming['top_k']} (plugin form / engine); use the portable form to change it")
         capacity = memory_capacity if memory_capacity is not None else streaming["memory_capacity"]
         h, w = package.height // package.stride, package.width // package.stride
-        self.memory = MemoryBank(backend, int(capacity), h * w)
+        # The bank holds what the segment graph reads: float16 for an fp16 engine (vosrt.export.fp16).
+        self.memory = MemoryBank(backend, int(capacity), h * w, backend.input_dtype("segment", "mem_key"))
         self.objects: list[int] = []   # object ids, in the order of the graphs' object axis
         self.frame_index = -1
         self._since_memory = 0

@@ -175,12 +175,13 @@ def _assert_within_fp32_bounds(report: dict) -> None:
 
 @pytest.mark.tensorrt
 @pytest.mark.parametrize("name", FAMILIES)
-def test_build_records_version_gpu_precision_profiles_and_the_fp32_nodes_of_each_graph(packages, name):
+def test_build_records_version_gpu_precision_profiles_and_the_fp32_nodes_of_each_graph(packages, plugin_library, name):
     import onnx
     import tensorrt
 
     from vosrt.export import fp16
-    from vosrt.sdk.backends.tensorrt import current_gpu
+    from vosrt.sdk import families
+    from vosrt.sdk.backends.tensorrt import TensorRTBackend, current_gpu
     from vosrt.sdk.package import load_package
 
     package = load_package(packages[name])
@@ -193,14 +194,19 @@ def test_build_records_version_gpu_precision_profiles_and_the_fp32_nodes_of_each
         assert all((packages[name] / f).stat().st_size > 0 for f in entry["files"].values())
     record = engines["fp16"]["fp16"]
     assert set(record["fp32_nodes"]) == set(package.graphs)
+    table = families.get(package.family).graphs
     for graph in package.graphs:
         # the counts recorded are those of the graph the engine was built from, rule by rule
-        _, report = fp16.convert_to_fp16(onnx.load(str(package.graph_path(graph, "plugin"))))
+        _, report = fp16.convert_to_fp16(onnx.load(str(package.graph_path(graph, "plugin"))), table[graph].memory)
         assert record["fp32_nodes"][graph] == report["fp32_nodes"], graph
         assert record["fp16_nodes"][graph] == report["fp16_nodes"] > 0, graph
+        assert record["memory"][graph] == sorted(table[graph].memory), graph
     if package.family == "stcn":
-        assert record["fp32_nodes"]["segment"]["memory_readout"] == 1
+        # the bank is float16, so the readout runs in float16 storage (float32 accumulation in the kernel)
+        assert record["fp32_nodes"]["segment"]["memory_readout"] == 0
         assert record["fp32_nodes"]["segment"]["output_tail"] > 0
+        backend = TensorRTBackend(package, precision="fp16", plugin_lib=plugin_library)
+        assert backend.input_dtype("segment", "mem_key") == np.float16
     assert (packages[name] / "engines" / "timing.cache").stat().st_size > 0
 
 

@@ -74,6 +74,11 @@ class Backend(ABC):
         axes), or None where the backend cannot tell. Sessions check image sizes with it at open."""
         return None
 
+    def input_dtype(self, graph: str, name: str) -> np.dtype:
+        """Element type ``graph`` takes for input ``name``: float32 unless the backend tells otherwise (an
+        fp16 engine's memory-bank inputs are float16, and the STCN tracker sizes its bank from it)."""
+        return np.dtype(np.float32)
+
     # ----------------------------------------------------------------------------- data
     @abstractmethod
     def upload(self, array: np.ndarray) -> Tensor:
@@ -149,6 +154,12 @@ class DelegatingBackend(Backend):
 
     def input_names(self, graph):
         return self.inner.input_names(graph)
+
+    def input_shape(self, graph, name):
+        return self.inner.input_shape(graph, name)
+
+    def input_dtype(self, graph, name):
+        return self.inner.input_dtype(graph, name)
 
     def upload(self, array):
         return self.inner.upload(array)

@@ -123,6 +123,12 @@ class OnnxRuntimeBackend(Backend):
         """Names of ``graph``'s outputs."""
         return list(self._outputs[graph])
 
+    def input_dtype(self, graph: str, name: str) -> np.dtype:
+        for meta in self.sessions[graph].get_inputs():
+            if meta.name == name:
+                return np.dtype(_NUMPY_OF_ORT.get(meta.type, np.float32))
+        return np.dtype(np.float32)
+
     def input_shape(self, graph: str, name: str) -> tuple | None:
         for meta in self.sessions[graph].get_inputs():
             if meta.name == name:

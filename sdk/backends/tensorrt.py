@@ -383,6 +383,9 @@ class TensorRTBackend(Backend):
     def input_names(self, graph: str) -> list[str]:
         return list(self._graphs[graph].inputs)
 
+    def input_dtype(self, graph: str, name: str) -> np.dtype:
+        return self._graphs[graph].inputs[name]
+
     def output_names(self, graph: str) -> list[str]:
         """Names of ``graph``'s outputs."""
         return list(self._graphs[graph].outputs)
