@@ -293,3 +293,35 @@ def test_l2_readout_plugin_with_emulated_kernels_matches_the_pytorch_reference(r
     actual = run_plugin("L2MemoryReadout", fields, [mem_key.numpy(), query_key.numpy(), mem_value.numpy()],
                         tuple(expected.shape), dtype)
     _close(actual, expected.numpy(), rel=1e-4 if dtype == "float" else 1e-2)
+
+
+@pytest.mark.parametrize("wheel_cuda", ["12", "13"])
+def test_cmake_refuses_a_tensorrt_built_for_another_cuda_major_than_nvcc(tmp_path, wheel_cuda):
+    """A pip-style TensorRT (tensorrt_libs/ beside its tensorrt_cuNN_libs dist-info) is checked against nvcc's
+    major version at configure time; libnvinfer is only looked up, never loaded, so an empty file stands in."""
+    from kernel_build import have_cmake_and_cxx, have_nvcc
+
+    if not (have_cmake_and_cxx() and have_nvcc()):
+        pytest.skip("needs cmake, a C++ compiler and nvcc")
+    nvcc = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout
+    nvcc_major = re.search(r"release (\d+)\.", nvcc).group(1)
+    site = tmp_path / "site-packages"
+    (site / "tensorrt_libs").mkdir(parents=True)
+    (site / "tensorrt_libs" / "libnvinfer.so").write_bytes(b"")
+    (site / f"tensorrt_cu{wheel_cuda}_libs-10.16.0.dist-info").mkdir()
+    root = tmp_path / "trt"
+    root.mkdir()
+    (root / "include").symlink_to(INCLUDES[0].resolve())
+    (root / "lib").symlink_to(site / "tensorrt_libs")
+    done = subprocess.run(["cmake", "-S", str(ROOT / "plugins"), "-B", str(tmp_path / "build"),
+                           f"-DTensorRT_ROOT={root}", "-DVOSRT_CUDA_ARCHS=80", "-DCMAKE_CUDA_ARCHITECTURES=80",
+                           "-DVOSRT_BUILD_CPU_OPS=OFF", "-DVOSRT_BUILD_CPU_DRIVER=OFF", "-DVOSRT_BUILD_EMULATION=OFF"],
+                          capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    if wheel_cuda == nvcc_major:
+        assert done.returncode == 0, output[-3000:]
+        assert f"TensorRT and nvcc agree on CUDA {wheel_cuda}" in output
+    else:
+        assert done.returncode != 0
+        assert f"built for CUDA {wheel_cuda}, but nvcc is CUDA {nvcc_major}" in " ".join(output.split())
+        assert f"pip install tensorrt-cu{nvcc_major}" in " ".join(output.split())
