@@ -17,6 +17,7 @@ using namespace vosrt;
 namespace {
 
 constexpr int kTileP = 128;    // output positions per tile (columns of the GEMM)
+static_assert(kTileP % kBlockJ == 0, "position tiles are padded to whole register blocks");
 constexpr int kChunkR = 256;   // reduction rows per GEMM pass, so the weight chunk stays in L2
 
 }  // namespace

@@ -185,6 +185,7 @@ void dense_tile(const Shape& s, int b, int m0, const float* mem_sq, const float*
 }  // namespace
 
 static_assert(kTileN % kBlockI == 0 && kL2TileN <= kTileN, "affinity tiles hold whole register blocks");
+static_assert(kTileM % kBlockJ == 0, "query tiles are padded to whole register blocks");
 
 extern "C" int vosrtCpuOpsVersion(void) { return VOSRT_CPU_OPS_VERSION; }
 
