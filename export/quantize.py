@@ -188,6 +188,7 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
     manifest.pop("engines", None)
     manifest["quantization"] = {"method": "onnxruntime static QDQ, int8 per-channel weights, uint8 activations",
                                 "calibration": {"source": source_name, "frames": len(frames)},
+                                "source_package": str(Path(src.path).resolve()),
                                 "quantized_ops": ["Conv"], "fp32": "custom operators (readout, D2Conv3D)",
                                 "graphs": report}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

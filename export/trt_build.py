@@ -202,6 +202,15 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
     if workspace_mb is not None and workspace_mb <= 0:
         raise UserError(f"--workspace must be a positive number of MiB, got {workspace_mb}")
     package = load_package(pkg)
+    quantization = read_manifest(package.path)[1].get("quantization")
+    if quantization is not None:
+        # ONNX Runtime's QDQ with uint8 (asymmetric) activations: TensorRT takes int8 with zero point 0 only.
+        source = quantization.get("source_package")
+        hint = (f"`vosrt build {shlex.quote(source)} --precision {precision}`" if source
+                else "`vosrt build` on the fp32 package it was quantized from")
+        raise UserError(f"{package.path} is an INT8 package made by `vosrt quantize` for ONNX Runtime on the CPU "
+                        f"(uint8 activations, which TensorRT does not take); build engines from the fp32 package "
+                        f"instead: {hint}")
     sources = _plugin_graphs(package)
     trt = import_tensorrt()   # before the plugin library: without TensorRT, building that cannot help
     profiles = {g: profile_shapes(package, g, max_objects, max_memory_frames) for g in sources}
