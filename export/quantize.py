@@ -5,7 +5,9 @@ package exactly as ``vosrt run`` would, records every graph's inputs on the way,
 graph's portable form with those inputs as calibration data. Quantized are the convolutions of the
 encoders and the decoder; the custom operators stay fp32: the memory readout (its MatMul, TopK and
 gather are not touched, since only Conv nodes are quantized) and the D2Conv3D decomposition (its
-1×1×1 Conv reads GridSample's samples and is excluded). A graph's plugin form is quantized too, with the
+1×1×1 Conv reads GridSample's samples and is excluded); 3D convolutions stay fp32 too, since ONNX
+Runtime's INT8 3D convolution is slower than its fp32 one on the CPU (a package with nothing but 3D
+convolutions, 3DC-Seg, is refused). A graph's plugin form is quantized too, with the
 ranges calibrated on its portable form: ONNX Runtime's calibrator loads no custom operators, but the two
 forms differ only in the custom-operator nodes and name every convolution's input and output alike, so
 the portable form's calibration table covers the plugin form's convolutions (checked: a plugin graph with
@@ -104,12 +106,8 @@ def quantize_graph(src: Path, dst: Path, samples: list[dict[str, np.ndarray]] | 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import CalibrationDataReader
 
-    model = onnx.load(str(src))
-    # The exporter leaves nodes unnamed at times; the quantizer's exclusion list needs names.
-    for index, node in enumerate(model.graph.node):
-        if not node.name:
-            node.name = f"{node.op_type}_{index}"
-    excluded = _d2conv3d_convs(model)
+    model = _load_named(src)
+    excluded = sorted(set(_d2conv3d_convs(model)) | set(_volume_convs(model)))
     reader = None
     if samples is not None:
         inputs = {i.name for i in model.graph.input}
@@ -128,6 +126,24 @@ def quantize_graph(src: Path, dst: Path, samples: list[dict[str, np.ndarray]] | 
     if samples is not None:
         report["calibration_samples"] = len(samples)
     return report
+
+
+def _load_named(path, load_external_data: bool = True) -> onnx.ModelProto:
+    """The ONNX model at ``path`` with every node named: the exporter leaves some unnamed, and the
+    quantizer's exclusion list needs names."""
+    model = onnx.load(str(path), load_external_data=load_external_data)
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{index}"
+    return model
+
+
+def _volume_convs(model: onnx.ModelProto) -> list[str]:
+    """Names of the 3D (volume) Conv nodes: ONNX Runtime's INT8 3D convolution is slower on the CPU than
+    its fp32 one (3dc-seg-lite, 8×240×432 clip, 2 threads: QLinearConv 512 ms against 454 ms for the same
+    convolutions in fp32), so they stay fp32."""
+    ranks = {i.name: len(i.dims) for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "Conv" and ranks.get(n.input[1], 4) == 5]
 
 
 def _uncalibrated_conv_tensors(graph: Path, calibration_table: Path) -> list[str]:
@@ -152,6 +168,16 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
     if not frames:
         raise UserError("the calibration source gave no frames")
     say = progress or (lambda text: None)
+    planar = 0
+    for graph, forms in src.graphs.items():
+        if "portable" in forms:
+            model = _load_named(forms["portable"], load_external_data=False)
+            kept = set(_volume_convs(model)) | set(_d2conv3d_convs(model))
+            planar += sum(n.op_type == "Conv" and n.name not in kept for n in model.graph.node)
+    if planar == 0:
+        raise UserError(f"{src.path} has only 3D convolutions, and ONNX Runtime's INT8 3D convolution runs slower "
+                        "on the CPU than its fp32 one: an INT8 copy would be slower, so none is written; keep the "
+                        "fp32 package")
     say(f"calibrating on {len(frames)} frames")
     samples = record_calibration(src, frames, first_mask, color)
     out_dir.mkdir(parents=True, exist_ok=True)

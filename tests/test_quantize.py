@@ -167,3 +167,12 @@ def test_build_refuses_an_int8_package_and_names_the_fp32_package_to_build_inste
     assert hint[:2] == ["build", str(tiny_package("stcn").resolve())] and hint[2:] == ["--precision", "fp16"]
     main(hint)  # the fp32 package gets past this check (to TensorRT, or to its missing plugin form here)
     assert "INT8 package" not in capsys.readouterr().err
+
+
+def test_quantize_refuses_a_package_of_only_3d_convolutions_since_int8_would_be_slower(calibration, tmp_path, capsys):
+    out = tmp_path / "c3d-int8"
+    assert main(["quantize", str(tiny_package("3dc-seg")), "--calibrate", str(calibration), "--out", str(out),
+                 "--frames", "8"]) != 0
+    message = capsys.readouterr().err
+    assert "only 3D convolutions" in message and "keep the fp32 package" in message
+    assert not out.exists()
