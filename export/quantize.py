@@ -140,8 +140,8 @@ def _load_named(path, load_external_data: bool = True) -> onnx.ModelProto:
 
 def _volume_convs(model: onnx.ModelProto) -> list[str]:
     """Names of the 3D (volume) Conv nodes: ONNX Runtime's INT8 3D convolution is slower on the CPU than
-    its fp32 one (3dc-seg-lite, 8×240×432 clip, 2 threads: QLinearConv 512 ms against 454 ms for the same
-    convolutions in fp32), so they stay fp32."""
+    its fp32 one (ONNX Runtime 1.32's profiler, 3dc-seg-lite, one 8×240×432 clip, 2 threads: QLinearConv
+    512 ms against 454 ms for the same convolutions in fp32), so they stay fp32."""
     ranks = {i.name: len(i.dims) for i in model.graph.initializer}
     return [n.name for n in model.graph.node if n.op_type == "Conv" and ranks.get(n.input[1], 4) == 5]
 
