@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import onnx
 import onnxruntime as ort
 import torch
@@ -83,10 +84,14 @@ def test_portable_readout_matches_reference_with_batch_of_two_and_ties():
     np.testing.assert_allclose(actual.transpose(0, 2, 1)[clear], expected.transpose(0, 2, 1)[clear], rtol=1e-5, atol=2e-6)
 
 
-def test_stcn_segment_graph_reads_memory_without_a_memory_by_query_tensor():
-    package = tiny_package("stcn")
+@pytest.mark.parametrize("which", ["tiny", "shipped"])
+def test_stcn_segment_graph_reads_memory_without_a_memory_by_query_tensor(which):
+    from vosrt.sdk.cli_demo import demo_package
+
+    # The tiny test package's 32×32 frames give 2×2 keys; the shipped stcn-lite's 128×224 give 8×14.
+    package, (h, w) = (tiny_package("stcn"), (2, 2)) if which == "tiny" else (demo_package("stcn"), (8, 14))
     model = onnx.load(str(package / "segment.portable.onnx"))
-    memory_frames, h, w = 6, 2, 2  # the tiny package's 32×32 frames give 2×2 keys
+    memory_frames = 6
     objects = 2
     inputs = {i.name: [d.dim_value or None for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
     rng = np.random.default_rng(0)
