@@ -51,7 +51,7 @@ def _inputs(backend, package, objects: int, memory_frames: int, seed: int = 0):
 
 
 def _measure(path: str, backend_name: str, form: str, objects: int, memory_frames: int, threads: int,
-             repeat: int) -> dict:
+             repeat: int, arena: bool = False) -> dict:
     from vosrt.sdk.backends import open_backend
     from vosrt.sdk.package import load_package
 
@@ -59,6 +59,7 @@ def _measure(path: str, backend_name: str, form: str, objects: int, memory_frame
     options = {"threads": threads, "device": "cpu"}
     if backend_name == "onnxruntime":
         options["form"] = form
+        options["memory_arena"] = arena
     backend = open_backend(package, backend_name, **options)
     feeds = _inputs(backend, package, objects, memory_frames)
     result = {"describe": backend.describe(), "graphs": {}}
@@ -148,20 +149,22 @@ def main(argv=None) -> int:
     parser.add_argument("--memory-frames", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--arena", action="store_true",
+                        help="ONNX Runtime rows with its CPU memory arena on (vosrt turns it off), to compare RSS")
     parser.add_argument("--ceiling", action="store_true",
                         help="also measure the fp32 arithmetic ceiling of the first package (see above)")
     parser.add_argument("--only", nargs=2, metavar=("BACKEND", "FORM"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.only:
         print(json.dumps(_measure(args.packages[0], *args.only, args.objects, args.memory_frames, args.threads,
-                                  args.repeat)))
+                                  args.repeat, args.arena)))
         return 0
     rows = []
     for path in args.packages:
         for backend_name, form in _configurations(path):
             command = [sys.executable, __file__, path, "--only", backend_name, form, "--objects", str(args.objects),
                        "--memory-frames", str(args.memory_frames), "--threads", str(args.threads),
-                       "--repeat", str(args.repeat)]
+                       "--repeat", str(args.repeat)] + (["--arena"] if args.arena else [])
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 print(f"{path} {backend_name} {form}: failed\n{done.stderr[-2000:]}", file=sys.stderr)

@@ -50,13 +50,14 @@ class OnnxRuntimeBackend(Backend):
     ``"plugin"``: the plugin form through the CPU operators, or an error),
     ``device`` (``"auto"``: CUDA when onnxruntime-gpu sees a GPU, else CPU; or ``"cpu"`` / ``"cuda"``),
     ``io_binding`` (default: on for CUDA, off for CPU), ``threads`` (intra-op threads, default ORT's),
-    ``providers`` (explicit provider list, overrides ``device``).
+    ``providers`` (explicit provider list, overrides ``device``), ``memory_arena`` (default off: see
+    :func:`session_options`).
     """
 
     name = "onnxruntime"
 
     def __init__(self, package, form: str = "auto", device: str = "auto", io_binding: bool | None = None,
-                 threads: int | None = None, providers: list | None = None, **unused):
+                 threads: int | None = None, providers: list | None = None, memory_arena: bool = False, **unused):
         if unused:
             raise UserError(f"onnxruntime backend: unknown option(s) {', '.join(sorted(unused))}")
         available = ort.get_available_providers()
@@ -71,6 +72,7 @@ class OnnxRuntimeBackend(Backend):
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         self.device = device
         self._threads = int(threads or 0)
+        self._arena = bool(memory_arena)
         self.forms = _choose_forms(package, form, device, self._threads)  # graph -> form that runs
         self.form = "+".join(sorted(set(self.forms.values()), reverse=True))
         self.bound = device == "cuda" if io_binding is None else bool(io_binding)
@@ -109,7 +111,7 @@ class OnnxRuntimeBackend(Backend):
         return str(path)
 
     def _session_options(self, graph: str | None = None) -> "ort.SessionOptions":
-        options = session_options(self._threads)
+        options = session_options(self._threads, self._arena)
         if graph is not None and self.forms.get(graph) == "plugin":
             from vosrt.sdk import cpu_ops
             options.register_custom_ops_library(cpu_ops.register_onnxruntime_ops(cpu_ops.load_cpu_ops()))
@@ -260,7 +262,7 @@ class OnnxRuntimeBackend(Backend):
         self._helpers.clear()
 
     def describe(self) -> str:
-        mode = "I/O binding" if self.bound else "host tensors"
+        mode = ("I/O binding" if self.bound else "host tensors") + (", memory arena" if self._arena else "")
         plugin = [g for g, f in self.forms.items() if f == "plugin"]
         forms = (f"plugin form with vosrt CPU operators for {', '.join(plugin)}, portable for the rest" if plugin
                  else "portable form")
@@ -296,7 +298,7 @@ def _choose_forms(package, form: str, device: str, threads: int) -> dict[str, st
     return forms
 
 
-def session_options(threads: int | None = None) -> "ort.SessionOptions":
+def session_options(threads: int | None = None, memory_arena: bool = False) -> "ort.SessionOptions":
     """The ONNX Runtime session options of every vosrt session (backend, parity checks, engine checks).
 
     Warnings are silenced (the portable ``top_k`` input's default initializer draws a harmless one).
@@ -304,13 +306,15 @@ def session_options(threads: int | None = None) -> "ort.SessionOptions":
     the session that just ran would steal the cores from the next one (2x slower on 2 cores), so
     workers do not spin. The CPU memory arena is off: each session's arena would keep its own graph's peak
     of intermediate buffers for good, so a tracker's three sessions held the sum of three peaks (full STCN
-    at 480p: 1.30 GB peak RSS with arenas, 0.92 GB without, ``samples/bench_stcn_graphs.py``), while freed
-    buffers now go back to the system between graphs at no measurable cost in time.
-    ``threads``: intra-op threads (default: ONNX Runtime's choice).
+    at 480p, plugin form: 1.30 GB peak RSS with arenas, 0.91 GB without, ``samples/bench_stcn_graphs.py
+    [--arena]``), while freed
+    buffers now go back to the system between graphs at no measurable cost in time (``memory_arena=True``
+    turns it back on; ``samples/bench_stcn_graphs.py --arena`` compares). ``threads``: intra-op threads
+    (default: ONNX Runtime's choice).
     """
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.enable_cpu_mem_arena = False
+    options.enable_cpu_mem_arena = bool(memory_arena)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = int(threads)
