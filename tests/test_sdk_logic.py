@@ -525,6 +525,36 @@ def test_no_probability_maps_come_back_as_an_empty_float32_stack_at_the_frame_si
     assert out.shape == (0, 20, 40) and out.dtype == np.float32
 
 
+@pytest.mark.parametrize("shape, ok", [((2, 2, 3), True), ((1, 5, 3), False), ((5, 1, 3), False), ((2, 9, 3), True)])
+def test_frames_need_at_least_2_by_2_pixels(shape, ok):
+    from vosrt.sdk import UserError
+    from vosrt.sdk.letterbox import check_image
+    frame = np.zeros(shape, np.uint8)
+    if ok:
+        assert check_image(frame) is frame
+    else:
+        with pytest.raises(UserError):
+            check_image(frame)
+
+
+@pytest.mark.parametrize("low, high, ok", [(0.0, 1.0, True), (0.0, 0.5, True), (0.5, 1.0, True), (-0.1, 0.5, False),
+                                           (0.2, 1.1, False), (-0.1, 1.1, False), (0.0, 255.0, False)])
+def test_float_frames_must_lie_in_0_to_1_inclusive(low, high, ok):
+    from vosrt.sdk import UserError
+    from vosrt.sdk.letterbox import check_image
+    frame = np.full((3, 3, 3), (low + high) / 2, np.float32)
+    frame[0, 0], frame[2, 2] = low, high
+    if ok:
+        assert check_image(frame) is frame
+    else:
+        with pytest.raises(UserError):
+            check_image(frame)
+    bad = frame.copy()
+    bad[1, 1, 1] = np.nan
+    with pytest.raises(UserError):
+        check_image(bad)
+
+
 # ------------------------------------------------------------------------------------------ mutation-tested: tracker
 
 @pytest.fixture(scope="module")
@@ -651,6 +681,40 @@ def test_a_step_whose_memory_write_fails_leaves_the_tracker_as_it_was(stcn_packa
         np.testing.assert_array_equal(tracker.step(frame), fresh.step(frame))
 
 
+def test_top_k_0_means_all_and_a_negative_top_k_or_max_objects_below_1_is_refused(stcn_package, video):
+    from vosrt.sdk import UserError
+    assert vosrt.sdk.load(stcn_package, threads=1, top_k=0).top_k == 0
+    with pytest.raises(UserError):
+        vosrt.sdk.load(stcn_package, threads=1, top_k=-1)
+    with pytest.raises(UserError):
+        vosrt.sdk.load(stcn_package, threads=1, max_objects=0)
+    single = vosrt.sdk.load(stcn_package, threads=1, color="rgb", max_objects=1)
+    first = video.labels[0]
+    ids = [int(i) for i in np.unique(first) if i]
+    single.step(video.frames[0], first, objects=ids[:1])
+    with pytest.raises(UserError):
+        single.step(video.frames[1], first, objects=ids[1:2])            # a second object: over the limit
+
+
+def test_adding_an_object_keeps_each_tracked_object_s_own_prediction_outside_its_mask(stcn_package, video):
+    tracker = vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=1)
+    twin = vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=1)
+    first = video.labels[0]
+    assert len([i for i in np.unique(first) if i]) == 2
+    for t in range(2):
+        mask = first if t == 0 else None
+        tracker.step(video.frames[t], mask)
+        twin.step(video.frames[t], mask)
+    new = np.zeros((32, 32), np.uint8)
+    new[0:6, 0:6] = 9
+    _, prob = tracker.step(video.frames[2], new, objects=[9], return_probabilities=True)
+    _, predicted = twin.step(video.frames[2], return_probabilities=True)     # the same frame, no new mask
+    outside = new == 0
+    for k in (1, 2):                                                    # the second object too, not just the first
+        np.testing.assert_allclose(prob[k][outside], predicted[k][outside], atol=1e-6)
+    assert not np.allclose(predicted[1], predicted[2])
+
+
 # ------------------------------------------------------------------------------------------ mutation-tested: clips
 
 def test_clip_segmenter_is_still_importable_from_its_old_module_and_nothing_else_is_made_up():
@@ -659,3 +723,50 @@ def test_clip_segmenter_is_still_importable_from_its_old_module_and_nothing_else
     from vosrt.sdk.clips import ClipSegmenter as old_name
     assert old_name is ClipSegmenter
     assert not hasattr(clips, "ClipSegmenterr") and not hasattr(clips, "clipsegmenter")
+
+
+def test_a_clip_scheduler_with_every_frame_emitted_has_no_final_clip():
+    from vosrt.sdk.clips import ClipScheduler
+    schedule = ClipScheduler(8, 3)
+    assert schedule.final_clip() is None                               # nothing added
+    for _ in range(3):
+        assert schedule.add()[1] is None
+    assert schedule.final_clip() == 0                                  # 3 frames pending: one padded clip
+    assert list(schedule.take(3)) == [0, 1, 2]
+    assert schedule.final_clip() is None                               # all emitted: nothing left to run
+
+
+def test_a_one_frame_stream_is_segmented_as_a_clip_of_that_frame_repeated(clip_package):
+    frame = generate_sequence(8, num_frames=1, height=32, width=32, num_objects=1).frames[0]
+    segmenter = vosrt.sdk.load(clip_package, threads=1, color="rgb")
+    assert segmenter.push(frame) == []
+    done = segmenter.flush()
+    assert [d.index for d in done] == [0]
+    clip = np.repeat(frame.astype(np.float32).transpose(2, 0, 1)[:, None] / 255, segmenter.clip_length, 1)[None]
+    backend = segmenter.backend
+    prob = backend.download(backend.run("segment_clip", {"clip": np.ascontiguousarray(clip)})["prob"])[0, 0]
+    np.testing.assert_allclose(done[0].probability, prob[0], atol=1e-5)
+
+
+def test_clip_sessions_refuse_masks_and_objects_and_keep_a_window_of_one_clip(clip_package):
+    from vosrt.sdk import UserError
+    frames = generate_sequence(9, num_frames=20, height=32, width=32, num_objects=1).frames
+    segmenter = vosrt.sdk.load(clip_package, threads=1, color="rgb")
+    with pytest.raises(UserError):
+        segmenter.push(frames[0], mask=np.ones((32, 32), np.uint8))
+    with pytest.raises(UserError):
+        segmenter.push(frames[0], objects=[1])
+    for frame in frames:
+        segmenter.push(frame)
+    assert segmenter.frames_in == 20 and len(segmenter._window) == segmenter.clip_length   # device frames held
+
+
+def test_clip_sessions_take_bgr_frames_by_default(clip_package):
+    frames = generate_sequence(10, num_frames=9, height=32, width=32, num_objects=1).frames
+    bgr = vosrt.sdk.load(clip_package, threads=1)
+    rgb = vosrt.sdk.load(clip_package, threads=1, color="rgb")
+    a = [d for f in frames for d in bgr.push(np.ascontiguousarray(f[:, :, ::-1]))] + bgr.flush()
+    b = [d for f in frames for d in rgb.push(f)] + rgb.flush()
+    assert [d.index for d in a] == [d.index for d in b] == list(range(9))
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x.probability, y.probability, atol=1e-6)
