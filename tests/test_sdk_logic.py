@@ -366,8 +366,8 @@ def test_score_sequence_follows_each_family_s_protocol():
     semi = metrics.score_sequence("stcn", predicted, truth, name="clip")
     assert [(s.sequence, s.object_id, len(s.j)) for s in semi] == [("clip", 1, 2), ("clip", 2, 2)]
     assert semi[1].j == [0.0, 0.0]                                 # per object, first and last frames skipped
-    foreground = metrics.score_sequence("3dc-seg", predicted, truth)
-    assert [(s.sequence, s.object_id, len(s.j)) for s in foreground] == [("sequence", 1, 4)]
+    foreground = metrics.score_sequence("3dc-seg", predicted, truth, name="clip")
+    assert [(s.sequence, s.object_id, len(s.j)) for s in foreground] == [("clip", 1, 4)]
     assert foreground[0].j == [1.0] * 4                            # ids do not matter, every frame scored
     from vosrt.sdk.instance_metrics import evaluate_unsupervised_sequence
     instances = metrics.score_sequence("stem-seg", predicted, truth, name="clip")   # track ids: instance protocol
@@ -615,6 +615,15 @@ def test_bgr_frames_give_what_the_same_frames_in_rgb_give(stcn_package, video):
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_allclose(a[1], b[1], atol=1e-6)
     assert not np.allclose(results[-1], b[1], atol=1e-4)              # the channel order does matter
+
+
+def test_labels_are_uint8_and_probabilities_float32_on_every_kind_of_frame(stcn_package, video):
+    tracker = vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=2)
+    for t, frame in enumerate(video.frames[:3]):                  # before any mask, the mask frame, tracked
+        mask = video.labels[0] if t == 1 else None
+        labels, prob = tracker.step(frame, mask, return_probabilities=True)
+        assert labels.dtype == np.uint8 and prob.dtype == np.float32, t
+        assert tracker.step(frame).dtype == np.uint8
 
 
 def test_a_top_k_other_than_the_export_default_is_fed_to_the_graph(stcn_package, video):
