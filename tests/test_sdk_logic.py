@@ -1,6 +1,8 @@
 """The SDK's own logic checked against independent computations: the memory bank's object moves and
 filled prefix, the mask merge, the letterbox geometry, short clips, reset(), the J/F summaries and the
 DAVIS boundary rule, and the Tracker against a deliberately simple reference loop."""
+import math
+
 import numpy as np
 import pytest
 
@@ -218,3 +220,562 @@ def test_f_of_a_mask_touching_the_border_counts_no_boundary_along_the_image_edge
     shifted = np.zeros_like(truth)
     shifted[30:, :] = 1                             # 10 rows off: beyond the tolerance of ceil(0.008*56.6)=1
     assert metrics.boundary_measure(shifted, truth) == 0.0
+
+
+# ==========================================================================================
+# Found unchecked by mutation testing (mutmut over memory, tracker, letterbox, clips and metrics:
+# docs/TESTING.md). Metrics against a per-pixel reading of their definition, the memory bank's
+# bookkeeping, letterboxing and validation, the tracker's protocol and object handling, the clip module.
+# ==========================================================================================
+
+# ------------------------------------------------------------------------------------------ mutation-tested: metrics
+
+
+def _reference_boundary(mask: np.ndarray) -> np.ndarray:
+    """The boundary rule of the metrics module docstring, pixel by pixel."""
+    seg = mask.astype(bool)
+    height, width = seg.shape
+
+    def at(y, x):
+        return bool(seg[y, x]) if y < height and x < width else False
+
+    edge = np.zeros_like(seg)
+    for y in range(height):
+        for x in range(width):
+            if y == height - 1 and x == width - 1:
+                continue                                    # the bottom-right pixel never
+            if y == height - 1:
+                edge[y, x] = seg[y, x] != at(y, x + 1)      # last row: right neighbour only
+            elif x == width - 1:
+                edge[y, x] = seg[y, x] != at(y + 1, x)      # last column: downwards only
+            else:
+                edge[y, x] = any(seg[y, x] != at(y + dy, x + dx) for dy, dx in ((0, 1), (1, 0), (1, 1)))
+    return edge
+
+
+def _reference_f(pred: np.ndarray, gt: np.ndarray, radius: int) -> float:
+    """F by the module docstring: boundary pixels matched within Euclidean distance ``radius``."""
+    pe, ge = _reference_boundary(pred), _reference_boundary(gt)
+    p_pts, g_pts = np.argwhere(pe), np.argwhere(ge)
+    if len(p_pts) == 0 and len(g_pts) == 0:
+        return 1.0
+    if len(p_pts) == 0:
+        precision, recall = 1.0, 0.0
+    elif len(g_pts) == 0:
+        precision, recall = 0.0, 1.0
+    else:
+        dist2 = ((p_pts[:, None, :] - g_pts[None, :, :]) ** 2).sum(-1)
+        precision = float(np.mean(dist2.min(1) <= radius * radius))
+        recall = float(np.mean(dist2.min(0) <= radius * radius))
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_boundary_map_matches_the_rule_pixel_by_pixel_on_random_masks(seed):
+    rng = np.random.default_rng(seed)
+    mask = rng.random((7, 9)) < 0.5                  # random: last row / column differ from their neighbours
+    np.testing.assert_array_equal(metrics.boundary_map(mask), _reference_boundary(mask))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_f_with_a_radius_of_two_counts_only_euclidean_neighbours(seed):
+    rng = np.random.default_rng(100 + seed)
+    gt = np.zeros((20, 20), bool)
+    gt[5:13, 4:12] = True
+    pred = np.zeros_like(gt)
+    dy, dx = rng.integers(1, 4, size=2)             # a diagonal shift: (2, 2) is 2.83 > 2 pixels away
+    pred[5 + dy:13 + dy, 4 + dx:12 + dx] = True
+    pred ^= rng.random(gt.shape) < 0.05
+    # tolerance >= 1 is a radius in pixels (the default 0.008 would give ceil(0.008 * 28.3) = 1 here)
+    assert metrics.boundary_measure(pred, gt, tolerance=2) == pytest.approx(_reference_f(pred, gt, 2))
+
+
+def test_tolerances_of_one_pixel_or_more_are_the_radius_itself():
+    assert metrics.boundary_tolerance((100, 100), 1) == 1
+    assert metrics.boundary_tolerance((100, 100), 1.5) == 1
+    assert metrics.boundary_tolerance((100, 100), 3) == 3
+    assert metrics.boundary_tolerance((100, 100), 0.5) == math.ceil(0.5 * math.hypot(100, 100))
+
+
+def test_a_predicted_boundary_with_no_true_boundary_scores_f_zero():
+    pred = np.zeros((20, 20), bool)
+    pred[5:10, 5:10] = True
+    assert metrics.boundary_measure(pred, np.zeros_like(pred)) == 0.0       # P = 0, R = 1
+    single = np.zeros_like(pred)
+    single[8, 8] = True                              # one true boundary pixel, far from the prediction
+    pred_far = np.zeros_like(pred)
+    pred_far[0:3, 14:18] = True
+    assert metrics.boundary_measure(pred_far, single) == 0.0
+
+
+def test_objects_are_counted_from_the_first_frame_without_its_void_pixels():
+    first = np.zeros((16, 16), np.uint8)
+    first[2:6, 2:6] = 1
+    first[8:12, 8:12] = 2
+    first[0, :] = metrics.VOID                       # void in the first frame is no object 255
+    later = first.copy()
+    later[0, :] = 0
+    later[12:14, 12:14] = 3                          # an id that appears later is not scored
+    scores = metrics.evaluate_sequence([first, later, later], [first, later, later], skip_first_last=False)
+    assert [s.object_id for s in scores] == [1, 2]
+    assert [s.sequence for s in scores] == ["sequence", "sequence"]
+    only_void = np.full((16, 16), metrics.VOID, np.uint8)
+    only_void[4:8, 4:8] = 0
+    assert metrics.evaluate_sequence([only_void] * 3, [only_void] * 3) == []
+
+
+@pytest.mark.parametrize("length, skip, scored", [(2, True, 2), (3, True, 1), (4, True, 2), (4, False, 4),
+                                                  (1, True, 1)])
+def test_first_and_last_frames_are_skipped_only_when_asked_and_more_than_two(length, skip, scored):
+    gt = np.zeros((12, 12), np.uint8)
+    gt[3:8, 3:8] = 1
+    scores = metrics.evaluate_sequence([gt] * length, [gt] * length, skip_first_last=skip)
+    assert [len(s.j) for s in scores] == [scored] and [len(s.f) for s in scores] == [scored]
+
+
+def test_a_sequence_scores_void_pixels_as_nothing_and_uses_the_given_tolerance():
+    gt = np.zeros((40, 40), np.uint8)
+    gt[10:20, 10:20] = 1
+    gt[25:35, 25:35] = metrics.VOID
+    pred = np.zeros_like(gt)
+    pred[10:20, 12:22] = 1                           # shifted 2 px right
+    pred[25:35, 25:35] = 1                           # covers the void square: not counted
+    scores = metrics.evaluate_sequence([gt, pred, gt], [gt, gt, gt], tolerance=2)
+    void = gt == metrics.VOID
+    assert scores[0].j == pytest.approx([metrics.region_similarity(pred == 1, gt == 1, void)])
+    assert scores[0].j == pytest.approx([80 / 120])
+    assert scores[0].f == pytest.approx([metrics.boundary_measure(pred == 1, gt == 1, void, 2)])
+    assert scores[0].f == pytest.approx([1.0])       # within the 2 px given, not the default 1 px
+    assert metrics.evaluate_sequence([gt, pred, gt], [gt, gt, gt])[0].f[0] < 1.0
+
+
+def test_the_summary_of_no_objects_is_nan_for_j_f_and_j_and_f():
+    summary = metrics.summarize([])
+    assert sorted(summary) == ["F", "J", "J&F"]
+    assert all(math.isnan(v) for v in summary.values())
+
+
+
+def test_score_sequence_follows_each_family_s_protocol():
+    gt = np.zeros((16, 16), np.uint8)
+    gt[2:8, 2:8] = 1
+    gt[9:14, 9:14] = 2
+    pred = gt.copy()
+    pred[9:14, 9:14] = 1                                           # object 2 predicted as object 1
+    truth, predicted = [gt] * 4, [gt, pred, pred, gt]
+    semi = metrics.score_sequence("stcn", predicted, truth, name="clip")
+    assert [(s.sequence, s.object_id, len(s.j)) for s in semi] == [("clip", 1, 2), ("clip", 2, 2)]
+    assert semi[1].j == [0.0, 0.0]                                 # per object, first and last frames skipped
+    foreground = metrics.score_sequence("3dc-seg", predicted, truth, name="clip")
+    assert [(s.sequence, s.object_id, len(s.j)) for s in foreground] == [("clip", 1, 4)]
+    assert foreground[0].j == [1.0] * 4                            # ids do not matter, every frame scored
+    from vosrt.sdk.instance_metrics import evaluate_unsupervised_sequence
+    instances = metrics.score_sequence("stem-seg", predicted, truth, name="clip")   # track ids: instance protocol
+    expected = evaluate_unsupervised_sequence(predicted, truth, name="clip")
+    assert [(s.sequence, s.object_id, s.j, s.f) for s in instances] == [
+        (s.sequence, s.object_id, s.j, s.f) for s in expected]
+    assert [s.j for s in instances] != [s.j for s in foreground]
+
+
+# ------------------------------------------------------------------------------------------ mutation-tested: memory bank
+
+def test_the_bank_allocates_its_buffers_once_and_again_only_when_the_object_set_changes(backend):
+    from vosrt.sdk.memory import MemoryBank
+    bank = MemoryBank(backend, capacity=3, hw=4)
+    bank.set_objects([], 2)
+    assert bank.allocations == 0 and bank.nbytes() == 0
+    for value in range(5):                                      # past the capacity: the ring is reused
+        bank.add(*_frame(float(value), 2))
+    assert bank.allocations == 2                                # keys and values, once each
+    key_bytes, value_bytes = 1 * 2 * 3 * 4 * 4, 2 * 3 * 3 * 4 * 4   # float32 [1, 2, 3*4] and [2, 3, 3*4]
+    assert bank.nbytes() == key_bytes + value_bytes
+    bank.set_objects([1], 1)
+    assert bank.allocations == 3 and bank.nbytes() == key_bytes + value_bytes // 2
+    bank.set_objects([], 0)                                     # no object left: no value buffer held
+    assert bank.allocations == 4 and bank.nbytes() == key_bytes
+
+
+def test_reset_forgets_the_frames_and_the_write_count(backend):
+    from vosrt.sdk.memory import MemoryBank
+    bank = MemoryBank(backend, capacity=2, hw=4)
+    bank.set_objects([], 1)
+    for value in range(3):
+        bank.add(*_frame(float(value), 1))
+    assert (bank.frames, bank.writes) == (2, 3)
+    bank.reset()
+    assert bank.empty and (bank.frames, bank.writes) == (0, 0)
+    assert [bank.add(*_frame(9.0, 1)) for _ in range(3)] == [0, 1, 1]   # slot 0 is permanent again
+    assert bank.writes == 3
+
+
+def test_restore_puts_back_the_snapshot_s_frames_and_objects(backend):
+    from vosrt.sdk.memory import MemoryBank
+    bank = MemoryBank(backend, capacity=4, hw=4)
+    bank.set_objects([], 1)
+    bank.add(*_frame(1.0, 1))
+    saved = bank.snapshot()
+    before = [backend.download(t) for t in bank.read()]
+    bank.set_objects([0], 2)
+    bank.add(*_frame(2.0, 2))
+    bank.restore(saved)
+    assert (bank.num_objects, bank.frames, bank.writes) == (1, 1, 1)
+    after = [backend.download(t) for t in bank.read()]
+    for a, b in zip(after, before):
+        np.testing.assert_array_equal(a, b)
+    assert bank.add(*_frame(3.0, 1)) == 1                # the next write goes to slot 1 again
+
+
+def test_a_new_bank_holds_no_object_until_told(backend):
+    from vosrt.sdk.memory import MemoryBank
+    bank = MemoryBank(backend, capacity=3, hw=4)
+    assert bank.num_objects == 0 and bank.empty
+    with pytest.raises(ValueError):
+        bank.add(*_frame(1.0, 1))                        # one object's values, none set
+
+
+# ------------------------------------------------------------------------------------------ mutation-tested: letterbox
+
+def test_a_label_map_with_a_channel_axis_of_one_is_taken_as_h_w():
+    from vosrt.sdk.letterbox import check_label_map
+    mask = np.zeros((6, 8), np.uint8)
+    mask[2:4, 3:6] = 7
+    out = check_label_map(mask[:, :, None], (6, 8))
+    assert out.shape == (6, 8) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, mask)
+
+
+@pytest.mark.parametrize("make", [lambda m: m.astype(bool), lambda m: m.astype(np.int32),
+                                  lambda m: m.astype(np.float32), lambda m: m.astype(np.int64)])
+def test_label_maps_of_any_integer_bool_or_whole_float_dtype_come_back_as_uint8(make):
+    from vosrt.sdk.letterbox import check_label_map
+    mask = np.zeros((5, 5), np.uint8)
+    mask[1:3, 1:3] = 1
+    out = check_label_map(make(mask), (5, 5))
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, mask)
+
+
+def test_object_ids_run_from_0_to_255_inclusive():
+    from vosrt.sdk import UserError
+    from vosrt.sdk.letterbox import check_label_map
+    mask = np.zeros((4, 4), np.int32)
+    mask[0, 0] = 255
+    assert check_label_map(mask, (4, 4))[0, 0] == 255
+    mask[0, 0] = 256
+    with pytest.raises(UserError):
+        check_label_map(mask, (4, 4))
+
+
+@pytest.mark.parametrize("mask", [np.zeros((4, 4, 3), np.uint8), np.full((4, 4), "a"), np.zeros((4, 4), complex),
+                                  np.full((4, 4), 0.5, np.float32), np.full((4, 4), np.nan, np.float32)])
+def test_colour_text_complex_fractional_or_nan_label_maps_raise_user_error(mask):
+    from vosrt.sdk import UserError
+    from vosrt.sdk.letterbox import check_label_map
+    with pytest.raises(UserError):
+        check_label_map(mask, (4, 4))
+
+
+@pytest.mark.parametrize("src", [(60, 120), (50, 30)])
+def test_letterboxed_label_maps_keep_exact_ids_and_uint8_both_ways(src):
+    from vosrt.sdk.letterbox import Letterbox
+    box = Letterbox(src, (32, 32))
+    labels = np.zeros(src, np.uint8)
+    labels[:, : src[1] // 3] = 1                     # stripes of ids far apart: any blending would show
+    labels[:, src[1] // 3: 2 * src[1] // 3] = 200
+    labels[::7] = 90
+    down = box.labels(labels)
+    assert down.dtype == np.uint8 and down.shape == (32, 32)
+    assert set(np.unique(down)) <= {0, 1, 90, 200}
+    assert set(np.unique(down)) >= {1, 90, 200}
+    package_map = np.zeros((32, 32), np.uint8)
+    package_map[:, :16] = 3
+    package_map[:, 16:] = 250
+    package_map[::5] = 40
+    up = box.labels_back(package_map)
+    assert up.dtype == np.uint8 and up.shape == src
+    assert set(np.unique(up)) <= {3, 40, 250}
+
+
+def test_frames_are_bgr_unless_told_and_come_out_float32_rgb():
+    from vosrt.sdk.letterbox import Letterbox
+    box = Letterbox((4, 6), (4, 6))
+    frame = np.zeros((4, 6, 3), np.uint8)
+    frame[..., 0], frame[..., 1], frame[..., 2] = 10, 20, 30                  # B, G, R as OpenCV decodes
+    out = box.image(frame)
+    assert out.shape == (1, 3, 4, 6) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0, :, 0, 0], np.array([30, 20, 10]) / 255, rtol=1e-6)
+    np.testing.assert_allclose(box.image(frame, "rgb")[0, :, 0, 0], np.array([10, 20, 30]) / 255, rtol=1e-6)
+    as_float = box.image(frame.astype(np.float64) / 255, "rgb")
+    assert as_float.dtype == np.float32
+    np.testing.assert_allclose(as_float[0, :, 0, 0], np.array([10, 20, 30]) / 255, rtol=1e-6)
+
+
+def test_a_frame_is_shrunk_by_area_averaging():
+    from vosrt.sdk.letterbox import Letterbox
+    checker = (np.indices((96, 96)).sum(0) % 2).astype(np.float32)           # 1-pixel checkerboard
+    frame = np.repeat(checker[:, :, None], 3, axis=2)
+    out = Letterbox((96, 96), (32, 32)).image(frame, "rgb")[0, 0]
+    blocks = checker.reshape(32, 3, 32, 3).mean(axis=(1, 3))                  # 5/9 or 4/9, not a sample
+    np.testing.assert_allclose(out, blocks, atol=1e-5)
+
+
+def test_no_probability_maps_come_back_as_an_empty_float32_stack_at_the_frame_size():
+    from vosrt.sdk.letterbox import Letterbox
+    out = Letterbox((20, 40), (32, 32)).probabilities_back(np.zeros((0, 32, 32), np.float32))
+    assert out.shape == (0, 20, 40) and out.dtype == np.float32
+
+
+@pytest.mark.parametrize("shape, ok", [((2, 2, 3), True), ((1, 5, 3), False), ((5, 1, 3), False), ((2, 9, 3), True)])
+def test_frames_need_at_least_2_by_2_pixels(shape, ok):
+    from vosrt.sdk import UserError
+    from vosrt.sdk.letterbox import check_image
+    frame = np.zeros(shape, np.uint8)
+    if ok:
+        assert check_image(frame) is frame
+    else:
+        with pytest.raises(UserError):
+            check_image(frame)
+
+
+@pytest.mark.parametrize("low, high, ok", [(0.0, 1.0, True), (0.0, 0.5, True), (0.5, 1.0, True), (-0.1, 0.5, False),
+                                           (0.2, 1.1, False), (-0.1, 1.1, False), (0.0, 255.0, False)])
+def test_float_frames_must_lie_in_0_to_1_inclusive(low, high, ok):
+    from vosrt.sdk import UserError
+    from vosrt.sdk.letterbox import check_image
+    frame = np.full((3, 3, 3), (low + high) / 2, np.float32)
+    frame[0, 0], frame[2, 2] = low, high
+    if ok:
+        assert check_image(frame) is frame
+    else:
+        with pytest.raises(UserError):
+            check_image(frame)
+    bad = frame.copy()
+    bad[1, 1, 1] = np.nan
+    with pytest.raises(UserError):
+        check_image(bad)
+
+
+# ------------------------------------------------------------------------------------------ mutation-tested: tracker
+
+@pytest.fixture(scope="module")
+def video():
+    from vosrt.sdk.synthetic import generate_sequence
+    return generate_sequence(21, num_frames=6, height=32, width=32, num_objects=2, num_distractors=0)
+
+
+def test_push_returns_each_frame_at_once_with_its_index_and_the_step_labels(stcn_package, video):
+    import vosrt.sdk
+    pushed = vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=2)
+    stepped = vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=2)
+    first = video.labels[0]
+    objects = [int(i) for i in np.unique(first) if i][:1]
+    for t, frame in enumerate(video.frames):
+        mask, chosen = (first, objects) if t == 0 else (None, None)
+        done = pushed.push(frame, mask, chosen)
+        assert [d.index for d in done] == [t]
+        np.testing.assert_array_equal(done[0].labels, stepped.step(frame, mask, chosen))
+    assert pushed.objects == objects and pushed.frames_in == len(video.frames)
+
+
+def test_add_objects_takes_only_the_named_ids_and_passes_return_probabilities(stcn_package, video):
+    import vosrt.sdk
+    tracker = vosrt.sdk.load(stcn_package, threads=1, color="rgb")
+    first = video.labels[0]
+    ids = [int(i) for i in np.unique(first) if i]
+    assert len(ids) == 2
+    labels, prob = tracker.add_objects(video.frames[0], first, objects=[ids[1]], return_probabilities=True)
+    assert tracker.objects == [ids[1]]
+    assert prob.shape == (2, 32, 32)                          # background + the one object
+    np.testing.assert_array_equal(labels == ids[1], first == ids[1])
+    assert not (labels == ids[0]).any()
+
+
+def test_the_background_probability_of_a_mask_frame_is_one_minus_the_objects(stcn_package, video):
+    import vosrt.sdk
+    tracker = vosrt.sdk.load(stcn_package, threads=1, color="rgb")
+    first = video.labels[0]
+    _, prob = tracker.step(video.frames[0], first, return_probabilities=True)
+    np.testing.assert_allclose(prob[0], 1.0 - prob[1:].sum(0), atol=1e-6)
+    assert prob[0][first > 0].max() == 0.0 and prob[0][first == 0].min() == 1.0
+
+
+def test_bgr_frames_give_what_the_same_frames_in_rgb_give(stcn_package, video):
+    import vosrt.sdk
+    bgr = vosrt.sdk.load(stcn_package, threads=1)                      # the default colour order
+    rgb = vosrt.sdk.load(stcn_package, threads=1, color="rgb")
+    swapped = vosrt.sdk.load(stcn_package, threads=1, color="rgb")     # fed BGR frames as if RGB
+    first = video.labels[0]
+    results = []
+    for t, frame in enumerate(video.frames[:3]):
+        mask = first if t == 0 else None
+        reversed_frame = np.ascontiguousarray(frame[:, :, ::-1])
+        a = bgr.step(reversed_frame, mask, return_probabilities=True)
+        b = rgb.step(frame, mask, return_probabilities=True)
+        results.append(swapped.step(reversed_frame, mask, return_probabilities=True)[1])
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_allclose(a[1], b[1], atol=1e-6)
+    assert not np.allclose(results[-1], b[1], atol=1e-4)              # the channel order does matter
+
+
+def test_labels_are_uint8_and_probabilities_float32_on_every_kind_of_frame(stcn_package, video):
+    tracker = vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=2)
+    for t, frame in enumerate(video.frames[:3]):                  # before any mask, the mask frame, tracked
+        mask = video.labels[0] if t == 1 else None
+        labels, prob = tracker.step(frame, mask, return_probabilities=True)
+        assert labels.dtype == np.uint8 and prob.dtype == np.float32, t
+        assert tracker.step(frame).dtype == np.uint8
+
+
+def test_a_top_k_other_than_the_export_default_is_fed_to_the_graph(stcn_package, video):
+    import vosrt.sdk
+    tracker = vosrt.sdk.load(stcn_package, threads=1, color="rgb", top_k=3, mem_every=1)
+    default = vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=1)
+    assert tracker.top_k == 3 and tracker.top_k != default.top_k
+    probs = []
+    for t, frame in enumerate(video.frames[:4]):
+        mask = video.labels[0] if t == 0 else None
+        probs.append((tracker.step(frame, mask, return_probabilities=True)[1],
+                      default.step(frame, mask, return_probabilities=True)[1]))
+    assert not np.allclose(*probs[-1], atol=1e-5)                     # top-3 of 3 memory frames' pixels differs
+
+
+def test_object_ids_are_whole_numbers_from_1_to_255(stcn_package, video):
+    import vosrt.sdk
+    from vosrt.sdk import UserError
+    tracker = vosrt.sdk.load(stcn_package, threads=1, color="rgb")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[4:12, 4:12] = 255
+    tracker.step(video.frames[0], mask, objects=[255])
+    assert tracker.objects == [255]
+    for bad in ([256], [0], [True], [1.0], [255, 255]):
+        with pytest.raises(UserError):
+            tracker.remove_objects(bad)
+    tracker.remove_objects([255])
+    assert tracker.objects == [] and tracker.memory.empty
+
+
+class _FailingWrites:
+    """A real backend whose ``write`` can be made to fail (a lost device, out of memory) from one call on."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        self.fail = False
+
+    def write(self, *args, **kwargs):
+        if self.fail:
+            raise MemoryError("device lost")
+        return self._backend.write(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+
+def test_a_step_whose_memory_write_fails_leaves_the_tracker_as_it_was(stcn_package, video):
+    import vosrt.sdk
+    from vosrt.sdk.backends import open_backend
+    from vosrt.sdk.package import load_package
+    package = load_package(stcn_package)
+    backend = _FailingWrites(open_backend(package, "onnxruntime", threads=1))
+    tracker = vosrt.sdk.open_session(backend, package, color="rgb", mem_every=1)
+    fresh = vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=1)
+    first = video.labels[0]
+    tracker.step(video.frames[0], first)
+    fresh.step(video.frames[0], first)
+    backend.fail = True
+    with pytest.raises(MemoryError):
+        tracker.step(video.frames[1])                             # mem_every=1: this frame is written
+    assert (tracker.frame_index, tracker.memory.frames, tracker.memory.writes) == (0, 1, 1)
+    backend.fail = False
+    for frame in video.frames[1:4]:                               # as if the failed frame never came
+        np.testing.assert_array_equal(tracker.step(frame), fresh.step(frame))
+
+
+def test_top_k_0_means_all_and_a_negative_top_k_or_max_objects_below_1_is_refused(stcn_package, video):
+    from vosrt.sdk import UserError
+    assert vosrt.sdk.load(stcn_package, threads=1, top_k=0).top_k == 0
+    with pytest.raises(UserError):
+        vosrt.sdk.load(stcn_package, threads=1, top_k=-1)
+    with pytest.raises(UserError):
+        vosrt.sdk.load(stcn_package, threads=1, max_objects=0)
+    single = vosrt.sdk.load(stcn_package, threads=1, color="rgb", max_objects=1)
+    first = video.labels[0]
+    ids = [int(i) for i in np.unique(first) if i]
+    single.step(video.frames[0], first, objects=ids[:1])
+    with pytest.raises(UserError):
+        single.step(video.frames[1], first, objects=ids[1:2])            # a second object: over the limit
+
+
+def test_adding_an_object_keeps_each_tracked_object_s_own_prediction_outside_its_mask(stcn_package, video):
+    tracker = vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=1)
+    twin = vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=1)
+    first = video.labels[0]
+    assert len([i for i in np.unique(first) if i]) == 2
+    for t in range(2):
+        mask = first if t == 0 else None
+        tracker.step(video.frames[t], mask)
+        twin.step(video.frames[t], mask)
+    new = np.zeros((32, 32), np.uint8)
+    new[0:6, 0:6] = 9
+    _, prob = tracker.step(video.frames[2], new, objects=[9], return_probabilities=True)
+    _, predicted = twin.step(video.frames[2], return_probabilities=True)     # the same frame, no new mask
+    outside = new == 0
+    for k in (1, 2):                                                    # the second object too, not just the first
+        np.testing.assert_allclose(prob[k][outside], predicted[k][outside], atol=1e-6)
+    assert not np.allclose(predicted[1], predicted[2])
+
+
+# ------------------------------------------------------------------------------------------ mutation-tested: clips
+
+def test_clip_segmenter_is_still_importable_from_its_old_module_and_nothing_else_is_made_up():
+    from vosrt.sdk import clips
+    from vosrt.sdk.clip_segmenter import ClipSegmenter
+    from vosrt.sdk.clips import ClipSegmenter as old_name
+    assert old_name is ClipSegmenter
+    assert not hasattr(clips, "ClipSegmenterr") and not hasattr(clips, "clipsegmenter")
+
+
+def test_a_clip_scheduler_with_every_frame_emitted_has_no_final_clip():
+    from vosrt.sdk.clips import ClipScheduler
+    schedule = ClipScheduler(8, 3)
+    assert schedule.final_clip() is None                               # nothing added
+    for _ in range(3):
+        assert schedule.add()[1] is None
+    assert schedule.final_clip() == 0                                  # 3 frames pending: one padded clip
+    assert list(schedule.take(3)) == [0, 1, 2]
+    assert schedule.final_clip() is None                               # all emitted: nothing left to run
+
+
+def test_a_one_frame_stream_is_segmented_as_a_clip_of_that_frame_repeated(clip_package):
+    frame = generate_sequence(8, num_frames=1, height=32, width=32, num_objects=1).frames[0]
+    segmenter = vosrt.sdk.load(clip_package, threads=1, color="rgb")
+    assert segmenter.push(frame) == []
+    done = segmenter.flush()
+    assert [d.index for d in done] == [0]
+    clip = np.repeat(frame.astype(np.float32).transpose(2, 0, 1)[:, None] / 255, segmenter.clip_length, 1)[None]
+    backend = segmenter.backend
+    prob = backend.download(backend.run("segment_clip", {"clip": np.ascontiguousarray(clip)})["prob"])[0, 0]
+    np.testing.assert_allclose(done[0].probability, prob[0], atol=1e-5)
+
+
+def test_clip_sessions_refuse_masks_and_objects_and_keep_a_window_of_one_clip(clip_package):
+    from vosrt.sdk import UserError
+    frames = generate_sequence(9, num_frames=20, height=32, width=32, num_objects=1).frames
+    segmenter = vosrt.sdk.load(clip_package, threads=1, color="rgb")
+    with pytest.raises(UserError):
+        segmenter.push(frames[0], mask=np.ones((32, 32), np.uint8))
+    with pytest.raises(UserError):
+        segmenter.push(frames[0], objects=[1])
+    for frame in frames:
+        segmenter.push(frame)
+    assert segmenter.frames_in == 20 and len(segmenter._window) == segmenter.clip_length   # device frames held
+
+
+def test_clip_sessions_take_bgr_frames_by_default(clip_package):
+    frames = generate_sequence(10, num_frames=9, height=32, width=32, num_objects=1).frames
+    bgr = vosrt.sdk.load(clip_package, threads=1)
+    rgb = vosrt.sdk.load(clip_package, threads=1, color="rgb")
+    a = [d for f in frames for d in bgr.push(np.ascontiguousarray(f[:, :, ::-1]))] + bgr.flush()
+    b = [d for f in frames for d in rgb.push(f)] + rgb.flush()
+    assert [d.index for d in a] == [d.index for d in b] == list(range(9))
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x.probability, y.probability, atol=1e-6)
