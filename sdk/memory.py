@@ -32,8 +32,11 @@ class MemoryBank:
     """Keys and values of up to ``capacity`` memory frames, each ``hw`` = h*w positions (see module doc)."""
 
     def __init__(self, backend: Backend, capacity: int, hw: int, dtype=np.float32):
-        if int(capacity) < 1:
-            raise UserError(f"memory_capacity: expected at least 1 frame, got {capacity}")
+        if int(capacity) < 2:
+            # Slot 0 is the permanent first annotated frame; the ring needs at least one more slot, or
+            # every later memory frame (and the mask of an object added later) would have nowhere to go.
+            raise UserError(f"memory_capacity: expected at least 2 frames (slot 0 keeps the first annotated frame, "
+                            f"the others the recent ones), got {capacity}")
         self.backend = backend
         self.dtype = np.dtype(dtype)  # what the segment graph reads: float16 for fp16 engines
         self.capacity = int(capacity)

@@ -179,6 +179,7 @@ class TestBadInputKeepsTheSessionUsable:
 
 
 @pytest.mark.parametrize("options, message", [({"mem_every": 0}, "mem_every"), ({"memory_capacity": 0}, "memory_capacity"),
+                                              ({"memory_capacity": 1}, "memory_capacity: expected at least 2 frames"),
                                               ({"overlap": 3}, "not a setting"), ({"color": "bgra"}, "color"),
                                               ({"backend": "tensorflow"}, "backend")])
 def test_bad_session_options_raise_user_error(stcn_package, options, message):
