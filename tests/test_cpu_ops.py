@@ -4,14 +4,18 @@ fp32 results against float64 references, within 1e-5 of the output's magnitude, 
 kernel tests plus shapes that cross every tile of the CPU code (more reduction rows than one GEMM pass,
 more output positions than one tile, output channels that fill no whole register block).
 """
+import functools
+
 import numpy as np
 import pytest
 import torch
 
 from vosrt.sdk import cpu_ops
 from vosrt.sdk.kernels import KernelError
-from vosrt.training.ops.d2conv3d import d2conv3d, output_size
+from vosrt.training.ops.d2conv3d import d2conv3d
 from vosrt.training.ops.l2_readout import l2_memory_readout
+
+from operator_inputs import as_f64 as _f64, assert_close, conv_inputs as _conv_inputs, to_numpy as _np
 
 REL = 1e-5
 
@@ -35,33 +39,7 @@ def ops():
         pytest.skip(f"the CPU operators cannot be built here: {err}")
 
 
-def _conv_inputs(case, seed, spread=1.5, batch=2):
-    kernel, stride, padding, base, groups, has_mod, has_bias, (c, cout), size = case
-    g = torch.Generator().manual_seed(seed)
-    out = output_size(size, kernel, stride, padding, base)
-    k = kernel[0] * kernel[1] * kernel[2]
-    x = torch.randn(batch, c, *size, generator=g)
-    # D spans (−0.5, 1 + spread): some kernels shrink past the centre, many samples leave the volume.
-    dilation = 1 + (torch.rand(batch, 3, *out, generator=g) * (1.5 + spread) - 1.5)
-    modulation = torch.rand(batch, k, *out, generator=g) if has_mod else None
-    weight = torch.randn(cout, c // groups, *kernel, generator=g)
-    bias = torch.randn(cout, generator=g) if has_bias else None
-    return x, dilation, modulation, weight, bias, dict(stride=stride, padding=padding, dilation_base=base,
-                                                       groups=groups)
-
-
-def _np(t):
-    return None if t is None else t.detach().numpy()
-
-
-def _f64(t):
-    return None if t is None else t.double()
-
-
-def _close(actual, expected, rel=REL):
-    expected = np.asarray(expected, dtype=np.float64)
-    scale = max(float(np.abs(expected).max()), 1e-6)
-    np.testing.assert_allclose(actual, expected, rtol=rel, atol=rel * scale)
+_close = functools.partial(assert_close, rel=REL)  # this library's bound against the references
 
 
 def _conv(ops, x, dilation, modulation, weight, bias, attrs):

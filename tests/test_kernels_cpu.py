@@ -9,10 +9,11 @@ import torch
 
 from vosrt.sdk import kernels
 from vosrt.sdk.kernels import KernelError, load_cpu_driver
-from vosrt.training.ops.d2conv3d import d2conv3d, output_size
+from vosrt.training.ops.d2conv3d import d2conv3d
 from vosrt.training.ops.l2_readout import l2_memory_readout
 
 from kernel_build import build, cpu_driver_path, emulation_path, have_nvcc
+from operator_inputs import as_f64 as _f64, assert_close as _close, conv_inputs as _conv_inputs, to_numpy as _np
 
 # kernel, stride, padding, base dilation, groups, modulation, bias, (C, Cout), (T, H, W)
 CONV_CASES = [
@@ -26,35 +27,6 @@ CONV_CASES = [
 @pytest.fixture(scope="module")
 def driver():
     return load_cpu_driver(cpu_driver_path())
-
-
-def _conv_inputs(case, seed, spread=1.5, batch=2):
-    kernel, stride, padding, base, groups, has_mod, has_bias, (c, cout), size = case
-    g = torch.Generator().manual_seed(seed)
-    out = output_size(size, kernel, stride, padding, base)
-    k = kernel[0] * kernel[1] * kernel[2]
-    x = torch.randn(batch, c, *size, generator=g)
-    # D spans (−0.5, 1 + spread): some kernels shrink past the centre, many samples leave the volume.
-    dilation = 1 + (torch.rand(batch, 3, *out, generator=g) * (1.5 + spread) - 1.5)
-    modulation = torch.rand(batch, k, *out, generator=g) if has_mod else None
-    weight = torch.randn(cout, c // groups, *kernel, generator=g)
-    bias = torch.randn(cout, generator=g) if has_bias else None
-    return x, dilation, modulation, weight, bias, dict(stride=stride, padding=padding, dilation_base=base,
-                                                       groups=groups)
-
-
-def _np(t):
-    return None if t is None else t.detach().numpy()
-
-
-def _f64(t, grad=False):
-    return None if t is None else t.double().requires_grad_(grad)
-
-
-def _close(actual, expected, rel=1e-4):
-    expected = np.asarray(expected, dtype=np.float64)
-    scale = max(float(np.abs(expected).max()), 1e-6)
-    np.testing.assert_allclose(actual, expected, rtol=rel, atol=rel * scale)
 
 
 @pytest.mark.slow
