@@ -125,17 +125,16 @@ class OnnxRuntimeBackend(Backend):
         """Names of ``graph``'s outputs."""
         return list(self._outputs[graph])
 
+    def _input_meta(self, graph: str, name: str):
+        return next((meta for meta in self.sessions[graph].get_inputs() if meta.name == name), None)
+
     def input_dtype(self, graph: str, name: str) -> np.dtype:
-        for meta in self.sessions[graph].get_inputs():
-            if meta.name == name:
-                return np.dtype(_NUMPY_OF_ORT.get(meta.type, np.float32))
-        return np.dtype(np.float32)
+        meta = self._input_meta(graph, name)
+        return np.dtype(_NUMPY_OF_ORT.get(meta.type, np.float32) if meta is not None else np.float32)
 
     def input_shape(self, graph: str, name: str) -> tuple | None:
-        for meta in self.sessions[graph].get_inputs():
-            if meta.name == name:
-                return tuple(meta.shape)
-        return None
+        meta = self._input_meta(graph, name)
+        return tuple(meta.shape) if meta is not None else None
 
     def _check_inputs(self, graph: str, inputs: Mapping[str, Tensor]) -> None:
         unknown = set(inputs) - set(self._inputs[graph])
@@ -304,13 +303,12 @@ def session_options(threads: int | None = None, memory_arena: bool = False) -> "
     Warnings are silenced (the portable ``top_k`` input's default initializer draws a harmless one).
     A tracker alternates between several sessions, each with its own thread pool; spinning workers of
     the session that just ran would steal the cores from the next one (2x slower on 2 cores), so
-    workers do not spin. The CPU memory arena is off: each session's arena would keep its own graph's peak
-    of intermediate buffers for good, so a tracker's three sessions held the sum of three peaks (full STCN
-    at 480p, plugin form: 1.30 GB peak RSS with arenas, 0.91 GB without, ``samples/bench_stcn_graphs.py
-    [--arena]``), while freed
-    buffers now go back to the system between graphs at no measurable cost in time (``memory_arena=True``
-    turns it back on; ``samples/bench_stcn_graphs.py --arena`` compares). ``threads``: intra-op threads
-    (default: ONNX Runtime's choice).
+    workers do not spin. The CPU memory arena is off unless ``memory_arena``: each session's arena would
+    keep its own graph's peak of intermediate buffers for good, so a tracker's three sessions held the sum
+    of three peaks, while freed buffers now go back to the system between graphs at no measurable cost in
+    time (full STCN at 480p, plugin form: 1.30 GB peak RSS with arenas, 0.91 GB without;
+    ``samples/bench_stcn_graphs.py [--arena]`` compares). ``threads``: intra-op threads (default: ONNX
+    Runtime's choice).
     """
     options = ort.SessionOptions()
     options.log_severity_level = 3
