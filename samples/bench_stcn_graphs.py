@@ -142,6 +142,11 @@ def _matmul_rate(threads: int, size: int = 2048, repeat: int = 5) -> float:
     return 2 * size ** 3 / best
 
 
+def _per_frame(graphs: dict, clock: str) -> float:
+    """Seconds of one frame: one key encoding and one memory read; a value encoding every mem_every (5) frames."""
+    return graphs["encode_key"][clock] + graphs["segment"][clock] + graphs["encode_value"][clock] / 5
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("packages", nargs="+")
@@ -179,9 +184,7 @@ def main(argv=None) -> int:
     base = None
     for name, result in rows:
         g = result["graphs"]
-        # A frame: one key encoding and one memory read; a value encoding every mem_every (5) frames.
-        wall = g["encode_key"]["wall"] + g["segment"]["wall"] + g["encode_value"]["wall"] / 5
-        cpu = g["encode_key"]["cpu"] + g["segment"]["cpu"] + g["encode_value"]["cpu"] / 5
+        wall, cpu = _per_frame(g, "wall"), _per_frame(g, "cpu")
         base = base or wall
         cells = "".join(f"{g[x]['wall']:>11.3f} / {g[x]['cpu']:<8.3f}" for x in graphs)
         print(f"{name:<40}{cells}{wall:>12.3f}{cpu:>11.3f}{result['peak_rss_mb']:>8.0f}MB{base / wall:>8.2f}x")
@@ -193,13 +196,10 @@ def main(argv=None) -> int:
         print(f"fp32 ceiling: {flops / 1e9:.3g} GFLOP per frame at {rate / 1e9:.0f} GFLOP/s (ONNX Runtime fp32 "
               f"MatMul, {args.threads} threads) -> about {floor:.3f} s per frame in fp32")
         for name, result in rows:
-            g = result["graphs"]
-            wall = g["encode_key"]["wall"] + g["segment"]["wall"] + g["encode_value"]["wall"] / 5
-            print(f"  {name}: runs at {floor / wall:.0%} of that rate")
+            print(f"  {name}: runs at {floor / _per_frame(result['graphs'], 'wall'):.0%} of that rate")
         torch_rows = [r for n, r in rows if " torch " in n]
         if torch_rows:
-            g = torch_rows[0]["graphs"]
-            wall = g["encode_key"]["wall"] + g["segment"]["wall"] + g["encode_value"]["wall"] / 5
+            wall = _per_frame(torch_rows[0]["graphs"], "wall")
             print(f"  so an fp32 backend gains at most about {wall / floor:.2f}x over the first torch row")
     return 0
 
