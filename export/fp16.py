@@ -192,7 +192,7 @@ def convert_to_fp16(model: onnx.ModelProto, memory: tuple | list | set = ()) -> 
     graph = model.graph
     types = _tensor_types(model)
     is_float = lambda name: types.get(name) in _FLOAT_TYPES  # noqa: E731
-    boundary = {v.name: v for v in list(graph.input) + list(graph.output)}
+    boundary = {v.name for v in list(graph.input) + list(graph.output)}
     memory = {name for name in memory if name in boundary and is_float(name)}
 
     consumers: dict[str, list[int]] = defaultdict(list)

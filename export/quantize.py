@@ -107,7 +107,7 @@ def quantize_graph(src: Path, dst: Path, samples: list[dict[str, np.ndarray]] | 
     from onnxruntime.quantization.calibrate import CalibrationDataReader
 
     model = _load_named(src)
-    excluded = sorted(set(_d2conv3d_convs(model)) | set(_volume_convs(model)))
+    excluded = _fp32_convs(model)
     reader = None
     if samples is not None:
         inputs = {i.name for i in model.graph.input}
@@ -146,6 +146,11 @@ def _volume_convs(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "Conv" and ranks.get(n.input[1], 4) == 5]
 
 
+def _fp32_convs(model: onnx.ModelProto) -> list[str]:
+    """Names of the Conv nodes left fp32: D2Conv3D's decomposition and the 3D convolutions."""
+    return sorted(set(_d2conv3d_convs(model)) | set(_volume_convs(model)))
+
+
 def _uncalibrated_conv_tensors(graph: Path, calibration_table: Path) -> list[str]:
     """Activation tensors of ``graph``'s Conv nodes (inputs and outputs, weights aside) missing from the table."""
     from onnxruntime.quantization.calibrate import load_tensors_data
@@ -172,7 +177,7 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
     for graph, forms in src.graphs.items():
         if "portable" in forms:
             model = _load_named(forms["portable"], load_external_data=False)
-            kept = set(_volume_convs(model)) | set(_d2conv3d_convs(model))
+            kept = set(_fp32_convs(model))
             planar += sum(n.op_type == "Conv" and n.name not in kept for n in model.graph.node)
     if planar == 0:
         raise UserError(f"{src.path} has only 3D convolutions, and ONNX Runtime's INT8 3D convolution runs slower "
