@@ -100,38 +100,33 @@ void topk_tile(const Shape& s, int m0, const float* mem_sq, const float* mk, con
   }
 }
 
-// out[v, m] = Σ_j weight[m, j] · mv[v, index[m, j]] for value rows [v0, v1): row by row, so one row of
-// mv (N floats) stays in cache while every query reads it, and mv is streamed from memory once.
+// out[v, m] = Σ_j weight[m, j] · mv[v, index[m, j]] for the kRows value rows from v: the rows are read
+// together, so each query's indices and weights are loaded once for all of them.
+template <int kRows>
+void gather_block(const Shape& s, int v, const float* mv, const int* kept_index, const float* kept_weight,
+                  float* out) {
+  const float* row = mv + (size_t)v * s.N;
+  float* dst = out + (size_t)v * s.M;
+  for (int m = 0; m < s.M; ++m) {
+    const int* index = kept_index + (size_t)m * s.top_k;
+    const float* weight = kept_weight + (size_t)m * s.top_k;
+    float acc[kRows] = {};
+    for (int j = 0; j < s.top_k; ++j) {
+      const float w = weight[j];
+      const size_t i = (size_t)index[j];
+      for (int r = 0; r < kRows; ++r) acc[r] += w * row[(size_t)r * s.N + i];
+    }
+    for (int r = 0; r < kRows; ++r) dst[(size_t)r * s.M + m] = acc[r];
+  }
+}
+
+// Value rows [v0, v1), a few at a time (gather_block): a block's rows (N floats each) stay in cache while
+// every query reads them, and mv is streamed from memory once.
 void gather_rows(const Shape& s, int v0, int v1, const float* mv, const int* kept_index, const float* kept_weight,
                  float* out) {
-  constexpr int kRows = 4;  // value rows read together: each query's indices and weights are loaded once
   int v = v0;
-  for (; v + kRows <= v1; v += kRows) {
-    const float* row = mv + (size_t)v * s.N;
-    float* dst = out + (size_t)v * s.M;
-    for (int m = 0; m < s.M; ++m) {
-      const int* index = kept_index + (size_t)m * s.top_k;
-      const float* weight = kept_weight + (size_t)m * s.top_k;
-      float acc[kRows] = {};
-      for (int j = 0; j < s.top_k; ++j) {
-        const float w = weight[j];
-        const size_t i = (size_t)index[j];
-        for (int r = 0; r < kRows; ++r) acc[r] += w * row[(size_t)r * s.N + i];
-      }
-      for (int r = 0; r < kRows; ++r) dst[(size_t)r * s.M + m] = acc[r];
-    }
-  }
-  for (; v < v1; ++v) {
-    const float* row = mv + (size_t)v * s.N;
-    float* dst = out + (size_t)v * s.M;
-    for (int m = 0; m < s.M; ++m) {
-      const int* index = kept_index + (size_t)m * s.top_k;
-      const float* weight = kept_weight + (size_t)m * s.top_k;
-      float acc = 0.f;
-      for (int j = 0; j < s.top_k; ++j) acc += weight[j] * row[index[j]];
-      dst[m] = acc;
-    }
-  }
+  for (; v + 4 <= v1; v += 4) gather_block<4>(s, v, mv, kept_index, kept_weight, out);
+  for (; v < v1; ++v) gather_block<1>(s, v, mv, kept_index, kept_weight, out);
 }
 
 void dense_tile(const Shape& s, int b, int m0, const float* mem_sq, const float* mk, const float* qk, const float* mv,
