@@ -72,16 +72,6 @@ def start_live(args: list[str], cwd: Path, timeout: float = 90) -> tuple[subproc
     raise AssertionError("vosrt live did not print its URL:\n" + "".join(seen))
 
 
-def video_frames(path: Path) -> int:
-    """Frames OpenCV decodes from ``path`` (0 when it cannot open it)."""
-    capture = cv2.VideoCapture(str(path))
-    count = 0
-    while capture.read()[0]:
-        count += 1
-    capture.release()
-    return count
-
-
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass

@@ -6,11 +6,12 @@ import subprocess
 import sys
 import time
 
-import cv2
 import pytest
 
 from vosrt.sdk.masks import read_label_png, write_label_png
 from vosrt.sdk.synthetic import generate_sequence, write_video
+
+from media import video_frames
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +22,6 @@ def long_video(tmp_path_factory):
     path = write_video(folder / "long.mp4", sequence.frames * 10)
     write_label_png(folder / "first.png", sequence.labels[0])
     return path, folder / "first.png"
-
-
-def _frame_count(path) -> int:
-    capture = cv2.VideoCapture(str(path))
-    count = 0
-    while capture.read()[0]:
-        count += 1
-    capture.release()
-    return count
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.slow),
@@ -52,5 +44,5 @@ def test_a_stop_signal_finishes_the_files_and_exits_128_plus_the_signal(long_vid
     assert 3 <= len(pngs) < 600
     assert not list(masks.glob(".*"))                     # no half-written PNG left behind
     assert all(read_label_png(p).shape == (128, 224) for p in pngs)
-    frames = _frame_count(overlay)                          # the mp4 is finished: it plays
+    frames = video_frames(overlay)                          # the mp4 is finished: it plays
     assert len(pngs) - 1 <= frames <= len(pngs)

@@ -3,7 +3,6 @@ import json
 import re
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -11,6 +10,8 @@ from vosrt.cli import main
 from vosrt.sdk import cli_demo
 from vosrt.sdk.masks import read_label_png
 from vosrt.sdk.synthetic import sequence_seed
+
+from media import video_frames
 
 
 def _training_record(family):
@@ -44,12 +45,7 @@ def test_stcn_demo_writes_overlay_video_and_masks_and_beats_copying_the_first_ma
     masks = sorted((tmp_path / "masks").glob("*.png"))
     assert len(masks) == 20 and read_label_png(masks[0]).shape == (240, 432)
     assert set(np.unique(read_label_png(masks[-1]))) <= {0, 1, 2, 3}
-    capture = cv2.VideoCapture(str(tmp_path / "overlay.mp4"))
-    count = 0
-    while capture.read()[0]:
-        count += 1
-    capture.release()
-    assert count == 20
+    assert video_frames(tmp_path / "overlay.mp4") == 20
 
 
 def test_demo_rejects_a_too_short_clip(capsys):

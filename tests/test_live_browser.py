@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from live_support import PACKAGE, desk_video, free_port, start_live, video_frames
+from live_support import PACKAGE, desk_video, free_port, start_live
+from media import video_frames
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="PyPI playwright (vosrt[dev]) not installed")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

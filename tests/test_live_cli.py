@@ -28,7 +28,8 @@ from vosrt.sdk.live.server import is_loopback, serve
 from vosrt.sdk.live.source import LatestFrameSource
 from vosrt.sdk.video import open_source
 
-from live_support import PACKAGE, bounding_box, free_port, http_camera, start_live, video_frames, vosrt_command
+from live_support import PACKAGE, bounding_box, free_port, http_camera, start_live, vosrt_command
+from media import video_frames
 from sdk_packages import tiny_package
 
 CLIP_SEEDS = (4242, 1002, 1005)

@@ -13,7 +13,8 @@ import pytest
 from vosrt.sdk.masks import read_label_png
 from vosrt.sdk.synthetic import generate_sequence, write_video
 
-from live_support import bounding_box, video_frames
+from live_support import bounding_box
+from media import video_frames
 from sdk_packages import tiny_package
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"

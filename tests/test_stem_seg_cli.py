@@ -9,6 +9,7 @@ from vosrt.cli import main
 from vosrt.sdk.masks import read_label_png, write_label_png
 
 from sdk_packages import colour_embedding_package
+from media import video_frames
 from test_stem_seg_session import scene
 
 
@@ -31,12 +32,7 @@ def test_run_writes_track_id_pngs_and_an_overlay_video(colour_package, tmp_path)
         labels = read_label_png(png)
         assert np.array_equal(labels == 1, masks["red"][t])
         assert np.array_equal(labels == 2, masks["green"][t] if t >= 6 else np.zeros((64, 64), bool))
-    capture = cv2.VideoCapture(str(tmp_path / "overlay.avi"))
-    count = 0
-    while capture.read()[0]:
-        count += 1
-    capture.release()
-    assert count == 13
+    assert video_frames(tmp_path / "overlay.avi") == 13
 
 
 def test_track_ids_beyond_255_survive_the_png_round_trip(tmp_path):

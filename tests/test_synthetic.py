@@ -7,6 +7,8 @@ from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png
 from vosrt.sdk.synthetic import generate_dataset, generate_sequence, write_davis, write_video
 
+from media import video_frames
+
 SIZE = dict(num_frames=12, height=64, width=96)
 
 
@@ -77,12 +79,7 @@ def test_write_davis_round_trips_ids_exactly_and_frames_closely(tmp_path):
 def test_write_video_writes_every_frame(tmp_path):
     seq = generate_sequence(6, **SIZE)
     path = write_video(tmp_path / "clip.mp4", seq)
-    capture = cv2.VideoCapture(str(path))
-    count = 0
-    while capture.read()[0]:
-        count += 1
-    capture.release()
-    assert count == 12
+    assert video_frames(path) == 12
 
 
 def test_generate_dataset_lists_its_sequences(tmp_path):

@@ -8,6 +8,8 @@ from vosrt.sdk.masks import read_label_png
 from vosrt.sdk.synthetic import generate_sequence, write_davis, write_video
 from vosrt.sdk.video import CallbackSink, OverlayVideoSink, PngSink, open_source, overlay
 
+from media import video_frames
+
 
 @pytest.fixture(scope="module")
 def sequence():
@@ -73,11 +75,7 @@ def test_overlay_video_sink_writes_a_video_opencv_reads_back(sequence, tmp_path)
     for i, (frame, labels) in enumerate(zip(sequence.frames, sequence.labels)):
         sink(i, f"{i:05d}", frame, labels)
     sink.close()
-    capture = cv2.VideoCapture(str(tmp_path / "overlay.mp4"))
-    count = 0
-    while capture.read()[0]:
-        count += 1
-    assert count == len(sequence)
+    assert video_frames(tmp_path / "overlay.mp4") == len(sequence)
 
 
 def test_overlay_tints_objects_and_leaves_background():

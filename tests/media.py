@@ -1,0 +1,17 @@
+"""Reading back what the CLI and the samples write, for the tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+
+
+def video_frames(path: str | Path) -> int:
+    """Frames OpenCV decodes from ``path`` (0 when it cannot open it): a written video is finished and
+    playable when this counts every frame."""
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    capture.release()
+    return count
