@@ -289,23 +289,38 @@ EMULATED_READOUTS = [(2, 24, 1000, 37, 5, 20), (1, 20, 333, 70, 3, 1), (1, 16, 7
                      (2, 16, 12, 5, 4, 20), (1, 24, 200, 65, 33, 0)]
 
 
+def _call_readout(lib, mem_key, query_key, mem_value, top_k):
+    """(status, out) of vosrtL2ReadoutForward on numpy arrays of one dtype (NaN-filled out)."""
+    code = kernels.FLOAT16 if mem_key.dtype == np.float16 else kernels.FLOAT32
+    (b, _, n), m, v = mem_key.shape, query_key.shape[2], mem_value.shape[1]
+    params = kernels.l2_readout_params(mem_key.shape, m, v, top_k, 0.0)
+    nbytes = lib.vosrtL2ReadoutWorkspaceSize(ctypes.byref(params), code)
+    workspace = np.zeros(max(nbytes, 1), np.uint8)
+    out = np.full((b, v, m), np.nan, mem_key.dtype)
+    status = lib.vosrtL2ReadoutForward(ctypes.byref(params), code, _ptr(mem_key), _ptr(query_key), _ptr(mem_value),
+                                       _ptr(out), _ptr(workspace), nbytes, None)
+    return status, out
+
+
+def _readout(lib, mem_key, query_key, mem_value, top_k, what="vosrtL2ReadoutForward"):
+    status, out = _call_readout(lib, mem_key, query_key, mem_value, top_k)
+    kernels.check_status(status, what)
+    return out
+
+
+def _reference_readout(mem_key, query_key, mem_value, top_k):
+    arrays = (torch.from_numpy(np.asarray(a, np.float64)) for a in (mem_key, query_key, mem_value))
+    return l2_memory_readout(*arrays, top_k, backend="torch").numpy()
+
+
 def _emulated_readout(lib, case, dtype):
     b, ck, n, m, v, top_k = case
     g = torch.Generator().manual_seed(n + m)
     key_scale = 0.5 if dtype == torch.float16 else 1.0
     mem_key, query_key, mem_value = (torch.randn(b, ck, n, generator=g) * key_scale,
                                      torch.randn(b, ck, m, generator=g) * key_scale, torch.randn(b, v, n, generator=g))
-    mem_key, query_key, mem_value = (t.to(dtype) for t in (mem_key, query_key, mem_value))
-    code = kernels.FLOAT16 if dtype == torch.float16 else kernels.FLOAT32
-    params = kernels.l2_readout_params(mem_key.shape, m, v, top_k, 0.0)
-    nbytes = lib.vosrtL2ReadoutWorkspaceSize(ctypes.byref(params), code)
-    workspace = np.zeros(max(nbytes, 1), np.uint8)
-    out = np.full((b, v, m), np.nan, mem_key.numpy().dtype)
-    kernels.check_status(lib.vosrtL2ReadoutForward(
-        ctypes.byref(params), code, _ptr(mem_key.numpy()), _ptr(query_key.numpy()),
-        _ptr(mem_value.numpy()), _ptr(out), _ptr(workspace), nbytes, None), "vosrtL2ReadoutForward")
-    expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), top_k, backend="torch")
-    return out, expected.numpy()
+    arrays = [t.to(dtype).numpy() for t in (mem_key, query_key, mem_value)]
+    return _readout(lib, *arrays, top_k), _reference_readout(*arrays, top_k)
 
 
 @pytest.mark.parametrize("case", EMULATED_READOUTS, ids=lambda c: f"n{c[2]}m{c[3]}v{c[4]}k{c[5]}")
@@ -421,14 +436,8 @@ def test_readout_nan_policy_is_the_same_in_the_reference_the_cpu_driver_and_the_
         assert np.isnan(expected[..., 9]).all() and not np.isnan(np.delete(expected, 9, axis=2)).any()
     _same_nans_and_close(driver.l2_memory_readout(mem_key.numpy(), query_key.numpy(), mem_value.numpy(), top_k),
                          expected)
-    params = kernels.l2_readout_params(mem_key.shape, 40, 5, top_k, 0.0)
-    nbytes = emulation.vosrtL2ReadoutWorkspaceSize(ctypes.byref(params), kernels.FLOAT32)
-    workspace, out = np.zeros(max(nbytes, 1), np.uint8), np.zeros((1, 5, 40), np.float32)
-    arrays = [t.numpy() for t in (mem_key, query_key, mem_value)]
-    kernels.check_status(emulation.vosrtL2ReadoutForward(ctypes.byref(params), kernels.FLOAT32,
-                                                         *(_ptr(a) for a in arrays), _ptr(out), _ptr(workspace),
-                                                         nbytes, None), "forward")
-    _same_nans_and_close(out, expected)
+    _same_nans_and_close(_readout(emulation, mem_key.numpy(), query_key.numpy(), mem_value.numpy(), top_k),
+                         expected)
 
 
 # (tensor, index) of the NaN: D at one location, M of one kernel point, X inside and at a border voxel
@@ -487,19 +496,80 @@ def test_emulated_readout_selection_matches_reference(emulation, kind, dtype):
     torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
     if dtype == "fp16":  # fp16 storage: the reference sees the same rounded inputs
         mem_key, query_key = mem_key * 0.5, query_key * 0.5
-    mem_key, query_key, mem_value = (t.to(torch_dtype) for t in (mem_key, query_key, mem_value))
-    code = kernels.FLOAT16 if dtype == "fp16" else kernels.FLOAT32
-    b, _, n = mem_key.shape
-    m, v = query_key.shape[2], mem_value.shape[1]
-    params = kernels.l2_readout_params(mem_key.shape, m, v, top_k, 0.0)
-    nbytes = emulation.vosrtL2ReadoutWorkspaceSize(ctypes.byref(params), code)
-    workspace = np.zeros(max(nbytes, 1), np.uint8)
-    out = np.full((b, v, m), np.nan, mem_key.numpy().dtype)
-    arrays = [t.numpy() for t in (mem_key, query_key, mem_value)]
-    kernels.check_status(emulation.vosrtL2ReadoutForward(ctypes.byref(params), code, *(_ptr(a) for a in arrays),
-                                                         _ptr(out), _ptr(workspace), nbytes, None), kind)
-    expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), top_k, backend="torch")
-    _close(out, expected.numpy(), rel=1e-2 if dtype == "fp16" else 1e-4)
+    arrays = [t.to(torch_dtype).numpy() for t in (mem_key, query_key, mem_value)]
+    _close(_readout(emulation, *arrays, top_k, kind), _reference_readout(*arrays, top_k),
+           rel=1e-2 if dtype == "fp16" else 1e-4)
+
+
+# ---- mem_key tiles through shared memory: cp.async in the widest vector every row start allows, plain loads
+# where none does, two stages where they fit in shared memory, one where they do not ----
+
+def _aligned_copy(array, elements_off):
+    """``array`` copied to an address that is 64-byte aligned plus ``elements_off`` elements."""
+    size = array.itemsize
+    raw = np.empty(array.size + 64, array.dtype)
+    start = (-raw.ctypes.data % 64) // size + elements_off
+    view = raw[start:start + array.size].reshape(array.shape)
+    view[...] = array
+    return view
+
+
+def _copy_case(dtype, n, offset, seed=5):
+    g = torch.Generator().manual_seed(seed + n)
+    np_dtype = np.float16 if dtype == "fp16" else np.float32
+    mem_key = (torch.randn(2, 16, n, generator=g) * 0.5).numpy().astype(np_dtype)
+    query_key = (torch.randn(2, 16, 40, generator=g) * 0.5).numpy().astype(np_dtype)
+    mem_value = torch.randn(2, 3, n, generator=g).numpy().astype(np_dtype)
+    return _aligned_copy(mem_key, offset), query_key, mem_value
+
+
+# dtype, N, element offset of mem_key -> bytes per cp.async (0: plain loads)
+KEY_COPIES = [("fp32", 640, 0, 16), ("fp32", 642, 0, 8), ("fp32", 641, 0, 4), ("fp32", 640, 1, 4),
+              ("fp16", 640, 0, 16), ("fp16", 644, 0, 8), ("fp16", 642, 0, 4), ("fp16", 641, 0, 0),
+              ("fp16", 640, 1, 0)]
+
+
+@pytest.mark.parametrize("top_k", [20, 0], ids=["select", "dense"])
+@pytest.mark.parametrize("dtype, n, offset, copy_bytes", KEY_COPIES,
+                         ids=[f"{d}-n{n}-off{o}" for d, n, o, _ in KEY_COPIES])
+def test_emulated_readout_key_tiles_move_in_the_widest_aligned_copies(emulation, dtype, n, offset, copy_bytes,
+                                                                      top_k):
+    take = emulation.vosrtEmuTakeAsyncCopies
+    take.restype, take.argtypes = ctypes.c_longlong, [ctypes.c_int]
+    mem_key, query_key, mem_value = _copy_case(dtype, n, offset)
+    for size in (4, 8, 16):
+        take(size)
+    out = _readout(emulation, mem_key, query_key, mem_value, top_k)
+    copies = {size: take(size) for size in (4, 8, 16)}
+    if copy_bytes == 0:
+        assert copies == {4: 0, 8: 0, 16: 0}
+    else:  # every key element of every block's walk over N, in vectors of that size and no other
+        assert copies[copy_bytes] > 0 and sum(copies.values()) == copies[copy_bytes]
+        assert copies[copy_bytes] * copy_bytes >= mem_key.nbytes
+    _close(out, _reference_readout(mem_key, query_key, mem_value, top_k), rel=1e-2 if dtype == "fp16" else 1e-4)
+
+
+def _readout_shared_bytes(itemsize, ck, dense, stages):
+    """A select/dense block's shared memory (l2_readout.cu shared_bytes; tiles of 64, score rows of 68)."""
+    ckp = -(-ck // 16) * 16
+    return 4 * (64 * 68 + 64) + itemsize * ckp * (stages * 64 + 64) + (4 * 32 * 64 if dense else 0)
+
+
+@pytest.mark.parametrize("top_k", [20, 0], ids=["select", "dense"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_emulated_readout_uses_one_key_stage_where_two_do_not_fit(emulation, dtype, top_k):
+    mem_key, query_key, mem_value = _copy_case(dtype, 640, 0)
+    one_stage = _readout_shared_bytes(mem_key.itemsize, 16, top_k == 0, 1)
+    assert _readout_shared_bytes(mem_key.itemsize, 16, top_k == 0, 2) > one_stage
+    try:
+        emulation.vosrtEmuSetSharedLimit(one_stage)
+        out = _readout(emulation, mem_key, query_key, mem_value, top_k)
+        emulation.vosrtEmuSetSharedLimit(one_stage - 16)
+        status, _ = _call_readout(emulation, mem_key, query_key, mem_value, top_k)
+    finally:
+        emulation.vosrtEmuSetSharedLimit(0)
+    _close(out, _reference_readout(mem_key, query_key, mem_value, top_k), rel=1e-2 if dtype == "fp16" else 1e-4)
+    assert status == 2  # VOSRT_ERROR_NOT_SUPPORTED: not even one stage fits
 
 
 def test_readout_workspace_holds_lists_sized_to_the_real_k(emulation):

@@ -2,7 +2,8 @@
 //
 // top-k path (1 <= top_k < N), three kernels:
 //   1. select: a block owns kL2TileM queries and one slice of N; it walks its slice in tiles of kL2TileN
-//      entries, computes the affinity tile into shared memory on the tensor cores (fp16: WMMA with fp32
+//      entries (each key tile copied in with cp.async while the one before is computed: two stages),
+//      computes the affinity tile into shared memory on the tensor cores (fp16: WMMA with fp32
 //      accumulation; fp32: 3xTF32), and every thread keeps a register top-k list (TopKList, sized to the
 //      bucket of k: 8/16/20/32/64) for one query over every kL2ListsPerQuery-th entry, filtering with the
 //      best admission threshold of the query's lists (shared after every tile). The lists go to the
@@ -14,6 +15,7 @@
 // style), each block holding a kL2DenseV-channel band of the output for its queries in registers.
 #if !defined(VOSRT_EMULATE)
 #include <cuda_fp16.h>
+#include <cuda_pipeline.h>
 #include <mma.h>
 #endif
 
@@ -36,30 +38,33 @@ static_assert(kThreads == kL2TileM * (kL2DenseV / 8), "8 value channels per thre
 
 __host__ __device__ inline int padded_key_dim(int ck) { return (ck + 15) / 16 * 16; }
 
-// Shared memory of one select/dense block: score tile, ‖mk‖² of the tile, key tiles (+ value tile).
+// Shared memory of one select/dense block: score tile, ‖mk‖² of the tile, `stages` mem_key tiles, the
+// query tile (+ value tile).
 template <typename T>
-size_t shared_bytes(int ck, bool dense) {
+size_t shared_bytes(int ck, bool dense, int stages) {
   const size_t ckp = (size_t)padded_key_dim(ck);
-  size_t bytes = sizeof(float) * (kL2TileN * kScoreLd + kL2TileN) + sizeof(T) * ckp * (kL2TileN + kL2TileM);
+  size_t bytes = sizeof(float) * (kL2TileN * kScoreLd + kL2TileN) +
+                 sizeof(T) * ckp * ((size_t)stages * kL2TileN + kL2TileM);
   if (dense) bytes += sizeof(float) * kL2DenseV * kL2TileN;
   return bytes;
 }
 
 struct Smem {
-  float* score;   // [kL2TileN][kScoreLd]: raw dot products mk·qk
-  float* mem_sq;  // [kL2TileN]
-  void* mem_key;  // [ckp][kL2TileN] of T
-  void* query;    // [ckp][kL2TileM] of T
-  float* value;   // [kL2DenseV][kL2TileN] (dense kernel only)
+  float* score;      // [kL2TileN][kScoreLd]: raw dot products mk·qk
+  float* mem_sq;     // [kL2TileN]
+  void* mem_key[2];  // [ckp][kL2TileN] of T: two stages, or one buffer named twice
+  void* query;       // [ckp][kL2TileM] of T
+  float* value;      // [kL2DenseV][kL2TileN] (dense kernel only)
 };
 
 template <typename T>
-__device__ Smem carve(unsigned char* base, int ckp) {
+__device__ Smem carve(unsigned char* base, int ckp, int stages) {
   Smem s;
   s.score = reinterpret_cast<float*>(base);
   s.mem_sq = s.score + kL2TileN * kScoreLd;
-  s.mem_key = s.mem_sq + kL2TileN;
-  s.query = static_cast<T*>(s.mem_key) + (size_t)ckp * kL2TileN;
+  s.mem_key[0] = s.mem_sq + kL2TileN;
+  s.mem_key[1] = static_cast<T*>(s.mem_key[0]) + (size_t)(stages - 1) * ckp * kL2TileN;
+  s.query = static_cast<T*>(s.mem_key[1]) + (size_t)ckp * kL2TileN;
   s.value = reinterpret_cast<float*>(static_cast<T*>(s.query) + (size_t)ckp * kL2TileM);
   return s;
 }
@@ -73,6 +78,66 @@ __device__ void load_tile(T* dst, const T* src, int rows, int ckp, int len, int 
     dst[e] = (r < rows && col0 + c < len) ? src[(size_t)r * len + col0 + c] : zero;
   }
 }
+
+// Bytes per cp.async of the mem_key tiles: the widest of 16, 8 and 4 that every row of mem_key (of every
+// batch) starts on; 0 where none is (fp16 with an odd N or an odd address), and the tiles are then loaded
+// with plain loads. Tiles start at multiples of kL2TileN elements, so they keep the rows' alignment, and
+// a vector never straddles the end of a row (N is a multiple of its length).
+int key_copy_bytes(const void* mem_key, int n, size_t element) {
+  const size_t row = (size_t)n * element, address = reinterpret_cast<size_t>(mem_key);
+  for (int bytes : {16, 8, 4})
+    if (row % bytes == 0 && address % bytes == 0) return bytes;
+  return 0;
+}
+
+__device__ __forceinline__ void copy_async(void* dst, const void* src, int bytes) {
+  if (bytes == 16) __pipeline_memcpy_async(dst, src, 16);
+  else if (bytes == 8) __pipeline_memcpy_async(dst, src, 8);
+  else __pipeline_memcpy_async(dst, src, 4);
+}
+
+// The mem_key tiles of one block's walk over N. With two stages the next tile is copied in (cp.async)
+// while the current one is computed; with one (when two do not fit in shared memory) each tile is copied
+// just before it is used. Every fetch commits one cp.async group, empty for the plain-load fallback.
+template <typename T>
+struct KeyTiles {
+  const T* src;  // [rows, len] of this batch
+  int rows, ckp, len, copy_bytes, stages;
+
+  __device__ void fetch(const Smem& s, int slot, int col0) const {
+    T* dst = static_cast<T*>(s.mem_key[slot]);
+    if (copy_bytes == 0) {
+      load_tile<T>(dst, src, rows, ckp, len, col0, kL2TileN);
+    } else {
+      const int per = copy_bytes / (int)sizeof(T), per_row = kL2TileN / per;
+      for (int e = threadIdx.x; e < ckp * per_row; e += blockDim.x) {
+        const int r = e / per_row, c = (e % per_row) * per;
+        T* d = dst + r * kL2TileN + c;
+        if (r < rows && col0 + c < len) {
+          copy_async(d, src + (size_t)r * len + col0 + c, copy_bytes);
+        } else {
+          for (int i = 0; i < per; ++i) d[i] = T(0.f);
+        }
+      }
+    }
+    __pipeline_commit();
+  }
+  // Before the first tile (column col0) of the walk.
+  __device__ void start(const Smem& s, int col0) const {
+    if (stages == 2) fetch(s, 0, col0);
+  }
+  // The i-th tile of the walk (column col0), in shared memory and visible to the whole block; `last`: no
+  // tile follows. The stage it returns was last read before the barrier that ended tile i - 1.
+  __device__ const T* wait(const Smem& s, int i, int col0, bool last) const {
+    const int slot = stages == 2 ? i % 2 : 0;
+    if (stages == 1) fetch(s, 0, col0);
+    else if (!last) fetch(s, slot ^ 1, col0 + kL2TileN);
+    if (stages == 2 && !last) __pipeline_wait_prior(1);  // all but the group just committed
+    else __pipeline_wait_prior(0);
+    __syncthreads();
+    return static_cast<const T*>(s.mem_key[slot]);
+  }
+};
 
 // Splits every element of a TF32 fragment into its high part (kept) and the TF32 remainder (into lo).
 template <typename Frag>
@@ -89,9 +154,8 @@ __device__ __forceinline__ void split_tf32(Frag& hi, Frag& lo) {
 // score[n][q] = Σ_c mk[c][n]·qk[c][q] for the tile; fp32 on the TF32 tensor cores as 3xTF32 (each operand
 // x = hi + lo, a·b ≈ hi·hi + hi·lo + lo·hi: fp32-level accuracy, which the top-k needs near ties).
 // 16 fragments of 16×16 over 8 warps, k in steps of 8; the mk tile is read as a column-major A.
-__device__ void dot_tile(const Smem& s, int ckp, float) {
+__device__ void dot_tile(const Smem& s, const float* mk, int ckp) {
   using namespace nvcuda;
-  const float* mk = static_cast<const float*>(s.mem_key);
   const float* qk = static_cast<const float*>(s.query);
   const int warp = threadIdx.x / 32;
   const int nf = warp / 2;
@@ -119,9 +183,8 @@ __device__ void dot_tile(const Smem& s, int ckp, float) {
 }
 
 // fp16: tensor cores. 16 fragments of 16×16 over 8 warps; mk tile read as a column-major A.
-__device__ void dot_tile(const Smem& s, int ckp, __half) {
+__device__ void dot_tile(const Smem& s, const __half* mk, int ckp) {
   using namespace nvcuda;
-  const __half* mk = static_cast<const __half*>(s.mem_key);
   const __half* qk = static_cast<const __half*>(s.query);
   const int warp = threadIdx.x / 32;
   const int nf = warp / 2;
@@ -144,13 +207,11 @@ __device__ void dot_tile(const Smem& s, int ckp, __half) {
                             wmma::mem_row_major);
 }
 
-// Loads the mem_key tile at n0, then computes ‖mk‖² and the dot products of the tile.
+// ‖mk‖² and the dot products of the key tile mk (in shared memory, visible to the block).
 template <typename T>
-__device__ void affinity_tile(const Smem& s, const T* mem_key, int ck, int ckp, int N, int n0) {
-  load_tile<T>(static_cast<T*>(s.mem_key), mem_key, ck, ckp, N, n0, kL2TileN);
-  __syncthreads();
+__device__ void affinity_tile(const Smem& s, const T* mk, int ck, int ckp) {
   if (threadIdx.x < kL2TileN) {
-    const T* col = static_cast<const T*>(s.mem_key) + threadIdx.x;
+    const T* col = mk + threadIdx.x;
     float acc = 0.f;
     for (int c = 0; c < ck; ++c) {
       const float v = to_float(col[c * kL2TileN]);
@@ -158,20 +219,21 @@ __device__ void affinity_tile(const Smem& s, const T* mem_key, int ck, int ckp, 
     }
     s.mem_sq[threadIdx.x] = acc;
   }
-  dot_tile(s, ckp, T(0.f));
+  dot_tile(s, mk, ckp);
   __syncthreads();
 }
 
 template <typename T, int kMax>
 __global__ void __launch_bounds__(kThreads) select_kernel(vosrtL2ReadoutParams p, float scale,
-                                                          int tiles_per_split, const T* __restrict__ mem_key,
+                                                          int tiles_per_split, int stages, int copy_bytes,
+                                                          const T* __restrict__ mem_key,
                                                           const T* __restrict__ query_key, float* list_val,
                                                           int* list_idx) {
   VOSRT_DYNAMIC_SHARED(smem_raw);
   const int ck = p.key_dim, ckp = padded_key_dim(ck), N = p.mem_size, M = p.query_size;
   const int b = blockIdx.z, split = blockIdx.y, m0 = blockIdx.x * kL2TileM;
-  const Smem s = carve<T>(smem_raw, ckp);
-  const T* mk = mem_key + (size_t)b * ck * N;
+  const Smem s = carve<T>(smem_raw, ckp, stages);
+  const KeyTiles<T> keys{mem_key + (size_t)b * ck * N, ck, ckp, N, copy_bytes, stages};
   load_tile<T>(static_cast<T*>(s.query), query_key + (size_t)b * ck * M, ck, ckp, M, m0, kL2TileM);
 
   const int q = threadIdx.x % kL2TileM, r = threadIdx.x / kL2TileM;
@@ -184,9 +246,10 @@ __global__ void __launch_bounds__(kThreads) select_kernel(vosrtL2ReadoutParams p
   float threshold = -INFINITY;
   const int tile_begin = split * tiles_per_split;
   const int tile_end = min(tile_begin + tiles_per_split, (N + kL2TileN - 1) / kL2TileN);
+  if (tile_begin < tile_end) keys.start(s, tile_begin * kL2TileN);
   for (int tile = tile_begin; tile < tile_end; ++tile) {
     const int n0 = tile * kL2TileN;
-    affinity_tile<T>(s, mk, ck, ckp, N, n0);
+    affinity_tile<T>(s, keys.wait(s, tile - tile_begin, n0, tile + 1 == tile_end), ck, ckp);
     VOSRT_NO_UNROLL
     for (int i = r; i < kL2TileN && n0 + i < N; i += kL2ListsPerQuery) {
       const float score = l2r_score(s.score[i * kScoreLd + q], s.mem_sq[i], scale);
@@ -196,7 +259,7 @@ __global__ void __launch_bounds__(kThreads) select_kernel(vosrtL2ReadoutParams p
       }
     }
     list_floor[r][q] = list.smallest();
-    __syncthreads();  // the next tile overwrites the shared tiles; list_floor is complete
+    __syncthreads();  // the next tile overwrites the score tile; list_floor is complete
     VOSRT_UNROLL
     for (int other = 0; other < kL2ListsPerQuery; ++other) threshold = fmaxf(threshold, list_floor[other][q]);
   }
@@ -255,14 +318,15 @@ __global__ void __launch_bounds__(kGatherQueries) gather_kernel(vosrtL2ReadoutPa
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) dense_kernel(vosrtL2ReadoutParams p, float scale,
-                                                         const T* __restrict__ mem_key, const T* __restrict__ query_key,
+__global__ void __launch_bounds__(kThreads) dense_kernel(vosrtL2ReadoutParams p, float scale, int stages,
+                                                         int copy_bytes, const T* __restrict__ mem_key,
+                                                         const T* __restrict__ query_key,
                                                          const T* __restrict__ mem_value, T* out) {
   VOSRT_DYNAMIC_SHARED(smem_raw);
   const int ck = p.key_dim, ckp = padded_key_dim(ck), N = p.mem_size, M = p.query_size, V = p.value_dim;
   const int b = blockIdx.z, v0 = blockIdx.y * kL2DenseV, m0 = blockIdx.x * kL2TileM;
-  const Smem s = carve<T>(smem_raw, ckp);
-  const T* mk = mem_key + (size_t)b * ck * N;
+  const Smem s = carve<T>(smem_raw, ckp, stages);
+  const KeyTiles<T> keys{mem_key + (size_t)b * ck * N, ck, ckp, N, copy_bytes, stages};
   const T* mv = mem_value + ((size_t)b * V + v0) * N;
   const int v_rows = min(kL2DenseV, V - v0);
   load_tile<T>(static_cast<T*>(s.query), query_key + (size_t)b * ck * M, ck, ckp, M, m0, kL2TileM);
@@ -270,12 +334,13 @@ __global__ void __launch_bounds__(kThreads) dense_kernel(vosrtL2ReadoutParams p,
   const int q = threadIdx.x % kL2TileM, vg = (threadIdx.x / kL2TileM) * 8;
   float acc[8] = {};
   float run_max = -INFINITY, run_sum = 0.f;
+  keys.start(s, 0);
   for (int n0 = 0; n0 < N; n0 += kL2TileN) {
     for (int e = threadIdx.x; e < kL2DenseV * kL2TileN; e += kThreads) {
       const int v = e / kL2TileN, n = e % kL2TileN;
       s.value[e] = (v < v_rows && n0 + n < N) ? to_float(mv[(size_t)v * N + n0 + n]) : 0.f;
     }
-    affinity_tile<T>(s, mk, ck, ckp, N, n0);
+    affinity_tile<T>(s, keys.wait(s, n0 / kL2TileN, n0, n0 + kL2TileN >= N), ck, ckp);
     const int tile = min(kL2TileN, N - n0);
     float tile_max = -INFINITY;
     for (int i = 0; i < tile; ++i)
@@ -306,12 +371,16 @@ size_t list_bytes(const vosrtL2ReadoutParams& p, int k_max) {
   return (size_t)p.batch * p.query_size * kMaxLists * k_max * (sizeof(float) + sizeof(int));
 }
 
+// The shared memory of a select/dense block: two key stages where they fit in the device's opt-in limit,
+// else one; sets the kernel's dynamic shared-memory limit to it.
 template <typename T>
-vosrtStatus_t set_shared(const void* kernel, size_t bytes) {
+vosrtStatus_t set_shared(const void* kernel, int ck, bool dense, int& stages, size_t& bytes) {
   int device = 0, optin = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
     return VOSRT_ERROR_CUDA;
+  stages = shared_bytes<T>(ck, dense, 2) <= (size_t)optin ? 2 : 1;
+  bytes = shared_bytes<T>(ck, dense, stages);
   if (bytes > (size_t)optin) return VOSRT_ERROR_NOT_SUPPORTED;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes) != cudaSuccess)
     return VOSRT_ERROR_CUDA;
@@ -321,8 +390,10 @@ vosrtStatus_t set_shared(const void* kernel, size_t bytes) {
 template <typename T, int kMax>
 vosrtStatus_t run_top_k(const vosrtL2ReadoutParams& p, int top_k, float scale, const T* mk, const T* qk,
                         const T* mv, T* out, void* workspace, cudaStream_t stream) {
-  const size_t smem = shared_bytes<T>(p.key_dim, false);
-  vosrtStatus_t st = set_shared<T>(reinterpret_cast<const void*>(&select_kernel<T, kMax>), smem);
+  int stages = 0;
+  size_t smem = 0;
+  vosrtStatus_t st = set_shared<T>(reinterpret_cast<const void*>(&select_kernel<T, kMax>), p.key_dim, false,
+                                   stages, smem);
   if (st != VOSRT_SUCCESS) return st;
   int device = 0, sms = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
@@ -344,7 +415,7 @@ vosrtStatus_t run_top_k(const vosrtL2ReadoutParams& p, int top_k, float scale, c
   auto merge = &merge_kernel<kMax>;
   auto gather = &gather_kernel<T, kMax>;
   VOSRT_LAUNCH(select, dim3(query_tiles, splits, p.batch), kThreads, smem, stream)(
-      p, scale, tiles_per_split, mk, qk, list_val, list_idx);
+      p, scale, tiles_per_split, stages, key_copy_bytes(mk, p.mem_size, sizeof(T)), mk, qk, list_val, list_idx);
   if (launch_status() != VOSRT_SUCCESS) return VOSRT_ERROR_CUDA;
   VOSRT_LAUNCH(merge, ceil_div((long long)p.batch * p.query_size, 128), 128, 0, stream)(
       p, top_k, splits * kL2ListsPerQuery, list_val, list_idx, weight, index);
@@ -360,12 +431,14 @@ vosrtStatus_t run(const vosrtL2ReadoutParams& p, const T* mk, const T* qk, const
   const int top_k = l2r_effective_top_k(&p);
   const float scale = l2r_effective_scale(&p);
   if (top_k == 0) {
-    const size_t smem = shared_bytes<T>(p.key_dim, true);
-    vosrtStatus_t st = set_shared<T>(reinterpret_cast<const void*>(&dense_kernel<T>), smem);
+    int stages = 0;
+    size_t smem = 0;
+    vosrtStatus_t st = set_shared<T>(reinterpret_cast<const void*>(&dense_kernel<T>), p.key_dim, true, stages, smem);
     if (st != VOSRT_SUCCESS) return st;
     const dim3 grid(ceil_div(p.query_size, kL2TileM), ceil_div(p.value_dim, kL2DenseV), p.batch);
     auto dense = &dense_kernel<T>;
-    VOSRT_LAUNCH(dense, grid, kThreads, smem, stream)(p, scale, mk, qk, mv, out);
+    VOSRT_LAUNCH(dense, grid, kThreads, smem, stream)(p, scale, stages, key_copy_bytes(mk, p.mem_size, sizeof(T)),
+                                                      mk, qk, mv, out);
     return launch_status();
   }
   switch (bucket(top_k)) {

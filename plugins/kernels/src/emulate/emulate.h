@@ -3,7 +3,7 @@
 // on the CPU: every block runs as blockDim std::threads meeting at a std::barrier for __syncthreads().
 // Warp-collective WMMA is modelled by its meaning, not its register layout: every lane loads the whole
 // 16×16 operands and computes and stores its own eighth of the result (so the callers'
-// __syncwarp/__syncthreads still matter).
+// __syncwarp/__syncthreads still matter). cp.async copies land only when the kernel waits for them.
 // fp16 is GCC's _Float16. Slow by design; small shapes only.
 // Included instead of the CUDA headers when VOSRT_EMULATE is defined (see libvosrt_kernels_emu).
 #ifndef VOSRT_EMULATE_H
@@ -45,6 +45,22 @@ inline std::barrier<>* block_barrier = nullptr;
 inline std::vector<std::barrier<>*> warp_barriers;
 inline std::vector<unsigned char> dynamic_shared;  // 128-byte aligned by allocation below
 inline unsigned char* dynamic_shared_base = nullptr;
+// A fault inside a kernel thread (a misaligned cp.async): the launch then reports it as CUDA would.
+inline std::atomic<int> kernel_fault{0};
+
+// cp.async (cuda_pipeline.h): a thread's copies are queued in commit groups and land only when
+// __pipeline_wait_prior lets their group complete, so a kernel that reads a stage before waiting for it
+// reads stale shared memory, as it may on a GPU.
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  size_t bytes, zfill;
+};
+inline thread_local std::vector<AsyncCopy> open_copies;
+inline thread_local std::vector<std::vector<AsyncCopy>> committed_copies;  // oldest first
+// Test hooks (api_emu.cpp): cp.async copies issued, by size in bytes, and the opt-in shared-memory limit.
+inline std::atomic<long long> async_copies[17];
+inline int shared_limit = 227 * 1024;  // an H100's or H200's
 
 // Runs kernel(args...) over the grid, one block at a time, blockDim threads per block.
 template <typename Kernel>
@@ -65,6 +81,7 @@ struct Launch {
     const size_t addr = reinterpret_cast<size_t>(dynamic_shared.data());
     dynamic_shared_base = dynamic_shared.data() + ((128 - addr % 128) % 128);
     const unsigned threads = block.x * block.y * block.z;
+    kernel_fault = 0;
     for (unsigned bz = 0; bz < grid.z; ++bz)
       for (unsigned by = 0; by < grid.y; ++by)
         for (unsigned bx = 0; bx < grid.x; ++bx) {
@@ -89,6 +106,7 @@ struct Launch {
             });
           for (auto& th : pool) th.join();
         }
+    if (kernel_fault != 0) last_error = kernel_fault;
   }
 };
 }  // namespace vosrt_emu
@@ -113,6 +131,32 @@ inline void __syncwarp() { vosrt_emu::warp_barriers[threadIdx.x / 32]->arrive_an
 template <typename T>
 inline T __ldg(const T* p) { return *p; }
 inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
+
+inline void __pipeline_memcpy_async(void* dst, const void* src, size_t size_and_align, size_t zfill = 0) {
+  const bool size_ok = size_and_align == 4 || size_and_align == 8 || size_and_align == 16;
+  if (!size_ok || zfill > size_and_align || reinterpret_cast<size_t>(dst) % size_and_align != 0 ||
+      reinterpret_cast<size_t>(src) % size_and_align != 0) {
+    vosrt_emu::kernel_fault = 716;  // cudaErrorMisalignedAddress
+    return;
+  }
+  vosrt_emu::open_copies.push_back({dst, src, size_and_align, zfill});
+  ++vosrt_emu::async_copies[size_and_align];
+}
+inline void __pipeline_commit() {
+  vosrt_emu::committed_copies.push_back(std::move(vosrt_emu::open_copies));
+  vosrt_emu::open_copies.clear();
+}
+// Completes every committed group but the newest `prior`.
+inline void __pipeline_wait_prior(size_t prior) {
+  auto& groups = vosrt_emu::committed_copies;
+  while (groups.size() > prior) {
+    for (const auto& c : groups.front()) {
+      std::memcpy(c.dst, c.src, c.bytes - c.zfill);
+      std::memset(static_cast<unsigned char*>(c.dst) + (c.bytes - c.zfill), 0, c.zfill);
+    }
+    groups.erase(groups.begin());
+  }
+}
 using std::max;
 using std::min;
 
@@ -199,7 +243,7 @@ enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
 // Four "SMs": small enough that the readout splits N even for the small test shapes.
 inline cudaError_t cudaGetDevice(int* device) { *device = 0; return cudaSuccess; }
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
-  *value = attr == cudaDevAttrMultiProcessorCount ? 4 : 227 * 1024;
+  *value = attr == cudaDevAttrMultiProcessorCount ? 4 : vosrt_emu::shared_limit;
   return cudaSuccess;
 }
 inline cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int) { return cudaSuccess; }
