@@ -52,7 +52,7 @@ TEST_MARKS = "gpu or tensorrt"
 # Readout shapes at 480p: a 480×864 frame (480p padded to a multiple of 16) gives 30×54 at 1/16.
 READOUT_FULL = dict(key_dim=64, hw=30 * 54, value_dim=512, frames=(5, 20, 50), objects=(1, 4), top_k=20)
 READOUT_TINY = dict(key_dim=64, hw=6 * 8, value_dim=16, frames=(2,), objects=(1, 2), top_k=20)
-# D2Conv3D layers of 3DC-Seg at 480p (see samples/bench_kernels.py): name, C, Cout, T, (H, W)
+# D2Conv3D layers of 3DC-Seg at 480p for an 8-frame clip: name, C, Cout, T, (H, W)
 D2CONV_FULL = [("rf3.convFS1 1/16", 1024, 256, 2, (30, 54)), ("rf3 256->256 1/16", 256, 256, 2, (30, 54)),
                ("rf2.convFS1 1/8", 512, 256, 4, (60, 108)), ("rf2 256->256 1/8", 256, 256, 4, (60, 108))]
 D2CONV_TINY = [("tiny 16->8", 16, 8, 2, (5, 6))]
@@ -461,7 +461,12 @@ def markdown(report: dict) -> str:
              f"- tests: {report['tests'].get('status')}, passed {report['tests'].get('passed', '–')}, failed "
              f"{report['tests'].get('failures', '–')}, errors {report['tests'].get('errors', '–')}, skipped "
              f"{report['tests'].get('skipped', '–')}, collected {report['tests'].get('collected', '–')}", ""]
-    bench = report["benchmarks"]
+    return "\n".join(lines + [benchmark_tables(report["benchmarks"])])
+
+
+def benchmark_tables(bench: dict) -> str:
+    """Markdown tables of run_benchmarks' results (also printed by samples/bench_kernels.py)."""
+    lines: list[str] = []
     readout = bench.get("readout")
     if isinstance(readout, list):
         lines += ["## L2MemoryReadout (ms; ratios = other / fused kernel)", "",

@@ -67,3 +67,24 @@ def test_build_targets_this_gpu_only_and_finds_tensorrt_headers_from_the_environ
     assert gpu_check.tensorrt_include() == include  # $TensorRT_ROOT comes before any other place
     configure = gpu_check.build_commands(tmp_path / "out", {"gpu": {"compute_capability": "9.0"}})[0]
     assert f"-DTensorRT_INCLUDE_DIR={include}" in configure and "-DVOSRT_CUDA_ARCHS=90-real" in configure
+
+
+BENCH = SCRIPT.with_name("bench_kernels.py")
+
+
+def test_bench_kernels_runs_gpu_checks_benchmarks_and_prints_their_tables():
+    done = subprocess.run([sys.executable, str(BENCH), "--dry-run", "--repeat", "1"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "## L2MemoryReadout" in done.stdout and "## D2Conv3D" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| fp32 |")]
+    assert len(rows) == 2  # the tiny readout shapes: 1 frame count × 2 object counts
+    only = subprocess.run([sys.executable, str(BENCH), "--dry-run", "--repeat", "1", "--only", "d2conv3d"],
+                          capture_output=True, text=True, timeout=300)
+    assert only.returncode == 0 and "## D2Conv3D" in only.stdout and "L2MemoryReadout" not in only.stdout
+
+
+def test_bench_kernels_refuses_bad_sizes_naming_the_option():
+    done = subprocess.run([sys.executable, str(BENCH), "--frames", "0", "5"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "--frames" in done.stderr
