@@ -604,3 +604,46 @@ def test_emulated_kernel_d2conv3d_with_split_k_matches_reference(emulation, dtyp
         tensors = [t.half() for t in tensors]
     expected = d2conv3d(*(t.double() for t in tensors), backend="torch", **attrs)
     _close(_emulated_conv(emulation, tensors, attrs), expected.numpy(), rel=1e-2 if dtype == "fp16" else 1e-4)
+
+
+# ---- D2Conv3D entry points refuse a missing tensor alike: the CPU driver, the kernels (emulated) and the
+# CPU operators (plugins/cpu) ----
+
+@pytest.mark.parametrize("missing", ["x", "dilation", "modulation", "weight", "bias", "y"])
+def test_d2conv3d_forward_entry_points_refuse_a_missing_tensor(driver, emulation, missing):
+    from vosrt.sdk import cpu_ops
+
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(CONV_CASES[0], seed=3)
+    tensors = {"x": _np(x), "dilation": _np(dilation), "modulation": _np(modulation), "weight": _np(weight),
+               "bias": _np(bias)}
+    params = kernels.d2conv3d_params(x.shape, weight.shape, attrs["stride"], attrs["padding"],
+                                     attrs["dilation_base"], attrs["groups"], True, True)
+    out = (ctypes.c_int * 3)()
+    emulation.vosrtD2Conv3DOutputShape(ctypes.byref(params), out)
+    tensors["y"] = np.zeros((x.shape[0], weight.shape[0], *out), np.float32)
+    pointers = [None if name == missing else _ptr(tensors[name])
+                for name in ("x", "dilation", "modulation", "weight", "bias", "y")]
+    workspace = np.zeros(emulation.vosrtD2Conv3DWorkspaceSize(ctypes.byref(params), kernels.FLOAT32), np.uint8)
+    statuses = [driver.lib.vosrtCpuD2Conv3DForward(ctypes.byref(params), *pointers),
+                emulation.vosrtD2Conv3DForward(ctypes.byref(params), kernels.FLOAT32, *pointers, _ptr(workspace),
+                                               workspace.nbytes, None)]
+    try:
+        ops = cpu_ops.load_cpu_ops()
+    except cpu_ops.CpuOpsUnavailable:
+        ops = None  # plugins/cpu cannot be built here: the two others still answer
+    if ops is not None:
+        statuses.append(ops.lib.vosrtCpuOpsD2Conv3DForward(ctypes.byref(params), *pointers, 1))
+    assert statuses == [1] * len(statuses)  # VOSRT_ERROR_INVALID_VALUE
+
+
+def test_d2conv3d_backward_entry_points_refuse_a_missing_input_but_check_the_dtype_first(driver, emulation):
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(CONV_CASES[0], seed=3)
+    params = kernels.d2conv3d_params(x.shape, weight.shape, attrs["stride"], attrs["padding"],
+                                     attrs["dilation_base"], attrs["groups"], True, True)
+    arrays = [_np(t) for t in (x, dilation, modulation, weight)]
+    grads = [np.zeros_like(a) for a in (*arrays, _np(bias))]
+    inputs = [_ptr(a) for a in arrays] + [None]  # no grad_y
+    assert driver.lib.vosrtCpuD2Conv3DBackward(ctypes.byref(params), *inputs, *(_ptr(g) for g in grads)) == 1
+    for dtype, expected in ((kernels.FLOAT32, 1), (kernels.FLOAT16, 2)):  # fp16: not supported, before pointers
+        assert emulation.vosrtD2Conv3DBackward(ctypes.byref(params), dtype, *inputs, *(_ptr(g) for g in grads),
+                                               None, 0, None) == expected

@@ -31,8 +31,7 @@ extern "C" vosrtStatus_t vosrtCpuOpsD2Conv3DForward(const vosrtD2Conv3DParams* p
                                                     const float* weight, const float* bias, float* y, int threads) {
   vosrtStatus_t st = d2c_validate(p);
   if (st != VOSRT_SUCCESS) return st;
-  if (!x || !dilation || !weight || !y || (p->has_modulation && !modulation) || (p->has_bias && !bias))
-    return VOSRT_ERROR_INVALID_VALUE;
+  if (!d2c_forward_tensors_given(p, x, dilation, modulation, weight, bias, y)) return VOSRT_ERROR_INVALID_VALUE;
   const D2cShape s = d2c_shape(p);
   const float* mod = p->has_modulation ? modulation : nullptr;
   const int rows = s.Cg * s.K;                      // reduction length of one group

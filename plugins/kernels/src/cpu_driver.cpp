@@ -89,8 +89,7 @@ vosrtStatus_t vosrtCpuD2Conv3DForward(const vosrtD2Conv3DParams* p, const float*
                                       const float* modulation, const float* weight, const float* bias, float* y) {
   vosrtStatus_t st = d2c_validate(p);
   if (st != VOSRT_SUCCESS) return st;
-  if (!x || !dilation || !weight || !y || (p->has_modulation && !modulation) || (p->has_bias && !bias))
-    return VOSRT_ERROR_INVALID_VALUE;
+  if (!d2c_forward_tensors_given(p, x, dilation, modulation, weight, bias, y)) return VOSRT_ERROR_INVALID_VALUE;
   const D2cShape s = d2c_shape(p);
   const float* mod = p->has_modulation ? modulation : nullptr;
   const int rows = s.Cg * s.K;  // reduction length of one group
@@ -118,7 +117,7 @@ vosrtStatus_t vosrtCpuD2Conv3DBackward(const vosrtD2Conv3DParams* p, const float
                                        float* grad_weight, float* grad_bias) {
   vosrtStatus_t st = d2c_validate(p);
   if (st != VOSRT_SUCCESS) return st;
-  if (!x || !dilation || !weight || !grad_y || (p->has_modulation && !modulation)) return VOSRT_ERROR_INVALID_VALUE;
+  if (!d2c_backward_tensors_given(p, x, dilation, modulation, weight, grad_y)) return VOSRT_ERROR_INVALID_VALUE;
   const D2cShape s = d2c_shape(p);
   const float* mod = p->has_modulation ? modulation : nullptr;
   float* gmod = p->has_modulation ? grad_modulation : nullptr;

@@ -160,8 +160,7 @@ extern "C" vosrtStatus_t vosrtD2Conv3DForward(const vosrtD2Conv3DParams* p, vosr
   const vosrtStatus_t st = d2c_validate(p);
   if (st != VOSRT_SUCCESS) return st;
   if (!known_dtype(dtype)) return VOSRT_ERROR_NOT_SUPPORTED;
-  if (!x || !dilation || !weight || !y || (p->has_modulation && !modulation) || (p->has_bias && !bias))
-    return VOSRT_ERROR_INVALID_VALUE;
+  if (!d2c_forward_tensors_given(p, x, dilation, modulation, weight, bias, y)) return VOSRT_ERROR_INVALID_VALUE;
   if (workspace == nullptr || workspace_bytes < vosrtD2Conv3DMinWorkspaceSize(p, dtype)) return VOSRT_ERROR_WORKSPACE;
   clear_stale_error();
   const D2cShape s = d2c_shape(p);
@@ -184,7 +183,7 @@ extern "C" vosrtStatus_t vosrtD2Conv3DBackward(const vosrtD2Conv3DParams* p, vos
   const vosrtStatus_t st = d2c_validate(p);
   if (st != VOSRT_SUCCESS) return st;
   if (dtype != VOSRT_FLOAT32) return VOSRT_ERROR_NOT_SUPPORTED;  // training runs the backward in fp32
-  if (!x || !dilation || !weight || !grad_y || (p->has_modulation && !modulation)) return VOSRT_ERROR_INVALID_VALUE;
+  if (!d2c_backward_tensors_given(p, x, dilation, modulation, weight, grad_y)) return VOSRT_ERROR_INVALID_VALUE;
   const D2cShape s = d2c_shape(p);
   const float* xf = static_cast<const float*>(x);
   const float* df = static_cast<const float*>(dilation);

@@ -43,6 +43,19 @@ inline vosrtStatus_t d2c_validate(const vosrtD2Conv3DParams* p) {
   return VOSRT_SUCCESS;
 }
 
+// Every tensor a D2Conv3D forward reads or writes is given (modulation and bias where p says so). Every
+// entry point checks this after d2c_validate (and its own dtype check, if any).
+inline bool d2c_forward_tensors_given(const vosrtD2Conv3DParams* p, const void* x, const void* dilation,
+                                      const void* modulation, const void* weight, const void* bias, const void* y) {
+  return x && dilation && weight && y && (!p->has_modulation || modulation) && (!p->has_bias || bias);
+}
+
+// The same for a backward: its inputs (gradient outputs may be null: not computed).
+inline bool d2c_backward_tensors_given(const vosrtD2Conv3DParams* p, const void* x, const void* dilation,
+                                       const void* modulation, const void* weight, const void* grad_y) {
+  return x && dilation && weight && grad_y && (!p->has_modulation || modulation);
+}
+
 inline vosrtStatus_t l2r_validate(const vosrtL2ReadoutParams* p) {
   if (p == nullptr) return VOSRT_ERROR_INVALID_VALUE;
   if (p->batch < 1 || p->key_dim < 1 || p->mem_size < 1 || p->query_size < 1 || p->value_dim < 1 || p->top_k < 0)
