@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "launch.h"
+#include "tensor_core.cuh"
 
 #if !defined(VOSRT_EMULATE)
 #include <cuda_fp16.h>
@@ -216,6 +217,53 @@ __device__ __forceinline__ KSlice k_slice(int K, int splits, int tile_k) {
   return r;
 }
 
+// Epilogue of the tensor-core GEMMs: a warp's FM×FN accumulator fragments of 16×16, its tile at rows
+// row0.., columns col0.., staged one fragment at a time through `st` (256 floats of shared memory) and
+// written to this k-slice's slab of the split-K scratch ([M, N] dense, fp32, no bias: the reduction adds it
+// and rounds once), or to C with the bias and C added.
+template <typename T, int FM, int FN, typename Frag>
+__device__ void store_fragments(const GemmArgs<T>& g, const KSlice& ks, int splits, Frag (&acc)[FM][FN], float* st,
+                                int row0, int col0) {
+  const int z = ks.z, lane = threadIdx.x % 32;
+  T* C = g.C + z * g.strideC;
+  float* slab = splits > 1 ? g.partial + ((long long)ks.slice * (gridDim.z / splits) + z) * g.M * g.N : nullptr;
+  VOSRT_UNROLL
+  for (int i = 0; i < FM; ++i)
+    VOSRT_UNROLL
+    for (int j = 0; j < FN; ++j) {
+      nvcuda::wmma::store_matrix_sync(st, acc[i][j], 16, nvcuda::wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 256; e += 32) {
+        const int m = row0 + i * 16 + e / 16, n = col0 + j * 16 + e % 16;
+        if (m >= g.M || n >= g.N) continue;
+        if (slab != nullptr) {
+          slab[(long long)m * g.N + n] = st[e];
+        } else {
+          T* dst = C + (long long)m * g.ldc + n;
+          float v = st[e];
+          if (g.bias) v += to_float(g.bias[(long long)z * g.M + m]);
+          if (g.accumulate) v += to_float(*dst);
+          store(dst, v);
+        }
+      }
+      __syncwarp();
+    }
+}
+
+// Runs a tensor-core GEMM: 128×128 tiles when they give every SM a block, else 64×64 tiles with the K
+// split over enough slices to fill the GPU (and the reduction of the slices).
+template <typename T>
+void launch_tc_gemm(const GemmArgs<T>& g, int batch, int tile_k, void (*large)(GemmArgs<T>, int),
+                    void (*small)(GemmArgs<T>, int), cudaStream_t stream) {
+  if (large_tiles(g.M, g.N, batch)) {
+    VOSRT_LAUNCH(large, dim3((g.N + 127) / 128, (g.M + 127) / 128, batch), 256, 0, stream)(g, 1);
+    return;
+  }
+  const int splits = split_k(g, batch, tile_k);
+  VOSRT_LAUNCH(small, dim3((g.N + 63) / 64, (g.M + 63) / 64, batch * splits), 256, 0, stream)(g, splits);
+  if (splits > 1) launch_split_k_reduce(g, batch, splits, stream);
+}
+
 // ---- fp32 on tensor cores, "3xTF32": each operand x = hi + lo with hi = tf32(x) and lo = tf32(x − hi);
 // a·b ≈ hi·hi + hi·lo + lo·hi keeps ~fp32 accuracy (the dropped lo·lo is ~2⁻²² |a·b|) while running on the
 // TF32 tensor cores. WMMA 16×16×8, k-slices of 16.
@@ -230,18 +278,6 @@ __device__ __forceinline__ float4 load_float4(const float* base, long long ld, i
   VOSRT_UNROLL
   for (int i = 0; i < 4; ++i) v[i] = (row < rows && col + i < cols) ? base[row * ld + col + i] : 0.f;
   return make_float4(v[0], v[1], v[2], v[3]);
-}
-
-// Splits every element of a TF32 fragment into its high part (kept) and the TF32 remainder (into lo).
-template <typename Frag>
-__device__ __forceinline__ void split_tf32(Frag& hi, Frag& lo) {
-  VOSRT_UNROLL
-  for (int t = 0; t < hi.num_elements; ++t) {
-    const float v = hi.x[t];
-    const float h = nvcuda::wmma::__float_to_tf32(v);
-    lo.x[t] = nvcuda::wmma::__float_to_tf32(v - h);
-    hi.x[t] = h;
-  }
 }
 
 template <int BM, int BN>
@@ -260,7 +296,7 @@ __global__ void __launch_bounds__(256) gemm_f32_tc_nn_kernel(GemmArgs<float> g, 
   const bool vec_a = g.lda % 4 == 0 && reinterpret_cast<size_t>(A) % 16 == 0;
   const bool vec_b = g.ldb % 4 == 0 && reinterpret_cast<size_t>(B) % 16 == 0;
   const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int tid = threadIdx.x, warp = tid / 32;
   const int wm = warp / 4, wn = warp % 4;
   wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[FM][FN];
   VOSRT_UNROLL
@@ -328,42 +364,11 @@ __global__ void __launch_bounds__(256) gemm_f32_tc_nn_kernel(GemmArgs<float> g, 
     __syncthreads();
     stage ^= 1;
   }
-  float* C = g.C + z * g.strideC;
-  // split-K: this slice's slab of the scratch, [M, N] dense, without bias (the reduction adds it)
-  float* slab = splits > 1 ? g.partial + ((long long)ks.slice * (gridDim.z / splits) + z) * g.M * g.N : nullptr;
-  float* st = stage_out[warp];
-  VOSRT_UNROLL
-  for (int i = 0; i < FM; ++i)
-    VOSRT_UNROLL
-    for (int j = 0; j < FN; ++j) {
-      wmma::store_matrix_sync(st, acc[i][j], 16, wmma::mem_row_major);
-      __syncwarp();
-      for (int e = lane; e < 256; e += 32) {
-        const int m = m0 + wm * (BM / 2) + i * 16 + e / 16, n = n0 + wn * (BN / 4) + j * 16 + e % 16;
-        if (m < g.M && n < g.N && slab != nullptr) {
-          slab[(long long)m * g.N + n] = st[e];
-        } else if (m < g.M && n < g.N) {
-          float* dst = C + (long long)m * g.ldc + n;
-          float v = st[e];
-          if (g.bias) v += g.bias[(long long)z * g.M + m];
-          if (g.accumulate) v += *dst;
-          *dst = v;
-        }
-      }
-      __syncwarp();
-    }
+  store_fragments(g, ks, splits, acc, stage_out[warp], m0 + wm * (BM / 2), n0 + wn * (BN / 4));
 }
 
 inline void gemm_f32_tc_nn(const GemmArgs<float>& g, int batch, cudaStream_t stream) {
-  if (large_tiles(g.M, g.N, batch)) {
-    auto kernel = &gemm_f32_tc_nn_kernel<128, 128>;
-    VOSRT_LAUNCH(kernel, dim3((g.N + 127) / 128, (g.M + 127) / 128, batch), 256, 0, stream)(g, 1);
-    return;
-  }
-  const int splits = split_k(g, batch, kTcTileK);
-  auto kernel = &gemm_f32_tc_nn_kernel<64, 64>;
-  VOSRT_LAUNCH(kernel, dim3((g.N + 63) / 64, (g.M + 63) / 64, batch * splits), 256, 0, stream)(g, splits);
-  if (splits > 1) launch_split_k_reduce(g, batch, splits, stream);
+  launch_tc_gemm(g, batch, kTcTileK, &gemm_f32_tc_nn_kernel<128, 128>, &gemm_f32_tc_nn_kernel<64, 64>, stream);
 }
 
 // ---- fp16: WMMA 16×16×16, fp32 accumulators, k-slices of 32. Tiles move as 16-byte vectors of 8 halves
@@ -407,7 +412,7 @@ __global__ void __launch_bounds__(256) gemm_f16_nn_kernel(GemmArgs<__half> g, in
   const bool vec_a = g.lda % 8 == 0 && reinterpret_cast<size_t>(A) % 16 == 0;
   const bool vec_b = g.ldb % 8 == 0 && reinterpret_cast<size_t>(B) % 16 == 0;
   const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int tid = threadIdx.x, warp = tid / 32;
   const int wm = warp / 4, wn = warp % 4;  // warp tile: rows wm·BM/2.., columns wn·BN/4..
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[FM][FN];
   VOSRT_UNROLL
@@ -467,41 +472,11 @@ __global__ void __launch_bounds__(256) gemm_f16_nn_kernel(GemmArgs<__half> g, in
     __syncthreads();
     stage ^= 1;
   }
-  __half* C = g.C + z * g.strideC;
-  float* slab = splits > 1 ? g.partial + ((long long)ks.slice * (gridDim.z / splits) + z) * g.M * g.N : nullptr;
-  float* st = stage_out[warp];
-  VOSRT_UNROLL
-  for (int i = 0; i < FM; ++i)
-    VOSRT_UNROLL
-    for (int j = 0; j < FN; ++j) {
-      wmma::store_matrix_sync(st, acc[i][j], 16, wmma::mem_row_major);
-      __syncwarp();
-      for (int e = lane; e < 256; e += 32) {
-        const int m = m0 + wm * (BM / 2) + i * 16 + e / 16, n = n0 + wn * (BN / 4) + j * 16 + e % 16;
-        if (m < g.M && n < g.N && slab != nullptr) {
-          slab[(long long)m * g.N + n] = st[e];  // fp32 partial sums: the reduction rounds once
-        } else if (m < g.M && n < g.N) {
-          __half* dst = C + (long long)m * g.ldc + n;
-          float v = st[e];
-          if (g.bias) v += __half2float(g.bias[(long long)z * g.M + m]);
-          if (g.accumulate) v += __half2float(*dst);
-          *dst = __float2half_rn(v);
-        }
-      }
-      __syncwarp();
-    }
+  store_fragments(g, ks, splits, acc, stage_out[warp], m0 + wm * (BM / 2), n0 + wn * (BN / 4));
 }
 
 inline void gemm_f16_nn(const GemmArgs<__half>& g, int batch, cudaStream_t stream) {
-  if (large_tiles(g.M, g.N, batch)) {
-    auto kernel = &gemm_f16_nn_kernel<128, 128>;
-    VOSRT_LAUNCH(kernel, dim3((g.N + 127) / 128, (g.M + 127) / 128, batch), 256, 0, stream)(g, 1);
-    return;
-  }
-  const int splits = split_k(g, batch, kH16TileK);
-  auto kernel = &gemm_f16_nn_kernel<64, 64>;
-  VOSRT_LAUNCH(kernel, dim3((g.N + 63) / 64, (g.M + 63) / 64, batch * splits), 256, 0, stream)(g, splits);
-  if (splits > 1) launch_split_k_reduce(g, batch, splits, stream);
+  launch_tc_gemm(g, batch, kH16TileK, &gemm_f16_nn_kernel<128, 128>, &gemm_f16_nn_kernel<64, 64>, stream);
 }
 
 }  // namespace vosrt

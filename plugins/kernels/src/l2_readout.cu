@@ -21,6 +21,7 @@
 
 #include "l2_readout_math.h"
 #include "launch.h"
+#include "tensor_core.cuh"
 #include "vosrt_kernels.h"
 
 namespace vosrt {
@@ -138,18 +139,6 @@ struct KeyTiles {
     return static_cast<const T*>(s.mem_key[slot]);
   }
 };
-
-// Splits every element of a TF32 fragment into its high part (kept) and the TF32 remainder (into lo).
-template <typename Frag>
-__device__ __forceinline__ void split_tf32(Frag& hi, Frag& lo) {
-  VOSRT_UNROLL
-  for (int t = 0; t < hi.num_elements; ++t) {
-    const float v = hi.x[t];
-    const float h = nvcuda::wmma::__float_to_tf32(v);
-    lo.x[t] = nvcuda::wmma::__float_to_tf32(v - h);
-    hi.x[t] = h;
-  }
-}
 
 // score[n][q] = Σ_c mk[c][n]·qk[c][q] for the tile; fp32 on the TF32 tensor cores as 3xTF32 (each operand
 // x = hi + lo, a·b ≈ hi·hi + hi·lo + lo·hi: fp32-level accuracy, which the top-k needs near ties).
