@@ -212,8 +212,10 @@ __device__ void affinity_tile(const Smem& s, const T* mk, int ck, int ckp) {
   __syncthreads();
 }
 
+// Lists up to 32 entries: at most 128 registers a thread, so two blocks share an SM (run_top_k's split of
+// N counts on that); 64-entry lists need more and run one block per SM.
 template <typename T, int kMax>
-__global__ void __launch_bounds__(kThreads) select_kernel(vosrtL2ReadoutParams p, float scale,
+__global__ void __launch_bounds__(kThreads, kMax <= 32 ? 2 : 1) select_kernel(vosrtL2ReadoutParams p, float scale,
                                                           int tiles_per_split, int stages, int copy_bytes,
                                                           const T* __restrict__ mem_key,
                                                           const T* __restrict__ query_key, float* list_val,
