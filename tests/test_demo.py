@@ -1,10 +1,8 @@
 """`vosrt demo`: the shipped demo package segments a held-out generated clip on ONNX Runtime CPU."""
 import json
 import re
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from vosrt.cli import main
 from vosrt.sdk import cli_demo

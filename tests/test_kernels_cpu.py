@@ -332,7 +332,7 @@ EMULATED_READOUTS = [(2, 24, 1000, 37, 5, 20), (1, 20, 333, 70, 3, 1), (1, 16, 7
 def _call_readout(lib, mem_key, query_key, mem_value, top_k):
     """(status, out) of vosrtL2ReadoutForward on numpy arrays of one dtype (NaN-filled out)."""
     code = kernels.FLOAT16 if mem_key.dtype == np.float16 else kernels.FLOAT32
-    (b, _, n), m, v = mem_key.shape, query_key.shape[2], mem_value.shape[1]
+    b, m, v = mem_key.shape[0], query_key.shape[2], mem_value.shape[1]
     params = kernels.l2_readout_params(mem_key.shape, m, v, top_k, 0.0)
     nbytes = lib.vosrtL2ReadoutWorkspaceSize(ctypes.byref(params), code)
     workspace = np.zeros(max(nbytes, 1), np.uint8)

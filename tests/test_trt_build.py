@@ -97,7 +97,7 @@ def test_embed_plugins_needs_the_self_contained_library_beside_the_plugin_librar
 
 
 def test_workspace_limit_reaches_every_d2conv3d_node_and_only_those():
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     def d2(name, **extra):
