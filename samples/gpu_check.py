@@ -10,7 +10,7 @@ Steps, each recorded in OUT/gpu_report.json and OUT/gpu_report.md (a failing ste
 others still run; the exit status is 1 when the build or a test failed):
 
 1. environment: GPU, driver, CUDA runtime of torch, nvcc, CMake, optional packages.
-2. build: ``cmake -S plugins -B OUT/build`` for this GPU's architecture only (the kernels, their CPU
+2. build: ``cmake -S plugins -B plugins/build-gpu-check`` (``--build-dir``) for this GPU's architecture only (the kernels, their CPU
    driver and emulation, the ONNX Runtime operators and the TensorRT plugins where their headers exist).
 3. tests: ``pytest -m "gpu or tensorrt" tests`` against the libraries just built (junit XML in OUT).
 4. benchmarks, every figure a ratio of two timings taken in this run:
@@ -22,6 +22,10 @@ others still run; the exit status is 1 when the build or a test failed):
      memory of each call;
    - one STCN step at 480p (encode key, encode values, read a 20-frame memory, segment; published widths,
      random weights), PyTorch eager on the GPU, readout through the kernel vs the reference, per frame.
+
+The check keeps to a time budget (``--budget``, 540 s: a device session runs one command for at most 10
+minutes): each step's timeout is cut to what is left, the report is rewritten after every step, and each
+benchmark runs in a child process of its own, so a crash or a hung kernel costs that part only.
 
 ``--dry-run`` prints the plan, probes the environment, lists the GPU tests (collection only) and runs
 every benchmark's reference path on the CPU at tiny shapes, then writes the report: CI runs it
@@ -48,6 +52,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "plugins"
 TESTS = ROOT / "tests"
 TEST_MARKS = "gpu or tensorrt"
+# The build lives in the checkout (git-ignored), not in OUT: OUT carries only the report and logs back.
+DEFAULT_BUILD = PLUGINS / "build-gpu-check"
+# Default time budget of the whole check (s): a device session runs one command for at most 10 minutes.
+DEFAULT_BUDGET = 540
+BENCHMARK_PARTS = ("readout", "d2conv3d", "stcn_step")
 
 # Readout shapes at 480p: a 480×864 frame (480p padded to a multiple of 16) gives 30×54 at 1/16.
 READOUT_FULL = dict(key_dim=64, hw=30 * 54, value_dim=512, frames=(5, 20, 50), objects=(1, 4), top_k=20)
@@ -146,8 +155,21 @@ def cuda_architecture(env: dict) -> str:
     return capability.replace(".", "") + "-real" if capability else "80-real"
 
 
-def build_commands(out: Path, env: dict) -> list[list[str]]:
-    build_dir = out / "build"
+class Deadline:
+    """The time left of the check's budget; each step's timeout is cut to it."""
+
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+
+    def left(self, reserve: float = 0.0) -> float:
+        return self.end - time.monotonic() - reserve
+
+    def timeout(self, cap: float, reserve: float = 0.0, floor: float = 30.0) -> float:
+        """min(cap, what is left after `reserve`), but at least `floor` (a step too short to run is useless)."""
+        return max(floor, min(cap, self.left(reserve)))
+
+
+def build_commands(build_dir: Path, env: dict) -> list[list[str]]:
     arch = cuda_architecture(env)
     configure = ["cmake", "-S", str(PLUGINS), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
                  f"-DVOSRT_CUDA_ARCHS={arch}", f"-DCMAKE_CUDA_ARCHITECTURES={arch}"]
@@ -159,8 +181,8 @@ def build_commands(out: Path, env: dict) -> list[list[str]]:
     return [configure, ["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)]]
 
 
-def build_plugins(out: Path, env: dict, dry_run: bool) -> dict:
-    commands = build_commands(out, env)
+def build_plugins(build_dir: Path, env: dict, dry_run: bool, deadline: Deadline) -> dict:
+    commands = build_commands(build_dir, env)
     result: dict = {"commands": [" ".join(c) for c in commands], "skipped": []}
     if tensorrt_include() is None:
         result["skipped"].append("TensorRT plugins: no NvInfer.h found (set TensorRT_ROOT to build them)")
@@ -180,19 +202,19 @@ def build_plugins(out: Path, env: dict, dry_run: bool) -> dict:
         shell_env["PATH"] = f"/usr/local/cuda/bin:{shell_env.get('PATH', '')}"
     result["steps"] = []
     for cmd in commands:
-        step = _run(cmd, 900, env=shell_env)
+        step = _run(cmd, deadline.timeout(900, reserve=240), env=shell_env)
         result["steps"].append(step)
         say(f"build: {step['command'][:100]}... -> {step['returncode']} in {step['seconds']} s")
         if step["returncode"] != 0:
             result["status"] = "failed"
             return result
-    libraries = sorted(str(p.relative_to(out)) for p in (out / "build").glob("**/*.so"))
+    libraries = sorted(str(p.relative_to(build_dir)) for p in build_dir.glob("**/*.so"))
     result.update(status="ok", libraries=libraries)
     return result
 
 
-def built_kernels(out: Path) -> Path | None:
-    path = out / "build" / "kernels" / "libvosrt_kernels.so"
+def built_kernels(build_dir: Path) -> Path | None:
+    path = build_dir / "kernels" / "libvosrt_kernels.so"
     return path if path.is_file() else None
 
 
@@ -216,12 +238,12 @@ def junit_summary(path: Path) -> dict:
     return total
 
 
-def run_gpu_tests(out: Path, dry_run: bool) -> dict:
+def run_gpu_tests(out: Path, build_dir: Path, dry_run: bool, deadline: Deadline) -> dict:
     shell_env = dict(os.environ)
-    kernels = built_kernels(out)
+    kernels = built_kernels(build_dir)
     if kernels is not None:
         shell_env["VOSRT_KERNELS_LIB"] = str(kernels)
-    trt_plugins = out / "build" / "trt" / "libvosrt_plugins.so"
+    trt_plugins = build_dir / "trt" / "libvosrt_plugins.so"
     if trt_plugins.is_file():
         shell_env["VOSRT_PLUGIN_LIB"] = str(trt_plugins)
     if dry_run:
@@ -236,7 +258,8 @@ def run_gpu_tests(out: Path, dry_run: bool) -> dict:
     xml = out / "gpu_tests.xml"
     cmd = [sys.executable, "-m", "pytest", "-m", TEST_MARKS, "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
            "-rfE", str(TESTS)]
-    step = _run(cmd, 420, env=shell_env, cwd=ROOT)
+    # what is left, less about 2.5 minutes kept for the benchmarks
+    step = _run(cmd, deadline.timeout(420, reserve=150), env=shell_env, cwd=ROOT)
     result = {"command": step["command"], "seconds": step["seconds"], "output_tail": step["output_tail"][-3000:]}
     if xml.is_file():
         result.update(junit_summary(xml))
@@ -422,18 +445,41 @@ def bench_stcn_step(device: str, shape: dict, repeat: int) -> dict:
     return result
 
 
-def run_benchmarks(device: str, full: bool, repeat: int) -> dict:
+def benchmark_part(name: str, device: str, repeat: int):
+    """One benchmark, run in this process: 480p shapes on the GPU, tiny ones on the CPU."""
+    full = device == "cuda"
+    if name == "readout":
+        return bench_readout(device, READOUT_FULL if full else READOUT_TINY, repeat)
+    if name == "d2conv3d":
+        return bench_d2conv3d(device, D2CONV_FULL if full else D2CONV_TINY, repeat)
+    return bench_stcn_step(device, STCN_FULL if full else STCN_TINY, repeat)
+
+
+def run_child(cmd: list[str], result_file: Path, timeout: float) -> dict | list:
+    """Runs cmd, which writes its JSON result to result_file: that result, or {"error": ...} saying how the
+    child ended (a crash, a hang past timeout or an exception), so one failure costs one part only."""
+    result_file.unlink(missing_ok=True)
+    step = _run(cmd, timeout, cwd=ROOT)
+    if step["returncode"] == 0 and result_file.is_file():
+        return json.loads(result_file.read_text())
+    tail = step["output_tail"].strip().splitlines()[-12:]
+    return {"error": f"exit status {step['returncode']} after {step['seconds']} s", "output_tail": tail}
+
+
+def run_benchmarks(out: Path, device: str, repeat: int, deadline: Deadline) -> dict:
+    """Each benchmark in a child process of its own (a crashed context or a hung kernel is recorded and
+    the next benchmark still runs), within what is left of the budget."""
     results: dict = {"device": device}
-    parts = [("readout", lambda: bench_readout(device, READOUT_FULL if full else READOUT_TINY, repeat)),
-             ("d2conv3d", lambda: bench_d2conv3d(device, D2CONV_FULL if full else D2CONV_TINY, repeat)),
-             ("stcn_step", lambda: bench_stcn_step(device, STCN_FULL if full else STCN_TINY, repeat))]
-    for name, part in parts:
-        start = time.perf_counter()
-        try:
-            results[name] = part()
-        except Exception as err:  # recorded; the other benchmarks still run
-            results[name] = {"error": f"{type(err).__name__}: {err}"}
-        say(f"benchmark {name}: {time.perf_counter() - start:.1f} s")
+    for name in BENCHMARK_PARTS:
+        if deadline.left() < 20:
+            results[name] = {"error": "not run: the time budget (--budget) was spent"}
+            say(f"benchmark {name}: not run, out of time")
+            continue
+        result_file = out / f"benchmark_{name}.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--benchmark", name, "--device", device,
+               "--repeat", str(repeat), "--result", str(result_file)]
+        results[name] = run_child(cmd, result_file, deadline.left(reserve=5))
+        say(f"benchmark {name}: {'failed: ' + results[name]['error'] if isinstance(results[name], dict) and 'error' in results[name] else 'done'}")
     return results
 
 
@@ -449,6 +495,7 @@ def _fmt(value, spec: str = ".3f") -> str:
 def markdown(report: dict) -> str:
     env = report["environment"]
     gpu = env.get("gpu") or {}
+    build, tests = report.get("build", {"status": "not reached"}), report.get("tests", {"status": "not reached"})
     lines = ["# vosrt GPU check", "",
              f"{'DRY RUN (CPU, tiny shapes) — ' if report['dry_run'] else ''}{report['started']}, "
              f"{report['seconds']:.0f} s", "",
@@ -457,11 +504,13 @@ def markdown(report: dict) -> str:
              f"{env.get('cmake')}",
              f"- CuPy {env.get('cupy')}, TensorRT {env.get('tensorrt')} (headers {env.get('tensorrt_headers')}), "
              f"onnxruntime {env.get('onnxruntime')}",
-             f"- build: {report['build'].get('status')}; skipped: {'; '.join(report['build'].get('skipped', [])) or 'nothing'}",
-             f"- tests: {report['tests'].get('status')}, passed {report['tests'].get('passed', '–')}, failed "
-             f"{report['tests'].get('failures', '–')}, errors {report['tests'].get('errors', '–')}, skipped "
-             f"{report['tests'].get('skipped', '–')}, collected {report['tests'].get('collected', '–')}", ""]
-    return "\n".join(lines + [benchmark_tables(report["benchmarks"])])
+             f"- build: {build.get('status')}; skipped: {'; '.join(build.get('skipped', [])) or 'nothing'}",
+             f"- tests: {tests.get('status')}, passed {tests.get('passed', '–')}, failed "
+             f"{tests.get('failures', '–')}, errors {tests.get('errors', '–')}, skipped "
+             f"{tests.get('skipped', '–')}, collected {tests.get('collected', '–')}", ""]
+    for name in tests.get("failed_tests", [])[:20]:
+        lines.append(f"  - failed: {name}")
+    return "\n".join(lines + [benchmark_tables(report.get("benchmarks", {}))])
 
 
 def benchmark_tables(bench: dict) -> str:
@@ -507,59 +556,88 @@ def benchmark_tables(bench: dict) -> str:
     return "\n".join(lines)
 
 
-def plan(out: Path, env: dict, dry_run: bool) -> list[str]:
+def plan(out: Path, build_dir: Path, env: dict, dry_run: bool, budget: float) -> list[str]:
     steps = [f"1. environment probe (GPU: {(env.get('gpu') or {}).get('name', 'none')})",
-             "2. build: " + " && ".join(" ".join(c) for c in build_commands(out, env)),
-             f"3. tests: pytest -m \"{TEST_MARKS}\" {TESTS} with VOSRT_KERNELS_LIB={out / 'build/kernels'}",
-             "4. benchmarks: L2MemoryReadout (frames 5/20/50, objects 1/4, fp32/fp16) vs dense and vs "
-             "GEMM+topk+gather; D2Conv3D 3DC-Seg 480p layers fp32/fp16 vs reference; STCN step at 480p",
-             f"5. report: {out / 'gpu_report.json'} and {out / 'gpu_report.md'}"]
+             "2. build: " + " && ".join(" ".join(c) for c in build_commands(build_dir, env)),
+             f"3. tests: pytest -m \"{TEST_MARKS}\" {TESTS} with VOSRT_KERNELS_LIB={build_dir / 'kernels'}",
+             "4. benchmarks, each in a child process: L2MemoryReadout (frames 5/20/50, objects 1/4, fp32/fp16) vs "
+             "dense and vs GEMM+topk+gather; D2Conv3D 3DC-Seg 480p layers fp32/fp16 vs reference; STCN step at 480p",
+             f"5. report: {out / 'gpu_report.json'} and {out / 'gpu_report.md'}, rewritten after every step",
+             f"time budget: {budget:.0f} s in all (--budget); each step's timeout is cut to what is left"]
     if dry_run:
         steps.append("dry run: the build is only planned, tests are collected, benchmarks run their reference "
                      "paths on the CPU at tiny shapes")
     return steps
 
 
+def write_report(out: Path, report: dict, started: float) -> None:
+    report["seconds"] = time.perf_counter() - started
+    (out / "gpu_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out / "gpu_report.md").write_text(markdown(report))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path, nargs="?", help="folder for the report, the build and the test results")
+    parser.add_argument("out", type=Path, nargs="?", help="folder for the report, the logs and the test results")
     parser.add_argument("--out", type=Path, dest="out_flag", metavar="OUT", help="the same folder, as an option "
                         "(python samples/gpu_check.py --out $OUT)")
+    parser.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD,
+                        help=f"CMake build folder (default {DEFAULT_BUILD.relative_to(ROOT)}, git-ignored)")
+    parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
+                        help=f"seconds for the whole check (default {DEFAULT_BUDGET}); steps are cut to fit")
     parser.add_argument("--dry-run", action="store_true", help="plan + the CPU-side parts only (CI)")
-    parser.add_argument("--skip-build", action="store_true", help="use OUT/build as it is")
+    parser.add_argument("--skip-build", action="store_true", help="use --build-dir as it is")
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--repeat", type=int, default=None, help="timed calls per benchmark (median)")
+    # internal: one benchmark in this process, its JSON result written to --result (run_benchmarks' children)
+    parser.add_argument("--benchmark", choices=BENCHMARK_PARTS, help=argparse.SUPPRESS)
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    if args.benchmark:
+        if args.result is None:
+            parser.error("--benchmark needs --result FILE")
+        rows = benchmark_part(args.benchmark, args.device, args.repeat or 2)
+        args.result.write_text(json.dumps(rows, indent=2, default=str) + "\n")
+        return 0
     if (args.out is None) == (args.out_flag is None):
         parser.error("give the report folder once: OUT or --out OUT")
+    if args.budget < 60:
+        parser.error(f"--budget must be at least 60 seconds, got {args.budget:g}")
     out = (args.out or args.out_flag).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    build_dir = args.build_dir.resolve()
     started = time.perf_counter()
-    sys.path.insert(0, str(ROOT))
+    deadline = Deadline(args.budget)
 
     env = probe_environment()
     gpu = bool(env.get("cuda_available"))
     if not gpu and not args.dry_run:
         say("no CUDA device visible to PyTorch: running as --dry-run (nothing below measures a GPU)")
         args.dry_run = True
-    for line in plan(out, env, args.dry_run):
+    steps = plan(out, build_dir, env, args.dry_run, args.budget)
+    for line in steps:
         say(line)
     for name in ("cupy", "tensorrt", "onnxruntime"):
         if env.get(name) is None:
             say(f"{name} is not installed: the parts that use it are skipped")
 
     report: dict = {"dry_run": args.dry_run, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "environment": env, "plan": plan(out, env, args.dry_run), "targets": TARGETS}
-    report["build"] = {"status": "skipped (--skip-build)"} if args.skip_build else build_plugins(out, env, args.dry_run)
-    report["tests"] = {"status": "skipped (--skip-tests)"} if args.skip_tests else run_gpu_tests(out, args.dry_run)
-    if built_kernels(out) is not None:
-        os.environ["VOSRT_KERNELS_LIB"] = str(built_kernels(out))
+                    "environment": env, "plan": steps, "targets": TARGETS, "build_dir": str(build_dir)}
+    write_report(out, report, started)
+    report["build"] = ({"status": "skipped (--skip-build)"} if args.skip_build
+                       else build_plugins(build_dir, env, args.dry_run, deadline))
+    write_report(out, report, started)
+    report["tests"] = ({"status": "skipped (--skip-tests)"} if args.skip_tests
+                       else run_gpu_tests(out, build_dir, args.dry_run, deadline))
+    write_report(out, report, started)
+    if built_kernels(build_dir) is not None:
+        os.environ["VOSRT_KERNELS_LIB"] = str(built_kernels(build_dir))
     device = "cuda" if gpu and not args.dry_run else "cpu"
     repeat = args.repeat or (10 if device == "cuda" else 2)
-    report["benchmarks"] = run_benchmarks(device, full=device == "cuda", repeat=repeat)
-    report["seconds"] = time.perf_counter() - started
-    (out / "gpu_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (out / "gpu_report.md").write_text(markdown(report))
+    report["benchmarks"] = run_benchmarks(out, device, repeat, deadline)
+    write_report(out, report, started)
     say(f"report: {out / 'gpu_report.json'}, {out / 'gpu_report.md'} ({report['seconds']:.0f} s)")
     failed = report["build"].get("status") == "failed" or report["tests"].get("status") == "failed"
     errors = [k for k, v in report["benchmarks"].items() if isinstance(v, dict) and "error" in v]

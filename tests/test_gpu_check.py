@@ -22,21 +22,25 @@ def _module():
 
 
 def test_dry_run_plans_the_build_collects_the_gpu_tests_and_writes_a_report(tmp_path):
-    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--dry-run"], capture_output=True,
-                          text=True, timeout=300)
+    out, build_dir = tmp_path / "out", tmp_path / "build"
+    done = subprocess.run([sys.executable, str(SCRIPT), str(out), "--dry-run", "--build-dir", str(build_dir)],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads((tmp_path / "gpu_report.json").read_text())
+    report = json.loads((out / "gpu_report.json").read_text())
     assert report["dry_run"] is True
     configure, build = report["build"]["commands"]
     assert configure.startswith("cmake -S ") and "-DCMAKE_CUDA_ARCHITECTURES=" in configure
-    assert build.startswith(f"cmake --build {tmp_path / 'build'}")
+    assert build.startswith(f"cmake --build {build_dir}")
+    # each benchmark ran in a child of its own, which left its result beside the report
+    assert sorted(p.name for p in out.glob("benchmark_*.json")) == [
+        "benchmark_d2conv3d.json", "benchmark_readout.json", "benchmark_stcn_step.json"]
     assert report["tests"]["status"] == "collected" and report["tests"]["collected"] >= 10
     bench = report["benchmarks"]
     assert bench["device"] == "cpu"
     assert bench["readout"] and all(row["dense_ms"] > 0 and row["gemm_topk_gather_ms"] > 0 for row in bench["readout"])
     assert all(row["reference_ms"] > 0 for row in bench["d2conv3d"])
     assert bench["stcn_step"]["reference_readout_ms_per_frame"] > 0
-    text = (tmp_path / "gpu_report.md").read_text()
+    text = (out / "gpu_report.md").read_text()
     assert "## L2MemoryReadout" in text and "## D2Conv3D" in text and "## STCN step" in text
     assert "DRY RUN" in text
     assert "tests:" in done.stdout and "report:" in done.stdout
@@ -64,8 +68,40 @@ def test_build_targets_this_gpu_only_and_finds_tensorrt_headers_from_the_environ
     assert gpu_check.tensorrt_include() != include  # a folder without NvInfer.h is not TensorRT
     (include / "NvInfer.h").write_text("")
     assert gpu_check.tensorrt_include() == include  # $TensorRT_ROOT comes before any other place
-    configure = gpu_check.build_commands(tmp_path / "out", {"gpu": {"compute_capability": "9.0"}})[0]
+    configure = gpu_check.build_commands(tmp_path / "build", {"gpu": {"compute_capability": "9.0"}})[0]
     assert f"-DTensorRT_INCLUDE_DIR={include}" in configure and "-DVOSRT_CUDA_ARCHS=90-real" in configure
+
+
+def test_a_crashed_or_hung_benchmark_child_costs_only_its_own_part(tmp_path):
+    gpu_check = _module()
+    result = tmp_path / "r.json"
+    crashed = gpu_check.run_child([sys.executable, "-c", "print('before the crash', flush=True); import os; os.abort()"],
+                                  result, timeout=60)
+    assert crashed["error"].startswith("exit status -6") and "before the crash" in crashed["output_tail"]
+    hung = gpu_check.run_child([sys.executable, "-c", "import time; time.sleep(60)"], result, timeout=1)
+    assert hung["error"].startswith("exit status 124")
+    wrote = gpu_check.run_child([sys.executable, "-c", f"open({str(result)!r}, 'w').write('[1, 2]')"], result, 60)
+    assert wrote == [1, 2]
+    stale = gpu_check.run_child([sys.executable, "-c", "pass"], result, 60)  # a result left by an earlier run
+    assert "error" in stale
+
+
+def test_time_budget_cuts_step_timeouts_and_a_partial_report_still_renders():
+    gpu_check = _module()
+    deadline = gpu_check.Deadline(300)
+    assert 290 < deadline.timeout(900) <= 300          # cut to what is left
+    assert 140 < deadline.timeout(420, reserve=150) <= 150
+    assert deadline.timeout(420, reserve=400) == 30     # never below the floor
+    text = gpu_check.markdown({"dry_run": False, "started": "now", "seconds": 12.0,
+                               "environment": {"gpu": {"name": "H200", "compute_capability": "9.0"}},
+                               "build": {"status": "ok"}})
+    assert "build: ok" in text and "tests: not reached" in text
+
+
+def test_gpu_check_refuses_a_budget_too_short_to_build(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--budget", "10"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--budget" in done.stderr
 
 
 BENCH = SCRIPT.with_name("bench_kernels.py")
