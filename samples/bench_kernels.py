@@ -27,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_check as check  # noqa: E402  (samples/gpu_check.py: the benchmarks themselves)
 
+sys.path.append(str(check.ROOT))  # vosrt from this checkout where it is not installed (vosrt/__init__.py)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
