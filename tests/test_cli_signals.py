@@ -46,3 +46,45 @@ def test_a_stop_signal_finishes_the_files_and_exits_128_plus_the_signal(long_vid
     assert all(read_label_png(p).shape == (128, 224) for p in pngs)
     frames = video_frames(overlay)                          # the mp4 is finished: it plays
     assert len(pngs) - 1 <= frames <= len(pngs)
+
+
+# The signal arrives while ONNX Runtime runs vosrt's Python operator (the plugin form's L2MemoryReadout on
+# the CPU): an exception raised there cannot cross ONNX Runtime's C++ frames (pybind11 would end the process
+# with `terminate`), so the stop is held until the session's run returns. Sent from inside the operator, so
+# it lands there every time.
+SIGNAL_INSIDE_THE_OPERATOR = """
+import signal, sys
+from vosrt import cli
+from vosrt.sdk import cpu_ops
+
+cpu_ops.register_onnxruntime_ops(cpu_ops.load_cpu_ops())
+bodies, calls = cpu_ops._state["bodies"], []
+
+def wrap(body):
+    def run(feed, attributes):
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(int(sys.argv[1]))
+        return body(feed, attributes)
+    return run
+
+for key in list(bodies):
+    bodies[key] = wrap(bodies[key])
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_inside_an_onnxruntime_python_operator_still_finishes_the_files(long_video, tmp_path,
+                                                                                       signum):
+    video, mask = long_video
+    masks, overlay = tmp_path / "masks", tmp_path / "overlay.mp4"
+    done = subprocess.run([sys.executable, "-c", SIGNAL_INSIDE_THE_OPERATOR, str(int(signum)), "run", "stcn-lite",
+                           "--source", str(video), "--mask", str(mask), "--out", str(masks), "--video",
+                           str(overlay), "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 128 + signum, done.stderr
+    assert "terminate called" not in done.stderr and "Traceback" not in done.stderr
+    pngs = sorted(masks.glob("*.png"))
+    assert 1 <= len(pngs) <= 4  # the frame whose segment step held the signal is the last
+    assert not list(masks.glob(".*"))
+    assert len(pngs) - 1 <= video_frames(overlay) <= len(pngs)

@@ -779,3 +779,31 @@ def test_clip_sessions_take_bgr_frames_by_default(clip_package):
     assert [d.index for d in a] == [d.index for d in b] == list(range(9))
     for x, y in zip(a, b):
         np.testing.assert_allclose(x.probability, y.probability, atol=1e-6)
+
+
+def test_a_signal_inside_a_native_callback_is_held_until_release_and_raised_there():
+    import signal
+
+    from vosrt.sdk import deferred_signals
+
+    seen = []
+
+    def handler(signum, frame):
+        if deferred_signals.hold(signum):
+            seen.append("held")
+            return
+        raise RuntimeError(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        deferred_signals.release()  # nothing held: nothing happens
+        with deferred_signals.native_callback():
+            signal.raise_signal(signal.SIGUSR1)
+            assert seen == ["held"]
+        with pytest.raises(RuntimeError, match="signal"):
+            deferred_signals.release()
+        deferred_signals.release()  # sent once only
+        with pytest.raises(RuntimeError):
+            signal.raise_signal(signal.SIGUSR1)  # outside a callback: raised at once
+    finally:
+        signal.signal(signal.SIGUSR1, previous)

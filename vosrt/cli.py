@@ -14,6 +14,7 @@ import sys
 import threading
 
 from vosrt import __version__
+from vosrt.sdk import deferred_signals
 from vosrt.sdk.errors import UserError
 
 # name -> (module, one-line help, extra that provides its dependencies)
@@ -103,14 +104,18 @@ class Stopped(KeyboardInterrupt):
 
 
 def _stop(signum, frame):
+    if deferred_signals.hold(signum):  # inside a Python operator of ONNX Runtime: raised once its run returns
+        return
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Stopped(signum)
 
 
 def _handle_stop_signals() -> None:
-    # What docker, systemd and Kubernetes send to stop a process (SIGHUP: a closed terminal).
+    # What docker, systemd and Kubernetes send to stop a process (SIGHUP: a closed terminal), and Ctrl-C.
     if threading.current_thread() is not threading.main_thread():
         return
-    for name in ("SIGTERM", "SIGHUP"):
+    for name in ("SIGTERM", "SIGHUP", "SIGINT"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _stop)
 

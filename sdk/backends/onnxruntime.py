@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnxruntime as ort
 
+from vosrt.sdk import deferred_signals
 from vosrt.sdk.backends.base import Backend, Tensor, flatten_to
 from vosrt.sdk.errors import UserError
 
@@ -143,6 +144,12 @@ class OnnxRuntimeBackend(Backend):
 
     def run(self, graph: str, inputs: Mapping[str, Tensor], outputs: Sequence[str] | None = None
             ) -> dict[str, Tensor]:
+        try:
+            return self._run(graph, inputs, outputs)
+        finally:  # a stop signal held during a Python operator takes effect here
+            deferred_signals.release()
+
+    def _run(self, graph: str, inputs: Mapping[str, Tensor], outputs: Sequence[str] | None) -> dict[str, Tensor]:
         self._check_inputs(graph, inputs)
         names = list(outputs) if outputs is not None else self._outputs[graph]
         session = self.sessions[graph]
