@@ -178,6 +178,26 @@ def test_readout_fp16_matches_reference(case):
     _assert_close(actual, expected, 1e-2)
 
 
+# mem_key rows that start on 16, 8 or 4 bytes, or on 2 (fp16 with an odd N, or an address one element
+# off): the key tiles move by cp.async in the widest vector the rows allow, or by plain loads.
+@pytest.mark.parametrize("top_k", [20, 0], ids=["select", "dense"])
+@pytest.mark.parametrize("n, offset", [(640, 0), (642, 0), (641, 0), (640, 1)],
+                         ids=["n640", "n642", "n641", "n640-offset1"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_readout_key_tiles_at_every_row_alignment_match_reference(dtype, n, offset, top_k):
+    fp16 = dtype == torch.float16
+    mem_key, query_key, mem_value = _readout_inputs(2, 16, n, 40, 3, seed=n + offset, dtype=dtype,
+                                                    key_scale=0.5 if fp16 else 1.0)
+    buffer = torch.empty(mem_key.numel() + offset, device="cuda", dtype=dtype)
+    shifted = buffer[offset:].view(mem_key.shape)
+    shifted.copy_(mem_key)
+    assert shifted.is_contiguous() and shifted.data_ptr() % 16 == offset * shifted.element_size()
+    expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), top_k, backend="torch")
+    actual = cuda_kernels.l2_memory_readout(shifted, query_key, mem_value, top_k, 0.25)
+    assert actual.dtype == dtype
+    _assert_close(actual, expected, 1e-2 if fp16 else 1e-4)
+
+
 def test_readout_backward_matches_reference():
     tensors = _readout_inputs(1, 32, 500, 40, 6, seed=11)
     mine = [t.clone().requires_grad_() for t in tensors]
