@@ -478,8 +478,9 @@ def run_benchmarks(out: Path, device: str, repeat: int, deadline: Deadline) -> d
         result_file = out / f"benchmark_{name}.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--benchmark", name, "--device", device,
                "--repeat", str(repeat), "--result", str(result_file)]
-        results[name] = run_child(cmd, result_file, deadline.left(reserve=5))
-        say(f"benchmark {name}: {'failed: ' + results[name]['error'] if isinstance(results[name], dict) and 'error' in results[name] else 'done'}")
+        result = results[name] = run_child(cmd, result_file, deadline.left(reserve=5))
+        failed = isinstance(result, dict) and "error" in result
+        say(f"benchmark {name}: {'failed, ' + result['error'] if failed else 'done'}")
     return results
 
 
