@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vosrt.sdk.deferred_signals import native_callback
+from vosrt.sdk.native_callbacks import run_callback
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.kernels import D2Conv3DParams, L2ReadoutParams, check_status, d2conv3d_params, l2_readout_params
 
@@ -275,10 +275,11 @@ def _invoke(op_id, feed, attributes):
     # Called by onnxruntime-extensions for every Python-operator node: the inputs arrive as numpy arrays
     # (copies), the result goes back as (id, shape, flat array); a flat numpy view is accepted and copied
     # once by the caller.
-    # A stop signal arriving meanwhile is held until the session's run returns (sdk/deferred_signals.py).
-    with native_callback():
-        result = _state["bodies"][op_id](feed, attributes)
-        return (op_id, result.shape, np.ascontiguousarray(result).reshape(-1))
+    # Nothing may be raised from here (sdk/native_callbacks.py): an error in the body is raised again when
+    # the session's run returns, and the placeholder it returns meanwhile never reaches a caller.
+    result = run_callback(lambda: _state["bodies"][op_id](feed, attributes),
+                          lambda: np.full(1, np.nan, np.float32))
+    return (op_id, result.shape, np.ascontiguousarray(result).reshape(-1))
 
 
 def register_onnxruntime_ops(ops: CpuOps) -> str:

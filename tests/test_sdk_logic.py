@@ -784,26 +784,49 @@ def test_clip_sessions_take_bgr_frames_by_default(clip_package):
 def test_a_signal_inside_a_native_callback_is_held_until_release_and_raised_there():
     import signal
 
-    from vosrt.sdk import deferred_signals
+    from vosrt.sdk import native_callbacks
 
     seen = []
 
     def handler(signum, frame):
-        if deferred_signals.hold(signum):
+        if native_callbacks.hold(signum):
             seen.append("held")
             return
         raise RuntimeError(f"signal {signum}")
 
+    def body():
+        signal.raise_signal(signal.SIGUSR1)
+        return "body"
+
     previous = signal.signal(signal.SIGUSR1, handler)
     try:
-        deferred_signals.release()  # nothing held: nothing happens
-        with deferred_signals.native_callback():
-            signal.raise_signal(signal.SIGUSR1)
-            assert seen == ["held"]
+        native_callbacks.release()  # nothing held: nothing happens
+        assert native_callbacks.run_callback(body, lambda: "placeholder") == "body"
+        assert seen == ["held"]
         with pytest.raises(RuntimeError, match="signal"):
-            deferred_signals.release()
-        deferred_signals.release()  # sent once only
+            native_callbacks.release()
+        native_callbacks.release()  # sent once only
         with pytest.raises(RuntimeError):
             signal.raise_signal(signal.SIGUSR1)  # outside a callback: raised at once
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+def test_an_error_inside_a_native_callback_is_kept_and_raised_by_release_on_its_thread():
+    import threading
+
+    from vosrt.sdk import native_callbacks
+
+    def fails():
+        raise ValueError("inside the operator")
+
+    assert native_callbacks.run_callback(fails, lambda: "placeholder") == "placeholder"
+    assert native_callbacks.run_callback(lambda: 1 / 0, lambda: "placeholder") == "placeholder"
+    other = []  # another thread's release does not see this thread's error
+    thread = threading.Thread(target=lambda: other.append(native_callbacks.release() is None))
+    thread.start()
+    thread.join()
+    assert other == [True]
+    with pytest.raises(ValueError, match="inside the operator"):  # the first error of the run
+        native_callbacks.release()
+    native_callbacks.release()  # raised once only

@@ -14,7 +14,7 @@ import sys
 import threading
 
 from vosrt import __version__
-from vosrt.sdk import deferred_signals
+from vosrt.sdk import native_callbacks
 from vosrt.sdk.errors import UserError
 
 # name -> (module, one-line help, extra that provides its dependencies)
@@ -104,7 +104,7 @@ class Stopped(KeyboardInterrupt):
 
 
 def _stop(signum, frame):
-    if deferred_signals.hold(signum):  # inside a Python operator of ONNX Runtime: raised once its run returns
+    if native_callbacks.hold(signum):  # inside a Python operator of ONNX Runtime: raised once its run returns
         return
     if signum == signal.SIGINT:
         raise KeyboardInterrupt

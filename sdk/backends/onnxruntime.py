@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from vosrt.sdk import deferred_signals
+from vosrt.sdk import native_callbacks
 from vosrt.sdk.backends.base import Backend, Tensor, flatten_to
 from vosrt.sdk.errors import UserError
 
@@ -146,8 +146,8 @@ class OnnxRuntimeBackend(Backend):
             ) -> dict[str, Tensor]:
         try:
             return self._run(graph, inputs, outputs)
-        finally:  # a stop signal held during a Python operator takes effect here
-            deferred_signals.release()
+        finally:  # an error or a stop signal kept during a Python operator is raised here
+            native_callbacks.release()
 
     def _run(self, graph: str, inputs: Mapping[str, Tensor], outputs: Sequence[str] | None) -> dict[str, Tensor]:
         self._check_inputs(graph, inputs)
