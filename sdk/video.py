@@ -212,8 +212,12 @@ class PngSink:
     def __call__(self, index: int, name: str, frame: np.ndarray, labels: np.ndarray) -> None:
         # Written aside, then renamed: a run stopped mid-write (Ctrl-C, SIGTERM) leaves no truncated PNG.
         partial = self.folder / f".{name}.partial.png"
-        write_label_png(partial, labels)
-        os.replace(partial, self.folder / f"{name}.png")
+        try:
+            write_label_png(partial, labels)
+            os.replace(partial, self.folder / f"{name}.png")
+        except BaseException:  # a stop between the write and the rename leaves nothing half done either
+            partial.unlink(missing_ok=True)
+            raise
         self.written += 1
 
     def close(self) -> None:

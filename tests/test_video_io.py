@@ -70,6 +70,19 @@ def test_png_sink_keeps_label_ids_exact(tmp_path):
     assert np.array_equal(read_label_png(tmp_path / "out" / "frame_a.png"), labels)
 
 
+def test_png_sink_stopped_between_the_write_and_the_rename_leaves_no_partial_file(tmp_path, monkeypatch):
+    import vosrt.sdk.video as video
+
+    def stopped(src, dst):  # SIGTERM / Ctrl-C arriving after the PNG was written aside
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(video.os, "replace", stopped)
+    sink = PngSink(tmp_path / "out")
+    with pytest.raises(KeyboardInterrupt):
+        sink(0, "frame_a", np.zeros((20, 30, 3), np.uint8), np.zeros((20, 30), np.uint8))
+    assert list((tmp_path / "out").iterdir()) == [] and sink.written == 0
+
+
 def test_overlay_video_sink_writes_a_video_opencv_reads_back(sequence, tmp_path):
     sink = OverlayVideoSink(tmp_path / "overlay.mp4", fps=10)
     for i, (frame, labels) in enumerate(zip(sequence.frames, sequence.labels)):
