@@ -24,6 +24,11 @@ def long_video(tmp_path_factory):
     return path, folder / "first.png"
 
 
+def _finished(masks):
+    """The PNGs written so far (pathlib's * also matches the hidden .NAME.partial.png being written)."""
+    return sorted(p for p in masks.glob("*.png") if not p.name.startswith("."))
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.slow),
                                     pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_a_stop_signal_finishes_the_files_and_exits_128_plus_the_signal(long_video, tmp_path, signum):
@@ -33,14 +38,14 @@ def test_a_stop_signal_finishes_the_files_and_exits_128_plus_the_signal(long_vid
                                 "--mask", str(mask), "--out", str(masks), "--video", str(overlay), "--no-progress"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while len(list(masks.glob("*.png"))) < 3 and process.poll() is None and time.monotonic() < deadline:
+    while len(_finished(masks)) < 3 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert process.poll() is None, process.communicate()
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signum, err
     assert "Traceback" not in err
-    pngs = sorted(masks.glob("*.png"))
+    pngs = _finished(masks)
     assert 3 <= len(pngs) < 600
     assert not list(masks.glob(".*"))                     # no half-written PNG left behind
     assert all(read_label_png(p).shape == (128, 224) for p in pngs)
@@ -84,7 +89,7 @@ def test_a_stop_signal_inside_an_onnxruntime_python_operator_still_finishes_the_
                            str(overlay), "--no-progress"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 128 + signum, done.stderr
     assert "terminate called" not in done.stderr and "Traceback" not in done.stderr
-    pngs = sorted(masks.glob("*.png"))
+    pngs = _finished(masks)
     assert 1 <= len(pngs) <= 4  # the frame whose segment step held the signal is the last
     assert not list(masks.glob(".*"))
     assert len(pngs) - 1 <= video_frames(overlay) <= len(pngs)
