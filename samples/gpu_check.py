@@ -10,8 +10,9 @@ Steps, each recorded in OUT/gpu_report.json and OUT/gpu_report.md (a failing ste
 others still run; the exit status is 1 when the build or a test failed):
 
 1. environment: GPU, driver, CUDA runtime of torch, nvcc, CMake, optional packages.
-2. build: ``cmake -S plugins -B plugins/build-gpu-check`` (``--build-dir``) for this GPU's architecture only (the kernels, their CPU
-   driver and emulation, the ONNX Runtime operators and the TensorRT plugins where their headers exist).
+2. build: ``cmake -S plugins -B plugins/build-gpu-check`` (``--build-dir``) for this GPU's architecture
+   only (the kernels, their CPU driver and emulation, the ONNX Runtime operators and the TensorRT plugins
+   where their headers exist).
 3. tests: ``pytest -m "gpu or tensorrt" tests`` against the libraries just built (junit XML in OUT).
 4. benchmarks, every figure a ratio of two timings taken in this run:
    - L2MemoryReadout, fused kernel vs (a) the dense PyTorch reference (N×M affinity, top-k, softmax

@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vosrt.sdk.native_callbacks import run_callback
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.kernels import D2Conv3DParams, L2ReadoutParams, check_status, d2conv3d_params, l2_readout_params
+from vosrt.sdk.native_callbacks import run_callback
 
 LIBRARY = "libvosrt_cpu_ops.so"
 ENV_LIB = "VOSRT_CPU_OPS_LIB"
