@@ -333,14 +333,41 @@ def cpu_graph_for(path: str | os.PathLike) -> Path:
     by path: a session made from bytes kept about a graph's size more memory."""
     source = Path(path).resolve()
     stat = source.stat()
-    key = hashlib.sha256(f"{source}|{stat.st_size}|{stat.st_mtime_ns}|{REWRITE_VERSION}".encode()).hexdigest()[:16]
-    target = cache_dir() / "cpu_graphs" / f"{source.stem}.{key}.onnx"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
+    place = hashlib.sha256(str(source).encode()).hexdigest()[:8]
+    version = hashlib.sha256(f"{stat.st_size}|{stat.st_mtime_ns}|{REWRITE_VERSION}".encode()).hexdigest()[:8]
+    folder = cache_dir() / "cpu_graphs"
+    target = folder / f"{source.stem}.{place}{version}.onnx"
+    if target.is_file():
+        target.touch()  # in use: kept by the pruning below
+    else:
+        data = plugin_model_for_cpu(source)  # before the file is made: a failure leaves nothing behind
+        folder.mkdir(parents=True, exist_ok=True)
+        _prune_cpu_graphs(folder, stale_prefix=f"{source.stem}.{place}")
         with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".onnx", delete=False) as tmp:
-            tmp.write(plugin_model_for_cpu(source))
+            try:
+                tmp.write(data)
+            except BaseException:
+                tmp.close()
+                os.unlink(tmp.name)
+                raise
         os.replace(tmp.name, target)
     return target
+
+
+# Rewritten graphs not opened for this long are removed (their sources are often temporary exports).
+CPU_GRAPH_MAX_AGE_S = 30 * 24 * 3600
+
+
+def _prune_cpu_graphs(folder: Path, stale_prefix: str) -> None:
+    """Remove the rewrites of earlier versions of the same source (``stale_prefix``: stem and path hash)
+    and those not used for :data:`CPU_GRAPH_MAX_AGE_S`, so the cache does not grow with every export."""
+    now = time.time()
+    for entry in folder.glob("*.onnx"):
+        try:
+            if entry.name.startswith(stale_prefix) or now - entry.stat().st_mtime > CPU_GRAPH_MAX_AGE_S:
+                entry.unlink()
+        except OSError:  # another process removed or is replacing it
+            pass
 
 
 def plugin_model_for_cpu(path: str | os.PathLike) -> bytes:

@@ -164,3 +164,28 @@ def test_non_editable_install_in_a_fresh_venv_runs_the_plugin_form(packages, tmp
     form, library = result.stdout.split()
     assert form == "plugin" and library.startswith(str(tmp_path / "cache"))
     assert "compiling the CPU operator library" in result.stderr
+
+
+def test_cpu_graph_cache_keeps_one_rewrite_per_source_and_nothing_from_a_failure(tmp_path, monkeypatch):
+    """A re-exported graph replaces its earlier rewrite in the cache, long-unused rewrites go, and a
+    rewrite that fails leaves no file behind."""
+    monkeypatch.setenv(cpu_ops.ENV_CACHE, str(tmp_path / "cache"))
+    source = tmp_path / "segment.plugin.onnx"
+    shutil.copy(REPO / "sdk" / "models" / "stcn-lite" / "segment.plugin.onnx", source)
+    first = cpu_ops.cpu_graph_for(source)
+    assert first.is_file() and first.parent == tmp_path / "cache" / "cpu_graphs"
+    assert cpu_ops.cpu_graph_for(source) == first            # unchanged source: the same rewrite
+
+    forgotten = first.parent / "other.0123456789abcdef.onnx"  # some other source's, unused for 31 days
+    forgotten.write_bytes(b"x")
+    old = os.stat(first).st_mtime - 31 * 24 * 3600
+    os.utime(forgotten, (old, old))
+    os.utime(source, ns=(os.stat(source).st_atime_ns, os.stat(source).st_mtime_ns + 10**9))  # "re-exported"
+    second = cpu_ops.cpu_graph_for(source)
+    assert second != first and sorted(second.parent.iterdir()) == [second]
+
+    broken = tmp_path / "broken.plugin.onnx"
+    broken.write_bytes(b"trt.plugins but not a graph")
+    with pytest.raises(Exception):
+        cpu_ops.cpu_graph_for(broken)
+    assert sorted(second.parent.iterdir()) == [second]
