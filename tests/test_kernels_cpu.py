@@ -433,6 +433,22 @@ def test_torch_readout_function_forward_and_backward_through_the_kernels(emulate
         _close(a.grad.numpy(), e.grad.numpy())
 
 
+def test_torch_readout_fp16_backward_recomputes_the_top_k_the_forward_kernel_chose(emulated_torch_ops):
+    # The tier-2 fp16 backward case: query 33's 20th and 21st scores are 4.9e-4 apart, closer than fp16
+    # rounds ‖mk‖², so a backward recomputed in float16 took another top-20 (gradients off by 0.06).
+    g = torch.Generator().manual_seed(14)
+    tensors = [(torch.randn(1, 32, 500, generator=g) * 0.5).half(), (torch.randn(1, 32, 40, generator=g) * 0.5).half(),
+               torch.randn(1, 6, 500, generator=g).half()]
+    mine = [t.clone().requires_grad_() for t in tensors]
+    ref = [t.double().requires_grad_() for t in tensors]
+    grad = torch.randn(1, 6, 40, generator=torch.Generator().manual_seed(15))
+    emulated_torch_ops._l2_memory_readout(*mine, 20, 32 ** -0.5).backward(grad.half())
+    l2_memory_readout(*ref, 20, backend="torch").backward(grad.double())
+    for a, e in zip(mine, ref):
+        assert a.grad.dtype == torch.float16
+        _close(a.grad.float().numpy(), e.grad.numpy(), rel=1e-2)
+
+
 def test_torch_readout_above_the_top_k_limit_uses_the_reference(emulated_torch_ops):
     g = torch.Generator().manual_seed(17)
     tensors = [torch.randn(1, 8, 200, generator=g), torch.randn(1, 8, 5, generator=g), torch.randn(1, 3, 200, generator=g)]
@@ -590,9 +606,10 @@ def test_emulated_readout_key_tiles_move_in_the_widest_aligned_copies(emulation,
 
 
 def _readout_shared_bytes(itemsize, ck, dense, stages):
-    """A select/dense block's shared memory (l2_readout.cu shared_bytes; tiles of 64, score rows of 68)."""
+    """A select/dense block's shared memory (l2_readout.cu shared_bytes; tiles of 64, score rows of 68,
+    then 32 value rows (dense) or the floors of 4 lists per query (select))."""
     ckp = -(-ck // 16) * 16
-    return 4 * (64 * 68 + 64) + itemsize * ckp * (stages * 64 + 64) + (4 * 32 * 64 if dense else 0)
+    return 4 * (64 * 68 + 64) + itemsize * ckp * (stages * 64 + 64) + (4 * 32 * 64 if dense else 4 * 4 * 64)
 
 
 @pytest.mark.parametrize("top_k", [20, 0], ids=["select", "dense"])
@@ -646,6 +663,23 @@ def test_emulated_kernel_d2conv3d_with_split_k_matches_reference(emulation, dtyp
     _close(_emulated_conv(emulation, tensors, attrs), expected.numpy(), rel=1e-2 if dtype == "fp16" else 1e-4)
 
 
+def test_emulated_kernel_d2conv3d_sums_a_long_k_without_drifting_toward_zero(emulation):
+    """C = 1,024 (3DC-Seg's widest D2Conv3D input) sums K = 27,648 products per output. Tensor cores
+    truncate what they accumulate (the emulation does too): a sum kept in the accumulator for ~2,600 MMAs
+    per K-slice would come out ~1e-4 low; each k-step is summed apart and added by the CUDA cores instead."""
+    g = torch.Generator().manual_seed(21)
+    c, cout = 1024, 16
+    x = torch.rand(1, c, 2, 2, 2, generator=g) + 0.5           # positive terms: every partial sum grows,
+    weight = torch.rand(cout, c, 3, 3, 3, generator=g) / 1000   # so truncation would bias them all one way
+    dilation = torch.ones(1, 3, 2, 2, 2)
+    modulation = torch.ones(1, 27, 2, 2, 2)
+    attrs = dict(stride=(1, 1, 1), padding=(1, 1, 1), dilation_base=(1, 1, 1), groups=1)
+    expected = d2conv3d(*(t.double() for t in (x, dilation, modulation, weight)), None, backend="torch", **attrs)
+    actual = _emulated_conv(emulation, (x, dilation, modulation, weight, None), attrs)
+    error = np.abs(actual - expected.numpy()) / np.abs(expected.numpy())
+    assert error.max() < 5e-6, error.max()  # 4.8e-7; 4.2e-5 accumulated in the "tensor cores"
+
+
 # ---- D2Conv3D entry points refuse a missing tensor alike: the CPU driver, the kernels (emulated) and the
 # CPU operators (plugins/cpu) ----
 
@@ -687,3 +721,20 @@ def test_d2conv3d_backward_entry_points_refuse_a_missing_input_but_check_the_dty
     for dtype, expected in ((kernels.FLOAT32, 1), (kernels.FLOAT16, 2)):  # fp16: not supported, before pointers
         assert emulation.vosrtD2Conv3DBackward(ctypes.byref(params), dtype, *inputs, *(_ptr(g) for g in grads),
                                                None, 0, None) == expected
+
+
+def test_shapes_beyond_the_launch_grid_limits_are_refused_as_not_supported(emulation):
+    """gridDim.y and .z stop at 65,535: shapes whose grids would pass them are refused up front
+    (VOSRT_ERROR_NOT_SUPPORTED, so the operators fall back to the reference) rather than failing to launch."""
+    def conv(channels, groups=1):
+        return kernels.d2conv3d_params((1, channels, 1, 2, 2), (groups, channels // groups, 3, 3, 3), (1, 1, 1),
+                                       (1, 1, 1), (1, 1, 1), groups, True, False)
+    assert emulation.vosrtD2Conv3DValidate(ctypes.byref(conv(310_000))) == 0    # C·K = 8,370,000 GEMM rows
+    assert emulation.vosrtD2Conv3DValidate(ctypes.byref(conv(311_000))) == 2    # 8,397,000 > 65,535·128
+    assert emulation.vosrtD2Conv3DValidate(ctypes.byref(conv(2 * 16_384, 16_384))) == 2  # 4·G GEMMs on .z
+
+    def readout(batch, value_dim=8):
+        return ctypes.byref(kernels.l2_readout_params((batch, 16, 100), 40, value_dim, 20, 0))
+    assert emulation.vosrtL2ReadoutValidate(readout(65_535)) == 0
+    assert emulation.vosrtL2ReadoutValidate(readout(65_536)) == 2
+    assert emulation.vosrtL2ReadoutValidate(readout(1, 65_535 * 16 + 1)) == 2

@@ -6,8 +6,9 @@ so they order correctly with the surrounding PyTorch work. Inputs the kernels do
 than float32/float16, top_k above the on-chip limit) fall back to the reference implementations.
 
 Gradients: D2Conv3D runs its CUDA backward (in float32; float16 inputs are upcast for it). The readout
-recomputes the reference under autograd in its backward pass: its forward is the fast path for inference
-and training reads alike, its gradient is the reference's.
+recomputes the reference under autograd in its backward pass, in float32 (float16 inputs upcast, the
+gradients cast back): its forward is the fast path for inference and training reads alike, its gradient
+is the reference's.
 """
 from __future__ import annotations
 
@@ -25,17 +26,31 @@ _DTYPES = {torch.float32: _kernels.FLOAT32, torch.float16: _kernels.FLOAT16}
 _NOT_SUPPORTED = 2
 
 
+_load_error: list[str] = []  # why the last _library() found none (unavailable_reason)
+
+
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
+    _load_error.clear()
     try:
         return _kernels.load_kernels()
-    except (UserError, OSError, AttributeError):  # not built, CUDA runtime missing, or an older build
+    except (UserError, OSError, AttributeError) as err:  # not built, CUDA runtime missing, or an older build
+        _load_error.append(f"{type(err).__name__}: {err}")
         return None
 
 
 def available() -> bool:
     """True when a CUDA device is present and ``libvosrt_kernels.so`` was found and loaded."""
     return torch.cuda.is_available() and _library() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`available` is False (no CUDA device, or the loader's error); None when it is True."""
+    if not torch.cuda.is_available():
+        return "no CUDA device visible to PyTorch"
+    if _library() is None:
+        return f"libvosrt_kernels.so not loaded: {_load_error[0] if _load_error else 'unknown error'}"
+    return None
 
 
 def _stream(device: torch.device) -> int | None:
@@ -178,12 +193,14 @@ class _L2Readout(torch.autograd.Function):
 
         saved = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
+        # Recomputed in float32 whatever the storage: the forward kernel scores in float32, and a float16
+        # recompute rounds the scores enough to pick another top-k near a tie (a gradient of another read).
         with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(need) for t, need in zip(saved, needs)]
+            leaves = [t.detach().float().requires_grad_(need) for t, need in zip(saved, needs)]
             out = reference(*leaves, ctx.top_k, ctx.scale, backend="torch")
             wanted = [t for t in leaves if t.requires_grad]
-            grads = iter(torch.autograd.grad(out, wanted, grad_out))
-        return (*(next(grads) if need else None for need in needs), None, None)
+            grads = iter(torch.autograd.grad(out, wanted, grad_out.float()))
+        return (*(next(grads).to(t.dtype) if need else None for t, need in zip(saved, needs)), None, None)
 
 
 def l2_memory_readout(mem_key: torch.Tensor, query_key: torch.Tensor, mem_value: torch.Tensor, top_k: int,

@@ -40,13 +40,14 @@ static_assert(kThreads == kL2TileM * (kL2DenseV / 8), "8 value channels per thre
 __host__ __device__ inline int padded_key_dim(int ck) { return (ck + 15) / 16 * 16; }
 
 // Shared memory of one select/dense block: score tile, ‖mk‖² of the tile, `stages` mem_key tiles, the
-// query tile (+ value tile).
+// query tile, then the value tile (dense) or the lists' floors (select). All of it is dynamic, so the
+// host's choice of stages accounts for every byte a block uses.
 template <typename T>
 size_t shared_bytes(int ck, bool dense, int stages) {
   const size_t ckp = (size_t)padded_key_dim(ck);
   size_t bytes = sizeof(float) * (kL2TileN * kScoreLd + kL2TileN) +
                  sizeof(T) * ckp * ((size_t)stages * kL2TileN + kL2TileM);
-  if (dense) bytes += sizeof(float) * kL2DenseV * kL2TileN;
+  bytes += dense ? sizeof(float) * kL2DenseV * kL2TileN : sizeof(float) * kL2ListsPerQuery * kL2TileM;
   return bytes;
 }
 
@@ -56,6 +57,7 @@ struct Smem {
   void* mem_key[2];  // [ckp][kL2TileN] of T: two stages, or one buffer named twice
   void* query;       // [ckp][kL2TileM] of T
   float* value;      // [kL2DenseV][kL2TileN] (dense kernel only)
+  float* floor;      // [kL2ListsPerQuery][kL2TileM] (select kernel only; where the dense kernel's values are)
 };
 
 template <typename T>
@@ -67,6 +69,7 @@ __device__ Smem carve(unsigned char* base, int ckp, int stages) {
   s.mem_key[1] = static_cast<T*>(s.mem_key[0]) + (size_t)(stages - 1) * ckp * kL2TileN;
   s.query = static_cast<T*>(s.mem_key[1]) + (size_t)ckp * kL2TileN;
   s.value = reinterpret_cast<float*>(static_cast<T*>(s.query) + (size_t)ckp * kL2TileM);
+  s.floor = s.value;
   return s;
 }
 
@@ -231,7 +234,7 @@ __global__ void __launch_bounds__(kThreads, kMax <= 32 ? 2 : 1) select_kernel(vo
   // The smallest score of each list of a query, shared after every tile: the k-th largest score of the
   // query's whole slice is at least the largest of them, so an entry at or below it cannot be in the
   // slice's top-k, whichever list sees it. Each list thus filters with the best threshold of the four.
-  __shared__ float list_floor[kL2ListsPerQuery][kL2TileM];
+  float* list_floor = s.floor;  // [kL2ListsPerQuery][kL2TileM]
   TopKList<kMax> list;
   list.init();
   float threshold = -INFINITY;
@@ -249,10 +252,11 @@ __global__ void __launch_bounds__(kThreads, kMax <= 32 ? 2 : 1) select_kernel(vo
         threshold = fmaxf(threshold, list.smallest());
       }
     }
-    list_floor[r][q] = list.smallest();
+    list_floor[r * kL2TileM + q] = list.smallest();
     __syncthreads();  // the next tile overwrites the score tile; list_floor is complete
     VOSRT_UNROLL
-    for (int other = 0; other < kL2ListsPerQuery; ++other) threshold = fmaxf(threshold, list_floor[other][q]);
+    for (int other = 0; other < kL2ListsPerQuery; ++other)
+      threshold = fmaxf(threshold, list_floor[other * kL2TileM + q]);
   }
   const int m = m0 + q;
   if (m < M) {
@@ -362,18 +366,23 @@ size_t list_bytes(const vosrtL2ReadoutParams& p, int k_max) {
   return (size_t)p.batch * p.query_size * kMaxLists * k_max * (sizeof(float) + sizeof(int));
 }
 
-// The shared memory of a select/dense block: two key stages where they fit in the device's opt-in limit,
-// else one; sets the kernel's dynamic shared-memory limit to it.
+// The shared memory of a select/dense block: two key stages where they fit in what the kernel may take
+// dynamically (the device's opt-in limit less the kernel's static shared memory), else one. The kernel's
+// dynamic limit is set to that whole budget, the same value on every call: host threads launching it with
+// different Ck then never lower it under one another's launch.
 template <typename T>
 vosrtStatus_t set_shared(const void* kernel, int ck, bool dense, int& stages, size_t& bytes) {
   int device = 0, optin = 0;
+  cudaFuncAttributes attributes{};
   if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
+      cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess)
     return VOSRT_ERROR_CUDA;
-  stages = shared_bytes<T>(ck, dense, 2) <= (size_t)optin ? 2 : 1;
+  const size_t budget = (size_t)optin > attributes.sharedSizeBytes ? (size_t)optin - attributes.sharedSizeBytes : 0;
+  stages = shared_bytes<T>(ck, dense, 2) <= budget ? 2 : 1;
   bytes = shared_bytes<T>(ck, dense, stages);
-  if (bytes > (size_t)optin) return VOSRT_ERROR_NOT_SUPPORTED;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes) != cudaSuccess)
+  if (bytes > budget) return VOSRT_ERROR_NOT_SUPPORTED;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)budget) != cudaSuccess)
     return VOSRT_ERROR_CUDA;
   return VOSRT_SUCCESS;
 }

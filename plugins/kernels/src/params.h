@@ -40,6 +40,12 @@ inline vosrtStatus_t d2c_validate(const vosrtD2Conv3DParams* p) {
   const long long out_vol = (long long)out[0] * out[1] * out[2];
   const long long taps = (long long)p->kernel[0] * p->kernel[1] * p->kernel[2];
   if (vol > INT_MAX || out_vol > INT_MAX || taps * p->in_channels > INT_MAX) return VOSRT_ERROR_NOT_SUPPORTED;
+  // Grid limits (gridDim.y and .z at most 65,535): GEMM rows of C/G·K (128 per block, backward) or Cout/G
+  // (64 per block), G GEMMs times up to 4 K-slices, im2col blocks of 32 channels.
+  const long long grid_y = 65535;
+  if (taps * (p->in_channels / p->groups) > grid_y * 128 || p->out_channels / p->groups > grid_y * 64 ||
+      p->groups > grid_y / 4 || p->in_channels > grid_y * 32)
+    return VOSRT_ERROR_NOT_SUPPORTED;
   return VOSRT_SUCCESS;
 }
 
@@ -62,6 +68,7 @@ inline vosrtStatus_t l2r_validate(const vosrtL2ReadoutParams* p) {
     return VOSRT_ERROR_INVALID_VALUE;
   if (p->top_k > VOSRT_L2_READOUT_MAX_TOP_K && p->top_k < p->mem_size) return VOSRT_ERROR_NOT_SUPPORTED;
   if (p->key_dim > 256) return VOSRT_ERROR_NOT_SUPPORTED;  // the key tiles of a block live in shared memory
+  if (p->batch > 65535 || p->value_dim > 65535LL * 16) return VOSRT_ERROR_NOT_SUPPORTED;  // gridDim.z, .y
   return VOSRT_SUCCESS;
 }
 

@@ -8,7 +8,12 @@ extern "C" void vosrtEmuSetLastError(int error) { vosrt_emu::last_error = error;
 extern "C" void vosrtEmuFailLaunch(int nth) { vosrt_emu::launches_until_failure = nth; }
 // The opt-in shared memory per block that the "device" reports (bytes; 0: an H100's or H200's 227 KiB), so
 // that tests reach the paths of smaller GPUs.
-extern "C" void vosrtEmuSetSharedLimit(int bytes) { vosrt_emu::shared_limit = bytes > 0 ? bytes : 227 * 1024; }
+// Kernels' dynamic shared-memory limits set on the previous "device" are dropped.
+extern "C" void vosrtEmuSetSharedLimit(int bytes) {
+  vosrt_emu::shared_limit = bytes > 0 ? bytes : 227 * 1024;
+  std::lock_guard<std::mutex> hold(vosrt_emu::function_limits_lock);
+  vosrt_emu::function_limits.clear();
+}
 // cp.async copies of `bytes` (4, 8 or 16) issued since the last call with that size; the count restarts.
 extern "C" long long vosrtEmuTakeAsyncCopies(int bytes) {
   return bytes == 4 || bytes == 8 || bytes == 16 ? vosrt_emu::async_copies[bytes].exchange(0) : -1;

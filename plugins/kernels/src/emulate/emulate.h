@@ -15,7 +15,9 @@
 #include <cmath>
 #include <cstddef>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -61,6 +63,14 @@ inline thread_local std::vector<std::vector<AsyncCopy>> committed_copies;  // ol
 // Test hooks (api_emu.cpp): cp.async copies issued, by size in bytes, and the opt-in shared-memory limit.
 inline std::atomic<long long> async_copies[17];
 inline int shared_limit = 227 * 1024;  // an H100's or H200's
+// cudaFuncAttributeMaxDynamicSharedMemorySize of each kernel (by address) that set one; 48 KB otherwise.
+inline std::mutex function_limits_lock;
+inline std::map<const void*, int> function_limits;
+inline int dynamic_shared_limit(const void* kernel) {
+  std::lock_guard<std::mutex> hold(function_limits_lock);
+  const auto found = function_limits.find(kernel);
+  return found == function_limits.end() ? 48 * 1024 : found->second;
+}
 
 // Runs kernel(args...) over the grid, one block at a time, blockDim threads per block.
 template <typename Kernel>
@@ -73,6 +83,17 @@ struct Launch {
   void operator()(Args... args) const {
     if (launches_until_failure > 0 && --launches_until_failure == 0) {
       last_error = 719;  // cudaErrorLaunchFailure; the kernel does not run
+      return;
+    }
+    // The launch limits a GPU enforces: grid and block sizes, and dynamic shared memory above the
+    // kernel's limit (48 KB unless cudaFuncSetAttribute raised it).
+    if (grid.x < 1 || grid.y < 1 || grid.z < 1 || grid.y > 65535 || grid.z > 65535 ||
+        block.x * block.y * block.z < 1 || block.x * block.y * block.z > 1024 || block.z > 64) {
+      last_error = 9;  // cudaErrorInvalidConfiguration
+      return;
+    }
+    if (shared_bytes > (size_t)dynamic_shared_limit(reinterpret_cast<const void*>(kernel))) {
+      last_error = 1;  // cudaErrorInvalidValue
       return;
     }
     grid_dim = grid;
@@ -218,11 +239,15 @@ inline int lane_col0() { return (int)(threadIdx.x % 2) * 8; }
 template <int K, typename T, typename LA, typename LB>
 inline void mma_sync(fragment<accumulator, 16, 16, K, float>& d, const fragment<matrix_a, 16, 16, K, T, LA>& a,
                      const fragment<matrix_b, 16, 16, K, T, LB>& b, const fragment<accumulator, 16, 16, K, float>& c) {
+  // Products exact, their sum with c truncated to fp32 (rounded toward zero), as tensor cores accumulate
+  // (Fasi et al. 2021): a long sum kept in the accumulator drifts toward zero here as it does on a GPU.
   const int i = lane_row();
   for (int j = lane_col0(); j < lane_col0() + 8; ++j) {
-    float acc = c.x[i * 16 + j];
-    for (int k = 0; k < K; ++k) acc += (float)a.x[i * K + k] * (float)b.x[k * 16 + j];
-    d.x[i * 16 + j] = acc;
+    double sum = c.x[i * 16 + j];
+    for (int k = 0; k < K; ++k) sum += (double)(float)a.x[i * K + k] * (double)(float)b.x[k * 16 + j];
+    float r = (float)sum;
+    if (std::fabs((double)r) > std::fabs(sum)) r = std::nextafter(r, 0.f);
+    d.x[i * 16 + j] = r;
   }
 }
 template <int K>
@@ -240,13 +265,26 @@ typedef int cudaError_t;
 constexpr cudaError_t cudaSuccess = 0;
 enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount, cudaDevAttrMaxSharedMemoryPerBlockOptin };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
+struct cudaFuncAttributes {
+  size_t sharedSizeBytes;  // static shared memory: none in the kernels that ask (their tiles are dynamic)
+};
 // Four "SMs": small enough that the readout splits N even for the small test shapes.
 inline cudaError_t cudaGetDevice(int* device) { *device = 0; return cudaSuccess; }
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
   *value = attr == cudaDevAttrMultiProcessorCount ? 4 : vosrt_emu::shared_limit;
   return cudaSuccess;
 }
-inline cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int) { return cudaSuccess; }
+inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, const void*) {
+  attributes->sharedSizeBytes = 0;
+  return cudaSuccess;
+}
+// As on a GPU, the limit may not exceed the opt-in limit less the kernel's static shared memory (none here).
+inline cudaError_t cudaFuncSetAttribute(const void* kernel, cudaFuncAttribute, int value) {
+  if (value < 0 || value > vosrt_emu::shared_limit) return 1;  // cudaErrorInvalidValue
+  std::lock_guard<std::mutex> hold(vosrt_emu::function_limits_lock);
+  vosrt_emu::function_limits[kernel] = value;
+  return cudaSuccess;
+}
 inline cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) {
   std::memset(dst, value, bytes);
   return cudaSuccess;
