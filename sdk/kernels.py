@@ -164,6 +164,10 @@ def _declare_cpu(lib: ctypes.CDLL) -> None:
 
 @lru_cache(maxsize=None)
 def _load(name: str, path: str | None) -> ctypes.CDLL:
+    env = os.environ.get(ENV_VAR)
+    if not path and env and not Path(env).exists():  # a typo must not load some other build instead
+        raise UserError(f"${ENV_VAR} names {env}, which does not exist: point it at {KERNELS_LIBRARY} or the "
+                        f"folder holding it, or unset it to search {_SDK_DIR / 'lib'} and {_REPO_PLUGINS}/build*/")
     resolved = Path(path) if path else find_library(name)
     if resolved is None:
         raise UserError(f"{name} not found (looked in ${ENV_VAR}, {_SDK_DIR / 'lib'} and {_REPO_PLUGINS}/build*/); "

@@ -44,9 +44,13 @@ def test_dry_run_on_a_bare_checkout_plans_the_build_collects_the_gpu_tests_and_w
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((out / "gpu_report.json").read_text())
     assert report["dry_run"] is True
-    configure, build = report["build"]["commands"]
+    configure, *builds = report["build"]["commands"]
     assert configure.startswith("cmake -S ") and "-DCMAKE_CUDA_ARCHITECTURES=" in configure
-    assert build.startswith(f"cmake --build {build_dir}")
+    assert all(build.startswith(f"cmake --build {build_dir}") for build in builds)
+    # with nvcc, the kernels are built first, so a failure elsewhere still leaves them to test
+    kernels_first = [f"cmake --build {build_dir} -j {os.cpu_count() or 2} --target vosrt_kernels"]
+    assert builds[:-1] == (kernels_first if report["environment"].get("nvcc") else [])
+    assert "--target" not in builds[-1]
     # each benchmark ran in a child of its own, which left its result beside the report
     assert sorted(p.name for p in out.glob("benchmark_*.json")) == [
         "benchmark_d2conv3d.json", "benchmark_readout.json", "benchmark_stcn_step.json"]
@@ -140,3 +144,43 @@ def test_bench_kernels_refuses_bad_sizes_naming_the_option():
     done = subprocess.run([sys.executable, str(BENCH), "--frames", "0", "5"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2 and "--frames" in done.stderr
+
+
+def test_kernel_rows_of_the_benchmarks_run_on_the_emulated_kernels(monkeypatch):
+    """The benchmarks' GPU-only branch (the fused kernels' timings, ratios and differences) driven on the
+    CPU through the host emulation of the kernels, so its first run on a GPU is not its first run."""
+    from kernel_build import emulation_path
+
+    from vosrt.sdk import kernels
+    from vosrt.training.ops import cuda_kernels
+
+    check = _module()
+    emulation = kernels.load_emulation(emulation_path())
+    monkeypatch.setattr(cuda_kernels, "_library", lambda: emulation)
+    monkeypatch.setattr(cuda_kernels, "l2_memory_readout", cuda_kernels._l2_memory_readout)  # host tensors too
+    monkeypatch.setattr(cuda_kernels, "d2conv3d", cuda_kernels._d2conv3d)
+    monkeypatch.setattr(check, "kernel_skip_reason", lambda device: None)
+
+    (row,) = check.bench_readout("cpu", dict(check.READOUT_TINY, objects=(1,)), repeat=1)
+    assert row["kernel_ms"] > 0 and row["vs_gemm_topk_gather"] == row["gemm_topk_gather_ms"] / row["kernel_ms"]
+    assert row["max_abs_diff"] < 1e-4 and row["queries_off"] == 0
+    (conv,) = check.bench_d2conv3d("cpu", check.D2CONV_TINY, repeat=1)
+    assert conv["kernel_ms"] > 0 and conv["tflops"] > 0 and conv["max_rel_diff"] < 1e-4
+    tables = check.benchmark_tables({"readout": [row], "d2conv3d": [conv]})
+    assert "| 0 |" in tables and "queries off" in tables
+
+
+def test_kernel_skip_reason_names_the_loader_error(monkeypatch):
+    from vosrt.sdk import kernels
+    from vosrt.training.ops import cuda_kernels
+
+    check = _module()
+    assert "CPU" in check.kernel_skip_reason("cpu")
+    monkeypatch.setattr(cuda_kernels.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv(kernels.ENV_VAR, "/nonexistent/libvosrt_kernels.so")
+    try:
+        reason = check.kernel_skip_reason("cuda")
+    finally:
+        cuda_kernels._library.cache_clear()
+    assert reason.startswith("skipped: libvosrt_kernels.so not loaded: ") and "/nonexistent" in reason, reason
+    assert check.load_check(None) == "not built"

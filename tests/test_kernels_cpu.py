@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vosrt.sdk import kernels
+from vosrt.sdk.errors import UserError
 from vosrt.sdk.kernels import KernelError, load_cpu_driver
 from vosrt.training.ops.d2conv3d import d2conv3d
 from vosrt.training.ops.l2_readout import l2_memory_readout
@@ -185,6 +186,12 @@ def test_loader_follows_the_environment_variable(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_SDK_DIR", tmp_path)
     monkeypatch.setattr(kernels, "_REPO_PLUGINS", tmp_path)
     assert kernels.find_library(kernels.CPU_DRIVER_LIBRARY) is None
+
+
+def test_loader_refuses_an_environment_variable_naming_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv(kernels.ENV_VAR, str(tmp_path / "typo" / "libvosrt_kernels.so"))
+    with pytest.raises(UserError, match=r"VOSRT_KERNELS_LIB names .*typo.* does not exist"):
+        kernels.load_kernels()
 
 
 # ---- the kernels' own code (fp32) on host threads: libvosrt_kernels_emu.so, the C API on host pointers ----
