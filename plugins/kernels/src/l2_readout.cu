@@ -19,6 +19,10 @@
 #include <mma.h>
 #endif
 
+#include <map>
+#include <mutex>
+#include <utility>
+
 #include "l2_readout_math.h"
 #include "launch.h"
 #include "tensor_core.cuh"
@@ -368,23 +372,40 @@ size_t list_bytes(const vosrtL2ReadoutParams& p, int k_max) {
 
 // The shared memory of a select/dense block: two key stages where they fit in what the kernel may take
 // dynamically (the device's opt-in limit less the kernel's static shared memory), else one. The kernel's
-// dynamic limit is set to that whole budget, the same value on every call: host threads launching it with
-// different Ck then never lower it under one another's launch.
-template <typename T>
-vosrtStatus_t set_shared(const void* kernel, int ck, bool dense, int& stages, size_t& bytes) {
-  int device = 0, optin = 0;
+// dynamic limit is set to that whole budget, once per kernel and device: host threads launching it with
+// different Ck never lower it under one another's launch, and a call pays no attribute queries (microseconds
+// of host time, which small reads would pay in latency).
+vosrtStatus_t dynamic_shared_budget(const void* kernel, size_t& budget) {
+  static std::mutex lock;
+  static std::map<std::pair<const void*, int>, size_t> budgets;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return VOSRT_ERROR_CUDA;
+  std::lock_guard<std::mutex> hold(lock);
+  const auto found = budgets.find({kernel, device});
+  if (found != budgets.end()) {
+    budget = found->second;
+    return VOSRT_SUCCESS;
+  }
+  int optin = 0;
   cudaFuncAttributes attributes{};
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
       cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess)
     return VOSRT_ERROR_CUDA;
-  const size_t budget = (size_t)optin > attributes.sharedSizeBytes ? (size_t)optin - attributes.sharedSizeBytes : 0;
-  stages = shared_bytes<T>(ck, dense, 2) <= budget ? 2 : 1;
-  bytes = shared_bytes<T>(ck, dense, stages);
-  if (bytes > budget) return VOSRT_ERROR_NOT_SUPPORTED;
+  budget = (size_t)optin > attributes.sharedSizeBytes ? (size_t)optin - attributes.sharedSizeBytes : 0;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)budget) != cudaSuccess)
     return VOSRT_ERROR_CUDA;
+  budgets[{kernel, device}] = budget;
   return VOSRT_SUCCESS;
+}
+
+template <typename T>
+vosrtStatus_t set_shared(const void* kernel, int ck, bool dense, int& stages, size_t& bytes) {
+  size_t budget = 0;
+  const vosrtStatus_t st = dynamic_shared_budget(kernel, budget);
+  if (st != VOSRT_SUCCESS) return st;
+  stages = shared_bytes<T>(ck, dense, 2) <= budget ? 2 : 1;
+  bytes = shared_bytes<T>(ck, dense, stages);
+  return bytes > budget ? VOSRT_ERROR_NOT_SUPPORTED : VOSRT_SUCCESS;
 }
 
 template <typename T, int kMax>

@@ -8,9 +8,11 @@ extern "C" void vosrtEmuSetLastError(int error) { vosrt_emu::last_error = error;
 extern "C" void vosrtEmuFailLaunch(int nth) { vosrt_emu::launches_until_failure = nth; }
 // The opt-in shared memory per block that the "device" reports (bytes; 0: an H100's or H200's 227 KiB), so
 // that tests reach the paths of smaller GPUs.
-// Kernels' dynamic shared-memory limits set on the previous "device" are dropped.
+// It is another "device" then (cudaGetDevice answers a new number): what the host code learnt of the
+// previous one, and the kernels' dynamic shared-memory limits set on it, do not carry over.
 extern "C" void vosrtEmuSetSharedLimit(int bytes) {
   vosrt_emu::shared_limit = bytes > 0 ? bytes : 227 * 1024;
+  ++vosrt_emu::device_id;
   std::lock_guard<std::mutex> hold(vosrt_emu::function_limits_lock);
   vosrt_emu::function_limits.clear();
 }

@@ -63,6 +63,7 @@ inline thread_local std::vector<std::vector<AsyncCopy>> committed_copies;  // ol
 // Test hooks (api_emu.cpp): cp.async copies issued, by size in bytes, and the opt-in shared-memory limit.
 inline std::atomic<long long> async_copies[17];
 inline int shared_limit = 227 * 1024;  // an H100's or H200's
+inline int device_id = 0;              // a new "device" each time the test hooks change its shared limit
 // cudaFuncAttributeMaxDynamicSharedMemorySize of each kernel (by address) that set one; 48 KB otherwise.
 inline std::mutex function_limits_lock;
 inline std::map<const void*, int> function_limits;
@@ -269,7 +270,7 @@ struct cudaFuncAttributes {
   size_t sharedSizeBytes;  // static shared memory: none in the kernels that ask (their tiles are dynamic)
 };
 // Four "SMs": small enough that the readout splits N even for the small test shapes.
-inline cudaError_t cudaGetDevice(int* device) { *device = 0; return cudaSuccess; }
+inline cudaError_t cudaGetDevice(int* device) { *device = vosrt_emu::device_id; return cudaSuccess; }
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
   *value = attr == cudaDevAttrMultiProcessorCount ? 4 : vosrt_emu::shared_limit;
   return cudaSuccess;
