@@ -118,22 +118,20 @@ def test_d2conv3d_spanning_several_column_tiles_matches_reference():
     _assert_close(actual, expected, 1e-4)
 
 
-@pytest.mark.parametrize("dtype, rel", [(torch.float32, 1e-4), (torch.float16, 1e-2)], ids=["fp32", "fp16"])
-def test_d2conv3d_at_the_production_width_matches_reference(dtype, rel):
-    # 3DC-Seg's rf3.convFS1 reads C = 1,024 encoder channels at 1/16 of a 480p clip (T = 2, 30×54).
-    case = ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, True, True, (1024, 64), (2, 30, 54))
-    tensors, attrs = _conv_inputs(case, seed=9, dtype=dtype, batch=1)
-    expected, _ = _reference_conv(tensors, attrs)
-    actual, _ = _kernel_conv(tensors, attrs)
-    _assert_close(actual, expected, rel)
+# kernel, stride, padding, base dilation, groups, modulation, bias, (C, Cout), (T, H, W)
+WIDE_CONV_CASES = {
+    # 3DC-Seg's rf3.convFS1 reads C = 1,024 encoder channels at 1/16 of a 480p clip (T = 2, 30×54)
+    "production-width": ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, True, True, (1024, 64), (2, 30, 54)),
+    # few channels in, many out: 100 position tiles × 2 channel tiles of 128 give every SM of an H100/H200
+    # a block, so the forward GEMM takes its 128×128 tensor-core tiles (the other cases take 64×64)
+    "gemm-tiles-128": ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, True, True, (8, 256), (8, 40, 40)),
+}
 
 
+@pytest.mark.parametrize("name", WIDE_CONV_CASES)
 @pytest.mark.parametrize("dtype, rel", [(torch.float32, 1e-4), (torch.float16, 1e-2)], ids=["fp32", "fp16"])
-def test_d2conv3d_with_128_by_128_gemm_tiles_matches_reference(dtype, rel):
-    # Few channels in, many out: 100 position tiles × 2 channel tiles of 128 give every SM of an H100/H200
-    # a block, so the forward GEMM takes its 128×128 tensor-core tiles (the other tests take 64×64).
-    case = ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1, True, True, (8, 256), (8, 40, 40))
-    tensors, attrs = _conv_inputs(case, seed=10, dtype=dtype, batch=1)
+def test_d2conv3d_at_production_sizes_matches_reference(dtype, rel, name):
+    tensors, attrs = _conv_inputs(WIDE_CONV_CASES[name], seed=9, dtype=dtype, batch=1)
     expected, _ = _reference_conv(tensors, attrs)
     actual, _ = _kernel_conv(tensors, attrs)
     _assert_close(actual, expected, rel)
