@@ -225,12 +225,18 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    load_plugin_library(library, builder.get_plugin_registry())
+    load_plugin_library(library, trt, builder.get_plugin_registry())
     out_dir = package.path / ENGINE_DIR
     out_dir.mkdir(exist_ok=True)
     cache_path = out_dir / TIMING_CACHE
     probe = builder.create_builder_config()
     timing_cache = probe.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    if timing_cache is None or not probe.set_timing_cache(timing_cache, ignore_mismatch=False):
+        # A cache from another GPU or TensorRT version: TensorRT refuses it (and would keep refusing the
+        # same file); the builds start from an empty one, which replaces the file.
+        if cache_path.is_file():
+            _say(progress, f"{cache_path} was made by another TensorRT or GPU: starting a new timing cache")
+        timing_cache = probe.create_timing_cache(b"")
 
     files = {}
     for graph, source in sources.items():
@@ -252,7 +258,8 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
         config = builder.create_builder_config()
         if workspace_mb:
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-        config.set_timing_cache(timing_cache, ignore_mismatch=False)
+        if not config.set_timing_cache(timing_cache, ignore_mismatch=False):
+            raise UserError(f"TensorRT refused the timing cache it made for {graph}: delete {cache_path} and rerun")
         if embed_plugins:
             # TensorRT serialises plugin libraries into version-compatible engines.
             config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)

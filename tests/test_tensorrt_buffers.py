@@ -231,3 +231,71 @@ def test_an_unaligned_foreign_device_array_is_copied_before_binding(backend):
     assert address % 256 == 0 and address != offset_view.ptr
     copied = trt_backend.DeviceTensor(None, (2, 5), np.float32, external_ptr=address)
     assert np.array_equal(backend.download(copied), data)
+
+
+# ---- plugin registries and runtimes, against a stand-in of TensorRT's documented registry behaviour:
+# builders and runtimes have registries of their own that search the global one (isParentSearchEnabled,
+# true by default), and loadLibrary fails when a creator it would add is already registered there ----
+
+class _Registry:
+    def __init__(self, parent=None):
+        self.parent, self.creators, self.loaded = parent, set(), []
+
+    def load_library(self, path):
+        if self.creators & set(trt_backend.PLUGIN_NAMES):
+            return None
+        self.creators |= set(trt_backend.PLUGIN_NAMES)
+        self.loaded.append(path)
+        return object()
+
+    def get_creator(self, name, version, namespace):
+        if name in self.creators and version == "1" and namespace == "":
+            return object()
+        return self.parent.get_creator(name, version, namespace) if self.parent else None
+
+
+class _TensorRT:
+    def __init__(self):
+        self.global_registry = _Registry()
+        self.runtimes = []
+
+    def get_plugin_registry(self):
+        return self.global_registry
+
+    def Runtime(self, logger):
+        runtime = types.SimpleNamespace(registry=_Registry(self.global_registry), engine_host_code_allowed=False)
+        runtime.get_plugin_registry = lambda: runtime.registry
+        self.runtimes.append(runtime)
+        return runtime
+
+
+def test_the_plugin_library_is_loaded_once_into_the_global_registry_and_found_from_every_local_one(monkeypatch,
+                                                                                                   tmp_path):
+    monkeypatch.setattr(trt_backend, "_loaded_plugin_libraries", {})
+    trt = _TensorRT()
+    library = tmp_path / "libvosrt_plugins.so"
+    first_builder, second_builder, runtime = (_Registry(trt.global_registry) for _ in range(3))
+    for registry in (first_builder, second_builder, runtime):  # two builds, then a backend, in one process
+        trt_backend.load_plugin_library(library, trt, registry)
+    assert trt.global_registry.loaded == [str(library)]
+    assert not (first_builder.loaded or second_builder.loaded or runtime.loaded)
+
+    monkeypatch.setattr(trt_backend, "_loaded_plugin_libraries", {})
+    other = _TensorRT()
+    other.global_registry.load_library = lambda path: object()  # a library without our creators
+    with pytest.raises(trt_backend.UserError, match="did not register"):
+        trt_backend.load_plugin_library(library, other, _Registry(other.global_registry))
+
+
+@pytest.mark.parametrize("carried", [True, False], ids=["embedded-plugins", "external-library"])
+def test_engines_that_carry_their_plugin_library_get_a_runtime_each(carried):
+    trt = _TensorRT()
+    instance = object.__new__(trt_backend.TensorRTBackend)
+    instance._trt, instance._logger, instance._runtimes, instance._carried = trt, None, [], carried
+    instance._graphs = {}
+    used = []
+    for graph in ("encode_key", "encode_value", "segment"):
+        used.append(instance._runtime_for_next_engine())
+        instance._graphs[graph] = object()
+    assert len({id(r) for r in used}) == (3 if carried else 1) and len(trt.runtimes) == len(set(map(id, used)))
+    assert all(r.engine_host_code_allowed == carried for r in used)

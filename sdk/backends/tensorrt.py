@@ -226,10 +226,30 @@ def select_build(package, precision: str | None = None) -> tuple[str, dict]:
     return precision, build
 
 
+# Majors whose version-compatible engines a newer major runs (TensorRT's support matrix: 8 -> 10, 10 -> 11).
+_CROSS_MAJOR_COMPATIBLE = {(8, 10), (10, 11)}
+
+
+def _version(text: str) -> tuple[int, ...] | None:
+    parts = str(text).split(".")
+    return tuple(int(p) for p in parts[:3]) if all(p.isdigit() for p in parts[:3]) and parts[0] else None
+
+
+def version_compatible_runs(built: str, runtime: str) -> bool:
+    """Whether a version-compatible engine (built by ``built``) runs on TensorRT ``runtime``: the same or a
+    later version of its major, or the next major TensorRT names (10's engines on 11)."""
+    b, r = _version(built), _version(runtime)
+    if b is None or r is None or r < b:
+        return False
+    return r[0] == b[0] or (b[0], r[0]) in _CROSS_MAJOR_COMPATIBLE
+
+
 def check_engine_compatibility(build: dict, trt_version: str, gpu: dict, package_path) -> None:
-    """Refuse engines that this TensorRT or this GPU cannot run (serialised engines are tied to both)."""
+    """Refuse engines that this TensorRT or this GPU cannot run (serialised engines are tied to both; those
+    built version-compatible, as --embed-plugins builds them, also run on later TensorRT versions)."""
     built_version = str(build.get("tensorrt", "unknown"))
-    if built_version != trt_version:
+    compatible = build.get("plugins_serialized") and version_compatible_runs(built_version, trt_version)
+    if built_version != trt_version and not compatible:
         raise UserError(f"the engines in {package_path} were built by TensorRT {built_version}, but this is "
                         f"TensorRT {trt_version}; rebuild them here with `vosrt build {package_path}` (or "
                         f"install TensorRT {built_version})")
@@ -256,10 +276,17 @@ PLUGIN_NAMES = ("D2Conv3D", "L2MemoryReadout")
 _loaded_plugin_libraries: dict[str, object] = {}
 
 
-def load_plugin_library(path: Path, registry) -> None:
-    """Load ``libvosrt_plugins.so`` into TensorRT's plugin registry once per process and check that both
-    creators (version "1", namespace "") are registered."""
+def load_plugin_library(path: Path, trt, registry=None) -> None:
+    """Load ``libvosrt_plugins.so`` into TensorRT's global plugin registry once per process and check that
+    both creators (version "1", namespace "") are found through ``registry`` (a builder's or a runtime's).
+
+    Builders and runtimes have registries of their own that search the global one when a plugin is not in
+    theirs (IPluginRegistry::isParentSearchEnabled, true by default): a library loaded into the first
+    builder's registry only would be missing from every later builder and runtime of the process, and
+    loading it into each would be refused (loadLibrary fails when a creator is already registered)."""
     key = str(path)
+    if registry is None:
+        registry = trt.get_plugin_registry()
     if key not in _loaded_plugin_libraries:
         # TensorRT's documented dynamic path: the library's load-time registration is switched off for
         # this load, so that loadLibrary registers what getCreators() returns (and hands the library
@@ -267,7 +294,7 @@ def load_plugin_library(path: Path, registry) -> None:
         previous = os.environ.get("VOSRT_PLUGINS_AUTO_REGISTER")
         os.environ["VOSRT_PLUGINS_AUTO_REGISTER"] = "0"
         try:
-            _loaded_plugin_libraries[key] = registry.load_library(key)
+            _loaded_plugin_libraries[key] = trt.get_plugin_registry().load_library(key)
         finally:
             if previous is None:
                 del os.environ["VOSRT_PLUGINS_AUTO_REGISTER"]
@@ -355,11 +382,12 @@ class TensorRTBackend(Backend):
         check_engine_compatibility(build, trt.__version__, current_gpu(), package.path)
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
+        # Engines that carry their plugin library each get a runtime of their own: each plan registers its
+        # copy of the library in its runtime's registry, and a second copy in the same registry is refused.
+        self._runtimes = []
+        self._carried = bool(build.get("plugins_serialized"))
         if self.plugin_library is not None:
-            load_plugin_library(self.plugin_library, self._runtime.get_plugin_registry())
-        if build.get("plugins_serialized"):
-            self._runtime.engine_host_code_allowed = True
+            load_plugin_library(self.plugin_library, trt, self._runtime_for_next_engine().get_plugin_registry())
         if stream is None:
             self._own_stream = check_cuda(rt.cudaStreamCreate(), "cudaStreamCreate")
             self.stream = int(self._own_stream)
@@ -370,7 +398,7 @@ class TensorRTBackend(Backend):
         try:
             for graph in package.graphs:
                 path = package.path / build["files"][graph]
-                engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+                engine = self._runtime_for_next_engine().deserialize_cuda_engine(path.read_bytes())
                 if engine is None:
                     raise UserError(f"TensorRT could not load {path} (see the messages above); rebuild it with "
                                     f"`vosrt build {package.path} --precision {self.precision}`")
@@ -378,6 +406,16 @@ class TensorRTBackend(Backend):
         except BaseException:
             self.close()
             raise
+
+    def _runtime_for_next_engine(self):
+        """The runtime that deserialises the next engine: one for all, or with engines that carry their
+        plugin library a new one per engine (kept as long as the backend)."""
+        if not self._runtimes or (self._carried and len(self._runtimes) == len(self._graphs)):
+            runtime = self._trt.Runtime(self._logger)
+            if self._carried:
+                runtime.engine_host_code_allowed = True
+            self._runtimes.append(runtime)
+        return self._runtimes[-1]
 
     # ------------------------------------------------------------------ graphs
     def input_names(self, graph: str) -> list[str]:

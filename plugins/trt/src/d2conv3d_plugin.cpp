@@ -39,10 +39,14 @@ D2Conv3DPlugin::D2Conv3DPlugin(std::string layerName, vosrtD2Conv3DAttributes co
 }
 
 nvinfer1::IPluginV3* D2Conv3DPlugin::clone() noexcept {
-  // The copy must own its field storage: build it from the attributes, not member-wise.
-  auto* copy = new (std::nothrow) D2Conv3DPlugin(mLayerName, mAttrs, mWorkspaceLimitMb);
-  if (copy != nullptr) copy->mNbInputs = mNbInputs;
-  return copy;
+  try {
+    // The copy must own its field storage: build it from the attributes, not member-wise.
+    auto* copy = new D2Conv3DPlugin(mLayerName, mAttrs, mWorkspaceLimitMb);
+    copy->mNbInputs = mNbInputs;
+    return copy;
+  } catch (...) {  // std::bad_alloc: no exception may cross into TensorRT
+    return nullptr;
+  }
 }
 
 bool D2Conv3DPlugin::makeParams(nvinfer1::Dims const* dims, int32_t nbInputs,
@@ -181,47 +185,51 @@ D2Conv3DPluginCreator::D2Conv3DPluginCreator() {
 
 nvinfer1::IPluginV3* D2Conv3DPluginCreator::createPlugin(char const* name, nvinfer1::PluginFieldCollection const* fc,
                                                          nvinfer1::TensorRTPhase /*phase*/) noexcept {
-  vosrtD2Conv3DAttributes attrs;
-  vosrtTrtD2Conv3DDefaultAttributes(&attrs);
-  std::string const layer = name != nullptr ? name : "D2Conv3D";
-  bool haveKernel = false;
-  int workspaceLimitMb = 0;
-  for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i) {
-    nvinfer1::PluginField const& field = fc->fields[i];
-    bool ok = true;
-    if (std::strcmp(field.name, "kernel_shape") == 0) {
-      ok = readInts(field, attrs.kernel_shape, 3, kPlugin);
-      haveKernel = ok;
-    } else if (std::strcmp(field.name, "strides") == 0) {
-      ok = readInts(field, attrs.strides, 3, kPlugin);
-    } else if (std::strcmp(field.name, "pads") == 0) {
-      ok = readInts(field, attrs.pads, 3, kPlugin);
-    } else if (std::strcmp(field.name, "dilations") == 0) {
-      ok = readInts(field, attrs.dilations, 3, kPlugin);
-    } else if (std::strcmp(field.name, "group") == 0) {
-      ok = readInts(field, &attrs.group, 1, kPlugin);
-    } else if (std::strcmp(field.name, "max_workspace_mb") == 0) {
-      ok = readInts(field, &workspaceLimitMb, 1, kPlugin);
-      if (ok && workspaceLimitMb < 0) {
-        logError(layer + " (D2Conv3D): max_workspace_mb must be >= 0 (0 = no limit), got " +
-                 std::to_string(workspaceLimitMb));
-        return nullptr;
+  try {
+    vosrtD2Conv3DAttributes attrs;
+    vosrtTrtD2Conv3DDefaultAttributes(&attrs);
+    std::string const layer = name != nullptr ? name : "D2Conv3D";
+    bool haveKernel = false;
+    int workspaceLimitMb = 0;
+    for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i) {
+      nvinfer1::PluginField const& field = fc->fields[i];
+      bool ok = true;
+      if (std::strcmp(field.name, "kernel_shape") == 0) {
+        ok = readInts(field, attrs.kernel_shape, 3, kPlugin);
+        haveKernel = ok;
+      } else if (std::strcmp(field.name, "strides") == 0) {
+        ok = readInts(field, attrs.strides, 3, kPlugin);
+      } else if (std::strcmp(field.name, "pads") == 0) {
+        ok = readInts(field, attrs.pads, 3, kPlugin);
+      } else if (std::strcmp(field.name, "dilations") == 0) {
+        ok = readInts(field, attrs.dilations, 3, kPlugin);
+      } else if (std::strcmp(field.name, "group") == 0) {
+        ok = readInts(field, &attrs.group, 1, kPlugin);
+      } else if (std::strcmp(field.name, "max_workspace_mb") == 0) {
+        ok = readInts(field, &workspaceLimitMb, 1, kPlugin);
+        if (ok && workspaceLimitMb < 0) {
+          logError(layer + " (D2Conv3D): max_workspace_mb must be >= 0 (0 = no limit), got " +
+                   std::to_string(workspaceLimitMb));
+          return nullptr;
+        }
+      } else if (!isNodeIdentityField(field.name)) {
+        logWarning(layer + " (D2Conv3D): ignoring unknown field '" + field.name + "'");
       }
-    } else if (!isNodeIdentityField(field.name)) {
-      logWarning(layer + " (D2Conv3D): ignoring unknown field '" + field.name + "'");
+      if (!ok) return nullptr;
     }
-    if (!ok) return nullptr;
-  }
-  if (!haveKernel) {
-    logError(layer + " (D2Conv3D): the kernel_shape attribute (3 ints, t h w) is required");
+    if (!haveKernel) {
+      logError(layer + " (D2Conv3D): the kernel_shape attribute (3 ints, t h w) is required");
+      return nullptr;
+    }
+    vosrtStatus_t const status = vosrtTrtD2Conv3DValidateAttributes(&attrs);
+    if (status != VOSRT_SUCCESS) {
+      logError(layer + ": " + reason(status));
+      return nullptr;
+    }
+    return new D2Conv3DPlugin(layer, attrs, workspaceLimitMb);
+  } catch (...) {  // std::bad_alloc: no exception may cross into TensorRT
     return nullptr;
   }
-  vosrtStatus_t const status = vosrtTrtD2Conv3DValidateAttributes(&attrs);
-  if (status != VOSRT_SUCCESS) {
-    logError(layer + ": " + reason(status));
-    return nullptr;
-  }
-  return new (std::nothrow) D2Conv3DPlugin(layer, attrs, workspaceLimitMb);
 }
 
 }  // namespace vosrt::trt

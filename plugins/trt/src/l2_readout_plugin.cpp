@@ -33,7 +33,11 @@ L2ReadoutPlugin::L2ReadoutPlugin(std::string layerName, vosrtL2ReadoutAttributes
 }
 
 nvinfer1::IPluginV3* L2ReadoutPlugin::clone() noexcept {
-  return new (std::nothrow) L2ReadoutPlugin(mLayerName, mAttrs);
+  try {
+    return new L2ReadoutPlugin(mLayerName, mAttrs);
+  } catch (...) {  // std::bad_alloc: no exception may cross into TensorRT
+    return nullptr;
+  }
 }
 
 bool L2ReadoutPlugin::makeParams(nvinfer1::Dims const& memKey, nvinfer1::Dims const& queryKey,
@@ -129,27 +133,31 @@ L2ReadoutPluginCreator::L2ReadoutPluginCreator() {
 
 nvinfer1::IPluginV3* L2ReadoutPluginCreator::createPlugin(char const* name, nvinfer1::PluginFieldCollection const* fc,
                                                           nvinfer1::TensorRTPhase /*phase*/) noexcept {
-  vosrtL2ReadoutAttributes attrs;
-  vosrtTrtL2ReadoutDefaultAttributes(&attrs);
-  std::string const layer = name != nullptr ? name : "L2MemoryReadout";
-  for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i) {
-    nvinfer1::PluginField const& field = fc->fields[i];
-    bool ok = true;
-    if (std::strcmp(field.name, "top_k") == 0) {
-      ok = readInts(field, &attrs.top_k, 1, kPlugin);
-    } else if (std::strcmp(field.name, "scale") == 0) {
-      ok = readFloat(field, &attrs.scale, kPlugin);
-    } else if (!isNodeIdentityField(field.name)) {
-      logWarning(layer + " (L2MemoryReadout): ignoring unknown field '" + field.name + "'");
+  try {
+    vosrtL2ReadoutAttributes attrs;
+    vosrtTrtL2ReadoutDefaultAttributes(&attrs);
+    std::string const layer = name != nullptr ? name : "L2MemoryReadout";
+    for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i) {
+      nvinfer1::PluginField const& field = fc->fields[i];
+      bool ok = true;
+      if (std::strcmp(field.name, "top_k") == 0) {
+        ok = readInts(field, &attrs.top_k, 1, kPlugin);
+      } else if (std::strcmp(field.name, "scale") == 0) {
+        ok = readFloat(field, &attrs.scale, kPlugin);
+      } else if (!isNodeIdentityField(field.name)) {
+        logWarning(layer + " (L2MemoryReadout): ignoring unknown field '" + field.name + "'");
+      }
+      if (!ok) return nullptr;
     }
-    if (!ok) return nullptr;
-  }
-  vosrtStatus_t const status = vosrtTrtL2ReadoutValidateAttributes(&attrs);
-  if (status != VOSRT_SUCCESS) {
-    logError(layer + ": " + reason(status));
+    vosrtStatus_t const status = vosrtTrtL2ReadoutValidateAttributes(&attrs);
+    if (status != VOSRT_SUCCESS) {
+      logError(layer + ": " + reason(status));
+      return nullptr;
+    }
+    return new L2ReadoutPlugin(layer, attrs);
+  } catch (...) {  // std::bad_alloc: no exception may cross into TensorRT
     return nullptr;
   }
-  return new (std::nothrow) L2ReadoutPlugin(layer, attrs);
 }
 
 }  // namespace vosrt::trt

@@ -63,7 +63,11 @@ bool autoRegisterRequested() {
 
 struct Registration {
   Registration() {
-    if (autoRegisterRequested()) registerMissing(getPluginRegistry(), vosrt::trt::kPluginNamespace);
+    // Asked for even when nothing registers now: TensorRT's registry is then made before this object, so
+    // it is destroyed after it and ~Registration never deregisters from a registry already gone (a host
+    // that dlopens this library before it touches TensorRT, then calls initVosrtPlugins).
+    nvinfer1::IPluginRegistry* registry = getPluginRegistry();
+    if (autoRegisterRequested()) registerMissing(registry, vosrt::trt::kPluginNamespace);
   }
   ~Registration() {
     // The creators die with this library; leave no dangling pointers in the registry.
