@@ -1,6 +1,6 @@
 """One-shot GPU validation of vosrt: build plugins/, run the GPU tests, benchmark, write a report.
 
-    python samples/gpu_check.py OUT              # on a CUDA machine: about 5 minutes on an H100/H200
+    python samples/gpu_check.py OUT              # on a CUDA machine, within --budget (540 s)
     python samples/gpu_check.py OUT --dry-run    # anywhere: print the plan, run the CPU-side parts
 
 Needs only what a bare CUDA machine has: PyTorch with CUDA, nvcc, CMake (CuPy, TensorRT and
