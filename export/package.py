@@ -142,16 +142,24 @@ def export_graph(spec: graph_modules.GraphSpec, graph: str, height: int, width: 
         program = torch.export.export(spec.module.eval(), tuple(example) + tuple(extra.values()),
                                       dynamic_shapes=_torch_dynamic_shapes(spec, extra), strict=False)
     _check_custom_op_calls(spec.module, program)
+    # The forms' translation tables differ only in the custom operators: a graph that calls none (STCN's
+    # encoders) translates once, and each form finishes its own copy.
+    custom = any(node.target in (graph_modules.D2CONV3D_OP, graph_modules.L2_READOUT_OP)
+                 for node in program.graph.nodes)
+    translated = None
     models = {}
     for form in forms:
         # The plugin form carries top_k as the node attribute only, so its top_k input stays unused
         # and the exporter drops it.
-        with _quiet_exporter():
-            onnx_program = torch.onnx.export(
-                program, (), dynamo=True, opset_version=onnx_ops.OPSET,
-                input_names=spec.input_names + list(extra), output_names=spec.output_names,
-                custom_translation_table=onnx_ops.translation_table(form), optimize=True, verbose=False)
-        model = onnx_program.model_proto
+        if translated is None or custom:
+            with _quiet_exporter():
+                onnx_program = torch.onnx.export(
+                    program, (), dynamo=True, opset_version=onnx_ops.OPSET,
+                    input_names=spec.input_names + list(extra), output_names=spec.output_names,
+                    custom_translation_table=onnx_ops.translation_table(form), optimize=True, verbose=False)
+            translated = onnx_program.model_proto
+        model = onnx.ModelProto()
+        model.CopyFrom(translated)
         if form == "plugin":
             _drop_unused_inputs(model)
         models[form] = _finish_model(model, form, extra)

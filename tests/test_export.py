@@ -59,11 +59,34 @@ def stcn_full():
     return model, specs, onnx_models
 
 
+LITE_TRANSLATIONS: list[str] = []  # the graphs torch.onnx.export translated while lite_package was made
+
+
 @pytest.fixture(scope="session")
 def lite_package(tmp_path_factory):
     """An stcn-lite package with random weights, both forms, at a small resolution."""
     out = tmp_path_factory.mktemp("pkg") / "stcn-lite"
-    return export_package("stcn-lite", None, out, LITE_H, LITE_W, random_weights=True)
+    translate = torch.onnx.export
+
+    def counted(program, *args, **kwargs):
+        LITE_TRANSLATIONS.append(len(list(program.graph.nodes)))
+        return translate(program, *args, **kwargs)
+
+    torch.onnx.export = counted
+    try:
+        return export_package("stcn-lite", None, out, LITE_H, LITE_W, random_weights=True)
+    finally:
+        torch.onnx.export = translate
+
+
+def test_graphs_without_custom_operators_are_translated_once_for_both_forms(lite_package):
+    # encode_key and encode_value call neither operator: one translation serves both forms (the files are
+    # the same apart from their form's metadata); segment (the readout) is translated per form.
+    assert len(LITE_TRANSLATIONS) == 4, LITE_TRANSLATIONS
+    for graph in ("encode_key", "encode_value"):
+        plugin, portable = (onnx.load(str(lite_package / f"{graph}.{form}.onnx")) for form in ("plugin", "portable"))
+        assert [n.op_type for n in plugin.graph.node] == [n.op_type for n in portable.graph.node]
+        assert [i.name for i in plugin.graph.initializer] == [i.name for i in portable.graph.initializer]
 
 
 # --------------------------------------------------------------------------------------------- parity
