@@ -226,22 +226,18 @@ def select_build(package, precision: str | None = None) -> tuple[str, dict]:
     return precision, build
 
 
-# Majors whose version-compatible engines a newer major runs (TensorRT's support matrix: 8 -> 10, 10 -> 11).
-_CROSS_MAJOR_COMPATIBLE = {(8, 10), (10, 11)}
-
-
 def _version(text: str) -> tuple[int, ...] | None:
     parts = str(text).split(".")
     return tuple(int(p) for p in parts[:3]) if all(p.isdigit() for p in parts[:3]) and parts[0] else None
 
 
 def version_compatible_runs(built: str, runtime: str) -> bool:
-    """Whether a version-compatible engine (built by ``built``) runs on TensorRT ``runtime``: the same or a
-    later version of its major, or the next major TensorRT names (10's engines on 11)."""
+    """Whether a version-compatible engine (built by ``built``) that carries vosrt's plugin library runs on
+    TensorRT ``runtime``: the same or a later version of its major. TensorRT itself runs 10's such engines
+    on 11, but the carried library was compiled against 10's headers, and the logger and registry
+    interfaces it calls changed their layout in 11."""
     b, r = _version(built), _version(runtime)
-    if b is None or r is None or r < b:
-        return False
-    return r[0] == b[0] or (b[0], r[0]) in _CROSS_MAJOR_COMPATIBLE
+    return b is not None and r is not None and r >= b and r[0] == b[0]
 
 
 def check_engine_compatibility(build: dict, trt_version: str, gpu: dict, package_path) -> None:
