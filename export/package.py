@@ -158,8 +158,10 @@ def export_graph(spec: graph_modules.GraphSpec, graph: str, height: int, width: 
                     input_names=spec.input_names + list(extra), output_names=spec.output_names,
                     custom_translation_table=onnx_ops.translation_table(form), optimize=True, verbose=False)
             translated = onnx_program.model_proto
-        model = onnx.ModelProto()
-        model.CopyFrom(translated)
+        model = translated
+        if not custom and form != forms[-1]:  # another form finishes the same translation after this one
+            model = onnx.ModelProto()
+            model.CopyFrom(translated)
         if form == "plugin":
             _drop_unused_inputs(model)
         models[form] = _finish_model(model, form, extra)
