@@ -194,7 +194,9 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
 
     Returns the manifest's new ``engines[precision]`` entry.
     """
-    from vosrt.sdk.backends.tensorrt import current_gpu, find_plugin_library, import_tensorrt, load_plugin_library
+    from vosrt.sdk.backends.tensorrt import (check_plugin_library_version, current_gpu, find_plugin_library,
+                                             import_tensorrt, load_plugin_library,
+                                             plugin_library_tensorrt_version)
     from vosrt.sdk.package import file_sha256
 
     if precision not in PRECISIONS:
@@ -216,6 +218,8 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
     profiles = {g: profile_shapes(package, g, max_objects, max_memory_frames) for g in sources}
     library = find_plugin_library(plugin_lib)
     embedded = embeddable_plugin_library(library) if embed_plugins else None
+    if embedded is not None:  # serialised into the engines, loaded by this TensorRT's major only
+        check_plugin_library_version(embedded, trt.__version__)
     gpu = current_gpu()
 
     fp16_record = None
@@ -294,6 +298,7 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
         "workspace_mb": workspace_mb,
         "plugin_library": str(library),
         "plugin_library_sha256": file_sha256(library),
+        "plugin_library_tensorrt": plugin_library_tensorrt_version(library),
         "plugins_serialized": bool(embed_plugins),
         "serialized_plugin_library": str(embedded) if embedded else None,
         "timing_cache": f"{ENGINE_DIR}/{TIMING_CACHE}",

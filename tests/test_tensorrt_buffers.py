@@ -256,6 +256,7 @@ class _Registry:
 
 class _TensorRT:
     def __init__(self):
+        self.__version__ = "10.16.0"
         self.global_registry = _Registry()
         self.runtimes = []
 
@@ -285,6 +286,29 @@ def test_the_plugin_library_is_loaded_once_into_the_global_registry_and_found_fr
     other.global_registry.load_library = lambda path: object()  # a library without our creators
     with pytest.raises(trt_backend.UserError, match="did not register"):
         trt_backend.load_plugin_library(library, other, _Registry(other.global_registry))
+
+
+def test_a_plugin_library_compiled_for_another_tensorrt_major_is_refused_before_tensorrt_loads_it(monkeypatch,
+                                                                                                   tmp_path):
+    monkeypatch.setattr(trt_backend, "_loaded_plugin_libraries", {})
+    library = tmp_path / "libvosrt_plugins.so"
+    # The record as plugin_library.cpp writes it, amid other bytes (tests/test_trt_plugins_compile.py checks
+    # it in libraries really compiled against TensorRT's headers).
+    library.write_bytes(b"\x7fELF" + bytes(5000) + b"vosrt-plugins-build-record: tensorrt=10.16.0;\0" + bytes(99))
+    assert trt_backend.plugin_library_tensorrt_version(library) == "10.16.0"
+    trt = _TensorRT()
+    trt.__version__ = "11.1.0"
+    with pytest.raises(trt_backend.UserError, match=r"compiled against the headers of TensorRT 10\.16\.0, but "
+                                                     r"this is TensorRT 11\.1\.0.*cmake -S plugins"):
+        trt_backend.load_plugin_library(library, trt, _Registry(trt.global_registry))
+    assert trt.global_registry.loaded == []
+    trt.__version__ = "10.17.2"
+    trt_backend.load_plugin_library(library, trt, _Registry(trt.global_registry))
+    assert trt.global_registry.loaded == [str(library)]
+    empty = tmp_path / "empty.so"
+    empty.write_bytes(b"")
+    assert trt_backend.plugin_library_tensorrt_version(empty) is None
+    assert trt_backend.plugin_library_tensorrt_version(tmp_path / "missing.so") is None
 
 
 @pytest.mark.parametrize("carried", [True, False], ids=["embedded-plugins", "external-library"])

@@ -163,6 +163,22 @@ def test_embeddable_plugin_library_exports_only_the_loader_entry_points_and_uses
         assert symbol not in undefined, undefined
 
 
+def test_both_plugin_libraries_record_the_tensorrt_headers_they_were_compiled_against(built, embeddable):
+    from vosrt.sdk.backends.tensorrt import check_plugin_library_version, plugin_library_tensorrt_version
+    from vosrt.sdk.errors import UserError
+
+    trt_include, library, _ = built
+    if not library.exists():
+        pytest.skip("library not built")
+    version = _version(trt_include)
+    major = int(version.split(".")[0])
+    for path in (library, embeddable):
+        assert plugin_library_tensorrt_version(path) == version
+        assert check_plugin_library_version(path, f"{major}.99.1") == version  # a later release of the major
+        with pytest.raises(UserError, match=rf"TensorRT {re.escape(version)}, but this is TensorRT {major + 1}\.0"):
+            check_plugin_library_version(path, f"{major + 1}.0.0")
+
+
 def test_embeddable_plugin_library_hands_both_creators_to_tensorrt_and_registers_nothing(host, embeddable):
     exe, _ = host
     env = dict(os.environ, VOSRT_PLUGINS_AUTO_REGISTER="1")  # ignored: the variant has no load-time registration

@@ -15,14 +15,17 @@
 * ``cuda_graphs=True`` captures each graph into a CUDA graph the second time it runs with the same shapes
   and buffer addresses (a warm-up run must precede capture) and replays it afterwards.
 * It refuses, saying what to do: a package without engines, engines missing on disk, a missing plugin
-  library, engines built by another TensorRT version or for another GPU.
+  library or one compiled for another TensorRT major, engines built by another TensorRT version or for
+  another GPU.
 
 TensorRT and cuda-python are imported when the backend opens, so this module imports (and its refusals
 can be tested) without them.
 """
 from __future__ import annotations
 
+import mmap
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -226,6 +229,39 @@ def select_build(package, precision: str | None = None) -> tuple[str, dict]:
     return precision, build
 
 
+# What plugins/trt/src/plugin_library.cpp writes into the library: the TensorRT headers it was compiled against.
+_BUILD_RECORD = re.compile(rb"vosrt-plugins-build-record: tensorrt=(\d+\.\d+\.\d+);")
+
+
+def plugin_library_tensorrt_version(path: str | os.PathLike) -> str | None:
+    """The TensorRT version whose headers the plugin library at ``path`` (``libvosrt_plugins.so`` or its
+    embeddable variant) was compiled against, read from the file without loading it; None for a file that
+    cannot be read or carries no build record."""
+    try:
+        with open(path, "rb") as file:
+            if os.fstat(file.fileno()).st_size == 0:
+                return None
+            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                found = _BUILD_RECORD.search(data)
+                return bytes(found.group(1)).decode() if found else None
+    except OSError:
+        return None
+
+
+def check_plugin_library_version(path: str | os.PathLike, trt_version: str) -> str | None:
+    """Refuse a plugin library compiled against another TensorRT major than ``trt_version``: the logger,
+    registry and plugin interfaces it calls through differ between majors (10 and 11), so TensorRT would
+    load it and then crash or misbehave. Returns the library's recorded version (None when it has none)."""
+    built = plugin_library_tensorrt_version(path)
+    b, r = _version(built or ""), _version(trt_version)
+    if b is not None and r is not None and b[0] != r[0]:
+        raise UserError(f"{path} was compiled against the headers of TensorRT {built}, but this is TensorRT "
+                        f"{trt_version}: a plugin library works only with the TensorRT major it was built for. "
+                        "Rebuild it against this TensorRT: `cmake -S plugins -B plugins/build "
+                        "-DTensorRT_ROOT=<this TensorRT> && cmake --build plugins/build -j`")
+    return built
+
+
 def _version(text: str) -> tuple[int, ...] | None:
     parts = str(text).split(".")
     return tuple(int(p) for p in parts[:3]) if all(p.isdigit() for p in parts[:3]) and parts[0] else None
@@ -284,6 +320,7 @@ def load_plugin_library(path: Path, trt, registry=None) -> None:
     if registry is None:
         registry = trt.get_plugin_registry()
     if key not in _loaded_plugin_libraries:
+        check_plugin_library_version(path, trt.__version__)
         # TensorRT's documented dynamic path: the library's load-time registration is switched off for
         # this load, so that loadLibrary registers what getCreators() returns (and hands the library
         # TensorRT's logger). See plugins/trt/README.md, "Loading".

@@ -8,9 +8,10 @@ namespace {
 
 char const* const kPlugin = D2Conv3DPlugin::kName;
 
-std::string reason(vosrtStatus_t status) {
-  std::string text = vosrtTrtLastError();
-  return text.empty() ? vosrtGetStatusString(status) : text;
+// The translation layer's reason for the last failure on this thread, else the status's name.
+char const* reason(vosrtStatus_t status) noexcept {
+  char const* text = vosrtTrtLastError();
+  return text != nullptr && text[0] != '\0' ? text : vosrtGetStatusString(status);
 }
 
 }  // namespace
@@ -52,7 +53,7 @@ nvinfer1::IPluginV3* D2Conv3DPlugin::clone() noexcept {
 bool D2Conv3DPlugin::makeParams(nvinfer1::Dims const* dims, int32_t nbInputs,
                                 vosrtD2Conv3DParams* params) const noexcept {
   if (nbInputs < 3 || nbInputs > 5) {
-    logError(mLayerName + " (D2Conv3D): expected 3 to 5 inputs, got " + std::to_string(nbInputs));
+    logError(mLayerName, " (D2Conv3D): expected 3 to 5 inputs, got ", nbInputs);
     return false;
   }
   int ranks[5];
@@ -63,12 +64,12 @@ bool D2Conv3DPlugin::makeParams(nvinfer1::Dims const* dims, int32_t nbInputs,
   }
   vosrtStatus_t status = vosrtTrtD2Conv3DParams(&mAttrs, nbInputs, ranks, rows, params);
   if (status != VOSRT_SUCCESS) {
-    logError(mLayerName + ": " + reason(status));
+    logError(mLayerName, ": ", reason(status));
     return false;
   }
   status = vosrtD2Conv3DValidate(params);
   if (status != VOSRT_SUCCESS) {
-    logError(mLayerName + " (D2Conv3D): the kernels refuse these parameters: " + vosrtGetStatusString(status));
+    logError(mLayerName, " (D2Conv3D): the kernels refuse these parameters: ", vosrtGetStatusString(status));
     return false;
   }
   return true;
@@ -93,13 +94,13 @@ int32_t D2Conv3DPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32
   vosrtD2Conv3DInputRoles roles;
   vosrtStatus_t status = vosrtTrtD2Conv3DRoles(nbInputs, nbInputs > 3 ? inputs[3].nbDims : 0, &roles);
   if (status != VOSRT_SUCCESS || nbOutputs != 1) {
-    logError(mLayerName + ": " + reason(status));
+    logError(mLayerName, ": ", reason(status));
     return 1;
   }
   nvinfer1::DimsExprs const& x = inputs[roles.x];
   nvinfer1::DimsExprs const& weight = inputs[roles.weight];
   if (x.nbDims != 5 || weight.nbDims != 5) {
-    logError(mLayerName + " (D2Conv3D): X and Wt must be 5-D");
+    logError(mLayerName, " (D2Conv3D): X and Wt must be 5-D");
     return 1;
   }
   // Y [N, Cout, To, Ho, Wo]
@@ -145,7 +146,7 @@ int32_t D2Conv3DPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
   // shape) recorded it.
   int32_t const nbInputs = mNbInputs;
   if (nbInputs < 3) {
-    logError(mLayerName + " (D2Conv3D): enqueue before onShapeChange");
+    logError(mLayerName, " (D2Conv3D): enqueue before onShapeChange");
     return 1;
   }
   nvinfer1::Dims dims[5];
@@ -162,7 +163,7 @@ int32_t D2Conv3DPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
       inputs[roles.weight], roles.bias >= 0 ? inputs[roles.bias] : nullptr, outputs[0], workspace, bytes,
       stream);
   if (status != VOSRT_SUCCESS) {
-    logError(mLayerName + " (D2Conv3D): forward failed: " + vosrtGetStatusString(status));
+    logError(mLayerName, " (D2Conv3D): forward failed: ", vosrtGetStatusString(status));
     return 1;
   }
   return 0;
@@ -208,22 +209,21 @@ nvinfer1::IPluginV3* D2Conv3DPluginCreator::createPlugin(char const* name, nvinf
       } else if (std::strcmp(field.name, "max_workspace_mb") == 0) {
         ok = readInts(field, &workspaceLimitMb, 1, kPlugin);
         if (ok && workspaceLimitMb < 0) {
-          logError(layer + " (D2Conv3D): max_workspace_mb must be >= 0 (0 = no limit), got " +
-                   std::to_string(workspaceLimitMb));
+          logError(layer, " (D2Conv3D): max_workspace_mb must be >= 0 (0 = no limit), got ", workspaceLimitMb);
           return nullptr;
         }
       } else if (!isNodeIdentityField(field.name)) {
-        logWarning(layer + " (D2Conv3D): ignoring unknown field '" + field.name + "'");
+        logWarning(layer, " (D2Conv3D): ignoring unknown field '", field.name, "'");
       }
       if (!ok) return nullptr;
     }
     if (!haveKernel) {
-      logError(layer + " (D2Conv3D): the kernel_shape attribute (3 ints, t h w) is required");
+      logError(layer, " (D2Conv3D): the kernel_shape attribute (3 ints, t h w) is required");
       return nullptr;
     }
     vosrtStatus_t const status = vosrtTrtD2Conv3DValidateAttributes(&attrs);
     if (status != VOSRT_SUCCESS) {
-      logError(layer + ": " + reason(status));
+      logError(layer, ": ", reason(status));
       return nullptr;
     }
     return new D2Conv3DPlugin(layer, attrs, workspaceLimitMb);

@@ -8,9 +8,10 @@ namespace {
 
 char const* const kPlugin = L2ReadoutPlugin::kName;
 
-std::string reason(vosrtStatus_t status) {
-  std::string text = vosrtTrtLastError();
-  return text.empty() ? vosrtGetStatusString(status) : text;
+// The translation layer's reason for the last failure on this thread, else the status's name.
+char const* reason(vosrtStatus_t status) noexcept {
+  char const* text = vosrtTrtLastError();
+  return text != nullptr && text[0] != '\0' ? text : vosrtGetStatusString(status);
 }
 
 bool threeD(nvinfer1::Dims const& dims, int64_t out[3]) {
@@ -44,18 +45,17 @@ bool L2ReadoutPlugin::makeParams(nvinfer1::Dims const& memKey, nvinfer1::Dims co
                                  nvinfer1::Dims const& memValue, vosrtL2ReadoutParams* params) const noexcept {
   int64_t mk[3], qk[3], mv[3];
   if (!threeD(memKey, mk) || !threeD(queryKey, qk) || !threeD(memValue, mv)) {
-    logError(mLayerName + " (L2MemoryReadout): mem_key, query_key and mem_value must all be 3-D");
+    logError(mLayerName, " (L2MemoryReadout): mem_key, query_key and mem_value must all be 3-D");
     return false;
   }
   vosrtStatus_t status = vosrtTrtL2ReadoutParams(&mAttrs, mk, qk, mv, params);
   if (status != VOSRT_SUCCESS) {
-    logError(mLayerName + ": " + reason(status));
+    logError(mLayerName, ": ", reason(status));
     return false;
   }
   status = vosrtL2ReadoutValidate(params);
   if (status != VOSRT_SUCCESS) {
-    logError(mLayerName + " (L2MemoryReadout): the kernels refuse these parameters: " +
-             vosrtGetStatusString(status));
+    logError(mLayerName, " (L2MemoryReadout): the kernels refuse these parameters: ", vosrtGetStatusString(status));
     return false;
   }
   return true;
@@ -65,7 +65,7 @@ int32_t L2ReadoutPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const
                                          nvinfer1::DynamicPluginTensorDesc const* /*out*/,
                                          int32_t nbOutputs) noexcept {
   if (nbInputs != 3 || nbOutputs != 1) {
-    logError(mLayerName + " (L2MemoryReadout): expected 3 inputs and 1 output");
+    logError(mLayerName, " (L2MemoryReadout): expected 3 inputs and 1 output");
     return 1;
   }
   vosrtL2ReadoutParams params;
@@ -77,7 +77,7 @@ int32_t L2ReadoutPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int3
                                          nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
                                          nvinfer1::IExprBuilder& /*exprBuilder*/) noexcept {
   if (nbInputs != 3 || nbOutputs != 1 || inputs[0].nbDims != 3 || inputs[1].nbDims != 3 || inputs[2].nbDims != 3) {
-    logError(mLayerName + " (L2MemoryReadout): expected 3-D mem_key, query_key, mem_value");
+    logError(mLayerName, " (L2MemoryReadout): expected 3-D mem_key, query_key, mem_value");
     return 1;
   }
   // out [B, V, M]: batch of mem_key, V of mem_value, M of query_key
@@ -114,7 +114,7 @@ int32_t L2ReadoutPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
   vosrtStatus_t const status = vosrtL2ReadoutForward(&params, dtype, inputs[0], inputs[1], inputs[2], outputs[0],
                                                      workspace, workspaceBytes, stream);
   if (status != VOSRT_SUCCESS) {
-    logError(mLayerName + " (L2MemoryReadout): forward failed: " + vosrtGetStatusString(status));
+    logError(mLayerName, " (L2MemoryReadout): forward failed: ", vosrtGetStatusString(status));
     return 1;
   }
   return 0;
@@ -145,13 +145,13 @@ nvinfer1::IPluginV3* L2ReadoutPluginCreator::createPlugin(char const* name, nvin
       } else if (std::strcmp(field.name, "scale") == 0) {
         ok = readFloat(field, &attrs.scale, kPlugin);
       } else if (!isNodeIdentityField(field.name)) {
-        logWarning(layer + " (L2MemoryReadout): ignoring unknown field '" + field.name + "'");
+        logWarning(layer, " (L2MemoryReadout): ignoring unknown field '", field.name, "'");
       }
       if (!ok) return nullptr;
     }
     vosrtStatus_t const status = vosrtTrtL2ReadoutValidateAttributes(&attrs);
     if (status != VOSRT_SUCCESS) {
-      logError(layer + ": " + reason(status));
+      logError(layer, ": ", reason(status));
       return nullptr;
     }
     return new L2ReadoutPlugin(layer, attrs);

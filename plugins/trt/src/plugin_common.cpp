@@ -23,22 +23,18 @@ nvinfer1::ILogger* logger() noexcept {
 #endif
 }
 
-void log(nvinfer1::ILogger::Severity severity, std::string const& message) noexcept {
-  if (nvinfer1::ILogger* sink = logger()) sink->log(severity, ("vosrt plugins: " + message).c_str());
-}
-
 }  // namespace
 
-void logError(std::string const& message) noexcept { log(nvinfer1::ILogger::Severity::kERROR, message); }
-void logWarning(std::string const& message) noexcept { log(nvinfer1::ILogger::Severity::kWARNING, message); }
+void emitLog(nvinfer1::ILogger::Severity severity, char const* message) noexcept {
+  if (nvinfer1::ILogger* sink = logger()) sink->log(severity, message);
+}
 void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept { gLoggerFinder.store(finder); }
 void setLogger(nvinfer1::ILogger* logger) noexcept { gLogger.store(logger); }
 
 bool readInts(nvinfer1::PluginField const& field, int* out, int count, char const* plugin) noexcept {
   using nvinfer1::PluginFieldType;
   if (field.length != count || field.data == nullptr) {
-    logError(std::string(plugin) + ": field '" + field.name + "' needs " + std::to_string(count) +
-             " integer(s), got " + std::to_string(field.length));
+    logError(plugin, ": field '", field.name, "' needs ", count, " integer(s), got ", field.length);
     return false;
   }
   for (int i = 0; i < count; ++i) {
@@ -49,11 +45,11 @@ bool readInts(nvinfer1::PluginField const& field, int* out, int count, char cons
       case PluginFieldType::kINT32: value = static_cast<int32_t const*>(field.data)[i]; break;
       case PluginFieldType::kINT64: value = static_cast<int64_t const*>(field.data)[i]; break;
       default:
-        logError(std::string(plugin) + ": field '" + field.name + "' must be an integer field");
+        logError(plugin, ": field '", field.name, "' must be an integer field");
         return false;
     }
     if (value < INT32_MIN || value > INT32_MAX) {
-      logError(std::string(plugin) + ": field '" + field.name + "' value out of int32 range");
+      logError(plugin, ": field '", field.name, "' value out of int32 range");
       return false;
     }
     out[i] = static_cast<int>(value);
@@ -64,15 +60,14 @@ bool readInts(nvinfer1::PluginField const& field, int* out, int count, char cons
 bool readFloat(nvinfer1::PluginField const& field, float* out, char const* plugin) noexcept {
   using nvinfer1::PluginFieldType;
   if (field.length != 1 || field.data == nullptr) {
-    logError(std::string(plugin) + ": field '" + field.name + "' needs one float, got " +
-             std::to_string(field.length));
+    logError(plugin, ": field '", field.name, "' needs one float, got ", field.length);
     return false;
   }
   switch (field.type) {
     case PluginFieldType::kFLOAT32: *out = *static_cast<float const*>(field.data); return true;
     case PluginFieldType::kFLOAT64: *out = static_cast<float>(*static_cast<double const*>(field.data)); return true;
     default:
-      logError(std::string(plugin) + ": field '" + field.name + "' must be FLOAT32 or FLOAT64");
+      logError(plugin, ": field '", field.name, "' must be FLOAT32 or FLOAT64");
       return false;
   }
 }

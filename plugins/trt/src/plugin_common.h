@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "vosrt_kernels.h"  // before NvInfer: provides cudaStream_t from the CUDA runtime headers
 #include "NvInferRuntime.h"
@@ -14,9 +15,40 @@ namespace vosrt::trt {
 constexpr char const* kPluginVersion = "1";
 constexpr char const* kPluginNamespace = "";
 
-// Reports through TensorRT's logger (set by setLoggerFinder, or the library's global one).
-void logError(std::string const& message) noexcept;
-void logWarning(std::string const& message) noexcept;
+// Writes "vosrt plugins: " + message through TensorRT's logger (the one setLoggerFinder or
+// initVosrtPlugins handed over, else libnvinfer's global one; none in the embeddable library).
+void emitLog(nvinfer1::ILogger::Severity severity, char const* message) noexcept;
+
+namespace detail {
+inline void append(std::string& out, std::string const& part) { out += part; }
+inline void append(std::string& out, char const* part) { out += part != nullptr ? part : "(null)"; }
+template <typename Number, std::enable_if_t<std::is_arithmetic_v<Number>, int> = 0>
+void append(std::string& out, Number part) {
+  out += std::to_string(part);
+}
+template <typename... Parts>
+void logParts(nvinfer1::ILogger::Severity severity, Parts const&... parts) noexcept {
+  // Called from noexcept TensorRT entry points: the message is put together here, where running out of
+  // memory is caught, and not in the caller's argument list, where it would end the process.
+  try {
+    std::string message = "vosrt plugins: ";
+    (append(message, parts), ...);
+    emitLog(severity, message.c_str());
+  } catch (...) {
+    emitLog(severity, "vosrt plugins: (out of memory while formatting an error message)");
+  }
+}
+}  // namespace detail
+
+// logError(layerName, " (D2Conv3D): got ", n, " inputs"): strings, C strings and numbers, concatenated.
+template <typename... Parts>
+void logError(Parts const&... parts) noexcept {
+  detail::logParts(nvinfer1::ILogger::Severity::kERROR, parts...);
+}
+template <typename... Parts>
+void logWarning(Parts const&... parts) noexcept {
+  detail::logParts(nvinfer1::ILogger::Severity::kWARNING, parts...);
+}
 void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept;
 void setLogger(nvinfer1::ILogger* logger) noexcept;
 

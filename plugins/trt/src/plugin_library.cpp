@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "NvInferVersion.h"
 #include "d2conv3d_plugin.h"
 #include "l2_readout_plugin.h"
 
@@ -84,6 +85,16 @@ struct Registration {
 Registration gRegistration;
 #endif
 
+// The TensorRT version whose headers this library was compiled against, as a string in the file itself:
+// its logger, registry and plugin interfaces differ between majors (10 and 11), so a library must be loaded
+// only by the major it was built for. sdk/backends/tensorrt.py reads it from the file before loading it
+// (`strings libvosrt_plugins.so | grep vosrt-plugins` shows it too); `used` keeps the unreferenced array.
+#define VOSRT_STRINGIFY_VALUE(x) #x
+#define VOSRT_STRINGIFY(x) VOSRT_STRINGIFY_VALUE(x)
+[[gnu::used]] char const kBuildRecord[] =
+    "vosrt-plugins-build-record: tensorrt=" VOSRT_STRINGIFY(NV_TENSORRT_MAJOR) "." VOSRT_STRINGIFY(
+        NV_TENSORRT_MINOR) "." VOSRT_STRINGIFY(NV_TENSORRT_PATCH) ";";
+
 }  // namespace
 
 //! Both creators, for TensorRT to register (IPluginRegistry::loadLibrary looks this up).
@@ -104,7 +115,7 @@ VOSRT_PLUGIN_EXPORT void setLoggerFinder(nvinfer1::ILoggerFinder* finder) {
 //! when both creators are registered afterwards. Same signature as TensorRT's initLibNvInferPlugins.
 VOSRT_PLUGIN_EXPORT bool initVosrtPlugins(void* logger, char const* libNamespace) {
   if (libNamespace != nullptr && std::strcmp(libNamespace, vosrt::trt::kPluginNamespace) != 0) {
-    vosrt::trt::logError(std::string("initVosrtPlugins: namespace '") + libNamespace +
+    vosrt::trt::logError("initVosrtPlugins: namespace '", libNamespace,
                          "' is not supported; the vosrt plugins live in the empty namespace");
     return false;
   }
