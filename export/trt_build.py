@@ -214,7 +214,7 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
                         f"(uint8 activations, which TensorRT does not take); build engines from the fp32 package "
                         f"instead: {hint}")
     sources = _plugin_graphs(package)
-    trt = import_tensorrt()   # before the plugin library: without TensorRT, building that cannot help
+    trt = import_tensorrt(for_build=True)   # before the plugin library: without TensorRT, building that cannot help
     profiles = {g: profile_shapes(package, g, max_objects, max_memory_frames) for g in sources}
     library = find_plugin_library(plugin_lib)
     embedded = embeddable_plugin_library(library) if embed_plugins else None

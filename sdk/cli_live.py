@@ -23,7 +23,7 @@ import secrets
 import signal
 import sys
 
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import UserError, install_command
 
 
 def add_arguments(parser) -> None:
@@ -106,7 +106,7 @@ def run(args) -> int:
         try:
             from vosrt.sdk.live import server
         except ModuleNotFoundError as err:
-            raise UserError(f"the live viewer needs '{err.name}': pip install 'vosrt[live]' "
+            raise UserError(f"the live viewer needs '{err.name}': {install_command('live')} "
                             f"(or use --headless)") from None
         token = args.token
         if token is None and not server.is_loopback(args.host):

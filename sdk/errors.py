@@ -1,6 +1,23 @@
-"""The one exception type for bad user input, shared by every layer."""
+"""The one exception type for bad user input, shared by every layer, and the install command that the
+messages about a missing optional dependency name."""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
 
 
 class UserError(ValueError):
     """Bad input from the user (an argument, a file, an array): the message says which input, what
     was expected and what arrived. The CLI prints it without a traceback; sessions stay usable."""
+
+
+def install_command(extra: str) -> str:
+    """The pip command that adds the optional dependencies ``extra`` (a pyproject extra: train, export,
+    eval, gpu, trt, live, dev) to this vosrt. Installed from a source checkout (the README's
+    ``pip install -e``), vosrt names that checkout, since ``pip install 'vosrt[extra]'`` would look for
+    vosrt on PyPI instead; otherwise the package name."""
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "setup.py").is_file() and \
+            (checkout / "sdk" / "errors.py").is_file():
+        return f"pip install -e {shlex.quote(f'{checkout}[{extra}]')}"
+    return f"pip install 'vosrt[{extra}]'"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import UserError, install_command
 from vosrt.sdk.instances import hungarian
 from vosrt.sdk.metrics import VOID, BOUNDARY_TOLERANCE, ObjectScore, boundary_measure, region_similarity
 
@@ -37,7 +37,7 @@ def _require(module: str):
     try:
         return __import__(module, fromlist=["_"])
     except ImportError:
-        raise UserError(f"this metric needs the '{module.split('.')[0]}' package: pip install 'vosrt[eval]'") from None
+        raise UserError(f"this metric needs the '{module.split('.')[0]}' package: {install_command('eval')}") from None
 
 
 # ------------------------------------------------------------------------------------ DAVIS unsupervised

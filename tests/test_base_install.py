@@ -36,12 +36,12 @@ sys.exit(main(sys.argv[1:]))
 def _commands(tmp: Path) -> dict[str, tuple[list[str], int, str]]:
     """command -> (arguments, expected exit code, text expected in the output)."""
     return {
-        "train": (["train", "stcn-lite", "--data", "generated", "--out", str(tmp / "run")], 2, "vosrt[train]"),
-        "export": (["export", "stcn-lite", "--random-weights", "--out", str(tmp / "pkg")], 2, "vosrt[export]"),
-        "check": (["check", "stcn-lite"], 2, "vosrt[export]"),
-        "build": (["build", "stcn-lite"], 2, "vosrt[trt]"),
+        "train": (["train", "stcn-lite", "--data", "generated", "--out", str(tmp / "run")], 2, "[train]'"),
+        "export": (["export", "stcn-lite", "--random-weights", "--out", str(tmp / "pkg")], 2, "[export]'"),
+        "check": (["check", "stcn-lite"], 2, "[export]'"),
+        "build": (["build", "stcn-lite"], 2, "[trt]'"),
         "bench-torch": (["bench", "stcn-lite", "--frames", "1", "--warmup", "0", "--compare", "torch"], 2,
-                        "vosrt[train]"),
+                        "[train]'"),
         "bench": (["bench", "stcn-lite", "--frames", "2", "--warmup", "0"], 0, "FPS"),
         "demo": (["demo", "--frames", "3", "--out", str(tmp / "demo")], 0, "J&F"),
         "eval": (["eval", "--pred", str(tmp / "demo" / "masks"), "--gt", str(tmp / "demo" / "masks")], 0, "J&F"),
@@ -66,8 +66,10 @@ def _check(name, result, code, expected):
     assert "Traceback" not in output, output
     assert result.returncode == code, (name, output)
     assert expected in output, (name, output)
-    for extra in re.findall(r"pip install 'vosrt\[(\w+)\]'", output):
+    hints = re.findall(r"pip install (?:-e )?'([^']*)\[(\w+)\]'", output)
+    for target, extra in hints:
         assert extra in _extras_in_pyproject(), output   # the hint names an extra that exists
+        assert target in ("vosrt", str(ROOT)), output     # of vosrt, or of the checkout it runs from
 
 
 def _run_all(vosrt_command: list[str], tmp_path: Path, env=None):
@@ -80,6 +82,23 @@ def _run_all(vosrt_command: list[str], tmp_path: Path, env=None):
 
 def test_without_the_extras_every_command_works_or_names_the_extra_to_install(tmp_path):
     _run_all([sys.executable, "-c", HIDE_EXTRAS], tmp_path)
+
+
+def test_the_install_hint_names_the_checkout_vosrt_runs_from_or_else_the_package(tmp_path):
+    import shlex
+
+    from vosrt.sdk.errors import install_command
+
+    # the README installs with `pip install -e .`: 'vosrt[trt]' would be looked for on PyPI instead
+    command = shlex.split(install_command("trt"))
+    assert command == ["pip", "install", "-e", f"{ROOT}[trt]"]
+    # an installed copy (site-packages/vosrt/sdk/errors.py, no checkout around it) names the package
+    installed = tmp_path / "site-packages" / "vosrt" / "sdk"
+    installed.mkdir(parents=True)
+    (installed / "errors.py").write_text((ROOT / "sdk" / "errors.py").read_text())
+    probe = subprocess.run([sys.executable, "-c", "import errors; print(errors.install_command('live'))"],
+                           cwd=installed, capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "pip install 'vosrt[live]'"
 
 
 def test_the_named_extras_provide_the_missing_packages():

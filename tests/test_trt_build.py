@@ -10,7 +10,7 @@ from trt_fixtures import HEIGHT, WIDTH, write_stcn_package
 from vosrt.cli import main
 from vosrt.export.trt_build import (build_engines, comparison_inputs, embeddable_plugin_library,
                                      limit_plugin_workspace, profile_shapes)
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import UserError, install_command
 from vosrt.sdk.package import load_package
 
 HW = (HEIGHT // 16) * (WIDTH // 16)
@@ -83,7 +83,8 @@ def test_build_command_without_tensorrt_says_what_to_install(tmp_path, capsys):
     library = tmp_path / "libvosrt_plugins.so"
     library.write_bytes(b"\x7fELF")
     assert main(["build", str(pkg), "--plugin-lib", str(library)]) == 2
-    assert "pip install 'vosrt[trt]'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert install_command("trt") in err and "vosrt build" in err and "--backend onnxruntime" in err
 
 
 def test_embed_plugins_needs_the_self_contained_library_beside_the_plugin_library(tmp_path):

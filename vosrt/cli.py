@@ -15,7 +15,7 @@ import threading
 
 from vosrt import __version__
 from vosrt.sdk import native_callbacks
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import UserError, install_command
 
 # name -> (module, one-line help, extra that provides its dependencies)
 COMMANDS: dict[str, tuple[str, str, str | None]] = {
@@ -57,7 +57,7 @@ def install_hint(command: str, missing: str) -> str:
     extras = _extras_providing(top)
     own = COMMANDS[command][2] if command in COMMANDS else None
     extra = own if own in extras else (extras[0] if extras else None)
-    hint = f"pip install 'vosrt[{extra}]'" if extra else f"pip install {top}"
+    hint = install_command(extra) if extra else f"pip install {top}"
     return f"`vosrt {command}` needs the Python package '{top}', which is not installed: {hint}"
 
 

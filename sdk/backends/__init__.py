@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 
 from vosrt.sdk.backends.base import Backend
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import UserError, install_command
 
 # backend name -> (module, class)
 BACKENDS = {
@@ -55,7 +55,7 @@ def open_backend(package, name: str = "auto", **options) -> Backend:
     except ModuleNotFoundError as err:
         if err.name and err.name.startswith("vosrt"):
             raise UserError(f"backend '{name}' is not part of this vosrt build") from None
-        hint = f": pip install 'vosrt[{EXTRAS[name]}]'" if name in EXTRAS else ""
+        hint = f": {install_command(EXTRAS[name])}" if name in EXTRAS else ""
         raise UserError(f"backend '{name}' needs the Python package '{err.name}', which is not installed{hint}") from None
     return getattr(module, class_name)(package, **options)
 

@@ -22,7 +22,7 @@ import onnxruntime as ort
 
 from vosrt.sdk import native_callbacks
 from vosrt.sdk.backends.base import Backend, Tensor, flatten_to
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import UserError, install_command
 
 _NUMPY_OF_ORT = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(uint8)": np.uint8,
                  "tensor(float16)": np.float16, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
@@ -66,7 +66,7 @@ class OnnxRuntimeBackend(Backend):
             raise UserError(f"device: expected 'auto', 'cpu' or 'cuda', got '{device}'")
         if device == "cuda" and "CUDAExecutionProvider" not in available:
             raise UserError("device='cuda' needs onnxruntime-gpu and a CUDA device; this onnxruntime offers "
-                            f"{', '.join(available)} (pip install 'vosrt[gpu]')")
+                            f"{', '.join(available)} ({install_command('gpu')})")
         if device == "auto":
             device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
         if providers is None:

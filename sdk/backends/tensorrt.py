@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from vosrt.sdk.backends.base import Backend, Tensor, flatten_to
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import UserError, install_command
 
 PLUGIN_LIBRARY_NAME = "libvosrt_plugins.so"
 # TensorRT wants every I/O tensor address 256-byte aligned; cudaMalloc gives that, views may not.
@@ -57,7 +57,7 @@ def cudart():
         return runtime
     except ImportError:
         raise UserError("the TensorRT backend needs cuda-python for device memory and streams: "
-                        "pip install 'vosrt[trt]' (or pip install cuda-python)") from None
+                        f"{install_command('trt')} (or pip install cuda-python)") from None
 
 
 def check_cuda(result, what: str):
@@ -294,13 +294,18 @@ def check_engine_compatibility(build: dict, trt_version: str, gpu: dict, package
                         f"with `vosrt build {package_path}`")
 
 
-def import_tensorrt():
-    """``import tensorrt``, or UserError saying how to install it."""
+def import_tensorrt(for_build: bool = False):
+    """``import tensorrt``, or UserError saying how to install it (``for_build``: for ``vosrt build``)."""
     try:
         import tensorrt
     except ImportError:
+        if for_build:
+            raise UserError("`vosrt build` makes TensorRT engines and needs the tensorrt Python package and an "
+                            f"NVIDIA GPU: {install_command('trt')}. A package runs without engines on ONNX "
+                            "Runtime (vosrt run / vosrt bench --backend onnxruntime)") from None
         raise UserError("the TensorRT backend needs the tensorrt Python package and an NVIDIA GPU: "
-                        "pip install 'vosrt[trt]' (or use backend='onnxruntime')") from None
+                        f"{install_command('trt')} (or use backend='onnxruntime'; on the command line "
+                        "--backend onnxruntime)") from None
     return tensorrt
 
 

@@ -16,12 +16,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from vosrt.sdk.backends.base import Backend, Tensor, flatten_to
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import UserError, install_command
 
 try:
     import torch
 except ImportError as err:  # pragma: no cover - depends on the host
-    raise ModuleNotFoundError("the torch backend needs PyTorch (pip install 'vosrt[train]')", name="torch") from err
+    raise ModuleNotFoundError(f"the torch backend needs PyTorch ({install_command('train')})", name="torch") from err
 
 
 class TorchBackend(Backend):
