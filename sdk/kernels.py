@@ -36,7 +36,8 @@ ENV_VAR = "VOSRT_KERNELS_LIB"
 FLOAT32 = 0
 FLOAT16 = 1
 
-_STATUS = {0: "success", 1: "invalid value", 2: "not supported", 3: "CUDA error", 4: "workspace too small"}
+_STATUS = {0: "success", 1: "invalid value", 2: "not supported", 3: "CUDA error", 4: "workspace too small",
+           5: "out of host memory or threads"}
 
 _SDK_DIR = Path(__file__).resolve().parent
 _REPO_PLUGINS = _SDK_DIR.parent / "plugins"

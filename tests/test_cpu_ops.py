@@ -143,3 +143,49 @@ def test_library_is_built_on_first_use_into_the_cache_with_progress(monkeypatch,
     assert cpu_ops.CpuOps(path).lib.vosrtCpuOpsVersion() == 1
     assert cpu_ops.find_library() == path  # cached: no second build
     assert "compiling" not in capfd.readouterr().err
+
+
+_OUT_OF_MEMORY = r"""
+import resource, sys
+import numpy as np
+from vosrt.sdk import cpu_ops
+from vosrt.sdk.kernels import KernelError
+
+ops = cpu_ops.load_cpu_ops(sys.argv[1])
+rng = np.random.default_rng(0)
+if sys.argv[2] == "readout":
+    # 2**22 queries of one channel, 128 entries: the top-64 lists need 2**22 * 64 * 8 B = 2 GiB of scratch
+    args = (rng.standard_normal((1, 1, 128), np.float32), rng.standard_normal((1, 1, 1 << 22), np.float32),
+            rng.standard_normal((1, 1, 128), np.float32))
+    call = lambda: ops.l2_memory_readout(*args, top_k=64)
+else:
+    # 65,536 channels x 27 taps: each worker's column tile needs 65,536 * 27 * 128 * 4 B = 906 MB
+    c = 1 << 16
+    args = (rng.standard_normal((2, c, 1, 1, 1), np.float32), np.ones((2, 3, 1, 1, 1), np.float32),
+            np.full((2, 27, 1, 1, 1), 0.5, np.float32), rng.standard_normal((1, c, 3, 3, 3), np.float32))
+    call = lambda: ops.d2conv3d(*args, padding=(1, 1, 1))
+    ops.threads = 2
+# Address space: what is mapped now plus 256 MiB, so the scratch cannot be had.
+pages = int(open("/proc/self/statm").read().split()[0])
+resource.setrlimit(resource.RLIMIT_AS, (pages * resource.getpagesize() + (256 << 20), resource.RLIM_INFINITY))
+try:
+    call()
+except KernelError as err:
+    print("KernelError:", err)
+    sys.exit(0)
+print("no error")
+sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("operator", ["readout", "d2conv3d"])
+def test_cpu_operators_out_of_host_memory_report_an_error_instead_of_ending_the_process(ops, operator):
+    """An allocation that fails in a C entry point (or in one of its worker threads) must come back as
+    VOSRT_ERROR_HOST_RESOURCES: an exception crossing into ctypes or ONNX Runtime aborts the process."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _OUT_OF_MEMORY, str(ops.path), operator], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "out of host memory or threads (vosrtStatus_t 5)" in done.stdout, done.stdout

@@ -101,6 +101,10 @@ def test_kernel_library_host_functions_report_shapes_and_bounded_workspaces():
                                              kernels.FLOAT16) for n in (1620, 16200, 81000)]
     assert sizes[0] > 0 and len(set(sizes)) == 1  # independent of the memory length N
     assert b"NOT_SUPPORTED" in lib.vosrtGetStatusString(2)
+    # every status has its own string, and the Python side names each one too
+    strings = [lib.vosrtGetStatusString(status) for status in range(6)]
+    assert len(set(strings)) == 6 and b"HOST_RESOURCES" in strings[5] and b"unknown" in lib.vosrtGetStatusString(6)
+    assert set(kernels._STATUS) == set(range(6))
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"k{c[0]}s{c[1]}p{c[2]}d{c[3]}g{c[4]}")

@@ -187,54 +187,56 @@ extern "C" int vosrtCpuOpsVersion(void) { return VOSRT_CPU_OPS_VERSION; }
 extern "C" vosrtStatus_t vosrtCpuOpsL2ReadoutForward(const vosrtL2ReadoutParams* p, const float* mem_key,
                                                      const float* query_key, const float* mem_value, float* out,
                                                      int threads) {
-  vosrtStatus_t st = l2r_validate(p);
-  if (st != VOSRT_SUCCESS) return st;
-  if (!mem_key || !query_key || !mem_value || !out) return VOSRT_ERROR_INVALID_VALUE;
-  const Shape s{p->batch, p->key_dim, p->mem_size, p->query_size, p->value_dim, l2r_effective_top_k(p),
-                l2r_effective_scale(p)};
-  // |mk_n|², channel rows outer so the reads are contiguous; each entry still sums c = 0, 1, ... in order.
-  std::vector<float> mem_sq((size_t)s.B * s.N, 0.f);
-  for (int b = 0; b < s.B; ++b) {
-    float* sq = mem_sq.data() + (size_t)b * s.N;
-    for (int c = 0; c < s.Ck; ++c) {
-      const float* row = mem_key + ((size_t)b * s.Ck + c) * s.N;
-      for (int n = 0; n < s.N; ++n) sq[n] += row[n] * row[n];
+  return host_guarded([&]() -> vosrtStatus_t {
+    vosrtStatus_t st = l2r_validate(p);
+    if (st != VOSRT_SUCCESS) return st;
+    if (!mem_key || !query_key || !mem_value || !out) return VOSRT_ERROR_INVALID_VALUE;
+    const Shape s{p->batch, p->key_dim, p->mem_size, p->query_size, p->value_dim, l2r_effective_top_k(p),
+                  l2r_effective_scale(p)};
+    // |mk_n|², channel rows outer so the reads are contiguous; each entry still sums c = 0, 1, ... in order.
+    std::vector<float> mem_sq((size_t)s.B * s.N, 0.f);
+    for (int b = 0; b < s.B; ++b) {
+      float* sq = mem_sq.data() + (size_t)b * s.N;
+      for (int c = 0; c < s.Ck; ++c) {
+        const float* row = mem_key + ((size_t)b * s.Ck + c) * s.N;
+        for (int n = 0; n < s.N; ++n) sq[n] += row[n] * row[n];
+      }
     }
-  }
-  const int tiles = (s.M + kTileM - 1) / kTileM;
-  const int workers = std::max(1, std::min(resolve_threads(threads), s.B * tiles));
-  std::vector<std::vector<float>> scratch(workers);
-  if (s.top_k == 0) {
+    const int tiles = (s.M + kTileM - 1) / kTileM;
+    const int workers = std::max(1, std::min(resolve_threads(threads), s.B * tiles));
+    std::vector<std::vector<float>> scratch(workers);
+    if (s.top_k == 0) {
+      parallel_for(s.B * tiles, workers, [&](int worker, int item) {
+        const int b = item / tiles, m0 = (item % tiles) * kTileM;
+        dense_tile(s, b, m0, mem_sq.data() + (size_t)b * s.N, mem_key + (size_t)b * s.Ck * s.N,
+                   query_key + (size_t)b * s.Ck * s.M, mem_value, out, scratch[worker]);
+      });
+      return VOSRT_SUCCESS;
+    }
+    // Two passes: select the top-k of every query (by query tiles), then gather the values (by value rows).
+    std::vector<int> kept_index((size_t)s.B * s.M * s.top_k);
+    std::vector<float> kept_weight((size_t)s.B * s.M * s.top_k);
     parallel_for(s.B * tiles, workers, [&](int worker, int item) {
       const int b = item / tiles, m0 = (item % tiles) * kTileM;
-      dense_tile(s, b, m0, mem_sq.data() + (size_t)b * s.N, mem_key + (size_t)b * s.Ck * s.N,
-                 query_key + (size_t)b * s.Ck * s.M, mem_value, out, scratch[worker]);
+      const float* mk = mem_key + (size_t)b * s.Ck * s.N;
+      const float* qk = query_key + (size_t)b * s.Ck * s.M;
+      const float* sq = mem_sq.data() + (size_t)b * s.N;
+      int* index = kept_index.data() + (size_t)b * s.M * s.top_k;
+      float* weight = kept_weight.data() + (size_t)b * s.M * s.top_k;
+      std::vector<float>& buf = scratch[worker];
+      if (s.top_k <= 8) topk_tile<8>(s, m0, sq, mk, qk, index, weight, buf);
+      else if (s.top_k <= 16) topk_tile<16>(s, m0, sq, mk, qk, index, weight, buf);
+      else if (s.top_k <= 32) topk_tile<32>(s, m0, sq, mk, qk, index, weight, buf);
+      else topk_tile<64>(s, m0, sq, mk, qk, index, weight, buf);
+    });
+    constexpr int kRowsPerItem = 16;
+    const int row_blocks = (s.V + kRowsPerItem - 1) / kRowsPerItem;
+    parallel_for(s.B * row_blocks, threads, [&](int, int item) {
+      const int b = item / row_blocks, v0 = (item % row_blocks) * kRowsPerItem;
+      gather_rows(s, v0, std::min(s.V, v0 + kRowsPerItem), mem_value + (size_t)b * s.V * s.N,
+                  kept_index.data() + (size_t)b * s.M * s.top_k, kept_weight.data() + (size_t)b * s.M * s.top_k,
+                  out + (size_t)b * s.V * s.M);
     });
     return VOSRT_SUCCESS;
-  }
-  // Two passes: select the top-k of every query (by query tiles), then gather the values (by value rows).
-  std::vector<int> kept_index((size_t)s.B * s.M * s.top_k);
-  std::vector<float> kept_weight((size_t)s.B * s.M * s.top_k);
-  parallel_for(s.B * tiles, workers, [&](int worker, int item) {
-    const int b = item / tiles, m0 = (item % tiles) * kTileM;
-    const float* mk = mem_key + (size_t)b * s.Ck * s.N;
-    const float* qk = query_key + (size_t)b * s.Ck * s.M;
-    const float* sq = mem_sq.data() + (size_t)b * s.N;
-    int* index = kept_index.data() + (size_t)b * s.M * s.top_k;
-    float* weight = kept_weight.data() + (size_t)b * s.M * s.top_k;
-    std::vector<float>& buf = scratch[worker];
-    if (s.top_k <= 8) topk_tile<8>(s, m0, sq, mk, qk, index, weight, buf);
-    else if (s.top_k <= 16) topk_tile<16>(s, m0, sq, mk, qk, index, weight, buf);
-    else if (s.top_k <= 32) topk_tile<32>(s, m0, sq, mk, qk, index, weight, buf);
-    else topk_tile<64>(s, m0, sq, mk, qk, index, weight, buf);
   });
-  constexpr int kRowsPerItem = 16;
-  const int row_blocks = (s.V + kRowsPerItem - 1) / kRowsPerItem;
-  parallel_for(s.B * row_blocks, threads, [&](int, int item) {
-    const int b = item / row_blocks, v0 = (item % row_blocks) * kRowsPerItem;
-    gather_rows(s, v0, std::min(s.V, v0 + kRowsPerItem), mem_value + (size_t)b * s.V * s.N,
-                kept_index.data() + (size_t)b * s.M * s.top_k, kept_weight.data() + (size_t)b * s.M * s.top_k,
-                out + (size_t)b * s.V * s.M);
-  });
-  return VOSRT_SUCCESS;
 }

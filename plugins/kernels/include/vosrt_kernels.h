@@ -35,7 +35,8 @@ typedef enum {
   VOSRT_ERROR_INVALID_VALUE = 1,
   VOSRT_ERROR_NOT_SUPPORTED = 2,
   VOSRT_ERROR_CUDA = 3,
-  VOSRT_ERROR_WORKSPACE = 4
+  VOSRT_ERROR_WORKSPACE = 4,
+  VOSRT_ERROR_HOST_RESOURCES = 5 /* host memory or threads could not be had (nothing was written) */
 } vosrtStatus_t;
 
 /* All tensors of one call share it. */

@@ -8,6 +8,7 @@ extern "C" const char* vosrtGetStatusString(vosrtStatus_t status) {
     case VOSRT_ERROR_NOT_SUPPORTED: return "VOSRT_ERROR_NOT_SUPPORTED: valid, but outside what the kernels implement";
     case VOSRT_ERROR_CUDA: return "VOSRT_ERROR_CUDA: a CUDA call or kernel launch failed";
     case VOSRT_ERROR_WORKSPACE: return "VOSRT_ERROR_WORKSPACE: the workspace is smaller than the size function asked for";
+    case VOSRT_ERROR_HOST_RESOURCES: return "VOSRT_ERROR_HOST_RESOURCES: out of host memory or threads";
   }
   return "unknown vosrtStatus_t";
 }

@@ -394,7 +394,10 @@ vosrtStatus_t dynamic_shared_budget(const void* kernel, size_t& budget) {
   budget = (size_t)optin > attributes.sharedSizeBytes ? (size_t)optin - attributes.sharedSizeBytes : 0;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)budget) != cudaSuccess)
     return VOSRT_ERROR_CUDA;
-  budgets[{kernel, device}] = budget;
+  try {
+    budgets[{kernel, device}] = budget;
+  } catch (...) {  // std::bad_alloc: the attribute is set; the next call asks again instead of remembering it
+  }
   return VOSRT_SUCCESS;
 }
 
