@@ -36,7 +36,7 @@ typedef enum {
   VOSRT_ERROR_NOT_SUPPORTED = 2,
   VOSRT_ERROR_CUDA = 3,
   VOSRT_ERROR_WORKSPACE = 4,
-  VOSRT_ERROR_HOST_RESOURCES = 5 /* host memory or threads could not be had (nothing was written) */
+  VOSRT_ERROR_HOST_RESOURCES = 5 /* host memory or threads could not be had; the output is incomplete */
 } vosrtStatus_t;
 
 /* All tensors of one call share it. */
