@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -25,7 +26,8 @@ from vosrt.export import onnx_ops
 from vosrt.sdk import families
 from vosrt.sdk.backends.onnxruntime import session_options
 from vosrt.sdk.errors import UserError
-from vosrt.sdk.package import FORMAT_VERSION, FORMS, compare, file_sha256, read_manifest, write_manifest
+from vosrt.sdk.package import (FORMAT_VERSION, FORMS, compare, file_sha256, load_package, stage_file,
+                                 write_manifest)
 from vosrt.sdk.progress import Reporter as Progress
 from vosrt.sdk.progress import say as _say
 from vosrt.training import graphs as graph_modules
@@ -53,9 +55,8 @@ def check_size(height: int, width: int, multiple: int = 16) -> None:
 def _prepare_out_dir(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".vosrt-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
     except OSError as err:
         raise UserError(f"cannot write the package to {out_dir}: {err.strerror or err}; "
                         f"choose a writable --out folder") from None
@@ -240,9 +241,23 @@ def _export_into(out_dir: Path, name, family, checkpoint, height, width, forms, 
         stream["clip_length"] = int(getattr(model, "clip_length", stream["clip_length"]))
     stream.update(streaming or {})
 
+    # Every file is written under a temporary name first and moved into place at the end, the manifest last:
+    # an export into an existing package that fails or is interrupted leaves that package as it was.
+    staged: dict[Path, Path] = {}
+    try:
+        return _export_files(out_dir, model, config, family, variant, checkpoint, height, width, forms, stream,
+                             check, progress, staged)
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+
+
+def _export_files(out_dir: Path, model, config, family, variant, checkpoint, height, width, forms, stream, check,
+                  progress, staged: dict[Path, Path]) -> Path:
     if checkpoint is None:
-        save_checkpoint(out_dir / WEIGHTS_FILE, model, config)
-        source = {"checkpoint": WEIGHTS_FILE, "sha256": file_sha256(out_dir / WEIGHTS_FILE), "random_weights": True}
+        weights = staged[out_dir / WEIGHTS_FILE] = stage_file(out_dir / WEIGHTS_FILE,
+                                                               lambda tmp: save_checkpoint(tmp, model, config))
+        source = {"checkpoint": WEIGHTS_FILE, "sha256": file_sha256(weights), "random_weights": True}
     else:
         # A checkpoint inside the package is recorded relative to it, so the package can move.
         resolved = Path(checkpoint).resolve()
@@ -259,7 +274,7 @@ def _export_into(out_dir: Path, name, family, checkpoint, height, width, forms, 
         graph_files[graph] = {}
         for form, proto in models.items():
             filename = f"{graph}.{form}.onnx"
-            onnx.save(proto, str(out_dir / filename))
+            staged[out_dir / filename] = stage_file(out_dir / filename, lambda tmp: onnx.save(proto, str(tmp)))
             graph_files[graph][form] = filename
         _say(progress, f"  {graph}: done in {time.perf_counter() - start:.1f} s")
 
@@ -287,6 +302,8 @@ def _export_into(out_dir: Path, name, family, checkpoint, height, width, forms, 
     }
     if family.layout != "NCHW":
         manifest["layout"] = family.layout
+    for final in list(staged):
+        os.replace(staged.pop(final), final)
     write_manifest(out_dir, manifest)
     _say(progress, f"wrote {out_dir / 'manifest.json'}")
     if check and "portable" in forms:
@@ -296,15 +313,14 @@ def _export_into(out_dir: Path, name, family, checkpoint, height, width, forms, 
     return out_dir
 
 
-def _package_model(pkg: Path, manifest: dict, checkpoint: str | Path | None):
-    source = manifest.get("source") or {}
-    ck = checkpoint or source.get("checkpoint")
-    if not ck:
-        raise UserError(f"{pkg}: the manifest records no checkpoint; pass the one it was exported from")
-    ck = Path(ck)
-    if not ck.is_absolute() and not ck.is_file():
-        ck = pkg / ck
-    model, config = load_checkpoint(ck, family=manifest.get("family"))
+def _package_model(package, checkpoint: str | Path | None):
+    """The model ``package`` was exported from: ``checkpoint`` (a path as given, relative to the working
+    folder), else the manifest's ``source.checkpoint`` (relative to the package folder)."""
+    ck = Path(checkpoint) if checkpoint else package.checkpoint
+    if ck is None:
+        raise UserError(f"{package.path}: the manifest records no checkpoint; pass the one it was exported from "
+                        f"(`vosrt check {package.path} --checkpoint PATH`)")
+    model, config = load_checkpoint(ck, family=package.family)
     return model.eval(), config
 
 
@@ -316,20 +332,20 @@ def check_package(pkg: str | Path, checkpoint: str | Path | None = None, seed: i
     probabilities tie to rounding)."""
     import onnxruntime as ort
 
-    pkg, manifest = read_manifest(pkg)
-    model, _ = _package_model(pkg, manifest, checkpoint)
-    height, width = manifest["resolution"]["height"], manifest["resolution"]["width"]
-    stream = manifest.get("streaming", {})
+    package = load_package(pkg)
+    model, _ = _package_model(package, checkpoint)
+    stream = package.streaming
     specs = graph_modules.graphs_for(model, top_k=stream.get("top_k", graph_modules.DEFAULT_TOP_K))
     options = session_options(threads=min(os.cpu_count() or 1, 4))
     report = {}
     for graph, spec in specs.items():
-        filename = manifest.get("graphs", {}).get(graph, {}).get("portable")
-        if filename is None:
-            raise UserError(f"{pkg}: graph '{graph}' has no portable form to check")
+        if "portable" not in package.graphs.get(graph, {}):
+            raise UserError(f"{package.path}: graph '{graph}' has no portable form to check")
         generator = torch.Generator().manual_seed(seed)
-        inputs = spec.example(height, width, objects=objects, memory_frames=memory_frames, generator=generator)
-        session = ort.InferenceSession(str(pkg / filename), options, providers=["CPUExecutionProvider"])
+        inputs = spec.example(package.height, package.width, objects=objects, memory_frames=memory_frames,
+                              generator=generator)
+        session = ort.InferenceSession(str(package.graphs[graph]["portable"]), options,
+                                       providers=["CPUExecutionProvider"])
         outputs = session.run(spec.output_names, {n: t.numpy() for n, t in zip(spec.input_names, inputs)})
         with torch.no_grad():
             expected = spec.module(*inputs)

@@ -29,6 +29,7 @@ import onnx
 
 from vosrt.sdk.backends.base import Backend, DelegatingBackend
 from vosrt.sdk.errors import UserError
+from vosrt.sdk.package import write_manifest
 
 # Calibration samples kept per graph (the first ones seen): enough for min/max ranges.
 MAX_SAMPLES = 48
@@ -186,6 +187,9 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
     say(f"calibrating on {len(frames)} frames")
     samples = record_calibration(src, frames, first_mask, color)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # An earlier package in out_dir stops being one now: its graphs are about to be overwritten one by one,
+    # and a run that fails halfway must not leave old and new graphs under the old manifest.
+    (out_dir / "manifest.json").unlink(missing_ok=True)
     manifest = json.loads((Path(src.path) / "manifest.json").read_text())
     report = {}
     for graph, forms in src.graphs.items():
@@ -213,14 +217,21 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
                 manifest["graphs"][graph]["plugin"] = plugin_name
                 report[graph]["plugin_form"] = True
         table.unlink()
-    for extra in ("weights.pt", "training.json"):  # the torch backend's weights, the training record
-        if (Path(src.path) / extra).is_file():
-            shutil.copy2(Path(src.path) / extra, out_dir / extra)
+    # The torch backend's weights (the checkpoint the manifest records, when it lies in the package; one
+    # elsewhere is recorded by its absolute path) and the training record.
+    source_dir = Path(src.path).resolve()
+    extras = {"weights.pt", "training.json"}
+    if src.checkpoint is not None and src.checkpoint.resolve().is_relative_to(source_dir):
+        extras.add(str(src.checkpoint.resolve().relative_to(source_dir)))
+    for extra in sorted(extras):
+        if (source_dir / extra).is_file():
+            (out_dir / extra).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source_dir / extra, out_dir / extra)
     manifest.pop("engines", None)
     manifest["quantization"] = {"method": "onnxruntime static QDQ, int8 per-channel weights, uint8 activations",
                                 "calibration": {"source": source_name, "frames": len(frames)},
                                 "source_package": str(Path(src.path).resolve()),
                                 "quantized_ops": ["Conv"], "fp32": "custom operators (readout, D2Conv3D)",
                                 "graphs": report}
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(out_dir, manifest)
     return out_dir

@@ -53,10 +53,10 @@ def bench(package, backend_name: str, frames: int, warmup: int, options: dict, s
     from vosrt.sdk.streaming import stream
     from vosrt.sdk.synthetic import generate_sequence
 
+    timed = TimedBackend(open_backend(package, backend_name, **options))
+    session = open_session(timed, package, color="rgb")  # checks the package's resolution against its graphs
     sequence = generate_sequence(0, num_frames=min(frames + warmup, 40), height=package.height,
                                  width=package.width, num_objects=2)
-    timed = TimedBackend(open_backend(package, backend_name, **options))
-    session = open_session(timed, package, color="rgb")
 
     def feed(first: int, count: int, flush: bool, desc: str):
         # frames cycle through the clip; sessions that take masks get the objects on the very first frame

@@ -27,6 +27,9 @@ import numpy as np
 from vosrt.sdk.backends.base import Backend, Tensor
 from vosrt.sdk.errors import UserError
 
+# Positions (frames × h × w) the readout indexes with int32.
+MAX_POSITIONS = 2**31
+
 
 class MemoryBank:
     """Keys and values of up to ``capacity`` memory frames, each ``hw`` = h*w positions (see module doc)."""
@@ -37,6 +40,10 @@ class MemoryBank:
             # every later memory frame (and the mask of an object added later) would have nowhere to go.
             raise UserError(f"memory_capacity: expected at least 2 frames (slot 0 keeps the first annotated frame, "
                             f"the others the recent ones), got {capacity}")
+        if int(capacity) * int(hw) >= MAX_POSITIONS:
+            raise UserError(f"memory_capacity: {capacity} frames of {hw} positions exceed the {MAX_POSITIONS - 1} "
+                            "memory positions the readout indexes; lower memory_capacity (vosrt run "
+                            "--memory-capacity, or the package's streaming.memory_capacity)")
         self.backend = backend
         self.dtype = np.dtype(dtype)  # what the segment graph reads: float16 for fp16 engines
         self.capacity = int(capacity)
@@ -70,6 +77,17 @@ class MemoryBank:
         """Go back to a :meth:`snapshot`. Slots past the filled ones may hold new data; they are unread."""
         self.keys, self.values, self.num_objects, self.frames, self._next, self.writes = saved
 
+    def _allocate(self, shape: tuple) -> Tensor:
+        try:
+            tensor = self.backend.zeros(shape, self.dtype)
+        except MemoryError:
+            size = int(np.prod(shape, dtype=np.float64) * self.dtype.itemsize)
+            raise UserError(f"memory_capacity: a memory bank of {self.capacity} frames needs a {size / 2**30:.1f} GiB "
+                            f"buffer {list(shape)}, which cannot be allocated; lower memory_capacity (vosrt run "
+                            "--memory-capacity, or the package's streaming.memory_capacity)") from None
+        self.allocations += 1
+        return tensor
+
     # ---------------------------------------------------------------- writing
     def add(self, key: Tensor, value: Tensor) -> int:
         """Add one memory frame: ``key`` ``[1, Ck, h, w]``, ``value`` ``[O, Cv, h, w]`` (backend tensors).
@@ -79,11 +97,9 @@ class MemoryBank:
         if value_shape[0] != self.num_objects:
             raise ValueError(f"value has {value_shape[0]} objects, the bank holds {self.num_objects}")
         if self.keys is None:
-            self.keys = backend.zeros((1, key_shape[1], self.capacity * self.hw), self.dtype)
-            self.allocations += 1
+            self.keys = self._allocate((1, key_shape[1], self.capacity * self.hw))
         if self.values is None or backend.shape(self.values)[1] != value_shape[1]:
-            self.values = backend.zeros((self.num_objects, value_shape[1], self.capacity * self.hw), self.dtype)
-            self.allocations += 1
+            self.values = self._allocate((self.num_objects, value_shape[1], self.capacity * self.hw))
         if self.frames == 0:
             slot = 0
         elif self.frames < self.capacity:

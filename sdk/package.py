@@ -9,6 +9,8 @@ import hashlib
 import math
 import json
 import os
+import stat
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +118,8 @@ def read_manifest(path: str | Path) -> tuple[Path, dict]:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{manifest_path} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise UserError(f"{manifest_path} is not a vosrt manifest: its JSON is nested too deeply to read") from None
     if not isinstance(manifest, dict):
         raise UserError(f"{manifest_path}: expected a JSON object, got {type(manifest).__name__}")
     return path, manifest
@@ -124,10 +128,58 @@ def read_manifest(path: str | Path) -> tuple[Path, dict]:
 def write_manifest(folder: str | Path, manifest: dict) -> Path:
     """Write ``folder/manifest.json`` atomically (a reader sees the old or the new file, never half)."""
     path = Path(folder) / "manifest.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(manifest, indent=2) + "\n"
+    return replace_file(path, lambda tmp: tmp.write_text(text))
+
+
+def replace_file(path: str | Path, write) -> Path:
+    """Write ``path`` through ``write(temporary path)`` and move the result into place in one rename: a
+    reader (or an interrupted writer) sees the old file or the new one, never half of one, and a link
+    planted at ``path`` is replaced, not written through."""
+    tmp = stage_file(path, write)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return Path(path)
+
+
+def stage_file(path: str | Path, write) -> Path:
+    """A new temporary file beside ``path`` (``mkstemp``: never an existing file or link) written by
+    ``write(temporary path)``, with the mode ``path`` would get; ``os.replace`` it onto ``path`` when all
+    that belongs together is written. Removed again when ``write`` fails. The name keeps ``path``'s
+    extension last, for writers that choose a format by it."""
+    path = Path(path)
+    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.partial-", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, _new_file_mode(path))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode a file written at ``path`` gets: the replaced file's, else what open() would give (0666
+    less the umask, read from /proc: os.umask would change it process-wide for a moment)."""
+    try:
+        info = os.lstat(path)
+        if stat.S_ISREG(info.st_mode):
+            return stat.S_IMODE(info.st_mode)
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
 
 
 def compare(actual: np.ndarray, expected: np.ndarray) -> dict:
@@ -180,8 +232,11 @@ def load_package(path: str | Path) -> Package:
     graphs: dict[str, dict[str, Path]] = {}
     for graph in row.graph_names:
         forms = graphs_entry.get(graph)
-        if not isinstance(forms, dict) or not forms:
+        if forms is None or forms == {}:
             raise UserError(f"{manifest_path}: family '{family}' needs graph '{graph}', which the manifest lacks")
+        if not isinstance(forms, dict):
+            raise UserError(f"{manifest_path}: graphs.{graph} should map forms to file names "
+                            f'({{"portable": "{graph}.portable.onnx"}}), got {type(forms).__name__}')
         for form, name in forms.items():
             if not isinstance(name, str):
                 raise UserError(f"{manifest_path}: graphs.{graph}.{form} should be a file name, got {name!r}")
@@ -207,19 +262,52 @@ def load_package(path: str | Path) -> Package:
         else:
             streaming[key] = value
 
+    engines = _engines(manifest, path, manifest_path)
+    source = manifest.get("source") or {}
+    if not isinstance(source, dict):
+        raise UserError(f"{manifest_path}: manifest 'source' should be an object "
+                        f'({{"checkpoint": "checkpoint.pth"}}), got {type(source).__name__}')
+    checkpoint = source.get("checkpoint")
+    if checkpoint is not None and not isinstance(checkpoint, str):
+        raise UserError(f"{manifest_path}: source.checkpoint should be a file name, got {checkpoint!r}")
+    if checkpoint and not Path(checkpoint).is_absolute():
+        inside(path, checkpoint, f"{manifest_path}: source.checkpoint")
+    dims = manifest.get("dims") or {}
+    if not isinstance(dims, dict):
+        raise UserError(f"{manifest_path}: manifest 'dims' should be an object of widths, got {type(dims).__name__}")
+    for key in dims:
+        _whole(dims, key, manifest_path, "dims", minimum=1)
+    return Package(path=path.resolve(), manifest=manifest, family=family, variant=variant,
+                   height=height, width=width, stride=stride, graphs=graphs, streaming=streaming,
+                   dims=dict(dims), engines=engines)
+
+
+def _engines(manifest: dict, path: Path, manifest_path: Path) -> dict:
+    """The manifest's ``engines`` entry (``vosrt build``), checked: ``default`` names a precision, each
+    precision's ``files`` map graph names to engine files inside the package."""
     engines = manifest.get("engines") or {}
     if not isinstance(engines, dict):
         raise UserError(f"{manifest_path}: manifest 'engines' should be an object, got {type(engines).__name__}")
+    rebuild = f"rebuild the engines with `vosrt build {path}`"
+    default = engines.get("default")
+    if default is not None and not isinstance(default, str):
+        raise UserError(f"{manifest_path}: engines.default should name a precision, got {default!r}; {rebuild}")
     for precision, build in engines.items():
-        if isinstance(build, dict):
-            for graph, name in (build.get("files") or {}).items():
-                inside(path, str(name), f"{manifest_path}: engines.{precision}.files.{graph}")
-    source = manifest.get("source") or {}
-    if isinstance(source, dict) and source.get("checkpoint") and not Path(str(source["checkpoint"])).is_absolute():
-        inside(path, str(source["checkpoint"]), f"{manifest_path}: source.checkpoint")
-    return Package(path=path.resolve(), manifest=manifest, family=family, variant=variant,
-                   height=height, width=width, stride=stride, graphs=graphs, streaming=streaming,
-                   dims=dict(manifest.get("dims") or {}), engines=dict(engines))
+        if precision == "default":
+            continue
+        if not isinstance(build, dict):
+            raise UserError(f"{manifest_path}: engines.{precision} should be an object, got "
+                            f"{type(build).__name__}; {rebuild}")
+        files = build.get("files", {})
+        if not isinstance(files, dict):
+            raise UserError(f"{manifest_path}: engines.{precision}.files should map graph names to engine files, "
+                            f"got {type(files).__name__}; {rebuild}")
+        for graph, name in files.items():
+            if not isinstance(name, str):
+                raise UserError(f"{manifest_path}: engines.{precision}.files.{graph} should be a file name, "
+                                f"got {name!r}; {rebuild}")
+            inside(path, name, f"{manifest_path}: engines.{precision}.files.{graph}")
+    return dict(engines)
 
 
 def _whole(entry: dict, key: str, where: Path, section: str, default=None, minimum: int = 0) -> int:

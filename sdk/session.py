@@ -60,7 +60,7 @@ class Session:
         self.color = check_color(color)
         self.size = (package.height, package.width)
         self._letterboxes: dict[tuple[int, int], Letterbox] = {}
-        self._check_image_inputs()
+        self._check_graph_inputs()
 
     def push(self, frame: np.ndarray, mask: np.ndarray | None = None, objects=None) -> list[SegmentedFrame]:
         """Add the next frame (and, for families that take them, object masks); returns finished frames."""
@@ -84,11 +84,18 @@ class Session:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _check_image_inputs(self) -> None:
-        # Graphs exported at another resolution than the manifest says would fail at the first frame
-        # with a runtime error; say so when the session opens.
+    def _check_graph_inputs(self) -> None:
+        # A graph file that is not the graph the manifest names (another graph, another family's), or one
+        # exported at another resolution than the manifest says, would fail at the first frame with a
+        # runtime error; say so when the session opens.
         graphs = families.get(self.package.family).graphs
         for graph, io in graphs.items():
+            takes = self.backend.input_names(graph)
+            missing = [name for name in io.inputs if name not in takes]
+            if missing:
+                raise UserError(f"{self.package.path}: graph '{graph}' has no input(s) {', '.join(missing)}, which a "
+                                f"{self.package.family} '{graph}' graph takes (its inputs: {', '.join(takes)}): the "
+                                f"file is not that graph; re-export the package with `vosrt export`")
             for name, kind in io.inputs.items():
                 if kind != families.IMAGE:
                     continue

@@ -66,11 +66,14 @@ class Tracker(Session):
         streaming = package.streaming
         self.max_objects = self._object_limit(max_objects, streaming["max_objects"])
         self.mem_every = int(mem_every if mem_every is not None else streaming["mem_every"])
+        where = f" (from {package.path}/manifest.json, streaming.%s)"
         if self.mem_every < 1:
-            raise UserError(f"mem_every: expected a positive number of frames, got {mem_every}")
+            raise UserError(f"mem_every: expected a positive number of frames, got {self.mem_every}"
+                            + (where % "mem_every" if mem_every is None else ""))
         self.top_k = int(top_k if top_k is not None else streaming["top_k"])
         if self.top_k < 0:
-            raise UserError(f"top_k: expected 0 (all) or a positive number, got {top_k}")
+            raise UserError(f"top_k: expected 0 (all) or a positive number, got {self.top_k}"
+                            + (where % "top_k" if top_k is None else ""))
         # Fed only when it differs from the export default, which the graph already holds.
         self._feed_top_k = "top_k" in backend.input_names("segment") and self.top_k != streaming["top_k"]
         if self.top_k != streaming["top_k"] and "top_k" not in backend.input_names("segment"):

@@ -130,3 +130,13 @@ def test_train_resume_on_a_bad_file_is_one_clear_line(tmp_path, capsys, content,
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and "weights_only" not in err
     assert ("not a PyTorch checkpoint" if content else "not a training checkpoint") in err
+
+
+def test_check_reads_the_checkpoint_a_manifest_records_from_the_package_not_the_working_folder(tmp_path,
+                                                                                             monkeypatch, capsys):
+    # the shipped package records "checkpoint.pth", relative to itself; an unrelated file of that name in
+    # the working folder must not be taken instead
+    (tmp_path / "checkpoint.pth").write_bytes(b"not a checkpoint")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "stcn-lite"]) == 0
+    assert "check passed" in capsys.readouterr().out

@@ -322,3 +322,42 @@ def test_vosrt_export_reports_errors_without_traceback(tmp_path, capsys):
     assert err.startswith("error: checkpoint not found") and "Traceback" not in err
     assert main(["export", "stcn-lite", "--out", str(tmp_path)]) == 2
     assert "--checkpoint is required" in capsys.readouterr().err
+
+
+def test_an_export_that_stops_midway_into_an_existing_package_leaves_it_and_planted_links_untouched(tmp_path,
+                                                                                                    monkeypatch):
+    """Files are written under new temporary names and moved into place at the end, the manifest last: an
+    interrupted export leaves the earlier package as it was (not its graphs mixed with new ones), and a
+    link planted where a file goes is replaced, never written through."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from vosrt.export import package as export_module
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from sdk_packages import tiny_package
+
+    source = tiny_package("stcn")
+    folder = tmp_path / "pkg"
+    shutil.copytree(source, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not yours")
+    (folder / "encode_key.plugin.onnx").symlink_to(victim)
+    calls = []
+
+    def export_then_stop(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return export_graph(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, "export_graph", export_then_stop)
+    checkpoint = json.loads((source / "manifest.json").read_text())["source"]["checkpoint"]
+    with pytest.raises(KeyboardInterrupt):
+        export_package("stcn-lite", checkpoint, folder, 32, 32, forms=["portable", "plugin"])
+    assert calls == ["encode_key", "encode_value"]   # the first graph was exported and written (staged)
+    assert victim.read_text() == "not yours"
+    after = {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "encode_key.plugin.onnx"}
+    assert after == before                          # the old package, byte for byte, and no temporary files

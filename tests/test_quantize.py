@@ -176,3 +176,13 @@ def test_quantize_refuses_a_package_of_only_3d_convolutions_since_int8_would_be_
     message = capsys.readouterr().err
     assert "only 3D convolutions" in message and "keep the fp32 package" in message
     assert not out.exists()
+
+
+def test_the_int8_copy_carries_the_checkpoint_its_manifest_records(demo_int8):
+    """The torch backend and `vosrt check` of the INT8 copy read the checkpoint its manifest records."""
+    from vosrt.sdk.package import file_sha256
+
+    package = load_package(demo_int8)
+    source = package.manifest["source"]
+    assert package.checkpoint == package.path / source["checkpoint"] and package.checkpoint.is_file()
+    assert file_sha256(package.checkpoint) == source["sha256"]

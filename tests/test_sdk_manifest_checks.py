@@ -67,6 +67,19 @@ def test_engine_files_and_a_relative_checkpoint_must_stay_inside(package):
     (lambda m: m["resolution"].update(width="32"), r"resolution\.width"),
     (lambda m: m["graphs"]["segment"].update(portable=7), r"graphs\.segment\.portable should be a file name"),
     (lambda m: m.update(engines=["fp32"]), r"'engines' should be an object"),
+    (lambda m: m.update(engines={"default": ["fp32"]}), r"engines\.default should name a precision"),
+    (lambda m: m.update(engines={"fp32": "x"}), r"engines\.fp32 should be an object.*vosrt build"),
+    (lambda m: m.update(engines={"fp32": {"files": ["a"]}}), r"engines\.fp32\.files should map graph names"),
+    (lambda m: m.update(engines={"fp32": {"files": {"segment": 5}}}), r"engines\.fp32\.files\.segment should be a "
+                                                                      r"file name, got 5"),
+    (lambda m: m.update(dims="abc"), r"'dims' should be an object"),
+    (lambda m: m.update(dims={"key_dim": -4}), r"dims\.key_dim should be a whole number >= 1"),
+    (lambda m: m.update(source="checkpoint.pth"), r"'source' should be an object"),
+    (lambda m: m["source"].update(checkpoint=5), r"source\.checkpoint should be a file name, got 5"),
+    (lambda m: m["graphs"].update(segment="segment.portable.onnx"), r"graphs\.segment should map forms to file "
+                                                                    r"names.*got str"),
+    (lambda m: m["streaming"].update(memory_capacity=10**12), r"memory_capacity: 1000000000000 frames of 4 "
+                                                               r"positions exceed"),
 ])
 def test_bad_manifest_values_are_refused_at_load_naming_the_setting(package, change, message):
     _edit(package, change)
@@ -84,3 +97,45 @@ def test_graphs_of_another_resolution_than_the_manifest_are_refused_at_open(pack
     _edit(package, lambda m: m["resolution"].update(height=64))
     with pytest.raises(UserError, match=r"graph 'encode_key' takes images of 32x32.*resolution 64x32"):
         vosrt.sdk.load(package, threads=1)
+
+
+def test_a_manifest_nested_too_deeply_to_read_is_refused(package):
+    (package / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match="nested too deeply"):
+        vosrt.sdk.load(package)
+
+
+def test_a_graph_file_that_is_another_graph_is_refused_when_the_session_opens(package):
+    shutil.copy(package / "encode_key.portable.onnx", package / "segment.portable.onnx")
+    with pytest.raises(UserError, match=r"graph 'segment' has no input\(s\) mem_key, mem_value, query_key.*the file "
+                                        r"is not that graph"):
+        vosrt.sdk.load(package, threads=1)
+
+
+def test_a_memory_bank_too_large_for_host_memory_is_a_user_error_naming_the_setting(package):
+    import numpy as np
+
+    overcommit = Path("/proc/sys/vm/overcommit_memory")
+    if overcommit.is_file() and overcommit.read_text().strip() == "1":
+        pytest.skip("this kernel grants any allocation (vm.overcommit_memory = 1)")
+    # 2**31 - 1 positions in all, just under the readout's limit: a float32 key buffer of 64 x 2**31 values
+    tracker = vosrt.sdk.load(package, threads=1, memory_capacity=(2**31 - 1) // 4)
+    frame = np.zeros((32, 32, 3), np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:20, 8:20] = 1
+    with pytest.raises(UserError, match=r"memory_capacity: a memory bank of 536870911 frames needs a .* GiB buffer"):
+        tracker.step(frame, mask)
+
+
+def test_writing_a_manifest_replaces_a_planted_link_instead_of_writing_through_it(tmp_path):
+    from vosrt.sdk.package import write_manifest
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not yours")
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    (folder / "manifest.json").symlink_to(victim)
+    write_manifest(folder, {"family": "stcn"})
+    assert victim.read_text() == "not yours" and not (folder / "manifest.json").is_symlink()
+    assert json.loads((folder / "manifest.json").read_text()) == {"family": "stcn"}
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json"]

@@ -412,8 +412,9 @@ class TensorRTBackend(Backend):
         # elsewhere is not followed.
         carried = build.get("plugins_serialized") and not (plugin_lib or os.environ.get(PLUGIN_LIBRARY_ENV))
         recorded = build.get("plugin_library")
-        if recorded and not (package.path / str(recorded)).resolve().is_relative_to(package.path):
-            recorded = None
+        if recorded:  # a path relative to the package, or absolute; followed only when it lies inside it
+            recorded = (package.path / str(recorded)).resolve()
+            recorded = str(recorded) if recorded.is_relative_to(package.path) else None
         self.plugin_library = None if carried else find_plugin_library(plugin_lib, recorded)
         trt = import_tensorrt()
         rt = cudart()
