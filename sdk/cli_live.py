@@ -109,6 +109,9 @@ def run(args) -> int:
             raise UserError(f"the live viewer needs '{err.name}': {install_command('live')} "
                             f"(or use --headless)") from None
         token = args.token
+        if token is not None and len(token) < 8:
+            raise UserError(f"--token: {len(token)} characters is too easy to guess; give at least 8, or omit "
+                            "--token (vosrt live generates one when --host is not loopback)")
         if token is None and not server.is_loopback(args.host):
             token = secrets.token_urlsafe(16)
     if args.headless and family.takes_mask and not selections:
@@ -148,7 +151,8 @@ def run(args) -> int:
     if source.stopped_early:
         print(f"warning: {source.problem}", file=sys.stderr)
     for path in pipeline.recorded:
-        print(f"recording: {path}")
+        if path.is_file():   # a recording that never got a frame has no file
+            print(f"recording: {path}")
     return 0
 
 

@@ -84,3 +84,60 @@ def test_snapshot_writes_the_frame_and_its_mask(running):
     assert [(saved / n).is_file() for n in names] == [True, True]
     assert read_label_png(saved / names[1]).shape == seq.labels[0].shape
     assert np.isin(read_label_png(saved / names[1]), [0, 1]).all()
+
+
+def _pipeline_over(tmp_path, box_segmenter):
+    seq = generate_sequence(32, num_frames=40, num_objects=1)
+    clip = write_video(tmp_path / "clip.mp4", seq)
+    session = vosrt.sdk.load(PACKAGE)
+    source = LatestFrameSource(lambda: open_source(str(clip)), drop=True, pace=30, loop=True)
+    return LivePipeline(session, source, save_dir=tmp_path / "saved", box_segmenter=box_segmenter), seq, session
+
+
+def test_a_failing_box_segmenter_costs_the_selection_only_and_its_id_stays_claimed_while_it_runs(tmp_path):
+    """A user's --box-segmenter may raise or take its time: the stream goes on, and while it runs the ids it
+    is turning into objects are neither given out again nor unknown to remove."""
+    started, calls = [], []
+
+    def slow_then_failing(frame, box):
+        calls.append(box)
+        started.append(time.monotonic())
+        time.sleep(1.0)
+        if len(calls) == 1:
+            raise RuntimeError("segmenter broke")
+        return np.ones(frame.shape[:2], bool)
+
+    pipeline, _, session = _pipeline_over(tmp_path, slow_then_failing)
+    thread = pipeline.start()
+    try:
+        wait_for(lambda: pipeline.frames >= 2)
+        assert pipeline.select_box((10, 10, 30, 30), 7) == 7
+        wait_for(lambda: len(calls) == 1)
+        with pytest.raises(UserError, match="object 7 is already tracked"):
+            pipeline.select_box((40, 40, 30, 30), 7)          # claimed while the segmenter runs
+        assert pipeline.select_box((40, 40, 30, 30)) != 7
+        wait_for(lambda: "box segmenter failed: RuntimeError: segmenter broke" in pipeline.message)
+        frames = pipeline.frames
+        wait_for(lambda: pipeline.frames > frames + 2)        # inference went on
+        assert pipeline.error is None and 7 not in pipeline.objects
+        pipeline.select_box((10, 10, 30, 30), 9)
+        wait_for(lambda: len(calls) == 3)
+        pipeline.remove(9)                                    # known while being applied: queued, not refused
+        wait_for(lambda: 9 not in pipeline.objects and pipeline.message == "removed object 9")
+    finally:
+        pipeline.stop()
+        thread.join(timeout=30)
+        session.close()
+
+
+def test_automatic_ids_wrap_past_255_to_the_lowest_free_one(running):
+    pipeline, _ = running
+    wait_for(lambda: pipeline.frames >= 1)
+    pipeline.pause()
+    assert pipeline.select_box((10, 10, 30, 30), 255) == 255
+    assert pipeline.select_box((40, 40, 30, 30)) == 1
+    assert pipeline.select_box((70, 40, 30, 30)) == 2
+    with pipeline._lock:                       # every id taken
+        pipeline._boxes.extend((i, (1, 1, 9, 9)) for i in range(3, 255))
+    with pytest.raises(UserError, match="all 255 object ids are in use"):
+        pipeline.select_box((70, 70, 30, 30))

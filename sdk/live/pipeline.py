@@ -112,10 +112,15 @@ class LivePipeline:
         if video is not None:
             self._outputs.append(self._new_recording(video))
         self._recording: _Recording | None = None
+        # Held while a frame is written to the page's recording and while it is closed: the inference
+        # thread writes, the server's thread stops, and a writer closed under a write crashes the process.
+        self._recording_lock = threading.Lock()
+        self.recordings = 0
         self.recorded: list[Path] = []
 
         self._lock = threading.Lock()
         self._boxes: list[tuple[int, tuple]] = []     # selections waiting for the next frame
+        self._applying: set[int] = set()              # ids of selections being turned into masks now
         self._removals: list[int] = []
         self.objects: dict[int, int] = {}             # tracked or segmented id -> pixels on the latest frame
         self._next_id = 1
@@ -167,7 +172,8 @@ class LivePipeline:
         if not self.can_remove:
             raise UserError(f"{self.session.package.family} sessions cannot remove objects; use reset")
         with self._lock:
-            if object_id not in self.objects and object_id not in [i for i, _ in self._boxes]:
+            if object_id not in self.objects and object_id not in self._applying and \
+                    object_id not in [i for i, _ in self._boxes]:
                 raise UserError(f"object {object_id} is not tracked (tracked: {sorted(self.objects)})")
             self._boxes = [(i, b) for i, b in self._boxes if i != object_id]
             self._removals.append(object_id)
@@ -208,12 +214,15 @@ class LivePipeline:
         return [f"{stem}.png", f"{stem}-mask.png"]
 
     def start_recording(self) -> str:
-        """Record the overlay to a new ``save_dir/recording-<time>.mp4``; returns its name."""
-        with self._lock:
+        """Record the overlay to a new ``save_dir/recording-<time>-<n>.mp4``; returns its name."""
+        if self.finished:
+            raise UserError("the stream has ended; there is nothing left to record")
+        with self._recording_lock:
             if self._recording is not None:
                 return self._recording.path.name
             self.save_dir.mkdir(parents=True, exist_ok=True)
-            path = self.save_dir / f"recording-{datetime.now():%Y%m%d-%H%M%S}.mp4"
+            self.recordings += 1
+            path = self.save_dir / f"recording-{datetime.now():%Y%m%d-%H%M%S}-{self.recordings:03d}.mp4"
             self._recording = self._new_recording(path)
             self.recorded.append(path)
         self.message = f"recording to {path.name}"
@@ -221,11 +230,11 @@ class LivePipeline:
 
     def stop_recording(self) -> str | None:
         """Finish the recording (playable from now on); returns its name."""
-        with self._lock:
+        with self._recording_lock:   # never while the inference thread writes a frame to it
             recording, self._recording = self._recording, None
-        if recording is None:
-            return None
-        recording.close()
+            if recording is None:
+                return None
+            recording.close()
         self.message = f"saved {recording.path.name} ({recording.written} frames)"
         return recording.path.name
 
@@ -304,16 +313,18 @@ class LivePipeline:
             self.source.replay(frame, name)
 
     def _claim_id(self, object_id: int | None) -> int:
-        taken = set(self.objects) | {i for i, _ in self._boxes}
+        taken = set(self.objects) | self._applying | {i for i, _ in self._boxes}
         if object_id is None:
-            object_id = self._next_id
-            while object_id in taken:
-                object_id += 1
+            # the next id after the last one given, wrapping past 255 to the lowest free one
+            free = [i for i in (*range(self._next_id, 256), *range(1, self._next_id)) if i not in taken]
+            if not free:
+                raise UserError("all 255 object ids are in use; remove an object first")
+            object_id = free[0]
         if not 1 <= object_id <= 255:
             raise UserError(f"object ids are 1..255; {object_id} is out of range (remove an object first)")
         if object_id in taken:
             raise UserError(f"object {object_id} is already tracked; remove it first or pick another id")
-        self._next_id = object_id + 1
+        self._next_id = object_id + 1 if object_id < 255 else 1
         return object_id
 
     def _apply_reset(self) -> None:
@@ -330,6 +341,8 @@ class LivePipeline:
         with self._lock:
             boxes, self._boxes = self._boxes, []
             removals, self._removals = self._removals, []
+            # claimed until they are objects (or given up): a select or remove meanwhile sees them
+            self._applying = {i for i, _ in boxes}
         for object_id in removals:
             tracked = getattr(self.session, "objects", None)
             if tracked is None or object_id in tracked:
@@ -339,17 +352,29 @@ class LivePipeline:
         if not boxes:
             return None
         try:
+            return self._masks_of(boxes, frame)
+        finally:
+            with self._lock:
+                self._applying = set()
+
+    def _masks_of(self, boxes: list, frame: np.ndarray) -> np.ndarray | None:
+        try:
             boxes = [(i, clip_box(b, frame.shape)) for i, b in boxes]
             labels = masks_from_boxes(frame, boxes, self.box_segmenter)
         except UserError as err:
             self.message = str(err)
             return None
+        except Exception as err:   # a box segmenter of the user's (--box-segmenter) that fails: not the stream
+            self.message = f"the box segmenter failed: {type(err).__name__}: {err}"
+            traceback.print_exc()
+            return None
         present = [i for i, _ in boxes if (labels == i).any()]
         if not present:
             self.message = "the selection covered no pixel of the frame"
             return None
-        for object_id in present:
-            self.objects.setdefault(object_id, 0)
+        with self._lock:
+            for object_id in present:
+                self.objects.setdefault(object_id, 0)
         self.message = f"added object{'s' if len(present) > 1 else ''} {', '.join(map(str, present))}"
         return labels
 
@@ -357,9 +382,9 @@ class LivePipeline:
         self.latest_name = name
         for output in self._outputs:
             output(index, name, frame, labels)
-        recording = self._recording
-        if recording is not None:
-            recording(index, name, frame, labels)
+        with self._recording_lock:
+            if self._recording is not None:
+                self._recording(index, name, frame, labels)
 
     def _on_result(self, done: SegmentedFrame, frame: np.ndarray) -> None:
         now = time.perf_counter()

@@ -12,6 +12,7 @@ promptable segmenter (SAM and the like) passes theirs with ``--box-segmenter mod
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 
 import cv2
@@ -30,6 +31,8 @@ def clip_box(box, frame_shape) -> tuple[int, int, int, int]:
         x, y, w, h = (float(v) for v in box)
     except (TypeError, ValueError):
         raise UserError(f"box: expected four numbers x, y, w, h, got {box!r}") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h, x + w, y + h)):
+        raise UserError(f"box: expected four finite numbers x, y, w, h, got {box!r}")
     x0, y0 = max(0, int(round(x))), max(0, int(round(y)))
     x1, y1 = min(width, int(round(x + w))), min(height, int(round(y + h)))
     if x1 - x0 < 2 or y1 - y0 < 2:

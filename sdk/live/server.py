@@ -16,8 +16,12 @@ Security: the server binds to loopback unless told otherwise, and any other addr
 (``serve`` refuses to start without one). The token is accepted as ``?token=`` (the printed URL
 carries it), the ``X-Vosrt-Token`` header, or the cookie the page gets on first load, and compared in
 constant time. Requests that change state must come from the page's own origin (an ``Origin`` header
-naming another site is refused), so another web page cannot drive a viewer on loopback. No request
+naming another site is refused), so another web page cannot drive a viewer on loopback; and a viewer
+on loopback answers only requests whose ``Host`` is a loopback name or address, so a page whose own name
+an attacker points at 127.0.0.1 (DNS rebinding) gets nothing. An empty token counts as none. No request
 names a file: snapshots and recordings go to the pipeline's save folder under names it chooses.
+Stopping never waits on a page that stopped reading: sockets are closed at once, and aborted after
+:data:`CLOSE_TIMEOUT` seconds; a second signal ends the process at once.
 """
 from __future__ import annotations
 
@@ -25,7 +29,10 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import math
+import os
 import signal
+import sys
 import weakref
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -38,6 +45,7 @@ from vosrt.sdk.live.pipeline import LivePipeline
 PAGE = Path(__file__).with_name("index.html")
 COOKIE = "vosrt_token"
 LOOPBACK_NAMES = ("localhost",)
+CLOSE_TIMEOUT = 2.0        # seconds a page gets to take the close frame when the server stops
 
 
 def is_loopback(host: str) -> bool:
@@ -77,11 +85,18 @@ def _token_of(request: web.Request) -> str | None:
             or request.cookies.get(COOKIE))
 
 
-def make_app(pipeline: LivePipeline, token: str | None = None) -> web.Application:
-    """The aiohttp application for ``pipeline`` (see the module docstring)."""
+def make_app(pipeline: LivePipeline, token: str | None = None, loopback: bool = True) -> web.Application:
+    """The aiohttp application for ``pipeline`` (see the module docstring). ``loopback``: the server listens
+    on loopback only, so requests must name a loopback host."""
+    token = token or None
 
     @web.middleware
     async def guard(request: web.Request, handler):
+        if loopback and "Host" in request.headers:
+            name = urlsplit("//" + request.headers["Host"]).hostname or ""
+            if not is_loopback(name):
+                raise web.HTTPMisdirectedRequest(text=f"vosrt live: this viewer answers on localhost only, not as "
+                                                      f"{request.headers['Host']}\n")
         if token is not None:
             given = _token_of(request) or ""
             if not hmac.compare_digest(given.encode(), token.encode()):
@@ -98,11 +113,19 @@ def make_app(pipeline: LivePipeline, token: str | None = None) -> web.Applicatio
 
     app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
     hub: FrameHub | None = None
-    sockets: weakref.WeakSet = weakref.WeakSet()
+    sockets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # WebSocket -> its request
+
+    async def close(ws: web.WebSocketResponse, request: web.Request) -> None:
+        try:
+            await asyncio.wait_for(ws.close(code=WSCloseCode.GOING_AWAY, message=b"vosrt live stopped",
+                                            drain=False), CLOSE_TIMEOUT)
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            pass
+        if request.transport is not None and not request.transport.is_closing():
+            request.transport.abort()     # a page that stopped reading: its sends would block forever
 
     async def on_shutdown(app):   # an open page must not hold the server's exit up
-        for ws in set(sockets):
-            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"vosrt live stopped")
+        await asyncio.gather(*(close(ws, request) for ws, request in list(sockets.items())))
 
     async def on_startup(app):
         nonlocal hub
@@ -125,7 +148,7 @@ def make_app(pipeline: LivePipeline, token: str | None = None) -> web.Applicatio
     async def websocket(request):
         ws = web.WebSocketResponse(heartbeat=20)
         await ws.prepare(request)
-        sockets.add(ws)
+        sockets[ws] = request
         reader = asyncio.create_task(_drain(ws))
         sent = None
         try:
@@ -137,7 +160,7 @@ def make_app(pipeline: LivePipeline, token: str | None = None) -> web.Applicatio
                     sent = jpeg
                 await ws.send_str(json.dumps(pipeline.state()))
                 await hub.wait(newer, 0.5)
-        except (ConnectionResetError, RuntimeError):
+        except (ConnectionError, RuntimeError):   # the page went away (aiohttp: "Connection lost" and the like)
             pass
         finally:
             reader.cancel()
@@ -147,7 +170,7 @@ def make_app(pipeline: LivePipeline, token: str | None = None) -> web.Applicatio
         name = request.match_info["name"]
         try:
             body = await request.json() if request.can_read_body else {}
-        except json.JSONDecodeError:
+        except ValueError:   # not JSON, not UTF-8, or an integer too long to convert
             raise web.HTTPBadRequest(text="expected a JSON body\n") from None
         if not isinstance(body, dict):
             raise web.HTTPBadRequest(text="expected a JSON object\n")
@@ -176,8 +199,11 @@ async def _drain(ws: web.WebSocketResponse) -> None:
 
 
 def _number(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{what}: expected a number, got {value!r}")
+    # JSON as Python reads it also has NaN and Infinity (and 1e309 overflows to inf)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{what}: expected a finite number, got {value!r}")
+    if abs(value) > 1e9:
+        raise UserError(f"{what}: {value!r} is far outside any frame")
     return float(value)
 
 
@@ -220,13 +246,14 @@ async def serve(pipeline: LivePipeline, host: str = "127.0.0.1", port: int = 876
                 on_ready=None) -> None:
     """Serve the viewer and run the pipeline until SIGINT, SIGTERM or SIGHUP; then stop the pipeline
     (finishing its outputs) and the server. ``on_ready(url)`` is called once the port is open."""
+    token = token or None
     if token is None and not is_loopback(host):
-        raise UserError(f"--host {host}: binding beyond loopback needs an access token; give --token or "
-                        f"let vosrt generate one (omit --no-token)")
-    app = make_app(pipeline, token)
+        raise UserError(f"--host {host}: binding beyond loopback needs an access token: pass token= (on the "
+                        f"command line --token, or leave it out and vosrt live generates one)")
+    app = make_app(pipeline, token, loopback=is_loopback(host))
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, shutdown_timeout=CLOSE_TIMEOUT)
     try:
         await site.start()
     except OSError as err:
@@ -235,13 +262,22 @@ async def serve(pipeline: LivePipeline, host: str = "127.0.0.1", port: int = 876
                         f"pick another port with --port") from None
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():   # the second one: do not wait for anything any more
+            print(f"\nvosrt live: {sig.name} again: exiting now", file=sys.stderr, flush=True)
+            os._exit(128 + sig.value)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         except (NotImplementedError, RuntimeError, ValueError):
             pass   # not the main thread, or a platform without these signals
     thread = pipeline.start()
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    if ":" in shown:   # an IPv6 address goes in brackets in a URL
+        shown = f"[{shown}]"
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     if on_ready is not None:
         on_ready(url)

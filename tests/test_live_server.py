@@ -1,0 +1,162 @@
+"""The live viewer against hostile or careless clients, on a real `vosrt live` process: requests that would
+stop inference, crash the process or hold up its exit, DNS rebinding, weak tokens, and recordings."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from urllib.parse import urlsplit
+
+import pytest
+
+from vosrt.sdk.synthetic import generate_sequence, write_video
+
+from live_support import PACKAGE, free_port, start_live, vosrt_command
+
+
+def _request(url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read()
+
+
+def _state(page: str) -> dict:
+    return json.loads(_request(page + "api/state")[1])
+
+
+def _wait(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def looping(tmp_path):
+    """`vosrt live` on a looping clip: (process, page URL, save folder)."""
+    write_video(tmp_path / "clip.mp4", generate_sequence(21, num_frames=20, height=96, width=128, num_objects=1))
+    process, page = start_live([str(PACKAGE), "--source", "clip.mp4", "--realtime", "--loop",
+                                "--save-dir", "saved", "--port", str(free_port())], cwd=tmp_path)
+    _wait(lambda: _state(page)["frames"] >= 3)
+    yield process, page, tmp_path / "saved"
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"box": [0, 0, 1e309, 50]}', b'{"box": [NaN, 0, 40, 40]}', b'{"box": [1e308, 0, 1e308, 9]}',
+    b'{"point": [Infinity, 5]}', b'{"box": [-1e300, 0, 40, 40]}', b'{"id": ' + b"9" * 5000 + b', "box": [1,1,9,9]}',
+    b'\xff\xfe{"box": 1}', b'{"box": [1, 2, 3'])
+def test_a_hostile_selection_is_refused_and_inference_goes_on(looping, body):
+    process, page, _ = looping
+    code, reply = _request(page + "api/select", body)
+    assert code == 400, reply
+    before = _state(page)["frames"]
+    _wait(lambda: _state(page)["frames"] >= before + 3, timeout=30)   # the inference thread is alive
+    state = _state(page)
+    assert not state["status"].startswith("inference stopped"), state
+    code, reply = _request(page + "api/select", b'{"box": [10, 10, 40, 40]}')   # and still takes selections
+    assert code == 200, reply
+
+
+def test_a_request_naming_another_host_gets_nothing_from_a_loopback_viewer(looping):
+    """DNS rebinding: a page at attacker.example whose name now resolves to 127.0.0.1 sends its own Host and
+    Origin, which agree with each other."""
+    _, page, _ = looping
+    port = urlsplit(page).port
+    evil = {"Host": f"attacker.example:{port}", "Origin": f"http://attacker.example:{port}"}
+    assert _request(page + "api/pause", b"{}", evil)[0] == 421
+    assert _request(page + "api/latest.jpg", None, {"Host": f"attacker.example:{port}"})[0] == 421
+    assert _request(page + "api/state", None, {"Host": f"localhost:{port}"})[0] == 200
+    assert not _state(page)["paused"]
+
+
+def test_recording_switched_on_and_off_quickly_neither_crashes_nor_reuses_a_name(looping):
+    """The server's thread closes the writer while the inference thread writes frames to it."""
+    process, page, saved = looping
+    names = []
+    for _ in range(40):
+        code, reply = _request(page + "api/record", b'{"on": true}')
+        assert code == 200, reply
+        names.append(json.loads(reply)["file"])
+        time.sleep(0.02)
+        assert _request(page + "api/record", b'{"on": false}')[0] == 200
+    assert process.poll() is None, "".join(process.output)
+    assert len(set(names)) == len(names)     # two recordings within a second get two files
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0, "".join(process.output)
+
+
+@pytest.mark.slow
+def test_a_page_that_stops_reading_does_not_hold_up_the_exit(looping):
+    process, page, _ = looping
+    parts = urlsplit(page)
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect((parts.hostname, parts.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    stalled.sendall((f"GET /ws HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    try:
+        time.sleep(12)                       # frames pile up until the server's sends block
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert process.wait(timeout=30) == 0, "".join(process.output)
+        assert time.monotonic() - started < 20
+    finally:
+        stalled.close()
+
+
+def test_recording_after_the_stream_ended_is_refused(tmp_path):
+    write_video(tmp_path / "clip.mp4", generate_sequence(22, num_frames=6, height=64, width=96, num_objects=1))
+    process, page = start_live([str(PACKAGE), "--source", "clip.mp4", "--save-dir", "saved",
+                                "--port", str(free_port())], cwd=tmp_path)
+    try:
+        _wait(lambda: _state(page)["ended"])
+        _wait(lambda: _request(page + "api/record", b'{"on": true}')[0] == 400, timeout=10)
+        code, reply = _request(page + "api/record", b'{"on": true}')
+        assert "stream has ended" in json.loads(reply)["error"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0]
+    assert process.returncode == 0 and "recording:" not in output, output
+    assert not list((tmp_path / "saved").glob("*.mp4"))
+
+
+@pytest.mark.parametrize("token", ["", "short"])
+def test_an_empty_or_short_token_is_refused(tmp_path, token):
+    write_video(tmp_path / "clip.mp4", generate_sequence(23, num_frames=3, height=64, width=96, num_objects=1))
+    # a process (with a time limit), since a viewer that did start would serve until stopped
+    done = subprocess.run(vosrt_command("live", str(PACKAGE), "--source", "clip.mp4", "--host", "0.0.0.0",
+                                        "--token", token, "--port", str(free_port())),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--token" in done.stderr, done.stdout + done.stderr
+
+
+def test_the_printed_url_of_an_ipv6_viewer_is_a_valid_url(tmp_path):
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+            port = probe.getsockname()[1]
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    write_video(tmp_path / "clip.mp4", generate_sequence(24, num_frames=10, height=64, width=96, num_objects=1))
+    process, page = start_live([str(PACKAGE), "--source", "clip.mp4", "--loop", "--host", "::1",
+                                "--port", str(port)], cwd=tmp_path)
+    try:
+        assert page == f"http://[::1]:{port}/"
+        assert _request(page + "api/state")[0] == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
