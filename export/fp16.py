@@ -43,6 +43,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from vosrt.sdk.package import replace_file
+
 PLUGIN_DOMAIN = "trt.plugins"
 FP32_OP_TYPES = ("Softmax", "LogSoftmax", "GroupNormalization", "InstanceNormalization",
                  "LayerNormalization", "LpNormalization", "ReduceLogSumExp")
@@ -352,5 +354,5 @@ def convert_file(src: str | Path, dst: str | Path, memory: tuple | list | set = 
     ``memory`` tensors in float16; returns the conversion report."""
     model = onnx.load(str(src))
     converted, report = convert_to_fp16(model, memory)
-    onnx.save(converted, str(dst))
+    replace_file(dst, lambda tmp: onnx.save(converted, str(tmp)))
     return report

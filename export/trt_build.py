@@ -23,7 +23,8 @@ import numpy as np
 
 from vosrt.sdk.errors import UserError
 from vosrt.sdk import families
-from vosrt.sdk.package import Package, compare, load_package, read_manifest, write_manifest
+from vosrt.sdk.package import (Package, compare, inside, load_package, read_manifest, replace_file,
+                                 write_manifest)
 from vosrt.sdk.progress import Reporter as Progress
 from vosrt.sdk.progress import say as _say
 
@@ -104,14 +105,21 @@ def _plugin_graphs(package: Package) -> dict[str, Path]:
     return {g: package.graphs[g]["plugin"] for g in package.graphs}
 
 
+def engine_dir(package: Package) -> Path:
+    """``package``'s ``engines/`` folder, created; UserError when it (a link) lies outside the package. Files
+    are written into it with :func:`~vosrt.sdk.package.replace_file`, never through a link planted there."""
+    folder = inside(package.path, ENGINE_DIR, f"{package.path}: the engine folder")
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 def write_fp16_graphs(package: Package, progress: Progress = None) -> dict:
     """Write ``engines/GRAPH.plugin.fp16.onnx`` for every graph, the family's memory tensors in float16;
     returns ``{"graphs": {graph: file}, "rules": ..., "fp32_nodes": {graph: {rule: count}},
     "fp16_nodes": {...}, "casts": {...}, "memory": {graph: [float16 inputs/outputs]}}``."""
     from vosrt.export import fp16
 
-    out_dir = package.path / ENGINE_DIR
-    out_dir.mkdir(exist_ok=True)
+    engine_dir(package)   # created, and checked to lie inside the package
     record = {"graphs": {}, "rules": dict(fp16.RULES), "fp32_nodes": {}, "fp16_nodes": {}, "casts": {}, "memory": {}}
     table = families.get(package.family).graphs
     for graph, src in _plugin_graphs(package).items():
@@ -230,8 +238,7 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     load_plugin_library(library, trt, builder.get_plugin_registry())
-    out_dir = package.path / ENGINE_DIR
-    out_dir.mkdir(exist_ok=True)
+    out_dir = engine_dir(package)
     cache_path = out_dir / TIMING_CACHE
     probe = builder.create_builder_config()
     timing_cache = probe.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
@@ -280,10 +287,10 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
         if serialized is None:
             raise UserError(f"TensorRT could not build an engine for {graph} (see the messages above)")
         name = f"{ENGINE_DIR}/{graph}.{precision}.engine"
-        (package.path / name).write_bytes(bytes(serialized))
+        replace_file(package.path / name, lambda tmp: tmp.write_bytes(bytes(serialized)))
         files[graph] = name
         _say(progress, f"  {graph}: {len(serialized) / 2**20:.1f} MiB in {time.perf_counter() - start:.1f} s")
-    cache_path.write_bytes(bytes(timing_cache.serialize()))
+    replace_file(cache_path, lambda tmp: tmp.write_bytes(bytes(timing_cache.serialize())))
 
     entry = {
         "tensorrt": trt.__version__,

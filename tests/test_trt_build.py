@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 
 import numpy as np
 import pytest
@@ -118,3 +119,17 @@ def test_workspace_limit_reaches_every_d2conv3d_node_and_only_those():
     assert limits == {"y1": [96], "y2": [96], "r": [], "z": []}
     d2_attrs = [a.name for a in model.graph.node[0].attribute]
     assert "kernel_shape" in d2_attrs and "plugin_version" in d2_attrs
+
+
+def test_fp16_graphs_go_into_the_package_engine_folder_and_never_through_a_link_out_of_it(tmp_path):
+    from vosrt.export.trt_build import write_fp16_graphs
+
+    package = load_package(write_stcn_package(tmp_path / "pkg"))
+    record = write_fp16_graphs(package, progress=None)
+    assert all((package.path / name).is_file() for name in record["graphs"].values())
+    shutil.rmtree(package.path / "engines")
+    (tmp_path / "elsewhere").mkdir()
+    (package.path / "engines").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="engine folder.*outside the package"):
+        write_fp16_graphs(package, progress=None)
+    assert not list((tmp_path / "elsewhere").iterdir())
