@@ -7,12 +7,14 @@ that thousands of frames stream in seconds on a 2-core CPU.
 from __future__ import annotations
 
 import atexit
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 _ROOT: Path | None = None
-_CACHE: dict[str, Path] = {}
+_CACHE: dict[tuple, Path] = {}     # (kind, forms) -> package folder
+_EXPORTS: dict[str, Path] = {}     # kind -> its one export
 
 # name -> (model, config overrides, height, width, streaming overrides)
 SPECS = {
@@ -24,11 +26,39 @@ SPECS = {
 }
 
 
-def tiny_package(kind: str) -> Path:
-    """Path of the tiny ``kind`` (``"stcn"``, ``"3dc-seg"`` or ``"stem-seg"``) package, exporting it on first use."""
+def tiny_package(kind: str, forms: tuple[str, ...] = ("portable",)) -> Path:
+    """Path of the tiny ``kind`` (``"stcn"``, ``"3dc-seg"`` or ``"stem-seg"``) package holding ``forms``,
+    exporting it on first use. The families with custom operators are exported once, in both forms; the
+    portable-only package is a copy of that export without the plugin form (the portable files of an export
+    do not depend on the forms asked for), so asking for both costs no second export."""
+    key = (kind, tuple(sorted(forms)))
+    if key in _CACHE:
+        return _CACHE[key]
+    full = _export(kind, ("portable", "plugin") if kind in ("stcn", "3dc-seg") else ("portable",))
+    if set(forms) == set(json.loads((full / "manifest.json").read_text())["graphs"][_first_graph(full)]):
+        _CACHE[key] = full
+        return full
+    from vosrt.sdk.package import write_manifest
+
+    out = _ROOT / "-".join(sorted(forms)) / kind     # the folder keeps the kind's name (samples print it)
+    shutil.copytree(full, out, ignore=lambda folder, names: [n for n in names if n.endswith(".onnx") and
+                                                              n.split(".")[-2] not in forms])
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["graphs"] = {graph: {f: name for f, name in files.items() if f in forms}
+                          for graph, files in manifest["graphs"].items()}
+    write_manifest(out, manifest)
+    _CACHE[key] = out
+    return out
+
+
+def _first_graph(folder: Path) -> str:
+    return next(iter(json.loads((folder / "manifest.json").read_text())["graphs"]))
+
+
+def _export(kind: str, forms: tuple[str, ...]) -> Path:
     global _ROOT
-    if kind in _CACHE:
-        return _CACHE[kind]
+    if kind in _EXPORTS:
+        return _EXPORTS[kind]
     import torch
 
     from vosrt.export.package import export_package
@@ -42,9 +72,9 @@ def tiny_package(kind: str) -> Path:
     model = build_model(name, **overrides)
     checkpoint = _ROOT / f"{kind}.pth"
     save_checkpoint(checkpoint, model)
-    out = export_package(name, checkpoint, _ROOT / kind, height, width, forms=["portable"], streaming=streaming)
-    _CACHE[kind] = Path(out)
-    return _CACHE[kind]
+    _EXPORTS[kind] = Path(export_package(name, checkpoint, _ROOT / kind, height, width, forms=list(forms),
+                                         streaming=streaming))
+    return _EXPORTS[kind]
 
 
 def colour_embedding_package(folder: Path, height: int = 64, width: int = 64, overlap: int = 4) -> Path:

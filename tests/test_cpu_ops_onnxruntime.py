@@ -21,34 +21,20 @@ from vosrt.sdk.backends.onnxruntime import OnnxRuntimeBackend
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.package import load_package
 
-from sdk_packages import SPECS
+from sdk_packages import tiny_package
 
 REPO = Path(__file__).resolve().parent.parent
 PROB_BOUND = 1e-4  # the export parity bound on probabilities
 
 
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory):
+def packages():
     """Tiny stcn and 3dc-seg packages in both forms (random weights)."""
     try:
         cpu_ops.load_cpu_ops()
     except cpu_ops.CpuOpsUnavailable as err:
         pytest.skip(f"the CPU operators cannot be built here: {err}")
-    import torch
-
-    from vosrt.export.package import export_package
-    from vosrt.training.models import build_model, save_checkpoint
-
-    root = tmp_path_factory.mktemp("plugin-form")
-    out = {}
-    for kind in ("stcn", "3dc-seg"):
-        name, overrides, height, width, streaming = SPECS[kind]
-        torch.manual_seed(0)
-        checkpoint = root / f"{kind}.pth"
-        save_checkpoint(checkpoint, build_model(name, **overrides))
-        out[kind] = load_package(export_package(name, checkpoint, root / kind, height, width,
-                                                forms=["portable", "plugin"], streaming=streaming))
-    return out
+    return {kind: load_package(tiny_package(kind, forms=("portable", "plugin"))) for kind in ("stcn", "3dc-seg")}
 
 
 def _random_feeds(backend, graph, sizes, seed=0):
