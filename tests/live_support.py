@@ -41,6 +41,14 @@ def desk_video(path: Path, frames: int = 90, fps: float = 15, seed: int = 5) -> 
     return mask, bounding_box(mask)
 
 
+def wait_for(condition, timeout: float = 30, interval: float = 0.05) -> None:
+    """Until ``condition()`` is true; fails the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(interval)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ from vosrt.sdk.masks import read_label_png
 from vosrt.sdk.synthetic import generate_sequence, write_video
 from vosrt.sdk.video import open_source
 
-from live_support import PACKAGE, bounding_box
+from live_support import PACKAGE, bounding_box, wait_for
 
 
 @pytest.fixture
@@ -30,13 +30,6 @@ def running(tmp_path):
     pipeline.stop()
     thread.join(timeout=30)
     session.close()
-
-
-def wait_for(condition, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_a_box_drawn_while_paused_is_applied_to_the_paused_picture(running):

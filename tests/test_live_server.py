@@ -17,7 +17,7 @@ import pytest
 
 from vosrt.sdk.synthetic import generate_sequence, write_video
 
-from live_support import PACKAGE, free_port, start_live, vosrt_command
+from live_support import PACKAGE, free_port, start_live, vosrt_command, wait_for
 
 
 def _request(url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
@@ -35,10 +35,7 @@ def _state(page: str) -> dict:
 
 
 def _wait(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
+    wait_for(condition, timeout, interval=0.2)
 
 
 def _start_looping(folder):
