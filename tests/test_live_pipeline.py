@@ -1,6 +1,7 @@
 """The live pipeline's commands on a real session (shipped stcn-lite) and a generated video file."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -17,19 +18,27 @@ from vosrt.sdk.video import open_source
 from live_support import PACKAGE, bounding_box, wait_for
 
 
+@contextlib.contextmanager
+def live_pipeline(folder, seed: int = 31, frames: int = 60, loop: bool = False, **options):
+    """A pipeline running in its thread over a generated clip played at 30 FPS: (pipeline, sequence)."""
+    seq = generate_sequence(seed, num_frames=frames, num_objects=1)
+    clip = write_video(folder / "clip.mp4", seq)
+    session = vosrt.sdk.load(PACKAGE)
+    source = LatestFrameSource(lambda: open_source(str(clip)), drop=True, pace=30, loop=loop)
+    pipeline = LivePipeline(session, source, save_dir=folder / "saved", **options)
+    thread = pipeline.start()
+    try:
+        yield pipeline, seq
+    finally:
+        pipeline.stop()
+        thread.join(timeout=30)
+        session.close()
+
+
 @pytest.fixture
 def running(tmp_path):
-    """A pipeline running in its thread over a 60-frame clip played at 30 FPS: (pipeline, sequence)."""
-    seq = generate_sequence(31, num_frames=60, num_objects=1)
-    clip = write_video(tmp_path / "clip.mp4", seq)
-    session = vosrt.sdk.load(PACKAGE)
-    pipeline = LivePipeline(session, LatestFrameSource(lambda: open_source(str(clip)), drop=True, pace=30),
-                            save_dir=tmp_path / "saved")
-    thread = pipeline.start()
-    yield pipeline, seq
-    pipeline.stop()
-    thread.join(timeout=30)
-    session.close()
+    with live_pipeline(tmp_path) as started:
+        yield started
 
 
 def test_a_box_drawn_while_paused_is_applied_to_the_paused_picture(running):
@@ -79,14 +88,6 @@ def test_snapshot_writes_the_frame_and_its_mask(running):
     assert np.isin(read_label_png(saved / names[1]), [0, 1]).all()
 
 
-def _pipeline_over(tmp_path, box_segmenter):
-    seq = generate_sequence(32, num_frames=40, num_objects=1)
-    clip = write_video(tmp_path / "clip.mp4", seq)
-    session = vosrt.sdk.load(PACKAGE)
-    source = LatestFrameSource(lambda: open_source(str(clip)), drop=True, pace=30, loop=True)
-    return LivePipeline(session, source, save_dir=tmp_path / "saved", box_segmenter=box_segmenter), seq, session
-
-
 def test_a_failing_box_segmenter_costs_the_selection_only_and_its_id_stays_claimed_while_it_runs(tmp_path):
     """A user's --box-segmenter may raise or take its time: the stream goes on, and while it runs the ids it
     is turning into objects are neither given out again nor unknown to remove."""
@@ -100,9 +101,7 @@ def test_a_failing_box_segmenter_costs_the_selection_only_and_its_id_stays_claim
             raise RuntimeError("segmenter broke")
         return np.ones(frame.shape[:2], bool)
 
-    pipeline, _, session = _pipeline_over(tmp_path, slow_then_failing)
-    thread = pipeline.start()
-    try:
+    with live_pipeline(tmp_path, seed=32, frames=40, loop=True, box_segmenter=slow_then_failing) as (pipeline, _):
         wait_for(lambda: pipeline.frames >= 2)
         assert pipeline.select_box((10, 10, 30, 30), 7) == 7
         wait_for(lambda: len(calls) == 1)
@@ -117,10 +116,6 @@ def test_a_failing_box_segmenter_costs_the_selection_only_and_its_id_stays_claim
         wait_for(lambda: len(calls) == 3)
         pipeline.remove(9)                                    # known while being applied: queued, not refused
         wait_for(lambda: 9 not in pipeline.objects and pipeline.message == "removed object 9")
-    finally:
-        pipeline.stop()
-        thread.join(timeout=30)
-        session.close()
 
 
 def test_automatic_ids_wrap_past_255_to_the_lowest_free_one(running):

@@ -87,9 +87,8 @@ vosrtStatus_t vosrtCpuD2Conv3DOutputShape(const vosrtD2Conv3DParams* p, int out_
 
 vosrtStatus_t vosrtCpuD2Conv3DForward(const vosrtD2Conv3DParams* p, const float* x, const float* dilation,
                                       const float* modulation, const float* weight, const float* bias, float* y) {
-  vosrtStatus_t st = d2c_validate(p);
+  const vosrtStatus_t st = d2c_check_forward(p, x, dilation, modulation, weight, bias, y);
   if (st != VOSRT_SUCCESS) return st;
-  if (!d2c_forward_tensors_given(p, x, dilation, modulation, weight, bias, y)) return VOSRT_ERROR_INVALID_VALUE;
   const D2cShape s = d2c_shape(p);
   const float* mod = p->has_modulation ? modulation : nullptr;
   const int rows = s.Cg * s.K;  // reduction length of one group

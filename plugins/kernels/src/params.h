@@ -56,6 +56,15 @@ inline bool d2c_forward_tensors_given(const vosrtD2Conv3DParams* p, const void* 
   return x && dilation && weight && y && (!p->has_modulation || modulation) && (!p->has_bias || bias);
 }
 
+// d2c_validate, then d2c_forward_tensors_given: the checks of a forward that takes no data type (host code).
+inline vosrtStatus_t d2c_check_forward(const vosrtD2Conv3DParams* p, const void* x, const void* dilation,
+                                       const void* modulation, const void* weight, const void* bias, const void* y) {
+  const vosrtStatus_t st = d2c_validate(p);
+  if (st != VOSRT_SUCCESS) return st;
+  return d2c_forward_tensors_given(p, x, dilation, modulation, weight, bias, y) ? VOSRT_SUCCESS
+                                                                                : VOSRT_ERROR_INVALID_VALUE;
+}
+
 // The same for a backward: its inputs (gradient outputs may be null: not computed).
 inline bool d2c_backward_tensors_given(const vosrtD2Conv3DParams* p, const void* x, const void* dilation,
                                        const void* modulation, const void* weight, const void* grad_y) {
