@@ -20,13 +20,14 @@ sequence and file name. Prints a table (per object, per sequence, overall) and w
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png
-from vosrt.sdk.metrics import evaluate_sequence, summarize
+from vosrt.sdk.metrics import UnknownObjectError, evaluate_sequence, first_frame_objects, summarize
 
 TASKS = ("semi-supervised", "unsupervised", "vis", "mots")
 
@@ -49,9 +50,12 @@ def sequences(root: Path) -> dict[str, Path]:
     """Sequence name -> folder of PNGs under ``root`` (``root`` itself when it holds PNGs)."""
     if not root.is_dir():
         raise UserError(f"not a folder: {root}")
-    if any(root.glob("*.png")):
-        return {root.name: root}
     found = {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and any(d.glob("*.png"))}
+    if any(root.glob("*.png")):
+        if found:
+            raise UserError(f"{root}: holds PNG files and sub-folders of PNGs ({', '.join(list(found)[:3])}); is it "
+                            "one sequence or a set of them? Move the stray PNGs out, or point at one sequence folder")
+        return {root.name: root}
     if not found:
         raise UserError(f"{root}: no PNG masks in it or in its sub-folders")
     return found
@@ -80,11 +84,19 @@ def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = Tru
                                 f"truth's {gt.shape[1]}x{gt.shape[0]}")
             preds.append(pred)
             gts.append(gt)
-        if unsupervised:
-            from vosrt.sdk.instance_metrics import evaluate_unsupervised_sequence
-            scores.extend(evaluate_unsupervised_sequence(preds, gts, name))
-        else:
-            scores.extend(evaluate_sequence(preds, gts, name, skip_first_last=skip_first_last))
+        if gts and first_frame_objects(gts[0]) == 0:
+            # the DAVIS protocol's objects are those of the first annotated frame: none here
+            print(f"warning: {gt_dir}: the first ground-truth frame ({gt_files[0].name}) has no object (255 is void), "
+                  f"so sequence '{name}' is not scored", file=sys.stderr)
+            continue
+        try:
+            if unsupervised:
+                from vosrt.sdk.instance_metrics import evaluate_unsupervised_sequence
+                scores.extend(evaluate_unsupervised_sequence(preds, gts, name))
+            else:
+                scores.extend(evaluate_sequence(preds, gts, name, skip_first_last=skip_first_last))
+        except UnknownObjectError as err:
+            raise UserError(f"--pred {pred_seqs[name]}: {err}") from None
     return scores
 
 
@@ -130,6 +142,9 @@ def _run_mots(args) -> int:
     from vosrt.sdk.instance_metrics import mots_metrics
 
     results = mots_metrics(args.gt, args.pred)
+    if not results:
+        raise UserError(f"--gt {args.gt}, --pred {args.pred}: no car or pedestrian is annotated or predicted in "
+                        "any sequence; nothing to score")
     names = list(next(iter(results.values())))
     print(f"{'class':<10}  " + "  ".join(f"{n:>6}" for n in names))
     for cls, values in results.items():

@@ -1,13 +1,14 @@
 """Metrics of video instance segmentation: DAVIS unsupervised J&F, YouTube-VIS AP, KITTI-MOTS HOTA.
 
 * **DAVIS unsupervised** (:func:`evaluate_unsupervised_sequence`), as the DAVIS 2017/2019 unsupervised
-  protocol: per sequence the predicted ids are proposals (at most ``max_proposals`` = 20; with more,
-  the 20 covering the most pixels over the sequence are kept). Every ground-truth object (an id present
-  in any ground-truth frame) is scored against every proposal on every frame with J and F
-  (:mod:`vosrt.sdk.metrics`); proposals and objects are matched one to one so as to maximise the sum of
-  their mean (J + F) / 2 (Hungarian). An object left without a proposal is scored against an empty mask,
-  which gives 0 on the frames where it is visible. All frames count (the unsupervised protocol scores the
-  first and last frames too).
+  protocol as davis2017-evaluation computes it: per sequence the predicted ids 1..max are proposals (an id
+  between them that never occurs is an empty proposal), padded with empty ones up to the number of
+  objects (the official evaluation refuses more than ``max_proposals`` = 20; here the 20 covering the
+  most pixels over the sequence are kept instead). The ground-truth objects are ids 1..K, K the largest id
+  of the first ground-truth frame (255, void, read as background). Every object is scored against every
+  proposal on every frame with J and F (:mod:`vosrt.sdk.metrics`); proposals and objects are matched one
+  to one so as to maximise the sum of their mean (J + F) / 2 (Hungarian, empty proposals included). All
+  frames count (the unsupervised protocol scores the first and last frames too).
 * **YouTube-VIS** (:func:`vis_average_precision`): video AP, AP50, AP75, AR1, AR10 as the YouTube-VIS API
   defines them: COCO's matching and 101-point interpolated precision (pycocotools' ``COCOeval``, whose
   IoU is replaced by the spatio-temporal IoU ``Σ_t |P_t ∩ G_t| / Σ_t |P_t ∪ G_t|`` over all frames of the
@@ -28,7 +29,8 @@ import numpy as np
 
 from vosrt.sdk.errors import UserError, install_command
 from vosrt.sdk.instances import hungarian
-from vosrt.sdk.metrics import VOID, BOUNDARY_TOLERANCE, ObjectScore, boundary_measure, region_similarity
+from vosrt.sdk.metrics import (BOUNDARY_TOLERANCE, ObjectScore, boundary_measure, first_frame_objects,
+                                region_similarity)
 
 MAX_PROPOSALS = 20
 
@@ -54,32 +56,31 @@ def evaluate_unsupervised_sequence(preds: list[np.ndarray], gts: list[np.ndarray
     for t, (pred, gt) in enumerate(zip(preds, gts)):
         if pred.shape != gt.shape:
             raise ValueError(f"{name} frame {t}: prediction {pred.shape} and ground truth {gt.shape} differ in size")
-    objects = sorted({int(i) for gt in gts for i in np.unique(gt) if i not in (0, VOID)})
+    objects = list(range(1, first_frame_objects(gts[0]) + 1)) if gts else []
     areas: dict[int, int] = {}
     for pred in preds:
         ids, counts = np.unique(pred, return_counts=True)
         for i, n in zip(ids, counts):
             if i:
                 areas[int(i)] = areas.get(int(i), 0) + int(n)
-    proposals = sorted(sorted(areas, key=lambda i: (-areas[i], i))[:max_proposals])
-    # Per (proposal, object): per-frame J and F; an unmatched object meets an empty proposal.
-    j = np.zeros((len(proposals) + 1, len(objects), len(gts)))
+    if max(areas, default=0) <= max_proposals:
+        proposals: list = list(range(1, max(areas, default=0) + 1))
+    else:
+        proposals = sorted(sorted(areas, key=lambda i: (-areas[i], i))[:max_proposals])
+    proposals += [None] * max(0, len(objects) - len(proposals))          # None: an empty proposal
+    # Per (proposal, object): per-frame J and F.
+    j = np.zeros((len(proposals), len(objects), len(gts)))
     f = np.zeros_like(j)
     for t, (pred, gt) in enumerate(zip(preds, gts)):
-        void = gt == VOID
         for o, obj in enumerate(objects):
             truth = gt == obj
-            for p, proposal in enumerate(proposals + [None]):
+            for p, proposal in enumerate(proposals):
                 mask = pred == proposal if proposal is not None else np.zeros_like(truth)
-                j[p, o, t] = region_similarity(mask, truth, void)
-                f[p, o, t] = boundary_measure(mask, truth, void, tolerance)
-    score = (j.mean(axis=2) + f.mean(axis=2)) / 2                         # [P + 1, O]
-    matched = dict((o, p) for p, o in hungarian(-score[:-1])) if proposals and objects else {}
-    out = []
-    for o, obj in enumerate(objects):
-        p = matched.get(o, len(proposals))
-        out.append(ObjectScore(name, obj, list(j[p, o]), list(f[p, o])))
-    return out
+                j[p, o, t] = region_similarity(mask, truth)
+                f[p, o, t] = boundary_measure(mask, truth, None, tolerance)
+    score = (j.mean(axis=2) + f.mean(axis=2)) / 2                         # [P, O], P >= O
+    matched = {o: p for p, o in hungarian(-score)} if objects else {}
+    return [ObjectScore(name, obj, list(j[matched[o], o]), list(f[matched[o], o])) for o, obj in enumerate(objects)]
 
 
 # ------------------------------------------------------------------------------------ YouTube-VIS
@@ -236,7 +237,7 @@ def mots_metrics(gt_folder: str | Path, pred_folder: str | Path, classes=("car",
     """KITTI-MOTS metrics by trackeval: ``gt_folder`` holds one ``<sequence>.txt`` per sequence (or a
     ``label_02`` folder of them), ``pred_folder`` the tracker's ``<sequence>.txt`` files. Returns
     ``{class: {"HOTA", "DetA", "AssA", "sMOTSA", "MOTSA", "IDF1"}}`` over all sequences (class-combined
-    results are not part of the KITTI-MOTS protocol)."""
+    results are not part of the KITTI-MOTS protocol); a class neither annotated nor predicted is left out."""
     trackeval = _require("trackeval")
     gt_folder, pred_folder = Path(gt_folder), Path(pred_folder)
     labels = gt_folder / "label_02" if (gt_folder / "label_02").is_dir() else gt_folder
@@ -269,6 +270,9 @@ def mots_metrics(gt_folder: str | Path, pred_folder: str | Path, classes=("car",
     out = {}
     for cls in classes:
         r = per_class[cls]
+        clear = r["CLEAR"]
+        if clear["CLR_TP"] + clear["CLR_FN"] + clear["CLR_FP"] == 0:
+            continue   # neither annotated nor predicted anywhere: nothing to score (not a score of 0)
         out[cls] = {"HOTA": float(np.mean(r["HOTA"]["HOTA"])), "DetA": float(np.mean(r["HOTA"]["DetA"])),
                     "AssA": float(np.mean(r["HOTA"]["AssA"])), "sMOTSA": float(r["CLEAR"]["sMOTA"]),
                     "MOTSA": float(r["CLEAR"]["MOTA"]), "IDF1": float(r["Identity"]["IDF1"])}

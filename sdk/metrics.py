@@ -2,8 +2,10 @@
 
 As the DAVIS 2017 protocol defines them (davis2017-evaluation):
 
-* J is the IoU of an object's predicted and true masks, over pixels that are not void (label 255);
-  two empty masks give J = 1.
+* J is the IoU of an object's predicted and true masks; two empty masks give J = 1. A ground-truth pixel
+  labelled 255 (void, as in DAVIS 2016's borders) counts as background, as davis2017-evaluation reads
+  annotations (it sets 255 to 0 before scoring); :func:`region_similarity` and :func:`boundary_measure`
+  can still leave void pixels out when given a mask of them.
 * F compares 1-pixel boundary maps. A mask's boundary is every pixel whose value differs from its right,
   bottom or bottom-right neighbour (pixels past the image count as background, except that the last row
   compares only to the right and the last column only downwards, the bottom-right pixel never). A
@@ -12,8 +14,9 @@ As the DAVIS 2017 protocol defines them (davis2017-evaluation):
   pixels, recall = matched true / true boundary pixels, F = 2PR / (P + R) (0 when P + R = 0). Empty
   boundaries: none predicted but some true gives P = 1, R = 0; some predicted but none true P = 0,
   R = 1; both empty F = 1.
-* A sequence's objects are ids 1..K, K the largest id of its first ground-truth frame. In the
-  semi-supervised protocol the first frame (given) and the last frame are not scored. J and F of an
+* A sequence's objects are ids 1..K, K the largest id of its first ground-truth frame; a predicted id
+  outside 1..K is an error (the official evaluation stops on one too). In the semi-supervised protocol
+  the first frame (given) and the last frame are not scored. J and F of an
   object are means over its scored frames; a dataset's J and F are means over all objects of all
   sequences, and J&F is their mean.
 """
@@ -131,7 +134,7 @@ def evaluate_sequence(preds: list[np.ndarray], gts: list[np.ndarray], name: str 
         raise ValueError(f"{name}: {len(preds)} predicted frames but {len(gts)} ground-truth frames")
     if not gts:
         return []
-    num_objects = int(np.max(np.where(gts[0] == VOID, 0, gts[0])))
+    num_objects = first_frame_objects(gts[0])
     frames = range(len(gts))
     if skip_first_last and len(gts) > 2:
         frames = range(1, len(gts) - 1)
@@ -140,11 +143,26 @@ def evaluate_sequence(preds: list[np.ndarray], gts: list[np.ndarray], name: str 
         pred, gt = preds[t], gts[t]
         if pred.shape != gt.shape:
             raise ValueError(f"{name} frame {t}: prediction {pred.shape} and ground truth {gt.shape} differ in size")
-        void = gt == VOID
+        stray = [int(i) for i in np.unique(pred) if not 0 <= i <= num_objects]
+        if stray:
+            raise UnknownObjectError(f"{name} frame {t}: the prediction has object id(s) "
+                                     f"{', '.join(map(str, stray[:5]))}, but the ground truth has objects 1..{num_objects}"
+                                     + (" (a binary mask saved as 0/255? save object ids: 0 background, 1 the object)"
+                                        if VOID in stray else ""))
         for score in scores:
-            score.j.append(region_similarity(pred == score.object_id, gt == score.object_id, void))
-            score.f.append(boundary_measure(pred == score.object_id, gt == score.object_id, void, tolerance))
+            score.j.append(region_similarity(pred == score.object_id, gt == score.object_id))
+            score.f.append(boundary_measure(pred == score.object_id, gt == score.object_id, None, tolerance))
     return scores
+
+
+class UnknownObjectError(ValueError):
+    """A prediction names an object the ground truth does not have."""
+
+
+def first_frame_objects(first: np.ndarray) -> int:
+    """K of a sequence whose objects are 1..K: the largest id of its first ground-truth frame, void (255)
+    read as background."""
+    return int(np.max(np.where(first == VOID, 0, first), initial=0))
 
 
 def summarize(scores: list[ObjectScore]) -> dict[str, float]:

@@ -152,3 +152,33 @@ def test_write_kitti_mots_writes_what_trackeval_reads(tmp_path):
     frames = [SegmentedFrame(t, label_map((4, A)).astype(np.uint32)) for t in range(3)]
     write_kitti_mots(tmp_path / "pred" / "0000.txt", frames)
     assert mots_metrics(tmp_path / "gt", tmp_path / "pred", classes=("car",))["car"]["HOTA"] == pytest.approx(1.0)
+
+
+def test_unsupervised_matching_counts_the_empty_proposals_as_davis2017_evaluation_does():
+    # One proposal, two objects; object 2 (B) is visible on frame 0 only. The proposal is B on frame 0 and
+    # half of A on frame 1: J(p, A) = [0, 1/2], J(p, B) = [1, 0]; an empty proposal gives J(∅, A) = [0, 0],
+    # J(∅, B) = [0, 1] (both empty on frame 1). Giving the proposal to B (its best object) totals 1/2;
+    # the official matching, over the proposals padded with empty ones, gives it to A: 1/4 + 1/2.
+    half_a = A.copy()
+    half_a[6:] = False
+    gts = [label_map((1, A), (2, B)), label_map((1, A))]
+    preds = [label_map((1, B)), label_map((1, half_a))]
+    scores = evaluate_unsupervised_sequence(preds, gts, "seq")
+    assert [s.j for s in scores] == [[0.0, 0.5], [0.0, 1.0]]
+
+
+def test_unsupervised_objects_are_those_of_the_first_ground_truth_frame():
+    # davis2017-evaluation scores ids 1..K, K the largest id of the first annotated frame (void read as 0)
+    first = label_map((1, A))
+    first[30:, 30:] = 255
+    gts = [first, label_map((1, A), (2, B))]
+    scores = evaluate_unsupervised_sequence([label_map((1, A))] * 2, gts, "seq")
+    assert [s.object_id for s in scores] == [1] and scores[0].j == [1.0, 1.0]
+
+
+def test_mots_leaves_out_a_class_neither_annotated_nor_predicted(tmp_path):
+    gt = {1001: {t: A for t in range(3)}}            # cars only (class 1 in the KITTI-MOTS ids)
+    mots_files(tmp_path / "gt", gt)
+    mots_files(tmp_path / "pred", {5: gt[1001]})
+    results = mots_metrics(tmp_path / "gt", tmp_path / "pred")
+    assert list(results) == ["car"] and results["car"]["HOTA"] == pytest.approx(1.0)

@@ -108,3 +108,47 @@ def test_vosrt_eval_reports_a_missing_prediction(tmp_path, capsys):
     write_label_png(tmp_path / "pred" / "00001.png", gt)
     assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_void_in_the_ground_truth_is_background_as_davis2017_evaluation_reads_it():
+    # davis2017-evaluation sets 255 to 0 in the annotations before scoring: a prediction that paints the
+    # void region as the object loses J for it
+    gt = np.zeros((100, 100), np.uint8)
+    gt[square(10, 10)] = 1
+    gt[square(60, 60)] = 255
+    pred = np.where(square(10, 10) | square(60, 60), 1, 0).astype(np.uint8)
+    (score,) = evaluate_sequence([pred], [gt], "seq", skip_first_last=False)
+    assert score.j == [0.5]
+
+
+def test_a_predicted_id_the_ground_truth_lacks_is_an_error_naming_the_likely_cause(tmp_path, capsys):
+    gt = np.zeros((40, 40), np.uint8)
+    gt[5:20, 5:20] = 1
+    for name, pred in (("gt", gt), ("pred", gt * 255)):        # a binary mask saved as 0/255
+        for t in range(3):
+            write_label_png(tmp_path / name / "seq" / f"{t:05d}.png", pred)
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 2
+    err = capsys.readouterr().err
+    assert "object id(s) 255" in err and "objects 1..1" in err and "0/255" in err
+
+
+def test_a_sequence_without_objects_in_its_first_frame_is_reported_not_silently_dropped(tmp_path, capsys):
+    good = np.zeros((40, 40), np.uint8)
+    good[5:20, 5:20] = 1
+    for name in ("gt", "pred"):
+        for t in range(3):
+            write_label_png(tmp_path / name / "a" / f"{t:05d}.png", good)
+            write_label_png(tmp_path / name / "b" / f"{t:05d}.png", np.zeros((40, 40), np.uint8))
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 0
+    captured = capsys.readouterr()
+    assert "sequence 'b' is not scored" in captured.err and "\na " in captured.out
+
+
+def test_a_folder_holding_both_pngs_and_sequence_folders_is_refused_as_ambiguous(tmp_path, capsys):
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:20, 5:20] = 1
+    for name in ("gt", "pred"):
+        write_label_png(tmp_path / name / "seq" / "00000.png", mask)
+        write_label_png(tmp_path / name / "overview.png", mask)
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 2
+    assert "one sequence or a set of them" in capsys.readouterr().err
