@@ -6,12 +6,16 @@ size), or the first annotation of a DAVIS sequence source. 3DC-Seg and STEm-Seg 
 to ``--out DIR`` (one palette PNG per frame, named after the source's frames) and/or ``--video OUT``
 (the frames with the masks blended in). A source that stops early (a camera unplugged, a truncated
 video) ends the run with what was written so far, a warning and exit code 1; an unreadable image of a
-folder is skipped with a warning. Ctrl-C, SIGTERM and SIGHUP stop the run with its files finished
+folder, or an undecodable frame of a video file with frames after it, is skipped with a warning (outputs
+keep the source's frame names). Frames of a folder are read in natural order (frame2 before frame10).
+Objects first annotated on a later frame of a DAVIS sequence are tracked from that frame. A source with
+no readable frame, outputs that would overwrite the source, and a corrupt mask are one-line errors. Ctrl-C, SIGTERM and SIGHUP stop the run with its files finished
 (exit code 128 + signal).
 """
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from vosrt.sdk.errors import UserError
 
@@ -52,6 +56,58 @@ def _session_options(args, family) -> dict:
     return options
 
 
+def _masks_of(source, first_mask, family):
+    """``stream``'s masks hook of a session that takes masks: ``first_mask`` on the source's first frame;
+    on later frames of a source with annotations (a DAVIS or YouTube-VOS style sequence) the objects that
+    are annotated there for the first time, and only those (the others keep being tracked, not told)."""
+    import numpy as np
+
+    if first_mask is None:
+        raise UserError(f"--mask: {family.name} packages need the first frame's mask (a palette PNG of object "
+                        "ids); give --mask PNG or a DAVIS sequence folder with its annotations")
+    seen: set[int] = set()
+
+    def masks(position: int, frame):
+        if position == 0:
+            if source.first_frame_skipped:
+                raise UserError(f"--source {source.name}: its first frame cannot be read, and the first-frame "
+                                "mask belongs to it; repair or remove that frame and give the mask of the new "
+                                "first frame")
+            seen.update(int(i) for i in np.unique(first_mask) if i)
+            return first_mask
+        later = source.annotation(source.frame_name(position))
+        if later is None:
+            return None
+        new = [int(i) for i in np.unique(later) if i and int(i) not in seen]
+        if not new:
+            return None
+        seen.update(new)
+        print(f"note: object(s) {', '.join(map(str, new))} first annotated on frame {source.frame_name(position)}: "
+              "tracked from there", file=sys.stderr)
+        return np.where(np.isin(later, new), later, 0).astype(later.dtype)
+
+    return masks
+
+
+def _refuse_overwriting_the_source(args) -> None:
+    source = Path(args.source)
+    if not source.exists():
+        return
+    if args.out and Path(args.out).resolve() == source.resolve():
+        raise UserError(f"--out {args.out} is the source folder: the masks would replace its frames; give "
+                        "another folder")
+    if args.video and Path(args.video).resolve() == source.resolve():
+        raise UserError(f"--video {args.video} is the source video: writing it would destroy what is being read; "
+                        "give another file name")
+
+
+def _warn_about_earlier_pngs(out: Path) -> None:
+    earlier = sum(1 for _ in out.glob("*.png")) if out.is_dir() else 0
+    if earlier:
+        print(f"note: --out {out} already holds {earlier} PNG(s); this run replaces those of the frames it "
+              "writes and leaves the others", file=sys.stderr)
+
+
 def run(args) -> int:
     """Entry point of ``vosrt run``."""
     import vosrt.sdk
@@ -71,21 +127,22 @@ def run(args) -> int:
     if not family.takes_mask and args.mask:
         raise UserError(f"--mask: {family.name} packages segment without a mask (unsupervised); drop --mask")
     session = vosrt.sdk.load(package.path, **_session_options(args, family))
-    source = open_source(args.source)
-    masks = None
-    if family.takes_mask:
-        first_mask = read_label_png(args.mask) if args.mask else source.first_mask()
-        if first_mask is None:
-            session.close()
+    try:
+        source = open_source(args.source)
+        masks = _masks_of(source, read_label_png(args.mask) if args.mask else source.first_mask(), family) \
+            if family.takes_mask else None
+        _refuse_overwriting_the_source(args)
+        sinks = []
+        if args.out:
+            _warn_about_earlier_pngs(Path(args.out))
+            sinks.append(PngSink(args.out))
+        if args.video:
+            sinks.append(OverlayVideoSink(args.video, fps=source.fps))
+    except BaseException:
+        session.close()
+        if "source" in locals():
             source.close()
-            raise UserError(f"--mask: {family.name} packages need the first frame's mask (a palette PNG of object "
-                            "ids); give --mask PNG or a DAVIS sequence folder with its annotations")
-        masks = {0: first_mask}
-    sinks = []
-    if args.out:
-        sinks.append(PngSink(args.out))
-    if args.video:
-        sinks.append(OverlayVideoSink(args.video, fps=source.fps))
+        raise
 
     total = source.length if args.max_frames is None else min(args.max_frames, source.length or args.max_frames)
     latency = f"; latency {session.latency} frames" if session.latency else ""
@@ -97,11 +154,13 @@ def run(args) -> int:
     finally:
         session.close()
     done = stats.frames
+    if done == 0 and not source.stopped_early:
+        raise UserError(f"--source {args.source}: no frame could be read from it; nothing was written")
     print(f"{done} frames in {stats.seconds:.2f} s ({done / max(stats.seconds, 1e-9):.1f} FPS)"
           + (f"; PNGs in {args.out}" if args.out else "") + (f"; video {args.video}" if args.video else ""))
-    skipped = getattr(source, "skipped", [])
+    skipped = [getattr(p, "name", f"frame {p}") for p in getattr(source, "skipped", [])]
     if skipped:
-        print(f"warning: {len(skipped)} unreadable image(s) skipped: {', '.join(p.name for p in skipped[:5])}"
+        print(f"warning: {len(skipped)} unreadable frame(s) skipped: {', '.join(skipped[:5])}"
               f"{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
     if source.stopped_early:
         print(f"warning: {source.problem}; the {done} frames before it were kept", file=sys.stderr)

@@ -89,7 +89,17 @@ def read_label_png(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"mask file not found: {path}")
+    try:
+        return _read_label_image(path)
+    except UserError:
+        raise
+    except (OSError, SyntaxError, ValueError) as err:   # PIL: not an image, truncated, corrupt chunks
+        raise UserError(f"mask {path}: cannot read it as a PNG ({err}); is the file complete?") from None
+
+
+def _read_label_image(path: Path) -> np.ndarray:
     with Image.open(path) as image:
+        image.load()
         if image.mode == "P" or image.mode == "L":
             return np.array(image, dtype=np.uint8)
         if image.mode in ("1", "I", "I;16", "I;16B"):

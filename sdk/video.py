@@ -22,6 +22,16 @@ import numpy as np
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import label_colours, read_label_png, write_label_png
 
+MIN_FRAME_SIDE = 2          # smaller frames are skipped (check_image refuses them)
+MAX_FAILED_READS = 25       # undecodable frames in a row after which a video file counts as ended
+
+
+def natural_key(path: Path) -> list:
+    """Sort key putting ``frame2`` before ``frame10``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower())
+            for part in re.split(r"(\d+)", path.name)]
+
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
@@ -47,6 +57,16 @@ class FrameSource:
     def first_mask(self) -> np.ndarray | None:
         """The first frame's annotation when the source provides one (DAVIS sequences), else None."""
         return None
+
+    def annotation(self, name: str) -> np.ndarray | None:
+        """The annotation of the frame named ``name`` when the source has one (DAVIS sequences), else None."""
+        return None
+
+    @property
+    def first_frame_skipped(self) -> bool:
+        """The source's first frame could not be read, so the first frame yielded is a later one (a mask
+        given for the first frame does not belong to it)."""
+        return False
 
     def __iter__(self) -> Iterator[np.ndarray]:
         raise NotImplementedError
@@ -76,24 +96,54 @@ class CaptureSource(FrameSource):
         fps = self.capture.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and fps > 0 and np.isfinite(fps) else None
         count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        # a file knows its length; a camera or a stream URL has no natural end (a file served over HTTP
+        # that ends counts as a dropped stream too: that is how a live source tells it to reconnect)
         self.length = count if kind == "video" and count > 0 else None
+        self.skipped: list[int] = []     # positions of frames that could not be decoded (skipped)
+        self._positions: list[int] = []  # source position of each frame yielded
+
+    def frame_name(self, index: int) -> str:
+        # named by the position in the source, so a skipped frame does not shift the names after it
+        return f"{self._positions[index]:05d}" if index < len(self._positions) else super().frame_name(index)
+
+    @property
+    def first_frame_skipped(self) -> bool:
+        return bool(self._positions) and self._positions[0] != 0
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        position, failed_in_a_row = 0, 0
         while True:
             try:
                 ok, frame = self.capture.read()
             except cv2.error as err:
                 ok, frame = False, None
                 self._stop(f"read failed: {err}")
+            if ok and frame is not None and min(frame.shape[:2]) < MIN_FRAME_SIDE:
+                ok = False
             if not ok or frame is None:
-                # A camera or stream has no natural end; a file ends early if it promised more frames.
-                ended_early = self.kind != "video" or (self.length is not None and self.frames_read < self.length)
+                # A camera or stream has no natural end; a file ends early if it promised more frames. One
+                # frame that cannot be decoded is skipped (a warning), not the end of a file that has more.
+                more = self.length is not None and position + 1 < self.length
+                if more and not self.stopped_early and failed_in_a_row < MAX_FAILED_READS:
+                    print(f"warning: cannot decode frame {position} of {self.name}; frame skipped",
+                          file=sys.stderr, flush=True)
+                    self.skipped.append(position)
+                    position += 1
+                    failed_in_a_row += 1
+                    continue
+                if self.length is not None:
+                    ended_early = position < self.length
+                else:
+                    ended_early = self.kind != "video"   # a file of unknown length ends where it ends
                 if ended_early and not self.stopped_early:
                     self._stop(f"{self.kind} {self.name} stopped after {self.frames_read} frames")
                 break
             if frame.ndim == 2:
                 frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+            failed_in_a_row = 0
             self.frames_read += 1
+            self._positions.append(position)
+            position += 1
             yield frame
         self.close()
 
@@ -109,27 +159,39 @@ class ImageFolderSource(FrameSource):
     def __init__(self, folder: Path):
         super().__init__(folder.name)
         self.folder = folder
-        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        # in natural order: frame2 before frame10 (zero-padded names, as DAVIS's, sort the same either way)
+        self.files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
         if not self.files:
             raise UserError(f"--source: folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         self.length = len(self.files)
         self.skipped: list[Path] = []   # unreadable images, left out of the stream
-        self._names: list[str] = []     # stems of the frames yielded, in order
+        self._names: list[str] = []     # output names of the frames yielded, in order
+        stems = [p.stem for p in self.files]
+        # two images of one stem (00000.png and 00000.jpg) keep their extension in the name, or one output
+        # would overwrite the other
+        self._name_of = {p: p.stem if stems.count(p.stem) == 1 else p.name for p in self.files}
 
     def frame_name(self, index: int) -> str:
         return self._names[index] if index < len(self._names) else super().frame_name(index)
 
+    @property
+    def first_frame_skipped(self) -> bool:
+        return bool(self.skipped) and self.skipped[0] == self.files[0]
+
     def __iter__(self) -> Iterator[np.ndarray]:
-        # One corrupt image is skipped (with a warning on stderr), not the end of the run: the frames
-        # after it are as good as before.
+        # One corrupt (or degenerate) image is skipped with a warning on stderr, not the end of the run:
+        # the frames after it are as good as before.
         for path in self.files:
             frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if frame is None:
+            problem = "cannot read image" if frame is None else (
+                f"image of {frame.shape[1]}x{frame.shape[0]} pixels is too small"
+                if min(frame.shape[:2]) < MIN_FRAME_SIDE else None)
+            if problem:
                 self.skipped.append(path)
-                print(f"warning: cannot read image {path}; frame skipped", file=sys.stderr, flush=True)
+                print(f"warning: {problem}: {path}; frame skipped", file=sys.stderr, flush=True)
                 continue
             self.frames_read += 1
-            self._names.append(path.stem)
+            self._names.append(self._name_of[path])
             yield frame
 
 
@@ -146,7 +208,10 @@ class DavisSequenceSource(ImageFolderSource):
         self.annotations = root / "Annotations" / resolution / folder.name
 
     def first_mask(self) -> np.ndarray | None:
-        path = self.annotations / f"{self.files[0].stem}.png"
+        return self.annotation(self.files[0].stem)
+
+    def annotation(self, name: str) -> np.ndarray | None:
+        path = self.annotations / f"{name}.png"
         return read_label_png(path) if path.is_file() else None
 
 
@@ -162,6 +227,8 @@ def open_source(spec) -> FrameSource:
     if isinstance(spec, (int, np.integer)) or (isinstance(spec, str) and spec.strip().isdigit()):
         return CaptureSource(int(spec), "camera")
     text = str(spec)
+    if not text.strip():
+        raise UserError("--source: empty; give a camera index, URL, video file or folder")
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
         return CaptureSource(text, "stream")
     path = Path(text)
@@ -215,8 +282,11 @@ class PngSink:
         try:
             write_label_png(partial, labels)
             os.replace(partial, self.folder / f"{name}.png")
-        except BaseException:  # a stop between the write and the rename leaves nothing half done either
+        except BaseException as err:  # a stop between the write and the rename leaves nothing half done either
             partial.unlink(missing_ok=True)
+            if isinstance(err, OSError):
+                raise UserError(f"--out: cannot write {self.folder / (name + '.png')}: {err.strerror or err} "
+                                f"({self.written} PNGs written before it)") from None
             raise
         self.written += 1
 
@@ -233,10 +303,19 @@ class OverlayVideoSink:
         self.alpha = alpha
         self.writer = None
         self.written = 0
+        if self.path.suffix.lower() not in (".mp4", ".avi"):
+            raise UserError(f"--video: {self.path}: give a .mp4 or .avi file name")
+        if self.path.is_dir():
+            raise UserError(f"--video: {self.path} is a folder; give a .mp4 or .avi file name")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            existed = self.path.exists()
+            with open(self.path, "ab"):   # can it be written? (OpenCV would only say it failed, later)
+                pass
+            if not existed:
+                self.path.unlink()
         except OSError as err:
-            raise UserError(f"--video: cannot create folder {self.path.parent}: {err}") from None
+            raise UserError(f"--video: cannot write {self.path}: {err.strerror or err}") from None
 
     def __call__(self, index: int, name: str, frame: np.ndarray, labels: np.ndarray) -> None:
         if self.writer is None:

@@ -1,0 +1,145 @@
+"""`vosrt run` on awkward inputs and outputs, with the shipped stcn-lite: frames out of text order, bad frames
+in the middle (skipped, the rest kept), a corrupt mask, objects annotated on later frames, outputs that
+would overwrite the source, a source that yields nothing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from vosrt.cli import main
+from vosrt.sdk.masks import read_label_png, write_label_png
+from vosrt.sdk.video import ImageFolderSource
+
+PACKAGE = str(Path(__file__).resolve().parents[1] / "sdk" / "models" / "stcn-lite")
+H, W = 64, 96
+
+
+def _frame(t: int) -> np.ndarray:
+    frame = np.full((H, W, 3), 30, np.uint8)
+    cv2.circle(frame, (12 + 5 * t, 32), 9, (0, 0, 230), -1)
+    return frame
+
+
+def _mask(t: int = 0) -> np.ndarray:
+    mask = np.zeros((H, W), np.uint8)
+    cv2.circle(mask, (12 + 5 * t, 32), 9, 1, -1)
+    return mask
+
+
+def test_a_folder_is_read_in_natural_order_and_a_stem_shared_by_two_images_keeps_both(tmp_path):
+    for t in range(12):
+        cv2.imwrite(str(tmp_path / f"frame{t}.png"), _frame(t))
+    cv2.imwrite(str(tmp_path / "frame3.jpg"), _frame(3))
+    source = ImageFolderSource(tmp_path)
+    names = [source.frame_name(i) for i, _ in enumerate(source)]
+    assert names == [f"frame{t}" for t in range(3)] + ["frame3.jpg", "frame3.png"] + [f"frame{t}" for t in range(4, 12)]
+
+
+def test_undecodable_and_too_small_images_are_skipped_and_the_rest_is_tracked(tmp_path, capsys):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t in range(8):
+        cv2.imwrite(str(folder / f"{t:05d}.png"), _frame(t))
+    (folder / "00003.png").write_bytes(b"not an image")
+    cv2.imwrite(str(folder / "00005.png"), np.zeros((1, 1, 3), np.uint8))
+    write_label_png(tmp_path / "mask.png", _mask())
+    assert main(["run", PACKAGE, "--source", str(folder), "--mask", str(tmp_path / "mask.png"), "--out",
+                 str(tmp_path / "out"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "00003.png; frame skipped" in err and "1x1 pixels is too small" in err
+    assert sorted(p.stem for p in (tmp_path / "out").glob("*.png")) == ["00000", "00001", "00002", "00004", "00006",
+                                                                         "00007"]
+    assert (read_label_png(tmp_path / "out" / "00007.png") == 1).sum() > 100    # still tracked after them
+
+
+def _video_with_an_undecodable_frame(path: Path, bad: int = 3, frames: int = 12) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (W, H))
+    for t in range(frames):
+        writer.write(_frame(t))
+    writer.release()
+    data = bytearray(path.read_bytes())
+    starts = [i for i in range(len(data) - 2) if data[i:i + 3] == b"\xff\xd8\xff"]    # each frame's JPEG
+    start, end = starts[bad], starts[bad + 1] - 8                                       # up to the next chunk
+    data[start:end] = np.random.default_rng(1).integers(0, 256, end - start, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_an_undecodable_video_frame_is_skipped_and_the_frames_after_it_keep_their_names(tmp_path, capsys):
+    video = tmp_path / "clip.avi"
+    _video_with_an_undecodable_frame(video)
+    write_label_png(tmp_path / "mask.png", _mask())
+    assert main(["run", PACKAGE, "--source", str(video), "--mask", str(tmp_path / "mask.png"), "--out",
+                 str(tmp_path / "out"), "--no-progress"]) == 0
+    assert "cannot decode frame 3" in capsys.readouterr().err
+    assert sorted(p.stem for p in (tmp_path / "out").glob("*.png")) == [f"{t:05d}" for t in range(12) if t != 3]
+
+
+def test_a_mask_for_a_first_frame_that_cannot_be_read_is_refused(tmp_path, capsys):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t in range(4):
+        cv2.imwrite(str(folder / f"{t:05d}.png"), _frame(t))
+    (folder / "00000.png").write_bytes(b"broken")
+    write_label_png(tmp_path / "mask.png", _mask())
+    assert main(["run", PACKAGE, "--source", str(folder), "--mask", str(tmp_path / "mask.png"), "--out",
+                 str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "first frame cannot be read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, b"plain text"], ids=["truncated", "text"])
+def test_a_corrupt_mask_file_is_a_one_line_error(tmp_path, capsys, content):
+    cv2.imwrite(str(tmp_path / "00000.png"), _frame(0))
+    (tmp_path / "mask.png").write_bytes(content)
+    assert main(["run", PACKAGE, "--source", str(tmp_path), "--mask", str(tmp_path / "mask.png")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read it as a PNG" in err and "Traceback" not in err
+
+
+def test_objects_first_annotated_on_a_later_frame_of_a_davis_sequence_are_tracked_from_there(tmp_path, capsys):
+    images = tmp_path / "JPEGImages" / "480p" / "seq"
+    annotations = tmp_path / "Annotations" / "480p" / "seq"
+    images.mkdir(parents=True)
+    annotations.mkdir(parents=True)
+    for t in range(6):
+        frame = _frame(t)
+        cv2.rectangle(frame, (70, 5), (90, 20), (0, 220, 0), -1)       # object 2, annotated from frame 3 on
+        cv2.imwrite(str(images / f"{t:05d}.jpg"), frame)
+    write_label_png(annotations / "00000.png", _mask(0))
+    later = _mask(3)
+    later[5:21, 70:91] = 2
+    write_label_png(annotations / "00003.png", later)
+    assert main(["run", PACKAGE, "--source", str(images), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert "object(s) 2 first annotated on frame 00003" in capsys.readouterr().err
+    labels = {t: read_label_png(tmp_path / "out" / f"{t:05d}.png") for t in range(6)}
+    assert not (labels[2] == 2).any() and (labels[5] == 2).sum() > 100
+
+
+def test_outputs_that_would_overwrite_the_source_are_refused(tmp_path, capsys):
+    for t in range(3):
+        cv2.imwrite(str(tmp_path / f"{t:05d}.png"), _frame(t))
+    write_label_png(tmp_path.parent / f"{tmp_path.name}-mask.png", _mask())
+    mask = str(tmp_path.parent / f"{tmp_path.name}-mask.png")
+    assert main(["run", PACKAGE, "--source", str(tmp_path), "--mask", mask, "--out", str(tmp_path)]) == 2
+    assert "is the source folder" in capsys.readouterr().err
+    video = tmp_path.parent / f"{tmp_path.name}.avi"
+    _video_with_an_undecodable_frame(video, frames=6)
+    before = video.read_bytes()
+    assert main(["run", PACKAGE, "--source", str(video), "--mask", mask, "--video", str(video)]) == 2
+    assert "is the source video" in capsys.readouterr().err and video.read_bytes() == before
+
+
+def test_a_source_without_a_single_readable_frame_is_an_error_and_an_empty_source_is_refused(tmp_path, capsys):
+    (tmp_path / "00000.png").write_bytes(b"broken")
+    (tmp_path / "00001.png").write_bytes(b"broken too")
+    write_label_png(tmp_path.parent / f"{tmp_path.name}-mask.png", _mask())
+    mask = str(tmp_path.parent / f"{tmp_path.name}-mask.png")
+    assert main(["run", PACKAGE, "--source", str(tmp_path), "--mask", mask, "--video", str(tmp_path / "o.mp4"),
+                 "--no-progress"]) == 2
+    assert "no frame could be read" in capsys.readouterr().err and not (tmp_path / "o.mp4").exists()
+    assert main(["run", PACKAGE, "--source", "", "--mask", mask]) == 2
+    assert "--source: empty" in capsys.readouterr().err
+    assert main(["run", PACKAGE, "--source", str(tmp_path), "--mask", mask, "--video", str(tmp_path / "o.mkv")]) == 2
+    assert "give a .mp4 or .avi file name" in capsys.readouterr().err
