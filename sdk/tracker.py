@@ -265,5 +265,6 @@ class Tracker(Session):
         if engine_limit is not None and wanted > engine_limit:
             return (f"the TensorRT engines take at most {engine_limit} objects: rebuild them with "
                     f"`vosrt build {self.package.path} --max-objects {wanted}`, or remove objects first")
-        return (f"raise it with vosrt.sdk.load(..., max_objects={wanted}) (each object costs memory and "
-                "time on every frame), or remove objects first with remove_objects()")
+        return (f"raise it with vosrt.sdk.load(..., max_objects={wanted}) (vosrt run: "
+                f"--max-objects {wanted}; each object costs memory and time on every frame), or remove objects "
+                "first with remove_objects()")
