@@ -135,6 +135,8 @@ def evaluate_sequence(preds: list[np.ndarray], gts: list[np.ndarray], name: str 
     if not gts:
         return []
     num_objects = first_frame_objects(gts[0])
+    if num_objects == 0:
+        return []     # nothing to score (the official evaluation leaves such a sequence out too)
     frames = range(len(gts))
     if skip_first_last and len(gts) > 2:
         frames = range(1, len(gts) - 1)
@@ -145,10 +147,11 @@ def evaluate_sequence(preds: list[np.ndarray], gts: list[np.ndarray], name: str 
             raise ValueError(f"{name} frame {t}: prediction {pred.shape} and ground truth {gt.shape} differ in size")
         stray = [int(i) for i in np.unique(pred) if not 0 <= i <= num_objects]
         if stray:
+            hint = (" (a binary mask saved as 0/255? save object ids: 0 background, 1 the object)"
+                    if VOID in stray else "")
             raise UnknownObjectError(f"{name} frame {t}: the prediction has object id(s) "
-                                     f"{', '.join(map(str, stray[:5]))}, but the ground truth has objects 1..{num_objects}"
-                                     + (" (a binary mask saved as 0/255? save object ids: 0 background, 1 the object)"
-                                        if VOID in stray else ""))
+                                     f"{', '.join(map(str, stray[:5]))}, but the ground truth has objects "
+                                     f"1..{num_objects}{hint}")
         for score in scores:
             score.j.append(region_similarity(pred == score.object_id, gt == score.object_id))
             score.f.append(boundary_measure(pred == score.object_id, gt == score.object_id, None, tolerance))
