@@ -37,6 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime check at the end")
 
 
+def resolution(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    """(height, width) from ``--size H W`` or the older ``--height``/``--width`` (None: the family's default);
+    UserError when the two spellings disagree."""
+    height, width = args.height, args.width
+    if args.size is not None:
+        if (height is not None and height != args.size[0]) or (width is not None and width != args.size[1]):
+            raise UserError(f"--size {args.size[0]} {args.size[1]} disagrees with --height/--width; give --size alone")
+        height, width = args.size
+    return height, width
+
+
 def run(args: argparse.Namespace) -> int:
     """Export, then check the portable form. Returns 1 when the check finds a mismatch."""
     from vosrt.export.package import check_package, export_package  # torch import: only when run
@@ -48,11 +59,7 @@ def run(args: argparse.Namespace) -> int:
                         "use --random-weights to export an untrained model")
     if args.checkpoint is not None and args.random_weights:
         raise UserError("give either --checkpoint or --random-weights, not both")
-    height, width = args.height, args.width
-    if args.size is not None:
-        if (height is not None and height != args.size[0]) or (width is not None and width != args.size[1]):
-            raise UserError(f"--size {args.size[0]} {args.size[1]} disagrees with --height/--width; give --size alone")
-        height, width = args.size
+    height, width = resolution(args)
     forms = [f.strip() for f in args.forms.replace(" ", ",").split(",") if f.strip()]
     streaming = {"top_k": args.top_k} if args.top_k is not None else None
     pkg = export_package(args.family, args.checkpoint, args.out, height, width, forms=forms,

@@ -90,9 +90,16 @@ def test_train_without_config_on_cpu_warns_with_an_estimate_and_its_suggested_ru
 
 
 def test_export_size_and_the_older_height_width_spelling_agree(tmp_path, capsys):
-    assert main(["export", "stcn-lite", "--random-weights", "--out", str(tmp_path / "a"), "--size", "32", "48",
-                 "--height", "32", "--forms", "portable", "--no-check"]) == 0
-    assert (load_package(tmp_path / "a").height, load_package(tmp_path / "a").width) == (32, 48)
+    from vosrt.export import cli_export
+
+    parser = argparse.ArgumentParser()
+    cli_export.add_arguments(parser)
+    spelled = {"--size 32 48": (32, 48), "--size 32 48 --height 32": (32, 48), "--height 32 --width 48": (32, 48),
+               "--height 64": (64, None), "": (None, None)}
+    for flags, size in spelled.items():
+        args = parser.parse_args(["stcn-lite", "--random-weights", "--out", "x", *flags.split()])
+        assert cli_export.resolution(args) == size, flags
+    # (a real export with --size: the build hint's command, above)
     assert main(["export", "stcn-lite", "--random-weights", "--out", str(tmp_path / "b"), "--size", "32", "48",
                  "--height", "64"]) == 2
     assert "disagrees" in capsys.readouterr().err
