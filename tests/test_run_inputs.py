@@ -29,6 +29,16 @@ def _mask(t: int = 0) -> np.ndarray:
     return mask
 
 
+def _frames_and_mask(root: Path, frames: int) -> Path:
+    """root/frames/00000.png … and root/mask.png (the first frame's); returns the folder of frames."""
+    folder = root / "frames"
+    folder.mkdir()
+    for t in range(frames):
+        cv2.imwrite(str(folder / f"{t:05d}.png"), _frame(t))
+    write_label_png(root / "mask.png", _mask())
+    return folder
+
+
 def test_a_folder_is_read_in_natural_order_and_a_stem_shared_by_two_images_keeps_both(tmp_path):
     for t in range(12):
         cv2.imwrite(str(tmp_path / f"frame{t}.png"), _frame(t))
@@ -39,13 +49,9 @@ def test_a_folder_is_read_in_natural_order_and_a_stem_shared_by_two_images_keeps
 
 
 def test_undecodable_and_too_small_images_are_skipped_and_the_rest_is_tracked(tmp_path, capsys):
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for t in range(8):
-        cv2.imwrite(str(folder / f"{t:05d}.png"), _frame(t))
+    folder = _frames_and_mask(tmp_path, 8)
     (folder / "00003.png").write_bytes(b"not an image")
     cv2.imwrite(str(folder / "00005.png"), np.zeros((1, 1, 3), np.uint8))
-    write_label_png(tmp_path / "mask.png", _mask())
     assert main(["run", PACKAGE, "--source", str(folder), "--mask", str(tmp_path / "mask.png"), "--out",
                  str(tmp_path / "out"), "--no-progress"]) == 0
     err = capsys.readouterr().err
@@ -78,12 +84,8 @@ def test_an_undecodable_video_frame_is_skipped_and_the_frames_after_it_keep_thei
 
 
 def test_a_mask_for_a_first_frame_that_cannot_be_read_is_refused(tmp_path, capsys):
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    for t in range(4):
-        cv2.imwrite(str(folder / f"{t:05d}.png"), _frame(t))
+    folder = _frames_and_mask(tmp_path, 4)
     (folder / "00000.png").write_bytes(b"broken")
-    write_label_png(tmp_path / "mask.png", _mask())
     assert main(["run", PACKAGE, "--source", str(folder), "--mask", str(tmp_path / "mask.png"), "--out",
                  str(tmp_path / "out"), "--no-progress"]) == 2
     assert "first frame cannot be read" in capsys.readouterr().err
