@@ -9,8 +9,8 @@ video) ends the run with what was written so far, a warning and exit code 1; an 
 folder, or an undecodable frame of a video file with frames after it, is skipped with a warning (outputs
 keep the source's frame names). Frames of a folder are read in natural order (frame2 before frame10).
 Objects first annotated on a later frame of a DAVIS sequence are tracked from that frame. A source with
-no readable frame, outputs that would overwrite the source, and a corrupt mask are one-line errors. Ctrl-C, SIGTERM and SIGHUP stop the run with its files finished
-(exit code 128 + signal).
+no readable frame, outputs that would overwrite the source, and a corrupt mask are one-line errors.
+Ctrl-C, SIGTERM and SIGHUP stop the run with its files finished (exit code 128 + signal).
 """
 from __future__ import annotations
 
@@ -127,6 +127,7 @@ def run(args) -> int:
     if not family.takes_mask and args.mask:
         raise UserError(f"--mask: {family.name} packages segment without a mask (unsupervised); drop --mask")
     session = vosrt.sdk.load(package.path, **_session_options(args, family))
+    source = None
     try:
         source = open_source(args.source)
         masks = _masks_of(source, read_label_png(args.mask) if args.mask else source.first_mask(), family) \
@@ -140,7 +141,7 @@ def run(args) -> int:
             sinks.append(OverlayVideoSink(args.video, fps=source.fps))
     except BaseException:
         session.close()
-        if "source" in locals():
+        if source is not None:
             source.close()
         raise
 

@@ -29,6 +29,7 @@ from vosrt.sdk.errors import UserError
 
 # Positions (frames × h × w) the readout indexes with int32.
 MAX_POSITIONS = 2**31
+_LOWER_CAPACITY = "lower memory_capacity (vosrt run --memory-capacity, or the package's streaming.memory_capacity)"
 
 
 class MemoryBank:
@@ -42,8 +43,7 @@ class MemoryBank:
                             f"the others the recent ones), got {capacity}")
         if int(capacity) * int(hw) >= MAX_POSITIONS:
             raise UserError(f"memory_capacity: {capacity} frames of {hw} positions exceed the {MAX_POSITIONS - 1} "
-                            "memory positions the readout indexes; lower memory_capacity (vosrt run "
-                            "--memory-capacity, or the package's streaming.memory_capacity)")
+                            f"memory positions the readout indexes; {_LOWER_CAPACITY}")
         self.backend = backend
         self.dtype = np.dtype(dtype)  # what the segment graph reads: float16 for fp16 engines
         self.capacity = int(capacity)
@@ -83,8 +83,7 @@ class MemoryBank:
         except MemoryError:
             size = int(np.prod(shape, dtype=np.float64) * self.dtype.itemsize)
             raise UserError(f"memory_capacity: a memory bank of {self.capacity} frames needs a {size / 2**30:.1f} GiB "
-                            f"buffer {list(shape)}, which cannot be allocated; lower memory_capacity (vosrt run "
-                            "--memory-capacity, or the package's streaming.memory_capacity)") from None
+                            f"buffer {list(shape)}, which cannot be allocated; {_LOWER_CAPACITY}") from None
         self.allocations += 1
         return tensor
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -166,10 +167,10 @@ class ImageFolderSource(FrameSource):
         self.length = len(self.files)
         self.skipped: list[Path] = []   # unreadable images, left out of the stream
         self._names: list[str] = []     # output names of the frames yielded, in order
-        stems = [p.stem for p in self.files]
+        stems = Counter(p.stem for p in self.files)
         # two images of one stem (00000.png and 00000.jpg) keep their extension in the name, or one output
         # would overwrite the other
-        self._name_of = {p: p.stem if stems.count(p.stem) == 1 else p.name for p in self.files}
+        self._name_of = {p: p.stem if stems[p.stem] == 1 else p.name for p in self.files}
 
     def frame_name(self, index: int) -> str:
         return self._names[index] if index < len(self._names) else super().frame_name(index)

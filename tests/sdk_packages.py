@@ -34,8 +34,9 @@ def tiny_package(kind: str, forms: tuple[str, ...] = ("portable",)) -> Path:
     key = (kind, tuple(sorted(forms)))
     if key in _CACHE:
         return _CACHE[key]
-    full = _export(kind, ("portable", "plugin") if kind in ("stcn", "3dc-seg") else ("portable",))
-    if set(forms) == set(json.loads((full / "manifest.json").read_text())["graphs"][_first_graph(full)]):
+    exported = ("portable", "plugin") if kind in ("stcn", "3dc-seg") else ("portable",)
+    full = _export(kind, exported)
+    if set(forms) == set(exported):
         _CACHE[key] = full
         return full
     from vosrt.sdk.package import write_manifest
@@ -49,10 +50,6 @@ def tiny_package(kind: str, forms: tuple[str, ...] = ("portable",)) -> Path:
     write_manifest(out, manifest)
     _CACHE[key] = out
     return out
-
-
-def _first_graph(folder: Path) -> str:
-    return next(iter(json.loads((folder / "manifest.json").read_text())["graphs"]))
 
 
 def _export(kind: str, forms: tuple[str, ...]) -> Path:
