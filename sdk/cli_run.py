@@ -9,7 +9,8 @@ video) ends the run with what was written so far, a warning and exit code 1; an 
 folder, or an undecodable frame of a video file with frames after it, is skipped with a warning (outputs
 keep the source's frame names). Frames of a folder are read in natural order (frame2 before frame10).
 Objects first annotated on a later frame of a DAVIS sequence are tracked from that frame. A source with
-no readable frame, outputs that would overwrite the source, and a corrupt mask are one-line errors.
+no readable frame, outputs that would overwrite the source, a corrupt mask, and an overlay video that
+the disk could not hold (checked when it is finished) are one-line errors.
 Ctrl-C, SIGTERM and SIGHUP stop the run with its files finished (exit code 128 + signal).
 """
 from __future__ import annotations

@@ -108,9 +108,19 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
         if progress is not None:
             progress.close()
         if close:
-            for sink in sinks:
-                if hasattr(sink, "close"):
-                    sink.close()
-            if hasattr(source, "close"):
-                source.close()
+            close_all([*sinks, source])
     return stats
+
+
+def close_all(things) -> None:
+    """Close each of ``things`` that has ``close()``, all of them even when one fails; then raise the first
+    failure (a video sink that finds its file incomplete must not leave the source open)."""
+    failure = None
+    for thing in things:
+        if hasattr(thing, "close"):
+            try:
+                thing.close()
+            except Exception as err:
+                failure = failure or err
+    if failure is not None:
+        raise failure

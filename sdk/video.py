@@ -336,10 +336,21 @@ class OverlayVideoSink:
         self.written += 1
 
     def close(self) -> None:
-        """Finish the file (required for it to be readable)."""
-        if self.writer is not None:
-            self.writer.release()
-            self.writer = None
+        """Finish the file (required for it to be readable), then check that it holds every frame written:
+        OpenCV's writer only warns when a write fails (a full disk, a file size limit), and the file it
+        leaves then has no index, or a short one."""
+        if self.writer is None:
+            return
+        self.writer.release()
+        self.writer = None
+        capture = cv2.VideoCapture(str(self.path))
+        try:
+            held = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+        finally:
+            capture.release()
+        if held != self.written:
+            raise UserError(f"--video: {self.path} is incomplete: {self.written} frames were written but the file "
+                            f"holds {max(held, 0)} (a full disk or a file size limit?); free space and run again")
 
 
 class CallbackSink:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from vosrt.cli import main
+from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png, write_label_png
 from vosrt.sdk.video import ImageFolderSource
 
@@ -145,3 +146,46 @@ def test_a_source_without_a_single_readable_frame_is_an_error_and_an_empty_sourc
     assert "--source: empty" in capsys.readouterr().err
     assert main(["run", PACKAGE, "--source", str(tmp_path), "--mask", mask, "--video", str(tmp_path / "o.mkv")]) == 2
     assert "give a .mp4 or .avi file name" in capsys.readouterr().err
+
+
+@pytest.fixture
+def file_size_limit():
+    """``limit(n)``: files this process writes stop growing at n bytes (EFBIG, as on a full disk: Python
+    ignores SIGXFSZ) until the test ends."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    yield lambda size: resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_an_overlay_video_cut_short_by_a_full_disk_is_an_error_and_the_pngs_are_kept(tmp_path, capsys,
+                                                                                       file_size_limit):
+    folder = _frames_and_mask(tmp_path, 10)
+    args = ["run", PACKAGE, "--source", str(folder), "--mask", str(tmp_path / "mask.png"), "--no-progress"]
+    assert main(args + ["--video", str(tmp_path / "whole.mp4")]) == 0    # (also builds what the session caches)
+    whole = (tmp_path / "whole.mp4").stat().st_size
+    file_size_limit(whole // 2)
+    assert main(args + ["--out", str(tmp_path / "out"), "--video", str(tmp_path / "cut.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert f"--video: {tmp_path / 'cut.mp4'} is incomplete: 10 frames were written but the file holds 0" in err
+    assert len(list((tmp_path / "out").glob("*.png"))) == 10
+
+
+def test_every_sink_and_the_source_are_closed_when_one_sink_fails_to_finish():
+    from vosrt.sdk.streaming import close_all
+
+    closed = []
+
+    class Thing:
+        def __init__(self, name, fails=False):
+            self.name, self.fails = name, fails
+
+        def close(self):
+            closed.append(self.name)
+            if self.fails:
+                raise UserError(f"{self.name} failed")
+
+    with pytest.raises(UserError, match="video failed"):
+        close_all([Thing("png"), Thing("video", fails=True), Thing("other", fails=True), object(), Thing("source")])
+    assert closed == ["png", "video", "other", "source"]

@@ -35,7 +35,7 @@ from vosrt.sdk.live.select import BoxSegmenter, box_around, clip_box, grabcut_bo
 from vosrt.sdk.live.source import LatestFrameSource
 from vosrt.sdk.masks import write_label_png
 from vosrt.sdk.session import SegmentedFrame
-from vosrt.sdk.streaming import StreamStats, stream
+from vosrt.sdk.streaming import StreamStats, close_all, stream
 from vosrt.sdk.video import OverlayVideoSink, PngSink, overlay
 
 
@@ -234,7 +234,11 @@ class LivePipeline:
             recording, self._recording = self._recording, None
             if recording is None:
                 return None
-            recording.close()
+            try:
+                recording.close()
+            except UserError as err:   # shown on the page, and answered to the request that stopped it
+                self.message = str(err)
+                raise
         self.message = f"saved {recording.path.name} ({recording.written} frames)"
         return recording.path.name
 
@@ -286,10 +290,13 @@ class LivePipeline:
                 self._apply_reset()
         finally:
             self.finished = True
-            self.source.close()
-            self.stop_recording()
-            for output in self._outputs:
-                output.close()
+            try:
+                self.source.close()
+            finally:   # every output is finished even when one fails (a recording on a full disk)
+                try:
+                    self.stop_recording()
+                finally:
+                    close_all(self._outputs)
         return self.stats
 
     def start(self) -> threading.Thread:
