@@ -23,6 +23,7 @@ import secrets
 import signal
 import sys
 
+from vosrt.sdk.cli_run import add_session_arguments, session_options
 from vosrt.sdk.errors import UserError, install_command
 
 
@@ -54,8 +55,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--frames", type=int, default=None, help="stop after processing this many frames")
     parser.add_argument("--retry-seconds", type=float, default=1.0,
                         help="wait before reopening a source that stopped (default 1)")
-    parser.add_argument("--backend", default="auto", help="auto, onnxruntime, torch or tensorrt (default auto)")
-    parser.add_argument("--device", default=None, help="auto, cpu or cuda (backend default: auto)")
+    add_session_arguments(parser)   # --backend, --device, --checkpoint, --max-objects, --top-k ...
 
 
 def _open_live_source(args):
@@ -118,8 +118,7 @@ def run(args) -> int:
         print(f"note: no --select given; a {family.name} package tracks nothing until objects are selected, "
               f"so every mask will be empty", file=sys.stderr)
     segmenter = load_segmenter(args.box_segmenter) if args.box_segmenter else grabcut_box
-    options = {"backend": args.backend, **({"device": args.device} if args.device else {})}
-    session = vosrt.sdk.load(package.path, **options)
+    session = vosrt.sdk.load(package.path, **session_options(args, family))
     try:
         source = _open_live_source(args)
     except BaseException:

@@ -29,23 +29,31 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mask", default=None, help="first-frame mask PNG (stcn packages)")
     parser.add_argument("--out", default=None, help="folder for one palette PNG per frame")
     parser.add_argument("--video", default=None, help="overlay video to write (.mp4 or .avi)")
+    parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    add_session_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_session_arguments(parser) -> None:
+    """The session's flags, shared by ``vosrt run`` and ``vosrt live``: backend, device, checkpoint and the
+    family settings of :data:`SETTINGS`."""
     parser.add_argument("--backend", default="auto", help="auto, onnxruntime, torch or tensorrt (default auto)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint for --backend torch (default: the package's)")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (backend default: auto)")
-    parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     parser.add_argument("--mem-every", type=int, default=None, help="stcn: memory frame every N frames")
     parser.add_argument("--top-k", type=int, default=None, help="stcn: top-k of the memory read")
     parser.add_argument("--memory-capacity", type=int, default=None, help="stcn: memory bank size in frames")
     parser.add_argument("--max-objects", type=int, default=None,
                         help="stcn: most objects tracked at once (default: the package's, 32)")
     parser.add_argument("--overlap", type=int, default=None, help="clip families: clip overlap in frames (3dc-seg 3, stem-seg 4; L-1 = dense)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 SETTINGS = ("mem_every", "top_k", "memory_capacity", "max_objects", "overlap")  # session settings with flags above
 
 
-def _session_options(args, family) -> dict:
+def session_options(args, family) -> dict:
+    """``vosrt.sdk.load`` keywords from the flags of :func:`add_session_arguments` (settings the family does
+    not have are refused, naming the flag)."""
     options = {"backend": args.backend}
     if args.checkpoint:
         options["checkpoint"] = args.checkpoint
@@ -127,7 +135,7 @@ def run(args) -> int:
     family = families.get(package.family)
     if not family.takes_mask and args.mask:
         raise UserError(f"--mask: {family.name} packages segment without a mask (unsupervised); drop --mask")
-    session = vosrt.sdk.load(package.path, **_session_options(args, family))
+    session = vosrt.sdk.load(package.path, **session_options(args, family))
     source = None
     try:
         source = open_source(args.source)

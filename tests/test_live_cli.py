@@ -93,6 +93,19 @@ def test_frames_limits_the_processed_frames(tmp_path):
     assert len(list((tmp_path / "masks").glob("*.png"))) == 6
 
 
+def test_session_settings_are_flags_of_live_too(tmp_path, capsys):
+    seq = generate_sequence(9, num_frames=4, num_objects=2)
+    clip = write_video(tmp_path / "clip.mp4", seq)
+    assert main(["live", str(PACKAGE), "--source", str(clip), "--headless", *_select_args(seq.labels[0]),
+                 "--max-objects", "1"]) == 2
+    assert "max_objects 1); remove one first, or restart vosrt live with --max-objects 2" in capsys.readouterr().err
+    assert main(["live", str(PACKAGE), "--source", str(clip), "--headless", "--overlap", "2"]) == 2
+    assert "--overlap" in capsys.readouterr().err
+    assert main(["live", str(PACKAGE), "--source", str(clip), "--headless", *_select_args(seq.labels[0]),
+                 "--max-objects", "2", "--top-k", "8", "--mem-every", "2", "--out", str(tmp_path / "masks")]) == 0
+    assert {int(i) for i in np.unique(read_label_png(tmp_path / "masks" / "00003.png"))} == {0, 1, 2}
+
+
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
 def test_a_signal_leaves_a_playable_recording_and_the_pngs_written(tmp_path, stop):
     seq = generate_sequence(10, num_frames=30, num_objects=1)

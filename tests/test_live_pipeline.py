@@ -19,11 +19,11 @@ from live_support import PACKAGE, bounding_box, wait_for
 
 
 @contextlib.contextmanager
-def live_pipeline(folder, seed: int = 31, frames: int = 60, loop: bool = False, **options):
+def live_pipeline(folder, seed: int = 31, frames: int = 60, loop: bool = False, session_options=None, **options):
     """A pipeline running in its thread over a generated clip played at 30 FPS: (pipeline, sequence)."""
     seq = generate_sequence(seed, num_frames=frames, num_objects=1)
     clip = write_video(folder / "clip.mp4", seq)
-    session = vosrt.sdk.load(PACKAGE)
+    session = vosrt.sdk.load(PACKAGE, **(session_options or {}))
     source = LatestFrameSource(lambda: open_source(str(clip)), drop=True, pace=30, loop=loop)
     pipeline = LivePipeline(session, source, save_dir=folder / "saved", **options)
     thread = pipeline.start()
@@ -129,3 +129,23 @@ def test_automatic_ids_wrap_past_255_to_the_lowest_free_one(running):
         pipeline._boxes.extend((i, (1, 1, 9, 9)) for i in range(3, 255))
     with pytest.raises(UserError, match="all 255 object ids are in use"):
         pipeline.select_box((70, 70, 30, 30))
+
+
+def test_a_selection_beyond_the_object_limit_is_refused_and_the_stream_goes_on(tmp_path):
+    with live_pipeline(tmp_path, loop=True, session_options={"max_objects": 2}) as (pipeline, seq):
+        wait_for(lambda: pipeline.frames >= 2)
+        pipeline.select_box(bounding_box(seq.labels[0] == 1))
+        pipeline.select_box((10, 10, 30, 30))
+        with pytest.raises(UserError, match=r"limit \(max_objects 2\).*--max-objects 3"):
+            pipeline.select_box((50, 10, 30, 30))
+        wait_for(lambda: pipeline.session.objects == [1, 2])
+        # one that got past the check (the session was given an object meanwhile) costs its selection only
+        with pipeline._lock:
+            pipeline._boxes.append((3, (50, 10, 30, 30)))
+        before = pipeline.frames
+        wait_for(lambda: pipeline.frames > before + 3)
+        assert pipeline.error is None and pipeline.session.objects == [1, 2]
+        assert "max_objects 2" in pipeline.message
+        pipeline.remove(2)
+        wait_for(lambda: pipeline.session.objects == [1])
+        assert pipeline.select_box((10, 10, 30, 30)) == 3

@@ -155,6 +155,10 @@ class LivePipeline:
         if self.finished:
             raise UserError("the stream has ended; restart vosrt live (or use --loop) to select objects")
         with self._lock:
+            limit = getattr(self.session, "max_objects", None)
+            claimed = len(set(self.objects) | self._applying | {i for i, _ in self._boxes})
+            if limit is not None and claimed >= limit:
+                raise UserError(self._over_limit(claimed, limit))
             object_id = self._claim_id(object_id)
             self._boxes.append((object_id, tuple(box)))
         self._replay_if_paused()
@@ -334,6 +338,11 @@ class LivePipeline:
         self._next_id = object_id + 1 if object_id < 255 else 1
         return object_id
 
+    @staticmethod
+    def _over_limit(tracked: int, limit: int) -> str:
+        return (f"{tracked} objects are tracked, this session's limit (max_objects {limit}); remove one first, or "
+                f"restart vosrt live with --max-objects {limit + 1} or more")
+
     def _apply_reset(self) -> None:
         self.session.reset()
         with self._lock:
@@ -378,6 +387,12 @@ class LivePipeline:
         present = [i for i, _ in boxes if (labels == i).any()]
         if not present:
             self.message = "the selection covered no pixel of the frame"
+            return None
+        # the session refuses a mask beyond its object limit, and a refused push would end the stream
+        tracked = list(getattr(self.session, "objects", []))
+        limit = getattr(self.session, "max_objects", None)
+        if limit is not None and len(set(tracked) | set(present)) > limit:
+            self.message = self._over_limit(len(tracked), limit)
             return None
         with self._lock:
             for object_id in present:
