@@ -118,8 +118,12 @@ def test_a_failing_box_segmenter_costs_the_selection_only_and_its_id_stays_claim
         wait_for(lambda: 9 not in pipeline.objects and pipeline.message == "removed object 9")
 
 
-def test_automatic_ids_wrap_past_255_to_the_lowest_free_one(running):
-    pipeline, _ = running
+def test_automatic_ids_wrap_past_255_to_the_lowest_free_one(tmp_path):
+    with live_pipeline(tmp_path, session_options={"max_objects": 300}) as (pipeline, _):
+        _ids_wrap(pipeline)
+
+
+def _ids_wrap(pipeline):
     wait_for(lambda: pipeline.frames >= 1)
     pipeline.pause()
     assert pipeline.select_box((10, 10, 30, 30), 255) == 255

@@ -340,7 +340,7 @@ class LivePipeline:
 
     @staticmethod
     def _over_limit(tracked: int, limit: int) -> str:
-        return (f"{tracked} objects are tracked, this session's limit (max_objects {limit}); remove one first, or "
+        return (f"{tracked} objects are tracked or being added, this session's limit (max_objects {limit}); remove one first, or "
                 f"restart vosrt live with --max-objects {limit + 1} or more")
 
     def _apply_reset(self) -> None:
