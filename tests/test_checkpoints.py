@@ -73,3 +73,12 @@ def test_asking_for_the_other_family_is_a_user_error(tmp_path):
     save_checkpoint(tmp_path / "lite.pt", build_model("stcn-lite"))
     with pytest.raises(UserError, match="3dc-seg"):
         load_checkpoint(tmp_path / "lite.pt", family="3dc-seg")
+
+
+def test_an_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path):
+    model = build_model("stcn-lite")
+    save_checkpoint(tmp_path / "last.pth", model, step=1)
+    with pytest.raises(Exception):  # fails while writing, as a Ctrl-C or a full disk would
+        save_checkpoint(tmp_path / "last.pth", model, step=2, unpicklable=lambda: None)
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]

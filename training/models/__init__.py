@@ -8,6 +8,7 @@ is a JSON-able dict holding at least ``{"model": name, **overrides}``, and
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 
 import torch
@@ -54,14 +55,23 @@ def build_model(name: str, **overrides) -> torch.nn.Module:
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict | None = None, **extra) -> None:
     """Save ``model`` with the config that rebuilds it (default ``model.config``); ``extra`` entries
-    (optimizer state, step, …) are stored beside it for training resumption."""
+    (optimizer state, step, …) are stored beside it for training resumption.
+
+    The file is written beside ``path`` and renamed over it once complete, so an interrupted save (Ctrl-C,
+    a full disk, a killed job) leaves the previous checkpoint at ``path`` intact."""
     config = dict(config if config is not None else model.config)
     if "model" not in config:
         raise ValueError(f"config must name the model ('model': one of {', '.join(families.model_names())})")
     payload = {"format": CHECKPOINT_FORMAT, "version": 1, "config": config,
                "state_dict": model.state_dict(), **extra}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        torch.save(payload, str(partial))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _strip_prefix(state_dict: dict) -> dict:
