@@ -214,3 +214,12 @@ def test_3dc_seg_training_run_checkpoints_and_validates(data_dir, tmp_path):
     assert summary["step"] == 1 and "grad_norm" in summary["logs"]
     assert 0.0 <= summary["validation"]["J&F"] <= 1.0
     assert torch.load(tmp_path / "run" / "last.pth", weights_only=True)["config"]["model"] == "3dc-seg-lite"
+
+
+def test_a_new_run_into_a_folder_holding_a_run_is_refused_and_leaves_it_intact(data_dir, tmp_path):
+    config = tiny_config(iterations=1)
+    train([data_dir], tmp_path / "run", config, progress=False)
+    before = (tmp_path / "run" / "last.pth").read_bytes()
+    with pytest.raises(UserError, match="--resume"):
+        train([data_dir], tmp_path / "run", config, progress=False)
+    assert (tmp_path / "run" / "last.pth").read_bytes() == before

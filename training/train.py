@@ -271,7 +271,8 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
           init: str | Path | None = None, val_data: str | Path | None = None, progress: bool = True) -> dict:
     """Train ``config.model`` on the dataset folders ``data``, writing the run folder ``out``.
 
-    ``resume`` continues from ``out/last.pth`` (exactly: step, optimizer, RNG); ``init`` starts from
+    ``resume`` continues from ``out/last.pth`` (exactly: step, optimizer, RNG); without it, ``out`` must not
+    hold a run already (UserError: a new run would overwrite it). ``init`` starts from
     a checkpoint (vosrt or published state_dict) or, for 3dc-seg, Caffe2 ``.pkl`` backbone weights.
     ``val_data``: a DAVIS-layout folder scored with J&F (``vosrt.sdk.metrics``) every ``val_every`` steps
     and at the end. Returns a summary: final step, last logged values, wall time, checkpoint path.
@@ -282,6 +283,10 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
     recipe = recipe_for(family)
     checkpoint_path = out / CHECKPOINT_NAME
     payload = None
+    if not resume and checkpoint_path.is_file():
+        # a new run would write over the old one's last.pth, config.json and logs
+        raise UserError(f"--out {out} already holds a training run ({checkpoint_path}); continue it with --resume, "
+                        f"or give another --out folder to start a new run")
     if resume:
         if not checkpoint_path.is_file():
             raise UserError(f"--resume: no checkpoint to resume at {checkpoint_path}")
