@@ -223,3 +223,35 @@ def test_a_new_run_into_a_folder_holding_a_run_is_refused_and_leaves_it_intact(d
     with pytest.raises(UserError, match="--resume"):
         train([data_dir], tmp_path / "run", config, progress=False)
     assert (tmp_path / "run" / "last.pth").read_bytes() == before
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"size": 64}, "size should be \\[height, width\\]"),
+    ({"iterations": "100"}, "iterations should be an integer ≥ 1, got \"100\""),
+    ({"save_every": 0}, "save_every should be an integer ≥ 1, got 0"),
+    ({"batch_size": 0}, "batch_size should be an integer ≥ 1"),
+    ({"lr": "1e-4"}, "lr should be a number"),
+    ({"lr_steps": 1000}, "lr_steps should be a list of integers"),
+    ({"model_overrides": [1]}, "model_overrides should be an object"),
+    ({"stcn": {"top_p": "high"}}, "stcn option top_p should be a number"),
+    ({"stcn": {"skip_curriculum": []}}, "stcn option skip_curriculum should be a non-empty list"),
+])
+def test_config_values_of_the_wrong_type_or_range_are_user_errors_naming_the_file(tmp_path, options, message):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(options))
+    with pytest.raises(UserError, match=f"--config {path}: {message}"):
+        load_config_file(path, default_config("stcn"))
+
+
+def test_vosrt_train_rejects_a_config_file_that_is_not_an_object_and_a_zero_batch_size(data_dir, tmp_path, capsys):
+    from vosrt.cli import main
+
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    common = ["train", "stcn-lite", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(common + ["--config", str(listed)]) == 2
+    assert "expected a JSON object of training options" in capsys.readouterr().err
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"model_overrides": TINY_STCN, "size": [32, 32], "iterations": 1}))
+    assert main(common + ["--config", str(good), "--batch-size", "0"]) == 2
+    assert "--batch-size: batch_size should be an integer ≥ 1, got 0" in capsys.readouterr().err

@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     file_options = {}
     if args.config:
         file_options = json.loads(open(args.config).read()) if _is_json(args.config) else {}
+        if not isinstance(file_options, dict):
+            file_options = {}  # load_config_file reports that the file holds no JSON object
     stage = args.stage or file_options.get("stage", "main")
     config = default_config(model, stage)
     if args.config:
@@ -67,9 +69,11 @@ def run(args: argparse.Namespace) -> int:
         config = apply_overrides(config, {"model": explicit} if explicit else {})
         if args.stage:
             config = apply_overrides(config, {"stage": args.stage})
-    flags = {"iterations": args.iterations, "batch_size": args.batch_size, "lr": args.lr, "size": args.size,
-             "num_workers": args.workers}
-    config = apply_overrides(config, {k: v for k, v in flags.items() if v is not None})
+    flags = {"iterations": ("--iterations", args.iterations), "batch_size": ("--batch-size", args.batch_size),
+             "lr": ("--lr", args.lr), "size": ("--size", args.size), "num_workers": ("--workers", args.workers)}
+    for name, (flag, value) in flags.items():
+        if value is not None:
+            config = apply_overrides(config, {name: value}, source=flag)
     if args.amp:
         config = apply_overrides(config, {"amp": True})
     if family_of(config.model) != args.family:

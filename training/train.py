@@ -105,6 +105,63 @@ class TrainConfig:
 
 GENERIC_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "options")
 
+# What each generic option takes: (kind, smallest value); kinds: "int", "number", "bool", "str", "dict",
+# "ints" (a list of integers), "size" (two positive integers); a "?" suffix also allows null.
+_GENERIC_KINDS = {
+    "model": ("str", None), "model_overrides": ("dict", None), "stage": ("str", None), "iterations": ("int", 1),
+    "batch_size": ("int", 1), "lr": ("number", 0), "weight_decay": ("number", 0), "lr_steps": ("ints", 0),
+    "gamma": ("number", 0), "size": ("size", 1), "freeze_bn": ("bool", None), "grad_clip": ("number?", 0),
+    "repeat": ("int", 1), "num_workers": ("int", 0), "seed": ("int", 0), "amp": ("bool", None),
+    "log_every": ("int", 1), "image_every": ("int", 0), "save_every": ("int", 1), "keep_every": ("int", 0),
+    "val_every": ("int", 0), "val_videos": ("int", 1), "val_size": ("size?", 1),
+}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_value(source: str, name: str, value, kind: str, low) -> None:
+    """UserError unless ``value`` is of ``kind`` (see ``_GENERIC_KINDS``) and at least ``low``."""
+    if kind.endswith("?"):
+        if value is None:
+            return
+        kind = kind[:-1]
+    at_least = "" if low is None else f" ≥ {low}"
+    expected = {"int": f"an integer{at_least}", "number": f"a number{at_least}", "bool": "true or false",
+                "str": "a string", "dict": "an object", "list": "a list", "ints": f"a list of integers{at_least}",
+                "size": "[height, width], two positive integers"}[kind]
+    ok = {"int": lambda v: _is_int(v) and (low is None or v >= low),
+          "number": lambda v: _is_number(v) and (low is None or v >= low),
+          "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str),
+          "dict": lambda v: isinstance(v, dict), "list": lambda v: isinstance(v, (list, tuple)),
+          "ints": lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) and x >= low for x in v),
+          "size": lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(x) and x >= 1 for x in v),
+          }[kind](value)
+    if not ok:
+        raise UserError(f"{source}: {name} should be {expected}, got {json.dumps(value, default=repr)}")
+
+
+def _option_kind(default) -> str:
+    """The kind (``_check_value``) of a recipe option from its default value."""
+    if isinstance(default, bool):
+        return "bool"
+    if isinstance(default, int):
+        return "int"
+    if isinstance(default, float):
+        return "number"
+    if isinstance(default, str):
+        return "str"
+    if isinstance(default, dict):
+        return "dict"
+    if isinstance(default, (list, tuple)):
+        return "list"
+    return ""
+
 
 def default_config(model: str = TrainConfig.model, stage: str = "main", **overrides) -> TrainConfig:
     """The published schedule of ``model``'s family (and ``stage``) from its recipe, with ``overrides``."""
@@ -134,10 +191,20 @@ def apply_overrides(config: TrainConfig, overrides: dict, source: str = "overrid
         raise UserError(f"{source}: unknown training option(s) {unknown}; known: {sorted(GENERIC_OPTIONS)} and, "
                         f"for {family} (nested under \"{family}\" or at the top level), {sorted(option_names)}")
 
+    for name, value in overrides.items():
+        _check_value(source, name, value, *_GENERIC_KINDS[name])
+    defaults = recipe.options()
+    for name, value in {**flat, **nested}.items():
+        kind = _option_kind(getattr(defaults, name))
+        if kind:
+            _check_value(source, f"{family} option {name}", value, kind, None)
+
     def plain(values):
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
 
     options = dataclasses.replace(options, **plain({**flat, **nested}))
+    if flat or nested:
+        recipe.check_options(options, source)
     return dataclasses.replace(config, options=options, **plain(overrides))
 
 

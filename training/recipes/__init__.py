@@ -37,6 +37,9 @@ class Recipe:
         if stage not in self.stages:
             raise UserError(f"stage: {self.family} has the stage(s) {', '.join(self.stages)}, got {stage!r}")
 
+    def check_options(self, options, source: str) -> None:
+        """UserError (naming ``source``) for option values the recipe cannot use; types are checked before."""
+
     def build_dataset(self, config, data: list[str | Path]):
         raise NotImplementedError
 

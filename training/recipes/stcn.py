@@ -56,6 +56,15 @@ class STCNRecipe(Recipe):
         self.check_stage(stage)
         return dict(batch_size=8, iterations=300000, lr_steps=[150000], lr=1e-5) if stage == "static" else {}
 
+    def check_options(self, options: STCNOptions, source: str) -> None:
+        """UserError for a frame-gap curriculum that is not a non-empty list of [fraction, max_skip] pairs."""
+        curriculum = options.skip_curriculum
+        if not curriculum or not all(isinstance(p, (list, tuple)) and len(p) == 2
+                                     and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
+                                     and 0 <= p[0] <= 1 and p[1] >= 1 for p in curriculum):
+            raise UserError(f"{source}: stcn option skip_curriculum should be a non-empty list of [fraction of the "
+                            f"iterations (0..1), max_skip ≥ 1] pairs, e.g. [[0.0, 5], [0.5, 10]], got {curriculum!r}")
+
     def build_dataset(self, config, data):
         o = config.options
         if [str(d) for d in data] == [GENERATED]:
