@@ -255,3 +255,14 @@ def test_vosrt_train_rejects_a_config_file_that_is_not_an_object_and_a_zero_batc
     good.write_text(json.dumps({"model_overrides": TINY_STCN, "size": [32, 32], "iterations": 1}))
     assert main(common + ["--config", str(good), "--batch-size", "0"]) == 2
     assert "--batch-size: batch_size should be an integer ≥ 1, got 0" in capsys.readouterr().err
+
+
+def test_an_unreadable_frame_read_in_a_worker_is_a_one_line_error_naming_the_file(tmp_path):
+    root = tmp_path / "data"
+    generate_dataset(root, 1, seed=2, num_frames=4, height=48, width=64)
+    for frame in (root / "JPEGImages" / "480p").glob("*/*.jpg"):
+        frame.write_bytes(b"not a jpeg")
+    with pytest.raises(UserError) as error:
+        train([root], tmp_path / "run", tiny_config(batch_size=1, num_workers=1), progress=False)
+    message = str(error.value)
+    assert message.startswith("cannot read frame ") and message.endswith(".jpg") and "\n" not in message

@@ -279,6 +279,23 @@ class EpochShardSampler(torch.utils.data.Sampler):
         return len(self.indices)
 
 
+def _batches(loader):
+    """The batches of ``loader``; a UserError raised in a worker process (a frame that cannot be read)
+    comes out with its own one-line message, not the worker's traceback that DataLoader wraps it in."""
+    try:
+        yield from loader
+    except UserError as err:
+        raise UserError(_worker_message(err)) from None
+
+
+def _worker_message(err: UserError) -> str:
+    text = str(err)
+    marker = f"\n{UserError.__module__}.{UserError.__qualname__}: "
+    if text.startswith("Caught ") and marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text
+
+
 def _collate(samples: list[dict]) -> dict:
     batch = {}
     for key in samples[0]:
@@ -436,7 +453,7 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
             loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
                                                  num_workers=config.num_workers, collate_fn=_collate, drop_last=True,
                                                  pin_memory=ctx.device.type == "cuda")
-            for batch in loader:
+            for batch in _batches(loader):
                 with torch.autocast(ctx.device.type, dtype=autocast_dtype, enabled=config.amp):
                     loss, logs, predicted = recipe.run_step(step_module, batch, step, ctx.device)
                 optimizer.zero_grad(set_to_none=True)
