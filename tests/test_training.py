@@ -266,3 +266,21 @@ def test_an_unreadable_frame_read_in_a_worker_is_a_one_line_error_naming_the_fil
         train([root], tmp_path / "run", tiny_config(batch_size=1, num_workers=1), progress=False)
     message = str(error.value)
     assert message.startswith("cannot read frame ") and message.endswith(".jpg") and "\n" not in message
+
+
+def test_resume_with_options_that_differ_from_the_run_is_refused_instead_of_ignoring_them(data_dir, tmp_path, capsys):
+    from vosrt.cli import main
+
+    train([data_dir], tmp_path / "run", tiny_config(iterations=1), progress=False)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config(iterations=1).to_dict()))
+    common = ["train", "stcn-lite", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--config", str(config),
+              "--resume", "--no-progress"]
+    assert main(common + ["--lr", "0.5", "--iterations", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr 0.5 (the run has 0.001)" in err and "--iterations 2" not in err  # iterations may change
+    assert main(["train", "3dc-seg-lite", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--resume",
+                 "--no-progress"]) == 2
+    assert "is a run of stcn-lite, not of a 3dc-seg model" in capsys.readouterr().err
+    assert main(common) == 0  # the same options: nothing to do, the run is at its last step
+    assert "already at step 1" in capsys.readouterr().out

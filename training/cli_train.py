@@ -78,17 +78,51 @@ def run(args: argparse.Namespace) -> int:
         config = apply_overrides(config, {"amp": True})
     if family_of(config.model) != args.family:
         raise UserError(f"--config sets model {config.model}, which is not a {args.family} model")
-    if not args.config:
+    if args.resume:
+        _check_resume(config, args, file_options, flags)
+    if not args.config and not args.resume:  # a resumed run keeps its own schedule
         warn_cpu_time(config, args)
     summary = train(args.data, args.out, config, resume=args.resume, init=args.init, val_data=args.val,
                     progress=not args.no_progress)
     logs = summary["logs"]
-    if summary.get("world_size", 1) == 1 or _is_rank0():
+    if not logs and args.resume:
+        print(f"nothing to train: the run in {args.out} is already at step {summary['step']} "
+              f"(raise --iterations to train further); checkpoint {summary['checkpoint']}")
+    elif summary.get("world_size", 1) == 1 or _is_rank0():
         print(f"trained {config.model} to step {summary['step']} in {summary['seconds']:.0f} s "
               f"(loss {logs.get('loss', float('nan')):.4f}); checkpoint {summary['checkpoint']}")
         if summary["validation"]:
             print("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["validation"].items()))
     return 0
+
+
+def _check_resume(config, args, file_options: dict, flags: dict) -> None:
+    """--resume continues a run with the options it started with: an option given on this command line
+    (MODEL, a flag, or --config) that differs from the run's would be ignored, so it is an error instead."""
+    from vosrt.training.train import RESUME_SETTABLE, resume_conflicts
+
+    labels = {}
+    for key, value in file_options.items():
+        if key == config.family and isinstance(value, dict):
+            labels.update({name: f"{name} (--config)" for name in value})
+        elif key not in families.names():
+            labels[key] = f"{key} (--config)"
+    labels.update({name: flag for name, (flag, value) in flags.items() if value is not None})
+    if args.amp:
+        labels["amp"] = "--amp"
+    if args.stage:
+        labels["stage"] = "--stage"
+    labels["model"] = "MODEL"
+    conflicts = resume_conflicts(config, args.out, labels)
+    if conflicts:
+        given = ", ".join(f"{labels[name]} {_show(value)} (the run has {_show(kept)})" for name, value, kept in conflicts)
+        raise UserError(f"--resume continues the run in {args.out} with the options it started with, but this command "
+                        f"gives others: {given}. Leave them out (on resume only {', '.join(RESUME_SETTABLE)} may "
+                        f"change), or start a new run from its weights: --out NEW_RUN --init {Path(args.out) / 'last.pth'}")
+
+
+def _show(value) -> str:
+    return json.dumps(value) if isinstance(value, (list, tuple, dict, bool)) or value is None else str(value)
 
 
 def _is_json(path: str) -> bool:

@@ -222,6 +222,44 @@ def load_config_file(path: str | Path, config: TrainConfig) -> TrainConfig:
     return apply_overrides(config, overrides, source=f"--config {path}")
 
 
+# ---------------------------------------------------------------------------------------------- resumption
+
+# the options a resumed run takes from the command; every other one comes from the run's checkpoint
+RESUME_SETTABLE = ("iterations", "num_workers", "log_every", "image_every", "save_every", "val_every", "keep_every")
+
+
+def resumed_config(config: TrainConfig, payload: dict, checkpoint_path: str | Path = CHECKPOINT_NAME) -> TrainConfig:
+    """``config`` with the options stored in the training checkpoint ``payload`` (all but
+    ``RESUME_SETTABLE``); UserError when the checkpoint is a run of another family."""
+    stored = payload.get("train_config", {})
+    stored_model = stored.get("model", payload.get("config", {}).get("model", config.model))
+    if family_of(stored_model) != config.family:
+        raise UserError(f"--resume: {checkpoint_path} is a run of {stored_model}, not of a {config.family} model; "
+                        f"resume it with `vosrt train {stored_model} --resume ...`")
+    # older checkpoints hold every family's options flat: keep this family's
+    known = set(GENERIC_OPTIONS) | {config.family} | {f.name for f in dataclasses.fields(recipe_for(config.family).options)}
+    return apply_overrides(config, {k: v for k, v in stored.items() if k in known and k not in RESUME_SETTABLE})
+
+
+def resume_conflicts(config: TrainConfig, out: str | Path, names) -> list[tuple[str, object, object]]:
+    """``(name, value in config, value the run keeps)`` for each option of ``names`` that resuming the run
+    in ``out`` would not take from ``config`` (it keeps the run's). Empty when there is no run to resume
+    (:func:`train` says so)."""
+    path = Path(out) / CHECKPOINT_NAME
+    if not path.is_file():
+        return []
+    payload = load_payload(path)
+    if not isinstance(payload, dict) or "train_config" not in payload:
+        return []
+    resumed = resumed_config(config, payload, path)
+
+    def plain(value):
+        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    return [(name, getattr(config, name), getattr(resumed, name)) for name in dict.fromkeys(names)
+            if name not in RESUME_SETTABLE and plain(getattr(config, name)) != plain(getattr(resumed, name))]
+
+
 # ---------------------------------------------------------------------------------------------- RNG state
 
 def rng_state() -> dict:
@@ -378,11 +416,7 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
         if not isinstance(payload, dict) or not {"state_dict", "optimizer", "step", "rng"} <= set(payload):
             raise UserError(f"--resume: {checkpoint_path} is not a training checkpoint of `vosrt train` (no optimizer "
                             f"state or step); start a new run folder, or pass the file with --init instead")
-        # older checkpoints hold every family's options flat: keep this family's
-        known = set(GENERIC_OPTIONS) | {family} | {f.name for f in dataclasses.fields(recipe.options)}
-        config = apply_overrides(config, {k: v for k, v in payload.get("train_config", {}).items()
-                                          if k in known and k not in ("iterations", "num_workers", "log_every", "image_every",
-                                                       "save_every", "val_every", "keep_every")})
+        config = resumed_config(config, payload, checkpoint_path)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
