@@ -175,3 +175,27 @@ def test_generated_triplets_come_from_a_new_clip_every_sample_and_epoch():
     assert torch.equal(ds[0]["images"], sample["images"])
     ds.set_epoch(1)
     assert len(set(first + [ds.clip_seed(i) for i in range(3)])) == 6
+
+
+def test_a_mask_of_another_size_than_its_frame_is_a_user_error_in_every_sampler(tmp_path, davis):
+    from vosrt.training.data.instance_clips import FolderInstanceClips
+
+    root, sequences = davis
+    shutil.copytree(root, tmp_path / "davis")
+    for mask in (tmp_path / "davis" / "Annotations" / "480p").glob("*/*.png"):
+        labels = sequences[mask.parent.name].labels[int(mask.stem)]
+        write_label_png(mask, cv2.resize(labels, (48, 32), interpolation=cv2.INTER_NEAREST))  # half size
+    folder = VideoFolder(tmp_path / "davis")
+    samplers = [VOSTripletDataset(folder, size=(32, 32)), ForegroundClipDataset(folder, size=(32, 32), clip_length=4),
+                FolderInstanceClips(folder, size=(32, 32), clip_length=4), StaticSequenceDataset(folder, size=(32, 32))]
+    for sampler in samplers:  # silently warping the half-size masks would train on misplaced objects
+        with pytest.raises(UserError, match=r"mask .*\.png is 48x32 but its image .*\.jpg is 96x64"):
+            sampler[0]
+    with pytest.raises(UserError, match="48x32"):
+        folder.load_video("early")
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    cv2.imwrite(str(pairs / "a.jpg"), np.zeros((64, 96, 3), np.uint8))
+    write_label_png(pairs / "a.png", np.ones((32, 48), np.uint8))
+    with pytest.raises(UserError, match=r"a\.png is 48x32 but its image .*a\.jpg is 96x64"):
+        StaticSequenceDataset(pairs, size=(32, 32))[0]

@@ -77,7 +77,7 @@ class ForegroundClipDataset(AnnotatedClips):
 
     def __getitem__(self, index: int) -> dict:
         folder, video, rng, chosen, frames = self.draw(index)
-        masks = [folder.read_foreground(video, s).astype(np.uint8) for s in chosen]
+        masks = [folder.read_foreground(video, s, f.shape).astype(np.uint8) for s, f in zip(chosen, frames)]
         matrix = clip_warp(rng, *frames[0].shape[:2], self.size)
         jitter_seed = int(rng.integers(2**31))
         out_frames, out_masks = [], []

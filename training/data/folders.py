@@ -103,13 +103,18 @@ class VideoFolder:
             raise UserError(f"cannot read frame {path}")
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
-    def read_labels(self, video: str, stem: str) -> np.ndarray:
-        """Annotation ``stem`` of ``video`` as ``[H, W]`` uint8 ids."""
-        return read_label_png(self.mask_root / video / f"{stem}.png")
+    def read_labels(self, video: str, stem: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """Annotation ``stem`` of ``video`` as ``[H, W]`` uint8 ids; ``shape``: its frame's shape, which the
+        annotation must have (UserError otherwise: the mask would be warped out of register)."""
+        path = self.mask_root / video / f"{stem}.png"
+        labels = read_label_png(path)
+        if shape is not None:
+            check_mask_size(labels, shape, path, self.image_root / video / f"{stem}.jpg")
+        return labels
 
-    def read_foreground(self, video: str, stem: str) -> np.ndarray:
+    def read_foreground(self, video: str, stem: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         """Annotation ``stem`` as a ``[H, W]`` bool foreground mask (any object, or 255 in DAVIS 2016)."""
-        return self.read_labels(video, stem) > 0
+        return self.read_labels(video, stem, shape) > 0
 
     def object_ids(self, video: str) -> list[int]:
         """Every object id annotated anywhere in ``video``."""
@@ -125,8 +130,17 @@ class VideoFolder:
         frames, labels = [], []
         for stem in self.frame_names(video):
             frames.append(self.read_frame(video, stem))
-            labels.append(self.read_labels(video, stem) if stem in annotated else None)
+            labels.append(self.read_labels(video, stem, frames[-1].shape) if stem in annotated else None)
         return frames, labels
+
+
+def check_mask_size(labels: np.ndarray, shape: tuple[int, ...], mask_path: Path, image_path: Path) -> None:
+    """UserError unless the label map ``labels`` (read from ``mask_path``) has the height and width of its
+    image (``shape``, read from ``image_path``)."""
+    if tuple(labels.shape[:2]) != tuple(shape[:2]):
+        raise UserError(f"mask {mask_path} is {labels.shape[1]}x{labels.shape[0]} but its image {image_path} is "
+                        f"{shape[1]}x{shape[0]}: an annotation must have its frame's size (resize it with "
+                        f"nearest-neighbour interpolation, or pair it with the frames of its resolution)")
 
 
 def annotated_videos(folders) -> tuple[list[VideoFolder], list[tuple[VideoFolder, str]]]:

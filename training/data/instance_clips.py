@@ -83,7 +83,7 @@ class FolderInstanceClips(AnnotatedClips):
 
     def __getitem__(self, index: int) -> dict:
         folder, video, rng, chosen, frames = self.draw(index)
-        labels = [folder.read_labels(video, s).astype(np.uint8) for s in chosen]
+        labels = [folder.read_labels(video, s, f.shape).astype(np.uint8) for s, f in zip(chosen, frames)]
         out_frames, out_labels = _augment(rng, frames, labels, self.size)
         visible = sorted({int(i) for lab in out_labels for i in np.unique(lab) if i not in (0, 255)})
         if len(visible) > self.max_instances:

@@ -24,7 +24,7 @@ import numpy as np
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png
 from vosrt.training.data import transforms as T
-from vosrt.training.data.folders import VideoFolder
+from vosrt.training.data.folders import VideoFolder, check_mask_size
 from vosrt.training.data.sampling import SeededDataset, pack_objects
 
 
@@ -70,12 +70,15 @@ class StaticSequenceDataset(SeededDataset):
         source, _ = self.items[index]
         if len(source) == 3:
             folder, video, stem = source
-            return folder.read_frame(video, stem), folder.read_labels(video, stem)
+            frame = folder.read_frame(video, stem)
+            return frame, folder.read_labels(video, stem, frame.shape)
         image_path, mask_path = source
         image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
         if image is None:
             raise UserError(f"cannot read image {image_path}")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), read_label_png(mask_path)
+        labels = read_label_png(mask_path)
+        check_mask_size(labels, image.shape, mask_path, image_path)
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), labels
 
     def __getitem__(self, index: int) -> dict:
         image, labels = self._read(index)

@@ -88,9 +88,9 @@ class VOSTripletDataset(SeededDataset):
             chosen = [stems[i] for i in sample_frame_indices(rng, len(stems), max_gap, self.num_frames)]
             if rng.random() < 0.5:
                 chosen = chosen[::-1]
-            sample = triplet_sample(rng, [folder.read_frame(video, s) for s in chosen],
-                                    [folder.read_labels(video, s) for s in chosen], self.size, self.max_objects,
-                                    video, allow_empty=attempt == 4)
+            frames = [folder.read_frame(video, s) for s in chosen]
+            sample = triplet_sample(rng, frames, [folder.read_labels(video, s, f.shape) for s, f in zip(chosen, frames)],
+                                    self.size, self.max_objects, video, allow_empty=attempt == 4)
             if sample is not None:
                 return sample
         raise AssertionError("unreachable: the last attempt accepts an empty sample")
