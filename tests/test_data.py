@@ -199,3 +199,33 @@ def test_a_mask_of_another_size_than_its_frame_is_a_user_error_in_every_sampler(
     write_label_png(pairs / "a.png", np.ones((32, 48), np.uint8))
     with pytest.raises(UserError, match=r"a\.png is 48x32 but its image .*a\.jpg is 96x64"):
         StaticSequenceDataset(pairs, size=(32, 32))[0]
+
+
+def _void_video(root, name, with_object):
+    """Frames with a red band labelled 255 (void) and, ``with_object``, a blue square labelled 1."""
+    for folder in ("JPEGImages", "Annotations"):
+        (root / folder / "480p" / name).mkdir(parents=True)
+    image = np.full((64, 96, 3), 128, np.uint8)
+    labels = np.zeros((64, 96), np.uint8)
+    image[:, :32], labels[:, :32] = (0, 0, 255), 255                     # BGR red
+    if with_object:
+        image[20:44, 56:80], labels[20:44, 56:80] = (255, 0, 0), 1      # BGR blue
+    for i in range(6):
+        cv2.imwrite(str(root / "JPEGImages" / "480p" / name / f"{i:05d}.jpg"), image)
+        write_label_png(root / "Annotations" / "480p" / name / f"{i:05d}.png", labels)
+
+
+def test_triplet_sampler_never_tracks_void_255_beside_objects_but_does_in_a_0_255_video(tmp_path):
+    _void_video(tmp_path, "objects", with_object=True)
+    _void_video(tmp_path, "binary", with_object=False)
+    dataset = VOSTripletDataset(VideoFolder(tmp_path), size=(32, 32))
+    for epoch in range(8):
+        dataset.set_epoch(epoch)
+        sample = dataset[0]          # "binary": 255 is its only id, the object (DAVIS 2016 masks)
+        assert sample["video"] == "binary" and sample["masks"][0, 0].sum() > 0
+        sample = dataset[1]          # "objects": 255 is void, as the evaluation reads it
+        for slot in range(2):
+            mask = sample["masks"][0, slot] > 0
+            if mask.any():
+                red, _, blue = (sample["images"][0, c][mask].mean() for c in range(3))
+                assert blue > red, f"epoch {epoch}: slot {slot} holds the void region"

@@ -12,7 +12,7 @@ object of one image, deformed three times:
 Sources: a folder of image/mask pairs (``NAME.jpg`` + ``NAME.png``, also one folder level deeper as in
 FSS-1000), or the annotated frames of DAVIS / YouTube-VOS folders (:class:`VideoFolder`). A mask with
 several ids yields one object per sample (single-object pre-training, as STCN); 0/255 masks give the
-foreground.
+foreground; beside other ids, 255 is void (never the object, as the DAVIS evaluation reads it).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png
+from vosrt.sdk.metrics import VOID
 from vosrt.training.data import transforms as T
 from vosrt.training.data.folders import VideoFolder, check_mask_size
 from vosrt.training.data.sampling import SeededDataset, pack_objects
@@ -84,6 +85,8 @@ class StaticSequenceDataset(SeededDataset):
         image, labels = self._read(index)
         name = self.items[index][1]
         ids = [int(v) for v in np.unique(labels) if v != 0]
+        if len(ids) > 1 and VOID in ids:
+            ids.remove(VOID)  # void beside objects (DAVIS); a 0/255 mask's 255 is its object
         for attempt in range(5):
             rng = self.rng(index, attempt)
             if not ids:

@@ -8,6 +8,9 @@ Following the STCN paper and its training code (facts, re-implemented here):
   the last 10 %);
 - objects: one target drawn from those visible on the first sampled frame, plus a second one when
   there is another; the sampler retries (new frames, new transforms) when the crop shows none;
+- id 255 is void, as the DAVIS evaluation reads it (:data:`vosrt.sdk.metrics.VOID`): never an object,
+  its pixels are background; except in a video whose only id it is (DAVIS 2016's 0/255 masks), where it
+  is the object;
 - augmentation shared by the three frames: horizontal flip, random resized crop (area 36-100 %) to
   ``size``, colour jitter (0.1, 0.03, 0.03), grey-scale 5 %; per frame: random affine (±15°, shear
   ±10°) and a slight colour jitter (0.01).
@@ -20,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from vosrt.sdk.errors import UserError
+from vosrt.sdk.metrics import VOID
 from vosrt.training.data import transforms as T
 from vosrt.training.data.folders import VideoFolder, annotated_videos
 from vosrt.training.data.sampling import SeededDataset, pack_objects
@@ -83,6 +87,7 @@ class VOSTripletDataset(SeededDataset):
         all_frames = folder.frame_names(video)
         spacing = max(1, round((len(all_frames) - 1) / max(len(stems) - 1, 1))) if len(stems) > 1 else 1
         max_gap = max(1, self.max_skip // spacing)
+        void = None if folder.object_ids(video) == [VOID] else VOID
         for attempt in range(5):
             rng = self.rng(index, attempt)
             chosen = [stems[i] for i in sample_frame_indices(rng, len(stems), max_gap, self.num_frames)]
@@ -90,19 +95,20 @@ class VOSTripletDataset(SeededDataset):
                 chosen = chosen[::-1]
             frames = [folder.read_frame(video, s) for s in chosen]
             sample = triplet_sample(rng, frames, [folder.read_labels(video, s, f.shape) for s, f in zip(chosen, frames)],
-                                    self.size, self.max_objects, video, allow_empty=attempt == 4)
+                                    self.size, self.max_objects, video, allow_empty=attempt == 4, void=void)
             if sample is not None:
                 return sample
         raise AssertionError("unreachable: the last attempt accepts an empty sample")
 
 
 def triplet_sample(rng: np.random.Generator, images: list[np.ndarray], labels: list[np.ndarray],
-                   size: tuple[int, int], max_objects: int, name: str, allow_empty: bool = False) -> dict | None:
+                   size: tuple[int, int], max_objects: int, name: str, allow_empty: bool = False,
+                   void: int | None = None) -> dict | None:
     """Augment ordered frames and pick the objects (see the module docstring); None when no object is
     visible on the first frame after augmentation, unless ``allow_empty`` (then an all-background sample,
-    as STCN returns)."""
+    as STCN returns). ``void``: an id that is never an object (its pixels are background)."""
     images, labels = _augment(rng, images, labels, size)
-    present = [int(v) for v in np.unique(labels[0]) if v != 0]
+    present = [int(v) for v in np.unique(labels[0]) if v != 0 and v != void]
     if not present:
         return pack_objects(images, labels, [], max_objects, name) if allow_empty else None
     target = int(rng.choice(present))
