@@ -284,3 +284,10 @@ def test_resume_with_options_that_differ_from_the_run_is_refused_instead_of_igno
     assert "is a run of stcn-lite, not of a 3dc-seg model" in capsys.readouterr().err
     assert main(common) == 0  # the same options: nothing to do, the run is at its last step
     assert "already at step 1" in capsys.readouterr().out
+
+
+def test_a_diverging_loss_is_a_user_error_and_keeps_the_last_finite_checkpoint(data_dir, tmp_path):
+    with pytest.raises(UserError, match=r"loss became nan at step \d+: lower the learning rate \(lr 1e\+30\)"):
+        train([data_dir], tmp_path / "run", tiny_config(lr=1e30, iterations=6), progress=False)
+    saved = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())

@@ -500,9 +500,11 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
                 scheduler.step()
                 step += 1
                 last_logs = {**logs, "lr": scheduler.get_last_lr()[0]}
+                if not math.isfinite(logs["loss"]):  # every rank stops, not rank 0 alone
+                    saved = f"; {checkpoint_path} holds the last saved step" if checkpoint_path.is_file() else ""
+                    raise UserError(f"loss became {logs['loss']} at step {step}: lower the learning rate (lr "
+                                    f"{config.lr:g}) or clip gradients (grad_clip){saved}")
                 if ctx.rank == 0:
-                    if not math.isfinite(logs["loss"]):
-                        raise RuntimeError(f"loss became {logs['loss']} at step {step}; lower the learning rate")
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss=f"{logs['loss']:.4f}", iou=f"{logs['iou']:.3f}")
