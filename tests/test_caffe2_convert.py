@@ -145,3 +145,16 @@ def test_public_converter_pth_layout_loads(tmp_path):
     load_backbone_weights(target, tmp_path / "irCSN_50.pth")
     for key, value in source.state_dict().items():
         torch.testing.assert_close(target.state_dict()[key], value)
+
+
+def test_a_pth_that_is_not_a_state_dict_is_a_user_error(tmp_path):
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "epoch": 3}, tmp_path / "wrapped.pth")
+    torch.save({"epoch": 3, "arch": "ir_csn_152"}, tmp_path / "no_weights.pth")
+    encoder = IrCSN((1, 1, 1, 1), (4, 4, 8, 8), 4)
+    with pytest.raises(UserError, match="tensor.pth: expected ir-CSN backbone weights .* got a Tensor"):
+        load_backbone_weights(encoder, tmp_path / "tensor.pth")
+    with pytest.raises(UserError, match="wrapped.pth: backbone weights do not fit the encoder"):
+        load_backbone_weights(encoder, tmp_path / "wrapped.pth")
+    with pytest.raises(UserError, match="no_weights.pth: expected ir-CSN backbone weights .* of other values"):
+        load_backbone_weights(encoder, tmp_path / "no_weights.pth")

@@ -148,7 +148,12 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
             raw = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many types for a file that is not a checkpoint
             raise UserError(f"{path}: neither a Caffe2 .pkl nor a readable PyTorch state_dict: {err}") from None
-        state = _encoder_state_from_pth(raw.get("state_dict", raw))
+        if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
+            raw = raw["state_dict"]
+        if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+            raise UserError(f"{path}: expected ir-CSN backbone weights (a Caffe2 .pkl, or a state_dict of tensors), "
+                            f"got a {type(raw).__name__}{' of other values' if isinstance(raw, dict) else ''}")
+        state = _encoder_state_from_pth(raw)
         unused = []
     try:
         encoder.load_state_dict(state, strict=True)
