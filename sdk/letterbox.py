@@ -4,6 +4,11 @@ Graphs take float32 RGB in [0, 1], ``[1, 3, H, W]`` at the package's fixed resol
 graphs have static image sizes). A frame of any other size is resized keeping its aspect ratio so that
 it fits ``H × W``, centred, and padded with black; results are cropped back out of the padding and
 resized to the frame's own size (label maps nearest-neighbour, probabilities bilinearly).
+
+Every resize aligns pixel centres, as the frame's area resize and the bilinear probabilities do: label
+maps use OpenCV's ``INTER_NEAREST_EXACT``, not ``INTER_NEAREST``, whose samples are taken at the top-left
+corner of each source block and so shift a mask by up to half a package pixel down-right of its image
+(about 4 pixels of a 1080p frame letterboxed to 224 wide) and by half a frame pixel on the way back.
 """
 from __future__ import annotations
 
@@ -126,7 +131,7 @@ class Letterbox:
             return labels
         top, left, h, w = self.inner
         canvas = np.zeros(self.dst, np.uint8)
-        canvas[top:top + h, left:left + w] = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+        canvas[top:top + h, left:left + w] = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
         return canvas
 
     def labels_back(self, labels: np.ndarray) -> np.ndarray:
@@ -135,7 +140,7 @@ class Letterbox:
             return labels
         top, left, h, w = self.inner
         return cv2.resize(np.ascontiguousarray(labels[top:top + h, left:left + w]), (self.src[1], self.src[0]),
-                          interpolation=cv2.INTER_NEAREST)
+                          interpolation=cv2.INTER_NEAREST_EXACT)
 
     def probabilities_back(self, prob: np.ndarray) -> np.ndarray:
         """Package-size maps ``[K, H, W]`` float32 -> ``[K, h_frame, w_frame]`` (bilinear)."""

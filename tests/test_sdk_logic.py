@@ -71,6 +71,29 @@ def test_labels_back_crops_the_frame_out_of_the_padding(src):
     assert (round_trip == frame_map).mean() > 0.95
 
 
+@pytest.mark.parametrize("src, dst", [((96, 96), (32, 32)), ((270, 480), (32, 56)), ((20, 36), (32, 56))])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_label_maps_are_resized_with_their_frames_pixel_centres(src, dst, axis):
+    # A mask must land where its frame's pixels land: the frame goes in by area averaging (centres
+    # aligned), so a label map must be sampled at block centres too, and a package map must come back where
+    # its bilinear probabilities do. Corner-aligned nearest sampling shifted masks down-right by up to half
+    # a package pixel going in and half a frame pixel coming back. (Bands across one axis: a 2-D corner
+    # of a bilinear map is a product of two fractions, which no threshold matches.)
+    box = Letterbox(src, dst)
+    frame_map = np.zeros(src, np.uint8)
+    band = slice(src[axis] // 3 + 1, 2 * src[axis] // 3 + 1)
+    frame_map[(band, slice(None)) if axis == 0 else (slice(None), band)] = 1
+    as_image = box.image(np.repeat(frame_map[:, :, None].astype(np.float32), 3, axis=2), "rgb")[0, 0]
+    assert np.array_equal(box.labels(frame_map), (as_image > 0.5).astype(np.uint8))
+    top, left, h, w = box.inner
+    package_map = np.zeros(dst, np.uint8)
+    start, size = (top, h) if axis == 0 else (left, w)
+    band = slice(start + size // 3, start + 2 * size // 3 + 1)
+    package_map[(band, slice(left, left + w)) if axis == 0 else (slice(top, top + h), band)] = 7
+    as_probability = box.probabilities_back((package_map > 0).astype(np.float32)[None])[0]
+    assert np.array_equal(box.labels_back(package_map) == 7, as_probability > 0.5)
+
+
 # ------------------------------------------------------------------------------------------ tracker
 
 def test_a_newly_given_object_s_mask_takes_its_pixels_from_the_old_objects(stcn_package):
