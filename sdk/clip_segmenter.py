@@ -44,6 +44,9 @@ class ClipSegmenter(ClipSession):
     def begin_frame(self, index: int) -> None:
         self._sums[index] = [np.zeros(self.size, np.float32), 0]   # probability sum, clip count
 
+    def drop_frame(self, index: int) -> None:
+        self._sums.pop(index, None)
+
     def process_clip(self, start: int, last: int) -> None:
         prob = self.backend.download(self.backend.run(GRAPH, {"clip": self.clip}, ["prob"])["prob"])
         for t in range(self.clip_length):  # prob [1, 1, L, H, W]

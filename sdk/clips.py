@@ -6,6 +6,10 @@ frames below ``(k+1)*s`` are covered by no later clip, so they are emitted then,
 exactly once. A frame therefore waits for between ``o`` and ``L - 1`` later frames: ``latency`` =
 ``L - 1`` frames (worst case).
 
+A push is all-or-nothing: bad input raises UserError before any state changes, and a backend that fails
+while the clip runs (out of memory, a lost device) leaves the session as it was before the call, so the
+same frame can be pushed again and the stream goes on as if the failure had not happened.
+
 ``flush()`` ends the stream: if frames remain, one last clip over the final L frames (right-aligned; a
 stream shorter than L is padded by repeating its last frame) runs, and every remaining frame is
 emitted. The session is then ready for a new stream.
@@ -56,6 +60,10 @@ class ClipScheduler:
         self.frames_in += 1
         start = index - self.clip_length + 1
         return index, (start if start >= 0 and start % self.hop == 0 else None)
+
+    def undo_add(self) -> None:
+        """Forget the frame of the last :meth:`add` (its clip did not run: the push failed)."""
+        self.frames_in -= 1
 
     def final_clip(self) -> int | None:
         """At the end of the stream: the start of the last (right-aligned) clip, or None when every
@@ -108,13 +116,27 @@ class ClipSession(Session):
         image = check_image(frame)
         box = self._letterbox(image.shape[:2])
         device_frame = self.backend.upload(box.image(image, self.color)[:, :, None])   # [1, 3, 1, H, W]
+        # The frame is valid. If the clip's run fails, the frame is taken out again (the window's oldest
+        # frame, pushed out by it, goes back): a failure must not shift later indices or leave frames that
+        # no clip covered, which would come out as background.
         index, start = self.schedule.add()
+        evicted = self._window[0] if len(self._window) == self._window.maxlen else None
         self._window.append((index, device_frame))
         self._boxes[index] = box
-        self.begin_frame(index)
+        try:
+            self.begin_frame(index)
+            if start is not None:
+                self._run(start)
+        except BaseException:
+            self.schedule.undo_add()
+            self._window.pop()
+            if evicted is not None:
+                self._window.appendleft(evicted)
+            del self._boxes[index]
+            self.drop_frame(index)
+            raise
         if start is None:
             return []
-        self._run(start)
         return self._emit(self.schedule.ran(start))
 
     def flush(self) -> list[SegmentedFrame]:
@@ -137,9 +159,13 @@ class ClipSession(Session):
     def begin_frame(self, index: int) -> None:
         """A frame entered the window (set up its per-frame accumulators)."""
 
+    def drop_frame(self, index: int) -> None:
+        """Undo :meth:`begin_frame` (the push of frame ``index`` failed)."""
+
     def process_clip(self, start: int, last: int) -> None:
         """The clip buffer holds frames ``start .. start+L-1`` (frames past ``last``, the newest, repeat
-        it): run the family's graph(s) and keep what the pending frames need."""
+        it): run the family's graph(s) and keep what the pending frames need. Run the graphs and fetch
+        their outputs before changing any state: if they raise, the push is undone."""
         raise NotImplementedError
 
     def finish_frame(self, index: int, box: Letterbox) -> SegmentedFrame:

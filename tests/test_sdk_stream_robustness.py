@@ -185,6 +185,30 @@ def test_a_non_finite_frame_does_not_enter_a_clip(clip_package):
     assert all(np.array_equal(a.labels, b.labels) for a, b in zip(out, expected))
 
 
+@pytest.mark.parametrize("bad_index", [7, 12, 17])   # the runs of clips 0, 5 and 10 (L=8, overlap 3)
+def test_a_backend_failure_in_a_clip_leaves_the_session_unchanged(clip_package, bad_index):
+    # The failing push is undone: pushing the same frame again continues the stream exactly. Before, the
+    # frame stayed counted, so every later index was off by one and the frames only the failed clip
+    # covered came out with no clip at all (probability 0, background).
+    frames = generate_sequence(3, num_frames=20, height=32, width=32, num_objects=1).frames
+    segmenter = vosrt.sdk.load(clip_package, threads=1, color="rgb")
+    reference = vosrt.sdk.load(clip_package, threads=1, color="rgb")
+    out, expected = [], []
+    for t, frame in enumerate(frames):
+        if t == bad_index:
+            segmenter.backend.run = _FailOnce(segmenter.backend, "segment_clip")
+            with pytest.raises(RuntimeError, match="injected"):
+                segmenter.push(frame)
+            assert segmenter.frames_in == t and segmenter.backend.run.failed
+        out += segmenter.push(frame)
+        expected += reference.push(frame)
+    out += segmenter.flush()
+    expected += reference.flush()
+    assert [d.index for d in out] == [d.index for d in expected] == list(range(20))
+    for a, b in zip(out, expected):
+        np.testing.assert_allclose(a.probability, b.probability, atol=1e-6, err_msg=f"frame {a.index}")
+
+
 # An error inside one of ONNX Runtime's Python operators (the plugin form's CPU readout): raising it
 # there would end the process (pybind11 cannot pass it through ONNX Runtime's C++ frames); it is raised
 # by the graph's run instead, the session is unchanged, and the next frame segments as if it had not

@@ -111,6 +111,27 @@ def test_bad_input_raises_user_error_and_the_stream_continues(colour_packages):
     assert [d.index for d in out] == list(range(10))
 
 
+def test_a_backend_failure_in_a_clip_leaves_the_tracks_unchanged(colour_packages):
+    frames, masks = scene(20, {"red": (0, 19, 4, 0, 2), "green": (6, 19, 40, 16, 0)})
+    segmenter = vosrt.sdk.load(colour_packages[4], threads=1, color="rgb")
+    real_run, out = segmenter.backend.run, []
+    for t, frame in enumerate(frames):
+        if t == 11:   # clip 4's run fails (a lost device); the same frame is pushed again
+            def fail(graph, inputs, outputs=None):
+                raise RuntimeError("injected failure")
+            segmenter.backend.run = fail
+            with pytest.raises(RuntimeError, match="injected"):
+                segmenter.push(frame)
+            segmenter.backend.run = real_run
+            assert segmenter.frames_in == 11
+        out += segmenter.push(frame)
+    out += segmenter.flush()
+    assert [d.index for d in out] == list(range(20))
+    for d in out:
+        assert np.array_equal(d.labels == 1, masks["red"][d.index])
+        assert np.array_equal(d.labels == 2, masks["green"][d.index] if d.index >= 6 else np.zeros((64, 64), bool))
+
+
 @pytest.mark.parametrize("settings", [{"overlap": 8}, {"min_seediness": 1.5}, {"foreground_threshold": -0.1},
                                       {"max_instances": 0}, {"link_iou": 2}, {"mem_every": 3}])
 def test_bad_settings_are_refused(colour_packages, settings):
