@@ -110,7 +110,9 @@ class InstanceSegmenter(ClipSession):
         top, left, h, w = box.inner
         labels = nearest_resize(np.ascontiguousarray(labels[top:top + h, left:left + w]), *box.src)
         prob = box.probabilities_back(_bilinear(foreground, height, width)[None])[0]
-        present = {int(i) for i in np.unique(tracks) if i}
+        # The tracks of the frame's own labels: one in the letterbox padding, or too thin to survive the
+        # resize to a frame smaller than the package, is in the 1/4-scale map but not in the frame.
+        present = {int(i) for i in np.unique(labels) if i}
         return SegmentedFrame(index, labels, prob, {i: dict(objects[i]) for i in sorted(present)})
 
     def _reset_stream(self) -> None:

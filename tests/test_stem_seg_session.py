@@ -99,6 +99,21 @@ def test_labels_come_back_at_the_frame_size(colour_packages):
         assert abs(rows.min() - 40) <= 2 and abs(rows.max() - 63) <= 2
 
 
+@pytest.mark.parametrize("size", [(3, 3), (5, 7), (9, 5)])
+def test_a_frame_s_objects_are_the_tracks_in_its_labels(colour_packages, size):
+    # Frames far smaller than the package: the 1/4-scale map holds thin tracks (the blurred edges between
+    # colours) that the resize to the frame drops; objects listed them although no pixel had their id.
+    segmenter = vosrt.sdk.load(colour_packages[4], threads=1, color="rgb")
+    frames = []
+    for _ in range(8):
+        frame = np.zeros((*size, 3), np.uint8)
+        frame[1, 1], frame[1, 2], frame[-1, -1] = COLOURS["red"], COLOURS["green"], COLOURS["blue"]
+        frames.append(frame)
+    for d in run(segmenter, frames):
+        assert set(d.objects) == {int(i) for i in np.unique(d.labels) if i}
+        assert len(d.objects) == 3
+
+
 def test_bad_input_raises_user_error_and_the_stream_continues(colour_packages):
     segmenter = vosrt.sdk.load(colour_packages[4], threads=1, color="rgb")
     frames, _ = scene(10, {"red": (0, 9, 8, 8, 0)})
