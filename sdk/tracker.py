@@ -34,6 +34,10 @@ from vosrt.sdk.session import SegmentedFrame, Session
 
 
 def _check_ids(objects, name: str = "objects") -> list[int]:
+    if isinstance(objects, (str, bytes)) or not hasattr(objects, "__iter__") or np.ndim(objects) != 1:
+        one = isinstance(objects, (int, np.integer)) and not isinstance(objects, (bool, np.bool_))
+        raise UserError(f"{name}: expected a list of object ids (integers 1..255), got {objects!r}"
+                        + (f"; for one object write {name}=[{int(objects)}]" if one else ""))
     ids = []
     for obj in objects:
         if isinstance(obj, (bool, np.bool_)) or not isinstance(obj, (int, np.integer)):
@@ -117,6 +121,9 @@ class Tracker(Session):
             mask = check_label_map(mask, frame_shape)
             present = [int(i) for i in np.unique(mask) if i != 0]
             given = _check_ids(objects) if objects is not None else present
+            if objects is not None and not given:
+                raise UserError(f"objects: an empty list names no object of the mask (ids present: {present}); "
+                                "name at least one, or leave objects out to take every id of the mask")
             if not given:
                 raise UserError("mask: no object in it (every pixel is 0 = background); give a mask with "
                                 "at least one object id, or call step(image) without a mask")

@@ -169,13 +169,24 @@ class TestBadInputKeepsTheSessionUsable:
         assert np.array_equal(labels, frame_and_mask[1])
 
     @pytest.mark.parametrize("objects, message", [(["a"], "integers"), ([1.5], "integers"), ([0], "1..255"),
-                                                  ([9], "not in the mask"), ([1, 1], "repeated")])
+                                                  ([9], "not in the mask"), ([1, 1], "repeated"),
+                                                  (1, r"objects=\[1\]"), (np.int64(2), r"objects=\[2\]"),
+                                                  ([], "empty list names no object"), ("1", "list of object ids")])
     def test_bad_object_ids_raise_user_error(self, tracker, frame_and_mask, objects, message):
         index = tracker.frame_index
         with pytest.raises(UserError, match=message):
             tracker.step(*frame_and_mask, objects=objects)
         assert tracker.frame_index == index             # nothing happened
         assert tracker.step(frame_and_mask[0]).shape == frame_and_mask[1].shape
+
+
+def test_remove_objects_takes_a_list_and_says_so(stcn_package, sequence):
+    tracker = vosrt.sdk.load(stcn_package, threads=1, color="rgb")
+    tracker.step(sequence.frames[0], sequence.labels[0])
+    with pytest.raises(UserError, match=r"list of object ids.*objects=\[1\]"):   # was a bare TypeError
+        tracker.remove_objects(1)
+    tracker.remove_objects([1])
+    assert tracker.objects == [2]
 
 
 @pytest.mark.parametrize("options, message", [({"mem_every": 0}, "mem_every"), ({"memory_capacity": 0}, "memory_capacity"),
