@@ -112,6 +112,7 @@ class ClipSession(Session):
     # ------------------------------------------------------------------ protocol
     def push(self, frame: np.ndarray, mask=None, objects=None) -> list[SegmentedFrame]:
         """Add the next frame; returns the frames finished by it (possibly none), in order."""
+        self._check_open()
         self._refuse_mask(mask, objects)
         image = check_image(frame)
         box = self._letterbox(image.shape[:2])
@@ -141,6 +142,7 @@ class ClipSession(Session):
 
     def flush(self) -> list[SegmentedFrame]:
         """End the stream: segment what remains (see the module docstring) and emit every pending frame."""
+        self._check_open()
         if self.schedule.frames_in == 0:
             return []
         start = self.schedule.final_clip()

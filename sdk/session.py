@@ -10,7 +10,8 @@
 ``push`` takes one frame (``[H, W, 3]`` uint8, or float in 0..1; ``color`` says BGR or RGB) and
 returns the frames it finished: at once for per-frame families (``latency`` 0), up to ``latency``
 frames later for clip families. ``flush`` ends the stream and returns the rest; ``reset`` drops the
-stream without emitting. Bad input raises :class:`~vosrt.sdk.errors.UserError` before any state
+stream without emitting; ``close`` releases the backend, after which ``push`` and ``flush`` raise
+:class:`~vosrt.sdk.errors.UserError` (closing again does nothing). Bad input raises :class:`~vosrt.sdk.errors.UserError` before any state
 changes, so the session stays usable.
 
 A finished frame is a :class:`SegmentedFrame`: its index in the stream and a ``[H, W]`` label map at
@@ -59,6 +60,7 @@ class Session:
         self.package = package
         self.color = check_color(color)
         self.size = (package.height, package.width)
+        self.closed = False
         self._letterboxes: dict[tuple[int, int], Letterbox] = {}
         self._check_graph_inputs()
 
@@ -75,8 +77,11 @@ class Session:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Release the backend; the session must not be used afterwards."""
-        self.backend.close()
+        """Release the backend. Later calls of :meth:`push` or :meth:`flush` raise UserError; closing again
+        does nothing."""
+        if not self.closed:
+            self.closed = True
+            self.backend.close()
 
     def __enter__(self):
         return self
@@ -106,6 +111,11 @@ class Session:
                     raise UserError(f"{self.package.path}: graph '{graph}' takes {name}s of {shape[-2]}x{shape[-1]}, "
                                     f"but its manifest.json says resolution {self.size[0]}x{self.size[1]}; set the "
                                     f"resolution to {shape[-2]}x{shape[-1]} there, or re-export the package")
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise UserError(f"this {self.package.family} session was closed (close(), or the end of its with "
+                            f"block); open a new one with vosrt.sdk.load({str(self.package.path)!r})")
 
     def _refuse_mask(self, mask, objects) -> None:
         if mask is not None or objects is not None:

@@ -114,6 +114,7 @@ class Tracker(Session):
         With ``return_probabilities=True`` returns ``(labels, prob)``, ``prob`` ``[1 + O, H, W]`` float32:
         background then each object in :attr:`objects` order.
         """
+        self._check_open()
         image = check_image(image)
         frame_shape = image.shape[:2]
         given: list[int] = []
@@ -191,6 +192,7 @@ class Tracker(Session):
     def remove_objects(self, objects: Sequence[int]) -> None:
         """Stop tracking ``objects`` (ids); unknown ids raise UserError. Removing the last object resets
         the memory, so the next mask given starts afresh (and becomes the permanent frame)."""
+        self._check_open()
         ids = _check_ids(objects)
         unknown = sorted(set(ids) - set(self.objects))
         if unknown:

@@ -189,6 +189,16 @@ def test_remove_objects_takes_a_list_and_says_so(stcn_package, sequence):
     assert tracker.objects == [2]
 
 
+def test_a_closed_tracker_says_it_is_closed(stcn_package, sequence):
+    with vosrt.sdk.load(stcn_package, threads=1, color="rgb") as tracker:
+        tracker.step(sequence.frames[0], sequence.labels[0])
+    for call in (lambda: tracker.step(sequence.frames[1]), lambda: tracker.push(sequence.frames[1]),
+                 lambda: tracker.remove_objects([1])):
+        with pytest.raises(UserError, match="closed.*vosrt.sdk.load"):   # was KeyError: 'encode_key'
+            call()
+    tracker.close()   # closing again does nothing
+
+
 @pytest.mark.parametrize("options, message", [({"mem_every": 0}, "mem_every"), ({"memory_capacity": 0}, "memory_capacity"),
                                               ({"memory_capacity": 1}, "memory_capacity: expected at least 2 frames"),
                                               ({"overlap": 3}, "not a setting"), ({"color": "bgra"}, "color"),

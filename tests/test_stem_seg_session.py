@@ -147,6 +147,17 @@ def test_a_backend_failure_in_a_clip_leaves_the_tracks_unchanged(colour_packages
         assert np.array_equal(d.labels == 2, masks["green"][d.index] if d.index >= 6 else np.zeros((64, 64), bool))
 
 
+def test_a_closed_session_says_it_is_closed(colour_packages):
+    frames, _ = scene(3, {"red": (0, 2, 8, 8, 0)})
+    segmenter = vosrt.sdk.load(colour_packages[4], threads=1, color="rgb")
+    segmenter.push(frames[0])
+    segmenter.close()
+    for call in (lambda: segmenter.push(frames[1]), segmenter.flush):
+        with pytest.raises(UserError, match="closed.*vosrt.sdk.load"):   # was KeyError: 'embed_clip'
+            call()
+    segmenter.close()
+
+
 @pytest.mark.parametrize("settings", [{"overlap": 8}, {"min_seediness": 1.5}, {"foreground_threshold": -0.1},
                                       {"max_instances": 0}, {"link_iou": 2}, {"mem_every": 3}])
 def test_bad_settings_are_refused(colour_packages, settings):

@@ -266,6 +266,7 @@ class OnnxRuntimeBackend(Backend):
     def close(self) -> None:
         self.sessions.clear()
         self._helpers.clear()
+        self._variants.clear()   # the sessions made for an overridden top_k
 
     def describe(self) -> str:
         mode = ("I/O binding" if self.bound else "host tensors") + (", memory arena" if self._arena else "")
