@@ -30,6 +30,9 @@ from vosrt.sdk.errors import UserError
 from vosrt.sdk.letterbox import Letterbox, check_color
 
 
+_LETTERBOXES = 16   # frame sizes whose letterbox a session keeps (the oldest goes first)
+
+
 @dataclass
 class SegmentedFrame:
     """One finished frame.
@@ -126,5 +129,7 @@ class Session:
         """The letterbox from frames of ``frame_shape`` to the package size (one per frame size)."""
         key = tuple(int(s) for s in frame_shape)
         if key not in self._letterboxes:
+            if len(self._letterboxes) >= _LETTERBOXES:   # frames of ever new sizes (crops): constant memory
+                del self._letterboxes[next(iter(self._letterboxes))]
             self._letterboxes[key] = Letterbox(key, self.size)
         return self._letterboxes[key]

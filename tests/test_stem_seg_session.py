@@ -158,6 +158,20 @@ def test_a_closed_session_says_it_is_closed(colour_packages):
     segmenter.close()
 
 
+def test_frames_of_ever_new_sizes_keep_a_bounded_number_of_letterboxes(colour_packages):
+    # One letterbox per frame size was kept for good: a stream of crops of changing sizes grew without end.
+    segmenter = vosrt.sdk.load(colour_packages[4], threads=1, color="rgb")
+    frames, masks = scene(40, {"red": (0, 39, 8, 8, 0)})
+    done = []
+    for t, frame in enumerate(frames):
+        done += segmenter.push(np.ascontiguousarray(frame[:64 - t % 20, :64 - t]))   # 40 sizes, top-left kept
+    done += segmenter.flush()
+    assert len(segmenter._letterboxes) <= 16
+    assert [d.index for d in done] == list(range(40))
+    assert all(d.labels.shape == (64 - d.index % 20, 64 - d.index) for d in done)
+    assert np.array_equal(done[0].labels > 0, masks["red"][0])
+
+
 @pytest.mark.parametrize("settings", [{"overlap": 8}, {"min_seediness": 1.5}, {"foreground_threshold": -0.1},
                                       {"max_instances": 0}, {"link_iou": 2}, {"mem_every": 3}])
 def test_bad_settings_are_refused(colour_packages, settings):
