@@ -126,12 +126,23 @@ class Letterbox:
         return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])  # [1, 3, H, W]
 
     def labels(self, labels: np.ndarray) -> np.ndarray:
-        """A frame-size label map -> package size (nearest neighbour; padding is background)."""
+        """A frame-size label map -> package size (nearest neighbour; padding is background).
+
+        No id is lost: an object too small to be sampled (under one package pixel) keeps the package pixel
+        that most of its pixels fall in. Dropped, it would be tracked from an empty mask and never found,
+        while the frame it was given on showed it."""
         if self.identity:
             return labels
         top, left, h, w = self.inner
+        small = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+        if h < labels.shape[0] or w < labels.shape[1]:
+            lost = np.setdiff1d(np.unique(labels), np.unique(small))
+            for obj in lost[lost != 0]:
+                ys, xs = np.nonzero(labels == obj)
+                cells = (ys * h // labels.shape[0]) * w + xs * w // labels.shape[1]
+                small.flat[np.bincount(cells).argmax()] = obj
         canvas = np.zeros(self.dst, np.uint8)
-        canvas[top:top + h, left:left + w] = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+        canvas[top:top + h, left:left + w] = small
         return canvas
 
     def labels_back(self, labels: np.ndarray) -> np.ndarray:

@@ -94,6 +94,21 @@ def test_label_maps_are_resized_with_their_frames_pixel_centres(src, dst, axis):
     assert np.array_equal(box.labels_back(package_map) == 7, as_probability > 0.5)
 
 
+def test_an_object_under_one_package_pixel_keeps_the_pixel_it_falls_in():
+    # At 270x480 -> 32x56 a package pixel is 8.4 frame pixels wide: a 3x3 object between two samples
+    # vanished, and the tracker tracked it from an empty mask (never found again) while the frame it was
+    # given on showed it.
+    box = Letterbox((270, 480), (32, 56))
+    frame_map = np.zeros((270, 480), np.uint8)
+    frame_map[100:200, 100:300] = 1
+    frame_map[40:43, 400:403] = 2                        # rows 40..42: package row 4 (33.75..42.19)
+    frame_map[150:152, 60:62] = 3                        # beside object 1, and two pixels only
+    down = box.labels(frame_map)
+    assert np.argwhere(down == 2).tolist() == [[4, 46]]  # the package pixel holding it (column 400 * 56 / 480)
+    assert np.argwhere(down == 3).tolist() == [[17, 7]]
+    assert np.count_nonzero(down == 1) == np.count_nonzero(box.labels(np.where(frame_map == 1, 1, 0).astype(np.uint8)))
+
+
 # ------------------------------------------------------------------------------------------ tracker
 
 def test_a_newly_given_object_s_mask_takes_its_pixels_from_the_old_objects(stcn_package):
