@@ -8,7 +8,7 @@
     for done in session.flush():
         use(done.index, done.labels)
 
-Every session speaks the protocol of :mod:`vosrt.sdk.session`; :func:`vosrt.sdk.stream.stream` drives
+Every session speaks the protocol of :mod:`vosrt.sdk.session`; :func:`vosrt.sdk.streaming.stream` drives
 one from a source to sinks. Never imports torch at module level: a deployment host needs numpy, opencv
 and one inference runtime.
 """
@@ -20,7 +20,8 @@ from vosrt.sdk.errors import UserError
 def load(package_dir, backend: str = "auto", **overrides):
     """Open a model package and return its family's streaming session (the ``session`` of its row in
     :mod:`vosrt.sdk.families`: a :class:`~vosrt.sdk.tracker.Tracker` for ``stcn`` packages, a
-    :class:`~vosrt.sdk.clip_segmenter.ClipSegmenter` for ``3dc-seg``).
+    :class:`~vosrt.sdk.clip_segmenter.ClipSegmenter` for ``3dc-seg``, an
+    :class:`~vosrt.sdk.instance_segmenter.InstanceSegmenter` for ``stem-seg``).
 
     ``backend``: ``"auto"`` (TensorRT when the package has engines and TensorRT is installed, else ONNX
     Runtime), ``"onnxruntime"``, ``"torch"`` (the PyTorch reference; needs the checkpoint) or
