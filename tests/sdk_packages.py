@@ -20,7 +20,8 @@ _EXPORTS: dict[str, Path] = {}     # kind -> its one export
 SPECS = {
     "stcn": ("stcn-lite", {"value_widths": (16, 32, 64), "value_dim": 64, "f16_thin_dim": 64,
                            "decoder_dims": (64, 32, 32)}, 32, 32, {"mem_every": 5, "top_k": 20, "memory_capacity": 8}),
-    "3dc-seg": ("3dc-seg-lite", {}, 32, 32, {"clip_length": 8, "overlap": 3}),
+    # one bottleneck per stage (3dc-seg-lite has 3, 4, 6, 3): a quarter of the graph to export, the same decoder
+    "3dc-seg": ("3dc-seg-lite", {"depths": (1, 1, 1, 1)}, 32, 32, {"clip_length": 8, "overlap": 3}),
     # 80 is the least side whose 1/32 map (3) fits the decoders' 3×3×3 pooling window in PyTorch.
     "stem-seg": ("stem-seg-lite", {}, 80, 80, {"clip_length": 8, "overlap": 4}),
 }
@@ -52,6 +53,17 @@ def tiny_package(kind: str, forms: tuple[str, ...] = ("portable",)) -> Path:
     return out
 
 
+def tiny_checkpoint(kind: str) -> Path:
+    """The checkpoint the tiny ``kind`` package was exported from (exporting it on first use)."""
+    tiny_package(kind, ("portable",))
+    return _ROOT / f"{kind}.pth"
+
+
+def d2conv_layers(model) -> list:
+    """The D²Conv3D layers of ``model``, in module order."""
+    return [m for m in model.modules() if hasattr(m, "deform_params") and hasattr(m, "deform_conv")]
+
+
 def _export(kind: str, forms: tuple[str, ...]) -> Path:
     global _ROOT
     if kind in _EXPORTS:
@@ -67,6 +79,9 @@ def _export(kind: str, forms: tuple[str, ...]) -> Path:
     name, overrides, height, width, streaming = SPECS[kind]
     torch.manual_seed(0)
     model = build_model(name, **overrides)
+    # D²Conv3D layers start at D = 1 (deform_params zero): random predictors make them sample off the grid
+    for layer in d2conv_layers(model):
+        torch.nn.init.normal_(layer.deform_params.weight, std=0.02)
     checkpoint = _ROOT / f"{kind}.pth"
     save_checkpoint(checkpoint, model)
     _EXPORTS[kind] = Path(export_package(name, checkpoint, _ROOT / kind, height, width, forms=list(forms),

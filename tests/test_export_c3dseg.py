@@ -1,7 +1,9 @@
 """Export of 3DC-Seg with D²Conv3D: portable parity at 8×240×432 and the plugin form's D2Conv3D nodes.
 
-The model's D²Conv3D layers start with D = 1 (deform_params at zero); the fixture gives them random
-parameter predictors so that the exported graphs really sample off the regular grid.
+The model's D²Conv3D layers start with D = 1 (deform_params at zero); the fixtures give them random
+parameter predictors so that the exported graphs really sample off the regular grid. The graph checks use
+the tests' tiny 3dc-seg package (tests/sdk_packages.py: one bottleneck per stage, the full decoder); the
+parity test exports 3dc-seg-lite at 8×240×432.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from vosrt.export import onnx_ops
 from vosrt.export.package import export_package, resolve_model
 from vosrt.sdk.errors import UserError
 from vosrt.training import graphs
-from vosrt.training.models import build_model, save_checkpoint
+from vosrt.training.models import build_model, load_checkpoint, save_checkpoint
+
+from sdk_packages import tiny_checkpoint, tiny_package
 
 L, H, W = 8, 240, 432
 
@@ -28,7 +32,15 @@ def _d2conv_layers(model):
 
 
 @pytest.fixture(scope="module")
-def c3d(tmp_path_factory):
+def c3d():
+    """(model, checkpoint, package folder) of the tests' tiny 3dc-seg, dilations away from 1, both forms."""
+    package = tiny_package("3dc-seg", ("plugin", "portable"))
+    checkpoint = tiny_checkpoint("3dc-seg")
+    return load_checkpoint(checkpoint)[0].eval(), checkpoint, package
+
+
+@pytest.fixture(scope="module")
+def c3d_480p(tmp_path_factory):
     """(model, checkpoint, package folder) of a 3dc-seg-lite with dilations away from 1, exported at 8×240×432."""
     folder = tmp_path_factory.mktemp("c3d")
     torch.manual_seed(0)
@@ -46,8 +58,8 @@ def _manifest(package):
 
 
 @pytest.mark.slow
-def test_3dc_seg_lite_clip_portable_matches_pytorch_at_8x240x432(c3d):
-    model, _, package = c3d
+def test_3dc_seg_lite_clip_portable_matches_pytorch_at_8x240x432(c3d_480p):
+    model, _, package = c3d_480p
     spec = graphs.graphs_for(model)["segment_clip"]
     (clip,) = spec.example(H, W, generator=torch.Generator().manual_seed(4))
     assert clip.shape == (1, 3, L, H, W)
