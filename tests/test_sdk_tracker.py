@@ -214,8 +214,10 @@ def test_a_folder_without_manifest_is_not_a_package(tmp_path):
 
 
 def _onnxruntime_has_cuda() -> bool:
-    import onnxruntime
-
+    try:  # asked at collection: a machine without onnxruntime must still collect this module
+        import onnxruntime
+    except ImportError:
+        return False
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
