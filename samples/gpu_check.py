@@ -43,9 +43,11 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
@@ -80,19 +82,54 @@ def say(message: str) -> None:
     print(f"[gpu_check {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _run(cmd: list[str], timeout: float, env: dict | None = None, cwd: Path | None = None) -> dict:
-    start = time.perf_counter()
+_CHILDREN: set[subprocess.Popen] = set()  # running steps, killed with their process groups on SIGTERM
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL to the step's whole process group (cmake's nvcc jobs, not only cmake), then reap it."""
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
-        code, output = done.returncode, done.stdout + done.stderr
-    except subprocess.TimeoutExpired as err:
-        code = 124
-        output = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.wait()
+
+
+def _run(cmd: list[str], timeout: float, env: dict | None = None, cwd: Path | None = None,
+         log: Path | None = None) -> dict:
+    """Runs cmd in a process group of its own, stdout and stderr interleaved into `log` (a file under OUT,
+    written as the step runs, so it is there even if this script is killed) or a temporary file. Past
+    `timeout` the whole group is killed (a timed-out build must not leave compilers running) and the
+    status is 124."""
+    start = time.perf_counter()
+    with (open(log, "w+b") if log else tempfile.TemporaryFile("w+b")) as sink:
+        try:
+            proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                    cwd=cwd, start_new_session=True)
+        except OSError as err:
+            return {"command": " ".join(cmd), "returncode": 127, "seconds": 0.0, "output_tail": str(err)}
+        _CHILDREN.add(proc)
+        try:
+            code = proc.wait(timeout=max(timeout, 0.1))
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            code = 124
+        finally:
+            _CHILDREN.discard(proc)
+        sink.seek(0, os.SEEK_END)
+        sink.seek(max(0, sink.tell() - 12000))
+        output = sink.read().decode(errors="replace")
+    if code == 124:
         output += f"\n(timed out after {timeout:.0f} s)"
-    except OSError as err:
-        code, output = 127, str(err)
     return {"command": " ".join(cmd), "returncode": code, "seconds": round(time.perf_counter() - start, 1),
             "output_tail": output[-3000:]}
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM / SIGINT / SIGHUP: kill the running step's process group, then exit (the report written so far
+    stays in OUT)."""
+    for proc in list(_CHILDREN):
+        _kill_group(proc)
+    raise SystemExit(128 + signum)
 
 
 # ---------------------------------------------------------------------------------------------- 1
@@ -249,15 +286,52 @@ def gpu_test_files() -> list[str]:
                   if re.search(r"pytest\.mark\.(gpu|tensorrt)\b", p.read_text(encoding="utf-8")))
 
 
+# "No module named 'X'" (absent), "import of X halted; None in sys.modules" (blocked, as the tests do)
+_MISSING_MODULE = re.compile(r"No module named '([\w.]+)'|import of ([\w.]+) halted")
+
+
+def missing_package(error_text: str) -> str | None:
+    """The third-party package whose absence a collection error reports, or None: a module of this
+    repository (vosrt, a tests/ helper) that does not import is a bug, not a package missing here."""
+    found = _MISSING_MODULE.findall(error_text)
+    if not found:
+        return None
+    name = next(n for n in found[-1] if n)  # the last one: the exception that ended the import
+    top = name.split(".")[0]
+    if top == "vosrt" or (TESTS / f"{top}.py").is_file() or (ROOT / top).is_dir():
+        return None
+    return name
+
+
 def junit_summary(path: Path) -> dict:
+    """Counts, failed tests and, apart from them, the test modules that could not be imported because a
+    package they need is not installed here ({module: reason}): those cost their own tests only and do
+    not fail the check (a bare GPU machine has no onnx, onnxruntime or pillow)."""
     root = ElementTree.parse(path).getroot()
     suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
     total = {key: sum(int(s.get(key, 0)) for s in suites) for key in ("tests", "failures", "errors", "skipped")}
-    failed = [f"{case.get('classname')}::{case.get('name')}" for case in root.iter("testcase")
-              if case.find("failure") is not None or case.find("error") is not None]
+    failed, unavailable = [], {}
+    for case in root.iter("testcase"):
+        problem = case.find("failure") if case.find("failure") is not None else case.find("error")
+        if problem is None:
+            continue
+        package = missing_package(problem.text or "") if problem.get("message") == "collection failure" else None
+        if package is not None:
+            unavailable[case.get("name")] = f"not importable here: needs {package}, which is not installed"
+        else:
+            failed.append(f"{case.get('classname')}::{case.get('name')}")
+    total["tests"] -= len(unavailable)
+    total["errors"] -= len(unavailable)
     total["passed"] = total["tests"] - total["failures"] - total["errors"] - total["skipped"]
     total["failed_tests"] = failed
+    total["unavailable_modules"] = unavailable
     return total
+
+
+def _test_command(xml: Path, *extra: str) -> list[str]:
+    # --continue-on-collection-errors: a module that fails to import costs its own tests only
+    return [sys.executable, "-m", "pytest", "-m", TEST_MARKS, "-p", "no:cacheprovider", f"--junitxml={xml}",
+            "--continue-on-collection-errors", *extra, *gpu_test_files()]
 
 
 def run_gpu_tests(out: Path, build_dir: Path, dry_run: bool, deadline: Deadline) -> dict:
@@ -268,30 +342,45 @@ def run_gpu_tests(out: Path, build_dir: Path, dry_run: bool, deadline: Deadline)
     trt_plugins = build_dir / "trt" / "libvosrt_plugins.so"
     if trt_plugins.is_file():
         shell_env["VOSRT_PLUGIN_LIB"] = str(trt_plugins)
-    if dry_run:
-        cmd = [sys.executable, "-m", "pytest", "-m", TEST_MARKS, "--collect-only", "-q", "-p", "no:cacheprovider",
-               *gpu_test_files()]
-        step = _run(cmd, 300, env=shell_env, cwd=ROOT)
-        match = re.search(r"(\d+)(?:/\d+)? tests? collected", step["output_tail"])
-        collected = int(match.group(1)) if match else 0
-        say(f"tests: {collected} GPU/TensorRT tests collected (dry run: not run)")
-        return {"status": "collected" if step["returncode"] == 0 else "failed", "collected": collected,
-                "command": step["command"], "output_tail": step["output_tail"][-1500:]}
     xml = out / "gpu_tests.xml"
-    # The modules that hold GPU tests, as the dry run collects them; a module that fails to import (a
-    # package missing on this machine) costs its own tests only.
-    cmd = [sys.executable, "-m", "pytest", "-m", TEST_MARKS, "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
-           "-rfE", "--continue-on-collection-errors", *gpu_test_files()]
-    # what is left, less about 2.5 minutes kept for the benchmarks
-    step = _run(cmd, deadline.timeout(420, reserve=150), env=shell_env, cwd=ROOT)
-    result = {"command": step["command"], "seconds": step["seconds"], "output_tail": step["output_tail"][-3000:]}
+    xml.unlink(missing_ok=True)
+    if dry_run:
+        step = _run(_test_command(xml, "--collect-only", "-q"), deadline.timeout(300, reserve=60), env=shell_env,
+                    cwd=ROOT, log=out / "gpu_tests.log")
+        match = re.search(r"(\d+)(?:/\d+)? tests? collected", step["output_tail"])
+        result = {"collected": int(match.group(1)) if match else 0, "command": step["command"],
+                  "output_tail": step["output_tail"][-1500:]}
+        summary = junit_summary(xml) if xml.is_file() else None
+        if summary is not None:
+            result.update(unavailable_modules=summary["unavailable_modules"], failed_tests=summary["failed_tests"])
+        # rc 1 with nothing failed in the XML: only modules that need an absent package did not import
+        ok = step["returncode"] == 0 or (summary is not None and step["returncode"] == 1 and not summary["failed_tests"])
+        result["status"] = "collected" if ok else "failed"
+        _say_unavailable(result)
+        say(f"tests: {result['collected']} GPU/TensorRT tests collected (dry run: not run)")
+        return result
+    # what is left, less about 2.5 minutes kept for the benchmarks; -v: the log names each test as it ends
+    step = _run(_test_command(xml, "-v", "-rfE"), deadline.timeout(420, reserve=150), env=shell_env, cwd=ROOT,
+                log=out / "gpu_tests.log")
+    result = {"command": step["command"], "returncode": step["returncode"], "seconds": step["seconds"],
+              "output_tail": step["output_tail"][-3000:]}
     if xml.is_file():
         result.update(junit_summary(xml))
-    ok = step["returncode"] == 0 or (xml.is_file() and not result.get("failed_tests") and step["returncode"] == 5)
+    # 0: all passed; 5: nothing selected; 1 with nothing failed in the XML: only unavailable modules
+    ok = xml.is_file() and not result.get("failed_tests") and step["returncode"] in (0, 1, 5)
     result["status"] = "ok" if ok else "failed"
+    if not xml.is_file():
+        result["error"] = (f"pytest ended with status {step['returncode']} without its XML report "
+                           f"(timed out or crashed; see gpu_tests.log)")
+    _say_unavailable(result)
     say(f"tests: {result.get('passed', '?')} passed, {result.get('failures', '?')} failed, "
         f"{result.get('errors', '?')} errors, {result.get('skipped', '?')} skipped in {step['seconds']} s")
     return result
+
+
+def _say_unavailable(result: dict) -> None:
+    for module, reason in result.get("unavailable_modules", {}).items():
+        say(f"tests: skipping {module}: {reason}")
 
 
 # ---------------------------------------------------------------------------------------------- 4
@@ -513,11 +602,14 @@ def run_child(cmd: list[str], result_file: Path, timeout: float) -> dict | list:
     return {"error": f"exit status {step['returncode']} after {step['seconds']} s", "output_tail": tail}
 
 
-def run_benchmarks(out: Path, device: str, repeat: int, deadline: Deadline) -> dict:
+def run_benchmarks(out: Path, device: str, repeat: int, deadline: Deadline,
+                   progress: Callable[[dict], None] | None = None) -> dict:
     """Each benchmark in a child process of its own (a crashed context or a hung kernel is recorded and
-    the next benchmark still runs), within what is left of the budget."""
+    the next benchmark still runs), within what is left of the budget: a part may take its share of what
+    is left (at least a minute), so one that hangs cannot starve the ones after it. ``progress`` gets the
+    results so far after each part (the caller rewrites the report)."""
     results: dict = {"device": device}
-    for name in BENCHMARK_PARTS:
+    for position, name in enumerate(BENCHMARK_PARTS):
         if deadline.left() < 20:
             results[name] = {"error": "not run: the time budget (--budget) was spent"}
             say(f"benchmark {name}: not run, out of time")
@@ -525,9 +617,13 @@ def run_benchmarks(out: Path, device: str, repeat: int, deadline: Deadline) -> d
         result_file = out / f"benchmark_{name}.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--benchmark", name, "--device", device,
                "--repeat", str(repeat), "--result", str(result_file)]
-        result = results[name] = run_child(cmd, result_file, deadline.left(reserve=5))
+        left = deadline.left(reserve=5)
+        share = left / (len(BENCHMARK_PARTS) - position)
+        result = results[name] = run_child(cmd, result_file, min(left, max(share, 60.0)))
         failed = isinstance(result, dict) and "error" in result
         say(f"benchmark {name}: {'failed, ' + result['error'] if failed else 'done'}")
+        if progress is not None:
+            progress(results)
     return results
 
 
@@ -558,6 +654,10 @@ def markdown(report: dict) -> str:
              f"{tests.get('skipped', '–')}, collected {tests.get('collected', '–')}", ""]
     for name in tests.get("failed_tests", [])[:20]:
         lines.append(f"  - failed: {name}")
+    for module, reason in tests.get("unavailable_modules", {}).items():
+        lines.append(f"  - skipped {module}: {reason}")
+    if tests.get("error"):
+        lines.append(f"  - {tests['error']}")
     return "\n".join(lines + [benchmark_tables(report.get("benchmarks", {}))])
 
 
@@ -660,6 +760,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--budget must be at least 60 seconds, got {args.budget:g}")
     out = (args.out or args.out_flag).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, _terminate)
     build_dir = args.build_dir.resolve()
     started = time.perf_counter()
     deadline = Deadline(args.budget)
@@ -689,7 +791,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["VOSRT_KERNELS_LIB"] = str(built_kernels(build_dir))
     device = "cuda" if gpu and not args.dry_run else "cpu"
     repeat = args.repeat or (10 if device == "cuda" else 2)
-    report["benchmarks"] = run_benchmarks(out, device, repeat, deadline)
+    def benchmarks_so_far(results: dict) -> None:
+        report["benchmarks"] = results
+        write_report(out, report, started)
+
+    report["benchmarks"] = run_benchmarks(out, device, repeat, deadline, progress=benchmarks_so_far)
     write_report(out, report, started)
     say(f"report: {out / 'gpu_report.json'}, {out / 'gpu_report.md'} ({report['seconds']:.0f} s)")
     failed = report["build"].get("status") == "failed" or report["tests"].get("status") == "failed"

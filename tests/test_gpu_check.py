@@ -6,8 +6,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -22,14 +24,19 @@ def _module():
     return module
 
 
-# A GPU machine as the device tool lends it: vosrt is not pip-installed there, and PyTorch's image lacks
-# some of vosrt's own dependencies. This sitecustomize makes this machine look so to a child Python.
+# A GPU machine as the device tool lends it: vosrt is not pip-installed there, and it has PyTorch, numpy,
+# opencv, CuPy, pytest, CMake and nvcc but none of onnx, onnxscript, onnxruntime, TensorRT or pillow.
+# This sitecustomize makes this machine look so to a child Python.
 BARE_MACHINE = """
 import sys
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]  # no install of vosrt
-for name in ("onnxruntime_extensions", "pycocotools", "trackeval", "playwright", "tensorrt"):
+for name in ("onnxruntime_extensions", "pycocotools", "trackeval", "playwright", "tensorrt", "onnx", "onnxscript",
+             "onnxruntime", "PIL"):
     sys.modules[name] = None  # import raises ImportError, importlib.util.find_spec answers None
 """
+# What the device tool brings back from OUT: at most 8 files, no folders here, names of these characters.
+OUT_FILE_LIMIT = 8
+OUT_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def test_dry_run_on_a_bare_checkout_plans_the_build_collects_the_gpu_tests_and_writes_a_report(tmp_path):
@@ -54,8 +61,16 @@ def test_dry_run_on_a_bare_checkout_plans_the_build_collects_the_gpu_tests_and_w
     # each benchmark ran in a child of its own, which left its result beside the report
     assert sorted(p.name for p in out.glob("benchmark_*.json")) == [
         "benchmark_d2conv3d.json", "benchmark_readout.json", "benchmark_stcn_step.json"]
-    # every GPU test module imports there: none is lost to a collection error
+    # every GPU test module imports there but the SDK tracker's (pillow): it is skipped, saying so, and the
+    # collection still counts as done; the TensorRT module skips itself without onnx
     assert report["tests"]["status"] == "collected" and report["tests"]["collected"] >= 50
+    assert list(report["tests"]["unavailable_modules"]) == ["tests.test_sdk_tracker"]
+    assert "needs PIL" in report["tests"]["unavailable_modules"]["tests.test_sdk_tracker"]
+    assert "skipping tests.test_sdk_tracker" in done.stdout
+    # what OUT holds fits what the device tool brings back
+    files = list(out.iterdir())
+    assert len(files) <= OUT_FILE_LIMIT and all(p.is_file() and OUT_NAME.fullmatch(p.name) for p in files), files
+    assert (out / "gpu_tests.log").is_file() and (out / "gpu_tests.xml").is_file()
     bench = report["benchmarks"]
     assert bench["device"] == "cpu"
     assert bench["readout"] and all(row["dense_ms"] > 0 and row["gemm_topk_gather_ms"] > 0 for row in bench["readout"])
@@ -77,6 +92,67 @@ def test_test_summary_reads_pytest_junit_xml_with_a_failure_and_a_skip(tmp_path)
     summary = _module().junit_summary(xml)
     assert (summary["tests"], summary["passed"], summary["failures"], summary["skipped"]) == (3, 1, 1, 1)
     assert summary["failed_tests"] == ["test_sample::test_bad"]
+
+
+def test_a_test_module_needing_an_absent_package_is_skipped_but_a_broken_one_fails(tmp_path):
+    (tmp_path / "test_needs_pkg.py").write_text("import vosrt_absent_package_xyz\n\ndef test_a():\n    pass\n")
+    (tmp_path / "test_broken.py").write_text("import vosrt.no_such_module\n\ndef test_b():\n    pass\n")
+    (tmp_path / "test_fine.py").write_text("def test_c():\n    pass\n")
+    xml = tmp_path / "out.xml"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
+                    "--continue-on-collection-errors", str(tmp_path)], capture_output=True, text=True, timeout=120,
+                   cwd=tmp_path)
+    summary = _module().junit_summary(xml)
+    assert list(summary["unavailable_modules"]) == ["test_needs_pkg"]
+    assert "vosrt_absent_package_xyz" in summary["unavailable_modules"]["test_needs_pkg"]
+    assert summary["failed_tests"] == ["::test_broken"]  # a module of the repository that does not import
+    assert (summary["tests"], summary["passed"], summary["errors"]) == (2, 1, 1)
+
+
+def test_missing_package_names_third_party_packages_only():
+    missing = _module().missing_package
+    assert missing("E   ModuleNotFoundError: No module named 'PIL'") == "PIL"
+    assert missing("ModuleNotFoundError: import of onnx halted; None in sys.modules") == "onnx"
+    assert missing("No module named 'onnx'\n...\nNo module named 'onnxruntime.capi'") == "onnxruntime.capi"
+    assert missing("No module named 'vosrt.sdk.nothing'") is None      # a bug of the repository
+    assert missing("No module named 'kernel_build'") is None           # a tests/ helper
+    assert missing("ImportError: cannot import name 'x' from 'y'") is None
+
+
+def test_a_timed_out_step_is_killed_with_its_whole_process_group_and_its_log_kept(tmp_path):
+    gpu_check = _module()
+    pid_file, log = tmp_path / "pid", tmp_path / "step.log"
+    step = gpu_check._run(["sh", "-c", f"echo started; sleep 60 & echo $! > {pid_file}; wait"], 2, log=log)
+    assert step["returncode"] == 124 and "started" in step["output_tail"] and "timed out" in step["output_tail"]
+    assert log.read_text().startswith("started")
+    grandchild = int(pid_file.read_text())
+    for _ in range(50):  # killed with the group: gone, or a zombie until init reaps it
+        status = Path(f"/proc/{grandchild}/status")
+        if not status.exists() or "zombie" in status.read_text():
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the step's background process {grandchild} outlived the timeout")
+    missing = gpu_check._run(["/nonexistent/tool"], 5)
+    assert missing["returncode"] == 127
+
+
+def test_each_benchmark_gets_a_share_of_the_budget_and_the_report_follows_each_part(tmp_path, monkeypatch):
+    gpu_check = _module()
+    timeouts, seen = [], []
+
+    def hung_child(cmd, result_file, timeout):
+        timeouts.append(timeout)
+        return {"error": "exit status 124 after 0 s"}
+
+    monkeypatch.setattr(gpu_check, "run_child", hung_child)
+    results = gpu_check.run_benchmarks(tmp_path, "cpu", 1, gpu_check.Deadline(305),
+                                       progress=lambda r: seen.append(sorted(r)))
+    assert len(timeouts) == 3 and 60 <= timeouts[0] <= 100 and max(timeouts) <= 300  # not all to the first
+    assert seen[0] == ["device", "readout"] and len(seen) == 3
+    assert set(results) == {"device", "readout", "d2conv3d", "stcn_step"}
+    assert gpu_check.run_benchmarks(tmp_path, "cpu", 1, gpu_check.Deadline(10))["readout"]["error"].startswith(
+        "not run")
 
 
 def test_build_targets_this_gpu_only_and_finds_tensorrt_headers_from_the_environment(tmp_path, monkeypatch):
