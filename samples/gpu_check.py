@@ -157,8 +157,8 @@ def probe_environment() -> dict:
         env["driver"] = done["output_tail"].strip().splitlines()[0] if done["returncode"] == 0 else None
     else:
         env["driver"] = None
-    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
-    env["nvcc"] = None
+    nvcc = find_nvcc()
+    env["nvcc"], env["nvcc_path"] = None, nvcc
     if nvcc:
         match = re.search(r"release ([\d.]+)", _run([nvcc, "--version"], 30)["output_tail"])
         env["nvcc"] = match.group(1) if match else "unknown"
@@ -176,6 +176,17 @@ def probe_environment() -> dict:
         env["onnxruntime_providers"] = onnxruntime.get_available_providers()
     env["tensorrt_headers"] = str(tensorrt_include()) if tensorrt_include() else None
     return env
+
+
+def find_nvcc() -> str | None:
+    """nvcc on PATH, else under $CUDA_HOME, $CUDA_PATH, /usr/local/cuda or the newest /usr/local/cuda-*."""
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    homes += sorted((str(p) for p in Path("/usr/local").glob("cuda-*")),
+                    key=lambda p: [int(n) for n in re.findall(r"\d+", p)], reverse=True)
+    return next((str(Path(h) / "bin" / "nvcc") for h in homes if h and (Path(h) / "bin" / "nvcc").is_file()), None)
 
 
 def tensorrt_include() -> Path | None:
@@ -212,8 +223,12 @@ class Deadline:
 
 def build_commands(build_dir: Path, env: dict) -> list[list[str]]:
     arch = cuda_architecture(env)
+    # nvcc's warnings stay warnings (in the log): one new in this machine's nvcc release must not cost the
+    # kernels of a one-shot run. Without nvcc the rest (CPU driver, emulation, CPU operators) still builds.
     configure = ["cmake", "-S", str(PLUGINS), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
-                 f"-DVOSRT_CUDA_ARCHS={arch}", f"-DCMAKE_CUDA_ARCHITECTURES={arch}"]
+                 f"-DVOSRT_CUDA_ARCHS={arch}", f"-DCMAKE_CUDA_ARCHITECTURES={arch}", "-DVOSRT_CUDA_WERROR=OFF"]
+    if not env.get("nvcc"):
+        configure.append("-DVOSRT_BUILD_KERNELS=OFF")
     include = tensorrt_include()
     if include is not None:
         configure.append(f"-DTensorRT_INCLUDE_DIR={include}")
@@ -243,8 +258,8 @@ def build_plugins(build_dir: Path, env: dict, dry_run: bool, deadline: Deadline)
         result["error"] = "cmake not found"
         return result
     shell_env = dict(os.environ)
-    if env.get("nvcc") and shutil.which("nvcc") is None:
-        shell_env["PATH"] = f"/usr/local/cuda/bin:{shell_env.get('PATH', '')}"
+    if env.get("nvcc_path") and shutil.which("nvcc") is None:  # found off PATH: CMake looks on PATH
+        shell_env["PATH"] = f"{Path(env['nvcc_path']).parent}{os.pathsep}{shell_env.get('PATH', '')}"
     result["steps"] = []
     for cmd in commands:
         step = _run(cmd, deadline.timeout(900, reserve=240), env=shell_env)
@@ -661,6 +676,14 @@ def markdown(report: dict) -> str:
     return "\n".join(lines + [benchmark_tables(report.get("benchmarks", {}))])
 
 
+def _failure(result: dict) -> str:
+    """A failed benchmark in one line: how its child ended and the last line it printed (the exception)."""
+    tail = [line.strip() for line in result.get("output_tail", []) if line.strip()]
+    raised = [line for line in tail if re.match(r"[\w.]*(Error|Exception|Exit|Interrupt)\b", line)]
+    last = (raised or tail)[-1][:300] if tail else None
+    return f"{result.get('error')}" + (f": `{last}`" if last else "")
+
+
 def benchmark_tables(bench: dict) -> str:
     """Markdown tables of run_benchmarks' results (also printed by samples/bench_kernels.py)."""
     lines: list[str] = []
@@ -679,7 +702,7 @@ def benchmark_tables(bench: dict) -> str:
                   "than 1% of the output's range (a top-k taken differently at a near-tie, or a bug)"]
         lines.append("")
     elif readout is not None:
-        lines += [f"L2MemoryReadout benchmark failed: {readout.get('error')}", ""]
+        lines += [f"L2MemoryReadout benchmark failed: {_failure(readout)}", ""]
     d2 = bench.get("d2conv3d")
     if isinstance(d2, list):
         lines += ["## D2Conv3D (ms per call, back to back; ratio = reference / kernel)", "",
@@ -692,7 +715,7 @@ def benchmark_tables(bench: dict) -> str:
                          f"{_fmt(r.get('kernel_peak_mib'), '.0f')} | {_fmt(r.get('fp16_vs_fp32'), '.2f')} |")
         lines.append("")
     elif d2 is not None:
-        lines += [f"D2Conv3D benchmark failed: {d2.get('error')}", ""]
+        lines += [f"D2Conv3D benchmark failed: {_failure(d2)}", ""]
     stcn = bench.get("stcn_step")
     if isinstance(stcn, dict) and "error" not in stcn:
         lines += ["## STCN step (ms per frame)", "",
@@ -701,7 +724,7 @@ def benchmark_tables(bench: dict) -> str:
                   f"{_fmt(stcn['reference_readout_ms_per_frame'], '.2f')}, kernel readout "
                   f"{_fmt(stcn.get('kernel_readout_ms_per_frame'), '.2f')}, speed-up {_fmt(stcn.get('speedup'), '.2f')}", ""]
     elif stcn is not None:
-        lines += [f"STCN step benchmark failed: {stcn.get('error')}", ""]
+        lines += [f"STCN step benchmark failed: {_failure(stcn)}", ""]
     lines += ["Targets (issue 13, reported, not asserted): " +
               ", ".join(f"{k} >= {v}x" for k, v in TARGETS.items()), ""]
     return "\n".join(lines)

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 
 SCRIPT = Path(__file__).resolve().parents[1] / "samples" / "gpu_check.py"
 
@@ -165,8 +167,39 @@ def test_build_targets_this_gpu_only_and_finds_tensorrt_headers_from_the_environ
     assert gpu_check.tensorrt_include() != include  # a folder without NvInfer.h is not TensorRT
     (include / "NvInfer.h").write_text("")
     assert gpu_check.tensorrt_include() == include  # $TensorRT_ROOT comes before any other place
-    configure = gpu_check.build_commands(tmp_path / "build", {"gpu": {"compute_capability": "9.0"}})[0]
+    h200 = {"gpu": {"compute_capability": "9.0"}, "nvcc": "13.0"}
+    configure, *builds = gpu_check.build_commands(tmp_path / "build", h200)
     assert f"-DTensorRT_INCLUDE_DIR={include}" in configure and "-DVOSRT_CUDA_ARCHS=90-real" in configure
+    # nvcc warnings are not errors there; the kernels build first
+    assert "-DVOSRT_CUDA_WERROR=OFF" in configure and "-DVOSRT_BUILD_KERNELS=OFF" not in configure
+    assert builds[0][-2:] == ["--target", "vosrt_kernels"]
+    # without nvcc the CPU-side libraries still configure and build
+    configure, *builds = gpu_check.build_commands(tmp_path / "build", {"gpu": {"compute_capability": "9.0"}})
+    assert "-DVOSRT_BUILD_KERNELS=OFF" in configure and len(builds) == 1
+
+
+def test_nvcc_off_path_is_found_under_cuda_home(tmp_path, monkeypatch):
+    gpu_check = _module()
+    nvcc = tmp_path / "cuda-13.0" / "bin" / "nvcc"
+    nvcc.parent.mkdir(parents=True)
+    nvcc.write_text("#!/bin/sh\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "cuda-13.0"))
+    assert gpu_check.find_nvcc() == str(nvcc)
+
+
+def test_the_kernels_configure_without_nvcc_warnings_as_errors_when_asked(tmp_path):
+    from kernel_build import have_cmake_and_cxx, have_nvcc
+
+    if not (have_cmake_and_cxx() and have_nvcc()):
+        pytest.skip("needs cmake, a C++ compiler and nvcc")
+    gpu_check = _module()
+    configure = gpu_check.build_commands(tmp_path / "b", {"nvcc": "13", "nvcc_path": gpu_check.find_nvcc()})[0]
+    env = dict(os.environ, PATH=f"{Path(gpu_check.find_nvcc()).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    done = subprocess.run(configure + ["-DVOSRT_BUILD_TRT=OFF"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    flags = (tmp_path / "b" / "kernels" / "CMakeFiles" / "vosrt_kernels.dir" / "flags.make").read_text()
+    assert "-lineinfo" in flags and "--Werror" not in flags
 
 
 def test_a_crashed_or_hung_benchmark_child_costs_only_its_own_part(tmp_path):
@@ -181,6 +214,8 @@ def test_a_crashed_or_hung_benchmark_child_costs_only_its_own_part(tmp_path):
     assert wrote == [1, 2]
     stale = gpu_check.run_child([sys.executable, "-c", "pass"], result, 60)  # a result left by an earlier run
     assert "error" in stale
+    raised = gpu_check.run_child([sys.executable, "-c", "print('a line after'); raise ValueError('boom')"], result, 60)
+    assert "ValueError: boom" in gpu_check.benchmark_tables({"readout": raised})  # the report names the exception
 
 
 def test_time_budget_cuts_step_timeouts_and_a_partial_report_still_renders():
