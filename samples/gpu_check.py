@@ -7,14 +7,21 @@ Needs only what a bare CUDA machine has: PyTorch with CUDA, nvcc, CMake (CuPy, T
 onnxruntime-gpu are used when present and skipped, with a line saying so, when absent). No network.
 
 Steps, each recorded in OUT/gpu_report.json and OUT/gpu_report.md (a failing step is recorded and the
-others still run; the exit status is 1 when the build or a test failed):
+others still run; the exit status is 1 when the build, a test or a benchmark failed). OUT holds at most
+seven plain files: gpu_report.json, gpu_report.md, gpu_tests.xml, gpu_tests.log and one
+benchmark_<part>.json per benchmark.
 
 1. environment: GPU, driver, CUDA runtime of torch, nvcc, CMake, optional packages.
 2. build: ``cmake -S plugins -B plugins/build-gpu-check`` (``--build-dir``) for this GPU's architecture
-   only: the CUDA kernels first, then the rest (their CPU driver and emulation, the ONNX Runtime operators
-   and the TensorRT plugins where their headers exist); then whether the kernel library loads, and why not.
+   only, nvcc's warnings not made errors (``-DVOSRT_CUDA_WERROR=OFF``): the CUDA kernels first, then the
+   rest (their CPU driver and emulation, the ONNX Runtime operators and the TensorRT plugins where their
+   headers exist); then whether the kernel library loads, and why not.
 3. tests: ``pytest -m "gpu or tensorrt"`` on the test modules that hold such tests, against the libraries
-   just built (junit XML in OUT); a module that cannot be imported here costs its own tests only.
+   just built; each operator's kernel tests in a pytest process of their own (a kernel fault poisons its
+   process's CUDA context); junit XML and pytest's log, written as it runs, in OUT. A module that cannot
+   be imported because a package it needs is absent here (onnx, onnxruntime, pillow on a bare GPU
+   machine) is named in the report and skipped, without failing the step; any other collection error
+   fails it.
 4. benchmarks, every figure a ratio of two timings taken in this run (per call, calls back to back; the
    median of single calls is kept in the JSON too):
    - L2MemoryReadout, fused kernel vs (a) the dense PyTorch reference (N×M affinity, top-k, softmax
@@ -27,8 +34,9 @@ others still run; the exit status is 1 when the build or a test failed):
      random weights), PyTorch eager on the GPU, readout through the kernel vs the reference, per frame.
 
 The check keeps to a time budget (``--budget``, 540 s: a device session runs one command for at most 10
-minutes): each step's timeout is cut to what is left, the report is rewritten after every step, and each
-benchmark runs in a child process of its own, so a crash or a hung kernel costs that part only.
+minutes): each step's timeout is cut to what is left and kills the step's whole process group, the report
+is rewritten after every step and every benchmark, and each benchmark runs in a child process of its own
+with at most its share of the time left, so a crash or a hung kernel costs that part only.
 
 ``--dry-run`` prints the plan, probes the environment, lists the GPU tests (collection only) and runs
 every benchmark's reference path on the CPU at tiny shapes, then writes the report: CI runs it
@@ -95,13 +103,15 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def _run(cmd: list[str], timeout: float, env: dict | None = None, cwd: Path | None = None,
-         log: Path | None = None) -> dict:
+         log: Path | None = None, append: bool = False) -> dict:
     """Runs cmd in a process group of its own, stdout and stderr interleaved into `log` (a file under OUT,
     written as the step runs, so it is there even if this script is killed) or a temporary file. Past
     `timeout` the whole group is killed (a timed-out build must not leave compilers running) and the
-    status is 124."""
+    status is 124. `append`: add to `log` instead of replacing it (output_tail is this step's only)."""
     start = time.perf_counter()
-    with (open(log, "w+b") if log else tempfile.TemporaryFile("w+b")) as sink:
+    with (open(log, "a+b" if append else "w+b") if log else tempfile.TemporaryFile("w+b")) as sink:
+        sink.seek(0, os.SEEK_END)
+        begin = sink.tell()
         try:
             proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                     cwd=cwd, start_new_session=True)
@@ -116,7 +126,7 @@ def _run(cmd: list[str], timeout: float, env: dict | None = None, cwd: Path | No
         finally:
             _CHILDREN.discard(proc)
         sink.seek(0, os.SEEK_END)
-        sink.seek(max(0, sink.tell() - 12000))
+        sink.seek(max(begin, sink.tell() - 12000))
         output = sink.read().decode(errors="replace")
     if code == 124:
         output += f"\n(timed out after {timeout:.0f} s)"
@@ -343,10 +353,34 @@ def junit_summary(path: Path) -> dict:
     return total
 
 
-def _test_command(xml: Path, *extra: str) -> list[str]:
+def _test_command(xml: Path, files: list[str], *extra: str) -> list[str]:
     # --continue-on-collection-errors: a module that fails to import costs its own tests only
     return [sys.executable, "-m", "pytest", "-m", TEST_MARKS, "-p", "no:cacheprovider", f"--junitxml={xml}",
-            "--continue-on-collection-errors", *extra, *gpu_test_files()]
+            "--continue-on-collection-errors", *extra, *files]
+
+
+# The kernel tests of each operator run in a pytest process of their own: a kernel that faults (an illegal
+# address, a misaligned access) leaves a sticky error in its process's CUDA context that fails every later
+# CUDA call there, and would take the other operator's tests with it.
+KERNEL_TESTS = "test_kernels_gpu.py"
+KERNEL_TEST_GROUPS = (("D2Conv3D kernels", "d2conv3d"), ("L2MemoryReadout kernels", "not d2conv3d"))
+
+
+def gpu_test_groups(files: list[str]) -> list[tuple[str, list[str], str | None]]:
+    """(name, test files, -k expression or None) of each pytest process of the GPU tests."""
+    kernel = [f for f in files if Path(f).name == KERNEL_TESTS]
+    rest = [f for f in files if Path(f).name != KERNEL_TESTS]
+    groups = [(name, kernel, keyword) for name, keyword in KERNEL_TEST_GROUPS] if kernel else []
+    return groups + ([("other GPU and TensorRT tests", rest, None)] if rest else [])
+
+
+def merge_junit(parts: list[Path], into: Path) -> None:
+    """One junit XML of several pytest runs' XML files (their <testsuite> elements side by side)."""
+    merged = ElementTree.Element("testsuites", name="gpu_check")
+    for part in parts:
+        root = ElementTree.parse(part).getroot()
+        merged.extend([root] if root.tag == "testsuite" else list(root.iter("testsuite")))
+    ElementTree.ElementTree(merged).write(into, encoding="utf-8", xml_declaration=True)
 
 
 def run_gpu_tests(out: Path, build_dir: Path, dry_run: bool, deadline: Deadline) -> dict:
@@ -357,14 +391,15 @@ def run_gpu_tests(out: Path, build_dir: Path, dry_run: bool, deadline: Deadline)
     trt_plugins = build_dir / "trt" / "libvosrt_plugins.so"
     if trt_plugins.is_file():
         shell_env["VOSRT_PLUGIN_LIB"] = str(trt_plugins)
-    xml = out / "gpu_tests.xml"
+    xml, log = out / "gpu_tests.xml", out / "gpu_tests.log"
     xml.unlink(missing_ok=True)
+    files = gpu_test_files()
     if dry_run:
-        step = _run(_test_command(xml, "--collect-only", "-q"), deadline.timeout(300, reserve=60), env=shell_env,
-                    cwd=ROOT, log=out / "gpu_tests.log")
+        step = _run(_test_command(xml, files, "--collect-only", "-q"), deadline.timeout(300, reserve=60),
+                    env=shell_env, cwd=ROOT, log=log)
         match = re.search(r"(\d+)(?:/\d+)? tests? collected", step["output_tail"])
         result = {"collected": int(match.group(1)) if match else 0, "command": step["command"],
-                  "output_tail": step["output_tail"][-1500:]}
+                  "groups": [name for name, _, _ in gpu_test_groups(files)], "output_tail": step["output_tail"][-1500:]}
         summary = junit_summary(xml) if xml.is_file() else None
         if summary is not None:
             result.update(unavailable_modules=summary["unavailable_modules"], failed_tests=summary["failed_tests"])
@@ -374,22 +409,48 @@ def run_gpu_tests(out: Path, build_dir: Path, dry_run: bool, deadline: Deadline)
         _say_unavailable(result)
         say(f"tests: {result['collected']} GPU/TensorRT tests collected (dry run: not run)")
         return result
-    # what is left, less about 2.5 minutes kept for the benchmarks; -v: the log names each test as it ends
-    step = _run(_test_command(xml, "-v", "-rfE"), deadline.timeout(420, reserve=150), env=shell_env, cwd=ROOT,
-                log=out / "gpu_tests.log")
-    result = {"command": step["command"], "returncode": step["returncode"], "seconds": step["seconds"],
-              "output_tail": step["output_tail"][-3000:]}
+    # what is left, less about 2.5 minutes kept for the benchmarks, shared among the groups
+    window = Deadline(deadline.timeout(420, reserve=150))
+    groups = gpu_test_groups(files)
+    result: dict = {"groups": []}
+    parts: list[Path] = []
+    ok = True
+    with tempfile.TemporaryDirectory() as scratch:
+        for position, (name, group_files, keyword) in enumerate(groups):
+            if window.left() < 10:
+                result["groups"].append({"name": name, "error": "not run: the time budget (--budget) was spent"})
+                ok = False
+                say(f"tests: {name}: not run, out of time")
+                continue
+            part = Path(scratch) / f"part{position}.xml"
+            # -v: the log names each test as it ends
+            cmd = _test_command(part, group_files, "-v", "-rfE", *(["-k", keyword] if keyword else []))
+            timeout = min(window.left(), max(window.left() / (len(groups) - position), 60.0))
+            step = _run(cmd, timeout, env=shell_env, cwd=ROOT, log=log, append=position > 0)
+            group = {"name": name, "command": step["command"], "returncode": step["returncode"],
+                     "seconds": step["seconds"], "output_tail": step["output_tail"][-1500:]}
+            if part.is_file():
+                parts.append(part)
+                merge_junit(parts, xml)  # after every group: a kill of this script keeps what ran
+                failed = junit_summary(part)["failed_tests"]
+            else:
+                failed = None
+                group["error"] = (f"pytest ended with status {step['returncode']} without its XML report "
+                                  f"(timed out or crashed; see gpu_tests.log)")
+            # 0: all passed; 5: nothing selected; 1 with nothing failed in the XML: only unavailable modules
+            group_ok = failed == [] and step["returncode"] in (0, 1, 5)
+            ok = ok and group_ok
+            result["groups"].append(group)
+            say(f"tests: {name}: {'ok' if group_ok else 'FAILED'} (status {step['returncode']}) in {step['seconds']} s")
     if xml.is_file():
         result.update(junit_summary(xml))
-    # 0: all passed; 5: nothing selected; 1 with nothing failed in the XML: only unavailable modules
-    ok = xml.is_file() and not result.get("failed_tests") and step["returncode"] in (0, 1, 5)
-    result["status"] = "ok" if ok else "failed"
-    if not xml.is_file():
-        result["error"] = (f"pytest ended with status {step['returncode']} without its XML report "
-                           f"(timed out or crashed; see gpu_tests.log)")
+    result["status"] = "ok" if ok and groups else "failed"
+    errors = [f"{g['name']}: {g['error']}" for g in result["groups"] if "error" in g]
+    if errors:
+        result["error"] = "; ".join(errors)
     _say_unavailable(result)
     say(f"tests: {result.get('passed', '?')} passed, {result.get('failures', '?')} failed, "
-        f"{result.get('errors', '?')} errors, {result.get('skipped', '?')} skipped in {step['seconds']} s")
+        f"{result.get('errors', '?')} errors, {result.get('skipped', '?')} skipped")
     return result
 
 
@@ -735,7 +796,8 @@ def plan(out: Path, build_dir: Path, env: dict, dry_run: bool, budget: float) ->
              "2. build: " + " && ".join(" ".join(c) for c in build_commands(build_dir, env)),
              f"3. tests: pytest -m \"{TEST_MARKS}\" --continue-on-collection-errors on the "
              f"{len(gpu_test_files())} modules of {TESTS} that hold GPU/TensorRT tests, with "
-             f"VOSRT_KERNELS_LIB={build_dir / 'kernels'}",
+             f"VOSRT_KERNELS_LIB={build_dir / 'kernels'}, one pytest process per group: "
+             + ", ".join(name for name, _, _ in gpu_test_groups(gpu_test_files())),
              "4. benchmarks, each in a child process: L2MemoryReadout (frames 5/20/50, objects 1/4, fp32/fp16) vs "
              "dense and vs GEMM+topk+gather; D2Conv3D 3DC-Seg 480p layers fp32/fp16 vs reference; STCN step at 480p",
              f"5. report: {out / 'gpu_report.json'} and {out / 'gpu_report.md'}, rewritten after every step",
@@ -748,8 +810,11 @@ def plan(out: Path, build_dir: Path, env: dict, dry_run: bool, budget: float) ->
 
 def write_report(out: Path, report: dict, started: float) -> None:
     report["seconds"] = time.perf_counter() - started
-    (out / "gpu_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (out / "gpu_report.md").write_text(markdown(report))
+    for name, text in (("gpu_report.json", json.dumps(report, indent=2, default=str) + "\n"),
+                       ("gpu_report.md", markdown(report))):
+        part = out / f"{name}.part"  # then renamed: a kill mid-write leaves the previous report whole
+        part.write_text(text)
+        os.replace(part, out / name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,6 +111,31 @@ def test_a_test_module_needing_an_absent_package_is_skipped_but_a_broken_one_fai
     assert (summary["tests"], summary["passed"], summary["errors"]) == (2, 1, 1)
 
 
+def test_a_kernel_crash_costs_only_its_operators_test_group_and_the_others_report(tmp_path, monkeypatch):
+    gpu_check = _module()
+    tests, out = tmp_path / "tests", tmp_path / "out"
+    tests.mkdir()
+    out.mkdir()
+    header = "import os\nimport pytest\n\npytestmark = pytest.mark.gpu\n\n"
+    (tests / "test_kernels_gpu.py").write_text(
+        header + "def test_d2conv3d_faults():\n    os.abort()  # a kernel fault ends the process\n\n"
+                 "def test_readout_runs():\n    pass\n")
+    (tests / "test_other.py").write_text(header + "def test_other_runs():\n    pass\n")
+    files = [str(tests / "test_kernels_gpu.py"), str(tests / "test_other.py")]
+    assert [name for name, _, _ in gpu_check.gpu_test_groups(files)] == [
+        "D2Conv3D kernels", "L2MemoryReadout kernels", "other GPU and TensorRT tests"]
+    monkeypatch.setattr(gpu_check, "gpu_test_files", lambda: files)
+    result = gpu_check.run_gpu_tests(out, tmp_path / "build", False, gpu_check.Deadline(400))
+    d2conv, readout, other = result["groups"]
+    assert "without its XML report" in d2conv["error"] and d2conv["returncode"] != 0
+    assert readout["returncode"] == 0 and other["returncode"] == 0
+    assert result["status"] == "failed" and result["passed"] == 2 and "D2Conv3D kernels" in result["error"]
+    log = (out / "gpu_tests.log").read_text()  # every group's output, in order
+    assert log.index("test_d2conv3d_faults") < log.index("test_readout_runs PASSED") < log.index("test_other_runs")
+    assert "without its XML report" in gpu_check.markdown({"dry_run": False, "started": "now", "seconds": 1.0,
+                                                           "environment": {}, "tests": result})
+
+
 def test_missing_package_names_third_party_packages_only():
     missing = _module().missing_package
     assert missing("E   ModuleNotFoundError: No module named 'PIL'") == "PIL"
