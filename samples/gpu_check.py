@@ -734,6 +734,8 @@ def markdown(report: dict) -> str:
         lines.append(f"  - skipped {module}: {reason}")
     if tests.get("error"):
         lines.append(f"  - {tests['error']}")
+    if lines[-1]:
+        lines.append("")
     return "\n".join(lines + [benchmark_tables(report.get("benchmarks", {}))])
 
 
