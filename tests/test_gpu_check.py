@@ -255,6 +255,37 @@ def test_time_budget_cuts_step_timeouts_and_a_partial_report_still_renders():
     assert "build: ok" in text and "tests: not reached" in text
 
 
+def test_a_killed_check_leaves_its_report_so_far_and_no_running_step(tmp_path):
+    """The device tool stops a command at its time limit: what the check wrote must be whole, and the
+    step running then (here the pytest collection) must go down with it."""
+    import signal
+
+    out = tmp_path / "out"
+    check = subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(out), "--dry-run", "--build-dir",
+                              str(tmp_path / "build")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):  # the tests step has started: its log exists
+            if (out / "gpu_tests.log").exists() or check.poll() is not None:
+                break
+            time.sleep(0.1)
+        check.send_signal(signal.SIGTERM)
+        assert check.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        check.kill()
+    report = json.loads((out / "gpu_report.json").read_text())
+    assert report["build"]["status"] == "planned" and "benchmarks" not in report
+    time.sleep(0.5)
+    left = [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p) and str(out) in _cmdline(p)]
+    assert not left, [_cmdline(p) for p in left]
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def test_gpu_check_refuses_a_budget_too_short_to_build(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--budget", "10"],
                           capture_output=True, text=True, timeout=60)
