@@ -18,6 +18,8 @@ import pytest
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 BUILD_DIR = PLUGINS / "build-test"
 TEST_ARCH = "80"
+# Every core: 2 on CI; on a GPU machine this build is the kernel tests' fallback when gpu_check's failed.
+JOBS = str(os.cpu_count() or 2)
 
 
 def have_cmake_and_cxx() -> bool:
@@ -47,7 +49,7 @@ def build(with_kernels: bool) -> tuple[Path, str]:
                  f"-DVOSRT_CUDA_ARCHS={TEST_ARCH}", f"-DCMAKE_CUDA_ARCHITECTURES={TEST_ARCH}"]
     targets = ["vosrt_kernels_cpu", "vosrt_kernels_emu"] + (["vosrt_kernels"] if with_kernels else [])
     log = []
-    for cmd in (configure, ["cmake", "--build", str(build_dir), "-j", "2", "--target", *targets]):
+    for cmd in (configure, ["cmake", "--build", str(build_dir), "-j", JOBS, "--target", *targets]):
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         log.append(done.stdout + done.stderr)
         if done.returncode != 0:
@@ -84,7 +86,7 @@ def build_embeddable_plugins(trt_include: Path) -> Path:
                  "-DVOSRT_BUILD_KERNELS=ON", "-DVOSRT_BUILD_TRT=ON", f"-DTensorRT_INCLUDE_DIR={trt_include}",
                  "-DVOSRT_BUILD_CPU_DRIVER=OFF", "-DVOSRT_BUILD_EMULATION=OFF",
                  f"-DVOSRT_CUDA_ARCHS={TEST_ARCH}", f"-DCMAKE_CUDA_ARCHITECTURES={TEST_ARCH}"]
-    for cmd in (configure, ["cmake", "--build", str(build_dir), "-j", "2", "--target", "vosrt_plugins_embed"]):
+    for cmd in (configure, ["cmake", "--build", str(build_dir), "-j", JOBS, "--target", "vosrt_plugins_embed"]):
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         if done.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} failed:\n{(done.stdout + done.stderr)[-4000:]}")
