@@ -221,8 +221,15 @@ def _onnxruntime_has_cuda() -> bool:
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
+def _can_export() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxscript"))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not _onnxruntime_has_cuda(), reason="onnxruntime-gpu is not installed")
+@pytest.mark.skipif(not _can_export(), reason="the package fixture exports ONNX: needs onnx and onnxscript")
 def test_cuda_execution_provider_keeps_the_bank_on_the_device_and_matches_the_cpu(stcn_package, sequence):
     # decided at collection: the fixtures (an export) are not built for a test that cannot run
     cpu = vosrt.sdk.load(stcn_package, backend="onnxruntime", device="cpu", color="rgb")
