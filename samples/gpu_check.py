@@ -103,7 +103,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def _run(cmd: list[str], timeout: float, env: dict | None = None, cwd: Path | None = None,
-         log: Path | None = None, append: bool = False) -> dict:
+         log: Path | None = None, append: bool = False, tail: int = 3000) -> dict:
     """Runs cmd in a process group of its own, stdout and stderr interleaved into `log` (a file under OUT,
     written as the step runs, so it is there even if this script is killed) or a temporary file. Past
     `timeout` the whole group is killed (a timed-out build must not leave compilers running) and the
@@ -126,12 +126,12 @@ def _run(cmd: list[str], timeout: float, env: dict | None = None, cwd: Path | No
         finally:
             _CHILDREN.discard(proc)
         sink.seek(0, os.SEEK_END)
-        sink.seek(max(begin, sink.tell() - 12000))
+        sink.seek(max(begin, sink.tell() - max(tail, 12000)))
         output = sink.read().decode(errors="replace")
     if code == 124:
         output += f"\n(timed out after {timeout:.0f} s)"
     return {"command": " ".join(cmd), "returncode": code, "seconds": round(time.perf_counter() - start, 1),
-            "output_tail": output[-3000:]}
+            "output_tail": output[-tail:]}
 
 
 def _terminate(signum, frame) -> None:
@@ -251,6 +251,11 @@ def build_commands(build_dir: Path, env: dict) -> list[list[str]]:
     return [configure, *kernels_first, ["cmake", "--build", str(build_dir), "-j", jobs]]
 
 
+# nvcc's refusal of a host compiler newer than it knows ("unsupported GNU version! ... The nvcc flag
+# '-allow-unsupported-compiler' can be used to override this version check")
+_UNSUPPORTED_HOST = re.compile(r"unsupported (GNU|clang|Microsoft Visual Studio) version|-allow-unsupported-compiler")
+
+
 def build_plugins(build_dir: Path, env: dict, dry_run: bool, deadline: Deadline) -> dict:
     commands = build_commands(build_dir, env)
     result: dict = {"commands": [" ".join(c) for c in commands], "skipped": []}
@@ -271,8 +276,19 @@ def build_plugins(build_dir: Path, env: dict, dry_run: bool, deadline: Deadline)
     if env.get("nvcc_path") and shutil.which("nvcc") is None:  # found off PATH: CMake looks on PATH
         shell_env["PATH"] = f"{Path(env['nvcc_path']).parent}{os.pathsep}{shell_env.get('PATH', '')}"
     result["steps"] = []
-    for cmd in commands:
-        step = _run(cmd, deadline.timeout(900, reserve=240), env=shell_env)
+    for position, cmd in enumerate(commands):
+        # the configure's whole tail: CMake prints a failed compiler check's error well before its own end
+        step = _run(cmd, deadline.timeout(900, reserve=240), env=shell_env, tail=12000 if position == 0 else 3000)
+        if position == 0 and step["returncode"] != 0 and _UNSUPPORTED_HOST.search(step["output_tail"]):
+            # nvcc refuses this host compiler's version: configure once more, telling it to go ahead (CMake
+            # keeps the failed compiler check in its cache, so that goes first)
+            result["steps"].append(step)
+            say("build: nvcc does not support this host compiler's version; configuring with "
+                "-allow-unsupported-compiler")
+            (build_dir / "CMakeCache.txt").unlink(missing_ok=True)
+            shutil.rmtree(build_dir / "CMakeFiles", ignore_errors=True)
+            step = _run(cmd + ["-DCMAKE_CUDA_FLAGS=-allow-unsupported-compiler"], deadline.timeout(900, reserve=240),
+                        env=shell_env)
         result["steps"].append(step)
         say(f"build: {step['command'][:100]}... -> {step['returncode']} in {step['seconds']} s")
         if step["returncode"] != 0:

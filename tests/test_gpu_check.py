@@ -203,6 +203,28 @@ def test_build_targets_this_gpu_only_and_finds_tensorrt_headers_from_the_environ
     assert "-DVOSRT_BUILD_KERNELS=OFF" in configure and len(builds) == 1
 
 
+def test_a_host_compiler_nvcc_refuses_is_retried_with_allow_unsupported_compiler(tmp_path, monkeypatch):
+    gpu_check = _module()
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    # a cmake whose configure fails as nvcc's version check does, unless told to go ahead
+    (bin_dir / "cmake").write_text(
+        f"#!/bin/sh\necho \"$*\" >> {calls}\n"
+        "case \"$*\" in *--build*) exit 0;; *allow-unsupported-compiler*) exit 0;; esac\n"
+        "echo '#error -- unsupported GNU version! gcc versions later than 14 are not supported!'\nexit 1\n")
+    (bin_dir / "cmake").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    build = tmp_path / "build"
+    (build / "CMakeFiles").mkdir(parents=True)
+    (build / "CMakeCache.txt").write_text("CMAKE_CUDA_COMPILER_WORKS:INTERNAL=0\n")
+    env = {"cmake": "cmake version 3.28", "nvcc": "13.0", "gpu": {"compute_capability": "9.0"}}
+    result = gpu_check.build_plugins(build, env, dry_run=False, deadline=gpu_check.Deadline(600))
+    assert result["status"] == "ok", result
+    configures = [line for line in calls.read_text().splitlines() if "--build" not in line]
+    assert len(configures) == 2 and configures[1].endswith("-DCMAKE_CUDA_FLAGS=-allow-unsupported-compiler")
+    assert not (build / "CMakeCache.txt").exists()  # the failed compiler check is not reused
+
+
 def test_nvcc_off_path_is_found_under_cuda_home(tmp_path, monkeypatch):
     gpu_check = _module()
     nvcc = tmp_path / "cuda-13.0" / "bin" / "nvcc"
