@@ -41,7 +41,10 @@ def check_image(image, name: str = "image") -> np.ndarray:
             " (BGRA/RGBA? drop the alpha channel)" if image.ndim == 3 and image.shape[2] == 4 else "")
         raise UserError(f"{name}: expected shape [H, W, 3], got {list(image.shape)}{hint}")
     if image.dtype not in (np.uint8, np.float32, np.float64):
-        raise UserError(f"{name}: expected dtype uint8 (0..255) or float32 (0..1), got {image.dtype}")
+        hint = {np.dtype(np.uint16): " (a 16-bit image? convert with (frame >> 8).astype(np.uint8), or "
+                                     "frame.astype(np.float32) / 65535)",
+                np.dtype(np.float16): " (convert with frame.astype(np.float32))"}.get(image.dtype, "")
+        raise UserError(f"{name}: expected dtype uint8 (0..255) or float32 (0..1), got {image.dtype}{hint}")
     if image.shape[0] < 2 or image.shape[1] < 2:
         raise UserError(f"{name}: frame of {image.shape[0]}x{image.shape[1]} pixels is too small")
     if image.dtype != np.uint8:

@@ -330,7 +330,7 @@ class OverlayVideoSink:
             frame = cv2.resize(frame, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
             wide = labels.dtype not in (np.uint8, np.uint16)   # OpenCV resizes 8/16-bit and int32 maps
             resized = cv2.resize(labels.astype(np.int32) if wide else labels, (self.size[1], self.size[0]),
-                                 interpolation=cv2.INTER_NEAREST)
+                                 interpolation=cv2.INTER_NEAREST_EXACT)   # pixel centres, as INTER_AREA
             labels = resized.astype(labels.dtype) if wide else resized
         self.writer.write(overlay(frame, labels, self.alpha))
         self.written += 1

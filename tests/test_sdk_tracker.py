@@ -151,7 +151,8 @@ class TestBadInputKeepsTheSessionUsable:
 
     @pytest.mark.parametrize("make, message", [
         (lambda f, m: (f.astype(np.int32), m), "dtype"),
-        (lambda f, m: (f.astype(np.float16), m), "dtype"),
+        (lambda f, m: (f.astype(np.float16), m), r"dtype.*float16 \(convert with frame.astype\(np.float32\)\)"),
+        (lambda f, m: (f.astype(np.uint16) * 257, m), r"uint16 \(a 16-bit image\? convert with \(frame >> 8\)"),
         (lambda f, m: (f[:, :, :2], m), r"\[H, W, 3\]"),
         (lambda f, m: (np.dstack([f, f[:, :, :1]]), m), "alpha"),
         (lambda f, m: (f[:, :, 0], m), "grey"),

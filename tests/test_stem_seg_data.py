@@ -95,3 +95,17 @@ def test_recipe_picks_the_sampler_from_the_data_and_steps_with_ignore(tmp_path):
     assert torch.isfinite(loss) and logs["instances"] >= 1
     images, truth, predicted = recipe.overlay_rows(batch, preview)
     assert images.shape == (4, 80, 80, 3) and truth.shape == predicted.shape == (4, 80, 80)
+
+
+def test_folder_clips_keep_instance_ids_beyond_255_apart_from_the_background(tmp_path):
+    from vosrt.sdk.masks import read_label_png, write_label_png
+    from vosrt.training.data.folders import VideoFolder
+
+    generate_dataset(tmp_path, 1, seed=1, num_frames=FRAMES, height=H, width=W, num_objects=2)
+    masks = sorted((tmp_path / "Annotations" / "480p").glob("*/*.png"))
+    for mask in masks:   # ids 256 and 300, as vosrt writes STEm-Seg tracks past 255 (16-bit PNGs)
+        labels = read_label_png(mask)
+        write_label_png(mask, np.select([labels == 1, labels == 2], [256, 300], 0).astype(np.uint16))
+    sample = FolderInstanceClips(VideoFolder(tmp_path), size=(H, W), clip_length=4, max_instances=4)[0]
+    assert sample["categories"].tolist() == [1, 1, 0, 0]
+    assert (sample["masks"][:2].flatten(1).sum(1) > 0).all() and not sample["ignore"].any()

@@ -72,7 +72,7 @@ def grabcut_box(frame: np.ndarray, box, iterations: int = 5, work_size: int = 32
     except cv2.error:   # a box covering the whole frame leaves GrabCut no background sample
         inside = np.zeros(crop.shape[:2], np.uint8)
     if scale < 1.0:
-        inside = cv2.resize(inside, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+        inside = cv2.resize(inside, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST_EXACT)
     found = np.zeros(frame.shape[:2], bool)
     found[y0:y1, x0:x1] = inside.astype(bool)
     found[:y, :] = found[y + h:, :] = False      # nothing outside the box (resizing may spill a pixel)

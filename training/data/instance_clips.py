@@ -83,7 +83,21 @@ class FolderInstanceClips(AnnotatedClips):
 
     def __getitem__(self, index: int) -> dict:
         folder, video, rng, chosen, frames = self.draw(index)
-        labels = [folder.read_labels(video, s, f.shape).astype(np.uint8) for s, f in zip(chosen, frames)]
+        ids = [folder.read_labels(video, s, f.shape).astype(np.int64) for s, f in zip(chosen, frames)]
+        # Ids become slots 1..K before the 8-bit augmentation: masks of 16-bit ids (vosrt's own PNGs beyond
+        # 255 objects) would wrap otherwise (id 256 read as background). 255 stays void.
+        present = sorted({int(i) for frame_ids in ids for i in np.unique(frame_ids) if i not in (0, 255)})
+        slots = {obj: k for k, obj in enumerate(present, 1)}
+        if len(slots) > 254:
+            from vosrt.sdk.errors import UserError
+            raise UserError(f"{video}: {len(slots)} instances in one clip; at most 254 are supported")
+        labels = []
+        for frame_ids in ids:
+            label = np.zeros(frame_ids.shape, np.uint8)
+            for obj, slot in slots.items():
+                label[frame_ids == obj] = slot
+            label[frame_ids == 255] = 255
+            labels.append(label)
         out_frames, out_labels = _augment(rng, frames, labels, self.size)
         visible = sorted({int(i) for lab in out_labels for i in np.unique(lab) if i not in (0, 255)})
         if len(visible) > self.max_instances:
