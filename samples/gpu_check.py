@@ -34,9 +34,10 @@ benchmark_<part>.json per benchmark.
      random weights), PyTorch eager on the GPU, readout through the kernel vs the reference, per frame.
 
 The check keeps to a time budget (``--budget``, 480 s: the 8 minutes its issue allows, with room under the 10
-minutes a device session gives one command): each step's timeout is cut to what is left and kills the step's whole process group, the report
-is rewritten after every step and every benchmark, and each benchmark runs in a child process of its own
-with at most its share of the time left, so a crash or a hung kernel costs that part only.
+minutes a device session gives one command): each step's timeout is cut to what is left and kills the step's
+whole process group, the report is rewritten after every step and every benchmark, and each benchmark runs in
+a child process of its own with at most its share of the time left, so a crash or a hung kernel costs that
+part only.
 
 ``--dry-run`` prints the plan, probes the environment, lists the GPU tests (collection only) and runs
 every benchmark's reference path on the CPU at tiny shapes, then writes the report: CI runs it

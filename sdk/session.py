@@ -11,8 +11,8 @@
 returns the frames it finished: at once for per-frame families (``latency`` 0), up to ``latency``
 frames later for clip families. ``flush`` ends the stream and returns the rest; ``reset`` drops the
 stream without emitting; ``close`` releases the backend, after which ``push`` and ``flush`` raise
-:class:`~vosrt.sdk.errors.UserError` (closing again does nothing). Bad input raises :class:`~vosrt.sdk.errors.UserError` before any state
-changes, so the session stays usable.
+:class:`~vosrt.sdk.errors.UserError` (closing again does nothing). Bad input raises
+:class:`~vosrt.sdk.errors.UserError` before any state changes, so the session stays usable.
 
 A finished frame is a :class:`SegmentedFrame`: its index in the stream and a ``[H, W]`` label map at
 the frame's size whose dtype is the session's :attr:`Session.label_dtype`, wide enough for every id
