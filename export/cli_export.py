@@ -59,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
                         "use --random-weights to export an untrained model")
     if args.checkpoint is not None and args.random_weights:
         raise UserError("give either --checkpoint or --random-weights, not both")
+    if args.top_k is not None:
+        family = families.of_model(args.family)
+        if "top_k" not in family.streaming:
+            raise UserError(f"--top-k sets the stcn memory read; {family.name} packages have none: drop --top-k")
+        if args.top_k < 0:
+            raise UserError(f"--top-k: expected 0 (read all memory entries) or a positive number, got {args.top_k}")
     height, width = resolution(args)
     forms = [f.strip() for f in args.forms.replace(" ", ",").split(",") if f.strip()]
     streaming = {"top_k": args.top_k} if args.top_k is not None else None

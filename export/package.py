@@ -52,6 +52,28 @@ def check_size(height: int, width: int, multiple: int = 16) -> None:
                             f"(nearest valid {name}: {nearest})")
 
 
+def check_streaming(family, streaming: dict | None) -> dict:
+    """The streaming overrides of an export, checked before any work as ``load_package`` checks them in the
+    manifest: settings of ``family`` only, whole numbers >= 0 where the default is whole (top_k 0 = all),
+    finite numbers where it is real. UserError naming the setting otherwise."""
+    streaming = dict(streaming or {})
+    unknown = [key for key in streaming if key not in family.streaming]
+    if unknown:
+        raise UserError(f"streaming setting(s) {', '.join(unknown)} do not apply to {family.name} packages; "
+                        f"its settings are {', '.join(family.streaming)}")
+    for key, value in streaming.items():
+        default = family.streaming[key]
+        if isinstance(default, float):
+            ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            expected = "a finite number"
+        else:
+            ok = not isinstance(value, bool) and isinstance(value, int) and value >= 0
+            expected = "a whole number >= 0" + (" (0 = all memory entries)" if key == "top_k" else "")
+        if not ok:
+            raise UserError(f"{key}: expected {expected}, got {value!r}")
+    return streaming
+
+
 def _prepare_out_dir(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -213,8 +235,11 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
         raise UserError(f"forms must be some of {', '.join(FORMS)}, got {', '.join(forms) or 'none'}")
     family = families.of_model(name)
     default_h, default_w = family.default_resolution
-    height, width = int(height or default_h), int(width or default_w)
+    # Only None takes the default: a size of 0 is an error like any other size that is not a multiple.
+    height = int(default_h if height is None else height)
+    width = int(default_w if width is None else width)
     check_size(height, width, 16)
+    streaming = check_streaming(family, streaming)
     out_dir = Path(out_dir)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise UserError(f"checkpoint not found: {checkpoint}")
@@ -321,6 +346,18 @@ def _package_model(package, checkpoint: str | Path | None):
         raise UserError(f"{package.path}: the manifest records no checkpoint; pass the one it was exported from "
                         f"(`vosrt check {package.path} --checkpoint PATH`)")
     model, config = load_checkpoint(ck, family=package.family)
+    # The graphs were exported from the manifest's model: a checkpoint of another variant or other widths
+    # gives tensors of other shapes, which is no parity result but a wrong file.
+    hint = f"pass the checkpoint {package.path} was exported from with --checkpoint" + (
+        f" (the manifest records {package.checkpoint})" if package.checkpoint else "")
+    variant = config.get("model")
+    if package.manifest.get("variant") and variant != package.variant:
+        raise UserError(f"{ck} holds a '{variant}' model, but {package.path} is a '{package.variant}' package; {hint}")
+    dims = {k: int(v) for k, v in (getattr(model, "dims", None) or {}).items()}
+    differing = sorted(k for k in package.dims if k in dims and dims[k] != package.dims[k])
+    if differing:
+        shown = ", ".join(f"{k} {dims[k]} (package: {package.dims[k]})" for k in differing)
+        raise UserError(f"{ck} holds a model of other widths than {package.path}: {shown}; {hint}")
     return model.eval(), config
 
 
@@ -350,6 +387,11 @@ def check_package(pkg: str | Path, checkpoint: str | Path | None = None, seed: i
         with torch.no_grad():
             expected = spec.module(*inputs)
         expected = expected if isinstance(expected, tuple) else (expected,)
+        for name, out, ref in zip(spec.output_names, outputs, expected):
+            if tuple(out.shape) != tuple(ref.shape):
+                raise UserError(f"{package.path}: {graph} output '{name}' has shape {tuple(out.shape)} in the "
+                                f"package but {tuple(ref.shape)} in the checkpoint's model: the graphs were "
+                                f"exported from another model; pass the checkpoint they came from with --checkpoint")
         report[graph] = {name: compare(out, ref.numpy()) for name, out, ref in
                          zip(spec.output_names, outputs, expected)}
         _say(progress, f"check {graph}: " + ", ".join(

@@ -307,6 +307,35 @@ def test_size_not_divisible_by_16_is_an_error_naming_the_nearest_sizes(tmp_path)
         export_package("stcn-lite", None, tmp_path / "out", 480, 850, random_weights=True)
 
 
+def test_size_zero_is_an_error_not_the_default_size(tmp_path):
+    # Only a missing size takes the family's default (480×864); 0 is refused like any other bad size,
+    # before the checkpoint is even looked for.
+    for height, width, name in ((0, 0, "height 0"), (32, 0, "width 0")):
+        with pytest.raises(UserError, match=f"{name} is not a multiple of 16"):
+            export_package("stcn-lite", tmp_path / "nope.pth", tmp_path / "out", height, width)
+
+
+def test_streaming_settings_are_checked_before_exporting(tmp_path):
+    # A negative top_k used to be exported, recorded, and only then refused by load_package (the package
+    # written was unloadable); a setting of another family was recorded silently.
+    with pytest.raises(UserError, match="top_k: expected a whole number >= 0"):
+        export_package("stcn-lite", tmp_path / "nope.pth", tmp_path / "out", 32, 32, streaming={"top_k": -5})
+    with pytest.raises(UserError, match="top_k do not apply to 3dc-seg packages"):
+        export_package("3dc-seg-lite", tmp_path / "nope.pth", tmp_path / "out", 32, 32, streaming={"top_k": 5})
+    assert not (tmp_path / "out").exists()
+
+
+def test_vosrt_export_refuses_a_negative_or_inapplicable_top_k(tmp_path, capsys):
+    from vosrt.cli import main
+
+    args = ["--random-weights", "--out", str(tmp_path / "out"), "--size", "32", "32"]
+    assert main(["export", "stcn-lite", "--top-k", "-5", *args]) == 2
+    assert "--top-k: expected 0 (read all memory entries) or a positive number, got -5" in capsys.readouterr().err
+    assert main(["export", "3dc-seg-lite", "--top-k", "5", *args]) == 2
+    assert "3dc-seg packages have none: drop --top-k" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_unwritable_output_folder_is_an_error(tmp_path, lite_checkpoint):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
