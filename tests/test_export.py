@@ -246,6 +246,20 @@ def test_sdk_reads_the_exported_package(lite_package):
     assert package.checkpoint is not None and package.checkpoint.is_file()
 
 
+def test_check_against_a_checkpoint_of_another_model_is_an_error_naming_it(lite_package, tmp_path, capsys):
+    # A checkpoint of other widths used to reach the comparison and fail with an AssertionError traceback
+    # (shape (1, 64, h, w) != expected (1, 128, h, w)).
+    from vosrt.cli import main
+
+    other = tmp_path / "narrow.pth"
+    save_checkpoint(other, build_model("stcn-lite", value_dim=64, f16_thin_dim=64))
+    with pytest.raises(UserError, match=r"other widths than .*f16_thin_dim 64 \(package: 128\).*--checkpoint"):
+        check_package(lite_package, checkpoint=other)
+    assert main(["check", str(lite_package), "--checkpoint", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and "Traceback" not in err
+
+
 def test_check_package_reports_small_errors_for_every_graph(lite_package):
     report = check_package(lite_package)
     assert set(report) == {"encode_key", "encode_value", "segment"}
