@@ -43,8 +43,11 @@ def run(args) -> int:
             if first_mask is None:
                 raise UserError("--mask: stcn packages are calibrated by tracking objects, which needs the first "
                                 "frame's mask; give --mask PNG or a DAVIS sequence folder with its annotations")
+            if not first_mask.any():
+                raise UserError("--mask: no object in it (every pixel is 0, background); calibrating tracks the "
+                                "objects of the first frame's mask, so give a mask with at least one object id")
         elif args.mask:
-            raise UserError("--mask: 3dc-seg packages segment without a mask; drop --mask")
+            raise UserError(f"--mask: {package.family} packages segment without a mask; drop --mask")
         frames = []
         for frame in source:
             frames.append(frame)

@@ -186,6 +186,15 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
                         "fp32 package")
     say(f"calibrating on {len(frames)} frames")
     samples = record_calibration(src, frames, first_mask, color)
+    # Every graph must have run before any is quantized: a graph found idle halfway would leave the others'
+    # INT8 files behind in out_dir with no manifest.
+    idle = [graph for graph in src.graphs if not samples.get(graph)]
+    if idle:
+        from vosrt.sdk import families
+
+        why = ("the tracker segments from the second frame on (the first one carries the mask): calibrate on "
+               "2 or more frames" if families.get(src.family).takes_mask else "too few frames for a clip?")
+        raise UserError(f"the {len(frames)} calibration frame(s) never ran graph(s) {', '.join(idle)}: {why}")
     out_dir.mkdir(parents=True, exist_ok=True)
     # An earlier package in out_dir stops being one now: its graphs are about to be overwritten one by one,
     # and a run that fails halfway must not leave old and new graphs under the old manifest.
@@ -195,8 +204,6 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
     for graph, forms in src.graphs.items():
         if "portable" not in forms:
             raise UserError(f"{src.path}: graph '{graph}' has no portable form to quantize")
-        if not samples.get(graph):
-            raise UserError(f"the calibration frames never ran graph '{graph}' (too few frames for a clip?)")
         name = f"{graph}.int8.onnx"
         table = out_dir / f"{graph}.calibration.json"
         table.unlink(missing_ok=True)  # never reuse a table of an earlier run

@@ -186,3 +186,32 @@ def test_the_int8_copy_carries_the_checkpoint_its_manifest_records(demo_int8):
     source = package.manifest["source"]
     assert package.checkpoint == package.path / source["checkpoint"] and package.checkpoint.is_file()
     assert file_sha256(package.checkpoint) == source["sha256"]
+
+
+def test_calibration_too_short_for_the_segment_graph_is_refused_before_any_graph_is_quantized(
+        calibration, tmp_path, capsys):
+    # One frame only runs the encoders (the first frame carries the mask): the error used to come after
+    # encode_key and encode_value had been quantized into --out (left there without a manifest), with a
+    # hint about clips that does not apply to stcn.
+    out = tmp_path / "int8"
+    assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(calibration), "--out", str(out),
+                 "--frames", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "never ran graph(s) segment" in err and "2 or more frames" in err and "clip" not in err
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_quantize_refuses_an_empty_mask_with_the_cli_option_to_fix(tmp_path, capsys):
+    from vosrt.sdk.masks import write_label_png
+
+    sequence = generate_sequence(13, num_frames=3, height=32, width=32)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    import cv2
+    for i, frame in enumerate(sequence.frames):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), frame)
+    write_label_png(tmp_path / "empty.png", np.zeros((32, 32), np.uint8))
+    assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(folder), "--mask",
+                 str(tmp_path / "empty.png"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --mask: no object in it") and "step(" not in err
