@@ -1,6 +1,7 @@
 """``vosrt check DIR``: compare a package's graphs with the PyTorch model on random inputs.
 
-``--backend onnxruntime`` (default) runs the portable form on the CPU; ``--backend tensorrt`` compares
+``--backend onnxruntime`` (default) runs the portable form on the CPU, and the plugin form of graphs with
+custom operators on vosrt's CPU operators (what ONNX Runtime runs on the CPU by default); ``--backend tensorrt`` compares
 the built engines with ONNX Runtime (needs ``vosrt build`` first, TensorRT and a GPU).
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``vosrt check``."""
     parser.add_argument("package", metavar="DIR", help="model package folder (from vosrt export)")
     parser.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
-                        help="onnxruntime: portable form vs PyTorch; tensorrt: engines vs ONNX Runtime")
+                        help="onnxruntime: portable and plugin forms vs PyTorch; tensorrt: engines vs ONNX Runtime")
     parser.add_argument("--checkpoint", metavar="CK", default=None,
                         help="checkpoint to compare against (default: the one the manifest records)")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE,
@@ -61,6 +62,6 @@ def run(args: argparse.Namespace) -> int:
     def progress(line: str) -> None:   # one line per graph as it is checked, on stderr
         print(line, file=sys.stderr, flush=True)
 
-    print(f"checking {args.package}: portable graphs on ONNX Runtime against PyTorch", file=sys.stderr, flush=True)
+    print(f"checking {args.package}: portable (and plugin) graphs on ONNX Runtime against PyTorch", file=sys.stderr, flush=True)
     report = check_package(args.package, checkpoint=args.checkpoint, progress=progress)
     return print_report(report, args.tolerance)

@@ -364,7 +364,9 @@ def _package_model(package, checkpoint: str | Path | None):
 def check_package(pkg: str | Path, checkpoint: str | Path | None = None, seed: int = 0, objects: int = 2,
                   memory_frames: int = 3, progress: Progress = None) -> dict:
     """Run the portable form of every graph in ONNX Runtime (CPU) against the PyTorch graph modules on
-    random inputs. Returns ``{graph: {output: {"max_abs", "max_rel"} | {"mismatch_fraction"}}}``
+    random inputs, and the plugin form of graphs with custom operators too (under ``GRAPH.plugin``, with
+    vosrt's CPU operators, where they can be had). Returns ``{graph: {output: {"max_abs", "max_rel"} |
+    {"mismatch_fraction"}}}``
     (uint8 label maps report the fraction of differing pixels; arg-max flips only where two
     probabilities tie to rounding)."""
     import onnxruntime as ort
@@ -394,9 +396,39 @@ def check_package(pkg: str | Path, checkpoint: str | Path | None = None, seed: i
                                 f"exported from another model; pass the checkpoint they came from with --checkpoint")
         report[graph] = {name: compare(out, ref.numpy()) for name, out, ref in
                          zip(spec.output_names, outputs, expected)}
-        _say(progress, f"check {graph}: " + ", ".join(
-            f"{name} " + " ".join(f"{k}={v:.2e}" for k, v in r.items()) for name, r in report[graph].items()))
+        # The plugin form is what ONNX Runtime runs on the CPU by default (vosrt's CPU operators): check it too.
+        plugin = _run_plugin_form(package, graph, options, spec, inputs, progress)
+        if plugin is not None:
+            report[f"{graph}.plugin"] = {name: compare(out, ref.numpy()) for name, out, ref in
+                                         zip(spec.output_names, plugin, expected)}
+        for key in (graph, f"{graph}.plugin"):
+            if key in report:
+                _say(progress, f"check {key}: " + ", ".join(
+                    f"{name} " + " ".join(f"{k}={v:.2e}" for k, v in r.items()) for name, r in report[key].items()))
     return report
+
+
+def _run_plugin_form(package, graph: str, options, spec, inputs, progress: Progress):
+    """Outputs of ``graph``'s plugin form on ONNX Runtime with vosrt's CPU operators, or None where the package
+    has no plugin form with custom operators for it, or the CPU operators cannot be had (said on ``progress``)."""
+    import onnxruntime as ort
+
+    from vosrt.sdk import cpu_ops
+
+    path = package.graphs[graph].get("plugin")
+    if path is None or not cpu_ops.has_plugin_nodes(path):
+        return None
+    try:
+        library = cpu_ops.register_onnxruntime_ops(cpu_ops.load_cpu_ops())
+    except (ImportError, OSError, RuntimeError) as err:
+        _say(progress, f"check {graph}: plugin form not checked, vosrt's CPU operators are unavailable "
+                       f"({str(err).strip().splitlines()[0]})")
+        return None
+    options = session_options(threads=options.intra_op_num_threads)
+    options.register_custom_ops_library(library)
+    session = ort.InferenceSession(str(cpu_ops.cpu_graph_for(path)), options, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    return session.run(spec.output_names, {n: t.numpy() for n, t in zip(spec.input_names, inputs) if n in names})
 
 
 def worst_error(report: dict) -> float:

@@ -260,9 +260,26 @@ def test_check_against_a_checkpoint_of_another_model_is_an_error_naming_it(lite_
     assert "error: " in err and "Traceback" not in err
 
 
+def test_check_fails_a_package_whose_plugin_form_disagrees(lite_package, tmp_path):
+    # The plugin form is what the CPU backend runs by default; `vosrt check` used to pass a package whose
+    # plugin readout was wrong since it ran the portable form only.
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(lite_package, broken)
+    model = onnx.load(str(broken / "segment.plugin.onnx"))
+    readout = next(n for n in model.graph.node if n.op_type == "L2MemoryReadout")
+    next(a for a in readout.attribute if a.name == "scale").f *= 40
+    onnx.save(model, str(broken / "segment.plugin.onnx"))
+    report = check_package(broken)
+    assert report["segment"]["prob"]["max_rel"] < 1e-5
+    assert report["segment.plugin"]["prob"]["max_rel"] > 1e-3
+
+
 def test_check_package_reports_small_errors_for_every_graph(lite_package):
     report = check_package(lite_package)
-    assert set(report) == {"encode_key", "encode_value", "segment"}
+    # segment's plugin form (the readout node) is checked too, on vosrt's CPU operators
+    assert set(report) == {"encode_key", "encode_value", "segment", "segment.plugin"}
     assert set(report["encode_key"]) == {"key", "f16_thin", "f16", "f8", "f4"}
     for graph, outputs in report.items():
         for name, result in outputs.items():
