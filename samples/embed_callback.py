@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 import vosrt.sdk
+from vosrt.sdk import UserError
 from vosrt.sdk.live.select import grabcut_box
 from vosrt.sdk.masks import read_label_png
 
@@ -30,12 +31,23 @@ def on_segmented(index: int, frame: np.ndarray, labels: np.ndarray) -> None:
         print(f"{index},{object_id},{xs.mean():.1f},{ys.mean():.1f},{len(xs)}", flush=True)
 
 
+def parse_box(text: str) -> tuple[int, int, int, int]:
+    """``X,Y,W,H`` (``--box``) -> four whole numbers, W and H positive; checked before anything is opened."""
+    try:
+        box = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+        raise argparse.ArgumentTypeError(f"expected four whole numbers X,Y,W,H with W, H > 0, got {text!r}")
+    return box
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="0", help="camera index or video file/URL (default 0)")
     parser.add_argument("--package", default=str(SHIPPED), help="stcn model package (default: shipped stcn-lite)")
     group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--box", help="X,Y,W,H of the object on the first frame (GrabCut makes the mask)")
+    group.add_argument("--box", type=parse_box, help="X,Y,W,H of the object on the first frame (GrabCut makes the mask)")
     group.add_argument("--mask", help="palette PNG of object ids for the first frame")
     parser.add_argument("--frames", type=int, default=None, help="stop after this many frames")
     args = parser.parse_args()
@@ -46,6 +58,9 @@ def main() -> int:
         return 2
     print("frame,object,x,y,pixels")
     with vosrt.sdk.load(args.package) as session:       # BGR frames, as OpenCV reads them
+        if not session.takes_mask:
+            raise UserError(f"{args.package} is a {session.package.family} package, which takes no mask; "
+                            f"this sample needs an stcn one (samples/unsupervised_stream.py runs mask-free packages)")
         index = 0
         while args.frames is None or index < args.frames:
             ok, frame = capture.read()
@@ -54,7 +69,7 @@ def main() -> int:
             mask = None
             if index == 0:
                 mask = (read_label_png(args.mask) if args.mask else
-                        grabcut_box(frame, tuple(int(v) for v in args.box.split(","))).astype(np.uint8))
+                        grabcut_box(frame, args.box).astype(np.uint8))
             for done in session.push(frame, mask):
                 on_segmented(done.index, frame, done.labels)     # per-frame families: the frame just pushed
             index += 1
@@ -65,4 +80,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except UserError as err:        # bad input (a package, source, mask or box): one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -13,6 +13,7 @@ import argparse
 import sys
 
 import vosrt.sdk
+from vosrt.sdk import UserError
 from vosrt.sdk.streaming import stream
 from vosrt.sdk.video import OverlayVideoSink, PngSink, open_source
 
@@ -48,4 +49,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except UserError as err:        # bad input (a package, source, mask or box): one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 
 import vosrt.sdk
+from vosrt.sdk import UserError
 from vosrt.sdk.live.select import grabcut_box
 from vosrt.sdk.live.source import LatestFrameSource
 from vosrt.sdk.streaming import stream
@@ -37,11 +38,22 @@ def has_gui() -> bool:
         return False
 
 
+def parse_box(text: str) -> tuple[int, int, int, int]:
+    """``X,Y,W,H`` (``--box``) -> four whole numbers, W and H positive; checked before anything is opened."""
+    try:
+        box = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+        raise argparse.ArgumentTypeError(f"expected four whole numbers X,Y,W,H with W, H > 0, got {text!r}")
+    return box
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="0", help="camera index, URL or video file (default 0)")
     parser.add_argument("--package", default=str(SHIPPED), help="stcn model package (default: shipped stcn-lite)")
-    parser.add_argument("--box", default=None, help="X,Y,W,H of the object on the first frame (skips the picker)")
+    parser.add_argument("--box", default=None, type=parse_box, help="X,Y,W,H of the object on the first frame (skips the picker)")
     parser.add_argument("--no-window", action="store_true", help="show nothing (with --box; e.g. over ssh)")
     parser.add_argument("--video", default=None, help="also write the overlay to this file")
     parser.add_argument("--frames", type=int, default=None, help="stop after this many frames")
@@ -71,7 +83,7 @@ def main() -> int:
         if index > 0:
             return None
         if args.box:
-            box = tuple(int(v) for v in args.box.split(","))
+            box = args.box
         else:
             box = cv2.selectROI(WINDOW, frame, showCrosshair=True)
             if box[2] == 0 or box[3] == 0:
@@ -98,4 +110,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except UserError as err:        # bad input (a package, source, mask or box): one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

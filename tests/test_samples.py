@@ -84,6 +84,35 @@ def test_unsupervised_stream_refuses_an_stcn_package(camera):
     assert result.returncode == 2 and "needs object masks" in result.stderr
 
 
+@pytest.mark.parametrize("name", ["webcam_tracker.py", "embed_callback.py"])
+def test_a_malformed_box_is_refused_before_anything_is_opened(camera, name):
+    folder, video, _ = camera
+    window = ["--no-window"] if name == "webcam_tracker.py" else []
+    result = run_sample(name, "--source", str(video), "--box", "10,20,30", *window, cwd=folder)
+    assert result.returncode == 2 and "--box" in result.stderr and "X,Y,W,H" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name, args", [
+    ("webcam_tracker.py", ("--box", "1000,1000,20,20", "--no-window")),     # the box misses the 432×240 frame
+    ("embed_callback.py", ("--mask", "missing.png")),
+    ("unsupervised_stream.py", ("no-such-package",)),
+])
+def test_bad_input_is_one_error_line_not_a_traceback(camera, name, args):
+    folder, video, _ = camera
+    result = run_sample(name, "--source", str(video), *args, cwd=folder)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.startswith("error: "), result.stderr
+
+
+def test_embed_callback_refuses_a_package_that_takes_no_mask(camera):
+    folder, video, seq = camera
+    x, y, w, h = bounding_box(seq.labels[0] == 1)
+    result = run_sample("embed_callback.py", "--source", str(video), "--box", f"{x},{y},{w},{h}",
+                        "--package", str(tiny_package("3dc-seg")), cwd=folder)
+    assert result.returncode == 2 and "needs an stcn one" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("name", ["webcam_tracker.py", "embed_callback.py", "unsupervised_stream.py"])
 def test_samples_stay_small(name):
     assert len((SAMPLES / name).read_text().splitlines()) < 150
