@@ -49,8 +49,8 @@ def demo_package(family: str) -> Path:
     model = families.get(family).demo_model
     path = SHIPPED_DIR / str(model)
     if model is None or not (path / "manifest.json").is_file():
-        raise UserError(f"the {family} demo model ({model}) is not part of this installation "
-                        f"(looked in {path}); pass --package to use another one")
+        raise UserError(f"no {family} demo model ({model}) is shipped in this installation (looked in {path}; "
+                        f"sdk/models/README.md says why); pass --package with a {family} package you exported")
     return path
 
 
@@ -82,6 +82,8 @@ def run(args) -> int:
 
     if args.frames < 2:
         raise UserError(f"--frames: expected at least 2 frames, got {args.frames}")
+    if args.seed < 0:
+        raise UserError(f"--seed: expected a whole number >= 0, got {args.seed}")
     if args.heldout < 0:
         raise UserError(f"--heldout: expected a number of clips >= 0, got {args.heldout}")
     package = Path(args.package) if args.package else demo_package(args.family)

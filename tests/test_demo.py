@@ -54,3 +54,14 @@ def test_demo_rejects_a_too_short_clip(capsys):
 def test_demo_with_a_missing_package_says_where_it_looked(tmp_path, capsys):
     assert main(["demo", "--package", str(tmp_path / "nothing")]) == 2
     assert "nothing" in capsys.readouterr().err
+
+
+def test_demo_rejects_a_negative_seed(capsys):
+    assert main(["demo", "--seed", "-1", "--frames", "3"]) == 2     # numpy's ValueError traceback before
+    assert "--seed" in capsys.readouterr().err
+
+
+def test_demo_of_a_family_without_a_shipped_model_says_none_is_shipped(capsys):
+    assert main(["demo", "--family", "3dc-seg"]) == 2
+    err = capsys.readouterr().err
+    assert "no 3dc-seg demo model" in err and "--package" in err
