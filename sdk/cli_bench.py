@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from pathlib import Path
 
 from vosrt.sdk.backends.base import Backend, DelegatingBackend
 from vosrt.sdk.errors import UserError
@@ -24,7 +25,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--compare", default=None, help="also time this backend (e.g. torch) and print ratios")
     parser.add_argument("--checkpoint", default=None, help="checkpoint for the torch backend")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads per backend")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per backend, >= 1 (default: the runtime's own)")
 
 
 class TimedBackend(DelegatingBackend):
@@ -82,9 +83,23 @@ def run(args) -> int:
     """Entry point of ``vosrt bench``."""
     from vosrt.sdk.package import load_package
 
+    from vosrt.sdk.backends import resolve_backend_name
+
     if args.frames < 1 or args.warmup < 0:
         raise UserError(f"--frames must be >= 1 and --warmup >= 0, got {args.frames} and {args.warmup}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads: expected a number of threads >= 1, got {args.threads} (leave it out for the "
+                        f"runtime's default)")
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise UserError(f"--checkpoint: {args.checkpoint} is not a file")
     package = load_package(args.package)
+    # names checked before anything is timed: a bad --compare used to fail only after the first backend's run
+    for flag, name in (("--backend", args.backend), ("--compare", args.compare)):
+        if name is not None:
+            try:
+                resolve_backend_name(package, name)
+            except UserError as err:
+                raise UserError(f"{flag}: {str(err).removeprefix('backend: ')}") from None
     options = {}
     if args.device:
         options["device"] = args.device

@@ -20,3 +20,15 @@ def test_bench_prints_ms_per_stage_fps_and_the_ratio_against_torch(stcn_package,
 def test_bench_rejects_zero_frames(stcn_package, capsys):
     assert main(["bench", str(stcn_package), "--frames", "0"]) == 2
     assert "--frames" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--compare", "bogus"], "--compare"),          # refused before the first backend is timed, not after
+    (["--backend", "bogus"], "--backend"),
+    (["--threads", "-1"], "--threads"),             # was passed to ONNX Runtime as is
+    (["--compare", "torch", "--checkpoint", "missing.pth"], "--checkpoint"),
+])
+def test_bench_refuses_bad_flags_before_timing_anything(stcn_package, capsys, flags, named):
+    assert main(["bench", str(stcn_package), "--frames", "2", *flags]) == 2
+    captured = capsys.readouterr()
+    assert named in captured.err and "encode_key" not in captured.out
