@@ -55,11 +55,14 @@ def run_pipeline(clip: Path, boxes, drop: bool, pace=None, png_dir=None):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n    python")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=6, help="generated clips for figures 1 and 2")
     parser.add_argument("--frames", type=int, default=30, help="frames per clip for figure 2")
     parser.add_argument("--fps", type=float, default=100.0, help="frame rate of the figure-3 video")
     args = parser.parse_args()
+    if args.clips < 1 or args.frames < 2 or not args.fps > 0:
+        parser.error(f"expected --clips >= 1, --frames >= 2 and --fps > 0, got {args.clips}, {args.frames}, {args.fps}")
     with tempfile.TemporaryDirectory(prefix="vosrt-bench-live-") as folder:
         measure(args, Path(folder))
 

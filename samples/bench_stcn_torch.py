@@ -17,7 +17,7 @@ from vosrt.training.ops.l2_readout import l2_memory_readout
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     models = list(families.get(FAMILY).models)
     parser.add_argument("--model", default=models[-1], choices=models)
     parser.add_argument("--height", type=int, default=240)

@@ -113,6 +113,12 @@ def test_embed_callback_refuses_a_package_that_takes_no_mask(camera):
     assert result.returncode == 2 and "needs an stcn one" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("flags", [("--clips", "0"), ("--frames", "1"), ("--fps", "0")])
+def test_bench_live_refuses_settings_it_cannot_measure(tmp_path, flags):
+    result = run_sample("bench_live.py", *flags, cwd=tmp_path)     # --clips 0 was numpy's traceback at the end
+    assert result.returncode == 2 and "expected --clips >= 1" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("name", ["webcam_tracker.py", "embed_callback.py", "unsupervised_stream.py"])
 def test_samples_stay_small(name):
     assert len((SAMPLES / name).read_text().splitlines()) < 150
