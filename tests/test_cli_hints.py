@@ -25,6 +25,7 @@ def _suggested_command(message: str) -> list[str]:
     return shlex.split(found[-1])[1:]
 
 
+@pytest.mark.slow
 def test_the_build_hint_for_a_package_without_the_plugin_form_is_a_command_that_adds_it(tmp_path):
     from vosrt.export.trt_build import _plugin_graphs
 

@@ -290,6 +290,7 @@ def test_emulated_kernel_d2conv3d_refuses_a_workspace_below_one_tile(emulation):
 NARROW_CASE = ((1, 3, 3), (1, 1, 1), (0, 1, 1), (1, 1, 1), 1, True, True, (1, 1), (2, 20, 30))
 
 
+@pytest.mark.slow
 def test_emulated_kernel_d2conv3d_follows_the_workspace_it_is_given(emulation):
     # A TensorRT engine built with a small --workspace hands the plugin less than the preferred tile: the
     # forward must then run narrower tiles (more of them), with the same result.
@@ -674,6 +675,7 @@ def test_emulated_kernel_d2conv3d_with_split_k_matches_reference(emulation, dtyp
     _close(_emulated_conv(emulation, tensors, attrs), expected.numpy(), rel=1e-2 if dtype == "fp16" else 1e-4)
 
 
+@pytest.mark.slow
 def test_emulated_kernel_d2conv3d_sums_a_long_k_without_drifting_toward_zero(emulation):
     """C = 1,024 (3DC-Seg's widest D2Conv3D input) sums K = 27,648 products per output. Tensor cores
     truncate what they accumulate (the emulation does too): a sum kept in the accumulator for ~2,600 MMAs

@@ -43,6 +43,7 @@ def _select_args(labels: np.ndarray) -> list[str]:
     return args
 
 
+@pytest.mark.slow
 def test_box_selection_tracks_nearly_as_well_as_the_true_first_mask(tmp_path, capsys):
     with_boxes, with_truth = [], []
     for seed in CLIP_SEEDS:

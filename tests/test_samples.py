@@ -124,6 +124,7 @@ def test_samples_stay_small(name):
     assert len((SAMPLES / name).read_text().splitlines()) < 150
 
 
+@pytest.mark.slow
 def test_bench_stcn_graphs_reports_every_configuration_and_the_fp32_ceiling(tmp_path):
     done = run_sample("bench_stcn_graphs.py", str(tiny_package("stcn")), "--repeat", "1", "--memory-frames", "2",
                       "--ceiling", cwd=tmp_path)

@@ -139,6 +139,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_on_cpu_trains_and_checkpoints(data_dir, tmp_path):
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps({"model": "stcn-lite", "model_overrides": TINY_STCN, "size": [32, 32],
@@ -175,6 +176,7 @@ def test_validation_session_takes_objects_on_the_frame_they_appear():
     assert np.array_equal(predicted[start] == 2, seq.labels[start] == 2)
 
 
+@pytest.mark.slow
 def test_training_validation_j_and_f_equals_vosrt_run_and_eval(tmp_path):
     # the J&F training reports is the shipped SDK's: export the same checkpoint, stream each video with
     # `vosrt run --backend torch`, score with `vosrt eval`
