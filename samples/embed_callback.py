@@ -18,7 +18,7 @@ import numpy as np
 
 import vosrt.sdk
 from vosrt.sdk import UserError
-from vosrt.sdk.live.select import grabcut_box
+from vosrt.sdk.live.select import grabcut_box, parse_box
 from vosrt.sdk.masks import read_label_png
 
 SHIPPED = Path(vosrt.sdk.__file__).parent / "models" / "stcn-lite"
@@ -29,17 +29,6 @@ def on_segmented(index: int, frame: np.ndarray, labels: np.ndarray) -> None:
     for object_id in np.unique(labels[labels > 0]):
         ys, xs = np.nonzero(labels == object_id)
         print(f"{index},{object_id},{xs.mean():.1f},{ys.mean():.1f},{len(xs)}", flush=True)
-
-
-def parse_box(text: str) -> tuple[int, int, int, int]:
-    """``X,Y,W,H`` (``--box``) -> four whole numbers, W and H positive; checked before anything is opened."""
-    try:
-        box = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        box = ()
-    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
-        raise argparse.ArgumentTypeError(f"expected four whole numbers X,Y,W,H with W, H > 0, got {text!r}")
-    return box
 
 
 def main() -> int:

@@ -19,7 +19,7 @@ import cv2
 
 import vosrt.sdk
 from vosrt.sdk import UserError
-from vosrt.sdk.live.select import grabcut_box
+from vosrt.sdk.live.select import grabcut_box, parse_box
 from vosrt.sdk.live.source import LatestFrameSource
 from vosrt.sdk.streaming import stream
 from vosrt.sdk.video import OverlayVideoSink, open_source, overlay
@@ -36,17 +36,6 @@ def has_gui() -> bool:
         return True
     except cv2.error:
         return False
-
-
-def parse_box(text: str) -> tuple[int, int, int, int]:
-    """``X,Y,W,H`` (``--box``) -> four whole numbers, W and H positive; checked before anything is opened."""
-    try:
-        box = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        box = ()
-    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
-        raise argparse.ArgumentTypeError(f"expected four whole numbers X,Y,W,H with W, H > 0, got {text!r}")
-    return box
 
 
 def main() -> int:

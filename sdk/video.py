@@ -348,7 +348,8 @@ class OverlayVideoSink:
             held = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
         finally:
             capture.release()
-        if held != self.written:
+        # (one more than counted: a stop signal landed between a frame's write and its count)
+        if held < self.written:
             raise UserError(f"--video: {self.path} is incomplete: {self.written} frames were written but the file "
                             f"holds {max(held, 0)} (a full disk or a file size limit?); free space and run again")
 

@@ -95,13 +95,19 @@ def test_sdk_streams_the_int8_demo_package_close_to_fp32(demo_int8):
     assert agree > 0.97
 
 
-def test_quantize_needs_a_mask_for_stcn_from_a_plain_folder(tmp_path, capsys):
-    sequence = generate_sequence(13, num_frames=3, height=32, width=32)
+def _frame_folder(tmp_path):
+    """tmp_path/frames: three 32×32 generated frames as PNGs, no annotation beside them."""
+    import cv2
+
     folder = tmp_path / "frames"
     folder.mkdir()
-    import cv2
-    for i, frame in enumerate(sequence.frames):
+    for i, frame in enumerate(generate_sequence(13, num_frames=3, height=32, width=32).frames):
         cv2.imwrite(str(folder / f"{i:03d}.png"), frame)
+    return folder
+
+
+def test_quantize_needs_a_mask_for_stcn_from_a_plain_folder(tmp_path, capsys):
+    folder = _frame_folder(tmp_path)
     assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(folder), "--out", str(tmp_path / "o")]) != 0
     assert "--mask" in capsys.readouterr().err
 
@@ -204,12 +210,7 @@ def test_calibration_too_short_for_the_segment_graph_is_refused_before_any_graph
 def test_quantize_refuses_an_empty_mask_with_the_cli_option_to_fix(tmp_path, capsys):
     from vosrt.sdk.masks import write_label_png
 
-    sequence = generate_sequence(13, num_frames=3, height=32, width=32)
-    folder = tmp_path / "frames"
-    folder.mkdir()
-    import cv2
-    for i, frame in enumerate(sequence.frames):
-        cv2.imwrite(str(folder / f"{i:03d}.png"), frame)
+    folder = _frame_folder(tmp_path)
     write_label_png(tmp_path / "empty.png", np.zeros((32, 32), np.uint8))
     assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(folder), "--mask",
                  str(tmp_path / "empty.png"), "--out", str(tmp_path / "o")]) == 2

@@ -11,6 +11,7 @@ promptable segmenter (SAM and the like) passes theirs with ``--box-segmenter mod
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import math
 from collections.abc import Callable
@@ -107,6 +108,18 @@ def masks_from_boxes(frame: np.ndarray, boxes: list[tuple[int, tuple]],
             raise UserError(f"box segmenter returned a mask of shape {found.shape}; expected {frame.shape[:2]}")
         labels[found.astype(bool)] = object_id
     return labels
+
+
+def parse_box(text: str) -> tuple[int, int, int, int]:
+    """``X,Y,W,H`` -> four whole numbers, W and H positive. An ``argparse`` type (the samples' ``--box``):
+    bad text raises ``argparse.ArgumentTypeError``, reported as that flag's error before anything opens."""
+    try:
+        box = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+        raise argparse.ArgumentTypeError(f"expected four whole numbers X,Y,W,H with W, H > 0, got {text!r}")
+    return box
 
 
 def parse_box_select(text: str) -> tuple[tuple[int, int, int, int], int | None]:

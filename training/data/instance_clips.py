@@ -40,6 +40,16 @@ def _pack(frames: list[np.ndarray], labels: list[np.ndarray], objects: list[int]
             "ignore": torch.from_numpy(stacked == 255), "video": name}
 
 
+def _slot_labels(ids: np.ndarray, slots: dict[int, int], void: int) -> np.ndarray:
+    """A map of instance ids -> uint8 labels: ``slots[id]`` (1..K) for the chosen ids, 255 for ``void``, 0
+    elsewhere."""
+    label = np.zeros(ids.shape, np.uint8)
+    for obj, slot in slots.items():
+        label[ids == obj] = slot
+    label[ids == void] = 255
+    return label
+
+
 def _augment(rng: np.random.Generator, frames: list[np.ndarray], labels: list[np.ndarray], size) -> tuple[list, list]:
     """One resize-crop-flip (:func:`~vosrt.training.data.clips.clip_warp`) for all frames of a clip."""
     matrix = clip_warp(rng, *frames[0].shape[:2], size)
@@ -91,13 +101,7 @@ class FolderInstanceClips(AnnotatedClips):
         if len(slots) > 254:
             from vosrt.sdk.errors import UserError
             raise UserError(f"{video}: {len(slots)} instances in one clip; at most 254 are supported")
-        labels = []
-        for frame_ids in ids:
-            label = np.zeros(frame_ids.shape, np.uint8)
-            for obj, slot in slots.items():
-                label[frame_ids == obj] = slot
-            label[frame_ids == 255] = 255
-            labels.append(label)
+        labels = [_slot_labels(frame_ids, slots, void=255) for frame_ids in ids]
         out_frames, out_labels = _augment(rng, frames, labels, self.size)
         visible = sorted({int(i) for lab in out_labels for i in np.unique(lab) if i not in (0, 255)})
         if len(visible) > self.max_instances:
@@ -252,13 +256,7 @@ class KittiMOTSClips(SeededDataset):
         if len(objects) > self.max_instances:
             objects = sorted(rng.choice(objects, self.max_instances, replace=False).tolist())
         slots = {obj: k for k, obj in enumerate(objects, 1)}
-        labels = []
-        for frame_ids in ids:
-            label = np.zeros(frame_ids.shape, np.uint8)
-            for obj, slot in slots.items():
-                label[frame_ids == obj] = slot
-            label[frame_ids == 10000] = 255
-            labels.append(label)
+        labels = [_slot_labels(frame_ids, slots, void=10000) for frame_ids in ids]
         frames, labels = _augment(rng, frames, labels, self.size)
         sample = _pack(frames, labels, list(range(1, len(objects) + 1)), self.max_instances, seq)
         for slot, obj in enumerate(objects):
