@@ -421,3 +421,15 @@ def test_an_export_that_stops_midway_into_an_existing_package_leaves_it_and_plan
     assert victim.read_text() == "not yours"
     after = {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "encode_key.plugin.onnx"}
     assert after == before                          # the old package, byte for byte, and no temporary files
+
+
+@pytest.mark.slow
+def test_an_export_without_the_portable_form_says_it_was_not_checked(tmp_path, capsys):
+    from vosrt.cli import main
+
+    out = tmp_path / "plugin-only"
+    assert main(["export", "stcn-lite", "--random-weights", "--out", str(out), "--size", "32", "32",
+                 "--forms", "plugin"]) == 0
+    printed = capsys.readouterr()
+    assert "not checked against PyTorch" in printed.out + printed.err and "--forms plugin,portable" in printed.out + printed.err
+    assert "check" not in json.loads((out / "manifest.json").read_text())
