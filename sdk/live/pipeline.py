@@ -340,8 +340,8 @@ class LivePipeline:
 
     @staticmethod
     def _over_limit(tracked: int, limit: int) -> str:
-        return (f"{tracked} objects are tracked or being added, this session's limit (max_objects {limit}); remove one first, or "
-                f"restart vosrt live with --max-objects {limit + 1} or more")
+        return (f"{tracked} objects are tracked or being added, this session's limit (max_objects {limit}); remove "
+                f"one first, or restart vosrt live with --max-objects {limit + 1} or more")
 
     def _apply_reset(self) -> None:
         self.session.reset()

@@ -129,12 +129,13 @@ def parse_box_select(text: str) -> tuple[tuple[int, int, int, int], int | None]:
         raise UserError(f"--select {text}: expected box:X,Y,W,H or box:X,Y,W,H:ID")
     numbers, _, object_id = rest.partition(":")
     try:
-        box = tuple(int(v) for v in numbers.split(","))
+        box = parse_box(numbers)
+    except argparse.ArgumentTypeError as err:
+        raise UserError(f"--select {text}: {err}") from None
+    try:
         ident = int(object_id) if object_id else None
     except ValueError:
-        raise UserError(f"--select {text}: X, Y, W, H and ID must be whole numbers") from None
-    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
-        raise UserError(f"--select {text}: expected four numbers X,Y,W,H with W, H > 0")
+        raise UserError(f"--select {text}: the ID must be a whole number") from None
     if ident is not None and not 1 <= ident <= 255:
         raise UserError(f"--select {text}: object ids are 1..255, got {ident}")
     return box, ident
