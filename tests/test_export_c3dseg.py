@@ -22,13 +22,9 @@ from vosrt.sdk.errors import UserError
 from vosrt.training import graphs
 from vosrt.training.models import build_model, load_checkpoint, save_checkpoint
 
-from sdk_packages import tiny_checkpoint, tiny_package
+from sdk_packages import d2conv_layers, tiny_checkpoint, tiny_package
 
 L, H, W = 8, 240, 432
-
-
-def _d2conv_layers(model):
-    return [m for m in model.modules() if hasattr(m, "deform_params") and hasattr(m, "deform_conv")]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +41,7 @@ def c3d_480p(tmp_path_factory):
     folder = tmp_path_factory.mktemp("c3d")
     torch.manual_seed(0)
     model = build_model("3dc-seg-lite").eval()
-    for layer in _d2conv_layers(model):
+    for layer in d2conv_layers(model):
         torch.nn.init.normal_(layer.deform_params.weight, std=0.02)
     checkpoint = folder / "c3d.pt"
     save_checkpoint(checkpoint, model)
@@ -71,7 +67,7 @@ def test_3dc_seg_lite_clip_portable_matches_pytorch_at_8x240x432(c3d_480p):
     stretch = []  # max |D − 1| of every D²Conv3D layer during the PyTorch run
     hooks = [layer.deform_params.register_forward_hook(
         lambda module, args, out: stretch.append(float(torch.nn.functional.elu(out[:, :3]).abs().max())))
-        for layer in _d2conv_layers(model)]
+        for layer in d2conv_layers(model)]
     try:
         with torch.no_grad():
             expected = spec.module(clip).numpy()
@@ -91,7 +87,7 @@ def test_plugin_form_holds_one_d2conv3d_node_per_layer_with_its_geometry_and_wei
     model, _, package = c3d
     onnx_model = onnx.load(str(package / "segment_clip.plugin.onnx"))
     nodes = [n for n in onnx_model.graph.node if n.domain == onnx_ops.PLUGIN_DOMAIN]
-    layers = _d2conv_layers(model)
+    layers = d2conv_layers(model)
     assert len(layers) > 0 and [n.op_type for n in nodes] == ["D2Conv3D"] * len(layers)
     initializers = {i.name: onnx.numpy_helper.to_array(i) for i in onnx_model.graph.initializer}
     unmatched = list(layers)

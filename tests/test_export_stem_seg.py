@@ -19,17 +19,15 @@ from vosrt.export.package import check_package, export_package
 from vosrt.training import graphs
 from vosrt.training.models import build_model, save_checkpoint
 
+from sdk_packages import d2conv_layers
+
 OUTPUTS = ["embeddings", "bandwidths", "seediness", "foreground", "categories"]
-
-
-def _d2conv_layers(model):
-    return [m for m in model.modules() if hasattr(m, "deform_params") and hasattr(m, "deform_conv")]
 
 
 def _exported(folder, height, width, **overrides):
     torch.manual_seed(0)
     model = build_model("stem-seg-lite", **overrides).eval()
-    for layer in _d2conv_layers(model):
+    for layer in d2conv_layers(model):
         torch.nn.init.normal_(layer.deform_params.weight, std=0.05)
     checkpoint = folder / "stem.pt"
     save_checkpoint(checkpoint, model)
@@ -73,9 +71,9 @@ def test_plugin_form_has_one_d2conv3d_node_per_replaced_layer(small):
     plugin = onnx.load(str(package / "embed_clip.plugin.onnx"))
     portable = onnx.load(str(package / "embed_clip.portable.onnx"))
     nodes = [n for n in plugin.graph.node if n.domain == onnx_ops.PLUGIN_DOMAIN]
-    assert [n.op_type for n in nodes] == ["D2Conv3D"] * len(_d2conv_layers(model)) == ["D2Conv3D"] * 10
+    assert [n.op_type for n in nodes] == ["D2Conv3D"] * len(d2conv_layers(model)) == ["D2Conv3D"] * 10
     weights = {i.name: onnx.numpy_helper.to_array(i) for i in plugin.graph.initializer}
-    for layer in _d2conv_layers(model):   # each layer's kernel is the weight input of exactly one node
+    for layer in d2conv_layers(model):   # each layer's kernel is the weight input of exactly one node
         kernel = layer.deform_conv.weight.detach().numpy()
         assert sum(np.array_equal(weights.get(n.input[3]), kernel) for n in nodes) == 1
     assert not any(n.domain == onnx_ops.PLUGIN_DOMAIN for n in portable.graph.node)

@@ -147,11 +147,12 @@ def _c3dseg_checkpoint(folder: Path) -> Path:
     deform_params at zero (D = 1, M = 0.5), which would check the plugin only as a plain convolution."""
     import torch
 
+    from sdk_packages import d2conv_layers
     from vosrt.training.models import build_model, save_checkpoint
 
     torch.manual_seed(0)
     model = build_model("3dc-seg-lite").eval()
-    for layer in (m for m in model.modules() if hasattr(m, "deform_params") and hasattr(m, "deform_conv")):
+    for layer in d2conv_layers(model):
         torch.nn.init.normal_(layer.deform_params.weight, std=0.02)
     checkpoint = folder / "c3d.pt"
     save_checkpoint(checkpoint, model)
