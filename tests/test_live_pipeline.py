@@ -153,3 +153,13 @@ def test_a_selection_beyond_the_object_limit_is_refused_and_the_stream_goes_on(t
         pipeline.remove(2)
         wait_for(lambda: pipeline.session.objects == [1])
         assert pipeline.select_box((10, 10, 30, 30)) == 3
+
+
+def test_once_the_page_is_told_the_stream_ended_a_recording_is_refused_and_none_is_left_open(tmp_path):
+    """The page's "ended" came from the source (its last frame taken) while that frame was still being
+    processed: a recording asked for in between was started after the end, and left open."""
+    with live_pipeline(tmp_path, frames=6) as (pipeline, _):
+        wait_for(lambda: pipeline.state()["ended"], interval=0)
+        with pytest.raises(UserError, match="stream has ended"):
+            pipeline.start_recording()
+        assert pipeline.recorded == [] and not pipeline.recording

@@ -219,9 +219,9 @@ class LivePipeline:
 
     def start_recording(self) -> str:
         """Record the overlay to a new ``save_dir/recording-<time>-<n>.mp4``; returns its name."""
-        if self.finished:
-            raise UserError("the stream has ended; there is nothing left to record")
-        with self._recording_lock:
+        with self._recording_lock:   # run() marks the end under this lock, then finishes the recording
+            if self.finished:
+                raise UserError("the stream has ended; there is nothing left to record")
             if self._recording is not None:
                 return self._recording.path.name
             self.save_dir.mkdir(parents=True, exist_ok=True)
@@ -271,7 +271,7 @@ class LivePipeline:
                 "objects": [{"id": i, "pixels": n} for i, n in sorted(self.objects.items())],
                 "takes_mask": self.takes_mask, "can_remove": self.can_remove,
                 "paused": self.source.paused, "recording": self.recording,
-                "status": self.error or self.source.status, "ended": self.source.ended and self.source.queued == 0,
+                "status": self.error or self.source.status, "ended": self.finished,
                 "retries": self.source.retries, "resets": self.resets, "message": self.message,
                 "family": self.session.package.family}
 
@@ -293,7 +293,8 @@ class LivePipeline:
                     break     # the source ended (or stop())
                 self._apply_reset()
         finally:
-            self.finished = True
+            with self._recording_lock:   # a recording started from now on is refused, one started before is
+                self.finished = True     # finished below
             try:
                 self.source.close()
             finally:   # every output is finished even when one fails (a recording on a full disk)
