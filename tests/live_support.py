@@ -74,10 +74,18 @@ def start_live(args: list[str], cwd: Path, timeout: float = 90) -> tuple[subproc
         if "open http" in line:
             # keep reading, so the process never blocks on a full pipe; the lines stay on .output
             process.output = seen
-            threading.Thread(target=lambda: seen.extend(process.stdout), daemon=True).start()
+            process.reader = threading.Thread(target=lambda: seen.extend(process.stdout), daemon=True)
+            process.reader.start()
             return process, line.split("open ", 1)[1].split()[0]
     process.kill()
     raise AssertionError("vosrt live did not print its URL:\n" + "".join(seen))
+
+
+def finish(process: subprocess.Popen, timeout: float = 60) -> str:
+    """Wait for a process :func:`start_live` started; returns all it printed (its reader has read to the end)."""
+    process.wait(timeout=timeout)
+    process.reader.join(timeout=10)
+    return "".join(process.output)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

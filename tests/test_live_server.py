@@ -17,7 +17,7 @@ import pytest
 
 from vosrt.sdk.synthetic import generate_sequence, write_video
 
-from live_support import PACKAGE, free_port, start_live, vosrt_command, wait_for
+from live_support import PACKAGE, finish, free_port, start_live, vosrt_command, wait_for
 
 
 def _request(url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
@@ -140,7 +140,7 @@ def test_recording_after_the_stream_ended_is_refused(tmp_path):
         assert "stream has ended" in json.loads(reply)["error"]
     finally:
         process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=60)[0]
+        output = finish(process)
     assert process.returncode == 0 and "recording:" not in output, output
     assert not list((tmp_path / "saved").glob("*.mp4"))
 
