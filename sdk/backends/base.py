@@ -36,6 +36,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from vosrt.sdk.errors import UserError
+
 # A backend's own tensor type (numpy.ndarray, onnxruntime.OrtValue, torch.Tensor, ...).
 Tensor = Any
 
@@ -138,6 +140,17 @@ def flatten_to(src_shape: Sequence[int], dst_ndim: int) -> tuple[int, ...]:
         return src_shape
     head = src_shape[:dst_ndim - 1]
     return (*head, int(np.prod(src_shape[dst_ndim - 1:])))
+
+
+def check_threads(threads) -> int:
+    """The ``threads`` option of a CPU backend as an int (0: the runtime's own choice, as for None); UserError
+    for anything but a whole number >= 0, so that every backend refuses the same values the same way."""
+    if threads is None:
+        return 0
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
+        raise UserError(f"threads: expected a whole number of threads >= 1 (or None for the runtime's default), "
+                        f"got {threads!r}")
+    return int(threads)
 
 
 class DelegatingBackend(Backend):

@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from vosrt.sdk import native_callbacks
-from vosrt.sdk.backends.base import Backend, Tensor, flatten_to
+from vosrt.sdk.backends.base import Backend, Tensor, check_threads, flatten_to
 from vosrt.sdk.errors import UserError, install_command
 
 _NUMPY_OF_ORT = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(uint8)": np.uint8,
@@ -72,7 +72,7 @@ class OnnxRuntimeBackend(Backend):
         if providers is None:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         self.device = device
-        self._threads = int(threads or 0)
+        self._threads = check_threads(threads)
         self._arena = bool(memory_arena)
         self.forms = _choose_forms(package, form, device, self._threads)  # graph -> form that runs
         self.form = "+".join(sorted(set(self.forms.values()), reverse=True))

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from vosrt.sdk.backends.base import Backend, Tensor, flatten_to
+from vosrt.sdk.backends.base import Backend, Tensor, check_threads, flatten_to
 from vosrt.sdk.errors import UserError, install_command
 
 try:
@@ -48,8 +48,13 @@ class TorchBackend(Backend):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device not in ("cpu", "cuda"):
             raise UserError(f"device: expected 'auto', 'cpu' or 'cuda', got '{device}'")
+        if device == "cuda" and not torch.cuda.is_available():
+            build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise UserError(f"device='cuda': this PyTorch ({torch.__version__}, {build}) sees no CUDA device; "
+                            "use device='cpu' (on the command line --device cpu)")
+        threads = check_threads(threads)
         if threads:
-            torch.set_num_threads(int(threads))
+            torch.set_num_threads(threads)
         self.device = device
         if model is None:
             self.checkpoint = str(checkpoint)

@@ -1,0 +1,32 @@
+"""The inference backends behind one interface: the same options, limits and refusals on ONNX Runtime and
+the torch backend, on the shipped stcn-lite package (real sessions, real checkpoint)."""
+import pytest
+
+import vosrt.sdk
+from vosrt.sdk import UserError
+from vosrt.sdk.backends import open_backend
+from vosrt.sdk.package import load_package
+
+torch = pytest.importorskip("torch")
+
+BACKENDS = ("onnxruntime", "torch")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_package("stcn-lite")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("threads", [-1, 2.5, "2"])
+def test_a_bad_thread_count_is_one_user_error_on_every_backend(shipped, backend, threads):
+    # torch used to raise RuntimeError from set_num_threads; ONNX Runtime took -1 and truncated 2.5 silently
+    with pytest.raises(UserError, match=f"threads: expected a whole number .* got {threads!r}"):
+        open_backend(shipped, backend, threads=threads)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this PyTorch sees a CUDA device")
+def test_torch_on_cuda_without_a_cuda_device_is_a_user_error():
+    # used to be torch's AssertionError "Torch not compiled with CUDA enabled", a traceback on the command line
+    with pytest.raises(UserError, match="device='cuda'.*sees no CUDA device.*--device cpu"):
+        vosrt.sdk.load("stcn-lite", backend="torch", device="cuda")
