@@ -1,5 +1,9 @@
 """The inference backends behind one interface: the same options, limits and refusals on ONNX Runtime and
 the torch backend, on the shipped stcn-lite package (real sessions, real checkpoint)."""
+import gc
+import weakref
+
+import numpy as np
 import pytest
 
 import vosrt.sdk
@@ -30,3 +34,22 @@ def test_torch_on_cuda_without_a_cuda_device_is_a_user_error():
     # used to be torch's AssertionError "Torch not compiled with CUDA enabled", a traceback on the command line
     with pytest.raises(UserError, match="device='cuda'.*sees no CUDA device.*--device cpu"):
         vosrt.sdk.load("stcn-lite", backend="torch", device="cuda")
+
+
+def test_closing_a_torch_session_releases_its_model():
+    # the torch backend had no close(): a closed session kept the model (its GPU memory on CUDA) and still ran
+    tracker = vosrt.sdk.load("stcn-lite", backend="torch")
+    backend = tracker.backend
+    model = weakref.ref(backend.specs["segment"].module)
+    tracker.close()
+    gc.collect()
+    assert model() is None
+    with pytest.raises(UserError, match="torch backend .* was closed"):
+        backend.run("encode_key", {"image": np.zeros((1, 3, 128, 224), np.float32)})
+
+
+def test_a_closed_onnxruntime_backend_says_so(shipped):
+    backend = open_backend(shipped, "onnxruntime", threads=1)
+    backend.close()
+    with pytest.raises(UserError, match="onnxruntime backend .* was closed"):   # was KeyError: 'encode_key'
+        backend.run("encode_key", {"image": np.zeros((1, 3, 128, 224), np.float32)})

@@ -150,6 +150,8 @@ class OnnxRuntimeBackend(Backend):
             native_callbacks.release()
 
     def _run(self, graph: str, inputs: Mapping[str, Tensor], outputs: Sequence[str] | None) -> dict[str, Tensor]:
+        if not self.sessions:
+            raise UserError(f"onnxruntime backend ({self.package.path}) was closed; open a new one")
         self._check_inputs(graph, inputs)
         names = list(outputs) if outputs is not None else self._outputs[graph]
         session = self.sessions[graph]

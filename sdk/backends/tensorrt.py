@@ -469,6 +469,8 @@ class TensorRTBackend(Backend):
 
     def run(self, graph: str, inputs: Mapping[str, Tensor], outputs: Sequence[str] | None = None
             ) -> dict[str, Tensor]:
+        if not self._graphs:
+            raise UserError(f"tensorrt backend ({self.package.path}) was closed; open a new one")
         g = self._graphs[graph]
         unknown = set(inputs) - set(g.inputs)
         if unknown:
@@ -693,6 +695,7 @@ class TensorRTBackend(Backend):
             del g.context
             del g.engine
         self._graphs.clear()
+        self._runtimes.clear()   # after the engines they deserialised
         if self._own_stream is not None:
             rt.cudaStreamDestroy(self._own_stream)
             self._own_stream = None

@@ -82,6 +82,8 @@ class TorchBackend(Backend):
 
     def run(self, graph: str, inputs: Mapping[str, Tensor], outputs: Sequence[str] | None = None
             ) -> dict[str, Tensor]:
+        if not self.specs:
+            raise UserError(f"torch backend ({self.checkpoint}) was closed; open a new one")
         spec = self.specs[graph]
         unknown = set(inputs) - set(self.input_names(graph))
         if unknown:
@@ -125,6 +127,13 @@ class TorchBackend(Backend):
     def synchronize(self) -> None:
         if self.device == "cuda":
             torch.cuda.synchronize()
+
+    def close(self) -> None:
+        """Drop the model, so that its weights (on the GPU too) go with the last reference to them rather than
+        with the session that was closed; the backend must not run afterwards."""
+        self.specs = {}
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
 
     def describe(self) -> str:
         return f"torch {torch.__version__} ({self.device}, checkpoint {self.checkpoint})"
