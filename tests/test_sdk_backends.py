@@ -53,3 +53,15 @@ def test_a_closed_onnxruntime_backend_says_so(shipped):
     backend.close()
     with pytest.raises(UserError, match="onnxruntime backend .* was closed"):   # was KeyError: 'encode_key'
         backend.run("encode_key", {"image": np.zeros((1, 3, 128, 224), np.float32)})
+
+
+def test_a_wrapped_backend_keeps_the_object_limit_of_the_one_it_wraps(shipped):
+    # vosrt bench times a backend through a DelegatingBackend; Backend.max_objects (None) used to hide the
+    # wrapped backend's limit, so a tracker over a timed TensorRT backend took 32 objects for engines built for 8
+    from vosrt.sdk.cli_bench import TimedBackend
+
+    inner = open_backend(shipped, "onnxruntime", threads=1)
+    inner.max_objects = 3    # what a TensorRT backend sets from its engines' profile (vosrt build --max-objects)
+    tracker = vosrt.sdk.open_session(TimedBackend(inner), shipped)
+    assert tracker.backend.max_objects == 3 and tracker.max_objects == 3
+    tracker.close()

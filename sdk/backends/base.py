@@ -162,6 +162,12 @@ class DelegatingBackend(Backend):
         self.name = inner.name
         self.device = inner.device
 
+    @property
+    def max_objects(self) -> int | None:
+        # A class attribute of Backend, so __getattr__ below would never be asked for it: read it here, or a
+        # wrapped TensorRT backend (vosrt bench, vosrt quantize) would hide its engines' object limit.
+        return self.inner.max_objects
+
     def run(self, graph, inputs, outputs=None):
         return self.inner.run(graph, inputs, outputs)
 
