@@ -55,7 +55,9 @@ class Tracker(Session):
 
     ``mem_every``, ``top_k``, ``memory_capacity`` and ``max_objects`` (objects tracked at once, 32)
     default to the package manifest's ``streaming`` values; on TensorRT engines ``max_objects`` is at
-    most the engines' profile maximum (``vosrt build --max-objects``). ``color`` is the channel order
+    most the engines' profile maximum (``vosrt build --max-objects``), and ``memory_capacity`` at most their
+    memory frames (``--max-memory-frames``; the package's default is lowered to it, a larger value asked for is
+    refused). ``color`` is the channel order
     of the frames given to :meth:`step`. Speaks the session protocol (:mod:`vosrt.sdk.session`):
     :meth:`push` returns the frame at once (``latency`` 0).
     """
@@ -83,7 +85,7 @@ class Tracker(Session):
         if self.top_k != streaming["top_k"] and "top_k" not in backend.input_names("segment"):
             raise UserError(f"top_k={top_k}: this backend's segment graph has top_k fixed at "
                             f"{streaming['top_k']} (plugin form / engine); use the portable form to change it")
-        capacity = memory_capacity if memory_capacity is not None else streaming["memory_capacity"]
+        capacity = self._memory_limit(memory_capacity, streaming["memory_capacity"])
         h, w = package.height // package.stride, package.width // package.stride
         # The bank holds what the segment graph reads: float16 for an fp16 engine (vosrt.export.fp16).
         self.memory = MemoryBank(backend, int(capacity), h * w, backend.input_dtype("segment", "mem_key"))
@@ -268,6 +270,20 @@ class Tracker(Session):
                                 f"--max-objects {asked}`")
             limit = engine_limit
         return int(limit)
+
+    def _memory_limit(self, asked, default):
+        """The bank's capacity: ``asked`` or the package's, at most the frames the TensorRT engines were built
+        for (``vosrt build --max-memory-frames``), whose profile refuses a longer memory once the bank fills."""
+        engine_limit = getattr(self.backend, "max_memory_frames", None)
+        capacity = asked if asked is not None else default
+        if engine_limit is None or isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) \
+                or capacity <= engine_limit:
+            return capacity   # MemoryBank checks the value itself
+        if asked is not None:
+            raise UserError(f"memory_capacity={asked}: the TensorRT engines of {self.package.path} take at most "
+                            f"{engine_limit} memory frames; rebuild them with `vosrt build {self.package.path} "
+                            f"--max-memory-frames {asked}`, or ask for {engine_limit} or fewer")
+        return engine_limit
 
     def _raise_limit_hint(self, wanted: int) -> str:
         engine_limit = getattr(self.backend, "max_objects", None)

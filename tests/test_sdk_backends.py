@@ -65,3 +65,18 @@ def test_a_wrapped_backend_keeps_the_object_limit_of_the_one_it_wraps(shipped):
     tracker = vosrt.sdk.open_session(TimedBackend(inner), shipped)
     assert tracker.backend.max_objects == 3 and tracker.max_objects == 3
     tracker.close()
+
+
+def test_the_memory_bank_fits_the_memory_frames_the_engines_were_built_for(shipped):
+    # vosrt build --max-memory-frames N bounds the segment engine's memory axis; the tracker used to allocate
+    # the package's 20 frames regardless and the engine refused the longer memory mid-stream (a ValueError
+    # traceback once the bank held N + 1 frames). Like max_objects: the default is lowered, more is refused.
+    from vosrt.sdk.cli_bench import TimedBackend
+
+    inner = open_backend(shipped, "onnxruntime", threads=1)
+    inner.max_memory_frames = 4   # what a TensorRT backend reads from its build record
+    tracker = vosrt.sdk.open_session(TimedBackend(inner), shipped)
+    assert tracker.memory.capacity == 4
+    assert vosrt.sdk.open_session(inner, shipped, memory_capacity=3).memory.capacity == 3
+    with pytest.raises(UserError, match="memory_capacity=6: .* at most 4 memory frames.*--max-memory-frames 6"):
+        vosrt.sdk.open_session(inner, shipped, memory_capacity=6)   # (closes the backend, as a failed open does)

@@ -54,6 +54,8 @@ class Backend(ABC):
     device: str = "cpu"
     # Most objects the graphs accept at once (an engine's optimisation profile); None: no limit.
     max_objects: int | None = None
+    # Most STCN memory frames the graphs accept (vosrt build --max-memory-frames); None: no limit.
+    max_memory_frames: int | None = None
 
     # ----------------------------------------------------------------------------- graphs
     @abstractmethod
@@ -167,6 +169,10 @@ class DelegatingBackend(Backend):
         # A class attribute of Backend, so __getattr__ below would never be asked for it: read it here, or a
         # wrapped TensorRT backend (vosrt bench, vosrt quantize) would hide its engines' object limit.
         return self.inner.max_objects
+
+    @property
+    def max_memory_frames(self) -> int | None:
+        return self.inner.max_memory_frames
 
     def run(self, graph, inputs, outputs=None):
         return self.inner.run(graph, inputs, outputs)

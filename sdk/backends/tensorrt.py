@@ -406,6 +406,7 @@ class TensorRTBackend(Backend):
         self._own_stream = None
         self.precision, build = select_build(package, precision)
         self.max_objects = build.get("max_objects")
+        self.max_memory_frames = build.get("max_memory_frames")
         # Engines that carry their plugin library (vosrt build --embed-plugins) need none installed; one
         # named explicitly (plugin_lib or $VOSRT_PLUGIN_LIB) is still loaded. Native code is loaded only
         # from a path the caller names or from inside the package: a library path a manifest records
