@@ -60,6 +60,22 @@ def axis_label(package: Package, graph: str, name: str, axis: int) -> str | None
     return (io.dynamic_axes.get(name) or {}).get(axis) if io is not None else None
 
 
+def check_limits(max_objects: int, max_memory_frames: int | None) -> None:
+    """UserError naming the flag for a profile limit no session could use: fewer than one object, or a memory
+    of fewer than two frames (the STCN bank keeps the first annotated frame and at least one recent one)."""
+    if isinstance(max_objects, bool) or not isinstance(max_objects, (int, np.integer)) or max_objects < 1:
+        raise UserError(f"--max-objects must be a whole number >= 1, got {max_objects!r}")
+    frames = max_memory_frames
+    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 2):
+        raise UserError(f"--max-memory-frames must be a whole number >= 2 (the first annotated frame and a recent "
+                        f"one), got {max_memory_frames!r}; leave it out for the package's memory capacity")
+
+
+def memory_frames(package: Package, max_memory_frames: int | None) -> int:
+    """The memory frames the engines take: ``max_memory_frames``, else the package's memory capacity."""
+    return int(max_memory_frames if max_memory_frames is not None else package.streaming.get("memory_capacity", 20))
+
+
 def profile_shapes(package: Package, graph: str, max_objects: int = DEFAULT_MAX_OBJECTS,
                    max_memory_frames: int | None = None, form: str = "plugin") -> dict[str, dict[str, list[int]]]:
     """The optimisation profile of ``graph``: ``{input: {"min": dims, "opt": dims, "max": dims}}``.
@@ -68,11 +84,8 @@ def profile_shapes(package: Package, graph: str, max_objects: int = DEFAULT_MAX_
     ``max_memory_frames`` frames (default: the package's memory capacity), opt at the maximum because a
     streaming bank is full most of the time. Fixed axes stay as exported.
     """
-    if max_objects < 1:
-        raise UserError(f"--max-objects must be >= 1, got {max_objects}")
-    capacity = int(max_memory_frames or package.streaming.get("memory_capacity", 20))
-    if capacity < 1:
-        raise UserError(f"--max-memory-frames must be >= 1, got {capacity}")
+    check_limits(max_objects, max_memory_frames)
+    capacity = memory_frames(package, max_memory_frames)
     hw = (package.height // package.stride) * (package.width // package.stride)
     ranges = {"objects": (1, min(2, max_objects), max_objects), "memory": (hw, capacity * hw, capacity * hw)}
     profile = {}
@@ -211,6 +224,7 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
     if workspace_mb is not None and workspace_mb <= 0:
         raise UserError(f"--workspace must be a positive number of MiB, got {workspace_mb}")
+    check_limits(max_objects, max_memory_frames)   # before TensorRT is needed: a wrong flag is said first
     package = load_package(pkg)
     quantization = read_manifest(package.path)[1].get("quantization")
     if quantization is not None:
@@ -301,7 +315,7 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
         "sha256": {g: file_sha256(package.path / f) for g, f in files.items()},
         "profiles": profiles,
         "max_objects": max_objects,
-        "max_memory_frames": int(max_memory_frames or package.streaming.get("memory_capacity", 20)),
+        "max_memory_frames": memory_frames(package, max_memory_frames),
         "workspace_mb": workspace_mb,
         "plugin_library": str(library),
         "plugin_library_sha256": file_sha256(library),

@@ -46,6 +46,19 @@ def test_profile_refuses_nonpositive_limits(tmp_path):
         profile_shapes(package, "segment", max_objects=2, max_memory_frames=-1)
 
 
+@pytest.mark.parametrize("frames", [0, 1])
+def test_a_memory_no_session_can_use_is_refused_before_tensorrt_is_needed(tmp_path, frames):
+    # --max-memory-frames 0 used to mean the package's capacity (`0 or capacity`), 1 built a profile the tracker's
+    # bank (>= 2 frames) cannot use, and build_engines checked neither before asking for TensorRT
+    pkg = write_stcn_package(tmp_path / "pkg")
+    with pytest.raises(UserError, match="--max-memory-frames must be a whole number >= 2"):
+        profile_shapes(load_package(pkg), "segment", max_objects=2, max_memory_frames=frames)
+    with pytest.raises(UserError, match="--max-memory-frames must be a whole number >= 2"):
+        build_engines(pkg, max_memory_frames=frames)
+    with pytest.raises(UserError, match="--max-objects must be a whole number >= 1"):
+        build_engines(pkg, max_objects=0)
+
+
 def test_comparison_inputs_have_the_graph_shapes_and_value_ranges(tmp_path):
     package = load_package(write_stcn_package(tmp_path / "pkg"))
     feeds = comparison_inputs(package, "segment", objects=3, memory_frames=2)
