@@ -64,7 +64,8 @@ def test_backend_refuses_a_missing_plugin_library_and_says_how_to_build_it(tmp_p
     add_engine_record(pkg, plugin_library=str(tmp_path / "gone" / "libvosrt_plugins.so"))
     with pytest.raises(UserError, match="cmake -S plugins"):
         vosrt.sdk.load(pkg, backend="tensorrt", plugin_lib=tmp_path / "missing.so")
-    if not CHECKOUT_LIBRARY.exists():
+    if not CHECKOUT_LIBRARY.exists() and importlib.util.find_spec("tensorrt") is not None:
+        # (without TensorRT, that is what the refusal names: see the test below)
         with pytest.raises(UserError, match="libvosrt_plugins.so\\) was not found"):
             vosrt.sdk.load(pkg, backend="tensorrt")
 
@@ -78,6 +79,20 @@ def test_backend_without_tensorrt_says_what_to_install(tmp_path):
     with pytest.raises(UserError) as refused:
         vosrt.sdk.load(pkg, backend="tensorrt", plugin_lib=library)
     assert install_command("trt") in str(refused.value) and "--backend onnxruntime" in str(refused.value)
+
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_without_tensorrt_the_missing_tensorrt_is_named_before_the_plugin_library_it_would_need(tmp_path, monkeypatch):
+    # it used to say "libvosrt_plugins.so was not found; build it with cmake ... -DTensorRT_ROOT=<TensorRT>",
+    # which cannot be done without TensorRT, and only after that that TensorRT is missing (vosrt build says
+    # TensorRT first)
+    monkeypatch.delenv(PLUGIN_LIBRARY_ENV, raising=False)
+    pkg = write_stcn_package(tmp_path / "pkg")
+    add_engine_record(pkg)
+    with pytest.raises(UserError) as refused:
+        vosrt.sdk.load(pkg, backend="tensorrt")
+    assert install_command("trt") in str(refused.value) and "cmake" not in str(refused.value)
 
 
 def test_engines_from_another_tensorrt_version_are_refused_with_a_rebuild_hint():

@@ -411,13 +411,18 @@ class TensorRTBackend(Backend):
         # named explicitly (plugin_lib or $VOSRT_PLUGIN_LIB) is still loaded. Native code is loaded only
         # from a path the caller names or from inside the package: a library path a manifest records
         # elsewhere is not followed.
-        carried = build.get("plugins_serialized") and not (plugin_lib or os.environ.get(PLUGIN_LIBRARY_ENV))
+        named = plugin_lib or os.environ.get(PLUGIN_LIBRARY_ENV)
+        carried = build.get("plugins_serialized") and not named
         recorded = build.get("plugin_library")
         if recorded:  # a path relative to the package, or absolute; followed only when it lies inside it
             recorded = (package.path / str(recorded)).resolve()
             recorded = str(recorded) if recorded.is_relative_to(package.path) else None
-        self.plugin_library = None if carried else find_plugin_library(plugin_lib, recorded)
+        # A library the caller names must exist (said first); one searched for is looked for once TensorRT is
+        # known to be here: without TensorRT, building the library (against its headers) cannot help.
+        self.plugin_library = find_plugin_library(plugin_lib, recorded) if named else None
         trt = import_tensorrt()
+        if not carried and self.plugin_library is None:
+            self.plugin_library = find_plugin_library(plugin_lib, recorded)
         rt = cudart()
         check_engine_compatibility(build, trt.__version__, current_gpu(), package.path)
         self._trt = trt
