@@ -238,7 +238,7 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
     sources = _plugin_graphs(package)
     trt = import_tensorrt(for_build=True)   # before the plugin library: without TensorRT, building that cannot help
     profiles = {g: profile_shapes(package, g, max_objects, max_memory_frames) for g in sources}
-    library = find_plugin_library(plugin_lib)
+    library = find_plugin_library(plugin_lib, flag="--plugin-lib")
     embedded = embeddable_plugin_library(library) if embed_plugins else None
     if embedded is not None:  # serialised into the engines, loaded by this TensorRT's major only
         check_plugin_library_version(embedded, trt.__version__)

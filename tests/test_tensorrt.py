@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -68,6 +69,26 @@ def test_backend_refuses_a_missing_plugin_library_and_says_how_to_build_it(tmp_p
         # (without TensorRT, that is what the refusal names: see the test below)
         with pytest.raises(UserError, match="libvosrt_plugins.so\\) was not found"):
             vosrt.sdk.load(pkg, backend="tensorrt")
+
+
+@pytest.mark.parametrize("command", ["run", "bench"])
+def test_the_plugin_library_hint_of_vosrt_run_and_bench_names_only_options_they_take(tmp_path, monkeypatch, capsys,
+                                                                                     command):
+    # it said "pass plugin_lib=PATH (CLI: --plugin-lib PATH)": only vosrt build has --plugin-lib
+    from vosrt.cli import build_parser, main
+
+    monkeypatch.setenv(PLUGIN_LIBRARY_ENV, str(tmp_path / "missing.so"))
+    pkg = write_stcn_package(tmp_path / "pkg")
+    add_engine_record(pkg)
+    argv = [command, str(pkg), "--backend", "tensorrt"] + (["--source", str(tmp_path / "none.mp4")]
+                                                           if command == "run" else [])
+    assert main(argv) == 2
+    message = capsys.readouterr().err
+    assert "libvosrt_plugins.so" in message or "missing.so" in message, message
+    assert PLUGIN_LIBRARY_ENV in message
+    for flag in set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", message)) - {"--build"}:   # cmake --build: not ours
+        _, unknown = build_parser()[0].parse_known_args(argv + [flag, "X"])
+        assert flag not in unknown, f"the hint names {flag}, which vosrt {command} does not take: {message}"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")

@@ -182,17 +182,22 @@ class _HostTensor:
 # package checks (no TensorRT needed)
 
 
-def find_plugin_library(explicit: str | os.PathLike | None = None, recorded: str | None = None) -> Path:
+def find_plugin_library(explicit: str | os.PathLike | None = None, recorded: str | None = None,
+                        flag: str | None = None) -> Path:
     """Locate ``libvosrt_plugins.so``: ``explicit``, else ``$VOSRT_PLUGIN_LIB``, else the path recorded at
     build time, else ``plugins/build/trt/`` of a source checkout. A library named explicitly (argument or
-    environment) must exist. UserError saying how to build one otherwise."""
+    environment) must exist. UserError saying how to build one otherwise. ``flag``: the command-line option
+    ``explicit`` comes from, where a command has one (``vosrt build --plugin-lib``); the commands that run
+    engines (run, bench, live, check) have none and take ``$VOSRT_PLUGIN_LIB``."""
+    then = (f"pass {flag} PATH or set {PLUGIN_LIBRARY_ENV}=PATH" if flag else
+            f"set {PLUGIN_LIBRARY_ENV}=PATH (in Python also vosrt.sdk.load(..., plugin_lib=PATH))")
     how = ("build it with `cmake -S plugins -B plugins/build -DTensorRT_ROOT=<TensorRT> && cmake --build "
-           f"plugins/build -j`, then pass plugin_lib=PATH (CLI: --plugin-lib PATH) or set {PLUGIN_LIBRARY_ENV}")
+           f"plugins/build -j`, then {then}")
     named = explicit or os.environ.get(PLUGIN_LIBRARY_ENV)
     if named:
         path = Path(named)
         if not path.is_file():
-            source = "plugin_lib" if explicit else f"${PLUGIN_LIBRARY_ENV}"
+            source = (flag or "plugin_lib") if explicit else f"${PLUGIN_LIBRARY_ENV}"
             raise UserError(f"plugin library not found: {path} (from {source}); {how}")
         return path.resolve()
     checkout = Path(__file__).resolve().parents[2] / "plugins" / "build" / "trt" / PLUGIN_LIBRARY_NAME
