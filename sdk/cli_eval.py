@@ -14,7 +14,9 @@ Tasks:
 
 For the PNG tasks a folder is either one sequence (PNG files directly in it) or a set of sequences
 (sub-folders of PNGs, as DAVIS ``Annotations/480p``). Predictions are matched to ground truth by
-sequence and file name. Prints a table (per object, per sequence, overall) and writes it as CSV
+sequence and file name. In the ground truth 255 is void (background) beside object ids; a sequence annotated
+only with 0 and 255 (DAVIS 2016's foreground masks) has 255 as its one object, scored as object 1 (a predicted
+255 counts as 1 in the semi-supervised task). Prints a table (per object, per sequence, overall) and writes it as CSV
 (``--csv``, default ``PRED/metrics.csv``; for ``vis`` and ``mots`` beside the predictions).
 """
 from __future__ import annotations
@@ -27,7 +29,8 @@ import numpy as np
 
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png
-from vosrt.sdk.metrics import UnknownObjectError, evaluate_sequence, first_frame_objects, summarize
+from vosrt.sdk.metrics import (UnknownObjectError, evaluate_sequence, first_frame_objects, foreground_truth,
+                                one_object, summarize)
 
 TASKS = ("semi-supervised", "unsupervised", "vis", "mots")
 
@@ -67,7 +70,7 @@ def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = Tru
     gt_seqs = sequences(gt_root)
     single = len(gt_seqs) == 1 and next(iter(gt_seqs.values())) == gt_root
     pred_seqs = {gt_root.name: pred_root} if single else sequences(pred_root)
-    scores = []
+    scores, binary = [], []
     for name, gt_dir in gt_seqs.items():
         if name not in pred_seqs:
             raise UserError(f"--pred {pred_root}: no predictions for sequence '{name}'")
@@ -84,6 +87,12 @@ def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = Tru
                                 f"truth's {gt.shape[1]}x{gt.shape[0]}")
             preds.append(pred)
             gts.append(gt)
+        if foreground_truth(gts):
+            # DAVIS 2016's 0/255 masks: 255 is the one object (a tracker given such a mask writes it as 255)
+            binary.append(name)
+            gts = [one_object(gt) for gt in gts]
+            if not unsupervised:
+                preds = [one_object(pred) for pred in preds]
         if gts and first_frame_objects(gts[0]) == 0:
             # the DAVIS protocol's objects are those of the first annotated frame: none here
             print(f"warning: {gt_dir}: the first ground-truth frame ({gt_files[0].name}) has no object (255 is void), "
@@ -97,6 +106,10 @@ def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = Tru
                 scores.extend(evaluate_sequence(preds, gts, name, skip_first_last=skip_first_last))
         except UnknownObjectError as err:
             raise UserError(f"--pred {pred_seqs[name]}: {err}") from None
+    if binary:
+        print(f"note: {len(binary)} sequence(s) ({', '.join(binary[:3])}{', ...' if len(binary) > 3 else ''}) have "
+              "0/255 ground truth (DAVIS 2016 foreground masks): 255 is scored as their one object, object 1"
+              + ("" if unsupervised else " (a predicted 255 counts as 1)"), file=sys.stderr)
     return scores
 
 

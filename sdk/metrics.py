@@ -3,9 +3,11 @@
 As the DAVIS 2017 protocol defines them (davis2017-evaluation):
 
 * J is the IoU of an object's predicted and true masks; two empty masks give J = 1. A ground-truth pixel
-  labelled 255 (void, as in DAVIS 2016's borders) counts as background, as davis2017-evaluation reads
+  labelled 255 beside object ids (void) counts as background, as davis2017-evaluation reads
   annotations (it sets 255 to 0 before scoring); :func:`region_similarity` and :func:`boundary_measure`
-  can still leave void pixels out when given a mask of them.
+  can still leave void pixels out when given a mask of them. The exception is a sequence annotated with
+  DAVIS 2016's 0/255 foreground masks (no other id in any frame, :func:`foreground_truth`): there 255 is
+  the one object, scored as object 1 (``vosrt eval``, :func:`score_sequence`).
 * F compares 1-pixel boundary maps. A mask's boundary is every pixel whose value differs from its right,
   bottom or bottom-right neighbour (pixels past the image count as background, except that the last row
   compares only to the right and the last column only downwards, the bottom-right pixel never). A
@@ -168,6 +170,24 @@ def first_frame_objects(first: np.ndarray) -> int:
     return int(np.max(np.where(first == VOID, 0, first), initial=0))
 
 
+def foreground_truth(gts: list[np.ndarray]) -> bool:
+    """True for a sequence annotated with DAVIS 2016's 0/255 foreground masks: no id but 0 and 255 in any
+    ground-truth frame, and 255 somewhere. Such a sequence has one object, 255 (beside other ids 255 is
+    void, as above); the training samplers read it the same way (:mod:`vosrt.training.data.vos`)."""
+    seen = False
+    for gt in gts:
+        ids = set(np.unique(gt).tolist())
+        if not ids <= {0, VOID}:
+            return False
+        seen = seen or VOID in ids
+    return seen
+
+
+def one_object(labels: np.ndarray) -> np.ndarray:
+    """``labels`` with 255 read as object 1 (a 0/255 foreground mask as the label map of one object)."""
+    return np.where(labels == VOID, 1, labels).astype(labels.dtype)
+
+
 def summarize(scores: list[ObjectScore]) -> dict[str, float]:
     """Dataset means over all objects: ``{"J": .., "F": .., "J&F": ..}``."""
     if not scores:
@@ -183,12 +203,17 @@ def score_sequence(family: str, predicted: list[np.ndarray], truth: list[np.ndar
     (DAVIS semi-supervised: the first and last frames skipped); for families whose sessions emit track
     ids (a label dtype wider than uint8: instance segmentation) the DAVIS unsupervised instance protocol
     (:func:`vosrt.sdk.instance_metrics.evaluate_unsupervised_sequence`); the foreground for the others
-    (unsupervised: every frame scored). Used by ``vosrt demo`` and training validation alike."""
+    (unsupervised: every frame scored). A clip whose truth is a 0/255 foreground mask (DAVIS 2016,
+    :func:`foreground_truth`) has 255 as its one object, scored as object 1 (a prediction's 255 read as 1).
+    Used by ``vosrt demo`` and training validation alike."""
     from vosrt.sdk import families
 
     row = families.get(family)
+    binary = (row.takes_mask or np.dtype(row.session_class().label_dtype).itemsize > 1) and foreground_truth(truth)
+    if binary:   # DAVIS 2016's 0/255 masks: 255 is the one object (given as id 255 to families that take masks)
+        truth = [one_object(t) for t in truth]
     if row.takes_mask:
-        return evaluate_sequence(predicted, truth, name=name)
+        return evaluate_sequence([one_object(p) for p in predicted] if binary else predicted, truth, name=name)
     if np.dtype(row.session_class().label_dtype).itemsize > 1:
         from vosrt.sdk.instance_metrics import evaluate_unsupervised_sequence
         return evaluate_unsupervised_sequence(predicted, truth, name=name)

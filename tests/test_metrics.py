@@ -7,7 +7,7 @@ import pytest
 from vosrt.cli import main
 from vosrt.sdk.masks import write_label_png
 from vosrt.sdk.metrics import (boundary_map, boundary_measure, boundary_tolerance, evaluate_sequence,
-                               region_similarity, summarize)
+                               region_similarity, score_sequence, summarize)
 
 
 def square(top, left, size=20, shape=(100, 100)):
@@ -152,3 +152,38 @@ def test_a_folder_holding_both_pngs_and_sequence_folders_is_refused_as_ambiguous
         write_label_png(tmp_path / name / "overview.png", mask)
     assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 2
     assert "one sequence or a set of them" in capsys.readouterr().err
+
+
+def davis2016_clip(frames=4):
+    """A 0/255 foreground clip (DAVIS 2016's masks): a square moving right."""
+    out = []
+    for t in range(frames):
+        mask = np.zeros((40, 40), np.uint8)
+        mask[5:20, 5 + 2 * t:20 + 2 * t] = 255
+        out.append(mask)
+    return out
+
+
+def test_training_validation_scores_a_davis2016_clip_instead_of_returning_no_objects():
+    # validation gives a family that takes masks the first frame's 0/255 mask, so it tracks (and writes) id 255;
+    # read as void, such a clip had no object and validation returned {} without a word
+    truth = davis2016_clip()
+    shifted = [np.roll(m, 2, axis=1) for m in truth]
+    (stcn,) = score_sequence("stcn", shifted, truth)
+    assert stcn.object_id == 1 and len(stcn.j) == 2 and stcn.j_mean == pytest.approx(13 * 15 / (17 * 15))
+    (instances,) = score_sequence("stem-seg", [(m > 0).astype(np.uint32) * 7 for m in shifted], truth)
+    assert instances.j_mean == pytest.approx(13 / 17) and len(instances.j) == 4
+
+
+def test_vosrt_eval_scores_davis2016_0_255_ground_truth_as_one_object(tmp_path, capsys):
+    truth = davis2016_clip()
+    for t, mask in enumerate(truth):
+        write_label_png(tmp_path / "gt" / "bear" / f"{t:05d}.png", mask)
+        write_label_png(tmp_path / "stcn" / "bear" / f"{t:05d}.png", mask)          # tracked as id 255
+        write_label_png(tmp_path / "fg" / "bear" / f"{t:05d}.png", (mask > 0).astype(np.uint8))   # 3DC-Seg: 0/1
+    for pred in ("stcn", "fg"):
+        assert main(["eval", "--pred", str(tmp_path / pred), "--gt", str(tmp_path / "gt")]) == 0
+        captured = capsys.readouterr()
+        assert "bear           1   1.000   1.000   1.000" in captured.out and "0/255 ground truth" in captured.err
+    assert main(["eval", "--task", "unsupervised", "--pred", str(tmp_path / "fg"), "--gt", str(tmp_path / "gt")]) == 0
+    assert "all         mean   1.000   1.000   1.000" in capsys.readouterr().out
