@@ -14,7 +14,7 @@ Tasks:
 
 For the PNG tasks a folder is either one sequence (PNG files directly in it) or a set of sequences
 (sub-folders of PNGs, as DAVIS ``Annotations/480p``). Predictions are matched to ground truth by
-sequence and file name. In the ground truth 255 is void (background) beside object ids; a sequence annotated
+sequence and file name; a sequence's frames are in natural order (``frame2`` before ``frame10``). In the ground truth 255 is void (background) beside object ids; a sequence annotated
 only with 0 and 255 (DAVIS 2016's foreground masks) has 255 as its one object, scored as object 1 (a predicted
 255 counts as 1 in the semi-supervised task). Prints a table (per object, per sequence, overall) and writes it as CSV
 (``--csv``, default ``PRED/metrics.csv``; for ``vis`` and ``mots`` beside the predictions).
@@ -31,6 +31,7 @@ from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png
 from vosrt.sdk.metrics import (UnknownObjectError, evaluate_sequence, first_frame_objects, foreground_truth,
                                 one_object, summarize)
+from vosrt.sdk.video import natural_key
 
 TASKS = ("semi-supervised", "unsupervised", "vis", "mots")
 
@@ -74,7 +75,9 @@ def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = Tru
     for name, gt_dir in gt_seqs.items():
         if name not in pred_seqs:
             raise UserError(f"--pred {pred_root}: no predictions for sequence '{name}'")
-        gt_files = sorted(gt_dir.glob("*.png"))
+        # natural order (frame2 before frame10), as vosrt run reads a folder: it decides which frames are
+        # the first and the last; DAVIS's zero-padded names sort the same either way
+        gt_files = sorted(gt_dir.glob("*.png"), key=natural_key)
         preds, gts = [], []
         for gt_file in gt_files:
             pred_file = pred_seqs[name] / gt_file.name

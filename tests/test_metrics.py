@@ -187,3 +187,15 @@ def test_vosrt_eval_scores_davis2016_0_255_ground_truth_as_one_object(tmp_path, 
         assert "bear           1   1.000   1.000   1.000" in captured.out and "0/255 ground truth" in captured.err
     assert main(["eval", "--task", "unsupervised", "--pred", str(tmp_path / "fg"), "--gt", str(tmp_path / "gt")]) == 0
     assert "all         mean   1.000   1.000   1.000" in capsys.readouterr().out
+
+
+def test_vosrt_eval_takes_frames_in_natural_order_to_find_the_first_and_last(tmp_path, capsys):
+    # frames 0..10 without zero padding: the last frame is 10.png (not scored); sorted as strings, 9.png came
+    # last and 10.png, wrong on purpose here, was scored instead
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:20, 5:20] = 1
+    for t in range(11):
+        write_label_png(tmp_path / "gt" / f"{t}.png", mask)
+        write_label_png(tmp_path / "pred" / f"{t}.png", mask if t < 10 else np.zeros_like(mask))
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 0
+    assert "all         mean   1.000   1.000   1.000" in capsys.readouterr().out
