@@ -131,7 +131,7 @@ def _write_csv(out: Path, header: list, rows: list) -> None:
 def _run_vis(args) -> int:
     import json
 
-    from vosrt.sdk.instance_metrics import vis_average_precision
+    from vosrt.sdk.instance_metrics import check_vis_inputs, vis_average_precision
 
     loaded = []
     for flag, path in (("--gt", Path(args.gt)), ("--pred", Path(args.pred))):
@@ -146,6 +146,14 @@ def _run_vis(args) -> int:
         results = results["annotations"]
     if not isinstance(results, list):
         raise UserError(f"--pred {args.pred}: expected a list of results (video_id, category_id, score, segmentations)")
+    check_vis_inputs(gt, results, f"--gt {args.gt}", f"--pred {args.pred}")
+    known = {c.get("id") for c in gt["categories"] if isinstance(c, dict)}
+    strays = sorted({r["category_id"] for r in results} - known, key=str)
+    if strays:
+        print(f"warning: --pred {args.pred}: {sum(r['category_id'] in strays for r in results)} result(s) have "
+              f"category_id(s) {', '.join(map(str, strays[:5]))}, which the ground truth does not define (it has "
+              f"{len(known)}: {', '.join(map(str, sorted(known, key=str)[:5]))}{', ...' if len(known) > 5 else ''}); "
+              "they cannot match anything (map the model's categories to the dataset's ids)", file=sys.stderr)
     metrics = vis_average_precision(gt, results)
     for name, value in metrics.items():
         print(f"{name:>5}  {value:6.3f}")

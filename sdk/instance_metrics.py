@@ -122,6 +122,64 @@ def spatio_temporal_iou(a: list, b: list, mask_utils) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def _vis_frames(seg_lists: list, what: str, size: tuple[int, int], frames: int | None) -> int:
+    """Check one instance's per-frame segmentations (``what`` names it in errors); returns their count."""
+    if not isinstance(seg_lists, list):
+        raise UserError(f"{what}: 'segmentations' must be a list with one entry per frame (an RLE, polygons or "
+                        f"null), got {type(seg_lists).__name__}")
+    if frames is not None and len(seg_lists) != frames:
+        raise UserError(f"{what}: {len(seg_lists)} segmentations, but the video has {frames} frames (one entry per "
+                        "frame, null where the instance is absent)")
+    for t, seg in enumerate(seg_lists):
+        if seg is None or isinstance(seg, list):
+            continue
+        if not isinstance(seg, dict) or "counts" not in seg or "size" not in seg:
+            raise UserError(f"{what}, frame {t}: expected an RLE ({{'size': [h, w], 'counts': ...}}), polygons or "
+                            f"null, got {str(seg)[:60]}")
+        try:
+            height, width = (int(v) for v in seg["size"])
+        except (TypeError, ValueError):
+            raise UserError(f"{what}, frame {t}: an RLE's 'size' must be [height, width], got {seg['size']!r}") from None
+        if (height, width) != tuple(size):
+            raise UserError(f"{what}, frame {t}: a mask of {width}x{height} pixels, but the video is "
+                            f"{size[1]}x{size[0]} (width x height); encode masks at the video's own resolution")
+    return len(seg_lists)
+
+
+def check_vis_inputs(gt: dict, results: list, gt_name: str = "ground truth", results_name: str = "results") -> None:
+    """UserError naming the entry unless ``gt`` and ``results`` are well-formed YouTube-VIS data: every result
+    names a video of the ground truth, has a number ``score``, and one segmentation per frame of that video,
+    each of the video's size. (Left unchecked, a short list was silently cut to its length by the
+    spatio-temporal IoU, and a mask of another size silently met nothing.)"""
+    try:
+        sizes = {v["id"]: (int(v["height"]), int(v["width"])) for v in gt["videos"]}
+        lengths = {v["id"]: int(v["length"]) for v in gt["videos"] if v.get("length") is not None}
+        list(gt["categories"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{gt_name}: expected 'videos' with 'id', 'height' and 'width', and a list of 'categories' "
+                        f"(YouTube-VIS annotation file; {type(err).__name__}: {err})") from None
+    for kind, name, entries, keys in (("annotation", gt_name, gt["annotations"], ("video_id", "category_id")),
+                                      ("result", results_name, results, ("video_id", "category_id", "score"))):
+        for k, entry in enumerate(entries):
+            what = f"{name}: {kind} {k}"
+            if not isinstance(entry, dict):
+                raise UserError(f"{what}: expected an object with {', '.join(keys)} and segmentations, got "
+                                f"{str(entry)[:60]}")
+            missing = [key for key in keys + ("segmentations",) if key not in entry]
+            if missing:
+                raise UserError(f"{what} has no {', '.join(repr(m) for m in missing)}")
+            video = entry["video_id"]
+            if video not in sizes:
+                raise UserError(f"{what}: video_id {video!r} is not a video of the ground truth")
+            if isinstance(entry["category_id"], bool) or not isinstance(entry["category_id"], int):
+                raise UserError(f"{what}: 'category_id' must be a whole number, got {entry['category_id']!r}")
+            if kind == "result" and (isinstance(entry["score"], bool) or not isinstance(entry["score"], (int, float))):
+                raise UserError(f"{what}: 'score' must be a number, got {entry['score']!r}")
+            what = f"{what} (video_id {video!r})"
+            lengths.setdefault(video, _vis_frames(entry["segmentations"], what, sizes[video], None))
+            _vis_frames(entry["segmentations"], what, sizes[video], lengths[video])
+
+
 def vis_average_precision(gt: dict, results: list) -> dict:
     """YouTube-VIS video AP (module docstring).
 
@@ -129,7 +187,9 @@ def vis_average_precision(gt: dict, results: list) -> dict:
     ``annotations`` with ``video_id``, ``category_id``, ``segmentations`` per frame, optional ``iscrowd``).
     ``results``: the submission format, a list of ``{"video_id", "category_id", "score", "segmentations"}``.
     Returns ``{"AP", "AP50", "AP75", "AR1", "AR10"}`` (−1 where no ground truth makes one defined).
+    Malformed input is a UserError (:func:`check_vis_inputs`).
     """
+    check_vis_inputs(gt, results)
     mask_utils = _require("pycocotools.mask")
     coco_module = _require("pycocotools.coco")
     cocoeval_module = _require("pycocotools.cocoeval")
@@ -138,8 +198,6 @@ def vis_average_precision(gt: dict, results: list) -> dict:
     def dataset(entries, with_score):
         annotations = []
         for k, entry in enumerate(entries, 1):
-            if entry["video_id"] not in sizes:
-                raise UserError(f"results: video_id {entry['video_id']} is not a video of the ground truth")
             rles = _rles(entry["segmentations"], *sizes[entry["video_id"]], mask_utils)
             ann = {"id": k, "image_id": entry["video_id"], "category_id": entry["category_id"],
                    "iscrowd": int(entry.get("iscrowd", 0)), "area": _mean_area(rles, mask_utils),

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from vosrt.sdk.errors import UserError
 from vosrt.sdk.instance_metrics import (evaluate_unsupervised_sequence, instances_to_vis_results, mots_metrics,
                                         vis_average_precision, write_kitti_mots)
 from vosrt.sdk.metrics import summarize
@@ -182,3 +183,26 @@ def test_mots_leaves_out_a_class_neither_annotated_nor_predicted(tmp_path):
     mots_files(tmp_path / "pred", {5: gt[1001]})
     results = mots_metrics(tmp_path / "gt", tmp_path / "pred")
     assert list(results) == ["car"] and results["car"]["HOTA"] == pytest.approx(1.0)
+
+
+def test_vis_refuses_results_of_the_wrong_length_or_size_instead_of_scoring_them():
+    # three frames; a result with one segmentation was cut to one frame by the IoU's zip and scored AP 1, and
+    # a mask at twice the resolution met nothing and scored 0, without a word
+    gt = {"videos": [{"id": 1, "height": 40, "width": 40, "length": 3}], "categories": [{"id": 1}],
+          "annotations": [{"id": 1, "video_id": 1, "category_id": 1, "segmentations": [rle(A)] * 3}]}
+    good = {"video_id": 1, "category_id": 1, "score": 0.9, "segmentations": [rle(A)] * 3}
+    assert vis_average_precision(gt, [good])["AP"] == pytest.approx(1.0)
+    big = np.zeros((80, 80), bool)
+    big[4:20, 4:20] = True
+    for change, message in (({"segmentations": [rle(A)]}, "1 segmentations, but the video has 3 frames"),
+                            ({"segmentations": [rle(big)] * 3}, "80x80 pixels, but the video is 40x40"),
+                            ({"score": None}, "'score' must be a number"),
+                            ({"video_id": "1"}, "video_id '1' is not a video")):
+        with pytest.raises(UserError, match=message):
+            vis_average_precision(gt, [good, {**good, **change}])
+    with pytest.raises(UserError, match="result 0 has no 'segmentations'"):
+        vis_average_precision(gt, [{"video_id": 1, "category_id": 1, "score": 0.5}])
+    # without 'length' the ground truth's own segmentations give the number of frames
+    del gt["videos"][0]["length"]
+    with pytest.raises(UserError, match="result 0 \\(video_id 1\\): 2 segmentations, but the video has 3 frames"):
+        vis_average_precision(gt, [{**good, "segmentations": [rle(A), None]}])

@@ -97,6 +97,27 @@ def test_eval_vis_with_a_bad_file_is_a_user_error(tmp_path, capsys):
     assert "--gt" in capsys.readouterr().err
 
 
+def test_eval_vis_names_the_file_of_a_malformed_result_and_warns_of_unknown_categories(tmp_path, capsys):
+    pytest.importorskip("pycocotools")
+    from pycocotools import mask as mask_utils
+
+    labels = _squares((1, 2, 2, 8))
+    segment = mask_utils.encode(np.asfortranarray((labels == 1).astype(np.uint8)))
+    segment["counts"] = segment["counts"].decode()
+    gt = {"videos": [{"id": 1, "height": 40, "width": 40, "length": 2}], "categories": [{"id": 1, "name": "a"}],
+          "annotations": [{"id": 1, "video_id": 1, "category_id": 1, "segmentations": [segment] * 2}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "res.json").write_text(json.dumps([{"video_id": 1, "category_id": 1, "score": 0.9,
+                                                    "segmentations": [segment] * 3}]))
+    args = ["eval", "--task", "vis", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "res.json")]
+    assert main(args) == 2
+    assert f"error: --pred {tmp_path / 'res.json'}: result 0 (video_id 1): 3 segmentations" in capsys.readouterr().err
+    (tmp_path / "res.json").write_text(json.dumps([{"video_id": 1, "category_id": 0, "score": 0.9,
+                                                    "segmentations": [segment] * 2}]))
+    assert main(args) == 0
+    assert "category_id(s) 0, which the ground truth does not define" in capsys.readouterr().err
+
+
 def test_demo_runs_a_stem_seg_package_and_scores_instances(colour_package, tmp_path, capsys):
     assert main(["demo", "--family", "stem-seg", "--package", str(colour_package), "--frames", "10",
                  "--out", str(tmp_path)]) == 0
