@@ -281,14 +281,19 @@ def write_kitti_mots(path: str | Path, frames: list, class_id: int = 1) -> None:
     Path(path).write_text("\n".join(lines) + ("\n" if lines else ""))
 
 
-def _sequence_length(*files: Path) -> int:
-    last = -1
-    for file in files:
-        if file.is_file():
-            for line in file.read_text().splitlines():
-                if line.strip():
-                    last = max(last, int(line.split()[0]))
-    return last + 1
+def _read_mots(path: Path, flag: str) -> list[list[str]]:
+    """The non-blank lines of a KITTI-MOTS txt file, split into their six fields; UserError naming the file
+    and line where one is not ``frame track_id class_id height width rle``."""
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 6 or not all(f.isdigit() for f in fields[:5]) or int(fields[3]) * int(fields[4]) == 0:
+            raise UserError(f"{flag} {path}, line {number}: expected 'frame track_id class_id height width rle' "
+                            f"(KITTI-MOTS: five whole numbers and a COCO RLE string), got '{line.strip()[:80]}'")
+        rows.append(fields)
+    return rows
 
 
 def mots_metrics(gt_folder: str | Path, pred_folder: str | Path, classes=("car", "pedestrian")) -> dict:
@@ -305,16 +310,28 @@ def mots_metrics(gt_folder: str | Path, pred_folder: str | Path, classes=("car",
     missing = [s for s in seqs if not (pred_folder / f"{s}.txt").is_file()]
     if missing:
         raise UserError(f"--pred {pred_folder}: no {missing[0]}.txt (predictions for every ground-truth sequence)")
+    lengths = {}
     with tempfile.TemporaryDirectory() as scratch:
         tracker = Path(scratch) / "trackers" / "vosrt" / "data"
         tracker.mkdir(parents=True)
         for s in seqs:
-            (tracker / f"{s}.txt").write_text((pred_folder / f"{s}.txt").read_text())
+            truth = _read_mots(labels / f"{s}.txt", "--gt")
+            predicted = _read_mots(pred_folder / f"{s}.txt", "--pred")
+            sizes = {(row[3], row[4]) for row in truth}
+            odd = next((row for row in predicted if sizes and (row[3], row[4]) not in sizes), None)
+            if odd is not None:
+                height, width = next(iter(sizes))
+                raise UserError(f"--pred {pred_folder / f'{s}.txt'}: frame {odd[0]} has a mask of {odd[4]}x{odd[3]} "
+                                f"pixels, but the ground truth's images are {width}x{height} (width x height); "
+                                "encode masks at the images' own resolution")
+            lengths[s] = 1 + max((int(row[0]) for row in truth + predicted), default=-1)
+            # blank lines left out: trackeval cannot read them
+            (tracker / f"{s}.txt").write_text("".join(" ".join(row) + "\n" for row in predicted))
         dataset = trackeval.datasets.KittiMOTS({
             "GT_FOLDER": str(labels), "GT_LOC_FORMAT": "{gt_folder}/{seq}.txt",
             "TRACKERS_FOLDER": str(Path(scratch) / "trackers"), "OUTPUT_FOLDER": str(Path(scratch) / "out"),
             "TRACKERS_TO_EVAL": ["vosrt"], "CLASSES_TO_EVAL": list(classes), "PRINT_CONFIG": False,
-            "SEQ_INFO": {s: _sequence_length(labels / f"{s}.txt", pred_folder / f"{s}.txt") for s in seqs}})
+            "SEQ_INFO": lengths})
         evaluator = trackeval.Evaluator({"USE_PARALLEL": False, "PRINT_RESULTS": False, "PRINT_CONFIG": False,
                                          "TIME_PROGRESS": False, "OUTPUT_SUMMARY": False, "OUTPUT_DETAILED": False,
                                          "PLOT_CURVES": False, "OUTPUT_EMPTY_CLASSES": False,
@@ -322,8 +339,12 @@ def mots_metrics(gt_folder: str | Path, pred_folder: str | Path, classes=("car",
                                          "LOG_ON_ERROR": None})
         metrics = [trackeval.metrics.HOTA(), trackeval.metrics.CLEAR({"PRINT_CONFIG": False}),
                    trackeval.metrics.Identity({"PRINT_CONFIG": False})]
-        with contextlib.redirect_stdout(io.StringIO()):
-            results, messages = evaluator.evaluate([dataset], metrics)
+        try:   # quiet: on an error trackeval prints its traceback to stderr before raising
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                results, messages = evaluator.evaluate([dataset], metrics)
+        except trackeval.utils.TrackEvalException as err:    # e.g. overlapping masks in one frame
+            raise UserError(f"--gt {gt_folder}, --pred {pred_folder}: trackeval cannot score them: "
+                            f"{str(err).replace('Tracker: vosrt ', '')}") from None
     per_class = results["KittiMOTS"]["vosrt"]["COMBINED_SEQ"]
     out = {}
     for cls in classes:

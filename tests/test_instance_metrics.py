@@ -206,3 +206,25 @@ def test_vis_refuses_results_of_the_wrong_length_or_size_instead_of_scoring_them
     del gt["videos"][0]["length"]
     with pytest.raises(UserError, match="result 0 \\(video_id 1\\): 2 segmentations, but the video has 3 frames"):
         vis_average_precision(gt, [{**good, "segmentations": [rle(A), None]}])
+
+
+def test_mots_bad_files_are_one_line_errors_naming_file_and_line(tmp_path):
+    # each was a traceback (ValueError from int(), trackeval's exceptions, an AssertionError for another size)
+    gt = {1001: {t: A for t in range(3)}}
+    mots_files(tmp_path / "gt", gt)
+    good = (tmp_path / "gt" / "0000.txt").read_text().splitlines()
+    other_size = rle(np.pad(A, ((0, 40), (0, 40))))["counts"]
+    for name, lines, message in (
+            ("columns", [line.rsplit(" ", 1)[0] for line in good], "0000.txt, line 1: expected 'frame track_id"),
+            ("frame", ["x" + good[0][1:]], "line 1: expected 'frame track_id class_id height width rle'"),
+            ("size", [f"0 5 1 80 80 {other_size}"], "frame 0 has a mask of 80x80 pixels, but the ground truth's "
+                                                     "images are 40x40"),
+            ("overlap", [good[0], good[0].replace(" 1001 ", " 7 ")], "overlapping masks")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "0000.txt").write_text("\n".join(lines) + "\n")
+        with pytest.raises(UserError, match=message):
+            mots_metrics(tmp_path / "gt", tmp_path / name, classes=("car",))
+    # blank lines (a file ending in an empty line, an empty prediction written as one newline) are no error
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "0000.txt").write_text("\n".join(good[:1]) + "\n\n")
+    assert mots_metrics(tmp_path / "gt", tmp_path / "blank", classes=("car",))["car"]["DetA"] == pytest.approx(1 / 3)
