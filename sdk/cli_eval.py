@@ -50,31 +50,48 @@ def add_arguments(parser) -> None:
                         help="score the first and last frames too (DAVIS semi-supervised skips them)")
 
 
-def sequences(root: Path) -> dict[str, Path]:
-    """Sequence name -> folder of PNGs under ``root`` (``root`` itself when it holds PNGs)."""
+def sequences(root: Path, flag: str = "") -> dict[str, Path]:
+    """Sequence name -> folder of PNGs under ``root`` (``root`` itself when it holds PNGs); ``flag`` (``--gt``,
+    ``--pred``) names the argument in errors."""
+    where = f"{flag} {root}".strip()
     if not root.is_dir():
-        raise UserError(f"not a folder: {root}")
+        raise UserError(f"{where}: not a folder" + (" (it does not exist)" if not root.exists() else ""))
     found = {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and any(d.glob("*.png"))}
     if any(root.glob("*.png")):
         if found:
-            raise UserError(f"{root}: holds PNG files and sub-folders of PNGs ({', '.join(list(found)[:3])}); is it "
-                            "one sequence or a set of them? Move the stray PNGs out, or point at one sequence folder")
+            raise UserError(f"{where}: holds PNG files and sub-folders of PNGs ({', '.join(list(found)[:3])}); is "
+                            "it one sequence or a set of them? Move the stray PNGs out, or point at one sequence folder")
         return {root.name: root}
     if not found:
-        raise UserError(f"{root}: no PNG masks in it or in its sub-folders")
+        raise UserError(f"{where}: no PNG masks in it or in its sub-folders")
     return found
+
+
+def _single_prediction(pred_root: Path, name: str) -> Path:
+    """The folder of predicted PNGs for the one ground-truth sequence ``name``: ``pred_root`` itself, or its
+    sub-folder ``name`` when ``pred_root`` is a folder of sequences (``vosrt run --out`` for several)."""
+    if not pred_root.is_dir():
+        raise UserError(f"--pred {pred_root}: not a folder" + (" (it does not exist)" if not pred_root.exists() else ""))
+    if not any(pred_root.glob("*.png")) and any((pred_root / name).glob("*.png")):
+        return pred_root / name
+    if not any(pred_root.glob("*.png")):
+        raise UserError(f"--pred {pred_root}: no PNG masks in it (nor in {pred_root / name}, for --gt's sequence "
+                        f"'{name}')")
+    return pred_root
 
 
 def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = True, unsupervised: bool = False):
     """Score every ground-truth sequence; returns the list of :class:`~vosrt.sdk.metrics.ObjectScore`
     (``unsupervised``: by the DAVIS unsupervised protocol, all frames scored)."""
-    gt_seqs = sequences(gt_root)
+    gt_seqs = sequences(gt_root, "--gt")
     single = len(gt_seqs) == 1 and next(iter(gt_seqs.values())) == gt_root
-    pred_seqs = {gt_root.name: pred_root} if single else sequences(pred_root)
+    pred_seqs = {gt_root.name: _single_prediction(pred_root, gt_root.name)} if single else sequences(pred_root, "--pred")
     scores, binary = [], []
     for name, gt_dir in gt_seqs.items():
         if name not in pred_seqs:
-            raise UserError(f"--pred {pred_root}: no predictions for sequence '{name}'")
+            raise UserError(f"--pred {pred_root}: no predictions for sequence '{name}' (expected a folder "
+                            f"{pred_root / name} of PNGs; it has {len(pred_seqs)}: {', '.join(list(pred_seqs)[:3])}"
+                            f"{', ...' if len(pred_seqs) > 3 else ''})")
         # natural order (frame2 before frame10), as vosrt run reads a folder: it decides which frames are
         # the first and the last; DAVIS's zero-padded names sort the same either way
         gt_files = sorted(gt_dir.glob("*.png"), key=natural_key)
@@ -109,6 +126,9 @@ def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = Tru
                 scores.extend(evaluate_sequence(preds, gts, name, skip_first_last=skip_first_last))
         except UnknownObjectError as err:
             raise UserError(f"--pred {pred_seqs[name]}: {err}") from None
+    if not scores:
+        raise UserError(f"--gt {gt_root}: no sequence could be scored: no first ground-truth frame has an object "
+                        "(object ids 1..254 in a sequence's first PNG; 255 is void unless it is a sequence's only id)")
     if binary:
         print(f"note: {len(binary)} sequence(s) ({', '.join(binary[:3])}{', ...' if len(binary) > 3 else ''}) have "
               "0/255 ground truth (DAVIS 2016 foreground masks): 255 is scored as their one object, object 1"

@@ -199,3 +199,28 @@ def test_vosrt_eval_takes_frames_in_natural_order_to_find_the_first_and_last(tmp
         write_label_png(tmp_path / "pred" / f"{t}.png", mask if t < 10 else np.zeros_like(mask))
     assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 0
     assert "all         mean   1.000   1.000   1.000" in capsys.readouterr().out
+
+
+def test_vosrt_eval_of_one_sequence_finds_it_in_a_folder_of_predicted_sequences(tmp_path, capsys):
+    # `--gt Annotations/480p/bear --pred masks/` where masks/bear/ holds the PNGs: was "missing masks/00000.png"
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:20, 5:20] = 1
+    for t in range(3):
+        write_label_png(tmp_path / "gt" / "bear" / f"{t:05d}.png", mask)
+        write_label_png(tmp_path / "masks" / "bear" / f"{t:05d}.png", mask)
+    assert main(["eval", "--pred", str(tmp_path / "masks"), "--gt", str(tmp_path / "gt" / "bear")]) == 0
+    assert "bear           1   1.000   1.000   1.000" in capsys.readouterr().out
+    assert main(["eval", "--pred", str(tmp_path / "none"), "--gt", str(tmp_path / "gt" / "bear")]) == 2
+    assert f"--pred {tmp_path / 'none'}: not a folder (it does not exist)" in capsys.readouterr().err
+    assert main(["eval", "--pred", str(tmp_path / "masks"), "--gt", str(tmp_path / "none")]) == 2
+    assert f"--gt {tmp_path / 'none'}: not a folder" in capsys.readouterr().err
+
+
+def test_vosrt_eval_with_no_sequence_to_score_is_an_error_not_a_table_of_nan(tmp_path, capsys):
+    for name in ("gt", "pred"):
+        for t in range(3):
+            write_label_png(tmp_path / name / "empty" / f"{t:05d}.png", np.zeros((40, 40), np.uint8))
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 2
+    captured = capsys.readouterr()
+    assert "no sequence could be scored" in captured.err and "nan" not in captured.out
+    assert not (tmp_path / "pred" / "metrics.csv").exists()
