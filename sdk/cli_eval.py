@@ -16,7 +16,9 @@ For the PNG tasks a folder is either one sequence (PNG files directly in it) or 
 (sub-folders of PNGs, as DAVIS ``Annotations/480p``). Predictions are matched to ground truth by
 sequence and file name; a sequence's frames are in natural order (``frame2`` before ``frame10``). In the ground truth 255 is void (background) beside object ids; a sequence annotated
 only with 0 and 255 (DAVIS 2016's foreground masks) has 255 as its one object, scored as object 1 (a predicted
-255 counts as 1 in the semi-supervised task). Prints a table (per object, per sequence, overall) and writes it as CSV
+255 counts as 1 in the semi-supervised task). In the semi-supervised task a sequence whose objects enter after
+its first frame (each given to the tracker where first annotated) scores each object on the frames after that one
+(:func:`vosrt.sdk.metrics.evaluate_by_appearance`). Prints a table (per object, per sequence, overall) and writes it as CSV
 (``--csv``, default ``PRED/metrics.csv``; for ``vis`` and ``mots`` beside the predictions).
 """
 from __future__ import annotations
@@ -29,8 +31,8 @@ import numpy as np
 
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png
-from vosrt.sdk.metrics import (UnknownObjectError, evaluate_sequence, first_frame_objects, foreground_truth,
-                                one_object, summarize)
+from vosrt.sdk.metrics import (VOID, UnknownObjectError, evaluate_by_appearance, evaluate_sequence,
+                                first_frame_objects, foreground_truth, one_object, summarize)
 from vosrt.sdk.video import natural_key
 
 TASKS = ("semi-supervised", "unsupervised", "vis", "mots")
@@ -86,7 +88,7 @@ def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = Tru
     gt_seqs = sequences(gt_root, "--gt")
     single = len(gt_seqs) == 1 and next(iter(gt_seqs.values())) == gt_root
     pred_seqs = {gt_root.name: _single_prediction(pred_root, gt_root.name)} if single else sequences(pred_root, "--pred")
-    scores, binary = [], []
+    scores, binary, late = [], [], []
     for name, gt_dir in gt_seqs.items():
         if name not in pred_seqs:
             raise UserError(f"--pred {pred_root}: no predictions for sequence '{name}' (expected a folder "
@@ -113,6 +115,17 @@ def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = Tru
             gts = [one_object(gt) for gt in gts]
             if not unsupervised:
                 preds = [one_object(pred) for pred in preds]
+        entering = set() if unsupervised else ({int(i) for gt in gts for i in np.unique(gt) if i and i != VOID}
+                                               - set(np.unique(gts[0]).tolist()))
+        if entering:
+            # objects that enter later, given to the tracker where first annotated (vosrt run on a DAVIS-layout
+            # sequence does so): each is scored on the frames after that one (the DAVIS protocol has none)
+            late.append(name)
+            try:
+                scores.extend(evaluate_by_appearance(preds, gts, name))
+            except UnknownObjectError as err:
+                raise UserError(f"--pred {pred_seqs[name]}: {err}") from None
+            continue
         if gts and first_frame_objects(gts[0]) == 0:
             # the DAVIS protocol's objects are those of the first annotated frame: none here
             print(f"warning: {gt_dir}: the first ground-truth frame ({gt_files[0].name}) has no object (255 is void), "
@@ -129,6 +142,10 @@ def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = Tru
     if not scores:
         raise UserError(f"--gt {gt_root}: no sequence could be scored: no first ground-truth frame has an object "
                         "(object ids 1..254 in a sequence's first PNG; 255 is void unless it is a sequence's only id)")
+    if late:
+        print(f"note: {len(late)} sequence(s) ({', '.join(late[:3])}{', ...' if len(late) > 3 else ''}) have objects "
+              "that enter after the first frame: each object is scored on every frame after the one that first "
+              "annotates it, the last frame included", file=sys.stderr)
     if binary:
         print(f"note: {len(binary)} sequence(s) ({', '.join(binary[:3])}{', ...' if len(binary) > 3 else ''}) have "
               "0/255 ground truth (DAVIS 2016 foreground masks): 255 is scored as their one object, object 1"

@@ -197,25 +197,65 @@ def summarize(scores: list[ObjectScore]) -> dict[str, float]:
     return {"J": j, "F": f, "J&F": (j + f) / 2}
 
 
-def score_sequence(family: str, predicted: list[np.ndarray], truth: list[np.ndarray], name: str = "sequence"
+def evaluate_by_appearance(preds: list[np.ndarray], gts: list[np.ndarray | None], name: str = "sequence",
+                           tolerance: float = BOUNDARY_TOLERANCE) -> list[ObjectScore]:
+    """Score one sequence whose objects may enter after the first frame, as a tracker given each object on
+    the first frame that annotates it (YouTube-VOS): the objects are every id annotated on any frame (255
+    void), and each is scored on the annotated frames (``gts[t]`` not None) after the one it is given on. An
+    object annotated on no later frame has nothing to score and is left out."""
+    if len(preds) != len(gts):
+        raise ValueError(f"{name}: {len(preds)} predicted frames but {len(gts)} ground-truth frames")
+    first: dict[int, int] = {}
+    for t, gt in enumerate(gts):
+        for i in (np.unique(gt).tolist() if gt is not None else ()):
+            if i and i != VOID:
+                first.setdefault(int(i), t)
+    scores = {obj: ObjectScore(name, obj) for obj in sorted(first)}
+    for t, (pred, gt) in enumerate(zip(preds, gts)):
+        if gt is None:
+            continue
+        if pred.shape != gt.shape:
+            raise ValueError(f"{name} frame {t}: prediction {pred.shape} and ground truth {gt.shape} differ in size")
+        stray = [int(i) for i in np.unique(pred) if i and int(i) not in first]
+        if stray:
+            raise UnknownObjectError(f"{name} frame {t}: the prediction has object id(s) "
+                                     f"{', '.join(map(str, stray[:5]))}, which the ground truth never annotates")
+        for obj, score in scores.items():
+            if t > first[obj]:
+                score.j.append(region_similarity(pred == obj, gt == obj))
+                score.f.append(boundary_measure(pred == obj, gt == obj, None, tolerance))
+    return [score for score in scores.values() if score.j]
+
+
+def score_sequence(family: str, predicted: list[np.ndarray], truth: list[np.ndarray | None], name: str = "sequence"
                    ) -> list[ObjectScore]:
     """Scores of one clip by the protocol of ``family``'s task: per object for families given masks
-    (DAVIS semi-supervised: the first and last frames skipped); for families whose sessions emit track
+    (DAVIS semi-supervised: the first and last frames skipped; where an object enters after the first frame
+    or some frames are not annotated, :func:`evaluate_by_appearance`); for families whose sessions emit track
     ids (a label dtype wider than uint8: instance segmentation) the DAVIS unsupervised instance protocol
     (:func:`vosrt.sdk.instance_metrics.evaluate_unsupervised_sequence`); the foreground for the others
-    (unsupervised: every frame scored). A clip whose truth is a 0/255 foreground mask (DAVIS 2016,
-    :func:`foreground_truth`) has 255 as its one object, scored as object 1 (a prediction's 255 read as 1).
-    Used by ``vosrt demo`` and training validation alike."""
+    (unsupervised: every frame scored). ``truth[t]`` None: frame t is not annotated and not scored. A clip
+    whose truth is a 0/255 foreground mask (DAVIS 2016, :func:`foreground_truth`) has 255 as its one object,
+    scored as object 1 (a prediction's 255 read as 1). Used by ``vosrt demo`` and training validation alike."""
     from vosrt.sdk import families
 
     row = families.get(family)
-    binary = (row.takes_mask or np.dtype(row.session_class().label_dtype).itemsize > 1) and foreground_truth(truth)
+    instances = not row.takes_mask and np.dtype(row.session_class().label_dtype).itemsize > 1
+    binary = (row.takes_mask or instances) and foreground_truth([t for t in truth if t is not None])
     if binary:   # DAVIS 2016's 0/255 masks: 255 is the one object (given as id 255 to families that take masks)
-        truth = [one_object(t) for t in truth]
+        truth = [one_object(t) if t is not None else None for t in truth]
+        predicted = [one_object(p) for p in predicted] if row.takes_mask else predicted
+    annotated = [t for t in truth if t is not None]
     if row.takes_mask:
-        return evaluate_sequence([one_object(p) for p in predicted] if binary else predicted, truth, name=name)
-    if np.dtype(row.session_class().label_dtype).itemsize > 1:
+        present = {int(i) for t in annotated for i in np.unique(t) if i and i != VOID}
+        if len(annotated) < len(truth) or not present <= set(np.unique(truth[0]).tolist()):
+            return evaluate_by_appearance(predicted, truth, name=name)
+        return evaluate_sequence(predicted, truth, name=name)
+    if len(predicted) != len(truth):
+        raise ValueError(f"{name}: {len(predicted)} predicted frames but {len(truth)} ground-truth frames")
+    predicted = [p for p, t in zip(predicted, truth) if t is not None]
+    if instances:
         from vosrt.sdk.instance_metrics import evaluate_unsupervised_sequence
-        return evaluate_unsupervised_sequence(predicted, truth, name=name)
+        return evaluate_unsupervised_sequence(predicted, annotated, name=name)
     return evaluate_sequence([(p > 0).astype(np.uint8) for p in predicted],
-                             [(t > 0).astype(np.uint8) for t in truth], name=name, skip_first_last=False)
+                             [(t > 0).astype(np.uint8) for t in annotated], name=name, skip_first_last=False)

@@ -224,3 +224,44 @@ def test_vosrt_eval_with_no_sequence_to_score_is_an_error_not_a_table_of_nan(tmp
     captured = capsys.readouterr()
     assert "no sequence could be scored" in captured.err and "nan" not in captured.out
     assert not (tmp_path / "pred" / "metrics.csv").exists()
+
+
+def entering_clip():
+    """Object 1 on every frame; object 2 enters on frame 2 (as generated sequences' late objects do)."""
+    frames = []
+    for t in range(5):
+        labels = np.zeros((40, 40), np.uint8)
+        labels[2:12, 2:12] = 1
+        if t >= 2:
+            labels[20:30, 20:30] = 2
+        frames.append(labels)
+    return frames
+
+
+def test_score_sequence_of_objects_that_enter_later_and_of_unannotated_frames():
+    # training validation gives each object on its first annotated frame; scoring it by the first frame's
+    # objects raised UnknownObjectError on the entering object and ended the training run
+    truth = entering_clip()
+    predicted = [t.copy() for t in truth]
+    predicted[4][20:30, 20:30] = 0                                 # object 2 lost on the last frame
+    one, two = score_sequence("stcn", predicted, truth)
+    assert (one.object_id, one.j) == (1, [1.0] * 4)                # frames 1..4, the last included
+    assert (two.object_id, two.j) == (2, [1.0, 0.0])               # frames 3 and 4: after the one it is given on
+    # YouTube-VOS annotates every fifth frame: frames without one (None) are not scored, not read as empty
+    sparse = [truth[0], None, truth[2], None, truth[4]]
+    wrong = [t.copy() for t in predicted]
+    wrong[1][:] = 0
+    one, two = score_sequence("stcn", wrong, sparse)
+    assert one.j == [1.0, 1.0] and two.j == [0.0]
+    (foreground,) = score_sequence("3dc-seg", [(t > 0).astype(np.uint8) for t in wrong], sparse)
+    assert len(foreground.j) == 3
+
+
+def test_vosrt_eval_scores_objects_that_enter_after_the_first_frame(tmp_path, capsys):
+    # vosrt run on a DAVIS-layout sequence gives such an object where it is first annotated; eval refused its id
+    for t, labels in enumerate(entering_clip()):
+        write_label_png(tmp_path / "gt" / "late" / f"{t:05d}.png", labels)
+        write_label_png(tmp_path / "pred" / "late" / f"{t:05d}.png", labels)
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 0
+    captured = capsys.readouterr()
+    assert "late           2   1.000   1.000   1.000" in captured.out and "enter after the first frame" in captured.err

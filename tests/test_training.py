@@ -293,3 +293,14 @@ def test_a_diverging_loss_is_a_user_error_and_keeps_the_last_finite_checkpoint(d
         train([data_dir], tmp_path / "run", tiny_config(lr=1e30, iterations=6), progress=False)
     saved = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+
+
+def test_validation_scores_a_video_whose_objects_enter_later(tmp_path):
+    # generated data has objects entering later in 30% of its videos; validation gives each where it first
+    # appears, and scoring by the first frame's objects raised UnknownObjectError on it, ending the run
+    from vosrt.training.validate import validate
+
+    generate_dataset(tmp_path, 1, seed=5, num_frames=5, height=32, width=48, num_objects=2, appear_later_fraction=1.0)
+    model = build_model("stcn-lite", **TINY_STCN).eval()
+    result = validate(model, tiny_config(val_size=[32, 48]), tmp_path)
+    assert set(result) == {"J", "F", "J&F"} and 0.0 <= result["J&F"] <= 1.0

@@ -56,7 +56,8 @@ def validate(model, config, root, max_videos: int | None = None) -> dict:
             session.reset()
             results = stream(session, frames, masks=masks, keep_results=True, close=False).results
             predicted = [done.labels for done in sorted(results, key=lambda d: d.index)]
-            scores += metrics.score_sequence(config.family, predicted, truth, name=video)
+            # frames without an annotation (YouTube-VOS annotates every fifth) are not scored
+            scores += metrics.score_sequence(config.family, predicted, labels, name=video)
     finally:
         model.train(was_training)
     return metrics.summarize(scores) if scores else {}
