@@ -83,7 +83,9 @@ def _configurations(path: str) -> list[tuple[str, str]]:
     configs = [("onnxruntime", "portable")]
     if "plugin" in package.graphs["segment"]:
         configs.append(("onnxruntime", "plugin"))
-    if (package.path / "weights.pt").is_file():
+    # The torch backend rebuilds the model from the checkpoint the manifest records (weights.pt for
+    # --random-weights packages, checkpoint.pth for the shipped stcn-lite, or the exported-from file).
+    if package.checkpoint is not None and package.checkpoint.is_file():
         configs.append(("torch", "-"))
     return configs
 
@@ -149,15 +151,17 @@ def _per_frame(graphs: dict, clock: str) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("packages", nargs="+")
-    parser.add_argument("--objects", type=int, default=2)
-    parser.add_argument("--memory-frames", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("packages", nargs="+", metavar="PKG", help="STCN package folder or shipped package name")
+    parser.add_argument("--objects", type=int, default=2, help="objects in memory (default 2)")
+    parser.add_argument("--memory-frames", type=int, default=20,
+                        help="memory frames the segment graph reads (default 20)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads per configuration (default 2)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed calls per graph, median (default 3)")
     parser.add_argument("--arena", action="store_true",
                         help="ONNX Runtime rows with its CPU memory arena on (vosrt turns it off), to compare RSS")
     parser.add_argument("--ceiling", action="store_true",
-                        help="also measure the fp32 arithmetic ceiling of the first package (see above)")
+                        help="also measure the fp32 arithmetic ceiling of the first package: its FLOPs per frame "
+                             "over the rate of a large fp32 MatMul in ONNX Runtime, measured in this run")
     parser.add_argument("--only", nargs=2, metavar=("BACKEND", "FORM"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.only:

@@ -136,3 +136,12 @@ def test_bench_stcn_graphs_reports_every_configuration_and_the_fp32_ceiling(tmp_
     assert gflop > 0 and "GFLOP/s" in ceiling
     rates = [line for line in lines if "runs at" in line and line.rstrip().endswith("of that rate")]
     assert rates and all(int(line.split("runs at ")[1].split("%")[0]) > 0 for line in rates)
+
+
+def test_bench_stcn_graphs_times_the_torch_backend_of_a_package_that_has_its_checkpoint():
+    # README: "the torch backend where the package has its weights"; the shipped stcn-lite carries
+    # checkpoint.pth (no weights.pt), and its torch row was left out.
+    sys.path.insert(0, str(SAMPLES))
+    from bench_stcn_graphs import _configurations
+
+    assert _configurations("stcn-lite") == [("onnxruntime", "portable"), ("onnxruntime", "plugin"), ("torch", "-")]
