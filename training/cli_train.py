@@ -23,8 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("family", metavar="MODEL", choices=[f.name for f in trainable] + models,
                         help=f"model to train: one of {', '.join(models)} (a family name is its published model)")
     parser.add_argument("--data", nargs="+", required=True, metavar="DIR",
-                        help="dataset folder(s): DAVIS 2016/2017 or YouTube-VOS layout (static stage: image/mask pairs); "
-                             "'generated' trains stcn on clips generated on the fly")
+                        help="dataset folder(s): DAVIS 2016/2017 or YouTube-VOS layout (static stage: image/mask pairs; "
+                             "stem-seg also a YouTube-VIS/OVIS JSON or a KITTI-MOTS folder); 'generated' "
+                             "trains stcn (main stage) or stem-seg on clips generated on the fly")
     parser.add_argument("--out", required=True, metavar="RUN", help="run folder: checkpoints, TensorBoard logs, config")
     parser.add_argument("--config", metavar="FILE", help="JSON object of training options (see vosrt.training.train.TrainConfig)")
     parser.add_argument("--model", help="model variant when MODEL is a family name (older spelling: "

@@ -36,7 +36,7 @@ class C3DSegRecipe(Recipe):
 
     def build_dataset(self, config, data):
         if [str(d) for d in data] == [GENERATED]:
-            raise UserError(f"--data generated: clips generated on the fly feed stcn main training only; "
+            raise UserError(f"--data generated: clips generated on the fly feed stcn main training and stem-seg only; "
                             f"write a dataset with vosrt.sdk.synthetic.generate_dataset for {FAMILY}")
         o = config.options
         return ForegroundClipDataset(_folders(data), size=tuple(int(s) for s in config.size),

@@ -69,7 +69,7 @@ class STCNRecipe(Recipe):
         o = config.options
         if [str(d) for d in data] == [GENERATED]:
             if config.stage != "main":
-                raise UserError("--data generated: clips generated on the fly feed stcn main training only; "
+                raise UserError("--data generated: clips generated on the fly feed stcn main training and stem-seg only; "
                                 "write a dataset with vosrt.sdk.synthetic.generate_dataset for the others")
             return GeneratedTripletDataset(size=tuple(config.size), clip_size=tuple(o.generated_clip_size),
                                            num_frames=o.generated_frames, max_skip=o.skip_curriculum[0][1],
