@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"model to export: one of {', '.join(CHOICES)} (a family name takes the "
                              f"variant the checkpoint holds)")
     parser.add_argument("--checkpoint", metavar="CK",
-                        help="vosrt checkpoint (vosrt train) or a published STCN .pth")
+                        help="vosrt checkpoint (vosrt train) or a published STCN, D²Conv3D (3DC-Seg) or STEm-Seg .pth")
     parser.add_argument("--random-weights", action="store_true",
                         help="export an untrained model instead of a checkpoint (for testing; the weights "
                              "are saved into the package)")
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.family not in CHOICES:
         raise UserError(f"unknown model family '{args.family}': expected one of {', '.join(CHOICES)}")
     if args.checkpoint is None and not args.random_weights:
-        raise UserError("--checkpoint is required (a vosrt checkpoint or a published STCN .pth); "
+        raise UserError("--checkpoint is required (a vosrt checkpoint or a published .pth of the family); "
                         "use --random-weights to export an untrained model")
     if args.checkpoint is not None and args.random_weights:
         raise UserError("give either --checkpoint or --random-weights, not both")

@@ -94,7 +94,7 @@ def resolve_model(name: str, checkpoint: str | Path | None, random_weights: bool
     if checkpoint is None:
         if not random_weights:
             raise UserError("no checkpoint given: pass --checkpoint PATH (a vosrt checkpoint or a published "
-                            "STCN .pth), or --random-weights to export an untrained model")
+                            ".pth of the family), or --random-weights to export an untrained model")
         torch.manual_seed(0)
         model = build_model(name).eval()
         return model, dict(model.config)
