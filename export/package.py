@@ -309,7 +309,7 @@ def _export_files(out_dir: Path, model, config, family, variant, checkpoint, hei
         "variant": variant,
         "config": config,
         "resolution": {"height": height, "width": width, "stride": _stride_of(model)},
-        "input": {"color": "RGB", "dtype": "float32", "range": [0, 1], "layout": "NCHW",
+        "input": {"color": "RGB", "dtype": "float32", "range": [0, 1], "layout": family.layout,
                   "mean": list(model.input_mean), "std": list(model.input_std)},
         "in_graph": list(family.in_graph),
         "graphs": graph_files,
@@ -326,7 +326,7 @@ def _export_files(out_dir: Path, model, config, family, variant, checkpoint, hei
         "source": source,
     }
     if family.layout != "NCHW":
-        manifest["layout"] = family.layout
+        manifest["layout"] = family.layout   # kept here too: earlier packages have the clip layout only here
     for final in list(staged):
         os.replace(staged.pop(final), final)
     write_manifest(out_dir, manifest)

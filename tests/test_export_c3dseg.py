@@ -137,6 +137,7 @@ def test_3dc_seg_manifest_records_clip_streaming_and_normalisation(c3d):
     assert manifest["graphs"] == {"segment_clip": {"plugin": "segment_clip.plugin.onnx",
                                                    "portable": "segment_clip.portable.onnx"}}
     assert manifest["input"]["mean"] == pytest.approx(list(model.input_mean))
+    assert manifest["input"]["layout"] == manifest["layout"] == "NCTHW"   # the clip input [1, 3, L, H, W]
     assert manifest["source"]["checkpoint"] == str(checkpoint.resolve())
 
 
