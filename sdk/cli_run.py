@@ -60,7 +60,7 @@ def session_options(args, family) -> dict:
     if args.device:
         options["device"] = args.device
     settings = {k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None}
-    family.check_settings(settings, flag=True)
+    family.check_settings(settings, flags=SETTINGS)
     options.update(settings)
     return options
 

@@ -100,16 +100,16 @@ class Family:
         module, _, name = self.session.partition(":")
         return getattr(importlib.import_module(module), name)
 
-    def check_settings(self, settings: dict, flag: bool = False) -> None:
-        """UserError when ``settings`` names something this family's sessions do not take (``flag``:
-        name them as command-line flags)."""
+    def check_settings(self, settings: dict, flags: tuple | None = None) -> None:
+        """UserError when ``settings`` names something this family's sessions do not take. ``flags``: the
+        settings a command has flags for; the error then names flags, and lists only those the command has."""
         wrong = [k for k in settings if k not in self.settings]
         if wrong:
             def show(name):
-                return f"--{name.replace('_', '-')}" if flag else name
-            takes = [show(k) for k in self.settings if not (flag and k == "color")]
+                return f"--{name.replace('_', '-')}" if flags is not None else name
+            takes = [show(k) for k in self.settings if flags is None or k in flags]
             raise UserError(f"{', '.join(show(k) for k in wrong)}: not a setting of {self.name} packages "
-                            f"(they take {', '.join(takes)})")
+                            f"(they take {', '.join(takes) or 'none of these flags'})")
 
 
 _FAMILIES: dict[str, Family] = {}

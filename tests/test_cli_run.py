@@ -125,3 +125,26 @@ def test_a_corrupt_image_in_a_folder_is_skipped_and_the_run_goes_on(stcn_package
     assert names == [f"{i:05d}" for i in range(len(sequence)) if i != 4]
     err = capsys.readouterr().err
     assert "00004.jpg" in err and "skipped" in err
+
+
+@pytest.mark.parametrize("command", ["run", "live"])
+def test_a_setting_a_family_lacks_is_refused_naming_only_flags_the_command_has(command):
+    # The refusal listed every session setting as a flag: "(they take --overlap, --threshold)" for 3dc-seg,
+    # and stem-seg's --min-seediness ..., which neither command has.
+    import argparse
+    import importlib
+    import re
+
+    from vosrt.sdk import families
+    from vosrt.sdk.cli_run import session_options
+    from vosrt.sdk.errors import UserError
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(f"vosrt.sdk.cli_{command}").add_arguments(parser)
+    flags = {option for action in parser._actions for option in action.option_strings}
+    for family, wrong in (("3dc-seg", "--mem-every"), ("stem-seg", "--top-k"), ("stcn", "--overlap")):
+        args = parser.parse_args(["pkg", "--source", "0", wrong, "3"])
+        with pytest.raises(UserError, match=f"{wrong}: not a setting") as refused:
+            session_options(args, families.get(family))
+        named = re.findall(r"--[a-z-]+", str(refused.value).split("they take", 1)[1])
+        assert named and set(named) <= flags, str(refused.value)
