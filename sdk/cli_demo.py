@@ -1,9 +1,9 @@
 """``vosrt demo``: segment a generated clip with a demo model shipped inside the package, on the CPU.
 
     vosrt demo                       # stcn-lite: track the objects given on the first frame
-    vosrt demo --family 3dc-seg      # 3dc-seg-lite: segment the moving objects, no mask given
+    vosrt demo --family 3dc-seg --package PKG    # segment the moving objects, no mask given
     vosrt demo --family stem-seg --package PKG   # find and track every object instance, no mask given
-                                     # (any family of vosrt.sdk.families with a shipped demo model)
+                                     # (--package: only stcn-lite is shipped, sdk/models/README.md says why)
     vosrt demo --heldout 20          # J&F over 20 held-out generated clips, and the copy-first-mask baseline
 
 The clip comes from :mod:`vosrt.sdk.synthetic` with a seed that no training clip of the demo models
@@ -90,7 +90,8 @@ def run(args) -> int:
     options = {"color": "rgb"}
     session = vosrt.sdk.load(package, backend="onnxruntime", **options)
     if session.package.family != args.family:
-        raise UserError(f"--package {package} holds a {session.package.family} model, not {args.family}")
+        raise UserError(f"--package {package} holds a {session.package.family} model, not {args.family}: "
+                        f"add --family {session.package.family}")
     clip = dict(CLIP, num_frames=args.frames)
     name = session.package.manifest.get("variant", args.family)
 

@@ -65,3 +65,14 @@ def test_demo_of_a_family_without_a_shipped_model_says_none_is_shipped(capsys):
     assert main(["demo", "--family", "3dc-seg"]) == 2
     err = capsys.readouterr().err
     assert "no 3dc-seg demo model" in err and "--package" in err
+
+
+def test_demo_of_a_package_of_another_family_names_the_family_flag_that_runs_it(tmp_path, capsys):
+    from sdk_packages import colour_embedding_package
+
+    package = colour_embedding_package(tmp_path / "pkg")
+    args = ["demo", "--package", str(package), "--frames", "3", "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    hint = re.search(r"add (--family \S+)", capsys.readouterr().err)
+    assert hint, "no --family hint"
+    assert main(args + hint.group(1).split()) == 0
