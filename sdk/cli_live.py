@@ -37,7 +37,7 @@ def add_arguments(parser) -> None:
                              "up with (cameras and URLs always are)")
     parser.add_argument("--loop", action="store_true", help="play a file or folder again from the start when it ends")
     parser.add_argument("--fps", type=float, default=None,
-                        help="frame rate for --realtime when the source has none (folders; default 25)")
+                        help="frame rate for --realtime (default: the source's own; 25 for folders)")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1, this machine)")
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     parser.add_argument("--token", default=None,
