@@ -14,12 +14,14 @@ Tasks:
 
 For the PNG tasks a folder is either one sequence (PNG files directly in it) or a set of sequences
 (sub-folders of PNGs, as DAVIS ``Annotations/480p``). Predictions are matched to ground truth by
-sequence and file name; a sequence's frames are in natural order (``frame2`` before ``frame10``). In the ground truth 255 is void (background) beside object ids; a sequence annotated
-only with 0 and 255 (DAVIS 2016's foreground masks) has 255 as its one object, scored as object 1 (a predicted
-255 counts as 1 in the semi-supervised task). In the semi-supervised task a sequence whose objects enter after
-its first frame (each given to the tracker where first annotated) scores each object on the frames after that one
-(:func:`vosrt.sdk.metrics.evaluate_by_appearance`). Prints a table (per object, per sequence, overall) and writes it as CSV
-(``--csv``, default ``PRED/metrics.csv``; for ``vis`` and ``mots`` beside the predictions).
+sequence and file name; a sequence's frames are in natural order (``frame2`` before ``frame10``). In the
+ground truth 255 is void (background) beside object ids; a sequence annotated only with 0 and 255 (DAVIS
+2016's foreground masks) has 255 as its one object, scored as object 1 (a predicted 255 counts as 1 in the
+semi-supervised task). In the semi-supervised task a sequence whose objects enter after its first frame (each
+given to the tracker where first annotated) scores each object on the frames after that one
+(:func:`vosrt.sdk.metrics.evaluate_by_appearance`). Prints a table (per object, per sequence, overall) and
+writes it as CSV (``--csv``, default ``PRED/metrics.csv``; for ``vis``, whose PRED is a results file,
+``results.metrics.csv`` beside it).
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--task", choices=TASKS, default="semi-supervised",
                         help="protocol (default semi-supervised DAVIS; unsupervised, vis = YouTube-VIS AP, "
                         "mots = KITTI-MOTS HOTA)")
-    parser.add_argument("--csv", default=None, help="CSV to write (default PRED/metrics.csv)")
+    parser.add_argument("--csv", default=None, help="CSV to write (default PRED/metrics.csv; vis: "
+                                                         "results.json -> results.metrics.csv)")
     parser.add_argument("--all-frames", action="store_true",
                         help="score the first and last frames too (DAVIS semi-supervised skips them)")
 
