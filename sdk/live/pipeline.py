@@ -416,7 +416,6 @@ class LivePipeline:
             self.latencies.append(now - captured)
             self._recent_latencies.append(now - captured)
         self._recent.append(now)
-        self.frames += 1
         counts = np.bincount(done.labels.ravel().astype(np.int64))
         present = {int(i): int(n) for i, n in enumerate(counts) if i > 0 and n > 0}
         if self.takes_mask:
@@ -428,10 +427,11 @@ class LivePipeline:
             ok, encoded = cv2.imencode(".jpg", overlay(frame, done.labels),
                                        [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
             jpeg = encoded.tobytes() if ok else None
-        with self._lock:
+        with self._lock:   # counted with its picture: a reader that sees the count sees this frame
             self.latest_frame, self.latest_labels, self.latest_index = frame, done.labels, done.index
             if jpeg is not None:
                 self.latest_jpeg = jpeg
+            self.frames += 1
         if self.max_frames is not None and self.frames >= self.max_frames:
             self._stopping = True
         for listener in self.listeners:
