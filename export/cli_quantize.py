@@ -9,6 +9,8 @@ sequence folder) streamed through the fp32 package; the custom operators stay fp
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import time
 
@@ -56,7 +58,31 @@ def run(args) -> int:
     finally:
         source.close()
     start = time.perf_counter()
-    out = quantize_package(package, frames, first_mask, args.out, source_name=str(args.calibrate),
-                           progress=lambda text: print(f"vosrt quantize: {text}", file=sys.stderr, flush=True))
+    with _quiet_quantizer():
+        out = quantize_package(package, frames, first_mask, args.out, source_name=str(args.calibrate),
+                               progress=lambda text: print(f"vosrt quantize: {text}", file=sys.stderr, flush=True))
     print(f"wrote {out} (INT8, {len(frames)} calibration frames, {time.perf_counter() - start:.0f} s)")
     return 0
+
+
+class _PreprocessingAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider")
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """Leave out, for this command's run, two notices its user can do nothing about: the quantizer's advice to
+    run its pre-processing first (printed twice per graph; the graphs are quantized as exported) and ONNX
+    Runtime's note that the portable form's ``top_k`` is an input with a default (it is, so that sessions can
+    change it). Other warnings still show."""
+    import onnxruntime
+
+    advice = _PreprocessingAdvice()
+    logging.getLogger().addFilter(advice)
+    onnxruntime.set_default_logger_severity(3)   # errors only: this process is the command's own
+    try:
+        yield
+    finally:
+        onnxruntime.set_default_logger_severity(2)
+        logging.getLogger().removeFilter(advice)
