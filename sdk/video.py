@@ -100,16 +100,26 @@ class CaptureSource(FrameSource):
         # a file knows its length; a camera or a stream URL has no natural end (a file served over HTTP
         # that ends counts as a dropped stream too: that is how a live source tells it to reconnect)
         self.length = count if kind == "video" and count > 0 else None
-        self.skipped: list[int] = []     # positions of frames that could not be decoded (skipped)
-        self._positions: list[int] = []  # source position of each frame yielded
+        # positions of frames that could not be decoded (skipped; only a file's, so a camera adds none). A
+        # frame's position is its index plus the skips before it: no record per frame, which a camera
+        # streaming for days would grow without end.
+        self.skipped: list[int] = []
+
+    def _position(self, index: int) -> int:
+        position = index
+        for skipped in self.skipped:          # ascending
+            if skipped > position:
+                break
+            position += 1
+        return position
 
     def frame_name(self, index: int) -> str:
         # named by the position in the source, so a skipped frame does not shift the names after it
-        return f"{self._positions[index]:05d}" if index < len(self._positions) else super().frame_name(index)
+        return f"{self._position(index):05d}" if index < self.frames_read else super().frame_name(index)
 
     @property
     def first_frame_skipped(self) -> bool:
-        return bool(self._positions) and self._positions[0] != 0
+        return self.frames_read > 0 and bool(self.skipped) and self.skipped[0] == 0
 
     def __iter__(self) -> Iterator[np.ndarray]:
         position, failed_in_a_row = 0, 0
@@ -143,7 +153,6 @@ class CaptureSource(FrameSource):
                 frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
             failed_in_a_row = 0
             self.frames_read += 1
-            self._positions.append(position)
             position += 1
             yield frame
         self.close()

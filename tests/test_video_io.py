@@ -149,3 +149,29 @@ def test_label_pngs_keep_ids_beyond_255_exactly(tmp_path):
     colours = label_colours(np.array([1, 300, 301, 300]))
     assert np.array_equal(colours[1], colours[3]) and not np.array_equal(colours[1], colours[2])
     assert np.array_equal(colours[0], label_colours(np.array([1]))[0])
+
+
+def test_a_capture_source_keeps_no_record_per_frame_read(tmp_path):
+    # A camera or stream URL is read for days: the source kept the position of every frame it yielded (for
+    # the frame names), a list that grew by one entry per frame. Read through a video file here, whose
+    # frames take the same path; what the source holds must not grow between frame 300 and frame 3000.
+    import tracemalloc
+
+    path = tmp_path / "long.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (16, 16))
+    frame = np.zeros((16, 16, 3), np.uint8)
+    for _ in range(3000):
+        writer.write(frame)
+    writer.release()
+    source = open_source(str(path))
+    tracemalloc.start()
+    try:
+        for index, _ in enumerate(source):
+            assert source.frame_name(index) == f"{index:05d}"
+            if index == 299:
+                early = tracemalloc.get_traced_memory()[0]
+        late = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert index == 2999 and not source.stopped_early
+    assert late - early < 16_000, late - early    # one list entry and int per frame: ~2700 × 36 bytes
