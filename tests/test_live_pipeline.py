@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import time
 
+import cv2
 import numpy as np
 import pytest
 
@@ -163,3 +164,32 @@ def test_once_the_page_is_told_the_stream_ended_a_recording_is_refused_and_none_
         with pytest.raises(UserError, match="stream has ended"):
             pipeline.start_recording()
         assert pipeline.recorded == [] and not pipeline.recording
+
+
+def test_the_objects_of_a_stream_with_large_track_ids_cost_what_the_frame_costs(tmp_path):
+    # stem-seg track ids count up for as long as a stream runs. The objects shown on the page were counted
+    # per possible id (np.bincount up to the largest) and walked in Python: at id 2**20 8 MB and a quarter
+    # of a second per frame, growing with the stream's age.
+    import tracemalloc
+
+    from sdk_packages import colour_embedding_package
+
+    session = vosrt.sdk.load(colour_embedding_package(tmp_path / "pkg"), threads=1)
+    session.linker.next_id = 2 ** 20                      # as after a long stream
+    for t in range(3):                                    # a red and a green square: two tracks
+        frame = np.zeros((64, 64, 3), np.uint8)
+        frame[8:20, 8:20] = (0, 0, 255)
+        frame[40:52, 36:48] = (0, 255, 0)
+        cv2.imwrite(str(tmp_path / f"{t:05d}.png"), frame)
+    source = LatestFrameSource(lambda: open_source(str(tmp_path)), drop=False, retry=False)
+    pipeline = LivePipeline(session, source, save_dir=tmp_path / "saved")
+    tracemalloc.start()
+    try:
+        stats = pipeline.run()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        session.close()
+    assert stats.frames == 3 and pipeline.frames == 3
+    assert pipeline.objects == {2 ** 20: 144, 2 ** 20 + 1: 144}
+    assert peak < 4_000_000, peak
