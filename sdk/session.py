@@ -95,8 +95,11 @@ class Session:
     def _check_graph_inputs(self) -> None:
         # A graph file that is not the graph the manifest names (another graph, another family's), or one
         # exported at another resolution than the manifest says, would fail at the first frame with a
-        # runtime error; say so when the session opens.
-        graphs = families.get(self.package.family).graphs
+        # runtime error; say so when the session opens. So would a clip family's graph exported for clips of
+        # another length than the manifest's streaming.clip_length, after the first clip's frames were pushed.
+        family = families.get(self.package.family)
+        clip_length = self.package.streaming.get("clip_length") if family.layout == "NCTHW" else None
+        graphs = family.graphs
         for graph, io in graphs.items():
             takes = self.backend.input_names(graph)
             missing = [name for name in io.inputs if name not in takes]
@@ -108,6 +111,11 @@ class Session:
                 if kind != families.IMAGE:
                     continue
                 shape = self.backend.input_shape(graph, name)
+                if clip_length is not None and shape is not None and len(shape) == 5 and isinstance(shape[2], int) \
+                        and shape[2] != clip_length:
+                    raise UserError(f"{self.package.path}: graph '{graph}' takes {name}s of {shape[2]} frames, but its "
+                                    f"manifest.json says streaming.clip_length {clip_length}; set clip_length to "
+                                    f"{shape[2]} there, or re-export the package")
                 if shape is None or len(shape) < 2 or not all(isinstance(d, int) for d in shape[-2:]):
                     continue
                 if tuple(shape[-2:]) != self.size:

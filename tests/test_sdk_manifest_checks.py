@@ -10,7 +10,7 @@ import vosrt.sdk
 from vosrt.sdk import UserError
 from vosrt.sdk.package import load_package
 
-from sdk_packages import tiny_package
+from sdk_packages import colour_embedding_package, tiny_package
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +97,19 @@ def test_graphs_of_another_resolution_than_the_manifest_are_refused_at_open(pack
     _edit(package, lambda m: m["resolution"].update(height=64))
     with pytest.raises(UserError, match=r"graph 'encode_key' takes images of 32x32.*resolution 64x32"):
         vosrt.sdk.load(package, threads=1)
+
+
+@pytest.mark.parametrize("clip_length, overlap", [(4, 1), (16, 4)])
+def test_a_clip_graph_of_another_clip_length_than_the_manifest_is_refused_at_open(tmp_path, clip_length, overlap):
+    # The session opened, took frames and failed at the first clip with ONNX Runtime's "Got invalid dimensions
+    # for input: clip ... index: 2 Got: 4 Expected: 8".
+    folder = colour_embedding_package(tmp_path / "pkg")
+    _edit(folder, lambda m: m["streaming"].update(clip_length=clip_length, overlap=overlap))
+    with pytest.raises(UserError, match=rf"graph 'embed_clip' takes clips of 8 frames.*streaming.clip_length "
+                                        rf"{clip_length}; set clip_length to 8"):
+        vosrt.sdk.load(folder, threads=1)
+    _edit(folder, lambda m: m["streaming"].update(clip_length=8, overlap=overlap))
+    assert vosrt.sdk.load(folder, threads=1).clip_length == 8
 
 
 def test_a_manifest_nested_too_deeply_to_read_is_refused(package):
