@@ -23,6 +23,7 @@ with a clip's outputs (:meth:`ClipSession.process_clip`) and how a finished fram
 from __future__ import annotations
 
 from collections import deque
+from pathlib import Path
 
 import numpy as np
 
@@ -35,10 +36,10 @@ from vosrt.sdk.session import SegmentedFrame, Session
 class ClipScheduler:
     """Which clip runs when and which frames are final (see the module docstring)."""
 
-    def __init__(self, clip_length: int, overlap: int):
+    def __init__(self, clip_length: int, overlap: int, name: str = "overlap", hint: str = ""):
         if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < clip_length:
-            raise UserError(f"overlap: expected an integer in 0..{clip_length - 1} (clip length "
-                            f"{clip_length}), got {overlap!r}")
+            raise UserError(f"{name}: expected an integer in 0..{clip_length - 1} (clip length "
+                            f"{clip_length}), got {overlap!r}{hint}")
         self.clip_length = int(clip_length)
         self.overlap = int(overlap)
         self.hop = self.clip_length - self.overlap
@@ -91,8 +92,12 @@ class ClipSession(Session):
 
     def __init__(self, backend: Backend, package, overlap: int | None = None, color: str = "bgr"):
         super().__init__(backend, package, color)
-        overlap = package.streaming.get("overlap", 0) if overlap is None else overlap
-        self.schedule = ClipScheduler(int(package.streaming["clip_length"]), overlap)
+        name, hint = "overlap", ""
+        if overlap is None:   # the package's own: an error names the file, not a setting the caller never gave
+            overlap = package.streaming.get("overlap", 0)
+            name = f"{Path(package.path) / 'manifest.json'}: streaming.overlap"
+            hint = "; correct it there, or override it with overlap= (vosrt run/live: --overlap)"
+        self.schedule = ClipScheduler(int(package.streaming["clip_length"]), overlap, name, hint)
         self.clip = backend.zeros((1, 3, self.clip_length, *self.size))  # [1, 3, L, H, W]
         self._reset_stream()
 

@@ -179,6 +179,17 @@ def test_bad_settings_are_refused(colour_packages, settings):
         vosrt.sdk.load(colour_packages[4], threads=1, **settings)
 
 
+@pytest.mark.parametrize("overlap", [8, 12])
+def test_a_bad_overlap_in_the_manifest_is_refused_naming_the_manifest(tmp_path, overlap):
+    # The error said "overlap: expected an integer in 0..7 (clip length 8), got 8" to a caller who passed no
+    # overlap (vosrt run without --overlap): it now names the manifest's setting and how to override it.
+    folder = colour_embedding_package(tmp_path / "pkg", overlap=overlap)
+    with pytest.raises(UserError, match=r"manifest\.json: streaming\.overlap: expected an integer in 0\.\.7 .*got "
+                                        rf"{overlap}; correct it there, or override it with overlap="):
+        vosrt.sdk.load(folder, threads=1)
+    assert vosrt.sdk.load(folder, threads=1, overlap=3).overlap == 3
+
+
 def test_nearest_resize_keeps_ids_and_centres():
     labels = np.array([[1, 2], [3, 4]], np.uint32)
     big = nearest_resize(labels, 4, 6)
