@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
 from vosrt.sdk.errors import UserError
@@ -46,6 +47,10 @@ def print_report(report: dict, tolerance: float) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run the comparison and print per-graph errors."""
     if args.backend == "tensorrt":
+        if args.checkpoint:   # it was silently ignored: engines are compared with ONNX Runtime, not PyTorch
+            hint = shlex.join(["vosrt", "check", str(args.package), "--checkpoint", str(args.checkpoint)])
+            raise UserError(f"--checkpoint: --backend tensorrt compares the engines with ONNX Runtime and loads no "
+                            f"checkpoint; compare the ONNX graphs with it: `{hint}`, or drop --checkpoint")
         try:
             trt_build = importlib.import_module("vosrt.export.trt_build")
         except ModuleNotFoundError as err:

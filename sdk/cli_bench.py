@@ -8,6 +8,7 @@ and prints the speed-up of each stage.
 """
 from __future__ import annotations
 
+import shlex
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -94,22 +95,30 @@ def run(args) -> int:
         raise UserError(f"--checkpoint: {args.checkpoint} is not a file")
     package = load_package(args.package)
     # names checked before anything is timed: a bad --compare used to fail only after the first backend's run
+    resolved = {}
     for flag, name in (("--backend", args.backend), ("--compare", args.compare)):
         if name is not None:
             try:
-                resolve_backend_name(package, name)
+                resolved[flag] = resolve_backend_name(package, name)
             except UserError as err:
                 raise UserError(f"{flag}: {str(err).removeprefix('backend: ')}") from None
+    if args.checkpoint and "torch" not in resolved.values():
+        # it was silently ignored: the numbers printed were not the checkpoint's
+        hint = shlex.join(["vosrt", "bench", str(args.package), "--backend", resolved["--backend"], "--compare",
+                           "torch", "--checkpoint", str(args.checkpoint)])
+        raise UserError(f"--checkpoint: only the torch backend loads a checkpoint, but --backend is "
+                        f"{resolved['--backend']} and --compare {resolved.get('--compare', 'is not given')}; time the "
+                        f"checkpoint on torch beside {resolved['--backend']}: `{hint}`, or drop --checkpoint")
     options = {}
     if args.device:
         options["device"] = args.device
     if args.threads:
         options["threads"] = args.threads
     torch_options = dict(options, **({"checkpoint": args.checkpoint} if args.checkpoint else {}))
-    main_options = torch_options if args.backend in ("torch", "pytorch") else options
+    main_options = torch_options if resolved["--backend"] == "torch" else options
     results = {args.backend: bench(package, args.backend, args.frames, args.warmup, main_options)}
     if args.compare:
-        compare_options = torch_options if args.compare in ("torch", "pytorch") else options
+        compare_options = torch_options if resolved["--compare"] == "torch" else options
         results[args.compare] = bench(package, args.compare, args.frames, args.warmup, compare_options)
 
     print(f"{package.variant} {package.height}x{package.width}, {args.frames} frames after {args.warmup} warm-up")

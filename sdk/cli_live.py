@@ -118,7 +118,7 @@ def run(args) -> int:
         print(f"note: no --select given; a {family.name} package tracks nothing until objects are selected, "
               f"so every mask will be empty", file=sys.stderr)
     segmenter = load_segmenter(args.box_segmenter) if args.box_segmenter else grabcut_box
-    session = vosrt.sdk.load(package.path, **session_options(args, family))
+    session = vosrt.sdk.load(package.path, **session_options(args, family, package, "live"))
     try:
         source = _open_live_source(args)
     except BaseException:

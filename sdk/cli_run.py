@@ -51,10 +51,13 @@ def add_session_arguments(parser) -> None:
 SETTINGS = ("mem_every", "top_k", "memory_capacity", "max_objects", "overlap")  # session settings with flags above
 
 
-def session_options(args, family) -> dict:
+def session_options(args, family, package=None, command: str = "run") -> dict:
     """``vosrt.sdk.load`` keywords from the flags of :func:`add_session_arguments` (settings the family does
-    not have are refused, naming the flag)."""
+    not have are refused, naming the flag). With ``package``, ``--checkpoint`` is refused unless the backend
+    is torch (the only one that loads a checkpoint), with the ``vosrt COMMAND`` line that uses it."""
     options = {"backend": args.backend}
+    if args.checkpoint and package is not None:
+        _refuse_checkpoint_off_torch(args, package, command)
     if args.checkpoint:
         options["checkpoint"] = args.checkpoint
     if args.device:
@@ -63,6 +66,24 @@ def session_options(args, family) -> dict:
     family.check_settings(settings, flags=SETTINGS)
     options.update(settings)
     return options
+
+
+def _refuse_checkpoint_off_torch(args, package, command: str) -> None:
+    import shlex
+
+    from vosrt.sdk.backends import resolve_backend_name
+
+    try:
+        backend = resolve_backend_name(package, args.backend)
+    except UserError as err:
+        raise UserError(f"--backend: {str(err).removeprefix('backend: ')}") from None
+    if backend == "torch":
+        return
+    chosen = f"--backend {args.backend}" + (f", which is {backend} here" if backend != args.backend else "")
+    hint = shlex.join(["vosrt", command, str(args.package), "--source", str(args.source), "--backend", "torch",
+                       "--checkpoint", str(args.checkpoint)])
+    raise UserError(f"--checkpoint: only --backend torch loads a checkpoint, but this {command} uses {chosen}; run "
+                    f"the checkpoint on torch: `{hint}`, or drop --checkpoint")
 
 
 def _masks_of(source, first_mask, family):
@@ -135,7 +156,7 @@ def run(args) -> int:
     family = families.get(package.family)
     if not family.takes_mask and args.mask:
         raise UserError(f"--mask: {family.name} packages segment without a mask (unsupervised); drop --mask")
-    session = vosrt.sdk.load(package.path, **session_options(args, family))
+    session = vosrt.sdk.load(package.path, **session_options(args, family, package, "run"))
     source = None
     try:
         source = open_source(args.source)

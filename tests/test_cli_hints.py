@@ -148,3 +148,17 @@ def test_check_reads_the_checkpoint_a_manifest_records_from_the_package_not_the_
     monkeypatch.chdir(tmp_path)
     assert main(["check", "stcn-lite"]) == 0
     assert "check passed" in capsys.readouterr().out
+
+
+def test_check_on_tensorrt_refuses_a_checkpoint_it_would_not_load(capsys):
+    # engines are compared with ONNX Runtime: --checkpoint was silently ignored there
+    from sdk_packages import tiny_checkpoint
+
+    package, checkpoint = tiny_package("stcn"), str(tiny_checkpoint("stcn"))
+    assert main(["check", str(package), "--backend", "tensorrt", "--checkpoint", checkpoint]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --checkpoint:") and "\n" not in err, err
+    command = _suggested_command(err)
+    assert command == ["check", str(package), "--checkpoint", checkpoint]
+    assert main(command) == 0
+    assert "check passed" in capsys.readouterr().out

@@ -148,3 +148,30 @@ def test_a_setting_a_family_lacks_is_refused_naming_only_flags_the_command_has(c
             session_options(args, families.get(family))
         named = re.findall(r"--[a-z-]+", str(refused.value).split("they take", 1)[1])
         assert named and set(named) <= flags, str(refused.value)
+
+
+@pytest.mark.parametrize("command", ["run", "live"])
+def test_a_checkpoint_off_the_torch_backend_is_refused_with_the_command_that_uses_it(sequence, tmp_path, capsys,
+                                                                                       command):
+    # `--checkpoint X` on the auto backend failed with "onnxruntime backend: unknown option(s) checkpoint",
+    # naming neither the flag nor --backend torch.
+    import re
+    import shlex
+
+    from sdk_packages import tiny_checkpoint
+
+    package, checkpoint = tiny_package("stcn"), tiny_checkpoint("stcn")
+    source = write_davis(tmp_path / "davis", "seq", sequence) / "JPEGImages" / "480p" / "seq"
+    extra = ["--headless"] if command == "live" else []
+    assert main([command, str(package), "--source", str(source), "--checkpoint", str(checkpoint), *extra]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1, err
+    err = err[0]
+    assert err.startswith("error: --checkpoint:") and "--backend auto" in err, err
+    assert "onnxruntime" in err and "unknown option" not in err
+    suggested = shlex.split(re.findall(r"`(vosrt [^`]+)`", err)[-1])[1:]
+    assert suggested[:2] == [command, str(package)] and "--backend" in suggested
+    assert suggested[suggested.index("--backend") + 1] == "torch"
+    assert main(suggested + ["--out", str(tmp_path / "out"), "--" + ("max-" if command == "run" else "") + "frames",
+                             "2", *extra]) == 0
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2

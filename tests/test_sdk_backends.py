@@ -80,3 +80,13 @@ def test_the_memory_bank_fits_the_memory_frames_the_engines_were_built_for(shipp
     assert vosrt.sdk.open_session(inner, shipped, memory_capacity=3).memory.capacity == 3
     with pytest.raises(UserError, match="memory_capacity=6: .* at most 4 memory frames.*--max-memory-frames 6"):
         vosrt.sdk.open_session(inner, shipped, memory_capacity=6)   # (closes the backend, as a failed open does)
+
+
+def test_an_option_of_another_backend_names_the_backend_and_flag_it_belongs_to(shipped):
+    # was "onnxruntime backend: unknown option(s) checkpoint"
+    with pytest.raises(UserError, match=r"onnxruntime backend: unknown option\(s\) checkpoint; checkpoint is an "
+                                        r"option of backend='torch' \(command line: --backend torch --checkpoint CK\)"):
+        vosrt.sdk.load(shipped.path, backend="onnxruntime", checkpoint=shipped.checkpoint)
+    with pytest.raises(UserError, match=r"torch backend: unknown option\(s\) form, typo; form is an option of "
+                                        r"backend='onnxruntime'$"):
+        open_backend(shipped, "torch", form="portable", typo=1)

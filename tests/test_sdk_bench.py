@@ -32,3 +32,23 @@ def test_bench_refuses_bad_flags_before_timing_anything(stcn_package, capsys, fl
     assert main(["bench", str(stcn_package), "--frames", "2", *flags]) == 2
     captured = capsys.readouterr()
     assert named in captured.err and "encode_key" not in captured.out
+
+
+@pytest.mark.parametrize("flags", [[], ["--compare", "onnxruntime"]])
+def test_a_checkpoint_no_torch_backend_loads_is_refused_not_ignored(stcn_package, capsys, flags):
+    # `--checkpoint X` without torch on either side was silently ignored: the table printed was not X's
+    import re
+    import shlex
+
+    from sdk_packages import tiny_checkpoint
+
+    checkpoint = str(tiny_checkpoint("stcn"))
+    assert main(["bench", str(stcn_package), "--frames", "2", "--checkpoint", checkpoint, *flags]) == 2
+    captured = capsys.readouterr()
+    assert "encode_key" not in captured.out
+    err = captured.err.strip()
+    assert err.startswith("error: --checkpoint:") and "\n" not in err, err
+    suggested = shlex.split(re.findall(r"`(vosrt [^`]+)`", err)[-1])[1:]
+    assert suggested[suggested.index("--compare") + 1] == "torch" and checkpoint in suggested
+    assert main(suggested + ["--frames", "2", "--warmup", "0"]) == 0
+    assert "torch" in capsys.readouterr().out

@@ -155,6 +155,31 @@ def check_threads(threads) -> int:
     return int(threads)
 
 
+# Keyword options of one backend only, by the backend that takes them: an option given to another backend is
+# refused naming the backend it belongs to (load(pkg, checkpoint=...) on ONNX Runtime is a torch option).
+BACKEND_OPTIONS = {
+    "checkpoint": "torch", "model": "torch",
+    "form": "onnxruntime", "io_binding": "onnxruntime", "providers": "onnxruntime", "memory_arena": "onnxruntime",
+    "precision": "tensorrt", "plugin_lib": "tensorrt", "stream": "tensorrt", "cuda_graphs": "tensorrt",
+}
+# The command-line flag of an option, where vosrt run / live / bench have one.
+_OPTION_FLAGS = {"checkpoint": "--checkpoint CK"}
+
+
+def refuse_unknown_options(backend: str, unused) -> None:
+    """UserError for keyword options that backend ``backend`` does not take, naming the backend each one belongs
+    to (with its command-line flags where the CLI has them); nothing when ``unused`` is empty."""
+    if not unused:
+        return
+    names = sorted(unused)
+    belongs = [f"{name} is an option of backend='{BACKEND_OPTIONS[name]}'"
+               + (f" (command line: --backend {BACKEND_OPTIONS[name]} {_OPTION_FLAGS[name]})"
+                  if name in _OPTION_FLAGS else "")
+               for name in names if BACKEND_OPTIONS.get(name, backend) != backend]
+    raise UserError(f"{backend} backend: unknown option(s) {', '.join(names)}"
+                    + (f"; {'; '.join(belongs)}" if belongs else ""))
+
+
 class DelegatingBackend(Backend):
     """A backend that passes every call to ``inner``: subclass it to observe one part (``vosrt bench``
     times ``run``, ``vosrt quantize`` records ``run``'s inputs) without restating the rest."""

@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from vosrt.sdk import native_callbacks
-from vosrt.sdk.backends.base import Backend, Tensor, check_threads, flatten_to
+from vosrt.sdk.backends.base import Backend, Tensor, check_threads, flatten_to, refuse_unknown_options
 from vosrt.sdk.errors import UserError, install_command
 
 _NUMPY_OF_ORT = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(uint8)": np.uint8,
@@ -59,8 +59,7 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, package, form: str = "auto", device: str = "auto", io_binding: bool | None = None,
                  threads: int | None = None, providers: list | None = None, memory_arena: bool = False, **unused):
-        if unused:
-            raise UserError(f"onnxruntime backend: unknown option(s) {', '.join(sorted(unused))}")
+        refuse_unknown_options(self.name, unused)
         available = ort.get_available_providers()
         if device not in ("auto", "cpu", "cuda"):
             raise UserError(f"device: expected 'auto', 'cpu' or 'cuda', got '{device}'")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vosrt.sdk.backends.base import Backend, Tensor, flatten_to
+from vosrt.sdk.backends.base import Backend, Tensor, flatten_to, refuse_unknown_options
 from vosrt.sdk.errors import UserError, install_command
 
 PLUGIN_LIBRARY_NAME = "libvosrt_plugins.so"
@@ -401,8 +401,7 @@ class TensorRTBackend(Backend):
 
     def __init__(self, package, precision: str | None = None, plugin_lib=None, stream=None,
                  cuda_graphs: bool = False, device: str = "auto", **unused):
-        if unused:
-            raise UserError(f"tensorrt backend: unknown option(s) {', '.join(sorted(unused))}")
+        refuse_unknown_options(self.name, unused)
         if device not in ("auto", "cuda"):
             raise UserError(f"tensorrt backend: device must be 'cuda' (or 'auto'), got '{device}'")
         self.package = package

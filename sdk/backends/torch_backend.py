@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from vosrt.sdk.backends.base import Backend, Tensor, check_threads, flatten_to
+from vosrt.sdk.backends.base import Backend, Tensor, check_threads, flatten_to, refuse_unknown_options
 from vosrt.sdk.errors import UserError, install_command
 
 try:
@@ -33,8 +33,7 @@ class TorchBackend(Backend):
 
     def __init__(self, package, checkpoint=None, device: str = "auto", threads: int | None = None, model=None,
                  **unused):
-        if unused:
-            raise UserError(f"torch backend: unknown option(s) {', '.join(sorted(unused))}")
+        refuse_unknown_options(self.name, unused)
         from vosrt.training.graphs import family_of_model, graphs_for
         from vosrt.training.models import load_checkpoint
 
