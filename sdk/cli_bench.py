@@ -4,7 +4,9 @@ The session runs on generated frames (``vosrt.sdk.synthetic``) at the package re
 ``vosrt run`` would: every graph call is timed (with a device synchronisation, so GPU work is counted
 where it happens) and the rest of each frame is reported as host work (letterboxing, transfers, memory
 bookkeeping). ``--compare torch`` runs the same frames through the torch backend in the same process
-and prints the speed-up of each stage.
+and prints the speed-up of each stage. Both backends' options are checked before either is timed, as far as
+they can be without opening them: ``--device`` applies to both, ``--threads`` to those that run on CPU threads
+(ONNX Runtime, torch; not TensorRT), ``--checkpoint`` to torch.
 """
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backend", default="auto", help="auto, onnxruntime, torch or tensorrt")
     parser.add_argument("--compare", default=None, help="also time this backend (e.g. torch) and print ratios")
     parser.add_argument("--checkpoint", default=None, help="checkpoint for the torch backend")
-    parser.add_argument("--device", default=None, help="auto, cpu or cuda")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads per backend, >= 1 (default: the runtime's own)")
+    parser.add_argument("--device", default=None, help="auto, cpu or cuda (both backends)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads of each onnxruntime / torch backend, >= 1 (default: the runtime's own)")
 
 
 class TimedBackend(DelegatingBackend):
@@ -80,6 +83,49 @@ def bench(package, backend_name: str, frames: int, warmup: int, options: dict, s
     return result
 
 
+def _backend_options(args, package, resolved: dict) -> dict:
+    """The options of each backend (``{flag: options}``), checked as far as they can be without opening either
+    backend, so that a bad --device or --threads for --compare is refused before the first backend is timed
+    rather than after. --device applies to both backends; --threads to those that run on CPU threads (a
+    TensorRT side takes none); --checkpoint to torch."""
+    import inspect
+
+    from vosrt.sdk.backends import backend_class
+
+    options = {}
+    for flag, name in resolved.items():
+        try:
+            cls = backend_class(name)
+        except UserError as err:
+            raise UserError(f"{flag} {name}: {err}") from None
+        if args.device and args.device not in cls.devices:
+            runs_on = " or ".join(d for d in cls.devices if d != "auto")
+            raise UserError(f"--device {args.device}: {flag} {name} runs on {runs_on} only, and --device applies to "
+                            f"both backends; leave --device out: `{_command_without_device_and_threads(args)}`")
+        chosen = {"device": args.device} if args.device else {}
+        if args.threads and "threads" in inspect.signature(cls.check_options).parameters:
+            chosen["threads"] = args.threads
+        if args.checkpoint and name == "torch":
+            chosen["checkpoint"] = args.checkpoint
+        try:
+            cls.check_options(package, **chosen)
+        except UserError as err:
+            raise UserError(f"{flag} {name}: {err}") from None
+        options[flag] = chosen
+    if args.threads and not any("threads" in chosen for chosen in options.values()):
+        names = " and ".join(sorted(set(resolved.values())))
+        raise UserError(f"--threads {args.threads}: {names} runs on the GPU and takes no CPU thread count; leave "
+                        f"--threads out: `{_command_without_device_and_threads(args)}`")
+    return options
+
+
+def _command_without_device_and_threads(args) -> str:
+    return shlex.join(["vosrt", "bench", str(args.package), "--backend", args.backend,
+                       *(["--compare", args.compare] if args.compare else []),
+                       *(["--checkpoint", str(args.checkpoint)] if args.checkpoint else []),
+                       "--frames", str(args.frames), "--warmup", str(args.warmup)])
+
+
 def run(args) -> int:
     """Entry point of ``vosrt bench``."""
     from vosrt.sdk.package import load_package
@@ -109,17 +155,10 @@ def run(args) -> int:
         raise UserError(f"--checkpoint: only the torch backend loads a checkpoint, but --backend is "
                         f"{resolved['--backend']} and --compare {resolved.get('--compare', 'is not given')}; time the "
                         f"checkpoint on torch beside {resolved['--backend']}: `{hint}`, or drop --checkpoint")
-    options = {}
-    if args.device:
-        options["device"] = args.device
-    if args.threads:
-        options["threads"] = args.threads
-    torch_options = dict(options, **({"checkpoint": args.checkpoint} if args.checkpoint else {}))
-    main_options = torch_options if resolved["--backend"] == "torch" else options
-    results = {args.backend: bench(package, args.backend, args.frames, args.warmup, main_options)}
+    options = _backend_options(args, package, resolved)
+    results = {args.backend: bench(package, args.backend, args.frames, args.warmup, options["--backend"])}
     if args.compare:
-        compare_options = torch_options if resolved["--compare"] == "torch" else options
-        results[args.compare] = bench(package, args.compare, args.frames, args.warmup, compare_options)
+        results[args.compare] = bench(package, args.compare, args.frames, args.warmup, options["--compare"])
 
     print(f"{package.variant} {package.height}x{package.width}, {args.frames} frames after {args.warmup} warm-up")
     for name, result in results.items():

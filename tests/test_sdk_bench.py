@@ -52,3 +52,20 @@ def test_a_checkpoint_no_torch_backend_loads_is_refused_not_ignored(stcn_package
     assert suggested[suggested.index("--compare") + 1] == "torch" and checkpoint in suggested
     assert main(suggested + ["--frames", "2", "--warmup", "0"]) == 0
     assert "torch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, starts", [
+    (["--device", "cpu", "--compare", "tensorrt"], "error: --device cpu: --compare tensorrt runs on cuda only"),
+    (["--threads", "1", "--compare", "tensorrt"], "error: --compare tensorrt: package"),   # it has no engines
+])
+def test_the_compare_backends_options_are_checked_before_the_first_backend_is_timed(stcn_package, capsys, flags,
+                                                                                    starts):
+    # --compare's options were checked only when it opened, after the first backend's whole timed run
+    import re
+    import shlex
+
+    assert main(["bench", str(stcn_package), "--frames", "2", "--backend", "onnxruntime", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(starts) and "\n" not in err, err
+    suggested = shlex.split(re.findall(r"`(vosrt [^`]+)`", err)[-1])[1:]
+    assert suggested[0] in ("bench", "build") and "--device" not in suggested and "--threads" not in suggested

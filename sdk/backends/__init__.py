@@ -46,9 +46,9 @@ def resolve_backend_name(package, name: str = "auto") -> str:
     return name
 
 
-def open_backend(package, name: str = "auto", **options) -> Backend:
-    """Open ``package``'s graphs on backend ``name`` (see :func:`resolve_backend_name`)."""
-    name = resolve_backend_name(package, name)
+def backend_class(name: str) -> type[Backend]:
+    """The class of backend ``name`` (a resolved name, a key of :data:`BACKENDS`), its module imported; UserError
+    saying what to install when its runtime is missing."""
     module_name, class_name = BACKENDS[name]
     try:
         module = importlib.import_module(module_name)
@@ -57,7 +57,22 @@ def open_backend(package, name: str = "auto", **options) -> Backend:
             raise UserError(f"backend '{name}' is not part of this vosrt build") from None
         hint = f": {install_command(EXTRAS[name])}" if name in EXTRAS else ""
         raise UserError(f"backend '{name}' needs the Python package '{err.name}', which is not installed{hint}") from None
-    return getattr(module, class_name)(package, **options)
+    return getattr(module, class_name)
 
 
-__all__ = ["Backend", "BACKENDS", "available_backends", "open_backend", "resolve_backend_name"]
+def check_backend(package, name: str = "auto", **options) -> str:
+    """Refuse what :func:`open_backend` would refuse of ``name`` and ``options`` before it loads any graph or
+    engine (:meth:`Backend.check_options`), opening nothing; returns the resolved backend name."""
+    name = resolve_backend_name(package, name)
+    backend_class(name).check_options(package, **options)
+    return name
+
+
+def open_backend(package, name: str = "auto", **options) -> Backend:
+    """Open ``package``'s graphs on backend ``name`` (see :func:`resolve_backend_name`)."""
+    name = resolve_backend_name(package, name)
+    return backend_class(name)(package, **options)
+
+
+__all__ = ["Backend", "BACKENDS", "available_backends", "backend_class", "check_backend", "open_backend",
+           "resolve_backend_name"]

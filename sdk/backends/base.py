@@ -52,10 +52,19 @@ class Backend(ABC):
 
     name: ClassVar[str] = "abstract"
     device: str = "cpu"
+    # The values the ``device`` option takes.
+    devices: ClassVar[tuple[str, ...]] = ("auto", "cpu", "cuda")
     # Most objects the graphs accept at once (an engine's optimisation profile); None: no limit.
     max_objects: int | None = None
     # Most STCN memory frames the graphs accept (vosrt build --max-memory-frames); None: no limit.
     max_memory_frames: int | None = None
+
+    @classmethod
+    def check_options(cls, package, **options) -> None:
+        """Refuse, without opening anything, what the constructor would refuse of ``options`` before it loads
+        a graph or an engine: unknown names, bad values, a device or runtime this host lacks, files the
+        options or the package name that are missing. ``vosrt bench`` checks both of its backends with it
+        before timing either; constructors call it first. This default refuses nothing."""
 
     # ----------------------------------------------------------------------------- graphs
     @abstractmethod

@@ -59,13 +59,8 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, package, form: str = "auto", device: str = "auto", io_binding: bool | None = None,
                  threads: int | None = None, providers: list | None = None, memory_arena: bool = False, **unused):
-        refuse_unknown_options(self.name, unused)
+        self.check_options(package, form=form, device=device, threads=threads, **unused)
         available = ort.get_available_providers()
-        if device not in ("auto", "cpu", "cuda"):
-            raise UserError(f"device: expected 'auto', 'cpu' or 'cuda', got '{device}'")
-        if device == "cuda" and "CUDAExecutionProvider" not in available:
-            raise UserError("device='cuda' needs onnxruntime-gpu and a CUDA device; this onnxruntime offers "
-                            f"{', '.join(available)} ({install_command('gpu')})")
         if device == "auto":
             device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
         if providers is None:
@@ -100,6 +95,21 @@ class OnnxRuntimeBackend(Backend):
             self._outputs[graph] = [o.name for o in session.get_outputs()]
         self._ort_device = "cuda" if device == "cuda" else "cpu"
         self._helpers: dict[tuple, ort.InferenceSession] = {}
+
+    @classmethod
+    def check_options(cls, package, form: str = "auto", device: str = "auto", io_binding: bool | None = None,
+                      threads: int | None = None, providers: list | None = None, memory_arena: bool = False,
+                      **unused) -> None:
+        refuse_unknown_options(cls.name, unused)
+        available = ort.get_available_providers()
+        if device not in cls.devices:
+            raise UserError(f"device: expected 'auto', 'cpu' or 'cuda', got '{device}'")
+        if device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise UserError("device='cuda' needs onnxruntime-gpu and a CUDA device; this onnxruntime offers "
+                            f"{', '.join(available)} ({install_command('gpu')})")
+        check_threads(threads)
+        if form not in ("auto", "portable", "plugin"):
+            raise UserError(f"form: expected 'auto', 'portable' or 'plugin', got '{form}'")
 
     def _model(self, graph: str) -> str:
         """The file ONNX Runtime opens for ``graph``: the package's, or for the plugin form its copy with the

@@ -398,12 +398,11 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
     device = "cuda"
+    devices = ("auto", "cuda")
 
     def __init__(self, package, precision: str | None = None, plugin_lib=None, stream=None,
                  cuda_graphs: bool = False, device: str = "auto", **unused):
-        refuse_unknown_options(self.name, unused)
-        if device not in ("auto", "cuda"):
-            raise UserError(f"tensorrt backend: device must be 'cuda' (or 'auto'), got '{device}'")
+        self.check_options(package, precision=precision, plugin_lib=plugin_lib, device=device, **unused)
         self.package = package
         self.allocated_bytes = 0
         self._graphs: dict[str, _Graph] = {}
@@ -423,7 +422,7 @@ class TensorRTBackend(Backend):
             recorded = str(recorded) if recorded.is_relative_to(package.path) else None
         # A library the caller names must exist (said first); one searched for is looked for once TensorRT is
         # known to be here: without TensorRT, building the library (against its headers) cannot help.
-        self.plugin_library = find_plugin_library(plugin_lib, recorded) if named else None
+        self.plugin_library = find_plugin_library(plugin_lib, recorded) if named else None   # checked above
         trt = import_tensorrt()
         if not carried and self.plugin_library is None:
             self.plugin_library = find_plugin_library(plugin_lib, recorded)
@@ -455,6 +454,17 @@ class TensorRTBackend(Backend):
         except BaseException:
             self.close()
             raise
+
+    @classmethod
+    def check_options(cls, package, precision: str | None = None, plugin_lib=None, stream=None,
+                      cuda_graphs: bool = False, device: str = "auto", **unused) -> None:
+        refuse_unknown_options(cls.name, unused)
+        if device not in cls.devices:
+            raise UserError(f"tensorrt backend: device must be 'cuda' (or 'auto'), got '{device}'")
+        select_build(package, precision)
+        if plugin_lib or os.environ.get(PLUGIN_LIBRARY_ENV):   # a library named must exist, said before TensorRT
+            find_plugin_library(plugin_lib)
+        import_tensorrt()
 
     def _runtime_for_next_engine(self):
         """The runtime that deserialises the next engine: one for all, or with engines that carry their

@@ -33,24 +33,17 @@ class TorchBackend(Backend):
 
     def __init__(self, package, checkpoint=None, device: str = "auto", threads: int | None = None, model=None,
                  **unused):
-        refuse_unknown_options(self.name, unused)
+        self.check_options(package, checkpoint=checkpoint, device=device, threads=threads, model=model, **unused)
         from vosrt.training.graphs import family_of_model, graphs_for
         from vosrt.training.models import load_checkpoint
 
         if model is not None:
             device = next(model.parameters()).device.type if device == "auto" else device
         checkpoint = checkpoint or package.checkpoint
-        if checkpoint is None and model is None:
-            raise UserError(f"torch backend: package {package.path} records no checkpoint (source.checkpoint); "
-                            "pass checkpoint=PATH (CLI: --checkpoint PATH)")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device not in ("cpu", "cuda"):
+        if device not in ("cpu", "cuda"):   # a model in memory on another device
             raise UserError(f"device: expected 'auto', 'cpu' or 'cuda', got '{device}'")
-        if device == "cuda" and not torch.cuda.is_available():
-            build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise UserError(f"device='cuda': this PyTorch ({torch.__version__}, {build}) sees no CUDA device; "
-                            "use device='cpu' (on the command line --device cpu)")
         threads = check_threads(threads)
         if threads:
             torch.set_num_threads(threads)
@@ -69,6 +62,24 @@ class TorchBackend(Backend):
         if missing:
             raise UserError(f"torch backend: the model has no graph(s) {sorted(missing)}")
         self._torch_device = torch.device(device)
+
+    @classmethod
+    def check_options(cls, package, checkpoint=None, device: str = "auto", threads: int | None = None, model=None,
+                      **unused) -> None:
+        refuse_unknown_options(cls.name, unused)
+        if device not in cls.devices:
+            raise UserError(f"device: expected 'auto', 'cpu' or 'cuda', got '{device}'")
+        if device == "cuda" and not torch.cuda.is_available():
+            build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise UserError(f"device='cuda': this PyTorch ({torch.__version__}, {build}) sees no CUDA device; "
+                            "use device='cpu' (on the command line --device cpu)")
+        check_threads(threads)
+        if model is not None:
+            return
+        checkpoint = checkpoint or package.checkpoint
+        if checkpoint is None:
+            raise UserError(f"torch backend: package {package.path} records no checkpoint (source.checkpoint); "
+                            "pass checkpoint=PATH (CLI: --checkpoint PATH)")
 
     def input_names(self, graph: str) -> list[str]:
         # + the inputs only the portable form exposes (SegmentGraph takes an optional top_k override)
