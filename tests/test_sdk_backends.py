@@ -90,3 +90,34 @@ def test_an_option_of_another_backend_names_the_backend_and_flag_it_belongs_to(s
     with pytest.raises(UserError, match=r"torch backend: unknown option\(s\) form, typo; form is an option of "
                                         r"backend='onnxruntime'$"):
         open_backend(shipped, "torch", form="portable", typo=1)
+
+
+def test_the_torch_backend_declares_and_checks_its_inputs_as_onnxruntime_does(shipped):
+    # it had no input_shape(): sessions skipped their resolution check, and run() took inputs ONNX Runtime refuses
+    ort_backend, torch_backend = (open_backend(shipped, name, threads=1) for name in BACKENDS)
+    try:
+        for graph in shipped.graphs:
+            assert torch_backend.output_names(graph) == ort_backend.output_names(graph)
+            for name in ort_backend.input_names(graph):
+                declared = ort_backend.input_shape(graph, name)
+                shape = torch_backend.input_shape(graph, name)
+                assert (shape is None) == (declared is None), (graph, name)
+                if declared is not None:   # the same static dimensions; dynamic ones by name on both
+                    assert [d if isinstance(d, int) else "dynamic" for d in shape] == \
+                        [d if isinstance(d, int) else "dynamic" for d in declared], (graph, name, shape, declared)
+                if name != "top_k":
+                    assert torch_backend.input_dtype(graph, name) == ort_backend.input_dtype(graph, name)
+        image = np.zeros((1, 3, shipped.height, shipped.width), np.float32)
+        for bad in (image[:, :, :-16], image.astype(np.float64), image[0]):
+            with pytest.raises(Exception):
+                ort_backend.run("encode_key", {"image": bad})
+            with pytest.raises(UserError, match=r"torch backend: input 'image' of graph 'encode_key': expected "
+                                                 rf"float32 \[1, 3, {shipped.height}, {shipped.width}\]"):
+                torch_backend.run("encode_key", {"image": bad})
+        with pytest.raises(UserError, match="expected float32"):
+            torch_backend.run("encode_key", {"image": torch.zeros(image.shape, dtype=torch.float16)})
+        assert set(torch_backend.run("encode_key", {"image": image})) == set(ort_backend.output_names("encode_key"))
+    finally:
+        ort_backend.close()
+        torch_backend.close()
+

@@ -164,6 +164,24 @@ def check_threads(threads) -> int:
     return int(threads)
 
 
+def check_input(backend: str, graph: str, name: str, declared: tuple | None, dtype: np.dtype, got_shape,
+                got_dtype) -> None:
+    """UserError unless an input of ``got_shape`` and ``got_dtype`` fits input ``name`` of ``graph`` as declared:
+    ``dtype`` and the rank and static dimensions of ``declared`` (ints; strings are dynamic axes; None: not
+    known, only the dtype is checked). For backends whose runtime does not check inputs itself (torch), so that
+    they refuse what ONNX Runtime refuses."""
+    got_shape = tuple(int(d) for d in got_shape)
+    fits = np.dtype(got_dtype) == np.dtype(dtype) if isinstance(got_dtype, np.dtype) else False
+    if declared is not None:
+        fits = fits and len(got_shape) == len(declared) and all(
+            not isinstance(want, (int, np.integer)) or want == have for want, have in zip(declared, got_shape))
+    if not fits:
+        want = "[" + ", ".join(str(d) for d in declared) + "]" if declared is not None else "any shape"
+        raise UserError(f"{backend} backend: input '{name}' of graph '{graph}': expected {np.dtype(dtype)} {want} "
+                        f"(names are dynamic axes), got {got_dtype} [{', '.join(map(str, got_shape))}]; feed it "
+                        "what the graph takes (sessions letterbox frames to the package resolution)")
+
+
 # Keyword options of one backend only, by the backend that takes them: an option given to another backend is
 # refused naming the backend it belongs to (load(pkg, checkpoint=...) on ONNX Runtime is a torch option).
 BACKEND_OPTIONS = {

@@ -7,6 +7,10 @@ The weights come from a checkpoint: ``load(pkg, backend="torch", checkpoint=PATH
 sessions this way, so the J&F reported during training is the SDK's). A package exported from random weights
 without saving them cannot be reproduced in PyTorch; export from a saved checkpoint instead.
 
+Its graphs declare the inputs and outputs of the exported ones (``input_shape``, ``input_dtype``, ``output_names``:
+the package resolution, dynamic axes by name), and ``run`` refuses, as ONNX Runtime does, an input of another
+dtype, rank or static size, so that code tested on the reference runs on the other backends.
+
 torch is imported here only, never by the rest of ``vosrt.sdk``.
 """
 from __future__ import annotations
@@ -15,13 +19,21 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from vosrt.sdk.backends.base import Backend, Tensor, check_threads, flatten_to, refuse_unknown_options
+from vosrt.sdk.backends.base import Backend, Tensor, check_input, check_threads, flatten_to, refuse_unknown_options
 from vosrt.sdk.errors import UserError, install_command
 
 try:
     import torch
 except ImportError as err:  # pragma: no cover - depends on the host
     raise ModuleNotFoundError(f"the torch backend needs PyTorch ({install_command('train')})", name="torch") from err
+
+
+def _numpy_dtype(dtype: "torch.dtype"):
+    """The numpy dtype of a torch dtype (its name where numpy has none, e.g. 'torch.bfloat16')."""
+    try:
+        return np.dtype(str(dtype).removeprefix("torch."))
+    except TypeError:
+        return str(dtype)
 
 
 class TorchBackend(Backend):
@@ -62,6 +74,16 @@ class TorchBackend(Backend):
         if missing:
             raise UserError(f"torch backend: the model has no graph(s) {sorted(missing)}")
         self._torch_device = torch.device(device)
+        # Input shapes as the exported graphs declare them, dynamic axes by name ("objects", "memory"): the
+        # example inputs at the package resolution (what export traces), built on the meta device (no memory).
+        self._shapes: dict[str, dict[str, tuple]] = {}
+        with torch.device("meta"):
+            for graph, spec in self.specs.items():
+                example = spec.example(package.height, package.width)
+                self._shapes[graph] = {
+                    name: tuple(spec.dynamic_axes.get(name, {}).get(axis, int(size))
+                                for axis, size in enumerate(tensor.shape))
+                    for name, tensor in zip(spec.input_names, example)}
 
     @classmethod
     def check_options(cls, package, checkpoint=None, device: str = "auto", threads: int | None = None, model=None,
@@ -85,6 +107,36 @@ class TorchBackend(Backend):
         # + the inputs only the portable form exposes (SegmentGraph takes an optional top_k override)
         return list(self.specs[graph].input_names) + list(self.specs[graph].portable_inputs)
 
+    def output_names(self, graph: str) -> list[str]:
+        """Names of ``graph``'s outputs."""
+        return list(self.specs[graph].output_names)
+
+    def input_shape(self, graph: str, name: str) -> tuple | None:
+        # None for top_k, as on ONNX Runtime (an initializer a feed may override, of no declared shape)
+        return self._shapes[graph].get(name)
+
+    def input_dtype(self, graph: str, name: str) -> np.dtype:
+        return np.dtype(np.int64 if name in self.specs[graph].portable_inputs else np.float32)
+
+    def _check_inputs(self, graph: str, inputs: Mapping[str, Tensor]) -> None:
+        spec = self.specs[graph]
+        unknown = set(inputs) - set(self.input_names(graph))
+        if unknown:
+            raise ValueError(f"graph '{graph}' has no input(s) {sorted(unknown)}; it takes {self.input_names(graph)}")
+        missing = [name for name in spec.input_names if name not in inputs]
+        if missing:
+            raise ValueError(f"graph '{graph}' needs input(s) {missing}")
+        for name, value in inputs.items():
+            if isinstance(value, torch.Tensor):
+                shape, dtype = tuple(value.shape), _numpy_dtype(value.dtype)
+            else:
+                shape, dtype = np.shape(value), np.asarray(value).dtype
+            if name in spec.portable_inputs:   # top_k: any integer array holding one value, as ONNX Runtime takes
+                if dtype != np.int64 or int(np.prod(shape)) != 1:
+                    check_input(self.name, graph, name, (1,), np.int64, shape, dtype)
+                continue
+            check_input(self.name, graph, name, self._shapes[graph][name], np.float32, shape, dtype)
+
     def _tensor(self, value) -> "torch.Tensor":
         if isinstance(value, torch.Tensor):
             return value
@@ -95,9 +147,7 @@ class TorchBackend(Backend):
         if not self.specs:
             raise UserError(f"torch backend ({self.checkpoint}) was closed; open a new one")
         spec = self.specs[graph]
-        unknown = set(inputs) - set(self.input_names(graph))
-        if unknown:
-            raise ValueError(f"graph '{graph}' has no input(s) {sorted(unknown)}")
+        self._check_inputs(graph, inputs)
         args = [self._tensor(inputs[name]) for name in spec.input_names]
         kwargs = {name: self._tensor(inputs[name]) for name in spec.portable_inputs if name in inputs}
         with torch.inference_mode():
