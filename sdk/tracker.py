@@ -50,6 +50,27 @@ def _check_ids(objects, name: str = "objects") -> list[int]:
     return ids
 
 
+def fixed_top_k_message(package, backend: str, asked: int) -> str:
+    """The refusal of a ``top_k`` that the segment graph of ``package`` on ``backend`` cannot take (it holds the
+    package's top_k as a constant), with what the user can run instead: on TensorRT, ONNX Runtime (whose graphs
+    take any top_k) or engines built from a package exported with that top_k; elsewhere that export."""
+    import shlex
+
+    fixed = package.streaming["top_k"]
+    out = f"{package.path}-top{asked}"
+    export = shlex.join(["vosrt", "export", package.family, "--checkpoint", str(package.checkpoint or "CK"), "--out",
+                         out, "--size", str(package.height), str(package.width), "--top-k", str(asked)])
+    asked_as = f"top_k={asked} (command line: --top-k {asked})"
+    if backend == "tensorrt":
+        return (f"{asked_as}: the TensorRT engines of {package.path} hold top_k fixed at {fixed}, the package's; "
+                f"leave top_k at {fixed}, or run on ONNX Runtime, which takes any top_k (backend='onnxruntime', "
+                f"command line: --backend onnxruntime), or export a package with top_k {asked} and build its engines: "
+                f"`{export}`, then `vosrt build {shlex.quote(out)}`")
+    return (f"{asked_as}: the segment graph of {package.path} holds top_k fixed at {fixed} on {backend} (it was "
+            f"exported without a top_k input); leave top_k at {fixed}, or export the package again with top_k "
+            f"{asked}: `{export}`")
+
+
 class Tracker(Session):
     """An STCN session over one backend (see the module docstring).
 
@@ -83,8 +104,7 @@ class Tracker(Session):
         # Fed only when it differs from the export default, which the graph already holds.
         self._feed_top_k = "top_k" in backend.input_names("segment") and self.top_k != streaming["top_k"]
         if self.top_k != streaming["top_k"] and "top_k" not in backend.input_names("segment"):
-            raise UserError(f"top_k={top_k}: this backend's segment graph has top_k fixed at "
-                            f"{streaming['top_k']} (plugin form / engine); use the portable form to change it")
+            raise UserError(fixed_top_k_message(package, backend.name, self.top_k))
         capacity = self._memory_limit(memory_capacity, streaming["memory_capacity"])
         h, w = package.height // package.stride, package.width // package.stride
         # The bank holds what the segment graph reads: float16 for an fp16 engine (vosrt.export.fp16).

@@ -240,3 +240,55 @@ def test_cuda_execution_provider_keeps_the_bank_on_the_device_and_matches_the_cp
     actual = track(gpu, sequence.frames, sequence.labels[0])
     assert gpu.memory.keys.value.device_name().lower() == "cuda"
     assert (expected == actual).mean() >= 0.999
+
+
+def _suggested(message: str) -> list[list[str]]:
+    import re
+    import shlex
+
+    return [shlex.split(command)[1:] for command in re.findall(r"`(vosrt [^`]+)`", message)]
+
+
+def test_a_top_k_the_graph_holds_fixed_is_refused_with_an_export_that_takes_it(tmp_path):
+    # said "use the portable form", which vosrt run has no flag to choose (and TensorRT has no portable form)
+    import shutil
+
+    import onnx
+
+    from sdk_packages import tiny_checkpoint, tiny_package
+    from vosrt.cli import main
+    from vosrt.sdk.package import load_package
+
+    folder = tmp_path / "pkg"
+    shutil.copytree(tiny_package("stcn", ("portable",)), folder)
+    # a segment graph exported without the top_k input (top_k a plain constant, as an older export wrote it)
+    model = onnx.load(str(folder / "segment.portable.onnx"))
+    top_k = next(i for i in model.graph.input if i.name == "top_k")
+    model.graph.input.remove(top_k)
+    onnx.save(model, str(folder / "segment.portable.onnx"))
+    assert load_package(folder).checkpoint == tiny_checkpoint("stcn")
+    with pytest.raises(UserError) as refused:
+        vosrt.sdk.load(folder, backend="onnxruntime", top_k=3)
+    message = str(refused.value)
+    assert message.startswith("top_k=3 (command line: --top-k 3): the segment graph of") and "portable" not in message
+    [export] = _suggested(message)
+    assert export[:2] == ["export", "stcn"] and export[export.index("--top-k") + 1] == "3"
+    assert main(export + ["--forms", "portable", "--no-check"]) == 0
+    tracker = vosrt.sdk.load(export[export.index("--out") + 1], backend="onnxruntime", top_k=3)
+    assert tracker.top_k == 3
+    tracker.close()
+
+
+def test_on_tensorrt_the_fixed_top_k_refusal_offers_onnxruntime_and_engines_built_with_it():
+    # TensorRT is not needed to word the refusal; it is what the tracker raises on engines (tier 3 runs it)
+    from vosrt.sdk.package import load_package
+    from vosrt.sdk.tracker import fixed_top_k_message
+
+    package = load_package("stcn-lite")
+    message = fixed_top_k_message(package, "tensorrt", 5)
+    assert "--backend onnxruntime" in message and "backend='onnxruntime'" in message and "portable" not in message
+    export, build = _suggested(message)
+    assert export[:2] == ["export", "stcn"] and export[export.index("--top-k") + 1] == "5"
+    assert export[export.index("--checkpoint") + 1] == str(package.checkpoint)
+    assert export[export.index("--size") + 1:export.index("--size") + 3] == [str(package.height), str(package.width)]
+    assert build == ["build", export[export.index("--out") + 1]]
