@@ -175,3 +175,19 @@ def test_a_checkpoint_off_the_torch_backend_is_refused_with_the_command_that_use
     assert main(suggested + ["--out", str(tmp_path / "out"), "--" + ("max-" if command == "run" else "") + "frames",
                              "2", *extra]) == 0
     assert len(list((tmp_path / "out").glob("*.png"))) == 2
+
+
+def test_a_package_without_engines_on_tensorrt_names_the_flag_and_the_keyword_and_the_build(capsys):
+    # said "(or use backend='onnxruntime')", Python syntax, on the command line too
+    import shlex
+
+    from vosrt.sdk import UserError, load
+
+    package = tiny_package("stcn")
+    assert main(["run", str(package), "--source", "0", "--backend", "tensorrt"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: package") and "command line: --backend onnxruntime" in err, err
+    assert f"`vosrt build {shlex.quote(str(package))}`" in err
+    with pytest.raises(UserError) as refused:
+        load(package, backend="tensorrt")
+    assert "Python: backend='onnxruntime'" in str(refused.value)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -219,7 +220,8 @@ def select_build(package, precision: str | None = None) -> tuple[str, dict]:
     builds = {k: v for k, v in engines.items() if isinstance(v, dict) and "files" in v}
     if not builds:
         raise UserError(f"package {package.path} has no TensorRT engines: build them on this machine with "
-                        f"`vosrt build {package.path}` (or use backend='onnxruntime')")
+                        f"`vosrt build {shlex.quote(str(package.path))}`, or run the package on ONNX Runtime "
+                        "(command line: --backend onnxruntime; Python: backend='onnxruntime')")
     precision = precision or engines.get("default") or next(iter(builds))
     if precision not in builds:
         raise UserError(f"package {package.path} has no {precision} engines (built: {', '.join(builds)}); "
@@ -309,8 +311,8 @@ def import_tensorrt(for_build: bool = False):
                             f"NVIDIA GPU: {install_command('trt')}. A package runs without engines on ONNX "
                             "Runtime (vosrt run / vosrt bench --backend onnxruntime)") from None
         raise UserError("the TensorRT backend needs the tensorrt Python package and an NVIDIA GPU: "
-                        f"{install_command('trt')} (or use backend='onnxruntime'; on the command line "
-                        "--backend onnxruntime)") from None
+                        f"{install_command('trt')}, or run the package on ONNX Runtime (command line: --backend "
+                        "onnxruntime; Python: backend='onnxruntime')") from None
     return tensorrt
 
 
