@@ -2,7 +2,8 @@
 with the mouse.
 
     vosrt live PKG --source 0                      # camera 0; open the printed URL (or --open)
-    vosrt live PKG --source rtsp://cam/stream --host 0.0.0.0     # a headless box: prints a token URL
+    vosrt live PKG --source rtsp://cam/stream --host 0.0.0.0     # a headless box: prints token URLs for
+                                                                 # this machine and for others
     vosrt live PKG --source clip.mp4 --realtime    # a file played at its own frame rate
     vosrt live PKG --source clip.mp4 --headless --select box:40,30,80,60 --out masks --video overlay.mp4
 
@@ -139,6 +140,8 @@ def run(args) -> int:
 
             def ready(url: str) -> None:
                 print(f"vosrt live: open {url}  (Ctrl-C to stop)", flush=True)
+                for remote in server.page_urls(args.host, args.port, token)[1:]:   # --host 0.0.0.0 / ::
+                    print(f"vosrt live: from another machine: {remote}", flush=True)
                 if args.open:
                     import webbrowser
                     webbrowser.open(url)

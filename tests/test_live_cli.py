@@ -3,12 +3,15 @@ boxes instead of masks, PNGs scored with `vosrt eval`, bounded latency with --re
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import cv2
@@ -224,6 +227,21 @@ def test_beyond_loopback_a_token_is_generated_and_required(tmp_path):
         assert refused.value.code == 401
         with urllib.request.urlopen(page, timeout=10) as answer:     # the printed URL opens the page
             assert b"vosrt live" in answer.read()
+        # and the URLs for other machines (it printed only http://127.0.0.1:PORT/?token=...): this machine's
+        # name and its non-loopback addresses, each of which opens the page
+        deadline, remote = time.monotonic() + 10, []
+        while time.monotonic() < deadline and not remote:
+            time.sleep(0.1)
+            remote = [line.split("from another machine: ", 1)[1].strip() for line in process.output
+                      if "from another machine: " in line]
+        hosts = [urllib.parse.urlsplit(url).hostname for url in remote]
+        assert remote and socket.gethostname() in hosts, "".join(process.output)
+        for url, host in zip(remote, hosts):
+            assert url.endswith(page[page.index(":", 5):])                  # the same port and token
+            if host != socket.gethostname():
+                assert not ipaddress.ip_address(host).is_loopback
+                with urllib.request.urlopen(url, timeout=10) as answer:
+                    assert b"vosrt live" in answer.read()
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, "".join(process.output)

@@ -58,6 +58,67 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")   # listen on every interface
+
+
+def _url(host: str, port: int, token: str | None) -> str:
+    if ":" in host:   # an IPv6 address goes in brackets in a URL
+        host = f"[{host}]"
+    return f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+
+
+def machine_addresses(versions: tuple = (4, 6)) -> list[str]:
+    """This machine's addresses that other machines can reach it at (no loopback, link-local or unspecified
+    ones), from the standard library only: the addresses its hostname resolves to, and the source address of
+    the default route of each IP version (a UDP socket's connect sends nothing). Of the IP ``versions``, IPv4
+    first."""
+    import socket
+
+    found = []
+    try:
+        found += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)]
+    except OSError:
+        pass
+    probes = [(family, probe) for family, probe, version in ((socket.AF_INET, "192.0.2.1", 4),
+                                                              (socket.AF_INET6, "2001:db8::1", 6)) if version in versions]
+    for family, probe in probes:   # documentation-only addresses: never reached, only routed
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as udp:
+                udp.connect((probe, 9))
+                found.append(udp.getsockname()[0])
+        except OSError:
+            pass
+    addresses = []
+    for text in found:
+        try:
+            address = ipaddress.ip_address(text.split("%")[0])
+        except ValueError:
+            continue
+        if address.is_loopback or address.is_link_local or address.is_unspecified or address.version not in versions:
+            continue
+        if str(address) not in addresses:
+            addresses.append(str(address))
+    return sorted(addresses, key=lambda a: ipaddress.ip_address(a).version)
+
+
+def page_urls(host: str, port: int, token: str | None = None) -> list[str]:
+    """The viewer's URLs: first the one to open on this machine; then, for a server listening on every
+    interface (``--host 0.0.0.0`` or ``::``), the ones to open from other machines: this machine's hostname
+    and its non-loopback addresses of the IP version listened on (``::`` listens on IPv6 only: asyncio sets
+    IPV6_V6ONLY, so 127.0.0.1 does not answer there)."""
+    import socket
+
+    if host not in WILDCARD_HOSTS:
+        return [_url(host, port, token)]
+    urls = [_url("127.0.0.1" if host != "::" else "::1", port, token)]
+    name = socket.gethostname()
+    if name and not is_loopback(name):
+        urls.append(_url(name, port, token))
+    versions = {"0.0.0.0": (4,), "::": (6,)}.get(host, (4, 6))
+    urls += [_url(address, port, token) for address in machine_addresses(versions)]
+    return urls
+
+
 class FrameHub:
     """Wakes every WebSocket sender when the pipeline finished a frame (called from its thread)."""
 
@@ -245,7 +306,8 @@ def _command(pipeline: LivePipeline, name: str, body: dict) -> dict:
 async def serve(pipeline: LivePipeline, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
                 on_ready=None) -> None:
     """Serve the viewer and run the pipeline until SIGINT, SIGTERM or SIGHUP; then stop the pipeline
-    (finishing its outputs) and the server. ``on_ready(url)`` is called once the port is open."""
+    (finishing its outputs) and the server. ``on_ready(url)`` is called once the port is open, with the URL to
+    open on this machine (:func:`page_urls` gives those for other machines too)."""
     token = token or None
     if token is None and not is_loopback(host):
         raise UserError(f"--host {host}: binding beyond loopback needs an access token: pass token= (on the "
@@ -275,12 +337,8 @@ async def serve(pipeline: LivePipeline, host: str = "127.0.0.1", port: int = 876
         except (NotImplementedError, RuntimeError, ValueError):
             pass   # not the main thread, or a platform without these signals
     thread = pipeline.start()
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    if ":" in shown:   # an IPv6 address goes in brackets in a URL
-        shown = f"[{shown}]"
-    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     if on_ready is not None:
-        on_ready(url)
+        on_ready(page_urls(host, port, token)[0])
     try:
         await stop.wait()
     finally:
