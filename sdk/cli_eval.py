@@ -13,9 +13,9 @@ Tasks:
 ``vis`` and ``mots`` need ``pip install 'vosrt[eval]'`` (pycocotools, trackeval).
 
 For the PNG tasks a folder is either one sequence (PNG files directly in it) or a set of sequences
-(sub-folders of PNGs, as DAVIS ``Annotations/480p``). Predictions are matched to ground truth by
-sequence and file name; a sequence's frames are in natural order (``frame2`` before ``frame10``). In the
-ground truth 255 is void (background) beside object ids; a sequence annotated only with 0 and 255 (DAVIS
+(sub-folders of PNGs, as DAVIS ``Annotations/480p``); ``.png`` and ``.PNG`` are both PNGs. Predictions are
+matched to ground truth by sequence and file name (the suffix's case aside); a sequence's frames are in
+natural order (``frame2`` before ``frame10``). In the ground truth 255 is void (background) beside object ids; a sequence annotated only with 0 and 255 (DAVIS
 2016's foreground masks) has 255 as its one object, scored as object 1 (a predicted 255 counts as 1 in the
 semi-supervised task). In the semi-supervised task a sequence whose objects enter after its first frame (each
 given to the tracker where first annotated) scores each object on the frames after that one
@@ -55,14 +55,32 @@ def add_arguments(parser) -> None:
                         help="score the first and last frames too (DAVIS semi-supervised skips them)")
 
 
+def png_files(folder: Path) -> list[Path]:
+    """The PNG files of ``folder`` in natural order, ``.png`` in any case (``.PNG`` too, as ``vosrt run`` reads the
+    images of a folder by their suffix in any case); none for a folder that is not there."""
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file()), key=natural_key)
+
+
+def _prediction_of(pred_dir: Path, gt_file: Path) -> Path:
+    """The predicted PNG for ``gt_file``: the same name, or the same stem with ``.png`` in another case
+    (``vosrt run`` writes ``.png`` for ground truth named ``.PNG``)."""
+    exact = pred_dir / gt_file.name
+    if exact.is_file():
+        return exact
+    same_stem = [p for p in png_files(pred_dir) if p.stem == gt_file.stem]
+    return same_stem[0] if same_stem else exact
+
+
 def sequences(root: Path, flag: str = "") -> dict[str, Path]:
     """Sequence name -> folder of PNGs under ``root`` (``root`` itself when it holds PNGs); ``flag`` (``--gt``,
     ``--pred``) names the argument in errors."""
     where = f"{flag} {root}".strip()
     if not root.is_dir():
         raise UserError(f"{where}: not a folder" + (" (it does not exist)" if not root.exists() else ""))
-    found = {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and any(d.glob("*.png"))}
-    if any(root.glob("*.png")):
+    found = {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and png_files(d)}
+    if png_files(root):
         if found:
             raise UserError(f"{where}: holds PNG files and sub-folders of PNGs ({', '.join(list(found)[:3])}); is "
                             "it one sequence or a set of them? Move the stray PNGs out, or point at one sequence folder")
@@ -77,9 +95,9 @@ def _single_prediction(pred_root: Path, name: str) -> Path:
     sub-folder ``name`` when ``pred_root`` is a folder of sequences (``vosrt run --out`` for several)."""
     if not pred_root.is_dir():
         raise UserError(f"--pred {pred_root}: not a folder" + (" (it does not exist)" if not pred_root.exists() else ""))
-    if not any(pred_root.glob("*.png")) and any((pred_root / name).glob("*.png")):
+    if not png_files(pred_root) and png_files(pred_root / name):
         return pred_root / name
-    if not any(pred_root.glob("*.png")):
+    if not png_files(pred_root):
         raise UserError(f"--pred {pred_root}: no PNG masks in it (nor in {pred_root / name}, for --gt's sequence "
                         f"'{name}')")
     return pred_root
@@ -99,10 +117,10 @@ def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = Tru
                             f"{', ...' if len(pred_seqs) > 3 else ''})")
         # natural order (frame2 before frame10), as vosrt run reads a folder: it decides which frames are
         # the first and the last; DAVIS's zero-padded names sort the same either way
-        gt_files = sorted(gt_dir.glob("*.png"), key=natural_key)
+        gt_files = png_files(gt_dir)
         preds, gts = [], []
         for gt_file in gt_files:
-            pred_file = pred_seqs[name] / gt_file.name
+            pred_file = _prediction_of(pred_seqs[name], gt_file)
             if not pred_file.is_file():
                 raise UserError(f"--pred: missing {pred_file} (ground truth has {gt_file})")
             gt = read_label_png(gt_file)

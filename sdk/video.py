@@ -221,8 +221,10 @@ class DavisSequenceSource(ImageFolderSource):
         return self.annotation(self.files[0].stem)
 
     def annotation(self, name: str) -> np.ndarray | None:
-        path = self.annotations / f"{name}.png"
-        return read_label_png(path) if path.is_file() else None
+        for path in (self.annotations / f"{name}.png", self.annotations / f"{name}.PNG"):   # either case
+            if path.is_file():
+                return read_label_png(path)
+        return None
 
 
 def is_davis_sequence(folder: Path) -> bool:

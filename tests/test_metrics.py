@@ -265,3 +265,36 @@ def test_vosrt_eval_scores_objects_that_enter_after_the_first_frame(tmp_path, ca
     assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 0
     captured = capsys.readouterr()
     assert "late           2   1.000   1.000   1.000" in captured.out and "enter after the first frame" in captured.err
+
+
+@pytest.mark.parametrize("gt_suffix, pred_suffix", [(".PNG", ".png"), (".png", ".PNG"), (".PNG", ".PNG")])
+def test_vosrt_eval_reads_png_masks_named_in_either_case(tmp_path, capsys, gt_suffix, pred_suffix):
+    # upper-case .PNG files were not found on Linux ("no PNG masks"); vosrt run reads image folders in either case
+    gt = np.zeros((100, 100), np.uint8)
+    gt[square(20, 20)] = 1
+    shifted = np.zeros_like(gt)
+    shifted[square(20, 30)] = 1
+    for t in range(3):
+        write_label_png(tmp_path / "gt" / "seqA" / f"{t:05d}{gt_suffix}", gt)
+        write_label_png(tmp_path / "pred" / "seqA" / f"{t:05d}{pred_suffix}", shifted)
+    for gt_folder, pred_folder in (("gt", "pred"), ("gt/seqA", "pred/seqA")):   # a set of sequences, and one
+        out_csv = tmp_path / "scores.csv"
+        assert main(["eval", "--pred", str(tmp_path / pred_folder), "--gt", str(tmp_path / gt_folder),
+                     "--csv", str(out_csv)]) == 0, capsys.readouterr().err
+        overall = [r for r in csv.DictReader(open(out_csv)) if r["sequence"] == "all"][0]
+        assert float(overall["J"]) == pytest.approx(1 / 3, abs=1e-6)
+
+
+def test_vosrt_run_takes_the_first_mask_of_a_davis_sequence_annotated_in_upper_case_png(tmp_path):
+    from vosrt.sdk.synthetic import generate_sequence, write_davis
+    from vosrt.sdk.video import open_source
+
+    sequence = generate_sequence(5, num_frames=2, height=32, width=48, num_objects=1, num_distractors=0)
+    write_davis(tmp_path, "seq", sequence)
+    annotation = tmp_path / "Annotations" / "480p" / "seq" / "00000.png"
+    annotation.rename(annotation.with_suffix(".PNG"))
+    source = open_source(tmp_path / "JPEGImages" / "480p" / "seq")
+    try:
+        assert np.array_equal(source.first_mask(), sequence.labels[0])
+    finally:
+        source.close()
