@@ -8,7 +8,8 @@ Tasks:
 * ``vis``: YouTube-VIS video AP, AP50, AP75, AR1, AR10; ``--gt`` the annotation JSON, ``--pred`` the
   results JSON (the challenge's submission format).
 * ``mots``: KITTI-MOTS HOTA, DetA, AssA, sMOTSA, MOTSA, IDF1 by trackeval; ``--gt`` and ``--pred`` folders
-  of ``<sequence>.txt`` files in the KITTI-MOTS format.
+  of ``<sequence>.txt`` files in the KITTI-MOTS format. Only class ids 1 (car) and 2 (pedestrian) are
+  scored: predicted rows of other ids are named in a warning, and predictions with neither are refused.
 
 ``vis`` and ``mots`` need ``pip install 'vosrt[eval]'`` (pycocotools, trackeval).
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 import tempfile
 from pathlib import Path
 
@@ -296,11 +297,39 @@ def _read_mots(path: Path, flag: str) -> list[list[str]]:
     return rows
 
 
+MOTS_CLASS_IDS = {"1": "car", "2": "pedestrian"}   # the classes KITTI-MOTS scores (10, ignore, is for ground truth)
+
+
+def _check_mots_classes(pred_folder: Path, predicted: dict) -> None:
+    """trackeval scores only predictions of class 1 (car) and 2 (pedestrian) and drops the rest without a word:
+    a warning on stderr names each file with other class ids, and predictions with none of a scored class are
+    refused (every score would be 0, e.g. a tracker numbering classes from 0)."""
+    others, scored = {}, 0
+    for seq, rows in predicted.items():
+        ids = [row[2].lstrip("0") or "0" for row in rows]
+        scored += sum(i in MOTS_CLASS_IDS for i in ids)
+        unscored = sorted({i for i in ids if i not in MOTS_CLASS_IDS}, key=int)
+        if unscored:
+            others[seq] = (unscored, sum(i not in MOTS_CLASS_IDS for i in ids))
+    if not others:
+        return
+    where = "; ".join(f"{seq}.txt: class id(s) {', '.join(ids)} in {rows} row(s)" for seq, (ids, rows) in others.items())
+    fix = ("write cars as class id 1 and pedestrians as 2 (a tracker numbering classes from 0 adds 1 to each)")
+    if not scored:
+        raise UserError(f"--pred {pred_folder}: no prediction has a class KITTI-MOTS scores (1 car, 2 pedestrian), "
+                        f"so every score would be 0 ({where}); {fix}")
+    for seq, (ids, rows) in others.items():
+        print(f"warning: --pred {pred_folder / f'{seq}.txt'}: {rows} row(s) of class id(s) {', '.join(ids)} are not "
+              f"scored (KITTI-MOTS scores class 1 car and 2 pedestrian); {fix}", file=sys.stderr, flush=True)
+
+
 def mots_metrics(gt_folder: str | Path, pred_folder: str | Path, classes=("car", "pedestrian")) -> dict:
     """KITTI-MOTS metrics by trackeval: ``gt_folder`` holds one ``<sequence>.txt`` per sequence (or a
     ``label_02`` folder of them), ``pred_folder`` the tracker's ``<sequence>.txt`` files. Returns
     ``{class: {"HOTA", "DetA", "AssA", "sMOTSA", "MOTSA", "IDF1"}}`` over all sequences (class-combined
-    results are not part of the KITTI-MOTS protocol); a class neither annotated nor predicted is left out."""
+    results are not part of the KITTI-MOTS protocol); a class neither annotated nor predicted is left out.
+    Predicted rows of class ids other than 1 and 2 are not scored: a warning on stderr names their files and
+    classes, and predictions with no row of class 1 or 2 are refused."""
     trackeval = _require("trackeval")
     gt_folder, pred_folder = Path(gt_folder), Path(pred_folder)
     labels = gt_folder / "label_02" if (gt_folder / "label_02").is_dir() else gt_folder
@@ -310,13 +339,15 @@ def mots_metrics(gt_folder: str | Path, pred_folder: str | Path, classes=("car",
     missing = [s for s in seqs if not (pred_folder / f"{s}.txt").is_file()]
     if missing:
         raise UserError(f"--pred {pred_folder}: no {missing[0]}.txt (predictions for every ground-truth sequence)")
+    predictions = {s: _read_mots(pred_folder / f"{s}.txt", "--pred") for s in seqs}
+    _check_mots_classes(pred_folder, predictions)
     lengths = {}
     with tempfile.TemporaryDirectory() as scratch:
         tracker = Path(scratch) / "trackers" / "vosrt" / "data"
         tracker.mkdir(parents=True)
         for s in seqs:
             truth = _read_mots(labels / f"{s}.txt", "--gt")
-            predicted = _read_mots(pred_folder / f"{s}.txt", "--pred")
+            predicted = predictions[s]
             sizes = {(row[3], row[4]) for row in truth}
             odd = next((row for row in predicted if sizes and (row[3], row[4]) not in sizes), None)
             if odd is not None:

@@ -228,3 +228,26 @@ def test_mots_bad_files_are_one_line_errors_naming_file_and_line(tmp_path):
     (tmp_path / "blank").mkdir()
     (tmp_path / "blank" / "0000.txt").write_text("\n".join(good[:1]) + "\n\n")
     assert mots_metrics(tmp_path / "gt", tmp_path / "blank", classes=("car",))["car"]["DetA"] == pytest.approx(1 / 3)
+
+
+def test_mots_predictions_of_classes_kitti_mots_does_not_score_are_named_not_dropped_silently(tmp_path, capsys):
+    # trackeval leaves class ids other than 1 (car) and 2 (pedestrian) out: a tracker counting classes from 0
+    # scored 0 with no word
+    gt = {1001: {t: A for t in range(4)}}
+    mots_files(tmp_path / "gt", gt)
+    mots_files(tmp_path / "zero-based", {5: gt[1001]}, cls=0)
+    with pytest.raises(UserError, match=r"--pred .*zero-based: no prediction has a class KITTI-MOTS scores .*"
+                                        r"0000.txt: class id\(s\) 0 in 4 row\(s\).*adds 1"):
+        mots_metrics(tmp_path / "gt", tmp_path / "zero-based", classes=("car",))
+    # some rows of another class: scored without them, and a warning names the file and the classes
+    lines = (tmp_path / "gt" / "0000.txt").read_text().splitlines()
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "0000.txt").write_text("\n".join(
+        [line.replace(" 1001 1 ", " 5 1 ") for line in lines[:2]] + [line.replace(" 1001 1 ", " 5 3 ") for line in
+                                                                       lines[2:]]) + "\n")
+    capsys.readouterr()
+    car = mots_metrics(tmp_path / "gt", tmp_path / "mixed", classes=("car",))["car"]
+    assert car["DetA"] == pytest.approx(0.5)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("warning: --pred ") and "mixed/0000.txt: 2 row(s) of class id(s) 3 are not scored" in err
+    assert "\n" not in err
