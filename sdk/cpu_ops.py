@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from vosrt.sdk.errors import UserError
-from vosrt.sdk.kernels import D2Conv3DParams, L2ReadoutParams, check_status, d2conv3d_params, l2_readout_params
+from vosrt.sdk.kernels import (D2Conv3DParams, KernelError, L2ReadoutParams, check_status, d2conv3d_params,
+                               l2_readout_params)
 from vosrt.sdk.native_callbacks import run_callback
 
 LIBRARY = "libvosrt_cpu_ops.so"
@@ -49,6 +50,7 @@ ENV_CACHE = "VOSRT_CACHE"
 CPU_DOMAIN = "vosrt.cpu"
 PLUGIN_DOMAIN = "trt.plugins"
 TOP_K_INPUT = "top_k"  # the rewritten readout's top_k input, named as in the portable form
+NODE_ATTRIBUTE = "vosrt_node"  # the rewritten node's name in the plugin-form graph, for error messages
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-DNDEBUG"]
 
 _SDK_DIR = Path(__file__).resolve().parent
@@ -174,30 +176,143 @@ class CpuOps:
         self.threads = 0  # 0: every hardware thread
 
     def d2conv3d(self, x, dilation, modulation, weight, bias=None, stride=(1, 1, 1), padding=(0, 0, 0),
-                 dilation_base=(1, 1, 1), groups=1) -> np.ndarray:
-        """Y ``[N, Cout, To, Ho, Wo]`` of D2Conv3D (arguments as in ``vosrt.training.ops.d2conv3d``)."""
+                 dilation_base=(1, 1, 1), groups=1, kernel_shape=None, where: str = "D2Conv3D") -> np.ndarray:
+        """Y ``[N, Cout, To, Ho, Wo]`` of D2Conv3D (arguments as in ``vosrt.training.ops.d2conv3d``).
+
+        Shapes that do not fit together (:func:`check_d2conv3d`) raise UserError naming ``where``: the
+        library reads its inputs by the shapes of X and Wt alone. A batch or Cout of 0 gives an empty Y."""
         x, dilation, modulation, weight, bias = (_f32(a) for a in (x, dilation, modulation, weight, bias))
+        out_thw = check_d2conv3d(x.shape, dilation.shape, None if modulation is None else modulation.shape,
+                                 weight.shape, None if bias is None else bias.shape, stride, padding, dilation_base,
+                                 groups, kernel_shape, where)
+        y = np.empty((x.shape[0], weight.shape[0], *out_thw), dtype=np.float32)
+        if y.size == 0:
+            return y
         params = d2conv3d_params(x.shape, weight.shape, stride, padding, dilation_base, groups,
                                  modulation is not None, bias is not None)
-        out_thw = (_INT * 3)()
-        check_status(self.lib.vosrtCpuOpsD2Conv3DOutputShape(ctypes.byref(params), out_thw),
-                     "vosrtCpuOpsD2Conv3DOutputShape")
-        y = np.empty((x.shape[0], weight.shape[0], *out_thw), dtype=np.float32)
         check_status(self.lib.vosrtCpuOpsD2Conv3DForward(
             ctypes.byref(params), _ptr(x), _ptr(dilation), _ptr(modulation), _ptr(weight), _ptr(bias), _ptr(y),
             self.threads), "vosrtCpuOpsD2Conv3DForward")
         return y
 
-    def l2_memory_readout(self, mem_key, query_key, mem_value, top_k=20, scale=0.0) -> np.ndarray:
+    def l2_memory_readout(self, mem_key, query_key, mem_value, top_k=20, scale=0.0,
+                          where: str = "L2MemoryReadout") -> np.ndarray:
         """out ``[B, V, M]`` from mem_key ``[B, Ck, N]``, query_key ``[B, Ck, M]``, mem_value ``[B, V, N]``;
-        top_k 0 reads all N; scale <= 0 means 1/sqrt(Ck)."""
+        top_k 0 reads all N; scale <= 0 means 1/sqrt(Ck). Shapes that do not fit together, an empty memory
+        or a negative top_k raise UserError naming ``where`` (:func:`check_l2_readout`); B, M or V of 0
+        gives an empty output."""
         mem_key, query_key, mem_value = (_f32(a) for a in (mem_key, query_key, mem_value))
-        params = l2_readout_params(mem_key.shape, query_key.shape[2], mem_value.shape[1], top_k, scale)
+        check_l2_readout(mem_key.shape, query_key.shape, mem_value.shape, top_k, scale, where)
         out = np.empty((mem_key.shape[0], mem_value.shape[1], query_key.shape[2]), dtype=np.float32)
+        if out.size == 0:
+            return out
+        if MAX_TOP_K < top_k < mem_key.shape[2]:
+            raise KernelError(f"{where}: top_k {top_k} is not supported: at most {MAX_TOP_K}, or 0 (or >= N = "
+                              f"{mem_key.shape[2]}) for all memory entries")
+        params = l2_readout_params(mem_key.shape, query_key.shape[2], mem_value.shape[1], top_k, scale)
         check_status(self.lib.vosrtCpuOpsL2ReadoutForward(ctypes.byref(params), _ptr(mem_key), _ptr(query_key),
                                                           _ptr(mem_value), _ptr(out), self.threads),
                      "vosrtCpuOpsL2ReadoutForward")
         return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checks of the operators' inputs. The C library takes only the sizes of X and Wt (mem_key, query_key and
+# mem_value's V): a D, M, B, Ck or N that disagrees with them would be read out of bounds, so every shape
+# is checked here first, as the TensorRT plugins do (plugins/trt/src/vosrt_trt_translate.cpp).
+
+INT_MAX = 2**31 - 1
+MAX_TOP_K = 64  # VOSRT_L2_READOUT_MAX_TOP_K (plugins/kernels/include/vosrt_kernels.h)
+_AXES = ("t", "h", "w")
+
+
+def _fail(where: str, message: str):
+    raise UserError(f"{where}: {message}")
+
+
+def _check_rank(where: str, name: str, shape, layout: str) -> tuple[int, ...]:
+    shape = tuple(int(d) for d in shape)
+    rank = layout.count(",") + 1
+    if len(shape) != rank:
+        _fail(where, f"{name} must have rank {rank} ({layout}), got shape {list(shape)}")
+    if any(d > INT_MAX for d in shape):
+        _fail(where, f"{name} {list(shape)} has a dimension above {INT_MAX}, which the operator does not support")
+    return shape
+
+
+def check_d2conv3d_attributes(kernel_shape, strides, pads, dilations, group, where: str = "D2Conv3D") -> None:
+    """UserError unless kernel_shape (or None: taken from Wt), strides and dilations are 3 ints >= 1, pads 3
+    ints >= 0 (symmetric, one per axis t, h, w) and group an int >= 1."""
+    for name, values, low in (("kernel_shape", kernel_shape, 1), ("strides", strides, 1), ("pads", pads, 0),
+                              ("dilations", dilations, 1)):
+        if values is None and name == "kernel_shape":
+            continue
+        values = list(values)
+        if len(values) != 3 or any(int(v) != v or v < low for v in values):
+            _fail(where, f"{name} must be 3 integers >= {low} (t, h, w{', symmetric' if name == 'pads' else ''}), "
+                         f"got {values}")
+    if int(group) != group or group < 1:
+        _fail(where, f"group must be an integer >= 1, got {group}")
+
+
+def check_d2conv3d(x, dilation, modulation, weight, bias, strides, pads, dilations, group, kernel_shape=None,
+                   where: str = "D2Conv3D") -> tuple[int, int, int]:
+    """The output's (To, Ho, Wo) for inputs of these shapes (modulation, bias: None when absent), or
+    UserError naming ``where``, the input and the shape it must have (ARCHITECTURE.md, operator 1)."""
+    check_d2conv3d_attributes(kernel_shape, strides, pads, dilations, group, where)
+    x = _check_rank(where, "X", x, "[N, C, T, H, W]")
+    weight = _check_rank(where, "Wt", weight, "[Cout, C/group, kt, kh, kw]")
+    n, c, cout, kernel = x[0], x[1], weight[0], weight[2:]
+    if kernel_shape is not None and tuple(int(k) for k in kernel_shape) != kernel:
+        _fail(where, f"Wt {list(weight)} has kernel {list(kernel)} but kernel_shape is {list(kernel_shape)}")
+    if min(x[1:]) < 1 or min(kernel) < 1:
+        _fail(where, f"X [N, C, T, H, W] = {list(x)} and Wt's kernel {list(kernel)} must have sizes >= 1 "
+                     "(but N)")
+    if c % group or cout % group:
+        _fail(where, f"C ({c}) and Cout ({cout}) must both be divisible by group {group}")
+    if weight[1] != c // group:
+        _fail(where, f"Wt [Cout, C/group, kt, kh, kw] must have C/group = {c // group} in dim 1, got {list(weight)}")
+    out = []
+    for a in range(3):
+        size, k, s, p, d = x[2 + a], kernel[a], int(strides[a]), int(pads[a]), int(dilations[a])
+        span = size + 2 * p - d * (k - 1) - 1
+        if span < 0:
+            _fail(where, f"output {_AXES[a]} size would be < 1: input {size}, kernel {k}, stride {s}, pad {p}, "
+                         f"dilation {d}")
+        out.append(span // s + 1)
+    expect_d = (n, 3, *out)
+    if _check_rank(where, "D", dilation, "[N, 3, To, Ho, Wo]") != expect_d:
+        _fail(where, f"D must be [N, 3, To, Ho, Wo] = {list(expect_d)}, got {list(dilation)}")
+    if modulation is not None:
+        expect_m = (n, kernel[0] * kernel[1] * kernel[2], *out)
+        if _check_rank(where, "M", modulation, "[N, kt*kh*kw, To, Ho, Wo]") != expect_m:
+            _fail(where, f"M must be [N, kt*kh*kw, To, Ho, Wo] = {list(expect_m)}, got {list(modulation)}")
+    if bias is not None and _check_rank(where, "B", bias, "[Cout]") != (cout,):
+        _fail(where, f"B must be [Cout] = [{cout}], got {list(bias)}")
+    return tuple(out)
+
+
+def check_l2_readout(mem_key, query_key, mem_value, top_k, scale, where: str = "L2MemoryReadout") -> None:
+    """UserError naming ``where`` unless mem_key ``[B, Ck, N]``, query_key ``[B, Ck, M]`` and mem_value
+    ``[B, V, N]`` fit together, Ck >= 1, the memory is not empty (N >= 1, where there is anything to
+    read), top_k >= 0 and scale is finite (ARCHITECTURE.md, operator 2)."""
+    mk = _check_rank(where, "mem_key", mem_key, "[B, Ck, N]")
+    qk = _check_rank(where, "query_key", query_key, "[B, Ck, M]")
+    mv = _check_rank(where, "mem_value", mem_value, "[B, V, N]")
+    if not mk[0] == qk[0] == mv[0]:
+        _fail(where, f"batch differs: mem_key {list(mk)}, query_key {list(qk)}, mem_value {list(mv)}")
+    if mk[1] != qk[1]:
+        _fail(where, f"key channels differ: mem_key [B, Ck, N] = {list(mk)}, query_key [B, Ck, M] = {list(qk)}")
+    if mk[2] != mv[2]:
+        _fail(where, f"memory length differs: mem_key [B, Ck, N] = {list(mk)}, mem_value [B, V, N] = {list(mv)}")
+    if mk[1] < 1:
+        _fail(where, "the keys have no channels (Ck = 0)")
+    if int(top_k) != top_k or top_k < 0:
+        _fail(where, f"top_k must be an integer >= 0 (0 = all memory entries), got {top_k}")
+    if not np.isfinite(scale):
+        _fail(where, f"scale must be finite (<= 0 for 1/sqrt(Ck)), got {scale}")
+    if mk[2] == 0 and mk[0] * qk[2] * mv[1] > 0:
+        _fail(where, "the memory is empty (N = 0): there is nothing to read")
 
 
 def _f32(array):
@@ -230,9 +345,9 @@ _state: dict[str, object] = {}
 
 
 def _geometry(text: str) -> tuple[tuple[int, ...], ...]:
-    # "stride;pad;dilation;groups", each a comma-separated triple except groups
+    # "stride;pad;dilation;groups;kernel", each a comma-separated triple except groups
     parts = [tuple(int(v) for v in p.split(",")) for p in text.split(";")]
-    return parts[0], parts[1], parts[2], parts[3][0]
+    return parts[0], parts[1], parts[2], parts[3][0], parts[4]
 
 
 def _extensions_module():
@@ -254,21 +369,41 @@ def _extensions_module():
     return module
 
 
+def _node(op_type: str, attributes) -> str:
+    """How errors name the node a Python operator runs: its op type and name in the plugin-form graph."""
+    return f"{op_type} node '{attributes.get(NODE_ATTRIBUTE, '')}'"
+
+
+def _named(where: str, call):
+    # A library status names the C call only; say which node of the graph made it.
+    try:
+        return call()
+    except KernelError as err:
+        if str(err).startswith(where):
+            raise
+        raise KernelError(f"{where}: {err}") from None
+
+
 def _d2conv3d_op(has_mod: bool, has_bias: bool):
     def run(tensors, attributes):
         x, dilation, *rest = tensors
         modulation = rest.pop(0) if has_mod else None
         weight = rest.pop(0)
         bias = rest.pop(0) if has_bias else None
-        stride, pad, dil, groups = _geometry(attributes["vosrt_geometry"])
-        return _state["ops"].d2conv3d(x, dilation, modulation, weight, bias, stride, pad, dil, groups)
+        stride, pad, dil, groups, kernel = _geometry(attributes["vosrt_geometry"])
+        where = _node("D2Conv3D", attributes)
+        return _named(where, lambda: _state["ops"].d2conv3d(x, dilation, modulation, weight, bias, stride, pad, dil,
+                                                            groups, kernel, where))
     return run
 
 
 def _readout_op(tensors, attributes):
     mem_key, query_key, mem_value, top_k = tensors
-    return _state["ops"].l2_memory_readout(mem_key, query_key, mem_value, max(int(top_k.reshape(-1)[0]), 0),
-                                           float(attributes["scale"]))
+    where = _node("L2MemoryReadout", attributes)
+    if top_k.size != 1:
+        raise UserError(f"{where}: top_k must hold one integer, got shape {list(top_k.shape)}")
+    return _named(where, lambda: _state["ops"].l2_memory_readout(mem_key, query_key, mem_value, int(top_k.reshape(-1)[0]),
+                                                                 float(attributes["scale"]), where))
 
 
 def _invoke(op_id, feed, attributes):
@@ -292,9 +427,11 @@ def register_onnxruntime_ops(ops: CpuOps) -> str:
         native = _extensions_module()
         Def = native.PyCustomOpDef
         bodies, definitions = {}, []
-        kinds = [(f"{op_type}", [Def.dt_float] * (3 + mod + bias), {"vosrt_geometry": Def.dt_string},
+        kinds = [(f"{op_type}", [Def.dt_float] * (3 + mod + bias),
+                  {"vosrt_geometry": Def.dt_string, NODE_ATTRIBUTE: Def.dt_string},
                   _d2conv3d_op(mod, bias)) for (mod, bias), op_type in D2CONV3D_VARIANTS.items()]
-        kinds.append(("L2MemoryReadout", [Def.dt_float] * 3 + [Def.dt_int64], {"scale": Def.dt_float}, _readout_op))
+        kinds.append(("L2MemoryReadout", [Def.dt_float] * 3 + [Def.dt_int64],
+                      {"scale": Def.dt_float, NODE_ATTRIBUTE: Def.dt_string}, _readout_op))
         for index, (op_type, inputs, attrs, body) in enumerate(kinds):
             definition = Def()
             definition.op_type = f"{CPU_DOMAIN}::{op_type}"
@@ -324,7 +461,7 @@ def has_plugin_nodes(path: str | os.PathLike) -> bool:
 
 
 # Bump when plugin_model_for_cpu writes something different, so cached rewrites are redone.
-REWRITE_VERSION = 1
+REWRITE_VERSION = 2
 
 
 def cpu_graph_for(path: str | os.PathLike) -> Path:
@@ -370,47 +507,103 @@ def _prune_cpu_graphs(folder: Path, stale_prefix: str) -> None:
             pass
 
 
+def _known_ranks(graph) -> dict[str, int]:
+    """Ranks of the tensors the graph states without shape inference: initializers, Constant nodes, and
+    graph inputs and value_info entries with a shape."""
+    ranks = {i.name: len(i.dims) for i in graph.initializer}
+    for info in [*graph.input, *graph.value_info]:
+        tensor = info.type.tensor_type
+        if info.type.HasField("tensor_type") and tensor.HasField("shape"):
+            ranks.setdefault(info.name, len(tensor.shape.dim))
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output:
+            for a in node.attribute:
+                if a.name == "value":
+                    ranks.setdefault(node.output[0], len(a.t.dims))
+    return ranks
+
+
+def _d2conv3d_inputs(node, ranks: dict[str, int], where: str) -> tuple[tuple[bool, bool], list[str]]:
+    """(has modulation, has bias) and the given inputs of a plugin-form D2Conv3D node: X, D, [M], Wt, [B].
+
+    An absent optional input is either left out (the exporter's form, 3 or 4 inputs: with 4, input 3 is Wt
+    after M when it has rank 5, B after Wt when it has rank 1) or given as an empty name (ONNX's form)."""
+    names = list(node.input)
+    if not 3 <= len(names) <= 5:
+        raise UserError(f"{where}: expected 3 to 5 inputs (X, D, [M], Wt, [B]), got {len(names)}")
+    if "" in names:  # by position: X, D, M, Wt, B
+        slots = names + [""] * (5 - len(names))
+        if not (slots[0] and slots[1] and slots[3]):
+            raise UserError(f"{where}: inputs X, D and Wt (0, 1 and 3 when empty names mark absent inputs) "
+                            f"are required, got {names}")
+        return (bool(slots[2]), bool(slots[4])), [n for n in slots if n]
+    if len(names) == 5:
+        return (True, True), names
+    if len(names) == 3:
+        return (False, False), names
+    rank = ranks.get(names[3])
+    if rank not in (1, 5):
+        raise UserError(f"{where}: with 4 inputs, input 3 ('{names[3]}') must be Wt after M (rank 5) or B after Wt "
+                        f"(rank 1), and its rank is {'not stated in the graph' if rank is None else rank}; "
+                        "give it a shape or write the absent input as an empty name")
+    return ((True, False) if rank == 5 else (False, True)), names
+
+
 def plugin_model_for_cpu(path: str | os.PathLike) -> bytes:
     """The plugin-form graph at ``path`` with its ``trt.plugins`` nodes moved to the CPU operators.
 
     Each ``D2Conv3D`` node gets the variant type for its inputs and its integer-list attributes packed
     into one string attribute (onnxruntime-extensions operators read scalar attributes only); each
-    ``L2MemoryReadout`` node keeps its attributes. The file on disk is not changed.
+    ``L2MemoryReadout`` node keeps its attributes. Attributes are checked as TensorRT's plugins check
+    them (UserError naming the node). The file on disk is not changed.
     """
     import onnx
 
     model = onnx.load(str(path))
-    initializer_ranks = {i.name: len(i.dims) for i in model.graph.initializer}
-    for node in model.graph.node:
+    ranks = _known_ranks(model.graph)
+    top_k_inputs: dict[int, str] = {}  # top_k attribute -> the input that carries it (one for all)
+    for index, node in enumerate(model.graph.node):
         if node.domain != PLUGIN_DOMAIN:
             continue
+        name = node.name or f"#{index}"
+        where = f"{path}: {node.op_type} node '{name}'"
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "D2Conv3D":
-            count = len(node.input)
-            if count == 5:
-                variant = (True, True)
-            elif count == 3:
-                variant = (False, False)
-            else:  # X, D, then either M, Wt or Wt, B: B is the only 1-D one
-                variant = (False, True) if initializer_ranks.get(node.input[3]) == 1 else (True, False)
-            geometry = ";".join(",".join(str(int(v)) for v in attrs[name]) for name in ("strides", "pads", "dilations"))
-            geometry += f";{int(attrs.get('group', 1))}"
+            variant, inputs = _d2conv3d_inputs(node, ranks, where)
+            if "kernel_shape" not in attrs:
+                raise UserError(f"{where}: the kernel_shape attribute (3 ints, t h w) is required")
+            geometry = {"strides": [1, 1, 1], "pads": [0, 0, 0], "dilations": [1, 1, 1], "group": 1}
+            geometry.update({k: v for k, v in attrs.items() if k in geometry})
+            check_d2conv3d_attributes(attrs["kernel_shape"], geometry["strides"], geometry["pads"],
+                                      geometry["dilations"], geometry["group"], where)
+            packed = ";".join(",".join(str(int(v)) for v in geometry[k]) for k in ("strides", "pads", "dilations"))
+            packed += f";{int(geometry['group'])};" + ",".join(str(int(v)) for v in attrs["kernel_shape"])
             node.op_type = D2CONV3D_VARIANTS[variant]
+            del node.input[:]
+            node.input.extend(inputs)
             del node.attribute[:]
-            node.attribute.append(onnx.helper.make_attribute("vosrt_geometry", geometry))
+            node.attribute.append(onnx.helper.make_attribute("vosrt_geometry", packed))
         elif node.op_type == "L2MemoryReadout":
+            if len(node.input) != 3 or not all(node.input):
+                raise UserError(f"{where}: expected 3 inputs (mem_key, query_key, mem_value), got {list(node.input)}")
+            top_k, scale = attrs.get("top_k", 20), attrs.get("scale", 0.0)
+            if not isinstance(top_k, int) or top_k < 0:
+                raise UserError(f"{where}: top_k must be an integer >= 0 (0 = all memory entries), got {top_k!r}")
+            if not isinstance(scale, float) or not np.isfinite(scale):
+                raise UserError(f"{where}: scale must be a finite float (<= 0 for 1/sqrt(Ck)), got {scale!r}")
             # top_k becomes an input with the attribute as its default, as in the portable form, so a
             # session can change it without re-exporting.
-            if TOP_K_INPUT not in initializer_ranks:
-                default = np.array([int(attrs.get("top_k", 20))], np.int64)
+            if TOP_K_INPUT not in top_k_inputs.values():
+                top_k_inputs[top_k] = TOP_K_INPUT
+                default = np.array([top_k], np.int64)
                 model.graph.initializer.append(onnx.numpy_helper.from_array(default, TOP_K_INPUT))
                 model.graph.input.append(onnx.helper.make_tensor_value_info(TOP_K_INPUT, onnx.TensorProto.INT64, [1]))
-                initializer_ranks[TOP_K_INPUT] = 1
             node.input.append(TOP_K_INPUT)
             del node.attribute[:]
-            node.attribute.append(onnx.helper.make_attribute("scale", float(attrs.get("scale", 0.0))))
+            node.attribute.append(onnx.helper.make_attribute("scale", float(scale)))
         else:
             raise UserError(f"{path}: plugin operator {node.op_type} has no CPU implementation")
+        node.attribute.append(onnx.helper.make_attribute(NODE_ATTRIBUTE, name))
         node.domain = CPU_DOMAIN
     imports = [o for o in model.opset_import if o.domain != PLUGIN_DOMAIN]
     del model.opset_import[:]

@@ -175,3 +175,174 @@ def test_cpu_graph_cache_keeps_one_rewrite_per_source_and_nothing_from_a_failure
     with pytest.raises(Exception):
         cpu_ops.cpu_graph_for(broken)
     assert sorted(second.parent.iterdir()) == [second]
+
+
+# ---- Hand-written plugin-form graphs: the nodes as a foreign exporter might write them, in real ONNX
+# Runtime sessions with the CPU operators registered as the backend registers them. ----
+
+def _plugin_session(tmp_path, nodes, inputs, outputs, initializers=()):
+    """A session of a plugin-form graph made of ``nodes`` (trt.plugins nodes); its run raises what an
+    operator kept (as the backend's run does)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from vosrt.sdk import native_callbacks
+    from vosrt.sdk.backends.onnxruntime import session_options
+
+    ops = cpu_ops.load_cpu_ops()  # before anything else: a skip, not a failure, where it cannot be built
+    value = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, None)  # noqa: E731
+    graph = helper.make_graph(nodes, "g", [i if not isinstance(i, str) else value(i) for i in inputs],
+                              [value(o) for o in outputs], list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("trt.plugins", 1)])
+    model.ir_version = 10
+    path = tmp_path / f"graph{len(list(tmp_path.glob('*.onnx')))}.plugin.onnx"
+    onnx.save(model, str(path))
+    options = session_options(1)
+    options.register_custom_ops_library(cpu_ops.register_onnxruntime_ops(ops))
+    session = ort.InferenceSession(cpu_ops.plugin_model_for_cpu(path), options, providers=["CPUExecutionProvider"])
+
+    def run(feeds):
+        try:
+            return session.run(None, feeds)
+        finally:
+            native_callbacks.release()
+    return run
+
+
+def _conv_node(inputs=("X", "D", "M", "W", "B"), name="conv1", **attrs):
+    from onnx import helper
+    attrs = {"kernel_shape": [3, 3, 3], "strides": [1, 1, 1], "pads": [1, 1, 1], "dilations": [1, 1, 1], "group": 1,
+             **attrs}
+    attrs = {k: v for k, v in attrs.items() if v is not None}
+    return helper.make_node("D2Conv3D", list(inputs), ["Y"], name=name, domain="trt.plugins", plugin_version="1",
+                            plugin_namespace="", **attrs)
+
+
+def _readout_node(name="read1", output="out", **attrs):
+    from onnx import helper
+    return helper.make_node("L2MemoryReadout", ["mk", "qk", "mv"], [output], name=name, domain="trt.plugins",
+                            plugin_version="1", plugin_namespace="", **attrs)
+
+
+def _conv_feeds(n=1, c=2, cout=4, thw=(4, 5, 6), groups=1, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"X": rng.standard_normal((n, c, *thw), dtype=np.float32),
+            "D": 1 + rng.random((n, 3, *thw), dtype=np.float32),
+            "M": rng.random((n, 27, *thw), dtype=np.float32),
+            "W": rng.standard_normal((cout, c // groups, 3, 3, 3), dtype=np.float32),
+            "B": rng.standard_normal(cout, dtype=np.float32)}
+
+
+def _readout_feeds(b=1, ck=8, n=100, m=30, v=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"mk": rng.standard_normal((b, ck, n), dtype=np.float32),
+            "qk": rng.standard_normal((b, ck, m), dtype=np.float32),
+            "mv": rng.standard_normal((b, v, n), dtype=np.float32)}
+
+
+CONV_MISFITS = {  # input -> (the array fed instead, the message)
+    "D": (lambda f: f["D"][:, :, :1], r"D must be \[N, 3, To, Ho, Wo\] = \[1, 3, 4, 5, 6\], got \[1, 3, 1, 5, 6\]"),
+    "M": (lambda f: f["M"][:, :8], r"M must be \[N, kt\*kh\*kw, To, Ho, Wo\] = \[1, 27, 4, 5, 6\], got \[1, 8"),
+    "W": (lambda f: f["W"][:, :1], r"Wt \[Cout, C/group, kt, kh, kw\] must have C/group = 2 in dim 1"),
+    "B": (lambda f: f["B"][:2], r"B must be \[Cout\] = \[4\], got \[2\]"),
+    "X": (lambda f: f["X"][0], r"X must have rank 5 \(\[N, C, T, H, W\]\)"),
+}
+
+
+@pytest.mark.parametrize("misfit", list(CONV_MISFITS))
+def test_d2conv3d_node_with_an_input_that_does_not_fit_is_an_error_naming_the_node(tmp_path, misfit):
+    # The library takes only X's and Wt's sizes: a smaller D, M or B was read past its end (a silently
+    # wrong Y), a Wt with too few input channels likewise.
+    run = _plugin_session(tmp_path, [_conv_node()], ["X", "D", "M", "W", "B"], ["Y"])
+    feeds = _conv_feeds()
+    assert run(feeds)[0].shape == (1, 4, 4, 5, 6)
+    change, message = CONV_MISFITS[misfit]
+    with pytest.raises(UserError, match="D2Conv3D node 'conv1': " + message):
+        run(dict(feeds, **{misfit: change(feeds)}))
+
+
+def test_d2conv3d_node_whose_weights_disagree_with_its_attributes_is_an_error(tmp_path):
+    feeds = _conv_feeds()
+    run = _plugin_session(tmp_path, [_conv_node(group=2)], ["X", "D", "M", "W", "B"], ["Y"])
+    with pytest.raises(UserError, match=r"D2Conv3D node 'conv1': Wt .* must have C/group = 1 in dim 1, got \[4, 2"):
+        run(feeds)
+    run = _plugin_session(tmp_path, [_conv_node(kernel_shape=[1, 3, 3])], ["X", "D", "M", "W", "B"], ["Y"])
+    with pytest.raises(UserError, match=r"has kernel \[3, 3, 3\] but kernel_shape is \[1, 3, 3\]"):
+        run(feeds)
+
+
+READOUT_MISFITS = {
+    "mv": (lambda f: f["mv"][:, :, :10], r"memory length differs: mem_key \[B, Ck, N\] = \[1, 8, 100\], "
+                                         r"mem_value \[B, V, N\] = \[1, 5, 10\]"),
+    "qk": (lambda f: f["qk"][:, :2], r"key channels differ"),
+    "mk": (lambda f: np.concatenate([f["mk"], f["mk"]]), r"batch differs"),
+}
+
+
+@pytest.mark.parametrize("misfit", list(READOUT_MISFITS))
+def test_readout_node_with_an_input_that_does_not_fit_is_an_error_naming_the_node(tmp_path, misfit):
+    run = _plugin_session(tmp_path, [_readout_node(top_k=4)], ["mk", "qk", "mv"], ["out"])
+    feeds = _readout_feeds()
+    assert run(feeds)[0].shape == (1, 5, 30)
+    change, message = READOUT_MISFITS[misfit]
+    with pytest.raises(UserError, match="L2MemoryReadout node 'read1': " + message):
+        run(dict(feeds, **{misfit: change(feeds)}))
+
+
+@pytest.mark.parametrize("attrs, message", [
+    ({"group": 0}, r"group must be an integer >= 1, got 0"),
+    ({"strides": [0, 1, 1]}, r"strides must be 3 integers >= 1 \(t, h, w\), got \[0, 1, 1\]"),
+    ({"dilations": [1, 1]}, r"dilations must be 3 integers >= 1"),
+    ({"pads": [0, 0, 0, 2, 2, 2]}, r"pads must be 3 integers >= 0 \(t, h, w, symmetric\)"),  # ONNX Conv's begin/end
+    ({"kernel_shape": None}, r"the kernel_shape attribute \(3 ints, t h w\) is required"),
+], ids=["group0", "stride0", "dilations2", "pads6", "no-kernel_shape"])
+def test_d2conv3d_node_with_an_attribute_out_of_range_is_refused_when_opened(tmp_path, attrs, message):
+    # group 0 and stride 0 were a bare "invalid value" at run time; six pads ran with the first three
+    # (wrong for asymmetric pads); a missing kernel_shape was not noticed.
+    with pytest.raises(UserError, match="D2Conv3D node 'conv1': " + message):
+        _plugin_session(tmp_path, [_conv_node(**attrs)], ["X", "D", "M", "W", "B"], ["Y"])
+
+
+def test_readout_node_with_a_negative_top_k_is_refused_and_top_k_beyond_the_limit_says_so(tmp_path):
+    # A negative top_k read every entry, as top_k = 0 does.
+    with pytest.raises(UserError, match=r"L2MemoryReadout node 'read1': top_k must be an integer >= 0 .* got -1"):
+        _plugin_session(tmp_path, [_readout_node(top_k=-1)], ["mk", "qk", "mv"], ["out"])
+    run = _plugin_session(tmp_path, [_readout_node(top_k=65)], ["mk", "qk", "mv"], ["out"])
+    with pytest.raises(Exception, match=r"L2MemoryReadout node 'read1': top_k 65 is not supported: at most 64"):
+        run(_readout_feeds(n=100))
+    assert run(_readout_feeds(n=60))[0].shape == (1, 5, 30)  # top_k >= N: every entry
+
+
+def test_d2conv3d_node_inputs_absent_by_empty_name_or_told_apart_by_rank(tmp_path):
+    from onnx import TensorProto, helper
+
+    feeds = _conv_feeds()
+    full = _plugin_session(tmp_path, [_conv_node()], ["X", "D", "M", "W", "B"], ["Y"])
+    no_mod = dict(feeds, M=np.ones_like(feeds["M"]))
+    want = full(no_mod)[0]
+    given = {k: v for k, v in feeds.items() if k != "M"}
+    # ONNX's way of leaving out an optional input: an empty name (ONNX Runtime refused the rewrite).
+    run = _plugin_session(tmp_path, [_conv_node(["X", "D", "", "W", "B"])], ["X", "D", "W", "B"], ["Y"])
+    np.testing.assert_allclose(run(given)[0], want, rtol=1e-5, atol=1e-5)
+    # X, D, Wt, B with B a graph input of stated rank 1 (it was taken for X, D, M, Wt: an IndexError)
+    bias = helper.make_tensor_value_info("B", TensorProto.FLOAT, [4])
+    run = _plugin_session(tmp_path, [_conv_node(["X", "D", "W", "B"])], ["X", "D", "W", bias], ["Y"])
+    np.testing.assert_allclose(run(given)[0], want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(UserError, match=r"with 4 inputs, input 3 \('B'\) must be Wt after M \(rank 5\) or B after "
+                                        r"Wt \(rank 1\), and its rank is not stated"):
+        _plugin_session(tmp_path, [_conv_node(["X", "D", "W", "B"])], ["X", "D", "W", "B"], ["Y"])
+
+
+def test_empty_tensors_give_empty_outputs_and_an_empty_memory_is_an_error(tmp_path):
+    conv = _plugin_session(tmp_path, [_conv_node()], ["X", "D", "M", "W", "B"], ["Y"])
+    feeds = _conv_feeds()
+    assert conv({k: (v[:0] if k in "XDM" else v) for k, v in feeds.items()})[0].shape == (0, 4, 4, 5, 6)
+    read = _plugin_session(tmp_path, [_readout_node(top_k=4)], ["mk", "qk", "mv"], ["out"])
+    feeds = _readout_feeds()
+    assert read(dict(feeds, mv=feeds["mv"][:, :0]))[0].shape == (1, 0, 30)                  # no objects
+    assert read(dict(feeds, qk=feeds["qk"][:, :, :0]))[0].shape == (1, 5, 0)                # no queries
+    assert read({k: v[:0] for k, v in feeds.items()})[0].shape == (0, 5, 30)                # batch 0
+    with pytest.raises(UserError, match=r"L2MemoryReadout node 'read1': the memory is empty \(N = 0\)"):
+        read(dict(feeds, mk=feeds["mk"][:, :, :0], mv=feeds["mv"][:, :, :0]))
+
