@@ -461,7 +461,7 @@ def has_plugin_nodes(path: str | os.PathLike) -> bool:
 
 
 # Bump when plugin_model_for_cpu writes something different, so cached rewrites are redone.
-REWRITE_VERSION = 2
+REWRITE_VERSION = 3
 
 
 def cpu_graph_for(path: str | os.PathLike) -> Path:
@@ -561,7 +561,7 @@ def plugin_model_for_cpu(path: str | os.PathLike) -> bytes:
 
     model = onnx.load(str(path))
     ranks = _known_ranks(model.graph)
-    top_k_inputs: dict[int, str] = {}  # top_k attribute -> the input that carries it (one for all)
+    top_k_inputs: dict[int, str] = {}  # top_k attribute -> the input that carries it
     for index, node in enumerate(model.graph.node):
         if node.domain != PLUGIN_DOMAIN:
             continue
@@ -592,13 +592,14 @@ def plugin_model_for_cpu(path: str | os.PathLike) -> bytes:
             if not isinstance(scale, float) or not np.isfinite(scale):
                 raise UserError(f"{where}: scale must be a finite float (<= 0 for 1/sqrt(Ck)), got {scale!r}")
             # top_k becomes an input with the attribute as its default, as in the portable form, so a
-            # session can change it without re-exporting.
-            if TOP_K_INPUT not in top_k_inputs.values():
-                top_k_inputs[top_k] = TOP_K_INPUT
+            # session can change it without re-exporting; a node with another top_k gets its own input.
+            if top_k not in top_k_inputs:
+                top_k_inputs[top_k] = TOP_K_INPUT if not top_k_inputs else f"{TOP_K_INPUT}_{top_k}"
                 default = np.array([top_k], np.int64)
-                model.graph.initializer.append(onnx.numpy_helper.from_array(default, TOP_K_INPUT))
-                model.graph.input.append(onnx.helper.make_tensor_value_info(TOP_K_INPUT, onnx.TensorProto.INT64, [1]))
-            node.input.append(TOP_K_INPUT)
+                model.graph.initializer.append(onnx.numpy_helper.from_array(default, top_k_inputs[top_k]))
+                model.graph.input.append(onnx.helper.make_tensor_value_info(top_k_inputs[top_k],
+                                                                            onnx.TensorProto.INT64, [1]))
+            node.input.append(top_k_inputs[top_k])
             del node.attribute[:]
             node.attribute.append(onnx.helper.make_attribute("scale", float(scale)))
         else:

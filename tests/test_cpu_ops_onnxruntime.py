@@ -346,3 +346,14 @@ def test_empty_tensors_give_empty_outputs_and_an_empty_memory_is_an_error(tmp_pa
     with pytest.raises(UserError, match=r"L2MemoryReadout node 'read1': the memory is empty \(N = 0\)"):
         read(dict(feeds, mk=feeds["mk"][:, :, :0], mv=feeds["mv"][:, :, :0]))
 
+
+def test_two_readout_nodes_with_different_top_k_each_read_with_their_own(tmp_path):
+    # The rewrite turns top_k into an input; the second node's top_k used to be served by the first
+    # node's input, so it silently read with the first node's top_k.
+    nodes = [_readout_node("read_k2", "out2", top_k=2), _readout_node("read_all", "out_all", top_k=0)]
+    run = _plugin_session(tmp_path, nodes, ["mk", "qk", "mv"], ["out2", "out_all"])
+    feeds = _readout_feeds()
+    ops = cpu_ops.load_cpu_ops()
+    got2, got_all = run(feeds)
+    np.testing.assert_allclose(got2, ops.l2_memory_readout(feeds["mk"], feeds["qk"], feeds["mv"], 2), rtol=1e-6)
+    np.testing.assert_allclose(got_all, ops.l2_memory_readout(feeds["mk"], feeds["qk"], feeds["mv"], 0), rtol=1e-6)
