@@ -21,6 +21,7 @@ type builds anew; ``-march=native`` is used because the library is built on the 
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import importlib.util
@@ -173,7 +174,7 @@ class CpuOps:
         }.items():
             fn = getattr(self.lib, symbol)
             fn.restype, fn.argtypes = _INT, argtypes
-        self.threads = 0  # 0: every hardware thread
+        self.threads = 0  # 0: every hardware thread (calls under operator_threads() use theirs instead)
 
     def d2conv3d(self, x, dilation, modulation, weight, bias=None, stride=(1, 1, 1), padding=(0, 0, 0),
                  dilation_base=(1, 1, 1), groups=1, kernel_shape=None, where: str = "D2Conv3D") -> np.ndarray:
@@ -192,7 +193,7 @@ class CpuOps:
                                  modulation is not None, bias is not None)
         check_status(self.lib.vosrtCpuOpsD2Conv3DForward(
             ctypes.byref(params), _ptr(x), _ptr(dilation), _ptr(modulation), _ptr(weight), _ptr(bias), _ptr(y),
-            self.threads), "vosrtCpuOpsD2Conv3DForward")
+            self._threads()), "vosrtCpuOpsD2Conv3DForward")
         return y
 
     def l2_memory_readout(self, mem_key, query_key, mem_value, top_k=20, scale=0.0,
@@ -211,9 +212,13 @@ class CpuOps:
                               f"{mem_key.shape[2]}) for all memory entries")
         params = l2_readout_params(mem_key.shape, query_key.shape[2], mem_value.shape[1], top_k, scale)
         check_status(self.lib.vosrtCpuOpsL2ReadoutForward(ctypes.byref(params), _ptr(mem_key), _ptr(query_key),
-                                                          _ptr(mem_value), _ptr(out), self.threads),
+                                                          _ptr(mem_value), _ptr(out), self._threads()),
                      "vosrtCpuOpsL2ReadoutForward")
         return out
+
+    def _threads(self) -> int:
+        chosen = getattr(_run_threads, "value", None)
+        return self.threads if chosen is None else chosen
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -313,6 +318,24 @@ def check_l2_readout(mem_key, query_key, mem_value, top_k, scale, where: str = "
         _fail(where, f"scale must be finite (<= 0 for 1/sqrt(Ck)), got {scale}")
     if mk[2] == 0 and mk[0] * qk[2] * mv[1] > 0:
         _fail(where, "the memory is empty (N = 0): there is nothing to read")
+
+
+# The thread count of the operators that run on this thread: set by operator_threads(), so that each
+# ONNX Runtime backend's sessions run the operators on its own `threads` (the library is shared).
+_run_threads = threading.local()
+
+
+@contextlib.contextmanager
+def operator_threads(threads: int | None):
+    """Within the block, the CPU operators called on this thread (directly, or by an ONNX Runtime session's
+    run, whose Python operators run on the calling thread) use ``threads`` host threads (0: every hardware
+    thread); None leaves the library's own ``threads`` setting in force."""
+    previous = getattr(_run_threads, "value", None)
+    _run_threads.value = None if threads is None else int(threads)
+    try:
+        yield
+    finally:
+        _run_threads.value = previous
 
 
 def _f32(array):

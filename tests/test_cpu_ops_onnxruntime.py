@@ -357,3 +357,48 @@ def test_two_readout_nodes_with_different_top_k_each_read_with_their_own(tmp_pat
     got2, got_all = run(feeds)
     np.testing.assert_allclose(got2, ops.l2_memory_readout(feeds["mk"], feeds["qk"], feeds["mv"], 2), rtol=1e-6)
     np.testing.assert_allclose(got_all, ops.l2_memory_readout(feeds["mk"], feeds["qk"], feeds["mv"], 0), rtol=1e-6)
+
+
+def _most_threads_during(call) -> tuple[int, int]:
+    """(threads of this process just before ``call``, the most seen while it ran), sampled from /proc."""
+    import threading
+    import time
+
+    seen, done = [], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            seen.append(len(os.listdir("/proc/self/task")))
+            time.sleep(0.0005)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    while not seen:
+        time.sleep(0.001)
+    before = len(os.listdir("/proc/self/task"))
+    try:
+        call()
+    finally:
+        done.set()
+        sampler.join()
+    return before, max(seen)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+def test_each_backend_runs_the_cpu_operators_on_its_own_thread_count(tmp_path, packages):
+    # The library is one per process; the backend used to set its thread count on it, so the last backend
+    # made (threads=3 here) decided the threads of every other backend's runs, and of direct calls.
+    ops = cpu_ops.load_cpu_ops()
+    one = OnnxRuntimeBackend(packages["3dc-seg"], form="plugin", device="cpu", threads=1)
+    OnnxRuntimeBackend(packages["3dc-seg"], form="plugin", device="cpu", threads=3)
+    assert ops.threads == 0  # the library's own setting, for direct calls, is left alone
+    (graph,) = packages["3dc-seg"].graphs
+    clip = np.zeros((1, 3, 8, packages["3dc-seg"].height, packages["3dc-seg"].width), np.float32)
+    assert set(one.run(graph, {"clip": clip})) == set(one.output_names(graph))
+    # What a run under a backend's setting does, seen on an operator large enough to split (64 tiles of
+    # output positions): no worker thread for 1, two for 3.
+    run = _plugin_session(tmp_path, [_conv_node()], ["X", "D", "M", "W", "B"], ["Y"])
+    feeds = _conv_feeds(c=32, cout=32, thw=(8, 32, 32))
+    for threads, workers in ((1, 0), (3, 2)):
+        with cpu_ops.operator_threads(threads):
+            before, most = _most_threads_during(lambda: run(feeds))
+        assert most - before == workers, (threads, before, most)

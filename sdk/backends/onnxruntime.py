@@ -68,7 +68,7 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
         self._threads = check_threads(threads)
         self._arena = bool(memory_arena)
-        self.forms = _choose_forms(package, form, device, self._threads)  # graph -> form that runs
+        self.forms = _choose_forms(package, form, device)  # graph -> form that runs
         self.form = "+".join(sorted(set(self.forms.values()), reverse=True))
         self.bound = device == "cuda" if io_binding is None else bool(io_binding)
         self._providers = providers
@@ -154,7 +154,13 @@ class OnnxRuntimeBackend(Backend):
     def run(self, graph: str, inputs: Mapping[str, Tensor], outputs: Sequence[str] | None = None
             ) -> dict[str, Tensor]:
         try:
-            return self._run(graph, inputs, outputs)
+            if self.forms.get(graph) != "plugin":
+                return self._run(graph, inputs, outputs)
+            from vosrt.sdk import cpu_ops
+            # The CPU operators are one library for the whole process: this backend's thread count goes
+            # with its own runs (another backend may have asked for another).
+            with cpu_ops.operator_threads(self._threads):
+                return self._run(graph, inputs, outputs)
         finally:  # an error or a stop signal kept during a Python operator is raised here
             native_callbacks.release()
 
@@ -287,7 +293,7 @@ class OnnxRuntimeBackend(Backend):
         return f"onnxruntime {ort.__version__} ({self.device}, {forms}, {mode})"
 
 
-def _choose_forms(package, form: str, device: str, threads: int) -> dict[str, str]:
+def _choose_forms(package, form: str, device: str) -> dict[str, str]:
     """Form each graph runs in: the plugin form only for graphs with custom operators in it (elsewhere the
     two forms are the same graph), and only on the CPU, where vosrt's CPU operators run them."""
     if form not in ("auto", "portable", "plugin"):
@@ -311,7 +317,6 @@ def _choose_forms(package, form: str, device: str, threads: int) -> dict[str, st
         reason = str(err).strip().splitlines()[0]
         print(f"vosrt: CPU operators unavailable ({reason}); running the portable form", file=sys.stderr)
         return forms
-    ops.threads = threads
     forms.update({graph: "plugin" for graph in with_ops})
     return forms
 
