@@ -164,16 +164,19 @@ class CpuOps:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.lib = ctypes.CDLL(str(self.path))
         d2c, l2r = ctypes.POINTER(D2Conv3DParams), ctypes.POINTER(L2ReadoutParams)
-        for symbol, argtypes in {
-            "vosrtCpuOpsVersion": [],
-            "vosrtCpuOpsD2Conv3DOutputShape": [d2c, ctypes.POINTER(_INT)],
-            "vosrtCpuOpsD2Conv3DForward": [d2c, _VP, _VP, _VP, _VP, _VP, _VP, _INT],
-            "vosrtCpuOpsL2ReadoutForward": [l2r, _VP, _VP, _VP, _VP, _INT],
-        }.items():
-            fn = getattr(self.lib, symbol)
-            fn.restype, fn.argtypes = _INT, argtypes
+        try:  # a file that is no library (truncated, corrupt) or lacks a function cannot serve
+            self.lib = ctypes.CDLL(str(self.path))
+            for symbol, argtypes in {
+                "vosrtCpuOpsVersion": [],
+                "vosrtCpuOpsD2Conv3DOutputShape": [d2c, ctypes.POINTER(_INT)],
+                "vosrtCpuOpsD2Conv3DForward": [d2c, _VP, _VP, _VP, _VP, _VP, _VP, _INT],
+                "vosrtCpuOpsL2ReadoutForward": [l2r, _VP, _VP, _VP, _VP, _INT],
+            }.items():
+                fn = getattr(self.lib, symbol)
+                fn.restype, fn.argtypes = _INT, argtypes
+        except (OSError, AttributeError) as err:
+            raise CpuOpsUnavailable(f"{self.path} cannot be loaded: {err}") from None
         self.threads = 0  # 0: every hardware thread (calls under operator_threads() use theirs instead)
 
     def d2conv3d(self, x, dilation, modulation, weight, bias=None, stride=(1, 1, 1), padding=(0, 0, 0),
@@ -352,8 +355,22 @@ def _load(path: str) -> CpuOps:
 
 
 def load_cpu_ops(path: str | os.PathLike | None = None, build: bool = True) -> CpuOps:
-    """The CPU operator library (cached per path); builds it on first use. Raises CpuOpsUnavailable."""
-    return _load(str(path) if path else str(find_library(build=build)))
+    """The CPU operator library (cached per path); builds it on first use. Raises CpuOpsUnavailable.
+
+    A library in the user cache that cannot be loaded (a truncated or corrupt file) is built again in
+    its place, with a notice on stderr, rather than refused on every later use."""
+    if path:
+        return _load(str(path))
+    found = find_library(build=build)
+    try:
+        return _load(str(found))
+    except CpuOpsUnavailable as err:
+        root = source_root()
+        if not build or root is None or found != cached_library_path(root):
+            raise
+        print(f"vosrt: {err}; building it again", file=sys.stderr, flush=True)
+        # Replaced atomically, never removed first: another process may be loading its own rebuild.
+        return _load(str(build_library(root, found)))
 
 
 # ---------------------------------------------------------------------------------------------------

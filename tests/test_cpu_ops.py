@@ -189,3 +189,25 @@ def test_cpu_operators_out_of_host_memory_report_an_error_instead_of_ending_the_
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "out of host memory or threads (vosrtStatus_t 5)" in done.stdout, done.stdout
+
+
+def test_a_corrupt_library_in_the_cache_is_built_again(monkeypatch, tmp_path, capfd):
+    # A truncated or corrupt cached library (a full disk, a crash, a copied cache) was an OSError on every
+    # later use: the backend fell back to the portable form for good, form='plugin' failed for good.
+    monkeypatch.setenv(cpu_ops.ENV_CACHE, str(tmp_path))
+    monkeypatch.delenv(cpu_ops.ENV_LIB, raising=False)
+    monkeypatch.setattr(cpu_ops, "_cmake_builds", lambda: [])
+    root = cpu_ops.source_root()
+    if root is None:
+        pytest.skip("no CPU operator sources in this installation")
+    cached = cpu_ops.cached_library_path(root)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"\x7fELF, cut short")
+    ops = cpu_ops.load_cpu_ops()
+    assert ops.path == cached and ops.lib.vosrtCpuOpsVersion() == 1
+    err = capfd.readouterr().err
+    assert f"{cached} cannot be loaded" in err and "building it again" in err
+    named = tmp_path / "named.so"  # a file named outright is refused (CpuOpsUnavailable), not rebuilt
+    named.write_bytes(b"not a library")
+    with pytest.raises(cpu_ops.CpuOpsUnavailable, match="named.so cannot be loaded"):
+        cpu_ops.load_cpu_ops(named)
