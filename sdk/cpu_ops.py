@@ -112,17 +112,22 @@ def build_library(root: Path, out: Path, verbose: bool = True) -> Path:
         raise CpuOpsUnavailable(f"no C++ compiler '{_compiler()}' on PATH (set $CXX or install g++)")
     out.parent.mkdir(parents=True, exist_ok=True)
     includes = [f"-I{root / 'cpu' / 'include'}", f"-I{root / 'kernels' / 'include'}", f"-I{root / 'kernels' / 'src'}"]
-    with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".so", delete=False) as tmp:
-        partial = Path(tmp.name)
+    # Linked to a new name in a private folder, so the linker creates the file with the umask's mode (one
+    # made beforehand by tempfile is 0600, and the linker kept that: 0711, a library that other users of a
+    # shared $VOSRT_CACHE cannot load), then moved into place atomically.
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=".build-"))
+    partial = work / LIBRARY
     command = [compiler, *FLAGS, *includes, *map(str, _sources(root)), "-o", str(partial)]
     if verbose:
         print(f"vosrt: compiling the CPU operator library once into {out.parent} ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise CpuOpsUnavailable(f"compiling {LIBRARY} failed:\n{result.stderr.strip()[-2000:]}")
-    os.replace(partial, out)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise CpuOpsUnavailable(f"compiling {LIBRARY} failed:\n{result.stderr.strip()[-2000:]}")
+        os.replace(partial, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     if verbose:
         print(f"vosrt: CPU operator library built in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return out

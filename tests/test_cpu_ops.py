@@ -5,6 +5,8 @@ kernel tests plus shapes that cross every tile of the CPU code (more reduction r
 more output positions than one tile, output channels that fill no whole register block).
 """
 import functools
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -137,8 +139,15 @@ def test_library_is_built_on_first_use_into_the_cache_with_progress(monkeypatch,
     root = cpu_ops.source_root()
     if root is None:
         pytest.skip("no CPU operator sources in this installation")
-    path = cpu_ops.find_library()
+    mask = os.umask(0o022)
+    try:
+        path = cpu_ops.find_library()
+    finally:
+        os.umask(mask)
     assert path.is_file() and path.is_relative_to(tmp_path)
+    # Readable by all, as the umask allows (it was 0711: other users of a shared cache could not load it),
+    # and no scratch left beside it.
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755 and list(path.parent.iterdir()) == [path]
     assert "compiling the CPU operator library" in capfd.readouterr().err
     assert cpu_ops.CpuOps(path).lib.vosrtCpuOpsVersion() == 1
     assert cpu_ops.find_library() == path  # cached: no second build
