@@ -98,10 +98,12 @@ def _backend_options(args, package, resolved: dict) -> dict:
             cls = backend_class(name)
         except UserError as err:
             raise UserError(f"{flag} {name}: {err}") from None
-        if args.device and args.device not in cls.devices:
+        if args.device and args.device in Backend.devices and args.device not in cls.devices:
+            # a device name no backend takes (a typo) is left to check_options below, which lists the names
             runs_on = " or ".join(d for d in cls.devices if d != "auto")
-            raise UserError(f"--device {args.device}: {flag} {name} runs on {runs_on} only, and --device applies to "
-                            f"both backends; leave --device out: `{_command_without_device_and_threads(args)}`")
+            both = ", and --device applies to both backends" if len(resolved) > 1 else ""
+            raise UserError(f"--device {args.device}: {flag} {name} runs on {runs_on} only{both}; leave --device "
+                            f"out: `{_command_without(args, '--device')}`")
         chosen = {"device": args.device} if args.device else {}
         if args.threads and "threads" in inspect.signature(cls.check_options).parameters:
             chosen["threads"] = args.threads
@@ -115,14 +117,18 @@ def _backend_options(args, package, resolved: dict) -> dict:
     if args.threads and not any("threads" in chosen for chosen in options.values()):
         names = " and ".join(sorted(set(resolved.values())))
         raise UserError(f"--threads {args.threads}: {names} runs on the GPU and takes no CPU thread count; leave "
-                        f"--threads out: `{_command_without_device_and_threads(args)}`")
+                        f"--threads out: `{_command_without(args, '--threads')}`")
     return options
 
 
-def _command_without_device_and_threads(args) -> str:
+def _command_without(args, flag: str) -> str:
+    """This ``vosrt bench`` command line without ``flag`` (``--device`` or ``--threads``); the other flags kept."""
+    kept = {"--device": args.device, "--threads": args.threads}
+    kept.pop(flag)
     return shlex.join(["vosrt", "bench", str(args.package), "--backend", args.backend,
                        *(["--compare", args.compare] if args.compare else []),
                        *(["--checkpoint", str(args.checkpoint)] if args.checkpoint else []),
+                       *[part for name, value in kept.items() if value for part in (name, str(value))],
                        "--frames", str(args.frames), "--warmup", str(args.warmup)])
 
 

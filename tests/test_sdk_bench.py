@@ -69,3 +69,23 @@ def test_the_compare_backends_options_are_checked_before_the_first_backend_is_ti
     assert err.startswith(starts) and "\n" not in err, err
     suggested = shlex.split(re.findall(r"`(vosrt [^`]+)`", err)[-1])[1:]
     assert suggested[0] in ("bench", "build") and "--device" not in suggested and "--threads" not in suggested
+
+
+def test_a_device_one_backend_lacks_is_refused_with_a_hint_that_keeps_the_other_flags(stcn_package, capsys):
+    # The hint dropped --threads as well as the --device it told the user to leave out (the run it suggested
+    # was not the one asked for), said "--device applies to both backends" of a bench with one backend, and a
+    # device no backend has (a typo) was answered "runs on cpu or cuda only ... leave --device out".
+    import re
+    import shlex
+
+    flags = ["--backend", "onnxruntime", "--compare", "tensorrt", "--device", "cpu", "--threads", "2"]
+    assert main(["bench", str(stcn_package), "--frames", "2", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    suggested = shlex.split(re.findall(r"`(vosrt [^`]+)`", err)[-1])[1:]
+    assert "--device" not in suggested and suggested[suggested.index("--threads") + 1] == "2", err
+    assert main(["bench", str(stcn_package), "--frames", "2", "--backend", "tensorrt", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --device cpu: --backend tensorrt runs on cuda only;") and "both" not in err, err
+    assert main(["bench", str(stcn_package), "--frames", "2", "--device", "gpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "expected 'auto', 'cpu' or 'cuda', got 'gpu'" in err and "leave --device out" not in err, err
