@@ -121,3 +121,11 @@ def test_the_torch_backend_declares_and_checks_its_inputs_as_onnxruntime_does(sh
         ort_backend.close()
         torch_backend.close()
 
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_thread_count_refusal_names_the_values_every_backend_takes(shipped, backend):
+    # it said ">= 1 (or None ...)" while threads=0 (the runtime's default, as None) is taken
+    open_backend(shipped, backend, threads=0).close()
+    with pytest.raises(UserError) as refused:
+        open_backend(shipped, backend, threads=-1)
+    assert ">= 0 (0 or None: the runtime's default)" in str(refused.value), str(refused.value)

@@ -159,7 +159,7 @@ def check_threads(threads) -> int:
     if threads is None:
         return 0
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
-        raise UserError(f"threads: expected a whole number of threads >= 1 (or None for the runtime's default), "
+        raise UserError(f"threads: expected a whole number of threads >= 0 (0 or None: the runtime's default), "
                         f"got {threads!r}")
     return int(threads)
 
