@@ -384,16 +384,23 @@ def _most_threads_during(call) -> tuple[int, int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
-def test_each_backend_runs_the_cpu_operators_on_its_own_thread_count(tmp_path, packages):
+def test_each_backend_runs_the_cpu_operators_on_its_own_thread_count(tmp_path, packages, monkeypatch):
     # The library is one per process; the backend used to set its thread count on it, so the last backend
     # made (threads=3 here) decided the threads of every other backend's runs, and of direct calls.
     ops = cpu_ops.load_cpu_ops()
     one = OnnxRuntimeBackend(packages["3dc-seg"], form="plugin", device="cpu", threads=1)
-    OnnxRuntimeBackend(packages["3dc-seg"], form="plugin", device="cpu", threads=3)
+    three = OnnxRuntimeBackend(packages["3dc-seg"], form="plugin", device="cpu", threads=3)
     assert ops.threads == 0  # the library's own setting, for direct calls, is left alone
     (graph,) = packages["3dc-seg"].graphs
     clip = np.zeros((1, 3, 8, packages["3dc-seg"].height, packages["3dc-seg"].width), np.float32)
-    assert set(one.run(graph, {"clip": clip})) == set(one.output_names(graph))
+    # the thread count each backend's own runs hand the library (its operators are called from those runs)
+    given = []
+    monkeypatch.setattr(ops, "_threads", lambda threads=ops._threads: given.append(threads()) or given[-1])
+    for backend, threads in ((one, 1), (three, 3), (one, 1)):
+        given.clear()
+        assert set(backend.run(graph, {"clip": clip})) == set(backend.output_names(graph))
+        assert given and set(given) == {threads}, (threads, given)
+    monkeypatch.undo()
     # What a run under a backend's setting does, seen on an operator large enough to split (64 tiles of
     # output positions): no worker thread for 1, two for 3.
     run = _plugin_session(tmp_path, [_conv_node()], ["X", "D", "M", "W", "B"], ["Y"])
