@@ -82,14 +82,20 @@ def test_sequence_scores_objects_of_the_first_frame_and_skips_first_and_last():
     assert total["J&F"] == pytest.approx((j + f) / 2)
 
 
-def test_vosrt_eval_prints_a_table_and_writes_csv(tmp_path, capsys):
+def _write_shifted_square(tmp_path, gt_suffix=".png", pred_suffix=".png"):
+    """Three frames of sequence seqA under tmp_path/gt and tmp_path/pred: a square and the same square shifted
+    by 10 pixels (J = 1/3 on every frame)."""
     gt = np.zeros((100, 100), np.uint8)
     gt[square(20, 20)] = 1
     shifted = np.zeros_like(gt)
     shifted[square(20, 30)] = 1
     for t in range(3):
-        write_label_png(tmp_path / "gt" / "seqA" / f"{t:05d}.png", gt)
-        write_label_png(tmp_path / "pred" / "seqA" / f"{t:05d}.png", shifted)
+        write_label_png(tmp_path / "gt" / "seqA" / f"{t:05d}{gt_suffix}", gt)
+        write_label_png(tmp_path / "pred" / "seqA" / f"{t:05d}{pred_suffix}", shifted)
+
+
+def test_vosrt_eval_prints_a_table_and_writes_csv(tmp_path, capsys):
+    _write_shifted_square(tmp_path)
     out_csv = tmp_path / "scores.csv"
     assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--csv", str(out_csv)]) == 0
     printed = capsys.readouterr().out
@@ -270,13 +276,7 @@ def test_vosrt_eval_scores_objects_that_enter_after_the_first_frame(tmp_path, ca
 @pytest.mark.parametrize("gt_suffix, pred_suffix", [(".PNG", ".png"), (".png", ".PNG"), (".PNG", ".PNG")])
 def test_vosrt_eval_reads_png_masks_named_in_either_case(tmp_path, capsys, gt_suffix, pred_suffix):
     # upper-case .PNG files were not found on Linux ("no PNG masks"); vosrt run reads image folders in either case
-    gt = np.zeros((100, 100), np.uint8)
-    gt[square(20, 20)] = 1
-    shifted = np.zeros_like(gt)
-    shifted[square(20, 30)] = 1
-    for t in range(3):
-        write_label_png(tmp_path / "gt" / "seqA" / f"{t:05d}{gt_suffix}", gt)
-        write_label_png(tmp_path / "pred" / "seqA" / f"{t:05d}{pred_suffix}", shifted)
+    _write_shifted_square(tmp_path, gt_suffix, pred_suffix)
     for gt_folder, pred_folder in (("gt", "pred"), ("gt/seqA", "pred/seqA")):   # a set of sequences, and one
         out_csv = tmp_path / "scores.csv"
         assert main(["eval", "--pred", str(tmp_path / pred_folder), "--gt", str(tmp_path / gt_folder),
