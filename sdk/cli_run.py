@@ -81,9 +81,28 @@ def _refuse_checkpoint_off_torch(args, package, command: str) -> None:
         return
     chosen = f"--backend {args.backend}" + (f", which is {backend} here" if backend != args.backend else "")
     hint = shlex.join(["vosrt", command, str(args.package), "--source", str(args.source), "--backend", "torch",
-                       "--checkpoint", str(args.checkpoint)])
+                       "--checkpoint", str(args.checkpoint), *_kept_flags(args)])
     raise UserError(f"--checkpoint: only --backend torch loads a checkpoint, but this {command} uses {chosen}; run "
                     f"the checkpoint on torch: `{hint}`, or drop --checkpoint")
+
+
+# Flags of vosrt run / live that the suggested torch command keeps, so that it does what the refused one asked
+# (a run without --mask of a video, or without --out, would fail or discard its results).
+_KEPT_FLAGS = ("--mask", "--out", "--video", "--max-frames", "--frames", "--headless", "--select", "--device",
+               *(f"--{name.replace('_', '-')}" for name in SETTINGS))
+
+
+def _kept_flags(args) -> list[str]:
+    kept = []
+    for flag in _KEPT_FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value is True:
+            kept.append(flag)
+        elif isinstance(value, list):
+            kept += [part for item in value for part in (flag, str(item))]
+        elif value is not None and value is not False:
+            kept += [flag, str(value)]
+    return kept
 
 
 def _masks_of(source, first_mask, family):

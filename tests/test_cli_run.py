@@ -191,3 +191,26 @@ def test_a_package_without_engines_on_tensorrt_names_the_flag_and_the_keyword_an
     with pytest.raises(UserError) as refused:
         load(package, backend="tensorrt")
     assert "Python: backend='onnxruntime'" in str(refused.value)
+
+
+def test_the_torch_command_suggested_for_a_checkpoint_keeps_the_flags_of_the_refused_run(sequence, tmp_path, capsys):
+    # The suggestion kept only the package and --source: for a video with --mask it failed (no first mask),
+    # and without --out it would have computed the masks and thrown them away.
+    import re
+    import shlex
+
+    from sdk_packages import tiny_checkpoint
+
+    package, checkpoint = tiny_package("stcn"), tiny_checkpoint("stcn")
+    video = write_video(tmp_path / "in.mp4", sequence)
+    write_label_png(tmp_path / "first.png", sequence.labels[0])
+    asked = ["run", str(package), "--source", str(video), "--mask", str(tmp_path / "first.png"), "--out",
+             str(tmp_path / "out"), "--max-frames", "2", "--mem-every", "2", "--checkpoint", str(checkpoint),
+             "--no-progress"]
+    assert main(asked) == 2
+    err = capsys.readouterr().err
+    suggested = shlex.split(re.findall(r"`(vosrt [^`]+)`", err)[-1])[1:]
+    for flag in ("--mask", "--out", "--max-frames", "--mem-every"):
+        assert suggested[suggested.index(flag) + 1] == asked[asked.index(flag) + 1], (flag, suggested)
+    assert main(suggested + ["--no-progress"]) == 0
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2
