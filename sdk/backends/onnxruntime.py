@@ -295,9 +295,8 @@ class OnnxRuntimeBackend(Backend):
 
 def _choose_forms(package, form: str, device: str) -> dict[str, str]:
     """Form each graph runs in: the plugin form only for graphs with custom operators in it (elsewhere the
-    two forms are the same graph), and only on the CPU, where vosrt's CPU operators run them."""
-    if form not in ("auto", "portable", "plugin"):
-        raise UserError(f"form: expected 'auto', 'portable' or 'plugin', got '{form}'")
+    two forms are the same graph), and only on the CPU, where vosrt's CPU operators run them. ``form`` is one
+    of auto, portable and plugin (:meth:`OnnxRuntimeBackend.check_options` refused the rest)."""
     forms = {graph: "portable" for graph in package.graphs}
     plugin_files = {g: files["plugin"] for g, files in package.graphs.items() if "plugin" in files}
     if form == "portable" or not plugin_files or (form == "auto" and device != "cpu"):
