@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", type=int, metavar="MB", default=None,
                         help="TensorRT workspace limit in MiB (default: TensorRT's)")
     parser.add_argument("--max-memory-frames", type=int, metavar="N", default=None,
-                        help="largest STCN memory bank in frames (default: the package's memory capacity)")
+                        help="largest STCN memory bank in frames, >= 2 (default: the package's memory capacity); "
+                             "sessions on these engines keep at most N frames in memory")
     parser.add_argument("--max-objects", type=int, metavar="K", default=DEFAULT_MAX_OBJECTS,
                         help=f"largest number of objects the STCN engines accept (default {DEFAULT_MAX_OBJECTS})")
     parser.add_argument("--plugin-lib", metavar="PATH", default=None,
