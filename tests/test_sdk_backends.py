@@ -129,3 +129,14 @@ def test_the_thread_count_refusal_names_the_values_every_backend_takes(shipped, 
     with pytest.raises(UserError) as refused:
         open_backend(shipped, backend, threads=-1)
     assert ">= 0 (0 or None: the runtime's default)" in str(refused.value), str(refused.value)
+
+
+def test_a_model_in_memory_on_another_device_is_named_as_such(shipped):
+    # with device='auto' the refusal said "device: expected 'auto', 'cpu' or 'cuda', got 'meta'" to a caller
+    # who passed no device
+    from vosrt.sdk.backends.torch_backend import TorchBackend
+    from vosrt.training.models import load_checkpoint
+
+    model, _ = load_checkpoint(shipped.checkpoint)
+    with pytest.raises(UserError, match="the model given is on device 'meta'"):
+        TorchBackend(shipped, model=model.to("meta"))

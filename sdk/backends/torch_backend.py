@@ -54,8 +54,9 @@ class TorchBackend(Backend):
         checkpoint = checkpoint or package.checkpoint
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device not in ("cpu", "cuda"):   # a model in memory on another device
-            raise UserError(f"device: expected 'auto', 'cpu' or 'cuda', got '{device}'")
+        if device not in ("cpu", "cuda"):   # device='auto' with a model in memory on another device
+            raise UserError(f"torch backend: the model given is on device '{device}', which the torch backend does "
+                            "not run on; move it to 'cpu' or 'cuda', or pass device='cpu' or device='cuda'")
         threads = check_threads(threads)
         if threads:
             torch.set_num_threads(threads)
