@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the comparison and print per-graph errors."""
     if args.backend == "tensorrt":
         if args.checkpoint:   # it was silently ignored: engines are compared with ONNX Runtime, not PyTorch
-            hint = shlex.join(["vosrt", "check", str(args.package), "--checkpoint", str(args.checkpoint)])
+            hint = shlex.join(["vosrt", "check", str(args.package), "--checkpoint", str(args.checkpoint)]
+                              + (["--tolerance", str(args.tolerance)] if args.tolerance != TOLERANCE else []))
             raise UserError(f"--checkpoint: --backend tensorrt compares the engines with ONNX Runtime and loads no "
                             f"checkpoint; compare the ONNX graphs with it: `{hint}`, or drop --checkpoint")
         try:

@@ -22,7 +22,9 @@ state changes, so the tracker stays usable.
 """
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -54,10 +56,8 @@ def fixed_top_k_message(package, backend: str, asked: int) -> str:
     """The refusal of a ``top_k`` that the segment graph of ``package`` on ``backend`` cannot take (it holds the
     package's top_k as a constant), with what the user can run instead: on TensorRT, ONNX Runtime (whose graphs
     take any top_k) or engines built from a package exported with that top_k; elsewhere that export."""
-    import shlex
-
     fixed = package.streaming["top_k"]
-    out = f"{package.path}-top{asked}"
+    out = f"{Path(package.path).name}-top{asked}"   # in the working folder, not beside an installed package
     export = shlex.join(["vosrt", "export", package.family, "--checkpoint", str(package.checkpoint or "CK"), "--out",
                          out, "--size", str(package.height), str(package.width), "--top-k", str(asked)])
     asked_as = f"top_k={asked} (command line: --top-k {asked})"
@@ -286,7 +286,7 @@ class Tracker(Session):
         if engine_limit is not None and limit > engine_limit:
             if asked is not None:
                 raise UserError(f"max_objects={asked}: the TensorRT engines of {self.package.path} take at most "
-                                f"{engine_limit} objects; rebuild them with `vosrt build {self.package.path} "
+                                f"{engine_limit} objects; rebuild them with `vosrt build {shlex.quote(str(self.package.path))} "
                                 f"--max-objects {asked}`")
             limit = engine_limit
         return int(limit)
@@ -301,7 +301,7 @@ class Tracker(Session):
             return capacity   # MemoryBank checks the value itself
         if asked is not None:
             raise UserError(f"memory_capacity={asked}: the TensorRT engines of {self.package.path} take at most "
-                            f"{engine_limit} memory frames; rebuild them with `vosrt build {self.package.path} "
+                            f"{engine_limit} memory frames; rebuild them with `vosrt build {shlex.quote(str(self.package.path))} "
                             f"--max-memory-frames {asked}`, or ask for {engine_limit} or fewer")
         return engine_limit
 
@@ -309,7 +309,7 @@ class Tracker(Session):
         engine_limit = getattr(self.backend, "max_objects", None)
         if engine_limit is not None and wanted > engine_limit:
             return (f"the TensorRT engines take at most {engine_limit} objects: rebuild them with "
-                    f"`vosrt build {self.package.path} --max-objects {wanted}`, or remove objects first")
+                    f"`vosrt build {shlex.quote(str(self.package.path))} --max-objects {wanted}`, or remove objects first")
         return (f"raise it with vosrt.sdk.load(..., max_objects={wanted}) (vosrt run: "
                 f"--max-objects {wanted}; each object costs memory and time on every frame), or remove objects "
                 "first with remove_objects()")

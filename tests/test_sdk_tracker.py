@@ -249,8 +249,9 @@ def _suggested(message: str) -> list[list[str]]:
     return [shlex.split(command)[1:] for command in re.findall(r"`(vosrt [^`]+)`", message)]
 
 
-def test_a_top_k_the_graph_holds_fixed_is_refused_with_an_export_that_takes_it(tmp_path):
+def test_a_top_k_the_graph_holds_fixed_is_refused_with_an_export_that_takes_it(tmp_path, monkeypatch):
     # said "use the portable form", which vosrt run has no flag to choose (and TensorRT has no portable form)
+    monkeypatch.chdir(tmp_path)   # the suggested export writes into the working folder
     import shutil
 
     import onnx
@@ -273,6 +274,7 @@ def test_a_top_k_the_graph_holds_fixed_is_refused_with_an_export_that_takes_it(t
     assert message.startswith("top_k=3 (command line: --top-k 3): the segment graph of") and "portable" not in message
     [export] = _suggested(message)
     assert export[:2] == ["export", "stcn"] and export[export.index("--top-k") + 1] == "3"
+    assert export[export.index("--out") + 1] == "pkg-top3"   # not beside the package: it may be an installed one
     assert main(export + ["--forms", "portable", "--no-check"]) == 0
     tracker = vosrt.sdk.load(export[export.index("--out") + 1], backend="onnxruntime", top_k=3)
     assert tracker.top_k == 3
