@@ -213,7 +213,7 @@ def _run_vis(args) -> int:
               f"category_id(s) {', '.join(map(str, strays[:5]))}, which the ground truth does not define (it has "
               f"{len(known)}: {', '.join(map(str, sorted(known, key=str)[:5]))}{', ...' if len(known) > 5 else ''}); "
               "they cannot match anything (map the model's categories to the dataset's ids)", file=sys.stderr)
-    metrics = vis_average_precision(gt, results)
+    metrics = vis_average_precision(gt, results, checked=True)   # checked above, naming the files
     for name, value in metrics.items():
         print(f"{name:>5}  {value:6.3f}")
     _write_csv(Path(args.csv) if args.csv else Path(args.pred).with_suffix(".metrics.csv"),

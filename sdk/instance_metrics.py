@@ -156,10 +156,11 @@ def check_vis_inputs(gt: dict, results: list, gt_name: str = "ground truth", res
         sizes = {v["id"]: (int(v["height"]), int(v["width"])) for v in gt["videos"]}
         lengths = {v["id"]: int(v["length"]) for v in gt["videos"] if v.get("length") is not None}
         list(gt["categories"])
+        annotations = list(gt["annotations"])
     except (KeyError, TypeError, ValueError) as err:
-        raise UserError(f"{gt_name}: expected 'videos' with 'id', 'height' and 'width', and a list of 'categories' "
-                        f"(YouTube-VIS annotation file; {type(err).__name__}: {err})") from None
-    for kind, name, entries, keys in (("annotation", gt_name, gt["annotations"], ("video_id", "category_id")),
+        raise UserError(f"{gt_name}: expected 'videos' with 'id', 'height' and 'width', and lists of 'categories' "
+                        f"and 'annotations' (YouTube-VIS annotation file; {type(err).__name__}: {err})") from None
+    for kind, name, entries, keys in (("annotation", gt_name, annotations, ("video_id", "category_id")),
                                       ("result", results_name, results, ("video_id", "category_id", "score"))):
         for k, entry in enumerate(entries):
             what = f"{name}: {kind} {k}"
@@ -181,16 +182,17 @@ def check_vis_inputs(gt: dict, results: list, gt_name: str = "ground truth", res
             _vis_frames(entry["segmentations"], what, sizes[video], lengths[video])
 
 
-def vis_average_precision(gt: dict, results: list) -> dict:
+def vis_average_precision(gt: dict, results: list, checked: bool = False) -> dict:
     """YouTube-VIS video AP (module docstring).
 
     ``gt``: a YouTube-VIS annotation dict (``videos`` with ``id``/``height``/``width``, ``categories``,
     ``annotations`` with ``video_id``, ``category_id``, ``segmentations`` per frame, optional ``iscrowd``).
     ``results``: the submission format, a list of ``{"video_id", "category_id", "score", "segmentations"}``.
     Returns ``{"AP", "AP50", "AP75", "AR1", "AR10"}`` (−1 where no ground truth makes one defined).
-    Malformed input is a UserError (:func:`check_vis_inputs`).
+    Malformed input is a UserError (:func:`check_vis_inputs`; ``checked=True``: the caller has run it).
     """
-    check_vis_inputs(gt, results)
+    if not checked:
+        check_vis_inputs(gt, results)
     mask_utils = _require("pycocotools.mask")
     coco_module = _require("pycocotools.coco")
     cocoeval_module = _require("pycocotools.cocoeval")

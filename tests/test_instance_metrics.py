@@ -202,6 +202,9 @@ def test_vis_refuses_results_of_the_wrong_length_or_size_instead_of_scoring_them
             vis_average_precision(gt, [good, {**good, **change}])
     with pytest.raises(UserError, match="result 0 has no 'segmentations'"):
         vis_average_precision(gt, [{"video_id": 1, "category_id": 1, "score": 0.5}])
+    # ground truth without annotations was a KeyError
+    with pytest.raises(UserError, match="lists of 'categories' and 'annotations'"):
+        vis_average_precision({k: v for k, v in gt.items() if k != "annotations"}, [good])
     # without 'length' the ground truth's own segmentations give the number of frames
     del gt["videos"][0]["length"]
     with pytest.raises(UserError, match="result 0 \\(video_id 1\\): 2 segmentations, but the video has 3 frames"):
