@@ -286,8 +286,8 @@ class Tracker(Session):
         if engine_limit is not None and limit > engine_limit:
             if asked is not None:
                 raise UserError(f"max_objects={asked}: the TensorRT engines of {self.package.path} take at most "
-                                f"{engine_limit} objects; rebuild them with `vosrt build {shlex.quote(str(self.package.path))} "
-                                f"--max-objects {asked}`")
+                                f"{engine_limit} objects; rebuild them with "
+                                f"{self._build_command('--max-objects', asked)}")
             limit = engine_limit
         return int(limit)
 
@@ -301,15 +301,19 @@ class Tracker(Session):
             return capacity   # MemoryBank checks the value itself
         if asked is not None:
             raise UserError(f"memory_capacity={asked}: the TensorRT engines of {self.package.path} take at most "
-                            f"{engine_limit} memory frames; rebuild them with `vosrt build {shlex.quote(str(self.package.path))} "
-                            f"--max-memory-frames {asked}`, or ask for {engine_limit} or fewer")
+                            f"{engine_limit} memory frames; rebuild them with "
+                            f"{self._build_command('--max-memory-frames', asked)}, or ask for {engine_limit} or fewer")
         return engine_limit
+
+    def _build_command(self, flag: str, value: int) -> str:
+        """The `vosrt build` command that rebuilds this package's engines with ``flag value``."""
+        return f"`vosrt build {shlex.quote(str(self.package.path))} {flag} {value}`"
 
     def _raise_limit_hint(self, wanted: int) -> str:
         engine_limit = getattr(self.backend, "max_objects", None)
         if engine_limit is not None and wanted > engine_limit:
             return (f"the TensorRT engines take at most {engine_limit} objects: rebuild them with "
-                    f"`vosrt build {shlex.quote(str(self.package.path))} --max-objects {wanted}`, or remove objects first")
+                    f"{self._build_command('--max-objects', wanted)}, or remove objects first")
         return (f"raise it with vosrt.sdk.load(..., max_objects={wanted}) (vosrt run: "
                 f"--max-objects {wanted}; each object costs memory and time on every frame), or remove objects "
                 "first with remove_objects()")
