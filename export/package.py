@@ -413,7 +413,7 @@ def _run_plugin_form(package, graph: str, options, spec, inputs, progress: Progr
     has no plugin form with custom operators for it, or the CPU operators cannot be had (said on ``progress``)."""
     import onnxruntime as ort
 
-    from vosrt.sdk import cpu_ops
+    from vosrt.sdk import cpu_ops, native_callbacks
 
     path = package.graphs[graph].get("plugin")
     if path is None or not cpu_ops.has_plugin_nodes(path):
@@ -424,11 +424,19 @@ def _run_plugin_form(package, graph: str, options, spec, inputs, progress: Progr
         _say(progress, f"check {graph}: plugin form not checked, vosrt's CPU operators are unavailable "
                        f"({str(err).strip().splitlines()[0]})")
         return None
-    options = session_options(threads=options.intra_op_num_threads)
+    threads = options.intra_op_num_threads
+    options = session_options(threads=threads)
     options.register_custom_ops_library(library)
     session = ort.InferenceSession(str(cpu_ops.cpu_graph_for(path)), options, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
-    return session.run(spec.output_names, {n: t.numpy() for n, t in zip(spec.input_names, inputs) if n in names})
+    # As the ONNX Runtime backend runs it: the operators on this check's threads, and an operator's error
+    # (kept while ONNX Runtime runs, its output a placeholder) raised here rather than at a later run.
+    try:
+        with cpu_ops.operator_threads(threads):
+            return session.run(spec.output_names,
+                               {n: t.numpy() for n, t in zip(spec.input_names, inputs) if n in names})
+    finally:
+        native_callbacks.release()
 
 
 def worst_error(report: dict) -> float:

@@ -276,6 +276,26 @@ def test_check_fails_a_package_whose_plugin_form_disagrees(lite_package, tmp_pat
     assert report["segment.plugin"]["prob"]["max_rel"] > 1e-3
 
 
+def test_a_plugin_operator_that_fails_in_the_check_raises_its_own_error_there(lite_package, tmp_path):
+    # An operator's error is kept while ONNX Runtime runs (its output a placeholder) and raised by
+    # native_callbacks.release(), which the check did not call: it compared the placeholder instead, and the
+    # error came out of some later run on the thread.
+    import shutil
+
+    from vosrt.sdk import native_callbacks
+    from vosrt.sdk.kernels import KernelError
+
+    broken = tmp_path / "top-k-65"
+    shutil.copytree(lite_package, broken)
+    model = onnx.load(str(broken / "segment.plugin.onnx"))
+    readout = next(n for n in model.graph.node if n.op_type == "L2MemoryReadout")
+    next(a for a in readout.attribute if a.name == "top_k").i = 65   # above the kernels' 64, below N
+    onnx.save(model, str(broken / "segment.plugin.onnx"))
+    with pytest.raises(KernelError, match="top_k 65 is not supported"):
+        check_package(broken)
+    native_callbacks.release()   # nothing is left for a later run to raise
+
+
 def test_check_package_reports_small_errors_for_every_graph(lite_package):
     report = check_package(lite_package)
     # segment's plugin form (the readout node) is checked too, on vosrt's CPU operators
