@@ -8,13 +8,13 @@ is a JSON-able dict holding at least ``{"model": name, **overrides}``, and
 from __future__ import annotations
 
 import importlib
-import os
 from pathlib import Path
 
 import torch
 
 from vosrt.sdk import families
 from vosrt.sdk.errors import UserError
+from vosrt.sdk.package import replace_file
 
 CHECKPOINT_FORMAT = "vosrt-checkpoint"
 
@@ -66,12 +66,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict | Non
                "state_dict": model.state_dict(), **extra}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        torch.save(payload, str(partial))
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    replace_file(path, lambda tmp: torch.save(payload, str(tmp)))
 
 
 def _strip_prefix(state_dict: dict) -> dict:
