@@ -231,6 +231,12 @@ class Deadline:
         """min(cap, what is left after `reserve`), but at least `floor` (a step too short to run is useless)."""
         return max(floor, min(cap, self.left(reserve)))
 
+    def share(self, parts: int, reserve: float = 0.0, floor: float = 60.0) -> float:
+        """The time of the next of `parts` steps still to run: an equal share of what is left after `reserve`,
+        at least `floor` while that much is left (a step that would finish early leaves its time to the next)."""
+        left = self.left(reserve)
+        return min(left, max(left / parts, floor))
+
 
 def build_commands(build_dir: Path, env: dict) -> list[list[str]]:
     arch = cuda_architecture(env)
@@ -442,7 +448,7 @@ def run_gpu_tests(out: Path, build_dir: Path, dry_run: bool, deadline: Deadline)
             part = Path(scratch) / f"part{position}.xml"
             # -v: the log names each test as it ends
             cmd = _test_command(part, group_files, "-v", "-rfE", *(["-k", keyword] if keyword else []))
-            timeout = min(window.left(), max(window.left() / (len(groups) - position), 60.0))
+            timeout = window.share(len(groups) - position)
             step = _run(cmd, timeout, env=shell_env, cwd=ROOT, log=log, append=position > 0)
             group = {"name": name, "command": step["command"], "returncode": step["returncode"],
                      "seconds": step["seconds"], "output_tail": step["output_tail"][-1500:]}
@@ -710,9 +716,8 @@ def run_benchmarks(out: Path, device: str, repeat: int, deadline: Deadline,
         result_file = out / f"benchmark_{name}.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--benchmark", name, "--device", device,
                "--repeat", str(repeat), "--result", str(result_file)]
-        left = deadline.left(reserve=5)
-        share = left / (len(BENCHMARK_PARTS) - position)
-        result = results[name] = run_child(cmd, result_file, min(left, max(share, 60.0)))
+        timeout = deadline.share(len(BENCHMARK_PARTS) - position, reserve=5)
+        result = results[name] = run_child(cmd, result_file, timeout)
         failed = isinstance(result, dict) and "error" in result
         say(f"benchmark {name}: {'failed, ' + result['error'] if failed else 'done'}")
         if progress is not None:
