@@ -27,13 +27,18 @@ REPO = Path(__file__).resolve().parent.parent
 PROB_BOUND = 1e-4  # the export parity bound on probabilities
 
 
+def _cpu_ops() -> cpu_ops.CpuOps:
+    """The CPU operator library; the test is skipped, not failed, where it cannot be built."""
+    try:
+        return cpu_ops.load_cpu_ops()
+    except cpu_ops.CpuOpsUnavailable as err:
+        pytest.skip(f"the CPU operators cannot be built here: {err}")
+
+
 @pytest.fixture(scope="module")
 def packages():
     """Tiny stcn and 3dc-seg packages in both forms (random weights)."""
-    try:
-        cpu_ops.load_cpu_ops()
-    except cpu_ops.CpuOpsUnavailable as err:
-        pytest.skip(f"the CPU operators cannot be built here: {err}")
+    _cpu_ops()
     return {kind: load_package(tiny_package(kind, forms=("portable", "plugin"))) for kind in ("stcn", "3dc-seg")}
 
 
@@ -190,7 +195,7 @@ def _plugin_session(tmp_path, nodes, inputs, outputs, initializers=()):
     from vosrt.sdk import native_callbacks
     from vosrt.sdk.backends.onnxruntime import session_options
 
-    ops = cpu_ops.load_cpu_ops()  # before anything else: a skip, not a failure, where it cannot be built
+    ops = _cpu_ops()  # before anything else
     value = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, None)  # noqa: E731
     graph = helper.make_graph(nodes, "g", [i if not isinstance(i, str) else value(i) for i in inputs],
                               [value(o) for o in outputs], list(initializers))
@@ -353,7 +358,7 @@ def test_two_readout_nodes_with_different_top_k_each_read_with_their_own(tmp_pat
     nodes = [_readout_node("read_k2", "out2", top_k=2), _readout_node("read_all", "out_all", top_k=0)]
     run = _plugin_session(tmp_path, nodes, ["mk", "qk", "mv"], ["out2", "out_all"])
     feeds = _readout_feeds()
-    ops = cpu_ops.load_cpu_ops()
+    ops = _cpu_ops()
     got2, got_all = run(feeds)
     np.testing.assert_allclose(got2, ops.l2_memory_readout(feeds["mk"], feeds["qk"], feeds["mv"], 2), rtol=1e-6)
     np.testing.assert_allclose(got_all, ops.l2_memory_readout(feeds["mk"], feeds["qk"], feeds["mv"], 0), rtol=1e-6)
@@ -387,7 +392,7 @@ def _most_threads_during(call) -> tuple[int, int]:
 def test_each_backend_runs_the_cpu_operators_on_its_own_thread_count(tmp_path, packages, monkeypatch):
     # The library is one per process; the backend used to set its thread count on it, so the last backend
     # made (threads=3 here) decided the threads of every other backend's runs, and of direct calls.
-    ops = cpu_ops.load_cpu_ops()
+    ops = _cpu_ops()
     one = OnnxRuntimeBackend(packages["3dc-seg"], form="plugin", device="cpu", threads=1)
     three = OnnxRuntimeBackend(packages["3dc-seg"], form="plugin", device="cpu", threads=3)
     assert ops.threads == 0  # the library's own setting, for direct calls, is left alone
