@@ -1,6 +1,8 @@
 """Reading back what the CLI and the samples write, for the tests."""
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 import cv2
@@ -15,3 +17,11 @@ def video_frames(path: str | Path) -> int:
         count += 1
     capture.release()
     return count
+
+
+def suggested_commands(message: str) -> list[list[str]]:
+    """The `vosrt ...` commands an error message suggests (in backquotes), each split into its arguments
+    without the leading ``vosrt``; fails the test when the message suggests none."""
+    found = re.findall(r"`(vosrt [^`]+)`", message)
+    assert found, message
+    return [shlex.split(command)[1:] for command in found]

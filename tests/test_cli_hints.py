@@ -14,15 +14,10 @@ from vosrt.sdk import UserError
 from vosrt.sdk.package import load_package
 from vosrt.sdk.synthetic import generate_dataset
 
+from media import suggested_commands
 from sdk_packages import tiny_package
 
 TINY_STCN = dict(value_widths=[8, 16, 32], value_dim=16, f16_thin_dim=16, decoder_dims=[16, 8, 8], key_dim=8)
-
-
-def _suggested_command(message: str) -> list[str]:
-    found = re.findall(r"`(vosrt [^`]+)`", message)
-    assert found, message
-    return shlex.split(found[-1])[1:]
 
 
 @pytest.mark.slow
@@ -35,7 +30,7 @@ def test_the_build_hint_for_a_package_without_the_plugin_form_is_a_command_that_
     assert package.forms == ["portable"]
     with pytest.raises(UserError) as err:
         _plugin_graphs(package)
-    command = _suggested_command(str(err.value))
+    command = suggested_commands(str(err.value))[-1]
     assert "--forms" in command and command[command.index("--forms") + 1] == "plugin,portable"
     assert main(command + ["--no-check"]) == 0
     rebuilt = load_package(folder)
@@ -158,7 +153,7 @@ def test_check_on_tensorrt_refuses_a_checkpoint_it_would_not_load(capsys):
     assert main(["check", str(package), "--backend", "tensorrt", "--checkpoint", checkpoint]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --checkpoint:") and "\n" not in err, err
-    command = _suggested_command(err)
+    command = suggested_commands(err)[-1]
     assert command == ["check", str(package), "--checkpoint", checkpoint]
     assert main(command) == 0
     assert "check passed" in capsys.readouterr().out

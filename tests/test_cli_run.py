@@ -7,6 +7,7 @@ from vosrt.cli import main
 from vosrt.sdk.masks import read_label_png, write_label_png
 from vosrt.sdk.synthetic import generate_sequence, write_davis, write_video
 
+from media import suggested_commands
 from sdk_packages import tiny_package
 
 
@@ -155,9 +156,6 @@ def test_a_checkpoint_off_the_torch_backend_is_refused_with_the_command_that_use
                                                                                        command):
     # `--checkpoint X` on the auto backend failed with "onnxruntime backend: unknown option(s) checkpoint",
     # naming neither the flag nor --backend torch.
-    import re
-    import shlex
-
     from sdk_packages import tiny_checkpoint
 
     package, checkpoint = tiny_package("stcn"), tiny_checkpoint("stcn")
@@ -169,7 +167,7 @@ def test_a_checkpoint_off_the_torch_backend_is_refused_with_the_command_that_use
     err = err[0]
     assert err.startswith("error: --checkpoint:") and "--backend auto" in err, err
     assert "onnxruntime" in err and "unknown option" not in err
-    suggested = shlex.split(re.findall(r"`(vosrt [^`]+)`", err)[-1])[1:]
+    suggested = suggested_commands(err)[-1]
     assert suggested[:2] == [command, str(package)] and "--backend" in suggested
     assert suggested[suggested.index("--backend") + 1] == "torch"
     assert main(suggested + ["--out", str(tmp_path / "out"), "--" + ("max-" if command == "run" else "") + "frames",
@@ -196,9 +194,6 @@ def test_a_package_without_engines_on_tensorrt_names_the_flag_and_the_keyword_an
 def test_the_torch_command_suggested_for_a_checkpoint_keeps_the_flags_of_the_refused_run(sequence, tmp_path, capsys):
     # The suggestion kept only the package and --source: for a video with --mask it failed (no first mask),
     # and without --out it would have computed the masks and thrown them away.
-    import re
-    import shlex
-
     from sdk_packages import tiny_checkpoint
 
     package, checkpoint = tiny_package("stcn"), tiny_checkpoint("stcn")
@@ -209,7 +204,7 @@ def test_the_torch_command_suggested_for_a_checkpoint_keeps_the_flags_of_the_ref
              "--no-progress"]
     assert main(asked) == 2
     err = capsys.readouterr().err
-    suggested = shlex.split(re.findall(r"`(vosrt [^`]+)`", err)[-1])[1:]
+    suggested = suggested_commands(err)[-1]
     for flag in ("--mask", "--out", "--max-frames", "--mem-every"):
         assert suggested[suggested.index(flag) + 1] == asked[asked.index(flag) + 1], (flag, suggested)
     assert main(suggested + ["--no-progress"]) == 0

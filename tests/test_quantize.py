@@ -18,6 +18,7 @@ from vosrt.sdk.tracker import Tracker
 
 from vosrt.sdk.cli_demo import demo_package
 
+from media import suggested_commands
 from sdk_packages import tiny_package
 
 
@@ -171,13 +172,10 @@ def test_int8_plugin_form_runs_on_onnx_runtime_close_to_the_int8_portable_form(d
 
 
 def test_build_refuses_an_int8_package_and_names_the_fp32_package_to_build_instead(tiny_int8, capsys):
-    import re
-    import shlex
-
     assert main(["build", str(tiny_int8), "--precision", "fp16"]) != 0
     message = capsys.readouterr().err
     assert "INT8 package" in message and "TensorRT does not take" in message
-    hint = shlex.split(re.findall(r"`(vosrt [^`]+)`", message)[-1])[1:]
+    hint = suggested_commands(message)[-1]
     assert hint[:2] == ["build", str(tiny_package("stcn").resolve())] and hint[2:] == ["--precision", "fp16"]
     main(hint)  # the fp32 package gets past this check (to TensorRT, or to its missing plugin form here)
     assert "INT8 package" not in capsys.readouterr().err

@@ -3,6 +3,8 @@ import pytest
 
 from vosrt.cli import main
 
+from media import suggested_commands
+
 
 def test_bench_prints_ms_per_stage_fps_and_the_ratio_against_torch(stcn_package, capsys):
     code = main(["bench", str(stcn_package), "--frames", "6", "--warmup", "1", "--backend", "onnxruntime",
@@ -37,9 +39,6 @@ def test_bench_refuses_bad_flags_before_timing_anything(stcn_package, capsys, fl
 @pytest.mark.parametrize("flags", [[], ["--compare", "onnxruntime"]])
 def test_a_checkpoint_no_torch_backend_loads_is_refused_not_ignored(stcn_package, capsys, flags):
     # `--checkpoint X` without torch on either side was silently ignored: the table printed was not X's
-    import re
-    import shlex
-
     from sdk_packages import tiny_checkpoint
 
     checkpoint = str(tiny_checkpoint("stcn"))
@@ -48,7 +47,7 @@ def test_a_checkpoint_no_torch_backend_loads_is_refused_not_ignored(stcn_package
     assert "encode_key" not in captured.out
     err = captured.err.strip()
     assert err.startswith("error: --checkpoint:") and "\n" not in err, err
-    suggested = shlex.split(re.findall(r"`(vosrt [^`]+)`", err)[-1])[1:]
+    suggested = suggested_commands(err)[-1]
     assert suggested[suggested.index("--compare") + 1] == "torch" and checkpoint in suggested
     assert main(suggested + ["--frames", "2", "--warmup", "0"]) == 0
     assert "torch" in capsys.readouterr().out
@@ -61,13 +60,10 @@ def test_a_checkpoint_no_torch_backend_loads_is_refused_not_ignored(stcn_package
 def test_the_compare_backends_options_are_checked_before_the_first_backend_is_timed(stcn_package, capsys, flags,
                                                                                     starts):
     # --compare's options were checked only when it opened, after the first backend's whole timed run
-    import re
-    import shlex
-
     assert main(["bench", str(stcn_package), "--frames", "2", "--backend", "onnxruntime", *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(starts) and "\n" not in err, err
-    suggested = shlex.split(re.findall(r"`(vosrt [^`]+)`", err)[-1])[1:]
+    suggested = suggested_commands(err)[-1]
     assert suggested[0] in ("bench", "build") and "--device" not in suggested and "--threads" not in suggested
 
 
@@ -75,13 +71,10 @@ def test_a_device_one_backend_lacks_is_refused_with_a_hint_that_keeps_the_other_
     # The hint dropped --threads as well as the --device it told the user to leave out (the run it suggested
     # was not the one asked for), said "--device applies to both backends" of a bench with one backend, and a
     # device no backend has (a typo) was answered "runs on cpu or cuda only ... leave --device out".
-    import re
-    import shlex
-
     flags = ["--backend", "onnxruntime", "--compare", "tensorrt", "--device", "cpu", "--threads", "2"]
     assert main(["bench", str(stcn_package), "--frames", "2", *flags]) == 2
     err = capsys.readouterr().err.strip()
-    suggested = shlex.split(re.findall(r"`(vosrt [^`]+)`", err)[-1])[1:]
+    suggested = suggested_commands(err)[-1]
     assert "--device" not in suggested and suggested[suggested.index("--threads") + 1] == "2", err
     assert main(["bench", str(stcn_package), "--frames", "2", "--backend", "tensorrt", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()

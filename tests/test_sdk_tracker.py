@@ -9,6 +9,8 @@ from vosrt.sdk import UserError
 from vosrt.sdk.synthetic import generate_sequence, write_davis, write_video
 from vosrt.sdk.video import open_source
 
+from media import suggested_commands
+
 
 @pytest.fixture(scope="module")
 def sequence():
@@ -242,13 +244,6 @@ def test_cuda_execution_provider_keeps_the_bank_on_the_device_and_matches_the_cp
     assert (expected == actual).mean() >= 0.999
 
 
-def _suggested(message: str) -> list[list[str]]:
-    import re
-    import shlex
-
-    return [shlex.split(command)[1:] for command in re.findall(r"`(vosrt [^`]+)`", message)]
-
-
 def test_a_top_k_the_graph_holds_fixed_is_refused_with_an_export_that_takes_it(tmp_path, monkeypatch):
     # said "use the portable form", which vosrt run has no flag to choose (and TensorRT has no portable form)
     monkeypatch.chdir(tmp_path)   # the suggested export writes into the working folder
@@ -272,7 +267,7 @@ def test_a_top_k_the_graph_holds_fixed_is_refused_with_an_export_that_takes_it(t
         vosrt.sdk.load(folder, backend="onnxruntime", top_k=3)
     message = str(refused.value)
     assert message.startswith("top_k=3 (command line: --top-k 3): the segment graph of") and "portable" not in message
-    [export] = _suggested(message)
+    [export] = suggested_commands(message)
     assert export[:2] == ["export", "stcn"] and export[export.index("--top-k") + 1] == "3"
     assert export[export.index("--out") + 1] == "pkg-top3"   # not beside the package: it may be an installed one
     assert main(export + ["--forms", "portable", "--no-check"]) == 0
@@ -289,7 +284,7 @@ def test_on_tensorrt_the_fixed_top_k_refusal_offers_onnxruntime_and_engines_buil
     package = load_package("stcn-lite")
     message = fixed_top_k_message(package, "tensorrt", 5)
     assert "--backend onnxruntime" in message and "backend='onnxruntime'" in message and "portable" not in message
-    export, build = _suggested(message)
+    export, build = suggested_commands(message)
     assert export[:2] == ["export", "stcn"] and export[export.index("--top-k") + 1] == "5"
     assert export[export.index("--checkpoint") + 1] == str(package.checkpoint)
     assert export[export.index("--size") + 1:export.index("--size") + 3] == [str(package.height), str(package.width)]
