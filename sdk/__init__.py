@@ -14,7 +14,7 @@ and one inference runtime.
 """
 from __future__ import annotations
 
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import FrameError, UserError
 
 
 def load(package_dir, backend: str = "auto", **overrides):
@@ -63,4 +63,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'vosrt.sdk' has no attribute '{name}'")
 
 
-__all__ = ["UserError", "load", "open_session"]
+__all__ = ["FrameError", "UserError", "load", "open_session"]

@@ -11,6 +11,12 @@ class UserError(ValueError):
     was expected and what arrived. The CLI prints it without a traceback; sessions stay usable."""
 
 
+class FrameError(UserError):
+    """A frame a session refuses (not an ``[H, W, 3]`` image, a wrong dtype, NaN values...): the frame
+    alone is bad, not the session or its settings, so a stream can skip it and go on
+    (:func:`vosrt.sdk.streaming.stream` does)."""
+
+
 def install_command(extra: str) -> str:
     """The pip command that adds the optional dependencies ``extra`` (a pyproject extra: train, export,
     eval, gpu, trt, live, dev) to this vosrt. Installed from a source checkout (the README's

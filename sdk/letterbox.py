@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import FrameError, UserError
 
 COLORS = ("bgr", "rgb")
 
@@ -32,34 +32,35 @@ def check_color(color: str) -> str:
 
 def check_image(image, name: str = "image") -> np.ndarray:
     """Validate a frame: ``[H, W, 3]`` uint8 (0..255) or float32/float64 with finite values in 0..1.
-    Returns it unchanged; anything else raises UserError saying what to pass instead."""
+    Returns it unchanged; anything else raises :class:`~vosrt.sdk.errors.FrameError` (a
+    UserError) saying what to pass instead."""
     if not isinstance(image, np.ndarray):
-        raise UserError(f"{name}: expected a numpy array [H, W, 3], got {type(image).__name__}")
+        raise FrameError(f"{name}: expected a numpy array [H, W, 3], got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3:
         hint = " (grey-scale? convert with cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))" if image.ndim == 2 or (
             image.ndim == 3 and image.shape[2] == 1) else (
             " (BGRA/RGBA? drop the alpha channel)" if image.ndim == 3 and image.shape[2] == 4 else "")
-        raise UserError(f"{name}: expected shape [H, W, 3], got {list(image.shape)}{hint}")
+        raise FrameError(f"{name}: expected shape [H, W, 3], got {list(image.shape)}{hint}")
     if image.dtype not in (np.uint8, np.float32, np.float64):
         hint = {np.dtype(np.uint16): " (a 16-bit image? convert with (frame >> 8).astype(np.uint8), or "
                                      "frame.astype(np.float32) / 65535)",
                 np.dtype(np.float16): " (convert with frame.astype(np.float32))"}.get(image.dtype, "")
-        raise UserError(f"{name}: expected dtype uint8 (0..255) or float32 (0..1), got {image.dtype}{hint}")
+        raise FrameError(f"{name}: expected dtype uint8 (0..255) or float32 (0..1), got {image.dtype}{hint}")
     if image.shape[0] < 2 or image.shape[1] < 2:
-        raise UserError(f"{name}: frame of {image.shape[0]}x{image.shape[1]} pixels is too small")
+        raise FrameError(f"{name}: frame of {image.shape[0]}x{image.shape[1]} pixels is too small")
     if image.dtype != np.uint8:
         # A NaN or Inf reaching a memory frame would blank every later frame; a 0..255 float frame
         # (frame.astype(np.float32)) would be read as saturated white. Both are refused here.
         finite = np.isfinite(image)
         if not finite.all():
             bad = int(image.size - np.count_nonzero(finite))
-            raise UserError(f"{name}: {bad} value(s) of the {image.dtype} frame are NaN or infinite; "
+            raise FrameError(f"{name}: {bad} value(s) of the {image.dtype} frame are NaN or infinite; "
                             "give finite values in 0..1 (or the uint8 frame as decoded)")
         low, high = float(image.min()), float(image.max())
         if low < 0.0 or high > 1.0:
             hint = (" (0..255 values? pass the uint8 frame as decoded, or divide by 255: "
                     "frame.astype(np.float32) / 255)") if high <= 255.0 and low >= 0.0 else ""
-            raise UserError(f"{name}: float frames must hold values in 0..1, got {low:.4g}..{high:.4g}{hint}")
+            raise FrameError(f"{name}: float frames must hold values in 0..1, got {low:.4g}..{high:.4g}{hint}")
     return image
 
 

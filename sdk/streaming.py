@@ -10,26 +10,40 @@ from (frames wait in a buffer bounded by the session's latency), flushes at the 
 sinks and the source. Masks for semi-supervised sessions come from ``masks``: a mapping
 ``{frame index: label map}`` or a callable ``index, frame -> label map | None`` (a live viewer asks the
 user). A source that stops early (a camera that disconnects) ends the stream with what was done.
+
+A frame the session refuses (:class:`~vosrt.sdk.errors.FrameError`: ``None`` from a failed
+``cap.read()``, a grey-scale or BGRA image, NaN values...) is skipped with a warning on stderr and
+listed in :attr:`StreamStats.skipped`; the stream goes on. Session indices (``SegmentedFrame.index``)
+count the frames the session took, so after a skipped frame they run behind the source positions; sinks
+get the frame's name by its source position. A refused frame that carries a mask is an error (its objects
+would be lost), and so are :data:`MAX_REFUSED_IN_A_ROW` refused frames in a row (a source whose every
+frame is of the wrong kind).
 """
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from vosrt.sdk.errors import FrameError, UserError
 from vosrt.sdk.session import SegmentedFrame
+
+MAX_REFUSED_IN_A_ROW = 25   # refused frames in a row that end a stream (one second of 25 FPS video)
 
 
 @dataclass
 class StreamStats:
     """What one :func:`stream` call did: ``frames`` finished, ``seconds`` from the first push to the
     end, ``seconds_after_first`` from the end of the first push (the first frame carries one-off
-    costs: the first masks, lazy allocations), ``pushed`` frames taken from the source."""
+    costs: the first masks, lazy allocations), ``pushed`` frames the session took, ``skipped`` the
+    source positions of frames the session refused, with the reason, as ``(position, message)``."""
 
     frames: int = 0
     pushed: int = 0
+    skipped: list = field(default_factory=list)
     seconds: float = 0.0
     seconds_after_first: float = 0.0
     results: list = field(default_factory=list)   # finished SegmentedFrames, when keep_results=True
@@ -87,6 +101,7 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
 
     # Indices are the session's: a session that was fed before (a warm-up) continues its numbering.
     offset = session.frames_in
+    refused_in_a_row = 0
     try:
         for position, frame in enumerate(source):
             if max_frames is not None and position >= max_frames:
@@ -94,8 +109,26 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
             mask = None
             if masks is not None:
                 mask = masks(position, frame) if callable(masks) else masks.get(position)
-            waiting[offset + position] = (_frame_name(source, position), frame)
-            deliver(session.push(frame, mask) if mask is not None else session.push(frame))
+            index = offset + stats.pushed
+            name = _frame_name(source, position)
+            waiting[index] = (name, frame)
+            try:
+                done = session.push(frame, mask) if mask is not None else session.push(frame)
+            except FrameError as err:
+                # The session refused the frame before changing any state: skip it, unless its mask would
+                # be lost with it or no frame of the source is of the kind the session takes.
+                del waiting[index]
+                refused_in_a_row += 1
+                if mask is not None:
+                    raise UserError(f"frame {name} carries a mask but was refused: {err}") from err
+                if refused_in_a_row >= MAX_REFUSED_IN_A_ROW:
+                    raise UserError(f"{refused_in_a_row} frames in a row were refused (the last, {name}: {err}); "
+                                    f"the source does not give frames the session takes") from err
+                stats.skipped.append((position, str(err)))
+                print(f"warning: frame {name} refused: {err}; frame skipped", file=sys.stderr, flush=True)
+                continue
+            refused_in_a_row = 0
+            deliver(done)
             stats.pushed += 1
             if after_first is None:
                 after_first = time.perf_counter()

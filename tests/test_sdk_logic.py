@@ -190,6 +190,57 @@ def test_tracker_reset_starts_a_new_video_exactly_like_a_fresh_tracker(stcn_pack
     assert used.objects == [1]
 
 
+# ------------------------------------------------------------------------------------------ stream
+
+def _names_sink(names):
+    def sink(index, name, frame, labels):
+        names.append((index, name, labels))
+    return sink
+
+
+@pytest.mark.parametrize("family", ["stcn", "3dc-seg"])
+def test_a_frame_the_session_refuses_is_skipped_and_the_stream_goes_on_as_without_it(family, stcn_package,
+                                                                                     clip_package, capsys):
+    # None (a failed cap.read()), a BGRA frame and a NaN frame amid good ones: each is skipped with a warning,
+    # and the rest of the stream comes out exactly as a stream of the good frames alone.
+    from vosrt.sdk.streaming import stream
+
+    package = stcn_package if family == "stcn" else clip_package
+    sequence = generate_sequence(4, num_frames=10, height=32, width=32, num_objects=1)
+    bad = {3: None, 5: np.zeros((32, 32, 4), np.uint8), 6: np.full((32, 32, 3), np.nan, np.float32)}
+    frames = [bad.get(t, f) for t, f in enumerate(sequence.frames)]
+    masks = {0: sequence.labels[0]} if family == "stcn" else None
+    got, expected = [], []
+    stats = stream(vosrt.sdk.load(package, threads=1, color="rgb"), iter(frames), [_names_sink(got)], masks=masks)
+    assert [position for position, _ in stats.skipped] == [3, 5, 6]
+    assert "NoneType" in stats.skipped[0][1] and "alpha" in stats.skipped[1][1] and "NaN" in stats.skipped[2][1]
+    err = capsys.readouterr().err
+    assert all(f"frame {t:05d} refused" in err for t in bad) and err.count("frame skipped") == 3
+    good = [f for t, f in enumerate(frames) if t not in bad]
+    stream(vosrt.sdk.load(package, threads=1, color="rgb"), good, [_names_sink(expected)], masks=masks)
+    assert stats.frames == stats.pushed == len(good) == len(got)
+    assert [name for _, name, _ in got] == [f"{t:05d}" for t in range(10) if t not in bad]
+    assert [index for index, _, _ in got] == list(range(len(good)))
+    for (_, _, labels), (_, _, reference) in zip(got, expected):
+        np.testing.assert_array_equal(labels, reference)
+    if family == "stcn":
+        assert any(labels.any() for _, _, labels in got[3:])        # still tracking after the skipped frames
+
+
+def test_a_refused_frame_carrying_a_mask_or_a_source_of_nothing_but_refused_frames_ends_the_stream(stcn_package):
+    from vosrt.sdk.streaming import MAX_REFUSED_IN_A_ROW, stream
+
+    sequence = generate_sequence(5, num_frames=4, height=32, width=32, num_objects=1)
+    frames = [sequence.frames[0], sequence.frames[1][:, :, 0], sequence.frames[2]]
+    with pytest.raises(vosrt.sdk.UserError, match=r"frame 00001 carries a mask but was refused: image: expected "
+                                                  r"shape \[H, W, 3\], got \[32, 32\] \(grey-scale"):
+        stream(vosrt.sdk.load(stcn_package, threads=1, color="rgb"), frames, masks={0: sequence.labels[0],
+                                                                                     1: sequence.labels[1]})
+    grey = (f[:, :, 0] for f in sequence.frames * MAX_REFUSED_IN_A_ROW)
+    with pytest.raises(vosrt.sdk.UserError, match=f"{MAX_REFUSED_IN_A_ROW} frames in a row were refused"):
+        stream(vosrt.sdk.load(stcn_package, threads=1, color="rgb"), grey)
+
+
 # ------------------------------------------------------------------------------------------ clips
 
 def test_a_stream_shorter_than_a_clip_is_padded_with_its_last_frame(clip_package):
