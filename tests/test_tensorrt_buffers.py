@@ -192,6 +192,45 @@ def _graph(backend, inputs: dict, output_shape):
     return graph
 
 
+class _Engine:
+    """An ICudaEngine's tensor queries (documented TensorRT API) over a table {name: (mode, shape, profile)}."""
+
+    def __init__(self, tensors):
+        self.tensors = tensors
+        self.num_io_tensors = len(tensors)
+
+    def get_tensor_name(self, i):
+        return list(self.tensors)[i]
+
+    def get_tensor_dtype(self, name):
+        return np.float32
+
+    def get_tensor_mode(self, name):
+        return self.tensors[name][0]
+
+    def get_tensor_shape(self, name):
+        return self.tensors[name][1]
+
+    def get_tensor_profile_shape(self, name, profile):
+        return self.tensors[name][2]
+
+    def create_execution_context(self):
+        return _RecordingContext((2, 1, 64, 96))
+
+
+def test_input_shapes_are_the_engine_s_with_dynamic_axes_named_so_sessions_can_check_the_resolution(backend):
+    # Before, the backend had no input_shape(): a session over engines built at another resolution than the
+    # manifest says opened, and failed at the first frame.
+    trt = types.SimpleNamespace(nptype=lambda dtype: dtype, TensorIOMode=types.SimpleNamespace(INPUT=0, OUTPUT=1))
+    engine = _Engine({"image": (0, (1, 3, 64, 96), [(1, 3, 64, 96)] * 3),
+                      "mem_key": (0, (1, 64, -1, 4, 6), [(1, 64, 2, 4, 6), (1, 64, 5, 4, 6), (1, 64, 9, 4, 6)]),
+                      "prob": (1, (-1, 1, 64, 96), None)})
+    backend._graphs["segment"] = trt_backend._Graph(trt, engine, backend)
+    assert backend.input_shape("segment", "image") == (1, 3, 64, 96)
+    assert backend.input_shape("segment", "mem_key") == (1, 64, "dynamic", 4, 6)
+    assert backend.input_shape("segment", "prob") is None        # an output
+
+
 def test_every_bound_address_is_256_byte_aligned_and_holds_the_input(backend):
     # A view of rows 1..2 of a [4, 2, 3] tensor starts 24 bytes into its allocation (the "prob" output
     # of one object handed to the next graph); a host array goes through staging; an aligned device

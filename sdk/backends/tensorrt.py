@@ -366,12 +366,14 @@ class _Graph:
         self.inputs: dict[str, np.dtype] = {}
         self.outputs: dict[str, np.dtype] = {}
         self.max_shapes: dict[str, tuple[int, ...]] = {}
+        self.declared: dict[str, tuple] = {}   # input shapes as built: ints, "dynamic" where the profile sets it
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
             if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                 self.inputs[name] = dtype
                 self.max_shapes[name] = tuple(engine.get_tensor_profile_shape(name, 0)[2])
+                self.declared[name] = tuple(int(d) if d >= 0 else "dynamic" for d in engine.get_tensor_shape(name))
             else:
                 self.outputs[name] = dtype
         # Output buffers at the largest shapes of the profile: set every input to its maximum and ask.
@@ -484,6 +486,11 @@ class TensorRTBackend(Backend):
 
     def input_dtype(self, graph: str, name: str) -> np.dtype:
         return self._graphs[graph].inputs[name]
+
+    def input_shape(self, graph: str, name: str) -> tuple | None:
+        # The engine's own input shape (-1 on dynamic axes, given as "dynamic"): a session opened over engines
+        # built at another resolution than the manifest says is refused at open, as on ONNX Runtime.
+        return self._graphs[graph].declared.get(name)
 
     def output_names(self, graph: str) -> list[str]:
         """Names of ``graph``'s outputs."""
