@@ -53,7 +53,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--csv", default=None, help="CSV to write (default PRED/metrics.csv; vis: "
                                                          "results.json -> results.metrics.csv)")
     parser.add_argument("--all-frames", action="store_true",
-                        help="score the first and last frames too (DAVIS semi-supervised skips them)")
+                        help="score the first and last frames too (DAVIS semi-supervised skips them; a sequence "
+                        "whose objects enter after its first frame is scored YouTube-VOS style, on every annotated "
+                        "frame after each object's first, with or without this flag)")
 
 
 def png_files(folder: Path) -> list[Path]:
