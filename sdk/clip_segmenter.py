@@ -36,8 +36,9 @@ class ClipSegmenter(ClipSession):
 
     def __init__(self, backend: Backend, package, overlap: int | None = None, threshold: float = 0.5,
                  color: str = "bgr"):
-        if not 0.0 < float(threshold) < 1.0:
-            raise UserError(f"threshold: expected a probability in (0, 1), got {threshold}")
+        if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
+                or not 0.0 < float(threshold) < 1.0:
+            raise UserError(f"threshold: expected a probability in (0, 1), got {threshold!r}")
         self.threshold = float(threshold)
         super().__init__(backend, package, overlap, color)
 

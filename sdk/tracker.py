@@ -92,19 +92,13 @@ class Tracker(Session):
         super().__init__(backend, package, color)
         streaming = package.streaming
         self.max_objects = self._object_limit(max_objects, streaming["max_objects"])
-        self.mem_every = int(mem_every if mem_every is not None else streaming["mem_every"])
-        where = f" (from {package.path}/manifest.json, streaming.%s)"
-        if self.mem_every < 1:
-            raise UserError(f"mem_every: expected a positive number of frames, got {self.mem_every}"
-                            + (where % "mem_every" if mem_every is None else ""))
-        self.top_k = int(top_k if top_k is not None else streaming["top_k"])
-        if self.top_k < 0:
-            raise UserError(f"top_k: expected 0 (all) or a positive number, got {self.top_k}"
-                            + (where % "top_k" if top_k is None else ""))
+        self.mem_every = self._whole("mem_every", mem_every, 1, "a positive whole number of frames")
+        self.top_k = self._whole("top_k", top_k, 0, "0 (all) or a positive whole number")
         # Fed only when it differs from the export default, which the graph already holds.
         self._feed_top_k = "top_k" in backend.input_names("segment") and self.top_k != streaming["top_k"]
         if self.top_k != streaming["top_k"] and "top_k" not in backend.input_names("segment"):
             raise UserError(fixed_top_k_message(package, backend.name, self.top_k))
+        self._whole("memory_capacity", memory_capacity, 0, "a whole number of frames")   # MemoryBank wants >= 2
         capacity = self._memory_limit(memory_capacity, streaming["memory_capacity"])
         h, w = package.height // package.stride, package.width // package.stride
         # The bank holds what the segment graph reads: float16 for an fp16 engine (vosrt.export.fp16).
@@ -277,6 +271,15 @@ class Tracker(Session):
         self.objects = list(new_objects)
         self._since_memory = 0 if value is not None else since_memory
         self.frame_index += 1
+
+    def _whole(self, name: str, asked, minimum: int, expected: str) -> int:
+        """Setting ``name``: ``asked``, else the manifest's ``streaming`` value, as an int; UserError unless it is a
+        whole number >= ``minimum`` (never truncated: 2.5 or "3" are refused, as for max_objects)."""
+        value = asked if asked is not None else self.package.streaming[name]
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+            where = f" (from {self.package.path}/manifest.json, streaming.{name})" if asked is None else ""
+            raise UserError(f"{name}: expected {expected}, got {value!r}{where}")
+        return int(value)
 
     def _object_limit(self, asked, default) -> int:
         limit = asked if asked is not None else default

@@ -211,6 +211,21 @@ def test_bad_session_options_raise_user_error(stcn_package, options, message):
         vosrt.sdk.load(stcn_package, **options)
 
 
+@pytest.mark.parametrize("name", ["mem_every", "top_k", "memory_capacity"])
+@pytest.mark.parametrize("value", [2.5, 3.0, "3", "x", True, float("nan"), float("inf")])
+def test_a_setting_that_is_not_a_whole_number_is_refused_not_truncated(stcn_package, name, value):
+    # mem_every=2.5 ran as 2, "3" as 3 and True as 1; "x", nan and inf raised a bare ValueError / OverflowError
+    with pytest.raises(UserError, match=f"{name}: expected .*whole number") as err:
+        vosrt.sdk.load(stcn_package, threads=1, **{name: value})
+    assert str(err.value).endswith(f"got {value!r}")
+
+
+@pytest.mark.parametrize("value", ["x", "0.3", None])
+def test_a_clip_threshold_that_is_not_a_number_is_refused(clip_package, value):
+    with pytest.raises(UserError, match=r"threshold: expected a probability in \(0, 1\)"):   # was ValueError, TypeError
+        vosrt.sdk.load(clip_package, threads=1, threshold=value)
+
+
 def test_a_folder_without_manifest_is_not_a_package(tmp_path):
     with pytest.raises(UserError, match="manifest.json"):
         vosrt.sdk.load(tmp_path)
