@@ -103,6 +103,9 @@ class Tracker(Session):
         h, w = package.height // package.stride, package.width // package.stride
         # The bank holds what the segment graph reads: float16 for an fp16 engine (vosrt.export.fp16).
         self.memory = MemoryBank(backend, int(capacity), h * w, backend.input_dtype("segment", "mem_key"))
+        # k = min(top_k, N) in the graph, so a top_k beyond the bank's positions (< 2**31) means "all" and is fed
+        # as their number: the plugin form's readout takes top_k as a 32-bit int (2**32 + 3 was read as 3).
+        self._top_k_input = np.array([min(self.top_k, self.memory.capacity * self.memory.hw)], np.int64)
         self.objects: list[int] = []   # object ids, in the order of the graphs' object axis
         self.frame_index = -1
         self._since_memory = 0
@@ -233,7 +236,7 @@ class Tracker(Session):
         inputs = {"mem_key": mem_key, "mem_value": mem_value, "query_key": encoded["key"],
                   "f16_thin": encoded["f16_thin"], "f8": encoded["f8"], "f4": encoded["f4"]}
         if self._feed_top_k:
-            inputs["top_k"] = np.array([self.top_k], np.int64)
+            inputs["top_k"] = self._top_k_input.copy()
         return self.backend.run("segment", inputs)
 
     def _apply_mask(self, mask: np.ndarray, given: list[int], new_objects: list[int], predicted: dict | None):

@@ -414,3 +414,21 @@ def test_each_backend_runs_the_cpu_operators_on_its_own_thread_count(tmp_path, p
         with cpu_ops.operator_threads(threads):
             before, most = _most_threads_during(lambda: run(feeds))
         assert most - before == workers, (threads, before, most)
+
+
+def test_a_tracker_top_k_beyond_32_bits_reads_all_of_the_memory_on_the_plugin_form(packages):
+    # The CPU readout takes top_k as a 32-bit int: fed as given, 2**32 + 1 read the top 1 and 2**31 failed in the
+    # kernel. k = min(top_k, N), so the tracker feeds at most the bank's positions.
+    import vosrt.sdk
+    from vosrt.sdk.synthetic import generate_sequence
+    video = generate_sequence(7, num_frames=4, height=32, width=32, num_objects=2, num_distractors=0)
+
+    def probabilities(top_k):
+        tracker = vosrt.sdk.load(packages["stcn"].path, threads=1, form="plugin", mem_every=1, top_k=top_k)
+        tracker.step(video.frames[0], video.labels[0])
+        return np.stack([tracker.step(frame, return_probabilities=True)[1] for frame in video.frames[1:]])
+
+    every = probabilities(0)
+    for huge in (2**31, 2**32 + 1):
+        np.testing.assert_allclose(probabilities(huge), every, atol=1e-6)
+    assert np.abs(probabilities(1) - every).max() > 1e-4    # reading the top 1 differs: the check can fail
