@@ -73,6 +73,7 @@ class Session:
 
     def flush(self) -> list[SegmentedFrame]:
         """End the stream and return every frame still pending (none for per-frame families)."""
+        self._check_open()
         return []
 
     def reset(self) -> None:

@@ -196,7 +196,7 @@ def test_a_closed_tracker_says_it_is_closed(stcn_package, sequence):
     with vosrt.sdk.load(stcn_package, threads=1, color="rgb") as tracker:
         tracker.step(sequence.frames[0], sequence.labels[0])
     for call in (lambda: tracker.step(sequence.frames[1]), lambda: tracker.push(sequence.frames[1]),
-                 lambda: tracker.remove_objects([1])):
+                 lambda: tracker.remove_objects([1]), tracker.flush):   # flush returned [] as if open
         with pytest.raises(UserError, match="closed.*vosrt.sdk.load"):   # was KeyError: 'encode_key'
             call()
     tracker.close()   # closing again does nothing
