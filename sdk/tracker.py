@@ -210,15 +210,21 @@ class Tracker(Session):
 
     def remove_objects(self, objects: Sequence[int]) -> None:
         """Stop tracking ``objects`` (ids); unknown ids raise UserError. Removing the last object resets
-        the memory, so the next mask given starts afresh (and becomes the permanent frame)."""
+        the memory, so the next mask given starts afresh (and becomes the permanent frame). All-or-nothing,
+        like a step: if the backend fails while the memory's values are moved, the tracker is as it was."""
         self._check_open()
         ids = _check_ids(objects)
         unknown = sorted(set(ids) - set(self.objects))
         if unknown:
             raise UserError(f"remove_objects: {unknown} are not tracked (tracked: {self.objects})")
         keep = [i for i, obj in enumerate(self.objects) if obj not in ids]
+        saved = self.memory.snapshot()
+        try:
+            self.memory.set_objects(keep, len(keep))
+        except BaseException:
+            self.memory.restore(saved)
+            raise
         self.objects = [self.objects[i] for i in keep]
-        self.memory.set_objects(keep, len(keep))
         if not self.objects:
             self.memory.reset()
 

@@ -781,6 +781,34 @@ def test_a_step_whose_memory_write_fails_leaves_the_tracker_as_it_was(stcn_packa
         np.testing.assert_array_equal(tracker.step(frame), fresh.step(frame))
 
 
+def test_a_removal_whose_memory_move_fails_leaves_the_tracker_as_it_was(stcn_package, video):
+    # The object list changed before the bank moved the kept objects' values: a failed move left object 2
+    # tracked with the all-zero values of the half-made buffer, and the tracker lost it without a word.
+    from vosrt.sdk.backends import open_backend
+    from vosrt.sdk.package import load_package
+    package = load_package(stcn_package)
+    backend = _FailingWrites(open_backend(package, "onnxruntime", threads=1))
+    tracker = vosrt.sdk.open_session(backend, package, color="rgb", mem_every=1)
+    fresh = vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=1)
+    first = video.labels[0]
+    assert len([i for i in np.unique(first) if i]) == 2
+    for t in range(2):
+        np.testing.assert_array_equal(tracker.step(video.frames[t], first if t == 0 else None),
+                                      fresh.step(video.frames[t], first if t == 0 else None))
+    objects = list(tracker.objects)
+    backend.fail = True
+    with pytest.raises(MemoryError):
+        tracker.remove_objects(objects[:1])
+    assert tracker.objects == objects and tracker.memory.num_objects == 2
+    backend.fail = False
+    for frame in video.frames[2:4]:                               # as if the failed removal never came
+        _, prob = tracker.step(frame, return_probabilities=True)
+        np.testing.assert_allclose(prob, fresh.step(frame, return_probabilities=True)[1], atol=1e-6)
+    tracker.remove_objects(objects[:1])
+    fresh.remove_objects(objects[:1])
+    np.testing.assert_array_equal(tracker.step(video.frames[4]), fresh.step(video.frames[4]))
+
+
 def test_top_k_0_means_all_and_a_negative_top_k_or_max_objects_below_1_is_refused(stcn_package, video):
     from vosrt.sdk import UserError
     assert vosrt.sdk.load(stcn_package, threads=1, top_k=0).top_k == 0
