@@ -30,7 +30,7 @@ import numpy as np
 from vosrt.sdk.backends.base import Backend
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.letterbox import Letterbox, check_image
-from vosrt.sdk.session import SegmentedFrame, Session
+from vosrt.sdk.session import SegmentedFrame, Session, serialized
 
 
 class ClipScheduler:
@@ -115,6 +115,7 @@ class ClipSession(Session):
         return self.schedule.latency
 
     # ------------------------------------------------------------------ protocol
+    @serialized
     def push(self, frame: np.ndarray, mask=None, objects=None) -> list[SegmentedFrame]:
         """Add the next frame; returns the frames finished by it (possibly none), in order."""
         self._check_open()
@@ -145,6 +146,7 @@ class ClipSession(Session):
             return []
         return self._emit(self.schedule.ran(start))
 
+    @serialized
     def flush(self) -> list[SegmentedFrame]:
         """End the stream: segment what remains (see the module docstring) and emit every pending frame."""
         self._check_open()
@@ -158,6 +160,7 @@ class ClipSession(Session):
         self._reset_stream()
         return out
 
+    @serialized
     def reset(self) -> None:
         """Drop the current stream without emitting anything."""
         self._reset_stream()

@@ -14,12 +14,19 @@ stream without emitting; ``close`` releases the backend, after which ``push`` an
 :class:`~vosrt.sdk.errors.UserError` (closing again does nothing). Bad input raises
 :class:`~vosrt.sdk.errors.UserError` before any state changes, so the session stays usable.
 
+A session may be called from several threads: its calls run one at a time, in the order they take its
+lock (a ``remove_objects`` from a UI thread waits for the frame in progress, then applies before the
+next; ``close`` waits for it too). The frames of one stream should still come from one thread, which
+gives their order.
+
 A finished frame is a :class:`SegmentedFrame`: its index in the stream and a ``[H, W]`` label map at
 the frame's size whose dtype is the session's :attr:`Session.label_dtype`, wide enough for every id
 the session can emit (uint8 for user-given ids 1..255, wider for track ids that never wrap).
 """
 from __future__ import annotations
 
+import functools
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +38,16 @@ from vosrt.sdk.letterbox import Letterbox, check_color
 
 
 _LETTERBOXES = 16   # frame sizes whose letterbox a session keeps (the oldest goes first)
+
+
+def serialized(method):
+    """Run a session method holding the session's lock (see the module docstring): a call from another thread
+    in the middle of a step would change the objects or the memory under it."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
 
 
 @dataclass
@@ -64,6 +81,7 @@ class Session:
         self.color = check_color(color)
         self.size = (package.height, package.width)
         self.closed = False
+        self._lock = threading.RLock()   # one call at a time (serialized); reentrant: push calls step
         self._letterboxes: dict[tuple[int, int], Letterbox] = {}
         self._check_graph_inputs()
 
@@ -71,6 +89,7 @@ class Session:
         """Add the next frame (and, for families that take them, object masks); returns finished frames."""
         raise NotImplementedError
 
+    @serialized
     def flush(self) -> list[SegmentedFrame]:
         """End the stream and return every frame still pending (none for per-frame families)."""
         self._check_open()
@@ -80,6 +99,7 @@ class Session:
         """Drop the stream's state (a new video); buffers stay allocated."""
         raise NotImplementedError
 
+    @serialized
     def close(self) -> None:
         """Release the backend. Later calls of :meth:`push` or :meth:`flush` raise UserError; closing again
         does nothing."""

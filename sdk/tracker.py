@@ -32,7 +32,7 @@ from vosrt.sdk.backends.base import Backend
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.letterbox import check_image, check_label_map
 from vosrt.sdk.memory import MemoryBank
-from vosrt.sdk.session import SegmentedFrame, Session
+from vosrt.sdk.session import SegmentedFrame, Session, serialized
 
 
 def _check_ids(objects, name: str = "objects") -> list[int]:
@@ -116,12 +116,14 @@ class Tracker(Session):
         """Frames stepped since the last reset (the index the next frame gets)."""
         return self.frame_index + 1
 
+    @serialized
     def push(self, frame: np.ndarray, mask: np.ndarray | None = None, objects: Sequence[int] | None = None
              ) -> list[SegmentedFrame]:
         """The session protocol's form of :meth:`step`: returns ``[SegmentedFrame(index, labels)]``."""
         labels = self.step(frame, mask, objects)
         return [SegmentedFrame(self.frame_index, labels)]
 
+    @serialized
     def step(self, image: np.ndarray, mask: np.ndarray | None = None, objects: Sequence[int] | None = None,
              return_probabilities: bool = False):
         """Segment one frame; returns its ``[H, W]`` uint8 label map (object ids, frame size).
@@ -208,6 +210,7 @@ class Tracker(Session):
         ``step(image, mask, objects)``, named for readability when objects appear mid-stream."""
         return self.step(image, mask, objects, return_probabilities)
 
+    @serialized
     def remove_objects(self, objects: Sequence[int]) -> None:
         """Stop tracking ``objects`` (ids); unknown ids raise UserError. Removing the last object resets
         the memory, so the next mask given starts afresh (and becomes the permanent frame). All-or-nothing,
@@ -228,6 +231,7 @@ class Tracker(Session):
         if not self.objects:
             self.memory.reset()
 
+    @serialized
     def reset(self) -> None:
         """Forget all objects and memory (a new video); buffers stay allocated."""
         self.objects = []

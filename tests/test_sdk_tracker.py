@@ -211,6 +211,44 @@ def test_bad_session_options_raise_user_error(stcn_package, options, message):
         vosrt.sdk.load(stcn_package, **options)
 
 
+def test_a_call_from_another_thread_during_a_step_waits_for_the_step(stcn_package, sequence):
+    # A UI thread removing an object while the capture thread steps: the removal ran in the middle of the step,
+    # whose end then put the removed object back (with zero values in memory) and lost the removal.
+    import threading
+
+    from vosrt.sdk.backends import open_backend
+    from vosrt.sdk.backends.base import DelegatingBackend
+    from vosrt.sdk.package import load_package
+
+    class CallDuringEncode(DelegatingBackend):
+        other = None   # called from another thread while the next encode_key runs
+
+        def run(self, graph, inputs, outputs=None):
+            if graph == "encode_key" and self.other is not None:
+                thread, self.other = threading.Thread(target=self.other), None
+                thread.start()
+                thread.join(0.5)   # the old code finished the removal here; now it waits for the step to end
+                self.threads.append(thread)
+            return super().run(graph, inputs, outputs)
+
+    package = load_package(stcn_package)
+    backend = CallDuringEncode(open_backend(package, "onnxruntime", threads=1))
+    backend.threads = []
+    tracker = vosrt.sdk.open_session(backend, package, color="rgb", mem_every=1)
+    alone = vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=1)
+    for t in range(3):
+        mask = sequence.labels[0] if t == 0 else None
+        np.testing.assert_array_equal(tracker.step(sequence.frames[t], mask), alone.step(sequence.frames[t], mask))
+    assert tracker.objects == [1, 2]
+    backend.other = lambda: tracker.remove_objects([1])
+    np.testing.assert_array_equal(tracker.step(sequence.frames[3]), alone.step(sequence.frames[3]))
+    backend.threads[0].join()
+    alone.remove_objects([1])                                    # the removal comes after the step
+    assert tracker.objects == [2] and tracker.memory.num_objects == 1
+    for frame in sequence.frames[4:6]:
+        np.testing.assert_array_equal(tracker.step(frame), alone.step(frame))
+
+
 @pytest.mark.parametrize("name", ["mem_every", "top_k", "memory_capacity"])
 @pytest.mark.parametrize("value", [2.5, 3.0, "3", "x", True, float("nan"), float("inf")])
 def test_a_setting_that_is_not_a_whole_number_is_refused_not_truncated(stcn_package, name, value):
