@@ -55,6 +55,12 @@ def test_a_closed_onnxruntime_backend_says_so(shipped):
         backend.run("encode_key", {"image": np.zeros((1, 3, 128, 224), np.float32)})
 
 
+def test_the_plugin_form_asked_of_a_package_without_one_is_refused(stcn_package):
+    # it ran the portable form without a word, though form='plugin' promises the plugin form or an error
+    with pytest.raises(UserError, match=r"form='plugin': package .* has no plugin form \(available forms: portable\)"):
+        vosrt.sdk.load(stcn_package, form="plugin", threads=1)
+
+
 def test_a_wrapped_backend_keeps_the_object_limit_of_the_one_it_wraps(shipped):
     # vosrt bench times a backend through a DelegatingBackend; Backend.max_objects (None) used to hide the
     # wrapped backend's limit, so a tracker over a timed TensorRT backend took 32 objects for engines built for 8

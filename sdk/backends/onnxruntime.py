@@ -110,6 +110,10 @@ class OnnxRuntimeBackend(Backend):
         check_threads(threads)
         if form not in ("auto", "portable", "plugin"):
             raise UserError(f"form: expected 'auto', 'portable' or 'plugin', got '{form}'")
+        if form == "plugin" and not any("plugin" in files for files in package.graphs.values()):
+            raise UserError(f"form='plugin': package {package.path} has no plugin form (available forms: "
+                            f"{', '.join(package.forms) or 'none'}); use form='auto' or form='portable', or export "
+                            "the package with `vosrt export ... --forms plugin,portable`")
 
     def _model(self, graph: str) -> str:
         """The file ONNX Runtime opens for ``graph``: the package's, or for the plugin form its copy with the
