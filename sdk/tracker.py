@@ -91,14 +91,15 @@ class Tracker(Session):
                  memory_capacity: int | None = None, color: str = "bgr", max_objects: int | None = None):
         super().__init__(backend, package, color)
         streaming = package.streaming
-        self.max_objects = self._object_limit(max_objects, streaming["max_objects"])
+        self.max_objects = self._object_limit(max_objects)
         self.mem_every = self._whole("mem_every", mem_every, 1, "a positive whole number of frames")
         self.top_k = self._whole("top_k", top_k, 0, "0 (all) or a positive whole number")
         # Fed only when it differs from the export default, which the graph already holds.
         self._feed_top_k = "top_k" in backend.input_names("segment") and self.top_k != streaming["top_k"]
         if self.top_k != streaming["top_k"] and "top_k" not in backend.input_names("segment"):
             raise UserError(fixed_top_k_message(package, backend.name, self.top_k))
-        self._whole("memory_capacity", memory_capacity, 0, "a whole number of frames")   # MemoryBank wants >= 2
+        self._whole("memory_capacity", memory_capacity, 2, "at least 2 frames, as a whole number (slot 0 keeps the "
+                    "first annotated frame, the others the recent ones)")
         capacity = self._memory_limit(memory_capacity, streaming["memory_capacity"])
         h, w = package.height // package.stride, package.width // package.stride
         # The bank holds what the segment graph reads: float16 for an fp16 engine (vosrt.export.fp16).
@@ -294,10 +295,8 @@ class Tracker(Session):
             raise UserError(f"{name}: expected {expected}, got {value!r}{where}")
         return int(value)
 
-    def _object_limit(self, asked, default) -> int:
-        limit = asked if asked is not None else default
-        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
-            raise UserError(f"max_objects: expected a positive whole number of objects, got {limit!r}")
+    def _object_limit(self, asked) -> int:
+        limit = self._whole("max_objects", asked, 1, "a positive whole number of objects")
         engine_limit = getattr(self.backend, "max_objects", None)
         if engine_limit is not None and limit > engine_limit:
             if asked is not None:

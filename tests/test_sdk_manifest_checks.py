@@ -80,6 +80,11 @@ def test_engine_files_and_a_relative_checkpoint_must_stay_inside(package):
                                                                     r"names.*got str"),
     (lambda m: m["streaming"].update(memory_capacity=10**12), r"memory_capacity: 1000000000000 frames of 4 "
                                                                r"positions exceed"),
+    # session settings the manifest load takes (whole numbers) but a session does not: the error names the file
+    (lambda m: m["streaming"].update(memory_capacity=1), r"memory_capacity: expected at least 2 frames.*got 1 "
+                                                         r"\(from .*manifest\.json, streaming\.memory_capacity\)"),
+    (lambda m: m["streaming"].update(max_objects=0), r"max_objects: expected a positive whole number.*got 0 "
+                                                     r"\(from .*manifest\.json, streaming\.max_objects\)"),
 ])
 def test_bad_manifest_values_are_refused_at_load_naming_the_setting(package, change, message):
     _edit(package, change)
