@@ -188,6 +188,10 @@ class ClipSession(Session):
         self._boxes: dict[int, Letterbox] = {}
 
     # ------------------------------------------------------------------ internals
+    def _release(self) -> None:
+        self._reset_stream()   # the pending frames on the device
+        self.clip = None
+
     def _run(self, start: int) -> None:
         frames = dict(self._window)
         last = max(frames)

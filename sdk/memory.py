@@ -65,6 +65,12 @@ class MemoryBank:
         """Forget every memory frame (buffers are kept; the next frame added becomes permanent)."""
         self.frames, self._next, self.writes = 0, 1, 0
 
+    def release(self) -> None:
+        """Drop the key and value buffers (the session was closed): empty, no object; the next add would allocate."""
+        self.keys = self.values = None
+        self.num_objects = 0
+        self.reset()
+
     def nbytes(self) -> int:
         """Device bytes held by the key and value buffers."""
         return sum(self.backend.nbytes(t) for t in (self.keys, self.values) if t is not None)

@@ -101,11 +101,16 @@ class Session:
 
     @serialized
     def close(self) -> None:
-        """Release the backend. Later calls of :meth:`push` or :meth:`flush` raise UserError; closing again
-        does nothing."""
+        """Release the backend and the session's buffers (the memory bank, the clip window: device memory on GPU
+        backends), which a closed session kept for as long as the object lived. Later calls of :meth:`push` or
+        :meth:`flush` raise UserError; closing again does nothing."""
         if not self.closed:
             self.closed = True
             self.backend.close()
+            self._release()
+
+    def _release(self) -> None:
+        """Drop the buffers the session keeps between frames (after :meth:`close`; it is not used again)."""
 
     def __enter__(self):
         return self

@@ -242,6 +242,9 @@ class Tracker(Session):
         self._since_memory = 0
 
     # ------------------------------------------------------------------ internals
+    def _release(self) -> None:
+        self.memory.release()
+
     def _segment(self, encoded: dict) -> dict:
         mem_key, mem_value = self.memory.read()
         inputs = {"mem_key": mem_key, "mem_value": mem_value, "query_key": encoded["key"],

@@ -202,6 +202,27 @@ def test_a_closed_tracker_says_it_is_closed(stcn_package, sequence):
     tracker.close()   # closing again does nothing
 
 
+def test_closing_a_session_releases_its_memory_bank_and_clip_window(stcn_package, clip_package, sequence):
+    # A closed session kept its buffers (device memory on a GPU backend) for as long as the object lived: a
+    # `with` block's variable, a session kept in a list while the next one opened.
+    import gc
+    import weakref
+    tracker = vosrt.sdk.load(stcn_package, threads=1, color="rgb")
+    tracker.step(sequence.frames[0], sequence.labels[0])
+    bank = [weakref.ref(tracker.memory.keys), weakref.ref(tracker.memory.values)]
+    segmenter = vosrt.sdk.load(clip_package, threads=1, color="rgb")
+    segmenter.push(sequence.frames[0])
+    clip = weakref.ref(segmenter.clip)
+    tracker.close()
+    segmenter.close()
+    gc.collect()
+    assert [ref() is None for ref in (*bank, clip)] == [True, True, True]
+    assert tracker.memory.nbytes() == 0
+    for call in (lambda: tracker.step(sequence.frames[1]), lambda: segmenter.push(sequence.frames[1]), segmenter.flush):
+        with pytest.raises(UserError, match="closed"):
+            call()
+
+
 @pytest.mark.parametrize("options, message", [({"mem_every": 0}, "mem_every"), ({"memory_capacity": 0}, "memory_capacity"),
                                               ({"memory_capacity": 1}, "memory_capacity: expected at least 2 frames"),
                                               ({"overlap": 3}, "not a setting"), ({"color": "bgra"}, "color"),
