@@ -234,7 +234,8 @@ class Tracker(Session):
 
     @serialized
     def reset(self) -> None:
-        """Forget all objects and memory (a new video); buffers stay allocated."""
+        """Forget all objects and memory (a new video). The key buffer stays allocated; the value buffer, sized by
+        the objects, is made again for the objects of the next mask."""
         self.objects = []
         self.memory.set_objects([], 0)
         self.memory.reset()

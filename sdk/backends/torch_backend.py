@@ -39,7 +39,8 @@ def _numpy_dtype(dtype: "torch.dtype"):
 class TorchBackend(Backend):
     """Runs a package's graphs as PyTorch modules. Options: ``checkpoint`` (path) or ``model`` (a built
     model in memory, used as is), ``device`` (``"auto"``: CUDA when torch sees one, else CPU; with
-    ``model``, the model's device), ``threads`` (torch intra-op threads)."""
+    ``model``, the model's device), ``threads`` (torch intra-op threads: ``torch.set_num_threads``, which holds for
+    the whole process, other torch sessions and the caller's own torch code included)."""
 
     name = "torch"
 
