@@ -52,8 +52,11 @@ def label_colours(labels: np.ndarray) -> np.ndarray:
 
 
 def write_label_png(path: str | Path, labels: np.ndarray) -> None:
-    """Write a ``[H, W]`` label map losslessly (see the module docstring for the format by id range)."""
+    """Write a ``[H, W]`` label map losslessly (see the module docstring for the format by id range). A boolean
+    mask is one object, id 1, as a session takes it."""
     labels = np.asarray(labels)
+    if labels.dtype == np.bool_:
+        labels = labels.astype(np.uint8)
     if labels.ndim != 2:
         raise UserError(f"label map for {path}: expected a [H, W] array, got shape {labels.shape}")
     if labels.dtype != np.uint8 and (not np.issubdtype(labels.dtype, np.integer) or

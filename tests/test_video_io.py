@@ -151,6 +151,19 @@ def test_label_pngs_keep_ids_beyond_255_exactly(tmp_path):
     assert np.array_equal(colours[0], label_colours(np.array([1]))[0])
 
 
+def test_a_boolean_mask_is_written_as_object_1_as_sessions_take_it(tmp_path):
+    # write_label_png(path, mask > 0) was refused ("expected integer ids ... got dtype bool"), while every
+    # session takes a boolean mask as object 1
+    from vosrt.sdk.letterbox import check_label_map
+    from vosrt.sdk.masks import read_label_png, write_label_png
+
+    mask = np.zeros((5, 6), bool)
+    mask[1:3, 2:5] = True
+    write_label_png(tmp_path / "m.png", mask)
+    back = read_label_png(tmp_path / "m.png")
+    assert back.dtype == np.uint8 and np.array_equal(back, check_label_map(mask, mask.shape))
+
+
 def test_a_capture_source_keeps_no_record_per_frame_read(tmp_path):
     # A camera or stream URL is read for days: the source kept the position of every frame it yielded (for
     # the frame names), a list that grew by one entry per frame. Read through a video file here, whose
