@@ -14,10 +14,10 @@ stream without emitting; ``close`` releases the backend, after which ``push`` an
 :class:`~vosrt.sdk.errors.UserError` (closing again does nothing). Bad input raises
 :class:`~vosrt.sdk.errors.UserError` before any state changes, so the session stays usable.
 
-A session may be called from several threads: its calls run one at a time, in the order they take its
-lock (a ``remove_objects`` from a UI thread waits for the frame in progress, then applies before the
-next; ``close`` waits for it too). The frames of one stream should still come from one thread, which
-gives their order.
+A session may be called from several threads: its calls run one at a time (a ``remove_objects`` from a
+UI thread waits for the frame in progress and applies between two frames; ``close`` waits for it too).
+Which of two waiting calls runs first is not defined, so the frames of one stream should come from one
+thread, which gives their order.
 
 A finished frame is a :class:`SegmentedFrame`: its index in the stream and a ``[H, W]`` label map at
 the frame's size whose dtype is the session's :attr:`Session.label_dtype`, wide enough for every id
