@@ -115,6 +115,33 @@ def test_portable_form_when_asked_needs_no_library(packages, monkeypatch, capfd)
     assert set(backend.forms.values()) == {"portable"} and capfd.readouterr().err == ""
 
 
+def test_a_package_exported_in_the_plugin_form_alone_runs_on_onnxruntime(packages, monkeypatch):
+    # `vosrt export --forms plugin` writes no portable file: ONNX Runtime refused the package ("no 'portable'
+    # form of graph 'encode_key'"), though its graphs without custom operators run as they are and the others
+    # through the CPU operators.
+    from vosrt.sdk.synthetic import generate_sequence
+    from vosrt.sdk.tracker import Tracker
+
+    both, alone = packages["stcn"], load_package(tiny_package("stcn", forms=("plugin",)))
+    assert alone.forms == ["plugin"]
+    backend = OnnxRuntimeBackend(alone, device="cpu")
+    assert backend.forms == {"encode_key": "plugin", "encode_value": "plugin", "segment": "plugin"}
+    assert not backend._runs_cpu_ops("encode_key") and backend._runs_cpu_ops("segment")
+    sequence = generate_sequence(3, num_frames=6, height=both.height, width=both.width, num_objects=2)
+    trackers = [Tracker(backend, alone, color="rgb"),
+                Tracker(OnnxRuntimeBackend(both, form="plugin", device="cpu"), both, color="rgb")]
+    for t, frame in enumerate(sequence.frames):
+        mask = sequence.labels[0] if t == 0 else None
+        np.testing.assert_array_equal(*(tracker.step(frame, mask) for tracker in trackers))
+    with pytest.raises(UserError, match=r"form='portable': package .* has no portable form of graph\(s\) segment, "
+                                        r"whose custom operators .*; use form='auto'"):
+        OnnxRuntimeBackend(alone, form="portable", device="cpu")
+    monkeypatch.setenv(cpu_ops.ENV_LIB, "/nonexistent/libvosrt_cpu_ops.so")   # no fallback to a missing form
+    with pytest.raises(UserError, match=r"has graph\(s\) segment only in the plugin form, which needs vosrt's CPU "
+                                        r"operators"):
+        OnnxRuntimeBackend(alone, device="cpu")
+
+
 @pytest.mark.slow
 def test_non_editable_install_in_a_fresh_venv_runs_the_plugin_form(packages, tmp_path):
     # The fresh venv sees this environment's third-party packages through a .pth line (no download), but

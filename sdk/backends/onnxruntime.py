@@ -119,14 +119,22 @@ class OnnxRuntimeBackend(Backend):
         """The file ONNX Runtime opens for ``graph``: the package's, or for the plugin form its copy with the
         custom nodes handed to the CPU operators (cached, :func:`vosrt.sdk.cpu_ops.cpu_graph_for`)."""
         path = self.package.graph_path(graph, self.forms[graph])
-        if self.forms[graph] == "plugin":
+        if self._runs_cpu_ops(graph):
             from vosrt.sdk import cpu_ops
             return str(cpu_ops.cpu_graph_for(path))
         return str(path)
 
+    def _runs_cpu_ops(self, graph: str) -> bool:
+        """Whether ``graph`` runs custom operators through the CPU operators (a plugin-form graph without
+        any, which a package exported in the plugin form alone has, runs as it is)."""
+        if self.forms.get(graph) != "plugin":
+            return False
+        from vosrt.sdk import cpu_ops
+        return cpu_ops.has_plugin_nodes(self.package.graph_path(graph, "plugin"))
+
     def _session_options(self, graph: str | None = None) -> "ort.SessionOptions":
         options = session_options(self._threads, self._arena)
-        if graph is not None and self.forms.get(graph) == "plugin":
+        if graph is not None and self._runs_cpu_ops(graph):
             from vosrt.sdk import cpu_ops
             options.register_custom_ops_library(cpu_ops.register_onnxruntime_ops(cpu_ops.load_cpu_ops()))
         return options
@@ -299,24 +307,37 @@ class OnnxRuntimeBackend(Backend):
 
 def _choose_forms(package, form: str, device: str) -> dict[str, str]:
     """Form each graph runs in: the plugin form only for graphs with custom operators in it (elsewhere the
-    two forms are the same graph), and only on the CPU, where vosrt's CPU operators run them. ``form`` is one
-    of auto, portable and plugin (:meth:`OnnxRuntimeBackend.check_options` refused the rest)."""
-    forms = {graph: "portable" for graph in package.graphs}
+    two forms are the same graph), and only on the CPU, where vosrt's CPU operators run them. A graph the
+    package holds only in the plugin form (``vosrt export --forms plugin``) runs in it: as it is where it has
+    no custom operator, through the CPU operators where it has. ``form`` is one of auto, portable and plugin
+    (:meth:`OnnxRuntimeBackend.check_options` refused the rest)."""
+    forms = {graph: "portable" if "portable" in files else "plugin" for graph, files in package.graphs.items()}
     plugin_files = {g: files["plugin"] for g, files in package.graphs.items() if "plugin" in files}
-    if form == "portable" or not plugin_files or (form == "auto" and device != "cpu"):
+    if not plugin_files:
         return forms
     if form == "plugin" and device != "cpu":
         raise UserError("form='plugin' runs its custom operators on the CPU; use device='cpu' or form='portable'")
+    only_plugin: list[str] = []   # graphs with custom operators and no portable file
     try:
         from vosrt.sdk import cpu_ops
         with_ops = [g for g, path in plugin_files.items() if cpu_ops.has_plugin_nodes(path)]
-        if not with_ops:
+        only_plugin = [g for g in with_ops if forms[g] == "plugin"]
+        if only_plugin and (form == "portable" or device != "cpu"):
+            asked = "form='portable'" if form == "portable" else f"device='{device}'"
+            instead = "use form='auto'" if form == "portable" else "use device='cpu'"
+            raise UserError(f"{asked}: package {package.path} has no portable form of graph(s) "
+                            f"{', '.join(only_plugin)}, whose custom operators ONNX Runtime runs only through vosrt's "
+                            f"CPU operators; {instead}, or export the package with `vosrt export ... --forms "
+                            f"plugin,portable`")
+        if form == "portable" or (form == "auto" and device != "cpu") or not with_ops:
             return forms
         ops = cpu_ops.load_cpu_ops()
         cpu_ops.register_onnxruntime_ops(ops)
     except (ImportError, OSError, RuntimeError) as err:  # CpuOpsUnavailable is a RuntimeError
-        if form == "plugin":
-            raise UserError(f"form='plugin' needs vosrt's CPU operators: {err}") from None
+        if form == "plugin" or only_plugin:
+            reason = "form='plugin'" if form == "plugin" else \
+                f"package {package.path} has graph(s) {', '.join(only_plugin)} only in the plugin form, which"
+            raise UserError(f"{reason} needs vosrt's CPU operators: {err}") from None
         reason = str(err).strip().splitlines()[0]
         print(f"vosrt: CPU operators unavailable ({reason}); running the portable form", file=sys.stderr)
         return forms
