@@ -13,11 +13,11 @@ user). A source that stops early (a camera that disconnects) ends the stream wit
 
 A frame the session refuses (:class:`~vosrt.sdk.errors.FrameError`: ``None`` from a failed
 ``cap.read()``, a grey-scale or BGRA image, NaN values...) is skipped with a warning on stderr and
-listed in :attr:`StreamStats.skipped`; the stream goes on. Session indices (``SegmentedFrame.index``)
-count the frames the session took, so after a skipped frame they run behind the source positions; sinks
-get the frame's name by its source position. A refused frame that carries a mask is an error (its objects
-would be lost), and so are :data:`MAX_REFUSED_IN_A_ROW` refused frames in a row (a source whose every
-frame is of the wrong kind).
+counted in :attr:`StreamStats.refused` (the first ones listed in ``skipped``); the stream goes on.
+Session indices (``SegmentedFrame.index``) count the frames the session took, so after a skipped frame
+they run behind the source positions; sinks get the frame's name by its source position. A refused
+frame that carries a mask is an error (its objects would be lost), and so are
+:data:`MAX_REFUSED_IN_A_ROW` refused frames in a row (a source whose every frame is of the wrong kind).
 """
 from __future__ import annotations
 
@@ -32,17 +32,20 @@ from vosrt.sdk.errors import FrameError, UserError
 from vosrt.sdk.session import SegmentedFrame
 
 MAX_REFUSED_IN_A_ROW = 25   # refused frames in a row that end a stream (one second of 25 FPS video)
+SKIPPED_KEPT = 100          # refused frames whose position and reason StreamStats.skipped keeps
 
 
 @dataclass
 class StreamStats:
     """What one :func:`stream` call did: ``frames`` finished, ``seconds`` from the first push to the
     end, ``seconds_after_first`` from the end of the first push (the first frame carries one-off
-    costs: the first masks, lazy allocations), ``pushed`` frames the session took, ``skipped`` the
-    source positions of frames the session refused, with the reason, as ``(position, message)``."""
+    costs: the first masks, lazy allocations), ``pushed`` frames the session took, ``refused`` frames the
+    session refused (skipped), ``skipped`` the first :data:`SKIPPED_KEPT` of them as ``(source position,
+    reason)`` (bounded: a camera stream may run for days)."""
 
     frames: int = 0
     pushed: int = 0
+    refused: int = 0
     skipped: list = field(default_factory=list)
     seconds: float = 0.0
     seconds_after_first: float = 0.0
@@ -124,7 +127,9 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
                 if refused_in_a_row >= MAX_REFUSED_IN_A_ROW:
                     raise UserError(f"{refused_in_a_row} frames in a row were refused (the last, {name}: {err}); "
                                     f"the source does not give frames the session takes") from err
-                stats.skipped.append((position, str(err)))
+                stats.refused += 1
+                if len(stats.skipped) < SKIPPED_KEPT:
+                    stats.skipped.append((position, str(err)))
                 print(f"warning: frame {name} refused: {err}; frame skipped", file=sys.stderr, flush=True)
                 continue
             refused_in_a_row = 0

@@ -212,7 +212,7 @@ def test_a_frame_the_session_refuses_is_skipped_and_the_stream_goes_on_as_withou
     masks = {0: sequence.labels[0]} if family == "stcn" else None
     got, expected = [], []
     stats = stream(vosrt.sdk.load(package, threads=1, color="rgb"), iter(frames), [_names_sink(got)], masks=masks)
-    assert [position for position, _ in stats.skipped] == [3, 5, 6]
+    assert stats.refused == 3 and [position for position, _ in stats.skipped] == [3, 5, 6]
     assert "NoneType" in stats.skipped[0][1] and "alpha" in stats.skipped[1][1] and "NaN" in stats.skipped[2][1]
     err = capsys.readouterr().err
     assert all(f"frame {t:05d} refused" in err for t in bad) and err.count("frame skipped") == 3
@@ -228,7 +228,7 @@ def test_a_frame_the_session_refuses_is_skipped_and_the_stream_goes_on_as_withou
 
 
 def test_a_refused_frame_carrying_a_mask_or_a_source_of_nothing_but_refused_frames_ends_the_stream(stcn_package):
-    from vosrt.sdk.streaming import MAX_REFUSED_IN_A_ROW, stream
+    from vosrt.sdk.streaming import MAX_REFUSED_IN_A_ROW, SKIPPED_KEPT, stream
 
     sequence = generate_sequence(5, num_frames=4, height=32, width=32, num_objects=1)
     frames = [sequence.frames[0], sequence.frames[1][:, :, 0], sequence.frames[2]]
@@ -236,6 +236,11 @@ def test_a_refused_frame_carrying_a_mask_or_a_source_of_nothing_but_refused_fram
                                                   r"shape \[H, W, 3\], got \[32, 32\] \(grey-scale"):
         stream(vosrt.sdk.load(stcn_package, threads=1, color="rgb"), frames, masks={0: sequence.labels[0],
                                                                                      1: sequence.labels[1]})
+    # an endless stream with now and then a refused frame keeps the first SKIPPED_KEPT of them, and counts all
+    every_other = (f if t % 2 else None for t, f in enumerate(sequence.frames * (SKIPPED_KEPT + 10)))
+    stats = stream(vosrt.sdk.load(stcn_package, threads=1, color="rgb"), every_other)
+    assert stats.refused == stats.pushed == len(sequence.frames) * (SKIPPED_KEPT + 10) // 2
+    assert [position for position, _ in stats.skipped] == list(range(0, 2 * SKIPPED_KEPT, 2))
     grey = (f[:, :, 0] for f in sequence.frames * MAX_REFUSED_IN_A_ROW)
     with pytest.raises(vosrt.sdk.UserError, match=f"{MAX_REFUSED_IN_A_ROW} frames in a row were refused"):
         stream(vosrt.sdk.load(stcn_package, threads=1, color="rgb"), grey)
