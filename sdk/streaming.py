@@ -114,7 +114,9 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
                 mask = masks(position, frame) if callable(masks) else masks.get(position)
             index = offset + stats.pushed
             name = _frame_name(source, position)
-            waiting[index] = (name, frame)
+            # A frame waits for its labels up to the session's latency: a copy, since a source may fill one
+            # buffer again and again (cap.read(buffer)), which would pair the labels with later pixels.
+            waiting[index] = (name, frame.copy() if session.latency and isinstance(frame, np.ndarray) else frame)
             try:
                 done = session.push(frame, mask) if mask is not None else session.push(frame)
             except FrameError as err:

@@ -227,6 +227,26 @@ def test_a_frame_the_session_refuses_is_skipped_and_the_stream_goes_on_as_withou
         assert any(labels.any() for _, _, labels in got[3:])        # still tracking after the skipped frames
 
 
+def test_a_source_that_fills_one_buffer_again_and_again_gets_each_frame_back_with_its_own_labels(clip_package):
+    # A clip session returns a frame up to 7 pushes later; the sinks got the source's array object, which a
+    # source reusing one buffer (cap.read(buffer)) had since filled with a later frame.
+    from vosrt.sdk.streaming import stream
+
+    frames = generate_sequence(8, num_frames=10, height=32, width=32, num_objects=1).frames
+
+    def reused():
+        buffer = np.empty_like(frames[0])
+        for frame in frames:
+            buffer[...] = frame
+            yield buffer
+
+    got = []
+    stream(vosrt.sdk.load(clip_package, threads=1, color="rgb"), reused(), [lambda i, n, frame, labels: got.append(frame)])
+    assert len(got) == len(frames)
+    for frame, expected in zip(got, frames):
+        np.testing.assert_array_equal(frame, expected)
+
+
 def test_a_refused_frame_carrying_a_mask_or_a_source_of_nothing_but_refused_frames_ends_the_stream(stcn_package):
     from vosrt.sdk.streaming import MAX_REFUSED_IN_A_ROW, SKIPPED_KEPT, stream
 
