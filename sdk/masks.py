@@ -57,8 +57,11 @@ def write_label_png(path: str | Path, labels: np.ndarray) -> None:
     labels = np.asarray(labels)
     if labels.dtype == np.bool_:
         labels = labels.astype(np.uint8)
-    if labels.ndim != 2:
-        raise UserError(f"label map for {path}: expected a [H, W] array, got shape {labels.shape}")
+    if labels.ndim != 2 or labels.size == 0:
+        raise UserError(f"label map for {path}: expected a non-empty [H, W] array, got shape {labels.shape}")
+    if Path(path).suffix.lower() != ".png":
+        raise UserError(f"label map for {path}: the file must be a .png (ids are kept exactly only in a lossless "
+                        f"format); name it {Path(path).with_suffix('.png').name}")
     if labels.dtype != np.uint8 and (not np.issubdtype(labels.dtype, np.integer) or
                                      (labels.size and (labels.min() < 0 or labels.max() > MAX_ID))):
         raise UserError(f"label map for {path}: expected integer ids in 0..{MAX_ID}, got dtype {labels.dtype}"

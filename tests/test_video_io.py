@@ -151,6 +151,21 @@ def test_label_pngs_keep_ids_beyond_255_exactly(tmp_path):
     assert np.array_equal(colours[0], label_colours(np.array([1]))[0])
 
 
+@pytest.mark.parametrize("name, labels, message", [
+    ("m.jpg", np.ones((4, 4), np.uint8), r"must be a \.png .* name it m\.png"),
+    ("m", np.ones((4, 4), np.uint8), r"must be a \.png .* name it m\.png"),
+    ("m.png", np.ones((0, 4), np.uint8), r"expected a non-empty \[H, W\] array, got shape \(0, 4\)"),
+])
+def test_a_label_map_for_a_lossy_or_unnamed_format_or_an_empty_one_is_refused_before_writing(tmp_path, name, labels,
+                                                                                          message):
+    # a .jpg path was written lossily (ids changed), a path without suffix and an empty map raised PIL's ValueError
+    from vosrt.sdk.masks import write_label_png
+
+    with pytest.raises(UserError, match=message):
+        write_label_png(tmp_path / name, labels)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_boolean_mask_is_written_as_object_1_as_sessions_take_it(tmp_path):
     # write_label_png(path, mask > 0) was refused ("expected integer ids ... got dtype bool"), while every
     # session takes a boolean mask as object 1
