@@ -90,7 +90,8 @@ def _narrow(ids: np.ndarray) -> np.ndarray:
 def read_label_png(path: str | Path) -> np.ndarray:
     """Read a label map. A palette PNG gives its indices (the object ids) exactly; a grey-scale PNG
     (8 or 16 bit) its values; an RGB PNG written by :func:`write_label_png` its encoded ids. Other RGB
-    PNGs are rejected, because colours cannot be turned back into ids unambiguously. The dtype is uint8
+    PNGs are rejected, because colours cannot be turned back into ids unambiguously, and so are JPEGs, whose
+    compression changes ids. The dtype is uint8
     when every id fits, else uint16 or uint32."""
     path = Path(path)
     if not path.is_file():
@@ -106,6 +107,10 @@ def read_label_png(path: str | Path) -> np.ndarray:
 def _read_label_image(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         image.load()
+        if image.format in ("JPEG", "MPO"):
+            # A JPEG's compression moves values: a 0/1 mask comes back with 2s, 3s, 254s... as extra objects.
+            raise UserError(f"mask {path}: a JPEG cannot hold a label map (its lossy compression changes the ids "
+                            "along every edge); give the mask as a PNG (a palette or grey-scale one)")
         if image.mode == "P" or image.mode == "L":
             return np.array(image, dtype=np.uint8)
         if image.mode in ("1", "I", "I;16", "I;16B"):

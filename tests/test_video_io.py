@@ -166,6 +166,19 @@ def test_a_label_map_for_a_lossy_or_unnamed_format_or_an_empty_one_is_refused_be
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_jpeg_mask_is_refused_not_read_with_its_compression_noise_as_object_ids(tmp_path):
+    # a 0/1 mask saved as a JPEG came back with ids such as 2, 3 and 254 along its edges: extra objects
+    import cv2
+
+    from vosrt.sdk.masks import read_label_png
+
+    mask = np.zeros((32, 48), np.uint8)
+    mask[8:20, 10:30] = 255
+    cv2.imwrite(str(tmp_path / "mask.jpg"), mask)
+    with pytest.raises(UserError, match=r"mask\.jpg: a JPEG cannot hold a label map .* give the mask as a PNG"):
+        read_label_png(tmp_path / "mask.jpg")
+
+
 def test_a_boolean_mask_is_written_as_object_1_as_sessions_take_it(tmp_path):
     # write_label_png(path, mask > 0) was refused ("expected integer ids ... got dtype bool"), while every
     # session takes a boolean mask as object 1
