@@ -88,10 +88,11 @@ def d2conv3d_params(x_shape: Sequence[int], weight_shape: Sequence[int], stride:
 
 def l2_readout_params(mem_key_shape: Sequence[int], query_size: int, value_dim: int, top_k: int,
                       scale: float) -> L2ReadoutParams:
-    """Parameters of one readout: mem_key ``[B, Ck, N]``, M queries, V value channels."""
+    """Parameters of one readout: mem_key ``[B, Ck, N]``, M queries, V value channels. k = min(top_k, N), so a
+    top_k beyond N is passed as N: the field is a 32-bit int, in which 2**32 + 3 would read 3 entries."""
     b, ck, n = (int(v) for v in mem_key_shape)
     return L2ReadoutParams(batch=b, key_dim=ck, mem_size=n, query_size=int(query_size), value_dim=int(value_dim),
-                           top_k=int(top_k), scale=float(scale))
+                           top_k=min(int(top_k), n), scale=float(scale))
 
 
 def _candidates(name: str) -> list[Path]:

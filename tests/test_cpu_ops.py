@@ -126,6 +126,15 @@ def test_cpu_readout_uses_the_given_scale(ops):
     _close(ops.l2_memory_readout(_np(mem_key), _np(query_key), _np(mem_value), 10, 0.05), expected.numpy())
 
 
+def test_cpu_readout_with_a_top_k_beyond_32_bits_reads_every_entry(ops):
+    # the library takes top_k as a 32-bit int: 2**32 + 3 read the top 3, and 2**31 failed in the kernel
+    mem_key, query_key, mem_value = _readout_inputs(1, 8, 60, 4, 3, seed=10)
+    every = ops.l2_memory_readout(_np(mem_key), _np(query_key), _np(mem_value), 0)
+    for huge in (2**31, 2**32 + 3):
+        np.testing.assert_array_equal(ops.l2_memory_readout(_np(mem_key), _np(query_key), _np(mem_value), huge), every)
+    assert np.abs(ops.l2_memory_readout(_np(mem_key), _np(query_key), _np(mem_value), 3) - every).max() > 1e-4
+
+
 def test_cpu_readout_rejects_top_k_above_the_supported_limit(ops):
     mem_key, query_key, mem_value = _readout_inputs(1, 8, 200, 4, 3, seed=9)
     with pytest.raises(KernelError, match="not supported"):
