@@ -106,14 +106,20 @@ def read_manifest(path: str | Path) -> tuple[Path, dict]:
     """(package folder, manifest dict) of the package at ``path`` (its folder, its manifest.json or
     the name of a shipped package), with a UserError saying what to do when it is missing or
     unreadable."""
-    path = resolve(path)
+    given, path = Path(path), resolve(path)
+    # A bare name that is also a folder here is taken as that folder; say so when the folder is not a package
+    # but a shipped package has the name.
+    shipped = SHIPPED_DIR / given.name
+    shadowed = (f"; the shipped package '{given.name}' is {shipped} (the '{given.name}' in the working folder "
+                f"hides it)" if len(given.parts) == 1 and path == given and (shipped / "manifest.json").is_file() else "")
     if path.is_file() and path.name == "manifest.json":
         path = path.parent
     if not path.is_dir():
-        raise UserError(f"model package should be a folder holding manifest.json, got the file {path}")
+        raise UserError(f"model package should be a folder holding manifest.json, got the file {path}{shadowed}")
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
-        raise UserError(f"{path} is not a model package: it has no manifest.json (create one with `vosrt export`)")
+        raise UserError(f"{path} is not a model package: it has no manifest.json (create one with `vosrt export`)"
+                        f"{shadowed}")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -1,5 +1,6 @@
 """Reading model package manifests: what a valid package needs, and clear errors for what is wrong."""
 import json
+import re
 
 import pytest
 
@@ -63,6 +64,22 @@ def test_missing_folder_manifest_and_invalid_json_are_clear_errors(tmp_path):
     (tmp_path / "empty" / "manifest.json").write_text("{not json")
     with pytest.raises(UserError, match="not valid JSON"):
         load_package(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_a_shipped_name_hidden_by_something_of_that_name_in_the_working_folder_says_where_the_shipped_one_is(
+        tmp_path, monkeypatch, kind):
+    # load("stcn-lite") in a folder holding an unrelated stcn-lite said only "not a model package"
+    from vosrt.sdk.package import SHIPPED_DIR
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stcn-lite").mkdir() if kind == "folder" else (tmp_path / "stcn-lite").write_text("x")
+    with pytest.raises(UserError, match=rf"the shipped package 'stcn-lite' is {re.escape(str(SHIPPED_DIR))}/stcn-lite "
+                                        r"\(the 'stcn-lite' in the working folder hides it\)"):
+        load_package("stcn-lite")
+    with pytest.raises(UserError) as refused:           # a path, not a bare name: nothing about shipped packages
+        load_package(tmp_path / "stcn-lite")
+    assert "shipped package" not in str(refused.value)
 
 
 def test_a_form_the_package_lacks_is_named(tmp_path):
