@@ -38,7 +38,8 @@ OUTPUTS = ["embeddings", "bandwidths", "seediness", "foreground", "categories"]
 
 
 def _probability(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 <= value <= 1.0:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
+            not 0.0 <= value <= 1.0:
         raise UserError(f"{name}: expected a probability in [0, 1], got {value!r}")
     return float(value)
 

@@ -179,6 +179,13 @@ def test_bad_settings_are_refused(colour_packages, settings):
         vosrt.sdk.load(colour_packages[4], threads=1, **settings)
 
 
+def test_numpy_numbers_are_taken_as_settings(colour_packages):
+    # np.int64(0) (a value read from an array) was refused as "expected a probability in [0, 1]"
+    segmenter = vosrt.sdk.load(colour_packages[4], threads=1, min_seediness=np.int64(1),
+                               foreground_threshold=np.float32(0.5))
+    assert (segmenter.min_seediness, segmenter.foreground_threshold) == (1.0, 0.5)
+
+
 @pytest.mark.parametrize("overlap", [8, 12])
 def test_a_bad_overlap_in_the_manifest_is_refused_naming_the_manifest(tmp_path, overlap):
     # The error said "overlap: expected an integer in 0..7 (clip length 8), got 8" to a caller who passed no
