@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import UserError, is_whole
 from vosrt.sdk import families
 from vosrt.sdk.package import (Package, compare, inside, load_package, read_manifest, replace_file,
                                  write_manifest)
@@ -63,10 +63,10 @@ def axis_label(package: Package, graph: str, name: str, axis: int) -> str | None
 def check_limits(max_objects: int, max_memory_frames: int | None) -> None:
     """UserError naming the flag for a profile limit no session could use: fewer than one object, or a memory
     of fewer than two frames (the STCN bank keeps the first annotated frame and at least one recent one)."""
-    if isinstance(max_objects, bool) or not isinstance(max_objects, (int, np.integer)) or max_objects < 1:
+    if not is_whole(max_objects) or max_objects < 1:
         raise UserError(f"--max-objects must be a whole number >= 1, got {max_objects!r}")
     frames = max_memory_frames
-    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 2):
+    if frames is not None and (not is_whole(frames) or frames < 2):
         raise UserError(f"--max-memory-frames must be a whole number >= 2 (the first annotated frame and a recent "
                         f"one), got {max_memory_frames!r}; leave it out for the package's memory capacity")
 

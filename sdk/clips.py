@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from vosrt.sdk.backends.base import Backend
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import UserError, is_whole
 from vosrt.sdk.letterbox import Letterbox, check_image
 from vosrt.sdk.session import SegmentedFrame, Session, serialized
 
@@ -37,7 +37,7 @@ class ClipScheduler:
     """Which clip runs when and which frames are final (see the module docstring)."""
 
     def __init__(self, clip_length: int, overlap: int, name: str = "overlap", hint: str = ""):
-        if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < clip_length:
+        if not is_whole(overlap) or not 0 <= overlap < clip_length:
             raise UserError(f"{name}: expected an integer in 0..{clip_length - 1} (clip length "
                             f"{clip_length}), got {overlap!r}{hint}")
         self.clip_length = int(clip_length)

@@ -17,6 +17,14 @@ class FrameError(UserError):
     (:func:`vosrt.sdk.streaming.stream` does)."""
 
 
+def is_whole(value) -> bool:
+    """Whether ``value`` is a whole number as the settings take it: a Python or numpy integer, not a bool (a
+    float such as 2.0, a string "3" or True are not: a setting is never truncated or converted)."""
+    import numpy as np
+
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def install_command(extra: str) -> str:
     """The pip command that adds the optional dependencies ``extra`` (a pyproject extra: train, export,
     eval, gpu, trt, live, dev) to this vosrt. Installed from a source checkout (the README's

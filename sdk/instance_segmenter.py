@@ -29,7 +29,7 @@ import numpy as np
 
 from vosrt.sdk.backends.base import Backend
 from vosrt.sdk.clips import ClipSession
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import UserError, is_whole
 from vosrt.sdk.instances import TrackLinker, cluster
 from vosrt.sdk.session import SegmentedFrame
 
@@ -76,7 +76,7 @@ class InstanceSegmenter(ClipSession):
             "foreground_threshold", stream["foreground_threshold"] if foreground_threshold is None
             else foreground_threshold)
         max_instances = stream["max_instances"] if max_instances is None else max_instances
-        if isinstance(max_instances, bool) or not isinstance(max_instances, (int, np.integer)) or max_instances < 1:
+        if not is_whole(max_instances) or max_instances < 1:
             raise UserError(f"max_instances: expected a positive integer, got {max_instances!r}")
         self.max_instances = int(max_instances)
         self.linker = TrackLinker(_probability("link_iou", link_iou))

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from vosrt.sdk.backends.base import Backend
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import UserError, is_whole
 from vosrt.sdk.letterbox import check_image, check_label_map
 from vosrt.sdk.memory import MemoryBank
 from vosrt.sdk.session import SegmentedFrame, Session, serialized
@@ -294,7 +294,7 @@ class Tracker(Session):
         """Setting ``name``: ``asked``, else the manifest's ``streaming`` value, as an int; UserError unless it is a
         whole number >= ``minimum`` (never truncated: 2.5 or "3" are refused, as for max_objects)."""
         value = asked if asked is not None else self.package.streaming[name]
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        if not is_whole(value) or value < minimum:
             where = f" (from {self.package.path}/manifest.json, streaming.{name})" if asked is None else ""
             raise UserError(f"{name}: expected {expected}, got {value!r}{where}")
         return int(value)
@@ -315,8 +315,7 @@ class Tracker(Session):
         for (``vosrt build --max-memory-frames``), whose profile refuses a longer memory once the bank fills."""
         engine_limit = getattr(self.backend, "max_memory_frames", None)
         capacity = asked if asked is not None else default
-        if engine_limit is None or isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) \
-                or capacity <= engine_limit:
+        if engine_limit is None or not is_whole(capacity) or capacity <= engine_limit:
             return capacity   # MemoryBank checks the value itself
         if asked is not None:
             raise UserError(f"memory_capacity={asked}: the TensorRT engines of {self.package.path} take at most "

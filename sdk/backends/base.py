@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import UserError, is_whole
 
 # A backend's own tensor type (numpy.ndarray, onnxruntime.OrtValue, torch.Tensor, ...).
 Tensor = Any
@@ -158,7 +158,7 @@ def check_threads(threads) -> int:
     for anything but a whole number >= 0, so that every backend refuses the same values the same way."""
     if threads is None:
         return 0
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
+    if not is_whole(threads) or threads < 0:
         raise UserError(f"threads: expected a whole number of threads >= 0 (0 or None: the runtime's default), "
                         f"got {threads!r}")
     return int(threads)
