@@ -288,6 +288,31 @@ def test_resume_with_options_that_differ_from_the_run_is_refused_instead_of_igno
     assert "already at step 1" in capsys.readouterr().out
 
 
+def test_vosrt_train_resume_reads_the_run_checkpoint_once_and_does_not_keep_it(data_dir, tmp_path, monkeypatch):
+    # the CLI read last.pth to compare the options, then train() read it again (a full model with its
+    # optimizer state: twice the time, and train() kept the copy for the whole run)
+    from vosrt.cli import main
+
+    train([data_dir], tmp_path / "run", tiny_config(iterations=1), progress=False)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config(iterations=1).to_dict()))
+    reads = []
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        reads.append(str(f))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    assert main(["train", "stcn-lite", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--config", str(config),
+                 "--resume", "--iterations", "2", "--no-progress"]) == 0
+    assert reads == [str(tmp_path / "run" / "last.pth")]
+    from vosrt.training.train import read_resume_checkpoint
+    payload = read_resume_checkpoint(tmp_path / "run")
+    assert train([data_dir], tmp_path / "run", tiny_config(iterations=2), resume=payload, progress=False)["step"] == 2
+    assert payload == {}
+
+
 def test_a_diverging_loss_is_a_user_error_and_keeps_the_last_finite_checkpoint(data_dir, tmp_path):
     with pytest.raises(UserError, match=r"loss became nan at step \d+: lower the learning rate \(lr 1e\+30\)"):
         train([data_dir], tmp_path / "run", tiny_config(lr=1e30, iterations=6), progress=False)

@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the configuration from the arguments and train."""
     from vosrt.training.models import family_of
-    from vosrt.training.train import apply_overrides, default_config, load_config_file, train
+    from vosrt.training.train import apply_overrides, default_config, load_config_file, read_resume_checkpoint, train
 
     named = args.family                       # a model name, or a family name (its published model)
     args.family = family_of(named)
@@ -79,11 +79,13 @@ def run(args: argparse.Namespace) -> int:
         config = apply_overrides(config, {"amp": True})
     if family_of(config.model) != args.family:
         raise UserError(f"--config sets model {config.model}, which is not a {args.family} model")
+    resume = False
     if args.resume:
-        _check_resume(config, args, file_options, flags)
+        resume = read_resume_checkpoint(args.out)  # read once, here: train() continues from it
+        _check_resume(config, args, file_options, flags, resume)
     if not args.config and not args.resume:  # a resumed run keeps its own schedule
         warn_cpu_time(config, args)
-    summary = train(args.data, args.out, config, resume=args.resume, init=args.init, val_data=args.val,
+    summary = train(args.data, args.out, config, resume=resume, init=args.init, val_data=args.val,
                     progress=not args.no_progress)
     logs = summary["logs"]
     if not logs and args.resume:
@@ -97,10 +99,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_resume(config, args, file_options: dict, flags: dict) -> None:
+def _check_resume(config, args, file_options: dict, flags: dict, payload: dict) -> None:
     """--resume continues a run with the options it started with: an option given on this command line
     (MODEL, a flag, or --config) that differs from the run's would be ignored, so it is an error instead."""
-    from vosrt.training.train import RESUME_SETTABLE, resume_conflicts
+    from vosrt.training.train import CHECKPOINT_NAME, RESUME_SETTABLE, resume_conflicts
 
     labels = {}
     for key, value in file_options.items():
@@ -114,7 +116,7 @@ def _check_resume(config, args, file_options: dict, flags: dict) -> None:
     if args.stage:
         labels["stage"] = "--stage"
     labels["model"] = "MODEL"
-    conflicts = resume_conflicts(config, args.out, labels)
+    conflicts = resume_conflicts(config, payload, labels, Path(args.out) / CHECKPOINT_NAME)
     if conflicts:
         given = ", ".join(f"{labels[name]} {_show(value)} (the run has {_show(kept)})" for name, value, kept in conflicts)
         raise UserError(f"--resume continues the run in {args.out} with the options it started with, but this command "

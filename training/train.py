@@ -241,17 +241,28 @@ def resumed_config(config: TrainConfig, payload: dict, checkpoint_path: str | Pa
     return apply_overrides(config, {k: v for k, v in stored.items() if k in known and k not in RESUME_SETTABLE})
 
 
-def resume_conflicts(config: TrainConfig, out: str | Path, names) -> list[tuple[str, object, object]]:
-    """``(name, value in config, value the run keeps)`` for each option of ``names`` that resuming the run
-    in ``out`` would not take from ``config`` (it keeps the run's). Empty when there is no run to resume
-    (:func:`train` says so)."""
+def read_resume_checkpoint(out: str | Path) -> dict:
+    """The training checkpoint ``out/last.pth`` that ``--resume`` continues (read once: pass it to
+    :func:`resume_conflicts` and to :func:`train` as ``resume``); UserError when there is none or the file
+    is not a checkpoint written by `vosrt train`."""
     path = Path(out) / CHECKPOINT_NAME
     if not path.is_file():
-        return []
+        raise UserError(f"--resume: no checkpoint to resume at {path}")
     payload = load_payload(path)
-    if not isinstance(payload, dict) or "train_config" not in payload:
+    if not isinstance(payload, dict) or not {"state_dict", "optimizer", "step", "rng"} <= set(payload):
+        raise UserError(f"--resume: {path} is not a training checkpoint of `vosrt train` (no optimizer "
+                        f"state or step); start a new run folder, or pass the file with --init instead")
+    return payload
+
+
+def resume_conflicts(config: TrainConfig, payload: dict, names,
+                     checkpoint_path: str | Path = CHECKPOINT_NAME) -> list[tuple[str, object, object]]:
+    """``(name, value in config, value the run keeps)`` for each option of ``names`` that resuming the run
+    whose checkpoint is ``payload`` (:func:`read_resume_checkpoint`) would not take from ``config`` (it
+    keeps the run's)."""
+    if "train_config" not in payload:
         return []
-    resumed = resumed_config(config, payload, path)
+    resumed = resumed_config(config, payload, checkpoint_path)
 
     def plain(value):
         return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
@@ -389,11 +400,13 @@ def _init_weights(model: nn.Module, path: str | Path, family: str) -> None:
         raise UserError(f"--init {path}: weights do not fit model '{model.config['model']}': {err}") from None
 
 
-def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: bool = False,
+def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: bool | dict = False,
           init: str | Path | None = None, val_data: str | Path | None = None, progress: bool = True) -> dict:
     """Train ``config.model`` on the dataset folders ``data``, writing the run folder ``out``.
 
-    ``resume`` continues from ``out/last.pth`` (exactly: step, optimizer, RNG); without it, ``out`` must not
+    ``resume`` continues from ``out/last.pth`` (exactly: step, optimizer, RNG): True reads it, a dict is
+    that checkpoint already read by :func:`read_resume_checkpoint` (emptied once loaded, so that its
+    tensors are not held for the whole run); without it, ``out`` must not
     hold a run already (UserError: a new run would overwrite it). ``init`` starts from
     a checkpoint (vosrt or published state_dict) or, for 3dc-seg, Caffe2 ``.pkl`` backbone weights.
     ``val_data``: a DAVIS-layout folder scored with J&F (``vosrt.sdk.metrics``) every ``val_every`` steps
@@ -404,18 +417,12 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
     family = config.family
     recipe = recipe_for(family)
     checkpoint_path = out / CHECKPOINT_NAME
-    payload = None
-    if not resume and checkpoint_path.is_file():
+    payload = resume if isinstance(resume, dict) else read_resume_checkpoint(out) if resume else None
+    if payload is None and checkpoint_path.is_file():
         # a new run would write over the old one's last.pth, config.json and logs
         raise UserError(f"--out {out} already holds a training run ({checkpoint_path}); continue it with --resume, "
                         f"or give another --out folder to start a new run")
-    if resume:
-        if not checkpoint_path.is_file():
-            raise UserError(f"--resume: no checkpoint to resume at {checkpoint_path}")
-        payload = load_payload(checkpoint_path)
-        if not isinstance(payload, dict) or not {"state_dict", "optimizer", "step", "rng"} <= set(payload):
-            raise UserError(f"--resume: {checkpoint_path} is not a training checkpoint of `vosrt train` (no optimizer "
-                            f"state or step); start a new run folder, or pass the file with --init instead")
+    if payload is not None:
         config = resumed_config(config, payload, checkpoint_path)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     np.random.seed(config.seed % 2**32)
@@ -452,6 +459,8 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
             scaler.load_state_dict(payload["scaler"])
         step = int(payload["step"])
         set_rng_state(payload["rng"])
+        payload.clear()  # its weights and states now live in the model and optimizer: not held twice for the run
+        payload = None
 
     dataset = build_dataset(config, data)
     steps_per_epoch = len(dataset) // (config.batch_size * ctx.world)
