@@ -117,6 +117,60 @@ def test_resumed_run_continues_with_the_same_step_optimizer_state_and_rng(data_d
     assert torch.equal(a["rng"]["numpy"]["keys"], b["rng"]["numpy"]["keys"])
 
 
+@pytest.fixture
+def on_optimizer_step():
+    """``on_optimizer_step(n, action)``: run ``action()`` right after the n-th optimizer update from now,
+    inside that training step, before the schedule and the step count follow."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    actions, count = {}, [0]
+
+    def hook(optimizer, args, kwargs):
+        count[0] += 1
+        if count[0] in actions:
+            actions.pop(count[0])()
+
+    handle = register_optimizer_step_post_hook(hook)
+    yield lambda n, action: actions.__setitem__(count[0] + n, action)
+    handle.remove()
+
+
+def test_a_stop_signal_saves_the_last_complete_step_and_resume_continues_exactly(data_dir, tmp_path, on_optimizer_step,
+                                                                                 capsys):
+    # Ctrl-C (and SIGTERM / SIGHUP under `vosrt train`) lost every step since the last save (save_every
+    # 1000 by default); a checkpoint saved where the signal struck would hold updated weights with the
+    # previous step count. The signal now waits for the step to complete, which is saved.
+    import signal
+
+    config = tiny_config(iterations=3, save_every=1000)
+    train([data_dir], tmp_path / "straight", config, progress=False)
+    on_optimizer_step(2, lambda: signal.raise_signal(signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        train([data_dir], tmp_path / "split", config, progress=False)
+    assert "stopped at step 2 of 3" in capsys.readouterr().err
+    assert torch.load(tmp_path / "split" / "last.pth", weights_only=True)["step"] == 2
+    assert train([data_dir], tmp_path / "split", config, resume=True, progress=False)["step"] == 3
+    a = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)
+    b = torch.load(tmp_path / "split" / "last.pth", weights_only=True)
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+
+
+def test_a_data_loading_worker_leaves_sigterm_to_the_training_process(data_dir, tmp_path, on_optimizer_step):
+    # systemd and Slurm send SIGTERM to every process of the job: a worker it killed ended the run with
+    # "DataLoader worker ... is killed by signal" instead of the training process stopping cleanly
+    import multiprocessing
+
+    def terminate_workers():  # from another process, as systemd or slurmstepd would
+        pids = [str(worker.pid) for worker in multiprocessing.active_children()]
+        assert pids
+        subprocess.run(["kill", "-TERM", *pids], check=True)
+
+    on_optimizer_step(1, terminate_workers)
+    summary = train([data_dir], tmp_path / "run", tiny_config(iterations=2, batch_size=1, num_workers=1), progress=False)
+    assert summary["step"] == 2
+
+
 def test_resume_without_a_checkpoint_is_a_user_error(data_dir, tmp_path):
     with pytest.raises(UserError, match="no checkpoint"):
         train([data_dir], tmp_path / "empty", tiny_config(), resume=True, progress=False)

@@ -4,6 +4,9 @@ Trains a family of the family table (e.g. ``stcn``, or its ``-lite`` variant wit
 layout folders with the published schedule (see :mod:`vosrt.training.train`); ``--config`` is a JSON
 object of training options overriding it, and the flags below override both. Multi-GPU / multi-node:
 the same command under ``torchrun --nproc_per_node N -m vosrt.cli train ...``.
+
+Ctrl-C, SIGTERM or SIGHUP stop a run after saving its last complete step to ``RUN/last.pth`` (exit code
+128 + signal); the same command with ``--resume`` continues it exactly.
 """
 from __future__ import annotations
 
@@ -32,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                         "`train stcn --model stcn-lite` is `train stcn-lite`)")
     parser.add_argument("--stage", choices=["main", "static"], default=None,
                         help="stcn: main training on videos (default) or static-image pre-training")
-    parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pth (step, optimizer, RNG)")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pth (step, optimizer, RNG): "
+                                                               "written every save_every steps, at the end, and when "
+                                                               "Ctrl-C, SIGTERM or SIGHUP stop the run")
     parser.add_argument("--init", metavar="CKPT", help="start from a checkpoint (published STCN weights, a vosrt "
                                                        "checkpoint) or, for 3dc-seg, ir-CSN Caffe2 .pkl backbone weights")
     parser.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)")

@@ -25,17 +25,28 @@ Exact resumption: a sample is a pure function of (seed, epoch, index) and the ba
 (seed, epoch), so a resumed run re-enters the epoch at the batch it stopped at; the checkpoint holds the
 step, the optimizer, scheduler and gradient-scaler states and the torch / numpy / python RNG states.
 
+Interruption: Ctrl-C (KeyboardInterrupt; under ``vosrt train`` also SIGTERM and SIGHUP) saves
+``last.pth`` at the last complete step before the exception goes on, so ``--resume`` continues exactly
+from there. A signal that arrives while a step updates the weights, optimizer, schedule and step count
+waits for that update to finish (elsewhere it takes effect at once); a second one during the save
+stops at once and leaves the previous ``last.pth``. Data-loading workers leave these signals to the
+training process, which ends them (a SIGTERM sent to every process of a job no longer kills them first).
+
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the step module is wrapped in
 DistributedDataParallel (nccl on GPUs, gloo on CPU); each rank takes its shard of every epoch's
 permutation, ``batch_size`` is per process, and rank 0 alone logs and writes checkpoints.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import random
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,8 +340,9 @@ class EpochShardSampler(torch.utils.data.Sampler):
 
 
 def _batches(loader):
-    """The batches of ``loader``; a UserError raised in a worker process (a frame that cannot be read)
-    comes out with its own one-line message, not the worker's traceback that DataLoader wraps it in."""
+    """The batches of ``loader`` (a DataLoader or its iterator); a UserError raised in a worker process (a
+    frame that cannot be read) comes out with its own one-line message, not the worker's traceback that
+    DataLoader wraps it in."""
     try:
         yield from loader
     except UserError as err:
@@ -478,16 +490,20 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
             from tqdm import tqdm
             bar = tqdm(total=config.iterations, initial=step, desc=f"train {config.model}", dynamic_ncols=True)
 
-    def save(path: Path) -> None:
+    def save(path: Path, rng: dict | None = None) -> None:
         save_checkpoint(path, model, model.config, optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), step=step, rng=rng_state(),
-                        train_config=config.to_dict())
+                        scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), step=step,
+                        rng=rng if rng is not None else rng_state(), train_config=config.to_dict())
 
     started = time.time()
     last_logs: dict = {}
     validation: dict = {}
     autocast_dtype = torch.float16 if ctx.device.type == "cuda" else torch.bfloat16
+    saved_step = step       # the step last.pth holds
+    step_rng = rng_state()  # the RNG states at the end of the last complete step
+    guard = _UpdateGuard()
     try:
+        guard.install()
         while step < config.iterations:
             epoch, skip = divmod(step, steps_per_epoch)
             dataset.set_epoch(epoch)
@@ -495,8 +511,9 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
             sampler = EpochShardSampler(len(dataset), config.seed, epoch, ctx.rank, ctx.world, config.batch_size, skip)
             loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
                                                  num_workers=config.num_workers, collate_fn=_collate, drop_last=True,
-                                                 pin_memory=ctx.device.type == "cuda")
-            for batch in _batches(loader):
+                                                 pin_memory=ctx.device.type == "cuda",
+                                                 worker_init_fn=_leave_stop_signals_to_training)
+            for batch in _batches(_start_workers(loader)):
                 with torch.autocast(ctx.device.type, dtype=autocast_dtype, enabled=config.amp):
                     loss, logs, predicted = recipe.run_step(step_module, batch, step, ctx.device)
                 optimizer.zero_grad(set_to_none=True)
@@ -504,15 +521,17 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
                 if config.grad_clip:
                     scaler.unscale_(optimizer)
                     logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                last_logs = {**logs, "lr": scheduler.get_last_lr()[0]}
-                if not math.isfinite(logs["loss"]):  # every rank stops, not rank 0 alone
-                    saved = f"; {checkpoint_path} holds the last saved step" if checkpoint_path.is_file() else ""
-                    raise UserError(f"loss became {logs['loss']} at step {step}: lower the learning rate (lr "
-                                    f"{config.lr:g}) or clip gradients (grad_clip){saved}")
+                with guard.update():  # a stop signal waits until weights, optimizer, schedule and step agree
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    step += 1
+                    last_logs = {**logs, "lr": scheduler.get_last_lr()[0]}
+                    if not math.isfinite(logs["loss"]):  # every rank stops, not rank 0 alone
+                        saved = f"; {checkpoint_path} holds the last saved step" if checkpoint_path.is_file() else ""
+                        raise UserError(f"loss became {logs['loss']} at step {step}: lower the learning rate (lr "
+                                        f"{config.lr:g}) or clip gradients (grad_clip){saved}")
+                    step_rng = rng_state()
                 if ctx.rank == 0:
                     if bar is not None:
                         bar.update(1)
@@ -524,9 +543,10 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
                         writer.add_image("train/overlay", _overlay_grid(*recipe.overlay_rows(batch, predicted)), step,
                                          dataformats="HWC")
                     if step % config.save_every == 0 or step == config.iterations:
-                        save(checkpoint_path)
+                        save(checkpoint_path, step_rng)
+                        saved_step = step
                         if config.keep_every and step % config.keep_every == 0:
-                            save(out / "checkpoints" / f"step_{step:07d}.pth")
+                            save(out / "checkpoints" / f"step_{step:07d}.pth", step_rng)
                 if val_data is not None and config.val_every and step % config.val_every == 0 \
                         and step < config.iterations:
                     validation = _validate_on_rank0(ctx, model, config, val_data, writer, step)
@@ -535,7 +555,17 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
                     break
         if val_data is not None:
             validation = _validate_on_rank0(ctx, model, config, val_data, writer, step)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP under `vosrt train`: keep the steps done so far
+        if bar is not None:
+            bar.close()
+        if ctx.rank == 0 and step > saved_step:
+            save(checkpoint_path, step_rng)
+        if ctx.rank == 0 and step > 0:
+            print(f"stopped at step {step} of {config.iterations}; {checkpoint_path} holds step {step}: continue "
+                  f"with the same command and --resume", file=sys.stderr, flush=True)
+        raise
     finally:
+        guard.restore()
         if bar is not None:
             bar.close()
         if writer is not None:
@@ -545,6 +575,93 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
             dist.destroy_process_group()
     return {"step": step, "logs": last_logs, "validation": validation, "seconds": time.time() - started,
             "checkpoint": str(checkpoint_path), "world_size": ctx.world}
+
+
+class _UpdateGuard:
+    """Holds a stop signal (SIGINT, SIGTERM, SIGHUP) that arrives while a step updates the weights, the
+    optimizer and scheduler states and the step count, and delivers it once they agree again; elsewhere
+    (data loading, the forward and backward passes, validation) it takes effect at once. Only signals
+    whose handler is Python code (Ctrl-C's KeyboardInterrupt, `vosrt train`'s stop handlers) are held;
+    installed from the main thread only."""
+
+    SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+    def __init__(self):
+        self.updating = False
+        self.held: list[int] = []
+        self.previous: dict = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in self.SIGNALS:
+            signum = getattr(signal, name, None)
+            handler = signal.getsignal(signum) if signum is not None else None
+            if callable(handler):
+                self.previous[signum] = handler
+                signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+    def _handle(self, signum, frame):
+        if self.updating:
+            self.held.append(signum)
+            return
+        self.previous[signum](signum, frame)
+
+    @contextlib.contextmanager
+    def update(self):
+        self.updating = True
+        try:
+            yield
+        finally:
+            self.updating = False
+        if self.held:
+            signum = self.held[0]
+            self.held.clear()
+            self.previous[signum](signum, None)
+
+
+def _stop_signals() -> set:
+    return {getattr(signal, name) for name in _UpdateGuard.SIGNALS if hasattr(signal, name)}
+
+
+def _start_workers(loader):
+    """``iter(loader)``, which starts its worker processes, with the stop signals blocked meanwhile: a
+    worker starts with them blocked and takes them over in :func:`_leave_stop_signals_to_training`."""
+    if not loader.num_workers or not hasattr(signal, "pthread_sigmask"):
+        return iter(loader)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _stop_signals())
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _leave_stop_signals_to_training(worker_id: int) -> None:
+    """In a DataLoader worker: the stop signals are the training process's, which saves and then ends its
+    workers. Systemd and Slurm send SIGTERM to every process of a job: a worker it killed made the training
+    process fail with "DataLoader worker ... is killed by signal" instead of stopping cleanly. SIGINT and
+    SIGHUP are ignored; SIGTERM stays blocked and a thread takes it, ending the worker only when the training
+    process sent it (DataLoader's and multiprocessing's shutdown terminate their workers that way)."""
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    parent = os.getppid()
+    others = _stop_signals() - {signal.SIGTERM}
+    for signum in others:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on block it too
+
+    def take_sigterm():
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+                os._exit(0)  # as DataLoader's own worker handler does for its parent's SIGTERM
+
+    threading.Thread(target=take_sigterm, name="vosrt-worker-sigterm", daemon=True).start()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, others)
 
 
 def _validate_on_rank0(ctx: _Dist, model, config, val_data, writer, step) -> dict:
