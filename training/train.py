@@ -23,7 +23,8 @@ eval`` give for the same checkpoint.
 
 Exact resumption: a sample is a pure function of (seed, epoch, index) and the batch order of
 (seed, epoch), so a resumed run re-enters the epoch at the batch it stopped at; the checkpoint holds the
-step, the optimizer, scheduler and gradient-scaler states and the torch / numpy / python RNG states.
+step, the optimizer, scheduler and gradient-scaler states and the torch / numpy / python RNG states
+(which data loading leaves alone: its workers' seeds come from (seed, epoch)).
 
 Interruption: Ctrl-C (KeyboardInterrupt; under ``vosrt train`` also SIGTERM and SIGHUP) saves
 ``last.pth`` at the last complete step before the exception goes on, so ``--resume`` continues exactly
@@ -512,7 +513,11 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
             loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
                                                  num_workers=config.num_workers, collate_fn=_collate, drop_last=True,
                                                  pin_memory=ctx.device.type == "cuda",
-                                                 worker_init_fn=_leave_stop_signals_to_training)
+                                                 worker_init_fn=_leave_stop_signals_to_training,
+                                                 # workers' seeds from (seed, epoch), not from the global RNG: a
+                                                 # resumed run re-enters mid-epoch with the RNG states it saved
+                                                 generator=torch.Generator().manual_seed(
+                                                     int(config.seed) * 1000003 + epoch + 1))
             for batch in _batches(_start_workers(loader)):
                 with torch.autocast(ctx.device.type, dtype=autocast_dtype, enabled=config.amp):
                     loss, logs, predicted = recipe.run_step(step_module, batch, step, ctx.device)
