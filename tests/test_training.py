@@ -264,6 +264,16 @@ def test_training_with_a_validation_folder_reports_j_and_f(data_dir, tmp_path):
     assert 0.0 <= summary["validation"]["J&F"] <= 1.0
 
 
+def test_a_validation_folder_or_size_that_cannot_work_is_refused_before_the_first_step(data_dir, tmp_path):
+    # both failed the first validation: after every step before it (at the end, with val_every 0)
+    with pytest.raises(UserError, match="^--val: dataset folder not found: "):
+        train([data_dir], tmp_path / "a", tiny_config(iterations=1), val_data=tmp_path / "missing", progress=False)
+    with pytest.raises(UserError, match=r"val_size: expected \[height, width\], both multiples of 16, got \[40, 56\]"):
+        train([data_dir], tmp_path / "b", tiny_config(iterations=1, val_size=[40, 56]), val_data=data_dir,
+              progress=False)
+    assert not (tmp_path / "a" / "last.pth").exists() and not (tmp_path / "b" / "last.pth").exists()
+
+
 def test_3dc_seg_training_run_checkpoints_and_validates(data_dir, tmp_path):
     pytest.importorskip("vosrt.training.models.c3dseg")
     config = default_config("3dc-seg-lite", model_overrides=TINY_3DC, size=[32, 32], clip_length=4, max_window=6,

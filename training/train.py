@@ -442,6 +442,9 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
     random.seed(config.seed)
 
     model = build_model(config.model, **config.model_overrides)
+    if val_data is not None:  # now, not after the steps before the first validation
+        from vosrt.training.validate import check_validation
+        check_validation(model, config, val_data)
     if init is not None and payload is None:
         _init_weights(model, init, family)
     if payload is not None:

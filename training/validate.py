@@ -13,9 +13,28 @@ from __future__ import annotations
 import numpy as np
 
 from vosrt.sdk import families, metrics
+from vosrt.sdk.errors import UserError
 from vosrt.sdk.package import Package
 from vosrt.sdk.streaming import stream
 from vosrt.training.data.folders import VideoFolder
+
+
+def _resolution(model, config) -> tuple[int, int, int]:
+    """(height, width, stride) of the validation session."""
+    height, width = (int(v) for v in (config.val_size or families.get(config.family).default_resolution))
+    return height, width, int(getattr(model, "size_multiple", 16))
+
+
+def check_validation(model, config, root) -> None:
+    """UserError, before training starts, for what would fail the first validation, after all the steps
+    before it: a ``--val`` folder with no annotated videos, a ``val_size`` the model cannot take."""
+    try:
+        VideoFolder(root)
+    except UserError as err:
+        raise UserError(f"--val: {err}") from None
+    height, width, stride = _resolution(model, config)
+    if height % stride or width % stride:
+        raise UserError(f"val_size: expected [height, width], both multiples of {stride}, got [{height}, {width}]")
 
 
 def session_for(model, config):
@@ -25,9 +44,9 @@ def session_for(model, config):
     from vosrt.training.recipes import recipe_for
 
     family = families.get(config.family)
-    height, width = (int(v) for v in (config.val_size or family.default_resolution))
+    height, width, stride = _resolution(model, config)
     streaming = {"clip_length": int(model.clip_length)} if hasattr(model, "clip_length") else {}
-    package = Package.in_memory(family.name, height, width, stride=int(getattr(model, "size_multiple", 16)),
+    package = Package.in_memory(family.name, height, width, stride=stride,
                                 variant=config.model, streaming=streaming, config=model.config)
     backend = TorchBackend(package, model=model)
     return open_session(backend, package, color="rgb", **recipe_for(family.name).session_settings(config))
