@@ -82,3 +82,25 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path):
         save_checkpoint(tmp_path / "last.pth", model, step=2, unpicklable=lambda: None)
     assert torch.load(tmp_path / "last.pth", weights_only=True)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_a_checkpoint_the_disk_refuses_is_a_user_error_saying_why_and_keeps_the_previous(tmp_path):
+    # a full disk (here: a file size limit, which fails the write the same way) came out of torch.save as
+    # "RuntimeError: [enforce fail at inline_container.cc] unexpected pos N vs M", a traceback saying nothing
+    resource = pytest.importorskip("resource")
+    model = build_model("stcn-lite", value_widths=[8, 16, 32], value_dim=16, f16_thin_dim=16,
+                        decoder_dims=[16, 8, 8], key_dim=8)
+    save_checkpoint(tmp_path / "last.pth", model, step=1)
+    size = (tmp_path / "last.pth").stat().st_size
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, hard))  # Python ignores SIGXFSZ: writes fail with EFBIG
+    try:
+        with pytest.raises(UserError) as error:
+            save_checkpoint(tmp_path / "last.pth", model, step=2)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    message = str(error.value)
+    assert message.startswith(f"cannot write checkpoint {tmp_path / 'last.pth'}: the file would exceed the size limit")
+    assert message.endswith("still holds the previous checkpoint") and "\n" not in message
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]

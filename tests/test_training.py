@@ -274,6 +274,14 @@ def test_a_validation_folder_or_size_that_cannot_work_is_refused_before_the_firs
     assert not (tmp_path / "a" / "last.pth").exists() and not (tmp_path / "b" / "last.pth").exists()
 
 
+def test_an_out_folder_that_cannot_be_written_is_a_user_error_naming_it(data_dir, tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="^--out .*file is a file; give a folder"):
+        train([data_dir], tmp_path / "file", tiny_config(iterations=1), progress=False)
+    with pytest.raises(UserError, match="^--out .*file/run: cannot write the run folder \\(Not a directory"):
+        train([data_dir], tmp_path / "file" / "run", tiny_config(iterations=1), progress=False)
+
+
 def test_3dc_seg_training_run_checkpoints_and_validates(data_dir, tmp_path):
     pytest.importorskip("vosrt.training.models.c3dseg")
     config = default_config("3dc-seg-lite", model_overrides=TINY_3DC, size=[32, 32], clip_length=4, max_window=6,

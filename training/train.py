@@ -430,6 +430,8 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
     family = config.family
     recipe = recipe_for(family)
     checkpoint_path = out / CHECKPOINT_NAME
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the run (it is created if missing)")
     payload = resume if isinstance(resume, dict) else read_resume_checkpoint(out) if resume else None
     if payload is None and checkpoint_path.is_file():
         # a new run would write over the old one's last.pth, config.json and logs
@@ -487,8 +489,7 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
     writer = None
     bar = None
     if ctx.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        _write_run_config(out, config)
         writer = _tensorboard(out / "tensorboard")
         if progress:
             from tqdm import tqdm
@@ -583,6 +584,16 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
             dist.destroy_process_group()
     return {"step": step, "logs": last_logs, "validation": validation, "seconds": time.time() - started,
             "checkpoint": str(checkpoint_path), "world_size": ctx.world}
+
+
+def _write_run_config(out: Path, config: TrainConfig) -> None:
+    """Create the run folder and write its ``config.json``; UserError saying why when it cannot be."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write the run folder ({err.strerror or err}: {err.filename}); give a "
+                        f"folder you can write, on a disk with room for the checkpoints") from None
 
 
 class _UpdateGuard:

@@ -58,15 +58,86 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict | Non
     (optimizer state, step, …) are stored beside it for training resumption.
 
     The file is written beside ``path`` and renamed over it once complete, so an interrupted save (Ctrl-C,
-    a full disk, a killed job) leaves the previous checkpoint at ``path`` intact."""
+    a full disk, a killed job) leaves the previous checkpoint at ``path`` intact. A file that cannot be
+    written (a full disk, no permission, a file size limit) raises UserError saying why and what to do."""
     config = dict(config if config is not None else model.config)
     if "model" not in config:
         raise ValueError(f"config must name the model ('model': one of {', '.join(families.model_names())})")
     payload = {"format": CHECKPOINT_FORMAT, "version": 1, "config": config,
                "state_dict": model.state_dict(), **extra}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    replace_file(path, lambda tmp: torch.save(payload, str(tmp)))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as file:
+            writer = _WriteErrorRecorder(file)
+            try:
+                torch.save(payload, writer)
+            except RuntimeError:
+                if writer.error is not None:  # torch reports a failed write as "unexpected pos", without why
+                    raise writer.error from None
+                raise
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(path, write)
+    except OSError as err:
+        raise UserError(_write_failure(path, err, _tensor_bytes(payload))) from None
+
+
+class _WriteErrorRecorder:
+    """A file for ``torch.save`` that keeps the OSError of a failed write (torch replaces it with its own
+    RuntimeError, which does not say why)."""
+
+    def __init__(self, file):
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self):
+        try:
+            self.file.flush()
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+
+def _tensor_bytes(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _write_failure(path: Path, err: OSError, size: int) -> str:
+    """One line: which checkpoint could not be written, why, and what to do."""
+    import errno
+    import shutil
+
+    kept = f"; {path} still holds the previous checkpoint" if path.is_file() else ""
+    folder = path.parent
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free, "
+        except OSError:
+            free = ""
+        return (f"cannot write checkpoint {path}: no space left on its disk ({free}the checkpoint takes about "
+                f"{size / 2**20:.0f} MiB); free some space or write it to another disk{kept}")
+    if err.errno == errno.EFBIG:
+        return (f"cannot write checkpoint {path}: the file would exceed the size limit of this process or file "
+                f"system (about {size / 2**20:.0f} MiB to write; see `ulimit -f`); write it elsewhere{kept}")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write checkpoint {path}: no permission to write in {folder} ({err.strerror}); write it elsewhere{kept}"
+    where = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
+    return f"cannot write checkpoint {path}: {err.strerror or err}{where}{kept}"
 
 
 def _strip_prefix(state_dict: dict) -> dict:
