@@ -309,6 +309,10 @@ def test_a_new_run_into_a_folder_holding_a_run_is_refused_and_leaves_it_intact(d
     ({"lr": "1e-4"}, "lr should be a number"),
     ({"lr_steps": 1000}, "lr_steps should be a list of integers"),
     ({"model_overrides": [1]}, "model_overrides should be an object"),
+    # the model's own fields (a TypeError or RuntimeError traceback from the model's constructor before)
+    ({"model_overrides": {"value_dim": "64"}}, "model_overrides: value_dim should be an integer ≥ 1, got \"64\""),
+    ({"model_overrides": {"decoder_dims": [16, -8, 8]}}, "model_overrides: decoder_dims should be a list of integers ≥ 1"),
+    ({"model_overrides": {"valu_dim": 64}}, "model_overrides: unknown config field\\(s\\) valu_dim of stcn;"),
     ({"stcn": {"top_p": "high"}}, "stcn option top_p should be a number"),
     ({"stcn": {"skip_curriculum": []}}, "stcn option skip_curriculum should be a non-empty list"),
 ])

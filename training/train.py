@@ -59,7 +59,8 @@ import torch.nn as nn
 
 from vosrt.sdk import families
 from vosrt.sdk.errors import UserError
-from vosrt.training.models import build_model, family_of, load_payload, read_checkpoint, save_checkpoint
+from vosrt.training.models import (build_model, check_overrides, family_of, load_payload, read_checkpoint,
+                                   save_checkpoint)
 from vosrt.training.recipes import recipe_for
 from vosrt.training.recipes.stcn import GENERATED  # noqa: F401  (the --data value, re-exported)
 
@@ -217,7 +218,10 @@ def apply_overrides(config: TrainConfig, overrides: dict, source: str = "overrid
     options = dataclasses.replace(options, **plain({**flat, **nested}))
     if flat or nested:
         recipe.check_options(options, source)
-    return dataclasses.replace(config, options=options, **plain(overrides))
+    config = dataclasses.replace(config, options=options, **plain(overrides))
+    if "model_overrides" in overrides:  # now, naming the file or flag, rather than as a TypeError deep in the model
+        check_overrides(config.model, config.model_overrides, f"{source}: model_overrides")
+    return config
 
 
 def load_config_file(path: str | Path, config: TrainConfig) -> TrainConfig:

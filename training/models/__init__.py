@@ -49,8 +49,57 @@ def _model_module(name: str):
 
 
 def build_model(name: str, **overrides) -> torch.nn.Module:
-    """Build a model by name with random weights. ``overrides`` change config fields (widths, depths…)."""
+    """Build a model by name with random weights. ``overrides`` change config fields (widths, depths…);
+    a value of the wrong kind raises UserError (:func:`check_overrides`)."""
+    check_overrides(name, overrides, f"model {name}")
     return _model_module(name).build(name, **overrides)
+
+
+def check_overrides(name: str, overrides: dict, source: str) -> None:
+    """UserError naming ``source`` for an override that is not a config field of model ``name`` (its
+    module's ``VARIANTS``) or whose value is not of the field's kind: an integer ≥ 1 (≥ 0 where the default
+    is 0), a number (> 0 where the default is), true or false, a string, or a list of these as the default
+    holds."""
+    import dataclasses
+    import json
+    import math
+
+    variants = getattr(_model_module(name), "VARIANTS", None)
+    if not isinstance(variants, dict) or not dataclasses.is_dataclass(variants.get(name)):
+        return
+    defaults = {f.name: getattr(variants[name], f.name) for f in dataclasses.fields(variants[name])}
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise UserError(f"{source}: unknown config field(s) {', '.join(unknown)} of {name}; expected some of "
+                        f"{', '.join(sorted(defaults))}")
+
+    def kind(default):
+        """(test, what it takes, the same in the plural) for values of ``default``'s kind, or None."""
+        if isinstance(default, bool):
+            return lambda v: isinstance(v, bool), "true or false", "true or false values"
+        if isinstance(default, int):
+            low = 0 if default == 0 else 1
+            return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low,
+                    f"an integer ≥ {low}", f"integers ≥ {low}")
+        if isinstance(default, float):
+            positive = default > 0
+            return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    and (v > 0 or not positive), "a number > 0" if positive else "a number",
+                    "numbers > 0" if positive else "numbers")
+        if isinstance(default, str):
+            return lambda v: isinstance(v, str), "a string", "strings"
+        if isinstance(default, (list, tuple)):
+            item = kind(default[0]) if default else None
+            if item is None:
+                return lambda v: isinstance(v, (list, tuple)), "a list", "lists"
+            return (lambda v: isinstance(v, (list, tuple)) and all(item[0](x) for x in v), f"a list of {item[2]}",
+                    f"lists of {item[2]}")
+        return None
+
+    for key, value in overrides.items():
+        expected = kind(defaults[key])
+        if expected is not None and not expected[0](value):
+            raise UserError(f"{source}: {key} should be {expected[1]}, got {json.dumps(value, default=repr)}")
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict | None = None, **extra) -> None:
