@@ -282,6 +282,26 @@ def test_an_out_folder_that_cannot_be_written_is_a_user_error_naming_it(data_dir
         train([data_dir], tmp_path / "file" / "run", tiny_config(iterations=1), progress=False)
 
 
+def test_init_weights_of_another_model_are_a_short_user_error_saying_what_the_file_holds(data_dir, tmp_path):
+    # torch's load_state_dict message was passed on whole: every key, ~15-20 kB in one error
+    from vosrt.training.models import save_checkpoint
+
+    save_checkpoint(tmp_path / "c3d.pth", build_model("3dc-seg-lite", **TINY_3DC))
+    with pytest.raises(UserError) as error:
+        train([data_dir], tmp_path / "a", tiny_config(iterations=1), init=tmp_path / "c3d.pth", progress=False)
+    assert str(error.value) == (f"--init {tmp_path / 'c3d.pth'} holds a 3dc-seg model (3dc-seg-lite), not a stcn one: "
+                                f"start stcn-lite from stcn weights, or train 3dc-seg-lite from these")
+    save_checkpoint(tmp_path / "wide.pth", build_model("stcn-lite", **{**TINY_STCN, "value_dim": 24}))
+    with pytest.raises(UserError) as error:
+        train([data_dir], tmp_path / "b", tiny_config(iterations=1), init=tmp_path / "wide.pth", progress=False)
+    message = str(error.value)
+    assert ": 15 of another shape (decoder.compress.conv1.weight: [16, 40, 3, 3] in the file, [16, 32, 3, 3] here, " in message
+    assert message.endswith('the file holds a stcn-lite with model_overrides {"value_widths": [8, 16, 32], '
+                            '"value_dim": 24, "f16_thin_dim": 16, "decoder_dims": [16, 8, 8], "key_dim": 8}: give the '
+                            "run the file's model and model_overrides")
+    assert len(message) < 1000 and "\n" not in message
+
+
 def test_3dc_seg_training_run_checkpoints_and_validates(data_dir, tmp_path):
     pytest.importorskip("vosrt.training.models.c3dseg")
     config = default_config("3dc-seg-lite", model_overrides=TINY_3DC, size=[32, 32], clip_length=4, max_window=6,

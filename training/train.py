@@ -410,11 +410,39 @@ def _init_weights(model: nn.Module, path: str | Path, family: str) -> None:
         return
     if path.suffix == ".pkl":
         raise UserError(f"--init {path}: Caffe2 .pkl backbone weights are not read by {family} training")
-    _, state_dict = read_checkpoint(path)
+    saved, state_dict = read_checkpoint(path)
+    name = model.config["model"]
+    if family_of(saved["model"]) != family:
+        raise UserError(f"--init {path} holds a {family_of(saved['model'])} model ({saved['model']}), not a {family} "
+                        f"one: start {name} from {family} weights, or train {saved['model']} from these")
     try:
         model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as err:
-        raise UserError(f"--init {path}: weights do not fit model '{model.config['model']}': {err}") from None
+    except RuntimeError:
+        def described(config):
+            overrides = {k: v for k, v in config.items() if k != "model"}
+            return f"{config['model']} with model_overrides {json.dumps(overrides)}" if overrides else \
+                f"{config['model']} without model_overrides"
+
+        raise UserError(f"--init {path}: its weights do not fit the {described(model.config)}: "
+                        f"{_state_dict_mismatch(model.state_dict(), state_dict)}; the file holds a {described(saved)}: "
+                        f"give the run the file's model and model_overrides") from None
+
+
+def _state_dict_mismatch(expected: dict, found: dict, shown: int = 3) -> str:
+    """A short account of how the state_dict ``found`` differs from ``expected`` (a few names of each kind)."""
+    def names(keys):
+        keys = sorted(keys)
+        return ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")
+
+    missing = set(expected) - set(found)
+    unexpected = set(found) - set(expected)
+    resized = [k for k in sorted(set(expected) & set(found)) if tuple(expected[k].shape) != tuple(found[k].shape)]
+    parts = [f"{len(missing)} missing ({names(missing)})" if missing else "",
+             f"{len(unexpected)} unexpected ({names(unexpected)})" if unexpected else "",
+             f"{len(resized)} of another shape (" + ", ".join(
+                 f"{k}: {list(found[k].shape)} in the file, {list(expected[k].shape)} here" for k in resized[:shown])
+             + (", ..." if len(resized) > shown else "") + ")" if resized else ""]
+    return "; ".join(p for p in parts if p) or "they do not load"
 
 
 def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: bool | dict = False,
