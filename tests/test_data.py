@@ -40,6 +40,20 @@ def test_davis_folder_reads_labels_exactly_and_frames_as_stored(davis):
         assert np.abs(folder.read_frame("late", stem).astype(int) - seq.frames[i]).mean() < 6
 
 
+def test_frames_and_masks_with_upper_case_extensions_are_read(tmp_path, davis):
+    # frame_names listed 00000.JPG as "00000" but read_frame opened 00000.jpg ("cannot read frame"), and a
+    # video whose masks were .PNG was not a video at all
+    root, sequences = davis
+    shutil.copytree(root, tmp_path / "upper")
+    for path in list((tmp_path / "upper").glob("*/480p/late/*")):
+        path.rename(path.with_suffix(path.suffix.upper()))
+    folder = VideoFolder(tmp_path / "upper")
+    assert folder.videos == ["early", "late"] and folder.frame_names("late") == [f"{i:05d}" for i in range(10)]
+    frames, labels = folder.load_video("late")
+    assert len(frames) == 10 and all(np.array_equal(lab, seq) for lab, seq in zip(labels, sequences["late"].labels))
+    assert folder.first_appearance("late") == VideoFolder(root).first_appearance("late")
+
+
 def test_davis_folder_reports_objects_appearing_later(davis):
     root, sequences = davis
     folder = VideoFolder(root)

@@ -63,7 +63,7 @@ class VideoFolder:
                 raise UserError(f"{root}: split '{listed}' lists videos with no frames folder: {missing[:5]}")
             names = wanted
         else:
-            names = [n for n in names if (self.mask_root / n).is_dir() and any((self.mask_root / n).glob("*.png"))]
+            names = [n for n in names if _list_stems(self.mask_root / n, ".png")]
         if not names:
             raise UserError(f"{root}: no annotated videos found (looked in {self.mask_root})")
         self.videos: list[str] = names
@@ -95,9 +95,17 @@ class VideoFolder:
         """Sorted stems of ``video``'s annotated frames (those with a PNG)."""
         return _list_stems(self.mask_root / video, ".png")
 
+    def frame_path(self, video: str, stem: str) -> Path:
+        """The JPEG of frame ``stem`` (``.jpg`` in any letter case, as :meth:`frame_names` lists them)."""
+        return _named(self.image_root / video, stem, ".jpg")
+
+    def mask_path(self, video: str, stem: str) -> Path:
+        """The PNG annotation of frame ``stem`` (``.png`` in any letter case)."""
+        return _named(self.mask_root / video, stem, ".png")
+
     def read_frame(self, video: str, stem: str) -> np.ndarray:
         """Frame ``stem`` of ``video`` as ``[H, W, 3]`` uint8 RGB."""
-        path = self.image_root / video / f"{stem}.jpg"
+        path = self.frame_path(video, stem)
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise UserError(f"cannot read frame {path}")
@@ -106,10 +114,10 @@ class VideoFolder:
     def read_labels(self, video: str, stem: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         """Annotation ``stem`` of ``video`` as ``[H, W]`` uint8 ids; ``shape``: its frame's shape, which the
         annotation must have (UserError otherwise: the mask would be warped out of register)."""
-        path = self.mask_root / video / f"{stem}.png"
+        path = self.mask_path(video, stem)
         labels = read_label_png(path)
         if shape is not None:
-            check_mask_size(labels, shape, path, self.image_root / video / f"{stem}.jpg")
+            check_mask_size(labels, shape, path, self.frame_path(video, stem))
         return labels
 
     def read_foreground(self, video: str, stem: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -159,12 +167,20 @@ def _list_stems(folder: Path, suffix: str) -> list[str]:
     return sorted(p.stem for p in folder.iterdir() if p.suffix.lower() == suffix)
 
 
+def _named(folder: Path, stem: str, suffix: str) -> Path:
+    """``folder/stem+suffix``, or the file of that stem whose suffix differs only in letter case (``.JPG``)."""
+    path = folder / f"{stem}{suffix}"
+    if not path.is_file() and folder.is_dir():
+        path = next((p for p in folder.iterdir() if p.stem == stem and p.suffix.lower() == suffix), path)
+    return path
+
+
 @lru_cache(maxsize=4096)
 def _first_appearance_cached(mask_root: str, video: str, stems: tuple[str, ...], frame_stems: tuple[str, ...]):
     position = {stem: i for i, stem in enumerate(frame_stems)}
     first: dict[int, int] = {}
     for stem in stems:
-        ids = np.unique(read_label_png(Path(mask_root) / video / f"{stem}.png"))
+        ids = np.unique(read_label_png(_named(Path(mask_root) / video, stem, ".png")))
         for obj in ids[ids > 0].tolist():
             first.setdefault(int(obj), position.get(stem, 0))
     return first
