@@ -418,6 +418,20 @@ def test_a_diverging_loss_is_a_user_error_and_keeps_the_last_finite_checkpoint(d
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
 
 
+def test_validation_of_a_davis_folder_scores_its_val_split_not_its_training_videos(tmp_path):
+    # --val DAVIS2017/ (the folder --data trains on, through its train split) scored its first videos by
+    # name, training videos among them
+    from vosrt.training.validate import validate
+
+    trained = generate_dataset(tmp_path, 1, seed=5, num_frames=4, height=32, width=48)
+    generate_dataset(tmp_path, 1, seed=6, num_frames=4, height=32, width=48, split="val")
+    for frame in (tmp_path / "JPEGImages" / "480p" / trained[0]).glob("*.jpg"):
+        frame.write_bytes(b"a training video validation must not read")
+    model = build_model("stcn-lite", **TINY_STCN).eval()
+    result = validate(model, tiny_config(val_size=[32, 48]), tmp_path)
+    assert set(result) == {"J", "F", "J&F"}
+
+
 def test_validation_scores_a_video_whose_objects_enter_later(tmp_path):
     # generated data has objects entering later in 30% of its videos; validation gives each where it first
     # appears, and scoring by the first frame's objects raised UnknownObjectError on it, ending the run

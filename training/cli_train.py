@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="learning rate")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="training crop size (multiples of 16)")
     parser.add_argument("--workers", type=int, help="data-loading processes per training process")
-    parser.add_argument("--val", metavar="DIR", help="DAVIS-layout folder to score J&F on during / after training")
+    parser.add_argument("--val", metavar="DIR", help="DAVIS-layout folder to score J&F on during / after training "
+                                                     "(its 'val' split where it lists one: ImageSets/2017/val.txt)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -16,7 +16,8 @@ Run folder: ``config.json`` (the resolved configuration), ``last.pth`` (written 
 steps and at the end), ``checkpoints/step_NNNNNNN.pth``, ``tensorboard/`` (scalars: losses, lr, IoU,
 validation J&F; images: input / truth / prediction overlays every ``image_every`` steps).
 
-Validation (``--val``) streams the videos through the family's shipped SDK session on the torch
+Validation (``--val``; a DAVIS folder's ``val`` split where it lists one) streams the videos through the
+family's shipped SDK session on the torch
 backend with the model in memory (:mod:`vosrt.training.validate`), at ``val_size`` (default: the
 family's package resolution), so the J&F reported during training is what ``vosrt run`` + ``vosrt
 eval`` give for the same checkpoint.

@@ -4,11 +4,14 @@ The model in memory becomes a torch backend over an in-memory package (``Package
 ``config.val_size`` (default: the family's package resolution), and each video streams through the
 family's session with :func:`vosrt.sdk.streaming.stream`, exactly as ``vosrt run --backend torch``
 streams an exported package: the same letterboxing, bounded memory bank, memory schedule and clip
-schedule. Families given masks get each object on the first frame it appears (YouTube-VOS protocol; on
-DAVIS 2017 all start on frame 0). Scores come from :func:`vosrt.sdk.metrics.score_sequence` (J, F and
+schedule. The videos are the folder's ``val`` split where it lists one (a DAVIS folder also holds the
+training videos). Families given masks get each object on the first frame it appears (YouTube-VOS
+protocol; on DAVIS 2017 all start on frame 0). Scores come from :func:`vosrt.sdk.metrics.score_sequence` (J, F and
 their mean per object, averaged over objects and videos).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -25,11 +28,20 @@ def _resolution(model, config) -> tuple[int, int, int]:
     return height, width, int(getattr(model, "size_multiple", 16))
 
 
+def validation_folder(root) -> VideoFolder:
+    """The videos validation scores: the folder's ``val`` split where it lists one (DAVIS 2017's
+    ``ImageSets/2017/val.txt``, DAVIS 2016's ``ImageSets/480p/val.txt``), else every annotated video. A
+    DAVIS folder holds its training videos too, and training takes its ``train`` split."""
+    root = Path(root)
+    listed = any((root / "ImageSets" / d / "val.txt").is_file() for d in ("2017", "2016", "480p"))
+    return VideoFolder(root, split="val" if listed else None)
+
+
 def check_validation(model, config, root) -> None:
     """UserError, before training starts, for what would fail the first validation, after all the steps
     before it: a ``--val`` folder with no annotated videos, a ``val_size`` the model cannot take."""
     try:
-        VideoFolder(root)
+        validation_folder(root)
     except UserError as err:
         raise UserError(f"--val: {err}") from None
     height, width, stride = _resolution(model, config)
@@ -62,8 +74,9 @@ def first_appearances(folder: VideoFolder, video: str, truth: list[np.ndarray]) 
 
 
 def validate(model, config, root, max_videos: int | None = None) -> dict:
-    """Dataset J, F and J&F of ``model`` on up to ``max_videos`` videos of the DAVIS-layout folder ``root``."""
-    folder = VideoFolder(root)
+    """Dataset J, F and J&F of ``model`` on up to ``max_videos`` videos of the DAVIS-layout folder ``root``
+    (its ``val`` split where it lists one: :func:`validation_folder`)."""
+    folder = validation_folder(root)
     was_training = model.training
     session = session_for(model, config)
     scores = []
