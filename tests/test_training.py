@@ -432,6 +432,17 @@ def test_validation_of_a_davis_folder_scores_its_val_split_not_its_training_vide
     assert set(result) == {"J", "F", "J&F"}
 
 
+def test_validation_shows_its_progress_over_the_frames(tmp_path, capsys):
+    # validation printed nothing while it ran (minutes on a CPU: the training bar stood still meanwhile)
+    from vosrt.training.validate import validate
+
+    generate_dataset(tmp_path, 2, seed=5, num_frames=3, height=32, width=48)
+    validate(build_model("stcn-lite", **TINY_STCN).eval(), tiny_config(val_size=[32, 48]), tmp_path, progress=True)
+    assert "validate 2 video(s): 100%" in capsys.readouterr().err.replace("\r", "\n")
+    validate(build_model("stcn-lite", **TINY_STCN).eval(), tiny_config(val_size=[32, 48]), tmp_path)
+    assert capsys.readouterr().err == ""
+
+
 def test_validation_scores_a_video_whose_objects_enter_later(tmp_path):
     # generated data has objects entering later in 30% of its videos; validation gives each where it first
     # appears, and scoring by the first frame's objects raised UnknownObjectError on it, ending the run

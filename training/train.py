@@ -591,12 +591,12 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
                             save(out / "checkpoints" / f"step_{step:07d}.pth", step_rng)
                 if val_data is not None and config.val_every and step % config.val_every == 0 \
                         and step < config.iterations:
-                    validation = _validate_on_rank0(ctx, model, config, val_data, writer, step)
+                    validation = _validate_on_rank0(ctx, model, config, val_data, writer, step, progress)
                     model.train(not config.freeze_bn)
                 if step >= config.iterations:
                     break
         if val_data is not None:
-            validation = _validate_on_rank0(ctx, model, config, val_data, writer, step)
+            validation = _validate_on_rank0(ctx, model, config, val_data, writer, step, progress)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP under `vosrt train`: keep the steps done so far
         if bar is not None:
             bar.close()
@@ -716,11 +716,11 @@ def _leave_stop_signals_to_training(worker_id: int) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, others)
 
 
-def _validate_on_rank0(ctx: _Dist, model, config, val_data, writer, step) -> dict:
+def _validate_on_rank0(ctx: _Dist, model, config, val_data, writer, step, progress: bool) -> dict:
     result = {}
     if ctx.rank == 0:
         from vosrt.training.validate import validate
-        result = validate(model, config, val_data, max_videos=config.val_videos)
+        result = validate(model, config, val_data, max_videos=config.val_videos, progress=progress)
         if writer is not None:
             for name, value in result.items():
                 if isinstance(value, (int, float)):

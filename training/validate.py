@@ -18,6 +18,7 @@ import numpy as np
 from vosrt.sdk import families, metrics
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.package import Package
+from vosrt.sdk.progress import Progress
 from vosrt.sdk.streaming import stream
 from vosrt.training.data.folders import VideoFolder
 
@@ -73,23 +74,42 @@ def first_appearances(folder: VideoFolder, video: str, truth: list[np.ndarray]) 
     return annotations
 
 
-def validate(model, config, root, max_videos: int | None = None) -> dict:
+def validate(model, config, root, max_videos: int | None = None, progress: bool = False) -> dict:
     """Dataset J, F and J&F of ``model`` on up to ``max_videos`` videos of the DAVIS-layout folder ``root``
-    (its ``val`` split where it lists one: :func:`validation_folder`)."""
+    (its ``val`` split where it lists one: :func:`validation_folder`). ``progress``: a bar over their frames
+    on stderr (validation on a CPU can take minutes)."""
     folder = validation_folder(root)
+    videos = folder.videos[:max_videos]
     was_training = model.training
     session = session_for(model, config)
     scores = []
+    bar = Progress(total=sum(len(folder.frame_names(v)) for v in videos), unit="frame", enabled=progress,
+                   desc=f"validate {len(videos)} video(s)")
     try:
-        for video in folder.videos[:max_videos]:
+        for video in videos:
             frames, labels = folder.load_video(video)
             truth = [lab if lab is not None else np.zeros(f.shape[:2], np.uint8) for f, lab in zip(frames, labels)]
             masks = first_appearances(folder, video, truth) if session.takes_mask else None
             session.reset()
-            results = stream(session, frames, masks=masks, keep_results=True, close=False).results
+            results = stream(session, frames, masks=masks, keep_results=True, close=False,
+                             progress=_Shared(bar)).results
             predicted = [done.labels for done in sorted(results, key=lambda d: d.index)]
             # frames without an annotation (YouTube-VOS annotates every fifth) are not scored
             scores += metrics.score_sequence(config.family, predicted, labels, name=video)
     finally:
+        bar.close()
         model.train(was_training)
     return metrics.summarize(scores) if scores else {}
+
+
+class _Shared:
+    """One :class:`Progress` for several ``stream`` calls (each closes the progress it is given)."""
+
+    def __init__(self, bar: Progress):
+        self.bar = bar
+
+    def update(self, n: int = 1, postfix: str | None = None) -> None:
+        self.bar.update(n, postfix=postfix)
+
+    def close(self) -> None:
+        pass
