@@ -411,6 +411,23 @@ def test_vosrt_train_resume_reads_the_run_checkpoint_once_and_does_not_keep_it(d
     assert payload == {}
 
 
+def test_resuming_a_finished_run_keeps_its_config_and_prints_the_validation_asked_for(data_dir, tmp_path, capsys):
+    # config.json took the lower --iterations of a resume that trained nothing, and --val's J&F was
+    # computed but not printed
+    from vosrt.cli import main
+
+    config = tiny_config(iterations=2, val_videos=1, val_size=[48, 64])
+    train([data_dir], tmp_path / "run", config, progress=False)
+    before = (tmp_path / "run" / "config.json").read_text()
+    (tmp_path / "tiny.json").write_text(json.dumps(config.to_dict()))
+    assert main(["train", "stcn-lite", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--config",
+                 str(tmp_path / "tiny.json"), "--resume", "--iterations", "1", "--val", str(data_dir),
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to train: the run in" in out and "already at step 2" in out and "validation: J " in out
+    assert (tmp_path / "run" / "config.json").read_text() == before
+
+
 def test_a_diverging_loss_is_a_user_error_and_keeps_the_last_finite_checkpoint(data_dir, tmp_path):
     with pytest.raises(UserError, match=r"loss became nan at step \d+: lower the learning rate \(lr 1e\+30\)"):
         train([data_dir], tmp_path / "run", tiny_config(lr=1e30, iterations=6), progress=False)

@@ -94,14 +94,16 @@ def run(args: argparse.Namespace) -> int:
     summary = train(args.data, args.out, config, resume=resume, init=args.init, val_data=args.val,
                     progress=not args.no_progress)
     logs = summary["logs"]
+    if summary.get("world_size", 1) > 1 and not _is_rank0():
+        return 0
     if not logs and args.resume:
         print(f"nothing to train: the run in {args.out} is already at step {summary['step']} "
               f"(raise --iterations to train further); checkpoint {summary['checkpoint']}")
-    elif summary.get("world_size", 1) == 1 or _is_rank0():
+    else:
         print(f"trained {config.model} to step {summary['step']} in {summary['seconds']:.0f} s "
               f"(loss {logs.get('loss', float('nan')):.4f}); checkpoint {summary['checkpoint']}")
-        if summary["validation"]:
-            print("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["validation"].items()))
+    if summary["validation"]:
+        print("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["validation"].items()))
     return 0
 
 

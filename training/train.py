@@ -522,7 +522,8 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
     writer = None
     bar = None
     if ctx.rank == 0:
-        _write_run_config(out, config)
+        if step < config.iterations or not checkpoint_path.is_file():  # a finished run keeps its config.json
+            _write_run_config(out, config)
         writer = _tensorboard(out / "tensorboard")
         if progress:
             from tqdm import tqdm
