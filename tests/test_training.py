@@ -212,6 +212,33 @@ def test_two_process_torchrun_on_cpu_trains_and_checkpoints(data_dir, tmp_path):
     assert "trained stcn-lite to step 2" in result.stdout
 
 
+@pytest.mark.slow
+def test_two_process_torchrun_ends_when_one_rank_fails_alone(tmp_path):
+    # the failing rank waited in a barrier while the other waited in the gradients' all-reduce: the job hung
+    # until the collective timeout (30 min) instead of ending with the rank's error
+    root = tmp_path / "data"
+    generate_dataset(root, 2, seed=5, num_frames=4, height=48, width=64)
+    for frame in (root / "JPEGImages" / "480p" / "synth-5-0001").glob("*.jpg"):  # rank 1's shard of epoch 0
+        frame.write_bytes(b"not a jpeg")
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"model": "stcn-lite", "model_overrides": TINY_STCN, "size": [32, 32], "seed": 3,
+                                  "batch_size": 1, "iterations": 2, "num_workers": 0}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), "-m", "vosrt.cli", "train", "stcn-lite", "--data", str(root),
+         "--out", str(tmp_path / "run"), "--config", str(config), "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        _, stderr = job.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, 9)  # torchrun and both ranks, which a hang leaves behind
+        job.communicate()
+        raise
+    assert job.returncode != 0
+    assert "error: cannot read frame " in stderr
+
+
 def test_validation_session_takes_objects_on_the_frame_they_appear():
     # training validation streams through the shipped Tracker (torch backend, model in memory)
     from vosrt.sdk.streaming import stream

@@ -598,6 +598,8 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
                     break
         if val_data is not None:
             validation = _validate_on_rank0(ctx, model, config, val_data, writer, step, progress)
+        if ctx.initialised_here:
+            dist.barrier()  # the others wait for rank 0's last checkpoint and validation
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP under `vosrt train`: keep the steps done so far
         if bar is not None:
             bar.close()
@@ -614,7 +616,8 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
         if writer is not None:
             writer.close()
         if ctx.initialised_here:
-            dist.barrier()
+            # no barrier after an error: a rank that failed alone (a frame of its shard unreadable) waited
+            # there while the others waited for its gradients, until the collective timeout (30 min)
             dist.destroy_process_group()
     return {"step": step, "logs": last_logs, "validation": validation, "seconds": time.time() - started,
             "checkpoint": str(checkpoint_path), "world_size": ctx.world}
