@@ -95,6 +95,17 @@ TINY = dict(d2conv_heads=[], clip_length=4, fpn_channels=16, head_channels=[16, 
             semseg_channels=[16, 16, 16, 8], norm_groups=4)
 
 
+def test_training_stem_seg_with_the_progress_bar_shows_its_instances(tmp_path, capsys):
+    # the bar showed every family's "iou", which only STCN and 3DC-Seg log: vosrt train stem-seg without
+    # --no-progress ended at its first step with KeyError: 'iou'
+    from vosrt.training.train import default_config, train
+
+    config = default_config("stem-seg-lite", model_overrides=TINY, clip_length=4, size=[80, 80], batch_size=1,
+                            iterations=1, num_workers=0, samples_per_epoch=2, seed=0)
+    assert train(["generated"], tmp_path / "run", config, progress=True)["step"] == 1
+    assert "instances=" in capsys.readouterr().err
+
+
 def test_vosrt_train_stem_seg_on_generated_clips_resumes_and_validates(tmp_path):
     from vosrt.sdk.synthetic import generate_dataset
     from vosrt.training.train import default_config, train

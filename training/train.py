@@ -578,7 +578,10 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
                 if ctx.rank == 0:
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{logs['loss']:.4f}", iou=f"{logs['iou']:.3f}")
+                        shown = {"loss": f"{logs['loss']:.4f}"}  # and what the family's step logs besides
+                        shown.update({k: f"{logs[k]:.3f}" if isinstance(logs[k], float) else str(logs[k])
+                                      for k in ("iou", "instances") if k in logs})
+                        bar.set_postfix(shown)
                     if writer is not None and (step % config.log_every == 0 or step == 1):
                         for name, value in last_logs.items():
                             writer.add_scalar(f"train/{name}", value, step)
