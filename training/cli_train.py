@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                "written every save_every steps, at the end, and when "
                                                                "Ctrl-C, SIGTERM or SIGHUP stop the run")
     parser.add_argument("--init", metavar="CKPT", help="start from a checkpoint (published STCN weights, a vosrt "
-                                                       "checkpoint) or, for 3dc-seg, ir-CSN Caffe2 .pkl backbone weights")
+                                                       "checkpoint) or, for 3dc-seg, ir-CSN Caffe2 .pkl backbone weights; "
+                                                       "with --resume it is not read (the run goes on from RUN/last.pth)")
     parser.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)")
     parser.add_argument("--iterations", type=int, help="number of optimizer steps")
     parser.add_argument("--batch-size", type=int, help="samples per step and process")

@@ -454,7 +454,9 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
     that checkpoint already read by :func:`read_resume_checkpoint` (emptied once loaded, so that its
     tensors are not held for the whole run); without it, ``out`` must not
     hold a run already (UserError: a new run would overwrite it). ``init`` starts from
-    a checkpoint (vosrt or published state_dict) or, for 3dc-seg, Caffe2 ``.pkl`` backbone weights.
+    a checkpoint (vosrt or published state_dict) or, for 3dc-seg, Caffe2 ``.pkl`` backbone weights (not
+    read when resuming: the run goes on from its own weights, so its first command can be repeated with
+    ``--resume``).
     ``val_data``: a DAVIS-layout folder scored with J&F (``vosrt.sdk.metrics``) every ``val_every`` steps
     and at the end. Returns a summary: final step, last logged values, wall time, checkpoint path.
     """
