@@ -318,6 +318,7 @@ def test_cuda_execution_provider_keeps_the_bank_on_the_device_and_matches_the_cp
     assert (expected == actual).mean() >= 0.999
 
 
+@pytest.mark.slow   # runs the export it suggests (about 15 s)
 def test_a_top_k_the_graph_holds_fixed_is_refused_with_an_export_that_takes_it(tmp_path, monkeypatch):
     # said "use the portable form", which vosrt run has no flag to choose (and TensorRT has no portable form)
     monkeypatch.chdir(tmp_path)   # the suggested export writes into the working folder
