@@ -786,14 +786,18 @@ class _FailingWrites:
         return getattr(self._backend, name)
 
 
-def test_a_step_whose_memory_write_fails_leaves_the_tracker_as_it_was(stcn_package, video):
-    import vosrt.sdk
+def _failing_and_fresh(stcn_package):
+    """(backend whose writes fail on demand, a tracker over it, a tracker over a plain backend), mem_every 1."""
     from vosrt.sdk.backends import open_backend
     from vosrt.sdk.package import load_package
     package = load_package(stcn_package)
     backend = _FailingWrites(open_backend(package, "onnxruntime", threads=1))
     tracker = vosrt.sdk.open_session(backend, package, color="rgb", mem_every=1)
-    fresh = vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=1)
+    return backend, tracker, vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=1)
+
+
+def test_a_step_whose_memory_write_fails_leaves_the_tracker_as_it_was(stcn_package, video):
+    backend, tracker, fresh = _failing_and_fresh(stcn_package)
     first = video.labels[0]
     tracker.step(video.frames[0], first)
     fresh.step(video.frames[0], first)
@@ -809,12 +813,7 @@ def test_a_step_whose_memory_write_fails_leaves_the_tracker_as_it_was(stcn_packa
 def test_a_removal_whose_memory_move_fails_leaves_the_tracker_as_it_was(stcn_package, video):
     # The object list changed before the bank moved the kept objects' values: a failed move left object 2
     # tracked with the all-zero values of the half-made buffer, and the tracker lost it without a word.
-    from vosrt.sdk.backends import open_backend
-    from vosrt.sdk.package import load_package
-    package = load_package(stcn_package)
-    backend = _FailingWrites(open_backend(package, "onnxruntime", threads=1))
-    tracker = vosrt.sdk.open_session(backend, package, color="rgb", mem_every=1)
-    fresh = vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=1)
+    backend, tracker, fresh = _failing_and_fresh(stcn_package)
     first = video.labels[0]
     assert len([i for i in np.unique(first) if i]) == 2
     for t in range(2):
