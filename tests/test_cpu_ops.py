@@ -209,6 +209,7 @@ def test_cpu_operators_out_of_host_memory_report_an_error_instead_of_ending_the_
     assert "out of host memory or threads (vosrtStatus_t 5)" in done.stdout, done.stdout
 
 
+@pytest.mark.slow   # compiles the library again (7 s); the first-use build is in the default tier
 def test_a_corrupt_library_in_the_cache_is_built_again(monkeypatch, tmp_path, capfd):
     # A truncated or corrupt cached library (a full disk, a crash, a copied cache) was an OSError on every
     # later use: the backend fell back to the portable form for good, form='plugin' failed for good.

@@ -23,6 +23,10 @@ from sdk_packages import d2conv_layers
 
 OUTPUTS = ["embeddings", "bandwidths", "seediness", "foreground", "categories"]
 
+# Each test exports STEm-Seg-lite in both forms (about 30 s on 2 cores): the slow tier, which CI runs too; the
+# default tier exports and streams the tiny STEm-Seg package (tests/test_stem_seg_session.py).
+pytestmark = pytest.mark.slow
+
 
 def _exported(folder, height, width, **overrides):
     torch.manual_seed(0)
@@ -102,7 +106,6 @@ def test_check_package_and_vosrt_check_pass(small):
     assert main(["check", str(package)]) == 0
 
 
-@pytest.mark.slow
 def test_portable_parity_with_a_category_head(tmp_path):
     model, _, package = _exported(tmp_path, 80, 112, num_classes=4, seediness_head=False)
     got, expected = _portable_vs_torch(model, package, 80, 112)
