@@ -98,14 +98,12 @@ class Tracker(Session):
         self._feed_top_k = "top_k" in backend.input_names("segment") and self.top_k != streaming["top_k"]
         if self.top_k != streaming["top_k"] and "top_k" not in backend.input_names("segment"):
             raise UserError(fixed_top_k_message(package, backend.name, self.top_k))
-        self._whole("memory_capacity", memory_capacity, 2, "at least 2 frames, as a whole number (slot 0 keeps the "
-                    "first annotated frame, the others the recent ones)")
-        capacity = self._memory_limit(memory_capacity, streaming["memory_capacity"])
+        capacity = self._memory_limit(memory_capacity)
         h, w = package.height // package.stride, package.width // package.stride
         # The bank holds what the segment graph reads: float16 for an fp16 engine (vosrt.export.fp16).
-        self.memory = MemoryBank(backend, int(capacity), h * w, backend.input_dtype("segment", "mem_key"))
-        # k = min(top_k, N) in the graph, so a top_k beyond the bank's positions (< 2**31) means "all" and is fed
-        # as their number: the plugin form's readout takes top_k as a 32-bit int (2**32 + 3 was read as 3).
+        self.memory = MemoryBank(backend, capacity, h * w, backend.input_dtype("segment", "mem_key"))
+        # k = min(top_k, N) in the graph, so a top_k beyond the bank's positions means "all" and is fed as their
+        # number, which the int64 input always holds (any Python int is a whole number here).
         self._top_k_input = np.array([min(self.top_k, self.memory.capacity * self.memory.hw)], np.int64)
         self.objects: list[int] = []   # object ids, in the order of the graphs' object axis
         self.frame_index = -1
@@ -310,13 +308,14 @@ class Tracker(Session):
             limit = engine_limit
         return int(limit)
 
-    def _memory_limit(self, asked, default):
+    def _memory_limit(self, asked) -> int:
         """The bank's capacity: ``asked`` or the package's, at most the frames the TensorRT engines were built
         for (``vosrt build --max-memory-frames``), whose profile refuses a longer memory once the bank fills."""
+        capacity = self._whole("memory_capacity", asked, 2, "at least 2 frames, as a whole number (slot 0 keeps the "
+                               "first annotated frame, the others the recent ones)")
         engine_limit = getattr(self.backend, "max_memory_frames", None)
-        capacity = asked if asked is not None else default
-        if engine_limit is None or not is_whole(capacity) or capacity <= engine_limit:
-            return capacity   # MemoryBank checks the value itself
+        if engine_limit is None or capacity <= engine_limit:
+            return capacity
         if asked is not None:
             raise UserError(f"memory_capacity={asked}: the TensorRT engines of {self.package.path} take at most "
                             f"{engine_limit} memory frames; rebuild them with "
