@@ -18,7 +18,7 @@ import numpy as np
 
 from vosrt.sdk.backends.base import Backend
 from vosrt.sdk.clips import ClipSession
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import UserError, is_number
 from vosrt.sdk.session import SegmentedFrame
 
 GRAPH = "segment_clip"
@@ -36,8 +36,7 @@ class ClipSegmenter(ClipSession):
 
     def __init__(self, backend: Backend, package, overlap: int | None = None, threshold: float = 0.5,
                  color: str = "bgr"):
-        if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
-                or not 0.0 < float(threshold) < 1.0:
+        if not is_number(threshold) or not 0.0 < float(threshold) < 1.0:
             raise UserError(f"threshold: expected a probability in (0, 1), got {threshold!r}")
         self.threshold = float(threshold)
         super().__init__(backend, package, overlap, color)

@@ -25,6 +25,14 @@ def is_whole(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+def is_number(value) -> bool:
+    """Whether ``value`` is a real number as the settings take it: a Python or numpy integer or float, not a bool
+    (a string "0.3" or None are not)."""
+    import numpy as np
+
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 def install_command(extra: str) -> str:
     """The pip command that adds the optional dependencies ``extra`` (a pyproject extra: train, export,
     eval, gpu, trt, live, dev) to this vosrt. Installed from a source checkout (the README's

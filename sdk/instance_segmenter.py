@@ -29,7 +29,7 @@ import numpy as np
 
 from vosrt.sdk.backends.base import Backend
 from vosrt.sdk.clips import ClipSession
-from vosrt.sdk.errors import UserError, is_whole
+from vosrt.sdk.errors import UserError, is_number, is_whole
 from vosrt.sdk.instances import TrackLinker, cluster
 from vosrt.sdk.session import SegmentedFrame
 
@@ -38,8 +38,7 @@ OUTPUTS = ["embeddings", "bandwidths", "seediness", "foreground", "categories"]
 
 
 def _probability(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
-            not 0.0 <= value <= 1.0:
+    if not is_number(value) or not 0.0 <= value <= 1.0:
         raise UserError(f"{name}: expected a probability in [0, 1], got {value!r}")
     return float(value)
 
