@@ -120,7 +120,7 @@ class ClipSession(Session):
         """Add the next frame; returns the frames finished by it (possibly none), in order."""
         self._check_open()
         self._refuse_mask(mask, objects)
-        image = check_image(frame)
+        image = check_image(frame, "frame")
         box = self._letterbox(image.shape[:2])
         device_frame = self.backend.upload(box.image(image, self.color)[:, :, None])   # [1, 3, 1, H, W]
         # The frame is valid. If the clip's run fails, the frame is taken out again (the window's oldest

@@ -119,7 +119,7 @@ class Tracker(Session):
     def push(self, frame: np.ndarray, mask: np.ndarray | None = None, objects: Sequence[int] | None = None
              ) -> list[SegmentedFrame]:
         """The session protocol's form of :meth:`step`: returns ``[SegmentedFrame(index, labels)]``."""
-        labels = self.step(frame, mask, objects)
+        labels = self._step(frame, mask, objects, False, "frame")
         return [SegmentedFrame(self.frame_index, labels)]
 
     @serialized
@@ -134,8 +134,12 @@ class Tracker(Session):
         With ``return_probabilities=True`` returns ``(labels, prob)``, ``prob`` ``[1 + O, H, W]`` float32:
         background then each object in :attr:`objects` order.
         """
+        return self._step(image, mask, objects, return_probabilities, "image")
+
+    def _step(self, image, mask, objects, return_probabilities: bool, argument: str):
+        """:meth:`step`'s body; ``argument`` is the name the caller gave the frame (errors name it)."""
         self._check_open()
-        image = check_image(image)
+        image = check_image(image, argument)
         frame_shape = image.shape[:2]
         given: list[int] = []
         if mask is not None:

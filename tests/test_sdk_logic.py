@@ -252,7 +252,7 @@ def test_a_refused_frame_carrying_a_mask_or_a_source_of_nothing_but_refused_fram
 
     sequence = generate_sequence(5, num_frames=4, height=32, width=32, num_objects=1)
     frames = [sequence.frames[0], sequence.frames[1][:, :, 0], sequence.frames[2]]
-    with pytest.raises(vosrt.sdk.UserError, match=r"frame 00001 carries a mask but was refused: image: expected "
+    with pytest.raises(vosrt.sdk.UserError, match=r"frame 00001 carries a mask but was refused: frame: expected "
                                                   r"shape \[H, W, 3\], got \[32, 32\] \(grey-scale"):
         stream(vosrt.sdk.load(stcn_package, threads=1, color="rgb"), frames, masks={0: sequence.labels[0],
                                                                                      1: sequence.labels[1]})
