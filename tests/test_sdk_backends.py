@@ -146,3 +146,14 @@ def test_a_model_in_memory_on_another_device_is_named_as_such(shipped):
     model, _ = load_checkpoint(shipped.checkpoint)
     with pytest.raises(UserError, match="the model given is on device 'meta'"):
         TorchBackend(shipped, model=model.to("meta"))
+
+
+def test_the_plugin_form_on_cuda_is_refused_by_the_option_check_as_by_the_backend(shipped):
+    # vosrt bench and vosrt run check options before opening anything; the check let form='plugin' with
+    # device='cuda' through (only the constructor refused it), and on a CPU-only onnxruntime it blamed the
+    # missing onnxruntime-gpu, though no install makes that pair run
+    from vosrt.sdk.backends import check_backend
+
+    with pytest.raises(UserError, match=r"form='plugin' runs its custom operators on the CPU; use device='cpu'"):
+        check_backend(shipped, "onnxruntime", form="plugin", device="cuda")
+    assert check_backend(shipped, "onnxruntime", form="plugin", device="cpu") == "onnxruntime"

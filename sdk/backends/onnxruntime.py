@@ -104,9 +104,6 @@ class OnnxRuntimeBackend(Backend):
         available = ort.get_available_providers()
         if device not in cls.devices:
             raise UserError(f"device: expected 'auto', 'cpu' or 'cuda', got '{device}'")
-        if device == "cuda" and "CUDAExecutionProvider" not in available:
-            raise UserError("device='cuda' needs onnxruntime-gpu and a CUDA device; this onnxruntime offers "
-                            f"{', '.join(available)} ({install_command('gpu')})")
         check_threads(threads)
         if form not in ("auto", "portable", "plugin"):
             raise UserError(f"form: expected 'auto', 'portable' or 'plugin', got '{form}'")
@@ -114,6 +111,11 @@ class OnnxRuntimeBackend(Backend):
             raise UserError(f"form='plugin': package {package.path} has no plugin form (available forms: "
                             f"{', '.join(package.forms) or 'none'}); use form='auto' or form='portable', or export "
                             "the package with `vosrt export ... --forms plugin,portable`")
+        if form == "plugin" and device == "cuda":
+            raise UserError(_PLUGIN_ON_CPU_ONLY)
+        if device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise UserError("device='cuda' needs onnxruntime-gpu and a CUDA device; this onnxruntime offers "
+                            f"{', '.join(available)} ({install_command('gpu')})")
 
     def _model(self, graph: str) -> str:
         """The file ONNX Runtime opens for ``graph``: the package's, or for the plugin form its copy with the
@@ -305,6 +307,9 @@ class OnnxRuntimeBackend(Backend):
         return f"onnxruntime {ort.__version__} ({self.device}, {forms}, {mode})"
 
 
+_PLUGIN_ON_CPU_ONLY = "form='plugin' runs its custom operators on the CPU; use device='cpu' or form='portable'"
+
+
 def _choose_forms(package, form: str, device: str) -> dict[str, str]:
     """Form each graph runs in: the plugin form only for graphs with custom operators in it (elsewhere the
     two forms are the same graph), and only on the CPU, where vosrt's CPU operators run them. A graph the
@@ -316,7 +321,7 @@ def _choose_forms(package, form: str, device: str) -> dict[str, str]:
     if not plugin_files:
         return forms
     if form == "plugin" and device != "cpu":
-        raise UserError("form='plugin' runs its custom operators on the CPU; use device='cpu' or form='portable'")
+        raise UserError(_PLUGIN_ON_CPU_ONLY)
     only_plugin: list[str] = []   # graphs with custom operators and no portable file
     try:
         from vosrt.sdk import cpu_ops
