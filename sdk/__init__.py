@@ -38,8 +38,28 @@ def load(package_dir, backend: str = "auto", **overrides):
     session_options = {k: overrides.pop(k) for k in list(overrides) if k in family.settings}
     other_family = {k for f in families.all_families() for k in f.settings}
     family.check_settings({k: v for k, v in overrides.items() if k in other_family})
+    _refuse_stray(family, overrides, other_family)
     engine = open_backend(package, backend, **overrides)
     return open_session(engine, package, **session_options)
+
+
+def _refuse_stray(family, overrides, other_family) -> None:
+    """One UserError for keywords that are neither a session setting of any family nor an option of any
+    backend (a typo such as ``mem_evry``), with the closest known name; left to the backend, it said only
+    "unknown option" of the backend."""
+    import difflib
+
+    from vosrt.sdk.backends.base import BACKEND_OPTIONS, COMMON_OPTIONS
+
+    options = [*COMMON_OPTIONS, *BACKEND_OPTIONS]
+    stray = sorted(set(overrides) - other_family - set(options))
+    if stray:
+        known = [*family.settings, *options]
+        close = {name: difflib.get_close_matches(name, known, 1) for name in stray}
+        guesses = [match[0] if len(stray) == 1 else f"{match[0]} for {name}" for name, match in close.items() if match]
+        raise UserError(f"{', '.join(stray)}: not a setting of {family.name} packages nor an option of any backend"
+                        + (f" (did you mean {', '.join(guesses)}?)" if guesses else "")
+                        + f"; settings: {', '.join(family.settings)}; backend options: {', '.join(options)}")
 
 
 def open_session(backend, package, **settings):

@@ -98,6 +98,16 @@ def test_an_option_of_another_backend_names_the_backend_and_flag_it_belongs_to(s
         open_backend(shipped, "torch", form="portable", typo=1)
 
 
+def test_a_misspelt_setting_is_named_with_the_closest_known_name(shipped):
+    # was "onnxruntime backend: unknown option(s) mem_evry": the backend's word, for a session setting's typo
+    with pytest.raises(UserError, match=r"^mem_evry: not a setting of stcn packages nor an option of any backend "
+                                        r"\(did you mean mem_every\?\); settings: mem_every, .*; backend options: "
+                                        r"device, threads, .*form"):
+        vosrt.sdk.load(shipped.path, mem_evry=3)
+    with pytest.raises(UserError, match=r"^threds, zzz: .* \(did you mean threads for threds\?\)"):
+        vosrt.sdk.load(shipped.path, threds=1, zzz=2)
+
+
 def test_the_torch_backend_declares_and_checks_its_inputs_as_onnxruntime_does(shipped):
     # it had no input_shape(): sessions skipped their resolution check, and run() took inputs ONNX Runtime refuses
     ort_backend, torch_backend = (open_backend(shipped, name, threads=1) for name in BACKENDS)
