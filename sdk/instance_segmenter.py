@@ -90,17 +90,25 @@ class InstanceSegmenter(ClipSession):
                          foreground[0, :frames] > self.foreground_threshold, self.min_seediness,
                          self.max_instances)
         shared = 0 if self._clip_stop is None else max(0, self._clip_stop - start)
-        tracks = self.linker.link(result.labels, shared)
-        lookup = np.zeros(result.count + 1, np.uint32)
-        objects = {}
-        for instance, track in tracks.items():
-            lookup[instance] = track
-            pixels = result.labels == instance                             # [T, h, w]
-            means = categories[1:, :frames][:, pixels].mean(axis=1)        # per category, background excluded
-            objects[track] = {"score": float(means.max()), "category": int(np.argmax(means)) + 1}
-        track_maps = lookup[result.labels]                                 # [T, h, w] uint32
-        for t in range(max(0, self.schedule.next_emit - start), frames):  # frames already out stay out
-            self._pending[start + t] = (track_maps[t], foreground[0, t], objects)
+        # Linking advances the linker; if anything after it fails (or Ctrl-C lands), the linker goes back,
+        # so the push that runs this clip again links it to the previous clip as the first try would have.
+        before = self.linker.state()
+        try:
+            tracks = self.linker.link(result.labels, shared)
+            lookup = np.zeros(result.count + 1, np.uint32)
+            objects = {}
+            for instance, track in tracks.items():
+                lookup[instance] = track
+                pixels = result.labels == instance                          # [T, h, w]
+                means = categories[1:, :frames][:, pixels].mean(axis=1)     # per category, background excluded
+                objects[track] = {"score": float(means.max()), "category": int(np.argmax(means)) + 1}
+            track_maps = lookup[result.labels]                              # [T, h, w] uint32
+            finished = {start + t: (track_maps[t], foreground[0, t], objects)   # frames already out stay out
+                        for t in range(max(0, self.schedule.next_emit - start), frames)}
+        except BaseException:
+            self.linker.restore(before)
+            raise
+        self._pending.update(finished)
         self._clip_stop = last + 1
 
     def finish_frame(self, index: int, box) -> SegmentedFrame:

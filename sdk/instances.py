@@ -178,6 +178,14 @@ class TrackLinker:
         """Forget the previous clip (a new video); ids keep counting up, so none is ever reused."""
         self._previous = None
 
+    def state(self) -> tuple:
+        """What :meth:`link` changes, for :meth:`restore` (the arrays are replaced, never written in place)."""
+        return self.next_id, self._previous
+
+    def restore(self, state: tuple) -> None:
+        """Go back to a :meth:`state` (a clip whose results were not kept)."""
+        self.next_id, self._previous = state
+
     def link(self, labels: np.ndarray, shared: int) -> dict[int, int]:
         labels = np.asarray(labels)
         instances = [int(i) for i in np.unique(labels) if i > 0]

@@ -126,18 +126,28 @@ def test_bad_input_raises_user_error_and_the_stream_continues(colour_packages):
     assert [d.index for d in out] == list(range(10))
 
 
-def test_a_backend_failure_in_a_clip_leaves_the_tracks_unchanged(colour_packages):
-    frames, masks = scene(20, {"red": (0, 19, 4, 0, 2), "green": (6, 19, 40, 16, 0)})
+@pytest.mark.parametrize("where", ["backend", "after linking"])
+def test_a_failure_in_a_clip_leaves_the_tracks_unchanged(colour_packages, where):
+    # "after linking": a Ctrl-C just after the linker gave the clip its tracks left the linker advanced, so
+    # the clip, run again, was linked to itself (the shared frames' own tracks): the blue square, new in that
+    # clip, got id 4 (its first try had taken 3)
+    frames, masks = scene(20, {"red": (0, 19, 4, 0, 2), "green": (6, 19, 40, 16, 0), "blue": (9, 19, 40, 44, 0)})
     segmenter = vosrt.sdk.load(colour_packages[4], threads=1, color="rgb")
-    real_run, out = segmenter.backend.run, []
+    out = []
     for t, frame in enumerate(frames):
-        if t == 11:   # clip 4's run fails (a lost device); the same frame is pushed again
-            def fail(graph, inputs, outputs=None):
-                raise RuntimeError("injected failure")
-            segmenter.backend.run = fail
-            with pytest.raises(RuntimeError, match="injected"):
+        if t == 11:   # clip 4 fails (a lost device, or an interrupt); the same frame is pushed again
+            obj, name = (segmenter.backend, "run") if where == "backend" else (segmenter.linker, "link")
+            real = getattr(obj, name)
+
+            def fail(*args):
+                if where == "backend":
+                    raise RuntimeError("injected failure")
+                real(*args)
+                raise KeyboardInterrupt("injected failure")
+            setattr(obj, name, fail)
+            with pytest.raises((RuntimeError, KeyboardInterrupt), match="injected"):
                 segmenter.push(frame)
-            segmenter.backend.run = real_run
+            setattr(obj, name, real)
             assert segmenter.frames_in == 11
         out += segmenter.push(frame)
     out += segmenter.flush()
@@ -145,6 +155,7 @@ def test_a_backend_failure_in_a_clip_leaves_the_tracks_unchanged(colour_packages
     for d in out:
         assert np.array_equal(d.labels == 1, masks["red"][d.index])
         assert np.array_equal(d.labels == 2, masks["green"][d.index] if d.index >= 6 else np.zeros((64, 64), bool))
+        assert np.array_equal(d.labels == 3, masks["blue"][d.index] if d.index >= 9 else np.zeros((64, 64), bool))
 
 
 def test_a_closed_session_says_it_is_closed(colour_packages):
