@@ -49,12 +49,15 @@ class ClipSegmenter(ClipSession):
 
     def process_clip(self, start: int, last: int) -> None:
         prob = self.backend.download(self.backend.run(GRAPH, {"clip": self.clip}, ["prob"])["prob"])
-        for t in range(self.clip_length):  # prob [1, 1, L, H, W]
+        # prob [1, 1, L, H, W]. The sums are replaced in one update: an interrupt while they are computed
+        # leaves none of them counting this clip, so the push that runs it again counts it once.
+        updated = {}
+        for t in range(self.clip_length):
             index = start + t
             if index <= last and index in self._sums:
-                entry = self._sums[index]
-                entry[0] += prob[0, 0, t]
-                entry[1] += 1
+                total, count = self._sums[index]
+                updated[index] = [total + prob[0, 0, t], count + 1]
+        self._sums.update(updated)
 
     def finish_frame(self, index: int, box) -> SegmentedFrame:
         total, count = self._sums.pop(index)

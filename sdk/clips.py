@@ -175,7 +175,9 @@ class ClipSession(Session):
     def process_clip(self, start: int, last: int) -> None:
         """The clip buffer holds frames ``start .. start+L-1`` (frames past ``last``, the newest, repeat
         it): run the family's graph(s) and keep what the pending frames need. Run the graphs and fetch
-        their outputs before changing any state: if they raise, the push is undone."""
+        their outputs before changing any state, then change it in one step (or put it back on the way
+        out): if anything raises, Ctrl-C's KeyboardInterrupt included, the push is undone and the same
+        frame pushed again must count the clip once."""
         raise NotImplementedError
 
     def finish_frame(self, index: int, box: Letterbox) -> SegmentedFrame:

@@ -209,6 +209,42 @@ def test_a_backend_failure_in_a_clip_leaves_the_session_unchanged(clip_package, 
         np.testing.assert_allclose(a.probability, b.probability, atol=1e-6, err_msg=f"frame {a.index}")
 
 
+class _InterruptedSums(dict):
+    """The clip session's per-frame sums, raising Ctrl-C's KeyboardInterrupt at the seventh read of an
+    entry: as if the interrupt landed while a clip's probabilities were being added (clip 0's frame 6,
+    after frame 5, which clip 5 covers as well: a frame covered by one clip has the same mean counted twice)."""
+
+    reads = 0
+
+    def __getitem__(self, index):
+        type(self).reads += 1
+        if type(self).reads == 7:
+            raise KeyboardInterrupt("injected interrupt")
+        return super().__getitem__(index)
+
+
+def test_an_interrupt_while_a_clip_is_added_leaves_the_sums_unchanged(clip_package):
+    # the sums were added in place frame by frame: the frames added before the interrupt counted the clip
+    # once then, and again when the same frame was pushed once more
+    frames = generate_sequence(3, num_frames=12, height=32, width=32, num_objects=1).frames
+    segmenter = vosrt.sdk.load(clip_package, threads=1, color="rgb")
+    reference = vosrt.sdk.load(clip_package, threads=1, color="rgb")
+    out, expected = [], []
+    for t, frame in enumerate(frames):
+        if t == 7:   # clip 0's run
+            segmenter._sums = _InterruptedSums(segmenter._sums)
+            with pytest.raises(KeyboardInterrupt):
+                segmenter.push(frame)
+            assert segmenter.frames_in == t
+        out += segmenter.push(frame)
+        expected += reference.push(frame)
+    out += segmenter.flush()
+    expected += reference.flush()
+    assert [d.index for d in out] == [d.index for d in expected] == list(range(12))
+    for a, b in zip(out, expected):
+        np.testing.assert_allclose(a.probability, b.probability, atol=1e-6, err_msg=f"frame {a.index}")
+
+
 # An error inside one of ONNX Runtime's Python operators (the plugin form's CPU readout): raising it
 # there would end the process (pybind11 cannot pass it through ONNX Runtime's C++ frames); it is raised
 # by the graph's run instead, the session is unchanged, and the next frame segments as if it had not
