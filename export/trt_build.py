@@ -49,17 +49,6 @@ def onnx_input_shapes(path: Path) -> dict[str, list]:
     return shapes
 
 
-def axis_label(package: Package, graph: str, name: str, axis: int) -> str | None:
-    """``"objects"``, ``"memory"`` (or another label from the manifest) for a dynamic axis of an input;
-    for packages whose manifest lacks them, the family table's (``vosrt.sdk.families``)."""
-    axes = ((package.manifest.get("io") or {}).get(graph) or {}).get("dynamic_axes") or {}
-    label = (axes.get(name) or {}).get(str(axis))
-    if label:
-        return label
-    io = families.get(package.family).graphs.get(graph)
-    return (io.dynamic_axes.get(name) or {}).get(axis) if io is not None else None
-
-
 def check_limits(max_objects: int, max_memory_frames: int | None) -> None:
     """UserError naming the flag for a profile limit no session could use: fewer than one object, or a memory
     of fewer than two frames (the STCN bank keeps the first annotated frame and at least one recent one)."""
@@ -95,7 +84,7 @@ def profile_shapes(package: Package, graph: str, max_objects: int = DEFAULT_MAX_
             if isinstance(dim, int) and dim > 0:
                 per_axis.append((dim, dim, dim))
                 continue
-            label = axis_label(package, graph, name, axis)
+            label = package.axis_label(graph, name, axis)
             if label not in ranges:
                 raise UserError(f"{package.path}: graph '{graph}' input '{name}' axis {axis} is dynamic ({dim}) "
                                 f"but the manifest does not say what it counts (io.{graph}.dynamic_axes); "
@@ -347,7 +336,7 @@ def comparison_inputs(package: Package, graph: str, objects: int = 2, memory_fra
     sizes = {"objects": objects, "memory": memory_frames * hw}
     feeds = {}
     for name, dims in onnx_input_shapes(package.graph_path(graph, "portable")).items():
-        shape = [d if isinstance(d, int) and d > 0 else sizes[axis_label(package, graph, name, axis)]
+        shape = [d if isinstance(d, int) and d > 0 else sizes[package.axis_label(graph, name, axis)]
                  for axis, d in enumerate(dims)]
         kind = kinds.get(name, families.FEATURES)
         if kind == families.IMAGE:

@@ -56,6 +56,17 @@ class Package:
                             f"(available forms: {', '.join(self.forms) or 'none'})")
         return self.graphs[graph][form]
 
+    def axis_label(self, graph: str, name: str, axis: int) -> str | None:
+        """What a dynamic axis of ``graph``'s input or output ``name`` counts: ``"objects"``, ``"memory"``
+        (or another label) from the manifest's ``io.GRAPH.dynamic_axes``; for packages whose manifest lacks
+        them, the family table's (:mod:`vosrt.sdk.families`)."""
+        axes = ((self.manifest.get("io") or {}).get(graph) or {}).get("dynamic_axes") or {}
+        label = (axes.get(name) or {}).get(str(axis))
+        if label:
+            return label
+        io = families.get(self.family).graphs.get(graph)
+        return (io.dynamic_axes.get(name) or {}).get(axis) if io is not None else None
+
     @property
     def checkpoint(self) -> Path | None:
         """The checkpoint the package was exported from (manifest ``source.checkpoint``), if recorded.

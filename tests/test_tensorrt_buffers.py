@@ -231,6 +231,26 @@ def test_input_shapes_are_the_engine_s_with_dynamic_axes_named_so_sessions_can_c
     assert backend.input_shape("segment", "prob") is None        # an output
 
 
+def test_engines_of_a_manifest_without_recorded_limits_take_them_from_their_profiles(backend):
+    # manifests written before vosrt build recorded max_objects / max_memory_frames gave a session no limit:
+    # a bank longer than the engines' profile failed at the frame that filled it, in TensorRT's own words
+    from vosrt.sdk.package import load_package
+
+    backend.package = load_package("stcn-lite")    # 128x224, stride 16: 112 key-map cells a memory frame
+    trt = types.SimpleNamespace(nptype=lambda dtype: dtype, TensorIOMode=types.SimpleNamespace(INPUT=0, OUTPUT=1))
+
+    def profile(declared, maximum):
+        return 0, declared, [tuple(1 if d < 0 else d for d in declared), maximum, maximum]
+
+    backend._graphs["encode_value"] = trt_backend._Graph(trt, _Engine({
+        "masks": profile((-1, 1, 128, 224), (5, 1, 128, 224)), "value": (1, (-1, 512, 8, 14), None)}), backend)
+    backend._graphs["segment"] = trt_backend._Graph(trt, _Engine({
+        "mem_key": profile((1, 64, -1), (1, 64, 6 * 112)), "mem_value": profile((-1, 512, -1), (4, 512, 7 * 112)),
+        "query_key": profile((1, 64, 8, 14), (1, 64, 8, 14)), "prob": (1, (-1, 1, 128, 224), None)}), backend)
+    assert backend._limits({}) == (4, 6)                     # the tightest of the engines'
+    assert backend._limits({"max_objects": 8, "max_memory_frames": 20}) == (8, 20)   # the build's record first
+
+
 def test_every_bound_address_is_256_byte_aligned_and_holds_the_input(backend):
     # A view of rows 1..2 of a [4, 2, 3] tensor starts 24 bytes into its allocation (the "prob" output
     # of one object handed to the next graph); a host array goes through staging; an aligned device

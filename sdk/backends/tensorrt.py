@@ -412,8 +412,6 @@ class TensorRTBackend(Backend):
         self._graphs: dict[str, _Graph] = {}
         self._own_stream = None
         self.precision, build = select_build(package, precision)
-        self.max_objects = build.get("max_objects")
-        self.max_memory_frames = build.get("max_memory_frames")
         # Engines that carry their plugin library (vosrt build --embed-plugins) need none installed; one
         # named explicitly (plugin_lib or $VOSRT_PLUGIN_LIB) is still loaded. Native code is loaded only
         # from a path the caller names or from inside the package: a library path a manifest records
@@ -458,6 +456,24 @@ class TensorRTBackend(Backend):
         except BaseException:
             self.close()
             raise
+        self.max_objects, self.max_memory_frames = self._limits(build)
+
+    def _limits(self, build: dict) -> tuple[int | None, int | None]:
+        """The most objects and memory frames the engines take: the build's record (``vosrt build
+        --max-objects / --max-memory-frames``), else, for manifests written before it recorded them, the
+        smallest maximum of the engines' profiles over every axis the package labels ``objects`` or
+        ``memory`` (a memory axis counts frames of the key map, ``(H/stride)*(W/stride)`` entries each)."""
+        cells = (self.package.height // self.package.stride) * (self.package.width // self.package.stride)
+        found: dict[str, list[int]] = {"objects": [], "memory": []}
+        for graph_name, graph in self._graphs.items():
+            for name, declared in graph.declared.items():   # the inputs
+                for axis, dim in enumerate(declared):
+                    label = self.package.axis_label(graph_name, name, axis) if dim == "dynamic" else None
+                    if label in found:
+                        found[label].append(int(graph.max_shapes[name][axis]) // (cells if label == "memory" else 1))
+        objects = build.get("max_objects") or min(found["objects"], default=None)
+        frames = build.get("max_memory_frames") or min(found["memory"], default=None)
+        return objects, frames
 
     @classmethod
     def check_options(cls, package, precision: str | None = None, plugin_lib=None, stream=None,
