@@ -164,49 +164,34 @@ def test_a_bad_object_cap_is_refused(stcn_package, value):
         _tracker(stcn_package, max_objects=value)
 
 
-def test_a_non_finite_frame_does_not_enter_a_clip(clip_package):
-    frames = generate_sequence(3, num_frames=10, height=32, width=32, num_objects=1).frames
+def _clip_stream_with_a_bad_push(clip_package, frames, at, bad):
+    """Stream ``frames`` through a 3dc-seg session that gets ``bad(segmenter, frame)`` before frame ``at``
+    is pushed, and through a clean one; returns both sessions' finished frames."""
     segmenter = vosrt.sdk.load(clip_package, threads=1, color="rgb")
     reference = vosrt.sdk.load(clip_package, threads=1, color="rgb")
     out, expected = [], []
     for t, frame in enumerate(frames):
-        if t == 6:
-            bad = frame.astype(np.float32) / 255
-            bad[0, 0, 0] = np.nan
-            with pytest.raises(UserError, match="NaN"):
-                segmenter.push(bad)
-            with pytest.raises(UserError, match="divide by 255"):
-                segmenter.push(frame.astype(np.float32))
+        if t == at:
+            bad(segmenter, frame)
+            assert segmenter.frames_in == t
         out += segmenter.push(frame)
         expected += reference.push(frame)
-    out += segmenter.flush()
-    expected += reference.flush()
+    return out + segmenter.flush(), expected + reference.flush()
+
+
+def test_a_non_finite_frame_does_not_enter_a_clip(clip_package):
+    def bad(segmenter, frame):
+        nan = frame.astype(np.float32) / 255
+        nan[0, 0, 0] = np.nan
+        with pytest.raises(UserError, match="NaN"):
+            segmenter.push(nan)
+        with pytest.raises(UserError, match="divide by 255"):
+            segmenter.push(frame.astype(np.float32))
+
+    frames = generate_sequence(3, num_frames=10, height=32, width=32, num_objects=1).frames
+    out, expected = _clip_stream_with_a_bad_push(clip_package, frames, 6, bad)
     assert [d.index for d in out] == list(range(10))
     assert all(np.array_equal(a.labels, b.labels) for a, b in zip(out, expected))
-
-
-@pytest.mark.parametrize("bad_index", [7, 12, 17])   # the runs of clips 0, 5 and 10 (L=8, overlap 3)
-def test_a_backend_failure_in_a_clip_leaves_the_session_unchanged(clip_package, bad_index):
-    # The failing push is undone: pushing the same frame again continues the stream exactly. Before, the
-    # frame stayed counted, so every later index was off by one and the frames only the failed clip
-    # covered came out with no clip at all (probability 0, background).
-    frames = generate_sequence(3, num_frames=20, height=32, width=32, num_objects=1).frames
-    segmenter = vosrt.sdk.load(clip_package, threads=1, color="rgb")
-    reference = vosrt.sdk.load(clip_package, threads=1, color="rgb")
-    out, expected = [], []
-    for t, frame in enumerate(frames):
-        if t == bad_index:
-            segmenter.backend.run = _FailOnce(segmenter.backend, "segment_clip")
-            with pytest.raises(RuntimeError, match="injected"):
-                segmenter.push(frame)
-            assert segmenter.frames_in == t and segmenter.backend.run.failed
-        out += segmenter.push(frame)
-        expected += reference.push(frame)
-    out += segmenter.flush()
-    expected += reference.flush()
-    assert [d.index for d in out] == [d.index for d in expected] == list(range(20))
-    for a, b in zip(out, expected):
-        np.testing.assert_allclose(a.probability, b.probability, atol=1e-6, err_msg=f"frame {a.index}")
 
 
 class _InterruptedSums(dict):
@@ -217,30 +202,38 @@ class _InterruptedSums(dict):
     reads = 0
 
     def __getitem__(self, index):
-        type(self).reads += 1
-        if type(self).reads == 7:
+        self.reads += 1
+        if self.reads == 7:
             raise KeyboardInterrupt("injected interrupt")
         return super().__getitem__(index)
 
 
-def test_an_interrupt_while_a_clip_is_added_leaves_the_sums_unchanged(clip_package):
+def _backend_failure(segmenter, frame):
+    segmenter.backend.run = _FailOnce(segmenter.backend, "segment_clip")
+    with pytest.raises(RuntimeError, match="injected"):
+        segmenter.push(frame)
+    assert segmenter.backend.run.failed
+
+
+def _interrupt_while_adding(segmenter, frame):
     # the sums were added in place frame by frame: the frames added before the interrupt counted the clip
     # once then, and again when the same frame was pushed once more
-    frames = generate_sequence(3, num_frames=12, height=32, width=32, num_objects=1).frames
-    segmenter = vosrt.sdk.load(clip_package, threads=1, color="rgb")
-    reference = vosrt.sdk.load(clip_package, threads=1, color="rgb")
-    out, expected = [], []
-    for t, frame in enumerate(frames):
-        if t == 7:   # clip 0's run
-            segmenter._sums = _InterruptedSums(segmenter._sums)
-            with pytest.raises(KeyboardInterrupt):
-                segmenter.push(frame)
-            assert segmenter.frames_in == t
-        out += segmenter.push(frame)
-        expected += reference.push(frame)
-    out += segmenter.flush()
-    expected += reference.flush()
-    assert [d.index for d in out] == [d.index for d in expected] == list(range(12))
+    segmenter._sums = _InterruptedSums(segmenter._sums)
+    with pytest.raises(KeyboardInterrupt):
+        segmenter.push(frame)
+
+
+@pytest.mark.parametrize("bad, bad_index", [
+    (_backend_failure, 7), (_backend_failure, 12), (_backend_failure, 17),   # the runs of clips 0, 5 and 10
+    (_interrupt_while_adding, 7),                                            # (L=8, overlap 3)
+])
+def test_a_failure_in_a_clip_leaves_the_session_unchanged(clip_package, bad, bad_index):
+    # The failing push is undone: pushing the same frame again continues the stream exactly. Before, the
+    # frame stayed counted, so every later index was off by one and the frames only the failed clip
+    # covered came out with no clip at all (probability 0, background).
+    frames = generate_sequence(3, num_frames=20, height=32, width=32, num_objects=1).frames
+    out, expected = _clip_stream_with_a_bad_push(clip_package, frames, bad_index, bad)
+    assert [d.index for d in out] == [d.index for d in expected] == list(range(20))
     for a, b in zip(out, expected):
         np.testing.assert_allclose(a.probability, b.probability, atol=1e-6, err_msg=f"frame {a.index}")
 
