@@ -413,6 +413,30 @@ def test_resume_with_options_that_differ_from_the_run_is_refused_instead_of_igno
     assert "already at step 1" in capsys.readouterr().out
 
 
+def test_resume_on_other_data_than_the_run_s_is_refused_naming_both(data_dir, tmp_path, capsys, monkeypatch):
+    # --resume --data OTHER went on training the run on another dataset without a word
+    from vosrt.cli import main
+
+    other = tmp_path / "other"
+    generate_dataset(other, 2, seed=6, num_frames=4, height=48, width=64)
+    train([data_dir], tmp_path / "run", tiny_config(iterations=1), progress=False)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config(iterations=1).to_dict()))
+    command = ["train", "stcn-lite", "--out", str(tmp_path / "run"), "--config", str(config), "--resume",
+               "--iterations", "2", "--no-progress", "--data"]
+    assert main(command + [str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --resume: the run in {tmp_path / 'run'} trains on --data {data_dir}, not {other}: resume it "
+                   f"with --data {data_dir}, or start a new run in another --out folder (--init "
+                   f"{tmp_path / 'run' / 'last.pth'} starts it from this run's weights)\n")
+    assert torch.load(tmp_path / "run" / "last.pth", weights_only=True)["step"] == 1
+    with pytest.raises(UserError, match="trains on --data"):  # the API too; and "generated" is other data
+        train(["generated"], tmp_path / "run", tiny_config(iterations=2), resume=True, progress=False)
+    monkeypatch.chdir(data_dir.parent)  # the same folder, named relative to another working directory
+    assert main(command + [data_dir.name]) == 0
+    assert torch.load(tmp_path / "run" / "last.pth", weights_only=True)["step"] == 2
+
+
 def test_vosrt_train_resume_reads_the_run_checkpoint_once_and_does_not_keep_it(data_dir, tmp_path, monkeypatch):
     # the CLI read last.pth to compare the options, then train() read it again (a full model with its
     # optimizer state: twice the time, and train() kept the copy for the whole run)

@@ -35,9 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                         "`train stcn --model stcn-lite` is `train stcn-lite`)")
     parser.add_argument("--stage", choices=["main", "static"], default=None,
                         help="stcn: main training on videos (default) or static-image pre-training")
-    parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pth (step, optimizer, RNG): "
-                                                               "written every save_every steps, at the end, and when "
-                                                               "Ctrl-C, SIGTERM or SIGHUP stop the run")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pth (step, optimizer, RNG) on "
+                                                               "the run's --data: written every save_every steps, at "
+                                                               "the end, and when Ctrl-C, SIGTERM or SIGHUP stop the run")
     parser.add_argument("--init", metavar="CKPT", help="start from a checkpoint (published STCN weights, a vosrt "
                                                        "checkpoint) or, for 3dc-seg, ir-CSN Caffe2 .pkl backbone weights; "
                                                        "with --resume it is not read (the run goes on from RUN/last.pth)")

@@ -13,8 +13,9 @@ Config files: generic options at the top level, the family's under its name::
 (the family's options are also accepted at the top level, as older files have them).
 
 Run folder: ``config.json`` (the resolved configuration), ``last.pth`` (written every ``save_every``
-steps and at the end), ``checkpoints/step_NNNNNNN.pth``, ``tensorboard/`` (scalars: losses, lr, IoU,
-validation J&F; images: input / truth / prediction overlays every ``image_every`` steps).
+steps and at the end; it also records the dataset, ``data``: a resumed run must give the same),
+``checkpoints/step_NNNNNNN.pth``, ``tensorboard/`` (scalars: losses, lr, IoU, validation J&F; images:
+input / truth / prediction overlays every ``image_every`` steps).
 
 Validation (``--val``; a DAVIS folder's ``val`` split where it lists one) streams the videos through the
 family's shipped SDK session on the torch
@@ -63,7 +64,7 @@ from vosrt.sdk.errors import UserError
 from vosrt.training.models import (build_model, check_overrides, family_of, load_payload, read_checkpoint,
                                    save_checkpoint)
 from vosrt.training.recipes import recipe_for
-from vosrt.training.recipes.stcn import GENERATED  # noqa: F401  (the --data value, re-exported)
+from vosrt.training.recipes.stcn import GENERATED  # the --data value of generated clips (re-exported)
 
 CHECKPOINT_NAME = "last.pth"
 
@@ -272,6 +273,25 @@ def read_resume_checkpoint(out: str | Path) -> dict:
     return payload
 
 
+def data_record(data) -> list[str]:
+    """How a run's checkpoint records its dataset (``--data``): ``["generated"]``, or each folder's (or file's)
+    absolute path, in order (the order of the folders orders the samples)."""
+    if [str(d) for d in data] == [GENERATED]:
+        return [GENERATED]
+    return [str(Path(d).resolve()) for d in data]
+
+
+def check_resumed_data(payload: dict, data, out: str | Path) -> None:
+    """UserError when the run whose checkpoint is ``payload`` was trained on other data than ``data`` (it would
+    go on, silently, on another dataset). Checkpoints written before runs recorded their data are not checked."""
+    recorded = payload.get("data")
+    if recorded is not None and list(recorded) != data_record(data):
+        run = " ".join(recorded)
+        raise UserError(f"--resume: the run in {out} trains on --data {run}, not {' '.join(data_record(data))}: resume it "
+                        f"with --data {run}, or start a new run in another --out folder (--init "
+                        f"{Path(out) / CHECKPOINT_NAME} starts it from this run's weights)")
+
+
 def resume_conflicts(config: TrainConfig, payload: dict, names,
                      checkpoint_path: str | Path = CHECKPOINT_NAME) -> list[tuple[str, object, object]]:
     """``(name, value in config, value the run keeps)`` for each option of ``names`` that resuming the run
@@ -473,6 +493,7 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
         raise UserError(f"--out {out} already holds a training run ({checkpoint_path}); continue it with --resume, "
                         f"or give another --out folder to start a new run")
     if payload is not None:
+        check_resumed_data(payload, data, out)
         config = resumed_config(config, payload, checkpoint_path)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     np.random.seed(config.seed % 2**32)
@@ -534,7 +555,8 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
     def save(path: Path, rng: dict | None = None) -> None:
         save_checkpoint(path, model, model.config, optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), step=step,
-                        rng=rng if rng is not None else rng_state(), train_config=config.to_dict())
+                        rng=rng if rng is not None else rng_state(), train_config=config.to_dict(),
+                        data=data_record(data))
 
     started = time.time()
     last_logs: dict = {}
