@@ -405,7 +405,7 @@ def test_resume_with_options_that_differ_from_the_run_is_refused_instead_of_igno
               "--resume", "--no-progress"]
     assert main(common + ["--lr", "0.5", "--iterations", "2"]) == 2
     err = capsys.readouterr().err
-    assert "--lr 0.5 (the run has 0.001)" in err and "--iterations 2" not in err  # iterations may change
+    assert "--lr 0.5 (the run has 0.001)" in err and "--iterations 2 (the run" not in err  # iterations may change
     assert main(["train", "3dc-seg-lite", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--resume",
                  "--no-progress"]) == 2
     assert "is a run of stcn-lite, not of a 3dc-seg model" in capsys.readouterr().err
@@ -426,14 +426,38 @@ def test_resume_on_other_data_than_the_run_s_is_refused_naming_both(data_dir, tm
                "--iterations", "2", "--no-progress", "--data"]
     assert main(command + [str(other)]) == 2
     err = capsys.readouterr().err
-    assert err == (f"error: --resume: the run in {tmp_path / 'run'} trains on --data {data_dir}, not {other}: resume it "
-                   f"with --data {data_dir}, or start a new run in another --out folder (--init "
-                   f"{tmp_path / 'run' / 'last.pth'} starts it from this run's weights)\n")
+    assert f"this command gives others: --data {other} (the run has {data_dir}). Continue it with `vosrt train " \
+           f"stcn-lite --data {data_dir} --out " in err and err.count("\n") == 1
     assert torch.load(tmp_path / "run" / "last.pth", weights_only=True)["step"] == 1
-    with pytest.raises(UserError, match="trains on --data"):  # the API too; and "generated" is other data
+    with pytest.raises(UserError) as error:  # the API too; and "generated" is other data
         train(["generated"], tmp_path / "run", tiny_config(iterations=2), resume=True, progress=False)
+    assert str(error.value) == (f"--resume: the run in {tmp_path / 'run'} trains on --data {data_dir}, not generated: "
+                                f"resume it with --data {data_dir}, or start a new run in another --out folder (--init "
+                                f"{tmp_path / 'run' / 'last.pth'} starts it from this run's weights)")
     monkeypatch.chdir(data_dir.parent)  # the same folder, named relative to another working directory
     assert main(command + [data_dir.name]) == 0
+    assert torch.load(tmp_path / "run" / "last.pth", weights_only=True)["step"] == 2
+
+
+def test_resume_naming_another_model_of_the_family_gives_the_command_that_continues_the_run(data_dir, tmp_path, capsys):
+    # `vosrt train stcn --resume` on a stcn-lite run said "Leave them out" of MODEL, which cannot be left out
+    import shlex
+
+    from vosrt.cli import main
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config(iterations=1).to_dict()))
+    assert main(["train", "stcn-lite", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--config", str(config),
+                 "--no-progress"]) == 0
+    assert main(["train", "stcn", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--resume", "--lr", "0.5",
+                 "--iterations", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "MODEL stcn (the run has stcn-lite)" in err and "--lr 0.5 (the run has 0.001)" in err
+    assert "Leave them out" not in err and err.count("\n") == 1
+    command = err.split("Continue it with `")[1].split("`")[0]
+    assert command == shlex.join(["vosrt", "train", "stcn-lite", "--data", str(data_dir), "--out",
+                                  str(tmp_path / "run"), "--resume", "--iterations", "2"])
+    assert main(shlex.split(command)[1:] + ["--no-progress"]) == 0  # the command it gives continues the run
     assert torch.load(tmp_path / "run" / "last.pth", weights_only=True)["step"] == 2
 
 

@@ -109,9 +109,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_resume(config, args, file_options: dict, flags: dict, payload: dict) -> None:
-    """--resume continues a run with the options it started with: an option given on this command line
-    (MODEL, a flag, or --config) that differs from the run's would be ignored, so it is an error instead."""
-    from vosrt.training.train import CHECKPOINT_NAME, RESUME_SETTABLE, resume_conflicts
+    """--resume continues a run on its data with the options it started with: data or an option given on this
+    command line (MODEL, a flag, or --config) that differs from the run's would be ignored, so it is an error
+    instead, which gives the command that continues the run."""
+    import shlex
+
+    from vosrt.training.train import CHECKPOINT_NAME, RESUME_SETTABLE, resume_conflicts, resumed_data_conflict
 
     labels = {}
     for key, value in file_options.items():
@@ -126,11 +129,23 @@ def _check_resume(config, args, file_options: dict, flags: dict, payload: dict) 
         labels["stage"] = "--stage"
     labels["model"] = "MODEL"
     conflicts = resume_conflicts(config, payload, labels, Path(args.out) / CHECKPOINT_NAME)
-    if conflicts:
-        given = ", ".join(f"{labels[name]} {_show(value)} (the run has {_show(kept)})" for name, value, kept in conflicts)
-        raise UserError(f"--resume continues the run in {args.out} with the options it started with, but this command "
-                        f"gives others: {given}. Leave them out (on resume only {', '.join(RESUME_SETTABLE)} may "
-                        f"change), or start a new run from its weights: --out NEW_RUN --init {Path(args.out) / 'last.pth'}")
+    given = [f"{labels[name]} {_show(value)} (the run has {_show(kept)})" for name, value, kept in conflicts]
+    data = resumed_data_conflict(payload, args.data)
+    if data is not None:
+        given.insert(0, f"--data {' '.join(map(str, args.data))} (the run has {' '.join(data)})")
+    if given:
+        # MODEL and --data cannot be left out: the command names the run's; the other options come from the run,
+        # but for the ones a resumed run takes from its command (the published schedule's where it gives none)
+        run = payload.get("train_config", {})
+        iterations = config.iterations if "iterations" in labels else run.get("iterations", config.iterations)
+        command = ["vosrt", "train", run.get("model", config.model), "--data", *(data or args.data), "--out",
+                   str(args.out), "--resume", "--iterations", str(iterations)]
+        if "num_workers" in labels:
+            command += ["--workers", str(config.num_workers)]
+        raise UserError(f"--resume continues the run in {args.out} on its data with the options it started with, but "
+                        f"this command gives others: {', '.join(given)}. Continue it with `{shlex.join(command)}` (on "
+                        f"resume only {', '.join(RESUME_SETTABLE)} may change; the other options are the run's), or "
+                        f"start a new run from its weights: --out NEW_RUN --init {Path(args.out) / 'last.pth'}")
 
 
 def _show(value) -> str:

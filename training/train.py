@@ -281,11 +281,18 @@ def data_record(data) -> list[str]:
     return [str(Path(d).resolve()) for d in data]
 
 
+def resumed_data_conflict(payload: dict, data) -> list[str] | None:
+    """The data (:func:`data_record`) of the run whose checkpoint is ``payload`` where it is not ``data``, else
+    None (also for checkpoints written before runs recorded their data)."""
+    recorded = payload.get("data")
+    return list(recorded) if recorded is not None and list(recorded) != data_record(data) else None
+
+
 def check_resumed_data(payload: dict, data, out: str | Path) -> None:
     """UserError when the run whose checkpoint is ``payload`` was trained on other data than ``data`` (it would
-    go on, silently, on another dataset). Checkpoints written before runs recorded their data are not checked."""
-    recorded = payload.get("data")
-    if recorded is not None and list(recorded) != data_record(data):
+    go on, silently, on another dataset)."""
+    recorded = resumed_data_conflict(payload, data)
+    if recorded is not None:
         run = " ".join(recorded)
         raise UserError(f"--resume: the run in {out} trains on --data {run}, not {' '.join(data_record(data))}: resume it "
                         f"with --data {run}, or start a new run in another --out folder (--init "
