@@ -239,6 +239,49 @@ def test_two_process_torchrun_ends_when_one_rank_fails_alone(tmp_path):
     assert "error: cannot read frame " in stderr
 
 
+# one rank of a two-process gloo group (RANK, WORLD_SIZE, MASTER_* in the environment): trains with validation every
+# step; a program that goes on after the error (here: rank 0 stays for minutes) rather than exiting at once
+_RANK_WITH_VALIDATION = """
+import os, sys, time
+import torch
+from vosrt.training.train import default_config, train
+torch.set_num_threads(1)
+root = sys.argv[1]
+config = default_config("stcn-lite", model_overrides=%r, size=[32, 32], seed=3, batch_size=1, iterations=3,
+                        num_workers=0, val_every=1, val_size=[48, 64])
+try:
+    train([root + "/data"], root + "/run", config, val_data=root + "/val", progress=False)
+except Exception as err:
+    print(type(err).__name__ + ": " + str(err), flush=True)
+    if os.environ["RANK"] == "0":
+        time.sleep(600)
+""" % (TINY_STCN,)
+
+
+@pytest.mark.slow
+def test_every_rank_ends_with_the_error_of_a_validation_that_fails_on_rank_0(tmp_path):
+    # rank 0 validates while the others wait in a barrier: when its validation failed, they waited there for as long
+    # as its process lived on (torchrun ends them once it exits), up to the collective timeout (30 min)
+    generate_dataset(tmp_path / "data", 2, seed=5, num_frames=4, height=48, width=64)
+    generate_dataset(tmp_path / "val", 1, seed=6, num_frames=4, height=48, width=64)
+    for frame in sorted((tmp_path / "val" / "JPEGImages" / "480p").glob("*/*.jpg"))[2:]:
+        frame.write_bytes(b"not a jpeg")
+    port = _free_port()
+    ranks = [subprocess.Popen([sys.executable, "-c", _RANK_WITH_VALIDATION, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
+                                   "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+             for rank in range(2)]
+    try:
+        output, _ = ranks[1].communicate(timeout=120)
+    finally:
+        for rank in ranks:
+            rank.kill()
+            rank.communicate()
+    frame = tmp_path / "val" / "JPEGImages" / "480p" / "synth-6-0000" / "00002.jpg"
+    assert f"UserError: validation failed on rank 0: cannot read frame {frame}" in output
+
+
 def test_validation_session_takes_objects_on_the_frame_they_appear():
     # training validation streams through the shipped Tracker (torch backend, model in memory)
     from vosrt.sdk.streaming import stream

@@ -37,7 +37,8 @@ training process, which ends them (a SIGTERM sent to every process of a job no l
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the step module is wrapped in
 DistributedDataParallel (nccl on GPUs, gloo on CPU); each rank takes its shard of every epoch's
-permutation, ``batch_size`` is per process, and rank 0 alone logs and writes checkpoints.
+permutation, ``batch_size`` is per process, and rank 0 alone logs, validates and writes checkpoints (a
+validation that fails there ends every rank with its error).
 """
 from __future__ import annotations
 
@@ -755,16 +756,28 @@ def _leave_stop_signals_to_training(worker_id: int) -> None:
 
 
 def _validate_on_rank0(ctx: _Dist, model, config, val_data, writer, step, progress: bool) -> dict:
-    result = {}
+    """Rank 0 validates while the others wait; then every rank learns whether it failed, and each ends with its
+    error. (A rank that fails elsewhere leaves the others to torchrun, which ends them when its process exits;
+    here the others waited in a barrier for as long as rank 0's process lived on, up to the collective timeout.)"""
+    result, failure = {}, None
     if ctx.rank == 0:
         from vosrt.training.validate import validate
-        result = validate(model, config, val_data, max_videos=config.val_videos, progress=progress)
-        if writer is not None:
-            for name, value in result.items():
-                if isinstance(value, (int, float)):
-                    writer.add_scalar(f"val/{name}", value, step)
+        try:
+            result = validate(model, config, val_data, max_videos=config.val_videos, progress=progress)
+            if writer is not None:
+                for name, value in result.items():
+                    if isinstance(value, (int, float)):
+                        writer.add_scalar(f"val/{name}", value, step)
+        except Exception as err:
+            failure = err
     if ctx.world > 1:
-        dist.barrier()
+        shared = [None if failure is None else (isinstance(failure, UserError), str(failure) or type(failure).__name__)]
+        dist.broadcast_object_list(shared, src=0)  # the barrier, with rank 0's error
+        if shared[0] is not None and ctx.rank != 0:
+            user_error, message = shared[0]
+            raise (UserError if user_error else RuntimeError)(f"validation failed on rank 0: {message}")
+    if failure is not None:
+        raise failure
     return result
 
 
