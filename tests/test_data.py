@@ -54,6 +54,30 @@ def test_frames_and_masks_with_upper_case_extensions_are_read(tmp_path, davis):
     assert folder.first_appearance("late") == VideoFolder(root).first_appearance("late")
 
 
+def test_a_video_of_upper_case_extensions_is_listed_once_not_once_a_read(tmp_path, monkeypatch):
+    # every read of a .JPG frame or .PNG mask listed its folder to find it: quadratic in the video's length
+    import os
+
+    names = [f"{i:05d}" for i in range(30)]
+    for folder, suffix in (("JPEGImages", ".JPG"), ("Annotations", ".PNG")):
+        (tmp_path / folder / "480p" / "v").mkdir(parents=True)
+        for i, stem in enumerate(names):
+            image = np.full((8, 8, 3) if suffix == ".JPG" else (8, 8), i % 3, np.uint8)
+            assert cv2.imwrite(str(tmp_path / folder / "480p" / "v" / f"{stem}{suffix}"), image)
+    folder = VideoFolder(tmp_path)
+    listed = []
+    for name in ("listdir", "scandir"):  # what Path.iterdir calls (listdir up to Python 3.11, scandir after)
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda path=".", real=real: listed.append(str(path)) or real(path))
+    for stem in folder.frame_names("v"):
+        folder.read_labels("v", stem, folder.read_frame("v", stem).shape)
+    assert sorted(listed) == sorted([str(tmp_path / "JPEGImages" / "480p" / "v")] * 2
+                                    + [str(tmp_path / "Annotations" / "480p" / "v")])  # frame_names, then once each
+    listed.clear()
+    assert folder.first_appearance("v") == {1: 1, 2: 2}
+    assert len(listed) == 3  # annotated_names, frame_names and the masks' files, not once a mask
+
+
 def test_davis_folder_reports_objects_appearing_later(davis):
     root, sequences = davis
     folder = VideoFolder(root)

@@ -67,6 +67,9 @@ class VideoFolder:
         if not names:
             raise UserError(f"{root}: no annotated videos found (looked in {self.mask_root})")
         self.videos: list[str] = names
+        # {(folder, suffix): {stem: file}} of the folders holding a file whose suffix is not lower case (.JPG),
+        # listed once, at the first read of such a file, not at every read
+        self._listed: dict[tuple[str, str], dict[str, Path]] = {}
 
     def _read_split(self, split: str) -> list[str]:
         for candidate in (self.root / "ImageSets" / "2017" / f"{split}.txt",
@@ -97,11 +100,21 @@ class VideoFolder:
 
     def frame_path(self, video: str, stem: str) -> Path:
         """The JPEG of frame ``stem`` (``.jpg`` in any letter case, as :meth:`frame_names` lists them)."""
-        return _named(self.image_root / video, stem, ".jpg")
+        return self._named(self.image_root / video, stem, ".jpg")
 
     def mask_path(self, video: str, stem: str) -> Path:
         """The PNG annotation of frame ``stem`` (``.png`` in any letter case)."""
-        return _named(self.mask_root / video, stem, ".png")
+        return self._named(self.mask_root / video, stem, ".png")
+
+    def _named(self, folder: Path, stem: str, suffix: str) -> Path:
+        """``folder/stem+suffix``, or the file of that stem whose suffix differs only in letter case (``.JPG``)."""
+        path = folder / f"{stem}{suffix}"
+        if path.is_file():
+            return path
+        key = (str(folder), suffix)
+        if key not in self._listed:
+            self._listed[key] = _files_by_stem(folder, suffix)
+        return self._listed[key].get(stem, path)
 
     def read_frame(self, video: str, stem: str) -> np.ndarray:
         """Frame ``stem`` of ``video`` as ``[H, W, 3]`` uint8 RGB."""
@@ -167,20 +180,23 @@ def _list_stems(folder: Path, suffix: str) -> list[str]:
     return sorted(p.stem for p in folder.iterdir() if p.suffix.lower() == suffix)
 
 
-def _named(folder: Path, stem: str, suffix: str) -> Path:
-    """``folder/stem+suffix``, or the file of that stem whose suffix differs only in letter case (``.JPG``)."""
-    path = folder / f"{stem}{suffix}"
-    if not path.is_file() and folder.is_dir():
-        path = next((p for p in folder.iterdir() if p.stem == stem and p.suffix.lower() == suffix), path)
-    return path
+def _files_by_stem(folder: Path, suffix: str) -> dict[str, Path]:
+    """``{stem: file}`` of ``folder``'s files whose suffix is ``suffix`` in any letter case (the lower-case one
+    where a stem has both)."""
+    files: dict[str, Path] = {}
+    for p in (folder.iterdir() if folder.is_dir() else ()):
+        if p.suffix == suffix or (p.suffix.lower() == suffix and p.stem not in files):
+            files[p.stem] = p
+    return files
 
 
 @lru_cache(maxsize=4096)
 def _first_appearance_cached(mask_root: str, video: str, stems: tuple[str, ...], frame_stems: tuple[str, ...]):
     position = {stem: i for i, stem in enumerate(frame_stems)}
+    files = _files_by_stem(Path(mask_root) / video, ".png")  # listed once, not once a mask
     first: dict[int, int] = {}
     for stem in stems:
-        ids = np.unique(read_label_png(_named(Path(mask_root) / video, stem, ".png")))
+        ids = np.unique(read_label_png(files.get(stem, Path(mask_root) / video / f"{stem}.png")))
         for obj in ids[ids > 0].tolist():
             first.setdefault(int(obj), position.get(stem, 0))
     return first
