@@ -267,3 +267,38 @@ def test_triplet_sampler_never_tracks_void_255_beside_objects_but_does_in_a_0_25
             if mask.any():
                 red, _, blue = (sample["images"][0, c][mask].mean() for c in range(3))
                 assert blue > red, f"epoch {epoch}: slot {slot} holds the void region"
+
+
+def test_triplet_sampler_reads_a_video_s_masks_once_to_tell_void_from_a_0_255_object(tmp_path, monkeypatch):
+    # every sample read all its video's masks to find whether 255 is void or DAVIS 2016's object (once per
+    # process at best, and DataLoader workers are new every epoch): now once per video, and for a video whose
+    # sampled masks show an object, not at all
+    import pickle
+
+    import vosrt.training.data.folders as folders
+
+    _void_video(tmp_path, "objects", with_object=True)
+    _void_video(tmp_path, "binary", with_object=False)
+    dataset = VOSTripletDataset(VideoFolder(tmp_path), size=(32, 32), repeat=3)
+    reads = {"masks": 0, "frames": 0}
+    read_label_png, read_frame = folders.read_label_png, VideoFolder.read_frame
+
+    def counted(kind, read):
+        def counting(*args, **kwargs):
+            reads[kind] += 1
+            return read(*args, **kwargs)
+        return counting
+
+    monkeypatch.setattr(folders, "read_label_png", counted("masks", read_label_png))
+    monkeypatch.setattr(VideoFolder, "read_frame", counted("frames", read_frame))
+    fresh = pickle.dumps(dataset)  # as DataLoader workers get it
+    samples = [dataset[i] for i in range(len(dataset))]
+    assert reads["masks"] == reads["frames"] + 6  # the mask of each frame read, and "binary"'s six masks once
+    assert dataset.only_void == {0: True, 1: False}
+    reads.update(masks=0, frames=0)
+    again = [pickle.loads(pickle.dumps(dataset))[i] for i in range(len(dataset))]  # what it found goes along
+    assert reads["masks"] == reads["frames"]
+    for sample, other, first in zip(samples, again, [pickle.loads(fresh)[i] for i in range(len(dataset))]):
+        for key, value in sample.items():
+            assert (torch.equal(value, other[key]) and torch.equal(value, first[key]) if torch.is_tensor(value)
+                    else value == other[key] == first[key])

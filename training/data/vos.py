@@ -73,6 +73,7 @@ class VOSTripletDataset(SeededDataset):
         self.max_objects = int(max_objects)
         self.repeat = int(repeat)
         self.seed = int(seed)
+        self.only_void: dict[int, bool] = {}  # {item: its video's only id is 255}, filled as samples need it
 
     def set_max_skip(self, max_skip: int) -> None:
         """Change the frame-gap limit (the curriculum calls this between epochs)."""
@@ -87,18 +88,43 @@ class VOSTripletDataset(SeededDataset):
         all_frames = folder.frame_names(video)
         spacing = max(1, round((len(all_frames) - 1) / max(len(stems) - 1, 1))) if len(stems) > 1 else 1
         max_gap = max(1, self.max_skip // spacing)
-        void = None if folder.object_ids(video) == [VOID] else VOID
         for attempt in range(5):
             rng = self.rng(index, attempt)
             chosen = [stems[i] for i in sample_frame_indices(rng, len(stems), max_gap, self.num_frames)]
             if rng.random() < 0.5:
                 chosen = chosen[::-1]
             frames = [folder.read_frame(video, s) for s in chosen]
-            sample = triplet_sample(rng, frames, [folder.read_labels(video, s, f.shape) for s, f in zip(chosen, frames)],
-                                    self.size, self.max_objects, video, allow_empty=attempt == 4, void=void)
+            labels = [folder.read_labels(video, s, f.shape) for s, f in zip(chosen, frames)]
+            void = None if self._only_void(index % len(self.items), labels) else VOID
+            sample = triplet_sample(rng, frames, labels, self.size, self.max_objects, video, allow_empty=attempt == 4,
+                                    void=void)
             if sample is not None:
                 return sample
         raise AssertionError("unreachable: the last attempt accepts an empty sample")
+
+    def _only_void(self, item: int, labels: list[np.ndarray]) -> bool:
+        """Whether 255 is the only id of the video ``self.items[item]`` (DAVIS 2016's 0/255 masks: 255 is its
+        object, elsewhere void), decided once per video (:attr:`only_void`, a dict that goes to DataLoader
+        workers with the dataset): no when ``labels``, its masks just read, have another id; else from its
+        masks, read up to the first that has another id (all of them in a 0/255 video)."""
+        if item not in self.only_void:
+            if any(set(np.unique(mask).tolist()) - {0, VOID} for mask in labels):
+                self.only_void[item] = False
+            else:
+                self.only_void[item] = _only_void(*self.items[item])
+        return self.only_void[item]
+
+
+def _only_void(folder: VideoFolder, video: str) -> bool:
+    """Whether 255 is the only id of ``video``'s annotations (:func:`vosrt.sdk.metrics.foreground_truth`), read
+    up to the first annotation with another id."""
+    seen = False
+    for stem in folder.annotated_names(video):
+        ids = set(np.unique(folder.read_labels(video, stem)).tolist())
+        if ids - {0, VOID}:
+            return False
+        seen = seen or VOID in ids
+    return seen
 
 
 def triplet_sample(rng: np.random.Generator, images: list[np.ndarray], labels: list[np.ndarray],
