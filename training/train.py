@@ -673,7 +673,12 @@ class _UpdateGuard:
     optimizer and scheduler states and the step count, and delivers it once they agree again; elsewhere
     (data loading, the forward and backward passes, validation) it takes effect at once. Only signals
     whose handler is Python code (Ctrl-C's KeyboardInterrupt, `vosrt train`'s stop handlers) are held;
-    installed from the main thread only."""
+    installed from the main thread only.
+
+    Not :func:`vosrt.sdk.native_callbacks.hold`, which holds a signal for handlers that ask it (vosrt's own and an
+    embedding application's): under :func:`train` called from Python, Ctrl-C's handler is Python's, which asks
+    nothing, so the guard wraps whatever handlers are installed; and it delivers the first held signal once, to
+    the handler it wrapped, where ``release()`` sends every held one again through the process's handlers."""
 
     SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
