@@ -25,6 +25,8 @@ As the DAVIS 2017 protocol defines them (davis2017-evaluation):
 from __future__ import annotations
 
 import math
+import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -170,7 +172,7 @@ def first_frame_objects(first: np.ndarray) -> int:
     return int(np.max(np.where(first == VOID, 0, first), initial=0))
 
 
-def foreground_truth(gts: list[np.ndarray]) -> bool:
+def foreground_truth(gts: Iterable[np.ndarray]) -> bool:
     """True for a sequence annotated with DAVIS 2016's 0/255 foreground masks: no id but 0 and 255 in any
     ground-truth frame, and 255 somewhere. Such a sequence has one object, 255 (beside other ids 255 is
     void, as above); the training samplers read it the same way (:mod:`vosrt.training.data.vos`)."""
@@ -227,6 +229,57 @@ def evaluate_by_appearance(preds: list[np.ndarray], gts: list[np.ndarray | None]
     return [score for score in scores.values() if score.j]
 
 
+class PackedFrames(Sequence):
+    """A video's label maps (or None for a frame without one), appended in frame order and kept
+    zlib-compressed; item ``t`` is decompressed when it is read. :func:`score_sequence` reads such a sequence
+    a frame at a time, so a video's predictions and annotations scored this way take a few percent of their
+    size instead of growing with the video's length (training validation)."""
+
+    def __init__(self):
+        self._items: list[tuple | None] = []
+
+    def append(self, labels: np.ndarray | None) -> None:
+        if labels is None:
+            self._items.append(None)
+        else:
+            labels = np.ascontiguousarray(labels)
+            self._items.append((zlib.compress(labels.tobytes(), 1), labels.shape, labels.dtype))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, t):
+        if isinstance(t, slice):
+            return [self[i] for i in range(len(self))[t]]
+        item = self._items[t]
+        if item is None:
+            return None
+        data, shape, dtype = item
+        return np.frombuffer(zlib.decompress(data), dtype).reshape(shape)
+
+
+class _Frames(Sequence):
+    """Items ``indices`` of ``base`` (all by default) through ``convert`` (None stays None), computed when
+    read: :func:`score_sequence`'s per-frame conversions hold no frame but the one being scored."""
+
+    def __init__(self, base: Sequence, convert=None, indices: Sequence[int] | None = None):
+        self.base, self.convert = base, convert
+        self.indices = range(len(base)) if indices is None else indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, t):
+        if isinstance(t, slice):
+            return [self[i] for i in range(len(self))[t]]
+        item = self.base[self.indices[t]]
+        return item if item is None or self.convert is None else self.convert(item)
+
+
+def _foreground(labels: np.ndarray) -> np.ndarray:
+    return (labels > 0).astype(np.uint8)
+
+
 def score_sequence(family: str, predicted: list[np.ndarray], truth: list[np.ndarray | None], name: str = "sequence"
                    ) -> list[ObjectScore]:
     """Scores of one clip by the protocol of ``family``'s task: per object for families given masks
@@ -241,11 +294,14 @@ def score_sequence(family: str, predicted: list[np.ndarray], truth: list[np.ndar
 
     row = families.get(family)
     instances = not row.takes_mask and np.dtype(row.session_class().label_dtype).itemsize > 1
-    binary = (row.takes_mask or instances) and foreground_truth([t for t in truth if t is not None])
+    # Frames are read one at a time (lists, or a PackedFrames that decompresses each when it is read): the
+    # conversions below are lazy, so no step holds the whole video.
+    kept = [t for t, labels in enumerate(truth) if labels is not None]
+    binary = (row.takes_mask or instances) and foreground_truth(truth[t] for t in kept)
     if binary:   # DAVIS 2016's 0/255 masks: 255 is the one object (given as id 255 to families that take masks)
-        truth = [one_object(t) if t is not None else None for t in truth]
-        predicted = [one_object(p) for p in predicted] if row.takes_mask else predicted
-    annotated = [t for t in truth if t is not None]
+        truth = _Frames(truth, one_object)
+        predicted = _Frames(predicted, one_object) if row.takes_mask else predicted
+    annotated = _Frames(truth, indices=kept)
     if row.takes_mask:
         present = {int(i) for t in annotated for i in np.unique(t) if i and i != VOID}
         if len(annotated) < len(truth) or not present <= set(np.unique(truth[0]).tolist()):
@@ -253,9 +309,9 @@ def score_sequence(family: str, predicted: list[np.ndarray], truth: list[np.ndar
         return evaluate_sequence(predicted, truth, name=name)
     if len(predicted) != len(truth):
         raise ValueError(f"{name}: {len(predicted)} predicted frames but {len(truth)} ground-truth frames")
-    predicted = [p for p, t in zip(predicted, truth) if t is not None]
+    predicted = _Frames(predicted, indices=kept)
     if instances:
         from vosrt.sdk.instance_metrics import evaluate_unsupervised_sequence
         return evaluate_unsupervised_sequence(predicted, annotated, name=name)
-    return evaluate_sequence([(p > 0).astype(np.uint8) for p in predicted],
-                             [(t > 0).astype(np.uint8) for t in annotated], name=name, skip_first_last=False)
+    return evaluate_sequence(_Frames(predicted, _foreground), _Frames(annotated, _foreground), name=name,
+                             skip_first_last=False)

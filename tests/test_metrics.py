@@ -1,5 +1,6 @@
 """J and F against values computed by hand on crafted masks (DAVIS protocol), and `vosrt eval`."""
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -298,3 +299,52 @@ def test_vosrt_run_takes_the_first_mask_of_a_davis_sequence_annotated_in_upper_c
         assert np.array_equal(source.first_mask(), sequence.labels[0])
     finally:
         source.close()
+
+
+def _random_video(rng, family: str):
+    """(predicted, truth) of a small random video for ``family``'s protocol: objects on the first frame or
+    entering later, frames without annotation, DAVIS 2016 0/255 masks, void 255 beside objects."""
+    count = int(rng.integers(1, 7))
+    binary = rng.random() < 0.25
+    pool = [255] if binary else [1, 2, 3] + ([255] if rng.random() < 0.3 else [])
+    truth = []
+    for t in range(count):
+        ids = [0] + [i for i in pool if rng.random() < (0.9 if t == 0 else 0.6)]
+        truth.append(rng.choice(ids, size=(10, 12)).astype(np.uint8))
+    if rng.random() < 0.4:  # YouTube-VOS: some frames are not annotated (the first one too, at times)
+        truth = [None if t and rng.random() < 0.4 else labels for t, labels in enumerate(truth)]
+        if rng.random() < 0.2:
+            truth[0] = None
+    given = sorted({int(i) for labels in truth if labels is not None for i in np.unique(labels) if i})
+    if family == "stem-seg":  # track ids, over 20 at times (the protocol keeps the 20 largest)
+        predicted = [rng.integers(0, int(rng.choice([4, 30])), size=(10, 12)).astype(np.uint32) for _ in truth]
+    else:  # a tracker predicts the ids it was given (255 only as DAVIS 2016's one object)
+        ids = [0] + (given if binary else [i for i in given if i != 255])
+        predicted = [rng.choice(ids, size=(10, 12)).astype(np.uint8) for _ in truth]
+    return predicted, truth
+
+
+@pytest.mark.parametrize("family", ["stcn", "3dc-seg", "stem-seg"])
+def test_scores_of_compressed_frames_read_one_at_a_time_equal_those_of_lists(family):
+    # training validation hands score_sequence PackedFrames so that a long video is not held whole; every
+    # protocol (first and last frames skipped, objects entering later, frames without annotation, 0/255
+    # masks, void beside objects, instance proposals) must score them exactly as lists
+    from vosrt.sdk.metrics import PackedFrames, score_sequence
+
+    rng = np.random.default_rng(0)
+    for case in range(60):
+        predicted, truth = _random_video(rng, family)
+        packed_predicted, packed_truth = PackedFrames(), PackedFrames()
+        for p, t in zip(predicted, truth):
+            packed_predicted.append(p)
+            packed_truth.append(t)
+        assert all(a is None if b is None else np.array_equal(a, b) and a.dtype == b.dtype
+                   for a, b in zip(packed_truth, truth))
+        try:
+            expected = [(s.sequence, s.object_id, s.j, s.f) for s in score_sequence(family, predicted, truth, "clip")]
+        except ValueError as err:   # a protocol's refusal (an id the truth never annotates) is the same too
+            with pytest.raises(type(err), match=re.escape(str(err))):
+                score_sequence(family, packed_predicted, packed_truth, "clip")
+            continue
+        got = score_sequence(family, packed_predicted, packed_truth, "clip")
+        assert [(s.sequence, s.object_id, s.j, s.f) for s in got] == expected, case

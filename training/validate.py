@@ -6,8 +6,10 @@ family's session with :func:`vosrt.sdk.streaming.stream`, exactly as ``vosrt run
 streams an exported package: the same letterboxing, bounded memory bank, memory schedule and clip
 schedule. The videos are the folder's ``val`` split where it lists one (a DAVIS folder also holds the
 training videos). Families given masks get each object on the first frame it appears (YouTube-VOS
-protocol; on DAVIS 2017 all start on frame 0). Scores come from :func:`vosrt.sdk.metrics.score_sequence` (J, F and
-their mean per object, averaged over objects and videos).
+protocol; on DAVIS 2017 all start on frame 0; 255 beside other ids is void). Scores come from
+:func:`vosrt.sdk.metrics.score_sequence` (J, F and their mean per object, averaged over objects and videos).
+A video's frames are read as the session takes them and its predictions and annotations kept compressed,
+so validation's memory does not grow with the videos' length.
 """
 from __future__ import annotations
 
@@ -65,13 +67,44 @@ def session_for(model, config):
     return open_session(backend, package, color="rgb", **recipe_for(family.name).session_settings(config))
 
 
-def first_appearances(folder: VideoFolder, video: str, truth: list[np.ndarray]) -> dict[int, np.ndarray]:
-    """{frame index: mask of the objects that first appear on it} (the masks a tracker is given)."""
-    annotations: dict[int, np.ndarray] = {}
-    for obj, index in folder.first_appearance(video).items():
-        annotations.setdefault(index, np.zeros_like(truth[index]))
-        annotations[index][truth[index] == obj] = obj
-    return annotations
+def given_objects(folder: VideoFolder, video: str) -> dict[int, list[int]]:
+    """``{frame index: objects first annotated on it}``: where a family given masks gets each object. Beside
+    other ids 255 is void, not an object; in a 0/255 video (DAVIS 2016) it is the one object."""
+    first = folder.first_appearance(video)
+    if set(first) != {metrics.VOID}:
+        first.pop(metrics.VOID, None)
+    given: dict[int, list[int]] = {}
+    for obj, index in first.items():
+        given.setdefault(index, []).append(obj)
+    return given
+
+
+def score_video(session, folder: VideoFolder, video: str, family: str, progress=None) -> list[metrics.ObjectScore]:
+    """Stream ``video`` through ``session`` (reset first) and score it with :func:`vosrt.sdk.metrics.score_sequence`.
+    Each frame is read when the session takes it; the predictions and annotations are kept compressed
+    (:class:`vosrt.sdk.metrics.PackedFrames`), so what a video holds at once does not grow with its length."""
+    given = given_objects(folder, video) if session.takes_mask else {}
+    predicted, truth = metrics.PackedFrames(), metrics.PackedFrames()
+    masks: dict[int, np.ndarray] = {}   # the mask of a frame objects are given on, until the session takes it
+
+    def frames():
+        for index, (frame, labels) in enumerate(folder.iter_video(video)):
+            truth.append(labels)   # None: not annotated (YouTube-VOS annotates every fifth frame), not scored
+            if index in given:
+                labels = labels if labels is not None else np.zeros(frame.shape[:2], np.uint8)
+                masks[index] = np.where(np.isin(labels, given[index]), labels, 0).astype(labels.dtype)
+            yield frame
+
+    def keep(done, frame) -> None:
+        if done.index != len(predicted):   # sessions emit in order; a skipped frame would misalign the scores
+            raise UserError(f"validation of {video}: frame {done.index} came back where frame {len(predicted)} "
+                            "was expected")
+        predicted.append(done.labels)
+
+    session.reset()
+    stream(session, frames(), masks=(lambda index, frame: masks.pop(index, None)) if session.takes_mask else None,
+           close=False, progress=progress, on_result=keep)
+    return metrics.score_sequence(family, predicted, truth, name=video)
 
 
 def validate(model, config, root, max_videos: int | None = None, progress: bool = False) -> dict:
@@ -87,15 +120,7 @@ def validate(model, config, root, max_videos: int | None = None, progress: bool 
                    desc=f"validate {len(videos)} video(s)")
     try:
         for video in videos:
-            frames, labels = folder.load_video(video)
-            truth = [lab if lab is not None else np.zeros(f.shape[:2], np.uint8) for f, lab in zip(frames, labels)]
-            masks = first_appearances(folder, video, truth) if session.takes_mask else None
-            session.reset()
-            results = stream(session, frames, masks=masks, keep_results=True, close=False,
-                             progress=_Shared(bar)).results
-            predicted = [done.labels for done in sorted(results, key=lambda d: d.index)]
-            # frames without an annotation (YouTube-VOS annotates every fifth) are not scored
-            scores += metrics.score_sequence(config.family, predicted, labels, name=video)
+            scores += score_video(session, folder, video, config.family, progress=_Shared(bar))
     finally:
         bar.close()
         model.train(was_training)

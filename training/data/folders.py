@@ -16,6 +16,7 @@ non-zero id to foreground).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -145,14 +146,18 @@ class VideoFolder:
         """``{object id: index (in frame_names) of the first frame annotating it}``."""
         return _first_appearance(self, video)
 
+    def iter_video(self, video: str) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """``video``'s frames in order, each read when it is asked for, with its annotation or None where
+        there is none."""
+        annotated = set(self.annotated_names(video))
+        for stem in self.frame_names(video):
+            frame = self.read_frame(video, stem)
+            yield frame, self.read_labels(video, stem, frame.shape) if stem in annotated else None
+
     def load_video(self, video: str) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
         """All frames of ``video`` and, per frame, its annotation or None where there is none."""
-        annotated = set(self.annotated_names(video))
-        frames, labels = [], []
-        for stem in self.frame_names(video):
-            frames.append(self.read_frame(video, stem))
-            labels.append(self.read_labels(video, stem, frames[-1].shape) if stem in annotated else None)
-        return frames, labels
+        pairs = list(self.iter_video(video))
+        return [frame for frame, _ in pairs], [labels for _, labels in pairs]
 
 
 def check_mask_size(labels: np.ndarray, shape: tuple[int, ...], mask_path: Path, image_path: Path) -> None:
