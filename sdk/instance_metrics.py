@@ -58,6 +58,8 @@ def evaluate_unsupervised_sequence(preds: list[np.ndarray], gts: list[np.ndarray
         if pred.shape != gt.shape:
             raise ValueError(f"{name} frame {t}: prediction {pred.shape} and ground truth {gt.shape} differ in size")
     objects = list(range(1, first_frame_objects(gts[0]) + 1)) if gts else []
+    if not objects:
+        return []   # nothing to score (no annotated frame, or none on the first)
     areas: dict[int, int] = {}
     for pred in preds:
         ids, counts = np.unique(pred, return_counts=True)
@@ -80,7 +82,7 @@ def evaluate_unsupervised_sequence(preds: list[np.ndarray], gts: list[np.ndarray
                 j[p, o, t] = region_similarity(mask, truth)
                 f[p, o, t] = boundary_measure(mask, truth, None, tolerance)
     score = (j.mean(axis=2) + f.mean(axis=2)) / 2                         # [P, O], P >= O
-    matched = {o: p for p, o in hungarian(-score)} if objects else {}
+    matched = {o: p for p, o in hungarian(-score)}
     return [ObjectScore(name, obj, list(j[matched[o], o]), list(f[matched[o], o])) for o, obj in enumerate(objects)]
 
 
