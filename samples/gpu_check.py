@@ -749,7 +749,7 @@ def markdown(report: dict) -> str:
              f"- build: {build.get('status')}; skipped: {'; '.join(build.get('skipped', [])) or 'nothing'}",
              f"- tests: {tests.get('status')}, passed {tests.get('passed', '–')}, failed "
              f"{tests.get('failures', '–')}, errors {tests.get('errors', '–')}, skipped "
-             f"{tests.get('skipped', '–')}, collected {tests.get('collected', '–')}", ""]
+             f"{tests.get('skipped', '–')}, collected {tests.get('collected', tests.get('tests', '–'))}", ""]
     for name in tests.get("failed_tests", [])[:20]:
         lines.append(f"  - failed: {name}")
     for module, reason in tests.get("unavailable_modules", {}).items():

@@ -132,8 +132,9 @@ def test_a_kernel_crash_costs_only_its_operators_test_group_and_the_others_repor
     assert result["status"] == "failed" and result["passed"] == 2 and "D2Conv3D kernels" in result["error"]
     log = (out / "gpu_tests.log").read_text()  # every group's output, in order
     assert log.index("test_d2conv3d_faults") < log.index("test_readout_runs PASSED") < log.index("test_other_runs")
-    assert "without its XML report" in gpu_check.markdown({"dry_run": False, "started": "now", "seconds": 1.0,
-                                                           "environment": {}, "tests": result})
+    text = gpu_check.markdown({"dry_run": False, "started": "now", "seconds": 1.0, "environment": {}, "tests": result})
+    assert "without its XML report" in text
+    assert "skipped 0, collected 2" in text  # a run's count is its XML's (only the dry run's is pytest's line)
 
 
 def test_missing_package_names_third_party_packages_only():
