@@ -358,6 +358,17 @@ def test_kernel_rows_of_the_benchmarks_run_on_the_emulated_kernels(monkeypatch):
     assert conv["kernel_ms"] > 0 and conv["tflops"] > 0 and conv["max_rel_diff"] < 1e-4
     tables = check.benchmark_tables({"readout": [row], "d2conv3d": [conv]})
     assert "| 0 |" in tables and "queries off" in tables
+    # the STCN step's readout="auto" reaches the kernel for host tensors too (the autograd Function under
+    # inference_mode, as on the GPU)
+    from vosrt.training.ops import l2_readout
+
+    calls = []
+    monkeypatch.setattr(l2_readout, "_use_kernel", lambda mem_key, backend: backend != "torch")
+    monkeypatch.setattr(cuda_kernels, "l2_memory_readout",
+                        lambda *args: calls.append(args) or cuda_kernels._l2_memory_readout(*args))
+    step = check.bench_stcn_step("cpu", check.STCN_TINY, repeat=1)
+    assert step["kernel_readout_ms_per_frame"] > 0 and step["speedup"] > 0 and "kernel" not in step
+    assert len(calls) == 2  # the warm-up and the one timed step
 
 
 def test_kernel_skip_reason_names_the_loader_error(monkeypatch):
