@@ -751,3 +751,20 @@ def test_shapes_beyond_the_launch_grid_limits_are_refused_as_not_supported(emula
     assert emulation.vosrtL2ReadoutValidate(readout(65_535)) == 0
     assert emulation.vosrtL2ReadoutValidate(readout(65_536)) == 2
     assert emulation.vosrtL2ReadoutValidate(readout(1, 65_535 * 16 + 1)) == 2
+
+
+def test_torch_readout_a_device_without_the_shared_memory_for_its_key_tiles_uses_the_reference(emulated_torch_ops,
+                                                                                                 emulation):
+    # Validate accepts Ck up to 256, but the forward answers "not supported" where the device's shared memory
+    # cannot hold a block's key tiles at that Ck (a GPU with less than an H100's): that raised a KernelError
+    # from training and the torch backend where every other unsupported case computes with the reference
+    g = torch.Generator().manual_seed(18)
+    tensors = [torch.randn(1, 256, 200, generator=g), torch.randn(1, 256, 7, generator=g),
+               torch.randn(1, 3, 200, generator=g)]
+    try:
+        emulation.vosrtEmuSetSharedLimit(48 * 1024)   # a block's 1-stage key tiles at Ck 256 need ~150 KB
+        out = emulated_torch_ops._l2_memory_readout(*tensors, 20, 0.3)
+    finally:
+        emulation.vosrtEmuSetSharedLimit(0)
+    _close(out.numpy(), l2_memory_readout(*(t.double() for t in tensors), 20, 0.3, backend="torch").numpy())
+
