@@ -189,7 +189,7 @@ BACKEND_OPTIONS = {
     "form": "onnxruntime", "io_binding": "onnxruntime", "providers": "onnxruntime", "memory_arena": "onnxruntime",
     "precision": "tensorrt", "plugin_lib": "tensorrt", "stream": "tensorrt", "cuda_graphs": "tensorrt",
 }
-# Options every backend but TensorRT takes (TensorRT takes device as well).
+# Options of more than one backend: device (all three) and threads (onnxruntime and torch).
 COMMON_OPTIONS = ("device", "threads")
 # The command-line flag of an option, where vosrt run / live / bench have one.
 _OPTION_FLAGS = {"checkpoint": "--checkpoint CK"}
