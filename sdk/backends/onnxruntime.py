@@ -1,4 +1,6 @@
-"""ONNX Runtime backend: the package's portable graphs on the CPU, or on CUDA with I/O binding.
+"""ONNX Runtime backend: a package's graphs on the CPU (graphs with custom operators in their plugin form,
+through vosrt's CPU operators; the rest, or all with ``form="portable"``, in the portable form), or the
+portable graphs on CUDA with I/O binding.
 
 Two ways of holding tensors:
 
