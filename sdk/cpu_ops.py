@@ -11,7 +11,8 @@ writes those arrays in place).
 The library is found, first hit wins, at:
 
 1. ``$VOSRT_CPU_OPS_LIB`` (the file);
-2. a CMake build of ``plugins/`` in the source tree (``plugins/build*/``), newest first;
+2. a CMake build of ``plugins/`` in the source tree (``plugins/build*/``): the newest, if it is newer than
+   every source file (an older one is passed over);
 3. the user cache (``$VOSRT_CACHE``, default ``~/.cache/vosrt``), compiled there on first use from the
    sources shipped in the package (``vosrt/sdk/cpu_ops_src``, or ``plugins/`` in a source tree) with
    the C++ compiler ``$CXX`` (default ``c++``); this takes about ten seconds and says so on stderr.
