@@ -21,7 +21,7 @@ CHECK_TOLERANCE = 1e-3
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``vosrt export``."""
-    parser.add_argument("family", metavar="FAMILY",
+    parser.add_argument("family", metavar="MODEL",
                         help=f"model to export: one of {', '.join(CHOICES)} (a family name takes the "
                              f"variant the checkpoint holds)")
     parser.add_argument("--checkpoint", metavar="CK",
@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=None, help="the H of --size (older spelling)")
     parser.add_argument("--width", type=int, default=None, help="the W of --size (older spelling)")
     parser.add_argument("--forms", default="plugin,portable",
-                        help="comma-separated ONNX forms: plugin (TensorRT plugins), portable (standard ops)")
+                        help="comma-separated ONNX forms: plugin (TensorRT plugins), portable (standard ops) "
+                             "(default plugin,portable)")
     parser.add_argument("--top-k", type=int, default=None, help="stcn: memory read top-k recorded as default (20)")
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime check at the end")
 
