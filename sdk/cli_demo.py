@@ -37,7 +37,7 @@ def add_arguments(parser) -> None:
                                        if f.demo_model) + f" (default {demos[0]})")
     parser.add_argument("--out", default="vosrt-demo", help="output folder (default ./vosrt-demo)")
     parser.add_argument("--seed", type=int, default=DEMO_SEED, help=f"clip seed (default {DEMO_SEED})")
-    parser.add_argument("--frames", type=int, default=CLIP["num_frames"], help="clip length in frames")
+    parser.add_argument("--frames", type=int, default=CLIP["num_frames"], help=f"clip length in frames (default {CLIP['num_frames']})")
     parser.add_argument("--package", default=None, help="a model package to use instead of the shipped one")
     parser.add_argument("--heldout", type=int, default=0, metavar="N",
                         help="instead of one clip, score N held-out generated clips and the copy-first-mask "
