@@ -30,6 +30,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     """Entry point of ``vosrt quantize``."""
     from vosrt.export.quantize import quantize_package
+    from vosrt.sdk import families
     from vosrt.sdk.masks import read_label_png
     from vosrt.sdk.package import load_package
     from vosrt.sdk.video import open_source
@@ -40,11 +41,11 @@ def run(args) -> int:
     source = open_source(args.calibrate)
     try:
         first_mask = None
-        if package.family == "stcn":
+        if families.get(package.family).takes_mask:
             first_mask = read_label_png(args.mask) if args.mask else source.first_mask()
             if first_mask is None:
-                raise UserError("--mask: stcn packages are calibrated by tracking objects, which needs the first "
-                                "frame's mask; give --mask PNG or a DAVIS sequence folder with its annotations")
+                raise UserError(f"--mask: {package.family} packages are calibrated by tracking objects, which needs the "
+                                "first frame's mask; give --mask PNG or a DAVIS sequence folder with its annotations")
             if not first_mask.any():
                 raise UserError("--mask: no object in it (every pixel is 0, background); calibrating tracks the "
                                 "objects of the first frame's mask, so give a mask with at least one object id")

@@ -1,6 +1,6 @@
 """INT8 model packages: ONNX Runtime static quantization (QDQ, per-channel weights) calibrated on frames.
 
-``quantize_package(src, calibration_source, out)`` streams the calibration frames through the fp32
+``quantize_package(src, frames, first_mask, out_dir)`` streams the calibration frames through the fp32
 package exactly as ``vosrt run`` would, records every graph's inputs on the way, and quantizes each
 graph's portable form with those inputs as calibration data. Quantized are the convolutions of the
 encoders and the decoder; the custom operators stay fp32: the memory readout (its MatMul, TopK and
