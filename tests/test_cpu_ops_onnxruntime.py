@@ -126,7 +126,7 @@ def test_a_package_exported_in_the_plugin_form_alone_runs_on_onnxruntime(package
     assert alone.forms == ["plugin"]
     backend = OnnxRuntimeBackend(alone, device="cpu")
     assert backend.forms == {"encode_key": "plugin", "encode_value": "plugin", "segment": "plugin"}
-    assert not backend._runs_cpu_ops("encode_key") and backend._runs_cpu_ops("segment")
+    assert "encode_key" not in backend._cpu_ops_graphs and "segment" in backend._cpu_ops_graphs
     sequence = generate_sequence(3, num_frames=6, height=both.height, width=both.width, num_objects=2)
     trackers = [Tracker(backend, alone, color="rgb"),
                 Tracker(OnnxRuntimeBackend(both, form="plugin", device="cpu"), both, color="rgb")]

@@ -72,6 +72,13 @@ class OnnxRuntimeBackend(Backend):
         self._arena = bool(memory_arena)
         self.forms = _choose_forms(package, form, device)  # graph -> form that runs
         self.form = "+".join(sorted(set(self.forms.values()), reverse=True))
+        # The plugin-form graphs that hold custom operators, which run through the CPU operators (a plugin-form
+        # graph without any, which a package exported in the plugin form alone has, runs as it is).
+        self._cpu_ops_graphs: set[str] = set()
+        if "plugin" in self.forms.values():
+            from vosrt.sdk import cpu_ops
+            self._cpu_ops_graphs = {g for g, f in self.forms.items()
+                                    if f == "plugin" and cpu_ops.has_plugin_nodes(package.graph_path(g, f))}
         self.bound = device == "cuda" if io_binding is None else bool(io_binding)
         self._providers = providers
         self.package = package
@@ -123,22 +130,14 @@ class OnnxRuntimeBackend(Backend):
         """The file ONNX Runtime opens for ``graph``: the package's, or for the plugin form its copy with the
         custom nodes handed to the CPU operators (cached, :func:`vosrt.sdk.cpu_ops.cpu_graph_for`)."""
         path = self.package.graph_path(graph, self.forms[graph])
-        if self._runs_cpu_ops(graph):
+        if graph in self._cpu_ops_graphs:
             from vosrt.sdk import cpu_ops
             return str(cpu_ops.cpu_graph_for(path))
         return str(path)
 
-    def _runs_cpu_ops(self, graph: str) -> bool:
-        """Whether ``graph`` runs custom operators through the CPU operators (a plugin-form graph without
-        any, which a package exported in the plugin form alone has, runs as it is)."""
-        if self.forms.get(graph) != "plugin":
-            return False
-        from vosrt.sdk import cpu_ops
-        return cpu_ops.has_plugin_nodes(self.package.graph_path(graph, "plugin"))
-
     def _session_options(self, graph: str | None = None) -> "ort.SessionOptions":
         options = session_options(self._threads, self._arena)
-        if graph is not None and self._runs_cpu_ops(graph):
+        if graph in self._cpu_ops_graphs:
             from vosrt.sdk import cpu_ops
             options.register_custom_ops_library(cpu_ops.register_onnxruntime_ops(cpu_ops.load_cpu_ops()))
         return options
