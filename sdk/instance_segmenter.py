@@ -92,7 +92,7 @@ class InstanceSegmenter(ClipSession):
         shared = 0 if self._clip_stop is None else max(0, self._clip_stop - start)
         # Linking advances the linker; if anything after it fails (or Ctrl-C lands), the linker goes back,
         # so the push that runs this clip again links it to the previous clip as the first try would have.
-        before = self.linker.state()
+        before = self.linker.snapshot()
         try:
             tracks = self.linker.link(result.labels, shared)
             lookup = np.zeros(result.count + 1, np.uint32)

@@ -178,13 +178,14 @@ class TrackLinker:
         """Forget the previous clip (a new video); ids keep counting up, so none is ever reused."""
         self._previous = None
 
-    def state(self) -> tuple:
-        """What :meth:`link` changes, for :meth:`restore` (the arrays are replaced, never written in place)."""
+    def snapshot(self) -> tuple:
+        """What :meth:`link` changes, for :meth:`restore` (as :meth:`MemoryBank.snapshot
+        <vosrt.sdk.memory.MemoryBank.snapshot>`; the arrays are replaced, never written in place)."""
         return self.next_id, self._previous
 
-    def restore(self, state: tuple) -> None:
-        """Go back to a :meth:`state` (a clip whose results were not kept)."""
-        self.next_id, self._previous = state
+    def restore(self, saved: tuple) -> None:
+        """Go back to a :meth:`snapshot` (a clip whose results were not kept)."""
+        self.next_id, self._previous = saved
 
     def link(self, labels: np.ndarray, shared: int) -> dict[int, int]:
         labels = np.asarray(labels)

@@ -81,7 +81,8 @@ class Session:
         self.color = check_color(color)
         self.size = (package.height, package.width)
         self.closed = False
-        self._lock = threading.RLock()   # one call at a time (serialized); reentrant: push calls step
+        # One call at a time (serialized); reentrant, so that a serialized method may call another.
+        self._lock = threading.RLock()
         self._letterboxes: dict[tuple[int, int], Letterbox] = {}
         self._check_graph_inputs()
 
