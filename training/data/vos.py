@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from vosrt.sdk.errors import UserError
-from vosrt.sdk.metrics import VOID
+from vosrt.sdk.metrics import VOID, foreground_truth
 from vosrt.training.data import transforms as T
 from vosrt.training.data.folders import VideoFolder, annotated_videos
 from vosrt.training.data.sampling import SeededDataset, pack_objects
@@ -116,15 +116,9 @@ class VOSTripletDataset(SeededDataset):
 
 
 def _only_void(folder: VideoFolder, video: str) -> bool:
-    """Whether 255 is the only id of ``video``'s annotations (:func:`vosrt.sdk.metrics.foreground_truth`), read
-    up to the first annotation with another id."""
-    seen = False
-    for stem in folder.annotated_names(video):
-        ids = set(np.unique(folder.read_labels(video, stem)).tolist())
-        if ids - {0, VOID}:
-            return False
-        seen = seen or VOID in ids
-    return seen
+    """Whether 255 is the only id of ``video``'s annotations (:func:`vosrt.sdk.metrics.foreground_truth`, fed
+    lazily: read up to the first annotation with another id)."""
+    return foreground_truth(folder.read_labels(video, stem) for stem in folder.annotated_names(video))
 
 
 def triplet_sample(rng: np.random.Generator, images: list[np.ndarray], labels: list[np.ndarray],
