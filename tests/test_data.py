@@ -302,3 +302,21 @@ def test_triplet_sampler_reads_a_video_s_masks_once_to_tell_void_from_a_0_255_ob
         for key, value in sample.items():
             assert (torch.equal(value, other[key]) and torch.equal(value, first[key]) if torch.is_tensor(value)
                     else value == other[key] == first[key])
+
+
+def test_a_stem_with_both_letter_cases_is_one_frame(tmp_path):
+    # 00001.jpg beside 00001.JPG was listed twice: a frame seen twice, read twice from the same .jpg
+    video = tmp_path / "JPEGImages" / "480p" / "v"
+    masks = tmp_path / "Annotations" / "480p" / "v"
+    video.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    for i in range(3):
+        assert cv2.imwrite(str(video / f"{i:05d}.jpg"), np.full((8, 8, 3), 40 * i, np.uint8))
+    assert cv2.imwrite(str(video / "00001.JPG"), np.full((8, 8, 3), 250, np.uint8))
+    write_label_png(masks / "00000.png", np.ones((8, 8), np.uint8))
+    write_label_png(masks / "00000.PNG", np.full((8, 8), 2, np.uint8))
+    folder = VideoFolder(tmp_path)
+    assert folder.frame_names("v") == ["00000", "00001", "00002"] and folder.annotated_names("v") == ["00000"]
+    frames, labels = folder.load_video("v")
+    assert [int(f.mean()) // 10 for f in frames] == [0, 4, 8]  # the .jpg files
+    assert folder.object_ids("v") == [1]

@@ -180,9 +180,9 @@ def annotated_videos(folders) -> tuple[list[VideoFolder], list[tuple[VideoFolder
 
 
 def _list_stems(folder: Path, suffix: str) -> list[str]:
-    if not folder.is_dir():
-        return []
-    return sorted(p.stem for p in folder.iterdir() if p.suffix.lower() == suffix)
+    """Sorted stems of ``folder``'s files whose suffix is ``suffix`` in any letter case, each once (a stem with
+    both ``.jpg`` and ``.JPG`` is one frame, read from the lower-case file)."""
+    return sorted(_files_by_stem(folder, suffix))
 
 
 def _files_by_stem(folder: Path, suffix: str) -> dict[str, Path]:
