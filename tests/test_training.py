@@ -482,6 +482,34 @@ def test_resume_on_other_data_than_the_run_s_is_refused_naming_both(data_dir, tm
     assert torch.load(tmp_path / "run" / "last.pth", weights_only=True)["step"] == 2
 
 
+def test_resume_on_a_dataset_moved_to_another_folder_goes_on_with_it(data_dir, tmp_path, capsys):
+    # a dataset moved (say to a faster disk) was other data: the refusal named a folder no longer there
+    import shutil
+
+    from vosrt.cli import main
+
+    old, copy, moved, renamed = (tmp_path / d / "davis" for d in ("old", "copy", "moved", "renamed"))
+    shutil.copytree(data_dir, old)
+    train([old], tmp_path / "run", tiny_config(iterations=1), progress=False)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config(iterations=1).to_dict()))
+    command = ["train", "stcn-lite", "--out", str(tmp_path / "run"), "--config", str(config), "--resume",
+               "--iterations", "2", "--no-progress", "--data"]
+    shutil.copytree(old, copy)
+    assert main(command + [str(copy)]) == 2  # a copy of a folder still there is another dataset
+    assert f"--data {copy} (the run has {old})" in capsys.readouterr().err
+    moved.parent.mkdir()
+    old.rename(moved)
+    shutil.copytree(moved, renamed.with_name("other"))
+    assert main(command + [str(renamed.with_name("other"))]) == 2  # another name: not taken for the moved folder
+    assert (f"(the run has {old}) ({old} is not there any more: a moved dataset folder is taken for the run's when "
+            f"it keeps its name)") in capsys.readouterr().err
+    assert main(command + [str(moved)]) == 0
+    assert f"--resume: {old} is not there any more; the run goes on with {moved}" in capsys.readouterr().err
+    payload = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    assert payload["step"] == 2 and payload["data"] == [str(moved)]
+
+
 def test_resume_naming_another_model_of_the_family_gives_the_command_that_continues_the_run(data_dir, tmp_path, capsys):
     # `vosrt train stcn --resume` on a stcn-lite run said "Leave them out" of MODEL, which cannot be left out
     import shlex

@@ -114,7 +114,8 @@ def _check_resume(config, args, file_options: dict, flags: dict, payload: dict) 
     instead, which gives the command that continues the run."""
     import shlex
 
-    from vosrt.training.train import CHECKPOINT_NAME, RESUME_SETTABLE, resume_conflicts, resumed_data_conflict
+    from vosrt.training.train import (CHECKPOINT_NAME, RESUME_SETTABLE, gone_data_hint, resume_conflicts,
+                                      resumed_data_conflict)
 
     labels = {}
     for key, value in file_options.items():
@@ -132,7 +133,7 @@ def _check_resume(config, args, file_options: dict, flags: dict, payload: dict) 
     given = [f"{labels[name]} {_show(value)} (the run has {_show(kept)})" for name, value, kept in conflicts]
     data = resumed_data_conflict(payload, args.data)
     if data is not None:
-        given.insert(0, f"--data {' '.join(map(str, args.data))} (the run has {' '.join(data)})")
+        given.insert(0, f"--data {' '.join(map(str, args.data))} (the run has {' '.join(data)}){gone_data_hint(data)}")
     if given:
         # MODEL and --data cannot be left out: the command names the run's; the other options come from the run,
         # but for the ones a resumed run takes from its command (the published schedule's where it gives none)

@@ -284,9 +284,40 @@ def data_record(data) -> list[str]:
 
 def resumed_data_conflict(payload: dict, data) -> list[str] | None:
     """The data (:func:`data_record`) of the run whose checkpoint is ``payload`` where it is not ``data``, else
-    None (also for checkpoints written before runs recorded their data)."""
+    None (also for checkpoints written before runs recorded their data). A folder that was moved is the
+    same data: a recorded folder that is no longer there, given at its place in the list by its new path
+    (the same name, which is there)."""
     recorded = payload.get("data")
-    return list(recorded) if recorded is not None and list(recorded) != data_record(data) else None
+    if recorded is None:
+        return None
+    given = data_record(data)
+    if len(given) != len(recorded) or not all(map(_same_data, recorded, given)):
+        return list(recorded)
+    return None
+
+
+def _same_data(recorded: str, given: str) -> bool:
+    """Whether ``given`` (a resolved path, or "generated") is the recorded data ``recorded``, or ``recorded``
+    moved: gone from its old path and there under the same name."""
+    if recorded == given:
+        return True
+    old, new = Path(recorded), Path(given)
+    return GENERATED not in (recorded, given) and old.name == new.name and not old.exists() and new.exists()
+
+
+def gone_data_hint(recorded: list[str]) -> str:
+    """A sentence for a refused resume whose recorded data folders are not all there any more: how a moved
+    dataset is recognised; "" where they are."""
+    gone = [path for path in recorded if path != GENERATED and not Path(path).exists()]
+    return (f" ({', '.join(gone)} is not there any more: a moved dataset folder is taken for the run's when it "
+            f"keeps its name)") if gone else ""
+
+
+def moved_data(payload: dict, data) -> list[tuple[str, str]]:
+    """``(recorded path, given path)`` of each dataset of the run whose checkpoint is ``payload`` that ``data``
+    gives by a new path (see :func:`resumed_data_conflict`)."""
+    recorded = payload.get("data") or []
+    return [(old, new) for old, new in zip(recorded, data_record(data)) if old != new]
 
 
 def check_resumed_data(payload: dict, data, out: str | Path) -> None:
@@ -297,7 +328,7 @@ def check_resumed_data(payload: dict, data, out: str | Path) -> None:
         run = " ".join(recorded)
         raise UserError(f"--resume: the run in {out} trains on --data {run}, not {' '.join(data_record(data))}: resume it "
                         f"with --data {run}, or start a new run in another --out folder (--init "
-                        f"{Path(out) / CHECKPOINT_NAME} starts it from this run's weights)")
+                        f"{Path(out) / CHECKPOINT_NAME} starts it from this run's weights){gone_data_hint(recorded)}")
 
 
 def resume_conflicts(config: TrainConfig, payload: dict, names,
@@ -502,6 +533,9 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
                         f"or give another --out folder to start a new run")
     if payload is not None:
         check_resumed_data(payload, data, out)
+        for old, new in moved_data(payload, data) if ctx.rank == 0 else ():
+            print(f"--resume: {old} is not there any more; the run goes on with {new}, of the same name, as its data",
+                  file=sys.stderr)
         config = resumed_config(config, payload, checkpoint_path)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     np.random.seed(config.seed % 2**32)
