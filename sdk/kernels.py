@@ -141,6 +141,7 @@ def _declare_kernels(lib: ctypes.CDLL) -> None:
         "vosrtL2ReadoutValidate": (_INT, [l2r]),
         "vosrtL2ReadoutWorkspaceSize": (_SIZE, [l2r, _INT]),
         "vosrtL2ReadoutForward": (_INT, [l2r, _INT, _VP, _VP, _VP, _VP, _VP, _SIZE, _VP]),
+        "vosrtL2ReadoutDeviceCheck": (_INT, [l2r, _INT, ctypes.POINTER(_SIZE), ctypes.POINTER(_SIZE)]),
         "vosrtGetStatusString": (ctypes.c_char_p, [_INT]),
         "vosrtKernelsVersion": (_INT, []),
         "vosrtL2ReadoutMaxTopK": (_INT, []),

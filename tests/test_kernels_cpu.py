@@ -768,3 +768,36 @@ def test_torch_readout_a_device_without_the_shared_memory_for_its_key_tiles_uses
         emulation.vosrtEmuSetSharedLimit(0)
     _close(out.numpy(), l2_memory_readout(*(t.double() for t in tensors), 20, 0.3, backend="torch").numpy())
 
+
+
+def test_device_check_answers_not_supported_exactly_where_the_forward_would_for_shared_memory(emulation):
+    # vosrtL2ReadoutDeviceCheck lets a TensorRT build refuse a key width the GPU cannot hold instead of
+    # building an engine whose every enqueue fails; it must agree with the forward on every GPU
+    def check(params, code):
+        needed, available = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        status = emulation.vosrtL2ReadoutDeviceCheck(ctypes.byref(params), code, ctypes.byref(needed),
+                                                     ctypes.byref(available))
+        return status, needed.value, available.value
+
+    g = np.random.default_rng(3)
+    answers = {}
+    try:
+        for limit in (48 * 1024, 96 * 1024, 160 * 1024, 0):
+            emulation.vosrtEmuSetSharedLimit(limit)
+            for ck, dtype, top_k in ((256, np.float32, 20), (256, np.float32, 0), (256, np.float16, 20),
+                                     (64, np.float32, 20), (160, np.float32, 0)):
+                arrays = [g.standard_normal(s).astype(dtype) for s in ((1, ck, 70), (1, ck, 5), (1, 3, 70))]
+                code = kernels.FLOAT16 if dtype == np.float16 else kernels.FLOAT32
+                status, needed, available = check(kernels.l2_readout_params((1, ck, 70), 5, 3, top_k, 0.0), code)
+                assert status == _call_readout(emulation, *arrays, top_k)[0], (limit, ck, dtype, top_k)
+                answers[limit, ck, np.dtype(dtype).name, top_k] = status, needed, available
+    finally:
+        emulation.vosrtEmuSetSharedLimit(0)
+    # one key stage at Ck 256: 17,664 bytes of scores + 131,072 of fp32 key and query tiles + 1,024 of list
+    # floors (select) or 8,192 of values (dense)
+    assert answers[96 * 1024, 256, "float32", 20] == (2, 149_760, 96 * 1024)
+    assert answers[160 * 1024, 256, "float32", 0] == (0, 156_928, 160 * 1024)
+    assert answers[96 * 1024, 256, "float16", 20][0] == 0 and answers[48 * 1024, 64, "float32", 20][0] == 2
+    assert {status for status, _, _ in answers.values()} == {0, 2}
+    params = kernels.l2_readout_params((1, 257, 70), 5, 3, 20, 0.0)
+    assert check(params, kernels.FLOAT32)[0] == emulation.vosrtL2ReadoutValidate(ctypes.byref(params)) == 2

@@ -212,7 +212,9 @@ def run_plugin(built, tmp_path_factory):
                     "-o", str(exe), "-ldl"], check=True, capture_output=True, text=True)
     counter = iter(range(10**6))
 
-    def run(name: str, fields: dict, inputs: list, out_shape, dtype: str = "float") -> "np.ndarray":
+    def run(name: str, fields: dict, inputs: list, out_shape, dtype: str = "float", shared_limit=None):
+        """The output array; with ``shared_limit=(at build, at run)`` (bytes of shared memory per block of
+        the emulated GPU), the run's stdout instead, whether or not it succeeded."""
         import numpy as np
 
         case = out / f"case{next(counter)}"
@@ -228,9 +230,13 @@ def run_plugin(built, tmp_path_factory):
             np.ascontiguousarray(array, np.float32).tofile(path)
             lines.append(f"input {array.ndim} {' '.join(map(str, array.shape))} {path}")
         lines.append(f"output {len(out_shape)} {' '.join(map(str, out_shape))} {case / 'out.bin'}")
+        if shared_limit is not None:
+            lines.append(f"shared_limit {shared_limit[0]} {shared_limit[1]}")
         (case / "spec.txt").write_text("\n".join(lines) + "\n")
         result = subprocess.run([str(exe), str(linked), str(case / "spec.txt")], capture_output=True, text=True,
                                 timeout=300)
+        if shared_limit is not None:
+            return result.stdout + result.stderr
         assert result.returncode == 0, result.stdout + result.stderr
         return np.fromfile(case / "out.bin", np.float32).reshape(out_shape)
 
@@ -309,6 +315,27 @@ def test_l2_readout_plugin_with_emulated_kernels_matches_the_pytorch_reference(r
     actual = run_plugin("L2MemoryReadout", fields, [mem_key.numpy(), query_key.numpy(), mem_value.numpy()],
                         tuple(expected.shape), dtype)
     _close(actual, expected.numpy(), rel=1e-4 if dtype == "float" else 1e-2)
+
+
+def test_l2_readout_plugin_refuses_a_key_width_the_gpu_cannot_hold_at_build_and_says_why_at_run(run_plugin):
+    # the plugin built an engine that failed every enqueue with "forward failed: not supported"; a block at
+    # Ck = 256 in fp32 needs 149,760 bytes of shared memory (1 key stage), more than a 96 KB GPU has
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    inputs = [g.standard_normal((1, 256, 90), np.float32), g.standard_normal((1, 256, 12), np.float32),
+              g.standard_normal((1, 6, 90), np.float32)]
+    small, h200 = 96 * 1024, 227 * 1024
+    why = ("(L2MemoryReadout): at key width Ck = 256 in fp32 a block of the readout needs 149760 bytes of shared "
+           f"memory, and this GPU gives it {small}: run the model on a GPU with more shared memory per block, or "
+           "with the onnxruntime backend")
+    built_small = run_plugin("L2MemoryReadout", {"top_k": 20}, inputs, (1, 6, 12), shared_limit=(small, small))
+    assert "FAIL configurePlugin failed" in built_small and why in built_small
+    run_small = run_plugin("L2MemoryReadout", {"top_k": 20}, inputs, (1, 6, 12), shared_limit=(h200, small))
+    assert "FAIL enqueue failed" in run_small and why in run_small and "forward failed" not in run_small
+    assert "OK" in run_plugin("L2MemoryReadout", {"top_k": 20}, inputs, (1, 6, 12), shared_limit=(h200, h200))
+    # in fp16 the key tiles take half the bytes: Ck = 256 fits the small GPU
+    assert "OK" in run_plugin("L2MemoryReadout", {"top_k": 20}, inputs, (1, 6, 12), "half", shared_limit=(small, small))
 
 
 @pytest.mark.parametrize("wheel_cuda", ["12", "13"])

@@ -79,6 +79,9 @@ extern "C" vosrtStatus_t vosrtL2ReadoutForward(const vosrtL2ReadoutParams* p, vo
   ++gLast.calls;
   return VOSRT_SUCCESS;
 }
+extern "C" vosrtStatus_t vosrtL2ReadoutDeviceCheck(const vosrtL2ReadoutParams*, vosrtDataType_t, size_t*, size_t*) {
+  return VOSRT_SUCCESS;
+}
 extern "C" const char* vosrtGetStatusString(vosrtStatus_t) { return "stub status"; }
 
 namespace {

@@ -12,6 +12,8 @@
 //   field NAME int V...  |  field NAME float V
 //   input RANK D... PATH      (float32, C order)
 //   output RANK D... PATH     (written by this program)
+//   shared_limit BUILD RUN    (optional: the emulated GPU's shared memory per block in bytes while the plugin
+//                              is configured, and from then on: an engine built on one GPU, run on another)
 #include <dlfcn.h>
 
 #include <cstdio>
@@ -143,6 +145,7 @@ int main(int argc, char** argv) {
   std::vector<Field> fields;
   std::vector<Tensor> inputs;
   Tensor output;
+  int sharedAtBuild = 0, sharedAtRun = 0;  // 0: the emulation's default (an H200's)
   std::ifstream spec(argv[2]);
   for (std::string line; std::getline(spec, line);) {
     std::istringstream in(line);
@@ -169,6 +172,8 @@ int main(int argc, char** argv) {
       inputs.push_back(parseTensor(in));
     } else if (kind == "output") {
       output = parseTensor(in);
+    } else if (kind == "shared_limit") {
+      in >> sharedAtBuild >> sharedAtRun;
     }
   }
   for (Tensor& t : inputs) {
@@ -183,6 +188,10 @@ int main(int argc, char** argv) {
   // What IPluginRegistry::loadLibrary does: dlopen, then register every creator getCreators() returns.
   void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
   if (lib == nullptr) return fail(std::string("dlopen: ") + dlerror());
+  // the emulation's test hook, found through the plugin library's dependencies
+  auto setSharedLimit = reinterpret_cast<void (*)(int)>(dlsym(lib, "vosrtEmuSetSharedLimit"));
+  if (setSharedLimit == nullptr) return fail("the emulated kernels export no vosrtEmuSetSharedLimit");
+  setSharedLimit(sharedAtBuild);
   using GetCreators = IPluginCreatorInterface* const* (*)(int32_t&);
   auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
   if (getCreators == nullptr) return fail("the library exports no getCreators");
@@ -240,6 +249,7 @@ int main(int argc, char** argv) {
     return fail("getOutputDataTypes does not follow the inputs");
   if (build->configurePlugin(dyn.data(), n, dyn.data() + n, 1) != 0) return fail("configurePlugin failed");
   size_t const workspaceBytes = build->getWorkspaceSize(dyn.data(), n, dyn.data() + n, 1);
+  setSharedLimit(sharedAtRun);
 
   IPluginV3* plugin = creator->createPlugin("layer", builtRuntime->getFieldsToSerialize(), TensorRTPhase::kRUNTIME);
   if (plugin == nullptr) return fail("createPlugin refused the serialised fields");

@@ -86,6 +86,13 @@ size_t vosrtL2ReadoutWorkspaceSize(const vosrtL2ReadoutParams* p, vosrtDataType_
 vosrtStatus_t vosrtL2ReadoutForward(const vosrtL2ReadoutParams* p, vosrtDataType_t dtype,
     const void* mem_key, const void* query_key, const void* mem_value, void* out,
     void* workspace, size_t workspace_bytes, cudaStream_t stream);
+/* Whether the current device's shared memory holds a block of Forward at p's key width (Ck): VOSRT_SUCCESS,
+ * or VOSRT_ERROR_NOT_SUPPORTED where Forward would return it for that reason (the other Validate errors as
+ * Validate; VOSRT_ERROR_CUDA where the device cannot be asked). *needed and *available (either may be NULL)
+ * receive a block's bytes and the device's bytes for one. For a build step that has the device but runs no
+ * forward (a TensorRT plugin's configurePlugin). */
+vosrtStatus_t vosrtL2ReadoutDeviceCheck(const vosrtL2ReadoutParams* p, vosrtDataType_t dtype,
+    size_t* needed, size_t* available);
 
 /* ------------------------------------------------------------------------------------------------ */
 const char* vosrtGetStatusString(vosrtStatus_t status);

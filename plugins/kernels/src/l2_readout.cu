@@ -411,6 +411,33 @@ vosrtStatus_t set_shared(const void* kernel, int ck, bool dense, int& stages, si
   return bytes > budget ? VOSRT_ERROR_NOT_SUPPORTED : VOSRT_SUCCESS;
 }
 
+// The kernel whose blocks hold a forward's key tiles: the dense one (top_k 0) or the select one of top_k's
+// bucket, as run() picks them.
+template <typename T>
+const void* tile_kernel(int top_k) {
+  if (top_k == 0) return reinterpret_cast<const void*>(&dense_kernel<T>);
+  switch (bucket(top_k)) {
+    case 8: return reinterpret_cast<const void*>(&select_kernel<T, 8>);
+    case 16: return reinterpret_cast<const void*>(&select_kernel<T, 16>);
+    case 20: return reinterpret_cast<const void*>(&select_kernel<T, 20>);
+    case 32: return reinterpret_cast<const void*>(&select_kernel<T, 32>);
+    default: return reinterpret_cast<const void*>(&select_kernel<T, 64>);
+  }
+}
+
+// Whether the current device gives a block of p's forward the shared memory of one key stage.
+template <typename T>
+vosrtStatus_t fits_device(const vosrtL2ReadoutParams& p, size_t* needed, size_t* available) {
+  const int top_k = l2r_effective_top_k(&p);
+  size_t budget = 0;
+  const vosrtStatus_t st = dynamic_shared_budget(tile_kernel<T>(top_k), budget);
+  if (st != VOSRT_SUCCESS) return st;
+  const size_t need = shared_bytes<T>(p.key_dim, top_k == 0, 1);
+  if (needed) *needed = need;
+  if (available) *available = budget;
+  return need <= budget ? VOSRT_SUCCESS : VOSRT_ERROR_NOT_SUPPORTED;
+}
+
 template <typename T, int kMax>
 vosrtStatus_t run_top_k(const vosrtL2ReadoutParams& p, int top_k, float scale, const T* mk, const T* qk,
                         const T* mv, T* out, void* workspace, cudaStream_t stream) {
@@ -488,6 +515,16 @@ extern "C" size_t vosrtL2ReadoutWorkspaceSize(const vosrtL2ReadoutParams* p, vos
   const int k_max = bucket(top_k);
   // partial lists + the merged (weight, index) per query: grows with B·M, never with N
   return list_bytes(*p, k_max) + (size_t)p->batch * p->query_size * k_max * (sizeof(float) + sizeof(int));
+}
+
+extern "C" vosrtStatus_t vosrtL2ReadoutDeviceCheck(const vosrtL2ReadoutParams* p, vosrtDataType_t dtype,
+                                                   size_t* needed, size_t* available) {
+  const vosrtStatus_t st = l2r_validate(p);
+  if (st != VOSRT_SUCCESS) return st;
+  if (!known_dtype(dtype)) return VOSRT_ERROR_NOT_SUPPORTED;
+  clear_stale_error();
+  return dtype == VOSRT_FLOAT32 ? fits_device<float>(*p, needed, available)
+                                : fits_device<__half>(*p, needed, available);
 }
 
 extern "C" vosrtStatus_t vosrtL2ReadoutForward(const vosrtL2ReadoutParams* p, vosrtDataType_t dtype,

@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <new>
+#include <string>
 
 namespace vosrt::trt {
 namespace {
@@ -17,6 +18,19 @@ char const* reason(vosrtStatus_t status) noexcept {
 bool threeD(nvinfer1::Dims const& dims, int64_t out[3]) {
   if (dims.nbDims != 3) return false;
   for (int i = 0; i < 3; ++i) out[i] = dims.d[i];
+  return true;
+}
+
+// Where the reason this GPU cannot run a forward of `params` is its shared memory (a block's key tiles
+// at this Ck do not fit), logs that with the numbers and returns true; false where it can, or where the
+// device cannot be asked (the forward then reports its own error).
+bool loggedUnfitDevice(std::string const& layer, vosrtL2ReadoutParams const& params, vosrtDataType_t dtype) noexcept {
+  size_t needed = 0, available = 0;
+  if (vosrtL2ReadoutDeviceCheck(&params, dtype, &needed, &available) != VOSRT_ERROR_NOT_SUPPORTED) return false;
+  logError(layer, " (L2MemoryReadout): at key width Ck = ", params.key_dim,
+           dtype == VOSRT_FLOAT16 ? " in fp16" : " in fp32", " a block of the readout needs ", needed,
+           " bytes of shared memory, and this GPU gives it ", available,
+           ": run the model on a GPU with more shared memory per block, or with the onnxruntime backend");
   return true;
 }
 
@@ -69,7 +83,10 @@ int32_t L2ReadoutPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const
     return 1;
   }
   vosrtL2ReadoutParams params;
-  return makeParams(in[0].max, in[1].max, in[2].max, &params) ? 0 : 1;
+  if (!makeParams(in[0].max, in[1].max, in[2].max, &params)) return 1;
+  // the engine is built on the GPU it is for: a key width that GPU cannot run fails the build, not each
+  // enqueue of the built engine
+  return loggedUnfitDevice(mLayerName, params, toKernelType(in[0].desc.type)) ? 1 : 0;
 }
 
 int32_t L2ReadoutPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
@@ -114,7 +131,8 @@ int32_t L2ReadoutPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
   vosrtStatus_t const status = vosrtL2ReadoutForward(&params, dtype, inputs[0], inputs[1], inputs[2], outputs[0],
                                                      workspace, workspaceBytes, stream);
   if (status != VOSRT_SUCCESS) {
-    logError(mLayerName, " (L2MemoryReadout): forward failed: ", vosrtGetStatusString(status));
+    if (status != VOSRT_ERROR_NOT_SUPPORTED || !loggedUnfitDevice(mLayerName, params, dtype))
+      logError(mLayerName, " (L2MemoryReadout): forward failed: ", vosrtGetStatusString(status));
     return 1;
   }
   return 0;
