@@ -268,3 +268,20 @@ def test_readout_top_k_above_the_on_chip_limit_falls_back_to_the_reference():
     tensors = _readout_inputs(1, 16, 300, 20, 4, seed=13)
     expected = l2_memory_readout(*(t.double() for t in tensors), 100, backend="torch")
     _assert_close(cuda_kernels.l2_memory_readout(*tensors, 100, 0.25), expected, 1e-4)
+
+
+def test_readout_device_check_agrees_with_the_gpu_s_shared_memory():
+    # what TensorRT's configurePlugin asks before building: STCN's Ck = 64 fits any GPU this runs on, and the
+    # bytes a block may have are the device's opt-in shared memory per block (less static shared memory)
+    import ctypes
+
+    lib = cuda_kernels._library()
+    optin = getattr(torch.cuda.get_device_properties(0), "shared_memory_per_block_optin", 256 * 1024)
+    answers = {}
+    for ck, code in ((64, kernels.FLOAT32), (64, kernels.FLOAT16), (256, kernels.FLOAT32)):
+        needed, available = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        status = lib.vosrtL2ReadoutDeviceCheck(ctypes.byref(kernels.l2_readout_params((1, ck, 32_400), 1620, 512, 20, 0)),
+                                               code, ctypes.byref(needed), ctypes.byref(available))
+        assert status == (0 if needed.value <= available.value else 2) and 0 < available.value <= optin
+        answers[ck, code] = status
+    assert answers[64, kernels.FLOAT32] == answers[64, kernels.FLOAT16] == 0
