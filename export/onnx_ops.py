@@ -115,13 +115,21 @@ def d2conv3d_portable(x, dilation, modulation, weight, bias, stride, padding, di
     ([N, C·K, To, Ho, Wo], channel c·K + k) where a grouped 1×1×1 Conv with Wt reshaped to
     [Cout, C/groups·K, 1, 1, 1] does the weighted sum. GridSample with zero padding and
     align_corners=0 is exactly the contract's trilinear rule (outside corners contribute 0).
+
+    NaN policy: GridSample takes a NaN sample position for one outside the volume (0); the contract
+    makes it NaN, so Y[n, :, o] of a location with one is set NaN after the Conv (an Add of 0 or NaN over
+    the output, which is K·C/Cout times smaller than the samples). NaN in X reaches every output that
+    reads its voxel with a weight above rounding, as in the reference. Where a sample sits exactly on an
+    integer position next to the voxel (weight 0, which the reference still reads), GridSample's
+    coordinate normalisation moves it by a rounding error, to one side or the other: such an output may
+    be NaN in one form and finite in the other (tests/test_graphs.py measures how few).
     """
     kernel = _ints(weight.shape[2:])
     k_total = kernel[0] * kernel[1] * kernel[2]
     x_shape = op.Shape(x)  # [5]: N, C, T, H, W
     d_shape = op.Shape(dilation)  # [5]: N, 3, To, Ho, Wo
     scale = op.Sub(dilation, op.Constant(value_float=1.0))  # [N, 3, To, Ho, Wo]
-    coords = []
+    coords, nan_positions = [], []
     for axis in range(3):
         d_axis = op.Slice(scale, op.Constant(value_ints=[axis]), op.Constant(value_ints=[axis + 1]),
                           op.Constant(value_ints=[1]))  # [N, 1, To, Ho, Wo]
@@ -129,6 +137,7 @@ def d2conv3d_portable(x, dilation, modulation, weight, bias, stride, padding, di
                                        op.Constant(value_ints=[3 + axis])))
         q = _axis_positions(size_out, int(stride[axis]), int(padding[axis]), kernel,
                             int(dilation_base[axis]), d_axis, axis)  # [N, K, To, Ho, Wo]
+        nan_positions.append(op.IsNaN(q))
         # align_corners=0 maps voxel index q to (2q + 1) / size − 1.
         size_in = op.Cast(op.Slice(x_shape, op.Constant(value_ints=[2 + axis]), op.Constant(value_ints=[3 + axis])),
                           to=onnx.TensorProto.FLOAT)
@@ -149,9 +158,13 @@ def d2conv3d_portable(x, dilation, modulation, weight, bias, stride, padding, di
     sampled = op.Reshape(sampled, op.Concat(n, op.Mul(c, k_const), to, ho, wo, axis=0))  # [N, C·K, To, Ho, Wo]
     cout = int(weight.shape[0])
     w_flat = op.Reshape(weight, op.Constant(value_ints=[cout, -1, 1, 1, 1]))  # [Cout, C/groups·K, 1, 1, 1]
-    if bias is not None:
-        return op.Conv(sampled, w_flat, bias, group=int(groups))
-    return op.Conv(sampled, w_flat, group=int(groups))
+    y = op.Conv(sampled, w_flat, bias, group=int(groups)) if bias is not None else \
+        op.Conv(sampled, w_flat, group=int(groups))
+    # 0, or NaN where a kernel point's sample position is NaN on any axis: [N, 1, To, Ho, Wo]
+    nan_position = op.Or(op.Or(nan_positions[0], nan_positions[1]), nan_positions[2])  # [N, K, To, Ho, Wo]
+    poison = op.Where(nan_position, op.CastLike(op.Constant(value_float=float("nan")), y),
+                      op.CastLike(op.Constant(value_float=0.0), y))
+    return op.Add(y, op.ReduceSum(poison, op.Constant(value_ints=[1]), keepdims=1))
 
 
 def l2_memory_readout_portable(mem_key, query_key, mem_value, top_k, scale, top_k_input=None):

@@ -120,6 +120,88 @@ def test_d2conv3d_plugin_translation_is_one_node_with_present_inputs_in_contract
     assert any(o.domain == onnx_ops.PLUGIN_DOMAIN and o.version == 1 for o in model.opset_import)
 
 
+class RawD2Conv(torch.nn.Module):
+    """D²Conv3D with D and M as graph inputs (3×3×3, padding 1, two groups, bias), to feed them NaN."""
+
+    def __init__(self, channels=8, out_channels=6):
+        super().__init__()
+        g = torch.Generator().manual_seed(22)
+        self.weight = torch.nn.Parameter(torch.randn(out_channels, channels // 2, 3, 3, 3, generator=g) / 10)
+        self.bias = torch.nn.Parameter(torch.randn(out_channels, generator=g))
+
+    def forward(self, x, dilation, modulation):
+        return torch.ops.vosrt.d2conv3d(x, dilation, modulation, self.weight, self.bias, [1, 1, 1], [1, 1, 1],
+                                        [1, 1, 1], 2)
+
+
+@pytest.fixture(scope="module")
+def raw_d2conv():
+    """(module, portable ONNX Runtime session, x, dilation, modulation) with D spread around 1."""
+    g = torch.Generator().manual_seed(23)
+    x = torch.randn(2, 8, 4, 9, 11, generator=g)
+    dilation = 1 + (torch.rand(2, 3, 4, 9, 11, generator=g) * 3 - 1.5)
+    modulation = torch.rand(2, 27, 4, 9, 11, generator=g)
+    module = RawD2Conv().eval()
+    model = _export(module, (x, dilation, modulation), "portable")
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return module, session, x, dilation, modulation
+
+
+def _raw_d2conv_outputs(module, session, x, dilation, modulation):
+    """(reference in float64, portable graph on ONNX Runtime) of RawD2Conv."""
+    expected = d2conv3d(x.double(), dilation.double(), modulation.double(), module.weight.double(),
+                        module.bias.double(), stride=(1, 1, 1), padding=(1, 1, 1), dilation_base=(1, 1, 1),
+                        groups=2).detach().numpy()
+    (actual,) = session.run(None, {"x": x.numpy(), "dilation": dilation.numpy(), "modulation": modulation.numpy()})
+    return expected, actual
+
+
+@pytest.mark.parametrize("tensor, index, value", [
+    ("dilation", (0, 1, 1, 2, 3), float("nan")), ("dilation", (1, 0, 0, 0, 0), float("nan")),
+    ("dilation", (0, 2, 3, 8, 10), float("inf")), ("modulation", (1, 13, 2, 4, 1), float("nan"))],
+    ids=["D", "D-corner", "D-inf", "M"])
+def test_d2conv3d_portable_translation_makes_a_nan_sample_position_nan(raw_d2conv, tensor, index, value):
+    # a NaN sample position (D NaN, or D infinite: the centre point's 0·inf) is NaN in the contract; the
+    # portable graph's GridSample took it for a position outside the volume and gave finite outputs
+    module, session, *arrays = raw_d2conv
+    inputs = dict(zip(("x", "dilation", "modulation"), (a.clone() for a in arrays)))
+    inputs[tensor][index] = value
+    expected, actual = _raw_d2conv_outputs(module, session, *inputs.values())
+    assert np.isnan(expected).sum() == expected.shape[1]  # every channel of that one location
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    finite = ~np.isnan(expected)
+    assert np.abs(actual[finite] - expected[finite]).max() <= 1e-5 * max(1.0, np.abs(expected).max())
+
+
+def test_d2conv3d_portable_translation_never_hides_a_nan_voxel_that_carries_weight(raw_d2conv):
+    # the contract's NaN in X reaches every output whose samples have its voxel among their in-volume
+    # corners, even with weight 0 (a sample on an integer position); GridSample's coordinate normalisation
+    # moves such a position by a rounding error, so the portable form may differ from the reference there
+    # (weight 0 or ~1e-7), and only there: wherever the voxel's weight is not negligible the output is NaN
+    module, session, x, dilation, modulation = raw_d2conv
+    rng = np.random.default_rng(4)
+    voxels = [(1, 0, 0, 0, 0), (0, 7, 3, 8, 10)] + [tuple(int(rng.integers(n)) for n in x.shape) for _ in range(14)]
+    differ = reached = 0
+    for voxel in voxels:
+        nan_x = x.clone()
+        nan_x[voxel] = float("nan")
+        expected, actual = _raw_d2conv_outputs(module, session, nan_x, dilation, modulation)
+        # each output's weight on the voxel: the layer on a one-hot X, unit weights and modulation, no bias
+        probe = torch.zeros_like(x, dtype=torch.float64)
+        probe[voxel] = 1.0
+        reach = d2conv3d(probe, dilation.double(), torch.ones_like(modulation, dtype=torch.float64),
+                         torch.ones_like(module.weight, dtype=torch.float64), None, stride=(1, 1, 1),
+                         padding=(1, 1, 1), dilation_base=(1, 1, 1), groups=2).numpy()
+        assert np.isnan(actual[reach > 1e-6]).all() and np.isnan(expected[reach > 1e-6]).all(), voxel
+        group = slice(0, 3) if voxel[1] < 4 else slice(3, 6)  # output channels of the voxel's group
+        outside = np.ones(actual.shape, bool)
+        outside[voxel[0], group] = False
+        assert not np.isnan(actual[outside]).any(), voxel
+        differ += int((np.isnan(actual) != np.isnan(expected)).sum())
+        reached += int(np.isnan(expected).sum())
+    assert differ <= reached // 20  # a few weight-0 outputs (36 of 1,827 when written)
+
+
 class Readout(torch.nn.Module):
     def __init__(self, top_k, scale):
         super().__init__()
