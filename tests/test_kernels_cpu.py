@@ -510,7 +510,8 @@ def test_readout_nan_policy_is_the_same_in_the_reference_the_cpu_driver_and_the_
 
 # (tensor, index) of the NaN: D at one location, M of one kernel point, X inside and at a border voxel
 D2_NANS = {"dilation": ("dilation", (0, 1, 1, 2, 3)), "modulation": ("modulation", (1, 13, 2, 4, 1)),
-           "x-inside": ("x", (0, 1, 2, 4, 3)), "x-border": ("x", (1, 0, 0, 0, 0))}
+           "x-inside": ("x", (0, 1, 2, 4, 3)), "x-border": ("x", (1, 0, 0, 0, 0)),
+           "dilation-inf": ("dilation", (1, 2, 3, 4, 5))}
 
 
 @pytest.mark.parametrize("tensor, index", list(D2_NANS.values()), ids=list(D2_NANS))
@@ -518,7 +519,8 @@ def test_d2conv3d_nan_policy_is_the_same_in_the_reference_the_cpu_driver_and_the
                                                                                          tensor, index):
     x, dilation, modulation, weight, bias, attrs = _conv_inputs(CONV_CASES[0], seed=22)
     inputs = {"x": x, "dilation": dilation, "modulation": modulation}
-    inputs[tensor][index] = float("nan")
+    # an infinite D is a NaN position too: the centre kernel point's offset is 0·(D − 1)
+    inputs[tensor][index] = float("inf") if index == D2_NANS["dilation-inf"][1] else float("nan")
     expected = d2conv3d(_f64(x), _f64(dilation), _f64(modulation), _f64(weight), _f64(bias), backend="torch",
                         **attrs).numpy()
     if tensor != "x":  # everything at that one location, nothing elsewhere
