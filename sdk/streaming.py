@@ -21,6 +21,7 @@ frame that carries a mask is an error (its objects would be lost), and so are
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -102,8 +103,10 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
                 elapsed = time.perf_counter() - start
                 progress.update(postfix=f"{stats.frames / max(elapsed, 1e-9):.1f} FPS")
 
-    # Indices are the session's: a session that was fed before (a warm-up) continues its numbering.
-    offset = session.frames_in
+    # Indices are the session's: a session that was fed before (a warm-up) continues its numbering, and one
+    # that another thread resets (a UI's reset() between two frames) starts again at 0. Each frame's index is
+    # read under the session's lock together with its push, so that no call from another thread comes between.
+    lock = getattr(session, "_lock", None) or contextlib.nullcontext()
     refused_in_a_row = 0
     try:
         for position, frame in enumerate(source):
@@ -112,17 +115,14 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
             mask = None
             if masks is not None:
                 mask = masks(position, frame) if callable(masks) else masks.get(position)
-            index = offset + stats.pushed
             name = _frame_name(source, position)
-            # A frame waits for its labels up to the session's latency: a copy, since a source may fill one
-            # buffer again and again (cap.read(buffer)), which would pair the labels with later pixels.
-            waiting[index] = (name, frame.copy() if session.latency and isinstance(frame, np.ndarray) else frame)
             try:
-                done = session.push(frame, mask) if mask is not None else session.push(frame)
+                with lock:
+                    index = session.frames_in
+                    done = session.push(frame, mask) if mask is not None else session.push(frame)
             except FrameError as err:
                 # The session refused the frame before changing any state: skip it, unless its mask would
                 # be lost with it or no frame of the source is of the kind the session takes.
-                del waiting[index]
                 refused_in_a_row += 1
                 if mask is not None:
                     raise UserError(f"frame {name} carries a mask but was refused: {err}") from err
@@ -135,6 +135,9 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
                 print(f"warning: frame {name} refused: {err}; frame skipped", file=sys.stderr, flush=True)
                 continue
             refused_in_a_row = 0
+            # A frame waits for its labels up to the session's latency: a copy, since a source may fill one
+            # buffer again and again (cap.read(buffer)), which would pair the labels with later pixels.
+            waiting[index] = (name, frame.copy() if session.latency and isinstance(frame, np.ndarray) else frame)
             deliver(done)
             stats.pushed += 1
             if after_first is None:

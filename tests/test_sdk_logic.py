@@ -247,6 +247,34 @@ def test_a_source_that_fills_one_buffer_again_and_again_gets_each_frame_back_wit
         np.testing.assert_array_equal(frame, expected)
 
 
+def test_a_reset_from_another_thread_mid_stream_loses_no_frame_and_pairs_each_with_its_own_labels(stcn_package):
+    # A UI thread resets the tracker between two frames: the session numbers the next frame 0 again. The stream
+    # took its indices as first index + frames pushed, so the later frames' labels matched no waiting frame (never
+    # delivered) or the frame pushed that many frames earlier (delivered with another frame's labels).
+    import threading
+
+    from vosrt.sdk.streaming import stream
+
+    sequence = generate_sequence(6, num_frames=12, height=32, width=32, num_objects=2)
+    tracker = vosrt.sdk.load(stcn_package, threads=1, color="rgb")
+    got = []
+
+    def reset_at_frame_5(done, frame):
+        got.append((done.index, frame, done.labels))
+        if len(got) == 6:
+            ui = threading.Thread(target=tracker.reset)
+            ui.start()
+            ui.join()
+
+    stats = stream(tracker, sequence.frames, masks={0: sequence.labels[0]}, on_result=reset_at_frame_5)
+    assert stats.pushed == stats.frames == len(got) == 12
+    assert [index for index, _, _ in got] == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5]
+    for (_, frame, labels), expected in zip(got, sequence.frames):
+        assert frame is expected
+    assert not any(labels.any() for _, _, labels in got[6:])          # no object after the reset
+    assert tracker.frames_in == 6
+
+
 def test_a_refused_frame_carrying_a_mask_or_a_source_of_nothing_but_refused_frames_ends_the_stream(stcn_package):
     from vosrt.sdk.streaming import MAX_REFUSED_IN_A_ROW, SKIPPED_KEPT, stream
 
