@@ -190,6 +190,25 @@ def test_tracker_reset_starts_a_new_video_exactly_like_a_fresh_tracker(stcn_pack
     assert used.objects == [1]
 
 
+def test_tracker_flush_ends_the_stream_so_the_next_video_starts_like_a_fresh_tracker(stcn_package):
+    # flush() ends a stream for every family: a clip session starts the next one at frame 0. The tracker kept the
+    # last video's objects (object 2 went on being tracked in a one-object video) and its first frame in memory.
+    from vosrt.sdk.streaming import stream
+
+    first = generate_sequence(1, num_frames=8, height=32, width=32, num_objects=2)
+    second = generate_sequence(2, num_frames=8, height=32, width=32, num_objects=1)
+    used = vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=2)
+    fresh = vosrt.sdk.load(stcn_package, threads=1, color="rgb", mem_every=2)
+    stream(used, first.frames, masks={0: first.labels[0]})
+    assert used.objects == [] and used.memory.empty and used.frames_in == 0
+    got = stream(used, second.frames, masks={0: second.labels[0]}, keep_results=True).results
+    expected = stream(fresh, second.frames, masks={0: second.labels[0]}, keep_results=True).results
+    assert [d.index for d in got] == list(range(len(second.frames)))
+    for done, reference in zip(got, expected):
+        np.testing.assert_array_equal(done.labels, reference.labels)
+    assert used.flush() == []
+
+
 # ------------------------------------------------------------------------------------------ stream
 
 def _names_sink(names):
@@ -272,7 +291,6 @@ def test_a_reset_from_another_thread_mid_stream_loses_no_frame_and_pairs_each_wi
     for (_, frame, labels), expected in zip(got, sequence.frames):
         assert frame is expected
     assert not any(labels.any() for _, _, labels in got[6:])          # no object after the reset
-    assert tracker.frames_in == 6
 
 
 def test_a_refused_frame_carrying_a_mask_or_a_source_of_nothing_but_refused_frames_ends_the_stream(stcn_package):
