@@ -117,6 +117,9 @@ def read_manifest(path: str | Path) -> tuple[Path, dict]:
     """(package folder, manifest dict) of the package at ``path`` (its folder, its manifest.json or
     the name of a shipped package), with a UserError saying what to do when it is missing or
     unreadable."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise UserError(f"model package: expected a folder path or a shipped package's name (str or Path), got "
+                        f"{type(path).__name__} {path!r}; for example vosrt.sdk.load('stcn-lite')")
     given, path = Path(path), resolve(path)
     # A bare name that is also a folder here is taken as that folder; say so when the folder is not a package
     # but a shipped package has the name.

@@ -66,6 +66,16 @@ def test_missing_folder_manifest_and_invalid_json_are_clear_errors(tmp_path):
         load_package(tmp_path / "empty")
 
 
+@pytest.mark.parametrize("given", [None, 3, ["stcn-lite"]])
+def test_a_package_that_is_not_a_path_is_a_user_error_naming_what_arrived(given):
+    # vosrt.sdk.load(None) raised TypeError from pathlib ("expected str, bytes or os.PathLike object")
+    import vosrt.sdk
+
+    with pytest.raises(UserError, match=rf"model package: expected a folder path or a shipped package's name "
+                                        rf"\(str or Path\), got {type(given).__name__} {re.escape(repr(given))}"):
+        vosrt.sdk.load(given)
+
+
 @pytest.mark.parametrize("kind", ["folder", "file"])
 def test_a_shipped_name_hidden_by_something_of_that_name_in_the_working_folder_says_where_the_shipped_one_is(
         tmp_path, monkeypatch, kind):
