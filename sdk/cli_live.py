@@ -127,8 +127,7 @@ def run(args) -> int:
         raise
     pipeline = LivePipeline(session, source, png_dir=args.out, video=args.video, save_dir=args.save_dir,
                             box_segmenter=segmenter, max_frames=args.frames, render=not args.headless)
-    for box, object_id in selections:
-        pipeline.select_box(box, object_id)
+    selected = [pipeline.select_box(box, object_id) for box, object_id in selections]
     mode = "realtime, newest frame wins" if source.drop else "every frame"
     print(f"{package.variant} on {session.backend.describe()}; source: {source.kind} {source.name} ({mode})",
           file=sys.stderr)
@@ -150,6 +149,10 @@ def run(args) -> int:
     finally:
         session.close()
     _report(pipeline)
+    untracked = [i for i in selected if i not in pipeline.objects]
+    if args.headless and untracked:   # the page shows why a selection was refused; headless says it here
+        print(f"warning: --select: object{'s' if len(untracked) > 1 else ''} {', '.join(map(str, untracked))} "
+              f"not tracked: {pipeline.message or 'no frame was processed'}", file=sys.stderr)
     if source.stopped_early:
         print(f"warning: {source.problem}", file=sys.stderr)
     for path in pipeline.recorded:

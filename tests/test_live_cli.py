@@ -151,6 +151,16 @@ def test_bad_select_is_a_clear_error(tmp_path, capsys, select, expected):
     assert expected in capsys.readouterr().err
 
 
+def test_headless_select_outside_the_frame_says_why_nothing_is_tracked(tmp_path, capsys):
+    seq = generate_sequence(12, num_frames=3, height=64, width=96, num_objects=1)
+    clip = write_video(tmp_path / "clip.mp4", seq)
+    assert main(["live", str(PACKAGE), "--source", str(clip), "--headless", "--select", "box:500,500,20,20"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --select: object 1 not tracked" in err and "inside the 96×64 frame" in err
+    assert main(["live", str(PACKAGE), "--source", str(clip), "--headless", *_select_args(seq.labels[0])]) == 0
+    assert "not tracked" not in capsys.readouterr().err
+
+
 def test_binding_beyond_loopback_without_a_token_is_refused(tmp_path):
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20")
