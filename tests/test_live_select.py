@@ -1,6 +1,8 @@
 """Box -> mask: GrabCut on generated clips against their true masks, and the replaceable segmenter."""
 from __future__ import annotations
 
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -56,6 +58,16 @@ def test_a_user_segmenter_replaces_grabcut():
     labels = masks_from_boxes(frame, [(3, (5, 5, 20, 10)), (4, (20, 8, 20, 20))], ellipse)
     assert set(np.unique(labels)) == {0, 3, 4}
     assert labels[18, 30] == 4 and labels[10, 15] == 3
+
+
+def test_a_user_segmenter_in_the_current_folder_is_found(tmp_path, monkeypatch):
+    # the `vosrt` console script's sys.path holds neither "" nor the current folder
+    (tmp_path / "segmenter_here.py").write_text("def whole_box(frame, box):\n    return frame[..., 0] >= 0\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "segmenter_here", raising=False)
+    function = load_segmenter("segmenter_here:whole_box")
+    assert function(np.zeros((4, 5, 3), np.uint8), (0, 0, 2, 2)).all()
 
 
 def filled_ellipse(frame, box):

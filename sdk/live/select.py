@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
+import sys
 from collections.abc import Callable
 
 import cv2
@@ -84,10 +86,13 @@ def grabcut_box(frame: np.ndarray, box, iterations: int = 5, work_size: int = 32
 
 
 def load_segmenter(spec: str) -> BoxSegmenter:
-    """The function named by ``module:function`` (``--box-segmenter``)."""
+    """The function named by ``module:function`` (``--box-segmenter``); the module is found on the
+    Python path or in the current folder (a ``vosrt`` console script's path does not hold it)."""
     module_name, _, name = spec.partition(":")
     if not module_name or not name:
         raise UserError(f"--box-segmenter: expected module:function, got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())   # after the installed modules: a file here shadows none of them
     try:
         function = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as err:
