@@ -12,6 +12,7 @@ current even when the model is slower than the camera. Keys: q or Esc quits.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -28,8 +29,18 @@ SHIPPED = Path(vosrt.sdk.__file__).parent / "models" / "stcn-lite"
 WINDOW = "vosrt webcam tracker"
 
 
+def has_display() -> bool:
+    """False on Linux with neither an X nor a Wayland display (over ssh, in a container), where opening a
+    window aborts the process inside Qt before Python can catch anything."""
+    return (not sys.platform.startswith("linux") or "QT_QPA_PLATFORM" in os.environ
+            or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")))
+
+
 def has_gui() -> bool:
     """True when this OpenCV build can open windows (opencv-python, not opencv-python-headless)."""
+    if not has_display():   # a probe window would abort the process: the build information says it
+        return not any(line.split(":", 1)[1].strip() == "NONE" for line in cv2.getBuildInformation().splitlines()
+                       if line.strip().startswith("GUI:"))
     try:
         cv2.namedWindow("vosrt-probe", cv2.WINDOW_AUTOSIZE)
         cv2.destroyWindow("vosrt-probe")
@@ -54,6 +65,13 @@ def main() -> int:
               "build (opencv-python-headless) is installed. Either\n"
               "  pip uninstall -y opencv-python-headless && pip install opencv-python\n"
               "or use the browser viewer:  vosrt live PKG --source 0\n"
+              "or give the object without a window:  --box X,Y,W,H --no-window --video out.mp4",
+              file=sys.stderr)
+        return 2
+
+    if (show or args.box is None) and not has_display():
+        print("This sample opens a window, but there is no display here (DISPLAY is not set: over ssh or in a\n"
+              "container). Either use the browser viewer:  vosrt live stcn-lite --source 0\n"
               "or give the object without a window:  --box X,Y,W,H --no-window --video out.mp4",
               file=sys.stderr)
         return 2

@@ -44,6 +44,17 @@ def test_webcam_tracker_says_it_needs_opencv_with_gui_support(camera):
     assert "GUI support" in result.stderr and "pip install opencv-python" in result.stderr
 
 
+def test_webcam_tracker_without_a_display_says_so_instead_of_aborting_in_qt(camera):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("a display is probed on Linux only")
+    folder, video, _ = camera
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    result = subprocess.run([sys.executable, str(SAMPLES / "webcam_tracker.py"), "--source", str(video)], cwd=folder,
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "no display" in result.stderr and "--no-window" in result.stderr
+
+
 def test_webcam_tracker_tracks_the_boxed_object_without_a_window(camera):
     folder, video, seq = camera
     x, y, w, h = bounding_box(seq.labels[0] == 1)
