@@ -80,6 +80,11 @@ def __getattr__(name):
     if name in lazy:
         import importlib
         return getattr(importlib.import_module(lazy[name]), name)
+    # modules the README names as vosrt.sdk.X after `import vosrt.sdk` (a signal handler's
+    # vosrt.sdk.native_callbacks.hold(signum) must work whichever backend the application opened)
+    if name in ("native_callbacks", "streaming", "masks", "instances"):
+        import importlib
+        return importlib.import_module(f"vosrt.sdk.{name}")
     raise AttributeError(f"module 'vosrt.sdk' has no attribute '{name}'")
 
 

@@ -26,3 +26,10 @@ def test_sdk_import_does_not_import_torch():
     code = "import sys, vosrt.sdk; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_sdk_modules_the_readme_names_are_attributes_after_import_vosrt_sdk():
+    code = ("import sys, vosrt.sdk; print(vosrt.sdk.native_callbacks.hold(2), callable(vosrt.sdk.streaming.stream), "
+            "callable(vosrt.sdk.masks.read_label_png), callable(vosrt.sdk.instances.cluster), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "True", "True", "True", "False"], out.stderr
