@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import shlex
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -173,6 +174,13 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
         raise UserError(f"--out {out_dir} is the source package; choose another folder")
     if not frames:
         raise UserError("the calibration source gave no frames")
+    quantization = json.loads((Path(src.path) / "manifest.json").read_text()).get("quantization")
+    if quantization is not None:   # quantized again, its QDQ nodes clash: ONNX Runtime cannot open the copy
+        source = quantization.get("source_package")
+        hint = (f"`vosrt quantize {shlex.quote(source)} --calibrate {shlex.quote(source_name or 'SRC')} "
+                f"--out {shlex.quote(str(out_dir))}`" if source else "the fp32 package it was quantized from")
+        raise UserError(f"{src.path} is already an INT8 package made by `vosrt quantize`; quantize the fp32 "
+                        f"package instead: {hint}")
     say = progress or (lambda text: None)
     planar = 0
     for graph, forms in src.graphs.items():

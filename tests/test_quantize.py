@@ -181,6 +181,18 @@ def test_build_refuses_an_int8_package_and_names_the_fp32_package_to_build_inste
     assert "INT8 package" not in capsys.readouterr().err
 
 
+def test_quantize_refuses_an_int8_package_and_names_the_fp32_package_to_quantize(tiny_int8, calibration, tmp_path,
+                                                                                 capsys):
+    out = tmp_path / "twice"
+    assert main(["quantize", str(tiny_int8), "--calibrate", str(calibration), "--out", str(out), "--frames", "10"]) == 2
+    message = capsys.readouterr().err
+    assert "already an INT8 package" in message and not out.exists()
+    hint = suggested_commands(message)[-1]
+    assert hint[:2] == ["quantize", str(tiny_package("stcn").resolve())]
+    assert main(hint + ["--frames", "10"]) == 0   # the fp32 package, quantized once: ONNX Runtime opens it
+    OnnxRuntimeBackend(load_package(out))
+
+
 def test_quantize_refuses_a_package_of_only_3d_convolutions_since_int8_would_be_slower(calibration, tmp_path, capsys):
     out = tmp_path / "c3d-int8"
     assert main(["quantize", str(tiny_package("3dc-seg")), "--calibrate", str(calibration), "--out", str(out),
