@@ -36,6 +36,24 @@ def test_torch_on_cuda_without_a_cuda_device_is_a_user_error():
         vosrt.sdk.load("stcn-lite", backend="torch", device="cuda")
 
 
+def test_a_recorded_checkpoint_that_is_gone_says_it_is_the_packages_and_how_to_give_one(shipped, tmp_path):
+    # a package exported from RUN/last.pth records that path; after the run folder moved, the torch backend
+    # said only "checkpoint not found: RUN/last.pth", a file the user never named
+    import json
+    import shutil
+
+    package = tmp_path / "pkg"
+    shutil.copytree(shipped.path, package, ignore=lambda folder, names: [n for n in names if n.endswith(".pth")])
+    manifest = json.loads((package / "manifest.json").read_text())
+    manifest["source"] = {"checkpoint": str(tmp_path / "run" / "last.pth")}
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=r"records checkpoint .*last\.pth .*not there.*--checkpoint PATH"):
+        vosrt.sdk.load(package, backend="torch")
+    shutil.copytree(shipped.path, tmp_path / "run", ignore=lambda folder, names: [n for n in names if n != "checkpoint.pth"])
+    (tmp_path / "run" / "checkpoint.pth").rename(tmp_path / "run" / "last.pth")
+    vosrt.sdk.load(package, backend="torch").close()
+
+
 def test_closing_a_torch_session_releases_its_model():
     # the torch backend had no close(): a closed session kept the model (its GPU memory on CUDA) and still ran
     tracker = vosrt.sdk.load("stcn-lite", backend="torch")

@@ -100,10 +100,15 @@ class TorchBackend(Backend):
         check_threads(threads)
         if model is not None:
             return
+        recorded = checkpoint is None
         checkpoint = checkpoint or package.checkpoint
         if checkpoint is None:
             raise UserError(f"torch backend: package {package.path} records no checkpoint (source.checkpoint); "
                             "pass checkpoint=PATH (CLI: --checkpoint PATH)")
+        if recorded and not checkpoint.is_file():
+            raise UserError(f"torch backend: package {package.path} records checkpoint {checkpoint} "
+                            "(source.checkpoint, the one it was exported from), which is not there (moved or "
+                            "deleted?); pass checkpoint=PATH (CLI: --checkpoint PATH)")
 
     def input_names(self, graph: str) -> list[str]:
         # + the inputs only the portable form exposes (SegmentGraph takes an optional top_k override)
