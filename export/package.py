@@ -345,6 +345,10 @@ def _package_model(package, checkpoint: str | Path | None):
     if ck is None:
         raise UserError(f"{package.path}: the manifest records no checkpoint; pass the one it was exported from "
                         f"(`vosrt check {package.path} --checkpoint PATH`)")
+    if not checkpoint and not ck.is_file():
+        raise UserError(f"{package.path}: the manifest records checkpoint {ck} (source.checkpoint, the one it was "
+                        f"exported from), which is not there (moved or deleted?); pass it where it is now "
+                        f"(`vosrt check {package.path} --checkpoint PATH`)")
     model, config = load_checkpoint(ck, family=package.family)
     # The graphs were exported from the manifest's model: a checkpoint of another variant or other widths
     # gives tensors of other shapes, which is no parity result but a wrong file.

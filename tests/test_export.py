@@ -404,6 +404,24 @@ def test_vosrt_export_reports_errors_without_traceback(tmp_path, capsys):
     assert "--checkpoint is required" in capsys.readouterr().err
 
 
+def test_check_of_a_package_whose_recorded_checkpoint_is_gone_names_it_and_the_flag(tmp_path, capsys):
+    import shutil
+
+    from vosrt.cli import main
+    from vosrt.sdk.package import load_package
+
+    shipped = load_package("stcn-lite").path
+    package = tmp_path / "pkg"
+    shutil.copytree(shipped, package, ignore=lambda folder, names: [n for n in names if n.endswith(".pth")])
+    manifest = json.loads((package / "manifest.json").read_text())
+    manifest["source"] = {"checkpoint": str(tmp_path / "run" / "last.pth")}
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["check", str(package)]) == 2
+    err = capsys.readouterr().err
+    assert "records checkpoint" in err and "moved or deleted" in err
+    assert f"`vosrt check {package.resolve()} --checkpoint PATH`" in err
+
+
 def test_an_export_that_stops_midway_into_an_existing_package_leaves_it_and_planted_links_untouched(tmp_path,
                                                                                                     monkeypatch):
     """Files are written under new temporary names and moved into place at the end, the manifest last: an
