@@ -344,6 +344,13 @@ def test_a_validation_folder_or_size_that_cannot_work_is_refused_before_the_firs
     assert not (tmp_path / "a" / "last.pth").exists() and not (tmp_path / "b" / "last.pth").exists()
 
 
+def test_a_dataset_smaller_than_a_batch_names_the_flag_and_the_config_key_to_change(data_dir, tmp_path):
+    # "lower batch_size or raise repeat": neither is the command line's spelling, and repeat has no flag
+    with pytest.raises(UserError, match=r"4 samples, fewer than one batch of 8 .*--batch-size.*\"repeat\" in the "
+                                        r"--config file"):
+        train([data_dir], tmp_path / "a", tiny_config(iterations=1, batch_size=8), progress=False)
+
+
 def test_an_out_folder_that_cannot_be_written_is_a_user_error_naming_it(data_dir, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="^--out .*file is a file; give a folder"):

@@ -582,7 +582,8 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
     steps_per_epoch = len(dataset) // (config.batch_size * ctx.world)
     if steps_per_epoch < 1:
         raise UserError(f"the dataset has {len(dataset)} samples, fewer than one batch of {config.batch_size} "
-                        f"× {ctx.world} process(es): lower batch_size or raise repeat")
+                        f"× {ctx.world} process(es): lower batch_size (--batch-size) or raise repeat (samples per video "
+                        f"per epoch: \"repeat\" in the --config file)")
 
     writer = None
     bar = None
