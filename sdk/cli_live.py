@@ -109,6 +109,8 @@ def run(args) -> int:
         except ModuleNotFoundError as err:
             raise UserError(f"the live viewer needs '{err.name}': {install_command('live')} "
                             f"(or use --headless)") from None
+        if not 1 <= args.port <= 65535:   # the socket's OverflowError was a traceback
+            raise UserError(f"--port: expected a port number in 1..65535, got {args.port}")
         token = args.token
         if token is not None and len(token) < 8:
             raise UserError(f"--token: {len(token)} characters is too easy to guess; give at least 8, or omit "

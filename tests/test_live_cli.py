@@ -161,6 +161,13 @@ def test_headless_select_outside_the_frame_says_why_nothing_is_tracked(tmp_path,
     assert "not tracked" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("port", ["99999", "-1", "0"])
+def test_a_port_out_of_range_is_a_clear_error(tmp_path, capsys, port):
+    write_label_png(tmp_path / "unused.png", np.zeros((4, 4), np.uint8))
+    assert main(["live", str(PACKAGE), "--source", str(tmp_path), "--port", port]) == 2
+    assert f"--port: expected a port number in 1..65535, got {port}" in capsys.readouterr().err
+
+
 def test_binding_beyond_loopback_without_a_token_is_refused(tmp_path):
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20")
