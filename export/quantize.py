@@ -172,6 +172,8 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
     out_dir = Path(out_dir)
     if out_dir.resolve() == Path(src.path).resolve():
         raise UserError(f"--out {out_dir} is the source package; choose another folder")
+    if out_dir.exists() and not out_dir.is_dir():   # said before calibrating, not after it
+        raise UserError(f"--out {out_dir} is a file; give a folder for the INT8 package")
     if not frames:
         raise UserError("the calibration source gave no frames")
     quantization = json.loads((Path(src.path) / "manifest.json").read_text()).get("quantization")
@@ -203,7 +205,11 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
         why = ("the tracker segments from the second frame on (the first one carries the mask): calibrate on "
                "2 or more frames" if families.get(src.family).takes_mask else "too few frames for a clip?")
         raise UserError(f"the {len(frames)} calibration frame(s) never ran graph(s) {', '.join(idle)}: {why}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out {out_dir}: cannot create the folder ({err.strerror or err}); choose a writable "
+                        "--out folder") from None
     # An earlier package in out_dir stops being one now: its graphs are about to be overwritten one by one,
     # and a run that fails halfway must not leave old and new graphs under the old manifest.
     (out_dir / "manifest.json").unlink(missing_ok=True)

@@ -193,6 +193,16 @@ def test_quantize_refuses_an_int8_package_and_names_the_fp32_package_to_quantize
     OnnxRuntimeBackend(load_package(out))
 
 
+def test_an_out_that_is_a_file_is_a_user_error_naming_the_flag(calibration, tmp_path, capsys):
+    # a traceback (FileExistsError, NotADirectoryError) after the whole calibration
+    (tmp_path / "file").write_text("")
+    for out, said in ((tmp_path / "file", "is a file; give a folder"), (tmp_path / "file" / "sub", "cannot create")):
+        assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(calibration), "--out", str(out),
+                     "--frames", "10"]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out}" in err and said in err, err
+
+
 def test_quantize_refuses_a_package_of_only_3d_convolutions_since_int8_would_be_slower(calibration, tmp_path, capsys):
     out = tmp_path / "c3d-int8"
     assert main(["quantize", str(tiny_package("3dc-seg")), "--calibrate", str(calibration), "--out", str(out),
