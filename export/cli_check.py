@@ -23,8 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="onnxruntime: portable and plugin forms vs PyTorch; tensorrt: engines vs ONNX Runtime")
     parser.add_argument("--checkpoint", metavar="CK", default=None,
                         help="checkpoint to compare against (default: the one the manifest records)")
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
-                        help=f"largest acceptable relative error max|a-e|/max|e| (default {TOLERANCE})")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help=f"largest acceptable relative error max|a-e|/max|e| (default {TOLERANCE}; an INT8 "
+                        f"package is compared only with one given)")
 
 
 def print_report(report: dict, tolerance: float) -> int:
@@ -44,12 +45,32 @@ def print_report(report: dict, tolerance: float) -> int:
     return 1 if failed else 0
 
 
+def _refuse_int8_without_tolerance(args: argparse.Namespace) -> None:
+    """An INT8 package (``vosrt quantize``) differs from its PyTorch model by quantisation, far beyond the fp32
+    tolerance, on random inputs most of all: compared with it, a working package reads "check failed"."""
+    from vosrt.sdk.package import read_manifest
+
+    path, manifest = read_manifest(args.package)
+    quantization = manifest.get("quantization")
+    if args.tolerance is not None or not isinstance(quantization, dict):
+        return
+    source = quantization.get("source_package")
+    fp32 = f"`vosrt check {shlex.quote(str(source))}`" if source else "vosrt check on the fp32 package it came from"
+    raise UserError(f"{path} is an INT8 package (vosrt quantize): its outputs differ from the PyTorch model by "
+                    f"quantisation, beyond check's fp32 tolerance {TOLERANCE}. Check the fp32 package ({fp32}), and "
+                    f"measure this one's accuracy where it matters, on tracking: `vosrt demo --heldout 16 --package "
+                    f"{shlex.quote(str(path))}` (J&F, to set against the fp32 package's); or compare it anyway with "
+                    f"a tolerance of your own: `vosrt check {shlex.quote(str(args.package))} --tolerance 0.5`")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the comparison and print per-graph errors."""
+    _refuse_int8_without_tolerance(args)
+    tolerance = TOLERANCE if args.tolerance is None else args.tolerance
     if args.backend == "tensorrt":
         if args.checkpoint:   # it was silently ignored: engines are compared with ONNX Runtime, not PyTorch
             hint = shlex.join(["vosrt", "check", str(args.package), "--checkpoint", str(args.checkpoint)]
-                              + (["--tolerance", str(args.tolerance)] if args.tolerance != TOLERANCE else []))
+                              + (["--tolerance", str(args.tolerance)] if args.tolerance is not None else []))
             raise UserError(f"--checkpoint: --backend tensorrt compares the engines with ONNX Runtime and loads no "
                             f"checkpoint; compare the ONNX graphs with it: `{hint}`, or drop --checkpoint")
         try:
@@ -61,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("this vosrt build cannot compare TensorRT engines (no compare_engines_with_onnxruntime)")
         result = compare(args.package)
         if isinstance(result, dict):
-            return print_report(result, args.tolerance)
+            return print_report(result, tolerance)
         return int(result or 0)
     from vosrt.export.package import check_package  # torch import: only when run
 
@@ -70,4 +91,4 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"checking {args.package}: portable (and plugin) graphs on ONNX Runtime against PyTorch", file=sys.stderr, flush=True)
     report = check_package(args.package, checkpoint=args.checkpoint, progress=progress)
-    return print_report(report, args.tolerance)
+    return print_report(report, tolerance)

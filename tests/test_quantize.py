@@ -244,3 +244,23 @@ def test_quantize_refuses_an_empty_mask_with_the_cli_option_to_fix(tmp_path, cap
                  str(tmp_path / "empty.png"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --mask: no object in it") and "step(" not in err
+
+
+def test_check_of_an_int8_package_says_how_to_judge_it_instead_of_failing_it_on_the_fp32_tolerance(tiny_int8,
+                                                                                                    capsys):
+    # `vosrt check` of a working INT8 package printed "check failed" (93% of pixels differing on random inputs)
+    import shlex
+
+    assert main(["check", str(tiny_int8)]) == 2
+    err = capsys.readouterr().err
+    source = str(tiny_package("stcn").resolve())
+    assert (f"is an INT8 package (vosrt quantize): its outputs differ from the PyTorch model by quantisation, beyond "
+            f"check's fp32 tolerance 0.001. Check the fp32 package (`vosrt check {shlex.quote(source)}`)") in err
+    hints = suggested_commands(err)
+    assert hints == [["check", source], ["demo", "--heldout", "16", "--package", str(tiny_int8)],
+                     ["check", str(tiny_int8), "--tolerance", "0.5"]]
+    assert main(hints[0]) == 0  # the fp32 package passes
+    capsys.readouterr()
+    main(hints[2])  # with a tolerance given, it is compared: one line per graph output
+    out = capsys.readouterr().out
+    assert "segment" in out and ("check passed" in out or "check failed" in out)
