@@ -157,3 +157,21 @@ def test_check_on_tensorrt_refuses_a_checkpoint_it_would_not_load(capsys):
     assert command == ["check", str(package), "--checkpoint", checkpoint]
     assert main(command) == 0
     assert "check passed" in capsys.readouterr().out
+
+
+def test_train_without_config_on_cpu_warns_for_a_family_without_a_measured_cpu_config(tmp_path, capsys):
+    # stem-seg has no CPU-sized config to scale a time from: it started a 480x864 schedule without a word
+    from vosrt.sdk import families
+    from vosrt.training import cli_train
+    from vosrt.training.train import default_config
+
+    if torch.cuda.is_available():
+        pytest.skip("the warning is for CPU-only machines")
+    assert families.get("stem-seg").cpu_reference is None
+    config = default_config("stem-seg-lite")
+    cli_train.warn_cpu_time(config, argparse.Namespace(family="stem-seg", data=["generated"], out=str(tmp_path)))
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: no GPU: stem-seg-lite without --config runs its published GPU-sized schedule "
+                          f"({config.iterations} steps of batch {config.batch_size} at "
+                          f"{config.size[0]}x{config.size[1]}), far too long for a CPU; give a smaller one with "
+                          f"--config FILE")

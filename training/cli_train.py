@@ -201,7 +201,11 @@ def warn_cpu_time(config, args) -> None:
     if torch.cuda.is_available():
         return
     estimate = estimate_cpu_seconds(config)
-    if estimate is None:
+    if estimate is None:  # no CPU-sized config measured for this family: the schedule, without a time
+        print(f"warning: no GPU: {config.model} without --config runs its published GPU-sized schedule "
+              f"({config.iterations} steps of batch {config.batch_size} at {config.size[0]}x{config.size[1]}), far "
+              f"too long for a CPU; give a smaller one with --config FILE (a JSON of options, as in "
+              f"{CONFIGS}) or --iterations, --size and --batch-size", file=sys.stderr, flush=True)
         return
     seconds, reference = estimate
     hours = seconds / 3600
