@@ -99,6 +99,11 @@ def run(args) -> int:
     if args.frames is not None and args.frames < 1:
         raise UserError(f"--frames: expected a positive number, got {args.frames}")
     selections = [parse_box_select(text) for text in args.select]
+    given_ids = [object_id for _, object_id in selections if object_id is not None]
+    twice = sorted({i for i in given_ids if given_ids.count(i) > 1})
+    if twice:   # refused here, before anything opens, and in --select's terms (not the page's "remove it first")
+        raise UserError(f"--select: object id{'s' if len(twice) > 1 else ''} {', '.join(map(str, twice))} "
+                        f"given to more than one box; give each box its own id, or none (the next free one)")
     package = load_package(args.package)
     family = families.get(package.family)
     if selections and not family.takes_mask:

@@ -161,6 +161,25 @@ def test_headless_select_outside_the_frame_says_why_nothing_is_tracked(tmp_path,
     assert "not tracked" not in capsys.readouterr().err
 
 
+def test_headless_select_outside_the_frame_costs_that_box_only(tmp_path, capsys):
+    # one box outside the frame refused every box given with it; an id given to two boxes was refused in the
+    # page's words ("remove it first") after the session had been opened
+    seq = generate_sequence(12, num_frames=3, height=64, width=96, num_objects=1)
+    clip = write_video(tmp_path / "clip.mp4", seq)
+    good = _select_args(seq.labels[0])   # object 1
+    assert main(["live", str(PACKAGE), "--source", str(clip), "--headless", *good, "--select", "box:500,500,20,20:2",
+                 "--out", str(tmp_path / "masks")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --select: object 2 not tracked: added object 1; object 2: box" in err, err
+    assert "inside the 96×64 frame" in err and "object 1 not tracked" not in err
+    masks = [read_label_png(p) for p in sorted((tmp_path / "masks").glob("*.png"))]
+    assert len(masks) == 3 and all(set(np.unique(m)) == {0, 1} for m in masks)
+    assert main(["live", str(PACKAGE), "--source", str(clip), "--headless", *good,
+                 "--select", good[1].rsplit(":", 1)[0] + ":1"]) == 2
+    assert ("--select: object id 1 given to more than one box; give each box its own id, or none"
+            in capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("port", ["99999", "-1", "0"])
 def test_a_port_out_of_range_is_a_clear_error(tmp_path, capsys, port):
     write_label_png(tmp_path / "unused.png", np.zeros((4, 4), np.uint8))

@@ -389,8 +389,23 @@ class LivePipeline:
                 self._applying = set()
 
     def _masks_of(self, boxes: list, frame: np.ndarray) -> np.ndarray | None:
+        # each box on its own: one outside the frame costs its object only, not the others selected with it
+        inside, refused = [], []
+        for object_id, box in boxes:
+            try:
+                inside.append((object_id, clip_box(box, frame.shape)))
+            except UserError as err:
+                refused.append(f"object {object_id}: {err}")
+        if not inside:
+            self.message = "; ".join(refused)
+            return None
+        labels = self._labels_of(inside, frame)
+        if refused:
+            self.message = "; ".join([self.message] + refused)
+        return labels
+
+    def _labels_of(self, boxes: list, frame: np.ndarray) -> np.ndarray | None:
         try:
-            boxes = [(i, clip_box(b, frame.shape)) for i, b in boxes]
             labels = masks_from_boxes(frame, boxes, self.box_segmenter)
         except UserError as err:
             self.message = str(err)
