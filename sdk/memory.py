@@ -114,7 +114,14 @@ class MemoryBank:
         if slot != 0:
             self._next = slot + 1 if slot + 1 < self.capacity else 1
         backend.write(self.keys, 2, slot * self.hw, key)
-        backend.write(self.values, 2, slot * self.hw, value)
+        try:
+            backend.write(self.values, 2, slot * self.hw, value)
+        except BaseException:
+            # Interrupted (Ctrl-C) between the two writes: in a full ring the slot would pair this frame's key
+            # with the evicted frame's value, which the caller's restore() cannot undo. Finish the slot, so that
+            # it holds one frame whole whatever is restored (a write that fails again raises with it).
+            backend.write(self.values, 2, slot * self.hw, value)
+            raise
         self.frames = min(self.frames + 1, self.capacity)
         self.writes += 1
         return slot

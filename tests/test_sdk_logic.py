@@ -587,6 +587,40 @@ def test_restore_puts_back_the_snapshot_s_frames_and_objects(backend):
     assert bank.add(*_frame(3.0, 1)) == 1                # the next write goes to slot 1 again
 
 
+def test_an_overwrite_interrupted_between_key_and_value_leaves_one_frame_whole_in_the_slot(backend):
+    # Ctrl-C between the key and the value write of a full ring left a slot with the new frame's key and the
+    # evicted frame's value: restore() puts back the bookkeeping only, so the tracker read a mixed frame
+    from vosrt.sdk.memory import MemoryBank
+
+    class InterruptOnce:
+        def __init__(self, inner):
+            self.inner, self.armed = inner, False
+
+        def write(self, dst, axis, start, src):
+            if self.armed and dst is bank.values:
+                self.armed = False
+                raise KeyboardInterrupt("injected between the key and the value write")
+            return self.inner.write(dst, axis, start, src)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    bank = MemoryBank(InterruptOnce(backend), capacity=3, hw=4)
+    bank.set_objects([], 1)
+    for value in (1.0, 2.0, 3.0):
+        bank.add(*_frame(value, 1))
+    saved = bank.snapshot()
+    bank.backend.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        bank.add(*_frame(4.0, 1))                        # evicts slot 1 (frame 2.0)
+    bank.restore(saved)
+    keys, values = (backend.download(t) for t in bank.read())
+    for slot in range(3):
+        key, value = keys[0, 0, slot * 4], values[0, 0, slot * 4]
+        assert value == key + 10, (slot, key, value)     # each slot's value is its own key's frame's
+    assert keys[0, 0, 4] == 4.0
+
+
 def test_a_new_bank_holds_no_object_until_told(backend):
     from vosrt.sdk.memory import MemoryBank
     bank = MemoryBank(backend, capacity=3, hw=4)
