@@ -82,7 +82,8 @@ def test_train_without_config_on_cpu_warns_with_an_estimate_and_its_suggested_ru
     assert command[:2] == ["train", "stcn"] and "--config" in command
     assert main(command + ["--iterations", "1", "--size", "32", "32", "--batch-size", "1", "--workers", "0",
                            "--no-progress"]) == 0
-    assert _trained_config(tmp_path / "run")["model"] == "stcn-lite"
+    assert command[command.index("--out") + 1] == str(tmp_path / "run-cpu")  # not the run's own folder
+    assert _trained_config(tmp_path / "run-cpu")["model"] == "stcn-lite"
 
 
 def test_export_size_and_the_older_height_width_spelling_agree(tmp_path, capsys):

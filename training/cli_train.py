@@ -212,6 +212,8 @@ def warn_cpu_time(config, args) -> None:
     took = f"{hours / 24:.0f} days" if hours >= 48 else f"{hours:.0f} hours" if hours >= 2 else f"{seconds / 60:.0f} min"
     print(f"warning: no GPU: {config.model} without --config ({config.iterations} steps of batch "
           f"{config.batch_size} at {config.size[0]}x{config.size[1]}) would take roughly {took} on this CPU "
-          f"(scaled from {reference.name}, measured on 2 cores). A CPU-sized run:\n"
-          f"  vosrt train {args.family} --data {' '.join(args.data)} --out {args.out} --config {reference}",
+          f"(scaled from {reference.name}, measured on 2 cores). A CPU-sized run (in a folder of its own: this "
+          f"run's saves its first step in {args.out}):\n"
+          f"  vosrt train {args.family} --data {' '.join(args.data)} --out {str(args.out).rstrip('/')}-cpu "
+          f"--config {reference}",
           file=sys.stderr, flush=True)
