@@ -344,6 +344,15 @@ def test_a_validation_folder_or_size_that_cannot_work_is_refused_before_the_firs
     assert not (tmp_path / "a" / "last.pth").exists() and not (tmp_path / "b" / "last.pth").exists()
 
 
+@pytest.mark.parametrize("model", ["stcn", "3dc-seg", "3dc-seg-lite", "stem-seg", "stem-seg-lite"])
+def test_the_published_schedule_s_training_size_is_one_training_accepts(data_dir, model):
+    # 3dc-seg's was 480x854, refused by the multiple-of-16 check: `vosrt train 3dc-seg --data DAVIS2017/ --out RUN`
+    # (the README's command, no --size) stopped with "size: ... got [480, 854]"
+    config = default_config(model)
+    assert all(s % 16 == 0 for s in config.size)
+    assert len(build_dataset(config, [data_dir])) > 0
+
+
 def test_a_dataset_smaller_than_a_batch_names_the_flag_and_the_config_key_to_change(data_dir, tmp_path):
     # "lower batch_size or raise repeat": neither is the command line's spelling, and repeat has no flag
     with pytest.raises(UserError, match=r"4 samples, fewer than one batch of 8 .*--batch-size.*\"repeat\" in the "

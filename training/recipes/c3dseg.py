@@ -31,7 +31,7 @@ class C3DSegRecipe(Recipe):
 
     def schedule(self, stage):
         self.check_stage(stage)
-        return dict(batch_size=2, iterations=100000, lr=1e-5, weight_decay=0.0, lr_steps=[], size=[480, 854],
+        return dict(batch_size=2, iterations=100000, lr=1e-5, weight_decay=0.0, lr_steps=[], size=[480, 864],
                     grad_clip=10.0)
 
     def build_dataset(self, config, data):
