@@ -146,6 +146,9 @@ class LivePipeline:
         self.latencies: deque = deque(maxlen=100_000)
         self._recent_latencies: deque = deque(maxlen=30)
         self._recent: deque = deque(maxlen=30)        # finish times, for the FPS shown
+        # capture time of each pushed frame by its session index, taken before the push: a clip session's
+        # frames wait for their labels as copies (stream() keeps one), which the source does not know
+        self._captured: dict[int, float | None] = {}
         self.latest_frame: np.ndarray | None = None
         self.latest_labels: np.ndarray | None = None
         self.latest_jpeg: bytes | None = None
@@ -360,6 +363,7 @@ class LivePipeline:
 
     def _apply_reset(self) -> None:
         self.session.reset()
+        self._captured.clear()      # the dropped frames' (indices start again at 0)
         with self._lock:
             self._resetting = False
             self.objects.clear()
@@ -369,6 +373,8 @@ class LivePipeline:
 
     def _before_push(self, position: int, frame: np.ndarray) -> np.ndarray | None:
         """``stream``'s masks hook: apply queued commands to the session; the new objects' mask."""
+        # the index this push gets (only this thread pushes); a refused frame's entry is overwritten by the next
+        self._captured[self.session.frames_in] = self.source.capture_time(frame)
         with self._lock:
             boxes, self._boxes = self._boxes, []
             removals, self._removals = self._removals, []
@@ -440,7 +446,7 @@ class LivePipeline:
 
     def _on_result(self, done: SegmentedFrame, frame: np.ndarray) -> None:
         now = time.perf_counter()
-        captured = self.source.capture_time(frame)
+        captured = self._captured.pop(done.index, None)
         if captured is not None:
             self.latencies.append(now - captured)
             self._recent_latencies.append(now - captured)
