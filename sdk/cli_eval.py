@@ -4,7 +4,8 @@ Tasks:
 
 * ``semi-supervised`` (default): J, F and J&F of predicted palette PNGs, object ids as in the ground truth.
 * ``unsupervised``: the DAVIS unsupervised protocol: predicted ids are proposals (up to 20 per sequence)
-  matched one to one to the ground-truth objects to maximise J&F (``vosrt.sdk.instance_metrics``).
+  matched one to one to the ground-truth objects (those of the first frame; later ones are named in a
+  warning, not scored) to maximise J&F (``vosrt.sdk.instance_metrics``).
 * ``vis``: YouTube-VIS video AP, AP50, AP75, AR1, AR10; ``--gt`` the annotation JSON, ``--pred`` the
   results JSON (the challenge's submission format).
 * ``mots``: KITTI-MOTS HOTA, DetA, AssA, sMOTSA, MOTSA, IDF1 by trackeval; ``--gt`` and ``--pred`` folders
@@ -155,6 +156,14 @@ def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = Tru
             print(f"warning: {gt_dir}: the first ground-truth frame ({gt_files[0].name}) has no object (255 is void), "
                   f"so sequence '{name}' is not scored", file=sys.stderr)
             continue
+        if unsupervised:
+            known = first_frame_objects(gts[0])
+            unscored = sorted({int(i) for gt in gts for i in np.unique(gt) if known < i != VOID})
+            if unscored:
+                # the protocol's objects are 1..K of the first frame; later ones were left out without a word
+                print(f"warning: {gt_dir}: object(s) {', '.join(map(str, unscored))} enter after the first "
+                      f"ground-truth frame ({gt_files[0].name}, objects 1..{known}); the DAVIS unsupervised protocol "
+                      f"scores the first frame's objects only, so they are not scored", file=sys.stderr)
         try:
             if unsupervised:
                 from vosrt.sdk.instance_metrics import evaluate_unsupervised_sequence

@@ -62,6 +62,20 @@ def test_eval_unsupervised_on_png_folders(tmp_path, capsys):
     assert rows[-1] == "all,mean,1.000000,1.000000,1.000000"
 
 
+def test_eval_unsupervised_names_the_objects_that_enter_after_the_first_frame(tmp_path, capsys):
+    # the protocol scores the first frame's objects 1..K: object 2, entering on frame 1, was left out without a
+    # word, and a prediction that never found it scored 1.0
+    for t in range(3):
+        write_label_png(tmp_path / "gt" / "seq" / f"{t:05d}.png",
+                        _squares((1, 2, 2, 8), *([(2, 20, 20, 10)] if t else [])))
+        write_label_png(tmp_path / "pred" / "seq" / f"{t:05d}.png", _squares((1, 2, 2, 8)))
+    code = main(["eval", "--task", "unsupervised", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred")])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "object(s) 2 enter after the first ground-truth frame (00000.png, objects 1..1)" in err
+    assert "not scored" in err
+
+
 def test_eval_vis_and_mots_read_their_files(tmp_path, capsys):
     pytest.importorskip("pycocotools")
     pytest.importorskip("trackeval")
