@@ -1,6 +1,7 @@
 """Every command a message suggests is run here and works; old and new spellings of the CLI mean the same;
 file errors are one line that says what is wrong (no traceback, never torch's weights_only=False advice)."""
 import argparse
+import dataclasses
 import json
 import re
 import shlex
@@ -176,3 +177,6 @@ def test_train_without_config_on_cpu_warns_for_a_family_without_a_measured_cpu_c
                           f"({config.iterations} steps of batch {config.batch_size} at "
                           f"{config.size[0]}x{config.size[1]}), far too long for a CPU; give a smaller one with "
                           f"--config FILE")
+    small = dataclasses.replace(config, iterations=2, size=[80, 96], batch_size=1)   # sized by the flags
+    cli_train.warn_cpu_time(small, argparse.Namespace(family="stem-seg", data=["generated"], out=str(tmp_path)))
+    assert capsys.readouterr().err == ""

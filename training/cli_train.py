@@ -202,6 +202,12 @@ def warn_cpu_time(config, args) -> None:
         return
     estimate = estimate_cpu_seconds(config)
     if estimate is None:  # no CPU-sized config measured for this family: the schedule, without a time
+        from vosrt.training.train import default_config
+
+        published = default_config(config.model, config.stage)
+        if (config.iterations, list(config.size), config.batch_size) != \
+                (published.iterations, list(published.size), published.batch_size):
+            return   # the user sized the run with --iterations, --size or --batch-size
         print(f"warning: no GPU: {config.model} without --config runs its published GPU-sized schedule "
               f"({config.iterations} steps of batch {config.batch_size} at {config.size[0]}x{config.size[1]}), far "
               f"too long for a CPU; give a smaller one with --config FILE (a JSON of options, as in "
