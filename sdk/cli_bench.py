@@ -23,7 +23,9 @@ def add_arguments(parser) -> None:
     """Arguments of ``vosrt bench``."""
     parser.add_argument("package", help="model package folder")
     parser.add_argument("--frames", type=int, default=50, help="frames to time (default 50)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed frames first (default 5)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed frames first (default 5, and at least one clip for clip families: their first "
+                        "clip runs only once a clip's frames are in)")
     parser.add_argument("--backend", default="auto", help="auto, onnxruntime, torch or tensorrt")
     parser.add_argument("--compare", default=None, help="also time this backend (e.g. torch) and print ratios")
     parser.add_argument("--checkpoint", default=None, help="checkpoint for the torch backend")
@@ -49,9 +51,11 @@ class TimedBackend(DelegatingBackend):
         return result
 
 
-def bench(package, backend_name: str, frames: int, warmup: int, options: dict, show_progress: bool = True) -> dict:
-    """Stream ``warmup + frames`` generated frames; returns ``{"stages": {name: ms per frame}, "fps": ..,
-    "describe": ..}``."""
+def bench(package, backend_name: str, frames: int, warmup: int | None, options: dict,
+          show_progress: bool = True) -> dict:
+    """Stream ``warmup + frames`` generated frames (``warmup`` None: 5, or one clip's frames where the session has
+    a latency, so that a clip has run before the timing starts); returns ``{"stages": {name: ms per frame},
+    "fps": .., "describe": .., "warmup": frames streamed untimed}``."""
     from vosrt.sdk import open_session
     from vosrt.sdk.backends import open_backend
     from vosrt.sdk.progress import Progress
@@ -60,6 +64,8 @@ def bench(package, backend_name: str, frames: int, warmup: int, options: dict, s
 
     timed = TimedBackend(open_backend(package, backend_name, **options))
     session = open_session(timed, package, color="rgb")  # checks the package's resolution against its graphs
+    if warmup is None:
+        warmup = max(5, session.latency + 1)
     sequence = generate_sequence(0, num_frames=min(frames + warmup, 40), height=package.height,
                                  width=package.width, num_objects=2)
 
@@ -78,7 +84,7 @@ def bench(package, backend_name: str, frames: int, warmup: int, options: dict, s
     stages = {graph: 1000 * seconds / frames for graph, seconds in timed.times.items()}
     stages["host"] = 1000 * elapsed / frames - sum(stages.values())
     stages["total"] = 1000 * elapsed / frames
-    result = {"stages": stages, "fps": frames / elapsed, "describe": timed.describe()}
+    result = {"stages": stages, "fps": frames / elapsed, "describe": timed.describe(), "warmup": warmup}
     timed.close()
     return result
 
@@ -129,7 +135,7 @@ def _command_without(args, flag: str) -> str:
                        *(["--compare", args.compare] if args.compare else []),
                        *(["--checkpoint", str(args.checkpoint)] if args.checkpoint else []),
                        *[part for name, value in kept.items() if value for part in (name, str(value))],
-                       "--frames", str(args.frames), "--warmup", str(args.warmup)])
+                       "--frames", str(args.frames), *(["--warmup", str(args.warmup)] if args.warmup is not None else [])])
 
 
 def run(args) -> int:
@@ -138,7 +144,7 @@ def run(args) -> int:
 
     from vosrt.sdk.backends import resolve_backend_name
 
-    if args.frames < 1 or args.warmup < 0:
+    if args.frames < 1 or (args.warmup is not None and args.warmup < 0):
         raise UserError(f"--frames must be >= 1 and --warmup >= 0, got {args.frames} and {args.warmup}")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads: expected a number of threads >= 1, got {args.threads} (leave it out for the "
@@ -166,7 +172,9 @@ def run(args) -> int:
     if args.compare:
         results[args.compare] = bench(package, args.compare, args.frames, args.warmup, options["--compare"])
 
-    print(f"{package.variant} {package.height}x{package.width}, {args.frames} frames after {args.warmup} warm-up")
+    warmups = sorted({result["warmup"] for result in results.values()})
+    print(f"{package.variant} {package.height}x{package.width}, {args.frames} frames after "
+          f"{' / '.join(map(str, warmups))} warm-up")
     for name, result in results.items():
         print(f"  {name}: {result['describe']}")
     names = list(results)

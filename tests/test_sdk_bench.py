@@ -82,3 +82,18 @@ def test_a_device_one_backend_lacks_is_refused_with_a_hint_that_keeps_the_other_
     assert main(["bench", str(stcn_package), "--frames", "2", "--device", "gpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert "expected 'auto', 'cpu' or 'cuda', got 'gpu'" in err and "leave --device out" not in err, err
+
+
+def test_the_default_warm_up_of_a_clip_family_runs_a_clip_before_the_timing(capsys):
+    # --warmup 5 on 8-frame clips ran no clip untimed: the first timed clip paid the cold start
+    from sdk_packages import tiny_package
+
+    from vosrt.sdk.cli_bench import bench
+    from vosrt.sdk.package import load_package
+
+    package = load_package(tiny_package("3dc-seg"))
+    result = bench(package, "onnxruntime", 3, None, {"threads": 1}, show_progress=False)
+    assert result["warmup"] == 8 and result["stages"]["segment_clip"] > 0   # one clip's frames (latency 7 + 1)
+    assert bench(package, "onnxruntime", 3, 2, {"threads": 1}, show_progress=False)["warmup"] == 2  # as given
+    assert main(["bench", str(tiny_package("stcn")), "--frames", "2", "--backend", "onnxruntime"]) == 0
+    assert "2 frames after 5 warm-up" in capsys.readouterr().out   # a per-frame family keeps 5
