@@ -92,8 +92,12 @@ class Session:
 
     @serialized
     def flush(self) -> list[SegmentedFrame]:
-        """End the stream and return every frame still pending (none for per-frame families)."""
+        """End the stream and return every frame still pending: none for per-frame families, whose stream is then
+        dropped as by :meth:`reset`, so that the next frame starts a new one at index 0, as after a clip family's
+        flush (a tracker that kept its objects and memory went on tracking the last video's objects into the
+        next)."""
         self._check_open()
+        self.reset()
         return []
 
     def reset(self) -> None:

@@ -123,16 +123,6 @@ class Tracker(Session):
         return [SegmentedFrame(self.frame_index, labels)]
 
     @serialized
-    def flush(self) -> list[SegmentedFrame]:
-        """End the stream: no frame is pending (``latency`` 0), so it returns ``[]``; the objects and the memory are
-        dropped as by :meth:`reset`, so the next frame starts a new stream at index 0, as after a clip family's
-        flush (a tracker that kept them went on tracking the last video's objects, with its first frame in memory
-        for good, into the next)."""
-        self._check_open()
-        self.reset()
-        return []
-
-    @serialized
     def step(self, image: np.ndarray, mask: np.ndarray | None = None, objects: Sequence[int] | None = None,
              return_probabilities: bool = False):
         """Segment one frame; returns its ``[H, W]`` uint8 label map (object ids, frame size).
