@@ -48,10 +48,10 @@ def print_report(report: dict, tolerance: float) -> int:
 def _refuse_int8_without_tolerance(args: argparse.Namespace) -> None:
     """An INT8 package (``vosrt quantize``) differs from its PyTorch model by quantisation, far beyond the fp32
     tolerance, on random inputs most of all: compared with it, a working package reads "check failed"."""
-    from vosrt.sdk.package import read_manifest
+    from vosrt.sdk.package import load_package
 
-    path, manifest = read_manifest(args.package)
-    quantization = manifest.get("quantization")
+    package = load_package(args.package)
+    path, quantization = package.path, package.quantization
     if args.tolerance is not None or not isinstance(quantization, dict):
         return
     source = quantization.get("source_package")

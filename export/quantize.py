@@ -176,7 +176,7 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
         raise UserError(f"--out {out_dir} is a file; give a folder for the INT8 package")
     if not frames:
         raise UserError("the calibration source gave no frames")
-    quantization = json.loads((Path(src.path) / "manifest.json").read_text()).get("quantization")
+    quantization = src.quantization
     if quantization is not None:   # quantized again, its QDQ nodes clash: ONNX Runtime cannot open the copy
         source = quantization.get("source_package")
         hint = (f"`vosrt quantize {shlex.quote(source)} --calibrate {shlex.quote(source_name or 'SRC')} "

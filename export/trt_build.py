@@ -215,7 +215,7 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
         raise UserError(f"--workspace must be a positive number of MiB, got {workspace_mb}")
     check_limits(max_objects, max_memory_frames)   # before TensorRT is needed: a wrong flag is said first
     package = load_package(pkg)
-    quantization = read_manifest(package.path)[1].get("quantization")
+    quantization = package.quantization
     if quantization is not None:
         # ONNX Runtime's QDQ with uint8 (asymmetric) activations: TensorRT takes int8 with zero point 0 only.
         source = quantization.get("source_package")

@@ -68,6 +68,12 @@ class Package:
         return (io.dynamic_axes.get(name) or {}).get(axis) if io is not None else None
 
     @property
+    def quantization(self):
+        """How ``vosrt quantize`` made this INT8 package (manifest ``quantization``: method, ``source_package``,
+        ...); None for a package it did not make."""
+        return self.manifest.get("quantization")
+
+    @property
     def checkpoint(self) -> Path | None:
         """The checkpoint the package was exported from (manifest ``source.checkpoint``), if recorded.
         A relative path is taken relative to the package folder."""
