@@ -92,6 +92,7 @@ def say(message: str) -> None:
 
 
 _CHILDREN: set[subprocess.Popen] = set()  # running steps, killed with their process groups on SIGTERM
+_STARTING = {"on": False, "pending": 0}     # a step's Popen under way; a signal seen meanwhile waits in pending
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -113,12 +114,22 @@ def _run(cmd: list[str], timeout: float, env: dict | None = None, cwd: Path | No
     with (open(log, "a+b" if append else "w+b") if log else tempfile.TemporaryFile("w+b")) as sink:
         sink.seek(0, os.SEEK_END)
         begin = sink.tell()
+        # A signal that lands while Popen is still returning (the child already exec'd, not yet in
+        # _CHILDREN) is held until the child is registered, so _terminate always sees it.
+        _STARTING["on"], proc, failed = True, None, None
         try:
             proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                     cwd=cwd, start_new_session=True)
         except OSError as err:
-            return {"command": " ".join(cmd), "returncode": 127, "seconds": 0.0, "output_tail": str(err)}
-        _CHILDREN.add(proc)
+            failed = err
+        finally:
+            _STARTING["on"] = False
+        if proc is not None:
+            _CHILDREN.add(proc)
+        if _STARTING["pending"]:
+            _terminate(_STARTING["pending"], None)
+        if proc is None:
+            return {"command": " ".join(cmd), "returncode": 127, "seconds": 0.0, "output_tail": str(failed)}
         try:
             code = proc.wait(timeout=max(timeout, 0.1))
         except subprocess.TimeoutExpired:
@@ -138,6 +149,9 @@ def _run(cmd: list[str], timeout: float, env: dict | None = None, cwd: Path | No
 def _terminate(signum, frame) -> None:
     """SIGTERM / SIGINT / SIGHUP: kill the running step's process group, then exit (the report written so far
     stays in OUT)."""
+    if _STARTING["on"]:  # a step is being started: finish registering it, then come back here
+        _STARTING["pending"] = signum
+        return
     for proc in list(_CHILDREN):
         _kill_group(proc)
     raise SystemExit(128 + signum)

@@ -385,3 +385,31 @@ def test_kernel_skip_reason_names_the_loader_error(monkeypatch):
         cuda_kernels._library.cache_clear()
     assert reason.startswith("skipped: libvosrt_kernels.so not loaded: ") and "/nonexistent" in reason, reason
     assert check.load_check(None) == "not built"
+
+
+def test_a_signal_while_a_step_is_starting_still_kills_that_step(tmp_path, monkeypatch):
+    """The race CI once hit: SIGTERM arriving after the child has been exec'd but before Popen has
+    returned (so before the step is registered). The step must still be killed with the check."""
+    import signal
+
+    gpu_check = _module()
+    started: list[subprocess.Popen] = []
+    real_popen = subprocess.Popen
+
+    def popen_then_signal(*args, **kwargs):
+        proc = real_popen(*args, **kwargs)
+        started.append(proc)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled here, inside the window, by gpu_check's handler
+        return proc
+
+    previous = signal.signal(signal.SIGTERM, gpu_check._terminate)
+    monkeypatch.setattr(gpu_check.subprocess, "Popen", popen_then_signal)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            gpu_check._run([sys.executable, "-c", "import time; time.sleep(60)"], timeout=60,
+                           log=tmp_path / "step.log")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        gpu_check._STARTING.update(on=False, pending=0)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert started and started[0].poll() is not None, "the step outlived the check"
