@@ -163,6 +163,7 @@ class ClipSession(Session):
     @serialized
     def reset(self) -> None:
         """Drop the current stream without emitting anything."""
+        self._check_open()
         self._reset_stream()
 
     # ------------------------------------------------------------------ for subclasses

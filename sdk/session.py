@@ -107,8 +107,8 @@ class Session:
     @serialized
     def close(self) -> None:
         """Release the backend and the session's buffers (the memory bank, the clip window: device memory on GPU
-        backends), which a closed session kept for as long as the object lived. Later calls of :meth:`push` or
-        :meth:`flush` raise UserError; closing again does nothing."""
+        backends), which a closed session kept for as long as the object lived. Later calls of :meth:`push`,
+        :meth:`flush` or :meth:`reset` raise UserError; closing again does nothing."""
         if not self.closed:
             self.closed = True
             self.backend.close()

@@ -23,7 +23,7 @@ state changes, so the tracker stays usable.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Sequence, Set as AbstractSet
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,10 @@ from vosrt.sdk.session import SegmentedFrame, Session, serialized
 
 
 def _check_ids(objects, name: str = "objects") -> list[int]:
+    """The ids of a list, tuple, 1-D array or set of object ids (a set's in ascending order), checked."""
+    unordered = isinstance(objects, AbstractSet)
+    if unordered:
+        objects = list(objects)
     if isinstance(objects, (str, bytes)) or not hasattr(objects, "__iter__") or np.ndim(objects) != 1:
         one = isinstance(objects, (int, np.integer)) and not isinstance(objects, (bool, np.bool_))
         raise UserError(f"{name}: expected a list of object ids (integers 1..255), got {objects!r}"
@@ -49,7 +53,7 @@ def _check_ids(objects, name: str = "objects") -> list[int]:
         ids.append(int(obj))
     if len(set(ids)) != len(ids):
         raise UserError(f"{name}: repeated object id in {ids}")
-    return ids
+    return sorted(ids) if unordered else ids
 
 
 def fixed_top_k_message(package, backend: str, asked: int) -> str:
@@ -238,6 +242,7 @@ class Tracker(Session):
     def reset(self) -> None:
         """Forget all objects and memory (a new video). The key buffer stays allocated; the value buffer, sized by
         the objects, is made again for the objects of the next mask."""
+        self._check_open()
         self.objects = []
         self.memory.set_objects([], 0)
         self.memory.reset()

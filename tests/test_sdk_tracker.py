@@ -192,11 +192,23 @@ def test_remove_objects_takes_a_list_and_says_so(stcn_package, sequence):
     assert tracker.objects == [2]
 
 
+def test_object_ids_may_come_as_a_set(stcn_package, sequence):
+    # a set of ids (e.g. `set(np.unique(mask)) - {0}`) was refused as "not a list"; its order is ascending
+    tracker = vosrt.sdk.load(stcn_package, threads=1, color="rgb")
+    tracker.step(sequence.frames[0], sequence.labels[0], objects={2, 1})
+    assert tracker.objects == [1, 2]
+    tracker.remove_objects(frozenset({2}))
+    assert tracker.objects == [1]
+    with pytest.raises(UserError, match="integers 1..255"):
+        tracker.remove_objects({"1"})
+
+
 def test_a_closed_tracker_says_it_is_closed(stcn_package, sequence):
     with vosrt.sdk.load(stcn_package, threads=1, color="rgb") as tracker:
         tracker.step(sequence.frames[0], sequence.labels[0])
     for call in (lambda: tracker.step(sequence.frames[1]), lambda: tracker.push(sequence.frames[1]),
-                 lambda: tracker.remove_objects([1]), tracker.flush):   # flush returned [] as if open
+                 lambda: tracker.remove_objects([1]), tracker.flush,   # flush returned [] as if open
+                 tracker.reset):   # reset did nothing, silently
         with pytest.raises(UserError, match="closed.*vosrt.sdk.load"):   # was KeyError: 'encode_key'
             call()
     tracker.close()   # closing again does nothing
@@ -218,7 +230,8 @@ def test_closing_a_session_releases_its_memory_bank_and_clip_window(stcn_package
     gc.collect()
     assert [ref() is None for ref in (*bank, clip)] == [True, True, True]
     assert tracker.memory.nbytes() == 0
-    for call in (lambda: tracker.step(sequence.frames[1]), lambda: segmenter.push(sequence.frames[1]), segmenter.flush):
+    for call in (lambda: tracker.step(sequence.frames[1]), lambda: segmenter.push(sequence.frames[1]), segmenter.flush,
+                 segmenter.reset):
         with pytest.raises(UserError, match="closed"):
             call()
 
