@@ -4,7 +4,9 @@ STCN packages need the first frame's mask: ``--mask PNG`` (a palette PNG of obje
 size), or the first annotation of a DAVIS sequence source. 3DC-Seg and STEm-Seg packages take no mask
 (STEm-Seg PNGs hold track ids, kept exact beyond 255 as :mod:`vosrt.sdk.masks` describes). Results go
 to ``--out DIR`` (one palette PNG per frame, named after the source's frames) and/or ``--video OUT``
-(the frames with the masks blended in). A source that stops early (a camera unplugged, a truncated
+(the frames with the masks blended in) and/or, for instance evaluation with ``vosrt eval``, ``--vis JSON
+--video-id N`` (this video's YouTube-VIS / OVIS results entries, added to that file) and ``--mots TXT``
+(the sequence's KITTI-MOTS file). A source that stops early (a camera unplugged, a truncated
 video) ends the run with what was written so far, a warning and exit code 1; an unreadable image of a
 folder, or an undecodable frame of a video file with frames after it, is skipped with a warning (outputs
 keep the source's frame names). Frames of a folder are read in natural order (frame2 before frame10).
@@ -29,6 +31,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mask", default=None, help="first-frame mask PNG (stcn packages)")
     parser.add_argument("--out", default=None, help="folder for one palette PNG per frame")
     parser.add_argument("--video", default=None, help="overlay video to write (.mp4 or .avi)")
+    parser.add_argument("--vis", default=None, metavar="JSON",
+                        help="YouTube-VIS / OVIS results file to add this video's tracks to (needs --video-id)")
+    parser.add_argument("--video-id", type=int, default=None,
+                        help="--vis: the video's id in the dataset's JSON (its 'videos' entry)")
+    parser.add_argument("--mots", default=None, metavar="TXT", help="KITTI-MOTS txt file to write the tracks to")
+    parser.add_argument("--mots-class", type=int, default=None, choices=(1, 2),
+                        help="--mots: class of every track, 1 car or 2 pedestrian (default: the model's "
+                             "category of each track, 1 where it has none)")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     add_session_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -88,7 +98,7 @@ def _refuse_checkpoint_off_torch(args, package, command: str) -> None:
 
 # Flags of vosrt run / live that the suggested torch command keeps, so that it does what the refused one asked
 # (a run without --mask of a video, or without --out, would fail or discard its results).
-_KEPT_FLAGS = ("--mask", "--out", "--video", "--max-frames", "--frames", "--headless", "--select", "--device",
+_KEPT_FLAGS = ("--mask", "--out", "--video", "--vis", "--video-id", "--mots", "--mots-class", "--max-frames", "--frames", "--headless", "--select", "--device",
                *(f"--{name.replace('_', '-')}" for name in SETTINGS))
 
 
@@ -145,9 +155,34 @@ def _refuse_overwriting_the_source(args) -> None:
     if args.out and Path(args.out).resolve() == source.resolve():
         raise UserError(f"--out {args.out} is the source folder: the masks would replace its frames; give "
                         "another folder")
-    if args.video and Path(args.video).resolve() == source.resolve():
-        raise UserError(f"--video {args.video} is the source video: writing it would destroy what is being read; "
-                        "give another file name")
+    for flag, given in (("--video", args.video), ("--vis", args.vis), ("--mots", args.mots)):
+        if given and Path(given).resolve() == source.resolve():
+            kind = "video" if source.is_file() else "folder"
+            raise UserError(f"{flag} {given} is the source {kind}: writing it would destroy what is being read; "
+                            "give another file name")
+
+
+def _check_result_flags(args) -> None:
+    if args.vis and args.video_id is None:
+        raise UserError(f"--vis: needs --video-id N, the id of this video in the dataset's JSON (the 'id' of its "
+                        f"'videos' entry), e.g. `--vis {args.vis} --video-id 1`")
+    if args.video_id is not None and not args.vis:
+        raise UserError("--video-id: names the video's entries of a --vis results file; give --vis JSON too")
+    if args.mots_class is not None and not args.mots:
+        raise UserError("--mots-class: sets the class of a --mots file's tracks; give --mots TXT too")
+
+
+def _result_writers(args) -> list:
+    """The sinks of --vis and --mots (checked before the run: a bad file name, a --vis file that is not a
+    results list, pycocotools missing)."""
+    from vosrt.sdk.instance_metrics import MotsWriter, VisWriter
+
+    writers = []
+    if args.vis:
+        writers.append(VisWriter(args.vis, args.video_id))
+    if args.mots:
+        writers.append(MotsWriter(args.mots, args.mots_class))
+    return writers
 
 
 def _warn_about_earlier_pngs(out: Path) -> None:
@@ -167,8 +202,9 @@ def run(args) -> int:
     from vosrt.sdk.streaming import stream
     from vosrt.sdk.video import OverlayVideoSink, PngSink, open_source
 
-    if not args.out and not args.video:
-        print("note: neither --out nor --video given; results are computed and discarded", file=sys.stderr)
+    _check_result_flags(args)
+    if not (args.out or args.video or args.vis or args.mots):
+        print("note: no --out, --video, --vis or --mots given; results are computed and discarded", file=sys.stderr)
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError(f"--max-frames: expected a positive number, got {args.max_frames}")
     package = load_package(args.package)
@@ -188,6 +224,7 @@ def run(args) -> int:
             sinks.append(PngSink(args.out))
         if args.video:
             sinks.append(OverlayVideoSink(args.video, fps=source.fps))
+        sinks += _result_writers(args)
     except BaseException:
         session.close()
         if source is not None:
@@ -207,11 +244,17 @@ def run(args) -> int:
     if done == 0 and not source.stopped_early:
         raise UserError(f"--source {args.source}: no frame could be read from it; nothing was written")
     print(f"{done} frames in {stats.seconds:.2f} s ({done / max(stats.seconds, 1e-9):.1f} FPS)"
-          + (f"; PNGs in {args.out}" if args.out else "") + (f"; video {args.video}" if args.video else ""))
+          + (f"; PNGs in {args.out}" if args.out else "") + (f"; video {args.video}" if args.video else "")
+          + (f"; video {args.video_id}'s tracks in {args.vis}" if args.vis else "")
+          + (f"; tracks in {args.mots}" if args.mots else ""))
     skipped = [getattr(p, "name", f"frame {p}") for p in getattr(source, "skipped", [])]
     if skipped:
         print(f"warning: {len(skipped)} unreadable frame(s) skipped: {', '.join(skipped[:5])}"
               f"{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
+    if args.vis and (skipped or stats.refused):
+        print(f"warning: --vis {args.vis}: the skipped frames have no slot in video {args.video_id}'s "
+              "segmentations, which are then shorter than the video (vosrt eval refuses that); repair those "
+              "frames and run again", file=sys.stderr)
     if source.stopped_early:
         print(f"warning: {source.problem}; the {done} frames before it were kept", file=sys.stderr)
         return 1

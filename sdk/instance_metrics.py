@@ -239,51 +239,156 @@ def vis_average_precision(gt: dict, results: list, checked: bool = False) -> dic
             "AR1": float(stats[6]), "AR10": float(stats[7])}
 
 
+def _rle_of(mask_utils, labels: np.ndarray, track: int) -> dict:
+    rle = mask_utils.encode(np.asfortranarray((labels == track).astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode()
+    return rle
+
+
+def _tracks(labels: np.ndarray) -> list[int]:
+    return [int(i) for i in np.unique(labels) if i]
+
+
+def _output_file(path, flag: str, suffix: str) -> Path:
+    """``path`` checked as a results file to write: a ``suffix`` name, not a folder, its folder made."""
+    path = Path(path)
+    if path.suffix.lower() != suffix:
+        raise UserError(f"{flag}: {path}: give a {suffix} file name")
+    if path.is_dir():
+        raise UserError(f"{flag}: {path} is a folder; give a {suffix} file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{flag}: cannot create folder {path.parent}: {err.strerror or err}") from None
+    return path
+
+
+class VisWriter:
+    """A :func:`vosrt.sdk.streaming.stream` sink that collects one video's YouTube-VIS / OVIS submission
+    entries (:meth:`results`): one per track, its ``segmentations`` one COCO RLE or ``None`` per finished
+    frame in order, its score the mean of its per-frame ``objects`` scores (1.0 where a frame has none),
+    its category the most frequent one (``categories`` maps the model's category index to the dataset's
+    id). With a ``path``, :meth:`close` writes them into that results JSON, replacing the entries an
+    earlier run wrote for the same ``video_id`` and keeping the other videos' (one file for a dataset,
+    written by one run per video), in one rename."""
+
+    takes_objects = True
+
+    def __init__(self, path, video_id: int, categories: dict | None = None, flag: str = "--vis"):
+        self._mask = _require("pycocotools.mask")
+        self.path = _output_file(path, flag, ".json") if path is not None else None
+        self.video_id = int(video_id)
+        self.categories = categories or {}
+        self.flag = flag
+        self.frames = 0
+        self._tracks: dict[int, dict] = {}   # track: {"segs": {position: rle}, "scores": [...], "cats": [...]}
+        if self.path is not None:
+            self._earlier()   # a file that is not a results list is refused now, not after the run
+
+    def __call__(self, index: int, name: str, frame, labels: np.ndarray, objects: dict | None = None) -> None:
+        position, self.frames = self.frames, self.frames + 1
+        for track in _tracks(labels):
+            entry = self._tracks.setdefault(track, {"segs": {}, "scores": [], "cats": []})
+            entry["segs"][position] = _rle_of(self._mask, labels, track)
+            info = (objects or {}).get(track, {})
+            entry["scores"].append(float(info.get("score", 1.0)))
+            entry["cats"].append(int(info.get("category", 1)))
+
+    def results(self) -> list:
+        out = []
+        for track in sorted(self._tracks):
+            entry = self._tracks[track]
+            cats = entry["cats"]
+            category = max(sorted(set(cats)), key=cats.count)
+            out.append({"video_id": self.video_id, "category_id": self.categories.get(category, category),
+                        "score": float(np.mean(entry["scores"])),
+                        "segmentations": [entry["segs"].get(t) for t in range(self.frames)]})
+        return out
+
+    def _earlier(self) -> list:
+        if not self.path.exists():
+            return []
+        import json
+
+        try:
+            earlier = json.loads(self.path.read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"{self.flag}: {self.path} exists and is not a results JSON ({err}); give another "
+                            "file name or remove it") from None
+        if not isinstance(earlier, list) or not all(isinstance(e, dict) and "video_id" in e for e in earlier):
+            raise UserError(f"{self.flag}: {self.path} exists and is not a list of results entries (each with a "
+                            "video_id); give another file name or remove it")
+        return earlier
+
+    def close(self) -> None:
+        """Write the entries into ``path`` (nothing without a path, or when no frame finished)."""
+        if self.path is None or self.frames == 0:
+            return
+        import json
+
+        from vosrt.sdk.package import replace_file
+
+        kept = [e for e in self._earlier() if e["video_id"] != self.video_id]
+        text = json.dumps(kept + self.results())
+        replace_file(self.path, lambda tmp: tmp.write_text(text))
+
+
 def instances_to_vis_results(video_id: int, frames: list, categories: dict | None = None) -> list:
     """Submission entries for one video from a session's finished frames (``SegmentedFrame`` with track
-    ``labels`` and ``objects``): one entry per track, its score the mean of its per-frame scores, its
-    category the most frequent one (``categories`` maps the model's category index to the dataset's id)."""
-    mask_utils = _require("pycocotools.mask")
-    tracks = sorted({int(i) for fr in frames for i in np.unique(fr.labels) if i})
-    out = []
-    for track in tracks:
-        segs, scores, cats = [], [], []
-        for fr in frames:
-            mask = fr.labels == track
-            if mask.any():
-                rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-                rle["counts"] = rle["counts"].decode()
-                segs.append(rle)
-                info = (fr.objects or {}).get(track, {})
-                scores.append(info.get("score", 1.0))
-                cats.append(info.get("category", 1))
-            else:
-                segs.append(None)
-        category = max(set(cats), key=cats.count)
-        out.append({"video_id": video_id, "category_id": (categories or {}).get(category, category),
-                    "score": float(np.mean(scores)), "segmentations": segs})
-    return out
+    ``labels`` and ``objects``), as :class:`VisWriter` makes them."""
+    writer = VisWriter(None, video_id, categories)
+    for fr in frames:
+        writer(fr.index, "", None, fr.labels, fr.objects)
+    return writer.results()
 
 
 # ------------------------------------------------------------------------------------ KITTI-MOTS
 
 
-def write_kitti_mots(path: str | Path, frames: list, class_id: int = 1) -> None:
-    """Write label maps (one per frame, track ids) in the KITTI-MOTS txt format:
-    ``frame track_id class_id height width rle`` per instance and frame (``class_id`` 1 car, 2 pedestrian;
-    a frame's ``objects`` category overrides it)."""
-    mask_utils = _require("pycocotools.mask")
-    lines = []
-    for index, fr in enumerate(frames):
-        labels = fr.labels if hasattr(fr, "labels") else fr
-        objects = getattr(fr, "objects", None) or {}
+class MotsWriter:
+    """A :func:`vosrt.sdk.streaming.stream` sink that writes one sequence's KITTI-MOTS txt file:
+    ``frame track_id class_id height width rle`` per instance and finished frame. The frame number is the
+    frame's name where that is a number (KITTI's ``000042.png``), else its stream index. The class is
+    ``class_id`` (1 car, 2 pedestrian); where ``class_id`` is None, the frame's ``objects`` category (1
+    without one). :meth:`close` writes the file in one rename (a stopped run leaves no half file)."""
+
+    takes_objects = True
+
+    def __init__(self, path, class_id: int | None = None, flag: str = "--mots"):
+        self._mask = _require("pycocotools.mask")
+        self.path = _output_file(path, flag, ".txt")
+        self.class_id = class_id
+        self.lines: list[str] = []
+        self.frames = 0
+
+    def __call__(self, index: int, name: str, frame, labels: np.ndarray, objects: dict | None = None) -> None:
+        number = int(name) if str(name).isdigit() else index
         height, width = labels.shape
-        for track in sorted(int(i) for i in np.unique(labels) if i):
-            rle = mask_utils.encode(np.asfortranarray((labels == track).astype(np.uint8)))
-            cls = objects.get(track, {}).get("category", class_id) if objects else class_id
-            lines.append(f"{getattr(fr, 'index', index)} {track} {cls} {height} {width} {rle['counts'].decode()}")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("\n".join(lines) + ("\n" if lines else ""))
+        for track in _tracks(labels):
+            cls = self.class_id if self.class_id is not None else (objects or {}).get(track, {}).get("category", 1)
+            counts = _rle_of(self._mask, labels, track)["counts"]
+            self.lines.append(f"{number} {track} {cls} {height} {width} {counts}")
+        self.frames += 1
+
+    def close(self) -> None:
+        """Write the file (also when no instance was found: an empty sequence is a result)."""
+        from vosrt.sdk.package import replace_file
+
+        text = "\n".join(self.lines) + ("\n" if self.lines else "")
+        replace_file(self.path, lambda tmp: tmp.write_text(text))
+
+
+def write_kitti_mots(path: str | Path, frames: list, class_id: int = 1) -> None:
+    """Write label maps (one per frame, track ids; or SegmentedFrames) in the KITTI-MOTS txt format, as
+    :class:`MotsWriter` does, each frame numbered by its ``index`` (its position for bare label maps); a
+    frame's ``objects`` category overrides ``class_id``."""
+    writer = MotsWriter(path, None)
+    for position, fr in enumerate(frames):
+        labels = fr.labels if hasattr(fr, "labels") else fr
+        given = getattr(fr, "objects", None) or {}
+        objects = {track: {"category": given.get(track, {}).get("category", class_id)} for track in _tracks(labels)}
+        writer(getattr(fr, "index", position), "", None, labels, objects)
+    writer.close()
 
 
 def _read_mots(path: Path, flag: str) -> list[list[str]]:

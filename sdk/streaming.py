@@ -74,7 +74,8 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
 
     ``source``: an iterable of frames (a :class:`vosrt.sdk.video.FrameSource`, a list, a generator);
     ``frame_name(index)`` and ``close()`` are used when it has them. ``sinks``: callables
-    ``sink(index, name, frame, labels)``, closed at the end when they have ``close()``.
+    ``sink(index, name, frame, labels)``, closed at the end when they have ``close()``; a sink whose
+    ``takes_objects`` is true also gets ``objects=`` (the frame's ``SegmentedFrame.objects``).
     ``masks``: see the module docstring. ``max_frames``: stop after this many frames. ``progress``: a
     :class:`vosrt.sdk.progress.Progress` (updated per finished frame with the FPS). ``flush``: end the
     session's stream at the end (False keeps it open, e.g. between a warm-up and a timed run).
@@ -93,7 +94,10 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
                 continue   # pushed by an earlier call (e.g. a warm-up with flush=False)
             name, frame = waiting.pop(done.index)
             for sink in sinks:
-                sink(done.index, name, frame, done.labels)
+                if getattr(sink, "takes_objects", False):
+                    sink(done.index, name, frame, done.labels, objects=done.objects)
+                else:
+                    sink(done.index, name, frame, done.labels)
             if on_result is not None:
                 on_result(done, frame)
             if keep_results:

@@ -35,6 +35,82 @@ def test_run_writes_track_id_pngs_and_an_overlay_video(colour_package, tmp_path)
     assert video_frames(tmp_path / "overlay.avi") == 13
 
 
+def _write_frames(folder, frames):
+    folder.mkdir(parents=True)
+    for t, frame in enumerate(frames):
+        cv2.imwrite(str(folder / f"{t:05d}.png"), frame[:, :, ::-1])     # BGR on disk
+
+
+def test_run_writes_vis_and_mots_results_that_eval_scores(colour_package, tmp_path, capsys):
+    # `vosrt eval --task vis|mots` had no command that wrote its inputs: an application had to call the
+    # instance_metrics functions itself. Two videos into one results JSON, one KITTI-MOTS file per sequence.
+    pytest.importorskip("pycocotools")
+    pytest.importorskip("trackeval")
+    from pycocotools import mask as mask_utils
+
+    def rle(mask):
+        out = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        return {"size": out["size"], "counts": out["counts"].decode()}
+
+    videos = {3: scene(13, {"red": (0, 12, 4, 0, 2), "green": (6, 12, 40, 16, 0)}),
+              4: scene(9, {"green": (0, 12, 8, 28, 0)})}
+    gt = {"videos": [], "categories": [{"id": 1, "name": "thing"}], "annotations": []}
+    (tmp_path / "gt_mots").mkdir()
+    for video_id, (frames, masks) in videos.items():
+        _write_frames(tmp_path / f"v{video_id}", frames)
+        gt["videos"].append({"id": video_id, "height": 64, "width": 64, "length": len(frames)})
+        lines = []
+        for k, name in enumerate(masks, 1):
+            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "video_id": video_id, "category_id": 1,
+                                      "segmentations": [rle(m) if m is not None else None for m in masks[name]]})
+            lines += [f"{t} {1000 + k} 1 64 64 {rle(m)['counts']}" for t, m in enumerate(masks[name]) if m is not None]
+        (tmp_path / "gt_mots" / f"{video_id:04d}.txt").write_text("\n".join(sorted(lines, key=lambda l: int(l.split()[0]))) + "\n")
+        code = main(["run", str(colour_package), "--source", str(tmp_path / f"v{video_id}"), "--no-progress",
+                     "--overlap", "6", "--vis", str(tmp_path / "results.json"), "--video-id", str(video_id),
+                     "--mots", str(tmp_path / "mots" / f"{video_id:04d}.txt")])
+        assert code == 0
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(e["video_id"] for e in results) == [3, 3, 4]          # both videos kept in one file
+    assert all(len(e["segmentations"]) == len(videos[e["video_id"]][0]) for e in results)
+    capsys.readouterr()
+    assert main(["eval", "--task", "vis", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "results.json")]) == 0
+    out = capsys.readouterr().out
+    assert "   AP   1.000" in out and "AR10   1.000" in out, out
+    assert main(["eval", "--task", "mots", "--gt", str(tmp_path / "gt_mots"), "--pred", str(tmp_path / "mots")]) == 0
+    rows = (tmp_path / "mots" / "metrics.csv").read_text().splitlines()
+    assert rows[1].startswith("car,1.000000")                          # HOTA 1: every track found and kept
+
+    # a second run of video 3 replaces its entries, not adds to them
+    assert main(["run", str(colour_package), "--source", str(tmp_path / "v3"), "--no-progress", "--max-frames", "8",
+                 "--vis", str(tmp_path / "results.json"), "--video-id", "3"]) == 0
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(e["video_id"] for e in again) == [3, 3, 4]
+    assert all(len(e["segmentations"]) == 8 for e in again if e["video_id"] == 3)
+    assert [e for e in again if e["video_id"] == 4] == [e for e in results if e["video_id"] == 4]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--vis", "r.json"], "--vis: needs --video-id N"),
+    (["--video-id", "2"], "--video-id: .* give --vis JSON too"),
+    (["--mots-class", "2"], "--mots-class: .* give --mots TXT too"),
+    (["--vis", "r.txt", "--video-id", "1"], "--vis: .*r.txt: give a .json file name"),
+    (["--mots", "m.json"], "--mots: .*m.json: give a .txt file name"),
+    (["--vis", "not_results.json", "--video-id", "1"], "--vis: .*not a list of results entries"),
+])
+def test_bad_result_file_flags_are_refused_before_the_run(colour_package, tmp_path, capsys, monkeypatch, flags, message):
+    pytest.importorskip("pycocotools")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "not_results.json").write_text(json.dumps({"videos": []}))   # a ground truth, given by mistake
+    frames, _ = scene(3, {"red": (0, 12, 4, 0, 2)})
+    _write_frames(tmp_path / "v", frames)
+    assert main(["run", str(colour_package), "--source", str(tmp_path / "v"), "--no-progress", *flags]) == 2
+    import re
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert json.loads((tmp_path / "not_results.json").read_text()) == {"videos": []}
+
+
 def test_track_ids_beyond_255_survive_the_png_round_trip(tmp_path):
     labels = np.zeros((8, 8), np.uint32)
     labels[2:4, 2:4] = 300
