@@ -21,6 +21,7 @@
 
 #include <map>
 #include <mutex>
+#include <type_traits>
 #include <utility>
 
 #include "l2_readout_math.h"
@@ -401,9 +402,11 @@ vosrtStatus_t dynamic_shared_budget(const void* kernel, size_t& budget) {
   return VOSRT_SUCCESS;
 }
 
+// A block's shared memory on this device: `stages` (two key stages where they fit the kernel's budget, else
+// one) and their `bytes`, with the `budget`; VOSRT_ERROR_NOT_SUPPORTED where not even one stage fits. The one
+// rule both the launch (run) and the build-time check (fits_device) follow.
 template <typename T>
-vosrtStatus_t set_shared(const void* kernel, int ck, bool dense, int& stages, size_t& bytes) {
-  size_t budget = 0;
+vosrtStatus_t plan_shared(const void* kernel, int ck, bool dense, int& stages, size_t& bytes, size_t& budget) {
   const vosrtStatus_t st = dynamic_shared_budget(kernel, budget);
   if (st != VOSRT_SUCCESS) return st;
   stages = shared_bytes<T>(ck, dense, 2) <= budget ? 2 : 1;
@@ -411,40 +414,49 @@ vosrtStatus_t set_shared(const void* kernel, int ck, bool dense, int& stages, si
   return bytes > budget ? VOSRT_ERROR_NOT_SUPPORTED : VOSRT_SUCCESS;
 }
 
+// f(std::integral_constant<int, K>{}), K the register-list size of top_k's bucket: the one place that maps
+// a run-time top_k onto the select kernel's instantiations.
+template <typename F>
+auto with_bucket(int top_k, F&& f) {
+  switch (bucket(top_k)) {
+    case 8: return f(std::integral_constant<int, 8>{});
+    case 16: return f(std::integral_constant<int, 16>{});
+    case 20: return f(std::integral_constant<int, 20>{});
+    case 32: return f(std::integral_constant<int, 32>{});
+    default: return f(std::integral_constant<int, 64>{});
+  }
+}
+
 // The kernel whose blocks hold a forward's key tiles: the dense one (top_k 0) or the select one of top_k's
 // bucket, as run() picks them.
 template <typename T>
 const void* tile_kernel(int top_k) {
   if (top_k == 0) return reinterpret_cast<const void*>(&dense_kernel<T>);
-  switch (bucket(top_k)) {
-    case 8: return reinterpret_cast<const void*>(&select_kernel<T, 8>);
-    case 16: return reinterpret_cast<const void*>(&select_kernel<T, 16>);
-    case 20: return reinterpret_cast<const void*>(&select_kernel<T, 20>);
-    case 32: return reinterpret_cast<const void*>(&select_kernel<T, 32>);
-    default: return reinterpret_cast<const void*>(&select_kernel<T, 64>);
-  }
+  return with_bucket(top_k, [](auto k) {
+    return reinterpret_cast<const void*>(&select_kernel<T, decltype(k)::value>);
+  });
 }
 
-// Whether the current device gives a block of p's forward the shared memory of one key stage.
+// Whether the current device gives a block of p's forward its shared memory (plan_shared, as run() asks).
 template <typename T>
 vosrtStatus_t fits_device(const vosrtL2ReadoutParams& p, size_t* needed, size_t* available) {
   const int top_k = l2r_effective_top_k(&p);
-  size_t budget = 0;
-  const vosrtStatus_t st = dynamic_shared_budget(tile_kernel<T>(top_k), budget);
-  if (st != VOSRT_SUCCESS) return st;
-  const size_t need = shared_bytes<T>(p.key_dim, top_k == 0, 1);
-  if (needed) *needed = need;
+  int stages = 0;
+  size_t bytes = 0, budget = 0;
+  const vosrtStatus_t st = plan_shared<T>(tile_kernel<T>(top_k), p.key_dim, top_k == 0, stages, bytes, budget);
+  if (st == VOSRT_ERROR_CUDA) return st;
+  if (needed) *needed = shared_bytes<T>(p.key_dim, top_k == 0, 1);   // the least a block takes: one stage
   if (available) *available = budget;
-  return need <= budget ? VOSRT_SUCCESS : VOSRT_ERROR_NOT_SUPPORTED;
+  return st;
 }
 
 template <typename T, int kMax>
 vosrtStatus_t run_top_k(const vosrtL2ReadoutParams& p, int top_k, float scale, const T* mk, const T* qk,
                         const T* mv, T* out, void* workspace, cudaStream_t stream) {
   int stages = 0;
-  size_t smem = 0;
-  vosrtStatus_t st = set_shared<T>(reinterpret_cast<const void*>(&select_kernel<T, kMax>), p.key_dim, false,
-                                   stages, smem);
+  size_t smem = 0, budget = 0;
+  vosrtStatus_t st = plan_shared<T>(reinterpret_cast<const void*>(&select_kernel<T, kMax>), p.key_dim, false,
+                                    stages, smem, budget);
   if (st != VOSRT_SUCCESS) return st;
   int device = 0, sms = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
@@ -483,8 +495,8 @@ vosrtStatus_t run(const vosrtL2ReadoutParams& p, const T* mk, const T* qk, const
   const float scale = l2r_effective_scale(&p);
   if (top_k == 0) {
     int stages = 0;
-    size_t smem = 0;
-    vosrtStatus_t st = set_shared<T>(reinterpret_cast<const void*>(&dense_kernel<T>), p.key_dim, true, stages, smem);
+    size_t smem = 0, budget = 0;
+    vosrtStatus_t st = plan_shared<T>(tile_kernel<T>(0), p.key_dim, true, stages, smem, budget);
     if (st != VOSRT_SUCCESS) return st;
     const dim3 grid(ceil_div(p.query_size, kL2TileM), ceil_div(p.value_dim, kL2DenseV), p.batch);
     auto dense = &dense_kernel<T>;
@@ -492,13 +504,9 @@ vosrtStatus_t run(const vosrtL2ReadoutParams& p, const T* mk, const T* qk, const
                                                       mk, qk, mv, out);
     return launch_status();
   }
-  switch (bucket(top_k)) {
-    case 8: return run_top_k<T, 8>(p, top_k, scale, mk, qk, mv, out, workspace, stream);
-    case 16: return run_top_k<T, 16>(p, top_k, scale, mk, qk, mv, out, workspace, stream);
-    case 20: return run_top_k<T, 20>(p, top_k, scale, mk, qk, mv, out, workspace, stream);
-    case 32: return run_top_k<T, 32>(p, top_k, scale, mk, qk, mv, out, workspace, stream);
-    default: return run_top_k<T, 64>(p, top_k, scale, mk, qk, mv, out, workspace, stream);
-  }
+  return with_bucket(top_k, [&](auto k) {
+    return run_top_k<T, decltype(k)::value>(p, top_k, scale, mk, qk, mv, out, workspace, stream);
+  });
 }
 
 }  // namespace
