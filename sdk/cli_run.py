@@ -172,14 +172,16 @@ def _check_result_flags(args) -> None:
         raise UserError("--mots-class: sets the class of a --mots file's tracks; give --mots TXT too")
 
 
-def _result_writers(args) -> list:
+def _result_writers(args, source) -> list:
     """The sinks of --vis and --mots (checked before the run: a bad file name, a --vis file that is not a
-    results list, pycocotools missing)."""
+    results list, pycocotools missing). A folder's --vis entries have one slot per image, unreadable ones
+    included (null), so that they line up with the dataset's frames; a --max-frames run has its frames'."""
     from vosrt.sdk.instance_metrics import MotsWriter, VisWriter
 
     writers = []
     if args.vis:
-        writers.append(VisWriter(args.vis, args.video_id))
+        names = getattr(source, "all_names", None) if args.max_frames is None else None
+        writers.append(VisWriter(args.vis, args.video_id, frame_names=names))
     if args.mots:
         writers.append(MotsWriter(args.mots, args.mots_class))
     return writers
@@ -224,7 +226,7 @@ def run(args) -> int:
             sinks.append(PngSink(args.out))
         if args.video:
             sinks.append(OverlayVideoSink(args.video, fps=source.fps))
-        sinks += _result_writers(args)
+        sinks += _result_writers(args, source)
     except BaseException:
         session.close()
         if source is not None:
@@ -251,10 +253,16 @@ def run(args) -> int:
     if skipped:
         print(f"warning: {len(skipped)} unreadable frame(s) skipped: {', '.join(skipped[:5])}"
               f"{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
-    if args.vis and (skipped or stats.refused):
-        print(f"warning: --vis {args.vis}: the skipped frames have no slot in video {args.video_id}'s "
-              "segmentations, which are then shorter than the video (vosrt eval refuses that); repair those "
-              "frames and run again", file=sys.stderr)
+    vis_writer = next((sink for sink in sinks if hasattr(sink, "video_id")), None)   # --vis's VisWriter
+    if vis_writer is not None and (skipped or stats.refused):
+        if vis_writer.slots > done:
+            print(f"note: --vis {args.vis}: the {vis_writer.slots - done} skipped frame(s) are null (no "
+                  f"prediction) in video {args.video_id}'s segmentations, which keep one entry per frame",
+                  file=sys.stderr)
+        else:
+            print(f"warning: --vis {args.vis}: the skipped frames have no slot in video {args.video_id}'s "
+                  "segmentations, which are then shorter than the video (vosrt eval refuses that); repair those "
+                  "frames and run again", file=sys.stderr)
     if source.stopped_early:
         print(f"warning: {source.problem}; the {done} frames before it were kept", file=sys.stderr)
         return 1

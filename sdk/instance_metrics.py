@@ -268,31 +268,41 @@ class VisWriter:
     entries (:meth:`results`): one per track, its ``segmentations`` one COCO RLE or ``None`` per finished
     frame in order, its score the mean of its per-frame ``objects`` scores (1.0 where a frame has none),
     its category the most frequent one (``categories`` maps the model's category index to the dataset's
-    id). With a ``path``, :meth:`close` writes them into that results JSON, replacing the entries an
-    earlier run wrote for the same ``video_id`` and keeping the other videos' (one file for a dataset,
-    written by one run per video), in one rename."""
+    id). ``frame_names``: the names of all the video's frames in order; each frame then takes the slot of
+    its name, and a frame that never arrives (an unreadable image the source skipped) keeps a ``None``
+    slot, so the list has one entry per frame of the video. With a ``path``, :meth:`close` writes them
+    into that results JSON, replacing the entries an earlier run wrote for the same ``video_id`` and
+    keeping the other videos' (one file for a dataset, written by one run per video), in one rename."""
 
     takes_objects = True
 
-    def __init__(self, path, video_id: int, categories: dict | None = None, flag: str = "--vis"):
+    def __init__(self, path, video_id: int, categories: dict | None = None, flag: str = "--vis",
+                 frame_names: list | None = None):
         self._mask = _require("pycocotools.mask")
         self.path = _output_file(path, flag, ".json") if path is not None else None
         self.video_id = int(video_id)
         self.categories = categories or {}
         self.flag = flag
+        self._slots = {str(name): k for k, name in enumerate(frame_names)} if frame_names is not None else None
         self.frames = 0
         self._tracks: dict[int, dict] = {}   # track: {"segs": {position: rle}, "scores": [...], "cats": [...]}
         if self.path is not None:
             self._earlier()   # a file that is not a results list is refused now, not after the run
 
     def __call__(self, index: int, name: str, frame, labels: np.ndarray, objects: dict | None = None) -> None:
-        position, self.frames = self.frames, self.frames + 1
+        position = self.frames if self._slots is None else self._slots.get(str(name), self.frames)
+        self.frames += 1
         for track in _tracks(labels):
             entry = self._tracks.setdefault(track, {"segs": {}, "scores": [], "cats": []})
             entry["segs"][position] = _rle_of(self._mask, labels, track)
             info = (objects or {}).get(track, {})
             entry["scores"].append(float(info.get("score", 1.0)))
             entry["cats"].append(int(info.get("category", 1)))
+
+    @property
+    def slots(self) -> int:
+        """Entries of each track's ``segmentations``: the frames named in ``frame_names``, else those received."""
+        return self.frames if self._slots is None else max(len(self._slots), self.frames)
 
     def results(self) -> list:
         out = []
@@ -302,7 +312,7 @@ class VisWriter:
             category = max(sorted(set(cats)), key=cats.count)
             out.append({"video_id": self.video_id, "category_id": self.categories.get(category, category),
                         "score": float(np.mean(entry["scores"])),
-                        "segmentations": [entry["segs"].get(t) for t in range(self.frames)]})
+                        "segmentations": [entry["segs"].get(t) for t in range(self.slots)]})
         return out
 
     def _earlier(self) -> list:

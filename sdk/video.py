@@ -185,6 +185,12 @@ class ImageFolderSource(FrameSource):
         return self._names[index] if index < len(self._names) else super().frame_name(index)
 
     @property
+    def all_names(self) -> list[str]:
+        """The output names of all the folder's images in order, the unreadable ones included (a results
+        file with one slot per frame of the video keeps theirs)."""
+        return [self._name_of[p] for p in self.files]
+
+    @property
     def first_frame_skipped(self) -> bool:
         return bool(self.skipped) and self.skipped[0] == self.files[0]
 
