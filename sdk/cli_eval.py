@@ -210,6 +210,13 @@ def _run_vis(args) -> int:
         except (OSError, ValueError) as err:
             raise UserError(f"{flag} {path}: expected a YouTube-VIS JSON file ({err})") from None
     gt, results = loaded
+    if isinstance(gt, dict) and "videos" in gt and gt.get("annotations") is None:
+        # the valid / test JSONs of YouTube-VIS and OVIS: frames and categories, the ground truth kept private
+        raise UserError(f"--gt {args.gt} has no annotations: YouTube-VIS and OVIS keep the ground truth of their "
+                        "valid and test splits private, so their JSONs list only videos and categories. Score "
+                        f"{args.pred} there: zip it as results.json and submit it to the challenge's evaluation "
+                        "server (CodaLab); or score here with --gt an annotation file that has them (e.g. videos "
+                        "of the train split held out from training)")
     if not isinstance(gt, dict) or "videos" not in gt or "annotations" not in gt:
         raise UserError(f"--gt {args.gt}: expected a YouTube-VIS annotation file (with 'videos' and 'annotations')")
     if isinstance(results, dict) and "annotations" in results:

@@ -187,6 +187,22 @@ def test_eval_unsupervised_names_the_objects_that_enter_after_the_first_frame(tm
     assert "not scored" in err
 
 
+@pytest.mark.parametrize("annotations", ["missing", None])
+def test_eval_vis_on_a_valid_split_without_annotations_says_where_it_is_scored(tmp_path, capsys, annotations):
+    # YouTube-VIS and OVIS publish no ground truth for valid/test: their valid.json has videos and categories
+    # but no (or null) annotations. The README's own example (--gt valid.json) then failed with "expected
+    # 'videos' with 'id', 'height' and 'width', ... (TypeError: 'NoneType' object is not iterable)".
+    gt = {"videos": [{"id": 1, "height": 40, "width": 40, "length": 2, "file_names": ["a/00000.jpg", "a/00005.jpg"]}],
+          "categories": [{"id": 1, "name": "person"}]}
+    if annotations != "missing":
+        gt["annotations"] = annotations
+    (tmp_path / "valid.json").write_text(json.dumps(gt))
+    (tmp_path / "results.json").write_text("[]")
+    assert main(["eval", "--task", "vis", "--gt", str(tmp_path / "valid.json"), "--pred", str(tmp_path / "results.json")]) == 2
+    err = capsys.readouterr().err
+    assert "valid.json has no annotations" in err and "evaluation server" in err, err
+
+
 def test_eval_vis_and_mots_read_their_files(tmp_path, capsys):
     pytest.importorskip("pycocotools")
     pytest.importorskip("trackeval")
