@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -451,13 +452,22 @@ def mots_metrics(gt_folder: str | Path, pred_folder: str | Path, classes=("car",
     classes, and predictions with no row of class 1 or 2 are refused."""
     trackeval = _require("trackeval")
     gt_folder, pred_folder = Path(gt_folder), Path(pred_folder)
+    for flag, folder in (("--gt", gt_folder), ("--pred", pred_folder)):
+        if folder.is_file():
+            raise UserError(f"{flag} {folder} is a file: give the folder of the <sequence>.txt files ({folder.parent}),"
+                            " which is scored sequence by sequence")
     labels = gt_folder / "label_02" if (gt_folder / "label_02").is_dir() else gt_folder
     seqs = sorted(p.stem for p in labels.glob("*.txt"))
     if not seqs:
-        raise UserError(f"--gt {gt_folder}: no KITTI-MOTS <sequence>.txt files")
+        raise UserError(f"--gt {gt_folder}: no KITTI-MOTS <sequence>.txt files (the ground truth in the txt format: "
+                        "KITTI-MOTS's instances_txt/ folder, or trackeval's label_02/; the instances/ PNGs are not read)")
     missing = [s for s in seqs if not (pred_folder / f"{s}.txt").is_file()]
     if missing:
-        raise UserError(f"--pred {pred_folder}: no {missing[0]}.txt (predictions for every ground-truth sequence)")
+        names = ", ".join(f"{s}.txt" for s in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise UserError(f"--pred {pred_folder}: no {names} ({len(missing)} of the {len(seqs)} sequences of --gt "
+                        f"{labels}); write each with `vosrt run PKG --source <the sequence's frames> --mots "
+                        f"{shlex.quote(str(pred_folder / (missing[0] + '.txt')))}`, or give --gt a folder holding only the sequences "
+                        "to score (e.g. the validation split's)")
     predictions = {s: _read_mots(pred_folder / f"{s}.txt", "--pred") for s in seqs}
     _check_mots_classes(pred_folder, predictions)
     lengths = {}

@@ -254,3 +254,27 @@ def test_mots_predictions_of_classes_kitti_mots_does_not_score_are_named_not_dro
     err = capsys.readouterr().err.strip()
     assert err.startswith("warning: --pred ") and "mixed/0000.txt: 2 row(s) of class id(s) 3 are not scored" in err
     assert "\n" not in err
+
+
+def test_mots_folders_that_do_not_fit_say_what_to_give(tmp_path):
+    # A KITTI-MOTS download's instances_txt/ holds all 21 training sequences; a run of the validation ones was
+    # refused with "no 0000.txt (predictions for every ground-truth sequence)" and no way forward. The file of one
+    # sequence, or the instances/ PNG folder, as --gt was "no KITTI-MOTS <sequence>.txt files".
+    track = {t: A for t in range(3)}
+    mots_files(tmp_path / "instances_txt", {1001: track})
+    (tmp_path / "instances_txt" / "0002.txt").write_text((tmp_path / "instances_txt" / "0000.txt").read_text())
+    (tmp_path / "instances_txt" / "0006.txt").write_text((tmp_path / "instances_txt" / "0000.txt").read_text())
+    mots_files(tmp_path / "tracker_txts", {3: track})
+    (tmp_path / "tracker_txts" / "0000.txt").rename(tmp_path / "tracker_txts" / "0002.txt")
+    with pytest.raises(UserError, match=r"--pred .*tracker_txts: no 0000.txt, 0006.txt \(2 of the 3 sequences of --gt "
+                                        r".*\).*vosrt run PKG --source <the sequence's frames> --mots .*0000.txt.*"
+                                        r"only the sequences to score"):
+        mots_metrics(tmp_path / "instances_txt", tmp_path / "tracker_txts")
+    with pytest.raises(UserError, match=r"--gt .*0002.txt is a file: give the folder of the <sequence>.txt files"):
+        mots_metrics(tmp_path / "instances_txt" / "0002.txt", tmp_path / "tracker_txts")
+    with pytest.raises(UserError, match=r"--pred .*0002.txt is a file: give the folder of the <sequence>.txt files"):
+        mots_metrics(tmp_path / "instances_txt", tmp_path / "tracker_txts" / "0002.txt")
+    (tmp_path / "instances" / "0002").mkdir(parents=True)
+    (tmp_path / "instances" / "0002" / "000000.png").write_bytes(b"")
+    with pytest.raises(UserError, match=r"--gt .*instances: no KITTI-MOTS <sequence>.txt files.*instances_txt"):
+        mots_metrics(tmp_path / "instances", tmp_path / "tracker_txts")
