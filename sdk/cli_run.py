@@ -148,6 +148,21 @@ def _masks_of(source, first_mask, family):
     return masks
 
 
+def _check_mask_ids(mask, where: str, family) -> None:
+    """A first-frame mask with ids beyond 255 (e.g. a KITTI-MOTS instance PNG: class * 1000 + instance, 10000
+    ignore) is refused naming where it came from and what the family takes."""
+    import numpy as np
+
+    if mask is None or not mask.size or int(mask.max()) <= 255:
+        return
+    big = [int(i) for i in np.unique(mask) if i > 255]
+    shown = ", ".join(map(str, big[:5])) + (", ..." if len(big) > 5 else "")
+    raise UserError(f"{where}: object ids {shown}, but {family.name} packages track ids 1..255 (0 background); "
+                    "renumber the objects 1..K in the mask (a KITTI-MOTS instance PNG holds class * 1000 + "
+                    "instance and 10000 for ignore regions, which is no object); with --mots, --mots-class 1|2 "
+                    "sets the class of the tracks")
+
+
 def _refuse_overwriting_the_source(args) -> None:
     source = Path(args.source)
     if not source.exists():
@@ -217,8 +232,13 @@ def run(args) -> int:
     source = None
     try:
         source = open_source(args.source)
-        masks = _masks_of(source, read_label_png(args.mask) if args.mask else source.first_mask(), family) \
-            if family.takes_mask else None
+        if family.takes_mask:
+            first = read_label_png(args.mask) if args.mask else source.first_mask()
+            _check_mask_ids(first, f"--mask {args.mask}" if args.mask else f"--source {args.source}: its first "
+                            "annotation", family)
+            masks = _masks_of(source, first, family)
+        else:
+            masks = None
         _refuse_overwriting_the_source(args)
         sinks = []
         if args.out:

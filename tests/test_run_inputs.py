@@ -101,6 +101,22 @@ def test_a_corrupt_mask_file_is_a_one_line_error(tmp_path, capsys, content):
     assert "cannot read it as a PNG" in err and "Traceback" not in err
 
 
+def test_a_mask_with_ids_beyond_255_names_the_flag_and_what_stcn_takes(tmp_path, capsys):
+    # A KITTI-MOTS instance PNG (class * 1000 + instance, 10000 ignore) as the first-frame mask of a --mots run
+    # stopped with "mask: object ids must be in 0..255 (0 = background), got 0..10000": no flag, no file, no
+    # way on.
+    folder = _frames_and_mask(tmp_path, 3)
+    ids = _mask().astype(np.uint16) * 2001
+    ids[-4:, -4:] = 10000
+    write_label_png(tmp_path / "instances.png", ids)
+    assert main(["run", PACKAGE, "--source", str(folder), "--mask", str(tmp_path / "instances.png"),
+                 "--mots", str(tmp_path / "0002.txt"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--mask {tmp_path / 'instances.png'}: object ids 2001, 10000" in err, err
+    assert "1..255" in err and "KITTI-MOTS" in err and "--mots-class" in err and "Traceback" not in err
+    assert not (tmp_path / "0002.txt").exists()
+
+
 def test_objects_first_annotated_on_a_later_frame_of_a_davis_sequence_are_tracked_from_there(tmp_path, capsys):
     images = tmp_path / "JPEGImages" / "480p" / "seq"
     annotations = tmp_path / "Annotations" / "480p" / "seq"
