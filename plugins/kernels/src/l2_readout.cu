@@ -108,13 +108,22 @@ __device__ __forceinline__ void copy_async(void* dst, const void* src, int bytes
 // The mem_key tiles of one block's walk over N. With two stages the next tile is copied in (cp.async)
 // while the current one is computed; with one (when two do not fit in shared memory) each tile is copied
 // just before it is used. Every fetch commits one cp.async group, empty for the plain-load fallback.
+// Key stage `slot` (0 or 1) of s. Chosen by a select, never by indexing mem_key with a run-time slot: that
+// index made nvcc keep the whole Smem struct in local memory (a 56-byte stack frame in every select and
+// dense kernel) and lose the shared-memory address space of the key tiles (generic loads in the WMMA and
+// norm loops).
+template <typename T>
+__device__ __forceinline__ T* key_stage(const Smem& s, int slot) {
+  return static_cast<T*>(slot == 0 ? s.mem_key[0] : s.mem_key[1]);
+}
+
 template <typename T>
 struct KeyTiles {
   const T* src;  // [rows, len] of this batch
   int rows, ckp, len, copy_bytes, stages;
 
   __device__ void fetch(const Smem& s, int slot, int col0) const {
-    T* dst = static_cast<T*>(s.mem_key[slot]);
+    T* dst = key_stage<T>(s, slot);
     if (copy_bytes == 0) {
       load_tile<T>(dst, src, rows, ckp, len, col0, kL2TileN);
     } else {
@@ -144,7 +153,7 @@ struct KeyTiles {
     if (stages == 2 && !last) __pipeline_wait_prior(1);  // all but the group just committed
     else __pipeline_wait_prior(0);
     __syncthreads();
-    return static_cast<const T*>(s.mem_key[slot]);
+    return key_stage<T>(s, slot);
   }
 };
 
