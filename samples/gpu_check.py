@@ -13,9 +13,9 @@ benchmark_<part>.json per benchmark.
 
 1. environment: GPU, driver, CUDA runtime of torch, nvcc, CMake, optional packages.
 2. build: ``cmake -S plugins -B plugins/build-gpu-check`` (``--build-dir``) for this GPU's architecture
-   only, nvcc's warnings not made errors (``-DVOSRT_CUDA_WERROR=OFF``): the CUDA kernels first, then the
-   rest (their CPU driver and emulation, the ONNX Runtime operators and the TensorRT plugins where their
-   headers exist); then whether the kernel library loads, and why not.
+   only, nvcc's warnings not made errors (``-DVOSRT_CUDA_WERROR=OFF``), with Ninja where there is no make:
+   the CUDA kernels first, then the rest (their CPU driver and emulation, the ONNX Runtime operators and
+   the TensorRT plugins where their headers exist); then whether the kernel library loads, and why not.
 3. tests: ``pytest -m "gpu or tensorrt"`` on the test modules that hold such tests, against the libraries
    just built; each operator's kernel tests in a pytest process of their own (a kernel fault poisons its
    process's CUDA context); junit XML and pytest's log, written as it runs, in OUT. A module that cannot
@@ -189,6 +189,7 @@ def probe_environment() -> dict:
         env["nvcc"] = match.group(1) if match else "unknown"
     cmake = shutil.which("cmake")
     env["cmake"] = _run([cmake, "--version"], 30)["output_tail"].split("\n")[0] if cmake else None
+    env["make"], env["ninja"] = shutil.which("make"), shutil.which("ninja")
     for module in ("cupy", "tensorrt", "onnxruntime"):
         try:
             imported = __import__(module)
@@ -252,12 +253,28 @@ class Deadline:
         return min(left, max(left / parts, floor))
 
 
+def cmake_generator(build_dir: Path) -> list[str]:
+    """Ninja where CMake's default generator (Unix Makefiles) would find no make: a GPU image can carry CMake
+    and ninja as Python packages without make, and the configure would then fail before compiling anything.
+    [] (CMake's default) where make is there, $CMAKE_GENERATOR is set or build_dir was configured before (its
+    generator cannot change)."""
+    if (os.environ.get("CMAKE_GENERATOR") or shutil.which("make") or shutil.which("gmake")
+            or (build_dir / "CMakeCache.txt").is_file()):
+        return []
+    beside_python = Path(sys.executable).parent / "ninja"  # pip's ninja, in a virtual environment not on PATH
+    ninja = shutil.which("ninja") or (str(beside_python) if beside_python.is_file() else None)
+    if ninja is None:
+        return []  # CMake then says that it found no build program
+    return ["-G", "Ninja"] + ([] if shutil.which("ninja") else [f"-DCMAKE_MAKE_PROGRAM={ninja}"])
+
+
 def build_commands(build_dir: Path, env: dict) -> list[list[str]]:
     arch = cuda_architecture(env)
     # nvcc's warnings stay warnings (in the log): one new in this machine's nvcc release must not cost the
     # kernels of a one-shot run. Without nvcc the rest (CPU driver, emulation, CPU operators) still builds.
     configure = ["cmake", "-S", str(PLUGINS), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
-                 f"-DVOSRT_CUDA_ARCHS={arch}", f"-DCMAKE_CUDA_ARCHITECTURES={arch}", "-DVOSRT_CUDA_WERROR=OFF"]
+                 f"-DVOSRT_CUDA_ARCHS={arch}", f"-DCMAKE_CUDA_ARCHITECTURES={arch}", "-DVOSRT_CUDA_WERROR=OFF",
+                 *cmake_generator(build_dir)]
     if not env.get("nvcc"):
         configure.append("-DVOSRT_BUILD_KERNELS=OFF")
     include = tensorrt_include()

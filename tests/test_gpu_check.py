@@ -204,6 +204,40 @@ def test_build_targets_this_gpu_only_and_finds_tensorrt_headers_from_the_environ
     assert "-DVOSRT_BUILD_KERNELS=OFF" in configure and len(builds) == 1
 
 
+def test_the_build_uses_ninja_where_cmake_would_find_no_make(tmp_path, monkeypatch):
+    # CMake's default generator needs make; a GPU image may carry CMake and ninja (Python packages) without it
+    gpu_check = _module()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    monkeypatch.setattr(gpu_check.sys, "executable", str(venv_bin / "python3"))
+    monkeypatch.delenv("CMAKE_GENERATOR", raising=False)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    h200 = {"gpu": {"compute_capability": "9.0"}, "nvcc": "13.0"}
+    configure = gpu_check.build_commands(tmp_path / "build", h200)[0]
+    assert "-G" not in configure  # neither make nor ninja: CMake's default, and CMake's own error
+    (venv_bin / "ninja").write_text("#!/bin/sh\n")  # pip's ninja beside this python, off PATH
+    (venv_bin / "ninja").chmod(0o755)
+    configure = gpu_check.build_commands(tmp_path / "build", h200)[0]
+    assert configure[-3:] == ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={venv_bin / 'ninja'}"]
+    for name in ("ninja", "make"):
+        (bin_dir / name).write_text("#!/bin/sh\n")
+        (bin_dir / name).chmod(0o755)
+        configure = gpu_check.build_commands(tmp_path / "build", h200)[0]
+        if name == "ninja":
+            assert configure[-2:] == ["-G", "Ninja"] and configure[:3] == ["cmake", "-S", str(gpu_check.PLUGINS)]
+        else:
+            assert "-G" not in configure  # make is there: CMake's default generator
+    (bin_dir / "make").unlink()
+    monkeypatch.setenv("CMAKE_GENERATOR", "Unix Makefiles")  # the caller's choice stands
+    assert "-G" not in gpu_check.build_commands(tmp_path / "build", h200)[0]
+    monkeypatch.delenv("CMAKE_GENERATOR")
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "CMakeCache.txt").write_text("")  # configured before: its generator cannot change
+    assert "-G" not in gpu_check.build_commands(tmp_path / "build", h200)[0]
+
+
 def test_a_host_compiler_nvcc_refuses_is_retried_with_allow_unsupported_compiler(tmp_path, monkeypatch):
     gpu_check = _module()
     bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
