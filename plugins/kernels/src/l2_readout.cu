@@ -105,9 +105,6 @@ __device__ __forceinline__ void copy_async(void* dst, const void* src, int bytes
   else __pipeline_memcpy_async(dst, src, 4);
 }
 
-// The mem_key tiles of one block's walk over N. With two stages the next tile is copied in (cp.async)
-// while the current one is computed; with one (when two do not fit in shared memory) each tile is copied
-// just before it is used. Every fetch commits one cp.async group, empty for the plain-load fallback.
 // Key stage `slot` (0 or 1) of s. Chosen by a select, never by indexing mem_key with a run-time slot: that
 // index made nvcc keep the whole Smem struct in local memory (a 56-byte stack frame in every select and
 // dense kernel) and lose the shared-memory address space of the key tiles (generic loads in the WMMA and
@@ -117,6 +114,9 @@ __device__ __forceinline__ T* key_stage(const Smem& s, int slot) {
   return static_cast<T*>(slot == 0 ? s.mem_key[0] : s.mem_key[1]);
 }
 
+// The mem_key tiles of one block's walk over N. With two stages the next tile is copied in (cp.async)
+// while the current one is computed; with one (when two do not fit in shared memory) each tile is copied
+// just before it is used. Every fetch commits one cp.async group, empty for the plain-load fallback.
 template <typename T>
 struct KeyTiles {
   const T* src;  // [rows, len] of this batch
