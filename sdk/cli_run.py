@@ -35,6 +35,9 @@ def add_arguments(parser) -> None:
                         help="YouTube-VIS / OVIS results file to add this video's tracks to (needs --video-id)")
     parser.add_argument("--video-id", type=int, default=None,
                         help="--vis: the video's id in the dataset's JSON (its 'videos' entry)")
+    parser.add_argument("--videos", default=None, metavar="JSON",
+                        help="--vis: the dataset's JSON (YouTube-VIS / OVIS valid.json); the video is the one whose "
+                             "frames lie in a folder named as --source, and its id and frame list come from there")
     parser.add_argument("--mots", default=None, metavar="TXT", help="KITTI-MOTS txt file to write the tracks to")
     parser.add_argument("--mots-class", type=int, default=None, choices=(1, 2),
                         help="--mots: class of every track, 1 car or 2 pedestrian (default: the model's "
@@ -98,7 +101,7 @@ def _refuse_checkpoint_off_torch(args, package, command: str) -> None:
 
 # Flags of vosrt run / live that the suggested torch command keeps, so that it does what the refused one asked
 # (a run without --mask of a video, or without --out, would fail or discard its results).
-_KEPT_FLAGS = ("--mask", "--out", "--video", "--vis", "--video-id", "--mots", "--mots-class", "--max-frames", "--frames", "--headless", "--select", "--device",
+_KEPT_FLAGS = ("--mask", "--out", "--video", "--vis", "--video-id", "--videos", "--mots", "--mots-class", "--max-frames", "--frames", "--headless", "--select", "--device",
                *(f"--{name.replace('_', '-')}" for name in SETTINGS))
 
 
@@ -178,13 +181,54 @@ def _refuse_overwriting_the_source(args) -> None:
 
 
 def _check_result_flags(args) -> None:
-    if args.vis and args.video_id is None:
-        raise UserError(f"--vis: needs --video-id N, the id of this video in the dataset's JSON (the 'id' of its "
-                        f"'videos' entry), e.g. `--vis {args.vis} --video-id 1`")
-    if args.video_id is not None and not args.vis:
-        raise UserError("--video-id: names the video's entries of a --vis results file; give --vis JSON too")
+    if args.vis and args.video_id is None and args.videos is None:
+        raise UserError(f"--vis: needs the video's id in the dataset: --videos valid.json (the dataset's JSON, where "
+                        f"it is looked up by the --source folder's name) or --video-id N, e.g. `--vis {args.vis} "
+                        f"--video-id 1`")
+    if args.video_id is not None and args.videos is not None:
+        raise UserError("--video-id and --videos both name the video; give one of them")
+    for flag, given in (("--video-id", args.video_id), ("--videos", args.videos)):
+        if given is not None and not args.vis:
+            raise UserError(f"{flag}: names the video's entries of a --vis results file; give --vis JSON too")
     if args.mots_class is not None and not args.mots:
         raise UserError("--mots-class: sets the class of a --mots file's tracks; give --mots TXT too")
+
+
+def _dataset_video(args, folder_names: list[str] | None) -> tuple[int, list[str]]:
+    """--videos: the id and frame names (file stems, in the dataset's order) of the video of the --videos
+    JSON whose frames lie in a folder named as the --source folder (or video file stem); a source folder
+    with images the dataset does not list for it is refused (another video's frames)."""
+    import json
+
+    source = Path(args.source)
+    wanted = source.name if source.is_dir() else source.stem
+    try:
+        dataset = json.loads(Path(args.videos).read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"--videos {args.videos}: expected the dataset's YouTube-VIS / OVIS JSON ({err})") from None
+    videos = dataset.get("videos") if isinstance(dataset, dict) else None
+    if not isinstance(videos, list) or not videos or not all(isinstance(v, dict) and "id" in v and isinstance(v.get("file_names"), list)
+                                               and v["file_names"] for v in videos):
+        raise UserError(f"--videos {args.videos}: expected the dataset's YouTube-VIS / OVIS JSON, whose 'videos' "
+                        "entries have an 'id' and 'file_names'")
+    found = [v for v in videos if Path(str(v["file_names"][0])).parent.name == wanted]
+    if len(found) != 1:
+        listed = ", ".join(Path(str(v["file_names"][0])).parent.name for v in videos[:3])
+        what = (f"none of its {len(videos)} video(s) has its frames" if not found else
+                f"{len(found)} of its {len(videos)} videos have their frames")
+        raise UserError(f"--videos {args.videos}: {what} in a folder named '{wanted}' (the --source's name; it lists "
+                        f"e.g. {listed}); give --source the video's frame folder, or its id with --video-id N instead "
+                        "of --videos")
+    video = found[0]
+    names = [Path(str(f)).stem for f in video["file_names"]]
+    if folder_names is not None:
+        strays = [n for n in folder_names if n not in set(names)]
+        if strays:
+            raise UserError(f"--videos {args.videos}: video {video['id']} ('{wanted}') lists {len(names)} frames, and "
+                            f"--source {args.source} holds {len(strays)} image(s) it does not list "
+                            f"({', '.join(strays[:3])}{', ...' if len(strays) > 3 else ''}): the folder is not that "
+                            "video's frames")
+    return int(video["id"]), names
 
 
 def _result_writers(args, source) -> list:
@@ -195,7 +239,12 @@ def _result_writers(args, source) -> list:
 
     writers = []
     if args.vis:
-        names = getattr(source, "all_names", None) if args.max_frames is None else None
+        folder_names = getattr(source, "all_names", None)
+        names = folder_names if args.max_frames is None else None
+        if args.videos is not None:
+            args.video_id, listed = _dataset_video(args, folder_names)
+            # a folder's frames take their slots by name; a video file's frames by their order
+            names = listed if folder_names is not None else [source.frame_name(i) for i in range(len(listed))]
         writers.append(VisWriter(args.vis, args.video_id, frame_names=names))
     if args.mots:
         writers.append(MotsWriter(args.mots, args.mots_class))

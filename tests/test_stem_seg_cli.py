@@ -125,8 +125,42 @@ def test_vis_keeps_a_null_slot_for_an_unreadable_frame_so_eval_scores_the_video(
     assert "AP50   1.000" in out, out
 
 
+def test_vis_finds_the_video_id_and_its_frames_in_the_dataset_json(colour_package, tmp_path, capsys):
+    # A YouTube-VIS video folder (every 5th frame, one missing): --videos valid.json looks the video up by the
+    # folder's name (its id had to be found by hand for --video-id) and gives every listed frame its slot.
+    pytest.importorskip("pycocotools")
+    frames, masks = scene(8, {"red": (0, 7, 4, 0, 2)})
+    folder = tmp_path / "valid" / "JPEGImages" / "0b6db1c6fd"
+    folder.mkdir(parents=True)
+    for t, frame in enumerate(frames):
+        if t != 6:   # a listed frame that is not in the folder
+            cv2.imwrite(str(folder / f"{5 * t:05d}.png"), frame[:, :, ::-1])
+    listed = [f"0b6db1c6fd/{5 * t:05d}.jpg" for t in range(8)]
+    dataset = {"videos": [{"id": 2, "file_names": ["aaaa/00000.jpg"], "length": 1, "height": 64, "width": 64},
+                          {"id": 7, "file_names": listed, "length": 8, "height": 64, "width": 64}]}
+    (tmp_path / "valid.json").write_text(json.dumps(dataset))
+    assert main(["run", str(colour_package), "--source", str(folder), "--no-progress", "--overlap", "6",
+                 "--vis", str(tmp_path / "results.json"), "--videos", str(tmp_path / "valid.json")]) == 0
+    assert "video 7's tracks" in capsys.readouterr().out
+    [entry] = json.loads((tmp_path / "results.json").read_text())
+    assert entry["video_id"] == 7 and len(entry["segmentations"]) == 8 and entry["segmentations"][6] is None
+    truth = _vis_truth(7, {"red": [m if t != 6 else None for t, m in enumerate(masks["red"])]}, 8)
+    (tmp_path / "gt.json").write_text(json.dumps(truth))
+    assert main(["eval", "--task", "vis", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "results.json")]) == 0
+    assert "AP50   1.000" in capsys.readouterr().out
+    (folder / "99999.png").write_bytes((folder / "00000.png").read_bytes())   # a frame the dataset does not list
+    assert main(["run", str(colour_package), "--source", str(folder), "--no-progress", "--vis",
+                 str(tmp_path / "results.json"), "--videos", str(tmp_path / "valid.json")]) == 2
+    assert "holds 1 image(s) it does not list (99999)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags, message", [
-    (["--vis", "r.json"], "--vis: needs --video-id N"),
+    (["--vis", "r.json"], "--vis: needs the video's id in the dataset: --videos valid.json .* or --video-id N"),
+    (["--vis", "r.json", "--videos", "dataset.json", "--video-id", "3"], "--video-id and --videos both name the video"),
+    (["--videos", "dataset.json"], "--videos: .* give --vis JSON too"),
+    (["--vis", "r.json", "--videos", "dataset.json"],
+     r"--videos dataset.json: none of its 1 video\(s\) has its frames in a folder named 'v' .*e.g. other\)"),
+    (["--vis", "r.json", "--videos", "not_results.json"], "--videos not_results.json: expected the dataset's"),
     (["--video-id", "2"], "--video-id: .* give --vis JSON too"),
     (["--mots-class", "2"], "--mots-class: .* give --mots TXT too"),
     (["--vis", "r.txt", "--video-id", "1"], "--vis: .*r.txt: give a .json file name"),
@@ -137,6 +171,7 @@ def test_bad_result_file_flags_are_refused_before_the_run(colour_package, tmp_pa
     pytest.importorskip("pycocotools")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "not_results.json").write_text(json.dumps({"videos": []}))   # a ground truth, given by mistake
+    (tmp_path / "dataset.json").write_text(json.dumps({"videos": [{"id": 3, "file_names": ["other/00000.jpg"]}]}))
     frames, _ = scene(3, {"red": (0, 12, 4, 0, 2)})
     _write_frames(tmp_path / "v", frames)
     assert main(["run", str(colour_package), "--source", str(tmp_path / "v"), "--no-progress", *flags]) == 2
