@@ -274,7 +274,10 @@ def open_source(spec) -> FrameSource:
 
 def overlay(frame: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """A BGR frame with each object's colour blended in (``alpha``) and background left as is: the DAVIS
-    palette for ids up to 255, a fixed colour per id beyond (:func:`vosrt.sdk.masks.label_colours`)."""
+    palette for ids up to 255, a fixed colour per id beyond (:func:`vosrt.sdk.masks.label_colours`).
+    ``frame`` is uint8, or float in 0..1 as sessions take it; the result is uint8 (what video writers take)."""
+    if frame.dtype != np.uint8:
+        frame = (np.clip(frame, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     out = frame.copy()
     objects = labels > 0
     colours = label_colours(labels[objects])[:, ::-1]                    # RGB -> BGR

@@ -91,6 +91,31 @@ def test_overlay_video_sink_writes_a_video_opencv_reads_back(sequence, tmp_path)
     assert video_frames(tmp_path / "overlay.mp4") == len(sequence)
 
 
+def test_overlay_video_sink_takes_the_float_frames_a_session_takes(tmp_path):
+    # Sessions take float frames in 0..1 as well as uint8 ones; streamed into an OverlayVideoSink, the float
+    # frames stopped the stream with OpenCV's "image.depth() == CV_8U" assertion from the video writer.
+    import vosrt.sdk
+    from sdk_packages import tiny_package
+    from vosrt.sdk.streaming import stream
+
+    sequence = generate_sequence(3, num_frames=6, height=32, width=32, num_objects=1)
+    for name, frames in (("uint8.avi", sequence.frames), ("float.avi", [f / 255.0 for f in sequence.frames]),
+                         ("float32.avi", [f.astype(np.float32) / 255 for f in sequence.frames])):
+        tracker = vosrt.sdk.load(tiny_package("stcn"), threads=1)
+        stream(tracker, frames, [OverlayVideoSink(tmp_path / name, fps=10)], masks={0: sequence.labels[0]})
+    decoded = {}
+    for name in ("uint8.avi", "float.avi", "float32.avi"):
+        capture = cv2.VideoCapture(str(tmp_path / name))
+        decoded[name] = [frame for ok, frame in iter(capture.read, (False, None)) if ok]
+        capture.release()
+    assert len(decoded["uint8.avi"]) == len(sequence)
+    for a, b, c in zip(decoded["uint8.avi"], decoded["float.avi"], decoded["float32.avi"]):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    frame = np.full((4, 4, 3), 100 / 255, np.float32)
+    assert overlay(frame, np.zeros((4, 4), np.uint8)).dtype == np.uint8
+
+
 def test_overlay_tints_objects_and_leaves_background():
     frame = np.full((4, 4, 3), 100, np.uint8)
     labels = np.zeros((4, 4), np.uint8)
