@@ -81,6 +81,12 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
     session's stream at the end (False keeps it open, e.g. between a warm-up and a timed run).
     ``keep_results``: collect the finished frames in ``stats.results``. ``on_result``: called with each
     finished frame and its source frame. ``close``: close the sinks and the source at the end.
+
+    An exception from the source, a sink, ``on_result``, ``masks`` or the session (other than a skipped
+    :class:`~vosrt.sdk.errors.FrameError`) ends the call: the sinks and the source are closed (``close``) and the
+    exception propagates. With ``flush`` the session's stream is dropped too (``session.reset()``), so that the
+    session starts the next stream at frame 0 as after a completed call; with ``flush=False`` it is left as it
+    was, the frames pending in it included.
     """
     sinks = list(sinks)
     stats = StreamStats()
@@ -148,6 +154,10 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
                 after_first = time.perf_counter()
         if flush:
             deliver(session.flush())
+    except BaseException:
+        if flush:
+            _drop_stream(session)
+        raise
     finally:
         end = time.perf_counter()
         stats.seconds = end - start
@@ -157,6 +167,19 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
         if close:
             close_all([*sinks, source])
     return stats
+
+
+def _drop_stream(session) -> None:
+    """After a stream that failed (a sink, a callback, the source or the session raised): drop the session's
+    stream, as the flush at the end would have ended it. Its pending frames can no longer reach this call's
+    sinks, and left in the session they went into the next video (a clip session's window, a tracker's objects
+    and memory). A failure here is not raised over the one that ended the stream."""
+    if getattr(session, "closed", False):
+        return
+    try:
+        session.reset()
+    except Exception:
+        pass
 
 
 def close_all(things) -> None:

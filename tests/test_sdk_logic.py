@@ -312,6 +312,50 @@ def test_a_refused_frame_carrying_a_mask_or_a_source_of_nothing_but_refused_fram
         stream(vosrt.sdk.load(stcn_package, threads=1, color="rgb"), grey)
 
 
+@pytest.mark.parametrize("family", ["stcn", "3dc-seg"])
+def test_a_stream_ended_by_a_failing_sink_leaves_the_session_ready_for_the_next_video(family, stcn_package,
+                                                                                      clip_package):
+    # An application's sink fails (a full disk) on video A; it reports the error and streams video B through the
+    # same session. The failed stream left the session mid-stream: a clip session averaged B's first frames with
+    # clips holding A's last frames, a tracker went on tracking A's objects (and A's first frame in memory) in B.
+    from vosrt.sdk.streaming import stream
+
+    package = stcn_package if family == "stcn" else clip_package
+    first = generate_sequence(1, num_frames=12, height=32, width=32, num_objects=2)
+    second = generate_sequence(2, num_frames=10, height=32, width=32, num_objects=1)
+
+    def failing_sink(index, name, frame, labels):
+        if index == 3:
+            raise OSError("No space left on device")
+
+    used = vosrt.sdk.load(package, threads=1, color="rgb")
+    fresh = vosrt.sdk.load(package, threads=1, color="rgb")
+    masks = (lambda video: {0: video.labels[0]}) if family == "stcn" else (lambda video: None)
+    with pytest.raises(OSError, match="No space"):
+        stream(used, first.frames, [failing_sink], masks=masks(first))
+    assert used.frames_in == 0
+    got = stream(used, second.frames, masks=masks(second), keep_results=True).results
+    expected = stream(fresh, second.frames, masks=masks(second), keep_results=True).results
+    assert [d.index for d in got] == [d.index for d in expected] == list(range(len(second.frames)))
+    for done, reference in zip(got, expected):
+        np.testing.assert_array_equal(done.labels, reference.labels)
+
+
+def test_a_stream_that_fails_with_flush_false_leaves_the_session_as_it_was(clip_package):
+    # flush=False keeps the session's stream open (a warm-up before a timed run): a failure does not end it either.
+    from vosrt.sdk.streaming import stream
+
+    frames = generate_sequence(3, num_frames=9, height=32, width=32, num_objects=1).frames
+    segmenter = vosrt.sdk.load(clip_package, threads=1, color="rgb")
+
+    def failing(done, frame):
+        raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        stream(segmenter, frames, on_result=failing, flush=False)
+    assert segmenter.frames_in == 8
+
+
 # ------------------------------------------------------------------------------------------ clips
 
 def test_a_stream_shorter_than_a_clip_is_padded_with_its_last_frame(clip_package):
