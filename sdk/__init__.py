@@ -76,6 +76,7 @@ def open_session(backend, package, **settings):
 def __getattr__(name):
     # Session classes by name without importing every family's module at `import vosrt.sdk`.
     lazy = {"Tracker": "vosrt.sdk.tracker", "ClipSegmenter": "vosrt.sdk.clip_segmenter",
+            "InstanceSegmenter": "vosrt.sdk.instance_segmenter",
             "SegmentedFrame": "vosrt.sdk.session", "Session": "vosrt.sdk.session", "stream": "vosrt.sdk.streaming"}
     if name in lazy:
         import importlib

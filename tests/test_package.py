@@ -28,6 +28,18 @@ def test_sdk_import_does_not_import_torch():
     assert out.strip() == "False"
 
 
+def test_every_family_s_session_class_is_an_attribute_of_vosrt_sdk():
+    # vosrt.sdk.Tracker and vosrt.sdk.ClipSegmenter worked, vosrt.sdk.InstanceSegmenter (what load() returns for
+    # a stem-seg package, as the README says) raised AttributeError: an application's isinstance check failed.
+    code = ("import sys, vosrt.sdk; from vosrt.sdk import families\n"
+            "for name in ('stcn', '3dc-seg', 'stem-seg'):\n"
+            "    cls = families.get(name).session_class()\n"
+            "    print(name, getattr(vosrt.sdk, cls.__name__) is cls)\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["stcn", "True", "3dc-seg", "True", "stem-seg", "True", "False"], out.stderr
+
+
 def test_the_sdk_modules_the_readme_names_are_attributes_after_import_vosrt_sdk():
     code = ("import sys, vosrt.sdk; print(vosrt.sdk.native_callbacks.hold(2), callable(vosrt.sdk.streaming.stream), "
             "callable(vosrt.sdk.masks.read_label_png), callable(vosrt.sdk.instances.cluster), 'torch' in sys.modules)")
