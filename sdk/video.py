@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from vosrt.sdk.errors import UserError
+from vosrt.sdk.letterbox import check_color
 from vosrt.sdk.masks import label_colours, read_label_png, write_label_png
 
 MIN_FRAME_SIDE = 2          # smaller frames are skipped (check_image refuses them)
@@ -316,9 +317,13 @@ class PngSink:
 
 
 class OverlayVideoSink:
-    """Writes frames with the labels blended in to a video file (``mp4v`` for .mp4, ``MJPG`` for .avi)."""
+    """Writes frames with the labels blended in to a video file (``mp4v`` for .mp4, ``MJPG`` for .avi).
 
-    def __init__(self, path: str | Path, fps: float | None = None, alpha: float = 0.5):
+    ``color``: the channel order of the frames it gets, as the session's ``color`` (``"bgr"``: OpenCV's;
+    ``"rgb"``: PIL's and imageio's), so that the video shows them in their own colours."""
+
+    def __init__(self, path: str | Path, fps: float | None = None, alpha: float = 0.5, color: str = "bgr"):
+        self.color = check_color(color)
         self.path = Path(path)
         self.fps = fps or 15.0
         self.alpha = alpha
@@ -339,6 +344,8 @@ class OverlayVideoSink:
             raise UserError(f"--video: cannot write {self.path}: {err.strerror or err}") from None
 
     def __call__(self, index: int, name: str, frame: np.ndarray, labels: np.ndarray) -> None:
+        if self.color == "rgb":
+            frame = np.ascontiguousarray(frame[:, :, ::-1])
         if self.writer is None:
             fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
             self.writer = cv2.VideoWriter(str(self.path), fourcc, float(self.fps), (frame.shape[1], frame.shape[0]))

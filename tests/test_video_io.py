@@ -116,6 +116,31 @@ def test_overlay_video_sink_takes_the_float_frames_a_session_takes(tmp_path):
     assert overlay(frame, np.zeros((4, 4), np.uint8)).dtype == np.uint8
 
 
+def test_overlay_video_sink_writes_the_rgb_frames_of_an_rgb_session_in_their_own_colours(tmp_path):
+    # A session takes RGB frames (PIL, imageio) with color="rgb"; the sink wrote them as BGR, so the video came
+    # out with red and blue swapped. color="rgb" tells it the frames' order: the video equals the BGR stream's.
+    import vosrt.sdk
+    from sdk_packages import tiny_package
+    from vosrt.sdk.streaming import stream
+
+    sequence = generate_sequence(4, num_frames=5, height=32, width=32, num_objects=1)   # RGB frames
+    bgr = [np.ascontiguousarray(f[:, :, ::-1]) for f in sequence.frames]
+    stream(vosrt.sdk.load(tiny_package("stcn"), threads=1), bgr, [OverlayVideoSink(tmp_path / "bgr.avi")],
+           masks={0: sequence.labels[0]})
+    stream(vosrt.sdk.load(tiny_package("stcn"), threads=1, color="rgb"), sequence.frames,
+           [OverlayVideoSink(tmp_path / "rgb.avi", color="rgb")], masks={0: sequence.labels[0]})
+    decoded = {}
+    for name in ("bgr.avi", "rgb.avi"):
+        capture = cv2.VideoCapture(str(tmp_path / name))
+        decoded[name] = [frame for ok, frame in iter(capture.read, (False, None)) if ok]
+        capture.release()
+    assert len(decoded["rgb.avi"]) == len(sequence)
+    for a, b in zip(decoded["bgr.avi"], decoded["rgb.avi"]):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(UserError, match="color"):
+        OverlayVideoSink(tmp_path / "x.avi", color="bgra")
+
+
 def test_overlay_tints_objects_and_leaves_background():
     frame = np.full((4, 4, 3), 100, np.uint8)
     labels = np.zeros((4, 4), np.uint8)
