@@ -45,6 +45,8 @@ def check_image(image, name: str = "image") -> np.ndarray:
         hint = {np.dtype(np.uint16): " (a 16-bit image? convert with (frame >> 8).astype(np.uint8), or "
                                      "frame.astype(np.float32) / 65535)",
                 np.dtype(np.float16): " (convert with frame.astype(np.float32))"}.get(image.dtype, "")
+        if not hint and image.dtype.kind in "iub":   # other integers (int32/int64 from arithmetic), bool
+            hint = " (pixel values 0..255? convert with np.clip(frame, 0, 255).astype(np.uint8))"
         raise FrameError(f"{name}: expected dtype uint8 (0..255) or float32 (0..1), got {image.dtype}{hint}")
     if image.shape[0] < 2 or image.shape[1] < 2:
         raise FrameError(f"{name}: frame of {image.shape[0]}x{image.shape[1]} pixels is too small")

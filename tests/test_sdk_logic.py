@@ -2,6 +2,7 @@
 filled prefix, the mask merge, the letterbox geometry, short clips, reset(), the J/F summaries and the
 DAVIS boundary rule, and the Tracker against a deliberately simple reference loop."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -775,6 +776,19 @@ def test_frames_need_at_least_2_by_2_pixels(shape, ok):
     else:
         with pytest.raises(UserError):
             check_image(frame)
+
+
+@pytest.mark.parametrize("dtype, hint", [(np.int32, "np.clip(frame, 0, 255).astype(np.uint8)"),
+                                         (np.int64, "np.clip(frame, 0, 255).astype(np.uint8)"),
+                                         (np.bool_, "np.clip(frame, 0, 255).astype(np.uint8)"),
+                                         (np.uint16, "(frame >> 8).astype(np.uint8)"),
+                                         (np.float16, "frame.astype(np.float32)")])
+def test_a_frame_of_another_dtype_is_refused_with_the_conversion_to_make(dtype, hint):
+    # int32 / int64 frames (from arithmetic on uint8 ones) got no hint of how to convert
+    from vosrt.sdk import FrameError
+    from vosrt.sdk.letterbox import check_image
+    with pytest.raises(FrameError, match=re.escape(hint)):
+        check_image(np.zeros((4, 4, 3), dtype))
 
 
 @pytest.mark.parametrize("low, high, ok", [(0.0, 1.0, True), (0.0, 0.5, True), (0.5, 1.0, True), (-0.1, 0.5, False),
