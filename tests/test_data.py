@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vosrt.sdk.errors import UserError
-from vosrt.sdk.masks import write_label_png
+from vosrt.sdk.masks import read_label_png, write_label_png
 from vosrt.sdk.synthetic import generate_sequence, write_davis
 from vosrt.training.data import (ForegroundClipDataset, StaticSequenceDataset, VideoFolder, VOSTripletDataset,
                                  max_skip_at, sample_clip_indices, sample_frame_indices)
@@ -302,6 +302,69 @@ def test_triplet_sampler_reads_a_video_s_masks_once_to_tell_void_from_a_0_255_ob
         for key, value in sample.items():
             assert (torch.equal(value, other[key]) and torch.equal(value, first[key]) if torch.is_tensor(value)
                     else value == other[key] == first[key])
+
+
+def _davis_2016(root, names, num_frames=10):
+    """A DAVIS 2016 folder: grey 0/255 foreground masks, ``ImageSets/480p/train.txt`` listing frame paths."""
+    lines = []
+    for seed, name in enumerate(names):
+        write_davis(root, name, generate_sequence(seed, num_frames=num_frames, height=64, width=96, num_objects=1))
+        for i in range(num_frames):
+            png = root / "Annotations" / "480p" / name / f"{i:05d}.png"
+            cv2.imwrite(str(png), np.where(read_label_png(png) > 0, 255, 0).astype(np.uint8))
+            lines.append(f"/JPEGImages/480p/{name}/{i:05d}.jpg /Annotations/480p/{name}/{i:05d}.png\n")
+    (root / "ImageSets" / "480p").mkdir(parents=True)
+    (root / "ImageSets" / "480p" / "train.txt").write_text("".join(lines))
+    return root
+
+
+def _epoch(dataset, epoch, context):
+    """An epoch as train.py runs it: set_epoch, then a new DataLoader with a worker process of its own."""
+    from vosrt.training.train import _collate
+
+    dataset.set_epoch(epoch)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1, collate_fn=_collate,
+                                         multiprocessing_context=context)
+    for batch in loader:
+        assert batch["masks"][:, 0, 0].flatten(1).sum(1).gt(0).all()  # 255 is the object of a 0/255 video
+
+
+def test_a_0_255_video_s_masks_are_read_once_a_run_not_again_by_every_epoch_s_new_workers(tmp_path, monkeypatch):
+    # whether 255 is a video's object (DAVIS 2016) or void was remembered in the dataset's copy in a DataLoader
+    # worker, which train.py replaces every epoch: every 0/255 video's masks were all read again, every epoch
+    import vosrt.training.data.folders as folders
+
+    _davis_2016(tmp_path / "davis2016", ["bear", "cows"])
+    log = tmp_path / "reads.log"
+    read_label_png, read_frame = folders.read_label_png, VideoFolder.read_frame
+
+    def logged(kind, read):
+        def reading(*args, **kwargs):
+            with open(log, "a") as f:  # from the worker processes: one line a read
+                f.write(kind + "\n")
+            return read(*args, **kwargs)
+        return reading
+
+    monkeypatch.setattr(folders, "read_label_png", logged("mask", read_label_png))
+    monkeypatch.setattr(VideoFolder, "read_frame", logged("frame", read_frame))
+    dataset = VOSTripletDataset(VideoFolder(tmp_path / "davis2016", split="train"), size=(32, 32), repeat=2)
+    extra = []  # per epoch: masks read beyond those of the sampled frames (one each)
+    for epoch in range(3):
+        log.write_text("")
+        _epoch(dataset, epoch, "fork")
+        kinds = log.read_text().split()
+        extra.append(kinds.count("mask") - kinds.count("frame"))
+    assert extra == [20, 0, 0]  # both videos' ten masks, in the first epoch only
+    assert dataset.only_void == {0: True, 1: True}  # what the workers found, in the training process
+
+
+def test_what_a_spawned_worker_finds_about_a_0_255_video_comes_back_for_the_next_epoch_s_workers(tmp_path):
+    # under the spawn (and forkserver) start methods the dataset goes to the workers pickled: what they found
+    # must still come back to the training process, which hands it to the next epoch's workers
+    _davis_2016(tmp_path, ["bear"], num_frames=4)
+    dataset = VOSTripletDataset(VideoFolder(tmp_path, split="train"), size=(32, 32), repeat=2)
+    _epoch(dataset, 0, "spawn")
+    assert dataset.only_void == {0: True}
 
 
 def test_a_stem_with_both_letter_cases_is_one_frame(tmp_path):
