@@ -573,6 +573,28 @@ def test_vosrt_train_resume_reads_the_run_checkpoint_once_and_does_not_keep_it(d
     assert payload == {}
 
 
+def test_a_bare_resume_continues_the_run_to_its_own_last_step_not_the_published_schedule_s(data_dir, tmp_path,
+                                                                                              on_optimizer_step, capsys):
+    # `vosrt train MODEL --data D --out RUN --resume` without --iterations (or the run's --config) took the
+    # published schedule's 150,000 steps as the run's end: a stopped 3-step run trained on, far past its plan
+    import signal
+
+    from vosrt.cli import main
+
+    run = tmp_path / "run"
+    (tmp_path / "tiny.json").write_text(json.dumps(tiny_config(iterations=3, save_every=2).to_dict()))
+    on_optimizer_step(1, lambda: signal.raise_signal(signal.SIGINT))
+    assert main(["train", "stcn-lite", "--data", str(data_dir), "--out", str(run), "--config",
+                 str(tmp_path / "tiny.json"), "--no-progress"]) == 130
+    assert "stopped at step 1 of 3" in capsys.readouterr().err
+    assert main(["train", "stcn-lite", "--data", str(data_dir), "--out", str(run), "--resume", "--no-progress"]) == 0
+    assert "to step 3 " in capsys.readouterr().out
+    assert torch.load(run / "last.pth", weights_only=False)["train_config"]["save_every"] == 2
+    assert main(["train", "stcn-lite", "--data", str(data_dir), "--out", str(run), "--resume", "--iterations", "4",
+                 "--no-progress"]) == 0  # given on the command line, it still changes
+    assert "to step 4 " in capsys.readouterr().out
+
+
 def test_resuming_a_finished_run_keeps_its_config_and_prints_the_validation_asked_for(data_dir, tmp_path, capsys):
     # config.json took the lower --iterations of a resume that trained nothing, and --val's J&F was
     # computed but not printed

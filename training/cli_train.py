@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", choices=["main", "static"], default=None,
                         help="stcn: main training on videos (default) or static-image pre-training")
     parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pth (step, optimizer, RNG) on "
-                                                               "the run's --data: written every save_every steps, at "
+                                                               "the run's --data, up to the run's own iterations unless "
+                                                               "--iterations is given: written every save_every steps, at "
                                                                "the end, and when Ctrl-C, SIGTERM or SIGHUP stop the run")
     parser.add_argument("--init", metavar="CKPT", help="start from a checkpoint (published STCN weights, a vosrt "
                                                        "checkpoint) or, for 3dc-seg, ir-CSN Caffe2 .pkl backbone weights; "
@@ -90,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         resume = read_resume_checkpoint(args.out)  # read once, here: train() continues from it
         _check_resume(config, args, file_options, flags, resume)
+        config = _run_settings(config, resume, file_options, flags)
     if not args.config and not args.resume:  # a resumed run keeps its own schedule
         warn_cpu_time(config, args)
     summary = train(args.data, args.out, config, resume=resume, init=args.init, val_data=args.val,
@@ -147,6 +149,19 @@ def _check_resume(config, args, file_options: dict, flags: dict, payload: dict) 
                         f"this command gives others: {', '.join(given)}. Continue it with `{shlex.join(command)}` (on "
                         f"resume only {', '.join(RESUME_SETTABLE)} may change; the other options are the run's), or "
                         f"start a new run from its weights: --out NEW_RUN --init {Path(args.out) / 'last.pth'}")
+
+
+def _run_settings(config, payload: dict, file_options: dict, flags: dict):
+    """``config`` with the run's own value (from its checkpoint ``payload``) of each option that a resumed run
+    takes from its command (``RESUME_SETTABLE``: iterations, num_workers, ...) where this command gives none, by
+    flag or --config: a bare ``--resume`` continues the run to its own last step, not to the published
+    schedule's (150,000 steps for a run of 1,200)."""
+    from vosrt.training.train import RESUME_SETTABLE, apply_overrides
+
+    stored = payload.get("train_config", {})
+    given = set(file_options) | {name for name, (flag, value) in flags.items() if value is not None}
+    kept = {name: stored[name] for name in RESUME_SETTABLE if name in stored and name not in given}
+    return apply_overrides(config, kept, source="--resume (the run's own options)") if kept else config
 
 
 def _show(value) -> str:
