@@ -122,3 +122,33 @@ def test_vosrt_train_stem_seg_on_generated_clips_resumes_and_validates(tmp_path)
     assert main(["train", "stem-seg", "--model", "stem-seg-lite", "--data", "generated", "--out",
                  str(tmp_path / "run"), "--resume", "--iterations", "3", "--workers", "0", "--no-progress"]) == 0
     assert torch.load(tmp_path / "run" / "last.pth", weights_only=True)["step"] == 3
+
+
+def test_a_davis_2016_folder_trains_stem_seg_on_its_0_255_objects_and_255_beside_objects_stays_void(tmp_path):
+    # 255 was void in every video: on a DAVIS 2016 folder (0/255 grey masks) every clip held no instance, the
+    # object's pixels were left out of the losses, and training went on at loss 0 without a word
+    import cv2
+
+    from vosrt.sdk.synthetic import generate_dataset
+    from vosrt.training.data import VideoFolder
+    from vosrt.training.data.instance_clips import FolderInstanceClips
+    from vosrt.training.train import default_config, train
+
+    names = generate_dataset(tmp_path / "davis2016", 2, seed=4, num_frames=6, height=80, width=80, num_objects=1)
+    for png in (tmp_path / "davis2016" / "Annotations" / "480p").glob("*/*.png"):
+        cv2.imwrite(str(png), np.where(read_label_png(png) > 0, 255, 0).astype(np.uint8))
+    config = default_config("stem-seg-lite", model_overrides=TINY, clip_length=4, max_window=6, size=[80, 80],
+                            batch_size=1, iterations=2, num_workers=1, seed=0)
+    summary = train([tmp_path / "davis2016"], tmp_path / "run", config, progress=False)
+    assert summary["logs"]["instances"] == 1 and summary["logs"]["loss"] > 0
+
+    # beside another id (generated DAVIS 2017 masks with a 255 band added), 255 is still void: ignored
+    generate_dataset(tmp_path / "davis2017", 1, seed=4, num_frames=6, height=80, width=80, num_objects=1)
+    for png in (tmp_path / "davis2017" / "Annotations" / "480p").glob("*/*.png"):
+        labels = read_label_png(png)
+        labels[:, 36:44] = 255  # a band through the middle: in every crop
+        cv2.imwrite(str(png), labels)
+    for folder, instances, ignored in ((tmp_path / "davis2016", 1, False), (tmp_path / "davis2017", 1, True)):
+        sample = FolderInstanceClips(VideoFolder(folder), size=(80, 80), clip_length=4, max_window=6)[0]
+        assert int(sample["categories"].gt(0).sum()) == instances and sample["masks"][0].sum() > 0
+        assert bool(sample["ignore"].any()) == ignored

@@ -11,7 +11,8 @@ slot; 1 for every instance of the class-agnostic sources, the dataset's category
 - :class:`FolderInstanceClips`: DAVIS-layout folders whose annotations hold instance ids (DAVIS
   2017/2019 unsupervised, or generated datasets): a clip drawn as for 3DC-Seg
   (:func:`~vosrt.training.data.clips.sample_clip_indices`), one resize-crop-flip for all its frames, and
-  up to ``max_instances`` of the objects visible in it (chosen at random when there are more).
+  up to ``max_instances`` of the objects visible in it (chosen at random when there are more); 255 is void,
+  except in a video whose only id it is (DAVIS 2016's 0/255 masks), where it is the one instance.
 - :class:`VISJsonClips`: YouTube-VIS 2019/2021 and OVIS annotation files with their JPEG folders.
 - :class:`KittiMOTSClips`: KITTI-MOTS sequences with instance PNGs or the txt format.
 """
@@ -25,6 +26,7 @@ from vosrt.training.data import transforms as T
 from vosrt.training.data.clips import AnnotatedClips, clip_warp, sample_clip_indices
 from vosrt.training.data.folders import VideoFolder
 from vosrt.training.data.sampling import SeededDataset, images_to_tensor
+from vosrt.training.data.vos import OnlyVoidVideos
 
 
 def _pack(frames: list[np.ndarray], labels: list[np.ndarray], objects: list[int], max_instances: int,
@@ -90,18 +92,22 @@ class FolderInstanceClips(AnnotatedClips):
                  clip_length: int = 8, max_window: int = 16, max_instances: int = 10, repeat: int = 1, seed: int = 0):
         super().__init__(folders, size, clip_length, max_window, repeat, seed)
         self.max_instances = int(max_instances)
+        self.only_void_videos = OnlyVoidVideos(self.items)
 
     def __getitem__(self, index: int) -> dict:
         folder, video, rng, chosen, frames = self.draw(index)
         ids = [folder.read_labels(video, s, f.shape).astype(np.int64) for s, f in zip(chosen, frames)]
+        # 255 is void, except in a video whose only id it is (DAVIS 2016's 0/255 masks), where it is the
+        # instance: read as void there, such a video trained on no instance at all (loss 0)
+        void = -1 if self.only_void_videos(index % len(self.items), ids) else 255
         # Ids become slots 1..K before the 8-bit augmentation: masks of 16-bit ids (vosrt's own PNGs beyond
-        # 255 objects) would wrap otherwise (id 256 read as background). 255 stays void.
-        present = sorted({int(i) for frame_ids in ids for i in np.unique(frame_ids) if i not in (0, 255)})
+        # 255 objects) would wrap otherwise (id 256 read as background); void becomes 255.
+        present = sorted({int(i) for frame_ids in ids for i in np.unique(frame_ids) if i not in (0, void)})
         slots = {obj: k for k, obj in enumerate(present, 1)}
         if len(slots) > 254:
             from vosrt.sdk.errors import UserError
             raise UserError(f"{video}: {len(slots)} instances in one clip; at most 254 are supported")
-        labels = [_slot_labels(frame_ids, slots, void=255) for frame_ids in ids]
+        labels = [_slot_labels(frame_ids, slots, void=void) for frame_ids in ids]
         out_frames, out_labels = _augment(rng, frames, labels, self.size)
         visible = sorted({int(i) for lab in out_labels for i in np.unique(lab) if i not in (0, 255)})
         if len(visible) > self.max_instances:

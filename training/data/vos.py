@@ -74,16 +74,12 @@ class VOSTripletDataset(SeededDataset):
         self.max_objects = int(max_objects)
         self.repeat = int(repeat)
         self.seed = int(seed)
-        # per item: 1 where its video's only id is 255, 0 where not, -1 not yet known; filled as samples need
-        # it, in shared memory: train.py starts new DataLoader workers every epoch, and what a worker found
-        # about a video would otherwise end with it (every 0/255 video's masks read again, every epoch)
-        self._only_void_state = torch.full((len(self.items),), -1, dtype=torch.int8).share_memory_()
+        self.only_void_videos = OnlyVoidVideos(self.items)
 
     @property
     def only_void(self) -> dict[int, bool]:
-        """``{item: whether its video's only id is 255}`` of the videos decided so far (in this process and
-        in the DataLoader workers of every epoch)."""
-        return {item: bool(value) for item, value in enumerate(self._only_void_state.tolist()) if value >= 0}
+        """``{item: whether its video's only id is 255}`` of the videos decided so far (:class:`OnlyVoidVideos`)."""
+        return self.only_void_videos.decided()
 
     def set_max_skip(self, max_skip: int) -> None:
         """Change the frame-gap limit (the curriculum calls this between epochs)."""
@@ -105,26 +101,40 @@ class VOSTripletDataset(SeededDataset):
                 chosen = chosen[::-1]
             frames = [folder.read_frame(video, s) for s in chosen]
             labels = [folder.read_labels(video, s, f.shape) for s, f in zip(chosen, frames)]
-            void = None if self._is_only_void(index % len(self.items), labels) else VOID
+            void = None if self.only_void_videos(index % len(self.items), labels) else VOID
             sample = triplet_sample(rng, frames, labels, self.size, self.max_objects, video, allow_empty=attempt == 4,
                                     void=void)
             if sample is not None:
                 return sample
         raise AssertionError("unreachable: the last attempt accepts an empty sample")
 
-    def _is_only_void(self, item: int, labels: list[np.ndarray]) -> bool:
-        """Whether 255 is the only id of the video ``self.items[item]`` (DAVIS 2016's 0/255 masks: 255 is its
-        object, elsewhere void), decided once per video and training run (:attr:`only_void`, shared with the
-        DataLoader workers of every epoch): no when ``labels``, its masks just read, have another id; else from
-        its masks, read up to the first that has another id (all of them in a 0/255 video)."""
-        known = int(self._only_void_state[item])
+class OnlyVoidVideos:
+    """Whether 255 is the only id of each video of ``items`` (``[(folder, video), ...]``): DAVIS 2016's 0/255
+    masks, where 255 is the object (elsewhere it is void). Decided lazily, once per video and training run:
+    calling it with a video's item and masks just read answers no when they have another id, else reads the
+    video's masks up to the first that has another id (all of them in a 0/255 video). What it found is kept
+    in shared memory: train.py starts new DataLoader workers every epoch, and what a worker found would
+    otherwise end with it (every 0/255 video's masks read again, every epoch)."""
+
+    def __init__(self, items: list[tuple[VideoFolder, str]]):
+        self.items = items
+        # per item: 1 where 255 is the video's only id, 0 where not, -1 not yet known
+        self.state = torch.full((len(items),), -1, dtype=torch.int8).share_memory_()
+
+    def __call__(self, item: int, labels: list[np.ndarray]) -> bool:
+        known = int(self.state[item])
         if known < 0:
             if any(set(np.unique(mask).tolist()) - {0, VOID} for mask in labels):
                 known = 0
             else:
                 known = int(_only_void(*self.items[item]))
-            self._only_void_state[item] = known
+            self.state[item] = known
         return bool(known)
+
+    def decided(self) -> dict[int, bool]:
+        """``{item: whether its video's only id is 255}`` of the videos decided so far (in this process and in
+        the DataLoader workers of every epoch)."""
+        return {item: bool(value) for item, value in enumerate(self.state.tolist()) if value >= 0}
 
 
 def _only_void(folder: VideoFolder, video: str) -> bool:
