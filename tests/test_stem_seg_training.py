@@ -152,3 +152,18 @@ def test_a_davis_2016_folder_trains_stem_seg_on_its_0_255_objects_and_255_beside
         sample = FolderInstanceClips(VideoFolder(folder), size=(80, 80), clip_length=4, max_window=6)[0]
         assert int(sample["categories"].gt(0).sum()) == instances and sample["masks"][0].sum() > 0
         assert bool(sample["ignore"].any()) == ignored
+
+
+def test_a_training_crop_too_small_for_stem_seg_is_refused_naming_size_before_training(tmp_path, capsys):
+    # --size 64 128 (multiples of 16, as asked) ended at the first step in a RuntimeError traceback from
+    # avg_pool3d: "input image (T: 4 H: 2 W: 4) smaller than kernel size"
+    assert main(["train", "stem-seg-lite", "--data", "generated", "--out", str(tmp_path / "run"), "--size", "64", "128",
+                 "--iterations", "1", "--batch-size", "1", "--workers", "0", "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: size: stem-seg-lite trains on crops of at least 80×80, got 64×128 "
+                                               "(--size or \"size\" in the --config file): give --size 80 128")
+    assert not (tmp_path / "run" / "last.pth").exists()
+    from vosrt.training.train import default_config, train  # the smallest it names trains
+
+    config = default_config("stem-seg-lite", model_overrides=TINY, clip_length=4, size=[80, 128], batch_size=1,
+                            iterations=1, num_workers=0, samples_per_epoch=1, seed=0)
+    assert train(["generated"], tmp_path / "run", config, progress=False)["step"] == 1

@@ -384,7 +384,12 @@ def build_dataset(config: TrainConfig, data: list[str | Path]):
     size = tuple(int(s) for s in config.size)
     if len(size) != 2 or any(s % 16 for s in size):
         raise UserError(f"size: expected [height, width], both multiples of 16, got {config.size}")
-    return recipe_for(config.family).build_dataset(config, data)
+    recipe = recipe_for(config.family)
+    if min(size) < recipe.min_size:
+        raise UserError(f"size: {config.model} trains on crops of at least {recipe.min_size}×{recipe.min_size}, got "
+                        f"{size[0]}×{size[1]} (--size or \"size\" in the --config file): give --size "
+                        f"{max(size[0], recipe.min_size)} {max(size[1], recipe.min_size)}")
+    return recipe.build_dataset(config, data)
 
 
 class EpochShardSampler(torch.utils.data.Sampler):

@@ -216,6 +216,11 @@ class TemporalUpsample(nn.Module):
         return F.interpolate(x, size=like.shape[-3:], mode="trilinear", align_corners=False)
 
 
+# The smallest input height and width: the decoder's 3×3×3 average pools need a 1/32-scale map of at least 3
+# (ceil(H / 32) ≥ 3), which a multiple of 16 first gives at 80.
+MIN_SIZE = 80
+
+
 def _conv_block(in_channels: int, channels: int, convs: int, pools: int, groups: int) -> nn.Sequential:
     # Conv3d(3×3×3) → GroupNorm → ReLU → [temporal avg-pool or identity], repeated; the indices
     # (0, 4, 8 for the convolutions) are the checkpoint format.
@@ -344,6 +349,7 @@ class StemSeg(nn.Module):
 
     family = FAMILY
     size_multiple = 16
+    min_size = MIN_SIZE
 
     def __init__(self, cfg: StemSegConfig):
         super().__init__()

@@ -28,6 +28,7 @@ class Recipe:
     family: str = ""
     options: type = None          # dataclass of the family's training options
     stages: tuple = ("main",)
+    min_size: int = 16            # the smallest training crop height and width the family's network takes
 
     def schedule(self, stage: str) -> dict:
         """Overrides of the generic defaults for the published schedule of ``stage``."""

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from vosrt.training.data.instance_clips import FolderInstanceClips, GeneratedInstanceClips, KittiMOTSClips, VISJsonClips
-from vosrt.training.models.stem_seg import FAMILY
+from vosrt.training.models.stem_seg import FAMILY, MIN_SIZE
 from vosrt.training.recipes import Recipe
 from vosrt.training.recipes.stcn import GENERATED, _folders
 from vosrt.training.stem_seg_step import WEIGHTS, StemSegTrainStep
@@ -44,6 +44,7 @@ class StemSegOptions:
 class StemSegRecipe(Recipe):
     family = FAMILY
     options = StemSegOptions
+    min_size = MIN_SIZE
 
     def schedule(self, stage):
         self.check_stage(stage)
