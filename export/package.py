@@ -260,6 +260,10 @@ def _export_into(out_dir: Path, name, family, checkpoint, height, width, forms, 
     _say(progress, f"loading {'random weights' if checkpoint is None else checkpoint}")
     model, config = resolve_model(name, checkpoint, random_weights)
     check_size(height, width, _stride_of(model))
+    smallest = int(getattr(model, "min_size", 0))   # a model whose layers need larger inputs says so
+    if min(height, width) < smallest:
+        raise UserError(f"size {height}x{width}: {config.get('model', name)} takes inputs of at least "
+                        f"{smallest}x{smallest}; give --size {max(height, smallest)} {max(width, smallest)}")
     variant = config.get("model", name)
     stream = dict(family.streaming)
     if "clip_length" in stream:  # clip families: the model's own clip length

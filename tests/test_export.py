@@ -471,3 +471,13 @@ def test_an_export_without_the_portable_form_says_it_was_not_checked(tmp_path, c
     err = capsys.readouterr().err
     assert "not checked against PyTorch" in err and "--forms plugin,portable" in err
     assert "check" not in json.loads((out / "manifest.json").read_text())
+
+
+def test_a_size_below_the_models_smallest_is_refused_before_the_export(tmp_path, capsys):
+    # --size 64 64 (multiples of 16, as asked) ended in a RuntimeError traceback from avg_pool3d in the trace
+    from vosrt.cli import main
+    code = main(["export", "stem-seg-lite", "--random-weights", "--size", "64", "64", "--out", str(tmp_path / "pkg")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "size 64x64: stem-seg-lite takes inputs of at least 80x80; give --size 80 80" in err, err
+    assert not (tmp_path / "pkg").exists()
