@@ -134,7 +134,7 @@ def test_a_davis_2016_folder_trains_stem_seg_on_its_0_255_objects_and_255_beside
     from vosrt.training.data.instance_clips import FolderInstanceClips
     from vosrt.training.train import default_config, train
 
-    names = generate_dataset(tmp_path / "davis2016", 2, seed=4, num_frames=6, height=80, width=80, num_objects=1)
+    generate_dataset(tmp_path / "davis2016", 2, seed=4, num_frames=6, height=80, width=80, num_objects=1)
     for png in (tmp_path / "davis2016" / "Annotations" / "480p").glob("*/*.png"):
         cv2.imwrite(str(png), np.where(read_label_png(png) > 0, 255, 0).astype(np.uint8))
     config = default_config("stem-seg-lite", model_overrides=TINY, clip_length=4, max_window=6, size=[80, 80],
