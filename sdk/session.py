@@ -138,6 +138,14 @@ class Session:
                 raise UserError(f"{self.package.path}: graph '{graph}' has no input(s) {', '.join(missing)}, which a "
                                 f"{self.package.family} '{graph}' graph takes (its inputs: {', '.join(takes)}): the "
                                 f"file is not that graph; re-export the package with `vosrt export`")
+            # One taking more than the family's graph is given (encode_value's file as encode_key's: both take
+            # 'image') is another graph too; inputs with a default (the portable form's top_k) are fed or not.
+            extra = [name for name in takes if name not in io.inputs and name not in io.portable_inputs]
+            if extra:
+                raise UserError(f"{self.package.path}: graph '{graph}' also takes {', '.join(extra)}, which a "
+                                f"{self.package.family} '{graph}' graph is not given (it is given "
+                                f"{', '.join(io.inputs)}): the file is not that graph; re-export the package "
+                                f"with `vosrt export`")
             for name, kind in io.inputs.items():
                 if kind != families.IMAGE:
                     continue

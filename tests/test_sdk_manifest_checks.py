@@ -130,6 +130,16 @@ def test_a_graph_file_that_is_another_graph_is_refused_when_the_session_opens(pa
         vosrt.sdk.load(package, threads=1)
 
 
+def test_a_graph_file_taking_inputs_the_graph_is_not_given_is_refused_when_the_session_opens(package):
+    # encode_value's file in encode_key's place takes 'image' like encode_key, so no input was missing: the
+    # session opened and the first frame failed with ONNX Runtime's "Required inputs (['f16', 'masks']) are
+    # missing from input feed (['image'])" traceback.
+    shutil.copy(package / "encode_value.portable.onnx", package / "encode_key.portable.onnx")
+    with pytest.raises(UserError, match=r"graph 'encode_key' also takes f16, masks, which a stcn 'encode_key' graph "
+                                        r"is not given.*the file is not that graph"):
+        vosrt.sdk.load(package, threads=1)
+
+
 def test_a_memory_bank_too_large_for_host_memory_is_a_user_error_naming_the_setting(package):
     import numpy as np
 
