@@ -32,15 +32,16 @@ def print_report(report: dict, tolerance: float) -> int:
     """Print a ``check_package`` report, one line per graph output; 1 if any relative error exceeds
     ``tolerance``, else 0."""
     failed = False
+    width = max((len(graph) for graph in report), default=14)   # GRAPH.plugin names line up with the others
     for graph, outputs in report.items():
         for name, result in outputs.items():
             if "max_abs" in result:
                 bad = result["max_rel"] > tolerance
                 failed |= bad
-                print(f"{graph:>14} {name:<10} max abs {result['max_abs']:.3e}  max rel {result['max_rel']:.3e}"
+                print(f"{graph:>{width}} {name:<10} max abs {result['max_abs']:.3e}  max rel {result['max_rel']:.3e}"
                       f"{'  MISMATCH' if bad else ''}")
             else:
-                print(f"{graph:>14} {name:<10} differing pixels {100 * result['mismatch_fraction']:.4f}%")
+                print(f"{graph:>{width}} {name:<10} differing pixels {100 * result['mismatch_fraction']:.4f}%")
     print("check failed: outputs differ beyond the tolerance" if failed else "check passed")
     return 1 if failed else 0
 

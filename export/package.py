@@ -372,27 +372,28 @@ def _package_model(package, checkpoint: str | Path | None):
 def check_package(pkg: str | Path, checkpoint: str | Path | None = None, seed: int = 0, objects: int = 2,
                   memory_frames: int = 3, progress: Progress = None) -> dict:
     """Run the portable form of every graph in ONNX Runtime (CPU) against the PyTorch graph modules on
-    random inputs, and the plugin form of graphs with custom operators too (under ``GRAPH.plugin``, with
-    vosrt's CPU operators, where they can be had). Returns ``{graph: {output: {"max_abs", "max_rel"} |
+    random inputs, and the plugin form of every graph too (under ``GRAPH.plugin``; custom operators on
+    vosrt's CPU operators, where they can be had). First the package is opened as ``vosrt run`` opens it, and
+    every graph file must be the graph it is fed as: UserError naming the file otherwise. Returns ``{graph: {output: {"max_abs", "max_rel"} |
     {"mismatch_fraction"}}}``
     (uint8 label maps report the fraction of differing pixels; arg-max flips only where two
     probabilities tie to rounding)."""
-    import onnxruntime as ort
-
     package = load_package(pkg)
     model, _ = _package_model(package, checkpoint)
     stream = package.streaming
     specs = graph_modules.graphs_for(model, top_k=stream.get("top_k", graph_modules.DEFAULT_TOP_K))
     options = session_options(threads=min(os.cpu_count() or 1, 4))
-    report = {}
-    for graph, spec in specs.items():
+    for graph in specs:
         if "portable" not in package.graphs.get(graph, {}):
             raise UserError(f"{package.path}: graph '{graph}' has no portable form to check")
+    _opens_for_streaming(package)
+    report = {}
+    for graph, spec in specs.items():
         generator = torch.Generator().manual_seed(seed)
         inputs = spec.example(package.height, package.width, objects=objects, memory_frames=memory_frames,
                               generator=generator)
-        session = ort.InferenceSession(str(package.graphs[graph]["portable"]), options,
-                                       providers=["CPUExecutionProvider"])
+        path = package.graphs[graph]["portable"]
+        session = _open_graph(package, graph, path, path, options, spec, inputs)
         outputs = session.run(spec.output_names, {n: t.numpy() for n, t in zip(spec.input_names, inputs)})
         with torch.no_grad():
             expected = spec.module(*inputs)
@@ -416,16 +417,61 @@ def check_package(pkg: str | Path, checkpoint: str | Path | None = None, seed: i
     return report
 
 
-def _run_plugin_form(package, graph: str, options, spec, inputs, progress: Progress):
-    """Outputs of ``graph``'s plugin form on ONNX Runtime with vosrt's CPU operators, or None where the package
-    has no plugin form with custom operators for it, or the CPU operators cannot be had (said on ``progress``)."""
+def _opens_for_streaming(package) -> None:
+    """UserError unless ``package`` opens for streaming as ``vosrt run`` opens it on ONNX Runtime (portable form):
+    the checks made there (graphs' inputs and image sizes against the manifest's resolution and clip length,
+    the streaming settings) hold for a package that passes ``vosrt check``."""
+    from vosrt.sdk import load
+
+    load(package.path, backend="onnxruntime", form="portable", threads=1).close()
+
+
+def _open_graph(package, graph: str, path, model_path, options, spec, inputs):
+    """An ONNX Runtime session of ``graph``'s file ``path`` (``model_path``: the file opened, the CPU operators'
+    rewrite of a plugin-form file), UserError naming the file when it cannot be opened, or when it is not the
+    graph the check feeds: inputs that differ, or fixed sizes other than the manifest's."""
     import onnxruntime as ort
 
+    redo = "re-export the package with `vosrt export`"
+    try:
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # ORT raises its own exception types (InvalidProtobuf, Fail, ...)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: ONNX Runtime cannot open this graph file of '{graph}' ({first}); {redo}") from None
+    given = dict(zip(spec.input_names, inputs))
+    takes = [i.name for i in session.get_inputs()]
+    optional = {i.name for i in session.get_overridable_initializers()}
+    extra = [n for n in takes if n not in given and n not in optional and n not in spec.portable_inputs]
+    if extra:
+        raise UserError(f"{path}: takes input(s) {', '.join(extra)}, which a {package.family} '{graph}' graph is not "
+                        f"given (it is given {', '.join(given)}): the file is not that graph; {redo}")
+    for meta in session.get_inputs():
+        if meta.name not in given:
+            continue
+        want = tuple(given[meta.name].shape)
+        fixed = [(axis, size) for axis, size in enumerate(meta.shape) if isinstance(size, int)]
+        if len(meta.shape) != len(want) or any(want[axis] != size for axis, size in fixed):
+            shape = "x".join(str(d) if isinstance(d, int) else "?" for d in meta.shape)
+            raise UserError(f"{path}: input '{meta.name}' of '{graph}' has shape {shape}, but the package's manifest "
+                            f"(resolution {package.height}x{package.width}) and model give "
+                            f"{'x'.join(map(str, want))}: the file was exported for another package; {redo}")
+    return session
+
+
+def _run_plugin_form(package, graph: str, options, spec, inputs, progress: Progress):
+    """Outputs of ``graph``'s plugin form on ONNX Runtime: with vosrt's CPU operators where it has custom
+    operators, as it is where it has none (the file TensorRT builds from, which the ONNX Runtime backend
+    leaves for the portable one). None where the package has no plugin form of ``graph``, or the CPU operators
+    cannot be had (said on ``progress``)."""
     from vosrt.sdk import cpu_ops, native_callbacks
 
     path = package.graphs[graph].get("plugin")
-    if path is None or not cpu_ops.has_plugin_nodes(path):
+    if path is None:
         return None
+    if not cpu_ops.has_plugin_nodes(path):
+        session = _open_graph(package, graph, path, path, options, spec, inputs)
+        names = {i.name for i in session.get_inputs()}
+        return session.run(spec.output_names, {n: t.numpy() for n, t in zip(spec.input_names, inputs) if n in names})
     try:
         library = cpu_ops.register_onnxruntime_ops(cpu_ops.load_cpu_ops())
     except (ImportError, OSError, RuntimeError) as err:
@@ -435,7 +481,13 @@ def _run_plugin_form(package, graph: str, options, spec, inputs, progress: Progr
     threads = options.intra_op_num_threads
     options = session_options(threads=threads)
     options.register_custom_ops_library(library)
-    session = ort.InferenceSession(str(cpu_ops.cpu_graph_for(path)), options, providers=["CPUExecutionProvider"])
+    try:
+        rewritten = cpu_ops.cpu_graph_for(path)
+    except Exception as err:  # a file that does not parse as ONNX (truncated, not a graph)
+        raise UserError(f"{path}: this plugin-form file of '{graph}' cannot be read as an ONNX graph "
+                        f"({type(err).__name__}: {str(err).strip()[:200]}); re-export the package with `vosrt export`"
+                        ) from None
+    session = _open_graph(package, graph, path, rewritten, options, spec, inputs)
     names = {i.name for i in session.get_inputs()}
     # As the ONNX Runtime backend runs it: the operators on this check's threads, and an operator's error
     # (kept while ONNX Runtime runs, its output a placeholder) raised here rather than at a later run.

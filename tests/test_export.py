@@ -296,10 +296,62 @@ def test_a_plugin_operator_that_fails_in_the_check_raises_its_own_error_there(li
     native_callbacks.release()   # nothing is left for a later run to raise
 
 
+def _broken_copy(lite_package, tmp_path, change):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(lite_package, broken)
+    change(broken)
+    return broken
+
+
+def test_check_refuses_an_unreadable_encoder_plugin_form_naming_the_file(lite_package, tmp_path):
+    # encode_key.plugin.onnx (what `vosrt build` gives TensorRT) was never opened by the check: a truncated one
+    # passed with "check passed"
+    def truncate(folder):
+        path = folder / "encode_key.plugin.onnx"
+        path.write_bytes(path.read_bytes()[:3000])
+
+    broken = _broken_copy(lite_package, tmp_path, truncate)
+    with pytest.raises(UserError, match=r"encode_key\.plugin\.onnx: ONNX Runtime cannot open this graph file of "
+                                        r"'encode_key'.*re-export the package"):
+        check_package(broken)
+
+
+def test_check_refuses_a_graph_file_that_is_another_graph_naming_the_file(lite_package, tmp_path):
+    # encode_value's file in encode_key's place: ValueError "Required inputs (['f16', 'masks']) are missing from
+    # input feed" out of ONNX Runtime, a traceback from `vosrt check`
+    import shutil
+
+    broken = _broken_copy(lite_package, tmp_path, lambda folder: shutil.copy(
+        folder / "encode_value.plugin.onnx", folder / "encode_key.plugin.onnx"))
+    with pytest.raises(UserError, match=r"encode_key\.plugin\.onnx: takes input\(s\) f16, masks, which a stcn "
+                                        r"'encode_key' graph is not given.*not that graph"):
+        check_package(broken)
+
+
+def test_vosrt_check_refuses_a_manifest_resolution_the_graphs_do_not_take(lite_package, tmp_path, capsys):
+    # ONNX Runtime's "Got invalid dimensions for input: image" traceback; `vosrt run` refused the package
+    from vosrt.cli import main
+
+    def edit(folder):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["resolution"]["height"] = 2 * LITE_H
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    broken = _broken_copy(lite_package, tmp_path, edit)
+    assert main(["check", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert f"takes images of {LITE_H}x{LITE_W}, but its manifest.json says resolution {2 * LITE_H}x{LITE_W}" in err
+    assert "Traceback" not in err
+
+
 def test_check_package_reports_small_errors_for_every_graph(lite_package):
     report = check_package(lite_package)
-    # segment's plugin form (the readout node) is checked too, on vosrt's CPU operators
-    assert set(report) == {"encode_key", "encode_value", "segment", "segment.plugin"}
+    # every graph's plugin form is checked too: segment's (the readout node) on vosrt's CPU operators, the
+    # encoders' (which TensorRT builds from, and the ONNX Runtime backend leaves for the portable form) as they are
+    assert set(report) == {"encode_key", "encode_value", "segment",
+                           "encode_key.plugin", "encode_value.plugin", "segment.plugin"}
     assert set(report["encode_key"]) == {"key", "f16_thin", "f16", "f8", "f4"}
     for graph, outputs in report.items():
         for name, result in outputs.items():
