@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-memory-frames", type=int, metavar="N", default=None,
                         help="largest STCN memory bank in frames, >= 2 (default: the package's memory capacity); "
                              "sessions on these engines keep at most N frames in memory")
-    parser.add_argument("--max-objects", type=int, metavar="K", default=DEFAULT_MAX_OBJECTS,
+    parser.add_argument("--max-objects", type=int, metavar="K", default=None,
                         help=f"largest number of objects the STCN engines accept (default {DEFAULT_MAX_OBJECTS})")
     parser.add_argument("--plugin-lib", metavar="PATH", default=None,
                         help="libvosrt_plugins.so (default: $VOSRT_PLUGIN_LIB or plugins/build/trt/)")

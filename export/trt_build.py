@@ -60,6 +60,18 @@ def check_limits(max_objects: int, max_memory_frames: int | None) -> None:
                         f"one), got {max_memory_frames!r}; leave it out for the package's memory capacity")
 
 
+def _refuse_limits_without_axis(package: Package, max_objects: int | None, max_memory_frames: int | None) -> None:
+    """UserError for a limit given for a package none of whose graphs has the axis it sizes: the engines would
+    be built as without it, and the flag silently ignored."""
+    labels = {label for io in families.get(package.family).graphs.values()
+              for axes in io.dynamic_axes.values() for label in axes.values()}
+    for flag, value, label, what in (("--max-memory-frames", max_memory_frames, "memory", "memory axis"),
+                                     ("--max-objects", max_objects, "objects", "objects axis")):
+        if value is not None and label not in labels:
+            raise UserError(f"{flag}: the graphs of {package.family} package {package.path} have no {what} (the "
+                            f"limit sizes stcn engines); drop {flag}")
+
+
 def memory_frames(package: Package, max_memory_frames: int | None) -> int:
     """The memory frames the engines take: ``max_memory_frames``, else the package's memory capacity."""
     return int(max_memory_frames if max_memory_frames is not None else package.streaming.get("memory_capacity", 20))
@@ -185,7 +197,7 @@ def _strongly_typed_flags(trt) -> int:
 
 
 def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | None = None,
-                  max_memory_frames: int | None = None, max_objects: int = DEFAULT_MAX_OBJECTS,
+                  max_memory_frames: int | None = None, max_objects: int | None = None,
                   plugin_lib: str | Path | None = None, embed_plugins: bool = False,
                   progress: Progress = print) -> dict:
     """Build one TensorRT engine per graph of package ``pkg`` and record them in its manifest.
@@ -195,7 +207,9 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
         workspace_mb: TensorRT workspace pool limit (default: TensorRT's, the device memory).
         max_memory_frames: largest memory bank (frames) the STCN engines accept (default: the package's
             memory capacity).
-        max_objects: largest number of objects the STCN engines accept.
+        max_objects: largest number of objects the STCN engines accept (default ``DEFAULT_MAX_OBJECTS``).
+        Both limits size the engines' ``memory`` and ``objects`` axes; given for a package whose graphs have no
+        such axis (3dc-seg, stem-seg), they are refused rather than ignored.
         plugin_lib: path of ``libvosrt_plugins.so`` (default ``$VOSRT_PLUGIN_LIB`` or the source checkout's
             ``plugins/build/trt``).
         embed_plugins: serialise the self-contained plugin library (``libvosrt_plugins_embed.so``, see
@@ -213,8 +227,10 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
     if workspace_mb is not None and workspace_mb <= 0:
         raise UserError(f"--workspace must be a positive number of MiB, got {workspace_mb}")
-    check_limits(max_objects, max_memory_frames)   # before TensorRT is needed: a wrong flag is said first
-    package = load_package(pkg)
+    check_limits(DEFAULT_MAX_OBJECTS if max_objects is None else max_objects, max_memory_frames)
+    package = load_package(pkg)   # before TensorRT is needed: a wrong flag is said first
+    _refuse_limits_without_axis(package, max_objects, max_memory_frames)
+    max_objects = DEFAULT_MAX_OBJECTS if max_objects is None else max_objects
     quantization = package.quantization
     if quantization is not None:
         # ONNX Runtime's QDQ with uint8 (asymmetric) activations: TensorRT takes int8 with zero point 0 only.

@@ -146,3 +146,17 @@ def test_fp16_graphs_go_into_the_package_engine_folder_and_never_through_a_link_
     with pytest.raises(UserError, match="engine folder.*outside the package"):
         write_fp16_graphs(package, progress=None)
     assert not list((tmp_path / "elsewhere").iterdir())
+
+
+@pytest.mark.parametrize("flags", [["--max-memory-frames", "4"], ["--max-objects", "4"]])
+def test_stcn_limits_given_for_a_clip_package_are_refused_before_tensorrt_is_needed(tmp_path, capsys, flags):
+    # A stem-seg (or 3dc-seg) package's graphs have no memory or objects axis: the flags were accepted and
+    # ignored (the build went on to ask for TensorRT, and would have built engines as without them)
+    from sdk_packages import colour_embedding_package
+
+    pkg = colour_embedding_package(tmp_path / "pkg")
+    assert main(["build", str(pkg), *flags]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {flags[0]}: the graphs of stem-seg package" in err and f"drop {flags[0]}" in err
+    with pytest.raises(UserError, match=f"{flags[0]}: the graphs of stem-seg"):
+        build_engines(pkg, **{flags[0][2:].replace("-", "_"): 4})
