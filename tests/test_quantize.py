@@ -264,3 +264,20 @@ def test_check_of_an_int8_package_says_how_to_judge_it_instead_of_failing_it_on_
     main(hints[2])  # with a tolerance given, it is compared: one line per graph output
     out = capsys.readouterr().out
     assert "segment" in out and ("check passed" in out or "check failed" in out)
+
+
+@pytest.mark.parametrize("given", ["missing-folder", "frame.png"])
+def test_a_calibration_source_that_cannot_be_read_is_an_error_naming_calibrate(tmp_path, capsys, given):
+    # The error came from the video reader as "--source: ... not a ... folder that exists", a flag
+    # `vosrt quantize` does not have
+    import cv2
+    import numpy as np
+
+    source = tmp_path / given
+    if given.endswith(".png"):
+        cv2.imwrite(str(source), np.zeros((8, 8, 3), np.uint8))
+    out = tmp_path / "int8"
+    assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(source), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --calibrate: {source}" in err and "--source" not in err
+    assert not out.exists()
