@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import shlex
 import sys
 
@@ -66,6 +67,10 @@ def _refuse_int8_without_tolerance(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the comparison and print per-graph errors."""
+    if args.tolerance is not None and not (math.isfinite(args.tolerance) and args.tolerance >= 0):
+        # nan compares false with every error, so it passed any package; a negative one failed every package
+        raise UserError(f"--tolerance: expected a finite relative error >= 0 (default {TOLERANCE}), "
+                        f"got {args.tolerance}")
     _refuse_int8_without_tolerance(args)
     tolerance = TOLERANCE if args.tolerance is None else args.tolerance
     if args.backend == "tensorrt":

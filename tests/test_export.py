@@ -533,3 +533,13 @@ def test_a_size_below_the_models_smallest_is_refused_before_the_export(tmp_path,
     err = capsys.readouterr().err
     assert "size 64x64: stem-seg-lite takes inputs of at least 80x80; give --size 80 80" in err, err
     assert not (tmp_path / "pkg").exists()
+
+
+@pytest.mark.parametrize("tolerance", ["nan", "-1", "inf"])
+def test_vosrt_check_refuses_a_tolerance_no_comparison_can_use(lite_package, capsys, tolerance):
+    # --tolerance nan printed "check passed" for any package (every comparison with nan is false)
+    from vosrt.cli import main
+
+    assert main(["check", str(lite_package), "--tolerance", tolerance]) == 2
+    err = capsys.readouterr().err
+    assert f"--tolerance: expected a finite relative error >= 0 (default 0.001), got {float(tolerance)}" in err
