@@ -44,7 +44,10 @@ def _stride_of(model: torch.nn.Module) -> int:
 def check_size(height: int, width: int, multiple: int = 16) -> None:
     """UserError unless height and width are positive multiples of ``multiple`` (naming the nearest valid sizes)."""
     for name, value in (("height", height), ("width", width)):
-        if value <= 0 or value % multiple:
+        if value <= 0:
+            raise UserError(f"{name} {value}: expected a positive multiple of {multiple} (e.g. {name} "
+                            f"{480 if name == 'height' else 864})")
+        if value % multiple:
             below = max(multiple, value // multiple * multiple)
             above = max(multiple, -(-value // multiple) * multiple)
             nearest = f"{below}" if below == above else f"{below} or {above}"

@@ -413,8 +413,9 @@ def test_size_not_divisible_by_16_is_an_error_naming_the_nearest_sizes(tmp_path)
 def test_size_zero_is_an_error_not_the_default_size(tmp_path):
     # Only a missing size takes the family's default (480×864); 0 is refused like any other bad size,
     # before the checkpoint is even looked for.
-    for height, width, name in ((0, 0, "height 0"), (32, 0, "width 0")):
-        with pytest.raises(UserError, match=f"{name} is not a multiple of 16"):
+    # (0 and negative sizes were called "not a multiple of 16", which -16 is)
+    for height, width, name in ((0, 0, "height 0"), (32, 0, "width 0"), (-16, 32, "height -16")):
+        with pytest.raises(UserError, match=f"{name}: expected a positive multiple of 16"):
             export_package("stcn-lite", tmp_path / "nope.pth", tmp_path / "out", height, width)
 
 
