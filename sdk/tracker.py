@@ -98,8 +98,9 @@ class Tracker(Session):
         self.max_objects = self._object_limit(max_objects)
         self.mem_every = self._whole("mem_every", mem_every, 1, "a positive whole number of frames")
         self.top_k = self._whole("top_k", top_k, 0, "0 (all) or a positive whole number")
-        # Fed only when it differs from the export default, which the graph already holds.
-        self._feed_top_k = "top_k" in backend.input_names("segment") and self.top_k != streaming["top_k"]
+        # Fed whenever the graph takes it (the portable form): the graph's own default is the export's top_k,
+        # which a manifest edited since (streaming.top_k) no longer names.
+        self._feed_top_k = "top_k" in backend.input_names("segment")
         if self.top_k != streaming["top_k"] and "top_k" not in backend.input_names("segment"):
             raise UserError(fixed_top_k_message(package, backend.name, self.top_k))
         capacity = self._memory_limit(memory_capacity)

@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import vosrt.sdk
@@ -167,3 +168,22 @@ def test_writing_a_manifest_replaces_a_planted_link_instead_of_writing_through_i
     assert victim.read_text() == "not yours" and not (folder / "manifest.json").is_symlink()
     assert json.loads((folder / "manifest.json").read_text()) == {"family": "stcn"}
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json"]
+
+
+def test_the_manifest_top_k_is_what_the_portable_segment_graph_reads_with(package, source_package):
+    # top_k was fed only where it differed from the manifest's, on the belief that the graph's default is the
+    # manifest's: a manifest whose streaming.top_k was edited after the export streamed with the export's
+    from vosrt.sdk.synthetic import generate_sequence
+
+    _edit(package, lambda m: m["streaming"].update(top_k=3))
+    seq = generate_sequence(7, num_frames=4, height=64, width=96, num_objects=2)
+
+    def labels(folder, **options):
+        with vosrt.sdk.load(folder, backend="onnxruntime", form="portable", threads=1, color="rgb", mem_every=1,
+                            **options) as tracker:
+            tracker.step(seq.frames[0], seq.labels[0])
+            return [tracker.step(frame, return_probabilities=True)[1] for frame in seq.frames[1:]]
+
+    edited, asked, exported = labels(package), labels(source_package, top_k=3), labels(source_package)
+    assert all(np.array_equal(a, b) for a, b in zip(edited, asked))
+    assert max(np.abs(a - b).max() for a, b in zip(edited, exported)) > 1e-4, "top_k 3 reads as the export's here"
