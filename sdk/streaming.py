@@ -157,16 +157,26 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
     except BaseException:
         if flush:
             _drop_stream(session)
+        _finish(stats, start, after_first, progress)
+        if close:   # the error that ended the stream is the one raised; a sink's failing close() is only said
+            try:
+                close_all([*sinks, source])
+            except Exception as err:
+                print(f"warning: closing the outputs after the stream failed: {type(err).__name__}: {err}",
+                      file=sys.stderr)
         raise
-    finally:
-        end = time.perf_counter()
-        stats.seconds = end - start
-        stats.seconds_after_first = end - after_first if after_first is not None else 0.0
-        if progress is not None:
-            progress.close()
-        if close:
-            close_all([*sinks, source])
+    _finish(stats, start, after_first, progress)
+    if close:
+        close_all([*sinks, source])
     return stats
+
+
+def _finish(stats: StreamStats, start: float, after_first: float | None, progress) -> None:
+    end = time.perf_counter()
+    stats.seconds = end - start
+    stats.seconds_after_first = end - after_first if after_first is not None else 0.0
+    if progress is not None:
+        progress.close()
 
 
 def _drop_stream(session) -> None:

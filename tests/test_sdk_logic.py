@@ -342,6 +342,35 @@ def test_a_stream_ended_by_a_failing_sink_leaves_the_session_ready_for_the_next_
         np.testing.assert_array_equal(done.labels, reference.labels)
 
 
+def test_a_failing_stream_raises_its_own_error_when_a_sink_then_fails_to_close(stcn_package, capsys):
+    # A disk that fills up fails the sink's write, then its close: the close's error was raised in place of the
+    # write's (the one that ended the stream), which only showed as its __context__. Every output is still closed.
+    from vosrt.sdk.streaming import stream
+
+    video = generate_sequence(4, num_frames=5, height=32, width=32, num_objects=1)
+    closed = []
+
+    class FullDisk:
+        def __call__(self, index, name, frame, labels):
+            if index == 2:
+                raise OSError("No space left on device (write)")
+
+        def close(self):
+            closed.append("sink")
+            raise OSError("No space left on device (close)")
+
+    class Source(list):
+        def close(self):
+            closed.append("source")
+
+    with pytest.raises(OSError, match=r"\(write\)"):
+        stream(vosrt.sdk.load(stcn_package, threads=1, color="rgb"), Source(video.frames), [FullDisk()],
+               masks={0: video.labels[0]})
+    assert closed == ["sink", "source"]
+    assert "closing the outputs after the stream failed: OSError: No space left on device (close)" in \
+        capsys.readouterr().err
+
+
 def test_a_stream_that_fails_with_flush_false_leaves_the_session_as_it_was(clip_package):
     # flush=False keeps the session's stream open (a warm-up before a timed run): a failure does not end it either.
     from vosrt.sdk.streaming import stream
