@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from vosrt.cli import main
+from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png
 from vosrt.sdk.synthetic import generate_sequence, write_video
 from vosrt.training.models import build_model, save_checkpoint
@@ -104,6 +105,20 @@ def test_training_stem_seg_with_the_progress_bar_shows_its_instances(tmp_path, c
                             iterations=1, num_workers=0, samples_per_epoch=2, seed=0)
     assert train(["generated"], tmp_path / "run", config, progress=True)["step"] == 1
     assert "instances=" in capsys.readouterr().err
+
+
+def test_a_stem_seg_val_size_below_80_is_refused_before_the_first_step(tmp_path):
+    # it passed the multiple-of-16 check and failed the first validation, after every step before it, in avg_pool3d
+    from vosrt.sdk.synthetic import generate_dataset
+    from vosrt.training.train import default_config, train
+
+    generate_dataset(tmp_path / "val", 1, seed=7, num_frames=4, height=64, width=64)
+    config = default_config("stem-seg-lite", model_overrides=TINY, clip_length=4, size=[80, 80], batch_size=1,
+                            iterations=1, num_workers=0, val_size=[64, 96], seed=0)
+    with pytest.raises(UserError, match=r'val_size: stem-seg-lite takes inputs of at least 80x80, got \[64, 96\]; '
+                                        r'give "val_size": \[80, 96\]'):
+        train(["generated"], tmp_path / "run", config, val_data=tmp_path / "val", progress=False)
+    assert not (tmp_path / "run" / "last.pth").exists()
 
 
 def test_vosrt_train_stem_seg_on_generated_clips_resumes_and_validates(tmp_path):

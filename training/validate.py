@@ -50,6 +50,11 @@ def check_validation(model, config, root) -> None:
     height, width, stride = _resolution(model, config)
     if height % stride or width % stride:
         raise UserError(f"val_size: expected [height, width], both multiples of {stride}, got [{height}, {width}]")
+    smallest = int(getattr(model, "min_size", 0))   # stem-seg's decoder pools need inputs of 80 or more
+    if min(height, width) < smallest:
+        raise UserError(f"val_size: {config.model} takes inputs of at least {smallest}x{smallest}, got "
+                        f"[{height}, {width}]; give \"val_size\": [{max(height, smallest)}, {max(width, smallest)}] "
+                        "in the --config file")
 
 
 def session_for(model, config):
