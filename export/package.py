@@ -390,6 +390,7 @@ def check_package(pkg: str | Path, checkpoint: str | Path | None = None, seed: i
         if "portable" not in package.graphs.get(graph, {}):
             raise UserError(f"{package.path}: graph '{graph}' has no portable form to check")
     _opens_for_streaming(package)
+    _check_plugin_top_k(package)
     report = {}
     for graph, spec in specs.items():
         generator = torch.Generator().manual_seed(seed)
@@ -418,6 +419,32 @@ def check_package(pkg: str | Path, checkpoint: str | Path | None = None, seed: i
                 _say(progress, f"check {key}: " + ", ".join(
                     f"{name} " + " ".join(f"{k}={v:.2e}" for k, v in r.items()) for name, r in report[key].items()))
     return report
+
+
+def _check_plugin_top_k(package) -> None:
+    """UserError where a plugin-form graph's ``L2MemoryReadout`` holds another top_k than the manifest's
+    ``streaming.top_k`` (a manifest edited after the export): that form reads with its own, on ONNX Runtime and in
+    TensorRT engines alike, whatever the manifest says (the portable form takes the manifest's as an input)."""
+    want = package.streaming.get("top_k")
+    if want is None:
+        return
+    from vosrt.sdk import cpu_ops
+
+    for graph, forms in package.graphs.items():
+        path = forms.get("plugin")
+        if path is None or not cpu_ops.has_plugin_nodes(path):
+            continue
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception:   # an unreadable file: the run below names it
+            continue
+        held = sorted({attr.i for node in model.graph.node if node.op_type == "L2MemoryReadout"
+                       for attr in node.attribute if attr.name == "top_k"})
+        if held and held != [int(want)]:
+            raise UserError(f"{path}: its L2MemoryReadout reads with top_k {', '.join(map(str, held))}, but the "
+                            f"manifest says streaming.top_k {want}: the plugin form (and engines built from it) "
+                            f"would read with {held[0]}; set streaming.top_k back to {held[0]} in "
+                            f"{Path(package.path) / 'manifest.json'}, or re-export the package with --top-k {want}")
 
 
 def _opens_for_streaming(package) -> None:

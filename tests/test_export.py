@@ -291,6 +291,9 @@ def test_a_plugin_operator_that_fails_in_the_check_raises_its_own_error_there(li
     readout = next(n for n in model.graph.node if n.op_type == "L2MemoryReadout")
     next(a for a in readout.attribute if a.name == "top_k").i = 65   # above the kernels' 64, below N
     onnx.save(model, str(broken / "segment.plugin.onnx"))
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["streaming"]["top_k"] = 65   # as an export with --top-k 65 records it
+    (broken / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(KernelError, match="top_k 65 is not supported"):
         check_package(broken)
     native_callbacks.release()   # nothing is left for a later run to raise
@@ -344,6 +347,21 @@ def test_vosrt_check_refuses_a_manifest_resolution_the_graphs_do_not_take(lite_p
     err = capsys.readouterr().err
     assert f"takes images of {LITE_H}x{LITE_W}, but its manifest.json says resolution {2 * LITE_H}x{LITE_W}" in err
     assert "Traceback" not in err
+
+
+def test_check_refuses_a_manifest_top_k_the_plugin_form_does_not_read_with(lite_package, tmp_path):
+    # an edited streaming.top_k was a bare MISMATCH on segment.plugin (the plugin node holds the export's top_k,
+    # which ONNX Runtime's plugin form and TensorRT engines read with whatever the manifest says)
+    def edit(folder):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["streaming"]["top_k"] = 3
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    broken = _broken_copy(lite_package, tmp_path, edit)
+    with pytest.raises(UserError, match=r"segment\.plugin\.onnx: its L2MemoryReadout reads with top_k 20, but the "
+                                        r"manifest says streaming\.top_k 3.*set streaming\.top_k back to 20.*"
+                                        r"re-export the package with --top-k 3"):
+        check_package(broken)
 
 
 def test_check_package_reports_small_errors_for_every_graph(lite_package):
