@@ -53,6 +53,20 @@ def test_io_binding_path_matches_host_tensors(stcn_package, sequence):
     assert bound.memory.frames == 4 and bound.memory.writes == 6
 
 
+def test_io_binding_runs_the_package_top_k_on_the_graphs_own_session(stcn_package, sequence):
+    # The tracker feeds top_k every frame; on IOBinding a fed initializer is set at session creation, so the
+    # package's own top_k made a second segment session (the graph's weights twice in device memory) for the
+    # value the graph already holds. Another top_k still gets its session.
+    default = vosrt.sdk.load(stcn_package, io_binding=True, backend="onnxruntime", threads=1, form="portable",
+                             color="rgb")
+    track(default, sequence.frames[:3], sequence.labels[0])
+    assert default.backend._variants == {}
+    other = vosrt.sdk.load(stcn_package, io_binding=True, backend="onnxruntime", threads=1, form="portable",
+                           color="rgb", top_k=3)
+    track(other, sequence.frames[:3], sequence.labels[0])
+    assert len(other.backend._variants) == 1
+
+
 def test_the_annotated_frame_returns_the_given_mask_at_frame_size(stcn_package, sequence):
     tracker = vosrt.sdk.load(stcn_package, threads=1, color="rgb")
     labels = tracker.step(sequence.frames[0], sequence.labels[0])

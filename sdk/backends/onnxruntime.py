@@ -86,6 +86,7 @@ class OnnxRuntimeBackend(Backend):
         self._overridable: dict[str, set[str]] = {}   # initializers a feed may override (e.g. top_k)
         self._paths: dict[str, object] = {}
         self._variants: dict[tuple, tuple] = {}       # (graph, overrides) -> (session, kept OrtValues)
+        self._defaults: dict[str, dict[str, np.ndarray]] = {}   # graph -> its overridable initializers' values
         self._inputs: dict[str, dict[str, str]] = {}
         self._outputs: dict[str, list[str]] = {}
         for graph in package.graphs:
@@ -191,9 +192,12 @@ class OnnxRuntimeBackend(Backend):
         overrides = {k: np.ascontiguousarray(self.download(v)) for k, v in inputs.items() if k in self._overridable[graph]}
         if overrides:
             # IOBinding binds graph inputs only; an overridden initializer (the portable segment graph's
-            # top_k) is set at session creation instead, one cached session per distinct value.
-            session = self._session_with(graph, overrides)
+            # top_k) is set at session creation instead, one cached session per distinct value other than
+            # the graph's own.
             inputs = {k: v for k, v in inputs.items() if k not in overrides}
+            defaults = self._initializer_defaults(graph)
+            if not all(k in defaults and np.array_equal(defaults[k], v) for k, v in overrides.items()):
+                session = self._session_with(graph, overrides)
         binding = session.io_binding()
         for key, value in inputs.items():
             if isinstance(value, BoundTensor):
@@ -206,6 +210,19 @@ class OnnxRuntimeBackend(Backend):
             binding.bind_output(key, self._ort_device)
         session.run_with_iobinding(binding)
         return {key: BoundTensor(value) for key, value in zip(names, binding.get_outputs())}
+
+    def _initializer_defaults(self, graph: str) -> dict[str, np.ndarray]:
+        """The values ``graph``'s overridable initializers hold (read once): a feed equal to them runs on the
+        graph's own session, not on a second one made for the value (the tracker feeds top_k every frame)."""
+        if graph not in self._defaults:
+            import onnx
+            from onnx import numpy_helper
+
+            names = self._overridable[graph]
+            model = onnx.load(self._model(graph), load_external_data=False)
+            self._defaults[graph] = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer
+                                     if i.name in names}
+        return self._defaults[graph]
 
     def _session_with(self, graph: str, overrides: dict[str, np.ndarray]) -> "ort.InferenceSession":
         key = (graph, tuple(sorted((k, v.dtype.str, v.shape, v.tobytes()) for k, v in overrides.items())))
