@@ -522,7 +522,7 @@ def _run_plugin_form(package, graph: str, options, spec, inputs, progress: Progr
     # As the ONNX Runtime backend runs it: the operators on this check's threads, and an operator's error
     # (kept while ONNX Runtime runs, its output a placeholder) raised here rather than at a later run.
     try:
-        with cpu_ops.operator_threads(threads):
+        with native_callbacks.holding(), cpu_ops.operator_threads(threads):
             return session.run(spec.output_names,
                                {n: t.numpy() for n, t in zip(spec.input_names, inputs) if n in names})
     finally:

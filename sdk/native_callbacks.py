@@ -13,6 +13,7 @@ process with ``terminate``, losing the files being written and the host applicat
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from typing import Callable, TypeVar
@@ -36,6 +37,23 @@ def run_callback(body: Callable[[], T], placeholder: Callable[[], T]) -> T:
         if getattr(_local, "error", None) is None:
             _local.error = err
         return placeholder()
+    finally:
+        if main:
+            _main_depth -= 1
+
+
+@contextlib.contextmanager
+def holding():
+    """Around a native call that may run callbacks (an ONNX Runtime run of a graph with vosrt's Python operators):
+    a stop signal on the main thread is held for the whole call, not only while a callback's body runs. A signal
+    that lands between the native code's call into Python and :func:`run_callback`'s own bookkeeping (or after
+    it, before the callback returns) raised in the callback and ended the process. Call :func:`release` after."""
+    global _main_depth
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        _main_depth += 1
+    try:
+        yield
     finally:
         if main:
             _main_depth -= 1

@@ -1122,6 +1122,43 @@ def test_a_signal_inside_a_native_callback_is_held_until_release_and_raised_ther
         signal.signal(signal.SIGUSR1, previous)
 
 
+def test_a_stop_signal_at_the_edge_of_a_python_operator_is_held_for_the_whole_run(monkeypatch):
+    # SIGINT landing in the Python operator's entry (cpu_ops._invoke) before run_callback's bookkeeping raised
+    # KeyboardInterrupt through ONNX Runtime's C++ frames: pybind11 "terminate called", the process aborted
+    # (seen once in `vosrt run`'s signal test). The whole plugin-form run now holds the signal.
+    import signal
+
+    from vosrt.sdk import cpu_ops
+    from vosrt.sdk.synthetic import generate_sequence
+
+    tracker = vosrt.sdk.load("stcn-lite", backend="onnxruntime", form="plugin", threads=1, color="rgb")  # shipped
+    video = generate_sequence(2, num_frames=2, height=32, width=32, num_objects=1)
+    tracker.step(video.frames[0], video.labels[0])
+    real = cpu_ops.run_callback
+    sent = []
+
+    def signal_first(body, placeholder):   # the signal arrives in the operator, outside run_callback
+        if not sent:
+            sent.append(True)
+            signal.raise_signal(signal.SIGUSR1)
+        return real(body, placeholder)
+
+    def handler(signum, frame):
+        if native_callbacks.hold(signum):
+            return
+        raise KeyboardInterrupt
+
+    from vosrt.sdk import native_callbacks
+    monkeypatch.setattr(cpu_ops, "run_callback", signal_first)
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):   # raised once the run returned, not inside it
+            tracker.step(video.frames[1])
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert sent == [True]
+
+
 def test_an_error_inside_a_native_callback_is_kept_and_raised_by_release_on_its_thread():
     import threading
 

@@ -175,7 +175,7 @@ class OnnxRuntimeBackend(Backend):
             from vosrt.sdk import cpu_ops
             # The CPU operators are one library for the whole process: this backend's thread count goes
             # with its own runs (another backend may have asked for another).
-            with cpu_ops.operator_threads(self._threads):
+            with native_callbacks.holding(), cpu_ops.operator_threads(self._threads):
                 return self._run(graph, inputs, outputs)
         finally:  # an error or a stop signal kept during a Python operator is raised here
             native_callbacks.release()
