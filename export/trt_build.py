@@ -227,10 +227,11 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
     if workspace_mb is not None and workspace_mb <= 0:
         raise UserError(f"--workspace must be a positive number of MiB, got {workspace_mb}")
-    check_limits(DEFAULT_MAX_OBJECTS if max_objects is None else max_objects, max_memory_frames)
-    package = load_package(pkg)   # before TensorRT is needed: a wrong flag is said first
-    _refuse_limits_without_axis(package, max_objects, max_memory_frames)
-    max_objects = DEFAULT_MAX_OBJECTS if max_objects is None else max_objects
+    objects = DEFAULT_MAX_OBJECTS if max_objects is None else max_objects
+    check_limits(objects, max_memory_frames)   # before TensorRT is needed: a wrong flag is said first
+    package = load_package(pkg)
+    _refuse_limits_without_axis(package, max_objects, max_memory_frames)   # given (not None) but without an axis
+    max_objects = objects
     quantization = package.quantization
     if quantization is not None:
         # ONNX Runtime's QDQ with uint8 (asymmetric) activations: TensorRT takes int8 with zero point 0 only.

@@ -5,7 +5,8 @@ size), or the first annotation of a DAVIS sequence source. 3DC-Seg and STEm-Seg 
 (STEm-Seg PNGs hold track ids, kept exact beyond 255 as :mod:`vosrt.sdk.masks` describes). Results go
 to ``--out DIR`` (one palette PNG per frame, named after the source's frames) and/or ``--video OUT``
 (the frames with the masks blended in) and/or, for instance evaluation with ``vosrt eval``, ``--vis JSON
---video-id N`` (this video's YouTube-VIS / OVIS results entries, added to that file) and ``--mots TXT``
+--videos valid.json`` or ``--video-id N`` (this video's YouTube-VIS / OVIS results entries, added to that
+file) and ``--mots TXT``
 (the sequence's KITTI-MOTS file). A source that stops early (a camera unplugged, a truncated
 video) ends the run with what was written so far, a warning and exit code 1; an unreadable image of a
 folder, or an undecodable frame of a video file with frames after it, is skipped with a warning (outputs
@@ -32,7 +33,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default=None, help="folder for one palette PNG per frame")
     parser.add_argument("--video", default=None, help="overlay video to write (.mp4 or .avi)")
     parser.add_argument("--vis", default=None, metavar="JSON",
-                        help="YouTube-VIS / OVIS results file to add this video's tracks to (needs --video-id)")
+                        help="YouTube-VIS / OVIS results file to add this video's tracks to (needs --videos or "
+                             "--video-id)")
     parser.add_argument("--video-id", type=int, default=None,
                         help="--vis: the video's id in the dataset's JSON (its 'videos' entry)")
     parser.add_argument("--videos", default=None, metavar="JSON",
@@ -101,8 +103,8 @@ def _refuse_checkpoint_off_torch(args, package, command: str) -> None:
 
 # Flags of vosrt run / live that the suggested torch command keeps, so that it does what the refused one asked
 # (a run without --mask of a video, or without --out, would fail or discard its results).
-_KEPT_FLAGS = ("--mask", "--out", "--video", "--vis", "--video-id", "--videos", "--mots", "--mots-class", "--max-frames", "--frames", "--headless", "--select", "--device",
-               *(f"--{name.replace('_', '-')}" for name in SETTINGS))
+_KEPT_FLAGS = ("--mask", "--out", "--video", "--vis", "--video-id", "--videos", "--mots", "--mots-class",
+               "--max-frames", "--frames", "--headless", "--select", "--device", *(f"--{name.replace('_', '-')}" for name in SETTINGS))
 
 
 def _kept_flags(args) -> list[str]:
@@ -207,8 +209,9 @@ def _dataset_video(args, folder_names: list[str] | None) -> tuple[int, list[str]
     except (OSError, ValueError) as err:
         raise UserError(f"--videos {args.videos}: expected the dataset's YouTube-VIS / OVIS JSON ({err})") from None
     videos = dataset.get("videos") if isinstance(dataset, dict) else None
-    if not isinstance(videos, list) or not videos or not all(isinstance(v, dict) and "id" in v and isinstance(v.get("file_names"), list)
-                                               and v["file_names"] for v in videos):
+    if not isinstance(videos, list) or not videos or not all(
+            isinstance(v, dict) and "id" in v and isinstance(v.get("file_names"), list) and v["file_names"]
+            for v in videos):
         raise UserError(f"--videos {args.videos}: expected the dataset's YouTube-VIS / OVIS JSON, whose 'videos' "
                         "entries have an 'id' and 'file_names'")
     found = [v for v in videos if Path(str(v["file_names"][0])).parent.name == wanted]
@@ -222,7 +225,8 @@ def _dataset_video(args, folder_names: list[str] | None) -> tuple[int, list[str]
     video = found[0]
     names = [Path(str(f)).stem for f in video["file_names"]]
     if folder_names is not None:
-        strays = [n for n in folder_names if n not in set(names)]
+        listed = set(names)
+        strays = [n for n in folder_names if n not in listed]
         if strays:
             raise UserError(f"--videos {args.videos}: video {video['id']} ('{wanted}') lists {len(names)} frames, and "
                             f"--source {args.source} holds {len(strays)} image(s) it does not list "
@@ -322,7 +326,10 @@ def run(args) -> int:
     if skipped:
         print(f"warning: {len(skipped)} unreadable frame(s) skipped: {', '.join(skipped[:5])}"
               f"{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
-    vis_writer = next((sink for sink in sinks if hasattr(sink, "video_id")), None)   # --vis's VisWriter
+    vis_writer = None
+    if args.vis:
+        from vosrt.sdk.instance_metrics import VisWriter
+        vis_writer = next(sink for sink in sinks if isinstance(sink, VisWriter))
     if vis_writer is not None and (skipped or stats.refused):
         if vis_writer.slots > done:
             print(f"note: --vis {args.vis}: the {vis_writer.slots - done} skipped frame(s) are null (no "
