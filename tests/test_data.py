@@ -124,7 +124,7 @@ def test_davis_2016_grey_masks_read_as_foreground(tmp_path, davis):
         "".join(f"/JPEGImages/480p/early/{i:05d}.jpg /Annotations/480p/early/{i:05d}.png\n" for i in range(10)))
     folder = VideoFolder(tmp_path, split="train")
     assert folder.videos == ["early"]
-    assert np.array_equal(folder.read_foreground("early", "00003"), sequences["early"].labels[3] > 0)
+    assert np.array_equal(folder.read_labels("early", "00003"), np.where(sequences["early"].labels[3] > 0, 255, 0))
 
 
 def test_frame_indices_are_ordered_with_bounded_gaps():
@@ -267,6 +267,23 @@ def test_triplet_sampler_never_tracks_void_255_beside_objects_but_does_in_a_0_25
             if mask.any():
                 red, _, blue = (sample["images"][0, c][mask].mean() for c in range(3))
                 assert blue > red, f"epoch {epoch}: slot {slot} holds the void region"
+
+
+def test_clip_sampler_reads_255_beside_objects_as_background_but_as_the_object_in_a_0_255_video(tmp_path):
+    _void_video(tmp_path, "objects", with_object=True)
+    _void_video(tmp_path, "binary", with_object=False)
+    dataset = ForegroundClipDataset(VideoFolder(tmp_path), size=(64, 96), clip_length=4, seed=0)
+    for index in range(8):
+        sample = dataset[index]
+        red = sample["images"][0] > 2 * sample["images"][2] + 0.2      # [L, H, W]: the 255 band's pixels
+        blue = sample["images"][2] > 2 * sample["images"][0] + 0.2     # the object's
+        fg = sample["foreground"][0] > 0.5
+        assert red.sum() > 100
+        if sample["video"] == "objects":   # void: trained as foreground it would teach the network DAVIS's void
+            assert blue.sum() > 100 and not (fg & red).any() and fg[blue].float().mean() > 0.9
+        else:
+            assert fg[red].float().mean() > 0.9
+    assert dataset.only_void_videos.decided() == {0: True, 1: False}
 
 
 def test_triplet_sampler_reads_a_video_s_masks_once_to_tell_void_from_a_0_255_object(tmp_path, monkeypatch):

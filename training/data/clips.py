@@ -1,6 +1,8 @@
 """3DC-Seg's clip sampler: L frames of a video with their foreground masks (DAVIS 2016 style).
 
-Unsupervised VOS has no object ids: every annotated object is foreground. Following 3DC-Seg / D²Conv3D
+Unsupervised VOS has no object ids: every annotated object is foreground. Id 255 is void beside other ids
+(DAVIS 2017's unannotated regions: background, as the evaluation reads them), except in a video whose only
+id it is (DAVIS 2016's 0/255 masks), where it is the object. Following 3DC-Seg / D²Conv3D
 training (facts, re-implemented here): a clip of ``clip_length`` (8) frames is drawn in temporal order
 from a window of at most ``max_window`` (12) consecutive frames, the same resize-and-crop to ``size``
 and horizontal flip apply to all its frames. Videos shorter than the clip repeat frames.
@@ -10,9 +12,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vosrt.sdk.metrics import VOID
 from vosrt.training.data import transforms as T
 from vosrt.training.data.folders import VideoFolder, annotated_videos
 from vosrt.training.data.sampling import SeededDataset, images_to_tensor
+from vosrt.training.data.vos import OnlyVoidVideos
 
 
 def sample_clip_indices(rng: np.random.Generator, count: int, clip_length: int, max_window: int) -> list[int]:
@@ -74,10 +78,15 @@ class ForegroundClipDataset(AnnotatedClips):
     def __init__(self, folders: VideoFolder | list[VideoFolder], size: tuple[int, int] = (480, 854),
                  clip_length: int = 8, max_window: int = 12, repeat: int = 1, seed: int = 0):
         super().__init__(folders, size, clip_length, max_window, repeat, seed)
+        self.only_void_videos = OnlyVoidVideos(self.items)
 
     def __getitem__(self, index: int) -> dict:
         folder, video, rng, chosen, frames = self.draw(index)
-        masks = [folder.read_foreground(video, s, f.shape).astype(np.uint8) for s, f in zip(chosen, frames)]
+        labels = [folder.read_labels(video, s, f.shape) for s, f in zip(chosen, frames)]
+        # 255 beside objects is void (the evaluation scores it as background; trained as foreground, the
+        # network learnt to segment DAVIS 2017's unannotated regions); in a 0/255 video it is the object
+        void = -1 if self.only_void_videos(index % len(self.items), labels) else VOID
+        masks = [((lab > 0) & (lab != void)).astype(np.uint8) for lab in labels]
         matrix = clip_warp(rng, *frames[0].shape[:2], self.size)
         jitter_seed = int(rng.integers(2**31))
         out_frames, out_masks = [], []

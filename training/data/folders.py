@@ -11,8 +11,8 @@ Recognised layouts (``root`` is the folder you downloaded):
   exist for only some frames (every fifth in the training set), and objects may appear on any frame.
 
 Frames are returned as ``[H, W, 3]`` uint8 RGB, annotations as ``[H, W]`` uint8 object ids (grey-scale
-masks give their values, so a DAVIS 2016 mask reads 0/255; :meth:`VideoFolder.read_foreground` maps any
-non-zero id to foreground).
+masks give their values, so a DAVIS 2016 mask reads 0/255: there 255 is the object, beside other ids it
+is void, which the samplers decide per video with :class:`vosrt.training.data.vos.OnlyVoidVideos`).
 """
 from __future__ import annotations
 
@@ -133,10 +133,6 @@ class VideoFolder:
         if shape is not None:
             check_mask_size(labels, shape, path, self.frame_path(video, stem))
         return labels
-
-    def read_foreground(self, video: str, stem: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        """Annotation ``stem`` as a ``[H, W]`` bool foreground mask (any object, or 255 in DAVIS 2016)."""
-        return self.read_labels(video, stem, shape) > 0
 
     def object_ids(self, video: str) -> list[int]:
         """Every object id annotated anywhere in ``video``."""
