@@ -330,6 +330,11 @@ def run(args) -> int:
     if args.vis:
         from vosrt.sdk.instance_metrics import VisWriter
         vis_writer = next(sink for sink in sinks if isinstance(sink, VisWriter))
+    if vis_writer is not None and vis_writer.unlisted:
+        print(f"warning: --vis {args.vis}: {vis_writer.unlisted} frame(s) of --source {args.source} come after the "
+              f"{vis_writer.slots - vis_writer.unlisted} that video {args.video_id} lists; their entries follow "
+              "in its segmentations, which are then longer than the video (vosrt eval refuses that); run again "
+              f"with --max-frames {vis_writer.slots - vis_writer.unlisted}", file=sys.stderr)
     if vis_writer is not None and (skipped or stats.refused):
         if vis_writer.slots > done:
             print(f"note: --vis {args.vis}: the {vis_writer.slots - done} skipped frame(s) are null (no "

@@ -271,7 +271,9 @@ class VisWriter:
     its category the most frequent one (``categories`` maps the model's category index to the dataset's
     id). ``frame_names``: the names of all the video's frames in order; each frame then takes the slot of
     its name, and a frame that never arrives (an unreadable image the source skipped) keeps a ``None``
-    slot, so the list has one entry per frame of the video. With a ``path``, :meth:`close` writes them
+    slot, so the list has one entry per frame of the video; a frame whose name is not among them (a video
+    file longer than the dataset lists) takes a slot after theirs, counted in :attr:`unlisted`. With a
+    ``path``, :meth:`close` writes them
     into that results JSON, replacing the entries an earlier run wrote for the same ``video_id`` and
     keeping the other videos' (one file for a dataset, written by one run per video), in one rename."""
 
@@ -286,12 +288,19 @@ class VisWriter:
         self.flag = flag
         self._slots = {str(name): k for k, name in enumerate(frame_names)} if frame_names is not None else None
         self.frames = 0
+        self.unlisted = 0   # frames whose name is not in frame_names
         self._tracks: dict[int, dict] = {}   # track: {"segs": {position: rle}, "scores": [...], "cats": [...]}
         if self.path is not None:
             self._earlier()   # a file that is not a results list is refused now, not after the run
 
     def __call__(self, index: int, name: str, frame, labels: np.ndarray, objects: dict | None = None) -> None:
-        position = self.frames if self._slots is None else self._slots.get(str(name), self.frames)
+        if self._slots is None:
+            position = self.frames
+        elif str(name) in self._slots:
+            position = self._slots[str(name)]
+        else:   # after the named slots: a running count could land on one of them (after a skipped frame)
+            position = len(self._slots) + self.unlisted
+            self.unlisted += 1
         self.frames += 1
         for track in _tracks(labels):
             entry = self._tracks.setdefault(track, {"segs": {}, "scores": [], "cats": []})
@@ -302,8 +311,9 @@ class VisWriter:
 
     @property
     def slots(self) -> int:
-        """Entries of each track's ``segmentations``: the frames named in ``frame_names``, else those received."""
-        return self.frames if self._slots is None else max(len(self._slots), self.frames)
+        """Entries of each track's ``segmentations``: the frames named in ``frame_names`` and those received
+        with another name, else those received."""
+        return self.frames if self._slots is None else len(self._slots) + self.unlisted
 
     def results(self) -> list:
         out = []

@@ -116,6 +116,20 @@ def test_vis_results_from_segmented_frames_round_trip():
     assert vis_average_precision(gt, results)["AP"] == pytest.approx(1.0)
 
 
+def test_vis_writer_gives_a_frame_the_dataset_does_not_list_a_slot_of_its_own_after_the_listed_ones():
+    # After a skipped listed frame, a frame with an unlisted name (a video file longer than the dataset lists)
+    # took the running count as its slot: that is a listed frame's slot, whose mask it replaced.
+    from vosrt.sdk.instance_metrics import VisWriter
+
+    writer = VisWriter(None, 1, frame_names=["00000", "00001", "00002"])
+    for index, (name, mask) in enumerate([("00000", A), ("00002", A), ("00003", B)]):   # 00001 was skipped
+        writer(index, name, None, label_map((1, mask)))
+    [entry] = writer.results()
+    assert writer.unlisted == 1 and writer.slots == 4
+    assert [s is None for s in entry["segmentations"]] == [False, True, False, False]
+    assert entry["segmentations"][2] == rle(A) and entry["segmentations"][3] == rle(B)
+
+
 trackeval = pytest.importorskip("trackeval")
 
 

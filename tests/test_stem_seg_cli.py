@@ -300,3 +300,27 @@ def test_demo_runs_a_stem_seg_package_and_scores_instances(colour_package, tmp_p
     out = capsys.readouterr().out
     assert "instances" in out and "J&F" in out
     assert len(list((tmp_path / "masks").glob("*.png"))) == 10 and (tmp_path / "overlay.mp4").is_file()
+
+
+def test_vis_of_a_video_file_longer_than_the_dataset_lists_warns_with_the_max_frames_fix(colour_package, tmp_path,
+                                                                                       capsys):
+    pytest.importorskip("pycocotools")
+    frames, _ = scene(8, {"red": (0, 7, 4, 0, 2)})
+    path = tmp_path / "0b6db1c6fd.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, frames[0].shape[1::-1])
+    for frame in frames:
+        writer.write(frame[:, :, ::-1])
+    writer.release()
+    listed = [f"0b6db1c6fd/{t:05d}.jpg" for t in range(6)]   # the dataset's video has 6 frames, the file 8
+    (tmp_path / "valid.json").write_text(json.dumps({"videos": [{"id": 4, "file_names": listed}]}))
+    assert main(["run", str(colour_package), "--source", str(path), "--no-progress", "--overlap", "6",
+                 "--vis", str(tmp_path / "results.json"), "--videos", str(tmp_path / "valid.json")]) == 0
+    err = capsys.readouterr().err
+    assert "2 frame(s) of --source" in err and "after the 6 that video 4 lists" in err and "--max-frames 6" in err
+    [entry] = json.loads((tmp_path / "results.json").read_text())
+    assert len(entry["segmentations"]) == 8 and all(s is not None for s in entry["segmentations"])
+    assert main(["run", str(colour_package), "--source", str(path), "--no-progress", "--overlap", "6", "--max-frames",
+                 "6", "--vis", str(tmp_path / "results.json"), "--videos", str(tmp_path / "valid.json")]) == 0
+    assert "--max-frames" not in capsys.readouterr().err
+    [entry] = json.loads((tmp_path / "results.json").read_text())
+    assert len(entry["segmentations"]) == 6
