@@ -31,7 +31,7 @@ from vosrt.sdk.package import (FORMAT_VERSION, FORMS, compare, file_sha256, load
 from vosrt.sdk.progress import Reporter as Progress
 from vosrt.sdk.progress import say as _say
 from vosrt.training import graphs as graph_modules
-from vosrt.training.models import build_model, load_checkpoint, save_checkpoint
+from vosrt.training.models import build_model, check_min_size, load_checkpoint, save_checkpoint
 
 WEIGHTS_FILE = "weights.pt"  # written beside the graphs when exporting random weights
 
@@ -263,10 +263,8 @@ def _export_into(out_dir: Path, name, family, checkpoint, height, width, forms, 
     _say(progress, f"loading {'random weights' if checkpoint is None else checkpoint}")
     model, config = resolve_model(name, checkpoint, random_weights)
     check_size(height, width, _stride_of(model))
-    smallest = int(getattr(model, "min_size", 0))   # a model whose layers need larger inputs says so
-    if min(height, width) < smallest:
-        raise UserError(f"size {height}x{width}: {config.get('model', name)} takes inputs of at least "
-                        f"{smallest}x{smallest}; give --size {max(height, smallest)} {max(width, smallest)}")
+    check_min_size(height, width, int(getattr(model, "min_size", 0)), config.get("model", name), "--size",
+                   "--size {height} {width}")
     variant = config.get("model", name)
     stream = dict(family.streaming)
     if "clip_length" in stream:  # clip families: the model's own clip length

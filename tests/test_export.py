@@ -550,7 +550,7 @@ def test_a_size_below_the_models_smallest_is_refused_before_the_export(tmp_path,
     code = main(["export", "stem-seg-lite", "--random-weights", "--size", "64", "64", "--out", str(tmp_path / "pkg")])
     assert code == 2
     err = capsys.readouterr().err
-    assert "size 64x64: stem-seg-lite takes inputs of at least 80x80; give --size 80 80" in err, err
+    assert "--size: stem-seg-lite takes inputs of at least 80x80, got 64x64; give --size 80 80" in err, err
     assert not (tmp_path / "pkg").exists()
 
 

@@ -115,7 +115,7 @@ def test_a_stem_seg_val_size_below_80_is_refused_before_the_first_step(tmp_path)
     generate_dataset(tmp_path / "val", 1, seed=7, num_frames=4, height=64, width=64)
     config = default_config("stem-seg-lite", model_overrides=TINY, clip_length=4, size=[80, 80], batch_size=1,
                             iterations=1, num_workers=0, val_size=[64, 96], seed=0)
-    with pytest.raises(UserError, match=r'val_size: stem-seg-lite takes inputs of at least 80x80, got \[64, 96\]; '
+    with pytest.raises(UserError, match=r'val_size: stem-seg-lite takes inputs of at least 80x80, got 64x96; '
                                         r'give "val_size": \[80, 96\]'):
         train(["generated"], tmp_path / "run", config, val_data=tmp_path / "val", progress=False)
     assert not (tmp_path / "run" / "last.pth").exists()
@@ -174,8 +174,8 @@ def test_a_training_crop_too_small_for_stem_seg_is_refused_naming_size_before_tr
     # avg_pool3d: "input image (T: 4 H: 2 W: 4) smaller than kernel size"
     assert main(["train", "stem-seg-lite", "--data", "generated", "--out", str(tmp_path / "run"), "--size", "64", "128",
                  "--iterations", "1", "--batch-size", "1", "--workers", "0", "--no-progress"]) == 2
-    assert capsys.readouterr().err.strip() == ("error: size: stem-seg-lite trains on crops of at least 80×80, got 64×128 "
-                                               "(--size or \"size\" in the --config file): give --size 80 128")
+    assert capsys.readouterr().err.strip() == ("error: size (--size or \"size\" in the --config file): stem-seg-lite takes "
+                                               "inputs of at least 80x80, got 64x128; give --size 80 128")
     assert not (tmp_path / "run" / "last.pth").exists()
     from vosrt.training.train import default_config, train  # the smallest it names trains
 

@@ -62,8 +62,8 @@ import torch.nn as nn
 
 from vosrt.sdk import families
 from vosrt.sdk.errors import UserError
-from vosrt.training.models import (build_model, check_overrides, family_of, load_payload, read_checkpoint,
-                                   save_checkpoint)
+from vosrt.training.models import (build_model, check_min_size, check_overrides, family_of, load_payload,
+                                   read_checkpoint, save_checkpoint)
 from vosrt.training.recipes import recipe_for
 from vosrt.training.recipes.stcn import GENERATED  # the --data value of generated clips (re-exported)
 
@@ -385,10 +385,8 @@ def build_dataset(config: TrainConfig, data: list[str | Path]):
     if len(size) != 2 or any(s % 16 for s in size):
         raise UserError(f"size: expected [height, width], both multiples of 16, got {config.size}")
     recipe = recipe_for(config.family)
-    if min(size) < recipe.min_size:
-        raise UserError(f"size: {config.model} trains on crops of at least {recipe.min_size}×{recipe.min_size}, got "
-                        f"{size[0]}×{size[1]} (--size or \"size\" in the --config file): give --size "
-                        f"{max(size[0], recipe.min_size)} {max(size[1], recipe.min_size)}")
+    check_min_size(*size, recipe.min_size, config.model, "size (--size or \"size\" in the --config file)",
+                   "--size {height} {width}")
     return recipe.build_dataset(config, data)
 
 

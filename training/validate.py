@@ -23,6 +23,7 @@ from vosrt.sdk.package import Package
 from vosrt.sdk.progress import Progress
 from vosrt.sdk.streaming import stream
 from vosrt.training.data.folders import VideoFolder
+from vosrt.training.models import check_min_size
 
 
 def _resolution(model, config) -> tuple[int, int, int]:
@@ -50,11 +51,8 @@ def check_validation(model, config, root) -> None:
     height, width, stride = _resolution(model, config)
     if height % stride or width % stride:
         raise UserError(f"val_size: expected [height, width], both multiples of {stride}, got [{height}, {width}]")
-    smallest = int(getattr(model, "min_size", 0))   # stem-seg's decoder pools need inputs of 80 or more
-    if min(height, width) < smallest:
-        raise UserError(f"val_size: {config.model} takes inputs of at least {smallest}x{smallest}, got "
-                        f"[{height}, {width}]; give \"val_size\": [{max(height, smallest)}, {max(width, smallest)}] "
-                        "in the --config file")
+    check_min_size(height, width, int(getattr(model, "min_size", 0)), config.model, "val_size",
+                   '"val_size": [{height}, {width}] in the --config file')
 
 
 def session_for(model, config):

@@ -19,6 +19,15 @@ from vosrt.sdk.package import replace_file
 CHECKPOINT_FORMAT = "vosrt-checkpoint"
 
 
+def check_min_size(height: int, width: int, smallest: int, model: str, what: str, fix: str) -> None:
+    """UserError when ``height`` or ``width`` is below ``smallest``, the least a model's layers take
+    (stem-seg's decoder pools; its ``min_size``): ``what`` names the setting (``--size``), ``fix`` is how to
+    give it, formatted with the nearest valid ``height`` and ``width`` (``--size {height} {width}``)."""
+    if min(height, width) < smallest:
+        raise UserError(f"{what}: {model} takes inputs of at least {smallest}x{smallest}, got {height}x{width}; "
+                        f"give {fix.format(height=max(height, smallest), width=max(width, smallest))}")
+
+
 def family_of(name: str) -> str:
     """The family name of model ``name`` (``stcn-lite`` -> ``stcn``); UserError for an unknown one."""
     return families.of_model(name).name
