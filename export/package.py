@@ -8,6 +8,7 @@ translated twice: into the plugin form and into the portable form (``vosrt.expor
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -204,6 +205,34 @@ def _check_custom_op_calls(module: torch.nn.Module, program) -> None:
                            f"a layer does not call vosrt.training.ops.d2conv3d.d2conv3d")
 
 
+def _listed_files(out_dir: Path) -> set[str]:
+    """The files inside ``out_dir`` that its manifest names and vosrt wrote there (graphs, engines, random
+    weights); none without a readable manifest."""
+    try:
+        manifest = json.loads((out_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    names = []
+    if isinstance(manifest, dict):
+        for forms in (manifest.get("graphs") or {}).values():
+            names += list(forms.values()) if isinstance(forms, dict) else []
+        for build in (manifest.get("engines") or {}).values():
+            files = build.get("files") if isinstance(build, dict) else None
+            names += list(files.values()) if isinstance(files, dict) else []
+        source = manifest.get("source") or {}
+        if isinstance(source, dict) and source.get("random_weights"):   # weights.pt, written by the export;
+            names.append(source.get("checkpoint"))                        # a user's checkpoint is never named
+    listed = set()
+    for name in names:
+        if isinstance(name, str) and name:
+            relative = os.path.normpath(name)
+            if os.path.isabs(relative) or relative.split(os.sep)[0] in ("..", "."):   # never a file outside it
+                continue
+            if (out_dir / relative).is_file() or (out_dir / relative).is_symlink():
+                listed.add(relative)
+    return listed
+
+
 def _drop_unused_inputs(model: onnx.ModelProto) -> None:
     used = {name for node in model.graph.node for name in node.input}
     used |= {o.name for o in model.graph.output}
@@ -223,7 +252,8 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
         checkpoint: a vosrt checkpoint or a published STCN ``.pth``; None with ``random_weights=True``
             exports an untrained model and saves its weights into the package (``weights.pt``) so the
             torch backend and :func:`check_package` can reproduce it.
-        out_dir: package folder (created; existing graph files are replaced).
+        out_dir: package folder (created; existing graph files are replaced, and the files its earlier
+            manifest listed that the new one does not, engines included, are removed).
         height, width: package resolution, multiples of 16 (default: the family's, 480×864).
         forms: any of ``"plugin"``, ``"portable"``.
         streaming: overrides of the streaming defaults recorded in the manifest.
@@ -332,10 +362,17 @@ def _export_files(out_dir: Path, model, config, family, variant, checkpoint, hei
     }
     if family.layout != "NCHW":
         manifest["layout"] = family.layout   # kept here too: earlier packages have the clip layout only here
+    earlier = _listed_files(out_dir)
     for final in list(staged):
         os.replace(staged.pop(final), final)
     write_manifest(out_dir, manifest)
     _say(progress, f"wrote {out_dir / 'manifest.json'}")
+    # An export into an existing package replaces its manifest: files the old one listed and the new one does
+    # not (a form left out now, engines and weights of the replaced graphs) would lie there unused, and an
+    # engine of the old graphs is wrong for the new ones.
+    for stale in sorted(earlier - _listed_files(out_dir)):
+        (out_dir / stale).unlink(missing_ok=True)
+        _say(progress, f"removed {out_dir / stale} (of the package's earlier export)")
     if check and "portable" in forms:
         report = check_package(out_dir, progress=progress)
         manifest["check"] = report

@@ -532,6 +532,40 @@ def test_an_export_that_stops_midway_into_an_existing_package_leaves_it_and_plan
     assert after == before                          # the old package, byte for byte, and no temporary files
 
 
+def test_an_export_into_a_package_removes_the_files_only_its_earlier_manifest_listed(tmp_path, lite_checkpoint):
+    # Re-exported with fewer forms, or from a checkpoint after random weights, the package kept the old plugin
+    # graphs, weights.pt and the engines of the old graphs (wrong for the new ones) beside the new manifest.
+    import shutil
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from sdk_packages import tiny_package
+
+    folder = tmp_path / "pkg"
+    shutil.copytree(tiny_package("stcn", ("portable", "plugin")), folder)   # stcn-lite, both forms
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["graphs"]["segment"]) == {"plugin", "portable"}
+    (folder / "weights.pt").write_bytes(b"the earlier export's random weights")
+    manifest["source"] = {"checkpoint": "weights.pt", "random_weights": True}
+    (folder / "engines").mkdir()
+    (folder / "engines" / "segment.fp16.engine").write_bytes(b"an engine of the old graphs")
+    manifest["engines"] = {"default": "fp16", "fp16": {"files": {"segment": "engines/segment.fp16.engine"}}}
+    manifest["graphs"]["segment"]["stray"] = "../outside.onnx"   # never removed: not inside the package
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "outside.onnx").write_bytes(b"x")
+    (folder / "notes.txt").write_text("mine")
+    export_package("stcn-lite", lite_checkpoint, folder, 32, 32, forms=["portable"])
+    names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert names == ["encode_key.portable.onnx", "encode_value.portable.onnx", "manifest.json", "notes.txt",
+                     "segment.portable.onnx"]
+    assert (tmp_path / "outside.onnx").exists()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["graphs"]["segment"]) == {"portable"} and "engines" not in manifest
+    from vosrt.sdk import load
+    load(folder).close()   # the package opens as it is now
+
+
 @pytest.mark.slow
 def test_an_export_without_the_portable_form_says_it_was_not_checked(tmp_path, capsys):
     from vosrt.cli import main
