@@ -273,9 +273,9 @@ class VisWriter:
     its name, and a frame that never arrives (an unreadable image the source skipped) keeps a ``None``
     slot, so the list has one entry per frame of the video; a frame whose name is not among them (a video
     file longer than the dataset lists) takes a slot after theirs, counted in :attr:`unlisted`. With a
-    ``path``, :meth:`close` writes them
-    into that results JSON, replacing the entries an earlier run wrote for the same ``video_id`` and
-    keeping the other videos' (one file for a dataset, written by one run per video), in one rename."""
+    ``path``, :meth:`close` writes them into that results JSON, replacing the entries an earlier run wrote
+    for the same ``video_id`` and keeping the other videos' (one file for a dataset, written by one run per
+    video), in one rename."""
 
     takes_objects = True
 
