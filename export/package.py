@@ -166,8 +166,12 @@ def export_graph(spec: graph_modules.GraphSpec, graph: str, height: int, width: 
     example = spec.example(height, width, generator=torch.Generator().manual_seed(0))
     extra = _portable_inputs(spec, {"top_k": top_k, **(streaming or {})})
     with graph_modules.custom_ops(), torch.no_grad(), _quiet_exporter():
+        # A guard the tracer cannot prove over a dynamic axis's range becomes a run-time check instead of a
+        # failed export: torch 2.11 cannot prove min(N, 128*N) == N (from reshaping mem_value [O, Cv, N])
+        # and refused every STCN export ("Constraints violated (memory)"); 2.13 proves it.
         program = torch.export.export(spec.module.eval(), tuple(example) + tuple(extra.values()),
-                                      dynamic_shapes=_torch_dynamic_shapes(spec, extra), strict=False)
+                                      dynamic_shapes=_torch_dynamic_shapes(spec, extra), strict=False,
+                                      prefer_deferred_runtime_asserts_over_guards=True)
     _check_custom_op_calls(spec.module, program)
     # The forms' translation tables differ only in the custom operators: a graph that calls none (STCN's
     # encoders) translates once, and each form finishes its own copy.
