@@ -170,7 +170,9 @@ def run(args) -> int:
     options = _backend_options(args, package, resolved)
     results = {args.backend: bench(package, args.backend, args.frames, args.warmup, options["--backend"])}
     if args.compare:
-        results[args.compare] = bench(package, args.compare, args.frames, args.warmup, options["--compare"])
+        # the same backend twice (a run-to-run check) keeps both columns: keyed by name, the second replaced the first
+        label = args.compare if args.compare != args.backend else f"{args.compare} (2nd)"
+        results[label] = bench(package, args.compare, args.frames, args.warmup, options["--compare"])
 
     warmups = sorted({result["warmup"] for result in results.values()})
     print(f"{package.variant} {package.height}x{package.width}, {args.frames} frames after "
@@ -179,13 +181,14 @@ def run(args) -> int:
         print(f"  {name}: {result['describe']}")
     names = list(results)
     stages = list(results[names[0]]["stages"])
-    header = f"{'stage (ms/frame)':<18}" + "".join(f"{n:>14}" for n in names)
+    width = max(14, *(len(n) + 2 for n in names))
+    header = f"{'stage (ms/frame)':<18}" + "".join(f"{n:>{width}}" for n in names)
     if len(names) == 2:
         header += f"{'speed-up':>10}"
     print(header)
     for stage in stages + ["FPS"]:
         values = [r["fps"] if stage == "FPS" else r["stages"].get(stage, float("nan")) for r in results.values()]
-        line = f"{stage:<18}" + "".join(f"{v:14.2f}" for v in values)
+        line = f"{stage:<18}" + "".join(f"{v:{width}.2f}" for v in values)
         if len(names) == 2:
             ratio = values[0] / values[1] if stage == "FPS" else values[1] / values[0]
             line += f"{ratio:9.2f}x" if values[0] > 0 and values[1] > 0 else f"{'-':>10}"

@@ -97,3 +97,14 @@ def test_the_default_warm_up_of_a_clip_family_runs_a_clip_before_the_timing(caps
     assert bench(package, "onnxruntime", 3, 2, {"threads": 1}, show_progress=False)["warmup"] == 2  # as given
     assert main(["bench", str(tiny_package("stcn")), "--frames", "2", "--backend", "onnxruntime"]) == 0
     assert "2 frames after 5 warm-up" in capsys.readouterr().out   # a per-frame family keeps 5
+
+
+def test_the_same_backend_compared_with_itself_keeps_both_columns_and_their_ratio(stcn_package, capsys):
+    # --compare onnxruntime beside --backend onnxruntime (a run-to-run check) timed both runs and printed one
+    # column: the second run replaced the first in a table keyed by backend name, and no speed-up was printed
+    assert main(["bench", str(stcn_package), "--frames", "2", "--warmup", "1", "--backend", "onnxruntime",
+                 "--compare", "onnxruntime"]) == 0
+    out = capsys.readouterr().out
+    assert "speed-up" in out.splitlines()[3] and "onnxruntime (2nd):" in out
+    first, second, ratio = [line for line in out.splitlines() if line.startswith("FPS")][0].split()[1:4]
+    assert float(ratio.rstrip("x")) == pytest.approx(float(first) / float(second), rel=0.02)
