@@ -9,7 +9,8 @@ same inputs: one frame's key encoding, one value encoding of ``--objects`` masks
 reading a memory of ``--memory-frames`` frames (the bank at capacity). Times are the median of
 ``--repeat`` calls after one warm-up, as wall and process CPU seconds; ratios are against the first
 configuration of the first package, measured in this run. The machine's load average is printed, since
-on a shared host it moves every figure.
+on a shared host it moves every figure. A configuration that fails is left out of the table with its error
+printed, and the run ends with status 1.
 
 ``--ceiling`` also measures, in this run, what fp32 arithmetic allows: the floating-point operations of
 one frame of the first package's network (``torch.utils.flop_counter`` on the model its manifest names,
@@ -74,6 +75,17 @@ def _measure(path: str, backend_name: str, form: str, objects: int, memory_frame
         result["graphs"][graph] = {"wall": statistics.median(walls), "cpu": statistics.median(cpus)}
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
+
+
+def _check_package(path: str) -> None:
+    """UserError unless ``path`` is an STCN package, before anything is timed (a bad one was a traceback)."""
+    from vosrt.sdk.errors import UserError
+    from vosrt.sdk.package import load_package
+
+    package = load_package(path)
+    if package.family != "stcn":
+        raise UserError(f"{path}: a {package.family} package; this benchmark times the graphs of an stcn package "
+                        f"(vosrt bench {path} times any family)")
 
 
 def _configurations(path: str) -> list[tuple[str, str]]:
@@ -164,11 +176,17 @@ def main(argv=None) -> int:
                              "over the rate of a large fp32 MatMul in ONNX Runtime, measured in this run")
     parser.add_argument("--only", nargs=2, metavar=("BACKEND", "FORM"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    # checked here: a bad value failed in every configuration's child, and the run still ended with status 0
+    for flag in ("objects", "memory_frames", "threads", "repeat"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')}: expected a whole number >= 1, got {getattr(args, flag)}")
     if args.only:
         print(json.dumps(_measure(args.packages[0], *args.only, args.objects, args.memory_frames, args.threads,
                                   args.repeat, args.arena)))
         return 0
-    rows = []
+    for path in args.packages:
+        _check_package(path)
+    rows, failed = [], []
     for path in args.packages:
         for backend_name, form in _configurations(path):
             command = [sys.executable, __file__, path, "--only", backend_name, form, "--objects", str(args.objects),
@@ -177,6 +195,7 @@ def main(argv=None) -> int:
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 print(f"{path} {backend_name} {form}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+                failed.append(f"{path} {backend_name} {form}")
                 continue
             rows.append((f"{os.path.basename(os.path.normpath(path))} {backend_name} {form}",
                          json.loads(done.stdout.strip().splitlines()[-1])))
@@ -205,8 +224,17 @@ def main(argv=None) -> int:
         if torch_rows:
             wall = _per_frame(torch_rows[0]["graphs"], "wall")
             print(f"  so an fp32 backend gains at most about {wall / floor:.2f}x over the first torch row")
+    if failed:   # the table lacks their rows (and "vs first" may not be against the first configuration)
+        print(f"failed: {', '.join(failed)} (their errors are above)", file=sys.stderr)
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vosrt.sdk.errors import UserError
+
+    try:
+        sys.exit(main())
+    except UserError as err:   # a bad package: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -153,6 +153,38 @@ def test_bench_stcn_graphs_reports_every_configuration_and_the_fp32_ceiling(tmp_
     assert rates and all(int(line.split("runs at ")[1].split("%")[0]) > 0 for line in rates)
 
 
+@pytest.mark.parametrize("flags, says", [
+    (["--repeat", "0"], "--repeat: expected a whole number >= 1, got 0"),   # was each child's StatisticsError
+    (["--memory-frames", "0"], "--memory-frames: expected"),
+    (["--threads", "0"], "--threads: expected"),
+])
+def test_bench_stcn_graphs_refuses_what_it_cannot_measure_before_timing_anything(tmp_path, flags, says):
+    # the bad value failed in every configuration's child, and the run printed an empty table with status 0
+    done = run_sample("bench_stcn_graphs.py", str(tiny_package("stcn")), *flags, cwd=tmp_path)
+    assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "configuration" not in done.stdout
+
+
+def test_bench_stcn_graphs_refuses_a_package_of_another_family_in_one_line(tmp_path):
+    # was a KeyError: 'segment' traceback from the 3dc-seg package's graphs
+    done = run_sample("bench_stcn_graphs.py", str(tiny_package("3dc-seg")), cwd=tmp_path)
+    err = done.stderr.strip()
+    assert done.returncode == 2 and err.startswith("error: ") and "\n" not in err, err
+    assert "3dc-seg package" in err and "vosrt bench" in err
+
+
+def test_bench_stcn_graphs_ends_with_a_failure_status_when_a_configuration_failed(tmp_path):
+    # a configuration whose child failed was left out of the table, and the run still ended with status 0
+    import shutil
+
+    package = tmp_path / "stcn"
+    shutil.copytree(tiny_package("stcn", ("portable",)), package)
+    (package / "segment.portable.onnx").write_bytes(b"not an onnx file")   # ONNX Runtime cannot load it
+    done = run_sample("bench_stcn_graphs.py", str(package), "--repeat", "1", "--memory-frames", "2", cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"failed: {package} onnxruntime portable" in done.stderr
+
+
 def test_bench_stcn_graphs_times_the_torch_backend_of_a_package_that_has_its_checkpoint():
     # README: "the torch backend where the package has its weights"; the shipped stcn-lite carries
     # checkpoint.pth (no weights.pt), and its torch row was left out.
