@@ -3,6 +3,7 @@
     python samples/bench_kernels.py                 # both operators, fp32 and fp16
     python samples/bench_kernels.py --only readout --frames 1 5 10 20 50 --objects 1 3
     python samples/bench_kernels.py --dry-run       # the references on the CPU at tiny shapes (no GPU)
+    python samples/bench_kernels.py --dry-run --frames 3 --objects 1   # the counts apply to the tiny shapes
 
 The measurements are those of ``samples/gpu_check.py`` (same shapes, references, timing and tables); this
 script runs only them, without the build and the tests, with shapes chosen on the command line.
@@ -34,18 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=("d2conv3d", "readout"), help="benchmark one operator")
     parser.add_argument("--repeat", type=int, default=10, help="timed calls per measurement (median reported)")
-    parser.add_argument("--frames", type=int, nargs="+", default=list(check.READOUT_FULL["frames"]),
-                        help="readout memory frames")
-    parser.add_argument("--objects", type=int, nargs="+", default=list(check.READOUT_FULL["objects"]),
-                        help="readout objects (V = objects x 512)")
-    parser.add_argument("--top-k", type=int, default=check.READOUT_FULL["top_k"])
+    full, tiny = check.READOUT_FULL, check.READOUT_TINY
+    parser.add_argument("--frames", type=int, nargs="+",
+                        help=f"readout memory frames (default {' '.join(map(str, full['frames']))}; "
+                        f"--dry-run: {' '.join(map(str, tiny['frames']))})")
+    parser.add_argument("--objects", type=int, nargs="+",
+                        help=f"readout objects, V = objects x 512 (default {' '.join(map(str, full['objects']))}; "
+                        f"--dry-run: {' '.join(map(str, tiny['objects']))}, V = objects x {tiny['value_dim']})")
+    parser.add_argument("--top-k", type=int, default=full["top_k"])
     parser.add_argument("--clip-frames", type=int, default=8, help="frames of the 3DC-Seg clip (D2Conv3D shapes)")
     parser.add_argument("--dry-run", action="store_true", help="the references on the CPU at tiny shapes (no GPU)")
     args = parser.parse_args(argv)
     for name in ("repeat", "top_k", "clip_frames"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if min(args.frames) < 1 or min(args.objects) < 1:
+    if min(args.frames or [1]) < 1 or min(args.objects or [1]) < 1:
         parser.error("--frames and --objects take numbers of at least 1")
     import torch
 
@@ -60,14 +64,12 @@ def main(argv: list[str] | None = None) -> int:
                   "cmake -S plugins -B plugins/build && cmake --build plugins/build -j", file=sys.stderr)
             return 2
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    if args.dry_run:
-        readout = dict(check.READOUT_TINY, top_k=args.top_k)
-        layers = check.D2CONV_TINY
-    else:
-        readout = dict(check.READOUT_FULL, frames=tuple(args.frames), objects=tuple(args.objects), top_k=args.top_k)
-        # D2CONV_FULL holds an 8-frame clip's T at each scale
-        layers = [(name, cin, cout, max(1, t * args.clip_frames // 8), size)
-                  for name, cin, cout, t, size in check.D2CONV_FULL]
+    # --frames, --objects and --clip-frames apply to the tiny shapes of --dry-run too (they were ignored there)
+    readout = dict(tiny if args.dry_run else full, top_k=args.top_k)
+    readout.update({name: tuple(getattr(args, name)) for name in ("frames", "objects") if getattr(args, name)})
+    # D2CONV_FULL holds an 8-frame clip's T at each scale; the tiny layer is scaled alike
+    layers = [(name, cin, cout, max(1, t * args.clip_frames // 8), size)
+              for name, cin, cout, t, size in (check.D2CONV_TINY if args.dry_run else check.D2CONV_FULL)]
     results = {}
     if args.only in (None, "readout"):
         results["readout"] = check.bench_readout(device, readout, args.repeat)

@@ -367,6 +367,16 @@ def test_bench_kernels_runs_gpu_checks_benchmarks_and_prints_their_tables():
     assert only.returncode == 0 and "## D2Conv3D" in only.stdout and "L2MemoryReadout" not in only.stdout
 
 
+def test_bench_kernels_dry_run_takes_the_frame_object_and_clip_counts_it_is_given():
+    # --dry-run ran its fixed tiny shapes whatever --frames, --objects and --clip-frames said
+    done = subprocess.run([sys.executable, str(BENCH), "--dry-run", "--repeat", "1", "--frames", "3", "--objects",
+                           "1", "--clip-frames", "16"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [line.split("|")[2:4] for line in done.stdout.splitlines() if line.startswith("| fp32 | ")] == [
+        [" 3 ", " 1 "]]
+    assert "| tiny 16->8 | fp32 | 1x16x4x5x6 |" in done.stdout   # T of the 8-frame clip's 2, doubled
+
+
 def test_bench_kernels_refuses_bad_sizes_naming_the_option():
     done = subprocess.run([sys.executable, str(BENCH), "--frames", "0", "5"], capture_output=True, text=True,
                           timeout=60)
