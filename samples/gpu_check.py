@@ -901,6 +901,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give the report folder once: OUT or --out OUT")
     if args.budget < 60:
         parser.error(f"--budget must be at least 60 seconds, got {args.budget:g}")
+    if args.repeat is not None and args.repeat < 1:
+        # 0 was taken for the default and a negative count failed every benchmark after the build and the tests
+        parser.error(f"--repeat: expected timed calls >= 1, got {args.repeat} (leave it out for 10 on a GPU, 2 on "
+                     "the CPU)")
     out = (args.out or args.out_flag).resolve()
     out.mkdir(parents=True, exist_ok=True)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

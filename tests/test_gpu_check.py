@@ -352,6 +352,15 @@ def test_gpu_check_refuses_a_budget_too_short_to_build(tmp_path):
     assert done.returncode == 2 and "--budget" in done.stderr
 
 
+@pytest.mark.parametrize("repeat", ["0", "-1"])
+def test_gpu_check_refuses_a_repeat_count_below_one_before_the_build(tmp_path, repeat):
+    # 0 was silently the default (10 on a GPU), -1 failed every benchmark at the end of the run
+    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--dry-run", "--skip-build",
+                           "--skip-tests", "--repeat", repeat], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and f"--repeat: expected timed calls >= 1, got {repeat}" in done.stderr
+    assert not (tmp_path / "gpu_report.json").exists()
+
+
 BENCH = SCRIPT.with_name("bench_kernels.py")
 
 
