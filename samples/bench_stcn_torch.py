@@ -26,6 +26,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--frames", type=int, default=10, help="timed frames (after 2 warm-up frames)")
     args = parser.parse_args()
+    # refused here: each was a traceback (ZeroDivisionError, set_num_threads, a size mismatch in the decoder)
+    for flag in ("objects", "threads", "frames"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag}: expected a whole number >= 1, got {getattr(args, flag)}")
+    for flag in ("height", "width"):
+        if getattr(args, flag) < 16 or getattr(args, flag) % 16:
+            parser.error(f"--{flag}: expected a positive multiple of 16 (the network's stride), got "
+                         f"{getattr(args, flag)}")
 
     torch.set_num_threads(args.threads)
     model = build_model(args.model).eval()

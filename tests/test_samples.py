@@ -134,6 +134,16 @@ def test_bench_live_refuses_settings_it_cannot_measure(tmp_path, flags):
     assert result.returncode == 2 and "expected --clips >= 1" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("flags, says", [
+    (["--frames", "0"], "--frames: expected a whole number >= 1, got 0"),     # was a ZeroDivisionError
+    (["--threads", "0"], "--threads: expected"),                             # torch.set_num_threads' RuntimeError
+    (["--height", "100"], "--height: expected a positive multiple of 16"),  # a size mismatch in the decoder
+])
+def test_bench_stcn_torch_refuses_what_it_cannot_measure_naming_the_flag(tmp_path, flags, says):
+    done = run_sample("bench_stcn_torch.py", "--width", "64", *flags, cwd=tmp_path)
+    assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("name", ["webcam_tracker.py", "embed_callback.py", "unsupervised_stream.py"])
 def test_samples_stay_small(name):
     assert len((SAMPLES / name).read_text().splitlines()) < 150
