@@ -144,8 +144,11 @@ def run(args) -> int:
 
     from vosrt.sdk.backends import resolve_backend_name
 
-    if args.frames < 1 or (args.warmup is not None and args.warmup < 0):
-        raise UserError(f"--frames must be >= 1 and --warmup >= 0, got {args.frames} and {args.warmup}")
+    # one message per flag: both were named, with 'None' for a --warmup left out, whichever was wrong
+    if args.frames < 1:
+        raise UserError(f"--frames: expected timed frames >= 1, got {args.frames}")
+    if args.warmup is not None and args.warmup < 0:
+        raise UserError(f"--warmup: expected untimed frames >= 0, got {args.warmup} (leave it out for the default)")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads: expected a number of threads >= 1, got {args.threads} (leave it out for the "
                         f"runtime's default)")

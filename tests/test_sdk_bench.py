@@ -24,6 +24,17 @@ def test_bench_rejects_zero_frames(stcn_package, capsys):
     assert "--frames" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, says", [
+    (["--frames", "0"], "error: --frames: expected timed frames >= 1, got 0"),
+    (["--warmup", "-1"], "error: --warmup: expected untimed frames >= 0, got -1"),
+])
+def test_a_bad_frame_count_is_refused_naming_only_its_own_flag(stcn_package, capsys, flags, says):
+    # both flags were named whichever was wrong, a --warmup left out as 'None': "got 0 and None"
+    assert main(["bench", str(stcn_package), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(says) and "None" not in err, err
+
+
 @pytest.mark.parametrize("flags, named", [
     (["--compare", "bogus"], "--compare"),          # refused before the first backend is timed, not after
     (["--backend", "bogus"], "--backend"),
