@@ -63,7 +63,7 @@ def _measure(path: str, backend_name: str, form: str, objects: int, memory_frame
         options["memory_arena"] = arena
     backend = open_backend(package, backend_name, **options)
     feeds = _inputs(backend, package, objects, memory_frames)
-    result = {"describe": backend.describe(), "graphs": {}}
+    result = {"describe": backend.describe(), "graphs": {}, "mem_every": int(package.streaming["mem_every"])}
     for graph, graph_feeds in feeds.items():
         backend.run(graph, graph_feeds)  # warm-up
         walls, cpus = [], []
@@ -103,7 +103,8 @@ def _configurations(path: str) -> list[tuple[str, str]]:
 
 
 def _frame_flops(path: str, objects: int, memory_frames: int) -> float:
-    """Floating-point operations of one frame (key encoding + segment + a fifth of a value encoding)."""
+    """Floating-point operations of one frame (key encoding + segment + a value encoding every
+    ``streaming.mem_every`` frames of the package)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -128,7 +129,7 @@ def _frame_flops(path: str, objects: int, memory_frames: int) -> float:
             model.segment(readout, f16_thin, f8, f4)
         m = (height // 16) * (width // 16)
         counts["segment"] = counter.get_total_flops() + 2 * memory_frames * m * m * model.dims["key_dim"]
-    return counts["encode_key"] + counts["segment"] + counts["encode_value"] / 5
+    return counts["encode_key"] + counts["segment"] + counts["encode_value"] / int(package.streaming["mem_every"])
 
 
 def _matmul_rate(threads: int, size: int = 2048, repeat: int = 5) -> float:
@@ -156,9 +157,11 @@ def _matmul_rate(threads: int, size: int = 2048, repeat: int = 5) -> float:
     return 2 * size ** 3 / best
 
 
-def _per_frame(graphs: dict, clock: str) -> float:
-    """Seconds of one frame: one key encoding and one memory read; a value encoding every mem_every (5) frames."""
-    return graphs["encode_key"][clock] + graphs["segment"][clock] + graphs["encode_value"][clock] / 5
+def _per_frame(result: dict, clock: str) -> float:
+    """Seconds of one frame: one key encoding and one memory read; a value encoding every mem_every frames
+    (the package's streaming.mem_every; 5 by default)."""
+    graphs = result["graphs"]
+    return graphs["encode_key"][clock] + graphs["segment"][clock] + graphs["encode_value"][clock] / result["mem_every"]
 
 
 def main(argv=None) -> int:
@@ -200,14 +203,15 @@ def main(argv=None) -> int:
             rows.append((f"{os.path.basename(os.path.normpath(path))} {backend_name} {form}",
                          json.loads(done.stdout.strip().splitlines()[-1])))
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {args.objects} objects, memory "
-          f"{args.memory_frames} frames, {args.threads} threads; seconds per call (wall / CPU), median of {args.repeat}")
+          f"{args.memory_frames} frames, {args.threads} threads; seconds per call (wall / CPU), median of {args.repeat}; "
+          "a frame is a key encoding, a segment call and a value encoding every mem_every frames (the package's)")
     graphs = ["encode_key", "encode_value", "segment"]
     print(f"{'configuration':<40}" + "".join(f"{g:>22}" for g in graphs) + f"{'frame wall':>12}{'frame CPU':>11}"
           f"{'peak RSS':>10}{'vs first':>9}")
     base = None
     for name, result in rows:
         g = result["graphs"]
-        wall, cpu = _per_frame(g, "wall"), _per_frame(g, "cpu")
+        wall, cpu = _per_frame(result, "wall"), _per_frame(result, "cpu")
         base = base or wall
         cells = "".join(f"{g[x]['wall']:>11.3f} / {g[x]['cpu']:<8.3f}" for x in graphs)
         print(f"{name:<40}{cells}{wall:>12.3f}{cpu:>11.3f}{result['peak_rss_mb']:>8.0f}MB{base / wall:>8.2f}x")
@@ -219,10 +223,10 @@ def main(argv=None) -> int:
         print(f"fp32 ceiling: {flops / 1e9:.3g} GFLOP per frame at {rate / 1e9:.0f} GFLOP/s (ONNX Runtime fp32 "
               f"MatMul, {args.threads} threads) -> about {floor:.3f} s per frame in fp32")
         for name, result in rows:
-            print(f"  {name}: runs at {floor / _per_frame(result['graphs'], 'wall'):.0%} of that rate")
+            print(f"  {name}: runs at {floor / _per_frame(result, 'wall'):.0%} of that rate")
         torch_rows = [r for n, r in rows if " torch " in n]
         if torch_rows:
-            wall = _per_frame(torch_rows[0]["graphs"], "wall")
+            wall = _per_frame(torch_rows[0], "wall")
             print(f"  so an fp32 backend gains at most about {wall / floor:.2f}x over the first torch row")
     if failed:   # the table lacks their rows (and "vs first" may not be against the first configuration)
         print(f"failed: {', '.join(failed)} (their errors are above)", file=sys.stderr)

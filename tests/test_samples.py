@@ -163,6 +163,24 @@ def test_bench_stcn_graphs_reports_every_configuration_and_the_fp32_ceiling(tmp_
     assert rates and all(int(line.split("runs at ")[1].split("%")[0]) > 0 for line in rates)
 
 
+def test_bench_stcn_graphs_counts_value_encodings_at_the_package_s_mem_every(tmp_path):
+    # A frame was key + segment + a fifth of a value encoding whatever the package's streaming.mem_every
+    import json
+    import shutil
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "samples"))
+    from bench_stcn_graphs import _measure, _per_frame
+
+    package = tmp_path / "every-frame"
+    shutil.copytree(tiny_package("stcn"), package)
+    manifest = json.loads((package / "manifest.json").read_text())
+    manifest["streaming"]["mem_every"] = 1
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    result = _measure(str(package), "onnxruntime", "portable", objects=1, memory_frames=2, threads=1, repeat=1)
+    assert result["mem_every"] == 1
+    assert _per_frame(result, "wall") == pytest.approx(sum(g["wall"] for g in result["graphs"].values()))
+
+
 @pytest.mark.parametrize("flags, says", [
     (["--repeat", "0"], "--repeat: expected a whole number >= 1, got 0"),   # was each child's StatisticsError
     (["--memory-frames", "0"], "--memory-frames: expected"),
