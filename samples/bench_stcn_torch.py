@@ -3,7 +3,9 @@ segment, at a given resolution and thread count. Prints parameters, wall time an
 
     python samples/bench_stcn_torch.py --model stcn-lite --height 240 --width 432 --objects 2 --threads 2
 
-Wall time depends on what else the machine runs; the CPU time per frame is the steadier figure.
+Wall time depends on what else the machine runs; the CPU time per frame is the steadier figure. The model
+is ``--model``'s default configuration with random weights (stcn-lite: 6.4 M parameters); the shipped
+``stcn-lite`` package is a smaller configuration, which ``vosrt bench stcn-lite --compare torch`` times.
 """
 import argparse
 import time
