@@ -40,6 +40,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--videos", default=None, metavar="JSON",
                         help="--vis: the dataset's JSON (YouTube-VIS / OVIS valid.json); the video is the one whose "
                              "frames lie in a folder named as --source, and its id and frame list come from there")
+    parser.add_argument("--vis-categories", default=None, metavar="MAP",
+                        help="--vis: the dataset's category id of the model's categories, e.g. 1=5,2=7 (model "
+                             "category 1 is written as 5; categories not named keep their own number)")
     parser.add_argument("--mots", default=None, metavar="TXT", help="KITTI-MOTS txt file to write the tracks to")
     parser.add_argument("--mots-class", type=int, default=None, choices=(1, 2),
                         help="--mots: class of every track, 1 car or 2 pedestrian (default: the model's "
@@ -103,8 +106,9 @@ def _refuse_checkpoint_off_torch(args, package, command: str) -> None:
 
 # Flags of vosrt run / live that the suggested torch command keeps, so that it does what the refused one asked
 # (a run without --mask of a video, or without --out, would fail or discard its results).
-_KEPT_FLAGS = ("--mask", "--out", "--video", "--vis", "--video-id", "--videos", "--mots", "--mots-class",
-               "--max-frames", "--frames", "--headless", "--select", "--device", *(f"--{name.replace('_', '-')}" for name in SETTINGS))
+_KEPT_FLAGS = ("--mask", "--out", "--video", "--vis", "--video-id", "--videos", "--vis-categories", "--mots",
+               "--mots-class", "--max-frames", "--frames", "--headless", "--select", "--device",
+               *(f"--{name.replace('_', '-')}" for name in SETTINGS))
 
 
 def _kept_flags(args) -> list[str]:
@@ -192,8 +196,39 @@ def _check_result_flags(args) -> None:
     for flag, given in (("--video-id", args.video_id), ("--videos", args.videos)):
         if given is not None and not args.vis:
             raise UserError(f"{flag}: names the video's entries of a --vis results file; give --vis JSON too")
+    if args.vis_categories is not None and not args.vis:
+        raise UserError("--vis-categories: maps the categories of a --vis file's tracks; give --vis JSON too")
+    args.vis_category_map = _category_map(args.vis_categories) if args.vis_categories is not None else None
     if args.mots_class is not None and not args.mots:
         raise UserError("--mots-class: sets the class of a --mots file's tracks; give --mots TXT too")
+
+
+def _category_map(text: str) -> dict[int, int]:
+    """``--vis-categories 1=5,2=7``: {model category: dataset category id}."""
+    mapping = {}
+    for part in text.split(","):
+        model, sep, dataset = part.strip().partition("=")
+        try:
+            pair = (int(model), int(dataset)) if sep else None
+        except ValueError:
+            pair = None
+        if pair is None or min(pair) < 1:
+            raise UserError(f"--vis-categories {text}: expected MODEL=DATASET pairs of category numbers >= 1 separated "
+                            f"by commas (e.g. --vis-categories 1=5,2=7), got '{part.strip()}'")
+        if pair[0] in mapping:
+            raise UserError(f"--vis-categories {text}: model category {pair[0]} is mapped twice")
+        mapping[pair[0]] = pair[1]
+    return mapping
+
+
+def _check_dataset_categories(args, dataset: dict) -> None:
+    """--vis-categories with --videos: every id it writes is one of the dataset's categories."""
+    listed = {c.get("id") for c in dataset.get("categories") or [] if isinstance(c, dict)}
+    unknown = sorted(set(args.vis_category_map.values()) - listed) if listed else []
+    if unknown:
+        shown = ", ".join(map(str, sorted(listed)[:10])) + (", ..." if len(listed) > 10 else "")
+        raise UserError(f"--vis-categories: category id(s) {', '.join(map(str, unknown))} are not among the "
+                        f"categories of --videos {args.videos} ({shown})")
 
 
 def _dataset_video(args, folder_names: list[str] | None) -> tuple[int, list[str]]:
@@ -222,6 +257,8 @@ def _dataset_video(args, folder_names: list[str] | None) -> tuple[int, list[str]
         raise UserError(f"--videos {args.videos}: {what} in a folder named '{wanted}' (the --source's name; it lists "
                         f"e.g. {listed}); give --source the video's frame folder, or its id with --video-id N instead "
                         "of --videos")
+    if args.vis_category_map:
+        _check_dataset_categories(args, dataset)
     video = found[0]
     names = [Path(str(f)).stem for f in video["file_names"]]
     if folder_names is not None:
@@ -249,7 +286,7 @@ def _result_writers(args, source) -> list:
             args.video_id, listed = _dataset_video(args, folder_names)
             # a folder's frames take their slots by name; a video file's frames by their order
             names = listed if folder_names is not None else [source.frame_name(i) for i in range(len(listed))]
-        writers.append(VisWriter(args.vis, args.video_id, frame_names=names))
+        writers.append(VisWriter(args.vis, args.video_id, categories=args.vis_category_map, frame_names=names))
     if args.mots:
         writers.append(MotsWriter(args.mots, args.mots_class))
     return writers

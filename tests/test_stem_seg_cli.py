@@ -166,12 +166,21 @@ def test_vis_finds_the_video_id_and_its_frames_in_the_dataset_json(colour_packag
     (["--vis", "r.txt", "--video-id", "1"], "--vis: .*r.txt: give a .json file name"),
     (["--mots", "m.json"], "--mots: .*m.json: give a .txt file name"),
     (["--vis", "not_results.json", "--video-id", "1"], "--vis: .*not a list of results entries"),
+    (["--vis-categories", "1=5"], "--vis-categories: .* give --vis JSON too"),
+    (["--vis", "r.json", "--video-id", "1", "--vis-categories", "1:5"],
+     r"--vis-categories 1:5: expected MODEL=DATASET pairs .*got '1:5'"),
+    (["--vis", "r.json", "--video-id", "1", "--vis-categories", "1=5,0=2"], r"got '0=2'"),
+    (["--vis", "r.json", "--video-id", "1", "--vis-categories", "1=5,1=6"], "model category 1 is mapped twice"),
+    (["--vis", "r.json", "--videos", "labelled.json", "--vis-categories", "1=9"],
+     r"--vis-categories: category id\(s\) 9 are not among the categories of --videos labelled.json \(4, 5\)"),
 ])
 def test_bad_result_file_flags_are_refused_before_the_run(colour_package, tmp_path, capsys, monkeypatch, flags, message):
     pytest.importorskip("pycocotools")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "not_results.json").write_text(json.dumps({"videos": []}))   # a ground truth, given by mistake
     (tmp_path / "dataset.json").write_text(json.dumps({"videos": [{"id": 3, "file_names": ["other/00000.jpg"]}]}))
+    (tmp_path / "labelled.json").write_text(json.dumps({"videos": [{"id": 3, "file_names": ["v/00000.jpg"]}],
+                                                        "categories": [{"id": 4}, {"id": 5}]}))
     frames, _ = scene(3, {"red": (0, 12, 4, 0, 2)})
     _write_frames(tmp_path / "v", frames)
     assert main(["run", str(colour_package), "--source", str(tmp_path / "v"), "--no-progress", *flags]) == 2
@@ -324,3 +333,15 @@ def test_vis_of_a_video_file_longer_than_the_dataset_lists_warns_with_the_max_fr
     assert "--max-frames" not in capsys.readouterr().err
     [entry] = json.loads((tmp_path / "results.json").read_text())
     assert len(entry["segmentations"]) == 6
+
+
+def test_vis_categories_writes_the_dataset_s_category_ids(colour_package, tmp_path):
+    # The model's categories could be renumbered in code only (VisWriter(categories=)); a model trained
+    # with other category numbers than the dataset's wrote results scored against the wrong categories.
+    pytest.importorskip("pycocotools")
+    frames, _ = scene(6, {"red": (0, 5, 4, 0, 2), "green": (0, 5, 40, 16, 0)})
+    _write_frames(tmp_path / "v", frames)
+    assert main(["run", str(colour_package), "--source", str(tmp_path / "v"), "--no-progress", "--overlap", "6",
+                 "--vis", str(tmp_path / "results.json"), "--video-id", "2", "--vis-categories", "1=7"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results) == 2 and {e["category_id"] for e in results} == {7}
