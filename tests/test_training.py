@@ -407,6 +407,15 @@ def test_a_new_run_into_a_folder_holding_a_run_is_refused_and_leaves_it_intact(d
     assert (tmp_path / "run" / "last.pth").read_bytes() == before
 
 
+def test_keep_every_keeps_its_steps_when_save_every_does_not_divide_them(data_dir, tmp_path):
+    # the kept checkpoints were written only inside save_every's schedule: keep_every 2 with save_every 3
+    # kept step 4 (the last) but never step 2
+    train([data_dir], tmp_path / "run", tiny_config(iterations=4, save_every=3, keep_every=2), progress=False)
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert kept == ["step_0000002.pth", "step_0000004.pth"]
+    assert torch.load(tmp_path / "run" / "checkpoints" / "step_0000002.pth", weights_only=True)["step"] == 2
+
+
 @pytest.mark.parametrize("options, message", [
     ({"size": 64}, "size should be \\[height, width\\]"),
     ({"iterations": "100"}, "iterations should be an integer ≥ 1, got \"100\""),

@@ -661,8 +661,9 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
                     if step % config.save_every == 0 or step == config.iterations:
                         save(checkpoint_path, step_rng)
                         saved_step = step
-                        if config.keep_every and step % config.keep_every == 0:
-                            save(out / "checkpoints" / f"step_{step:07d}.pth", step_rng)
+                    # on its own schedule: inside save_every's, a keep_every it does not divide lost its steps
+                    if config.keep_every and step % config.keep_every == 0:
+                        save(out / "checkpoints" / f"step_{step:07d}.pth", step_rng)
                 if val_data is not None and config.val_every and step % config.val_every == 0 \
                         and step < config.iterations:
                     validation = _validate_on_rank0(ctx, model, config, val_data, writer, step, progress)
