@@ -416,6 +416,25 @@ def test_keep_every_keeps_its_steps_when_save_every_does_not_divide_them(data_di
     assert torch.load(tmp_path / "run" / "checkpoints" / "step_0000002.pth", weights_only=True)["step"] == 2
 
 
+def test_static_pre_training_on_a_dataset_folder_takes_its_training_videos_only(tmp_path):
+    # the static stage took every annotated video of a DAVIS folder, its val split (what --val scores)
+    # included, and searched a YouTube-VOS folder (train/JPEGImages) for image/mask pairs, refusing it
+    import shutil
+
+    davis = tmp_path / "davis"
+    train_names = generate_dataset(davis, 2, seed=5, num_frames=4, height=48, width=64)
+    generate_dataset(davis, 1, seed=6, num_frames=4, height=48, width=64, split="val")
+    config = tiny_config(stage="static", batch_size=1, iterations=1)
+    taken = {name.split("/")[0] for _, name in build_dataset(config, [davis]).items}
+    assert taken == set(train_names)
+    youtube = tmp_path / "youtube" / "train"
+    youtube.mkdir(parents=True)
+    shutil.copytree(davis / "JPEGImages" / "480p", youtube / "JPEGImages")
+    shutil.copytree(davis / "Annotations" / "480p", youtube / "Annotations")
+    assert len(build_dataset(config, [tmp_path / "youtube"])) == 3 * 4
+    assert train([tmp_path / "youtube"], tmp_path / "run", config, progress=False)["step"] == 1
+
+
 @pytest.mark.parametrize("options, message", [
     ({"size": 64}, "size should be \\[height, width\\]"),
     ({"iterations": "100"}, "iterations should be an integer ≥ 1, got \"100\""),

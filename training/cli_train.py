@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("family", metavar="MODEL", choices=[f.name for f in trainable] + models,
                         help=f"model to train: one of {', '.join(models)} (a family name is its published model)")
     parser.add_argument("--data", nargs="+", required=True, metavar="DIR",
-                        help="dataset folder(s): DAVIS 2016/2017 or YouTube-VOS layout (static stage: image/mask pairs; "
+                        help="dataset folder(s): DAVIS 2016/2017 or YouTube-VOS layout, their train split where they list one "
+                             "(static stage: also folders of NAME.jpg + NAME.png image/mask pairs; "
                              "stem-seg also a YouTube-VIS/OVIS JSON or a KITTI-MOTS folder); 'generated' "
                              "trains stcn (main stage) or stem-seg on clips generated on the fly")
     parser.add_argument("--out", required=True, metavar="RUN", help="run folder: checkpoints, TensorBoard logs, config")

@@ -47,6 +47,12 @@ def _folders(paths) -> list[VideoFolder]:
     return folders
 
 
+def _is_dataset_folder(path) -> bool:
+    """Whether ``path`` is a DAVIS / YouTube-VOS folder (else a folder of image/mask pairs)."""
+    path = Path(path)
+    return (path / "JPEGImages").is_dir() or (path / "train" / "JPEGImages").is_dir()
+
+
 class STCNRecipe(Recipe):
     family = FAMILY
     options = STCNOptions
@@ -76,7 +82,10 @@ class STCNRecipe(Recipe):
                                            samples_per_epoch=o.samples_per_epoch, seed=config.seed)
         size = tuple(int(s) for s in config.size)
         if config.stage == "static":
-            sources = [VideoFolder(p) if (Path(p) / "JPEGImages").is_dir() else Path(p) for p in data]
+            # a dataset folder gives its training split's annotated frames, as main training takes its videos
+            # (every video was taken: a DAVIS folder's val videos, which --val scores, were pre-trained on; a
+            # YouTube-VOS folder with train/ was searched for image/mask pairs and refused)
+            sources = [_folders([p])[0] if _is_dataset_folder(p) else Path(p) for p in data]
             return StaticSequenceDataset(sources, size=size, seed=config.seed)
         return VOSTripletDataset(_folders(data), size=size, max_skip=o.skip_curriculum[0][1],
                                  repeat=config.repeat, seed=config.seed)
