@@ -360,6 +360,25 @@ def test_a_dataset_smaller_than_a_batch_names_the_flag_and_the_config_key_to_cha
         train([data_dir], tmp_path / "a", tiny_config(iterations=1, batch_size=8), progress=False)
 
 
+def test_static_pre_training_takes_repeat_samples_of_each_image_per_epoch(tmp_path):
+    # the static stage ignored "repeat": two image/mask pairs stayed two samples, and a batch of 4 was
+    # refused with the hint to raise repeat, which changed nothing
+    import cv2
+
+    from vosrt.sdk.masks import write_label_png
+    from vosrt.sdk.synthetic import generate_sequence
+
+    clip = generate_sequence(1, num_frames=2, height=48, width=64, num_objects=1)
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"img{i}.jpg"), clip.frames[i][..., ::-1])
+        write_label_png(tmp_path / f"img{i}.png", clip.labels[i])
+    config = tiny_config(stage="static", batch_size=4, repeat=2, iterations=1)
+    dataset = build_dataset(config, [tmp_path])
+    assert len(dataset) == 4 and dataset[1]["video"] == dataset[3]["video"] == "img1"
+    assert not torch.equal(dataset[1]["images"], dataset[3]["images"])  # another draw of the same image
+    assert train([tmp_path], tmp_path / "run", config, progress=False)["step"] == 1
+
+
 def test_an_out_folder_that_cannot_be_written_is_a_user_error_naming_it(data_dir, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="^--out .*file is a file; give a folder"):

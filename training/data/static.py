@@ -43,11 +43,12 @@ def find_image_mask_pairs(root: str | Path) -> list[tuple[Path, Path]]:
 class StaticSequenceDataset(SeededDataset):
     """Pseudo-video triplets from static images for STCN stage-0 pre-training.
 
-    ``sources``: a folder of image/mask pairs, a :class:`VideoFolder`, or a list of either.
+    ``sources``: a folder of image/mask pairs, a :class:`VideoFolder`, or a list of either; ``repeat``: how
+    many samples each image gives per epoch.
     """
 
     def __init__(self, sources, size: tuple[int, int] = (384, 384), num_frames: int = 3,
-                 max_objects: int = 2, seed: int = 0):
+                 max_objects: int = 2, repeat: int = 1, seed: int = 0):
         if not isinstance(sources, (list, tuple)):
             sources = [sources]
         self.items = []  # (loader of (image, labels), name)
@@ -62,13 +63,14 @@ class StaticSequenceDataset(SeededDataset):
         self.size = tuple(size)
         self.num_frames = int(num_frames)
         self.max_objects = int(max_objects)
+        self.repeat = int(repeat)
         self.seed = int(seed)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.items) * self.repeat
 
     def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        source, _ = self.items[index]
+        source, _ = self.items[index % len(self.items)]
         if len(source) == 3:
             folder, video, stem = source
             frame = folder.read_frame(video, stem)
@@ -83,7 +85,7 @@ class StaticSequenceDataset(SeededDataset):
 
     def __getitem__(self, index: int) -> dict:
         image, labels = self._read(index)
-        name = self.items[index][1]
+        name = self.items[index % len(self.items)][1]
         ids = [int(v) for v in np.unique(labels) if v != 0]
         if len(ids) > 1 and VOID in ids:
             ids.remove(VOID)  # void beside objects (DAVIS); a 0/255 mask's 255 is its object

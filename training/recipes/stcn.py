@@ -86,7 +86,7 @@ class STCNRecipe(Recipe):
             # (every video was taken: a DAVIS folder's val videos, which --val scores, were pre-trained on; a
             # YouTube-VOS folder with train/ was searched for image/mask pairs and refused)
             sources = [_folders([p])[0] if _is_dataset_folder(p) else Path(p) for p in data]
-            return StaticSequenceDataset(sources, size=size, seed=config.seed)
+            return StaticSequenceDataset(sources, size=size, repeat=config.repeat, seed=config.seed)
         return VOSTripletDataset(_folders(data), size=size, max_skip=o.skip_curriculum[0][1],
                                  repeat=config.repeat, seed=config.seed)
 
