@@ -379,6 +379,20 @@ def test_static_pre_training_takes_repeat_samples_of_each_image_per_epoch(tmp_pa
     assert train([tmp_path], tmp_path / "run", config, progress=False)["step"] == 1
 
 
+def test_generated_clips_too_few_for_a_batch_name_samples_per_epoch_and_repeat_is_refused(tmp_path):
+    # on --data generated the hint said to raise repeat, which generated clips ignore (silently, when given):
+    # their epoch's length is samples_per_epoch
+    generated = dict(generated_clip_size=[48, 64], generated_frames=4, iterations=1)
+    with pytest.raises(UserError, match=r"1 samples, fewer than one batch of 2 .*--batch-size.* raise samples_per_epoch "
+                                        r"\(clips generated per epoch: \"samples_per_epoch\" under \"stcn\""):
+        train(["generated"], tmp_path / "a", tiny_config(samples_per_epoch=1, **generated), progress=False)
+    with pytest.raises(UserError, match=r"^repeat: --data generated draws a new clip for every sample, so repeat \(2\) "
+                                        r"would be ignored; set the epoch's length with \"samples_per_epoch\""):
+        train(["generated"], tmp_path / "b", tiny_config(samples_per_epoch=1, repeat=2, **generated), progress=False)
+    assert not (tmp_path / "b" / "last.pth").exists()
+    assert train(["generated"], tmp_path / "c", tiny_config(samples_per_epoch=2, **generated), progress=False)["step"] == 1
+
+
 def test_an_out_folder_that_cannot_be_written_is_a_user_error_naming_it(data_dir, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="^--out .*file is a file; give a folder"):

@@ -390,6 +390,14 @@ def build_dataset(config: TrainConfig, data: list[str | Path]):
     return recipe.build_dataset(config, data)
 
 
+# where a run on generated clips sets its epoch's length (the recipes' option)
+_SAMPLES_PER_EPOCH = '"samples_per_epoch" under "{}" in the --config file'
+
+
+def _generated(data) -> bool:
+    return [str(d) for d in data] == [GENERATED]
+
+
 class EpochShardSampler(torch.utils.data.Sampler):
     """Indices of one epoch: a permutation fixed by (seed, epoch), cut into ``world`` interleaved shards,
     starting after ``skip`` of this rank's batches (to re-enter an interrupted epoch)."""
@@ -571,6 +579,10 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
     use_cuda_amp = config.amp and ctx.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_amp)
     step = 0
+    if payload is None and _generated(data) and config.repeat != 1 and hasattr(config.options, "samples_per_epoch"):
+        # a new run only: one started before this was refused goes on as it began
+        raise UserError(f"repeat: --data generated draws a new clip for every sample, so repeat ({config.repeat}) "
+                        f"would be ignored; set the epoch's length with {_SAMPLES_PER_EPOCH.format(family)} instead")
     if payload is not None:
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
@@ -584,9 +596,10 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
     dataset = build_dataset(config, data)
     steps_per_epoch = len(dataset) // (config.batch_size * ctx.world)
     if steps_per_epoch < 1:
+        more = (f"raise samples_per_epoch (clips generated per epoch: {_SAMPLES_PER_EPOCH.format(family)})"
+                if _generated(data) else "raise repeat (samples per video per epoch: \"repeat\" in the --config file)")
         raise UserError(f"the dataset has {len(dataset)} samples, fewer than one batch of {config.batch_size} "
-                        f"× {ctx.world} process(es): lower batch_size (--batch-size) or raise repeat (samples per video "
-                        f"per epoch: \"repeat\" in the --config file)")
+                        f"× {ctx.world} process(es): lower batch_size (--batch-size) or {more}")
 
     writer = None
     bar = None
