@@ -421,6 +421,34 @@ def test_init_weights_of_another_model_are_a_short_user_error_saying_what_the_fi
     assert len(message) < 1000 and "\n" not in message
 
 
+def test_an_init_file_that_is_not_weights_is_a_one_line_error_naming_init_and_the_fault(data_dir, tmp_path, capsys):
+    # 3dc-seg printed torch's multi-line advice to load with weights_only=False (which runs the file's code) for
+    # a file that is no checkpoint, and every key of its encoder (hundreds) for weights of another network;
+    # stcn said a JSON file "holds Python objects"
+    from vosrt.cli import main
+
+    (tmp_path / "options.json").write_text('{"lr": 0.001}')
+    torch.save({"w": torch.zeros(2)}, tmp_path / "other.pth")
+    common = ["--data", str(data_dir), "--iterations", "1", "--size", "32", "32", "--batch-size", "1", "--workers",
+              "0", "--no-progress"]
+    expected = {
+        ("3dc-seg-lite", "options.json"): "is not a PyTorch checkpoint that can be read safely: its content is not what "
+                                          "torch.save writes",
+        ("stcn-lite", "options.json"): "is not a PyTorch checkpoint that can be read safely: its content is not what "
+                                       "torch.save writes",
+        ("3dc-seg-lite", "other.pth"): "backbone weights do not fit the encoder (ir-CSN depths [3, 4, 6, 3]): 265 "
+                                       "missing (layer1.0.bn1.bias, layer1.0.bn1.running_mean, "
+                                       "layer1.0.bn1.running_var, ...); 1 unexpected (w)",
+    }
+    for (model, name), message in expected.items():
+        path = tmp_path / name
+        assert main(["train", model, "--init", str(path), "--out", str(tmp_path / "run"), *common]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"error: --init: {path}") and message in err, err
+        assert "weights_only" not in err and "Python objects" not in err
+    assert not (tmp_path / "run" / "last.pth").exists()
+
+
 def test_3dc_seg_training_run_checkpoints_and_validates(data_dir, tmp_path):
     pytest.importorskip("vosrt.training.models.c3dseg")
     config = default_config("3dc-seg-lite", model_overrides=TINY_3DC, size=[32, 32], clip_length=4, max_window=6,

@@ -63,7 +63,7 @@ import torch.nn as nn
 from vosrt.sdk import families
 from vosrt.sdk.errors import UserError
 from vosrt.training.models import (build_model, check_min_size, check_overrides, family_of, load_payload,
-                                   read_checkpoint, save_checkpoint)
+                                   read_checkpoint, save_checkpoint, state_dict_mismatch)
 from vosrt.training.recipes import recipe_for
 from vosrt.training.recipes.stcn import GENERATED  # the --data value of generated clips (re-exported)
 
@@ -477,11 +477,14 @@ def _init_weights(model: nn.Module, path: str | Path, family: str) -> None:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--init: file not found: {path}")
-    if recipe_for(family).init_weights(model, path):
-        return
-    if path.suffix == ".pkl":
-        raise UserError(f"--init {path}: Caffe2 .pkl backbone weights are not read by {family} training")
-    saved, state_dict = read_checkpoint(path)
+    try:
+        if recipe_for(family).init_weights(model, path):
+            return
+        if path.suffix == ".pkl":
+            raise UserError(f"--init {path}: Caffe2 .pkl backbone weights are not read by {family} training")
+        saved, state_dict = read_checkpoint(path)
+    except UserError as err:  # the file's own errors name it, not the flag that gave it
+        raise UserError(str(err) if str(err).startswith("--init") else f"--init: {err}") from None
     name = model.config["model"]
     if family_of(saved["model"]) != family:
         raise UserError(f"--init {path} holds a {family_of(saved['model'])} model ({saved['model']}), not a {family} "
@@ -495,25 +498,8 @@ def _init_weights(model: nn.Module, path: str | Path, family: str) -> None:
                 f"{config['model']} without model_overrides"
 
         raise UserError(f"--init {path}: its weights do not fit the {described(model.config)}: "
-                        f"{_state_dict_mismatch(model.state_dict(), state_dict)}; the file holds a {described(saved)}: "
+                        f"{state_dict_mismatch(model.state_dict(), state_dict)}; the file holds a {described(saved)}: "
                         f"give the run the file's model and model_overrides") from None
-
-
-def _state_dict_mismatch(expected: dict, found: dict, shown: int = 3) -> str:
-    """A short account of how the state_dict ``found`` differs from ``expected`` (a few names of each kind)."""
-    def names(keys):
-        keys = sorted(keys)
-        return ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")
-
-    missing = set(expected) - set(found)
-    unexpected = set(found) - set(expected)
-    resized = [k for k in sorted(set(expected) & set(found)) if tuple(expected[k].shape) != tuple(found[k].shape)]
-    parts = [f"{len(missing)} missing ({names(missing)})" if missing else "",
-             f"{len(unexpected)} unexpected ({names(unexpected)})" if unexpected else "",
-             f"{len(resized)} of another shape (" + ", ".join(
-                 f"{k}: {list(found[k].shape)} in the file, {list(expected[k].shape)} here" for k in resized[:shown])
-             + (", ..." if len(resized) > shown else "") + ")" if resized else ""]
-    return "; ".join(p for p in parts if p) or "they do not load"
 
 
 def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: bool | dict = False,

@@ -205,6 +205,23 @@ def _strip_prefix(state_dict: dict) -> dict:
     return state_dict
 
 
+def state_dict_mismatch(expected: dict, found: dict, shown: int = 3) -> str:
+    """A short account of how the state_dict ``found`` differs from ``expected`` (a few names of each kind)."""
+    def names(keys):
+        keys = sorted(keys)
+        return ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")
+
+    missing = set(expected) - set(found)
+    unexpected = set(found) - set(expected)
+    resized = [k for k in sorted(set(expected) & set(found)) if tuple(expected[k].shape) != tuple(found[k].shape)]
+    parts = [f"{len(missing)} missing ({names(missing)})" if missing else "",
+             f"{len(unexpected)} unexpected ({names(unexpected)})" if unexpected else "",
+             f"{len(resized)} of another shape (" + ", ".join(
+                 f"{k}: {list(found[k].shape)} in the file, {list(expected[k].shape)} here" for k in resized[:shown])
+             + (", ..." if len(resized) > shown else "") + ")" if resized else ""]
+    return "; ".join(p for p in parts if p) or "they do not load"
+
+
 def load_payload(path: str | Path):
     """``torch.load`` of a checkpoint file restricted to tensors and plain data (``weights_only``); a
     file that is not one raises UserError saying why, in one line."""
@@ -215,7 +232,11 @@ def load_payload(path: str | Path):
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
         text = str(err)
-        if "weights_only" in text or "Unsupported global" in text:
+        if "Unsupported operand" in text:
+            # the weights-only unpickler met bytes no torch.save writes (a text file, a truncated or raw pickle):
+            # torch's message speaks of weights_only there too, which read as the file holding Python objects
+            reason = "its content is not what torch.save writes (another kind of file, or one cut short)"
+        elif "weights_only" in text or "Unsupported global" in text:
             # Never repeat torch's advice to load with weights_only=False: that runs the file's code.
             reason = "it holds Python objects besides tensors and plain data, which vosrt does not unpickle"
         else:

@@ -144,10 +144,12 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
         state = encoder_state_from_blobs(encoder, blobs)
         unused = sorted(set(blobs) - set(blob_names(encoder.depths).values()))
     else:
-        try:
-            raw = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises many types for a file that is not a checkpoint
-            raise UserError(f"{path}: neither a Caffe2 .pkl nor a readable PyTorch state_dict: {err}") from None
+        from vosrt.training.models import load_payload
+
+        try:  # one line, never torch's advice to load with weights_only=False (which runs the file's code)
+            raw = load_payload(path)
+        except UserError as err:
+            raise UserError(f"{err}; expected ir-CSN backbone weights (a Caffe2 .pkl, or a state_dict of tensors)") from None
         if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
             raw = raw["state_dict"]
         if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
@@ -157,8 +159,12 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
         unused = []
     try:
         encoder.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise UserError(f"{path}: backbone weights do not fit the encoder: {err}") from None
+    except RuntimeError:
+        from vosrt.training.models import state_dict_mismatch
+
+        # a few names of each kind: torch's message lists every key, hundreds of lines for another network
+        raise UserError(f"{path}: backbone weights do not fit the encoder (ir-CSN depths {list(encoder.depths)}): "
+                        f"{state_dict_mismatch(encoder.state_dict(), state)}") from None
     for module in encoder.modules():  # the Caffe2 models were trained with this epsilon
         if isinstance(module, FrozenBatchNorm3d):
             module.eps = 1e-3
