@@ -379,6 +379,27 @@ def test_static_pre_training_takes_repeat_samples_of_each_image_per_epoch(tmp_pa
     assert train([tmp_path], tmp_path / "run", config, progress=False)["step"] == 1
 
 
+def test_static_pre_training_refuses_an_empty_or_missing_pair_folder_among_others(tmp_path):
+    # an empty or mistyped folder beside one with pairs was skipped without a word; alone, the error showed a
+    # Python list ("no image/mask pairs found in [PosixPath('...')]") and did not say what a folder should hold
+    import cv2
+
+    from vosrt.sdk.masks import write_label_png
+    from vosrt.sdk.synthetic import generate_sequence
+
+    pairs, empty = tmp_path / "pairs", tmp_path / "empty"
+    pairs.mkdir()
+    empty.mkdir()
+    clip = generate_sequence(1, num_frames=1, height=48, width=64, num_objects=1)
+    cv2.imwrite(str(pairs / "img.jpg"), clip.frames[0][..., ::-1])
+    write_label_png(pairs / "img.png", clip.labels[0])
+    config = tiny_config(stage="static", batch_size=1, iterations=1)
+    for folder, found in ((empty, "holds no image/mask pairs"), (tmp_path / "typo", "not found")):
+        with pytest.raises(UserError, match=f"^{folder}: {found}; expected NAME.jpg images with NAME.png masks"):
+            train([pairs, folder], tmp_path / "run", config, progress=False)
+    assert train([pairs], tmp_path / "run", config, progress=False)["step"] == 1
+
+
 def test_generated_clips_too_few_for_a_batch_name_samples_per_epoch_and_repeat_is_refused(tmp_path):
     # on --data generated the hint said to raise repeat, which generated clips ignore (silently, when given):
     # their epoch's length is samples_per_epoch

@@ -57,9 +57,13 @@ class StaticSequenceDataset(SeededDataset):
                 self.items += [((source, video, stem), f"{video}/{stem}") for video in source.videos
                                for stem in source.annotated_names(video)]
             else:
-                self.items += [((image, mask), image.stem) for image, mask in find_image_mask_pairs(source)]
-        if not self.items:
-            raise UserError(f"no image/mask pairs found in {sources}")
+                # each folder on its own: one that was mistyped or is empty was skipped beside the others
+                pairs = find_image_mask_pairs(source)
+                if not pairs:
+                    found = "not found" if not Path(source).is_dir() else "holds no image/mask pairs"
+                    raise UserError(f"{source}: {found}; expected NAME.jpg images with NAME.png masks (in the folder "
+                                    f"or one folder deeper), or a DAVIS / YouTube-VOS folder (JPEGImages/)")
+                self.items += [((image, mask), image.stem) for image, mask in pairs]
         self.size = tuple(size)
         self.num_frames = int(num_frames)
         self.max_objects = int(max_objects)
