@@ -180,3 +180,19 @@ def test_train_without_config_on_cpu_warns_for_a_family_without_a_measured_cpu_c
     small = dataclasses.replace(config, iterations=2, size=[80, 96], batch_size=1)   # sized by the flags
     cli_train.warn_cpu_time(small, argparse.Namespace(family="stem-seg", data=["generated"], out=str(tmp_path)))
     assert capsys.readouterr().err == ""
+
+
+def test_train_without_config_on_cpu_does_not_warn_for_a_run_shorter_than_the_cpu_sized_one(data_dir, tmp_path, capsys):
+    # a run sized with the flags (one step of 32x32) was told it "would take roughly 0 min" and offered the
+    # CPU-sized config, a run hundreds of times longer
+    if torch.cuda.is_available():
+        pytest.skip("the warning is for CPU-only machines")
+    assert main(["train", "stcn-lite", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--iterations", "1",
+                 "--size", "32", "32", "--batch-size", "1", "--workers", "0", "--no-progress"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    from vosrt.training import cli_train
+    from vosrt.training.train import default_config
+
+    args = argparse.Namespace(family="stcn", data=[str(data_dir)], out=str(tmp_path / "long"))
+    cli_train.warn_cpu_time(default_config("stcn-lite", iterations=5000), args)   # longer than the CPU-sized run
+    assert re.search(r"would take roughly \d+ hours", capsys.readouterr().err)

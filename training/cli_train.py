@@ -210,8 +210,18 @@ def estimate_cpu_seconds(config) -> tuple[float, Path] | None:
     return seconds_per_step * scale * config.iterations, path
 
 
+def _reference_seconds(config, reference: Path) -> float:
+    """The measured CPU wall time of the CPU-sized config ``reference`` (the family table's ``cpu_reference``)."""
+    from vosrt.sdk import families
+    from vosrt.training.train import default_config, load_config_file
+
+    base = load_config_file(reference, default_config(config.model, config.stage))
+    return families.of_model(config.model).cpu_reference[1] * base.iterations
+
+
 def warn_cpu_time(config, args) -> None:
-    """Without a GPU and without --config (the published, GPU-sized schedule): say how long it would take."""
+    """Without a GPU and without --config (the published, GPU-sized schedule): say how long it would take, where
+    that is longer than the CPU-sized run it suggests."""
     import torch
 
     if torch.cuda.is_available():
@@ -230,6 +240,8 @@ def warn_cpu_time(config, args) -> None:
               f"{CONFIGS}) or --iterations, --size and --batch-size", file=sys.stderr, flush=True)
         return
     seconds, reference = estimate
+    if seconds <= _reference_seconds(config, reference):
+        return  # no longer than the CPU-sized run it would suggest (a run sized with the flags: "roughly 0 min")
     hours = seconds / 3600
     took = f"{hours / 24:.0f} days" if hours >= 48 else f"{hours:.0f} hours" if hours >= 2 else f"{seconds / 60:.0f} min"
     print(f"warning: no GPU: {config.model} without --config ({config.iterations} steps of batch "
