@@ -517,6 +517,21 @@ def test_static_pre_training_on_a_dataset_folder_takes_its_training_videos_only(
     assert train([tmp_path / "youtube"], tmp_path / "run", config, progress=False)["step"] == 1
 
 
+def test_main_training_on_a_folder_listing_its_splits_in_imagesets_2016_takes_the_train_split_only(tmp_path):
+    # DAVIS 2016 ships ImageSets/2016/{train,val}.txt; training looked for lists in 2017 and 480p only and took
+    # every video, the val ones that validation (which reads 2016's lists) scores included
+    davis = tmp_path / "davis"
+    train_names = generate_dataset(davis, 2, seed=5, num_frames=4, height=48, width=64)
+    val_names = generate_dataset(davis, 1, seed=6, num_frames=4, height=48, width=64, split="val")
+    lists = davis / "ImageSets"
+    (lists / "2016").mkdir()
+    for split in ("train", "val"):
+        (lists / "2017" / f"{split}.txt").rename(lists / "2016" / f"{split}.txt")
+    config = tiny_config(batch_size=1, iterations=1)
+    taken = {video for _, video in build_dataset(config, [davis]).items}
+    assert taken == set(train_names) and not taken & set(val_names)
+
+
 @pytest.mark.parametrize("options, message", [
     ({"size": 64}, "size should be \\[height, width\\]"),
     ({"iterations": "100"}, "iterations should be an integer ≥ 1, got \"100\""),

@@ -22,7 +22,7 @@ from vosrt.sdk.errors import UserError
 from vosrt.sdk.package import Package
 from vosrt.sdk.progress import Progress
 from vosrt.sdk.streaming import stream
-from vosrt.training.data.folders import VideoFolder
+from vosrt.training.data.folders import VideoFolder, split_list
 from vosrt.training.models import check_min_size
 
 
@@ -37,8 +37,7 @@ def validation_folder(root) -> VideoFolder:
     ``ImageSets/2017/val.txt``, DAVIS 2016's ``ImageSets/480p/val.txt``), else every annotated video. A
     DAVIS folder holds its training videos too, and training takes its ``train`` split."""
     root = Path(root)
-    listed = any((root / "ImageSets" / d / "val.txt").is_file() for d in ("2017", "2016", "480p"))
-    return VideoFolder(root, split="val" if listed else None)
+    return VideoFolder(root, split="val" if split_list(root, "val") is not None else None)
 
 
 def check_validation(model, config, root) -> None:

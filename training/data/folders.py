@@ -27,6 +27,19 @@ from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png
 
 
+SPLIT_LIST_DIRS = ("2017", "2016", "480p")   # ImageSets/<dir>/<split>.txt: DAVIS 2017, DAVIS 2016 (both)
+
+
+def split_list(root, split: str) -> Path | None:
+    """The list file of ``split`` in the DAVIS folder ``root`` (the first of ``ImageSets/2017``, ``2016``,
+    ``480p``), None where it lists no such split."""
+    for folder in SPLIT_LIST_DIRS:
+        candidate = Path(root) / "ImageSets" / folder / f"{split}.txt"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 class VideoFolder:
     """One dataset folder: the list of videos, their frames and annotations.
 
@@ -73,20 +86,19 @@ class VideoFolder:
         self._listed: dict[tuple[str, str], dict[str, Path]] = {}
 
     def _read_split(self, split: str) -> list[str]:
-        for candidate in (self.root / "ImageSets" / "2017" / f"{split}.txt",
-                          self.root / "ImageSets" / "2016" / f"{split}.txt",
-                          self.root / "ImageSets" / "480p" / f"{split}.txt"):
-            if candidate.is_file():
-                names = []
-                for line in candidate.read_text().split("\n"):
-                    line = line.strip()
-                    if not line:
-                        continue
-                    # DAVIS 2016 lists frame paths ("/JPEGImages/480p/bear/00000.jpg ..."), 2017 names
-                    name = Path(line.split()[0]).parent.name if "/" in line else line
-                    names.append(name)
-                return list(dict.fromkeys(names))
-        raise UserError(f"{self.root}: no list file for split '{split}' (expected ImageSets/2017/{split}.txt)")
+        candidate = split_list(self.root, split)
+        if candidate is not None:
+            names = []
+            for line in candidate.read_text().split("\n"):
+                line = line.strip()
+                if not line:
+                    continue
+                # DAVIS 2016 lists frame paths ("/JPEGImages/480p/bear/00000.jpg ..."), 2017 names
+                name = Path(line.split()[0]).parent.name if "/" in line else line
+                names.append(name)
+            return list(dict.fromkeys(names))
+        raise UserError(f"{self.root}: no list file for split '{split}' (expected ImageSets/2017/{split}.txt, or "
+                        f"DAVIS 2016's ImageSets/2016/{split}.txt or ImageSets/480p/{split}.txt)")
 
     def __len__(self) -> int:
         return len(self.videos)

@@ -14,6 +14,7 @@ import numpy as np
 
 from vosrt.sdk.errors import UserError
 from vosrt.training.data import GeneratedTripletDataset, StaticSequenceDataset, VideoFolder, VOSTripletDataset, max_skip_at
+from vosrt.training.data.folders import split_list
 from vosrt.training.models.stcn import FAMILY
 from vosrt.training.recipes import Recipe
 from vosrt.training.steps import STCNTrainStep
@@ -41,8 +42,7 @@ def _folders(paths) -> list[VideoFolder]:
     folders = []
     for path in paths:
         path = Path(path)
-        split = "train" if any((path / "ImageSets" / d / "train.txt").is_file() for d in ("2017", "480p")) or \
-            (path / "train" / "JPEGImages").is_dir() else None
+        split = "train" if split_list(path, "train") is not None or (path / "train" / "JPEGImages").is_dir() else None
         folders.append(VideoFolder(path, split=split))
     return folders
 
