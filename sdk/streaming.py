@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vosrt.sdk.errors import FrameError, UserError
+from vosrt.sdk.errors import FrameError, UserError, is_whole
 from vosrt.sdk.session import SegmentedFrame
 
 MAX_REFUSED_IN_A_ROW = 25   # refused frames in a row that end a stream (one second of 25 FPS video)
@@ -86,9 +86,11 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
     :class:`~vosrt.sdk.errors.FrameError`) ends the call: the sinks and the source are closed (``close``) and the
     exception propagates. With ``flush`` the session's stream is dropped too (``session.reset()``), so that the
     session starts the next stream at frame 0 as after a completed call; with ``flush=False`` it is left as it
-    was, the frames pending in it included.
+    was, the frames pending in it included. A bad argument (``masks`` that is a label map rather than
+    ``{0: label map}``, one sink not in a list, a ``max_frames`` that is not a whole number) raises UserError
+    before anything is read, pushed or closed.
     """
-    sinks = list(sinks)
+    sinks = _check_arguments(source, sinks, masks, max_frames, on_result)
     stats = StreamStats()
     waiting: dict[int, tuple[str, np.ndarray]] = {}   # pushed, not yet finished: (name, frame)
     start = time.perf_counter()
@@ -169,6 +171,38 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
     if close:
         close_all([*sinks, source])
     return stats
+
+
+def _check_arguments(source, sinks, masks, max_frames, on_result) -> list:
+    """The sinks as a list; UserError naming the argument, what it takes and what arrived when one of
+    :func:`stream`'s arguments is of the wrong kind. Checked before the first frame is read: left to the loop,
+    masks=first_mask failed as "'numpy.ndarray' object has no attribute 'get'" with a frame already taken from
+    the source, and a sink given alone as "'PngSink' object is not iterable"."""
+    if source is None or isinstance(source, (str, bytes)) or not hasattr(source, "__iter__"):
+        hint = " (a path or camera? open it with vosrt.sdk.video.open_source)" if isinstance(source, str) else ""
+        raise UserError(f"source: expected an iterable of frames (a FrameSource, a list, a generator), got "
+                        f"{type(source).__name__}{hint}")
+    if callable(sinks) and not hasattr(sinks, "__iter__"):
+        raise UserError(f"sinks: expected a list of sinks, got one {type(sinks).__name__}; write sinks=[sink]")
+    if isinstance(sinks, (str, bytes)) or not hasattr(sinks, "__iter__"):
+        raise UserError(f"sinks: expected a list of callables sink(index, name, frame, labels), got "
+                        f"{type(sinks).__name__}" + (" (a folder? write sinks=[PngSink(folder)])"
+                                                     if isinstance(sinks, str) else ""))
+    sinks = list(sinks)
+    for k, sink in enumerate(sinks):
+        if not callable(sink):
+            raise UserError(f"sinks[{k}]: expected a callable sink(index, name, frame, labels), got "
+                            f"{type(sink).__name__}")
+    if masks is not None and not isinstance(masks, Mapping) and not callable(masks):
+        hint = "; for a mask of the first frame write masks={0: mask}" if isinstance(masks, np.ndarray) else ""
+        raise UserError(f"masks: expected a mapping {{frame index: label map}} or a callable (index, frame) -> label "
+                        f"map or None, got {type(masks).__name__}{hint}")
+    if max_frames is not None and (not is_whole(max_frames) or max_frames < 0):
+        raise UserError(f"max_frames: expected a whole number of frames >= 0, or None for all, got {max_frames!r}")
+    if on_result is not None and not callable(on_result):
+        raise UserError(f"on_result: expected a callable (segmented frame, frame) or None, got "
+                        f"{type(on_result).__name__}")
+    return sinks
 
 
 def _finish(stats: StreamStats, start: float, after_first: float | None, progress) -> None:

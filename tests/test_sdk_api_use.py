@@ -1,0 +1,61 @@
+"""The SDK used as an application embeds it: stream() arguments, sources shared between calls, sessions
+reused across videos (real ONNX Runtime sessions on the tiny packages of conftest)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import vosrt.sdk
+from vosrt.sdk.streaming import stream
+from vosrt.sdk.synthetic import generate_sequence
+from vosrt.sdk.video import PngSink
+
+
+@pytest.fixture(scope="module")
+def sequence():
+    return generate_sequence(11, num_frames=12, height=32, width=48, num_objects=1, num_distractors=0)
+
+
+def _recording(frames, pulled):
+    """A camera-like generator that records which frames were taken from it."""
+    for position, frame in enumerate(frames):
+        pulled.append(position)
+        yield frame
+
+
+@pytest.mark.parametrize("argument, value, says", [
+    ("masks", "first mask", "masks={0: mask}"),
+    ("masks", "list of masks", "got list"),
+    ("sinks", "one sink", "sinks=[sink]"),
+    ("sinks", "folder", "PngSink(folder)"),
+    ("sinks", [print, "out"], "sinks[1]"),
+    ("max_frames", 2.5, "got 2.5"),
+    ("max_frames", "3", "got '3'"),
+    ("max_frames", -1, "got -1"),
+    ("on_result", "print", "on_result"),
+])
+def test_a_stream_argument_of_the_wrong_kind_is_refused_by_name_before_a_frame_is_read(
+        stcn_package, sequence, tmp_path, argument, value, says):
+    # masks=first_mask (not {0: first_mask}) failed as "'numpy.ndarray' object has no attribute 'get'", a sink
+    # not in a list as "'PngSink' object is not iterable", max_frames="3" as a comparison TypeError: none named
+    # the argument, and the first frame had been taken from the source already.
+    session = vosrt.sdk.load(stcn_package, threads=1, color="rgb")
+    values = {"first mask": sequence.labels[0], "list of masks": [sequence.labels[0]],
+              "one sink": PngSink(tmp_path / "masks"), "folder": str(tmp_path / "masks")}
+    pulled = []
+    arguments = {"masks": {0: sequence.labels[0]}, argument: values.get(value, value) if isinstance(value, str)
+                 else value}
+    with pytest.raises(vosrt.sdk.UserError, match=argument) as err:
+        stream(session, _recording(sequence.frames, pulled), **arguments)
+    assert says in str(err.value)
+    assert pulled == [] and session.frames_in == 0
+    stats = stream(session, sequence.frames, [], masks={0: sequence.labels[0]})   # the session is as it was
+    assert stats.frames == len(sequence.frames)
+
+
+def test_a_source_that_is_not_an_iterable_of_frames_is_refused_by_name(stcn_package):
+    session = vosrt.sdk.load(stcn_package, threads=1)
+    for source, says in ((None, "NoneType"), ("video.mp4", "open_source")):
+        with pytest.raises(vosrt.sdk.UserError, match="source: expected an iterable of frames") as err:
+            stream(session, source)
+        assert says in str(err.value)
