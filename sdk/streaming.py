@@ -22,6 +22,7 @@ frame that carries a mask is an error (its objects would be lost), and so are
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -121,9 +122,9 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
     lock = getattr(session, "_lock", None) or contextlib.nullcontext()
     refused_in_a_row = 0
     try:
-        for position, frame in enumerate(source):
-            if max_frames is not None and position >= max_frames:
-                break
+        # Stop at max_frames without taking one more frame: a source read on by the next call (a camera after
+        # a warm-up with flush=False) would lose it.
+        for position, frame in enumerate(itertools.islice(source, max_frames)):
             mask = None
             if masks is not None:
                 mask = masks(position, frame) if callable(masks) else masks.get(position)

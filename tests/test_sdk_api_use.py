@@ -59,3 +59,21 @@ def test_a_source_that_is_not_an_iterable_of_frames_is_refused_by_name(stcn_pack
         with pytest.raises(vosrt.sdk.UserError, match="source: expected an iterable of frames") as err:
             stream(session, source)
         assert says in str(err.value)
+
+
+@pytest.mark.parametrize("family", ["stcn", "3dc-seg"])
+def test_max_frames_takes_no_frame_past_the_last_so_a_source_read_on_loses_none(family, stcn_package,
+                                                                                  clip_package, sequence):
+    # A warm-up of 4 frames with flush=False, then the rest of the same camera: the warm-up call took a fifth
+    # frame from the source to find it was past max_frames and dropped it, so the second call began a frame late.
+    session = vosrt.sdk.load(stcn_package if family == "stcn" else clip_package, threads=1, color="rgb")
+    masks = {0: sequence.labels[0]} if session.takes_mask else None
+    pulled = []
+    camera = _recording(sequence.frames, pulled)
+    first = stream(session, camera, masks=masks, max_frames=4, flush=False, close=False)
+    assert first.pushed == 4 and pulled == [0, 1, 2, 3]
+    rest = stream(session, camera, keep_results=True)
+    assert rest.pushed == len(sequence.frames) - 4 == rest.frames
+    assert [done.index for done in rest.results] == list(range(4, len(sequence.frames)))
+    pulled.clear()
+    assert stream(session, _recording(sequence.frames, pulled), max_frames=0).pushed == 0 and pulled == []
