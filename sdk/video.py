@@ -20,12 +20,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import UserError, is_number
 from vosrt.sdk.letterbox import check_color
 from vosrt.sdk.masks import label_colours, read_label_png, write_label_png
 
 MIN_FRAME_SIDE = 2          # smaller frames are skipped (check_image refuses them)
 MAX_FAILED_READS = 25       # undecodable frames in a row after which a video file counts as ended
+MAX_MP4_FPS = 65535         # the highest frame rate an .mp4 writer opens at (1/fps is its time base)
 
 
 def natural_key(path: Path) -> list:
@@ -325,8 +326,19 @@ class OverlayVideoSink:
     def __init__(self, path: str | Path, fps: float | None = None, alpha: float = 0.5, color: str = "bgr"):
         self.color = check_color(color)
         self.path = Path(path)
-        self.fps = fps or 15.0
-        self.alpha = alpha
+        if fps is not None and (not is_number(fps) or not np.isfinite(fps) or fps < 0):
+            # OpenCV's writer only said it "cannot write" the file at the first frame, blaming the file name
+            raise UserError(f"--video: fps: expected a positive number of frames per second (None or 0: 15), "
+                            f"got {fps!r}")
+        self.fps = float(fps or 15.0)
+        if self.path.suffix.lower() == ".mp4" and self.fps > MAX_MP4_FPS:
+            # an .mp4's time base is 1/fps with a denominator of at most 65535 (a stream that reports its 90 kHz
+            # clock as its frame rate gives 90000)
+            raise UserError(f"--video: {self.path}: an .mp4 takes at most {MAX_MP4_FPS} frames per second, got "
+                            f"fps={self.fps:g}; give a lower fps, or write an .avi")
+        if not is_number(alpha) or not 0.0 <= alpha <= 1.0:
+            raise UserError(f"alpha: expected the opacity of the object colours, a number in 0..1, got {alpha!r}")
+        self.alpha = float(alpha)
         self.writer = None
         self.written = 0
         if self.path.suffix.lower() not in (".mp4", ".avi"):
@@ -351,7 +363,8 @@ class OverlayVideoSink:
             self.writer = cv2.VideoWriter(str(self.path), fourcc, float(self.fps), (frame.shape[1], frame.shape[0]))
             if not self.writer.isOpened():
                 self.writer = None
-                raise UserError(f"--video: OpenCV cannot write {self.path} (use .mp4 or .avi)")
+                raise UserError(f"--video: OpenCV cannot open a writer for {self.path} at {self.fps:g} FPS with "
+                                f"{frame.shape[1]}x{frame.shape[0]} frames")
             self.size = frame.shape[:2]
         if frame.shape[:2] != self.size:  # a video has one size; later frames of another size are fitted
             frame = cv2.resize(frame, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)

@@ -141,6 +141,34 @@ def test_overlay_video_sink_writes_the_rgb_frames_of_an_rgb_session_in_their_own
         OverlayVideoSink(tmp_path / "x.avi", color="bgra")
 
 
+@pytest.mark.parametrize("fps, says", [(-5, "got -5"), (float("nan"), "got nan"), ("25", "got '25'"),
+                                       (90000, "at most 65535")])
+def test_an_overlay_video_sink_refuses_a_frame_rate_it_cannot_write_by_name(sequence, tmp_path, fps, says):
+    # OpenCV's writer fails to open at such a rate, and the sink said only, at the first frame, that OpenCV
+    # "cannot write overlay.mp4 (use .mp4 or .avi)" of an .mp4. 90000 is what a stream reporting its 90 kHz clock
+    # as its frame rate gives (an .mp4's time base 1/fps takes a denominator of at most 65535); an .avi takes it.
+    with pytest.raises(UserError, match="fps") as err:
+        OverlayVideoSink(tmp_path / "overlay.mp4", fps=fps)
+    assert says in str(err.value)
+    if fps == 90000:
+        sink = OverlayVideoSink(tmp_path / "overlay.avi", fps=fps)
+        for i, (frame, labels) in enumerate(zip(sequence.frames, sequence.labels)):
+            sink(i, f"{i:05d}", frame, labels)
+        sink.close()
+        assert video_frames(tmp_path / "overlay.avi") == len(sequence)
+    sink = OverlayVideoSink(tmp_path / "overlay.mp4", fps=65535)   # the highest an .mp4 takes
+    sink(0, "00000", sequence.frames[0], sequence.labels[0])
+    sink.close()
+    assert video_frames(tmp_path / "overlay.mp4") == 1
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5, "0.5", None])
+def test_an_overlay_video_sink_refuses_an_alpha_outside_0_to_1_by_name(tmp_path, alpha):
+    # alpha="0.5" failed at the first frame as "unsupported operand type(s) for -: 'int' and 'str'"
+    with pytest.raises(UserError, match="alpha: expected .* in 0..1"):
+        OverlayVideoSink(tmp_path / "overlay.mp4", alpha=alpha)
+
+
 def test_overlay_tints_objects_and_leaves_background():
     frame = np.full((4, 4, 3), 100, np.uint8)
     labels = np.zeros((4, 4), np.uint8)
