@@ -26,6 +26,8 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="write one palette PNG per frame here")
     parser.add_argument("--frames", type=int, default=None, help="stop after this many frames")
     args = parser.parse_args()
+    if args.frames is not None and args.frames < 1:
+        parser.error(f"--frames: expected a whole number >= 1 (or no --frames: the whole source), got {args.frames}")
 
     session = vosrt.sdk.load(args.package)
     if session.takes_mask:

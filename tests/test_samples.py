@@ -120,6 +120,14 @@ def test_bad_input_is_one_error_line_not_a_traceback(camera, name, args):
     assert "Traceback" not in result.stderr and result.stderr.startswith("error: "), result.stderr
 
 
+def test_unsupervised_stream_refuses_a_frame_count_below_one_naming_its_flag(camera):
+    folder, video, _ = camera
+    result = run_sample("unsupervised_stream.py", str(tiny_package("3dc-seg")), "--source", str(video), "--frames",
+                        "-1", cwd=folder)
+    assert result.returncode == 2 and "--frames: expected a whole number >= 1" in result.stderr, result.stderr
+    assert "max_frames" not in result.stderr and "Traceback" not in result.stderr
+
+
 def test_embed_callback_refuses_a_package_that_takes_no_mask(camera):
     folder, video, seq = camera
     x, y, w, h = bounding_box(seq.labels[0] == 1)
