@@ -182,3 +182,20 @@ def test_a_training_crop_too_small_for_stem_seg_is_refused_naming_size_before_tr
     config = default_config("stem-seg-lite", model_overrides=TINY, clip_length=4, size=[80, 128], batch_size=1,
                             iterations=1, num_workers=0, samples_per_epoch=1, seed=0)
     assert train(["generated"], tmp_path / "run", config, progress=False)["step"] == 1
+
+
+@pytest.mark.parametrize("alone", ["generated", "valid.json", "kitti"])
+def test_a_dataset_that_trains_alone_given_beside_a_folder_is_refused_naming_it(tmp_path, capsys, alone):
+    # a YouTube-VIS JSON beside a DAVIS folder fell through to the folder reader: "dataset folder not found:
+    # valid.json", for a file that is there
+    from vosrt.sdk.synthetic import generate_dataset
+
+    generate_dataset(tmp_path / "davis", 1, seed=3, num_frames=4, height=96, width=96)
+    (tmp_path / "valid.json").write_text('{"videos": [], "annotations": [], "categories": []}')
+    (tmp_path / "kitti" / "instances").mkdir(parents=True)
+    assert main(["train", "stem-seg-lite", "--data", str(tmp_path / "davis"), alone if alone == "generated" else
+                 str(tmp_path / alone), "--out", str(tmp_path / "run"), "--size", "80", "80", "--iterations", "1",
+                 "--batch-size", "1", "--workers", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "trains alone" in err and "give --data" in err and "not found" not in err, err
+    assert not (tmp_path / "run" / "last.pth").exists()

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from vosrt.training.data.instance_clips import FolderInstanceClips, GeneratedInstanceClips, KittiMOTSClips, VISJsonClips
+from vosrt.sdk.errors import UserError
 from vosrt.training.models.stem_seg import FAMILY, MIN_SIZE
 from vosrt.training.recipes import Recipe
 from vosrt.training.recipes.stcn import GENERATED, _folders
@@ -34,7 +35,7 @@ class StemSegOptions:
 
     clip_length: int = 8
     max_window: int = 16                  # folders: frames a clip is drawn from
-    max_instances: int = 10               # instance slots per sample
+    max_instances: int = 10               # instance slots per sample (--data generated: clips of 1-3 objects)
     weights: dict = field(default_factory=lambda: dict(WEIGHTS))
     samples_per_epoch: int = 1000         # --data generated: samples per epoch
     clip_overlap: int = 4                 # validation session
@@ -59,9 +60,16 @@ class StemSegRecipe(Recipe):
         common = dict(size=size, clip_length=o.clip_length, max_window=o.max_window, max_instances=o.max_instances,
                       repeat=config.repeat, seed=config.seed)
         sources = [Path(d) for d in data]
+        alone = [str(d) for d in data if str(d) == GENERATED or Path(d).suffix == ".json" or _is_kitti_mots(Path(d))]
+        if len(sources) > 1 and alone:
+            # only DAVIS-layout folders combine; these fell through to the folder reader ("dataset folder not
+            # found: valid.json" for a file that is there)
+            raise UserError(f"--data: {alone[0]} trains alone (generated clips, a YouTube-VIS / OVIS JSON and a "
+                            f"KITTI-MOTS folder each make a dataset of their own; DAVIS-layout folders can be "
+                            f"combined); give --data {alone[0]} only")
         if len(sources) == 1 and sources[0].suffix == ".json":
             return VISJsonClips(sources[0], **common)                       # YouTube-VIS 2019/2021, OVIS
-        if len(sources) == 1 and ((sources[0] / "instances").is_dir() or (sources[0] / "instances_txt").is_dir()):
+        if len(sources) == 1 and _is_kitti_mots(sources[0]):
             return KittiMOTSClips(sources[0], **common)
         return FolderInstanceClips(_folders(data), **common)
 
@@ -82,6 +90,10 @@ class StemSegRecipe(Recipe):
 
     def session_settings(self, config):
         return {"overlap": config.options.clip_overlap, "min_seediness": config.options.min_seediness}
+
+
+def _is_kitti_mots(path: Path) -> bool:
+    return (path / "instances").is_dir() or (path / "instances_txt").is_dir()
 
 
 RECIPE = StemSegRecipe()
