@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import time
 import urllib.error
@@ -171,3 +172,34 @@ def test_the_printed_url_of_an_ipv6_viewer_is_a_valid_url(tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+
+
+def test_a_client_that_goes_away_mid_request_leaves_no_traceback(tmp_path):
+    """A page reloaded or closed (or a browser stopped with vosrt, as Ctrl-C in a terminal stops both) drops its
+    connections under the server: a WebSocket handshake, or a command whose body had not all arrived. The
+    ConnectionResetError raised in the handler was logged by aiohttp as "Error handling request" with its
+    traceback (the body read every time; the handshake when the reset came before its reply)."""
+    process, page, _ = _start_looping(tmp_path)
+    parts = urlsplit(page)
+
+    def reset_after(request: bytes) -> None:
+        client = socket.create_connection((parts.hostname, parts.port))
+        client.sendall(request)
+        if b"Content-Length" in request:
+            time.sleep(0.5)     # the handler is waiting for the rest of the body (a reset before it reads it is
+                                # an incomplete body, refused quietly as bad JSON)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # close with a reset
+        client.close()
+
+    try:
+        reset_after((f"POST /api/select HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: 100\r\n\r\n{{\"box\"").encode())
+        for _ in range(30):
+            key = base64.b64encode(os.urandom(16)).decode()
+            reset_after((f"GET /ws HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        assert _state(page)["frames"] > 0                     # still serving
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = finish(process)
+    assert process.returncode == 0 and "Traceback" not in output and "Error handling" not in output, output

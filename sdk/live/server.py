@@ -208,7 +208,10 @@ def make_app(pipeline: LivePipeline, token: str | None = None, loopback: bool = 
 
     async def websocket(request):
         ws = web.WebSocketResponse(heartbeat=20)
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except ConnectionError:   # the page went away during the handshake (a reload, a closed tab)
+            return _gone()
         sockets[ws] = request
         reader = asyncio.create_task(_drain(ws))
         sent = None
@@ -233,6 +236,8 @@ def make_app(pipeline: LivePipeline, token: str | None = None, loopback: bool = 
             body = await request.json() if request.can_read_body else {}
         except ValueError:   # not JSON, not UTF-8, or an integer too long to convert
             raise web.HTTPBadRequest(text="expected a JSON body\n") from None
+        except ConnectionError:   # the client went away before its body arrived
+            return _gone()
         if not isinstance(body, dict):
             raise web.HTTPBadRequest(text="expected a JSON object\n")
         try:
@@ -250,6 +255,14 @@ def make_app(pipeline: LivePipeline, token: str | None = None, loopback: bool = 
     app.router.add_get("/api/latest.jpg", latest)
     app.router.add_post("/api/{name}", command)
     return app
+
+
+def _gone() -> web.Response:
+    """The answer of a handler whose client went away: a ConnectionError raised out of a handler is logged by
+    aiohttp as "Error handling request" with its traceback, while writing this response to the lost connection
+    fails quietly (aiohttp drops it). The WebSocketResponse itself is not returned: half prepared, its closing
+    raises a RuntimeError that aiohttp logs too. (499: nginx's "client closed request"; it reaches no one.)"""
+    return web.Response(status=499)
 
 
 async def _drain(ws: web.WebSocketResponse) -> None:
