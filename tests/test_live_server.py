@@ -203,3 +203,22 @@ def test_a_client_that_goes_away_mid_request_leaves_no_traceback(tmp_path):
         process.send_signal(signal.SIGTERM)
         output = finish(process)
     assert process.returncode == 0 and "Traceback" not in output and "Error handling" not in output, output
+
+
+def test_a_save_folder_that_cannot_be_made_is_a_clear_error_on_the_page(tmp_path):
+    # snapshot and record raised the OSError of making --save-dir: a 500 with a traceback on the server, and
+    # "Internal Server Error" on the page
+    (tmp_path / "saved").write_text("a file where the folder should be")
+    process, page, _ = _start_looping(tmp_path)
+    try:
+        for command, body in (("snapshot", b"{}"), ("record", b'{"on": true}')):
+            code, reply = _request(page + "api/" + command, body)
+            assert code == 400, reply
+            assert json.loads(reply)["error"].startswith("--save-dir: cannot make folder saved: "), reply
+        before = _state(page)["frames"]
+        _wait(lambda: _state(page)["frames"] > before + 2)
+        assert not _state(page)["recording"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = finish(process)
+    assert process.returncode == 0 and "Traceback" not in output, output

@@ -226,11 +226,16 @@ class LivePipeline:
             frame, labels, index = self.latest_frame, self.latest_labels, self.latest_index
         if frame is None:
             raise UserError("no frame yet to save")
-        self.save_dir.mkdir(parents=True, exist_ok=True)
+        folder = self._save_folder()
         self.snapshots += 1
         stem = f"snapshot-{datetime.now():%Y%m%d-%H%M%S}-{self.snapshots:03d}"
-        cv2.imwrite(str(self.save_dir / f"{stem}.png"), frame)
-        write_label_png(self.save_dir / f"{stem}-mask.png", labels)
+        try:
+            if not cv2.imwrite(str(folder / f"{stem}.png"), frame):   # OpenCV says only False
+                raise OSError(f"OpenCV could not write {folder / f'{stem}.png'}")
+            write_label_png(folder / f"{stem}-mask.png", labels)
+        except OSError as err:
+            raise UserError(f"--save-dir: cannot save the snapshot in {folder}: {err.strerror or err}; restart "
+                            f"vosrt live with a --save-dir it can write") from None
         self.message = f"saved {stem}.png and {stem}-mask.png (frame {index})"
         return [f"{stem}.png", f"{stem}-mask.png"]
 
@@ -241,10 +246,14 @@ class LivePipeline:
                 raise UserError("the stream has ended; there is nothing left to record")
             if self._recording is not None:
                 return self._recording.path.name
-            self.save_dir.mkdir(parents=True, exist_ok=True)
+            folder = self._save_folder()
             self.recordings += 1
-            path = self.save_dir / f"recording-{datetime.now():%Y%m%d-%H%M%S}-{self.recordings:03d}.mp4"
-            self._recording = self._new_recording(path)
+            path = folder / f"recording-{datetime.now():%Y%m%d-%H%M%S}-{self.recordings:03d}.mp4"
+            try:
+                self._recording = self._new_recording(path)
+            except UserError as err:   # the video sink names --video, which this recording did not come from
+                raise UserError(f"--save-dir: {str(err).removeprefix('--video: ')}; restart vosrt live with a "
+                                f"--save-dir it can write") from None
             self.recorded.append(path)
         self.message = f"recording to {path.name}"
         return path.name
@@ -262,6 +271,16 @@ class LivePipeline:
                 raise
         self.message = f"saved {recording.path.name} ({recording.written} frames)"
         return recording.path.name
+
+    def _save_folder(self) -> Path:
+        """``save_dir``, made if need be. One that cannot be made is a UserError naming --save-dir, which the page
+        shows; an OSError out of a command was a server error: the page said only "Internal Server Error"."""
+        try:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"--save-dir: cannot make folder {self.save_dir}: {err.strerror or err}; restart vosrt "
+                            f"live with a --save-dir it can write") from None
+        return self.save_dir
 
     def _new_recording(self, path) -> _Recording:
         fixed = None if self.source.drop else (self.source.fps or 15.0)
