@@ -82,7 +82,8 @@ def main() -> int:
         return 2
     opened = [open_source(args.source)]        # reopened by the capture thread if a camera drops
     live = opened[0].kind not in ("video", "folder", "davis")
-    source = LatestFrameSource(lambda: opened.pop() if opened else open_source(args.source), drop=live)
+    # a file that stops early (truncated) ends the run: reopened, it played again from the start, for ever
+    source = LatestFrameSource(lambda: opened.pop() if opened else open_source(args.source), drop=live, retry=live)
     sinks = [OverlayVideoSink(args.video, fps=source.fps)] if args.video else []
 
     def first_mask(index, frame):
@@ -113,6 +114,8 @@ def main() -> int:
         if show:
             cv2.destroyAllWindows()
     print(f"{stats.frames} frames, {stats.fps:.1f} FPS, {source.dropped} stale frames dropped")
+    if source.stopped_early:
+        print(f"warning: {source.problem}", file=sys.stderr)
     return 0
 
 

@@ -70,6 +70,23 @@ def test_webcam_tracker_tracks_the_boxed_object_without_a_window(camera):
     assert video_frames(folder / "tracked.mp4") == len(seq)
 
 
+def test_webcam_tracker_ends_on_a_truncated_video_file(camera, tmp_path):
+    # a file that stopped early was reopened as a dropped camera is, and played again from the start for ever
+    folder, _, seq = camera
+    writer = cv2.VideoWriter(str(tmp_path / "whole.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 20, seq.frames[0].shape[1::-1])
+    for frame in seq.frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    whole = (tmp_path / "whole.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(whole[:len(whole) // 2])     # the header still counts every frame
+    x, y, w, h = bounding_box(seq.labels[0] == 1)
+    result = run_sample("webcam_tracker.py", "--source", str(tmp_path / "cut.avi"), "--box", f"{x},{y},{w},{h}",
+                        "--no-window", "--frames", str(3 * len(seq)), cwd=folder)
+    assert result.returncode == 0, result.stderr
+    shown = sum(line.startswith("frame ") for line in result.stdout.splitlines())
+    assert 0 < shown < len(seq) and "stopped after" in result.stderr, (shown, result.stderr)
+
+
 def test_embed_callback_reports_each_frames_objects_from_its_own_loop(camera):
     folder, video, seq = camera
     x, y, w, h = bounding_box(seq.labels[0] == 1)
