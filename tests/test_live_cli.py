@@ -187,6 +187,21 @@ def test_a_port_out_of_range_is_a_clear_error(tmp_path, capsys, port):
     assert f"--port: expected a port number in 1..65535, got {port}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("host", ["192.0.2.1", "no-such-host.invalid"])   # another machine's address; no name
+def test_a_host_it_cannot_listen_on_is_blamed_on_host_not_port(tmp_path, capsys, host):
+    # it said "--port N: cannot listen on HOST:N (...); pick another port with --port", which cannot help
+    write_label_png(tmp_path / "unused.png", np.zeros((4, 4), np.uint8))
+    assert main(["live", str(PACKAGE), "--source", str(tmp_path), "--host", host, "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --host {host}: cannot listen on {host}:" in err and "give an address of this machine" in err, err
+    with socket.socket() as taken:                      # a port in use is still the port's fault
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["live", str(PACKAGE), "--source", str(tmp_path), "--port", str(port)]) == 2
+    assert f"error: --port {port}: cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
 def test_binding_beyond_loopback_without_a_token_is_refused(tmp_path):
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20")

@@ -26,6 +26,7 @@ Stopping never waits on a page that stopped reading: sockets are closed at once,
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import ipaddress
 import json
@@ -333,8 +334,12 @@ async def serve(pipeline: LivePipeline, host: str = "127.0.0.1", port: int = 876
         await site.start()
     except OSError as err:
         await runner.cleanup()
-        raise UserError(f"--port {port}: cannot listen on {host}:{port} ({err.strerror or err}); "
-                        f"pick another port with --port") from None
+        if err.errno in (errno.EADDRINUSE, errno.EACCES):   # taken, or below 1024 without the privilege
+            raise UserError(f"--port {port}: cannot listen on {host}:{port} ({err.strerror or err}); "
+                            f"pick another port with --port") from None
+        # a name that does not resolve, an address of another machine: another port would not help
+        raise UserError(f"--host {host}: cannot listen on {host}:{port} ({err.strerror or err}); give an address "
+                        f"of this machine (127.0.0.1, the default; 0.0.0.0 for all its interfaces)") from None
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
