@@ -110,3 +110,54 @@ def test_a_stream_that_stops_is_reopened_and_frames_keep_coming(http_stream):
     source.close()
     assert got == 50 and source.retries >= 2
     assert "stopped after 20 frames" in source.status or "reconnected" in source.status
+
+
+def test_a_source_stuck_in_a_read_is_not_released_under_it(tmp_path):
+    """close() on a stream that stalled (no data, connection open) joins capture for 5 s, then released the
+    OpenCV capture while the capture thread was still inside its read: `vosrt live --headless` stopped by SIGTERM
+    there ended by SIGSEGV (9 runs of 10). Now the capture thread releases it once the read returns."""
+    import functools
+    import http.server
+
+    import cv2
+
+    seq = generate_sequence(4, num_frames=30, height=64, width=96, num_objects=1)
+    writer = cv2.VideoWriter(str(tmp_path / "cam.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 20, (96, 64))
+    for frame in seq.frames:
+        writer.write(frame)
+    writer.release()
+    data = (tmp_path / "cam.avi").read_bytes()
+    resume = threading.Event()
+
+    class Stalling(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):   # half the file, then nothing (the connection stays open) until the test resumes it
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[:len(data) // 2])
+            self.wfile.flush()
+            resume.wait(60)
+            self.wfile.write(data[len(data) // 2:])
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        source = LatestFrameSource(functools.partial(open_source, f"http://127.0.0.1:{server.server_address[1]}/cam.avi"))
+        next(iter(source))                    # capture starts
+        captured = -1
+        while source.captured != captured:    # until it is stuck in the stalled read
+            captured = source.captured
+            time.sleep(1.0)
+        capture = source._inner.capture
+        source.close()
+        assert source._thread.is_alive() and capture.isOpened()     # still reading: left open
+        resume.set()
+        source._thread.join(timeout=30)
+        assert not source._thread.is_alive() and not capture.isOpened()   # released by the capture thread
+    finally:
+        resume.set()
+        server.shutdown()
+        server.server_close()

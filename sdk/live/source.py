@@ -148,13 +148,17 @@ class LatestFrameSource(FrameSource):
             self._cond.notify_all()
 
     def close(self) -> None:
-        """Stop capture and release the source."""
+        """Stop capture and release the source. A capture thread still inside a read after 5 s (a stream that
+        stalled) releases the source itself once the read returns: released under a read, OpenCV's capture
+        crashed the process (SIGSEGV)."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        self._inner.close()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        if thread is None or not thread.is_alive():
+            self._inner.close()
 
     @property
     def queued(self) -> int:
@@ -185,6 +189,13 @@ class LatestFrameSource(FrameSource):
             return True
 
     def _capture(self) -> None:
+        try:
+            self._read_connections()
+        finally:
+            if self._closing:   # close() may have left the source to this thread (see close())
+                self._inner.close()
+
+    def _read_connections(self) -> None:
         connection = 0
         while not self._closing:
             connection += 1
