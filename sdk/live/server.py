@@ -327,9 +327,10 @@ async def serve(pipeline: LivePipeline, host: str = "127.0.0.1", port: int = 876
         raise UserError(f"--host {host}: binding beyond loopback needs an access token: pass token= (on the "
                         f"command line --token, or leave it out and vosrt live generates one)")
     app = make_app(pipeline, token, loopback=is_loopback(host))
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    # shutdown_timeout on the runner (aiohttp >= 3.9): on the site it is deprecated and goes in aiohttp 4
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=CLOSE_TIMEOUT)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, shutdown_timeout=CLOSE_TIMEOUT)
+    site = web.TCPSite(runner, host, port)
     try:
         await site.start()
     except OSError as err:
