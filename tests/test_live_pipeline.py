@@ -216,3 +216,20 @@ def test_a_clip_session_s_frames_have_their_latency_measured(tmp_path, family):
     assert stats.frames == 11 and len(pipeline.latencies) == 11
     assert all(0 <= latency < 60 for latency in pipeline.latencies)
     assert pipeline.state()["latency_ms"] is not None
+
+
+def test_a_page_recording_that_cannot_be_written_ends_itself_not_the_stream(tmp_path, capsys):
+    # its write error was raised in the inference thread and ended the whole stream ("inference stopped")
+    import shutil
+
+    with live_pipeline(tmp_path, loop=True) as (pipeline, _):
+        wait_for(lambda: pipeline.frames >= 2)
+        name = pipeline.start_recording()
+        shutil.rmtree(tmp_path / "saved")
+        (tmp_path / "saved").write_text("a file where the recordings go")   # the writer opens at frame 15
+        wait_for(lambda: not pipeline.recording, timeout=60)
+        before = pipeline.frames
+        wait_for(lambda: pipeline.frames > before + 3)
+        assert pipeline.error is None
+        assert pipeline.message.startswith(f"recording {name} stopped: ") and "OpenCV cannot" in pipeline.message
+    assert f"warning: recording {name} stopped" in capsys.readouterr().err

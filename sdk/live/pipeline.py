@@ -19,6 +19,7 @@ Figures for a viewer (:meth:`state`): frames processed, FPS over the last frames
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import traceback
@@ -461,7 +462,21 @@ class LivePipeline:
             output(index, name, frame, labels)
         with self._recording_lock:
             if self._recording is not None:
-                self._recording(index, name, frame, labels)
+                try:
+                    self._recording(index, name, frame, labels)
+                except (OSError, UserError) as err:   # the page's recording ends, not the stream (a full disk,
+                    self._abandon_recording(err)         # its folder gone)
+
+    def _abandon_recording(self, err: Exception) -> None:
+        """End the page's recording that failed to write (held under ``_recording_lock``); what it wrote stays."""
+        recording, self._recording = self._recording, None
+        try:
+            recording.close()
+        except (OSError, UserError):
+            pass   # the file is as complete as it can be; the first error is the one to show
+        reason = str(err).removeprefix("--video: ")
+        self.message = f"recording {recording.path.name} stopped: {reason}"
+        print(f"warning: {self.message}", file=sys.stderr)
 
     def _on_result(self, done: SegmentedFrame, frame: np.ndarray) -> None:
         now = time.perf_counter()
