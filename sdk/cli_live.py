@@ -28,6 +28,9 @@ from vosrt.sdk.cli_run import add_session_arguments, session_options
 from vosrt.sdk.errors import UserError, install_command
 
 
+DEFAULT_SAVE_DIR = "vosrt-live"
+
+
 def add_arguments(parser) -> None:
     """Arguments of ``vosrt live``."""
     parser.add_argument("package", help="model package folder (e.g. the shipped stcn-lite, see `vosrt demo`)")
@@ -51,7 +54,7 @@ def add_arguments(parser) -> None:
                         help="box -> mask function instead of GrabCut: f(frame_bgr, (x, y, w, h)) -> bool mask")
     parser.add_argument("--out", default=None, help="folder for one palette PNG per processed frame")
     parser.add_argument("--video", default=None, help="record the overlay from the start to this file (.mp4/.avi)")
-    parser.add_argument("--save-dir", default="vosrt-live",
+    parser.add_argument("--save-dir", default=DEFAULT_SAVE_DIR,
                         help="where the page's snapshot and record buttons write (default ./vosrt-live)")
     parser.add_argument("--frames", type=int, default=None, help="stop after processing this many frames")
     parser.add_argument("--retry-seconds", type=float, default=1.0,
@@ -70,6 +73,12 @@ def _open_live_source(args):
     pace = None
     if file_like and args.realtime:
         pace = args.fps or first.fps or 25.0
+    elif args.fps is not None:
+        print(f"note: --fps {args.fps:g} is ignored: it sets the pace of --realtime playback of a file or folder"
+              + (" (add --realtime)" if file_like else f"; a {first.kind} runs at its own rate"), file=sys.stderr)
+    if args.loop and not file_like:
+        print(f"note: --loop is ignored: it replays a file or folder, and a {first.kind} has no end to replay from",
+              file=sys.stderr)
     opened = [first]
 
     def opener():   # the first call returns the source opened above; retries open it afresh
@@ -124,6 +133,12 @@ def run(args) -> int:
                             "--token (vosrt live generates one when --host is not loopback)")
         if token is None and not server.is_loopback(args.host):
             token = secrets.token_urlsafe(16)
+    if args.headless:
+        unused = [flag for flag, given in (("--token", args.token is not None), ("--open", args.open),
+                                           ("--save-dir", args.save_dir != DEFAULT_SAVE_DIR)) if given]
+        if unused:   # the page's options: nothing in a headless run reads them
+            print(f"note: --headless serves no page, so {', '.join(unused)} "
+                  f"{'is' if len(unused) == 1 else 'are'} ignored", file=sys.stderr)
     if args.headless and family.takes_mask and not selections:
         print(f"note: no --select given; a {family.name} package tracks nothing until objects are selected, "
               f"so every mask will be empty", file=sys.stderr)

@@ -143,6 +143,21 @@ def test_headless_unsupervised_package_segments_every_frame_without_selection(tm
     assert "segment automatically" in capsys.readouterr().err
 
 
+def test_headless_run_says_which_given_flags_it_ignores(tmp_path, capsys):
+    # --fps without --realtime, and the page's --token / --open / --save-dir in a headless run, were taken
+    # without a word, as if they had done something
+    seq = generate_sequence(13, num_frames=3, height=64, width=96, num_objects=1)
+    clip = write_video(tmp_path / "clip.mp4", seq)
+    assert main(["live", str(tiny_package("3dc-seg")), "--source", str(clip), "--headless", "--fps", "10",
+                 "--token", "abcdefghij", "--save-dir", str(tmp_path / "saved")]) == 0
+    err = capsys.readouterr().err
+    assert "note: --fps 10 is ignored: it sets the pace of --realtime playback of a file or folder (add --realtime)" in err
+    assert "note: --headless serves no page, so --token, --save-dir are ignored" in err
+    assert main(["live", str(tiny_package("3dc-seg")), "--source", str(clip), "--headless", "--fps", "10",
+                 "--realtime", "--loop", "--frames", "4"]) == 0
+    assert "ignored" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("select, expected", [("box:1,2,3", "X,Y,W,H"), ("point:3,4", "box:"),
                                               ("box:1,2,3,4:300", "1..255"), ("box:1,2,0,4", "W, H > 0")])
 def test_bad_select_is_a_clear_error(tmp_path, capsys, select, expected):
