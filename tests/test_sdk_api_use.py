@@ -2,7 +2,6 @@
 reused across videos (real ONNX Runtime sessions on the tiny packages of conftest)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import vosrt.sdk
