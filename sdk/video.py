@@ -26,6 +26,7 @@ from vosrt.sdk.masks import label_colours, read_label_png, write_label_png
 
 MIN_FRAME_SIDE = 2          # smaller frames are skipped (check_image refuses them)
 MAX_FAILED_READS = 25       # undecodable frames in a row after which a video file counts as ended
+MAX_SOURCE_FPS = 1000       # the highest frame rate a source is believed to report (high-speed cameras)
 MAX_MP4_FPS = 65535         # the highest frame rate an .mp4 writer opens at (1/fps is its time base)
 
 
@@ -97,7 +98,8 @@ class CaptureSource(FrameSource):
                     "stream": "check the URL and that the stream is reachable"}[kind]
             raise UserError(f"--source: cannot open {what}: {hint}")
         fps = self.capture.get(cv2.CAP_PROP_FPS)
-        self.fps = float(fps) if fps and fps > 0 and np.isfinite(fps) else None
+        # beyond MAX_SOURCE_FPS it is no frame rate but a clock (an RTSP stream's 90 kHz): unknown, as 0 is
+        self.fps = float(fps) if fps and 0 < fps <= MAX_SOURCE_FPS and np.isfinite(fps) else None
         count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         # a file knows its length; a camera or a stream URL has no natural end (a file served over HTTP
         # that ends counts as a dropped stream too: that is how a live source tells it to reconnect)

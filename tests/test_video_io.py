@@ -162,6 +162,26 @@ def test_an_overlay_video_sink_refuses_a_frame_rate_it_cannot_write_by_name(sequ
     assert video_frames(tmp_path / "overlay.mp4") == 1
 
 
+def test_a_video_reporting_a_clock_for_its_frame_rate_has_an_unknown_rate_and_its_overlay_plays_at_15(
+        sequence, stcn_package, tmp_path):
+    # a source whose "frame rate" is a clock (an RTSP stream's 90 kHz) gave `vosrt run --video` that rate: at
+    # 65535 FPS an overlay of a whole clip plays in a blink; beyond it the .mp4 could not be written at all
+    from vosrt.cli import main
+    from vosrt.sdk.masks import write_label_png
+
+    write_label_png(tmp_path / "mask.png", sequence.labels[0])
+    writer = cv2.VideoWriter(str(tmp_path / "clock.mov"), cv2.VideoWriter_fourcc(*"mp4v"), 65535, (64, 48))
+    for frame in sequence.frames:
+        writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+    writer.release()
+    assert cv2.VideoCapture(str(tmp_path / "clock.mov")).get(cv2.CAP_PROP_FPS) == 65535   # what OpenCV reports
+    assert open_source(str(tmp_path / "clock.mov")).fps is None
+    assert main(["run", str(stcn_package), "--source", str(tmp_path / "clock.mov"), "--mask", str(tmp_path / "mask.png"),
+                 "--video", str(tmp_path / "overlay.mp4"), "--no-progress"]) == 0
+    assert cv2.VideoCapture(str(tmp_path / "overlay.mp4")).get(cv2.CAP_PROP_FPS) == 15
+    assert video_frames(tmp_path / "overlay.mp4") == len(sequence)
+
+
 @pytest.mark.parametrize("alpha", [-0.1, 1.5, "0.5", None])
 def test_an_overlay_video_sink_refuses_an_alpha_outside_0_to_1_by_name(tmp_path, alpha):
     # alpha="0.5" failed at the first frame as "unsupported operand type(s) for -: 'int' and 'str'"
