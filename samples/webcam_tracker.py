@@ -79,6 +79,7 @@ def main() -> int:
     session = vosrt.sdk.load(args.package)
     if not session.takes_mask:
         print(f"{args.package} is a {session.package.family} package; this sample needs an stcn one", file=sys.stderr)
+        session.close()   # an application copying this sample keeps running after the refusal
         return 2
     opened = [open_source(args.source)]        # reopened by the capture thread if a camera drops
     live = opened[0].kind not in ("video", "folder", "davis")
