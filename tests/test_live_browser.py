@@ -116,6 +116,9 @@ def test_dragging_a_box_tracks_the_object_in_later_frames(page, viewer):
     mask = viewer[2]
     assert state["objects"][0]["pixels"] > 0.5 * mask.sum()
     assert "object 1" in page.locator('#objects li[data-id="1"]').inner_text()
+    # the swatch is the colour the overlay blends object 1 in (DAVIS palette: 128, 0, 0)
+    swatch = page.locator('#objects li[data-id="1"] .swatch').evaluate("e => getComputedStyle(e).backgroundColor")
+    assert swatch == "rgb(128, 0, 0)", swatch
     assert redness(page, box) > before + 20     # the red overlay of object 1 is on the video
 
 

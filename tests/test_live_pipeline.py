@@ -193,6 +193,12 @@ def test_the_objects_of_a_stream_with_large_track_ids_cost_what_the_frame_costs(
     assert stats.frames == 3 and pipeline.frames == 3
     assert pipeline.objects == {2 ** 20: 144, 2 ** 20 + 1: 144}
     assert peak < 4_000_000, peak
+    # the page's swatches take the colour the overlay blends each track in (its own DAVIS-palette code gave
+    # ids past 255 another colour than the picture's)
+    from vosrt.sdk.masks import label_colours
+    shown = {o["id"]: o["colour"] for o in pipeline.state()["objects"]}
+    assert shown == {i: "#%02x%02x%02x" % tuple(label_colours(np.array([i]))[0]) for i in (2 ** 20, 2 ** 20 + 1)}
+    assert len(set(shown.values())) == 2
 
 
 @pytest.mark.parametrize("family", ["3dc-seg", "stem-seg"])

@@ -34,7 +34,7 @@ import numpy as np
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.live.select import BoxSegmenter, box_around, clip_box, grabcut_box, masks_from_boxes
 from vosrt.sdk.live.source import LatestFrameSource
-from vosrt.sdk.masks import write_label_png
+from vosrt.sdk.masks import label_colours, write_label_png
 from vosrt.sdk.session import SegmentedFrame
 from vosrt.sdk.streaming import StreamStats, close_all, stream
 from vosrt.sdk.video import OverlayVideoSink, PngSink, overlay
@@ -59,6 +59,15 @@ def pixels_per_id(labels: np.ndarray) -> dict[int, int]:
     else:
         ids, counts = np.unique(labels, return_counts=True)
     return {int(i): int(n) for i, n in zip(ids, counts) if i > 0}
+
+
+def _objects_with_colours(objects: dict[int, int]) -> list[dict]:
+    """``[{"id", "pixels", "colour"}]``: the colour the overlay blends the object in (``label_colours``: the DAVIS
+    palette to 255, hues beyond), so the page's swatches match the picture for track ids past 255 too."""
+    ids = sorted(objects)
+    colours = label_colours(np.array(ids, np.int64)) if ids else []
+    return [{"id": i, "pixels": objects[i], "colour": "#%02x%02x%02x" % tuple(int(c) for c in colour)}
+            for i, colour in zip(ids, colours)]
 
 
 class _Recording:
@@ -305,7 +314,7 @@ class LivePipeline:
                 "latency_ms": None if np.isnan(p50) else round(p50 * 1000, 1),
                 "latency_p95_ms": None if np.isnan(p95) else round(p95 * 1000, 1),
                 "dropped": self.source.dropped, "captured": self.source.captured,
-                "objects": [{"id": i, "pixels": n} for i, n in sorted(self.objects.items())],
+                "objects": _objects_with_colours(self.objects),
                 "takes_mask": self.takes_mask, "can_remove": self.can_remove,
                 "paused": self.source.paused, "recording": self.recording,
                 "status": self.error or self.source.status, "ended": self.finished,
