@@ -17,7 +17,8 @@ Tasks:
 For the PNG tasks a folder is either one sequence (PNG files directly in it) or a set of sequences
 (sub-folders of PNGs, as DAVIS ``Annotations/480p``); ``.png`` and ``.PNG`` are both PNGs. Predictions are
 matched to ground truth by sequence and file name (the suffix's case aside); a sequence's frames are in
-natural order (``frame2`` before ``frame10``). In the ground truth 255 is void (background) beside object ids; a sequence annotated only with 0 and 255 (DAVIS
+natural order (``frame2`` before ``frame10``). In the ground truth 255 is void beside object ids: background in the semi-supervised task, left out of J
+and F in the unsupervised one (as davis2017-evaluation scores them); a sequence annotated only with 0 and 255 (DAVIS
 2016's foreground masks) has 255 as its one object, scored as object 1 (a predicted 255 counts as 1 in the
 semi-supervised task). In the semi-supervised task a sequence whose objects enter after its first frame (each
 given to the tracker where first annotated) scores each object on the frames after that one

@@ -6,7 +6,9 @@
   objects (the official evaluation refuses more than ``max_proposals`` = 20; here the 20 covering the
   most pixels over the sequence are kept instead). The ground-truth objects are ids 1..K, K the largest id
   of the first ground-truth frame (255, void, read as background). Every object is scored against every
-  proposal on every frame with J and F (:mod:`vosrt.sdk.metrics`); proposals and objects are matched one
+  proposal on every frame with J and F (:mod:`vosrt.sdk.metrics`), leaving out the frame's void pixels (255
+  in its ground truth) as davis2017-evaluation does in this task (in the semi-supervised task it reads them
+  as background); proposals and objects are matched one
   to one so as to maximise the sum of their mean (J + F) / 2 (Hungarian, empty proposals included). All
   frames count (the unsupervised protocol scores the first and last frames too).
 * **YouTube-VIS** (:func:`vis_average_precision`): video AP, AP50, AP75, AR1, AR10 as the YouTube-VIS API
@@ -31,7 +33,7 @@ import numpy as np
 
 from vosrt.sdk.errors import UserError, install_command
 from vosrt.sdk.instances import hungarian
-from vosrt.sdk.metrics import (BOUNDARY_TOLERANCE, ObjectScore, boundary_measure, first_frame_objects,
+from vosrt.sdk.metrics import (BOUNDARY_TOLERANCE, VOID, ObjectScore, boundary_measure, first_frame_objects,
                                 region_similarity)
 
 MAX_PROPOSALS = 20
@@ -76,12 +78,13 @@ def evaluate_unsupervised_sequence(preds: list[np.ndarray], gts: list[np.ndarray
     j = np.zeros((len(proposals), len(objects), len(gts)))
     f = np.zeros_like(j)
     for t, (pred, gt) in enumerate(zip(preds, gts)):
+        void = gt == VOID      # not scored: a proposal covering void pixels is neither right nor wrong there
         for o, obj in enumerate(objects):
             truth = gt == obj
             for p, proposal in enumerate(proposals):
                 mask = pred == proposal if proposal is not None else np.zeros_like(truth)
-                j[p, o, t] = region_similarity(mask, truth)
-                f[p, o, t] = boundary_measure(mask, truth, None, tolerance)
+                j[p, o, t] = region_similarity(mask, truth, void)
+                f[p, o, t] = boundary_measure(mask, truth, void, tolerance)
     score = (j.mean(axis=2) + f.mean(axis=2)) / 2                         # [P, O], P >= O
     matched = {o: p for p, o in hungarian(-score)}
     return [ObjectScore(name, obj, list(j[matched[o], o]), list(f[matched[o], o])) for o, obj in enumerate(objects)]

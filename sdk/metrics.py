@@ -4,8 +4,9 @@ As the DAVIS 2017 protocol defines them (davis2017-evaluation):
 
 * J is the IoU of an object's predicted and true masks; two empty masks give J = 1. A ground-truth pixel
   labelled 255 beside object ids (void) counts as background, as davis2017-evaluation reads
-  annotations (it sets 255 to 0 before scoring); :func:`region_similarity` and :func:`boundary_measure`
-  can still leave void pixels out when given a mask of them. The exception is a sequence annotated with
+  annotations for the semi-supervised task (it sets 255 to 0 before scoring); :func:`region_similarity` and
+  :func:`boundary_measure` leave void pixels out when given a mask of them, as the unsupervised task does
+  (:func:`vosrt.sdk.instance_metrics.evaluate_unsupervised_sequence`). The exception is a sequence annotated with
   DAVIS 2016's 0/255 foreground masks (no other id in any frame, :func:`foreground_truth`): there 255 is
   the one object, scored as object 1 (``vosrt eval``, :func:`score_sequence`).
 * F compares 1-pixel boundary maps. A mask's boundary is every pixel whose value differs from its right,

@@ -191,6 +191,19 @@ def test_unsupervised_objects_are_those_of_the_first_ground_truth_frame():
     assert [s.object_id for s in scores] == [1] and scores[0].j == [1.0, 1.0]
 
 
+def test_unsupervised_leaves_void_pixels_out_as_davis2017_evaluation_does():
+    # davis2017-evaluation's unsupervised task passes the ground truth's 255 pixels as void to J and F: a
+    # proposal covering them is neither right nor wrong there. Object 1 is A (64 pixels); B (100 pixels) is
+    # void; the one proposal is A plus B. Without B, proposal and object are the same: J = F = 1. (Read as
+    # background, B would give J = 64/164 and an extra, unmatched boundary.)
+    truth = label_map((1, A), (255, B))
+    scores = evaluate_unsupervised_sequence([label_map((1, A | B))], [truth], "seq")
+    assert scores[0].j == [1.0] and scores[0].f == [1.0]
+    # the void pixels are left out of both masks: a proposal of B alone is an empty proposal (J = F = 0)
+    scores = evaluate_unsupervised_sequence([label_map((1, B))], [truth], "seq")
+    assert scores[0].j == [0.0] and scores[0].f == [0.0]
+
+
 def test_mots_leaves_out_a_class_neither_annotated_nor_predicted(tmp_path):
     gt = {1001: {t: A for t in range(3)}}            # cars only (class 1 in the KITTI-MOTS ids)
     mots_files(tmp_path / "gt", gt)
