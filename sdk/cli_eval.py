@@ -16,7 +16,8 @@ Tasks:
 
 For the PNG tasks a folder is either one sequence (PNG files directly in it) or a set of sequences
 (sub-folders of PNGs, as DAVIS ``Annotations/480p``); ``.png`` and ``.PNG`` are both PNGs. Predictions are
-matched to ground truth by sequence and file name (the suffix's case aside); a sequence's frames are in
+matched to ground truth by sequence and file name (the suffix's case aside); a frame no object is scored on
+(the first and last of the semi-supervised task, as davis2017-evaluation reads them) needs none; a sequence's frames are in
 natural order (``frame2`` before ``frame10``). In the ground truth 255 is void beside object ids: background in the semi-supervised task, left out of J
 and F in the unsupervised one (as davis2017-evaluation scores them); a sequence annotated only with 0 and 255 (DAVIS
 2016's foreground masks) has 255 as its one object, scored as object 1 (a predicted 255 counts as 1 in the
@@ -123,26 +124,35 @@ def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = Tru
         # natural order (frame2 before frame10), as vosrt run reads a folder: it decides which frames are
         # the first and the last; DAVIS's zero-padded names sort the same either way
         gt_files = png_files(gt_dir)
-        preds, gts = [], []
-        for gt_file in gt_files:
+        gts = [read_label_png(gt_file) for gt_file in gt_files]
+        foreground = foreground_truth(gts)
+        if foreground:
+            # DAVIS 2016's 0/255 masks: 255 is the one object (a tracker given such a mask writes it as 255)
+            binary.append(name)
+            gts = [one_object(gt) for gt in gts]
+        entering = set() if unsupervised else ({int(i) for gt in gts for i in np.unique(gt) if i and i != VOID}
+                                               - set(np.unique(gts[0]).tolist()))
+        # frames no object is scored on need no prediction, as davis2017-evaluation reads none for the first
+        # (given) and last frames of the semi-supervised task: a missing one is read as empty
+        if unsupervised:
+            unscored = set()
+        elif entering:
+            unscored = {0}      # every object is scored after the frame that gives it
+        else:
+            unscored = {0, len(gts) - 1} if skip_first_last and len(gts) > 2 else set()
+        preds = []
+        for t, (gt_file, gt) in enumerate(zip(gt_files, gts)):
             pred_file = _prediction_of(pred_seqs[name], gt_file)
             if not pred_file.is_file():
+                if t in unscored:
+                    preds.append(np.zeros_like(gt))
+                    continue
                 raise UserError(f"--pred: missing {pred_file} (ground truth has {gt_file})")
-            gt = read_label_png(gt_file)
             pred = read_label_png(pred_file)
             if pred.shape != gt.shape:
                 raise UserError(f"{pred_file}: size {pred.shape[1]}x{pred.shape[0]} differs from the ground "
                                 f"truth's {gt.shape[1]}x{gt.shape[0]}")
-            preds.append(pred)
-            gts.append(gt)
-        if foreground_truth(gts):
-            # DAVIS 2016's 0/255 masks: 255 is the one object (a tracker given such a mask writes it as 255)
-            binary.append(name)
-            gts = [one_object(gt) for gt in gts]
-            if not unsupervised:
-                preds = [one_object(pred) for pred in preds]
-        entering = set() if unsupervised else ({int(i) for gt in gts for i in np.unique(gt) if i and i != VOID}
-                                               - set(np.unique(gts[0]).tolist()))
+            preds.append(one_object(pred) if foreground and not unsupervised else pred)
         if entering:
             # objects that enter later, given to the tracker where first annotated (vosrt run on a DAVIS-layout
             # sequence does so): each is scored on the frames after that one (the DAVIS protocol has none)

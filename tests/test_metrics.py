@@ -117,6 +117,31 @@ def test_vosrt_eval_reports_a_missing_prediction(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
 
 
+def test_vosrt_eval_needs_no_prediction_for_the_unscored_first_and_last_frames(tmp_path, capsys):
+    # davis2017-evaluation reads the predictions of the scored frames only (the first and last are not): a
+    # results folder without the given first frame's mask is scored. Frames 1 and 2: the square shifted by
+    # 10 pixels (J = 1/3, F = 0.375, as above); frames 0 and 3 have no prediction.
+    gt = np.zeros((100, 100), np.uint8)
+    gt[square(20, 20)] = 1
+    shifted = np.zeros_like(gt)
+    shifted[square(20, 30)] = 1
+    for t in range(4):
+        write_label_png(tmp_path / "gt" / "seqA" / f"{t:05d}.png", gt)
+    for t in (1, 2):
+        write_label_png(tmp_path / "pred" / "seqA" / f"{t:05d}.png", shifted)
+    out_csv = tmp_path / "scores.csv"
+    args = ["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--csv", str(out_csv)]
+    assert main(args) == 0
+    overall = [r for r in csv.DictReader(open(out_csv)) if r["sequence"] == "all"][0]
+    assert float(overall["J"]) == pytest.approx(1 / 3, abs=1e-6)
+    assert float(overall["F"]) == pytest.approx(0.375, abs=1e-6)
+    # frames that are scored still need one: all of them with --all-frames
+    capsys.readouterr()
+    assert main(args + ["--all-frames"]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and "00000.png" in err
+
+
 def test_void_in_the_ground_truth_is_background_as_davis2017_evaluation_reads_it():
     # davis2017-evaluation sets 255 to 0 in the annotations before scoring: a prediction that paints the
     # void region as the object loses J for it
