@@ -147,11 +147,14 @@ def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = Tru
                 if t in unscored:
                     preds.append(np.zeros_like(gt))
                     continue
-                raise UserError(f"--pred: missing {pred_file} (ground truth has {gt_file})")
+                raise UserError(f"--pred: missing {pred_file} (ground truth has {gt_file}); every ground-truth frame "
+                                "that is scored needs a predicted PNG of the same name")
             pred = read_label_png(pred_file)
             if pred.shape != gt.shape:
-                raise UserError(f"{pred_file}: size {pred.shape[1]}x{pred.shape[0]} differs from the ground "
-                                f"truth's {gt.shape[1]}x{gt.shape[0]}")
+                raise UserError(f"--pred {pred_file}: size {pred.shape[1]}x{pred.shape[0]} differs from the ground "
+                                f"truth's {gt.shape[1]}x{gt.shape[0]} ({gt_file}; width x height); write the predictions "
+                                "at the ground truth's resolution, or give --gt the annotations at theirs (DAVIS: "
+                                "Annotations/480p or Annotations/Full-Resolution)")
             preds.append(one_object(pred) if foreground and not unsupervised else pred)
         if entering:
             # objects that enter later, given to the tracker where first annotated (vosrt run on a DAVIS-layout

@@ -117,6 +117,15 @@ def test_vosrt_eval_reports_a_missing_prediction(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
 
 
+def test_vosrt_eval_names_the_flag_and_the_fix_for_a_prediction_of_another_size(tmp_path, capsys):
+    write_label_png(tmp_path / "gt" / "00000.png", np.zeros((11, 13), np.uint8) + 1)
+    write_label_png(tmp_path / "pred" / "00000.png", np.ones((12, 13), np.uint8))
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 2
+    err = capsys.readouterr().err
+    assert f"--pred {tmp_path / 'pred' / '00000.png'}: size 13x12" in err and "truth's 13x11" in err
+    assert "ground truth's resolution" in err and "--gt" in err
+
+
 def test_vosrt_eval_needs_no_prediction_for_the_unscored_first_and_last_frames(tmp_path, capsys):
     # davis2017-evaluation reads the predictions of the scored frames only (the first and last are not): a
     # results folder without the given first frame's mask is scored. Frames 1 and 2: the square shifted by
