@@ -239,3 +239,31 @@ def test_a_page_recording_that_cannot_be_written_ends_itself_not_the_stream(tmp_
         assert pipeline.error is None
         assert pipeline.message.startswith(f"recording {name} stopped: ") and "OpenCV cannot" in pipeline.message
     assert f"warning: recording {name} stopped" in capsys.readouterr().err
+
+
+def test_a_stop_landing_as_the_stream_starts_its_iteration_ends_the_run(tmp_path):
+    # stop() interrupted the source, and the iteration stream() was about to start reset the interrupt: a
+    # stop (SIGTERM) landing in that window was lost, and a looping file streamed on for ever
+    import threading
+
+    seq = generate_sequence(33, num_frames=8, num_objects=1)
+    clip = write_video(tmp_path / "clip.mp4", seq)
+    pipeline = None
+
+    class StoppedAsItStarts(LatestFrameSource):
+        def __iter__(self):
+            pipeline.stop()      # the signal lands here, after run() checked for a stop
+            return super().__iter__()
+
+    session = vosrt.sdk.load(PACKAGE)
+    source = StoppedAsItStarts(lambda: open_source(str(clip)), drop=False, retry=False, loop=True)
+    pipeline = LivePipeline(session, source, save_dir=tmp_path / "saved")
+    thread = threading.Thread(target=pipeline.run, daemon=True)
+    thread.start()
+    try:
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the stop was lost: the run goes on"
+        assert pipeline.finished
+    finally:
+        if not thread.is_alive():   # (on the old code the daemon thread runs on until pytest ends)
+            session.close()

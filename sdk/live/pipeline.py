@@ -227,8 +227,9 @@ class LivePipeline:
     def stop(self) -> None:
         """End :meth:`run` after the frame in progress; outputs are finished (a recording stays playable)."""
         self._stopping = True
-        self.source.interrupt()
-        self.source.resume()
+        # finish, not interrupt: an interrupt landing between run()'s check of _stopping and the start of
+        # stream()'s iteration was undone by that start (a looping file then streamed on for ever)
+        self.source.finish()
 
     def snapshot(self) -> list[str]:
         """Save the latest frame and its label map as PNGs in ``save_dir``; returns the file names."""

@@ -147,13 +147,19 @@ class LatestFrameSource(FrameSource):
             self._interrupted = True
             self._cond.notify_all()
 
+    def finish(self) -> None:
+        """End this iteration and any later one, and stop capture, without waiting (:meth:`close` then
+        releases the source). Unlike :meth:`interrupt` it holds for an iteration that has not started yet:
+        one starting after it returns at once."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+
     def close(self) -> None:
         """Stop capture and release the source. A capture thread still inside a read after 5 s (a stream that
         stalled) releases the source itself once the read returns: released under a read, OpenCV's capture
         crashed the process (SIGSEGV)."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
+        self.finish()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
