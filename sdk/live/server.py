@@ -362,5 +362,12 @@ async def serve(pipeline: LivePipeline, host: str = "127.0.0.1", port: int = 876
         await stop.wait()
     finally:
         pipeline.stop()
-        await loop.run_in_executor(None, thread.join, 30)
+        # The thread ends after the step in progress (a slow model's, or a clip family's flush, can take
+        # long): the session is closed after this, and closing it under a running step is undefined. A
+        # second signal exits at once (on_signal).
+        await loop.run_in_executor(None, thread.join, 5)
+        if thread.is_alive():
+            print("vosrt live: waiting for the frame in progress to finish (signal again to exit now)",
+                  file=sys.stderr, flush=True)
+            await loop.run_in_executor(None, thread.join)
         await runner.cleanup()
