@@ -2,7 +2,8 @@
 
 Tasks:
 
-* ``semi-supervised`` (default): J, F and J&F of predicted palette PNGs, object ids as in the ground truth.
+* ``semi-supervised`` (default): J, F and J&F of predicted palette PNGs, object ids as in the ground truth,
+  and J and F recall and decay (:func:`vosrt.sdk.metrics.recall_and_decay`), as the DAVIS evaluation reports.
 * ``unsupervised``: the DAVIS unsupervised protocol: predicted ids are proposals (up to 20 per sequence)
   matched one to one to the ground-truth objects (those of the first frame; later ones are named in a
   warning, not scored) to maximise J&F (``vosrt.sdk.instance_metrics``).
@@ -37,7 +38,7 @@ import numpy as np
 
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png
-from vosrt.sdk.metrics import (VOID, UnknownObjectError, evaluate_by_appearance, evaluate_sequence,
+from vosrt.sdk.metrics import (RECALL_DECAY, VOID, UnknownObjectError, evaluate_by_appearance, evaluate_sequence,
                                 first_frame_objects, foreground_truth, one_object, summarize)
 from vosrt.sdk.video import natural_key
 
@@ -279,17 +280,21 @@ def run(args) -> int:
     pred_root, gt_root = Path(args.pred), Path(args.gt)
     scores = evaluate_folders(pred_root, gt_root, skip_first_last=not args.all_frames,
                               unsupervised=task == "unsupervised")
-    rows = [(s.sequence, str(s.object_id), s.j_mean, s.f_mean, s.jf) for s in scores]
+    columns = ("J", "F", "J&F", *RECALL_DECAY)   # recall and decay after J&F, as the DAVIS evaluation reports
+    rows = [(s.sequence, str(s.object_id), s.j_mean, s.f_mean, s.jf, *s.j_recall_decay, *s.f_recall_decay)
+            for s in scores]
     for name in dict.fromkeys(s.sequence for s in scores):
-        mean = summarize([s for s in scores if s.sequence == name])
-        rows.append((name, "mean", mean["J"], mean["F"], mean["J&F"]))
-    total = summarize(scores)
-    rows.append(("all", "mean", total["J"], total["F"], total["J&F"]))
+        mean = summarize([s for s in scores if s.sequence == name], recall_decay=True)
+        rows.append((name, "mean", *(mean[c] for c in columns)))
+    total = summarize(scores, recall_decay=True)
+    rows.append(("all", "mean", *(total[c] for c in columns)))
 
     width = max([len("sequence")] + [len(r[0]) for r in rows])
-    print(f"{'sequence':<{width}}  {'object':>6}  {'J':>6}  {'F':>6}  {'J&F':>6}")
-    for seq, obj, j, f, jf in rows:
-        print(f"{seq:<{width}}  {obj:>6}  {j:6.3f}  {f:6.3f}  {jf:6.3f}")
-    _write_csv(Path(args.csv) if args.csv else pred_root / "metrics.csv", ["sequence", "object", "J", "F", "J&F"],
-               [(s, o, f"{j:.6f}", f"{f:.6f}", f"{jf:.6f}") for s, o, j, f, jf in rows])
+    print(f"{'sequence':<{width}}  {'object':>6}" + "".join(f"  {c:>6}" for c in columns[:3])
+          + "".join(f"  {c:>8}" for c in columns[3:]))
+    for seq, obj, *values in rows:
+        print(f"{seq:<{width}}  {obj:>6}" + "".join(f"  {v:6.3f}" for v in values[:3])
+              + "".join(f"  {v:8.3f}" for v in values[3:]))
+    _write_csv(Path(args.csv) if args.csv else pred_root / "metrics.csv", ["sequence", "object", *columns],
+               [(s, o, *(f"{v:.6f}" for v in values)) for s, o, *values in rows])
     return 0 if np.isfinite(total["J&F"]) else 1

@@ -22,6 +22,10 @@ As the DAVIS 2017 protocol defines them (davis2017-evaluation):
   the first frame (given) and the last frame are not scored. J and F of an
   object are means over its scored frames; a dataset's J and F are means over all objects of all
   sequences, and J&F is their mean.
+* Recall and decay (of J and of F; :func:`recall_and_decay`), per object over its scored frames: recall is
+  the fraction of frames scoring above 0.5; decay is the mean of the first quarter of the frames less the
+  mean of the last quarter, the quarters cut at ``round(linspace(1, n, 5)) - 1`` with each edge frame in both
+  neighbouring bins. A dataset's are means over objects, as for J and F.
 """
 from __future__ import annotations
 
@@ -106,6 +110,18 @@ def boundary_measure(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None =
     return 2 * precision * recall / (precision + recall)
 
 
+def recall_and_decay(values: Sequence[float]) -> tuple[float, float]:
+    """(recall, decay) of one object's per-frame J or F as the DAVIS evaluation reports them (module
+    docstring); NaN without frames."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    recall = float(np.mean(values > 0.5))
+    edges = (np.round(np.linspace(1, values.size, 5) + 1e-10) - 1).astype(np.int64)   # +1e-10: .5 rounds up
+    first, last = values[edges[0]:edges[1] + 1], values[edges[3]:edges[4] + 1]
+    return recall, float(first.mean() - last.mean())
+
+
 @dataclass
 class ObjectScore:
     """Per-frame J and F of one object of one sequence, and their means."""
@@ -126,6 +142,14 @@ class ObjectScore:
     @property
     def jf(self) -> float:
         return (self.j_mean + self.f_mean) / 2
+
+    @property
+    def j_recall_decay(self) -> tuple[float, float]:
+        return recall_and_decay(self.j)
+
+    @property
+    def f_recall_decay(self) -> tuple[float, float]:
+        return recall_and_decay(self.f)
 
 
 def evaluate_sequence(preds: list[np.ndarray], gts: list[np.ndarray], name: str = "sequence",
@@ -191,13 +215,22 @@ def one_object(labels: np.ndarray) -> np.ndarray:
     return np.where(labels == VOID, 1, labels).astype(labels.dtype)
 
 
-def summarize(scores: list[ObjectScore]) -> dict[str, float]:
-    """Dataset means over all objects: ``{"J": .., "F": .., "J&F": ..}``."""
+def summarize(scores: list[ObjectScore], recall_decay: bool = False) -> dict[str, float]:
+    """Dataset means over all objects: ``{"J": .., "F": .., "J&F": ..}``; with ``recall_decay`` also
+    ``"J-Recall"``, ``"J-Decay"``, ``"F-Recall"``, ``"F-Decay"`` (means over objects)."""
     if not scores:
-        return {"J": float("nan"), "F": float("nan"), "J&F": float("nan")}
+        out = {"J": float("nan"), "F": float("nan"), "J&F": float("nan")}
+        return {**out, **dict.fromkeys(RECALL_DECAY, float("nan"))} if recall_decay else out
     j = float(np.mean([s.j_mean for s in scores]))
     f = float(np.mean([s.f_mean for s in scores]))
-    return {"J": j, "F": f, "J&F": (j + f) / 2}
+    out = {"J": j, "F": f, "J&F": (j + f) / 2}
+    if recall_decay:
+        per_object = np.array([s.j_recall_decay + s.f_recall_decay for s in scores])   # [objects, 4]
+        out.update(zip(RECALL_DECAY, (float(v) for v in per_object.mean(axis=0))))
+    return out
+
+
+RECALL_DECAY = ("J-Recall", "J-Decay", "F-Recall", "F-Decay")
 
 
 def evaluate_by_appearance(preds: list[np.ndarray], gts: list[np.ndarray | None], name: str = "sequence",

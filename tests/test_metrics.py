@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from vosrt.cli import main
+from vosrt.sdk import metrics
 from vosrt.sdk.masks import write_label_png
 from vosrt.sdk.metrics import (boundary_map, boundary_measure, boundary_tolerance, evaluate_sequence,
                                region_similarity, score_sequence, summarize)
@@ -382,3 +383,36 @@ def test_scores_of_compressed_frames_read_one_at_a_time_equal_those_of_lists(fam
             continue
         got = score_sequence(family, packed_predicted, packed_truth, "clip")
         assert [(s.sequence, s.object_id, s.j, s.f) for s in got] == expected, case
+
+
+def test_recall_and_decay_follow_the_davis_evaluation_s_definitions():
+    # recall: frames above 0.5; decay: mean of the first quarter less the last, quarters cut at
+    # round(linspace(1, n, 5)) - 1 = [0, 1, 3, 4, 5] for n = 6 (3.5 rounds up), edge frames in both bins
+    assert metrics.recall_and_decay([1, 1, 0.4, 0.2, 0, 0]) == pytest.approx((2 / 6, 1.0))
+    assert metrics.recall_and_decay([0.2, 0.9, 0.9, 0.9, 0.9, 0.6]) == pytest.approx((5 / 6, 0.55 - 0.75))
+    assert metrics.recall_and_decay([0.7]) == pytest.approx((1.0, 0.0))
+    assert all(np.isnan(metrics.recall_and_decay([])))
+    scores = [metrics.ObjectScore("a", 1, j=[1, 1, 0.4, 0.2, 0, 0], f=[1] * 6),
+              metrics.ObjectScore("a", 2, j=[0.7] * 6, f=[0.2, 0.9, 0.9, 0.9, 0.9, 0.6])]
+    total = metrics.summarize(scores, recall_decay=True)
+    assert total["J-Recall"] == pytest.approx((2 / 6 + 1) / 2) and total["J-Decay"] == pytest.approx(0.5)
+    assert total["F-Recall"] == pytest.approx((1 + 5 / 6) / 2) and total["F-Decay"] == pytest.approx(-0.1)
+    assert set(metrics.summarize(scores)) == {"J", "F", "J&F"}
+
+
+def test_vosrt_eval_reports_recall_and_decay_after_j_and_f(tmp_path, capsys):
+    # the DAVIS evaluation reports J and F recall and decay beside the means; vosrt eval gave the means only
+    gt = np.zeros((6, 24, 24), np.uint8)
+    gt[:, 4:20, 4:20] = 1
+    pred = gt.copy()
+    pred[4:, :, :] = 0                       # the object lost for the last two frames
+    for t in range(6):
+        write_label_png(tmp_path / "gt" / "s" / f"{t:05d}.png", gt[t])
+        write_label_png(tmp_path / "pred" / "s" / f"{t:05d}.png", pred[t])
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 0
+    out = capsys.readouterr().out
+    assert "J&F  J-Recall   J-Decay  F-Recall   F-Decay" in out
+    # scored frames 1..4: J = [1, 1, 1, 0]; edges round(linspace(1, 4, 5)) - 1 = [0, 1, 2, 2, 3]: bins [1, 1], [1, 0]
+    row = [r for r in csv.DictReader(open(tmp_path / "pred" / "metrics.csv")) if r["sequence"] == "all"][0]
+    assert float(row["J-Recall"]) == pytest.approx(0.75) and float(row["J-Decay"]) == pytest.approx(1 - 0.5)
+    assert float(row["F-Recall"]) == pytest.approx(0.75) and float(row["F-Decay"]) == pytest.approx(1 - 0.5)

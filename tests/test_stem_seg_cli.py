@@ -214,7 +214,8 @@ def test_eval_unsupervised_on_png_folders(tmp_path, capsys):
     code = main(["eval", "--task", "unsupervised", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred")])
     assert code == 0
     rows = (tmp_path / "pred" / "metrics.csv").read_text().splitlines()
-    assert rows[-1] == "all,mean,1.000000,1.000000,1.000000"
+    assert rows[0] == "sequence,object,J,F,J&F,J-Recall,J-Decay,F-Recall,F-Decay"
+    assert rows[-1] == "all,mean,1.000000,1.000000,1.000000,1.000000,0.000000,1.000000,0.000000"
 
 
 def test_eval_unsupervised_names_the_objects_that_enter_after_the_first_frame(tmp_path, capsys):
