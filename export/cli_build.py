@@ -8,7 +8,9 @@ from vosrt.export.trt_build import DEFAULT_MAX_OBJECTS, PRECISIONS
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``vosrt build``."""
-    parser.add_argument("package", metavar="DIR", help="model package folder (from vosrt export, with the plugin form)")
+    parser.add_argument("package", metavar="DIR",
+                        help="model package folder (from vosrt export, with the plugin form) or a shipped "
+                             "package's name (stcn-lite)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="engine precision; fp16 first writes float16 variants of the graphs (default fp32)")
     parser.add_argument("--workspace", type=int, metavar="MB", default=None,

@@ -19,7 +19,8 @@ TOLERANCE = 1e-3
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``vosrt check``."""
-    parser.add_argument("package", metavar="DIR", help="model package folder (from vosrt export)")
+    parser.add_argument("package", metavar="DIR",
+                        help="model package folder (from vosrt export) or a shipped package's name (stcn-lite)")
     parser.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
                         help="onnxruntime: portable and plugin forms vs PyTorch; tensorrt: engines vs ONNX Runtime")
     parser.add_argument("--checkpoint", metavar="CK", default=None,

@@ -19,7 +19,8 @@ from vosrt.sdk.errors import UserError
 
 def add_arguments(parser) -> None:
     """Arguments of ``vosrt quantize``."""
-    parser.add_argument("package", help="fp32 model package folder (portable form)")
+    parser.add_argument("package",
+                        help="fp32 model package folder (portable form) or a shipped package's name (stcn-lite)")
     parser.add_argument("--calibrate", required=True, metavar="SRC",
                         help="calibration frames: video file, image folder or DAVIS sequence folder")
     parser.add_argument("--out", required=True, help="folder of the INT8 package to write")

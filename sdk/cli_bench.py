@@ -21,7 +21,7 @@ from vosrt.sdk.errors import UserError
 
 def add_arguments(parser) -> None:
     """Arguments of ``vosrt bench``."""
-    parser.add_argument("package", help="model package folder")
+    parser.add_argument("package", help="model package folder or a shipped package's name (stcn-lite)")
     parser.add_argument("--frames", type=int, default=50, help="frames to time (default 50)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed frames first (default 5, and at least one clip for clip families: their first "

@@ -26,7 +26,8 @@ from vosrt.sdk.errors import UserError
 
 def add_arguments(parser) -> None:
     """Arguments of ``vosrt run``."""
-    parser.add_argument("package", help="model package folder (from `vosrt export`)")
+    parser.add_argument("package",
+                        help="model package folder (from `vosrt export`) or a shipped package's name (stcn-lite)")
     parser.add_argument("--source", required=True,
                         help="camera index, video file, stream URL, image folder or DAVIS sequence folder")
     parser.add_argument("--mask", default=None, help="first-frame mask PNG (stcn packages)")

@@ -84,6 +84,15 @@ def test_vosrt_build_on_the_shipped_package_gets_past_the_plugin_form_check(caps
     assert "TensorRT" in err and "plugin form" not in err and "libvosrt_plugins" not in err
 
 
+@pytest.mark.parametrize("command", ["run", "live", "check", "bench", "build", "quantize"])
+def test_each_command_that_takes_a_package_says_in_its_help_that_a_shipped_name_will_do(command, capsys):
+    # The README: the first argument of these commands is "a package folder or a shipped package's name";
+    # the --help of run, check, bench, build and quantize said "model package folder" only.
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    positional = capsys.readouterr().out.split("positional arguments:")[1].split("options:")[0]
+    assert "shipped" in positional and "stcn-lite" in positional, positional
+
 def _python_snippets():
     return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
