@@ -167,8 +167,10 @@ def run(args) -> int:
         # it was silently ignored: the numbers printed were not the checkpoint's
         hint = shlex.join(["vosrt", "bench", str(args.package), "--backend", resolved["--backend"], "--compare",
                            "torch", "--checkpoint", str(args.checkpoint)])
-        raise UserError(f"--checkpoint: only the torch backend loads a checkpoint, but --backend is "
-                        f"{resolved['--backend']} and --compare {resolved.get('--compare', 'is not given')}; time the "
+        given = (f"--backend {args.backend}" + (f", which is {resolved['--backend']} here"
+                                                  if resolved["--backend"] != args.backend else ""))
+        raise UserError(f"--checkpoint: only the torch backend loads a checkpoint, but this bench uses {given}, "
+                        f"and --compare {resolved.get('--compare', 'is not given')}; time the "
                         f"checkpoint on torch beside {resolved['--backend']}: `{hint}`, or drop --checkpoint")
     options = _backend_options(args, package, resolved)
     results = {args.backend: bench(package, args.backend, args.frames, args.warmup, options["--backend"])}

@@ -58,6 +58,8 @@ def test_a_checkpoint_no_torch_backend_loads_is_refused_not_ignored(stcn_package
     assert "encode_key" not in captured.out
     err = captured.err.strip()
     assert err.startswith("error: --checkpoint:") and "\n" not in err, err
+    # no --backend given: its default is named as given, then what it is here (it read "--backend is onnxruntime")
+    assert "this bench uses --backend auto, which is onnxruntime here" in err, err
     suggested = suggested_commands(err)[-1]
     assert suggested[suggested.index("--compare") + 1] == "torch" and checkpoint in suggested
     assert main(suggested + ["--frames", "2", "--warmup", "0"]) == 0

@@ -388,7 +388,8 @@ class LivePipeline:
 
     @staticmethod
     def _over_limit(tracked: int, limit: int) -> str:
-        return (f"{tracked} objects are tracked or being added, this session's limit (max_objects {limit}); remove "
+        return (f"{tracked} object{' is' if tracked == 1 else 's are'} tracked or being added, this session's limit "
+                f"(max_objects {limit}); remove "
                 f"one first, or restart vosrt live with --max-objects {limit + 1} or more")
 
     def _apply_reset(self) -> None:
