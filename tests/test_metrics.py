@@ -84,16 +84,17 @@ def test_sequence_scores_objects_of_the_first_frame_and_skips_first_and_last():
     assert total["J&F"] == pytest.approx((j + f) / 2)
 
 
-def _write_shifted_square(tmp_path, gt_suffix=".png", pred_suffix=".png"):
-    """Three frames of sequence seqA under tmp_path/gt and tmp_path/pred: a square and the same square shifted
-    by 10 pixels (J = 1/3 on every frame)."""
+def _write_shifted_square(tmp_path, gt_suffix=".png", pred_suffix=".png", frames=3, predicted=None):
+    """``frames`` frames of sequence seqA under tmp_path/gt and tmp_path/pred: a square and the same square
+    shifted by 10 pixels (J = 1/3 on every frame), predicted on the frames ``predicted`` (default all)."""
     gt = np.zeros((100, 100), np.uint8)
     gt[square(20, 20)] = 1
     shifted = np.zeros_like(gt)
     shifted[square(20, 30)] = 1
-    for t in range(3):
+    for t in range(frames):
         write_label_png(tmp_path / "gt" / "seqA" / f"{t:05d}{gt_suffix}", gt)
-        write_label_png(tmp_path / "pred" / "seqA" / f"{t:05d}{pred_suffix}", shifted)
+        if predicted is None or t in predicted:
+            write_label_png(tmp_path / "pred" / "seqA" / f"{t:05d}{pred_suffix}", shifted)
 
 
 def test_vosrt_eval_prints_a_table_and_writes_csv(tmp_path, capsys):
@@ -131,14 +132,7 @@ def test_vosrt_eval_needs_no_prediction_for_the_unscored_first_and_last_frames(t
     # davis2017-evaluation reads the predictions of the scored frames only (the first and last are not): a
     # results folder without the given first frame's mask is scored. Frames 1 and 2: the square shifted by
     # 10 pixels (J = 1/3, F = 0.375, as above); frames 0 and 3 have no prediction.
-    gt = np.zeros((100, 100), np.uint8)
-    gt[square(20, 20)] = 1
-    shifted = np.zeros_like(gt)
-    shifted[square(20, 30)] = 1
-    for t in range(4):
-        write_label_png(tmp_path / "gt" / "seqA" / f"{t:05d}.png", gt)
-    for t in (1, 2):
-        write_label_png(tmp_path / "pred" / "seqA" / f"{t:05d}.png", shifted)
+    _write_shifted_square(tmp_path, frames=4, predicted=(1, 2))
     out_csv = tmp_path / "scores.csv"
     args = ["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--csv", str(out_csv)]
     assert main(args) == 0
