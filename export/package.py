@@ -209,9 +209,10 @@ def _check_custom_op_calls(module: torch.nn.Module, program) -> None:
                            f"a layer does not call vosrt.training.ops.d2conv3d.d2conv3d")
 
 
-def _listed_files(out_dir: Path) -> set[str]:
-    """The files inside ``out_dir`` that its manifest names and vosrt wrote there (graphs, engines, random
-    weights); none without a readable manifest."""
+def _listed_files(out_dir: Path, written: bool) -> set[str]:
+    """The files inside ``out_dir`` that its manifest names: with ``written``, only those vosrt wrote there
+    (graphs, engines, and the random weights while they are still the ones recorded), else also the checkpoint
+    it records; none without a readable manifest."""
     try:
         manifest = json.loads((out_dir / "manifest.json").read_text())
     except (OSError, ValueError):
@@ -224,8 +225,14 @@ def _listed_files(out_dir: Path) -> set[str]:
             files = build.get("files") if isinstance(build, dict) else None
             names += list(files.values()) if isinstance(files, dict) else []
         source = manifest.get("source") or {}
-        if isinstance(source, dict) and source.get("random_weights"):   # weights.pt, written by the export;
-            names.append(source.get("checkpoint"))                        # a user's checkpoint is never named
+        checkpoint = source.get("checkpoint") if isinstance(source, dict) else None
+        if not written:
+            names.append(checkpoint)
+        elif source.get("random_weights") and isinstance(checkpoint, str):
+            # weights.pt as the export wrote it: a user's checkpoint, or weights written over it since, stay
+            path = out_dir / checkpoint
+            if path.is_file() and file_sha256(path) == source.get("sha256"):
+                names.append(checkpoint)
     listed = set()
     for name in names:
         if isinstance(name, str) and name:
@@ -366,7 +373,7 @@ def _export_files(out_dir: Path, model, config, family, variant, checkpoint, hei
     }
     if family.layout != "NCHW":
         manifest["layout"] = family.layout   # kept here too: earlier packages have the clip layout only here
-    earlier = _listed_files(out_dir)
+    earlier = _listed_files(out_dir, written=True)
     for final in list(staged):
         os.replace(staged.pop(final), final)
     write_manifest(out_dir, manifest)
@@ -374,7 +381,7 @@ def _export_files(out_dir: Path, model, config, family, variant, checkpoint, hei
     # An export into an existing package replaces its manifest: files the old one listed and the new one does
     # not (a form left out now, engines and weights of the replaced graphs) would lie there unused, and an
     # engine of the old graphs is wrong for the new ones.
-    for stale in sorted(earlier - _listed_files(out_dir)):
+    for stale in sorted(earlier - _listed_files(out_dir, written=False)):   # never what the new one names
         (out_dir / stale).unlink(missing_ok=True)
         _say(progress, f"removed {out_dir / stale} (of the package's earlier export)")
     if check and "portable" in forms:

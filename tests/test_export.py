@@ -19,6 +19,7 @@ import torch
 
 from vosrt.export import onnx_ops
 from vosrt.export.package import check_package, export_graph, export_package, resolve_model
+from vosrt.sdk.package import file_sha256
 from vosrt.sdk.errors import UserError
 from vosrt.training import graphs
 from vosrt.training.models import build_model, save_checkpoint
@@ -547,7 +548,8 @@ def test_an_export_into_a_package_removes_the_files_only_its_earlier_manifest_li
     manifest = json.loads((folder / "manifest.json").read_text())
     assert set(manifest["graphs"]["segment"]) == {"plugin", "portable"}
     (folder / "weights.pt").write_bytes(b"the earlier export's random weights")
-    manifest["source"] = {"checkpoint": "weights.pt", "random_weights": True}
+    manifest["source"] = {"checkpoint": "weights.pt", "random_weights": True,
+                          "sha256": file_sha256(folder / "weights.pt")}
     (folder / "engines").mkdir()
     (folder / "engines" / "segment.fp16.engine").write_bytes(b"an engine of the old graphs")
     manifest["engines"] = {"default": "fp16", "fp16": {"files": {"segment": "engines/segment.fp16.engine"}}}
@@ -564,6 +566,25 @@ def test_an_export_into_a_package_removes_the_files_only_its_earlier_manifest_li
     assert set(manifest["graphs"]["segment"]) == {"portable"} and "engines" not in manifest
     from vosrt.sdk import load
     load(folder).close()   # the package opens as it is now
+
+
+def test_an_export_into_a_package_keeps_the_weights_it_is_exported_from_and_weights_written_over_its_own(
+        tmp_path, lite_checkpoint):
+    # Re-exported from its own weights.pt (a random-weights package at another size, or after
+    # vosrt.export.recover), the package lost that file: the earlier manifest listed it as the export's
+    # random weights, and the new one records it as a checkpoint
+    folder = tmp_path / "pkg"
+    export_package("stcn-lite", None, folder, 32, 32, forms=["portable"], random_weights=True)
+    export_package("stcn-lite", folder / "weights.pt", folder, 32, 32, forms=["portable"])
+    assert (folder / "weights.pt").is_file()
+    assert json.loads((folder / "manifest.json").read_text())["source"]["checkpoint"] == "weights.pt"
+    check_package(folder)                           # the checkpoint the manifest records is there
+    # weights written over the export's own (another sha256 than recorded) are the user's: kept
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["source"] = {"checkpoint": "weights.pt", "random_weights": True, "sha256": "0" * 64}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    export_package("stcn-lite", lite_checkpoint, folder, 32, 32, forms=["portable"])
+    assert (folder / "weights.pt").is_file()
 
 
 @pytest.mark.slow
