@@ -314,6 +314,10 @@ def _foreground(labels: np.ndarray) -> np.ndarray:
     return (labels > 0).astype(np.uint8)
 
 
+def _foreground_without_void(labels: np.ndarray) -> np.ndarray:
+    return ((labels > 0) & (labels != VOID)).astype(np.uint8)
+
+
 def score_sequence(family: str, predicted: list[np.ndarray], truth: list[np.ndarray | None], name: str = "sequence"
                    ) -> list[ObjectScore]:
     """Scores of one clip by the protocol of ``family``'s task: per object for families given masks
@@ -321,7 +325,8 @@ def score_sequence(family: str, predicted: list[np.ndarray], truth: list[np.ndar
     or some frames are not annotated, :func:`evaluate_by_appearance`); for families whose sessions emit track
     ids (a label dtype wider than uint8: instance segmentation) the DAVIS unsupervised instance protocol
     (:func:`vosrt.sdk.instance_metrics.evaluate_unsupervised_sequence`); the foreground for the others
-    (unsupervised: every frame scored). ``truth[t]`` None: frame t is not annotated and not scored. A clip
+    (unsupervised: every frame scored; 255 beside objects is background). ``truth[t]`` None: frame t is not
+    annotated and not scored. A clip
     whose truth is a 0/255 foreground mask (DAVIS 2016, :func:`foreground_truth`) has 255 as its one object,
     scored as object 1 (a prediction's 255 read as 1). Used by ``vosrt demo`` and training validation alike."""
     from vosrt.sdk import families
@@ -347,5 +352,8 @@ def score_sequence(family: str, predicted: list[np.ndarray], truth: list[np.ndar
     if instances:
         from vosrt.sdk.instance_metrics import evaluate_unsupervised_sequence
         return evaluate_unsupervised_sequence(predicted, annotated, name=name)
-    return evaluate_sequence(_Frames(predicted, _foreground), _Frames(annotated, _foreground), name=name,
+    # the foreground of the truth: beside objects 255 is void, background as the 3DC-Seg sampler trains it
+    # (training.data.clips); in a 0/255 clip it is the object
+    truth_foreground = _foreground if foreground_truth(annotated) else _foreground_without_void
+    return evaluate_sequence(_Frames(predicted, _foreground), _Frames(annotated, truth_foreground), name=name,
                              skip_first_last=False)

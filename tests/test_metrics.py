@@ -211,6 +211,23 @@ def test_training_validation_scores_a_davis2016_clip_instead_of_returning_no_obj
     assert instances.j_mean == pytest.approx(13 / 17) and len(instances.j) == 4
 
 
+def test_3dc_seg_scoring_reads_void_beside_objects_as_background_and_a_0_255_clip_s_255_as_foreground():
+    # demo and training validation counted DAVIS 2017's void as foreground for 3dc-seg, whose sampler trains
+    # it as background: a model that left the void out, as trained, lost J there
+    truth = []
+    for _ in range(3):
+        labels = np.zeros((40, 40), np.uint8)
+        labels[5:15, 5:15] = 1
+        labels[25:35, :] = 255                       # void band
+        truth.append(labels)
+    objects_only = [(t == 1).astype(np.uint8) for t in truth]
+    (score,) = score_sequence("3dc-seg", objects_only, truth)
+    assert score.j_mean == pytest.approx(1.0) and score.f_mean == pytest.approx(1.0)
+    only_void = [np.where(t == 255, 255, 0).astype(np.uint8) for t in truth]   # DAVIS 2016: 255 is the object
+    (score,) = score_sequence("3dc-seg", [(t > 0).astype(np.uint8) for t in only_void], only_void)
+    assert score.j_mean == pytest.approx(1.0)
+
+
 def test_vosrt_eval_scores_davis2016_0_255_ground_truth_as_one_object(tmp_path, capsys):
     truth = davis2016_clip()
     for t, mask in enumerate(truth):
