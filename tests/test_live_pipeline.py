@@ -267,3 +267,37 @@ def test_a_stop_landing_as_the_stream_starts_its_iteration_ends_the_run(tmp_path
     finally:
         if not thread.is_alive():   # (on the old code the daemon thread runs on until pytest ends)
             session.close()
+
+
+def test_a_reset_landing_as_the_next_stream_starts_is_applied(tmp_path):
+    # the iteration starting after a reset cleared the source's interrupt: a second reset landing in that
+    # window was lost while a looping file played on (its objects kept, _resetting left set)
+    import threading
+
+    seq = generate_sequence(34, num_frames=8, num_objects=1)
+    clip = write_video(tmp_path / "clip.mp4", seq)
+    pipeline = None
+    starts = []
+
+    class ResetAsTheSecondStarts(LatestFrameSource):
+        def __iter__(self):
+            starts.append(1)
+            if len(starts) == 2:   # the stream after the first reset
+                pipeline.reset()
+            return super().__iter__()
+
+    session = vosrt.sdk.load(PACKAGE)
+    source = ResetAsTheSecondStarts(lambda: open_source(str(clip)), drop=False, retry=False, loop=True)
+    pipeline = LivePipeline(session, source, save_dir=tmp_path / "saved")
+    thread = threading.Thread(target=pipeline.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: pipeline.frames >= 2)
+        pipeline.reset()
+        wait_for(lambda: pipeline.resets == 2, timeout=20)
+        assert len(starts) >= 3
+    finally:
+        pipeline.stop()
+        thread.join(timeout=30)
+        if not thread.is_alive():
+            session.close()

@@ -59,7 +59,7 @@ def test_capture_time_is_known_for_each_frame_taken(clip):
     source.close()
 
 
-def test_interrupt_ends_one_iteration_and_capture_continues(clip):
+def test_interrupt_ends_iterations_until_cleared_and_capture_continues(clip):
     path, frames = clip
     source = LatestFrameSource(lambda: open_source(str(path)), drop=False)
     first = []
@@ -67,6 +67,8 @@ def test_interrupt_ends_one_iteration_and_capture_continues(clip):
         first.append(frame)
         if len(first) == 5:
             source.interrupt()
+    assert list(source) == []          # held until the consumer clears it (not undone by a new iteration)
+    source.clear_interrupt()
     rest = list(source)
     source.close()
     assert len(first) == 5 and len(first) + len(rest) >= len(frames) - 1

@@ -212,11 +212,11 @@ class LivePipeline:
 
     def reset(self) -> None:
         """Forget every object and the session's state; the stream continues with the next frame."""
-        with self._lock:
+        with self._lock:   # the interrupt too: _apply_reset clears both at once, so neither outlives the other
             self._resetting = True
             self._boxes.clear()
             self._removals.clear()
-        self.source.interrupt()
+            self.source.interrupt()
 
     def pause(self) -> None:
         self.source.pause()
@@ -397,6 +397,7 @@ class LivePipeline:
         self._captured.clear()      # the dropped frames' (indices start again at 0)
         with self._lock:
             self._resetting = False
+            self.source.clear_interrupt()   # a reset after this one interrupts the next stream() (not undone)
             self.objects.clear()
             self._next_id = 1
             self.resets += 1

@@ -80,8 +80,6 @@ class LatestFrameSource(FrameSource):
     # ------------------------------------------------------------------ consumer side
     def __iter__(self) -> Iterator[np.ndarray]:
         self._start()
-        with self._cond:
-            self._interrupted = False
         position = 0
         while True:
             with self._cond:
@@ -142,10 +140,16 @@ class LatestFrameSource(FrameSource):
         return self._paused
 
     def interrupt(self) -> None:
-        """End the current iteration (capture goes on); a new ``iter()`` continues with newer frames."""
+        """End the current iteration, and any started before :meth:`clear_interrupt` (capture goes on); after
+        that a new ``iter()`` continues with newer frames. Cleared by the consumer, not by a new iteration: an
+        interrupt landing just before an iteration starts would be undone by that start."""
         with self._cond:
             self._interrupted = True
             self._cond.notify_all()
+
+    def clear_interrupt(self) -> None:
+        with self._cond:
+            self._interrupted = False
 
     def finish(self) -> None:
         """End this iteration and any later one, and stop capture, without waiting (:meth:`close` then
