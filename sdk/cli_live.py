@@ -20,6 +20,7 @@ end either mode cleanly: the video is finished (playable) and the PNGs written s
 """
 from __future__ import annotations
 
+import math
 import secrets
 import signal
 import sys
@@ -107,8 +108,9 @@ def run(args) -> int:
 
     if args.frames is not None and args.frames < 1:
         raise UserError(f"--frames: expected a positive number, got {args.frames}")
-    if not args.retry_seconds >= 0:   # a negative (or NaN) wait reopened a dropped camera in a busy loop
-        raise UserError(f"--retry-seconds: expected seconds >= 0, got {args.retry_seconds}")
+    if not 0 <= args.retry_seconds < math.inf:   # a negative (or NaN) wait reopened a dropped camera in a busy
+        # loop; an infinite one killed the capture thread (OverflowError in its wait), the page "retrying" for ever
+        raise UserError(f"--retry-seconds: expected a finite number of seconds >= 0, got {args.retry_seconds}")
     selections = [parse_box_select(text) for text in args.select]
     given_ids = [object_id for _, object_id in selections if object_id is not None]
     twice = sorted({i for i in given_ids if given_ids.count(i) > 1})

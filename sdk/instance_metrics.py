@@ -5,7 +5,7 @@
   between them that never occurs is an empty proposal), padded with empty ones up to the number of
   objects (the official evaluation refuses more than ``max_proposals`` = 20; here the 20 covering the
   most pixels over the sequence are kept instead). The ground-truth objects are ids 1..K, K the largest id
-  of the first ground-truth frame (255, void, read as background). Every object is scored against every
+  of the first ground-truth frame (255, void, is no object). Every object is scored against every
   proposal on every frame with J and F (:mod:`vosrt.sdk.metrics`), leaving out the frame's void pixels (255
   in its ground truth) as davis2017-evaluation does in this task (in the semi-supervised task it reads them
   as background); proposals and objects are matched one

@@ -25,7 +25,9 @@ As the DAVIS 2017 protocol defines them (davis2017-evaluation):
 * Recall and decay (of J and of F; :func:`recall_and_decay`), per object over its scored frames: recall is
   the fraction of frames scoring above 0.5; decay is the mean of the first quarter of the frames less the
   mean of the last quarter, the quarters cut at ``round(linspace(1, n, 5)) - 1`` with each edge frame in both
-  neighbouring bins. A dataset's are means over objects, as for J and F.
+  neighbouring bins. A dataset's are means over objects, as for J and F. (davis2017-evaluation stores the cuts
+  as 8-bit numbers, which wrap past frame 255; here they do not, so sequences of more than 256 scored frames,
+  none in DAVIS, get the decay these definitions give rather than the wrapped one.)
 """
 from __future__ import annotations
 

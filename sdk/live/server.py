@@ -350,9 +350,11 @@ async def serve(pipeline: LivePipeline, host: str = "127.0.0.1", port: int = 876
             os._exit(128 + sig.value)
         stop.set()
 
+    handled = False
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         try:
             loop.add_signal_handler(sig, on_signal, sig)
+            handled = True
         except (NotImplementedError, RuntimeError, ValueError):
             pass   # not the main thread, or a platform without these signals
     thread = pipeline.start()
@@ -367,7 +369,7 @@ async def serve(pipeline: LivePipeline, host: str = "127.0.0.1", port: int = 876
         # second signal exits at once (on_signal).
         await loop.run_in_executor(None, thread.join, 5)
         if thread.is_alive():
-            print("vosrt live: waiting for the frame in progress to finish (signal again to exit now)",
-                  file=sys.stderr, flush=True)
+            print("vosrt live: waiting for the frame in progress to finish"
+                  + (" (signal again to exit now)" if handled else ""), file=sys.stderr, flush=True)
             await loop.run_in_executor(None, thread.join)
         await runner.cleanup()
