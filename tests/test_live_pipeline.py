@@ -241,63 +241,57 @@ def test_a_page_recording_that_cannot_be_written_ends_itself_not_the_stream(tmp_
     assert f"warning: recording {name} stopped" in capsys.readouterr().err
 
 
-def test_a_stop_landing_as_the_stream_starts_its_iteration_ends_the_run(tmp_path):
-    # stop() interrupted the source, and the iteration stream() was about to start reset the interrupt: a
-    # stop (SIGTERM) landing in that window was lost, and a looping file streamed on for ever
+@contextlib.contextmanager
+def _looping_pipeline(tmp_path, on_iteration, seed: int):
+    """A pipeline running in a thread over a looping clip whose source calls ``on_iteration(pipeline, n)`` as
+    its n-th iteration starts (a command landing in that window): yields (pipeline, thread). The session is
+    closed only once the thread has ended (on code with the bug it runs on; daemon, it ends with pytest)."""
     import threading
 
-    seq = generate_sequence(33, num_frames=8, num_objects=1)
-    clip = write_video(tmp_path / "clip.mp4", seq)
-    pipeline = None
+    clip = write_video(tmp_path / "clip.mp4", generate_sequence(seed, num_frames=8, num_objects=1))
+    holder, starts = [], []
 
-    class StoppedAsItStarts(LatestFrameSource):
+    class CommandAsItStarts(LatestFrameSource):
         def __iter__(self):
-            pipeline.stop()      # the signal lands here, after run() checked for a stop
+            starts.append(1)
+            on_iteration(holder[0], len(starts))
             return super().__iter__()
 
     session = vosrt.sdk.load(PACKAGE)
-    source = StoppedAsItStarts(lambda: open_source(str(clip)), drop=False, retry=False, loop=True)
-    pipeline = LivePipeline(session, source, save_dir=tmp_path / "saved")
-    thread = threading.Thread(target=pipeline.run, daemon=True)
+    source = CommandAsItStarts(lambda: open_source(str(clip)), drop=False, retry=False, loop=True)
+    holder.append(LivePipeline(session, source, save_dir=tmp_path / "saved"))
+    thread = threading.Thread(target=holder[0].run, daemon=True)
     thread.start()
     try:
+        yield holder[0], thread
+    finally:
+        holder[0].stop()
+        thread.join(timeout=30)
+        if not thread.is_alive():
+            session.close()
+
+
+def test_a_stop_landing_as_the_stream_starts_its_iteration_ends_the_run(tmp_path):
+    # stop() interrupted the source, and the iteration stream() was about to start reset the interrupt: a
+    # stop (SIGTERM) landing in that window was lost, and a looping file streamed on for ever
+    def stop_first(pipeline, n):
+        if n == 1:
+            pipeline.stop()      # the signal lands here, after run() checked for a stop
+
+    with _looping_pipeline(tmp_path, stop_first, seed=33) as (pipeline, thread):
         thread.join(timeout=30)
         assert not thread.is_alive(), "the stop was lost: the run goes on"
         assert pipeline.finished
-    finally:
-        if not thread.is_alive():   # (on the old code the daemon thread runs on until pytest ends)
-            session.close()
 
 
 def test_a_reset_landing_as_the_next_stream_starts_is_applied(tmp_path):
     # the iteration starting after a reset cleared the source's interrupt: a second reset landing in that
     # window was lost while a looping file played on (its objects kept, _resetting left set)
-    import threading
+    def reset_second(pipeline, n):
+        if n == 2:   # the stream after the first reset
+            pipeline.reset()
 
-    seq = generate_sequence(34, num_frames=8, num_objects=1)
-    clip = write_video(tmp_path / "clip.mp4", seq)
-    pipeline = None
-    starts = []
-
-    class ResetAsTheSecondStarts(LatestFrameSource):
-        def __iter__(self):
-            starts.append(1)
-            if len(starts) == 2:   # the stream after the first reset
-                pipeline.reset()
-            return super().__iter__()
-
-    session = vosrt.sdk.load(PACKAGE)
-    source = ResetAsTheSecondStarts(lambda: open_source(str(clip)), drop=False, retry=False, loop=True)
-    pipeline = LivePipeline(session, source, save_dir=tmp_path / "saved")
-    thread = threading.Thread(target=pipeline.run, daemon=True)
-    thread.start()
-    try:
+    with _looping_pipeline(tmp_path, reset_second, seed=34) as (pipeline, _):
         wait_for(lambda: pipeline.frames >= 2)
         pipeline.reset()
         wait_for(lambda: pipeline.resets == 2, timeout=20)
-        assert len(starts) >= 3
-    finally:
-        pipeline.stop()
-        thread.join(timeout=30)
-        if not thread.is_alive():
-            session.close()
