@@ -338,7 +338,8 @@ def score_sequence(family: str, predicted: list[np.ndarray], truth: list[np.ndar
     # Frames are read one at a time (lists, or a PackedFrames that decompresses each when it is read): the
     # conversions below are lazy, so no step holds the whole video.
     kept = [t for t, labels in enumerate(truth) if labels is not None]
-    binary = (row.takes_mask or instances) and foreground_truth(truth[t] for t in kept)
+    only_void = foreground_truth(truth[t] for t in kept)   # DAVIS 2016's 0/255: 255 is the object, not void
+    binary = (row.takes_mask or instances) and only_void
     if binary:   # DAVIS 2016's 0/255 masks: 255 is the one object (given as id 255 to families that take masks)
         truth = _Frames(truth, one_object)
         predicted = _Frames(predicted, one_object) if row.takes_mask else predicted
@@ -356,6 +357,6 @@ def score_sequence(family: str, predicted: list[np.ndarray], truth: list[np.ndar
         return evaluate_unsupervised_sequence(predicted, annotated, name=name)
     # the foreground of the truth: beside objects 255 is void, background as the 3DC-Seg sampler trains it
     # (training.data.clips); in a 0/255 clip it is the object
-    truth_foreground = _foreground if foreground_truth(annotated) else _foreground_without_void
+    truth_foreground = _foreground if only_void else _foreground_without_void
     return evaluate_sequence(_Frames(predicted, _foreground), _Frames(annotated, truth_foreground), name=name,
                              skip_first_last=False)
