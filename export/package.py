@@ -546,8 +546,7 @@ def _run_plugin_form(package, graph: str, options, spec, inputs, progress: Progr
         return None
     if not cpu_ops.has_plugin_nodes(path):
         session = _open_graph(package, graph, path, path, options, spec, inputs)
-        names = {i.name for i in session.get_inputs()}
-        return session.run(spec.output_names, {n: t.numpy() for n, t in zip(spec.input_names, inputs) if n in names})
+        return session.run(spec.output_names, _plugin_feeds(session, spec, inputs))
     try:
         library = cpu_ops.register_onnxruntime_ops(cpu_ops.load_cpu_ops())
     except (ImportError, OSError, RuntimeError) as err:
@@ -564,15 +563,20 @@ def _run_plugin_form(package, graph: str, options, spec, inputs, progress: Progr
                         f"({type(err).__name__}: {str(err).strip()[:200]}); re-export the package with `vosrt export`"
                         ) from None
     session = _open_graph(package, graph, path, rewritten, options, spec, inputs)
-    names = {i.name for i in session.get_inputs()}
     # As the ONNX Runtime backend runs it: the operators on this check's threads, and an operator's error
     # (kept while ONNX Runtime runs, its output a placeholder) raised here rather than at a later run.
     try:
         with native_callbacks.holding(), cpu_ops.operator_threads(threads):
-            return session.run(spec.output_names,
-                               {n: t.numpy() for n, t in zip(spec.input_names, inputs) if n in names})
+            return session.run(spec.output_names, _plugin_feeds(session, spec, inputs))
     finally:
         native_callbacks.release()
+
+
+def _plugin_feeds(session, spec, inputs) -> dict:
+    """The inputs a plugin-form session takes: it carries top_k as a node attribute, and the exporter dropped
+    the portable form's top_k input."""
+    names = {i.name for i in session.get_inputs()}
+    return {n: t.numpy() for n, t in zip(spec.input_names, inputs) if n in names}
 
 
 def worst_error(report: dict) -> float:
