@@ -285,7 +285,8 @@ def load_checkpoint(path: str | Path, family: str | None = None) -> tuple[torch.
     model = build_model(name, **overrides)
     try:
         model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as err:
-        raise UserError(f"{path}: weights do not fit model '{name}': {err}") from None
+    except RuntimeError:   # a few names of each kind: torch's message lists every key
+        raise UserError(f"{path}: weights do not fit model '{name}': "
+                        f"{state_dict_mismatch(model.state_dict(), state_dict)}") from None
     model.eval()
     return model, config
