@@ -514,6 +514,28 @@ def test_readout_nan_policy_is_the_same_in_the_reference_the_cpu_driver_and_the_
                          expected)
 
 
+def test_readout_nan_value_of_a_selected_entry_whose_weight_underflows_still_gives_nan(driver, emulation):
+    # Query 3 matches memory entry 7 exactly, ~200 above every other score (scale 1/4), so the softmax
+    # weights of the rest of its top-20 underflow to 0. A NaN value of one of them must still make the output
+    # NaN (0·NaN in the reference, as in ONNX's portable form); the gather skipped zero weights and read 0.
+    g = torch.Generator().manual_seed(23)
+    mem_key, query_key, mem_value = (torch.randn(1, 16, 300, generator=g), torch.randn(1, 16, 40, generator=g),
+                                     torch.randn(1, 5, 300, generator=g))
+    mem_key[0, :, 7] = query_key[0, :, 3] = 0.0
+    mem_key[0, 0, 7] = query_key[0, 0, 3] = 30.0
+    scores = 2 * torch.einsum("cn,c->n", mem_key[0].double(), query_key[0, :, 3].double()) - \
+        mem_key[0].double().pow(2).sum(0)
+    top = torch.topk(scores, 20).indices
+    assert int(top[0]) == 7 and float(scores[7] - scores[top[5]]) * 0.25 > 150  # exp(-150) is 0 in fp32
+    mem_value[0, 1, int(top[5])] = float("nan")
+    expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), 20, backend="torch")
+    expected = expected.numpy()
+    assert np.isnan(expected[0, 1, 3])
+    _same_nans_and_close(driver.l2_memory_readout(mem_key.numpy(), query_key.numpy(), mem_value.numpy(), 20),
+                         expected)
+    _same_nans_and_close(_readout(emulation, mem_key.numpy(), query_key.numpy(), mem_value.numpy(), 20), expected)
+
+
 # (tensor, index) of the NaN: D at one location, M of one kernel point, X inside and at a border voxel
 D2_NANS = {"dilation": ("dilation", (0, 1, 1, 2, 3)), "modulation": ("modulation", (1, 13, 2, 4, 1)),
            "x-inside": ("x", (0, 1, 2, 4, 3)), "x-border": ("x", (1, 0, 0, 0, 0)),
@@ -809,3 +831,50 @@ def test_device_check_answers_not_supported_exactly_where_the_forward_would_for_
     assert {status for status, _, _ in answers.values()} == {0, 2}
     params = kernels.l2_readout_params((1, 257, 70), 5, 3, 20, 0.0)
     assert check(params, kernels.FLOAT32)[0] == emulation.vosrtL2ReadoutValidate(ctypes.byref(params)) == 2
+
+
+# ---- the same kernels under adversarial schedules (emulate.h): a block's warps one after another between
+# barriers (ascending, descending, shuffled), and cp.async copies landing as soon as they are issued and again
+# after older groups: orderings a GPU may produce and free host threads almost never do ----
+
+@pytest.fixture
+def scheduled(emulation, request):
+    emulation.vosrtEmuSetSchedule(request.param, 1)
+    try:
+        yield emulation
+    finally:
+        emulation.vosrtEmuSetSchedule(0, 0)
+
+
+@pytest.mark.slow   # ~55 s for the three schedules on 2 cores
+@pytest.mark.parametrize("scheduled", [1, 2, 3], ids=["ascending", "descending", "shuffled"], indirect=True)
+def test_emulated_kernels_under_warp_serial_schedules_and_eager_copies_match_reference(scheduled):
+    lib = scheduled
+    for case in (EMULATED_READOUTS[0], EMULATED_READOUTS[4]):  # top-k select (two stages, N split), dense
+        _close(*_emulated_readout(lib, case, torch.float32))
+    _close(*_emulated_readout(lib, EMULATED_READOUTS[0], torch.float16), rel=1e-2)
+    mem_key, query_key, mem_value = _copy_case("fp16", 642, 0)  # 4-byte copies
+    _close(_readout(lib, mem_key, query_key, mem_value, 20), _reference_readout(mem_key, query_key, mem_value, 20),
+           rel=1e-2)
+    mem_key, query_key, mem_value = _copy_case("fp32", 640, 0)
+    try:  # one key stage: each tile copied into the buffer the previous one was read from
+        lib.vosrtEmuSetSharedLimit(_readout_shared_bytes(4, 16, False, 1))
+        out = _readout(lib, mem_key, query_key, mem_value, 20)
+    finally:
+        lib.vosrtEmuSetSharedLimit(0)
+    _close(out, _reference_readout(mem_key, query_key, mem_value, 20))
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(TILED_CASE, seed=9)  # 128×128 3xTF32 GEMM tiles
+    expected = d2conv3d(_f64(x), _f64(dilation), _f64(modulation), _f64(weight), _f64(bias), backend="torch", **attrs)
+    _close(_emulated_conv(lib, (x, dilation, modulation, weight, bias), attrs), expected.numpy())
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(SPLIT_K_CASE, seed=17, batch=2)  # 64×64, split K
+    tensors = [t.half() for t in (x, dilation, modulation, weight / 6, bias)]
+    expected = d2conv3d(*(t.double() for t in tensors), backend="torch", **attrs)
+    _close(_emulated_conv(lib, tensors, attrs), expected.numpy(), rel=1e-2)
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(CONV_CASES[3], seed=10)  # backward, CUDA-core GEMM
+    leaves = [_f64(t, True) for t in (x, dilation, modulation, weight, bias)]
+    y = d2conv3d(*leaves, backend="torch", **attrs)
+    grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(11))
+    y.backward(grad_y.double())
+    for leaf, grad in zip(leaves, _emulated_conv(lib, (x, dilation, modulation, weight, bias), attrs, grad_y)):
+        if leaf is not None:
+            _close(grad, leaf.grad.numpy())

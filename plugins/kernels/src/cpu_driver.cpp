@@ -45,8 +45,8 @@ void readout_topk_query(const vosrtL2ReadoutParams* p, int b, int m, int top_k, 
   l2r_softmax<kMax>(merged, top_k, weight);
   for (int v = 0; v < V; ++v) {
     float acc = 0.f;
-    for (int j = 0; j < kMax; ++j)
-      if (weight[j] != 0.f) acc += weight[j] * mv[((size_t)b * V + v) * N + merged.idx[j]];
+    for (int j = 0; j < top_k; ++j)  // every selected entry, even one whose weight underflowed (0·NaN is NaN)
+      if (merged.idx[j] >= 0) acc += weight[j] * mv[((size_t)b * V + v) * N + merged.idx[j]];
     out[((size_t)b * V + v) * M + m] = acc;
   }
 }

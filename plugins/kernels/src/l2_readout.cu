@@ -295,7 +295,9 @@ __global__ void merge_kernel(vosrtL2ReadoutParams p, int top_k, int lists, const
   VOSRT_UNROLL
   for (int j = 0; j < kMax; ++j) {
     weight_out[e * kMax + j] = weight[j];
-    index_out[e * kMax + j] = weight[j] != 0.f ? merged.idx[j] : 0;
+    // every entry of the top_k, whatever its weight (NaN policy: a NaN value of a selected entry whose weight
+    // underflowed to 0 still makes the output NaN, as 0·NaN does in the reference); -1: an empty slot
+    index_out[e * kMax + j] = j < top_k ? merged.idx[j] : -1;
   }
 }
 
@@ -313,7 +315,7 @@ __global__ void __launch_bounds__(kGatherQueries) gather_kernel(vosrtL2ReadoutPa
   VOSRT_UNROLL
   for (int j = 0; j < kMax; ++j) {
     w[j] = j < top_k ? weight_in[e * kMax + j] : 0.f;
-    idx[j] = j < top_k ? index_in[e * kMax + j] : 0;
+    idx[j] = j < top_k ? index_in[e * kMax + j] : -1;
   }
   const int v_end = min(v0 + kGatherV, V);
   for (int v = v0; v < v_end; ++v) {
@@ -321,7 +323,7 @@ __global__ void __launch_bounds__(kGatherQueries) gather_kernel(vosrtL2ReadoutPa
     float acc = 0.f;
     VOSRT_UNROLL
     for (int j = 0; j < kMax; ++j)
-      if (w[j] != 0.f) acc = fmaf(w[j], to_float(__ldg(row + idx[j])), acc);
+      if (idx[j] >= 0) acc = fmaf(w[j], to_float(__ldg(row + idx[j])), acc);
     store(out + ((size_t)b * V + v) * M + m, acc);
   }
 }

@@ -20,3 +20,9 @@ extern "C" void vosrtEmuSetSharedLimit(int bytes) {
 extern "C" long long vosrtEmuTakeAsyncCopies(int bytes) {
   return bytes == 4 || bytes == 8 || bytes == 16 ? vosrt_emu::async_copies[bytes].exchange(0) : -1;
 }
+// How a block's warps are scheduled (emulate.h, vosrt_emu::schedule: 0 free, 1 ascending, 2 descending,
+// 3 shuffled, warp by warp between barriers) and whether cp.async copies also land when issued (eager).
+extern "C" void vosrtEmuSetSchedule(int schedule, int eager_copies) {
+  vosrt_emu::schedule = schedule >= 0 && schedule <= 3 ? schedule : 0;
+  vosrt_emu::eager_copies = eager_copies != 0;
+}

@@ -13,11 +13,13 @@
 #include <atomic>
 #include <barrier>
 #include <cmath>
+#include <condition_variable>
 #include <cstddef>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -73,6 +75,72 @@ inline int dynamic_shared_limit(const void* kernel) {
   return found == function_limits.end() ? 48 * 1024 : found->second;
 }
 
+// Schedules of a block's warps (test hook vosrtEmuSetSchedule). 0, the default: all threads of a block run
+// at once, interleaved as the OS pleases, meeting at std::barriers. 1, 2, 3: between two __syncthreads the
+// warps run one after another (each warp's lanes together), in ascending, descending, or a fresh
+// pseudo-random order every phase. Then a warp sees every shared-memory write of the warps before it in its
+// phase and none of those after it: the orderings that show a missing barrier (a read of another warp's
+// data before the barrier that publishes it, or an overwrite while another warp still reads), which free
+// host threads, released together from each barrier, almost never produce.
+inline int schedule = 0;
+// Eager copies (same hook): a cp.async also lands as soon as it is issued, as it may on a GPU, not only when
+// its group is waited for: an overwrite of a stage that another warp still reads then shows.
+inline bool eager_copies = false;
+
+struct WarpTurns {
+  std::mutex lock;
+  std::condition_variable changed;
+  std::vector<int> order, live, pending;  // run order of the warps; lanes alive; lanes yet to arrive
+  size_t pos = 0;                         // order[pos] runs now
+  unsigned long long phase = 0;
+
+  explicit WarpTurns(unsigned threads) {
+    for (unsigned w = 0; w < threads; w += 32) live.push_back((int)std::min(32u, threads - w));
+    order.resize(live.size());
+    pending.resize(live.size());
+    start_phase();
+  }
+  void start_phase() {  // lock held (or not yet shared)
+    const int warps = (int)live.size();
+    for (int w = 0; w < warps; ++w) {
+      order[w] = schedule == 2 ? warps - 1 - w : w;
+      pending[w] = live[w];
+    }
+    if (schedule == 3) {
+      std::mt19937 rng((unsigned)(phase * 2654435761u + 12345u));
+      std::shuffle(order.begin(), order.end(), rng);
+    }
+    pos = 0;
+    skip_done();
+  }
+  void skip_done() {
+    while (pos < order.size() && pending[order[pos]] == 0) ++pos;
+  }
+  // Thread start: wait for the warp's turn in the first phase.
+  void begin(int warp) {
+    std::unique_lock<std::mutex> hold(lock);
+    changed.wait(hold, [&] { return pos < order.size() && order[pos] == warp; });
+  }
+  // A lane of `warp` reaches __syncthreads (or ends: exiting); returns when its warp's turn comes in the
+  // next phase.
+  void arrive(int warp, bool exiting) {
+    std::unique_lock<std::mutex> hold(lock);
+    const unsigned long long mine = phase;
+    if (exiting) --live[warp];
+    if (--pending[warp] == 0) {
+      skip_done();
+      if (pos == order.size()) {  // every live thread is at the barrier: the next phase begins
+        ++phase;
+        start_phase();
+      }
+      changed.notify_all();
+    }
+    if (exiting) return;
+    changed.wait(hold, [&] { return phase != mine && pos < order.size() && order[pos] == warp; });
+  }
+};
+inline WarpTurns* warp_turns = nullptr;
+
 // Runs kernel(args...) over the grid, one block at a time, blockDim threads per block.
 template <typename Kernel>
 struct Launch {
@@ -115,18 +183,23 @@ struct Launch {
             warps.push_back(std::make_unique<std::barrier<>>((std::ptrdiff_t)std::min(32u, threads - w)));
             warp_barriers.push_back(warps.back().get());
           }
+          std::unique_ptr<WarpTurns> turns(schedule != 0 ? new WarpTurns(threads) : nullptr);
+          warp_turns = turns.get();
           std::vector<std::thread> pool;
           pool.reserve(threads);
           for (unsigned t = 0; t < threads; ++t)
             pool.emplace_back([&, t] {
               block_index = dim3(bx, by, bz);
               thread_index = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+              if (warp_turns) warp_turns->begin((int)(t / 32));
               kernel(args...);
               // a finished thread no longer holds back the others' barriers
+              if (warp_turns) warp_turns->arrive((int)(t / 32), true);
               barrier.arrive_and_drop();
               warp_barriers[t / 32]->arrive_and_drop();
             });
           for (auto& th : pool) th.join();
+          warp_turns = nullptr;
         }
     if (kernel_fault != 0) last_error = kernel_fault;
   }
@@ -148,12 +221,21 @@ struct Launch {
 #define VOSRT_LAUNCH(kernel, grid, block, shared, stream) \
   vosrt_emu::Launch<decltype(kernel)>{kernel, dim3(grid), dim3(block), (size_t)(shared), stream}
 
-inline void __syncthreads() { vosrt_emu::block_barrier->arrive_and_wait(); }
+inline void __syncthreads() {
+  if (vosrt_emu::warp_turns) vosrt_emu::warp_turns->arrive((int)(threadIdx.x / 32), false);
+  else vosrt_emu::block_barrier->arrive_and_wait();
+}
 inline void __syncwarp() { vosrt_emu::warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
 template <typename T>
 inline T __ldg(const T* p) { return *p; }
 inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
 
+namespace vosrt_emu {
+inline void land(const AsyncCopy& c) {
+  std::memcpy(c.dst, c.src, c.bytes - c.zfill);
+  std::memset(static_cast<unsigned char*>(c.dst) + (c.bytes - c.zfill), 0, c.zfill);
+}
+}  // namespace vosrt_emu
 inline void __pipeline_memcpy_async(void* dst, const void* src, size_t size_and_align, size_t zfill = 0) {
   const bool size_ok = size_and_align == 4 || size_and_align == 8 || size_and_align == 16;
   if (!size_ok || zfill > size_and_align || reinterpret_cast<size_t>(dst) % size_and_align != 0 ||
@@ -162,21 +244,25 @@ inline void __pipeline_memcpy_async(void* dst, const void* src, size_t size_and_
     return;
   }
   vosrt_emu::open_copies.push_back({dst, src, size_and_align, zfill});
+  if (vosrt_emu::eager_copies) vosrt_emu::land(vosrt_emu::open_copies.back());
   ++vosrt_emu::async_copies[size_and_align];
 }
 inline void __pipeline_commit() {
   vosrt_emu::committed_copies.push_back(std::move(vosrt_emu::open_copies));
   vosrt_emu::open_copies.clear();
 }
-// Completes every committed group but the newest `prior`.
+// Completes every committed group but the newest `prior`. With eager copies the groups still in flight (and
+// the copies not yet committed) land again after them: on a GPU they may complete in any order, so also last.
 inline void __pipeline_wait_prior(size_t prior) {
   auto& groups = vosrt_emu::committed_copies;
   while (groups.size() > prior) {
-    for (const auto& c : groups.front()) {
-      std::memcpy(c.dst, c.src, c.bytes - c.zfill);
-      std::memset(static_cast<unsigned char*>(c.dst) + (c.bytes - c.zfill), 0, c.zfill);
-    }
+    for (const auto& c : groups.front()) vosrt_emu::land(c);
     groups.erase(groups.begin());
+  }
+  if (vosrt_emu::eager_copies) {
+    for (const auto& group : groups)
+      for (const auto& c : group) vosrt_emu::land(c);
+    for (const auto& c : vosrt_emu::open_copies) vosrt_emu::land(c);
   }
 }
 using std::max;
