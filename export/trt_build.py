@@ -111,9 +111,12 @@ def _plugin_graphs(package: Package) -> dict[str, Path]:
     if missing:
         how = "re-export it from its checkpoint with both forms"
         if package.checkpoint is not None:
+            # the plugin form holds top_k as a constant: the package's own, or the export's default would replace it
+            top_k = package.streaming.get("top_k") if "top_k" in families.get(package.family).streaming else None
             how += (f": `vosrt export {package.variant} --checkpoint {shlex.quote(str(package.checkpoint))} "
                     f"--out {shlex.quote(str(package.path))} "
-                    f"--forms plugin,portable --size {package.height} {package.width}`")
+                    f"--forms plugin,portable --size {package.height} {package.width}"
+                    + (f" --top-k {int(top_k)}" if top_k is not None else "") + "`")
         raise UserError(f"{package.path} has no plugin form of {', '.join(missing)}; TensorRT engines are built "
                         f"from it: {how}")
     return {g: package.graphs[g]["plugin"] for g in package.graphs}
@@ -309,7 +312,8 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
         name = f"{ENGINE_DIR}/{graph}.{precision}.engine"
         replace_file(package.path / name, lambda tmp: tmp.write_bytes(bytes(serialized)))
         files[graph] = name
-        _say(progress, f"  {graph}: {len(serialized) / 2**20:.1f} MiB in {time.perf_counter() - start:.1f} s")
+        # an IHostMemory: the buffer protocol and .nbytes, no len()
+        _say(progress, f"  {graph}: {serialized.nbytes / 2**20:.1f} MiB in {time.perf_counter() - start:.1f} s")
     replace_file(cache_path, lambda tmp: tmp.write_bytes(bytes(timing_cache.serialize())))
 
     entry = {

@@ -20,7 +20,7 @@ from vosrt.sdk.backends import tensorrt as trt_backend
 class _HostRuntime:
     """cudaMalloc & co. on host memory, with cuda-python's (error, value) return convention."""
 
-    cudaError_t = types.SimpleNamespace(cudaSuccess=0)
+    cudaError_t = types.SimpleNamespace(cudaSuccess=0, cudaErrorMemoryAllocation=2)   # cuda-python's values
     cudaMemcpyKind = enum.IntEnum("cudaMemcpyKind", "cudaMemcpyHostToDevice cudaMemcpyDeviceToHost "
                                                     "cudaMemcpyDeviceToDevice")
 
@@ -28,6 +28,8 @@ class _HostRuntime:
         self.blocks: dict[int, ctypes.Array] = {}
 
     def cudaMalloc(self, size):
+        if size > 2**40:   # more than any device has
+            return 2, 0
         # cudaMalloc's blocks are 256-byte aligned (at least); so are these.
         block = (ctypes.c_char * (size + 256))()
         address = ctypes.addressof(block) + (-ctypes.addressof(block)) % 256
@@ -53,6 +55,22 @@ class _HostRuntime:
         return (0,)
 
     def cudaStreamSynchronize(self, stream):
+        return (0,)
+
+    cudaEventDisableTiming = 2
+    events: list
+
+    def cudaEventCreateWithFlags(self, flags):
+        self.events = getattr(self, "events", [])
+        self.events.append(("create", flags))
+        return 0, 900 + len(self.events)
+
+    def cudaEventRecord(self, event, stream):
+        self.events.append(("record", event, stream))
+        return (0,)
+
+    def cudaStreamWaitEvent(self, stream, event, flags):
+        self.events.append(("wait", stream, event))
         return (0,)
 
     def cudaGetErrorString(self, err):
@@ -382,3 +400,88 @@ def test_engines_that_carry_their_plugin_library_get_a_runtime_each(carried):
         instance._graphs[graph] = object()
     assert len({id(r) for r in used}) == (3 if carried else 1) and len(trt.runtimes) == len(set(map(id, used)))
     assert all(r.engine_host_code_allowed == carried for r in used)
+
+
+def test_cuda_graphs_on_the_legacy_default_stream_are_refused_when_the_backend_opens(monkeypatch):
+    # CUDA cannot capture the legacy default stream: the second run, where capture began, raised
+    # cudaErrorStreamCaptureUnsupported; the options are now refused before TensorRT or the package is touched
+    class Reached(Exception):
+        pass
+
+    def select_build(package, precision):
+        raise Reached
+
+    monkeypatch.setattr(trt_backend, "select_build", select_build)
+    for stream in (0, 1, types.SimpleNamespace(cuda_stream=0)):   # a handle, cudaStreamLegacy, torch's stream object
+        with pytest.raises(trt_backend.UserError, match=r"cuda_graphs=True needs a stream that can be captured.*"
+                                                         r"leave stream unset"):
+            trt_backend.TensorRTBackend.check_options(None, stream=stream, cuda_graphs=True)
+    for options in ({"stream": 0}, {"stream": 0x7f00, "cuda_graphs": True}, {"cuda_graphs": True}):
+        with pytest.raises(Reached):   # a stream of one's own, or none (the backend makes one), passes
+            trt_backend.TensorRTBackend.check_options(None, **options)
+
+
+def test_a_plugin_library_tensorrt_cannot_load_is_named_so_and_tried_again_once_rebuilt(monkeypatch, tmp_path):
+    # loadLibrary returns None when dlopen fails (a dependency not found): that was remembered for the process and
+    # reported as a library that "did not register" its plugins, blaming the TensorRT version
+    monkeypatch.setattr(trt_backend, "_loaded_plugin_libraries", {})
+    library = tmp_path / "libvosrt_plugins.so"
+    trt = _TensorRT()
+    working = trt.global_registry.load_library
+    trt.global_registry.load_library = lambda path: None
+    with pytest.raises(trt_backend.UserError, match=r"TensorRT could not load this plugin library.*ldd "):
+        trt_backend.load_plugin_library(library, trt, _Registry(trt.global_registry))
+    trt.global_registry.load_library = working   # rebuilt: the next try loads it
+    trt_backend.load_plugin_library(library, trt, _Registry(trt.global_registry))
+    assert trt.global_registry.loaded == [str(library)]
+    # another copy of the library (another path) is refused by a registry holding the plugins already: they are
+    # there, so that is no error, and the copy is not tried again
+    copy = tmp_path / "package" / "libvosrt_plugins.so"
+    calls = []
+    trt.global_registry.load_library = lambda path: calls.append(path)
+    for _ in range(2):
+        trt_backend.load_plugin_library(copy, trt, _Registry(trt.global_registry))
+    assert calls == [str(copy)]
+
+
+def test_a_device_buffer_too_large_to_allocate_is_a_memory_error_as_on_the_other_backends(backend):
+    # cudaMalloc's cudaErrorMemoryAllocation was a RuntimeError: the memory bank, which names memory_capacity for a
+    # MemoryError, let it through as "CUDA error in cudaMalloc"
+    from vosrt.sdk.memory import MemoryBank
+
+    with pytest.raises(MemoryError, match=r"CUDA error in cudaMalloc"):
+        backend.zeros((1, 2**20, 2**30))
+    bank = MemoryBank(backend, capacity=2, hw=2**29)
+    with pytest.raises(trt_backend.UserError, match=r"memory_capacity: a memory bank of 2 frames needs"):
+        bank._allocate((1, 2**20, 2**30))
+    backend.zeros((2, 3))   # and the next allocation that fits is made as before
+
+
+def test_device_arrays_say_which_stream_wrote_them_and_foreign_ones_are_waited_for(backend, monkeypatch):
+    # CUDA Array Interface version 3: the producer names its stream, the consumer makes its own wait for it. The
+    # backend named none for its outputs (a PyTorch consumer could read them before the engine wrote them) and
+    # ignored the one PyTorch or CuPy name (the engine could read a tensor still being computed on their stream)
+    runtime = trt_backend.cudart()
+    block = backend.zeros((2, 5))
+    assert block.__cuda_array_interface__["stream"] == 1       # the legacy default stream (handle 0) is 1 there
+    backend.stream = 0x5000
+    assert block.__cuda_array_interface__["stream"] == 0x5000
+    assert "stream" not in trt_backend.DeviceTensor(None, (2,), np.float32, external_ptr=256).__cuda_array_interface__
+
+    def foreign(stream):
+        interface = dict(block.__cuda_array_interface__)
+        interface.pop("stream")
+        if stream != "absent":
+            interface["stream"] = stream
+        return types.SimpleNamespace(__cuda_array_interface__=interface)
+
+    for stream in ("absent", None, 0x5000):              # nothing to wait for, or already this stream's work
+        backend.wrap(foreign(stream))
+    assert getattr(runtime, "events", []) == []
+    backend.wrap(foreign(0x7000))                         # a PyTorch tensor computed on PyTorch's stream
+    backend.wrap(foreign(2))                              # ... on the per-thread default stream
+    (create, flags), record, wait, record2, wait2 = runtime.events
+    assert flags == runtime.cudaEventDisableTiming        # one event, made once
+    event = 901
+    assert record == ("record", event, 0x7000) and wait == ("wait", 0x5000, event)
+    assert record2 == ("record", event, 2) and wait2 == ("wait", 0x5000, event)

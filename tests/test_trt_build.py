@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from trt_fixtures import HEIGHT, WIDTH, write_stcn_package
+from trt_fixtures import HEIGHT, STRONGLY_TYPED_BIT, WIDTH, FakeTensorRT, write_stcn_package
 
 from vosrt.cli import main
 from vosrt.export.trt_build import (build_engines, comparison_inputs, embeddable_plugin_library,
@@ -160,3 +160,64 @@ def test_stcn_limits_given_for_a_clip_package_are_refused_before_tensorrt_is_nee
     assert f"error: {flags[0]}: the graphs of stem-seg package" in err and f"drop {flags[0]}" in err
     with pytest.raises(UserError, match=f"{flags[0]}: the graphs of stem-seg"):
         build_engines(pkg, **{flags[0][2:].replace("-", "_"): 4})
+
+
+H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+
+
+def _fake_build_host(monkeypatch, tmp_path, version):
+    """TensorRT ``version`` (a stand-in of its Python bindings) and a plugin library compiled for it."""
+    from vosrt.sdk.backends import tensorrt as trt_backend
+
+    trt = FakeTensorRT(version)
+    monkeypatch.setattr(trt_backend, "import_tensorrt", lambda for_build=False: trt)
+    monkeypatch.setattr(trt_backend, "current_gpu", lambda: dict(H100))
+    monkeypatch.setattr(trt_backend, "_loaded_plugin_libraries", {})
+    library = tmp_path / "lib" / "libvosrt_plugins.so"
+    library.parent.mkdir()
+    record = b"vosrt-plugins-build-record: tensorrt=" + version.encode() + b";\0"
+    library.write_bytes(b"\x7fELF" + bytes(64) + record)
+    (library.parent / "libvosrt_plugins_embed.so").write_bytes(b"\x7fELF" + bytes(64) + record)
+    return trt, library
+
+
+@pytest.mark.parametrize("version", ["10.16.0", "11.1.0"])
+@pytest.mark.parametrize("options", [{}, {"workspace_mb": 64, "embed_plugins": True}], ids=["plain", "workspace-embed"])
+def test_build_writes_every_engine_through_the_bindings_of_both_tensorrt_majors(monkeypatch, tmp_path, version,
+                                                                                 options):
+    # build_serialized_network returns an IHostMemory, which has the buffer protocol and .nbytes but no
+    # __len__: the progress line's len(serialized) raised TypeError once the first engine was on disk
+    trt, library = _fake_build_host(monkeypatch, tmp_path, version)
+    pkg = write_stcn_package(tmp_path / "pkg")
+    said = []
+    entry = build_engines(pkg, max_objects=3, plugin_lib=library, progress=said.append, **options)
+    assert set(entry["files"]) == {"encode_key", "encode_value", "segment"} and len(trt.built) == 3
+    for (network, config, engine), graph in zip(trt.built, ("encode_key", "encode_value", "segment")):
+        assert (pkg / entry["files"][graph]).read_bytes() == engine
+        # strongly typed on both majors: the flag bit of each tag's enum (11 ignores it, 10 needs it)
+        assert network.flags & (1 << STRONGLY_TYPED_BIT[version])
+        (profile,) = config.profiles
+        assert set(profile.shapes) == {i.name for i in network.inputs}
+        assert (trt.BuilderFlag.VERSION_COMPATIBLE in config.flags) == bool(options.get("embed_plugins"))
+    assert trt.built[2][1].profiles[0].shapes["mem_value"][2] == [3, 8, 6 * HW]
+    assert any("encode_key: 0.0 MiB" in line for line in said), said
+    assert (pkg / "engines" / "timing.cache").read_bytes().startswith(b"timing-cache:")
+    assert load_package(pkg).engines["default"] == "fp32"
+
+
+def test_the_re_export_a_build_without_the_plugin_form_suggests_keeps_the_package_top_k(tmp_path):
+    # The suggested `vosrt export ... --forms plugin,portable` left out the package's top_k: a package exported with
+    # --top-k 7 came back reading with the default 20, its plugin form (and the engines) holding 20 as a constant.
+    import json
+
+    from media import suggested_commands
+
+    pkg = write_stcn_package(tmp_path / "pkg", forms=("portable",))
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    manifest["streaming"]["top_k"] = 7                           # as `vosrt export ... --top-k 7` writes it
+    manifest["source"] = {"checkpoint": str(tmp_path / "stcn.pth")}
+    (pkg / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="no plugin form") as err:
+        build_engines(pkg, plugin_lib=tmp_path / "lib.so", progress=None)
+    command = suggested_commands(str(err.value))[-1]
+    assert command[:2] == ["export", "stcn-lite"] and command[command.index("--top-k") + 1] == "7"

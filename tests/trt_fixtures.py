@@ -83,6 +83,172 @@ def add_engine_record(root: Path, precision: str = "fp32", tensorrt: str = "10.1
 
 
 
+# ---- a stand-in for the TensorRT Python API that `vosrt build` calls, with the names and behaviour of the
+# bindings at each supported tag (NVIDIA/TensorRT python/src/infer/pyCore.cpp, pyFoundationalTypes.cpp,
+# parsers/pyOnnx.cpp, python/packaging/bindings_wheel/tensorrt/__init__.py at v10.16 and v11.1) ----
+
+# NetworkDefinitionCreationFlag values of NvInfer.h: 10.16 has kEXPLICIT_BATCH = 0, kSTRONGLY_TYPED = 1;
+# 11.1 has kSTRONGLY_TYPED = 0 (deprecated, always on), kPREFER_JIT_PYTHON_PLUGINS = 1, kPREFER_AOT_... = 2.
+STRONGLY_TYPED_BIT = {"10.16.0": 1, "11.1.0": 0}
+
+
+class FakeHostMemory:
+    """IHostMemory: the buffer protocol (so bytes() works), ``nbytes`` and ``dtype``, and nothing else; in
+    particular no ``__len__`` (pyFoundationalTypes.cpp binds none), so ``len()`` of one raises TypeError."""
+
+    def __init__(self, data: bytes):
+        self._data = bytes(data)
+
+    def __bytes__(self) -> bytes:   # what the buffer protocol gives bytes() on the real object
+        return self._data
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._data)
+
+    dtype = "UINT8"
+
+
+class _FakeTimingCache:
+    def __init__(self, blob: bytes):
+        self.blob = bytes(blob)
+
+    def serialize(self) -> FakeHostMemory:
+        return FakeHostMemory(b"timing-cache:" + self.blob)
+
+
+class _FakeInput:
+    def __init__(self, name):
+        self.name = name
+
+
+class _FakeNetwork:
+    def __init__(self, flags):
+        self.flags = flags
+        self.inputs: list[_FakeInput] = []
+
+    @property
+    def num_inputs(self):
+        return len(self.inputs)
+
+    def get_input(self, index):
+        return self.inputs[index]
+
+
+class _FakeParser:
+    def __init__(self, network, logger):
+        self.network = network
+        self.num_errors = 0
+
+    def _read(self, model: onnx.ModelProto) -> bool:
+        initializers = {i.name for i in model.graph.initializer}
+        self.network.inputs = [_FakeInput(v.name) for v in model.graph.input if v.name not in initializers]
+        return True
+
+    def parse(self, model, path=None):
+        return self._read(onnx.load_from_string(bytes(model)))
+
+    def parse_from_file(self, model):
+        return self._read(onnx.load(str(model)))
+
+    def get_error(self, index):
+        raise IndexError(index)
+
+
+class _FakeProfile:
+    def __init__(self):
+        self.shapes = {}
+
+    def set_shape(self, input, min, opt, max):   # noqa: A002 (the binding's argument names)
+        self.shapes[input] = (list(min), list(opt), list(max))
+
+
+class _FakeConfig:
+    def __init__(self, trt):
+        self._trt = trt
+        self.flags, self.pools, self.profiles, self.timing_cache = set(), {}, [], None
+        self.plugins_to_serialize = []
+
+    def create_timing_cache(self, serialized_timing_cache):
+        return _FakeTimingCache(serialized_timing_cache)
+
+    def set_timing_cache(self, cache, ignore_mismatch):
+        self.timing_cache = cache
+        return True
+
+    def set_memory_pool_limit(self, pool, pool_size):
+        self.pools[pool] = pool_size
+
+    def set_flag(self, flag):
+        self.flags.add(flag)
+
+    def add_optimization_profile(self, profile):
+        self.profiles.append(profile)
+        return len(self.profiles) - 1
+
+
+class _FakeRegistry:
+    def __init__(self, parent=None):
+        self.parent, self.creators = parent, set()
+
+    def load_library(self, plugin_path):
+        self.creators |= {"D2Conv3D", "L2MemoryReadout"}
+        return object()
+
+    def get_creator(self, type, version, plugin_namespace=""):   # noqa: A002
+        if type in self.creators and version == "1" and plugin_namespace == "":
+            return object()
+        return self.parent.get_creator(type, version, plugin_namespace) if self.parent else None
+
+
+class FakeTensorRT:
+    """``import tensorrt`` as ``vosrt build`` uses it, at TensorRT ``version`` ("10.16.0" or "11.1.0"); every
+    network, config and engine made is kept in ``built`` as ``(network, config, engine bytes)``."""
+
+    def __init__(self, version: str = "10.16.0"):
+        import enum
+
+        self.__version__ = version
+        flags = {"STRONGLY_TYPED": STRONGLY_TYPED_BIT[version]}
+        if version.startswith("10."):
+            flags["EXPLICIT_BATCH"] = 0
+        self.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", flags)
+        self.MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")
+        self.BuilderFlag = enum.Enum("BuilderFlag", "VERSION_COMPATIBLE EXCLUDE_LEAN_RUNTIME")
+        self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda logger, min_severity=2: None})
+        self.OnnxParser = _FakeParser
+        self.global_registry = _FakeRegistry()
+        self.built: list[tuple[_FakeNetwork, _FakeConfig, bytes]] = []
+        trt = self
+
+        class Builder:
+            def __init__(self, logger):
+                self.registry = _FakeRegistry(trt.global_registry)
+
+            def get_plugin_registry(self):
+                return self.registry
+
+            def create_builder_config(self):
+                return _FakeConfig(trt)
+
+            def create_network(self, flags=0):
+                return _FakeNetwork(flags)
+
+            def create_optimization_profile(self):
+                return _FakeProfile()
+
+            def build_serialized_network(self, network, config):
+                engine = b"engine:" + ",".join(i.name for i in network.inputs).encode()
+                trt.built.append((network, config, engine))
+                return FakeHostMemory(engine)
+
+        self.Builder = Builder
+
+    def get_plugin_registry(self):
+        return self.global_registry
+
+
+
 
 # Bounds of the TensorRT engine tests (tests/test_tensorrt.py). fp32 engines against ONNX Runtime: every
 # float output within FP32_MAX_REL of its peak (a top_k of 15 instead of 20 moves stcn-lite's prob by

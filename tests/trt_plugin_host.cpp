@@ -339,6 +339,7 @@ int main(int argc, char** argv) {
   }
   registry()->getAllCreators(&registered);
   CHECK(registered == (mode == "embedded" ? 0 : 2));  // registering twice adds nothing
+  CHECK(!logged("could not find plugin"));  // registering printed no lookup error
   int32_t again = -1;
   getCreators(again);
   CHECK(again == 2);  // also after registration

@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -47,8 +48,9 @@ struct Tensor {
 // TensorRT's dimension expressions, evaluated: every expression carries its value (TensorRT itself keeps
 // them symbolic; the plugin only combines them through IExprBuilder, which is what is checked here).
 // As in TensorRT, only expressions built from constants are constant: an input size (and anything computed
-// from one) answers isConstant() false and getConstantValue() -1, so a plugin that read a size as a
-// constant would compute with -1 and fail the comparison with PyTorch.
+// from one) answers isConstant() false and getConstantValue() std::numeric_limits<int64_t>::min() (what
+// IDimensionExpr::getConstantValue documents), so a plugin that read a size as a constant would compute
+// with that and fail the comparison with PyTorch.
 class ValueExpr : public IDimensionExpr {
  public:
   ValueExpr(int64_t value, bool constant) : mValue(value), mConstant(constant) { mImpl = &mEval; }
@@ -59,7 +61,9 @@ class ValueExpr : public IDimensionExpr {
   struct Eval : apiv::VDimensionExpr {
     ValueExpr* owner = nullptr;
     bool isConstant() const override { return owner->mConstant; }
-    int64_t getConstantValue() const override { return owner->mConstant ? owner->mValue : -1; }
+    int64_t getConstantValue() const override {
+      return owner->mConstant ? owner->mValue : std::numeric_limits<int64_t>::min();
+    }
     bool isSizeTensor() const override { return false; }
   };
   int64_t mValue;
@@ -216,13 +220,20 @@ int main(int argc, char** argv) {
   int32_t const n = static_cast<int32_t>(inputs.size());
   std::vector<DynamicPluginTensorDesc> dyn(n + 1);
   std::vector<PluginTensorDesc> desc(n);
+  std::vector<PluginTensorDesc> runDesc(n + 1);  // what onShapeChange and enqueue see: the real dims
   for (int32_t i = 0; i <= n; ++i) {
     Tensor const& t = i < n ? inputs[i] : output;
-    dyn[i].desc.dims = t.dims;
-    dyn[i].desc.type = type;
-    dyn[i].desc.format = TensorFormat::kLINEAR;
+    runDesc[i].dims = t.dims;
+    runDesc[i].type = type;
+    runDesc[i].format = TensorFormat::kLINEAR;
+    runDesc[i].scale = -1.0F;  // TensorRT's value where the type is not kINT8
+    // At build time desc.dims has -1 in place of every runtime dimension (DynamicPluginTensorDesc::desc in
+    // NvInferRuntime.h); the README promises that every dimension may be dynamic, so all of them are -1 here
+    // and the sizes come only from min/opt/max, as in an engine built with a dynamic profile.
+    dyn[i].desc = runDesc[i];
+    for (int d = 0; d < t.dims.nbDims; ++d) dyn[i].desc.dims.d[d] = -1;
     dyn[i].min = dyn[i].opt = dyn[i].max = t.dims;
-    if (i < n) desc[i] = dyn[i].desc;
+    if (i < n) desc[i] = runDesc[i];
   }
   // Output shape through IExprBuilder, against the shape the PyTorch reference produced.
   EvaluatingBuilder exprs;
@@ -256,7 +267,7 @@ int main(int argc, char** argv) {
   IPluginV3* attached = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME))
                             ->attachToContext(nullptr);
   auto* runtime = static_cast<IPluginV3OneRuntime*>(attached->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
-  PluginTensorDesc outDesc = dyn[n].desc;
+  PluginTensorDesc outDesc = runDesc[n];
   if (runtime->onShapeChange(desc.data(), n, &outDesc, 1) != 0) return fail("onShapeChange failed");
 
   output.data.assign(output.count(), 0.0f);

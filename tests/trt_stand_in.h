@@ -33,7 +33,11 @@ class FakeRegistry : public IPluginRegistry {
  public:
   std::vector<IPluginCreatorInterface*> creators;
 
-  bool registerCreator(IPluginCreatorInterface& creator, AsciiChar const* const) noexcept override {
+  // As TensorRT's registry: a second creator of the same name, version and namespace is refused (false).
+  bool registerCreator(IPluginCreatorInterface& creator, AsciiChar const* const pluginNamespace) noexcept override {
+    auto* v3 = static_cast<IPluginCreatorV3One*>(&creator);
+    if (find(v3->getPluginName(), v3->getPluginVersion(), pluginNamespace != nullptr ? pluginNamespace : ""))
+      return false;
     creators.push_back(&creator);
     return true;
   }
@@ -41,11 +45,22 @@ class FakeRegistry : public IPluginRegistry {
     *n = static_cast<int32_t>(creators.size());
     return creators.data();
   }
+  // As TensorRT's registry, a lookup that finds nothing logs an error (TensorRT 10's "getCreator could not
+  // find plugin ..."): a library that checked with getCreator before registering printed it every time.
   IPluginCreatorInterface* getCreator(AsciiChar const* const name, AsciiChar const* const version,
-                                      AsciiChar const* const) noexcept override {
+                                      AsciiChar const* const pluginNamespace) noexcept override {
+    IPluginCreatorInterface* found = find(name, version, pluginNamespace);
+    if (found == nullptr)
+      gLog.push_back(std::string("getCreator could not find plugin: ") + name + " version: " + version);
+    return found;
+  }
+  IPluginCreatorInterface* find(AsciiChar const* const name, AsciiChar const* const version,
+                                AsciiChar const* const pluginNamespace) noexcept {
     for (auto* c : creators) {
       auto* v3 = static_cast<IPluginCreatorV3One*>(c);
-      if (std::strcmp(v3->getPluginName(), name) == 0 && std::strcmp(v3->getPluginVersion(), version) == 0) return c;
+      if (std::strcmp(v3->getPluginName(), name) == 0 && std::strcmp(v3->getPluginVersion(), version) == 0 &&
+          std::strcmp(v3->getPluginNamespace(), pluginNamespace != nullptr ? pluginNamespace : "") == 0)
+        return c;
     }
     return nullptr;
   }

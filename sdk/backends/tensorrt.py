@@ -9,7 +9,9 @@
   engine's input buffer when a graph runs.
 * ``run`` accepts, besides numpy arrays and this backend's tensors, any object exposing
   ``__cuda_array_interface__`` (CuPy, PyTorch CUDA tensors, Numba, pycuda ``GPUArray``), bound without a copy
-  when contiguous and of the engine's data type; :class:`DeviceTensor` exposes the interface too.
+  when contiguous and of the engine's data type; :class:`DeviceTensor` exposes the interface too. Streams as
+  the interface's version 3 says: work queued on the stream an object names is waited for (on the device) before
+  the engine reads it, and the backend's tensors name the backend's stream.
 * ``stream``: run on an external CUDA stream (an int handle, or an object with ``cuda_stream``, ``ptr``
   or ``handle``, e.g. ``torch.cuda.current_stream()``); by default the backend creates its own.
 * ``cuda_graphs=True`` captures each graph into a CUDA graph the second time it runs with the same shapes
@@ -62,12 +64,17 @@ def cudart():
 
 
 def check_cuda(result, what: str):
-    """Unpack a cuda-python ``(error, *values)`` tuple; raise RuntimeError naming ``what`` on failure."""
+    """Unpack a cuda-python ``(error, *values)`` tuple; raise RuntimeError naming ``what`` on failure (MemoryError
+    when the device is out of memory)."""
     rt = cudart()
     err, *values = result if isinstance(result, tuple) else (result,)
     if err != rt.cudaError_t.cudaSuccess:
         _, text = rt.cudaGetErrorString(err)
-        raise RuntimeError(f"CUDA error in {what}: {text.decode() if isinstance(text, bytes) else text}")
+        message = f"CUDA error in {what}: {text.decode() if isinstance(text, bytes) else text}"
+        if err == getattr(rt.cudaError_t, "cudaErrorMemoryAllocation", None):
+            # out of device memory: a MemoryError, as on the other backends (the memory bank names memory_capacity)
+            raise MemoryError(message)
+        raise RuntimeError(message)
     if not values:
         return None
     return values[0] if len(values) == 1 else tuple(values)
@@ -156,8 +163,15 @@ class DeviceTensor:
 
     @property
     def __cuda_array_interface__(self) -> dict:
-        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False), "version": 3,
-                "strides": None}
+        interface = {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False), "version": 3,
+                     "strides": None}
+        owner = self.allocation._owner if self.allocation is not None else None
+        if owner is not None:
+            # The stream the backend wrote it on (version 3): a consumer on another stream (PyTorch, CuPy) waits
+            # for that work before reading; without the key it may read an output the engine has not written yet.
+            # 0 is not allowed there: the legacy default stream is 1.
+            interface["stream"] = int(owner.stream) or 1
+        return interface
 
     def view(self, shape: Sequence[int], offset_bytes: int = 0) -> "DeviceTensor":
         """A tensor of ``shape`` over the same memory, ``offset_bytes`` further in."""
@@ -339,13 +353,26 @@ def load_plugin_library(path: Path, trt, registry=None) -> None:
         previous = os.environ.get("VOSRT_PLUGINS_AUTO_REGISTER")
         os.environ["VOSRT_PLUGINS_AUTO_REGISTER"] = "0"
         try:
-            _loaded_plugin_libraries[key] = trt.get_plugin_registry().load_library(key)
+            handle = trt.get_plugin_registry().load_library(key)
         finally:
             if previous is None:
                 del os.environ["VOSRT_PLUGINS_AUTO_REGISTER"]
             else:
                 os.environ["VOSRT_PLUGINS_AUTO_REGISTER"] = previous
+    else:
+        handle = _loaded_plugin_libraries[key]
     missing = [name for name in PLUGIN_NAMES if registry.get_creator(name, "1", "") is None]
+    # Remembered unless the load failed with the plugins missing: a library rebuilt at the same path is loaded
+    # by the next try. (A load refused because another copy registered them already is remembered: tried once.)
+    if handle is not None or not missing:
+        _loaded_plugin_libraries[key] = handle
+    if missing and handle is None:
+        # (it said "did not register the plugins" and blamed the TensorRT version, for a library that a missing
+        # dependency kept from loading at all)
+        raise UserError(f"{path}: TensorRT could not load this plugin library (its error is above: a library it "
+                        f"needs that is not found, or a CUDA runtime of another major?); see what is missing with "
+                        f"`ldd {path}`, or rebuild it on this machine: `cmake -S plugins -B plugins/build "
+                        f"-DTensorRT_ROOT=<this TensorRT> && cmake --build plugins/build -j`")
     if missing:
         raise UserError(f"{path} did not register the TensorRT plugin(s) {', '.join(missing)}: is it a "
                         f"libvosrt_plugins.so built for this TensorRT version? Rebuild it against this TensorRT")
@@ -396,17 +423,20 @@ class TensorRTBackend(Backend):
 
     Options: ``precision`` (``"fp32"`` / ``"fp16"``; default the manifest's default build), ``plugin_lib``
     (path of libvosrt_plugins.so; default ``$VOSRT_PLUGIN_LIB`` or the path recorded by ``vosrt build``),
-    ``stream`` (external CUDA stream), ``cuda_graphs`` (capture and replay; default False), ``device``
+    ``stream`` (external CUDA stream), ``cuda_graphs`` (capture and replay; default False; not on the legacy
+    default stream 0, which CUDA cannot capture), ``device``
     (only ``"cuda"``/``"auto"``).
     """
 
     name = "tensorrt"
+    _producer_event = None   # the event foreign producers' streams are waited for through, made at first use
     device = "cuda"
     devices = ("auto", "cuda")
 
     def __init__(self, package, precision: str | None = None, plugin_lib=None, stream=None,
                  cuda_graphs: bool = False, device: str = "auto", **unused):
-        self.check_options(package, precision=precision, plugin_lib=plugin_lib, device=device, **unused)
+        self.check_options(package, precision=precision, plugin_lib=plugin_lib, stream=stream, cuda_graphs=cuda_graphs,
+                           device=device, **unused)
         self.package = package
         self.allocated_bytes = 0
         self._graphs: dict[str, _Graph] = {}
@@ -481,6 +511,12 @@ class TensorRTBackend(Backend):
         refuse_unknown_options(cls.name, unused)
         if device not in cls.devices:
             raise UserError(f"tensorrt backend: device must be 'cuda' (or 'auto'), got '{device}'")
+        if cuda_graphs and stream is not None and _stream_handle(stream) in (0, 1):
+            # CUDA cannot capture work on the legacy default stream (0, or cudaStreamLegacy): the second run,
+            # where capture begins, failed with cudaErrorStreamCaptureUnsupported
+            raise UserError("tensorrt backend: cuda_graphs=True needs a stream that can be captured, but stream is the "
+                            "legacy default stream (handle 0); pass a stream of your own (cudaStreamCreate, "
+                            "torch.cuda.Stream()) or leave stream unset, and the backend makes one")
         select_build(package, precision)
         if plugin_lib or os.environ.get(PLUGIN_LIBRARY_ENV):   # a library named must exist, said before TensorRT
             find_plugin_library(plugin_lib)
@@ -614,7 +650,21 @@ class TensorRTBackend(Backend):
             raise UserError(f"{what}: device array must be C-contiguous (strides {strides}); make a contiguous copy")
         if expected_dtype is not None and dtype != np.dtype(expected_dtype):
             raise UserError(f"{what}: expected {np.dtype(expected_dtype)} device data, got {dtype}")
+        self._wait_for_producer(interface.get("stream"))
         return DeviceTensor(None, shape, dtype, external_ptr=int(interface["data"][0]))
+
+    def _wait_for_producer(self, stream) -> None:
+        """Make the backend's stream wait for the work queued so far on ``stream``, the producer's stream that a
+        version-3 ``__cuda_array_interface__`` names (None or absent: nothing to wait for): a PyTorch tensor still
+        being computed on PyTorch's stream was read by the engine on this one before it was written."""
+        if stream is None or int(stream) == (int(self.stream) or 1):
+            return
+        rt = cudart()
+        if self._producer_event is None:
+            self._producer_event = check_cuda(rt.cudaEventCreateWithFlags(rt.cudaEventDisableTiming),
+                                              "cudaEventCreateWithFlags")
+        check_cuda(rt.cudaEventRecord(self._producer_event, int(stream)), "cudaEventRecord (producer's stream)")
+        check_cuda(rt.cudaStreamWaitEvent(self.stream, self._producer_event, 0), "cudaStreamWaitEvent")
 
     # ------------------------------------------------------------------ data
     def _copy_h2d(self, dst_ptr: int, array: np.ndarray) -> None:
@@ -741,6 +791,9 @@ class TensorRTBackend(Backend):
             del g.engine
         self._graphs.clear()
         self._runtimes.clear()   # after the engines they deserialised
+        if self._producer_event is not None:
+            rt.cudaEventDestroy(self._producer_event)
+            self._producer_event = None
         if self._own_stream is not None:
             rt.cudaStreamDestroy(self._own_stream)
             self._own_stream = None

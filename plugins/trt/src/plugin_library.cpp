@@ -44,13 +44,31 @@ char const* nameOf(int32_t i) {
   return i == 0 ? gD2Conv3DCreator.getPluginName() : gL2ReadoutCreator.getPluginName();
 }
 
+bool same(char const* a, char const* b) { return std::strcmp(a != nullptr ? a : "", b != nullptr ? b : "") == 0; }
+
+// Whether `registry` holds a creator of `name`, our version, in `libNamespace`. Searched through
+// getAllCreators, not getCreator: TensorRT logs an error for every getCreator that finds nothing
+// ("getCreator could not find plugin ..."), which every first registration would then print.
+bool isRegistered(nvinfer1::IPluginRegistry* registry, char const* name, char const* libNamespace) {
+  int32_t count = 0;
+  IPluginCreatorInterface* const* all = registry->getAllCreators(&count);
+  for (int32_t i = 0; all != nullptr && i < count; ++i) {
+    if (all[i] == nullptr || !same(all[i]->getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE")) continue;
+    auto const* creator = static_cast<nvinfer1::IPluginCreatorV3One const*>(all[i]);
+    if (same(creator->getPluginName(), name) && same(creator->getPluginVersion(), vosrt::trt::kPluginVersion) &&
+        same(creator->getPluginNamespace(), libNamespace))
+      return true;
+  }
+  return false;
+}
+
 // Registers every creator not already registered under our name, version and namespace (by this copy or
 // another: an engine's serialised copy of the same library, say). True when both are registered after.
 bool registerMissing(nvinfer1::IPluginRegistry* registry, char const* libNamespace) {
   if (registry == nullptr) return false;
   bool all = true;
   for (int32_t i = 0; i < kNbCreators; ++i) {
-    if (registry->getCreator(nameOf(i), vosrt::trt::kPluginVersion, libNamespace) != nullptr) continue;
+    if (isRegistered(registry, nameOf(i), libNamespace)) continue;
     gRegisteredHere[i] = registry->registerCreator(*gAllCreators[i], libNamespace);
     all = all && gRegisteredHere[i];
   }
