@@ -198,4 +198,8 @@ def run(args) -> int:
             ratio = values[0] / values[1] if stage == "FPS" else values[1] / values[0]
             line += f"{ratio:9.2f}x" if values[0] > 0 and values[1] > 0 else f"{'-':>10}"
         print(line)
+    if len(names) == 2:
+        # which way the ratio goes: with --backend torch --compare onnxruntime it reads 0.4x, torch over onnxruntime
+        print(f"speed-up: {names[0]} over {names[1]} ({names[1]} ms / {names[0]} ms per stage, FPS {names[0]} / "
+              f"FPS {names[1]}), both measured in this run")
     return 0

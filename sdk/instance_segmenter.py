@@ -92,7 +92,7 @@ class InstanceSegmenter(ClipSession):
         shared = 0 if self._clip_stop is None else max(0, self._clip_stop - start)
         # Linking advances the linker; if anything after it fails (or Ctrl-C lands), the linker goes back,
         # so the push that runs this clip again links it to the previous clip as the first try would have.
-        before = self.linker.snapshot()
+        before, pending, clip_stop = self.linker.snapshot(), dict(self._pending), self._clip_stop
         try:
             tracks = self.linker.link(result.labels, shared)
             lookup = np.zeros(result.count + 1, np.uint32)
@@ -105,11 +105,14 @@ class InstanceSegmenter(ClipSession):
             track_maps = lookup[result.labels]                              # [T, h, w] uint32
             finished = {start + t: (track_maps[t], foreground[0, t], objects)   # frames already out stay out
                         for t in range(max(0, self.schedule.next_emit - start), frames)}
+            # Inside the try: Ctrl-C between these two lines left the linker advanced and the clip's frames
+            # pending, with the previous clip's stop, and the push run again linked the clip twice.
+            self._pending.update(finished)
+            self._clip_stop = last + 1
         except BaseException:
             self.linker.restore(before)
+            self._pending, self._clip_stop = pending, clip_stop
             raise
-        self._pending.update(finished)
-        self._clip_stop = last + 1
 
     def finish_frame(self, index: int, box) -> SegmentedFrame:
         tracks, foreground, objects = self._pending.pop(index)

@@ -9,7 +9,11 @@ process with ``terminate``, losing the files being written and the host applicat
   :func:`release` raises the exception again once the session's run has returned, on the same thread
   (the ONNX Runtime backend calls it after every run, so the placeholder never reaches a caller);
 - a stop signal that arrives while a callback runs on the main thread (the only one Python runs signal
-  handlers on) is held by vosrt's handlers (:func:`hold`), and :func:`release` sends it again.
+  handlers on) is held (:func:`hold`), and :func:`release` sends it again. vosrt's handlers ask :func:`hold`;
+  for the length of a run, :func:`holding` also puts a holding stand-in before every Python-code handler of
+  SIGINT, SIGTERM and SIGHUP (Ctrl-C's ``KeyboardInterrupt`` of an application that installed none, or an
+  application's own handler that does not ask :func:`hold`), which raised inside the callback and ended the
+  process with pybind11's ``terminate called``.
 """
 from __future__ import annotations
 
@@ -42,21 +46,53 @@ def run_callback(body: Callable[[], T], placeholder: Callable[[], T]) -> T:
             _main_depth -= 1
 
 
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _stand_in(previous):
+    """A handler that holds the signal while a native call runs, else hands it to ``previous``."""
+    def handler(signum, frame):
+        if hold(signum):
+            return
+        return previous(signum, frame)
+    return handler
+
+
 @contextlib.contextmanager
 def holding():
     """Around a native call that may run callbacks (an ONNX Runtime run of a graph with vosrt's Python operators):
     a stop signal on the main thread is held for the whole call, not only while a callback's body runs. A signal
     that lands between the native code's call into Python and :func:`run_callback`'s own bookkeeping (or after
-    it, before the callback returns) raised in the callback and ended the process. Call :func:`release` after."""
+    it, before the callback returns) raised in the callback and ended the process. Handlers that do not ask
+    :func:`hold` themselves (Python's own Ctrl-C handler, raising KeyboardInterrupt) are wrapped for the call and
+    put back after it (see the module docstring). Call :func:`release` after."""
     global _main_depth
     main = threading.current_thread() is threading.main_thread()
+    previous = {}
     if main:
         _main_depth += 1
+        if _main_depth == 1:
+            try:
+                for signum in _STOP_SIGNALS:
+                    handler = signal.getsignal(signum)
+                    if callable(handler):
+                        previous[signum] = handler
+                        signal.signal(signum, _stand_in(handler))
+            except BaseException:
+                _restore(previous)
+                _main_depth -= 1
+                raise
     try:
         yield
     finally:
         if main:
+            _restore(previous)
             _main_depth -= 1
+
+
+def _restore(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def hold(signum: int) -> bool:

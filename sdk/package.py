@@ -84,6 +84,18 @@ class Package:
         ck = Path(ck)
         return ck if ck.is_absolute() else self.path / ck
 
+    def other_network(self, model, variant: str | None) -> str | None:
+        """How ``model`` (of ``variant``, the checkpoint's model name) differs from the network the package's graphs
+        were exported from, completing "CHECKPOINT holds ...": another variant, or other widths (``dims``). None
+        when it is the same, or the manifest records neither (a package made in memory)."""
+        if self.manifest.get("variant") and variant and variant != self.variant:
+            return f"a '{variant}' model, but {self.path} is a '{self.variant}' package"
+        dims = {k: int(v) for k, v in (getattr(model, "dims", None) or {}).items()}
+        differing = sorted(k for k in self.dims if k in dims and dims[k] != self.dims[k])
+        if differing:
+            return f"a model of other widths than {self.path}: " + ", ".join(
+                f"{k} {dims[k]} (package: {self.dims[k]})" for k in differing)
+        return None
 
     @classmethod
     def in_memory(cls, family: str, height: int, width: int, stride: int = 16, variant: str | None = None,

@@ -229,15 +229,18 @@ class Tracker(Session):
         if unknown:
             raise UserError(f"remove_objects: {unknown} are not tracked (tracked: {self.objects})")
         keep = [i for i, obj in enumerate(self.objects) if obj not in ids]
-        saved = self.memory.snapshot()
+        saved, objects = self.memory.snapshot(), self.objects
         try:
             self.memory.set_objects(keep, len(keep))
+            # Inside the try: Ctrl-C right after the values moved, before the object list followed, left the bank
+            # with the kept objects and the tracker with all of them; removing again then moved the wrong rows.
+            self.objects = [objects[i] for i in keep]
+            if not self.objects:
+                self.memory.reset()
         except BaseException:
             self.memory.restore(saved)
+            self.objects = objects
             raise
-        self.objects = [self.objects[i] for i in keep]
-        if not self.objects:
-            self.memory.reset()
 
     @serialized
     def reset(self) -> None:
@@ -285,18 +288,21 @@ class Tracker(Session):
     def _commit(self, new_objects: list[int], key, value, since_memory: int) -> None:
         """Apply one step's results to the state: the object set, the memory frame (``value`` or None)
         and the counters. The bank's bookkeeping is restored if a write fails."""
-        saved = self.memory.snapshot()
+        saved, state = self.memory.snapshot(), (self.objects, self._since_memory, self.frame_index)
         try:
             if new_objects != self.objects:
                 self.memory.set_objects(list(range(len(self.objects))), len(new_objects))
             if value is not None:
                 self.memory.add(key, value)
+            # Inside the try: Ctrl-C right after the memory write, before the counters followed, kept the frame in
+            # memory but not in the stream, and the same frame pushed again went into memory twice.
+            self.objects = list(new_objects)
+            self._since_memory = 0 if value is not None else since_memory
+            self.frame_index = state[2] + 1
         except BaseException:
             self.memory.restore(saved)
+            self.objects, self._since_memory, self.frame_index = state
             raise
-        self.objects = list(new_objects)
-        self._since_memory = 0 if value is not None else since_memory
-        self.frame_index += 1
 
     def _whole(self, name: str, asked, minimum: int, expected: str) -> int:
         """Setting ``name``: ``asked``, else the manifest's ``streaming`` value, as an int; UserError unless it is a

@@ -158,3 +158,39 @@ def test_requests_without_the_token_are_refused(viewer):
         assert refused.value.code == 401
     with urllib.request.urlopen(url + f"api/state?token={TOKEN}", timeout=10) as answer:
         assert json.load(answer)["frames"] > 0
+
+
+def test_a_frame_decoded_after_a_newer_one_is_not_drawn(viewer, browser):
+    # The page decodes each frame asynchronously (createImageBitmap). Here the first frame's decode is held back
+    # until the third frame is drawn, so it ends after later frames' decodes: drawn then, it would step the
+    # picture back in time.
+    process, url, *_ = viewer
+    page = browser.new_page()
+    page.add_init_script("""
+        const decode = window.createImageBitmap.bind(window);
+        let calls = 0;
+        window.drawnFrames = [];
+        window.createImageBitmap = async (blob) => {
+          const n = ++calls;
+          const image = await decode(blob);
+          if (n === 1) await new Promise((done) => {
+            const wait = setInterval(() => { if (window.drawnFrames.includes(3)) { clearInterval(wait); done(); } }, 5);
+          });
+          image.vosrtFrame = n;
+          return image;
+        };
+        const draw = CanvasRenderingContext2D.prototype.drawImage;
+        CanvasRenderingContext2D.prototype.drawImage = function (image, ...rest) {
+          if (image && image.vosrtFrame) window.drawnFrames.push(image.vosrtFrame);
+          return draw.call(this, image, ...rest);
+        };
+    """)
+    try:
+        page.goto(url)
+        # the first frame's decode is over (frame 3 was drawn) and frames have arrived after it
+        page.wait_for_function("window.drawnFrames.includes(3) && window.drawnFrames.length > 5", timeout=30_000)
+        drawn = page.evaluate("window.drawnFrames")
+    finally:
+        page.close()
+    assert drawn == sorted(drawn) and len(set(drawn)) == len(drawn), drawn   # never back in time
+    assert 1 not in drawn, drawn

@@ -185,3 +185,47 @@ def test_the_plugin_form_on_cuda_is_refused_by_the_option_check_as_by_the_backen
     with pytest.raises(UserError, match=r"form='plugin' runs its custom operators on the CPU; use device='cpu'"):
         check_backend(shipped, "onnxruntime", form="plugin", device="cuda")
     assert check_backend(shipped, "onnxruntime", form="plugin", device="cpu") == "onnxruntime"
+
+
+def test_a_torch_buffer_too_large_to_allocate_is_a_memory_error_as_on_onnxruntime(shipped):
+    # the memory bank turns MemoryError into an error naming memory_capacity; torch raised its allocator's
+    # RuntimeError (or torch.OutOfMemoryError on CUDA) instead, which reached the caller as it was
+    from vosrt.sdk.backends.onnxruntime import OnnxRuntimeBackend
+    from vosrt.sdk.backends.torch_backend import TorchBackend
+    from vosrt.sdk.memory import MemoryBank
+
+    impossible = (1, 2**20, 2**30)   # 4 PiB of float32: more than any address space, whatever the overcommit
+    for backend in (TorchBackend(shipped, device="cpu"), OnnxRuntimeBackend(shipped, device="cpu")):
+        try:
+            with pytest.raises(MemoryError):
+                backend.zeros(impossible)
+            bank = MemoryBank(backend, capacity=2, hw=2**29)
+            with pytest.raises(UserError, match=r"memory_capacity: a memory bank of 2 frames needs a 4194304\.0 GiB "):
+                bank._allocate(impossible)   # the bank's buffers at a capacity no machine has
+        finally:
+            backend.close()
+
+
+def test_a_package_whose_plugin_form_reads_beyond_the_operators_top_k_runs_the_portable_form(tmp_path, capfd):
+    # exported before vosrt export refused top_k > 64: the plugin form (the default on the CPU) failed with a
+    # KernelError mid-stream once the memory held more entries than that
+    import json
+    import shutil
+
+    from sdk_packages import tiny_package
+
+    package = tmp_path / "top-k-100"
+    shutil.copytree(tiny_package("stcn", forms=("plugin", "portable")), package)
+    manifest = json.loads((package / "manifest.json").read_text())
+    manifest["streaming"]["top_k"] = 100
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    backend = open_backend(load_package(package), "onnxruntime", threads=1)
+    try:
+        assert backend.forms["segment"] == "portable"
+    finally:
+        backend.close()
+    assert "reads with top_k 100 (streaming.top_k), beyond the 64 its L2MemoryReadout takes; running the portable " \
+           "form" in capfd.readouterr().err
+    with pytest.raises(UserError, match=r"top_k 100 .*run the portable form \(form='portable'\), or export the "
+                                        r"package again with --top-k 64 or less"):
+        vosrt.sdk.load(package, form="plugin", threads=1)

@@ -17,6 +17,9 @@ def test_bench_prints_ms_per_stage_fps_and_the_ratio_against_torch(stcn_package,
     onnxruntime_fps, torch_fps, ratio = fps_line.split()[1:4]
     assert float(onnxruntime_fps) > 0 and float(torch_fps) > 0
     assert float(ratio.rstrip("x")) == pytest.approx(float(onnxruntime_fps) / float(torch_fps), rel=0.02)
+    # the column's direction is said (it was not: with --backend torch --compare onnxruntime it read 0.4x)
+    assert out.splitlines()[-1] == ("speed-up: onnxruntime over torch (torch ms / onnxruntime ms per stage, "
+                                    "FPS onnxruntime / FPS torch), both measured in this run")
 
 
 def test_bench_rejects_zero_frames(stcn_package, capsys):
@@ -121,3 +124,23 @@ def test_the_same_backend_compared_with_itself_keeps_both_columns_and_their_rati
     assert "speed-up" in out.splitlines()[3] and "onnxruntime (2nd):" in out
     first, second, ratio = [line for line in out.splitlines() if line.startswith("FPS")][0].split()[1:4]
     assert float(ratio.rstrip("x")) == pytest.approx(float(first) / float(second), rel=0.02)
+
+
+def test_a_torch_checkpoint_of_another_network_than_the_package_is_refused(stcn_package, tmp_path, capsys):
+    # a checkpoint of the package's family but another variant or other widths was timed without a word: the
+    # table compared the package's graphs with another network (a full STCN beside stcn-lite: a "5.5x speed-up")
+    from vosrt.sdk.backends.torch_backend import TorchBackend
+    from vosrt.sdk.errors import UserError
+    from vosrt.sdk.package import load_package
+    from vosrt.training.models import build_model, save_checkpoint
+
+    other = tmp_path / "stcn-lite-default-widths.pth"
+    save_checkpoint(other, build_model("stcn-lite"))
+    assert main(["bench", str(stcn_package), "--frames", "2", "--warmup", "0", "--compare", "torch",
+                 "--checkpoint", str(other)]) == 2
+    captured = capsys.readouterr()
+    assert "FPS" not in captured.out
+    assert f"{other} holds a model of other widths than {stcn_package}: f16_thin_dim 128 (package: 64)" in captured.err
+    assert "pass the checkpoint the package was exported from" in captured.err
+    with pytest.raises(UserError, match=f"holds a 'stcn' model, but {stcn_package} is a 'stcn-lite' package"):
+        TorchBackend(load_package(stcn_package), model=build_model("stcn").eval())

@@ -1159,6 +1159,42 @@ def test_a_stop_signal_at_the_edge_of_a_python_operator_is_held_for_the_whole_ru
     assert sent == [True]
 
 
+def test_ctrl_c_of_an_application_that_installed_no_handler_is_held_at_a_python_operator_s_edge():
+    # Python's own SIGINT handler (an embedding application, samples/embed_callback.py) does not ask hold():
+    # Ctrl-C landing in the operator's entry raised KeyboardInterrupt through ONNX Runtime's C++ frames, and
+    # the process ended with pybind11's "terminate called". Run in a child, which the old code aborted.
+    import subprocess
+    import sys
+
+    code = """if True:
+        import signal
+        import vosrt.sdk
+        from vosrt.sdk import cpu_ops
+        from vosrt.sdk.synthetic import generate_sequence
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        tracker = vosrt.sdk.load("stcn-lite", backend="onnxruntime", form="plugin", threads=1, color="rgb")
+        video = generate_sequence(2, num_frames=2, height=32, width=32, num_objects=1)
+        tracker.step(video.frames[0], video.labels[0])
+        real, sent = cpu_ops.run_callback, []
+        def signal_first(body, placeholder):
+            if not sent:
+                sent.append(True)
+                signal.raise_signal(signal.SIGINT)
+            return real(body, placeholder)
+        cpu_ops.run_callback = signal_first
+        try:
+            tracker.step(video.frames[1])
+        except KeyboardInterrupt:
+            print("interrupted", tracker.frames_in, signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        tracker.step(video.frames[1])
+        print("stepped", tracker.frames_in)
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "terminate called" not in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["interrupted", "1", "True", "stepped", "2"], out.stdout
+
+
 def test_an_error_inside_a_native_callback_is_kept_and_raised_by_release_on_its_thread():
     import threading
 

@@ -1,12 +1,16 @@
 """Inputs that must not break a stream: non-finite or 0..255 float frames, a backend failing part-way
 through a step, and more objects than a session allows. Each is refused (or rolled back) with the
 session unchanged, and the stream goes on exactly as if the bad call had never happened."""
+
 import numpy as np
 import pytest
 
 import vosrt.sdk
 from vosrt.sdk import UserError
 from vosrt.sdk.synthetic import generate_sequence
+from vosrt.sdk.tracker import Tracker
+
+from interrupts import ctrl_c_at
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +109,35 @@ def test_a_backend_failure_mid_step_leaves_the_tracker_unchanged(stcn_package, s
         assert tracker.backend.run.failed
 
     assert np.array_equal(_labels_with_a_bad_call_at(stcn_package, sequence, bad_index, bad), clean_labels)
+
+
+def test_ctrl_c_right_after_a_step_s_memory_write_leaves_the_tracker_unchanged(stcn_package, sequence, clean_labels):
+    # The frame stayed in the memory bank while the frame index and counters stayed behind: pushed again, the
+    # same frame went into memory twice and every later frame read a different memory.
+    def bad(tracker, t):
+        with pytest.raises(KeyboardInterrupt), ctrl_c_at(Tracker._commit, "self.objects =") as fired:
+            tracker.step(sequence.frames[t])
+        assert fired
+
+    assert np.array_equal(_labels_with_a_bad_call_at(stcn_package, sequence, 4, bad), clean_labels)
+
+
+def test_ctrl_c_right_after_remove_objects_moved_the_values_leaves_the_objects_as_they_were(stcn_package, sequence):
+    # The bank kept only the remaining object's values while the tracker still listed both: the removal tried
+    # again then moved the wrong rows, and object 2 was tracked from object-less values.
+    def run(interrupt: bool):
+        tracker = _tracker(stcn_package)
+        out = [tracker.step(frame, sequence.labels[0] if t == 0 else None) for t, frame in enumerate(sequence.frames[:5])]
+        if interrupt:
+            with pytest.raises(KeyboardInterrupt), ctrl_c_at(Tracker.remove_objects.__wrapped__, "self.objects =") as fired:
+                tracker.remove_objects([1])
+            assert fired
+            assert tracker.objects == [1, 2] and tracker.memory.num_objects == 2
+        tracker.remove_objects([1])
+        assert tracker.objects == [2] and tracker.memory.num_objects == 1
+        return np.stack(out + [tracker.step(frame) for frame in sequence.frames[5:]])
+
+    assert np.array_equal(run(True), run(False))
 
 
 def test_a_failure_while_adding_an_object_mid_stream_keeps_the_old_objects(stcn_package, sequence):

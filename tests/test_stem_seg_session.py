@@ -9,6 +9,7 @@ import vosrt.sdk
 from vosrt.sdk import UserError
 from vosrt.sdk.instance_segmenter import InstanceSegmenter, nearest_resize
 
+from interrupts import ctrl_c_at
 from sdk_packages import colour_embedding_package, tiny_package
 
 L = 8
@@ -126,7 +127,7 @@ def test_bad_input_raises_user_error_and_the_stream_continues(colour_packages):
     assert [d.index for d in out] == list(range(10))
 
 
-@pytest.mark.parametrize("where", ["backend", "after linking"])
+@pytest.mark.parametrize("where", ["backend", "after linking", "at the clip's last line"])
 def test_a_failure_in_a_clip_leaves_the_tracks_unchanged(colour_packages, where):
     # "after linking": a Ctrl-C just after the linker gave the clip its tracks left the linker advanced, so
     # the clip, run again, was linked to itself (the shared frames' own tracks): the blue square, new in that
@@ -144,10 +145,16 @@ def test_a_failure_in_a_clip_leaves_the_tracks_unchanged(colour_packages, where)
                     raise RuntimeError("injected failure")
                 real(*args)
                 raise KeyboardInterrupt("injected failure")
-            setattr(obj, name, fail)
-            with pytest.raises((RuntimeError, KeyboardInterrupt), match="injected"):
-                segmenter.push(frame)
-            setattr(obj, name, real)
+            if where == "at the clip's last line":   # Ctrl-C between the clip's pending frames and its stop
+                with pytest.raises(KeyboardInterrupt), ctrl_c_at(InstanceSegmenter.process_clip,
+                                                                  "self._clip_stop = last + 1") as fired:
+                    segmenter.push(frame)
+                assert fired
+            else:
+                setattr(obj, name, fail)
+                with pytest.raises((RuntimeError, KeyboardInterrupt), match="injected"):
+                    segmenter.push(frame)
+                setattr(obj, name, real)
             assert segmenter.frames_in == 11
         out += segmenter.push(frame)
     out += segmenter.flush()

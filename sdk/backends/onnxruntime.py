@@ -354,6 +354,18 @@ def _choose_forms(package, form: str, device: str) -> dict[str, str]:
                             f"plugin,portable`")
         if form == "portable" or (form == "auto" and device != "cpu") or not with_ops:
             return forms
+        top_k = package.streaming.get("top_k")
+        if top_k is not None and int(top_k) > cpu_ops.MAX_TOP_K:
+            # A package exported before vosrt export refused it: the plugin form's L2MemoryReadout holds a top_k the
+            # CPU operators (and the TensorRT plugin) cannot read, which failed mid-stream once the memory held more
+            # entries. The portable form's TopK reads any.
+            why = (f"the plugin form of {package.path} reads with top_k {top_k} (streaming.top_k), beyond the "
+                   f"{cpu_ops.MAX_TOP_K} its L2MemoryReadout takes")
+            if form == "plugin" or only_plugin:
+                raise UserError(f"{why}; run the portable form (form='portable'), or export the package again with "
+                                f"--top-k {cpu_ops.MAX_TOP_K} or less (or 0: every entry)")
+            print(f"vosrt: {why}; running the portable form", file=sys.stderr)
+            return forms
         ops = cpu_ops.load_cpu_ops()
         cpu_ops.register_onnxruntime_ops(ops)
     except (ImportError, OSError, RuntimeError) as err:  # CpuOpsUnavailable is a RuntimeError

@@ -70,6 +70,7 @@ class TorchBackend(Backend):
         if family_of_model(model) != package.family:
             raise UserError(f"{self.checkpoint}: a {model.config.get('model')} model ({family_of_model(model)}), "
                             f"but the package {package.path} is {package.family}")
+        self._check_same_network(package, model)
         model = model.to(device).eval()
         self.specs = graphs_for(model, top_k=int(package.streaming.get("top_k", 20)))
         missing = set(package.graphs) - set(self.specs)
@@ -86,6 +87,16 @@ class TorchBackend(Backend):
                     name: tuple(spec.dynamic_axes.get(name, {}).get(axis, int(size))
                                 for axis, size in enumerate(tensor.shape))
                     for name, tensor in zip(spec.input_names, example)}
+
+    def _check_same_network(self, package, model) -> None:
+        """UserError unless ``model`` is the network of ``package``'s graphs: the same variant and widths. One of
+        another variant (a published full-size checkpoint beside a ``-lite`` package) ran without a word, so
+        ``vosrt bench --compare torch`` printed the ratio of two different networks."""
+        held = package.other_network(model, (getattr(model, "config", None) or {}).get("model"))
+        if held:
+            recorded = f" (the manifest records {package.checkpoint})" if package.checkpoint else ""
+            raise UserError(f"torch backend: {self.checkpoint} holds {held}; pass the checkpoint the package was "
+                            f"exported from{recorded} (checkpoint=PATH; command line: --checkpoint PATH)")
 
     @classmethod
     def check_options(cls, package, checkpoint=None, device: str = "auto", threads: int | None = None, model=None,
@@ -174,7 +185,14 @@ class TorchBackend(Backend):
 
     def zeros(self, shape: Sequence[int], dtype: type = np.float32) -> Tensor:
         torch_dtype = {np.float32: torch.float32, np.uint8: torch.uint8, np.int64: torch.int64}[np.dtype(dtype).type]
-        return torch.zeros(tuple(int(s) for s in shape), dtype=torch_dtype, device=self._torch_device)
+        try:
+            return torch.zeros(tuple(int(s) for s in shape), dtype=torch_dtype, device=self._torch_device)
+        except RuntimeError as err:
+            # torch.OutOfMemoryError (CUDA) and the CPU allocator's RuntimeError are MemoryError to the callers, as
+            # numpy's is: the memory bank then names memory_capacity (it showed torch's allocator message instead)
+            if isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err):
+                raise MemoryError(str(err).strip().splitlines()[0]) from None
+            raise
 
     def write(self, dst: Tensor, axis: int, start: int, src: Tensor) -> None:
         src = self._tensor(src)

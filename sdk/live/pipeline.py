@@ -70,6 +70,11 @@ def _objects_with_colours(objects: dict[int, int]) -> list[dict]:
             for i, colour in zip(ids, colours)]
 
 
+def _save_dir_error(problem: str) -> UserError:
+    """The error of a snapshot or recording that cannot be written to ``--save-dir`` (shown on the page)."""
+    return UserError(f"--save-dir: {problem}; restart vosrt live with a --save-dir it can write")
+
+
 class _Recording:
     """An overlay video (:class:`OverlayVideoSink`) at the rate frames are *processed*: when the source
     drops frames, its own rate would play the recording too fast, so the first ``warmup`` frames are held
@@ -245,8 +250,7 @@ class LivePipeline:
                 raise OSError(f"OpenCV could not write {folder / f'{stem}.png'}")
             write_label_png(folder / f"{stem}-mask.png", labels)
         except OSError as err:
-            raise UserError(f"--save-dir: cannot save the snapshot in {folder}: {err.strerror or err}; restart "
-                            f"vosrt live with a --save-dir it can write") from None
+            raise _save_dir_error(f"cannot save the snapshot in {folder}: {err.strerror or err}") from None
         self.message = f"saved {stem}.png and {stem}-mask.png (frame {index})"
         return [f"{stem}.png", f"{stem}-mask.png"]
 
@@ -263,8 +267,7 @@ class LivePipeline:
             try:
                 self._recording = self._new_recording(path)
             except UserError as err:   # the video sink names --video, which this recording did not come from
-                raise UserError(f"--save-dir: {str(err).removeprefix('--video: ')}; restart vosrt live with a "
-                                f"--save-dir it can write") from None
+                raise _save_dir_error(str(err).removeprefix("--video: ")) from None
             self.recorded.append(path)
         self.message = f"recording to {path.name}"
         return path.name
@@ -289,8 +292,7 @@ class LivePipeline:
         try:
             self.save_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise UserError(f"--save-dir: cannot make folder {self.save_dir}: {err.strerror or err}; restart vosrt "
-                            f"live with a --save-dir it can write") from None
+            raise _save_dir_error(f"cannot make folder {self.save_dir}: {err.strerror or err}") from None
         return self.save_dir
 
     def _new_recording(self, path) -> _Recording:
