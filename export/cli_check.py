@@ -61,8 +61,9 @@ def _refuse_int8_without_tolerance(args: argparse.Namespace) -> None:
     fp32 = f"`vosrt check {shlex.quote(str(source))}`" if source else "vosrt check on the fp32 package it came from"
     raise UserError(f"{path} is an INT8 package (vosrt quantize): its outputs differ from the PyTorch model by "
                     f"quantisation, beyond check's fp32 tolerance {TOLERANCE}. Check the fp32 package ({fp32}), and "
-                    f"measure this one's accuracy where it matters, on tracking: `vosrt demo --heldout 16 --package "
-                    f"{shlex.quote(str(path))}` (J&F, to set against the fp32 package's); or compare it anyway with "
+                    f"measure this one's accuracy where it matters, on segmenting video: `vosrt demo --family {package.family} "
+                    f"--heldout 16 --package {shlex.quote(str(path))}` (J&F, to set against the fp32 package's); "
+                    f"or compare it anyway with "
                     f"a tolerance of your own: `vosrt check {shlex.quote(str(args.package))} --tolerance 0.5`")
 
 

@@ -39,8 +39,7 @@ def run(args) -> int:
     if args.frames < 1:
         raise UserError(f"--frames must be >= 1, got {args.frames}")
     package = load_package(args.package)
-    with _as_calibrate():
-        source = open_source(args.calibrate)
+    source = open_source(args.calibrate, flag="--calibrate")
     try:
         first_mask = None
         if families.get(package.family).takes_mask:
@@ -54,11 +53,10 @@ def run(args) -> int:
         elif args.mask:
             raise UserError(f"--mask: {package.family} packages segment without a mask; drop --mask")
         frames = []
-        with _as_calibrate():
-            for frame in source:
-                frames.append(frame)
-                if len(frames) >= args.frames:
-                    break
+        for frame in source:
+            frames.append(frame)
+            if len(frames) >= args.frames:
+                break
     finally:
         source.close()
     start = time.perf_counter()
@@ -67,18 +65,6 @@ def run(args) -> int:
                                progress=lambda text: print(f"vosrt quantize: {text}", file=sys.stderr, flush=True))
     print(f"wrote {out} (INT8, {len(frames)} calibration frames, {time.perf_counter() - start:.0f} s)")
     return 0
-
-
-@contextlib.contextmanager
-def _as_calibrate():
-    """The video reader's errors name the flag of `vosrt run` (``--source: ...``); this command's is --calibrate."""
-    try:
-        yield
-    except UserError as err:
-        text = str(err)
-        if text.startswith("--source:"):
-            raise UserError("--calibrate:" + text[len("--source:"):]) from None
-        raise
 
 
 class _PreprocessingAdvice(logging.Filter):

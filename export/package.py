@@ -78,6 +78,26 @@ def check_streaming(family, streaming: dict | None) -> dict:
     return streaming
 
 
+def _check_top_k_fits_forms(streaming: dict, forms: list[str]) -> None:
+    """UserError for a top_k the exported forms cannot read with: the plugin form's L2MemoryReadout (the TensorRT
+    plugin and vosrt's CPU operators) reads at most MAX_TOP_K entries per query, or all of them (0); a larger
+    top_k was exported and checked (on a memory smaller than it) and then failed at run time once the memory
+    held more entries, and TensorRT refuses the node. The portable form's TopK takes any int64."""
+    from vosrt.sdk.cpu_ops import MAX_TOP_K
+
+    top_k = streaming.get("top_k")
+    if top_k is None:
+        return
+    if top_k >= 2**63:
+        raise UserError(f"top_k (--top-k) {top_k}: too large for the graphs' int64; give at most {MAX_TOP_K}, "
+                        f"or 0 to read all memory entries")
+    if "plugin" in forms and top_k > MAX_TOP_K:
+        raise UserError(f"top_k (--top-k) {top_k}: the plugin form's L2MemoryReadout (the TensorRT plugin and "
+                        f"vosrt's CPU operators) reads at most {MAX_TOP_K} memory entries per query, or all of them "
+                        f"with top_k 0; give --top-k {MAX_TOP_K} or less, --top-k 0 to read all, or export the "
+                        f"portable form alone (--forms portable), whose TopK takes any top_k")
+
+
 def _prepare_out_dir(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -102,11 +122,23 @@ def resolve_model(name: str, checkpoint: str | Path | None, random_weights: bool
         torch.manual_seed(0)
         model = build_model(name).eval()
         return model, dict(model.config)
-    model, config = load_checkpoint(checkpoint, family=family.name)
+    try:   # read once (a published checkpoint is hundreds of MB); the family is checked below, with a hint
+        model, config = load_checkpoint(checkpoint)
+    except UserError as err:   # the file given: the error names the flag and what to pass
+        raise UserError(f"--checkpoint: {err}; pass a checkpoint of a {name} model (vosrt train's RUN/last.pth, "
+                        f"or a published .pth of the {family.name} family)") from None
+    held = config.get("model")
+    if held is not None and families.of_model(held).name != family.name:
+        raise UserError(f"--checkpoint {checkpoint} holds a '{families.of_model(held).name}' model ({held}), but MODEL "
+                        f"'{name}' was asked for; pass a checkpoint of a {name} model, or export this one with MODEL "
+                        f"{held} (`vosrt export {held} --checkpoint {checkpoint} --out DIR --size H W`)")
     variant = config.get("model")
     if name != family.name and variant != name:
-        raise UserError(f"{checkpoint} holds a '{variant}' model, but '{name}' was asked for; "
-                        f"run `vosrt export {variant} ...` (or `vosrt export {family.name} ...`)")
+        # (the hint named `vosrt export stcn ...` twice for a full STCN checkpoint, and never the flags to keep)
+        as_family = f" or {family.name}" if family.name != variant else ""
+        raise UserError(f"--checkpoint {checkpoint} holds a '{variant}' model, but MODEL '{name}' was asked for; "
+                        f"give MODEL {variant}{as_family} with the same --checkpoint, --out and --size "
+                        f"(`vosrt export {variant} --checkpoint {checkpoint} --out DIR --size H W`)")
     return model.eval(), config
 
 
@@ -143,6 +175,24 @@ def _finish_model(model: onnx.ModelProto, form: str, defaults: dict[str, torch.T
 
 
 @contextlib.contextmanager
+def _interrupts_pass_through():
+    """Re-raise a Ctrl-C (or vosrt's SIGTERM/SIGHUP stop, a KeyboardInterrupt) that the exporter turned into an
+    error of its own: one that lands inside torch's tracing can make a ``finally`` there fail, and torch.onnx
+    wraps that failure into a ConversionError ("Create an issue in the PyTorch GitHub repository"), which
+    `vosrt export` printed as a page of traceback with exit code 1 instead of 'interrupted'."""
+    try:
+        yield
+    except Exception as err:
+        seen, cause = set(), err
+        while cause is not None and id(cause) not in seen:
+            if isinstance(cause, KeyboardInterrupt):
+                raise cause from None
+            seen.add(id(cause))
+            cause = cause.__cause__ or cause.__context__
+        raise
+
+
+@contextlib.contextmanager
 def _quiet_exporter():
     # The exporter logs and warns about things that do not concern a vosrt user (optional torchvision
     # ops, deprecations inside torch); real failures still raise.
@@ -165,7 +215,7 @@ def export_graph(spec: graph_modules.GraphSpec, graph: str, height: int, width: 
     forms = list(forms)
     example = spec.example(height, width, generator=torch.Generator().manual_seed(0))
     extra = _portable_inputs(spec, {"top_k": top_k, **(streaming or {})})
-    with graph_modules.custom_ops(), torch.no_grad(), _quiet_exporter():
+    with _interrupts_pass_through(), graph_modules.custom_ops(), torch.no_grad(), _quiet_exporter():
         # A guard the tracer cannot prove over a dynamic axis's range becomes a run-time check instead of a
         # failed export: torch 2.11 cannot prove min(N, 128*N) == N (from reshaping mem_value [O, Cv, N])
         # and refused every STCN export ("Constraints violated (memory)"); 2.13 proves it.
@@ -183,7 +233,7 @@ def export_graph(spec: graph_modules.GraphSpec, graph: str, height: int, width: 
         # The plugin form carries top_k as the node attribute only, so its top_k input stays unused
         # and the exporter drops it.
         if translated is None or custom:
-            with _quiet_exporter():
+            with _interrupts_pass_through(), _quiet_exporter():
                 onnx_program = torch.onnx.export(
                     program, (), dynamo=True, opset_version=onnx_ops.OPSET,
                     input_names=spec.input_names + list(extra), output_names=spec.output_names,
@@ -276,7 +326,8 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
     forms = [forms] if isinstance(forms, str) else list(forms)
     unknown = [f for f in forms if f not in FORMS]
     if unknown or not forms:
-        raise UserError(f"forms must be some of {', '.join(FORMS)}, got {', '.join(forms) or 'none'}")
+        raise UserError(f"forms (--forms): expected some of {', '.join(FORMS)} (comma-separated), got "
+                        f"{', '.join(forms) or 'none'}")
     family = families.of_model(name)
     default_h, default_w = family.default_resolution
     # Only None takes the default: a size of 0 is an error like any other size that is not a multiple.
@@ -284,9 +335,12 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
     width = int(default_w if width is None else width)
     check_size(height, width, 16)
     streaming = check_streaming(family, streaming)
+    _check_top_k_fits_forms(streaming, forms)
     out_dir = Path(out_dir)
     if checkpoint is not None and not Path(checkpoint).is_file():
-        raise UserError(f"checkpoint not found: {checkpoint}")
+        what = "is a folder, not a checkpoint file" if Path(checkpoint).is_dir() else "not found"
+        raise UserError(f"checkpoint {what}: {checkpoint} (--checkpoint); pass the .pth file (vosrt train's "
+                        f"RUN/last.pth, or a published checkpoint)")
     created = not out_dir.exists()
     _prepare_out_dir(out_dir)
     try:
@@ -402,19 +456,22 @@ def _package_model(package, checkpoint: str | Path | None):
         raise UserError(f"{package.path}: the manifest records checkpoint {ck} (source.checkpoint, the one it was "
                         f"exported from), which is not there (moved or deleted?); pass it where it is now "
                         f"(`vosrt check {package.path} --checkpoint PATH`)")
-    model, config = load_checkpoint(ck, family=package.family)
-    # The graphs were exported from the manifest's model: a checkpoint of another variant or other widths
-    # gives tensors of other shapes, which is no parity result but a wrong file.
     hint = f"pass the checkpoint {package.path} was exported from with --checkpoint" + (
         f" (the manifest records {package.checkpoint})" if package.checkpoint else "")
-    variant = config.get("model")
-    if package.manifest.get("variant") and variant != package.variant:
-        raise UserError(f"{ck} holds a '{variant}' model, but {package.path} is a '{package.variant}' package; {hint}")
-    dims = {k: int(v) for k, v in (getattr(model, "dims", None) or {}).items()}
-    differing = sorted(k for k in package.dims if k in dims and dims[k] != package.dims[k])
-    if differing:
-        shown = ", ".join(f"{k} {dims[k]} (package: {package.dims[k]})" for k in differing)
-        raise UserError(f"{ck} holds a model of other widths than {package.path}: {shown}; {hint}")
+    if checkpoint:   # the file given: errors name the flag and what to pass instead
+        if not ck.is_file():
+            raise UserError(f"--checkpoint {ck}: no such file; {hint}")
+        try:
+            model, config = load_checkpoint(ck, family=package.family)
+        except UserError as err:
+            raise UserError(f"--checkpoint: {err}; {hint}") from None
+    else:
+        model, config = load_checkpoint(ck, family=package.family)
+    # The graphs were exported from the manifest's model: a checkpoint of another variant or other widths
+    # gives tensors of other shapes, which is no parity result but a wrong file.
+    held = package.other_network(model, config.get("model"))
+    if held:
+        raise UserError(f"{ck} holds {held}; {hint}")
     return model.eval(), config
 
 
@@ -428,6 +485,7 @@ def check_package(pkg: str | Path, checkpoint: str | Path | None = None, seed: i
     (uint8 label maps report the fraction of differing pixels; arg-max flips only where two
     probabilities tie to rounding)."""
     package = load_package(pkg)
+    _refuse_missing_graph_files(package)
     model, _ = _package_model(package, checkpoint)
     stream = package.streaming
     specs = graph_modules.graphs_for(model, top_k=stream.get("top_k", graph_modules.DEFAULT_TOP_K))
@@ -465,6 +523,19 @@ def check_package(pkg: str | Path, checkpoint: str | Path | None = None, seed: i
                 _say(progress, f"check {key}: " + ", ".join(
                     f"{name} " + " ".join(f"{k}={v:.2e}" for k, v in r.items()) for name, r in report[key].items()))
     return report
+
+
+def _refuse_missing_graph_files(package) -> None:
+    """UserError naming the graph files the manifest lists that are not in the package: loading skips a form
+    whose file is gone (a session runs the other), so the check would compare what is left and pass a package
+    whose plugin form, the one ONNX Runtime runs on the CPU and TensorRT builds from, was lost."""
+    missing = [package.path / name for graph, forms in package.manifest["graphs"].items()
+               if graph in package.graphs and isinstance(forms, dict)
+               for form, name in forms.items() if form not in package.graphs[graph]]
+    if missing:
+        raise UserError(f"{package.path}: the manifest lists {', '.join(map(str, missing))}, which "
+                        f"{'is' if len(missing) == 1 else 'are'} not there (deleted, or left out of a copy?); copy "
+                        f"the package again, or re-export it with vosrt export")
 
 
 def _check_plugin_top_k(package) -> None:

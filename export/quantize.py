@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import shlex
 import shutil
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
@@ -31,6 +33,7 @@ import onnx
 from vosrt.sdk.backends.base import Backend, DelegatingBackend
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.package import write_manifest
+from vosrt.sdk.progress import Progress
 
 # Calibration samples kept per graph (the first ones seen): enough for min/max ranges.
 MAX_SAMPLES = 48
@@ -50,21 +53,28 @@ class RecordingBackend(DelegatingBackend):
 
 
 def record_calibration(package, frames: list[np.ndarray], first_mask: np.ndarray | None,
-                       color: str = "bgr") -> dict[str, list[dict[str, np.ndarray]]]:
+                       color: str = "bgr", progress=None) -> dict[str, list[dict[str, np.ndarray]]]:
     """Stream ``frames`` through ``package`` (portable form, ONNX Runtime) and return each graph's feeds.
 
-    ``first_mask`` starts the tracking of semi-supervised families (given with the first frame)."""
+    ``first_mask`` starts the tracking of semi-supervised families (given with the first frame). ``progress``: a
+    :class:`vosrt.sdk.progress.Progress`, updated per frame and closed at the end."""
     from vosrt.sdk import open_session
     from vosrt.sdk.backends.onnxruntime import OnnxRuntimeBackend
 
     backend = RecordingBackend(OnnxRuntimeBackend(package, form="portable", device="cpu"))
     session = open_session(backend, package, color=color)
-    for index, frame in enumerate(frames):
-        if index == 0 and session.takes_mask:
-            session.push(frame, mask=first_mask)
-        else:
-            session.push(frame)
-    session.flush()
+    try:
+        for index, frame in enumerate(frames):
+            if index == 0 and session.takes_mask:
+                session.push(frame, mask=first_mask)
+            else:
+                session.push(frame)
+            if progress is not None:
+                progress.update()
+        session.flush()
+    finally:
+        if progress is not None:
+            progress.close()
     return dict(backend.samples)
 
 
@@ -130,10 +140,20 @@ def quantize_graph(src: Path, dst: Path, samples: list[dict[str, np.ndarray]] | 
     return report
 
 
+def _read_graph(path, load_external_data: bool = True) -> onnx.ModelProto:
+    """The ONNX model at ``path``; UserError naming the file when it cannot be read (cut short, not ONNX)."""
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except Exception as err:   # protobuf's DecodeError, OSError, onnx's errors for missing external data
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"{path}: cannot read this ONNX graph file ({type(err).__name__}: {reason}); it is damaged "
+                        f"or not ONNX: re-export the package with `vosrt export`, or copy the file again") from None
+
+
 def _load_named(path, load_external_data: bool = True) -> onnx.ModelProto:
     """The ONNX model at ``path`` with every node named: the exporter leaves some unnamed, and the
     quantizer's exclusion list needs names."""
-    model = onnx.load(str(path), load_external_data=load_external_data)
+    model = _read_graph(path, load_external_data)
     for index, node in enumerate(model.graph.node):
         if not node.name:
             node.name = f"{node.op_type}_{index}"
@@ -158,7 +178,7 @@ def _uncalibrated_conv_tensors(graph: Path, calibration_table: Path) -> list[str
     from onnxruntime.quantization.calibrate import load_tensors_data
 
     table = load_tensors_data(calibration_table)
-    model = onnx.load(str(graph), load_external_data=False)
+    model = _read_graph(graph, load_external_data=False)
     constants = {i.name for i in model.graph.initializer}
     tensors = {name for node in model.graph.node if node.op_type == "Conv"
                for name in (node.input[0], *node.output) if name and name not in constants}
@@ -168,7 +188,9 @@ def _uncalibrated_conv_tensors(graph: Path, calibration_table: Path) -> list[str
 def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | None, out_dir: str | Path,
                      source_name: str = "", color: str = "bgr",
                      progress: Callable[[str], None] | None = None) -> Path:
-    """INT8 copy of package ``src`` (a loaded Package) in ``out_dir``, calibrated on ``frames``."""
+    """INT8 copy of package ``src`` (a loaded Package) in ``out_dir``, calibrated on ``frames``. The files are
+    written aside and moved into ``out_dir`` at the end, the manifest last: a run that fails or is interrupted
+    leaves an earlier package there as it was, and removes the folder when it created it."""
     out_dir = Path(out_dir)
     if out_dir.resolve() == Path(src.path).resolve():
         raise UserError(f"--out {out_dir} is the source package; choose another folder")
@@ -190,12 +212,16 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
             model = _load_named(forms["portable"], load_external_data=False)
             kept = set(_fp32_convs(model))
             planar += sum(n.op_type == "Conv" and n.name not in kept for n in model.graph.node)
+        if "plugin" in forms:   # read after calibrating and quantizing the portable forms: said now, not then
+            _read_graph(forms["plugin"], load_external_data=False)
     if planar == 0:
         raise UserError(f"{src.path} has only 3D convolutions, and ONNX Runtime's INT8 3D convolution runs slower "
                         "on the CPU than its fp32 one: an INT8 copy would be slower, so none is written; keep the "
                         "fp32 package")
     say(f"calibrating on {len(frames)} frames")
-    samples = record_calibration(src, frames, first_mask, color)
+    # streamed as `vosrt run` streams them: minutes for a full-size model, so a bar shows how far it is
+    bar = Progress(len(frames), "frame", enabled=progress is not None, desc="calibrating")
+    samples = record_calibration(src, frames, first_mask, color, progress=bar)
     # Every graph must have run before any is quantized: a graph found idle halfway would leave the others'
     # INT8 files behind in out_dir with no manifest.
     idle = [graph for graph in src.graphs if not samples.get(graph)]
@@ -205,24 +231,48 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
         why = ("the tracker segments from the second frame on (the first one carries the mask): calibrate on "
                "2 or more frames" if families.get(src.family).takes_mask else "too few frames for a clip?")
         raise UserError(f"the {len(frames)} calibration frame(s) never ran graph(s) {', '.join(idle)}: {why}")
+    created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".vosrt-quantize-", dir=out_dir))
     except OSError as err:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
         raise UserError(f"--out {out_dir}: cannot create the folder ({err.strerror or err}); choose a writable "
                         "--out folder") from None
-    # An earlier package in out_dir stops being one now: its graphs are about to be overwritten one by one,
-    # and a run that fails halfway must not leave old and new graphs under the old manifest.
-    (out_dir / "manifest.json").unlink(missing_ok=True)
+    try:
+        files, manifest = _write_int8_files(src, samples, {"source": source_name, "frames": len(frames)}, work, say)
+        # Everything is written aside (in ``work``) and moved into place at the end, the manifest last: a run that
+        # fails or is interrupted leaves an earlier package in out_dir as it was, and no folder it created.
+        (out_dir / "manifest.json").unlink(missing_ok=True)   # never the old manifest over new graphs
+        for name in files:
+            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(work / name, out_dir / name)
+        write_manifest(out_dir, manifest)
+    except BaseException:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out_dir
+
+
+def _write_int8_files(src, samples: dict, calibration: dict, work: Path,
+                      say: Callable[[str], None]) -> tuple[list[str], dict]:
+    """Quantize every graph of ``src`` into the folder ``work`` and copy the files the INT8 package keeps
+    beside them; returns (the files written, relative to ``work``; the new manifest, recording ``calibration``)."""
     manifest = json.loads((Path(src.path) / "manifest.json").read_text())
-    report = {}
+    report, files = {}, []
     for graph, forms in src.graphs.items():
         if "portable" not in forms:
             raise UserError(f"{src.path}: graph '{graph}' has no portable form to quantize")
+    for graph, forms in src.graphs.items():
         name = f"{graph}.int8.onnx"
-        table = out_dir / f"{graph}.calibration.json"
-        table.unlink(missing_ok=True)  # never reuse a table of an earlier run
+        table = work / f"{graph}.calibration.json"
         say(f"quantizing {graph} ({len(samples[graph])} calibration inputs)")
-        report[graph] = quantize_graph(forms["portable"], out_dir / name, samples[graph], table)
+        report[graph] = quantize_graph(forms["portable"], work / name, samples[graph], table)
+        files.append(name)
         manifest["graphs"][graph] = {"portable": name}
         if "plugin" in forms and filecmp.cmp(forms["plugin"], forms["portable"], shallow=False):
             manifest["graphs"][graph]["plugin"] = name  # no custom operator in it: the same graph
@@ -234,7 +284,8 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
             else:
                 plugin_name = f"{graph}.int8.plugin.onnx"
                 say(f"quantizing {graph}, plugin form (ranges of the portable form)")
-                quantize_graph(forms["plugin"], out_dir / plugin_name, None, table)
+                quantize_graph(forms["plugin"], work / plugin_name, None, table)
+                files.append(plugin_name)
                 manifest["graphs"][graph]["plugin"] = plugin_name
                 report[graph]["plugin_form"] = True
         table.unlink()
@@ -246,13 +297,13 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
         extras.add(str(src.checkpoint.resolve().relative_to(source_dir)))
     for extra in sorted(extras):
         if (source_dir / extra).is_file():
-            (out_dir / extra).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source_dir / extra, out_dir / extra)
+            (work / extra).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source_dir / extra, work / extra)
+            files.append(extra)
     manifest.pop("engines", None)
     manifest["quantization"] = {"method": "onnxruntime static QDQ, int8 per-channel weights, uint8 activations",
-                                "calibration": {"source": source_name, "frames": len(frames)},
+                                "calibration": calibration,
                                 "source_package": str(Path(src.path).resolve()),
                                 "quantized_ops": ["Conv"], "fp32": "custom operators (readout, D2Conv3D)",
                                 "graphs": report}
-    write_manifest(out_dir, manifest)
-    return out_dir
+    return files, manifest

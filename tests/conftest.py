@@ -86,7 +86,7 @@ def _limit_threads():
 
 @pytest.fixture(scope="session")
 def stcn_package():
-    """A tiny random-weight stcn package (both forms), exported once per session (tests/sdk_packages.py)."""
+    """A tiny random-weight stcn package (portable form), exported once per session (tests/sdk_packages.py)."""
     from sdk_packages import tiny_package
     return tiny_package("stcn")
 

@@ -19,7 +19,7 @@ import torch
 
 from vosrt.export import onnx_ops
 from vosrt.export.package import check_package, export_graph, export_package, resolve_model
-from vosrt.sdk.package import file_sha256
+from vosrt.sdk.package import file_sha256, load_package
 from vosrt.sdk.errors import UserError
 from vosrt.training import graphs
 from vosrt.training.models import build_model, save_checkpoint
@@ -395,8 +395,10 @@ def test_published_stcn_state_dict_is_accepted_as_checkpoint(tmp_path, stcn_full
     model, config = resolve_model("stcn", tmp_path / "stcn.pth")
     assert config["model"] == "stcn"
     assert torch.equal(model.state_dict()["decoder.pred.weight"], published["decoder.pred.weight"])
-    with pytest.raises(UserError, match="holds a 'stcn' model, but 'stcn-lite' was asked for"):
+    with pytest.raises(UserError, match="holds a 'stcn' model, but MODEL 'stcn-lite' was asked for; give MODEL "
+                                         "stcn with the same --checkpoint") as refused:
         resolve_model("stcn-lite", tmp_path / "stcn.pth")
+    assert str(refused.value).count("vosrt export") == 1   # it named `vosrt export stcn ...` twice
 
 
 # --------------------------------------------------------------------------------------------- errors
@@ -419,9 +421,37 @@ def test_checkpoint_of_the_other_family_is_an_error(tmp_path, lite_checkpoint):
         export_package("3dc-seg-lite", lite_checkpoint, tmp_path / "out", 64, 96)
 
 
+def test_vosrt_export_of_a_checkpoint_of_another_family_names_the_flag_and_the_model_it_holds(tmp_path, capsys,
+                                                                                             lite_checkpoint):
+    # it said "X holds a 'stcn' model (stcn-lite), but a '3dc-seg' model was asked for": no flag, nothing to do
+    from vosrt.cli import main
+
+    out = tmp_path / "out"
+    assert main(["export", "3dc-seg-lite", "--checkpoint", str(lite_checkpoint), "--out", str(out),
+                 "--size", "32", "32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --checkpoint {lite_checkpoint} holds a 'stcn' model (stcn-lite), but MODEL "
+                          f"'3dc-seg-lite' was asked for; pass a checkpoint of a 3dc-seg-lite model"), err
+    assert f"`vosrt export stcn-lite --checkpoint {lite_checkpoint} --out DIR --size H W`" in err
+    assert main(["export", "3dc-seg-lite", "--checkpoint", str(tmp_path / "weights.txt"), "--out", str(out)]) == 2
+    capsys.readouterr()
+    (tmp_path / "weights.txt").write_text("not weights")
+    assert main(["export", "3dc-seg-lite", "--checkpoint", str(tmp_path / "weights.txt"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --checkpoint: ") and "pass a checkpoint of a 3dc-seg-lite model" in err, err
+    assert not out.exists()
+
+
 def test_missing_checkpoint_file_is_an_error(tmp_path):
-    with pytest.raises(UserError, match="checkpoint not found"):
+    with pytest.raises(UserError, match=r"checkpoint not found: .*nope\.pth \(--checkpoint\); pass the \.pth file"):
         export_package("stcn", tmp_path / "nope.pth", tmp_path / "out", 64, 96)
+    # a folder said "not found" of a folder that is there
+    with pytest.raises(UserError, match=r"checkpoint is a folder, not a checkpoint file: .* \(--checkpoint\)"):
+        export_package("stcn", tmp_path, tmp_path / "out", 64, 96)
+    # --forms was named "forms", not as the flag
+    with pytest.raises(UserError, match=r"^forms \(--forms\): expected some of portable, plugin \(comma-separated\), "
+                                        r"got foo"):
+        export_package("stcn", tmp_path / "nope.pth", tmp_path / "out", 64, 96, forms=["foo"])
 
 
 def test_size_not_divisible_by_16_is_an_error_naming_the_nearest_sizes(tmp_path):
@@ -456,6 +486,23 @@ def test_vosrt_export_refuses_a_negative_or_inapplicable_top_k(tmp_path, capsys)
     assert "--top-k: expected 0 (read all memory entries) or a positive number, got -5" in capsys.readouterr().err
     assert main(["export", "3dc-seg-lite", "--top-k", "5", *args]) == 2
     assert "3dc-seg packages have none: drop --top-k" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_vosrt_export_refuses_a_top_k_the_plugin_form_cannot_read_with(tmp_path, capsys):
+    # The plugin form's readout (TensorRT plugin, vosrt's CPU operators) takes top_k <= 64 or 0: --top-k 100 was
+    # exported and 'check passed' (its memory held fewer entries), then `vosrt run` / `bench` failed with a
+    # traceback once the memory held more than 100 entries, and TensorRT refuses the node.
+    from vosrt.cli import main
+    from vosrt.sdk.cpu_ops import MAX_TOP_K
+
+    args = ["--random-weights", "--out", str(tmp_path / "out"), "--size", "32", "32"]
+    assert main(["export", "stcn-lite", "--top-k", str(MAX_TOP_K + 1), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"top_k (--top-k) {MAX_TOP_K + 1}: the plugin form's L2MemoryReadout" in err
+    assert f"--top-k {MAX_TOP_K} or less" in err and "--forms portable" in err
+    assert main(["export", "stcn-lite", "--top-k", str(2**64), "--forms", "portable", *args]) == 2
+    assert "too large for the graphs' int64" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -531,6 +578,43 @@ def test_an_export_that_stops_midway_into_an_existing_package_leaves_it_and_plan
     assert victim.read_text() == "not yours"
     after = {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "encode_key.plugin.onnx"}
     assert after == before                          # the old package, byte for byte, and no temporary files
+
+
+def test_ctrl_c_that_the_exporter_turns_into_its_own_error_ends_vosrt_export_as_interrupted(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """A Ctrl-C landing inside torch's tracing made a `finally` there fail (UnboundLocalError in torch 2.13's
+    functional tensors), which torch.onnx wrapped into a ConversionError: `vosrt export` printed a page of
+    traceback asking for a PyTorch issue and exited 1. The translation below is interrupted the same way."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from vosrt.cli import main
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from sdk_packages import tiny_package
+
+    folder = tmp_path / "pkg"
+    shutil.copytree(tiny_package("stcn"), folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    table = onnx_ops.translation_table
+
+    def interrupted_translation(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt   # Ctrl-C arrives inside the exporter ...
+        finally:
+            torch._no_such_attribute_   # ... and torch's own clean-up then fails (AttributeError)
+
+    def with_interrupt(form):
+        return {**table(form), torch.ops.aten.conv2d.default: interrupted_translation,
+                torch.ops.aten.convolution.default: interrupted_translation}
+
+    monkeypatch.setattr(onnx_ops, "translation_table", with_interrupt)
+    code = main(["export", "stcn-lite", "--random-weights", "--out", str(folder), "--size", "16", "16"])
+    err = capsys.readouterr().err
+    assert code == 130 and err.strip().splitlines()[-1] == "interrupted", err[-2000:]
+    assert "Traceback" not in err and "PyTorch GitHub" not in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before   # the earlier package, as it was
 
 
 def test_an_export_into_a_package_removes_the_files_only_its_earlier_manifest_listed(tmp_path, lite_checkpoint):
@@ -617,3 +701,29 @@ def test_vosrt_check_refuses_a_tolerance_no_comparison_can_use(lite_package, cap
     assert main(["check", str(lite_package), "--tolerance", tolerance]) == 2
     err = capsys.readouterr().err
     assert f"--tolerance: expected a finite relative error >= 0 (default 0.001), got {float(tolerance)}" in err
+
+
+def test_check_refuses_a_package_whose_listed_plugin_form_is_gone(lite_package, tmp_path, capsys):
+    # Loading skips a form whose file is missing, so `vosrt check` compared what was left and printed "check passed"
+    # for a package that had lost segment.plugin.onnx (what ONNX Runtime runs on the CPU and TensorRT builds from).
+    from vosrt.cli import main
+
+    broken = _broken_copy(lite_package, tmp_path, lambda folder: (folder / "segment.plugin.onnx").unlink())
+    assert main(["check", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert f"the manifest lists {broken / 'segment.plugin.onnx'}, which is not there" in err, err
+
+
+def test_check_errors_about_the_given_checkpoint_name_the_flag_and_what_to_pass(lite_package, tmp_path, capsys):
+    # "checkpoint not found: X" and "X holds a '3dc-seg' model (3dc-seg-lite), but a 'stcn' model was asked for"
+    # named neither --checkpoint nor what to pass instead
+    from vosrt.cli import main
+
+    other_family = tmp_path / "c3d.pth"
+    save_checkpoint(other_family, build_model("3dc-seg-lite", depths=(1, 1, 1, 1)))
+    recorded = load_package(lite_package).checkpoint
+    for given, said in ((tmp_path / "missing.pth", "no such file"), (other_family, "holds a '3dc-seg' model")):
+        assert main(["check", str(lite_package), "--checkpoint", str(given)]) == 2
+        err = capsys.readouterr().err
+        assert "error: --checkpoint" in err and said in err, err
+        assert f"was exported from with --checkpoint (the manifest records {recorded})" in err, err

@@ -3,6 +3,7 @@ disk, that the SDK streams like the fp32 package; the custom operators stay fp32
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -257,7 +258,7 @@ def test_check_of_an_int8_package_says_how_to_judge_it_instead_of_failing_it_on_
     assert (f"is an INT8 package (vosrt quantize): its outputs differ from the PyTorch model by quantisation, beyond "
             f"check's fp32 tolerance 0.001. Check the fp32 package (`vosrt check {shlex.quote(source)}`)") in err
     hints = suggested_commands(err)
-    assert hints == [["check", source], ["demo", "--heldout", "16", "--package", str(tiny_int8)],
+    assert hints == [["check", source], ["demo", "--family", "stcn", "--heldout", "16", "--package", str(tiny_int8)],
                      ["check", str(tiny_int8), "--tolerance", "0.5"]]
     assert main(hints[0]) == 0  # the fp32 package passes
     capsys.readouterr()
@@ -281,3 +282,73 @@ def test_a_calibration_source_that_cannot_be_read_is_an_error_naming_calibrate(t
     err = capsys.readouterr().err
     assert f"error: --calibrate: {source}" in err and "--source" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("form", ["plugin", "portable"])
+def test_a_damaged_graph_file_is_named_before_calibrating(calibration, tmp_path, capsys, form):
+    # A cut-short segment.plugin.onnx raised protobuf's DecodeError (a traceback) after the calibration and the
+    # portable graphs' quantization, with encode_key, encode_value and segment INT8 files left in --out.
+    import shutil
+
+    package = tmp_path / "pkg"
+    shutil.copytree(tiny_package("stcn", ("portable", "plugin")), package)
+    damaged = package / f"segment.{form}.onnx"
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    out = tmp_path / "int8"
+    assert main(["quantize", str(package), "--calibrate", str(calibration), "--out", str(out), "--frames", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {damaged}: cannot read this ONNX graph file") and "re-export" in err, err
+    assert "calibrating" not in err and not out.exists()
+
+
+def test_an_interrupted_quantize_leaves_an_earlier_package_in_out_as_it_was_and_no_folder_it_created(
+        tiny_int8, calibration, tmp_path):
+    # The manifest of an earlier package in --out was deleted first and its graphs overwritten one by one: a run
+    # stopped halfway (Ctrl-C, a failure) left a folder of INT8 files and calibration tables that is no package.
+    import shutil
+
+    from vosrt.export.quantize import quantize_package
+    from vosrt.sdk.video import open_source
+
+    def interrupt(line):
+        if line.startswith("quantizing segment"):   # encode_key and encode_value are quantized by now
+            raise KeyboardInterrupt
+
+    source = open_source(str(calibration))
+    first_mask, frames = source.first_mask(), list(source)[:3]
+    source.close()
+    earlier = tmp_path / "earlier"
+    shutil.copytree(tiny_int8, earlier)
+    before = {p.name: p.read_bytes() for p in earlier.iterdir()}
+    fresh = tmp_path / "fresh"
+    for out in (earlier, fresh):
+        with pytest.raises(KeyboardInterrupt):
+            quantize_package(load_package(tiny_package("stcn")), frames, first_mask, out, progress=interrupt)
+    assert {p.name: p.read_bytes() for p in earlier.iterdir()} == before
+    OnnxRuntimeBackend(load_package(earlier))
+    assert not fresh.exists()
+
+
+def test_quantize_shows_how_far_the_calibration_stream_is(calibration, tmp_path, capsys):
+    # Only "calibrating on N frames" was printed before the frames streamed through the package: minutes without a
+    # word for a full-size model (README: 2.75 s per frame for STCN at 480x864, 60 frames by default).
+    pytest.importorskip("tqdm")   # the bar (without it: a line a second, none in this short run)
+    assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(calibration), "--out",
+                 str(tmp_path / "int8"), "--frames", "3"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"calibrating: 100%.* 3/3 ", err), err
+
+
+def test_check_of_an_int8_package_of_another_family_suggests_a_demo_command_that_runs_it(tmp_path, capsys):
+    # The suggested `vosrt demo --heldout 16 --package PKG` was refused for a stem-seg (or 3dc-seg) package:
+    # "holds a stem-seg model, not stcn: add --family stem-seg"
+    from sdk_packages import colour_embedding_package
+    from vosrt.sdk.package import write_manifest
+
+    package = colour_embedding_package(tmp_path / "stem-int8")   # an INT8 package's manifest records this entry
+    manifest = json.loads((package / "manifest.json").read_text())
+    write_manifest(package, {**manifest, "quantization": {"source_package": str(tmp_path / "stem")}})
+    assert main(["check", str(package)]) == 2
+    demo = [hint for hint in suggested_commands(capsys.readouterr().err) if hint[0] == "demo"]
+    assert demo == [["demo", "--family", "stem-seg", "--heldout", "16", "--package", str(package)]]
+    assert main(demo[0] + ["--heldout", "1", "--frames", "8"]) == 0, capsys.readouterr().err
