@@ -760,6 +760,7 @@ def test_validation_of_a_davis_folder_scores_its_val_split_not_its_training_vide
 
 def test_validation_shows_its_progress_over_the_frames(tmp_path, capsys):
     # validation printed nothing while it ran (minutes on a CPU: the training bar stood still meanwhile)
+    pytest.importorskip("tqdm")   # the bar (without it: a line a second, none in this short run)
     from vosrt.training.validate import validate
 
     generate_dataset(tmp_path, 2, seed=5, num_frames=3, height=32, width=48)
