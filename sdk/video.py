@@ -86,7 +86,7 @@ class FrameSource:
 class CaptureSource(FrameSource):
     """Camera index, video file or stream URL, read with ``cv2.VideoCapture``."""
 
-    def __init__(self, target: int | str, kind: str):
+    def __init__(self, target: int | str, kind: str, flag: str = "--source"):
         super().__init__(str(target))
         self.kind = kind
         self.capture = cv2.VideoCapture(target)
@@ -96,7 +96,7 @@ class CaptureSource(FrameSource):
             hint = {"camera": "check the index (0 is the first camera) and that no other program holds it",
                     "video": "check the file exists and is a video OpenCV can decode",
                     "stream": "check the URL and that the stream is reachable"}[kind]
-            raise UserError(f"--source: cannot open {what}: {hint}")
+            raise UserError(f"{flag}: cannot open {what}: {hint}")
         fps = self.capture.get(cv2.CAP_PROP_FPS)
         # beyond MAX_SOURCE_FPS it is no frame rate but a clock (an RTSP stream's 90 kHz): unknown, as 0 is
         self.fps = float(fps) if fps and 0 < fps <= MAX_SOURCE_FPS and np.isfinite(fps) else None
@@ -170,13 +170,13 @@ class ImageFolderSource(FrameSource):
 
     kind = "folder"
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, flag: str = "--source"):
         super().__init__(folder.name)
         self.folder = folder
         # in natural order: frame2 before frame10 (zero-padded names, as DAVIS's, sort the same either way)
         self.files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
         if not self.files:
-            raise UserError(f"--source: folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise UserError(f"{flag}: folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         self.length = len(self.files)
         self.skipped: list[Path] = []   # unreadable images, left out of the stream
         self._names: list[str] = []     # output names of the frames yielded, in order
@@ -222,8 +222,8 @@ class DavisSequenceSource(ImageFolderSource):
 
     kind = "davis"
 
-    def __init__(self, folder: Path):
-        super().__init__(folder)
+    def __init__(self, folder: Path, flag: str = "--source"):
+        super().__init__(folder, flag)
         root, resolution = folder.parent.parent.parent, folder.parent.name
         self.annotations = root / "Annotations" / resolution / folder.name
 
@@ -242,35 +242,36 @@ def is_davis_sequence(folder: Path) -> bool:
     return folder.parent.parent.name == "JPEGImages"
 
 
-def open_source(spec) -> FrameSource:
+def open_source(spec, flag: str = "--source") -> FrameSource:
     """A source from a CLI-style spec: an int or digit string (camera index), a URL (``rtsp://``,
     ``http://`` …), a video file, an image folder, or a DAVIS sequence folder (``.../JPEGImages/480p/NAME``,
-    or a DAVIS root holding exactly one sequence)."""
+    or a DAVIS root holding exactly one sequence). ``flag``: the command-line flag the spec came from, which
+    the errors name."""
     if isinstance(spec, (int, np.integer)) or (isinstance(spec, str) and spec.strip().isdigit()):
-        return CaptureSource(int(spec), "camera")
+        return CaptureSource(int(spec), "camera", flag)
     text = str(spec)
     if not text.strip():
-        raise UserError("--source: empty; give a camera index, URL, video file or folder")
+        raise UserError(f"{flag}: empty; give a camera index, URL, video file or folder")
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
-        return CaptureSource(text, "stream")
+        return CaptureSource(text, "stream", flag)
     path = Path(text)
     if path.is_dir():
         if is_davis_sequence(path):
-            return DavisSequenceSource(path)
+            return DavisSequenceSource(path, flag)
         sequences = sorted((path / "JPEGImages").glob("*/*")) if (path / "JPEGImages").is_dir() else []
         sequences = [s for s in sequences if s.is_dir()]
         if len(sequences) == 1:
-            return DavisSequenceSource(sequences[0])
+            return DavisSequenceSource(sequences[0], flag)
         if len(sequences) > 1:
             names = ", ".join(s.name for s in sequences[:5])
-            raise UserError(f"--source: {path} is a DAVIS root with {len(sequences)} sequences ({names}…); "
+            raise UserError(f"{flag}: {path} is a DAVIS root with {len(sequences)} sequences ({names}…); "
                             f"give one sequence folder, e.g. {sequences[0]}")
-        return ImageFolderSource(path)
+        return ImageFolderSource(path, flag)
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            raise UserError(f"--source: {path} is a single image; give the folder of frames instead")
-        return CaptureSource(text, "video")
-    raise UserError(f"--source: {text} is not a camera index, URL, video file or folder that exists")
+            raise UserError(f"{flag}: {path} is a single image; give the folder of frames instead")
+        return CaptureSource(text, "video", flag)
+    raise UserError(f"{flag}: {text} is not a camera index, URL, video file or folder that exists")
 
 
 # ---------------------------------------------------------------------------------------------- sinks

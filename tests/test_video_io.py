@@ -57,8 +57,13 @@ def test_a_source_that_cannot_be_opened_raises_user_error(tmp_path, spec, messag
     (tmp_path / "empty").mkdir()
     cv2.imwrite(str(tmp_path / "image.png"), np.zeros((8, 8, 3), np.uint8))
     target = spec if spec.isdigit() or "://" in spec else str(tmp_path / spec)
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message) as raised:
         open_source(target)
+    assert str(raised.value).startswith("--source: ")
+    # a command whose source comes from another flag has it named (vosrt quantize --calibrate)
+    with pytest.raises(UserError, match=message) as raised:
+        open_source(target, flag="--calibrate")
+    assert str(raised.value).startswith("--calibrate: ")
 
 
 def test_png_sink_keeps_label_ids_exact(tmp_path):
