@@ -40,6 +40,8 @@ def main() -> int:
     group.add_argument("--mask", help="palette PNG of object ids for the first frame")
     parser.add_argument("--frames", type=int, default=None, help="stop after this many frames")
     args = parser.parse_args()
+    if args.frames is not None and args.frames < 1:
+        parser.error(f"--frames: expected a whole number >= 1 (or no --frames: the whole source), got {args.frames}")
 
     capture = cv2.VideoCapture(int(args.source) if args.source.isdigit() else args.source)
     if not capture.isOpened():

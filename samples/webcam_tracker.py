@@ -58,6 +58,8 @@ def main() -> int:
     parser.add_argument("--video", default=None, help="also write the overlay to this file")
     parser.add_argument("--frames", type=int, default=None, help="stop after this many frames")
     args = parser.parse_args()
+    if args.frames is not None and args.frames < 1:
+        parser.error(f"--frames: expected a whole number >= 1 (or no --frames: the whole source), got {args.frames}")
 
     show = not args.no_window
     if (show or args.box is None) and not has_gui():

@@ -15,6 +15,7 @@ the streaming loop (model loading excluded).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import cv2
@@ -54,13 +55,14 @@ def demo_package(family: str) -> Path:
     return path
 
 
-def segment_sequence(session, frames: list[np.ndarray], first_labels: np.ndarray):
+def segment_sequence(session, frames: list[np.ndarray], first_labels: np.ndarray, progress=None):
     """Stream RGB ``frames`` through ``session`` (:func:`vosrt.sdk.streaming.stream`); returns (label maps,
-    frames per second after the first frame). Sessions that take masks get ``first_labels`` on frame 0."""
+    frames per second after the first frame). Sessions that take masks get ``first_labels`` on frame 0.
+    ``progress``: a :class:`vosrt.sdk.progress.Progress` updated per frame."""
     from vosrt.sdk.streaming import stream
 
     masks = {0: first_labels} if session.takes_mask else None
-    stats = stream(session, frames, masks=masks, keep_results=True)
+    stats = stream(session, frames, masks=masks, keep_results=True, progress=progress)
     finished = {done.index: done.labels for done in stats.results}
     return [finished[i] for i in range(len(frames))], stats.fps
 
@@ -98,6 +100,11 @@ def run(args) -> int:
     if args.heldout:
         from vosrt.sdk.progress import Progress
 
+        ignored = [flag for flag, given in (("--seed", args.seed != DEMO_SEED), ("--out", args.out != "vosrt-demo"))
+                   if given]
+        if ignored:   # the held-out clips have their own seeds, and nothing is written
+            print(f"note: {' and '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} not used with --heldout (its "
+                  f"clips come from dataset seed {HELDOUT_DATASET_SEED}, and no files are written)", file=sys.stderr)
         model_scores, baseline_scores, rates = [], [], []
         bar = Progress(args.heldout, "clip", desc="held-out clips")
         for index in range(args.heldout):
@@ -117,8 +124,11 @@ def run(args) -> int:
         print(f"  {len(rates) / sum(1 / max(r, 1e-9) for r in rates):.1f} FPS")
         return 0
 
+    from vosrt.sdk.progress import Progress
+
     seq = generate_sequence(args.seed, num_objects=3, **clip)
-    predicted, fps = segment_sequence(session, seq.frames, seq.labels[0])
+    # a bar on stderr: --frames 600 took half a minute without a word
+    predicted, fps = segment_sequence(session, seq.frames, seq.labels[0], progress=Progress(len(seq), "frame"))
     result = metrics.summarize(score(args.family, predicted, seq.labels, "demo"))
 
     out = Path(args.out)
@@ -126,6 +136,11 @@ def run(args) -> int:
         (out / "masks").mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"--out: cannot create {out}: {err}") from None
+    written = {f"{index:05d}.png" for index in range(len(predicted))}
+    earlier = sum(1 for png in (out / "masks").glob("*.png") if png.name not in written)
+    if earlier:   # as `vosrt run` says: a longer earlier clip's PNGs stay beside this one's
+        print(f"note: {out / 'masks'} already holds {earlier} other PNG(s), of an earlier run; this run replaces "
+              f"the PNGs of its {len(predicted)} frames and leaves those", file=sys.stderr)
     writer = cv2.VideoWriter(str(out / "overlay.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 15.0,
                              (clip["width"], clip["height"]))
     if not writer.isOpened():

@@ -60,7 +60,8 @@ def add_session_arguments(parser) -> None:
     parser.add_argument("--checkpoint", default=None, help="checkpoint for --backend torch (default: the package's)")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (backend default: auto)")
     parser.add_argument("--mem-every", type=int, default=None, help="stcn: memory frame every N frames")
-    parser.add_argument("--top-k", type=int, default=None, help="stcn: top-k of the memory read")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="stcn: top-k of the memory read (0: every memory entry; default the package's)")
     parser.add_argument("--memory-capacity", type=int, default=None, help="stcn: memory bank size in frames")
     parser.add_argument("--max-objects", type=int, default=None,
                         help="stcn: most objects tracked at once (default: the package's, 32)")
@@ -125,7 +126,7 @@ def _kept_flags(args) -> list[str]:
     return kept
 
 
-def _masks_of(source, first_mask, family):
+def _masks_of(source, first_mask, family, where: str = "--mask"):
     """``stream``'s masks hook of a session that takes masks: ``first_mask`` on the source's first frame;
     on later frames of a source with annotations (a DAVIS or YouTube-VOS style sequence) the objects that
     are annotated there for the first time, and only those (the others keep being tracked, not told)."""
@@ -135,13 +136,20 @@ def _masks_of(source, first_mask, family):
         raise UserError(f"--mask: {family.name} packages need the first frame's mask (a palette PNG of object "
                         "ids); give --mask PNG or a DAVIS sequence folder with its annotations")
     seen: set[int] = set()
+    # a sequence whose objects are all first annotated on later frames (its first annotation empty or absent):
+    # the frames before them have no object, and every object is taken from its first annotation
+    first_mask = first_mask if first_mask.any() else None
 
     def masks(position: int, frame):
-        if position == 0:
+        if position == 0 and first_mask is not None:
             if source.first_frame_skipped:
                 raise UserError(f"--source {source.name}: its first frame cannot be read, and the first-frame "
                                 "mask belongs to it; repair or remove that frame and give the mask of the new "
                                 "first frame")
+            if first_mask.shape[:2] != frame.shape[:2]:
+                raise UserError(f"{where}: {first_mask.shape[1]}x{first_mask.shape[0]} pixels, but the frames of "
+                                f"--source {source.name} are {frame.shape[1]}x{frame.shape[0]}; give the first "
+                                "frame's mask at the frames' size")
             seen.update(int(i) for i in np.unique(first_mask) if i)
             return first_mask
         later = source.annotation(source.frame_name(position))
@@ -150,12 +158,31 @@ def _masks_of(source, first_mask, family):
         new = [int(i) for i in np.unique(later) if i and int(i) not in seen]
         if not new:
             return None
+        if later.shape[:2] != frame.shape[:2]:
+            raise UserError(f"--source {source.name}: the annotation of frame {source.frame_name(position)} is "
+                            f"{later.shape[1]}x{later.shape[0]} pixels, but the frames are {frame.shape[1]}x"
+                            f"{frame.shape[0]}; give the sequence's annotations at its frames' size")
         seen.update(new)
         print(f"note: object(s) {', '.join(map(str, new))} first annotated on frame {source.frame_name(position)}: "
               "tracked from there", file=sys.stderr)
         return np.where(np.isin(later, new), later, 0).astype(later.dtype)
 
     return masks
+
+
+def _first_annotation(source):
+    """The first frame's annotation of a sequence source; an empty label map when that frame has no object
+    (annotation empty or absent) but a later frame's annotation has one, None when no annotation has any."""
+    first = source.first_mask()
+    if first is not None and first.any():
+        return first
+    for name in getattr(source, "all_names", None) or []:
+        later = source.annotation(name)
+        if later is not None and later.any():
+            print(f"note: --source {source.name}: no object is annotated on its first frame; objects are tracked "
+                  f"from the frame they are first annotated on ({name} for the first)", file=sys.stderr)
+            return later * 0 if first is None else first
+    return None
 
 
 def _check_mask_ids(mask, where: str, family) -> None:
@@ -324,10 +351,13 @@ def run(args) -> int:
     try:
         source = open_source(args.source)
         if family.takes_mask:
-            first = read_label_png(args.mask) if args.mask else source.first_mask()
-            _check_mask_ids(first, f"--mask {args.mask}" if args.mask else f"--source {args.source}: its first "
-                            "annotation", family)
-            masks = _masks_of(source, first, family)
+            first = read_label_png(args.mask) if args.mask else _first_annotation(source)
+            if args.mask and not first.any():
+                raise UserError(f"--mask {args.mask}: no object in it (every pixel is 0 = background); give the "
+                                "first frame's mask with the objects to track as ids 1..255")
+            where = f"--mask {args.mask}" if args.mask else f"--source {args.source}: its first annotation"
+            _check_mask_ids(first, where, family)
+            masks = _masks_of(source, first, family, where)
         else:
             masks = None
         _refuse_overwriting_the_source(args)

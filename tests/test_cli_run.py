@@ -90,7 +90,8 @@ def test_a_mask_of_another_size_is_a_clear_error(stcn_package, sequence, tmp_pat
     write_label_png(tmp_path / "small.png", sequence.labels[0][:32])
     assert main(["run", str(stcn_package), "--source", str(video), "--mask", str(tmp_path / "small.png"),
                  "--no-progress"]) == 2
-    assert "differs from the frame" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--mask {tmp_path / 'small.png'}: " in err and "give the first frame's mask at the frames' size" in err, err
 
 
 def test_run_a_clip_package_writes_every_frame_once(sequence, tmp_path, capsys):

@@ -3,6 +3,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 
 from vosrt.cli import main
 from vosrt.sdk import cli_demo
@@ -76,3 +77,27 @@ def test_demo_of_a_package_of_another_family_names_the_family_flag_that_runs_it(
     hint = re.search(r"add (--family \S+)", capsys.readouterr().err)
     assert hint, "no --family hint"
     assert main(args + hint.group(1).split()) == 0
+
+
+def test_demo_shows_how_far_the_clip_is(tmp_path, capsys):
+    # `vosrt demo --frames 600` streamed for half a minute without a word on the terminal
+    pytest.importorskip("tqdm")   # the bar (without it: a line a second, none in this short run)
+    assert main(["demo", "--out", str(tmp_path), "--frames", "3"]) == 0
+    assert re.search(r"100%.* 3/3 ", capsys.readouterr().err)
+
+
+def test_demo_heldout_says_that_seed_and_out_are_not_used(tmp_path, capsys):
+    # --seed picked no other clips and --out received nothing with --heldout, without a word
+    assert main(["demo", "--heldout", "1", "--frames", "3", "--seed", "7", "--out", str(tmp_path / "o")]) == 0
+    assert "note: --seed and --out are not used with --heldout" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert main(["demo", "--heldout", "1", "--frames", "3"]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_demo_into_the_folder_of_a_longer_run_says_that_its_pngs_stay(tmp_path, capsys):
+    # a 3-frame run after a 5-frame one said "wrote 3 PNGs in OUT/masks" beside the 2 left from the first
+    assert main(["demo", "--out", str(tmp_path), "--frames", "5"]) == 0
+    assert "note:" not in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path), "--frames", "3"]) == 0
+    assert f"note: {tmp_path / 'masks'} already holds 2 other PNG(s), of an earlier run" in capsys.readouterr().err

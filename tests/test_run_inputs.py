@@ -40,6 +40,20 @@ def _frames_and_mask(root: Path, frames: int) -> Path:
     return folder
 
 
+def _davis_sequence(root: Path, frames: list[np.ndarray], annotations: dict[int, np.ndarray]) -> Path:
+    """root/JPEGImages/480p/seq/00000.jpg … with root/Annotations/480p/seq/<t>.png for each ``annotations`` entry;
+    returns the sequence's image folder."""
+    images = root / "JPEGImages" / "480p" / "seq"
+    labels = root / "Annotations" / "480p" / "seq"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    for t, frame in enumerate(frames):
+        cv2.imwrite(str(images / f"{t:05d}.jpg"), frame)
+    for t, annotation in annotations.items():
+        write_label_png(labels / f"{t:05d}.png", annotation)
+    return images
+
+
 def test_a_folder_is_read_in_natural_order_and_a_stem_shared_by_two_images_keeps_both(tmp_path):
     for t in range(12):
         cv2.imwrite(str(tmp_path / f"frame{t}.png"), _frame(t))
@@ -118,22 +132,58 @@ def test_a_mask_with_ids_beyond_255_names_the_flag_and_what_stcn_takes(tmp_path,
 
 
 def test_objects_first_annotated_on_a_later_frame_of_a_davis_sequence_are_tracked_from_there(tmp_path, capsys):
-    images = tmp_path / "JPEGImages" / "480p" / "seq"
-    annotations = tmp_path / "Annotations" / "480p" / "seq"
-    images.mkdir(parents=True)
-    annotations.mkdir(parents=True)
-    for t in range(6):
-        frame = _frame(t)
-        cv2.rectangle(frame, (70, 5), (90, 20), (0, 220, 0), -1)       # object 2, annotated from frame 3 on
-        cv2.imwrite(str(images / f"{t:05d}.jpg"), frame)
-    write_label_png(annotations / "00000.png", _mask(0))
+    frames = [cv2.rectangle(_frame(t), (70, 5), (90, 20), (0, 220, 0), -1)   # object 2, annotated from frame 3 on
+              for t in range(6)]
     later = _mask(3)
     later[5:21, 70:91] = 2
-    write_label_png(annotations / "00003.png", later)
+    images = _davis_sequence(tmp_path, frames, {0: _mask(0), 3: later})
     assert main(["run", PACKAGE, "--source", str(images), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     assert "object(s) 2 first annotated on frame 00003" in capsys.readouterr().err
     labels = {t: read_label_png(tmp_path / "out" / f"{t:05d}.png") for t in range(6)}
     assert not (labels[2] == 2).any() and (labels[5] == 2).sum() > 100
+
+
+@pytest.mark.parametrize("first", ["empty", "absent"])
+def test_a_davis_sequence_whose_objects_are_all_first_annotated_later_is_tracked_from_there(tmp_path, capsys, first):
+    # Its first annotation empty (or absent), the run stopped with "mask: no object in it ...; or call step(image)
+    # without a mask" (absent: "give --mask PNG or a DAVIS sequence folder with its annotations", which it was);
+    # the module docstring says objects first annotated on a later frame are tracked from that frame.
+    annotations = {0: np.zeros((H, W), np.uint8)} if first == "empty" else {}
+    images = _davis_sequence(tmp_path, [_frame(t) for t in range(6)], {**annotations, 2: _mask(2)})
+    assert main(["run", PACKAGE, "--source", str(images), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert "object(s) 1 first annotated on frame 00002" in capsys.readouterr().err
+    labels = {t: read_label_png(tmp_path / "out" / f"{t:05d}.png") for t in range(6)}
+    assert not labels[0].any() and not labels[1].any() and (labels[5] == 1).sum() > 100
+
+
+def test_a_later_annotation_of_another_size_names_the_frame_and_both_sizes(tmp_path, capsys):
+    # it gave the SDK's "mask: size 32x48 differs from the frame's 64x96": no source, no frame, height x width
+    later = _mask(2)
+    later[later > 0] = 2                                     # a new object, annotated at half size
+    images = _davis_sequence(tmp_path, [_frame(t) for t in range(4)], {0: _mask(0), 2: later[::2, ::2]})
+    assert main(["run", PACKAGE, "--source", str(images), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--source {images.name}: the annotation of frame 00002 is {W // 2}x{H // 2} pixels, but the frames " \
+           f"are {W}x{H}" in err, err
+
+
+def test_an_empty_mask_names_the_flag_and_no_sdk_call(tmp_path, capsys):
+    folder = _frames_and_mask(tmp_path, 3)
+    write_label_png(tmp_path / "empty.png", np.zeros((H, W), np.uint8))
+    assert main(["run", PACKAGE, "--source", str(folder), "--mask", str(tmp_path / "empty.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"--mask {tmp_path / 'empty.png'}: no object in it" in err and "step(" not in err, err
+
+
+def test_a_mask_of_another_size_names_the_flag_and_both_sizes(tmp_path, capsys):
+    # It said "mask: size 32x48 differs from the frame's 64x96": no flag, no file, height x width unlike the
+    # width x height the other messages give.
+    folder = _frames_and_mask(tmp_path, 3)
+    write_label_png(tmp_path / "small.png", _mask()[::2, ::2])
+    assert main(["run", PACKAGE, "--source", str(folder), "--mask", str(tmp_path / "small.png"), "--out",
+                 str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--mask {tmp_path / 'small.png'}: 48x32 pixels, but the frames of --source" in err and "96x64" in err, err
 
 
 def test_outputs_that_would_overwrite_the_source_are_refused(tmp_path, capsys):

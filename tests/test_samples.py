@@ -137,10 +137,13 @@ def test_bad_input_is_one_error_line_not_a_traceback(camera, name, args):
     assert "Traceback" not in result.stderr and result.stderr.startswith("error: "), result.stderr
 
 
-def test_unsupervised_stream_refuses_a_frame_count_below_one_naming_its_flag(camera):
+@pytest.mark.parametrize("name", ["unsupervised_stream.py", "webcam_tracker.py", "embed_callback.py"])
+def test_a_frame_count_below_one_is_refused_naming_its_flag(camera, name):
+    # embed_callback.py ran no frame and said nothing; webcam_tracker.py blamed stream()'s max_frames
     folder, video, _ = camera
-    result = run_sample("unsupervised_stream.py", str(tiny_package("3dc-seg")), "--source", str(video), "--frames",
-                        "-1", cwd=folder)
+    args = ([str(tiny_package("3dc-seg"))] if name == "unsupervised_stream.py" else
+            ["--box", "10,20,30,40"] + (["--no-window"] if name == "webcam_tracker.py" else []))
+    result = run_sample(name, *args, "--source", str(video), "--frames", "-1", cwd=folder)
     assert result.returncode == 2 and "--frames: expected a whole number >= 1" in result.stderr, result.stderr
     assert "max_frames" not in result.stderr and "Traceback" not in result.stderr
 
