@@ -60,6 +60,8 @@ def add_arguments(parser) -> None:
                         help="score the first and last frames too (DAVIS semi-supervised skips them; a sequence "
                         "whose objects enter after its first frame is scored YouTube-VOS style, on every annotated "
                         "frame after each object's first, with or without this flag)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (scoring DAVIS's validation "
+                        "set takes tens of seconds, the unsupervised task's 20 proposals minutes)")
 
 
 def png_files(folder: Path) -> list[Path]:
@@ -110,14 +112,38 @@ def _single_prediction(pred_root: Path, name: str) -> Path:
     return pred_root
 
 
-def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = True, unsupervised: bool = False):
+def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = True, unsupervised: bool = False,
+                     progress: bool = False):
     """Score every ground-truth sequence; returns the list of :class:`~vosrt.sdk.metrics.ObjectScore`
-    (``unsupervised``: by the DAVIS unsupervised protocol, all frames scored)."""
+    (``unsupervised``: by the DAVIS unsupervised protocol, all frames scored). ``progress``: a bar on stderr
+    over the ground-truth frames, advanced as each sequence is scored."""
+    from vosrt.sdk.progress import Progress
+
     gt_seqs = sequences(gt_root, "--gt")
     single = len(gt_seqs) == 1 and next(iter(gt_seqs.values())) == gt_root
     pred_seqs = {gt_root.name: _single_prediction(pred_root, gt_root.name)} if single else sequences(pred_root, "--pred")
-    scores, binary, late = [], [], []
+    # every frame is scored against every object (unsupervised: every proposal too), a few ms each at 480p: a
+    # dataset takes from tens of seconds to minutes, which a bar shows instead of a silent wait
+    bar = Progress(sum(len(png_files(d)) for d in gt_seqs.values()), "frame", enabled=progress, desc="scoring")
+    try:
+        return _evaluate(pred_root, gt_root, gt_seqs, pred_seqs, skip_first_last, unsupervised, bar)
+    finally:
+        bar.close()
+
+
+def _advancing(bar, gt_seqs: dict):
+    """The items of ``gt_seqs``, ``bar`` naming each sequence while it is scored and advanced by its frames once
+    it is (a sequence left out with a warning too)."""
     for name, gt_dir in gt_seqs.items():
+        bar.update(0, postfix=name)
+        yield name, gt_dir
+        bar.update(len(png_files(gt_dir)))
+
+
+def _evaluate(pred_root: Path, gt_root: Path, gt_seqs: dict, pred_seqs: dict, skip_first_last: bool,
+              unsupervised: bool, bar) -> list:
+    scores, binary, late = [], [], []
+    for name, gt_dir in _advancing(bar, gt_seqs):
         if name not in pred_seqs:
             raise UserError(f"--pred {pred_root}: no predictions for sequence '{name}' (expected a folder "
                             f"{pred_root / name} of PNGs; it has {len(pred_seqs)}: {', '.join(list(pred_seqs)[:3])}"
@@ -279,7 +305,7 @@ def run(args) -> int:
         return _run_mots(args)
     pred_root, gt_root = Path(args.pred), Path(args.gt)
     scores = evaluate_folders(pred_root, gt_root, skip_first_last=not args.all_frames,
-                              unsupervised=task == "unsupervised")
+                              unsupervised=task == "unsupervised", progress=not getattr(args, "no_progress", False))
     columns = ("J", "F", "J&F", *RECALL_DECAY)   # recall and decay after J&F, as the DAVIS evaluation reports
     rows = [(s.sequence, str(s.object_id), s.j_mean, s.f_mean, s.jf, *s.j_recall_decay, *s.f_recall_decay)
             for s in scores]

@@ -427,3 +427,16 @@ def test_vosrt_eval_reports_recall_and_decay_after_j_and_f(tmp_path, capsys):
     row = [r for r in csv.DictReader(open(tmp_path / "pred" / "metrics.csv")) if r["sequence"] == "all"][0]
     assert float(row["J-Recall"]) == pytest.approx(0.75) and float(row["J-Decay"]) == pytest.approx(1 - 0.5)
     assert float(row["F-Recall"]) == pytest.approx(0.75) and float(row["F-Decay"]) == pytest.approx(1 - 0.5)
+
+
+def test_vosrt_eval_shows_its_progress_over_the_frames_unless_told_not_to(tmp_path, capsys):
+    # eval printed nothing until its table: scoring DAVIS's validation set takes tens of seconds on a CPU and
+    # the unsupervised task's 20 proposals per object minutes, a silent wait
+    pytest.importorskip("tqdm")   # the bar (without it: a line a second, none in this short run)
+    _write_shifted_square(tmp_path, frames=4)
+    args = ["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]
+    assert main(args) == 0
+    err = capsys.readouterr().err.replace("\r", "\n")
+    assert "scoring: 100%" in err and "4/4" in err
+    assert main(args + ["--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
