@@ -205,6 +205,18 @@ def _evaluate(pred_root: Path, gt_root: Path, gt_seqs: dict, pred_seqs: dict, sk
                 print(f"warning: {gt_dir}: object(s) {', '.join(map(str, unscored))} enter after the first "
                       f"ground-truth frame ({gt_files[0].name}, objects 1..{known}); the DAVIS unsupervised protocol "
                       f"scores the first frame's objects only, so they are not scored", file=sys.stderr)
+        if unsupervised:
+            from vosrt.sdk.instance_metrics import MAX_PROPOSALS
+            top = max(int(pred.max(initial=0)) for pred in preds)
+            if top > MAX_PROPOSALS:
+                # davis2017-evaluation stops on such a sequence; the largest are kept here (instance_metrics), which
+                # changes the scores the file would get from the official evaluation: said, not done silently
+                used = len({int(i) for pred in preds for i in np.unique(pred) if i})
+                print(f"warning: --pred {pred_seqs[name]}: ids up to {top} ({used} in use), more than the "
+                      f"{MAX_PROPOSALS} proposals per sequence the DAVIS unsupervised protocol takes (davis2017-evaluation "
+                      f"refuses the sequence); the {MAX_PROPOSALS} covering the most pixels are scored, the others "
+                      f"left out. Number the proposals 1..{MAX_PROPOSALS} for scores the official evaluation gives",
+                      file=sys.stderr)
         try:
             if unsupervised:
                 from vosrt.sdk.instance_metrics import evaluate_unsupervised_sequence

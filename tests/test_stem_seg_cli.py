@@ -346,3 +346,20 @@ def test_vis_categories_writes_the_dataset_s_category_ids(colour_package, tmp_pa
                  "--vis", str(tmp_path / "results.json"), "--video-id", "2", "--vis-categories", "1=7"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results) == 2 and {e["category_id"] for e in results} == {7}
+
+
+def test_eval_unsupervised_says_when_it_scores_only_20_of_a_sequence_s_proposals(tmp_path, capsys):
+    # davis2017-evaluation refuses a sequence with ids above 20; eval keeps the 20 largest proposals, which
+    # changes the scores the official evaluation would give (or not give): it did so without a word
+    for t in range(3):
+        write_label_png(tmp_path / "gt" / "seq" / f"{t:05d}.png", _squares((1, 2, 2, 8)))
+        write_label_png(tmp_path / "pred" / "seq" / f"{t:05d}.png", _squares((1, 2, 2, 8), (23, 30, 30, 2)))
+        write_label_png(tmp_path / "few" / "seq" / f"{t:05d}.png", _squares((1, 2, 2, 8), (20, 30, 30, 2)))
+    code = main(["eval", "--task", "unsupervised", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred")])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert f"--pred {tmp_path / 'pred' / 'seq'}: ids up to 23 (2 in use)" in err
+    assert "the 20 covering the most pixels are scored" in err
+    code = main(["eval", "--task", "unsupervised", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "few")])
+    assert code == 0
+    assert "proposals" not in capsys.readouterr().err
