@@ -95,7 +95,24 @@ def sequences(root: Path, flag: str = "") -> dict[str, Path]:
                             "it one sequence or a set of them? Move the stray PNGs out, or point at one sequence folder")
         return {root.name: root}
     if not found:
-        raise UserError(f"{where}: no PNG masks in it or in its sub-folders")
+        deeper = _sequence_sets(root)
+        hint = (f"; its sequence folders are in {deeper[0]}" + (f" (also: {', '.join(map(str, deeper[1:3]))})"
+                                                                 if len(deeper) > 1 else "")
+                + f": give {flag or 'that folder'} {deeper[0]}" if deeper else "")
+        raise UserError(f"{where}: no PNG masks in it or in its sub-folders" + hint)
+    return found
+
+
+def _sequence_sets(root: Path, depth: int = 2) -> list[Path]:
+    """Folders up to ``depth`` levels below ``root`` whose sub-folders hold PNGs: where a dataset's sequences are
+    when ``root`` is its top folder (DAVIS/ -> DAVIS/Annotations/480p, as davis2017-evaluation is given the root)."""
+    found, level = [], [root]
+    try:
+        for _ in range(depth):
+            level = [d for folder in level for d in sorted(folder.iterdir()) if d.is_dir()]
+            found += [d for d in level if any(png_files(s) for s in d.iterdir() if s.is_dir())]
+    except OSError:
+        pass   # an unreadable folder: the hint is left out, the error stands
     return found
 
 

@@ -440,3 +440,27 @@ def test_vosrt_eval_shows_its_progress_over_the_frames_unless_told_not_to(tmp_pa
     assert "scoring: 100%" in err and "4/4" in err
     assert main(args + ["--no-progress"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def _davis_root(root, predicted=("b", "c"), frames=4):
+    """A DAVIS-layout root: Annotations/480p/{a,b,c} (a square), ImageSets/2017/val.txt listing b and c, and
+    predictions (the truth itself) of ``predicted`` under root/pred."""
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:20, 5:20] = 1
+    for name in ("a", "b", "c"):
+        for t in range(frames):
+            write_label_png(root / "DAVIS" / "Annotations" / "480p" / name / f"{t:05d}.png", mask)
+            if name in predicted:
+                write_label_png(root / "pred" / name / f"{t:05d}.png", mask)
+    (root / "DAVIS" / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "DAVIS" / "ImageSets" / "2017" / "val.txt").write_text("b\nc\n")
+    (root / "DAVIS" / "ImageSets" / "2017" / "train.txt").write_text("a\n")
+
+
+def test_vosrt_eval_given_a_dataset_s_top_folder_says_which_folder_holds_its_sequences(tmp_path, capsys):
+    # davis2017-evaluation is given the DAVIS root; vosrt eval said only "no PNG masks in it"
+    _davis_root(tmp_path, predicted=("a", "b", "c"))
+    for gt in (tmp_path / "DAVIS", tmp_path / "DAVIS" / "Annotations"):
+        assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(gt)]) == 2
+        hinted = tmp_path / "DAVIS" / "Annotations" / "480p"
+        assert f"its sequence folders are in {hinted}: give --gt {hinted}" in capsys.readouterr().err
