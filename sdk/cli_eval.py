@@ -60,6 +60,10 @@ def add_arguments(parser) -> None:
                         help="score the first and last frames too (DAVIS semi-supervised skips them; a sequence "
                         "whose objects enter after its first frame is scored YouTube-VOS style, on every annotated "
                         "frame after each object's first, with or without this flag)")
+    parser.add_argument("--sequences", metavar="FILE", default=None,
+                        help="score only the sequences listed in FILE, one name a line, as DAVIS lists its splits "
+                        "(e.g. DAVIS/ImageSets/2017/val.txt, with --gt DAVIS/Annotations/480p holding train and val); "
+                        "default: every sequence of --gt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (scoring DAVIS's validation "
                         "set takes tens of seconds, the unsupervised task's 20 proposals minutes)")
 
@@ -129,16 +133,98 @@ def _single_prediction(pred_root: Path, name: str) -> Path:
     return pred_root
 
 
+def read_sequence_list(path: Path) -> list[str]:
+    """The sequence names of a list file (``--sequences``): one a line, as DAVIS 2017's ``ImageSets/2017/val.txt``;
+    DAVIS 2016's ``ImageSets/480p/val.txt`` lines of frame paths give the folder of their first path."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"--sequences {path}: cannot read it as a list of sequence names ({err})") from None
+    names = [Path(line.split()[0]).parent.name if "/" in line else line.strip() for line in lines if line.strip()]
+    if not names:
+        raise UserError(f"--sequences {path}: no sequence names in it (expected one a line, as in DAVIS's "
+                        "ImageSets/2017/val.txt)")
+    return list(dict.fromkeys(names))
+
+
+def _listed(gt_seqs: dict, gt_root: Path, names: list[str], list_file: Path) -> dict:
+    """The sequences of ``gt_seqs`` named in ``names`` (``--sequences list_file``), in the ground truth's order."""
+    absent = [n for n in names if n not in gt_seqs]
+    if absent:
+        raise UserError(f"--sequences {list_file}: {len(absent)} of its {len(names)} sequence(s) are not in --gt "
+                        f"{gt_root} ({_some(absent)}; it has {len(gt_seqs)}: {_some(list(gt_seqs))}); give --gt the "
+                        "folder of the listed split's annotations, or a list of its sequences")
+    return {name: folder for name, folder in gt_seqs.items() if name in set(names)}
+
+
+def _some(names: list, count: int = 3) -> str:
+    return ", ".join(map(str, names[:count])) + (", ..." if len(names) > count else "")
+
+
+def _split_lists(gt_root: Path, wanted: set) -> list[Path]:
+    """DAVIS split lists (``ImageSets/*/*.txt`` of the dataset ``gt_root`` is in: ``DAVIS/Annotations/480p``)
+    every sequence of which is in ``wanted``, the longest first."""
+    found = []
+    for top in (gt_root.parent.parent, gt_root.parent):
+        for candidate in sorted(top.glob("ImageSets/*/*.txt")):
+            try:
+                names = read_sequence_list(candidate)
+            except UserError:
+                continue
+            if set(names) <= wanted:
+                found.append((len(names), candidate))
+    return [path for _, path in sorted(found, key=lambda item: -item[0])]
+
+
+def _check_predictions(pred_root: Path, gt_root: Path, gt_seqs: dict, pred_seqs: dict, command: list[str]) -> None:
+    """UserError, before any scoring (minutes on a dataset), where predictions are missing: a sequence of the ground
+    truth without its folder (all named at once, with the command that scores the predicted ones where a DAVIS split
+    list names them), or a frame that every protocol scores (all but the first and last) without its PNG."""
+    import shlex
+
+    missing = [name for name in gt_seqs if name not in pred_seqs]
+    if missing:
+        have = [name for name in gt_seqs if name in pred_seqs]
+        message = (f"--pred {pred_root}: no predictions for {len(missing)} of the {len(gt_seqs)} sequence(s) of --gt "
+                   f"{gt_root} ({_some(missing)}; expected a folder {pred_root / missing[0]} of PNGs and so on")
+        if have:
+            lists = _split_lists(gt_root, set(have))
+            message += (f"). It has predictions for {len(have)} of them: to score only those, list them in a file, one "
+                        "name a line, and give it with --sequences FILE")
+            if lists:
+                message += f"; DAVIS's {lists[0].name} lists predicted ones: `{shlex.join(command + ['--sequences', str(lists[0])])}`"
+        else:
+            message += f"; it has {len(pred_seqs)}: {_some(list(pred_seqs))})"
+        raise UserError(message)
+    absent = []
+    for name, gt_dir in gt_seqs.items():
+        gt_files = png_files(gt_dir)
+        # the first and last frames may be unscored (given; DAVIS leaves the last out): checked where they are read
+        absent += [(_prediction_of(pred_seqs[name], f), f) for f in gt_files[1:-1]
+                   if not _prediction_of(pred_seqs[name], f).is_file()]
+    if absent:
+        pred_file, gt_file = absent[0]
+        raise UserError(f"--pred: missing {pred_file} (ground truth has {gt_file})"
+                        + (f" and {len(absent) - 1} more predicted PNG(s) of scored frames" if len(absent) > 1 else "")
+                        + "; every ground-truth frame that is scored needs a predicted PNG of the same name")
+
+
 def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = True, unsupervised: bool = False,
-                     progress: bool = False):
-    """Score every ground-truth sequence; returns the list of :class:`~vosrt.sdk.metrics.ObjectScore`
-    (``unsupervised``: by the DAVIS unsupervised protocol, all frames scored). ``progress``: a bar on stderr
-    over the ground-truth frames, advanced as each sequence is scored."""
+                     progress: bool = False, only: Path | None = None):
+    """Score every ground-truth sequence (``only``: those a list file names, :func:`read_sequence_list`); returns
+    the list of :class:`~vosrt.sdk.metrics.ObjectScore` (``unsupervised``: by the DAVIS unsupervised protocol, all
+    frames scored). ``progress``: a bar on stderr over the ground-truth frames, advanced as each sequence is
+    scored. Missing predictions are refused before any sequence is scored."""
     from vosrt.sdk.progress import Progress
 
     gt_seqs = sequences(gt_root, "--gt")
+    if only is not None:
+        gt_seqs = _listed(gt_seqs, gt_root, read_sequence_list(only), only)
     single = len(gt_seqs) == 1 and next(iter(gt_seqs.values())) == gt_root
     pred_seqs = {gt_root.name: _single_prediction(pred_root, gt_root.name)} if single else sequences(pred_root, "--pred")
+    command = (["vosrt", "eval", "--pred", str(pred_root), "--gt", str(gt_root)]
+               + (["--task", "unsupervised"] if unsupervised else []) + ([] if skip_first_last else ["--all-frames"]))
+    _check_predictions(pred_root, gt_root, gt_seqs, pred_seqs, command)
     # every frame is scored against every object (unsupervised: every proposal too), a few ms each at 480p: a
     # dataset takes from tens of seconds to minutes, which a bar shows instead of a silent wait
     bar = Progress(sum(len(png_files(d)) for d in gt_seqs.values()), "frame", enabled=progress, desc="scoring")
@@ -161,10 +247,6 @@ def _evaluate(pred_root: Path, gt_root: Path, gt_seqs: dict, pred_seqs: dict, sk
               unsupervised: bool, bar) -> list:
     scores, binary, late = [], [], []
     for name, gt_dir in _advancing(bar, gt_seqs):
-        if name not in pred_seqs:
-            raise UserError(f"--pred {pred_root}: no predictions for sequence '{name}' (expected a folder "
-                            f"{pred_root / name} of PNGs; it has {len(pred_seqs)}: {', '.join(list(pred_seqs)[:3])}"
-                            f"{', ...' if len(pred_seqs) > 3 else ''})")
         # natural order (frame2 before frame10), as vosrt run reads a folder: it decides which frames are
         # the first and the last; DAVIS's zero-padded names sort the same either way
         gt_files = png_files(gt_dir)
@@ -328,13 +410,18 @@ def _run_mots(args) -> int:
 def run(args) -> int:
     """Entry point of ``vosrt eval``."""
     task = getattr(args, "task", "semi-supervised")
+    if getattr(args, "sequences", None) and task in ("vis", "mots"):
+        raise UserError(f"--sequences is for the PNG tasks (semi-supervised, unsupervised); --task {task} scores every "
+                        "video of --gt: give --gt " + ("an annotation file of the videos to score" if task == "vis" else
+                                                       "a folder holding the <sequence>.txt files to score"))
     if task == "vis":
         return _run_vis(args)
     if task == "mots":
         return _run_mots(args)
     pred_root, gt_root = Path(args.pred), Path(args.gt)
     scores = evaluate_folders(pred_root, gt_root, skip_first_last=not args.all_frames,
-                              unsupervised=task == "unsupervised", progress=not getattr(args, "no_progress", False))
+                              unsupervised=task == "unsupervised", progress=not getattr(args, "no_progress", False),
+                              only=Path(args.sequences) if getattr(args, "sequences", None) else None)
     columns = ("J", "F", "J&F", *RECALL_DECAY)   # recall and decay after J&F, as the DAVIS evaluation reports
     rows = [(s.sequence, str(s.object_id), s.j_mean, s.f_mean, s.jf, *s.j_recall_decay, *s.f_recall_decay)
             for s in scores]

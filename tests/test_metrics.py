@@ -457,6 +457,42 @@ def _davis_root(root, predicted=("b", "c"), frames=4):
     (root / "DAVIS" / "ImageSets" / "2017" / "train.txt").write_text("a\n")
 
 
+def test_vosrt_eval_of_a_split_names_every_unpredicted_sequence_and_scores_the_listed_ones(tmp_path, capsys):
+    # DAVIS's Annotations/480p holds train and val; predictions of val were refused naming one sequence at a
+    # time, and nothing scored a split short of copying its annotations into a folder of their own
+    import shlex
+
+    _davis_root(tmp_path)
+    gt = tmp_path / "DAVIS" / "Annotations" / "480p"
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(gt), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"no predictions for 1 of the 3 sequence(s) of --gt {gt} (a;" in err and "--sequences FILE" in err
+    command = shlex.split(err.split("`")[1])
+    assert command[:2] == ["vosrt", "eval"] and command[-2:] == ["--sequences", str(gt.parent.parent / "ImageSets" /
+                                                                                    "2017" / "val.txt")]
+    assert main(command[1:] + ["--csv", str(tmp_path / "val.csv"), "--no-progress"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "val.csv")))
+    assert [r["sequence"] for r in rows] == ["b", "c", "b", "c", "all"] and rows[-1]["J&F"] == "1.000000"
+    # a list naming a sequence the ground truth lacks
+    (tmp_path / "list.txt").write_text("b\nzebra\n")
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(gt), "--sequences", str(tmp_path / "list.txt")]) == 2
+    assert f"--sequences {tmp_path / 'list.txt'}: 1 of its 2 sequence(s) are not in --gt {gt} (zebra;" in \
+        capsys.readouterr().err
+
+
+def test_vosrt_eval_refuses_missing_predictions_of_every_sequence_before_scoring_any(tmp_path, capsys):
+    # a frame missing in the last sequence was found only after every earlier one was scored (minutes on a
+    # dataset), and then one file at a time
+    _davis_root(tmp_path, predicted=("a", "b", "c"))
+    (tmp_path / "pred" / "b" / "00001.png").unlink()
+    (tmp_path / "pred" / "c" / "00002.png").unlink()
+    gt = tmp_path / "DAVIS" / "Annotations" / "480p"
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(gt)]) == 2
+    err = capsys.readouterr().err
+    assert f"missing {tmp_path / 'pred' / 'b' / '00001.png'}" in err and "and 1 more predicted PNG(s)" in err
+    assert "scoring" not in err   # refused before the first sequence was scored
+
+
 def test_vosrt_eval_given_a_dataset_s_top_folder_says_which_folder_holds_its_sequences(tmp_path, capsys):
     # davis2017-evaluation is given the DAVIS root; vosrt eval said only "no PNG masks in it"
     _davis_root(tmp_path, predicted=("a", "b", "c"))
