@@ -196,3 +196,26 @@ def test_train_without_config_on_cpu_does_not_warn_for_a_run_shorter_than_the_cp
     args = argparse.Namespace(family="stcn", data=[str(data_dir)], out=str(tmp_path / "long"))
     cli_train.warn_cpu_time(default_config("stcn-lite", iterations=5000), args)   # longer than the CPU-sized run
     assert re.search(r"would take roughly \d+ hours", capsys.readouterr().err)
+
+
+def test_train_cpu_hint_is_a_command_that_runs_for_folders_with_spaces_and_keeps_the_stage(data_dir, tmp_path, capsys):
+    # the suggested CPU-sized run joined the paths unquoted (a --data folder "my data" became two folders, "my"
+    # and "data") and left out --stage: a static pre-training was offered a main-stage run
+    if torch.cuda.is_available():
+        pytest.skip("the warning is for CPU-only machines")
+    from vosrt.training import cli_train
+    from vosrt.training.train import default_config
+
+    spaced = tmp_path / "my data"
+    shutil.copytree(data_dir, spaced)
+    args = argparse.Namespace(family="stcn", data=[str(spaced)], out=str(tmp_path / "my run"), stage="static")
+    cli_train.warn_cpu_time(default_config("stcn", "static"), args)
+    command = shlex.split(capsys.readouterr().err.strip().splitlines()[-1])
+    assert command[command.index("--data") + 1] == str(spaced)
+    assert command[command.index("--out") + 1] == str(tmp_path / "my run-cpu")
+    assert command[command.index("--stage") + 1] == "static"
+    # the suggested run, shortened to one step with tiny crops so that the test stays short
+    assert main(command[1:] + ["--iterations", "1", "--size", "32", "32", "--batch-size", "1", "--workers", "0",
+                               "--no-progress"]) == 0
+    trained = _trained_config(tmp_path / "my run-cpu")
+    assert trained["stage"] == "static" and trained["model"] == "stcn-lite"

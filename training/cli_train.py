@@ -244,10 +244,14 @@ def warn_cpu_time(config, args) -> None:
         return  # no longer than the CPU-sized run it would suggest (a run sized with the flags: "roughly 0 min")
     hours = seconds / 3600
     took = f"{hours / 24:.0f} days" if hours >= 48 else f"{hours:.0f} hours" if hours >= 2 else f"{seconds / 60:.0f} min"
+    # a command to paste: quoted (a --data folder with a space in its name was split into two), and in the stage
+    # the estimate is for (the CPU-sized config is scaled in config.stage; without --stage it would train "main")
+    import shlex
+
+    command = ["vosrt", "train", args.family, "--data", *map(str, args.data), "--out", f"{str(args.out).rstrip('/')}-cpu",
+               "--config", str(reference)] + (["--stage", config.stage] if config.stage != "main" else [])
     print(f"warning: no GPU: {config.model} without --config ({config.iterations} steps of batch "
           f"{config.batch_size} at {config.size[0]}x{config.size[1]}) would take roughly {took} on this CPU "
           f"(scaled from {reference.name}, measured on 2 cores). A CPU-sized run (in a folder of its own: this "
-          f"run's saves its first step in {args.out}):\n"
-          f"  vosrt train {args.family} --data {' '.join(args.data)} --out {str(args.out).rstrip('/')}-cpu "
-          f"--config {reference}",
+          f"run's saves its first step in {args.out}):\n  {shlex.join(command)}",
           file=sys.stderr, flush=True)
