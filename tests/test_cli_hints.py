@@ -219,3 +219,20 @@ def test_train_cpu_hint_is_a_command_that_runs_for_folders_with_spaces_and_keeps
                                "--no-progress"]) == 0
     trained = _trained_config(tmp_path / "my run-cpu")
     assert trained["stage"] == "static" and trained["model"] == "stcn-lite"
+
+
+def test_train_size_and_stage_errors_name_their_flag_and_what_to_give(data_dir, tmp_path, capsys):
+    # "size: expected [height, width], both multiples of 16" and "stage: 3dc-seg has the stage(s) main" named
+    # neither --size / --stage nor a value that works
+    common = ["--data", str(data_dir), "--iterations", "1", "--batch-size", "1", "--workers", "0", "--no-progress"]
+    assert main(["train", "stcn-lite", "--out", str(tmp_path / "odd"), "--size", "30", "40"] + common) == 2
+    err = capsys.readouterr().err
+    assert "size (--size or \"size\" in the --config file): expected a height and a width, both multiples of 16, " \
+           "got [30, 40]" in err
+    suggested = shlex.split(err.split("e.g. ")[1])
+    assert suggested == ["--size", "32", "48"]
+    assert main(["train", "stcn-lite", "--out", str(tmp_path / "fit")] + suggested + common) == 0
+    capsys.readouterr()
+    assert main(["train", "3dc-seg-lite", "--stage", "static", "--out", str(tmp_path / "3dc")] + common) == 2
+    assert "stage (--stage or \"stage\" in the --config file): 3dc-seg has the stage(s) main, got 'static'; leave " \
+           "--stage out" in capsys.readouterr().err

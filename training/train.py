@@ -383,7 +383,9 @@ def build_dataset(config: TrainConfig, data: list[str | Path]):
         raise UserError("--data: give at least one dataset folder")
     size = tuple(int(s) for s in config.size)
     if len(size) != 2 or any(s % 16 for s in size):
-        raise UserError(f"size: expected [height, width], both multiples of 16, got {config.size}")
+        fit = [max(16, -(-int(s) // 16) * 16) for s in size] if len(size) == 2 else [384, 384]
+        raise UserError(f"size (--size or \"size\" in the --config file): expected a height and a width, both "
+                        f"multiples of 16, got {config.size}; e.g. --size {fit[0]} {fit[1]}")
     recipe = recipe_for(config.family)
     check_min_size(*size, recipe.min_size, config.model, "size (--size or \"size\" in the --config file)",
                    "--size {height} {width}")

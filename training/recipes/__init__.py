@@ -36,7 +36,9 @@ class Recipe:
 
     def check_stage(self, stage: str) -> None:
         if stage not in self.stages:
-            raise UserError(f"stage: {self.family} has the stage(s) {', '.join(self.stages)}, got {stage!r}")
+            raise UserError(f"stage (--stage or \"stage\" in the --config file): {self.family} has the stage(s) "
+                            f"{', '.join(self.stages)}, got {stage!r}"
+                            + ("; leave --stage out" if len(self.stages) == 1 else ""))
 
     def check_options(self, options, source: str) -> None:
         """UserError (naming ``source``) for option values the recipe cannot use; types are checked before."""
