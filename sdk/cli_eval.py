@@ -16,7 +16,8 @@ Tasks:
 ``vis`` and ``mots`` need ``pip install 'vosrt[eval]'`` (pycocotools, trackeval).
 
 For the PNG tasks a folder is either one sequence (PNG files directly in it) or a set of sequences
-(sub-folders of PNGs, as DAVIS ``Annotations/480p``); ``.png`` and ``.PNG`` are both PNGs. Predictions are
+(sub-folders of PNGs, as DAVIS ``Annotations/480p``; ``--sequences ImageSets/2017/val.txt`` scores the listed ones
+only); ``.png`` and ``.PNG`` are both PNGs. Predictions are
 matched to ground truth by sequence and file name (the suffix's case aside); a frame no object is scored on
 (the first and last of the semi-supervised task, as davis2017-evaluation reads them) needs none; a sequence's frames are in
 natural order (``frame2`` before ``frame10``). In the ground truth 255 is void beside object ids: background in the semi-supervised task, left out of J
