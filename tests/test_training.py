@@ -187,6 +187,11 @@ def test_config_file_overrides_defaults_and_rejects_unknown_options(tmp_path):
     bad.write_text(json.dumps({"learning_rate": 0.5}))
     with pytest.raises(UserError, match="learning_rate"):
         load_config_file(bad, default_config("stcn"))
+    # a folder was "file not found", of a folder that is there
+    with pytest.raises(UserError, match=r"^--config: is a folder, not a JSON file: .*; give a JSON file"):
+        load_config_file(tmp_path, default_config("stcn"))
+    with pytest.raises(UserError, match=r"^--config: file not found: .*missing\.json; give a JSON file"):
+        load_config_file(tmp_path / "missing.json", default_config("stcn"))
 
 
 def _free_port() -> int:
@@ -332,6 +337,19 @@ def test_training_with_a_validation_folder_reports_j_and_f(data_dir, tmp_path):
                     progress=False)
     assert set(summary["validation"]) == {"J", "F", "J&F"}
     assert 0.0 <= summary["validation"]["J&F"] <= 1.0
+
+
+def test_a_data_folder_that_is_not_there_is_named_with_its_flag(data_dir, tmp_path, capsys):
+    # it said "dataset folder not found: X": not which flag, nor what --data takes
+    from vosrt.cli import main
+
+    missing = tmp_path / "DAVIS2017"
+    assert main(["train", "stcn-lite", "--data", str(data_dir), str(missing), "--out", str(tmp_path / "run")]) == 2
+    assert f"error: --data: {missing}: no such file or folder" in capsys.readouterr().err
+    with pytest.raises(UserError, match=rf"^--data: {missing}: no such file or folder; give a dataset folder .*"
+                                        r"or 'generated'"):
+        build_dataset(tiny_config(), [data_dir, missing])
+    assert not (tmp_path / "run" / "last.pth").exists()
 
 
 def test_a_validation_folder_or_size_that_cannot_work_is_refused_before_the_first_step(data_dir, tmp_path):

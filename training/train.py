@@ -231,7 +231,8 @@ def load_config_file(path: str | Path, config: TrainConfig) -> TrainConfig:
     """Apply the JSON object in ``path`` to ``config``."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--config: file not found: {path}")
+        what = "is a folder, not a JSON file" if path.is_dir() else "file not found"
+        raise UserError(f"--config: {what}: {path}; give a JSON file of training options")
     try:
         overrides = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -381,6 +382,12 @@ def build_dataset(config: TrainConfig, data: list[str | Path]):
     (or, for STCN main training, ``["generated"]``: clips generated on the fly)."""
     if not data:
         raise UserError("--data: give at least one dataset folder")
+    # said here, naming the flag: the folder reader's own "dataset folder not found" did not say where it came from
+    missing = [str(d) for d in data if str(d) != GENERATED and not Path(d).exists()]
+    if missing:
+        raise UserError(f"--data: {', '.join(missing)}: no such file or folder; give a dataset folder (DAVIS or "
+                        f"YouTube-VOS layout; `vosrt train --help` lists the others), or '{GENERATED}' for clips "
+                        f"generated on the fly")
     size = tuple(int(s) for s in config.size)
     if len(size) != 2 or any(s % 16 for s in size):
         fit = [max(16, -(-int(s) // 16) * 16) for s in size] if len(size) == 2 else [384, 384]
