@@ -69,8 +69,6 @@ def _open_live_source(args):
 
     first = open_source(args.source)
     file_like = first.kind in ("video", "folder", "davis")
-    if args.fps is not None and args.fps <= 0:
-        raise UserError(f"--fps: expected frames per second > 0, got {args.fps}")
     pace = None
     if file_like and args.realtime:
         pace = args.fps or first.fps or 25.0
@@ -108,6 +106,9 @@ def run(args) -> int:
 
     if args.frames is not None and args.frames < 1:
         raise UserError(f"--frames: expected a positive number, got {args.frames}")
+    if args.fps is not None and not 0 < args.fps < math.inf:   # NaN was refused as "pace: ...", a flag there is
+        # none of; inf was taken, and --realtime played the file unpaced, dropping most of its frames
+        raise UserError(f"--fps: expected a finite number of frames per second > 0, got {args.fps}")
     if not 0 <= args.retry_seconds < math.inf:   # a negative (or NaN) wait reopened a dropped camera in a busy
         # loop; an infinite one killed the capture thread (OverflowError in its wait), the page "retrying" for ever
         raise UserError(f"--retry-seconds: expected a finite number of seconds >= 0, got {args.retry_seconds}")
