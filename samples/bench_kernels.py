@@ -51,6 +51,20 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if min(args.frames or [1]) < 1 or min(args.objects or [1]) < 1:
         parser.error("--frames and --objects take numbers of at least 1")
+    shapes = tiny if args.dry_run else full
+    memory = min(args.frames or shapes["frames"]) * shapes["hw"]
+    readout_timed = args.only in (None, "readout")
+    if readout_timed and args.top_k > memory:   # was torch.topk's "selected index k out of range" traceback
+        parser.error(f"--top-k {args.top_k}: more than the memory of {min(args.frames or shapes['frames'])} frame(s) "
+                     f"holds (N = {memory} entries); give --top-k {memory} or less, or more --frames")
+    from vosrt.sdk.cpu_ops import MAX_TOP_K   # the kernels' VOSRT_L2_READOUT_MAX_TOP_K
+
+    if readout_timed and not args.dry_run and args.top_k > MAX_TOP_K:
+        # l2_memory_readout hands such a top-k to the PyTorch reference: the "fused" column would have timed the
+        # reference against itself (ratios about 1x, printed as the kernel's)
+        parser.error(f"--top-k {args.top_k}: the fused kernel reads at most {MAX_TOP_K} entries per query (beyond "
+                     f"that the reference runs in its place, so there is no kernel to time); give --top-k "
+                     f"{MAX_TOP_K} or less")
     import torch
 
     device = "cpu" if args.dry_run else "cuda"

@@ -392,6 +392,20 @@ def test_bench_kernels_refuses_bad_sizes_naming_the_option():
     assert done.returncode == 2 and "--frames" in done.stderr
 
 
+@pytest.mark.parametrize("args, says", [
+    # the dense reference's torch.topk "selected index k out of range": a traceback after the other rows ran
+    (["--dry-run", "--only", "readout", "--top-k", "97"], "--top-k 97: more than the memory of 2 frame(s) holds "
+                                                           "(N = 96 entries); give --top-k 96 or less"),
+    # above the kernel's limit l2_memory_readout runs the reference, which was timed and printed as the kernel
+    (["--top-k", "65"], "--top-k 65: the fused kernel reads at most 64 entries per query"),
+])
+def test_bench_kernels_refuses_a_top_k_it_cannot_time_naming_the_option(args, says):
+    done = subprocess.run([sys.executable, str(BENCH), "--repeat", "1", *args], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "L2MemoryReadout" not in done.stdout
+
+
 def test_kernel_rows_of_the_benchmarks_run_on_the_emulated_kernels(monkeypatch):
     """The benchmarks' GPU-only branch (the fused kernels' timings, ratios and differences) driven on the
     CPU through the host emulation of the kernels, so its first run on a GPU is not its first run."""
