@@ -204,7 +204,8 @@ def main(argv=None) -> int:
                          json.loads(done.stdout.strip().splitlines()[-1])))
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {args.objects} objects, memory "
           f"{args.memory_frames} frames, {args.threads} threads; seconds per call (wall / CPU), median of {args.repeat}; "
-          "a frame is a key encoding, a segment call and a value encoding every mem_every frames (the package's)")
+          "a frame is a key encoding, a segment call and a value encoding every mem_every frames (the package's); "
+          "vs first: the first row's frame wall time over this row's (above 1x: faster than the first row)")
     graphs = ["encode_key", "encode_value", "segment"]
     print(f"{'configuration':<40}" + "".join(f"{g:>22}" for g in graphs) + f"{'frame wall':>12}{'frame CPU':>11}"
           f"{'peak RSS':>10}{'vs first':>9}")

@@ -191,6 +191,18 @@ def test_bench_stcn_graphs_reports_every_configuration_and_the_fp32_ceiling(tmp_
     assert rates and all(int(line.split("runs at ")[1].split("%")[0]) > 0 for line in rates)
 
 
+def test_bench_stcn_graphs_says_which_way_its_ratio_goes(tmp_path):
+    # "vs first" printed 0.20x for a configuration five times slower than the first: a reader could not tell a
+    # ratio of times from one of speeds
+    done = run_sample("bench_stcn_graphs.py", str(tiny_package("stcn", ("portable",))), "--repeat", "1",
+                      "--memory-frames", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert ("vs first: the first row's frame wall time over this row's (above 1x: faster than the first row)"
+            in done.stdout), done.stdout
+    row = next(line for line in done.stdout.splitlines() if " onnxruntime portable" in line and "MB" in line)
+    assert row.rstrip().endswith("1.00x")
+
+
 def test_bench_stcn_graphs_counts_value_encodings_at_the_package_s_mem_every(tmp_path):
     # A frame was key + segment + a fifth of a value encoding whatever the package's streaming.mem_every
     import json
