@@ -15,8 +15,9 @@ files are processed frame by frame unless ``--realtime``. A camera or stream tha
 
 ``--headless`` runs the same pipeline without a server: ``--select`` boxes pick objects on the first
 frame, ``--out`` gets one palette PNG per processed frame (named by the source frame), ``--video`` the
-overlay, and FPS, latency p50/p95 and dropped frames are printed at the end. Ctrl-C, SIGTERM and SIGHUP
-end either mode cleanly: the video is finished (playable) and the PNGs written so far stay.
+overlay, and FPS, latency p50/p95 and dropped frames are printed at the end (a progress bar meanwhile;
+``--no-progress`` hides it). Ctrl-C, SIGTERM and SIGHUP end either mode cleanly: the video is finished
+(playable) and the PNGs written so far stay.
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--save-dir", default=DEFAULT_SAVE_DIR,
                         help="where the page's snapshot and record buttons write (default ./vosrt-live)")
     parser.add_argument("--frames", type=int, default=None, help="stop after processing this many frames")
+    parser.add_argument("--no-progress", action="store_true", help="--headless: no progress bar")
     parser.add_argument("--retry-seconds", type=float, default=1.0,
                         help="wait before reopening a source that stopped (default 1)")
     add_session_arguments(parser)   # --backend, --device, --checkpoint, --max-objects, --top-k ...
@@ -160,7 +162,7 @@ def run(args) -> int:
           file=sys.stderr)
     try:
         if args.headless:
-            _run_headless(pipeline)
+            _run_headless(pipeline, enabled=not args.no_progress)
         else:
             import asyncio
 
@@ -188,8 +190,20 @@ def run(args) -> int:
     return 0
 
 
-def _run_headless(pipeline) -> None:
-    """Run in this thread; SIGINT, SIGTERM and SIGHUP stop it cleanly."""
+def _run_headless(pipeline, enabled: bool = True) -> None:
+    """Run in this thread with a progress bar (a long file said nothing until its end); SIGINT, SIGTERM and SIGHUP
+    stop it cleanly."""
+    from vosrt.sdk.progress import Progress
+
+    source = pipeline.source
+    # a file or folder processed frame by frame has a known end; a camera, a URL, --loop or --realtime (frames
+    # dropped) do not
+    total = None if source.drop or source.loop or source.length is None else source.length
+    if pipeline.max_frames is not None:
+        total = min(total or pipeline.max_frames, pipeline.max_frames)
+    bar = Progress(total, "frame", enabled=enabled)
+    pipeline.listeners.append(lambda: bar.update(postfix=f"{pipeline.fps():.1f} FPS"))
+
     def stop(signum, frame):
         print(f"\n{signal.Signals(signum).name}: stopping", file=sys.stderr)
         pipeline.stop()
@@ -198,5 +212,6 @@ def _run_headless(pipeline) -> None:
     try:
         pipeline.run()
     finally:
+        bar.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -97,6 +97,19 @@ def test_frames_limits_the_processed_frames(tmp_path):
     assert len(list((tmp_path / "masks").glob("*.png"))) == 6
 
 
+def test_a_headless_run_shows_its_progress_unless_told_not_to(tmp_path, capsys):
+    # a long file processed --headless said nothing from the model's line to the final figures
+    pytest.importorskip("tqdm")   # without it the bar is a line a second, which a short run may not reach
+    seq = generate_sequence(9, num_frames=5, height=64, width=96, num_objects=1)
+    clip = write_video(tmp_path / "clip.mp4", seq)
+    assert main(["live", str(PACKAGE), "--source", str(clip), "--headless", *_select_args(seq.labels[0])]) == 0
+    assert "5/5 [" in capsys.readouterr().err          # the file's length is the bar's total
+    assert main(["live", str(PACKAGE), "--source", str(clip), "--headless", "--frames", "3"]) == 0
+    assert "3/3 [" in capsys.readouterr().err
+    assert main(["live", str(PACKAGE), "--source", str(clip), "--headless", "--no-progress"]) == 0
+    assert "frame/s" not in capsys.readouterr().err
+
+
 def test_session_settings_are_flags_of_live_too(tmp_path, capsys):
     seq = generate_sequence(9, num_frames=4, num_objects=2)
     clip = write_video(tmp_path / "clip.mp4", seq)
