@@ -164,6 +164,12 @@ def _per_frame(result: dict, clock: str) -> float:
     return graphs["encode_key"][clock] + graphs["segment"][clock] + graphs["encode_value"][clock] / result["mem_every"]
 
 
+def _percent(share: float) -> str:
+    """``share`` as a percentage, with two significant digits below 1%: a row far off the rate (a small model's
+    torch row, all overhead) printed "runs at 0% of that rate", as if it never finished a frame."""
+    return f"{share:.0%}" if share >= 0.01 else f"{share * 100:.2g}%"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("packages", nargs="+", metavar="PKG", help="STCN package folder or shipped package name")
@@ -224,7 +230,7 @@ def main(argv=None) -> int:
         print(f"fp32 ceiling: {flops / 1e9:.3g} GFLOP per frame at {rate / 1e9:.0f} GFLOP/s (ONNX Runtime fp32 "
               f"MatMul, {args.threads} threads) -> about {floor:.3f} s per frame in fp32")
         for name, result in rows:
-            print(f"  {name}: runs at {floor / _per_frame(result, 'wall'):.0%} of that rate")
+            print(f"  {name}: runs at {_percent(floor / _per_frame(result, 'wall'))} of that rate")
         torch_rows = [r for n, r in rows if " torch " in n]
         if torch_rows:
             wall = _per_frame(torch_rows[0], "wall")

@@ -188,7 +188,8 @@ def test_bench_stcn_graphs_reports_every_configuration_and_the_fp32_ceiling(tmp_
     gflop = float(ceiling.split()[2])
     assert gflop > 0 and "GFLOP/s" in ceiling
     rates = [line for line in lines if "runs at" in line and line.rstrip().endswith("of that rate")]
-    assert rates and all(int(line.split("runs at ")[1].split("%")[0]) > 0 for line in rates)
+    # a row far below the rate (the tiny package's torch row) printed "runs at 0%"
+    assert rates and all(float(line.split("runs at ")[1].split("%")[0]) > 0 for line in rates), rates
 
 
 def test_bench_stcn_graphs_says_which_way_its_ratio_goes(tmp_path):
@@ -201,6 +202,15 @@ def test_bench_stcn_graphs_says_which_way_its_ratio_goes(tmp_path):
             in done.stdout), done.stdout
     row = next(line for line in done.stdout.splitlines() if " onnxruntime portable" in line and "MB" in line)
     assert row.rstrip().endswith("1.00x")
+
+
+def test_bench_stcn_graphs_prints_a_small_share_of_the_fp32_rate_as_more_than_zero():
+    # the tiny package's torch row, far below the rate, printed "runs at 0% of that rate" (and failed the slow
+    # test above whenever the host was busy)
+    sys.path.insert(0, str(SAMPLES))
+    from bench_stcn_graphs import _percent
+
+    assert [_percent(share) for share in (1.06, 0.38, 0.01, 0.0041, 0.0004)] == ["106%", "38%", "1%", "0.41%", "0.04%"]
 
 
 def test_bench_stcn_graphs_counts_value_encodings_at_the_package_s_mem_every(tmp_path):
