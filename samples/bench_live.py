@@ -92,7 +92,7 @@ def measure(args, work: Path) -> None:
     print(f"1. GrabCut from bounding boxes: IoU mean {np.mean(ious):.3f}, min {np.min(ious):.3f} "
           f"over {len(ious)} objects of {args.clips} generated clips (seeds 4242..{4241 + args.clips})")
     print(f"2. J&F over the clips ({args.frames} frames): boxes {boxes_jf:.3f}, true first mask {truth_jf:.3f}, "
-          f"ratio {boxes_jf / truth_jf:.3f}")
+          f"ratio boxes / true mask {boxes_jf / truth_jf:.3f}")
 
     seq = generate_sequence(77, num_frames=300, num_objects=2)
     clip = write_video(work / "fast.mp4", seq, fps=args.fps)

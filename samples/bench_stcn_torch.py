@@ -8,6 +8,7 @@ is ``--model``'s default configuration with random weights (stcn-lite: 6.4 M par
 ``stcn-lite`` package is a smaller configuration, which ``vosrt bench stcn-lite --compare torch`` times.
 """
 import argparse
+import statistics
 import time
 
 import torch
@@ -64,7 +65,7 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     walls.sort()
     print(f"{args.model}: {params / 1e6:.2f} M parameters; {height}x{width}, {objects} objects, "
-          f"{args.threads} threads: wall median {walls[len(walls) // 2] * 1e3:.0f} ms, best {walls[0] * 1e3:.0f} ms, "
+          f"{args.threads} threads: wall median {statistics.median(walls) * 1e3:.0f} ms, best {walls[0] * 1e3:.0f} ms, "
           f"CPU time {cpu * 1e3:.0f} ms per frame")
 
 
