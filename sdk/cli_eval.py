@@ -93,7 +93,8 @@ def sequences(root: Path, flag: str = "") -> dict[str, Path]:
     where = f"{flag} {root}".strip()
     if not root.is_dir():
         raise UserError(f"{where}: not a folder" + (" (it does not exist)" if not root.exists() else ""))
-    found = {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and png_files(d)}
+    # hidden folders are no sequences: a Jupyter .ipynb_checkpoints of PNG copies became one the predictions lacked
+    found = {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".") and png_files(d)}
     if png_files(root):
         if found:
             raise UserError(f"{where}: holds PNG files and sub-folders of PNGs ({', '.join(list(found)[:3])}); is "

@@ -500,3 +500,18 @@ def test_vosrt_eval_given_a_dataset_s_top_folder_says_which_folder_holds_its_seq
         assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(gt)]) == 2
         hinted = tmp_path / "DAVIS" / "Annotations" / "480p"
         assert f"its sequence folders are in {hinted}: give --gt {hinted}" in capsys.readouterr().err
+
+
+def test_hidden_folders_of_pngs_are_no_sequences(tmp_path, capsys):
+    # a Jupyter .ipynb_checkpoints folder of PNG copies in the ground truth was a sequence: "no predictions for
+    # sequence .ipynb_checkpoints"
+    import shutil
+
+    _davis_root(tmp_path, predicted=("a", "b", "c"))
+    gt = tmp_path / "DAVIS" / "Annotations" / "480p"
+    shutil.copytree(gt / "a", gt / ".ipynb_checkpoints")
+    shutil.copytree(tmp_path / "pred" / "a", tmp_path / "pred" / ".hidden")
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(gt), "--no-progress",
+                 "--csv", str(tmp_path / "m.csv")]) == 0
+    rows = [line.split(",")[0] for line in (tmp_path / "m.csv").read_text().splitlines()[1:]]
+    assert not any(row.startswith(".") for row in rows) and {"a", "b", "c"} <= set(rows), rows
