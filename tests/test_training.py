@@ -187,6 +187,11 @@ def test_config_file_overrides_defaults_and_rejects_unknown_options(tmp_path):
     bad.write_text(json.dumps({"learning_rate": 0.5}))
     with pytest.raises(UserError, match="learning_rate"):
         load_config_file(bad, default_config("stcn"))
+    # an unknown model in the file did not name the file
+    unknown = tmp_path / "model.json"
+    unknown.write_text(json.dumps({"model": 7}))
+    with pytest.raises(UserError, match=r'^--config .*model\.json: "model": unknown model \'7\': expected one of'):
+        load_config_file(unknown, default_config("stcn"))
     # a folder was "file not found", of a folder that is there
     with pytest.raises(UserError, match=r"^--config: is a folder, not a JSON file: .*; give a JSON file"):
         load_config_file(tmp_path, default_config("stcn"))

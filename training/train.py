@@ -191,7 +191,10 @@ def apply_overrides(config: TrainConfig, overrides: dict, source: str = "overrid
     under its name or given flat; unknown names raise ``UserError``."""
     overrides = dict(overrides)
     model = overrides.get("model", config.model)
-    family = family_of(model)
+    try:
+        family = family_of(model)
+    except UserError as err:   # "unknown model '7'": said of the file or flag that gave it
+        raise UserError(f"{source}: \"model\": {err}") from None
     recipe = recipe_for(family)
     options = config.options if family == config.family and config.options is not None else recipe.options()
     option_names = {f.name for f in dataclasses.fields(recipe.options)}
