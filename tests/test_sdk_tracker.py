@@ -391,3 +391,26 @@ def test_on_tensorrt_the_fixed_top_k_refusal_offers_onnxruntime_and_engines_buil
     assert export[export.index("--checkpoint") + 1] == str(package.checkpoint)
     assert export[export.index("--size") + 1:export.index("--size") + 3] == [str(package.height), str(package.width)]
     assert build == ["build", export[export.index("--out") + 1]]
+
+
+def test_a_session_top_k_beyond_the_cpu_operators_runs_the_portable_form_or_is_refused_at_load(sequence, capfd):
+    # load("stcn-lite", top_k=100) (vosrt run --top-k 100) opened the plugin form, whose CPU operators read at most
+    # 64 entries, and failed with a KernelError at the second frame, once the memory held more than 100 entries
+    from vosrt.sdk import cpu_ops
+
+    try:
+        cpu_ops.load_cpu_ops()
+    except Exception as err:
+        pytest.skip(f"the CPU operators cannot be built here: {err}")
+    tracker = vosrt.sdk.load("stcn-lite", top_k=100, threads=1)
+    portable = vosrt.sdk.load("stcn-lite", top_k=100, threads=1, form="portable")
+    assert tracker.backend.forms["segment"] == "portable"
+    assert "top_k=100" in capfd.readouterr().err
+    frames = sequence.frames[:4]
+    assert np.array_equal(track(tracker, frames, sequence.labels[0]), track(portable, frames, sequence.labels[0]))
+    # the operators' own limit, and top_k 0 (every entry), keep the plugin form
+    assert vosrt.sdk.load("stcn-lite", top_k=64, threads=1).backend.forms["segment"] == "plugin"
+    assert vosrt.sdk.load("stcn-lite", top_k=0, threads=1).backend.forms["segment"] == "plugin"
+    with pytest.raises(UserError, match=r"top_k=100: .*at most 64 .*; ask for top_k 64 or less, or 0 \(every entry\); "
+                                        r"or run the portable form \(form='portable'\)"):
+        vosrt.sdk.load("stcn-lite", top_k=100, threads=1, form="plugin")

@@ -80,6 +80,7 @@ class OnnxRuntimeBackend(Backend):
             self._cpu_ops_graphs = {g for g, f in self.forms.items()
                                     if f == "plugin" and cpu_ops.has_plugin_nodes(package.graph_path(g, f))}
         self.bound = device == "cuda" if io_binding is None else bool(io_binding)
+        self._form_asked = form
         self._providers = providers
         self.package = package
         self.sessions: dict[str, ort.InferenceSession] = {}
@@ -90,21 +91,52 @@ class OnnxRuntimeBackend(Backend):
         self._inputs: dict[str, dict[str, str]] = {}
         self._outputs: dict[str, list[str]] = {}
         for graph in package.graphs:
-            path = package.graph_path(graph, self.forms[graph])
-            try:
-                session = ort.InferenceSession(self._model(graph), self._session_options(graph), providers=providers)
-            except Exception as err:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
-                raise UserError(f"ONNX Runtime cannot open {path}: {err}") from None
-            self.sessions[graph] = session
-            inputs = {i.name: i.type for i in session.get_inputs()}
-            self._overridable[graph] = {i.name for i in session.get_overridable_initializers()} - set(inputs)
-            for name in self._overridable[graph]:
-                inputs[name] = "overridable initializer"
-            self._inputs[graph] = inputs
-            self._paths[graph] = path
-            self._outputs[graph] = [o.name for o in session.get_outputs()]
+            self._open(graph)
         self._ort_device = "cuda" if device == "cuda" else "cpu"
         self._helpers: dict[tuple, ort.InferenceSession] = {}
+
+    def _open(self, graph: str) -> None:
+        """Open ``graph`` in the form :attr:`forms` names (again, after :meth:`fit_top_k` changed it)."""
+        path = self.package.graph_path(graph, self.forms[graph])
+        try:
+            session = ort.InferenceSession(self._model(graph), self._session_options(graph), providers=self._providers)
+        except Exception as err:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+            raise UserError(f"ONNX Runtime cannot open {path}: {err}") from None
+        self.sessions[graph] = session
+        inputs = {i.name: i.type for i in session.get_inputs()}
+        self._overridable[graph] = {i.name for i in session.get_overridable_initializers()} - set(inputs)
+        for name in self._overridable[graph]:
+            inputs[name] = "overridable initializer"
+        self._inputs[graph] = inputs
+        self._paths[graph] = path
+        self._outputs[graph] = [o.name for o in session.get_outputs()]
+        self._defaults.pop(graph, None)
+
+    def fit_top_k(self, graph: str, top_k: int, positions: int) -> None:
+        """Make ``graph`` able to read the memory with a fed ``top_k`` (a session's, which may differ from the
+        package's that :func:`_choose_forms` looked at) over up to ``positions`` memory entries. The plugin form run
+        by vosrt's CPU operators reads at most ``MAX_TOP_K`` entries per query, or all of them: a tracker opened
+        with ``top_k=100`` was accepted and failed with a KernelError at its second frame, once the memory held
+        more than 100 entries. With ``form="auto"`` the graph runs in its portable form instead (a notice on
+        stderr, as for a package's own top_k); where that cannot be (``form="plugin"``, or no portable file),
+        UserError saying what to ask for."""
+        if graph not in self._cpu_ops_graphs:
+            return
+        from vosrt.sdk import cpu_ops
+        if not cpu_ops.MAX_TOP_K < top_k < positions:   # k >= N reads every entry, which the operators take
+            return
+        why = (f"top_k={top_k}: the plugin form of graph '{graph}' of {self.package.path} runs on vosrt's CPU "
+               f"operators, whose L2MemoryReadout reads at most {cpu_ops.MAX_TOP_K} memory entries per query, or all")
+        has_portable = "portable" in self.package.graphs[graph]
+        if self._form_asked == "plugin" or not has_portable:
+            instead = "; or run the portable form (form='portable')" if has_portable else (
+                "; or export the package with its portable form (`vosrt export ... --forms plugin,portable`)")
+            raise UserError(f"{why}; ask for top_k {cpu_ops.MAX_TOP_K} or less, or 0 (every entry){instead}")
+        print(f"vosrt: {why}; running the portable form of '{graph}'", file=sys.stderr)
+        self.forms[graph] = "portable"
+        self._cpu_ops_graphs.discard(graph)
+        self.form = "+".join(sorted(set(self.forms.values()), reverse=True))
+        self._open(graph)
 
     @classmethod
     def check_options(cls, package, form: str = "auto", device: str = "auto", io_binding: bool | None = None,
