@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vosrt.sdk.errors import FrameError, UserError, is_whole
+from vosrt.sdk.errors import FrameError, UserError, is_number, is_whole
 from vosrt.sdk.session import SegmentedFrame
 
 MAX_REFUSED_IN_A_ROW = 25   # refused frames in a row that end a stream (one second of 25 FPS video)
@@ -88,7 +88,7 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
     exception propagates. With ``flush`` the session's stream is dropped too (``session.reset()``), so that the
     session starts the next stream at frame 0 as after a completed call; with ``flush=False`` it is left as it
     was, the frames pending in it included. A bad argument (``masks`` that is a label map rather than
-    ``{0: label map}``, one sink not in a list, a ``max_frames`` that is not a whole number) raises UserError
+    ``{0: label map}``, or whose keys are not frame positions, one sink not in a list, a ``max_frames`` that is not a whole number) raises UserError
     before anything is read, pushed or closed.
     """
     sinks = _check_arguments(source, sinks, masks, max_frames, on_result)
@@ -198,6 +198,16 @@ def _check_arguments(source, sinks, masks, max_frames, on_result) -> list:
         hint = "; for a mask of the first frame write masks={0: mask}" if isinstance(masks, np.ndarray) else ""
         raise UserError(f"masks: expected a mapping {{frame index: label map}} or a callable (index, frame) -> label "
                         f"map or None, got {type(masks).__name__}{hint}")
+    if isinstance(masks, Mapping):
+        # Looked up by source position: a key of another kind (a frame name such as "00000", a negative or
+        # fractional index) matched no frame, and a tracker then gave background for the whole stream, silently.
+        bad = [key for key in masks if not is_number(key) or not float(key).is_integer() or key < 0]
+        if bad:
+            names = ", ".join(repr(key) for key in bad[:3]) + (", ..." if len(bad) > 3 else "")
+            hint = (" (a frame name? key the mask by the frame's position in the source: masks={0: mask} for the "
+                    "first frame)") if any(isinstance(key, str) for key in bad) else ""
+            raise UserError(f"masks: keys are frame indices, the frames' positions in the source (whole numbers "
+                            f">= 0, 0 the first frame), got {names}{hint}")
     if max_frames is not None and (not is_whole(max_frames) or max_frames < 0):
         raise UserError(f"max_frames: expected a whole number of frames >= 0, or None for all, got {max_frames!r}")
     if on_result is not None and not callable(on_result):

@@ -2,6 +2,9 @@
 reused across videos (real ONNX Runtime sessions on the tiny packages of conftest)."""
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pytest
 
 import vosrt.sdk
@@ -76,3 +79,19 @@ def test_max_frames_takes_no_frame_past_the_last_so_a_source_read_on_loses_none(
     assert [done.index for done in rest.results] == list(range(4, len(sequence.frames)))
     pulled.clear()
     assert stream(session, _recording(sequence.frames, pulled), max_frames=0).pushed == 0 and pulled == []
+
+
+@pytest.mark.parametrize("key, says", [("00000", "a frame name?"), ("0", "got '0'"), (-1, "got -1"), (0.5, "got 0.5")])
+def test_masks_keyed_by_anything_but_a_frame_position_are_refused_before_a_frame_is_read(stcn_package, sequence,
+                                                                                          key, says):
+    # masks={"00000": mask} (keyed by the frame's name) matched no position: the tracker got no mask and gave
+    # background for every frame, without a word
+    pulled = []
+    with vosrt.sdk.load(stcn_package) as tracker:
+        with pytest.raises(vosrt.sdk.UserError, match=rf"masks: keys are frame indices.*{re.escape(says)}"):
+            stream(tracker, _recording(sequence.frames, pulled), masks={key: sequence.labels[0]})
+        assert pulled == [] and tracker.frames_in == 0
+        # a whole number of another type is a position (numpy's, or a float holding one)
+        for position in (np.int64(0), 0.0):
+            stats = stream(tracker, sequence.frames[:2], masks={position: sequence.labels[0]}, keep_results=True)
+            assert stats.results[0].labels.any()
