@@ -43,6 +43,96 @@ def test_lovasz_term_grows_when_two_instances_share_an_embedding():
     assert float(merged["seediness"]) == pytest.approx(0.0, abs=1e-6)
 
 
+def _published_clip_seediness(embeddings, log_variances, seediness, masks, ignore=None):
+    """The seediness term of one clip as stemseg/modeling/losses/embedding_loss.py computes it: the mean
+    squared seediness over all background pixels (ignored ones as zero error, still in the mean) plus, per
+    instance, the mean squared error to the detached probability on its pixels, divided by
+    (instances + 1)."""
+    emb = embeddings[0].flatten(1).t()
+    var = log_variances[0].flatten(1).t()
+    seeds = seediness[0, 0].flatten()
+    inst = [m for m in masks[0].flatten(1) > 0.5 if m.any()]
+    background = ~torch.stack(inst).any(0)
+    error = seeds[background] ** 2
+    if ignore is not None:
+        error = torch.where(ignore[0].flatten()[background], torch.zeros_like(error), error)
+    total = float(error.mean())
+    for m in inst:
+        centre, bandwidth = emb[m].mean(0), (var[m].exp() * 10).mean(0)
+        prob = torch.exp(-0.5 * ((emb - centre) ** 2 * bandwidth).sum(1))
+        total += float(((seeds[m] - prob[m]) ** 2).mean())
+    return total / (len(inst) + 1)
+
+
+def test_a_batch_loss_is_the_mean_of_its_clips_losses_as_the_public_training():
+    # the public training runs one clip per forward pass (MAX_SAMPLES_PER_GPU 1, batch 2 accumulated):
+    # clip 0 holds one instance, clip 1 two, so Σ lovasz / Σ instances (3) would differ from the mean of
+    # per-clip means, as would the seediness sum / (3 + 1)
+    generator = torch.Generator().manual_seed(0)
+    embeddings = torch.rand(2, 2, 2, 4, 6, generator=generator)
+    log_variances = torch.rand(2, 2, 2, 4, 6, generator=generator) - 2
+    seediness = torch.rand(2, 1, 2, 4, 6, generator=generator)
+    masks = torch.zeros(2, 3, 2, 4, 6)
+    masks[0, 0, :, :2, :3] = 1
+    masks[1, 0, :, :2, :2] = 1
+    masks[1, 1, :, 2:, 4:] = 1
+    batch = embedding_losses(embeddings, log_variances, seediness, masks)
+    clips = [embedding_losses(embeddings[b:b + 1], log_variances[b:b + 1], seediness[b:b + 1], masks[b:b + 1])
+             for b in range(2)]
+    assert batch["instances"] == 3
+    for term in ("lovasz", "smoothness", "seediness"):
+        assert float(batch[term]) == pytest.approx(sum(float(c[term]) for c in clips) / 2, rel=1e-5), term
+    for b in range(2):
+        assert float(clips[b]["seediness"]) == pytest.approx(_published_clip_seediness(
+            embeddings[b:b + 1], log_variances[b:b + 1], seediness[b:b + 1], masks[b:b + 1]), rel=1e-5)
+
+
+def test_ignored_background_pixels_count_as_zero_seediness_error_in_the_mean():
+    generator = torch.Generator().manual_seed(1)
+    embeddings = torch.rand(1, 2, 1, 4, 6, generator=generator)
+    log_variances = torch.rand(1, 2, 1, 4, 6, generator=generator) - 2
+    seediness = torch.rand(1, 1, 1, 4, 6, generator=generator)
+    masks = torch.zeros(1, 1, 1, 4, 6)
+    masks[0, 0, 0, :, :2] = 1
+    ignore = torch.zeros(1, 1, 4, 6, dtype=torch.bool)
+    ignore[0, 0, :, 5] = True
+    parts = embedding_losses(embeddings, log_variances, seediness, masks, ignore=ignore)
+    assert float(parts["seediness"]) == pytest.approx(
+        _published_clip_seediness(embeddings, log_variances, seediness, masks, ignore), rel=1e-5)
+
+
+class _CategoryStandIn(torch.nn.Module):
+    """Fixed outputs of a STEm-Seg with a category head, on a 1/4 grid of 2×2 (for the step's losses)."""
+
+    input_mean, input_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+
+    def __init__(self, foreground_logits):
+        super().__init__()
+        self.foreground_logits = torch.nn.Parameter(foreground_logits)
+        self.embedding_loss_criterion = torch.nn.Module()
+        self.embedding_loss_criterion.free_dim_bandwidths = torch.full((1, 2), 1 / 0.3 ** 2)
+
+    def forward(self, images):
+        batch = images.shape[0]
+        return {"embeddings": torch.zeros(batch, 4, 1, 2, 2), "log_variances": torch.zeros(batch, 2, 1, 2, 2),
+                "seediness": torch.zeros(batch, 1, 1, 2, 2), "class_logits": torch.zeros(batch, 2, 1, 2, 2),
+                "foreground_logits": self.foreground_logits}
+
+
+def test_the_foreground_loss_leaves_ignored_pixels_out_as_the_public_code():
+    # model_builder.compute_fg_loss: per clip, BCE summed over the pixels not ignored / their count
+    logits = torch.tensor([[[[[2.0, -1.0], [0.5, 3.0]]]]])              # [1, 1, 1, 2, 2]
+    step = StemSegTrainStep(_CategoryStandIn(logits))
+    masks = torch.zeros(1, 1, 1, 8, 8)
+    masks[0, 0, 0, :4, :4] = 1                                         # the top-left cell is the object
+    ignore = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    ignore[0, 0, 4:, 4:] = True                                        # the bottom-right cell is ignored
+    _, logs, _ = step(torch.zeros(1, 3, 1, 8, 8), masks, torch.tensor([[1]]), ignore)
+    target = torch.tensor([1.0, 0.0, 0.0])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([2.0, -1.0, 0.5]), target)
+    assert logs["foreground"] == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_smoothness_penalises_varying_bandwidths_within_an_instance():
     embeddings, log_variances, seediness, masks = crafted(separated=True)
     log_variances[0, :, 0, 0, 0] += 1.0                                   # one pixel of instance 1 differs

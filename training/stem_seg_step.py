@@ -6,15 +6,27 @@ For every instance n of a clip, with pixels P_n over all its frames (at the netw
   ``exp(log variance) · 10`` (free dimensions use their fixed 1 / std²);
 * every pixel of the clip gets the probability ``p_n(x) = exp(−½ Σ_d b_nd (e_d(x) − c_nd)²)`` of
   belonging to n, and the **Lovász hinge** on the logits ``2 p_n − 1`` against n's mask pulls the
-  instance together and pushes the rest away (averaged over the batch's instances);
+  instance together and pushes the rest away (averaged over the clip's instances);
 * **variance smoothness**: the squared deviation of each pixel's log variance from the instance's mean
-  log variance, averaged over P_n and the instances (so one bandwidth describes the instance), weighted
-  10 and divided by the batch size;
-* **seediness**: regressed (squared error) to the detached p_n(x) on P_n and to 0 on background pixels,
-  summed over instances and background and divided by (instances + 1).
+  log variance, averaged over P_n and the clip's instances (so one bandwidth describes the instance),
+  weighted 10;
+* **seediness**: regressed (squared error) to the detached p_n(x) on P_n (mean over P_n) and to 0 on the
+  background pixels (mean over all of them, ignored ones counting as zero error), summed and divided by
+  (the clip's instances + 1).
+
+These are ``EmbeddingLoss.forward`` of the public code (stemseg/modeling/losses/embedding_loss.py) on
+one clip. The public training runs one clip per forward pass (``MAX_SAMPLES_PER_GPU: 1``, batch 2 by
+gradient accumulation or DistributedDataParallel, stemseg/training/main.py), so a batch's loss is the
+mean of its clips' losses (a clip without instances adds 0); so it is here.
 
 With a category head: cross-entropy of the class logits against the pixels' categories (background 0)
-and binary cross-entropy of the foreground logit.
+and binary cross-entropy of the foreground logit, averaged over the pixels that are not ignored, per
+clip, then over the batch (``compute_fg_loss`` of stemseg/modeling/model_builder.py). The public
+cross-entropy multiplies an already averaged loss by its ignore mask, so in effect it ignores nothing:
+here it is the plain mean too.
+
+Deviation: the public code shrinks the masks to 1/4 by bilinear interpolation cast to bytes (a pixel is
+inside only where all four source pixels are); here nearest-neighbour sampling is used.
 
 ``StemSegTrainStep.forward(images, masks, categories=None)`` returns (loss, logs, preview) like the
 other families' steps (:mod:`vosrt.training.steps`), so the generic loop can drive it; the recipe that
@@ -52,10 +64,14 @@ def embedding_losses(embeddings: torch.Tensor, log_variances: torch.Tensor, seed
         if not present:
             continue
         background = ~sample_masks.any(0)
-        if ignore is not None:
-            background &= ~ignore[b].flatten()
-        seed_terms = [F.mse_loss(seeds[background], torch.zeros_like(seeds[background]))] if background.any() else []
-        sample_smoothness = zero
+        seed_terms = []
+        if background.any():
+            # ignored background pixels count with zero error but stay in the mean, as the public code
+            bg_error = seeds[background] ** 2
+            if ignore is not None:
+                bg_error = torch.where(ignore[b].flatten()[background], torch.zeros_like(bg_error), bg_error)
+            seed_terms.append(bg_error.mean())
+        sample_smoothness = sample_lovasz = zero
         for n in present:
             inside = sample_masks[n]
             centre = emb[inside].mean(0)                                     # [E]
@@ -63,16 +79,18 @@ def embedding_losses(embeddings: torch.Tensor, log_variances: torch.Tensor, seed
             if free_bandwidths is not None:
                 bandwidth = torch.cat([bandwidth, free_bandwidths.reshape(-1).to(bandwidth)])
             prob = torch.exp(-0.5 * ((emb - centre) ** 2 * bandwidth).sum(1))   # [P]
-            lovasz = lovasz + lovasz_hinge((2 * prob - 1)[None], inside[None].to(prob))
+            sample_lovasz = sample_lovasz + lovasz_hinge((2 * prob - 1)[None], inside[None].to(prob))
             sample_smoothness = sample_smoothness + ((logvar[inside] - logvar[inside].mean(0)) ** 2).mean()
             seed_terms.append(F.mse_loss(seeds[inside], prob[inside].detach()))
         instances += len(present)
+        lovasz = lovasz + sample_lovasz / len(present)
         smoothness = smoothness + sample_smoothness / len(present)
         seed_loss = seed_loss + sum(seed_terms) / (len(present) + 1)
     if instances == 0:
         return {"lovasz": zero, "smoothness": zero, "seediness": zero, "instances": 0}
-    return {"lovasz": lovasz / instances, "smoothness": smoothness / embeddings.shape[0],
-            "seediness": seed_loss / embeddings.shape[0], "instances": instances}
+    batch = embeddings.shape[0]
+    return {"lovasz": lovasz / batch, "smoothness": smoothness / batch, "seediness": seed_loss / batch,
+            "instances": instances}
 
 
 def downsample_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -114,8 +132,13 @@ class StemSegTrainStep(nn.Module):
                 raise ValueError("the model has a category head: pass categories [B, I]")
             target = (small * categories.to(small)[:, :, None, None, None]).amax(1).long()   # [B, L, h, w]
             semseg = F.cross_entropy(out["class_logits"].float(), target)
-            foreground = F.binary_cross_entropy_with_logits(out["foreground_logits"][:, 0].float(),
-                                                            (small.amax(1) > 0.5).float())
+            fg_error = F.binary_cross_entropy_with_logits(out["foreground_logits"][:, 0].float(),
+                                                          (small.amax(1) > 0.5).float(), reduction="none")
+            if small_ignore is None:
+                foreground = fg_error.mean()
+            else:   # per clip over its pixels not ignored, then over the batch
+                kept = (~small_ignore).to(fg_error)
+                foreground = ((fg_error * kept).flatten(1).sum(1) / kept.flatten(1).sum(1).clamp(min=1)).mean()
             loss = loss + w["semseg"] * semseg + w["foreground"] * foreground
             logs.update(semseg=float(semseg.detach()), foreground=float(foreground.detach()))
         logs["loss"] = float(loss.detach())
