@@ -4,8 +4,14 @@ Unsupervised VOS has no object ids: every annotated object is foreground. Id 255
 (DAVIS 2017's unannotated regions: background, as the evaluation reads them), except in a video whose only
 id it is (DAVIS 2016's 0/255 masks), where it is the object. Following 3DC-Seg / D²Conv3D
 training (facts, re-implemented here): a clip of ``clip_length`` (8) frames is drawn in temporal order
-from a window of at most ``max_window`` (12) consecutive frames, the same resize-and-crop to ``size``
-and horizontal flip apply to all its frames. Videos shorter than the clip repeat frames.
+from a window of at most ``max_window`` (12) consecutive frames (3DC-Seg's datasets/davis/Davis.py with
+bmvc_final.yaml's MAX_TEMPORAL_GAP 12). Videos shorter than the clip repeat frames.
+
+Augmentation (this module's own, not published): one resize-and-crop (scale 1-1.25 over covering
+``size``) and horizontal flip for all frames of the clip, and one colour jitter (0.1, 0.05, 0.05). The
+public 3DC-Seg code only resizes the short edge to 480 and crops 480×854 (utils/Resize.py; the flip in
+datasets/utils/Util.py is commented out), the public D²Conv3D code resizes DAVIS to a fixed 480×854 (its
+``apply_augmentations`` does nothing).
 """
 from __future__ import annotations
 

@@ -3,7 +3,9 @@
 Following the STCN paper and its training code (facts, re-implemented here):
 
 - frames: three annotated frames in temporal order, each gap at most ``max_skip`` frames, the order
-  reversed with probability 0.5; ``max_skip`` follows a curriculum over training
+  reversed with probability 0.5 (STCN's dataset/vos_dataset.py draws each gap as
+  ``randint(max_skip + 1) + 1``, so up to ``max_skip + 1``, then clamps the indices near the video's end;
+  here gaps are uniform in [1, ``max_skip``]); ``max_skip`` follows a curriculum over training
   (:func:`max_skip_at`: 5, then 10, 15, 20, 25 from 10/20/30/40 % of the iterations, back to 5 for
   the last 10 %);
 - objects: one target drawn from those visible on the first sampled frame, plus a second one when

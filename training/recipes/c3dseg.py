@@ -1,6 +1,16 @@
 """The 3DC-Seg training recipe: Adam lr 1e-5, batch 2, 8-frame clips from 12-frame windows, gradient
 clipping at norm 10, Lovász hinge, BatchNorm frozen (the decoder uses GroupNorm). ``--init`` also takes
-ir-CSN backbone weights (VMZ Caffe2 ``.pkl`` or its PyTorch conversion) for the encoder alone."""
+ir-CSN backbone weights (VMZ Caffe2 ``.pkl`` or its PyTorch conversion) for the encoder alone.
+
+Sources: Adam at lr 1e-5 without weight decay, batch 2, the Lovász hinge (``lovasz_ce``) and gradient
+clipping at norm 10 are the public D²Conv3D run (run_scripts/xyz.sh; AdamConfig in config/defaults.py);
+it trains 20 epochs with the learning rate ×0.1 after epoch 10 (SchedulerConfig step_size 10, stepped per
+epoch in trainer.py), which the 100k iterations here without decay do not follow (the iteration count
+is this recipe's own). The 12-frame window is 3DC-Seg's (run_configs/bmvc_final.yaml MAX_TEMPORAL_GAP 12:
+8 frames without replacement from 12 consecutive ones, datasets/davis/Davis.py); D²Conv3D's DAVIS
+sampler draws 8 with replacement from a centred window of 8. 3DC-Seg's own final run uses Adam lr 5e-5
+and binary cross-entropy (bmvc_final.yaml, loss/loss_utils.py). See
+:mod:`vosrt.training.data.clips` for the augmentation, which is not the published one."""
 from __future__ import annotations
 
 from dataclasses import dataclass

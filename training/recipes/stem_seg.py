@@ -1,10 +1,21 @@
 """The STEm-Seg training recipe.
 
-Published schedule (facts from the public STEm-Seg code, DAVIS configuration): batch 2, 8-frame clips,
-50k iterations, weight decay 1e-4, step decay; losses weighted Lovász 1, variance smoothness 10,
-seediness 1 (:mod:`vosrt.training.stem_seg_step`). The public code optimises with SGD (lr 1e-3, Nesterov
-momentum); the generic loop here uses Adam, so the default learning rate is Adam's usual 1e-4 instead.
-The ResNet's batch norm is frozen (its statistics are buffers), the decoders use GroupNorm.
+Published schedule (facts from the public STEm-Seg code, DAVIS configuration stemseg/config/davis_1.yaml
+over defaults.yaml): batch 2, 8-frame clips, 50k iterations, weight decay 1e-4; losses weighted Lovász 1,
+variance smoothness 10, seediness 1 (:mod:`vosrt.training.stem_seg_step`). The public code optimises
+with SGD (lr 1e-3, Nesterov momentum 0.9); the generic loop here uses Adam, so the default learning rate
+is Adam's usual 1e-4 instead. Its learning rate decays exponentially from iteration 40k, by ×0.1 over
+10k iterations (LR_DECAY_TYPE "exponential", LR_EXP_DECAY_START 40000, LR_EXP_DECAY_STEPS 10000,
+stemseg/training/exponential_lr.py); the generic loop's step schedule approximates that by one ×0.1 step
+at 40k. The ResNet's batch norm is frozen (its statistics are buffers), the decoders use GroupNorm.
+
+Deviations in the data (documented, not the published sampler): the public DAVIS sampler
+(stemseg/data/davis_data_loader.py) takes 8 frames evenly spaced (rounded ``linspace``) over a span of
+16 frames (DATA.DAVIS.FRAME_GAP_LOWER/UPPER 16), flips horizontally and reverses the clip each with
+probability 0.5 and resizes the frames to a short side of 736 (long side at most 1248); here a clip is 8
+frames drawn at random from a window of ``max_window`` (16), one resize-crop-flip to ``size``
+(480×864 by default), and no reversal. The validation ``clip_overlap`` (4) is the public YouTube-VIS /
+KITTI-MOTS inference overlap; its DAVIS one is 6, for 16-frame clips.
 
 Data: ``--data generated`` trains on multi-instance clips generated on the fly; ``--data FILE.json`` on a
 YouTube-VIS 2019/2021 or OVIS annotation file (images beside it); ``--data ROOT`` on KITTI-MOTS when ROOT
