@@ -61,7 +61,10 @@ _EMBEDDING_MODES = {"xy": (2, 0), "xyt": (3, 0), "xyf": (3, 1), "xytf": (4, 1), 
 
 @dataclass
 class StemSegConfig:
-    """Widths and depths of a STEm-Seg network (the defaults are the published ResNet-50 DAVIS model)."""
+    """Widths and depths of a STEm-Seg network (the defaults are the DAVIS model with a ResNet-50, the
+    D²Conv3D paper's STEm-Seg setting). The public STEm-Seg configurations build "R-101-FPN" unless told
+    otherwise (stemseg/config/defaults.yaml MODEL.BACKBONE.TYPE; its pre-trained backbone is
+    mask_rcnn_R_101_FPN_backbone.pth), whose res4 has 23 bottlenecks: ``depths=(3, 4, 23, 3)``."""
 
     depths: tuple = (3, 4, 6, 3)              # bottlenecks per ResNet stage (ResNet-50)
     stem_width: int = 64
