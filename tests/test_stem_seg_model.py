@@ -92,6 +92,26 @@ def test_published_checkpoint_loads_strictly_and_keeps_the_deep_block_weights(tm
                        published["embedding_loss_criterion.free_dim_bandwidths"])
 
 
+def test_a_published_resnet_101_checkpoint_loads_strictly_with_its_depth_read_off_the_weights(tmp_path):
+    # The public STEm-Seg checkpoints are R-101-FPN (stemseg/config/defaults.yaml): res4 holds 23 bottlenecks,
+    # where the default here (ResNet-50) has 6; the depth was not read off the weights, so they failed to load.
+    shapes = published_shapes(DAVIS_TSV)
+    block = {k[len("backbone.body.layer3.1."):]: v for k, v in shapes.items() if k.startswith("backbone.body.layer3.1.")}
+    for index in range(6, 23):
+        shapes.update({f"backbone.body.layer3.{index}.{name}": shape for name, shape in block.items()})
+    published = random_state_dict(shapes, seed=2)
+    torch.save({"model": published, "optimizer": {}}, tmp_path / "davis_r101.pth")
+    config, _ = read_checkpoint(tmp_path / "davis_r101.pth")
+    assert config == {"model": "stem-seg", "depths": (3, 4, 23, 3)}
+    model, _ = load_checkpoint(tmp_path / "davis_r101.pth")
+    assert len(model.backbone.body.layer3) == 23
+    assert torch.equal(model.state_dict()["backbone.body.layer3.22.conv2.weight"],
+                       published["backbone.body.layer3.22.conv2.weight"])
+    save_checkpoint(tmp_path / "again.pth", model)   # and vosrt's own checkpoint of it rebuilds the same network
+    again, _ = load_checkpoint(tmp_path / "again.pth")
+    assert shapes_of(again) == shapes_of(model)
+
+
 def test_matches_state_dict_recognises_public_and_own_names_only():
     assert matches_state_dict(published_shapes(DAVIS_TSV))
     assert matches_state_dict(build_model("stem-seg-lite").state_dict())

@@ -455,8 +455,9 @@ def matches_state_dict(state_dict: dict) -> bool:
 
 
 def config_from_state_dict(state_dict: dict) -> dict:
-    """The config overrides a published STEm-Seg state_dict needs (its heads, widths and embedding mode
-    differ between the DAVIS, YouTube-VIS and KITTI-MOTS models); empty for the default configuration."""
+    """The config overrides a published STEm-Seg state_dict needs (its backbone depth, heads, widths and embedding
+    mode differ between the DAVIS, YouTube-VIS and KITTI-MOTS models and the ResNet-50 default); empty for the
+    default configuration."""
     def width(head, block):
         key = next((k for k in (f"{head}.{block}.0.weight", f"{head}.{block}.0.deform_conv.weight") if k in state_dict))
         return int(state_dict[key].shape[0])
@@ -466,7 +467,11 @@ def config_from_state_dict(state_dict: dict) -> dict:
     free = dims - int(state_dict["embedding_head.conv_variance.weight"].shape[0])
     mode = next(m for m, (d, f) in _EMBEDDING_MODES.items() if (d, f) == (dims, free) and m.startswith("xy"))
     bandwidths = state_dict.get("embedding_loss_criterion.free_dim_bandwidths")
-    found = {"head_channels": tuple(width("embedding_head", b) for b in blocks), "embedding_mode": mode,
+    # bottlenecks per backbone stage: the public STEm-Seg checkpoints are ResNet-101 (res4: 23), the default here
+    # ResNet-50 (6); counted off the names so both load
+    depths = tuple(len({k.split(".")[3] for k in state_dict if k.startswith(f"backbone.body.layer{stage}.")})
+                   for stage in range(1, 5))
+    found = {"depths": depths, "head_channels": tuple(width("embedding_head", b) for b in blocks), "embedding_mode": mode,
              "free_dim_stds": tuple(round(float(b) ** -0.5, 6) for b in bandwidths.flatten()) if free else (),
              "seediness_head": any(k.startswith("seediness_head.") for k in state_dict), "num_classes": 0}
     if "semseg_head.conv_out.weight" in state_dict:
