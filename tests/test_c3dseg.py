@@ -153,9 +153,12 @@ def test_bare_state_dict_with_batchnorm_counters_is_recognised(tmp_path, lite):
     state["encoder.stem.bn1.num_batches_tracked"] = torch.tensor(0)  # an ordinary BatchNorm3d checkpoint
     torch.save({"module." + k: v for k, v in state.items()}, tmp_path / "bare.pth")
     config, loaded_state = read_checkpoint(tmp_path / "bare.pth")
-    assert config == {"model": "3dc-seg"}
+    # the lite widths and depths are read off the weights, so the network load_checkpoint builds fits them
+    assert config == {"model": "3dc-seg", "depths": (3, 4, 6, 3), "planes": (16, 32, 64, 128), "stem_width": 16,
+                      "mdim": 64, "gc_width": 64}
     fresh = build_model("3dc-seg-lite")
     fresh.load_state_dict(loaded_state, strict=True)
+    assert load_checkpoint(tmp_path / "bare.pth")[0].decoder.convG1.out_channels == 64
     assert torch.equal(fresh.decoder.rf3.convFS1[0].deform_conv.weight, lite.decoder.rf3.convFS1[0].deform_conv.weight)
 
 

@@ -3,7 +3,9 @@
 ``build_model(name, **overrides)`` builds any model of the family table (``vosrt.sdk.families``: each
 row names its models and its ``model_module``). Each family module provides ``build(variant, **overrides)`` returning an nn.Module whose ``config`` attribute
 is a JSON-able dict holding at least ``{"model": name, **overrides}``, and
-``matches_state_dict(state_dict) -> bool`` recognising that family's published/bare state_dicts.
+``matches_state_dict(state_dict) -> bool`` recognising that family's published/bare state_dicts; optionally
+``adapt_state_dict(state_dict) -> state_dict`` (a published file's names mapped to the module's own, others
+unchanged) and ``config_from_state_dict(state_dict) -> overrides`` (the configuration read off the weights).
 """
 from __future__ import annotations
 
@@ -262,10 +264,12 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
             if family.model_module is None:
                 continue
             module = importlib.import_module(family.model_module)
-            if module.matches_state_dict(state_dict):
+            # a family whose published files wrap or name the network otherwise maps them to its own names first
+            candidate = module.adapt_state_dict(state_dict) if hasattr(module, "adapt_state_dict") else state_dict
+            if module.matches_state_dict(candidate):
                 # a family whose published checkpoints come in several configurations reads it off the weights
-                overrides = module.config_from_state_dict(state_dict) if hasattr(module, "config_from_state_dict") else {}
-                return {"model": family.full_model, **overrides}, state_dict
+                overrides = module.config_from_state_dict(candidate) if hasattr(module, "config_from_state_dict") else {}
+                return {"model": family.full_model, **overrides}, candidate
         sample = ", ".join(list(state_dict)[:5])
         raise UserError(f"{path}: a state_dict of no known model (first keys: {sample}); "
                         f"expected a checkpoint of one of the families {', '.join(families.names())}")

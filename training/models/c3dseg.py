@@ -16,7 +16,7 @@ with ``strict=True``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -173,11 +173,53 @@ def build(name: str = FAMILY, **overrides) -> C3DSeg:
 
 
 def matches_state_dict(state_dict: dict) -> bool:
-    """True for state_dicts with the public D²Conv3D / this module's naming (``encoder.stem.conv1.weight``,
-    ``decoder.gc.*``, ``decoder.rf3.*``)."""
+    """True for state_dicts with the public D²Conv3D network's / this module's naming
+    (``encoder.stem.conv1.weight``, ``decoder.gc.*``, ``decoder.rf3.*``); see :func:`adapt_state_dict` for the
+    published files' wrapping."""
     return ("encoder.stem.conv1.weight" in state_dict
             and any(k.startswith("decoder.gc.") for k in state_dict)
             and any(k.startswith("decoder.rf3.") for k in state_dict))
+
+
+# The public D²Conv3D trainer saves the experiment module (SaliencyModel, experiments/saliency.py), which holds
+# the network as its ``model`` attribute, so every key of its checkpoints ("model" entry of trainer.py's
+# save_checkpoint; "module." first under DistributedDataParallel, stripped before this) starts with "model.".
+_D2CONV3D_PREFIX = "model."
+
+
+def adapt_state_dict(state_dict: dict) -> dict:
+    """A published state_dict in this module's names: the D²Conv3D trainer's ``model.``-prefixed keys lose the
+    prefix; any other state_dict is returned unchanged."""
+    if state_dict and f"{_D2CONV3D_PREFIX}encoder.stem.conv1.weight" in state_dict \
+            and all(k.startswith(_D2CONV3D_PREFIX) for k in state_dict):
+        return {k[len(_D2CONV3D_PREFIX):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def config_from_state_dict(state_dict: dict) -> dict:
+    """The config overrides a state_dict in this module's names needs, read off its weights (encoder depths and
+    widths, decoder widths, which refinement modules hold D²Conv3D layers and whether they modulate); empty for
+    the published configuration (run_scripts/xyz.sh of the public D²Conv3D code)."""
+    def shape(key):
+        return tuple(state_dict[key].shape)
+
+    depths = tuple(len({k.split(".")[2] for k in state_dict if k.startswith(f"encoder.layer{stage}.")})
+                   for stage in range(1, 5))
+    d2 = tuple(rf for rf in ("rf3", "rf2", "rf1") if f"decoder.{rf}.convFS1.0.deform_params.weight" in state_dict)
+    found = {"depths": depths, "planes": tuple(shape(f"encoder.layer{s}.0.conv1.weight")[0] for s in range(1, 5)),
+             "stem_width": shape("encoder.stem.conv1.weight")[0], "mdim": shape("decoder.convG1.weight")[0],
+             "gc_width": shape("decoder.gc.conv_l1.weight")[0], "gc_kernel": shape("decoder.gc.conv_l1.weight")[3],
+             "d2conv_layers": d2}
+    if d2:
+        predicted = shape(f"decoder.{d2[0]}.convFS1.0.deform_params.weight")
+        points = predicted[2] * predicted[3] * predicted[4]
+        if predicted[0] not in (3, 3 + points):
+            # the public code's Size/XY/XXZ-conditioned variants predict 1 or 2 scales; the operator here takes 3
+            raise UserError(f"decoder.{d2[0]}: its D²Conv3D layers predict {predicted[0]} channels; vosrt's D²Conv3D "
+                            f"takes 3 dilations (t, y, x), with or without {points} modulations ({3} or {3 + points})")
+        found["modulation"] = predicted[0] == 3 + points
+    defaults = asdict(VARIANTS[FAMILY])
+    return {k: v for k, v in found.items() if defaults[k] != v}
 
 
 def package_graphs(model: C3DSeg, top_k: int = 20) -> dict:
