@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vosrt.training.models import build_model, load_checkpoint, read_checkpoint
 
@@ -84,3 +85,113 @@ def test_published_d2conv3d_xyz_checkpoint_loads_strictly(tmp_path):
     loaded = model.state_dict()
     assert set(loaded) == set(network)
     assert all(torch.equal(loaded[k], network[k]) for k in network)
+
+
+C3DSEG_TSV = DATA / "c3dseg_bmvc_final_state_dict.tsv"
+PIXEL_MEAN = (114.7748, 107.7354, 99.4750)   # run_configs/Base.yaml of the 3DC-Seg code; PIXEL_STD 1
+BMVC_FINAL = {"model": "3dc-seg", "d2conv_layers": (), "decoder_style": "3dc-seg", "bn_eps": 1e-5}
+
+
+def bmvc_final_state(shapes: dict, seed: int = 0) -> dict:
+    """Random weights under the 3DC-Seg names; the two registrations of the ir-CSN share their tensors, as there."""
+    state = random_state_dict(shapes, seed)
+    for key in list(state):
+        if key.startswith("encoder.resnet.") and not key.startswith("encoder.resnet.fc."):
+            state["encoder." + key[len("encoder.resnet."):]] = state[key]
+    state["encoder.mean"] = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1, 1)
+    state["encoder.std"] = torch.ones(1, 3, 1, 1, 1)
+    return state
+
+
+def as_3dc_seg_names(own: dict) -> dict:
+    """A 3dc-seg (decoder_style "3dc-seg") state_dict under the 3DC-Seg network's names, with a two-class head."""
+    refine = {"rf3": "RF4", "rf2": "RF3", "rf1": "RF2"}
+    out = {"encoder.mean": own["mean"].view(1, 3, 1, 1, 1) * 255, "encoder.std": own["std"].view(1, 3, 1, 1, 1)}
+    for key, value in own.items():
+        if key.startswith("encoder."):
+            rest = key[len("encoder."):].removeprefix("stem.")
+            out[f"encoder.{rest}"] = out[f"encoder.resnet.{rest}"] = value
+            if rest.endswith("running_var"):
+                out[f"encoder.{rest[:-len('running_var')]}num_batches_tracked"] = torch.tensor(7)
+        elif key.startswith("decoder.gc."):
+            out["decoders.0.GC." + key[len("decoder.gc."):]] = value
+        elif key.startswith("decoder.convG"):
+            out["decoders.0." + key[len("decoder."):]] = value
+        elif key.startswith("decoder.rf"):
+            _, rf, conv, _, param = key.split(".")
+            out[f"decoders.0.{refine[rf]}.{conv}.{param}"] = value
+    generator = torch.Generator().manual_seed(9)
+    for k in (2, 3, 4, 5):
+        out[f"decoders.0.pred{k}.weight"] = torch.randn(2, *own["decoder.pred.weight"].shape[1:], generator=generator) * 0.05
+        out[f"decoders.0.pred{k}.bias"] = torch.randn(2, generator=generator)
+    out["encoder.resnet.fc.weight"] = torch.zeros(400, own["encoder.layer4.0.conv3.weight"].shape[0])
+    out["encoder.resnet.fc.bias"] = torch.zeros(400)
+    out["encoder.conv1_p.weight"] = torch.zeros(own["encoder.stem.conv1.weight"].shape[0], 1, 7, 7, 7)
+    return out
+
+
+def reference_3dc_seg_probability(state: dict, features, clip01: torch.Tensor) -> torch.Tensor:
+    """The 3DC-Seg network's decoder (network/models.py Decoder3d, network/Modules.py GC3d and Refine3d) written
+    out with its own names: foreground probability, softmax of the two-class head after ×4 upsampling."""
+    def conv(x, name, padding):
+        return F.conv3d(x, state[f"{name}.weight"], state[f"{name}.bias"], padding=padding)
+
+    def refine(name, f, pm):
+        s = conv(f, f"{name}.convFS1", 1)
+        sr = conv(F.relu(conv(F.relu(s), f"{name}.convFS2", 1)), f"{name}.convFS3", 1)
+        s = s + sr
+        m = s + F.interpolate(pm, size=s.shape[-3:], mode="trilinear")
+        return m + conv(F.relu(conv(F.relu(m), f"{name}.convMM1", 1)), f"{name}.convMM2", 1)
+
+    r2, r3, r4, r5 = features
+    gc = "decoders.0.GC"
+    x = conv(conv(r5, f"{gc}.conv_l1", (0, 3, 0)), f"{gc}.conv_l2", (0, 0, 3)) + \
+        conv(conv(r5, f"{gc}.conv_r1", (0, 0, 3)), f"{gc}.conv_r2", (0, 3, 0))
+    m5 = x + conv(F.relu(conv(F.relu(x), "decoders.0.convG1", 1)), "decoders.0.convG2", 1)
+    m2 = refine("decoders.0.RF2", r2, refine("decoders.0.RF3", r3, refine("decoders.0.RF4", r4, m5)))
+    p = F.interpolate(conv(F.relu(m2), "decoders.0.pred2", 1), scale_factor=(1, 4, 4), mode="trilinear")
+    return F.softmax(p, dim=1)[:, 1:2]
+
+
+def test_3dc_seg_network_checkpoint_reproduces_its_decoder_and_normalisation(tmp_path):
+    # 3DC-Seg's published bmvc_final.pth names the network otherwise (encoder.conv1, decoders.0.GC, RF4…, a
+    # two-class pred2), has no GroupNorm and ReLUs before its refinement convolutions, and normalises 0–255
+    # input with PIXEL_MEAN/PIXEL_STD; it was taken for a state_dict of no known model.
+    torch.manual_seed(3)
+    own = build_model("3dc-seg-lite", d2conv_layers=[], decoder_style="3dc-seg", bn_eps=1e-5).state_dict()
+    own["mean"] = torch.tensor(PIXEL_MEAN).view(3, 1, 1, 1) / 255
+    own["std"] = torch.ones(3, 1, 1, 1)
+    published = as_3dc_seg_names(own)
+    torch.save({"epoch": 11, "model": {f"module.{k}": v for k, v in published.items()}, "optimizer": {}, "iter": 9},
+               tmp_path / "bmvc_final_lite.pth")
+    config, _ = read_checkpoint(tmp_path / "bmvc_final_lite.pth")
+    assert {k: config[k] for k in BMVC_FINAL} == BMVC_FINAL
+    model, _ = load_checkpoint(tmp_path / "bmvc_final_lite.pth")
+    clip01 = torch.rand(1, 3, 8, 64, 96)
+    with torch.no_grad():
+        probability = torch.sigmoid(model(model.normalize(clip01)))
+        # the 3DC-Seg encoder input: (255·x − PIXEL_MEAN) / PIXEL_STD / 255
+        f = (clip01 * 255 - published["encoder.mean"]) / published["encoder.std"] / 255
+        features = model.encoder(f)
+        expected = reference_3dc_seg_probability(published, features, clip01)
+    torch.testing.assert_close(probability, expected, atol=1e-5, rtol=1e-4)
+    assert model.encoder.stem.bn1.eps == 1e-5
+
+
+@pytest.mark.slow
+def test_published_3dc_seg_bmvc_final_checkpoint_loads_strictly(tmp_path):
+    published = bmvc_final_state(published_shapes(C3DSEG_TSV), seed=4)
+    torch.save({"epoch": 11, "model": {f"module.{k}": v for k, v in published.items()}, "optimizer": {}, "iter": 9},
+               tmp_path / "bmvc_final.pth")
+    config, _ = read_checkpoint(tmp_path / "bmvc_final.pth")
+    assert config == BMVC_FINAL
+    model, _ = load_checkpoint(tmp_path / "bmvc_final.pth")
+    loaded = model.state_dict()
+    assert len(model.encoder.layer3) == 36
+    assert torch.equal(loaded["encoder.stem.conv1.weight"], published["encoder.conv1.weight"])
+    assert torch.equal(loaded["encoder.layer3.35.conv2.weight"], published["encoder.layer3.35.conv2.weight"])
+    assert torch.equal(loaded["decoder.rf3.convFS1.0.weight"], published["decoders.0.RF4.convFS1.weight"])
+    assert torch.equal(loaded["decoder.pred.weight"][0], published["decoders.0.pred2.weight"][1]
+                       - published["decoders.0.pred2.weight"][0])
+    assert model.input_mean == pytest.approx(tuple(m / 255 for m in PIXEL_MEAN))
+    assert model.input_std == pytest.approx((1.0, 1.0, 1.0))

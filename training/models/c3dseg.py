@@ -13,6 +13,10 @@ have every 3×3×3 convolution replaced by a modulated D²Conv3D. The network ta
 normalised with ``input_mean`` / ``input_std`` (the Kinetics statistics of the public code, for RGB in
 [0, 1]); the published checkpoints carry them as the ``mean`` / ``std`` buffers, kept here so they load
 with ``strict=True``.
+
+The original 3DC-Seg network (its published bmvc_final.pth) loads too, mapped by :func:`from_3dc_seg` into
+``decoder_style="3dc-seg"`` (no GroupNorm, ReLU before the refinement convolutions), no D²Conv3D layers,
+``bn_eps=1e-5`` and its own input statistics (``mean`` = PIXEL_MEAN/255, ``std`` 1).
 """
 from __future__ import annotations
 
@@ -46,6 +50,11 @@ class C3DSegConfig:
     d2conv_layers: tuple = ("rf3", "rf2")
     modulation: bool = True
     clip_length: int = CLIP_LENGTH
+    # "d2conv3d": refinement convolutions Conv3d → ReLU → GroupNorm, upsampling with align_corners (the public
+    # D²Conv3D code); "3dc-seg": the 3DC-Seg code's refinement modules, ReLU → Conv3d without norm (no ReLU
+    # before convFS1), upsampling without align_corners, as its published bmvc_final.pth was trained
+    decoder_style: str = "d2conv3d"
+    bn_eps: float = 1e-3                 # encoder batch norms; 1e-5 in the 3DC-Seg code (nn.BatchNorm3d default)
 
 
 VARIANTS = {
@@ -77,19 +86,38 @@ def _conv_relu_norm(in_channels: int, out_channels: int, norm_groups: int) -> nn
                          nn.GroupNorm(norm_groups, out_channels))
 
 
-class Refine3d(nn.Module):
-    """Refinement module: fuse encoder features ``f`` with the coarser decoder state ``pm`` (upsampled)."""
+DECODER_STYLES = ("d2conv3d", "3dc-seg")
 
-    def __init__(self, in_channels: int, planes: int, norm_groups: int = 1):
+
+class Refine3d(nn.Module):
+    """Refinement module: fuse encoder features ``f`` with the coarser decoder state ``pm`` (upsampled).
+
+    ``style`` "d2conv3d": each convolution is Conv3d → ReLU → GroupNorm; "3dc-seg": a bare Conv3d (kept as
+    ``.0`` of a Sequential so both share names) with a ReLU before every one but convFS1, no norm.
+    """
+
+    def __init__(self, in_channels: int, planes: int, norm_groups: int = 1, style: str = "d2conv3d"):
         super().__init__()
-        self.convFS1 = _conv_relu_norm(in_channels, planes, norm_groups)
-        self.convFS2 = _conv_relu_norm(planes, planes, norm_groups)
-        self.convFS3 = _conv_relu_norm(planes, planes, norm_groups)
-        self.convMM1 = _conv_relu_norm(planes, planes, norm_groups)
-        self.convMM2 = _conv_relu_norm(planes, planes, norm_groups)
+        self.style = style
+        if style == "3dc-seg":
+            def conv(cin, cout):
+                return nn.Sequential(nn.Conv3d(cin, cout, 3, padding=1))
+        else:
+            def conv(cin, cout):
+                return _conv_relu_norm(cin, cout, norm_groups)
+        self.convFS1 = conv(in_channels, planes)
+        self.convFS2 = conv(planes, planes)
+        self.convFS3 = conv(planes, planes)
+        self.convMM1 = conv(planes, planes)
+        self.convMM2 = conv(planes, planes)
 
     def forward(self, f: torch.Tensor, pm: torch.Tensor) -> torch.Tensor:
         """f ``[N, Cin, T, h, w]``, pm ``[N, planes, T', h', w']`` (coarser) → ``[N, planes, T, h, w]``."""
+        if self.style == "3dc-seg":
+            s = self.convFS1(f)
+            s = s + self.convFS3(F.relu(self.convFS2(F.relu(s))))
+            m = s + F.interpolate(pm, size=s.shape[-3:], mode="trilinear", align_corners=False)
+            return m + self.convMM2(F.relu(self.convMM1(F.relu(m))))
         s = self.convFS1(f)
         s = s + self.convFS3(self.convFS2(s))
         m = s + F.interpolate(pm, size=s.shape[-3:], mode="trilinear", align_corners=True)
@@ -104,9 +132,11 @@ class Decoder(nn.Module):
         self.gc = GC3d(layer_widths[3], cfg.mdim, cfg.gc_width, cfg.gc_kernel)
         self.convG1 = nn.Conv3d(cfg.mdim, cfg.mdim, 3, padding=1)
         self.convG2 = nn.Conv3d(cfg.mdim, cfg.mdim, 3, padding=1)
-        self.rf3 = Refine3d(layer_widths[2], cfg.mdim, cfg.norm_groups)
-        self.rf2 = Refine3d(layer_widths[1], cfg.mdim, cfg.norm_groups)
-        self.rf1 = Refine3d(layer_widths[0], cfg.mdim, cfg.norm_groups)
+        if cfg.decoder_style not in DECODER_STYLES:
+            raise UserError(f"decoder_style: expected one of {', '.join(DECODER_STYLES)}, got {cfg.decoder_style!r}")
+        self.rf3 = Refine3d(layer_widths[2], cfg.mdim, cfg.norm_groups, cfg.decoder_style)
+        self.rf2 = Refine3d(layer_widths[1], cfg.mdim, cfg.norm_groups, cfg.decoder_style)
+        self.rf1 = Refine3d(layer_widths[0], cfg.mdim, cfg.norm_groups, cfg.decoder_style)
         self.pred = nn.Conv3d(cfg.mdim, 1, 3, padding=1)
         unknown = [name for name in cfg.d2conv_layers if name not in ("rf1", "rf2", "rf3")]
         if unknown:
@@ -138,7 +168,7 @@ class C3DSeg(nn.Module):
         self.clip_length = cfg.clip_length
         self.register_buffer("mean", torch.tensor(INPUT_MEAN).view(3, 1, 1, 1))
         self.register_buffer("std", torch.tensor(INPUT_STD).view(3, 1, 1, 1))
-        self.encoder = IrCSN(cfg.depths, cfg.planes, cfg.stem_width)
+        self.encoder = IrCSN(cfg.depths, cfg.planes, cfg.stem_width, cfg.bn_eps)
         self.decoder = Decoder(self.encoder.layer_widths, cfg)
 
     @property
@@ -189,11 +219,76 @@ _D2CONV3D_PREFIX = "model."
 
 def adapt_state_dict(state_dict: dict) -> dict:
     """A published state_dict in this module's names: the D²Conv3D trainer's ``model.``-prefixed keys lose the
-    prefix; any other state_dict is returned unchanged."""
+    prefix, the 3DC-Seg network's names are mapped (:func:`from_3dc_seg`); any other state_dict is returned
+    unchanged."""
     if state_dict and f"{_D2CONV3D_PREFIX}encoder.stem.conv1.weight" in state_dict \
             and all(k.startswith(_D2CONV3D_PREFIX) for k in state_dict):
         return {k[len(_D2CONV3D_PREFIX):]: v for k, v in state_dict.items()}
+    if "decoders.0.GC.conv_l1.weight" in state_dict and \
+            ("encoder.conv1.weight" in state_dict or "encoder.resnet.conv1.weight" in state_dict):
+        return from_3dc_seg(state_dict)
     return state_dict
+
+
+# The 3DC-Seg network (github:sabarim/3DC-Seg network/models.py SaliencyNetwork, run_configs/bmvc_final.yaml):
+# its refinement modules RF4 (1/16), RF3 (1/8), RF2 (1/4) are rf3, rf2, rf1 here.
+_3DC_SEG_REFINE = {"RF4": "rf3", "RF3": "rf2", "RF2": "rf1"}
+
+
+def from_3dc_seg(state_dict: dict) -> dict:
+    """A state_dict of the 3DC-Seg network (its published bmvc_final.pth, "module." removed) in this module's names.
+
+    - The encoder registers the ir-CSN twice (``encoder.resnet.*``, with the Kinetics classifier ``fc``, and
+      ``encoder.conv1/bn1/layerN``, the same modules): ``encoder.conv1/bn1`` become ``encoder.stem.conv1/bn1``;
+      the ``resnet`` copy (used where the other is absent), ``fc``, the unused mask-input ``conv1_p`` and the
+      batch-norm counters are dropped.
+    - ``encoder.mean/std`` [1,3,1,1,1] hold 0–255 values applied as ``(255·x − mean)/std/255``: they become the
+      mean/255 and std of RGB in [0, 1] (std 1 in the published configuration).
+    - ``decoders.0.GC`` → ``decoder.gc``; ``RFk.convX.weight`` → ``rfj.convX.0.weight``; the two-class head
+      ``pred2`` (softmax over background/foreground) becomes the one foreground logit l₁ − l₀, whose sigmoid is
+      that softmax's foreground probability (the ×4 trilinear upsampling after it is linear). The deep
+      supervision heads ``pred3/4/5`` are never used by the forward pass and are dropped.
+    Names of no known part are kept, so a strict load names them.
+    """
+    out = {}
+    for prefix in ("encoder.resnet.", "encoder."):   # the second (the network's own path) wins where both exist
+        for key, value in state_dict.items():
+            if not key.startswith(prefix) or key.endswith("num_batches_tracked"):
+                continue
+            rest = key[len(prefix):]
+            if rest.startswith(("conv1.", "bn1.")):
+                out["encoder.stem." + rest] = value
+            elif rest.startswith("layer"):
+                out["encoder." + rest] = value
+    for key, value in state_dict.items():
+        if key.startswith(("encoder.", "decoders.0.pred")) or key.endswith("num_batches_tracked"):
+            continue
+        if key.startswith("decoders.0."):
+            head, _, tail = key[len("decoders.0."):].partition(".")
+            if head == "GC":
+                out["decoder.gc." + tail] = value
+                continue
+            if head in ("convG1", "convG2"):
+                out[f"decoder.{head}.{tail}"] = value
+                continue
+            if head in _3DC_SEG_REFINE and tail.count(".") == 1:
+                conv, _, param = tail.partition(".")
+                out[f"decoder.{_3DC_SEG_REFINE[head]}.{conv}.0.{param}"] = value
+                continue
+        out[key] = value
+    for key, value in state_dict.items():
+        if key.startswith("encoder.") and not key.startswith(("encoder.resnet.", "encoder.conv1", "encoder.bn1.",
+                                                              "encoder.layer", "encoder.mean", "encoder.std")):
+            out[key] = value   # an unknown encoder part: left for the strict load to name
+    if "encoder.mean" in state_dict:
+        out["mean"] = state_dict["encoder.mean"].reshape(3, 1, 1, 1) / 255.0
+    if "encoder.std" in state_dict:
+        out["std"] = state_dict["encoder.std"].reshape(3, 1, 1, 1).clone()
+    for param in ("weight", "bias"):
+        pred = state_dict.get(f"decoders.0.pred2.{param}")
+        if pred is not None:
+            out[f"decoder.pred.{param}"] = (pred[1:2] - pred[0:1]) if pred.shape[0] == 2 else pred
+    return out
 
 
 def config_from_state_dict(state_dict: dict) -> dict:
@@ -210,6 +305,9 @@ def config_from_state_dict(state_dict: dict) -> dict:
              "stem_width": shape("encoder.stem.conv1.weight")[0], "mdim": shape("decoder.convG1.weight")[0],
              "gc_width": shape("decoder.gc.conv_l1.weight")[0], "gc_kernel": shape("decoder.gc.conv_l1.weight")[3],
              "d2conv_layers": d2}
+    if "decoder.rf3.convFS1.2.weight" not in state_dict and "decoder.rf3.convFS1.0.weight" in state_dict:
+        # refinement convolutions without norms: the 3DC-Seg network, whose batch norms keep PyTorch's epsilon
+        found.update(decoder_style="3dc-seg", bn_eps=1e-5)
     if d2:
         predicted = shape(f"decoder.{d2[0]}.convFS1.0.deform_params.weight")
         points = predicted[2] * predicted[3] * predicted[4]

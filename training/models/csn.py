@@ -55,14 +55,15 @@ class FrozenBatchNorm3d(nn.Module):
 class IrCSNBottleneck(nn.Module):
     """1×1×1 reduce → depthwise 3×3×3 (stride) → 1×1×1 expand (×4), frozen BN after each, residual add."""
 
-    def __init__(self, in_channels: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(self, in_channels: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 bn_eps: float = BN_EPS):
         super().__init__()
         self.conv1 = nn.Conv3d(in_channels, planes, 1, bias=False)
-        self.bn1 = FrozenBatchNorm3d(planes)
+        self.bn1 = FrozenBatchNorm3d(planes, bn_eps)
         self.conv2 = nn.Conv3d(planes, planes, 3, stride=stride, padding=1, groups=planes, bias=False)
-        self.bn2 = FrozenBatchNorm3d(planes)
+        self.bn2 = FrozenBatchNorm3d(planes, bn_eps)
         self.conv3 = nn.Conv3d(planes, planes * EXPANSION, 1, bias=False)
-        self.bn3 = FrozenBatchNorm3d(planes * EXPANSION)
+        self.bn3 = FrozenBatchNorm3d(planes * EXPANSION, bn_eps)
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,17 +81,19 @@ class IrCSN(nn.Module):
         depths: bottlenecks per stage; (3, 8, 36, 3) is ir-CSN-152, (3, 4, 6, 3) ir-CSN-50.
         planes: bottleneck widths per stage (outputs are 4× these); published (64, 128, 256, 512).
         stem_width: channels of the stem conv; published 64.
+        bn_eps: the batch norms' epsilon: 1e-3 as the Caffe2 models and the D²Conv3D code, 1e-5 in the
+            3DC-Seg code (its nn.BatchNorm3d default).
     """
 
     def __init__(self, depths: Sequence[int] = DEPTHS[152], planes: Sequence[int] = (64, 128, 256, 512),
-                 stem_width: int = 64):
+                 stem_width: int = 64, bn_eps: float = BN_EPS):
         super().__init__()
         if len(depths) != 4 or len(planes) != 4:
             raise ValueError(f"ir-CSN has 4 stages: got depths {list(depths)} and planes {list(planes)}")
         self.depths = tuple(int(d) for d in depths)
         self.stem = nn.Sequential(OrderedDict(
             conv1=nn.Conv3d(3, stem_width, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False),
-            bn1=FrozenBatchNorm3d(stem_width),
+            bn1=FrozenBatchNorm3d(stem_width, bn_eps),
             relu=nn.ReLU(inplace=True),
             maxpool=nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
         ))
@@ -102,8 +105,8 @@ class IrCSN(nn.Module):
                 if b == 0 and (stride != 1 or in_channels != width * EXPANSION):
                     downsample = nn.Sequential(
                         nn.Conv3d(in_channels, width * EXPANSION, 1, stride=stride, bias=False),
-                        FrozenBatchNorm3d(width * EXPANSION))
-                blocks.append(IrCSNBottleneck(in_channels, width, stride if b == 0 else 1, downsample))
+                        FrozenBatchNorm3d(width * EXPANSION, bn_eps))
+                blocks.append(IrCSNBottleneck(in_channels, width, stride if b == 0 else 1, downsample, bn_eps))
                 in_channels = width * EXPANSION
             self.add_module(f"layer{index}", nn.Sequential(*blocks))
         self.layer_widths = tuple(p * EXPANSION for p in planes)
