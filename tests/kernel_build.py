@@ -4,12 +4,21 @@ per session.
 The build lives in plugins/build-test/ (git-ignored), so reruns only recompile what changed. It targets
 one architecture, sm_80 SASS + compute_80 PTX: that keeps CI's compile short (2 cores) and still runs on
 every GPU from sm_80 up (newer ones JIT the PTX).
+
+``$VOSRT_TEST_CXXFLAGS`` (e.g. ``-fsanitize=address,undefined -fno-omit-frame-pointer -g``) adds host C++
+compiler and linker flags to these builds (the host libraries: CPU driver, emulation, embeddable plugins'
+host code; not nvcc's device code), which then go to a folder of their own,
+``$VOSRT_TEST_BUILD_DIR`` or ``<tmp>/vosrt-build-test-<hash of the flags>``, outside plugins/ so that
+no normal run ever finds an instrumented library there. docs/TESTING.md, "Sanitizers", shows the rest
+(LD_PRELOAD of the sanitizer runtimes for Python).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,7 +28,37 @@ PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 BUILD_DIR = PLUGINS / "build-test"
 TEST_ARCH = "80"
 # Every core: 2 on CI; on a GPU machine this build is the kernel tests' fallback when gpu_check's failed.
-JOBS = str(os.cpu_count() or 2)
+JOBS = os.environ.get("VOSRT_TEST_JOBS") or str(os.cpu_count() or 2)
+EXTRA_FLAGS = os.environ.get("VOSRT_TEST_CXXFLAGS", "").strip()
+
+
+def _build_dir(name: str) -> Path:
+    """plugins/<name>, or with $VOSRT_TEST_CXXFLAGS a folder outside the source tree for those flags."""
+    if not EXTRA_FLAGS:
+        return PLUGINS / name
+    root = os.environ.get("VOSRT_TEST_BUILD_DIR")
+    if not root:
+        digest = hashlib.sha256(EXTRA_FLAGS.encode()).hexdigest()[:10]
+        root = str(Path(tempfile.gettempdir()) / f"vosrt-build-test-{digest}")
+    return Path(root) / name
+
+
+def _build_env() -> dict[str, str]:
+    """The environment of the build commands: this one, less LD_PRELOAD (a sanitized test run preloads the
+    sanitizer runtimes for Python; nvcc's front end crashes with them)."""
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    if shutil.which("nvcc") is None:
+        env["PATH"] = f"/usr/local/cuda/bin:{env.get('PATH', '')}"
+    return env
+
+
+def _flag_options() -> list[str]:
+    """CMake options carrying $VOSRT_TEST_CXXFLAGS to the C++ compiler and the linker (none without it)."""
+    if not EXTRA_FLAGS:
+        return []
+    return [f"-DCMAKE_CXX_FLAGS={EXTRA_FLAGS}", f"-DCMAKE_SHARED_LINKER_FLAGS={EXTRA_FLAGS}",
+            f"-DCMAKE_EXE_LINKER_FLAGS={EXTRA_FLAGS}"]
 
 
 def have_cmake_and_cxx() -> bool:
@@ -40,13 +79,11 @@ def build(with_kernels: bool) -> tuple[Path, str]:
         pytest.skip("cmake or a C++ compiler is not installed")
     if with_kernels and not have_nvcc():
         pytest.skip("nvcc is not installed: the CUDA kernels cannot be compiled here")
-    build_dir = BUILD_DIR if with_kernels else BUILD_DIR.with_name("build-test-cpu")
-    env = dict(os.environ)
-    if with_kernels and shutil.which("nvcc") is None:
-        env["PATH"] = f"/usr/local/cuda/bin:{env.get('PATH', '')}"
+    build_dir = _build_dir("build-test" if with_kernels else "build-test-cpu")
+    env = _build_env()
     configure = ["cmake", "-S", str(PLUGINS), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
                  f"-DVOSRT_BUILD_KERNELS={'ON' if with_kernels else 'OFF'}", "-DVOSRT_BUILD_TRT=OFF",
-                 f"-DVOSRT_CUDA_ARCHS={TEST_ARCH}", f"-DCMAKE_CUDA_ARCHITECTURES={TEST_ARCH}"]
+                 f"-DVOSRT_CUDA_ARCHS={TEST_ARCH}", f"-DCMAKE_CUDA_ARCHITECTURES={TEST_ARCH}", *_flag_options()]
     targets = ["vosrt_kernels_cpu", "vosrt_kernels_emu"] + (["vosrt_kernels"] if with_kernels else [])
     log = []
     for cmd in (configure, ["cmake", "--build", str(build_dir), "-j", JOBS, "--target", *targets]):
@@ -78,14 +115,12 @@ def build_embeddable_plugins(trt_include: Path) -> Path:
     if not have_nvcc():
         pytest.skip("nvcc is not installed: the embeddable plugin library compiles the kernels in")
     version = "".join(c if c.isalnum() else "-" for c in str(trt_include.resolve()))[-60:]
-    build_dir = PLUGINS / f"build-test-embed{version}"
-    env = dict(os.environ)
-    if shutil.which("nvcc") is None:
-        env["PATH"] = f"/usr/local/cuda/bin:{env.get('PATH', '')}"
+    build_dir = _build_dir(f"build-test-embed{version}")
+    env = _build_env()
     configure = ["cmake", "-S", str(PLUGINS), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
                  "-DVOSRT_BUILD_KERNELS=ON", "-DVOSRT_BUILD_TRT=ON", f"-DTensorRT_INCLUDE_DIR={trt_include}",
                  "-DVOSRT_BUILD_CPU_DRIVER=OFF", "-DVOSRT_BUILD_EMULATION=OFF",
-                 f"-DVOSRT_CUDA_ARCHS={TEST_ARCH}", f"-DCMAKE_CUDA_ARCHITECTURES={TEST_ARCH}"]
+                 f"-DVOSRT_CUDA_ARCHS={TEST_ARCH}", f"-DCMAKE_CUDA_ARCHITECTURES={TEST_ARCH}", *_flag_options()]
     for cmd in (configure, ["cmake", "--build", str(build_dir), "-j", JOBS, "--target", "vosrt_plugins_embed"]):
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         if done.returncode != 0:

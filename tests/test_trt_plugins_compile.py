@@ -4,11 +4,13 @@ TensorRT is not installed in CI; this test looks for headers in VOSRT_TRT_INCLUD
 include folders, e.g. the unpacked include/ of several TensorRT releases), $TensorRT_ROOT/include and the
 usual install prefixes, and skips when there are none. libnvinfer and the CUDA kernels are not linked
 (their symbols stay unresolved), so the library is compiled and its exports checked, never loaded.
+``$VOSRT_TEST_CXXFLAGS`` (tests/kernel_build.py; e.g. sanitizer flags) is added to every compile and link.
 """
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "plugins" / "trt" / "src"
+EXTRA = shlex.split(os.environ.get("VOSRT_TEST_CXXFLAGS", ""))  # e.g. -fsanitize=address,undefined
 SOURCES = ["vosrt_trt_translate.cpp", "plugin_common.cpp", "d2conv3d_plugin.cpp", "l2_readout_plugin.cpp",
            "plugin_library.cpp"]
 
@@ -69,7 +72,8 @@ def built(request, tmp_path_factory):
     compiler, cuda = _toolchain()
     out = tmp_path_factory.mktemp("plugins-" + _version(trt_include))
     flags = ["-std=c++17", "-O1", "-Wall", "-Wextra", "-fPIC", "-fvisibility=hidden", "-fno-gnu-unique",
-             "-isystem", str(trt_include), "-isystem", str(cuda), f"-I{ROOT / 'plugins' / 'kernels' / 'include'}"]
+             "-isystem", str(trt_include), "-isystem", str(cuda), f"-I{ROOT / 'plugins' / 'kernels' / 'include'}",
+             *EXTRA]
 
     def compile_one(name: str) -> tuple[str, subprocess.CompletedProcess]:
         obj = out / (name + ".o")
@@ -80,7 +84,7 @@ def built(request, tmp_path_factory):
         results = dict(zip(SOURCES, pool.map(compile_one, SOURCES)))
     library = out / "libvosrt_plugins.so"
     if all(r.returncode == 0 for _, r in results.values()):
-        subprocess.run([compiler, "-shared", "-o", str(library), *[obj for obj, _ in results.values()],
+        subprocess.run([compiler, "-shared", *EXTRA, "-o", str(library), *[obj for obj, _ in results.values()],
                         "-Wl,--unresolved-symbols=ignore-all"], check=True, capture_output=True, text=True)
     return trt_include, library, {name: r for name, (_, r) in results.items()}
 
@@ -111,7 +115,7 @@ def host(built, tmp_path_factory):
         pytest.skip("library not built")
     compiler, cuda = _toolchain()
     exe = tmp_path_factory.mktemp("host") / "trt_plugin_host"
-    subprocess.run([compiler, "-std=c++17", "-O0", "-rdynamic", "-Wno-deprecated-declarations", "-isystem",
+    subprocess.run([compiler, "-std=c++17", "-O0", "-rdynamic", "-Wno-deprecated-declarations", *EXTRA, "-isystem",
                     str(trt_include), "-isystem", str(cuda), f"-I{ROOT / 'plugins' / 'kernels' / 'include'}",
                     str(Path(__file__).with_name("trt_plugin_host.cpp")), "-o", str(exe), "-ldl"],
                    check=True, capture_output=True, text=True)
@@ -203,11 +207,11 @@ def run_plugin(built, tmp_path_factory):
     compiler, cuda = _toolchain()
     out = tmp_path_factory.mktemp("emulated")
     linked = out / "libvosrt_plugins.so"
-    subprocess.run([compiler, "-shared", "-o", str(linked), *sorted(str(p) for p in library.parent.glob("*.o")),
+    subprocess.run([compiler, "-shared", *EXTRA, "-o", str(linked), *sorted(str(p) for p in library.parent.glob("*.o")),
                     f"-L{emulation.parent}", "-l:" + emulation.name, f"-Wl,-rpath,{emulation.parent}",
                     "-Wl,--unresolved-symbols=ignore-all"], check=True, capture_output=True, text=True)
     exe = out / "trt_plugin_run"
-    subprocess.run([compiler, "-std=c++17", "-O1", "-rdynamic", "-Wno-deprecated-declarations", "-isystem",
+    subprocess.run([compiler, "-std=c++17", "-O1", "-rdynamic", "-Wno-deprecated-declarations", *EXTRA, "-isystem",
                     str(trt_include), "-isystem", str(cuda), str(Path(__file__).with_name("trt_plugin_run.cpp")),
                     "-o", str(exe), "-ldl"], check=True, capture_output=True, text=True)
     counter = iter(range(10**6))
