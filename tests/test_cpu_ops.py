@@ -163,6 +163,15 @@ def test_library_is_built_on_first_use_into_the_cache_with_progress(monkeypatch,
     assert "compiling" not in capfd.readouterr().err
 
 
+def test_cpu_d2conv3d_refuses_a_padded_axis_beyond_an_int(ops):
+    # pad 2³⁰ and dilation 2³⁰ on a 1-voxel axis, 3 taps: one output, whose last tap's int coordinate 2·2³⁰
+    # overflowed (undefined behaviour, found by -fsanitize=undefined); refused now, as the kernels refuse it
+    x, d, w = np.ones((1, 1, 1, 1, 1), np.float32), np.zeros((1, 3, 1, 1, 1), np.float32), np.ones((1, 1, 3, 1, 1),
+                                                                                                  np.float32)
+    with pytest.raises(KernelError, match="not supported"):
+        ops.d2conv3d(x, d, None, w, None, (1, 1, 1), (2**30, 0, 0), (2**30, 1, 1))
+
+
 _OUT_OF_MEMORY = r"""
 import resource, sys
 import numpy as np

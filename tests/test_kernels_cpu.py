@@ -766,6 +766,28 @@ def test_d2conv3d_backward_entry_points_refuse_a_missing_input_but_check_the_dty
                                                None, 0, None) == expected
 
 
+# Padded axes whose size + 2·pad exceeds an int. (a) 11 + 2·(2³¹ − 3): the output size 2³² + 5 was truncated
+# to 5 and accepted. (b) a 1-voxel axis padded by 2³⁰ with a 3-tap kernel of dilation 2³⁰: the shape is
+# right (1 output), but the last tap's int coordinate 2·2³⁰ overflowed in d2c_coord (undefined behaviour;
+# only -fsanitize=undefined saw it, docs/TESTING.md, Sanitizers).
+HUGE_PAD_CASES = {"truncated-output": ((1, 1, 11, 1, 1), (1, 1, 1, 1, 1), (2**31 - 3, 0, 0), (1, 1, 1)),
+                  "overflowing-coordinate": ((1, 1, 1, 1, 1), (1, 1, 3, 1, 1), (2**30, 0, 0), (2**30, 1, 1))}
+
+
+@pytest.mark.parametrize("case", list(HUGE_PAD_CASES.values()), ids=list(HUGE_PAD_CASES))
+def test_d2conv3d_refuses_a_padded_axis_beyond_an_int(driver, emulation, case):
+    x_shape, w_shape, pad, dil = case
+    params = kernels.d2conv3d_params(x_shape, w_shape, (1, 1, 1), pad, dil, 1, False, False)
+    out = (ctypes.c_int * 3)()
+    assert driver.lib.vosrtCpuD2Conv3DOutputShape(ctypes.byref(params), out) == 2  # not supported
+    assert emulation.vosrtD2Conv3DOutputShape(ctypes.byref(params), out) == 2
+    assert emulation.vosrtD2Conv3DValidate(ctypes.byref(params)) == 2
+    if x_shape == (1, 1, 1, 1, 1):  # small enough to run: refused, not computed with an overflowing index
+        with pytest.raises(KernelError, match="not supported"):
+            driver.d2conv3d_forward(np.ones(x_shape, np.float32), np.zeros((1, 3, 1, 1, 1), np.float32), None,
+                                    np.ones(w_shape, np.float32), None, (1, 1, 1), pad, dil, 1)
+
+
 def test_shapes_beyond_the_launch_grid_limits_are_refused_as_not_supported(emulation):
     """gridDim.y and .z stop at 65,535: shapes whose grids would pass them are refused up front
     (VOSRT_ERROR_NOT_SUPPORTED, so the operators fall back to the reference) rather than failing to launch."""

@@ -22,6 +22,9 @@ inline vosrtStatus_t d2c_output_shape(const vosrtD2Conv3DParams* p, int out_thw[
   for (int a = 0; a < 3; ++a) {
     if (sizes[a] < 1 || p->kernel[a] < 1 || p->stride[a] < 1 || p->pad[a] < 0 || p->dilation[a] < 1)
       return VOSRT_ERROR_INVALID_VALUE;
+    // The sample coordinates (d2c_coord) are computed in int: o·stride and i·dilation are at most
+    // size + 2·pad − 1, so a padded axis that fits an int keeps them (and the output size) from overflowing.
+    if ((long long)sizes[a] + 2LL * p->pad[a] > INT_MAX) return VOSRT_ERROR_NOT_SUPPORTED;
     out_thw[a] = conv_out_size(sizes[a], p->kernel[a], p->stride[a], p->pad[a], p->dilation[a]);
     if (out_thw[a] < 1) return VOSRT_ERROR_INVALID_VALUE;
   }
