@@ -19,6 +19,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <random>
 #include <thread>
 #include <type_traits>
@@ -47,7 +48,12 @@ inline thread_local dim3 thread_index, block_index;
 inline dim3 grid_dim, block_dim;
 inline std::barrier<>* block_barrier = nullptr;
 inline std::vector<std::barrier<>*> warp_barriers;
-inline std::vector<unsigned char> dynamic_shared;  // 128-byte aligned by allocation below
+// A launch's dynamic shared memory: exactly the bytes it asked for, 128-byte aligned, so a read or write past
+// its end is outside the allocation (AddressSanitizer reports it), as it is outside the block's on a GPU.
+struct SharedFree {
+  void operator()(unsigned char* p) const { ::operator delete[](p, std::align_val_t(128)); }
+};
+inline std::unique_ptr<unsigned char[], SharedFree> dynamic_shared;
 inline unsigned char* dynamic_shared_base = nullptr;
 // A fault inside a kernel thread (a misaligned cp.async): the launch then reports it as CUDA would.
 inline std::atomic<int> kernel_fault{0};
@@ -167,9 +173,10 @@ struct Launch {
     }
     grid_dim = grid;
     block_dim = block;
-    dynamic_shared.assign(shared_bytes + 256, 0xFF);  // NaN-filled: reading unwritten shared memory shows
-    const size_t addr = reinterpret_cast<size_t>(dynamic_shared.data());
-    dynamic_shared_base = dynamic_shared.data() + ((128 - addr % 128) % 128);
+    dynamic_shared.reset(
+        static_cast<unsigned char*>(::operator new[](std::max<size_t>(shared_bytes, 1), std::align_val_t(128))));
+    std::memset(dynamic_shared.get(), 0xFF, shared_bytes);  // NaN-filled: reading unwritten shared memory shows
+    dynamic_shared_base = dynamic_shared.get();
     const unsigned threads = block.x * block.y * block.z;
     kernel_fault = 0;
     for (unsigned bz = 0; bz < grid.z; ++bz)
