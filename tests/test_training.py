@@ -417,8 +417,9 @@ def test_static_pre_training_refuses_an_empty_or_missing_pair_folder_among_other
     cv2.imwrite(str(pairs / "img.jpg"), clip.frames[0][..., ::-1])
     write_label_png(pairs / "img.png", clip.labels[0])
     config = tiny_config(stage="static", batch_size=1, iterations=1)
-    for folder, found in ((empty, "holds no image/mask pairs"), (tmp_path / "typo", "not found")):
-        with pytest.raises(UserError, match=f"^{folder}: {found}; expected NAME.jpg images with NAME.png masks"):
+    for folder, found in ((empty, f"{empty}: holds no image/mask pairs"),
+                          (tmp_path / "typo", f"--data: {tmp_path / 'typo'}: no such file or folder")):
+        with pytest.raises(UserError, match=f"^{found}; expected NAME.jpg images with NAME.png masks"):
             train([pairs, folder], tmp_path / "run", config, progress=False)
     assert train([pairs], tmp_path / "run", config, progress=False)["step"] == 1
 

@@ -388,9 +388,11 @@ def build_dataset(config: TrainConfig, data: list[str | Path]):
     # said here, naming the flag: the folder reader's own "dataset folder not found" did not say where it came from
     missing = [str(d) for d in data if str(d) != GENERATED and not Path(d).exists()]
     if missing:
-        raise UserError(f"--data: {', '.join(missing)}: no such file or folder; give a dataset folder (DAVIS or "
-                        f"YouTube-VOS layout; `vosrt train --help` lists the others), or '{GENERATED}' for clips "
-                        f"generated on the fly")
+        takes = ("expected NAME.jpg images with NAME.png masks (in the folder or one folder deeper), or a DAVIS / "
+                 "YouTube-VOS folder (JPEGImages/)" if config.stage == "static" else
+                 f"give a dataset folder (DAVIS or YouTube-VOS layout; `vosrt train --help` lists the others), or "
+                 f"'{GENERATED}' for clips generated on the fly")
+        raise UserError(f"--data: {', '.join(missing)}: no such file or folder; {takes}")
     size = tuple(int(s) for s in config.size)
     if len(size) != 2 or any(s % 16 for s in size):
         fit = [max(16, -(-int(s) // 16) * 16) for s in size] if len(size) == 2 else [384, 384]
