@@ -35,6 +35,40 @@ def test_bare_published_state_dict_loads_as_stcn(tmp_path, published_state):
     assert_same_weights(published_state, model)
 
 
+class _RunsACommand:
+    """Unpickled by a plain torch.load(weights_only=False), it runs ``touch`` on the marker: what any callable a
+    checkpoint from the internet names could do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_published_checkpoint_holding_python_objects_gives_its_weights_and_runs_none_of_its_code(
+        tmp_path, published_state, capsys):
+    # A training script's file (its options, a scheduler, anything pickled beside the weights) was refused as a
+    # whole ("holds Python objects ... which vosrt does not unpickle"), with no way to reach its weights but a
+    # torch.load(weights_only=False) that runs whatever the file names.
+    import argparse
+    import collections
+
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "training-script.pth"
+    torch.save({"model": published_state, "args": argparse.Namespace(lr=1e-5), "hook": _RunsACommand(marker),
+                "history": collections.deque([1, 2]), "iter": 7}, path)
+    model, config = load_checkpoint(path)
+    assert config == {"model": "stcn"} and not marker.exists()
+    assert_same_weights(published_state, model)
+    err = capsys.readouterr().err
+    assert f"note: {path} holds Python objects besides its tensors (argparse.Namespace, collections.deque, " in err
+    assert "posix.system" in err and "running none of the file's code" in err
+    torch.load(path, weights_only=False)   # what the file would have done: the payload is real
+    assert marker.exists()
+
+
 def test_bare_single_object_checkpoint_is_padded_on_load(tmp_path, published_state):
     state = dict(published_state)
     state["value_encoder.conv1.weight"] = state["value_encoder.conv1.weight"][:, :4].clone()

@@ -10,6 +10,7 @@ unchanged) and ``config_from_state_dict(state_dict) -> overrides`` (the configur
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 
 import torch
@@ -239,7 +240,19 @@ def load_payload(path: str | Path):
             # torch's message speaks of weights_only there too, which read as the file holding Python objects
             reason = "its content is not what torch.save writes (another kind of file, or one cut short)"
         elif "weights_only" in text or "Unsupported global" in text:
-            # Never repeat torch's advice to load with weights_only=False: that runs the file's code.
+            # Never repeat torch's advice to load with weights_only=False: that runs the file's code. Read the
+            # tensors and plain data, with the objects (a training script's scheduler, AMP state, options) left out
+            # and none of their code run (inert_pickle).
+            from vosrt.training.models.inert_pickle import load_inert
+            try:
+                payload, left_out = load_inert(path)
+            except Exception:   # noqa: BLE001 - whatever torch raises: the file is not readable this way either
+                payload, left_out = None, []
+            if left_out:
+                shown = ", ".join(left_out[:4]) + (", ..." if len(left_out) > 4 else "")
+                print(f"note: {path} holds Python objects besides its tensors ({shown}); vosrt read its tensors and "
+                      f"plain data and left those out, running none of the file's code", file=sys.stderr)
+                return payload
             reason = "it holds Python objects besides tensors and plain data, which vosrt does not unpickle"
         else:
             reason = (text.strip().splitlines() or [type(err).__name__])[0]
