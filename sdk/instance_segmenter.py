@@ -64,6 +64,8 @@ class InstanceSegmenter(ClipSession):
     """
 
     label_dtype = np.uint32
+    pad_with_mean = True   # STEm-Seg pads the normalised images with zeros, right/bottom
+    # (stemseg/structures/image_list.py, ImageList.from_image_sequence_list); vosrt centres the frame
 
     def __init__(self, backend: Backend, package, overlap: int | None = None, min_seediness: float | None = None,
                  foreground_threshold: float | None = None, max_instances: int | None = None,

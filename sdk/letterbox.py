@@ -2,8 +2,11 @@
 
 Graphs take float32 RGB in [0, 1], ``[1, 3, H, W]`` at the package's fixed resolution (the exported
 graphs have static image sizes). A frame of any other size is resized keeping its aspect ratio so that
-it fits ``H × W``, centred, and padded with black; results are cropped back out of the padding and
-resized to the frame's own size (label maps nearest-neighbour, probabilities bilinearly).
+it fits ``H × W``, centred, and padded with ``fill`` (black unless the session asks for another colour:
+STCN and STEm-Seg pad with the model's mean colour, which the graph's normalisation turns into 0, as their
+public code pads the normalised image with zeros; 3DC-Seg and D²Conv3D pad the [0, 255] image with 0, black);
+results are cropped back out of the padding and resized to the frame's own size (label maps nearest-neighbour,
+probabilities bilinearly).
 
 Every resize aligns pixel centres, as the frame's area resize and the bilinear probabilities do: label
 maps use OpenCV's ``INTER_NEAREST_EXACT``, not ``INTER_NEAREST``, whose samples are taken at the top-left
@@ -97,10 +100,12 @@ def check_label_map(mask, frame_shape: tuple[int, int], name: str = "mask") -> n
 
 @dataclass(frozen=True)
 class Letterbox:
-    """The mapping between a frame of ``src`` size and the package's ``dst`` size (both (H, W))."""
+    """The mapping between a frame of ``src`` size and the package's ``dst`` size (both (H, W)); ``fill`` is the
+    RGB colour in [0, 1] of the padding around the resized frame (see the module docstring)."""
 
     src: tuple[int, int]
     dst: tuple[int, int]
+    fill: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @property
     def inner(self) -> tuple[int, int, int, int]:
@@ -125,7 +130,8 @@ class Letterbox:
             pixels = pixels[:, :, ::-1]
         if not self.identity:
             top, left, h, w = self.inner
-            canvas = np.zeros((*self.dst, 3), np.float32)
+            canvas = np.empty((*self.dst, 3), np.float32)
+            canvas[:] = np.asarray(self.fill, np.float32)
             canvas[top:top + h, left:left + w] = cv2.resize(np.ascontiguousarray(pixels), (w, h),
                                                             interpolation=cv2.INTER_AREA)
             pixels = canvas

@@ -74,6 +74,10 @@ class Session:
     frames_in: int = 0        # frames pushed in the current stream: the index the next frame gets
     label_dtype = np.uint8    # dtype of SegmentedFrame.labels
     takes_mask: bool = False  # push accepts masks (semi-supervised families)
+    # Letterbox padding: False pads with black (3DC-Seg / D²Conv3D pad the [0, 255] image with 0), True with the
+    # package's input mean, which the graph normalises to 0 (STCN's pad_divide_by and STEm-Seg's ImageList pad the
+    # normalised image with zeros).
+    pad_with_mean: bool = False
 
     def __init__(self, backend: Backend, package, color: str = "bgr"):
         self.backend = backend
@@ -172,11 +176,18 @@ class Session:
             raise UserError(f"mask: {self.package.family} sessions segment without masks (unsupervised); "
                             f"call push(frame) alone")
 
+    def _pad_fill(self) -> tuple[float, float, float]:
+        """The letterbox padding colour (RGB in [0, 1]): see :attr:`pad_with_mean`."""
+        if not self.pad_with_mean:
+            return (0.0, 0.0, 0.0)
+        mean = ((getattr(self.package, "manifest", None) or {}).get("input") or {}).get("mean")
+        return tuple(float(v) for v in mean) if mean is not None and len(mean) == 3 else (0.0, 0.0, 0.0)
+
     def _letterbox(self, frame_shape) -> Letterbox:
         """The letterbox from frames of ``frame_shape`` to the package size (one per frame size)."""
         key = tuple(int(s) for s in frame_shape)
         if key not in self._letterboxes:
             if len(self._letterboxes) >= _LETTERBOXES:   # frames of ever new sizes (crops): constant memory
                 del self._letterboxes[next(iter(self._letterboxes))]
-            self._letterboxes[key] = Letterbox(key, self.size)
+            self._letterboxes[key] = Letterbox(key, self.size, self._pad_fill())
         return self._letterboxes[key]

@@ -90,6 +90,7 @@ class Tracker(Session):
     latency = 0
     label_dtype = np.uint8
     takes_mask = True
+    pad_with_mean = True   # STCN pads the normalised frame with zeros (util/tensor_util.py pad_divide_by)
 
     def __init__(self, backend: Backend, package, mem_every: int | None = None, top_k: int | None = None,
                  memory_capacity: int | None = None, color: str = "bgr", max_objects: int | None = None):
