@@ -353,6 +353,20 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
         raise
 
 
+def streaming_settings(family, model, streaming: dict | None = None) -> dict:
+    """The ``streaming`` section of a package's manifest: the family's defaults, the model's own where it has them
+    (a clip family's clip length; ``model.streaming_defaults()``, e.g. a STEm-Seg category head's foreground
+    threshold), then the export's ``streaming`` overrides."""
+    stream = dict(family.streaming)
+    if "clip_length" in stream:  # clip families: the model's own clip length
+        stream["clip_length"] = int(getattr(model, "clip_length", stream["clip_length"]))
+    own = getattr(model, "streaming_defaults", None)
+    if callable(own):
+        stream.update({k: v for k, v in own().items() if k in stream})
+    stream.update(streaming or {})
+    return stream
+
+
 def _export_into(out_dir: Path, name, family, checkpoint, height, width, forms, random_weights, streaming,
                  check, progress) -> Path:
     _say(progress, f"loading {'random weights' if checkpoint is None else checkpoint}")
@@ -361,10 +375,7 @@ def _export_into(out_dir: Path, name, family, checkpoint, height, width, forms, 
     check_min_size(height, width, int(getattr(model, "min_size", 0)), config.get("model", name), "--size",
                    "--size {height} {width}")
     variant = config.get("model", name)
-    stream = dict(family.streaming)
-    if "clip_length" in stream:  # clip families: the model's own clip length
-        stream["clip_length"] = int(getattr(model, "clip_length", stream["clip_length"]))
-    stream.update(streaming or {})
+    stream = streaming_settings(family, model, streaming)
 
     # Every file is written under a temporary name first and moved into place at the end, the manifest last:
     # an export into an existing package that fails or is interrupted leaves that package as it was.

@@ -206,8 +206,10 @@ register(Family(
     task="video instance segmentation: every object instance found, segmented and tracked, no mask given",
     graphs={"embed_clip": GraphIO({"clip": IMAGE},
                                   ("embeddings", "bandwidths", "seediness", "foreground", "categories"))},
-    # overlap 4 of 8 as the public code's YouTube-VIS / KITTI-MOTS inference; the clustering thresholds
-    # are the public code's defaults (see vosrt.sdk.instances).
+    # overlap 4 of 8 as the public code's YouTube-VIS / KITTI-MOTS inference (its DAVIS model: 6 of 16); the
+    # clustering thresholds are the public code's defaults (see vosrt.sdk.instances). foreground_threshold 0.25 is
+    # its threshold of the seediness (--seediness_thresh), the foreground of models without a category head; the
+    # export records 0.5 for models with one (StemSeg.streaming_defaults, stemseg/inference/main.py fg_masks > 0.5).
     streaming={"clip_length": 8, "overlap": 4, "min_seediness": 0.8, "foreground_threshold": 0.25,
                "max_instances": 20},
     settings=("overlap", "min_seediness", "foreground_threshold", "max_instances", "link_iou", "color"),

@@ -57,3 +57,16 @@ def test_tracker_letterbox_padding_normalises_to_zero():
     np.testing.assert_allclose(normalize(image[0])[:, :, -16:], 0.0, atol=1e-6)
     tracker.close()
 
+
+@pytest.mark.parametrize("num_classes, threshold", [(0, 0.25), (3, 0.5)])
+def test_stem_seg_export_records_the_public_foreground_threshold(num_classes, threshold):
+    """stemseg/inference/main.py: a category head's foreground probability is thresholded at 0.5; the seediness,
+    the foreground of a model without that head, at 0.25 (--seediness_thresh)."""
+    from vosrt.export.package import streaming_settings
+    from vosrt.sdk import families
+    from vosrt.training.models import stem_seg
+
+    model = stem_seg.build("stem-seg-lite", num_classes=num_classes)
+    family = families.get("stem-seg")
+    assert streaming_settings(family, model)["foreground_threshold"] == threshold
+    assert streaming_settings(family, model, {"foreground_threshold": 0.4})["foreground_threshold"] == 0.4

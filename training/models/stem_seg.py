@@ -386,6 +386,13 @@ class StemSeg(nn.Module):
         """Categories the model scores, background included (2 = class-agnostic: background and object)."""
         return self.cfg.num_classes or 2
 
+    def streaming_defaults(self) -> dict:
+        """Package streaming settings this model needs other than the family's (``vosrt.sdk.families``): with a
+        category head the clustered pixels are those whose foreground probability is above 0.5, as the public
+        code's ``TrackGenerator.do_inference`` (stemseg/inference/main.py: ``fg_masks > 0.5``); the family's 0.25 is
+        its threshold of the seediness (``--seediness_thresh``), the foreground of models without that head."""
+        return {"foreground_threshold": 0.5} if self.semseg_head is not None else {}
+
     @property
     def input_mean(self) -> tuple[float, float, float]:
         """RGB mean subtracted from [0, 1] images (the published BGR 0..255 means, reordered and scaled)."""
