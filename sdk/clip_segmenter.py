@@ -11,6 +11,15 @@ The clip schedule (window, hop, right-aligned flush, ordered emission) is
 :class:`vosrt.sdk.clips.ClipSession`'s. What this family adds: per clip the foreground probabilities
 come back to the host, where the overlap average is a running sum per pending frame; a finished frame's
 labels are the averaged probability above ``threshold`` (1 = foreground).
+
+Against the public inference code (sabarim/3DC-Seg inference_handlers/Engine.py, Schmiddo/d2conv3d
+experiments/inference/handler.py and utils/video.py): clips of 8 every 5 frames (overlap 3; 3DC-Seg's
+``EXHAUSTIVE`` is overlap 7), threshold 0.5, no flips or multi-scale testing (neither uses any). Differences:
+overlapping clips are averaged as probabilities, as 3DC-Seg averages its softmax; D²Conv3D averages the logits
+and thresholds their sigmoid, which can differ where the clips disagree. At the end of a stream one clip over
+the last 8 frames runs (right-aligned, :mod:`vosrt.sdk.clips`); both public codes instead start a clip at every
+multiple of 5 below the sequence length and fill the short ones with repeated frames (3DC-Seg the clip's first
+frame, D²Conv3D its last), counting a repeated frame once per copy in the average.
 """
 from __future__ import annotations
 

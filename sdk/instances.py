@@ -19,6 +19,21 @@ input: no randomness, and ties resolve by pixel order.
 frames the two clips share (Hungarian matching, :func:`hungarian`, maximising the total IoU); a match
 needs IoU ≥ ``link_iou``. A matched instance continues the earlier instance's track; every other
 instance starts a new track with a fresh id. Ids count up from 1 and are never reused.
+
+Against the public code (sabarim/STEm-Seg stemseg/inference/clusterers.py SequentialClustering, online_chainer.py,
+main.py): seeds, ``exp(−d / 2)``, the thresholds 0.5 / 0.3, min seediness 0.8 and 20 instances per clip are its
+defaults (its KITTI-MOTS config raises min seediness to 0.95). Differences:
+
+- secondary assignment: the public code takes ``label_distances.max(dim=1)`` (named ``min_distance``), i.e. the
+  *farthest* cluster, and (when the loop stops at max_instances) applies the step to the pixels the last seed
+  took as well; here the most probable (nearest) cluster, for the pixels left unassigned;
+- linking: the public chainer associates every pair of the Hungarian assignment on cost 1 − IoU, even at IoU 0;
+  here a pair needs IoU ≥ ``link_iou`` (0.1);
+- the shared frames keep the earlier clip's labels there (``if t in overlapping_frames: continue``); here a frame
+  takes the labels of the latest clip covering it (:mod:`vosrt.sdk.instance_segmenter`);
+- the foreground to cluster is, there, the average over every clip covering a frame (later ones included) of the
+  category head's foreground (> 0.5) or of the seediness (> 0.25); a stream cannot wait for the later clips, so
+  here each clip's own foreground is thresholded.
 """
 from __future__ import annotations
 

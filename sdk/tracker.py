@@ -16,6 +16,18 @@ objects with one affinity, soft aggregation and arg-max in the graph; every ``me
 every annotated frame) ``encode_value`` writes the frame into the :class:`~vosrt.sdk.memory.MemoryBank`.
 Only the image goes to the backend and the label map comes back, unless probabilities are requested.
 
+Against STCN's own inference (hkchengrex/STCN inference_core.py, inference_core_yv.py, eval_davis.py): the
+readout (top-k 20 of (2k·q − ‖k‖²)/sqrt(Ck), softmax over the k), the soft aggregation, ImageNet normalisation
+and mem_every 5 are STCN's. A memory frame is written every ``mem_every`` frames counted from the last memory
+frame, as inference_core_yv.py (``abs(ti - last_ti) >= mem_every``); inference_core.py's ``ti % mem_every == 0``
+is the same when the mask is on frame 0. No temporary last-frame memory (``include_last``, off by default in
+STCN's scripts). Deliberate differences: the bank has a fixed capacity (slot 0 permanent, FIFO ring) where STCN's
+grows without bound; all objects share one bank, so an object added mid-stream reads zero values in the frames
+written before it (:mod:`vosrt.sdk.memory`), where inference_core_yv.py keeps one bank per object, started at the
+object's first mask; a mid-stream mask is not soft-aggregated again (:meth:`Tracker._apply_mask`); and labels are
+arg-maxed at the package size and resized nearest-neighbour, where STCN resizes the probabilities bilinearly to
+the output size first (the same at DAVIS 480p, where only padding is cropped).
+
 Frames are ``[H, W, 3]`` uint8 or float (0..1); ``color="bgr"`` (the default) matches OpenCV's
 ``VideoCapture``/``imread``, ``color="rgb"`` PIL and imageio. Bad input raises ``UserError`` before any
 state changes, so the tracker stays usable.
@@ -272,7 +284,15 @@ class Tracker(Session):
     def _apply_mask(self, mask: np.ndarray, given: list[int], new_objects: list[int], predicted: dict | None):
         """Merge a user mask (package size) into the prediction, over the object order ``new_objects``
         (the tracked objects, then the new ones). Returns (index map ``[H, W]`` uint8, probabilities
-        ``[1 + O, H, W]``). Changes no state."""
+        ``[1 + O, H, W]``). Changes no state.
+
+        Deviation from STCN's ``interact`` (inference_core_yv.py), deliberate: STCN zeroes every object where the
+        mask has a given object and sets the given objects from the mask as here, but then soft-aggregates the
+        merged probabilities again (model/aggregate.py) and encodes the memory value from that, which moves the
+        kept objects' already aggregated probabilities (0.8 against a background of 0.2 becomes 16/17). Here each
+        kept object keeps its own prediction, given pixels are exactly 0/1 and the background is 1 − Σ objects
+        (the arg-max differs only where the background and an object are close). A first mask (inference_core.py)
+        gives the same either way."""
         union = np.isin(mask, given)                                          # [H, W]
         prob = np.zeros((len(new_objects), *self.size), np.float32)           # [O, H, W]
         old_prob = self.backend.download(predicted["prob"])[:, 0] if predicted is not None else None
