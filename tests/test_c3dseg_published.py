@@ -11,31 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from vosrt.training.models import build_model, load_checkpoint, read_checkpoint
+from published_weights import published_shapes, random_state_dict
 
 DATA = Path(__file__).parent / "data"
 D2CONV3D_TSV = DATA / "d2conv3d_xyz_state_dict.tsv"
-
-
-def published_shapes(path: Path) -> dict:
-    shapes = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            continue
-        name, shape = line.split("\t")
-        shapes[name] = tuple(int(d) for d in shape.strip("[]").split(",") if d.strip())
-    return shapes
-
-
-def random_state_dict(shapes: dict, seed: int = 0) -> dict:
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, shape in shapes.items():
-        if name.endswith("num_batches_tracked"):
-            state[name] = torch.tensor(1000)
-            continue
-        value = torch.randn(shape, generator=generator) * 0.05
-        state[name] = value.abs() + 0.5 if name.endswith("running_var") else value
-    return state
 
 
 def d2conv3d_trainer_checkpoint(path: Path, network_state: dict) -> None:

@@ -7,34 +7,17 @@ import torch
 
 from vosrt.training.models import build_model, load_checkpoint, read_checkpoint, save_checkpoint
 from vosrt.training.models.stem_seg import EmbedClipGraph, matches_state_dict, parameter_count
+from published_weights import published_shapes, random_state_dict
 
 DATA = Path(__file__).parent / "data"
-# Read off the public STEm-Seg code (ResNet-50 FPN backbone): its DAVIS configuration (seediness head,
+# Read off the public STEm-Seg code with a ResNet-50 FPN backbone (the default here; its configurations build
+# ResNet-101, whose files load with the depth read off the weights: see the R-101 test): its DAVIS configuration (seediness head,
 # no category head) and its YouTube-VIS configuration (category head with 41 classes, seediness from the
 # embedding head, 256-wide category decoder).
 DAVIS_TSV = DATA / "stem_seg_state_dict.tsv"
 YTVIS_TSV = DATA / "stem_seg_ytvis_state_dict.tsv"
 YTVIS = dict(num_classes=41, seediness_head=False, semseg_channels=(256, 256, 256, 256))
 D2_BLOCKS = ("block_32x", "block_16x")
-
-
-def published_shapes(path: Path) -> dict:
-    shapes = {}
-    for line in path.read_text().splitlines():
-        name, shape = line.split("\t")
-        shapes[name] = tuple(int(d) for d in shape.strip("[]").split(",") if d.strip())
-    return shapes
-
-
-def random_state_dict(shapes: dict, seed: int = 0) -> dict:
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, shape in shapes.items():
-        value = torch.randn(shape, generator=generator) * 0.05
-        if name.endswith("free_dim_bandwidths"):
-            value = torch.full(shape, 1 / 0.3 ** 2)           # the published models' free-dimension std 0.3
-        state[name] = value.abs() + 0.5 if name.endswith("running_var") else value
-    return state
 
 
 def shapes_of(model) -> dict:

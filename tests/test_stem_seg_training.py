@@ -43,6 +43,14 @@ def test_lovasz_term_grows_when_two_instances_share_an_embedding():
     assert float(merged["seediness"]) == pytest.approx(0.0, abs=1e-6)
 
 
+def _random_maps(seed: int, clips: int, frames: int):
+    """Seeded embeddings (E = 2), log variances and seediness of ``clips`` clips of ``frames`` 4×6 frames."""
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.rand(clips, 2, frames, 4, 6, generator=generator),
+            torch.rand(clips, 2, frames, 4, 6, generator=generator) - 2,
+            torch.rand(clips, 1, frames, 4, 6, generator=generator))
+
+
 def _published_clip_seediness(embeddings, log_variances, seediness, masks, ignore=None):
     """The seediness term of one clip as stemseg/modeling/losses/embedding_loss.py computes it: the mean
     squared seediness over all background pixels (ignored ones as zero error, still in the mean) plus, per
@@ -68,10 +76,7 @@ def test_a_batch_loss_is_the_mean_of_its_clips_losses_as_the_public_training():
     # the public training runs one clip per forward pass (MAX_SAMPLES_PER_GPU 1, batch 2 accumulated):
     # clip 0 holds one instance, clip 1 two, so Σ lovasz / Σ instances (3) would differ from the mean of
     # per-clip means, as would the seediness sum / (3 + 1)
-    generator = torch.Generator().manual_seed(0)
-    embeddings = torch.rand(2, 2, 2, 4, 6, generator=generator)
-    log_variances = torch.rand(2, 2, 2, 4, 6, generator=generator) - 2
-    seediness = torch.rand(2, 1, 2, 4, 6, generator=generator)
+    embeddings, log_variances, seediness = _random_maps(0, clips=2, frames=2)
     masks = torch.zeros(2, 3, 2, 4, 6)
     masks[0, 0, :, :2, :3] = 1
     masks[1, 0, :, :2, :2] = 1
@@ -88,10 +93,7 @@ def test_a_batch_loss_is_the_mean_of_its_clips_losses_as_the_public_training():
 
 
 def test_ignored_background_pixels_count_as_zero_seediness_error_in_the_mean():
-    generator = torch.Generator().manual_seed(1)
-    embeddings = torch.rand(1, 2, 1, 4, 6, generator=generator)
-    log_variances = torch.rand(1, 2, 1, 4, 6, generator=generator) - 2
-    seediness = torch.rand(1, 1, 1, 4, 6, generator=generator)
+    embeddings, log_variances, seediness = _random_maps(1, clips=1, frames=1)
     masks = torch.zeros(1, 1, 1, 4, 6)
     masks[0, 0, 0, :, :2] = 1
     ignore = torch.zeros(1, 1, 4, 6, dtype=torch.bool)
