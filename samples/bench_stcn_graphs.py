@@ -3,7 +3,7 @@
     python samples/bench_stcn_graphs.py PKG [PKG2 ...] [--objects 2] [--memory-frames 20] [--threads 2] [--ceiling]
 
 For each package, every configuration (ONNX Runtime portable form, ONNX Runtime plugin form on vosrt's
-CPU operators where the package has it, and the torch backend where the package carries its weights)
+CPU operators where the package has it, and the torch backend where the package carries its weights, an INT8 package excepted: its weights are the fp32 ones)
 runs in its own process, so each peak RSS is that configuration's alone. Each graph is called on the
 same inputs: one frame's key encoding, one value encoding of ``--objects`` masks, and one segment call
 reading a memory of ``--memory-frames`` frames (the bank at capacity). Times are the median of
@@ -97,7 +97,9 @@ def _configurations(path: str) -> list[tuple[str, str]]:
         configs.append(("onnxruntime", "plugin"))
     # The torch backend rebuilds the model from the checkpoint the manifest records (weights.pt for
     # --random-weights packages, checkpoint.pth for the shipped stcn-lite, or the exported-from file).
-    if package.checkpoint is not None and package.checkpoint.is_file():
+    # Not for an INT8 package: its checkpoint is the fp32 one it was quantized from, so its torch row would time
+    # the fp32 network again under the INT8 package's name.
+    if package.checkpoint is not None and package.checkpoint.is_file() and package.quantization is None:
         configs.append(("torch", "-"))
     return configs
 

@@ -270,3 +270,21 @@ def test_bench_stcn_graphs_times_the_torch_backend_of_a_package_that_has_its_che
     from bench_stcn_graphs import _configurations
 
     assert _configurations("stcn-lite") == [("onnxruntime", "portable"), ("onnxruntime", "plugin"), ("torch", "-")]
+
+
+def test_bench_stcn_graphs_gives_an_int8_package_no_torch_row(tmp_path):
+    # an INT8 package keeps the fp32 checkpoint it was quantized from: its torch row timed the fp32 network again,
+    # under the INT8 package's name
+    import json
+    import shutil
+
+    sys.path.insert(0, str(SAMPLES))
+    from bench_stcn_graphs import _configurations
+
+    package = tmp_path / "int8"
+    shutil.copytree(tiny_package("stcn"), package)
+    manifest = json.loads((package / "manifest.json").read_text())
+    assert ("torch", "-") in _configurations(str(package))
+    manifest["quantization"] = {"method": "onnxruntime static QDQ", "source_package": str(tiny_package("stcn"))}
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    assert ("torch", "-") not in _configurations(str(package))
