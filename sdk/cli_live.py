@@ -150,6 +150,10 @@ def run(args) -> int:
     segmenter = load_segmenter(args.box_segmenter) if args.box_segmenter else grabcut_box
     session = vosrt.sdk.load(package.path, **session_options(args, family, package, "live"))
     try:
+        limit = getattr(session, "max_objects", None)
+        if limit is not None and len(selections) > limit:   # said of the flags (the page's message says to remove one)
+            raise UserError(f"--select: {len(selections)} boxes, but this session tracks at most {limit} "
+                            f"object{'' if limit == 1 else 's'} (max_objects); give {limit} or fewer, or add --max-objects {len(selections)}")
         source = _open_live_source(args)
     except BaseException:
         session.close()

@@ -115,7 +115,9 @@ def test_session_settings_are_flags_of_live_too(tmp_path, capsys):
     clip = write_video(tmp_path / "clip.mp4", seq)
     assert main(["live", str(PACKAGE), "--source", str(clip), "--headless", *_select_args(seq.labels[0]),
                  "--max-objects", "1"]) == 2
-    assert "max_objects 1); remove one first, or restart vosrt live with --max-objects 2" in capsys.readouterr().err
+    # the page's "remove one first" was no advice for --select boxes given on the command line
+    assert "--select: 2 boxes, but this session tracks at most 1 object (max_objects); give 1 or fewer, or add " \
+           "--max-objects 2" in capsys.readouterr().err
     assert main(["live", str(PACKAGE), "--source", str(clip), "--headless", "--overlap", "2"]) == 2
     assert "--overlap" in capsys.readouterr().err
     assert main(["live", str(PACKAGE), "--source", str(clip), "--headless", *_select_args(seq.labels[0]),
