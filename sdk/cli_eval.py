@@ -178,7 +178,8 @@ def _split_lists(gt_root: Path, wanted: set) -> list[Path]:
     return [path for _, path in sorted(found, key=lambda item: -item[0])]
 
 
-def _check_predictions(pred_root: Path, gt_root: Path, gt_seqs: dict, pred_seqs: dict, command: list[str]) -> None:
+def _check_predictions(pred_root: Path, gt_root: Path, gt_seqs: dict, pred_seqs: dict, command: list[str],
+                       gt_frames: dict) -> None:
     """UserError, before any scoring (minutes on a dataset), where predictions are missing: a sequence of the ground
     truth without its folder (all named at once, with the command that scores the predicted ones where a DAVIS split
     list names them), or a frame that every protocol scores (all but the first and last) without its PNG."""
@@ -199,11 +200,10 @@ def _check_predictions(pred_root: Path, gt_root: Path, gt_seqs: dict, pred_seqs:
             message += f"; it has {len(pred_seqs)}: {_some(list(pred_seqs))})"
         raise UserError(message)
     absent = []
-    for name, gt_dir in gt_seqs.items():
-        gt_files = png_files(gt_dir)
+    for name, gt_files in gt_frames.items():
         # the first and last frames may be unscored (given; DAVIS leaves the last out): checked where they are read
-        absent += [(_prediction_of(pred_seqs[name], f), f) for f in gt_files[1:-1]
-                   if not _prediction_of(pred_seqs[name], f).is_file()]
+        predicted = [(_prediction_of(pred_seqs[name], f), f) for f in gt_files[1:-1]]
+        absent += [(pred_file, f) for pred_file, f in predicted if not pred_file.is_file()]
     if absent:
         pred_file, gt_file = absent[0]
         raise UserError(f"--pred: missing {pred_file} (ground truth has {gt_file})"
@@ -226,32 +226,33 @@ def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = Tru
     pred_seqs = {gt_root.name: _single_prediction(pred_root, gt_root.name)} if single else sequences(pred_root, "--pred")
     command = (["vosrt", "eval", "--pred", str(pred_root), "--gt", str(gt_root)]
                + (["--task", "unsupervised"] if unsupervised else []) + ([] if skip_first_last else ["--all-frames"]))
-    _check_predictions(pred_root, gt_root, gt_seqs, pred_seqs, command)
+    # natural order (frame2 before frame10), as vosrt run reads a folder: it decides which frames are the first and
+    # the last; DAVIS's zero-padded names sort the same either way
+    gt_frames = {name: png_files(gt_dir) for name, gt_dir in gt_seqs.items()}
+    _check_predictions(pred_root, gt_root, gt_seqs, pred_seqs, command, gt_frames)
     # every frame is scored against every object (unsupervised: every proposal too), a few ms each at 480p: a
     # dataset takes from tens of seconds to minutes, which a bar shows instead of a silent wait
-    bar = Progress(sum(len(png_files(d)) for d in gt_seqs.values()), "frame", enabled=progress, desc="scoring")
+    bar = Progress(sum(map(len, gt_frames.values())), "frame", enabled=progress, desc="scoring")
     try:
-        return _evaluate(pred_root, gt_root, gt_seqs, pred_seqs, skip_first_last, unsupervised, bar)
+        sequences_scored = _advancing(bar, gt_seqs, gt_frames)
+        return _evaluate(gt_root, pred_seqs, skip_first_last, unsupervised, sequences_scored)
     finally:
         bar.close()
 
 
-def _advancing(bar, gt_seqs: dict):
-    """The items of ``gt_seqs``, ``bar`` naming each sequence while it is scored and advanced by its frames once
-    it is (a sequence left out with a warning too)."""
+def _advancing(bar, gt_seqs: dict, gt_frames: dict):
+    """(name, folder, PNG files) of each sequence of ``gt_seqs``, ``bar`` naming it while it is scored and advanced
+    by its frames once it is (a sequence left out with a warning too)."""
     for name, gt_dir in gt_seqs.items():
         bar.update(0, postfix=name)
-        yield name, gt_dir
-        bar.update(len(png_files(gt_dir)))
+        yield name, gt_dir, gt_frames[name]
+        bar.update(len(gt_frames[name]))
 
 
-def _evaluate(pred_root: Path, gt_root: Path, gt_seqs: dict, pred_seqs: dict, skip_first_last: bool,
-              unsupervised: bool, bar) -> list:
+def _evaluate(gt_root: Path, pred_seqs: dict, skip_first_last: bool, unsupervised: bool, advancing) -> list:
+    """The scores of the sequences ``advancing`` yields (:func:`_advancing`), against their ``pred_seqs`` folders."""
     scores, binary, late = [], [], []
-    for name, gt_dir in _advancing(bar, gt_seqs):
-        # natural order (frame2 before frame10), as vosrt run reads a folder: it decides which frames are
-        # the first and the last; DAVIS's zero-padded names sort the same either way
-        gt_files = png_files(gt_dir)
+    for name, gt_dir, gt_files in advancing:
         gts = [read_label_png(gt_file) for gt_file in gt_files]
         foreground = foreground_truth(gts)
         if foreground:
