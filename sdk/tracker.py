@@ -120,7 +120,7 @@ class Tracker(Session):
         h, w = package.height // package.stride, package.width // package.stride
         fit_top_k = getattr(backend, "fit_top_k", None)   # ONNX Runtime's plugin form reads top_k <= 64 (or all)
         if self._feed_top_k and fit_top_k is not None:
-            fit_top_k("segment", min(self.top_k, capacity * h * w), capacity * h * w)
+            fit_top_k("segment", self.top_k, capacity * h * w)
         # The bank holds what the segment graph reads: float16 for an fp16 engine (vosrt.export.fp16).
         self.memory = MemoryBank(backend, capacity, h * w, backend.input_dtype("segment", "mem_key"))
         # k = min(top_k, N) in the graph, so a top_k beyond the bank's positions means "all" and is fed as their
