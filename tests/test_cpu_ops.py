@@ -17,7 +17,8 @@ from vosrt.sdk.kernels import KernelError
 from vosrt.training.ops.d2conv3d import d2conv3d
 from vosrt.training.ops.l2_readout import l2_memory_readout
 
-from operator_inputs import as_f64 as _f64, assert_close, conv_inputs as _conv_inputs, to_numpy as _np
+from operator_inputs import (as_f64 as _f64, assert_close, conv_inputs as _conv_inputs, infinite_key_readout_inputs,
+                             nan_readout_inputs, same_nans_and_close, to_numpy as _np)
 
 REL = 1e-5
 
@@ -139,6 +140,35 @@ def test_cpu_readout_rejects_top_k_above_the_supported_limit(ops):
     mem_key, query_key, mem_value = _readout_inputs(1, 8, 200, 4, 3, seed=9)
     with pytest.raises(KernelError, match="not supported"):
         ops.l2_memory_readout(_np(mem_key), _np(query_key), _np(mem_value), 65)
+
+
+# ---- NaN policy (plugins/kernels/README.md): these operators, which ONNX Runtime runs for the plugin form
+# on a CPU, propagate NaN as the references do; compared as NaN masks plus the finite values ----
+
+
+@pytest.mark.parametrize("top_k", [20, 0])
+@pytest.mark.parametrize("where", ["mem_key", "query_key", "mem_value", "infinite-keys"])
+def test_cpu_readout_propagates_nan_as_the_reference(ops, where, top_k):
+    # "infinite-keys": queries whose scores are all −∞ read NaN as in the reference, not 0
+    mem_key, query_key, mem_value = infinite_key_readout_inputs() if where == "infinite-keys" else \
+        nan_readout_inputs(where)
+    expected = l2_memory_readout(_f64(mem_key), _f64(query_key), _f64(mem_value), top_k, backend="torch").numpy()
+    same_nans_and_close(ops.l2_memory_readout(_np(mem_key), _np(query_key), _np(mem_value), top_k), expected, REL)
+
+
+@pytest.mark.parametrize("tensor, index, value", [
+    ("dilation", (0, 1, 1, 2, 3), float("nan")), ("dilation", (1, 2, 3, 4, 4), float("inf")),
+    ("modulation", (1, 13, 2, 4, 1), float("nan")), ("x", (0, 1, 2, 4, 3), float("nan")),
+    ("x", (1, 0, 0, 0, 0), float("nan"))], ids=["D", "D-inf", "M", "x-inside", "x-border"])
+def test_cpu_d2conv3d_propagates_nan_as_the_reference(ops, tensor, index, value):
+    x, dilation, modulation, weight, bias, attrs = _conv_inputs(CONV_CASES["3x3x3"], seed=22)
+    {"x": x, "dilation": dilation, "modulation": modulation}[tensor][index] = value
+    expected = d2conv3d(_f64(x), _f64(dilation), _f64(modulation), _f64(weight), _f64(bias), backend="torch",
+                        **attrs).numpy()
+    if tensor != "x":  # a NaN sample position: every channel of that one location (an infinite D: 0·inf)
+        assert np.isnan(expected[index[0], :, index[2], index[3], index[4]]).all()
+        assert np.isnan(expected).sum() == expected.shape[1]
+    same_nans_and_close(_conv(ops, x, dilation, modulation, weight, bias, attrs), expected, REL)
 
 
 def test_library_is_built_on_first_use_into_the_cache_with_progress(monkeypatch, tmp_path, capfd):

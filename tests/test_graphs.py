@@ -20,6 +20,8 @@ from vosrt.training.ops.aggregate import soft_aggregate
 from vosrt.training.ops.d2conv3d import d2conv3d
 from vosrt.training.ops.l2_readout import l2_memory_readout
 
+from operator_inputs import infinite_key_readout_inputs, nan_readout_inputs, same_nans_and_close
+
 
 class TinyD2Conv(torch.nn.Module):
     """One D²Conv3D layer as the networks use it: a Conv3d predicts D = 1 + elu(·) and M = sigmoid(·)."""
@@ -217,22 +219,49 @@ def _readout_inputs(memory, queries=30, key_dim=16, value_dim=12, seed=0):
             torch.randn(1, value_dim, memory, generator=g))
 
 
-def test_readout_portable_translation_matches_reference_for_any_memory_length_and_top_k():
-    scale = 1 / math.sqrt(16)
-    args = _readout_inputs(200)
+READOUT_SCALE = 1 / math.sqrt(16)
+
+
+@pytest.fixture(scope="module")
+def portable_readout():
+    """The readout's portable form, 30 queries of 16 key and 12 value channels, any memory length, top_k
+    an input."""
     memory = torch.export.Dim("memory", min=1, max=4096)
-    program = torch.export.export(Readout(20, scale).eval(), args + (torch.tensor([20]),),
+    program = torch.export.export(Readout(20, READOUT_SCALE).eval(), _readout_inputs(200) + (torch.tensor([20]),),
                                   dynamic_shapes=({2: memory}, None, {2: memory}, None))
     model = torch.onnx.export(program, (), dynamo=True, opset_version=onnx_ops.OPSET,
                               custom_translation_table=onnx_ops.translation_table("portable")).model_proto
     model.ir_version = onnx_ops.IR_VERSION
     onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_readout_portable_translation_matches_reference_for_any_memory_length_and_top_k(portable_readout):
+    model, scale = portable_readout, READOUT_SCALE
     # k = min(top_k, N), and top_k = 0 means all N.
     for memory_size, top_k in ((200, 20), (7, 20), (150, 0), (90, 5), (1, 3)):
         mk, qk, mv = _readout_inputs(memory_size, seed=memory_size)
         expected = l2_memory_readout(mk, qk, mv, top_k=top_k, scale=scale, backend="torch").numpy()
         (actual,) = _run(model, mk.numpy(), qk.numpy(), mv.numpy(), np.array([top_k], np.int64))
         assert np.abs(actual - expected).max() < 1e-5, (memory_size, top_k)
+
+
+@pytest.mark.parametrize("top_k", [20, 0])
+@pytest.mark.parametrize("where", ["mem_key", "query_key", "mem_value", "infinite-keys"])
+def test_readout_portable_translation_propagates_nan_as_the_reference(portable_readout, where, top_k):
+    # NaN policy (plugins/kernels/README.md), the same as the kernels' and the CPU operators': a NaN score
+    # ranks first, a NaN value of a selected entry reaches its queries, all-−∞ scores give NaN
+    mem_key, query_key, mem_value = infinite_key_readout_inputs() if where == "infinite-keys" else \
+        nan_readout_inputs(where)
+    for b in range(mem_key.shape[0]):  # the graph takes one batch element
+        arrays = [t[b:b + 1] for t in (mem_key, query_key, mem_value)]
+        expected = l2_memory_readout(*(t.double() for t in arrays), top_k=top_k, scale=READOUT_SCALE,
+                                     backend="torch").numpy()
+        (actual,) = _run(portable_readout, *(t.numpy() for t in arrays), np.array([top_k], np.int64))
+        if np.isnan(expected).any():
+            same_nans_and_close(actual, expected, 1e-5)
+        else:
+            assert not np.isnan(actual).any() and np.abs(actual - expected).max() < 1e-5
 
 
 def test_readout_plugin_translation_is_one_node_with_attributes():

@@ -14,7 +14,8 @@ from vosrt.training.ops.d2conv3d import d2conv3d
 from vosrt.training.ops.l2_readout import l2_memory_readout
 
 from kernel_build import build, cpu_driver_path, emulation_path, have_nvcc
-from operator_inputs import as_f64 as _f64, assert_close as _close, conv_inputs as _conv_inputs, to_numpy as _np
+from operator_inputs import (as_f64 as _f64, assert_close as _close, conv_inputs as _conv_inputs,
+                             infinite_key_readout_inputs, nan_readout_inputs, same_nans_and_close, to_numpy as _np)
 
 # kernel, stride, padding, base dilation, groups, modulation, bias, (C, Cout), (T, H, W)
 CONV_CASES = [
@@ -478,40 +479,21 @@ def test_torch_readout_above_the_top_k_limit_uses_the_reference(emulated_torch_o
 # and the kernels' own code; compared as NaN masks plus the finite values ----
 
 
-def _same_nans_and_close(actual, expected, rel=1e-4):
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    assert np.isnan(expected).any(), "the case must produce NaN in the reference"
-    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
-    finite = ~np.isnan(expected)
-    if finite.any():
-        _close(actual[finite], expected[finite], rel)
-
-
-def _nan_readout_inputs(where):
-    g = torch.Generator().manual_seed(21)
-    mem_key, query_key, mem_value = torch.randn(1, 16, 300, generator=g), torch.randn(1, 16, 40, generator=g), \
-        torch.randn(1, 5, 300, generator=g)
-    {"mem_key": lambda: mem_key.__setitem__((0, 3, 17), float("nan")),
-     "query_key": lambda: query_key.__setitem__((0, 0, 9), float("nan")),
-     "mem_value": lambda: mem_value.__setitem__((0, 2, slice(None)), float("nan"))}[where]()
-    return mem_key, query_key, mem_value
-
-
 @pytest.mark.parametrize("top_k", [20, 0])
 @pytest.mark.parametrize("where", ["mem_key", "query_key", "mem_value"])
 def test_readout_nan_policy_is_the_same_in_the_reference_the_cpu_driver_and_the_kernels(driver, emulation, where,
                                                                                        top_k):
-    mem_key, query_key, mem_value = _nan_readout_inputs(where)
+    mem_key, query_key, mem_value = nan_readout_inputs(where)
     expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), top_k, backend="torch")
     expected = expected.numpy()
     if where == "mem_key":
         assert np.isnan(expected).all()            # every query's top-k holds the NaN entry
     if where == "query_key":
         assert np.isnan(expected[..., 9]).all() and not np.isnan(np.delete(expected, 9, axis=2)).any()
-    _same_nans_and_close(driver.l2_memory_readout(mem_key.numpy(), query_key.numpy(), mem_value.numpy(), top_k),
-                         expected)
-    _same_nans_and_close(_readout(emulation, mem_key.numpy(), query_key.numpy(), mem_value.numpy(), top_k),
-                         expected)
+    same_nans_and_close(driver.l2_memory_readout(mem_key.numpy(), query_key.numpy(), mem_value.numpy(), top_k),
+                        expected)
+    same_nans_and_close(_readout(emulation, mem_key.numpy(), query_key.numpy(), mem_value.numpy(), top_k),
+                        expected)
 
 
 def test_readout_nan_value_of_a_selected_entry_whose_weight_underflows_still_gives_nan(driver, emulation):
@@ -531,9 +513,24 @@ def test_readout_nan_value_of_a_selected_entry_whose_weight_underflows_still_giv
     expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), 20, backend="torch")
     expected = expected.numpy()
     assert np.isnan(expected[0, 1, 3])
-    _same_nans_and_close(driver.l2_memory_readout(mem_key.numpy(), query_key.numpy(), mem_value.numpy(), 20),
-                         expected)
-    _same_nans_and_close(_readout(emulation, mem_key.numpy(), query_key.numpy(), mem_value.numpy(), 20), expected)
+    same_nans_and_close(driver.l2_memory_readout(mem_key.numpy(), query_key.numpy(), mem_value.numpy(), 20),
+                        expected)
+    same_nans_and_close(_readout(emulation, mem_key.numpy(), query_key.numpy(), mem_value.numpy(), 20), expected)
+
+
+@pytest.mark.parametrize("top_k", [20, 0])
+def test_readout_query_whose_scores_are_all_minus_infinity_is_nan_as_in_the_reference(driver, emulation, top_k):
+    # A score of −∞ never enters the kernels' lists, so such a query's list was empty and its output read 0
+    # where the reference (and ONNX's portable TopK) gives NaN: a fp16 key overflowing to inf was hidden. The
+    # kernels are emulated in fp16, where an infinite key gives −∞ scores; in fp32 their 3xTF32 split turns
+    # it into NaN scores (inf − inf), so every query reads NaN (plugins/kernels/README.md, NaN policy).
+    mem_key, query_key, mem_value = infinite_key_readout_inputs()
+    expected = _reference_readout(mem_key, query_key, mem_value, top_k)
+    assert np.isnan(expected[0]).all() and not np.isnan(expected[1]).any()
+    same_nans_and_close(driver.l2_memory_readout(mem_key.numpy(), query_key.numpy(), mem_value.numpy(), top_k),
+                        expected)
+    halves = [t.half().numpy() for t in (mem_key, query_key, mem_value)]
+    same_nans_and_close(_readout(emulation, *halves, top_k), _reference_readout(*halves, top_k), rel=1e-2)
 
 
 # (tensor, index) of the NaN: D at one location, M of one kernel point, X inside and at a border voxel
@@ -557,10 +554,10 @@ def test_d2conv3d_nan_policy_is_the_same_in_the_reference_the_cpu_driver_and_the
         assert np.isnan(expected).sum() == expected.shape[1]
     else:  # no more than the outputs whose samples can reach the voxel (3×3×3 kernel, D < 2.5)
         assert 0 < np.isnan(expected).sum() < expected.size // 4
-    _same_nans_and_close(driver.d2conv3d_forward(_np(x), _np(dilation), _np(modulation), _np(weight), _np(bias),
-                                                 attrs["stride"], attrs["padding"], attrs["dilation_base"],
-                                                 attrs["groups"]), expected)
-    _same_nans_and_close(_emulated_conv(emulation, (x, dilation, modulation, weight, bias), attrs), expected)
+    same_nans_and_close(driver.d2conv3d_forward(_np(x), _np(dilation), _np(modulation), _np(weight), _np(bias),
+                                                attrs["stride"], attrs["padding"], attrs["dilation_base"],
+                                                attrs["groups"]), expected)
+    same_nans_and_close(_emulated_conv(emulation, (x, dilation, modulation, weight, bias), attrs), expected)
 
 
 # ---- the fused readout's selection paths (register lists sized to k, shared per-query thresholds, 3xTF32

@@ -11,6 +11,7 @@ from vosrt.training.ops.d2conv3d import d2conv3d, output_size
 from vosrt.training.ops.l2_readout import l2_memory_readout
 
 from kernel_build import build
+from operator_inputs import infinite_key_readout_inputs, nan_readout_inputs, same_nans_and_close
 
 pytestmark = pytest.mark.gpu
 
@@ -285,3 +286,44 @@ def test_readout_device_check_agrees_with_the_gpu_s_shared_memory():
         assert status == (0 if needed.value <= available.value else 2) and 0 < available.value <= optin
         answers[ck, code] = status
     assert answers[64, kernels.FLOAT32] == answers[64, kernels.FLOAT16] == 0
+
+
+# ---- NaN policy (plugins/kernels/README.md) on the device: the same NaN masks as the references, as the
+# CPU driver and the host emulation show on the CPU (test_kernels_cpu.py) ----
+
+
+def _same_nans(actual, expected, rel):
+    same_nans_and_close(actual.double().cpu().numpy(), expected.double().cpu().numpy(), rel)
+
+
+@pytest.mark.parametrize("top_k", [20, 0], ids=["select", "dense"])
+@pytest.mark.parametrize("where", ["mem_key", "query_key", "mem_value", "infinite-keys"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_readout_propagates_nan_as_the_reference(dtype, where, top_k):
+    inputs = infinite_key_readout_inputs() if where == "infinite-keys" else nan_readout_inputs(where)
+    mem_key, query_key, mem_value = (t.to("cuda", dtype) for t in inputs)
+    expected = l2_memory_readout(mem_key.double(), query_key.double(), mem_value.double(), top_k, 0.25,
+                                 backend="torch")
+    actual = cuda_kernels.l2_memory_readout(mem_key, query_key, mem_value, top_k, 0.25)
+    if where == "infinite-keys" and dtype == torch.float32:
+        # fp32 runs 3xTF32, whose split of an infinite key gives NaN scores (inf − inf): more NaN than the
+        # reference's −∞ scores make, never less (documented in plugins/kernels/README.md)
+        assert torch.isnan(actual[torch.isnan(expected)]).all()
+        return
+    _same_nans(actual, expected, 1e-2 if dtype == torch.float16 else 1e-4)
+
+
+@pytest.mark.parametrize("tensor, index, value", [
+    ("dilation", (0, 1, 1, 2, 3), float("nan")), ("dilation", (1, 2, 3, 4, 4), float("inf")),
+    ("modulation", (1, 13, 2, 4, 1), float("nan")), ("x", (0, 1, 2, 4, 3), float("nan")),
+    ("x", (1, 0, 0, 0, 0), float("nan"))], ids=["D", "D-inf", "M", "x-inside", "x-border"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_d2conv3d_propagates_nan_as_the_reference(dtype, tensor, index, value):
+    tensors, attrs = _conv_inputs(CONV_CASES[0], seed=22, dtype=dtype)
+    tensors[("x", "dilation", "modulation").index(tensor)][index] = value
+    expected, _ = _reference_conv(tensors, attrs)
+    if tensor != "x":  # a NaN sample position: every channel of that one location (an infinite D: 0·inf)
+        assert torch.isnan(expected[index[0], :, index[2], index[3], index[4]]).all()
+        assert int(torch.isnan(expected).sum()) == expected.shape[1]
+    actual, _ = _kernel_conv(tensors, attrs)
+    _same_nans(actual, expected, 1e-2 if dtype == torch.float16 else 1e-4)

@@ -75,9 +75,13 @@ VOSRT_HD void l2r_merge_lists(const float* vals, const int* idxs, int lists, int
 }
 
 // Softmax over the first k entries of a merged list, max subtracted (entry 0 is the maximum).
-// weight[j] = 0 for j >= k and for empty slots.
+// weight[j] = 0 for j >= k and for empty slots. NaN policy: a score of −∞ never enters a list, so the list
+// of a query whose every score is −∞ (an infinite key) is empty; the reference's top-k takes k of those
+// scores and its softmax gives NaN (−∞ − (−∞)). Such a list (k > 0, hence N > 0) gets entry 0 with weight
+// NaN, so every reader of the list makes the query's output NaN as the reference does.
 template <int kMax>
-VOSRT_HD void l2r_softmax(const TopKList<kMax>& list, int k, float weight[kMax]) {
+VOSRT_HD void l2r_softmax(TopKList<kMax>& list, int k, float weight[kMax]) {
+  if (k > 0 && list.idx[0] < 0) list.idx[0] = 0;
   const float top = list.val[0];
   float sum = 0.f;
 VOSRT_UNROLL
