@@ -264,7 +264,27 @@ def _output_file(path, flag: str, suffix: str) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"{flag}: cannot create folder {path.parent}: {err.strerror or err}") from None
+    # The file is written when the stream ends (one rename from a file beside it): a folder that takes no new
+    # file (read-only, no permission, a pseudo file system) is refused now, not after the whole run.
+    import tempfile
+    try:
+        with tempfile.NamedTemporaryFile(prefix=f".{path.stem}.probe-", dir=path.parent):
+            pass
+    except OSError as err:
+        raise UserError(f"{flag}: cannot write files in {path.parent} ({err.strerror or err}); give a "
+                        f"{suffix} file in a folder you can write") from None
     return path
+
+
+def _write_output(path: Path, flag: str, text: str) -> None:
+    """``text`` into ``path`` in one rename; a failure (a full disk, the folder gone) is a UserError naming
+    ``flag``."""
+    from vosrt.sdk.package import replace_file
+
+    try:
+        replace_file(path, lambda tmp: tmp.write_text(text))
+    except OSError as err:
+        raise UserError(f"{flag}: cannot write {path}: {err.strerror or err}") from None
 
 
 class VisWriter:
@@ -350,11 +370,8 @@ class VisWriter:
             return
         import json
 
-        from vosrt.sdk.package import replace_file
-
         kept = [e for e in self._earlier() if e["video_id"] != self.video_id]
-        text = json.dumps(kept + self.results())
-        replace_file(self.path, lambda tmp: tmp.write_text(text))
+        _write_output(self.path, self.flag, json.dumps(kept + self.results()))
 
 
 def instances_to_vis_results(video_id: int, frames: list, categories: dict | None = None) -> list:
@@ -381,6 +398,7 @@ class MotsWriter:
     def __init__(self, path, class_id: int | None = None, flag: str = "--mots"):
         self._mask = _require("pycocotools.mask")
         self.path = _output_file(path, flag, ".txt")
+        self.flag = flag
         self.class_id = class_id
         self.lines: list[str] = []
         self.frames = 0
@@ -396,10 +414,7 @@ class MotsWriter:
 
     def close(self) -> None:
         """Write the file (also when no instance was found: an empty sequence is a result)."""
-        from vosrt.sdk.package import replace_file
-
-        text = "\n".join(self.lines) + ("\n" if self.lines else "")
-        replace_file(self.path, lambda tmp: tmp.write_text(text))
+        _write_output(self.path, self.flag, "\n".join(self.lines) + ("\n" if self.lines else ""))
 
 
 def write_kitti_mots(path: str | Path, frames: list, class_id: int = 1) -> None:

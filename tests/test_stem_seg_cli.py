@@ -1,5 +1,6 @@
 """`vosrt run` on a stem-seg package (track-id PNGs, overlay video) and `vosrt eval --task unsupervised|vis|mots`."""
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -363,3 +364,38 @@ def test_eval_unsupervised_says_when_it_scores_only_20_of_a_sequence_s_proposals
     code = main(["eval", "--task", "unsupervised", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "few")])
     assert code == 0
     assert "proposals" not in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be created")
+@pytest.mark.parametrize("flags", [["--mots", "/proc/tracks.txt"], ["--vis", "/proc/results.json", "--video-id", "1"]])
+def test_a_result_file_in_a_folder_that_takes_no_file_is_refused_before_the_run(colour_package, tmp_path, capsys,
+                                                                               flags):
+    # --mots / --vis files are written when the stream ends: a folder where no file can be created (read-only,
+    # no permission; /proc here, which refuses even root) ran the whole video, then died with a traceback from
+    # tempfile.mkstemp and nothing written.
+    pytest.importorskip("pycocotools")
+    frames, _ = scene(3, {"red": (0, 2, 4, 0, 2)})
+    _write_frames(tmp_path / "v", frames)
+    assert main(["run", str(colour_package), "--source", str(tmp_path / "v"), "--no-progress", *flags]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {flags[0]}: cannot write files in /proc" in err, err
+    assert " frames in " not in err
+
+
+@pytest.mark.parametrize("writer", ["mots", "vis"])
+def test_a_result_file_that_cannot_be_written_at_the_end_is_a_user_error(tmp_path, writer):
+    # The folder gone by the time the stream ends (a full disk reads alike): an OSError traceback, no flag named.
+    pytest.importorskip("pycocotools")
+    import shutil
+
+    from vosrt.sdk.errors import UserError
+    from vosrt.sdk.instance_metrics import MotsWriter, VisWriter
+
+    folder = tmp_path / "results"
+    sink = (MotsWriter(folder / "t.txt") if writer == "mots" else VisWriter(folder / "r.json", 1))
+    labels = np.zeros((8, 8), np.uint8)
+    labels[2:5, 2:5] = 1
+    sink(0, "00000", None, labels)
+    shutil.rmtree(folder)
+    with pytest.raises(UserError, match=f"--{writer}: cannot write {folder}"):
+        sink.close()
