@@ -26,7 +26,7 @@ import secrets
 import signal
 import sys
 
-from vosrt.sdk.cli_run import add_session_arguments, session_options
+from vosrt.sdk.cli_run import add_session_arguments, load_session
 from vosrt.sdk.errors import UserError, install_command
 
 
@@ -100,7 +100,6 @@ def _report(pipeline) -> None:
 
 def run(args) -> int:
     """Entry point of ``vosrt live``."""
-    import vosrt.sdk
     from vosrt.sdk import families
     from vosrt.sdk.live.pipeline import LivePipeline
     from vosrt.sdk.live.select import grabcut_box, load_segmenter, parse_box_select
@@ -148,7 +147,7 @@ def run(args) -> int:
         print(f"note: no --select given; a {family.name} package tracks nothing until objects are selected, "
               f"so every mask will be empty", file=sys.stderr)
     segmenter = load_segmenter(args.box_segmenter) if args.box_segmenter else grabcut_box
-    session = vosrt.sdk.load(package.path, **session_options(args, family, package, "live"))
+    session = load_session(args, family, package, "live")
     try:
         limit = getattr(session, "max_objects", None)
         if limit is not None and len(selections) > limit:   # said of the flags (the page's message says to remove one)

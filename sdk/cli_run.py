@@ -88,6 +88,22 @@ def session_options(args, family, package=None, command: str = "run") -> dict:
     return options
 
 
+def load_session(args, family, package, command: str = "run"):
+    """``vosrt.sdk.load`` of ``package`` with :func:`session_options`; a setting the session refuses (``overlap:
+    expected an integer in 0..7 ...``, said of the keyword) is said of its flag (``--overlap: ...``)."""
+    import vosrt.sdk
+
+    options = session_options(args, family, package, command)
+    try:
+        return vosrt.sdk.load(package.path, **options)
+    except UserError as err:
+        text = str(err)
+        for name in SETTINGS:
+            if name in options and text.startswith(f"{name}:"):
+                raise UserError(f"--{name.replace('_', '-')}{text[len(name):]}") from None
+        raise
+
+
 def _refuse_checkpoint_off_torch(args, package, command: str) -> None:
     import shlex
 
@@ -329,7 +345,6 @@ def _warn_about_earlier_pngs(out: Path) -> None:
 
 def run(args) -> int:
     """Entry point of ``vosrt run``."""
-    import vosrt.sdk
     from vosrt.sdk import families
     from vosrt.sdk.masks import read_label_png
     from vosrt.sdk.package import load_package
@@ -346,7 +361,7 @@ def run(args) -> int:
     family = families.get(package.family)
     if not family.takes_mask and args.mask:
         raise UserError(f"--mask: {family.name} packages segment without a mask (unsupervised); drop --mask")
-    session = vosrt.sdk.load(package.path, **session_options(args, family, package, "run"))
+    session = load_session(args, family, package, "run")
     source = None
     try:
         source = open_source(args.source)

@@ -210,3 +210,33 @@ def test_the_torch_command_suggested_for_a_checkpoint_keeps_the_flags_of_the_ref
         assert suggested[suggested.index(flag) + 1] == asked[asked.index(flag) + 1], (flag, suggested)
     assert main(suggested + ["--no-progress"]) == 0
     assert len(list((tmp_path / "out").glob("*.png"))) == 2
+
+
+@pytest.mark.parametrize("command", ["run", "live"])
+def test_a_bad_setting_value_is_refused_naming_its_flag(stcn_package, clip_package, command):
+    # `vosrt run PKG --overlap 8` said "error: overlap: expected an integer in 0..7 ...", `--mem-every 0`
+    # "mem_every: ...": the session's keyword, which is no flag of the command.
+    import argparse
+    import importlib
+
+    from vosrt.sdk import families
+    from vosrt.sdk.cli_run import load_session
+    from vosrt.sdk.errors import UserError
+    from vosrt.sdk.package import load_package
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(f"vosrt.sdk.cli_{command}").add_arguments(parser)
+    for package, flag, value in ((clip_package, "--overlap", "8"), (stcn_package, "--mem-every", "0"),
+                                 (stcn_package, "--memory-capacity", "1"), (stcn_package, "--top-k", "-3"),
+                                 (stcn_package, "--max-objects", "0")):
+        args = parser.parse_args([str(package), "--source", "0", flag, value])
+        loaded = load_package(package)
+        with pytest.raises(UserError, match=f"^{flag}: expected ") as refused:
+            load_session(args, families.get(loaded.family), loaded, command)
+        assert f"got {value}" in str(refused.value)
+
+
+def test_run_names_the_flag_of_a_bad_overlap(clip_package, sequence, tmp_path, capsys):
+    video = write_video(tmp_path / "in.mp4", sequence)
+    assert main(["run", str(clip_package), "--source", str(video), "--overlap", "8", "--no-progress"]) == 2
+    assert "error: --overlap: expected an integer in 0..7 (clip length 8), got 8" in capsys.readouterr().err
