@@ -176,7 +176,8 @@ class ImageFolderSource(FrameSource):
         # in natural order: frame2 before frame10 (zero-padded names, as DAVIS's, sort the same either way)
         self.files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
         if not self.files:
-            raise UserError(f"{flag}: folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise UserError(f"{flag}: folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+                            + _sequence_folders_hint(folder, flag))
         self.length = len(self.files)
         self.skipped: list[Path] = []   # unreadable images, left out of the stream
         self._names: list[str] = []     # output names of the frames yielded, in order
@@ -240,6 +241,23 @@ class DavisSequenceSource(ImageFolderSource):
 def is_davis_sequence(folder: Path) -> bool:
     """True for ``.../JPEGImages/<resolution>/<name>`` folders."""
     return folder.parent.parent.name == "JPEGImages"
+
+
+def _sequence_folders_hint(folder: Path, flag: str) -> str:
+    """For a folder without images whose subfolders hold them (a dataset's ``JPEGImages/`` of YouTube-VIS,
+    KITTI-MOTS's ``image_02/``): what to give instead, one sequence folder, or a loop over them."""
+    import shlex
+
+    try:
+        subfolders = sorted((p for p in folder.iterdir() if p.is_dir()), key=natural_key)
+        sequences = [p for p in subfolders if any(q.suffix.lower() in IMAGE_SUFFIXES for q in p.iterdir())]
+    except OSError:
+        return ""
+    if not sequences:
+        return ""
+    names = ", ".join(p.name for p in sequences[:3]) + (", ..." if len(sequences) > 3 else "")
+    return (f"; its {len(sequences)} subfolder(s) with images ({names}) look like sequences: give one sequence's "
+            f"folder, e.g. {flag} {shlex.quote(str(sequences[0]))}" + (", one run each" if len(sequences) > 1 else ""))
 
 
 def open_source(spec, flag: str = "--source") -> FrameSource:

@@ -1,4 +1,6 @@
 """Frame sources and result sinks on real files: video, image folder, DAVIS sequence, palette PNGs, overlay."""
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -64,6 +66,21 @@ def test_a_source_that_cannot_be_opened_raises_user_error(tmp_path, spec, messag
     with pytest.raises(UserError, match=message) as raised:
         open_source(target, flag="--calibrate")
     assert str(raised.value).startswith("--calibrate: ")
+
+
+def test_a_folder_of_sequence_folders_is_refused_naming_one_to_give(tmp_path):
+    # A dataset's frame root (YouTube-VIS JPEGImages/, KITTI-MOTS image_02/) given as --source said only
+    # "holds no images", with no word of the sequence folders inside it.
+    for name in ("0b6db1c6fd", "1a2b3c4d5e"):
+        (tmp_path / "JPEGImages" / name).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "JPEGImages" / name / "00000.jpg"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "JPEGImages" / "notes").mkdir()     # a folder without images is no sequence
+    with pytest.raises(UserError, match="holds no images") as raised:
+        open_source(tmp_path / "JPEGImages")
+    message = str(raised.value)
+    assert "2 subfolder(s) with images (0b6db1c6fd, 1a2b3c4d5e)" in message, message
+    assert f"--source {tmp_path / 'JPEGImages' / '0b6db1c6fd'}" in message, message
+    assert Path(message.split("e.g. --source ", 1)[1].split(",", 1)[0]).is_dir()
 
 
 def test_png_sink_keeps_label_ids_exact(tmp_path):
