@@ -65,7 +65,8 @@ def add_session_arguments(parser) -> None:
     parser.add_argument("--memory-capacity", type=int, default=None, help="stcn: memory bank size in frames")
     parser.add_argument("--max-objects", type=int, default=None,
                         help="stcn: most objects tracked at once (default: the package's, 32)")
-    parser.add_argument("--overlap", type=int, default=None, help="clip families: clip overlap in frames (3dc-seg 3, stem-seg 4; L-1 = dense)")
+    parser.add_argument("--overlap", type=int, default=None, help="clip families: clip overlap in frames (3dc-seg 3, stem-seg 4; L-1 = dense; stem-seg "
+                             "links tracks on these frames, so 0 links none)")
 
 
 SETTINGS = ("mem_every", "top_k", "memory_capacity", "max_objects", "overlap")  # session settings with flags above
@@ -95,13 +96,21 @@ def load_session(args, family, package, command: str = "run"):
 
     options = session_options(args, family, package, command)
     try:
-        return vosrt.sdk.load(package.path, **options)
+        session = vosrt.sdk.load(package.path, **options)
     except UserError as err:
         text = str(err)
         for name in SETTINGS:
             if name in options and text.startswith(f"{name}:"):
                 raise UserError(f"--{name.replace('_', '-')}{text[len(name):]}") from None
         raise
+    if getattr(session, "linker", None) is not None and session.overlap == 0:
+        # tracks are linked by their masks on the frames consecutive clips share; with none, every clip's
+        # instances get new ids (documented on InstanceSegmenter, but a run gave no sign of it)
+        given = "--overlap 0" if options.get("overlap") is not None else "the package's overlap 0"
+        print(f"note: {given}: consecutive clips share no frame, so no track is linked across clips; every "
+              f"{session.clip_length}-frame clip starts new track ids (--overlap 1 or more links them)",
+              file=sys.stderr)
+    return session
 
 
 def _refuse_checkpoint_off_torch(args, package, command: str) -> None:

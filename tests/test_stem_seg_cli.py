@@ -399,3 +399,18 @@ def test_a_result_file_that_cannot_be_written_at_the_end_is_a_user_error(tmp_pat
     shutil.rmtree(folder)
     with pytest.raises(UserError, match=f"--{writer}: cannot write {folder}"):
         sink.close()
+
+
+def test_run_with_overlap_0_says_that_no_track_is_linked_across_clips(colour_package, tmp_path, capsys):
+    # With no frame shared by consecutive clips, every clip's instances take new ids (the red square is 1 on
+    # frames 0..7 and another id on 8..15); the run said nothing of it.
+    frames, _ = scene(16, {"red": (0, 15, 4, 0, 0)})
+    _write_frames(tmp_path / "v", frames)
+    assert main(["run", str(colour_package), "--source", str(tmp_path / "v"), "--no-progress", "--overlap", "0",
+                 "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "note: --overlap 0: consecutive clips share no frame, so no track is linked across clips" in err, err
+    ids = [set(np.unique(read_label_png(tmp_path / "out" / f"{t:05d}.png")).tolist()) - {0} for t in (0, 15)]
+    assert ids[0] != ids[1]                      # what the note says: the track did not keep its id
+    assert main(["run", str(colour_package), "--source", str(tmp_path / "v"), "--no-progress", "--overlap", "1"]) == 0
+    assert "no track is linked" not in capsys.readouterr().err
