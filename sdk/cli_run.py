@@ -10,7 +10,8 @@ file) and ``--mots TXT``
 (the sequence's KITTI-MOTS file). A source that stops early (a camera unplugged, a truncated
 video) ends the run with what was written so far, a warning and exit code 1; an unreadable image of a
 folder, or an undecodable frame of a video file with frames after it, is skipped with a warning (outputs
-keep the source's frame names). Frames of a folder are read in natural order (frame2 before frame10).
+keep the source's frame names); a JPEG cut short is segmented as far as it decodes, with a warning naming it.
+Frames of a folder are read in natural order (frame2 before frame10).
 Objects first annotated on a later frame of a DAVIS sequence are tracked from that frame. A source with
 no readable frame, outputs that would overwrite the source, a corrupt mask, and an overlay video that
 the disk could not hold (checked when it is finished) are one-line errors.
@@ -418,6 +419,10 @@ def run(args) -> int:
     if skipped:
         print(f"warning: {len(skipped)} unreadable frame(s) skipped: {', '.join(skipped[:5])}"
               f"{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
+    truncated = [p.name for p in getattr(source, "truncated", [])]
+    if truncated:
+        print(f"warning: {len(truncated)} JPEG(s) cut short, segmented as far as they decode (the rest of the image "
+              f"grey): {', '.join(truncated[:5])}{' ...' if len(truncated) > 5 else ''}", file=sys.stderr)
     vis_writer = None
     if args.vis:
         from vosrt.sdk.instance_metrics import VisWriter

@@ -180,6 +180,7 @@ class ImageFolderSource(FrameSource):
                             + _sequence_folders_hint(folder, flag))
         self.length = len(self.files)
         self.skipped: list[Path] = []   # unreadable images, left out of the stream
+        self.truncated: list[Path] = []  # JPEGs cut short, decoded as far as they go (kept in the stream)
         self._names: list[str] = []     # output names of the frames yielded, in order
         stems = Counter(p.stem for p in self.files)
         # two images of one stem (00000.png and 00000.jpg) keep their extension in the name, or one output
@@ -211,6 +212,11 @@ class ImageFolderSource(FrameSource):
                 self.skipped.append(path)
                 print(f"warning: {problem}: {path}; frame skipped", file=sys.stderr, flush=True)
                 continue
+            if path.suffix.lower() in (".jpg", ".jpeg") and _jpeg_cut_short(path):
+                # libjpeg decodes what there is and fills the rest grey, saying only "Premature end of JPEG file"
+                print(f"warning: {path}: its JPEG data ends early (a truncated file?), so the bottom of the image is "
+                      "missing; its result is suspect", file=sys.stderr, flush=True)
+                self.truncated.append(path)
             self.frames_read += 1
             self._names.append(self._name_of[path])
             yield frame
@@ -236,6 +242,17 @@ class DavisSequenceSource(ImageFolderSource):
             if path.is_file():
                 return read_label_png(path)
         return None
+
+
+def _jpeg_cut_short(path: Path) -> bool:
+    """Whether ``path`` is a JPEG whose last scan has no end-of-image marker after it: a file cut short
+    (0xFFD9 occurs nowhere else after a scan: entropy-coded 0xFF bytes are followed by 0x00 or a restart
+    marker). OpenCV's imread decodes such a file as far as it goes and fills the rest grey."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return False
+    return raw[:2] == b"\xff\xd8" and raw.rfind(b"\xff\xd9") < raw.rfind(b"\xff\xda")
 
 
 def is_davis_sequence(folder: Path) -> bool:

@@ -240,3 +240,23 @@ def test_run_names_the_flag_of_a_bad_overlap(clip_package, sequence, tmp_path, c
     video = write_video(tmp_path / "in.mp4", sequence)
     assert main(["run", str(clip_package), "--source", str(video), "--overlap", "8", "--no-progress"]) == 2
     assert "error: --overlap: expected an integer in 0..7 (clip length 8), got 8" in capsys.readouterr().err
+
+
+def test_a_truncated_jpeg_in_a_folder_is_named_and_its_frame_kept(clip_package, sequence, tmp_path, capsys):
+    # OpenCV decodes a JPEG cut short as far as it goes and fills the rest grey; libjpeg's only word was
+    # "Premature end of JPEG file", naming no file, and the run ended as if every frame were whole.
+    (tmp_path / "frames").mkdir()
+    for t, frame in enumerate(sequence.frames):
+        cv2.imwrite(str(tmp_path / "frames" / f"{t:05d}.jpg"), frame)
+    whole = (tmp_path / "frames" / "00005.jpg").read_bytes()
+    (tmp_path / "frames" / "00005.jpg").write_bytes(whole[:len(whole) * 2 // 3])
+    assert main(["run", str(clip_package), "--source", str(tmp_path / "frames"), "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {tmp_path / 'frames' / '00005.jpg'}: its JPEG data ends early" in err, err
+    assert "warning: 1 JPEG(s) cut short, segmented as far as they decode" in err and err.count("00005.jpg") == 2
+    assert sorted(p.stem for p in (tmp_path / "out").glob("*.png")) == [f"{t:05d}" for t in range(len(sequence))]
+    # whole JPEGs are not suspected
+    (tmp_path / "frames" / "00005.jpg").write_bytes(whole)
+    assert main(["run", str(clip_package), "--source", str(tmp_path / "frames"), "--no-progress"]) == 0
+    assert "ends early" not in capsys.readouterr().err
