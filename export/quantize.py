@@ -205,6 +205,12 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
                 f"--out {shlex.quote(str(out_dir))}`" if source else "the fp32 package it was quantized from")
         raise UserError(f"{src.path} is already an INT8 package made by `vosrt quantize`; quantize the fp32 "
                         f"package instead: {hint}")
+    no_portable = [graph for graph, forms in src.graphs.items() if "portable" not in forms]
+    if no_portable:   # said before calibrating, which streams the frames through the portable form
+        from vosrt.export.trt_build import reexport_with_both_forms
+
+        raise UserError(f"{src.path} has no portable form of {', '.join(no_portable)}; `vosrt quantize` calibrates "
+                        f"and quantizes that form: {reexport_with_both_forms(src)}")
     say = progress or (lambda text: None)
     planar = 0
     for graph, forms in src.graphs.items():
@@ -264,9 +270,6 @@ def _write_int8_files(src, samples: dict, calibration: dict, work: Path,
     beside them; returns (the files written, relative to ``work``; the new manifest, recording ``calibration``)."""
     manifest = json.loads((Path(src.path) / "manifest.json").read_text())
     report, files = {}, []
-    for graph, forms in src.graphs.items():
-        if "portable" not in forms:
-            raise UserError(f"{src.path}: graph '{graph}' has no portable form to quantize")
     for graph, forms in src.graphs.items():
         name = f"{graph}.int8.onnx"
         table = work / f"{graph}.calibration.json"

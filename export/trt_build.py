@@ -106,19 +106,24 @@ def profile_shapes(package: Package, graph: str, max_objects: int = DEFAULT_MAX_
     return profile
 
 
+def reexport_with_both_forms(package: Package) -> str:
+    """How to re-export ``package`` with both ONNX forms: the `vosrt export` command where its checkpoint is known."""
+    how = "re-export it from its checkpoint with both forms"
+    if package.checkpoint is not None:
+        # the plugin form holds top_k as a constant: the package's own, or the export's default would replace it
+        top_k = package.streaming.get("top_k") if "top_k" in families.get(package.family).streaming else None
+        how += (f": `vosrt export {package.variant} --checkpoint {shlex.quote(str(package.checkpoint))} "
+                f"--out {shlex.quote(str(package.path))} "
+                f"--forms plugin,portable --size {package.height} {package.width}"
+                + (f" --top-k {int(top_k)}" if top_k is not None else "") + "`")
+    return how
+
+
 def _plugin_graphs(package: Package) -> dict[str, Path]:
     missing = [g for g in package.graphs if "plugin" not in package.graphs[g]]
     if missing:
-        how = "re-export it from its checkpoint with both forms"
-        if package.checkpoint is not None:
-            # the plugin form holds top_k as a constant: the package's own, or the export's default would replace it
-            top_k = package.streaming.get("top_k") if "top_k" in families.get(package.family).streaming else None
-            how += (f": `vosrt export {package.variant} --checkpoint {shlex.quote(str(package.checkpoint))} "
-                    f"--out {shlex.quote(str(package.path))} "
-                    f"--forms plugin,portable --size {package.height} {package.width}"
-                    + (f" --top-k {int(top_k)}" if top_k is not None else "") + "`")
         raise UserError(f"{package.path} has no plugin form of {', '.join(missing)}; TensorRT engines are built "
-                        f"from it: {how}")
+                        f"from it: {reexport_with_both_forms(package)}")
     return {g: package.graphs[g]["plugin"] for g in package.graphs}
 
 

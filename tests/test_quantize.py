@@ -352,3 +352,17 @@ def test_check_of_an_int8_package_of_another_family_suggests_a_demo_command_that
     demo = [hint for hint in suggested_commands(capsys.readouterr().err) if hint[0] == "demo"]
     assert demo == [["demo", "--family", "stem-seg", "--heldout", "16", "--package", str(package)]]
     assert main(demo[0] + ["--heldout", "1", "--frames", "8"]) == 0, capsys.readouterr().err
+
+
+def test_a_package_without_the_portable_form_is_refused_before_calibrating_with_the_re_export_to_run(
+        calibration, tmp_path, capsys):
+    # A plugin-only stcn package was refused as having "only 3D convolutions" (its Conv nodes were counted in the
+    # portable form alone), advising to keep the fp32 package, when a re-export with both forms is what it needs.
+    out = tmp_path / "int8"
+    assert main(["quantize", str(tiny_package("stcn", ("plugin",))), "--calibrate", str(calibration), "--out",
+                 str(out), "--frames", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "has no portable form of encode_key, encode_value, segment" in err, err
+    assert "3D convolutions" not in err and "calibrating" not in err and not out.exists()
+    command = suggested_commands(err)[-1]
+    assert command[:2] == ["export", "stcn-lite"] and command[command.index("--forms") + 1] == "plugin,portable"
