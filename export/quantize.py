@@ -185,6 +185,26 @@ def _uncalibrated_conv_tensors(graph: Path, calibration_table: Path) -> list[str
     return sorted(t for t in tensors if t not in table)
 
 
+def _refuse_an_out_holding_another_package(out_dir: Path) -> None:
+    """UserError when ``out_dir`` holds a model package that `vosrt quantize` did not write (an fp32 one): the INT8
+    package's manifest would replace its manifest, and its graphs (and engines) would no longer be a package.
+    An earlier INT8 package there is replaced, as a rerun expects."""
+    from vosrt.sdk.package import read_manifest
+
+    if not (out_dir / "manifest.json").is_file():
+        return
+    try:
+        manifest = read_manifest(out_dir)[1]
+    except UserError:
+        manifest = {}
+    if manifest.get("quantization") is not None:
+        return
+    what = (f"a {manifest['variant']} model package" if isinstance(manifest.get("variant"), str)
+            else "a model package")
+    raise UserError(f"--out {out_dir} holds {what} (manifest.json) that `vosrt quantize` did not write; the INT8 "
+                    f"package would replace its manifest: choose another --out folder")
+
+
 def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | None, out_dir: str | Path,
                      source_name: str = "", color: str = "bgr",
                      progress: Callable[[str], None] | None = None) -> Path:
@@ -196,6 +216,7 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
         raise UserError(f"--out {out_dir} is the source package; choose another folder")
     if out_dir.exists() and not out_dir.is_dir():   # said before calibrating, not after it
         raise UserError(f"--out {out_dir} is a file; give a folder for the INT8 package")
+    _refuse_an_out_holding_another_package(out_dir)
     if not frames:
         raise UserError("the calibration source gave no frames")
     quantization = src.quantization

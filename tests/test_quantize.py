@@ -366,3 +366,23 @@ def test_a_package_without_the_portable_form_is_refused_before_calibrating_with_
     assert "3D convolutions" not in err and "calibrating" not in err and not out.exists()
     command = suggested_commands(err)[-1]
     assert command[:2] == ["export", "stcn-lite"] and command[command.index("--forms") + 1] == "plugin,portable"
+
+
+def test_an_out_holding_an_fp32_package_is_refused_and_left_as_it_was(calibration, tmp_path, capsys):
+    # `--out` naming another fp32 package replaced its manifest with the INT8 one: the fp32 graphs stayed as files
+    # but were no longer a package (its engines record lost with them). An earlier INT8 package is still replaced.
+    import shutil
+
+    other = tmp_path / "other-fp32"
+    shutil.copytree(tiny_package("stcn", ("portable", "plugin")), other)
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    args = ["--calibrate", str(calibration), "--frames", "3"]
+    assert main(["quantize", str(tiny_package("stcn")), *args, "--out", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {other} holds a stcn-lite model package" in err and "choose another --out" in err, err
+    assert "calibrating" not in err
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before
+    int8 = tmp_path / "int8"
+    assert main(["quantize", str(tiny_package("stcn")), *args, "--out", str(int8)]) == 0
+    assert main(["quantize", str(tiny_package("stcn")), *args, "--out", str(int8)]) == 0   # a rerun replaces it
+    assert load_package(int8).quantization["calibration"]["frames"] == 3
