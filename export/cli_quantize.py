@@ -62,6 +62,7 @@ def run(args) -> int:
     start = time.perf_counter()
     with _quiet_quantizer():
         out = quantize_package(package, frames, first_mask, args.out, source_name=str(args.calibrate),
+                               mask_name=args.mask or "",
                                progress=lambda text: print(f"vosrt quantize: {text}", file=sys.stderr, flush=True))
     print(f"wrote {out} (INT8, {len(frames)} calibration frames, {time.perf_counter() - start:.0f} s)")
     return 0

@@ -206,7 +206,7 @@ def _refuse_an_out_holding_another_package(out_dir: Path) -> None:
 
 
 def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | None, out_dir: str | Path,
-                     source_name: str = "", color: str = "bgr",
+                     source_name: str = "", color: str = "bgr", mask_name: str = "",
                      progress: Callable[[str], None] | None = None) -> Path:
     """INT8 copy of package ``src`` (a loaded Package) in ``out_dir``, calibrated on ``frames``. The files are
     written aside and moved into ``out_dir`` at the end, the manifest last: a run that fails or is interrupted
@@ -222,7 +222,8 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
     quantization = src.quantization
     if quantization is not None:   # quantized again, its QDQ nodes clash: ONNX Runtime cannot open the copy
         source = quantization.get("source_package")
-        hint = (f"`vosrt quantize {shlex.quote(source)} --calibrate {shlex.quote(source_name or 'SRC')} "
+        mask = f" --mask {shlex.quote(mask_name)}" if mask_name else ""   # a plain folder's, which stcn needs
+        hint = (f"`vosrt quantize {shlex.quote(source)} --calibrate {shlex.quote(source_name or 'SRC')}{mask} "
                 f"--out {shlex.quote(str(out_dir))}`" if source else "the fp32 package it was quantized from")
         raise UserError(f"{src.path} is already an INT8 package made by `vosrt quantize`; quantize the fp32 "
                         f"package instead: {hint}")
@@ -268,7 +269,8 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
         raise UserError(f"--out {out_dir}: cannot create the folder ({err.strerror or err}); choose a writable "
                         "--out folder") from None
     try:
-        files, manifest = _write_int8_files(src, samples, {"source": source_name, "frames": len(frames)}, work, say)
+        calibration = {"source": source_name, "frames": len(frames), **({"mask": mask_name} if mask_name else {})}
+        files, manifest = _write_int8_files(src, samples, calibration, work, say)
         # Everything is written aside (in ``work``) and moved into place at the end, the manifest last: a run that
         # fails or is interrupted leaves an earlier package in out_dir as it was, and no folder it created.
         (out_dir / "manifest.json").unlink(missing_ok=True)   # never the old manifest over new graphs

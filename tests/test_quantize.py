@@ -386,3 +386,23 @@ def test_an_out_holding_an_fp32_package_is_refused_and_left_as_it_was(calibratio
     assert main(["quantize", str(tiny_package("stcn")), *args, "--out", str(int8)]) == 0
     assert main(["quantize", str(tiny_package("stcn")), *args, "--out", str(int8)]) == 0   # a rerun replaces it
     assert load_package(int8).quantization["calibration"]["frames"] == 3
+
+
+def test_the_quantize_an_int8_package_suggests_keeps_the_mask_a_plain_folder_needs(tmp_path, capsys):
+    # The suggested `vosrt quantize FP32 --calibrate SRC --out OUT` left out --mask: run as printed, it was refused
+    # for a calibration folder without annotations ("--mask: stcn packages are calibrated by tracking objects").
+    from vosrt.sdk.masks import write_label_png
+
+    folder = _frame_folder(tmp_path)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:20, 10:24] = 1
+    write_label_png(tmp_path / "first.png", mask)
+    int8 = tmp_path / "int8"
+    given = ["--calibrate", str(folder), "--mask", str(tmp_path / "first.png")]
+    assert main(["quantize", str(tiny_package("stcn")), *given, "--out", str(int8)]) == 0
+    assert load_package(int8).quantization["calibration"]["mask"] == str(tmp_path / "first.png")
+    capsys.readouterr()
+    assert main(["quantize", str(int8), *given, "--out", str(tmp_path / "again")]) == 2
+    hint = suggested_commands(capsys.readouterr().err)[-1]
+    assert hint[:2] == ["quantize", str(tiny_package("stcn").resolve())]
+    assert main(hint) == 0, capsys.readouterr().err
