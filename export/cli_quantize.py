@@ -59,6 +59,9 @@ def run(args) -> int:
                 break
     finally:
         source.close()
+    if not frames:   # a folder whose every file failed to decode (each skipped with a warning above)
+        raise UserError(f"--calibrate {args.calibrate}: no frame of it could be read (see the warnings above); give a "
+                        "video file, an image folder or a DAVIS sequence folder whose frames open")
     start = time.perf_counter()
     with _quiet_quantizer():
         out = quantize_package(package, frames, first_mask, args.out, source_name=str(args.calibrate),

@@ -406,3 +406,19 @@ def test_the_quantize_an_int8_package_suggests_keeps_the_mask_a_plain_folder_nee
     hint = suggested_commands(capsys.readouterr().err)[-1]
     assert hint[:2] == ["quantize", str(tiny_package("stcn").resolve())]
     assert main(hint) == 0, capsys.readouterr().err
+
+
+def test_a_calibration_folder_of_unreadable_images_is_an_error_naming_calibrate(tmp_path, capsys):
+    # "error: the calibration source gave no frames": neither the flag nor the folder was named.
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "00000.jpg").write_text("not a JPEG")
+    from vosrt.sdk.masks import write_label_png
+
+    write_label_png(tmp_path / "m.png", np.ones((32, 32), np.uint8))
+    out = tmp_path / "int8"
+    assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(folder), "--mask", str(tmp_path / "m.png"),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --calibrate {folder}: no frame of it could be read" in err, err
+    assert not out.exists()
