@@ -15,6 +15,7 @@ TensorRT is imported inside the functions that need it, so the shape/profile log
 """
 from __future__ import annotations
 
+import os
 import shlex
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 
 from vosrt.sdk.errors import UserError, is_whole
 from vosrt.sdk import families
-from vosrt.sdk.package import (Package, compare, inside, load_package, read_manifest, replace_file,
+from vosrt.sdk.package import (Package, compare, inside, load_package, read_manifest, replace_file, stage_file,
                                  write_manifest)
 from vosrt.sdk.progress import Reporter as Progress
 from vosrt.sdk.progress import say as _say
@@ -277,48 +278,58 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
             _say(progress, f"{cache_path} was made by another TensorRT or GPU: starting a new timing cache")
         timing_cache = probe.create_timing_cache(b"")
 
-    files = {}
-    for graph, source in sources.items():
-        start = time.perf_counter()
-        _say(progress, f"building {graph} ({precision}) from {source.name}")
-        network = builder.create_network(_strongly_typed_flags(trt))
-        parser = trt.OnnxParser(network, logger)
-        if workspace_mb:
-            import onnx
+    # Each engine is written aside and replaces the earlier build's once all are built: a build that fails or is
+    # interrupted at a later graph leaves the earlier engines under the manifest that describes them.
+    files, staged = {}, {}
+    try:
+        for graph, source in sources.items():
+            start = time.perf_counter()
+            _say(progress, f"building {graph} ({precision}) from {source.name}")
+            network = builder.create_network(_strongly_typed_flags(trt))
+            parser = trt.OnnxParser(network, logger)
+            if workspace_mb:
+                import onnx
 
-            model = onnx.load(str(source))
-            limit_plugin_workspace(model, workspace_mb)
-            parsed = parser.parse(model.SerializeToString(), str(source))
-        else:
-            parsed = parser.parse_from_file(str(source))
-        if not parsed:
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise UserError(f"TensorRT cannot parse {source}: {errors}")
-        config = builder.create_builder_config()
-        if workspace_mb:
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-        if not config.set_timing_cache(timing_cache, ignore_mismatch=False):
-            raise UserError(f"TensorRT refused the timing cache it made for {graph}: delete {cache_path} and rerun")
-        if embed_plugins:
-            # TensorRT serialises plugin libraries into version-compatible engines.
-            config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-            config.plugins_to_serialize = [str(embedded)]
-        profile = builder.create_optimization_profile()
-        for i in range(network.num_inputs):
-            name = network.get_input(i).name
-            if name not in profiles[graph]:
-                raise UserError(f"{source}: TensorRT sees an input '{name}' the package does not describe")
-            shapes = profiles[graph][name]
-            profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
-        config.add_optimization_profile(profile)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise UserError(f"TensorRT could not build an engine for {graph} (see the messages above)")
-        name = f"{ENGINE_DIR}/{graph}.{precision}.engine"
-        replace_file(package.path / name, lambda tmp: tmp.write_bytes(bytes(serialized)))
-        files[graph] = name
-        # an IHostMemory: the buffer protocol and .nbytes, no len()
-        _say(progress, f"  {graph}: {serialized.nbytes / 2**20:.1f} MiB in {time.perf_counter() - start:.1f} s")
+                model = onnx.load(str(source))
+                limit_plugin_workspace(model, workspace_mb)
+                parsed = parser.parse(model.SerializeToString(), str(source))
+            else:
+                parsed = parser.parse_from_file(str(source))
+            if not parsed:
+                errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+                raise UserError(f"TensorRT cannot parse {source}: {errors}")
+            config = builder.create_builder_config()
+            if workspace_mb:
+                config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+            if not config.set_timing_cache(timing_cache, ignore_mismatch=False):
+                raise UserError(f"TensorRT refused the timing cache it made for {graph}: delete {cache_path} and rerun")
+            if embed_plugins:
+                # TensorRT serialises plugin libraries into version-compatible engines.
+                config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+                config.plugins_to_serialize = [str(embedded)]
+            profile = builder.create_optimization_profile()
+            for i in range(network.num_inputs):
+                name = network.get_input(i).name
+                if name not in profiles[graph]:
+                    raise UserError(f"{source}: TensorRT sees an input '{name}' the package does not describe")
+                shapes = profiles[graph][name]
+                profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
+            config.add_optimization_profile(profile)
+            serialized = builder.build_serialized_network(network, config)
+            if serialized is None:
+                raise UserError(f"TensorRT could not build an engine for {graph} (see the messages above)")
+            name = f"{ENGINE_DIR}/{graph}.{precision}.engine"
+            path = package.path / name
+            staged[path] = stage_file(path, lambda tmp: tmp.write_bytes(bytes(serialized)))
+            files[graph] = name
+            # an IHostMemory: the buffer protocol and .nbytes, no len()
+            _say(progress, f"  {graph}: {serialized.nbytes / 2**20:.1f} MiB in {time.perf_counter() - start:.1f} s")
+    except BaseException:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    for path, tmp in staged.items():
+        os.replace(tmp, path)
     replace_file(cache_path, lambda tmp: tmp.write_bytes(bytes(timing_cache.serialize())))
 
     entry = {

@@ -221,3 +221,31 @@ def test_the_re_export_a_build_without_the_plugin_form_suggests_keeps_the_packag
         build_engines(pkg, plugin_lib=tmp_path / "lib.so", progress=None)
     command = suggested_commands(str(err.value))[-1]
     assert command[:2] == ["export", "stcn-lite"] and command[command.index("--top-k") + 1] == "7"
+
+
+def test_a_rebuild_that_fails_on_a_later_graph_leaves_the_engines_and_manifest_of_the_earlier_build(monkeypatch,
+                                                                                                    tmp_path):
+    # Each engine replaced the earlier build's as soon as it was built: a rebuild stopped at its third graph (a
+    # failure, Ctrl-C) left encode_key and encode_value engines for --max-objects 3 under a manifest recording the
+    # earlier build's 8, which the TensorRT backend sizes its sessions by.
+    from trt_fixtures import FakeHostMemory
+
+    trt, library = _fake_build_host(monkeypatch, tmp_path, "10.16.0")
+    pkg = write_stcn_package(tmp_path / "pkg")
+    build_engines(pkg, plugin_lib=library, progress=None)
+    engines = pkg / "engines"
+    before = {p.name: p.read_bytes() for p in engines.iterdir()}
+    manifest = (pkg / "manifest.json").read_bytes()
+
+    class FailingAtSegment(trt.Builder):
+        def build_serialized_network(self, network, config):
+            if "mem_value" in {i.name for i in network.inputs}:
+                return None   # what TensorRT returns when a build fails
+            return FakeHostMemory(b"rebuilt")
+
+    monkeypatch.setattr(trt, "Builder", FailingAtSegment)
+    with pytest.raises(UserError, match="could not build an engine for segment"):
+        build_engines(pkg, max_objects=3, plugin_lib=library, progress=None)
+    assert {p.name: p.read_bytes() for p in engines.iterdir()} == before   # no partial file left either
+    assert (pkg / "manifest.json").read_bytes() == manifest
+    assert load_package(pkg).engines["fp32"]["max_objects"] == 8
