@@ -55,8 +55,8 @@ def _refuse_int8_without_tolerance(args: argparse.Namespace) -> None:
 
     package = load_package(args.package)
     path, quantization = package.path, package.quantization
-    if args.tolerance is not None or not isinstance(quantization, dict):
-        return
+    if args.tolerance is not None or not isinstance(quantization, dict) or args.backend == "tensorrt":
+        return   # engines: the TensorRT backend says an INT8 package has none, and which package to build
     source = quantization.get("source_package")
     fp32 = f"`vosrt check {shlex.quote(str(source))}`" if source else "vosrt check on the fp32 package it came from"
     raise UserError(f"{path} is an INT8 package (vosrt quantize): its outputs differ from the PyTorch model by "

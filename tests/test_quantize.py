@@ -422,3 +422,20 @@ def test_a_calibration_folder_of_unreadable_images_is_an_error_naming_calibrate(
     err = capsys.readouterr().err
     assert f"error: --calibrate {folder}: no frame of it could be read" in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [["check", "--backend", "tensorrt", "--tolerance", "0.5"],
+                                     ["check", "--backend", "tensorrt"],
+                                     ["run", "--backend", "tensorrt", "--source", "CALIBRATION"]])
+def test_the_tensorrt_backend_on_an_int8_package_names_the_fp32_package_to_build(tiny_int8, calibration, tmp_path,
+                                                                                 capsys, command):
+    # It suggested `vosrt build INT8_PACKAGE`, which `vosrt build` refuses; `check --backend tensorrt` without a
+    # tolerance answered about comparing with PyTorch instead, and suggested a check on ONNX Runtime.
+    args = [str(calibration) if arg == "CALIBRATION" else arg for arg in command[1:]]
+    if command[0] == "run":
+        args += ["--out", str(tmp_path / "masks")]
+    assert main([command[0], str(tiny_int8), *args]) == 2
+    err = capsys.readouterr().err
+    assert "is an INT8 package made by `vosrt quantize`" in err and "no TensorRT engines" in err, err
+    assert f"vosrt build {tiny_int8}" not in err and "--tolerance" not in err
+    assert suggested_commands(err)[-1] == ["build", str(tiny_package("stcn").resolve())]

@@ -232,6 +232,15 @@ def select_build(package, precision: str | None = None) -> tuple[str, dict]:
     UserError when the package has no engines, lacks that precision, or its engine files are missing."""
     engines = package.engines or {}
     builds = {k: v for k, v in engines.items() if isinstance(v, dict) and "files" in v}
+    quantization = getattr(package, "quantization", None)
+    if not builds and isinstance(quantization, dict):   # `vosrt build` refuses it: its command would be no help
+        source = quantization.get("source_package")
+        build = (f"`vosrt build {shlex.quote(str(source))}`" if source
+                 else "`vosrt build` on the fp32 package it was quantized from")
+        raise UserError(f"package {package.path} is an INT8 package made by `vosrt quantize` for ONNX Runtime on the "
+                        f"CPU, which has no TensorRT engines (TensorRT takes no uint8 activations): run it on ONNX "
+                        f"Runtime (command line: --backend onnxruntime; Python: backend='onnxruntime'), or build "
+                        f"engines from the fp32 package: {build}")
     if not builds:
         raise UserError(f"package {package.path} has no TensorRT engines: build them on this machine with "
                         f"`vosrt build {shlex.quote(str(package.path))}`, or run the package on ONNX Runtime "
