@@ -25,7 +25,8 @@ def add_arguments(parser) -> None:
                         help="calibration frames: video file, image folder or DAVIS sequence folder")
     parser.add_argument("--out", required=True, help="folder of the INT8 package to write")
     parser.add_argument("--mask", default=None, help="first-frame mask PNG of the calibration source (stcn)")
-    parser.add_argument("--frames", type=int, default=60, help="calibration frames to use (default 60)")
+    parser.add_argument("--frames", type=int, default=60, help="calibration frames to stream through the package (default 60); the ranges are taken from "
+                             "the first 48 inputs of each graph")
 
 
 def run(args) -> int:
