@@ -410,6 +410,9 @@ def run(args) -> int:
         session.close()
     done = stats.frames
     if done == 0 and not source.stopped_early:
+        for sink in sinks:
+            if isinstance(sink, PngSink):
+                sink.discard()   # the --out folder it made for the PNGs
         raise UserError(f"--source {args.source}: no frame could be read from it; nothing was written")
     print(f"{done} frames in {stats.seconds:.2f} s ({done / max(stats.seconds, 1e-9):.1f} FPS)"
           + (f"; PNGs in {args.out}" if args.out else "") + (f"; video {args.video}" if args.video else "")

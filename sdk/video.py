@@ -331,10 +331,14 @@ class PngSink:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise UserError(f"--out {self.folder} is a file, not a folder; give a folder for the PNGs (created if "
+                            "missing)")
+        self._created = not self.folder.exists()   # removed again by discard() when no PNG went into it
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise UserError(f"--out: cannot create folder {self.folder}: {err}") from None
+            raise UserError(f"--out: cannot create folder {self.folder}: {err.strerror or err}") from None
         self.written = 0
 
     def __call__(self, index: int, name: str, frame: np.ndarray, labels: np.ndarray) -> None:
@@ -353,6 +357,14 @@ class PngSink:
 
     def close(self) -> None:
         """Nothing to finish (each PNG is complete when written)."""
+
+    def discard(self) -> None:
+        """Remove the folder again if this sink created it and wrote nothing into it (a run that read no frame)."""
+        if self._created and self.written == 0:
+            try:
+                self.folder.rmdir()   # only an empty folder: anything else put there meanwhile is kept
+            except OSError:
+                pass
 
 
 class OverlayVideoSink:

@@ -200,6 +200,19 @@ def test_outputs_that_would_overwrite_the_source_are_refused(tmp_path, capsys):
     assert "is the source video" in capsys.readouterr().err and video.read_bytes() == before
 
 
+def test_an_out_that_is_a_file_is_refused_naming_it(tmp_path, capsys):
+    for t in range(3):
+        cv2.imwrite(str(tmp_path / f"{t:05d}.png"), _frame(t))
+    write_label_png(tmp_path.parent / f"{tmp_path.name}-mask.png", _mask())
+    out = tmp_path.parent / f"{tmp_path.name}-out.txt"
+    out.write_text("mine")
+    assert main(["run", PACKAGE, "--source", str(tmp_path), "--mask", str(tmp_path.parent / f"{tmp_path.name}-mask.png"),
+                 "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} is a file, not a folder" in err and "Errno" not in err, err
+    assert out.read_text() == "mine"
+
+
 def test_a_source_without_a_single_readable_frame_is_an_error_and_an_empty_source_is_refused(tmp_path, capsys):
     (tmp_path / "00000.png").write_bytes(b"broken")
     (tmp_path / "00001.png").write_bytes(b"broken too")
@@ -208,6 +221,13 @@ def test_a_source_without_a_single_readable_frame_is_an_error_and_an_empty_sourc
     assert main(["run", PACKAGE, "--source", str(tmp_path), "--mask", mask, "--video", str(tmp_path / "o.mp4"),
                  "--no-progress"]) == 2
     assert "no frame could be read" in capsys.readouterr().err and not (tmp_path / "o.mp4").exists()
+    # "nothing was written": not even the --out folder the run made for the PNGs; one that was there stays
+    out = tmp_path.parent / f"{tmp_path.name}-out"
+    assert main(["run", PACKAGE, "--source", str(tmp_path), "--mask", mask, "--out", str(out / "pngs"),
+                 "--no-progress"]) == 2
+    assert "no frame could be read" in capsys.readouterr().err and not (out / "pngs").exists() and out.is_dir()
+    assert main(["run", PACKAGE, "--source", str(tmp_path), "--mask", mask, "--out", str(out), "--no-progress"]) == 2
+    assert "no frame could be read" in capsys.readouterr().err and out.is_dir()
     assert main(["run", PACKAGE, "--source", "", "--mask", mask]) == 2
     assert "--source: empty" in capsys.readouterr().err
     assert main(["run", PACKAGE, "--source", str(tmp_path), "--mask", mask, "--video", str(tmp_path / "o.mkv")]) == 2
