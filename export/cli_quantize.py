@@ -44,7 +44,7 @@ def run(args) -> int:
     try:
         first_mask = None
         if families.get(package.family).takes_mask:
-            first_mask = read_label_png(args.mask) if args.mask else source.first_mask()
+            first_mask = read_label_png(args.mask, "--mask") if args.mask else source.first_mask()
             if first_mask is None:
                 raise UserError(f"--mask: {package.family} packages are calibrated by tracking objects, which needs the "
                                 "first frame's mask; give --mask PNG or a DAVIS sequence folder with its annotations")
@@ -63,6 +63,11 @@ def run(args) -> int:
     if not frames:   # a folder whose every file failed to decode (each skipped with a warning above)
         raise UserError(f"--calibrate {args.calibrate}: no frame of it could be read (see the warnings above); give a "
                         "video file, an image folder or a DAVIS sequence folder whose frames open")
+    if first_mask is not None and first_mask.shape[:2] != frames[0].shape[:2]:   # said now, not after calibrating
+        where = f"--mask {args.mask}" if args.mask else f"--calibrate {args.calibrate}: its first annotation"
+        raise UserError(f"{where}: {first_mask.shape[1]}x{first_mask.shape[0]} pixels, but the frames of --calibrate "
+                        f"{args.calibrate} are {frames[0].shape[1]}x{frames[0].shape[0]}; give the first frame's mask "
+                        "at the frames' size")
     start = time.perf_counter()
     with _quiet_quantizer():
         out = quantize_package(package, frames, first_mask, args.out, source_name=str(args.calibrate),

@@ -59,7 +59,7 @@ def main() -> int:
                 break
             mask = None
             if index == 0:
-                mask = (read_label_png(args.mask) if args.mask else
+                mask = (read_label_png(args.mask, "--mask") if args.mask else
                         grabcut_box(frame, args.box).astype(np.uint8))
             for done in session.push(frame, mask):
                 on_segmented(done.index, frame, done.labels)     # per-frame families: the frame just pushed

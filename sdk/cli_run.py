@@ -376,7 +376,7 @@ def run(args) -> int:
     try:
         source = open_source(args.source)
         if family.takes_mask:
-            first = read_label_png(args.mask) if args.mask else _first_annotation(source)
+            first = read_label_png(args.mask, "--mask") if args.mask else _first_annotation(source)
             if args.mask and not first.any():
                 raise UserError(f"--mask {args.mask}: no object in it (every pixel is 0 = background); give the "
                                 "first frame's mask with the objects to track as ids 1..255")

@@ -87,40 +87,42 @@ def _narrow(ids: np.ndarray) -> np.ndarray:
     return ids.astype(np.uint8 if top <= 255 else np.uint16 if top <= 65535 else np.uint32)
 
 
-def read_label_png(path: str | Path) -> np.ndarray:
+def read_label_png(path: str | Path, flag: str | None = None) -> np.ndarray:
     """Read a label map. A palette PNG gives its indices (the object ids) exactly; a grey-scale PNG
     (8 or 16 bit) its values; an RGB PNG written by :func:`write_label_png` its encoded ids. Other RGB
     PNGs are rejected, because colours cannot be turned back into ids unambiguously, and so are JPEGs, whose
     compression changes ids. The dtype is uint8
-    when every id fits, else uint16 or uint32."""
+    when every id fits, else uint16 or uint32. ``flag``: the command-line option that named ``path``
+    (``--mask``), which the errors then name."""
     path = Path(path)
+    what = f"{flag} {path}" if flag else f"mask {path}"
     if not path.is_file():
-        raise UserError(f"mask file not found: {path}")
+        raise UserError(f"{what}: no such file" if flag else f"mask file not found: {path}")
     try:
-        return _read_label_image(path)
+        return _read_label_image(path, what)
     except UserError:
         raise
     except (OSError, SyntaxError, ValueError) as err:   # PIL: not an image, truncated, corrupt chunks
-        raise UserError(f"mask {path}: cannot read it as a PNG ({err}); is the file complete?") from None
+        raise UserError(f"{what}: cannot read it as a PNG ({err}); is the file complete?") from None
 
 
-def _read_label_image(path: Path) -> np.ndarray:
+def _read_label_image(path: Path, what: str) -> np.ndarray:
     with Image.open(path) as image:
         image.load()
         if image.format in ("JPEG", "MPO"):
             # A JPEG's compression moves values: a 0/1 mask comes back with 2s, 3s, 254s... as extra objects.
-            raise UserError(f"mask {path}: a JPEG cannot hold a label map (its lossy compression changes the ids "
+            raise UserError(f"{what}: a JPEG cannot hold a label map (its lossy compression changes the ids "
                             "along every edge); give the mask as a PNG (a palette or grey-scale one)")
         if image.mode == "P" or image.mode == "L":
             return np.array(image, dtype=np.uint8)
         if image.mode in ("1", "I", "I;16", "I;16B"):
             values = np.array(image).astype(np.int64)
             if values.min(initial=0) < 0:
-                raise UserError(f"mask {path}: negative values in a label map")
+                raise UserError(f"{what}: negative values in a label map")
             return _narrow(values)
         if image.mode == "RGB" and image.info.get(RGB24_KEY) == RGB24_VALUE:
             rgb = np.array(image).astype(np.uint32)
             return _narrow(rgb[..., 0] | (rgb[..., 1] << 8) | (rgb[..., 2] << 16))
         raise UserError(
-            f"mask {path}: expected a palette (P) or grey-scale (L) PNG of object ids, got mode {image.mode}; "
+            f"{what}: expected a palette (P) or grey-scale (L) PNG of object ids, got mode {image.mode}; "
             "save masks as DAVIS-style palette PNGs")

@@ -439,3 +439,23 @@ def test_the_tensorrt_backend_on_an_int8_package_names_the_fp32_package_to_build
     assert "is an INT8 package made by `vosrt quantize`" in err and "no TensorRT engines" in err, err
     assert f"vosrt build {tiny_int8}" not in err and "--tolerance" not in err
     assert suggested_commands(err)[-1] == ["build", str(tiny_package("stcn").resolve())]
+
+
+def test_mask_errors_name_the_option_and_a_mask_of_another_size_is_refused_before_calibrating(tmp_path, capsys):
+    # The errors said "mask file not found: ..." and "mask ...: ..." without the option, and a mask of another
+    # size than the frames was found only once calibration had started, deep in the tracker.
+    from vosrt.sdk.masks import write_label_png
+
+    folder = _frame_folder(tmp_path)
+    out = tmp_path / "o"
+    base = ["quantize", str(tiny_package("stcn")), "--calibrate", str(folder), "--out", str(out), "--mask"]
+    assert main(base + [str(tmp_path / "missing.png")]) == 2
+    assert f"error: --mask {tmp_path / 'missing.png'}: no such file" in capsys.readouterr().err
+    (tmp_path / "mask.jpg").write_bytes((folder / sorted(p.name for p in folder.iterdir())[0]).read_bytes())
+    assert main(base + [str(tmp_path / "mask.jpg")]) == 2
+    assert f"error: --mask {tmp_path / 'mask.jpg'}: " in capsys.readouterr().err
+    write_label_png(tmp_path / "small.png", np.ones((16, 16), np.uint8))
+    assert main(base + [str(tmp_path / "small.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --mask {tmp_path / 'small.png'}: 16x16 pixels, but the frames of --calibrate" in err, err
+    assert "32x32" in err and "calibrat" not in err.split("error:")[0] and not out.exists()
