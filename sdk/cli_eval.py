@@ -179,10 +179,13 @@ def _split_lists(gt_root: Path, wanted: set) -> list[Path]:
 
 
 def _check_predictions(pred_root: Path, gt_root: Path, gt_seqs: dict, pred_seqs: dict, command: list[str],
-                       gt_frames: dict) -> None:
+                       gt_frames: dict, skip_first_last: bool = True, unsupervised: bool = False) -> None:
     """UserError, before any scoring (minutes on a dataset), where predictions are missing: a sequence of the ground
     truth without its folder (all named at once, with the command that scores the predicted ones where a DAVIS split
-    list names them), or a frame that every protocol scores (all but the first and last) without its PNG."""
+    list names them), or a frame that is scored whatever the ground truth holds without its PNG: all but the first
+    and last; the last too with ``--all-frames`` or in a sequence of two frames or less, and every frame in the
+    unsupervised task. (Whether the first frame of a semi-supervised sequence scored with ``--all-frames`` and the
+    last of one whose objects enter late are scored depends on their masks: checked where they are read.)"""
     import shlex
 
     missing = [name for name in gt_seqs if name not in pred_seqs]
@@ -201,8 +204,10 @@ def _check_predictions(pred_root: Path, gt_root: Path, gt_seqs: dict, pred_seqs:
         raise UserError(message)
     absent = []
     for name, gt_files in gt_frames.items():
-        # the first and last frames may be unscored (given; DAVIS leaves the last out): checked where they are read
-        predicted = [(_prediction_of(pred_seqs[name], f), f) for f in gt_files[1:-1]]
+        # the first and last frames may be unscored (given; DAVIS leaves the last out): see above
+        first = 0 if unsupervised else 1
+        last = len(gt_files) if unsupervised or not skip_first_last or len(gt_files) <= 2 else len(gt_files) - 1
+        predicted = [(_prediction_of(pred_seqs[name], f), f) for f in gt_files[first:last]]
         absent += [(pred_file, f) for pred_file, f in predicted if not pred_file.is_file()]
     if absent:
         pred_file, gt_file = absent[0]
@@ -229,7 +234,7 @@ def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = Tru
     # natural order (frame2 before frame10), as vosrt run reads a folder: it decides which frames are the first and
     # the last; DAVIS's zero-padded names sort the same either way
     gt_frames = {name: png_files(gt_dir) for name, gt_dir in gt_seqs.items()}
-    _check_predictions(pred_root, gt_root, gt_seqs, pred_seqs, command, gt_frames)
+    _check_predictions(pred_root, gt_root, gt_seqs, pred_seqs, command, gt_frames, skip_first_last, unsupervised)
     # every frame is scored against every object (unsupervised: every proposal too), a few ms each at 480p: a
     # dataset takes from tens of seconds to minutes, which a bar shows instead of a silent wait
     bar = Progress(sum(map(len, gt_frames.values())), "frame", enabled=progress, desc="scoring")

@@ -139,8 +139,13 @@ def test_vosrt_eval_needs_no_prediction_for_the_unscored_first_and_last_frames(t
     overall = [r for r in csv.DictReader(open(out_csv)) if r["sequence"] == "all"][0]
     assert float(overall["J"]) == pytest.approx(1 / 3, abs=1e-6)
     assert float(overall["F"]) == pytest.approx(0.375, abs=1e-6)
-    # frames that are scored still need one: all of them with --all-frames
+    # frames that are scored still need one: all of them with --all-frames (the last is named before scoring;
+    # whether the first is scored depends on the masks, so it is checked where it is read)
     capsys.readouterr()
+    assert main(args + ["--all-frames"]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and "00003.png" in err
+    (tmp_path / "pred" / "seqA" / "00003.png").write_bytes((tmp_path / "pred" / "seqA" / "00002.png").read_bytes())
     assert main(args + ["--all-frames"]) == 2
     err = capsys.readouterr().err
     assert "missing" in err and "00000.png" in err
@@ -491,6 +496,23 @@ def test_vosrt_eval_refuses_missing_predictions_of_every_sequence_before_scoring
     err = capsys.readouterr().err
     assert f"missing {tmp_path / 'pred' / 'b' / '00001.png'}" in err and "and 1 more predicted PNG(s)" in err
     assert "scoring" not in err   # refused before the first sequence was scored
+
+
+@pytest.mark.parametrize("flags, gone", [(["--all-frames"], "c/00003.png"),
+                                         (["--task", "unsupervised"], "c/00000.png")], ids=["all-frames", "unsupervised"])
+def test_vosrt_eval_refuses_a_missing_first_or_last_frame_its_flags_score_before_scoring_any(tmp_path, capsys, flags,
+                                                                                              gone):
+    # the first and last frames were left to the scoring, so with --all-frames (the last) or the unsupervised task
+    # (both) a missing one was found after every earlier sequence had been scored
+    _davis_root(tmp_path, predicted=("a", "b", "c"))
+    (tmp_path / "pred" / gone).unlink()
+    gt = tmp_path / "DAVIS" / "Annotations" / "480p"
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(gt), *flags]) == 2
+    err = capsys.readouterr().err
+    assert f"missing {tmp_path / 'pred' / gone}" in err and "scoring" not in err, err
+    # without those flags DAVIS's semi-supervised protocol leaves the frame out, and it needs no PNG
+    if flags == ["--all-frames"]:
+        assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(gt), "--no-progress"]) == 0
 
 
 def test_vosrt_eval_given_a_dataset_s_top_folder_says_which_folder_holds_its_sequences(tmp_path, capsys):
