@@ -204,10 +204,63 @@ def _graph(backend, inputs: dict, output_shape):
     graph.output_buffers = {"out": trt_backend._Allocation(int(np.prod(output_shape)) * 4, backend)}
     graph.context = _RecordingContext(output_shape)
     graph.context.set_tensor_address("out", graph.output_buffers["out"].ptr)
-    graph.cuda_graphs, graph.seen = {}, set()
+    graph.cuda_graphs, graph.seen = trt_backend.OrderedDict(), trt_backend.OrderedDict()
     backend._graphs["g"] = graph
     backend.cuda_graphs = False
     return graph
+
+
+class _GraphRuntime(_HostRuntime):
+    """The stream capture and CUDA graph calls, recording which executable graphs exist and which are launched."""
+
+    cudaStreamCaptureMode = types.SimpleNamespace(cudaStreamCaptureModeThreadLocal=1)
+
+    def __init__(self):
+        super().__init__()
+        self.live: set[int] = set()
+        self.captures = 0
+
+    def cudaStreamBeginCapture(self, stream, mode):
+        return (0,)
+
+    def cudaStreamEndCapture(self, stream):
+        self.captures += 1
+        return 0, self.captures
+
+    def cudaGraphInstantiate(self, graph, flags):
+        self.live.add(graph)
+        return 0, graph
+
+    def cudaGraphDestroy(self, graph):
+        return (0,)
+
+    def cudaGraphExecDestroy(self, exec_graph):
+        self.live.remove(exec_graph)
+        return (0,)
+
+    def cudaGraphLaunch(self, exec_graph, stream):
+        assert exec_graph in self.live, "a destroyed graph was launched"
+        return (0,)
+
+
+def test_cuda_graphs_are_kept_least_recently_used_so_a_long_session_keeps_capturing(backend, monkeypatch):
+    # Keyed by shapes and buffer addresses, which change whenever an STCN object is added or removed: the cache
+    # stopped capturing for good once it held _GRAPH_CACHE_LIMIT sets (stale ones included), and the set of
+    # shapes run once grew without bound in a long live session.
+    runtime = _GraphRuntime()
+    monkeypatch.setattr(trt_backend, "cudart", lambda: runtime)
+    monkeypatch.setattr(trt_backend, "_GRAPH_CACHE_LIMIT", 3)
+    monkeypatch.setattr(trt_backend, "_SEEN_LIMIT", 5, raising=False)
+    graph = _graph(backend, {"x": (1, 4)}, (1, 4))
+    backend.cuda_graphs = True
+    for step in range(40):
+        for key in (("steady",), ("edited", step)):
+            backend._execute(graph, key)   # a plain run the first time, captured the second
+            backend._execute(graph, key)
+        backend._execute(graph, ("once", step))   # run once only: never captured
+    assert ("steady",) in graph.cuda_graphs and ("edited", 39) in graph.cuda_graphs
+    assert len(graph.cuda_graphs) == 3 and runtime.live == set(graph.cuda_graphs.values())   # evicted = destroyed
+    assert len(graph.seen) <= 5
 
 
 class _Engine:

@@ -15,7 +15,8 @@
 * ``stream``: run on an external CUDA stream (an int handle, or an object with ``cuda_stream``, ``ptr``
   or ``handle``, e.g. ``torch.cuda.current_stream()``); by default the backend creates its own.
 * ``cuda_graphs=True`` captures each graph into a CUDA graph the second time it runs with the same shapes
-  and buffer addresses (a warm-up run must precede capture) and replays it afterwards.
+  and buffer addresses (a warm-up run must precede capture) and replays it afterwards; up to 256 per graph
+  are kept, the least recently used destroyed to make room.
 * It refuses, saying what to do: a package without engines, engines missing on disk, a missing plugin
   library or one compiled for another TensorRT major, engines built by another TensorRT version or for
   another GPU.
@@ -29,6 +30,7 @@ import mmap
 import os
 import re
 import shlex
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -41,7 +43,8 @@ PLUGIN_LIBRARY_NAME = "libvosrt_plugins.so"
 # TensorRT wants every I/O tensor address 256-byte aligned; cudaMalloc gives that, views may not.
 BINDING_ALIGNMENT = 256
 PLUGIN_LIBRARY_ENV = "VOSRT_PLUGIN_LIB"
-_GRAPH_CACHE_LIMIT = 256  # CUDA graphs kept per backend (one per distinct shape/address set)
+_GRAPH_CACHE_LIMIT = 256  # CUDA graphs kept per graph (one per distinct shape/address set), least recently used out
+_SEEN_LIMIT = 4 * _GRAPH_CACHE_LIMIT   # shape/address sets run once (captured on their second run), oldest out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -423,8 +426,10 @@ class _Graph:
             self.context.set_tensor_address(name, self.output_buffers[name].ptr)
         # Host inputs are copied into these (allocated on first use, at the maximum shape).
         self.staging: dict[str, _Allocation] = {}
-        self.cuda_graphs: dict[tuple, object] = {}
-        self.seen: set[tuple] = set()
+        # Both in least-recently-used order: a long session whose addresses keep changing (an STCN object added
+        # or removed reallocates buffers) keeps capturing its current sets instead of filling up with stale ones.
+        self.cuda_graphs: OrderedDict[tuple, object] = OrderedDict()
+        self.seen: OrderedDict[tuple, None] = OrderedDict()
 
 
 class TensorRTBackend(Backend):
@@ -593,15 +598,22 @@ class TensorRTBackend(Backend):
         rt = cudart()
         exec_graph = g.cuda_graphs.get(key)
         if exec_graph is not None:
+            g.cuda_graphs.move_to_end(key)
             check_cuda(rt.cudaGraphLaunch(exec_graph, self.stream), "cudaGraphLaunch")
             return
         if not g.context.execute_async_v3(self.stream):
             raise RuntimeError("TensorRT enqueue failed (see the messages above)")
         if key not in g.seen:  # TensorRT needs one plain run per shape before capture
-            g.seen.add(key)
+            g.seen[key] = None
+            if len(g.seen) > _SEEN_LIMIT:
+                g.seen.popitem(last=False)
             return
+        g.seen.pop(key)   # captured now: the graph cache holds it from here on
         if len(g.cuda_graphs) >= _GRAPH_CACHE_LIMIT:
-            return
+            # the least recently used graph makes room; its last launch may still be running on the stream
+            _, evicted = g.cuda_graphs.popitem(last=False)
+            check_cuda(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+            rt.cudaGraphExecDestroy(evicted)
         mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         check_cuda(rt.cudaStreamBeginCapture(self.stream, mode), "cudaStreamBeginCapture")
         ok = g.context.execute_async_v3(self.stream)
