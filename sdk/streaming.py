@@ -121,6 +121,7 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
     # read under the session's lock together with its push, so that no call from another thread comes between.
     lock = getattr(session, "_lock", None) or contextlib.nullcontext()
     refused_in_a_row = 0
+    last_index = -1   # the index of the last frame the session took
     try:
         # Stop at max_frames without taking one more frame: a source read on by the next call (a camera after
         # a warm-up with flush=False) would lose it.
@@ -148,6 +149,12 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
                 print(f"warning: frame {name} refused: {err}; frame skipped", file=sys.stderr, flush=True)
                 continue
             refused_in_a_row = 0
+            if index <= last_index:
+                # The session started a new stream since the last push (a reset() from another thread): the frames
+                # still waiting were dropped with the old one and will never finish. Kept, they piled up, up to
+                # `latency` copies of full frames for every reset (a viewer's "reset" on a camera stream).
+                waiting.clear()
+            last_index = index
             # A frame waits for its labels up to the session's latency: a copy, since a source may fill one
             # buffer again and again (cap.read(buffer)), which would pair the labels with later pixels.
             waiting[index] = (name, frame.copy() if session.latency and isinstance(frame, np.ndarray) else frame)

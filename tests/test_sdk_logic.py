@@ -294,6 +294,40 @@ def test_a_reset_from_another_thread_mid_stream_loses_no_frame_and_pairs_each_wi
     assert not any(labels.any() for _, _, labels in got[6:])          # no object after the reset
 
 
+def test_frames_a_reset_from_another_thread_dropped_are_not_kept_by_the_stream(tmp_path):
+    # A clip session's reset() drops its pending frames without emitting them; stream() kept their copies, waiting
+    # for labels that never came, until a later frame of the same index replaced them. Resets after ever shorter
+    # streams (a UI's "reset" clicked at will on a camera) piled up up to `latency` full frames each.
+    import tracemalloc
+
+    from sdk_packages import colour_embedding_package
+    from vosrt.sdk.streaming import stream
+
+    session = vosrt.sdk.load(colour_embedding_package(tmp_path / "pkg"), threads=1)
+    frame = np.zeros((96, 128, 3), np.uint8)
+    frame[20:60, 30:70] = (0, 0, 255)
+    lengths = list(range(60, 9, -5))                 # each stream shorter than the one before: no index reused
+    held = []
+
+    def frames():
+        for length in lengths:
+            for _ in range(length):
+                yield frame
+            # between two frames, as a UI thread's reset lands (stream reads the index with the push)
+            session.reset()
+            held.append(sum(s.size for s in tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(True, "*/streaming.py")]).statistics("filename")))
+
+    tracemalloc.start()
+    try:
+        stats = stream(session, frames(), flush=False)
+    finally:
+        tracemalloc.stop()
+    assert stats.pushed == sum(lengths)
+    # what stream() holds (its frame copies: 36 KiB each) stays within the frames one stream may have pending
+    assert max(held) <= (session.latency + 1) * frame.nbytes, [h // frame.nbytes for h in held]
+
+
 def test_a_refused_frame_carrying_a_mask_or_a_source_of_nothing_but_refused_frames_ends_the_stream(stcn_package):
     from vosrt.sdk.streaming import MAX_REFUSED_IN_A_ROW, SKIPPED_KEPT, stream
 
