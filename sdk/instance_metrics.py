@@ -391,7 +391,9 @@ class MotsWriter:
     ``frame track_id class_id height width rle`` per instance and finished frame. The frame number is the
     frame's name where that is a number (KITTI's ``000042.png``), else its stream index. The class is
     ``class_id`` (1 car, 2 pedestrian); where ``class_id`` is None, the frame's ``objects`` category (1
-    without one). :meth:`close` writes the file in one rename (a stopped run leaves no half file)."""
+    without one). Each frame's lines go to a hidden file beside ``path`` as the frame finishes (memory stays
+    bounded on an endless source), which :meth:`close` renames onto ``path``: a stopped run leaves no half
+    file under that name (a killed process leaves the hidden ``.NAME.partial-*.txt``)."""
 
     takes_objects = True
 
@@ -400,21 +402,76 @@ class MotsWriter:
         self.path = _output_file(path, flag, ".txt")
         self.flag = flag
         self.class_id = class_id
-        self.lines: list[str] = []
         self.frames = 0
+        self.lines_written = 0
+        self._file = None       # the hidden file the lines go to, opened with the first frame
+        self._partial: Path | None = None
+        self._cleanup = None    # removes that file if the writer is dropped without close()
+        self._done = False
 
     def __call__(self, index: int, name: str, frame, labels: np.ndarray, objects: dict | None = None) -> None:
         number = int(name) if str(name).isdigit() else index
         height, width = labels.shape
+        lines = []
         for track in _tracks(labels):
             cls = self.class_id if self.class_id is not None else (objects or {}).get(track, {}).get("category", 1)
             counts = _rle_of(self._mask, labels, track)["counts"]
-            self.lines.append(f"{number} {track} {cls} {height} {width} {counts}")
+            lines.append(f"{number} {track} {cls} {height} {width} {counts}\n")
+        try:
+            if self._file is None:
+                self._open()
+            self._file.writelines(lines)
+        except OSError as err:
+            self._discard()
+            raise UserError(f"{self.flag}: cannot write {self.path}: {err.strerror or err}") from None
+        self.lines_written += len(lines)
         self.frames += 1
 
+    def _open(self) -> None:
+        import os
+        import tempfile
+        import weakref
+
+        handle, name = tempfile.mkstemp(prefix=f".{self.path.stem}.partial-", suffix=".txt", dir=self.path.parent)
+        self._partial = Path(name)
+        self._file = os.fdopen(handle, "w")
+        self._cleanup = weakref.finalize(self, _remove_partial, self._file, self._partial)
+
+    def _discard(self) -> None:
+        if self._cleanup is not None:
+            self._cleanup()   # closes and removes the hidden file, once
+        self._file = None
+        self._done = True
+
     def close(self) -> None:
-        """Write the file (also when no instance was found: an empty sequence is a result)."""
-        _write_output(self.path, self.flag, "\n".join(self.lines) + ("\n" if self.lines else ""))
+        """Write the file (also when no instance was found: an empty sequence is a result). Once; after a
+        failed write nothing is written."""
+        if self._done:
+            return
+        self._done = True
+        if self._file is None:   # no frame finished
+            _write_output(self.path, self.flag, "")
+            return
+        import os
+
+        from vosrt.sdk.package import new_file_mode
+
+        try:
+            self._file.close()
+            os.chmod(self._partial, new_file_mode(self.path))
+            os.replace(self._partial, self.path)
+        except OSError as err:
+            self._cleanup()
+            raise UserError(f"{self.flag}: cannot write {self.path}: {err.strerror or err}") from None
+        self._cleanup.detach()
+
+
+def _remove_partial(file, partial: Path) -> None:
+    try:
+        file.close()
+        partial.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def write_kitti_mots(path: str | Path, frames: list, class_id: int = 1) -> None:

@@ -194,14 +194,14 @@ def stage_file(path: str | Path, write) -> Path:
     tmp = Path(name)
     try:
         write(tmp)
-        os.chmod(tmp, _new_file_mode(path))
+        os.chmod(tmp, new_file_mode(path))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return tmp
 
 
-def _new_file_mode(path: Path) -> int:
+def new_file_mode(path: Path) -> int:
     """The mode a file written at ``path`` gets: the replaced file's, else what open() would give (0666
     less the umask, read from /proc: os.umask would change it process-wide for a moment)."""
     try:

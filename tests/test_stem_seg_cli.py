@@ -401,6 +401,35 @@ def test_a_result_file_that_cannot_be_written_at_the_end_is_a_user_error(tmp_pat
         sink.close()
 
 
+def test_the_mots_file_is_written_as_frames_finish_and_renamed_at_the_end(tmp_path):
+    # The lines were kept in memory until the stream ended: without bound on a camera (one line per instance
+    # and frame). They go to a hidden file beside the result as each frame finishes; close() renames it.
+    pytest.importorskip("pycocotools")
+    from vosrt.sdk.instance_metrics import MotsWriter
+
+    folder = tmp_path / "results"
+    writer = MotsWriter(folder / "t.txt")
+    labels = np.zeros((8, 8), np.uint8)
+    labels[2:5, 2:5] = 1
+    for t in range(50):
+        writer(t, f"{t:06d}", None, labels)
+    (partial,) = folder.glob(".t.partial-*.txt")
+    writer._file.flush()
+    assert len(partial.read_text().splitlines()) == 50 and not (folder / "t.txt").exists()
+    writer.close()
+    lines = (folder / "t.txt").read_text().splitlines()
+    assert len(lines) == 50 and lines[7].startswith("7 1 1 8 8 ") and list(folder.iterdir()) == [folder / "t.txt"]
+    writer.close()   # once
+    # a writer dropped without close() leaves nothing behind, and one that saw no frame writes an empty file
+    dropped = MotsWriter(folder / "u.txt")
+    dropped(0, "000000", None, labels)
+    del dropped
+    assert sorted(p.name for p in folder.iterdir()) == ["t.txt"]
+    empty = MotsWriter(folder / "e.txt")
+    empty.close()
+    assert (folder / "e.txt").read_text() == ""
+
+
 def test_run_with_overlap_0_says_that_no_track_is_linked_across_clips(colour_package, tmp_path, capsys):
     # With no frame shared by consecutive clips, every clip's instances take new ids (the red square is 1 on
     # frames 0..7 and another id on 8..15); the run said nothing of it.
