@@ -99,6 +99,9 @@ def _check_top_k_fits_forms(streaming: dict, forms: list[str]) -> None:
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
+    if out_dir.is_file():   # mkdir said only "[Errno 17] File exists"
+        raise UserError(f"--out {out_dir} is a file, not a folder: the package is a folder of files; give a folder "
+                        f"that does not exist yet (it is created) or an earlier package of this model")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):

@@ -727,3 +727,16 @@ def test_check_errors_about_the_given_checkpoint_name_the_flag_and_what_to_pass(
         err = capsys.readouterr().err
         assert "error: --checkpoint" in err and said in err, err
         assert f"was exported from with --checkpoint (the manifest records {recorded})" in err, err
+
+
+def test_vosrt_export_to_an_out_that_is_a_file_says_so_and_leaves_the_file(tmp_path, lite_checkpoint, capsys):
+    # it said "cannot write the package to ...: File exists", which reads as a folder that is already there
+    from vosrt.cli import main
+
+    target = tmp_path / "stcn.onnx"
+    target.write_bytes(b"a user's file")
+    assert main(["export", "stcn-lite", "--checkpoint", str(lite_checkpoint), "--out", str(target),
+                 "--size", "32", "32"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {target} is a file, not a folder" in err and "File exists" not in err, err
+    assert target.read_bytes() == b"a user's file"
