@@ -740,3 +740,40 @@ def test_vosrt_export_to_an_out_that_is_a_file_says_so_and_leaves_the_file(tmp_p
     err = capsys.readouterr().err
     assert f"--out {target} is a file, not a folder" in err and "File exists" not in err, err
     assert target.read_bytes() == b"a user's file"
+
+
+def _cut(path, fraction=0.5):
+    data = path.read_bytes()
+    return data[:int(len(data) * fraction)]
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("empty", "the file is empty (0 bytes)"),
+    ("text", "its content is not what torch.save writes"),
+    ("cut zip", "the file is a damaged or cut-short torch.save archive (an interrupted download or copy?): "
+                "PytorchStreamReader failed reading zip archive: failed finding central directory;"),
+    ("cut pickle", "the file ends early (cut short: an interrupted download or copy?)"),
+    ("cut pickle header", "the file ends early (cut short: an interrupted download or copy?)"),
+])
+def test_vosrt_export_of_a_cut_short_or_non_checkpoint_file_says_what_is_wrong_with_it(tmp_path, capsys, kind,
+                                                                                          expected):
+    # an empty file or a cut-short pickle said "...can be read safely: EOFError", a text file beginning with "h"
+    # said "...: 101" (torch's KeyError), a cut-short zip a paragraph of torch's advice on miniz errors
+    from vosrt.cli import main
+
+    model = build_model("stcn-lite", value_widths=(16, 32, 64), value_dim=64, f16_thin_dim=64,
+                        decoder_dims=(64, 32, 32))
+    full = tmp_path / "full.pth"
+    save_checkpoint(full, model)
+    legacy = tmp_path / "legacy.pth"
+    torch.save(model.state_dict(), legacy, _use_new_zipfile_serialization=False)
+    content = {"empty": b"", "text": b"hello, this is no checkpoint\n", "cut zip": _cut(full),
+               "cut pickle": _cut(legacy), "cut pickle header": _cut(legacy, 0.0005)}[kind]
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(content)
+    out = tmp_path / "pkg"
+    assert main(["export", "stcn-lite", "--checkpoint", str(bad), "--out", str(out), "--size", "32", "32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: --checkpoint: {bad} is not a PyTorch checkpoint") and expected in err, err
+    assert "EOFError" not in err and ": 101" not in err and "miniz" not in err, err
+    assert not out.exists()

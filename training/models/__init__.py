@@ -235,7 +235,18 @@ def load_payload(path: str | Path):
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
         text = str(err)
-        if "Unsupported operand" in text:
+        if path.stat().st_size == 0:   # torch said only "EOFError"
+            reason = "the file is empty (0 bytes)"
+        elif isinstance(err, EOFError) or "unexpected EOF" in text:
+            # a pickle (torch's older format) cut short: torch's message is empty, or "unexpected EOF, expected
+            # N more bytes" where the cut falls in the tensors' data
+            reason = "the file ends early (cut short: an interrupted download or copy?)"
+        elif "failed reading zip archive" in text or "failed finding central directory" in text:
+            # a torch.save zip cut short or damaged; torch's message continues with a paragraph on miniz
+            reason = ("the file is a damaged or cut-short torch.save archive (an interrupted download or copy?): "
+                      + text.split(". This is an internal miniz error")[0].strip().splitlines()[0])
+        elif "Unsupported operand" in text or isinstance(err, KeyError):
+            # (a KeyError: bytes the unpickler read as a reference to an object it never saw, e.g. a text file)
             # the weights-only unpickler met bytes no torch.save writes (a text file, a truncated or raw pickle):
             # torch's message speaks of weights_only there too, which read as the file holding Python objects
             reason = "its content is not what torch.save writes (another kind of file, or one cut short)"
