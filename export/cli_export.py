@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-weights", action="store_true",
                         help="export an untrained model instead of a checkpoint (for testing; the weights "
                              "are saved into the package)")
-    parser.add_argument("--out", metavar="DIR", required=True, help="package folder to write")
+    parser.add_argument("--out", metavar="DIR", required=True, help="package folder to write (created; an earlier package of the same family there is "
+                             "replaced, one of another family or an INT8 package is refused)")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="package resolution, multiples of 16 (default 480 864)")
     parser.add_argument("--height", type=int, default=None, help="the H of --size (older spelling)")

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -109,6 +110,29 @@ def _prepare_out_dir(out_dir: Path) -> None:
     except OSError as err:
         raise UserError(f"cannot write the package to {out_dir}: {err.strerror or err}; "
                         f"choose a writable --out folder") from None
+
+
+def _refuse_another_package(out_dir: Path, family) -> None:
+    """UserError where ``out_dir`` holds a package that an export of a ``family`` model must not replace: one of
+    another family, or an INT8 package (vosrt quantize). An export into a package replaces its manifest and removes
+    the graphs it listed, so a mistyped --out lost another model's package without a word. A package of the same
+    family is replaced (re-exporting a package is how it gets new weights, another size or top_k)."""
+    try:
+        held = json.loads((out_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(held, dict):
+        return
+    other = held.get("family")
+    kind = None
+    if isinstance(other, str) and other != family.name:
+        kind = f"a {other} package" + (f" ({held['variant']})" if isinstance(held.get("variant"), str) else "")
+    elif held.get("quantization"):
+        kind = "an INT8 package (vosrt quantize)"
+    if kind:
+        raise UserError(f"--out {out_dir} holds {kind}; exporting a {family.name} model there would replace it (its "
+                        f"manifest and graphs would be removed). Give another --out folder, or remove that package "
+                        f"first if it is no longer wanted (`rm -r {shlex.quote(str(out_dir))}`)")
 
 
 def resolve_model(name: str, checkpoint: str | Path | None, random_weights: bool = False):
@@ -317,7 +341,8 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
             exports an untrained model and saves its weights into the package (``weights.pt``) so the
             torch backend and :func:`check_package` can reproduce it.
         out_dir: package folder (created; existing graph files are replaced, and the files its earlier
-            manifest listed that the new one does not, engines included, are removed).
+            manifest listed that the new one does not, engines included, are removed). A package of another
+            family, or an INT8 package, there is refused (UserError), never replaced.
         height, width: package resolution, multiples of 16 (default: the family's, 480×864).
         forms: any of ``"plugin"``, ``"portable"``.
         streaming: overrides of the streaming defaults recorded in the manifest.
@@ -344,6 +369,7 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
         what = "is a folder, not a checkpoint file" if Path(checkpoint).is_dir() else "not found"
         raise UserError(f"checkpoint {what}: {checkpoint} (--checkpoint); pass the .pth file (vosrt train's "
                         f"RUN/last.pth, or a published checkpoint)")
+    _refuse_another_package(out_dir, family)
     created = not out_dir.exists()
     _prepare_out_dir(out_dir)
     try:

@@ -777,3 +777,44 @@ def test_vosrt_export_of_a_cut_short_or_non_checkpoint_file_says_what_is_wrong_w
     assert err.startswith(f"error: --checkpoint: {bad} is not a PyTorch checkpoint") and expected in err, err
     assert "EOFError" not in err and ": 101" not in err and "miniz" not in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("held", ["3dc-seg", "int8"])
+def test_vosrt_export_into_another_family_s_or_an_int8_package_is_refused_and_leaves_it(tmp_path, lite_checkpoint,
+                                                                                         capsys, held):
+    # a mistyped --out replaced a 3dc-seg package with an stcn one (its graphs removed, "removed ... of the
+    # package's earlier export") without a word; quantize refuses another package at its --out for this reason
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from vosrt.cli import main
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from sdk_packages import tiny_package
+
+    folder = tmp_path / "pkg"
+    shutil.copytree(tiny_package("3dc-seg" if held == "3dc-seg" else "stcn"), folder)
+    if held == "int8":
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["quantization"] = {"method": "static", "source_package": "elsewhere"}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert main(["export", "stcn-lite", "--checkpoint", str(lite_checkpoint), "--out", str(folder),
+                 "--size", "32", "32"]) == 2
+    err = capsys.readouterr().err
+    what = "a 3dc-seg package (3dc-seg-lite)" if held == "3dc-seg" else "an INT8 package (vosrt quantize)"
+    assert f"--out {folder} holds {what}; exporting a stcn model there would replace it" in err, err
+    assert "Give another --out folder" in err and f"`rm -r {folder}`" in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_vosrt_export_into_a_package_of_the_same_family_replaces_it(tmp_path, lite_checkpoint, capsys):
+    from vosrt.cli import main
+
+    folder = tmp_path / "pkg"
+    assert main(["export", "stcn-lite", "--random-weights", "--out", str(folder), "--size", "32", "32",
+                 "--forms", "portable", "--no-check"]) == 0
+    assert main(["export", "stcn", "--checkpoint", str(lite_checkpoint), "--out", str(folder), "--size", "32", "32",
+                 "--forms", "portable", "--no-check"]) == 0
+    assert load_package(folder).checkpoint == lite_checkpoint.resolve()
