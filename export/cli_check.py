@@ -30,22 +30,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"package is compared only with one given)")
 
 
-def print_report(report: dict, tolerance: float) -> int:
+def print_report(report: dict, tolerance: float, advice=None) -> int:
     """Print a ``check_package`` report, one line per graph output; 1 if any relative error exceeds
-    ``tolerance``, else 0."""
-    failed = False
+    ``tolerance``, else 0. A failure ends with the outputs that exceed it (graph, form, output, error), the
+    tolerance, and ``advice(tolerance)`` (what to do; given a --tolerance value that accepts the errors found, or
+    None where none does) where given."""
+    failed = []
     width = max((len(graph) for graph in report), default=14)   # GRAPH.plugin names line up with the others
     for graph, outputs in report.items():
         for name, result in outputs.items():
             if "max_abs" in result:
-                bad = result["max_rel"] > tolerance
-                failed |= bad
+                bad = not result["max_rel"] <= tolerance
+                if bad:
+                    failed.append((result["max_rel"], graph, name))
                 print(f"{graph:>{width}} {name:<10} max abs {result['max_abs']:.3e}  max rel {result['max_rel']:.3e}"
                       f"{'  MISMATCH' if bad else ''}")
             else:
                 print(f"{graph:>{width}} {name:<10} differing pixels {100 * result['mismatch_fraction']:.4f}%")
-    print("check failed: outputs differ beyond the tolerance" if failed else "check passed")
-    return 1 if failed else 0
+    if not failed:
+        print("check passed")
+        return 0
+    failed.sort(key=lambda item: -item[0] if item[0] == item[0] else -math.inf)
+    shown = ", ".join(f"{graph} {name} {rel:.3e}" for rel, graph, name in failed[:4]) + (
+        f", and {len(failed) - 4} more" if len(failed) > 4 else "")
+    worst = failed[0][0]
+    print(f"check failed: {len(failed)} output(s) differ from PyTorch beyond the tolerance {tolerance:.3e} "
+          f"(max relative error): {shown}" + (f"; {advice(_loose_tolerance(worst))}" if advice else ""))
+    return 1
+
+
+def _loose_tolerance(worst: float) -> str | None:
+    """``worst`` rounded up to one significant digit (0.009688 -> "0.01"): a --tolerance that accepts it; None for
+    an error no tolerance accepts (nan, inf)."""
+    if not math.isfinite(worst) or worst <= 0:
+        return None
+    exponent = math.floor(math.log10(worst))
+    return f"{math.ceil(worst / 10 ** exponent - 1e-9) * 10.0 ** exponent:.1g}"
+
+
+def tolerance_hint(command: list[str], tolerance: str | None) -> str:
+    """`` `vosrt check ... --tolerance T` `` accepting the errors found, or, for outputs that are not numbers (nan),
+    that no tolerance accepts them."""
+    if tolerance is None:
+        return "no tolerance accepts outputs that are not numbers (nan or inf)"
+    return (f"where errors of this size are acceptable, give a tolerance of your own: "
+            f"`{shlex.join(command + ['--tolerance', tolerance])}`")
+
+
+def reexport_command(package, out: str, checkpoint=None) -> str:
+    """The `vosrt export` command that writes ``package`` again at ``out`` from ``checkpoint`` (default: the one its
+    manifest records): its variant, size, forms and, for stcn, top_k (the plugin form holds it)."""
+    from vosrt.sdk import families
+
+    ck = checkpoint or package.checkpoint or "CK"
+    command = ["vosrt", "export", package.variant, "--checkpoint", str(ck), "--out", str(out),
+               "--size", str(package.height), str(package.width)]
+    forms = [f for f in ("plugin", "portable") if any(f in g for g in package.manifest.get("graphs", {}).values())]
+    if forms:
+        command += ["--forms", ",".join(forms)]
+    if "top_k" in families.get(package.family).streaming and "top_k" in package.streaming:
+        command += ["--top-k", str(int(package.streaming["top_k"]))]
+    return shlex.join(command)
 
 
 def _refuse_int8_without_tolerance(args: argparse.Namespace) -> None:
@@ -99,4 +144,14 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"checking {args.package}: portable (and plugin) graphs on ONNX Runtime against PyTorch", file=sys.stderr, flush=True)
     report = check_package(args.package, checkpoint=args.checkpoint, progress=progress)
-    return print_report(report, tolerance)
+    from vosrt.sdk.package import load_package
+
+    package = load_package(args.package)
+    again = ["vosrt", "check", str(args.package)] + (["--checkpoint", str(args.checkpoint)] if args.checkpoint else [])
+
+    def advice(loose: str | None) -> str:
+        return (f"the graph files do not compute what the checkpoint's model computes (edited or damaged since the "
+                f"export, or exported from other weights): write them again from the checkpoint with "
+                f"`{reexport_command(package, args.package, args.checkpoint)}`; or, "
+                f"{tolerance_hint(again, loose)}")
+    return print_report(report, tolerance, advice)

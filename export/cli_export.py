@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vosrt.export.cli_check import print_report
+from vosrt.export.cli_check import print_report, tolerance_hint
 from vosrt.sdk import families
 from vosrt.sdk.errors import UserError
 
@@ -82,5 +82,9 @@ def run(args: argparse.Namespace) -> int:
         print("note: not checked against PyTorch: the check runs the portable form, which --forms left out "
               "(export with --forms plugin,portable to have the package checked)", file=sys.stderr)
         return 0
-    report = check_package(pkg)
-    return print_report(report, CHECK_TOLERANCE)
+    print(f"checking {pkg}: portable (and plugin) graphs on ONNX Runtime against PyTorch", file=sys.stderr, flush=True)
+    report = check_package(pkg, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    return print_report(report, CHECK_TOLERANCE, lambda loose: (
+        f"the package is written, but its graphs do not reproduce the PyTorch model within the tolerance: the "
+        f"export of this model is at fault (please report it with this output); "
+        f"{tolerance_hint(['vosrt', 'check', str(pkg)], loose)}"))

@@ -818,3 +818,70 @@ def test_vosrt_export_into_a_package_of_the_same_family_replaces_it(tmp_path, li
     assert main(["export", "stcn", "--checkpoint", str(lite_checkpoint), "--out", str(folder), "--size", "32", "32",
                  "--forms", "portable", "--no-check"]) == 0
     assert load_package(folder).checkpoint == lite_checkpoint.resolve()
+
+
+def _tiny_stcn_copy(folder):
+    import shutil
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from sdk_packages import tiny_package
+
+    shutil.copytree(tiny_package("stcn", ("portable", "plugin")), folder)
+    return folder
+
+
+def _scale_largest_weight(path, factor):
+    model = onnx.load(str(path))
+    weight = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) * np.float32(factor), weight.name))
+    onnx.save(model, str(path))
+
+
+def test_vosrt_check_failure_names_the_output_the_tolerance_and_a_re_export_that_repairs_it(tmp_path, capsys,
+                                                                                            monkeypatch):
+    # it ended "check failed: outputs differ beyond the tolerance": no tolerance, nothing to do
+    import shlex
+
+    from vosrt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    folder = _tiny_stcn_copy(tmp_path / "pkg")
+    _scale_largest_weight(folder / "encode_value.portable.onnx", 1.02)
+    assert main(["check", "pkg"]) == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("check failed: 1 output(s) differ from PyTorch beyond the tolerance 1.000e-03 (max "
+                           "relative error): encode_value value "), last
+    export, loosen = last.split("`")[1::2]   # the two commands it offers
+    assert export.startswith("vosrt export stcn-lite --checkpoint ") and "--out pkg --size 32 32" in export, last
+    assert loosen.startswith("vosrt check pkg --tolerance "), last
+    assert main(shlex.split(loosen)[1:]) == 0   # the tolerance offered accepts the errors found
+    capsys.readouterr()
+    assert main(shlex.split(export)[1:]) == 0   # the re-export repairs the package (and its own check passes)
+    assert main(["check", "pkg"]) == 0
+    assert load_package(folder).streaming["top_k"] == 20
+
+
+def test_vosrt_check_fails_a_graph_whose_outputs_are_nan(tmp_path, capsys):
+    # a nan error compared false with the tolerance: "max rel nan" and then "check passed"
+    from vosrt.cli import main
+
+    folder = _tiny_stcn_copy(tmp_path / "pkg")
+    _scale_largest_weight(folder / "encode_value.portable.onnx", np.nan)
+    assert main(["check", str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert "encode_value value      max abs nan  max rel nan  MISMATCH" in out, out
+    assert "check passed" not in out and "no tolerance accepts outputs that are not numbers" in out
+
+
+def test_vosrt_export_shows_progress_while_it_checks_the_package(tmp_path, capsys):
+    # after "package written to" it was silent until the whole report (minutes for a published-size STCN)
+    from vosrt.cli import main
+
+    out = tmp_path / "pkg"
+    assert main(["export", "stcn-lite", "--random-weights", "--out", str(out), "--size", "32", "32",
+                 "--forms", "portable"]) == 0
+    err = capsys.readouterr().err
+    assert f"checking {out}: portable (and plugin) graphs on ONNX Runtime against PyTorch" in err, err
+    assert all(f"check {graph}: " in err for graph in ("encode_key", "encode_value", "segment")), err
