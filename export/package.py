@@ -370,6 +370,14 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
         raise UserError(f"checkpoint {what}: {checkpoint} (--checkpoint); pass the .pth file (vosrt train's "
                         f"RUN/last.pth, or a published checkpoint)")
     _refuse_another_package(out_dir, family)
+    weights = out_dir / WEIGHTS_FILE
+    if checkpoint is None and (weights.is_file() or weights.is_symlink()) \
+            and WEIGHTS_FILE not in _listed_files(out_dir, written=True):
+        # the random weights are written there: a file the user put there (or trained into) was replaced
+        raise UserError(f"--out {out_dir} holds {WEIGHTS_FILE}, which is not the random weights of an earlier "
+                        f"export there, and an export with --random-weights writes its weights to that name; export "
+                        f"that file instead (`{shlex.join(['vosrt', 'export', name, '--checkpoint', str(weights), '--out', str(out_dir)])} "
+                        f"--size {height} {width}`), or move it away, or give another --out folder")
     created = not out_dir.exists()
     _prepare_out_dir(out_dir)
     try:

@@ -885,3 +885,31 @@ def test_vosrt_export_shows_progress_while_it_checks_the_package(tmp_path, capsy
     err = capsys.readouterr().err
     assert f"checking {out}: portable (and plugin) graphs on ONNX Runtime against PyTorch" in err, err
     assert all(f"check {graph}: " in err for graph in ("encode_key", "encode_value", "segment")), err
+
+
+def test_vosrt_export_random_weights_never_writes_over_a_weights_file_it_did_not_write(tmp_path, capsys,
+                                                                                       lite_checkpoint):
+    # --random-weights wrote its weights.pt over the user's file of that name in --out, without a word
+    import shlex
+    import shutil
+
+    from vosrt.cli import main
+
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    shutil.copy(lite_checkpoint, folder / "weights.pt")
+    mine = (folder / "weights.pt").read_bytes()
+    args = ["export", "stcn-lite", "--random-weights", "--out", str(folder), "--size", "32", "32", "--forms",
+            "portable", "--no-check"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: --out {folder} holds weights.pt, which is not the random weights of an earlier "
+                          f"export there"), err
+    assert (folder / "weights.pt").read_bytes() == mine and sorted(p.name for p in folder.iterdir()) == ["weights.pt"]
+    hint = err.split("`")[1]
+    assert main(shlex.split(hint)[1:] + ["--forms", "portable", "--no-check"]) == 0   # exporting that file works
+    assert (folder / "weights.pt").read_bytes() == mine
+    # a package's own random weights are replaced by a new --random-weights export
+    other = tmp_path / "random"
+    assert main([*args[:4], str(other), *args[5:]]) == 0
+    assert main([*args[:4], str(other), *args[5:]]) == 0
