@@ -112,6 +112,34 @@ def test_youtube_vos_layout_with_sparse_annotations(tmp_path, davis):
     assert len(frames) == 10 and labels[1] is None and np.array_equal(labels[5], sequences["late"].labels[5])
 
 
+def test_youtube_vos_train_layout_divides_the_frame_gap_by_the_annotation_spacing(tmp_path):
+    # YouTube-VOS's train download (and STCN's train_480p) holds only the annotated frames: JPEGImages and
+    # Annotations both have 00000, 00005, 00010, ...; STCN samples them with max_skip // 5
+    seq = generate_sequence(7, num_objects=2, num_frames=60, height=48, width=64)
+    yt = tmp_path / "train"
+    for t in range(0, 60, 5):
+        (yt / "JPEGImages" / "vid").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(yt / "JPEGImages" / "vid" / f"{t:05d}.jpg"), seq.frames[t][..., ::-1])
+        write_label_png(yt / "Annotations" / "vid" / f"{t:05d}.png", seq.labels[t])
+
+    class Recording(VideoFolder):
+        read = []
+
+        def read_frame(self, video, stem):
+            self.read.append(int(stem))
+            return super().read_frame(video, stem)
+
+    folder = Recording(tmp_path, split="train")
+    assert folder.frame_names("vid") == folder.annotated_names("vid")
+    ds = VOSTripletDataset(folder, size=(48, 64), max_skip=10, repeat=40)
+    for i in range(len(ds)):
+        Recording.read.clear()
+        ds[i]
+        for start in range(0, len(Recording.read), 3):   # one triplet per attempt
+            gaps = np.abs(np.diff(Recording.read[start:start + 3]))
+            assert ((gaps >= 5) & (gaps <= 10)).all(), Recording.read   # at most 10 // 5 annotated frames apart
+
+
 def test_davis_2016_grey_masks_read_as_foreground(tmp_path, davis):
     root, sequences = davis
     shutil.copytree(root / "JPEGImages", tmp_path / "JPEGImages")

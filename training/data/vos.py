@@ -18,7 +18,9 @@ Following the STCN paper and its training code (facts, re-implemented here):
   ±10°) and a slight colour jitter (0.01).
 
 For YouTube-VOS, where only some frames are annotated, gaps are counted in annotated frames and
-``max_skip`` is divided by their spacing (every 5th frame ⇒ ``max_skip // 5``), as STCN does.
+``max_skip`` is divided by their spacing (every 5th frame ⇒ ``max_skip // 5``), as STCN does
+(:func:`annotation_spacing`: read from the frame numbers, so also where ``JPEGImages`` holds only the
+annotated frames, as YouTube-VOS's ``train`` download and STCN's ``train_480p`` do).
 """
 from __future__ import annotations
 
@@ -60,6 +62,18 @@ def sample_frame_indices(rng: np.random.Generator, count: int, max_gap: int, num
     return [start + int(g) for g in np.concatenate([[0], np.cumsum(gaps)])]
 
 
+def annotation_spacing(annotated: list[str], frames: list[str]) -> int:
+    """Frames from one annotated frame to the next (``max_skip`` is divided by it): the median step of the
+    annotated frames' numbers where every stem is a number (YouTube-VOS: 5, whether ``JPEGImages`` holds every
+    frame, as ``train_all_frames``, or only the annotated ones, as the ``train`` download: 00000, 00005, ...),
+    else the ratio of the frame and annotation counts."""
+    if len(annotated) < 2:
+        return 1
+    if all(stem.isdigit() for stem in annotated):
+        return max(1, int(round(float(np.median(np.diff([int(stem) for stem in annotated]))))))
+    return max(1, round((len(frames) - 1) / (len(annotated) - 1)))
+
+
 class VOSTripletDataset(SeededDataset):
     """STCN main training on DAVIS 2017 / YouTube-VOS folders (several may be concatenated).
 
@@ -93,9 +107,7 @@ class VOSTripletDataset(SeededDataset):
     def __getitem__(self, index: int) -> dict:
         folder, video = self.items[index % len(self.items)]
         stems = folder.annotated_names(video)
-        all_frames = folder.frame_names(video)
-        spacing = max(1, round((len(all_frames) - 1) / max(len(stems) - 1, 1))) if len(stems) > 1 else 1
-        max_gap = max(1, self.max_skip // spacing)
+        max_gap = max(1, self.max_skip // annotation_spacing(stems, folder.frame_names(video)))
         for attempt in range(5):
             rng = self.rng(index, attempt)
             chosen = [stems[i] for i in sample_frame_indices(rng, len(stems), max_gap, self.num_frames)]
