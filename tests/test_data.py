@@ -222,6 +222,23 @@ def test_static_sampler_reads_image_mask_pairs(tmp_path, davis):
     assert len(ds) == 2 and ds[0]["masks"][0, 0].any()
 
 
+def test_static_sampler_thresholds_soft_grey_saliency_masks_as_stcn(tmp_path):
+    # DUTS / ECSSD / HRSOD / BIG masks: grey-scale PNGs, 255 inside, anti-aliased values along the edge;
+    # STCN's static_dataset.py takes the foreground where the mask is above half (> 0.5 of 255)
+    from PIL import Image
+
+    yy, xx = np.mgrid[:64, :64]
+    soft = np.clip((20 - np.hypot(yy - 32, xx - 32)) * 60 + 128, 0, 255).astype(np.uint8)
+    assert len(np.unique(soft)) > 10
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(tmp_path / "a.jpg")
+    Image.fromarray(soft, "L").save(tmp_path / "a.png")
+    ds = StaticSequenceDataset(tmp_path, size=(64, 64), repeat=6)
+    disc = int((soft >= 128).sum())
+    for i in range(len(ds)):
+        # the whole disc (scaled by the augmentation), not one grey level of its rim
+        assert ds[i]["masks"][0, 0].sum() > disc / 3
+
+
 def test_clip_sampler_gives_clips_with_binary_foreground(davis):
     root, _ = davis
     ds = ForegroundClipDataset(VideoFolder(root), size=(32, 48), clip_length=8, seed=0)

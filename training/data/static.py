@@ -12,7 +12,10 @@ object of one image, deformed three times:
 Sources: a folder of image/mask pairs (``NAME.jpg`` + ``NAME.png``, also one folder level deeper as in
 FSS-1000), or the annotated frames of DAVIS / YouTube-VOS folders (:class:`VideoFolder`). A mask with
 several ids yields one object per sample (single-object pre-training, as STCN); 0/255 masks give the
-foreground; beside other ids, 255 is void (never the object, as the DAVIS evaluation reads it).
+foreground; beside other ids, 255 is void (never the object, as the DAVIS evaluation reads it). A
+grey-scale mask of an image/mask pair that holds 255 and values between (the soft edges of the saliency
+masks STCN pre-trains on: DUTS, ECSSD, HRSOD, BIG) is a foreground map: foreground where it is at least 128,
+as STCN's static_dataset.py reads it (``> 0.5`` of 255), not one object per grey level.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png
@@ -38,6 +42,21 @@ def find_image_mask_pairs(root: str | Path) -> list[tuple[Path, Path]]:
         if mask.is_file():
             pairs.append((image, mask))
     return pairs
+
+
+def read_pair_mask(path: Path) -> np.ndarray:
+    """The mask of an image/mask pair as ids: a palette PNG's indices, a grey-scale one's values, except a
+    grey-scale soft foreground map (255 with values between, a saliency dataset's anti-aliased edges), which
+    becomes 0/255 at 128 (module docstring)."""
+    labels = read_label_png(path)
+    if labels.dtype == np.uint8:
+        values = set(np.unique(labels).tolist()) - {0}
+        if VOID in values and len(values) > 1:
+            with Image.open(path) as image:
+                grey = image.mode == "L"
+            if grey:
+                labels = np.where(labels >= 128, VOID, 0).astype(np.uint8)
+    return labels
 
 
 class StaticSequenceDataset(SeededDataset):
@@ -83,7 +102,7 @@ class StaticSequenceDataset(SeededDataset):
         image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
         if image is None:
             raise UserError(f"cannot read image {image_path}")
-        labels = read_label_png(mask_path)
+        labels = read_pair_mask(mask_path)
         check_mask_size(labels, image.shape, mask_path, image_path)
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), labels
 
