@@ -109,3 +109,20 @@ def test_folder_clips_keep_instance_ids_beyond_255_apart_from_the_background(tmp
     sample = FolderInstanceClips(VideoFolder(tmp_path), size=(H, W), clip_length=4, max_instances=4)[0]
     assert sample["categories"].tolist() == [1, 1, 0, 0]
     assert (sample["masks"][:2].flatten(1).sum(1) > 0).all() and not sample["ignore"].any()
+
+
+def test_json_files_that_are_not_vis_training_annotations_are_refused_with_what_to_give(tmp_path):
+    from vosrt.sdk.errors import UserError
+
+    seq = generate_sequence(3, num_frames=FRAMES, height=H, width=W, num_objects=1, num_distractors=0)
+    names = write_frames(tmp_path / "train" / "JPEGImages" / "vid", seq, ".jpg")
+    # YouTube-VIS valid.json: videos and categories, the annotations kept private
+    (tmp_path / "valid.json").write_text(json.dumps({"categories": [{"id": 1}], "videos": [
+        {"id": 1, "height": H, "width": W, "length": FRAMES, "file_names": [f"vid/{n}" for n in names]}]}))
+    with pytest.raises(UserError, match="no annotations.*train"):
+        VISJsonClips(tmp_path / "valid.json", size=(H, W))
+    # YouTube-VOS train/meta.json: videos keyed by name, objects with categories and frames, no masks
+    (tmp_path / "train" / "meta.json").write_text(json.dumps(
+        {"videos": {"vid": {"objects": {"1": {"category": "cat", "frames": ["000000"]}}}}}))
+    with pytest.raises(UserError, match=r"YouTube-VOS meta\.json.*--data " + str(tmp_path / "train")):
+        VISJsonClips(tmp_path / "train" / "meta.json", size=(H, W))

@@ -160,8 +160,19 @@ class VISJsonClips(SeededDataset):
             data = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise UserError(f"--data {path}: expected a YouTube-VIS / OVIS annotation JSON ({err})") from None
-        if not data.get("videos"):
+        if not isinstance(data, dict) or not data.get("videos"):
             raise UserError(f"--data {path}: no 'videos' in the annotation file")
+        if isinstance(data["videos"], dict):
+            # YouTube-VOS's meta.json: {"videos": {NAME: {"objects": ...}}}, no masks: its folder holds them
+            where = (f"give its folder, --data {path.parent}" if (path.parent / "JPEGImages").is_dir() else
+                     "give the YouTube-VOS folder (the one holding JPEGImages/ and Annotations/)")
+            raise UserError(f"--data {path}: a YouTube-VOS meta.json (videos by name, no masks), not a YouTube-VIS / "
+                            f"OVIS annotation file (videos with file_names, annotations with segmentations); to "
+                            f"train on YouTube-VOS's PNG annotations {where}")
+        if not data.get("annotations"):
+            raise UserError(f"--data {path}: the file has no annotations (YouTube-VIS and OVIS keep those of their "
+                            f"valid and test splits private); train on the train split's file (train.json, or "
+                            f"train/instances.json in YouTube-VIS 2021)")
         first = data["videos"][0]["file_names"][0]
         candidates = [Path(image_root)] if image_root else [path.parent / "JPEGImages", path.parent / "train" / "JPEGImages",
                                                              path.parent / "train", path.parent]
