@@ -140,6 +140,34 @@ def test_youtube_vos_train_layout_divides_the_frame_gap_by_the_annotation_spacin
             assert ((gaps >= 5) & (gaps <= 10)).all(), Recording.read   # at most 10 // 5 annotated frames apart
 
 
+def test_unsupervised_families_read_davis_unsupervised_annotations(tmp_path, davis):
+    # DAVIS 2017 unsupervised ships Annotations_unsupervised/480p beside (or instead of) the semi-supervised
+    # Annotations/480p; davis2017-evaluation and 3DC-Seg's Davis.py read it for the unsupervised task
+    from vosrt.training.recipes import recipe_for
+    from vosrt.training.train import default_config
+    from vosrt.training.validate import validation_folder
+
+    root, sequences = davis
+    shutil.copytree(root, tmp_path / "both")
+    shutil.copytree(root / "JPEGImages", tmp_path / "unsup_only" / "JPEGImages")
+    shutil.copytree(root / "ImageSets", tmp_path / "unsup_only" / "ImageSets")
+    for top in ("both", "unsup_only"):
+        folder = tmp_path / top / "Annotations_unsupervised" / "480p" / "late"
+        folder.mkdir(parents=True)
+        for i, labels in enumerate(sequences["late"].labels):   # one instance where the semi-supervised has three
+            write_label_png(folder / f"{i:05d}.png", (labels > 0).astype(np.uint8))
+    assert VideoFolder(tmp_path / "both", split="train").object_ids("late") == [1, 2, 3]
+    for top in ("both", "unsup_only"):
+        for model in ("stem-seg-lite", "3dc-seg-lite"):
+            config = default_config(model, size=[64, 96])
+            data = recipe_for(model.replace("-lite", "")).build_dataset(config, [tmp_path / top])
+            assert [f.object_ids("late") for f in data.folders] == [[1]], (top, model)
+        assert validation_folder(tmp_path / top, "stem-seg").object_ids("late") == [1]
+    assert validation_folder(tmp_path / "both", "stcn").object_ids("late") == [1, 2, 3]
+    with pytest.raises(UserError, match="Annotations_unsupervised/480p.*no Annotations/480p"):
+        recipe_for("stcn").build_dataset(default_config("stcn-lite"), [tmp_path / "unsup_only"])
+
+
 def test_davis_2016_grey_masks_read_as_foreground(tmp_path, davis):
     root, sequences = davis
     shutil.copytree(root / "JPEGImages", tmp_path / "JPEGImages")

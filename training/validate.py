@@ -32,19 +32,21 @@ def _resolution(model, config) -> tuple[int, int, int]:
     return height, width, int(getattr(model, "size_multiple", 16))
 
 
-def validation_folder(root) -> VideoFolder:
+def validation_folder(root, family: str | None = None) -> VideoFolder:
     """The videos validation scores: the folder's ``val`` split where it lists one (DAVIS 2017's
     ``ImageSets/2017/val.txt``, DAVIS 2016's ``ImageSets/480p/val.txt``), else every annotated video. A
-    DAVIS folder holds its training videos too, and training takes its ``train`` split."""
+    DAVIS folder holds its training videos too, and training takes its ``train`` split. A family not given
+    masks is scored on DAVIS's ``Annotations_unsupervised`` where the folder has them."""
     root = Path(root)
-    return VideoFolder(root, split="val" if split_list(root, "val") is not None else None)
+    task = "unsupervised" if family is not None and not families.get(family).takes_mask else "semi-supervised"
+    return VideoFolder(root, split="val" if split_list(root, "val") is not None else None, task=task)
 
 
 def check_validation(model, config, root) -> None:
     """UserError, before training starts, for what would fail the first validation, after all the steps
     before it: a ``--val`` folder with no annotated videos, a ``val_size`` the model cannot take."""
     try:
-        validation_folder(root)
+        validation_folder(root, config.family)
     except UserError as err:
         raise UserError(f"--val: {err}") from None
     height, width, stride = _resolution(model, config)
@@ -113,7 +115,7 @@ def validate(model, config, root, max_videos: int | None = None, progress: bool 
     """Dataset J, F and J&F of ``model`` on up to ``max_videos`` videos of the DAVIS-layout folder ``root``
     (its ``val`` split where it lists one: :func:`validation_folder`). ``progress``: a bar over their frames
     on stderr (validation on a CPU can take minutes)."""
-    folder = validation_folder(root)
+    folder = validation_folder(root, config.family)
     videos = folder.videos[:max_videos]
     was_training = model.training
     session = session_for(model, config)

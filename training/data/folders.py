@@ -4,7 +4,10 @@ Recognised layouts (``root`` is the folder you downloaded):
 
 - DAVIS 2017 (and vosrt's generated data): ``JPEGImages/480p/NAME/00000.jpg``,
   ``Annotations/480p/NAME/00000.png`` (palette PNGs, pixel = object id), sequence lists in
-  ``ImageSets/2017/SPLIT.txt``.
+  ``ImageSets/2017/SPLIT.txt``. The unsupervised task's annotations (DAVIS 2017/2019 unsupervised) are
+  ``Annotations_unsupervised/480p``: read with ``task="unsupervised"`` (3DC-Seg and STEm-Seg training),
+  where the folder has them, as the DAVIS evaluation (davis2017/davis.py) and 3DC-Seg's
+  datasets/davis/Davis.py read them; ``Annotations`` otherwise.
 - DAVIS 2016: the same folders with grey-scale 0/255 foreground masks; lists in
   ``ImageSets/480p/SPLIT.txt`` whose lines are frame paths (the sequence name is taken from them).
 - YouTube-VOS: ``[SPLIT/]JPEGImages/NAME/*.jpg`` and ``[SPLIT/]Annotations/NAME/*.png``; annotations may
@@ -28,6 +31,8 @@ from vosrt.sdk.masks import read_label_png
 
 
 SPLIT_LIST_DIRS = ("2017", "2016", "480p")   # ImageSets/<dir>/<split>.txt: DAVIS 2017, DAVIS 2016 (both)
+TASKS = ("semi-supervised", "unsupervised")
+UNSUPERVISED_ANNOTATIONS = "Annotations_unsupervised"   # DAVIS 2017/2019 unsupervised task
 
 
 def split_list(root, split: str) -> Path | None:
@@ -46,9 +51,14 @@ class VideoFolder:
     ``split`` selects the videos listed for that split (``ImageSets/2017/SPLIT.txt``, DAVIS 2016's
     ``ImageSets/480p/SPLIT.txt``, or YouTube-VOS's ``SPLIT/`` sub-folder); None takes every video that
     has at least one annotation. ``resolution`` is DAVIS's sub-folder (``480p`` or ``Full-Resolution``).
+    ``task``: ``"semi-supervised"`` reads DAVIS's ``Annotations``, ``"unsupervised"`` its
+    ``Annotations_unsupervised`` where the folder has them (else ``Annotations``: DAVIS 2016, generated data).
     """
 
-    def __init__(self, root: str | Path, split: str | None = None, resolution: str = "480p"):
+    def __init__(self, root: str | Path, split: str | None = None, resolution: str = "480p",
+                 task: str = "semi-supervised"):
+        if task not in TASKS:
+            raise ValueError(f"task: one of {TASKS}, got {task!r}")
         root = Path(root)
         if not root.is_dir():
             raise UserError(f"dataset folder not found: {root}")
@@ -61,7 +71,15 @@ class VideoFolder:
         if (root / "JPEGImages" / resolution).is_dir():
             self.layout = "davis"
             self.image_root = root / "JPEGImages" / resolution
-            self.mask_root = root / "Annotations" / resolution
+            unsupervised = root / UNSUPERVISED_ANNOTATIONS / resolution
+            if task == "unsupervised" and unsupervised.is_dir():
+                self.mask_root = unsupervised
+            else:
+                self.mask_root = root / "Annotations" / resolution
+                if not self.mask_root.is_dir() and unsupervised.is_dir():
+                    raise UserError(f"{root}: holds {UNSUPERVISED_ANNOTATIONS}/{resolution} (the annotations of "
+                                    f"DAVIS's unsupervised task) but no Annotations/{resolution}, which semi-"
+                                    f"supervised training reads (the masks of DAVIS-2017-trainval-{resolution}.zip)")
         elif (root / "JPEGImages").is_dir():
             self.layout = "youtube-vos"
             self.image_root = root / "JPEGImages"

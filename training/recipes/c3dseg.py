@@ -49,7 +49,7 @@ class C3DSegRecipe(Recipe):
             raise UserError(f"--data generated: clips generated on the fly feed stcn main training and stem-seg only; "
                             f"write a dataset with vosrt.sdk.synthetic.generate_dataset for {FAMILY}")
         o = config.options
-        return ForegroundClipDataset(_folders(data), size=tuple(int(s) for s in config.size),
+        return ForegroundClipDataset(_folders(data, task="unsupervised"), size=tuple(int(s) for s in config.size),
                                      clip_length=o.clip_length, max_window=o.max_window, repeat=config.repeat,
                                      seed=config.seed)
 

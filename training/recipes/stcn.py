@@ -38,12 +38,14 @@ class STCNOptions:
     top_k: int = 20                      # validation session
 
 
-def _folders(paths) -> list[VideoFolder]:
+def _folders(paths, task: str = "semi-supervised") -> list[VideoFolder]:
+    """The dataset folders of ``--data`` (their train split where they list one); ``task`` ``"unsupervised"``
+    (3DC-Seg, STEm-Seg) reads DAVIS's ``Annotations_unsupervised`` where a folder has them."""
     folders = []
     for path in paths:
         path = Path(path)
         split = "train" if split_list(path, "train") is not None or (path / "train" / "JPEGImages").is_dir() else None
-        folders.append(VideoFolder(path, split=split))
+        folders.append(VideoFolder(path, split=split, task=task))
     return folders
 
 

@@ -82,7 +82,7 @@ class StemSegRecipe(Recipe):
             return VISJsonClips(sources[0], **common)                       # YouTube-VIS 2019/2021, OVIS
         if len(sources) == 1 and _is_kitti_mots(sources[0]):
             return KittiMOTSClips(sources[0], **common)
-        return FolderInstanceClips(_folders(data), **common)
+        return FolderInstanceClips(_folders(data, task="unsupervised"), **common)
 
     def step_module(self, model, config):
         return StemSegTrainStep(model, config.options.weights)
