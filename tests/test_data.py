@@ -98,6 +98,18 @@ def test_missing_folder_is_a_user_error(tmp_path):
         VideoFolder(tmp_path)
 
 
+def test_a_folder_one_level_off_the_dataset_is_refused_with_the_right_level(tmp_path, davis):
+    root, _ = davis
+    shutil.copytree(root, tmp_path / "DAVIS-2017-trainval-480p" / "DAVIS")   # the zip's top folder
+    for given, right in ((tmp_path / "DAVIS-2017-trainval-480p", tmp_path / "DAVIS-2017-trainval-480p" / "DAVIS"),
+                         (root / "JPEGImages" / "480p", root), (root / "Annotations", root)):
+        with pytest.raises(UserError, match="JPEGImages") as err:
+            VideoFolder(given)
+        hint = str(err.value).rsplit("give ", 1)[1]
+        assert hint in (str(right), str(right.resolve()))
+        assert VideoFolder(hint).videos == ["early", "late"]
+
+
 def test_youtube_vos_layout_with_sparse_annotations(tmp_path, davis):
     root, sequences = davis
     yt = tmp_path / "yt" / "train"

@@ -86,7 +86,7 @@ class VideoFolder:
             self.mask_root = root / "Annotations"
         else:
             raise UserError(f"{root}: expected a DAVIS (JPEGImages/{resolution}/NAME) or YouTube-VOS "
-                            f"(JPEGImages/NAME) folder, found no JPEGImages folder")
+                            f"(JPEGImages/NAME) folder, found no JPEGImages folder{_level_hint(root)}")
         names = sorted(p.name for p in self.image_root.iterdir() if p.is_dir())
         if listed is not None:
             wanted = self._read_split(listed)
@@ -184,6 +184,17 @@ class VideoFolder:
         """All frames of ``video`` and, per frame, its annotation or None where there is none."""
         pairs = list(self.iter_video(video))
         return [frame for frame, _ in pairs], [labels for _, labels in pairs]
+
+
+def _level_hint(root: Path) -> str:
+    """Where the dataset folder is when ``root`` (which has no ``JPEGImages``) is a level above or inside it."""
+    inside = [p for p in sorted(root.iterdir()) if (p / "JPEGImages").is_dir()]
+    if inside:
+        return f"; the dataset folder is one level deeper: give {', or '.join(map(str, inside))}"
+    for parent in list(root.resolve().parents)[:3]:
+        if (parent / "JPEGImages").is_dir():
+            return f"; {root} lies inside the dataset folder: give {parent}"
+    return ""
 
 
 def check_mask_size(labels: np.ndarray, shape: tuple[int, ...], mask_path: Path, image_path: Path) -> None:
