@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from vosrt.sdk.errors import UserError
 from vosrt.sdk.synthetic import generate_dataset, generate_sequence
 from vosrt.training.data.instance_clips import FolderInstanceClips, GeneratedInstanceClips, KittiMOTSClips, VISJsonClips
 from vosrt.training.recipes import recipe_for
@@ -52,27 +53,62 @@ def test_youtube_vis_json_clips_carry_instances_and_their_categories(tmp_path):
 
 def test_kitti_mots_txt_and_png_clips_keep_classes_and_ignore_regions(tmp_path):
     seq = generate_sequence(4, num_frames=FRAMES, height=H, width=W, num_objects=2, num_distractors=0)
-    write_frames(tmp_path / "txt" / "images" / "0002", seq, ".png")
-    write_frames(tmp_path / "png" / "images" / "0002", seq, ".png")
+    write_frames(tmp_path / "txt" / "images" / "0000", seq, ".png")
+    write_frames(tmp_path / "png" / "images" / "0000", seq, ".png")
     lines = []
-    (tmp_path / "png" / "instances" / "0002").mkdir(parents=True)
+    (tmp_path / "png" / "instances" / "0000").mkdir(parents=True)
     for t, labels in enumerate(seq.labels):
         ids = np.zeros((H, W), np.uint16)
         ids[labels == 1] = 1005          # a car
         ids[labels == 2] = 2001          # a pedestrian
         ids[:, :20] = 10000              # ignore strip, wide enough to survive the random crop
-        cv2.imwrite(str(tmp_path / "png" / "instances" / "0002" / f"{t:06d}.png"), ids)
+        cv2.imwrite(str(tmp_path / "png" / "instances" / "0000" / f"{t:06d}.png"), ids)
         for obj in (1005, 2001, 10000):
             if (ids == obj).any():
                 rle = mask_utils.encode(np.asfortranarray((ids == obj).astype(np.uint8)))
                 lines.append(f"{t} {obj} {obj // 1000} {H} {W} {rle['counts'].decode()}")
     (tmp_path / "txt" / "instances_txt").mkdir()
-    (tmp_path / "txt" / "instances_txt" / "0002.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "txt" / "instances_txt" / "0000.txt").write_text("\n".join(lines) + "\n")
     samples = [KittiMOTSClips(tmp_path / kind, size=(H, W), clip_length=4, max_instances=4)[0] for kind in ("txt", "png")]
     for sample in samples:
         assert sample["categories"].tolist() == [1, 2, 0, 0]
         assert sample["ignore"].any() and not (sample["ignore"] & sample["masks"].bool().any(0)).any()
     assert torch.equal(samples[0]["masks"], samples[1]["masks"])
+
+
+def _kitti_folder(root, names):
+    seq = generate_sequence(5, num_frames=FRAMES, height=H, width=W, num_objects=1, num_distractors=0)
+    for name in names:
+        write_frames(root / "images" / name, seq, ".png")
+        (root / "instances" / name).mkdir(parents=True)
+        for t, labels in enumerate(seq.labels):
+            cv2.imwrite(str(root / "instances" / name / f"{t:06d}.png"), (labels > 0).astype(np.uint16) * 1001)
+    return root
+
+
+def test_kitti_mots_trains_on_its_train_split_and_keeps_the_validation_sequences_out(tmp_path, capsys):
+    # Every sequence of KITTI-MOTS's training folder was a training sequence, the 9 of its validation split
+    # (0002, 0006, ... on which STEm-Seg and the MOTS tools evaluate) included.
+    root = _kitti_folder(tmp_path / "kitti", ["0000", "0002", "0005", "0006"])
+    assert KittiMOTSClips(root, size=(H, W), clip_length=4).sequences == ["0000", "0005"]
+    err = capsys.readouterr().err
+    assert "KITTI-MOTS's train split, 2 of its 4 sequences; 0002, 0006 left out (the validation split" in err, err
+    assert KittiMOTSClips(root, size=(H, W), clip_length=4, split="val").sequences == ["0002", "0006"]
+    assert KittiMOTSClips(root, size=(H, W), clip_length=4, split="all").sequences == ["0000", "0002", "0005", "0006"]
+    capsys.readouterr()
+    other = _kitti_folder(tmp_path / "mine", ["cam_a", "cam_b"])   # not KITTI-MOTS's names: taken whole
+    assert KittiMOTSClips(other, size=(H, W), clip_length=4).sequences == ["cam_a", "cam_b"]
+    assert "note" not in capsys.readouterr().err
+    val_only = _kitti_folder(tmp_path / "val", ["0002"])
+    with pytest.raises(UserError, match=r"none of its sequences \(0002\) is in KITTI-MOTS's train split .*kitti_split"):
+        KittiMOTSClips(val_only, size=(H, W), clip_length=4)
+    with pytest.raises(UserError, match="kitti_split: expected 'train', 'val' or 'all', got 'test'"):
+        KittiMOTSClips(root, size=(H, W), clip_length=4, split="test")
+    # the recipe's option reaches it
+    config = default_config("stem-seg-lite", model_overrides=dict(d2conv_heads=[], clip_length=4, fpn_channels=16,
+                            head_channels=[16, 16, 16, 8], norm_groups=4), clip_length=4, size=[80, 80],
+                            kitti_split="all")
+    assert recipe_for("stem-seg").build_dataset(config, [root]).sequences == ["0000", "0002", "0005", "0006"]
 
 
 def test_recipe_picks_the_sampler_from_the_data_and_steps_with_ignore(tmp_path):

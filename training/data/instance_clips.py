@@ -215,15 +215,51 @@ class VISJsonClips(SeededDataset):
         return sample
 
 
+# KITTI-MOTS's annotated sequences: the train / val split of mots_tools' train.seqmap and val.seqmap
+KITTI_MOTS_SPLITS = {"train": tuple(f"{i:04d}" for i in (0, 1, 3, 4, 5, 9, 11, 12, 15, 17, 19, 20)),
+                     "val": tuple(f"{i:04d}" for i in (2, 6, 7, 8, 10, 13, 14, 16, 18))}
+
+
+def kitti_mots_split(root, names: list[str], split: str) -> list[str]:
+    """The sequences of ``names`` (a KITTI-MOTS folder's) that ``split`` takes (:class:`KittiMOTSClips`)."""
+    import sys
+
+    from vosrt.sdk.errors import UserError
+
+    if split not in ("train", "val", "all"):
+        raise UserError(f"kitti_split: expected 'train', 'val' or 'all', got {split!r}")
+    known = set(KITTI_MOTS_SPLITS["train"]) | set(KITTI_MOTS_SPLITS["val"])
+    if split == "all" or not known & set(names):
+        return names
+    chosen = [n for n in names if n in KITTI_MOTS_SPLITS[split]]
+    left = [n for n in names if n not in chosen]
+    how = 'set "kitti_split": "all" under "stem-seg" in a --config file to take every sequence'
+    if not chosen:
+        raise UserError(f"--data {root}: none of its sequences ({', '.join(names[:5])}{' ...' if len(names) > 5 else ''}) "
+                        f"is in KITTI-MOTS's {split} split ({', '.join(KITTI_MOTS_SPLITS[split])}); give the folder "
+                        f"holding them, or {how}")
+    if left:
+        print(f"note: --data {root}: KITTI-MOTS's {split} split, {len(chosen)} of its {len(names)} sequences; "
+              f"{', '.join(left[:9])}{' ...' if len(left) > 9 else ''} left out"
+              + (" (the validation split, kept for evaluation)" if split == "train" else "") + f"; {how}",
+              file=sys.stderr)
+    return chosen
+
+
 class KittiMOTSClips(SeededDataset):
     """Clips from KITTI-MOTS: images ``ROOT/images/<seq>/<frame>.png`` (or the KITTI tracking layout
     ``ROOT/training/image_02/<seq>/``) and annotations as instance PNGs ``ROOT/instances/<seq>/<frame>.png``
     (value = class · 1000 + instance) or ``ROOT/instances_txt/<seq>.txt`` lines ``frame id class height
     width rle``. Class 1 car, 2 pedestrian; id 10000 (class 10) marks ignore regions, which are left out
-    of the losses (``ignore``). Needs pycocotools for the txt format."""
+    of the losses (``ignore``). Needs pycocotools for the txt format.
+
+    ``split``: KITTI-MOTS's 21 annotated sequences are 12 for training and 9 for validation (the split of the
+    MOTS paper's mots_tools ``train.seqmap`` / ``val.seqmap``, which STEm-Seg trains and evaluates on):
+    ``"train"`` (default) and ``"val"`` take theirs where the folder holds KITTI-MOTS's sequence names (a
+    note says which were left out), ``"all"`` every sequence. A folder of other names is taken whole."""
 
     def __init__(self, root, size: tuple[int, int] = (384, 1248), clip_length: int = 8, max_window: int = 8,
-                 max_instances: int = 20, repeat: int = 1, seed: int = 0):
+                 max_instances: int = 20, repeat: int = 1, seed: int = 0, split: str = "train"):
         from pathlib import Path
 
         from vosrt.sdk.errors import UserError
@@ -235,7 +271,7 @@ class KittiMOTSClips(SeededDataset):
         if self.images is None or (self.png_root is None and self.txt_root is None):
             raise UserError(f"--data {root}: expected KITTI-MOTS images/ (or training/image_02/) and instances/ "
                             "or instances_txt/")
-        self.sequences = sorted(p.name for p in self.images.iterdir() if p.is_dir())
+        self.sequences = kitti_mots_split(root, sorted(p.name for p in self.images.iterdir() if p.is_dir()), split)
         self.size, self.clip_length, self.max_window = tuple(size), int(clip_length), int(max_window)
         self.max_instances, self.repeat, self.seed = int(max_instances), int(repeat), int(seed)
         self._txt: dict[str, dict[int, list]] = {}

@@ -19,7 +19,8 @@ KITTI-MOTS inference overlap; its DAVIS one is 6, for 16-frame clips.
 
 Data: ``--data generated`` trains on multi-instance clips generated on the fly; ``--data FILE.json`` on a
 YouTube-VIS 2019/2021 or OVIS annotation file (images beside it); ``--data ROOT`` on KITTI-MOTS when ROOT
-holds ``instances/`` or ``instances_txt/``; otherwise DAVIS-layout folders whose annotations hold
+holds ``instances/`` or ``instances_txt/`` (its train split of 12 sequences by default: option
+``kitti_split``); otherwise DAVIS-layout folders whose annotations hold
 instance ids (DAVIS 2017/2019 unsupervised). Category models (``num_classes`` in ``model_overrides``)
 learn the datasets' category ids. Validation streams the
 videos through the InstanceSegmenter and scores them by the DAVIS unsupervised protocol.
@@ -51,6 +52,7 @@ class StemSegOptions:
     samples_per_epoch: int = 1000         # --data generated: samples per epoch
     clip_overlap: int = 4                 # validation session
     min_seediness: float = 0.8            # validation session
+    kitti_split: str = "train"            # KITTI-MOTS --data: train (its 12 training sequences), val or all
 
 
 class StemSegRecipe(Recipe):
@@ -81,7 +83,7 @@ class StemSegRecipe(Recipe):
         if len(sources) == 1 and sources[0].suffix == ".json":
             return VISJsonClips(sources[0], **common)                       # YouTube-VIS 2019/2021, OVIS
         if len(sources) == 1 and _is_kitti_mots(sources[0]):
-            return KittiMOTSClips(sources[0], **common)
+            return KittiMOTSClips(sources[0], split=o.kitti_split, **common)
         return FolderInstanceClips(_folders(data, task="unsupervised"), **common)
 
     def step_module(self, model, config):
