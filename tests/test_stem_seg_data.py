@@ -104,6 +104,12 @@ def test_kitti_mots_trains_on_its_train_split_and_keeps_the_validation_sequences
         KittiMOTSClips(val_only, size=(H, W), clip_length=4)
     with pytest.raises(UserError, match="kitti_split: expected 'train', 'val' or 'all', got 'test'"):
         KittiMOTSClips(root, size=(H, W), clip_length=4, split="test")
+    # a sequence without annotations is refused naming it (it failed at its first clip, or trained as background)
+    write_frames(root / "images" / "0001", generate_sequence(6, num_frames=FRAMES, height=H, width=W), ".png")
+    with pytest.raises(UserError, match=r"1 sequence\(s\) of .* have no annotations \(0001; expected .*SEQ/\*\.png"):
+        KittiMOTSClips(root, size=(H, W), clip_length=4)
+    import shutil
+    shutil.rmtree(root / "images" / "0001")
     # the recipe's option reaches it
     config = default_config("stem-seg-lite", model_overrides=dict(d2conv_heads=[], clip_length=4, fpn_channels=16,
                             head_channels=[16, 16, 16, 8], norm_groups=4), clip_length=4, size=[80, 80],

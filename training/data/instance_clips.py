@@ -272,6 +272,17 @@ class KittiMOTSClips(SeededDataset):
             raise UserError(f"--data {root}: expected KITTI-MOTS images/ (or training/image_02/) and instances/ "
                             "or instances_txt/")
         self.sequences = kitti_mots_split(root, sorted(p.name for p in self.images.iterdir() if p.is_dir()), split)
+        # a sequence without its annotations failed at its first clip (FileNotFoundError) or, with the PNG
+        # layout, trained as all background
+        unannotated = [seq for seq in self.sequences
+                       if not ((self.png_root is not None and any((self.png_root / seq).glob("*.png")))
+                               or (self.txt_root is not None and (self.txt_root / f"{seq}.txt").is_file()))]
+        if unannotated:
+            where = " or ".join(str(r / ("SEQ/*.png" if r is self.png_root else "SEQ.txt"))
+                                for r in (self.png_root, self.txt_root) if r is not None)
+            raise UserError(f"--data {root}: {len(unannotated)} sequence(s) of {self.images} have no annotations "
+                            f"({', '.join(unannotated[:5])}{' ...' if len(unannotated) > 5 else ''}; expected {where}); "
+                            "add them, or remove those sequences' images")
         self.size, self.clip_length, self.max_window = tuple(size), int(clip_length), int(max_window)
         self.max_instances, self.repeat, self.seed = int(max_instances), int(repeat), int(seed)
         self._txt: dict[str, dict[int, list]] = {}
