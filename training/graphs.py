@@ -26,7 +26,7 @@ from torch import nn
 
 from vosrt.sdk import families
 from vosrt.training.ops import d2conv3d as _d2conv3d_module
-from vosrt.training.ops.aggregate import soft_aggregate
+from vosrt.training.ops.aggregate import soft_aggregate_logits
 from vosrt.training.ops.l2_readout import l2_memory_readout
 
 DEFAULT_TOP_K = 20
@@ -180,7 +180,7 @@ class SegmentGraph(nn.Module):
             readout = l2_memory_readout(mem_key, queries, values, top_k=max(k, 0), scale=self.scale)
         readout = readout.reshape(objects, value_dim, height, width)  # [O, Cv, h, w]
         logits = self.model.segment(readout, f16_thin, f8, f4)  # [O, 1, H, W]
-        prob, _ = soft_aggregate(torch.sigmoid(logits))  # [O+1, 1, H, W]
+        prob, _ = soft_aggregate_logits(logits)  # soft_aggregate(sigmoid(logits)) [O+1, 1, H, W], without its rounding
         labels = torch.argmax(prob, dim=0).to(torch.uint8)  # [1, H, W]
         return prob, labels
 
