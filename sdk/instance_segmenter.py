@@ -25,6 +25,8 @@ previous clip's track map.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from vosrt.sdk.backends.base import Backend
@@ -37,9 +39,9 @@ GRAPH = "embed_clip"
 OUTPUTS = ["embeddings", "bandwidths", "seediness", "foreground", "categories"]
 
 
-def _probability(name: str, value) -> float:
+def _probability(name: str, value, hint: str = "") -> float:
     if not is_number(value) or not 0.0 <= value <= 1.0:
-        raise UserError(f"{name}: expected a probability in [0, 1], got {value!r}")
+        raise UserError(f"{name}: expected a probability in [0, 1], got {value!r}{hint}")
     return float(value)
 
 
@@ -59,8 +61,9 @@ class InstanceSegmenter(ClipSession):
     Settings (defaults from the package manifest): ``overlap`` (frames shared by consecutive clips,
     0 .. L−1), ``min_seediness`` (a seed below it ends the clustering), ``foreground_threshold`` (pixels
     whose foreground probability is above it are clustered), ``max_instances`` (per clip),
-    ``link_iou`` (least IoU on the shared frames for an instance to continue a track). Linking needs
-    shared frames: with ``overlap=0`` every clip starts new tracks.
+    ``link_iou`` (least IoU on the shared frames for an instance to continue a track; 0.1 where the
+    manifest has no ``streaming.link_iou``). Linking needs shared frames: with ``overlap=0`` every clip
+    starts new tracks. A bad value taken from the manifest is refused naming the manifest's setting.
     """
 
     label_dtype = np.uint32
@@ -69,18 +72,24 @@ class InstanceSegmenter(ClipSession):
 
     def __init__(self, backend: Backend, package, overlap: int | None = None, min_seediness: float | None = None,
                  foreground_threshold: float | None = None, max_instances: int | None = None,
-                 link_iou: float = 0.1, color: str = "bgr"):
+                 link_iou: float | None = None, color: str = "bgr"):
         stream = package.streaming
-        self.min_seediness = _probability("min_seediness", stream["min_seediness"] if min_seediness is None
-                                          else min_seediness)
-        self.foreground_threshold = _probability(
-            "foreground_threshold", stream["foreground_threshold"] if foreground_threshold is None
-            else foreground_threshold)
-        max_instances = stream["max_instances"] if max_instances is None else max_instances
+
+        def setting(name: str, asked, default=None):
+            """(name to refuse it by, value, hint): a value the caller did not give is the manifest's, and an
+            error about it names the manifest's setting, not a keyword the caller never passed (as overlap's)."""
+            if asked is not None:
+                return name, asked, ""
+            return (f"{Path(package.path) / 'manifest.json'}: streaming.{name}", stream.get(name, default),
+                    f"; correct it there, or override it with {name}=")
+
+        self.min_seediness = _probability(*setting("min_seediness", min_seediness))
+        self.foreground_threshold = _probability(*setting("foreground_threshold", foreground_threshold))
+        name, max_instances, hint = setting("max_instances", max_instances)
         if not is_whole(max_instances) or max_instances < 1:
-            raise UserError(f"max_instances: expected a positive integer, got {max_instances!r}")
+            raise UserError(f"{name}: expected a positive integer, got {max_instances!r}{hint}")
         self.max_instances = int(max_instances)
-        self.linker = TrackLinker(_probability("link_iou", link_iou))
+        self.linker = TrackLinker(_probability(*setting("link_iou", link_iou, 0.1)))
         super().__init__(backend, package, overlap, color)
 
     def process_clip(self, start: int, last: int) -> None:

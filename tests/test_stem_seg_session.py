@@ -1,5 +1,6 @@
 """STEm-Seg InstanceSegmenter through real ONNX Runtime sessions: emission schedule, stable track ids,
 new ids for new objects, frame-size output, bad input, constant memory, and a real exported package."""
+import json
 import os
 
 import numpy as np
@@ -213,6 +214,35 @@ def test_a_bad_overlap_in_the_manifest_is_refused_naming_the_manifest(tmp_path, 
                                         rf"{overlap}; correct it there, or override it with overlap="):
         vosrt.sdk.load(folder, threads=1)
     assert vosrt.sdk.load(folder, threads=1, overlap=3).overlap == 3
+
+
+@pytest.mark.parametrize("name, value, says", [("min_seediness", 1.5, "a probability in \\[0, 1\\], got 1.5"),
+                                               ("foreground_threshold", -0.2, "a probability in \\[0, 1\\], got -0.2"),
+                                               ("max_instances", 0, "a positive integer, got 0"),
+                                               ("link_iou", 2.0, "a probability in \\[0, 1\\], got 2.0")])
+def test_a_bad_clustering_setting_in_the_manifest_is_refused_naming_the_manifest(tmp_path, name, value, says):
+    # The error said "min_seediness: expected a probability in [0, 1], got 1.5" to a caller who passed no
+    # min_seediness (as overlap's did): it names the manifest's setting and how to override it.
+    folder = colour_embedding_package(tmp_path / "pkg")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["streaming"][name] = value
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=rf"manifest\.json: streaming\.{name}: expected {says}; correct it there, "
+                                        rf"or override it with {name}="):
+        vosrt.sdk.load(folder, threads=1)
+    assert vosrt.sdk.load(folder, threads=1, **{name: 1 if name == "max_instances" else 0.5})
+
+
+def test_the_manifest_s_link_iou_is_the_session_s_default(tmp_path):
+    # The class docstring lists link_iou among the settings that default to the manifest's, but the session
+    # took 0.1 whatever streaming.link_iou said.
+    folder = colour_embedding_package(tmp_path / "pkg")
+    assert vosrt.sdk.load(folder, threads=1).linker.link_iou == 0.1
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["streaming"]["link_iou"] = 0.6
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert vosrt.sdk.load(folder, threads=1).linker.link_iou == 0.6
+    assert vosrt.sdk.load(folder, threads=1, link_iou=0.2).linker.link_iou == 0.2
 
 
 def test_nearest_resize_keeps_ids_and_centres():
