@@ -82,8 +82,9 @@ def __getattr__(name):
         import importlib
         return getattr(importlib.import_module(lazy[name]), name)
     # modules the README names as vosrt.sdk.X after `import vosrt.sdk` (a signal handler's
-    # vosrt.sdk.native_callbacks.hold(signum) must work whichever backend the application opened)
-    if name in ("native_callbacks", "streaming", "masks", "instances"):
+    # vosrt.sdk.native_callbacks.hold(signum) must work whichever backend the application opened; the README's
+    # vosrt.sdk.video.open_source(...) and PngSink sinks, and its vosrt.sdk.instance_metrics.VisWriter / MotsWriter)
+    if name in ("native_callbacks", "streaming", "masks", "instances", "video", "instance_metrics"):
         import importlib
         return importlib.import_module(f"vosrt.sdk.{name}")
     raise AttributeError(f"module 'vosrt.sdk' has no attribute '{name}'")

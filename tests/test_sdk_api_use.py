@@ -95,3 +95,17 @@ def test_masks_keyed_by_anything_but_a_frame_position_are_refused_before_a_frame
         for position in (np.int64(0), 0.0):
             stats = stream(tracker, sequence.frames[:2], masks={position: sequence.labels[0]}, keep_results=True)
             assert stats.results[0].labels.any()
+
+
+@pytest.mark.parametrize("name", ["video", "instance_metrics", "streaming", "masks"])
+def test_the_modules_the_readme_names_as_vosrt_sdk_x_are_there_after_import_vosrt_sdk(name):
+    # The README hands a stream vosrt.sdk.video.open_source(...) and vosrt.sdk.video's PngSink, and names
+    # vosrt.sdk.instance_metrics.VisWriter / MotsWriter as sinks; after `import vosrt.sdk` alone (a fresh
+    # interpreter: this process has imported them already) the first two were AttributeError.
+    import subprocess
+    import sys
+
+    code = (f"import vosrt.sdk; module = vosrt.sdk.{name}; assert module.__name__ == 'vosrt.sdk.{name}'; "
+            "assert not hasattr(vosrt.sdk, 'no_such_module'); import sys; assert 'torch' not in sys.modules")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
