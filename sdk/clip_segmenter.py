@@ -53,9 +53,6 @@ class ClipSegmenter(ClipSession):
     def begin_frame(self, index: int) -> None:
         self._sums[index] = [np.zeros(self.size, np.float32), 0]   # probability sum, clip count
 
-    def drop_frame(self, index: int) -> None:
-        self._sums.pop(index, None)
-
     def process_clip(self, start: int, last: int) -> None:
         prob = self.backend.download(self.backend.run(GRAPH, {"clip": self.clip}, ["prob"])["prob"])
         # prob [1, 1, L, H, W]. The sums are replaced in one update: an interrupt while they are computed
@@ -76,3 +73,11 @@ class ClipSegmenter(ClipSession):
     def _reset_stream(self) -> None:
         super()._reset_stream()
         self._sums: dict[int, list] = {}
+
+    def _snapshot(self) -> tuple:
+        return super()._snapshot(), dict(self._sums)   # the sums' lists are replaced, never changed in place
+
+    def _restore(self, saved: tuple) -> None:
+        base, sums = saved
+        super()._restore(base)
+        self._sums = sums

@@ -7,8 +7,10 @@ exactly once. A frame therefore waits for between ``o`` and ``L - 1`` later fram
 ``L - 1`` frames (worst case).
 
 A push is all-or-nothing: bad input raises UserError before any state changes, and a backend that fails
-while the clip runs (out of memory, a lost device) leaves the session as it was before the call, so the
-same frame can be pushed again and the stream goes on as if the failure had not happened.
+while the clip runs (out of memory, a lost device), or Ctrl-C's KeyboardInterrupt landing anywhere in the
+call (the clip's run, or while its finished frames are made), leaves the session as it was before the call,
+so the same frame can be pushed again and the stream goes on as if the failure had not happened. A flush
+that fails likewise leaves the stream as it was, so calling it again returns every pending frame.
 
 ``flush()`` ends the stream: if frames remain, one last clip over the final L frames (right-aligned; a
 stream shorter than L is padded by repeating its last frame) runs, and every remaining frame is
@@ -61,10 +63,6 @@ class ClipScheduler:
         self.frames_in += 1
         start = index - self.clip_length + 1
         return index, (start if start >= 0 and start % self.hop == 0 else None)
-
-    def undo_add(self) -> None:
-        """Forget the frame of the last :meth:`add` (its clip did not run: the push failed)."""
-        self.frames_in -= 1
 
     def final_clip(self) -> int | None:
         """At the end of the stream: the start of the last (right-aligned) clip, or None when every
@@ -123,28 +121,22 @@ class ClipSession(Session):
         image = check_image(frame, "frame")
         box = self._letterbox(image.shape[:2])
         device_frame = self.backend.upload(box.image(image, self.color)[:, :, None])   # [1, 3, 1, H, W]
-        # The frame is valid. If the clip's run fails, the frame is taken out again (the window's oldest
-        # frame, pushed out by it, goes back): a failure must not shift later indices or leave frames that
-        # no clip covered, which would come out as background.
-        index, start = self.schedule.add()
-        evicted = self._window[0] if len(self._window) == self._window.maxlen else None
-        self._window.append((index, device_frame))
-        self._boxes[index] = box
+        # The frame is valid. If anything fails from here on (the clip's run, or a Ctrl-C while the finished
+        # frames are made), the stream goes back to what it was: a failure must not shift later indices, leave
+        # frames that no clip covered (they would come out as background) or lose frames already marked emitted.
+        saved = self._snapshot()
         try:
+            index, start = self.schedule.add()
+            self._window.append((index, device_frame))
+            self._boxes[index] = box
             self.begin_frame(index)
-            if start is not None:
-                self._run(start)
+            if start is None:
+                return []
+            self._run(start)
+            return self._emit(self.schedule.ran(start))
         except BaseException:
-            self.schedule.undo_add()
-            self._window.pop()
-            if evicted is not None:
-                self._window.appendleft(evicted)
-            del self._boxes[index]
-            self.drop_frame(index)
+            self._restore(saved)
             raise
-        if start is None:
-            return []
-        return self._emit(self.schedule.ran(start))
 
     @serialized
     def flush(self) -> list[SegmentedFrame]:
@@ -152,13 +144,18 @@ class ClipSession(Session):
         self._check_open()
         if self.schedule.frames_in == 0:
             return []
-        start = self.schedule.final_clip()
-        if start is not None:
-            self._run(start)
-            self.schedule.last_clip_start = start
-        out = self._emit(self.schedule.take(self.schedule.frames_in))
-        self._reset_stream()
-        return out
+        saved = self._snapshot()
+        try:
+            start = self.schedule.final_clip()
+            if start is not None:
+                self._run(start)
+                self.schedule.last_clip_start = start
+            out = self._emit(self.schedule.take(self.schedule.frames_in))
+            self._reset_stream()
+            return out
+        except BaseException:   # the pending frames stay pending: a flush called again returns them
+            self._restore(saved)
+            raise
 
     @serialized
     def reset(self) -> None:
@@ -170,15 +167,12 @@ class ClipSession(Session):
     def begin_frame(self, index: int) -> None:
         """A frame entered the window (set up its per-frame accumulators)."""
 
-    def drop_frame(self, index: int) -> None:
-        """Undo :meth:`begin_frame` (the push of frame ``index`` failed)."""
-
     def process_clip(self, start: int, last: int) -> None:
         """The clip buffer holds frames ``start .. start+L-1`` (frames past ``last``, the newest, repeat
-        it): run the family's graph(s) and keep what the pending frames need. Run the graphs and fetch
-        their outputs before changing any state, then change it in one step (or put it back on the way
-        out): if anything raises, Ctrl-C's KeyboardInterrupt included, the push is undone and the same
-        frame pushed again must count the clip once."""
+        it): run the family's graph(s) and keep what the pending frames need. Every state this (or
+        :meth:`begin_frame`, :meth:`finish_frame`) changes must be in :meth:`_snapshot`: if anything raises,
+        Ctrl-C's KeyboardInterrupt included, the session restores it, and the same frame pushed again must
+        count the clip once."""
         raise NotImplementedError
 
     def finish_frame(self, index: int, box: Letterbox) -> SegmentedFrame:
@@ -189,6 +183,21 @@ class ClipSession(Session):
         self.schedule.reset()
         self._window: deque = deque(maxlen=self.clip_length)   # (index, device frame [1, 3, 1, H, W])
         self._boxes: dict[int, Letterbox] = {}
+
+    def _snapshot(self) -> tuple:
+        """The stream's state, for :meth:`_restore` after a push or flush that failed. Subclasses add theirs
+        (containers are copied shallowly: their entries are replaced, never changed in place)."""
+        schedule = self.schedule
+        return (schedule.frames_in, schedule.next_emit, schedule.last_clip_start, tuple(self._window),
+                dict(self._boxes))
+
+    def _restore(self, saved: tuple) -> None:
+        """Go back to a :meth:`_snapshot`."""
+        frames_in, next_emit, last_clip_start, window, boxes = saved
+        self.schedule.frames_in, self.schedule.next_emit, self.schedule.last_clip_start = \
+            frames_in, next_emit, last_clip_start
+        self._window = deque(window, maxlen=self.clip_length)
+        self._boxes = boxes
 
     # ------------------------------------------------------------------ internals
     def _release(self) -> None:

@@ -101,29 +101,22 @@ class InstanceSegmenter(ClipSession):
                          foreground[0, :frames] > self.foreground_threshold, self.min_seediness,
                          self.max_instances)
         shared = 0 if self._clip_stop is None else max(0, self._clip_stop - start)
-        # Linking advances the linker; if anything after it fails (or Ctrl-C lands), the linker goes back,
-        # so the push that runs this clip again links it to the previous clip as the first try would have.
-        before, pending, clip_stop = self.linker.snapshot(), dict(self._pending), self._clip_stop
-        try:
-            tracks = self.linker.link(result.labels, shared)
-            lookup = np.zeros(result.count + 1, np.uint32)
-            objects = {}
-            for instance, track in tracks.items():
-                lookup[instance] = track
-                pixels = result.labels == instance                          # [T, h, w]
-                means = categories[1:, :frames][:, pixels].mean(axis=1)     # per category, background excluded
-                objects[track] = {"score": float(means.max()), "category": int(np.argmax(means)) + 1}
-            track_maps = lookup[result.labels]                              # [T, h, w] uint32
-            finished = {start + t: (track_maps[t], foreground[0, t], objects)   # frames already out stay out
-                        for t in range(max(0, self.schedule.next_emit - start), frames)}
-            # Inside the try: Ctrl-C between these two lines left the linker advanced and the clip's frames
-            # pending, with the previous clip's stop, and the push run again linked the clip twice.
-            self._pending.update(finished)
-            self._clip_stop = last + 1
-        except BaseException:
-            self.linker.restore(before)
-            self._pending, self._clip_stop = pending, clip_stop
-            raise
+        # Linking advances the linker; if anything after it fails (or Ctrl-C lands, even between the last two
+        # lines), the session restores its _snapshot, linker included, so the push that runs this clip again
+        # links it to the previous clip as the first try would have, not to itself.
+        tracks = self.linker.link(result.labels, shared)
+        lookup = np.zeros(result.count + 1, np.uint32)
+        objects = {}
+        for instance, track in tracks.items():
+            lookup[instance] = track
+            pixels = result.labels == instance                          # [T, h, w]
+            means = categories[1:, :frames][:, pixels].mean(axis=1)     # per category, background excluded
+            objects[track] = {"score": float(means.max()), "category": int(np.argmax(means)) + 1}
+        track_maps = lookup[result.labels]                              # [T, h, w] uint32
+        finished = {start + t: (track_maps[t], foreground[0, t], objects)   # frames already out stay out
+                    for t in range(max(0, self.schedule.next_emit - start), frames)}
+        self._pending.update(finished)
+        self._clip_stop = last + 1
 
     def finish_frame(self, index: int, box) -> SegmentedFrame:
         tracks, foreground, objects = self._pending.pop(index)
@@ -143,6 +136,16 @@ class InstanceSegmenter(ClipSession):
         self._clip_stop: int | None = None          # one past the last real frame of the previous clip
         if hasattr(self, "linker"):
             self.linker.new_stream()
+
+    def _snapshot(self) -> tuple:
+        # the pending entries are replaced, never changed in place; the linker's arrays likewise
+        return super()._snapshot(), self.linker.snapshot(), dict(self._pending), self._clip_stop
+
+    def _restore(self, saved: tuple) -> None:
+        base, linker, pending, clip_stop = saved
+        super()._restore(base)
+        self.linker.restore(linker)
+        self._pending, self._clip_stop = pending, clip_stop
 
 
 def _bilinear(prob: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -271,6 +271,44 @@ def test_a_failure_in_a_clip_leaves_the_session_unchanged(clip_package, bad, bad
         np.testing.assert_allclose(a.probability, b.probability, atol=1e-6, err_msg=f"frame {a.index}")
 
 
+def _interrupt_while_finishing(segmenter, frame):
+    # Ctrl-C after clip 0 ran, while its finished frames were made: the frame stayed counted and frames 0..4
+    # were marked emitted, so they never came out and the same frame pushed again became frame 8
+    from vosrt.sdk.clip_segmenter import ClipSegmenter
+
+    with pytest.raises(KeyboardInterrupt), ctrl_c_at(ClipSegmenter.finish_frame, "prob = ") as fired:
+        segmenter.push(frame)
+    assert fired
+
+
+def test_ctrl_c_while_a_push_s_finished_frames_are_made_leaves_the_session_unchanged(clip_package):
+    frames = generate_sequence(3, num_frames=12, height=32, width=32, num_objects=1).frames
+    out, expected = _clip_stream_with_a_bad_push(clip_package, frames, 7, _interrupt_while_finishing)
+    assert [d.index for d in out] == [d.index for d in expected] == list(range(12))
+    for a, b in zip(out, expected):
+        np.testing.assert_allclose(a.probability, b.probability, atol=1e-6, err_msg=f"frame {a.index}")
+
+
+def test_ctrl_c_in_a_flush_keeps_the_pending_frames_for_the_next_flush(clip_package):
+    # The flush's frames were marked emitted before they were made: Ctrl-C there lost them all, and the next
+    # flush returned nothing (the stream was not ended either)
+    from vosrt.sdk.clip_segmenter import ClipSegmenter
+
+    frames = generate_sequence(3, num_frames=10, height=32, width=32, num_objects=1).frames
+    segmenter = vosrt.sdk.load(clip_package, threads=1, color="rgb")
+    reference = vosrt.sdk.load(clip_package, threads=1, color="rgb")
+    out = [d for f in frames for d in segmenter.push(f)]
+    expected = [d for f in frames for d in reference.push(f)] + reference.flush()
+    with pytest.raises(KeyboardInterrupt), ctrl_c_at(ClipSegmenter.finish_frame, "prob = ") as fired:
+        segmenter.flush()
+    assert fired and segmenter.frames_in == 10
+    out += segmenter.flush()
+    assert segmenter.frames_in == 0
+    assert [d.index for d in out] == [d.index for d in expected] == list(range(10))
+    for a, b in zip(out, expected):
+        np.testing.assert_allclose(a.probability, b.probability, atol=1e-6, err_msg=f"frame {a.index}")
+
+
 # An error inside one of ONNX Runtime's Python operators (the plugin form's CPU readout): raising it
 # there would end the process (pybind11 cannot pass it through ONNX Runtime's C++ frames); it is raised
 # by the graph's run instead, the session is unchanged, and the next frame segments as if it had not

@@ -166,6 +166,30 @@ def test_a_failure_in_a_clip_leaves_the_tracks_unchanged(colour_packages, where)
         assert np.array_equal(d.labels == 3, masks["blue"][d.index] if d.index >= 9 else np.zeros((64, 64), bool))
 
 
+@pytest.mark.parametrize("call", ["push", "flush"])
+def test_ctrl_c_while_finished_frames_are_made_loses_no_frame_and_no_track(colour_packages, call):
+    # The frames were marked emitted before they were made: Ctrl-C in between lost them (and, in a push, the
+    # frame stayed counted, so the same frame pushed again came out twice, one index later)
+    frames, masks = scene(14, {"red": (0, 13, 4, 0, 2), "green": (6, 13, 40, 16, 0)})
+    segmenter = vosrt.sdk.load(colour_packages[4], threads=1, color="rgb")
+    out = []
+    for t, frame in enumerate(frames):
+        if t == 11 and call == "push":   # clip 4's push emits frames 4..7
+            with pytest.raises(KeyboardInterrupt), ctrl_c_at(InstanceSegmenter.finish_frame, "present =") as fired:
+                segmenter.push(frame)
+            assert fired and segmenter.frames_in == 11
+        out += segmenter.push(frame)
+    if call == "flush":
+        with pytest.raises(KeyboardInterrupt), ctrl_c_at(InstanceSegmenter.finish_frame, "present =") as fired:
+            segmenter.flush()
+        assert fired and segmenter.frames_in == 14
+    out += segmenter.flush()
+    assert [d.index for d in out] == list(range(14))
+    for d in out:
+        assert np.array_equal(d.labels == 1, masks["red"][d.index])
+        assert np.array_equal(d.labels == 2, masks["green"][d.index] if d.index >= 6 else np.zeros((64, 64), bool))
+
+
 def test_a_closed_session_says_it_is_closed(colour_packages):
     frames, _ = scene(3, {"red": (0, 2, 8, 8, 0)})
     segmenter = vosrt.sdk.load(colour_packages[4], threads=1, color="rgb")
