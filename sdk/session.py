@@ -173,8 +173,9 @@ class Session:
 
     def _refuse_mask(self, mask, objects) -> None:
         if mask is not None or objects is not None:
-            raise UserError(f"mask: {self.package.family} sessions segment without masks (unsupervised); "
-                            f"call push(frame) alone")
+            given = "mask" if mask is not None else "objects"   # the argument the caller passed
+            raise UserError(f"{given}: {self.package.family} sessions segment without masks or objects "
+                            f"(unsupervised); call push(frame) alone")
 
     def _pad_fill(self) -> tuple[float, float, float]:
         """The letterbox padding colour (RGB in [0, 1]): see :attr:`pad_with_mean`."""

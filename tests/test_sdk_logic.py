@@ -1105,10 +1105,10 @@ def test_clip_sessions_refuse_masks_and_objects_and_keep_a_window_of_one_clip(cl
     from vosrt.sdk import UserError
     frames = generate_sequence(9, num_frames=20, height=32, width=32, num_objects=1).frames
     segmenter = vosrt.sdk.load(clip_package, threads=1, color="rgb")
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="^mask: 3dc-seg sessions segment without masks"):
         segmenter.push(frames[0], mask=np.ones((32, 32), np.uint8))
-    with pytest.raises(UserError):
-        segmenter.push(frames[0], objects=[1])
+    with pytest.raises(UserError, match="^objects: 3dc-seg sessions segment without masks or objects"):
+        segmenter.push(frames[0], objects=[1])   # the error named mask, which the caller had not passed
     for frame in frames:
         segmenter.push(frame)
     assert segmenter.frames_in == 20 and len(segmenter._window) == segmenter.clip_length   # device frames held
