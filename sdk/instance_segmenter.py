@@ -22,6 +22,11 @@ models have the single category 1). ``probability`` is the foreground map ``[H, 
 
 Memory is constant on endless streams: per pending frame one label map at 1/4 scale, plus the
 previous clip's track map.
+
+Frames of different sizes may follow one another (each is letterboxed into the model's input on its own),
+but a change of size or aspect ratio moves where the objects land in the model's input: tracks are linked
+by mask overlap on the shared frames, so across such a change they may not match and restart under new
+ids. Call :meth:`reset` where the source changes.
 """
 from __future__ import annotations
 

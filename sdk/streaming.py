@@ -89,7 +89,9 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
     session starts the next stream at frame 0 as after a completed call; with ``flush=False`` it is left as it
     was, the frames pending in it included. A bad argument (``masks`` that is a label map rather than
     ``{0: label map}``, or whose keys are not frame positions, one sink not in a list, a ``max_frames`` that is not a whole number) raises UserError
-    before anything is read, pushed or closed.
+    before anything is read, pushed or closed. A ``session.reset()`` from another thread (a viewer's "reset")
+    starts a new stream at once: the frames pushed before it and not yet finished never come back
+    (``stats.frames`` then counts fewer than ``stats.pushed``).
     """
     sinks = _check_arguments(source, sinks, masks, max_frames, on_result)
     stats = StreamStats()
