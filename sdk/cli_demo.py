@@ -126,16 +126,16 @@ def run(args) -> int:
 
     from vosrt.sdk.progress import Progress
 
+    out = Path(args.out)
+    try:   # before the clip is segmented: an --out that cannot be written failed only after the whole clip ran
+        (out / "masks").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out: cannot create {out / 'masks'}: {err}") from None
     seq = generate_sequence(args.seed, num_objects=3, **clip)
     # a bar on stderr: --frames 600 took half a minute without a word
     predicted, fps = segment_sequence(session, seq.frames, seq.labels[0], progress=Progress(len(seq), "frame"))
     result = metrics.summarize(score(args.family, predicted, seq.labels, "demo"))
 
-    out = Path(args.out)
-    try:
-        (out / "masks").mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"--out: cannot create {out}: {err}") from None
     written = {f"{index:05d}.png" for index in range(len(predicted))}
     earlier = sum(1 for png in (out / "masks").glob("*.png") if png.name not in written)
     if earlier:   # as `vosrt run` says: a longer earlier clip's PNGs stay beside this one's

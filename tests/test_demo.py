@@ -101,3 +101,14 @@ def test_demo_into_the_folder_of_a_longer_run_says_that_its_pngs_stay(tmp_path, 
     assert "note:" not in capsys.readouterr().err
     assert main(["demo", "--out", str(tmp_path), "--frames", "3"]) == 0
     assert f"note: {tmp_path / 'masks'} already holds 2 other PNG(s), of an earlier run" in capsys.readouterr().err
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_clip_is_segmented(tmp_path, capsys):
+    # --out under a file was refused only after the whole clip had streamed (half a minute with --frames 600)
+    pytest.importorskip("tqdm")   # the bar shows whether the clip streamed
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["demo", "--out", str(blocker / "out"), "--frames", "3"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out: cannot create {blocker / 'out' / 'masks'}" in err
+    assert "3/3" not in err and "frame/s" not in err, err   # nothing was segmented
