@@ -147,7 +147,11 @@ def run(args) -> int:
         raise UserError(f"--out: OpenCV cannot write {out / 'overlay.mp4'}")
     try:
         for index, (frame, labels) in enumerate(zip(seq.frames, predicted)):
-            write_label_png(out / "masks" / f"{index:05d}.png", labels)
+            png = out / "masks" / f"{index:05d}.png"
+            try:   # a read-only folder, a full disk, a folder of that name: a traceback, as `vosrt run` says it
+                write_label_png(png, labels)
+            except OSError as err:
+                raise UserError(f"--out: cannot write {png}: {err.strerror or err}") from None
             writer.write(overlay(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), labels))
     finally:
         writer.release()

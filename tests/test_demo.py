@@ -112,3 +112,10 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_clip_is_segmented(t
     err = capsys.readouterr().err
     assert f"--out: cannot create {blocker / 'out' / 'masks'}" in err
     assert "3/3" not in err and "frame/s" not in err, err   # nothing was segmented
+
+
+def test_a_mask_png_that_cannot_be_written_is_one_error_line_naming_it(tmp_path, capsys):
+    # a folder in the way of a PNG (or a read-only masks folder, a full disk) ended the demo with a traceback
+    (tmp_path / "masks" / "00001.png").mkdir(parents=True)
+    assert main(["demo", "--out", str(tmp_path), "--frames", "3"]) == 2
+    assert f"error: --out: cannot write {tmp_path / 'masks' / '00001.png'}: Is a directory" in capsys.readouterr().err
