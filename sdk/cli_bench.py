@@ -173,10 +173,13 @@ def run(args) -> int:
                         f"and --compare {resolved.get('--compare', 'is not given')}; time the "
                         f"checkpoint on torch beside {resolved['--backend']}: `{hint}`, or drop --checkpoint")
     options = _backend_options(args, package, resolved)
-    results = {args.backend: bench(package, args.backend, args.frames, args.warmup, options["--backend"])}
+    # columns are named by the backend that ran (`auto` read "speed-up: auto over torch")
+    first = resolved["--backend"]
+    results = {first: bench(package, args.backend, args.frames, args.warmup, options["--backend"])}
     if args.compare:
         # the same backend twice (a run-to-run check) keeps both columns: keyed by name, the second replaced the first
-        label = args.compare if args.compare != args.backend else f"{args.compare} (2nd)"
+        second = resolved["--compare"]
+        label = second if second != first else f"{second} (2nd)"
         results[label] = bench(package, args.compare, args.frames, args.warmup, options["--compare"])
 
     warmups = sorted({result["warmup"] for result in results.values()})

@@ -144,3 +144,13 @@ def test_a_torch_checkpoint_of_another_network_than_the_package_is_refused(stcn_
     assert "pass the checkpoint the package was exported from" in captured.err
     with pytest.raises(UserError, match=f"holds a 'stcn' model, but {stcn_package} is a 'stcn-lite' package"):
         TorchBackend(load_package(stcn_package), model=build_model("stcn").eval())
+
+
+def test_the_columns_and_the_ratio_name_the_backend_that_ran_not_auto(stcn_package, capsys):
+    # `vosrt bench PKG --compare torch` (the README's command) printed "speed-up: auto over torch"
+    assert main(["bench", str(stcn_package), "--frames", "2", "--warmup", "1", "--compare", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].startswith("  onnxruntime: onnxruntime ")
+    assert out.splitlines()[-1].startswith("speed-up: onnxruntime over torch (torch ms / onnxruntime ms per stage")
+    assert "auto" not in out
+
