@@ -6,7 +6,8 @@ where it happens) and the rest of each frame is reported as host work (letterbox
 bookkeeping). ``--compare torch`` runs the same frames through the torch backend in the same process
 and prints the speed-up of each stage. Both backends' options are checked before either is timed, as far as
 they can be without opening them: ``--device`` applies to both, ``--threads`` to those that run on CPU threads
-(ONNX Runtime, torch; not TensorRT), ``--checkpoint`` to torch.
+(ONNX Runtime, torch; not TensorRT), ``--checkpoint`` to torch. The table of an INT8 package (``vosrt quantize``)
+says so, and its torch column says that it runs the fp32 checkpoint the package was quantized from.
 """
 from __future__ import annotations
 
@@ -183,10 +184,13 @@ def run(args) -> int:
         results[label] = bench(package, args.compare, args.frames, args.warmup, options["--compare"])
 
     warmups = sorted({result["warmup"] for result in results.values()})
-    print(f"{package.variant} {package.height}x{package.width}, {args.frames} frames after "
-          f"{' / '.join(map(str, warmups))} warm-up")
+    # an INT8 package's table read as fp32's, and its torch column runs the fp32 checkpoint it was quantized from
+    int8 = package.quantization is not None
+    print(f"{package.variant} {package.height}x{package.width}{' INT8 (vosrt quantize)' if int8 else ''}, "
+          f"{args.frames} frames after {' / '.join(map(str, warmups))} warm-up")
     for name, result in results.items():
-        print(f"  {name}: {result['describe']}")
+        fp32 = "; fp32: the checkpoint the INT8 package was quantized from" if int8 and name.startswith("torch") else ""
+        print(f"  {name}: {result['describe']}{fp32}")
     names = list(results)
     stages = list(results[names[0]]["stages"])
     width = max(14, *(len(n) + 2 for n in names))

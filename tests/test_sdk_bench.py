@@ -154,3 +154,22 @@ def test_the_columns_and_the_ratio_name_the_backend_that_ran_not_auto(stcn_packa
     assert out.splitlines()[-1].startswith("speed-up: onnxruntime over torch (torch ms / onnxruntime ms per stage")
     assert "auto" not in out
 
+
+def test_an_int8_package_s_table_says_int8_and_that_torch_runs_the_fp32_checkpoint(tmp_path, capsys):
+    # an INT8 package's table read exactly like its fp32 source's, beside a torch column that runs the fp32 network
+    from sdk_packages import tiny_package
+
+    from vosrt.sdk.synthetic import generate_sequence, write_davis
+
+    write_davis(tmp_path, "calib", generate_sequence(11, num_frames=4, height=32, width=32, num_objects=2))
+    int8 = tmp_path / "int8"
+    assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(tmp_path / "JPEGImages" / "480p" / "calib"),
+                 "--out", str(int8), "--frames", "4"]) == 0
+    capsys.readouterr()
+    assert main(["bench", str(int8), "--frames", "2", "--warmup", "1", "--compare", "torch"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert " INT8 (vosrt quantize), 2 frames after 1 warm-up" in lines[0]
+    assert lines[2].startswith("  torch: ") and lines[2].endswith("fp32: the checkpoint the INT8 package was quantized from")
+    assert main(["bench", str(tiny_package("stcn")), "--frames", "2", "--warmup", "1", "--compare", "torch"]) == 0
+    fp32_out = capsys.readouterr().out
+    assert "INT8" not in fp32_out and "fp32" not in fp32_out
