@@ -23,7 +23,8 @@ from vosrt.sdk.errors import UserError
 def add_arguments(parser) -> None:
     """Arguments of ``vosrt bench``."""
     parser.add_argument("package", help="model package folder or a shipped package's name (stcn-lite)")
-    parser.add_argument("--frames", type=int, default=50, help="frames to time (default 50)")
+    parser.add_argument("--frames", type=int, default=50, help="frames to time (default 50; for clip families a multiple of the clip hop, clip length "
+                        "minus overlap, times whole clips)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed frames first (default 5, and at least one clip for clip families: their first "
                         "clip runs only once a clip's frames are in)")
@@ -80,12 +81,15 @@ def bench(package, backend_name: str, frames: int, warmup: int | None, options: 
     if warmup:
         feed(0, warmup, flush=False, desc=f"{backend_name} warm-up")
     timed.times.clear()
+    timed.calls.clear()
     stats = feed(warmup, frames, flush=True, desc=backend_name)
     elapsed = stats.seconds
     stages = {graph: 1000 * seconds / frames for graph, seconds in timed.times.items()}
     stages["host"] = 1000 * elapsed / frames - sum(stages.values())
     stages["total"] = 1000 * elapsed / frames
     result = {"stages": stages, "fps": frames / elapsed, "describe": timed.describe(), "warmup": warmup}
+    if getattr(session, "hop", None):   # clip families: each clip calls each of their graphs once
+        result["clips"], result["hop"] = max(timed.calls.values(), default=0), session.hop
     timed.close()
     return result
 
@@ -205,6 +209,14 @@ def run(args) -> int:
             ratio = values[0] / values[1] if stage == "FPS" else values[1] / values[0]
             line += f"{ratio:9.2f}x" if values[0] > 0 and values[1] > 0 else f"{'-':>10}"
         print(line)
+    clipped = [r for r in results.values() if "clips" in r and r["clips"] * r["hop"] != args.frames]
+    if clipped:
+        # --frames 2 of an 8-frame clip with overlap 3 timed the end-of-stream clip for 2 frames: 2.5x the per-frame
+        # cost of a long stream, without a word
+        clips, hop = clipped[0]["clips"], clipped[0]["hop"]
+        print(f"note: {clips} clip(s) ran in the {args.frames} timed frames, and a long stream runs one every {hop} "
+              f"frames (the end of the stream runs one for the frames left), so the clip graph's ms per frame are "
+              f"{clips * hop / args.frames:.2f}x a long stream's; give --frames a multiple of {hop}")
     if len(names) == 2:
         # which way the ratio goes: with --backend torch --compare onnxruntime it reads 0.4x, torch over onnxruntime
         print(f"speed-up: {names[0]} over {names[1]} ({names[1]} ms / {names[0]} ms per stage, FPS {names[0]} / "

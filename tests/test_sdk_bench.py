@@ -173,3 +173,15 @@ def test_an_int8_package_s_table_says_int8_and_that_torch_runs_the_fp32_checkpoi
     assert main(["bench", str(tiny_package("stcn")), "--frames", "2", "--warmup", "1", "--compare", "torch"]) == 0
     fp32_out = capsys.readouterr().out
     assert "INT8" not in fp32_out and "fp32" not in fp32_out
+
+
+def test_a_clip_family_timed_over_a_part_of_its_hop_says_how_far_its_ms_per_frame_are_off(clip_package, capsys):
+    # --frames 2 of 8-frame clips overlapping by 3 (one clip every 5 frames) timed the end-of-stream clip for 2
+    # frames: 2.5x the clip graph's per-frame cost in a long stream, printed without a word
+    assert main(["bench", str(clip_package), "--frames", "2", "--backend", "onnxruntime"]) == 0
+    out = capsys.readouterr().out
+    assert ("note: 1 clip(s) ran in the 2 timed frames, and a long stream runs one every 5 frames (the end of the "
+            "stream runs one for the frames left), so the clip graph's ms per frame are 2.50x a long stream's; give "
+            "--frames a multiple of 5") in out
+    assert main(["bench", str(clip_package), "--frames", "10", "--backend", "onnxruntime"]) == 0
+    assert "note:" not in capsys.readouterr().out    # 2 clips in 10 frames: a long stream's rate
