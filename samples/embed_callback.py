@@ -45,13 +45,13 @@ def main() -> int:
 
     capture = cv2.VideoCapture(int(args.source) if args.source.isdigit() else args.source)
     if not capture.isOpened():
-        print(f"cannot open {args.source}", file=sys.stderr)
-        return 2
-    print("frame,object,x,y,pixels")
+        raise UserError(f"--source: OpenCV cannot open {args.source} (a camera index, video file or URL)")
+    given = read_label_png(args.mask, "--mask") if args.mask else None   # checked before the CSV starts
     with vosrt.sdk.load(args.package) as session:       # BGR frames, as OpenCV reads them
         if not session.takes_mask:
             raise UserError(f"{args.package} is a {session.package.family} package, which takes no mask; "
                             f"this sample needs an stcn one (samples/unsupervised_stream.py runs mask-free packages)")
+        print("frame,object,x,y,pixels")
         index = 0
         while args.frames is None or index < args.frames:
             ok, frame = capture.read()
@@ -59,8 +59,7 @@ def main() -> int:
                 break
             mask = None
             if index == 0:
-                mask = (read_label_png(args.mask, "--mask") if args.mask else
-                        grabcut_box(frame, args.box).astype(np.uint8))
+                mask = given if given is not None else grabcut_box(frame, args.box).astype(np.uint8)
             for done in session.push(frame, mask):
                 on_segmented(done.index, frame, done.labels)     # per-frame families: the frame just pushed
             index += 1

@@ -31,10 +31,9 @@ def main() -> int:
 
     session = vosrt.sdk.load(args.package)
     if session.takes_mask:
-        print(f"{args.package} is a {session.package.family} package, which needs object masks; "
-              f"give a 3dc-seg package (or try samples/webcam_tracker.py)", file=sys.stderr)
         session.close()
-        return 2
+        raise UserError(f"{args.package} is a {session.package.family} package, which needs object masks; "
+                        f"give a 3dc-seg package (or try samples/webcam_tracker.py)")
     source = open_source(args.source)
     sinks = ([OverlayVideoSink(args.video, fps=source.fps)] if args.video else []) + \
             ([PngSink(args.out)] if args.out else [])

@@ -80,9 +80,8 @@ def main() -> int:
 
     session = vosrt.sdk.load(args.package)
     if not session.takes_mask:
-        print(f"{args.package} is a {session.package.family} package; this sample needs an stcn one", file=sys.stderr)
         session.close()   # an application copying this sample keeps running after the refusal
-        return 2
+        raise UserError(f"{args.package} is a {session.package.family} package; this sample needs an stcn one")
     opened = [open_source(args.source)]        # reopened by the capture thread if a camera drops
     live = opened[0].kind not in ("video", "folder", "davis")
     # a file that stops early (truncated) ends the run: reopened, it played again from the start, for ever

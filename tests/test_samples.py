@@ -288,3 +288,21 @@ def test_bench_stcn_graphs_gives_an_int8_package_no_torch_row(tmp_path):
     manifest["quantization"] = {"method": "onnxruntime static QDQ", "source_package": str(tiny_package("stcn"))}
     (package / "manifest.json").write_text(json.dumps(manifest))
     assert ("torch", "-") not in _configurations(str(package))
+
+
+@pytest.mark.parametrize("name, args", [
+    ("embed_callback.py", ("--source", "missing.mp4", "--box", "10,20,30,40")),     # was "cannot open missing.mp4"
+    ("embed_callback.py", ("--mask", "missing.png")),                               # after the CSV header
+    ("embed_callback.py", ("--box", "10,20,30,40", "--package", "3dc-seg")),        # after the CSV header
+    ("unsupervised_stream.py", ("stcn",)),                                          # a line without "error: "
+    ("webcam_tracker.py", ("--box", "10,20,30,40", "--no-window", "--package", "3dc-seg")),
+])
+def test_each_refusal_is_one_error_line_and_no_output_begun(camera, name, args):
+    folder, video, _ = camera
+    args = [str(tiny_package(a)) if a in ("stcn", "3dc-seg") else a for a in args]
+    source = [] if "--source" in args else ["--source", str(video)]
+    result = run_sample(name, *source, *args, cwd=folder)
+    assert result.returncode == 2 and result.stdout == "", (result.stdout, result.stderr)
+    assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1, result.stderr
+    if "missing.mp4" in args:
+        assert result.stderr.startswith("error: --source: ")
