@@ -96,6 +96,8 @@ def run(args) -> int:
                         f"add --family {session.package.family}")
     clip = dict(CLIP, num_frames=args.frames)
     name = session.package.manifest.get("variant", args.family)
+    if session.package.quantization is not None:   # an INT8 package's scores read as its fp32 source's
+        name += " INT8"
 
     if args.heldout:
         from vosrt.sdk.progress import Progress
