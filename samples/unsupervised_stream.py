@@ -1,11 +1,12 @@
-"""Segment whatever moves in a stream with a 3dc-seg package: no mask, no clicks.
+"""Segment whatever moves in a stream with a 3dc-seg (or stem-seg) package: no mask, no clicks.
 
     python samples/unsupervised_stream.py PKG --source 0 --video moving.mp4
     python samples/unsupervised_stream.py PKG --source clip.mp4 --out masks/
 
 3dc-seg works on clips of 8 frames that overlap; a frame is finished once no later clip covers it, so
 results arrive a few frames behind the camera (`session.latency`) and the end of the stream flushes
-the rest. The loop is vosrt's `stream`, the same one `vosrt run` and `vosrt live` use.
+the rest. A stem-seg package (also mask-free, on clips) separates the moving objects into tracked
+instances: each line then counts them. The loop is vosrt's `stream`, the same one `vosrt run` and `vosrt live` use.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from vosrt.sdk.video import OverlayVideoSink, PngSink, open_source
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("package", help="a 3dc-seg model package")
+    parser.add_argument("package", help="a mask-free model package: 3dc-seg (foreground) or stem-seg (instances)")
     parser.add_argument("--source", default="0", help="camera index, URL, video file or folder (default 0)")
     parser.add_argument("--video", default=None, help="write the frames with the moving objects blended in")
     parser.add_argument("--out", default=None, help="write one palette PNG per frame here")
@@ -33,14 +34,15 @@ def main() -> int:
     if session.takes_mask:
         session.close()
         raise UserError(f"{args.package} is a {session.package.family} package, which needs object masks; "
-                        f"give a 3dc-seg package (or try samples/webcam_tracker.py)")
+                        f"give a 3dc-seg or stem-seg package (or try samples/webcam_tracker.py)")
     source = open_source(args.source)
     sinks = ([OverlayVideoSink(args.video, fps=source.fps)] if args.video else []) + \
             ([PngSink(args.out)] if args.out else [])
 
     def report(done, frame):
         moving = (done.labels > 0).mean()
-        print(f"frame {done.index}: {100 * moving:.1f}% of the picture is moving foreground", flush=True)
+        instances = f", {len(done.objects)} instance(s)" if done.objects is not None else ""   # stem-seg's tracks
+        print(f"frame {done.index}: {100 * moving:.1f}% of the picture is moving foreground{instances}", flush=True)
 
     print(f"{session.package.variant}: results trail the input by up to {session.latency} frames")
     with session:

@@ -109,6 +109,15 @@ def test_unsupervised_stream_segments_every_frame_of_a_3dc_seg_package(camera):
     assert video_frames(folder / "moving.mp4") == len(seq)
 
 
+def test_unsupervised_stream_counts_the_instances_of_a_stem_seg_package(camera):
+    # its help named 3dc-seg only, and a stem-seg run reported its instances as bare foreground
+    folder, video, seq = camera
+    result = run_sample("unsupervised_stream.py", str(tiny_package("stem-seg")), "--source", str(video), cwd=folder)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("frame ")]
+    assert len(lines) == len(seq) and all(" instance(s)" in line for line in lines), lines[:3]
+
+
 def test_unsupervised_stream_refuses_an_stcn_package(camera):
     folder, video, _ = camera
     stcn = Path(__file__).resolve().parents[1] / "sdk" / "models" / "stcn-lite"
