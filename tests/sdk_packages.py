@@ -59,6 +59,24 @@ def tiny_checkpoint(kind: str) -> Path:
     return _ROOT / f"{kind}.pth"
 
 
+def tiny_int8_package() -> Path:
+    """The tiny stcn package quantized by ``vosrt quantize`` on a generated 4-frame clip (made on first use)."""
+    key = ("stcn-int8", ())
+    if key not in _CACHE:
+        from vosrt.cli import main
+        from vosrt.sdk.synthetic import generate_sequence, write_davis
+
+        source = tiny_package("stcn")   # (makes the tests' folder, _ROOT)
+        calib = _ROOT / "calib"
+        write_davis(calib, "calib", generate_sequence(11, num_frames=4, height=32, width=32, num_objects=2))
+        out = _ROOT / "stcn-int8"
+        if main(["quantize", str(source), "--calibrate", str(calib / "JPEGImages" / "480p" / "calib"),
+                 "--out", str(out), "--frames", "4"]) != 0:
+            raise RuntimeError("vosrt quantize of the tiny stcn package failed (see its output above)")
+        _CACHE[key] = out
+    return _CACHE[key]
+
+
 def d2conv_layers(model) -> list:
     """The D²Conv3D layers of ``model``, in module order."""
     return [m for m in model.modules() if hasattr(m, "deform_params") and hasattr(m, "deform_conv")]

@@ -124,14 +124,9 @@ def test_a_mask_png_that_cannot_be_written_is_one_error_line_naming_it(tmp_path,
 def test_the_scores_of_an_int8_package_say_int8(tmp_path, capsys):
     # `vosrt demo --heldout 16 --package PKG_INT8` (the README's command for the INT8 J&F) printed "stcn-lite:",
     # as for the fp32 package it compares with
-    from sdk_packages import tiny_package
+    from sdk_packages import tiny_int8_package, tiny_package
 
-    from vosrt.sdk.synthetic import generate_sequence, write_davis
-
-    write_davis(tmp_path, "calib", generate_sequence(11, num_frames=4, height=32, width=32, num_objects=2))
-    int8 = tmp_path / "int8"
-    assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(tmp_path / "JPEGImages" / "480p" / "calib"),
-                 "--out", str(int8), "--frames", "4"]) == 0
+    int8 = tiny_int8_package()
     capsys.readouterr()
     assert main(["demo", "--heldout", "1", "--frames", "3", "--package", str(int8)]) == 0
     assert capsys.readouterr().out.startswith("stcn-lite INT8: 1 held-out generated clips")

@@ -157,14 +157,9 @@ def test_the_columns_and_the_ratio_name_the_backend_that_ran_not_auto(stcn_packa
 
 def test_an_int8_package_s_table_says_int8_and_that_torch_runs_the_fp32_checkpoint(tmp_path, capsys):
     # an INT8 package's table read exactly like its fp32 source's, beside a torch column that runs the fp32 network
-    from sdk_packages import tiny_package
+    from sdk_packages import tiny_int8_package, tiny_package
 
-    from vosrt.sdk.synthetic import generate_sequence, write_davis
-
-    write_davis(tmp_path, "calib", generate_sequence(11, num_frames=4, height=32, width=32, num_objects=2))
-    int8 = tmp_path / "int8"
-    assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(tmp_path / "JPEGImages" / "480p" / "calib"),
-                 "--out", str(int8), "--frames", "4"]) == 0
+    int8 = tiny_int8_package()
     capsys.readouterr()
     assert main(["bench", str(int8), "--frames", "2", "--warmup", "1", "--compare", "torch"]) == 0
     lines = capsys.readouterr().out.splitlines()
