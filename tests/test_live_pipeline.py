@@ -166,6 +166,20 @@ def test_once_the_page_is_told_the_stream_ended_a_recording_is_refused_and_none_
         assert pipeline.recorded == [] and not pipeline.recording
 
 
+def test_once_the_stream_ended_remove_reset_and_pause_are_refused_not_answered_ok(tmp_path):
+    """They were accepted and did nothing: the removed object stayed listed, reset never came, and "pause"
+    turned the page's button to "resume" on a stream that had ended."""
+    with live_pipeline(tmp_path, frames=8) as (pipeline, seq):
+        pipeline.select_box(bounding_box(seq.labels[0] == 1))
+        wait_for(lambda: pipeline.finished)
+        assert list(pipeline.objects) == [1]
+        for command in (lambda: pipeline.remove(1), pipeline.reset, pipeline.pause, pipeline.resume):
+            with pytest.raises(UserError, match="stream has ended"):
+                command()
+        state = pipeline.state()
+        assert [o["id"] for o in state["objects"]] == [1] and not state["paused"] and state["ended"]
+
+
 def test_the_objects_of_a_stream_with_large_track_ids_cost_what_the_frame_costs(tmp_path):
     # stem-seg track ids count up for as long as a stream runs. The objects shown on the page were counted
     # per possible id (np.bincount up to the largest) and walked in Python: at id 2**20 8 MB and a quarter

@@ -207,6 +207,7 @@ class LivePipeline:
         """Stop tracking ``object_id`` from the next frame."""
         if not self.can_remove:
             raise UserError(f"{self.session.package.family} sessions cannot remove objects; use reset")
+        self._refuse_if_ended("nothing is tracked any more")
         with self._lock:
             if object_id not in self.objects and object_id not in self._applying and \
                     object_id not in [i for i, _ in self._boxes]:
@@ -217,6 +218,7 @@ class LivePipeline:
 
     def reset(self) -> None:
         """Forget every object and the session's state; the stream continues with the next frame."""
+        self._refuse_if_ended("there is nothing left to reset")
         with self._lock:   # the interrupt too: _apply_reset clears both at once, so neither outlives the other
             self._resetting = True
             self._boxes.clear()
@@ -224,10 +226,18 @@ class LivePipeline:
             self.source.interrupt()
 
     def pause(self) -> None:
+        self._refuse_if_ended("there is nothing left to pause")
         self.source.pause()
 
     def resume(self) -> None:
+        self._refuse_if_ended("there is nothing left to play")
         self.source.resume()
+
+    def _refuse_if_ended(self, why: str) -> None:
+        """A command that acts on the stream, once it has ended: answered ``ok`` and done nothing (a removed
+        object stayed listed, "pause" turned the button to "resume"), so refused, saying why."""
+        if self.finished:
+            raise UserError(f"the stream has ended; {why} (restart vosrt live, or use --loop, to go on)")
 
     def stop(self) -> None:
         """End :meth:`run` after the frame in progress; outputs are finished (a recording stays playable)."""
