@@ -194,3 +194,74 @@ def test_a_frame_decoded_after_a_newer_one_is_not_drawn(viewer, browser):
         page.close()
     assert drawn == sorted(drawn) and len(set(drawn)) == len(drawn), drawn   # never back in time
     assert 1 not in drawn, drawn
+
+
+def drawn_while_dragging(page, box) -> int:
+    """Pixels of the selection rectangle on the drawing layer while the mouse is held down over ``box``."""
+    canvas = page.locator("#draw").bounding_box()
+    x, y, w, h = box
+    page.mouse.move(canvas["x"] + x, canvas["y"] + y)
+    page.mouse.down()
+    page.mouse.move(canvas["x"] + x + w, canvas["y"] + y + h, steps=4)
+    drawn = page.evaluate("""() => { const d = document.getElementById('draw');
+                                     const data = d.getContext('2d').getImageData(0, 0, d.width, d.height).data;
+                                     let n = 0; for (let i = 3; i < data.length; i += 4) n += data[i] > 0; return n; }""")
+    page.mouse.up()
+    return drawn
+
+
+def controls(page) -> dict:
+    return page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('aside button')].map(
+                              (b) => [b.id || b.className, b.disabled]))""")
+
+
+def test_an_ended_stream_and_a_stopped_server_are_said_and_offer_nothing_that_cannot_work(browser, tmp_path):
+    # Once a file ended, the page still said "Drag a box", drew the box, and its remove, pause and reset
+    # were answered ok and did nothing; once the server stopped it said only "disconnected".
+    mask, box = desk_video(tmp_path / "short.mp4", frames=20)
+    process, url = start_live([str(PACKAGE), "--source", "short.mp4", "--port", str(free_port()),
+                               "--select", "box:" + ",".join(map(str, box))], cwd=tmp_path)
+    page = browser.new_page()
+    try:
+        page.goto(url)
+        page.wait_for_function("window.vosrt.state() && window.vosrt.state().ended", timeout=30_000)
+        page.wait_for_selector('#objects li[data-id="1"]', timeout=15_000)
+        assert "ended" in page.locator("#hint").inner_text()
+        assert page.locator("#objects button.remove").count() == 0
+        assert controls(page) == {"pause": True, "reset": True, "snapshot": False, "record": True}
+        assert page.locator("#draw").evaluate("e => getComputedStyle(e).cursor") != "crosshair"
+        assert drawn_while_dragging(page, box) == 0
+        assert "stream has ended" in page.locator("#message").inner_text()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0, "".join(process.output)
+        page.wait_for_function("document.getElementById('status').textContent.includes('vosrt live stopped')",
+                               timeout=15_000)
+        assert page.locator("#hint").inner_text() == "not connected"
+        assert all(controls(page).values())      # every button disabled while nothing answers
+    finally:
+        page.close()
+        if process.poll() is None:
+            process.kill()
+
+
+def test_a_mask_free_package_s_page_offers_no_picking(browser, tmp_path):
+    # A 3dc-seg page said "nothing to pick" yet showed a crosshair and drew the dragged box.
+    from sdk_packages import tiny_package
+    from vosrt.sdk.synthetic import generate_sequence, write_video
+
+    write_video(tmp_path / "clip.mp4", generate_sequence(21, num_frames=24, height=64, width=64, num_objects=1))
+    process, url = start_live([str(tiny_package("3dc-seg")), "--source", "clip.mp4", "--realtime", "--loop",
+                               "--port", str(free_port())], cwd=tmp_path)
+    page = browser.new_page()
+    try:
+        page.goto(url)
+        page.wait_for_function("window.vosrt.framesShown() > 0 && window.vosrt.state()", timeout=60_000)
+        assert "automatic segmentation" in page.locator("#hint").inner_text()
+        assert page.locator("#draw").evaluate("e => getComputedStyle(e).cursor") != "crosshair"
+        assert drawn_while_dragging(page, (5, 5, 40, 40)) == 0
+        assert "segment automatically" in page.locator("#message").inner_text()
+        assert controls(page) == {"pause": False, "reset": False, "snapshot": False, "record": False}
+    finally:
+        page.close()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
