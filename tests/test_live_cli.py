@@ -31,7 +31,7 @@ from vosrt.sdk.live.server import is_loopback, serve
 from vosrt.sdk.live.source import LatestFrameSource
 from vosrt.sdk.video import open_source
 
-from live_support import PACKAGE, bounding_box, free_port, http_camera, start_live, vosrt_command
+from live_support import PACKAGE, bounding_box, finish, free_port, http_camera, start_live, vosrt_command, wait_for
 from media import video_frames
 from sdk_packages import tiny_package
 
@@ -358,3 +358,18 @@ def test_an_image_folder_played_with_realtime_and_fps_names_pngs_by_image(tmp_pa
     assert "realtime, newest frame wins" in capsys.readouterr().err
     written = sorted(p.stem for p in (tmp_path / "masks").glob("*.png"))
     assert written and set(written) < {f"shot-{i:03d}" for i in range(40)}     # some dropped
+
+
+def test_the_server_s_terminal_says_when_the_stream_ends_by_itself(tmp_path):
+    # A file that ended (or a source that failed) left the server's terminal silent until Ctrl-C.
+    write_video(tmp_path / "clip.mp4", generate_sequence(15, num_frames=8, height=64, width=96, num_objects=1))
+    process, page = start_live([str(PACKAGE), "--source", "clip.mp4", "--port", str(free_port())], cwd=tmp_path)
+    try:
+        wait_for(lambda: any("the page stays up" in line for line in process.output), timeout=60, interval=0.2)
+        said = next(line for line in process.output if "the page stays up" in line)
+        assert "clip.mp4 ended after 8 frames" in said and "Ctrl-C" in said
+    finally:
+        process.send_signal(signal.SIGINT)
+        output = finish(process)
+    assert process.returncode == 0, output
+    assert output.count("the page stays up") == 1

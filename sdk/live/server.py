@@ -360,6 +360,20 @@ async def serve(pipeline: LivePipeline, host: str = "127.0.0.1", port: int = 876
     thread = pipeline.start()
     if on_ready is not None:
         on_ready(page_urls(host, port, token)[0])
+
+    async def report_end() -> None:
+        """Say so in the terminal when the stream ends by itself (a file's end, a failed source, an error, --frames):
+        the server stays up for the page, and said nothing until Ctrl-C."""
+        await loop.run_in_executor(None, thread.join)
+        if stop.is_set():
+            return
+        if pipeline.error or pipeline.source.ended:
+            why = pipeline.error or pipeline.source.status
+        else:
+            why = f"stopped after {pipeline.frames} frames"
+        print(f"vosrt live: {why}; the page stays up with the last frame (Ctrl-C to stop)", file=sys.stderr, flush=True)
+
+    watcher = asyncio.create_task(report_end())
     try:
         await stop.wait()
     finally:
@@ -372,4 +386,5 @@ async def serve(pipeline: LivePipeline, host: str = "127.0.0.1", port: int = 876
             print("vosrt live: waiting for the frame in progress to finish"
                   + (" (signal again to exit now)" if handled else ""), file=sys.stderr, flush=True)
             await loop.run_in_executor(None, thread.join)
+        await watcher
         await runner.cleanup()
