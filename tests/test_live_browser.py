@@ -265,3 +265,18 @@ def test_a_mask_free_package_s_page_offers_no_picking(browser, tmp_path):
         page.close()
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
+
+
+def test_a_refusal_is_shown_to_the_viewer_that_asked_not_to_the_others(page, viewer, browser):
+    other = browser.new_page()
+    try:
+        other.goto(viewer[1])
+        other.wait_for_function("window.vosrt.framesShown() > 0 && window.vosrt.state()", timeout=30_000)
+        page.evaluate("post('remove', {id: 99})")      # what the page's own buttons call
+        page.wait_for_function("document.getElementById('message').textContent.includes('object 99')", timeout=10_000)
+        frames_after(other, 5)
+        frames_after(page, 5)
+        assert "object 99" in page.locator("#message").inner_text()    # not wiped by the next state
+        assert "object 99" not in other.locator("#message").inner_text()
+    finally:
+        other.close()

@@ -243,8 +243,7 @@ def make_app(pipeline: LivePipeline, token: str | None = None, loopback: bool = 
             raise web.HTTPBadRequest(text="expected a JSON object\n")
         try:
             reply = _command(pipeline, name, body)
-        except UserError as err:
-            pipeline.message = str(err)
+        except UserError as err:   # answered to the page that asked only: the others did not ask
             return web.json_response({"ok": False, "error": str(err)}, status=400)
         return web.json_response({"ok": True, **reply})
 
