@@ -129,6 +129,53 @@ def spatio_temporal_iou(a: list, b: list, mask_utils) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def rle_problem(counts, height: int, width: int) -> str | None:
+    """What is wrong with the COCO RLE ``counts`` of a ``height`` x ``width`` mask (a compressed string or a
+    list of run lengths), or None. pycocotools trusts the runs to cover the mask exactly: runs covering more
+    pixels made its IoU loop without end (an eval that never returned), fewer were scored as some other mask.
+    The compressed form: per run a little-endian series of 5-bit groups in characters '0' + value, bit 0x20
+    continuing it, bit 0x10 of the last the sign; from the fourth run on, the value is added to the run two
+    before."""
+    pixels = height * width
+    if isinstance(counts, list):
+        if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+            return "uncompressed RLE 'counts' must be whole numbers"
+        runs = np.asarray(counts, np.int64)
+    else:
+        if isinstance(counts, str):
+            try:
+                counts = counts.encode("ascii")
+            except UnicodeEncodeError:
+                return "an RLE string holds characters outside '0'..'o'"
+        if not isinstance(counts, bytes):
+            return f"RLE 'counts' must be a string (or a list of run lengths), got {type(counts).__name__}"
+        codes = np.frombuffer(counts, np.uint8).astype(np.int64) - 48
+        if codes.size == 0:
+            return None if pixels == 0 else "empty RLE string"
+        if codes.min() < 0 or codes.max() > 63:
+            return "an RLE string holds characters outside '0'..'o'"
+        ends = np.flatnonzero((codes & 0x20) == 0)        # the last character of each run's value
+        if ends.size == 0 or ends[-1] != codes.size - 1:
+            return "an RLE string ends inside a run length"
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        lengths = ends - starts + 1
+        if lengths.max() > 12:
+            return "an RLE string has a run length too long to be one"
+        shift = 5 * (np.arange(codes.size) - np.repeat(starts, lengths))
+        runs = np.add.reduceat((codes & 0x1f) << shift, starts)
+        runs -= np.where(codes[ends] & 0x10, np.int64(1) << (5 * lengths), 0)   # negative values
+        for first in (1, 2):                              # from the fourth run: differences to the one two before
+            if runs.size > first + 2:
+                runs[first + 2::2] = np.cumsum(runs[first + 2::2]) + runs[first]
+    if runs.size and runs.min() < 0:
+        return "an RLE has a negative run length"
+    total = int(runs.sum())
+    if total != pixels:
+        return (f"its RLE runs cover {total} pixels, but a mask of {width}x{height} has {pixels} (counts encoded "
+                "from a mask of another size?)")
+    return None
+
+
 def _vis_frames(seg_lists: list, what: str, size: tuple[int, int], frames: int | None) -> int:
     """Check one instance's per-frame segmentations (``what`` names it in errors); returns their count."""
     if not isinstance(seg_lists, list):
@@ -150,6 +197,9 @@ def _vis_frames(seg_lists: list, what: str, size: tuple[int, int], frames: int |
         if (height, width) != tuple(size):
             raise UserError(f"{what}, frame {t}: a mask of {width}x{height} pixels, but the video is "
                             f"{size[1]}x{size[0]} (width x height); encode masks at the video's own resolution")
+        problem = rle_problem(seg["counts"], height, width)
+        if problem:
+            raise UserError(f"{what}, frame {t}: {problem}")
     return len(seg_lists)
 
 
@@ -184,8 +234,8 @@ def check_vis_inputs(gt: dict, results: list, gt_name: str = "ground truth", res
             if kind == "result" and (isinstance(entry["score"], bool) or not isinstance(entry["score"], (int, float))):
                 raise UserError(f"{what}: 'score' must be a number, got {entry['score']!r}")
             what = f"{what} (video_id {video!r})"
-            lengths.setdefault(video, _vis_frames(entry["segmentations"], what, sizes[video], None))
-            _vis_frames(entry["segmentations"], what, sizes[video], lengths[video])
+            # without a 'length', the video's first entry gives the number of frames
+            lengths.setdefault(video, _vis_frames(entry["segmentations"], what, sizes[video], lengths.get(video)))
 
 
 def vis_average_precision(gt: dict, results: list, checked: bool = False) -> dict:
@@ -498,6 +548,9 @@ def _read_mots(path: Path, flag: str) -> list[list[str]]:
         if len(fields) != 6 or not all(f.isdigit() for f in fields[:5]) or int(fields[3]) * int(fields[4]) == 0:
             raise UserError(f"{flag} {path}, line {number}: expected 'frame track_id class_id height width rle' "
                             f"(KITTI-MOTS: five whole numbers and a COCO RLE string), got '{line.strip()[:80]}'")
+        problem = rle_problem(fields[5], int(fields[3]), int(fields[4]))
+        if problem:
+            raise UserError(f"{flag} {path}, line {number}: {problem}")
         rows.append(fields)
     return rows
 

@@ -305,3 +305,39 @@ def test_mots_folders_that_do_not_fit_say_what_to_give(tmp_path):
     (tmp_path / "instances" / "0002" / "000000.png").write_bytes(b"")
     with pytest.raises(UserError, match=r"--gt .*instances: no KITTI-MOTS <sequence>.txt files.*instances_txt"):
         mots_metrics(tmp_path / "instances", tmp_path / "tracker_txts")
+
+
+def test_rle_counts_that_do_not_cover_the_mask_are_refused_naming_file_and_line_not_scored_or_hung(tmp_path):
+    # pycocotools trusts an RLE's runs to cover height x width pixels: runs of a smaller mask were scored as some
+    # other mask, and runs of a larger one (a mask encoded at another resolution under the video's 'size') made
+    # its IoU loop without end, so `vosrt eval` never returned
+    from pycocotools import mask as mask_utils
+
+    def counts(mask):
+        return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()
+
+    small, large = counts(A[:20]), counts(np.pad(A, ((0, 40), (0, 0))))
+    gt = {1001: {t: A for t in range(2)}}
+    mots_files(tmp_path / "gt", gt)
+    for name, rle_text, message in (("junk", "!!!!", "characters outside '0'..'o'"),
+                                    ("cut", counts(A)[:-1] + "a", "ends inside a run length"),
+                                    ("small", small, "runs cover 800 pixels, but a mask of 40x40 has 1600"),
+                                    ("large", large, "runs cover 3200 pixels, but a mask of 40x40 has 1600")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "0000.txt").write_text(f"0 5 1 40 40 {counts(A)}\n1 5 1 40 40 {rle_text}\n")
+        with pytest.raises(UserError, match=rf"--pred .*{name}/0000.txt, line 2: .*{message}"):
+            mots_metrics(tmp_path / "gt", tmp_path / name, classes=("car",))
+    video = {"videos": [{"id": 1, "height": 40, "width": 40, "length": 2}], "categories": [{"id": 1}],
+             "annotations": [{"id": 1, "video_id": 1, "category_id": 1, "segmentations": [rle(A)] * 2}]}
+    for rle_counts, message in ((small, "runs cover 800 pixels"), ([700, 1000], "runs cover 1700 pixels"),
+                                ([1600, -4, 4], "negative run length"), (large, "runs cover 3200 pixels")):
+        results = [{"video_id": 1, "category_id": 1, "score": 0.9,
+                    "segmentations": [rle(A), {"size": [40, 40], "counts": rle_counts}]}]
+        with pytest.raises(UserError, match=rf"results: result 0 \(video_id 1\), frame 1: .*{message}"):
+            vis_average_precision(video, results)
+    # well-formed RLEs, compressed and not, of empty, full and partial masks pass
+    full = {"size": [40, 40], "counts": [0, 1600]}
+    results = [{"video_id": 1, "category_id": 1, "score": 0.9, "segmentations": [rle(A), {"size": [40, 40], "counts": [1600]}]},
+               {"video_id": 1, "category_id": 1, "score": 0.5, "segmentations": [full, rle(np.zeros((40, 40), bool))]}]
+    assert vis_average_precision(video, results) == pytest.approx(
+        {"AP": 0.1, "AP50": 1.0, "AP75": 0.0, "AR1": 0.1, "AR10": 0.1})   # IoU 64 / 128 = 0.5: a match at 0.5 only
