@@ -94,10 +94,11 @@ def evaluate_unsupervised_sequence(preds: list[np.ndarray], gts: list[np.ndarray
 
 
 def _rles(segmentations: list, height: int, width: int, mask_utils) -> list:
-    """Per-frame COCO RLEs (None where the instance is absent) from RLEs (compressed or not) or polygons."""
+    """Per-frame COCO RLEs (None where the instance is absent: null, or an empty list of polygons, as the
+    YouTube-VIS API reads any empty entry) from RLEs (compressed or not) or polygons."""
     out = []
     for seg in segmentations:
-        if seg is None:
+        if seg is None or seg == []:
             out.append(None)
         elif isinstance(seg, list):                                   # polygons
             out.append(mask_utils.merge(mask_utils.frPyObjects(seg, height, width)))

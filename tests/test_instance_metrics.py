@@ -341,3 +341,15 @@ def test_rle_counts_that_do_not_cover_the_mask_are_refused_naming_file_and_line_
                {"video_id": 1, "category_id": 1, "score": 0.5, "segmentations": [full, rle(np.zeros((40, 40), bool))]}]
     assert vis_average_precision(video, results) == pytest.approx(
         {"AP": 0.1, "AP50": 1.0, "AP75": 0.0, "AR1": 0.1, "AR10": 0.1})   # IoU 64 / 128 = 0.5: a match at 0.5 only
+
+
+def test_vis_an_empty_list_of_polygons_is_an_absent_frame_as_the_youtube_vis_api_reads_it():
+    # the API's `if a:` / `if d and g` read [] as no mask on that frame; here pycocotools raised an IndexError
+    polygon = [[2, 2, 10, 2, 10, 10, 2, 10]]           # A's square, 8x8 pixels, as a polygon
+    gt = {"videos": [{"id": 1, "height": 40, "width": 40, "length": 3}], "categories": [{"id": 1}],
+          "annotations": [{"id": 1, "video_id": 1, "category_id": 1, "segmentations": [polygon, [], None]}]}
+    results = [{"video_id": 1, "category_id": 1, "score": 0.9, "segmentations": [rle(A), None, []]}]
+    assert vis_average_precision(gt, results) == pytest.approx({"AP": 1.0, "AP50": 1.0, "AP75": 1.0, "AR1": 1.0,
+                                                                "AR10": 1.0})
+    results[0]["segmentations"][1] = rle(A)             # a mask where the ground truth has none: IoU 64 / 128
+    assert vis_average_precision(gt, results)["AP75"] == pytest.approx(0.0)
