@@ -28,6 +28,9 @@ from vosrt.sdk.package import SHIPPED_DIR
 DEMO_SEED = 90210          # the demo clip
 HELDOUT_DATASET_SEED = 2026  # held-out evaluation clips: sequence_seed(HELDOUT_DATASET_SEED, i)
 CLIP = dict(num_frames=60, height=240, width=432)
+# The demo holds a clip whole (frames, truth and results: about 0.5 MB a frame at 240x432) to score it:
+# 2000 frames is about 1 GB; a longer stream is `vosrt run`'s job, which holds none of it.
+MAX_FRAMES = 2000
 
 
 def add_arguments(parser) -> None:
@@ -38,7 +41,7 @@ def add_arguments(parser) -> None:
                                        if f.demo_model) + f" (default {demos[0]})")
     parser.add_argument("--out", default="vosrt-demo", help="output folder (default ./vosrt-demo)")
     parser.add_argument("--seed", type=int, default=DEMO_SEED, help=f"clip seed (default {DEMO_SEED})")
-    parser.add_argument("--frames", type=int, default=CLIP["num_frames"], help=f"clip length in frames (default {CLIP['num_frames']})")
+    parser.add_argument("--frames", type=int, default=CLIP["num_frames"], help=f"clip length in frames, 2 to {MAX_FRAMES} (default {CLIP['num_frames']})")
     parser.add_argument("--package", default=None, help="a model package to use instead of the shipped one")
     parser.add_argument("--heldout", type=int, default=0, metavar="N",
                         help="instead of one clip, score N held-out generated clips and the copy-first-mask "
@@ -82,8 +85,11 @@ def run(args) -> int:
     from vosrt.sdk.synthetic import generate_sequence, sequence_seed
     from vosrt.sdk.video import overlay
 
-    if args.frames < 2:
-        raise UserError(f"--frames: expected at least 2 frames, got {args.frames}")
+    if not 2 <= args.frames <= MAX_FRAMES:
+        raise UserError(f"--frames: expected 2 to {MAX_FRAMES} frames, got {args.frames}" + (
+            f" (the demo keeps the whole clip in memory to score it, about 0.5 MB a frame: {args.frames} would take "
+            f"about {args.frames / 2000:.0f} GB; a long stream is for `vosrt run`, which keeps no clip)"
+            if args.frames > MAX_FRAMES else ""))
     if args.seed < 0:
         raise UserError(f"--seed: expected a whole number >= 0, got {args.seed}")
     if args.heldout < 0:

@@ -52,6 +52,13 @@ def test_demo_rejects_a_too_short_clip(capsys):
     assert "--frames" in capsys.readouterr().err
 
 
+def test_demo_refuses_a_clip_too_long_to_hold_before_generating_it(capsys):
+    # the demo keeps the clip whole (about 0.5 MB a frame): --frames 100000 generated frames until memory ran out
+    assert main(["demo", "--frames", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert "--frames: expected 2 to 2000 frames, got 100000" in err and "about 50 GB" in err and "vosrt run" in err, err
+
+
 def test_demo_with_a_missing_package_says_where_it_looked(tmp_path, capsys):
     assert main(["demo", "--package", str(tmp_path / "nothing")]) == 2
     assert "nothing" in capsys.readouterr().err
