@@ -77,22 +77,6 @@ def tolerance_hint(command: list[str], tolerance: str | None) -> str:
             f"`{shlex.join(command + ['--tolerance', tolerance])}`")
 
 
-def reexport_command(package, out: str, checkpoint=None) -> str:
-    """The `vosrt export` command that writes ``package`` again at ``out`` from ``checkpoint`` (default: the one its
-    manifest records): its variant, size, forms and, for stcn, top_k (the plugin form holds it)."""
-    from vosrt.sdk import families
-
-    ck = checkpoint or package.checkpoint or "CK"
-    command = ["vosrt", "export", package.variant, "--checkpoint", str(ck), "--out", str(out),
-               "--size", str(package.height), str(package.width)]
-    forms = [f for f in ("plugin", "portable") if any(f in g for g in package.manifest.get("graphs", {}).values())]
-    if forms:
-        command += ["--forms", ",".join(forms)]
-    if "top_k" in families.get(package.family).streaming and "top_k" in package.streaming:
-        command += ["--top-k", str(int(package.streaming["top_k"]))]
-    return shlex.join(command)
-
-
 def _refuse_int8_without_tolerance(args: argparse.Namespace) -> None:
     """An INT8 package (``vosrt quantize``) differs from its PyTorch model by quantisation, far beyond the fp32
     tolerance, on random inputs most of all: compared with it, a working package reads "check failed"."""
@@ -144,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"checking {args.package}: portable (and plugin) graphs on ONNX Runtime against PyTorch", file=sys.stderr, flush=True)
     report = check_package(args.package, checkpoint=args.checkpoint, progress=progress)
+    from vosrt.export.trt_build import reexport_command
     from vosrt.sdk.package import load_package
 
     package = load_package(args.package)

@@ -107,16 +107,26 @@ def profile_shapes(package: Package, graph: str, max_objects: int = DEFAULT_MAX_
     return profile
 
 
+def reexport_command(package: Package, out=None, checkpoint=None, forms=None) -> str:
+    """The `vosrt export` command that writes ``package`` again at ``out`` (default: where it is) from
+    ``checkpoint`` (default: the one its manifest records, ``CK`` where it records none), in ``forms`` (default: the
+    forms it holds), at its size and, for a family with a top_k, the package's own: the plugin form holds it as a
+    constant, which the export's default would replace."""
+    forms = forms or [f for f in ("plugin", "portable") if any(f in files for files in package.graphs.values())]
+    command = ["vosrt", "export", package.variant, "--checkpoint", str(checkpoint or package.checkpoint or "CK"),
+               "--out", str(out or package.path), "--size", str(package.height), str(package.width)]
+    if forms:
+        command += ["--forms", ",".join(forms)]
+    if "top_k" in families.get(package.family).streaming and "top_k" in package.streaming:
+        command += ["--top-k", str(int(package.streaming["top_k"]))]
+    return shlex.join(command)
+
+
 def reexport_with_both_forms(package: Package) -> str:
     """How to re-export ``package`` with both ONNX forms: the `vosrt export` command where its checkpoint is known."""
     how = "re-export it from its checkpoint with both forms"
     if package.checkpoint is not None:
-        # the plugin form holds top_k as a constant: the package's own, or the export's default would replace it
-        top_k = package.streaming.get("top_k") if "top_k" in families.get(package.family).streaming else None
-        how += (f": `vosrt export {package.variant} --checkpoint {shlex.quote(str(package.checkpoint))} "
-                f"--out {shlex.quote(str(package.path))} "
-                f"--forms plugin,portable --size {package.height} {package.width}"
-                + (f" --top-k {int(top_k)}" if top_k is not None else "") + "`")
+        how += f": `{reexport_command(package, forms=('plugin', 'portable'))}`"
     return how
 
 
