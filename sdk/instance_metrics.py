@@ -454,7 +454,6 @@ class MotsWriter:
         self.flag = flag
         self.class_id = class_id
         self.frames = 0
-        self.lines_written = 0
         self._file = None       # the hidden file the lines go to, opened with the first frame
         self._partial: Path | None = None
         self._cleanup = None    # removes that file if the writer is dropped without close()
@@ -475,16 +474,15 @@ class MotsWriter:
         except OSError as err:
             self._discard()
             raise UserError(f"{self.flag}: cannot write {self.path}: {err.strerror or err}") from None
-        self.lines_written += len(lines)
         self.frames += 1
 
     def _open(self) -> None:
         import os
-        import tempfile
         import weakref
 
-        handle, name = tempfile.mkstemp(prefix=f".{self.path.stem}.partial-", suffix=".txt", dir=self.path.parent)
-        self._partial = Path(name)
+        from vosrt.sdk.package import partial_file
+
+        handle, self._partial = partial_file(self.path)
         self._file = os.fdopen(handle, "w")
         self._cleanup = weakref.finalize(self, _remove_partial, self._file, self._partial)
 

@@ -183,15 +183,21 @@ def replace_file(path: str | Path, write) -> Path:
     return Path(path)
 
 
-def stage_file(path: str | Path, write) -> Path:
-    """A new temporary file beside ``path`` (``mkstemp``: never an existing file or link) written by
-    ``write(temporary path)``, with the mode ``path`` would get; ``os.replace`` it onto ``path`` when all
-    that belongs together is written. Removed again when ``write`` fails. The name keeps ``path``'s
-    extension last, for writers that choose a format by it."""
+def partial_file(path: str | Path) -> tuple[int, Path]:
+    """(open OS handle, path) of a new hidden file beside ``path`` to be renamed onto it once written:
+    ``.STEM.partial-XXXX.SUFFIX`` (``mkstemp``: never an existing file or link; ``path``'s extension last, for
+    writers that choose a format by it)."""
     path = Path(path)
     handle, name = tempfile.mkstemp(prefix=f".{path.stem}.partial-", suffix=path.suffix, dir=path.parent)
+    return handle, Path(name)
+
+
+def stage_file(path: str | Path, write) -> Path:
+    """A new temporary file beside ``path`` (:func:`partial_file`) written by ``write(temporary path)``, with
+    the mode ``path`` would get; ``os.replace`` it onto ``path`` when all that belongs together is written.
+    Removed again when ``write`` fails."""
+    handle, tmp = partial_file(path)
     os.close(handle)
-    tmp = Path(name)
     try:
         write(tmp)
         os.chmod(tmp, new_file_mode(path))
