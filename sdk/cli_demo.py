@@ -28,8 +28,9 @@ from vosrt.sdk.package import SHIPPED_DIR
 DEMO_SEED = 90210          # the demo clip
 HELDOUT_DATASET_SEED = 2026  # held-out evaluation clips: sequence_seed(HELDOUT_DATASET_SEED, i)
 CLIP = dict(num_frames=60, height=240, width=432)
-# The demo holds a clip whole (frames, truth and results: about 0.5 MB a frame at 240x432) to score it:
-# 2000 frames is about 1 GB; a longer stream is `vosrt run`'s job, which holds none of it.
+# The demo holds a clip whole (frames, truth and results: about FRAME_MB a frame at 240x432) to score it:
+# MAX_FRAMES is about 1 GB; a longer stream is `vosrt run`'s job, which holds none of it.
+FRAME_MB = 0.5
 MAX_FRAMES = 2000
 
 
@@ -87,8 +88,8 @@ def run(args) -> int:
 
     if not 2 <= args.frames <= MAX_FRAMES:
         raise UserError(f"--frames: expected 2 to {MAX_FRAMES} frames, got {args.frames}" + (
-            f" (the demo keeps the whole clip in memory to score it, about 0.5 MB a frame: {args.frames} would take "
-            f"about {args.frames / 2000:.0f} GB; a long stream is for `vosrt run`, which keeps no clip)"
+            f" (the demo keeps the whole clip in memory to score it, about {FRAME_MB} MB a frame: {args.frames} would "
+            f"take about {args.frames * FRAME_MB / 1000:.0f} GB; a long stream is for `vosrt run`, which keeps no clip)"
             if args.frames > MAX_FRAMES else ""))
     if args.seed < 0:
         raise UserError(f"--seed: expected a whole number >= 0, got {args.seed}")
