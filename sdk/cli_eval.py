@@ -204,16 +204,28 @@ def _check_predictions(pred_root: Path, gt_root: Path, gt_seqs: dict, pred_seqs:
         raise UserError(message)
     absent = []
     for name, gt_files in gt_frames.items():
-        # the first and last frames may be unscored (given; DAVIS leaves the last out): see above
-        first = 0 if unsupervised else 1
-        last = len(gt_files) if unsupervised or not skip_first_last or len(gt_files) <= 2 else len(gt_files) - 1
-        predicted = [(_prediction_of(pred_seqs[name], f), f) for f in gt_files[first:last]]
+        # the frames unscored with objects entering late or without (which the masks decide): see above
+        maybe = (_unscored_frames(len(gt_files), skip_first_last, unsupervised, entering=True)
+                 | _unscored_frames(len(gt_files), skip_first_last, unsupervised, entering=False))
+        predicted = [(_prediction_of(pred_seqs[name], f), f) for t, f in enumerate(gt_files) if t not in maybe]
         absent += [(pred_file, f) for pred_file, f in predicted if not pred_file.is_file()]
     if absent:
         pred_file, gt_file = absent[0]
         raise UserError(f"--pred: missing {pred_file} (ground truth has {gt_file})"
                         + (f" and {len(absent) - 1} more predicted PNG(s) of scored frames" if len(absent) > 1 else "")
                         + "; every ground-truth frame that is scored needs a predicted PNG of the same name")
+
+
+def _unscored_frames(count: int, skip_first_last: bool, unsupervised: bool, entering: bool) -> set[int]:
+    """The frames of a sequence of ``count`` that no object is scored on, which need no prediction (a missing one
+    is read as empty), as davis2017-evaluation reads none for the first (given) and last frames of the
+    semi-supervised task. ``entering``: objects first annotated after the first frame, each scored on the frames
+    after the one that gives it."""
+    if unsupervised:
+        return set()
+    if entering:
+        return {0}
+    return {0, count - 1} if skip_first_last and count > 2 else set()
 
 
 def evaluate_folders(pred_root: Path, gt_root: Path, skip_first_last: bool = True, unsupervised: bool = False,
@@ -266,14 +278,7 @@ def _evaluate(gt_root: Path, pred_seqs: dict, skip_first_last: bool, unsupervise
             gts = [one_object(gt) for gt in gts]
         entering = set() if unsupervised else ({int(i) for gt in gts for i in np.unique(gt) if i and i != VOID}
                                                - set(np.unique(gts[0]).tolist()))
-        # frames no object is scored on need no prediction, as davis2017-evaluation reads none for the first
-        # (given) and last frames of the semi-supervised task: a missing one is read as empty
-        if unsupervised:
-            unscored = set()
-        elif entering:
-            unscored = {0}      # every object is scored after the frame that gives it
-        else:
-            unscored = {0, len(gts) - 1} if skip_first_last and len(gts) > 2 else set()
+        unscored = _unscored_frames(len(gts), skip_first_last, unsupervised, bool(entering))
         preds = []
         for t, (gt_file, gt) in enumerate(zip(gt_files, gts)):
             pred_file = _prediction_of(pred_seqs[name], gt_file)
