@@ -14,7 +14,6 @@ import math
 import os
 import shlex
 import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -29,7 +28,7 @@ from vosrt.sdk import families
 from vosrt.sdk.backends.onnxruntime import session_options
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.package import (FORMAT_VERSION, FORMS, compare, file_sha256, load_package, stage_file,
-                                 write_manifest)
+                                 writable_folder, write_manifest)
 from vosrt.sdk.progress import Reporter as Progress
 from vosrt.sdk.progress import say as _say
 from vosrt.training import graphs as graph_modules
@@ -97,19 +96,6 @@ def _check_top_k_fits_forms(streaming: dict, forms: list[str]) -> None:
                         f"vosrt's CPU operators) reads at most {MAX_TOP_K} memory entries per query, or all of them "
                         f"with top_k 0; give --top-k {MAX_TOP_K} or less, --top-k 0 to read all, or export the "
                         f"portable form alone (--forms portable), whose TopK takes any top_k")
-
-
-def _prepare_out_dir(out_dir: Path) -> None:
-    if out_dir.is_file():   # mkdir said only "[Errno 17] File exists"
-        raise UserError(f"--out {out_dir} is a file, not a folder: the package is a folder of files; give a folder "
-                        f"that does not exist yet (it is created) or an earlier package of this model")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as err:
-        raise UserError(f"cannot write the package to {out_dir}: {err.strerror or err}; "
-                        f"choose a writable --out folder") from None
 
 
 def _refuse_another_package(out_dir: Path, family) -> None:
@@ -379,7 +365,8 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
                         f"that file instead (`{shlex.join(['vosrt', 'export', name, '--checkpoint', str(weights), '--out', str(out_dir)])} "
                         f"--size {height} {width}`), or move it away, or give another --out folder")
     created = not out_dir.exists()
-    _prepare_out_dir(out_dir)
+    writable_folder(out_dir, "--out", "a folder you can write for the package (created if missing), or an "
+                    "earlier package of this model")
     try:
         return _export_into(out_dir, name, family, checkpoint, height, width, forms, random_weights, streaming,
                             check, progress)

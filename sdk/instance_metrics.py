@@ -35,6 +35,7 @@ from vosrt.sdk.errors import UserError, install_command
 from vosrt.sdk.instances import hungarian
 from vosrt.sdk.metrics import (BOUNDARY_TOLERANCE, VOID, ObjectScore, boundary_measure, first_frame_objects,
                                 region_similarity)
+from vosrt.sdk.package import writable_folder
 
 MAX_PROPOSALS = 20
 
@@ -311,19 +312,9 @@ def _output_file(path, flag: str, suffix: str) -> Path:
         raise UserError(f"{flag}: {path}: give a {suffix} file name")
     if path.is_dir():
         raise UserError(f"{flag}: {path} is a folder; give a {suffix} file name")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{flag}: cannot create folder {path.parent}: {err.strerror or err}") from None
     # The file is written when the stream ends (one rename from a file beside it): a folder that takes no new
-    # file (read-only, no permission, a pseudo file system) is refused now, not after the whole run.
-    import tempfile
-    try:
-        with tempfile.NamedTemporaryFile(prefix=f".{path.stem}.probe-", dir=path.parent):
-            pass
-    except OSError as err:
-        raise UserError(f"{flag}: cannot write files in {path.parent} ({err.strerror or err}); give a "
-                        f"{suffix} file in a folder you can write") from None
+    # file is refused now, not after the whole run.
+    writable_folder(path.parent, flag, f"a {suffix} file in a folder you can write")
     return path
 
 

@@ -192,6 +192,26 @@ def partial_file(path: str | Path) -> tuple[int, Path]:
     return handle, Path(name)
 
 
+def writable_folder(folder: str | Path, flag: str, give: str) -> Path:
+    """``folder`` made (with its parents) and checked to take new files, before the work whose results go there:
+    a file in its place, a folder that cannot be made, or one that takes no new file (read-only, no permission, a
+    pseudo file system like /proc) is a UserError naming ``flag`` and saying what to ``give`` instead (e.g. "a
+    folder you can write")."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():   # mkdir said only "[Errno 17] File exists"
+        raise UserError(f"{flag} {folder} is a file, not a folder; give {give}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{flag}: cannot create folder {folder} ({err.strerror or err}); give {give}") from None
+    try:
+        with tempfile.TemporaryFile(prefix=".probe-", dir=folder):
+            pass
+    except OSError as err:
+        raise UserError(f"{flag}: cannot write files in {folder} ({err.strerror or err}); give {give}") from None
+    return folder
+
+
 def stage_file(path: str | Path, write) -> Path:
     """A new temporary file beside ``path`` (:func:`partial_file`) written by ``write(temporary path)``, with
     the mode ``path`` would get; ``os.replace`` it onto ``path`` when all that belongs together is written.

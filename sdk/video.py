@@ -23,6 +23,7 @@ import numpy as np
 from vosrt.sdk.errors import UserError, is_number
 from vosrt.sdk.letterbox import check_color
 from vosrt.sdk.masks import label_colours, read_label_png, write_label_png
+from vosrt.sdk.package import writable_folder
 
 MIN_FRAME_SIDE = 2          # smaller frames are skipped (check_image refuses them)
 MAX_FAILED_READS = 25       # undecodable frames in a row after which a video file counts as ended
@@ -331,14 +332,8 @@ class PngSink:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        if self.folder.exists() and not self.folder.is_dir():
-            raise UserError(f"--out {self.folder} is a file, not a folder; give a folder for the PNGs (created if "
-                            "missing)")
         self._created = not self.folder.exists()   # removed again by discard() when no PNG went into it
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserError(f"--out: cannot create folder {self.folder}: {err.strerror or err}") from None
+        writable_folder(self.folder, "--out", "a folder you can write for the PNGs (created if missing)")
         self.written = 0
 
     def __call__(self, index: int, name: str, frame: np.ndarray, labels: np.ndarray) -> None:

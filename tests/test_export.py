@@ -509,7 +509,7 @@ def test_vosrt_export_refuses_a_top_k_the_plugin_form_cannot_read_with(tmp_path,
 def test_unwritable_output_folder_is_an_error(tmp_path, lite_checkpoint):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(UserError, match="cannot write the package"):
+    with pytest.raises(UserError, match="--out: cannot create folder"):
         export_package("stcn-lite", lite_checkpoint, blocker / "pkg", 64, 96)
 
 

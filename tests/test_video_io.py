@@ -105,6 +105,19 @@ def test_png_sink_stopped_between_the_write_and_the_rename_leaves_no_partial_fil
     assert list((tmp_path / "out").iterdir()) == [] and sink.written == 0
 
 
+def test_png_sink_refuses_a_folder_that_takes_no_file_before_the_first_frame(tmp_path):
+    # A folder that takes no new file (here /proc, a pseudo file system) was found only at the first frame's PNG,
+    # after the model had loaded and the first frame had been segmented; it is refused where the sink is made, as
+    # vosrt export's --out and vosrt run's --vis/--mots are (one probe, vosrt.sdk.package.writable_folder).
+    from vosrt.sdk.errors import UserError
+
+    with pytest.raises(UserError, match="--out: cannot write files in /proc"):
+        PngSink("/proc")
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        PngSink(tmp_path / "file")
+
+
 def test_overlay_video_sink_writes_a_video_opencv_reads_back(sequence, tmp_path):
     sink = OverlayVideoSink(tmp_path / "overlay.mp4", fps=10)
     for i, (frame, labels) in enumerate(zip(sequence.frames, sequence.labels)):
