@@ -27,8 +27,8 @@ from vosrt.export import onnx_ops
 from vosrt.sdk import families
 from vosrt.sdk.backends.onnxruntime import session_options
 from vosrt.sdk.errors import UserError
-from vosrt.sdk.package import (FORMAT_VERSION, FORMS, compare, file_sha256, load_package, stage_file,
-                                 writable_folder, write_manifest)
+from vosrt.sdk.package import (FORMAT_VERSION, FORMS, compare, file_sha256, held_manifest, load_package,
+                                 refuse_replacing, stage_file, writable_folder, write_manifest)
 from vosrt.sdk.progress import Reporter as Progress
 from vosrt.sdk.progress import say as _say
 from vosrt.training import graphs as graph_modules
@@ -100,25 +100,11 @@ def _check_top_k_fits_forms(streaming: dict, forms: list[str]) -> None:
 
 def _refuse_another_package(out_dir: Path, family) -> None:
     """UserError where ``out_dir`` holds a package that an export of a ``family`` model must not replace: one of
-    another family, or an INT8 package (vosrt quantize). An export into a package replaces its manifest and removes
-    the graphs it listed, so a mistyped --out lost another model's package without a word. A package of the same
-    family is replaced (re-exporting a package is how it gets new weights, another size or top_k)."""
-    try:
-        held = json.loads((out_dir / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return
-    if not isinstance(held, dict):
-        return
-    other = held.get("family")
-    kind = None
-    if isinstance(other, str) and other != family.name:
-        kind = f"a {other} package" + (f" ({held['variant']})" if isinstance(held.get("variant"), str) else "")
-    elif held.get("quantization"):
-        kind = "an INT8 package (vosrt quantize)"
-    if kind:
-        raise UserError(f"--out {out_dir} holds {kind}; exporting a {family.name} model there would replace it (its "
-                        f"manifest and graphs would be removed). Give another --out folder, or remove that package "
-                        f"first if it is no longer wanted (`rm -r {shlex.quote(str(out_dir))}`)")
+    another family, or an INT8 package (vosrt quantize). A package of the same family is replaced (re-exporting a
+    package is how it gets new weights, another size or top_k), and so is one whose manifest cannot be read."""
+    held = held_manifest(out_dir)
+    if held and (held.get("quantization") or (isinstance(held.get("family"), str) and held["family"] != family.name)):
+        refuse_replacing(out_dir, held, f"exporting a {family.name} model")
 
 
 def resolve_model(name: str, checkpoint: str | Path | None, random_weights: bool = False):

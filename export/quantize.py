@@ -32,7 +32,7 @@ import onnx
 
 from vosrt.sdk.backends.base import Backend, DelegatingBackend
 from vosrt.sdk.errors import UserError
-from vosrt.sdk.package import write_manifest
+from vosrt.sdk.package import held_manifest, refuse_replacing, write_manifest
 from vosrt.sdk.progress import Progress
 
 # Calibration samples kept per graph (the first ones seen): enough for min/max ranges.
@@ -185,26 +185,6 @@ def _uncalibrated_conv_tensors(graph: Path, calibration_table: Path) -> list[str
     return sorted(t for t in tensors if t not in table)
 
 
-def _refuse_an_out_holding_another_package(out_dir: Path) -> None:
-    """UserError when ``out_dir`` holds a model package that `vosrt quantize` did not write (an fp32 one): the INT8
-    package's manifest would replace its manifest, and its graphs (and engines) would no longer be a package.
-    An earlier INT8 package there is replaced, as a rerun expects."""
-    from vosrt.sdk.package import read_manifest
-
-    if not (out_dir / "manifest.json").is_file():
-        return
-    try:
-        manifest = read_manifest(out_dir)[1]
-    except UserError:
-        manifest = {}
-    if manifest.get("quantization") is not None:
-        return
-    what = (f"a {manifest['variant']} model package" if isinstance(manifest.get("variant"), str)
-            else "a model package")
-    raise UserError(f"--out {out_dir} holds {what} (manifest.json) that `vosrt quantize` did not write; the INT8 "
-                    f"package would replace its manifest: choose another --out folder")
-
-
 def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | None, out_dir: str | Path,
                      source_name: str = "", color: str = "bgr", mask_name: str = "",
                      progress: Callable[[str], None] | None = None) -> Path:
@@ -216,7 +196,9 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
         raise UserError(f"--out {out_dir} is the source package; choose another folder")
     if out_dir.exists() and not out_dir.is_dir():   # said before calibrating, not after it
         raise UserError(f"--out {out_dir} is a file; give a folder for the INT8 package")
-    _refuse_an_out_holding_another_package(out_dir)
+    held = held_manifest(out_dir)
+    if held is not None and not held.get("quantization"):   # an fp32 package, or one that cannot be read
+        refuse_replacing(out_dir, held, "writing the INT8 package")
     if not frames:
         raise UserError("the calibration source gave no frames")
     quantization = src.quantization

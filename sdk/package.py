@@ -9,6 +9,7 @@ import hashlib
 import math
 import json
 import os
+import shlex
 import stat
 import tempfile
 from dataclasses import dataclass, field
@@ -161,6 +162,30 @@ def read_manifest(path: str | Path) -> tuple[Path, dict]:
     if not isinstance(manifest, dict):
         raise UserError(f"{manifest_path}: expected a JSON object, got {type(manifest).__name__}")
     return path, manifest
+
+
+def held_manifest(folder: Path) -> dict | None:
+    """The manifest of the package an output ``folder`` already holds: None where it has no manifest.json, {}
+    where that file is not a manifest that can be read (a package broken or not vosrt's)."""
+    if not (folder / "manifest.json").is_file():
+        return None
+    try:
+        return read_manifest(folder)[1]
+    except UserError:
+        return {}
+
+
+def refuse_replacing(folder: Path, held: dict, doing: str) -> None:
+    """UserError for an --out ``folder`` holding the package ``held`` (its manifest) that ``doing`` ("exporting a
+    stcn model", "writing the INT8 package") must not replace: its manifest would be replaced and its graphs no
+    longer be a package, so a mistyped --out lost another model's package without a word."""
+    family, variant = held.get("family"), held.get("variant")
+    words = (["INT8"] if held.get("quantization") else []) + ([family] if isinstance(family, str) else [])
+    kind = ("an " if words[:1] == ["INT8"] else "a ") + " ".join([*words, "package"])
+    if isinstance(variant, str):
+        kind += f" ({variant})"
+    raise UserError(f"--out {folder} holds {kind}; {doing} there would replace it. Give another --out folder, or "
+                    f"remove that package first if it is no longer wanted (`rm -r {shlex.quote(str(folder))}`)")
 
 
 def write_manifest(folder: str | Path, manifest: dict) -> Path:

@@ -803,7 +803,7 @@ def test_vosrt_export_into_another_family_s_or_an_int8_package_is_refused_and_le
     assert main(["export", "stcn-lite", "--checkpoint", str(lite_checkpoint), "--out", str(folder),
                  "--size", "32", "32"]) == 2
     err = capsys.readouterr().err
-    what = "a 3dc-seg package (3dc-seg-lite)" if held == "3dc-seg" else "an INT8 package (vosrt quantize)"
+    what = "a 3dc-seg package (3dc-seg-lite)" if held == "3dc-seg" else "an INT8 stcn package (stcn-lite)"
     assert f"--out {folder} holds {what}; exporting a stcn model there would replace it" in err, err
     assert "Give another --out folder" in err and f"`rm -r {folder}`" in err
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
