@@ -83,7 +83,7 @@ def _check_top_k_fits_forms(streaming: dict, forms: list[str]) -> None:
     plugin and vosrt's CPU operators) reads at most MAX_TOP_K entries per query, or all of them (0); a larger
     top_k was exported and checked (on a memory smaller than it) and then failed at run time once the memory
     held more entries, and TensorRT refuses the node. The portable form's TopK takes any int64."""
-    from vosrt.sdk.cpu_ops import MAX_TOP_K
+    from vosrt.sdk.cpu_ops import MAX_TOP_K, reads_top_k
 
     top_k = streaming.get("top_k")
     if top_k is None:
@@ -91,7 +91,7 @@ def _check_top_k_fits_forms(streaming: dict, forms: list[str]) -> None:
     if top_k >= 2**63:
         raise UserError(f"top_k (--top-k) {top_k}: too large for the graphs' int64; give at most {MAX_TOP_K}, "
                         f"or 0 to read all memory entries")
-    if "plugin" in forms and top_k > MAX_TOP_K:
+    if "plugin" in forms and not reads_top_k(top_k):
         raise UserError(f"top_k (--top-k) {top_k}: the plugin form's L2MemoryReadout (the TensorRT plugin and "
                         f"vosrt's CPU operators) reads at most {MAX_TOP_K} memory entries per query, or all of them "
                         f"with top_k 0; give --top-k {MAX_TOP_K} or less, --top-k 0 to read all, or export the "

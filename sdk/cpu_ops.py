@@ -216,7 +216,7 @@ class CpuOps:
         out = np.empty((mem_key.shape[0], mem_value.shape[1], query_key.shape[2]), dtype=np.float32)
         if out.size == 0:
             return out
-        if MAX_TOP_K < top_k < mem_key.shape[2]:
+        if not reads_top_k(top_k, mem_key.shape[2]):
             raise KernelError(f"{where}: top_k {top_k} is not supported: at most {MAX_TOP_K}, or 0 (or >= N = "
                               f"{mem_key.shape[2]}) for all memory entries")
         params = l2_readout_params(mem_key.shape, query_key.shape[2], mem_value.shape[1], top_k, scale)
@@ -237,6 +237,14 @@ class CpuOps:
 
 INT_MAX = 2**31 - 1
 MAX_TOP_K = 64  # VOSRT_L2_READOUT_MAX_TOP_K (plugins/kernels/include/vosrt_kernels.h)
+
+
+def reads_top_k(top_k: int, entries: int | None = None) -> bool:
+    """Whether the plugin form's L2MemoryReadout (vosrt's CPU operators, the kernels, the TensorRT plugin) reads
+    with ``top_k``: at most MAX_TOP_K entries per query, or all of them (top_k 0, or a top_k of at least the
+    ``entries`` the memory holds, where that is known). The one rule vosrt export, the ONNX Runtime backend (a
+    package's top_k and a session's) and the operators apply."""
+    return top_k <= MAX_TOP_K or (entries is not None and top_k >= entries)
 _AXES = ("t", "h", "w")
 
 

@@ -123,7 +123,7 @@ class OnnxRuntimeBackend(Backend):
         if graph not in self._cpu_ops_graphs:
             return
         from vosrt.sdk import cpu_ops
-        if not cpu_ops.MAX_TOP_K < top_k < positions:   # k >= N reads every entry, which the operators take
+        if cpu_ops.reads_top_k(top_k, positions):
             return
         why = (f"top_k={top_k}: the plugin form of graph '{graph}' of {self.package.path} runs on vosrt's CPU "
                f"operators, whose L2MemoryReadout reads at most {cpu_ops.MAX_TOP_K} memory entries per query, or all")
@@ -387,7 +387,7 @@ def _choose_forms(package, form: str, device: str) -> dict[str, str]:
         if form == "portable" or (form == "auto" and device != "cpu") or not with_ops:
             return forms
         top_k = package.streaming.get("top_k")
-        if top_k is not None and int(top_k) > cpu_ops.MAX_TOP_K:
+        if top_k is not None and not cpu_ops.reads_top_k(int(top_k)):
             # A package exported before vosrt export refused it: the plugin form's L2MemoryReadout holds a top_k the
             # CPU operators (and the TensorRT plugin) cannot read, which failed mid-stream once the memory held more
             # entries. The portable form's TopK reads any.
