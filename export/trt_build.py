@@ -400,7 +400,9 @@ def compare_engines_with_onnxruntime(pkg: str | Path, precision: str | None = No
                                      memory_frames: int = 3, seed: int = 0, plugin_lib=None) -> dict:
     """Run every engine of ``pkg`` and the portable ONNX graph in ONNX Runtime (CPU) on the same random
     inputs. Returns ``{graph: {output: {"max_abs", "max_rel"} | {"mismatch_fraction"}}}`` (the layout of
-    ``vosrt.export.package.check_package``)."""
+    ``vosrt.export.package.check_package``). ``objects`` and ``memory_frames`` are lowered to the most the
+    engines take (``vosrt build --max-objects / --max-memory-frames``): `vosrt check --backend tensorrt` asks
+    for the defaults, which engines built with ``--max-objects 1`` or ``--max-memory-frames 2`` refuse."""
     import onnxruntime as ort
 
     from vosrt.sdk.backends.onnxruntime import session_options
@@ -411,6 +413,8 @@ def compare_engines_with_onnxruntime(pkg: str | Path, precision: str | None = No
     if missing:
         raise UserError(f"{package.path} has no portable form of {', '.join(missing)} to compare the engines with")
     backend = TensorRTBackend(package, precision=precision, plugin_lib=plugin_lib)
+    objects = min(objects, backend.max_objects or objects)
+    memory_frames = min(memory_frames, backend.max_memory_frames or memory_frames)
     options = session_options()
     report = {}
     try:

@@ -70,6 +70,37 @@ def test_comparison_inputs_have_the_graph_shapes_and_value_ranges(tmp_path):
     assert image.dtype == np.float32 and 0 <= image.min() and image.max() <= 1
 
 
+@pytest.mark.parametrize("limits", [{"max_objects": 1}, {"max_memory_frames": 2}], ids=["objects", "memory"])
+def test_engines_are_compared_within_the_object_and_memory_limits_they_were_built_for(monkeypatch, tmp_path, limits):
+    # `vosrt check --backend tensorrt` compared 2 objects and 3 memory frames whatever the engines took: on engines
+    # built with --max-objects 1 or --max-memory-frames 2 the engine refused the shape (a ValueError telling the
+    # user to rebuild engines that were fine). Here ONNX Runtime runs the graphs, with the engines' limits and
+    # refusing a larger memory or more objects as an engine's profile does.
+    from vosrt.export.trt_build import compare_engines_with_onnxruntime
+    from vosrt.sdk.backends import tensorrt as trt_backend
+    from vosrt.sdk.backends.onnxruntime import OnnxRuntimeBackend
+
+    class Engines(OnnxRuntimeBackend):
+        max_objects, max_memory_frames = limits.get("max_objects", 8), limits.get("max_memory_frames", 6)
+
+        def __init__(self, package, precision=None, plugin_lib=None):
+            super().__init__(package, form="portable", threads=1)
+
+        def run(self, graph, inputs, outputs=None):
+            for name, value in inputs.items():
+                for axis, size in enumerate(np.shape(value)):
+                    label = self.package.axis_label(graph, name, axis)
+                    most = {"objects": self.max_objects, "memory": self.max_memory_frames * HW}.get(label)
+                    if most is not None and size > most:
+                        raise ValueError(f"graph '{graph}': input '{name}' is outside the engine's profile")
+            return super().run(graph, inputs, outputs)
+
+    monkeypatch.setattr(trt_backend, "TensorRTBackend", Engines)
+    report = compare_engines_with_onnxruntime(write_stcn_package(tmp_path / "pkg"))
+    assert set(report) == {"encode_key", "encode_value", "segment"}
+    assert report["segment"]["prob"]["max_abs"] == 0
+
+
 def test_build_refuses_a_package_without_the_plugin_form(tmp_path):
     pkg = write_stcn_package(tmp_path / "pkg", forms=("portable",))
     with pytest.raises(UserError, match="no plugin form"):
