@@ -247,6 +247,10 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
     if workspace_mb is not None and workspace_mb <= 0:
         raise UserError(f"--workspace must be a positive number of MiB, got {workspace_mb}")
     objects = DEFAULT_MAX_OBJECTS if max_objects is None else max_objects
+    # the flags this build was given, which a hint to rebuild repeats (vosrt.sdk.backends.tensorrt.rebuild_command);
+    # --plugin-lib is not among them: a path of this machine
+    flags = {"--precision": precision, "--workspace": workspace_mb, "--max-memory-frames": max_memory_frames,
+             "--max-objects": max_objects, "--embed-plugins": bool(embed_plugins)}
     check_limits(objects, max_memory_frames)   # before TensorRT is needed: a wrong flag is said first
     package = load_package(pkg)
     _refuse_limits_without_axis(package, max_objects, max_memory_frames)   # given (not None) but without an axis
@@ -357,6 +361,7 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
         "plugin_library_sha256": file_sha256(library),
         "plugin_library_tensorrt": plugin_library_tensorrt_version(library),
         "plugins_serialized": bool(embed_plugins),
+        "build_flags": {flag: value for flag, value in flags.items() if value is not None and value is not False},
         "serialized_plugin_library": str(embedded) if embedded else None,
         "timing_cache": f"{ENGINE_DIR}/{TIMING_CACHE}",
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -377,7 +377,7 @@ def _engines(manifest: dict, path: Path, manifest_path: Path) -> dict:
     engines = manifest.get("engines") or {}
     if not isinstance(engines, dict):
         raise UserError(f"{manifest_path}: manifest 'engines' should be an object, got {type(engines).__name__}")
-    rebuild = f"rebuild the engines with `vosrt build {path}`"
+    rebuild = f"rebuild the engines with `vosrt build {shlex.quote(str(path))}`"
     default = engines.get("default")
     if default is not None and not isinstance(default, str):
         raise UserError(f"{manifest_path}: engines.default should name a precision, got {default!r}; {rebuild}")

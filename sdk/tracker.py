@@ -363,8 +363,11 @@ class Tracker(Session):
         return engine_limit
 
     def _build_command(self, flag: str, value: int) -> str:
-        """The `vosrt build` command that rebuilds this package's engines with ``flag value``."""
-        return f"`vosrt build {shlex.quote(str(self.package.path))} {flag} {value}`"
+        """The `vosrt build` command that rebuilds this package's engines with ``flag value``, and otherwise as the
+        engines the backend runs were built (their precision, other limits, --embed-plugins)."""
+        from vosrt.sdk.backends.tensorrt import rebuild_command
+
+        return f"`{rebuild_command(self.package.path, getattr(self.backend, 'build', None), {flag: value})}`"
 
     def _raise_limit_hint(self, wanted: int) -> str:
         engine_limit = getattr(self.backend, "max_objects", None)

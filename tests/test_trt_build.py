@@ -280,3 +280,51 @@ def test_a_rebuild_that_fails_on_a_later_graph_leaves_the_engines_and_manifest_o
     assert {p.name: p.read_bytes() for p in engines.iterdir()} == before   # no partial file left either
     assert (pkg / "manifest.json").read_bytes() == manifest
     assert load_package(pkg).engines["fp32"]["max_objects"] == 8
+
+
+def test_a_rebuild_hint_repeats_the_flags_the_engines_were_built_with_as_a_valid_command(monkeypatch, tmp_path):
+    # The hints to rebuild said `vosrt build PKG` (or PKG --max-objects N, from a session): the path unquoted, so no
+    # command for a package in a folder with a space, and without the build's flags, so fp16 engines were rebuilt
+    # as fp32 ones (made the default) and --embed-plugins or a --max-memory-frames limit was lost.
+    import shlex
+
+    import vosrt.sdk
+    from vosrt.sdk.backends import open_backend
+    from vosrt.sdk.backends.tensorrt import check_engine_compatibility, rebuild_command, select_build
+
+    _, library = _fake_build_host(monkeypatch, tmp_path, "10.16.0")
+    pkg = write_stcn_package(tmp_path / "my packages" / "pkg")
+    build_engines(pkg, precision="fp16", max_memory_frames=4, embed_plugins=True, plugin_lib=library, progress=None)
+    package = load_package(pkg)
+    build = package.engines["fp16"]
+    asked = ["vosrt", "build", str(pkg), "--precision", "fp16", "--max-memory-frames", "4", "--embed-plugins"]
+    assert shlex.split(rebuild_command(pkg, build)) == asked
+
+    def command(error) -> list[str]:
+        return shlex.split(str(error.value).rsplit("`", 2)[-2])
+
+    with pytest.raises(UserError) as refused:
+        check_engine_compatibility(build, "10.16.0", {"name": "NVIDIA L4", "compute_capability": "8.9"}, pkg)
+    assert command(refused) == asked
+    with pytest.raises(UserError, match="has no fp32 engines") as refused:
+        select_build(package, "fp32")
+    assert command(refused) == ["vosrt", "build", str(pkg), "--precision", "fp32"]
+    (pkg / build["files"]["segment"]).unlink()
+    with pytest.raises(UserError, match="engine of graph 'segment'.* is missing") as refused:
+        select_build(package, "fp16")
+    assert command(refused) == asked
+    # a session asking for more memory than the engines take: the same build with the one flag changed
+    tracker_backend = open_backend(package, "onnxruntime", form="portable", threads=1)
+    tracker_backend.max_memory_frames, tracker_backend.build = 4, build   # as a TensorRT backend has them
+    with pytest.raises(UserError, match="memory_capacity=6") as refused:
+        vosrt.sdk.open_session(tracker_backend, package, memory_capacity=6)
+    assert command(refused) == asked[:6] + ["6", asked[-1]]
+    # a manifest whose engines entry is damaged: the same, from the package's own check
+    import json
+
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    manifest["engines"]["default"] = 5
+    (pkg / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="engines.default should name a precision") as refused:
+        load_package(pkg)
+    assert command(refused) == ["vosrt", "build", str(pkg)]

@@ -230,6 +230,27 @@ def find_plugin_library(explicit: str | os.PathLike | None = None, recorded: str
 
 
 
+def rebuild_command(package_path, build: dict | None = None, changes: dict | None = None) -> str:
+    """The `vosrt build` command that builds the engines at ``package_path`` again as ``build`` (an ``engines``
+    entry of the manifest) records them: the flags that build was given (``build_flags``; for records written
+    before those were kept, its precision, --workspace and --embed-plugins), with ``changes`` (``{flag: value}``,
+    True for a flag without a value) over them, the path quoted for the shell. A hint that said only `vosrt build
+    PKG --max-objects 16` rebuilt fp16 engines as fp32 ones (made the default) and dropped the build's other limits."""
+    build = build if isinstance(build, dict) else {}
+    flags = build.get("build_flags")
+    if not isinstance(flags, dict):
+        flags = {"--precision": build.get("precision"), "--workspace": build.get("workspace_mb"),
+                 "--embed-plugins": bool(build.get("plugins_serialized"))}
+    flags = {**flags, **(changes or {})}
+    command = ["vosrt", "build", str(package_path)]
+    for flag, value in flags.items():
+        if value is True:
+            command.append(flag)
+        elif value is not None and value is not False:
+            command += [flag, str(value)]
+    return shlex.join(command)
+
+
 def select_build(package, precision: str | None = None) -> tuple[str, dict]:
     """The ``engines`` entry of one precision: ``precision`` or the manifest's default (the last built).
     UserError when the package has no engines, lacks that precision, or its engine files are missing."""
@@ -251,14 +272,14 @@ def select_build(package, precision: str | None = None) -> tuple[str, dict]:
     precision = precision or engines.get("default") or next(iter(builds))
     if precision not in builds:
         raise UserError(f"package {package.path} has no {precision} engines (built: {', '.join(builds)}); "
-                        f"run `vosrt build {package.path} --precision {precision}`")
+                        f"run `{rebuild_command(package.path, changes={'--precision': precision})}`")
     build = builds[precision]
     for graph in package.graphs:
         name = build["files"].get(graph)
         if name is None or not (package.path / name).is_file():
             raise UserError(f"package {package.path}: the {precision} engine of graph '{graph}' "
-                            f"({name or 'not listed'}) is missing; rebuild with `vosrt build {package.path} "
-                            f"--precision {precision}`")
+                            f"({name or 'not listed'}) is missing; rebuild with "
+                            f"`{rebuild_command(package.path, build, {'--precision': precision})}`")
     return precision, build
 
 
@@ -316,7 +337,7 @@ def check_engine_compatibility(build: dict, trt_version: str, gpu: dict, package
     compatible = build.get("plugins_serialized") and version_compatible_runs(built_version, trt_version)
     if built_version != trt_version and not compatible:
         raise UserError(f"the engines in {package_path} were built by TensorRT {built_version}, but this is "
-                        f"TensorRT {trt_version}; rebuild them here with `vosrt build {package_path}` (or "
+                        f"TensorRT {trt_version}; rebuild them here with `{rebuild_command(package_path, build)}` (or "
                         f"install TensorRT {built_version})")
     built_gpu = build.get("gpu") or {}
     if built_gpu.get("compute_capability") != gpu.get("compute_capability") or \
@@ -324,7 +345,7 @@ def check_engine_compatibility(build: dict, trt_version: str, gpu: dict, package
         raise UserError(f"the engines in {package_path} were built for {built_gpu.get('name', '?')} (compute "
                         f"capability {built_gpu.get('compute_capability', '?')}), but this GPU is {gpu.get('name')} "
                         f"(compute capability {gpu.get('compute_capability')}); rebuild them on this machine "
-                        f"with `vosrt build {package_path}`")
+                        f"with `{rebuild_command(package_path, build)}`")
 
 
 def import_tensorrt(for_build: bool = False):
@@ -456,6 +477,7 @@ class TensorRTBackend(Backend):
         self._graphs: dict[str, _Graph] = {}
         self._own_stream = None
         self.precision, build = select_build(package, precision)
+        self.build = build   # the manifest's record of these engines (rebuild_command reads it)
         # Engines that carry their plugin library (vosrt build --embed-plugins) need none installed; one
         # named explicitly (plugin_lib or $VOSRT_PLUGIN_LIB) is still loaded. Native code is loaded only
         # from a path the caller names or from inside the package: a library path a manifest records
@@ -495,7 +517,7 @@ class TensorRTBackend(Backend):
                 engine = self._runtime_for_next_engine().deserialize_cuda_engine(path.read_bytes())
                 if engine is None:
                     raise UserError(f"TensorRT could not load {path} (see the messages above); rebuild it with "
-                                    f"`vosrt build {package.path} --precision {self.precision}`")
+                                    f"`{rebuild_command(package.path, build, {'--precision': self.precision})}`")
                 self._graphs[graph] = _Graph(trt, engine, self)
         except BaseException:
             self.close()
