@@ -216,9 +216,11 @@ def run_plugin(built, tmp_path_factory):
                     "-o", str(exe), "-ldl"], check=True, capture_output=True, text=True)
     counter = iter(range(10**6))
 
-    def run(name: str, fields: dict, inputs: list, out_shape, dtype: str = "float", shared_limit=None):
+    def run(name: str, fields: dict, inputs: list, out_shape, dtype: str = "float", shared_limit=None,
+            profile_min=()):
         """The output array; with ``shared_limit=(at build, at run)`` (bytes of shared memory per block of
-        the emulated GPU), the run's stdout instead, whether or not it succeeded."""
+        the emulated GPU), the run's stdout instead, whether or not it succeeded. ``profile_min``: ``(input,
+        axis, size)`` triples, minima of the optimisation profile below the sizes run (default: those sizes)."""
         import numpy as np
 
         case = out / f"case{next(counter)}"
@@ -236,6 +238,7 @@ def run_plugin(built, tmp_path_factory):
         lines.append(f"output {len(out_shape)} {' '.join(map(str, out_shape))} {case / 'out.bin'}")
         if shared_limit is not None:
             lines.append(f"shared_limit {shared_limit[0]} {shared_limit[1]}")
+        lines += [f"profile_min {index} {axis} {size}" for index, axis, size in profile_min]
         (case / "spec.txt").write_text("\n".join(lines) + "\n")
         result = subprocess.run([str(exe), str(linked), str(case / "spec.txt")], capture_output=True, text=True,
                                 timeout=300)
@@ -340,6 +343,26 @@ def test_l2_readout_plugin_refuses_a_key_width_the_gpu_cannot_hold_at_build_and_
     assert "OK" in run_plugin("L2MemoryReadout", {"top_k": 20}, inputs, (1, 6, 12), shared_limit=(h200, h200))
     # in fp16 the key tiles take half the bytes: Ck = 256 fits the small GPU
     assert "OK" in run_plugin("L2MemoryReadout", {"top_k": 20}, inputs, (1, 6, 12), "half", shared_limit=(small, small))
+
+
+@pytest.mark.parametrize("shortest", [20, 21])
+def test_l2_readout_plugin_checks_the_all_n_kernel_at_build_where_the_profile_s_memory_reaches_it(run_plugin, shortest):
+    # A memory of at most top_k entries runs the all-N kernel, whose blocks hold 7 KB more than the top-k kernel's.
+    # configurePlugin checked the shared memory at the profile's largest shapes only (the top-k kernel), so an
+    # engine whose profile starts at N <= top_k built on a GPU that holds the top-k kernel but not the all-N one,
+    # and failed every enqueue of a short memory.
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    inputs = [g.standard_normal((1, 256, 90), np.float32), g.standard_normal((1, 256, 12), np.float32),
+              g.standard_normal((1, 6, 90), np.float32)]
+    top_k_fits = 149760 + 4 * 1024   # Ck = 256 in fp32: a top-k block needs 149,760 bytes, an all-N one 156,928
+    out = run_plugin("L2MemoryReadout", {"top_k": 20}, inputs, (1, 6, 12), shared_limit=(top_k_fits, top_k_fits),
+                     profile_min=[(0, 2, shortest), (2, 2, shortest)])
+    if shortest > 20:   # the all-N kernel is never run: the engine builds and runs
+        assert "OK" in out, out
+    else:
+        assert "FAIL configurePlugin failed" in out and "a block of the readout needs 156928 bytes" in out, out
 
 
 @pytest.mark.parametrize("wheel_cuda", ["12", "13"])

@@ -14,8 +14,11 @@
 //   output RANK D... PATH     (written by this program)
 //   shared_limit BUILD RUN    (optional: the emulated GPU's shared memory per block in bytes while the plugin
 //                              is configured, and from then on: an engine built on one GPU, run on another)
+//   profile_min INPUT AXIS V  (optional: the profile's minimum of that input's axis is V; else every minimum
+//                              is the size the plugin runs at)
 #include <dlfcn.h>
 
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -150,6 +153,7 @@ int main(int argc, char** argv) {
   std::vector<Tensor> inputs;
   Tensor output;
   int sharedAtBuild = 0, sharedAtRun = 0;  // 0: the emulation's default (an H200's)
+  std::vector<std::array<int64_t, 3>> profileMins;  // (input, axis, value)
   std::ifstream spec(argv[2]);
   for (std::string line; std::getline(spec, line);) {
     std::istringstream in(line);
@@ -178,6 +182,10 @@ int main(int argc, char** argv) {
       output = parseTensor(in);
     } else if (kind == "shared_limit") {
       in >> sharedAtBuild >> sharedAtRun;
+    } else if (kind == "profile_min") {
+      std::array<int64_t, 3> m{};
+      in >> m[0] >> m[1] >> m[2];
+      profileMins.push_back(m);
     }
   }
   for (Tensor& t : inputs) {
@@ -234,6 +242,10 @@ int main(int argc, char** argv) {
     for (int d = 0; d < t.dims.nbDims; ++d) dyn[i].desc.dims.d[d] = -1;
     dyn[i].min = dyn[i].opt = dyn[i].max = t.dims;
     if (i < n) desc[i] = runDesc[i];
+  }
+  for (auto const& m : profileMins) {
+    if (m[0] < 0 || m[0] >= n || m[1] < 0 || m[1] >= dyn[m[0]].min.nbDims) return fail("profile_min out of range");
+    dyn[m[0]].min.d[m[1]] = m[2];
   }
   // Output shape through IExprBuilder, against the shape the PyTorch reference produced.
   EvaluatingBuilder exprs;

@@ -86,7 +86,16 @@ int32_t L2ReadoutPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const
   if (!makeParams(in[0].max, in[1].max, in[2].max, &params)) return 1;
   // the engine is built on the GPU it is for: a key width that GPU cannot run fails the build, not each
   // enqueue of the built engine
-  return loggedUnfitDevice(mLayerName, params, toKernelType(in[0].desc.type)) ? 1 : 0;
+  vosrtDataType_t const dtype = toKernelType(in[0].desc.type);
+  if (loggedUnfitDevice(mLayerName, params, dtype)) return 1;
+  // A memory of at most top_k entries (one the profile's shortest reaches) runs the all-N kernel, whose blocks
+  // hold more than the top-k kernel's that the largest shapes run: check that one too.
+  if (params.top_k > 0 && in[0].min.nbDims == 3 && in[0].min.d[2] <= params.top_k) {
+    vosrtL2ReadoutParams allN = params;
+    allN.top_k = 0;
+    if (loggedUnfitDevice(mLayerName, allN, dtype)) return 1;
+  }
+  return 0;
 }
 
 int32_t L2ReadoutPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
