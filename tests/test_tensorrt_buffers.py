@@ -200,6 +200,7 @@ def _graph(backend, inputs: dict, output_shape):
     graph.inputs = {name: np.dtype(np.float32) for name in inputs}
     graph.outputs = {"out": np.dtype(np.float32)}
     graph.max_shapes = dict(inputs)
+    graph.min_shapes = dict(inputs)
     graph.staging = {}
     graph.output_buffers = {"out": trt_backend._Allocation(int(np.prod(output_shape)) * 4, backend)}
     graph.context = _RecordingContext(output_shape)
@@ -320,6 +321,57 @@ def test_engines_of_a_manifest_without_recorded_limits_take_them_from_their_prof
         "query_key": profile((1, 64, 8, 14), (1, 64, 8, 14)), "prob": (1, (-1, 1, 128, 224), None)}), backend)
     assert backend._limits({}) == (4, 6)                     # the tightest of the engines'
     assert backend._limits({"max_objects": 8, "max_memory_frames": 20}) == (8, 20)   # the build's record first
+
+
+def test_an_input_beyond_the_profile_is_refused_with_the_build_whose_engines_take_it(backend, tmp_path):
+    # A host array larger than the profile's maximum was refused by the staging buffer ("exceeds the engine's
+    # largest"), with no word of the rebuild; an input TensorRT refused was told to rebuild with larger
+    # --max-objects / --max-memory-frames, also where the axis was the image size, which no flag changes.
+    import shlex
+
+    from trt_fixtures import HEIGHT, WIDTH, write_stcn_package
+
+    from vosrt.sdk.package import load_package
+
+    backend.package = load_package(write_stcn_package(tmp_path / "my pkg"))
+    backend.build = {"build_flags": {"--precision": "fp16", "--max-objects": 4}}
+    backend.cuda_graphs = False
+    cells = (HEIGHT // 16) * (WIDTH // 16)
+    trt = types.SimpleNamespace(nptype=lambda dtype: dtype, TensorIOMode=types.SimpleNamespace(INPUT=0, OUTPUT=1))
+
+
+    class ProfileEngine(_Engine):
+        def create_execution_context(self):   # refuses a shape outside the profile, as set_input_shape does
+            context = _RecordingContext((2, 8, 3 * cells))
+            context.set_input_shape = lambda name, shape: all(
+                low <= size <= high for size, low, high in zip(shape, self.tensors[name][2][0], self.tensors[name][2][2]))
+            return context
+
+    engine = ProfileEngine({
+        "mem_key": (0, (1, 16, -1), [(1, 16, cells), (1, 16, 6 * cells), (1, 16, 6 * cells)]),
+        "mem_value": (0, (-1, 8, -1), [(1, 8, cells), (2, 8, 6 * cells), (4, 8, 6 * cells)]),
+        "query_key": (0, (1, 16, HEIGHT // 16, WIDTH // 16), [(1, 16, HEIGHT // 16, WIDTH // 16)] * 3),
+        "prob": (1, (-1, 8, -1), None)})
+    backend._graphs["segment"] = trt_backend._Graph(trt, engine, backend)
+
+    def feeds(objects=2, frames=3, query=(HEIGHT // 16, WIDTH // 16)):
+        return {"mem_key": np.zeros((1, 16, frames * cells), np.float32),
+                "mem_value": np.zeros((objects, 8, frames * cells), np.float32),
+                "query_key": np.zeros((1, 16, *query), np.float32)}
+
+    def command(error) -> list[str]:
+        return shlex.split(str(error.value).rsplit("`", 2)[-2])
+
+    backend.run("segment", feeds())
+    with pytest.raises(ValueError, match=r"'mem_value' .* outside the engine's profile \(axis 0 is 5; the engine "
+                                         r"takes 1 to 4\)") as refused:
+        backend.run("segment", feeds(objects=5))
+    assert command(refused) == ["vosrt", "build", str(backend.package.path), "--precision", "fp16", "--max-objects", "5"]
+    with pytest.raises(ValueError, match=r"'mem_key' .* \(axis 2 is 168; the engine takes 24 to 144\)") as refused:
+        backend.run("segment", feeds(frames=7) | {"mem_key": np.zeros((1, 16, 7 * cells), np.float32)})
+    assert command(refused)[-4:] == ["--max-objects", "4", "--max-memory-frames", "7"]
+    with pytest.raises(ValueError, match=r"'query_key' .* \(axis 3 is 7; the engine takes 6\)$"):
+        backend.run("segment", feeds(query=(HEIGHT // 16, 7)))   # the package's resolution: no build changes it
 
 
 def test_every_bound_address_is_256_byte_aligned_and_holds_the_input(backend):

@@ -426,13 +426,16 @@ class _Graph:
         self.inputs: dict[str, np.dtype] = {}
         self.outputs: dict[str, np.dtype] = {}
         self.max_shapes: dict[str, tuple[int, ...]] = {}
+        self.min_shapes: dict[str, tuple[int, ...]] = {}   # inputs only: the profile's smallest
         self.declared: dict[str, tuple] = {}   # input shapes as built: ints, "dynamic" where the profile sets it
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
             if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                 self.inputs[name] = dtype
-                self.max_shapes[name] = tuple(engine.get_tensor_profile_shape(name, 0)[2])
+                profile = engine.get_tensor_profile_shape(name, 0)
+                self.min_shapes[name] = tuple(profile[0])
+                self.max_shapes[name] = tuple(profile[2])
                 self.declared[name] = tuple(int(d) if d >= 0 else "dynamic" for d in engine.get_tensor_shape(name))
             else:
                 self.outputs[name] = dtype
@@ -597,11 +600,15 @@ class TensorRTBackend(Backend):
             raise ValueError(f"graph '{graph}' needs input(s) {sorted(missing)}")
         key = [graph]
         for name, value in inputs.items():
+            # checked before a host array is staged: the staging buffer refused a larger one first, in words
+            # without the rebuild the profile's limits call for
+            refusal = self._profile_refusal(graph, g, name, self.shape(value))
+            if refusal is not None:
+                raise ValueError(refusal)
             tensor = self._bindable(g, name, value)
             if not g.context.set_input_shape(name, tensor.shape):
-                raise ValueError(f"graph '{graph}': input '{name}' shape {tensor.shape} is outside the engine's "
-                                 f"profile (largest {g.max_shapes[name]}); rebuild with larger "
-                                 "--max-objects / --max-memory-frames")
+                raise ValueError(f"graph '{graph}': TensorRT refused input '{name}' of shape {tensor.shape} (the "
+                                 f"engine's profile takes {g.min_shapes.get(name)} to {g.max_shapes[name]})")
             g.context.set_tensor_address(name, tensor.ptr)
             key.append((name, tensor.shape, tensor.ptr))
         self._execute(g, tuple(key))
@@ -611,6 +618,31 @@ class TensorRTBackend(Backend):
             shape = tuple(g.context.get_tensor_shape(name))
             result[name] = DeviceTensor(g.output_buffers[name], shape, g.outputs[name])
         return result
+
+    def _profile_refusal(self, graph: str, g: _Graph, name: str, shape) -> str | None:
+        """Why input ``name`` of ``shape`` is outside the engine's optimisation profile, with what to do: for an
+        objects or memory axis beyond the profile, the `vosrt build` command whose engines take it; None when
+        the profile takes the shape."""
+        shape = tuple(int(d) for d in shape)
+        high = tuple(g.max_shapes[name])
+        low = tuple(g.min_shapes.get(name, high))
+        where = f"graph '{graph}': input '{name}' shape {shape} is outside the engine's profile"
+        if len(shape) != len(high):
+            return f"{where} (the engine takes {len(high)} dimensions: {low} to {high})"
+        for axis, (size, least, most) in enumerate(zip(shape, low, high)):
+            if least <= size <= most:
+                continue
+            text = f"{where} (axis {axis} is {size}; the engine takes {least}" + \
+                (f")" if least == most else f" to {most})")
+            label = self.package.axis_label(graph, name, axis) if least != most else None
+            if size > most and label in ("objects", "memory"):
+                cells = (self.package.height // self.package.stride) * (self.package.width // self.package.stride)
+                flag, value = (("--max-objects", size) if label == "objects" else
+                               ("--max-memory-frames", -(-size // max(cells, 1))))
+                text += (f"; engines that take it are built with "
+                         f"`{rebuild_command(self.package.path, getattr(self, 'build', None), {flag: value})}`")
+            return text
+        return None
 
     def _execute(self, g: _Graph, key: tuple) -> None:
         if not self.cuda_graphs:
