@@ -530,12 +530,16 @@ def test_a_plugin_library_tensorrt_cannot_load_is_named_so_and_tried_again_once_
     # loadLibrary returns None when dlopen fails (a dependency not found): that was remembered for the process and
     # reported as a library that "did not register" its plugins, blaming the TensorRT version
     monkeypatch.setattr(trt_backend, "_loaded_plugin_libraries", {})
-    library = tmp_path / "libvosrt_plugins.so"
+    library = tmp_path / "my build" / "libvosrt_plugins.so"
     trt = _TensorRT()
     working = trt.global_registry.load_library
     trt.global_registry.load_library = lambda path: None
-    with pytest.raises(trt_backend.UserError, match=r"TensorRT could not load this plugin library.*ldd "):
+    with pytest.raises(trt_backend.UserError, match=r"TensorRT could not load this plugin library.*ldd ") as refused:
         trt_backend.load_plugin_library(library, trt, _Registry(trt.global_registry))
+    # the command runs as written in a folder with a space (it said `ldd /tmp/.../my build/libvosrt_plugins.so`)
+    import shlex
+
+    assert f"`{shlex.join(['ldd', str(library)])}`" in str(refused.value)
     trt.global_registry.load_library = working   # rebuilt: the next try loads it
     trt_backend.load_plugin_library(library, trt, _Registry(trt.global_registry))
     assert trt.global_registry.loaded == [str(library)]

@@ -404,7 +404,7 @@ def load_plugin_library(path: Path, trt, registry=None) -> None:
         # dependency kept from loading at all)
         raise UserError(f"{path}: TensorRT could not load this plugin library (its error is above: a library it "
                         f"needs that is not found, or a CUDA runtime of another major?); see what is missing with "
-                        f"`ldd {path}`, or rebuild it on this machine: `cmake -S plugins -B plugins/build "
+                        f"`ldd {shlex.quote(str(path))}`, or rebuild it on this machine: `cmake -S plugins -B plugins/build "
                         f"-DTensorRT_ROOT=<this TensorRT> && cmake --build plugins/build -j`")
     if missing:
         raise UserError(f"{path} did not register the TensorRT plugin(s) {', '.join(missing)}: is it a "
