@@ -395,3 +395,35 @@ def test_cmake_refuses_a_tensorrt_built_for_another_cuda_major_than_nvcc(tmp_pat
         assert done.returncode != 0
         assert f"built for CUDA {wheel_cuda}, but nvcc is CUDA {nvcc_major}" in " ".join(output.split())
         assert f"pip install tensorrt-cu{nvcc_major}" in " ".join(output.split())
+
+
+def test_cmake_finds_the_versioned_libnvinfer_of_a_pip_tensorrt(tmp_path):
+    # The pip wheels' tensorrt_libs/ hold libnvinfer.so.10 and no unversioned libnvinfer.so: find_library(NAMES
+    # nvinfer) missed it, and libvosrt_plugins was skipped ("libnvinfer not found") on such a TensorRT.
+    from kernel_build import have_cmake_and_cxx, have_nvcc
+
+    if not (have_cmake_and_cxx() and have_nvcc()):
+        pytest.skip("needs cmake, a C++ compiler and nvcc")
+    nvcc = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout
+    nvcc_major = re.search(r"release (\d+)\.", nvcc).group(1)
+    include = INCLUDES[0].resolve()
+    major = re.search(r"define TRT_MAJOR_ENTERPRISE (\d+)", (include / "NvInferVersion.h").read_text()).group(1)
+    site = tmp_path / "site-packages"
+    (site / "tensorrt_libs").mkdir(parents=True)
+    (site / "tensorrt_libs" / f"libnvinfer.so.{major}").write_bytes(b"")
+    (site / f"tensorrt_cu{nvcc_major}_libs-{major}.0.0.dist-info").mkdir()
+    root = tmp_path / "trt"
+    root.mkdir()
+    (root / "include").symlink_to(include)
+    (root / "lib").symlink_to(site / "tensorrt_libs")
+    done = subprocess.run(["cmake", "-S", str(ROOT / "plugins"), "-B", str(tmp_path / "build"),
+                           f"-DTensorRT_ROOT={root}", "-DVOSRT_CUDA_ARCHS=80", "-DCMAKE_CUDA_ARCHITECTURES=80",
+                           "-DVOSRT_BUILD_CPU_OPS=OFF", "-DVOSRT_BUILD_CPU_DRIVER=OFF", "-DVOSRT_BUILD_EMULATION=OFF"],
+                          capture_output=True, text=True, timeout=300)
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 0, output[-3000:]
+    assert "libnvinfer not found" not in output
+    assert f"TensorRT and nvcc agree on CUDA {nvcc_major}" in output
+    cache = (tmp_path / "build" / "CMakeCache.txt").read_text()
+    assert f"TensorRT_LIBRARY:FILEPATH={root}/lib/libnvinfer.so.{major}" in cache or \
+        f"tensorrt_libs/libnvinfer.so.{major}" in cache, cache
