@@ -328,3 +328,26 @@ def test_a_rebuild_hint_repeats_the_flags_the_engines_were_built_with_as_a_valid
     with pytest.raises(UserError, match="engines.default should name a precision") as refused:
         load_package(pkg)
     assert command(refused) == ["vosrt", "build", str(pkg)]
+
+
+def test_a_failed_engine_check_names_onnx_runtime_and_the_check_command_that_accepts_its_errors(monkeypatch, tmp_path,
+                                                                                                capsys):
+    # `vosrt check --backend tensorrt` compares the engines with ONNX Runtime, but its failure said the outputs
+    # "differ from PyTorch", and it said nothing of what to do (fp16 engines differ by about 1e-2 and fail the
+    # default tolerance). The engines cannot run here: their report is what compare_engines_with_onnxruntime
+    # returns for fp16 engines of this package.
+    import shlex
+
+    from vosrt.export import trt_build
+
+    pkg = write_stcn_package(tmp_path / "my pkg")
+    report = {"segment": {"prob": {"max_abs": 9e-3, "max_rel": 9.4e-3}},
+              "encode_key": {"key": {"max_abs": 1e-4, "max_rel": 2e-4}}}
+    monkeypatch.setattr(trt_build, "compare_engines_with_onnxruntime", lambda package: report)
+    assert main(["check", str(pkg), "--backend", "tensorrt"]) == 1
+    out = capsys.readouterr().out
+    assert "differ from ONNX Runtime" in out and "PyTorch" not in out, out
+    command = shlex.split(out.rsplit("`", 2)[-2])
+    assert command == ["vosrt", "check", str(pkg), "--backend", "tensorrt", "--tolerance", "0.01"]
+    monkeypatch.setattr(trt_build, "compare_engines_with_onnxruntime", lambda package: report)
+    assert main(command[1:]) == 0   # the command it gives passes
