@@ -264,6 +264,51 @@ def test_cuda_graphs_are_kept_least_recently_used_so_a_long_session_keeps_captur
     assert len(graph.seen) <= 5
 
 
+class _InvalidatingRuntime(_GraphRuntime):
+    """A capture CUDA invalidates (an enqueue that synchronises, which capture does not allow)."""
+
+    cudaError_t = types.SimpleNamespace(cudaSuccess=0, cudaErrorMemoryAllocation=2,
+                                        cudaErrorStreamCaptureInvalidated=901)
+
+    def __init__(self):
+        super().__init__()
+        self.capturing = False
+        self.last_error_cleared = 0
+
+    def cudaStreamBeginCapture(self, stream, mode):
+        assert not self.capturing, "work was captured into a capture that never ended"
+        self.capturing = True
+        return (0,)
+
+    def cudaStreamEndCapture(self, stream):
+        self.capturing = False
+        return 901, None
+
+    def cudaGetErrorString(self, err):
+        return 0, b"operation failed due to a previous error during capture"
+
+    def cudaGetLastError(self):
+        self.last_error_cleared += 1
+        return (0,)
+
+
+def test_an_engine_cuda_cannot_capture_runs_plainly_instead_of_failing_every_second_run(backend, monkeypatch,
+                                                                                        capsys):
+    # The capture's error (cudaStreamEndCapture: cudaErrorStreamCaptureInvalidated) was raised from the run whose
+    # results the plain run had already given, and again at every second run of each new shape set.
+    runtime = _InvalidatingRuntime()
+    monkeypatch.setattr(trt_backend, "cudart", lambda: runtime)
+    graph = _graph(backend, {"x": (1, 4)}, (1, 4))
+    backend.cuda_graphs = True
+    for step in range(6):
+        backend._execute(graph, ("segment", ("x", (1, 4), step % 2)))
+    assert not graph.cuda_graphs and graph.capture_failed and not runtime.capturing
+    assert runtime.last_error_cleared == 1        # one capture tried, its error cleared; plain runs after it
+    err = capsys.readouterr().err
+    assert err.count("cannot be captured into a CUDA graph") == 1, err
+    assert "graph 'segment'" in err and "cuda_graphs=False" in err
+
+
 class _Engine:
     """An ICudaEngine's tensor queries (documented TensorRT API) over a table {name: (mode, shape, profile)}."""
 

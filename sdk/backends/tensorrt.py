@@ -16,7 +16,8 @@
   or ``handle``, e.g. ``torch.cuda.current_stream()``); by default the backend creates its own.
 * ``cuda_graphs=True`` captures each graph into a CUDA graph the second time it runs with the same shapes
   and buffer addresses (a warm-up run must precede capture) and replays it afterwards; up to 256 per graph
-  are kept, the least recently used destroyed to make room.
+  are kept, the least recently used destroyed to make room. A graph whose capture fails runs without one
+  from then on (a line on stderr says so).
 * It refuses, saying what to do: a package without engines, engines missing on disk, a missing plugin
   library or one compiled for another TensorRT major, engines built by another TensorRT version or for
   another GPU.
@@ -30,6 +31,7 @@ import mmap
 import os
 import re
 import shlex
+import sys
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -455,6 +457,10 @@ class _Graph:
         self.cuda_graphs: OrderedDict[tuple, object] = OrderedDict()
         self.seen: OrderedDict[tuple, None] = OrderedDict()
 
+    # Set when a capture of this engine failed (an enqueue CUDA cannot capture, e.g. a synchronising call inside
+    # it): from then on it runs plainly, as with cuda_graphs=False.
+    capture_failed = False
+
 
 class TensorRTBackend(Backend):
     """Runs a package's TensorRT engines (see the module docstring).
@@ -645,7 +651,7 @@ class TensorRTBackend(Backend):
         return None
 
     def _execute(self, g: _Graph, key: tuple) -> None:
-        if not self.cuda_graphs:
+        if not self.cuda_graphs or g.capture_failed:
             if not g.context.execute_async_v3(self.stream):
                 raise RuntimeError("TensorRT enqueue failed (see the messages above)")
             return
@@ -668,13 +674,30 @@ class TensorRTBackend(Backend):
             _, evicted = g.cuda_graphs.popitem(last=False)
             check_cuda(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
             rt.cudaGraphExecDestroy(evicted)
+        # This run's results came from the plain run above; the capture only records it for replay. A capture that
+        # fails leaves them as they are: the engine runs plainly from then on (said once), where every second run
+        # of a shape set failed with the capture's CUDA error, and an exception inside the capture left the stream
+        # capturing, which failed all later work on it.
         mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         check_cuda(rt.cudaStreamBeginCapture(self.stream, mode), "cudaStreamBeginCapture")
-        ok = g.context.execute_async_v3(self.stream)
-        captured = check_cuda(rt.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
-        if ok:
+        captured = None
+        try:
+            try:
+                ok = g.context.execute_async_v3(self.stream)
+            finally:
+                ended = rt.cudaStreamEndCapture(self.stream)   # always: a stream left capturing takes no other work
+            captured = check_cuda(ended, "cudaStreamEndCapture")
+            if not ok:
+                raise RuntimeError("TensorRT enqueue failed while it was being captured")
             g.cuda_graphs[key] = check_cuda(rt.cudaGraphInstantiate(captured, 0), "cudaGraphInstantiate")
-        rt.cudaGraphDestroy(captured)
+        except RuntimeError as err:
+            rt.cudaGetLastError()   # an invalidated capture's error is not left for the next CUDA call to report
+            g.capture_failed = True
+            print(f"vosrt: tensorrt backend: graph '{key[0]}' cannot be captured into a CUDA graph ({err}); it runs "
+                  f"without one from here on (cuda_graphs=False gives the same)", file=sys.stderr)
+        finally:
+            if captured is not None:
+                rt.cudaGraphDestroy(captured)
 
     def _bindable(self, g: _Graph, name: str, value) -> DeviceTensor:
         """``value`` as device memory the engine can read: device tensors as they are, host arrays copied
