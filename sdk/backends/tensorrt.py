@@ -639,7 +639,7 @@ class TensorRTBackend(Backend):
             if least <= size <= most:
                 continue
             text = f"{where} (axis {axis} is {size}; the engine takes {least}" + \
-                (f")" if least == most else f" to {most})")
+                (")" if least == most else f" to {most})")
             label = self.package.axis_label(graph, name, axis) if least != most else None
             if size > most and label in ("objects", "memory"):
                 cells = (self.package.height // self.package.stride) * (self.package.width // self.package.stride)
