@@ -71,6 +71,35 @@ def test_a_published_checkpoint_holding_python_objects_gives_its_weights_and_run
     assert marker.exists()
 
 
+def _checkpoint_with_pickle(path, program: bytes) -> None:
+    """A torch.save archive whose pickle is ``program``: what a crafted file can hold."""
+    import io
+    import zipfile
+
+    saved = io.BytesIO()
+    torch.save({}, saved)
+    with zipfile.ZipFile(saved) as source, zipfile.ZipFile(path, "w") as target:
+        for info in source.infolist():
+            target.writestr(info, program if info.filename.endswith("data.pkl") else source.read(info.filename))
+
+
+def test_a_checkpoint_that_sets_attributes_of_a_class_is_refused_and_leaves_the_class_alone(tmp_path):
+    # The inert reader took every global of torch's allow list as it is, classes too, and pickle's BUILD on a
+    # class object sets its attributes: collections.Counter's __len__ became builtins.set for the whole process.
+    import collections
+
+    path = tmp_path / "crafted.pth"
+    _checkpoint_with_pickle(path, b"\x80\x02ccollections\nCounter\nN}X\x07\x00\x00\x00__len__cbuiltins\nset\ns\x86b0"
+                                  b"}X\x01\x00\x00\x00xcsome_module\nSomeObject\n)\x81s.")
+    try:
+        with pytest.raises(UserError, match="crafted.pth is not a PyTorch checkpoint that can be read safely"):
+            load_checkpoint(path)
+        assert "__len__" not in vars(collections.Counter)
+    finally:
+        if "__len__" in vars(collections.Counter):
+            del collections.Counter.__len__
+
+
 def test_bare_single_object_checkpoint_is_padded_on_load(tmp_path, published_state):
     state = dict(published_state)
     state["value_encoder.conv1.weight"] = state["value_encoder.conv1.weight"][:, :4].clone()

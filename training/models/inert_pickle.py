@@ -6,7 +6,9 @@ of their options. ``torch.load(weights_only=True)`` refuses such a file as a who
 ``os.system``). This unpickler takes the middle way: the globals torch's weights-only unpickler allows
 (tensor rebuilding, dtypes, ``OrderedDict`` ...) are used as they are, and every other global the file names
 becomes an inert stand-in (:class:`LeftOut`), whose construction and state are dropped. So the tensors and plain
-data come back, the objects do not, and nothing but torch's own rebuild functions is ever called.
+data come back, the objects do not, and nothing but torch's own rebuild functions is ever called. A file that
+sets the attributes of a class (pickle's BUILD on a class object, which no torch.save writes) is refused: the
+class would keep them for the whole process.
 """
 from __future__ import annotations
 
@@ -61,13 +63,24 @@ class _Module:
         allowed, left_out = _allowed_globals(), set()
         self.allowed, self.left_out = allowed, left_out
 
-        class Unpickler(pickle.Unpickler):
+        class Unpickler(pickle._Unpickler):   # Python's implementation, whose BUILD can be checked
+            dispatch = dict(pickle._Unpickler.dispatch)
+
             def find_class(self, module, name):
                 key = f"{module}.{name}"
                 if key in allowed:
                     return allowed[key]
                 left_out.add(key)
                 return type(name, (LeftOut,), {"left_out": key})
+
+            def load_build(self):
+                # BUILD on a class sets its attributes for the whole process (collections.Counter's methods
+                # replaced by what the file names); no torch.save writes it, as pickle never builds a class
+                if isinstance(self.stack[-2], type):
+                    raise pickle.UnpicklingError(f"the file sets attributes of the class {self.stack[-2].__qualname__}")
+                pickle._Unpickler.load_build(self)
+
+            dispatch[pickle.BUILD[0]] = load_build
 
         self.Unpickler = Unpickler
 
