@@ -697,6 +697,27 @@ def test_resume_naming_another_model_of_the_family_gives_the_command_that_contin
     assert torch.load(tmp_path / "run" / "last.pth", weights_only=True)["step"] == 2
 
 
+def test_resume_naming_another_family_gives_the_whole_command_that_continues_the_run(data_dir, tmp_path, capsys):
+    # `vosrt train 3dc-seg-lite --resume` on a stcn-lite run said "resume it with `vosrt train stcn-lite --resume ...`"
+    import shlex
+
+    from vosrt.cli import main
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config(iterations=1).to_dict()))
+    assert main(["train", "stcn-lite", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--config", str(config),
+                 "--no-progress"]) == 0
+    assert main(["train", "3dc-seg-lite", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--resume",
+                 "--iterations", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is a run of stcn-lite, not of a 3dc-seg model" in err and "..." not in err
+    command = err.split("continue it with `")[1].split("`")[0]
+    assert command == shlex.join(["vosrt", "train", "stcn-lite", "--data", str(data_dir), "--out",
+                                  str(tmp_path / "run"), "--resume", "--iterations", "2"])
+    assert main(shlex.split(command)[1:] + ["--no-progress"]) == 0  # the command it gives continues the run
+    assert torch.load(tmp_path / "run" / "last.pth", weights_only=True)["step"] == 2
+
+
 def test_vosrt_train_resume_reads_the_run_checkpoint_once_and_does_not_keep_it(data_dir, tmp_path, monkeypatch):
     # the CLI read last.pth to compare the options, then train() read it again (a full model with its
     # optimizer state: twice the time, and train() kept the copy for the whole run)

@@ -117,6 +117,7 @@ def _check_resume(config, args, file_options: dict, flags: dict, payload: dict) 
     instead, which gives the command that continues the run."""
     import shlex
 
+    from vosrt.training.models import family_of
     from vosrt.training.train import (CHECKPOINT_NAME, RESUME_SETTABLE, gone_data_hint, resume_conflicts,
                                       resumed_data_conflict)
 
@@ -132,22 +133,28 @@ def _check_resume(config, args, file_options: dict, flags: dict, payload: dict) 
     if args.stage:
         labels["stage"] = "--stage"
     labels["model"] = "MODEL"
+    run = payload.get("train_config", {})
+    data = resumed_data_conflict(payload, args.data)
+
+    def command() -> list[str]:
+        # MODEL and --data cannot be left out: the command names the run's; the other options come from the run,
+        # but for the ones a resumed run takes from its command (the published schedule's where it gives none)
+        iterations = config.iterations if "iterations" in labels else run.get("iterations", config.iterations)
+        words = ["vosrt", "train", run.get("model", config.model), "--data", *(data or args.data), "--out",
+                 str(args.out), "--resume", "--iterations", str(iterations)]
+        return words + (["--workers", str(config.num_workers)] if "num_workers" in labels else [])
+
+    if "model" in run and family_of(run["model"]) != config.family:
+        # said here, with the whole command: resumed_config's own refusal ends in "--resume ..."
+        raise UserError(f"--resume: {Path(args.out) / CHECKPOINT_NAME} is a run of {run['model']}, not of a "
+                        f"{config.family} model; continue it with `{shlex.join(command())}`")
     conflicts = resume_conflicts(config, payload, labels, Path(args.out) / CHECKPOINT_NAME)
     given = [f"{labels[name]} {_show(value)} (the run has {_show(kept)})" for name, value, kept in conflicts]
-    data = resumed_data_conflict(payload, args.data)
     if data is not None:
         given.insert(0, f"--data {' '.join(map(str, args.data))} (the run has {' '.join(data)}){gone_data_hint(data)}")
     if given:
-        # MODEL and --data cannot be left out: the command names the run's; the other options come from the run,
-        # but for the ones a resumed run takes from its command (the published schedule's where it gives none)
-        run = payload.get("train_config", {})
-        iterations = config.iterations if "iterations" in labels else run.get("iterations", config.iterations)
-        command = ["vosrt", "train", run.get("model", config.model), "--data", *(data or args.data), "--out",
-                   str(args.out), "--resume", "--iterations", str(iterations)]
-        if "num_workers" in labels:
-            command += ["--workers", str(config.num_workers)]
         raise UserError(f"--resume continues the run in {args.out} on its data with the options it started with, but "
-                        f"this command gives others: {', '.join(given)}. Continue it with `{shlex.join(command)}` (on "
+                        f"this command gives others: {', '.join(given)}. Continue it with `{shlex.join(command())}` (on "
                         f"resume only {', '.join(RESUME_SETTABLE)} may change; the other options are the run's), or "
                         f"start a new run from its weights: --out NEW_RUN --init {Path(args.out) / 'last.pth'}")
 
