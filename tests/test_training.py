@@ -462,8 +462,27 @@ def test_init_weights_of_another_model_are_a_short_user_error_saying_what_the_fi
     assert ": 15 of another shape (decoder.compress.conv1.weight: [16, 40, 3, 3] in the file, [16, 32, 3, 3] here, " in message
     assert message.endswith('the file holds a stcn-lite with model_overrides {"value_widths": [8, 16, 32], '
                             '"value_dim": 24, "f16_thin_dim": 16, "decoder_dims": [16, 8, 8], "key_dim": 8}: give the '
-                            "run the file's model and model_overrides")
+                            "run the file's model and model_overrides, in the --config file: "
+                            '{"model": "stcn-lite", "model_overrides": {"value_widths": [8, 16, 32], "value_dim": 24, '
+                            '"f16_thin_dim": 16, "decoder_dims": [16, 8, 8], "key_dim": 8}}')
     assert len(message) < 1000 and "\n" not in message
+
+
+def test_init_weights_of_another_configuration_say_the_config_file_options_that_take_them(data_dir, tmp_path, capsys):
+    # the error said "give the run the file's model and model_overrides", and no flag gives model_overrides
+    from vosrt.cli import main
+    from vosrt.training.models import save_checkpoint
+
+    save_checkpoint(tmp_path / "wide.pth", build_model("stcn-lite", **{**TINY_STCN, "value_dim": 24}))
+    options = tiny_config(iterations=1).to_dict()
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(options))
+    command = ["train", "stcn-lite", "--data", str(data_dir), "--config", str(config), "--init",
+               str(tmp_path / "wide.pth"), "--no-progress", "--out"]
+    assert main(command + [str(tmp_path / "a")]) == 2
+    given = json.loads(capsys.readouterr().err.split("in the --config file: ")[1])
+    config.write_text(json.dumps({**options, **given}))
+    assert main(command + [str(tmp_path / "b")]) == 0   # the options it gives take the file's weights
 
 
 def test_an_init_file_that_is_not_weights_is_a_one_line_error_naming_init_and_the_fault(data_dir, tmp_path, capsys):

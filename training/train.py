@@ -511,9 +511,12 @@ def _init_weights(model: nn.Module, path: str | Path, family: str) -> None:
             return f"{config['model']} with model_overrides {json.dumps(overrides)}" if overrides else \
                 f"{config['model']} without model_overrides"
 
+        # there is no flag for model_overrides: say where they go, in the words of a config file
+        options = {"model": saved["model"], "model_overrides": {k: v for k, v in saved.items() if k != "model"}}
         raise UserError(f"--init {path}: its weights do not fit the {described(model.config)}: "
                         f"{state_dict_mismatch(model.state_dict(), state_dict)}; the file holds a {described(saved)}: "
-                        f"give the run the file's model and model_overrides") from None
+                        f"give the run the file's model and model_overrides, in the --config file: "
+                        f"{json.dumps(options)}") from None
 
 
 def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: bool | dict = False,
