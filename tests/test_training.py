@@ -158,6 +158,35 @@ def test_a_stop_signal_saves_the_last_complete_step_and_resume_continues_exactly
         assert torch.equal(value, b["state_dict"][key]), key
 
 
+def test_an_error_between_steps_saves_the_last_complete_step_and_resume_continues_exactly(data_dir, tmp_path,
+                                                                                          on_optimizer_step, capsys):
+    # a frame that could not be read lost every step since the last save (save_every 1000 by default)
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    config = tiny_config(iterations=3, save_every=1000)
+    train([data], tmp_path / "straight", config, progress=False)
+
+    def damage():
+        for frame in (data / "JPEGImages" / "480p").glob("*/*.jpg"):
+            frame.write_bytes(b"not a jpeg")
+
+    on_optimizer_step(1, damage)
+    with pytest.raises(UserError, match="cannot read frame"):
+        train([data], tmp_path / "split", config, progress=False)
+    assert "holds step 1, the last complete one: once the error below is fixed, continue with the same command " \
+           "and --resume" in capsys.readouterr().err
+    assert torch.load(tmp_path / "split" / "last.pth", weights_only=True)["step"] == 1
+    shutil.rmtree(data)
+    shutil.copytree(data_dir, data)
+    assert train([data], tmp_path / "split", config, resume=True, progress=False)["step"] == 3
+    a = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)
+    b = torch.load(tmp_path / "split" / "last.pth", weights_only=True)
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+
+
 def test_a_data_loading_worker_leaves_sigterm_to_the_training_process(data_dir, tmp_path, on_optimizer_step):
     # systemd and Slurm send SIGTERM to every process of the job: a worker it killed ended the run with
     # "DataLoader worker ... is killed by signal" instead of the training process stopping cleanly

@@ -34,6 +34,8 @@ from there. A signal that arrives while a step updates the weights, optimizer, s
 waits for that update to finish (elsewhere it takes effect at once); a second one during the save
 stops at once and leaves the previous ``last.pth``. Data-loading workers leave these signals to the
 training process, which ends them (a SIGTERM sent to every process of a job no longer kills them first).
+An error between steps (a frame that cannot be read, a failed validation) saves the last complete step
+too; a loss that is no longer finite does not (``last.pth`` keeps the last saved step).
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the step module is wrapped in
 DistributedDataParallel (nccl on GPUs, gloo on CPU); each rank takes its shard of every epoch's
@@ -627,6 +629,7 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
     saved_step = step       # the step last.pth holds
     step_rng = rng_state()  # the RNG states at the end of the last complete step
     guard = _UpdateGuard()
+    complete = True         # whether weights, optimizer, schedule and step agree (not in the middle of an update)
     try:
         guard.install()
         while step < config.iterations:
@@ -650,6 +653,7 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
                 if config.grad_clip:
                     scaler.unscale_(optimizer)
                     logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
+                complete = False
                 with guard.update():  # a stop signal waits until weights, optimizer, schedule and step agree
                     scaler.step(optimizer)
                     scaler.update()
@@ -661,6 +665,7 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
                         raise UserError(f"loss became {logs['loss']} at step {step}: lower the learning rate (lr "
                                         f"{config.lr:g}) or clip gradients (grad_clip){saved}")
                     step_rng = rng_state()
+                complete = True
                 if ctx.rank == 0:
                     if bar is not None:
                         bar.update(1)
@@ -698,6 +703,18 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
         if ctx.rank == 0 and step > 0:
             print(f"stopped at step {step} of {config.iterations}; {checkpoint_path} holds step {step}: continue "
                   f"with the same command and --resume", file=sys.stderr, flush=True)
+        raise
+    except Exception:
+        # an error between steps (a frame that cannot be read, a failed validation) keeps the steps done since the
+        # last save, as a stop signal does; not one inside an update (a loss that became NaN: its weights are)
+        if ctx.rank == 0 and complete and step > saved_step:
+            try:
+                save(checkpoint_path, step_rng)
+            except Exception:  # noqa: BLE001 - the error that stopped the run is the one to report
+                pass
+            else:
+                print(f"{checkpoint_path} holds step {step}, the last complete one: once the error below is "
+                      f"fixed, continue with the same command and --resume", file=sys.stderr, flush=True)
         raise
     finally:
         guard.restore()
