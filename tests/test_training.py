@@ -202,6 +202,34 @@ def test_a_data_loading_worker_leaves_sigterm_to_the_training_process(data_dir, 
     assert summary["step"] == 2
 
 
+def test_resume_from_a_damaged_checkpoint_names_resume_and_gives_the_kept_checkpoint_to_go_on_from(data_dir, tmp_path,
+                                                                                                 capsys):
+    # the error named the file's fault only, neither --resume nor what could be done
+    import shlex
+    import subprocess as sp
+
+    from vosrt.cli import main
+
+    run = tmp_path / "run"
+    train([data_dir], run, tiny_config(iterations=2, keep_every=1), progress=False)
+    data = (run / "last.pth").read_bytes()
+    (run / "last.pth").write_bytes(data[:len(data) // 2])
+    command = ["train", "stcn-lite", "--data", str(data_dir), "--out", str(run), "--resume", "--no-progress"]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --resume: {run / 'last.pth'} is not a PyTorch checkpoint that can be read safely: ")
+    copy = err.split("resume from the last checkpoint kept (keep_every): `")[1].split("`")[0]
+    assert copy == shlex.join(["cp", str(run / "checkpoints" / "step_0000002.pth"), str(run / "last.pth")])
+    sp.run(shlex.split(copy), check=True)
+    assert main(command + ["--iterations", "3"]) == 0
+    assert torch.load(run / "last.pth", weights_only=True)["step"] == 3
+    (run / "last.pth").write_bytes(b"")
+    for kept in (run / "checkpoints").iterdir():
+        kept.unlink()
+    assert main(command) == 2
+    assert capsys.readouterr().err.endswith("(0 bytes); start a new run in another --out folder\n")
+
+
 def test_resume_without_a_checkpoint_is_a_user_error(data_dir, tmp_path):
     with pytest.raises(UserError, match="no checkpoint"):
         train([data_dir], tmp_path / "empty", tiny_config(), resume=True, progress=False)

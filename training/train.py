@@ -273,7 +273,15 @@ def read_resume_checkpoint(out: str | Path) -> dict:
     path = Path(out) / CHECKPOINT_NAME
     if not path.is_file():
         raise UserError(f"--resume: no checkpoint to resume at {path}")
-    payload = load_payload(path)
+    try:
+        payload = load_payload(path)
+    except UserError as err:  # damaged (a copy cut short, a disk fault): said of --resume, with what can be done
+        import shlex
+
+        kept = sorted((Path(out) / "checkpoints").glob("step_*.pth"))
+        fix = (f"resume from the last checkpoint kept (keep_every): `{shlex.join(['cp', str(kept[-1]), str(path)])}`, "
+               f"then --resume again" if kept else "start a new run in another --out folder")
+        raise UserError(f"--resume: {err}; {fix}") from None
     if not isinstance(payload, dict) or not {"state_dict", "optimizer", "step", "rng"} <= set(payload):
         raise UserError(f"--resume: {path} is not a training checkpoint of `vosrt train` (no optimizer "
                         f"state or step); start a new run folder, or pass the file with --init instead")
