@@ -110,6 +110,28 @@ def test_bare_single_object_checkpoint_is_padded_on_load(tmp_path, published_sta
     assert torch.count_nonzero(weight[:, 4]) == 0
 
 
+def test_stcn_s_own_training_checkpoint_gives_its_network(tmp_path, published_state):
+    # the public STCN code's _checkpoint.pth holds the weights under "network" beside its iteration, optimizer and
+    # scheduler: "expected a vosrt checkpoint or a model state_dict, got dict"
+    from vosrt.training.train import _init_weights
+
+    model = build_model("stcn")
+    model.load_state_dict(published_state)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [125000], 0.1)
+    torch.save({"it": 5000, "network": published_state, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict()}, tmp_path / "stcn_checkpoint.pth")
+    loaded, config = load_checkpoint(tmp_path / "stcn_checkpoint.pth")
+    assert config == {"model": "stcn"}
+    assert_same_weights(published_state, loaded)
+    fresh = build_model("stcn")
+    _init_weights(fresh, tmp_path / "stcn_checkpoint.pth", "stcn")   # vosrt train stcn --init FILE
+    assert_same_weights(published_state, fresh)
+    torch.save({"it": 5000, "weights": published_state}, tmp_path / "other.pth")
+    with pytest.raises(UserError, match="got dict \\(keys: it, weights\\)"):
+        load_checkpoint(tmp_path / "other.pth")
+
+
 def test_wrong_key_set_is_a_user_error_naming_the_keys(tmp_path, published_state):
     state = dict(published_state)
     del state["decoder.up_8_4.skip_conv.bias"]

@@ -278,7 +278,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
     payload = load_payload(path)
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         return dict(payload["config"]), _strip_prefix(payload["state_dict"])
-    for wrapper in ("state_dict", "model"):  # training scripts often wrap the weights (STEm-Seg: "model")
+    # training scripts often wrap the weights: STEm-Seg, 3DC-Seg and D²Conv3D under "model", STCN's training
+    # checkpoint (model/model.py save_checkpoint, beside "it", "optimizer", "scheduler") under "network"
+    for wrapper in ("state_dict", "model", "network"):
         if isinstance(payload, dict) and isinstance(payload.get(wrapper), dict):
             payload = payload[wrapper]
             break
@@ -297,7 +299,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
         sample = ", ".join(list(state_dict)[:5])
         raise UserError(f"{path}: a state_dict of no known model (first keys: {sample}); "
                         f"expected a checkpoint of one of the families {', '.join(families.names())}")
-    raise UserError(f"{path}: expected a vosrt checkpoint or a model state_dict, got {type(payload).__name__}")
+    held = f" (keys: {', '.join(map(str, list(payload)[:8]))})" if isinstance(payload, dict) else ""
+    raise UserError(f"{path}: expected a vosrt checkpoint or a model state_dict, got {type(payload).__name__}{held}")
 
 
 def load_checkpoint(path: str | Path, family: str | None = None) -> tuple[torch.nn.Module, dict]:
