@@ -424,6 +424,23 @@ def test_a_validation_folder_or_size_that_cannot_work_is_refused_before_the_firs
     assert not (tmp_path / "a" / "last.pth").exists() and not (tmp_path / "b" / "last.pth").exists()
 
 
+def test_validation_session_options_the_session_refuses_are_refused_before_the_first_step(data_dir, tmp_path):
+    # mem_every 0 or a clip overlap of a whole clip failed when the first validation opened its session: after
+    # every step (at the end, with val_every 0), naming a session setting ("overlap") rather than the option
+    with pytest.raises(UserError) as error:
+        train([data_dir], tmp_path / "a", tiny_config(iterations=1, stcn={"mem_every": 0}), val_data=data_dir,
+              progress=False)
+    assert str(error.value) == ('--val: the validation session refuses the stcn options {"mem_every": 0, "top_k": 20} '
+                                '("stcn" in the --config file): mem_every: expected a positive whole number of frames, '
+                                'got 0')
+    config = default_config("3dc-seg-lite", model_overrides=TINY_3DC, size=[32, 32], batch_size=1, iterations=1,
+                            num_workers=0, **{"3dc-seg": {"clip_overlap": 8}})
+    with pytest.raises(UserError, match=r'^--val: the validation session refuses the 3dc-seg options '
+                                        r'\{"clip_overlap": 8\} .*: overlap: expected an integer in 0\.\.7'):
+        train([data_dir], tmp_path / "b", config, val_data=data_dir, progress=False)
+    assert not (tmp_path / "a" / "last.pth").exists() and not (tmp_path / "b" / "last.pth").exists()
+
+
 @pytest.mark.parametrize("model", ["stcn", "3dc-seg", "3dc-seg-lite", "stem-seg", "stem-seg-lite"])
 def test_the_published_schedule_s_training_size_is_one_training_accepts(data_dir, model):
     # 3dc-seg's was 480x854, refused by the multiple-of-16 check: `vosrt train 3dc-seg --data DAVIS2017/ --out RUN`

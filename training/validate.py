@@ -44,7 +44,8 @@ def validation_folder(root, family: str | None = None) -> VideoFolder:
 
 def check_validation(model, config, root) -> None:
     """UserError, before training starts, for what would fail the first validation, after all the steps
-    before it: a ``--val`` folder with no annotated videos, a ``val_size`` the model cannot take."""
+    before it: a ``--val`` folder with no annotated videos, a ``val_size`` the model cannot take, session options
+    (``mem_every``, ``clip_overlap`` ...) the family's session refuses."""
     try:
         validation_folder(root, config.family)
     except UserError as err:
@@ -54,6 +55,19 @@ def check_validation(model, config, root) -> None:
         raise UserError(f"val_size: expected [height, width], both multiples of {stride}, got [{height}, {width}]")
     check_min_size(height, width, int(getattr(model, "min_size", 0)), config.model, "val_size",
                    '"val_size": [{height}, {width}] in the --config file')
+    # the session's settings (memory schedule, clip overlap) are checked when it opens: at the first validation,
+    # by default after the last step
+    try:
+        session_for(model, config).close()
+    except UserError as err:
+        import json
+
+        from vosrt.training.recipes import recipe_for
+
+        names = recipe_for(config.family).session_options
+        options = json.dumps({name: getattr(config.options, name) for name in names})
+        raise UserError(f"--val: the validation session refuses the {config.family} options {options} "
+                        f"(\"{config.family}\" in the --config file): {err}") from None
 
 
 def session_for(model, config):

@@ -29,6 +29,7 @@ class Recipe:
     options: type = None          # dataclass of the family's training options
     stages: tuple = ("main",)
     min_size: int = 16            # the smallest training crop height and width the family's network takes
+    session_options: tuple = ()   # the options session_settings reads (named when the session refuses them)
 
     def schedule(self, stage: str) -> dict:
         """Overrides of the generic defaults for the published schedule of ``stage``."""

@@ -38,6 +38,7 @@ class C3DSegOptions:
 class C3DSegRecipe(Recipe):
     family = FAMILY
     options = C3DSegOptions
+    session_options = ("clip_overlap",)
 
     def schedule(self, stage):
         self.check_stage(stage)

@@ -59,6 +59,7 @@ class STCNRecipe(Recipe):
     family = FAMILY
     options = STCNOptions
     stages = ("main", "static")
+    session_options = ("mem_every", "top_k")
 
     def schedule(self, stage: str) -> dict:
         self.check_stage(stage)

@@ -59,6 +59,7 @@ class StemSegRecipe(Recipe):
     family = FAMILY
     options = StemSegOptions
     min_size = MIN_SIZE
+    session_options = ("clip_overlap", "min_seediness")
 
     def schedule(self, stage):
         self.check_stage(stage)
