@@ -663,6 +663,10 @@ def test_main_training_on_a_folder_listing_its_splits_in_imagesets_2016_takes_th
     ({"model_overrides": {"valu_dim": 64}}, "model_overrides: unknown config field\\(s\\) valu_dim of stcn;"),
     ({"stcn": {"top_p": "high"}}, "stcn option top_p should be a number"),
     ({"stcn": {"skip_curriculum": []}}, "stcn option skip_curriculum should be a non-empty list"),
+    # an IndexError / ValueError traceback from the sampler or the loss before
+    ({"model": "3dc-seg-lite", "3dc-seg": {"clip_length": 0}}, "3dc-seg option clip_length should be a number of "
+                                                               "frames ≥ 1, got 0"),
+    ({"model": "stem-seg-lite", "stem-seg": {"max_instances": 0}}, "stem-seg option max_instances should be ≥ 1, got 0"),
 ])
 def test_config_values_of_the_wrong_type_or_range_are_user_errors_naming_the_file(tmp_path, options, message):
     path = tmp_path / "run.json"

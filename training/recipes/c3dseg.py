@@ -45,6 +45,12 @@ class C3DSegRecipe(Recipe):
         return dict(batch_size=2, iterations=100000, lr=1e-5, weight_decay=0.0, lr_steps=[], size=[480, 864],
                     grad_clip=10.0)
 
+    def check_options(self, options: C3DSegOptions, source: str) -> None:
+        """UserError for a clip of no frames (it failed in the sampler, with a traceback)."""
+        if options.clip_length < 1:
+            raise UserError(f"{source}: 3dc-seg option clip_length should be a number of frames ≥ 1, got "
+                            f"{options.clip_length}")
+
     def build_dataset(self, config, data):
         if [str(d) for d in data] == [GENERATED]:
             raise UserError(f"--data generated: clips generated on the fly feed stcn main training and stem-seg only; "

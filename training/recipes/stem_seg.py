@@ -87,6 +87,11 @@ class StemSegRecipe(Recipe):
             return KittiMOTSClips(sources[0], split=o.kitti_split, **common)
         return FolderInstanceClips(_folders(data, task="unsupervised"), **common)
 
+    def check_options(self, options: StemSegOptions, source: str) -> None:
+        """UserError for a sample of no instance slots (it failed in the sampler or the loss, with a traceback)."""
+        if options.max_instances < 1:
+            raise UserError(f"{source}: stem-seg option max_instances should be ≥ 1, got {options.max_instances}")
+
     def step_module(self, model, config):
         return StemSegTrainStep(model, config.options.weights)
 
