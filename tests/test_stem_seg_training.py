@@ -277,6 +277,25 @@ def test_a_training_crop_too_small_for_stem_seg_is_refused_naming_size_before_tr
     assert train(["generated"], tmp_path / "run", config, progress=False)["step"] == 1
 
 
+def test_a_training_clip_length_other_than_the_model_s_is_refused_before_training(tmp_path):
+    # clips of 8 frames for a model built for 4 (model_overrides) trained what the session does not run; clips of 4
+    # for a model of 8 ended at the first step in avg_pool3d's "input image (T: 2 ...) smaller than kernel size"
+    from vosrt.training.train import default_config, train
+
+    for model_length, clip_length in ((4, 8), (8, 4)):
+        overrides = {**TINY, "clip_length": model_length}
+        config = default_config("stem-seg-lite", model_overrides=overrides, clip_length=clip_length, size=[80, 80],
+                                batch_size=1, iterations=1, num_workers=0, samples_per_epoch=1, seed=0)
+        with pytest.raises(UserError) as error:
+            train(["generated"], tmp_path / f"run{model_length}", config, progress=False)
+        assert str(error.value) == (
+            f"stem-seg option clip_length: stem-seg-lite's decoder is built for clips of {model_length} frames, got "
+            f"{clip_length}; give \"stem-seg\": {{\"clip_length\": {model_length}}} in the --config file, or a model for "
+            f"{clip_length} frames: \"model_overrides\": {{\"clip_length\": {clip_length}}} (the lengths a model is built "
+            f"for: 2, 4, 8, 16, 24, 32)")
+        assert not (tmp_path / f"run{model_length}" / "last.pth").exists()
+
+
 @pytest.mark.parametrize("alone", ["generated", "valid.json", "kitti"])
 def test_a_dataset_that_trains_alone_given_beside_a_folder_is_refused_naming_it(tmp_path, capsys, alone):
     # a YouTube-VIS JSON beside a DAVIS folder fell through to the folder reader: "dataset folder not found:

@@ -55,6 +55,7 @@ HEADS = ("embedding_head", "seediness_head", "semseg_head")
 # three upsampling steps (32→16, 16→8, 8→4), per clip length: the public code's table.
 _TEMPORAL = {2: (0, (1, 1, 1)), 4: (1, (1, 1, 2)), 8: (2, (1, 2, 2)), 16: (3, (2, 2, 2)),
              24: (3, (2, 2, 2)), 32: (3, (2, 2, 2))}
+CLIP_LENGTHS = tuple(_TEMPORAL)   # the clip lengths a decoder can be built for
 _EMBEDDING_MODES = {"xy": (2, 0), "xyt": (3, 0), "xyf": (3, 1), "xytf": (4, 1), "xyff": (4, 2),
                     "xytff": (5, 2), "xyfff": (5, 3), "ff": (2, 2)}  # (embedding dims, free dims)
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from vosrt.training.data.instance_clips import FolderInstanceClips, GeneratedInstanceClips, KittiMOTSClips, VISJsonClips
 from vosrt.sdk.errors import UserError
-from vosrt.training.models.stem_seg import FAMILY, MIN_SIZE
+from vosrt.training.models.stem_seg import CLIP_LENGTHS, FAMILY, MIN_SIZE
 from vosrt.training.recipes import Recipe
 from vosrt.training.recipes.stcn import GENERATED, _folders
 from vosrt.training.stem_seg_step import WEIGHTS, StemSegTrainStep
@@ -93,6 +93,17 @@ class StemSegRecipe(Recipe):
             raise UserError(f"{source}: stem-seg option max_instances should be ≥ 1, got {options.max_instances}")
 
     def step_module(self, model, config):
+        # the decoder pools time for the model's clip length (the public code's table), and the session streams
+        # clips of that length: training clips of another failed deep in the decoder (4 frames for a model of 8)
+        # or trained what the session does not run (16)
+        wanted, built = config.options.clip_length, model.clip_length
+        if wanted != built:
+            other = (f', or a model for {wanted} frames: "model_overrides": {{"clip_length": {wanted}}}'
+                     if wanted in CLIP_LENGTHS else "")
+            raise UserError(f"stem-seg option clip_length: {config.model}'s decoder is built for clips of {built} "
+                            f"frames, got {wanted}; give \"{FAMILY}\": {{\"clip_length\": {built}}} in the --config "
+                            f"file{other} (the lengths a model is built for: "
+                            f"{', '.join(map(str, CLIP_LENGTHS))})")
         return StemSegTrainStep(model, config.options.weights)
 
     def run_step(self, module, batch, step, device):
