@@ -230,6 +230,14 @@ def test_resume_from_a_damaged_checkpoint_names_resume_and_gives_the_kept_checkp
     assert capsys.readouterr().err.endswith("(0 bytes); start a new run in another --out folder\n")
 
 
+def test_a_large_seed_trains_and_resumes(data_dir, tmp_path):
+    # torch's generators take 64 bits: seed 2**50 (any from about 1.8e13, as seed * 1000003 seeds the batch order)
+    # ended in "ValueError: Overflow when unpacking long long"
+    config = tiny_config(iterations=2, seed=2**70)
+    train([data_dir], tmp_path / "run", tiny_config(iterations=1, seed=2**70), progress=False)
+    assert train([data_dir], tmp_path / "run", config, resume=True, progress=False)["step"] == 2
+
+
 def test_resume_without_a_checkpoint_is_a_user_error(data_dir, tmp_path):
     with pytest.raises(UserError, match="no checkpoint"):
         train([data_dir], tmp_path / "empty", tiny_config(), resume=True, progress=False)

@@ -422,12 +422,18 @@ def _generated(data) -> bool:
     return [str(d) for d in data] == [GENERATED]
 
 
+def _torch_seed(value: int) -> int:
+    """``value`` as a torch generator seed, which takes 64 bits: a --config seed from about 1.8e13 on
+    (``seed * 1000003``) ended in "Overflow when unpacking long long"; smaller ones are unchanged."""
+    return int(value) % 2**64
+
+
 class EpochShardSampler(torch.utils.data.Sampler):
     """Indices of one epoch: a permutation fixed by (seed, epoch), cut into ``world`` interleaved shards,
     starting after ``skip`` of this rank's batches (to re-enter an interrupted epoch)."""
 
     def __init__(self, length: int, seed: int, epoch: int, rank: int, world: int, batch_size: int, skip: int = 0):
-        generator = torch.Generator().manual_seed(int(seed) * 1000003 + int(epoch))
+        generator = torch.Generator().manual_seed(_torch_seed(int(seed) * 1000003 + int(epoch)))
         order = torch.randperm(length, generator=generator).tolist()
         per_rank = (length // (world * batch_size)) * batch_size
         self.indices = order[rank:per_rank * world:world][skip * batch_size:]
@@ -561,7 +567,7 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
             print(f"--resume: {old} is not there any more; the run goes on with {new}, of the same name, as its data",
                   file=sys.stderr)
         config = resumed_config(config, payload, checkpoint_path)
-    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    torch.manual_seed(_torch_seed(config.seed))  # the same initial weights on every rank
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
 
@@ -652,7 +658,7 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
                                                  # workers' seeds from (seed, epoch), not from the global RNG: a
                                                  # resumed run re-enters mid-epoch with the RNG states it saved
                                                  generator=torch.Generator().manual_seed(
-                                                     int(config.seed) * 1000003 + epoch + 1))
+                                                     _torch_seed(int(config.seed) * 1000003 + epoch + 1)))
             for batch in _batches(_start_workers(loader)):
                 with torch.autocast(ctx.device.type, dtype=autocast_dtype, enabled=config.amp):
                     loss, logs, predicted = recipe.run_step(step_module, batch, step, ctx.device)
