@@ -66,13 +66,26 @@ class STCNRecipe(Recipe):
         return dict(batch_size=8, iterations=300000, lr_steps=[150000], lr=1e-5) if stage == "static" else {}
 
     def check_options(self, options: STCNOptions, source: str) -> None:
-        """UserError for a frame-gap curriculum that is not a non-empty list of [fraction, max_skip] pairs."""
+        """UserError for a frame-gap curriculum that is not a non-empty list of [fraction, max_skip] pairs, a
+        bootstrapping fraction outside (0, 1], generated clips of no frames or smaller than 16x16."""
         curriculum = options.skip_curriculum
         if not curriculum or not all(isinstance(p, (list, tuple)) and len(p) == 2
                                      and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
                                      and 0 <= p[0] <= 1 and p[1] >= 1 for p in curriculum):
             raise UserError(f"{source}: stcn option skip_curriculum should be a non-empty list of [fraction of the "
                             f"iterations (0..1), max_skip ≥ 1] pairs, e.g. [[0.0, 5], [0.5, 10]], got {curriculum!r}")
+        # a top_p of 0 or less bootstrapped on one pixel after end_warm, without a word
+        if not 0 < options.top_p <= 1:
+            raise UserError(f"{source}: stcn option top_p should be a fraction of the pixels in (0, 1], got "
+                            f"{options.top_p}")
+        # said of the options: the generator named its own arguments (num_frames, height), at the first sample
+        size = options.generated_clip_size
+        if not (isinstance(size, (list, tuple)) and len(size) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 16 for v in size)):
+            raise UserError(f"{source}: stcn option generated_clip_size should be [height, width], both ≥ 16, got "
+                            f"{size!r}")
+        if options.generated_frames < 1:
+            raise UserError(f"{source}: stcn option generated_frames should be ≥ 1, got {options.generated_frames}")
 
     def build_dataset(self, config, data):
         o = config.options
