@@ -51,6 +51,31 @@ def test_youtube_vis_json_clips_carry_instances_and_their_categories(tmp_path):
     assert not (sample["masks"][0].bool() & sample["masks"][1].bool()).any()
 
 
+def test_a_category_head_too_small_for_the_dataset_s_category_ids_is_refused_before_training(tmp_path):
+    # "IndexError: Target 7 is out of bounds" from the cross-entropy at the first sample carrying category 7
+    seq = generate_sequence(3, num_frames=FRAMES, height=H, width=W, num_objects=2, num_distractors=0)
+    names = write_frames(tmp_path / "train" / "JPEGImages" / "vid", seq, ".jpg")
+    annotations = []
+    for k, (obj, category) in enumerate(((1, 3), (2, 7)), 1):
+        segs = []
+        for labels in seq.labels:
+            rle = mask_utils.encode(np.asfortranarray((labels == obj).astype(np.uint8)))
+            segs.append({"size": rle["size"], "counts": rle["counts"].decode()} if (labels == obj).any() else None)
+        annotations.append({"id": k, "video_id": 5, "category_id": category, "segmentations": segs})
+    (tmp_path / "train.json").write_text(json.dumps({
+        "videos": [{"id": 5, "height": H, "width": W, "file_names": [f"vid/{n}" for n in names]}],
+        "categories": [{"id": 3}, {"id": 7}], "annotations": annotations}))
+    recipe, data = recipe_for("stem-seg"), [tmp_path / "train.json"]
+    with pytest.raises(UserError) as error:
+        recipe.build_dataset(default_config("stem-seg-lite", model_overrides={"num_classes": 5}), data)
+    assert str(error.value) == (f"--data {data[0]}: its category ids go up to 7, more than stem-seg-lite's category "
+                                f"head scores (num_classes 5, background 0 included); give \"model_overrides\": "
+                                f"{{\"num_classes\": 8}} in the --config file")
+    assert recipe.build_dataset(default_config("stem-seg-lite", model_overrides={"num_classes": 8}), data).categories \
+        == [3, 7]
+    assert len(recipe.build_dataset(default_config("stem-seg-lite"), data)) == 1   # class-agnostic: any ids
+
+
 def test_kitti_mots_txt_and_png_clips_keep_classes_and_ignore_regions(tmp_path):
     seq = generate_sequence(4, num_frames=FRAMES, height=H, width=W, num_objects=2, num_distractors=0)
     write_frames(tmp_path / "txt" / "images" / "0000", seq, ".png")

@@ -185,6 +185,7 @@ class VISJsonClips(SeededDataset):
         for ann in data.get("annotations", []):
             self.tracks.setdefault(ann["video_id"], []).append(ann)
         self.videos = [v for v in self.videos if v["id"] in self.tracks]
+        self.categories = sorted({int(ann["category_id"]) for ann in data["annotations"]})   # the ids samples carry
         self.size, self.clip_length, self.max_window = tuple(size), int(clip_length), int(max_window)
         self.max_instances, self.repeat, self.seed = int(max_instances), int(repeat), int(seed)
 

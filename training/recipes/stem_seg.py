@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from vosrt.training.data.instance_clips import FolderInstanceClips, GeneratedInstanceClips, KittiMOTSClips, VISJsonClips
 from vosrt.sdk.errors import UserError
-from vosrt.training.models.stem_seg import CLIP_LENGTHS, FAMILY, MIN_SIZE
+from vosrt.training.models.stem_seg import CLIP_LENGTHS, FAMILY, MIN_SIZE, VARIANTS
 from vosrt.training.recipes import Recipe
 from vosrt.training.recipes.stcn import GENERATED, _folders
 from vosrt.training.stem_seg_step import WEIGHTS, StemSegTrainStep
@@ -82,8 +82,11 @@ class StemSegRecipe(Recipe):
                             f"KITTI-MOTS folder each make a dataset of their own; DAVIS-layout folders can be "
                             f"combined); give --data {alone[0]} only")
         if len(sources) == 1 and sources[0].suffix == ".json":
-            return VISJsonClips(sources[0], **common)                       # YouTube-VIS 2019/2021, OVIS
+            dataset = VISJsonClips(sources[0], **common)                    # YouTube-VIS 2019/2021, OVIS
+            _check_categories(config, sources[0], max(dataset.categories))
+            return dataset
         if len(sources) == 1 and _is_kitti_mots(sources[0]):
+            _check_categories(config, sources[0], 2)                        # 1 car, 2 pedestrian
             return KittiMOTSClips(sources[0], split=o.kitti_split, **common)
         return FolderInstanceClips(_folders(data, task="unsupervised"), **common)
 
@@ -120,6 +123,17 @@ class StemSegRecipe(Recipe):
 
     def session_settings(self, config):
         return {"overlap": config.options.clip_overlap, "min_seediness": config.options.min_seediness}
+
+
+def _check_categories(config, data: Path, highest: int) -> None:
+    """UserError, before the first step, when the model has a category head too small for the category ids of the
+    dataset ``data`` (up to ``highest``): the cross-entropy failed at the first sample carrying a larger one
+    ("IndexError: Target 7 is out of bounds"), which may come late in a run."""
+    classes = config.model_overrides.get("num_classes", VARIANTS[config.model].num_classes)
+    if classes and highest >= classes:
+        raise UserError(f"--data {data}: its category ids go up to {highest}, more than {config.model}'s category head "
+                        f"scores (num_classes {classes}, background 0 included); give \"model_overrides\": "
+                        f"{{\"num_classes\": {highest + 1}}} in the --config file")
 
 
 def _is_kitti_mots(path: Path) -> bool:
