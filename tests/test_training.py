@@ -680,6 +680,10 @@ def test_main_training_on_a_folder_listing_its_splits_in_imagesets_2016_takes_th
     ({"stcn": {"generated_clip_size": [8, 64]}}, "stcn option generated_clip_size should be \\[height, width\\], both "
                                                  "≥ 16, got \\[8, 64\\]"),
     ({"stcn": {"generated_frames": 0}}, "stcn option generated_frames should be ≥ 1, got 0"),
+    # a misspelt loss weight was ignored without a word, a string one ended in a TypeError at the first step
+    ({"model": "stem-seg-lite", "stem-seg": {"weights": {"lovaz": 2}}}, "stem-seg option weights should map some of "
+                                                                        "lovasz, smoothness, .* got {\"lovaz\": 2}"),
+    ({"model": "stem-seg-lite", "stem-seg": {"weights": {"seediness": "x"}}}, "stem-seg option weights should map"),
 ])
 def test_config_values_of_the_wrong_type_or_range_are_user_errors_naming_the_file(tmp_path, options, message):
     path = tmp_path / "run.json"

@@ -27,6 +27,8 @@ videos through the InstanceSegmenter and scores them by the DAVIS unsupervised p
 """
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,9 +93,18 @@ class StemSegRecipe(Recipe):
         return FolderInstanceClips(_folders(data, task="unsupervised"), **common)
 
     def check_options(self, options: StemSegOptions, source: str) -> None:
-        """UserError for a sample of no instance slots (it failed in the sampler or the loss, with a traceback)."""
+        """UserError for a sample of no instance slots (it failed in the sampler or the loss, with a traceback), and
+        for loss weights of unknown names (ignored, without a word) or that are not numbers ≥ 0 (a TypeError at
+        the first step)."""
         if options.max_instances < 1:
             raise UserError(f"{source}: stem-seg option max_instances should be ≥ 1, got {options.max_instances}")
+        weights = options.weights
+        unknown = sorted(set(weights) - set(WEIGHTS))
+        wrong = [name for name, value in weights.items() if name in WEIGHTS and not (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0)]
+        if unknown or wrong:
+            raise UserError(f"{source}: stem-seg option weights should map some of {', '.join(WEIGHTS)} to numbers ≥ "
+                            f"0, got {json.dumps(weights, default=repr)}")
 
     def step_module(self, model, config):
         # the decoder pools time for the model's clip length (the public code's table), and the session streams
