@@ -675,6 +675,7 @@ def test_main_training_on_a_folder_listing_its_splits_in_imagesets_2016_takes_th
     ({"model": "3dc-seg-lite", "3dc-seg": {"clip_length": 0}}, "3dc-seg option clip_length should be a number of "
                                                                "frames ≥ 1, got 0"),
     ({"model": "stem-seg-lite", "stem-seg": {"max_instances": 0}}, "stem-seg option max_instances should be ≥ 1, got 0"),
+    ({"model": "3dc-seg-lite", "3dc-seg": {"bce_weight": -1}}, "3dc-seg option bce_weight should be ≥ 0"),  # ignored
     # accepted: bootstrapped on one pixel after end_warm; at the first generated sample, naming the generator's arguments
     ({"stcn": {"top_p": 0}}, "stcn option top_p should be a fraction of the pixels in \\(0, 1\\], got 0"),
     ({"stcn": {"generated_clip_size": [8, 64]}}, "stcn option generated_clip_size should be \\[height, width\\], both "

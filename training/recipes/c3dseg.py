@@ -46,10 +46,14 @@ class C3DSegRecipe(Recipe):
                     grad_clip=10.0)
 
     def check_options(self, options: C3DSegOptions, source: str) -> None:
-        """UserError for a clip of no frames (it failed in the sampler, with a traceback)."""
+        """UserError for a clip of no frames (it failed in the sampler, with a traceback) and a negative
+        bce_weight (no cross-entropy was added, without a word)."""
         if options.clip_length < 1:
             raise UserError(f"{source}: 3dc-seg option clip_length should be a number of frames ≥ 1, got "
                             f"{options.clip_length}")
+        if options.bce_weight < 0:
+            raise UserError(f"{source}: 3dc-seg option bce_weight should be ≥ 0 (0: the Lovász hinge alone), got "
+                            f"{options.bce_weight}")
 
     def build_dataset(self, config, data):
         if [str(d) for d in data] == [GENERATED]:
