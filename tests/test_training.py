@@ -520,6 +520,26 @@ def test_generated_clips_too_few_for_a_batch_name_samples_per_epoch_and_repeat_i
     assert train(["generated"], tmp_path / "c", tiny_config(samples_per_epoch=2, **generated), progress=False)["step"] == 1
 
 
+@pytest.mark.slow
+def test_training_that_does_not_take_generated_clips_gives_the_command_that_writes_them(tmp_path, capsys, monkeypatch):
+    # it said "write a dataset with vosrt.sdk.synthetic.generate_dataset", a function of required arguments
+    import shlex
+
+    from vosrt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "3dc-seg-lite", "--data", "generated", "--out", "run", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    command = shlex.split(err.split("write them as a dataset folder with `")[1].split("`")[0])
+    assert command[:2] == ["python", "-c"] and err.strip().endswith("and give --data synthetic")
+    subprocess.run([sys.executable, *command[1:]], check=True, cwd=tmp_path)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"model": "3dc-seg-lite", "model_overrides": TINY_3DC, "size": [32, 32],
+                                  "batch_size": 2, "iterations": 1, "num_workers": 0}))
+    assert main(["train", "3dc-seg-lite", "--data", "synthetic", "--out", "run", "--config", str(config),
+                 "--no-progress"]) == 0
+
+
 def test_an_out_folder_that_cannot_be_written_is_a_user_error_naming_it(data_dir, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="^--out .*file is a file; give a folder"):

@@ -21,7 +21,7 @@ from vosrt.training.data import ForegroundClipDataset
 from vosrt.training.models.c3dseg import FAMILY
 from vosrt.training.models import read_checkpoint
 from vosrt.training.recipes import Recipe
-from vosrt.training.recipes.stcn import GENERATED, _folders
+from vosrt.training.recipes.stcn import GENERATED, _folders, write_generated_hint
 from vosrt.training.steps import ClipTrainStep
 
 
@@ -58,7 +58,7 @@ class C3DSegRecipe(Recipe):
     def build_dataset(self, config, data):
         if [str(d) for d in data] == [GENERATED]:
             raise UserError(f"--data generated: clips generated on the fly feed stcn main training and stem-seg only; "
-                            f"write a dataset with vosrt.sdk.synthetic.generate_dataset for {FAMILY}")
+                            f"{write_generated_hint()}")
         o = config.options
         return ForegroundClipDataset(_folders(data, task="unsupervised"), size=tuple(int(s) for s in config.size),
                                      clip_length=o.clip_length, max_window=o.max_window, repeat=config.repeat,

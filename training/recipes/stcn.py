@@ -22,6 +22,16 @@ from vosrt.training.steps import STCNTrainStep
 GENERATED = "generated"  # --data value: STCN triplets from clips generated on the fly
 
 
+def write_generated_hint() -> str:
+    """For training that does not take ``--data generated``: the command that writes generated clips as a dataset
+    folder (without distractors: 3DC-Seg takes every moving shape for foreground), and the --data that takes it."""
+    import shlex
+
+    code = ('from vosrt.sdk.synthetic import generate_dataset; '
+            'generate_dataset("synthetic", 64, seed=1, num_distractors=0)')
+    return f"write them as a dataset folder with `{shlex.join(['python', '-c', code])}` and give --data synthetic"
+
+
 @dataclass
 class STCNOptions:
     """STCN's training options (nested under ``"stcn"`` in a config file)."""
@@ -91,8 +101,8 @@ class STCNRecipe(Recipe):
         o = config.options
         if [str(d) for d in data] == [GENERATED]:
             if config.stage != "main":
-                raise UserError("--data generated: clips generated on the fly feed stcn main training and stem-seg only; "
-                                "write a dataset with vosrt.sdk.synthetic.generate_dataset for the others")
+                raise UserError(f"--data generated: clips generated on the fly feed stcn main training and stem-seg "
+                                f"only; {write_generated_hint()}")
             return GeneratedTripletDataset(size=tuple(config.size), clip_size=tuple(o.generated_clip_size),
                                            num_frames=o.generated_frames, max_skip=o.skip_curriculum[0][1],
                                            samples_per_epoch=o.samples_per_epoch, seed=config.seed)
