@@ -238,6 +238,41 @@ def test_a_large_seed_trains_and_resumes(data_dir, tmp_path):
     assert train([data_dir], tmp_path / "run", config, resume=True, progress=False)["step"] == 2
 
 
+def test_a_training_into_the_folder_of_a_running_one_is_refused_and_the_folder_is_free_after_it(data_dir, tmp_path):
+    # Two trainings into one --out both wrote last.pth, config.json and the logs: a second `vosrt train` started
+    # before the first one's first save, or with --resume, went on beside it. The running trainings are played
+    # here by a second process holding the runs' locks as a running `vosrt train` does: "run" has saved a step,
+    # "starting" has not saved yet.
+    import subprocess
+    import sys
+
+    run, starting = tmp_path / "run", tmp_path / "starting"
+    train([data_dir], run, tiny_config(iterations=1), progress=False)
+    starting.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys\n"
+        "held = [open(os.path.join(folder, '.vosrt-train.lock'), 'a+') for folder in sys.argv[1:]]\n"
+        "for f in held:\n"
+        "    fcntl.flock(f, fcntl.LOCK_EX); f.seek(0); f.truncate(); f.write(f'{os.getpid()}\\n'); f.flush()\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()"), str(run), str(starting)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = (run / "last.pth").read_bytes()
+        with pytest.raises(UserError, match=f"^--out {run} is in use by another training \\(process {holder.pid}\\)"
+                                            ".*stop that run \\(or wait for it to end\\), then resume$"):
+            train([data_dir], run, tiny_config(iterations=2), resume=True, progress=False)
+        assert (run / "last.pth").read_bytes() == before
+        with pytest.raises(UserError, match=f"^--out {starting} is in use by another training.*give another --out"):
+            train([data_dir], starting, tiny_config(iterations=1), progress=False)
+        assert not (starting / "config.json").exists() and not (starting / "last.pth").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    # the lock ends with the process that held it: the run goes on
+    assert train([data_dir], run, tiny_config(iterations=2), resume=True, progress=False)["step"] == 2
+
+
 def test_resume_without_a_checkpoint_is_a_user_error(data_dir, tmp_path):
     with pytest.raises(UserError, match="no checkpoint"):
         train([data_dir], tmp_path / "empty", tiny_config(), resume=True, progress=False)

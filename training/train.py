@@ -15,7 +15,8 @@ Config files: generic options at the top level, the family's under its name::
 Run folder: ``config.json`` (the resolved configuration), ``last.pth`` (written every ``save_every``
 steps and at the end; it also records the dataset, ``data``: a resumed run must give the same),
 ``checkpoints/step_NNNNNNN.pth``, ``tensorboard/`` (scalars: losses, lr, IoU, validation J&F; images:
-input / truth / prediction overlays every ``image_every`` steps).
+input / truth / prediction overlays every ``image_every`` steps), ``.vosrt-train.lock`` (held while a run
+trains: a second training into the folder is refused until it ends).
 
 Validation (``--val``; a DAVIS folder's ``val`` split where it lists one) streams the videos through the
 family's shipped SDK session on the torch
@@ -622,7 +623,9 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
 
     writer = None
     bar = None
+    run_lock = None
     if ctx.rank == 0:
+        run_lock = _lock_run(out, resume=bool(resume))   # released when the run ends (the file is closed)
         if step < config.iterations or not checkpoint_path.is_file():  # a finished run keeps its config.json
             _write_run_config(out, config)
         writer = _tensorboard(out / "tensorboard")
@@ -736,12 +739,50 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
             bar.close()
         if writer is not None:
             writer.close()
+        if run_lock is not None:
+            run_lock.close()
         if ctx.initialised_here:
             # no barrier after an error: a rank that failed alone (a frame of its shard unreadable) waited
             # there while the others waited for its gradients, until the collective timeout (30 min)
             dist.destroy_process_group()
     return {"step": step, "logs": last_logs, "validation": validation, "seconds": time.time() - started,
             "checkpoint": str(checkpoint_path), "world_size": ctx.world}
+
+
+RUN_LOCK = ".vosrt-train.lock"
+
+
+def _lock_run(out: Path, resume: bool):
+    """Hold ``out``'s run lock (an flock on ``out/.vosrt-train.lock``, released by the kernel when the process ends,
+    so a killed run leaves none behind); UserError when another training holds it. Two trainings into one --out
+    both wrote last.pth, config.json and the logs: a second `vosrt train` into a running run's folder (before its
+    first save, or with --resume) went on beside it. Returns the open lock file (None where flock is missing)."""
+    try:
+        import fcntl
+    except ImportError:   # not POSIX: no lock, as before
+        return None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = open(out / RUN_LOCK, "a+")
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write the run folder ({err.strerror or err}: {err.filename}); give a "
+                        f"folder you can write, on a disk with room for the checkpoints") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip()
+        lock.close()
+        who = f" (process {holder})" if holder.isdigit() else ""
+        then = ("stop that run (or wait for it to end), then resume" if resume else
+                "wait for that run to end or stop it, or give another --out folder")
+        raise UserError(f"--out {out} is in use by another training{who}: two runs in one folder would write over "
+                        f"each other's last.pth; {then}") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 def _write_run_config(out: Path, config: TrainConfig) -> None:
