@@ -1079,3 +1079,20 @@ def test_validation_gives_no_void_object_where_255_marks_void_beside_objects(tmp
     model = build_model("stcn-lite", **TINY_STCN).eval()
     result = validate(model, tiny_config(val_size=[48, 64]), tmp_path)
     assert 0.0 <= result["J&F"] <= 1.0
+
+
+def test_a_model_given_twice_that_disagrees_gets_the_whole_command_with_one_model(tmp_path, capsys):
+    # it said "give the model once: `vosrt train stcn`", no command to run (no --data, no --out)
+    import shlex
+
+    from vosrt.cli import build_parser, main
+
+    given = ["--data", str(tmp_path / "my data"), "--out", str(tmp_path / "run"), "--iterations", "3",
+             "--size", "32", "32", "--amp"]
+    assert main(["train", "stcn-lite", "--model", "stcn", *given]) == 2
+    err = capsys.readouterr().err
+    hint = err.split("give the model once: `")[1].split("`")[0]
+    assert shlex.split(hint) == ["vosrt", "train", "stcn", *given], err
+    args = build_parser()[0].parse_args(shlex.split(hint)[1:])
+    assert (args.family, args.model, args.size, args.amp) == ("stcn", None, [32, 32], True)
+    assert not (tmp_path / "run").exists()

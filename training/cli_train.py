@@ -54,6 +54,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _command_with_model(args: argparse.Namespace, model: str) -> str:
+    """This command line with MODEL ``model`` and no --model, quoted to paste."""
+    import shlex
+
+    words = ["vosrt", "train", model, "--data", *map(str, args.data), "--out", str(args.out)]
+    for flag, value in (("--config", args.config), ("--stage", args.stage), ("--init", args.init),
+                        ("--iterations", args.iterations), ("--batch-size", args.batch_size), ("--lr", args.lr),
+                        ("--size", args.size), ("--workers", args.workers), ("--val", args.val)):
+        if value is not None:
+            words += [flag, *map(str, value if isinstance(value, list) else [value])]
+    return shlex.join(words + [flag for flag, on in (("--resume", args.resume), ("--amp", args.amp),
+                                                     ("--no-progress", args.no_progress)) if on])
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the configuration from the arguments and train."""
     from vosrt.training.models import family_of
@@ -62,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     named = args.family                       # a model name, or a family name (its published model)
     args.family = family_of(named)
     if args.model and named != args.family and args.model != named:
-        raise UserError(f"--model {args.model} disagrees with {named}; give the model once: `vosrt train {args.model}`")
+        raise UserError(f"--model {args.model} disagrees with {named}; give the model once: "
+                        f"`{_command_with_model(args, args.model)}`")
     explicit = args.model or (named if named != args.family else None)   # a model named on the command line
     model = explicit or named
     if family_of(model) != args.family:
