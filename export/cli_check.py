@@ -11,6 +11,7 @@ import importlib
 import math
 import shlex
 import sys
+from pathlib import Path
 
 from vosrt.sdk.errors import UserError
 
@@ -137,10 +138,13 @@ def run(args: argparse.Namespace) -> int:
 
     package = load_package(args.package)
     again = ["vosrt", "check", str(args.package)] + (["--checkpoint", str(args.checkpoint)] if args.checkpoint else [])
+    # the folder as the user spelled it; a shipped package's name is no folder `vosrt export --out` would write
+    # the package into (it would make ./NAME, which then hides the shipped package), so that one by its path
+    out = args.package if Path(args.package).exists() else package.path
 
     def advice(loose: str | None) -> str:
         return (f"the graph files do not compute what the checkpoint's model computes (edited or damaged since the "
                 f"export, or exported from other weights): write them again from the checkpoint with "
-                f"`{reexport_command(package, args.package, args.checkpoint)}`; or, "
+                f"`{reexport_command(package, out, args.checkpoint)}`; or, "
                 f"{tolerance_hint(again, loose)}")
     return print_report(report, tolerance, advice)

@@ -65,6 +65,24 @@ def test_vosrt_check_passes_on_the_shipped_package(capsys):
     assert "check segment" in out.err          # a line per graph while it works
 
 
+def test_vosrt_check_failure_on_the_shipped_package_re_exports_into_the_shipped_folder(tmp_path, capsys,
+                                                                                          monkeypatch):
+    # A failed `vosrt check stcn-lite` offered `vosrt export ... --out stcn-lite`: run as given, that wrote a new
+    # package into ./stcn-lite of the working folder, which then hid the shipped one from `vosrt check
+    # stcn-lite`, and the shipped graphs the check had found wrong stayed as they were.
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "stcn-lite", "--tolerance", "1e-12"]) == 1   # the shipped graphs agree to about 4e-7
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    export = last.split("`")[1]
+    assert export.startswith("vosrt export stcn-lite --checkpoint "), last
+    args = shlex.split(export)
+    out = Path(args[args.index("--out") + 1])
+    assert out.is_absolute() and out.resolve() == (SHIPPED_DIR / "stcn-lite").resolve(), last
+    assert not (tmp_path / "stcn-lite").exists()
+
+
 def test_vosrt_bench_compares_the_shipped_package_with_torch(capsys):
     assert main(["bench", "stcn-lite", "--frames", "2", "--warmup", "0", "--compare", "torch"]) == 0
     out = capsys.readouterr().out
