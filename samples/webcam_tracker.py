@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -62,18 +63,21 @@ def main() -> int:
         parser.error(f"--frames: expected a whole number >= 1 (or no --frames: the whole source), got {args.frames}")
 
     show = not args.no_window
+    # the browser viewer on this run's own package and source
+    live = shlex.join(["vosrt", "live", "stcn-lite" if Path(args.package) == SHIPPED else args.package,
+                       "--source", args.source])
     if (show or args.box is None) and not has_gui():
         print("This sample opens a window, which needs OpenCV with GUI support, but only the headless\n"
               "build (opencv-python-headless) is installed. Either\n"
               "  pip uninstall -y opencv-python-headless && pip install opencv-python\n"
-              "or use the browser viewer:  vosrt live PKG --source 0\n"
+              f"or use the browser viewer:  {live}\n"
               "or give the object without a window:  --box X,Y,W,H --no-window --video out.mp4",
               file=sys.stderr)
         return 2
 
     if (show or args.box is None) and not has_display():
         print("This sample opens a window, but there is no display here (DISPLAY is not set: over ssh or in a\n"
-              "container). Either use the browser viewer:  vosrt live stcn-lite --source 0\n"
+              f"container). Either use the browser viewer:  {live}\n"
               "or give the object without a window:  --box X,Y,W,H --no-window --video out.mp4",
               file=sys.stderr)
         return 2

@@ -59,6 +59,23 @@ def test_webcam_tracker_without_a_display_says_so_instead_of_aborting_in_qt(came
     assert "no display" in result.stderr and "--no-window" in result.stderr
 
 
+def test_webcam_tracker_without_a_window_offers_the_browser_viewer_on_its_own_source_and_package(camera, tmp_path):
+    # it offered `vosrt live stcn-lite --source 0` (or `vosrt live PKG --source 0`) whatever --source and --package
+    # named: camera 0 and the shipped model, not the video and package of the run
+    import shlex
+
+    folder, video, _ = camera
+    package = tiny_package("stcn", ("portable",))
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    result = subprocess.run([sys.executable, str(SAMPLES / "webcam_tracker.py"), "--source", str(video), "--package",
+                             str(package)], cwd=folder, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stderr
+    assert f"browser viewer:  {shlex.join(['vosrt', 'live', str(package), '--source', str(video)])}\n" in result.stderr
+    result = subprocess.run([sys.executable, str(SAMPLES / "webcam_tracker.py")], cwd=folder, capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode == 2 and "browser viewer:  vosrt live stcn-lite --source 0\n" in result.stderr
+
+
 def test_webcam_tracker_tracks_the_boxed_object_without_a_window(camera):
     folder, video, seq = camera
     x, y, w, h = bounding_box(seq.labels[0] == 1)
