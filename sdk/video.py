@@ -167,15 +167,18 @@ class CaptureSource(FrameSource):
 
 
 class ImageFolderSource(FrameSource):
-    """Every image in a folder, in name order; frame names are the files' stems."""
+    """Every image in a folder (hidden ones left out), in natural name order; frame names are the files' stems."""
 
     kind = "folder"
 
     def __init__(self, folder: Path, flag: str = "--source"):
         super().__init__(folder.name)
         self.folder = folder
-        # in natural order: frame2 before frame10 (zero-padded names, as DAVIS's, sort the same either way)
-        self.files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
+        # in natural order: frame2 before frame10 (zero-padded names, as DAVIS's, sort the same either way).
+        # Hidden files are no frames (macOS's ._00000.jpg AppleDouble files, a viewer's .thumb.png), nor are
+        # folders named like images; a broken link is kept, and skipped with a warning as any unreadable image.
+        self.files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                             and not p.name.startswith(".") and not p.is_dir()), key=natural_key)
         if not self.files:
             raise UserError(f"{flag}: folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})"
                             + _sequence_folders_hint(folder, flag))

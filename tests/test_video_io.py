@@ -349,3 +349,24 @@ def test_a_capture_source_keeps_no_record_per_frame_read(tmp_path):
         tracemalloc.stop()
     assert index == 2999 and not source.stopped_early
     assert late - early < 16_000, late - early    # one list entry and int per frame: ~2700 × 36 bytes
+
+
+def test_an_image_folder_leaves_out_hidden_files_and_folders_named_like_images(tmp_path, capsys):
+    # A folder of frames copied from a Mac holds an AppleDouble ._NAME beside each image, and a viewer may leave
+    # a hidden thumbnail: they were frames of the stream (the AppleDouble ones each an "unreadable image" warning,
+    # a --vis slot and a --videos "image it does not list" refusal; a decodable hidden image a frame of the video,
+    # sorted first). A folder named like an image was an unreadable frame too.
+    for t in range(3):
+        cv2.imwrite(str(tmp_path / f"{t:05d}.jpg"), np.full((8, 10, 3), 40 * t, np.uint8))
+        (tmp_path / f"._{t:05d}.jpg").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    cv2.imwrite(str(tmp_path / ".thumb.png"), np.full((4, 5, 3), 255, np.uint8))
+    (tmp_path / "00003.png").mkdir()
+    (tmp_path / "00004.png").symlink_to(tmp_path / "gone.png")     # a broken link is a frame that cannot be read
+    source = open_source(tmp_path)
+    assert source.length == 4 and source.all_names == ["00000", "00001", "00002", "00004"]
+    frames = list(source)
+    assert [int(f[0, 0, 0]) for f in frames] == [0, 40, 80]
+    assert [source.frame_name(i) for i in range(3)] == ["00000", "00001", "00002"]
+    assert [p.name for p in source.skipped] == ["00004.png"] and not source.first_frame_skipped
+    err = capsys.readouterr().err
+    assert "._" not in err and ".thumb" not in err and "00003" not in err
