@@ -127,7 +127,9 @@ class CaptureSource(FrameSource):
         return self.frames_read > 0 and bool(self.skipped) and self.skipped[0] == 0
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        position, failed_in_a_row = 0, 0
+        # Positions that failed since the last frame decoded: skipped frames once a later frame decodes, but the
+        # end of a file cut short when none does (no frame is missing there: the file ends)
+        position, failed = 0, []
         while True:
             try:
                 ok, frame = self.capture.read()
@@ -140,23 +142,26 @@ class CaptureSource(FrameSource):
                 # A camera or stream has no natural end; a file ends early if it promised more frames. One
                 # frame that cannot be decoded is skipped (a warning), not the end of a file that has more.
                 more = self.length is not None and position + 1 < self.length
-                if more and not self.stopped_early and failed_in_a_row < MAX_FAILED_READS:
-                    print(f"warning: cannot decode frame {position} of {self.name}; frame skipped",
-                          file=sys.stderr, flush=True)
-                    self.skipped.append(position)
+                if more and not self.stopped_early and len(failed) < MAX_FAILED_READS:
+                    failed.append(position)
                     position += 1
-                    failed_in_a_row += 1
                     continue
+                position -= len(failed)   # where the readable part of the file ends
                 if self.length is not None:
                     ended_early = position < self.length
                 else:
                     ended_early = self.kind != "video"   # a file of unknown length ends where it ends
                 if ended_early and not self.stopped_early:
-                    self._stop(f"{self.kind} {self.name} stopped after {self.frames_read} frames")
+                    of = f" of {self.length}" if self.length is not None else ""
+                    self._stop(f"{self.kind} {self.name} stopped after {self.frames_read} frames{of}")
                 break
             if frame.ndim == 2:
                 frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-            failed_in_a_row = 0
+            for skipped in failed:
+                print(f"warning: cannot decode frame {skipped} of {self.name}; frame skipped",
+                      file=sys.stderr, flush=True)
+            self.skipped += failed
+            failed = []
             self.frames_read += 1
             position += 1
             yield frame

@@ -370,3 +370,24 @@ def test_an_image_folder_leaves_out_hidden_files_and_folders_named_like_images(t
     assert [p.name for p in source.skipped] == ["00004.png"] and not source.first_frame_skipped
     err = capsys.readouterr().err
     assert "._" not in err and ".thumb" not in err and "00003" not in err
+
+
+def test_a_video_cut_short_stops_early_without_counting_its_missing_end_as_skipped_frames(tmp_path, capsys):
+    # The frames a cut file promised but does not hold are no undecodable frames to skip: the source said
+    # "cannot decode frame N; frame skipped" for each of them (up to 25), listed them in `skipped`, and `vosrt run`
+    # then warned of that many "unreadable frames skipped" and of the stream stopping early, both at once.
+    path = tmp_path / "cut.mkv"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    for t in range(12):
+        writer.write(np.full((24, 32, 3), 20 * t, np.uint8))
+    writer.release()
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) * 2 // 3])
+    source = open_source(str(path))
+    assert source.length == 12
+    frames = list(source)
+    assert 0 < len(frames) < 12
+    assert [round(float(f.mean()) / 20) for f in frames] == list(range(len(frames)))
+    assert source.skipped == [] and source.stopped_early
+    assert source.problem == f"video {path} stopped after {len(frames)} frames of 12"
+    assert "cannot decode" not in capsys.readouterr().err
