@@ -290,8 +290,10 @@ def open_source(spec, flag: str = "--source") -> FrameSource:
     """A source from a CLI-style spec: an int or digit string (camera index), a URL (``rtsp://``,
     ``http://`` …), a video file, an image folder, or a DAVIS sequence folder (``.../JPEGImages/480p/NAME``,
     or a DAVIS root holding exactly one sequence). ``flag``: the command-line flag the spec came from, which
-    the errors name."""
-    if isinstance(spec, (int, np.integer)) or (isinstance(spec, str) and spec.strip().isdigit()):
+    the errors name. A digit string that names an existing file or folder is that path, not a camera: a
+    sequence folder named by its number (KITTI-MOTS's ``0002``) given from its parent folder."""
+    if isinstance(spec, (int, np.integer)) or (isinstance(spec, str) and spec.strip().isdecimal()
+                                               and not Path(spec).exists()):
         return CaptureSource(int(spec), "camera", flag)
     text = str(spec)
     if not text.strip():

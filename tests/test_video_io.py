@@ -391,3 +391,22 @@ def test_a_video_cut_short_stops_early_without_counting_its_missing_end_as_skipp
     assert source.skipped == [] and source.stopped_early
     assert source.problem == f"video {path} stopped after {len(frames)} frames of 12"
     assert "cannot decode" not in capsys.readouterr().err
+
+
+def test_a_digit_string_that_names_an_existing_folder_or_file_is_that_path_not_a_camera(tmp_path, monkeypatch):
+    # KITTI-MOTS sequences are folders named 0000, 0001 ...: `vosrt run PKG --source 0002` from image_02/ opened
+    # camera 2 (here "cannot open camera 2"; on a machine with cameras, a camera's frames instead of the folder's).
+    folder = tmp_path / "0002"
+    folder.mkdir()
+    for t in range(2):
+        cv2.imwrite(str(folder / f"{t:06d}.png"), np.full((6, 8, 3), 50 * t, np.uint8))
+    write_video(tmp_path / "17.mp4", generate_sequence(1, num_frames=3, height=24, width=32, num_objects=1))
+    (tmp_path / "17.mp4").rename(tmp_path / "17")     # a video file named by a number alone
+    monkeypatch.chdir(tmp_path)
+    source = open_source("0002")
+    assert source.kind == "folder" and [int(f[0, 0, 0]) for f in source] == [0, 50]
+    assert open_source("17").kind == "video"
+    with pytest.raises(UserError, match="cannot open camera 98"):
+        open_source("98")    # a digit string naming nothing is still a camera index
+    with pytest.raises(UserError, match="not a camera index"):
+        open_source("²")     # a digit int() does not take: was a ValueError traceback
