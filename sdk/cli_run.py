@@ -373,6 +373,13 @@ def run(args) -> int:
         raise UserError(f"--mask: {family.name} packages segment without a mask (unsupervised); drop --mask")
     session = load_session(args, family, package, "run")
     source = None
+    sinks = []
+
+    def discard_empty_outputs():
+        for sink in sinks:
+            if isinstance(sink, PngSink):
+                sink.discard()   # the --out folder it made for the PNGs, when it holds none
+
     try:
         source = open_source(args.source)
         if family.takes_mask:
@@ -386,7 +393,6 @@ def run(args) -> int:
         else:
             masks = None
         _refuse_overwriting_the_source(args)
-        sinks = []
         if args.out:
             _warn_about_earlier_pngs(Path(args.out))
             sinks.append(PngSink(args.out))
@@ -394,6 +400,7 @@ def run(args) -> int:
             sinks.append(OverlayVideoSink(args.video, fps=source.fps))
         sinks += _result_writers(args, source)
     except BaseException:
+        discard_empty_outputs()   # a later output refused (--video, --vis) after --out made its folder
         session.close()
         if source is not None:
             source.close()
@@ -406,13 +413,16 @@ def run(args) -> int:
     try:
         stats = stream(session, source, sinks, masks=masks, max_frames=args.max_frames,
                        progress=Progress(total, "frame", enabled=not args.no_progress))
+    except BaseException:
+        # a run that fails before its first PNG (a mask of another size than the frames, an unreadable first
+        # frame) leaves no empty --out folder behind either
+        discard_empty_outputs()
+        raise
     finally:
         session.close()
     done = stats.frames
     if done == 0 and not source.stopped_early:
-        for sink in sinks:
-            if isinstance(sink, PngSink):
-                sink.discard()   # the --out folder it made for the PNGs
+        discard_empty_outputs()
         raise UserError(f"--source {args.source}: no frame could be read from it; nothing was written")
     print(f"{done} frames in {stats.seconds:.2f} s ({done / max(stats.seconds, 1e-9):.1f} FPS)"
           + (f"; PNGs in {args.out}" if args.out else "") + (f"; video {args.video}" if args.video else "")

@@ -186,6 +186,26 @@ def test_a_mask_of_another_size_names_the_flag_and_both_sizes(tmp_path, capsys):
     assert f"--mask {tmp_path / 'small.png'}: 48x32 pixels, but the frames of --source" in err and "96x64" in err, err
 
 
+def test_a_run_that_fails_before_its_first_png_leaves_no_empty_out_folder_and_keeps_one_given(tmp_path, capsys):
+    # A mask of another size than the frames (found on the first frame, in the stream) left the --out folder the
+    # run had made, empty; only a source without a readable frame removed it.
+    folder = _frames_and_mask(tmp_path, 3)
+    write_label_png(tmp_path / "small.png", _mask()[::2, ::2])
+    out = tmp_path / "masks" / "run1"
+    assert main(["run", PACKAGE, "--source", str(folder), "--mask", str(tmp_path / "small.png"), "--out", str(out),
+                 "--video", str(tmp_path / "overlay.mp4"), "--no-progress"]) == 2
+    assert "48x32 pixels" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "overlay.mp4").exists()
+    # nor when an output after it is refused (a --video that cannot be written) before the stream
+    assert main(["run", PACKAGE, "--source", str(folder), "--mask", str(tmp_path / "mask.png"), "--out", str(out),
+                 "--video", str(tmp_path / "mask.png" / "x.mp4"), "--no-progress"]) == 2
+    assert not out.exists()
+    out.mkdir()                                   # a folder that was there before the run is kept
+    assert main(["run", PACKAGE, "--source", str(folder), "--mask", str(tmp_path / "small.png"), "--out", str(out),
+                 "--no-progress"]) == 2
+    assert out.is_dir()
+
+
 def test_outputs_that_would_overwrite_the_source_are_refused(tmp_path, capsys):
     for t in range(3):
         cv2.imwrite(str(tmp_path / f"{t:05d}.png"), _frame(t))
