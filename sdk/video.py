@@ -32,9 +32,10 @@ MAX_MP4_FPS = 65535         # the highest frame rate an .mp4 writer opens at (1/
 
 
 def natural_key(path: Path) -> list:
-    """Sort key putting ``frame2`` before ``frame10``."""
+    """Sort key putting ``frame2`` before ``frame10``; names it holds equal (``frame1``, ``frame01``; ``a``, ``A``) are
+    in the order of their text, not in the folder's listing order (a file system's hash order)."""
     return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower())
-            for part in re.split(r"(\d+)", path.name)]
+            for part in re.split(r"(\d+)", path.name)] + [(2, 0, path.name)]
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")

@@ -410,3 +410,15 @@ def test_a_digit_string_that_names_an_existing_folder_or_file_is_that_path_not_a
         open_source("98")    # a digit string naming nothing is still a camera index
     with pytest.raises(UserError, match="not a camera index"):
         open_source("²")     # a digit int() does not take: was a ValueError traceback
+
+
+def test_frame_names_the_natural_order_holds_equal_are_ordered_by_their_text_not_the_listing(tmp_path):
+    # frame1 and frame01 (or Frame3 and frame3) have one natural key: a folder was read in the order the file
+    # system listed them, which differs between file systems and copies of one folder.
+    from vosrt.sdk.video import natural_key
+
+    names = ["frame10.png", "frame2.png", "frame01.png", "frame1.png", "Frame3.png", "frame3.png", "b10.png", "b9.png"]
+    expected = ["b9.png", "b10.png", "frame01.png", "frame1.png", "frame2.png", "Frame3.png", "frame3.png",
+                "frame10.png"]
+    for listing in (names, names[::-1]):
+        assert sorted((tmp_path / n for n in listing), key=natural_key) == [tmp_path / n for n in expected]
