@@ -11,7 +11,10 @@ file) and ``--mots TXT``
 video) ends the run with what was written so far, a warning and exit code 1; an unreadable image of a
 folder, or an undecodable frame of a video file with frames after it, is skipped with a warning (outputs
 keep the source's frame names); a JPEG cut short is segmented as far as it decodes, with a warning naming it.
-Frames of a folder are read in natural order (frame2 before frame10).
+Frames of a folder are read in natural order (frame2 before frame10). A camera or live stream is captured in its
+own thread and each step takes the newest frame (those captured while the model was busy are dropped and counted
+at the end; PNGs are named by capture position), so results keep up with the scene; a file, local or served over
+HTTP, has every frame segmented.
 Objects first annotated on a later frame of a DAVIS sequence are tracked from that frame. A source with
 no readable frame, outputs that would overwrite the source, a corrupt mask, and an overlay video that
 the disk could not hold (checked when it is finished) are one-line errors.
@@ -382,6 +385,14 @@ def run(args) -> int:
 
     try:
         source = open_source(args.source)
+        if source.live:
+            # a camera or live stream: capture runs apart from inference, which takes the newest frame (frames
+            # captured meanwhile are dropped and counted), so the results keep up with the scene however slow
+            # the model (ARCHITECTURE.md, Streaming); read in turn, each frame was older than the one before
+            from vosrt.sdk.live.source import LatestFrameSource
+
+            opened = source
+            source = LatestFrameSource(lambda: opened, drop=True, retry=False)
         if family.takes_mask:
             first = read_label_png(args.mask, "--mask") if args.mask else _first_annotation(source)
             if args.mask and not first.any():
@@ -454,6 +465,10 @@ def run(args) -> int:
             print(f"warning: --vis {args.vis}: the skipped frames have no slot in video {args.video_id}'s "
                   "segmentations, which are then shorter than the video (vosrt eval refuses that); repair those "
                   "frames and run again", file=sys.stderr)
+    if getattr(source, "dropped", 0):
+        print(f"note: {source.dropped} of the {source.captured} frames captured from {source.kind} {source.name} were "
+              "dropped, captured while the model was busy (it takes the newest frame); the PNGs are named by capture "
+              "position", file=sys.stderr)
     if source.stopped_early:
         print(f"warning: {source.problem}; the {done} frames before it were kept", file=sys.stderr)
         return 1

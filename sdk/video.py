@@ -47,6 +47,7 @@ class FrameSource:
     camera), ``name`` and per-frame names for output files (:meth:`frame_name`)."""
 
     kind = "source"
+    live = False   # frames come in real time (a camera): see CaptureSource.live
 
     def __init__(self, name: str):
         self.name = name
@@ -106,6 +107,9 @@ class CaptureSource(FrameSource):
         # a file knows its length; a camera or a stream URL has no natural end (a file served over HTTP
         # that ends counts as a dropped stream too: that is how a live source tells it to reconnect)
         self.length = count if kind == "video" and count > 0 else None
+        # frames arrive in real time, whether read or not (a camera, a live stream; not a file served over HTTP,
+        # which has a frame count): a reader slower than the source falls ever further behind it
+        self.live = kind == "camera" or (kind == "stream" and count <= 0)
         # positions of frames that could not be decoded (skipped; only a file's, so a camera adds none). A
         # frame's position is its index plus the skips before it: no record per frame, which a camera
         # streaming for days would grow without end.

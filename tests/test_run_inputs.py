@@ -12,7 +12,7 @@ import pytest
 from vosrt.cli import main
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png, write_label_png
-from vosrt.sdk.video import ImageFolderSource
+from vosrt.sdk.video import ImageFolderSource, open_source
 
 PACKAGE = str(Path(__file__).resolve().parents[1] / "sdk" / "models" / "stcn-lite")
 H, W = 64, 96
@@ -299,3 +299,91 @@ def test_every_sink_and_the_source_are_closed_when_one_sink_fails_to_finish():
     with pytest.raises(UserError, match="video failed"):
         close_all([Thing("png"), Thing("video", fails=True), Thing("other", fails=True), object(), Thing("source")])
     assert closed == ["png", "video", "other", "source"]
+
+
+@pytest.fixture
+def live_mjpeg_stream():
+    """A live MJPEG stream over HTTP (an IP camera's multipart/x-mixed-replace) sending 400 frames per second,
+    faster than the model runs; frame k carries k in binary in its top row of 4x4 blocks. Yields the URL."""
+    import http.server
+    import threading
+    import time
+
+    stop = threading.Event()
+    jpegs = []
+    for k in range(4096):
+        frame = _frame(0)
+        for bit in range(12):
+            frame[0:4, 4 * bit:4 * bit + 4] = 255 if (k >> bit) & 1 else 0
+        jpegs.append(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
+
+    class Camera(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            start = time.perf_counter()
+            try:
+                for k, jpeg in enumerate(jpegs):
+                    if stop.is_set():
+                        return
+                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
+                                     % (len(jpeg), jpeg))
+                    time.sleep(max(0.0, start + (k + 1) / 400 - time.perf_counter()))
+            except OSError:
+                pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Camera)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/camera.mjpg"
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def _counter(frame: np.ndarray) -> int:
+    return sum(1 << bit for bit in range(12) if frame[0:4, 4 * bit:4 * bit + 4].mean() > 128)
+
+
+def test_run_on_a_live_stream_takes_the_newest_frame_and_names_each_png_by_its_capture_position(
+        live_mjpeg_stream, tmp_path, capsys):
+    # Live sources take the newest frame (ARCHITECTURE.md, Streaming). `vosrt run` read a camera or live stream
+    # frame after frame: with the model slower than the source, each result was of an older frame than the one
+    # before it (here 30 frames of 0.075 s of stream took about 0.5 s, and the lag grows by that for every second).
+    write_label_png(tmp_path / "mask.png", _mask())
+    assert main(["run", PACKAGE, "--source", live_mjpeg_stream, "--mask", str(tmp_path / "mask.png"), "--out",
+                 str(tmp_path / "out"), "--video", str(tmp_path / "overlay.avi"), "--max-frames", "30",
+                 "--no-progress"]) == 0
+    names = sorted(p.stem for p in (tmp_path / "out").glob("*.png"))
+    assert len(names) == 30 and names[0] == "00000"
+    positions = [int(n) for n in names]
+    assert positions[-1] > 29        # frames captured while the model was busy were dropped, not queued
+    assert "frames captured from stream" in capsys.readouterr().err    # and counted
+    capture = cv2.VideoCapture(str(tmp_path / "overlay.avi"))
+    shown = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        shown.append(_counter(frame))
+    capture.release()
+    assert shown == positions        # each PNG is named after the frame it is the result of
+
+
+def test_a_file_served_over_http_is_no_live_source_and_every_frame_of_it_is_segmented(tmp_path, capsys):
+    from live_support import http_camera
+
+    with http_camera(tmp_path, frames=12) as url:
+        source = open_source(url)
+        assert source.kind == "stream" and not source.live     # it has a frame count: read frame after frame
+        source.close()
+        write_label_png(tmp_path / "mask.png", np.ones((64, 96), np.uint8))
+        main(["run", PACKAGE, "--source", url, "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out"),
+              "--no-progress"])
+    assert len(list((tmp_path / "out").glob("*.png"))) == 12 and "dropped" not in capsys.readouterr().err
