@@ -292,8 +292,8 @@ def _sequence_folders_hint(folder: Path, flag: str) -> str:
 
 
 def open_source(spec, flag: str = "--source") -> FrameSource:
-    """A source from a CLI-style spec: an int or digit string (camera index), a URL (``rtsp://``,
-    ``http://`` …), a video file, an image folder, or a DAVIS sequence folder (``.../JPEGImages/480p/NAME``,
+    """A source from a CLI-style spec: an int or digit string (camera index), a camera's device path
+    (``/dev/video0``), a URL (``rtsp://``, ``http://`` …), a video file or named pipe, an image folder, or a DAVIS sequence folder (``.../JPEGImages/480p/NAME``,
     or a DAVIS root holding exactly one sequence). ``flag``: the command-line flag the spec came from, which
     the errors name. A digit string that names an existing file or folder is that path, not a camera: a
     sequence folder named by its number (KITTI-MOTS's ``0002``) given from its parent folder."""
@@ -321,6 +321,10 @@ def open_source(spec, flag: str = "--source") -> FrameSource:
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
             raise UserError(f"{flag}: {path} is a single image; give the folder of frames instead")
+        return CaptureSource(text, "video", flag)
+    if path.is_char_device():   # a camera by its device path (/dev/video0)
+        return CaptureSource(text, "camera", flag)
+    if path.is_fifo():          # a named pipe another program writes a video into, read as it comes
         return CaptureSource(text, "video", flag)
     raise UserError(f"{flag}: {text} is not a camera index, URL, video file or folder that exists")
 

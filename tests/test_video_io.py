@@ -422,3 +422,27 @@ def test_frame_names_the_natural_order_holds_equal_are_ordered_by_their_text_not
                 "frame10.png"]
     for listing in (names, names[::-1]):
         assert sorted((tmp_path / n for n in listing), key=natural_key) == [tmp_path / n for n in expected]
+
+
+def test_a_camera_device_path_and_a_named_pipe_are_sources_not_paths_that_do_not_exist(tmp_path):
+    # `--source /dev/video0` (a camera by its path, as V4L2 names it) and a named pipe another program writes a
+    # video into both exist, and OpenCV opens both; they were refused as "not ... a video file or folder that exists".
+    import os
+    import threading
+
+    with pytest.raises(UserError, match="cannot open camera /dev/null"):
+        open_source("/dev/null")    # a character device, as /dev/video0 is; this one no camera
+    video = tmp_path / "clip.avi"
+    recorder = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    for t in range(5):
+        recorder.write(np.full((24, 32, 3), 40 * t, np.uint8))
+    recorder.release()
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=lambda: pipe.write_bytes(video.read_bytes()), daemon=True)
+    writer.start()
+    source = open_source(str(pipe))
+    frames = list(source)
+    writer.join(timeout=10)
+    assert source.kind == "video" and [round(float(f.mean()) / 40) for f in frames] == [0, 1, 2, 3, 4]
+    assert not source.stopped_early
