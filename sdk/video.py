@@ -259,14 +259,31 @@ class DavisSequenceSource(ImageFolderSource):
 
 
 def _jpeg_cut_short(path: Path) -> bool:
-    """Whether ``path`` is a JPEG whose last scan has no end-of-image marker after it: a file cut short
-    (0xFFD9 occurs nowhere else after a scan: entropy-coded 0xFF bytes are followed by 0x00 or a restart
-    marker). OpenCV's imread decodes such a file as far as it goes and fills the rest grey."""
+    """Whether ``path`` is a JPEG with no end-of-image marker after its first scan: a file cut short (0xFFD9
+    occurs nowhere in scan data: entropy-coded 0xFF bytes are followed by 0x00 or a restart marker). OpenCV's
+    imread decodes such a file as far as it goes and fills the rest grey. The first scan is found by walking the
+    marker segments before it, so that neither an EXIF thumbnail (a whole JPEG inside a segment) nor data
+    appended after the end marker (a phone's Motion Photo video, a camera's trailer) is taken for the image."""
     try:
         raw = path.read_bytes()
     except OSError:
         return False
-    return raw[:2] == b"\xff\xd8" and raw.rfind(b"\xff\xd9") < raw.rfind(b"\xff\xda")
+    if raw[:2] != b"\xff\xd8":
+        return False
+    position = 2
+    while position + 4 <= len(raw) and raw[position] == 0xFF:
+        marker = raw[position + 1]
+        if marker == 0xFF:                                       # fill byte before a marker
+            position += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:           # markers without a length
+            position += 2
+        elif marker == 0xDA:                                     # the first scan
+            return raw.find(b"\xff\xd9", position) < 0
+        elif marker == 0xD9:                                     # the end, before any scan: nothing to decode
+            return False
+        else:
+            position += 2 + int.from_bytes(raw[position + 2:position + 4], "big")
+    return position + 4 > len(raw)   # the headers end with the file: cut short before the scan
 
 
 def is_davis_sequence(folder: Path) -> bool:

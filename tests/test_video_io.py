@@ -446,3 +446,21 @@ def test_a_camera_device_path_and_a_named_pipe_are_sources_not_paths_that_do_not
     writer.join(timeout=10)
     assert source.kind == "video" and [round(float(f.mean()) / 40) for f in frames] == [0, 1, 2, 3, 4]
     assert not source.stopped_early
+
+
+def test_a_whole_jpeg_with_data_after_its_end_is_not_reported_as_cut_short(tmp_path, capsys):
+    # A phone's Motion Photo is a JPEG with a video appended after its end marker (other cameras append their own
+    # trailers); such data holding the bytes of a scan marker after the last end marker made a whole image count
+    # as "JPEG data ends early ... its result is suspect". A file cut short still does, also with an EXIF-style
+    # thumbnail (a whole JPEG with its own scan and end) in a segment before the image.
+    frame = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    whole = cv2.imencode(".jpg", frame)[1].tobytes()
+    (tmp_path / "00000.jpg").write_bytes(whole + b"\x00\x00\x00\x18ftypmp42" + b"\x12\xff\xda\x00\x33" * 8)
+    thumbnail = cv2.imencode(".jpg", frame[::8, ::8])[1].tobytes()
+    segment = b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail
+    (tmp_path / "00001.jpg").write_bytes(whole[:2] + segment + whole[2:len(whole) * 2 // 3])
+    source = open_source(tmp_path)
+    assert len(list(source)) == 2
+    assert [p.name for p in source.truncated] == ["00001.jpg"]
+    err = capsys.readouterr().err
+    assert "00001.jpg: its JPEG data ends early" in err and "00000.jpg" not in err
