@@ -8,7 +8,8 @@ to ``--out DIR`` (one palette PNG per frame, named after the source's frames) an
 --videos valid.json`` or ``--video-id N`` (this video's YouTube-VIS / OVIS results entries, added to that
 file) and ``--mots TXT``
 (the sequence's KITTI-MOTS file). A source that stops early (a camera unplugged, a truncated
-video) ends the run with what was written so far, a warning and exit code 1; an unreadable image of a
+video) ends the run with what was written so far, a warning and exit code 1 (a file at a URL read to its
+last frame is complete); an unreadable image of a
 folder, or an undecodable frame of a video file with frames after it, is skipped with a warning (outputs
 keep the source's frame names); a JPEG cut short is segmented as far as it decodes, with a warning naming it.
 Frames of a folder are read in natural order (frame2 before frame10). A camera or live stream is captured in its
@@ -469,6 +470,10 @@ def run(args) -> int:
         print(f"note: {source.dropped} of the {source.captured} frames captured from {source.kind} {source.name} were "
               "dropped, captured while the model was busy (it takes the newest frame); the PNGs are named by capture "
               "position", file=sys.stderr)
+    promised = getattr(source, "frame_count", None)   # a file served over a URL (a live stream's is unknown)
+    if source.stopped_early and source.kind == "stream" and promised and \
+            source.frames_read + len(source.skipped) >= promised:
+        return 0   # read to its last frame: complete (the end of a stream counts as stopping early)
     if source.stopped_early:
         print(f"warning: {source.problem}; the {done} frames before it were kept", file=sys.stderr)
         return 1

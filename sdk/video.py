@@ -110,6 +110,7 @@ class CaptureSource(FrameSource):
         # frames arrive in real time, whether read or not (a camera, a live stream; not a file served over HTTP,
         # which has a frame count): a reader slower than the source falls ever further behind it
         self.live = kind == "camera" or (kind == "stream" and count <= 0)
+        self.frame_count = count if count > 0 else None   # the frames a file says it holds, a URL's too
         # positions of frames that could not be decoded (skipped; only a file's, so a camera adds none). A
         # frame's position is its index plus the skips before it: no record per frame, which a camera
         # streaming for days would grow without end.

@@ -384,6 +384,25 @@ def test_a_file_served_over_http_is_no_live_source_and_every_frame_of_it_is_segm
         assert source.kind == "stream" and not source.live     # it has a frame count: read frame after frame
         source.close()
         write_label_png(tmp_path / "mask.png", np.ones((64, 96), np.uint8))
-        main(["run", PACKAGE, "--source", url, "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out"),
-              "--no-progress"])
+        assert main(["run", PACKAGE, "--source", url, "--mask", str(tmp_path / "mask.png"), "--out",
+                     str(tmp_path / "out"), "--no-progress"]) == 0
     assert len(list((tmp_path / "out").glob("*.png"))) == 12 and "dropped" not in capsys.readouterr().err
+
+
+def test_a_file_served_over_http_read_to_its_last_frame_is_a_complete_run(tmp_path, capsys):
+    # The end of any stream URL counts as the stream stopping early (a live source reconnects then), so a run over
+    # a whole file at an http:// or file:// URL ended with "warning: stream ... stopped after 12 frames" and exit
+    # code 1, as if it had fallen short. One cut short still does.
+    from live_support import http_camera
+
+    write_label_png(tmp_path / "mask.png", np.ones((64, 96), np.uint8))
+    with http_camera(tmp_path, frames=12) as url:
+        assert main(["run", PACKAGE, "--source", url, "--mask", str(tmp_path / "mask.png"), "--out",
+                     str(tmp_path / "out"), "--no-progress"]) == 0
+    assert "stopped after" not in capsys.readouterr().err and len(list((tmp_path / "out").glob("*.png"))) == 12
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "cam.avi").write_bytes((tmp_path / "cam.avi").read_bytes()[:-8000])   # its last frames and index gone
+    assert main(["run", PACKAGE, "--source", (cut / "cam.avi").as_uri(), "--mask", str(tmp_path / "mask.png"),
+                 "--no-progress"]) == 1
+    assert "stopped after" in capsys.readouterr().err
