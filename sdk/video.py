@@ -298,8 +298,9 @@ def _sequence_folders_hint(folder: Path, flag: str) -> str:
     import shlex
 
     try:
-        subfolders = sorted((p for p in folder.iterdir() if p.is_dir()), key=natural_key)
-        sequences = [p for p in subfolders if any(q.suffix.lower() in IMAGE_SUFFIXES for q in p.iterdir())]
+        subfolders = sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key)
+        sequences = [p for p in subfolders
+                     if any(q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith(".") for q in p.iterdir())]
     except OSError:
         return ""
     if not sequences:
@@ -328,7 +329,9 @@ def open_source(spec, flag: str = "--source") -> FrameSource:
         if is_davis_sequence(path):
             return DavisSequenceSource(path, flag)
         sequences = sorted((path / "JPEGImages").glob("*/*")) if (path / "JPEGImages").is_dir() else []
-        sequences = [s for s in sequences if s.is_dir()]
+        # hidden folders are no sequences (a notebook's .ipynb_checkpoints, as hidden files are no frames)
+        sequences = [s for s in sequences if s.is_dir() and not s.name.startswith(".")
+                     and not s.parent.name.startswith(".")]
         if len(sequences) == 1:
             return DavisSequenceSource(sequences[0], flag)
         if len(sequences) > 1:

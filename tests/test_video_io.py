@@ -464,3 +464,17 @@ def test_a_whole_jpeg_with_data_after_its_end_is_not_reported_as_cut_short(tmp_p
     assert [p.name for p in source.truncated] == ["00001.jpg"]
     err = capsys.readouterr().err
     assert "00001.jpg: its JPEG data ends early" in err and "00000.jpg" not in err
+
+
+def test_hidden_folders_are_no_sequences_of_a_davis_root_or_a_folder_of_sequences(tmp_path):
+    # A notebook leaves .ipynb_checkpoints beside what it opened: a DAVIS root holding one sequence was refused as
+    # holding two (".ipynb_checkpoints, bear"), and the hint for a folder of sequence folders offered one hidden.
+    frame = np.zeros((6, 8, 3), np.uint8)
+    for folder in ("JPEGImages/480p/bear", "JPEGImages/480p/.ipynb_checkpoints", "seqs/a", "seqs/.git"):
+        (tmp_path / folder).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / folder / "00000.jpg"), frame)
+    source = open_source(tmp_path)
+    assert source.kind == "davis" and source.name == "bear"
+    with pytest.raises(UserError, match=r"its 1 subfolder\(s\) with images \(a\)") as refused:
+        open_source(tmp_path / "seqs")
+    assert ".git" not in str(refused.value)
