@@ -9,7 +9,10 @@
 from (frames wait in a buffer bounded by the session's latency), flushes at the end, and closes the
 sinks and the source. Masks for semi-supervised sessions come from ``masks``: a mapping
 ``{frame index: label map}`` or a callable ``index, frame -> label map | None`` (a live viewer asks the
-user). A source that stops early (a camera that disconnects) ends the stream with what was done.
+user). A mapping is keyed by the frames' positions in the source (a source's ``position(index)``, where it
+has one: an image folder's or video's frame after a skipped one keeps its number), and a mask whose frame
+the source skipped is an error. A source that stops early (a camera that disconnects) ends the stream with
+what was done.
 
 A frame the session refuses (:class:`~vosrt.sdk.errors.FrameError`: ``None`` from a failed
 ``cap.read()``, a grey-scale or BGRA image, NaN values...) is skipped with a warning on stderr and
@@ -122,6 +125,10 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
     # that another thread resets (a UI's reset() between two frames) starts again at 0. Each frame's index is
     # read under the session's lock together with its push, so that no call from another thread comes between.
     lock = getattr(session, "_lock", None) or contextlib.nullcontext()
+    # a mapping's masks are looked up by the frame's position in the source, which runs ahead of the frames
+    # yielded once the source skipped one (an unreadable image); a mask whose frame was skipped is an error
+    position_of = getattr(source, "position", None)
+    unreached = sorted(masks) if isinstance(masks, Mapping) else []
     refused_in_a_row = 0
     last_index = -1   # the index of the last frame the session took
     try:
@@ -129,9 +136,17 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
         # a warm-up with flush=False) would lose it.
         for position, frame in enumerate(itertools.islice(source, max_frames)):
             mask = None
-            if masks is not None:
-                mask = masks(position, frame) if callable(masks) else masks.get(position)
             name = _frame_name(source, position)
+            if unreached:
+                at = position_of(position) if position_of is not None else position
+                if unreached[0] < at:
+                    raise UserError(f"masks: frame {unreached[0]} of the source could not be read (skipped), so its "
+                                    "mask cannot be applied and its objects would never be tracked; repair that "
+                                    "frame, or key the mask by another frame showing the objects")
+                if unreached[0] == at:
+                    mask = masks[unreached.pop(0)]
+            elif callable(masks):
+                mask = masks(position, frame)
             try:
                 with lock:
                     index = session.frames_in

@@ -61,6 +61,11 @@ class FrameSource:
         """File stem for frame ``index`` (``00000`` … unless the source has its own names)."""
         return f"{index:05d}"
 
+    def position(self, index: int) -> int:
+        """The position in the source (a video's frame number, a folder's image number, from 0) of the frame
+        yielded at ``index``: larger than ``index`` once a frame was skipped."""
+        return index
+
     def first_mask(self) -> np.ndarray | None:
         """The first frame's annotation when the source provides one (DAVIS sequences), else None."""
         return None
@@ -127,6 +132,9 @@ class CaptureSource(FrameSource):
     def frame_name(self, index: int) -> str:
         # named by the position in the source, so a skipped frame does not shift the names after it
         return f"{self._position(index):05d}" if index < self.frames_read else super().frame_name(index)
+
+    def position(self, index: int) -> int:
+        return self._position(index) if index < self.frames_read else index
 
     @property
     def first_frame_skipped(self) -> bool:
@@ -197,6 +205,7 @@ class ImageFolderSource(FrameSource):
         self.skipped: list[Path] = []   # unreadable images, left out of the stream
         self.truncated: list[Path] = []  # JPEGs cut short, decoded as far as they go (kept in the stream)
         self._names: list[str] = []     # output names of the frames yielded, in order
+        self._positions: list[int] = []  # and their images' positions in self.files
         stems = Counter(p.stem for p in self.files)
         # two images of one stem (00000.png and 00000.jpg) keep their extension in the name, or one output
         # would overwrite the other
@@ -204,6 +213,9 @@ class ImageFolderSource(FrameSource):
 
     def frame_name(self, index: int) -> str:
         return self._names[index] if index < len(self._names) else super().frame_name(index)
+
+    def position(self, index: int) -> int:
+        return self._positions[index] if index < len(self._positions) else index
 
     @property
     def all_names(self) -> list[str]:
@@ -218,7 +230,7 @@ class ImageFolderSource(FrameSource):
     def __iter__(self) -> Iterator[np.ndarray]:
         # One corrupt (or degenerate) image is skipped with a warning on stderr, not the end of the run:
         # the frames after it are as good as before.
-        for path in self.files:
+        for number, path in enumerate(self.files):
             frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
             problem = "cannot read image" if frame is None else (
                 f"image of {frame.shape[1]}x{frame.shape[0]} pixels is too small"
@@ -234,6 +246,7 @@ class ImageFolderSource(FrameSource):
                 self.truncated.append(path)
             self.frames_read += 1
             self._names.append(self._name_of[path])
+            self._positions.append(number)
             yield frame
 
 

@@ -406,3 +406,31 @@ def test_a_file_served_over_http_read_to_its_last_frame_is_a_complete_run(tmp_pa
     assert main(["run", PACKAGE, "--source", (cut / "cam.avi").as_uri(), "--mask", str(tmp_path / "mask.png"),
                  "--no-progress"]) == 1
     assert "stopped after" in capsys.readouterr().err
+
+
+def test_stream_masks_are_keyed_by_source_position_past_a_skipped_frame_and_one_on_it_is_an_error(tmp_path):
+    # stream(session, open_source(folder), masks={0: m, 2: m2}) with image 00001 unreadable: masks were looked up by
+    # the count of frames yielded, so m2 (drawn on 00002) went to 00003, silently; one keyed to 00001 was lost.
+    import vosrt.sdk
+    from vosrt.sdk.streaming import stream
+
+    folder = _frames_and_mask(tmp_path, 5)
+    (folder / "00001.png").write_bytes(b"not an image")
+    second = np.zeros((H, W), np.uint8)
+    cv2.circle(second, (80, 12), 7, 2, -1)     # object 2, annotated on frame 2
+    tracker = vosrt.sdk.load(PACKAGE)
+    seen = {}
+
+    def sink(index, name, frame, labels):
+        seen[name] = sorted(int(i) for i in np.unique(labels))
+
+    stream(tracker, open_source(str(folder)), [sink], masks={0: _mask(), 2: second})
+    assert seen["00002"] == [0, 1, 2] and list(seen) == ["00000", "00002", "00003", "00004"]
+    with pytest.raises(UserError, match="masks: frame 1 of the source could not be read"):
+        stream(tracker, open_source(str(folder)), [sink], masks={0: _mask(), 1: second})
+    # a video's skipped frame keeps the numbers of those after it in the same way
+    video = tmp_path / "clip.avi"
+    _video_with_an_undecodable_frame(video, bad=1, frames=5)
+    seen.clear()
+    stream(tracker, open_source(str(video)), [sink], masks={0: _mask(), 2: second})
+    assert seen["00002"] == [0, 1, 2] and list(seen) == ["00000", "00002", "00003", "00004"]
