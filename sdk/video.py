@@ -325,8 +325,8 @@ def _sequence_folders_hint(folder: Path, flag: str) -> str:
 
 def open_source(spec, flag: str = "--source") -> FrameSource:
     """A source from a CLI-style spec: an int or digit string (camera index), a camera's device path
-    (``/dev/video0``), a URL (``rtsp://``, ``http://`` …), a video file or named pipe, an image folder, or a DAVIS sequence folder (``.../JPEGImages/480p/NAME``,
-    or a DAVIS root holding exactly one sequence). ``flag``: the command-line flag the spec came from, which
+    (``/dev/video0``), a URL (``rtsp://``, ``http://`` …), a video file or named pipe, an image folder, or a
+    DAVIS sequence folder (``.../JPEGImages/480p/NAME``, or a DAVIS root holding exactly one sequence). ``flag``: the command-line flag the spec came from, which
     the errors name. A digit string that names an existing file or folder is that path, not a camera: a
     sequence folder named by its number (KITTI-MOTS's ``0002``) given from its parent folder."""
     if isinstance(spec, (int, np.integer)) or (isinstance(spec, str) and spec.strip().isdecimal()
