@@ -22,6 +22,14 @@ def test_console_script_help_and_version():
     assert "usage: vosrt" in help_text
 
 
+def test_python_m_vosrt_is_the_vosrt_command():
+    # "No module named vosrt.__main__": an environment whose scripts folder is not on PATH had no way to run it
+    out = subprocess.run([sys.executable, "-m", "vosrt", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"vosrt {vosrt.__version__}"
+    failed = subprocess.run([sys.executable, "-m", "vosrt", "run"], capture_output=True, text=True)
+    assert failed.returncode == 2 and "usage: vosrt run" in failed.stderr, failed.stderr
+
+
 def test_sdk_import_does_not_import_torch():
     code = "import sys, vosrt.sdk; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
