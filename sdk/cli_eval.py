@@ -41,7 +41,7 @@ from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png
 from vosrt.sdk.metrics import (RECALL_DECAY, VOID, UnknownObjectError, evaluate_by_appearance, evaluate_sequence,
                                 first_frame_objects, foreground_truth, one_object, summarize)
-from vosrt.sdk.video import natural_key
+from vosrt.sdk.video import frame_files, natural_key
 
 TASKS = ("semi-supervised", "unsupervised", "vis", "mots")
 
@@ -71,10 +71,11 @@ def add_arguments(parser) -> None:
 
 def png_files(folder: Path) -> list[Path]:
     """The PNG files of ``folder`` in natural order, ``.png`` in any case (``.PNG`` too, as ``vosrt run`` reads the
-    images of a folder by their suffix in any case); none for a folder that is not there."""
+    images of a folder by their suffix in any case), hidden ones left out (:func:`~vosrt.sdk.video.frame_files`);
+    none for a folder that is not there."""
     if not folder.is_dir():
         return []
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file()), key=natural_key)
+    return sorted(frame_files(folder, (".png",)), key=natural_key)
 
 
 def _prediction_of(pred_dir: Path, gt_file: Path) -> Path:

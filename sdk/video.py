@@ -39,6 +39,17 @@ def natural_key(path: Path) -> list:
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def frame_files(folder: Path, suffixes=IMAGE_SUFFIXES) -> Iterator[Path]:
+    """The entries of ``folder`` named as files of ``suffixes`` (in any letter case) that can be frames: hidden
+    ones (macOS's ``._00000.jpg`` AppleDouble files, a viewer's ``.thumb.png``, a killed writer's partial file)
+    and folders named like images left out; a broken link is kept (reading it says what is wrong). In the
+    folder's listing order. The one rule for the frames of a source folder, of `vosrt eval`'s PNG folders and of
+    the training datasets' frame folders."""
+    suffixes = tuple(suffixes)
+    return (p for p in folder.iterdir()
+            if p.suffix.lower() in suffixes and not p.name.startswith(".") and not p.is_dir())
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
 
@@ -196,8 +207,7 @@ class ImageFolderSource(FrameSource):
         # in natural order: frame2 before frame10 (zero-padded names, as DAVIS's, sort the same either way).
         # Hidden files are no frames (macOS's ._00000.jpg AppleDouble files, a viewer's .thumb.png), nor are
         # folders named like images; a broken link is kept, and skipped with a warning as any unreadable image.
-        self.files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-                             and not p.name.startswith(".") and not p.is_dir()), key=natural_key)
+        self.files = sorted(frame_files(folder), key=natural_key)
         if not self.files:
             raise UserError(f"{flag}: folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})"
                             + _sequence_folders_hint(folder, flag))
@@ -313,7 +323,7 @@ def _sequence_folders_hint(folder: Path, flag: str) -> str:
     try:
         subfolders = sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key)
         sequences = [p for p in subfolders
-                     if any(q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith(".") for q in p.iterdir())]
+                     if any(frame_files(p))]
     except OSError:
         return ""
     if not sequences:

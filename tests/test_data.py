@@ -485,3 +485,26 @@ def test_a_stem_with_both_letter_cases_is_one_frame(tmp_path):
     frames, labels = folder.load_video("v")
     assert [int(f.mean()) // 10 for f in frames] == [0, 4, 8]  # the .jpg files
     assert folder.object_ids("v") == [1]
+
+
+def test_hidden_files_beside_frames_and_masks_are_no_frames(tmp_path, davis):
+    # A dataset copied from a Mac holds an AppleDouble ._00000.jpg / ._00000.png beside each file: they were
+    # frames of the video ("._00000", unreadable, failing the sample that drew it) and static pairs; vosrt run
+    # leaves hidden files out of a source folder (vosrt.sdk.video.frame_files), and so does training now.
+    from vosrt.training.data.static import find_image_mask_pairs
+
+    root = tmp_path / "davis"
+    shutil.copytree(davis[0], root)
+    for folder in (root / "JPEGImages" / "480p" / "late", root / "Annotations" / "480p" / "late"):
+        for file in list(folder.iterdir()):
+            (folder / f"._{file.name}").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    folder = VideoFolder(root)
+    assert folder.frame_names("late") == [f"{i:05d}" for i in range(10)]
+    assert folder.annotated_names("late") == [f"{i:05d}" for i in range(10)]
+    static = tmp_path / "static"
+    static.mkdir()
+    cv2.imwrite(str(static / "a.jpg"), np.zeros((8, 8, 3), np.uint8))
+    write_label_png(static / "a.png", np.ones((8, 8), np.uint8))
+    for name in ("._a.jpg", "._a.png"):
+        (static / name).write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    assert find_image_mask_pairs(static) == [(static / "a.jpg", static / "a.png")]

@@ -109,6 +109,21 @@ def test_vosrt_eval_prints_a_table_and_writes_csv(tmp_path, capsys):
     assert float(overall["F"]) == pytest.approx(0.375, abs=1e-6)
 
 
+def test_vosrt_eval_leaves_out_hidden_pngs_as_vosrt_run_does(tmp_path, capsys):
+    # A folder copied from a Mac holds an AppleDouble ._00000.png beside each PNG, and a run killed mid-write may
+    # leave a hidden .NAME.partial.png: eval took the truth's as frames of the sequence (unreadable: the run
+    # ended in an error) where vosrt run leaves them out of a source folder.
+    _write_shifted_square(tmp_path)
+    for folder in (tmp_path / "gt" / "seqA", tmp_path / "pred" / "seqA"):
+        for t in range(3):
+            (folder / f"._{t:05d}.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    write_label_png(tmp_path / "pred" / "seqA" / ".00001.partial-x1.png", np.ones((100, 100), np.uint8))
+    out_csv = tmp_path / "scores.csv"
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--csv", str(out_csv)]) == 0
+    overall = [r for r in csv.DictReader(open(out_csv)) if r["sequence"] == "all"][0]
+    assert float(overall["J"]) == pytest.approx(1 / 3, abs=1e-6)
+
+
 def test_vosrt_eval_reports_a_missing_prediction(tmp_path, capsys):
     gt = np.zeros((16, 16), np.uint8)
     gt[4:8, 4:8] = 1

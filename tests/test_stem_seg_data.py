@@ -193,3 +193,13 @@ def test_json_files_that_are_not_vis_training_annotations_are_refused_with_what_
         {"videos": {"vid": {"objects": {"1": {"category": "cat", "frames": ["000000"]}}}}}))
     with pytest.raises(UserError, match=r"YouTube-VOS meta\.json.*--data " + str(tmp_path / "train")):
         VISJsonClips(tmp_path / "train" / "meta.json", size=(H, W))
+
+
+def test_kitti_mots_clips_leave_out_hidden_files_beside_the_frames(tmp_path):
+    # ._000000.png (a copy from a Mac) among a sequence's frames ended the sample in int("._000000"): ValueError
+    root = _kitti_folder(tmp_path / "kitti", ["0000"])
+    for file in list((root / "images" / "0000").iterdir()):
+        (root / "images" / "0000" / f"._{file.name}").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    clips = KittiMOTSClips(root, size=(H, W), clip_length=4)
+    for index in range(4):
+        assert clips[index]["masks"].shape[1] == 4

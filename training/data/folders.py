@@ -28,6 +28,7 @@ import numpy as np
 
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png
+from vosrt.sdk.video import frame_files
 
 
 SPLIT_LIST_DIRS = ("2017", "2016", "480p")   # ImageSets/<dir>/<split>.txt: DAVIS 2017, DAVIS 2016 (both)
@@ -224,9 +225,9 @@ def _list_stems(folder: Path, suffix: str) -> list[str]:
 
 def _files_by_stem(folder: Path, suffix: str) -> dict[str, Path]:
     """``{stem: file}`` of ``folder``'s files whose suffix is ``suffix`` in any letter case (the lower-case one
-    where a stem has both)."""
+    where a stem has both), hidden ones left out (:func:`vosrt.sdk.video.frame_files`)."""
     files: dict[str, Path] = {}
-    for p in (folder.iterdir() if folder.is_dir() else ()):
+    for p in (frame_files(folder, (suffix,)) if folder.is_dir() else ()):
         if p.suffix == suffix or (p.suffix.lower() == suffix and p.stem not in files):
             files[p.stem] = p
     return files

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vosrt.sdk.synthetic import generate_sequence, sequence_seed
+from vosrt.sdk.video import frame_files
 from vosrt.training.data import transforms as T
 from vosrt.training.data.clips import AnnotatedClips, clip_warp, sample_clip_indices
 from vosrt.training.data.folders import VideoFolder
@@ -313,7 +314,7 @@ class KittiMOTSClips(SeededDataset):
     def __getitem__(self, index: int) -> dict:
         seq = self.sequences[index % len(self.sequences)]
         rng = self.rng(index)
-        files = sorted((self.images / seq).glob("*.png"))
+        files = sorted(frame_files(self.images / seq, (".png",)))
         chosen = sample_clip_indices(rng, len(files), self.clip_length, self.max_window)
         frames = [_read_rgb(files[t]) for t in chosen]
         ids = [self._ids(seq, int(files[t].stem), frames[0].shape[:2]) for t in chosen]

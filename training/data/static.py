@@ -28,6 +28,7 @@ from PIL import Image
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png
 from vosrt.sdk.metrics import VOID
+from vosrt.sdk.video import frame_files
 from vosrt.training.data import transforms as T
 from vosrt.training.data.folders import VideoFolder, check_mask_size
 from vosrt.training.data.sampling import SeededDataset, pack_objects
@@ -37,7 +38,8 @@ def find_image_mask_pairs(root: str | Path) -> list[tuple[Path, Path]]:
     """``(image.jpg, image.png)`` pairs in ``root`` and its direct sub-folders."""
     root = Path(root)
     pairs = []
-    for image in sorted(list(root.glob("*.jpg")) + list(root.glob("*/*.jpg"))):
+    folders = [root, *sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))]
+    for image in sorted(image for folder in folders for image in frame_files(folder, (".jpg",))):
         mask = image.with_suffix(".png")
         if mask.is_file():
             pairs.append((image, mask))
