@@ -102,16 +102,33 @@ class FrameSource:
         self.problem = problem
 
 
+def shown_url(url: str) -> str:
+    """``url`` as it may be shown: a password in it (``rtsp://user:secret@camera/stream``) replaced by ``***``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    except ValueError:   # a netloc urlsplit cannot take (a bad port): shown without what precedes its last @
+        scheme, _, rest = url.partition("://")
+        netloc, slash, path = rest.partition("/")
+        return f"{scheme}://***@{netloc.rpartition('@')[2]}{slash}{path}" if "@" in netloc else url
+
+
 class CaptureSource(FrameSource):
-    """Camera index, video file or stream URL, read with ``cv2.VideoCapture``."""
+    """Camera index, video file or stream URL, read with ``cv2.VideoCapture``. A stream's name (in messages, and
+    on `vosrt live`'s page for every viewer) is its URL without the password (:func:`shown_url`)."""
 
     def __init__(self, target: int | str, kind: str, flag: str = "--source"):
-        super().__init__(str(target))
+        super().__init__(shown_url(target) if kind == "stream" else str(target))
         self.kind = kind
         self.capture = cv2.VideoCapture(target)
         if not self.capture.isOpened():
             self.capture.release()
-            what = {"camera": f"camera {target}", "video": f"video file {target}", "stream": f"stream {target}"}[kind]
+            what = f"{'video file' if kind == 'video' else kind} {self.name}"
             hint = {"camera": "check the index (0 is the first camera) and that no other program holds it",
                     "video": "check the file exists and is a video OpenCV can decode",
                     "stream": "check the URL and that the stream is reachable"}[kind]

@@ -478,3 +478,21 @@ def test_hidden_folders_are_no_sequences_of_a_davis_root_or_a_folder_of_sequence
     with pytest.raises(UserError, match=r"its 1 subfolder\(s\) with images \(a\)") as refused:
         open_source(tmp_path / "seqs")
     assert ".git" not in str(refused.value)
+
+
+def test_a_stream_url_s_password_is_not_shown_in_its_name_or_errors():
+    # rtsp://user:password@camera/... was printed whole: in errors, in vosrt run's header and on vosrt live's page
+    # (the source's status), which every viewer of the page sees
+    import time
+
+    from vosrt.sdk.errors import UserError
+    from vosrt.sdk.video import shown_url
+
+    assert shown_url("rtsp://admin:s3cret@10.0.0.7:554/live?ch=1") == "rtsp://admin:***@10.0.0.7:554/live?ch=1"
+    assert shown_url("rtsp://admin@10.0.0.7/live") == "rtsp://admin@10.0.0.7/live"   # no password: as given
+    assert shown_url("http://u:p@w@host/x") == "http://u:***@host/x"
+    started = time.monotonic()
+    with pytest.raises(UserError) as refused:
+        open_source("http://viewer:s3cret@127.0.0.1:9/stream.mjpg")   # nothing listens on port 9
+    assert "s3cret" not in str(refused.value) and "http://viewer:***@127.0.0.1:9/stream.mjpg" in str(refused.value)
+    assert time.monotonic() - started < 20
