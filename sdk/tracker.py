@@ -215,18 +215,21 @@ class Tracker(Session):
         if return_probabilities and probabilities is None:
             probabilities = backend.download(predicted["prob"])[:, 0]
 
-        self._commit(new_objects, encoded["key"], value, since_memory)
-
+        # The outputs are made before the state changes: made after it, Ctrl-C while the label map was resized to the
+        # frame kept the frame in the stream (and memory) but returned nothing, and the same frame pushed again got the
+        # next index and went into memory twice.
         ids = np.zeros(256, np.uint8)
-        ids[1:len(self.objects) + 1] = self.objects
+        ids[1:len(new_objects) + 1] = new_objects
         out = box.labels_back(ids[labels])
         if given:
             # The user's mask is the truth at full resolution: no letterbox round trip for given objects.
             union = np.isin(mask, given)
             out = np.where(union, mask, np.where(np.isin(out, given), 0, out)).astype(np.uint8)
-        if not return_probabilities:
-            return out
-        return out, box.probabilities_back(probabilities.astype(np.float32, copy=False))
+        if return_probabilities:
+            out = out, box.probabilities_back(probabilities.astype(np.float32, copy=False))
+
+        self._commit(new_objects, encoded["key"], value, since_memory)
+        return out
 
     def add_objects(self, image: np.ndarray, mask: np.ndarray, objects: Sequence[int] | None = None,
                     return_probabilities: bool = False):

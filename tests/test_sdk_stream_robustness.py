@@ -351,3 +351,16 @@ def test_an_error_inside_an_onnxruntime_python_operator_is_raised_by_the_run_and
     done = subprocess.run([sys.executable, "-c", ERROR_INSIDE_THE_OPERATOR], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_ctrl_c_while_a_step_s_label_map_is_made_leaves_the_tracker_unchanged(stcn_package, sequence, clean_labels):
+    # The label map was resized to the frame after the step's state changed: Ctrl-C there returned nothing but kept
+    # the frame in the stream and the memory, so the same frame pushed again got the next index (frame 4, a memory
+    # frame, went into memory twice) and every later frame read a different memory.
+    def bad(tracker, t):
+        with pytest.raises(KeyboardInterrupt), ctrl_c_at(Tracker._step, "out = box.labels_back") as fired:
+            tracker.push(sequence.frames[t])
+        assert fired and tracker.frames_in == t   # the helper then steps the same frame again
+
+    assert np.array_equal(_labels_with_a_bad_call_at(stcn_package, sequence, 4, bad), clean_labels)
+
