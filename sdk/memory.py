@@ -55,6 +55,11 @@ class MemoryBank:
         self._next = 1           # ring position of the next non-permanent write
         self.allocations = 0     # buffer allocations so far (tests check it stays constant)
         self.writes = 0          # memory frames added since the last reset
+        # The frame the last add() overwrote in a full ring (slot, key, value, the value buffer written), copied into
+        # the spare one-slot buffers: restore() puts it back (see snapshot()).
+        self._evicted: tuple | None = None
+        self._spare_key: Tensor | None = None     # [1, Ck, hw]
+        self._spare_value: Tensor | None = None   # [O, Cv, hw]
 
     # ---------------------------------------------------------------- state
     @property
@@ -67,7 +72,8 @@ class MemoryBank:
 
     def release(self) -> None:
         """Drop the key and value buffers (the session was closed): empty, no object; the next add would allocate."""
-        self.keys = self.values = None
+        self.keys = self.values = self._spare_key = self._spare_value = None
+        self._evicted = None
         self.num_objects = 0
         self.reset()
 
@@ -76,12 +82,24 @@ class MemoryBank:
         return sum(self.backend.nbytes(t) for t in (self.keys, self.values) if t is not None)
 
     def snapshot(self) -> tuple:
-        """The bank's bookkeeping (buffers by reference), for :meth:`restore` after a failed update."""
+        """The bank's bookkeeping (buffers by reference), for :meth:`restore` after a failed update. It starts the
+        update: the frame an :meth:`add` evicts from a full ring after it is kept (one spare slot, allocated at the
+        first eviction) until the next snapshot, so that restore() can put it back."""
+        self._evicted = None
         return (self.keys, self.values, self.num_objects, self.frames, self._next, self.writes)
 
     def restore(self, saved: tuple) -> None:
-        """Go back to a :meth:`snapshot`. Slots past the filled ones may hold new data; they are unread."""
+        """Go back to a :meth:`snapshot`. Slots past the filled ones may hold new data; they are unread. A frame that
+        an add() since the snapshot evicted from a full ring is written back: restored bookkeeping alone left the new
+        frame in its slot, read as a memory frame by the next step (pushed again after Ctrl-C, the frame read itself,
+        and the evicted frame was lost)."""
         self.keys, self.values, self.num_objects, self.frames, self._next, self.writes = saved
+        if self._evicted is not None:
+            slot, key, value, values = self._evicted
+            self.backend.write(self.keys, 2, slot * self.hw, key)
+            if self.values is values:   # else the add wrote a value buffer that the restore dropped
+                self.backend.write(self.values, 2, slot * self.hw, value)
+            self._evicted = None
 
     def _allocate(self, shape: tuple) -> Tensor:
         try:
@@ -113,6 +131,8 @@ class MemoryBank:
             slot = self._next
         if slot != 0:
             self._next = slot + 1 if slot + 1 < self.capacity else 1
+        if self.frames == self.capacity:
+            self._keep_evicted(slot)
         backend.write(self.keys, 2, slot * self.hw, key)
         try:
             backend.write(self.values, 2, slot * self.hw, value)
@@ -125,6 +145,19 @@ class MemoryBank:
         self.frames = min(self.frames + 1, self.capacity)
         self.writes += 1
         return slot
+
+    def _keep_evicted(self, slot: int) -> None:
+        """Copy full-ring slot ``slot`` into the spare slot buffers before an add overwrites it (see restore())."""
+        backend, columns = self.backend, slot * self.hw
+        key = backend.read(self.keys, 2, columns, columns + self.hw)
+        value = backend.read(self.values, 2, columns, columns + self.hw)
+        if self._spare_key is None or backend.shape(self._spare_key) != backend.shape(key):
+            self._spare_key = backend.zeros(backend.shape(key), self.dtype)
+        if self._spare_value is None or backend.shape(self._spare_value) != backend.shape(value):
+            self._spare_value = backend.zeros(backend.shape(value), self.dtype)
+        backend.write(self._spare_key, 2, 0, key)
+        backend.write(self._spare_value, 2, 0, value)
+        self._evicted = (slot, self._spare_key, self._spare_value, self.values)
 
     def set_objects(self, keep: Sequence[int], total: int) -> None:
         """Change the object set: new object ``i < len(keep)`` takes old object ``keep[i]``'s values, objects

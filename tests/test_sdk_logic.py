@@ -726,7 +726,25 @@ def test_an_overwrite_interrupted_between_key_and_value_leaves_one_frame_whole_i
     for slot in range(3):
         key, value = keys[0, 0, slot * 4], values[0, 0, slot * 4]
         assert value == key + 10, (slot, key, value)     # each slot's value is its own key's frame's
-    assert keys[0, 0, 4] == 4.0
+    assert keys[0, 0, 4] == 2.0                          # the evicted frame is back: the add never happened
+
+
+def test_restore_puts_back_the_frame_an_add_evicted_from_a_full_ring(backend):
+    # restore() put back the bookkeeping only: the evicted frame's slot kept the new frame, which the bank then
+    # read as a memory frame (a step interrupted after its memory write and pushed again read its own frame)
+    from vosrt.sdk.memory import MemoryBank
+    bank = MemoryBank(backend, capacity=3, hw=4)
+    bank.set_objects([], 1)
+    for value in (1.0, 2.0, 3.0, 4.0):                   # 4.0 evicted 2.0 from slot 1
+        bank.add(*_frame(value, 1))
+    before = [backend.download(t).copy() for t in bank.read()]
+    saved = bank.snapshot()
+    assert bank.add(*_frame(5.0, 1)) == 2                # evicts 3.0
+    bank.restore(saved)
+    after = [backend.download(t) for t in bank.read()]
+    for a, b in zip(after, before):
+        np.testing.assert_array_equal(a, b)
+    assert bank.add(*_frame(5.0, 1)) == 2
 
 
 def test_a_new_bank_holds_no_object_until_told(backend):

@@ -364,3 +364,19 @@ def test_ctrl_c_while_a_step_s_label_map_is_made_leaves_the_tracker_unchanged(st
 
     assert np.array_equal(_labels_with_a_bad_call_at(stcn_package, sequence, 4, bad), clean_labels)
 
+
+def test_ctrl_c_after_a_memory_write_into_a_full_ring_leaves_the_memory_as_it_was(stcn_package, sequence):
+    # With every slot filled, the write evicts the oldest frame; the rollback restored the bank's bookkeeping but
+    # not the evicted frame, so the frame pushed again read itself in memory instead of the evicted one.
+    def run(interrupt: bool):
+        tracker = _tracker(stcn_package, memory_capacity=3)   # mem_every=2: frames 0, 2, 4 fill it, 6 evicts 2
+        out = []
+        for t, frame in enumerate(sequence.frames):
+            if interrupt and t == 8:
+                with pytest.raises(KeyboardInterrupt), ctrl_c_at(Tracker._commit, "self.objects =") as fired:
+                    tracker.step(frame)
+                assert fired and tracker.memory.frames == 3 and tracker.frame_index == 7
+            out.append(tracker.step(frame, sequence.labels[0] if t == 0 else None))
+        return np.stack(out)
+
+    assert np.array_equal(run(True), run(False))
