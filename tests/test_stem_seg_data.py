@@ -26,9 +26,11 @@ def write_frames(folder, sequence, suffix):
     return names
 
 
-def test_youtube_vis_json_clips_carry_instances_and_their_categories(tmp_path):
+def _vis_json(root):
+    """``root/train.json``: a YouTube-VIS annotation file of one video (frames under ``root/train/JPEGImages/vid``)
+    with two instances, of categories 3 and 7."""
     seq = generate_sequence(3, num_frames=FRAMES, height=H, width=W, num_objects=2, num_distractors=0)
-    names = write_frames(tmp_path / "train" / "JPEGImages" / "vid", seq, ".jpg")
+    names = write_frames(root / "train" / "JPEGImages" / "vid", seq, ".jpg")
     annotations = []
     for k, (obj, category) in enumerate(((1, 3), (2, 7)), 1):
         segs = []
@@ -40,10 +42,14 @@ def test_youtube_vis_json_clips_carry_instances_and_their_categories(tmp_path):
             rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
             segs.append({"size": rle["size"], "counts": rle["counts"].decode()})
         annotations.append({"id": k, "video_id": 5, "category_id": category, "segmentations": segs})
-    (tmp_path / "train.json").write_text(json.dumps({
+    (root / "train.json").write_text(json.dumps({
         "videos": [{"id": 5, "height": H, "width": W, "file_names": [f"vid/{n}" for n in names]}],
         "categories": [{"id": 3}, {"id": 7}], "annotations": annotations}))
-    data = VISJsonClips(tmp_path / "train.json", size=(H, W), clip_length=4, max_instances=3)
+    return root / "train.json"
+
+
+def test_youtube_vis_json_clips_carry_instances_and_their_categories(tmp_path):
+    data = VISJsonClips(_vis_json(tmp_path), size=(H, W), clip_length=4, max_instances=3)
     sample = data[0]
     assert sample["images"].shape == (3, 4, H, W) and sample["masks"].shape == (3, 4, H, W)
     assert sample["categories"].tolist() == [3, 7, 0]
@@ -53,19 +59,7 @@ def test_youtube_vis_json_clips_carry_instances_and_their_categories(tmp_path):
 
 def test_a_category_head_too_small_for_the_dataset_s_category_ids_is_refused_before_training(tmp_path):
     # "IndexError: Target 7 is out of bounds" from the cross-entropy at the first sample carrying category 7
-    seq = generate_sequence(3, num_frames=FRAMES, height=H, width=W, num_objects=2, num_distractors=0)
-    names = write_frames(tmp_path / "train" / "JPEGImages" / "vid", seq, ".jpg")
-    annotations = []
-    for k, (obj, category) in enumerate(((1, 3), (2, 7)), 1):
-        segs = []
-        for labels in seq.labels:
-            rle = mask_utils.encode(np.asfortranarray((labels == obj).astype(np.uint8)))
-            segs.append({"size": rle["size"], "counts": rle["counts"].decode()} if (labels == obj).any() else None)
-        annotations.append({"id": k, "video_id": 5, "category_id": category, "segmentations": segs})
-    (tmp_path / "train.json").write_text(json.dumps({
-        "videos": [{"id": 5, "height": H, "width": W, "file_names": [f"vid/{n}" for n in names]}],
-        "categories": [{"id": 3}, {"id": 7}], "annotations": annotations}))
-    recipe, data = recipe_for("stem-seg"), [tmp_path / "train.json"]
+    recipe, data = recipe_for("stem-seg"), [_vis_json(tmp_path)]
     with pytest.raises(UserError) as error:
         recipe.build_dataset(default_config("stem-seg-lite", model_overrides={"num_classes": 5}), data)
     assert str(error.value) == (f"--data {data[0]}: its category ids go up to 7, more than stem-seg-lite's category "
