@@ -103,6 +103,10 @@ def _backend_options(args, package, resolved: dict) -> dict:
 
     from vosrt.sdk.backends import backend_class
 
+    if args.device and args.device not in Backend.devices:
+        # was refused as "--backend onnxruntime: device: expected ...", naming a flag that was not the wrong one
+        names = ", ".join(repr(d) for d in Backend.devices[:-1]) + f" or {Backend.devices[-1]!r}"
+        raise UserError(f"--device: expected {names}, got {args.device!r}")
     options = {}
     for flag, name in resolved.items():
         try:
@@ -110,7 +114,6 @@ def _backend_options(args, package, resolved: dict) -> dict:
         except UserError as err:
             raise UserError(f"{flag} {name}: {err}") from None
         if args.device and args.device in Backend.devices and args.device not in cls.devices:
-            # a device name no backend takes (a typo) is left to check_options below, which lists the names
             runs_on = " or ".join(d for d in cls.devices if d != "auto")
             both = ", and --device applies to both backends" if len(resolved) > 1 else ""
             raise UserError(f"--device {args.device}: {flag} {name} runs on {runs_on} only{both}; leave --device "

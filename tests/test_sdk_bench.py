@@ -180,3 +180,12 @@ def test_a_clip_family_timed_over_a_part_of_its_hop_says_how_far_its_ms_per_fram
             "--frames a multiple of 5") in out
     assert main(["bench", str(clip_package), "--frames", "10", "--backend", "onnxruntime"]) == 0
     assert "note:" not in capsys.readouterr().out    # 2 clips in 10 frames: a long stream's rate
+
+
+def test_a_device_name_no_backend_takes_is_refused_naming_the_device_flag(stcn_package, capsys):
+    # was "error: --backend onnxruntime: device: expected 'auto', 'cpu' or 'cuda', got 'gpu'": the flag named was
+    # not the one that was wrong
+    assert main(["bench", str(stcn_package), "--frames", "2", "--device", "gpu", "--compare", "torch"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --device: expected 'auto', 'cpu' or 'cuda', got 'gpu'"), err
+    assert "--backend onnxruntime:" not in err and len(err.splitlines()) == 1
