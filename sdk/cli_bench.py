@@ -54,10 +54,11 @@ class TimedBackend(DelegatingBackend):
 
 
 def bench(package, backend_name: str, frames: int, warmup: int | None, options: dict,
-          show_progress: bool = True) -> dict:
+          show_progress: bool = True, label: str | None = None) -> dict:
     """Stream ``warmup + frames`` generated frames (``warmup`` None: 5, or one clip's frames where the session has
     a latency, so that a clip has run before the timing starts); returns ``{"stages": {name: ms per frame},
-    "fps": .., "describe": .., "warmup": frames streamed untimed}``."""
+    "fps": .., "describe": .., "warmup": frames streamed untimed}``. ``label``: the progress bars' name (default
+    ``backend_name``; the CLI passes the backend that runs, as its table's column does, not "auto")."""
     from vosrt.sdk import open_session
     from vosrt.sdk.backends import open_backend
     from vosrt.sdk.progress import Progress
@@ -78,11 +79,12 @@ def bench(package, backend_name: str, frames: int, warmup: int | None, options: 
         return stream(session, frames, masks=masks, flush=flush, close=False,
                       progress=Progress(count, "frame", desc=desc, enabled=show_progress))
 
+    label = label or backend_name
     if warmup:
-        feed(0, warmup, flush=False, desc=f"{backend_name} warm-up")
+        feed(0, warmup, flush=False, desc=f"{label} warm-up")
     timed.times.clear()
     timed.calls.clear()
-    stats = feed(warmup, frames, flush=True, desc=backend_name)
+    stats = feed(warmup, frames, flush=True, desc=label)
     elapsed = stats.seconds
     stages = {graph: 1000 * seconds / frames for graph, seconds in timed.times.items()}
     stages["host"] = 1000 * elapsed / frames - sum(stages.values())
@@ -183,12 +185,12 @@ def run(args) -> int:
     options = _backend_options(args, package, resolved)
     # columns are named by the backend that ran (`auto` read "speed-up: auto over torch")
     first = resolved["--backend"]
-    results = {first: bench(package, args.backend, args.frames, args.warmup, options["--backend"])}
+    results = {first: bench(package, args.backend, args.frames, args.warmup, options["--backend"], label=first)}
     if args.compare:
         # the same backend twice (a run-to-run check) keeps both columns: keyed by name, the second replaced the first
         second = resolved["--compare"]
         label = second if second != first else f"{second} (2nd)"
-        results[label] = bench(package, args.compare, args.frames, args.warmup, options["--compare"])
+        results[label] = bench(package, args.compare, args.frames, args.warmup, options["--compare"], label=label)
 
     warmups = sorted({result["warmup"] for result in results.values()})
     # an INT8 package's table read as fp32's, and its torch column runs the fp32 checkpoint it was quantized from

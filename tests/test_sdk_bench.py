@@ -189,3 +189,12 @@ def test_a_device_name_no_backend_takes_is_refused_naming_the_device_flag(stcn_p
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --device: expected 'auto', 'cpu' or 'cuda', got 'gpu'"), err
     assert "--backend onnxruntime:" not in err and len(err.splitlines()) == 1
+
+
+def test_the_progress_bars_name_the_backend_that_runs_not_auto(stcn_package, capsys):
+    # the table's columns named the backend that ran, but the progress bars above them still read "auto warm-up"
+    # and "auto", and a backend compared with itself had two bars of the same name
+    assert main(["bench", str(stcn_package), "--frames", "2", "--warmup", "1", "--compare", "onnxruntime"]) == 0
+    err = capsys.readouterr().err
+    assert "onnxruntime warm-up" in err and "onnxruntime (2nd) warm-up" in err and "onnxruntime (2nd):" in err, err
+    assert "auto" not in err, err
