@@ -61,8 +61,13 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=30, help="frames per clip for figure 2")
     parser.add_argument("--fps", type=float, default=100.0, help="frame rate of the figure-3 video")
     args = parser.parse_args()
-    if args.clips < 1 or args.frames < 2 or not args.fps > 0:
-        parser.error(f"expected --clips >= 1, --frames >= 2 and --fps > 0, got {args.clips}, {args.frames}, {args.fps}")
+    # one message per flag: all three were named with all three values, whichever was wrong
+    for flag, value, low, what in (("--clips", args.clips, 1, "generated clips"),
+                                   ("--frames", args.frames, 2, "frames per clip (the first carries the masks)")):
+        if value < low:
+            parser.error(f"{flag}: expected {what} >= {low}, got {value}")
+    if not 0 < args.fps < float("inf"):   # the video is written at this rate and played back paced by it
+        parser.error(f"--fps: expected a finite frame rate > 0, got {args.fps:g}")
     with tempfile.TemporaryDirectory(prefix="vosrt-bench-live-") as folder:
         measure(args, Path(folder))
 

@@ -184,10 +184,19 @@ def test_embed_callback_refuses_a_package_that_takes_no_mask(camera):
     assert result.returncode == 2 and "needs an stcn one" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("flags", [("--clips", "0"), ("--frames", "1"), ("--fps", "0")])
-def test_bench_live_refuses_settings_it_cannot_measure(tmp_path, flags):
-    result = run_sample("bench_live.py", *flags, cwd=tmp_path)     # --clips 0 was numpy's traceback at the end
-    assert result.returncode == 2 and "expected --clips >= 1" in result.stderr and "Traceback" not in result.stderr
+@pytest.mark.parametrize("flags, says", [
+    (("--clips", "0"), "error: --clips: expected generated clips >= 1, got 0"),
+    (("--frames", "1"), "error: --frames: expected frames per clip (the first carries the masks) >= 2, got 1"),
+    (("--fps", "0"), "error: --fps: expected a finite frame rate > 0, got 0"),
+    (("--fps", "nan"), "error: --fps: expected a finite frame rate > 0, got nan"),
+])
+def test_bench_live_refuses_settings_it_cannot_measure_naming_only_the_wrong_flag(tmp_path, flags, says):
+    # --clips 0 was numpy's traceback at the end; then one message named all three flags and all three values,
+    # whichever was wrong ("expected --clips >= 1, --frames >= 2 and --fps > 0, got 6, 30, 0.0")
+    result = run_sample("bench_live.py", *flags, cwd=tmp_path)
+    err = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and err.endswith(says) and "Traceback" not in result.stderr, result.stderr
+    assert all(flag not in err for flag in ("--clips", "--frames", "--fps") if flag != flags[0]), err
 
 
 @pytest.mark.parametrize("flags, says", [
