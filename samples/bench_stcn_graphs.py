@@ -66,7 +66,8 @@ def _measure(path: str, backend_name: str, form: str, objects: int, memory_frame
         options["memory_arena"] = arena
     backend = open_backend(package, backend_name, **options)
     feeds = _inputs(backend, package, objects, memory_frames)
-    result = {"describe": backend.describe(), "graphs": {}, "mem_every": int(package.streaming["mem_every"])}
+    result = {"describe": backend.describe(), "graphs": {}, "mem_every": int(package.streaming["mem_every"]),
+              "size": f"{package.height}x{package.width}", "precision": "INT8" if package.quantization else "fp32"}
     for graph, graph_feeds in feeds.items():
         for _ in range(WARMUP):   # torch's first calls set up its kernels: one warm-up left the third call ~8x slow
             backend.run(graph, graph_feeds)
@@ -228,8 +229,8 @@ def main(argv=None) -> int:
         base = base or wall
         cells = "".join(f"{g[x]['wall']:>11.3f} / {g[x]['cpu']:<8.3f}" for x in graphs)
         print(f"{name:<40}{cells}{wall:>12.3f}{cpu:>11.3f}{result['peak_rss_mb']:>8.0f}MB{base / wall:>8.2f}x")
-    for name, result in rows:
-        print(f"  {name}: {result['describe']}")
+    for name, result in rows:   # a row's name is the package's folder: its resolution and precision said here
+        print(f"  {name}: {result['size']} {result['precision']}, {result['describe']}")
     if args.ceiling:
         flops, rate = _frame_flops(args.packages[0], args.objects, args.memory_frames), _matmul_rate(args.threads)
         floor = flops / rate

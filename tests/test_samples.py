@@ -343,3 +343,23 @@ def test_each_refusal_is_one_error_line_and_no_output_begun(camera, name, args):
     assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1, result.stderr
     if "missing.mp4" in args:
         assert result.stderr.startswith("error: --source: ")
+
+
+def test_bench_stcn_graphs_says_each_row_s_resolution_and_precision(tmp_path):
+    # a row was named by its package's folder alone: two packages at other sizes, or an INT8 one in a folder named
+    # without "int8", were compared "vs first" with nothing saying what each had measured
+    from vosrt.sdk.package import load_package
+
+    from sdk_packages import tiny_int8_package
+
+    path = tiny_package("stcn", ("portable",))
+    package = load_package(path)
+    done = run_sample("bench_stcn_graphs.py", str(path), "--repeat", "1", "--memory-frames", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"  stcn onnxruntime portable: {package.height}x{package.width} fp32, onnxruntime " in done.stdout, done.stdout
+    sys.path.insert(0, str(SAMPLES))
+    from bench_stcn_graphs import _measure
+
+    result = _measure(str(tiny_int8_package()), "onnxruntime", "portable", objects=1, memory_frames=2, threads=1,
+                      repeat=1)
+    assert result["precision"] == "INT8" and result["size"] == f"{package.height}x{package.width}"
