@@ -94,4 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:   # Ctrl-C: one line and status 130, not a traceback
+        print("bench_kernels.py: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -14,6 +14,7 @@ Timings depend on the machine and its load; they are reported, never asserted.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -111,4 +112,8 @@ def measure(args, work: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:   # Ctrl-C: one line and status 130, not a traceback (the temporary folder is removed)
+        print("bench_live.py: interrupted", file=sys.stderr)
+        sys.exit(130)

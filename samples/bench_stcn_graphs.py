@@ -256,3 +256,6 @@ if __name__ == "__main__":
     except UserError as err:   # a bad package: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:   # Ctrl-C: one line and status 130, not a traceback (subprocess.run ends the child)
+        print("bench_stcn_graphs.py: interrupted", file=sys.stderr)
+        sys.exit(130)

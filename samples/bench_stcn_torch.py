@@ -9,6 +9,7 @@ is ``--model``'s default configuration with random weights (stcn-lite: 6.4 M par
 """
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -70,4 +71,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:   # Ctrl-C: one line and status 130, not a traceback
+        print("bench_stcn_torch.py: interrupted", file=sys.stderr)
+        sys.exit(130)

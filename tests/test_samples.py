@@ -363,3 +363,48 @@ def test_bench_stcn_graphs_says_each_row_s_resolution_and_precision(tmp_path):
     result = _measure(str(tiny_int8_package()), "onnxruntime", "portable", objects=1, memory_frames=2, threads=1,
                       repeat=1)
     assert result["precision"] == "INT8" and result["size"] == f"{package.height}x{package.width}"
+
+
+def _interrupt(name: str, *args: str, cwd: Path, ready) -> subprocess.CompletedProcess:
+    """Start samples/``name``, send it SIGINT (Ctrl-C) once ``ready(process)`` is true, and return how it ended."""
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, str(SAMPLES / name), *args], cwd=cwd, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"))
+    try:
+        while process.poll() is None and not ready(process):
+            time.sleep(0.05)
+        assert process.poll() is None, "the sample ended before it could be interrupted"
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def test_bench_live_stops_on_ctrl_c_in_one_line(tmp_path):
+    # Ctrl-C in the figure-3 run was a KeyboardInterrupt traceback from wherever the interpreter was
+    def figures_1_and_2_printed(process):
+        return process.stdout.readline().startswith("2. ")
+
+    done = _interrupt("bench_live.py", "--clips", "1", "--frames", "2", cwd=tmp_path, ready=figures_1_and_2_printed)
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "bench_live.py: interrupted", done.stderr
+
+
+def test_bench_stcn_graphs_stops_on_ctrl_c_in_one_line(tmp_path):
+    # Ctrl-C while a configuration's child ran was a KeyboardInterrupt traceback from subprocess.run
+    def measuring(process):
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+        return children.exists() and children.read_text().strip() != ""
+
+    if not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists():
+        pytest.skip("needs /proc/PID/task/PID/children to see the configuration's child start")
+    done = _interrupt("bench_stcn_graphs.py", str(tiny_package("stcn", ("portable",))), "--repeat", "1",
+                      "--memory-frames", "2", cwd=tmp_path, ready=measuring)
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "bench_stcn_graphs.py: interrupted", done.stderr
