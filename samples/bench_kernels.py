@@ -17,7 +17,10 @@ L2MemoryReadout: Ck=64, M=1620 (480p at 1/16), V = objects × 512, N = frames ×
 form STCN uses (affinity, top-k, scatter of the softmax into an N×M matrix, matmul) and against the
 repository's reference (cuBLAS GEMM + torch.topk + gather).
 
-Prints median milliseconds, the ratios and the peak device memory each call allocates beyond its inputs.
+Prints milliseconds per call, the ratios and the peak device memory each call allocates beyond its inputs. On
+the GPU a call's time is the mean of ``--repeat`` calls back to back between one pair of CUDA events (the median
+of single calls is kept only in ``samples/gpu_check.py``'s JSON); with ``--dry-run``, the median of ``--repeat``
+single calls on the CPU.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ sys.path.append(str(check.ROOT))  # vosrt from this checkout where it is not ins
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=("d2conv3d", "readout"), help="benchmark one operator")
-    parser.add_argument("--repeat", type=int, default=10, help="timed calls per measurement (median reported)")
+    parser.add_argument("--repeat", type=int, default=10, help="timed calls per measurement (GPU: their mean, back to back; --dry-run: their median)")
     full, tiny = check.READOUT_FULL, check.READOUT_TINY
     parser.add_argument("--frames", type=int, nargs="+",
                         help=f"readout memory frames (default {' '.join(map(str, full['frames']))}; "

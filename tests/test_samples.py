@@ -408,3 +408,12 @@ def test_bench_stcn_graphs_stops_on_ctrl_c_in_one_line(tmp_path):
                       "--memory-frames", "2", cwd=tmp_path, ready=measuring)
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "bench_stcn_graphs.py: interrupted", done.stderr
+
+
+def test_bench_kernels_says_its_gpu_figures_are_means_of_calls_back_to_back_not_medians(tmp_path):
+    # --help said "median reported", but on the GPU the tables print the mean of --repeat calls back to back
+    # (gpu_check.measure: one pair of CUDA events around them); only the CPU references of --dry-run are medians
+    done = run_sample("bench_kernels.py", "--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "(GPU: their mean, back to back; --dry-run: their median)" in text and "(median reported)" not in text
