@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("repeat", "top_k", "clip_frames"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if min(args.frames or [1]) < 1 or min(args.objects or [1]) < 1:
-        parser.error("--frames and --objects take numbers of at least 1")
+    for name in ("frames", "objects"):   # one message named both flags and neither value, whichever was wrong
+        if min(getattr(args, name) or [1]) < 1:
+            parser.error(f"--{name}: expected numbers >= 1, got {' '.join(map(str, getattr(args, name)))}")
     shapes = tiny if args.dry_run else full
     memory = min(args.frames or shapes["frames"]) * shapes["hw"]
     readout_timed = args.only in (None, "readout")

@@ -417,3 +417,14 @@ def test_bench_kernels_says_its_gpu_figures_are_means_of_calls_back_to_back_not_
     assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.split())
     assert "(GPU: their mean, back to back; --dry-run: their median)" in text and "(median reported)" not in text
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--frames", "2", "0"], "error: --frames: expected numbers >= 1, got 2 0"),
+    (["--objects", "-1"], "error: --objects: expected numbers >= 1, got -1"),
+])
+def test_bench_kernels_refuses_a_count_below_one_naming_its_flag_and_value(tmp_path, flags, says):
+    # was "--frames and --objects take numbers of at least 1" whichever was wrong, without the value
+    done = run_sample("bench_kernels.py", "--dry-run", *flags, cwd=tmp_path)
+    err = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and err.endswith(says) and "Traceback" not in done.stderr, done.stderr
