@@ -203,18 +203,20 @@ def main(argv=None) -> int:
     for path in args.packages:
         _check_package(path)
     rows, failed = [], []
-    for path in args.packages:
-        for backend_name, form in _configurations(path):
-            command = [sys.executable, __file__, path, "--only", backend_name, form, "--objects", str(args.objects),
-                       "--memory-frames", str(args.memory_frames), "--threads", str(args.threads),
-                       "--repeat", str(args.repeat)] + (["--arena"] if args.arena else [])
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                print(f"{path} {backend_name} {form}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
-                failed.append(f"{path} {backend_name} {form}")
-                continue
-            rows.append((f"{os.path.basename(os.path.normpath(path))} {backend_name} {form}",
-                         json.loads(done.stdout.strip().splitlines()[-1])))
+    runs = [(path, backend_name, form) for path in args.packages for backend_name, form in _configurations(path)]
+    for number, (path, backend_name, form) in enumerate(runs, 1):
+        # progress on stderr: at 480p a configuration takes tens of seconds, and nothing was printed until the table
+        print(f"measuring {path} {backend_name} {form} ({number}/{len(runs)})", file=sys.stderr, flush=True)
+        command = [sys.executable, __file__, path, "--only", backend_name, form, "--objects", str(args.objects),
+                   "--memory-frames", str(args.memory_frames), "--threads", str(args.threads),
+                   "--repeat", str(args.repeat)] + (["--arena"] if args.arena else [])
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{path} {backend_name} {form}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+            failed.append(f"{path} {backend_name} {form}")
+            continue
+        rows.append((f"{os.path.basename(os.path.normpath(path))} {backend_name} {form}",
+                     json.loads(done.stdout.strip().splitlines()[-1])))
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {args.objects} objects, memory "
           f"{args.memory_frames} frames, {args.threads} threads; seconds per call (wall / CPU), median of {args.repeat}; "
           "a frame is a key encoding, a segment call and a value encoding every mem_every frames (the package's); "
@@ -232,6 +234,7 @@ def main(argv=None) -> int:
     for name, result in rows:   # a row's name is the package's folder: its resolution and precision said here
         print(f"  {name}: {result['size']} {result['precision']}, {result['describe']}")
     if args.ceiling:
+        print("measuring the fp32 ceiling (FLOPs of a frame, an fp32 MatMul's rate)", file=sys.stderr, flush=True)
         flops, rate = _frame_flops(args.packages[0], args.objects, args.memory_frames), _matmul_rate(args.threads)
         floor = flops / rate
         print(f"fp32 ceiling: {flops / 1e9:.3g} GFLOP per frame at {rate / 1e9:.0f} GFLOP/s (ONNX Runtime fp32 "

@@ -428,3 +428,12 @@ def test_bench_kernels_refuses_a_count_below_one_naming_its_flag_and_value(tmp_p
     done = run_sample("bench_kernels.py", "--dry-run", *flags, cwd=tmp_path)
     err = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 2 and err.endswith(says) and "Traceback" not in done.stderr, done.stderr
+
+
+def test_bench_stcn_graphs_shows_progress_one_line_per_configuration_on_stderr(tmp_path):
+    # nothing was printed until the table: at 480p a run of several configurations sat silent for minutes
+    path = str(tiny_package("stcn", ("portable",)))
+    done = run_sample("bench_stcn_graphs.py", path, "--repeat", "1", "--memory-frames", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"measuring {path} onnxruntime portable (1/" in done.stderr, done.stderr
+    assert "measuring" not in done.stdout   # the table on stdout stays the table
