@@ -195,8 +195,11 @@ def run(args) -> int:
     warmups = sorted({result["warmup"] for result in results.values()})
     # an INT8 package's table read as fp32's, and its torch column runs the fp32 checkpoint it was quantized from
     int8 = package.quantization is not None
-    print(f"{package.variant} {package.height}x{package.width}{' INT8 (vosrt quantize)' if int8 else ''}, "
-          f"{args.frames} frames after {' / '.join(map(str, warmups))} warm-up")
+    # the package and the threads said too: two packages of one variant and size printed the same header, and a
+    # table of --threads 1 read like one of the runtime's default
+    threads = f"{args.threads} thread(s)" if args.threads else "the runtime's default threads"
+    print(f"{args.package}: {package.variant} {package.height}x{package.width}{' INT8 (vosrt quantize)' if int8 else ''}, "
+          f"{args.frames} frames after {' / '.join(map(str, warmups))} warm-up, {threads}")
     for name, result in results.items():
         fp32 = "; fp32: the checkpoint the INT8 package was quantized from" if int8 and name.startswith("torch") else ""
         print(f"  {name}: {result['describe']}{fp32}")

@@ -198,3 +198,11 @@ def test_the_progress_bars_name_the_backend_that_runs_not_auto(stcn_package, cap
     err = capsys.readouterr().err
     assert "onnxruntime warm-up" in err and "onnxruntime (2nd) warm-up" in err and "onnxruntime (2nd):" in err, err
     assert "auto" not in err, err
+
+
+@pytest.mark.parametrize("flags, threads", [(["--threads", "1"], "1 thread(s)"), ([], "the runtime's default threads")])
+def test_the_header_names_the_package_and_the_threads_it_ran_on(stcn_package, capsys, flags, threads):
+    # "stcn-lite 128x224, 2 frames after 1 warm-up" whatever the package folder and --threads
+    assert main(["bench", str(stcn_package), "--frames", "2", "--warmup", "1", *flags]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.startswith(f"{stcn_package}: ") and header.endswith(f"2 frames after 1 warm-up, {threads}"), header
