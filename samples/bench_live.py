@@ -78,6 +78,8 @@ def measure(args, work: Path) -> None:
     ious, with_boxes, with_truth = [], [], []
     for index in range(args.clips):
         seed = 4242 + index
+        # progress on stderr: figures 1 and 2 are printed once every clip has run twice (tens of seconds)
+        print(f"bench_live.py: clip {index + 1}/{args.clips} (seed {seed})", file=sys.stderr, flush=True)
         seq = generate_sequence(seed, num_frames=args.frames, num_objects=2)
         truth = seq.labels
         first = cv2.cvtColor(seq.frames[0], cv2.COLOR_RGB2BGR)
@@ -104,6 +106,7 @@ def measure(args, work: Path) -> None:
     clip = write_video(work / "fast.mp4", seq, fps=args.fps)
     boxes = boxes_of(seq.labels[0])
     for name, drop, pace in (("--realtime", True, args.fps), ("every frame", False, None)):
+        print(f"bench_live.py: figure 3, {name}", file=sys.stderr, flush=True)
         pipeline = run_pipeline(clip, boxes, drop=drop, pace=pace)
         p50, p95 = (1000 * v for v in percentiles(pipeline.latencies))
         print(f"3. {name:<11} 300 frames at {args.fps:g} FPS: {pipeline.frames} processed, "

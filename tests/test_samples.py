@@ -437,3 +437,10 @@ def test_bench_stcn_graphs_shows_progress_one_line_per_configuration_on_stderr(t
     assert done.returncode == 0, done.stderr
     assert f"measuring {path} onnxruntime portable (1/" in done.stderr, done.stderr
     assert "measuring" not in done.stdout   # the table on stdout stays the table
+
+
+def test_bench_live_shows_progress_per_clip_on_stderr(tmp_path):
+    # nothing was printed until every clip had run twice; stopped (Ctrl-C) once the first clip's line is out
+    done = _interrupt("bench_live.py", "--clips", "2", "--frames", "2", cwd=tmp_path,
+                      ready=lambda process: process.stderr.readline().startswith("bench_live.py: clip 1/2 (seed 4242)"))
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
