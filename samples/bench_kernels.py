@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                   "cmake -S plugins -B plugins/build && cmake --build plugins/build -j", file=sys.stderr)
             return 2
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    else:   # the tables below read "back to back" and name no device: say what a dry run timed
+        print(f"device: cpu (--dry-run: the PyTorch references at tiny shapes, no kernel timed; each figure the "
+              f"median of {args.repeat} single calls), torch {torch.__version__}")
     # --frames, --objects and --clip-frames apply to the tiny shapes of --dry-run too (they were ignored there)
     readout = dict(tiny if args.dry_run else full, top_k=args.top_k)
     readout.update({name: tuple(getattr(args, name)) for name in ("frames", "objects") if getattr(args, name)})

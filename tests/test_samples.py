@@ -444,3 +444,12 @@ def test_bench_live_shows_progress_per_clip_on_stderr(tmp_path):
     done = _interrupt("bench_live.py", "--clips", "2", "--frames", "2", cwd=tmp_path,
                       ready=lambda process: process.stderr.readline().startswith("bench_live.py: clip 1/2 (seed 4242)"))
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_bench_kernels_dry_run_says_it_timed_the_cpu_references_at_tiny_shapes(tmp_path):
+    # a dry run printed only the tables, which read "ms per call, back to back" and named no device: CPU medians of
+    # the references at tiny shapes looked like the GPU benchmark's figures
+    done = run_sample("bench_kernels.py", "--dry-run", "--repeat", "1", "--only", "readout", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("device: cpu (--dry-run: the PyTorch references at tiny shapes, no kernel timed; "
+                                  "each figure the median of 1 single calls), torch "), done.stdout
