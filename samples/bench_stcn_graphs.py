@@ -3,7 +3,7 @@
     python samples/bench_stcn_graphs.py PKG [PKG2 ...] [--objects 2] [--memory-frames 20] [--threads 2] [--ceiling]
 
 For each package, every configuration (ONNX Runtime portable form, ONNX Runtime plugin form on vosrt's
-CPU operators where the package has it, and the torch backend where the package carries its weights, an
+CPU operators where the package has it, and the torch backend where the package carries its weights and torch is installed, an
 INT8 package excepted: its weights are the fp32 ones) runs in its own process, so each peak RSS is that configuration's alone. Each graph is called on the
 same inputs: one frame's key encoding, one value encoding of ``--objects`` masks, and one segment call
 reading a memory of ``--memory-frames`` frames (the bank at capacity). Times are the median of
@@ -22,6 +22,7 @@ has nothing left to win in fp32); an INT8 package is not bound by it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -93,6 +94,13 @@ def _check_package(path: str) -> None:
                         f"(vosrt bench {path} times any family)")
 
 
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ValueError:   # a module set to None in sys.modules: imports of it fail
+        return False
+
+
 def _configurations(path: str) -> list[tuple[str, str]]:
     from vosrt.sdk.package import load_package
 
@@ -104,7 +112,9 @@ def _configurations(path: str) -> list[tuple[str, str]]:
     # --random-weights packages, checkpoint.pth for the shipped stcn-lite, or the exported-from file).
     # Not for an INT8 package: its checkpoint is the fp32 one it was quantized from, so its torch row would time
     # the fp32 network again under the INT8 package's name.
-    if package.checkpoint is not None and package.checkpoint.is_file() and package.quantization is None:
+    # Nor without torch (a base install): the row's child failed with a traceback, and the run ended with status 1.
+    if (package.checkpoint is not None and package.checkpoint.is_file() and package.quantization is None
+            and _importable("torch")):
         configs.append(("torch", "-"))
     return configs
 
@@ -200,6 +210,12 @@ def main(argv=None) -> int:
         print(json.dumps(_measure(args.packages[0], *args.only, args.objects, args.memory_frames, args.threads,
                                   args.repeat, args.arena)))
         return 0
+    missing = [name for name in ("torch", "onnx") if args.ceiling and not _importable(name)]
+    if missing:   # was a ModuleNotFoundError traceback once every configuration had been timed
+        from vosrt.sdk.errors import install_command
+
+        parser.error(f"--ceiling counts a frame's FLOPs with torch and builds its MatMul with onnx, and this Python "
+                     f"lacks {' and '.join(missing)}: {install_command('export')}, or leave --ceiling out")
     for path in args.packages:
         _check_package(path)
     rows, failed = [], []

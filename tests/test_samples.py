@@ -453,3 +453,25 @@ def test_bench_kernels_dry_run_says_it_timed_the_cpu_references_at_tiny_shapes(t
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("device: cpu (--dry-run: the PyTorch references at tiny shapes, no kernel timed; "
                                   "each figure the median of 1 single calls), torch "), done.stdout
+
+
+def _run_without_torch(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """samples/``name`` run in a Python where ``import torch`` fails, as on a base install (no extras)."""
+    code = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    return subprocess.run([sys.executable, "-c", code, str(SAMPLES / name), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def test_bench_stcn_graphs_without_torch_leaves_the_torch_row_out_and_refuses_ceiling_first(tmp_path):
+    # on a base install the shipped stcn-lite's torch row failed with a traceback (status 1), and --ceiling was a
+    # ModuleNotFoundError traceback once every configuration had been timed
+    done = _run_without_torch("bench_stcn_graphs.py", "stcn-lite", "--ceiling", "--repeat", "1", cwd=tmp_path)
+    err = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "measuring" not in done.stderr, done.stderr
+    assert err.startswith("bench_stcn_graphs.py: error: --ceiling counts a frame's FLOPs with torch") and \
+        "lacks torch:" in err and "[export]" in err, err
+    done = _run_without_torch("bench_stcn_graphs.py", "stcn-lite", "--repeat", "1", "--memory-frames", "2",
+                              cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "stcn-lite onnxruntime plugin" in done.stdout and "torch" not in done.stdout.split("\n  ")[0], done.stdout
