@@ -12,9 +12,16 @@ import statistics
 import sys
 import time
 
-import torch
-
 from vosrt.sdk import families
+from vosrt.sdk.errors import install_command
+
+try:
+    import torch
+except ModuleNotFoundError:   # a base install: was a ModuleNotFoundError traceback
+    print(f"bench_stcn_torch.py: error: this benchmark runs PyTorch, which is not installed: "
+          f"{install_command('train')}", file=sys.stderr)
+    sys.exit(2)
+
 from vosrt.training.models import build_model
 from vosrt.training.models.stcn import FAMILY
 from vosrt.training.ops.l2_readout import l2_memory_readout

@@ -475,3 +475,11 @@ def test_bench_stcn_graphs_without_torch_leaves_the_torch_row_out_and_refuses_ce
                               cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "stcn-lite onnxruntime plugin" in done.stdout and "torch" not in done.stdout.split("\n  ")[0], done.stdout
+
+
+def test_bench_stcn_torch_without_torch_says_what_to_install_in_one_line(tmp_path):
+    # was a ModuleNotFoundError traceback
+    done = _run_without_torch("bench_stcn_torch.py", "--frames", "1", cwd=tmp_path)
+    err = done.stderr.strip()
+    assert done.returncode == 2 and "Traceback" not in err and "\n" not in err, err
+    assert err.startswith("bench_stcn_torch.py: error: this benchmark runs PyTorch") and "[train]" in err, err
