@@ -69,7 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--top-k {args.top_k}: the fused kernel reads at most {MAX_TOP_K} entries per query (beyond "
                      f"that the reference runs in its place, so there is no kernel to time); give --top-k "
                      f"{MAX_TOP_K} or less")
-    import torch
+    try:
+        import torch
+    except ModuleNotFoundError:   # was a ModuleNotFoundError traceback (--dry-run included: it times PyTorch too)
+        from vosrt.sdk.errors import install_command
+
+        print(f"bench_kernels: needs PyTorch (the references, and the kernels' bindings), which is not installed: "
+              f"{install_command('train')}", file=sys.stderr)
+        return 2
 
     device = "cpu" if args.dry_run else "cuda"
     if not args.dry_run:

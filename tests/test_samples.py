@@ -483,3 +483,11 @@ def test_bench_stcn_torch_without_torch_says_what_to_install_in_one_line(tmp_pat
     err = done.stderr.strip()
     assert done.returncode == 2 and "Traceback" not in err and "\n" not in err, err
     assert err.startswith("bench_stcn_torch.py: error: this benchmark runs PyTorch") and "[train]" in err, err
+
+
+def test_bench_kernels_without_torch_says_what_to_install_in_one_line(tmp_path):
+    # was a ModuleNotFoundError traceback, --dry-run included
+    done = _run_without_torch("bench_kernels.py", "--dry-run", cwd=tmp_path)
+    err = done.stderr.strip()
+    assert done.returncode == 2 and "Traceback" not in err and "\n" not in err, err
+    assert err.startswith("bench_kernels: needs PyTorch") and "[train]" in err, err
