@@ -1,5 +1,6 @@
 """CPU cost of one STCN step in PyTorch eager: encode_key + encode_value (O objects) + memory readout +
-segment, at a given resolution and thread count. Prints parameters, wall time and CPU time per frame.
+segment, at a given resolution and thread count. Prints parameters, wall time per frame (median and best of the timed
+frames) and CPU time per frame (the mean: the process time of all of them over their number).
 
     python samples/bench_stcn_torch.py --model stcn-lite --height 240 --width 432 --objects 2 --threads 2
 
@@ -74,7 +75,7 @@ def main() -> None:
     walls.sort()
     print(f"{args.model}: {params / 1e6:.2f} M parameters; {height}x{width}, {objects} objects, "
           f"{args.threads} threads: wall median {statistics.median(walls) * 1e3:.0f} ms, best {walls[0] * 1e3:.0f} ms, "
-          f"CPU time {cpu * 1e3:.0f} ms per frame")
+          f"CPU time mean {cpu * 1e3:.0f} ms per frame (all {args.frames} frames' process time)")
 
 
 if __name__ == "__main__":

@@ -491,3 +491,12 @@ def test_bench_kernels_without_torch_says_what_to_install_in_one_line(tmp_path):
     err = done.stderr.strip()
     assert done.returncode == 2 and "Traceback" not in err and "\n" not in err, err
     assert err.startswith("bench_kernels: needs PyTorch") and "[train]" in err, err
+
+
+def test_bench_stcn_torch_says_its_cpu_time_is_a_mean_beside_the_wall_median(tmp_path):
+    # "wall median 20 ms, best 20 ms, CPU time 23 ms per frame": the CPU figure, the process time of all timed frames
+    # over their number, read as a third statistic of the same kind as the median before it
+    done = run_sample("bench_stcn_torch.py", "--height", "32", "--width", "32", "--frames", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "wall median " in done.stdout and "CPU time mean " in done.stdout, done.stdout
+    assert done.stdout.rstrip().endswith("ms per frame (all 2 frames' process time)"), done.stdout
