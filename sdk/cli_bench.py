@@ -59,6 +59,8 @@ def bench(package, backend_name: str, frames: int, warmup: int | None, options: 
     a latency, so that a clip has run before the timing starts); returns ``{"stages": {name: ms per frame},
     "fps": .., "describe": .., "warmup": frames streamed untimed}``. ``label``: the progress bars' name (default
     ``backend_name``; the CLI passes the backend that runs, as its table's column does, not "auto")."""
+    import numpy as np
+
     from vosrt.sdk import open_session
     from vosrt.sdk.backends import open_backend
     from vosrt.sdk.progress import Progress
@@ -90,6 +92,8 @@ def bench(package, backend_name: str, frames: int, warmup: int | None, options: 
     stages["host"] = 1000 * elapsed / frames - sum(stages.values())
     stages["total"] = 1000 * elapsed / frames
     result = {"stages": stages, "fps": frames / elapsed, "describe": timed.describe(), "warmup": warmup}
+    if session.takes_mask:   # a tracker's cost grows with the objects it tracks: the table says how many
+        result["objects"] = len([i for i in np.unique(sequence.labels[0]) if i])
     if getattr(session, "hop", None):   # clip families: each clip calls each of their graphs once
         result["clips"], result["hop"] = max(timed.calls.values(), default=0), session.hop
     timed.close()
@@ -198,6 +202,8 @@ def run(args) -> int:
     # the package and the threads said too: two packages of one variant and size printed the same header, and a
     # table of --threads 1 read like one of the runtime's default
     threads = f"{args.threads} thread(s)" if args.threads else "the runtime's default threads"
+    objects = sorted({result["objects"] for result in results.values() if "objects" in result})
+    threads += f", {' / '.join(map(str, objects))} object(s) tracked" if objects else ""
     print(f"{args.package}: {package.variant} {package.height}x{package.width}{' INT8 (vosrt quantize)' if int8 else ''}, "
           f"{args.frames} frames after {' / '.join(map(str, warmups))} warm-up, {threads}")
     for name, result in results.items():

@@ -205,4 +205,12 @@ def test_the_header_names_the_package_and_the_threads_it_ran_on(stcn_package, ca
     # "stcn-lite 128x224, 2 frames after 1 warm-up" whatever the package folder and --threads
     assert main(["bench", str(stcn_package), "--frames", "2", "--warmup", "1", *flags]) == 0
     header = capsys.readouterr().out.splitlines()[0]
-    assert header.startswith(f"{stcn_package}: ") and header.endswith(f"2 frames after 1 warm-up, {threads}"), header
+    assert header.startswith(f"{stcn_package}: ") and f"2 frames after 1 warm-up, {threads}" in header, header
+
+
+def test_the_header_says_how_many_objects_a_tracker_was_timed_with(stcn_package, clip_package, capsys):
+    # a tracker's ms per frame grow with its objects, and the table did not say the generated frames carry 2
+    assert main(["bench", str(stcn_package), "--frames", "2", "--warmup", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(", 2 object(s) tracked")
+    assert main(["bench", str(clip_package), "--frames", "5"]) == 0   # a clip family segments what it finds
+    assert "tracked" not in capsys.readouterr().out.splitlines()[0]
