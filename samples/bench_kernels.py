@@ -37,7 +37,8 @@ sys.path.append(str(check.ROOT))  # vosrt from this checkout where it is not ins
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=("d2conv3d", "readout"), help="benchmark one operator")
-    parser.add_argument("--repeat", type=int, default=10, help="timed calls per measurement (GPU: their mean, back to back; --dry-run: their median)")
+    parser.add_argument("--repeat", type=int, default=10,
+                        help="timed calls per measurement (GPU: their mean, back to back; --dry-run: their median)")
     full, tiny = check.READOUT_FULL, check.READOUT_TINY
     parser.add_argument("--frames", type=int, nargs="+",
                         help=f"readout memory frames (default {' '.join(map(str, full['frames']))}; "

@@ -3,8 +3,8 @@
     python samples/bench_stcn_graphs.py PKG [PKG2 ...] [--objects 2] [--memory-frames 20] [--threads 2] [--ceiling]
 
 For each package, every configuration (ONNX Runtime portable form, ONNX Runtime plugin form on vosrt's
-CPU operators where the package has it, and the torch backend where the package carries its weights and torch is installed, an
-INT8 package excepted: its weights are the fp32 ones) runs in its own process, so each peak RSS is that configuration's alone. Each graph is called on the
+CPU operators where the package has it, and the torch backend where the package carries its weights and torch is
+installed, an INT8 package excepted: its weights are the fp32 ones) runs in its own process, so each peak RSS is that configuration's alone. Each graph is called on the
 same inputs: one frame's key encoding, one value encoding of ``--objects`` masks, and one segment call
 reading a memory of ``--memory-frames`` frames (the bank at capacity). Times are the median of
 ``--repeat`` calls after three warm-up calls, as wall and process CPU seconds; ratios are against the first

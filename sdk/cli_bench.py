@@ -204,8 +204,9 @@ def run(args) -> int:
     threads = f"{args.threads} thread(s)" if args.threads else "the runtime's default threads"
     objects = sorted({result["objects"] for result in results.values() if "objects" in result})
     threads += f", {' / '.join(map(str, objects))} object(s) tracked" if objects else ""
-    print(f"{args.package}: {package.variant} {package.height}x{package.width}{' INT8 (vosrt quantize)' if int8 else ''}, "
-          f"{args.frames} frames after {' / '.join(map(str, warmups))} warm-up, {threads}")
+    precision = " INT8 (vosrt quantize)" if int8 else ""
+    print(f"{args.package}: {package.variant} {package.height}x{package.width}{precision}, {args.frames} frames after "
+          f"{' / '.join(map(str, warmups))} warm-up, {threads}")
     for name, result in results.items():
         fp32 = "; fp32: the checkpoint the INT8 package was quantized from" if int8 and name.startswith("torch") else ""
         print(f"  {name}: {result['describe']}{fp32}")

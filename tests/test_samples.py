@@ -356,7 +356,8 @@ def test_bench_stcn_graphs_says_each_row_s_resolution_and_precision(tmp_path):
     package = load_package(path)
     done = run_sample("bench_stcn_graphs.py", str(path), "--repeat", "1", "--memory-frames", "2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert f"  stcn onnxruntime portable: {package.height}x{package.width} fp32, onnxruntime " in done.stdout, done.stdout
+    described = f"  stcn onnxruntime portable: {package.height}x{package.width} fp32, onnxruntime "
+    assert described in done.stdout, done.stdout
     sys.path.insert(0, str(SAMPLES))
     from bench_stcn_graphs import _measure
 
