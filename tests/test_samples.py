@@ -397,6 +397,7 @@ def test_bench_live_stops_on_ctrl_c_in_one_line(tmp_path):
     assert done.stderr.strip().splitlines()[-1] == "bench_live.py: interrupted", done.stderr
 
 
+@pytest.mark.slow   # about 11 s: it waits for a configuration's child process to exist
 def test_bench_stcn_graphs_stops_on_ctrl_c_in_one_line(tmp_path):
     # Ctrl-C while a configuration's child ran was a KeyboardInterrupt traceback from subprocess.run
     def measuring(process):
