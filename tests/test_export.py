@@ -652,6 +652,7 @@ def test_an_export_into_a_package_removes_the_files_only_its_earlier_manifest_li
     load(folder).close()   # the package opens as it is now
 
 
+@pytest.mark.slow   # about 35 s: several full exports with their checks
 def test_an_export_into_a_package_keeps_the_weights_it_is_exported_from_and_weights_written_over_its_own(
         tmp_path, lite_checkpoint):
     # Re-exported from its own weights.pt (a random-weights package at another size, or after
@@ -887,6 +888,7 @@ def test_vosrt_export_shows_progress_while_it_checks_the_package(tmp_path, capsy
     assert all(f"check {graph}: " in err for graph in ("encode_key", "encode_value", "segment")), err
 
 
+@pytest.mark.slow   # about 35 s: several full exports with their checks
 def test_vosrt_export_random_weights_never_writes_over_a_weights_file_it_did_not_write(tmp_path, capsys,
                                                                                        lite_checkpoint):
     # --random-weights wrote its weights.pt over the user's file of that name in --out, without a word
