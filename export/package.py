@@ -8,7 +8,6 @@ translated twice: into the plugin form and into the portable form (``vosrt.expor
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -262,26 +261,22 @@ def _listed_files(out_dir: Path, written: bool) -> set[str]:
     """The files inside ``out_dir`` that its manifest names: with ``written``, only those vosrt wrote there
     (graphs, engines, and the random weights while they are still the ones recorded), else also the checkpoint
     it records; none without a readable manifest."""
-    try:
-        manifest = json.loads((out_dir / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return set()
+    manifest = held_manifest(out_dir) or {}
     names = []
-    if isinstance(manifest, dict):
-        for forms in (manifest.get("graphs") or {}).values():
-            names += list(forms.values()) if isinstance(forms, dict) else []
-        for build in (manifest.get("engines") or {}).values():
-            files = build.get("files") if isinstance(build, dict) else None
-            names += list(files.values()) if isinstance(files, dict) else []
-        source = manifest.get("source") or {}
-        checkpoint = source.get("checkpoint") if isinstance(source, dict) else None
-        if not written:
+    for forms in (manifest.get("graphs") or {}).values():
+        names += list(forms.values()) if isinstance(forms, dict) else []
+    for build in (manifest.get("engines") or {}).values():
+        files = build.get("files") if isinstance(build, dict) else None
+        names += list(files.values()) if isinstance(files, dict) else []
+    source = manifest.get("source") or {}
+    checkpoint = source.get("checkpoint") if isinstance(source, dict) else None
+    if not written:
+        names.append(checkpoint)
+    elif source.get("random_weights") and isinstance(checkpoint, str):
+        # weights.pt as the export wrote it: a user's checkpoint, or weights written over it since, stay
+        path = out_dir / checkpoint
+        if path.is_file() and file_sha256(path) == source.get("sha256"):
             names.append(checkpoint)
-        elif source.get("random_weights") and isinstance(checkpoint, str):
-            # weights.pt as the export wrote it: a user's checkpoint, or weights written over it since, stay
-            path = out_dir / checkpoint
-            if path.is_file() and file_sha256(path) == source.get("sha256"):
-                names.append(checkpoint)
     listed = set()
     for name in names:
         if isinstance(name, str) and name:

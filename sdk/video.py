@@ -39,6 +39,7 @@ def natural_key(path: Path) -> list:
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
 
 def frame_files(folder: Path, suffixes=IMAGE_SUFFIXES) -> Iterator[Path]:
@@ -50,7 +51,6 @@ def frame_files(folder: Path, suffixes=IMAGE_SUFFIXES) -> Iterator[Path]:
     suffixes = tuple(suffixes)
     return (p for p in folder.iterdir()
             if p.suffix.lower() in suffixes and not p.name.startswith(".") and not p.is_dir())
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
 
 class FrameSource:
