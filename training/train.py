@@ -765,8 +765,7 @@ def _lock_run(out: Path, resume: bool):
         out.mkdir(parents=True, exist_ok=True)
         lock = open(out / RUN_LOCK, "a+")
     except OSError as err:
-        raise UserError(f"--out {out}: cannot write the run folder ({err.strerror or err}: {err.filename}); give a "
-                        f"folder you can write, on a disk with room for the checkpoints") from None
+        raise _unwritable_run_folder(out, err) from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -785,14 +784,18 @@ def _lock_run(out: Path, resume: bool):
     return lock
 
 
+def _unwritable_run_folder(out: Path, err: OSError) -> UserError:
+    return UserError(f"--out {out}: cannot write the run folder ({err.strerror or err}: {err.filename}); give a "
+                     f"folder you can write, on a disk with room for the checkpoints")
+
+
 def _write_run_config(out: Path, config: TrainConfig) -> None:
     """Create the run folder and write its ``config.json``; UserError saying why when it cannot be."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     except OSError as err:
-        raise UserError(f"--out {out}: cannot write the run folder ({err.strerror or err}: {err.filename}); give a "
-                        f"folder you can write, on a disk with room for the checkpoints") from None
+        raise _unwritable_run_folder(out, err) from None
 
 
 class _UpdateGuard:
