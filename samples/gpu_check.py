@@ -408,9 +408,10 @@ def junit_summary(path: Path) -> dict:
 
 
 def _test_command(xml: Path, files: list[str], *extra: str) -> list[str]:
-    # --continue-on-collection-errors: a module that fails to import costs its own tests only
-    return [sys.executable, "-m", "pytest", "-m", TEST_MARKS, "-p", "no:cacheprovider", f"--junitxml={xml}",
-            "--continue-on-collection-errors", *extra, *files]
+    # --continue-on-collection-errors: a module that fails to import costs its own tests only; -p no:xdist: the
+    # GPU tests run in one process (one GPU; their memory figures are per process), with or without pytest-xdist
+    return [sys.executable, "-m", "pytest", "-m", TEST_MARKS, "-p", "no:cacheprovider", "-p", "no:xdist",
+            f"--junitxml={xml}", "--continue-on-collection-errors", *extra, *files]
 
 
 # The kernel tests of each operator run in a pytest process of their own: a kernel that faults (an illegal

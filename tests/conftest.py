@@ -53,6 +53,28 @@ def _has_tensorrt() -> bool:
     return _gpu_present()
 
 
+MAX_WORKERS = 4   # beyond this the largest test file (tests/test_export.py), which one worker runs, sets the time
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """A plain ``pytest`` spreads the test files over the CPU's cores (at most MAX_WORKERS) with pytest-xdist
+    (in the ``dev`` extra): on CI's two cores that halves the run. ``-n 0`` (or ``-p no:xdist``) keeps one
+    process, as do ``--pdb``, ``--collect-only``, an explicit ``-n N`` and a host without pytest-xdist."""
+    if not config.pluginmanager.hasplugin("xdist") or hasattr(config, "workerinput"):
+        return
+    if (config.option.numprocesses is not None or config.getoption("usepdb", False)
+            or config.getoption("collectonly", False)):
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = min(cores, MAX_WORKERS)
+    if workers < 2:
+        return
+    config.option.numprocesses = workers
+    if config.option.dist == "no":
+        config.option.dist = "loadfile"   # a file's tests share its fixtures (module-scoped exports) in one worker
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = None if _gpu_present() else pytest.mark.skip(reason="no CUDA device (tier 2 GPU test)")
     skip_trt = None if _has_tensorrt() else pytest.mark.skip(reason="TensorRT or GPU absent (tier 3 test)")

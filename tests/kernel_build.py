@@ -14,6 +14,8 @@ no normal run ever finds an instrumented library there. docs/TESTING.md, "Saniti
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -41,6 +43,16 @@ def _build_dir(name: str) -> Path:
         digest = hashlib.sha256(EXTRA_FLAGS.encode()).hexdigest()[:10]
         root = str(Path(tempfile.gettempdir()) / f"vosrt-build-test-{digest}")
     return Path(root) / name
+
+
+@contextlib.contextmanager
+def _only_one_build(build_dir: Path):
+    """Holds an exclusive lock on ``build_dir`` while one process configures and builds it: the test run's
+    workers (pytest -n) share the build folders, and a second cmake in a folder being built breaks both."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir.parent / f".{build_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _build_env() -> dict[str, str]:
@@ -86,11 +98,12 @@ def build(with_kernels: bool) -> tuple[Path, str]:
                  f"-DVOSRT_CUDA_ARCHS={TEST_ARCH}", f"-DCMAKE_CUDA_ARCHITECTURES={TEST_ARCH}", *_flag_options()]
     targets = ["vosrt_kernels_cpu", "vosrt_kernels_emu"] + (["vosrt_kernels"] if with_kernels else [])
     log = []
-    for cmd in (configure, ["cmake", "--build", str(build_dir), "-j", JOBS, "--target", *targets]):
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-        log.append(done.stdout + done.stderr)
-        if done.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)} failed:\n{log[-1][-4000:]}")
+    with _only_one_build(build_dir):
+        for cmd in (configure, ["cmake", "--build", str(build_dir), "-j", JOBS, "--target", *targets]):
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+            log.append(done.stdout + done.stderr)
+            if done.returncode != 0:
+                raise AssertionError(f"{' '.join(cmd)} failed:\n{log[-1][-4000:]}")
     return build_dir / "kernels", "\n".join(log)
 
 
@@ -121,10 +134,11 @@ def build_embeddable_plugins(trt_include: Path) -> Path:
                  "-DVOSRT_BUILD_KERNELS=ON", "-DVOSRT_BUILD_TRT=ON", f"-DTensorRT_INCLUDE_DIR={trt_include}",
                  "-DVOSRT_BUILD_CPU_DRIVER=OFF", "-DVOSRT_BUILD_EMULATION=OFF",
                  f"-DVOSRT_CUDA_ARCHS={TEST_ARCH}", f"-DCMAKE_CUDA_ARCHITECTURES={TEST_ARCH}", *_flag_options()]
-    for cmd in (configure, ["cmake", "--build", str(build_dir), "-j", JOBS, "--target", "vosrt_plugins_embed"]):
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-        if done.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)} failed:\n{(done.stdout + done.stderr)[-4000:]}")
-        if "warning" in done.stdout.lower() + done.stderr.lower() and cmd is not configure:
-            raise AssertionError(f"warnings building libvosrt_plugins_embed:\n{done.stdout + done.stderr}")
+    with _only_one_build(build_dir):
+        for cmd in (configure, ["cmake", "--build", str(build_dir), "-j", JOBS, "--target", "vosrt_plugins_embed"]):
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+            if done.returncode != 0:
+                raise AssertionError(f"{' '.join(cmd)} failed:\n{(done.stdout + done.stderr)[-4000:]}")
+            if "warning" in done.stdout.lower() + done.stderr.lower() and cmd is not configure:
+                raise AssertionError(f"warnings building libvosrt_plugins_embed:\n{done.stdout + done.stderr}")
     return build_dir / "trt" / "libvosrt_plugins_embed.so"

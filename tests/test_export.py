@@ -617,6 +617,7 @@ def test_ctrl_c_that_the_exporter_turns_into_its_own_error_ends_vosrt_export_as_
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before   # the earlier package, as it was
 
 
+@pytest.mark.slow   # about 15 s on a 2-core CPU: an export of stcn-lite
 def test_an_export_into_a_package_removes_the_files_only_its_earlier_manifest_listed(tmp_path, lite_checkpoint):
     # Re-exported with fewer forms, or from a checkpoint after random weights, the package kept the old plugin
     # graphs, weights.pt and the engines of the old graphs (wrong for the new ones) beside the new manifest.
@@ -810,6 +811,7 @@ def test_vosrt_export_into_another_family_s_or_an_int8_package_is_refused_and_le
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+@pytest.mark.slow   # about 35 s on a 2-core CPU: two exports of stcn-lite
 def test_vosrt_export_into_a_package_of_the_same_family_replaces_it(tmp_path, lite_checkpoint, capsys):
     from vosrt.cli import main
 
@@ -840,6 +842,7 @@ def _scale_largest_weight(path, factor):
     onnx.save(model, str(path))
 
 
+@pytest.mark.slow   # about 35 s on a 2-core CPU: a re-export with its check, and three checks
 def test_vosrt_check_failure_names_the_output_the_tolerance_and_a_re_export_that_repairs_it(tmp_path, capsys,
                                                                                             monkeypatch):
     # it ended "check failed: outputs differ beyond the tolerance": no tolerance, nothing to do
@@ -876,6 +879,7 @@ def test_vosrt_check_fails_a_graph_whose_outputs_are_nan(tmp_path, capsys):
     assert "check passed" not in out and "no tolerance accepts outputs that are not numbers" in out
 
 
+@pytest.mark.slow   # about 35 s on a 2-core CPU: an export of stcn-lite with its check
 def test_vosrt_export_shows_progress_while_it_checks_the_package(tmp_path, capsys):
     # after "package written to" it was silent until the whole report (minutes for a published-size STCN)
     from vosrt.cli import main
