@@ -1,20 +1,37 @@
-"""Tiny random-weight model packages for the SDK tests, exported once per test process.
+"""Tiny random-weight model packages for the SDK tests, exported once and shared.
 
 Each package is a real ``vosrt.export.export_package`` output (portable ONNX form) of a narrowed
 ``-lite`` model saved as a checkpoint first, so the torch backend can reproduce it. Sizes are chosen so
 that thousands of frames stream in seconds on a 2-core CPU.
+
+An export costs about 40 s of CPU, so the packages are kept in ``$VOSRT_TEST_PACKAGES`` (default
+``<tmp>/vosrt-test-packages``), in a folder named by a hash of everything they are made from: vosrt's
+Python sources, this file and the versions of torch, onnx, onnxscript, onnxruntime and numpy. The test
+processes of one run (pytest-xdist workers) and later runs on the same code take them from there: one
+process makes each under a file lock while the others wait, and each later use first checks every file
+against the digests recorded when it was made, making it again if a file changed or is missing. A change
+to any source file names a new folder; folders unused for a day are removed.
 """
 from __future__ import annotations
 
-import atexit
+import contextlib
+import fcntl
+import hashlib
 import json
+import os
 import shutil
 import tempfile
+import time
+from importlib import metadata
 from pathlib import Path
 
 _ROOT: Path | None = None
-_CACHE: dict[tuple, Path] = {}     # (kind, forms) -> package folder
+_CACHE: dict[tuple, Path] = {}     # (kind, forms) -> package folder, once checked in this process
 _EXPORTS: dict[str, Path] = {}     # kind -> its one export
+_REPO = Path(__file__).resolve().parent.parent
+_SOURCES = ("export", "sdk", "training", "vosrt")    # the folders whose Python code makes a package
+_VERSIONS = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy")
+_KEEP_UNUSED_S = 24 * 3600
 
 # name -> (model, config overrides, height, width, streaming overrides)
 SPECS = {
@@ -25,6 +42,59 @@ SPECS = {
     # 80 is the least side whose 1/32 map (3) fits the decoders' 3×3×3 pooling window in PyTorch.
     "stem-seg": ("stem-seg-lite", {}, 80, 80, {"clip_length": 8, "overlap": 4}),
 }
+
+
+def _source_key() -> str:
+    """Hash of what the packages are made from (see the module's docstring)."""
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for folder in _SOURCES:
+        for path in sorted((_REPO / folder).rglob("*.py")):
+            digest.update(str(path.relative_to(_REPO)).encode() + b"\0" + path.read_bytes())
+    for package in _VERSIONS:
+        try:
+            digest.update(f"{package}={metadata.version(package)}".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{package} absent".encode())
+    return digest.hexdigest()[:16]
+
+
+def _root() -> Path:
+    """This code's folder of packages, made on first use (older folders unused for a day are removed)."""
+    global _ROOT
+    if _ROOT is None:
+        base = Path(os.environ.get("VOSRT_TEST_PACKAGES") or Path(tempfile.gettempdir()) / "vosrt-test-packages")
+        _ROOT = base / _source_key()
+        _ROOT.mkdir(parents=True, exist_ok=True)
+        os.utime(_ROOT)
+        for other in base.iterdir():
+            with contextlib.suppress(OSError):
+                if other != _ROOT and other.is_dir() and time.time() - other.stat().st_mtime > _KEEP_UNUSED_S:
+                    shutil.rmtree(other)
+    return _ROOT
+
+
+def _digests(paths: list[Path]) -> dict[str, str]:
+    """{file, relative to the packages' folder: sha256} of every file in ``paths`` (files or folders)."""
+    files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*")) if p.is_dir() else [])]
+    return {str(f.relative_to(_root())): hashlib.sha256(f.read_bytes()).hexdigest() for f in files if f.is_file()}
+
+
+def _made(name: str, paths: list[Path], make) -> None:
+    """Runs ``make()``, which writes ``paths``, unless an earlier make left them complete and unchanged; one
+    process at a time (a file lock), so that the others wait for its result instead of making their own."""
+    record = _root() / f".{name}.done.json"
+    with open(_root() / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if record.is_file() and json.loads(record.read_text()) == _digests(paths):
+            return
+        record.unlink(missing_ok=True)
+        for path in paths:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        make()
+        record.write_text(json.dumps(_digests(paths)))
 
 
 def tiny_package(kind: str, forms: tuple[str, ...] = ("portable",)) -> Path:
@@ -40,15 +110,20 @@ def tiny_package(kind: str, forms: tuple[str, ...] = ("portable",)) -> Path:
     if set(forms) == set(exported):
         _CACHE[key] = full
         return full
-    from vosrt.sdk.package import write_manifest
 
-    out = _ROOT / "-".join(sorted(forms)) / kind     # the folder keeps the kind's name (samples print it)
-    shutil.copytree(full, out, ignore=lambda folder, names: [n for n in names if n.endswith(".onnx") and
-                                                              n.split(".")[-2] not in forms])
-    manifest = json.loads((out / "manifest.json").read_text())
-    manifest["graphs"] = {graph: {f: name for f, name in files.items() if f in forms}
-                          for graph, files in manifest["graphs"].items()}
-    write_manifest(out, manifest)
+    out = _root() / "-".join(sorted(forms)) / kind     # the folder keeps the kind's name (samples print it)
+
+    def copy():
+        from vosrt.sdk.package import write_manifest
+
+        shutil.copytree(full, out, ignore=lambda folder, names: [n for n in names if n.endswith(".onnx") and
+                                                                  n.split(".")[-2] not in forms])
+        manifest = json.loads((out / "manifest.json").read_text())
+        manifest["graphs"] = {graph: {f: name for f, name in files.items() if f in forms}
+                              for graph, files in manifest["graphs"].items()}
+        write_manifest(out, manifest)
+
+    _made(f"{'-'.join(sorted(forms))}-{kind}", [out], copy)
     _CACHE[key] = out
     return out
 
@@ -56,23 +131,26 @@ def tiny_package(kind: str, forms: tuple[str, ...] = ("portable",)) -> Path:
 def tiny_checkpoint(kind: str) -> Path:
     """The checkpoint the tiny ``kind`` package was exported from (exporting it on first use)."""
     tiny_package(kind, ("portable",))
-    return _ROOT / f"{kind}.pth"
+    return _root() / f"{kind}.pth"
 
 
 def tiny_int8_package() -> Path:
     """The tiny stcn package quantized by ``vosrt quantize`` on a generated 4-frame clip (made on first use)."""
     key = ("stcn-int8", ())
     if key not in _CACHE:
-        from vosrt.cli import main
-        from vosrt.sdk.synthetic import generate_sequence, write_davis
+        source = tiny_package("stcn")
+        calib, out = _root() / "calib", _root() / "stcn-int8"
 
-        source = tiny_package("stcn")   # (makes the tests' folder, _ROOT)
-        calib = _ROOT / "calib"
-        write_davis(calib, "calib", generate_sequence(11, num_frames=4, height=32, width=32, num_objects=2))
-        out = _ROOT / "stcn-int8"
-        if main(["quantize", str(source), "--calibrate", str(calib / "JPEGImages" / "480p" / "calib"),
-                 "--out", str(out), "--frames", "4"]) != 0:
-            raise RuntimeError("vosrt quantize of the tiny stcn package failed (see its output above)")
+        def quantize():
+            from vosrt.cli import main
+            from vosrt.sdk.synthetic import generate_sequence, write_davis
+
+            write_davis(calib, "calib", generate_sequence(11, num_frames=4, height=32, width=32, num_objects=2))
+            if main(["quantize", str(source), "--calibrate", str(calib / "JPEGImages" / "480p" / "calib"),
+                     "--out", str(out), "--frames", "4"]) != 0:
+                raise RuntimeError("vosrt quantize of the tiny stcn package failed (see its output above)")
+
+        _made("stcn-int8", [calib, out], quantize)
         _CACHE[key] = out
     return _CACHE[key]
 
@@ -83,28 +161,28 @@ def d2conv_layers(model) -> list:
 
 
 def _export(kind: str, forms: tuple[str, ...]) -> Path:
-    global _ROOT
     if kind in _EXPORTS:
         return _EXPORTS[kind]
-    import torch
+    checkpoint, out = _root() / f"{kind}.pth", _root() / kind
 
-    from vosrt.export.package import export_package
-    from vosrt.training.models import build_model, save_checkpoint
+    def export():
+        import torch
 
-    if _ROOT is None:
-        _ROOT = Path(tempfile.mkdtemp(prefix="vosrt-sdk-tests-"))
-        atexit.register(shutil.rmtree, _ROOT, True)
-    name, overrides, height, width, streaming = SPECS[kind]
-    torch.manual_seed(0)
-    model = build_model(name, **overrides)
-    # D²Conv3D layers start at D = 1 (deform_params zero): random predictors make them sample off the grid
-    for layer in d2conv_layers(model):
-        torch.nn.init.normal_(layer.deform_params.weight, std=0.02)
-    checkpoint = _ROOT / f"{kind}.pth"
-    save_checkpoint(checkpoint, model)
-    _EXPORTS[kind] = Path(export_package(name, checkpoint, _ROOT / kind, height, width, forms=list(forms),
-                                         streaming=streaming))
-    return _EXPORTS[kind]
+        from vosrt.export.package import export_package
+        from vosrt.training.models import build_model, save_checkpoint
+
+        name, overrides, height, width, streaming = SPECS[kind]
+        torch.manual_seed(0)
+        model = build_model(name, **overrides)
+        # D²Conv3D layers start at D = 1 (deform_params zero): random predictors make them sample off the grid
+        for layer in d2conv_layers(model):
+            torch.nn.init.normal_(layer.deform_params.weight, std=0.02)
+        save_checkpoint(checkpoint, model)
+        export_package(name, checkpoint, out, height, width, forms=list(forms), streaming=streaming)
+
+    _made(kind, [checkpoint, out], export)
+    _EXPORTS[kind] = out
+    return out
 
 
 def colour_embedding_package(folder: Path, height: int = 64, width: int = 64, overlap: int = 4) -> Path:

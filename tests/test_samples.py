@@ -26,6 +26,15 @@ def run_sample(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
+def portable_graphs_bench(tmp_path_factory):
+    """(package path, run) of one ``bench_stcn_graphs.py`` run on the tiny portable stcn package, ``--repeat 1
+    --memory-frames 2``: the tests of its table, its row names and its progress lines read the same run."""
+    path = tiny_package("stcn", ("portable",))
+    return path, run_sample("bench_stcn_graphs.py", str(path), "--repeat", "1", "--memory-frames", "2",
+                            cwd=tmp_path_factory.mktemp("graphs-bench"))
+
+
+@pytest.fixture(scope="module")
 def camera(tmp_path_factory):
     """A generated clip as a video file: (folder, path, sequence)."""
     folder = tmp_path_factory.mktemp("samples")
@@ -229,11 +238,10 @@ def test_bench_stcn_graphs_reports_every_configuration_and_the_fp32_ceiling(tmp_
     assert rates and all(float(line.split("runs at ")[1].split("%")[0]) > 0 for line in rates), rates
 
 
-def test_bench_stcn_graphs_says_which_way_its_ratio_goes(tmp_path):
+def test_bench_stcn_graphs_says_which_way_its_ratio_goes(portable_graphs_bench):
     # "vs first" printed 0.20x for a configuration five times slower than the first: a reader could not tell a
     # ratio of times from one of speeds
-    done = run_sample("bench_stcn_graphs.py", str(tiny_package("stcn", ("portable",))), "--repeat", "1",
-                      "--memory-frames", "2", cwd=tmp_path)
+    _, done = portable_graphs_bench
     assert done.returncode == 0, done.stderr
     assert ("vs first: the first row's frame wall time over this row's (above 1x: faster than the first row)"
             in done.stdout), done.stdout
@@ -288,6 +296,7 @@ def test_bench_stcn_graphs_refuses_a_package_of_another_family_in_one_line(tmp_p
     assert "3dc-seg package" in err and "vosrt bench" in err
 
 
+@pytest.mark.slow   # about 8 s: a bench_stcn_graphs.py run of its own of CPU on a 2-core machine
 def test_bench_stcn_graphs_ends_with_a_failure_status_when_a_configuration_failed(tmp_path):
     # a configuration whose child failed was left out of the table, and the run still ended with status 0
     import shutil
@@ -345,16 +354,15 @@ def test_each_refusal_is_one_error_line_and_no_output_begun(camera, name, args):
         assert result.stderr.startswith("error: --source: ")
 
 
-def test_bench_stcn_graphs_says_each_row_s_resolution_and_precision(tmp_path):
+def test_bench_stcn_graphs_says_each_row_s_resolution_and_precision(portable_graphs_bench):
     # a row was named by its package's folder alone: two packages at other sizes, or an INT8 one in a folder named
     # without "int8", were compared "vs first" with nothing saying what each had measured
     from vosrt.sdk.package import load_package
 
     from sdk_packages import tiny_int8_package
 
-    path = tiny_package("stcn", ("portable",))
+    path, done = portable_graphs_bench
     package = load_package(path)
-    done = run_sample("bench_stcn_graphs.py", str(path), "--repeat", "1", "--memory-frames", "2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     described = f"  stcn onnxruntime portable: {package.height}x{package.width} fp32, onnxruntime "
     assert described in done.stdout, done.stdout
@@ -432,10 +440,9 @@ def test_bench_kernels_refuses_a_count_below_one_naming_its_flag_and_value(tmp_p
     assert done.returncode == 2 and err.endswith(says) and "Traceback" not in done.stderr, done.stderr
 
 
-def test_bench_stcn_graphs_shows_progress_one_line_per_configuration_on_stderr(tmp_path):
+def test_bench_stcn_graphs_shows_progress_one_line_per_configuration_on_stderr(portable_graphs_bench):
     # nothing was printed until the table: at 480p a run of several configurations sat silent for minutes
-    path = str(tiny_package("stcn", ("portable",)))
-    done = run_sample("bench_stcn_graphs.py", path, "--repeat", "1", "--memory-frames", "2", cwd=tmp_path)
+    path, done = portable_graphs_bench
     assert done.returncode == 0, done.stderr
     assert f"measuring {path} onnxruntime portable (1/" in done.stderr, done.stderr
     assert "measuring" not in done.stdout   # the table on stdout stays the table

@@ -21,7 +21,8 @@ def track(tracker, frames, first_mask):
     return np.stack([tracker.step(frame, first_mask if i == 0 else None) for i, frame in enumerate(frames)])
 
 
-@pytest.mark.parametrize("container", ["mp4", "davis"])
+# the mp4 case (about 12 s) runs in the slow tier: the same comparison on frames read from a video
+@pytest.mark.parametrize("container", [pytest.param("mp4", marks=pytest.mark.slow), "davis"])
 def test_onnxruntime_and_torch_backends_give_the_same_labels(stcn_package, sequence, tmp_path, container):
     if container == "mp4":
         source = open_source(write_video(tmp_path / "clip.mp4", sequence))
