@@ -110,7 +110,7 @@ def test_bare_single_object_checkpoint_is_padded_on_load(tmp_path, published_sta
     assert torch.count_nonzero(weight[:, 4]) == 0
 
 
-@pytest.mark.slow   # about 7 s: the published-size STCN built and loaded of CPU on a 2-core machine
+@pytest.mark.slow   # about 7 s of CPU on a 2-core machine: the published-size STCN built and loaded
 def test_stcn_s_own_training_checkpoint_gives_its_network(tmp_path, published_state):
     # the public STCN code's _checkpoint.pth holds the weights under "network" beside its iteration, optimizer and
     # scheduler: "expected a vosrt checkpoint or a model state_dict, got dict"

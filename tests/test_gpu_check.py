@@ -364,7 +364,7 @@ def test_gpu_check_refuses_a_repeat_count_below_one_before_the_build(tmp_path, r
 BENCH = SCRIPT.with_name("bench_kernels.py")
 
 
-@pytest.mark.slow   # about 6 s: bench_kernels.py's dry run of CPU on a 2-core machine
+@pytest.mark.slow   # about 6 s of CPU on a 2-core machine: bench_kernels.py's dry run
 def test_bench_kernels_runs_gpu_checks_benchmarks_and_prints_their_tables():
     done = subprocess.run([sys.executable, str(BENCH), "--dry-run", "--repeat", "1"], capture_output=True,
                           text=True, timeout=300)
@@ -407,7 +407,7 @@ def test_bench_kernels_refuses_a_top_k_it_cannot_time_naming_the_option(args, sa
     assert "L2MemoryReadout" not in done.stdout
 
 
-@pytest.mark.slow   # about 7 s: the benchmarks' kernel rows on the emulation of CPU on a 2-core machine
+@pytest.mark.slow   # about 7 s of CPU on a 2-core machine: the benchmarks' kernel rows on the emulation
 def test_kernel_rows_of_the_benchmarks_run_on_the_emulated_kernels(monkeypatch):
     """The benchmarks' GPU-only branch (the fused kernels' timings, ratios and differences) driven on the
     CPU through the host emulation of the kernels, so its first run on a GPU is not its first run."""

@@ -296,7 +296,7 @@ def test_bench_stcn_graphs_refuses_a_package_of_another_family_in_one_line(tmp_p
     assert "3dc-seg package" in err and "vosrt bench" in err
 
 
-@pytest.mark.slow   # about 8 s: a bench_stcn_graphs.py run of its own of CPU on a 2-core machine
+@pytest.mark.slow   # about 8 s of CPU on a 2-core machine: a bench_stcn_graphs.py run of its own
 def test_bench_stcn_graphs_ends_with_a_failure_status_when_a_configuration_failed(tmp_path):
     # a configuration whose child failed was left out of the table, and the run still ended with status 0
     import shutil

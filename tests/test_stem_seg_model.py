@@ -75,7 +75,7 @@ def test_published_checkpoint_loads_strictly_and_keeps_the_deep_block_weights(tm
                        published["embedding_loss_criterion.free_dim_bandwidths"])
 
 
-@pytest.mark.slow   # about 8 s: a ResNet-101 STEm-Seg built and loaded of CPU on a 2-core machine
+@pytest.mark.slow   # about 8 s of CPU on a 2-core machine: a ResNet-101 STEm-Seg built and loaded
 def test_a_published_resnet_101_checkpoint_loads_strictly_with_its_depth_read_off_the_weights(tmp_path):
     # The public STEm-Seg checkpoints are R-101-FPN (stemseg/config/defaults.yaml): res4 holds 23 bottlenecks,
     # where the default here (ResNet-50) has 6; the depth was not read off the weights, so they failed to load.

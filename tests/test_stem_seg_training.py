@@ -214,7 +214,7 @@ def test_a_stem_seg_val_size_below_80_is_refused_before_the_first_step(tmp_path)
     assert not (tmp_path / "run" / "last.pth").exists()
 
 
-@pytest.mark.slow   # about 8 s: a stem-seg training run, resumed, with validation of CPU on a 2-core machine
+@pytest.mark.slow   # about 8 s of CPU on a 2-core machine: a stem-seg training run, resumed, with validation
 def test_vosrt_train_stem_seg_on_generated_clips_resumes_and_validates(tmp_path):
     from vosrt.sdk.synthetic import generate_dataset
     from vosrt.training.train import default_config, train

@@ -437,7 +437,7 @@ def test_training_validation_j_and_f_equals_vosrt_run_and_eval(tmp_path):
     assert float(rows[("all", "mean")]["J&F"]) == pytest.approx(summary["validation"]["J&F"], abs=1e-6)
 
 
-@pytest.mark.slow   # about 10 s: training runs with validation of CPU on a 2-core machine
+@pytest.mark.slow   # about 10 s of CPU on a 2-core machine: training runs with validation
 def test_training_with_a_validation_folder_reports_j_and_f(data_dir, tmp_path):
     summary = train([data_dir], tmp_path / "run", tiny_config(iterations=1, val_videos=1), val_data=data_dir,
                     progress=False)
@@ -651,7 +651,7 @@ def test_an_init_file_that_is_not_weights_is_a_one_line_error_naming_init_and_th
     assert not (tmp_path / "run" / "last.pth").exists()
 
 
-@pytest.mark.slow   # about 7 s: a 3dc-seg training run with validation of CPU on a 2-core machine
+@pytest.mark.slow   # about 7 s of CPU on a 2-core machine: a 3dc-seg training run with validation
 def test_3dc_seg_training_run_checkpoints_and_validates(data_dir, tmp_path):
     pytest.importorskip("vosrt.training.models.c3dseg")
     config = default_config("3dc-seg-lite", model_overrides=TINY_3DC, size=[32, 32], clip_length=4, max_window=6,
