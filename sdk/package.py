@@ -205,6 +205,7 @@ def replace_file(path: str | Path, write) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    sync_folder(Path(path).parent)
     return Path(path)
 
 
@@ -246,10 +247,36 @@ def stage_file(path: str | Path, write) -> Path:
     try:
         write(tmp)
         os.chmod(tmp, new_file_mode(path))
+        sync_file(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return tmp
+
+
+def sync_file(path: str | Path) -> None:
+    """Flush ``path``'s data to the disk (fsync). A file renamed into place only after this cannot be found
+    empty or half written under its final name after a power cut or a crash of the machine."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def sync_folder(folder: str | Path) -> None:
+    """Make the renames into ``folder`` durable (fsync of the folder). A file system that cannot sync a
+    folder (some network and FUSE ones refuse with EINVAL) is left as it is: the renames stand as it keeps them."""
+    try:
+        handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
 
 
 def new_file_mode(path: Path) -> int:

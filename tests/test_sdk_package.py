@@ -113,3 +113,30 @@ def test_torch_backend_without_a_checkpoint_says_how_to_give_one(tmp_path):
 def test_onnxruntime_reports_a_graph_file_it_cannot_open(tmp_path):
     with pytest.raises(UserError, match="ONNX Runtime cannot open"):
         vosrt.sdk.load(make_package(tmp_path / "pkg"), backend="onnxruntime")
+
+
+def test_a_replaced_file_reaches_the_disk_before_its_rename_and_the_rename_after_it(tmp_path, monkeypatch):
+    # Checkpoints, graphs, engines and manifests were renamed into place without an fsync: after a power cut
+    # the final name could hold an empty or half-written file (ext4 and xfs may commit the rename first).
+    import os
+
+    from vosrt.sdk.package import replace_file
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(handle):
+        events.append(("fsync", os.fstat(handle).st_ino))
+        return real_fsync(handle)
+
+    def replace(src, dst):
+        events.append(("rename", os.stat(src).st_ino))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = tmp_path / "manifest.json"
+    replace_file(path, lambda tmp: tmp.write_text("{}"))
+    assert path.read_text() == "{}"
+    file, folder = path.stat().st_ino, tmp_path.stat().st_ino
+    assert events == [("fsync", file), ("rename", file), ("fsync", folder)], events

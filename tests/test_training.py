@@ -1098,3 +1098,18 @@ def test_a_model_given_twice_that_disagrees_gets_the_whole_command_with_one_mode
     args = build_parser()[0].parse_args(shlex.split(hint)[1:])
     assert (args.family, args.model, args.size, args.amp) == ("stcn", None, [32, 32], True)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_run_config_is_renamed_into_place_not_written_through_a_link_planted_there(tmp_path):
+    # config.json was written in place: a full disk left a resumed run's config half written, and a link planted
+    # at run/config.json had the run write over the file it points to
+    from vosrt.training.train import _write_run_config, default_config
+
+    run, outside = tmp_path / "run", tmp_path / "outside.txt"
+    run.mkdir()
+    outside.write_text("mine")
+    (run / "config.json").symlink_to(outside)
+    _write_run_config(run, default_config("stcn-lite", iterations=3))
+    assert outside.read_text() == "mine"
+    assert not (run / "config.json").is_symlink()
+    assert json.loads((run / "config.json").read_text())["iterations"] == 3

@@ -65,6 +65,7 @@ import torch.nn as nn
 
 from vosrt.sdk import families
 from vosrt.sdk.errors import UserError
+from vosrt.sdk.package import replace_file
 from vosrt.training.models import (build_model, check_min_size, check_overrides, family_of, load_payload,
                                    read_checkpoint, save_checkpoint, state_dict_mismatch)
 from vosrt.training.recipes import recipe_for
@@ -793,7 +794,10 @@ def _write_run_config(out: Path, config: TrainConfig) -> None:
     """Create the run folder and write its ``config.json``; UserError saying why when it cannot be."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        text = json.dumps(config.to_dict(), indent=2) + "\n"
+        # renamed into place: a failed write (a full disk) keeps the earlier config.json of a resumed run whole,
+        # and a link planted at config.json is replaced, not written through
+        replace_file(out / "config.json", lambda tmp: tmp.write_text(text))
     except OSError as err:
         raise _unwritable_run_folder(out, err) from None
 
