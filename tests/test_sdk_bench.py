@@ -214,3 +214,36 @@ def test_the_header_says_how_many_objects_a_tracker_was_timed_with(stcn_package,
     assert capsys.readouterr().out.splitlines()[0].endswith(", 2 object(s) tracked")
     assert main(["bench", str(clip_package), "--frames", "5"]) == 0   # a clip family segments what it finds
     assert "tracked" not in capsys.readouterr().out.splitlines()[0]
+
+
+def test_objects_sets_how_many_objects_a_tracker_is_timed_with(stcn_package, capsys):
+    # a tracker's cost grows with its objects, and bench always timed the 2 of its generated frames
+    assert main(["bench", str(stcn_package), "--frames", "2", "--warmup", "1", "--objects", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].endswith(", 3 object(s) tracked") and "note:" not in out, out
+
+
+def test_more_objects_than_a_small_frame_shows_are_said_to_hide_each_other(stcn_package, capsys):
+    # at 32x32 many generated objects cover each other: the table is for those visible, and says so
+    assert main(["bench", str(stcn_package), "--frames", "2", "--warmup", "1", "--objects", "40"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    tracked = int(lines[0].rsplit(", ", 1)[1].split()[0])
+    assert 1 <= tracked < 40
+    assert lines[1] == (f"note: --objects 40: {tracked} of the generated objects are visible on the first frame at "
+                        f"32x32 (the others hide behind them), so {tracked} are tracked")
+
+
+@pytest.mark.parametrize("count", ["0", "256"])
+def test_an_object_count_out_of_range_is_refused_naming_objects(stcn_package, capsys, count):
+    assert main(["bench", str(stcn_package), "--frames", "2", "--objects", count]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --objects: expected a number of objects to track in 1..255, got {count}", err
+
+
+def test_objects_for_a_clip_family_is_refused_with_the_command_without_it(clip_package, capsys):
+    assert main(["bench", str(clip_package), "--frames", "5", "--objects", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--objects: " in err and "3dc-seg package, which finds the objects itself" in err, err
+    command = suggested_commands(err)[-1]
+    assert "--objects" not in command and command[:2] == ["bench", str(clip_package)], command
+    assert main(command) == 0
