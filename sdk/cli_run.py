@@ -364,7 +364,7 @@ def run(args) -> int:
     from vosrt.sdk.package import load_package
     from vosrt.sdk.progress import Progress
     from vosrt.sdk.streaming import stream
-    from vosrt.sdk.video import OverlayVideoSink, PngSink, open_source
+    from vosrt.sdk.video import OverlayVideoSink, PngSink, ProcessedRateVideoSink, open_source
 
     _check_result_flags(args)
     if not (args.out or args.video or args.vis or args.mots):
@@ -386,7 +386,8 @@ def run(args) -> int:
 
     try:
         source = open_source(args.source)
-        if source.live:
+        live = source.live
+        if live:
             # a camera or live stream: capture runs apart from inference, which takes the newest frame (frames
             # captured meanwhile are dropped and counted), so the results keep up with the scene however slow
             # the model (ARCHITECTURE.md, Streaming); read in turn, each frame was older than the one before
@@ -409,7 +410,9 @@ def run(args) -> int:
             _warn_about_earlier_pngs(Path(args.out))
             sinks.append(PngSink(args.out))
         if args.video:
-            sinks.append(OverlayVideoSink(args.video, fps=source.fps))
+            # a live source drops frames while the model is busy: its own rate would play the video too fast
+            sinks.append(ProcessedRateVideoSink(args.video) if live else
+                         OverlayVideoSink(args.video, fps=source.fps))
         sinks += _result_writers(args, source)
     except BaseException:
         discard_empty_outputs()   # a later output refused (--video, --vis) after --out made its folder

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -443,7 +444,8 @@ class PngSink:
 
 
 class OverlayVideoSink:
-    """Writes frames with the labels blended in to a video file (``mp4v`` for .mp4, ``MJPG`` for .avi).
+    """Writes frames with the labels blended in to a video file (``mp4v`` for .mp4, ``MJPG`` for .avi). Both
+    codecs take even sizes: an odd side gets one more row or column, a copy of its last.
 
     ``color``: the channel order of the frames it gets, as the session's ``color`` (``"bgr"``: OpenCV's;
     ``"rgb"``: PIL's and imageio's), so that the video shows them in their own colours."""
@@ -485,7 +487,10 @@ class OverlayVideoSink:
             frame = np.ascontiguousarray(frame[:, :, ::-1])
         if self.writer is None:
             fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
-            self.writer = cv2.VideoWriter(str(self.path), fourcc, float(self.fps), (frame.shape[1], frame.shape[0]))
+            # both codecs keep even sizes only: OpenCV's writer cut an odd frame's last row or column off, so
+            # an odd side gets one more, a copy of its last (the video keeps every pixel of the frames)
+            height, width = frame.shape[0] + frame.shape[0] % 2, frame.shape[1] + frame.shape[1] % 2
+            self.writer = cv2.VideoWriter(str(self.path), fourcc, float(self.fps), (width, height))
             if not self.writer.isOpened():
                 self.writer = None
                 raise UserError(f"--video: OpenCV cannot open a writer for {self.path} at {self.fps:g} FPS with "
@@ -497,7 +502,10 @@ class OverlayVideoSink:
             resized = cv2.resize(labels.astype(np.int32) if wide else labels, (self.size[1], self.size[0]),
                                  interpolation=cv2.INTER_NEAREST_EXACT)   # pixel centres, as INTER_AREA
             labels = resized.astype(labels.dtype) if wide else resized
-        self.writer.write(overlay(frame, labels, self.alpha))
+        shown = overlay(frame, labels, self.alpha)
+        if self.size[0] % 2 or self.size[1] % 2:
+            shown = cv2.copyMakeBorder(shown, 0, self.size[0] % 2, 0, self.size[1] % 2, cv2.BORDER_REPLICATE)
+        self.writer.write(shown)
         self.written += 1
 
     def close(self) -> None:
@@ -517,6 +525,55 @@ class OverlayVideoSink:
         if held < self.written:
             raise UserError(f"--video: {self.path} is incomplete: {self.written} frames were written but the file "
                             f"holds {max(held, 0)} (a full disk or a file size limit?); free space and run again")
+
+
+class ProcessedRateVideoSink:
+    """An overlay video (:class:`OverlayVideoSink`) at the rate frames are *processed*, for a source that
+    drops the frames captured while the model is busy (a camera, a live stream): at the source's own rate
+    the video would play too fast. The first ``warmup`` frames are held until that rate is known: ``rate()``
+    where given (frames processed per second), else measured from when this sink got them. ``fixed``: a
+    known rate (every frame is processed), at which nothing is held."""
+
+    def __init__(self, path: str | Path, rate: Callable[[], float] | None = None, fixed: float | None = None,
+                 warmup: int = 15):
+        self.sink = OverlayVideoSink(path, fps=fixed)
+        self.path = self.sink.path
+        self.rate = rate
+        self.held: list | None = None if fixed else []
+        self.warmup = warmup
+        self._arrivals: list[float] = []
+
+    @property
+    def written(self) -> int:
+        return self.sink.written + len(self.held or [])
+
+    def __call__(self, index: int, name: str, frame: np.ndarray, labels: np.ndarray) -> None:
+        if self.held is None:
+            self.sink(index, name, frame, labels)
+            return
+        self._arrivals.append(time.perf_counter())
+        self.held.append((index, name, frame, labels))
+        if len(self.held) >= self.warmup:
+            self._release()
+
+    def _measured_rate(self) -> float:
+        if self.rate is not None:
+            return self.rate()
+        first, last = self._arrivals[0], self._arrivals[-1]
+        return (len(self._arrivals) - 1) / (last - first) if last > first else 0.0
+
+    def _release(self) -> None:
+        measured = self._measured_rate()
+        self.sink.fps = round(measured, 2) if measured > 0 else self.sink.fps
+        held, self.held = self.held, None
+        for item in held:
+            self.sink(*item)
+
+    def close(self) -> None:
+        """Write what is held (at the rate measured so far), then finish the file (:meth:`OverlayVideoSink.close`)."""
+        if self.held:
+            self._release()
+        self.sink.close()
 
 
 class CallbackSink:

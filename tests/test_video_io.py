@@ -126,6 +126,25 @@ def test_overlay_video_sink_writes_a_video_opencv_reads_back(sequence, tmp_path)
     assert video_frames(tmp_path / "overlay.mp4") == len(sequence)
 
 
+@pytest.mark.parametrize("name", ["odd.mp4", "odd.avi"])
+def test_an_odd_sized_frame_keeps_its_last_row_and_column_in_the_overlay_video(tmp_path, name):
+    # both codecs take even sizes only, and OpenCV's writer cut an odd frame's last row and column off
+    frame = np.full((33, 47, 3), 40, np.uint8)
+    frame[-1], frame[:, -1] = 230, 230      # the edges that were lost
+    sink = OverlayVideoSink(tmp_path / name, fps=10, alpha=0.0)
+    for i in range(3):
+        sink(i, f"{i:05d}", frame, np.zeros((33, 47), np.uint8))
+    sink.close()
+    capture = cv2.VideoCapture(str(tmp_path / name))
+    ok, shown = capture.read()
+    capture.release()
+    assert ok and shown.shape == (34, 48, 3), shown.shape
+    # the frame's last row and column are there, and the row and column added are copies of them
+    for edge in (shown[32, 8:40], shown[33, 8:40], shown[8:24, 46], shown[8:24, 47]):
+        assert abs(edge.astype(float).mean() - 230) < 20, edge
+    assert abs(shown[8:24, 8:40].astype(float).mean() - 40) < 10
+
+
 def test_overlay_video_sink_takes_the_float_frames_a_session_takes(tmp_path):
     # Sessions take float frames in 0..1 as well as uint8 ones; streamed into an OverlayVideoSink, the float
     # frames stopped the stream with OpenCV's "image.depth() == CV_8U" assertion from the video writer.

@@ -37,7 +37,7 @@ from vosrt.sdk.live.source import LatestFrameSource
 from vosrt.sdk.masks import label_colours, write_label_png
 from vosrt.sdk.session import SegmentedFrame
 from vosrt.sdk.streaming import StreamStats, close_all, stream
-from vosrt.sdk.video import OverlayVideoSink, PngSink, overlay
+from vosrt.sdk.video import PngSink, ProcessedRateVideoSink, overlay
 
 
 def percentiles(values, points=(50, 95)) -> list[float]:
@@ -75,43 +75,6 @@ def _save_dir_error(problem: str) -> UserError:
     return UserError(f"--save-dir: {problem}; restart vosrt live with a --save-dir it can write")
 
 
-class _Recording:
-    """An overlay video (:class:`OverlayVideoSink`) at the rate frames are *processed*: when the source
-    drops frames, its own rate would play the recording too fast, so the first ``warmup`` frames are held
-    until the processing rate (``rate()``) is known. ``fixed``: a known rate (every frame is processed)."""
-
-    def __init__(self, path, rate: Callable[[], float], fixed: float | None, warmup: int = 15):
-        self.sink = OverlayVideoSink(path, fps=fixed)
-        self.path = self.sink.path
-        self.rate = rate
-        self.held: list | None = None if fixed else []
-        self.warmup = warmup
-
-    @property
-    def written(self) -> int:
-        return self.sink.written + len(self.held or [])
-
-    def __call__(self, index, name, frame, labels) -> None:
-        if self.held is None:
-            self.sink(index, name, frame, labels)
-            return
-        self.held.append((index, name, frame, labels))
-        if len(self.held) >= self.warmup:
-            self._release()
-
-    def _release(self) -> None:
-        measured = self.rate()
-        self.sink.fps = round(measured, 2) if measured > 0 else self.sink.fps
-        held, self.held = self.held, None
-        for item in held:
-            self.sink(*item)
-
-    def close(self) -> None:
-        if self.held:
-            self._release()
-        self.sink.close()
-
-
 class LivePipeline:
     """Drives ``session`` over ``source`` (see the module docstring).
 
@@ -140,7 +103,7 @@ class LivePipeline:
             self._outputs.append(PngSink(png_dir))
         if video is not None:
             self._outputs.append(self._new_recording(video))
-        self._recording: _Recording | None = None
+        self._recording: ProcessedRateVideoSink | None = None
         # Held while a frame is written to the page's recording and while it is closed: the inference
         # thread writes, the server's thread stops, and a writer closed under a write crashes the process.
         self._recording_lock = threading.Lock()
@@ -305,9 +268,9 @@ class LivePipeline:
             raise _save_dir_error(f"cannot make folder {self.save_dir}: {err.strerror or err}") from None
         return self.save_dir
 
-    def _new_recording(self, path) -> _Recording:
+    def _new_recording(self, path) -> ProcessedRateVideoSink:
         fixed = None if self.source.drop else (self.source.fps or 15.0)
-        return _Recording(path, self.fps, fixed)
+        return ProcessedRateVideoSink(path, rate=self.fps, fixed=fixed)
 
     @property
     def recording(self) -> bool:
