@@ -376,6 +376,24 @@ def test_run_on_a_live_stream_takes_the_newest_frame_and_names_each_png_by_its_c
     assert shown == positions        # each PNG is named after the frame it is the result of
 
 
+def test_the_overlay_of_a_live_stream_plays_at_the_rate_its_frames_were_processed(live_mjpeg_stream, tmp_path,
+                                                                                    capsys):
+    # It was written at the stream's own rate while the frames captured during each step were dropped: the video
+    # played as many times too fast as frames were dropped (`vosrt live` already wrote its recordings at the rate
+    # frames were processed; `vosrt run` now writes its --video the same way).
+    import re
+
+    write_label_png(tmp_path / "mask.png", _mask())
+    assert main(["run", PACKAGE, "--source", live_mjpeg_stream, "--mask", str(tmp_path / "mask.png"), "--video",
+                 str(tmp_path / "overlay.avi"), "--max-frames", "30", "--no-progress"]) == 0
+    processed = float(re.search(r"\(([\d.]+) FPS\)", capsys.readouterr().out).group(1))
+    capture = cv2.VideoCapture(str(tmp_path / "overlay.avi"))
+    fps, frames = capture.get(cv2.CAP_PROP_FPS), int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    assert frames == 30
+    assert processed / 2 <= fps <= processed * 2, (fps, processed)   # the first 15 frames' rate, against all 30
+
+
 def test_a_file_served_over_http_is_no_live_source_and_every_frame_of_it_is_segmented(tmp_path, capsys):
     from live_support import http_camera
 

@@ -145,6 +145,26 @@ def test_an_odd_sized_frame_keeps_its_last_row_and_column_in_the_overlay_video(t
     assert abs(shown[8:24, 8:40].astype(float).mean() - 40) < 10
 
 
+def test_a_processed_rate_video_plays_at_the_rate_its_frames_came_not_the_source_s(tmp_path):
+    # A live source drops the frames captured while the model is busy: written at the source's rate, the overlay
+    # of `vosrt run` on a camera played as many times too fast. Its first frames are held until the rate is known.
+    import time
+
+    from vosrt.sdk.video import ProcessedRateVideoSink
+
+    sink = ProcessedRateVideoSink(tmp_path / "live.avi", warmup=5)
+    frame, labels = np.zeros((32, 48, 3), np.uint8), np.zeros((32, 48), np.uint8)
+    for i in range(8):
+        sink(i, f"{i:05d}", frame, labels)
+        assert sink.written == i + 1       # held frames count as written
+        time.sleep(0.1)                    # 10 frames a second
+    sink.close()
+    capture = cv2.VideoCapture(str(tmp_path / "live.avi"))
+    fps, frames = capture.get(cv2.CAP_PROP_FPS), int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    assert frames == 8 and 5 <= fps <= 10.5, (frames, fps)
+
+
 def test_overlay_video_sink_takes_the_float_frames_a_session_takes(tmp_path):
     # Sessions take float frames in 0..1 as well as uint8 ones; streamed into an OverlayVideoSink, the float
     # frames stopped the stream with OpenCV's "image.depth() == CV_8U" assertion from the video writer.
