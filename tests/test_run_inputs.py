@@ -361,7 +361,7 @@ def test_run_on_a_live_stream_takes_the_newest_frame_and_names_each_png_by_its_c
                  str(tmp_path / "out"), "--video", str(tmp_path / "overlay.avi"), "--max-frames", "30",
                  "--no-progress"]) == 0
     names = sorted(p.stem for p in (tmp_path / "out").glob("*.png"))
-    assert len(names) == 30 and names[0] == "00000"
+    assert len(names) == 30   # the first is the first frame inference took: on a busy host, not always frame 0
     positions = [int(n) for n in names]
     assert positions[-1] > 29        # frames captured while the model was busy were dropped, not queued
     assert "frames captured from stream" in capsys.readouterr().err    # and counted
