@@ -37,8 +37,8 @@ def add_arguments(parser) -> None:
                         help="camera index, video file, stream URL, image folder or DAVIS sequence folder")
     parser.add_argument("--mask", default=None, help="first-frame mask PNG (stcn packages)")
     parser.add_argument("--out", default=None, help="folder for one palette PNG per frame")
-    parser.add_argument("--video", default=None, help="overlay video to write (.mp4 or .avi); of a camera or live stream, at the rate frames "
-                        "were processed")
+    parser.add_argument("--video", default=None, help="overlay video to write (.mp4 or .avi); of a camera or live "
+                        "stream, at the rate frames were processed")
     parser.add_argument("--vis", default=None, metavar="JSON",
                         help="YouTube-VIS / OVIS results file to add this video's tracks to (needs --videos or "
                              "--video-id)")
