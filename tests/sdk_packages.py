@@ -5,7 +5,7 @@ Each package is a real ``vosrt.export.export_package`` output (portable ONNX for
 that thousands of frames stream in seconds on a 2-core CPU.
 
 An export costs about 40 s of CPU, so the packages are kept in ``$VOSRT_TEST_PACKAGES`` (default
-``<tmp>/vosrt-test-packages``), in a folder named by a hash of everything they are made from: vosrt's
+``<tmp>/vosrt-test-packages-<uid>``), in a folder named by a hash of everything they are made from: vosrt's
 Python sources, this file and the versions of torch, onnx, onnxscript, onnxruntime and numpy. The test
 processes of one run (pytest-xdist workers) and later runs on the same code take them from there: one
 process makes each under a file lock while the others wait, and each later use first checks every file
@@ -62,7 +62,9 @@ def _root() -> Path:
     """This code's folder of packages, made on first use (older folders unused for a day are removed)."""
     global _ROOT
     if _ROOT is None:
-        base = Path(os.environ.get("VOSRT_TEST_PACKAGES") or Path(tempfile.gettempdir()) / "vosrt-test-packages")
+        # one folder per user: another user's, in a shared /tmp, could be read but not written
+        base = Path(os.environ.get("VOSRT_TEST_PACKAGES")
+                    or Path(tempfile.gettempdir()) / f"vosrt-test-packages-{os.getuid()}")
         _ROOT = base / _source_key()
         _ROOT.mkdir(parents=True, exist_ok=True)
         os.utime(_ROOT)
