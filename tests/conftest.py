@@ -60,15 +60,15 @@ MAX_WORKERS = 4   # beyond this the largest test file (tests/test_export.py), wh
 def pytest_cmdline_main(config):
     """A plain ``pytest`` spreads the test files over the CPU's cores (at most MAX_WORKERS) with pytest-xdist
     (in the ``dev`` extra): on CI's two cores that halves the run. ``-n 0`` (or ``-p no:xdist``) keeps one
-    process, as do ``--pdb``, ``--collect-only``, an explicit ``-n N``, test ids (``FILE::TEST``) on the
-    command line and a host without pytest-xdist."""
+    process, as do ``--pdb``, ``--collect-only``, an explicit ``-n N``, test ids (``FILE::TEST``) or a single
+    test file on the command line, and a host without pytest-xdist."""
     if not config.pluginmanager.hasplugin("xdist") or hasattr(config, "workerinput"):
         return
     if (config.option.numprocesses is not None or config.getoption("usepdb", False)
             or config.getoption("collectonly", False)):
         return
-    if any("::" in arg for arg in config.args):
-        return   # single tests named: starting the workers would take longer than running them
+    if any("::" in arg for arg in config.args) or (len(config.args) == 1 and config.args[0].endswith(".py")):
+        return   # single tests or one file named: one worker would run them all, after the workers started
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = min(cores, MAX_WORKERS)
     if workers < 2:
