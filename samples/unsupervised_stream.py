@@ -7,6 +7,8 @@
 results arrive a few frames behind the camera (`session.latency`) and the end of the stream flushes
 the rest. A stem-seg package (also mask-free, on clips) separates the moving objects into tracked
 instances: each line then counts them. The loop is vosrt's `stream`, the same one `vosrt run` and `vosrt live` use.
+A camera or live stream is read as they read it: capture in its own thread, each step taking the newest frame (those
+captured while the model ran are dropped), and the overlay video plays at the rate frames were processed.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import sys
 import vosrt.sdk
 from vosrt.sdk import UserError
 from vosrt.sdk.streaming import stream
-from vosrt.sdk.video import OverlayVideoSink, PngSink, open_source
+from vosrt.sdk.live.source import LatestFrameSource
+from vosrt.sdk.video import OverlayVideoSink, PngSink, ProcessedRateVideoSink, open_source
 
 
 def main() -> int:
@@ -35,9 +38,12 @@ def main() -> int:
         session.close()
         raise UserError(f"{args.package} is a {session.package.family} package, which needs object masks; "
                         f"give a 3dc-seg or stem-seg package (or try samples/webcam_tracker.py)")
-    source = open_source(args.source)
-    sinks = ([OverlayVideoSink(args.video, fps=source.fps)] if args.video else []) + \
-            ([PngSink(args.out)] if args.out else [])
+    opened = open_source(args.source)
+    # a camera or live stream: the newest frame each step, or the results would fall ever further behind the scene
+    source = LatestFrameSource(lambda: opened, drop=True, retry=False) if opened.live else opened
+    sinks = [] if not args.video else [ProcessedRateVideoSink(args.video) if opened.live else   # processing rate
+                                       OverlayVideoSink(args.video, fps=source.fps)]
+    sinks += [PngSink(args.out)] if args.out else []
 
     def report(done, frame):
         moving = (done.labels > 0).mean()

@@ -24,7 +24,7 @@ from vosrt.sdk import UserError
 from vosrt.sdk.live.select import grabcut_box, parse_box
 from vosrt.sdk.live.source import LatestFrameSource
 from vosrt.sdk.streaming import stream
-from vosrt.sdk.video import OverlayVideoSink, open_source, overlay
+from vosrt.sdk.video import OverlayVideoSink, ProcessedRateVideoSink, open_source, overlay
 
 SHIPPED = Path(vosrt.sdk.__file__).parent / "models" / "stcn-lite"
 WINDOW = "vosrt webcam tracker"
@@ -90,7 +90,9 @@ def main() -> int:
     live = opened[0].kind not in ("video", "folder", "davis")
     # a file that stops early (truncated) ends the run: reopened, it played again from the start, for ever
     source = LatestFrameSource(lambda: opened.pop() if opened else open_source(args.source), drop=live, retry=live)
-    sinks = [OverlayVideoSink(args.video, fps=source.fps)] if args.video else []
+    # a camera drops the frames captured while the model runs: its overlay plays at the rate frames were processed
+    sinks = [] if not args.video else [ProcessedRateVideoSink(args.video) if live else
+                                       OverlayVideoSink(args.video, fps=source.fps)]
 
     def first_mask(index, frame):
         """The object on the first frame: from --box, or drawn with cv2.selectROI."""

@@ -109,3 +109,52 @@ def http_camera(folder: Path, frames: int = 20, seed: int = 4):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def frame_counter(frame: np.ndarray) -> int:
+    """The capture number :func:`mjpeg_camera` wrote into ``frame``'s top row of 4x4 blocks."""
+    return sum(1 << bit for bit in range(12) if frame[0:4, 4 * bit:4 * bit + 4].mean() > 128)
+
+
+@contextlib.contextmanager
+def mjpeg_camera(picture: np.ndarray, frames: int = 4096, fps: float = 400):
+    """A live MJPEG stream over HTTP (an IP camera's multipart/x-mixed-replace): ``frames`` copies of ``picture``
+    (BGR, at least 48 pixels wide) at ``fps`` frames per second, faster than a model runs, frame k carrying k in
+    binary in its top row of 4x4 blocks (:func:`frame_counter`). It has no frame count, so vosrt takes it for a
+    live source. Yields the URL."""
+    stop = threading.Event()
+    jpegs = []
+    for k in range(frames):
+        frame = picture.copy()
+        for bit in range(12):
+            frame[0:4, 4 * bit:4 * bit + 4] = 255 if (k >> bit) & 1 else 0
+        jpegs.append(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
+
+    class Camera(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            start = time.perf_counter()
+            try:
+                for k, jpeg in enumerate(jpegs):
+                    if stop.is_set():
+                        return
+                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
+                                     % (len(jpeg), jpeg))
+                    time.sleep(max(0.0, start + (k + 1) / fps - time.perf_counter()))
+            except OSError:
+                pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Camera)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/camera.mjpg"
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()

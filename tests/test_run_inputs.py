@@ -303,52 +303,18 @@ def test_every_sink_and_the_source_are_closed_when_one_sink_fails_to_finish():
 
 @pytest.fixture
 def live_mjpeg_stream():
-    """A live MJPEG stream over HTTP (an IP camera's multipart/x-mixed-replace) sending 400 frames per second,
-    faster than the model runs; frame k carries k in binary in its top row of 4x4 blocks. Yields the URL."""
-    import http.server
-    import threading
-    import time
+    """A live MJPEG stream over HTTP (live_support.mjpeg_camera) of this file's frames, sending 400 frames per
+    second, faster than the model runs; frame k carries k in binary in its top row of 4x4 blocks. Yields the URL."""
+    from live_support import mjpeg_camera
 
-    stop = threading.Event()
-    jpegs = []
-    for k in range(4096):
-        frame = _frame(0)
-        for bit in range(12):
-            frame[0:4, 4 * bit:4 * bit + 4] = 255 if (k >> bit) & 1 else 0
-        jpegs.append(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
-
-    class Camera(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-            self.end_headers()
-            start = time.perf_counter()
-            try:
-                for k, jpeg in enumerate(jpegs):
-                    if stop.is_set():
-                        return
-                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
-                                     % (len(jpeg), jpeg))
-                    time.sleep(max(0.0, start + (k + 1) / 400 - time.perf_counter()))
-            except OSError:
-                pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Camera)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/camera.mjpg"
-    finally:
-        stop.set()
-        server.shutdown()
-        server.server_close()
+    with mjpeg_camera(_frame(0)) as url:
+        yield url
 
 
 def _counter(frame: np.ndarray) -> int:
-    return sum(1 << bit for bit in range(12) if frame[0:4, 4 * bit:4 * bit + 4].mean() > 128)
+    from live_support import frame_counter
+
+    return frame_counter(frame)
 
 
 def test_run_on_a_live_stream_takes_the_newest_frame_and_names_each_png_by_its_capture_position(

@@ -135,6 +135,20 @@ def test_unsupervised_stream_segments_every_frame_of_a_3dc_seg_package(camera):
     assert video_frames(folder / "moving.mp4") == len(seq)
 
 
+def test_unsupervised_stream_takes_the_newest_frame_of_a_live_stream(tmp_path):
+    # It read a camera frame after frame: with the model slower than the camera, each result was of an older frame
+    # than the one before it (ARCHITECTURE.md, Streaming: live sources take the newest frame, as vosrt run does).
+    from live_support import mjpeg_camera
+
+    with mjpeg_camera(np.full((64, 96, 3), 30, np.uint8)) as url:
+        result = run_sample("unsupervised_stream.py", str(tiny_package("3dc-seg")), "--source", url, "--frames", "20",
+                            "--out", str(tmp_path / "out"), "--video", str(tmp_path / "overlay.avi"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    positions = sorted(int(p.stem) for p in (tmp_path / "out").glob("*.png"))   # named by capture position
+    assert len(positions) == 20 and positions[-1] > 19, positions   # frames captured meanwhile were dropped
+    assert video_frames(tmp_path / "overlay.avi") == 20
+
+
 def test_unsupervised_stream_counts_the_instances_of_a_stem_seg_package(camera):
     # its help named 3dc-seg only, and a stem-seg run reported its instances as bare foreground
     folder, video, seq = camera
@@ -400,7 +414,7 @@ def test_bench_live_stops_on_ctrl_c_in_one_line(tmp_path):
     def figures_1_and_2_printed(process):
         return process.stdout.readline().startswith("2. ")
 
-    done = _interrupt("bench_live.py", "--clips", "1", "--frames", "2", cwd=tmp_path, ready=figures_1_and_2_printed)
+    done = _interrupt("bench_live.py", "--clips", "1", "--frames", "60", cwd=tmp_path, ready=figures_1_and_2_printed)
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "bench_live.py: interrupted", done.stderr
 
@@ -449,8 +463,9 @@ def test_bench_stcn_graphs_shows_progress_one_line_per_configuration_on_stderr(p
 
 
 def test_bench_live_shows_progress_per_clip_on_stderr(tmp_path):
-    # nothing was printed until every clip had run twice; stopped (Ctrl-C) once the first clip's line is out
-    done = _interrupt("bench_live.py", "--clips", "2", "--frames", "2", cwd=tmp_path,
+    # nothing was printed until every clip had run twice; stopped (Ctrl-C) once the first clip's line is out (60 frames a
+    # clip: with 2, a busy host sent the signal after the run had ended)
+    done = _interrupt("bench_live.py", "--clips", "2", "--frames", "60", cwd=tmp_path,
                       ready=lambda process: process.stderr.readline().startswith("bench_live.py: clip 1/2 (seed 4242)"))
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
 
