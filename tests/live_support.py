@@ -102,11 +102,21 @@ def http_camera(folder: Path, frames: int = 20, seed: int = 4):
     for frame in seq.frames:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(folder)))
+    with _served(functools.partial(_QuietHandler, directory=str(folder)), "cam.avi") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _served(handler, name: str, stopping=lambda: None):
+    """Serves ``handler`` on a free local port from a thread; yields the URL of ``name``. ``stopping()`` is called
+    before the server stops (to end the handlers that are still sending)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/cam.avi"
+        yield f"http://127.0.0.1:{server.server_address[1]}/{name}"
     finally:
+        stopping()
         server.shutdown()
         server.server_close()
 
@@ -149,12 +159,5 @@ def mjpeg_camera(picture: np.ndarray, frames: int = 4096, fps: float = 400):
             except OSError:
                 pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Camera)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/camera.mjpg"
-    finally:
-        stop.set()
-        server.shutdown()
-        server.server_close()
+    with _served(Camera, "camera.mjpg", stopping=stop.set) as url:
+        yield url
