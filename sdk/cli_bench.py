@@ -19,10 +19,10 @@ from pathlib import Path
 from vosrt.sdk import families
 from vosrt.sdk.backends.base import Backend, DelegatingBackend
 from vosrt.sdk.errors import UserError
+from vosrt.sdk.tracker import MAX_OBJECT_ID
 
 
 DEFAULT_OBJECTS = 2
-MAX_OBJECTS = 255   # object ids of a label map (uint8)
 
 
 def add_arguments(parser) -> None:
@@ -40,7 +40,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads of each onnxruntime / torch backend, >= 1 (default: the runtime's own)")
     parser.add_argument("--objects", type=int, default=None,
-                        help=f"objects a tracker (stcn) follows, 1..{MAX_OBJECTS}: its cost grows with them (default "
+                        help=f"objects a tracker (stcn) follows, 1..{MAX_OBJECT_ID}: its cost grows with them (default "
                         f"{DEFAULT_OBJECTS}); clip families find their objects themselves")
 
 
@@ -176,8 +176,8 @@ def run(args) -> int:
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads: expected a number of threads >= 1, got {args.threads} (leave it out for the "
                         f"runtime's default)")
-    if args.objects is not None and not 1 <= args.objects <= MAX_OBJECTS:
-        raise UserError(f"--objects: expected a number of objects to track in 1..{MAX_OBJECTS}, got {args.objects}")
+    if args.objects is not None and not 1 <= args.objects <= MAX_OBJECT_ID:
+        raise UserError(f"--objects: expected a number of objects to track in 1..{MAX_OBJECT_ID}, got {args.objects}")
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise UserError(f"--checkpoint: {args.checkpoint} is not a file")
     package = load_package(args.package)

@@ -46,6 +46,8 @@ from vosrt.sdk.letterbox import check_image, check_label_map
 from vosrt.sdk.memory import MemoryBank
 from vosrt.sdk.session import SegmentedFrame, Session, serialized
 
+MAX_OBJECT_ID = 255   # a tracker's object ids are 1..255 (its label maps are uint8, 0 the background)
+
 
 def _check_ids(objects, name: str = "objects") -> list[int]:
     """The ids of a list, tuple, 1-D array or set of object ids (a set's in ascending order), checked."""
@@ -54,14 +56,14 @@ def _check_ids(objects, name: str = "objects") -> list[int]:
         objects = list(objects)
     if isinstance(objects, (str, bytes)) or not hasattr(objects, "__iter__") or np.ndim(objects) != 1:
         one = isinstance(objects, (int, np.integer)) and not isinstance(objects, (bool, np.bool_))
-        raise UserError(f"{name}: expected a list of object ids (integers 1..255), got {objects!r}"
+        raise UserError(f"{name}: expected a list of object ids (integers 1..{MAX_OBJECT_ID}), got {objects!r}"
                         + (f"; for one object write {name}=[{int(objects)}]" if one else ""))
     ids = []
     for obj in objects:
         if isinstance(obj, (bool, np.bool_)) or not isinstance(obj, (int, np.integer)):
-            raise UserError(f"{name}: object ids must be integers 1..255, got {obj!r}")
-        if not 1 <= int(obj) <= 255:
-            raise UserError(f"{name}: object ids must be in 1..255 (0 is background), got {int(obj)}")
+            raise UserError(f"{name}: object ids must be integers 1..{MAX_OBJECT_ID}, got {obj!r}")
+        if not 1 <= int(obj) <= MAX_OBJECT_ID:
+            raise UserError(f"{name}: object ids must be in 1..{MAX_OBJECT_ID} (0 is background), got {int(obj)}")
         ids.append(int(obj))
     if len(set(ids)) != len(ids):
         raise UserError(f"{name}: repeated object id in {ids}")
