@@ -18,8 +18,8 @@ import sys
 import vosrt.sdk
 from vosrt.sdk import UserError
 from vosrt.sdk.streaming import stream
-from vosrt.sdk.live.source import LatestFrameSource
-from vosrt.sdk.video import OverlayVideoSink, PngSink, ProcessedRateVideoSink, open_source
+from vosrt.sdk.live.source import newest_frames
+from vosrt.sdk.video import PngSink, open_source, overlay_video_for
 
 
 def main() -> int:
@@ -39,11 +39,8 @@ def main() -> int:
         raise UserError(f"{args.package} is a {session.package.family} package, which needs object masks; "
                         f"give a 3dc-seg or stem-seg package (or try samples/webcam_tracker.py)")
     opened = open_source(args.source)
-    # a camera or live stream: the newest frame each step, or the results would fall ever further behind the scene
-    source = LatestFrameSource(lambda: opened, drop=True, retry=False) if opened.live else opened
-    sinks = [] if not args.video else [ProcessedRateVideoSink(args.video) if opened.live else   # processing rate
-                                       OverlayVideoSink(args.video, fps=source.fps)]
-    sinks += [PngSink(args.out)] if args.out else []
+    source = newest_frames(opened)   # a camera or live stream: the newest frame each step, or it falls ever behind
+    sinks = ([overlay_video_for(args.video, opened)] if args.video else []) + ([PngSink(args.out)] if args.out else [])
 
     def report(done, frame):
         moving = (done.labels > 0).mean()

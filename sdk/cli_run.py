@@ -365,7 +365,8 @@ def run(args) -> int:
     from vosrt.sdk.package import load_package
     from vosrt.sdk.progress import Progress
     from vosrt.sdk.streaming import stream
-    from vosrt.sdk.video import OverlayVideoSink, PngSink, ProcessedRateVideoSink, open_source
+    from vosrt.sdk.live.source import newest_frames
+    from vosrt.sdk.video import PngSink, open_source, overlay_video_for
 
     _check_result_flags(args)
     if not (args.out or args.video or args.vis or args.mots):
@@ -386,16 +387,10 @@ def run(args) -> int:
                 sink.discard()   # the --out folder it made for the PNGs, when it holds none
 
     try:
-        source = open_source(args.source)
-        live = source.live
-        if live:
-            # a camera or live stream: capture runs apart from inference, which takes the newest frame (frames
-            # captured meanwhile are dropped and counted), so the results keep up with the scene however slow
-            # the model (ARCHITECTURE.md, Streaming); read in turn, each frame was older than the one before
-            from vosrt.sdk.live.source import LatestFrameSource
-
-            opened = source
-            source = LatestFrameSource(lambda: opened, drop=True, retry=False)
+        opened = open_source(args.source)
+        # a camera or live stream: capture runs apart from inference, which takes the newest frame (frames
+        # captured meanwhile are dropped and counted); read in turn, each frame was older than the one before
+        source = newest_frames(opened)
         if family.takes_mask:
             first = read_label_png(args.mask, "--mask") if args.mask else _first_annotation(source)
             if args.mask and not first.any():
@@ -411,9 +406,7 @@ def run(args) -> int:
             _warn_about_earlier_pngs(Path(args.out))
             sinks.append(PngSink(args.out))
         if args.video:
-            # a live source drops frames while the model is busy: its own rate would play the video too fast
-            sinks.append(ProcessedRateVideoSink(args.video) if live else
-                         OverlayVideoSink(args.video, fps=source.fps))
+            sinks.append(overlay_video_for(args.video, opened))
         sinks += _result_writers(args, source)
     except BaseException:
         discard_empty_outputs()   # a later output refused (--video, --vis) after --out made its folder

@@ -576,6 +576,13 @@ class ProcessedRateVideoSink:
         self.sink.close()
 
 
+def overlay_video_for(path: str | Path, source: FrameSource):
+    """The overlay video of ``source`` (as opened): at the source's own rate, or, for a live source, whose frames
+    captured while the model is busy are dropped, at the rate frames are processed (:class:`ProcessedRateVideoSink`:
+    at the source's rate that video would play too fast)."""
+    return ProcessedRateVideoSink(path) if source.live else OverlayVideoSink(path, fps=source.fps)
+
+
 class CallbackSink:
     """Calls ``callback(index, frame, labels)`` for every finished frame."""
 

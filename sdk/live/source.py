@@ -255,3 +255,10 @@ class LatestFrameSource(FrameSource):
                 continue
             self.status = f"{self.kind} {self.name} reconnected (retry {self.retries})"
             return
+
+
+def newest_frames(source: FrameSource) -> FrameSource:
+    """``source`` read as ``vosrt run`` reads it: a live one (a camera, a live stream: ``source.live``) through a
+    :class:`LatestFrameSource` whose steps take the newest frame, dropping those captured meanwhile, so that the
+    results keep up with the scene however slow the model (ARCHITECTURE.md, Streaming); any other as it is."""
+    return LatestFrameSource(lambda: source, drop=True, retry=False) if source.live else source
