@@ -14,6 +14,8 @@ from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png, write_label_png
 from vosrt.sdk.video import ImageFolderSource, open_source
 
+from live_support import frame_counter, http_camera, mjpeg_camera
+
 PACKAGE = str(Path(__file__).resolve().parents[1] / "sdk" / "models" / "stcn-lite")
 H, W = 64, 96
 
@@ -305,16 +307,8 @@ def test_every_sink_and_the_source_are_closed_when_one_sink_fails_to_finish():
 def live_mjpeg_stream():
     """A live MJPEG stream over HTTP (live_support.mjpeg_camera) of this file's frames, sending 400 frames per
     second, faster than the model runs; frame k carries k in binary in its top row of 4x4 blocks. Yields the URL."""
-    from live_support import mjpeg_camera
-
     with mjpeg_camera(_frame(0)) as url:
         yield url
-
-
-def _counter(frame: np.ndarray) -> int:
-    from live_support import frame_counter
-
-    return frame_counter(frame)
 
 
 def test_run_on_a_live_stream_takes_the_newest_frame_and_names_each_png_by_its_capture_position(
@@ -337,7 +331,7 @@ def test_run_on_a_live_stream_takes_the_newest_frame_and_names_each_png_by_its_c
         ok, frame = capture.read()
         if not ok:
             break
-        shown.append(_counter(frame))
+        shown.append(frame_counter(frame))
     capture.release()
     assert shown == positions        # each PNG is named after the frame it is the result of
 
@@ -361,8 +355,6 @@ def test_the_overlay_of_a_live_stream_plays_at_the_rate_its_frames_were_processe
 
 
 def test_a_file_served_over_http_is_no_live_source_and_every_frame_of_it_is_segmented(tmp_path, capsys):
-    from live_support import http_camera
-
     with http_camera(tmp_path, frames=12) as url:
         source = open_source(url)
         assert source.kind == "stream" and not source.live     # it has a frame count: read frame after frame
@@ -377,8 +369,6 @@ def test_a_file_served_over_http_read_to_its_last_frame_is_a_complete_run(tmp_pa
     # The end of any stream URL counts as the stream stopping early (a live source reconnects then), so a run over
     # a whole file at an http:// or file:// URL ended with "warning: stream ... stopped after 12 frames" and exit
     # code 1, as if it had fallen short. One cut short still does.
-    from live_support import http_camera
-
     write_label_png(tmp_path / "mask.png", np.ones((64, 96), np.uint8))
     with http_camera(tmp_path, frames=12) as url:
         assert main(["run", PACKAGE, "--source", url, "--mask", str(tmp_path / "mask.png"), "--out",
