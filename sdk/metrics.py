@@ -326,9 +326,10 @@ def score_sequence(family: str, predicted: list[np.ndarray], truth: list[np.ndar
     (DAVIS semi-supervised: the first and last frames skipped; where an object enters after the first frame
     or some frames are not annotated, :func:`evaluate_by_appearance`); for families whose sessions emit track
     ids (a label dtype wider than uint8: instance segmentation) the DAVIS unsupervised instance protocol
-    (:func:`vosrt.sdk.instance_metrics.evaluate_unsupervised_sequence`); the foreground for the others
-    (unsupervised: every frame scored; 255 beside objects is background). ``truth[t]`` None: frame t is not
-    annotated and not scored. A clip
+    (:func:`vosrt.sdk.instance_metrics.evaluate_unsupervised_sequence`, every frame scored); the foreground for the
+    others (DAVIS 2016's protocol, which 3DC-Seg reports: the first and last annotated frames skipped, as DAVIS
+    2016's evaluation does for every method and ``vosrt eval`` by default; 255 beside objects is background).
+    ``truth[t]`` None: frame t is not annotated and not scored. A clip
     whose truth is a 0/255 foreground mask (DAVIS 2016, :func:`foreground_truth`) has 255 as its one object,
     scored as object 1 (a prediction's 255 read as 1). Used by ``vosrt demo`` and training validation alike."""
     from vosrt.sdk import families
@@ -358,5 +359,4 @@ def score_sequence(family: str, predicted: list[np.ndarray], truth: list[np.ndar
     # the foreground of the truth: beside objects 255 is void, background as the 3DC-Seg sampler trains it
     # (training.data.clips); in a 0/255 clip it is the object
     truth_foreground = _foreground if only_void else _foreground_without_void
-    return evaluate_sequence(_Frames(predicted, _foreground), _Frames(annotated, truth_foreground), name=name,
-                             skip_first_last=False)
+    return evaluate_sequence(_Frames(predicted, _foreground), _Frames(annotated, truth_foreground), name=name)

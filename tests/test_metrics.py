@@ -262,6 +262,24 @@ def test_vosrt_eval_scores_davis2016_0_255_ground_truth_as_one_object(tmp_path, 
     assert "all         mean   1.000   1.000   1.000" in capsys.readouterr().out
 
 
+def test_3dc_seg_validation_scores_a_davis2016_clip_as_vosrt_eval_and_davis_2016_do(tmp_path):
+    # DAVIS 2016's evaluation, the one 3DC-Seg reports, leaves out the first and last frames for every method, and so
+    # does vosrt eval; the demo and training validation scored every frame for 3dc-seg, so the same masks got
+    # another J&F from them than from `vosrt run` + `vosrt eval`
+    from vosrt.sdk.cli_eval import evaluate_folders
+
+    truth = davis2016_clip(frames=5)
+    predicted = [(m > 0).astype(np.uint8) for m in truth]
+    predicted[0][:] = 0                                   # first and last frames wrong, the middle three right
+    predicted[-1] = np.roll(predicted[-1], 6, axis=1)
+    for t, (gt, pred) in enumerate(zip(truth, predicted)):
+        write_label_png(tmp_path / "gt" / "bear" / f"{t:05d}.png", gt)
+        write_label_png(tmp_path / "pred" / "bear" / f"{t:05d}.png", pred)
+    (validation,) = score_sequence("3dc-seg", predicted, truth, name="bear")
+    (evaluated,) = evaluate_folders(tmp_path / "pred", tmp_path / "gt")
+    assert validation.j == evaluated.j == [1.0] * 3 and validation.f == evaluated.f == [1.0] * 3
+
+
 def test_vosrt_eval_takes_frames_in_natural_order_to_find_the_first_and_last(tmp_path, capsys):
     # frames 0..10 without zero padding: the last frame is 10.png (not scored); sorted as strings, 9.png came
     # last and 10.png, wrong on purpose here, was scored instead
@@ -327,7 +345,7 @@ def test_score_sequence_of_objects_that_enter_later_and_of_unannotated_frames():
     one, two = score_sequence("stcn", wrong, sparse)
     assert one.j == [1.0, 1.0] and two.j == [0.0]
     (foreground,) = score_sequence("3dc-seg", [(t > 0).astype(np.uint8) for t in wrong], sparse)
-    assert len(foreground.j) == 3
+    assert foreground.j == [1.0]                                   # frame 2: the first and last annotated left out
 
 
 def test_vosrt_eval_scores_objects_that_enter_after_the_first_frame(tmp_path, capsys):

@@ -637,8 +637,8 @@ def test_score_sequence_follows_each_family_s_protocol():
     assert [(s.sequence, s.object_id, len(s.j)) for s in semi] == [("clip", 1, 2), ("clip", 2, 2)]
     assert semi[1].j == [0.0, 0.0]                                 # per object, first and last frames skipped
     foreground = metrics.score_sequence("3dc-seg", predicted, truth, name="clip")
-    assert [(s.sequence, s.object_id, len(s.j)) for s in foreground] == [("clip", 1, 4)]
-    assert foreground[0].j == [1.0] * 4                            # ids do not matter, every frame scored
+    assert [(s.sequence, s.object_id, len(s.j)) for s in foreground] == [("clip", 1, 2)]
+    assert foreground[0].j == [1.0] * 2                            # ids do not matter; DAVIS 2016: first, last skipped
     from vosrt.sdk.instance_metrics import evaluate_unsupervised_sequence
     instances = metrics.score_sequence("stem-seg", predicted, truth, name="clip")   # track ids: instance protocol
     expected = evaluate_unsupervised_sequence(predicted, truth, name="clip")
