@@ -26,7 +26,7 @@ import secrets
 import signal
 import sys
 
-from vosrt.sdk.cli_run import add_session_arguments, load_session
+from vosrt.sdk.cli_run import add_session_arguments, add_stream_timeout_argument, load_session
 from vosrt.sdk.errors import UserError, install_command
 
 
@@ -62,6 +62,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="--headless: no progress bar")
     parser.add_argument("--retry-seconds", type=float, default=1.0,
                         help="wait before reopening a source that stopped (default 1)")
+    add_stream_timeout_argument(parser)
     add_session_arguments(parser)   # --backend, --device, --checkpoint, --max-objects, --top-k ...
 
 
@@ -69,7 +70,7 @@ def _open_live_source(args):
     from vosrt.sdk.live.source import LatestFrameSource
     from vosrt.sdk.video import open_source
 
-    first = open_source(args.source)
+    first = open_source(args.source, stream_timeout=args.stream_timeout)
     file_like = first.kind in ("video", "folder", "davis")
     pace = None
     if file_like and args.realtime:
@@ -83,7 +84,7 @@ def _open_live_source(args):
     opened = [first]
 
     def opener():   # the first call returns the source opened above; retries open it afresh
-        return opened.pop() if opened else open_source(args.source)
+        return opened.pop() if opened else open_source(args.source, stream_timeout=args.stream_timeout)
 
     return LatestFrameSource(opener, drop=not file_like or args.realtime, pace=pace,
                              retry=not file_like, retry_seconds=args.retry_seconds, loop=args.loop)
@@ -104,6 +105,7 @@ def run(args) -> int:
     from vosrt.sdk.live.pipeline import LivePipeline
     from vosrt.sdk.live.select import grabcut_box, load_segmenter, parse_box_select
     from vosrt.sdk.package import load_package
+    from vosrt.sdk.video import check_stream_timeout
 
     if args.frames is not None and args.frames < 1:
         raise UserError(f"--frames: expected a positive number, got {args.frames}")
@@ -113,6 +115,7 @@ def run(args) -> int:
     if not 0 <= args.retry_seconds < math.inf:   # a negative (or NaN) wait reopened a dropped camera in a busy
         # loop; an infinite one killed the capture thread (OverflowError in its wait), the page "retrying" for ever
         raise UserError(f"--retry-seconds: expected a finite number of seconds >= 0, got {args.retry_seconds}")
+    check_stream_timeout(args.stream_timeout)
     selections = [parse_box_select(text) for text in args.select]
     given_ids = [object_id for _, object_id in selections if object_id is not None]
     twice = sorted({i for i in given_ids if given_ids.count(i) > 1})

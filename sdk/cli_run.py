@@ -55,8 +55,18 @@ def add_arguments(parser) -> None:
                         help="--mots: class of every track, 1 car or 2 pedestrian (default: the model's "
                              "category of each track, 1 where it has none)")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    add_stream_timeout_argument(parser)
     add_session_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_stream_timeout_argument(parser) -> None:
+    """``--stream-timeout SECONDS`` of the commands that read a ``--source``."""
+    from vosrt.sdk.video import STREAM_TIMEOUT
+
+    parser.add_argument("--stream-timeout", type=float, default=STREAM_TIMEOUT, metavar="SECONDS",
+                        help=f"a stream URL that sends nothing for this long, opening or between frames, has "
+                             f"dropped (default {STREAM_TIMEOUT:g})")
 
 
 def add_session_arguments(parser) -> None:
@@ -366,13 +376,14 @@ def run(args) -> int:
     from vosrt.sdk.progress import Progress
     from vosrt.sdk.streaming import stream
     from vosrt.sdk.live.source import newest_frames
-    from vosrt.sdk.video import PngSink, open_source, overlay_video_for
+    from vosrt.sdk.video import PngSink, check_stream_timeout, open_source, overlay_video_for
 
     _check_result_flags(args)
     if not (args.out or args.video or args.vis or args.mots):
         print("note: no --out, --video, --vis or --mots given; results are computed and discarded", file=sys.stderr)
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError(f"--max-frames: expected a positive number, got {args.max_frames}")
+    check_stream_timeout(args.stream_timeout)
     package = load_package(args.package)
     family = families.get(package.family)
     if not family.takes_mask and args.mask:
@@ -387,7 +398,7 @@ def run(args) -> int:
                 sink.discard()   # the --out folder it made for the PNGs, when it holds none
 
     try:
-        opened = open_source(args.source)
+        opened = open_source(args.source, stream_timeout=args.stream_timeout)
         # a camera or live stream: capture runs apart from inference, which takes the newest frame (frames
         # captured meanwhile are dropped and counted); read in turn, each frame was older than the one before
         source = newest_frames(opened)

@@ -10,6 +10,7 @@ produced so far is kept. An unreadable image of a folder is skipped with a warni
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -30,6 +31,7 @@ MIN_FRAME_SIDE = 2          # smaller frames are skipped (check_image refuses th
 MAX_FAILED_READS = 25       # undecodable frames in a row after which a video file counts as ended
 MAX_SOURCE_FPS = 1000       # the highest frame rate a source is believed to report (high-speed cameras)
 MAX_MP4_FPS = 65535         # the highest frame rate an .mp4 writer opens at (1/fps is its time base)
+STREAM_TIMEOUT = 10.0       # seconds a stream URL may take to open, or to send its next frame (OpenCV's own: 30)
 
 
 def natural_key(path: Path) -> list:
@@ -119,20 +121,41 @@ def shown_url(url: str) -> str:
         return f"{scheme}://***@{netloc.rpartition('@')[2]}{slash}{path}" if "@" in netloc else url
 
 
+def check_stream_timeout(seconds, flag: str = "--stream-timeout") -> float:
+    """``seconds`` as a stream timeout: a finite number > 0, else a UserError naming ``flag``."""
+    if not (is_number(seconds) and 0 < seconds < math.inf):
+        raise UserError(f"{flag}: expected a finite number of seconds > 0, got {seconds}")
+    return float(seconds)
+
+
 class CaptureSource(FrameSource):
     """Camera index, video file or stream URL, read with ``cv2.VideoCapture``. A stream's name (in messages, and
-    on `vosrt live`'s page for every viewer) is its URL without the password (:func:`shown_url`)."""
+    on `vosrt live`'s page for every viewer) is its URL without the password (:func:`shown_url`).
 
-    def __init__(self, target: int | str, kind: str, flag: str = "--source"):
+    A stream URL that sends nothing is given up after ``stream_timeout`` seconds, when opening it and when waiting
+    for its next frame (it then ends as a dropped stream does, which a live source reopens), where OpenCV's FFmpeg
+    backend reads it (pip's OpenCV does); OpenCV's own wait was 30 s."""
+
+    def __init__(self, target: int | str, kind: str, flag: str = "--source", stream_timeout: float = STREAM_TIMEOUT):
         super().__init__(shown_url(target) if kind == "stream" else str(target))
         self.kind = kind
-        self.capture = cv2.VideoCapture(target)
+        self.stream_timeout = check_stream_timeout(stream_timeout, "stream_timeout") if kind == "stream" else None
+        started = time.monotonic()
+        if self.stream_timeout is not None and cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG):
+            ms = max(1, round(self.stream_timeout * 1000))
+            self.capture = cv2.VideoCapture(target, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,
+                                                                     cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+        else:
+            self.capture = cv2.VideoCapture(target)
         if not self.capture.isOpened():
             self.capture.release()
             what = f"{'video file' if kind == 'video' else kind} {self.name}"
             hint = {"camera": "check the index (0 is the first camera) and that no other program holds it",
                     "video": "check the file exists and is a video OpenCV can decode",
                     "stream": "check the URL and that the stream is reachable"}[kind]
+            if self.stream_timeout is not None and time.monotonic() - started >= 0.9 * self.stream_timeout:
+                hint = (f"nothing arrived within {self.stream_timeout:g} s; {hint}, or give a slow one more time "
+                        f"with --stream-timeout {max(30, 3 * self.stream_timeout):g}")
             raise UserError(f"{flag}: cannot open {what}: {hint}")
         fps = self.capture.get(cv2.CAP_PROP_FPS)
         # beyond MAX_SOURCE_FPS it is no frame rate but a clock (an RTSP stream's 90 kHz): unknown, as 0 is
@@ -174,11 +197,16 @@ class CaptureSource(FrameSource):
         # end of a file cut short when none does (no frame is missing there: the file ends)
         position, failed = 0, []
         while True:
+            asked = time.monotonic()
             try:
                 ok, frame = self.capture.read()
             except cv2.error as err:
                 ok, frame = False, None
                 self._stop(f"read failed: {err}")
+            if (not ok and self.stream_timeout is not None and not self.stopped_early
+                    and time.monotonic() - asked >= 0.9 * self.stream_timeout):
+                self._stop(f"stream {self.name} sent no frame for {self.stream_timeout:g} s after {self.frames_read} "
+                           f"frames (--stream-timeout)")
             if ok and frame is not None and min(frame.shape[:2]) < MIN_FRAME_SIDE:
                 ok = False
             if not ok or frame is None:
@@ -351,12 +379,13 @@ def _sequence_folders_hint(folder: Path, flag: str) -> str:
             f"folder, e.g. {flag} {shlex.quote(str(sequences[0]))}" + (", one run each" if len(sequences) > 1 else ""))
 
 
-def open_source(spec, flag: str = "--source") -> FrameSource:
+def open_source(spec, flag: str = "--source", stream_timeout: float = STREAM_TIMEOUT) -> FrameSource:
     """A source from a CLI-style spec: an int or digit string (camera index), a camera's device path
     (``/dev/video0``), a URL (``rtsp://``, ``http://`` …), a video file or named pipe, an image folder, or a
     DAVIS sequence folder (``.../JPEGImages/480p/NAME``, or a DAVIS root holding exactly one sequence). ``flag``: the command-line flag the spec came from, which
     the errors name. A digit string that names an existing file or folder is that path, not a camera: a
-    sequence folder named by its number (KITTI-MOTS's ``0002``) given from its parent folder."""
+    sequence folder named by its number (KITTI-MOTS's ``0002``) given from its parent folder. ``stream_timeout``: the
+    seconds a URL may take to open or to send its next frame (:class:`CaptureSource`)."""
     if isinstance(spec, (int, np.integer)) or (isinstance(spec, str) and spec.strip().isdecimal()
                                                and not Path(spec).exists()):
         return CaptureSource(int(spec), "camera", flag)
@@ -364,7 +393,7 @@ def open_source(spec, flag: str = "--source") -> FrameSource:
     if not text.strip():
         raise UserError(f"{flag}: empty; give a camera index, URL, video file or folder")
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
-        return CaptureSource(text, "stream", flag)
+        return CaptureSource(text, "stream", flag, stream_timeout)
     path = Path(text)
     if path.is_dir():
         if is_davis_sequence(path):

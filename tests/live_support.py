@@ -121,17 +121,44 @@ def _served(handler, name: str, stopping=lambda: None):
         server.server_close()
 
 
+@contextlib.contextmanager
+def silent_server():
+    """A local TCP server that accepts connections and never answers (a host whose camera service hangs); yields an
+    HTTP URL on it."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held, stop = [], threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/stream.mjpg"
+    finally:
+        stop.set()
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)   # wakes the accept() that waits (close alone does not, on Linux)
+        server.close()
+        for connection in held:
+            connection.close()
+
+
 def frame_counter(frame: np.ndarray) -> int:
     """The capture number :func:`mjpeg_camera` wrote into ``frame``'s top row of 4x4 blocks."""
     return sum(1 << bit for bit in range(12) if frame[0:4, 4 * bit:4 * bit + 4].mean() > 128)
 
 
 @contextlib.contextmanager
-def mjpeg_camera(picture: np.ndarray, frames: int = 4096, fps: float = 400):
+def mjpeg_camera(picture: np.ndarray, frames: int = 4096, fps: float = 400, stall: bool = False):
     """A live MJPEG stream over HTTP (an IP camera's multipart/x-mixed-replace): ``frames`` copies of ``picture``
     (BGR, at least 48 pixels wide) at ``fps`` frames per second, faster than a model runs, frame k carrying k in
     binary in its top row of 4x4 blocks (:func:`frame_counter`). It has no frame count, so vosrt takes it for a
-    live source. Yields the URL."""
+    live source. ``stall``: after its frames it keeps the connection open and sends nothing more (a camera that
+    hangs), instead of closing it. Yields the URL."""
     stop = threading.Event()
     jpegs = []
     for k in range(frames):
@@ -156,6 +183,9 @@ def mjpeg_camera(picture: np.ndarray, frames: int = 4096, fps: float = 400):
                     self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
                                      % (len(jpeg), jpeg))
                     time.sleep(max(0.0, start + (k + 1) / fps - time.perf_counter()))
+                self.wfile.flush()
+                if stall:
+                    stop.wait()
             except OSError:
                 pass
 

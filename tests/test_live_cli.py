@@ -31,7 +31,8 @@ from vosrt.sdk.live.server import is_loopback, serve
 from vosrt.sdk.live.source import LatestFrameSource
 from vosrt.sdk.video import open_source
 
-from live_support import PACKAGE, bounding_box, finish, free_port, http_camera, start_live, vosrt_command, wait_for
+from live_support import (PACKAGE, bounding_box, finish, free_port, http_camera, mjpeg_camera, start_live,
+                          vosrt_command, wait_for)
 from media import video_frames
 from sdk_packages import tiny_package
 
@@ -217,6 +218,28 @@ def test_a_negative_retry_wait_is_a_clear_error(tmp_path, capsys, seconds):
     write_label_png(tmp_path / "unused.png", np.zeros((4, 4), np.uint8))
     assert main(["live", str(PACKAGE), "--source", str(tmp_path), "--headless", "--retry-seconds", seconds]) == 2
     assert f"--retry-seconds: expected a finite number of seconds >= 0, got {seconds}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf"])
+def test_a_stream_timeout_that_is_no_wait_is_a_clear_error(tmp_path, capsys, seconds):
+    write_label_png(tmp_path / "unused.png", np.zeros((4, 4), np.uint8))
+    assert main(["live", str(PACKAGE), "--source", str(tmp_path), "--headless", "--stream-timeout", seconds]) == 2
+    assert (f"--stream-timeout: expected a finite number of seconds > 0, got {float(seconds)}"
+            in capsys.readouterr().err)
+
+
+def test_a_stream_that_hangs_is_reopened_after_the_stream_timeout(tmp_path, capsys):
+    # a camera that keeps its connection open and stops sending was waited on for OpenCV's 30 s before each reopen;
+    # here every connection sends 4 frames and hangs, so 12 processed frames take several reopens
+    seq = generate_sequence(12, num_frames=1, height=64, width=96, num_objects=1)
+    picture = cv2.cvtColor(seq.frames[0], cv2.COLOR_RGB2BGR)
+    with mjpeg_camera(picture, frames=4, fps=100, stall=True) as url:
+        started = time.monotonic()
+        assert main(["live", str(PACKAGE), "--source", url, "--headless", *_select_args(seq.labels[0]),
+                     "--frames", "12", "--stream-timeout", "0.5", "--retry-seconds", "0.1", "--no-progress"]) == 0
+        assert time.monotonic() - started < 60          # at OpenCV's 30 s a reopen: minutes
+    out = capsys.readouterr().out
+    assert out.startswith("12 frames processed of "), out
 
 
 @pytest.mark.parametrize("fps", ["nan", "inf", "0"])

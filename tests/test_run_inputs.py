@@ -14,7 +14,7 @@ from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png, write_label_png
 from vosrt.sdk.video import ImageFolderSource, open_source
 
-from live_support import frame_counter, http_camera, mjpeg_camera
+from live_support import frame_counter, http_camera, mjpeg_camera, silent_server
 
 PACKAGE = str(Path(__file__).resolve().parents[1] / "sdk" / "models" / "stcn-lite")
 H, W = 64, 96
@@ -352,6 +352,46 @@ def test_the_overlay_of_a_live_stream_plays_at_the_rate_its_frames_were_processe
     capture.release()
     assert frames == 30
     assert processed / 2 <= fps <= processed * 2, (fps, processed)   # the first 15 frames' rate, against all 30
+
+
+def test_a_stream_url_that_never_answers_is_given_up_after_the_stream_timeout(tmp_path, capsys):
+    # OpenCV waits 30 s for a stream that accepts the connection and sends nothing, and then vosrt said only
+    # "check the URL": now --stream-timeout (default 10 s) bounds the wait, and the error says what happened
+    import time
+
+    with silent_server() as url:
+        started = time.monotonic()
+        with pytest.raises(UserError, match=r"^--source: cannot open stream http://127\.0\.0\.1:\d+/stream\.mjpg: "
+                                            r"nothing arrived within 1 s; check the URL .* --stream-timeout 30$"):
+            open_source(url, stream_timeout=1)
+        assert time.monotonic() - started < 15                  # OpenCV's own wait: 30 s
+        write_label_png(tmp_path / "mask.png", _mask())
+        assert main(["run", PACKAGE, "--source", url, "--mask", str(tmp_path / "mask.png"), "--out",
+                     str(tmp_path / "out"), "--stream-timeout", "0.5", "--no-progress"]) == 2
+        assert "nothing arrived within 0.5 s" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    for bad in ("0", "-1", "nan", "inf"):
+        assert main(["run", PACKAGE, "--source", "0", "--stream-timeout", bad]) == 2
+        assert f"--stream-timeout: expected a finite number of seconds > 0, got {float(bad)}" in capsys.readouterr().err
+
+
+def test_a_stream_that_hangs_mid_way_ends_after_the_stream_timeout_with_the_frames_so_far(tmp_path, capsys):
+    # a camera that keeps its connection open but stops sending: the read waited OpenCV's 30 s, and `vosrt live`
+    # reopens a dropped stream only once the read gives up
+    import time
+
+    with mjpeg_camera(_frame(0), frames=6, fps=100, stall=True) as url:
+        source = open_source(url, stream_timeout=1)
+        started = time.monotonic()
+        frames = list(source)
+        assert time.monotonic() - started < 15
+        assert 1 <= len(frames) <= 6 and source.stopped_early
+        assert source.problem == f"stream {url} sent no frame for 1 s after {len(frames)} frames (--stream-timeout)"
+        write_label_png(tmp_path / "mask.png", _mask())
+        assert main(["run", PACKAGE, "--source", url, "--mask", str(tmp_path / "mask.png"), "--out",
+                     str(tmp_path / "out"), "--stream-timeout", "1", "--no-progress"]) == 1   # a source cut short
+    assert "sent no frame for 1 s" in capsys.readouterr().err
+    assert 1 <= len(list((tmp_path / "out").glob("*.png"))) <= 6     # the frames before it hung are kept
 
 
 def test_a_file_served_over_http_is_no_live_source_and_every_frame_of_it_is_segmented(tmp_path, capsys):
