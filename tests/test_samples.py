@@ -113,6 +113,31 @@ def test_webcam_tracker_ends_on_a_truncated_video_file(camera, tmp_path):
     assert 0 < shown < len(seq) and "stopped after" in result.stderr, (shown, result.stderr)
 
 
+def test_webcam_tracker_writes_the_overlay_of_a_live_stream_at_the_rate_frames_were_processed(tmp_path):
+    # frames captured while the model runs are dropped, so an overlay written at the stream's own rate played too
+    # fast by as many times as frames were dropped (vosrt run and vosrt live write it at the processed rate)
+    import re
+
+    from live_support import mjpeg_camera
+
+    picture = np.full((240, 320, 3), 30, np.uint8)
+    cv2.circle(picture, (160, 120), 40, (0, 0, 230), -1)
+    with mjpeg_camera(picture, frames=1000, fps=200) as url:
+        capture = cv2.VideoCapture(url)
+        stream_fps = capture.get(cv2.CAP_PROP_FPS)     # what OpenCV says the stream's rate is (25 for MJPEG)
+        capture.release()
+        result = run_sample("webcam_tracker.py", "--source", url, "--box", "120,80,80,80", "--no-window", "--frames",
+                            "15", "--video", str(tmp_path / "overlay.avi"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    processed = float(re.search(r"^15 frames, ([\d.]+) FPS, (\d+) stale frames dropped$", result.stdout, re.M).group(1))
+    capture = cv2.VideoCapture(str(tmp_path / "overlay.avi"))
+    fps, frames = capture.get(cv2.CAP_PROP_FPS), int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    assert frames == 15
+    assert fps != pytest.approx(stream_fps, abs=0.01), fps       # not the stream's rate, which the old sample took
+    assert processed / 2 <= fps <= processed * 2, (fps, processed)   # the first frames' rate, against all 15
+
+
 def test_embed_callback_reports_each_frames_objects_from_its_own_loop(camera):
     folder, video, seq = camera
     x, y, w, h = bounding_box(seq.labels[0] == 1)
