@@ -350,7 +350,11 @@ def test_the_overlay_of_a_live_stream_plays_at_the_rate_its_frames_were_processe
     capture = cv2.VideoCapture(str(tmp_path / "overlay.avi"))
     fps, frames = capture.get(cv2.CAP_PROP_FPS), int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     capture.release()
+    capture = cv2.VideoCapture(live_mjpeg_stream)
+    stream_fps = capture.get(cv2.CAP_PROP_FPS)         # what OpenCV says the stream's rate is (25 for MJPEG)
+    capture.release()
     assert frames == 30
+    assert fps != pytest.approx(stream_fps, abs=0.01), fps       # not the stream's rate, which vosrt run took
     assert processed / 2 <= fps <= processed * 2, (fps, processed)   # the first 15 frames' rate, against all 30
 
 
