@@ -241,7 +241,12 @@ def _check_mask_ids(mask, where: str, family) -> None:
                     "sets the class of the tracks")
 
 
-def _refuse_overwriting_the_source(args) -> None:
+def _refuse_overwriting_the_source(args, opened) -> None:
+    annotations = getattr(opened, "annotations", None)   # a DAVIS sequence's ground truth, read while --out is written
+    if args.out and annotations is not None and Path(args.out).resolve() == Path(annotations).resolve():
+        raise UserError(f"--out {args.out} is the ground truth of --source {args.source} ({annotations}): the masks "
+                        "would replace the annotations the run reads and that vosrt eval scores against; give another "
+                        "folder, e.g. --out masks/" + Path(annotations).name)
     source = Path(args.source)
     if not source.exists():
         return
@@ -306,7 +311,9 @@ def _dataset_video(args, folder_names: list[str] | None) -> tuple[int, list[str]
     with images the dataset does not list for it is refused (another video's frames)."""
     import json
 
-    source = Path(args.source)
+    from vosrt.sdk.video import named_path
+
+    source = named_path(args.source)   # `--source .` from within the video's folder is named by that folder
     wanted = source.name if source.is_dir() else source.stem
     try:
         dataset = json.loads(Path(args.videos).read_text())
@@ -412,7 +419,7 @@ def run(args) -> int:
             masks = _masks_of(source, first, family, where)
         else:
             masks = None
-        _refuse_overwriting_the_source(args)
+        _refuse_overwriting_the_source(args, opened)
         if args.out:
             _warn_about_earlier_pngs(Path(args.out))
             sinks.append(PngSink(args.out))

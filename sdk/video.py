@@ -248,7 +248,7 @@ class ImageFolderSource(FrameSource):
     kind = "folder"
 
     def __init__(self, folder: Path, flag: str = "--source"):
-        super().__init__(folder.name)
+        super().__init__(named_path(folder).name)   # `.` named by its folder
         self.folder = folder
         # in natural order: frame2 before frame10 (zero-padded names, as DAVIS's, sort the same either way).
         # Hidden files are no frames (macOS's ._00000.jpg AppleDouble files, a viewer's .thumb.png), nor are
@@ -315,8 +315,9 @@ class DavisSequenceSource(ImageFolderSource):
 
     def __init__(self, folder: Path, flag: str = "--source"):
         super().__init__(folder, flag)
-        root, resolution = folder.parent.parent.parent, folder.parent.name
-        self.annotations = root / "Annotations" / resolution / folder.name
+        where = named_path(folder)
+        root, resolution = where.parent.parent.parent, where.parent.name
+        self.annotations = root / "Annotations" / resolution / where.name
 
     def first_mask(self) -> np.ndarray | None:
         return self.annotation(self.files[0].stem)
@@ -357,8 +358,15 @@ def _jpeg_cut_short(path: Path) -> bool:
 
 
 def is_davis_sequence(folder: Path) -> bool:
-    """True for ``.../JPEGImages/<resolution>/<name>`` folders."""
-    return folder.parent.parent.name == "JPEGImages"
+    """True for ``.../JPEGImages/<resolution>/<name>`` folders, however given (``bear`` from within
+    ``JPEGImages/480p``, ``.`` from within the sequence)."""
+    return named_path(folder).parent.parent.name == "JPEGImages"
+
+
+def named_path(path: str | Path) -> Path:
+    """``path`` absolute, ``.`` and ``..`` taken out, links kept (so ``.`` and ``../bear`` have their folders' names,
+    and a linked sequence folder its own place in a dataset)."""
+    return Path(os.path.abspath(path))
 
 
 def _sequence_folders_hint(folder: Path, flag: str) -> str:

@@ -158,6 +158,35 @@ def test_a_davis_sequence_whose_objects_are_all_first_annotated_later_is_tracked
     assert not labels[0].any() and not labels[1].any() and (labels[5] == 1).sum() > 100
 
 
+def test_out_into_the_ground_truth_of_the_davis_sequence_being_read_is_refused(tmp_path, capsys):
+    # the run replaced the annotations it was reading (a note: "already holds 8 PNG(s)"), and vosrt eval then
+    # scored that folder against itself as 1.000
+    images = _davis_sequence(tmp_path, [_frame(t) for t in range(4)], {t: _mask(t) for t in range(4)})
+    truth = tmp_path / "Annotations" / "480p" / "seq"
+    before = {p.name: p.read_bytes() for p in truth.iterdir()}
+    assert main(["run", PACKAGE, "--source", str(images), "--out", str(truth), "--no-progress"]) == 2
+    assert "is the ground truth of --source" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in truth.iterdir()} == before
+
+
+def test_a_davis_sequence_given_by_a_relative_path_or_as_dot_is_still_one(tmp_path, capsys, monkeypatch):
+    # from within JPEGImages/480p, `--source seq` was an image folder ("stcn packages need the first frame's mask");
+    # from within the sequence, `--source .` had no name, and --videos looked for a folder named ''
+    import json
+
+    _davis_sequence(tmp_path, [_frame(t) for t in range(4)], {0: _mask(0)})
+    monkeypatch.chdir(tmp_path / "JPEGImages" / "480p")
+    assert main(["run", PACKAGE, "--source", "seq", "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    assert "source: davis seq" in capsys.readouterr().err
+    videos = {"videos": [{"id": 7, "file_names": [f"seq/{t:05d}.jpg" for t in range(4)]}], "categories": []}
+    (tmp_path / "valid.json").write_text(json.dumps(videos))
+    monkeypatch.chdir(tmp_path / "JPEGImages" / "480p" / "seq")
+    assert main(["run", PACKAGE, "--source", ".", "--vis", str(tmp_path / "results.json"), "--videos",
+                 str(tmp_path / "valid.json"), "--no-progress"]) == 0
+    assert "source: davis seq" in capsys.readouterr().err
+    assert {r["video_id"] for r in json.loads((tmp_path / "results.json").read_text())} == {7}
+
+
 def test_a_later_annotation_of_another_size_names_the_frame_and_both_sizes(tmp_path, capsys):
     # it gave the SDK's "mask: size 32x48 differs from the frame's 64x96": no source, no frame, height x width
     later = _mask(2)
