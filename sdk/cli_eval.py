@@ -17,7 +17,10 @@ Tasks:
 
 For the PNG tasks a folder is either one sequence (PNG files directly in it) or a set of sequences
 (sub-folders of PNGs, as DAVIS ``Annotations/480p``; ``--sequences ImageSets/2017/val.txt`` scores the listed ones
-only); ``.png`` and ``.PNG`` are both PNGs. Predictions are
+only: a name a line, or a folder's path, or DAVIS 2016's frame-path pairs; ``#`` comment lines and a BOM left out);
+``.png`` and ``.PNG`` are both PNGs. Objects are ids 1..K, K the largest of the first ground-truth frame, as
+davis2017-evaluation reads them: an id of 1..K missing there is named in a warning (the protocol scores it as an
+object), and ids beyond 254 (16-bit PNGs) are refused. Predictions are
 matched to ground truth by sequence and file name (the suffix's case aside); a frame no object is scored on
 (the first and last of the semi-supervised task, as davis2017-evaluation reads them) needs none; a sequence's frames are in
 natural order (``frame2`` before ``frame10``). In the ground truth 255 is void beside object ids: background in the semi-supervised task, left out of J
@@ -41,7 +44,7 @@ from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png
 from vosrt.sdk.metrics import (RECALL_DECAY, VOID, UnknownObjectError, evaluate_by_appearance, evaluate_sequence,
                                 first_frame_objects, foreground_truth, one_object, summarize)
-from vosrt.sdk.video import frame_files, natural_key
+from vosrt.sdk.video import IMAGE_SUFFIXES, frame_files, natural_key
 
 TASKS = ("semi-supervised", "unsupervised", "vis", "mots")
 
@@ -140,14 +143,24 @@ def read_sequence_list(path: Path) -> list[str]:
     """The sequence names of a list file (``--sequences``): one a line, as DAVIS 2017's ``ImageSets/2017/val.txt``;
     DAVIS 2016's ``ImageSets/480p/val.txt`` lines of frame paths give the folder of their first path."""
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()   # a BOM (Windows Notepad) is no part of a name
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"--sequences {path}: cannot read it as a list of sequence names ({err})") from None
-    names = [Path(line.split()[0]).parent.name if "/" in line else line.strip() for line in lines if line.strip()]
+    names = [_listed_name(line) for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not names:
         raise UserError(f"--sequences {path}: no sequence names in it (expected one a line, as in DAVIS's "
                         "ImageSets/2017/val.txt)")
     return list(dict.fromkeys(names))
+
+
+def _listed_name(line: str) -> str:
+    """The sequence a line of a list file names: DAVIS 2016's ``/JPEGImages/480p/bear/00000.jpg
+    /Annotations/480p/bear/00000.png`` the folder of its frame (``bear``); a folder's path (``seqa/`` as ``ls -d */``
+    writes it, ``DAVIS/Annotations/480p/seqa``) its last part; a bare name itself."""
+    first = line.split()[0]
+    if Path(first).suffix.lower() in IMAGE_SUFFIXES:
+        return Path(first).parent.name
+    return Path(line.strip().rstrip("/\\")).name or line.strip()
 
 
 def _listed(gt_seqs: dict, gt_root: Path, names: list[str], list_file: Path) -> dict:
@@ -189,6 +202,10 @@ def _check_predictions(pred_root: Path, gt_root: Path, gt_seqs: dict, pred_seqs:
     last of one whose objects enter late are scored depends on their masks: checked where they are read.)"""
     import shlex
 
+    same = [name for name in gt_seqs if name in pred_seqs and pred_seqs[name].resolve() == gt_seqs[name].resolve()]
+    if same:   # the ground truth scored against itself: 1.000, without a word
+        raise UserError(f"--pred {pred_root}: the predictions of {_some(same)} are --gt's own ground truth "
+                        f"({gt_seqs[same[0]]}); give --pred the folder vosrt run --out wrote")
     missing = [name for name in gt_seqs if name not in pred_seqs]
     if missing:
         have = [name for name in gt_seqs if name in pred_seqs]
@@ -267,6 +284,32 @@ def _advancing(bar, gt_seqs: dict, gt_frames: dict):
         bar.update(len(gt_frames[name]))
 
 
+def _check_object_ids(gt_dir: Path, gt_files: list, gts: list) -> None:
+    """UserError for ground-truth ids beyond 255 (a 16-bit PNG): the DAVIS protocols score objects 1..K, K the largest
+    id of the first frame, so KITTI-MOTS's instance PNGs (class x 1000 + instance) made thousands of absent objects,
+    each scored perfect against an empty prediction (an empty prediction scored 0.999), and minutes of scoring."""
+    for gt_file, gt in zip(gt_files, gts):
+        large = [int(i) for i in np.unique(gt) if i > VOID]
+        if large:
+            raise UserError(f"--gt {gt_file}: object id(s) {_some(large)} beyond 254 (a 16-bit PNG); the DAVIS "
+                            f"protocols score objects 1..K of the first frame, so each id below the largest would "
+                            f"count as an object. Number a sequence's objects 1, 2, ...; KITTI-MOTS's instance PNGs "
+                            f"(class x 1000 + instance) are scored with --task mots on its instances_txt files")
+
+
+def _warn_about_absent_ids(gt_dir: Path, first_file: Path, first: np.ndarray) -> None:
+    """A warning naming the ids of 1..K (K the largest id of the first ground-truth frame) that the frame does not
+    hold: the DAVIS protocol scores them as objects, perfect where the prediction leaves them out too (as
+    davis2017-evaluation does), which raises the mean without a word."""
+    present = {int(i) for i in np.unique(first)}
+    absent = [i for i in range(1, first_frame_objects(first) + 1) if i not in present]
+    if absent:
+        print(f"warning: {gt_dir}: object id(s) {_some(absent)} of 1..{first_frame_objects(first)} are not in the "
+              f"first ground-truth frame ({first_file.name}); the DAVIS protocol scores each as an object (as "
+              f"davis2017-evaluation does), perfect wherever the prediction leaves it out too: number the objects "
+              f"1, 2, ... without gaps for a mean over the real ones", file=sys.stderr)
+
+
 def _evaluate(gt_root: Path, pred_seqs: dict, skip_first_last: bool, unsupervised: bool, advancing) -> list:
     """The scores of the sequences ``advancing`` yields (:func:`_advancing`), against their ``pred_seqs`` folders."""
     scores, binary, late = [], [], []
@@ -277,8 +320,12 @@ def _evaluate(gt_root: Path, pred_seqs: dict, skip_first_last: bool, unsupervise
             # DAVIS 2016's 0/255 masks: 255 is the one object (a tracker given such a mask writes it as 255)
             binary.append(name)
             gts = [one_object(gt) for gt in gts]
+        else:
+            _check_object_ids(gt_dir, gt_files, gts)
         entering = set() if unsupervised else ({int(i) for gt in gts for i in np.unique(gt) if i and i != VOID}
                                                - set(np.unique(gts[0]).tolist()))
+        if gts and not entering:
+            _warn_about_absent_ids(gt_dir, gt_files[0], gts[0])
         unscored = _unscored_frames(len(gts), skip_first_last, unsupervised, bool(entering))
         preds = []
         for t, (gt_file, gt) in enumerate(zip(gt_files, gts)):
@@ -352,6 +399,20 @@ def _evaluate(gt_root: Path, pred_seqs: dict, skip_first_last: bool, unsupervise
     return scores
 
 
+def _csv_path(args, default: Path) -> Path:
+    """Where the table goes (``--csv``, else ``default``), checked before any scoring (minutes on a dataset): a
+    folder, or a place no file can be written, is refused now rather than after the table is printed."""
+    from vosrt.sdk.package import writable_folder
+
+    out = Path(args.csv) if args.csv else default
+    if out.is_dir():
+        raise UserError(f"--csv {out} is a folder; give a file name, e.g. --csv {out / 'metrics.csv'}")
+    if args.csv or out.parent.is_dir():   # the default's folder is --pred's, whose absence is said in its terms
+        writable_folder(out.parent, "--csv" if args.csv else f"--csv (default {out})",
+                        "--csv FILE in a folder you can write")
+    return out
+
+
 def _write_csv(out: Path, header: list, rows: list) -> None:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -376,6 +437,7 @@ def _run_vis(args) -> int:
         except (OSError, ValueError) as err:
             raise UserError(f"{flag} {path}: expected a YouTube-VIS JSON file ({err})") from None
     gt, results = loaded
+    out = _csv_path(args, Path(args.pred).with_suffix(".metrics.csv"))
     if isinstance(gt, dict) and "videos" in gt and gt.get("annotations") is None:
         # the valid / test JSONs of YouTube-VIS and OVIS: frames and categories, the ground truth kept private
         raise UserError(f"--gt {args.gt} has no annotations: YouTube-VIS and OVIS keep the ground truth of their "
@@ -400,14 +462,14 @@ def _run_vis(args) -> int:
     metrics = vis_average_precision(gt, results, checked=True)   # checked above, naming the files
     for name, value in metrics.items():
         print(f"{name:>5}  {value:6.3f}")
-    _write_csv(Path(args.csv) if args.csv else Path(args.pred).with_suffix(".metrics.csv"),
-               list(metrics), [[f"{v:.6f}" for v in metrics.values()]])
+    _write_csv(out, list(metrics), [[f"{v:.6f}" for v in metrics.values()]])
     return 0
 
 
 def _run_mots(args) -> int:
     from vosrt.sdk.instance_metrics import mots_metrics
 
+    out = _csv_path(args, Path(args.pred) / "metrics.csv")
     results = mots_metrics(args.gt, args.pred)
     if not results:
         raise UserError(f"--gt {args.gt}, --pred {args.pred}: no car or pedestrian is annotated or predicted in "
@@ -416,7 +478,7 @@ def _run_mots(args) -> int:
     print(f"{'class':<10}  " + "  ".join(f"{n:>6}" for n in names))
     for cls, values in results.items():
         print(f"{cls:<10}  " + "  ".join(f"{values[n]:6.3f}" for n in names))
-    _write_csv(Path(args.csv) if args.csv else Path(args.pred) / "metrics.csv", ["class"] + names,
+    _write_csv(out, ["class"] + names,
                [[cls] + [f"{v[n]:.6f}" for n in names] for cls, v in results.items()])
     return 0
 
@@ -433,6 +495,7 @@ def run(args) -> int:
     if task == "mots":
         return _run_mots(args)
     pred_root, gt_root = Path(args.pred), Path(args.gt)
+    out = _csv_path(args, pred_root / "metrics.csv")
     scores = evaluate_folders(pred_root, gt_root, skip_first_last=not args.all_frames,
                               unsupervised=task == "unsupervised", progress=not getattr(args, "no_progress", False),
                               only=Path(args.sequences) if getattr(args, "sequences", None) else None)
@@ -451,6 +514,6 @@ def run(args) -> int:
     for seq, obj, *values in rows:
         print(f"{seq:<{width}}  {obj:>6}" + "".join(f"  {v:6.3f}" for v in values[:3])
               + "".join(f"  {v:8.3f}" for v in values[3:]))
-    _write_csv(Path(args.csv) if args.csv else pred_root / "metrics.csv", ["sequence", "object", *columns],
+    _write_csv(out, ["sequence", "object", *columns],
                [(s, o, *(f"{v:.6f}" for v in values)) for s, o, *values in rows])
     return 0 if np.isfinite(total["J&F"]) else 1

@@ -602,6 +602,8 @@ def mots_metrics(gt_folder: str | Path, pred_folder: str | Path, classes=("car",
     with tempfile.TemporaryDirectory() as scratch:
         tracker = Path(scratch) / "trackers" / "vosrt" / "data"
         tracker.mkdir(parents=True)
+        truths = Path(scratch) / "gt"
+        truths.mkdir()
         for s in seqs:
             truth = _read_mots(labels / f"{s}.txt", "--gt")
             predicted = predictions[s]
@@ -613,10 +615,12 @@ def mots_metrics(gt_folder: str | Path, pred_folder: str | Path, classes=("car",
                                 f"pixels, but the ground truth's images are {width}x{height} (width x height); "
                                 "encode masks at the images' own resolution")
             lengths[s] = 1 + max((int(row[0]) for row in truth + predicted), default=-1)
-            # blank lines left out: trackeval cannot read them
+            # both files as _read_mots read them (blank lines left out, fields one space apart): trackeval reads
+            # neither a blank line nor a tab, and refused a ground truth vosrt had taken
             (tracker / f"{s}.txt").write_text("".join(" ".join(row) + "\n" for row in predicted))
+            (truths / f"{s}.txt").write_text("".join(" ".join(row) + "\n" for row in truth))
         dataset = trackeval.datasets.KittiMOTS({
-            "GT_FOLDER": str(labels), "GT_LOC_FORMAT": "{gt_folder}/{seq}.txt",
+            "GT_FOLDER": str(truths), "GT_LOC_FORMAT": "{gt_folder}/{seq}.txt",
             "TRACKERS_FOLDER": str(Path(scratch) / "trackers"), "OUTPUT_FOLDER": str(Path(scratch) / "out"),
             "TRACKERS_TO_EVAL": ["vosrt"], "CLASSES_TO_EVAL": list(classes), "PRINT_CONFIG": False,
             "SEQ_INFO": lengths})

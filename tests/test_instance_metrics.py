@@ -162,6 +162,18 @@ def test_mots_half_missed_track_matches_the_hand_computation(tmp_path):
     assert car == pytest.approx({"HOTA": 0.5, "DetA": 0.5, "AssA": 0.5, "sMOTSA": 0.5, "MOTSA": 0.5, "IDF1": 2 / 3})
 
 
+def test_mots_ground_truth_with_blank_lines_or_tabs_is_read_as_the_predictions_are(tmp_path):
+    # vosrt read such a ground truth, but handed trackeval the file as it was, which refused it ("cannot be read
+    # because it is either not present or invalidly formatted"); the same blank line in --pred was fine
+    gt = {1001: {t: A for t in range(3)}}
+    mots_files(tmp_path / "gt", gt)
+    mots_files(tmp_path / "pred", {5: gt[1001]})
+    text = (tmp_path / "gt" / "0000.txt").read_text()
+    (tmp_path / "gt" / "0000.txt").write_text(text.replace(" ", "\t", 3) + "\n\n")
+    car = mots_metrics(tmp_path / "gt", tmp_path / "pred", classes=("car",))["car"]
+    assert car == pytest.approx({"HOTA": 1.0, "DetA": 1.0, "AssA": 1.0, "sMOTSA": 1.0, "MOTSA": 1.0, "IDF1": 1.0})
+
+
 def test_write_kitti_mots_writes_what_trackeval_reads(tmp_path):
     mots_files(tmp_path / "gt", {1001: {t: A for t in range(3)}})
     frames = [SegmentedFrame(t, label_map((4, A)).astype(np.uint32)) for t in range(3)]

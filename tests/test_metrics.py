@@ -280,6 +280,72 @@ def test_3dc_seg_validation_scores_a_davis2016_clip_as_vosrt_eval_and_davis_2016
     assert validation.j == evaluated.j == [1.0] * 3 and validation.f == evaluated.f == [1.0] * 3
 
 
+def test_vosrt_eval_refuses_ground_truth_ids_beyond_254_instead_of_scoring_thousands_of_absent_objects(tmp_path,
+                                                                                                      capsys):
+    # objects are 1..K of the first frame: 16-bit ids 2001 and 2002 (KITTI-MOTS's instance PNGs) made 2002 objects,
+    # 2000 of them absent and perfect, so an empty prediction scored J&F 0.999; the unsupervised task ran for minutes
+    for t in range(4):
+        gt = np.zeros((40, 40), np.uint16)
+        gt[5:15, 5:15], gt[20:30, 20:30] = 2001, 2002
+        write_label_png(tmp_path / "gt" / "seq" / f"{t:05d}.png", gt)
+        write_label_png(tmp_path / "pred" / "seq" / f"{t:05d}.png", np.zeros((40, 40), np.uint8))
+    for task in ("semi-supervised", "unsupervised"):
+        assert main(["eval", "--task", task, "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 2
+        err = capsys.readouterr().err
+        assert "00000.png: object id(s) 2001, 2002 beyond 254 (a 16-bit PNG)" in err and "--task mots" in err, err
+
+
+def test_vosrt_eval_warns_of_ids_missing_from_the_first_frame_that_the_protocol_scores_as_objects(tmp_path, capsys):
+    for t in range(3):
+        gt = np.zeros((40, 40), np.uint8)
+        gt[5:15, 5:15], gt[20:30, 20:30] = 1, 3                 # no object 2
+        write_label_png(tmp_path / "gt" / f"{t:05d}.png", gt)
+        write_label_png(tmp_path / "pred" / f"{t:05d}.png", gt)
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 0
+    captured = capsys.readouterr()
+    assert "object id(s) 2 of 1..3 are not in the first ground-truth frame (00000.png)" in captured.err
+    assert re.search(r"^gt +2 +1\.000 +1\.000 +1\.000", captured.out, re.M), captured.out   # as davis2017-evaluation
+
+
+def test_vosrt_eval_refuses_the_ground_truth_as_the_predictions(tmp_path, capsys):
+    for t, mask in enumerate(davis2016_clip()):
+        write_label_png(tmp_path / "Annotations" / "480p" / "bear" / f"{t:05d}.png", mask)
+    for pred in (tmp_path / "Annotations" / "480p", tmp_path / "Annotations" / "480p" / "bear"):
+        assert main(["eval", "--pred", str(pred), "--gt", str(tmp_path / "Annotations" / "480p")]) == 2
+        assert "the predictions of bear are --gt's own ground truth" in capsys.readouterr().err
+
+
+def test_vosrt_eval_reads_sequence_lists_as_people_write_them(tmp_path, capsys):
+    # `ls -d */` gives "seqa/", which became one empty name; a path became its parent's name ("480p"); a BOM
+    # (Windows Notepad) stayed in the first name; a comment line was a name
+    for name in ("seqa", "seqb", "seqc"):
+        for t, mask in enumerate(davis2016_clip()):
+            write_label_png(tmp_path / "gt" / name / f"{t:05d}.png", mask)
+            write_label_png(tmp_path / "pred" / name / f"{t:05d}.png", mask)
+    listing = "\ufeff# validation split\nseqa/\r\ndata/Annotations/480p/seqb\n\n"
+    (tmp_path / "list.txt").write_text(listing, encoding="utf-8")
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--sequences",
+                 str(tmp_path / "list.txt")]) == 0
+    sequences = {line.split()[0] for line in capsys.readouterr().out.splitlines()[1:] if " mean " in line}
+    assert sequences == {"seqa", "seqb", "all"}
+    (tmp_path / "davis2016.txt").write_text("/JPEGImages/480p/seqc/00000.jpg /Annotations/480p/seqc/00000.png\n")
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--sequences",
+                 str(tmp_path / "davis2016.txt")]) == 0
+    assert "seqc" in capsys.readouterr().out
+
+
+def test_a_csv_that_cannot_be_written_is_refused_before_any_scoring(tmp_path, capsys):
+    # it was found after the table: minutes into scoring a dataset
+    _write_shifted_square(tmp_path)
+    (tmp_path / "taken").write_text("a file where --csv wants a folder")
+    for csv_path, said in ((tmp_path / "taken" / "m.csv", "taken is a file, not a folder; give --csv FILE in a"),
+                           (tmp_path, "is a folder; give a file name")):
+        assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--csv",
+                     str(csv_path)]) == 2
+        captured = capsys.readouterr()
+        assert said in captured.err and "J&F" not in captured.out, (captured.out, captured.err)
+
+
 def test_vosrt_eval_takes_frames_in_natural_order_to_find_the_first_and_last(tmp_path, capsys):
     # frames 0..10 without zero padding: the last frame is 10.png (not scored); sorted as strings, 9.png came
     # last and 10.png, wrong on purpose here, was scored instead
