@@ -44,7 +44,7 @@ def _commands(tmp: Path) -> dict[str, tuple[list[str], int, str]]:
                         "[train]'"),
         "bench": (["bench", "stcn-lite", "--frames", "2", "--warmup", "0"], 0, "FPS"),
         "demo": (["demo", "--frames", "3", "--out", str(tmp / "demo")], 0, "J&F"),
-        "eval": (["eval", "--pred", str(tmp / "demo" / "masks"), "--gt", str(tmp / "demo" / "masks")], 0, "J&F"),
+        "eval": (["eval", "--pred", str(tmp / "demo" / "masks"), "--gt", str(tmp / "truth")], 0, "J&F"),
         "help": (["--help"], 0, "export"),
     }
 
@@ -73,8 +73,12 @@ def _check(name, result, code, expected):
 
 
 def _run_all(vosrt_command: list[str], tmp_path: Path, env=None):
-    # demo runs before eval (which scores the demo's masks against themselves)
+    # demo runs before eval, which scores the demo's masks against a copy of them (the same folder is refused)
+    import shutil
+
     for name, (arguments, code, expected) in _commands(tmp_path).items():
+        if name == "eval":
+            shutil.copytree(tmp_path / "demo" / "masks", tmp_path / "truth")
         result = subprocess.run(vosrt_command + arguments, capture_output=True, text=True, cwd=tmp_path,
                                 env=env, timeout=600)
         _check(name, result, code, expected)
