@@ -448,11 +448,14 @@ def run(args) -> int:
     finally:
         session.close()
     done = stats.frames
-    if done == 0 and not source.stopped_early:
+    if done == 0:
         discard_empty_outputs()
-        raise UserError(f"--source {args.source}: no frame could be read from it; nothing was written")
+        if not source.stopped_early:
+            raise UserError(f"--source {args.source}: no frame could be read from it; nothing was written")
+    # a source that stopped before its first frame (said below) has no PNGs or video to point to
     print(f"{done} frames in {stats.seconds:.2f} s ({done / max(stats.seconds, 1e-9):.1f} FPS)"
-          + (f"; PNGs in {args.out}" if args.out else "") + (f"; video {args.video}" if args.video else "")
+          + (f"; PNGs in {args.out}" if args.out and done else "") + (f"; video {args.video}" if args.video and done
+                                                                      else "")
           + (f"; video {args.video_id}'s tracks in {args.vis}" if args.vis else "")
           + (f"; tracks in {args.mots}" if args.mots else ""))
     skipped = [getattr(p, "name", f"frame {p}") for p in getattr(source, "skipped", [])]
@@ -474,9 +477,12 @@ def run(args) -> int:
               f"with --max-frames {vis_writer.slots - vis_writer.unlisted}", file=sys.stderr)
     if vis_writer is not None and (skipped or stats.refused):
         if vis_writer.slots > done:
-            print(f"note: --vis {args.vis}: the {vis_writer.slots - done} skipped frame(s) are null (no "
-                  f"prediction) in video {args.video_id}'s segmentations, which keep one entry per frame",
-                  file=sys.stderr)
+            # the frames after --max-frames are null too, but were not skipped
+            missed = len(skipped) + stats.refused
+            after = vis_writer.slots - done - missed
+            print(f"note: --vis {args.vis}: the {vis_writer.slots - done} frame(s) without a prediction ({missed} "
+                  f"skipped" + (f", {after} after --max-frames" if after > 0 and args.max_frames else "") + ") are "
+                  f"null in video {args.video_id}'s segmentations, which keep one entry per frame", file=sys.stderr)
         else:
             print(f"warning: --vis {args.vis}: the skipped frames have no slot in video {args.video_id}'s "
                   "segmentations, which are then shorter than the video (vosrt eval refuses that); repair those "
@@ -490,6 +496,7 @@ def run(args) -> int:
             source.frames_read + len(source.skipped) >= promised:
         return 0   # read to its last frame: complete (the end of a stream counts as stopping early)
     if source.stopped_early:
-        print(f"warning: {source.problem}; the {done} frames before it were kept", file=sys.stderr)
+        print(f"warning: {source.problem}; " + (f"the {done} frames before it were kept" if done else
+                                                 "nothing was written"), file=sys.stderr)
         return 1
     return 0

@@ -427,6 +427,32 @@ def test_a_stream_that_hangs_mid_way_ends_after_the_stream_timeout_with_the_fram
     assert 1 <= len(list((tmp_path / "out").glob("*.png"))) <= 6     # the frames before it hung are kept
 
 
+def test_a_video_that_stops_before_its_first_frame_claims_no_outputs_and_leaves_no_empty_folder(tmp_path, capsys):
+    # it printed "0 frames in 0.00 s; PNGs in out; video overlay.mp4" and "the 0 frames before it were kept", and
+    # left the empty --out folder behind
+    writer = cv2.VideoWriter(str(tmp_path / "whole.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 20, (W, H))
+    for t in range(10):
+        writer.write(_frame(t))
+    writer.release()
+    whole = (tmp_path / "whole.avi").read_bytes()
+    for cut in range(len(whole) // 2, len(whole), 50):   # the header, and too little of the first frame to decode
+        (tmp_path / "cut.avi").write_bytes(whole[:cut])
+        capture = cv2.VideoCapture(str(tmp_path / "cut.avi"))
+        if capture.isOpened() and not capture.read()[0]:
+            capture.release()
+            break
+        capture.release()
+    else:
+        pytest.skip("no cut of this AVI opens without a frame to read")
+    write_label_png(tmp_path / "mask.png", _mask())
+    assert main(["run", PACKAGE, "--source", str(tmp_path / "cut.avi"), "--mask", str(tmp_path / "mask.png"),
+                 "--out", str(tmp_path / "out"), "--video", str(tmp_path / "overlay.mp4"), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "0 frames in" in captured.out and "PNGs in" not in captured.out and "video " not in captured.out
+    assert "stopped after 0 frames of 10; nothing was written" in captured.err, captured.err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "overlay.mp4").exists()
+
+
 def test_a_file_served_over_http_is_no_live_source_and_every_frame_of_it_is_segmented(tmp_path, capsys):
     with http_camera(tmp_path, frames=12) as url:
         source = open_source(url)

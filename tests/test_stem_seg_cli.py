@@ -155,6 +155,21 @@ def test_vis_finds_the_video_id_and_its_frames_in_the_dataset_json(colour_packag
     assert "holds 1 image(s) it does not list (99999)" in capsys.readouterr().err
 
 
+def test_vis_note_tells_skipped_frames_from_those_after_max_frames(colour_package, tmp_path, capsys):
+    # it called every null slot skipped: "the 4 skipped frame(s) are null" for one unreadable frame and three
+    # that --max-frames left out
+    frames, _ = scene(8, {"red": (0, 7, 4, 0, 2)})
+    folder = tmp_path / "JPEGImages" / "0b6db1c6fd"
+    _write_frames(folder, frames)
+    (folder / "00002.png").write_bytes(b"not an image")
+    listed = [f"0b6db1c6fd/{t:05d}.jpg" for t in range(8)]
+    (tmp_path / "valid.json").write_text(json.dumps({"videos": [{"id": 3, "file_names": listed, "length": 8}]}))
+    assert main(["run", str(colour_package), "--source", str(folder), "--no-progress", "--max-frames", "4",
+                 "--vis", str(tmp_path / "results.json"), "--videos", str(tmp_path / "valid.json")]) == 0
+    err = capsys.readouterr().err
+    assert "the 4 frame(s) without a prediction (1 skipped, 3 after --max-frames) are null" in err, err
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--vis", "r.json"], "--vis: needs the video's id in the dataset: --videos valid.json .* or --video-id N"),
     (["--vis", "r.json", "--videos", "dataset.json", "--video-id", "3"], "--video-id and --videos both name the video"),
