@@ -199,6 +199,12 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
     held = held_manifest(out_dir)
     if held is not None and not held.get("quantization"):   # an fp32 package, or one that cannot be read
         refuse_replacing(out_dir, held, "writing the INT8 package")
+    if held is None:   # a folder that is no package: the files the copy keeps would replace the user's own
+        taken = [name for name in _copied_files(src) if (out_dir / name).exists() or (out_dir / name).is_symlink()]
+        if taken:
+            raise UserError(f"--out {out_dir} holds {' and '.join(taken)}, which the INT8 package would replace with "
+                            f"the source package's; give another --out folder (created if missing), or move "
+                            f"{'them' if len(taken) > 1 else 'it'} away")
     if not frames:
         raise UserError("the calibration source gave no frames")
     quantization = src.quantization
@@ -269,6 +275,17 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
     return out_dir
 
 
+def _copied_files(src) -> list[str]:
+    """The files of package ``src`` its INT8 copy keeps, relative to it: the torch backend's weights (the checkpoint
+    the manifest records, when it lies in the package; one elsewhere is recorded by its absolute path) and the
+    training record."""
+    source_dir = Path(src.path).resolve()
+    extras = {"weights.pt", "training.json"}
+    if src.checkpoint is not None and src.checkpoint.resolve().is_relative_to(source_dir):
+        extras.add(str(src.checkpoint.resolve().relative_to(source_dir)))
+    return sorted(extra for extra in extras if (source_dir / extra).is_file())
+
+
 def _write_int8_files(src, samples: dict, calibration: dict, work: Path,
                       say: Callable[[str], None]) -> tuple[list[str], dict]:
     """Quantize every graph of ``src`` into the folder ``work`` and copy the files the INT8 package keeps
@@ -297,17 +314,11 @@ def _write_int8_files(src, samples: dict, calibration: dict, work: Path,
                 manifest["graphs"][graph]["plugin"] = plugin_name
                 report[graph]["plugin_form"] = True
         table.unlink()
-    # The torch backend's weights (the checkpoint the manifest records, when it lies in the package; one
-    # elsewhere is recorded by its absolute path) and the training record.
     source_dir = Path(src.path).resolve()
-    extras = {"weights.pt", "training.json"}
-    if src.checkpoint is not None and src.checkpoint.resolve().is_relative_to(source_dir):
-        extras.add(str(src.checkpoint.resolve().relative_to(source_dir)))
-    for extra in sorted(extras):
-        if (source_dir / extra).is_file():
-            (work / extra).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source_dir / extra, work / extra)
-            files.append(extra)
+    for extra in _copied_files(src):
+        (work / extra).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source_dir / extra, work / extra)
+        files.append(extra)
     manifest.pop("engines", None)
     manifest["quantization"] = {"method": "onnxruntime static QDQ, int8 per-channel weights, uint8 activations",
                                 "calibration": calibration,

@@ -389,6 +389,23 @@ def test_an_out_holding_an_fp32_package_is_refused_and_left_as_it_was(calibratio
     assert load_package(int8).quantization["calibration"]["frames"] == 3
 
 
+def test_an_out_folder_holding_a_weights_file_of_the_user_s_is_refused_before_calibrating(calibration, tmp_path,
+                                                                                          capsys):
+    # quantize put the source package's weights.pt (and training.json) over the user's own without a word, where
+    # vosrt export --random-weights refuses
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "training.json").write_text('{"my": "training record"}')
+    (mine / "checkpoint.pth").write_bytes(b"my trained weights")
+    assert main(["quantize", str(demo_package("stcn")), "--calibrate", str(calibration), "--frames", "3", "--out",
+                 str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert (f"--out {mine} holds checkpoint.pth and training.json, which the INT8 package would replace" in err
+            and "calibrating" not in err), err
+    assert sorted(p.name for p in mine.iterdir()) == ["checkpoint.pth", "training.json"]
+    assert (mine / "checkpoint.pth").read_bytes() == b"my trained weights"
+
+
 def test_the_quantize_an_int8_package_suggests_keeps_the_mask_a_plain_folder_needs(tmp_path, capsys):
     # The suggested `vosrt quantize FP32 --calibrate SRC --out OUT` left out --mask: run as printed, it was refused
     # for a calibration folder without annotations ("--mask: stcn packages are calibrated by tracking objects").
