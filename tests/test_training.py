@@ -278,6 +278,20 @@ def test_resume_without_a_checkpoint_is_a_user_error(data_dir, tmp_path):
         train([data_dir], tmp_path / "empty", tiny_config(), resume=True, progress=False)
 
 
+def test_a_new_run_into_a_folder_holding_a_config_json_of_the_user_s_is_refused(data_dir, tmp_path):
+    # only a folder holding last.pth was refused: a config.json of the user's there was replaced by the run's
+    out = tmp_path / "experiment"
+    out.mkdir()
+    (out / "config.json").write_text('{"lr": 0.5}\n')
+    with pytest.raises(UserError, match=r"holds a config.json that is not a vosrt train run's"):
+        train([data_dir], out, tiny_config(iterations=1), progress=False)
+    assert (out / "config.json").read_text() == '{"lr": 0.5}\n' and sorted(p.name for p in out.iterdir()) == ["config.json"]
+    # a run's own config.json (one that stopped before its first checkpoint) is taken over by the new run
+    (out / "config.json").write_text(json.dumps(tiny_config(iterations=5).to_dict()))
+    train([data_dir], out, tiny_config(iterations=1), progress=False)
+    assert json.loads((out / "config.json").read_text())["iterations"] == 1 and (out / "last.pth").is_file()
+
+
 def test_config_file_overrides_defaults_and_rejects_unknown_options(tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"lr": 0.5, "size": [64, 96]}))

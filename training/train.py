@@ -563,6 +563,11 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
         # a new run would write over the old one's last.pth, config.json and logs
         raise UserError(f"--out {out} already holds a training run ({checkpoint_path}); continue it with --resume, "
                         f"or give another --out folder to start a new run")
+    if payload is None and (out / "config.json").exists() and not _is_run_config(out / "config.json"):
+        # a new run writes its configuration to that name: a file of the user's was replaced without a word
+        raise UserError(f"--out {out} holds a config.json that is not a vosrt train run's, and a run writes its "
+                        f"configuration to that name; give another --out folder (created if missing), or move the "
+                        f"file away (a --config file is read from wherever it is)")
     if payload is not None:
         check_resumed_data(payload, data, out)
         for old, new in moved_data(payload, data) if ctx.rank == 0 else ():
@@ -788,6 +793,16 @@ def _lock_run(out: Path, resume: bool):
 def _unwritable_run_folder(out: Path, err: OSError) -> UserError:
     return UserError(f"--out {out}: cannot write the run folder ({err.strerror or err}: {err.filename}); give a "
                      f"folder you can write, on a disk with room for the checkpoints")
+
+
+def _is_run_config(path: Path) -> bool:
+    """Whether ``path`` is a run's ``config.json`` as :func:`_write_run_config` writes it (an earlier run in the folder
+    that stopped before its first checkpoint), not a file of the user's."""
+    try:
+        written = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(written, dict) and {"model", "model_overrides", "iterations"} <= set(written)
 
 
 def _write_run_config(out: Path, config: TrainConfig) -> None:
