@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -662,6 +663,13 @@ def test_an_init_file_that_is_not_weights_is_a_one_line_error_naming_init_and_th
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith(f"error: --init: {path}") and message in err, err
         assert "weights_only" not in err and "Python objects" not in err
+    # a package's or a run's folder was "file not found", of a folder that is there
+    shipped = Path(__file__).resolve().parents[1] / "sdk" / "models" / "stcn-lite"
+    for folder, hint in ((shipped, f"give the checkpoint in it: --init {shipped / 'checkpoint.pth'}"),
+                         (tmp_path, "give a checkpoint file (a run's last.pth")):
+        assert main(["train", "stcn-lite", "--init", str(folder), "--out", str(tmp_path / "run"), *common]) == 2
+        err = capsys.readouterr().err
+        assert f"error: --init {folder} is a folder, not a checkpoint file; {hint}" in err, err
     assert not (tmp_path / "run" / "last.pth").exists()
 
 

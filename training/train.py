@@ -507,6 +507,11 @@ def _init_weights(model: nn.Module, path: str | Path, family: str) -> None:
     """Whole-model weights (vosrt checkpoint, published state_dict) or what the family's recipe reads
     itself (3dc-seg: ir-CSN backbone weights for the encoder alone)."""
     path = Path(path)
+    if path.is_dir():   # it said "file not found" of a folder that is there: a package's, a run's
+        inside = [path / name for name in (CHECKPOINT_NAME, "checkpoint.pth", "weights.pt") if (path / name).is_file()]
+        hint = (f"give the checkpoint in it: --init {inside[0]}" if inside else
+                "give a checkpoint file (a run's last.pth, a package's weights, a published .pth)")
+        raise UserError(f"--init {path} is a folder, not a checkpoint file; {hint}")
     if not path.is_file():
         raise UserError(f"--init: file not found: {path}")
     try:
