@@ -586,7 +586,19 @@ def _opens_for_streaming(package) -> None:
     the streaming settings) hold for a package that passes ``vosrt check``."""
     from vosrt.sdk import load
 
-    load(package.path, backend="onnxruntime", form="portable", threads=1).close()
+    try:
+        load(package.path, backend="onnxruntime", form="portable", threads=1).close()
+    except UserError as err:   # a damaged graph file said only what ONNX Runtime said
+        if not str(err).startswith("ONNX Runtime cannot open"):
+            raise
+        raise UserError(f"{err}; the file is damaged or not a graph: {_redo(package)}") from None
+
+
+def _redo(package) -> str:
+    """How to write ``package``'s graph files again: the `vosrt export` command, from the checkpoint it records."""
+    from vosrt.export.trt_build import reexport_command
+
+    return f"write the graphs again with `{reexport_command(package)}`"
 
 
 def _open_graph(package, graph: str, path, model_path, options, spec, inputs):
@@ -595,7 +607,7 @@ def _open_graph(package, graph: str, path, model_path, options, spec, inputs):
     graph the check feeds: inputs that differ, or fixed sizes other than the manifest's."""
     import onnxruntime as ort
 
-    redo = "re-export the package with `vosrt export`"
+    redo = _redo(package)
     try:
         session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # ORT raises its own exception types (InvalidProtobuf, Fail, ...)
