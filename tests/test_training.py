@@ -293,6 +293,35 @@ def test_a_new_run_into_a_folder_holding_a_config_json_of_the_user_s_is_refused(
     assert json.loads((out / "config.json").read_text())["iterations"] == 1 and (out / "last.pth").is_file()
 
 
+def test_generated_with_dataset_folders_or_beside_a_folder_of_that_name_is_said(data_dir, tmp_path, capsys,
+                                                                               monkeypatch):
+    # `--data generated davis` said "dataset folder not found: generated"; with a dataset folder named generated in
+    # the working folder, `--data generated` trained on generated clips and never read it, without a word
+    with pytest.raises(UserError, match=r"^--data: 'generated' \(clips generated on the fly\) is given alone, not "
+                                        r"with dataset folders; for a folder named generated, give ./generated$"):
+        build_dataset(tiny_config(), ["generated", data_dir])
+    monkeypatch.chdir(tmp_path)
+    build_dataset(tiny_config(), ["generated"])
+    assert "note:" not in capsys.readouterr().err
+    (tmp_path / "generated").mkdir()
+    build_dataset(tiny_config(), ["generated"])
+    assert ("note: --data generated trains on clips generated on the fly, not on the folder ./generated here; give "
+            "--data ./generated to train on that folder") in capsys.readouterr().err
+
+
+def test_davis_at_full_resolution_is_named_with_the_set_training_reads(data_dir, tmp_path):
+    # its JPEGImages/Full-Resolution was taken for a YouTube-VOS video: "no annotated videos found (looked in
+    # ROOT/Annotations)"
+    import shutil
+
+    full = tmp_path / "DAVIS"
+    for kind in ("JPEGImages", "Annotations"):
+        shutil.copytree(data_dir / kind / "480p", full / kind / "Full-Resolution")
+    with pytest.raises(UserError, match=r"DAVIS: holds DAVIS at Full-Resolution \(JPEGImages/Full-Resolution\), but "
+                                        r"training reads its 480p frames .*DAVIS-2017-trainval-480p\.zip"):
+        build_dataset(tiny_config(), [full])
+
+
 def test_config_file_overrides_defaults_and_rejects_unknown_options(tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"lr": 0.5, "size": [64, 96]}))

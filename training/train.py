@@ -397,6 +397,13 @@ def build_dataset(config: TrainConfig, data: list[str | Path]):
     (or, for STCN main training, ``["generated"]``: clips generated on the fly)."""
     if not data:
         raise UserError("--data: give at least one dataset folder")
+    if GENERATED in map(str, data) and len(data) > 1:   # it said "dataset folder not found: generated"
+        raise UserError(f"--data: '{GENERATED}' (clips generated on the fly) is given alone, not with dataset folders; "
+                        f"for a folder named {GENERATED}, give ./{GENERATED}")
+    if _generated(data) and Path(GENERATED).is_dir():
+        # the word names the generated clips: a dataset folder of that name here was never read, without a word
+        print(f"note: --data {GENERATED} trains on clips generated on the fly, not on the folder ./{GENERATED} here; "
+              f"give --data ./{GENERATED} to train on that folder", file=sys.stderr, flush=True)
     # said here, naming the flag: the folder reader's own "dataset folder not found" did not say where it came from
     missing = [str(d) for d in data if str(d) != GENERATED and not Path(d).exists()]
     if missing:

@@ -81,6 +81,13 @@ class VideoFolder:
                     raise UserError(f"{root}: holds {UNSUPERVISED_ANNOTATIONS}/{resolution} (the annotations of "
                                     f"DAVIS's unsupervised task) but no Annotations/{resolution}, which semi-"
                                     f"supervised training reads (the masks of DAVIS-2017-trainval-{resolution}.zip)")
+        elif (root / "JPEGImages" / "Full-Resolution").is_dir() and resolution != "Full-Resolution":
+            # DAVIS's Full-Resolution zip: its resolution folder was taken for a YouTube-VOS video, and the run
+            # stopped with "no annotated videos found (looked in ROOT/Annotations)"
+            raise UserError(f"{root}: holds DAVIS at Full-Resolution (JPEGImages/Full-Resolution), but training reads "
+                            f"its {resolution} frames (JPEGImages/{resolution}, Annotations/{resolution}: the "
+                            f"DAVIS-2017-trainval-{resolution}.zip set, which the published models train on); unpack "
+                            f"that set into {root} or give its folder to --data")
         elif (root / "JPEGImages").is_dir():
             self.layout = "youtube-vos"
             self.image_root = root / "JPEGImages"
