@@ -297,8 +297,9 @@ def test_generated_with_dataset_folders_or_beside_a_folder_of_that_name_is_said(
                                                                                monkeypatch):
     # `--data generated davis` said "dataset folder not found: generated"; with a dataset folder named generated in
     # the working folder, `--data generated` trained on generated clips and never read it, without a word
-    with pytest.raises(UserError, match=r"^--data: 'generated' \(clips generated on the fly\) is given alone, not "
-                                        r"with dataset folders; for a folder named generated, give ./generated$"):
+    with pytest.raises(UserError, match=r"^--data: generated trains alone \(clips generated on the fly, not combined "
+                                        r"with dataset folders\); give --data generated only, or ./generated for a "
+                                        r"folder of that name$"):
         build_dataset(tiny_config(), ["generated", data_dir])
     monkeypatch.chdir(tmp_path)
     build_dataset(tiny_config(), ["generated"])
@@ -317,7 +318,7 @@ def test_davis_at_full_resolution_is_named_with_the_set_training_reads(data_dir,
     full = tmp_path / "DAVIS"
     for kind in ("JPEGImages", "Annotations"):
         shutil.copytree(data_dir / kind / "480p", full / kind / "Full-Resolution")
-    with pytest.raises(UserError, match=r"DAVIS: holds DAVIS at Full-Resolution \(JPEGImages/Full-Resolution\), but "
+    with pytest.raises(UserError, match=r"^--data .*DAVIS: holds DAVIS at Full-Resolution \(JPEGImages/Full-Resolution\), but "
                                         r"training reads its 480p frames .*DAVIS-2017-trainval-480p\.zip"):
         build_dataset(tiny_config(), [full])
 

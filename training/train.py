@@ -398,8 +398,8 @@ def build_dataset(config: TrainConfig, data: list[str | Path]):
     if not data:
         raise UserError("--data: give at least one dataset folder")
     if GENERATED in map(str, data) and len(data) > 1:   # it said "dataset folder not found: generated"
-        raise UserError(f"--data: '{GENERATED}' (clips generated on the fly) is given alone, not with dataset folders; "
-                        f"for a folder named {GENERATED}, give ./{GENERATED}")
+        raise UserError(f"--data: {GENERATED} trains alone (clips generated on the fly, not combined with dataset "
+                        f"folders); give --data {GENERATED} only, or ./{GENERATED} for a folder of that name")
     if _generated(data) and Path(GENERATED).is_dir():
         # the word names the generated clips: a dataset folder of that name here was never read, without a word
         print(f"note: --data {GENERATED} trains on clips generated on the fly, not on the folder ./{GENERATED} here; "

@@ -55,7 +55,10 @@ def _folders(paths, task: str = "semi-supervised") -> list[VideoFolder]:
     for path in paths:
         path = Path(path)
         split = "train" if split_list(path, "train") is not None or (path / "train" / "JPEGImages").is_dir() else None
-        folders.append(VideoFolder(path, split=split, task=task))
+        try:
+            folders.append(VideoFolder(path, split=split, task=task))
+        except UserError as err:   # the folder's faults, said of the flag that gave it
+            raise UserError(f"--data {err}" if not str(err).startswith("--") else str(err)) from None
     return folders
 
 
