@@ -141,18 +141,25 @@ class Letterbox:
         """A frame-size label map -> package size (nearest neighbour; padding is background).
 
         No id is lost: an object too small to be sampled (under one package pixel) keeps the package pixel
-        that most of its pixels fall in. Dropped, it would be tracked from an empty mask and never found,
+        that most of its pixels fall in, or, where that pixel is another object's only one, the next of its pixels
+        that is not, else the nearest such pixel. Dropped, it would be tracked from an empty mask and never found,
         while the frame it was given on showed it."""
         if self.identity:
             return labels
         top, left, h, w = self.inner
         small = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
         if h < labels.shape[0] or w < labels.shape[1]:
-            lost = np.setdiff1d(np.unique(labels), np.unique(small))
-            for obj in lost[lost != 0]:
+            ids, counts = np.unique(small, return_counts=True)
+            held = dict(zip(ids.tolist(), counts.tolist()))          # package pixels of each id
+            lost = np.setdiff1d(np.unique(labels), ids)
+            for obj in lost[lost != 0].tolist():
                 ys, xs = np.nonzero(labels == obj)
-                cells = (ys * h // labels.shape[0]) * w + xs * w // labels.shape[1]
-                small.flat[np.bincount(cells).argmax()] = obj
+                cells = np.bincount((ys * h // labels.shape[0]) * w + xs * w // labels.shape[1])
+                cell = _free_cell(small, held, np.argsort(-cells, kind="stable")[:np.count_nonzero(cells)])
+                owner = int(small.flat[cell])
+                held[owner] -= 1
+                small.flat[cell] = obj
+                held[obj] = 1
         canvas = np.zeros(self.dst, np.uint8)
         canvas[top:top + h, left:left + w] = small
         return canvas
@@ -173,3 +180,24 @@ class Letterbox:
         return np.stack([cv2.resize(np.ascontiguousarray(p[top:top + h, left:left + w]),
                                     (self.src[1], self.src[0]), interpolation=cv2.INTER_LINEAR)
                          for p in prob]) if len(prob) else np.zeros((0, *self.src), np.float32)
+
+
+def _free_cell(small: np.ndarray, held: dict, cells: np.ndarray) -> int:
+    """The first of ``cells`` (flat indices of ``small``, best first) that is background or one of several pixels of
+    its object, so that taking it loses no id; where every one is another object's only pixel, the nearest pixel that
+    is such (rings around the first cell, row by row). ``held``: the pixels of each id in ``small``."""
+    def free(cell) -> bool:
+        owner = int(small.flat[cell])
+        return owner == 0 or held.get(owner, 0) > 1
+
+    for cell in cells.tolist():
+        if free(cell):
+            return cell
+    h, w = small.shape
+    y0, x0 = divmod(int(cells[0]), w)
+    for radius in range(1, max(h, w)):
+        for y in range(max(0, y0 - radius), min(h, y0 + radius + 1)):
+            for x in range(max(0, x0 - radius), min(w, x0 + radius + 1)):
+                if max(abs(y - y0), abs(x - x0)) == radius and free(y * w + x):
+                    return y * w + x
+    return int(cells[0])   # more ids than package pixels: one is lost whatever is done

@@ -110,6 +110,22 @@ def test_an_object_under_one_package_pixel_keeps_the_pixel_it_falls_in():
     assert np.count_nonzero(down == 1) == np.count_nonzero(box.labels(np.where(frame_map == 1, 1, 0).astype(np.uint8)))
 
 
+def test_small_objects_that_share_a_package_pixel_each_keep_one():
+    # two 3x3 objects side by side on a 1080p frame fall in one package pixel of 128x224: the one put back took the
+    # other's only pixel, which was then tracked from an empty mask, unsaid; two unsampled objects in one pixel too
+    box = Letterbox((1080, 1920), (128, 224))
+    frame_map = np.zeros((1080, 1920), np.uint8)
+    frame_map[500:503, 900:903] = 1
+    frame_map[500:503, 903:906] = 2
+    frame_map[700:702, 1200:1202] = 3                    # 2x2 pixels, between samples
+    frame_map[700:702, 1202:1204] = 4                    # beside it, the same package pixel
+    down = box.labels(frame_map)
+    counts = {i: int(np.count_nonzero(down == i)) for i in (1, 2, 3, 4)}
+    assert counts == {1: 1, 2: 1, 3: 1, 4: 1}, counts
+    near = {i: np.argwhere(down == i)[0] for i in (1, 2, 3, 4)}
+    assert np.abs(near[1] - near[2]).max() <= 1 and np.abs(near[3] - near[4]).max() <= 1   # next to each other
+
+
 # ------------------------------------------------------------------------------------------ tracker
 
 def test_a_newly_given_object_s_mask_takes_its_pixels_from_the_old_objects(stcn_package):
