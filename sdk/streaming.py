@@ -46,12 +46,14 @@ class StreamStats:
     end, ``seconds_after_first`` from the end of the first push (the first frame carries one-off
     costs: the first masks, lazy allocations), ``pushed`` frames the session took, ``refused`` frames the
     session refused (skipped), ``skipped`` the first :data:`SKIPPED_KEPT` of them as ``(source position,
-    reason)`` (bounded: a camera stream may run for days)."""
+    reason)`` (bounded: a camera stream may run for days), ``unapplied`` the frame positions of ``masks`` the
+    stream ended before (the source was shorter, or ``max_frames`` stopped it; said in a warning too)."""
 
     frames: int = 0
     pushed: int = 0
     refused: int = 0
     skipped: list = field(default_factory=list)
+    unapplied: list = field(default_factory=list)   # keys of ``masks`` whose frame the stream never reached
     seconds: float = 0.0
     seconds_after_first: float = 0.0
     results: list = field(default_factory=list)   # finished SegmentedFrames, when keep_results=True
@@ -181,6 +183,14 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
                 after_first = time.perf_counter()
         if flush:
             deliver(session.flush())
+        if unreached:
+            # their objects were never given: a tracker gave background for them, without a word
+            stats.unapplied = list(unreached)
+            shown = ", ".join(map(str, unreached[:5])) + (", ..." if len(unreached) > 5 else "")
+            why = (f"max_frames {max_frames} stopped it" if max_frames is not None and stats.pushed + stats.refused
+                   >= max_frames else "the source ended")
+            print(f"warning: masks: the stream ended before frame(s) {shown} ({why} after {stats.pushed + stats.refused}"
+                  f" frame(s)), so their masks were never applied", file=sys.stderr, flush=True)
     except BaseException:
         if flush:
             _drop_stream(session)

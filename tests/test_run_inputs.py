@@ -507,3 +507,22 @@ def test_stream_masks_are_keyed_by_source_position_past_a_skipped_frame_and_one_
     seen.clear()
     stream(tracker, open_source(str(video)), [sink], masks={0: _mask(), 2: second})
     assert seen["00002"] == [0, 1, 2] and list(seen) == ["00000", "00002", "00003", "00004"]
+
+
+def test_a_mask_keyed_to_a_frame_the_stream_never_reaches_is_said(capsys):
+    # masks={30: m} on a 12-frame source, or {8: m} with max_frames=5, ran the whole stream as background without a
+    # word, where a key of the wrong kind is refused for that very reason
+    import vosrt.sdk
+    from vosrt.sdk.streaming import stream
+
+    frames = [_frame(t) for t in range(6)]
+    tracker = vosrt.sdk.load(PACKAGE)
+    stats = stream(tracker, frames, masks={30: _mask()})
+    assert stats.unapplied == [30] and stats.frames == 6
+    assert ("warning: masks: the stream ended before frame(s) 30 (the source ended after 6 frame(s)), so their masks "
+            "were never applied") in capsys.readouterr().err
+    stats = stream(tracker, frames, masks={0: _mask(), 4: _mask(4)}, max_frames=3)
+    assert stats.unapplied == [4]
+    assert "frame(s) 4 (max_frames 3 stopped it after 3 frame(s))" in capsys.readouterr().err
+    stats = stream(tracker, frames, masks={0: _mask()})
+    assert stats.unapplied == [] and "warning" not in capsys.readouterr().err
