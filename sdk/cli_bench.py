@@ -76,8 +76,14 @@ def bench(package, backend_name: str, frames: int, warmup: int | None, options: 
     from vosrt.sdk.streaming import stream
     from vosrt.sdk.synthetic import generate_sequence
 
+    from vosrt.sdk import families
+
     timed = TimedBackend(open_backend(package, backend_name, **options))
-    session = open_session(timed, package, color="rgb")  # checks the package's resolution against its graphs
+    settings = {"color": "rgb"}
+    if families.get(package.family).takes_mask and objects > package.streaming.get("max_objects", objects):
+        # more objects than the package's default cap (32): a session that takes them, as --max-objects gives run
+        settings["max_objects"] = objects
+    session = open_session(timed, package, **settings)  # checks the package's resolution against its graphs
     if warmup is None:
         warmup = max(5, session.latency + 1)
     sequence = generate_sequence(0, num_frames=min(frames + warmup, 40), height=package.height,

@@ -233,6 +233,14 @@ def test_more_objects_than_a_small_frame_shows_are_said_to_hide_each_other(stcn_
                         f"32x32 (the others hide behind them), so {tracked} are tracked")
 
 
+def test_more_objects_than_the_package_s_default_cap_are_timed(capsys):
+    # the session kept the package's cap of 32, so --objects 40 stopped mid-run with "more than this session's limit
+    # of 32 (vosrt run: --max-objects 33 ...)", a flag bench has not
+    assert main(["bench", "stcn-lite", "--frames", "1", "--warmup", "1", "--objects", "40"]) == 0
+    tracked = int(capsys.readouterr().out.splitlines()[0].rsplit(", ", 1)[1].split()[0])
+    assert tracked > 32, tracked
+
+
 @pytest.mark.parametrize("count", ["0", "256"])
 def test_an_object_count_out_of_range_is_refused_naming_objects(stcn_package, capsys, count):
     assert main(["bench", str(stcn_package), "--frames", "2", "--objects", count]) == 2
