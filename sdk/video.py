@@ -530,6 +530,9 @@ class OverlayVideoSink:
             self.writer = cv2.VideoWriter(str(self.path), fourcc, float(self.fps), (width, height))
             if not self.writer.isOpened():
                 self.writer = None
+                if not self.path.parent.is_dir():   # made when the sink was, and gone since: said as such
+                    raise UserError(f"--video: {self.path}: its folder {self.path.parent} was removed while the video "
+                                    f"was written; keep the folder while it records")
                 raise UserError(f"--video: OpenCV cannot open a writer for {self.path} at {self.fps:g} FPS with "
                                 f"{frame.shape[1]}x{frame.shape[0]} frames")
             self.size = frame.shape[:2]
@@ -560,6 +563,9 @@ class OverlayVideoSink:
             capture.release()
         # (one more than counted: a stop signal landed between a frame's write and its count)
         if held < self.written:
+            if not self.path.parent.is_dir():   # not a full disk: said as what happened
+                raise UserError(f"--video: {self.path}: its folder {self.path.parent} was removed while the video was "
+                                f"written, so its {self.written} frames are lost; keep the folder while it records")
             raise UserError(f"--video: {self.path} is incomplete: {self.written} frames were written but the file "
                             f"holds {max(held, 0)} (a full disk or a file size limit?); free space and run again")
 

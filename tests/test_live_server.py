@@ -110,6 +110,49 @@ def test_recording_switched_on_and_off_quickly_neither_crashes_nor_reuses_a_name
     assert {p.name for p in saved.glob("*.mp4")} <= set(names)
 
 
+def test_careless_record_and_select_requests_are_refused_or_said_as_they_are(looping):
+    _, page, saved = looping
+    # "false" as a string was true: a recording started
+    code, reply = _request(page + "api/record", b'{"on": "false"}')
+    assert code == 400 and b"'on' takes true or false" in reply, reply
+    assert not _state(page)["recording"]
+    # a box off the frame, or of no size, was answered ok with an id that was never tracked
+    for box in (b"[1000, 1000, 10, 10]", b"[10, 10, 0, 0]", b"[40, 30, -30, -20]"):
+        code, reply = _request(page + "api/select", b'{"box": ' + box + b"}")
+        assert code == 400 and "lie inside the 128\u00d796 frame" in json.loads(reply)["error"], reply
+    # a recording stopped before any frame came said "saved NAME (0 frames)" of a file never made
+    assert _request(page + "api/pause", b"{}")[0] == 200
+    try:
+        code, reply = _request(page + "api/record", b'{"on": true}')
+        assert code == 200, reply
+        name = json.loads(reply)["file"]
+        code, reply = _request(page + "api/record", b'{"on": false}')
+        assert code == 200 and json.loads(reply)["file"] is None, reply
+        assert _state(page)["message"] == "nothing recorded: no frame came while the recording was on"
+        assert not (saved / name).exists()
+    finally:
+        _request(page + "api/resume", b"{}")
+
+
+def test_a_recording_whose_folder_is_removed_is_said_so_and_not_listed_at_exit(own_viewer):
+    # it said "--video: ... is incomplete ... (a full disk or a file size limit?)", of a flag not given, and the
+    # broken file was listed at exit as a recording made
+    import shutil
+
+    process, page, saved = own_viewer
+    code, reply = _request(page + "api/record", b'{"on": true}')
+    assert code == 200, reply
+    before = _state(page)["frames"]
+    _wait(lambda: _state(page)["frames"] >= before + 3, timeout=30)
+    shutil.rmtree(saved)
+    code, reply = _request(page + "api/record", b'{"on": false}')
+    error = json.loads(reply)["error"]
+    assert code == 400 and error.startswith("--save-dir: ") and "was removed while the video was" in error, reply
+    process.send_signal(signal.SIGTERM)
+    output = finish(process)
+    assert process.returncode == 0 and "recording:" not in output, output
+
+
 @pytest.mark.slow
 def test_a_page_that_stops_reading_does_not_hold_up_the_exit(own_viewer):
     process, page, _ = own_viewer

@@ -149,6 +149,10 @@ class LivePipeline:
                             f"nothing to select")
         if self.finished:
             raise UserError("the stream has ended; restart vosrt live (or use --loop) to select objects")
+        if self.latest_frame is not None:
+            # refused now, as a click outside the frame is: it was answered "ok" with an id never tracked, the reason
+            # only in a later message (before the first frame, --select's boxes are checked on it)
+            clip_box(box, self.latest_frame.shape)
         with self._lock:
             limit = getattr(self.session, "max_objects", None)
             claimed = len(set(self.objects) | self._applying | {i for i, _ in self._boxes})
@@ -246,7 +250,8 @@ class LivePipeline:
         return path.name
 
     def stop_recording(self) -> str | None:
-        """Finish the recording (playable from now on); returns its name."""
+        """Finish the recording (playable from now on); returns its name, None where no frame came while it was on
+        (no file is written then)."""
         with self._recording_lock:   # never while the inference thread writes a frame to it
             recording, self._recording = self._recording, None
             if recording is None:
@@ -254,10 +259,20 @@ class LivePipeline:
             try:
                 recording.close()
             except UserError as err:   # shown on the page, and answered to the request that stopped it
-                self.message = str(err)
-                raise
+                self._forget_recording(recording.path)   # not listed at exit as a recording made
+                error = _save_dir_error(str(err).removeprefix("--video: "))   # no --video was given
+                self.message = str(error)
+                raise error from None
+        if not recording.written:   # it said "saved NAME (0 frames)" of a file that was never made
+            self._forget_recording(recording.path)
+            self.message = "nothing recorded: no frame came while the recording was on"
+            return None
         self.message = f"saved {recording.path.name} ({recording.written} frames)"
         return recording.path.name
+
+    def _forget_recording(self, path) -> None:
+        if path in self.recorded:
+            self.recorded.remove(path)
 
     def _save_folder(self) -> Path:
         """``save_dir``, made if need be. One that cannot be made is a UserError naming --save-dir, which the page

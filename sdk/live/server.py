@@ -310,7 +310,10 @@ def _command(pipeline: LivePipeline, name: str, body: dict) -> dict:
     if name == "snapshot":
         return {"files": pipeline.snapshot()}
     if name == "record":
-        if body.get("on", True):
+        on = body.get("on", True)
+        if not isinstance(on, bool):   # "false" is a string, and was taken as true: a recording started
+            raise web.HTTPBadRequest(text=f"record: 'on' takes true or false, got {json.dumps(on)}\n")
+        if on:
             return {"file": pipeline.start_recording()}
         return {"file": pipeline.stop_recording()}
     raise web.HTTPNotFound(text=f"no command {name}\n")
