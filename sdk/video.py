@@ -531,8 +531,7 @@ class OverlayVideoSink:
             if not self.writer.isOpened():
                 self.writer = None
                 if not self.path.parent.is_dir():   # made when the sink was, and gone since: said as such
-                    raise UserError(f"--video: {self.path}: its folder {self.path.parent} was removed while the video "
-                                    f"was written; keep the folder while it records")
+                    raise UserError(f"--video: {self.path}: {self._folder_gone()}")
                 raise UserError(f"--video: OpenCV cannot open a writer for {self.path} at {self.fps:g} FPS with "
                                 f"{frame.shape[1]}x{frame.shape[0]} frames")
             self.size = frame.shape[:2]
@@ -547,6 +546,11 @@ class OverlayVideoSink:
             shown = cv2.copyMakeBorder(shown, 0, self.size[0] % 2, 0, self.size[1] % 2, cv2.BORDER_REPLICATE)
         self.writer.write(shown)
         self.written += 1
+
+    def _folder_gone(self) -> str:
+        folder = self.path.parent
+        what = "was removed" if not folder.exists() else "was replaced by a file"
+        return f"its folder {folder} {what} while the video was written (keep the folder while it records)"
 
     def close(self) -> None:
         """Finish the file (required for it to be readable), then check that it holds every frame written:
@@ -564,8 +568,7 @@ class OverlayVideoSink:
         # (one more than counted: a stop signal landed between a frame's write and its count)
         if held < self.written:
             if not self.path.parent.is_dir():   # not a full disk: said as what happened
-                raise UserError(f"--video: {self.path}: its folder {self.path.parent} was removed while the video was "
-                                f"written, so its {self.written} frames are lost; keep the folder while it records")
+                raise UserError(f"--video: {self.path}: {self._folder_gone()}, so its {self.written} frames are lost")
             raise UserError(f"--video: {self.path} is incomplete: {self.written} frames were written but the file "
                             f"holds {max(held, 0)} (a full disk or a file size limit?); free space and run again")
 
