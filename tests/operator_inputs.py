@@ -65,15 +65,17 @@ def nan_readout_inputs(where):
 
 
 def infinite_key_readout_inputs():
-    """L2MemoryReadout inputs [2, 16, 300], [2, 16, 30], [2, 12, 300] whose scores are −∞ (an infinite key
+    """L2MemoryReadout inputs [3, 16, 300], [3, 16, 30], [3, 12, 300] whose scores are −∞ (an infinite key
     against a negative query channel): in batch 0 every memory key is +inf in channel 0 and every query
     negative there, so each query's scores are all −∞ (2·(−∞) − ∞) and the reference's output is NaN
     (−∞ − (−∞) in its softmax); in batch 1 only half the keys are, so each query keeps 150 finite scores and a
-    finite output."""
+    finite output; in batch 2 the first 128 are (whole tiles of −∞ before any finite score: the online softmax
+    of the dense readout gave NaN there, expf(−∞ − (−∞))), and the output is finite too."""
     g = torch.Generator().manual_seed(29)
-    mem_key, query_key, mem_value = (torch.randn(2, 16, 300, generator=g), torch.randn(2, 16, 30, generator=g),
-                                     torch.randn(2, 12, 300, generator=g))
+    mem_key, query_key, mem_value = (torch.randn(3, 16, 300, generator=g), torch.randn(3, 16, 30, generator=g),
+                                     torch.randn(3, 12, 300, generator=g))
     mem_key[0, 0, :] = float("inf")
     mem_key[1, 0, ::2] = float("inf")
+    mem_key[2, 0, :128] = float("inf")
     query_key[:, 0, :] = -query_key[:, 0, :].abs() - 0.1
     return mem_key, query_key, mem_value

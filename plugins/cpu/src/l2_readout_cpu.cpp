@@ -156,7 +156,7 @@ void dense_tile(const Shape& s, int b, int m0, const float* mem_sq, const float*
       factor[q] = l2r_online_rescale(run_max[q], run_sum[q], tile_max);
       for (int t = 0; t < tile_n; ++t) {
         float& e = dots[(size_t)t * kTileM + q];
-        e = expf(e - run_max[q]);
+        e = l2r_online_weight(e, run_max[q]);
         run_sum[q] += e;
       }
     }

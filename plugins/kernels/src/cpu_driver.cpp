@@ -69,7 +69,7 @@ void readout_dense_query(const vosrtL2ReadoutParams* p, int b, int m, float scal
     const float factor = l2r_online_rescale(run_max, run_sum, tile_max);
     for (int v = 0; v < V; ++v) acc[v] *= factor;
     for (int t = 0; t < tile; ++t) {
-      const float e = expf(score[t] - run_max);
+      const float e = l2r_online_weight(score[t], run_max);
       run_sum += e;
       for (int v = 0; v < V; ++v) acc[v] += e * mv[((size_t)b * V + v) * N + n0 + t];
     }

@@ -360,7 +360,7 @@ __global__ void __launch_bounds__(kThreads) dense_kernel(vosrtL2ReadoutParams p,
     VOSRT_UNROLL
     for (int j = 0; j < 8; ++j) acc[j] *= factor;
     for (int i = 0; i < tile; ++i) {
-      const float e = expf(l2r_score(s.score[i * kScoreLd + q], s.mem_sq[i], scale) - run_max);
+      const float e = l2r_online_weight(l2r_score(s.score[i * kScoreLd + q], s.mem_sq[i], scale), run_max);
       run_sum += e;
       VOSRT_UNROLL
       for (int j = 0; j < 8; ++j) acc[j] = fmaf(e, s.value[(vg + j) * kL2TileN + i], acc[j]);

@@ -104,6 +104,14 @@ VOSRT_HD float l2r_online_rescale(float& run_max, float& run_sum, float tile_max
   return factor;
 }
 
+// exp(score − run_max), the online softmax's weight of one score: 0 for a score of −∞, which the reference's softmax
+// gives no weight. Computed as written, a tile whose scores were all −∞ (keys whose squared norm overflows fp32)
+// coming first left run_max at −∞, and expf(−∞ − (−∞)) = NaN made the query's output NaN where the reference's
+// is finite (with every score −∞ the output is still 0/0 = NaN, as the reference's). A NaN score stays NaN.
+VOSRT_HD float l2r_online_weight(float score, float run_max) {
+  return score == -INFINITY ? 0.f : expf(score - run_max);
+}
+
 }  // namespace vosrt
 
 #endif  // VOSRT_L2_READOUT_MATH_H
