@@ -42,16 +42,22 @@ def _schema(name: str, inputs: list[tuple[str, bool]], attributes: list[tuple[st
 
 _A = onnx.defs.OpSchema.AttrType
 _PLUGIN_ATTRS = [("plugin_version", _A.STRING), ("plugin_namespace", _A.STRING)]
-D2CONV3D_SCHEMA = _schema(
-    "D2Conv3D", [("X", False), ("D", False), ("M", True), ("Wt", False), ("B", True)],
-    [("kernel_shape", _A.INTS), ("strides", _A.INTS), ("pads", _A.INTS), ("dilations", _A.INTS),
-     ("group", _A.INT), *_PLUGIN_ATTRS])
+_D2CONV3D_ATTRS = [("kernel_shape", _A.INTS), ("strides", _A.INTS), ("pads", _A.INTS), ("dilations", _A.INTS),
+                   ("group", _A.INT), *_PLUGIN_ATTRS]
 L2_READOUT_SCHEMA = _schema(
     "L2MemoryReadout", [("mem_key", False), ("query_key", False), ("mem_value", False)],
     [("top_k", _A.INT), ("scale", _A.FLOAT), *_PLUGIN_ATTRS])
 
 _plugins = onnxscript.values.Opset(PLUGIN_DOMAIN, 1)
-_D2CONV3D_OP = onnxscript.values.Op(_plugins, "D2Conv3D", D2CONV3D_SCHEMA)
+
+
+def _d2conv3d_op(modulation: bool, bias: bool):
+    """The ``D2Conv3D`` op whose schema lists exactly the inputs given (X, D, [M], Wt, [B]): the exporter fills a
+    schema's inputs in order, so with the full one X, D, Wt filled M with Wt and left Wt missing ("Required parameter
+    'Wt' is not provided": a layer with neither modulation nor bias could not be exported in the plugin form)."""
+    names = ["X", "D", *(["M"] if modulation else []), "Wt", *(["B"] if bias else [])]
+    schema = _schema("D2Conv3D", [(name, False) for name in names], _D2CONV3D_ATTRS)
+    return onnxscript.values.Op(_plugins, "D2Conv3D", schema)
 _L2_READOUT_OP = onnxscript.values.Op(_plugins, "L2MemoryReadout", L2_READOUT_SCHEMA)
 
 
@@ -70,7 +76,7 @@ def d2conv3d_plugin(x, dilation, modulation, weight, bias, stride, padding, dila
     not pass empty inputs to plugins; plugins/trt/README.md), so the node has 3, 4 or 5 inputs.
     """
     inputs = [v for v in (x, dilation, modulation, weight, bias) if v is not None]
-    return _D2CONV3D_OP(*inputs,
+    return _d2conv3d_op(modulation is not None, bias is not None)(*inputs,
                         kernel_shape=_ints(weight.shape[2:]), strides=_ints(stride), pads=_ints(padding),
                         dilations=_ints(dilation_base), group=int(groups),
                         plugin_version=PLUGIN_VERSION, plugin_namespace="")

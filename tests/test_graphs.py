@@ -66,6 +66,8 @@ D2_CASES = {
     "strided-grouped-nobias": {"stride": (1, 2, 2), "groups": 2, "bias": False},
     "1x3x3-dilated-no-modulation": {"kernel": (1, 3, 3), "padding": (0, 2, 2), "dilation": (1, 2, 2),
                                     "modulation": False},
+    # neither optional input: the plugin form failed to export ("Required parameter 'Wt' is not provided")
+    "3x3x3-no-modulation-nobias": {"modulation": False, "bias": False},
 }
 
 
@@ -120,6 +122,28 @@ def test_d2conv3d_plugin_translation_is_one_node_with_present_inputs_in_contract
     if kw.get("bias", True):
         assert initializers[node.input[-1]] == tuple(module.bias.shape)  # B
     assert any(o.domain == onnx_ops.PLUGIN_DOMAIN and o.version == 1 for o in model.opset_import)
+
+
+def test_d2conv3d_plugin_translation_runs_on_the_cpu_operators_as_the_reference(d2_case, tmp_path):
+    # the plugin form of every case through ONNX Runtime with vosrt's CPU operators, as `vosrt run` runs it
+    from vosrt.sdk import cpu_ops, native_callbacks
+    from vosrt.sdk.backends.onnxruntime import session_options
+
+    try:
+        ops = cpu_ops.load_cpu_ops()
+    except cpu_ops.CpuOpsUnavailable as err:
+        pytest.skip(f"the CPU operators cannot be built here: {err}")
+    _, _, x, expected, models = d2_case
+    path = tmp_path / "layer.plugin.onnx"
+    onnx.save(models["plugin"], str(path))
+    options = session_options(1)
+    options.register_custom_ops_library(cpu_ops.register_onnxruntime_ops(ops))
+    session = ort.InferenceSession(cpu_ops.plugin_model_for_cpu(path), options, providers=["CPUExecutionProvider"])
+    try:
+        (actual,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    finally:
+        native_callbacks.release()
+    assert np.abs(actual - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
 
 
 class RawD2Conv(torch.nn.Module):
