@@ -143,8 +143,27 @@ def run(args: argparse.Namespace) -> int:
     out = args.package if Path(args.package).exists() else package.path
 
     def advice(loose: str | None) -> str:
+        if isinstance(package.quantization, dict):
+            # export refuses to write over an INT8 package: its graphs are written again by quantize
+            return (f"an INT8 package differs from its model by quantisation; where it differs more than you accept, "
+                    f"quantize the fp32 package again: `{_requantize_command(package, out)}`; or, "
+                    f"{tolerance_hint(again, loose)}")
         return (f"the graph files do not compute what the checkpoint's model computes (edited or damaged since the "
                 f"export, or exported from other weights): write them again from the checkpoint with "
                 f"`{reexport_command(package, out, args.checkpoint)}`; or, "
                 f"{tolerance_hint(again, loose)}")
     return print_report(report, tolerance, advice)
+
+
+def _requantize_command(package, out) -> str:
+    """The `vosrt quantize` command that writes INT8 ``package`` (at ``out``) again, from the fp32 package and the
+    calibration its manifest records (SRC where it records none)."""
+    record = package.quantization
+    calibration = record.get("calibration") if isinstance(record.get("calibration"), dict) else {}
+    command = ["vosrt", "quantize", str(record.get("source_package") or "FP32_PACKAGE"), "--calibrate",
+               str(calibration.get("source") or "SRC")]
+    if calibration.get("mask"):
+        command += ["--mask", str(calibration["mask"])]
+    if isinstance(calibration.get("frames"), int):
+        command += ["--frames", str(calibration["frames"])]
+    return shlex.join(command + ["--out", str(out)])

@@ -267,6 +267,16 @@ def test_check_of_an_int8_package_says_how_to_judge_it_instead_of_failing_it_on_
     assert "segment" in out and ("check passed" in out or "check failed" in out)
 
 
+def test_a_failed_check_of_an_int8_package_suggests_quantizing_again_not_an_export(tiny_int8, calibration, tmp_path,
+                                                                                   capsys):
+    # it suggested `vosrt export ... --out INT8_PACKAGE`, which export refuses (it never writes over an INT8 package)
+    assert main(["check", str(tiny_int8), "--tolerance", "1e-12"]) == 1
+    hints = suggested_commands(capsys.readouterr().out)
+    assert hints[0] == ["quantize", str(tiny_package("stcn").resolve()), "--calibrate", str(calibration), "--frames",
+                        "10", "--out", str(tiny_int8)], hints
+    assert main(hints[0][:-1] + [str(tmp_path / "again")]) == 0     # it runs (here into another folder)
+
+
 @pytest.mark.parametrize("given", ["missing-folder", "frame.png"])
 def test_a_calibration_source_that_cannot_be_read_is_an_error_naming_calibrate(tmp_path, capsys, given):
     # The error came from the video reader as "--source: ... not a ... folder that exists", a flag
