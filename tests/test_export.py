@@ -309,30 +309,24 @@ def _broken_copy(lite_package, tmp_path, change):
     return broken
 
 
-def test_check_refuses_an_unreadable_encoder_plugin_form_naming_the_file(lite_package, tmp_path):
+@pytest.mark.parametrize("name, message", [
     # encode_key.plugin.onnx (what `vosrt build` gives TensorRT) was never opened by the check: a truncated one
     # passed with "check passed"
-    def truncate(folder):
-        path = folder / "encode_key.plugin.onnx"
-        path.write_bytes(path.read_bytes()[:3000])
-
-    broken = _broken_copy(lite_package, tmp_path, truncate)
-    with pytest.raises(UserError, match=r"encode_key\.plugin\.onnx: ONNX Runtime cannot open this graph file of "
-                                        r"'encode_key'.*write the graphs again with `vosrt export stcn-lite "):
-        check_package(broken)
-
-
-def test_check_of_a_cut_short_portable_graph_gives_the_export_that_writes_it_again(lite_package, tmp_path):
+    ("encode_key.plugin.onnx", r"encode_key\.plugin\.onnx: ONNX Runtime cannot open this graph file of 'encode_key'.*"),
     # the package is first opened as vosrt run opens it, whose error was ONNX Runtime's alone ("INVALID_PROTOBUF ...
     # Protobuf parsing failed"), with nothing to do about it
+    ("segment.portable.onnx", r"ONNX Runtime cannot open .*segment\.portable\.onnx: .*; the file is damaged or not a "
+                              r"graph: "),
+], ids=["plugin-form", "portable-form"])
+def test_check_of_a_cut_short_graph_file_names_it_and_gives_the_export_that_writes_it_again(lite_package, tmp_path,
+                                                                                              name, message):
     def truncate(folder):
-        path = folder / "segment.portable.onnx"
+        path = folder / name
         path.write_bytes(path.read_bytes()[:3000])
 
     broken = _broken_copy(lite_package, tmp_path, truncate)
-    with pytest.raises(UserError, match=r"ONNX Runtime cannot open .*segment\.portable\.onnx: .*; the file is damaged "
-                                        r"or not a graph: write the graphs again with `vosrt export stcn-lite "
-                                        r"--checkpoint .* --out .*broken --size"):
+    with pytest.raises(UserError, match=message + r"write the graphs again with `vosrt export stcn-lite --checkpoint .* "
+                                                  r"--out .*broken --size"):
         check_package(broken)
 
 
