@@ -78,6 +78,17 @@ def pytest_cmdline_main(config):
         config.option.dist = "loadfile"   # a file's tests share its fixtures (module-scoped exports) in one worker
 
 
+def pytest_configure(config):
+    """Ctrl-C as a terminal sends it. A test run started in the background without job control (``cmd &`` in a
+    script, ``nohup``) inherits an ignored SIGINT, and its workers and the processes the tests start inherit it
+    too: the tests that send SIGINT then saw nothing happen ("DID NOT RAISE KeyboardInterrupt" in a `.ci/run`
+    started that way)."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = None if _gpu_present() else pytest.mark.skip(reason="no CUDA device (tier 2 GPU test)")
     skip_trt = None if _has_tensorrt() else pytest.mark.skip(reason="TensorRT or GPU absent (tier 3 test)")
