@@ -19,6 +19,16 @@ def video_frames(path: str | Path) -> int:
     return count
 
 
+def reported_rate(source: str | Path) -> tuple[float, int]:
+    """(frame rate, frame count) that OpenCV reads from the header of a video file or a stream URL (a live stream's
+    count is 0 or less)."""
+    capture = cv2.VideoCapture(str(source))
+    try:
+        return capture.get(cv2.CAP_PROP_FPS), int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        capture.release()
+
+
 def suggested_commands(message: str) -> list[list[str]]:
     """The `vosrt ...` commands an error message suggests (in backquotes), each split into its arguments
     without the leading ``vosrt``; fails the test when the message suggests none."""

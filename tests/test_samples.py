@@ -14,7 +14,7 @@ from vosrt.sdk.masks import read_label_png
 from vosrt.sdk.synthetic import generate_sequence, write_video
 
 from live_support import bounding_box
-from media import video_frames
+from media import reported_rate, video_frames
 from sdk_packages import tiny_package
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -123,16 +123,12 @@ def test_webcam_tracker_writes_the_overlay_of_a_live_stream_at_the_rate_frames_w
     picture = np.full((240, 320, 3), 30, np.uint8)
     cv2.circle(picture, (160, 120), 40, (0, 0, 230), -1)
     with mjpeg_camera(picture, frames=1000, fps=200) as url:
-        capture = cv2.VideoCapture(url)
-        stream_fps = capture.get(cv2.CAP_PROP_FPS)     # what OpenCV says the stream's rate is (25 for MJPEG)
-        capture.release()
+        stream_fps = reported_rate(url)[0]             # what OpenCV says the stream's rate is (25 for MJPEG)
         result = run_sample("webcam_tracker.py", "--source", url, "--box", "120,80,80,80", "--no-window", "--frames",
                             "15", "--video", str(tmp_path / "overlay.avi"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     processed = float(re.search(r"^15 frames, ([\d.]+) FPS, (\d+) stale frames dropped$", result.stdout, re.M).group(1))
-    capture = cv2.VideoCapture(str(tmp_path / "overlay.avi"))
-    fps, frames = capture.get(cv2.CAP_PROP_FPS), int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    capture.release()
+    fps, frames = reported_rate(tmp_path / "overlay.avi")
     assert frames == 15
     assert fps != pytest.approx(stream_fps, abs=0.01), fps       # not the stream's rate, which the old sample took
     assert processed / 2 <= fps <= processed * 2, (fps, processed)   # the first frames' rate, against all 15
