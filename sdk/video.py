@@ -593,7 +593,7 @@ class ProcessedRateVideoSink:
         self.rate = rate
         self.held: list | None = None if fixed else []
         self.warmup = warmup
-        self._arrivals: list[float] = []
+        self._first = self._last = 0.0    # when the first and the latest held frame came
         self._longest_gap = 0.0
 
     @property
@@ -605,14 +605,16 @@ class ProcessedRateVideoSink:
             self.sink(index, name, frame, labels)
             return
         now = time.perf_counter()
-        if self.rate is None and self._arrivals:
-            gap = now - self._arrivals[-1]
+        if self.rate is None and self.held:
+            gap = now - self._last
             if len(self.held) >= self.warmup and gap >= 0.5 * self._longest_gap:
                 self._release(burst_start=now)     # this frame starts a burst: the held ones are whole bursts
                 self.sink(index, name, frame, labels)
                 return
             self._longest_gap = max(self._longest_gap, gap)
-        self._arrivals.append(now)
+        if not self.held:
+            self._first = now
+        self._last = now
         self.held.append((index, name, frame, labels))
         if len(self.held) >= (self.warmup if self.rate is not None else 4 * self.warmup):
             self._release()
@@ -620,10 +622,10 @@ class ProcessedRateVideoSink:
     def _measured_rate(self, burst_start: float | None) -> float:
         if self.rate is not None:
             return self.rate()
-        first, last = self._arrivals[0], self._arrivals[-1]
+        first, last, count = self._first, self._last, len(self.held)
         if burst_start is not None and burst_start > first:
-            return len(self._arrivals) / (burst_start - first)
-        return (len(self._arrivals) - 1) / (last - first) if last > first else 0.0
+            return count / (burst_start - first)
+        return (count - 1) / (last - first) if last > first else 0.0
 
     def _release(self, burst_start: float | None = None) -> None:
         measured = self._measured_rate(burst_start)
