@@ -76,8 +76,6 @@ def bench(package, backend_name: str, frames: int, warmup: int | None, options: 
     from vosrt.sdk.streaming import stream
     from vosrt.sdk.synthetic import generate_sequence
 
-    from vosrt.sdk import families
-
     timed = TimedBackend(open_backend(package, backend_name, **options))
     settings = {"color": "rgb"}
     if families.get(package.family).takes_mask and objects > package.streaming.get("max_objects", objects):

@@ -185,19 +185,16 @@ class Letterbox:
 def _free_cell(small: np.ndarray, held: dict, cells: np.ndarray) -> int:
     """The first of ``cells`` (flat indices of ``small``, best first) that is background or one of several pixels of
     its object, so that taking it loses no id; where every one is another object's only pixel, the nearest pixel that
-    is such (rings around the first cell, row by row). ``held``: the pixels of each id in ``small``."""
-    def free(cell) -> bool:
-        owner = int(small.flat[cell])
-        return owner == 0 or held.get(owner, 0) > 1
-
+    is such (Chebyshev distance to the first cell, the first in row order among equals). ``held``: the pixels of each
+    id in ``small``."""
+    shared = [i for i, count in held.items() if count > 1]
+    free = (small == 0) | np.isin(small, shared)
     for cell in cells.tolist():
-        if free(cell):
+        if free.flat[cell]:
             return cell
-    h, w = small.shape
-    y0, x0 = divmod(int(cells[0]), w)
-    for radius in range(1, max(h, w)):
-        for y in range(max(0, y0 - radius), min(h, y0 + radius + 1)):
-            for x in range(max(0, x0 - radius), min(w, x0 + radius + 1)):
-                if max(abs(y - y0), abs(x - x0)) == radius and free(y * w + x):
-                    return y * w + x
-    return int(cells[0])   # more ids than package pixels: one is lost whatever is done
+    ys, xs = np.nonzero(free)
+    if not len(ys):
+        return int(cells[0])   # more ids than package pixels: one is lost whatever is done
+    y0, x0 = divmod(int(cells[0]), small.shape[1])
+    nearest = int(np.argmin(np.maximum(np.abs(ys - y0), np.abs(xs - x0))))
+    return int(ys[nearest]) * small.shape[1] + int(xs[nearest])
