@@ -187,10 +187,11 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
             # their objects were never given: a tracker gave background for them, without a word
             stats.unapplied = list(unreached)
             shown = ", ".join(map(str, unreached[:5])) + (", ..." if len(unreached) > 5 else "")
-            why = (f"max_frames {max_frames} stopped it" if max_frames is not None and stats.pushed + stats.refused
-                   >= max_frames else "the source ended")
-            print(f"warning: masks: the stream ended before frame(s) {shown} ({why} after {stats.pushed + stats.refused}"
-                  f" frame(s)), so their masks were never applied", file=sys.stderr, flush=True)
+            read = stats.pushed + stats.refused   # the source's frames the loop took
+            why = f"max_frames {max_frames} stopped it" if max_frames is not None and read >= max_frames else \
+                "the source ended"
+            print(f"warning: masks: the stream ended before frame(s) {shown} ({why} after {read} frame(s)), so their "
+                  f"masks were never applied", file=sys.stderr, flush=True)
     except BaseException:
         if flush:
             _drop_stream(session)

@@ -75,6 +75,12 @@ def _save_dir_error(problem: str) -> UserError:
     return UserError(f"--save-dir: {problem}; restart vosrt live with a --save-dir it can write")
 
 
+def _recording_problem(err: Exception) -> str:
+    """What went wrong with a page recording, from its video sink's error, which names ``--video``: a flag the
+    recording did not come from."""
+    return str(err).removeprefix("--video: ")
+
+
 class LivePipeline:
     """Drives ``session`` over ``source`` (see the module docstring).
 
@@ -244,7 +250,7 @@ class LivePipeline:
             try:
                 self._recording = self._new_recording(path)
             except UserError as err:   # the video sink names --video, which this recording did not come from
-                raise _save_dir_error(str(err).removeprefix("--video: ")) from None
+                raise _save_dir_error(_recording_problem(err)) from None
             self.recorded.append(path)
         self.message = f"recording to {path.name}"
         return path.name
@@ -260,7 +266,7 @@ class LivePipeline:
                 recording.close()
             except UserError as err:   # shown on the page, and answered to the request that stopped it
                 self._forget_recording(recording.path)   # not listed at exit as a recording made
-                error = _save_dir_error(str(err).removeprefix("--video: "))   # no --video was given
+                error = _save_dir_error(_recording_problem(err))
                 self.message = str(error)
                 raise error from None
         if not recording.written:   # it said "saved NAME (0 frames)" of a file that was never made
@@ -476,7 +482,7 @@ class LivePipeline:
             recording.close()
         except (OSError, UserError):
             pass   # the file is as complete as it can be; the first error is the one to show
-        reason = str(err).removeprefix("--video: ")
+        reason = _recording_problem(err)
         self.message = f"recording {recording.path.name} stopped: {reason}"
         print(f"warning: {self.message}", file=sys.stderr)
 
