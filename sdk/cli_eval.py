@@ -284,12 +284,12 @@ def _advancing(bar, gt_seqs: dict, gt_frames: dict):
         bar.update(len(gt_frames[name]))
 
 
-def _check_object_ids(gt_dir: Path, gt_files: list, gts: list) -> None:
+def _check_object_ids(gt_files: list, frame_ids: list[list[int]]) -> None:
     """UserError for ground-truth ids beyond 255 (a 16-bit PNG): the DAVIS protocols score objects 1..K, K the largest
     id of the first frame, so KITTI-MOTS's instance PNGs (class x 1000 + instance) made thousands of absent objects,
     each scored perfect against an empty prediction (an empty prediction scored 0.999), and minutes of scoring."""
-    for gt_file, gt in zip(gt_files, gts):
-        large = [int(i) for i in np.unique(gt) if i > VOID]
+    for gt_file, ids in zip(gt_files, frame_ids):
+        large = [i for i in ids if i > VOID]
         if large:
             raise UserError(f"--gt {gt_file}: object id(s) {_some(large)} beyond 254 (a 16-bit PNG); the DAVIS "
                             f"protocols score objects 1..K of the first frame, so each id below the largest would "
@@ -297,14 +297,14 @@ def _check_object_ids(gt_dir: Path, gt_files: list, gts: list) -> None:
                             f"(class x 1000 + instance) are scored with --task mots on its instances_txt files")
 
 
-def _warn_about_absent_ids(gt_dir: Path, first_file: Path, first: np.ndarray) -> None:
+def _warn_about_absent_ids(gt_dir: Path, first_file: Path, first_ids: list[int]) -> None:
     """A warning naming the ids of 1..K (K the largest id of the first ground-truth frame) that the frame does not
     hold: the DAVIS protocol scores them as objects, perfect where the prediction leaves them out too (as
     davis2017-evaluation does), which raises the mean without a word."""
-    present = {int(i) for i in np.unique(first)}
-    absent = [i for i in range(1, first_frame_objects(first) + 1) if i not in present]
+    known = first_frame_objects(np.asarray(first_ids))
+    absent = [i for i in range(1, known + 1) if i not in set(first_ids)]
     if absent:
-        print(f"warning: {gt_dir}: object id(s) {_some(absent)} of 1..{first_frame_objects(first)} are not in the "
+        print(f"warning: {gt_dir}: object id(s) {_some(absent)} of 1..{known} are not in the "
               f"first ground-truth frame ({first_file.name}); the DAVIS protocol scores each as an object (as "
               f"davis2017-evaluation does), perfect wherever the prediction leaves it out too: number the objects "
               f"1, 2, ... without gaps for a mean over the real ones", file=sys.stderr)
@@ -320,12 +320,12 @@ def _evaluate(gt_root: Path, pred_seqs: dict, skip_first_last: bool, unsupervise
             # DAVIS 2016's 0/255 masks: 255 is the one object (a tracker given such a mask writes it as 255)
             binary.append(name)
             gts = [one_object(gt) for gt in gts]
-        else:
-            _check_object_ids(gt_dir, gt_files, gts)
-        entering = set() if unsupervised else ({int(i) for gt in gts for i in np.unique(gt) if i and i != VOID}
-                                               - set(np.unique(gts[0]).tolist()))
+        frame_ids = [np.unique(gt).tolist() for gt in gts]   # each frame's ids, read once
+        _check_object_ids(gt_files, frame_ids)
+        annotated = {i for ids in frame_ids for i in ids}
+        entering = set() if unsupervised else ({i for i in annotated if i and i != VOID} - set(frame_ids[0]))
         if gts and not entering:
-            _warn_about_absent_ids(gt_dir, gt_files[0], gts[0])
+            _warn_about_absent_ids(gt_dir, gt_files[0], frame_ids[0])
         unscored = _unscored_frames(len(gts), skip_first_last, unsupervised, bool(entering))
         preds = []
         for t, (gt_file, gt) in enumerate(zip(gt_files, gts)):
@@ -359,7 +359,7 @@ def _evaluate(gt_root: Path, pred_seqs: dict, skip_first_last: bool, unsupervise
             continue
         if unsupervised:
             known = first_frame_objects(gts[0])
-            unscored = sorted({int(i) for gt in gts for i in np.unique(gt) if known < i != VOID})
+            unscored = sorted(i for i in annotated if known < i != VOID)
             if unscored:
                 # the protocol's objects are 1..K of the first frame; later ones were left out without a word
                 print(f"warning: {gt_dir}: object(s) {', '.join(map(str, unscored))} enter after the first "
