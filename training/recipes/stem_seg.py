@@ -76,7 +76,8 @@ class StemSegRecipe(Recipe):
         common = dict(size=size, clip_length=o.clip_length, max_window=o.max_window, max_instances=o.max_instances,
                       repeat=config.repeat, seed=config.seed)
         sources = [Path(d) for d in data]
-        alone = [str(d) for d in data if str(d) == GENERATED or Path(d).suffix == ".json" or _is_kitti_mots(Path(d))]
+        # (generated clips beside folders are refused before, by train.build_dataset, for every family)
+        alone = [str(d) for d in data if Path(d).suffix == ".json" or _is_kitti_mots(Path(d))]
         if len(sources) > 1 and alone:
             # only DAVIS-layout folders combine; these fell through to the folder reader ("dataset folder not
             # found: valid.json" for a file that is there)
