@@ -187,8 +187,13 @@ def l2_memory_readout_portable(mem_key, query_key, mem_value, top_k, scale, top_
     # N × M tensor: [2·scale·mk, −scale·‖mk‖²] (Ck + 1 rows) against [qk, 1]. The ‖q‖² term changes
     # neither the top-k nor the softmax.
     mk_sq = op.ReduceSum(op.Mul(mem_key, mem_key), op.Constant(value_ints=[1]), keepdims=1)  # [B, 1, N]
-    mk_aug = op.Concat(op.Mul(mem_key, op.Constant(value_float=2.0 * float(scale))),
-                       op.Mul(mk_sq, op.Constant(value_float=-float(scale))), axis=1)  # [B, Ck+1, N]
+    if float(scale) > 0:
+        twice, negated = op.Constant(value_float=2.0 * float(scale)), op.Constant(value_float=-float(scale))
+    else:  # the operator's policy: a scale <= 0 means 1/sqrt(Ck), as in the plugin form's kernels
+        ck = op.Cast(op.Shape(mem_key, start=1, end=2), to=onnx.TensorProto.FLOAT)  # [1]
+        default = op.Reciprocal(op.Sqrt(ck))
+        twice, negated = op.Mul(default, op.Constant(value_float=2.0)), op.Neg(default)
+    mk_aug = op.Concat(op.Mul(mem_key, twice), op.Mul(mk_sq, negated), axis=1)  # [B, Ck+1, N]
     ones = op.Expand(op.Constant(value_float=1.0), op.Concat(op.Shape(query_key, start=0, end=1),
                                                              op.Constant(value_ints=[1]),
                                                              op.Shape(query_key, start=2, end=3), axis=0))

@@ -127,6 +127,17 @@ def test_cpu_readout_uses_the_given_scale(ops):
     _close(ops.l2_memory_readout(_np(mem_key), _np(query_key), _np(mem_value), 10, 0.05), expected.numpy())
 
 
+@pytest.mark.parametrize("scale", [0.0, -0.5])
+def test_cpu_readout_and_reference_read_a_scale_at_or_below_zero_as_the_default(ops, scale):
+    # One policy (plugins/trt/README.md): a scale <= 0, as a node's attribute may carry, means 1/sqrt(Ck).
+    # The reference used it as given (a uniform softmax for 0, the bottom-k for a negative scale).
+    mem_key, query_key, mem_value = _readout_inputs(1, 16, 90, 11, 5, seed=9)
+    args = (mem_key.double(), query_key.double(), mem_value.double(), 10)
+    default = l2_memory_readout(*args, backend="torch")
+    torch.testing.assert_close(l2_memory_readout(*args, scale=scale, backend="torch"), default, rtol=0, atol=0)
+    _close(ops.l2_memory_readout(_np(mem_key), _np(query_key), _np(mem_value), 10, scale), default.numpy())
+
+
 def test_cpu_readout_with_a_top_k_beyond_32_bits_reads_every_entry(ops):
     # the library takes top_k as a 32-bit int: 2**32 + 3 read the top 3, and 2**31 failed in the kernel
     mem_key, query_key, mem_value = _readout_inputs(1, 8, 60, 4, 3, seed=10)

@@ -84,6 +84,17 @@ def test_portable_readout_matches_reference_with_batch_of_two_and_ties():
     np.testing.assert_allclose(actual.transpose(0, 2, 1)[clear], expected.transpose(0, 2, 1)[clear], rtol=1e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("scale", [0.0, -2.0])
+def test_portable_readout_reads_a_scale_at_or_below_zero_as_the_default(scale):
+    # As the plugin form's kernels do (a scale <= 0 means 1/sqrt(Ck)); the graph used it as given.
+    args = _inputs(1, 120, 17, key_dim=9, seed=5)
+    model = _export(Readout(6, scale), args)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (actual,) = session.run(None, {i.name: a.numpy() for i, a in zip(model.graph.input, args)})
+    expected = l2_memory_readout(*args, top_k=6, scale=1 / 3, backend="torch").numpy()
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=2e-6)
+
+
 @pytest.mark.parametrize("which", ["tiny", "shipped"])
 def test_stcn_segment_graph_reads_memory_without_a_memory_by_query_tensor(which):
     from vosrt.sdk.cli_demo import demo_package

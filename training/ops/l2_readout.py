@@ -35,7 +35,8 @@ def l2_memory_readout(mem_key: torch.Tensor, query_key: torch.Tensor, mem_value:
     """Read the memory for every query position.
 
     mem_key ``[B, Ck, N]``, query_key ``[B, Ck, M]``, mem_value ``[B, V, N]`` -> ``[B, V, M]``.
-    ``top_k`` = 0 or ≥ N uses all N memory entries; ``scale`` defaults to 1/sqrt(Ck).
+    ``top_k`` = 0 or ≥ N uses all N memory entries; ``scale`` defaults to 1/sqrt(Ck) (so does a ``scale`` <= 0,
+    as in an ONNX node's attribute).
     ``backend``: ``"auto"`` (CUDA kernel for CUDA tensors when available, else this reference) or
     ``"torch"`` (always the reference). Differentiable in the torch backend.
     """
@@ -112,5 +113,9 @@ def _check(mem_key, query_key, mem_value, top_k, scale, backend):
     top_k = int(top_k)
     if top_k < 0:
         raise UserError(f"top_k must be >= 0 (0 = all memory entries), got {top_k}")
-    scale = 1.0 / math.sqrt(key_dim) if scale is None else float(scale)
+    # The operator's policy (ARCHITECTURE.md operator 2, plugins/trt/README.md): no scale, or one <= 0 as
+    # an ONNX node's attribute may carry, means 1/sqrt(Ck), as in the kernels and the CPU operators.
+    if scale is not None and not math.isfinite(float(scale)):
+        raise UserError(f"scale must be finite (None or <= 0 for 1/sqrt(Ck)), got {scale}")
+    scale = 1.0 / math.sqrt(key_dim) if scale is None or float(scale) <= 0 else float(scale)
     return top_k, scale
