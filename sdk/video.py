@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 import sys
 import time
 from collections import Counter
@@ -30,6 +31,9 @@ from vosrt.sdk.package import writable_folder
 MIN_FRAME_SIDE = 2          # smaller frames are skipped (check_image refuses them)
 MAX_FAILED_READS = 25       # undecodable frames in a row after which a video file counts as ended
 MAX_SOURCE_FPS = 1000       # the highest frame rate a source is believed to report (high-speed cameras)
+# Free space a video needs beyond its next frames: the writer's buffers and the index it writes on close
+# (a file whose disk filled up has no index, and so no frame: OpenCV's writer only warns as writes fail).
+VIDEO_FREE_MARGIN = 1 << 20
 MAX_MP4_FPS = 65535         # the highest frame rate an .mp4 writer opens at (1/fps is its time base)
 STREAM_TIMEOUT = 10.0       # seconds a stream URL may take to open, or to send its next frame (OpenCV's own: 30)
 
@@ -544,8 +548,22 @@ class OverlayVideoSink:
         shown = overlay(frame, labels, self.alpha)
         if self.size[0] % 2 or self.size[1] % 2:
             shown = cv2.copyMakeBorder(shown, 0, self.size[0] % 2, 0, self.size[1] % 2, cv2.BORDER_REPLICATE)
+        self._check_space(shown.nbytes)
         self.writer.write(shown)
         self.written += 1
+
+    def _check_space(self, frame_bytes: int) -> None:
+        """UserError, the video kept playable with its frames so far, where the disk has too little room left
+        for a few more frames (an encoded frame is at most about its raw size) and the file's index: OpenCV's
+        writer went on as its writes failed, and the file it left held no frame."""
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            return   # the folder is gone: said by close(), which finds the frames missing
+        if free < VIDEO_FREE_MARGIN + 4 * frame_bytes:
+            raise UserError(f"--video: {self.path}: the disk is nearly full ({free / 2**20:.1f} MiB free in "
+                            f"{self.path.parent}), so the video stops at its {self.written} frames written so far; "
+                            f"free some space, or write the video to another disk")
 
     def _folder_gone(self) -> str:
         folder = self.path.parent

@@ -1,11 +1,14 @@
 """Reading back what the CLI and the samples write, for the tests."""
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import cv2
+import pytest
 
 
 def video_frames(path: str | Path) -> int:
@@ -17,6 +20,21 @@ def video_frames(path: str | Path) -> int:
         count += 1
     capture.release()
     return count
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, kib: int):
+    """A real file system of ``kib`` KiB mounted at ``folder`` (tmpfs, made here): a disk that fills up. Skips the
+    test where mounting is not permitted (not root, or a container without CAP_SYS_ADMIN)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(folder)], capture_output=True,
+                          text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def reported_rate(source: str | Path) -> tuple[float, int]:

@@ -7,7 +7,7 @@ from vosrt.cli import main
 from vosrt.sdk.masks import read_label_png, write_label_png
 from vosrt.sdk.synthetic import generate_sequence, write_davis, write_video
 
-from media import suggested_commands
+from media import small_disk, suggested_commands, video_frames
 from sdk_packages import tiny_package
 
 
@@ -48,6 +48,23 @@ def test_run_on_a_davis_sequence_takes_its_first_annotation(stcn_package, sequen
     assert code == 0
     assert len(list((tmp_path / "masks").glob("*.png"))) == 5
     assert np.array_equal(read_label_png(tmp_path / "masks" / "00000.png"), sequence.labels[0])
+
+
+def test_an_overlay_video_on_a_filling_disk_stops_playable_with_its_frames_so_far(stcn_package, tmp_path, capsys):
+    # OpenCV's writer went on as its writes failed: the run read every frame, then said that the video held none
+    # (a file whose disk filled up has no index)
+    seq = generate_sequence(3, num_frames=40, height=240, width=320)
+    rng = np.random.default_rng(0)
+    seq.frames[:] = [rng.integers(0, 256, frame.shape, np.uint8) for frame in seq.frames]   # large JPEGs
+    video = write_video(tmp_path / "in.avi", seq)
+    write_label_png(tmp_path / "first.png", seq.labels[0])
+    with small_disk(tmp_path / "disk", 2560) as disk:
+        code = main(["run", str(stcn_package), "--source", str(video), "--mask", str(tmp_path / "first.png"),
+                     "--video", str(disk / "overlay.avi"), "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and "the disk is nearly full" in err and str(disk) in err, err
+        written = int(err.split("the video stops at its ")[1].split()[0])
+        assert 0 < written < 40 and video_frames(disk / "overlay.avi") == written
 
 
 def test_run_without_a_mask_for_stcn_is_a_clear_error(stcn_package, sequence, tmp_path, capsys):

@@ -17,6 +17,7 @@ from vosrt.sdk.synthetic import generate_sequence, write_video
 from vosrt.sdk.video import open_source
 
 from live_support import PACKAGE, bounding_box, wait_for
+from media import small_disk, video_frames
 
 
 @contextlib.contextmanager
@@ -253,6 +254,21 @@ def test_a_page_recording_that_cannot_be_written_ends_itself_not_the_stream(tmp_
         assert pipeline.error is None
         assert pipeline.message.startswith(f"recording {name} stopped: ") and "saved was replaced by a file" in pipeline.message
     assert f"warning: recording {name} stopped" in capsys.readouterr().err
+
+
+def test_a_page_recording_on_a_filling_disk_stops_playable_and_the_stream_goes_on(tmp_path):
+    # OpenCV's writer went on as its writes failed: the page showed "recording" until it was stopped, and the
+    # file then held no frame (no index)
+    with small_disk(tmp_path / "saved", 3072), live_pipeline(tmp_path, loop=True) as (pipeline, _):
+        wait_for(lambda: pipeline.frames >= 2)
+        name = pipeline.start_recording()
+        wait_for(lambda: not pipeline.recording, timeout=120)
+        before = pipeline.frames
+        wait_for(lambda: pipeline.frames > before + 3)
+        assert pipeline.error is None
+        assert pipeline.message.startswith(f"recording {name} stopped: ") and "disk is nearly full" in pipeline.message
+        written = int(pipeline.message.split("the video stops at its ")[1].split()[0])
+        assert written > 0 and video_frames(tmp_path / "saved" / name) == written
 
 
 @contextlib.contextmanager
