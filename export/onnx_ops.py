@@ -72,8 +72,8 @@ def _ints(values) -> list[int]:
 def d2conv3d_plugin(x, dilation, modulation, weight, bias, stride, padding, dilation_base, groups):
     """``vosrt::d2conv3d`` -> one ``trt.plugins::D2Conv3D`` node with inputs X, D, [M], Wt, [B].
 
-    Absent optional inputs are left out rather than given as empty names (TensorRT's ONNX parser does
-    not pass empty inputs to plugins; plugins/trt/README.md), so the node has 3, 4 or 5 inputs.
+    Absent optional inputs are left out rather than given as empty names (TensorRT's ONNX parser would
+    pass a null tensor in their place; plugins/trt/README.md), so the node has 3, 4 or 5 inputs.
     """
     inputs = [v for v in (x, dilation, modulation, weight, bias) if v is not None]
     return _d2conv3d_op(modulation is not None, bias is not None)(*inputs,

@@ -187,7 +187,7 @@ def embeddable_plugin_library(library: Path) -> Path:
 def limit_plugin_workspace(model, workspace_mb: int) -> int:
     """Give every D2Conv3D node of ``model`` (an onnx.ModelProto, changed in place) the attribute
     ``max_workspace_mb``, which caps the workspace the plugin asks TensorRT for (the kernels then run
-    narrower tiles); returns the number of nodes changed. L2MemoryReadout's workspace is small (B·M·k)."""
+    narrower tiles; 0: no cap); returns the number of nodes changed. L2MemoryReadout's workspace is small (B·M·k)."""
     import onnx
 
     changed = 0
@@ -198,6 +198,17 @@ def limit_plugin_workspace(model, workspace_mb: int) -> int:
             node.attribute.extend(kept + [onnx.helper.make_attribute("max_workspace_mb", int(workspace_mb))])
             changed += 1
     return changed
+
+
+def plugin_graph_bytes(source: Path, workspace_mb: int | None) -> bytes:
+    """The graph at ``source`` for TensorRT's parser, every D2Conv3D node given ``max_workspace_mb`` (0, no cap,
+    without ``--workspace``): the parser hands a plugin the fields its creator lists, and warned, for each node
+    without one, that the engine "may fail to build"."""
+    import onnx
+
+    model = onnx.load(str(source))
+    limit_plugin_workspace(model, int(workspace_mb or 0))
+    return model.SerializeToString()
 
 
 def _write_manifest_engines(package: Package, precision: str, entry: dict) -> None:
@@ -301,14 +312,7 @@ def build_engines(pkg: str | Path, precision: str = "fp32", workspace_mb: int | 
             _say(progress, f"building {graph} ({precision}) from {source.name}")
             network = builder.create_network(_strongly_typed_flags(trt))
             parser = trt.OnnxParser(network, logger)
-            if workspace_mb:
-                import onnx
-
-                model = onnx.load(str(source))
-                limit_plugin_workspace(model, workspace_mb)
-                parsed = parser.parse(model.SerializeToString(), str(source))
-            else:
-                parsed = parser.parse_from_file(str(source))
+            parsed = parser.parse(plugin_graph_bytes(source, workspace_mb), str(source))
             if not parsed:
                 errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
                 raise UserError(f"TensorRT cannot parse {source}: {errors}")

@@ -165,6 +165,22 @@ def test_workspace_limit_reaches_every_d2conv3d_node_and_only_those():
     assert "kernel_shape" in d2_attrs and "plugin_version" in d2_attrs
 
 
+@pytest.mark.parametrize("workspace_mb, expected", [(None, 0), (48, 48)])
+def test_every_d2conv3d_node_reaches_the_parser_with_its_workspace_field(tmp_path, workspace_mb, expected):
+    # Without --workspace the nodes had no max_workspace_mb, a field the plugin's creator lists: TensorRT's ONNX
+    # parser warned for each that the engine "may fail to build"
+    import onnx
+
+    from vosrt.export.trt_build import plugin_graph_bytes
+    from sdk_packages import tiny_package
+
+    source = next(tiny_package("3dc-seg", forms=("portable", "plugin")).glob("*.plugin.onnx"))
+    model = onnx.load_from_string(plugin_graph_bytes(source, workspace_mb))
+    limits = [[onnx.helper.get_attribute_value(a) for a in n.attribute if a.name == "max_workspace_mb"]
+              for n in model.graph.node if n.op_type == "D2Conv3D"]
+    assert limits and all(found == [expected] for found in limits), limits
+
+
 def test_fp16_graphs_go_into_the_package_engine_folder_and_never_through_a_link_out_of_it(tmp_path):
     from vosrt.export.trt_build import write_fp16_graphs
 
