@@ -58,21 +58,53 @@ def test_d2conv_stem_seg_renames_only_the_deep_block_convolutions():
     assert model.d2conv_layers == 10  # 3 (block_32x) + 2 (block_16x) in each of two heads
 
 
-def test_published_checkpoint_loads_strictly_and_keeps_the_deep_block_weights(tmp_path):
+def test_published_checkpoint_loads_strictly_as_the_published_network(tmp_path):
+    # The public DAVIS model's heads are plain Conv3d, and it runs 16-frame clips (davis_2.yaml). Its weights were
+    # taken into D²Conv3D layers (modulation 1/2 at a zero predictor: every deep-block convolution halved) of an
+    # 8-frame network, so the embeddings, bandwidths and seediness differed from the published model's.
+    import torch.nn.functional as F
+
     published = random_state_dict(published_shapes(DAVIS_TSV))
     path = tmp_path / "davis.pth"
     torch.save({"model": published, "optimizer": {}}, path)  # as the public training code saves them
     config, _ = read_checkpoint(path)
-    assert config == {"model": "stem-seg"}
+    assert config == {"model": "stem-seg", "d2conv_heads": (), "clip_length": 16}
     model, _ = load_checkpoint(path)
+    assert model.d2conv_layers == 0 and model.clip_length == 16
+    from vosrt.export.package import streaming_settings
+    from vosrt.sdk.families import get as get_family
+    stream = streaming_settings(get_family("stem-seg"), model)   # the package's manifest: the public DAVIS inference
+    assert (stream["clip_length"], stream["overlap"], stream["min_seediness"]) == (16, 6, 0.8)
+    layer = "embedding_head.block_32x.4"
+    weight, bias = published[f"{layer}.weight"], published[f"{layer}.bias"]
+    x = torch.randn(1, weight.shape[1], 4, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(model.get_submodule(layer)(x), F.conv3d(x, weight, bias, padding=1))
+    assert torch.equal(model.state_dict()["backbone.fpn.fpn_layer3.weight"], published["backbone.fpn.fpn_layer3.weight"])
+    assert torch.equal(model.state_dict()["embedding_loss_criterion.free_dim_bandwidths"],
+                       published["embedding_loss_criterion.free_dim_bandwidths"])
+
+
+def test_a_published_checkpoint_given_to_a_d2conv3d_model_takes_its_weights_as_the_convolutions(tmp_path):
+    # `vosrt train stem-seg --init davis.pth`: the run's D²Conv3D heads start from the published convolutions,
+    # with the parameter predictor at zero (the layer's own initial state)
+    published = random_state_dict(published_shapes(DAVIS_TSV))
+    model = build_model("stem-seg")
+    model.load_state_dict(dict(published), strict=True)
     loaded = model.state_dict()
     layer = "embedding_head.block_32x.4"
     assert torch.equal(loaded[f"{layer}.deform_conv.weight"], published[f"{layer}.weight"])
     assert torch.equal(loaded[f"{layer}.deform_conv.bias"], published[f"{layer}.bias"])
     assert not loaded[f"{layer}.deform_params.weight"].any()
-    assert torch.equal(loaded["backbone.fpn.fpn_layer3.weight"], published["backbone.fpn.fpn_layer3.weight"])
-    assert torch.equal(loaded["embedding_loss_criterion.free_dim_bandwidths"],
-                       published["embedding_loss_criterion.free_dim_bandwidths"])
+
+
+def test_a_state_dict_of_this_module_keeps_its_d2conv3d_heads_and_modulation():
+    for overrides in ({}, {"modulation": False}, {"d2conv_heads": ("embedding_head",)}):
+        model = build_model("stem-seg-lite", **overrides)
+        from vosrt.training.models.stem_seg import config_from_state_dict
+        found = config_from_state_dict(model.state_dict())
+        assert {k: v for k, v in found.items() if k in ("d2conv_heads", "modulation", "clip_length")} == \
+            {k: v for k, v in overrides.items()}, (overrides, found)
 
 
 @pytest.mark.slow   # about 8 s of CPU on a 2-core machine: a ResNet-101 STEm-Seg built and loaded
@@ -86,7 +118,7 @@ def test_a_published_resnet_101_checkpoint_loads_strictly_with_its_depth_read_of
     published = random_state_dict(shapes, seed=2)
     torch.save({"model": published, "optimizer": {}}, tmp_path / "davis_r101.pth")
     config, _ = read_checkpoint(tmp_path / "davis_r101.pth")
-    assert config == {"model": "stem-seg", "depths": (3, 4, 23, 3)}
+    assert config == {"model": "stem-seg", "depths": (3, 4, 23, 3), "d2conv_heads": (), "clip_length": 16}
     model, _ = load_checkpoint(tmp_path / "davis_r101.pth")
     assert len(model.backbone.body.layer3) == 23
     assert torch.equal(model.state_dict()["backbone.body.layer3.22.conv2.weight"],
@@ -172,8 +204,23 @@ def test_published_youtube_vis_checkpoint_loads_with_its_configuration_read_off_
     published = random_state_dict(published_shapes(YTVIS_TSV), seed=1)
     torch.save({"model": published}, tmp_path / "ytvis.pth")
     config, _ = read_checkpoint(tmp_path / "ytvis.pth")
-    assert config == {"model": "stem-seg", **YTVIS}
+    assert config == {"model": "stem-seg", **YTVIS, "d2conv_heads": ()}
     model, _ = load_checkpoint(tmp_path / "ytvis.pth")
     assert model.semseg_head is not None and model.seediness_head is None
-    assert torch.equal(model.state_dict()["semseg_head.block_16x.4.deform_conv.weight"],
-                       published["semseg_head.block_16x.4.weight"])
+    assert model.clip_length == 8 and model.d2conv_layers == 0
+    assert model.streaming_defaults() == {"foreground_threshold": 0.5}
+    assert torch.equal(model.state_dict()["semseg_head.block_16x.4.weight"], published["semseg_head.block_16x.4.weight"])
+
+
+def test_a_published_kitti_mots_checkpoint_seeds_clusters_above_its_configurations_threshold(tmp_path):
+    # the public KITTI-MOTS configurations (xyt embeddings, a category head) cluster with MIN_SEEDINESS_PROB 0.95
+    from vosrt.export.package import streaming_settings
+    from vosrt.sdk.families import get as get_family
+
+    kitti = dict(embedding_mode="xyt", free_dim_stds=(), seediness_head=False, num_classes=3)
+    torch.save({"model": build_model("stem-seg", d2conv_heads=(), **kitti).state_dict()}, tmp_path / "kitti_mots.pth")
+    config, _ = read_checkpoint(tmp_path / "kitti_mots.pth")
+    assert config == {"model": "stem-seg", **kitti, "d2conv_heads": ()}
+    model, _ = load_checkpoint(tmp_path / "kitti_mots.pth")
+    stream = streaming_settings(get_family("stem-seg"), model)
+    assert (stream["clip_length"], stream["overlap"], stream["min_seediness"]) == (8, 4, 0.95)

@@ -391,8 +391,15 @@ class StemSeg(nn.Module):
         """Package streaming settings this model needs other than the family's (``vosrt.sdk.families``): with a
         category head the clustered pixels are those whose foreground probability is above 0.5, as the public
         code's ``TrackGenerator.do_inference`` (stemseg/inference/main.py: ``fg_masks > 0.5``); the family's 0.25 is
-        its threshold of the seediness (``--seediness_thresh``), the foreground of models without that head."""
-        return {"foreground_threshold": 0.5} if self.semseg_head is not None else {}
+        its threshold of the seediness (``--seediness_thresh``), the foreground of models without that head. A
+        16-frame model (the public DAVIS one) overlaps its clips by 6, and an xyt-embedding model (the public
+        KITTI-MOTS one) seeds clusters above 0.95, as the public configurations run them."""
+        own = {"foreground_threshold": 0.5} if self.semseg_head is not None else {}
+        if self.clip_length == 16:
+            own["overlap"] = 6   # the public DAVIS inference: 16-frame clips overlapping by 6 (DATA.DAVIS in defaults.yaml)
+        if self.cfg.embedding_mode == "xyt":
+            own["min_seediness"] = 0.95   # the public KITTI-MOTS configurations (xyt embeddings): MIN_SEEDINESS_PROB
+        return own
 
     @property
     def input_mean(self) -> tuple[float, float, float]:
@@ -425,9 +432,10 @@ class StemSeg(nn.Module):
 
 
 def _adopt_plain_conv_weights(module, state_dict, prefix, local_metadata, strict, missing, unexpected, error_msgs):
-    # A published STEm-Seg checkpoint has plain Conv3d weights where this model has D²Conv3D layers: take
-    # them as the layer's convolution, with the parameter predictor at zero (D = 1, M = 1/2), the layer's
-    # own initial state.
+    # A published STEm-Seg checkpoint given to a D²Conv3D model (`vosrt train --init davis.pth`) has plain Conv3d
+    # weights where the model has D²Conv3D layers: take them as the layer's convolution, with the parameter predictor
+    # at zero (D = 1, M = 1/2), the layer's own initial state, which training moves on from. (Loaded to run or
+    # export, such a file builds plain heads instead: config_from_state_dict.)
     for name, layer in module.named_modules():
         if not (hasattr(layer, "deform_params") and hasattr(layer, "deform_conv")):
             continue
@@ -464,8 +472,8 @@ def matches_state_dict(state_dict: dict) -> bool:
 
 def config_from_state_dict(state_dict: dict) -> dict:
     """The config overrides a published STEm-Seg state_dict needs (its backbone depth, heads, widths and embedding
-    mode differ between the DAVIS, YouTube-VIS and KITTI-MOTS models and the ResNet-50 default); empty for the
-    default configuration."""
+    mode differ between the DAVIS, YouTube-VIS and KITTI-MOTS models and the ResNet-50 default; its heads are plain
+    Conv3d; the DAVIS model runs 16-frame clips); empty for the default configuration."""
     def width(head, block):
         key = next((k for k in (f"{head}.{block}.0.weight", f"{head}.{block}.0.deform_conv.weight") if k in state_dict))
         return int(state_dict[key].shape[0])
@@ -485,6 +493,19 @@ def config_from_state_dict(state_dict: dict) -> dict:
     if "semseg_head.conv_out.weight" in state_dict:
         found["num_classes"] = int(state_dict["semseg_head.conv_out.weight"].shape[0]) - 1
         found["semseg_channels"] = tuple(width("semseg_head", b) for b in blocks)
+    # D²Conv3D only in the heads whose deep blocks hold its weights: the public STEm-Seg files hold plain Conv3d
+    # there, and taken into D²Conv3D layers (modulation 1/2 at a zero predictor) they halved every one of them
+    present = [h for h in HEADS if any(k.startswith(f"{h}.") for k in state_dict)]
+    d2conv = [h for h in present if any(k.startswith(f"{h}.block_") and ".deform_conv." in k for k in state_dict)]
+    if d2conv != present:
+        found["d2conv_heads"] = tuple(d2conv)
+    predictor = next((state_dict[k] for k in state_dict if k.endswith(".deform_params.weight")), None)
+    if predictor is not None:
+        found["modulation"] = int(predictor.shape[0]) > 3   # 3 dilations, then one modulation per kernel point
+    elif found["embedding_mode"] == "xyff" and found["seediness_head"] and not found["num_classes"]:
+        # the public DAVIS model (davis.pth): its inference runs the davis_2.yaml configuration, 16-frame clips (3
+        # temporal poolings, decoders fine-tuned at that length; README "clips of length 16 frames")
+        found["clip_length"] = 16
     defaults = asdict(VARIANTS[FAMILY])
     return {k: v for k, v in found.items() if defaults[k] != v}
 
