@@ -200,6 +200,42 @@ def test_training_stem_seg_with_the_progress_bar_shows_its_instances(tmp_path, c
     assert "instances=" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("start", ["init", "scratch"])
+def test_stem_seg_from_weights_keeps_the_stem_and_res2_frozen_as_published(tmp_path, start):
+    # the public code freezes the ResNet's stem and res2 (FREEZE_AT_STAGE 2) under its pretrained backbone; they
+    # trained here. From scratch there is nothing pretrained to keep: they train.
+    from vosrt.training.models import build_model, save_checkpoint
+    from vosrt.training.train import default_config, train
+
+    config = default_config("stem-seg-lite", model_overrides=TINY, clip_length=4, size=[80, 80], batch_size=1,
+                            iterations=1, num_workers=0, samples_per_epoch=2, seed=0, lr=1e-2)
+    initial = build_model("stem-seg-lite", **TINY)
+    save_checkpoint(tmp_path / "start.pth", initial, {"model": "stem-seg-lite", **TINY})
+    if start == "init":
+        train(["generated"], tmp_path / "run", config, init=tmp_path / "start.pth", progress=False)
+    else:
+        torch.manual_seed(0)
+        train(["generated"], tmp_path / "run", config, progress=False)
+    saved = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    assert saved["train_config"]["freeze_stages"] == (2 if start == "init" else 0)   # recorded for --resume
+    if start == "init":
+        before, after = initial.state_dict(), saved["state_dict"]
+        changed = {stage: any(not torch.equal(before[k], after[k]) for k in before
+                              if k.startswith(f"backbone.body.{stage}."))
+                   for stage in ("stem", "layer1", "layer2", "layer4")}
+        assert changed == {"stem": False, "layer1": False, "layer2": True, "layer4": True}
+
+
+def test_freeze_stages_beyond_the_backbone_is_refused_naming_the_option(tmp_path):
+    from vosrt.training.train import default_config, train
+
+    config = default_config("stem-seg-lite", model_overrides=TINY, clip_length=4, size=[80, 80], batch_size=1,
+                            iterations=1, num_workers=0, samples_per_epoch=2, seed=0, freeze_stages=6)
+    with pytest.raises(UserError, match=r"freeze_stages: stem-seg-lite has 5 backbone stage\(s\) that can be frozen "
+                                        r"\(stem, res2, …\), got 6"):
+        train(["generated"], tmp_path / "run", config, progress=False)
+
+
 def test_a_stem_seg_val_size_below_80_is_refused_before_the_first_step(tmp_path):
     # it passed the multiple-of-16 check and failed the first validation, after every step before it, in avg_pool3d
     from vosrt.sdk.synthetic import generate_dataset

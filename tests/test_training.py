@@ -120,6 +120,42 @@ def test_resumed_run_continues_with_the_same_step_optimizer_state_and_rng(data_d
     assert torch.equal(a["rng"]["numpy"]["keys"], b["rng"]["numpy"]["keys"])
 
 
+def _bn_changes(before: dict, after: dict) -> tuple[int, int, int]:
+    """(BatchNorm weights or biases changed, running statistics changed, BatchNorm layers) between two state_dicts."""
+    layers = {k.rsplit(".", 1)[0] for k in before if k.endswith(".running_mean")}
+    affine = sum(not torch.equal(before[f"{l}.{p}"], after[f"{l}.{p}"]) for l in layers for p in ("weight", "bias"))
+    stats = sum(not torch.equal(before[f"{l}.{p}"], after[f"{l}.{p}"]) for l in layers for p in ("running_mean", "running_var"))
+    return affine, stats, len(layers)
+
+
+@pytest.mark.parametrize("bn_affine", [None, False])
+def test_stcn_trains_batchnorm_weight_and_bias_in_eval_mode_as_published(data_dir, tmp_path, bn_affine):
+    # STCN stays in eval() mode (running statistics as loaded) and gives Adam every parameter (model/model.py):
+    # its BatchNorm weight and bias train. They stayed as loaded in every run of the published schedule.
+    from vosrt.training.models import save_checkpoint
+
+    start = build_model("stcn-lite", **TINY_STCN)
+    save_checkpoint(tmp_path / "start.pth", start, {"model": "stcn-lite", **TINY_STCN})
+    config = tiny_config(iterations=1) if bn_affine is None else tiny_config(iterations=1, bn_affine=bn_affine)
+    assert config.freeze_bn and config.bn_affine is (bn_affine is None)   # the published schedule's: True
+    train([data_dir], tmp_path / "run", config, init=tmp_path / "start.pth", progress=False)
+    after = torch.load(tmp_path / "run" / "last.pth", weights_only=True)["state_dict"]
+    affine, stats, layers = _bn_changes(start.state_dict(), after)
+    assert layers > 10 and stats == 0
+    assert affine > layers if bn_affine is None else affine == 0
+
+
+def test_a_run_saved_before_bn_affine_and_freeze_stages_resumes_training_the_same_weights():
+    # the published schedule's bn_affine (True for STCN) would have given a resumed older run more weights to train
+    # than its optimizer state holds
+    from vosrt.training.train import resumed_config
+
+    stored = tiny_config().to_dict()
+    del stored["bn_affine"], stored["freeze_stages"]
+    config = resumed_config(tiny_config(), {"train_config": stored})
+    assert (config.bn_affine, config.freeze_stages) == (False, 0)
+
+
 @pytest.fixture
 def on_optimizer_step():
     """``on_optimizer_step(n, action)``: run ``action()`` right after the n-th optimizer update from now,

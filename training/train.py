@@ -90,7 +90,10 @@ class TrainConfig:
     lr_steps: list = field(default_factory=lambda: [125000])
     gamma: float = 0.1
     size: list = field(default_factory=lambda: [384, 384])  # crop height, width (multiples of 16)
-    freeze_bn: bool = True
+    freeze_bn: bool = True               # BatchNorm in eval() mode: running statistics as loaded, and its affine …
+    bn_affine: bool = False              # … trained all the same where true (STCN: eval() mode, Adam over every weight)
+    freeze_stages: int | None = None     # backbone stages (1: stem, 2: and res2, …) that do not train; None: the
+                                         # recipe's published value where the run starts from weights (--init), else 0
     grad_clip: float | None = None
     repeat: int = 1                      # samples per video (or image) per epoch
     num_workers: int = 2
@@ -130,7 +133,8 @@ GENERIC_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.nam
 _GENERIC_KINDS = {
     "model": ("str", None), "model_overrides": ("dict", None), "stage": ("str", None), "iterations": ("int", 1),
     "batch_size": ("int", 1), "lr": ("number", 0), "weight_decay": ("number", 0), "lr_steps": ("ints", 0),
-    "gamma": ("number", 0), "size": ("size", 1), "freeze_bn": ("bool", None), "grad_clip": ("number?", 0),
+    "gamma": ("number", 0), "size": ("size", 1), "freeze_bn": ("bool", None), "bn_affine": ("bool", None),
+    "freeze_stages": ("int?", 0), "grad_clip": ("number?", 0),
     "repeat": ("int", 1), "num_workers": ("int", 0), "seed": ("int", 0), "amp": ("bool", None),
     "log_every": ("int", 1), "image_every": ("int", 0), "save_every": ("int", 1), "keep_every": ("int", 0),
     "val_every": ("int", 0), "val_videos": ("int", 1), "val_size": ("size?", 1),
@@ -253,6 +257,9 @@ def load_config_file(path: str | Path, config: TrainConfig) -> TrainConfig:
 
 # the options a resumed run takes from the command; every other one comes from the run's checkpoint
 RESUME_SETTABLE = ("iterations", "num_workers", "log_every", "image_every", "save_every", "val_every", "keep_every")
+# what a run saved before an option existed trained with (a resumed run goes on with the same weights trainable,
+# which its optimizer state holds)
+_BEFORE_OPTION = {"bn_affine": False, "freeze_stages": 0}
 
 
 def resumed_config(config: TrainConfig, payload: dict, checkpoint_path: str | Path = CHECKPOINT_NAME) -> TrainConfig:
@@ -265,7 +272,10 @@ def resumed_config(config: TrainConfig, payload: dict, checkpoint_path: str | Pa
                         f"resume it with `vosrt train {stored_model} --resume ...`")
     # older checkpoints hold every family's options flat: keep this family's
     known = set(GENERIC_OPTIONS) | {config.family} | {f.name for f in dataclasses.fields(recipe_for(config.family).options)}
-    return apply_overrides(config, {k: v for k, v in stored.items() if k in known and k not in RESUME_SETTABLE})
+    kept = {k: v for k, v in stored.items() if k in known and k not in RESUME_SETTABLE}
+    if stored:
+        kept.update({k: v for k, v in _BEFORE_OPTION.items() if k not in stored})
+    return apply_overrides(config, kept)
 
 
 def read_resume_checkpoint(out: str | Path) -> dict:
@@ -586,6 +596,9 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
             print(f"--resume: {old} is not there any more; the run goes on with {new}, of the same name, as its data",
                   file=sys.stderr)
         config = resumed_config(config, payload, checkpoint_path)
+    if config.freeze_stages is None:   # resolved once, and recorded: a resumed run trains the same weights
+        pretrained = init is not None and payload is None
+        config = apply_overrides(config, {"freeze_stages": recipe.pretrained_frozen_stages if pretrained else 0})
     torch.manual_seed(_torch_seed(config.seed))  # the same initial weights on every rank
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
@@ -599,12 +612,19 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
     if payload is not None:
         model.load_state_dict(payload["state_dict"], strict=True)
     model.to(ctx.device)
-    model.train(not config.freeze_bn)  # frozen BatchNorm: running statistics and affine stay as loaded
-    if config.freeze_bn:
+    model.train(not config.freeze_bn)  # frozen BatchNorm: running statistics stay as loaded, the affine too …
+    if config.freeze_bn and not config.bn_affine:   # … unless bn_affine (STCN optimises it)
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 for param in module.parameters():
                     param.requires_grad_(False)
+    stages = recipe.backbone_stages(model)
+    if config.freeze_stages > len(stages):
+        raise UserError(f"freeze_stages: {config.model} has {len(stages)} backbone stage(s) that can be frozen"
+                        f"{' (stem, res2, …)' if stages else ''}, got {config.freeze_stages}")
+    for stage in stages[:config.freeze_stages]:
+        for param in stage.parameters():
+            param.requires_grad_(False)
 
     step_module = recipe.step_module(model, config).to(ctx.device)
     if ctx.world > 1:

@@ -30,10 +30,15 @@ class Recipe:
     stages: tuple = ("main",)
     min_size: int = 16            # the smallest training crop height and width the family's network takes
     session_options: tuple = ()   # the options session_settings reads (named when the session refuses them)
+    pretrained_frozen_stages: int = 0   # backbone stages the published training keeps frozen (from pretrained weights)
 
     def schedule(self, stage: str) -> dict:
         """Overrides of the generic defaults for the published schedule of ``stage``."""
         return {}
+
+    def backbone_stages(self, model: nn.Module) -> list:
+        """The backbone's stages in order (stem, res2, …), for the ``freeze_stages`` option; none by default."""
+        return []
 
     def check_stage(self, stage: str) -> None:
         if stage not in self.stages:

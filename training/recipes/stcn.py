@@ -2,8 +2,9 @@
 
 Adam (weight decay 1e-7), MultiStepLR ×0.1; main training lr 1e-5, batch 4, 150k iterations, decay at
 125k, 384×384 crops, frame-gap curriculum; static pre-training lr 1e-5, batch 8, 300k iterations, decay
-at 150k. Bootstrapped cross-entropy (20k → 70k, top 15 %). BatchNorm frozen: the network stays in
-``eval()`` mode throughout, as STCN trains. ``--data generated`` trains on clips generated on the fly.
+at 150k. Bootstrapped cross-entropy (20k → 70k, top 15 %). BatchNorm as STCN trains it: the network stays in
+``eval()`` mode throughout (running statistics as loaded), and its weight and bias train with the rest
+(``bn_affine``; model/model.py gives Adam every parameter). ``--data generated`` trains on clips generated on the fly.
 """
 from __future__ import annotations
 
@@ -76,7 +77,9 @@ class STCNRecipe(Recipe):
 
     def schedule(self, stage: str) -> dict:
         self.check_stage(stage)
-        return dict(batch_size=8, iterations=300000, lr_steps=[150000], lr=1e-5) if stage == "static" else {}
+        # eval() mode throughout, yet Adam takes every weight, BatchNorm's affine included (model/model.py)
+        published = dict(bn_affine=True)
+        return dict(published, batch_size=8, iterations=300000, lr_steps=[150000], lr=1e-5) if stage == "static" else published
 
     def check_options(self, options: STCNOptions, source: str) -> None:
         """UserError for a frame-gap curriculum that is not a non-empty list of [fraction, max_skip] pairs, a

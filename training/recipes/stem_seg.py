@@ -7,7 +7,9 @@ with SGD (lr 1e-3, Nesterov momentum 0.9); the generic loop here uses Adam, so t
 is Adam's usual 1e-4 instead. Its learning rate decays exponentially from iteration 40k, by ×0.1 over
 10k iterations (LR_DECAY_TYPE "exponential", LR_EXP_DECAY_START 40000, LR_EXP_DECAY_STEPS 10000,
 stemseg/training/exponential_lr.py); the generic loop's step schedule approximates that by one ×0.1 step
-at 40k. The ResNet's batch norm is frozen (its statistics are buffers), the decoders use GroupNorm.
+at 40k. The ResNet's batch norm is frozen (its statistics are buffers), the decoders use GroupNorm. A run that starts
+from weights (``--init``) keeps the ResNet's stem and res2 as they are (``freeze_stages`` 2: MODEL.BACKBONE.
+FREEZE_AT_STAGE 2, stemseg/modeling/backbone/resnet.py ``_freeze_backbone``); one from scratch trains them.
 
 Deviations in the data (documented, not the published sampler): the public DAVIS sampler
 (stemseg/data/davis_data_loader.py) takes 8 frames evenly spaced (rounded ``linspace``) over a span of
@@ -59,6 +61,7 @@ class StemSegOptions:
 
 class StemSegRecipe(Recipe):
     family = FAMILY
+    pretrained_frozen_stages = 2   # the public code's FREEZE_AT_STAGE: stem and res2
     options = StemSegOptions
     min_size = MIN_SIZE
     session_options = ("clip_overlap", "min_seediness")
@@ -66,6 +69,10 @@ class StemSegRecipe(Recipe):
     def schedule(self, stage):
         self.check_stage(stage)
         return dict(batch_size=2, iterations=50000, lr=1e-4, weight_decay=1e-4, lr_steps=[40000], size=[480, 864])
+
+    def backbone_stages(self, model):
+        body = model.backbone.body
+        return [body.stem, body.layer1, body.layer2, body.layer3, body.layer4]
 
     def build_dataset(self, config, data):
         o = config.options
