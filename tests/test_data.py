@@ -124,6 +124,33 @@ def test_youtube_vos_layout_with_sparse_annotations(tmp_path, davis):
     assert len(frames) == 10 and labels[1] is None and np.array_equal(labels[5], sequences["late"].labels[5])
 
 
+def test_stcn_main_training_on_davis_beside_youtube_vos_takes_each_davis_video_five_times(tmp_path, davis):
+    # STCN trains on ConcatDataset([davis] * 5 + [youtube]): every video was taken once, and with DAVIS's 60 videos
+    # beside YouTube-VOS's 3,471 DAVIS made 1.7 % of the samples instead of 8 %
+    from vosrt.training.recipes import recipe_for
+    from vosrt.training.train import default_config
+
+    root, sequences = davis
+    yt = tmp_path / "yt" / "train"
+    for name in ("early", "late"):
+        shutil.copytree(root / "JPEGImages" / "480p" / name, yt / "JPEGImages" / f"yt-{name}")
+        shutil.copytree(root / "Annotations" / "480p" / name, yt / "Annotations" / f"yt-{name}")
+    recipe = recipe_for("stcn")
+    config = default_config("stcn-lite", size=[32, 32])
+    mixed = recipe.build_dataset(config, [root, tmp_path / "yt"])
+    counts = {}
+    for index in range(len(mixed)):
+        video = mixed.items[mixed.order[index]][1]
+        counts[video] = counts.get(video, 0) + 1
+    assert counts == {"late": 5, "yt-early": 1, "yt-late": 1}   # DAVIS's train split: late
+    assert len(recipe.build_dataset(config, [root])) == 1   # DAVIS alone: once each
+    assert [mixed[i]["video"] for i in range(len(mixed))].count("late") == 5   # the samples read them
+    assert len(recipe.build_dataset(default_config("stcn-lite", size=[32, 32], davis_weight=2),
+                                    [root, tmp_path / "yt"])) == 4
+    with pytest.raises(UserError, match="stcn option davis_weight should be ≥ 1"):
+        default_config("stcn-lite", davis_weight=0)
+
+
 def test_youtube_vos_train_layout_divides_the_frame_gap_by_the_annotation_spacing(tmp_path):
     # YouTube-VOS's train download (and STCN's train_480p) holds only the annotated frames: JPEGImages and
     # Annotations both have 00000, 00005, 00010, ...; STCN samples them with max_skip // 5

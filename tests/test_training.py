@@ -145,15 +145,17 @@ def test_stcn_trains_batchnorm_weight_and_bias_in_eval_mode_as_published(data_di
     assert affine > layers if bn_affine is None else affine == 0
 
 
-def test_a_run_saved_before_bn_affine_and_freeze_stages_resumes_training_the_same_weights():
+def test_a_run_saved_before_bn_affine_freeze_stages_and_davis_weight_resumes_as_it_trained():
     # the published schedule's bn_affine (True for STCN) would have given a resumed older run more weights to train
     # than its optimizer state holds
     from vosrt.training.train import resumed_config
 
     stored = tiny_config().to_dict()
-    del stored["bn_affine"], stored["freeze_stages"]
+    del stored["bn_affine"], stored["freeze_stages"], stored["stcn"]["davis_weight"]
     config = resumed_config(tiny_config(), {"train_config": stored})
-    assert (config.bn_affine, config.freeze_stages) == (False, 0)
+    assert (config.bn_affine, config.freeze_stages, config.davis_weight) == (False, 0, 1)   # its epochs too
+    stored = tiny_config().to_dict()
+    assert resumed_config(tiny_config(), {"train_config": stored}).davis_weight == 5
 
 
 @pytest.fixture

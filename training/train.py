@@ -260,6 +260,8 @@ RESUME_SETTABLE = ("iterations", "num_workers", "log_every", "image_every", "sav
 # what a run saved before an option existed trained with (a resumed run goes on with the same weights trainable,
 # which its optimizer state holds)
 _BEFORE_OPTION = {"bn_affine": False, "freeze_stages": 0}
+_BEFORE_FAMILY_OPTION = {"stcn": {"davis_weight": 1}}
+_RESOLVED_AT_START = ("freeze_stages",)   # None: chosen as the run starts (what it chose is the run's)   # (the same for a family's options: its epochs stay the same)
 
 
 def resumed_config(config: TrainConfig, payload: dict, checkpoint_path: str | Path = CHECKPOINT_NAME) -> TrainConfig:
@@ -275,6 +277,9 @@ def resumed_config(config: TrainConfig, payload: dict, checkpoint_path: str | Pa
     kept = {k: v for k, v in stored.items() if k in known and k not in RESUME_SETTABLE}
     if stored:
         kept.update({k: v for k, v in _BEFORE_OPTION.items() if k not in stored})
+        nested = stored.get(config.family) if isinstance(stored.get(config.family), dict) else {}
+        kept.update({k: v for k, v in _BEFORE_FAMILY_OPTION.get(config.family, {}).items()
+                     if k not in stored and k not in nested})
     return apply_overrides(config, kept)
 
 
@@ -370,7 +375,8 @@ def resume_conflicts(config: TrainConfig, payload: dict, names,
         return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
     return [(name, getattr(config, name), getattr(resumed, name)) for name in dict.fromkeys(names)
-            if name not in RESUME_SETTABLE and plain(getattr(config, name)) != plain(getattr(resumed, name))]
+            if name not in RESUME_SETTABLE and plain(getattr(config, name)) != plain(getattr(resumed, name))
+            and not (name in _RESOLVED_AT_START and getattr(config, name) is None)]
 
 
 # ---------------------------------------------------------------------------------------------- RNG state

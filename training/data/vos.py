@@ -78,12 +78,17 @@ class VOSTripletDataset(SeededDataset):
     """STCN main training on DAVIS 2017 / YouTube-VOS folders (several may be concatenated).
 
     ``size`` = (height, width) of the crops (multiples of 16), ``max_skip`` the initial gap limit
-    (change with :meth:`set_max_skip`), ``repeat`` how many samples each video gives per epoch.
+    (change with :meth:`set_max_skip`), ``repeat`` how many samples each video gives per epoch, ``weights``
+    (one per folder) how many times more of each folder's videos (STCN's ``[davis] * 5 + [youtube]``).
     """
 
     def __init__(self, folders: VideoFolder | list[VideoFolder], size: tuple[int, int] = (384, 384),
-                 max_skip: int = 5, num_frames: int = 3, max_objects: int = 2, repeat: int = 1, seed: int = 0):
+                 max_skip: int = 5, num_frames: int = 3, max_objects: int = 2, repeat: int = 1, seed: int = 0,
+                 weights: list[int] | None = None):
         self.folders, self.items = annotated_videos(folders)
+        weight = dict(zip(map(id, self.folders), weights or [1] * len(self.folders)))
+        # the item of each sample of an epoch (before ``repeat``): a video of a folder of weight w, w times
+        self.order = [i for i, (folder, _) in enumerate(self.items) for _ in range(int(weight[id(folder)]))]
         self.size = tuple(size)
         self.max_skip = int(max_skip)
         self.num_frames = int(num_frames)
@@ -102,10 +107,11 @@ class VOSTripletDataset(SeededDataset):
         self.max_skip = int(max_skip)
 
     def __len__(self) -> int:
-        return len(self.items) * self.repeat
+        return len(self.order) * self.repeat
 
     def __getitem__(self, index: int) -> dict:
-        folder, video = self.items[index % len(self.items)]
+        item = self.order[index % len(self.order)]
+        folder, video = self.items[item]
         stems = folder.annotated_names(video)
         max_gap = max(1, self.max_skip // annotation_spacing(stems, folder.frame_names(video)))
         for attempt in range(5):
@@ -115,7 +121,7 @@ class VOSTripletDataset(SeededDataset):
                 chosen = chosen[::-1]
             frames = [folder.read_frame(video, s) for s in chosen]
             labels = [folder.read_labels(video, s, f.shape) for s, f in zip(chosen, frames)]
-            void = None if self.only_void_videos(index % len(self.items), labels) else VOID
+            void = None if self.only_void_videos(item, labels) else VOID
             sample = triplet_sample(rng, frames, labels, self.size, self.max_objects, video, allow_empty=attempt == 4,
                                     void=void)
             if sample is not None:

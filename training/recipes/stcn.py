@@ -4,7 +4,8 @@ Adam (weight decay 1e-7), MultiStepLR ×0.1; main training lr 1e-5, batch 4, 150
 125k, 384×384 crops, frame-gap curriculum; static pre-training lr 1e-5, batch 8, 300k iterations, decay
 at 150k. Bootstrapped cross-entropy (20k → 70k, top 15 %). BatchNorm as STCN trains it: the network stays in
 ``eval()`` mode throughout (running statistics as loaded), and its weight and bias train with the rest
-(``bn_affine``; model/model.py gives Adam every parameter). ``--data generated`` trains on clips generated on the fly.
+(``bn_affine``; model/model.py gives Adam every parameter). Main training on DAVIS beside YouTube-VOS takes
+each DAVIS video 5 times per epoch (``davis_weight``; train.py ``ConcatDataset([davis_dataset]*5 + [yv_dataset])``). ``--data generated`` trains on clips generated on the fly.
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ class STCNOptions:
     generated_clip_size: list = field(default_factory=lambda: [240, 432])  # --data generated: clip H, W
     generated_frames: int = 12           # --data generated: frames per clip
     samples_per_epoch: int = 1000        # --data generated: samples per epoch
+    davis_weight: int = 5                # main training on DAVIS beside other folders: samples of each DAVIS video
+                                         # per sample of another's (train.py: ConcatDataset([davis] * 5 + [youtube]))
     mem_every: int = 5                   # validation session
     top_k: int = 20                      # validation session
 
@@ -102,6 +105,9 @@ class STCNRecipe(Recipe):
                             f"{size!r}")
         if options.generated_frames < 1:
             raise UserError(f"{source}: stcn option generated_frames should be ≥ 1, got {options.generated_frames}")
+        if options.davis_weight < 1:   # 0 left DAVIS out of a mix without a word
+            raise UserError(f"{source}: stcn option davis_weight should be ≥ 1 (samples of each DAVIS video per "
+                            f"sample of another folder's), got {options.davis_weight}")
 
     def build_dataset(self, config, data):
         o = config.options
@@ -119,8 +125,11 @@ class STCNRecipe(Recipe):
             # YouTube-VOS folder with train/ was searched for image/mask pairs and refused)
             sources = [_folders([p])[0] if _is_dataset_folder(p) else Path(p) for p in data]
             return StaticSequenceDataset(sources, size=size, repeat=config.repeat, seed=config.seed)
-        return VOSTripletDataset(_folders(data), size=size, max_skip=o.skip_curriculum[0][1],
-                                 repeat=config.repeat, seed=config.seed)
+        folders = _folders(data)
+        mixed = len({folder.layout for folder in folders}) > 1
+        weights = [o.davis_weight if mixed and folder.layout == "davis" else 1 for folder in folders]
+        return VOSTripletDataset(folders, size=size, max_skip=o.skip_curriculum[0][1], repeat=config.repeat,
+                                 seed=config.seed, weights=weights)
 
     def step_module(self, model, config):
         o = config.options
