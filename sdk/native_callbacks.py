@@ -86,13 +86,25 @@ def holding():
         yield
     finally:
         if main:
-            _restore(previous)
-            _main_depth -= 1
+            try:
+                _restore(previous)
+            finally:   # a Ctrl-C raised by a handler just put back left the depth at 1: every later signal held
+                _main_depth -= 1
 
 
 def _restore(previous: dict) -> None:
-    for signum, handler in previous.items():
-        signal.signal(signum, handler)
+    """Put ``previous``'s handlers back, all of them even when a signal raises on the way (the handler of one put
+    back before it raising KeyboardInterrupt): the others stayed stand-ins."""
+    raised, pending = None, list(previous.items())
+    while pending:
+        try:
+            while pending:
+                signal.signal(*pending[0])   # again after a raise: it may have landed before the call
+                pending.pop(0)
+        except BaseException as err:
+            raised = raised or err
+    if raised is not None:
+        raise raised
 
 
 def hold(signum: int) -> bool:

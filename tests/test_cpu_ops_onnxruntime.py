@@ -461,3 +461,42 @@ def test_a_tracker_top_k_beyond_32_bits_reads_all_of_the_memory_on_the_plugin_fo
     for huge in (2**31, 2**32 + 1):
         np.testing.assert_allclose(probabilities(huge), every, atol=1e-6)
     assert np.abs(probabilities(1) - every).max() > 1e-4    # reading the top 1 differs: the check can fail
+
+
+def test_a_ctrl_c_raised_while_the_handlers_are_put_back_leaves_no_later_signal_held():
+    # The KeyboardInterrupt of Ctrl-C landing just after holding() had put Python's own SIGINT handler back skipped
+    # the rest: SIGTERM and SIGHUP kept their stand-ins and the depth stayed at 1, so every later stop signal of the
+    # process (an application that goes on after Ctrl-C: a notebook) was held for a release that never came.
+    # The signal's landing is placed with a trace function: the first line run once SIGINT's handler is back.
+    import signal
+    import sys
+
+    from vosrt.sdk import native_callbacks
+
+    before = {s: signal.getsignal(s) for s in native_callbacks._STOP_SIGNALS}
+    lines = []
+
+    def local(frame, event, arg):
+        if event == "line" and not lines and signal.getsignal(signal.SIGINT) is before[signal.SIGINT]:
+            lines.append(frame.f_lineno)
+            raise KeyboardInterrupt
+        return local
+
+    def tracer(frame, event, arg):
+        return local if frame.f_code is native_callbacks._restore.__code__ else None
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with native_callbacks.holding():
+                assert signal.getsignal(signal.SIGINT) is not before[signal.SIGINT]   # the stand-in
+                sys.settrace(tracer)
+        sys.settrace(None)
+        assert lines   # it landed
+        assert native_callbacks._main_depth == 0
+        assert {s: signal.getsignal(s) for s in before} == before
+        assert not native_callbacks.hold(signal.SIGINT)   # a later signal is not held
+    finally:
+        sys.settrace(None)
+        native_callbacks._main_depth = 0
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
