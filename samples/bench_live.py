@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 import vosrt.sdk
+from vosrt.sdk import UserError
 from vosrt.sdk.live.pipeline import LivePipeline, percentiles
 from vosrt.sdk.live.select import masks_from_boxes
 from vosrt.sdk.live.source import LatestFrameSource
@@ -29,7 +30,7 @@ from vosrt.sdk.masks import read_label_png
 from vosrt.sdk.metrics import evaluate_sequence, summarize
 from vosrt.sdk.streaming import stream
 from vosrt.sdk.synthetic import generate_sequence, write_video
-from vosrt.sdk.video import open_source
+from vosrt.sdk.video import MAX_MP4_FPS, open_source
 
 PACKAGE = Path(vosrt.sdk.__file__).parent / "models" / "stcn-lite"
 
@@ -69,6 +70,9 @@ def main() -> None:
             parser.error(f"{flag}: expected {what} >= {low}, got {value}")
     if not 0 < args.fps < float("inf"):   # the video is written at this rate and played back paced by it
         parser.error(f"--fps: expected a finite frame rate > 0, got {args.fps:g}")
+    if args.fps > MAX_MP4_FPS:   # the figure-3 .mp4 failed to open at that rate, after minutes of figures 1 and 2
+        parser.error(f"--fps: expected at most {MAX_MP4_FPS} (the figure-3 video is an .mp4, whose time base is "
+                     f"1/fps), got {args.fps:g}")
     with tempfile.TemporaryDirectory(prefix="vosrt-bench-live-") as folder:
         measure(args, Path(folder))
 
@@ -120,3 +124,6 @@ if __name__ == "__main__":
     except KeyboardInterrupt:   # Ctrl-C: one line and status 130, not a traceback (the temporary folder is removed)
         print("bench_live.py: interrupted", file=sys.stderr)
         sys.exit(130)
+    except UserError as err:    # a setting the SDK refused: one line, not a traceback blaming a temporary file
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

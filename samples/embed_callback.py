@@ -51,7 +51,6 @@ def main() -> int:
         if not session.takes_mask:
             raise UserError(f"{args.package} is a {session.package.family} package, which takes no mask; "
                             f"this sample needs an stcn one (samples/unsupervised_stream.py runs mask-free packages)")
-        print("frame,object,x,y,pixels")
         index = 0
         while args.frames is None or index < args.frames:
             ok, frame = capture.read()
@@ -60,12 +59,15 @@ def main() -> int:
             mask = None
             if index == 0:
                 mask = given if given is not None else grabcut_box(frame, args.box).astype(np.uint8)
+                print("frame,object,x,y,pixels")     # once there is a frame: a source without any has no CSV
             for done in session.push(frame, mask):
                 on_segmented(done.index, frame, done.labels)     # per-frame families: the frame just pushed
             index += 1
         for done in session.flush():                            # nothing pending for stcn; clip families
             on_segmented(done.index, None, done.labels)         # would return their last frames here
     capture.release()
+    if index == 0:   # a video without frames printed the CSV header alone, with status 0
+        raise UserError(f"--source {args.source}: no frame could be read from it; nothing was written")
     return 0
 
 
@@ -75,3 +77,6 @@ if __name__ == "__main__":
     except UserError as err:        # bad input (a package, source, mask or box): one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:       # Ctrl-C: one line and status 130, not a traceback
+        print("embed_callback.py: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -801,12 +801,13 @@ def _failure(result: dict) -> str:
     return f"{result.get('error')}" + (f": `{last}`" if last else "")
 
 
-def benchmark_tables(bench: dict) -> str:
-    """Markdown tables of run_benchmarks' results (also printed by samples/bench_kernels.py)."""
+def benchmark_tables(bench: dict, timing: str = "ms per call, back to back") -> str:
+    """Markdown tables of run_benchmarks' results (also printed by samples/bench_kernels.py). ``timing``: what the
+    figures are, in the tables' headers (bench_kernels.py --dry-run times medians of single calls on the CPU)."""
     lines: list[str] = []
     readout = bench.get("readout")
     if isinstance(readout, list):
-        lines += ["## L2MemoryReadout (ms per call, back to back; ratios = other / fused kernel)", "",
+        lines += [f"## L2MemoryReadout ({timing}; ratios = other / fused kernel)", "",
                   "| dtype | frames | objects | N | dense | GEMM+topk+gather | fused | vs dense | vs GEMM+topk | "
                   "fused MiB | queries off |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -822,7 +823,7 @@ def benchmark_tables(bench: dict) -> str:
         lines += [f"L2MemoryReadout benchmark failed: {_failure(readout)}", ""]
     d2 = bench.get("d2conv3d")
     if isinstance(d2, list):
-        lines += ["## D2Conv3D (ms per call, back to back; ratio = reference / kernel)", "",
+        lines += [f"## D2Conv3D ({timing}; ratio = reference / kernel)", "",
                   "| layer | dtype | x | reference | kernel | speed-up | TFLOP/s | ref MiB | kernel MiB | fp16 vs fp32 |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in d2:

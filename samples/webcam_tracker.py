@@ -7,13 +7,15 @@
 The window needs OpenCV with GUI support (`pip install opencv-python`; vosrt installs the headless
 build). Without it, use `vosrt live`, which shows the same in a browser, or --box with --no-window.
 The camera is read in its own thread and the model always takes the newest frame, so the picture stays
-current even when the model is slower than the camera. Keys: q or Esc quits.
+current even when the model is slower than the camera. Keys: q or Esc quits. Ctrl-C, SIGTERM and SIGHUP
+stop it with the video finished (exit code 128 + signal).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,30 +26,31 @@ from vosrt.sdk import UserError
 from vosrt.sdk.live.select import grabcut_box, parse_box
 from vosrt.sdk.live.source import LatestFrameSource
 from vosrt.sdk.streaming import stream
-from vosrt.sdk.video import OverlayVideoSink, ProcessedRateVideoSink, open_source, overlay
+from vosrt.sdk.video import open_source, overlay, overlay_video_for
 
 SHIPPED = Path(vosrt.sdk.__file__).parent / "models" / "stcn-lite"
 WINDOW = "vosrt webcam tracker"
 
 
-def has_display() -> bool:
-    """False on Linux with neither an X nor a Wayland display (over ssh, in a container), where opening a
-    window aborts the process inside Qt before Python can catch anything."""
-    return (not sys.platform.startswith("linux") or "QT_QPA_PLATFORM" in os.environ
-            or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")))
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (timeout, systemd, docker stop) or SIGHUP (a closed terminal), raised as Ctrl-C is so that the video
+    is finished on the way out: they ended the process at once, and its --video had no index (unplayable)."""
 
 
-def has_gui() -> bool:
-    """True when this OpenCV build can open windows (opencv-python, not opencv-python-headless)."""
-    if not has_display():   # a probe window would abort the process: the build information says it
-        return not any(line.split(":", 1)[1].strip() == "NONE" for line in cv2.getBuildInformation().splitlines()
-                       if line.strip().startswith("GUI:"))
+def stop(signum, frame):
+    raise Stopped(signum)
+
+
+def missing_window_support() -> str | None:
+    """Why no window can open here: "gui" (OpenCV's headless build), "display" (none, or one that cannot be reached:
+    a DISPLAY=:99 left over), or None. Probed in a child: on Linux, Qt aborts a process whose window finds no display
+    before Python can catch anything (a check that DISPLAY was set let a stale one through)."""
+    probe = "import cv2\ntry:\n cv2.namedWindow('vosrt-probe'); cv2.destroyAllWindows()\nexcept cv2.error:\n exit(3)"
     try:
-        cv2.namedWindow("vosrt-probe", cv2.WINDOW_AUTOSIZE)
-        cv2.destroyWindow("vosrt-probe")
-        return True
-    except cv2.error:
-        return False
+        code = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=30).returncode
+    except subprocess.TimeoutExpired:   # a display across the network that never answers
+        return "display"
+    return None if code == 0 else "gui" if code == 3 else "display"
 
 
 def main() -> int:
@@ -66,33 +69,32 @@ def main() -> int:
     # the browser viewer on this run's own package and source
     live = shlex.join(["vosrt", "live", "stcn-lite" if Path(args.package) == SHIPPED else args.package,
                        "--source", args.source])
-    if (show or args.box is None) and not has_gui():
-        print("This sample opens a window, which needs OpenCV with GUI support, but only the headless\n"
-              "build (opencv-python-headless) is installed. Either\n"
-              "  pip uninstall -y opencv-python-headless && pip install opencv-python\n"
-              f"or use the browser viewer:  {live}\n"
-              "or give the object without a window:  --box X,Y,W,H --no-window --video out.mp4",
-              file=sys.stderr)
-        return 2
-
-    if (show or args.box is None) and not has_display():
-        print("This sample opens a window, but there is no display here (DISPLAY is not set: over ssh or in a\n"
-              f"container). Either use the browser viewer:  {live}\n"
-              "or give the object without a window:  --box X,Y,W,H --no-window --video out.mp4",
-              file=sys.stderr)
+    missing = missing_window_support() if show or args.box is None else None
+    if missing:
+        why = ("which needs OpenCV with GUI support, but only the headless\nbuild (opencv-python-headless) is "
+               "installed. Either\n  pip uninstall -y opencv-python-headless && pip install opencv-python\nor use"
+               if missing == "gui" else "but there is no display here that it can reach (DISPLAY is not set, or\n"
+               "names one that does not answer: over ssh or in a container). Either use")
+        print(f"This sample opens a window, {why} the browser viewer:  {live}\n"
+              "or give the object without a window:  --box X,Y,W,H --no-window --video out.mp4", file=sys.stderr)
         return 2
 
     session = vosrt.sdk.load(args.package)
     if not session.takes_mask:
         session.close()   # an application copying this sample keeps running after the refusal
         raise UserError(f"{args.package} is a {session.package.family} package; this sample needs an stcn one")
-    opened = [open_source(args.source)]        # reopened by the capture thread if a camera drops
-    live = opened[0].kind not in ("video", "folder", "davis")
-    # a file that stops early (truncated) ends the run: reopened, it played again from the start, for ever
-    source = LatestFrameSource(lambda: opened.pop() if opened else open_source(args.source), drop=live, retry=live)
-    # a camera drops the frames captured while the model runs: its overlay plays at the rate frames were processed
-    sinks = [] if not args.video else [ProcessedRateVideoSink(args.video) if live else
-                                       OverlayVideoSink(args.video, fps=source.fps)]
+    first = open_source(args.source)
+    opened = [first]        # reopened by the capture thread if a camera drops
+
+    def reopen():   # a live source that dropped, tried again every second: said (the picture froze without a word)
+        print(f"warning: {source.status}", file=sys.stderr, flush=True)
+        return open_source(args.source)
+
+    # A camera or a live stream (no frame count) drops the frames captured while the model runs, and is reopened when
+    # it stops; every URL was taken for one, so a video file served over HTTP played again at its end, for ever. A
+    # file that stops early (truncated) ends the run: reopened, it played again from the start, for ever.
+    source = LatestFrameSource(lambda: opened.pop() if opened else reopen(), drop=first.live, retry=first.live)
+    sinks = [overlay_video_for(args.video, first)] if args.video else []   # a live source's at the processed rate
 
     def first_mask(index, frame):
         """The object on the first frame: from --box, or drawn with cv2.selectROI."""
@@ -121,15 +123,27 @@ def main() -> int:
         session.close()
         if show:
             cv2.destroyAllWindows()
+    if not source.captured:   # a video without frames said "0 frames" with status 0, its --video never written
+        raise UserError(f"--source {args.source}: no frame could be read from it"
+                        f"{f' ({source.problem})' if source.stopped_early else ''}; nothing was written")
     print(f"{stats.frames} frames, {stats.fps:.1f} FPS, {source.dropped} stale frames dropped")
-    if source.stopped_early:
+    whole = getattr(first, "frame_count", None) and first.frames_read + len(first.skipped) >= first.frame_count
+    if source.stopped_early and not whole:   # a file served over HTTP, read to its header's count, ends as streams do
         print(f"warning: {source.problem}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
+    for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)):   # (Windows has no SIGHUP)
+        signal.signal(signum, stop)
     try:
         sys.exit(main())
     except UserError as err:        # bad input (a package, source, mask or box): one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Stopped as stopped:      # the video is finished: one line and 128 + the signal, as `vosrt run`
+        print(f"webcam_tracker.py: stopped by {signal.Signals(stopped.args[0]).name}", file=sys.stderr)
+        sys.exit(128 + stopped.args[0])
+    except KeyboardInterrupt:       # Ctrl-C: one line and status 130, not a traceback (the video is finished)
+        print("webcam_tracker.py: interrupted", file=sys.stderr)
+        sys.exit(130)

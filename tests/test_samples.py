@@ -134,6 +134,62 @@ def test_webcam_tracker_writes_the_overlay_of_a_live_stream_at_the_rate_frames_w
     assert processed / 2 <= fps <= processed * 2, (fps, processed)   # the first frames' rate, against all 15
 
 
+def test_webcam_tracker_reads_a_video_file_at_a_url_once_and_says_when_it_was_cut_short(tmp_path):
+    # Every URL was taken for a camera (frames dropped, reopened at its end): a video file served over HTTP played
+    # again and again and never ended, its --video growing, and one cut short was replayed as well, without a word.
+    from live_support import http_camera
+
+    with http_camera(tmp_path, frames=12) as url:     # a 96x64 MJPEG .avi
+        whole = run_sample("webcam_tracker.py", "--source", url, "--box", "20,10,56,44", "--no-window", "--frames",
+                           "36", "--video", str(tmp_path / "overlay.avi"), cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    assert "12 frames, " in whole.stdout and ", 0 stale frames dropped" in whole.stdout, whole.stdout
+    assert video_frames(tmp_path / "overlay.avi") == 12
+    assert "warning" not in whole.stderr, whole.stderr    # read to the count of its header: the whole file
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "cam.avi").write_bytes((tmp_path / "cam.avi").read_bytes()[:-8000])   # its last frames gone
+    cut = run_sample("webcam_tracker.py", "--source", (tmp_path / "cut" / "cam.avi").as_uri(), "--box", "20,10,56,44",
+                     "--no-window", "--frames", "36", cwd=tmp_path)
+    shown = sum(line.startswith("frame ") for line in cut.stdout.splitlines())
+    assert cut.returncode == 0 and 0 < shown < 12, (shown, cut.stderr)
+    assert f"warning: stream {(tmp_path / 'cut' / 'cam.avi').as_uri()} stopped after {shown} frames" in cut.stderr
+
+
+def test_webcam_tracker_says_when_a_live_stream_dropped_and_is_opened_again(tmp_path):
+    # a camera or live stream that dropped was reopened every second without a word: the picture froze, unexplained
+    import re
+
+    from live_support import mjpeg_camera
+
+    picture = np.full((240, 320, 3), 30, np.uint8)
+    cv2.circle(picture, (160, 120), 40, (0, 0, 230), -1)
+    with mjpeg_camera(picture, frames=5, fps=50) as url:     # ends after 5 frames; a new connection sends 5 more
+        result = run_sample("webcam_tracker.py", "--source", url, "--box", "120,80,80,80", "--no-window", "--frames",
+                            "8", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    said = re.escape(f"warning: stream {url} stopped after ") + r"\d+ frames; retrying in 1 s \(retry 1\)$"
+    assert re.search(said, result.stderr, re.M), result.stderr
+
+
+def test_webcam_tracker_with_a_display_it_cannot_reach_says_so_instead_of_aborting_in_qt(camera):
+    # it only checked that DISPLAY was set: with one left from a closed session (DISPLAY=:99), opening the window
+    # aborted the process inside Qt (SIGABRT, "no Qt platform plugin could be initialized. Reinstalling the
+    # application may fix this problem.")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the stale display is an X11 one")
+    gui = [line.split(":", 1)[1].strip() for line in cv2.getBuildInformation().splitlines()
+           if line.strip().startswith("GUI:")]
+    if gui == ["NONE"]:
+        pytest.skip("this OpenCV has no GUI support: the sample says so first")
+    folder, video, _ = camera
+    gone = next(n for n in range(99, 999) if not Path(f"/tmp/.X11-unix/X{n}").exists())   # no X server there
+    env = {k: v for k, v in os.environ.items() if k not in ("WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    result = subprocess.run([sys.executable, str(SAMPLES / "webcam_tracker.py"), "--source", str(video)], cwd=folder,
+                            capture_output=True, text=True, timeout=300, env=dict(env, DISPLAY=f":{gone}"))
+    assert result.returncode == 2, result.stderr
+    assert "no display" in result.stderr and "--no-window" in result.stderr and "Qt" not in result.stderr
+
+
 def test_embed_callback_reports_each_frames_objects_from_its_own_loop(camera):
     folder, video, seq = camera
     x, y, w, h = bounding_box(seq.labels[0] == 1)
@@ -179,6 +235,28 @@ def test_unsupervised_stream_counts_the_instances_of_a_stem_seg_package(camera):
     assert len(lines) == len(seq) and all(" instance(s)" in line for line in lines), lines[:3]
 
 
+def test_unsupervised_stream_warns_when_a_video_stopped_early(camera, tmp_path):
+    # a truncated video ended the run without a word, as if whole (webcam_tracker.py and vosrt run warn)
+    from live_support import http_camera
+
+    folder, _, seq = camera
+    size = seq.frames[0].shape[1::-1]
+    writer = cv2.VideoWriter(str(tmp_path / "whole.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 20, size)
+    for frame in seq.frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    whole = (tmp_path / "whole.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(whole[:len(whole) // 2])     # the header still counts every frame
+    result = run_sample("unsupervised_stream.py", str(tiny_package("3dc-seg")), "--source", str(tmp_path / "cut.avi"),
+                        cwd=folder)
+    shown = sum(line.startswith("frame ") for line in result.stdout.splitlines())
+    assert result.returncode == 0 and 0 < shown < len(seq), (shown, result.stderr)
+    assert f"warning: video {tmp_path / 'cut.avi'} stopped after {shown} frames of {len(seq)}" in result.stderr
+    with http_camera(tmp_path, frames=12) as url:   # a whole file at a URL ends as a stream does: no warning
+        result = run_sample("unsupervised_stream.py", str(tiny_package("3dc-seg")), "--source", url, cwd=folder)
+    assert result.returncode == 0 and "12 frames, " in result.stdout and "warning" not in result.stderr, result.stderr
+
+
 def test_unsupervised_stream_refuses_an_stcn_package(camera):
     folder, video, _ = camera
     stcn = Path(__file__).resolve().parents[1] / "sdk" / "models" / "stcn-lite"
@@ -220,6 +298,25 @@ def test_a_frame_count_below_one_is_refused_naming_its_flag(camera, name):
     assert "max_frames" not in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("name", ["webcam_tracker.py", "embed_callback.py", "unsupervised_stream.py"])
+def test_a_video_without_frames_is_an_error_and_leaves_no_output(tmp_path, name):
+    # it counted as success: status 0 and "0 frames" (embed_callback.py: the CSV header alone), the --video asked for
+    # never written, and unsupervised_stream.py's --out folder left behind empty
+    writer = cv2.VideoWriter(str(tmp_path / "empty.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    writer.release()
+    assert (tmp_path / "empty.avi").stat().st_size > 0    # a header, no frame
+    args = {"webcam_tracker.py": ["--package", str(tiny_package("stcn")), "--box", "1,1,10,10", "--no-window",
+                                  "--video", "overlay.mp4"],
+            "embed_callback.py": ["--package", str(tiny_package("stcn")), "--box", "1,1,10,10"],
+            "unsupervised_stream.py": [str(tiny_package("3dc-seg")), "--out", "masks", "--video", "overlay.mp4"]}[name]
+    result = run_sample(name, *args, "--source", "empty.avi", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == \
+        "error: --source empty.avi: no frame could be read from it; nothing was written", result.stderr
+    assert not [line for line in result.stdout.splitlines() if line.startswith(("frame", "0 frames"))], result.stdout
+    assert not (tmp_path / "overlay.mp4").exists() and not (tmp_path / "masks").exists()
+
+
 def test_embed_callback_refuses_a_package_that_takes_no_mask(camera):
     folder, video, seq = camera
     x, y, w, h = bounding_box(seq.labels[0] == 1)
@@ -241,6 +338,16 @@ def test_bench_live_refuses_settings_it_cannot_measure_naming_only_the_wrong_fla
     err = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2 and err.endswith(says) and "Traceback" not in result.stderr, result.stderr
     assert all(flag not in err for flag in ("--clips", "--frames", "--fps") if flag != flags[0]), err
+
+
+def test_bench_live_refuses_a_frame_rate_an_mp4_cannot_take_before_measuring(tmp_path):
+    # --fps 70000 passed (finite, > 0): figures 1 and 2 ran (minutes at the default --clips), then the figure-3 .mp4
+    # could not be written at that rate, a UserError traceback blaming a temporary file
+    result = run_sample("bench_live.py", "--fps", "70000", "--clips", "1", "--frames", "2", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "error: --fps: expected at most 65535 (the figure-3 video is an .mp4, whose time base is 1/fps), got 70000")
+    assert "clip 1/1" not in result.stderr       # refused before anything was measured
 
 
 @pytest.mark.parametrize("flags, says", [
@@ -409,8 +516,9 @@ def test_bench_stcn_graphs_says_each_row_s_resolution_and_precision(portable_gra
     assert result["precision"] == "INT8" and result["size"] == f"{package.height}x{package.width}"
 
 
-def _interrupt(name: str, *args: str, cwd: Path, ready) -> subprocess.CompletedProcess:
-    """Start samples/``name``, send it SIGINT (Ctrl-C) once ``ready(process)`` is true, and return how it ended."""
+def _interrupt(name: str, *args: str, cwd: Path, ready, sig: str = "SIGINT") -> subprocess.CompletedProcess:
+    """Start samples/``name``, send it ``sig`` (SIGINT: Ctrl-C) once ``ready(process)`` is true, and return how it
+    ended."""
     import signal
     import time
 
@@ -421,7 +529,7 @@ def _interrupt(name: str, *args: str, cwd: Path, ready) -> subprocess.CompletedP
         while process.poll() is None and not ready(process):
             time.sleep(0.05)
         assert process.poll() is None, "the sample ended before it could be interrupted"
-        process.send_signal(signal.SIGINT)
+        process.send_signal(getattr(signal, sig))
         out, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
@@ -438,6 +546,52 @@ def test_bench_live_stops_on_ctrl_c_in_one_line(tmp_path):
     done = _interrupt("bench_live.py", "--clips", "1", "--frames", "60", cwd=tmp_path, ready=figures_1_and_2_printed)
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "bench_live.py: interrupted", done.stderr
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    """A clip of 600 small frames, long enough to be stopped midway: (path, --box of its object)."""
+    seq = generate_sequence(3, num_frames=600, height=64, width=96, num_objects=1)
+    x, y, w, h = bounding_box(seq.labels[0] == 1)
+    return write_video(tmp_path_factory.mktemp("long") / "long.mp4", seq), f"{x},{y},{w},{h}"
+
+
+def _stop_midway(name: str, long_video, tmp_path: Path, sig: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """samples/``name`` on ``long_video`` (with --video where it writes one) sent ``sig`` once it reported its third
+    frame (embed_callback.py: its CSV header, printed at the first frame: the tiny model's rows may name no object);
+    returns how it ended and its --video."""
+    video, box = long_video
+    out = tmp_path / "overlay.mp4"
+    args = {"webcam_tracker.py": ["--package", str(tiny_package("stcn")), "--box", box, "--no-window",
+                                  "--video", str(out)],
+            "embed_callback.py": ["--package", str(tiny_package("stcn")), "--box", box],
+            "unsupervised_stream.py": [str(tiny_package("3dc-seg")), "--video", str(out)]}[name]
+    begun = "frame,object" if name == "embed_callback.py" else "frame 2:"
+    return _interrupt(name, *args, "--source", str(video), cwd=tmp_path, sig=sig,
+                      ready=lambda process: process.stdout.readline().startswith(begun)), out
+
+
+@pytest.mark.parametrize("name", ["webcam_tracker.py", "embed_callback.py", "unsupervised_stream.py"])
+def test_samples_stop_on_ctrl_c_in_one_line_with_their_video_finished(long_video, tmp_path, name):
+    # Ctrl-C was a KeyboardInterrupt traceback (and exit status -2); the bench samples already said one line
+    done, video = _stop_midway(name, long_video, tmp_path, "SIGINT")
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"{name}: interrupted", done.stderr
+    if name != "embed_callback.py":
+        assert video_frames(video) >= 3       # the frames reported before the signal, in a playable file
+
+
+@pytest.mark.parametrize("name, sig", [("webcam_tracker.py", "SIGTERM"), ("unsupervised_stream.py", "SIGTERM"),
+                                       ("webcam_tracker.py", "SIGHUP")])
+def test_samples_finish_their_video_when_stopped_by_sigterm_or_sighup(long_video, tmp_path, name, sig):
+    # SIGTERM (timeout, systemd, docker stop) and SIGHUP ended the process at once: its --video had no index (no
+    # moov atom), unplayable; vosrt run finishes its files on them
+    import signal
+
+    done, video = _stop_midway(name, long_video, tmp_path, sig)
+    assert done.returncode == 128 + getattr(signal, sig) and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"{name}: stopped by {sig}", done.stderr
+    assert video_frames(video) >= 3
 
 
 @pytest.mark.slow   # about 11 s: it waits for a configuration's child process to exist
@@ -498,6 +652,16 @@ def test_bench_kernels_dry_run_says_it_timed_the_cpu_references_at_tiny_shapes(t
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("device: cpu (--dry-run: the PyTorch references at tiny shapes, no kernel timed; "
                                   "each figure the median of 1 single calls), torch "), done.stdout
+
+
+def test_bench_kernels_dry_run_tables_say_they_hold_cpu_medians(tmp_path):
+    # the dry run's first line said "each figure the median of 10 single calls" on the CPU, and its tables then said
+    # "ms per call, back to back" (samples/gpu_check.py's headers for the GPU's figures)
+    done = run_sample("bench_kernels.py", "--dry-run", "--repeat", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "back to back" not in done.stdout, done.stdout
+    for table in ("## L2MemoryReadout", "## D2Conv3D"):
+        assert f"{table} (ms per call on the CPU, median of 2 single calls; " in done.stdout, done.stdout
 
 
 def _run_without_torch(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
