@@ -53,13 +53,19 @@ def test_webcam_tracker_says_it_needs_opencv_with_gui_support(camera):
     assert "GUI support" in result.stderr and "pip install opencv-python" in result.stderr
 
 
-def test_webcam_tracker_without_a_display_says_so_instead_of_aborting_in_qt(camera):
+def _linux_with_opencv_gui() -> None:
+    """Skips the test unless on Linux (where Qt aborts a window without a display) with an OpenCV that has GUI
+    support (without it, the sample says so first: the test above)."""
     if not sys.platform.startswith("linux"):
         pytest.skip("a display is probed on Linux only")
     gui = [line.split(":", 1)[1].strip() for line in cv2.getBuildInformation().splitlines()
            if line.strip().startswith("GUI:")]
     if gui == ["NONE"]:
-        pytest.skip("this OpenCV has no GUI support: the sample says so first (the test above)")
+        pytest.skip("this OpenCV has no GUI support: the sample says so first")
+
+
+def test_webcam_tracker_without_a_display_says_so_instead_of_aborting_in_qt(camera):
+    _linux_with_opencv_gui()
     folder, video, _ = camera
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
     result = subprocess.run([sys.executable, str(SAMPLES / "webcam_tracker.py"), "--source", str(video)], cwd=folder,
@@ -175,12 +181,7 @@ def test_webcam_tracker_with_a_display_it_cannot_reach_says_so_instead_of_aborti
     # it only checked that DISPLAY was set: with one left from a closed session (DISPLAY=:99), opening the window
     # aborted the process inside Qt (SIGABRT, "no Qt platform plugin could be initialized. Reinstalling the
     # application may fix this problem.")
-    if not sys.platform.startswith("linux"):
-        pytest.skip("the stale display is an X11 one")
-    gui = [line.split(":", 1)[1].strip() for line in cv2.getBuildInformation().splitlines()
-           if line.strip().startswith("GUI:")]
-    if gui == ["NONE"]:
-        pytest.skip("this OpenCV has no GUI support: the sample says so first")
+    _linux_with_opencv_gui()
     folder, video, _ = camera
     gone = next(n for n in range(99, 999) if not Path(f"/tmp/.X11-unix/X{n}").exists())   # no X server there
     env = {k: v for k, v in os.environ.items() if k not in ("WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
