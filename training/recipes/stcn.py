@@ -5,7 +5,8 @@ Adam (weight decay 1e-7), MultiStepLR ×0.1; main training lr 1e-5, batch 4, 150
 at 150k. Bootstrapped cross-entropy (20k → 70k, top 15 %). BatchNorm as STCN trains it: the network stays in
 ``eval()`` mode throughout (running statistics as loaded), and its weight and bias train with the rest
 (``bn_affine``; model/model.py gives Adam every parameter). Main training on DAVIS beside YouTube-VOS takes
-each DAVIS video 5 times per epoch (``davis_weight``; train.py ``ConcatDataset([davis_dataset]*5 + [yv_dataset])``). ``--data generated`` trains on clips generated on the fly.
+each DAVIS video 5 times per epoch (``davis_weight``; train.py ``ConcatDataset([davis_dataset]*5 + [yv_dataset])``). The published code trains in mixed precision unless told
+``--no_amp`` (util/hyper_para.py); here ``--amp`` asks for it (float16 on CUDA), off by default. ``--data generated`` trains on clips generated on the fly.
 """
 from __future__ import annotations
 
