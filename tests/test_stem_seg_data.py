@@ -105,13 +105,36 @@ def _kitti_folder(root, names):
     return root
 
 
+def test_kitti_mots_takes_stem_seg_s_motschallenge_sequence_0050_with_its_jpeg_frames(tmp_path, capsys):
+    # STEm-Seg trains on KITTI-MOTS's 12 train sequences and MOTSChallenge's 0002 copied in as images/0050 (JPEG
+    # frames): 0050 was left out as "the validation split", and with "kitti_split": "all" its clips failed with
+    # "ValueError: high <= 0" (only .png frames were listed)
+    root = _kitti_folder(tmp_path / "kitti", ["0000", "0002", "0005", "0099"])
+    seq = generate_sequence(9, num_frames=FRAMES, height=H, width=W, num_objects=1, num_distractors=0)
+    write_frames(root / "images" / "0050", seq, ".jpg")
+    (root / "instances" / "0050").mkdir(parents=True)
+    for t, labels in enumerate(seq.labels):
+        cv2.imwrite(str(root / "instances" / "0050" / f"{t:06d}.png"), (labels > 0).astype(np.uint16) * 2001)
+    clips = KittiMOTSClips(root, size=(H, W), clip_length=4)
+    assert clips.sequences == ["0000", "0005", "0050"]
+    err = capsys.readouterr().err
+    assert "0002 (the validation split, kept for evaluation) and 0099 (in no split of KITTI-MOTS) left out" in err, err
+    sample = clips[2]   # 0050's clip: its JPEG frames and its pedestrian
+    assert sample["video"] == "0050" and sample["categories"][0] == 2
+    (root / "images" / "0099" / "000000.png").parent.mkdir(exist_ok=True)
+    for frame in (root / "images" / "0099").iterdir():
+        frame.unlink()
+    with pytest.raises(UserError, match=r"1 sequence folder\(s\) of .* hold no frames \(0099;"):
+        KittiMOTSClips(root, size=(H, W), clip_length=4, split="all")
+
+
 def test_kitti_mots_trains_on_its_train_split_and_keeps_the_validation_sequences_out(tmp_path, capsys):
     # Every sequence of KITTI-MOTS's training folder was a training sequence, the 9 of its validation split
     # (0002, 0006, ... on which STEm-Seg and the MOTS tools evaluate) included.
     root = _kitti_folder(tmp_path / "kitti", ["0000", "0002", "0005", "0006"])
     assert KittiMOTSClips(root, size=(H, W), clip_length=4).sequences == ["0000", "0005"]
     err = capsys.readouterr().err
-    assert "KITTI-MOTS's train split, 2 of its 4 sequences; 0002, 0006 left out (the validation split" in err, err
+    assert "KITTI-MOTS's train split, 2 of its 4 sequences; 0002, 0006 (the validation split, kept for evaluation) left out" in err, err
     assert KittiMOTSClips(root, size=(H, W), clip_length=4, split="val").sequences == ["0002", "0006"]
     assert KittiMOTSClips(root, size=(H, W), clip_length=4, split="all").sequences == ["0000", "0002", "0005", "0006"]
     capsys.readouterr()

@@ -218,8 +218,11 @@ class VISJsonClips(SeededDataset):
 
 
 # KITTI-MOTS's annotated sequences: the train / val split of mots_tools' train.seqmap and val.seqmap
-KITTI_MOTS_SPLITS = {"train": tuple(f"{i:04d}" for i in (0, 1, 3, 4, 5, 9, 11, 12, 15, 17, 19, 20)),
+# train: mots_tools' train.seqmap, and 0050, MOTSChallenge's sequence 0002 (JPEG frames) that STEm-Seg trains on
+# beside them (stemseg/config/defaults.yaml DATA.KITTI_MOTS.TRAIN_SEQS; its README: copied in as images/0050)
+KITTI_MOTS_SPLITS = {"train": tuple(f"{i:04d}" for i in (0, 1, 3, 4, 5, 9, 11, 12, 15, 17, 19, 20, 50)),
                      "val": tuple(f"{i:04d}" for i in (2, 6, 7, 8, 10, 13, 14, 16, 18))}
+KITTI_FRAME_SUFFIXES = (".png", ".jpg")   # KITTI's PNG frames; MOTSChallenge's JPEG ones (0050)
 
 
 def kitti_mots_split(root, names: list[str], split: str) -> list[str]:
@@ -241,22 +244,29 @@ def kitti_mots_split(root, names: list[str], split: str) -> list[str]:
                         f"is in KITTI-MOTS's {split} split ({', '.join(KITTI_MOTS_SPLITS[split])}); give the folder "
                         f"holding them, or {how}")
     if left:
+        # said as what they are: a sequence of neither split was called "the validation split"
+        val = [n for n in left if n in KITTI_MOTS_SPLITS["val"]] if split == "train" else []
+        other = [n for n in left if n not in val]
+        parts = ([f"{', '.join(val[:9])}{' ...' if len(val) > 9 else ''} (the validation split, kept for evaluation)"]
+                 if val else []) + ([f"{', '.join(other[:9])}{' ...' if len(other) > 9 else ''} (in no split of "
+                                     "KITTI-MOTS)" if split == "train" else f"{', '.join(other[:9])}"
+                                     f"{' ...' if len(other) > 9 else ''}"] if other else [])
         print(f"note: --data {root}: KITTI-MOTS's {split} split, {len(chosen)} of its {len(names)} sequences; "
-              f"{', '.join(left[:9])}{' ...' if len(left) > 9 else ''} left out"
-              + (" (the validation split, kept for evaluation)" if split == "train" else "") + f"; {how}",
-              file=sys.stderr)
+              f"{' and '.join(parts)} left out; {how}", file=sys.stderr)
     return chosen
 
 
 class KittiMOTSClips(SeededDataset):
-    """Clips from KITTI-MOTS: images ``ROOT/images/<seq>/<frame>.png`` (or the KITTI tracking layout
+    """Clips from KITTI-MOTS: images ``ROOT/images/<seq>/<frame>.png`` (``.jpg``: MOTSChallenge's frames, as STEm-Seg's
+    sequence 0050) (or the KITTI tracking layout
     ``ROOT/training/image_02/<seq>/``) and annotations as instance PNGs ``ROOT/instances/<seq>/<frame>.png``
     (value = class · 1000 + instance) or ``ROOT/instances_txt/<seq>.txt`` lines ``frame id class height
     width rle``. Class 1 car, 2 pedestrian; id 10000 (class 10) marks ignore regions, which are left out
     of the losses (``ignore``). Needs pycocotools for the txt format.
 
     ``split``: KITTI-MOTS's 21 annotated sequences are 12 for training and 9 for validation (the split of the
-    MOTS paper's mots_tools ``train.seqmap`` / ``val.seqmap``, which STEm-Seg trains and evaluates on):
+    MOTS paper's mots_tools ``train.seqmap`` / ``val.seqmap``, which STEm-Seg trains and evaluates on; the train split
+    also takes 0050, STEm-Seg's MOTSChallenge sequence):
     ``"train"`` (default) and ``"val"`` take theirs where the folder holds KITTI-MOTS's sequence names (a
     note says which were left out), ``"all"`` every sequence. A folder of other names is taken whole."""
 
@@ -285,6 +295,12 @@ class KittiMOTSClips(SeededDataset):
             raise UserError(f"--data {root}: {len(unannotated)} sequence(s) of {self.images} have no annotations "
                             f"({', '.join(unannotated[:5])}{' ...' if len(unannotated) > 5 else ''}; expected {where}); "
                             "add them, or remove those sequences' images")
+        # a sequence folder without frames failed at its first clip ("high <= 0")
+        empty = [seq for seq in self.sequences if not any(frame_files(self.images / seq, KITTI_FRAME_SUFFIXES))]
+        if empty:
+            raise UserError(f"--data {root}: {len(empty)} sequence folder(s) of {self.images} hold no frames "
+                            f"({', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}; expected "
+                            f"{self.images / 'SEQ' / '000000.png'} or .jpg); add them, or remove those folders")
         self.size, self.clip_length, self.max_window = tuple(size), int(clip_length), int(max_window)
         self.max_instances, self.repeat, self.seed = int(max_instances), int(repeat), int(seed)
         self._txt: dict[str, dict[int, list]] = {}
@@ -314,7 +330,7 @@ class KittiMOTSClips(SeededDataset):
     def __getitem__(self, index: int) -> dict:
         seq = self.sequences[index % len(self.sequences)]
         rng = self.rng(index)
-        files = sorted(frame_files(self.images / seq, (".png",)))
+        files = sorted(frame_files(self.images / seq, KITTI_FRAME_SUFFIXES))
         chosen = sample_clip_indices(rng, len(files), self.clip_length, self.max_window)
         frames = [_read_rgb(files[t]) for t in chosen]
         ids = [self._ids(seq, int(files[t].stem), frames[0].shape[:2]) for t in chosen]
