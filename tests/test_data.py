@@ -306,6 +306,36 @@ def test_static_sampler_thresholds_soft_grey_saliency_masks_as_stcn(tmp_path):
         assert ds[i]["masks"][0, 0].sum() > disc / 3
 
 
+def test_static_pairs_are_found_at_any_depth_and_colour_or_softer_masks_read_as_stcn(tmp_path):
+    # STCN's static folder holds FSS-1000 two levels down (fss/<class>/N.jpg): its images were left out without a word
+    # (only the folder and its direct sub-folders were searched). An RGB mask was refused at its image's first draw,
+    # hours into a run, and a soft map whose core is below 255 became one object per grey level; STCN reads every
+    # static mask as grey-scale and takes the foreground above half.
+    from PIL import Image
+
+    from vosrt.training.data.static import find_image_mask_pairs, read_pair_mask
+
+    static = tmp_path / "static"
+    yy, xx = np.mgrid[:32, :32]
+    disc = np.hypot(yy - 16, xx - 16) < 9
+    soft = np.clip((9 - np.hypot(yy - 16, xx - 16)) * 40 + 128, 0, 250).astype(np.uint8)   # its core is 250
+    masks = {"fss/bear/1": Image.fromarray(disc.astype(np.uint8) * 255, "L").convert("RGB"),
+             "DUTS-TR/a": Image.fromarray(soft, "L"), "ecssd/b": Image.fromarray(disc.astype(np.uint8), "L")}
+    for name, mask in masks.items():
+        (static / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(static / f"{name}.jpg"), np.zeros((32, 32, 3), np.uint8))
+        mask.save(static / f"{name}.png")
+    pairs = find_image_mask_pairs(static)
+    assert [image.relative_to(static).with_suffix("").as_posix() for image, _ in pairs] == \
+        ["DUTS-TR/a", "ecssd/b", "fss/bear/1"]
+    for _, mask in pairs:
+        labels = read_pair_mask(mask)
+        expected = soft >= 128 if mask.parent.name == "DUTS-TR" else disc
+        assert len(np.unique(labels)) == 2 and np.array_equal(labels > 0, expected), mask
+    ds = StaticSequenceDataset(static, size=(32, 32))
+    assert len(ds) == 3 and all(ds[i]["masks"][0, 0].any() for i in range(3))
+
+
 def test_clip_sampler_gives_clips_with_binary_foreground(davis):
     root, _ = davis
     ds = ForegroundClipDataset(VideoFolder(root), size=(32, 48), clip_length=8, seed=0)

@@ -423,7 +423,7 @@ def build_dataset(config: TrainConfig, data: list[str | Path]):
     # said here, naming the flag: the folder reader's own "dataset folder not found" did not say where it came from
     missing = [str(d) for d in data if str(d) != GENERATED and not Path(d).exists()]
     if missing:
-        takes = ("expected NAME.jpg images with NAME.png masks (in the folder or one folder deeper), or a DAVIS / "
+        takes = ("expected NAME.jpg images with NAME.png masks (in the folder or folders below it), or a DAVIS / "
                  "YouTube-VOS folder (JPEGImages/)" if config.stage == "static" else
                  f"give a dataset folder (DAVIS or YouTube-VOS layout; `vosrt train --help` lists the others), or "
                  f"'{GENERATED}' for clips generated on the fly")

@@ -9,13 +9,13 @@ object of one image, deformed three times:
   crop, colour jitter (0.1, 0.05, 0.05), and with probability 1/3 a smooth thin-plate-like
   deformation (displacements of 2 % of the size).
 
-Sources: a folder of image/mask pairs (``NAME.jpg`` + ``NAME.png``, also one folder level deeper as in
-FSS-1000), or the annotated frames of DAVIS / YouTube-VOS folders (:class:`VideoFolder`). A mask with
+Sources: a folder of image/mask pairs (``NAME.jpg`` + ``NAME.png``, also in folders below it, as FSS-1000's classes
+in STCN's ``static`` folder), or the annotated frames of DAVIS / YouTube-VOS folders (:class:`VideoFolder`). A mask with
 several ids yields one object per sample (single-object pre-training, as STCN); 0/255 masks give the
 foreground; beside other ids, 255 is void (never the object, as the DAVIS evaluation reads it). A
-grey-scale mask of an image/mask pair that holds 255 and values between (the soft edges of the saliency
-masks STCN pre-trains on: DUTS, ECSSD, HRSOD, BIG) is a foreground map: foreground where it is at least 128,
-as STCN's static_dataset.py reads it (``> 0.5`` of 255), not one object per grey level.
+grey-scale (or RGB) mask of an image/mask pair that holds values of 128 or more and others between (the soft edges
+of the saliency masks STCN pre-trains on: DUTS, ECSSD, HRSOD, BIG) is a foreground map: foreground where it is at
+least 128, as STCN's static_dataset.py reads it (``> 0.5`` of 255), not one object per grey level.
 """
 from __future__ import annotations
 
@@ -35,10 +35,16 @@ from vosrt.training.data.sampling import SeededDataset, pack_objects
 
 
 def find_image_mask_pairs(root: str | Path) -> list[tuple[Path, Path]]:
-    """``(image.jpg, image.png)`` pairs in ``root`` and its direct sub-folders."""
+    """``(image.jpg, image.png)`` pairs in ``root`` and every folder below it (hidden ones left out): STCN's
+    ``static`` folder holds FSS-1000 two levels down (``fss/<class>/N.jpg``), which a search of the direct
+    sub-folders left out without a word."""
     root = Path(root)
     pairs = []
-    folders = [root, *sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))]
+    folders, pending = [], [root]
+    while pending:   # the folders in sorted order, each before its sub-folders
+        folder = pending.pop(0)
+        folders.append(folder)
+        pending[:0] = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     for image in sorted(image for folder in folders for image in frame_files(folder, (".jpg",))):
         mask = image.with_suffix(".png")
         if mask.is_file():
@@ -48,16 +54,21 @@ def find_image_mask_pairs(root: str | Path) -> list[tuple[Path, Path]]:
 
 def read_pair_mask(path: Path) -> np.ndarray:
     """The mask of an image/mask pair as ids: a palette PNG's indices, a grey-scale one's values, except a
-    grey-scale soft foreground map (255 with values between, a saliency dataset's anti-aliased edges), which
-    becomes 0/255 at 128 (module docstring)."""
-    labels = read_label_png(path)
-    if labels.dtype == np.uint8:
+    grey-scale soft foreground map (values of 128 and more with others between, a saliency dataset's
+    anti-aliased edges, its core 255 or not), which becomes 0/255 at 128 (module docstring). An RGB(A) mask is
+    read as STCN reads every static mask: as grey-scale (``convert('L')``). It was refused at its image's first
+    draw, in a run that had gone on for hours, and a soft map without 255 gave one object per grey level."""
+    with Image.open(path) as image:
+        mode = image.mode
+        colour = mode in ("RGB", "RGBA", "LA") and image.convert("L")
+    if colour:
+        labels = np.asarray(colour, np.uint8)
+    else:
+        labels = read_label_png(path)
+    if labels.dtype == np.uint8 and mode != "P":
         values = set(np.unique(labels).tolist()) - {0}
-        if VOID in values and len(values) > 1:
-            with Image.open(path) as image:
-                grey = image.mode == "L"
-            if grey:
-                labels = np.where(labels >= 128, VOID, 0).astype(np.uint8)
+        if len(values) > 1 and max(values) >= 128:
+            labels = np.where(labels >= 128, VOID, 0).astype(np.uint8)
     return labels
 
 
@@ -82,8 +93,13 @@ class StaticSequenceDataset(SeededDataset):
                 pairs = find_image_mask_pairs(source)
                 if not pairs:
                     found = "not found" if not Path(source).is_dir() else "holds no image/mask pairs"
-                    raise UserError(f"{source}: {found}; expected NAME.jpg images with NAME.png masks (in the folder "
-                                    f"or one folder deeper), or a DAVIS / YouTube-VOS folder (JPEGImages/)")
+                    # the official saliency downloads keep them apart (DUTS-TR-Image/ and DUTS-TR-Mask/, ECSSD's images/
+                    # and ground_truth_mask/): said, with what pairs them
+                    raise UserError(f"{source}: {found}; expected NAME.jpg images with NAME.png masks side by side (in "
+                                    f"the folder or folders below it: STCN's static folder, as its download script "
+                                    f"leaves it; a download that keeps images and masks in folders of their own, such "
+                                    f"as DUTS-TR-Image/ and DUTS-TR-Mask/, needs each mask moved beside its image), "
+                                    f"or a DAVIS / YouTube-VOS folder (JPEGImages/)")
                 self.items += [((image, mask), image.stem) for image, mask in pairs]
         self.size = tuple(size)
         self.num_frames = int(num_frames)
