@@ -151,6 +151,41 @@ def test_stcn_main_training_on_davis_beside_youtube_vos_takes_each_davis_video_f
         default_config("stcn-lite", davis_weight=0)
 
 
+def test_a_split_of_first_frame_masks_is_refused_and_unannotated_videos_are_said(tmp_path, davis, capsys):
+    # YouTube-VOS's valid/ (DAVIS's test-dev too) has each video's first-frame mask only: STCN trained on that frame
+    # three times over, without a word. A video the train split lists without annotations was left out silently.
+    root, sequences = davis
+    valid = tmp_path / "yt" / "valid"
+    for name in ("early", "late"):
+        shutil.copytree(root / "JPEGImages" / "480p" / name, valid / "JPEGImages" / name)
+        (valid / "Annotations" / name).mkdir(parents=True)
+        shutil.copy(root / "Annotations" / "480p" / name / "00000.png", valid / "Annotations" / name)
+    with pytest.raises(UserError, match=r"every annotated video has one annotated frame \(early, late\).*give the "
+                                        r"train split"):
+        VOSTripletDataset(VideoFolder(tmp_path / "yt", split="valid"), size=(32, 32))
+    shutil.copytree(root / "Annotations" / "480p" / "late", valid / "Annotations" / "late", dirs_exist_ok=True)
+    shutil.rmtree(valid / "Annotations" / "early")
+    (tmp_path / "yt" / "valid" / "ImageSets" / "2017").mkdir(parents=True)
+    (tmp_path / "yt" / "valid" / "ImageSets" / "2017" / "train.txt").write_text("early\nlate\n")
+    dataset = VOSTripletDataset(VideoFolder(tmp_path / "yt" / "valid", split="train"), size=(32, 32))
+    assert [video for _, video in dataset.items] == ["late"]
+    assert "1 listed by the split without annotations (early) left out" in capsys.readouterr().err
+
+
+def test_unsupervised_training_on_davis_2017_without_its_unsupervised_set_says_what_it_reads(davis, capsys):
+    # 3dc-seg and stem-seg read the semi-supervised task's objects of a DAVIS 2017 folder without
+    # Annotations_unsupervised, without a word; the published models train on DAVIS-2017-Unsupervised's
+    from vosrt.training.data import folders
+
+    root, _ = davis
+    folders._noted.clear()   # (an earlier test of this process may have opened the folder so)
+    folder = VideoFolder(root, task="unsupervised")
+    assert folder.mask_root == root / "Annotations" / "480p"
+    assert "no Annotations_unsupervised/480p" in capsys.readouterr().err
+    VideoFolder(root, task="unsupervised")
+    assert capsys.readouterr().err == ""   # once
+
+
 def test_youtube_vos_train_layout_divides_the_frame_gap_by_the_annotation_spacing(tmp_path):
     # YouTube-VOS's train download (and STCN's train_480p) holds only the annotated frames: JPEGImages and
     # Annotations both have 00000, 00005, 00010, ...; STCN samples them with max_skip // 5

@@ -77,6 +77,12 @@ class VideoFolder:
                 self.mask_root = unsupervised
             else:
                 self.mask_root = root / "Annotations" / resolution
+                if task == "unsupervised" and (root / "ImageSets" / "2017").is_dir() and self.mask_root.is_dir():
+                    # DAVIS 2017 without its unsupervised set: the semi-supervised task's objects were taken without
+                    # a word (DAVIS 2016 has only Annotations, the salient object: taken as it is)
+                    _note_once(f"note: {root}: no {UNSUPERVISED_ANNOTATIONS}/{resolution} (DAVIS-2017-Unsupervised's "
+                               f"annotations, which the published unsupervised models train on); training reads "
+                               f"Annotations/{resolution}, the semi-supervised task's objects")
                 if not self.mask_root.is_dir() and unsupervised.is_dir():
                     raise UserError(f"{root}: holds {UNSUPERVISED_ANNOTATIONS}/{resolution} (the annotations of "
                                     f"DAVIS's unsupervised task) but no Annotations/{resolution}, which semi-"
@@ -194,6 +200,18 @@ class VideoFolder:
         return [frame for frame, _ in pairs], [labels for _, labels in pairs]
 
 
+_noted: set[str] = set()
+
+
+def _note_once(note: str) -> None:
+    """Print ``note`` on stderr, once per process (a dataset folder is opened again for validation, each epoch)."""
+    import sys
+
+    if note not in _noted:
+        _noted.add(note)
+        print(note, file=sys.stderr, flush=True)
+
+
 def _level_hint(root: Path) -> str:
     """Where the dataset folder is when ``root`` (which has no ``JPEGImages``) is a level above or inside it."""
     inside = [p for p in sorted(root.iterdir()) if (p / "JPEGImages").is_dir()]
@@ -215,12 +233,34 @@ def check_mask_size(labels: np.ndarray, shape: tuple[int, ...], mask_path: Path,
 
 
 def annotated_videos(folders) -> tuple[list[VideoFolder], list[tuple[VideoFolder, str]]]:
-    """(folders, [(folder, video), ...] of every video with at least one annotation) for one folder or
-    several; UserError when there is nothing to train on."""
+    """(folders, [(folder, video), ...] of every video with at least two annotated frames) for one folder or
+    several; UserError when there is nothing to train on. A sample takes several annotated frames of a video: one
+    with a single annotation (a validation or test split's first-frame mask: YouTube-VOS's valid/, DAVIS's
+    test-dev) gave that frame again and again, and a split's video without annotations was left out; both are
+    said in a note."""
+    import sys
+
     folders = [folders] if isinstance(folders, VideoFolder) else list(folders)
-    items = [(folder, video) for folder in folders for video in folder.videos if folder.annotated_names(video)]
+    counted = [(folder, video, len(folder.annotated_names(video))) for folder in folders for video in folder.videos]
+    items = [(folder, video) for folder, video, count in counted if count >= 2]
+    single = [video for _, video, count in counted if count == 1]
+    bare = [video for _, video, count in counted if count == 0]
+    roots = ", ".join(str(folder.root) for folder in folders)
+
+    def listed(videos):
+        return f"{', '.join(videos[:5])}{' ...' if len(videos) > 5 else ''}"
+
     if not items:
-        raise UserError("no annotated videos to train on")
+        if single:
+            raise UserError(f"--data {roots}: every annotated video has one annotated frame ({listed(single)}): the "
+                            f"first-frame masks of a validation or test split (YouTube-VOS's valid/, DAVIS's "
+                            f"test-dev); training samples several annotated frames of a video: give the train split")
+        raise UserError(f"--data {roots}: no annotated videos to train on")
+    left = ([f"{len(single)} with one annotated frame ({listed(single)})"] if single else []) + \
+        ([f"{len(bare)} listed by the split without annotations ({listed(bare)})"] if bare else [])
+    if left:
+        print(f"note: --data {roots}: {' and '.join(left)} left out; training takes the {len(items)} video(s) with "
+              f"two or more annotated frames", file=sys.stderr, flush=True)
     return folders, items
 
 
