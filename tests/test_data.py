@@ -172,6 +172,15 @@ def test_a_split_of_first_frame_masks_is_refused_and_unannotated_videos_are_said
     assert "1 listed by the split without annotations (early) left out" in capsys.readouterr().err
 
 
+def test_a_youtube_vis_folder_given_as_a_video_folder_points_to_its_json(tmp_path, davis):
+    # "no annotated videos found (looked in YTVIS/train/Annotations)", the train.json beside the frames unsaid
+    root, _ = davis
+    shutil.copytree(root / "JPEGImages" / "480p", tmp_path / "ytvis" / "train" / "JPEGImages")
+    (tmp_path / "ytvis" / "train.json").write_text("{}")
+    with pytest.raises(UserError, match=r"no annotated videos found .*YouTube-VIS / OVIS file, --data .*ytvis/train\.json"):
+        VideoFolder(tmp_path / "ytvis", split="train")
+
+
 def test_unsupervised_training_on_davis_2017_without_its_unsupervised_set_says_what_it_reads(davis, capsys):
     # 3dc-seg and stem-seg read the semi-supervised task's objects of a DAVIS 2017 folder without
     # Annotations_unsupervised, without a word; the published models train on DAVIS-2017-Unsupervised's

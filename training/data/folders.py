@@ -111,7 +111,12 @@ class VideoFolder:
         else:
             names = [n for n in names if _list_stems(self.mask_root / n, ".png")]
         if not names:
-            raise UserError(f"{root}: no annotated videos found (looked in {self.mask_root})")
+            # a YouTube-VIS / OVIS folder (frames beside a JSON of the annotations) was said as a DAVIS one missing masks
+            found = sorted({*root.glob("*.json"), *root.parent.glob("*.json")} - {root / "meta.json",
+                                                                                 root.parent / "meta.json"})
+            hint = (f"; its annotations may be the JSON beside it: stem-seg trains on a YouTube-VIS / OVIS file, "
+                    f"--data {found[0]}" if found else "")
+            raise UserError(f"{root}: no annotated videos found (looked in {self.mask_root}){hint}")
         self.videos: list[str] = names
         # {(folder, suffix): {stem: file}} of the folders holding a file whose suffix is not lower case (.JPG),
         # listed once, at the first read of such a file, not at every read
