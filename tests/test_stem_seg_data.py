@@ -57,6 +57,21 @@ def test_youtube_vis_json_clips_carry_instances_and_their_categories(tmp_path):
     assert not (sample["masks"][0].bool() & sample["masks"][1].bool()).any()
 
 
+def test_youtube_vis_clips_keep_the_instances_in_view_when_a_video_has_more_than_max_instances(tmp_path):
+    # those kept were drawn from every track of the video: an instance in view could give way to one absent from
+    # the clip, and was then background in the losses
+    path = _vis_json(tmp_path)
+    data = json.loads(path.read_text())
+    absent = [dict(data["annotations"][0], id=10 + k, category_id=9, segmentations=[None] * FRAMES) for k in range(6)]
+    data["annotations"] = absent[:3] + data["annotations"] + absent[3:]
+    path.write_text(json.dumps(data))
+    clips = VISJsonClips(path, size=(H, W), clip_length=4, max_instances=2)
+    for index in range(6):
+        sample = clips[index]
+        assert sorted(sample["categories"].tolist()) == [3, 7]
+        assert sample["masks"][0].sum() > 0 and sample["masks"][1].sum() > 0
+
+
 def test_a_category_head_too_small_for_the_dataset_s_category_ids_is_refused_before_training(tmp_path):
     # "IndexError: Target 7 is out of bounds" from the cross-entropy at the first sample carrying category 7
     recipe, data = recipe_for("stem-seg"), [_vis_json(tmp_path)]

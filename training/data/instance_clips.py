@@ -199,7 +199,10 @@ class VISJsonClips(SeededDataset):
         chosen = sample_clip_indices(rng, len(video["file_names"]), self.clip_length, self.max_window)
         frames = [_read_rgb(self.image_root / video["file_names"][t]) for t in chosen]
         height, width = frames[0].shape[:2]
-        tracks = self.tracks[video["id"]]
+        # the tracks seen in the clip's frames (a video's others would be empty slots): with more tracks than
+        # max_instances, those kept were drawn from all of them, and an instance in view could be dropped for one
+        # that is not (it then was background in the losses)
+        tracks = [ann for ann in self.tracks[video["id"]] if any(ann["segmentations"][t] for t in chosen)]
         if len(tracks) > self.max_instances:
             tracks = [tracks[i] for i in sorted(rng.choice(len(tracks), self.max_instances, replace=False))]
         labels = []
