@@ -378,6 +378,17 @@ def test_static_pairs_are_found_at_any_depth_and_colour_or_softer_masks_read_as_
         assert len(np.unique(labels)) == 2 and np.array_equal(labels > 0, expected), mask
     ds = StaticSequenceDataset(static, size=(32, 32))
     assert len(ds) == 3 and all(ds[i]["masks"][0, 0].any() for i in range(3))
+    # STCN takes BIG and HRSOD 5 times ([big_dataset, hrsod_dataset] * 5): the recipe's static_weights
+    from vosrt.training.recipes import recipe_for
+    from vosrt.training.train import default_config
+
+    (static / "BIG_small").mkdir()
+    for suffix in (".jpg", ".png"):
+        shutil.copy(static / "ecssd" / f"b{suffix}", static / "BIG_small" / f"c{suffix}")
+    weighted = recipe_for("stcn").build_dataset(default_config("stcn-lite", stage="static", size=[32, 32]), [static])
+    assert sorted(name for _, name in weighted.items) == ["1", "a", "b"] + ["c"] * 5
+    with pytest.raises(UserError, match="stcn option static_weights should map folder names to whole numbers"):
+        default_config("stcn-lite", static_weights={"BIG_small": 0})
 
 
 def test_clip_sampler_gives_clips_with_binary_foreground(davis):

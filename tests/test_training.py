@@ -151,9 +151,9 @@ def test_a_run_saved_before_bn_affine_freeze_stages_and_davis_weight_resumes_as_
     from vosrt.training.train import resumed_config
 
     stored = tiny_config().to_dict()
-    del stored["bn_affine"], stored["freeze_stages"], stored["stcn"]["davis_weight"]
+    del stored["bn_affine"], stored["freeze_stages"], stored["stcn"]["davis_weight"], stored["stcn"]["static_weights"]
     config = resumed_config(tiny_config(), {"train_config": stored})
-    assert (config.bn_affine, config.freeze_stages, config.davis_weight) == (False, 0, 1)   # its epochs too
+    assert (config.bn_affine, config.freeze_stages, config.davis_weight, config.static_weights) == (False, 0, 1, {})
     stored = tiny_config().to_dict()
     assert resumed_config(tiny_config(), {"train_config": stored}).davis_weight == 5
 

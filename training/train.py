@@ -260,7 +260,7 @@ RESUME_SETTABLE = ("iterations", "num_workers", "log_every", "image_every", "sav
 # what a run saved before an option existed trained with (a resumed run goes on with the same weights trainable,
 # which its optimizer state holds)
 _BEFORE_OPTION = {"bn_affine": False, "freeze_stages": 0}
-_BEFORE_FAMILY_OPTION = {"stcn": {"davis_weight": 1}}
+_BEFORE_FAMILY_OPTION = {"stcn": {"davis_weight": 1, "static_weights": {}}}
 _RESOLVED_AT_START = ("freeze_stages",)   # None: chosen as the run starts (what it chose is the run's)   # (the same for a family's options: its epochs stay the same)
 
 

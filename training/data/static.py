@@ -76,11 +76,13 @@ class StaticSequenceDataset(SeededDataset):
     """Pseudo-video triplets from static images for STCN stage-0 pre-training.
 
     ``sources``: a folder of image/mask pairs, a :class:`VideoFolder`, or a list of either; ``repeat``: how
-    many samples each image gives per epoch.
+    many samples each image gives per epoch; ``weights``: ``{folder name: w}``, each pair under a folder of that name
+    (below a source folder) taken w times (STCN: BIG and HRSOD 5 times).
     """
 
     def __init__(self, sources, size: tuple[int, int] = (384, 384), num_frames: int = 3,
-                 max_objects: int = 2, repeat: int = 1, seed: int = 0):
+                 max_objects: int = 2, repeat: int = 1, seed: int = 0, weights: dict | None = None):
+        weights = dict(weights or {})
         if not isinstance(sources, (list, tuple)):
             sources = [sources]
         self.items = []  # (loader of (image, labels), name)
@@ -100,7 +102,9 @@ class StaticSequenceDataset(SeededDataset):
                                     f"leaves it; a download that keeps images and masks in folders of their own, such "
                                     f"as DUTS-TR-Image/ and DUTS-TR-Mask/, needs each mask moved beside its image), "
                                     f"or a DAVIS / YouTube-VOS folder (JPEGImages/)")
-                self.items += [((image, mask), image.stem) for image, mask in pairs]
+                for image, mask in pairs:
+                    weight = max([weights.get(part, 1) for part in image.relative_to(source).parts[:-1]], default=1)
+                    self.items += [((image, mask), image.stem)] * int(weight)
         self.size = tuple(size)
         self.num_frames = int(num_frames)
         self.max_objects = int(max_objects)

@@ -5,7 +5,8 @@ Adam (weight decay 1e-7), MultiStepLR ×0.1; main training lr 1e-5, batch 4, 150
 at 150k. Bootstrapped cross-entropy (20k → 70k, top 15 %). BatchNorm as STCN trains it: the network stays in
 ``eval()`` mode throughout (running statistics as loaded), and its weight and bias train with the rest
 (``bn_affine``; model/model.py gives Adam every parameter). Main training on DAVIS beside YouTube-VOS takes
-each DAVIS video 5 times per epoch (``davis_weight``; train.py ``ConcatDataset([davis_dataset]*5 + [yv_dataset])``). The published code trains in mixed precision unless told
+each DAVIS video 5 times per epoch (``davis_weight``; train.py ``ConcatDataset([davis_dataset]*5 + [yv_dataset])``); static pre-training takes the images under BIG_small/ and
+HRSOD_small/ 5 times (``static_weights``; ``[big_dataset, hrsod_dataset]*5``). The published code trains in mixed precision unless told
 ``--no_amp`` (util/hyper_para.py); here ``--amp`` asks for it (float16 on CUDA), off by default. ``--data generated`` trains on clips generated on the fly.
 """
 from __future__ import annotations
@@ -49,6 +50,9 @@ class STCNOptions:
     samples_per_epoch: int = 1000        # --data generated: samples per epoch
     davis_weight: int = 5                # main training on DAVIS beside other folders: samples of each DAVIS video
                                          # per sample of another's (train.py: ConcatDataset([davis] * 5 + [youtube]))
+    # static pre-training: samples of each image under a folder of that name per image elsewhere (train.py: "BIG and
+    # HRSOD have higher quality, use them more", [big_dataset, hrsod_dataset] * 5)
+    static_weights: dict = field(default_factory=lambda: {"BIG_small": 5, "HRSOD_small": 5})
     mem_every: int = 5                   # validation session
     top_k: int = 20                      # validation session
 
@@ -106,6 +110,11 @@ class STCNRecipe(Recipe):
                             f"{size!r}")
         if options.generated_frames < 1:
             raise UserError(f"{source}: stcn option generated_frames should be ≥ 1, got {options.generated_frames}")
+        weights = options.static_weights
+        if not isinstance(weights, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                                    for v in weights.values()):
+            raise UserError(f"{source}: stcn option static_weights should map folder names to whole numbers ≥ 1 "
+                            f"(samples of each image under that folder per image elsewhere), got {weights!r}")
         if options.davis_weight < 1:   # 0 left DAVIS out of a mix without a word
             raise UserError(f"{source}: stcn option davis_weight should be ≥ 1 (samples of each DAVIS video per "
                             f"sample of another folder's), got {options.davis_weight}")
@@ -125,7 +134,8 @@ class STCNRecipe(Recipe):
             # (every video was taken: a DAVIS folder's val videos, which --val scores, were pre-trained on; a
             # YouTube-VOS folder with train/ was searched for image/mask pairs and refused)
             sources = [_folders([p])[0] if _is_dataset_folder(p) else Path(p) for p in data]
-            return StaticSequenceDataset(sources, size=size, repeat=config.repeat, seed=config.seed)
+            return StaticSequenceDataset(sources, size=size, repeat=config.repeat, seed=config.seed,
+                                         weights=o.static_weights)
         folders = _folders(data)
         mixed = len({folder.layout for folder in folders}) > 1
         weights = [o.davis_weight if mixed and folder.layout == "davis" else 1 for folder in folders]
