@@ -50,6 +50,8 @@ class _HostRuntime:
 
     def cudaMemcpy2DAsync(self, dst, dpitch, src, spitch, width, height, kind, stream):
         assert width <= dpitch and width <= spitch
+        if max(dpitch, spitch) > trt_backend.MAX_COPY_PITCH:   # as the runtime: cudaErrorInvalidPitchValue
+            return (12,)
         for row in range(height):
             ctypes.memmove(dst + row * dpitch, src + row * spitch, width)
         return (0,)
@@ -639,3 +641,20 @@ def test_device_arrays_say_which_stream_wrote_them_and_foreign_ones_are_waited_f
     event = 901
     assert record == ("record", event, 0x7000) and wait == ("wait", 0x5000, event)
     assert record2 == ("record", event, 2) and wait2 == ("wait", 0x5000, event)
+
+
+def test_copies_whose_pitch_is_beyond_cudamemcpy2d_s_limit_still_land(backend, monkeypatch):
+    # A write along the objects axis of STCN's value bank at 480p is one row whose pitch is the whole bank: 2.19 GB
+    # from 33 objects on, beyond cudaMemcpy2D's 2**31 - 1 (cudaErrorInvalidPitchValue), so objects could not be
+    # added or removed. The limit is lowered here to sizes a test holds.
+    monkeypatch.setattr(trt_backend, "MAX_COPY_PITCH", 64)
+    rng = np.random.default_rng(5)
+    bank = backend.zeros((3, 4, 6))                          # a row along axis 0: 96 bytes
+    value = rng.standard_normal((1, 4, 6)).astype(np.float32)
+    backend.write(bank, 0, 1, value)
+    backend.write(bank, 0, 2, backend.upload(value * 2))
+    expected = np.zeros((3, 4, 6), np.float32)
+    expected[1], expected[2] = value[0], 2 * value[0]
+    assert np.array_equal(backend.download(bank), expected)
+    wide = backend.upload(rng.standard_normal((2, 3, 40)).astype(np.float32))   # rows of 160 bytes
+    assert np.array_equal(backend.download(backend.read(wide, 2, 5, 9)), backend.download(wide)[:, :, 5:9])

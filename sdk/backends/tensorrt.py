@@ -44,6 +44,7 @@ from vosrt.sdk.errors import UserError, install_command
 PLUGIN_LIBRARY_NAME = "libvosrt_plugins.so"
 # TensorRT wants every I/O tensor address 256-byte aligned; cudaMalloc gives that, views may not.
 BINDING_ALIGNMENT = 256
+MAX_COPY_PITCH = 2**31 - 1   # the largest pitch cudaMemcpy2D takes (cudaDeviceProp::memPitch on current GPUs)
 PLUGIN_LIBRARY_ENV = "VOSRT_PLUGIN_LIB"
 _GRAPH_CACHE_LIMIT = 256  # CUDA graphs kept per graph (one per distinct shape/address set), least recently used out
 _SEEN_LIMIT = 4 * _GRAPH_CACHE_LIMIT   # shape/address sets run once (captured on their second run), oldest out
@@ -842,8 +843,7 @@ class TensorRTBackend(Backend):
             rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
         src_ptr = host.ctypes.data if host is not None else src.ptr
         # [rows, dst.shape[axis] * inner] destination, rows of `width` bytes from a dense source
-        check_cuda(rt.cudaMemcpy2DAsync(dst_ptr, dst_pitch, src_ptr, width, width, rows, kind, self.stream),
-                   "cudaMemcpy2DAsync")
+        self._copy_rows(dst_ptr, dst_pitch, src_ptr, width, width, rows, kind)
         if host is not None:
             check_cuda(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
 
@@ -867,10 +867,23 @@ class TensorRTBackend(Backend):
             src.scratch = DeviceTensor(_Allocation(src.nbytes, self), src.shape, src.dtype)
         rt = cudart()
         width = (stop - start) * inner
-        check_cuda(rt.cudaMemcpy2DAsync(src.scratch.ptr, width, src.ptr + start * inner, src.shape[axis] * inner,
-                                        width, rows, rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, self.stream),
-                   "cudaMemcpy2DAsync")
+        self._copy_rows(src.scratch.ptr, width, src.ptr + start * inner, src.shape[axis] * inner, width, rows,
+                        rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice)
         return src.scratch.view(shape)
+
+    def _copy_rows(self, dst: int, dst_pitch: int, src: int, src_pitch: int, width: int, rows: int, kind) -> None:
+        """``rows`` rows of ``width`` bytes on the stream: one cudaMemcpy2DAsync, or, where a pitch is beyond what it
+        takes (cudaDeviceProp::memPitch, 2**31 - 1 bytes: cudaErrorInvalidPitchValue), or there is one row, one
+        cudaMemcpyAsync per row. A write along the objects axis of STCN's value bank at 480p is one row of a pitch
+        of the whole bank, 2.19 GB from 33 objects on: adding or removing an object failed."""
+        rt = cudart()
+        if rows > 1 and max(dst_pitch, src_pitch) <= MAX_COPY_PITCH:
+            check_cuda(rt.cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, rows, kind, self.stream),
+                       "cudaMemcpy2DAsync")
+            return
+        for row in range(rows):
+            check_cuda(rt.cudaMemcpyAsync(dst + row * dst_pitch, src + row * src_pitch, width, kind, self.stream),
+                       "cudaMemcpyAsync")
 
     def synchronize(self) -> None:
         check_cuda(cudart().cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
