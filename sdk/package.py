@@ -45,6 +45,10 @@ class Package:
     dims: dict = field(default_factory=dict)
     engines: dict = field(default_factory=dict)
 
+    def __fspath__(self) -> str:
+        """Its folder: ``vosrt.sdk.load(load_package(...))`` opens it (it was refused with the whole manifest)."""
+        return str(self.path)
+
     @property
     def forms(self) -> list[str]:
         """Forms every graph of the family is available in (``portable`` first)."""
@@ -137,8 +141,9 @@ def read_manifest(path: str | Path) -> tuple[Path, dict]:
     the name of a shipped package), with a UserError saying what to do when it is missing or
     unreadable."""
     if not isinstance(path, (str, os.PathLike)):
+        import reprlib
         raise UserError(f"model package: expected a folder path or a shipped package's name (str or Path), got "
-                        f"{type(path).__name__} {path!r}; for example vosrt.sdk.load('stcn-lite')")
+                        f"{type(path).__name__} {reprlib.repr(path)}; for example vosrt.sdk.load('stcn-lite')")
     given, path = Path(path), resolve(path)
     # A bare name that is also a folder here is taken as that folder; say so when the folder is not a package
     # but a shipped package has the name.

@@ -229,3 +229,26 @@ def test_a_package_whose_plugin_form_reads_beyond_the_operators_top_k_runs_the_p
     with pytest.raises(UserError, match=r"top_k 100 .*run the portable form \(form='portable'\), or export the "
                                         r"package again with --top-k 64 or less"):
         vosrt.sdk.load(package, form="plugin", threads=1)
+
+
+def test_a_cuda_provider_that_cannot_start_runs_on_the_cpu_when_auto_and_is_refused_when_asked(shipped, monkeypatch,
+                                                                                              capsys):
+    # onnxruntime-gpu lists CUDAExecutionProvider whenever it was built with it; without a usable GPU its sessions
+    # fall back to the CPU with a log line, and the backend went on making CUDA tensors for them (every upload
+    # failed, or "cuda" was reported of a CPU run). The listing is what a GPU build without a working GPU says; the
+    # sessions are this onnxruntime's own, which cannot start the CUDA provider.
+    import onnxruntime as ort
+
+    frame = np.random.default_rng(0).integers(0, 255, (64, 96, 3), np.uint8)
+    with pytest.raises(UserError, match=r"could not start its CUDA provider .*device='cpu'"):
+        vosrt.sdk.load(shipped, backend="onnxruntime", providers=[("CUDAExecutionProvider", {"device_id": 0}),
+                                                                  "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with vosrt.sdk.load(shipped, backend="onnxruntime") as session:
+        assert session.backend.device == "cpu" and not session.backend.bound
+        mask = np.zeros((64, 96), np.uint8)
+        mask[20:40, 30:60] = 1
+        assert session.push(frame, mask)[0].labels.shape == (64, 96)
+    assert "could not start its CUDA provider (see its messages above); running on the CPU" in capsys.readouterr().err
+    with pytest.raises(UserError, match="could not start its CUDA provider"):
+        vosrt.sdk.load(shipped, backend="onnxruntime", device="cuda")

@@ -24,7 +24,7 @@ import onnxruntime as ort
 
 from vosrt.sdk import native_callbacks
 from vosrt.sdk.backends.base import Backend, Tensor, check_threads, flatten_to, refuse_unknown_options
-from vosrt.sdk.errors import UserError, install_command
+from vosrt.sdk.errors import UserError
 
 _NUMPY_OF_ORT = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(uint8)": np.uint8,
                  "tensor(float16)": np.float16, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
@@ -44,6 +44,27 @@ class BoundTensor:
         return tuple(self.value.shape())
 
 
+def _provider_device(providers: list) -> tuple[str, int]:
+    """(device, device id) of the tensors for sessions on ``providers`` (names, or (name, options) pairs): CUDA's
+    ``device_id`` where the first is the CUDA provider, else the host."""
+    first = providers[0] if providers else "CPUExecutionProvider"
+    name, options = (first, {}) if isinstance(first, str) else (first[0], dict(first[1] or {}))
+    if name != "CUDAExecutionProvider":
+        return "cpu", 0
+    try:
+        return "cuda", int(options.get("device_id", 0))
+    except (TypeError, ValueError):
+        raise UserError(f"providers: CUDAExecutionProvider's device_id must be a GPU index, got "
+                        f"{options.get('device_id')!r}") from None
+
+
+def gpu_install_command() -> str:
+    """How to get ONNX Runtime's CUDA provider: onnxruntime-gpu in place of onnxruntime. Both install the one Python
+    package ``onnxruntime``, and with both installed the CPU build's files could win (the gpu extra's hint, followed,
+    left CUDA unavailable)."""
+    return "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+
+
 class OnnxRuntimeBackend(Backend):
     """Runs a package's ONNX graphs in ONNX Runtime.
 
@@ -61,13 +82,19 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, package, form: str = "auto", device: str = "auto", io_binding: bool | None = None,
                  threads: int | None = None, providers: list | None = None, memory_arena: bool = False, **unused):
-        self.check_options(package, form=form, device=device, threads=threads, **unused)
+        self.check_options(package, form=form, device=device, threads=threads, providers=providers, **unused)
         available = ort.get_available_providers()
-        if device == "auto":
-            device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
-        if providers is None:
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        given, chosen = providers is not None, device == "auto"
+        if given:   # they say where the graphs run, and so where the tensors go (it was GPU 0 whatever they said)
+            device, device_id = _provider_device(providers)
+        else:
+            if chosen:
+                device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+            providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda"
+                         else ["CPUExecutionProvider"])
+            device_id = 0
         self.device = device
+        self._device_id = device_id
         self._threads = check_threads(threads)
         self._arena = bool(memory_arena)
         self.forms = _choose_forms(package, form, device)  # graph -> form that runs
@@ -92,6 +119,20 @@ class OnnxRuntimeBackend(Backend):
         self._outputs: dict[str, list[str]] = {}
         for graph in package.graphs:
             self._open(graph)
+            if device == "cuda" and "CUDAExecutionProvider" not in self.sessions[graph].get_providers():
+                # onnxruntime-gpu lists the CUDA provider whenever it was built with it; without a usable GPU (no
+                # device, CUDA or cuDNN missing) the session falls back to the CPU with a log line, and the
+                # backend went on binding CUDA tensors to it (runs failed, or "cuda" was reported of a CPU run)
+                if given or not chosen:
+                    raise UserError(f"device='cuda': ONNX Runtime could not start its CUDA provider for {self._paths[graph]} "
+                                    "(see its messages above: a GPU, and the CUDA and cuDNN libraries this "
+                                    f"onnxruntime-gpu {ort.__version__} was built for, are needed); or run on the CPU "
+                                    "(device='cpu')")
+                print("vosrt: ONNX Runtime could not start its CUDA provider (see its messages above); running on "
+                      "the CPU", file=sys.stderr)
+                self.__init__(package, form=form, device="cpu", io_binding=io_binding, threads=threads,
+                              memory_arena=memory_arena)
+                return
         self._ort_device = "cuda" if device == "cuda" else "cpu"
         self._helpers: dict[tuple, ort.InferenceSession] = {}
 
@@ -157,7 +198,8 @@ class OnnxRuntimeBackend(Backend):
             raise UserError(_PLUGIN_ON_CPU_ONLY)
         if device == "cuda" and "CUDAExecutionProvider" not in available:
             raise UserError("device='cuda' needs onnxruntime-gpu and a CUDA device; this onnxruntime offers "
-                            f"{', '.join(available)} ({install_command('gpu')})")
+                            f"{', '.join(available)} (onnxruntime-gpu replaces onnxruntime, whose Python package it "
+                            f"shares: `{gpu_install_command()}`)")
 
     def _model(self, graph: str) -> str:
         """The file ONNX Runtime opens for ``graph``: the package's, or for the plugin form its copy with the
@@ -239,7 +281,7 @@ class OnnxRuntimeBackend(Backend):
             else:
                 binding.bind_cpu_input(key, np.ascontiguousarray(value))
         for key in names:
-            binding.bind_output(key, self._ort_device)
+            binding.bind_output(key, self._ort_device, self._device_id)
         session.run_with_iobinding(binding)
         return {key: BoundTensor(value) for key, value in zip(names, binding.get_outputs())}
 
@@ -272,7 +314,7 @@ class OnnxRuntimeBackend(Backend):
         array = np.ascontiguousarray(array)
         if not self.bound:
             return array.copy()
-        return BoundTensor(ort.OrtValue.ortvalue_from_numpy(array, self._ort_device, 0))
+        return BoundTensor(ort.OrtValue.ortvalue_from_numpy(array, self._ort_device, self._device_id))
 
     def download(self, tensor: Tensor) -> np.ndarray:
         if isinstance(tensor, BoundTensor):
@@ -286,7 +328,7 @@ class OnnxRuntimeBackend(Backend):
         if not self.bound:
             return zeros
         make = ort.OrtValue.ortvalue_from_numpy
-        return BoundTensor(make(zeros, self._ort_device, 0), make(zeros, self._ort_device, 0))
+        return BoundTensor(make(zeros, self._ort_device, self._device_id), make(zeros, self._ort_device, self._device_id))
 
     def shape(self, tensor: Tensor) -> tuple[int, ...]:
         if isinstance(tensor, BoundTensor):
@@ -313,7 +355,7 @@ class OnnxRuntimeBackend(Backend):
         rank = len(dst.shape)
         src_value = src.value if isinstance(src, BoundTensor) else (
             src if isinstance(src, ort.OrtValue) else
-            ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(src, np.float32), self._ort_device, 0))
+            ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(src, np.float32), self._ort_device, self._device_id))
         session = self._helper("write", rank, axis)
         binding = session.io_binding()
         binding.bind_ortvalue_input("dst", dst.value)
@@ -333,7 +375,7 @@ class OnnxRuntimeBackend(Backend):
         binding.bind_ortvalue_input("src", src.value)
         binding.bind_cpu_input("start", np.array([start], np.int64))
         binding.bind_cpu_input("stop", np.array([stop], np.int64))
-        binding.bind_output("out", self._ort_device)
+        binding.bind_output("out", self._ort_device, self._device_id)
         session.run_with_iobinding(binding)
         return BoundTensor(binding.get_outputs()[0])
 
