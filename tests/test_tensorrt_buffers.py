@@ -658,3 +658,18 @@ def test_copies_whose_pitch_is_beyond_cudamemcpy2d_s_limit_still_land(backend, m
     assert np.array_equal(backend.download(bank), expected)
     wide = backend.upload(rng.standard_normal((2, 3, 40)).astype(np.float32))   # rows of 160 bytes
     assert np.array_equal(backend.download(backend.read(wide, 2, 5, 9)), backend.download(wide)[:, :, 5:9])
+
+
+def test_a_closed_backend_refuses_its_device_tensors_work(backend, tmp_path):
+    # close() destroyed the backend's stream; download, write, read and zeros went on queueing copies on it (an
+    # invalid handle, or another stream reusing the handle)
+    from vosrt.sdk import UserError
+
+    bank = backend.zeros((2, 3, 4))
+    backend.package = types.SimpleNamespace(path=tmp_path / "pkg")
+    backend._runtimes, backend._producer_event, backend._own_stream = [], None, None
+    backend.close()
+    for call in (lambda: backend.download(bank), lambda: backend.zeros((1,)), lambda: backend.read(bank, 2, 0, 2),
+                 lambda: backend.write(bank, 2, 0, np.zeros((2, 3, 1), np.float32))):
+        with pytest.raises(UserError, match=r"tensorrt backend \(.*pkg\) was closed; open a new one"):
+            call()

@@ -785,6 +785,7 @@ class TensorRTBackend(Backend):
                 tensor = self.wrap(tensor)
             else:
                 return np.array(tensor, copy=True)
+        self._check_open()
         rt = cudart()
         out = np.empty(tensor.shape, tensor.dtype)
         check_cuda(rt.cudaMemcpyAsync(out.ctypes.data, tensor.ptr, out.nbytes,
@@ -793,6 +794,7 @@ class TensorRTBackend(Backend):
         return out
 
     def zeros(self, shape: Sequence[int], dtype: type = np.float32) -> Tensor:
+        self._check_open()
         shape = tuple(int(s) for s in shape)
         dtype = np.dtype(dtype)
         allocation = _Allocation(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, self)
@@ -814,6 +816,7 @@ class TensorRTBackend(Backend):
         return int(np.asarray(tensor).nbytes)
 
     def write(self, dst: Tensor, axis: int, start: int, src: Tensor) -> None:
+        self._check_open()
         if not isinstance(dst, DeviceTensor):
             raise ValueError("write() needs a destination allocated with zeros()")
         rt = cudart()
@@ -848,6 +851,7 @@ class TensorRTBackend(Backend):
             check_cuda(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
 
     def read(self, src: Tensor, axis: int, start: int, stop: int) -> Tensor:
+        self._check_open()
         if isinstance(src, _HostTensor):
             index = (slice(None),) * axis + (slice(start, stop),)
             return _HostTensor(np.ascontiguousarray(src.array[index]))
@@ -908,6 +912,12 @@ class TensorRTBackend(Backend):
         if self._own_stream is not None:
             rt.cudaStreamDestroy(self._own_stream)
             self._own_stream = None
+        self._closed = True
+
+    def _check_open(self) -> None:
+        """UserError once closed: the device tensors' copies went on the destroyed stream (an invalid handle)."""
+        if getattr(self, "_closed", False):
+            raise UserError(f"tensorrt backend ({self.package.path}) was closed; open a new one")
 
     def describe(self) -> str:
         graphs = " + CUDA graphs" if self.cuda_graphs else ""
