@@ -81,7 +81,8 @@ def add_session_arguments(parser) -> None:
     parser.add_argument("--memory-capacity", type=int, default=None, help="stcn: memory bank size in frames")
     parser.add_argument("--max-objects", type=int, default=None,
                         help="stcn: most objects tracked at once (default: the package's, 32)")
-    parser.add_argument("--overlap", type=int, default=None, help="clip families: clip overlap in frames (3dc-seg 3, stem-seg 4; L-1 = dense; stem-seg "
+    parser.add_argument("--overlap", type=int, default=None, help="clip families: clip overlap in frames (default the package's: 3dc-seg 3, stem-seg 4, "
+                             "6 for 16-frame models; L-1 = dense; stem-seg "
                              "links tracks on these frames, so 0 links none)")
 
 

@@ -238,3 +238,13 @@ def test_train_size_and_stage_errors_name_their_flag_and_what_to_give(data_dir, 
     assert main(["train", "3dc-seg-lite", "--stage", "static", "--out", str(tmp_path / "3dc")] + common) == 2
     assert "stage (--stage or \"stage\" in the --config file): 3dc-seg has the stage(s) main, got 'static'; leave " \
            "--stage out" in capsys.readouterr().err
+
+
+def test_train_cpu_hint_is_not_given_for_generated_clips_the_family_refuses(tmp_path, capsys):
+    # vosrt train 3dc-seg --data generated warned "A CPU-sized run: vosrt train 3dc-seg --data generated ..." (a
+    # command refused as this one was, on the next line), saying the run "saves its first step" in --out
+    if torch.cuda.is_available():
+        pytest.skip("the warning is for CPU-only machines")
+    assert main(["train", "3dc-seg", "--data", "generated", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "warning: no GPU" not in err and "clips generated on the fly feed stcn main training and stem-seg" in err

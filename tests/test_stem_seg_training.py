@@ -348,3 +348,26 @@ def test_a_dataset_that_trains_alone_given_beside_a_folder_is_refused_naming_it(
     err = capsys.readouterr().err
     assert "trains alone" in err and "give --data" in err and "not found" not in err, err
     assert not (tmp_path / "run" / "last.pth").exists()
+
+
+def test_the_init_hint_for_a_published_file_keeps_the_d2conv3d_heads_and_the_sampler_s_clip_length(tmp_path):
+    # The hint gave "d2conv_heads": [] (the plain network, where the README promises D²Conv3D heads started from the
+    # published convolutions) and only the model's clip_length 16: the config it gave was refused next, the sampler
+    # still cutting clips of 8
+    import json
+    from pathlib import Path
+
+    from published_weights import published_shapes, random_state_dict
+    from vosrt.training.train import default_config, train
+
+    published = random_state_dict(published_shapes(Path(__file__).parent / "data" / "stem_seg_state_dict.tsv"))
+    torch.save({"model": published, "optimizer": {}}, tmp_path / "davis.pth")
+    config = default_config("stem-seg-lite", model_overrides=TINY, clip_length=4, size=[80, 80], batch_size=1,
+                            iterations=1, num_workers=0, samples_per_epoch=2, seed=0)
+    with pytest.raises(UserError, match="give the run the file's model and model_overrides") as err:
+        train(["generated"], tmp_path / "run", config, init=tmp_path / "davis.pth", progress=False)
+    hint = json.loads(str(err.value).rsplit("in the --config file: ", 1)[1])
+    assert hint == {"model": "stem-seg", "model_overrides": {"clip_length": 16}, "stem-seg": {"clip_length": 16}}
+    model = build_model(hint["model"], **hint["model_overrides"])
+    model.load_state_dict(published, strict=True)   # the run's D²Conv3D heads take the file's convolutions
+    assert model.d2conv_layers > 0

@@ -40,8 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                "the run's --data, up to the run's own iterations unless "
                                                                "--iterations is given: written every save_every steps, at "
                                                                "the end, and when Ctrl-C, SIGTERM or SIGHUP stop the run")
-    parser.add_argument("--init", metavar="CKPT", help="start from a checkpoint (published STCN weights, a vosrt "
-                                                       "checkpoint) or, for 3dc-seg, ir-CSN Caffe2 .pkl backbone weights; "
+    parser.add_argument("--init", metavar="CKPT", help="start from a checkpoint (published STCN, 3DC-Seg, D²Conv3D or "
+                                                       "STEm-Seg weights, a vosrt checkpoint) or, for 3dc-seg, ir-CSN "
+                                                       "Caffe2 .pkl backbone weights; "
                                                        "with --resume it is not read (the run goes on from RUN/last.pth)")
     parser.add_argument("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on CPU)")
     parser.add_argument("--iterations", type=int, help="number of optimizer steps")
@@ -248,6 +249,13 @@ def warn_cpu_time(config, args) -> None:
 
     if torch.cuda.is_available():
         return
+    if [str(d) for d in args.data] == ["generated"]:   # a family that takes no generated clips refuses the run next:
+        from vosrt.sdk.errors import UserError         # its CPU-sized command, with --data generated, was refused too
+        from vosrt.training.recipes import recipe_for
+        try:
+            recipe_for(args.family).build_dataset(config, args.data)
+        except UserError:
+            return
     estimate = estimate_cpu_seconds(config)
     if estimate is None:  # no CPU-sized config measured for this family: the schedule, without a time
         from vosrt.training.train import default_config

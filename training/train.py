@@ -557,8 +557,18 @@ def _init_weights(model: nn.Module, path: str | Path, family: str) -> None:
             return f"{config['model']} with model_overrides {json.dumps(overrides)}" if overrides else \
                 f"{config['model']} without model_overrides"
 
-        # there is no flag for model_overrides: say where they go, in the words of a config file
-        options = {"model": saved["model"], "model_overrides": {k: v for k, v in saved.items() if k != "model"}}
+        # there is no flag for model_overrides: say where they go, in the words of a config file. Left out: what the
+        # model's loading bridges itself (a published STEm-Seg file's plain heads go into this run's D²Conv3D layers;
+        # given, "d2conv_heads": [] trained the plain network instead); added: the family's options of the same name
+        # (the clip length the network is built for is also the sampler's, which refused a model of 16 with 8)
+        import importlib
+        module = importlib.import_module(families.get(family).model_module)
+        bridged = getattr(module, "BRIDGED_ON_LOAD", ())
+        overrides = {k: v for k, v in saved.items() if k != "model" and k not in bridged}
+        options = {"model": saved["model"], "model_overrides": overrides}
+        same = {k: v for k, v in overrides.items() if k in {f.name for f in dataclasses.fields(recipe_for(family).options)}}
+        if same:
+            options[family] = same
         raise UserError(f"--init {path}: its weights do not fit the {described(model.config)}: "
                         f"{state_dict_mismatch(model.state_dict(), state_dict)}; the file holds a {described(saved)}: "
                         f"give the run the file's model and model_overrides, in the --config file: "

@@ -46,6 +46,7 @@ from vosrt.sdk.errors import UserError
 from vosrt.training.models.d2conv import replace_conv3d
 
 FAMILY = "stem-seg"  # this module's row in vosrt.sdk.families
+BRIDGED_ON_LOAD = ("d2conv_heads",)   # config the loading bridges: plain head convolutions into D²Conv3D layers
 CLIP_LENGTH = 8
 BGR_MEAN_255 = (102.9801, 115.9465, 122.7717)   # Caffe2 ImageNet means, BGR, 0..255 scale
 BANDWIDTH_SCALE = 10.0                          # bandwidth = exp(predicted log variance) · 10

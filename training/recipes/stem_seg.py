@@ -56,7 +56,7 @@ class StemSegOptions:
     samples_per_epoch: int = 1000         # --data generated: samples per epoch
     clip_overlap: int = 4                 # validation session
     min_seediness: float = 0.8            # validation session
-    kitti_split: str = "train"            # KITTI-MOTS --data: train (its 12 training sequences), val or all
+    kitti_split: str = "train"            # KITTI-MOTS --data: train (its 12 training sequences and 0050), val or all
 
 
 class StemSegRecipe(Recipe):
