@@ -87,8 +87,20 @@ def evaluate_unsupervised_sequence(preds: list[np.ndarray], gts: list[np.ndarray
                 j[p, o, t] = region_similarity(mask, truth, void)
                 f[p, o, t] = boundary_measure(mask, truth, void, tolerance)
     score = (j.mean(axis=2) + f.mean(axis=2)) / 2                         # [P, O], P >= O
-    matched = {o: p for p, o in hungarian(-score)}
+    matched = {o: p for p, o in _assignment(-score)}
     return [ObjectScore(name, obj, list(j[matched[o], o]), list(f[matched[o], o])) for o, obj in enumerate(objects)]
+
+
+def _assignment(cost: np.ndarray) -> list[tuple[int, int]]:
+    """The (row, column) pairs of least total ``cost``: scipy's ``linear_sum_assignment`` where scipy is here, which
+    davis2017-evaluation calls, so that exact ties (two proposals of the same J&F for an object, J and F apart) are
+    broken as there and J and F come out as its; else vosrt's own Hungarian (the same total, ties another way)."""
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ImportError:
+        return hungarian(cost)
+    rows, cols = linear_sum_assignment(cost)
+    return [(int(r), int(c)) for r, c in zip(rows, cols)]
 
 
 # ------------------------------------------------------------------------------------ YouTube-VIS

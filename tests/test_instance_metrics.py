@@ -365,3 +365,21 @@ def test_vis_an_empty_list_of_polygons_is_an_absent_frame_as_the_youtube_vis_api
                                                                 "AR10": 1.0})
     results[0]["segmentations"][1] = rle(A)             # a mask where the ground truth has none: IoU 64 / 128
     assert vis_average_precision(gt, results)["AP75"] == pytest.approx(0.0)
+
+
+def test_an_exact_tie_in_the_unsupervised_matching_is_broken_as_davis2017_evaluation_breaks_it():
+    # Proposals 1 and 2 give object 2 the same J&F (J 0.2 and F 54/55, against J 10/55 and F 1): the matching took
+    # the other one than davis2017-evaluation's scipy linear_sum_assignment, so J-Mean and F-Mean differed from its
+    # (0.205263 / 0.960297 against 0.196172 / 0.969388) at the same J&F
+    pytest.importorskip("scipy")
+    from vosrt.sdk.metrics import region_similarity
+
+    gt = np.array([[2, 0, 2, 2, 2, 1], [1, 1, 0, 1, 0, 0], [2, 0, 0, 2, 0, 2], [0, 1, 2, 0, 0, 2],
+                   [2, 2, 0, 2, 0, 2], [1, 2, 2, 1, 2, 2]], np.uint8)
+    pred = np.array([[3, 3, 3, 0, 2, 0], [3, 3, 2, 1, 2, 2], [3, 1, 0, 3, 2, 3], [3, 3, 2, 3, 3, 2],
+                     [3, 2, 1, 3, 0, 1], [3, 1, 3, 2, 1, 1]], np.uint8)
+    scores = evaluate_unsupervised_sequence([pred], [gt], "tie")
+    void = np.zeros(gt.shape, bool)
+    assert scores[1].j == [region_similarity(pred == 2, gt == 2, void)]   # davis2017-evaluation: proposal 2
+    summary = summarize(scores)
+    assert summary["J"] == pytest.approx(0.196172, abs=1e-6) and summary["F"] == pytest.approx(0.969388, abs=1e-6)
