@@ -155,17 +155,20 @@ class ObjectScore:
 
 
 def evaluate_sequence(preds: list[np.ndarray], gts: list[np.ndarray], name: str = "sequence",
-                      skip_first_last: bool = True, tolerance: float = BOUNDARY_TOLERANCE) -> list[ObjectScore]:
+                      skip_first_last: bool = True, tolerance: float = BOUNDARY_TOLERANCE,
+                      num_objects: int | None = None) -> list[ObjectScore]:
     """Score one sequence: ``preds`` and ``gts`` are lists of ``[H, W]`` label maps (same length and sizes).
 
-    Objects are ids 1..K with K the largest id in the first ground-truth frame. ``skip_first_last``
-    (the DAVIS semi-supervised protocol) leaves out the first and last frames when there are more than two.
+    Objects are ids 1..K with K the largest id in the first ground-truth frame (or ``num_objects``: the foreground
+    protocol's one object, whichever frame shows it first). ``skip_first_last`` (the DAVIS semi-supervised protocol)
+    leaves out the first and last frames when there are more than two.
     """
     if len(preds) != len(gts):
         raise ValueError(f"{name}: {len(preds)} predicted frames but {len(gts)} ground-truth frames")
     if not gts:
         return []
-    num_objects = first_frame_objects(gts[0])
+    if num_objects is None:
+        num_objects = first_frame_objects(gts[0])
     if num_objects == 0:
         return []     # nothing to score (the official evaluation leaves such a sequence out too)
     frames = range(len(gts))
@@ -359,4 +362,8 @@ def score_sequence(family: str, predicted: list[np.ndarray], truth: list[np.ndar
     # the foreground of the truth: beside objects 255 is void, background as the 3DC-Seg sampler trains it
     # (training.data.clips); in a 0/255 clip it is the object
     truth_foreground = _foreground if only_void else _foreground_without_void
-    return evaluate_sequence(_Frames(predicted, _foreground), _Frames(annotated, truth_foreground), name=name)
+    # one object, the foreground, wherever it first shows: a clip whose first annotated frame had none was left out of
+    # the score without a word (DAVIS 2016's evaluation scores every frame between the first and the last)
+    truth_frames = _Frames(annotated, truth_foreground)
+    shown = int(any(frame.any() for frame in truth_frames))
+    return evaluate_sequence(_Frames(predicted, _foreground), truth_frames, name=name, num_objects=shown)

@@ -636,3 +636,15 @@ def test_hidden_folders_of_pngs_are_no_sequences(tmp_path, capsys):
                  "--csv", str(tmp_path / "m.csv")]) == 0
     rows = [line.split(",")[0] for line in (tmp_path / "m.csv").read_text().splitlines()[1:]]
     assert not any(row.startswith(".") for row in rows) and {"a", "b", "c"} <= set(rows), rows
+
+
+def test_the_foreground_protocol_scores_a_clip_whose_first_annotated_frame_shows_no_foreground():
+    # the object was taken from the first frame: with none there, the clip was left out of the 3dc-seg score
+    # (vosrt demo, training validation) without a word, where DAVIS 2016's evaluation scores every inner frame
+    truth = [np.zeros((20, 30), np.uint8) for _ in range(6)]
+    for t in range(2, 6):
+        truth[t][5:12, 8:20] = 255
+    predicted = [(t > 0).astype(np.uint8) for t in truth]
+    predicted[3][:] = 0   # one inner frame missed
+    (score,) = score_sequence("3dc-seg", predicted, truth, name="late")
+    assert score.j == [1.0, 1.0, 0.0, 1.0]   # frames 1..4 (the first and last left out); frame 1 empty in both
