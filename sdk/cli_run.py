@@ -352,13 +352,14 @@ def _dataset_video(args, folder_names: list[str] | None) -> tuple[int, list[str]
 def _result_writers(args, source) -> list:
     """The sinks of --vis and --mots (checked before the run: a bad file name, a --vis file that is not a
     results list, pycocotools missing). A folder's --vis entries have one slot per image, unreadable ones
-    included (null), so that they line up with the dataset's frames; a --max-frames run has its frames'."""
+    included (null), so that they line up with the dataset's frames; those after --max-frames too (null): a shorter
+    list dropped the ground truth's later frames from the official API's video IoU (a zip), which scored it higher."""
     from vosrt.sdk.instance_metrics import MotsWriter, VisWriter
 
     writers = []
     if args.vis:
         folder_names = getattr(source, "all_names", None)
-        names = folder_names if args.max_frames is None else None
+        names = folder_names
         if args.videos is not None:
             args.video_id, listed = _dataset_video(args, folder_names)
             # a folder's frames take their slots by name; a video file's frames by their order
@@ -476,14 +477,16 @@ def run(args) -> int:
               f"{vis_writer.slots - vis_writer.unlisted} that video {args.video_id} lists; their entries follow "
               "in its segmentations, which are then longer than the video (vosrt eval refuses that); run again "
               f"with --max-frames {vis_writer.slots - vis_writer.unlisted}", file=sys.stderr)
-    if vis_writer is not None and (skipped or stats.refused):
+    if vis_writer is not None and (skipped or stats.refused or vis_writer.slots > done):
         if vis_writer.slots > done:
             # the frames after --max-frames are null too, but were not skipped
             missed = len(skipped) + stats.refused
             after = vis_writer.slots - done - missed
-            print(f"note: --vis {args.vis}: the {vis_writer.slots - done} frame(s) without a prediction ({missed} "
-                  f"skipped" + (f", {after} after --max-frames" if after > 0 and args.max_frames else "") + ") are "
-                  f"null in video {args.video_id}'s segmentations, which keep one entry per frame", file=sys.stderr)
+            why = ([f"{missed} skipped"] if missed or not args.max_frames else []) + \
+                ([f"{after} after --max-frames"] if after > 0 and args.max_frames else [])
+            print(f"note: --vis {args.vis}: the {vis_writer.slots - done} frame(s) without a prediction "
+                  f"({', '.join(why)}) are null in video {args.video_id}'s segmentations, which keep one entry per "
+                  "frame", file=sys.stderr)
         else:
             print(f"warning: --vis {args.vis}: the skipped frames have no slot in video {args.video_id}'s "
                   "segmentations, which are then shorter than the video (vosrt eval refuses that); repair those "

@@ -425,7 +425,12 @@ class VisWriter:
         import json
 
         kept = [e for e in self._earlier() if e["video_id"] != self.video_id]
-        _write_output(self.path, self.flag, json.dumps(kept + self.results()))
+        entries = kept + self.results()
+        if not entries:   # written all the same (vosrt eval scores it), but said: the official API cannot load it
+            print(f"warning: {self.flag} {self.path}: no instance was found, so the results list is empty; the "
+                  "official YouTube-VIS API (ytvos.py loadRes) fails on an empty list: add another video's results "
+                  "before submitting", file=sys.stderr)
+        _write_output(self.path, self.flag, json.dumps(entries))
 
 
 def instances_to_vis_results(video_id: int, frames: list, categories: dict | None = None) -> list:
@@ -461,6 +466,7 @@ class MotsWriter:
         self._partial: Path | None = None
         self._cleanup = None    # removes that file if the writer is dropped without close()
         self._done = False
+        self._odd_class = False   # a class other than 1 and 2 was said
 
     def __call__(self, index: int, name: str, frame, labels: np.ndarray, objects: dict | None = None) -> None:
         number = int(name) if str(name).isdigit() else index
@@ -468,6 +474,12 @@ class MotsWriter:
         lines = []
         for track in _tracks(labels):
             cls = self.class_id if self.class_id is not None else (objects or {}).get(track, {}).get("category", 1)
+            if cls not in (1, 2) and not self._odd_class:
+                # the official mots_tools loader stops at any class but 1, 2 and 10; trackeval drops such lines
+                self._odd_class = True
+                print(f"warning: {self.flag} {self.path}: the model's category {cls} is no KITTI-MOTS class (1 car, "
+                      "2 pedestrian): mots_tools refuses such lines and trackeval leaves them out; give "
+                      f"--mots-class 1 or 2 for every track", file=sys.stderr)
             counts = _rle_of(self._mask, labels, track)["counts"]
             lines.append(f"{number} {track} {cls} {height} {width} {counts}\n")
         try:
@@ -627,6 +639,13 @@ def mots_metrics(gt_folder: str | Path, pred_folder: str | Path, classes=("car",
                                 f"pixels, but the ground truth's images are {width}x{height} (width x height); "
                                 "encode masks at the images' own resolution")
             lengths[s] = 1 + max((int(row[0]) for row in truth + predicted), default=-1)
+            last = max((int(row[0]) for row in truth), default=-1)
+            beyond = sorted({int(row[0]) for row in predicted if int(row[0]) > last}) if truth else []
+            if beyond:   # scored as false positives without a word (the official tools take lengths from a seqmap)
+                print(f"warning: --pred {pred_folder / f'{s}.txt'}: {len(beyond)} predicted frame(s) after the ground "
+                      f"truth's last annotated frame {last} (up to {beyond[-1]}); they are scored as false "
+                      "positives. Where the frames are numbered off by one (KITTI-MOTS counts from 0, MOTSChallenge "
+                      "from 1), every frame is scored against the wrong truth", file=sys.stderr)
             # both files as _read_mots read them (blank lines left out, fields one space apart): trackeval reads
             # neither a blank line nor a tab, and refused a ground truth vosrt had taken
             (tracker / f"{s}.txt").write_text("".join(" ".join(row) + "\n" for row in predicted))

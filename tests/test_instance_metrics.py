@@ -162,6 +162,37 @@ def test_mots_half_missed_track_matches_the_hand_computation(tmp_path):
     assert car == pytest.approx({"HOTA": 0.5, "DetA": 0.5, "AssA": 0.5, "sMOTSA": 0.5, "MOTSA": 0.5, "IDF1": 2 / 3})
 
 
+def test_mots_predictions_numbered_past_the_ground_truth_are_said(tmp_path, capsys):
+    # a 1-based tracker file against 0-based KITTI-MOTS truth was scored without a word (the frame after the truth's
+    # last as false positives, every other against the wrong truth); trackeval itself refuses frames past a seqmap
+    gt = {1001: {t: A for t in range(4)}}
+    mots_files(tmp_path / "gt", gt)
+    mots_files(tmp_path / "pred", {5: {t + 1: A for t in range(4)}})
+    mots_metrics(tmp_path / "gt", tmp_path / "pred", classes=("car",))
+    err = capsys.readouterr().err
+    assert "1 predicted frame(s) after the ground truth's last annotated frame 3 (up to 4)" in err, err
+    mots_files(tmp_path / "pred", {5: gt[1001]})
+    mots_metrics(tmp_path / "gt", tmp_path / "pred", classes=("car",))
+    assert "after the ground truth's last" not in capsys.readouterr().err
+
+
+def test_mots_and_vis_writers_say_what_the_official_loaders_refuse(tmp_path, capsys):
+    # a category other than 1 and 2 in a --mots file stopped mots_tools ("Unknown object class"); an empty --vis list
+    # made the official ytvos loadRes fail (IndexError); both were written without a word
+    pytest.importorskip("pycocotools")
+    from vosrt.sdk.instance_metrics import MotsWriter, VisWriter
+
+    writer = MotsWriter(tmp_path / "0000.txt")
+    writer(0, "000000", None, label_map((1, A)), {1: {"category": 7}})
+    writer.close()
+    assert "the model's category 7 is no KITTI-MOTS class" in capsys.readouterr().err
+    vis = VisWriter(tmp_path / "results.json", 1)
+    vis(0, "00000", None, np.zeros((40, 40), np.uint16))
+    vis.close()
+    assert "no instance was found, so the results list is empty" in capsys.readouterr().err
+    assert (tmp_path / "results.json").read_text() == "[]"
+
+
 def test_mots_ground_truth_with_blank_lines_or_tabs_is_read_as_the_predictions_are(tmp_path):
     # vosrt read such a ground truth, but handed trackeval the file as it was, which refused it ("cannot be read
     # because it is either not present or invalidly formatted"); the same blank line in --pred was fine

@@ -87,7 +87,8 @@ def test_run_writes_vis_and_mots_results_that_eval_scores(colour_package, tmp_pa
                  "--vis", str(tmp_path / "results.json"), "--video-id", "3"]) == 0
     again = json.loads((tmp_path / "results.json").read_text())
     assert sorted(e["video_id"] for e in again) == [3, 3, 4]
-    assert all(len(e["segmentations"]) == 8 for e in again if e["video_id"] == 3)
+    # every frame of the video has its slot, those after --max-frames null
+    assert all(len(e["segmentations"]) == 13 and e["segmentations"][8:] == [None] * 5 for e in again if e["video_id"] == 3)
     assert [e for e in again if e["video_id"] == 4] == [e for e in results if e["video_id"] == 4]
 
 
@@ -168,6 +169,19 @@ def test_vis_note_tells_skipped_frames_from_those_after_max_frames(colour_packag
                  "--vis", str(tmp_path / "results.json"), "--videos", str(tmp_path / "valid.json")]) == 0
     err = capsys.readouterr().err
     assert "the 4 frame(s) without a prediction (1 skipped, 3 after --max-frames) are null" in err, err
+
+
+def test_vis_of_a_folder_with_max_frames_keeps_a_slot_for_every_frame_of_the_video(colour_package, tmp_path, capsys):
+    # with --video-id (no --videos) the list had the --max-frames frames only: the official API's video IoU zips the
+    # lists, so the ground truth's later frames were dropped and the run scored higher than its predictions
+    frames, _ = scene(6, {"red": (0, 7, 4, 0, 2)})
+    folder = tmp_path / "JPEGImages" / "vid"
+    _write_frames(folder, frames)
+    assert main(["run", str(colour_package), "--source", str(folder), "--no-progress", "--max-frames", "3",
+                 "--vis", str(tmp_path / "results.json"), "--video-id", "1"]) == 0
+    entries = json.loads((tmp_path / "results.json").read_text())
+    assert entries and all(len(e["segmentations"]) == 6 and e["segmentations"][3:] == [None] * 3 for e in entries)
+    assert "3 after --max-frames" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags, message", [
