@@ -100,6 +100,64 @@ def test_a_checkpoint_that_sets_attributes_of_a_class_is_refused_and_leaves_the_
             del collections.Counter.__len__
 
 
+def test_a_checkpoint_that_sets_the_defaults_of_an_allowed_function_is_refused_and_leaves_it_alone(tmp_path):
+    # BUILD was refused on classes only: on torch._utils._rebuild_tensor_v2 (an allowed global) it set the
+    # function's __defaults__ for the whole process, and every tensor loaded later was rebuilt with them
+    import torch._utils
+
+    before = torch._utils._rebuild_tensor_v2.__defaults__
+    path = tmp_path / "crafted.pth"
+    _checkpoint_with_pickle(path, b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}(X\x0c\x00\x00\x00__defaults__(}X"
+                                  b"\x03\x00\x00\x00neg\x88st" + b"u\x86b0cargparse\nNamespace\n)R.")
+    try:
+        with pytest.raises(UserError, match="crafted.pth is not a PyTorch checkpoint that can be read safely"):
+            load_checkpoint(path)
+        assert torch._utils._rebuild_tensor_v2.__defaults__ == before
+    finally:
+        torch._utils._rebuild_tensor_v2.__defaults__ = before
+
+
+def test_a_torchscript_archive_given_as_a_checkpoint_is_refused_without_running_its_code(tmp_path):
+    # torch.load(weights_only=True) refused it, and the inert reader's torch.load(weights_only=False) handed it to
+    # torch.jit.load, which ran its scripted __setstate__: here a write of a file through a shared mmap
+    import importlib.util
+
+    marker = tmp_path / "code-ran"
+    source = tmp_path / "writes.py"   # TorchScript compiles from source: the marker's path a literal there
+    source.write_text(f"""from typing import Tuple
+import torch
+
+
+class Writes(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.x = 1
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[int, bool]:
+        return (self.x, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[int, bool]) -> None:
+        self.x, self.training = state[0], state[1]
+        written = torch.from_file({str(marker)!r}, shared=True, size=1, dtype=torch.uint8)
+        written.fill_(1)
+        self.x = int(written.sum().item())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+""")
+    spec = importlib.util.spec_from_file_location("writes_module", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.jit.save(torch.jit.script(module.Writes()), str(tmp_path / "scripted.pth"))
+    with pytest.raises(UserError, match="scripted.pth is a TorchScript archive .* not a checkpoint"):
+        load_checkpoint(tmp_path / "scripted.pth")
+    assert not (tmp_path / "code-ran").exists()
+    torch.jit.load(str(tmp_path / "scripted.pth"))   # what the file does when loaded: the payload is real
+    assert (tmp_path / "code-ran").exists()
+
+
 def test_bare_single_object_checkpoint_is_padded_on_load(tmp_path, published_state):
     state = dict(published_state)
     state["value_encoder.conv1.weight"] = state["value_encoder.conv1.weight"][:, :4].clone()

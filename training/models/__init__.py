@@ -254,9 +254,13 @@ def load_payload(path: str | Path):
             # Never repeat torch's advice to load with weights_only=False: that runs the file's code. Read the
             # tensors and plain data, with the objects (a training script's scheduler, AMP state, options) left out
             # and none of their code run (inert_pickle).
-            from vosrt.training.models.inert_pickle import load_inert
+            from vosrt.training.models.inert_pickle import TorchScriptFile, load_inert
             try:
                 payload, left_out = load_inert(path)
+            except TorchScriptFile:
+                raise UserError(f"{path} is a TorchScript archive (torch.jit.save), not a checkpoint: vosrt does not "
+                                "load TorchScript, whose code would run; give the model's state_dict saved with "
+                                "torch.save") from None
             except Exception:   # noqa: BLE001 - whatever torch raises: the file is not readable this way either
                 payload, left_out = None, []
             if left_out:

@@ -7,12 +7,15 @@ of their options. ``torch.load(weights_only=True)`` refuses such a file as a who
 (tensor rebuilding, dtypes, ``OrderedDict`` ...) are used as they are, and every other global the file names
 becomes an inert stand-in (:class:`LeftOut`), whose construction and state are dropped. So the tensors and plain
 data come back, the objects do not, and nothing but torch's own rebuild functions is ever called. A file that
-sets the attributes of a class (pickle's BUILD on a class object, which no torch.save writes) is refused: the
-class would keep them for the whole process.
+sets the state of anything torch's weights-only unpickler would not (pickle's BUILD on a class or on an allowed
+function, which no torch.save writes) is refused: they would keep it for the whole process. A TorchScript
+archive is refused before torch.load sees it: torch hands such a file to torch.jit.load, which runs its code.
 """
 from __future__ import annotations
 
 import pickle
+import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -62,6 +65,7 @@ class _Module:
     def __init__(self):
         allowed, left_out = _allowed_globals(), set()
         self.allowed, self.left_out = allowed, left_out
+        allowed_types = {value for value in allowed.values() if isinstance(value, type)}
 
         class Unpickler(pickle._Unpickler):   # Python's implementation, whose BUILD can be checked
             dispatch = dict(pickle._Unpickler.dispatch)
@@ -74,10 +78,18 @@ class _Module:
                 return type(name, (LeftOut,), {"left_out": key})
 
             def load_build(self):
-                # BUILD on a class sets its attributes for the whole process (collections.Counter's methods
-                # replaced by what the file names); no torch.save writes it, as pickle never builds a class
-                if isinstance(self.stack[-2], type):
-                    raise pickle.UnpicklingError(f"the file sets attributes of the class {self.stack[-2].__qualname__}")
+                # BUILD sets an object's state. On a class it sets the class's attributes for the whole process
+                # (collections.Counter's methods replaced by what the file names); on an allowed function, its
+                # __defaults__ (torch's own _rebuild_tensor_v2 then negated every later tensor loaded, torch's
+                # weights-only loads included). Allowed only where torch's weights-only unpickler allows it: a
+                # Tensor, a Parameter, an OrderedDict or an object of an allowed class; and the stand-ins.
+                inst = self.stack[-2]
+                kind = type(inst)
+                if not (kind in (torch.Tensor, torch.nn.Parameter, OrderedDict) or isinstance(inst, LeftOut)
+                        or (not isinstance(inst, type) and kind in allowed_types)):
+                    what = f"the class {inst.__qualname__}" if isinstance(inst, type) else \
+                        f"{getattr(inst, '__qualname__', kind.__name__)}"
+                    raise pickle.UnpicklingError(f"the file sets the state of {what}, which torch.save never writes")
                 pickle._Unpickler.load_build(self)
 
             dispatch[pickle.BUILD[0]] = load_build
@@ -88,11 +100,28 @@ class _Module:
         return self.Unpickler(file, **kwargs).load()
 
 
+class TorchScriptFile(RuntimeError):
+    """The file is a TorchScript archive (``torch.jit.save``), whose code loading it would run."""
+
+
+def is_torchscript(path: str | Path) -> bool:
+    """Whether ``path`` is a TorchScript archive: a zip holding ``constants.pkl`` or a ``code/`` folder, which
+    torch.load(weights_only=False) hands to torch.jit.load whatever ``pickle_module`` it is given (its scripted
+    ``__setstate__`` runs: it can write any file)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def load_inert(path: str | Path):
     """(payload, sorted names of the classes and functions left out) of the checkpoint at ``path``, read as the
     module docstring says; raises what torch.load raises for a file it cannot read at all."""
     module = _Module()
     if not module.allowed:
         raise RuntimeError("this torch has no weights-only allow list to read by")
+    if is_torchscript(path):   # torch.load hands such a file to torch.jit.load, which runs its code
+        raise TorchScriptFile(f"{path} is a TorchScript archive")
     payload = torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=module)
     return payload, sorted(module.left_out)
