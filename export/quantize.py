@@ -283,7 +283,10 @@ def _copied_files(src) -> list[str]:
     extras = {"weights.pt", "training.json"}
     if src.checkpoint is not None and src.checkpoint.resolve().is_relative_to(source_dir):
         extras.add(str(src.checkpoint.resolve().relative_to(source_dir)))
-    return sorted(extra for extra in extras if (source_dir / extra).is_file())
+    # a link out of the package is not its file: copied, what it named (any file of the user's) went into the INT8
+    # package, to be published with it
+    return sorted(extra for extra in extras if (source_dir / extra).is_file()
+                  and (source_dir / extra).resolve().is_relative_to(source_dir))
 
 
 def _write_int8_files(src, samples: dict, calibration: dict, work: Path,

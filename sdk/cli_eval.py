@@ -414,12 +414,19 @@ def _csv_path(args, default: Path) -> Path:
 
 
 def _write_csv(out: Path, header: list, rows: list) -> None:
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "w", newline="") as handle:
+    """Written beside ``out`` and renamed onto it: a link planted at that name (in a predictions folder from
+    elsewhere) is replaced, not written through (it overwrote the file the link named)."""
+    from vosrt.sdk.package import replace_file
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
             writer.writerows(rows)
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(out, write)
     except OSError as err:
         raise UserError(f"--csv: cannot write {out}: {err}") from None
     print(f"wrote {out}")

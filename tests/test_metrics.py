@@ -109,6 +109,18 @@ def test_vosrt_eval_prints_a_table_and_writes_csv(tmp_path, capsys):
     assert float(overall["F"]) == pytest.approx(0.375, abs=1e-6)
 
 
+def test_vosrt_eval_replaces_a_link_at_its_csv_instead_of_writing_through_it(tmp_path, capsys):
+    # the default PRED/metrics.csv was opened for writing: a link planted there in a predictions folder from elsewhere
+    # overwrote the file it named
+    _write_shifted_square(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    (tmp_path / "pred" / "metrics.csv").symlink_to(victim)
+    assert main(["eval", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 0
+    assert victim.read_text() == "keep" and not (tmp_path / "pred" / "metrics.csv").is_symlink()
+    assert "sequence" in (tmp_path / "pred" / "metrics.csv").read_text()
+
+
 def test_vosrt_eval_leaves_out_hidden_pngs_as_vosrt_run_does(tmp_path, capsys):
     # A folder copied from a Mac holds an AppleDouble ._00000.png beside each PNG, and a run killed mid-write may
     # leave a hidden .NAME.partial.png: eval took the truth's as frames of the sequence (unreadable: the run

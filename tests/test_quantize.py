@@ -487,3 +487,18 @@ def test_mask_errors_name_the_option_and_a_mask_of_another_size_is_refused_befor
     err = capsys.readouterr().err
     assert f"error: --mask {tmp_path / 'small.png'}: 16x16 pixels, but the frames of --calibrate" in err, err
     assert "32x32" in err and "calibrat" not in err.split("error:")[0] and not out.exists()
+
+
+def test_the_int8_copy_leaves_out_files_that_link_out_of_the_package(tmp_path):
+    # weights.pt and training.json were checked with is_file() and copied through their links: a package whose
+    # training.json linked to ~/.ssh/id_rsa put the key into the INT8 package, to be published with it
+    import types
+
+    from vosrt.export.quantize import _copied_files
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (tmp_path / "secret").write_text("private")
+    (package / "training.json").symlink_to(tmp_path / "secret")
+    (package / "weights.pt").write_bytes(b"weights")
+    assert _copied_files(types.SimpleNamespace(path=package, checkpoint=None)) == ["weights.pt"]
