@@ -26,7 +26,7 @@ import numpy as np
 from vosrt.sdk.errors import UserError, is_number
 from vosrt.sdk.letterbox import check_color
 from vosrt.sdk.masks import label_colours, read_label_png, write_label_png
-from vosrt.sdk.package import writable_folder
+from vosrt.sdk.package import new_file_mode, partial_file, writable_folder
 
 MIN_FRAME_SIDE = 2          # smaller frames are skipped (check_image refuses them)
 MAX_FAILED_READS = 25       # undecodable frames in a row after which a video file counts as ended
@@ -459,13 +459,19 @@ class PngSink:
         self.written = 0
 
     def __call__(self, index: int, name: str, frame: np.ndarray, labels: np.ndarray) -> None:
-        # Written aside, then renamed: a run stopped mid-write (Ctrl-C, SIGTERM) leaves no truncated PNG.
-        partial = self.folder / f".{name}.partial.png"
+        # Written aside, then renamed: a run stopped mid-write (Ctrl-C, SIGTERM) leaves no truncated PNG. The file
+        # aside is a new one (mkstemp): at a fixed name, a link planted there in a shared folder was written through.
+        target = self.folder / f"{name}.png"
+        partial = None
         try:
+            handle, partial = partial_file(target)
+            os.close(handle)
             write_label_png(partial, labels)
-            os.replace(partial, self.folder / f"{name}.png")
+            os.chmod(partial, new_file_mode(target))
+            os.replace(partial, target)
         except BaseException as err:  # a stop between the write and the rename leaves nothing half done either
-            partial.unlink(missing_ok=True)
+            if partial is not None:
+                partial.unlink(missing_ok=True)
             if isinstance(err, OSError):
                 raise UserError(f"--out: cannot write {self.folder / (name + '.png')}: {err.strerror or err} "
                                 f"({self.written} PNGs written before it)") from None
@@ -513,6 +519,8 @@ class OverlayVideoSink:
             raise UserError(f"--video: {self.path}: give a .mp4 or .avi file name")
         if self.path.is_dir():
             raise UserError(f"--video: {self.path} is a folder; give a .mp4 or .avi file name")
+        if self.path.is_symlink():   # replaced, as vosrt's other outputs replace theirs: the writer wrote through it
+            self.path.unlink()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             existed = self.path.exists()

@@ -277,3 +277,23 @@ def test_a_truncated_jpeg_in_a_folder_is_named_and_its_frame_kept(clip_package, 
     (tmp_path / "frames" / "00005.jpg").write_bytes(whole)
     assert main(["run", str(clip_package), "--source", str(tmp_path / "frames"), "--no-progress"]) == 0
     assert "ends early" not in capsys.readouterr().err
+
+
+def test_outputs_replace_links_planted_in_the_output_folder_instead_of_writing_through_them(stcn_package, sequence,
+                                                                                         tmp_path):
+    # the PNGs were written aside at a fixed name, .NAME.partial.png, and the overlay video at its name, both through
+    # any link there: in a shared folder, a link planted at those names overwrote the file it named
+    from vosrt.sdk.video import OverlayVideoSink, PngSink
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    out = tmp_path / "masks"
+    out.mkdir()
+    (out / ".00001.partial.png").symlink_to(victim)
+    PngSink(out)(1, "00001", None, np.ones((8, 8), np.uint8))
+    (tmp_path / "overlay.mp4").symlink_to(victim)
+    sink = OverlayVideoSink(tmp_path / "overlay.mp4", fps=10)
+    sink(0, "0", np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16), np.uint8))
+    sink.close()
+    assert victim.read_text() == "keep"
+    assert read_label_png(out / "00001.png").max() == 1 and not (tmp_path / "overlay.mp4").is_symlink()

@@ -25,7 +25,7 @@ def long_video(tmp_path_factory):
 
 
 def _finished(masks):
-    """The PNGs written so far (pathlib's * also matches the hidden .NAME.partial.png being written)."""
+    """The PNGs written so far (pathlib's * also matches the hidden .NAME.partial-XXXX.png being written)."""
     return sorted(p for p in masks.glob("*.png") if not p.name.startswith("."))
 
 

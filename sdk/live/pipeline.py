@@ -35,6 +35,7 @@ from vosrt.sdk.errors import UserError
 from vosrt.sdk.live.select import BoxSegmenter, box_around, clip_box, grabcut_box, masks_from_boxes
 from vosrt.sdk.live.source import LatestFrameSource
 from vosrt.sdk.masks import label_colours, write_label_png
+from vosrt.sdk.package import replace_file
 from vosrt.sdk.session import SegmentedFrame
 from vosrt.sdk.streaming import StreamStats, close_all, stream
 from vosrt.sdk.video import PngSink, ProcessedRateVideoSink, overlay
@@ -228,10 +229,13 @@ class LivePipeline:
         folder = self._save_folder()
         self.snapshots += 1
         stem = f"snapshot-{datetime.now():%Y%m%d-%H%M%S}-{self.snapshots:03d}"
-        try:
-            if not cv2.imwrite(str(folder / f"{stem}.png"), frame):   # OpenCV says only False
+        def picture(tmp):
+            if not cv2.imwrite(str(tmp), frame):   # OpenCV says only False
                 raise OSError(f"OpenCV could not write {folder / f'{stem}.png'}")
-            write_label_png(folder / f"{stem}-mask.png", labels)
+
+        try:   # each written aside and renamed: a link planted at the (predictable) name was written through
+            replace_file(folder / f"{stem}.png", picture)
+            replace_file(folder / f"{stem}-mask.png", lambda tmp: write_label_png(tmp, labels))
         except OSError as err:
             raise _save_dir_error(f"cannot save the snapshot in {folder}: {err.strerror or err}") from None
         self.message = f"saved {stem}.png and {stem}-mask.png (frame {index})"
