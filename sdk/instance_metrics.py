@@ -444,6 +444,8 @@ def instances_to_vis_results(video_id: int, frames: list, categories: dict | Non
 
 # ------------------------------------------------------------------------------------ KITTI-MOTS
 
+MOTS_FRAMES_PAST_TRUTH = 100_000   # predicted frames further past the truth's last are refused (a numbering error)
+
 
 class MotsWriter:
     """A :func:`vosrt.sdk.streaming.stream` sink that writes one sequence's KITTI-MOTS txt file:
@@ -638,9 +640,14 @@ def mots_metrics(gt_folder: str | Path, pred_folder: str | Path, classes=("car",
                 raise UserError(f"--pred {pred_folder / f'{s}.txt'}: frame {odd[0]} has a mask of {odd[4]}x{odd[3]} "
                                 f"pixels, but the ground truth's images are {width}x{height} (width x height); "
                                 "encode masks at the images' own resolution")
-            lengths[s] = 1 + max((int(row[0]) for row in truth + predicted), default=-1)
             last = max((int(row[0]) for row in truth), default=-1)
             beyond = sorted({int(row[0]) for row in predicted if int(row[0]) > last}) if truth else []
+            if beyond and beyond[-1] > last + MOTS_FRAMES_PAST_TRUTH:
+                # trackeval keeps a list per frame up to the last: a 76-byte file naming frame 300000000 took 7 GB
+                raise UserError(f"--pred {pred_folder / f'{s}.txt'}: frame {beyond[-1]} is more than "
+                                f"{MOTS_FRAMES_PAST_TRUTH} frames past the ground truth's last annotated frame {last}; "
+                                "check the file's frame numbers")
+            lengths[s] = 1 + max([last, *beyond, *(int(row[0]) for row in predicted)], default=-1)
             if beyond:   # scored as false positives without a word (the official tools take lengths from a seqmap)
                 print(f"warning: --pred {pred_folder / f'{s}.txt'}: {len(beyond)} predicted frame(s) after the ground "
                       f"truth's last annotated frame {last} (up to {beyond[-1]}); they are scored as false "

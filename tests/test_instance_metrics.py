@@ -414,3 +414,13 @@ def test_an_exact_tie_in_the_unsupervised_matching_is_broken_as_davis2017_evalua
     assert scores[1].j == [region_similarity(pred == 2, gt == 2, void)]   # davis2017-evaluation: proposal 2
     summary = summarize(scores)
     assert summary["J"] == pytest.approx(0.196172, abs=1e-6) and summary["F"] == pytest.approx(0.969388, abs=1e-6)
+
+
+def test_a_mots_prediction_numbered_far_past_the_ground_truth_is_refused_before_scoring(tmp_path):
+    # trackeval keeps a list per frame up to the sequence's last: a 76-byte prediction naming frame 300000000 took
+    # about 7 GB before anything was said
+    mots_files(tmp_path / "gt", {1001: {t: A for t in range(4)}})
+    mots_files(tmp_path / "pred", {5: {300_000_000: A}})
+    with pytest.raises(UserError, match=r"frame 300000000 is more than 100000 frames past the ground truth's last "
+                                        r"annotated frame 3"):
+        mots_metrics(tmp_path / "gt", tmp_path / "pred", classes=("car",))
