@@ -102,6 +102,8 @@ def read_label_png(path: str | Path, flag: str | None = None) -> np.ndarray:
         return _read_label_image(path, what)
     except UserError:
         raise
+    except Image.DecompressionBombError as err:   # a traceback before; PIL refuses what would take gigabytes
+        raise UserError(f"{what}: {err}") from None
     except (OSError, SyntaxError, ValueError) as err:   # PIL: not an image, truncated, corrupt chunks
         raise UserError(f"{what}: cannot read it as a PNG ({err}); is the file complete?") from None
 

@@ -37,3 +37,17 @@ def test_unpad_inverts_pad_to_multiple(shape):
 def test_other_multiples_are_honoured():
     padded, pads = pad_to_multiple(torch.zeros(1, 1, 10, 10), multiple=8)
     assert padded.shape == (1, 1, 16, 16) and pads == (3, 3, 3, 3)
+
+
+def test_a_mask_png_over_pil_s_pixel_limit_is_one_error_not_a_traceback(tmp_path, monkeypatch):
+    # PIL's DecompressionBombError (a PNG of a few hundred KB declaring more pixels than PIL decodes) left
+    # read_label_png as a traceback; PIL's limit is lowered here to a size a test writes
+    from PIL import Image
+
+    from vosrt.sdk.errors import UserError
+    from vosrt.sdk.masks import read_label_png, write_label_png
+
+    write_label_png(tmp_path / "big.png", np.zeros((100, 100), np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(UserError, match=r"--mask .*big.png: Image size \(10000 pixels\) exceeds limit"):
+        read_label_png(tmp_path / "big.png", flag="--mask")
