@@ -104,6 +104,22 @@ def test_vis_average_precision_equals_the_hand_computation():
     assert got == pytest.approx(expected)
 
 
+def test_vis_polygons_far_outside_the_frame_are_refused_before_pycocotools_rasterises_them():
+    # pycocotools rasterises along a polygon's edges: a 117-byte results file with coordinates of 2e7 took 2.4 GB,
+    # one of 2e8 crashed the process (signal 11)
+    pytest.importorskip("pycocotools")
+    gt = {"videos": [{"id": 1, "height": 40, "width": 40, "length": 1}], "categories": [{"id": 1, "name": "thing"}],
+          "annotations": [{"id": 1, "video_id": 1, "category_id": 1, "iscrowd": 0, "segmentations": [rle(A)]}]}
+    far = [{"video_id": 1, "category_id": 1, "score": 0.9, "segmentations": [[[0, 0, 2e8, 0, 2e8, 2e8]]]}]
+    with pytest.raises(UserError, match=r"a polygon reaches \(2e\+08, 2e\+08\), far outside the 40x40 frame"):
+        vis_average_precision(gt, far)
+    bad = [{"video_id": 1, "category_id": 1, "score": 0.9, "segmentations": [[[0, 0, 5]]]}]
+    with pytest.raises(UserError, match="a polygon must be a list of x, y coordinates"):
+        vis_average_precision(gt, bad)
+    inside = [{"video_id": 1, "category_id": 1, "score": 0.9, "segmentations": [[[2, 2, 30, 2, 30, 30, 2, 30]]]}]
+    assert 0 <= vis_average_precision(gt, inside)["AP"] <= 1
+
+
 def test_vis_results_from_segmented_frames_round_trip():
     frames = [SegmentedFrame(t, label_map((3, A), (8, B)).astype(np.uint32), None,
                              {3: {"score": 0.6 + 0.1 * t, "category": 2}, 8: {"score": 0.9, "category": 1}})
