@@ -17,8 +17,10 @@ every annotated frame) ``encode_value`` writes the frame into the :class:`~vosrt
 Only the image goes to the backend and the label map comes back, unless probabilities are requested.
 
 Against STCN's own inference (hkchengrex/STCN inference_core.py, inference_core_yv.py, eval_davis.py): the
-readout (top-k 20 of (2k·q − ‖k‖²)/sqrt(Ck), softmax over the k), the soft aggregation, ImageNet normalisation
-and mem_every 5 are STCN's. A memory frame is written every ``mem_every`` frames counted from the last memory
+readout (top-k 20 of (2k·q − ‖k‖²)/sqrt(Ck), softmax over the k), the soft aggregation's formula, ImageNet
+normalisation and mem_every 5 are STCN's; the aggregation is computed from the logits
+(:mod:`vosrt.training.ops.aggregate`), where STCN takes the float32 sigmoid first, which rounds to 1 above a logit of
+about 12 (two objects both that sure split 1/3 : 2/3 there, 0.46 : 0.54 here, for logits 15.41 and 15.57). A memory frame is written every ``mem_every`` frames counted from the last memory
 frame, as inference_core_yv.py (``abs(ti - last_ti) >= mem_every``); inference_core.py's ``ti % mem_every == 0``
 is the same when the mask is on frame 0. No temporary last-frame memory (``include_last``, off by default in
 STCN's scripts). Deliberate differences: the bank has a fixed capacity (slot 0 permanent, FIFO ring) where STCN's
@@ -26,7 +28,9 @@ grows without bound; all objects share one bank, so an object added mid-stream r
 written before it (:mod:`vosrt.sdk.memory`), where inference_core_yv.py keeps one bank per object, started at the
 object's first mask; a mid-stream mask is not soft-aggregated again (:meth:`Tracker._apply_mask`); and labels are
 arg-maxed at the package size and resized nearest-neighbour, where STCN resizes the probabilities bilinearly to
-the output size first (the same at DAVIS 480p, where only padding is cropped).
+the output size first (the same at DAVIS 480p, where only padding is cropped). An exact tie between objects goes to
+the one added first, where STCN's arg-max over ids takes the lower id (the same unless objects are added out of id
+order).
 
 Frames are ``[H, W, 3]`` uint8 or float (0..1); ``color="bgr"`` (the default) matches OpenCV's
 ``VideoCapture``/``imread``, ``color="rgb"`` PIL and imageio. Bad input raises ``UserError`` before any
