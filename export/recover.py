@@ -21,7 +21,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import UserError, first_few
 from vosrt.sdk.package import load_package
 from vosrt.training.models import build_model, save_checkpoint
 
@@ -90,8 +90,7 @@ def recover_model(package_dir) -> tuple[torch.nn.Module, dict]:
             recovered[key] = weights[key]
     missing = [k for k in state if k not in recovered and not k.endswith("num_batches_tracked")]
     if missing:
-        raise UserError(f"{package.path}: the graphs hold no weights for {', '.join(missing[:5])}"
-                        f"{' ...' if len(missing) > 5 else ''}")
+        raise UserError(f"{package.path}: the graphs hold no weights for {first_few(missing)}")
     for key, value in recovered.items():
         if tuple(value.shape) != tuple(state[key].shape):
             raise UserError(f"{package.path}: weight '{key}' has shape {list(value.shape)} in the graphs, "

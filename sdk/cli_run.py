@@ -26,7 +26,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import UserError, first_few
 
 
 def add_arguments(parser) -> None:
@@ -462,12 +462,11 @@ def run(args) -> int:
           + (f"; tracks in {args.mots}" if args.mots else ""))
     skipped = [getattr(p, "name", f"frame {p}") for p in getattr(source, "skipped", [])]
     if skipped:
-        print(f"warning: {len(skipped)} unreadable frame(s) skipped: {', '.join(skipped[:5])}"
-              f"{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
+        print(f"warning: {len(skipped)} unreadable frame(s) skipped: {first_few(skipped)}", file=sys.stderr)
     truncated = [p.name for p in getattr(source, "truncated", [])]
     if truncated:
         print(f"warning: {len(truncated)} JPEG(s) cut short, segmented as far as they decode (the rest of the image "
-              f"grey): {', '.join(truncated[:5])}{' ...' if len(truncated) > 5 else ''}", file=sys.stderr)
+              f"grey): {first_few(truncated)}", file=sys.stderr)
     vis_writer = None
     if args.vis:
         from vosrt.sdk.instance_metrics import VisWriter

@@ -17,6 +17,13 @@ class FrameError(UserError):
     (:func:`vosrt.sdk.streaming.stream` does)."""
 
 
+def first_few(names, count: int = 5) -> str:
+    """The first ``count`` of ``names``, comma-separated, with " ..." where there are more: the lists of files,
+    frames and sequences that messages name."""
+    names = [str(name) for name in names]
+    return ", ".join(names[:count]) + (" ..." if len(names) > count else "")
+
+
 def is_whole(value) -> bool:
     """Whether ``value`` is a whole number as the settings take it: a Python or numpy integer, not a bool (a
     float such as 2.0, a string "3" or True are not: a setting is never truncated or converted)."""

@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vosrt.sdk.errors import UserError
+from vosrt.sdk.errors import UserError, first_few
 from vosrt.sdk.masks import read_label_png
 from vosrt.sdk.video import frame_files
 
@@ -252,17 +252,14 @@ def annotated_videos(folders) -> tuple[list[VideoFolder], list[tuple[VideoFolder
     bare = [video for _, video, count in counted if count == 0]
     roots = ", ".join(str(folder.root) for folder in folders)
 
-    def listed(videos):
-        return f"{', '.join(videos[:5])}{' ...' if len(videos) > 5 else ''}"
-
     if not items:
         if single:
-            raise UserError(f"--data {roots}: every annotated video has one annotated frame ({listed(single)}): the "
+            raise UserError(f"--data {roots}: every annotated video has one annotated frame ({first_few(single)}): the "
                             f"first-frame masks of a validation or test split (YouTube-VOS's valid/, DAVIS's "
                             f"test-dev); training samples several annotated frames of a video: give the train split")
         raise UserError(f"--data {roots}: no annotated videos to train on")
-    left = ([f"{len(single)} with one annotated frame ({listed(single)})"] if single else []) + \
-        ([f"{len(bare)} listed by the split without annotations ({listed(bare)})"] if bare else [])
+    left = ([f"{len(single)} with one annotated frame ({first_few(single)})"] if single else []) + \
+        ([f"{len(bare)} listed by the split without annotations ({first_few(bare)})"] if bare else [])
     if left:
         print(f"note: --data {roots}: {' and '.join(left)} left out; training takes the {len(items)} video(s) with "
               f"two or more annotated frames", file=sys.stderr, flush=True)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vosrt.sdk.synthetic import generate_sequence, sequence_seed
+from vosrt.sdk.errors import first_few
 from vosrt.sdk.video import frame_files
 from vosrt.training.data import transforms as T
 from vosrt.training.data.clips import AnnotatedClips, clip_warp, sample_clip_indices
@@ -243,17 +244,16 @@ def kitti_mots_split(root, names: list[str], split: str) -> list[str]:
     left = [n for n in names if n not in chosen]
     how = 'set "kitti_split": "all" under "stem-seg" in a --config file to take every sequence'
     if not chosen:
-        raise UserError(f"--data {root}: none of its sequences ({', '.join(names[:5])}{' ...' if len(names) > 5 else ''}) "
+        raise UserError(f"--data {root}: none of its sequences ({first_few(names)}) "
                         f"is in KITTI-MOTS's {split} split ({', '.join(KITTI_MOTS_SPLITS[split])}); give the folder "
                         f"holding them, or {how}")
     if left:
         # said as what they are: a sequence of neither split was called "the validation split"
         val = [n for n in left if n in KITTI_MOTS_SPLITS["val"]] if split == "train" else []
         other = [n for n in left if n not in val]
-        parts = ([f"{', '.join(val[:9])}{' ...' if len(val) > 9 else ''} (the validation split, kept for evaluation)"]
-                 if val else []) + ([f"{', '.join(other[:9])}{' ...' if len(other) > 9 else ''} (in no split of "
-                                     "KITTI-MOTS)" if split == "train" else f"{', '.join(other[:9])}"
-                                     f"{' ...' if len(other) > 9 else ''}"] if other else [])
+        parts = [f"{first_few(val, 9)} (the validation split, kept for evaluation)"] if val else []
+        if other:
+            parts.append(first_few(other, 9) + (" (in no split of KITTI-MOTS)" if split == "train" else ""))
         print(f"note: --data {root}: KITTI-MOTS's {split} split, {len(chosen)} of its {len(names)} sequences; "
               f"{' and '.join(parts)} left out; {how}", file=sys.stderr)
     return chosen
@@ -296,13 +296,13 @@ class KittiMOTSClips(SeededDataset):
             where = " or ".join(str(r / ("SEQ/*.png" if r is self.png_root else "SEQ.txt"))
                                 for r in (self.png_root, self.txt_root) if r is not None)
             raise UserError(f"--data {root}: {len(unannotated)} sequence(s) of {self.images} have no annotations "
-                            f"({', '.join(unannotated[:5])}{' ...' if len(unannotated) > 5 else ''}; expected {where}); "
+                            f"({first_few(unannotated)}; expected {where}); "
                             "add them, or remove those sequences' images")
         # a sequence folder without frames failed at its first clip ("high <= 0")
         empty = [seq for seq in self.sequences if not any(frame_files(self.images / seq, KITTI_FRAME_SUFFIXES))]
         if empty:
             raise UserError(f"--data {root}: {len(empty)} sequence folder(s) of {self.images} hold no frames "
-                            f"({', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}; expected "
+                            f"({first_few(empty)}; expected "
                             f"{self.images / 'SEQ' / '000000.png'} or .jpg); add them, or remove those folders")
         self.size, self.clip_length, self.max_window = tuple(size), int(clip_length), int(max_window)
         self.max_instances, self.repeat, self.seed = int(max_instances), int(repeat), int(seed)
