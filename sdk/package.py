@@ -243,16 +243,18 @@ def writable_folder(folder: str | Path, flag: str, give: str) -> Path:
     return folder
 
 
-def stage_file(path: str | Path, write) -> Path:
+def stage_file(path: str | Path, write, sync: bool = True) -> Path:
     """A new temporary file beside ``path`` (:func:`partial_file`) written by ``write(temporary path)``, with
-    the mode ``path`` would get; ``os.replace`` it onto ``path`` when all that belongs together is written.
-    Removed again when ``write`` fails."""
+    the mode ``path`` would get, and flushed to the disk unless ``sync`` is false (one file of thousands, whose
+    loss in a crash costs nothing but a rerun); ``os.replace`` it onto ``path`` when all that belongs together is
+    written. Removed again when ``write`` fails."""
     handle, tmp = partial_file(path)
     os.close(handle)
     try:
         write(tmp)
         os.chmod(tmp, new_file_mode(path))
-        sync_file(tmp)
+        if sync:
+            sync_file(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -26,7 +26,7 @@ import numpy as np
 from vosrt.sdk.errors import UserError, is_number
 from vosrt.sdk.letterbox import check_color
 from vosrt.sdk.masks import label_colours, read_label_png, write_label_png
-from vosrt.sdk.package import new_file_mode, partial_file, writable_folder
+from vosrt.sdk.package import stage_file, writable_folder
 
 MIN_FRAME_SIDE = 2          # smaller frames are skipped (check_image refuses them)
 MAX_FAILED_READS = 25       # undecodable frames in a row after which a video file counts as ended
@@ -464,10 +464,7 @@ class PngSink:
         target = self.folder / f"{name}.png"
         partial = None
         try:
-            handle, partial = partial_file(target)
-            os.close(handle)
-            write_label_png(partial, labels)
-            os.chmod(partial, new_file_mode(target))
+            partial = stage_file(target, lambda tmp: write_label_png(tmp, labels), sync=False)   # one per frame
             os.replace(partial, target)
         except BaseException as err:  # a stop between the write and the rename leaves nothing half done either
             if partial is not None:
