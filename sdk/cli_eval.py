@@ -301,8 +301,8 @@ def _warn_about_absent_ids(gt_dir: Path, first_file: Path, first_ids: list[int])
     """A warning naming the ids of 1..K (K the largest id of the first ground-truth frame) that the frame does not
     hold: the DAVIS protocol scores them as objects, perfect where the prediction leaves them out too (as
     davis2017-evaluation does), which raises the mean without a word."""
-    known = first_frame_objects(np.asarray(first_ids))
-    absent = [i for i in range(1, known + 1) if i not in set(first_ids)]
+    known, present = first_frame_objects(np.asarray(first_ids)), set(first_ids)
+    absent = [i for i in range(1, known + 1) if i not in present]
     if absent:
         print(f"warning: {gt_dir}: object id(s) {_some(absent)} of 1..{known} are not in the "
               f"first ground-truth frame ({first_file.name}); the DAVIS protocol scores each as an object (as "

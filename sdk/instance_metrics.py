@@ -661,13 +661,14 @@ def mots_metrics(gt_folder: str | Path, pred_folder: str | Path, classes=("car",
                                 f"pixels, but the ground truth's images are {width}x{height} (width x height); "
                                 "encode masks at the images' own resolution")
             last = max((int(row[0]) for row in truth), default=-1)
-            beyond = sorted({int(row[0]) for row in predicted if int(row[0]) > last}) if truth else []
+            predicted_frames = {int(row[0]) for row in predicted}
+            beyond = sorted(t for t in predicted_frames if t > last) if truth else []
             if beyond and beyond[-1] > last + MOTS_FRAMES_PAST_TRUTH:
                 # trackeval keeps a list per frame up to the last: a 76-byte file naming frame 300000000 took 7 GB
                 raise UserError(f"--pred {pred_folder / f'{s}.txt'}: frame {beyond[-1]} is more than "
                                 f"{MOTS_FRAMES_PAST_TRUTH} frames past the ground truth's last annotated frame {last}; "
                                 "check the file's frame numbers")
-            lengths[s] = 1 + max([last, *beyond, *(int(row[0]) for row in predicted)], default=-1)
+            lengths[s] = 1 + max([last, *predicted_frames])
             if beyond:   # scored as false positives without a word (the official tools take lengths from a seqmap)
                 print(f"warning: --pred {pred_folder / f'{s}.txt'}: {len(beyond)} predicted frame(s) after the ground "
                       f"truth's last annotated frame {last} (up to {beyond[-1]}); they are scored as false "
