@@ -19,6 +19,7 @@ least 128, as STCN's static_dataset.py reads it (``> 0.5`` of 255), not one obje
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -40,11 +41,10 @@ def find_image_mask_pairs(root: str | Path) -> list[tuple[Path, Path]]:
     sub-folders left out without a word."""
     root = Path(root)
     pairs = []
-    folders, pending = [], [root]
-    while pending:   # the folders in sorted order, each before its sub-folders
-        folder = pending.pop(0)
-        folders.append(folder)
-        pending[:0] = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = []
+    for folder, subfolders, _ in os.walk(root, followlinks=True):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        folders.append(Path(folder))
     for image in sorted(image for folder in folders for image in frame_files(folder, (".jpg",))):
         mask = image.with_suffix(".png")
         if mask.is_file():
