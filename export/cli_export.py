@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", required=True, help="package folder to write (created; an earlier package of the same family there is "
                              "replaced, one of another family or an INT8 package is refused)")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                        help="package resolution, multiples of 16 (default 480 864)")
+                        help="package resolution, multiples of 16 (32 for 3dc-seg; default 480 864)")
     parser.add_argument("--height", type=int, default=None, help="the H of --size (older spelling)")
     parser.add_argument("--width", type=int, default=None, help="the W of --size (older spelling)")
     parser.add_argument("--forms", default="plugin,portable",

@@ -310,7 +310,8 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
         out_dir: package folder (created; existing graph files are replaced, and the files its earlier
             manifest listed that the new one does not, engines included, are removed). A package of another
             family, or an INT8 package, there is refused (UserError), never replaced.
-        height, width: package resolution, multiples of 16 (default: the family's, 480×864).
+        height, width: package resolution, multiples of 16 (32 for 3dc-seg: the model's ``size_multiple``;
+            default: the family's, 480×864).
         forms: any of ``"plugin"``, ``"portable"``.
         streaming: overrides of the streaming defaults recorded in the manifest.
         check: run :func:`check_package` at the end (results under the manifest's ``check`` entry).

@@ -18,8 +18,13 @@ experiments/inference/handler.py and utils/video.py): clips of 8 every 5 frames 
 overlapping clips are averaged as probabilities, as 3DC-Seg averages its softmax; D²Conv3D averages the logits
 and thresholds their sigmoid, which can differ where the clips disagree. At the end of a stream one clip over
 the last 8 frames runs (right-aligned, :mod:`vosrt.sdk.clips`); both public codes instead start a clip at every
-multiple of 5 below the sequence length and fill the short ones with repeated frames (3DC-Seg the clip's first
-frame, D²Conv3D its last), counting a repeated frame once per copy in the average.
+multiple of 5 below the sequence length (3DC-Seg's ``EXHAUSTIVE``: every frame) and fill the short ones with
+repeated frames (3DC-Seg the clip's first frame, at the clip's start; D²Conv3D its last), counting a repeated frame
+once per copy in the average. The frames are letterboxed into the package's fixed size (``INTER_AREA``), where
+3DC-Seg resizes each video's short edge to 480 (bilinear) and pads only to a multiple of 32; the averaged
+probability comes back to the frame bilinearly and is thresholded there, where 3DC-Seg thresholds first and
+resizes the labels nearest-neighbour (labels 1-2 % of pixels apart at a 2x resize on random weights; nothing is
+resized for 480p DAVIS in a 480x864 package). Packages are multiples of 32, as 3DC-Seg pads.
 """
 from __future__ import annotations
 

@@ -467,6 +467,13 @@ def test_size_not_divisible_by_16_is_an_error_naming_the_nearest_sizes(tmp_path)
         export_package("stcn-lite", None, tmp_path / "out", 480, 850, random_weights=True)
 
 
+def test_3dc_seg_sizes_must_be_multiples_of_32_as_the_published_code_pads(tmp_path):
+    # 64x80 was exported: the 1/32 stage then does not tile the frame, and the package computed probabilities up
+    # to 0.22 away from the published network on the frame padded to 64x96
+    with pytest.raises(UserError, match=r"width 80 is not a multiple of 32.*64 or 96"):
+        export_package("3dc-seg-lite", None, tmp_path / "out", 64, 80, random_weights=True)
+
+
 def test_size_zero_is_an_error_not_the_default_size(tmp_path):
     # Only a missing size takes the family's default (480×864); 0 is refused like any other bad size,
     # before the checkpoint is even looked for.

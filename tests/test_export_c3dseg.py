@@ -24,7 +24,7 @@ from vosrt.training.models import build_model, load_checkpoint, save_checkpoint
 
 from sdk_packages import d2conv_layers, tiny_checkpoint, tiny_package
 
-L, H, W = 8, 240, 432
+L, H, W = 8, 256, 448  # multiples of 32, as 3dc-seg packages are
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def c3d():
 
 @pytest.fixture(scope="module")
 def c3d_480p(tmp_path_factory):
-    """(model, checkpoint, package folder) of a 3dc-seg-lite with dilations away from 1, exported at 8×240×432."""
+    """(model, checkpoint, package folder) of a 3dc-seg-lite with dilations away from 1, exported at 8×256×448."""
     folder = tmp_path_factory.mktemp("c3d")
     torch.manual_seed(0)
     model = build_model("3dc-seg-lite").eval()
@@ -54,7 +54,7 @@ def _manifest(package):
 
 
 @pytest.mark.slow
-def test_3dc_seg_lite_clip_portable_matches_pytorch_at_8x240x432(c3d_480p):
+def test_3dc_seg_lite_clip_portable_matches_pytorch_at_8x256x448(c3d_480p):
     model, _, package = c3d_480p
     spec = graphs.graphs_for(model)["segment_clip"]
     (clip,) = spec.example(H, W, generator=torch.Generator().manual_seed(4))

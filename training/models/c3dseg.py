@@ -156,11 +156,14 @@ class Decoder(nn.Module):
 class C3DSeg(nn.Module):
     """3DC-Seg network: ``forward(clip [N,3,T,H,W], normalised) -> foreground logits [N,1,T,H,W]``.
 
-    H and W should be multiples of 32 for the 1/32 stage to tile exactly (other sizes work; the
-    refinement modules resample to the finer grid). ``clip_length`` (8) is the length it was trained on.
+    H and W are multiples of 32 (``size_multiple``), as the published code pads every input: other sizes run
+    (the refinement modules resample to the finer grid) but compute another network than the published one on
+    the padded frame (probabilities up to 0.22 apart at 64x80 against 64x96), so packages and validation sizes
+    are refused at them. ``clip_length`` (8) is the length it was trained on.
     """
 
     family = FAMILY
+    size_multiple = 32
 
     def __init__(self, cfg: C3DSegConfig):
         super().__init__()
