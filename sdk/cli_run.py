@@ -50,14 +50,20 @@ def add_arguments(parser) -> None:
     parser.add_argument("--vis-categories", default=None, metavar="MAP",
                         help="--vis: the dataset's category id of the model's categories, e.g. 1=5,2=7 (model "
                              "category 1 is written as 5; categories not named keep their own number)")
+    parser.add_argument("--vis-max-tracks", type=int, default=None, metavar="N",
+                        help=f"--vis: write only the N tracks that live longest (default {VIS_MAX_TRACKS}, as the "
+                             "published STEm-Seg YouTube-VIS output; 0: every track)")
     parser.add_argument("--mots", default=None, metavar="TXT", help="KITTI-MOTS txt file to write the tracks to")
     parser.add_argument("--mots-class", type=int, default=None, choices=(1, 2),
                         help="--mots: class of every track, 1 car or 2 pedestrian (default: the model's "
-                             "category of each track, 1 where it has none)")
+                             "category most of each track's pixels vote for, 1 where it has none)")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     add_stream_timeout_argument(parser)
     add_session_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+VIS_MAX_TRACKS = 10   # --vis: tracks written per video (stemseg/config/defaults.yaml, YouTube-VIS MAX_TRACKS)
 
 
 def add_stream_timeout_argument(parser) -> None:
@@ -84,9 +90,22 @@ def add_session_arguments(parser) -> None:
     parser.add_argument("--overlap", type=int, default=None, help="clip families: clip overlap in frames (default the package's: 3dc-seg 3, stem-seg 4, "
                              "6 for 16-frame models; L-1 = dense; stem-seg "
                              "links tracks on these frames, so 0 links none)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="3dc-seg: averaged foreground probability above which a pixel is foreground (default 0.5)")
+    parser.add_argument("--min-seediness", type=float, default=None,
+                        help="stem-seg: a seed below this seediness ends a clip's clustering (default the package's)")
+    parser.add_argument("--foreground-threshold", type=float, default=None,
+                        help="stem-seg: foreground probability above which a pixel is clustered (default the package's)")
+    parser.add_argument("--max-instances", type=int, default=None,
+                        help="stem-seg: most instances per clip (default the package's, 20)")
+    parser.add_argument("--link-iou", type=float, default=None,
+                        help="stem-seg: least mask IoU on the shared frames for an instance to continue a track "
+                             "(default the package's, 0.1)")
 
 
-SETTINGS = ("mem_every", "top_k", "memory_capacity", "max_objects", "overlap")  # session settings with flags above
+# session settings with flags above
+SETTINGS = ("mem_every", "top_k", "memory_capacity", "max_objects", "overlap", "threshold", "min_seediness",
+            "foreground_threshold", "max_instances", "link_iou")
 
 
 def session_options(args, family, package=None, command: str = "run") -> dict:
@@ -150,7 +169,8 @@ def _refuse_checkpoint_off_torch(args, package, command: str) -> None:
 
 # Flags of vosrt run / live that the suggested torch command keeps, so that it does what the refused one asked
 # (a run without --mask of a video, or without --out, would fail or discard its results).
-_KEPT_FLAGS = ("--mask", "--out", "--video", "--vis", "--video-id", "--videos", "--vis-categories", "--mots",
+_KEPT_FLAGS = ("--mask", "--out", "--video", "--vis", "--video-id", "--videos", "--vis-categories",
+               "--vis-max-tracks", "--mots",
                "--mots-class", "--max-frames", "--frames", "--headless", "--select", "--device",
                *(f"--{name.replace('_', '-')}" for name in SETTINGS))
 
@@ -274,6 +294,10 @@ def _check_result_flags(args) -> None:
     if args.vis_categories is not None and not args.vis:
         raise UserError("--vis-categories: maps the categories of a --vis file's tracks; give --vis JSON too")
     args.vis_category_map = _category_map(args.vis_categories) if args.vis_categories is not None else None
+    if args.vis_max_tracks is not None and not args.vis:
+        raise UserError("--vis-max-tracks: limits the tracks of a --vis results file; give --vis JSON too")
+    if args.vis_max_tracks is not None and args.vis_max_tracks < 0:
+        raise UserError(f"--vis-max-tracks: expected a whole number >= 0 (0: every track), got {args.vis_max_tracks}")
     if args.mots_class is not None and not args.mots:
         raise UserError("--mots-class: sets the class of a --mots file's tracks; give --mots TXT too")
 
@@ -364,7 +388,9 @@ def _result_writers(args, source) -> list:
             args.video_id, listed = _dataset_video(args, folder_names)
             # a folder's frames take their slots by name; a video file's frames by their order
             names = listed if folder_names is not None else [source.frame_name(i) for i in range(len(listed))]
-        writers.append(VisWriter(args.vis, args.video_id, categories=args.vis_category_map, frame_names=names))
+        limit = VIS_MAX_TRACKS if args.vis_max_tracks is None else args.vis_max_tracks
+        writers.append(VisWriter(args.vis, args.video_id, categories=args.vis_category_map, frame_names=names,
+                                 max_tracks=limit or None))
     if args.mots:
         writers.append(MotsWriter(args.mots, args.mots_class))
     return writers

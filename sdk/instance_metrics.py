@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vosrt.sdk.errors import UserError, install_command
+from vosrt.sdk.errors import UserError, install_command, is_whole
 from vosrt.sdk.instances import hungarian
 from vosrt.sdk.metrics import (BOUNDARY_TOLERANCE, VOID, ObjectScore, boundary_measure, first_frame_objects,
                                 region_similarity)
@@ -364,9 +364,14 @@ def _write_output(path: Path, flag: str, text: str) -> None:
 class VisWriter:
     """A :func:`vosrt.sdk.streaming.stream` sink that collects one video's YouTube-VIS / OVIS submission
     entries (:meth:`results`): one per track, its ``segmentations`` one COCO RLE or ``None`` per finished
-    frame in order, its score the mean of its per-frame ``objects`` scores (1.0 where a frame has none),
-    its category the most frequent one (``categories`` maps the model's category index to the dataset's
-    id). ``frame_names``: the names of all the video's frames in order; each frame then takes the slot of
+    frame in order. Score and category follow the published STEm-Seg YouTube-VIS output
+    (stemseg/inference/output_utils/youtube_vis.py) where every frame's ``objects`` carry an InstanceSegmenter's
+    evidence (``area``, ``log_prob_sum``): the score is the track's pixels over the video divided by the most
+    any track has, the category the argmax of its summed category log-probabilities (which the logits' sums
+    share); else the score is the mean of the per-frame scores (1.0 where a frame has none) and the category
+    the most frequent one. ``categories`` maps the model's category index to the dataset's id. ``max_tracks``
+    (the published 10 for YouTube-VIS; None: all): only the tracks that live longest (last frame minus first,
+    ties to the older track) are written. ``frame_names``: the names of all the video's frames in order; each frame then takes the slot of
     its name, and a frame that never arrives (an unreadable image the source skipped) keeps a ``None``
     slot, so the list has one entry per frame of the video; a frame whose name is not among them (a video
     file longer than the dataset lists) takes a slot after theirs, counted in :attr:`unlisted`. With a
@@ -377,8 +382,12 @@ class VisWriter:
     takes_objects = True
 
     def __init__(self, path, video_id: int, categories: dict | None = None, flag: str = "--vis",
-                 frame_names: list | None = None):
+                 frame_names: list | None = None, max_tracks: int | None = None):
         self._mask = _require("pycocotools.mask")
+        if max_tracks is not None and (not is_whole(max_tracks) or max_tracks < 1):
+            raise UserError(f"{flag}-max-tracks: expected a positive whole number, got {max_tracks!r}")
+        self.max_tracks = max_tracks
+        self._evidence = True   # every frame's objects carried area and log_prob_sum so far
         self.path = _output_file(path, flag, ".json") if path is not None else None
         self.video_id = int(video_id)
         self.categories = categories or {}
@@ -386,7 +395,8 @@ class VisWriter:
         self._slots = {str(name): k for k, name in enumerate(frame_names)} if frame_names is not None else None
         self.frames = 0
         self.unlisted = 0   # frames whose name is not in frame_names
-        self._tracks: dict[int, dict] = {}   # track: {"segs": {position: rle}, "scores": [...], "cats": [...]}
+        # track: {"segs": {position: rle}, "scores": [...], "cats": [...], "area": int, "log_sum": array}
+        self._tracks: dict[int, dict] = {}
         if self.path is not None:
             self._earlier()   # a file that is not a results list is refused now, not after the run
 
@@ -400,11 +410,16 @@ class VisWriter:
             self.unlisted += 1
         self.frames += 1
         for track in _tracks(labels):
-            entry = self._tracks.setdefault(track, {"segs": {}, "scores": [], "cats": []})
+            entry = self._tracks.setdefault(track, {"segs": {}, "scores": [], "cats": [], "area": 0, "log_sum": 0.0})
             entry["segs"][position] = _rle_of(self._mask, labels, track)
             info = (objects or {}).get(track, {})
             entry["scores"].append(float(info.get("score", 1.0)))
             entry["cats"].append(int(info.get("category", 1)))
+            if "area" in info and "log_prob_sum" in info:
+                entry["area"] += int(info["area"])
+                entry["log_sum"] = entry["log_sum"] + np.asarray(info["log_prob_sum"], np.float64)
+            else:
+                self._evidence = False
 
     @property
     def slots(self) -> int:
@@ -413,14 +428,26 @@ class VisWriter:
         return self.frames if self._slots is None else len(self._slots) + self.unlisted
 
     def results(self) -> list:
+        tracks = sorted(self._tracks)
+        if self.max_tracks is not None:
+            def lifetime(track):
+                positions = self._tracks[track]["segs"]
+                return max(positions) - min(positions)
+            tracks = sorted(sorted(tracks, key=lifetime, reverse=True)[:self.max_tracks])
+        evidence = self._evidence and tracks
+        most = max((self._tracks[t]["area"] for t in tracks), default=0) if evidence else 0
         out = []
-        for track in sorted(self._tracks):
+        for track in tracks:
             entry = self._tracks[track]
-            cats = entry["cats"]
-            category = max(sorted(set(cats)), key=cats.count)
+            if evidence:
+                category = int(np.argmax(entry["log_sum"])) + 1
+                score = entry["area"] / most if most else 0.0
+            else:
+                cats = entry["cats"]
+                category = max(sorted(set(cats)), key=cats.count)
+                score = float(np.mean(entry["scores"]))
             out.append({"video_id": self.video_id, "category_id": self.categories.get(category, category),
-                        "score": float(np.mean(entry["scores"])),
-                        "segmentations": [entry["segs"].get(t) for t in range(self.slots)]})
+                        "score": float(score), "segmentations": [entry["segs"].get(t) for t in range(self.slots)]})
         return out
 
     def _earlier(self) -> list:
@@ -471,8 +498,11 @@ class MotsWriter:
     """A :func:`vosrt.sdk.streaming.stream` sink that writes one sequence's KITTI-MOTS txt file:
     ``frame track_id class_id height width rle`` per instance and finished frame. The frame number is the
     frame's name where that is a number (KITTI's ``000042.png``), else its stream index. The class is
-    ``class_id`` (1 car, 2 pedestrian); where ``class_id`` is None, the frame's ``objects`` category (1
-    without one). Each frame's lines go to a hidden file beside ``path`` as the frame finishes (memory stays
+    ``class_id`` (1 car, 2 pedestrian); where ``class_id`` is None, one class per track as the published
+    STEm-Seg KITTI-MOTS output gives it (stemseg/inference/output_utils/kitti_mots.py): the category most of
+    its pixels over the sequence vote for, where every frame's ``objects`` carry an InstanceSegmenter's
+    ``votes`` (ties to the lower class); else each frame's ``objects`` category (1 without one), which could
+    change within a track. Each frame's lines go to a hidden file beside ``path`` as the frame finishes (memory stays
     bounded on an endless source), which :meth:`close` renames onto ``path``: a stopped run leaves no half
     file under that name (a killed process leaves the hidden ``.NAME.partial-*.txt``)."""
 
@@ -489,14 +519,21 @@ class MotsWriter:
         self._cleanup = None    # removes that file if the writer is dropped without close()
         self._done = False
         self._odd_class = False   # a class other than 1 and 2 was said
+        self._votes: dict | None = {} if class_id is None else None   # track: votes per category (1, 2, ...)
 
     def __call__(self, index: int, name: str, frame, labels: np.ndarray, objects: dict | None = None) -> None:
         number = int(name) if str(name).isdigit() else index
         height, width = labels.shape
         lines = []
         for track in _tracks(labels):
-            cls = self.class_id if self.class_id is not None else (objects or {}).get(track, {}).get("category", 1)
-            if cls not in (1, 2) and not self._odd_class:
+            info = (objects or {}).get(track, {})
+            cls = self.class_id if self.class_id is not None else info.get("category", 1)
+            if self._votes is not None:
+                if "votes" in info:
+                    self._votes[track] = self._votes.get(track, 0) + np.asarray(info["votes"], np.int64)
+                else:
+                    self._votes = None   # a frame without votes: the per-frame categories stand
+            if self._votes is None and cls not in (1, 2) and not self._odd_class:
                 # the official mots_tools loader stops at any class but 1, 2 and 10; trackeval drops such lines
                 self._odd_class = True
                 print(f"warning: {self.flag} {self.path}: the model's category {cls} is no KITTI-MOTS class (1 car, "
@@ -544,12 +581,39 @@ class MotsWriter:
 
         try:
             self._file.close()
+            if self._votes:
+                self._one_class_per_track()
             os.chmod(self._partial, new_file_mode(self.path))
             os.replace(self._partial, self.path)
         except OSError as err:
             self._cleanup()
             raise UserError(f"{self.flag}: cannot write {self.path}: {err.strerror or err}") from None
         self._cleanup.detach()
+
+
+    def _one_class_per_track(self) -> None:
+        """Rewrite the hidden file's class column with each track's voted class (read and written a line at a
+        time: the file may hold an endless stream's lines), and say where a class other than 1 and 2 won."""
+        import os
+
+        from vosrt.sdk.package import partial_file
+
+        classes = {track: int(np.argmax(votes)) + 1 if np.any(votes) else 1 for track, votes in self._votes.items()}
+        handle, rewritten = partial_file(self.path)
+        try:
+            with open(self._partial) as lines, os.fdopen(handle, "w") as out:
+                for line in lines:
+                    number, track, _, rest = line.split(" ", 3)
+                    out.write(f"{number} {track} {classes[int(track)]} {rest}")
+        except BaseException:
+            Path(rewritten).unlink(missing_ok=True)
+            raise
+        os.replace(rewritten, self._partial)
+        odd = sorted({c for c in classes.values() if c not in (1, 2)})
+        if odd:
+            print(f"warning: {self.flag} {self.path}: the model's categories {odd} are no KITTI-MOTS class (1 car, "
+                  "2 pedestrian): mots_tools refuses such lines and trackeval leaves them out; give "
+                  "--mots-class 1 or 2 for every track", file=sys.stderr)
 
 
 def _remove_partial(file, partial: Path) -> None:
@@ -568,7 +632,7 @@ def write_kitti_mots(path: str | Path, frames: list, class_id: int = 1) -> None:
     for position, fr in enumerate(frames):
         labels = fr.labels if hasattr(fr, "labels") else fr
         given = getattr(fr, "objects", None) or {}
-        objects = {track: {"category": given.get(track, {}).get("category", class_id)} for track in _tracks(labels)}
+        objects = {track: given.get(track) or {"category": class_id} for track in _tracks(labels)}
         writer(getattr(fr, "index", position), "", None, labels, objects)
     writer.close()
 

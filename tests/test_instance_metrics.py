@@ -440,3 +440,76 @@ def test_a_mots_prediction_numbered_far_past_the_ground_truth_is_refused_before_
     with pytest.raises(UserError, match=r"frame 300000000 is more than 100000 frames past the ground truth's last "
                                         r"annotated frame 3"):
         mots_metrics(tmp_path / "gt", tmp_path / "pred", classes=("car",))
+
+
+def _evidence(area, category, categories=10, votes=None):
+    """An InstanceSegmenter frame's details of a track: ``area`` 1/4-scale pixels, whose log-probabilities sum
+    highest for ``category``, ``votes`` per category (default: all for ``category``)."""
+    log_sum = np.full(categories, -5.0 * area)
+    log_sum[category - 1] = -1.0 * area
+    votes = np.bincount([category - 1], minlength=categories) * area if votes is None else np.asarray(votes)
+    return {"area": area, "log_prob_sum": log_sum, "votes": votes}
+
+
+def test_vis_writer_scores_and_categorises_tracks_as_the_published_output_does():
+    # the score was the mean of the frames' best category probability, the category the most frequent per-frame
+    # one: a large object scored 0.517 against the published 1.0, a small one 0.91 against 0.102, and an object
+    # came out as category 9 where the published output (argmax of its summed category logits) says 5
+    from vosrt.sdk.instance_metrics import VisWriter
+
+    writer = VisWriter(None, 3)
+    for t in range(4):
+        big = dict(_evidence(80 if t < 3 else 20, 5), score=0.5, category=9 if t else 5)   # per frame: 9, 9, 9, 5
+        small = dict(_evidence(13, 2), score=0.9, category=2)
+        writer(t, f"{t:05d}", None, label_map((1, A), (2, C)), {1: big, 2: small})
+    entries = {e["category_id"]: e for e in writer.results()}
+    assert set(entries) == {5, 2}
+    assert entries[5]["score"] == 1.0 and entries[2]["score"] == pytest.approx(52 / 260)
+    # without the session's evidence (objects from elsewhere) the per-frame rule stands
+    writer = VisWriter(None, 3)
+    for t in range(4):
+        writer(t, f"{t:05d}", None, label_map((1, A)), {1: {"score": 0.5, "category": 9 if t else 5}})
+    assert [(e["category_id"], e["score"]) for e in writer.results()] == [(9, 0.5)]
+
+
+def test_vis_writer_keeps_the_tracks_that_live_longest_as_the_published_output_does():
+    from vosrt.sdk.instance_metrics import VisWriter
+
+    writer = VisWriter(None, 3, max_tracks=2)
+    lives = {1: (0, 1), 2: (0, 5), 3: (2, 5), 4: (1, 5)}   # track: first, last frame; lifetimes 1, 5, 3, 4
+    for t in range(6):
+        present = [(k, square(2 + 9 * (k - 1), 2, 6)) for k, (a, b) in lives.items() if a <= t <= b]
+        writer(t, f"{t:05d}", None, label_map(*present), {k: dict(_evidence(9, 1)) for k, _ in present})
+    entries = writer.results()
+    assert len(entries) == 2
+    kept = [[s is not None for s in e["segmentations"]] for e in entries]
+    assert kept == [[True] * 6, [False, True, True, True, True, True]]   # tracks 2 and 4, in track order
+    assert [e["score"] for e in entries] == [1.0, pytest.approx(5 / 6)]
+    with pytest.raises(UserError, match=r"--vis-max-tracks: expected a positive whole number, got 0"):
+        VisWriter(None, 3, max_tracks=0)
+
+
+def test_mots_writer_gives_each_track_the_class_most_of_its_pixels_vote_for(tmp_path, capsys):
+    # each frame took its clip's category: a track was written as car on frames 0-7 and pedestrian on 8-19 (a
+    # class switch within one track), where the published output gives it the class of most of its pixels
+    from vosrt.sdk.instance_metrics import MotsWriter
+
+    writer = MotsWriter(tmp_path / "0001.txt")
+    for t in range(20):
+        car = t < 8
+        one = dict(_evidence(30 if car else 10, 1 if car else 2, categories=2), category=1 if car else 2)
+        two = dict(_evidence(5, 2, categories=2, votes=[1, 4]), category=1)
+        writer(t, f"{t:06d}", None, label_map((1, A), (2, C)), {1: one, 2: two})
+    writer.close()
+    rows = [line.split(" ")[:3] for line in (tmp_path / "0001.txt").read_text().splitlines()]
+    assert len(rows) == 40
+    assert {cls for _, track, cls in rows if track == "1"} == {"1"}    # 240 votes for car, 120 for pedestrian
+    assert {cls for _, track, cls in rows if track == "2"} == {"2"}
+    assert "no KITTI-MOTS class" not in capsys.readouterr().err
+    assert not list(tmp_path.glob(".*"))                                  # no hidden file left behind
+    # a model category that wins a track's votes but is no KITTI-MOTS class is said once, at the end
+    writer = MotsWriter(tmp_path / "0002.txt")
+    writer(0, "000000", None, label_map((1, A)), {1: dict(_evidence(9, 3, categories=3), category=1)})
+    writer.close()
+    assert "the model's categories [3] are no KITTI-MOTS class" in capsys.readouterr().err
+    assert (tmp_path / "0002.txt").read_text().split(" ")[2] == "3"

@@ -472,3 +472,32 @@ def test_run_with_overlap_0_says_that_no_track_is_linked_across_clips(colour_pac
     assert ids[0] != ids[1]                      # what the note says: the track did not keep its id
     assert main(["run", str(colour_package), "--source", str(tmp_path / "v"), "--no-progress", "--overlap", "1"]) == 0
     assert "no track is linked" not in capsys.readouterr().err
+
+
+def test_run_takes_the_clip_families_settings_as_flags_and_limits_the_vis_tracks(colour_package, tmp_path, capsys):
+    # threshold, min_seediness, foreground_threshold, max_instances and link_iou were session settings that
+    # `vosrt run` had no flag for ("unrecognized arguments: --threshold 0.6"); --vis wrote every track, where the
+    # published YouTube-VIS output keeps the 10 that live longest
+    frames, _ = scene(12, {"red": (0, 11, 4, 0, 0), "green": (4, 11, 40, 16, 0), "blue": (0, 5, 40, 40, 0)})
+    _write_frames(tmp_path / "v", frames)
+    args = ["run", str(colour_package), "--source", str(tmp_path / "v"), "--no-progress"]
+    vis = ["--video-id", "1", "--vis"]
+    assert main([*args, *vis, str(tmp_path / "all.json"), "--vis-max-tracks", "0"]) == 0
+    assert main([*args, *vis, str(tmp_path / "two.json"), "--vis-max-tracks", "2"]) == 0
+    everything, two = (json.loads((tmp_path / name).read_text()) for name in ("all.json", "two.json"))
+    assert len(everything) == 3 and len(two) == 2
+    lives = [sum(s is not None for s in e["segmentations"]) for e in two]
+    assert sorted(lives) == [8, 12]                                 # blue (frames 0-5) is the one left out
+    # one instance per clip: a single track, whichever colour seeds first
+    assert main([*args, "--out", str(tmp_path / "one"), "--max-instances", "1", "--link-iou", "0.5",
+                 "--min-seediness", "0.5", "--foreground-threshold", "0.5"]) == 0
+    found = [{int(i) for i in np.unique(read_label_png(p)) if i} for p in sorted((tmp_path / "one").glob("*.png"))]
+    assert len(found) == 12 and all(len(ids) == 1 for ids in found)   # three objects in view, one instance a clip
+    capsys.readouterr()
+    assert main([*args, "--threshold", "0.6"]) == 2
+    err = capsys.readouterr().err
+    assert "--threshold: not a setting of stem-seg packages (they take --overlap, --min-seediness, " in err, err
+    assert main([*args, "--min-seediness", "1.5"]) == 2
+    assert "--min-seediness: expected a probability in [0, 1], got 1.5" in capsys.readouterr().err
+    assert main(["run", str(colour_package), "--source", str(tmp_path / "v"), "--vis-max-tracks", "2"]) == 2
+    assert "--vis-max-tracks: limits the tracks of a --vis results file; give --vis JSON too" in capsys.readouterr().err
