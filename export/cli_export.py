@@ -44,12 +44,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolution(args: argparse.Namespace) -> tuple[int | None, int | None]:
     """(height, width) from ``--size H W`` or the older ``--height``/``--width`` (None: the family's default);
-    UserError when the two spellings disagree."""
+    UserError when the two spellings disagree, or one of ``--height``/``--width`` comes alone."""
     height, width = args.height, args.width
     if args.size is not None:
         if (height is not None and height != args.size[0]) or (width is not None and width != args.size[1]):
             raise UserError(f"--size {args.size[0]} {args.size[1]} disagrees with --height/--width; give --size alone")
         height, width = args.size
+    elif (height is None) != (width is None):
+        # one of them alone took the family's default for the other without a word (--height 48: 48x864)
+        given, missing = ("--height", "--width") if width is None else ("--width", "--height")
+        raise UserError(f"{given} without {missing}: give both, or --size H W (e.g. --size "
+                        f"{height if height is not None else 480} {width if width is not None else 864})")
     return height, width
 
 

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import onnx
 import torch
 
@@ -511,6 +512,7 @@ def check_package(pkg: str | Path, checkpoint: str | Path | None = None, seed: i
         if "portable" not in package.graphs.get(graph, {}):
             raise UserError(f"{package.path}: graph '{graph}' has no portable form to check")
     _opens_for_streaming(package)
+    _check_graph_format(package)
     _check_plugin_top_k(package)
     report = {}
     for graph, spec in specs.items():
@@ -519,7 +521,13 @@ def check_package(pkg: str | Path, checkpoint: str | Path | None = None, seed: i
                               generator=generator)
         path = package.graphs[graph]["portable"]
         session = _open_graph(package, graph, path, path, options, spec, inputs)
-        outputs = session.run(spec.output_names, {n: t.numpy() for n, t in zip(spec.input_names, inputs)})
+        feed = {n: t.numpy() for n, t in zip(spec.input_names, inputs)}
+        takes = {i.name for i in [*session.get_inputs(), *session.get_overridable_initializers()]}
+        if "top_k" in takes and "top_k" not in feed:
+            # fed the manifest's top_k, as the tracker feeds it: the graph's default is the export's, which a
+            # manifest edited since no longer names (the module reads with the manifest's)
+            feed["top_k"] = np.array([int(stream.get("top_k", graph_modules.DEFAULT_TOP_K))], np.int64)
+        outputs = session.run(spec.output_names, feed)
         with torch.no_grad():
             expected = spec.module(*inputs)
         expected = expected if isinstance(expected, tuple) else (expected,)
@@ -528,17 +536,32 @@ def check_package(pkg: str | Path, checkpoint: str | Path | None = None, seed: i
                 raise UserError(f"{package.path}: {graph} output '{name}' has shape {tuple(out.shape)} in the "
                                 f"package but {tuple(ref.shape)} in the checkpoint's model: the graphs were "
                                 f"exported from another model; pass the checkpoint they came from with --checkpoint")
-        report[graph] = {name: compare(out, ref.numpy()) for name, out, ref in
-                         zip(spec.output_names, outputs, expected)}
+        expected = [ref.numpy() for ref in expected]
+        report[graph] = _compare_outputs(spec.output_names, outputs, expected)
         # The plugin form is what ONNX Runtime runs on the CPU by default (vosrt's CPU operators): check it too.
         plugin = _run_plugin_form(package, graph, options, spec, inputs, progress)
         if plugin is not None:
-            report[f"{graph}.plugin"] = {name: compare(out, ref.numpy()) for name, out, ref in
-                                         zip(spec.output_names, plugin, expected)}
+            report[f"{graph}.plugin"] = _compare_outputs(spec.output_names, plugin, expected)
         for key in (graph, f"{graph}.plugin"):
             if key in report:
                 _say(progress, f"check {key}: " + ", ".join(
                     f"{name} " + " ".join(f"{k}={v:.2e}" for k, v in r.items()) for name, r in report[key].items()))
+    return report
+
+
+def _compare_outputs(names, outputs, expected) -> dict:
+    """``{output: compare(...)}``; a label map beside a ``prob`` output (background first) also gets ``flip_margin``:
+    the reference's largest top-two probability margin at a differing pixel (0 where none differs). Rounding flips
+    a label only where that margin is within the probabilities' error; :func:`vosrt.export.cli_check.print_report`
+    fails the rest (an ArgMax turned ArgMin differed on every pixel, and the check passed)."""
+    report = {name: compare(out, ref) for name, out, ref in zip(names, outputs, expected)}
+    given = dict(zip(names, outputs))
+    reference = dict(zip(names, expected))
+    if "labels" in report and "prob" in reference and "mismatch_fraction" in report["labels"]:
+        differ = given["labels"] != reference["labels"]
+        top_two = np.sort(reference["prob"], axis=0)[-2:] if len(reference["prob"]) > 1 else None
+        margin = top_two[1] - top_two[0] if top_two is not None else np.zeros_like(reference["prob"][0])
+        report["labels"]["flip_margin"] = float(margin[differ].max()) if differ.any() else 0.0
     return report
 
 
@@ -553,6 +576,42 @@ def _refuse_missing_graph_files(package) -> None:
         raise UserError(f"{package.path}: the manifest lists {', '.join(map(str, missing))}, which "
                         f"{'is' if len(missing) == 1 else 'are'} not there (deleted, or left out of a copy?); copy "
                         f"the package again, or re-export it with vosrt export")
+
+
+def _check_graph_format(package) -> None:
+    """UserError naming the graph file that breaks the ONNX form of the contract (ARCHITECTURE.md): IR version 10,
+    default-domain opset 20 or newer, and custom nodes of ``trt.plugins`` version 1 with ``plugin_version`` "1"
+    and ``plugin_namespace`` "" (TensorRT looks the plugin up by them; vosrt's CPU operators ran the nodes
+    whatever they said, so such a file passed the check)."""
+    from vosrt.export.onnx_ops import PLUGIN_VERSION
+    from vosrt.sdk.cpu_ops import PLUGIN_DOMAIN
+
+    for graph, forms in package.graphs.items():
+        for form, path in forms.items():
+            try:
+                model = onnx.load(str(path), load_external_data=False)
+            except Exception:   # an unreadable file: the runs name it
+                continue
+            opsets = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
+            wrong = []
+            if model.ir_version != onnx_ops.IR_VERSION:
+                wrong.append(f"IR version {model.ir_version} (vosrt writes {onnx_ops.IR_VERSION})")
+            if opsets.get("ai.onnx", 0) < onnx_ops.OPSET:
+                wrong.append(f"opset {opsets.get('ai.onnx', 'none')} (the contract needs {onnx_ops.OPSET} or newer)")
+            if PLUGIN_DOMAIN in opsets and opsets[PLUGIN_DOMAIN] != 1:
+                wrong.append(f"{PLUGIN_DOMAIN} domain version {opsets[PLUGIN_DOMAIN]} (1)")
+            for node in model.graph.node:
+                if node.domain != PLUGIN_DOMAIN:
+                    continue
+                attrs = {a.name: a.s.decode(errors="replace") for a in node.attribute
+                         if a.name in ("plugin_version", "plugin_namespace")}
+                for name, want in (("plugin_version", PLUGIN_VERSION), ("plugin_namespace", "")):
+                    if attrs.get(name, want) != want:
+                        wrong.append(f"{node.op_type} node '{node.name}' {name} {attrs[name]!r} ({want!r})")
+            if wrong:
+                raise UserError(f"{path}: the {form} form of '{graph}' has {'; '.join(wrong[:3])}"
+                                f"{f' and {len(wrong) - 3} more' if len(wrong) > 3 else ''}: TensorRT and ONNX Runtime "
+                                f"may refuse it or run other operators than vosrt exported; {_redo(package)}")
 
 
 def _check_plugin_top_k(package) -> None:

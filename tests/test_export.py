@@ -934,3 +934,74 @@ def test_vosrt_export_random_weights_never_writes_over_a_weights_file_it_did_not
     other = tmp_path / "random"
     assert main([*args[:4], str(other), *args[5:]]) == 0
     assert main([*args[:4], str(other), *args[5:]]) == 0
+
+
+def test_check_fails_labels_flipped_where_the_reference_is_no_tie(lite_package, tmp_path, capsys):
+    # the labels' differing pixels were printed and never judged: an ArgMax turned ArgMin (labels wrong on every
+    # pixel, the tracker's mask) ended in "check passed"
+    from vosrt.cli import main
+
+    def edit(folder):
+        for form in ("portable", "plugin"):
+            model = onnx.load(str(folder / f"segment.{form}.onnx"))
+            next(n for n in model.graph.node if n.op_type == "ArgMax").op_type = "ArgMin"
+            onnx.save(model, str(folder / f"segment.{form}.onnx"))
+
+    report = check_package(lite_package)
+    assert report["segment"]["labels"]["flip_margin"] <= 2e-3      # the exported graphs flip none (or only ties)
+    broken = _broken_copy(lite_package, tmp_path, edit)
+    report = check_package(broken)
+    assert report["segment"]["labels"]["mismatch_fraction"] > 0.9
+    assert report["segment"]["labels"]["flip_margin"] > 0.01       # > twice the tolerance: not rounding
+    assert report["segment"]["prob"]["max_rel"] < 1e-5             # only the labels are wrong
+    capsys.readouterr()
+    assert main(["check", str(broken)]) == 1
+    out = capsys.readouterr().out
+    assert "segment labels " in out and "MISMATCH" in out and "check failed: 2 output(s)" in out, out
+
+
+def test_check_refuses_graph_files_that_break_the_onnx_form_of_the_contract(lite_package, tmp_path):
+    # IR 8 / opset 19 files, and readout nodes of another plugin version or namespace, passed the check: vosrt's
+    # CPU operators run the nodes whatever they say, where TensorRT looks the plugin up by them
+    def old_ir(folder):
+        model = onnx.load(str(folder / "encode_key.portable.onnx"))
+        model.ir_version = 8
+        onnx.save(model, str(folder / "encode_key.portable.onnx"))
+
+    def plugin_version(folder):
+        model = onnx.load(str(folder / "segment.plugin.onnx"))
+        node = next(n for n in model.graph.node if n.op_type == "L2MemoryReadout")
+        next(a for a in node.attribute if a.name == "plugin_version").s = b"2"
+        onnx.save(model, str(folder / "segment.plugin.onnx"))
+
+    with pytest.raises(UserError, match=r"encode_key\.portable\.onnx: the portable form of 'encode_key' has IR version "
+                                        r"8 \(vosrt writes 10\).*vosrt export"):
+        check_package(_broken_copy(lite_package, tmp_path / "a", old_ir))
+    with pytest.raises(UserError, match=r"segment\.plugin\.onnx: the plugin form of 'segment' has L2MemoryReadout node "
+                                        r"'\S+' plugin_version '2' \('1'\)"):
+        check_package(_broken_copy(lite_package, tmp_path / "b", plugin_version))
+
+
+def test_check_feeds_the_portable_form_the_manifest_s_top_k_as_the_tracker_does(lite_package, tmp_path):
+    # a portable-only package whose manifest top_k was edited failed the check (segment prob 1.3e-2, labels 6.9%):
+    # the graph read with its exported default while the model, and the tracker at run time, used the manifest's
+    def edit(folder):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["streaming"]["top_k"] = 5
+        for forms in manifest["graphs"].values():
+            (folder / forms.pop("plugin")).unlink()
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    report = check_package(_broken_copy(lite_package, tmp_path, edit), memory_frames=3)
+    assert report["segment"]["prob"]["max_rel"] < 1e-5
+
+
+def test_export_refuses_height_or_width_alone(tmp_path, capsys):
+    # --height 48 alone exported a 48x864 package (the family's default width) without a word
+    from vosrt.cli import main
+
+    for given, said in ((["--height", "48"], "--height without --width: give both, or --size H W (e.g. --size 48 864)"),
+                        (["--width", "96"], "--width without --height: give both, or --size H W (e.g. --size 480 96)")):
+        assert main(["export", "stcn-lite", "--random-weights", "--out", str(tmp_path / "o"), *given]) == 2
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
