@@ -18,7 +18,10 @@ float32 with Casts at their borders:
   is computed from (reductions, centring, squaring, epsilon) and the division by it -- squares of
   activations overflow float16 (65504) long before the activations do;
 * ``memory_readout``: the ``L2MemoryReadout`` node, when the memory bank stays float32 (no ``memory``
-  tensors given): it takes one data type for all its inputs, so it then runs on float32.
+  tensors given): it takes one data type for all its inputs, so it then runs on float32;
+* ``d2conv_sampling``: the nodes that predict a ``D2Conv3D``'s dilation and modulation, from the convolution
+  that predicts them: a sample lies at dilation × tap, so a float16 prediction chain moved samples by a tenth of
+  a voxel at dilations of 12 (the layer, one data type for all inputs, then takes them cast to float16).
 
 **Memory in float16.** ``memory`` names the graph inputs and outputs that are memory-bank tensors (the
 family table's ``GraphIO.memory``: STCN's ``key`` and ``value`` outputs and ``segment``'s ``mem_key``,
@@ -62,6 +65,9 @@ RULES = {
     "sensitive_ops": "op types " + ", ".join(FP32_OP_TYPES),
     "normalisation_statistics": ("decomposed normalisation: from each Sqrt, the ReduceMean/Sub/Mul/Add/Pow ops "
                                  "it is computed from and the Div by it"),
+    "d2conv_sampling": ("the nodes that predict each D2Conv3D's dilation and modulation, from the convolution "
+                        "that predicts them (a sampling position is the dilation times the tap: its float16 "
+                        "rounding moves samples by a tenth of a voxel at dilations of 12)"),
     "memory_readout": ("the L2MemoryReadout plugin node when the memory bank stays float32; with a float16 bank "
                        "it reads and writes float16 and accumulates in float32"),
 }
@@ -137,6 +143,24 @@ def _tail_nodes(graph: onnx.GraphProto, producer) -> set[int]:
     return seen
 
 
+def _sampling_nodes(graph: onnx.GraphProto, producer) -> set[int]:
+    """Indices of the nodes that compute a ``D2Conv3D``'s dilation and modulation inputs, back to and including the
+    convolution that predicts them (see ``d2conv_sampling`` in :data:`RULES`)."""
+    found: set[int] = set()
+    for node in graph.node:
+        if node.domain != PLUGIN_DOMAIN or node.op_type != "D2Conv3D":
+            continue
+        queue = deque(name for name in node.input[1:3] if name)
+        while queue:
+            index = producer.get(queue.popleft())
+            if index is None or index in found:
+                continue
+            found.add(index)
+            if graph.node[index].op_type not in _BOUNDARY_OPS:
+                queue.extend(graph.node[index].input)
+    return found
+
+
 def _normalisation_nodes(graph: onnx.GraphProto, producer, consumers) -> set[int]:
     """Indices of decomposed-normalisation nodes (see ``normalisation_statistics`` in :data:`RULES`)."""
     found: set[int] = set()
@@ -209,15 +233,17 @@ def convert_to_fp16(model: onnx.ModelProto, memory: tuple | list | set = ()) -> 
     tail = _tail_nodes(graph, producer)
     sensitive = {i for i, n in enumerate(graph.node) if n.op_type in FP32_OP_TYPES}
     normalisation = _normalisation_nodes(graph, producer, consumers)
+    sampling = _sampling_nodes(graph, producer)
     on_memory = _memory_readouts(graph, producer, memory)
     head -= on_memory
     readout = {i for i, n in enumerate(graph.node)
                if n.domain == PLUGIN_DOMAIN and n.op_type in FP32_PLUGIN_OPS and i not in on_memory}
-    keep32 = head | tail | sensitive | normalisation | readout
+    keep32 = head | tail | sensitive | normalisation | readout | sampling
     report = {"rules": dict(RULES), "fp32_nodes": {"input_head": len(head), "output_tail": len(tail),
                                                     "sensitive_ops": len(sensitive),
                                                     "normalisation_statistics": len(normalisation),
-                                                    "memory_readout": len(readout)}}
+                                                    "memory_readout": len(readout),
+                                                    "d2conv_sampling": len(sampling)}}
 
     # Nodes that compute on floats and are not kept in float32 become float16 nodes.
     def touches_float(node) -> bool:

@@ -186,3 +186,41 @@ def test_fp16_variant_keeps_decomposed_normalisation_statistics_in_fp32():
     x = RNG.random((1, 2, 6, 6), dtype=np.float32) + 1.0
     (expected,), (actual,) = _run(model, {"x": x}), _run(half, {"x": x})
     assert np.abs(actual - expected).max() < 1e-2
+
+
+def test_fp16_variant_predicts_d2conv3d_dilation_and_modulation_in_fp32():
+    # a D2Conv3D samples at dilation x tap: a dilation of 12 rounded in float16 moved the samples by a tenth of a
+    # voxel, and a 3dc-seg fp16 variant ended 2.4e-2 from fp32 (1.9e-2 with this rule, emulated in ONNX Runtime)
+    nodes = [
+        helper.make_node("Conv", ["x", "wx"], ["features"]),
+        helper.make_node("Conv", ["features", "wd"], ["raw"]),
+        helper.make_node("Elu", ["raw"], ["elu"]),
+        helper.make_node("Add", ["elu", "one"], ["dilation"]),
+        helper.make_node("Conv", ["features", "wm"], ["raw_m"]),
+        helper.make_node("Sigmoid", ["raw_m"], ["modulation"]),
+        helper.make_node("D2Conv3D", ["features", "dilation", "modulation", "w"], ["y"], domain="trt.plugins",
+                         plugin_version="1", plugin_namespace="", kernel_shape=[3, 3, 3], pads=[1] * 6),
+        helper.make_node("Conv", ["y", "wo"], ["out"]),
+    ]
+    inits = [_init("wx", RNG.standard_normal((4, 4, 1, 1, 1)).astype(np.float32)),
+             _init("wd", RNG.standard_normal((3, 4, 1, 1, 1)).astype(np.float32)),
+             _init("wm", RNG.standard_normal((1, 4, 1, 1, 1)).astype(np.float32)),
+             _init("one", np.array(1.0, np.float32)),
+             _init("w", RNG.standard_normal((4, 4, 3, 3, 3)).astype(np.float32)),
+             _init("wo", RNG.standard_normal((1, 4, 1, 1, 1)).astype(np.float32))]
+    graph = helper.make_graph(
+        nodes, "d2conv_like", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("trt.plugins", 1)])
+    model.ir_version = 10
+    half, report = convert_to_fp16(model)
+    assert report["fp32_nodes"]["d2conv_sampling"] == 5           # both predicting convs, Elu, Add, Sigmoid
+    inits = {i.name: i.data_type for i in half.graph.initializer}
+    assert inits["wd"] == inits["wm"] == inits["one"] == TensorProto.FLOAT
+    assert inits["wx"] == inits["w"] == TensorProto.FLOAT16
+    d2conv = next(n for n in half.graph.node if n.op_type == "D2Conv3D")
+    producers = {out: n for n in half.graph.node for out in n.output}
+    for name in d2conv.input[1:3]:                                  # fp32 predictions cast to the layer's fp16
+        cast = producers[name]
+        assert cast.op_type == "Cast" and cast.attribute[0].i == TensorProto.FLOAT16
+        assert producers[cast.input[0]].op_type in ("Add", "Sigmoid")
