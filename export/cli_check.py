@@ -101,8 +101,9 @@ def _refuse_int8_without_tolerance(args: argparse.Namespace) -> None:
                     f"quantisation, beyond check's fp32 tolerance {TOLERANCE}. Check the fp32 package ({fp32}), and "
                     f"measure this one's accuracy where it matters, on segmenting video: `vosrt demo --family {package.family} "
                     f"--heldout 16 --package {shlex.quote(str(path))}` (J&F, to set against the fp32 package's); "
-                    f"or compare it anyway with "
-                    f"a tolerance of your own: `vosrt check {shlex.quote(str(args.package))} --tolerance 0.5`")
+                    f"or print its errors with a tolerance of your own (here relative errors up to 1 pass; an INT8 "
+                    f"package's reach tenths): "
+                    f"`vosrt check {shlex.quote(str(args.package))} --tolerance 1`")
 
 
 def run(args: argparse.Namespace) -> int:

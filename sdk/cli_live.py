@@ -166,9 +166,10 @@ def run(args) -> int:
     mode = "realtime, newest frame wins" if source.drop else "every frame"
     print(f"{package.variant} on {session.backend.describe()}; source: {source.kind} {source.name} ({mode})",
           file=sys.stderr)
+    stopped_by = None
     try:
         if args.headless:
-            _run_headless(pipeline, enabled=not args.no_progress)
+            stopped_by = _run_headless(pipeline, enabled=not args.no_progress)
         else:
             import asyncio
 
@@ -193,12 +194,14 @@ def run(args) -> int:
     for path in pipeline.recorded:
         if path.is_file():   # a recording that never got a frame has no file
             print(f"recording: {path}")
-    return 0
+    # as `vosrt run`: a headless run a signal stopped (its files finished) exits 128 + the signal, so that a
+    # supervisor or script tells it from a source that ended
+    return 0 if stopped_by is None else 128 + stopped_by
 
 
-def _run_headless(pipeline, enabled: bool = True) -> None:
+def _run_headless(pipeline, enabled: bool = True) -> int | None:
     """Run in this thread with a progress bar (a long file said nothing until its end); SIGINT, SIGTERM and SIGHUP
-    stop it cleanly."""
+    stop it cleanly. Returns the number of the signal that stopped it, None where the source ended."""
     from vosrt.sdk.progress import Progress
 
     source = pipeline.source
@@ -210,8 +213,11 @@ def _run_headless(pipeline, enabled: bool = True) -> None:
     bar = Progress(total, "frame", enabled=enabled)
     pipeline.listeners.append(lambda: bar.update(postfix=f"{pipeline.fps():.1f} FPS"))
 
+    received = []
+
     def stop(signum, frame):
         print(f"\n{signal.Signals(signum).name}: stopping", file=sys.stderr)
+        received.append(int(signum))
         pipeline.stop()
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
@@ -221,3 +227,4 @@ def _run_headless(pipeline, enabled: bool = True) -> None:
         bar.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return received[0] if received else None

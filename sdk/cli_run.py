@@ -210,8 +210,8 @@ def _masks_of(source, first_mask, family, where: str = "--mask"):
                                 "first frame")
             if first_mask.shape[:2] != frame.shape[:2]:
                 raise UserError(f"{where}: {first_mask.shape[1]}x{first_mask.shape[0]} pixels, but the frames of "
-                                f"--source {source.name} are {frame.shape[1]}x{frame.shape[0]}; give the first "
-                                "frame's mask at the frames' size")
+                                f"--source {source.name} are {frame.shape[1]}x{frame.shape[0]} (width x height); give "
+                                "the first frame's mask at the frames' size")
             seen.update(int(i) for i in np.unique(first_mask) if i)
             return first_mask
         later = source.annotation(source.frame_name(position))
@@ -414,8 +414,6 @@ def run(args) -> int:
     from vosrt.sdk.video import PngSink, check_stream_timeout, open_source, overlay_video_for
 
     _check_result_flags(args)
-    if not (args.out or args.video or args.vis or args.mots):
-        print("note: no --out, --video, --vis or --mots given; results are computed and discarded", file=sys.stderr)
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError(f"--max-frames: expected a positive number, got {args.max_frames}")
     check_stream_timeout(args.stream_timeout)
@@ -461,6 +459,8 @@ def run(args) -> int:
             source.close()
         raise
 
+    if not sinks:   # said once the run starts, not before an error that ends it (a missing package)
+        print("note: no --out, --video, --vis or --mots given; results are computed and discarded", file=sys.stderr)
     total = source.length if args.max_frames is None else min(args.max_frames, source.length or args.max_frames)
     latency = f"; latency {session.latency} frames" if session.latency else ""
     print(f"{package.variant} on {session.backend.describe()}; source: {source.kind} {source.name}{latency}",

@@ -83,8 +83,8 @@ def check_label_map(mask, frame_shape: tuple[int, int], name: str = "mask") -> n
         raise UserError(f"{name}: expected a [H, W] label map of object ids, got shape {list(mask.shape)} "
                         "(a colour mask? save it as a palette PNG and read it with vosrt.sdk.masks.read_label_png)")
     if tuple(mask.shape) != tuple(frame_shape):
-        raise UserError(f"{name}: size {mask.shape[0]}x{mask.shape[1]} differs from the frame's "
-                        f"{frame_shape[0]}x{frame_shape[1]}; give the mask at the frame's size")
+        raise UserError(f"{name}: size {mask.shape[0]}x{mask.shape[1]} (height x width, the array's shape) differs "
+                        f"from the frame's {frame_shape[0]}x{frame_shape[1]}; give the mask at the frame's size")
     if mask.dtype == np.bool_:
         return mask.astype(np.uint8)
     if np.issubdtype(mask.dtype, np.floating):

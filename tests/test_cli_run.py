@@ -297,3 +297,14 @@ def test_outputs_replace_links_planted_in_the_output_folder_instead_of_writing_t
     sink.close()
     assert victim.read_text() == "keep"
     assert read_label_png(out / "00001.png").max() == 1 and not (tmp_path / "overlay.mp4").is_symlink()
+
+
+def test_the_no_output_note_comes_with_a_run_not_before_an_error_that_ends_it(sequence, tmp_path, capsys):
+    # "note: ... results are computed and discarded" was printed before a missing package's error too
+    note = "note: no --out, --video, --vis or --mots given; results are computed and discarded"
+    video = write_video(tmp_path / "in.mp4", sequence)
+    assert main(["run", str(tmp_path / "no-such-package"), "--source", str(video), "--no-progress"]) == 2
+    assert note not in capsys.readouterr().err
+    assert main(["run", str(tiny_package("3dc-seg")), "--source", str(video), "--no-progress",
+                 "--threshold", "0.7"]) == 0
+    assert note in capsys.readouterr().err

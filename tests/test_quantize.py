@@ -259,12 +259,14 @@ def test_check_of_an_int8_package_says_how_to_judge_it_instead_of_failing_it_on_
             f"check's fp32 tolerance 0.001. Check the fp32 package (`vosrt check {shlex.quote(source)}`)") in err
     hints = suggested_commands(err)
     assert hints == [["check", source], ["demo", "--family", "stcn", "--heldout", "16", "--package", str(tiny_int8)],
-                     ["check", str(tiny_int8), "--tolerance", "0.5"]]
+                     ["check", str(tiny_int8), "--tolerance", "1"]]
     assert main(hints[0]) == 0  # the fp32 package passes
     capsys.readouterr()
-    main(hints[2])  # with a tolerance given, it is compared: one line per graph output
+    # with the tolerance given it is compared, one line per graph output, and passes: the hint of 0.5 failed the
+    # shipped stcn-lite's INT8 package (0.67), whose failure then hinted another tolerance
+    assert main(hints[2]) == 0
     out = capsys.readouterr().out
-    assert "segment" in out and ("check passed" in out or "check failed" in out)
+    assert "segment" in out and "check passed" in out
 
 
 def test_a_failed_check_of_an_int8_package_suggests_quantizing_again_not_an_export(tiny_int8, calibration, tmp_path,
