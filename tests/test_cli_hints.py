@@ -93,10 +93,12 @@ def test_export_size_and_the_older_height_width_spelling_agree(tmp_path, capsys)
     parser = argparse.ArgumentParser()
     cli_export.add_arguments(parser)
     spelled = {"--size 32 48": (32, 48), "--size 32 48 --height 32": (32, 48), "--height 32 --width 48": (32, 48),
-               "--height 64": (64, None), "": (None, None)}
+               "": (None, None)}
     for flags, size in spelled.items():
         args = parser.parse_args(["stcn-lite", "--random-weights", "--out", "x", *flags.split()])
         assert cli_export.resolution(args) == size, flags
+    with pytest.raises(UserError, match="--height without --width"):   # it took the default width without a word
+        cli_export.resolution(parser.parse_args(["stcn-lite", "--random-weights", "--out", "x", "--height", "64"]))
     # (a real export with --size: the build hint's command, above)
     assert main(["export", "stcn-lite", "--random-weights", "--out", str(tmp_path / "b"), "--size", "32", "48",
                  "--height", "64"]) == 2
