@@ -27,7 +27,7 @@ from vosrt.export import onnx_ops
 from vosrt.sdk import families
 from vosrt.sdk.backends.onnxruntime import session_options
 from vosrt.sdk.errors import UserError
-from vosrt.sdk.package import (FORMAT_VERSION, FORMS, compare, file_sha256, held_manifest, load_package,
+from vosrt.sdk.package import (FORMAT_VERSION, FORMS, compare_outputs, file_sha256, held_manifest, load_package,
                                  refuse_replacing, stage_file, writable_folder, write_manifest)
 from vosrt.sdk.progress import Reporter as Progress
 from vosrt.sdk.progress import say as _say
@@ -537,31 +537,15 @@ def check_package(pkg: str | Path, checkpoint: str | Path | None = None, seed: i
                                 f"package but {tuple(ref.shape)} in the checkpoint's model: the graphs were "
                                 f"exported from another model; pass the checkpoint they came from with --checkpoint")
         expected = [ref.numpy() for ref in expected]
-        report[graph] = _compare_outputs(spec.output_names, outputs, expected)
+        report[graph] = compare_outputs(spec.output_names, outputs, expected)
         # The plugin form is what ONNX Runtime runs on the CPU by default (vosrt's CPU operators): check it too.
         plugin = _run_plugin_form(package, graph, options, spec, inputs, progress)
         if plugin is not None:
-            report[f"{graph}.plugin"] = _compare_outputs(spec.output_names, plugin, expected)
+            report[f"{graph}.plugin"] = compare_outputs(spec.output_names, plugin, expected)
         for key in (graph, f"{graph}.plugin"):
             if key in report:
                 _say(progress, f"check {key}: " + ", ".join(
                     f"{name} " + " ".join(f"{k}={v:.2e}" for k, v in r.items()) for name, r in report[key].items()))
-    return report
-
-
-def _compare_outputs(names, outputs, expected) -> dict:
-    """``{output: compare(...)}``; a label map beside a ``prob`` output (background first) also gets ``flip_margin``:
-    the reference's largest top-two probability margin at a differing pixel (0 where none differs). Rounding flips
-    a label only where that margin is within the probabilities' error; :func:`vosrt.export.cli_check.print_report`
-    fails the rest (an ArgMax turned ArgMin differed on every pixel, and the check passed)."""
-    report = {name: compare(out, ref) for name, out, ref in zip(names, outputs, expected)}
-    given = dict(zip(names, outputs))
-    reference = dict(zip(names, expected))
-    if "labels" in report and "prob" in reference and "mismatch_fraction" in report["labels"]:
-        differ = given["labels"] != reference["labels"]
-        top_two = np.sort(reference["prob"], axis=0)[-2:] if len(reference["prob"]) > 1 else None
-        margin = top_two[1] - top_two[0] if top_two is not None else np.zeros_like(reference["prob"][0])
-        report["labels"]["flip_margin"] = float(margin[differ].max()) if differ.any() else 0.0
     return report
 
 

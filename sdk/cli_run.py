@@ -51,8 +51,8 @@ def add_arguments(parser) -> None:
                         help="--vis: the dataset's category id of the model's categories, e.g. 1=5,2=7 (model "
                              "category 1 is written as 5; categories not named keep their own number)")
     parser.add_argument("--vis-max-tracks", type=int, default=None, metavar="N",
-                        help=f"--vis: write only the N tracks that live longest (default {VIS_MAX_TRACKS}, as the "
-                             "published STEm-Seg YouTube-VIS output; 0: every track)")
+                        help=f"--vis: write only the N tracks that live longest (stem-seg default {VIS_MAX_TRACKS}, as "
+                             "the published STEm-Seg YouTube-VIS output; other families and 0: every track)")
     parser.add_argument("--mots", default=None, metavar="TXT", help="KITTI-MOTS txt file to write the tracks to")
     parser.add_argument("--mots-class", type=int, default=None, choices=(1, 2),
                         help="--mots: class of every track, 1 car or 2 pedestrian (default: the model's "
@@ -373,7 +373,7 @@ def _dataset_video(args, folder_names: list[str] | None) -> tuple[int, list[str]
     return int(video["id"]), names
 
 
-def _result_writers(args, source) -> list:
+def _result_writers(args, source, family=None) -> list:
     """The sinks of --vis and --mots (checked before the run: a bad file name, a --vis file that is not a
     results list, pycocotools missing). A folder's --vis entries have one slot per image, unreadable ones
     included (null), so that they line up with the dataset's frames; those after --max-frames too (null): a shorter
@@ -388,7 +388,9 @@ def _result_writers(args, source) -> list:
             args.video_id, listed = _dataset_video(args, folder_names)
             # a folder's frames take their slots by name; a video file's frames by their order
             names = listed if folder_names is not None else [source.frame_name(i) for i in range(len(listed))]
-        limit = VIS_MAX_TRACKS if args.vis_max_tracks is None else args.vis_max_tracks
+        # the published limit is STEm-Seg's: another family's tracks are the objects asked for (or segmented)
+        default = VIS_MAX_TRACKS if family is not None and family.name == "stem-seg" else 0
+        limit = default if args.vis_max_tracks is None else args.vis_max_tracks
         writers.append(VisWriter(args.vis, args.video_id, categories=args.vis_category_map, frame_names=names,
                                  max_tracks=limit or None))
     if args.mots:
@@ -451,7 +453,7 @@ def run(args) -> int:
             sinks.append(PngSink(args.out))
         if args.video:
             sinks.append(overlay_video_for(args.video, opened))
-        sinks += _result_writers(args, source)
+        sinks += _result_writers(args, source, family)
     except BaseException:
         discard_empty_outputs()   # a later output refused (--video, --vis) after --out made its folder
         session.close()

@@ -473,6 +473,9 @@ class VisWriter:
 
         kept = [e for e in self._earlier() if e["video_id"] != self.video_id]
         entries = kept + self.results()
+        if self.max_tracks is not None and len(self._tracks) > self.max_tracks:
+            print(f"note: {self.flag} {self.path}: video {self.video_id}: wrote the {self.max_tracks} tracks that live "
+                  f"longest of {len(self._tracks)} (--vis-max-tracks 0 writes every one)", file=sys.stderr)
         if not entries:   # written all the same (vosrt eval scores it), but said: the official API cannot load it
             print(f"warning: {self.flag} {self.path}: no instance was found, so the results list is empty; the "
                   "official YouTube-VIS API (ytvos.py loadRes) fails on an empty list: add another video's results "
@@ -568,11 +571,12 @@ class MotsWriter:
 
     def close(self) -> None:
         """Write the file (also when no instance was found: an empty sequence is a result). Once; after a
-        failed write nothing is written."""
+        failed write nothing is written. An interrupt (Ctrl-C) while it writes leaves the hidden file as it was,
+        for another ``close()`` to finish."""
         if self._done:
             return
-        self._done = True
         if self._file is None:   # no frame finished
+            self._done = True
             _write_output(self.path, self.flag, "")
             return
         import os
@@ -586,10 +590,11 @@ class MotsWriter:
             os.chmod(self._partial, new_file_mode(self.path))
             os.replace(self._partial, self.path)
         except OSError as err:
+            self._done = True
             self._cleanup()
             raise UserError(f"{self.flag}: cannot write {self.path}: {err.strerror or err}") from None
+        self._done = True
         self._cleanup.detach()
-
 
     def _one_class_per_track(self) -> None:
         """Rewrite the hidden file's class column with each track's voted class (read and written a line at a
@@ -601,14 +606,14 @@ class MotsWriter:
         classes = {track: int(np.argmax(votes)) + 1 if np.any(votes) else 1 for track, votes in self._votes.items()}
         handle, rewritten = partial_file(self.path)
         try:
-            with open(self._partial) as lines, os.fdopen(handle, "w") as out:
+            with os.fdopen(handle, "w") as out, open(self._partial) as lines:
                 for line in lines:
                     number, track, _, rest = line.split(" ", 3)
                     out.write(f"{number} {track} {classes[int(track)]} {rest}")
-        except BaseException:
+            os.replace(rewritten, self._partial)
+        except BaseException:   # the hidden file stays as it was (Ctrl-C: a later close() rewrites it again)
             Path(rewritten).unlink(missing_ok=True)
             raise
-        os.replace(rewritten, self._partial)
         odd = sorted({c for c in classes.values() if c not in (1, 2)})
         if odd:
             print(f"warning: {self.flag} {self.path}: the model's categories {odd} are no KITTI-MOTS class (1 car, "
@@ -632,7 +637,7 @@ def write_kitti_mots(path: str | Path, frames: list, class_id: int = 1) -> None:
     for position, fr in enumerate(frames):
         labels = fr.labels if hasattr(fr, "labels") else fr
         given = getattr(fr, "objects", None) or {}
-        objects = {track: given.get(track) or {"category": class_id} for track in _tracks(labels)}
+        objects = {track: {"category": class_id, **given.get(track, {})} for track in _tracks(labels)}
         writer(getattr(fr, "index", position), "", None, labels, objects)
     writer.close()
 

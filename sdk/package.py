@@ -319,6 +319,38 @@ def compare(actual: np.ndarray, expected: np.ndarray) -> dict:
     return {"max_abs": max_abs, "max_rel": max_abs / peak if peak > 0 else max_abs}
 
 
+def compare_outputs(names, outputs, expected) -> dict:
+    """``{output: compare(...)}``; a label map beside a ``prob`` output (background first) also gets ``flip_margin``:
+    at the pixels whose label differs, the largest margin by which the reference prefers its own label to the one
+    given (its probability of that label minus its probability of the given one; 1 for a label it has no
+    probability of). Rounding flips a label only where that margin is within the probabilities' error;
+    :func:`vosrt.export.cli_check.print_report` fails the rest (an ArgMax turned ArgMin differed on every pixel,
+    and the check passed)."""
+    report = {name: compare(np.asarray(out), np.asarray(ref)) for name, out, ref in zip(names, outputs, expected)}
+    given = dict(zip(names, outputs))
+    reference = dict(zip(names, expected))
+    if "labels" in report and "prob" in reference and "mismatch_fraction" in report["labels"]:
+        report["labels"]["flip_margin"] = flip_margin(np.asarray(given["labels"]), np.asarray(reference["labels"]),
+                                                      np.asarray(reference["prob"], np.float64))
+    return report
+
+
+def flip_margin(labels: np.ndarray, reference: np.ndarray, prob: np.ndarray) -> float:
+    """See :func:`compare_outputs`: ``labels``, ``reference`` ``[1, H, W]`` (or ``[H, W]``), ``prob`` ``[O+1, 1, H, W]``."""
+    differ = labels != reference
+    if not differ.any():
+        return 0.0
+    planes = prob.reshape(prob.shape[0], -1)
+    given, wanted = labels.reshape(-1)[differ.reshape(-1)], reference.reshape(-1)[differ.reshape(-1)]
+    pixels = np.flatnonzero(differ.reshape(-1))
+    outside = (given < 0) | (given >= len(planes)) | (wanted < 0) | (wanted >= len(planes))
+    margin = np.ones(len(pixels))
+    inside = ~outside
+    margin[inside] = (planes[wanted[inside].astype(np.int64), pixels[inside]]
+                      - planes[given[inside].astype(np.int64), pixels[inside]])
+    return float(margin.max())
+
+
 def _require(manifest: dict, key: str, kind, where: Path):
     if key not in manifest:
         raise UserError(f"{where}: manifest has no '{key}' entry; re-export the package with `vosrt export`")

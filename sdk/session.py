@@ -57,7 +57,8 @@ class SegmentedFrame:
     ``labels``: ``[H, W]`` object (or track) ids, 0 background, at the frame's size.
     ``probability``: where the session computes one, e.g. the averaged foreground ``[H, W]`` float32
     of a clip family; ``None`` otherwise. ``objects``: per-object details where the family has them
-    (``{id: {"score": ..., "category": ...}}``); ``None`` otherwise.
+    (``{id: {"score": ..., "category": ...}}``, with STEm-Seg's ``area``, ``log_prob_sum`` and ``votes``:
+    :mod:`vosrt.sdk.instance_segmenter`); ``None`` otherwise.
     """
 
     index: int

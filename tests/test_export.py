@@ -1005,3 +1005,20 @@ def test_export_refuses_height_or_width_alone(tmp_path, capsys):
         assert main(["export", "stcn-lite", "--random-weights", "--out", str(tmp_path / "o"), *given]) == 2
         assert said in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_flip_margin_is_how_much_the_reference_prefers_its_label_to_the_given_one():
+    # it was the gap between the reference's two best probabilities: a pixel labelled with the least probable of
+    # three classes passed when the two best were close
+    from vosrt.sdk.package import flip_margin
+
+    prob = np.array([0.5, 0.499, 0.001]).reshape(3, 1, 1, 1) * np.ones((1, 1, 2, 2))
+    reference = np.zeros((1, 2, 2), np.uint8)
+    given = reference.copy()
+    assert flip_margin(given, reference, prob) == 0.0
+    given[0, 0, 0] = 1
+    assert flip_margin(given, reference, prob) == pytest.approx(0.001)     # a near-tie: rounding may do this
+    given[0, 1, 1] = 2
+    assert flip_margin(given, reference, prob) == pytest.approx(0.499)     # the least probable: no rounding does
+    given[0, 1, 0] = 7
+    assert flip_margin(given, reference, prob) == 1.0                      # a label with no probability at all

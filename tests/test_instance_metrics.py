@@ -513,3 +513,27 @@ def test_mots_writer_gives_each_track_the_class_most_of_its_pixels_vote_for(tmp_
     writer.close()
     assert "the model's categories [3] are no KITTI-MOTS class" in capsys.readouterr().err
     assert (tmp_path / "0002.txt").read_text().split(" ")[2] == "3"
+
+
+def test_a_ctrl_c_while_the_mots_file_is_finished_leaves_it_for_another_close(tmp_path):
+    # close() set itself done before rewriting the classes: a Ctrl-C there lost the --mots file
+    from interrupts import ctrl_c_at
+    from vosrt.sdk.instance_metrics import MotsWriter
+
+    writer = MotsWriter(tmp_path / "0003.txt")
+    for t in range(3):
+        writer(t, f"{t:06d}", None, label_map((1, A)), {1: dict(_evidence(9, 2, categories=2), category=1)})
+    with pytest.raises(KeyboardInterrupt), ctrl_c_at(MotsWriter._one_class_per_track, "os.replace(") as fired:
+        writer.close()
+    assert fired and not (tmp_path / "0003.txt").exists()
+    writer.close()
+    assert [line.split(" ")[2] for line in (tmp_path / "0003.txt").read_text().splitlines()] == ["2"] * 3
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_write_kitti_mots_keeps_its_class_for_objects_that_name_none(tmp_path):
+    from vosrt.sdk.instance_metrics import write_kitti_mots
+
+    frames = [SegmentedFrame(t, label_map((1, A)), None, {1: {"score": 0.9}}) for t in range(2)]
+    write_kitti_mots(tmp_path / "0004.txt", frames, class_id=2)
+    assert [line.split(" ")[2] for line in (tmp_path / "0004.txt").read_text().splitlines()] == ["2", "2"]

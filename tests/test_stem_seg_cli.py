@@ -488,6 +488,7 @@ def test_run_takes_the_clip_families_settings_as_flags_and_limits_the_vis_tracks
     assert len(everything) == 3 and len(two) == 2
     lives = [sum(s is not None for s in e["segmentations"]) for e in two]
     assert sorted(lives) == [8, 12]                                 # blue (frames 0-5) is the one left out
+    assert "wrote the 2 tracks that live longest of 3 (--vis-max-tracks 0 writes every one)" in capsys.readouterr().err
     # one instance per clip: a single track, whichever colour seeds first
     assert main([*args, "--out", str(tmp_path / "one"), "--max-instances", "1", "--link-iou", "0.5",
                  "--min-seediness", "0.5", "--foreground-threshold", "0.5"]) == 0
@@ -501,3 +502,20 @@ def test_run_takes_the_clip_families_settings_as_flags_and_limits_the_vis_tracks
     assert "--min-seediness: expected a probability in [0, 1], got 1.5" in capsys.readouterr().err
     assert main(["run", str(colour_package), "--source", str(tmp_path / "v"), "--vis-max-tracks", "2"]) == 2
     assert "--vis-max-tracks: limits the tracks of a --vis results file; give --vis JSON too" in capsys.readouterr().err
+
+
+def test_the_vis_track_limit_is_stem_seg_s_only(tmp_path):
+    # the default of 10 applied to every family: an stcn run given 12 objects wrote 10 of them, without a word
+    import argparse
+
+    from vosrt.sdk import families
+    from vosrt.sdk.cli_run import VIS_MAX_TRACKS, _result_writers, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["pkg", "--source", "v", "--vis", str(tmp_path / "r.json"), "--video-id", "1"])
+    args.vis_category_map = None
+    limits = {name: _result_writers(args, None, families.get(name))[0].max_tracks for name in ("stcn", "3dc-seg", "stem-seg")}
+    assert limits == {"stcn": None, "3dc-seg": None, "stem-seg": VIS_MAX_TRACKS}
+    args.vis_max_tracks = 12
+    assert _result_writers(args, None, families.get("stcn"))[0].max_tracks == 12

@@ -179,12 +179,12 @@ def test_ctrl_c_while_finished_frames_are_made_loses_no_frame_and_no_track(colou
     out = []
     for t, frame in enumerate(frames):
         if t == 11 and call == "push":   # clip 4's push emits frames 4..7
-            with pytest.raises(KeyboardInterrupt), ctrl_c_at(InstanceSegmenter.finish_frame, "present =") as fired:
+            with pytest.raises(KeyboardInterrupt), ctrl_c_at(InstanceSegmenter.finish_frame, "prob =") as fired:
                 segmenter.push(frame)
             assert fired and segmenter.frames_in == 11
         out += segmenter.push(frame)
     if call == "flush":
-        with pytest.raises(KeyboardInterrupt), ctrl_c_at(InstanceSegmenter.finish_frame, "present =") as fired:
+        with pytest.raises(KeyboardInterrupt), ctrl_c_at(InstanceSegmenter.finish_frame, "prob =") as fired:
             segmenter.flush()
         assert fired and segmenter.frames_in == 14
     out += segmenter.flush()
@@ -300,6 +300,21 @@ def test_tracks_come_back_to_the_frame_as_the_published_output_generators_bring_
         assert labels.dtype == np.uint32 and labels.shape == src
         assert (labels != expected).mean() <= 0.001, (inner, src)
         assert set(np.unique(labels)) == {0, 3, 7}
+    # each instance resized over its own box only: the same labels as resizes of the whole maps
+    import cv2
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:30, :54]
+    many = np.zeros((30, 54), np.uint32)
+    for k in range(1, 21):
+        many[(yy - rng.integers(0, 30)) ** 2 + (xx - rng.integers(0, 54)) ** 2 <= rng.uniform(0.3, 6) ** 2] = k
+    for inner, src in (((10, 0, 100, 216), (300, 648)), ((10, 0, 100, 216), (61, 131)), ((0, 0, 120, 216), (120, 216))):
+        whole = np.zeros(src, np.uint32)
+        for k in (int(i) for i in np.unique(many) if i):
+            up = cv2.resize((many == k).astype(np.float32), (216, 120), interpolation=cv2.INTER_LINEAR)
+            up = np.ascontiguousarray(up[inner[0]:inner[0] + inner[2], inner[1]:inner[1] + inner[3]])
+            whole[cv2.resize(up, (src[1], src[0]), interpolation=cv2.INTER_LINEAR) > 0.5] = k
+        assert np.array_equal(upsample_tracks(many, (120, 216), inner, src), whole), (inner, src)
     old = np.kron(tracks, np.ones((4, 4), np.uint32))       # the nearest-neighbour ×4 of before
     assert (upsample_tracks(tracks, (48, 80), (0, 0, 48, 80), (48, 80)) != old).sum() > 20
 
