@@ -125,7 +125,7 @@ class InstanceSegmenter(ClipSession):
         # the log-probabilities stand in for the category logits, which the published code averages over the
         # clips covering a frame: per pixel they differ by one constant over the categories, so every argmax
         # of their sums is the logits' (module docstring)
-        log_probs = categories[:, :frames]                               # [C, T, h, w], in place: read above
+        log_probs = categories[:, :frames].astype(np.float32, copy=False)   # [C, T, h, w], in place: read above
         np.log(np.maximum(log_probs, LOG_FLOOR, out=log_probs), out=log_probs)
         finished = {}
         for t in range(max(0, self.schedule.next_emit - start), frames):   # frames already out stay out
