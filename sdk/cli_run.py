@@ -135,7 +135,7 @@ def load_session(args, family, package, command: str = "run"):
         session = vosrt.sdk.load(package.path, **options)
     except UserError as err:
         text = str(err)
-        for name in SETTINGS:
+        for name in (*SETTINGS, "backend", "device"):
             if name in options and text.startswith(f"{name}:"):
                 raise UserError(f"--{name.replace('_', '-')}{text[len(name):]}") from None
         raise

@@ -1022,3 +1022,15 @@ def test_flip_margin_is_how_much_the_reference_prefers_its_label_to_the_given_on
     assert flip_margin(given, reference, prob) == pytest.approx(0.499)     # the least probable: no rounding does
     given[0, 1, 0] = 7
     assert flip_margin(given, reference, prob) == 1.0                      # a label with no probability at all
+
+
+def test_cli_size_backend_and_device_errors_name_their_flags(tmp_path, capsys):
+    # they said "width 80 ...", "backend: ..." and "device: ...": an API keyword, not the flag that was given
+    from vosrt.cli import main
+
+    assert main(["export", "3dc-seg-lite", "--random-weights", "--size", "64", "80", "--out", str(tmp_path / "o")]) == 2
+    assert "error: --size: width 80 is not a multiple of 32" in capsys.readouterr().err
+    for flag, value, said in (("--backend", "foo", "error: --backend: expected one of auto"),
+                              ("--device", "tpu", "error: --device: expected 'auto', 'cpu' or 'cuda', got 'tpu'")):
+        assert main(["run", "stcn-lite", "--source", str(tmp_path / "none"), flag, value]) == 2
+        assert said in capsys.readouterr().err
