@@ -42,6 +42,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--objects", type=int, default=None,
                         help=f"objects a tracker (stcn) follows, 1..{MAX_OBJECT_ID}: its cost grows with them (default "
                         f"{DEFAULT_OBJECTS}); clip families find their objects themselves")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 class TimedBackend(DelegatingBackend):
@@ -209,14 +210,15 @@ def run(args) -> int:
     # columns are named by the backend that ran (`auto` read "speed-up: auto over torch")
     first = resolved["--backend"]
     objects = args.objects or DEFAULT_OBJECTS
+    shown = not args.no_progress
     results = {first: bench(package, args.backend, args.frames, args.warmup, options["--backend"], label=first,
-                            objects=objects)}
+                            objects=objects, show_progress=shown)}
     if args.compare:
         # the same backend twice (a run-to-run check) keeps both columns: keyed by name, the second replaced the first
         second = resolved["--compare"]
         label = second if second != first else f"{second} (2nd)"
         results[label] = bench(package, args.compare, args.frames, args.warmup, options["--compare"], label=label,
-                               objects=objects)
+                               objects=objects, show_progress=shown)
 
     warmups = sorted({result["warmup"] for result in results.values()})
     # an INT8 package's table read as fp32's, and its torch column runs the fp32 checkpoint it was quantized from

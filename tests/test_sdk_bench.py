@@ -198,6 +198,9 @@ def test_the_progress_bars_name_the_backend_that_runs_not_auto(stcn_package, cap
     err = capsys.readouterr().err
     assert "onnxruntime warm-up" in err and "onnxruntime (2nd) warm-up" in err and "onnxruntime (2nd):" in err, err
     assert "auto" not in err, err
+    # --no-progress, as run, live, eval and train have it (bench had none)
+    assert main(["bench", str(stcn_package), "--frames", "2", "--warmup", "1", "--no-progress"]) == 0
+    assert "warm-up" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags, threads", [(["--threads", "1"], "1 thread(s)"), ([], "the runtime's default threads")])
