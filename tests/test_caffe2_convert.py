@@ -145,6 +145,25 @@ def test_public_converter_pth_layout_loads(tmp_path):
     load_backbone_weights(target, tmp_path / "irCSN_50.pth")
     for key, value in source.state_dict().items():
         torch.testing.assert_close(target.state_dict()[key], value)
+    # wrapped as {"model": state_dict}, which the public loaders unwrap: it was refused as "a dict of other values"
+    torch.save({"model": state, "epoch": 3}, tmp_path / "wrapped.pth")
+    target = IrCSN((3, 4, 6, 3), (2, 2, 2, 2), 2)
+    load_backbone_weights(target, tmp_path / "wrapped.pth")
+    torch.testing.assert_close(target.state_dict()["layer1.0.conv1.weight"], source.state_dict()["layer1.0.conv1.weight"])
+
+
+def test_init_from_a_pkl_names_the_blobs_it_leaves_out(tmp_path, capsys):
+    # they were dropped without a word (the public converter asserts that none is left over)
+    from vosrt.training.recipes.c3dseg import C3DSegRecipe
+
+    model = build_model("3dc-seg-lite", depths=(1, 1, 1, 1), planes=(4, 4, 8, 8), stem_width=4)
+    blobs = _vmz_blobs((1, 1, 1, 1), (4, 4, 8, 8), 4, np.random.default_rng(1))
+    blobs["conv1_w_momentum"] = np.zeros(1, np.float32)
+    _write_pkl(tmp_path / "irCSN.pkl", blobs)
+    assert C3DSegRecipe().init_weights(model, tmp_path / "irCSN.pkl")
+    err = capsys.readouterr().err
+    assert f"note: --init {tmp_path / 'irCSN.pkl'}: 3 blob(s) not used by the encoder (conv1_w_momentum, " \
+           "last_out_L400_b, last_out_L400_w)" in err, err
 
 
 def test_a_pth_that_is_not_a_state_dict_is_a_user_error(tmp_path):

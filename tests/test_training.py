@@ -742,10 +742,20 @@ def test_an_init_file_that_is_not_weights_is_a_one_line_error_naming_init_and_th
 
 
 @pytest.mark.slow   # about 7 s of CPU on a 2-core machine: a 3dc-seg training run with validation
+def test_3dc_seg_training_clips_of_another_length_than_the_model_s_are_refused(data_dir, tmp_path):
+    # 4-frame training clips trained an 8-frame model (its exports and sessions run 8) without a word
+    config = default_config("3dc-seg-lite", model_overrides=TINY_3DC, size=[32, 32], clip_length=4, max_window=6,
+                            batch_size=1, iterations=1, num_workers=0, seed=0)
+    with pytest.raises(UserError, match=r'3dc-seg option clip_length: 3dc-seg-lite runs clips of 8 frames .* got 4; '
+                                        r'give "3dc-seg": \{"clip_length": 8\} .*"model_overrides": \{"clip_length": 4\}'):
+        train([data_dir], tmp_path / "run", config, progress=False)
+    assert not (tmp_path / "run" / "last.pth").exists()
+
+
 def test_3dc_seg_training_run_checkpoints_and_validates(data_dir, tmp_path):
     pytest.importorskip("vosrt.training.models.c3dseg")
-    config = default_config("3dc-seg-lite", model_overrides=TINY_3DC, size=[32, 32], clip_length=4, max_window=6,
-                            batch_size=1, iterations=1, num_workers=0, val_videos=1, clip_overlap=1, seed=0)
+    config = default_config("3dc-seg-lite", model_overrides=dict(TINY_3DC, clip_length=4), size=[32, 32], clip_length=4,
+                            max_window=6, batch_size=1, iterations=1, num_workers=0, val_videos=1, clip_overlap=1, seed=0)
     summary = train([data_dir], tmp_path / "run", config, val_data=data_dir, progress=False)
     assert summary["step"] == 1 and "grad_norm" in summary["logs"]
     assert 0.0 <= summary["validation"]["J&F"] <= 1.0
@@ -1125,7 +1135,7 @@ def test_validation_streamed_frame_by_frame_scores_what_whole_videos_score(tmp_p
     for png in (masks / names[2]).glob("*.png"):  # DAVIS 2016: 0/255 grey masks
         cv2.imwrite(str(png), np.where(read_label_png(png) > 0, 255, 0).astype(np.uint8))
     tiny = {"stcn-lite": (TINY_STCN, {}, [48, 64]),
-            "3dc-seg-lite": (TINY_3DC, dict(clip_length=4, clip_overlap=1), [48, 64]),
+            "3dc-seg-lite": (dict(TINY_3DC, clip_length=4), dict(clip_length=4, clip_overlap=1), [64, 64]),
             "stem-seg-lite": (dict(d2conv_heads=[], clip_length=4, fpn_channels=16, head_channels=[16, 16, 16, 8],
                                    semseg_channels=[16, 16, 16, 8], norm_groups=4),
                               dict(clip_length=4, clip_overlap=2, min_seediness=0.0), [96, 128])}

@@ -150,8 +150,9 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
             raw = load_payload(path)
         except UserError as err:
             raise UserError(f"{err}; expected ir-CSN backbone weights (a Caffe2 .pkl, or a state_dict of tensors)") from None
-        if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
-            raw = raw["state_dict"]
+        for wrapper in ("state_dict", "model"):   # the public loaders unwrap both (D²Conv3D utils/util.py)
+            if isinstance(raw, dict) and isinstance(raw.get(wrapper), dict):
+                raw = raw[wrapper]
         if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
             raise UserError(f"{path}: expected ir-CSN backbone weights (a Caffe2 .pkl, or a state_dict of tensors), "
                             f"got a {type(raw).__name__}{' of other values' if isinstance(raw, dict) else ''}")

@@ -13,6 +13,7 @@ and binary cross-entropy (bmvc_final.yaml, loss/loss_utils.py). See
 :mod:`vosrt.training.data.clips` for the augmentation, which is not the published one."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,14 @@ class C3DSegRecipe(Recipe):
                                      seed=config.seed)
 
     def step_module(self, model, config):
+        # the model's clip_length is what its checkpoint, exports and sessions run: training clips of another
+        # length trained what they never run, without a word (4-frame clips for an 8-frame model)
+        wanted, built = config.options.clip_length, model.clip_length
+        if wanted != built:
+            raise UserError(f"3dc-seg option clip_length: {config.model} runs clips of {built} frames (its checkpoint, "
+                            f"exports and sessions), got {wanted}; give \"3dc-seg\": {{\"clip_length\": {built}}} in the "
+                            f"--config file, or a model for {wanted} frames: \"model_overrides\": "
+                            f"{{\"clip_length\": {wanted}}}")
         return ClipTrainStep(model, config.options.bce_weight)
 
     def run_step(self, module, batch, step, device):
@@ -73,7 +82,12 @@ class C3DSegRecipe(Recipe):
     def init_weights(self, model, path: Path) -> bool:
         from vosrt.training.models.caffe2_convert import load_backbone_weights
         if path.suffix == ".pkl":
-            load_backbone_weights(model, path)
+            unused = load_backbone_weights(model, path)
+            if unused:   # the classifier and solver state: said, as the public converter insists on knowing
+                from vosrt.sdk.errors import first_few
+
+                print(f"note: --init {path}: {len(unused)} blob(s) not used by the encoder ({first_few(unused)})",
+                      file=sys.stderr)
             return True
         try:
             read_checkpoint(path)
