@@ -138,6 +138,10 @@ def run(args) -> int:
         if token is not None and len(token) < 8:
             raise UserError(f"--token: {len(token)} characters is too easy to guess; give at least 8, or omit "
                             "--token (vosrt live generates one when --host is not loopback)")
+        odd = sorted({c for c in token or "" if not (c.isascii() and (c.isalnum() or c in "-._~"))})
+        if odd:   # it goes into the printed URL, a cookie and a header: '+', '#', '&', a space or 'ä' made them fail
+            raise UserError(f"--token: {' '.join(repr(c) for c in odd)} cannot go into the page's URL as it is; use "
+                            "letters, digits and - . _ ~ only (or omit --token: vosrt live generates one)")
         if token is None and not server.is_loopback(args.host):
             token = secrets.token_urlsafe(16)
     if args.headless:

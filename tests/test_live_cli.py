@@ -350,6 +350,16 @@ def test_beyond_loopback_a_token_is_generated_and_required(tmp_path):
         assert refused.value.code == 401
         with urllib.request.urlopen(page, timeout=10) as answer:     # the printed URL opens the page
             assert b"vosrt live" in answer.read()
+        # a token header that is no UTF-8, from any client: it was a 500 and a traceback (UnicodeEncodeError)
+        parts = urllib.parse.urlsplit(page)
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as raw:
+            raw.sendall(b"GET /api/state HTTP/1.1\r\nHost: " + parts.netloc.encode() +
+                        b"\r\nX-Vosrt-Token: \xff\xfe\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := raw.recv(4096):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 401"), reply[:200]
+        assert not any("Traceback" in line or "Error handling request" in line for line in process.output)
         # and the URLs for other machines (it printed only http://127.0.0.1:PORT/?token=...): this machine's
         # name and its non-loopback addresses, each of which opens the page
         deadline, remote = time.monotonic() + 10, []

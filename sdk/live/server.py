@@ -161,7 +161,9 @@ def make_app(pipeline: LivePipeline, token: str | None = None, loopback: bool = 
                                                       f"{request.headers['Host']}\n")
         if token is not None:
             given = _token_of(request) or ""
-            if not hmac.compare_digest(given.encode(), token.encode()):
+            # the header's bytes as they came (aiohttp decodes them as UTF-8 with surrogateescape): a token that is
+            # no UTF-8 failed .encode() with a 500 and a traceback, for any client
+            if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode()):
                 raise web.HTTPUnauthorized(text="vosrt live: this viewer needs its access token; open the URL "
                                                 "printed at start (it ends in ?token=...)\n")
         origin = request.headers.get("Origin")
