@@ -135,6 +135,26 @@ def test_remove_button_stops_tracking(page, viewer):
     assert redness(page, box) < tracked - 20
 
 
+def test_a_drag_out_of_the_picture_ends_at_its_edge_and_only_the_main_button_picks(page, viewer):
+    # a drag that left the picture sent the last point inside it (or a click box where it started); a right or
+    # middle click added an object; the remove buttons were all called "remove"
+    canvas = page.locator("#draw").bounding_box()
+    width, height = page.evaluate("[document.getElementById('draw').width, document.getElementById('draw').height]")
+    sx, sy = canvas["width"] / width, canvas["height"] / height
+    page.mouse.click(canvas["x"] + 40 * sx, canvas["y"] + 30 * sy, button="right")
+    page.mouse.click(canvas["x"] + 40 * sx, canvas["y"] + 30 * sy, button="middle")
+    with page.expect_request("**/api/select") as sent:
+        page.mouse.move(canvas["x"] + (width - 40) * sx, canvas["y"] + (height - 30) * sy)
+        page.mouse.down()
+        page.mouse.move(canvas["x"] + canvas["width"] + 60, canvas["y"] + canvas["height"] + 60, steps=2)
+        page.mouse.up()
+    x, y, w, h = json.loads(sent.value.post_data)["box"]
+    assert (x, y) == pytest.approx((width - 40, height - 30), abs=1) and (x + w, y + h) == pytest.approx((width, height))
+    page.wait_for_selector('#objects li[data-id="1"] button.remove', timeout=15_000)
+    assert [o["id"] for o in page.evaluate("window.vosrt.state()")["objects"]] == [1]   # the clicks added none
+    assert page.get_attribute('#objects li[data-id="1"] button.remove', "aria-label") == "remove object 1"
+
+
 def test_snapshot_and_recording_buttons_write_files(page, viewer):
     saved = viewer[4]
     page.click("#snapshot")
