@@ -300,3 +300,18 @@ def test_a_refusal_is_shown_to_the_viewer_that_asked_not_to_the_others(page, vie
         assert "object 99" not in other.locator("#message").inner_text()
     finally:
         other.close()
+
+
+def test_a_double_click_on_pause_or_record_acts_once(page, viewer):
+    # each click read the state that had not caught up with the one before: a double click paused twice (the
+    # stream stayed paused) and asked for a recording twice where the second meant "stop"
+    sent = []
+    page.on("request", lambda request: sent.append((request.url.rsplit("/", 1)[1], request.post_data))
+            if "/api/" in request.url else None)
+    page.dblclick("#pause")
+    page.wait_for_function("window.vosrt.state().paused === true", timeout=15_000)
+    time.sleep(0.5)
+    assert [name for name, _ in sent] == ["pause"], sent
+    page.click("#pause")
+    page.wait_for_function("window.vosrt.state().paused === false", timeout=15_000)
+    assert [name for name, _ in sent][-1] == "resume"
