@@ -258,6 +258,16 @@ def test_an_ended_stream_and_a_stopped_server_are_said_and_offer_nothing_that_ca
                                timeout=15_000)
         assert page.locator("#hint").inner_text() == "not connected"
         assert all(controls(page).values())      # every button disabled while nothing answers
+        time.sleep(2.5)                          # failed reconnects no longer replace the server's reason
+        assert "vosrt live stopped" in page.locator("#status").inner_text()
+        # started again with a token, the server refuses this page for good: it said only "reconnecting" for ever
+        port = url.rsplit(":", 1)[1].split("/")[0]
+        process, _ = start_live([str(PACKAGE), "--source", "short.mp4", "--port", port, "--token", "another-token"],
+                                cwd=tmp_path)
+        page.wait_for_function("document.getElementById('status').textContent.includes('needs vosrt live')",
+                               timeout=30_000)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, "".join(process.output)
     finally:
         page.close()
         if process.poll() is None:
