@@ -2,10 +2,14 @@
 
 Unsupervised VOS has no object ids: every annotated object is foreground. Id 255 is void beside other ids
 (DAVIS 2017's unannotated regions: background, as the evaluation reads them), except in a video whose only
-id it is (DAVIS 2016's 0/255 masks), where it is the object. Following 3DC-Seg / D²Conv3D
+id it is (DAVIS 2016's 0/255 masks), where it is the object (both public codes make every nonzero pixel
+foreground, 255 included). Following 3DC-Seg / D²Conv3D
 training (facts, re-implemented here): a clip of ``clip_length`` (8) frames is drawn in temporal order
 from a window of at most ``max_window`` (12) consecutive frames (3DC-Seg's datasets/davis/Davis.py with
-bmvc_final.yaml's MAX_TEMPORAL_GAP 12). Videos shorter than the clip repeat frames.
+bmvc_final.yaml's MAX_TEMPORAL_GAP 12). Videos shorter than the clip repeat frames. The window lies anywhere in
+the video, so a video's first and last frames are drawn about 12 times less often than its middle ones; the public
+codes make one sample per frame (longer videos weigh more; D²Conv3D a window of 8 centred on it, frames drawn with
+repeats), fixed when the dataset is built, where this draws ``repeat`` clips per video anew every epoch.
 
 Augmentation (this module's own, not published): one resize-and-crop (scale 1-1.25 over covering
 ``size``) and horizontal flip for all frames of the clip, and one colour jitter (0.1, 0.05, 0.05). The
