@@ -512,6 +512,14 @@ def check_package(pkg: str | Path, checkpoint: str | Path | None = None, seed: i
         if "portable" not in package.graphs.get(graph, {}):
             raise UserError(f"{package.path}: graph '{graph}' has no portable form to check")
     _opens_for_streaming(package)
+    stride = _stride_of(model)
+    if package.height % stride or package.width % stride:
+        # exported before the model said so (3dc-seg took multiples of 16): it runs, but not as published
+        _say(progress, f"note: {package.path}: {package.height}x{package.width} is not a multiple of {stride}, which "
+                       f"{package.family} packages are now (the published code pads every input to it); the graphs "
+                       f"are checked as they are, but compute another network than the published one on the padded "
+                       f"frame; export it again with --size {-(-package.height // stride) * stride} "
+                       f"{-(-package.width // stride) * stride}")
     _check_graph_format(package)
     _check_plugin_top_k(package)
     report = {}

@@ -1034,3 +1034,21 @@ def test_cli_size_backend_and_device_errors_name_their_flags(tmp_path, capsys):
                               ("--device", "tpu", "error: --device: expected 'auto', 'cpu' or 'cuda', got 'tpu'")):
         assert main(["run", "stcn-lite", "--source", str(tmp_path / "none"), flag, value]) == 2
         assert said in capsys.readouterr().err
+
+
+
+def test_check_of_a_3dc_seg_package_exported_at_a_size_of_16_says_it_is_not_the_published_network(tmp_path,
+                                                                                                monkeypatch):
+    # such packages, written before 3dc-seg sizes had to be multiples of 32, were checked without a word
+    from sdk_packages import tiny_checkpoint
+    from vosrt.training.models.c3dseg import C3DSeg
+
+    monkeypatch.setattr(C3DSeg, "size_multiple", 16)          # the exporter of before
+    package = export_package("3dc-seg", tiny_checkpoint("3dc-seg"), tmp_path / "pkg", 48, 64, forms=["portable"],
+                             check=False)
+    monkeypatch.undo()
+    lines = []
+    report = check_package(package, progress=lines.append)
+    assert report["segment_clip"]["prob"]["max_rel"] < 1e-4          # it is checked as it is
+    notes = [line for line in lines if line.startswith("note:")]
+    assert len(notes) == 1 and "48x64 is not a multiple of 32" in notes[0] and "--size 64 64" in notes[0], lines
