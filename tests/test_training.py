@@ -752,6 +752,17 @@ def test_3dc_seg_training_clips_of_another_length_than_the_model_s_are_refused(d
     assert not (tmp_path / "run" / "last.pth").exists()
 
 
+def test_batchnorm_settings_a_3dc_seg_model_has_no_use_for_are_said_to_change_nothing(data_dir, tmp_path, capsys):
+    # its BatchNorms are frozen constants, as published: freeze_bn false or bn_affine true changed nothing silently
+    config = default_config("3dc-seg-lite", model_overrides=dict(TINY_3DC, clip_length=4), size=[32, 32],
+                            clip_length=4, max_window=6, batch_size=1, iterations=1, num_workers=0, seed=0,
+                            bn_affine=True)
+    train([data_dir], tmp_path / "run", config, progress=False)
+    assert "note: bn_affine true: 3dc-seg-lite has no BatchNorm that trains" in capsys.readouterr().err
+    train([data_dir], tmp_path / "stcn", tiny_config(iterations=1, bn_affine=True), progress=False)
+    assert "has no BatchNorm that trains" not in capsys.readouterr().err
+
+
 def test_3dc_seg_training_run_checkpoints_and_validates(data_dir, tmp_path):
     pytest.importorskip("vosrt.training.models.c3dseg")
     config = default_config("3dc-seg-lite", model_overrides=dict(TINY_3DC, clip_length=4), size=[32, 32], clip_length=4,

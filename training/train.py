@@ -629,6 +629,13 @@ def train(data: list[str | Path], out: str | Path, config: TrainConfig, resume: 
         model.load_state_dict(payload["state_dict"], strict=True)
     model.to(ctx.device)
     model.train(not config.freeze_bn)  # frozen BatchNorm: running statistics stay as loaded, the affine too …
+    if (not config.freeze_bn or config.bn_affine) and \
+            not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        # 3DC-Seg's BatchNorms are constants (FrozenBatchNorm3d), as published: the settings changed nothing, silently
+        given = ", ".join(n for n, on in (("freeze_bn false", not config.freeze_bn), ("bn_affine true", config.bn_affine))
+                          if on)
+        print(f"note: {given}: {config.model} has no BatchNorm that trains (its normalisation layers are frozen "
+              f"constants, as published), so this changes nothing", file=sys.stderr)
     if config.freeze_bn and not config.bn_affine:   # … unless bn_affine (STCN optimises it)
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
