@@ -47,13 +47,13 @@ def print_report(report: dict, tolerance: float, advice=None, reference: str = "
                 print(f"{graph:>{width}} {name:<10} max abs {result['max_abs']:.3e}  max rel {result['max_rel']:.3e}"
                       f"{'  MISMATCH' if bad else ''}")
             else:
-                # a label may flip where the reference's two best probabilities are within their error of each other;
-                # a flip where they are further apart than twice the tolerance is a wrong label
+                # a label may flip where the reference's probabilities of its label and of the one given are within
+                # their error of each other; a flip where it prefers its own by more than twice the tolerance is wrong
                 margin = result.get("flip_margin")
                 bad = margin is not None and not margin <= 2 * tolerance
                 if bad:
                     failed.append((margin / 2, graph, name))   # a --tolerance of half the margin accepts it
-                shown = f" (reference top-two margin at most {margin:.1e} there)" if margin else ""
+                shown = f" (the reference prefers its own label there by at most {margin:.1e})" if margin else ""
                 print(f"{graph:>{width}} {name:<10} differing pixels {100 * result['mismatch_fraction']:.4f}%{shown}"
                       f"{'  MISMATCH' if bad else ''}")
     if not failed:

@@ -520,8 +520,9 @@ def check_package(pkg: str | Path, checkpoint: str | Path | None = None, seed: i
                        f"are checked as they are, but compute another network than the published one on the padded "
                        f"frame; export it again with --size {-(-package.height // stride) * stride} "
                        f"{-(-package.width // stride) * stride}")
-    _check_graph_format(package)
-    _check_plugin_top_k(package)
+    files = _graph_files(package)   # each file parsed once for the two checks on its nodes
+    _check_graph_format(package, files)
+    _check_plugin_top_k(package, files)
     report = {}
     for graph, spec in specs.items():
         generator = torch.Generator().manual_seed(seed)
@@ -570,58 +571,60 @@ def _refuse_missing_graph_files(package) -> None:
                         f"the package again, or re-export it with vosrt export")
 
 
-def _check_graph_format(package) -> None:
-    """UserError naming the graph file that breaks the ONNX form of the contract (ARCHITECTURE.md): IR version 10,
-    default-domain opset 20 or newer, and custom nodes of ``trt.plugins`` version 1 with ``plugin_version`` "1"
-    and ``plugin_namespace`` "" (TensorRT looks the plugin up by them; vosrt's CPU operators ran the nodes
-    whatever they said, so such a file passed the check)."""
-    from vosrt.export.onnx_ops import PLUGIN_VERSION
-    from vosrt.sdk.cpu_ops import PLUGIN_DOMAIN
-
+def _graph_files(package) -> list[tuple[str, str, Path, onnx.ModelProto]]:
+    """``(graph, form, path, model)`` of every graph file of ``package`` that parses (weights left on disk); an
+    unreadable file is left out: the runs of the check name it."""
+    files = []
     for graph, forms in package.graphs.items():
         for form, path in forms.items():
             try:
-                model = onnx.load(str(path), load_external_data=False)
-            except Exception:   # an unreadable file: the runs name it
+                files.append((graph, form, path, onnx.load(str(path), load_external_data=False)))
+            except Exception:
                 continue
-            opsets = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
-            wrong = []
-            if model.ir_version != onnx_ops.IR_VERSION:
-                wrong.append(f"IR version {model.ir_version} (vosrt writes {onnx_ops.IR_VERSION})")
-            if opsets.get("ai.onnx", 0) < onnx_ops.OPSET:
-                wrong.append(f"opset {opsets.get('ai.onnx', 'none')} (the contract needs {onnx_ops.OPSET} or newer)")
-            if PLUGIN_DOMAIN in opsets and opsets[PLUGIN_DOMAIN] != 1:
-                wrong.append(f"{PLUGIN_DOMAIN} domain version {opsets[PLUGIN_DOMAIN]} (1)")
-            for node in model.graph.node:
-                if node.domain != PLUGIN_DOMAIN:
-                    continue
-                attrs = {a.name: a.s.decode(errors="replace") for a in node.attribute
-                         if a.name in ("plugin_version", "plugin_namespace")}
-                for name, want in (("plugin_version", PLUGIN_VERSION), ("plugin_namespace", "")):
-                    if attrs.get(name, want) != want:
-                        wrong.append(f"{node.op_type} node '{node.name}' {name} {attrs[name]!r} ({want!r})")
-            if wrong:
-                raise UserError(f"{path}: the {form} form of '{graph}' has {'; '.join(wrong[:3])}"
-                                f"{f' and {len(wrong) - 3} more' if len(wrong) > 3 else ''}: TensorRT and ONNX Runtime "
-                                f"may refuse it or run other operators than vosrt exported; {_redo(package)}")
+    return files
 
 
-def _check_plugin_top_k(package) -> None:
-    """UserError where a plugin-form graph's ``L2MemoryReadout`` holds another top_k than the manifest's
-    ``streaming.top_k`` (a manifest edited after the export): that form reads with its own, on ONNX Runtime and in
-    TensorRT engines alike, whatever the manifest says (the portable form takes the manifest's as an input)."""
+def _check_graph_format(package, files) -> None:
+    """UserError naming the graph file (of :func:`_graph_files`) that breaks the ONNX form of the contract
+    (ARCHITECTURE.md): IR version 10, default-domain opset 20 or newer, and custom nodes of ``trt.plugins`` version 1
+    with ``plugin_version`` "1" and ``plugin_namespace`` "" (TensorRT looks the plugin up by them; vosrt's CPU
+    operators ran the nodes whatever they said, so such a file passed the check)."""
+    from vosrt.export.onnx_ops import PLUGIN_VERSION
+    from vosrt.sdk.cpu_ops import PLUGIN_DOMAIN
+
+    for graph, form, path, model in files:
+        opsets = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
+        wrong = []
+        if model.ir_version != onnx_ops.IR_VERSION:
+            wrong.append(f"IR version {model.ir_version} (vosrt writes {onnx_ops.IR_VERSION})")
+        if opsets.get("ai.onnx", 0) < onnx_ops.OPSET:
+            wrong.append(f"opset {opsets.get('ai.onnx', 'none')} (the contract needs {onnx_ops.OPSET} or newer)")
+        if PLUGIN_DOMAIN in opsets and opsets[PLUGIN_DOMAIN] != 1:
+            wrong.append(f"{PLUGIN_DOMAIN} domain version {opsets[PLUGIN_DOMAIN]} (1)")
+        for node in model.graph.node:
+            if node.domain != PLUGIN_DOMAIN:
+                continue
+            attrs = {a.name: a.s.decode(errors="replace") for a in node.attribute
+                     if a.name in ("plugin_version", "plugin_namespace")}
+            for name, want in (("plugin_version", PLUGIN_VERSION), ("plugin_namespace", "")):
+                if attrs.get(name, want) != want:
+                    wrong.append(f"{node.op_type} node '{node.name}' {name} {attrs[name]!r} ({want!r})")
+        if wrong:
+            raise UserError(f"{path}: the {form} form of '{graph}' has {'; '.join(wrong[:3])}"
+                            f"{f' and {len(wrong) - 3} more' if len(wrong) > 3 else ''}: TensorRT and ONNX Runtime "
+                            f"may refuse it or run other operators than vosrt exported; {_redo(package)}")
+
+
+def _check_plugin_top_k(package, files) -> None:
+    """UserError where a plugin-form graph's (of :func:`_graph_files`) ``L2MemoryReadout`` holds another top_k than
+    the manifest's ``streaming.top_k`` (a manifest edited after the export): that form reads with its own, on ONNX
+    Runtime and in TensorRT engines alike, whatever the manifest says (the portable form takes the manifest's as an
+    input)."""
     want = package.streaming.get("top_k")
     if want is None:
         return
-    from vosrt.sdk import cpu_ops
-
-    for graph, forms in package.graphs.items():
-        path = forms.get("plugin")
-        if path is None or not cpu_ops.has_plugin_nodes(path):
-            continue
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception:   # an unreadable file: the run below names it
+    for _, form, path, model in files:
+        if form != "plugin":
             continue
         held = sorted({attr.i for node in model.graph.node if node.op_type == "L2MemoryReadout"
                        for attr in node.attribute if attr.name == "top_k"})

@@ -537,11 +537,8 @@ class MotsWriter:
                 else:
                     self._votes = None   # a frame without votes: the per-frame categories stand
             if self._votes is None and cls not in (1, 2) and not self._odd_class:
-                # the official mots_tools loader stops at any class but 1, 2 and 10; trackeval drops such lines
                 self._odd_class = True
-                print(f"warning: {self.flag} {self.path}: the model's category {cls} is no KITTI-MOTS class (1 car, "
-                      "2 pedestrian): mots_tools refuses such lines and trackeval leaves them out; give "
-                      f"--mots-class 1 or 2 for every track", file=sys.stderr)
+                self._warn_odd_classes(f"category {cls} is")
             counts = _rle_of(self._mask, labels, track)["counts"]
             lines.append(f"{number} {track} {cls} {height} {width} {counts}\n")
         try:
@@ -616,9 +613,13 @@ class MotsWriter:
             raise
         odd = sorted({c for c in classes.values() if c not in (1, 2)})
         if odd:
-            print(f"warning: {self.flag} {self.path}: the model's categories {odd} are no KITTI-MOTS class (1 car, "
-                  "2 pedestrian): mots_tools refuses such lines and trackeval leaves them out; give "
-                  "--mots-class 1 or 2 for every track", file=sys.stderr)
+            self._warn_odd_classes(f"categories {odd} are")
+
+    def _warn_odd_classes(self, said: str) -> None:
+        # the official mots_tools loader stops at any class but 1, 2 and 10; trackeval drops such lines
+        print(f"warning: {self.flag} {self.path}: the model's {said} no KITTI-MOTS class (1 car, 2 pedestrian): "
+              "mots_tools refuses such lines and trackeval leaves them out; give --mots-class 1 or 2 for every track",
+              file=sys.stderr)
 
 
 def _remove_partial(file, partial: Path) -> None:

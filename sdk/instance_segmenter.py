@@ -139,7 +139,7 @@ class InstanceSegmenter(ClipSession):
         height, width = self.size
         # The tracks of the frame's own labels: one in the letterbox padding, or too thin to survive the
         # resize to a frame smaller than the package, is in the 1/4-scale map but not in the frame.
-        labels, present = upsample_tracks(tracks, (height, width), box.inner, box.src, with_present=True)
+        labels, present = upsample_tracks(tracks, (height, width), box.inner, box.src)
         prob = box.probabilities_back(_bilinear(foreground, height, width)[None])[0]
         details = {}
         if present:
@@ -170,18 +170,18 @@ class InstanceSegmenter(ClipSession):
         self._pending, self._clip_stop = pending, clip_stop
 
 
-def upsample_tracks(tracks: np.ndarray, size: tuple, inner: tuple, src: tuple, with_present: bool = False):
-    """A 1/4-scale track map ``[h, w]`` at the frame's size, as the published output generators bring each
-    instance's mask back: its 0/1 map resized bilinearly to the model's input ``size``, cropped to the frame's
-    ``inner`` box (top, left, height, width), resized bilinearly to ``src`` (height, width), kept above 0.5.
+def upsample_tracks(tracks: np.ndarray, size: tuple, inner: tuple, src: tuple) -> tuple[np.ndarray, list[int]]:
+    """(labels, ids): a 1/4-scale track map ``[h, w]`` at the frame's size, as the published output generators
+    bring each instance's mask back: its 0/1 map resized bilinearly to the model's input ``size``, cropped to the
+    frame's ``inner`` box (top, left, height, width), resized bilinearly to ``src`` (height, width), kept above 0.5.
     Two disjoint masks never both pass 0.5, so the result is one id per pixel. (Nearest-neighbour resizes of the
     id map, as before, made thin instances blocky: IoU 0.74 with this at a radius of 0.8 map pixels.)
-    ``with_present``: also the sorted ids that reach the frame.
+    ``ids``: the sorted ids that reach the frame.
 
-    Each instance is resized over its own box only, the same pixel-centre sampling as resizes of the whole
-    maps, with the same result (whole-frame resizes took 20 instances of a 720p frame 22 ms, this 2.3 ms): the map box with two pixels of 0 around it
-    (whose resize is exactly the full map's there, and 0 at its edges), then the frame pixels that sample it
-    (:func:`_resize_box`)."""
+    Each instance is resized over its own box only, the same pixel-centre sampling as resizes of the whole maps,
+    with the same result (whole-frame resizes took 20 instances of a 720p frame 22 ms, this 2.3 ms): the map box
+    with two pixels of 0 around it (whose resize is exactly the full map's there, and 0 at its edges), then the
+    frame pixels that sample it (:func:`_resize_box`)."""
     import cv2
 
     labels = np.zeros(src, np.uint32)
@@ -212,7 +212,7 @@ def upsample_tracks(tracks: np.ndarray, size: tuple, inner: tuple, src: tuple, w
         if keep.any():
             labels[oy:oy + keep.shape[0], ox:ox + keep.shape[1]][keep] = track
             present.append(track)
-    return (labels, present) if with_present else labels
+    return labels, present
 
 
 def _resize_box(part: np.ndarray, origin: tuple, shape: tuple, src: tuple) -> tuple:

@@ -337,17 +337,14 @@ def compare_outputs(names, outputs, expected) -> dict:
 
 def flip_margin(labels: np.ndarray, reference: np.ndarray, prob: np.ndarray) -> float:
     """See :func:`compare_outputs`: ``labels``, ``reference`` ``[1, H, W]`` (or ``[H, W]``), ``prob`` ``[O+1, 1, H, W]``."""
-    differ = labels != reference
-    if not differ.any():
+    pixels = np.flatnonzero(labels.reshape(-1) != reference.reshape(-1))
+    if not len(pixels):
         return 0.0
     planes = prob.reshape(prob.shape[0], -1)
-    given, wanted = labels.reshape(-1)[differ.reshape(-1)], reference.reshape(-1)[differ.reshape(-1)]
-    pixels = np.flatnonzero(differ.reshape(-1))
-    outside = (given < 0) | (given >= len(planes)) | (wanted < 0) | (wanted >= len(planes))
+    given, wanted = labels.reshape(-1)[pixels].astype(np.int64), reference.reshape(-1)[pixels].astype(np.int64)
+    inside = (given >= 0) & (given < len(planes)) & (wanted >= 0) & (wanted < len(planes))
     margin = np.ones(len(pixels))
-    inside = ~outside
-    margin[inside] = (planes[wanted[inside].astype(np.int64), pixels[inside]]
-                      - planes[given[inside].astype(np.int64), pixels[inside]])
+    margin[inside] = planes[wanted[inside], pixels[inside]] - planes[given[inside], pixels[inside]]
     return float(margin.max())
 
 

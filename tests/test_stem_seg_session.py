@@ -295,7 +295,7 @@ def test_tracks_come_back_to_the_frame_as_the_published_output_generators_bring_
     tracks[(yy - 6) ** 2 + (xx - 13) ** 2 <= 3.2 ** 2] = 7
     tracks[0, 19] = 9                                      # one map pixel in the letterbox padding
     for inner, src in (((4, 0, 40, 80), (90, 180)), ((4, 0, 40, 80), (40, 80)), ((4, 0, 40, 80), (27, 55))):
-        labels = upsample_tracks(tracks, (48, 80), inner, src)
+        labels, _ = upsample_tracks(tracks, (48, 80), inner, src)
         expected = _published_upsample(tracks, (48, 80), inner, src)
         assert labels.dtype == np.uint32 and labels.shape == src
         assert (labels != expected).mean() <= 0.001, (inner, src)
@@ -314,9 +314,9 @@ def test_tracks_come_back_to_the_frame_as_the_published_output_generators_bring_
             up = cv2.resize((many == k).astype(np.float32), (216, 120), interpolation=cv2.INTER_LINEAR)
             up = np.ascontiguousarray(up[inner[0]:inner[0] + inner[2], inner[1]:inner[1] + inner[3]])
             whole[cv2.resize(up, (src[1], src[0]), interpolation=cv2.INTER_LINEAR) > 0.5] = k
-        assert np.array_equal(upsample_tracks(many, (120, 216), inner, src), whole), (inner, src)
+        assert np.array_equal(upsample_tracks(many, (120, 216), inner, src)[0], whole), (inner, src)
     old = np.kron(tracks, np.ones((4, 4), np.uint32))       # the nearest-neighbour ×4 of before
-    assert (upsample_tracks(tracks, (48, 80), (0, 0, 48, 80), (48, 80)) != old).sum() > 20
+    assert (upsample_tracks(tracks, (48, 80), (0, 0, 48, 80), (48, 80))[0] != old).sum() > 20
 
 
 def _rss_bytes():
