@@ -78,13 +78,8 @@ def run(args: argparse.Namespace) -> int:
     height, width = resolution(args)
     forms = [f.strip() for f in args.forms.replace(" ", ",").split(",") if f.strip()]
     streaming = {"top_k": args.top_k} if args.top_k is not None else None
-    try:
-        pkg = export_package(args.family, args.checkpoint, args.out, height, width, forms=forms,
-                             random_weights=args.random_weights, streaming=streaming, progress=print)
-    except UserError as err:   # the size errors of the API ("width 80 is not a multiple of 32") said of the flag
-        if str(err).startswith(("height ", "width ")):
-            raise UserError(f"--size: {err}") from None
-        raise
+    pkg = export_package(args.family, args.checkpoint, args.out, height, width, forms=forms,
+                         random_weights=args.random_weights, streaming=streaming, progress=print, size_flag="--size")
     print(f"package written to {pkg}")
     if args.no_check:
         return 0

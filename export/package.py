@@ -42,17 +42,19 @@ def _stride_of(model: torch.nn.Module) -> int:
     return int(getattr(model, "size_multiple", 16))
 
 
-def check_size(height: int, width: int, multiple: int = 16) -> None:
-    """UserError unless height and width are positive multiples of ``multiple`` (naming the nearest valid sizes)."""
+def check_size(height: int, width: int, multiple: int = 16, flag: str | None = None) -> None:
+    """UserError unless height and width are positive multiples of ``multiple`` (naming the nearest valid sizes).
+    ``flag``: the command-line option that gave them (``--size``), which the error then starts with."""
+    said = f"{flag}: " if flag else ""
     for name, value in (("height", height), ("width", width)):
         if value <= 0:
-            raise UserError(f"{name} {value}: expected a positive multiple of {multiple} (e.g. {name} "
+            raise UserError(f"{said}{name} {value}: expected a positive multiple of {multiple} (e.g. {name} "
                             f"{480 if name == 'height' else 864})")
         if value % multiple:
             below = max(multiple, value // multiple * multiple)
             above = max(multiple, -(-value // multiple) * multiple)
             nearest = f"{below}" if below == above else f"{below} or {above}"
-            raise UserError(f"{name} {value} is not a multiple of {multiple}, which the graphs need "
+            raise UserError(f"{said}{name} {value} is not a multiple of {multiple}, which the graphs need "
                             f"(nearest valid {name}: {nearest})")
 
 
@@ -299,7 +301,8 @@ def _drop_unused_inputs(model: onnx.ModelProto) -> None:
 
 def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path, height: int | None = None,
                    width: int | None = None, forms: Iterable[str] = FORMS, random_weights: bool = False,
-                   streaming: dict | None = None, check: bool = False, progress: Progress = None) -> Path:
+                   streaming: dict | None = None, check: bool = False, progress: Progress = None,
+                   size_flag: str | None = None) -> Path:
     """Export model ``name`` (a family or one of its models: ``vosrt.sdk.families.model_names()``) to a
     package folder.
 
@@ -317,6 +320,8 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
         streaming: overrides of the streaming defaults recorded in the manifest.
         check: run :func:`check_package` at the end (results under the manifest's ``check`` entry).
         progress: called with one line per step (e.g. ``print``).
+        size_flag: the command-line option that gave height and width (``--size``); size errors name it, and
+            say the size to give in its form.
 
     Returns the package folder. Errors in the arguments raise UserError.
     """
@@ -330,7 +335,7 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
     # Only None takes the default: a size of 0 is an error like any other size that is not a multiple.
     height = int(default_h if height is None else height)
     width = int(default_w if width is None else width)
-    check_size(height, width, 16)
+    check_size(height, width, 16, size_flag)
     streaming = check_streaming(family, streaming)
     _check_top_k_fits_forms(streaming, forms)
     out_dir = Path(out_dir)
@@ -352,7 +357,7 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
                     "earlier package of this model")
     try:
         return _export_into(out_dir, name, family, checkpoint, height, width, forms, random_weights, streaming,
-                            check, progress)
+                            check, progress, size_flag)
     except BaseException:
         # A failed export leaves no half-written package behind: a folder it created is removed.
         if created:
@@ -375,12 +380,13 @@ def streaming_settings(family, model, streaming: dict | None = None) -> dict:
 
 
 def _export_into(out_dir: Path, name, family, checkpoint, height, width, forms, random_weights, streaming,
-                 check, progress) -> Path:
+                 check, progress, size_flag=None) -> Path:
     _say(progress, f"loading {'random weights' if checkpoint is None else checkpoint}")
     model, config = resolve_model(name, checkpoint, random_weights)
-    check_size(height, width, _stride_of(model))
-    check_min_size(height, width, int(getattr(model, "min_size", 0)), config.get("model", name), "--size",
-                   "--size {height} {width}")
+    check_size(height, width, _stride_of(model), size_flag)
+    check_min_size(height, width, int(getattr(model, "min_size", 0)), config.get("model", name),
+                   size_flag or "height, width",
+                   f"{size_flag} {{height}} {{width}}" if size_flag else "height={height}, width={width}")
     variant = config.get("model", name)
     stream = streaming_settings(family, model, streaming)
 

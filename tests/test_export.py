@@ -708,6 +708,15 @@ def test_a_size_below_the_models_smallest_is_refused_before_the_export(tmp_path,
     err = capsys.readouterr().err
     assert "--size: stem-seg-lite takes inputs of at least 80x80, got 64x64; give --size 80 80" in err, err
     assert not (tmp_path / "pkg").exists()
+    # the API names its own arguments, and the flag only where the caller says one gave them (size_flag)
+    with pytest.raises(UserError, match=r"^height, width: stem-seg-lite takes inputs of at least 80x80, got 64x64; "
+                                        r"give height=80, width=80$"):
+        export_package("stem-seg-lite", None, tmp_path / "api", 64, 64, random_weights=True)
+    with pytest.raises(UserError, match=r"^--size: width 72 is not a multiple of 16"):
+        export_package("stem-seg-lite", None, tmp_path / "api", 64, 72, random_weights=True, size_flag="--size")
+    with pytest.raises(UserError, match=r"^width 72 is not a multiple of 16"):
+        export_package("stem-seg-lite", None, tmp_path / "api", 64, 72, random_weights=True)
+    assert not (tmp_path / "api").exists()
 
 
 @pytest.mark.parametrize("tolerance", ["nan", "-1", "inf"])
