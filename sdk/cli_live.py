@@ -93,10 +93,11 @@ def _open_live_source(args):
 def _report(pipeline) -> None:
     from vosrt.sdk.live.pipeline import percentiles
 
-    stats, source = pipeline.stats, pipeline.source
+    source = pipeline.source
     p50, p95 = (v * 1000 for v in percentiles(pipeline.latencies))
+    paused = f" ({pipeline.paused_seconds:.1f} s paused not counted)" if pipeline.paused_seconds >= 0.05 else ""
     print(f"{pipeline.frames} frames processed of {source.captured} captured; {source.dropped} dropped; "
-          f"{stats.fps:.1f} FPS; latency p50 {p50:.1f} ms, p95 {p95:.1f} ms")
+          f"{pipeline.run_fps():.1f} FPS{paused}; latency p50 {p50:.1f} ms, p95 {p95:.1f} ms")
 
 
 def run(args) -> int:

@@ -326,3 +326,25 @@ def test_a_reset_landing_as_the_next_stream_starts_is_applied(tmp_path):
         wait_for(lambda: pipeline.frames >= 2)
         pipeline.reset()
         wait_for(lambda: pipeline.resets == 2, timeout=20)
+
+
+def test_the_final_fps_leaves_out_the_time_spent_paused(tmp_path, capsys):
+    # the exit summary counted a pause as time spent on frames: a minute paused made a 30 FPS run read as 1 FPS
+    with live_pipeline(tmp_path, frames=400, loop=True) as (pipeline, _):
+        wait_for(lambda: pipeline.frames >= 10)
+        pipeline.pause()
+        time.sleep(2.5)
+        pipeline.resume()
+        assert not pipeline._recent or pipeline._recent[0] > time.perf_counter() - 1   # the page's FPS restarts
+        done = pipeline.frames
+        wait_for(lambda: pipeline.frames >= done + 10)
+        pipeline.pause()           # stopped while paused: that pause is left out too
+        time.sleep(1.0)
+    stats = pipeline.stats
+    assert 3.4 < pipeline.paused_seconds < 6, pipeline.paused_seconds
+    active = stats.seconds_after_first - pipeline.paused_seconds
+    assert pipeline.run_fps() == pytest.approx((stats.pushed - 1) / active)
+    assert pipeline.run_fps() > 2 * stats.fps     # about 20 frames in 1 s of play against 3.5 s of pauses
+    from vosrt.sdk.cli_live import _report
+    _report(pipeline)
+    assert f"{pipeline.run_fps():.1f} FPS ({pipeline.paused_seconds:.1f} s paused not counted)" in capsys.readouterr().out

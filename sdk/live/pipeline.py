@@ -131,6 +131,8 @@ class LivePipeline:
         self.latencies: deque = deque(maxlen=100_000)
         self._recent_latencies: deque = deque(maxlen=30)
         self._recent: deque = deque(maxlen=30)        # finish times, for the FPS shown
+        self.paused_seconds = 0.0                     # time the stream spent paused, left out of the final FPS
+        self._paused_since: float | None = None
         # capture time of each pushed frame by its session index, taken before the push: a clip session's
         # frames wait for their labels as copies (stream() keeps one), which the source does not know
         self._captured: dict[int, float | None] = {}
@@ -201,11 +203,30 @@ class LivePipeline:
 
     def pause(self) -> None:
         self._refuse_if_ended("there is nothing left to pause")
+        with self._lock:
+            if self._paused_since is None:
+                self._paused_since = time.perf_counter()
         self.source.pause()
 
     def resume(self) -> None:
         self._refuse_if_ended("there is nothing left to play")
+        self._end_pause()
         self.source.resume()
+
+    def _end_pause(self) -> None:
+        with self._lock:
+            if self._paused_since is not None:
+                self.paused_seconds += time.perf_counter() - self._paused_since
+                self._paused_since = None
+                self._recent.clear()   # the FPS shown restarts: the pause is no gap between frames to average in
+
+    def run_fps(self) -> float:
+        """Frames per second over the run, the time it spent paused left out (the final report's rate)."""
+        stats = self.stats
+        if not self.paused_seconds or stats.pushed < 2:
+            return stats.fps
+        active = stats.seconds_after_first - self.paused_seconds
+        return (stats.pushed - 1) / active if active > 0 else stats.fps
 
     def _refuse_if_ended(self, why: str) -> None:
         """A command that acts on the stream, once it has ended: answered ``ok`` and done nothing (a removed
@@ -340,6 +361,7 @@ class LivePipeline:
                     break     # the source ended (or stop())
                 self._apply_reset()
         finally:
+            self._end_pause()            # a run stopped while paused: its pause ends here
             with self._recording_lock:   # a recording started from now on is refused, one started before is
                 self.finished = True     # finished below
             try:
