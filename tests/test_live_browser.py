@@ -155,6 +155,49 @@ def test_a_drag_out_of_the_picture_ends_at_its_edge_and_only_the_main_button_pic
     assert page.get_attribute('#objects li[data-id="1"] button.remove', "aria-label") == "remove object 1"
 
 
+def key_box_drawn(page) -> int:
+    """Yellow pixels on the page's drawing layer (where the keyboard's box is shown)."""
+    return page.evaluate("""() => {
+        const c = document.getElementById('draw'), data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < data.length; i += 4) n += data[i] > 200 && data[i + 1] > 200 && data[i + 2] < 60;
+        return n;
+    }""")
+
+
+def test_an_object_can_be_picked_from_the_keyboard(page, viewer):
+    # picking needed a mouse: the picture took no focus and no key
+    mask, box = viewer[2], viewer[3]
+    width, height = page.evaluate("[document.getElementById('draw').width, document.getElementById('draw').height]")
+    page.keyboard.press("Tab")     # the picture comes first in the page's order
+    assert page.evaluate("document.activeElement.id") == "draw"
+    assert "arrow keys" in page.locator("#hint").inner_text()
+    page.keyboard.press("ArrowRight")              # the first key shows the box, in the middle
+    assert key_box_drawn(page) > 0
+    page.keyboard.press("Escape")
+    assert key_box_drawn(page) == 0
+    page.keyboard.press("Enter")
+    step = max(1, round(min(width, height) / 40))
+    x0, y0, w0, h0 = round(width * 3 / 8), round(height * 3 / 8), round(width / 4), round(height / 4)
+    x, y, w, h = box
+    for key, count in (("ArrowRight", round((x - x0) / step)), ("ArrowDown", round((y - y0) / step)),
+                       ("Shift+ArrowRight", round((w - w0) / step)), ("Shift+ArrowDown", round((h - h0) / step))):
+        if count < 0:
+            key, count = key.replace("Right", "Left").replace("Down", "Up"), -count
+        for _ in range(count):
+            page.keyboard.press(key)
+    assert page.evaluate("window.scrollY") == 0                   # the keys moved the box, not the page
+    with page.expect_request("**/api/select") as sent:
+        page.keyboard.press("Enter")
+    sent_box = json.loads(sent.value.post_data)["box"]
+    assert sent_box == pytest.approx(list(box), abs=step), (sent_box, box)
+    assert key_box_drawn(page) == 0
+    page.wait_for_selector('#objects li[data-id="1"]', timeout=15_000)
+    frames_after(page, 5)
+    state = page.evaluate("window.vosrt.state()")
+    assert [o["id"] for o in state["objects"]] == [1] and state["objects"][0]["pixels"] > 0.5 * mask.sum()
+
+
 def test_snapshot_and_recording_buttons_write_files(page, viewer):
     saved = viewer[4]
     page.click("#snapshot")
@@ -290,6 +333,10 @@ def test_a_mask_free_package_s_page_offers_no_picking(browser, tmp_path):
         assert page.locator("#draw").evaluate("e => getComputedStyle(e).cursor") != "crosshair"
         assert drawn_while_dragging(page, (5, 5, 40, 40)) == 0
         assert "segment automatically" in page.locator("#message").inner_text()
+        page.evaluate("document.getElementById('message').textContent = ''")
+        page.focus("#draw")
+        page.keyboard.press("Enter")            # nor from the keyboard
+        assert key_box_drawn(page) == 0 and "segment automatically" in page.locator("#message").inner_text()
         assert controls(page) == {"pause": False, "reset": False, "snapshot": False, "record": False}
     finally:
         page.close()
