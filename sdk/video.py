@@ -16,6 +16,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +37,44 @@ MAX_SOURCE_FPS = 1000       # the highest frame rate a source is believed to rep
 VIDEO_FREE_MARGIN = 1 << 20
 MAX_MP4_FPS = 65535         # the highest frame rate an .mp4 writer opens at (1/fps is its time base)
 STREAM_TIMEOUT = 10.0       # seconds a stream URL may take to open, or to send its next frame (OpenCV's own: 30)
+# The most pixels an image file may declare (PIL's decompression-bomb limit, about 12,000 x 7,500; 8K video is 33 M):
+# a 1 MB PNG can declare 30,000 x 30,000 pixels, 2.7 GB once decoded, which OpenCV decodes (its own limit is 2^30).
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def read_image(path: Path) -> tuple[np.ndarray | None, str | None]:
+    """Image file ``path`` as BGR uint8 ``[H, W, 3]``, or ``(None, why not)``. Its size is read from its header
+    first, and an image of more than :data:`MAX_IMAGE_PIXELS` is refused before anything is decoded."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():   # PIL warns from its limit and refuses at twice it
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:   # the header only
+                width, height = image.size
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        declared = re.search(r"\((\d+) pixels\)", str(err))
+        width, height = (int(declared.group(1)) if declared else MAX_IMAGE_PIXELS + 1), 1
+    except Exception:   # a format PIL does not know (OpenCV may), or a broken header: OpenCV says
+        width = height = 0
+    if width * height > MAX_IMAGE_PIXELS:
+        size = f"{width}x{height} pixels" if height > 1 else f"{width:,} pixels"
+        return None, (f"image of {size} is larger than the {MAX_IMAGE_PIXELS:,} pixels an image may have "
+                      f"(it would take {3 * width * height / 2**30:.1f} GB decoded)")
+    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return (frame, None) if frame is not None else (None, UNREADABLE)
+
+
+UNREADABLE = "cannot read image"
+
+
+def load_image(path: Path, what: str = "image") -> np.ndarray:
+    """:func:`read_image` for a file that must be read (a dataset's): UserError ``cannot read {what} PATH``,
+    with the reason where there is more to say than that."""
+    image, problem = read_image(path)
+    if image is None:
+        raise UserError(f"cannot read {what} {path}" + ("" if problem == UNREADABLE else f": {problem}"))
+    return image
 
 
 def natural_key(path: Path) -> list:
@@ -291,10 +330,9 @@ class ImageFolderSource(FrameSource):
         # One corrupt (or degenerate) image is skipped with a warning on stderr, not the end of the run:
         # the frames after it are as good as before.
         for number, path in enumerate(self.files):
-            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            problem = "cannot read image" if frame is None else (
-                f"image of {frame.shape[1]}x{frame.shape[0]} pixels is too small"
-                if min(frame.shape[:2]) < MIN_FRAME_SIDE else None)
+            frame, problem = read_image(path)
+            if frame is not None and min(frame.shape[:2]) < MIN_FRAME_SIDE:
+                problem = f"image of {frame.shape[1]}x{frame.shape[0]} pixels is too small"
             if problem:
                 self.skipped.append(path)
                 print(f"warning: {problem}: {path}; frame skipped", file=sys.stderr, flush=True)

@@ -53,3 +53,19 @@ def suggested_commands(message: str) -> list[list[str]]:
     found = re.findall(r"`(vosrt [^`]+)`", message)
     assert found, message
     return [shlex.split(command)[1:] for command in found]
+
+
+def zero_png(path: Path, width: int, height: int) -> Path:
+    """A valid grey-scale PNG of ``width`` x ``height`` black pixels: a few hundred kilobytes on disk, however many
+    pixels it declares (what a decompression bomb is)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(9), bytes(width + 1)      # each row: filter byte 0, then the pixels
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)   # 8-bit grey, no interlace
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path

@@ -79,6 +79,29 @@ def test_undecodable_and_too_small_images_are_skipped_and_the_rest_is_tracked(tm
     assert (read_label_png(tmp_path / "out" / "00007.png") == 1).sum() > 100    # still tracked after them
 
 
+def test_an_image_declaring_more_pixels_than_any_frame_is_skipped_undecoded(tmp_path, capsys):
+    # a 93 kB PNG of 12000x8000 was decoded (0.6 GB of memory for it and its copy), a 250 kB one of 16000x16000 took
+    # 1.5 GB: OpenCV decodes up to 2^30 pixels (3.2 GB)
+    from media import zero_png
+    from vosrt.sdk.video import load_image
+
+    folder = _frames_and_mask(tmp_path, 6)
+    zero_png(folder / "00002.png", 12000, 8000)                # above PIL's limit, which it only warns of
+    zero_png(folder / "00004.png", 16000, 16000)               # above twice the limit, which PIL refuses
+    assert main(["run", PACKAGE, "--source", str(folder), "--mask", str(tmp_path / "mask.png"), "--out",
+                 str(tmp_path / "out"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    for name, pixels in (("00002", "96,000,000"), ("00004", "256,000,000")):
+        assert f"warning: image of {pixels} pixels is larger than the 89,478,485 pixels an image may have" in err, err
+        assert f"{name}.png; frame skipped" in err
+    assert sorted(p.stem for p in (tmp_path / "out").glob("*.png")) == ["00000", "00001", "00003", "00005"]
+    with pytest.raises(UserError, match=r"^cannot read frame .*00002.png: image of 96,000,000 pixels is larger"):
+        load_image(folder / "00002.png", "frame")     # a dataset's frame (training)
+    with pytest.raises(UserError, match=r"^cannot read image .*00003.png$"):
+        (folder / "00003.png").write_bytes(b"not an image")
+        load_image(folder / "00003.png")
+
+
 def _video_with_an_undecodable_frame(path: Path, bad: int = 3, frames: int = 12) -> None:
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (W, H))
     for t in range(frames):

@@ -28,7 +28,7 @@ import numpy as np
 
 from vosrt.sdk.errors import UserError, first_few
 from vosrt.sdk.masks import read_label_png
-from vosrt.sdk.video import frame_files
+from vosrt.sdk.video import frame_files, load_image
 
 
 SPLIT_LIST_DIRS = ("2017", "2016", "480p")   # ImageSets/<dir>/<split>.txt: DAVIS 2017, DAVIS 2016 (both)
@@ -169,9 +169,7 @@ class VideoFolder:
     def read_frame(self, video: str, stem: str) -> np.ndarray:
         """Frame ``stem`` of ``video`` as ``[H, W, 3]`` uint8 RGB."""
         path = self.frame_path(video, stem)
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise UserError(f"cannot read frame {path}")
+        image = load_image(path, "frame")
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
     def read_labels(self, video: str, stem: str, shape: tuple[int, ...] | None = None) -> np.ndarray:

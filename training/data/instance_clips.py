@@ -23,7 +23,7 @@ import torch
 
 from vosrt.sdk.synthetic import generate_sequence, sequence_seed
 from vosrt.sdk.errors import first_few
-from vosrt.sdk.video import frame_files
+from vosrt.sdk.video import frame_files, load_image
 from vosrt.training.data import transforms as T
 from vosrt.training.data.clips import AnnotatedClips, clip_warp, sample_clip_indices
 from vosrt.training.data.folders import VideoFolder
@@ -121,12 +121,7 @@ class FolderInstanceClips(AnnotatedClips):
 
 
 def _read_rgb(path) -> np.ndarray:
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        from vosrt.sdk.errors import UserError
-        raise UserError(f"cannot read image {path}")
+    image = load_image(path)
     return image[:, :, ::-1].copy()
 
 

@@ -29,7 +29,7 @@ from PIL import Image
 from vosrt.sdk.errors import UserError
 from vosrt.sdk.masks import read_label_png
 from vosrt.sdk.metrics import VOID
-from vosrt.sdk.video import frame_files
+from vosrt.sdk.video import frame_files, load_image
 from vosrt.training.data import transforms as T
 from vosrt.training.data.folders import VideoFolder, check_mask_size
 from vosrt.training.data.sampling import SeededDataset, pack_objects
@@ -121,9 +121,7 @@ class StaticSequenceDataset(SeededDataset):
             frame = folder.read_frame(video, stem)
             return frame, folder.read_labels(video, stem, frame.shape)
         image_path, mask_path = source
-        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise UserError(f"cannot read image {image_path}")
+        image = load_image(image_path)
         labels = read_pair_mask(mask_path)
         check_mask_size(labels, image.shape, mask_path, image_path)
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), labels
