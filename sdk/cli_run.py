@@ -57,6 +57,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mots-class", type=int, default=None, choices=(1, 2),
                         help="--mots: class of every track, 1 car or 2 pedestrian (default: the model's "
                              "category most of each track's pixels vote for, 1 where it has none)")
+    parser.add_argument("--mots-filter", default=None, choices=("published", "none"),
+                        help="--mots: 'published' leaves out small detections, ones filling little of their box, "
+                             "and short or broken tracks, as STEm-Seg's KITTI-MOTS post-processing does (the stem-seg "
+                             "default); 'none' writes every detection (the other families' default)")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     add_stream_timeout_argument(parser)
     add_session_arguments(parser)
@@ -171,7 +175,7 @@ def _refuse_checkpoint_off_torch(args, package, command: str) -> None:
 # (a run without --mask of a video, or without --out, would fail or discard its results).
 _KEPT_FLAGS = ("--mask", "--out", "--video", "--vis", "--video-id", "--videos", "--vis-categories",
                "--vis-max-tracks", "--mots",
-               "--mots-class", "--max-frames", "--frames", "--headless", "--select", "--device",
+               "--mots-class", "--mots-filter", "--max-frames", "--frames", "--headless", "--select", "--device",
                *(f"--{name.replace('_', '-')}" for name in SETTINGS))
 
 
@@ -300,6 +304,8 @@ def _check_result_flags(args) -> None:
         raise UserError(f"--vis-max-tracks: expected a whole number >= 0 (0: every track), got {args.vis_max_tracks}")
     if args.mots_class is not None and not args.mots:
         raise UserError("--mots-class: sets the class of a --mots file's tracks; give --mots TXT too")
+    if args.mots_filter is not None and not args.mots:
+        raise UserError("--mots-filter: filters a --mots file's detections; give --mots TXT too")
 
 
 def _category_map(text: str) -> dict[int, int]:
@@ -378,7 +384,7 @@ def _result_writers(args, source, family=None) -> list:
     results list, pycocotools missing). A folder's --vis entries have one slot per image, unreadable ones
     included (null), so that they line up with the dataset's frames; those after --max-frames too (null): a shorter
     list dropped the ground truth's later frames from the official API's video IoU (a zip), which scored it higher."""
-    from vosrt.sdk.instance_metrics import MotsWriter, VisWriter
+    from vosrt.sdk.instance_metrics import KITTI_MOTS_FILTERS, MotsWriter, VisWriter
 
     writers = []
     if args.vis:
@@ -394,7 +400,9 @@ def _result_writers(args, source, family=None) -> list:
         writers.append(VisWriter(args.vis, args.video_id, categories=args.vis_category_map, frame_names=names,
                                  max_tracks=limit or None))
     if args.mots:
-        writers.append(MotsWriter(args.mots, args.mots_class))
+        published = (family is not None and family.name == "stem-seg" if args.mots_filter is None
+                     else args.mots_filter == "published")
+        writers.append(MotsWriter(args.mots, args.mots_class, filters=KITTI_MOTS_FILTERS if published else None))
     return writers
 
 

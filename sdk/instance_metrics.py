@@ -28,6 +28,7 @@ import math
 import shlex
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -497,6 +498,24 @@ def instances_to_vis_results(video_id: int, frames: list, categories: dict | Non
 MOTS_FRAMES_PAST_TRUTH = 100_000   # predicted frames further past the truth's last are refused (a numbering error)
 
 
+@dataclass(frozen=True)
+class MotsFilter:
+    """One KITTI-MOTS class's part of STEm-Seg's post-processing of its results (the published output generator
+    runs stemseg/inference/output_utils/kitti_mots_postprocessing.py on them when it saves): a detection (a track
+    on a frame) stays with at least ``min_area`` pixels filling more than ``min_fill`` of its box; then a track
+    stays with time breaks (a gap between two of its frames) at most ``max_break_ratio`` of its detections and at
+    least ``min_length`` detections."""
+
+    min_area: int
+    min_fill: float
+    max_break_ratio: float
+    min_length: int
+
+
+# the published defaults, by class (1 car, 2 pedestrian); detections of any other class are left out
+KITTI_MOTS_FILTERS = {1: MotsFilter(150, 0.35, 0.3, 3), 2: MotsFilter(250, 0.2, 0.5, 10)}
+
+
 class MotsWriter:
     """A :func:`vosrt.sdk.streaming.stream` sink that writes one sequence's KITTI-MOTS txt file:
     ``frame track_id class_id height width rle`` per instance and finished frame. The frame number is the
@@ -507,15 +526,20 @@ class MotsWriter:
     ``votes`` (ties to the lower class); else each frame's ``objects`` category (1 without one), which could
     change within a track. Each frame's lines go to a hidden file beside ``path`` as the frame finishes (memory stays
     bounded on an endless source), which :meth:`close` renames onto ``path``: a stopped run leaves no half
-    file under that name (a killed process leaves the hidden ``.NAME.partial-*.txt``)."""
+    file under that name (a killed process leaves the hidden ``.NAME.partial-*.txt``).
+
+    ``filters``: class -> :class:`MotsFilter`, applied to the whole sequence at :meth:`close`
+    (:data:`KITTI_MOTS_FILTERS` is STEm-Seg's published post-processing); None writes every detection."""
 
     takes_objects = True
 
-    def __init__(self, path, class_id: int | None = None, flag: str = "--mots"):
+    def __init__(self, path, class_id: int | None = None, flag: str = "--mots", filters: dict | None = None):
         self._mask = _require("pycocotools.mask")
         self.path = _output_file(path, flag, ".txt")
         self.flag = flag
         self.class_id = class_id
+        self.filters = filters
+        self.dropped = (0, 0)   # (detections, of them) the filters left out, once closed
         self.frames = 0
         self._file = None       # the hidden file the lines go to, opened with the first frame
         self._partial: Path | None = None
@@ -582,8 +606,9 @@ class MotsWriter:
 
         try:
             self._file.close()
-            if self._votes:
-                self._one_class_per_track()
+            classes = self._voted_classes() if self._votes else None
+            if classes is not None or self.filters is not None:
+                self._rewrite(classes)
             os.chmod(self._partial, new_file_mode(self.path))
             os.replace(self._partial, self.path)
         except OSError as err:
@@ -592,34 +617,76 @@ class MotsWriter:
             raise UserError(f"{self.flag}: cannot write {self.path}: {err.strerror or err}") from None
         self._done = True
         self._cleanup.detach()
+        if self.dropped[0]:
+            print(f"note: {self.flag} {self.path}: the KITTI-MOTS post-processing left out {self.dropped[0]} of "
+                  f"{self.dropped[1]} detections (small, sparse in their box, or of short or broken tracks)",
+                  file=sys.stderr)
 
-    def _one_class_per_track(self) -> None:
-        """Rewrite the hidden file's class column with each track's voted class (read and written a line at a
-        time: the file may hold an endless stream's lines), and say where a class other than 1 and 2 won."""
+    def _voted_classes(self) -> dict:
+        """Each track's class by its pixels' votes; says where a class other than 1 and 2 won."""
+        classes = {track: int(np.argmax(votes)) + 1 if np.any(votes) else 1 for track, votes in self._votes.items()}
+        odd = sorted({c for c in classes.values() if c not in (1, 2)})
+        if odd:
+            self._warn_odd_classes(f"categories {odd} are")
+        return classes
+
+    def _kept(self, cls: int, height: str, width: str, counts: str) -> bool:
+        """Whether a detection passes its class's filter (area, and area over its box's)."""
+        rule = self.filters.get(cls)
+        if rule is None:
+            return False
+        rle = {"size": [int(height), int(width)], "counts": counts.encode()}
+        area = int(self._mask.area(rle))
+        _, _, w, h = self._mask.toBbox(rle)
+        return area >= rule.min_area and w * h > 0 and area / (w * h) > rule.min_fill
+
+    def _rewrite(self, classes: dict | None) -> None:
+        """Rewrite the hidden file: the class column with each track's voted class (``classes``), and without the
+        detections and tracks :attr:`filters` leave out. Read and written a line at a time (the file may hold an
+        endless stream's lines); the filters read it twice, the first time for each track's detections and breaks."""
         import os
 
         from vosrt.sdk.package import partial_file
 
-        classes = {track: int(np.argmax(votes)) + 1 if np.any(votes) else 1 for track, votes in self._votes.items()}
+        def lines():
+            with open(self._partial) as file:
+                for line in file:
+                    number, track, cls, height, width, counts = line.split()
+                    cls = classes[int(track)] if classes else int(cls)
+                    yield int(number), int(track), cls, (height, width, counts)
+
+        keep_track = None
+        if self.filters is not None:
+            seen: dict[int, list] = {}   # track: [class, detections kept, time breaks, last frame]
+            for number, track, cls, rle in lines():
+                if self._kept(cls, *rle):
+                    entry = seen.setdefault(track, [cls, 0, 0, number])
+                    entry[2] += number - entry[3] > 1
+                    entry[1], entry[3] = entry[1] + 1, number
+            keep_track = {track for track, (cls, length, breaks, _) in seen.items()
+                          if breaks / length <= self.filters[cls].max_break_ratio
+                          and length >= self.filters[cls].min_length}
         handle, rewritten = partial_file(self.path)
+        written = total = 0
         try:
-            with os.fdopen(handle, "w") as out, open(self._partial) as lines:
-                for line in lines:
-                    number, track, _, rest = line.split(" ", 3)
-                    out.write(f"{number} {track} {classes[int(track)]} {rest}")
+            with os.fdopen(handle, "w") as out:
+                for number, track, cls, rle in lines():
+                    total += 1
+                    if keep_track is None or (track in keep_track and self._kept(cls, *rle)):
+                        written += 1
+                        out.write(f"{number} {track} {cls} {' '.join(rle)}\n")
             os.replace(rewritten, self._partial)
         except BaseException:   # the hidden file stays as it was (Ctrl-C: a later close() rewrites it again)
             Path(rewritten).unlink(missing_ok=True)
             raise
-        odd = sorted({c for c in classes.values() if c not in (1, 2)})
-        if odd:
-            self._warn_odd_classes(f"categories {odd} are")
+        self.dropped = (total - written, total)
 
     def _warn_odd_classes(self, said: str) -> None:
         # the official mots_tools loader stops at any class but 1, 2 and 10; trackeval drops such lines
+        fate = ("the post-processing leaves them out" if self.filters is not None else
+                "mots_tools refuses such lines and trackeval leaves them out")
         print(f"warning: {self.flag} {self.path}: the model's {said} no KITTI-MOTS class (1 car, 2 pedestrian): "
-              "mots_tools refuses such lines and trackeval leaves them out; give --mots-class 1 or 2 for every track",
-              file=sys.stderr)
+              f"{fate}; give --mots-class 1 or 2 for every track", file=sys.stderr)
 
 
 def _remove_partial(file, partial: Path) -> None:

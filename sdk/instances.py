@@ -37,13 +37,13 @@ defaults (its KITTI-MOTS config raises min seediness to 0.95). Differences:
 - a stream shorter than one clip is padded with its last frame at the end; the public code repeats frame 0 at the
   front (the network sees other frames; neither clusters the copies);
 - the public outputs keep per video only the tracks that live longest (10 for YouTube-VIS, 20 for DAVIS, renumbered
-  1..N) and post-process KITTI-MOTS tracks (least area, pixel/box ratio, track length); ``vosrt run --vis`` keeps
-  the 10 (``--vis-max-tracks``), the others write every track, and KITTI-MOTS track ids are the stream's, not
-  ``class * 1000 + id``.
+  1..N); ``vosrt run --vis`` keeps the 10 (``--vis-max-tracks``), the others write every track, and KITTI-MOTS
+  track ids are the stream's, not ``class * 1000 + id``.
 
 Equal to the public outputs (stemseg/inference/output_utils): a YouTube-VIS track's score (its pixels over the
 video, over the most any track has) and category (its summed category logits' argmax), a KITTI-MOTS track's
-class (its pixels' majority vote) and the masks' way back to the frame (bilinear, cropped, bilinear, > 0.5):
+class (its pixels' majority vote) and post-processing (least area, pixel/box ratio, time breaks, track length;
+``vosrt run --mots-filter``), and the masks' way back to the frame (bilinear, cropped, bilinear, > 0.5):
 :mod:`vosrt.sdk.instance_segmenter` and :mod:`vosrt.sdk.instance_metrics`.
 """
 from __future__ import annotations

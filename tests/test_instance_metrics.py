@@ -523,11 +523,53 @@ def test_a_ctrl_c_while_the_mots_file_is_finished_leaves_it_for_another_close(tm
     writer = MotsWriter(tmp_path / "0003.txt")
     for t in range(3):
         writer(t, f"{t:06d}", None, label_map((1, A)), {1: dict(_evidence(9, 2, categories=2), category=1)})
-    with pytest.raises(KeyboardInterrupt), ctrl_c_at(MotsWriter._one_class_per_track, "os.replace(") as fired:
+    with pytest.raises(KeyboardInterrupt), ctrl_c_at(MotsWriter._rewrite, "os.replace(") as fired:
         writer.close()
     assert fired and not (tmp_path / "0003.txt").exists()
     writer.close()
     assert [line.split(" ")[2] for line in (tmp_path / "0003.txt").read_text().splitlines()] == ["2"] * 3
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_the_published_kitti_mots_post_processing_leaves_out_small_sparse_short_and_broken_tracks(tmp_path, capsys):
+    # STEm-Seg's output generator filters its KITTI-MOTS results when it saves them (kitti_mots_postprocessing.py);
+    # the writer wrote every detection
+    from vosrt.sdk.instance_metrics import KITTI_MOTS_FILTERS, MotsWriter
+
+    def square(labels, track, top, left, side):
+        labels[top:top + side, left:left + side] = track
+
+    def ring(labels, track, top, left, side):      # 4 * (side - 1) pixels in a side x side box
+        labels[top, left:left + side] = labels[top + side - 1, left:left + side] = track
+        labels[top:top + side, left] = labels[top:top + side, left + side - 1] = track
+
+    # track: (class, frames, shape drawn on each)
+    plan = {1: (1, range(20), lambda l: square(l, 1, 0, 0, 13)),              # 169 px: a car that stays
+            2: (1, range(20), lambda l: square(l, 2, 0, 20, 12)),             # 144 px < 150: left out
+            3: (1, range(20), lambda l: ring(l, 3, 0, 40, 50)),               # 196 px filling 0.08 of its box
+            4: (2, range(9), lambda l: square(l, 4, 60, 0, 16)),              # 9 detections < 10: left out
+            5: (1, range(0, 20, 2), lambda l: square(l, 5, 60, 20, 13)),      # 9 breaks in 10 > 0.3: left out
+            6: (2, [*range(6), *range(8, 14)], lambda l: square(l, 6, 60, 40, 16)),   # 1 break in 12: stays
+            7: (3, range(20), lambda l: square(l, 7, 80, 0, 16))}             # no KITTI-MOTS class: left out
+    for filters, name in ((KITTI_MOTS_FILTERS, "filtered"), (None, "raw")):
+        writer = MotsWriter(tmp_path / f"{name}.txt", filters=filters)
+        for t in range(20):
+            labels, objects = np.zeros((100, 100), np.uint8), {}
+            for track, (cls, frames, draw) in plan.items():
+                if t in frames:
+                    draw(labels)
+                    objects[track] = {"category": cls}
+            writer(t, f"{t:06d}", None, labels, objects)
+        writer.close()
+    kept = {}
+    for line in (tmp_path / "filtered.txt").read_text().splitlines():
+        number, track, cls = line.split()[:3]
+        kept.setdefault(int(track), []).append((int(number), int(cls)))
+    assert sorted(kept) == [1, 6]
+    assert kept[1] == [(t, 1) for t in range(20)] and [t for t, _ in kept[6]] == list(plan[6][1])
+    total = sum(len(frames) for _, frames, _ in plan.values())
+    assert len((tmp_path / "raw.txt").read_text().splitlines()) == total
+    assert f"left out {total - 32} of {total} detections" in capsys.readouterr().err
     assert not list(tmp_path.glob(".*"))
 
 

@@ -68,7 +68,7 @@ def test_run_writes_vis_and_mots_results_that_eval_scores(colour_package, tmp_pa
         (tmp_path / "gt_mots" / f"{video_id:04d}.txt").write_text("\n".join(sorted(lines, key=lambda l: int(l.split()[0]))) + "\n")
         code = main(["run", str(colour_package), "--source", str(tmp_path / f"v{video_id}"), "--no-progress",
                      "--overlap", "6", "--vis", str(tmp_path / "results.json"), "--video-id", str(video_id),
-                     "--mots", str(tmp_path / "mots" / f"{video_id:04d}.txt")])
+                     "--mots", str(tmp_path / "mots" / f"{video_id:04d}.txt"), "--mots-filter", "none"])
         assert code == 0
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     results = json.loads((tmp_path / "results.json").read_text())
@@ -81,6 +81,12 @@ def test_run_writes_vis_and_mots_results_that_eval_scores(colour_package, tmp_pa
     assert main(["eval", "--task", "mots", "--gt", str(tmp_path / "gt_mots"), "--pred", str(tmp_path / "mots")]) == 0
     rows = (tmp_path / "mots" / "metrics.csv").read_text().splitlines()
     assert rows[1].startswith("car,1.000000")                          # HOTA 1: every track found and kept
+    # the published post-processing, a stem-seg package's default, leaves out these 64x64 scenes' small objects
+    capsys.readouterr()
+    assert main(["run", str(colour_package), "--source", str(tmp_path / "v4"), "--no-progress", "--overlap", "6",
+                 "--mots", str(tmp_path / "filtered.txt")]) == 0
+    assert "the KITTI-MOTS post-processing left out 9 of 9 detections" in capsys.readouterr().err
+    assert (tmp_path / "filtered.txt").read_text() == ""
 
     # a second run of video 3 replaces its entries, not adds to them
     assert main(["run", str(colour_package), "--source", str(tmp_path / "v3"), "--no-progress", "--max-frames", "8",
@@ -193,6 +199,7 @@ def test_vis_of_a_folder_with_max_frames_keeps_a_slot_for_every_frame_of_the_vid
     (["--vis", "r.json", "--videos", "not_results.json"], "--videos not_results.json: expected the dataset's"),
     (["--video-id", "2"], "--video-id: .* give --vis JSON too"),
     (["--mots-class", "2"], "--mots-class: .* give --mots TXT too"),
+    (["--mots-filter", "none"], "--mots-filter: .* give --mots TXT too"),
     (["--vis", "r.txt", "--video-id", "1"], "--vis: .*r.txt: give a .json file name"),
     (["--mots", "m.json"], "--mots: .*m.json: give a .txt file name"),
     (["--vis", "not_results.json", "--video-id", "1"], "--vis: .*not a list of results entries"),
