@@ -201,7 +201,25 @@ def probe_environment() -> dict:
 
         env["onnxruntime_providers"] = onnxruntime.get_available_providers()
     env["tensorrt_headers"] = str(tensorrt_include()) if tensorrt_include() else None
+    env["driver_note"] = driver_note(env.get("driver"), env.get("nvcc"))
     return env
+
+
+# The oldest driver each CUDA major version's runtime runs on (NVIDIA's CUDA toolkit release notes, table 3):
+# a library built by an nvcc newer than the driver loads, and then every CUDA call fails (cudaErrorInsufficientDriver).
+MIN_DRIVER = {12: 525, 13: 580}
+
+
+def driver_note(driver: str | None, nvcc: str | None) -> str | None:
+    """A warning where the driver (nvidia-smi's "580.65.06, NVIDIA H100 ...") is older than nvcc's CUDA needs."""
+    have = re.match(r"\s*(\d+)\.", driver or "")
+    cuda = re.match(r"(\d+)\.", nvcc or "")
+    need = MIN_DRIVER.get(int(cuda.group(1))) if cuda else None
+    if have is None or need is None or int(have.group(1)) >= need:
+        return None
+    return (f"driver {driver.split(',')[0].strip()} is older than CUDA {cuda.group(1)} needs ({need} or newer): "
+            f"kernels built by this nvcc {nvcc} load, then every call fails; put an nvcc of the driver's CUDA "
+            "first on PATH (or CUDA_HOME)")
 
 
 def find_nvcc() -> str | None:
@@ -773,7 +791,8 @@ def markdown(report: dict) -> str:
     lines = ["# vosrt GPU check", "",
              f"{'DRY RUN (CPU, tiny shapes) — ' if report['dry_run'] else ''}{report['started']}, "
              f"{report['seconds']:.0f} s", "",
-             f"- GPU: {gpu.get('name', 'none')} (cc {gpu.get('compute_capability', '–')}), driver {env.get('driver')}",
+             f"- GPU: {gpu.get('name', 'none')} (cc {gpu.get('compute_capability', '–')}), driver {env.get('driver')}"
+             + (f" (**{env['driver_note']}**)" if env.get("driver_note") else ""),
              f"- torch {env.get('torch')} (CUDA {env.get('torch_cuda_runtime')}), nvcc {env.get('nvcc')}, "
              f"{env.get('cmake')}",
              f"- CuPy {env.get('cupy')}, TensorRT {env.get('tensorrt')} (headers {env.get('tensorrt_headers')}), "
@@ -926,6 +945,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("cupy", "tensorrt", "onnxruntime"):
         if env.get(name) is None:
             say(f"{name} is not installed: the parts that use it are skipped")
+    if env.get("driver_note"):
+        say(f"warning: {env['driver_note']}")
 
     report: dict = {"dry_run": args.dry_run, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "environment": env, "plan": steps, "targets": TARGETS, "build_dir": str(build_dir)}

@@ -137,6 +137,19 @@ def test_a_kernel_crash_costs_only_its_operators_test_group_and_the_others_repor
     assert "skipped 0, collected 2" in text  # a run's count is its XML's (only the dry run's is pytest's line)
 
 
+def test_a_driver_older_than_nvcc_s_cuda_is_said_before_the_build():
+    # a CUDA 13 build on a CUDA 12 driver loads and then fails every call: the run read as a wall of kernel failures
+    gc = _module()
+    note = gc.driver_note("575.57.08, NVIDIA H100 80GB HBM3", "13.0")
+    assert note.startswith("driver 575.57.08 is older than CUDA 13 needs (580 or newer)"), note
+    assert gc.driver_note("580.65.06, NVIDIA H200", "13.0") is None
+    assert gc.driver_note("550.1, NVIDIA A100", "12.4") is None
+    assert gc.driver_note(None, "13.0") is None and gc.driver_note("575.1, X", None) is None
+    report = {"environment": {"driver": "575.57.08, X", "driver_note": note}, "dry_run": False, "started": "now",
+              "seconds": 1.0}
+    assert f"(**{note}**)" in gc.markdown(report)
+
+
 def test_missing_package_names_third_party_packages_only():
     missing = _module().missing_package
     assert missing("E   ModuleNotFoundError: No module named 'PIL'") == "PIL"
