@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import threading
 import types
 
 import numpy as np
@@ -26,6 +27,7 @@ class _HostRuntime:
 
     def __init__(self):
         self.blocks: dict[int, ctypes.Array] = {}
+        self.current = threading.local()
 
     def cudaMalloc(self, size):
         if size > 2**40:   # more than any device has
@@ -77,6 +79,14 @@ class _HostRuntime:
 
     def cudaGetErrorString(self, err):
         return 0, b"error"
+
+    # CUDA's current device is per host thread (0 until set): self.current, a threading.local
+    def cudaGetDevice(self):
+        return 0, getattr(self.current, "device", 0)
+
+    def cudaSetDevice(self, device):
+        self.current.device = device
+        return (0,)
 
 
 @pytest.fixture
@@ -598,6 +608,31 @@ def test_a_plugin_library_tensorrt_cannot_load_is_named_so_and_tried_again_once_
     for _ in range(2):
         trt_backend.load_plugin_library(copy, trt, _Registry(trt.global_registry))
     assert calls == [str(copy)]
+
+
+def test_each_call_runs_on_the_device_the_backend_opened_on_whatever_thread_makes_it(backend, monkeypatch):
+    # CUDA's current device is per thread: a session opened on device 1 and stepped from another thread (the live
+    # viewer's inference thread) copied on device 0 and enqueued device-1 engines from there
+    runtime = trt_backend.cudart()
+    seen = []
+    for name in ("cudaMalloc", "cudaMemcpyAsync", "cudaMemcpy2DAsync", "cudaStreamSynchronize", "cudaMemsetAsync"):
+        real = getattr(runtime, name)
+        monkeypatch.setattr(runtime, name, lambda *a, _real=real, _name=name: (
+            seen.append((_name, runtime.cudaGetDevice()[1])), _real(*a))[1])
+    runtime.cudaSetDevice(1)
+    backend.device_index = runtime.cudaGetDevice()[1]      # as __init__ records it
+    bank = backend.zeros((2, 3, 4))
+
+    def step():
+        backend.write(bank, 0, 1, np.ones((1, 3, 4), np.float32))
+        assert backend.download(backend.read(bank, 2, 0, 3))[1].sum() == 9
+        backend.synchronize()
+
+    worker = threading.Thread(target=step)
+    worker.start()
+    worker.join()
+    assert seen and {device for _, device in seen} == {1}, seen
+    assert {name for name, _ in seen} >= {"cudaMalloc", "cudaMemcpyAsync", "cudaStreamSynchronize"}
 
 
 def test_a_device_buffer_too_large_to_allocate_is_a_memory_error_as_on_the_other_backends(backend):

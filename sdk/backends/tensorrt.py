@@ -27,6 +27,7 @@ can be tested) without them.
 """
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import re
@@ -84,6 +85,21 @@ def check_cuda(result, what: str):
     if not values:
         return None
     return values[0] if len(values) == 1 else tuple(values)
+
+
+def on_device(method):
+    """``method`` of the backend run with the backend's device current on the calling thread. CUDA's current device
+    is per host thread: a session opened on device 1 (``cudaSetDevice(1)`` or ``torch.cuda.set_device(1)`` first) and
+    stepped from another thread (a capture or UI thread, the live viewer's inference thread, where it is device 0)
+    put its copies on device 0 and enqueued device-1 engines and streams from there."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if self.device_index is not None:
+            rt = cudart()
+            if check_cuda(rt.cudaGetDevice(), "cudaGetDevice") != self.device_index:
+                check_cuda(rt.cudaSetDevice(self.device_index), f"cudaSetDevice({self.device_index})")
+        return method(self, *args, **kwargs)
+    return call
 
 
 def current_gpu() -> dict:
@@ -475,6 +491,7 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
     _producer_event = None   # the event foreign producers' streams are waited for through, made at first use
+    device_index = None      # the CUDA device the backend opened on (current then), made current for each call
     device = "cuda"
     devices = ("auto", "cuda")
 
@@ -505,6 +522,7 @@ class TensorRTBackend(Backend):
         if not carried and self.plugin_library is None:
             self.plugin_library = find_plugin_library(plugin_lib, recorded)
         rt = cudart()
+        self.device_index = int(check_cuda(rt.cudaGetDevice(), "cudaGetDevice"))
         check_engine_compatibility(build, trt.__version__, current_gpu(), package.path)
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -594,6 +612,7 @@ class TensorRTBackend(Backend):
         """Names of ``graph``'s outputs."""
         return list(self._graphs[graph].outputs)
 
+    @on_device
     def run(self, graph: str, inputs: Mapping[str, Tensor], outputs: Sequence[str] | None = None
             ) -> dict[str, Tensor]:
         if not self._graphs:
@@ -738,6 +757,7 @@ class TensorRTBackend(Backend):
                    "cudaMemcpyAsync D2D (alignment copy)")
         return DeviceTensor(staging, tensor.shape, tensor.dtype)
 
+    @on_device
     def wrap(self, value, expected_dtype=None, what: str = "array") -> DeviceTensor:
         """A :class:`DeviceTensor` over an object's ``__cuda_array_interface__`` (no copy; the object must
         stay alive while the tensor is used). Requires C-contiguous data."""
@@ -774,9 +794,11 @@ class TensorRTBackend(Backend):
         # driver, but synchronising keeps that true for every allocation kind.
         check_cuda(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
 
+    @on_device
     def upload(self, array: np.ndarray) -> Tensor:
         return _HostTensor(np.array(array, copy=True, order="C"))
 
+    @on_device
     def download(self, tensor: Tensor) -> np.ndarray:
         if isinstance(tensor, _HostTensor):
             return tensor.array.copy()
@@ -793,6 +815,7 @@ class TensorRTBackend(Backend):
         check_cuda(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         return out
 
+    @on_device
     def zeros(self, shape: Sequence[int], dtype: type = np.float32) -> Tensor:
         self._check_open()
         shape = tuple(int(s) for s in shape)
@@ -815,6 +838,7 @@ class TensorRTBackend(Backend):
             return int(tensor.array.nbytes)
         return int(np.asarray(tensor).nbytes)
 
+    @on_device
     def write(self, dst: Tensor, axis: int, start: int, src: Tensor) -> None:
         self._check_open()
         if not isinstance(dst, DeviceTensor):
@@ -850,6 +874,7 @@ class TensorRTBackend(Backend):
         if host is not None:
             check_cuda(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
 
+    @on_device
     def read(self, src: Tensor, axis: int, start: int, stop: int) -> Tensor:
         self._check_open()
         if isinstance(src, _HostTensor):
@@ -889,9 +914,11 @@ class TensorRTBackend(Backend):
             check_cuda(rt.cudaMemcpyAsync(dst + row * dst_pitch, src + row * src_pitch, width, kind, self.stream),
                        "cudaMemcpyAsync")
 
+    @on_device
     def synchronize(self) -> None:
         check_cuda(cudart().cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
 
+    @on_device
     def close(self) -> None:
         rt = cudart()
         if self._graphs:
