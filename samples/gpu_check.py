@@ -8,17 +8,19 @@ onnxruntime-gpu are used when present and skipped, with a line saying so, when a
 
 Steps, each recorded in OUT/gpu_report.json and OUT/gpu_report.md (a failing step is recorded and the
 others still run; the exit status is 1 when the build, a test or a benchmark failed). OUT holds at most
-seven plain files: gpu_report.json, gpu_report.md, gpu_tests.xml, gpu_tests.log and one
-benchmark_<part>.json per benchmark.
+seven plain files: gpu_report.json, gpu_report.md, gpu_tests.xml, gpu_check.log (the build's and the tests'
+output, written as they run) and one benchmark_<part>.json per benchmark (rewritten after each row).
 
 1. environment: GPU, driver, CUDA runtime of torch, nvcc, CMake, optional packages.
 2. build: ``cmake -S plugins -B plugins/build-gpu-check`` (``--build-dir``) for this GPU's architecture
    only, nvcc's warnings not made errors (``-DVOSRT_CUDA_WERROR=OFF``), with Ninja where there is no make:
-   the CUDA kernels first, then the rest (their CPU driver and emulation, the ONNX Runtime operators and
-   the TensorRT plugins where their headers exist); then whether the kernel library loads, and why not.
+   the CUDA kernels first, then the TensorRT plugins where their headers exist (the CPU driver, emulation and
+   operators, which no GPU test uses, are left out); then whether the kernel library loads, and why not.
 3. tests: ``pytest -m "gpu or tensorrt"`` on the test modules that hold such tests, against the libraries
-   just built; each operator's kernel tests in a pytest process of their own (a kernel fault poisons its
-   process's CUDA context); junit XML and pytest's log, written as it runs, in OUT. A module that cannot
+   just built (never rebuilt by the tests: ``VOSRT_TEST_NO_BUILD``); each operator's kernel tests in a pytest
+   process of their own (a kernel fault poisons its process's CUDA context), which fails where no test passed;
+   a group past its time is interrupted (SIGINT, so pytest writes what ran) before it is killed; junit XML and
+   pytest's log, written as it runs, in OUT. A module that cannot
    be imported because a package it needs is absent here (onnx, onnxruntime, pillow on a bare GPU
    machine) is named in the report and skipped, without failing the step; any other collection error
    fails it.
@@ -105,11 +107,13 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def _run(cmd: list[str], timeout: float, env: dict | None = None, cwd: Path | None = None,
-         log: Path | None = None, append: bool = False, tail: int = 3000) -> dict:
+         log: Path | None = None, append: bool = False, tail: int = 3000, grace: float = 0.0) -> dict:
     """Runs cmd in a process group of its own, stdout and stderr interleaved into `log` (a file under OUT,
     written as the step runs, so it is there even if this script is killed) or a temporary file. Past
     `timeout` the whole group is killed (a timed-out build must not leave compilers running) and the
-    status is 124. `append`: add to `log` instead of replacing it (output_tail is this step's only)."""
+    status is 124. `append`: add to `log` instead of replacing it (output_tail is this step's only). `grace`:
+    seconds between a SIGINT to the group at `timeout` and the kill (pytest then writes its junit XML of what
+    ran; a SIGKILL leaves none)."""
     start = time.perf_counter()
     with (open(log, "a+b" if append else "w+b") if log else tempfile.TemporaryFile("w+b")) as sink:
         sink.seek(0, os.SEEK_END)
@@ -133,7 +137,14 @@ def _run(cmd: list[str], timeout: float, env: dict | None = None, cwd: Path | No
         try:
             code = proc.wait(timeout=max(timeout, 0.1))
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            if grace > 0:
+                try:
+                    os.killpg(proc.pid, signal.SIGINT)
+                    proc.wait(timeout=grace)
+                except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):
+                    pass
+            if proc.poll() is None:
+                _kill_group(proc)
             code = 124
         finally:
             _CHILDREN.discard(proc)
@@ -187,10 +198,11 @@ def probe_environment() -> dict:
     if nvcc:
         match = re.search(r"release ([\d.]+)", _run([nvcc, "--version"], 30)["output_tail"])
         env["nvcc"] = match.group(1) if match else "unknown"
-    cmake = shutil.which("cmake")
+    cmake = find_tool("cmake")
+    env["cmake_path"] = cmake
     env["cmake"] = _run([cmake, "--version"], 30)["output_tail"].split("\n")[0] if cmake else None
     env["make"], env["ninja"] = shutil.which("make"), shutil.which("ninja")
-    for module in ("cupy", "tensorrt", "onnxruntime"):
+    for module in ("numpy", "pytest", "cupy", "tensorrt", "onnxruntime"):
         try:
             imported = __import__(module)
             env[module] = getattr(imported, "__version__", "present")
@@ -220,6 +232,18 @@ def driver_note(driver: str | None, nvcc: str | None) -> str | None:
     return (f"driver {driver.split(',')[0].strip()} is older than CUDA {cuda.group(1)} needs ({need} or newer): "
             f"kernels built by this nvcc {nvcc} load, then every call fails; put an nvcc of the driver's CUDA "
             "first on PATH (or CUDA_HOME)")
+
+
+def find_tool(name: str) -> str | None:
+    """A program on PATH, else beside this Python (a virtual environment's bin, pip's cmake or ninja, which
+    need not be on PATH)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in (Path(sys.executable).parent, Path(sys.prefix) / "bin"):
+        if (folder / name).is_file() and os.access(folder / name, os.X_OK):
+            return str(folder / name)
+    return None
 
 
 def find_nvcc() -> str | None:
@@ -279,8 +303,7 @@ def cmake_generator(build_dir: Path) -> list[str]:
     if (os.environ.get("CMAKE_GENERATOR") or shutil.which("make") or shutil.which("gmake")
             or (build_dir / "CMakeCache.txt").is_file()):
         return []
-    beside_python = Path(sys.executable).parent / "ninja"  # pip's ninja, in a virtual environment not on PATH
-    ninja = shutil.which("ninja") or (str(beside_python) if beside_python.is_file() else None)
+    ninja = find_tool("ninja")   # pip's ninja, in a virtual environment not on PATH
     if ninja is None:
         return []  # CMake then says that it found no build program
     return ["-G", "Ninja"] + ([] if shutil.which("ninja") else [f"-DCMAKE_MAKE_PROGRAM={ninja}"])
@@ -290,8 +313,12 @@ def build_commands(build_dir: Path, env: dict) -> list[list[str]]:
     arch = cuda_architecture(env)
     # nvcc's warnings stay warnings (in the log): one new in this machine's nvcc release must not cost the
     # kernels of a one-shot run. Without nvcc the rest (CPU driver, emulation, CPU operators) still builds.
-    configure = ["cmake", "-S", str(PLUGINS), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+    cmake = "cmake" if shutil.which("cmake") else env.get("cmake_path") or "cmake"   # found off PATH: its path
+    # no GPU test uses the CPU driver, the emulation or the CPU operators: left out, they cost no build time and
+    # cannot fail the build of what is checked here
+    configure = [cmake, "-S", str(PLUGINS), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
                  f"-DVOSRT_CUDA_ARCHS={arch}", f"-DCMAKE_CUDA_ARCHITECTURES={arch}", "-DVOSRT_CUDA_WERROR=OFF",
+                 "-DVOSRT_BUILD_CPU_DRIVER=OFF", "-DVOSRT_BUILD_EMULATION=OFF", "-DVOSRT_BUILD_CPU_OPS=OFF",
                  *cmake_generator(build_dir)]
     if not env.get("nvcc"):
         configure.append("-DVOSRT_BUILD_KERNELS=OFF")
@@ -303,8 +330,8 @@ def build_commands(build_dir: Path, env: dict) -> list[list[str]]:
     jobs = str(os.cpu_count() or 2)
     # The CUDA kernels first: a failure in another target (the host emulation, the CPU operators) then
     # still leaves them built for the tests and the benchmarks.
-    kernels_first = [["cmake", "--build", str(build_dir), "-j", jobs, "--target", "vosrt_kernels"]] if env.get("nvcc") else []
-    return [configure, *kernels_first, ["cmake", "--build", str(build_dir), "-j", jobs]]
+    kernels_first = [[cmake, "--build", str(build_dir), "-j", jobs, "--target", "vosrt_kernels"]] if env.get("nvcc") else []
+    return [configure, *kernels_first, [cmake, "--build", str(build_dir), "-j", jobs]]
 
 
 # nvcc's refusal of a host compiler newer than it knows ("unsupported GNU version! ... The nvcc flag
@@ -312,7 +339,7 @@ def build_commands(build_dir: Path, env: dict) -> list[list[str]]:
 _UNSUPPORTED_HOST = re.compile(r"unsupported (GNU|clang|Microsoft Visual Studio) version|-allow-unsupported-compiler")
 
 
-def build_plugins(build_dir: Path, env: dict, dry_run: bool, deadline: Deadline) -> dict:
+def build_plugins(build_dir: Path, env: dict, dry_run: bool, deadline: Deadline, log: Path | None = None) -> dict:
     commands = build_commands(build_dir, env)
     result: dict = {"commands": [" ".join(c) for c in commands], "skipped": []}
     if tensorrt_include() is None:
@@ -329,12 +356,14 @@ def build_plugins(build_dir: Path, env: dict, dry_run: bool, deadline: Deadline)
         result["error"] = "cmake not found"
         return result
     shell_env = dict(os.environ)
-    if env.get("nvcc_path") and shutil.which("nvcc") is None:  # found off PATH: CMake looks on PATH
-        shell_env["PATH"] = f"{Path(env['nvcc_path']).parent}{os.pathsep}{shell_env.get('PATH', '')}"
+    for tool in ("nvcc", "cmake"):   # found off PATH: CMake looks for nvcc (and cmake for itself) on PATH
+        if env.get(f"{tool}_path") and shutil.which(tool) is None:
+            shell_env["PATH"] = f"{Path(env[f'{tool}_path']).parent}{os.pathsep}{shell_env.get('PATH', '')}"
     result["steps"] = []
     for position, cmd in enumerate(commands):
         # the configure's whole tail: CMake prints a failed compiler check's error well before its own end
-        step = _run(cmd, deadline.timeout(900, reserve=240), env=shell_env, tail=12000 if position == 0 else 3000)
+        step = _run(cmd, deadline.timeout(900, reserve=240), env=shell_env, tail=12000 if position == 0 else 3000,
+                    log=log, append=True)
         if position == 0 and step["returncode"] != 0 and _UNSUPPORTED_HOST.search(step["output_tail"]):
             # nvcc refuses this host compiler's version: configure once more, telling it to go ahead (CMake
             # keeps the failed compiler check in its cache, so that goes first)
@@ -344,7 +373,7 @@ def build_plugins(build_dir: Path, env: dict, dry_run: bool, deadline: Deadline)
             (build_dir / "CMakeCache.txt").unlink(missing_ok=True)
             shutil.rmtree(build_dir / "CMakeFiles", ignore_errors=True)
             step = _run(cmd + ["-DCMAKE_CUDA_FLAGS=-allow-unsupported-compiler"], deadline.timeout(900, reserve=240),
-                        env=shell_env)
+                        env=shell_env, log=log, append=True)
         result["steps"].append(step)
         say(f"build: {step['command'][:100]}... -> {step['returncode']} in {step['seconds']} s")
         if step["returncode"] != 0:
@@ -456,20 +485,28 @@ def merge_junit(parts: list[Path], into: Path) -> None:
     ElementTree.ElementTree(merged).write(into, encoding="utf-8", xml_declaration=True)
 
 
-def run_gpu_tests(out: Path, build_dir: Path, dry_run: bool, deadline: Deadline) -> dict:
+TEST_GRACE = 10.0   # seconds a timed-out pytest group has, after SIGINT, to write its junit XML before it is killed
+LOG_NAME = "gpu_check.log"
+
+
+def run_gpu_tests(out: Path, build_dir: Path, dry_run: bool, deadline: Deadline, env: dict | None = None) -> dict:
+    if (env or {}).get("pytest", True) is None:
+        say("tests: pytest is not installed in this Python: the GPU tests cannot run")
+        return {"status": "failed", "error": f"pytest is not installed in {sys.executable}"}
     shell_env = dict(os.environ)
+    shell_env["VOSRT_TEST_NO_BUILD"] = "1"   # the kernel tests use this build, or fail: never a build of their own
     kernels = built_kernels(build_dir)
     if kernels is not None:
         shell_env["VOSRT_KERNELS_LIB"] = str(kernels)
     trt_plugins = build_dir / "trt" / "libvosrt_plugins.so"
     if trt_plugins.is_file():
         shell_env["VOSRT_PLUGIN_LIB"] = str(trt_plugins)
-    xml, log = out / "gpu_tests.xml", out / "gpu_tests.log"
+    xml, log = out / "gpu_tests.xml", out / LOG_NAME
     xml.unlink(missing_ok=True)
     files = gpu_test_files()
     if dry_run:
         step = _run(_test_command(xml, files, "--collect-only", "-q"), deadline.timeout(300, reserve=60),
-                    env=shell_env, cwd=ROOT, log=log)
+                    env=shell_env, cwd=ROOT, log=log, append=True)
         match = re.search(r"(\d+)(?:/\d+)? tests? collected", step["output_tail"])
         result = {"collected": int(match.group(1)) if match else 0, "command": step["command"],
                   "groups": [name for name, _, _ in gpu_test_groups(files)], "output_tail": step["output_tail"][-1500:]}
@@ -496,22 +533,31 @@ def run_gpu_tests(out: Path, build_dir: Path, dry_run: bool, deadline: Deadline)
                 say(f"tests: {name}: not run, out of time")
                 continue
             part = Path(scratch) / f"part{position}.xml"
-            # -v: the log names each test as it ends
-            cmd = _test_command(part, group_files, "-v", "-rfE", *(["-k", keyword] if keyword else []))
+            # -v: the log names each test as it ends; -rfEs: and why one failed or was skipped
+            cmd = _test_command(part, group_files, "-v", "-rfEs", *(["-k", keyword] if keyword else []))
             timeout = window.share(len(groups) - position)
-            step = _run(cmd, timeout, env=shell_env, cwd=ROOT, log=log, append=position > 0)
+            step = _run(cmd, max(timeout - TEST_GRACE, 10.0), env=shell_env, cwd=ROOT, log=log, append=True,
+                        grace=TEST_GRACE)
             group = {"name": name, "command": step["command"], "returncode": step["returncode"],
                      "seconds": step["seconds"], "output_tail": step["output_tail"][-1500:]}
+            summary = None
             if part.is_file():
                 parts.append(part)
                 merge_junit(parts, xml)  # after every group: a kill of this script keeps what ran
-                failed = junit_summary(part)["failed_tests"]
+                summary = junit_summary(part)
+                failed = summary["failed_tests"]
             else:
                 failed = None
                 group["error"] = (f"pytest ended with status {step['returncode']} without its XML report "
-                                  f"(timed out or crashed; see gpu_tests.log)")
+                                  f"(crashed, or killed past its time; see {LOG_NAME})")
+            if step["returncode"] == 124:
+                group["error"] = f"out of time after {step['seconds']} s: the tests that ran are in the XML"
             # 0: all passed; 5: nothing selected; 1 with nothing failed in the XML: only unavailable modules
             group_ok = failed == [] and step["returncode"] in (0, 1, 5)
+            if group_ok and keyword is not None and summary is not None and summary["passed"] == 0:
+                # the kernels' tests on a GPU: all skipped means nothing was checked (why: -rs in the log)
+                group_ok = False
+                group["error"] = f"no test passed: every one was skipped (the reasons are in {LOG_NAME})"
             ok = ok and group_ok
             result["groups"].append(group)
             say(f"tests: {name}: {'ok' if group_ok else 'FAILED'} (status {step['returncode']}) in {step['seconds']} s")
@@ -605,11 +651,15 @@ def dense_readout(mem_key, query_key, mem_value, top_k, scale):
     return torch.bmm(mem_value, weights)  # [B, V, M]
 
 
-def bench_readout(device: str, shapes: dict, repeat: int) -> list[dict]:
-    import torch
+def _row_error(err: BaseException) -> str:
+    """A benchmark row's failure in one line (the row's other figures are what was measured before it)."""
+    return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:300]
 
-    from vosrt.training.ops import cuda_kernels
-    from vosrt.training.ops.l2_readout import l2_memory_readout
+
+def bench_readout(device: str, shapes: dict, repeat: int, emit: Callable[[list], None] | None = None) -> list[dict]:
+    """The readout's rows; ``emit`` gets the rows so far after each (a later row that crashes or hangs its
+    process keeps them). A row that raises records its error and the next row runs."""
+    import torch
 
     skip = kernel_skip_reason(device)
     ck, hw, top_k = shapes["key_dim"], shapes["hw"], shapes["top_k"]
@@ -626,37 +676,51 @@ def bench_readout(device: str, shapes: dict, repeat: int) -> list[dict]:
                 mem_value = torch.randn(1, v, n, device=device, generator=g).to(dtype)
                 args = (mem_key, query_key, mem_value, top_k, scale)
                 row = {"dtype": dtype_name, "frames": frames, "objects": objects, "N": n, "M": hw, "V": v}
-                with torch.no_grad():
-                    dense = measure(lambda: dense_readout(*args), device, repeat)
-                    gemm = measure(lambda: l2_memory_readout(*args, backend="torch"), device, repeat)
-                    row.update(dense_ms=dense.ms, gemm_topk_gather_ms=gemm.ms, dense_peak_mib=dense.peak_mib,
-                               gemm_topk_gather_peak_mib=gemm.peak_mib)
-                    row.update(dense_call_ms=dense.call_ms, gemm_topk_gather_call_ms=gemm.call_ms)
-                    if skip is None:
-                        fused = measure(lambda: cuda_kernels.l2_memory_readout(*args), device, repeat)
-                        # against float32 on the same (rounded) inputs: the kernel scores in float32
-                        expected = l2_memory_readout(*(t.float() for t in args[:3]), top_k, scale, backend="torch")
-                        actual = cuda_kernels.l2_memory_readout(*args).float()
-                        per_query = (actual - expected).abs().amax(dim=1)  # [B, M]
-                        row.update(kernel_ms=fused.ms, kernel_call_ms=fused.call_ms, kernel_peak_mib=fused.peak_mib,
-                                   vs_dense=dense.ms / fused.ms, vs_gemm_topk_gather=gemm.ms / fused.ms,
-                                   max_abs_diff=float(per_query.max()),
-                                   # a query off by more than fp16 rounds: another top-k (a near-tie) or a bug
-                                   queries_off=int((per_query > 1e-2 * float(expected.abs().max())).sum()))
-                    else:
-                        row["kernel"] = skip
+                try:
+                    _readout_row(row, args, device, repeat, skip)
+                except Exception as err:   # a kernel error, out of memory: this row only
+                    row["error"] = _row_error(err)
                 rows.append(row)
-                del mem_key, query_key, mem_value
+                if emit is not None:
+                    emit(rows)
+                del mem_key, query_key, mem_value, args
                 if device == "cuda":
                     torch.cuda.empty_cache()
     return rows
 
 
-def bench_d2conv3d(device: str, layers: list, repeat: int) -> list[dict]:
+def _readout_row(row: dict, args: tuple, device: str, repeat: int, skip: str | None) -> None:
+    """One row's timings and accuracy, into ``row`` as they are measured."""
     import torch
 
     from vosrt.training.ops import cuda_kernels
-    from vosrt.training.ops.d2conv3d import d2conv3d
+    from vosrt.training.ops.l2_readout import l2_memory_readout
+
+    top_k, scale = args[3], args[4]
+    with torch.no_grad():
+        dense = measure(lambda: dense_readout(*args), device, repeat)
+        row.update(dense_ms=dense.ms, dense_call_ms=dense.call_ms, dense_peak_mib=dense.peak_mib)
+        gemm = measure(lambda: l2_memory_readout(*args, backend="torch"), device, repeat)
+        row.update(gemm_topk_gather_ms=gemm.ms, gemm_topk_gather_call_ms=gemm.call_ms,
+                   gemm_topk_gather_peak_mib=gemm.peak_mib)
+        if skip is not None:
+            row["kernel"] = skip
+            return
+        fused = measure(lambda: cuda_kernels.l2_memory_readout(*args), device, repeat)
+        row.update(kernel_ms=fused.ms, kernel_call_ms=fused.call_ms, kernel_peak_mib=fused.peak_mib,
+                   vs_dense=dense.ms / fused.ms, vs_gemm_topk_gather=gemm.ms / fused.ms)
+        # against float32 on the same (rounded) inputs: the kernel scores in float32
+        expected = l2_memory_readout(*(t.float() for t in args[:3]), top_k, scale, backend="torch")
+        actual = cuda_kernels.l2_memory_readout(*args).float()
+        per_query = (actual - expected).abs().amax(dim=1)  # [B, M]
+        row.update(max_abs_diff=float(per_query.max()),
+                   # a query off by more than fp16 rounds: another top-k (a near-tie) or a bug
+                   queries_off=int((per_query > 1e-2 * float(expected.abs().max())).sum()))
+
+
+def bench_d2conv3d(device: str, layers: list, repeat: int, emit: Callable[[list], None] | None = None) -> list[dict]:
+    """The D2Conv3D rows; ``emit`` and a row's error as in :func:`bench_readout`."""
+    import torch
 
     skip = kernel_skip_reason(device)
     dtypes = {"fp32": torch.float32, "fp16": torch.float16} if device == "cuda" else {"fp32": torch.float32}
@@ -664,36 +728,53 @@ def bench_d2conv3d(device: str, layers: list, repeat: int) -> list[dict]:
     for layer, cin, cout, frames, (h, w) in layers:
         kernel_ms = {}
         for dtype_name, dtype in dtypes.items():
-            g = torch.Generator(device=device).manual_seed(cin + frames)
-            x = torch.randn(1, cin, frames, h, w, device=device, generator=g).to(dtype)
-            dilation = (1 + torch.rand(1, 3, frames, h, w, device=device, generator=g)).to(dtype)
-            modulation = torch.rand(1, 27, frames, h, w, device=device, generator=g).to(dtype)
-            weight = (torch.randn(cout, cin, 3, 3, 3, device=device, generator=g) * 0.02).to(dtype)
-            bias = torch.randn(cout, device=device, generator=g).to(dtype)
-            args = (x, dilation, modulation, weight, bias)
-            row = {"layer": layer, "dtype": dtype_name, "x_shape": list(x.shape), "cout": cout}
-            with torch.no_grad():
-                ref = measure(lambda: d2conv3d(*args, 1, 1, 1, 1, backend="torch"), device, repeat)
-                row.update(reference_ms=ref.ms, reference_call_ms=ref.call_ms, reference_peak_mib=ref.peak_mib)
-                if skip is None:
-                    run = lambda: cuda_kernels.d2conv3d(*args, (1,) * 3, (1,) * 3, (1,) * 3, 1)  # noqa: E731
-                    kernel = measure(run, device, repeat)
-                    expected = d2conv3d(*args, 1, 1, 1, 1, backend="torch").float()
-                    row.update(kernel_ms=kernel.ms, kernel_call_ms=kernel.call_ms, kernel_peak_mib=kernel.peak_mib,
-                               vs_reference=ref.ms / kernel.ms,
-                               tflops=2.0 * cout * cin * 27 * frames * h * w / kernel.ms / 1e9,
-                               max_rel_diff=float((run().float() - expected).abs().max() / expected.abs().max()))
-                    kernel_ms[dtype_name] = kernel.ms
-                else:
-                    row["kernel"] = skip
+            row = {"layer": layer, "dtype": dtype_name, "x_shape": [1, cin, frames, h, w], "cout": cout}
+            try:
+                g = torch.Generator(device=device).manual_seed(cin + frames)
+                x = torch.randn(1, cin, frames, h, w, device=device, generator=g).to(dtype)
+                dilation = (1 + torch.rand(1, 3, frames, h, w, device=device, generator=g)).to(dtype)
+                modulation = torch.rand(1, 27, frames, h, w, device=device, generator=g).to(dtype)
+                weight = (torch.randn(cout, cin, 3, 3, 3, device=device, generator=g) * 0.02).to(dtype)
+                bias = torch.randn(cout, device=device, generator=g).to(dtype)
+                _d2conv3d_row(row, (x, dilation, modulation, weight, bias), device, repeat, skip)
+                if "kernel_ms" in row:
+                    kernel_ms[dtype_name] = row["kernel_ms"]
+            except Exception as err:   # a kernel error, out of memory: this row only
+                row["error"] = _row_error(err)
             rows.append(row)
-        if "fp16" in kernel_ms and "fp32" in kernel_ms:
-            rows[-1]["fp16_vs_fp32"] = kernel_ms["fp32"] / kernel_ms["fp16"]
+            if "fp16" in kernel_ms and "fp32" in kernel_ms and dtype_name == "fp16":
+                row["fp16_vs_fp32"] = kernel_ms["fp32"] / kernel_ms["fp16"]
+            if emit is not None:
+                emit(rows)
+            if device == "cuda":
+                torch.cuda.empty_cache()
     return rows
 
 
-def bench_stcn_step(device: str, shape: dict, repeat: int) -> dict:
-    """Per-frame time of one STCN step (encode key, encode values, read the memory, segment)."""
+def _d2conv3d_row(row: dict, args: tuple, device: str, repeat: int, skip: str | None) -> None:
+    import torch
+
+    from vosrt.training.ops import cuda_kernels
+    from vosrt.training.ops.d2conv3d import d2conv3d
+
+    cout, (_, cin, frames, h, w) = row["cout"], row["x_shape"]
+    with torch.no_grad():
+        ref = measure(lambda: d2conv3d(*args, 1, 1, 1, 1, backend="torch"), device, repeat)
+        row.update(reference_ms=ref.ms, reference_call_ms=ref.call_ms, reference_peak_mib=ref.peak_mib)
+        if skip is not None:
+            row["kernel"] = skip
+            return
+        run = lambda: cuda_kernels.d2conv3d(*args, (1,) * 3, (1,) * 3, (1,) * 3, 1)  # noqa: E731
+        kernel = measure(run, device, repeat)
+        row.update(kernel_ms=kernel.ms, kernel_call_ms=kernel.call_ms, kernel_peak_mib=kernel.peak_mib,
+                   vs_reference=ref.ms / kernel.ms, tflops=2.0 * cout * cin * 27 * frames * h * w / kernel.ms / 1e9)
+        expected = d2conv3d(*args, 1, 1, 1, 1, backend="torch").float()
+        row["max_rel_diff"] = float((run().float() - expected).abs().max() / expected.abs().max())
+
+
+def bench_stcn_step(device: str, shape: dict, repeat: int, emit: Callable[[dict], None] | None = None) -> dict:
+    """Per-frame time of one STCN step (encode key, encode values, read the memory, segment); ``emit`` gets the
+    result after the reference's timing, and a kernel's error is recorded in it."""
     import torch
 
     from vosrt.training.models import build_model
@@ -708,6 +789,8 @@ def bench_stcn_step(device: str, shape: dict, repeat: int) -> dict:
         key, _, f16, _, _ = model.encode_key(frame)
         value = model.encode_value(frame, f16, masks)  # [O, Cv, h, w]
         mem_key = key.flatten(2).repeat(1, 1, shape["memory_frames"])  # [1, Ck, frames·h·w]
+        # each memory frame its own: copies of one frame would make every query's top-k a run of exact ties
+        mem_key = mem_key + 0.1 * mem_key.std() * torch.randn(mem_key.shape, device=device, generator=g)
         mem_value = value.flatten(2).reshape(1, -1, key.shape[2] * key.shape[3]).repeat(1, 1, shape["memory_frames"])
 
     def step(readout_backend: str):
@@ -720,24 +803,37 @@ def bench_stcn_step(device: str, shape: dict, repeat: int) -> dict:
     with torch.inference_mode():
         reference = measure(lambda: step("torch"), device, repeat, warmup=1)
         result["reference_readout_ms_per_frame"] = reference.ms
+        if emit is not None:
+            emit(result)
         skip = kernel_skip_reason(device)
         if skip is None:
-            kernel = measure(lambda: step("auto"), device, repeat, warmup=1)
-            result["kernel_readout_ms_per_frame"] = kernel.ms
-            result["speedup"] = reference.ms / kernel.ms
+            try:
+                kernel = measure(lambda: step("auto"), device, repeat, warmup=1)
+                result["kernel_readout_ms_per_frame"] = kernel.ms
+                result["speedup"] = reference.ms / kernel.ms
+            except Exception as err:
+                result["kernel"] = f"failed: {_row_error(err)}"
         else:
             result["kernel"] = skip
     return result
 
 
-def benchmark_part(name: str, device: str, repeat: int):
-    """One benchmark, run in this process: 480p shapes on the GPU, tiny ones on the CPU."""
+def benchmark_part(name: str, device: str, repeat: int, emit: Callable | None = None):
+    """One benchmark, run in this process: 480p shapes on the GPU, tiny ones on the CPU. ``emit``: called with
+    the result so far as it grows (the child writes it to its result file each time)."""
     full = device == "cuda"
     if name == "readout":
-        return bench_readout(device, READOUT_FULL if full else READOUT_TINY, repeat)
+        return bench_readout(device, READOUT_FULL if full else READOUT_TINY, repeat, emit)
     if name == "d2conv3d":
-        return bench_d2conv3d(device, D2CONV_FULL if full else D2CONV_TINY, repeat)
-    return bench_stcn_step(device, STCN_FULL if full else STCN_TINY, repeat)
+        return bench_d2conv3d(device, D2CONV_FULL if full else D2CONV_TINY, repeat, emit)
+    return bench_stcn_step(device, STCN_FULL if full else STCN_TINY, repeat, emit)
+
+
+def write_json(path: Path, value) -> None:
+    """``value`` as JSON to ``path``, through a temporary name (a kill mid-write leaves the previous file)."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(value, indent=2, default=str) + "\n")
+    os.replace(part, path)
 
 
 def run_child(cmd: list[str], result_file: Path, timeout: float) -> dict | list:
@@ -745,10 +841,16 @@ def run_child(cmd: list[str], result_file: Path, timeout: float) -> dict | list:
     child ended (a crash, a hang past timeout or an exception), so one failure costs one part only."""
     result_file.unlink(missing_ok=True)
     step = _run(cmd, timeout, cwd=ROOT)
-    if step["returncode"] == 0 and result_file.is_file():
-        return json.loads(result_file.read_text())
+    found = json.loads(result_file.read_text()) if result_file.is_file() else None
+    if step["returncode"] == 0 and found is not None:
+        return found
     tail = step["output_tail"].strip().splitlines()[-12:]
-    return {"error": f"exit status {step['returncode']} after {step['seconds']} s", "output_tail": tail}
+    failure = {"error": f"exit status {step['returncode']} after {step['seconds']} s", "output_tail": tail}
+    if isinstance(found, list) and found:   # the rows measured before the child crashed or ran out of time
+        return found + [{"error": _failure(failure), "after": "the rows above"}]
+    if isinstance(found, dict):
+        return {**found, "kernel": f"not measured: {_failure(failure)}"} if "kernel" not in found else found
+    return failure
 
 
 def run_benchmarks(out: Path, device: str, repeat: int, deadline: Deadline,
@@ -820,6 +922,13 @@ def _failure(result: dict) -> str:
     return f"{result.get('error')}" + (f": `{last}`" if last else "")
 
 
+def _row_errors(rows: list, name: Callable[[dict], str]) -> list[str]:
+    """Lines naming the rows that failed (their figures before the failure are in the table) and how a child
+    that crashed or ran out of time after some rows ended."""
+    return [f"- {name(r) if 'after' not in r else 'ended after the rows above'}: {r['error']}"
+            for r in rows if "error" in r]
+
+
 def benchmark_tables(bench: dict, timing: str = "ms per call, back to back") -> str:
     """Markdown tables of run_benchmarks' results (also printed by samples/bench_kernels.py). ``timing``: what the
     figures are, in the tables' headers (bench_kernels.py --dry-run times medians of single calls on the CPU)."""
@@ -830,13 +939,14 @@ def benchmark_tables(bench: dict, timing: str = "ms per call, back to back") -> 
                   "| dtype | frames | objects | N | dense | GEMM+topk+gather | fused | vs dense | vs GEMM+topk | "
                   "fused MiB | queries off |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in readout:
-            lines.append(f"| {r['dtype']} | {r['frames']} | {r['objects']} | {r['N']} | {_fmt(r['dense_ms'])} | "
-                         f"{_fmt(r['gemm_topk_gather_ms'])} | {_fmt(r.get('kernel_ms'))} | "
+        for r in (r for r in readout if "dtype" in r):
+            lines.append(f"| {r['dtype']} | {r['frames']} | {r['objects']} | {r['N']} | {_fmt(r.get('dense_ms'))} | "
+                         f"{_fmt(r.get('gemm_topk_gather_ms'))} | {_fmt(r.get('kernel_ms'))} | "
                          f"{_fmt(r.get('vs_dense'), '.1f')} | {_fmt(r.get('vs_gemm_topk_gather'), '.2f')} | "
                          f"{_fmt(r.get('kernel_peak_mib'), '.1f')} | {_fmt(r.get('queries_off'), 'd')} |")
         lines += ["", "queries off: queries whose fused output differs from float32 on the same inputs by more "
                   "than 1% of the output's range (a top-k taken differently at a near-tie, or a bug)"]
+        lines += _row_errors(readout, lambda r: f"{r['dtype']}, {r['frames']} frames, {r['objects']} objects")
         lines.append("")
     elif readout is not None:
         lines += [f"L2MemoryReadout benchmark failed: {_failure(readout)}", ""]
@@ -845,11 +955,12 @@ def benchmark_tables(bench: dict, timing: str = "ms per call, back to back") -> 
         lines += [f"## D2Conv3D ({timing}; ratio = reference / kernel)", "",
                   "| layer | dtype | x | reference | kernel | speed-up | TFLOP/s | ref MiB | kernel MiB | fp16 vs fp32 |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in d2:
+        for r in (r for r in d2 if "layer" in r):
             lines.append(f"| {r['layer']} | {r['dtype']} | {'x'.join(map(str, r['x_shape']))} | "
-                         f"{_fmt(r['reference_ms'])} | {_fmt(r.get('kernel_ms'))} | {_fmt(r.get('vs_reference'), '.2f')} | "
+                         f"{_fmt(r.get('reference_ms'))} | {_fmt(r.get('kernel_ms'))} | {_fmt(r.get('vs_reference'), '.2f')} | "
                          f"{_fmt(r.get('tflops'), '.1f')} | {_fmt(r.get('reference_peak_mib'), '.0f')} | "
                          f"{_fmt(r.get('kernel_peak_mib'), '.0f')} | {_fmt(r.get('fp16_vs_fp32'), '.2f')} |")
+        lines += _row_errors(d2, lambda r: f"{r['layer']} {r['dtype']}")
         lines.append("")
     elif d2 is not None:
         lines += [f"D2Conv3D benchmark failed: {_failure(d2)}", ""]
@@ -859,7 +970,8 @@ def benchmark_tables(bench: dict, timing: str = "ms per call, back to back") -> 
                   f"{stcn['model']} at {stcn['height']}x{stcn['width']}, {stcn['objects']} objects, memory of "
                   f"{stcn['memory_frames']} frames (N = {stcn['N']}) on {stcn['device']}: reference readout "
                   f"{_fmt(stcn['reference_readout_ms_per_frame'], '.2f')}, kernel readout "
-                  f"{_fmt(stcn.get('kernel_readout_ms_per_frame'), '.2f')}, speed-up {_fmt(stcn.get('speedup'), '.2f')}", ""]
+                  f"{_fmt(stcn.get('kernel_readout_ms_per_frame'), '.2f')}, speed-up {_fmt(stcn.get('speedup'), '.2f')}"
+                  + (f" (kernel: {stcn['kernel']})" if stcn.get("kernel") else ""), ""]
     elif stcn is not None:
         lines += [f"STCN step benchmark failed: {_failure(stcn)}", ""]
     lines += ["Targets (issue 13, reported, not asserted): " +
@@ -915,8 +1027,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.benchmark:
         if args.result is None:
             parser.error("--benchmark needs --result FILE")
-        rows = benchmark_part(args.benchmark, args.device, args.repeat or 2)
-        args.result.write_text(json.dumps(rows, indent=2, default=str) + "\n")
+        rows = benchmark_part(args.benchmark, args.device, args.repeat or 2,
+                              emit=lambda so_far: write_json(args.result, so_far))
+        write_json(args.result, rows)
         return 0
     if (args.out is None) == (args.out_flag is None):
         parser.error("give the report folder once: OUT or --out OUT")
@@ -945,17 +1058,26 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("cupy", "tensorrt", "onnxruntime"):
         if env.get(name) is None:
             say(f"{name} is not installed: the parts that use it are skipped")
+    for name in ("numpy", "pytest"):
+        if env.get(name) is None:
+            say(f"warning: {name} is not installed in {sys.executable}: "
+                + ("the kernels' Python bindings and the benchmarks need it" if name == "numpy"
+                   else "the GPU tests cannot run (the benchmarks still do)"))
     if env.get("driver_note"):
         say(f"warning: {env['driver_note']}")
 
     report: dict = {"dry_run": args.dry_run, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "environment": env, "plan": steps, "targets": TARGETS, "build_dir": str(build_dir)}
+    log = out / LOG_NAME
+    log.write_bytes(b"")
+    report["build"] = {"status": "running (the check was stopped here)"}
     write_report(out, report, started)
     report["build"] = ({"status": "skipped (--skip-build)"} if args.skip_build
-                       else build_plugins(build_dir, env, args.dry_run, deadline))
+                       else build_plugins(build_dir, env, args.dry_run, deadline, log))
+    report["tests"] = {"status": "running (the check was stopped here)"}
     write_report(out, report, started)
     report["tests"] = ({"status": "skipped (--skip-tests)"} if args.skip_tests
-                       else run_gpu_tests(out, build_dir, args.dry_run, deadline))
+                       else run_gpu_tests(out, build_dir, args.dry_run, deadline, env))
     write_report(out, report, started)
     if built_kernels(build_dir) is not None:
         os.environ["VOSRT_KERNELS_LIB"] = str(built_kernels(build_dir))

@@ -72,7 +72,7 @@ def test_dry_run_on_a_bare_checkout_plans_the_build_collects_the_gpu_tests_and_w
     # what OUT holds fits what the device tool brings back
     files = list(out.iterdir())
     assert len(files) <= OUT_FILE_LIMIT and all(p.is_file() and OUT_NAME.fullmatch(p.name) for p in files), files
-    assert (out / "gpu_tests.log").is_file() and (out / "gpu_tests.xml").is_file()
+    assert (out / "gpu_check.log").is_file() and (out / "gpu_tests.xml").is_file()
     bench = report["benchmarks"]
     assert bench["device"] == "cpu"
     assert bench["readout"] and all(row["dense_ms"] > 0 and row["gemm_topk_gather_ms"] > 0 for row in bench["readout"])
@@ -130,7 +130,7 @@ def test_a_kernel_crash_costs_only_its_operators_test_group_and_the_others_repor
     assert "without its XML report" in d2conv["error"] and d2conv["returncode"] != 0
     assert readout["returncode"] == 0 and other["returncode"] == 0
     assert result["status"] == "failed" and result["passed"] == 2 and "D2Conv3D kernels" in result["error"]
-    log = (out / "gpu_tests.log").read_text()  # every group's output, in order
+    log = (out / "gpu_check.log").read_text()  # every group's output, in order
     assert log.index("test_d2conv3d_faults") < log.index("test_readout_runs PASSED") < log.index("test_other_runs")
     text = gpu_check.markdown({"dry_run": False, "started": "now", "seconds": 1.0, "environment": {}, "tests": result})
     assert "without its XML report" in text
@@ -316,6 +316,74 @@ def test_a_crashed_or_hung_benchmark_child_costs_only_its_own_part(tmp_path):
     assert "ValueError: boom" in gpu_check.benchmark_tables({"readout": raised})  # the report names the exception
 
 
+def test_a_benchmark_keeps_the_rows_measured_before_one_fails_or_its_child_dies(tmp_path, monkeypatch):
+    # one exception, or a child killed at its time, lost every row of the benchmark (12 readout rows)
+    gpu_check = _module()
+    real = gpu_check.dense_readout
+
+    def dense(mem_key, *rest):
+        if mem_key.shape[2] == 3 * 48:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore")
+        return real(mem_key, *rest)
+
+    monkeypatch.setattr(gpu_check, "dense_readout", dense)
+    emitted = []
+    rows = gpu_check.bench_readout("cpu", dict(gpu_check.READOUT_TINY, frames=(2, 3, 4), objects=(1,)), 1,
+                                   emit=lambda so_far: emitted.append(len(so_far)))
+    assert emitted == [1, 2, 3] and [r["frames"] for r in rows] == [2, 3, 4]
+    assert rows[1]["error"] == "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert "dense_ms" not in rows[1] and rows[0]["dense_ms"] > 0 and rows[2]["dense_ms"] > 0
+    table = gpu_check.benchmark_tables({"readout": rows})
+    assert "- fp32, 3 frames, 1 objects: RuntimeError: CUDA error" in table and "| fp32 | 4 | 1 |" in table
+    # a child that dies after writing two rows: those rows, then how it ended
+    result = tmp_path / "r.json"
+    partial = gpu_check.run_child([sys.executable, "-c", f"import json, os; open({str(result)!r}, 'w').write("
+                                   f"json.dumps({rows[:1] + rows[2:]!r})); print('killed'); os.abort()"], result, 60)
+    assert len(partial) == 3 and partial[2]["error"].startswith("exit status -6")
+    table = gpu_check.benchmark_tables({"readout": partial})
+    assert "| fp32 | 2 | 1 |" in table and "| fp32 | 4 | 1 |" in table and "- ended after the rows above: exit" in table
+    # the STCN step: its reference timing stays when the kernel's part is lost
+    stcn = gpu_check.run_child([sys.executable, "-c", f"import json, os; open({str(result)!r}, 'w').write(json.dumps("
+                                f"{dict(gpu_check.STCN_TINY, N=8, device='cpu', reference_readout_ms_per_frame=2.5)!r})); "
+                                "os.abort()"], result, 60)
+    assert stcn["reference_readout_ms_per_frame"] == 2.5 and stcn["kernel"].startswith("not measured: exit status -6")
+    assert "reference readout 2.50" in gpu_check.benchmark_tables({"stcn_step": stcn})
+
+
+def test_a_test_group_past_its_time_is_interrupted_first_so_pytest_writes_what_ran(tmp_path):
+    # SIGKILL at once left no junit XML: the group's results were lost with it
+    gpu_check = _module()
+    done = tmp_path / "done"
+    script = (f"import signal, sys, time\n"
+              f"def stop(*_):\n    open({str(done)!r}, 'w').write('interrupted')\n    sys.exit(2)\n"
+              f"signal.signal(signal.SIGINT, stop)\nprint('running', flush=True)\ntime.sleep(60)\n")
+    step = gpu_check._run([sys.executable, "-c", script], 2, grace=10)
+    assert step["returncode"] == 124 and done.read_text() == "interrupted" and step["seconds"] < 10
+    stubborn = gpu_check._run([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, "
+                               "signal.SIG_IGN); time.sleep(60)"], 1, grace=1)
+    assert stubborn["returncode"] == 124 and stubborn["seconds"] < 10       # killed after the grace
+
+
+def test_kernel_tests_that_all_skip_on_a_gpu_fail_their_group(tmp_path, monkeypatch):
+    # "tests: ok, passed 0, skipped 100": a kernel library that did not load (or no cmake) checked nothing
+    gpu_check = _module()
+    tests, out = tmp_path / "tests", tmp_path / "out"
+    tests.mkdir()
+    out.mkdir()
+    (tests / "test_kernels_gpu.py").write_text(
+        "import pytest\n\npytestmark = pytest.mark.gpu\n\n"
+        "def test_d2conv3d_runs():\n    pytest.skip('no kernels here')\n\n"
+        "def test_readout_runs():\n    pass\n")
+    monkeypatch.setattr(gpu_check, "gpu_test_files", lambda: [str(tests / "test_kernels_gpu.py")])
+    result = gpu_check.run_gpu_tests(out, tmp_path / "build", False, gpu_check.Deadline(400))
+    d2conv, readout = result["groups"]
+    assert d2conv["error"].startswith("no test passed: every one was skipped") and "error" not in readout
+    assert result["status"] == "failed"
+    assert "no kernels here" in (out / "gpu_check.log").read_text()          # -rs: why it skipped
+    assert gpu_check.run_gpu_tests(out, tmp_path / "build", False, gpu_check.Deadline(400),
+                                   {"pytest": None})["error"].startswith("pytest is not installed")
+
+
 def test_time_budget_cuts_step_timeouts_and_a_partial_report_still_renders():
     gpu_check = _module()
     deadline = gpu_check.Deadline(300)
@@ -338,7 +406,7 @@ def test_a_killed_check_leaves_its_report_so_far_and_no_running_step(tmp_path):
                               str(tmp_path / "build")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(600):  # the tests step has started: its log exists
-            if (out / "gpu_tests.log").exists() or check.poll() is not None:
+            if (out / "gpu_check.log").exists() or check.poll() is not None:
                 break
             time.sleep(0.1)
         check.send_signal(signal.SIGTERM)

@@ -27,8 +27,11 @@ CONV_IDS = ["k333", "stride-groups2", "k133-nomod", "k231-groups3"]
 
 @pytest.fixture(scope="module", autouse=True)
 def kernel_library():
-    """Use an existing build of libvosrt_kernels.so, else build plugins/build-test (sm_80 + PTX)."""
+    """Use an existing build of libvosrt_kernels.so, else build plugins/build-test (sm_80 + PTX); with
+    $VOSRT_TEST_NO_BUILD (samples/gpu_check.py, which built them already) a library that does not load fails."""
     if not cuda_kernels.available():
+        if os.environ.get("VOSRT_TEST_NO_BUILD"):
+            pytest.fail(f"the kernels built for this check do not load: {cuda_kernels.unavailable_reason()}")
         folder, _ = build(with_kernels=True)
         os.environ[kernels.ENV_VAR] = str(folder / kernels.KERNELS_LIBRARY)
         cuda_kernels._library.cache_clear()
