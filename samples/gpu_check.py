@@ -34,6 +34,9 @@ output, written as they run) and one benchmark_<part>.json per benchmark (rewrit
      memory of each call;
    - one STCN step at 480p (encode key, encode values, read a 20-frame memory, segment; published widths,
      random weights), PyTorch eager on the GPU, readout through the kernel vs the reference, per frame.
+5. compute-sanitizer (where the toolkit has it): memcheck and racecheck, limited to vosrt's kernels, on small
+   calls of every kernel path (``--sanitize-cases``: odd sizes, tile edges, N < top_k, the dense read, fp16,
+   D2Conv3D's backward), with the time the benchmarks left; errors fail the check.
 
 The check keeps to a time budget (``--budget``, 480 s: the 8 minutes its issue allows, with room under the 10
 minutes a device session gives one command): each step's timeout is cut to what is left and kills the step's
@@ -879,6 +882,96 @@ def run_benchmarks(out: Path, device: str, repeat: int, deadline: Deadline,
 
 # ---------------------------------------------------------------------------------------------- 5
 
+SANITIZER_TOOLS = ("memcheck", "racecheck")
+SANITIZER_EXIT = 99   # compute-sanitizer's exit status where it found errors (--error-exitcode)
+
+
+def find_sanitizer(env: dict) -> str | None:
+    """compute-sanitizer on PATH, else beside nvcc or under $CUDA_HOME (the toolkit installs it with nvcc)."""
+    found = find_tool("compute-sanitizer")
+    if found:
+        return found
+    folders = [Path(env["nvcc_path"]).parent] if env.get("nvcc_path") else []
+    folders += [Path(h) / "bin" for h in (os.environ.get("CUDA_HOME"), "/usr/local/cuda") if h]
+    return next((str(f / "compute-sanitizer") for f in folders if (f / "compute-sanitizer").is_file()), None)
+
+
+def sanitize_cases(device: str) -> list[str]:
+    """Small calls of every kernel path, for compute-sanitizer to watch (odd sizes, tile edges, N < top_k, the
+    dense path, fp16, D2Conv3D's backward); returns one line per case (an exception is a line too, not the end)."""
+    import torch
+
+    from vosrt.training.ops import cuda_kernels
+
+    done = []
+    g = torch.Generator(device=device).manual_seed(0)
+    dtypes = (torch.float32, torch.float16) if device == "cuda" else (torch.float32,)
+    for dtype in dtypes:
+        # (Ck, N, M, V, top_k): tiles met exactly, odd Ck and sizes off the tiles, N < top_k, the dense path
+        for ck, n, m, v, top_k in ((64, 256, 64, 32, 20), (63, 1001, 77, 40, 8), (16, 10, 33, 8, 20), (64, 500, 130, 16, 0)):
+            name = f"readout {str(dtype)[6:]} Ck={ck} N={n} M={m} V={v} top_k={top_k}"
+            try:
+                mk, qk = (torch.randn(2, ck, size, device=device, generator=g).to(dtype) for size in (n, m))
+                mv = torch.randn(2, v, n, device=device, generator=g).to(dtype)
+                out = cuda_kernels.l2_memory_readout(mk, qk, mv, top_k, ck ** -0.5)
+                done.append(f"{name}: ok, {tuple(out.shape)}")
+            except Exception as err:
+                done.append(f"{name}: {_row_error(err)}")
+        # (C, Cout, T, H, W, groups): D2Conv3D forward and backward, a frame off every tile, two groups
+        for c, cout, t, h, w, groups in ((12, 10, 3, 9, 11, 1), (32, 64, 2, 17, 6, 2)):
+            name = f"d2conv3d {str(dtype)[6:]} C={c} Cout={cout} {t}x{h}x{w} groups={groups}"
+            try:
+                def leaf(*shape, low=0.0):
+                    return (low + torch.rand(*shape, device=device, generator=g)).to(dtype).requires_grad_()
+                x = leaf(1, c, t, h, w, low=-0.5)
+                dilation, modulation = leaf(1, 3, t, h, w, low=0.5), leaf(1, 27, t, h, w)
+                weight, bias = leaf(cout, c // groups, 3, 3, 3, low=-0.5), leaf(cout)
+                y = cuda_kernels.d2conv3d(x, dilation, modulation, weight, bias, (1, 1, 1), (1, 1, 1), (1, 1, 1), groups)
+                y.float().square().sum().backward()
+                done.append(f"{name}: ok, forward and backward")
+            except Exception as err:
+                done.append(f"{name}: {_row_error(err)}")
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return done
+
+
+def run_sanitizer(env: dict, dry_run: bool, deadline: Deadline, log: Path | None = None) -> dict:
+    """compute-sanitizer's memcheck and racecheck on :func:`sanitize_cases`, limited to vosrt's kernels, with the
+    time the benchmarks left (a tool that has not 40 s is not started)."""
+    sanitizer = find_sanitizer(env)
+    if sanitizer is None:
+        return {"status": "skipped: compute-sanitizer not found (it comes with the CUDA toolkit, beside nvcc)"}
+    cases = [sys.executable, str(Path(__file__).resolve()), "--sanitize-cases"]
+    if dry_run:
+        return {"status": "planned", "commands": [" ".join([sanitizer, "--tool", t, "...", *cases]) for t in SANITIZER_TOOLS]}
+    result: dict = {"status": "ok", "tools": {}}
+    for tool in SANITIZER_TOOLS:
+        if deadline.left() < 40:
+            result["tools"][tool] = {"status": "not run: the time budget (--budget) was spent"}
+            continue
+        base = [sanitizer, "--tool", tool, "--error-exitcode", str(SANITIZER_EXIT), "--print-limit", "20"]
+        step = _run(base + ["--kernel-name", "kns=vosrt"] + cases, min(deadline.left(5), 150), cwd=ROOT, log=log,
+                    append=True)
+        if step["returncode"] not in (0, SANITIZER_EXIT) and "kernel-name" in step["output_tail"]:
+            # a compute-sanitizer that does not take the filter: every kernel checked, torch's too (slower)
+            step = _run(base + cases, min(deadline.left(5), 150), cwd=ROOT, log=log, append=True)
+        summary = re.findall(r"(?:ERROR|RACECHECK) SUMMARY: .*", step["output_tail"])
+        found = [line.strip() for line in step["output_tail"].splitlines() if line.strip().startswith("=========")]
+        cases = [line for line in step["output_tail"].splitlines() if line.startswith(("readout ", "d2conv3d "))]
+        verdict = ("ok" if step["returncode"] == 0 else "ERRORS" if step["returncode"] == SANITIZER_EXIT
+                   else "did not finish")
+        raised = [line for line in cases if ": ok" not in line]
+        if verdict == "ok" and raised:
+            verdict = "a case raised"
+        result["tools"][tool] = {"status": verdict, "returncode": step["returncode"], "seconds": step["seconds"],
+                                 "summary": summary[-1] if summary else None, "first_reports": found[:12],
+                                 "cases": cases}
+        say(f"sanitizer {tool}: {verdict} ({summary[-1] if summary else 'no summary'}) in {step['seconds']} s")
+        if verdict == "ERRORS":
+            result["status"] = "failed"
+    return result
+
 
 def _fmt(value, spec: str = ".3f") -> str:
     if value is None:
@@ -902,7 +995,8 @@ def markdown(report: dict) -> str:
              f"- build: {build.get('status')}; skipped: {'; '.join(build.get('skipped', [])) or 'nothing'}",
              f"- tests: {tests.get('status')}, passed {tests.get('passed', '–')}, failed "
              f"{tests.get('failures', '–')}, errors {tests.get('errors', '–')}, skipped "
-             f"{tests.get('skipped', '–')}, collected {tests.get('collected', tests.get('tests', '–'))}", ""]
+             f"{tests.get('skipped', '–')}, collected {tests.get('collected', tests.get('tests', '–'))}",
+             f"- compute-sanitizer: {_sanitizer_line(report.get('sanitizer'))}", ""]
     for name in tests.get("failed_tests", [])[:20]:
         lines.append(f"  - failed: {name}")
     for module, reason in tests.get("unavailable_modules", {}).items():
@@ -912,6 +1006,15 @@ def markdown(report: dict) -> str:
     if lines[-1]:
         lines.append("")
     return "\n".join(lines + [benchmark_tables(report.get("benchmarks", {}))])
+
+
+def _sanitizer_line(result: dict | None) -> str:
+    if not result:
+        return "not reached"
+    tools = result.get("tools") or {}
+    said = "; ".join(f"{tool} {r['status']}" + (f" ({r['summary']}, {r['seconds']} s)" if r.get("summary") else "")
+                     for tool, r in tools.items())
+    return f"{result['status']}" + (f": {said}" if said else "")
 
 
 def _failure(result: dict) -> str:
@@ -988,7 +1091,9 @@ def plan(out: Path, build_dir: Path, env: dict, dry_run: bool, budget: float) ->
              + ", ".join(name for name, _, _ in gpu_test_groups(gpu_test_files())),
              "4. benchmarks, each in a child process: L2MemoryReadout (frames 5/20/50, objects 1/4, fp32/fp16) vs "
              "dense and vs GEMM+topk+gather; D2Conv3D 3DC-Seg 480p layers fp32/fp16 vs reference; STCN step at 480p",
-             f"5. report: {out / 'gpu_report.json'} and {out / 'gpu_report.md'}, rewritten after every step",
+             "5. compute-sanitizer memcheck and racecheck on small calls of every kernel path, with the time left "
+             f"({find_sanitizer(env) or 'compute-sanitizer not found: skipped'})",
+             f"6. report: {out / 'gpu_report.json'} and {out / 'gpu_report.md'}, rewritten after every step",
              f"time budget: {budget:.0f} s in all (--budget); each step's timeout is cut to what is left"]
     if dry_run:
         steps.append("dry run: the build is only planned, tests are collected, benchmarks run their reference "
@@ -1022,8 +1127,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--benchmark", choices=BENCHMARK_PARTS, help=argparse.SUPPRESS)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    # internal: the small kernel calls compute-sanitizer watches (run_sanitizer's child)
+    parser.add_argument("--sanitize-cases", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    if args.sanitize_cases:
+        import torch
+
+        for line in sanitize_cases("cuda" if torch.cuda.is_available() else "cpu"):
+            print(line, flush=True)
+        return 0
     if args.benchmark:
         if args.result is None:
             parser.error("--benchmark needs --result FILE")
@@ -1088,9 +1201,13 @@ def main(argv: list[str] | None = None) -> int:
         write_report(out, report, started)
 
     report["benchmarks"] = run_benchmarks(out, device, repeat, deadline, progress=benchmarks_so_far)
+    report["sanitizer"] = {"status": "running (the check was stopped here)"}
+    write_report(out, report, started)
+    report["sanitizer"] = (run_sanitizer(env, args.dry_run, deadline, log) if kernels_usable(device) or args.dry_run
+                           else {"status": "skipped: the kernels cannot run here"})
     write_report(out, report, started)
     say(f"report: {out / 'gpu_report.json'}, {out / 'gpu_report.md'} ({report['seconds']:.0f} s)")
-    failed = report["build"].get("status") == "failed" or report["tests"].get("status") == "failed"
+    failed = any(report[step].get("status") == "failed" for step in ("build", "tests", "sanitizer"))
     errors = [k for k, v in report["benchmarks"].items() if isinstance(v, dict) and "error" in v]
     if errors:
         say(f"benchmarks with errors: {', '.join(errors)}")

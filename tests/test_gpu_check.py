@@ -384,6 +384,48 @@ def test_kernel_tests_that_all_skip_on_a_gpu_fail_their_group(tmp_path, monkeypa
                                    {"pytest": None})["error"].startswith("pytest is not installed")
 
 
+def test_compute_sanitizer_runs_each_tool_on_the_kernel_cases_and_its_errors_fail_the_check(tmp_path, monkeypatch):
+    # stand-ins for compute-sanitizer: each runs the real --sanitize-cases child (on the CPU here) after its options
+    gpu_check = _module()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    run_rest = 'while [ "${1#-}" != "$1" ]; do case "$1" in --tool|--error-exitcode|--print-limit|--kernel-name) ' \
+               'shift 2;; *) shift;; esac; done; "$@"'
+    clean = f'#!/bin/sh\n{run_rest}\necho "========= ERROR SUMMARY: 0 errors"\n'
+    sanitizer = bin_dir / "compute-sanitizer"
+    sanitizer.write_text(clean)
+    sanitizer.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    log = tmp_path / "gpu_check.log"
+    result = gpu_check.run_sanitizer({}, False, gpu_check.Deadline(300), log)
+    assert result["status"] == "ok" and set(result["tools"]) == {"memcheck", "racecheck"}
+    memcheck = result["tools"]["memcheck"]
+    assert memcheck["status"] == "ok" and memcheck["summary"] == "ERROR SUMMARY: 0 errors"
+    assert len(memcheck["cases"]) == 6 and all(": ok" in line for line in memcheck["cases"])   # fp32 on the CPU
+    assert "d2conv3d float32 C=12" in log.read_text()
+    # errors found: the tool's status, its first reports, and the check fails
+    sanitizer.write_text('#!/bin/sh\necho "========= Invalid __global__ read of size 16 bytes"\n'
+                         'echo "=========     at vosrt::select_kernel"\necho "========= ERROR SUMMARY: 2 errors"\nexit 99\n')
+    result = gpu_check.run_sanitizer({}, False, gpu_check.Deadline(300), log)
+    assert result["status"] == "failed" and result["tools"]["memcheck"]["status"] == "ERRORS"
+    assert "========= Invalid __global__ read of size 16 bytes" in result["tools"]["memcheck"]["first_reports"]
+    assert "memcheck ERRORS (ERROR SUMMARY: 2 errors" in gpu_check._sanitizer_line(result)
+    # a compute-sanitizer without --kernel-name: run again checking every kernel
+    sanitizer.write_text(f'#!/bin/sh\ncase "$*" in *--kernel-name*) echo "Unrecognized option: --kernel-name"; exit 1;; '
+                         f'esac\n{run_rest}\necho "========= ERROR SUMMARY: 0 errors"\n')
+    assert gpu_check.run_sanitizer({}, False, gpu_check.Deadline(300), log)["status"] == "ok"
+    # no time left: not started; none installed: skipped, said so
+    assert gpu_check.run_sanitizer({}, False, gpu_check.Deadline(20))["tools"]["racecheck"]["status"].startswith("not run")
+    assert gpu_check.find_sanitizer({}) == str(sanitizer)
+    sanitizer.unlink()
+    nvcc_bin = tmp_path / "cuda" / "bin"          # the toolkit's, beside nvcc, off PATH
+    nvcc_bin.mkdir(parents=True)
+    (nvcc_bin / "compute-sanitizer").write_text(clean)
+    assert gpu_check.find_sanitizer({"nvcc_path": str(nvcc_bin / "nvcc")}) == str(nvcc_bin / "compute-sanitizer")
+    monkeypatch.setattr(gpu_check, "find_sanitizer", lambda env: None)
+    assert gpu_check.run_sanitizer({}, False, gpu_check.Deadline(300))["status"].startswith("skipped: compute-sanitizer")
+
+
 def test_time_budget_cuts_step_timeouts_and_a_partial_report_still_renders():
     gpu_check = _module()
     deadline = gpu_check.Deadline(300)
