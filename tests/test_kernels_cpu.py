@@ -668,6 +668,20 @@ def test_emulated_readout_uses_one_key_stage_where_two_do_not_fit(emulation, dty
     assert status == 2  # VOSRT_ERROR_NOT_SUPPORTED: not even one stage fits
 
 
+@pytest.mark.parametrize("top_k", [20, 0], ids=["select", "dense"])
+def test_a_readout_in_a_new_context_sets_the_kernels_shared_memory_limit_again(emulation, top_k):
+    # the limit set on a kernel was remembered per device, but it belongs to the context: after a cudaDeviceReset
+    # (or in a context of the caller's own) every read of more than 48 KB of shared memory failed (Ck 64: 66 KB)
+    g = torch.Generator().manual_seed(3)
+    mem_key, query_key = (torch.randn(1, 64, size, generator=g).numpy() for size in (300, 40))
+    mem_value = torch.randn(1, 8, 300, generator=g).numpy()
+    expected = _reference_readout(mem_key, query_key, mem_value, top_k)
+    _close(_readout(emulation, mem_key, query_key, mem_value, top_k), expected, rel=1e-4)
+    emulation.vosrtEmuResetContext()
+    _close(_readout(emulation, mem_key, query_key, mem_value, top_k), expected, rel=1e-4)
+    _close(_readout(emulation, mem_key, query_key, mem_value, top_k), expected, rel=1e-4)
+
+
 def test_readout_workspace_holds_lists_sized_to_the_real_k(emulation):
     # top_k 17..20 share STCN's 20-entry lists; 21 moves to the 32-entry bucket
     sizes = {k: emulation.vosrtL2ReadoutWorkspaceSize(ctypes.byref(kernels.l2_readout_params((1, 64, 5000), 100,

@@ -386,13 +386,15 @@ size_t list_bytes(const vosrtL2ReadoutParams& p, int k_max) {
 // dynamically (the device's opt-in limit less the kernel's static shared memory), else one. The kernel's
 // dynamic limit is set to that whole budget, once per kernel and device: host threads launching it with
 // different Ck never lower it under one another's launch, and a call pays no attribute queries (microseconds
-// of host time, which small reads would pay in latency).
+// of host time, which small reads would pay in latency). The limit belongs to the CUDA context: one gone since
+// (cudaDeviceReset, a context of the caller's own) refuses the launch, which forget_shared_budgets() then undoes.
+std::mutex budgets_lock;
+std::map<std::pair<const void*, int>, size_t> budgets;
+
 vosrtStatus_t dynamic_shared_budget(const void* kernel, size_t& budget) {
-  static std::mutex lock;
-  static std::map<std::pair<const void*, int>, size_t> budgets;
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return VOSRT_ERROR_CUDA;
-  std::lock_guard<std::mutex> hold(lock);
+  std::lock_guard<std::mutex> hold(budgets_lock);
   const auto found = budgets.find({kernel, device});
   if (found != budgets.end()) {
     budget = found->second;
@@ -411,6 +413,19 @@ vosrtStatus_t dynamic_shared_budget(const void* kernel, size_t& budget) {
   } catch (...) {  // std::bad_alloc: the attribute is set; the next call asks again instead of remembering it
   }
   return VOSRT_SUCCESS;
+}
+
+void forget_shared_budgets() {
+  std::lock_guard<std::mutex> hold(budgets_lock);
+  budgets.clear();
+}
+
+// The status of the launch just made of a kernel with dynamic shared memory, and whether the context refused
+// its size (cudaErrorInvalidValue): the limit set on the kernel may have gone with an earlier context.
+vosrtStatus_t shared_launch_status(bool& refused) {
+  const cudaError_t error = cudaGetLastError();
+  refused = error == cudaErrorInvalidValue;
+  return error == cudaSuccess ? VOSRT_SUCCESS : VOSRT_ERROR_CUDA;
 }
 
 // A block's shared memory on this device: `stages` (two key stages where they fit the kernel's budget, else
@@ -463,7 +478,7 @@ vosrtStatus_t fits_device(const vosrtL2ReadoutParams& p, size_t* needed, size_t*
 
 template <typename T, int kMax>
 vosrtStatus_t run_top_k(const vosrtL2ReadoutParams& p, int top_k, float scale, const T* mk, const T* qk,
-                        const T* mv, T* out, void* workspace, cudaStream_t stream) {
+                        const T* mv, T* out, void* workspace, cudaStream_t stream, bool& refused) {
   int stages = 0;
   size_t smem = 0, budget = 0;
   vosrtStatus_t st = plan_shared<T>(reinterpret_cast<const void*>(&select_kernel<T, kMax>), p.key_dim, false,
@@ -490,7 +505,7 @@ vosrtStatus_t run_top_k(const vosrtL2ReadoutParams& p, int top_k, float scale, c
   auto gather = &gather_kernel<T, kMax>;
   VOSRT_LAUNCH(select, dim3(query_tiles, splits, p.batch), kThreads, smem, stream)(
       p, scale, tiles_per_split, stages, key_copy_bytes(mk, p.mem_size, sizeof(T)), mk, qk, list_val, list_idx);
-  if (launch_status() != VOSRT_SUCCESS) return VOSRT_ERROR_CUDA;
+  if (shared_launch_status(refused) != VOSRT_SUCCESS) return VOSRT_ERROR_CUDA;
   VOSRT_LAUNCH(merge, ceil_div((long long)p.batch * p.query_size, 128), 128, 0, stream)(
       p, top_k, splits * kL2ListsPerQuery, list_val, list_idx, weight, index);
   if (launch_status() != VOSRT_SUCCESS) return VOSRT_ERROR_CUDA;
@@ -500,8 +515,8 @@ vosrtStatus_t run_top_k(const vosrtL2ReadoutParams& p, int top_k, float scale, c
 }
 
 template <typename T>
-vosrtStatus_t run(const vosrtL2ReadoutParams& p, const T* mk, const T* qk, const T* mv, T* out, void* workspace,
-                  cudaStream_t stream) {
+vosrtStatus_t run_once(const vosrtL2ReadoutParams& p, const T* mk, const T* qk, const T* mv, T* out,
+                       void* workspace, cudaStream_t stream, bool& refused) {
   const int top_k = l2r_effective_top_k(&p);
   const float scale = l2r_effective_scale(&p);
   if (top_k == 0) {
@@ -513,11 +528,24 @@ vosrtStatus_t run(const vosrtL2ReadoutParams& p, const T* mk, const T* qk, const
     auto dense = &dense_kernel<T>;
     VOSRT_LAUNCH(dense, grid, kThreads, smem, stream)(p, scale, stages, key_copy_bytes(mk, p.mem_size, sizeof(T)),
                                                       mk, qk, mv, out);
-    return launch_status();
+    return shared_launch_status(refused);
   }
   return with_bucket(top_k, [&](auto k) {
-    return run_top_k<T, decltype(k)::value>(p, top_k, scale, mk, qk, mv, out, workspace, stream);
+    return run_top_k<T, decltype(k)::value>(p, top_k, scale, mk, qk, mv, out, workspace, stream, refused);
   });
+}
+
+// run_once, and once more after a launch whose shared memory the context refused: the limits set on the kernels
+// are set again (a cudaDeviceReset, or a context of the caller's own, had dropped them; every read above 48 KB
+// of shared memory then failed for the rest of the process).
+template <typename T>
+vosrtStatus_t run(const vosrtL2ReadoutParams& p, const T* mk, const T* qk, const T* mv, T* out, void* workspace,
+                  cudaStream_t stream) {
+  bool refused = false;
+  const vosrtStatus_t st = run_once<T>(p, mk, qk, mv, out, workspace, stream, refused);
+  if (st != VOSRT_ERROR_CUDA || !refused) return st;
+  forget_shared_budgets();
+  return run_once<T>(p, mk, qk, mv, out, workspace, stream, refused);
 }
 
 }  // namespace

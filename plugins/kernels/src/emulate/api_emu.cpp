@@ -16,6 +16,12 @@ extern "C" void vosrtEmuSetSharedLimit(int bytes) {
   std::lock_guard<std::mutex> hold(vosrt_emu::function_limits_lock);
   vosrt_emu::function_limits.clear();
 }
+// A new context on the same device (cudaDeviceReset, or a driver-API context of the host's): the kernels' dynamic
+// shared-memory limits set in the old one are gone, the device is the same.
+extern "C" void vosrtEmuResetContext() {
+  std::lock_guard<std::mutex> hold(vosrt_emu::function_limits_lock);
+  vosrt_emu::function_limits.clear();
+}
 // cp.async copies of `bytes` (4, 8 or 16) issued since the last call with that size; the count restarts.
 extern "C" long long vosrtEmuTakeAsyncCopies(int bytes) {
   return bytes == 4 || bytes == 8 || bytes == 16 ? vosrt_emu::async_copies[bytes].exchange(0) : -1;

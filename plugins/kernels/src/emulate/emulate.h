@@ -357,6 +357,7 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, K, f
 // The CUDA runtime calls the kernels' host code makes.
 typedef int cudaError_t;
 constexpr cudaError_t cudaSuccess = 0;
+constexpr cudaError_t cudaErrorInvalidValue = 1;   // the runtime's value
 enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount, cudaDevAttrMaxSharedMemoryPerBlockOptin };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
 struct cudaFuncAttributes {
@@ -374,7 +375,7 @@ inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, const v
 }
 // As on a GPU, the limit may not exceed the opt-in limit less the kernel's static shared memory (none here).
 inline cudaError_t cudaFuncSetAttribute(const void* kernel, cudaFuncAttribute, int value) {
-  if (value < 0 || value > vosrt_emu::shared_limit) return 1;  // cudaErrorInvalidValue
+  if (value < 0 || value > vosrt_emu::shared_limit) return cudaErrorInvalidValue;
   std::lock_guard<std::mutex> hold(vosrt_emu::function_limits_lock);
   vosrt_emu::function_limits[kernel] = value;
   return cudaSuccess;
