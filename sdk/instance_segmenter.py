@@ -142,14 +142,13 @@ class InstanceSegmenter(ClipSession):
         labels, present = upsample_tracks(tracks, (height, width), box.inner, box.src)
         prob = box.probabilities_back(_bilinear(foreground, height, width)[None])[0]
         details = {}
-        if present:
-            mean_log = log_sum / count                                   # [C, h, w], averaged over the clips
-            winners = np.argmax(mean_log, axis=0)
+        if present:   # log_sum / count is the log-probabilities averaged over the clips (count > 0: same argmax)
+            winners = np.argmax(log_sum, axis=0)
         for track in present:
             pixels = tracks == track
             details[track] = dict(objects[track], area=int(pixels.sum()),
-                                  log_prob_sum=mean_log[1:, pixels].sum(axis=1).astype(np.float64),
-                                  votes=np.bincount(winners[pixels], minlength=len(mean_log))[1:])
+                                  log_prob_sum=log_sum[1:, pixels].sum(axis=1, dtype=np.float64) / count,
+                                  votes=np.bincount(winners[pixels], minlength=len(log_sum))[1:])
         return SegmentedFrame(index, labels, prob, details)
 
     def _reset_stream(self) -> None:
