@@ -146,8 +146,7 @@ def _run(cmd: list[str], timeout: float, env: dict | None = None, cwd: Path | No
                     proc.wait(timeout=grace)
                 except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):
                     pass
-            if proc.poll() is None:
-                _kill_group(proc)
+            _kill_group(proc)   # the whole group, also where its leader ended on the SIGINT and left others
             code = 124
         finally:
             _CHILDREN.discard(proc)
@@ -856,6 +855,15 @@ def run_child(cmd: list[str], result_file: Path, timeout: float) -> dict | list:
     return failure
 
 
+def benchmark_failed(result) -> bool:
+    """A benchmark's result that records a failure: the child's own, a row's, or the STCN kernel's."""
+    if isinstance(result, list):
+        return any("error" in row for row in result)
+    if isinstance(result, dict):
+        return "error" in result or str(result.get("kernel", "")).startswith(("failed", "not measured"))
+    return False
+
+
 def run_benchmarks(out: Path, device: str, repeat: int, deadline: Deadline,
                    progress: Callable[[dict], None] | None = None) -> dict:
     """Each benchmark in a child process of its own (a crashed context or a hung kernel is recorded and
@@ -958,17 +966,16 @@ def run_sanitizer(env: dict, dry_run: bool, deadline: Deadline, log: Path | None
             step = _run(base + cases, min(deadline.left(5), 150), cwd=ROOT, log=log, append=True)
         summary = re.findall(r"(?:ERROR|RACECHECK) SUMMARY: .*", step["output_tail"])
         found = [line.strip() for line in step["output_tail"].splitlines() if line.strip().startswith("=========")]
-        cases = [line for line in step["output_tail"].splitlines() if line.startswith(("readout ", "d2conv3d "))]
+        case_lines = [line for line in step["output_tail"].splitlines() if line.startswith(("readout ", "d2conv3d "))]
         verdict = ("ok" if step["returncode"] == 0 else "ERRORS" if step["returncode"] == SANITIZER_EXIT
                    else "did not finish")
-        raised = [line for line in cases if ": ok" not in line]
-        if verdict == "ok" and raised:
+        if verdict == "ok" and any(": ok" not in line for line in case_lines):
             verdict = "a case raised"
         result["tools"][tool] = {"status": verdict, "returncode": step["returncode"], "seconds": step["seconds"],
-                                 "summary": summary[-1] if summary else None, "first_reports": found[:12],
-                                 "cases": cases}
+                                 "command": step["command"], "summary": summary[-1] if summary else None,
+                                 "first_reports": found[:12], "cases": case_lines}
         say(f"sanitizer {tool}: {verdict} ({summary[-1] if summary else 'no summary'}) in {step['seconds']} s")
-        if verdict == "ERRORS":
+        if verdict != "ok":   # errors found, or nothing checked (a crash, a timeout, a case that raised)
             result["status"] = "failed"
     return result
 
@@ -1208,7 +1215,7 @@ def main(argv: list[str] | None = None) -> int:
     write_report(out, report, started)
     say(f"report: {out / 'gpu_report.json'}, {out / 'gpu_report.md'} ({report['seconds']:.0f} s)")
     failed = any(report[step].get("status") == "failed" for step in ("build", "tests", "sanitizer"))
-    errors = [k for k, v in report["benchmarks"].items() if isinstance(v, dict) and "error" in v]
+    errors = [k for k, v in report["benchmarks"].items() if benchmark_failed(v)]
     if errors:
         say(f"benchmarks with errors: {', '.join(errors)}")
     return 1 if failed or errors else 0

@@ -348,6 +348,10 @@ def test_a_benchmark_keeps_the_rows_measured_before_one_fails_or_its_child_dies(
                                 "os.abort()"], result, 60)
     assert stcn["reference_readout_ms_per_frame"] == 2.5 and stcn["kernel"].startswith("not measured: exit status -6")
     assert "reference readout 2.50" in gpu_check.benchmark_tables({"stcn_step": stcn})
+    # each counts as a failed benchmark (the check exits 1), as a child that ended without rows did
+    assert gpu_check.benchmark_failed(partial) and gpu_check.benchmark_failed(stcn) and gpu_check.benchmark_failed(rows)
+    assert not gpu_check.benchmark_failed(rows[:1]) and not gpu_check.benchmark_failed("cuda")
+    assert not gpu_check.benchmark_failed(dict(stcn, kernel="skipped: benchmarks run on the CPU"))
 
 
 def test_a_test_group_past_its_time_is_interrupted_first_so_pytest_writes_what_ran(tmp_path):
@@ -362,6 +366,20 @@ def test_a_test_group_past_its_time_is_interrupted_first_so_pytest_writes_what_r
     stubborn = gpu_check._run([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, "
                                "signal.SIG_IGN); time.sleep(60)"], 1, grace=1)
     assert stubborn["returncode"] == 124 and stubborn["seconds"] < 10       # killed after the grace
+    # a leader that ends on the SIGINT takes the rest of its group with it
+    pid_file = tmp_path / "pid"
+    leader = gpu_check._run(["sh", "-c", f"(trap '' INT; sleep 60) & echo $! > {pid_file}; trap 'exit 2' INT; wait"],
+                            1, grace=3)
+    assert leader["returncode"] == 124
+    left = int(pid_file.read_text())
+    for _ in range(50):
+        status = Path(f"/proc/{left}/status")
+        if not status.exists() or "zombie" in status.read_text():
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(left, 9)
+        raise AssertionError("a process of the interrupted step's group outlived it")
 
 
 def test_kernel_tests_that_all_skip_on_a_gpu_fail_their_group(tmp_path, monkeypatch):
@@ -402,6 +420,8 @@ def test_compute_sanitizer_runs_each_tool_on_the_kernel_cases_and_its_errors_fai
     memcheck = result["tools"]["memcheck"]
     assert memcheck["status"] == "ok" and memcheck["summary"] == "ERROR SUMMARY: 0 errors"
     assert len(memcheck["cases"]) == 6 and all(": ok" in line for line in memcheck["cases"])   # fp32 on the CPU
+    racecheck = result["tools"]["racecheck"]      # the same child, its command not the lines the first one printed
+    assert racecheck["status"] == "ok" and racecheck["command"].endswith(" --sanitize-cases") and racecheck["cases"]
     assert "d2conv3d float32 C=12" in log.read_text()
     # errors found: the tool's status, its first reports, and the check fails
     sanitizer.write_text('#!/bin/sh\necho "========= Invalid __global__ read of size 16 bytes"\n'
@@ -414,6 +434,10 @@ def test_compute_sanitizer_runs_each_tool_on_the_kernel_cases_and_its_errors_fai
     sanitizer.write_text(f'#!/bin/sh\ncase "$*" in *--kernel-name*) echo "Unrecognized option: --kernel-name"; exit 1;; '
                          f'esac\n{run_rest}\necho "========= ERROR SUMMARY: 0 errors"\n')
     assert gpu_check.run_sanitizer({}, False, gpu_check.Deadline(300), log)["status"] == "ok"
+    # a sanitizer that cannot run here (a crash, an unsupported device) checked nothing: the step fails too
+    sanitizer.write_text('#!/bin/sh\necho "========= Error: Device not supported"\nexit 1\n')
+    result = gpu_check.run_sanitizer({}, False, gpu_check.Deadline(300), log)
+    assert result["status"] == "failed" and result["tools"]["memcheck"]["status"] == "did not finish"
     # no time left: not started; none installed: skipped, said so
     assert gpu_check.run_sanitizer({}, False, gpu_check.Deadline(20))["tools"]["racecheck"]["status"].startswith("not run")
     assert gpu_check.find_sanitizer({}) == str(sanitizer)
