@@ -16,7 +16,6 @@ import re
 import shutil
 import sys
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,16 +42,16 @@ MAX_IMAGE_PIXELS = 89_478_485
 
 
 def read_image(path: Path) -> tuple[np.ndarray | None, str | None]:
-    """Image file ``path`` as BGR uint8 ``[H, W, 3]``, or ``(None, why not)``. Its size is read from its header
-    first, and an image of more than :data:`MAX_IMAGE_PIXELS` is refused before anything is decoded."""
+    """Image file ``path`` as BGR uint8 ``[H, W, 3]``, or ``(None, why not)``. An image of more than
+    :data:`MAX_IMAGE_PIXELS` is refused before anything is decoded: its size is read from its header (PIL), and
+    OpenCV itself is held to the same limit (``OPENCV_IO_MAX_IMAGE_PIXELS``, set by ``import vosrt``) for the
+    formats PIL does not read."""
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():   # PIL warns from its limit and refuses at twice it
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:   # the header only
-                width, height = image.size
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        with Image.open(path) as image:   # the header only; PIL warns above its limit (once) and refuses at twice it
+            width, height = image.size
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:   # the warning: under -W error
         declared = re.search(r"\((\d+) pixels\)", str(err))
         width, height = (int(declared.group(1)) if declared else MAX_IMAGE_PIXELS + 1), 1
     except Exception:   # a format PIL does not know (OpenCV may), or a broken header: OpenCV says
@@ -61,7 +60,10 @@ def read_image(path: Path) -> tuple[np.ndarray | None, str | None]:
         size = f"{width}x{height} pixels" if height > 1 else f"{width:,} pixels"
         return None, (f"image of {size} is larger than the {MAX_IMAGE_PIXELS:,} pixels an image may have "
                       f"(it would take {3 * width * height / 2**30:.1f} GB decoded)")
-    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error as err:
+        return None, f"{UNREADABLE} ({str(err).strip().splitlines()[-1]})"
     return (frame, None) if frame is not None else (None, UNREADABLE)
 
 

@@ -91,15 +91,40 @@ def test_an_image_declaring_more_pixels_than_any_frame_is_skipped_undecoded(tmp_
     assert main(["run", PACKAGE, "--source", str(folder), "--mask", str(tmp_path / "mask.png"), "--out",
                  str(tmp_path / "out"), "--no-progress"]) == 0
     err = capsys.readouterr().err
-    for name, pixels in (("00002", "96,000,000"), ("00004", "256,000,000")):
+    for name, pixels in (("00002", "12000x8000"), ("00004", "256,000,000")):
         assert f"warning: image of {pixels} pixels is larger than the 89,478,485 pixels an image may have" in err, err
         assert f"{name}.png; frame skipped" in err
     assert sorted(p.stem for p in (tmp_path / "out").glob("*.png")) == ["00000", "00001", "00003", "00005"]
-    with pytest.raises(UserError, match=r"^cannot read frame .*00002.png: image of 96,000,000 pixels is larger"):
+    with pytest.raises(UserError, match=r"^cannot read frame .*00002.png: image of 12000x8000 pixels is larger"):
         load_image(folder / "00002.png", "frame")     # a dataset's frame (training)
     with pytest.raises(UserError, match=r"^cannot read image .*00003.png$"):
         (folder / "00003.png").write_bytes(b"not an image")
         load_image(folder / "00003.png")
+
+
+def test_a_file_pil_cannot_read_is_held_to_the_same_limit_by_opencv(tmp_path):
+    # a 5.7 MB Radiance HDR named .png, declaring 10000x9000: PIL does not know the format, so its size went
+    # unchecked and OpenCV decoded it (1.3 GB); import vosrt now holds OpenCV to the same limit
+    import os
+    import subprocess
+    import sys
+
+    channel = bytes([128 + 127, 0]) * 78 + bytes([128 + 94, 0])          # 10000 zeros, run-length coded
+    scanline = bytes([2, 2, 10000 >> 8, 10000 & 0xFF]) + channel * 4
+    path = tmp_path / "big.png"
+    path.write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 9000 +X 10000\n" + scanline * 9000)
+    code = ("import resource; from pathlib import Path; from vosrt.sdk.video import read_image; "
+            f"frame, why = read_image(Path({str(path)!r})); "
+            "print(frame is None, why, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    refused, why, peak_mib = done.stdout.rsplit(" ", 2)[0].split(" ", 1)[0], done.stdout, int(done.stdout.split()[-1])
+    assert refused == "True" and "cannot read image" in why, done.stdout + done.stderr
+    assert peak_mib < 700, done.stdout                  # no 1 GB decode (the interpreter and torch-free imports)
+    # a value the user set stays theirs
+    env["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(2**30)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.stdout.startswith("False None"), done.stdout + done.stderr
 
 
 def _video_with_an_undecodable_frame(path: Path, bad: int = 3, frames: int = 12) -> None:
