@@ -329,11 +329,16 @@ def test_a_reset_landing_as_the_next_stream_starts_is_applied(tmp_path):
 
 
 def test_the_final_fps_leaves_out_the_time_spent_paused(tmp_path, capsys):
-    # the exit summary counted a pause as time spent on frames: a minute paused made a 30 FPS run read as 1 FPS
+    # the exit summary counted a pause as time spent on frames: a minute paused made a 30 FPS run read as 1 FPS; and
+    # a reset while paused (its time outside the stream's clock) was subtracted all the same: 58 FPS of a 30 FPS clip
     with live_pipeline(tmp_path, frames=400, loop=True) as (pipeline, _):
         wait_for(lambda: pipeline.frames >= 10)
         pipeline.pause()
-        time.sleep(2.5)
+        time.sleep(1.5)
+        resets = pipeline.resets
+        pipeline.reset()
+        wait_for(lambda: pipeline.resets > resets)
+        time.sleep(1.0)
         pipeline.resume()
         assert not pipeline._recent or pipeline._recent[0] > time.perf_counter() - 1   # the page's FPS restarts
         done = pipeline.frames
@@ -342,9 +347,8 @@ def test_the_final_fps_leaves_out_the_time_spent_paused(tmp_path, capsys):
         time.sleep(1.0)
     stats = pipeline.stats
     assert 3.4 < pipeline.paused_seconds < 6, pipeline.paused_seconds
-    active = stats.seconds_after_first - pipeline.paused_seconds
-    assert pipeline.run_fps() == pytest.approx((stats.pushed - 1) / active)
-    assert pipeline.run_fps() > 2 * stats.fps     # about 20 frames in 1 s of play against 3.5 s of pauses
+    # the clip plays at 30 FPS, so no honest rate is above it; with the pauses counted it was several times lower
+    assert 2 * stats.fps < pipeline.run_fps() < 36, (pipeline.run_fps(), stats.fps)
     from vosrt.sdk.cli_live import _report
     _report(pipeline)
     assert f"{pipeline.run_fps():.1f} FPS ({pipeline.paused_seconds:.1f} s paused not counted)" in capsys.readouterr().out

@@ -133,6 +133,11 @@ class LivePipeline:
         self._recent: deque = deque(maxlen=30)        # finish times, for the FPS shown
         self.paused_seconds = 0.0                     # time the stream spent paused, left out of the final FPS
         self._paused_since: float | None = None
+        # the final FPS once the stream was paused: the gaps between consecutive results, those across a pause,
+        # a resume or a reset left out (_on_result)
+        self._gaps = 0          # pauses, resumes and resets so far
+        self._last_done: tuple[float, int] | None = None   # (time, _gaps then) of the latest result
+        self._active = [0, 0.0]  # results timed, seconds between them
         # capture time of each pushed frame by its session index, taken before the push: a clip session's
         # frames wait for their labels as copies (stream() keeps one), which the source does not know
         self._captured: dict[int, float | None] = {}
@@ -206,6 +211,7 @@ class LivePipeline:
         with self._lock:
             if self._paused_since is None:
                 self._paused_since = time.perf_counter()
+            self._gaps += 1
         self.source.pause()
 
     def resume(self) -> None:
@@ -218,15 +224,17 @@ class LivePipeline:
             if self._paused_since is not None:
                 self.paused_seconds += time.perf_counter() - self._paused_since
                 self._paused_since = None
+                self._gaps += 1
                 self._recent.clear()   # the FPS shown restarts: the pause is no gap between frames to average in
 
     def run_fps(self) -> float:
-        """Frames per second over the run, the time it spent paused left out (the final report's rate)."""
-        stats = self.stats
-        if not self.paused_seconds or stats.pushed < 2:
-            return stats.fps
-        active = stats.seconds_after_first - self.paused_seconds
-        return (stats.pushed - 1) / active if active > 0 else stats.fps
+        """Frames per second over the run, the time it spent paused left out (the final report's rate): the
+        stream's own rate where it was never paused, else results over the time between consecutive ones, the gaps
+        across a pause, a resume or a reset left out."""
+        frames, seconds = self._active
+        if not self.paused_seconds or frames < 1 or seconds <= 0:
+            return self.stats.fps
+        return frames / seconds
 
     def _refuse_if_ended(self, why: str) -> None:
         """A command that acts on the stream, once it has ended: answered ``ok`` and done nothing (a removed
@@ -423,6 +431,7 @@ class LivePipeline:
             self.objects.clear()
             self._next_id = 1
             self.resets += 1
+            self._gaps += 1
         self.message = "reset: every object forgotten"
 
     def _before_push(self, position: int, frame: np.ndarray) -> np.ndarray | None:
@@ -530,6 +539,10 @@ class LivePipeline:
                                        [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
             jpeg = encoded.tobytes() if ok else None
         with self._lock:   # counted with its picture: a reader that sees the count sees this frame
+            if self._last_done is not None and self._last_done[1] == self._gaps and not self.source.paused:
+                self._active[0] += 1
+                self._active[1] += now - self._last_done[0]
+            self._last_done = (now, self._gaps)
             self.latest_frame, self.latest_labels, self.latest_index = frame, done.labels, done.index
             if jpeg is not None:
                 self.latest_jpeg = jpeg
