@@ -628,11 +628,26 @@ def test_each_call_runs_on_the_device_the_backend_opened_on_whatever_thread_make
         assert backend.download(backend.read(bank, 2, 0, 3))[1].sum() == 9
         backend.synchronize()
 
-    worker = threading.Thread(target=step)
-    worker.start()
-    worker.join()
+    after = {}
+
+    def on_a_thread(work, active):
+        monkeypatch.setattr(trt_backend, "_primary_context_active", lambda device: active)
+        worker = threading.Thread(target=lambda: (work(), after.update(device=runtime.cudaGetDevice()[1])))
+        worker.start()
+        worker.join()
+
+    on_a_thread(step, active=True)
     assert seen and {device for _, device in seen} == {1}, seen
     assert {name for name, _ in seen} >= {"cudaMalloc", "cudaMemcpyAsync", "cudaStreamSynchronize"}
+    assert after["device"] == 0        # the thread's own device again (torch.empty(device="cuda") there stays on 0)
+    on_a_thread(step, active=False)
+    assert after["device"] == 1        # no context on device 0 made just to set it back
+    # the last view dropped on another thread frees the block on the backend's device
+    freed = []
+    monkeypatch.setattr(runtime, "cudaFree", lambda ptr, _real=runtime.cudaFree: (
+        freed.append(runtime.cudaGetDevice()[1]), _real(ptr))[1])
+    on_a_thread(lambda: bank.allocation.free(), active=True)
+    assert freed == [1] and runtime.cudaGetDevice()[1] == 1
 
 
 def test_a_device_buffer_too_large_to_allocate_is_a_memory_error_as_on_the_other_backends(backend):

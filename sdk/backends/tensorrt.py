@@ -27,6 +27,7 @@ can be tested) without them.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import mmap
 import os
@@ -87,18 +88,51 @@ def check_cuda(result, what: str):
     return values[0] if len(values) == 1 else tuple(values)
 
 
+def _primary_context_active(device: int) -> bool:
+    """Whether ``device``'s primary context exists already (cuda-python's driver API); True where that cannot be
+    asked. Setting a device current again creates its context (CUDA 12+): hundreds of MB on a GPU the process never
+    used, which a thread that only ever touched the backend's device must not get."""
+    try:
+        try:
+            from cuda.bindings import driver
+        except ImportError:
+            from cuda import cuda as driver
+        err, handle = driver.cuDeviceGet(device)
+        err2, _, active = driver.cuDevicePrimaryCtxGetState(handle)
+        return bool(active) if int(err) == 0 and int(err2) == 0 else True
+    except Exception:
+        return True
+
+
+@contextlib.contextmanager
+def device_current(device: int | None):
+    """``device`` the calling thread's current CUDA device inside (None: as it is), the one before it restored after
+    where that one's context exists (a thread that had none set keeps the backend's, not a new context on 0)."""
+    if device is None:
+        yield
+        return
+    rt = cudart()
+    before = check_cuda(rt.cudaGetDevice(), "cudaGetDevice")
+    if before == device:
+        yield
+        return
+    check_cuda(rt.cudaSetDevice(device), f"cudaSetDevice({device})")
+    try:
+        yield
+    finally:
+        if _primary_context_active(before):
+            rt.cudaSetDevice(before)
+
+
 def on_device(method):
-    """``method`` of the backend run with the backend's device current on the calling thread. CUDA's current device
-    is per host thread: a session opened on device 1 (``cudaSetDevice(1)`` or ``torch.cuda.set_device(1)`` first) and
-    stepped from another thread (a capture or UI thread, the live viewer's inference thread, where it is device 0)
-    put its copies on device 0 and enqueued device-1 engines and streams from there."""
+    """``method`` of the backend run with the backend's device current on the calling thread (:func:`device_current`).
+    CUDA's current device is per host thread: a session opened on device 1 (``cudaSetDevice(1)`` or
+    ``torch.cuda.set_device(1)`` first) and stepped from another thread (a capture or UI thread, the live viewer's
+    inference thread, where it is device 0) put its copies on device 0 and enqueued device-1 engines from there."""
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        if self.device_index is not None:
-            rt = cudart()
-            if check_cuda(rt.cudaGetDevice(), "cudaGetDevice") != self.device_index:
-                check_cuda(rt.cudaSetDevice(self.device_index), f"cudaSetDevice({self.device_index})")
-        return method(self, *args, **kwargs)
+        with device_current(self.device_index):
+            return method(self, *args, **kwargs)
     return call
 
 
@@ -134,18 +168,21 @@ def _stream_handle(stream) -> int:
 class _Allocation:
     """One cudaMalloc'd block, freed when the last tensor viewing it goes away."""
 
-    __slots__ = ("ptr", "nbytes", "_owner", "__weakref__")
+    __slots__ = ("ptr", "nbytes", "_owner", "_device", "__weakref__")
 
     def __init__(self, nbytes: int, owner: "TensorRTBackend | None" = None):
         self.nbytes = max(int(nbytes), 1)
         self.ptr = int(check_cuda(cudart().cudaMalloc(self.nbytes), f"cudaMalloc({self.nbytes})"))
         self._owner = owner
+        # freed on its device, whichever thread drops the last view (no context made on another device for it)
+        self._device = getattr(owner, "device_index", None)
         if owner is not None:
             owner.allocated_bytes += self.nbytes
 
     def free(self) -> None:
         if self.ptr:
-            cudart().cudaFree(self.ptr)
+            with device_current(self._device):
+                cudart().cudaFree(self.ptr)
             if self._owner is not None:
                 self._owner.allocated_bytes -= self.nbytes
             self.ptr = 0
