@@ -619,7 +619,8 @@ class MotsWriter:
         self._cleanup.detach()
         if self.dropped[0]:
             print(f"note: {self.flag} {self.path}: the KITTI-MOTS post-processing left out {self.dropped[0]} of "
-                  f"{self.dropped[1]} detections (small, sparse in their box, or of short or broken tracks)",
+                  f"{self.dropped[1]} detections (small, sparse in their box, of no KITTI-MOTS class, or of short or broken "
+                  "tracks)",
                   file=sys.stderr)
 
     def _voted_classes(self) -> dict:

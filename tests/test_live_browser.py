@@ -187,6 +187,10 @@ def test_an_object_can_be_picked_from_the_keyboard(page, viewer):
         for _ in range(count):
             page.keyboard.press(key)
     assert page.evaluate("window.scrollY") == 0                   # the keys moved the box, not the page
+    drawn = key_box_drawn(page)
+    page.keyboard.press("Alt+ArrowLeft")                          # the browser's keys stay the browser's
+    page.keyboard.press("Control+Enter")
+    assert key_box_drawn(page) == drawn and not page.evaluate("window.vosrt.state().objects.length")
     with page.expect_request("**/api/select") as sent:
         page.keyboard.press("Enter")
     sent_box = json.loads(sent.value.post_data)["box"]
@@ -334,6 +338,7 @@ def test_a_mask_free_package_s_page_offers_no_picking(browser, tmp_path):
         assert drawn_while_dragging(page, (5, 5, 40, 40)) == 0
         assert "segment automatically" in page.locator("#message").inner_text()
         page.evaluate("document.getElementById('message').textContent = ''")
+        assert page.get_attribute("#draw", "tabindex") == "-1"    # no Tab stop where there is nothing to pick
         page.focus("#draw")
         page.keyboard.press("Enter")            # nor from the keyboard
         assert key_box_drawn(page) == 0 and "segment automatically" in page.locator("#message").inner_text()
