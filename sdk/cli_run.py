@@ -176,6 +176,7 @@ def _refuse_checkpoint_off_torch(args, package, command: str) -> None:
 _KEPT_FLAGS = ("--mask", "--out", "--video", "--vis", "--video-id", "--videos", "--vis-categories",
                "--vis-max-tracks", "--mots",
                "--mots-class", "--mots-filter", "--max-frames", "--frames", "--headless", "--select", "--device",
+               "--no-progress",
                *(f"--{name.replace('_', '-')}" for name in SETTINGS))
 
 

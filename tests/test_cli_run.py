@@ -225,7 +225,8 @@ def test_the_torch_command_suggested_for_a_checkpoint_keeps_the_flags_of_the_ref
     suggested = suggested_commands(err)[-1]
     for flag in ("--mask", "--out", "--max-frames", "--mem-every"):
         assert suggested[suggested.index(flag) + 1] == asked[asked.index(flag) + 1], (flag, suggested)
-    assert main(suggested + ["--no-progress"]) == 0
+    assert "--no-progress" in suggested          # it dropped the bar's flag
+    assert main(suggested) == 0
     assert len(list((tmp_path / "out").glob("*.png"))) == 2
 
 

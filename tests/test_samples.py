@@ -710,3 +710,20 @@ def test_bench_stcn_torch_says_its_cpu_time_is_a_mean_beside_the_wall_median(tmp
     assert done.returncode == 0, done.stderr
     assert "wall median " in done.stdout and "CPU time mean " in done.stdout, done.stdout
     assert done.stdout.rstrip().endswith("ms per frame (all 2 frames' process time)"), done.stdout
+
+
+def test_bench_stcn_graphs_keeps_the_better_matmul_rate_and_says_when_a_row_beats_it(tmp_path, monkeypatch, capsys):
+    # one short MatMul measurement at a busy moment put the ceiling at a quarter of the rate: an fp32 row "ran at
+    # 1124% of that rate" and the bound said 0.23x, without a word
+    sys.path.insert(0, str(SAMPLES))
+    import bench_stcn_graphs
+
+    measured = iter([2e9, 5e9])   # GFLOP/s before and after the configurations
+    monkeypatch.setattr(bench_stcn_graphs, "_matmul_rate", lambda threads: next(measured))
+    monkeypatch.setattr(bench_stcn_graphs, "_frame_flops", lambda *args: 1e12)   # 200 s a frame at that rate
+    monkeypatch.chdir(tmp_path)
+    assert bench_stcn_graphs.main([str(tiny_package("stcn", ("portable",))), "--repeat", "1", "--memory-frames",
+                                   "2", "--ceiling"]) == 0
+    out, err = capsys.readouterr()
+    assert "at 5 GFLOP/s (ONNX Runtime fp32 MatMul, 2 threads; the better of 2 measurements, 2, 5)" in out, out
+    assert "ran above the fp32 MatMul rate, which cannot be" in err and "stcn onnxruntime portable" in err, err
