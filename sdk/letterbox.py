@@ -122,20 +122,30 @@ class Letterbox:
 
     def image(self, image: np.ndarray, color: str = "bgr") -> np.ndarray:
         """A validated frame -> graph input ``[1, 3, H, W]`` float32 RGB in [0, 1]."""
+        # One pass from uint8 to scaled float32 (the same rounding as astype, then a multiply); the resize runs
+        # in the frame's own channel order (INTER_AREA treats channels alike) and the channels are swapped as the
+        # small result is written into the planes: no reversed-stride copy of the full float frame (5 ms at 480p)
         if image.dtype == np.uint8:
-            pixels = image.astype(np.float32) * np.float32(1 / 255)
+            pixels = np.multiply(image, np.float32(1 / 255), dtype=np.float32)
         else:
             pixels = image.astype(np.float32, copy=False)
-        if color == "bgr":
-            pixels = pixels[:, :, ::-1]
-        if not self.identity:
-            top, left, h, w = self.inner
-            canvas = np.empty((*self.dst, 3), np.float32)
-            canvas[:] = np.asarray(self.fill, np.float32)
-            canvas[top:top + h, left:left + w] = cv2.resize(np.ascontiguousarray(pixels), (w, h),
-                                                            interpolation=cv2.INTER_AREA)
-            pixels = canvas
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])  # [1, 3, H, W]
+        out = np.empty((1, 3, *self.dst), np.float32)
+        order = (2, 1, 0) if color == "bgr" else (0, 1, 2)
+        if self.identity:
+            for c in range(3):
+                out[0, c] = pixels[:, :, order[c]]
+            return out
+        top, left, h, w = self.inner
+        small = cv2.resize(np.ascontiguousarray(pixels), (w, h), interpolation=cv2.INTER_AREA)
+        fill = np.asarray(self.fill, np.float32)
+        for c in range(3):
+            plane = out[0, c]
+            plane[:top] = fill[c]
+            plane[top + h:] = fill[c]
+            plane[top:top + h, :left] = fill[c]
+            plane[top:top + h, left + w:] = fill[c]
+            plane[top:top + h, left:left + w] = small[:, :, order[c]]
+        return out
 
     def labels(self, labels: np.ndarray) -> np.ndarray:
         """A frame-size label map -> package size (nearest neighbour; padding is background).

@@ -10,6 +10,7 @@ produced so far is kept. An unreadable image of a folder is skipped with a warni
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -482,11 +483,27 @@ def overlay(frame: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.nda
     if frame.dtype != np.uint8:
         frame = (np.clip(frame, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     out = frame.copy()
-    objects = labels > 0
-    colours = label_colours(labels[objects])[:, ::-1]                    # RGB -> BGR
-    blend = frame[objects].astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha
-    out[objects] = np.clip(blend, 0, 255).astype(np.uint8)
+    # the object pixels' flat positions, found once (a boolean mask indexed three times took 3.4 ms at 480p)
+    flat = np.flatnonzero(labels)
+    ids = labels.reshape(-1).take(flat)
+    if ids.size and int(ids.max()) > 255:
+        colours = label_colours(ids)[:, ::-1].astype(np.float32) * np.float32(alpha)     # RGB -> BGR
+    else:   # the palette's BGR colours times alpha, made once per alpha
+        colours = _palette_times(float(alpha)).take(ids, axis=0)
+    blend = frame.reshape(-1, 3).take(flat, axis=0).astype(np.float32)
+    blend *= np.float32(1 - alpha)
+    blend += colours
+    np.clip(blend, 0, 255, out=blend)
+    out.reshape(-1, 3)[flat] = blend.astype(np.uint8)
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _palette_times(alpha: float) -> np.ndarray:
+    """The DAVIS palette in BGR, float32, times ``alpha`` (the overlay's colour term)."""
+    from vosrt.sdk.masks import davis_palette
+
+    return davis_palette()[:, ::-1].astype(np.float32) * np.float32(alpha)
 
 
 class PngSink:

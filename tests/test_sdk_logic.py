@@ -110,6 +110,51 @@ def test_an_object_under_one_package_pixel_keeps_the_pixel_it_falls_in():
     assert np.count_nonzero(down == 1) == np.count_nonzero(box.labels(np.where(frame_map == 1, 1, 0).astype(np.uint8)))
 
 
+@pytest.mark.parametrize("src, dst", [((480, 854), (480, 864)), ((240, 432), (240, 432)), ((720, 1280), (128, 224)),
+                                      ((100, 50), (64, 64))])
+@pytest.mark.parametrize("color", ["bgr", "rgb"])
+@pytest.mark.parametrize("kind", ["uint8", "float32", "float32 view"])
+def test_the_graph_input_is_the_frame_resized_by_area_on_its_padded_canvas_exactly(src, dst, color, kind):
+    # the input is now written plane by plane (5 ms at 480p before, 1.6 after): the same bits as the plain recipe
+    import cv2
+
+    rng = np.random.default_rng(sum(src) + len(kind))
+    frame = rng.integers(0, 256, (*src, 3), dtype=np.uint8)
+    if kind != "uint8":
+        frame = (frame.astype(np.float32) / 255)[:, :, ::-1] if kind == "float32 view" else frame.astype(np.float32) / 255
+    fill = (0.485, 0.456, 0.406)
+    box = Letterbox(src, dst, fill)
+    pixels = frame.astype(np.float32) * np.float32(1 / 255) if kind == "uint8" else frame.astype(np.float32)
+    pixels = np.ascontiguousarray(pixels[:, :, ::-1] if color == "bgr" else pixels)
+    canvas = np.empty((*dst, 3), np.float32)
+    canvas[:] = np.asarray(fill, np.float32)
+    top, left, h, w = box.inner
+    canvas[top:top + h, left:left + w] = pixels if box.identity else cv2.resize(pixels, (w, h),
+                                                                                interpolation=cv2.INTER_AREA)
+    got = box.image(frame, color)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    assert np.array_equal(got, canvas.transpose(2, 0, 1)[None])
+
+
+@pytest.mark.parametrize("top_id", [3, 300, 70000])
+@pytest.mark.parametrize("alpha", [0.5, 0.7])
+def test_the_overlay_blends_each_object_pixel_with_its_colour_and_leaves_the_rest(top_id, alpha):
+    # blended through flat indices and a palette made once per alpha (3.4 ms a 480p frame before, 1.3 after)
+    from vosrt.sdk.masks import label_colours
+    from vosrt.sdk.video import overlay
+
+    rng = np.random.default_rng(top_id)
+    frame = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    labels = rng.integers(0, top_id + 1, (60, 80)).astype(np.uint32)
+    labels[:20] = 0
+    objects = labels > 0
+    expected = frame.copy()
+    blend = frame[objects].astype(np.float32) * (1 - alpha) + label_colours(labels[objects])[:, ::-1].astype(np.float32) * alpha
+    expected[objects] = np.clip(blend, 0, 255).astype(np.uint8)
+    assert np.array_equal(overlay(frame, labels, alpha), expected)
+    assert np.array_equal(overlay(frame, np.zeros((60, 80), np.uint8), alpha), frame)
+
+
 def test_small_objects_that_share_a_package_pixel_each_keep_one():
     # two 3x3 objects side by side on a 1080p frame fall in one package pixel of 128x224: the one put back took the
     # other's only pixel, which was then tracked from an empty mask, unsaid; two unsampled objects in one pixel too
