@@ -39,14 +39,15 @@ MAX_MP4_FPS = 65535         # the highest frame rate an .mp4 writer opens at (1/
 STREAM_TIMEOUT = 10.0       # seconds a stream URL may take to open, or to send its next frame (OpenCV's own: 30)
 # The most pixels an image file may declare (PIL's decompression-bomb limit, about 12,000 x 7,500; 8K video is 33 M):
 # a 1 MB PNG can declare 30,000 x 30,000 pixels, 2.7 GB once decoded, which OpenCV decodes (its own limit is 2^30).
+# PIL reads the header (read_image); OpenCV then decodes only what PIL recognised and measured.
 MAX_IMAGE_PIXELS = 89_478_485
 
 
 def read_image(path: Path) -> tuple[np.ndarray | None, str | None]:
-    """Image file ``path`` as BGR uint8 ``[H, W, 3]``, or ``(None, why not)``. An image of more than
-    :data:`MAX_IMAGE_PIXELS` is refused before anything is decoded: its size is read from its header (PIL), and
-    OpenCV itself is held to the same limit (``OPENCV_IO_MAX_IMAGE_PIXELS``, set by ``import vosrt``) for the
-    formats PIL does not read."""
+    """Image file ``path`` as BGR uint8 ``[H, W, 3]``, or ``(None, why not)``. PIL reads its header first (every
+    suffix of :data:`IMAGE_SUFFIXES` is a format it knows): a file it does not recognise is refused, whatever OpenCV
+    would make of its content (a Radiance HDR named .png declaring 10000x9000 decoded to 1.3 GB), and so is an
+    image of more than :data:`MAX_IMAGE_PIXELS`, before anything is decoded."""
     from PIL import Image
 
     try:
@@ -55,8 +56,8 @@ def read_image(path: Path) -> tuple[np.ndarray | None, str | None]:
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:   # the warning: under -W error
         declared = re.search(r"\((\d+) pixels\)", str(err))
         width, height = (int(declared.group(1)) if declared else MAX_IMAGE_PIXELS + 1), 1
-    except Exception:   # a format PIL does not know (OpenCV may), or a broken header: OpenCV says
-        width = height = 0
+    except Exception:   # not an image PIL knows (its content: an HDR named .png too), a broken or cut header
+        return None, UNREADABLE
     if width * height > MAX_IMAGE_PIXELS:
         size = f"{width}x{height} pixels" if height > 1 else f"{width:,} pixels"
         return None, (f"image of {size} is larger than the {MAX_IMAGE_PIXELS:,} pixels an image may have "

@@ -3,14 +3,9 @@
 The namespace joins three folders: ``vosrt.sdk`` (runtime), ``vosrt.training`` (PyTorch models and
 training) and ``vosrt.export`` (ONNX export and TensorRT engine building).
 """
-import os as _os
 from pathlib import Path as _Path
 
 __version__ = "0.1.0"
-
-# OpenCV decodes images of up to 2^30 pixels (3.2 GB as BGR) however small the file: held to PIL's decompression-bomb
-# limit (vosrt.sdk.video.MAX_IMAGE_PIXELS), read once at OpenCV's first image decode. A value already set stays.
-_os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "89478485")
 
 # Imported from a source checkout that was not installed (a bare GPU machine running
 # samples/gpu_check.py has PyTorch but no pip install of this repository): the checkout's root joins the
@@ -19,4 +14,4 @@ _os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "89478485")
 _checkout = _Path(__file__).resolve().parent.parent
 if (_checkout / "setup.py").is_file() and (_checkout / "sdk" / "__init__.py").is_file():
     __path__.append(str(_checkout))
-del _Path, _checkout, _os
+del _Path, _checkout
