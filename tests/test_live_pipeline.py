@@ -352,3 +352,30 @@ def test_the_final_fps_leaves_out_the_time_spent_paused(tmp_path, capsys):
     from vosrt.sdk.cli_live import _report
     _report(pipeline)
     assert f"{pipeline.run_fps():.1f} FPS ({pipeline.paused_seconds:.1f} s paused not counted)" in capsys.readouterr().out
+
+
+def test_the_final_fps_of_a_clip_family_paused_often_stays_at_the_clip_s_rate(tmp_path):
+    # a clip's results come together: the gap before each burst was dropped after a pause and the bursts' near-zero
+    # gaps kept, so pausing every quarter second made a 30 FPS clip read as 87 FPS
+    from sdk_packages import tiny_package
+
+    seq = generate_sequence(41, num_frames=60, height=64, width=64, num_objects=1)
+    clip = write_video(tmp_path / "clip.mp4", seq)
+    session = vosrt.sdk.load(tiny_package("3dc-seg"))
+    source = LatestFrameSource(lambda: open_source(str(clip)), drop=True, pace=30, loop=True)
+    pipeline = LivePipeline(session, source, save_dir=tmp_path / "saved")
+    thread = pipeline.start()
+    try:
+        wait_for(lambda: pipeline.frames >= 8)
+        for _ in range(10):
+            time.sleep(0.25)
+            pipeline.pause()
+            time.sleep(0.3)
+            pipeline.resume()
+        time.sleep(0.5)
+    finally:
+        pipeline.stop()
+        thread.join(timeout=30)
+        session.close()
+    assert pipeline.paused_seconds > 2.5
+    assert 0 < pipeline.run_fps() < 36, pipeline.run_fps()    # never above the clip's own 30 FPS (and a margin)

@@ -133,11 +133,12 @@ class LivePipeline:
         self._recent: deque = deque(maxlen=30)        # finish times, for the FPS shown
         self.paused_seconds = 0.0                     # time the stream spent paused, left out of the final FPS
         self._paused_since: float | None = None
-        # the final FPS once the stream was paused: the gaps between consecutive results, those across a pause,
-        # a resume or a reset left out (_on_result)
-        self._gaps = 0          # pauses, resumes and resets so far
-        self._last_done: tuple[float, int] | None = None   # (time, _gaps then) of the latest result
-        self._active = [0, 0.0]  # results timed, seconds between them
+        # the final FPS once the stream was paused: results delivered while playing, over the time from the first
+        # to the last of them less the pauses in between (a pause counts once a result follows it: one the run
+        # stopped in lies outside); clip families deliver a clip's results together, which this takes as they come
+        self._played: list = [None, None, 0]   # first and last result's time, results delivered while playing
+        self._pauses_between = 0.0             # paused seconds between the first and the last result
+        self._pause_pending = 0.0              # paused seconds since the first result, no result after them yet
         # capture time of each pushed frame by its session index, taken before the push: a clip session's
         # frames wait for their labels as copies (stream() keeps one), which the source does not know
         self._captured: dict[int, float | None] = {}
@@ -211,7 +212,6 @@ class LivePipeline:
         with self._lock:
             if self._paused_since is None:
                 self._paused_since = time.perf_counter()
-            self._gaps += 1
         self.source.pause()
 
     def resume(self) -> None:
@@ -222,19 +222,22 @@ class LivePipeline:
     def _end_pause(self) -> None:
         with self._lock:
             if self._paused_since is not None:
-                self.paused_seconds += time.perf_counter() - self._paused_since
+                now = time.perf_counter()
+                self.paused_seconds += now - self._paused_since
+                if self._played[0] is not None:
+                    self._pause_pending += now - max(self._paused_since, self._played[0])
                 self._paused_since = None
-                self._gaps += 1
                 self._recent.clear()   # the FPS shown restarts: the pause is no gap between frames to average in
 
     def run_fps(self) -> float:
         """Frames per second over the run, the time it spent paused left out (the final report's rate): the
-        stream's own rate where it was never paused, else results over the time between consecutive ones, the gaps
-        across a pause, a resume or a reset left out."""
-        frames, seconds = self._active
-        if not self.paused_seconds or frames < 1 or seconds <= 0:
+        stream's own rate where it was never paused, else the results delivered while playing over the time from
+        the first to the last of them, less the pauses in between."""
+        first, last, results = self._played
+        if not self.paused_seconds or results < 2:
             return self.stats.fps
-        return frames / seconds
+        seconds = last - first - self._pauses_between
+        return (results - 1) / seconds if seconds > 0 else self.stats.fps
 
     def _refuse_if_ended(self, why: str) -> None:
         """A command that acts on the stream, once it has ended: answered ``ok`` and done nothing (a removed
@@ -431,7 +434,6 @@ class LivePipeline:
             self.objects.clear()
             self._next_id = 1
             self.resets += 1
-            self._gaps += 1
         self.message = "reset: every object forgotten"
 
     def _before_push(self, position: int, frame: np.ndarray) -> np.ndarray | None:
@@ -539,10 +541,13 @@ class LivePipeline:
                                        [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
             jpeg = encoded.tobytes() if ok else None
         with self._lock:   # counted with its picture: a reader that sees the count sees this frame
-            if self._last_done is not None and self._last_done[1] == self._gaps and not self.source.paused:
-                self._active[0] += 1
-                self._active[1] += now - self._last_done[0]
-            self._last_done = (now, self._gaps)
+            if not self.source.paused:   # a paused picture shown again (a pick on it) is no frame of the run
+                if self._played[0] is None:
+                    self._played[0] = now
+                self._pauses_between += self._pause_pending
+                self._pause_pending = 0.0
+                self._played[1] = now
+                self._played[2] += 1
             self.latest_frame, self.latest_labels, self.latest_index = frame, done.labels, done.index
             if jpeg is not None:
                 self.latest_jpeg = jpeg
