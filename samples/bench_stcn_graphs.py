@@ -13,9 +13,9 @@ on a shared host it moves every figure. A configuration that fails is left out o
 printed, and the run ends with status 1.
 
 ``--ceiling`` also measures, in this run, what fp32 arithmetic allows: the floating-point operations of
-one frame of the first package's network (``torch.utils.flop_counter`` on the model its manifest names,
+one frame of each package's network (``torch.utils.flop_counter`` on the model its manifest names,
 at its size; the affinity counted as 2·N·M·Ck) divided by the rate of a large fp32 MatMul in ONNX Runtime
-on the same threads. An fp32 backend that ran every operation at that rate would take that long for a
+on the same threads (measured before and after the configurations, the better kept). An fp32 backend that ran every operation at that rate would take that long for a
 frame, so it estimates the best fp32 ratio against the torch backend (a row at about 100% of the rate
 has nothing left to win in fp32); an INT8 package is not bound by it.
 """
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
             failed.append(f"{path} {backend_name} {form}")
             continue
         rows.append((f"{os.path.basename(os.path.normpath(path))} {backend_name} {form}",
-                     json.loads(done.stdout.strip().splitlines()[-1])))
+                     json.loads(done.stdout.strip().splitlines()[-1]), path))
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {args.objects} objects, memory "
           f"{args.memory_frames} frames, {args.threads} threads; seconds per call (wall / CPU), median of {args.repeat}; "
           "a frame is a key encoding, a segment call and a value encoding every mem_every frames (the package's); "
@@ -244,26 +244,28 @@ def main(argv=None) -> int:
     print(f"{'configuration':<40}" + "".join(f"{g:>22}" for g in graphs) + f"{'frame wall':>12}{'frame CPU':>11}"
           f"{'peak RSS':>10}{'vs first':>9}")
     base = None
-    for name, result in rows:
+    for name, result, _ in rows:
         g = result["graphs"]
         wall, cpu = _per_frame(result, "wall"), _per_frame(result, "cpu")
         base = base or wall
         cells = "".join(f"{g[x]['wall']:>11.3f} / {g[x]['cpu']:<8.3f}" for x in graphs)
         print(f"{name:<40}{cells}{wall:>12.3f}{cpu:>11.3f}{result['peak_rss_mb']:>8.0f}MB{base / wall:>8.2f}x")
-    for name, result in rows:   # a row's name is the package's folder: its resolution and precision said here
+    for name, result, _ in rows:   # a row's name is the package's folder: its resolution and precision said here
         print(f"  {name}: {result['size']} {result['precision']}, {result['describe']}")
     if args.ceiling:
         print("measuring the fp32 ceiling (FLOPs of a frame, an fp32 MatMul's rate)", file=sys.stderr, flush=True)
-        flops = _frame_flops(args.packages[0], args.objects, args.memory_frames)
         rates.append(_matmul_rate(args.threads))
         rate = max(rates)
-        floor = flops / rate
-        print(f"fp32 ceiling: {flops / 1e9:.3g} GFLOP per frame at {rate / 1e9:.0f} GFLOP/s (ONNX Runtime fp32 "
-              f"MatMul, {args.threads} threads; the better of {len(rates)} measurements, "
-              f"{', '.join(f'{r / 1e9:.0f}' for r in rates)}) -> about {floor:.3f} s per frame in fp32")
-        above = []
-        for name, result in rows:
-            share = floor / _per_frame(result, "wall")
+        print(f"fp32 MatMul rate: {rate / 1e9:.0f} GFLOP/s (ONNX Runtime, {args.threads} threads; the better of "
+              f"{len(rates)} measurements, {', '.join(f'{r / 1e9:.0f}' for r in rates)})")
+        floors, above = {}, []
+        for path in dict.fromkeys(path for _, _, path in rows):   # each package's own FLOPs (another size, model)
+            flops = _frame_flops(path, args.objects, args.memory_frames)
+            floors[path] = flops / rate
+            print(f"fp32 ceiling of {os.path.basename(os.path.normpath(path))}: {flops / 1e9:.3g} GFLOP per frame at "
+                  f"{rate / 1e9:.0f} GFLOP/s -> about {floors[path]:.3f} s per frame in fp32")
+        for name, result, path in rows:
+            share = floors[path] / _per_frame(result, "wall")
             print(f"  {name}: runs at {_percent(share)} of that rate")
             if share > 1.1 and result["precision"] == "fp32":
                 above.append(name)
@@ -271,10 +273,11 @@ def main(argv=None) -> int:
             print(f"warning: {', '.join(above)} ran above the fp32 MatMul rate, which cannot be: the rate was measured "
                   "at a busy moment (see the load average above); the ceiling figures are not to be trusted, run "
                   "again on a quieter machine", file=sys.stderr)
-        torch_rows = [r for n, r in rows if " torch " in n]
+        torch_rows = [(r, path) for n, r, path in rows if " torch " in n]
         if torch_rows:
-            wall = _per_frame(torch_rows[0], "wall")
-            print(f"  so an fp32 backend gains at most about {wall / floor:.2f}x over the first torch row")
+            wall = _per_frame(torch_rows[0][0], "wall")
+            print(f"  so an fp32 backend gains at most about {wall / floors[torch_rows[0][1]]:.2f}x over the first "
+                  "torch row")
     if failed:   # the table lacks their rows (and "vs first" may not be against the first configuration)
         print(f"failed: {', '.join(failed)} (their errors are above)", file=sys.stderr)
         return 1

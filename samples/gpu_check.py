@@ -881,8 +881,9 @@ def run_benchmarks(out: Path, device: str, repeat: int, deadline: Deadline,
                "--repeat", str(repeat), "--result", str(result_file)]
         timeout = deadline.share(len(BENCHMARK_PARTS) - position, reserve=5)
         result = results[name] = run_child(cmd, result_file, timeout)
-        failed = isinstance(result, dict) and "error" in result
-        say(f"benchmark {name}: {'failed, ' + result['error'] if failed else 'done'}")
+        failed = benchmark_failed(result)
+        said = result["error"] if isinstance(result, dict) and "error" in result else "a row or the kernel failed"
+        say(f"benchmark {name}: {'failed, ' + said if failed else 'done'}")
         if progress is not None:
             progress(results)
     return results
@@ -904,6 +905,15 @@ def find_sanitizer(env: dict) -> str | None:
     return next((str(f / "compute-sanitizer") for f in folders if (f / "compute-sanitizer").is_file()), None)
 
 
+READOUT_SANITIZE_CASES = ((64, 256, 64, 32, 20), (63, 1001, 77, 40, 8), (16, 10, 33, 8, 20), (64, 500, 130, 16, 0))
+D2CONV_SANITIZE_CASES = ((12, 10, 3, 9, 11, 1), (32, 64, 2, 17, 6, 2))
+
+
+def sanitize_case_count(device: str) -> int:
+    """How many cases :func:`sanitize_cases` runs on ``device`` (fp32 and fp16 on CUDA, fp32 on the CPU)."""
+    return (2 if device == "cuda" else 1) * (len(READOUT_SANITIZE_CASES) + len(D2CONV_SANITIZE_CASES))
+
+
 def sanitize_cases(device: str) -> list[str]:
     """Small calls of every kernel path, for compute-sanitizer to watch (odd sizes, tile edges, N < top_k, the
     dense path, fp16, D2Conv3D's backward); returns one line per case (an exception is a line too, not the end)."""
@@ -916,7 +926,7 @@ def sanitize_cases(device: str) -> list[str]:
     dtypes = (torch.float32, torch.float16) if device == "cuda" else (torch.float32,)
     for dtype in dtypes:
         # (Ck, N, M, V, top_k): tiles met exactly, odd Ck and sizes off the tiles, N < top_k, the dense path
-        for ck, n, m, v, top_k in ((64, 256, 64, 32, 20), (63, 1001, 77, 40, 8), (16, 10, 33, 8, 20), (64, 500, 130, 16, 0)):
+        for ck, n, m, v, top_k in READOUT_SANITIZE_CASES:
             name = f"readout {str(dtype)[6:]} Ck={ck} N={n} M={m} V={v} top_k={top_k}"
             try:
                 mk, qk = (torch.randn(2, ck, size, device=device, generator=g).to(dtype) for size in (n, m))
@@ -926,7 +936,7 @@ def sanitize_cases(device: str) -> list[str]:
             except Exception as err:
                 done.append(f"{name}: {_row_error(err)}")
         # (C, Cout, T, H, W, groups): D2Conv3D forward and backward, a frame off every tile, two groups
-        for c, cout, t, h, w, groups in ((12, 10, 3, 9, 11, 1), (32, 64, 2, 17, 6, 2)):
+        for c, cout, t, h, w, groups in D2CONV_SANITIZE_CASES:
             name = f"d2conv3d {str(dtype)[6:]} C={c} Cout={cout} {t}x{h}x{w} groups={groups}"
             try:
                 def leaf(*shape, low=0.0):
@@ -944,38 +954,48 @@ def sanitize_cases(device: str) -> list[str]:
     return done
 
 
+SANITIZER_MIN_SECONDS = 60   # a tool is started only with this much of the budget left (torch starts slowly under it)
+
+
 def run_sanitizer(env: dict, dry_run: bool, deadline: Deadline, log: Path | None = None) -> dict:
     """compute-sanitizer's memcheck and racecheck on :func:`sanitize_cases`, limited to vosrt's kernels, with the
-    time the benchmarks left (a tool that has not 40 s is not started)."""
+    time the benchmarks left. A tool that found errors, crashed, or ran fewer cases than planned (the child writes
+    them to a file) fails the step; one the budget left no time for, or stopped, is said so and fails nothing."""
     sanitizer = find_sanitizer(env)
     if sanitizer is None:
         return {"status": "skipped: compute-sanitizer not found (it comes with the CUDA toolkit, beside nvcc)"}
-    cases = [sys.executable, str(Path(__file__).resolve()), "--sanitize-cases"]
+    child = [sys.executable, str(Path(__file__).resolve()), "--sanitize-cases"]
     if dry_run:
-        return {"status": "planned", "commands": [" ".join([sanitizer, "--tool", t, "...", *cases]) for t in SANITIZER_TOOLS]}
+        return {"status": "planned", "commands": [" ".join([sanitizer, "--tool", t, "...", *child]) for t in SANITIZER_TOOLS]}
     result: dict = {"status": "ok", "tools": {}}
     for tool in SANITIZER_TOOLS:
-        if deadline.left() < 40:
+        if deadline.left() < SANITIZER_MIN_SECONDS:
             result["tools"][tool] = {"status": "not run: the time budget (--budget) was spent"}
             continue
         base = [sanitizer, "--tool", tool, "--error-exitcode", str(SANITIZER_EXIT), "--print-limit", "20"]
-        step = _run(base + ["--kernel-name", "kns=vosrt"] + cases, min(deadline.left(5), 150), cwd=ROOT, log=log,
-                    append=True)
-        if step["returncode"] not in (0, SANITIZER_EXIT) and "kernel-name" in step["output_tail"]:
-            # a compute-sanitizer that does not take the filter: every kernel checked, torch's too (slower)
-            step = _run(base + cases, min(deadline.left(5), 150), cwd=ROOT, log=log, append=True)
+        with tempfile.TemporaryDirectory() as scratch:
+            cases_file = Path(scratch) / "cases.json"
+            cases = child + ["--result", str(cases_file)]
+            step = _run(base + ["--kernel-name", "kns=vosrt"] + cases, min(deadline.left(5), 150), cwd=ROOT, log=log,
+                        append=True)
+            if step["returncode"] not in (0, SANITIZER_EXIT, 124) and "kernel-name" in step["output_tail"]:
+                # a compute-sanitizer that does not take the filter: every kernel checked, torch's too (slower)
+                step = _run(base + cases, min(deadline.left(5), 150), cwd=ROOT, log=log, append=True)
+            ran = json.loads(cases_file.read_text()) if cases_file.is_file() else {"cases": [], "planned": None}
         summary = re.findall(r"(?:ERROR|RACECHECK) SUMMARY: .*", step["output_tail"])
         found = [line.strip() for line in step["output_tail"].splitlines() if line.strip().startswith("=========")]
-        case_lines = [line for line in step["output_tail"].splitlines() if line.startswith(("readout ", "d2conv3d "))]
+        case_lines = ran["cases"]
         verdict = ("ok" if step["returncode"] == 0 else "ERRORS" if step["returncode"] == SANITIZER_EXIT
-                   else "did not finish")
-        if verdict == "ok" and any(": ok" not in line for line in case_lines):
+                   else "stopped at the time budget" if step["returncode"] == 124 else "did not finish")
+        if verdict == "ok" and (ran["planned"] is None or len(case_lines) < ran["planned"]):
+            verdict = f"ran {len(case_lines)} of {ran['planned'] or '?'} cases"
+        elif verdict == "ok" and any(": ok" not in line for line in case_lines):
             verdict = "a case raised"
         result["tools"][tool] = {"status": verdict, "returncode": step["returncode"], "seconds": step["seconds"],
                                  "command": step["command"], "summary": summary[-1] if summary else None,
                                  "first_reports": found[:12], "cases": case_lines}
         say(f"sanitizer {tool}: {verdict} ({summary[-1] if summary else 'no summary'}) in {step['seconds']} s")
-        if verdict != "ok":   # errors found, or nothing checked (a crash, a timeout, a case that raised)
+        if verdict not in ("ok", "stopped at the time budget"):   # errors found, or less checked than planned
             result["status"] = "failed"
     return result
 
@@ -1141,8 +1161,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.sanitize_cases:
         import torch
 
-        for line in sanitize_cases("cuda" if torch.cuda.is_available() else "cpu"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        lines = sanitize_cases(device)
+        for line in lines:
             print(line, flush=True)
+        if args.result is not None:   # read by run_sanitizer: the output's tail may hold the sanitizer's reports only
+            write_json(args.result, {"cases": lines, "planned": sanitize_case_count(device)})
         return 0
     if args.benchmark:
         if args.result is None:

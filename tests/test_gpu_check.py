@@ -421,7 +421,7 @@ def test_compute_sanitizer_runs_each_tool_on_the_kernel_cases_and_its_errors_fai
     assert memcheck["status"] == "ok" and memcheck["summary"] == "ERROR SUMMARY: 0 errors"
     assert len(memcheck["cases"]) == 6 and all(": ok" in line for line in memcheck["cases"])   # fp32 on the CPU
     racecheck = result["tools"]["racecheck"]      # the same child, its command not the lines the first one printed
-    assert racecheck["status"] == "ok" and racecheck["command"].endswith(" --sanitize-cases") and racecheck["cases"]
+    assert racecheck["status"] == "ok" and " --sanitize-cases --result " in racecheck["command"] and racecheck["cases"]
     assert "d2conv3d float32 C=12" in log.read_text()
     # errors found: the tool's status, its first reports, and the check fails
     sanitizer.write_text('#!/bin/sh\necho "========= Invalid __global__ read of size 16 bytes"\n'
@@ -438,6 +438,16 @@ def test_compute_sanitizer_runs_each_tool_on_the_kernel_cases_and_its_errors_fai
     sanitizer.write_text('#!/bin/sh\necho "========= Error: Device not supported"\nexit 1\n')
     result = gpu_check.run_sanitizer({}, False, gpu_check.Deadline(300), log)
     assert result["status"] == "failed" and result["tools"]["memcheck"]["status"] == "did not finish"
+    # one that says 0 errors without running the cases (or fewer of them) checked less than planned: failed
+    sanitizer.write_text('#!/bin/sh\necho "========= ERROR SUMMARY: 0 errors"\n')
+    result = gpu_check.run_sanitizer({}, False, gpu_check.Deadline(300), log)
+    assert result["status"] == "failed" and result["tools"]["memcheck"]["status"] == "ran 0 of ? cases"
+    # one the budget stopped: said, and no failure (the time went to the benchmarks)
+    sanitizer.write_text('#!/bin/sh\nsleep 30\n')
+    monkeypatch.setattr(gpu_check, "SANITIZER_MIN_SECONDS", 1)
+    result = gpu_check.run_sanitizer({}, False, gpu_check.Deadline(8), log)
+    assert result["tools"]["memcheck"]["status"] == "stopped at the time budget" and result["status"] == "ok"
+    monkeypatch.setattr(gpu_check, "SANITIZER_MIN_SECONDS", 60)
     # no time left: not started; none installed: skipped, said so
     assert gpu_check.run_sanitizer({}, False, gpu_check.Deadline(20))["tools"]["racecheck"]["status"].startswith("not run")
     assert gpu_check.find_sanitizer({}) == str(sanitizer)

@@ -373,8 +373,8 @@ def test_bench_stcn_graphs_reports_every_configuration_and_the_fp32_ceiling(tmp_
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert any(line.startswith("stcn onnxruntime portable") for line in lines), done.stdout
-    ceiling = next(line for line in lines if line.startswith("fp32 ceiling:"))
-    gflop = float(ceiling.split()[2])
+    ceiling = next(line for line in lines if line.startswith("fp32 ceiling of "))
+    gflop = float(ceiling.split(": ")[1].split()[0])
     assert gflop > 0 and "GFLOP/s" in ceiling
     rates = [line for line in lines if "runs at" in line and line.rstrip().endswith("of that rate")]
     # a row far below the rate (the tiny package's torch row) printed "runs at 0%"
@@ -725,5 +725,24 @@ def test_bench_stcn_graphs_keeps_the_better_matmul_rate_and_says_when_a_row_beat
     assert bench_stcn_graphs.main([str(tiny_package("stcn", ("portable",))), "--repeat", "1", "--memory-frames",
                                    "2", "--ceiling"]) == 0
     out, err = capsys.readouterr()
-    assert "at 5 GFLOP/s (ONNX Runtime fp32 MatMul, 2 threads; the better of 2 measurements, 2, 5)" in out, out
+    assert "fp32 MatMul rate: 5 GFLOP/s (ONNX Runtime, 2 threads; the better of 2 measurements, 2, 5)" in out, out
     assert "ran above the fp32 MatMul rate, which cannot be" in err and "stcn onnxruntime portable" in err, err
+
+
+def test_bench_stcn_graphs_holds_each_package_to_its_own_flops(tmp_path, monkeypatch, capsys):
+    # the FLOPs of the first package were every row's: a smaller second package ran "at 360%" of the ceiling
+    sys.path.insert(0, str(SAMPLES))
+    import bench_stcn_graphs
+
+    small, large = tiny_package("stcn", ("portable",)), tmp_path / "large"
+    import shutil
+    shutil.copytree(small, large)
+    monkeypatch.setattr(bench_stcn_graphs, "_matmul_rate", lambda threads: 1e12)
+    monkeypatch.setattr(bench_stcn_graphs, "_frame_flops", lambda path, *rest: 4e9 if path == str(large) else 1e9)
+    monkeypatch.chdir(tmp_path)
+    assert bench_stcn_graphs.main([str(small), str(large), "--repeat", "1", "--memory-frames", "2", "--ceiling"]) == 0
+    out = capsys.readouterr().out
+    shares = {line.split(":")[0].strip(): float(line.split("runs at ")[1].split("%")[0])
+              for line in out.splitlines() if "runs at " in line}
+    small_share, large_share = (shares[f"{name} onnxruntime portable"] for name in (Path(small).name, "large"))
+    assert "fp32 ceiling of large: 4 GFLOP per frame" in out and large_share > 2 * small_share, out
