@@ -153,6 +153,9 @@ def test_the_overlay_blends_each_object_pixel_with_its_colour_and_leaves_the_res
     expected[objects] = np.clip(blend, 0, 255).astype(np.uint8)
     assert np.array_equal(overlay(frame, labels, alpha), expected)
     assert np.array_equal(overlay(frame, np.zeros((60, 80), np.uint8), alpha), frame)
+    if top_id < 256:   # whole-number float maps as the int ones; negative ids are no object, left as they are
+        assert np.array_equal(overlay(frame, labels.astype(np.float32), alpha), expected)
+        assert np.array_equal(overlay(frame, np.where(objects, -labels.astype(np.int64), 0), alpha), frame)
 
 
 def test_small_objects_that_share_a_package_pixel_each_keep_one():
