@@ -84,9 +84,18 @@ class _HostRuntime:
     def cudaGetDevice(self):
         return 0, getattr(self.current, "device", 0)
 
-    def cudaSetDevice(self, device):
-        self.current.device = device
+    def cudaSetDevice(self, device):   # makes the device's primary context current (CUDA 12+)
+        self.current.device, self.current.context = device, f"primary {device}"
         return (0,)
+
+    # the driver API's current context of the thread (a null one until set), as device_current reads and sets it
+    def get_context(self):
+        return getattr(self.current, "context", "null")
+
+    def set_context(self, context):
+        self.current.context = context
+        device = {"null": 0, "mine": 0}.get(context)
+        self.current.device = int(context.split()[1]) if device is None else device
 
 
 @pytest.fixture
@@ -628,26 +637,35 @@ def test_each_call_runs_on_the_device_the_backend_opened_on_whatever_thread_make
         assert backend.download(backend.read(bank, 2, 0, 3))[1].sum() == 9
         backend.synchronize()
 
+    monkeypatch.setattr(trt_backend, "_get_context", runtime.get_context)
+    monkeypatch.setattr(trt_backend, "_set_context", runtime.set_context)
     after = {}
 
-    def on_a_thread(work, active):
-        monkeypatch.setattr(trt_backend, "_primary_context_active", lambda device: active)
-        worker = threading.Thread(target=lambda: (work(), after.update(device=runtime.cudaGetDevice()[1])))
+    def on_a_thread(work, own_context=None):
+        def run():
+            if own_context:
+                runtime.set_context(own_context)
+            work()
+            after.update(device=runtime.cudaGetDevice()[1], context=runtime.get_context())
+        worker = threading.Thread(target=run)
         worker.start()
         worker.join()
 
-    on_a_thread(step, active=True)
+    on_a_thread(step)
     assert seen and {device for _, device in seen} == {1}, seen
     assert {name for name, _ in seen} >= {"cudaMalloc", "cudaMemcpyAsync", "cudaStreamSynchronize"}
-    assert after["device"] == 0        # the thread's own device again (torch.empty(device="cuda") there stays on 0)
-    on_a_thread(step, active=False)
-    assert after["device"] == 1        # no context on device 0 made just to set it back
+    # the thread as it was: no context (none made on device 0 to set it back), or its own one on device 0
+    assert after == {"device": 0, "context": "null"}
+    on_a_thread(step, own_context="mine")
+    assert after == {"device": 0, "context": "mine"}      # not device 0's primary context in place of the caller's
     # the last view dropped on another thread frees the block on the backend's device
     freed = []
     monkeypatch.setattr(runtime, "cudaFree", lambda ptr, _real=runtime.cudaFree: (
         freed.append(runtime.cudaGetDevice()[1]), _real(ptr))[1])
-    on_a_thread(lambda: bank.allocation.free(), active=True)
-    assert freed == [1] and runtime.cudaGetDevice()[1] == 1
+    allocated = backend.allocated_bytes
+    on_a_thread(lambda: bank.allocation.free())
+    assert freed == [1] and after["context"] == "null" and runtime.cudaGetDevice()[1] == 1
+    assert backend.allocated_bytes == allocated - bank.allocation.nbytes and bank.allocation.ptr == 0
 
 
 def test_a_device_buffer_too_large_to_allocate_is_a_memory_error_as_on_the_other_backends(backend):

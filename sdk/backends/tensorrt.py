@@ -88,26 +88,38 @@ def check_cuda(result, what: str):
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def _primary_context_active(device: int) -> bool:
-    """Whether ``device``'s primary context exists already (cuda-python's driver API); True where that cannot be
-    asked. Setting a device current again creates its context (CUDA 12+): hundreds of MB on a GPU the process never
-    used, which a thread that only ever touched the backend's device must not get."""
+def _driver():
+    """cuda-python's driver API module, or None."""
     try:
+        from cuda.bindings import driver
+    except ImportError:
         try:
-            from cuda.bindings import driver
-        except ImportError:
             from cuda import cuda as driver
-        err, handle = driver.cuDeviceGet(device)
-        err2, _, active = driver.cuDevicePrimaryCtxGetState(handle)
-        return bool(active) if int(err) == 0 and int(err2) == 0 else True
-    except Exception:
-        return True
+        except ImportError:
+            return None
+    return driver
+
+
+def _get_context():
+    """The calling thread's current CUDA context (cuCtxGetCurrent: a null one where it has none), or None where the
+    driver API cannot be asked."""
+    driver = _driver()
+    if driver is None:
+        return None
+    err, context = driver.cuCtxGetCurrent()
+    return context if int(err) == 0 else None
+
+
+def _set_context(context) -> None:
+    _driver().cuCtxSetCurrent(context)
 
 
 @contextlib.contextmanager
 def device_current(device: int | None):
-    """``device`` the calling thread's current CUDA device inside (None: as it is), the one before it restored after
-    where that one's context exists (a thread that had none set keeps the backend's, not a new context on 0)."""
+    """``device`` the calling thread's current CUDA device inside (None: as it is), and the thread's own context
+    current again after: exactly the one it had (cuCtxSetCurrent), a context of its own or none at all; setting its
+    device back instead (cudaSetDevice) would make a primary context there, hundreds of MB on a GPU the process may
+    never have used, in place of a context of the caller's."""
     if device is None:
         yield
         return
@@ -116,11 +128,14 @@ def device_current(device: int | None):
     if before == device:
         yield
         return
+    saved = _get_context()
     check_cuda(rt.cudaSetDevice(device), f"cudaSetDevice({device})")
     try:
         yield
     finally:
-        if _primary_context_active(before):
+        if saved is not None:
+            _set_context(saved)
+        else:   # no driver API here: its device, as the runtime sees it
             rt.cudaSetDevice(before)
 
 
@@ -181,11 +196,13 @@ class _Allocation:
 
     def free(self) -> None:
         if self.ptr:
-            with device_current(self._device):
-                cudart().cudaFree(self.ptr)
-            if self._owner is not None:
-                self._owner.allocated_bytes -= self.nbytes
-            self.ptr = 0
+            try:
+                with device_current(self._device):
+                    cudart().cudaFree(self.ptr)
+            finally:   # counted as freed even where the device could not be made current (as cudaFree's status)
+                if self._owner is not None:
+                    self._owner.allocated_bytes -= self.nbytes
+                self.ptr = 0
 
     def __del__(self):
         try:
