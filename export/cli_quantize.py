@@ -40,6 +40,9 @@ def run(args) -> int:
     if args.frames < 1:
         raise UserError(f"--frames must be >= 1, got {args.frames}")
     package = load_package(args.package)
+    if families.get(package.family).takes_mask and args.frames < 2:   # said before calibrating, not after
+        raise UserError(f"--frames {args.frames}: a {package.family} package segments from the second frame on (the "
+                        "first carries the mask), so calibrating needs 2 or more frames (default 60)")
     source = open_source(args.calibrate, flag="--calibrate")
     try:
         first_mask = None
@@ -49,12 +52,19 @@ def run(args) -> int:
                 raise UserError(f"--mask: {package.family} packages are calibrated by tracking objects, which needs the "
                                 "first frame's mask; give --mask PNG or a DAVIS sequence folder with its annotations")
             if not first_mask.any():
-                raise UserError("--mask: no object in it (every pixel is 0, background); calibrating tracks the "
-                                "objects of the first frame's mask, so give a mask with at least one object id")
+                where = "--mask" if args.mask else f"--calibrate {args.calibrate}: its first annotation"
+                raise UserError(f"{where}: no object in it (every pixel is 0, background); calibrating tracks the "
+                                "objects of the first frame's mask, so give a mask with at least one object id"
+                                + ("" if args.mask else " (--mask PNG, or a sequence annotated on its first frame)"))
         elif args.mask:
             raise UserError(f"--mask: {package.family} packages segment without a mask; drop --mask")
         frames = []
         for frame in source:
+            if first_mask is not None and not frames and getattr(source, "first_frame_skipped", False):
+                # the mask belongs to the frame that could not be read: on the next one it would mark other pixels
+                raise UserError(f"--calibrate {args.calibrate}: its first frame cannot be read, and the first-frame "
+                                "mask belongs to it; repair or remove that frame and give the mask of the new first "
+                                "frame")
             frames.append(frame)
             if len(frames) >= args.frames:
                 break

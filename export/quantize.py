@@ -261,11 +261,18 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
         files, manifest = _write_int8_files(src, samples, calibration, work, say)
         # Everything is written aside (in ``work``) and moved into place at the end, the manifest last: a run that
         # fails or is interrupted leaves an earlier package in out_dir as it was, and no folder it created.
+        from vosrt.export.package import _listed_files
+
+        earlier = _listed_files(out_dir, written=True)   # an earlier INT8 package's files, by its manifest
         (out_dir / "manifest.json").unlink(missing_ok=True)   # never the old manifest over new graphs
         for name in files:
             (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(work / name, out_dir / name)
         write_manifest(out_dir, manifest)
+        # its files the new package does not name (another family's graphs, its weights) would lie there unused
+        for stale in sorted(earlier - _listed_files(out_dir, written=False)):
+            (out_dir / stale).unlink(missing_ok=True)
+            say(f"removed {out_dir / stale} (of the INT8 package that was there)")
     except BaseException:
         if created:
             shutil.rmtree(out_dir, ignore_errors=True)
