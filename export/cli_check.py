@@ -1,5 +1,8 @@
 """``vosrt check DIR``: compare a package's graphs with the PyTorch model on random inputs.
 
+An INT8 package (``vosrt quantize``) is checked on video instead: it and its fp32 source package segment held-out
+generated clips, and its labels must follow the fp32 package's or score as well against the clips' truth.
+
 ``--backend onnxruntime`` (default) runs the portable form on the CPU, and the plugin form of graphs with
 custom operators on vosrt's CPU operators (what ONNX Runtime runs on the CPU by default); ``--backend tensorrt`` compares
 the built engines with ONNX Runtime (needs ``vosrt build`` first, TensorRT and a GPU).
@@ -28,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint to compare against (default: the one the manifest records)")
     parser.add_argument("--tolerance", type=float, default=None,
                         help=f"largest acceptable relative error max|a-e|/max|e| (default {TOLERANCE}; an INT8 "
-                        f"package is compared only with one given)")
+                        f"package without one is checked on held-out generated clips beside its fp32 package)")
 
 
 def print_report(report: dict, tolerance: float, advice=None, reference: str = "PyTorch") -> int:
@@ -117,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
         # nan compares false with every error, so it passed any package; a negative one failed every package
         raise UserError(f"--tolerance: expected a finite relative error >= 0 (default {TOLERANCE}), "
                         f"got {args.tolerance}")
+    int8_on_video = _int8_on_video(args)
+    if int8_on_video is not None:
+        return int8_on_video
     _refuse_int8_without_tolerance(args)
     tolerance = TOLERANCE if args.tolerance is None else args.tolerance
     if args.backend == "tensorrt":
@@ -167,6 +173,67 @@ def run(args: argparse.Namespace) -> int:
                 f"`{reexport_command(package, out, args.checkpoint)}`; or, "
                 f"{tolerance_hint(again, loose)}")
     return print_report(report, tolerance, advice)
+
+
+INT8_CLIPS, INT8_FRAMES = 2, 30        # held-out generated clips an INT8 package is checked on, and their length
+INT8_AGREEMENT = 0.9                    # J&F of its labels against the fp32 package's that passes it
+INT8_LOSS = 0.02                        # or: the J&F against the clips' truth it may lose to the fp32 package
+
+
+def _int8_on_video(args) -> int | None:
+    """``vosrt check`` of an INT8 package, without --tolerance: it and its fp32 source package segment held-out
+    generated clips (those of ``vosrt demo --heldout``) on ONNX Runtime. It passes where its labels agree with the fp32
+    package's (J&F >= INT8_AGREEMENT), or where it loses at most INT8_LOSS of J&F against the clips' own truth (a
+    model whose fp32 labels are themselves arbitrary there, an untrained one, agrees with nothing). Its errors on
+    random inputs, elementwise, judged nothing: a package whose decoder weights were negated passed --tolerance 1.
+    None where this does not apply (fp32 packages, a --tolerance given, TensorRT, a source package not found)."""
+    from vosrt.sdk.package import load_package
+
+    package = load_package(args.package)
+    quantization = package.quantization
+    if args.tolerance is not None or not isinstance(quantization, dict) or args.backend == "tensorrt":
+        return None
+    source = quantization.get("source_package")
+    if not source or not (Path(source) / "manifest.json").is_file():
+        return None   # refused with how to judge it (_refuse_int8_without_tolerance)
+    import vosrt.sdk
+    from vosrt.sdk import metrics
+    from vosrt.sdk.cli_demo import CLIP, HELDOUT_DATASET_SEED, segment_sequence
+    from vosrt.sdk.synthetic import generate_sequence, sequence_seed
+
+    print(f"checking {package.path}: INT8 against its fp32 package {source} on {INT8_CLIPS} held-out generated "
+          f"clips ({INT8_FRAMES} frames, {CLIP['height']}x{CLIP['width']}), ONNX Runtime", file=sys.stderr, flush=True)
+    sessions = [vosrt.sdk.load(path, backend="onnxruntime", color="rgb") for path in (package.path, source)]
+    agreement, int8_truth, fp32_truth = [], [], []
+    try:
+        for index in range(INT8_CLIPS):
+            seq = generate_sequence(sequence_seed(HELDOUT_DATASET_SEED, index), **dict(CLIP, num_frames=INT8_FRAMES))
+            labels = []
+            for session in sessions:
+                session.reset()
+                labels.append(segment_sequence(session, seq.frames, seq.labels[0])[0])
+            int8, fp32 = labels
+            name = f"heldout-{index}"
+            # against the fp32 labels as truth: its first frame is the mask both were given (where one is given)
+            reference = [seq.labels[0]] + fp32[1:] if sessions[0].takes_mask else fp32
+            agreement += metrics.score_sequence(package.family, int8, reference, name)
+            int8_truth += metrics.score_sequence(package.family, int8, seq.labels, name)
+            fp32_truth += metrics.score_sequence(package.family, fp32, seq.labels, name)
+    finally:
+        for session in sessions:
+            session.close()
+    agree = metrics.summarize(agreement)["J&F"]
+    own, theirs = metrics.summarize(int8_truth)["J&F"], metrics.summarize(fp32_truth)["J&F"]
+    print(f"agreement with the fp32 package's labels   J&F {agree:.3f}  (passes at {INT8_AGREEMENT})")
+    print(f"against the clips' truth                   J&F {own:.3f}  (fp32 package {theirs:.3f}; passes losing at "
+          f"most {INT8_LOSS})")
+    if agree >= INT8_AGREEMENT or own >= theirs - INT8_LOSS:
+        print("check passed")
+        return 0
+    print(f"check failed: the INT8 package neither follows its fp32 package (J&F {agree:.3f} of its labels) nor "
+          f"segments the clips as well ({own:.3f} against {theirs:.3f}); quantize the fp32 package again: "
+          f"`{_requantize_command(package, args.package)}`")
+    return 1
 
 
 def _requantize_command(package, out) -> str:

@@ -248,28 +248,61 @@ def test_quantize_refuses_an_empty_mask_with_the_cli_option_to_fix(tmp_path, cap
     assert err.startswith("error: --mask: no object in it") and "step(" not in err
 
 
-def test_check_of_an_int8_package_says_how_to_judge_it_instead_of_failing_it_on_the_fp32_tolerance(tiny_int8,
-                                                                                                    capsys):
+def test_check_of_an_int8_package_without_its_fp32_package_says_how_to_judge_it(tiny_int8, tmp_path, capsys):
     # `vosrt check` of a working INT8 package printed "check failed" (93% of pixels differing on random inputs)
     import shlex
+    import shutil
 
-    assert main(["check", str(tiny_int8)]) == 2
+    moved = tmp_path / "int8"
+    shutil.copytree(tiny_int8, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["quantization"]["source_package"] = str(tmp_path / "gone")   # its fp32 package no longer there
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["check", str(moved)]) == 2
     err = capsys.readouterr().err
-    source = str(tiny_package("stcn").resolve())
     assert (f"is an INT8 package (vosrt quantize): its outputs differ from the PyTorch model by quantisation, beyond "
-            f"check's fp32 tolerance 0.001. Check the fp32 package (`vosrt check {shlex.quote(source)}`)") in err
+            f"check's fp32 tolerance 0.001. Check the fp32 package (`vosrt check {shlex.quote(str(tmp_path / 'gone'))}`)"
+            in err)
     hints = suggested_commands(err)
     # no `--tolerance 1` hint: on random inputs it passed an INT8 package whose decoder weights were negated (J&F
     # 0.083, below copying the first mask), which the demo's J&F shows
-    assert hints == [["check", source], ["demo", "--family", "stcn", "--heldout", "16", "--package", str(tiny_int8)]]
+    assert hints[1] == ["demo", "--family", "stcn", "--heldout", "16", "--package", str(moved)] and len(hints) == 2
     assert "A --tolerance of your own prints its errors on random inputs, which say little" in err
-    assert main(hints[0]) == 0  # the fp32 package passes
-    capsys.readouterr()
     # with a tolerance given it is compared, one line per graph output, with a note on what that cannot show
     assert main(["check", str(tiny_int8), "--tolerance", "1"]) == 0
     out, err = capsys.readouterr()
     assert "segment" in out and "check passed" in out
     assert "is an INT8 package: its errors on random inputs" in err and "--heldout 16 --package" in err
+
+
+def test_check_of_an_int8_package_segments_held_out_clips_beside_its_fp32_package(demo_int8, tiny_int8, tmp_path,
+                                                                                  capsys):
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    # the shipped model's INT8 copy follows its fp32 package
+    assert main(["check", str(demo_int8)]) == 0
+    out = capsys.readouterr().out
+    agreement = float(out.split("agreement with the fp32 package's labels   J&F ")[1].split()[0])
+    assert agreement > 0.9 and out.rstrip().endswith("check passed"), out
+    # an untrained one agrees with nothing, its fp32 package included, and loses nothing against the truth
+    assert main(["check", str(tiny_int8)]) == 0
+    capsys.readouterr()
+    # its decoder's output weights negated (every object inverted): it passed `--tolerance 1`; here it fails
+    broken = tmp_path / "broken"
+    shutil.copytree(demo_int8, broken)
+    for graph in broken.glob("segment*.onnx"):
+        model = onnx.load(str(graph))
+        for tensor in model.graph.initializer:
+            if tensor.name in ("model.decoder.pred.weight_scale", "model.decoder.pred.bias_quantized_scale"):
+                tensor.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(tensor), tensor.name))
+        onnx.save(model, str(graph))
+    assert main(["check", str(broken)]) == 1
+    out = capsys.readouterr().out
+    assert "check failed: the INT8 package neither follows its fp32 package" in out
+    assert suggested_commands(out)[0][:2] == ["quantize", str(demo_package("stcn"))]
 
 
 def test_a_failed_check_of_an_int8_package_suggests_quantizing_again_not_an_export(tiny_int8, calibration, tmp_path,
