@@ -196,6 +196,10 @@ def _int8_on_video(args) -> int | None:
     source = quantization.get("source_package")
     if not source or not (Path(source) / "manifest.json").is_file():
         return None   # refused with how to judge it (_refuse_int8_without_tolerance)
+    if args.checkpoint:   # it would be ignored: the INT8 package is held to its fp32 package here, not to a model
+        raise UserError(f"--checkpoint: {package.path} is an INT8 package, checked on video beside its fp32 package "
+                        f"({source}) without a checkpoint; drop --checkpoint, or compare its graphs with the "
+                        f"checkpoint's model elementwise by giving --tolerance too")
     import vosrt.sdk
     from vosrt.sdk import metrics
     from vosrt.sdk.cli_demo import CLIP, HELDOUT_DATASET_SEED, segment_sequence

@@ -290,6 +290,8 @@ def test_check_of_an_int8_package_segments_held_out_clips_beside_its_fp32_packag
     # an untrained one agrees with nothing, its fp32 package included, and loses nothing against the truth
     assert main(["check", str(tiny_int8)]) == 0
     capsys.readouterr()
+    assert main(["check", str(tiny_int8), "--checkpoint", "x.pth"]) == 2      # not ignored without a word
+    assert "--checkpoint: " in capsys.readouterr().err
     # its decoder's output weights negated (every object inverted): it passed `--tolerance 1`; here it fails
     broken = tmp_path / "broken"
     shutil.copytree(demo_int8, broken)
