@@ -263,7 +263,8 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
         # fails or is interrupted leaves an earlier package in out_dir as it was, and no folder it created.
         from vosrt.export.package import _listed_files
 
-        earlier = _listed_files(out_dir, written=True)   # an earlier INT8 package's files, by its manifest
+        # an earlier INT8 package's files, by its manifest: its graphs and what it copied from its fp32 package
+        earlier = _listed_files(out_dir, written=True) | _copied_by(out_dir)
         (out_dir / "manifest.json").unlink(missing_ok=True)   # never the old manifest over new graphs
         for name in files:
             (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
@@ -294,6 +295,18 @@ def _copied_files(src) -> list[str]:
     # package, to be published with it
     return sorted(extra for extra in extras if (source_dir / extra).is_file()
                   and (source_dir / extra).resolve().is_relative_to(source_dir))
+
+
+def _copied_by(out_dir: Path) -> set[str]:
+    """The files an INT8 package at ``out_dir`` copied from its fp32 package (its manifest's ``copied``; before that
+    was recorded, the extras a copy can hold), that lie inside it."""
+    record = (held_manifest(out_dir) or {}).get("quantization")
+    if not isinstance(record, dict):
+        return set()
+    copied = record.get("copied", ["weights.pt", "training.json", "checkpoint.pth"])
+    inside = Path(out_dir).resolve()
+    return {name for name in copied if isinstance(name, str) and (out_dir / name).is_file()
+            and (out_dir / name).resolve().is_relative_to(inside)}
 
 
 def _write_int8_files(src, samples: dict, calibration: dict, work: Path,
@@ -330,9 +343,18 @@ def _write_int8_files(src, samples: dict, calibration: dict, work: Path,
         shutil.copy2(source_dir / extra, work / extra)
         files.append(extra)
     manifest.pop("engines", None)
+    from vosrt.sdk.package import file_sha256
+
     manifest["quantization"] = {"method": "onnxruntime static QDQ, int8 per-channel weights, uint8 activations",
                                 "calibration": calibration,
                                 "source_package": str(Path(src.path).resolve()),
+                                # the fp32 graphs it was made from, by file and hash: vosrt check holds the INT8
+                                # package to that package only while they are still there
+                                "source_graphs": {f"{graph}.{form}": [str(Path(path).resolve().relative_to(source_dir)),
+                                                                      file_sha256(path)]
+                                                  for graph, forms in src.graphs.items()
+                                                  for form, path in forms.items()},
+                                "copied": _copied_files(src),
                                 "quantized_ops": ["Conv"], "fp32": "custom operators (readout, D2Conv3D)",
                                 "graphs": report}
     return files, manifest

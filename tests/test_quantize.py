@@ -261,8 +261,8 @@ def test_check_of_an_int8_package_without_its_fp32_package_says_how_to_judge_it(
     assert main(["check", str(moved)]) == 2
     err = capsys.readouterr().err
     assert (f"is an INT8 package (vosrt quantize): its outputs differ from the PyTorch model by quantisation, beyond "
-            f"check's fp32 tolerance 0.001. Check the fp32 package (`vosrt check {shlex.quote(str(tmp_path / 'gone'))}`)"
-            in err)
+            f"check's fp32 tolerance 0.001. Its fp32 package, recorded at {tmp_path / 'gone'}, is not there any more"
+            in err) and f"Check the fp32 package (`vosrt check {shlex.quote(str(tmp_path / 'gone'))}`)" in err
     hints = suggested_commands(err)
     # no `--tolerance 1` hint: on random inputs it passed an INT8 package whose decoder weights were negated (J&F
     # 0.083, below copying the first mask), which the demo's J&F shows
@@ -289,7 +289,7 @@ def test_check_of_an_int8_package_segments_held_out_clips_beside_its_fp32_packag
     assert agreement > 0.9 and out.rstrip().endswith("check passed"), out
     # an untrained one agrees with nothing, its fp32 package included, which itself segments nothing: no verdict
     assert main(["check", str(tiny_int8)]) == 1
-    assert "check inconclusive: the fp32 package itself does not segment these generated clips" in capsys.readouterr().out
+    assert "check inconclusive: the fp32 package itself barely segments these generated clips" in capsys.readouterr().out
     assert main(["check", str(tiny_int8), "--checkpoint", "x.pth"]) == 2      # not ignored without a word
     assert "--checkpoint: " in capsys.readouterr().err
     # its decoder's output weights negated (every object inverted): it passed `--tolerance 1`; here it fails
@@ -305,6 +305,22 @@ def test_check_of_an_int8_package_segments_held_out_clips_beside_its_fp32_packag
     out = capsys.readouterr().out
     assert "check failed: the INT8 package neither follows its fp32 package" in out
     assert suggested_commands(out)[0][:2] == ["quantize", str(demo_package("stcn"))]
+    # its fp32 package changed since (re-exported at the recorded path, other weights): no reference, said so
+    fp32 = tmp_path / "fp32"
+    shutil.copytree(demo_package("stcn"), fp32)
+    copy = tmp_path / "copy-int8"
+    shutil.copytree(demo_int8, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["quantization"]["source_package"] = str(fp32)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["check", str(copy)]) == 0
+    capsys.readouterr()
+    (fp32 / manifest["quantization"]["source_graphs"]["segment.portable"][0]).write_bytes(b"another graph")
+    assert main(["check", str(copy)]) == 2
+    assert "whose graphs have changed since (segment.portable" in capsys.readouterr().err
+    shutil.rmtree(fp32)
+    assert main(["check", str(copy)]) == 2
+    assert f"Its fp32 package, recorded at {fp32}, is not there any more" in capsys.readouterr().err
 
 
 def test_a_failed_check_of_an_int8_package_suggests_quantizing_again_not_an_export(tiny_int8, calibration, tmp_path,
@@ -544,8 +560,8 @@ def test_the_int8_copy_leaves_out_files_that_link_out_of_the_package(tmp_path):
     assert _copied_files(types.SimpleNamespace(path=package, checkpoint=None)) == ["weights.pt"]
 
 
-def test_quantize_refuses_an_unreadable_first_frame_and_replaces_an_earlier_int8_package_whole(calibration, tmp_path,
-                                                                                               capsys):
+def test_quantize_refuses_an_unreadable_first_frame_and_replaces_an_earlier_int8_package_whole(calibration, demo_int8,
+                                                                                               tmp_path, capsys):
     # the first-frame mask was applied to the second frame when the first could not be read; and an INT8 package of
     # another family at --out kept its graphs beside the new package's
     import shutil
@@ -567,3 +583,10 @@ def test_quantize_refuses_an_unreadable_first_frame_and_replaces_an_earlier_int8
     assert sorted(p.name for p in out.iterdir()) == ["encode_key.int8.onnx", "encode_value.int8.onnx",
                                                       "manifest.json", "segment.int8.onnx"]
     assert f"removed {out / 'embed_clip.int8.onnx'} (of the INT8 package that was there)" in capsys.readouterr().err
+    # what an INT8 package copied from its fp32 package (the checkpoint, the training record) goes with it too
+    over = tmp_path / "over"
+    shutil.copytree(demo_int8, over)
+    assert {"checkpoint.pth", "training.json"} <= {p.name for p in over.iterdir()}
+    assert main(["quantize", str(tiny_package("stem-seg")), "--calibrate", str(calibration), "--out", str(over),
+                 "--frames", "10"]) == 0
+    assert sorted(p.name for p in over.iterdir()) == ["embed_clip.int8.onnx", "manifest.json"]
