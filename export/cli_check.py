@@ -203,8 +203,12 @@ def _int8_on_video(args) -> int | None:
     from vosrt.sdk.package import file_sha256
 
     changed = []
-    for key, recorded in (quantization.get("source_graphs") or {}).items():
-        graph = Path(source) / str(recorded[0])
+    recorded_graphs = quantization.get("source_graphs")
+    for key, recorded in (recorded_graphs.items() if isinstance(recorded_graphs, dict) else ()):
+        if not (isinstance(recorded, list) and len(recorded) == 2 and all(isinstance(v, str) for v in recorded)):
+            changed.append(f"{key} (its record in the manifest is damaged)")
+            continue
+        graph = Path(source) / recorded[0]
         if not graph.is_file() or file_sha256(graph) != recorded[1]:
             changed.append(f"{key} ({recorded[0]})")
     if changed:   # another package at that path now (re-exported, other weights, another family): no reference

@@ -271,7 +271,7 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
             os.replace(work / name, out_dir / name)
         write_manifest(out_dir, manifest)
         # its files the new package does not name (another family's graphs, its weights) would lie there unused
-        for stale in sorted(earlier - _listed_files(out_dir, written=False)):
+        for stale in sorted(earlier - set(files) - _listed_files(out_dir, written=False)):   # never one just written
             (out_dir / stale).unlink(missing_ok=True)
             say(f"removed {out_dir / stale} (of the INT8 package that was there)")
     except BaseException:
@@ -304,6 +304,8 @@ def _copied_by(out_dir: Path) -> set[str]:
     if not isinstance(record, dict):
         return set()
     copied = record.get("copied", ["weights.pt", "training.json", "checkpoint.pth"])
+    if not isinstance(copied, list):
+        return set()
     inside = Path(out_dir).resolve()
     return {name for name in copied if isinstance(name, str) and (out_dir / name).is_file()
             and (out_dir / name).resolve().is_relative_to(inside)}

@@ -590,3 +590,11 @@ def test_quantize_refuses_an_unreadable_first_frame_and_replaces_an_earlier_int8
     assert main(["quantize", str(tiny_package("stem-seg")), "--calibrate", str(calibration), "--out", str(over),
                  "--frames", "10"]) == 0
     assert sorted(p.name for p in over.iterdir()) == ["embed_clip.int8.onnx", "manifest.json"]
+    # quantized again into itself: the files it copies now are kept (training.json was removed as "earlier")
+    again = tmp_path / "again"
+    shutil.copytree(demo_int8, again)
+    source = json.loads((again / "manifest.json").read_text())["quantization"]["source_package"]
+    for _ in range(2):
+        assert main(["quantize", source, "--calibrate", str(calibration), "--out", str(again), "--frames", "10"]) == 0
+        copied = json.loads((again / "manifest.json").read_text())["quantization"]["copied"]
+        assert "training.json" in copied and all((again / name).is_file() for name in copied)
