@@ -89,12 +89,9 @@ def tolerance_hint(command: list[str], tolerance: str | None) -> str:
             f"`{shlex.join(command + ['--tolerance', tolerance])}`")
 
 
-def _refuse_int8_without_tolerance(args: argparse.Namespace) -> None:
+def _refuse_int8_without_tolerance(args: argparse.Namespace, package) -> None:
     """An INT8 package (``vosrt quantize``) differs from its PyTorch model by quantisation, far beyond the fp32
     tolerance, on random inputs most of all: compared with it, a working package reads "check failed"."""
-    from vosrt.sdk.package import load_package
-
-    package = load_package(args.package)
     path, quantization = package.path, package.quantization
     if not isinstance(quantization, dict) or args.backend == "tensorrt":
         return   # engines: the TensorRT backend says an INT8 package has none, and which package to build
@@ -122,10 +119,13 @@ def run(args: argparse.Namespace) -> int:
         # nan compares false with every error, so it passed any package; a negative one failed every package
         raise UserError(f"--tolerance: expected a finite relative error >= 0 (default {TOLERANCE}), "
                         f"got {args.tolerance}")
-    int8_on_video = _int8_on_video(args)
+    from vosrt.sdk.package import load_package
+
+    package = load_package(args.package)   # read once: the INT8 paths and the failure advice ask it
+    int8_on_video = _int8_on_video(args, package)
     if int8_on_video is not None:
         return int8_on_video
-    _refuse_int8_without_tolerance(args)
+    _refuse_int8_without_tolerance(args, package)
     tolerance = TOLERANCE if args.tolerance is None else args.tolerance
     if args.backend == "tensorrt":
         if args.checkpoint:   # it was silently ignored: engines are compared with ONNX Runtime, not PyTorch
@@ -156,9 +156,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"checking {args.package}: portable (and plugin) graphs on ONNX Runtime against PyTorch", file=sys.stderr, flush=True)
     report = check_package(args.package, checkpoint=args.checkpoint, progress=progress)
     from vosrt.export.trt_build import reexport_command
-    from vosrt.sdk.package import load_package
 
-    package = load_package(args.package)
     again = ["vosrt", "check", str(args.package)] + (["--checkpoint", str(args.checkpoint)] if args.checkpoint else [])
     # the folder as the user spelled it; a shipped package's name is no folder `vosrt export --out` would write
     # the package into (it would make ./NAME, which then hides the shipped package), so that one by its path
@@ -183,7 +181,7 @@ INT8_LOSS = 0.02                        # or: the J&F against the clips' truth i
 INT8_MARGIN = 0.1                       # where that package beats copying the first frame's labels by this much
 
 
-def _int8_on_video(args) -> int | None:
+def _int8_on_video(args, package) -> int | None:
     """``vosrt check`` of an INT8 package, without --tolerance: it and its fp32 source package segment held-out
     generated clips (those of ``vosrt demo --heldout``) on ONNX Runtime. It passes where its labels agree with the fp32
     package's (J&F >= INT8_AGREEMENT), or where it loses at most INT8_LOSS of J&F against the clips' own truth; where
@@ -191,9 +189,6 @@ def _int8_on_video(args) -> int | None:
     neither says anything, and the check is inconclusive (1). Its errors on
     random inputs, elementwise, judged nothing: a package whose decoder weights were negated passed --tolerance 1.
     None where this does not apply (fp32 packages, a --tolerance given, TensorRT, a source package not found)."""
-    from vosrt.sdk.package import load_package
-
-    package = load_package(args.package)
     quantization = package.quantization
     if args.tolerance is not None or not isinstance(quantization, dict) or args.backend == "tensorrt":
         return None

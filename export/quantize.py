@@ -340,7 +340,8 @@ def _write_int8_files(src, samples: dict, calibration: dict, work: Path,
                 report[graph]["plugin_form"] = True
         table.unlink()
     source_dir = Path(src.path).resolve()
-    for extra in _copied_files(src):
+    copied = _copied_files(src)
+    for extra in copied:
         (work / extra).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source_dir / extra, work / extra)
         files.append(extra)
@@ -356,7 +357,7 @@ def _write_int8_files(src, samples: dict, calibration: dict, work: Path,
                                                                       file_sha256(path)]
                                                   for graph, forms in src.graphs.items()
                                                   for form, path in forms.items()},
-                                "copied": _copied_files(src),
+                                "copied": copied,
                                 "quantized_ops": ["Conv"], "fp32": "custom operators (readout, D2Conv3D)",
                                 "graphs": report}
     return files, manifest

@@ -831,11 +831,15 @@ def benchmark_part(name: str, device: str, repeat: int, emit: Callable | None = 
     return bench_stcn_step(device, STCN_FULL if full else STCN_TINY, repeat, emit)
 
 
-def write_json(path: Path, value) -> None:
-    """``value`` as JSON to ``path``, through a temporary name (a kill mid-write leaves the previous file)."""
+def write_text(path: Path, text: str) -> None:
+    """``text`` to ``path`` through a temporary name, then renamed: a kill mid-write leaves the previous file whole."""
     part = path.with_name(path.name + ".part")
-    part.write_text(json.dumps(value, indent=2, default=str) + "\n")
+    part.write_text(text)
     os.replace(part, path)
+
+
+def write_json(path: Path, value) -> None:
+    write_text(path, json.dumps(value, indent=2, default=str) + "\n")
 
 
 def run_child(cmd: list[str], result_file: Path, timeout: float) -> dict | list:
@@ -1130,11 +1134,8 @@ def plan(out: Path, build_dir: Path, env: dict, dry_run: bool, budget: float) ->
 
 def write_report(out: Path, report: dict, started: float) -> None:
     report["seconds"] = time.perf_counter() - started
-    for name, text in (("gpu_report.json", json.dumps(report, indent=2, default=str) + "\n"),
-                       ("gpu_report.md", markdown(report))):
-        part = out / f"{name}.part"  # then renamed: a kill mid-write leaves the previous report whole
-        part.write_text(text)
-        os.replace(part, out / name)
+    write_json(out / "gpu_report.json", report)
+    write_text(out / "gpu_report.md", markdown(report))
 
 
 def main(argv: list[str] | None = None) -> int:

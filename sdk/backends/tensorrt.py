@@ -848,8 +848,7 @@ class TensorRTBackend(Backend):
         # driver, but synchronising keeps that true for every allocation kind.
         check_cuda(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
 
-    @on_device
-    def upload(self, array: np.ndarray) -> Tensor:
+    def upload(self, array: np.ndarray) -> Tensor:   # a host copy: no CUDA call, no device to make current
         return _HostTensor(np.array(array, copy=True, order="C"))
 
     @on_device
