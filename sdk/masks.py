@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,11 @@ def label_colours(labels: np.ndarray) -> np.ndarray:
     return np.where((ids <= 255)[..., None], palette[np.minimum(ids, 255)], wide)
 
 
+# zlib's run-length strategy (Z_RLE) for label PNGs: a label map is long runs of one id, and at 480p a palette PNG
+# took 0.8 ms instead of 5.5 ms with zlib's default strategy, and was smaller (2.6 kB, not 3.3 kB)
+PNG_STRATEGY = zlib.Z_RLE
+
+
 def write_label_png(path: str | Path, labels: np.ndarray) -> None:
     """Write a ``[H, W]`` label map losslessly (see the module docstring for the format by id range). A boolean
     mask is one object, id 1, as a session takes it."""
@@ -81,15 +87,15 @@ def write_label_png(path: str | Path, labels: np.ndarray) -> None:
     if top <= 255:
         image = Image.fromarray(labels.astype(np.uint8), mode="P")
         image.putpalette(_PALETTE_LIST)
-        image.save(str(path))
+        image.save(str(path), compress_type=PNG_STRATEGY)
     elif top <= 65535:
-        Image.fromarray(labels.astype(np.uint16)).save(str(path))  # mode I;16
+        Image.fromarray(labels.astype(np.uint16)).save(str(path), compress_type=PNG_STRATEGY)  # mode I;16
     else:
         ids = labels.astype(np.uint32)
         rgb = np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], -1).astype(np.uint8)
         info = PngImagePlugin.PngInfo()
         info.add_text(RGB24_KEY, RGB24_VALUE)
-        Image.fromarray(rgb, mode="RGB").save(str(path), pnginfo=info)
+        Image.fromarray(rgb, mode="RGB").save(str(path), pnginfo=info, compress_type=PNG_STRATEGY)
 
 
 def _narrow(ids: np.ndarray) -> np.ndarray:
