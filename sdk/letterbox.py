@@ -61,11 +61,17 @@ def check_image(image, name: str = "image") -> np.ndarray:
             bad = int(image.size - np.count_nonzero(finite))
             raise FrameError(f"{name}: {bad} value(s) of the {image.dtype} frame are NaN or infinite; "
                             "give finite values in 0..1 (or the uint8 frame as decoded)")
-        low, high = float(image.min()), float(image.max())
+        low, high = image.min(), image.max()
         if low < 0.0 or high > 1.0:
-            hint = (" (0..255 values? pass the uint8 frame as decoded, or divide by 255: "
-                    "frame.astype(np.float32) / 255)") if high <= 255.0 and low >= 0.0 else ""
-            raise FrameError(f"{name}: float frames must hold values in 0..1, got {low:.4g}..{high:.4g}{hint}")
+            if 2.0 < high <= 255.0 and low >= 0.0:
+                hint = (" (0..255 values? pass the uint8 frame as decoded, or divide by 255: "
+                        "frame.astype(np.float32) / 255)")
+            elif high <= 1.01 and low >= -0.01:   # 0..1 values that rounding took just outside: dividing would blacken
+                hint = " (0..1 values rounded just outside? clip them: np.clip(frame, 0, 1))"
+            else:
+                hint = ""
+            # each bound as its own dtype's shortest exact form: 1.0000001 was printed "1", inside the range
+            raise FrameError(f"{name}: float frames must hold values in 0..1, got {low!s}..{high!s}{hint}")
     return image
 
 

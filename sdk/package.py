@@ -424,6 +424,7 @@ def load_package(path: str | Path) -> Package:
         raise UserError(f"{manifest_path}: source.checkpoint should be a file name, got {checkpoint!r}")
     if checkpoint and not Path(checkpoint).is_absolute():
         inside(path, checkpoint, f"{manifest_path}: source.checkpoint")
+    _input_mean(manifest, manifest_path)
     dims = manifest.get("dims") or {}
     if not isinstance(dims, dict):
         raise UserError(f"{manifest_path}: manifest 'dims' should be an object of widths, got {type(dims).__name__}")
@@ -471,6 +472,26 @@ def _whole(entry: dict, key: str, where: Path, section: str, default=None, minim
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise UserError(f"{where}: {section}.{key} should be a whole number >= {minimum}, got {value!r}")
     return value
+
+
+def _input_mean(manifest: dict, where: Path) -> None:
+    """Check the manifest's ``input.mean`` where it has one: three finite numbers in 0..1, the RGB colour that
+    sessions pad frames with (a NaN there went into every padded frame and blanked the stream's labels after the
+    first; a list of another length was ignored for black)."""
+    entry = manifest.get("input")
+    if entry is None:
+        return
+    if not isinstance(entry, dict):
+        raise UserError(f"{where}: manifest 'input' should be an object describing the graphs' image input, "
+                        f"got {type(entry).__name__}")
+    mean = entry.get("mean")
+    if mean is None:
+        return
+    if (not isinstance(mean, list) or len(mean) != 3
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                   or not 0.0 <= v <= 1.0 for v in mean)):
+        raise UserError(f"{where}: input.mean should be the RGB mean of the model's input as three numbers in "
+                        f"0..1 (ImageNet's: [0.485, 0.456, 0.406]), got {mean!r}; re-export the package")
 
 
 def _number(entry: dict, key: str, where: Path, section: str) -> float:

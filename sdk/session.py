@@ -183,7 +183,7 @@ class Session:
         if not self.pad_with_mean:
             return (0.0, 0.0, 0.0)
         mean = ((getattr(self.package, "manifest", None) or {}).get("input") or {}).get("mean")
-        return tuple(float(v) for v in mean) if mean is not None and len(mean) == 3 else (0.0, 0.0, 0.0)
+        return tuple(float(v) for v in mean) if mean is not None else (0.0, 0.0, 0.0)   # checked by load_package
 
     def _letterbox(self, frame_shape) -> Letterbox:
         """The letterbox from frames of ``frame_shape`` to the package size (one per frame size)."""

@@ -77,6 +77,13 @@ def test_engine_files_and_a_relative_checkpoint_must_stay_inside(package):
     (lambda m: m.update(dims={"key_dim": -4}), r"dims\.key_dim should be a whole number >= 1"),
     (lambda m: m.update(source="checkpoint.pth"), r"'source' should be an object"),
     (lambda m: m["source"].update(checkpoint=5), r"source\.checkpoint should be a file name, got 5"),
+    # the padding colour of every letterboxed frame: a NaN blanked the labels of every frame after the first
+    (lambda m: m["input"].update(mean=[float("nan"), 0.456, 0.406]), r"input\.mean should be .* three numbers in "
+                                                                      r"0\.\.1.*got \[nan, 0\.456, 0\.406\]"),
+    (lambda m: m["input"].update(mean=[0.485, 0.456]), r"input\.mean should be.*got \[0\.485, 0\.456\]"),
+    (lambda m: m["input"].update(mean=[123.675, 116.28, 103.53]), r"input\.mean should be.*0\.\.1.*123\.675"),
+    (lambda m: m["input"].update(mean=[True, 0.5, 0.5]), r"input\.mean should be"),
+    (lambda m: m.update(input="RGB"), r"'input' should be an object"),
     (lambda m: m["graphs"].update(segment="segment.portable.onnx"), r"graphs\.segment should map forms to file "
                                                                     r"names.*got str"),
     (lambda m: m["streaming"].update(memory_capacity=10**12), r"memory_capacity: 1000000000000 frames of 4 "

@@ -66,6 +66,18 @@ def test_a_float_frame_in_0_to_255_is_refused_with_what_to_do(stcn_package, sequ
     assert np.array_equal(_labels_with_a_bad_call_at(stcn_package, sequence, 3, bad), clean_labels)
 
 
+def test_a_float_frame_just_outside_0_to_1_is_refused_with_its_exact_values_and_no_advice_to_divide(
+        stcn_package, sequence, clean_labels):
+    def bad(tracker, t):
+        frame = sequence.frames[t].astype(np.float32) / 255
+        frame[5, 6, 0] = np.nextafter(np.float32(1), np.float32(2))   # 1.0000001, printed "1" at 4 digits
+        with pytest.raises(UserError, match=r"got 0\.0\.\.1\.0000001 .*np\.clip\(frame, 0, 1\)") as err:
+            tracker.step(frame)
+        assert "255" not in str(err.value)   # dividing these by 255 would be accepted, and track a black stream
+
+    assert np.array_equal(_labels_with_a_bad_call_at(stcn_package, sequence, 3, bad), clean_labels)
+
+
 def test_a_float_frame_in_0_to_1_gives_the_labels_of_the_uint8_frame(stcn_package, sequence, clean_labels):
     tracker = _tracker(stcn_package)
     labels = np.stack([tracker.step(frame.astype(np.float64) / 255, sequence.labels[0] if t == 0 else None)

@@ -166,7 +166,8 @@ class _FakeProfile:
 class _FakeConfig:
     def __init__(self, trt):
         self._trt = trt
-        self.flags, self.pools, self.profiles, self.timing_cache = set(), {}, [], None
+        # TensorRT's default: float32 layers may use TF32
+        self.flags, self.pools, self.profiles, self.timing_cache = {trt.BuilderFlag.TF32}, {}, [], None
         self.plugins_to_serialize = []
 
     def create_timing_cache(self, serialized_timing_cache):
@@ -181,6 +182,9 @@ class _FakeConfig:
 
     def set_flag(self, flag):
         self.flags.add(flag)
+
+    def clear_flag(self, flag):
+        self.flags.discard(flag)
 
     def add_optimization_profile(self, profile):
         self.profiles.append(profile)
@@ -214,7 +218,7 @@ class FakeTensorRT:
             flags["EXPLICIT_BATCH"] = 0
         self.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", flags)
         self.MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")
-        self.BuilderFlag = enum.Enum("BuilderFlag", "VERSION_COMPATIBLE EXCLUDE_LEAN_RUNTIME")
+        self.BuilderFlag = enum.Enum("BuilderFlag", "VERSION_COMPATIBLE EXCLUDE_LEAN_RUNTIME TF32")
         self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda logger, min_severity=2: None})
         self.OnnxParser = _FakeParser
         self.global_registry = _FakeRegistry()
