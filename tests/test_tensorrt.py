@@ -178,20 +178,27 @@ def plugin_library(tmp_path_factory) -> Path:
     return build / "trt" / "libvosrt_plugins.so"
 
 
-def _c3dseg_checkpoint(folder: Path) -> Path:
-    """A 3dc-seg-lite checkpoint whose D²Conv3D layers sample off the grid: random weights leave every
-    deform_params at zero (D = 1, M = 0.5), which would check the plugin only as a plain convolution."""
+def _c3dseg_model():
+    """3dc-seg-lite whose D²Conv3D layers sample off the grid: random weights leave every deform_params at zero
+    (D = 1, M = 0.5), which would check the plugin only as a plain convolution."""
     import torch
 
     from sdk_packages import d2conv_layers
-    from vosrt.training.models import build_model, save_checkpoint
+    from vosrt.training.models import build_model
 
     torch.manual_seed(0)
     model = build_model("3dc-seg-lite").eval()
     for layer in d2conv_layers(model):
         torch.nn.init.normal_(layer.deform_params.weight, std=0.02)
+    return model
+
+
+def _c3dseg_checkpoint(folder: Path) -> Path:
+    """The checkpoint of :func:`_c3dseg_model`, which the 3dc-seg-lite engines are built from."""
+    from vosrt.training.models import save_checkpoint
+
     checkpoint = folder / "c3d.pt"
-    save_checkpoint(checkpoint, model)
+    save_checkpoint(checkpoint, _c3dseg_model())
     return checkpoint
 
 
@@ -395,6 +402,32 @@ def test_a_wrong_top_k_moves_stcn_outputs_beyond_the_fp32_bound():
                          torch.tensor([15]))
     moved = float((wrong - right).abs().max() / right.abs().max())
     assert moved > 5 * FP32_MAX_REL, moved
+
+
+@pytest.mark.parametrize("mistake", ["dilation ignored", "modulation ignored", "dilation rounded",
+                                     "dilation axes swapped"])
+def test_a_wrong_d2conv3d_moves_the_c3dseg_engine_model_beyond_the_bounds(monkeypatch, mistake):
+    # The same for the D2Conv3D plugin: each mistake a plugin could make, in PyTorch on the CPU, moves the logits
+    # of the model the 3dc-seg-lite engines are built from (its dilations 0.06..4.9, modulations 0.006..1.0)
+    # by many times FP32_MAX_REL, and its probabilities by more than the fp16 engines' FP16_MAX_ABS.
+    import torch
+
+    from vosrt.training.ops import d2conv3d as op
+
+    model = _c3dseg_model()
+    clip = torch.rand(1, 3, 8, *SIZE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        right = model(clip)
+    exact = op.d2conv3d
+    wrong_inputs = {"dilation ignored": lambda d, m: (torch.ones_like(d), m),
+                    "modulation ignored": lambda d, m: (d, None),
+                    "dilation rounded": lambda d, m: (torch.round(d), m),
+                    "dilation axes swapped": lambda d, m: (d.flip(1), m)}[mistake]
+    monkeypatch.setattr(op, "d2conv3d", lambda x, d, m, *args, **kw: exact(x, *wrong_inputs(d, m), *args, **kw))
+    with torch.no_grad():
+        wrong = model(clip)
+    assert float((wrong - right).abs().max() / right.abs().max()) > 5 * FP32_MAX_REL
+    assert float((wrong.sigmoid() - right.sigmoid()).abs().max()) > FP16_MAX_ABS
 
 
 @pytest.mark.tensorrt
