@@ -142,16 +142,19 @@ class Tracker(Session):
         """Frames stepped since the last reset (the index the next frame gets)."""
         return self.frame_index + 1
 
+    #: ``push``/``step`` take ``remember=False`` (:func:`vosrt.sdk.streaming.stream` passes it for a damaged frame)
+    forgets_frames = True
+
     @serialized
-    def push(self, frame: np.ndarray, mask: np.ndarray | None = None, objects: Sequence[int] | None = None
-             ) -> list[SegmentedFrame]:
+    def push(self, frame: np.ndarray, mask: np.ndarray | None = None, objects: Sequence[int] | None = None,
+             remember: bool = True) -> list[SegmentedFrame]:
         """The session protocol's form of :meth:`step`: returns ``[SegmentedFrame(index, labels)]``."""
-        labels = self._step(frame, mask, objects, False, "frame")
+        labels = self._step(frame, mask, objects, False, "frame", remember)
         return [SegmentedFrame(self.frame_index, labels)]
 
     @serialized
     def step(self, image: np.ndarray, mask: np.ndarray | None = None, objects: Sequence[int] | None = None,
-             return_probabilities: bool = False):
+             return_probabilities: bool = False, remember: bool = True):
         """Segment one frame; returns its ``[H, W]`` uint8 label map (object ids, frame size).
 
         ``mask``: an optional ``[H, W]`` label map for this frame (integer ids, 0 background). Objects in
@@ -160,12 +163,20 @@ class Tracker(Session):
         Before any mask, frames give all-background maps.
         With ``return_probabilities=True`` returns ``(labels, prob)``, ``prob`` ``[1 + O, H, W]`` float32:
         background then each object in :attr:`objects` order.
+        ``remember=False``: segment the frame but never write it into the memory (a frame known to be damaged,
+        such as a JPEG cut short, would mislead every later frame reading it); when it was due, the next frame is
+        written instead. Not with a mask: a mask's frame is always written.
         """
-        return self._step(image, mask, objects, return_probabilities, "image")
+        return self._step(image, mask, objects, return_probabilities, "image", remember)
 
-    def _step(self, image, mask, objects, return_probabilities: bool, argument: str):
+    def _step(self, image, mask, objects, return_probabilities: bool, argument: str, remember: bool = True):
         """:meth:`step`'s body; ``argument`` is the name the caller gave the frame (errors name it)."""
         self._check_open()
+        if not isinstance(remember, (bool, np.bool_)):
+            raise UserError(f"remember: expected True or False, got {remember!r}")
+        if mask is not None and not remember:
+            raise UserError("remember=False with a mask: a mask's frame is always written into the memory (it is "
+                            "the objects' truth); give the mask on a frame that can be remembered")
         image = check_image(image, argument)
         frame_shape = image.shape[:2]
         given: list[int] = []
@@ -211,7 +222,7 @@ class Tracker(Session):
         elif predicted is not None:
             labels = backend.download(predicted["labels"])[0]                 # [H, W] index 0..O
             since_memory += 1
-            if since_memory >= self.mem_every:
+            if since_memory >= self.mem_every and remember:
                 masks = backend.read(predicted["prob"], 0, 1, len(self.objects) + 1)
                 value = self._encode_value(image_in, encoded, masks)
             probabilities = None

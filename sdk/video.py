@@ -307,6 +307,7 @@ class ImageFolderSource(FrameSource):
         self.length = len(self.files)
         self.skipped: list[Path] = []   # unreadable images, left out of the stream
         self.truncated: list[Path] = []  # JPEGs cut short, decoded as far as they go (kept in the stream)
+        self._damaged: set[int] = set()  # and the indices they were yielded at
         self._names: list[str] = []     # output names of the frames yielded, in order
         self._positions: list[int] = []  # and their images' positions in self.files
         stems = Counter(p.stem for p in self.files)
@@ -319,6 +320,11 @@ class ImageFolderSource(FrameSource):
 
     def position(self, index: int) -> int:
         return self._positions[index] if index < len(self._positions) else index
+
+    def damaged(self, index: int) -> bool:
+        """Whether the frame yielded at ``index`` is known to be damaged (a JPEG cut short, its bottom grey):
+        :func:`vosrt.sdk.streaming.stream` segments it but keeps it out of a tracker's memory."""
+        return index in self._damaged
 
     @property
     def all_names(self) -> list[str]:
@@ -346,6 +352,7 @@ class ImageFolderSource(FrameSource):
                 print(f"warning: {path}: its JPEG data ends early (a truncated file?), so the bottom of the image is "
                       "missing; its result is suspect", file=sys.stderr, flush=True)
                 self.truncated.append(path)
+                self._damaged.add(len(self._names))
             self.frames_read += 1
             self._names.append(self._name_of[path])
             self._positions.append(number)
