@@ -70,9 +70,12 @@ def run(args) -> int:
                 break
     finally:
         source.close()
-    if not frames:   # a folder whose every file failed to decode (each skipped with a warning above)
-        raise UserError(f"--calibrate {args.calibrate}: no frame of it could be read (see the warnings above); give a "
-                        "video file, an image folder or a DAVIS sequence folder whose frames open")
+    if not frames:
+        skipped = len(getattr(source, "skipped", []))   # images that failed to decode, each said in a warning above
+        why = (f"none of its {skipped} image(s) could be read (see the warnings above)" if skipped else
+               "it gave no frame (a video with no frames, or one OpenCV cannot decode)")
+        raise UserError(f"--calibrate {args.calibrate}: {why}; give a video file, an image folder or a DAVIS sequence "
+                        "folder whose frames open")
     if first_mask is not None and first_mask.shape[:2] != frames[0].shape[:2]:   # said now, not after calibrating
         where = f"--mask {args.mask}" if args.mask else f"--calibrate {args.calibrate}: its first annotation"
         raise UserError(f"{where}: {first_mask.shape[1]}x{first_mask.shape[0]} pixels, but the frames of --calibrate "

@@ -234,19 +234,8 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
         raise UserError(f"{src.path} has only 3D convolutions, and ONNX Runtime's INT8 3D convolution runs slower "
                         "on the CPU than its fp32 one: an INT8 copy would be slower, so none is written; keep the "
                         "fp32 package")
-    say(f"calibrating on {len(frames)} frames")
-    # streamed as `vosrt run` streams them: minutes for a full-size model, so a bar shows how far it is
-    bar = Progress(len(frames), "frame", enabled=progress is not None, desc="calibrating")
-    samples = record_calibration(src, frames, first_mask, color, progress=bar)
-    # Every graph must have run before any is quantized: a graph found idle halfway would leave the others'
-    # INT8 files behind in out_dir with no manifest.
-    idle = [graph for graph in src.graphs if not samples.get(graph)]
-    if idle:
-        from vosrt.sdk import families
-
-        why = ("the tracker segments from the second frame on (the first one carries the mask): calibrate on "
-               "2 or more frames" if families.get(src.family).takes_mask else "too few frames for a clip?")
-        raise UserError(f"the {len(frames)} calibration frame(s) never ran graph(s) {', '.join(idle)}: {why}")
+    # the folder is made (and shown to take files) before calibrating: minutes for a full-size model, lost to an
+    # --out that cannot be written
     created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -257,6 +246,19 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
         raise UserError(f"--out {out_dir}: cannot create the folder ({err.strerror or err}); choose a writable "
                         "--out folder") from None
     try:
+        say(f"calibrating on {len(frames)} frames")
+        # streamed as `vosrt run` streams them: minutes for a full-size model, so a bar shows how far it is
+        bar = Progress(len(frames), "frame", enabled=progress is not None, desc="calibrating")
+        samples = record_calibration(src, frames, first_mask, color, progress=bar)
+        # Every graph must have run before any is quantized: a graph found idle halfway would leave the others'
+        # INT8 files behind in out_dir with no manifest.
+        idle = [graph for graph in src.graphs if not samples.get(graph)]
+        if idle:
+            from vosrt.sdk import families
+
+            why = ("the tracker segments from the second frame on (the first one carries the mask): calibrate on "
+                   "2 or more frames" if families.get(src.family).takes_mask else "too few frames for a clip?")
+            raise UserError(f"the {len(frames)} calibration frame(s) never ran graph(s) {', '.join(idle)}: {why}")
         calibration = {"source": source_name, "frames": len(frames), **({"mask": mask_name} if mask_name else {})}
         files, manifest = _write_int8_files(src, samples, calibration, work, say)
         # Everything is written aside (in ``work``) and moved into place at the end, the manifest last: a run that

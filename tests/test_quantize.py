@@ -195,13 +195,14 @@ def test_quantize_refuses_an_int8_package_and_names_the_fp32_package_to_quantize
 
 
 def test_an_out_that_is_a_file_is_a_user_error_naming_the_flag(calibration, tmp_path, capsys):
-    # a traceback (FileExistsError, NotADirectoryError) after the whole calibration
+    # a traceback (FileExistsError, NotADirectoryError) after the whole calibration; then the error, after it
     (tmp_path / "file").write_text("")
     for out, said in ((tmp_path / "file", "is a file; give a folder"), (tmp_path / "file" / "sub", "cannot create")):
         assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(calibration), "--out", str(out),
                      "--frames", "10"]) == 2
-        err = capsys.readouterr().err
-        assert f"--out {out}" in err and said in err, err
+        printed = capsys.readouterr()
+        assert f"--out {out}" in printed.err and said in printed.err, printed.err
+        assert "calibrating" not in printed.out + printed.err   # said before minutes of calibration, not after
 
 
 def test_quantize_refuses_a_package_of_only_3d_convolutions_since_int8_would_be_slower(calibration, tmp_path, capsys):
@@ -504,8 +505,17 @@ def test_a_calibration_folder_of_unreadable_images_is_an_error_naming_calibrate(
     assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(folder), "--mask", str(tmp_path / "m.png"),
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert f"error: --calibrate {folder}: no frame of it could be read" in err, err
+    assert f"error: --calibrate {folder}: none of its 1 image(s) could be read (see the warnings above)" in err, err
     assert not out.exists()
+    # a video with no frames printed no warning: the error pointed at "the warnings above", which were not there
+    import cv2
+
+    empty = tmp_path / "empty.avi"
+    cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 32)).release()
+    assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(empty), "--mask", str(tmp_path / "m.png"),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "it gave no frame (a video with no frames" in err and "warnings above" not in err, err
 
 
 @pytest.mark.parametrize("command", [["check", "--backend", "tensorrt", "--tolerance", "0.5"],
