@@ -592,7 +592,11 @@ class OverlayVideoSink:
             if not existed:
                 self.path.unlink()
         except OSError as err:
-            raise UserError(f"--video: cannot write {self.path}: {err.strerror or err}") from None
+            # a file where a folder of the path should be: mkdir said only "File exists", of a path that did not
+            blocking = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
+            why = f"{blocking} is a file, not a folder" if blocking is not None else (err.strerror or err)
+            raise UserError(f"--video: cannot write {self.path}: {why}; give a .mp4 or .avi file in a folder you can "
+                            "write") from None
 
     def __call__(self, index: int, name: str, frame: np.ndarray, labels: np.ndarray) -> None:
         if self.color == "rgb":

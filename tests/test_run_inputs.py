@@ -558,3 +558,22 @@ def test_a_mask_keyed_to_a_frame_the_stream_never_reaches_is_said(capsys):
     assert "frame(s) 4 (max_frames 3 stopped it after 3 frame(s))" in capsys.readouterr().err
     stats = stream(tracker, frames, masks={0: _mask()})
     assert stats.unapplied == [] and "warning" not in capsys.readouterr().err
+
+
+def test_a_camera_that_is_not_there_is_said_in_one_line_without_opencvs_own_log(tmp_path):
+    # OpenCV 5 printed about ten lines first: each capture backend's probe, a multi-line exception, an [ERROR] of its
+    # Orbbec backend; they are silenced in the command line unless OPENCV_LOG_LEVEL asks for them
+    import os
+    import subprocess
+    import sys
+
+    write_label_png(tmp_path / "m.png", np.ones((48, 64), np.uint8))
+    command = [sys.executable, "-m", "vosrt", "run", "stcn-lite", "--source", "37", "--mask", str(tmp_path / "m.png")]
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == ["error: --source: cannot open camera 37: check the index (0 is the first "
+                                       "camera) and that no other program holds it"], run.stderr
+    verbose = subprocess.run(command, capture_output=True, text=True, env={**env, "OPENCV_LOG_LEVEL": "INFO"},
+                             timeout=120)
+    assert verbose.returncode == 2 and len(verbose.stderr.splitlines()) > 1   # OpenCV has its say when asked

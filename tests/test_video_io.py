@@ -551,3 +551,12 @@ def test_a_stream_url_s_password_is_not_shown_in_its_name_or_errors():
         open_source("http://viewer:s3cret@127.0.0.1:9/stream.mjpg")   # nothing listens on port 9
     assert "s3cret" not in str(refused.value) and "http://viewer:***@127.0.0.1:9/stream.mjpg" in str(refused.value)
     assert time.monotonic() - started < 20
+
+
+def test_an_overlay_video_under_a_file_is_refused_naming_the_file_in_the_way(tmp_path):
+    # mkdir's "File exists" was said of the video's path, where nothing existed: the file was its folder
+    (tmp_path / "afile").write_text("")
+    for path in (tmp_path / "afile" / "x.mp4", tmp_path / "afile" / "sub" / "x.avi"):
+        with pytest.raises(UserError, match=rf"--video: cannot write {path}: {tmp_path / 'afile'} is a file, not a "
+                                            r"folder; give a \.mp4 or \.avi file in a folder you can write"):
+            OverlayVideoSink(path)

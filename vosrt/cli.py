@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import signal
 import sys
@@ -111,6 +112,21 @@ def _stop(signum, frame):
     raise Stopped(signum)
 
 
+def _quiet_opencv() -> None:
+    """Silence OpenCV's own log lines in the command line: opening a camera that is not there printed about ten
+    (each capture backend's probe, a multi-line exception) before vosrt's one-line error saying the same. Left as
+    they are where ``OPENCV_LOG_LEVEL`` is set (``OPENCV_LOG_LEVEL=INFO vosrt ...`` shows them); FFmpeg's own
+    messages, such as a video's decoding errors, are not OpenCV's and still show."""
+    if "OPENCV_LOG_LEVEL" in os.environ:
+        return
+    try:
+        import cv2
+
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except (ImportError, AttributeError):   # an OpenCV without its logging module: its lines stay
+        pass
+
+
 def _handle_stop_signals() -> None:
     # What docker, systemd and Kubernetes send to stop a process (SIGHUP: a closed terminal), and Ctrl-C.
     if threading.current_thread() is not threading.main_thread():
@@ -131,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     _handle_stop_signals()
+    _quiet_opencv()
     try:
         return int(module.run(args) or 0)
     except Stopped as stop:
