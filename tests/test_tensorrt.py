@@ -39,9 +39,22 @@ H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 # refusals (no TensorRT needed)
 
 
-def test_backend_refuses_a_package_without_engines_and_says_to_build(tmp_path):
+def test_backend_refuses_a_package_without_engines_and_says_to_build(tmp_path, monkeypatch):
+    import importlib.util
+
     pkg = write_stcn_package(tmp_path / "pkg")
     with pytest.raises(UserError, match="has no TensorRT engines.*vosrt build"):
+        vosrt.sdk.load(pkg, backend="tensorrt")
+    # where TensorRT is not installed, `vosrt build` cannot run here either: said, with what installs it
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorrt" else find_spec(name, *a))
+    with pytest.raises(UserError, match=r"no TensorRT engines, and TensorRT is not installed here \(pip install .*"
+                                        r"\[trt\].*\): build them on a machine with TensorRT and an NVIDIA GPU with "
+                                        r"`vosrt build "):
+        vosrt.sdk.load(pkg, backend="tensorrt")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "tensorrt" else
+                        find_spec(name, *a))
+    with pytest.raises(UserError, match="no TensorRT engines: build them on this machine with `vosrt build "):
         vosrt.sdk.load(pkg, backend="tensorrt")
 
 

@@ -339,8 +339,14 @@ def select_build(package, precision: str | None = None) -> tuple[str, dict]:
                         f"Runtime (command line: --backend onnxruntime; Python: backend='onnxruntime'), or build "
                         f"engines from the fp32 package: {build}")
     if not builds:
-        raise UserError(f"package {package.path} has no TensorRT engines: build them on this machine with "
-                        f"`vosrt build {shlex.quote(str(package.path))}`, or run the package on ONNX Runtime "
+        import importlib.util
+
+        build = f"`vosrt build {shlex.quote(str(package.path))}`"
+        # where TensorRT is not installed, that command fails too: said first, with what installs it
+        where = (f": build them on this machine with {build}" if importlib.util.find_spec("tensorrt") is not None
+                 else f", and TensorRT is not installed here ({install_command('trt')}): build them on a machine with "
+                      f"TensorRT and an NVIDIA GPU with {build}")
+        raise UserError(f"package {package.path} has no TensorRT engines{where}, or run the package on ONNX Runtime "
                         "(command line: --backend onnxruntime; Python: backend='onnxruntime')")
     precision = precision or engines.get("default") or next(iter(builds))
     if precision not in builds:
