@@ -502,9 +502,9 @@ def run(args) -> int:
         print(f"warning: {len(skipped)} unreadable frame(s) skipped: {first_few(skipped)}", file=sys.stderr)
     truncated = [p.name for p in getattr(source, "truncated", [])]
     if truncated:
-        kept_out = ", and kept out of the tracker's memory" if stats.forgotten else ""
+        kept_out = f"; kept out of the tracker's memory: {first_few(stats.forgotten)}" if stats.forgotten else ""
         print(f"warning: {len(truncated)} JPEG(s) cut short, segmented as far as they decode (the rest of the image "
-              f"grey){kept_out}: {first_few(truncated)}", file=sys.stderr)
+              f"grey): {first_few(truncated)}{kept_out}", file=sys.stderr)
     vis_writer = None
     if args.vis:
         from vosrt.sdk.instance_metrics import VisWriter

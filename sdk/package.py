@@ -488,8 +488,8 @@ def _input_mean(manifest: dict, where: Path) -> None:
     if mean is None:
         return
     if (not isinstance(mean, list) or len(mean) != 3
-            or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
-                   or not 0.0 <= v <= 1.0 for v in mean)):
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0   # NaN: False
+                   for v in mean)):
         raise UserError(f"{where}: input.mean should be the RGB mean of the model's input as three numbers in "
                         f"0..1 (ImageNet's: [0.485, 0.456, 0.406]), got {mean!r}; re-export the package")
 
@@ -497,9 +497,17 @@ def _input_mean(manifest: dict, where: Path) -> None:
 def _number(entry: dict, key: str, where: Path, section: str) -> float:
     """``entry[key]`` as a finite float; UserError naming the setting otherwise."""
     value = entry.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
         raise UserError(f"{where}: {section}.{key} should be a finite number, got {value!r}")
     return float(value)
+
+
+def _finite(value: int | float) -> bool:
+    """Whether ``value`` is a finite number a float holds (a JSON integer of 400 digits made isfinite raise)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def inside(folder: Path, name: str, what: str) -> Path:

@@ -51,12 +51,13 @@ class StreamStats:
     session refused (skipped), ``skipped`` the first :data:`SKIPPED_KEPT` of them as ``(source position,
     reason)`` (bounded: a camera stream may run for days), ``unapplied`` the frame positions of ``masks`` the
     stream ended before (the source was shorter, or ``max_frames`` stopped it; said in a warning too),
-    ``forgotten`` the frames the source said were damaged, which a tracker segmented but kept out of its memory."""
+    ``forgotten`` the names of the frames the source said were damaged, which a tracker segmented but kept out of
+    its memory (the first :data:`SKIPPED_KEPT`; a damaged frame carrying a mask is written, the mask its truth)."""
 
     frames: int = 0
     pushed: int = 0
     refused: int = 0
-    forgotten: int = 0
+    forgotten: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     unapplied: list = field(default_factory=list)   # keys of ``masks`` whose frame the stream never reached
     seconds: float = 0.0
@@ -164,7 +165,8 @@ def stream(session, source: Iterable[np.ndarray], sinks: Iterable = (), masks: M
                         done = session.push(frame, mask)
                     elif damaged is not None and damaged(position):
                         done = session.push(frame, remember=False)
-                        stats.forgotten += 1
+                        if len(stats.forgotten) < SKIPPED_KEPT:
+                            stats.forgotten.append(name)
                     else:
                         done = session.push(frame)
             except FrameError as err:

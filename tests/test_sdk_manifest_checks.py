@@ -83,6 +83,7 @@ def test_engine_files_and_a_relative_checkpoint_must_stay_inside(package):
     (lambda m: m["input"].update(mean=[0.485, 0.456]), r"input\.mean should be.*got \[0\.485, 0\.456\]"),
     (lambda m: m["input"].update(mean=[123.675, 116.28, 103.53]), r"input\.mean should be.*0\.\.1.*123\.675"),
     (lambda m: m["input"].update(mean=[True, 0.5, 0.5]), r"input\.mean should be"),
+    (lambda m: m["input"].update(mean=[10**400, 0.5, 0.5]), r"input\.mean should be"),   # no float holds it
     (lambda m: m.update(input="RGB"), r"'input' should be an object"),
     (lambda m: m["graphs"].update(segment="segment.portable.onnx"), r"graphs\.segment should map forms to file "
                                                                     r"names.*got str"),
@@ -194,3 +195,13 @@ def test_the_manifest_top_k_is_what_the_portable_segment_graph_reads_with(packag
     edited, asked, exported = labels(package), labels(source_package, top_k=3), labels(source_package)
     assert all(np.array_equal(a, b) for a, b in zip(edited, asked))
     assert max(np.abs(a - b).max() for a, b in zip(edited, exported)) > 1e-4, "top_k 3 reads as the export's here"
+
+
+@pytest.mark.parametrize("value", [10**400, -10**400, float("nan"), float("inf"), "0.5", True])
+def test_a_real_valued_setting_that_no_float_holds_is_refused_naming_it(value):
+    # a JSON integer of 400 digits made math.isfinite raise OverflowError: a traceback, not the setting's name
+    from vosrt.sdk.package import _number
+
+    with pytest.raises(UserError, match=r"m\.json: streaming\.min_seediness should be a finite number"):
+        _number({"min_seediness": value}, "min_seediness", Path("m.json"), "streaming")
+    assert _number({"min_seediness": 3}, "min_seediness", Path("m.json"), "streaming") == 3.0

@@ -48,9 +48,9 @@ def test_backend_refuses_a_package_without_engines_and_says_to_build(tmp_path, m
     # where TensorRT is not installed, `vosrt build` cannot run here either: said, with what installs it
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorrt" else find_spec(name, *a))
-    with pytest.raises(UserError, match=r"no TensorRT engines, and TensorRT is not installed here \(pip install .*"
-                                        r"\[trt\].*\): build them on a machine with TensorRT and an NVIDIA GPU with "
-                                        r"`vosrt build "):
+    with pytest.raises(UserError, match=r"no TensorRT engines, and TensorRT is not installed here: the TensorRT "
+                                        r"backend needs TensorRT and an NVIDIA GPU on the machine that runs it \(pip "
+                                        r"install .*\[trt\].*\), where `vosrt build .*` makes engines for its GPU"):
         vosrt.sdk.load(pkg, backend="tensorrt")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "tensorrt" else
                         find_spec(name, *a))

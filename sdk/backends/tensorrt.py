@@ -343,9 +343,10 @@ def select_build(package, precision: str | None = None) -> tuple[str, dict]:
 
         build = f"`vosrt build {shlex.quote(str(package.path))}`"
         # where TensorRT is not installed, that command fails too: said first, with what installs it
+        # engines run on the GPU and TensorRT version they were built with: built elsewhere, they do not run here
         where = (f": build them on this machine with {build}" if importlib.util.find_spec("tensorrt") is not None
-                 else f", and TensorRT is not installed here ({install_command('trt')}): build them on a machine with "
-                      f"TensorRT and an NVIDIA GPU with {build}")
+                 else f", and TensorRT is not installed here: the TensorRT backend needs TensorRT and an NVIDIA GPU on "
+                      f"the machine that runs it ({install_command('trt')}), where {build} makes engines for its GPU")
         raise UserError(f"package {package.path} has no TensorRT engines{where}, or run the package on ONNX Runtime "
                         "(command line: --backend onnxruntime; Python: backend='onnxruntime')")
     precision = precision or engines.get("default") or next(iter(builds))
