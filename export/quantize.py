@@ -1,8 +1,9 @@
 """INT8 model packages: ONNX Runtime static quantization (QDQ, per-channel weights) calibrated on frames.
 
 ``quantize_package(src, frames, first_mask, out_dir)`` streams the calibration frames through the fp32
-package exactly as ``vosrt run`` would, records every graph's inputs on the way, and quantizes each
-graph's portable form with those inputs as calibration data. Quantized are the convolutions of the
+package exactly as ``vosrt run`` would, hands every graph's inputs on the way to ONNX Runtime's min/max
+calibrator of that graph (then drops them: kept, a full STCN's memory-bank feeds took gigabytes), and
+quantizes each graph's portable form with the ranges found. Quantized are the convolutions of the
 encoders and the decoder; the custom operators stay fp32: the memory readout (its MatMul, TopK and
 gather are not touched, since only Conv nodes are quantized) and the D2Conv3D decomposition (its
 1×1×1 Conv reads GridSample's samples and is excluded); 3D convolutions stay fp32 too, since ONNX
@@ -23,7 +24,7 @@ import os
 import shlex
 import shutil
 import tempfile
-from collections import defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -35,33 +36,73 @@ from vosrt.sdk.errors import UserError
 from vosrt.sdk.package import held_manifest, refuse_replacing, write_manifest
 from vosrt.sdk.progress import Progress
 
-# Calibration samples kept per graph (the first ones seen): enough for min/max ranges.
+# Calibration feeds taken per graph (the first ones seen): enough for min/max ranges.
 MAX_SAMPLES = 48
 
 
 class RecordingBackend(DelegatingBackend):
-    """Delegates to ``inner`` and keeps a host copy of the first ``MAX_SAMPLES`` input feeds of each graph."""
+    """Delegates to ``inner`` and hands a host copy of the first ``MAX_SAMPLES`` input feeds of each graph to
+    ``take(graph, feeds)`` before running it; ``counts`` says how many each graph gave."""
 
-    def __init__(self, inner: Backend):
+    def __init__(self, inner: Backend, take: Callable[[str, dict[str, np.ndarray]], None]):
         super().__init__(inner)
-        self.samples: dict[str, list[dict[str, np.ndarray]]] = defaultdict(list)
+        self.take = take
+        self.counts: Counter = Counter()
 
     def run(self, graph, inputs, outputs=None):
-        if len(self.samples[graph]) < MAX_SAMPLES:
-            self.samples[graph].append({k: np.array(self.inner.download(v)) for k, v in inputs.items()})
+        if self.counts[graph] < MAX_SAMPLES:
+            self.take(graph, {k: np.array(self.inner.download(v)) for k, v in inputs.items()})
+            self.counts[graph] += 1
         return self.inner.run(graph, inputs, outputs)
 
 
+class RangeCalibration:
+    """The min/max ranges of each graph's convolution tensors: ONNX Runtime's MinMax calibrator, made as
+    ``quantize_static`` makes it (on the portable form, for Conv nodes), takes each feed when the fp32 package
+    makes it (``self(graph, feeds)``), and the feed is dropped. ``quantize_static`` made the same ranges from every
+    feed at once (a min of the mins, a max of the maxes), but held all of them first: 48 frames of a full STCN's
+    memory bank at 480x864. Its files (named and augmented graphs) go in ``folder``."""
+
+    def __init__(self, package, folder: Path):
+        self.package, self.folder = package, Path(folder)
+        self._calibrators: dict[str, tuple] = {}
+
+    def __call__(self, graph: str, feeds: dict[str, np.ndarray]) -> None:
+        calibrator, names = self._calibrator(graph)
+        calibrator.collect_data(_Reader([feeds], names))   # the ranges of this feed, merged into the graph's
+
+    def _calibrator(self, graph: str) -> tuple:
+        if graph not in self._calibrators:
+            from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+            model = _load_named(self.package.graphs[graph]["portable"])
+            self.folder.mkdir(parents=True, exist_ok=True)
+            named = self.folder / f"{graph}.named.onnx"
+            onnx.save(model, str(named))
+            calibrator = create_calibrator(str(named), ["Conv"], calibrate_method=CalibrationMethod.MinMax,
+                                           augmented_model_path=str(self.folder / f"{graph}.augmented.onnx"))
+            self._calibrators[graph] = (calibrator, {i.name for i in model.graph.input})
+        return self._calibrators[graph]
+
+    def write_table(self, graph: str, path: Path) -> None:
+        """The ranges of ``graph`` as ONNX Runtime's calibration cache (JSON), which ``quantize_static`` reads."""
+        from onnxruntime.quantization.calibrate import save_tensors_data
+
+        save_tensors_data(self._calibrators[graph][0].compute_data(), path)
+
+
 def record_calibration(package, frames: list[np.ndarray], first_mask: np.ndarray | None,
-                       color: str = "bgr", progress=None) -> dict[str, list[dict[str, np.ndarray]]]:
-    """Stream ``frames`` through ``package`` (portable form, ONNX Runtime) and return each graph's feeds.
+                       take: Callable[[str, dict[str, np.ndarray]], None], color: str = "bgr",
+                       progress=None) -> Counter:
+    """Stream ``frames`` through ``package`` (portable form, ONNX Runtime), handing each graph's feeds (the first
+    ``MAX_SAMPLES``) to ``take(graph, feeds)`` as they are made; returns how many each graph gave.
 
     ``first_mask`` starts the tracking of semi-supervised families (given with the first frame). ``progress``: a
     :class:`vosrt.sdk.progress.Progress`, updated per frame and closed at the end."""
     from vosrt.sdk import open_session
     from vosrt.sdk.backends.onnxruntime import OnnxRuntimeBackend
 
-    backend = RecordingBackend(OnnxRuntimeBackend(package, form="portable", device="cpu"))
+    backend = RecordingBackend(OnnxRuntimeBackend(package, form="portable", device="cpu"), take)
     session = open_session(backend, package, color=color)
     try:
         for index, frame in enumerate(frames):
@@ -75,7 +116,7 @@ def record_calibration(package, frames: list[np.ndarray], first_mask: np.ndarray
     finally:
         if progress is not None:
             progress.close()
-    return dict(backend.samples)
+    return backend.counts
 
 
 def _d2conv3d_convs(model: onnx.ModelProto, depth: int = 8) -> list[str]:
@@ -97,7 +138,7 @@ def _d2conv3d_convs(model: onnx.ModelProto, depth: int = 8) -> list[str]:
 
 
 class _Reader:
-    """onnxruntime.quantization CalibrationDataReader over recorded feeds, restricted to the graph's inputs."""
+    """Feeds for ONNX Runtime's calibrator (its CalibrationDataReader protocol), restricted to the graph's inputs."""
 
     def __init__(self, samples: list[dict[str, np.ndarray]], names: set[str]):
         self._items = iter([{k: v for k, v in s.items() if k in names} for s in samples])
@@ -109,35 +150,25 @@ class _Reader:
         pass
 
 
-def quantize_graph(src: Path, dst: Path, samples: list[dict[str, np.ndarray]] | None,
-                   calibration_table: Path) -> dict:
-    """Static QDQ INT8 quantization of the ONNX graph ``src`` into ``dst``; returns what was done.
-
-    With ``samples``, the activation ranges are calibrated on them and written to ``calibration_table``;
-    with ``samples=None`` they are read from that table (a plugin form, from its portable form's run)."""
+def quantize_graph(src: Path, dst: Path, calibration_table: Path) -> dict:
+    """Static QDQ INT8 quantization of the ONNX graph ``src`` into ``dst`` with the activation ranges of
+    ``calibration_table`` (:meth:`RangeCalibration.write_table`; a plugin form takes its portable form's); returns
+    what was done."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import CalibrationDataReader
 
     model = _load_named(src)
     excluded = _fp32_convs(model)
-    reader = None
-    if samples is not None:
-        inputs = {i.name for i in model.graph.input}
-        reader = type("Reader", (_Reader, CalibrationDataReader), {})(samples, inputs)
     named = dst.with_suffix(".named.onnx")
     onnx.save(model, str(named))
     try:
-        quantize_static(str(named), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+        quantize_static(str(named), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
                         nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax,
                         calibration_cache_path=str(calibration_table))
     finally:
         named.unlink(missing_ok=True)
     convs = sum(n.op_type == "Conv" for n in model.graph.node)
-    report = {"convs": convs, "convs_int8": convs - len(excluded), "convs_fp32": len(excluded)}
-    if samples is not None:
-        report["calibration_samples"] = len(samples)
-    return report
+    return {"convs": convs, "convs_int8": convs - len(excluded), "convs_fp32": len(excluded)}
 
 
 def _read_graph(path, load_external_data: bool = True) -> onnx.ModelProto:
@@ -236,23 +267,24 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
                         "fp32 package")
     # the folder is made (and shown to take files) before calibrating: minutes for a full-size model, lost to an
     # --out that cannot be written
-    created = not out_dir.exists()
+    made = _first_missing(out_dir)   # the folders this run makes (removed again if it fails): from here down
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".vosrt-quantize-", dir=out_dir))
     except OSError as err:
-        if created:
-            shutil.rmtree(out_dir, ignore_errors=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
         raise UserError(f"--out {out_dir}: cannot create the folder ({err.strerror or err}); choose a writable "
                         "--out folder") from None
     try:
         say(f"calibrating on {len(frames)} frames")
         # streamed as `vosrt run` streams them: minutes for a full-size model, so a bar shows how far it is
         bar = Progress(len(frames), "frame", enabled=progress is not None, desc="calibrating")
-        samples = record_calibration(src, frames, first_mask, color, progress=bar)
+        ranges = RangeCalibration(src, work / ".calibration")
+        counts = record_calibration(src, frames, first_mask, ranges, color, progress=bar)
         # Every graph must have run before any is quantized: a graph found idle halfway would leave the others'
         # INT8 files behind in out_dir with no manifest.
-        idle = [graph for graph in src.graphs if not samples.get(graph)]
+        idle = [graph for graph in src.graphs if not counts.get(graph)]
         if idle:
             from vosrt.sdk import families
 
@@ -260,7 +292,7 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
                    "2 or more frames" if families.get(src.family).takes_mask else "too few frames for a clip?")
             raise UserError(f"the {len(frames)} calibration frame(s) never ran graph(s) {', '.join(idle)}: {why}")
         calibration = {"source": source_name, "frames": len(frames), **({"mask": mask_name} if mask_name else {})}
-        files, manifest = _write_int8_files(src, samples, calibration, work, say)
+        files, manifest = _write_int8_files(src, ranges, counts, calibration, work, say)
         # Everything is written aside (in ``work``) and moved into place at the end, the manifest last: a run that
         # fails or is interrupted leaves an earlier package in out_dir as it was, and no folder it created.
         from vosrt.export.package import _listed_files
@@ -277,12 +309,23 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
             (out_dir / stale).unlink(missing_ok=True)
             say(f"removed {out_dir / stale} (of the INT8 package that was there)")
     except BaseException:
-        if created:
-            shutil.rmtree(out_dir, ignore_errors=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out_dir
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost folder of ``folder``'s path that does not exist yet (``folder`` itself, or a parent that
+    ``mkdir(parents=True)`` makes too), or None when ``folder`` exists."""
+    folder = Path(os.path.abspath(folder))
+    if folder.exists():
+        return None
+    while not folder.parent.exists() and folder.parent != folder:
+        folder = folder.parent
+    return folder
 
 
 def _copied_files(src) -> list[str]:
@@ -313,7 +356,7 @@ def _copied_by(out_dir: Path) -> set[str]:
             and (out_dir / name).resolve().is_relative_to(inside)}
 
 
-def _write_int8_files(src, samples: dict, calibration: dict, work: Path,
+def _write_int8_files(src, ranges: RangeCalibration, counts: Counter, calibration: dict, work: Path,
                       say: Callable[[str], None]) -> tuple[list[str], dict]:
     """Quantize every graph of ``src`` into the folder ``work`` and copy the files the INT8 package keeps
     beside them; returns (the files written, relative to ``work``; the new manifest, recording ``calibration``)."""
@@ -322,8 +365,9 @@ def _write_int8_files(src, samples: dict, calibration: dict, work: Path,
     for graph, forms in src.graphs.items():
         name = f"{graph}.int8.onnx"
         table = work / f"{graph}.calibration.json"
-        say(f"quantizing {graph} ({len(samples[graph])} calibration inputs)")
-        report[graph] = quantize_graph(forms["portable"], work / name, samples[graph], table)
+        say(f"quantizing {graph} ({counts[graph]} calibration inputs)")
+        ranges.write_table(graph, table)
+        report[graph] = {**quantize_graph(forms["portable"], work / name, table), "calibration_samples": counts[graph]}
         files.append(name)
         manifest["graphs"][graph] = {"portable": name}
         if "plugin" in forms and filecmp.cmp(forms["plugin"], forms["portable"], shallow=False):
@@ -336,7 +380,7 @@ def _write_int8_files(src, samples: dict, calibration: dict, work: Path,
             else:
                 plugin_name = f"{graph}.int8.plugin.onnx"
                 say(f"quantizing {graph}, plugin form (ranges of the portable form)")
-                quantize_graph(forms["plugin"], work / plugin_name, None, table)
+                quantize_graph(forms["plugin"], work / plugin_name, table)
                 files.append(plugin_name)
                 manifest["graphs"][graph]["plugin"] = plugin_name
                 report[graph]["plugin_form"] = True

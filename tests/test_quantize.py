@@ -205,6 +205,28 @@ def test_an_out_that_is_a_file_is_a_user_error_naming_the_flag(calibration, tmp_
         assert "calibrating" not in printed.out + printed.err   # said before minutes of calibration, not after
 
 
+def test_an_interrupted_calibration_leaves_no_folder_it_made_and_an_earlier_package_as_it_was(
+        calibration, tmp_path, monkeypatch, capsys):
+    # --out is made before calibrating (so that an --out that cannot be made is said before minutes of work), and a
+    # run stopped there removed only --out: the parents mkdir made with it stayed behind
+    import vosrt.export.quantize as quantize
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quantize, "record_calibration", interrupted)
+    out = tmp_path / "new" / "deeper" / "int8"
+    assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(calibration), "--out", str(out),
+                 "--frames", "4"]) == 130
+    assert not (tmp_path / "new").exists()
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "mine.txt").write_text("kept")
+    assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(calibration), "--out", str(earlier),
+                 "--frames", "4"]) == 130
+    assert sorted(p.name for p in earlier.iterdir()) == ["mine.txt"]   # no .vosrt-quantize-* folder either
+
+
 def test_quantize_refuses_a_package_of_only_3d_convolutions_since_int8_would_be_slower(calibration, tmp_path, capsys):
     out = tmp_path / "c3d-int8"
     assert main(["quantize", str(tiny_package("3dc-seg")), "--calibrate", str(calibration), "--out", str(out),
