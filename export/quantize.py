@@ -81,6 +81,7 @@ class RangeCalibration:
             onnx.save(model, str(named))
             calibrator = create_calibrator(str(named), ["Conv"], calibrate_method=CalibrationMethod.MinMax,
                                            augmented_model_path=str(self.folder / f"{graph}.augmented.onnx"))
+            calibrator.infer_session = _session_without_arena(calibrator.augmented_model_path)
             self._calibrators[graph] = (calibrator, {i.name for i in model.graph.input})
         return self._calibrators[graph]
 
@@ -89,6 +90,18 @@ class RangeCalibration:
         from onnxruntime.quantization.calibrate import save_tensors_data
 
         save_tensors_data(self._calibrators[graph][0].compute_data(), path)
+
+
+def _session_without_arena(path: str):
+    """The calibrator's session as ONNX Runtime makes it (no graph optimisation: every tensor it calibrates stays in
+    the graph), with the CPU memory arena off, as vosrt's own sessions: the arena kept each graph's peak of buffers
+    for good, beside the fp32 package's."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_cpu_mem_arena = False
+    return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def record_calibration(package, frames: list[np.ndarray], first_mask: np.ndarray | None,
