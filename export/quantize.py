@@ -82,6 +82,7 @@ class RangeCalibration:
             calibrator = create_calibrator(str(named), ["Conv"], calibrate_method=CalibrationMethod.MinMax,
                                            augmented_model_path=str(self.folder / f"{graph}.augmented.onnx"))
             calibrator.infer_session = _session_without_arena(calibrator.augmented_model_path)
+            calibrator.merge_range = _merge_ranges   # NaN-aware, as quantize_static's all-at-once nanmin/nanmax
             self._calibrators[graph] = (calibrator, {i.name for i in model.graph.input})
         return self._calibrators[graph]
 
@@ -90,6 +91,24 @@ class RangeCalibration:
         from onnxruntime.quantization.calibrate import save_tensors_data
 
         save_tensors_data(self._calibrators[graph][0].compute_data(), path)
+
+
+def _merge_ranges(old, new):
+    """The calibrator's running ranges merged with those of the latest feed, as its own ``merge_range`` (min of the
+    minima, max of the maxima) but skipping NaN: quantize_static took every feed at once through np.nanmin/np.nanmax,
+    where a feed whose activation was NaN did not count; merged with min()/max(), a NaN in the first feed stayed."""
+    from onnxruntime.quantization.calibrate import TensorData
+
+    if not old:
+        return new
+    for key, value in old.items():
+        low, high = value.range_value if isinstance(value, TensorData) else value
+        latest = new[key]
+        new_low, new_high = latest.range_value if isinstance(latest, TensorData) else latest
+        low, high = np.fmin(low, new_low), np.fmax(high, new_high)
+        new[key] = TensorData(lowest=low, highest=high) if isinstance(value, TensorData) or \
+            isinstance(latest, TensorData) else (low, high)
+    return new
 
 
 def _session_without_arena(path: str):
@@ -280,13 +299,12 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
                         "fp32 package")
     # the folder is made (and shown to take files) before calibrating: minutes for a full-size model, lost to an
     # --out that cannot be written
-    made = _first_missing(out_dir)   # the folders this run makes (removed again if it fails): from here down
+    made = _missing_folders(out_dir)   # what this run makes (removed again if it fails): --out, then its parents
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".vosrt-quantize-", dir=out_dir))
     except OSError as err:
-        if made is not None:
-            shutil.rmtree(made, ignore_errors=True)
+        _remove_made(made)
         raise UserError(f"--out {out_dir}: cannot create the folder ({err.strerror or err}); choose a writable "
                         "--out folder") from None
     try:
@@ -322,23 +340,35 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
             (out_dir / stale).unlink(missing_ok=True)
             say(f"removed {out_dir / stale} (of the INT8 package that was there)")
     except BaseException:
-        if made is not None:
-            shutil.rmtree(made, ignore_errors=True)
+        _remove_made(made)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out_dir
 
 
-def _first_missing(folder: Path) -> Path | None:
-    """The outermost folder of ``folder``'s path that does not exist yet (``folder`` itself, or a parent that
-    ``mkdir(parents=True)`` makes too), or None when ``folder`` exists."""
-    folder = Path(os.path.abspath(folder))
-    if folder.exists():
-        return None
-    while not folder.parent.exists() and folder.parent != folder:
-        folder = folder.parent
-    return folder
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders of ``folder``'s path that do not exist yet, ``folder`` first, as ``mkdir(parents=True)`` walks
+    them (the path as given: ``new/../x`` makes ``new`` too)."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists() or path.is_symlink():
+            break
+        missing.append(path)
+    return missing
+
+
+def _remove_made(made: list[Path]) -> None:
+    """Undo what a failed run made: the --out folder it created, with what it holds, then each parent it created
+    that is still empty (another run may have put its own package there meanwhile: that is kept, with its folders)."""
+    if not made:
+        return
+    shutil.rmtree(made[0], ignore_errors=True)
+    for parent in made[1:]:
+        try:
+            parent.rmdir()
+        except OSError:
+            pass   # not empty (or no longer there): left as it is; an outer one holding it is not empty either
 
 
 def _copied_files(src) -> list[str]:

@@ -219,6 +219,24 @@ def test_an_interrupted_calibration_leaves_no_folder_it_made_and_an_earlier_pack
     assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(calibration), "--out", str(out),
                  "--frames", "4"]) == 130
     assert not (tmp_path / "new").exists()
+    # a path through "..": mkdir made new2 on the way, which is removed too
+    assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(calibration), "--out",
+                 str(tmp_path / "new2" / ".." / "made"), "--frames", "4"]) == 130
+    assert not (tmp_path / "new2").exists() and not (tmp_path / "made").exists()
+
+    # another run's package, put meanwhile beside --out in a folder this run made, is kept with that folder
+    # (the whole folder was removed, the other run's finished package with it)
+    def interrupted_beside_another_run(*args, **kwargs):
+        (tmp_path / "shared" / "other-int8").mkdir()
+        (tmp_path / "shared" / "other-int8" / "manifest.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quantize, "record_calibration", interrupted_beside_another_run)
+    assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(calibration), "--out",
+                 str(tmp_path / "shared" / "int8"), "--frames", "4"]) == 130
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["other-int8"]
+    assert (tmp_path / "shared" / "other-int8" / "manifest.json").is_file()
+    monkeypatch.setattr(quantize, "record_calibration", interrupted)
     earlier = tmp_path / "earlier"
     earlier.mkdir()
     (earlier / "mine.txt").write_text("kept")
@@ -630,3 +648,32 @@ def test_quantize_refuses_an_unreadable_first_frame_and_replaces_an_earlier_int8
         assert main(["quantize", source, "--calibrate", str(calibration), "--out", str(again), "--frames", "10"]) == 0
         copied = json.loads((again / "manifest.json").read_text())["quantization"]["copied"]
         assert "training.json" in copied and all((again / name).is_file() for name in copied)
+
+
+def test_streamed_calibration_skips_a_feed_whose_activations_are_nan_as_quantize_static_did(tmp_path):
+    # quantize_static took every feed at once through np.nanmin/np.nanmax; the streamed calibrator merged each feed's
+    # range with min()/max(), where a NaN in the first feed stayed, and the INT8 graph got NaN scales
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vosrt.export.quantize import RangeCalibration
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((2, 1, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+    onnx.save(model, str(tmp_path / "g.onnx"))
+    package = type("Package", (), {"graphs": {"g": {"portable": tmp_path / "g.onnx"}}})()
+    nan_feed = {"x": np.array([np.nan, 1, 2, 3], np.float32).reshape(1, 1, 2, 2)}
+    feed = {"x": np.array([-5, 1, 2, 9], np.float32).reshape(1, 1, 2, 2)}
+
+    def ranges(feeds, folder):
+        calibration = RangeCalibration(package, tmp_path / folder)
+        for one in feeds:
+            calibration("g", one)
+        calibration.write_table("g", tmp_path / f"{folder}.json")
+        return json.loads((tmp_path / f"{folder}.json").read_text())
+
+    streamed, expected = ranges([nan_feed, feed], "streamed"), ranges([feed], "expected")
+    assert streamed == expected and "NaN" not in json.dumps(streamed), streamed
