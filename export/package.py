@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import shlex
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -27,8 +26,9 @@ from vosrt.export import onnx_ops
 from vosrt.sdk import families
 from vosrt.sdk.backends.onnxruntime import session_options
 from vosrt.sdk.errors import UserError
-from vosrt.sdk.package import (FORMAT_VERSION, FORMS, compare_outputs, file_sha256, held_manifest, load_package,
-                                 refuse_replacing, stage_file, writable_folder, write_manifest)
+from vosrt.sdk.package import (FORMAT_VERSION, FORMS, compare_outputs, file_sha256, folders_made_by, held_manifest,
+                                 load_package, refuse_replacing, remove_made, stage_file, writable_folder,
+                                 write_manifest)
 from vosrt.sdk.progress import Reporter as Progress
 from vosrt.sdk.progress import say as _say
 from vosrt.training import graphs as graph_modules
@@ -352,16 +352,16 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
                         f"export there, and an export with --random-weights writes its weights to that name; export "
                         f"that file instead (`{shlex.join(['vosrt', 'export', name, '--checkpoint', str(weights), '--out', str(out_dir)])} "
                         f"--size {height} {width}`), or move it away, or give another --out folder")
-    created = not out_dir.exists()
+    made = folders_made_by(out_dir)
     writable_folder(out_dir, "--out", "a folder you can write for the package (created if missing), or an "
                     "earlier package of this model")
     try:
         return _export_into(out_dir, name, family, checkpoint, height, width, forms, random_weights, streaming,
                             check, progress, size_flag)
     except BaseException:
-        # A failed export leaves no half-written package behind: a folder it created is removed.
-        if created:
-            shutil.rmtree(out_dir, ignore_errors=True)
+        # A failed export leaves no half-written package behind: the folders it created are removed (by what the
+        # path resolves to: "missing/.." is the folder holding it, which rmtree(out_dir) emptied)
+        remove_made(made)
         raise
 
 

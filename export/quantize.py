@@ -33,7 +33,7 @@ import onnx
 
 from vosrt.sdk.backends.base import Backend, DelegatingBackend
 from vosrt.sdk.errors import UserError
-from vosrt.sdk.package import held_manifest, refuse_replacing, write_manifest
+from vosrt.sdk.package import folders_made_by, held_manifest, refuse_replacing, remove_made, write_manifest
 from vosrt.sdk.progress import Progress
 
 # Calibration feeds taken per graph (the first ones seen): enough for min/max ranges.
@@ -299,12 +299,12 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
                         "fp32 package")
     # the folder is made (and shown to take files) before calibrating: minutes for a full-size model, lost to an
     # --out that cannot be written
-    made = _missing_folders(out_dir)   # what this run makes (removed again if it fails): --out, then its parents
+    made = folders_made_by(out_dir)   # what this run makes (removed again if it fails): --out, then its parents
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".vosrt-quantize-", dir=out_dir))
     except OSError as err:
-        _remove_made(made)
+        remove_made(made)
         raise UserError(f"--out {out_dir}: cannot create the folder ({err.strerror or err}); choose a writable "
                         "--out folder") from None
     try:
@@ -340,35 +340,11 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
             (out_dir / stale).unlink(missing_ok=True)
             say(f"removed {out_dir / stale} (of the INT8 package that was there)")
     except BaseException:
-        _remove_made(made)
+        remove_made(made)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out_dir
-
-
-def _missing_folders(folder: Path) -> list[Path]:
-    """The folders of ``folder``'s path that do not exist yet, ``folder`` first, as ``mkdir(parents=True)`` walks
-    them (the path as given: ``new/../x`` makes ``new`` too)."""
-    missing = []
-    for path in (folder, *folder.parents):
-        if path.exists() or path.is_symlink():
-            break
-        missing.append(path)
-    return missing
-
-
-def _remove_made(made: list[Path]) -> None:
-    """Undo what a failed run made: the --out folder it created, with what it holds, then each parent it created
-    that is still empty (another run may have put its own package there meanwhile: that is kept, with its folders)."""
-    if not made:
-        return
-    shutil.rmtree(made[0], ignore_errors=True)
-    for parent in made[1:]:
-        try:
-            parent.rmdir()
-        except OSError:
-            pass   # not empty (or no longer there): left as it is; an outer one holding it is not empty either
 
 
 def _copied_files(src) -> list[str]:

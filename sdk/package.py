@@ -10,6 +10,7 @@ import math
 import json
 import os
 import shlex
+import shutil
 import stat
 import tempfile
 from dataclasses import dataclass, field
@@ -241,6 +242,34 @@ def writable_folder(folder: str | Path, flag: str, give: str) -> Path:
     except OSError as err:
         raise UserError(f"{flag}: cannot write files in {folder} ({err.strerror or err}); give {give}") from None
     return folder
+
+
+def folders_made_by(folder: Path) -> tuple[Path | None, list[Path]]:
+    """What making ``folder`` creates: (the folder it resolves to, where that does not exist yet; the folders of
+    the path as given that do not exist, ``folder`` first, as ``mkdir(parents=True)`` walks them: ``new/../x`` makes
+    ``new`` too). Resolved, ``new/..`` is a folder that exists (the current one), which the path as given is not."""
+    target = Path(os.path.realpath(folder))
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists() or path.is_symlink():
+            break
+        missing.append(path)
+    return (None if target.exists() or target.is_symlink() else target), missing
+
+
+def remove_made(made: tuple[Path | None, list[Path]]) -> None:
+    """Undo what a failed run made (:func:`folders_made_by`, taken before it made them): the folder its output
+    resolves to, with what it holds, where the run created it; then each folder of the path it created that is
+    still empty (another run may have put its own package there meanwhile: that is kept, with its folders). Only a
+    folder this run created is ever removed with its contents."""
+    target, missing = made
+    if target is not None:
+        shutil.rmtree(target, ignore_errors=True)
+    for folder in missing:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass   # not empty (or gone, or not a folder we made): left as it is
 
 
 def stage_file(path: str | Path, write, sync: bool = True) -> Path:

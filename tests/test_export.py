@@ -595,6 +595,22 @@ def test_an_export_that_stops_midway_into_an_existing_package_leaves_it_and_plan
     assert after == before                          # the old package, byte for byte, and no temporary files
 
 
+def test_a_stopped_export_removes_only_the_folders_it_made_even_through_dotdot(tmp_path, monkeypatch):
+    # --out missing/.. is the folder holding "missing", which exists; "missing/.." did not exist as given, so a
+    # stopped export removed it whole: rmtree emptied the folder of the user's own files
+    from vosrt.export import package as export_module
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "_export_into", stopped)
+    (tmp_path / "precious.txt").write_text("mine")
+    for out, gone in ((tmp_path / "missing" / "..", "missing"), (tmp_path / "a" / "b" / "pkg", "a")):
+        with pytest.raises(KeyboardInterrupt):
+            export_package("stcn-lite", None, out, 32, 32, random_weights=True)
+        assert (tmp_path / "precious.txt").read_text() == "mine" and not (tmp_path / gone).exists()
+
+
 def test_ctrl_c_that_the_exporter_turns_into_its_own_error_ends_vosrt_export_as_interrupted(tmp_path, monkeypatch,
                                                                                             capsys):
     """A Ctrl-C landing inside torch's tracing made a `finally` there fail (UnboundLocalError in torch 2.13's

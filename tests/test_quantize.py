@@ -223,6 +223,12 @@ def test_an_interrupted_calibration_leaves_no_folder_it_made_and_an_earlier_pack
     assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(calibration), "--out",
                  str(tmp_path / "new2" / ".." / "made"), "--frames", "4"]) == 130
     assert not (tmp_path / "new2").exists() and not (tmp_path / "made").exists()
+    # "missing/.." is the folder that holds it, which exists: only "missing" is the run's to remove (the folder
+    # holding it, the user's files with it, was removed whole: the path did not exist as given)
+    (tmp_path / "precious.txt").write_text("mine")
+    assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(calibration), "--out",
+                 str(tmp_path / "missing" / ".."), "--frames", "4"]) == 130
+    assert (tmp_path / "precious.txt").read_text() == "mine" and not (tmp_path / "missing").exists()
 
     # another run's package, put meanwhile beside --out in a folder this run made, is kept with that folder
     # (the whole folder was removed, the other run's finished package with it)
