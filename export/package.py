@@ -26,8 +26,8 @@ from vosrt.export import onnx_ops
 from vosrt.sdk import families
 from vosrt.sdk.backends.onnxruntime import session_options
 from vosrt.sdk.errors import UserError
-from vosrt.sdk.package import (FORMAT_VERSION, FORMS, compare_outputs, file_sha256, folders_made_by, held_manifest,
-                                 load_package, refuse_replacing, remove_made, stage_file, writable_folder,
+from vosrt.sdk.package import (FORMAT_VERSION, FORMS, compare_outputs, file_sha256, held_manifest, load_package,
+                                 output_folder, refuse_replacing, remove_made, stage_file, writable_folder,
                                  write_manifest)
 from vosrt.sdk.progress import Reporter as Progress
 from vosrt.sdk.progress import say as _say
@@ -338,7 +338,9 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
     check_size(height, width, 16, size_flag)
     streaming = check_streaming(family, streaming)
     _check_top_k_fits_forms(streaming, forms)
-    out_dir = Path(out_dir)
+    # the folder the path names, as the system finds it once its folders exist: "missing/.." is the one holding
+    # "missing" (an earlier package there is seen, and a stopped export removes only what it made)
+    out_dir = output_folder(out_dir, "--out")
     if checkpoint is not None and not Path(checkpoint).is_file():
         what = "is a folder, not a checkpoint file" if Path(checkpoint).is_dir() else "not found"
         raise UserError(f"checkpoint {what}: {checkpoint} (--checkpoint); pass the .pth file (vosrt train's "
@@ -352,16 +354,15 @@ def export_package(name: str, checkpoint: str | Path | None, out_dir: str | Path
                         f"export there, and an export with --random-weights writes its weights to that name; export "
                         f"that file instead (`{shlex.join(['vosrt', 'export', name, '--checkpoint', str(weights), '--out', str(out_dir)])} "
                         f"--size {height} {width}`), or move it away, or give another --out folder")
-    made = folders_made_by(out_dir)
-    writable_folder(out_dir, "--out", "a folder you can write for the package (created if missing), or an "
-                    "earlier package of this model")
+    made = writable_folder(out_dir, "--out", "a folder you can write for the package (created if missing), or an "
+                           "earlier package of this model")
     try:
         return _export_into(out_dir, name, family, checkpoint, height, width, forms, random_weights, streaming,
                             check, progress, size_flag)
     except BaseException:
         # A failed export leaves no half-written package behind: the folders it created are removed (by what the
         # path resolves to: "missing/.." is the folder holding it, which rmtree(out_dir) emptied)
-        remove_made(made)
+        remove_made(out_dir, made)
         raise
 
 

@@ -33,7 +33,8 @@ import onnx
 
 from vosrt.sdk.backends.base import Backend, DelegatingBackend
 from vosrt.sdk.errors import UserError
-from vosrt.sdk.package import folders_made_by, held_manifest, refuse_replacing, remove_made, write_manifest
+from vosrt.sdk.package import (held_manifest, make_folders, output_folder, refuse_replacing, remove_made,
+                               write_manifest)
 from vosrt.sdk.progress import Progress
 
 # Calibration feeds taken per graph (the first ones seen): enough for min/max ranges.
@@ -254,7 +255,9 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
     """INT8 copy of package ``src`` (a loaded Package) in ``out_dir``, calibrated on ``frames``. The files are
     written aside and moved into ``out_dir`` at the end, the manifest last: a run that fails or is interrupted
     leaves an earlier package there as it was, and removes the folder when it created it."""
-    out_dir = Path(out_dir)
+    # the folder the path names, as the system finds it once its folders exist: "missing/.." is the one holding
+    # "missing" (an earlier package there is seen, and a stopped run removes only what it made)
+    out_dir = output_folder(out_dir, "--out")
     if out_dir.resolve() == Path(src.path).resolve():
         raise UserError(f"--out {out_dir} is the source package; choose another folder")
     if out_dir.exists() and not out_dir.is_dir():   # said before calibrating, not after it
@@ -299,12 +302,12 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
                         "fp32 package")
     # the folder is made (and shown to take files) before calibrating: minutes for a full-size model, lost to an
     # --out that cannot be written
-    made = folders_made_by(out_dir)   # what this run makes (removed again if it fails): --out, then its parents
+    made: list[Path] = []   # the folders this run makes (removed again if it fails): --out and its missing parents
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        made = make_folders(out_dir)
         work = Path(tempfile.mkdtemp(prefix=".vosrt-quantize-", dir=out_dir))
     except OSError as err:
-        remove_made(made)
+        remove_made(out_dir, made)
         raise UserError(f"--out {out_dir}: cannot create the folder ({err.strerror or err}); choose a writable "
                         "--out folder") from None
     try:
@@ -340,7 +343,7 @@ def quantize_package(src, frames: list[np.ndarray], first_mask: np.ndarray | Non
             (out_dir / stale).unlink(missing_ok=True)
             say(f"removed {out_dir / stale} (of the INT8 package that was there)")
     except BaseException:
-        remove_made(made)
+        remove_made(out_dir, made)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

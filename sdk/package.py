@@ -5,6 +5,7 @@ holds (graphs, streaming defaults) comes from its row in :mod:`vosrt.sdk.familie
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import json
@@ -224,52 +225,79 @@ def partial_file(path: str | Path) -> tuple[int, Path]:
     return handle, Path(name)
 
 
-def writable_folder(folder: str | Path, flag: str, give: str) -> Path:
-    """``folder`` made (with its parents) and checked to take new files, before the work whose results go there:
-    a file in its place, a folder that cannot be made, or one that takes no new file (read-only, no permission, a
-    pseudo file system like /proc) is a UserError naming ``flag`` and saying what to ``give`` instead (e.g. "a
-    folder you can write")."""
+def writable_folder(folder: str | Path, flag: str, give: str) -> list[Path]:
+    """``folder`` made (with its parents, :func:`make_folders`) and checked to take new files, before the work whose
+    results go there: a file in its place, a folder that cannot be made, or one that takes no new file (read-only, no
+    permission, a pseudo file system like /proc) is a UserError naming ``flag`` and saying what to ``give`` instead
+    (e.g. "a folder you can write"). Returns the folders it made (:func:`remove_made` takes them away again)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():   # mkdir said only "[Errno 17] File exists"
         raise UserError(f"{flag} {folder} is a file, not a folder; give {give}")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        made = make_folders(folder)
     except OSError as err:
         raise UserError(f"{flag}: cannot create folder {folder} ({err.strerror or err}); give {give}") from None
     try:
         with tempfile.TemporaryFile(prefix=".probe-", dir=folder):
             pass
     except OSError as err:
+        remove_made(folder, made)
         raise UserError(f"{flag}: cannot write files in {folder} ({err.strerror or err}); give {give}") from None
-    return folder
+    return made
 
 
-def folders_made_by(folder: Path) -> tuple[Path | None, list[Path]]:
-    """What making ``folder`` creates: (the folder it resolves to, where that does not exist yet; the folders of
-    the path as given that do not exist, ``folder`` first, as ``mkdir(parents=True)`` walks them: ``new/../x`` makes
-    ``new`` too). Resolved, ``new/..`` is a folder that exists (the current one), which the path as given is not."""
-    target = Path(os.path.realpath(folder))
+def output_folder(folder: str | Path, flag: str) -> Path:
+    """``folder`` as the system finds it once its folders exist: resolved, so that ``missing/..`` is the folder
+    holding ``missing`` (which exists: a package there is seen, and a failed run never takes it for one it made). A
+    link to nothing is refused (``flag`` named), as mkdir refused it: its target is not made."""
+    if Path(folder).is_symlink() and not Path(folder).exists():
+        raise UserError(f"{flag} {folder} is a link to nothing ({os.readlink(folder)}); give a folder, or remove the "
+                        "link")
+    return Path(os.path.realpath(folder))
+
+
+def make_folders(folder: str | Path) -> list[Path]:
+    """Make ``folder`` and its missing parents, as ``mkdir(parents=True, exist_ok=True)`` does, one by one along its
+    resolved path (``missing/..`` is the folder holding ``missing``, which exists: nothing to make). Returns the
+    folders this call made, ``folder`` first; one another process made meanwhile is not among them. What it made is
+    removed again if it fails part-way."""
+    if Path(folder).is_symlink() and not Path(folder).exists():   # as mkdir: a dangling link is not followed
+        raise FileExistsError(errno.EEXIST, "File exists (a link to nothing)", str(folder))
+    resolved = Path(os.path.realpath(folder))
     missing = []
-    for path in (folder, *folder.parents):
-        if path.exists() or path.is_symlink():
+    for path in (resolved, *resolved.parents):
+        if path.exists():
             break
         missing.append(path)
-    return (None if target.exists() or target.is_symlink() else target), missing
+    made: list[Path] = []
+    try:
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+            except FileExistsError:
+                if not path.is_dir():
+                    raise
+                continue   # made by another process meanwhile: not this call's to remove
+            made.insert(0, path)
+    except BaseException:
+        remove_made(resolved, made)
+        raise
+    return made
 
 
-def remove_made(made: tuple[Path | None, list[Path]]) -> None:
-    """Undo what a failed run made (:func:`folders_made_by`, taken before it made them): the folder its output
-    resolves to, with what it holds, where the run created it; then each folder of the path it created that is
-    still empty (another run may have put its own package there meanwhile: that is kept, with its folders). Only a
-    folder this run created is ever removed with its contents."""
-    target, missing = made
-    if target is not None:
-        shutil.rmtree(target, ignore_errors=True)
-    for folder in missing:
+def remove_made(folder: str | Path, made: list[Path]) -> None:
+    """Undo what a failed run made (:func:`make_folders`' list): ``folder`` (its output folder), with what it holds,
+    where the run made it; each parent it made only while it is empty (another run may have put its own files there
+    meanwhile: kept, with their folders). Only a folder this run made is ever removed with its contents."""
+    resolved = Path(os.path.realpath(folder))
+    for path in made:
+        if path == resolved:
+            shutil.rmtree(path, ignore_errors=True)
+            continue
         try:
-            folder.rmdir()
+            path.rmdir()
         except OSError:
-            pass   # not empty (or gone, or not a folder we made): left as it is
+            pass   # not empty (or gone): left as it is
 
 
 def stage_file(path: str | Path, write, sync: bool = True) -> Path:

@@ -609,6 +609,11 @@ def test_a_stopped_export_removes_only_the_folders_it_made_even_through_dotdot(t
         with pytest.raises(KeyboardInterrupt):
             export_package("stcn-lite", None, out, 32, 32, random_weights=True)
         assert (tmp_path / "precious.txt").read_text() == "mine" and not (tmp_path / gone).exists()
+    # a link to nothing is refused, as mkdir refused it, rather than its target made
+    (tmp_path / "dangling").symlink_to(tmp_path / "nothere")
+    with pytest.raises(UserError, match=r"--out .*dangling is a link to nothing"):
+        export_package("stcn-lite", None, tmp_path / "dangling", 32, 32, random_weights=True)
+    assert not (tmp_path / "nothere").exists()
 
 
 def test_ctrl_c_that_the_exporter_turns_into_its_own_error_ends_vosrt_export_as_interrupted(tmp_path, monkeypatch,

@@ -229,6 +229,14 @@ def test_an_interrupted_calibration_leaves_no_folder_it_made_and_an_earlier_pack
     assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(calibration), "--out",
                  str(tmp_path / "missing" / ".."), "--frames", "4"]) == 130
     assert (tmp_path / "precious.txt").read_text() == "mine" and not (tmp_path / "missing").exists()
+    # and an fp32 package reached through ".." is refused as one named directly (it was quantized over)
+    import shutil
+
+    shutil.copytree(tiny_package("stcn"), tmp_path / "fp32")
+    assert main(["quantize", str(tiny_package("stcn")), "--calibrate", str(calibration), "--out",
+                 str(tmp_path / "new3" / ".." / "fp32"), "--frames", "4"]) == 2
+    assert "quantization" not in json.loads((tmp_path / "fp32" / "manifest.json").read_text())
+    assert not (tmp_path / "new3").exists()
 
     # another run's package, put meanwhile beside --out in a folder this run made, is kept with that folder
     # (the whole folder was removed, the other run's finished package with it)
