@@ -913,9 +913,14 @@ READOUT_SANITIZE_CASES = ((64, 256, 64, 32, 20), (63, 1001, 77, 40, 8), (16, 10,
 D2CONV_SANITIZE_CASES = ((12, 10, 3, 9, 11, 1), (32, 64, 2, 17, 6, 2))
 
 
+def sanitize_dtypes(device: str) -> tuple[str, ...]:
+    """The torch dtypes :func:`sanitize_cases` runs every case in on ``device`` (fp16 on CUDA only)."""
+    return ("float32", "float16") if device == "cuda" else ("float32",)
+
+
 def sanitize_case_count(device: str) -> int:
-    """How many cases :func:`sanitize_cases` runs on ``device`` (fp32 and fp16 on CUDA, fp32 on the CPU)."""
-    return (2 if device == "cuda" else 1) * (len(READOUT_SANITIZE_CASES) + len(D2CONV_SANITIZE_CASES))
+    """How many cases :func:`sanitize_cases` runs on ``device``."""
+    return len(sanitize_dtypes(device)) * (len(READOUT_SANITIZE_CASES) + len(D2CONV_SANITIZE_CASES))
 
 
 def sanitize_cases(device: str) -> list[str]:
@@ -927,8 +932,7 @@ def sanitize_cases(device: str) -> list[str]:
 
     done = []
     g = torch.Generator(device=device).manual_seed(0)
-    dtypes = (torch.float32, torch.float16) if device == "cuda" else (torch.float32,)
-    for dtype in dtypes:
+    for dtype in (getattr(torch, name) for name in sanitize_dtypes(device)):
         # (Ck, N, M, V, top_k): tiles met exactly, odd Ck and sizes off the tiles, N < top_k, the dense path
         for ck, n, m, v, top_k in READOUT_SANITIZE_CASES:
             name = f"readout {str(dtype)[6:]} Ck={ck} N={n} M={m} V={v} top_k={top_k}"
